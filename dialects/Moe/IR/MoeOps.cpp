@@ -1,0 +1,239 @@
+//===- MoeOps.cpp - moe dialect operations --------------------------------===//
+//
+// Verifiers of the `moe` operations. Each checks what ODS cannot say: ranks
+// and the dimensions that must agree between operands. Dynamic dimensions
+// (`?`) agree with anything; they are checked when the program runs.
+//
+//===----------------------------------------------------------------------===//
+
+#include "dialects/Moe/IR/MoeOps.h"
+
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/OpImplementation.h"
+
+using namespace mlir;
+using namespace mlir::moe;
+
+namespace {
+
+/// Prints a dimension the way MLIR types do: a number or `?`.
+std::string dimToString(int64_t dim) {
+  return ShapedType::isDynamic(dim) ? std::string("?") : std::to_string(dim);
+}
+
+/// True when two dimensions may be equal at run time.
+bool dimsAgree(int64_t a, int64_t b) {
+  return ShapedType::isDynamic(a) || ShapedType::isDynamic(b) || a == b;
+}
+
+RankedTensorType tensorType(Value value) {
+  return cast<RankedTensorType>(value.getType());
+}
+
+/// Checks that `actual` has exactly the dimensions `expected` (with dynamic
+/// dimensions agreeing with anything), naming `what` in the diagnostic.
+LogicalResult verifyShape(Operation *op, StringRef what,
+                          RankedTensorType actual,
+                          ArrayRef<int64_t> expected) {
+  if (actual.getRank() != static_cast<int64_t>(expected.size()))
+    return op->emitOpError() << what << " must have rank " << expected.size()
+                             << " but has rank " << actual.getRank();
+  for (auto [i, pair] : llvm::enumerate(llvm::zip(actual.getShape(), expected)))
+    if (!dimsAgree(std::get<0>(pair), std::get<1>(pair)))
+      return op->emitOpError()
+             << what << " dimension " << i << " is "
+             << dimToString(std::get<0>(pair)) << " but must be "
+             << dimToString(std::get<1>(pair));
+  return success();
+}
+
+/// Checks that `result` has the element type of `source`.
+LogicalResult verifySameElementType(Operation *op, StringRef what,
+                                    RankedTensorType result,
+                                    RankedTensorType source) {
+  if (result.getElementType() != source.getElementType())
+    return op->emitOpError()
+           << what << " element type " << result.getElementType()
+           << " differs from the input's " << source.getElementType();
+  return success();
+}
+
+} // namespace
+
+LogicalResult EmbeddingOp::verify() {
+  RankedTensorType table = tensorType(getTable());
+  RankedTensorType indices = tensorType(getIndices());
+  if (table.getRank() != 2)
+    return emitOpError() << "table must have rank 2 ([vocab, hidden]) but has "
+                         << "rank " << table.getRank();
+  SmallVector<int64_t> expected(indices.getShape());
+  expected.push_back(table.getDimSize(1));
+  if (failed(verifyShape(*this, "result", getType(), expected)))
+    return failure();
+  return verifySameElementType(*this, "result", getType(), table);
+}
+
+LogicalResult RmsNormOp::verify() {
+  RankedTensorType input = tensorType(getInput());
+  RankedTensorType weight = tensorType(getWeight());
+  if (input.getRank() < 1)
+    return emitOpError() << "input must have rank at least 1";
+  if (failed(verifyShape(*this, "weight", weight,
+                         {input.getDimSize(input.getRank() - 1)})))
+    return failure();
+  if (!(getEpsilon().convertToDouble() >= 0.0))
+    return emitOpError() << "epsilon must be non-negative but is "
+                         << getEpsilon().convertToDouble();
+  if (failed(verifyShape(*this, "result", getType(), input.getShape())))
+    return failure();
+  return verifySameElementType(*this, "result", getType(), input);
+}
+
+LogicalResult RotaryOp::verify() {
+  RankedTensorType input = tensorType(getInput());
+  if (input.getRank() != 4)
+    return emitOpError() << "input must have rank 4 ([batch, seq, heads, "
+                            "head_dim]) but has rank "
+                         << input.getRank();
+  int64_t headDim = input.getDimSize(3);
+  if (!ShapedType::isDynamic(headDim) && headDim % 2 != 0)
+    return emitOpError() << "head_dim " << headDim << " must be even";
+  if (!(getTheta().convertToDouble() > 0.0))
+    return emitOpError() << "theta must be positive but is "
+                         << getTheta().convertToDouble();
+  if (Value positions = getPositions())
+    if (failed(verifyShape(*this, "positions", tensorType(positions),
+                           {input.getDimSize(0), input.getDimSize(1)})))
+      return failure();
+  if (failed(verifyShape(*this, "result", getType(), input.getShape())))
+    return failure();
+  return verifySameElementType(*this, "result", getType(), input);
+}
+
+LogicalResult AttentionOp::verify() {
+  RankedTensorType query = tensorType(getQuery());
+  RankedTensorType key = tensorType(getKey());
+  RankedTensorType value = tensorType(getValue());
+  if (query.getRank() != 4)
+    return emitOpError() << "query must have rank 4 ([batch, seq, heads, "
+                            "head_dim]) but has rank "
+                         << query.getRank();
+  if (failed(verifyShape(*this, "key", key,
+                         {query.getDimSize(0), ShapedType::kDynamic,
+                          ShapedType::kDynamic, query.getDimSize(3)})))
+    return failure();
+  if (failed(verifyShape(*this, "value", value, key.getShape())))
+    return failure();
+  int64_t qHeads = query.getDimSize(2), kvHeads = key.getDimSize(2);
+  if (!ShapedType::isDynamic(qHeads) && !ShapedType::isDynamic(kvHeads) &&
+      (kvHeads == 0 || qHeads % kvHeads != 0))
+    return emitOpError() << "query heads " << qHeads
+                         << " must be a multiple of key/value heads "
+                         << kvHeads;
+  if (getCausal() && !dimsAgree(query.getDimSize(1), key.getDimSize(1)))
+    return emitOpError() << "causal attention needs as many keys as queries "
+                            "but has "
+                         << dimToString(key.getDimSize(1)) << " keys and "
+                         << dimToString(query.getDimSize(1)) << " queries";
+  if (std::optional<int64_t> window = getSlidingWindow()) {
+    if (*window <= 0)
+      return emitOpError() << "sliding_window must be positive but is "
+                           << *window;
+    if (!getCausal())
+      return emitOpError() << "sliding_window needs causal attention";
+  }
+  if (!(getScale().convertToDouble() > 0.0))
+    return emitOpError() << "scale must be positive but is "
+                         << getScale().convertToDouble();
+  if (failed(verifyShape(*this, "result", getType(), query.getShape())))
+    return failure();
+  return verifySameElementType(*this, "result", getType(), query);
+}
+
+LogicalResult LinearOp::verify() {
+  RankedTensorType input = tensorType(getInput());
+  RankedTensorType weight = tensorType(getWeight());
+  if (input.getRank() < 1)
+    return emitOpError() << "input must have rank at least 1";
+  if (failed(verifyShape(*this, "weight", weight,
+                         {ShapedType::kDynamic,
+                          input.getDimSize(input.getRank() - 1)})))
+    return failure();
+  if (Value bias = getBias())
+    if (failed(verifyShape(*this, "bias", tensorType(bias),
+                           {weight.getDimSize(0)})))
+      return failure();
+  SmallVector<int64_t> expected(input.getShape());
+  expected.back() = weight.getDimSize(0);
+  if (failed(verifyShape(*this, "result", getType(), expected)))
+    return failure();
+  return verifySameElementType(*this, "result", getType(), input);
+}
+
+LogicalResult RouterOp::verify() {
+  RankedTensorType logits = tensorType(getLogits());
+  if (logits.getRank() < 1)
+    return emitOpError() << "logits must have rank at least 1";
+  int64_t numExperts = logits.getDimSize(logits.getRank() - 1);
+  int64_t k = getK();
+  if (!ShapedType::isDynamic(numExperts) && k > numExperts)
+    return emitOpError() << "k " << k << " exceeds the number of experts "
+                         << numExperts;
+  SmallVector<int64_t> expected(logits.getShape());
+  expected.back() = k;
+  if (failed(verifyShape(*this, "gates", getGates().getType(), expected)) ||
+      failed(verifyShape(*this, "experts", getExperts().getType(), expected)))
+    return failure();
+  return verifySameElementType(*this, "gates", getGates().getType(), logits);
+}
+
+LogicalResult ExpertsOp::verify() {
+  RankedTensorType input = tensorType(getInput());
+  RankedTensorType gateUp = tensorType(getGateUp());
+  RankedTensorType down = tensorType(getDown());
+  if (input.getRank() < 1)
+    return emitOpError() << "input must have rank at least 1";
+  SmallVector<int64_t> choices(input.getShape().drop_back());
+  choices.push_back(ShapedType::kDynamic);
+  if (failed(verifyShape(*this, "gates", tensorType(getGates()), choices)))
+    return failure();
+  int64_t k = tensorType(getGates()).getShape().back();
+  choices.back() = k;
+  if (failed(verifyShape(*this, "experts", tensorType(getExperts()), choices)))
+    return failure();
+  int64_t hidden = input.getShape().back();
+  if (failed(verifyShape(*this, "gate_up", gateUp,
+                         {ShapedType::kDynamic, ShapedType::kDynamic, hidden})))
+    return failure();
+  int64_t twoInter = gateUp.getDimSize(1);
+  if (!ShapedType::isDynamic(twoInter) && twoInter % 2 != 0)
+    return emitOpError() << "gate_up dimension 1 is " << twoInter
+                         << " but must be even (gate and up rows)";
+  int64_t inter =
+      ShapedType::isDynamic(twoInter) ? ShapedType::kDynamic : twoInter / 2;
+  if (failed(verifyShape(*this, "down", down,
+                         {gateUp.getDimSize(0), hidden, inter})))
+    return failure();
+  if (failed(verifyShape(*this, "result", getType(), input.getShape())))
+    return failure();
+  return verifySameElementType(*this, "result", getType(), input);
+}
+
+LogicalResult LmHeadOp::verify() {
+  RankedTensorType input = tensorType(getInput());
+  RankedTensorType weight = tensorType(getWeight());
+  if (input.getRank() < 1)
+    return emitOpError() << "input must have rank at least 1";
+  if (failed(verifyShape(*this, "weight", weight,
+                         {ShapedType::kDynamic,
+                          input.getDimSize(input.getRank() - 1)})))
+    return failure();
+  SmallVector<int64_t> expected(input.getShape());
+  expected.back() = weight.getDimSize(0);
+  if (failed(verifyShape(*this, "result", getType(), expected)))
+    return failure();
+  return verifySameElementType(*this, "result", getType(), input);
+}
+
+#define GET_OP_CLASSES
+#include "dialects/Moe/IR/MoeOps.cpp.inc"

@@ -1,0 +1,73 @@
+//===- Onnx.h - Import ONNX models into the moe dialect ---------*- C++ -*-===//
+//
+// The ONNX importer reads a model file (protobuf) and builds one
+// `func.func @forward` in a module:
+//
+//   * graph inputs become function arguments tagged `moe.input = "<name>"`;
+//   * parameters (floating-point initializers of rank >= 2, or whose name
+//     ends in `.weight` / `.bias`) become function arguments tagged
+//     `moe.parameter = "<checkpoint name>"`, after the inputs, in file order;
+//     their values are never read, so weights-free models import too;
+//   * every other initializer and every `Constant` node becomes an
+//     `arith.constant`;
+//   * every other node becomes a `moe.onnx_node`, located at the node's name
+//     and 1-based position in the graph;
+//   * graph outputs are returned.
+//
+// Raising to `moe` ops is a separate pass (moe-raise-onnx). Errors are
+// reported as MLIR diagnostics naming the node, its op type and the reason.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOEC_IMPORT_ONNX_H
+#define MOEC_IMPORT_ONNX_H
+
+#include "moec/Support/HostTensor.h"
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/MLIRContext.h"
+#include "mlir/IR/OwningOpRef.h"
+#include "llvm/ADT/StringRef.h"
+
+#include <memory>
+#include <string>
+
+namespace moec {
+
+/// Reads and imports the ONNX model at `path`. Returns null after emitting a
+/// diagnostic when the file cannot be read, is not an ONNX model, or holds a
+/// graph the importer rejects.
+mlir::OwningOpRef<mlir::ModuleOp> importOnnxFile(mlir::MLIRContext &context,
+                                                 llvm::StringRef path);
+
+/// The initializers of one ONNX model, loaded on demand by name. External
+/// data is read relative to the model's folder; locations that are absolute
+/// or leave that folder are rejected.
+class OnnxWeights {
+public:
+  /// Opens `path`; on failure returns null and sets `error`.
+  static std::unique_ptr<OnnxWeights> open(llvm::StringRef path,
+                                           std::string &error);
+  ~OnnxWeights();
+
+  /// Loads initializer `name`; on failure returns false and sets `error`.
+  bool load(llvm::StringRef name, HostTensor &out, std::string &error) const;
+
+private:
+  OnnxWeights();
+  struct Impl;
+  std::unique_ptr<Impl> impl;
+};
+
+/// Reads a serialized onnx.TensorProto (the `input_0.pb` files of ONNX test
+/// data sets). On failure returns false and sets `error`.
+bool readTensorProtoFile(llvm::StringRef path, HostTensor &out,
+                         std::string &error);
+
+/// Writes `tensor` as a serialized float32 or int64 onnx.TensorProto named
+/// `name`, atomically (a temporary file renamed into place).
+bool writeTensorProtoFile(llvm::StringRef path, llvm::StringRef name,
+                          const HostTensor &tensor, std::string &error);
+
+} // namespace moec
+
+#endif // MOEC_IMPORT_ONNX_H

@@ -1,0 +1,26 @@
+//===- Pipelines.h - moec's named pass pipelines ----------------*- C++ -*-===//
+//
+// The pass pipelines the drivers run, built in one place so that `moec` and
+// `moec-opt` run exactly the same thing.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOEC_PIPELINES_PIPELINES_H
+#define MOEC_PIPELINES_PIPELINES_H
+
+#include "mlir/Pass/PassManager.h"
+
+namespace moec {
+
+/// Raises an imported ONNX forward to moe ops and cleans up:
+/// moe-raise-onnx, canonicalize, cse. With `requireComplete`, any ONNX node
+/// left unraised is an error.
+void buildImportPipeline(mlir::OpPassManager &pm, bool requireComplete);
+
+/// Registers the pipelines above with the global pass registry
+/// (`moe-import-pipeline`).
+void registerPipelines();
+
+} // namespace moec
+
+#endif // MOEC_PIPELINES_PIPELINES_H

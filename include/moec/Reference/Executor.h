@@ -1,0 +1,41 @@
+//===- Executor.h - The CPU reference executor ------------------*- C++ -*-===//
+//
+// Runs a function of raised `moe` IR on the CPU, in fp32 (accumulating in
+// fp64), one op at a time. It is the oracle every other part of moec is
+// checked against, so it is written to be obviously right rather than fast,
+// and it shares no kernel code with the CUDA path.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOEC_REFERENCE_EXECUTOR_H
+#define MOEC_REFERENCE_EXECUTOR_H
+
+#include "moec/Support/HostTensor.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Support/LogicalResult.h"
+
+#include <vector>
+
+namespace moec::reference {
+
+/// Runs `func` on `arguments` (one per function argument, in order) and
+/// returns its results in `results`. Shapes are checked against the
+/// function's types. Fails with a diagnostic at the offending op on a shape
+/// mismatch, an index out of range, or an op the executor does not know
+/// (for example an unraised `moe.onnx_node`).
+mlir::LogicalResult execute(mlir::func::FuncOp func,
+                            const std::vector<HostTensor> &arguments,
+                            std::vector<HostTensor> &results);
+
+/// How far `actual` is from `expected`: the largest absolute difference and
+/// the L2 norm of the difference relative to the L2 norm of `expected`.
+struct ErrorStats {
+  double maxAbs = 0.0;
+  double relativeL2 = 0.0;
+};
+ErrorStats compare(const HostTensor &actual, const HostTensor &expected);
+
+} // namespace moec::reference
+
+#endif // MOEC_REFERENCE_EXECUTOR_H

@@ -1,0 +1,590 @@
+//===- OnnxImporter.cpp - ONNX protobuf to the moe dialect ----------------===//
+//
+// Builds `func.func @forward` from an ONNX ModelProto, node by node, as
+// described in moec/Import/Onnx.h. The importer is faithful: it raises
+// nothing, it only checks what it must to produce well-formed IR (defined
+// inputs, known element types, typed outputs, consistent static shapes) and
+// rejects what moec cannot represent (sub-graphs, randomness, unknown
+// domains, model-local functions).
+//
+//===----------------------------------------------------------------------===//
+
+#include "moec/Import/Onnx.h"
+
+#include "OnnxTensors.h"
+#include "dialects/Moe/IR/MoeOps.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/BuiltinAttributes.h"
+#include "mlir/IR/Diagnostics.h"
+#include "mlir/IR/Verifier.h"
+#include "llvm/ADT/StringMap.h"
+#include "llvm/ADT/StringSet.h"
+#include "llvm/Support/MemoryBuffer.h"
+#include "llvm/Support/Path.h"
+
+#include <fmt/format.h>
+#include <onnx/onnx_pb.h>
+
+using namespace mlir;
+using namespace moec;
+
+namespace {
+
+/// Operator domains the importer accepts. Other domains (and model-local
+/// functions) are rejected with the node that uses them.
+bool isKnownDomain(llvm::StringRef domain) {
+  return domain.empty() || domain == "ai.onnx" || domain == "com.microsoft" ||
+         domain == "moec";
+}
+
+/// Operators moec will never import: control flow with sub-graphs, random
+/// number generation and sequences. A training compiler needs a pure,
+/// statically-shaped forward graph.
+bool isRejectedOp(llvm::StringRef opType, std::string &why) {
+  static const llvm::StringSet<> controlFlow = {"If", "Loop", "Scan"};
+  static const llvm::StringSet<> random = {
+      "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+      "Multinomial",  "Bernoulli",     "Dropout"};
+  if (controlFlow.contains(opType)) {
+    why = "control flow with sub-graphs is not supported";
+    return true;
+  }
+  if (random.contains(opType)) {
+    why = "random operators are not supported (export the model in eval mode)";
+    return true;
+  }
+  if (opType.starts_with("Sequence") || opType.starts_with("Optional")) {
+    why = "sequence and optional values are not supported";
+    return true;
+  }
+  return false;
+}
+
+/// A parameter is a floating-point initializer of rank >= 2 or one named like
+/// a module's weight or bias; the rest (shape constants, buffers such as
+/// rotary frequencies) are constants.
+bool isParameter(const onnx::TensorProto &tensor) {
+  using T = onnx::TensorProto;
+  int32_t type = tensor.data_type();
+  bool floating = type == T::FLOAT || type == T::FLOAT16 ||
+                  type == T::BFLOAT16 || type == T::DOUBLE;
+  if (!floating)
+    return false;
+  llvm::StringRef name = tensor.name();
+  return tensor.dims_size() >= 2 || name.ends_with(".weight") ||
+         name.ends_with(".bias");
+}
+
+class GraphImporter {
+public:
+  GraphImporter(MLIRContext &context, const onnx::ModelProto &model,
+                llvm::StringRef path)
+      : context(context), builder(&context), model(model), path(path.str()) {
+    llvm::SmallString<256> dir(path);
+    llvm::sys::path::remove_filename(dir);
+    modelDir = dir.empty() ? "." : std::string(dir);
+  }
+
+  OwningOpRef<ModuleOp> run();
+
+private:
+  // --- Types and attributes ---------------------------------------------
+  FailureOr<Type> convertElementType(int32_t type, Location loc,
+                                     llvm::StringRef what);
+  FailureOr<RankedTensorType> convertValueType(const onnx::TypeProto &type,
+                                               Location loc,
+                                               llvm::StringRef what);
+  FailureOr<DenseElementsAttr> convertTensor(const onnx::TensorProto &tensor,
+                                             Location loc);
+  FailureOr<Attribute> convertAttribute(const onnx::AttributeProto &attr,
+                                        Location loc);
+
+  // --- Graph --------------------------------------------------------------
+  Location nodeLoc(const onnx::NodeProto &node, int index);
+  LogicalResult importConstantNode(const onnx::NodeProto &node, Location loc);
+  LogicalResult importNode(const onnx::NodeProto &node, int index);
+  LogicalResult checkShapes(const onnx::NodeProto &node, Location loc,
+                            ArrayRef<Value> inputs);
+
+  InFlightDiagnostic nodeError(const onnx::NodeProto &node, Location loc) {
+    InFlightDiagnostic diag = emitError(loc);
+    diag << "ONNX node '" << node.name() << "' (" << node.op_type() << "): ";
+    return diag;
+  }
+
+  MLIRContext &context;
+  OpBuilder builder;
+  const onnx::ModelProto &model;
+  std::string path;
+  std::string modelDir;
+  llvm::StringMap<Value> values;
+  llvm::StringMap<const onnx::TypeProto *> declaredTypes;
+};
+
+FailureOr<Type> GraphImporter::convertElementType(int32_t type, Location loc,
+                                                  llvm::StringRef what) {
+  using T = onnx::TensorProto;
+  switch (type) {
+  case T::FLOAT: return Type(builder.getF32Type());
+  case T::DOUBLE: return Type(builder.getF64Type());
+  case T::FLOAT16: return Type(builder.getF16Type());
+  case T::BFLOAT16: return Type(builder.getBF16Type());
+  case T::INT64: return Type(builder.getI64Type());
+  case T::INT32: return Type(builder.getI32Type());
+  case T::INT16: return Type(builder.getI16Type());
+  case T::INT8: return Type(builder.getI8Type());
+  case T::UINT8: return Type(builder.getIntegerType(8, /*isSigned=*/false));
+  case T::BOOL: return Type(builder.getI1Type());
+  default:
+    return emitError(loc) << what << " has unsupported element type "
+                          << T::DataType_Name(static_cast<T::DataType>(type))
+                          << " (" << type << ")";
+  }
+}
+
+FailureOr<RankedTensorType>
+GraphImporter::convertValueType(const onnx::TypeProto &type, Location loc,
+                                llvm::StringRef what) {
+  if (!type.has_tensor_type())
+    return emitError(loc) << what << " is not a tensor";
+  const auto &tensorType = type.tensor_type();
+  FailureOr<Type> elementType =
+      convertElementType(tensorType.elem_type(), loc, what);
+  if (failed(elementType))
+    return failure();
+  if (!tensorType.has_shape())
+    return emitError(loc) << what << " has no shape (not even a rank); "
+                          << "re-export with shape information";
+  SmallVector<int64_t> shape;
+  for (const auto &dim : tensorType.shape().dim()) {
+    if (dim.has_dim_value()) {
+      if (dim.dim_value() < 0)
+        return emitError(loc) << what << " has negative dimension "
+                              << dim.dim_value();
+      shape.push_back(dim.dim_value());
+    } else {
+      shape.push_back(ShapedType::kDynamic); // dim_param or unknown
+    }
+  }
+  return RankedTensorType::get(shape, *elementType);
+}
+
+FailureOr<DenseElementsAttr>
+GraphImporter::convertTensor(const onnx::TensorProto &tensor, Location loc) {
+  FailureOr<Type> elementType = convertElementType(
+      tensor.data_type(), loc, "tensor '" + tensor.name() + "'");
+  if (failed(elementType))
+    return failure();
+  HostTensor host;
+  std::string error;
+  if (!decodeTensor(tensor, modelDir, host, error))
+    return emitError(loc) << error;
+  auto type = RankedTensorType::get(host.shape, *elementType);
+  if (auto floatType = dyn_cast<FloatType>(*elementType)) {
+    SmallVector<APFloat> elements;
+    elements.reserve(host.f32.size());
+    for (float v : host.f32) {
+      APFloat value(v);
+      bool lostInfo = false;
+      value.convert(floatType.getFloatSemantics(),
+                    APFloat::rmNearestTiesToEven, &lostInfo);
+      elements.push_back(value);
+    }
+    return DenseElementsAttr::get(type, elements);
+  }
+  unsigned width = elementType->getIntOrFloatBitWidth();
+  SmallVector<APInt> elements;
+  elements.reserve(host.i64.size());
+  for (int64_t v : host.i64)
+    elements.push_back(APInt(width, static_cast<uint64_t>(v),
+                             /*isSigned=*/true, /*implicitTrunc=*/true));
+  return DenseElementsAttr::get(type, elements);
+}
+
+FailureOr<Attribute>
+GraphImporter::convertAttribute(const onnx::AttributeProto &attr,
+                                Location loc) {
+  using A = onnx::AttributeProto;
+  switch (attr.type()) {
+  case A::INT:
+    return Attribute(builder.getI64IntegerAttr(attr.i()));
+  case A::FLOAT:
+    return Attribute(builder.getF32FloatAttr(attr.f()));
+  case A::STRING:
+    return Attribute(builder.getStringAttr(attr.s()));
+  case A::INTS:
+    return Attribute(builder.getDenseI64ArrayAttr(
+        SmallVector<int64_t>(attr.ints().begin(), attr.ints().end())));
+  case A::FLOATS:
+    return Attribute(builder.getDenseF32ArrayAttr(
+        SmallVector<float>(attr.floats().begin(), attr.floats().end())));
+  case A::STRINGS: {
+    SmallVector<Attribute> strings;
+    for (const std::string &s : attr.strings())
+      strings.push_back(builder.getStringAttr(s));
+    return Attribute(builder.getArrayAttr(strings));
+  }
+  case A::TENSOR: {
+    FailureOr<DenseElementsAttr> tensor = convertTensor(attr.t(), loc);
+    if (failed(tensor))
+      return failure();
+    return Attribute(*tensor);
+  }
+  default:
+    return emitError(loc) << "attribute '" << attr.name() << "' has type "
+                          << A::AttributeType_Name(attr.type())
+                          << ", which is not supported";
+  }
+}
+
+Location GraphImporter::nodeLoc(const onnx::NodeProto &node, int index) {
+  Location fileLoc = FileLineColLoc::get(&context, path, index + 1, 1);
+  std::string name = node.name().empty()
+                         ? fmt::format("{}#{}", node.op_type(), index + 1)
+                         : node.name();
+  return NameLoc::get(builder.getStringAttr(name), fileLoc);
+}
+
+LogicalResult GraphImporter::importConstantNode(const onnx::NodeProto &node,
+                                                Location loc) {
+  if (node.output_size() != 1 || node.attribute_size() != 1)
+    return nodeError(node, loc) << "expected one output and one attribute, "
+                                << "got " << node.output_size() << " and "
+                                << node.attribute_size();
+  const onnx::AttributeProto &attr = node.attribute(0);
+  Attribute value;
+  if (attr.name() == "value") {
+    FailureOr<DenseElementsAttr> tensor = convertTensor(attr.t(), loc);
+    if (failed(tensor))
+      return failure();
+    value = *tensor;
+  } else if (attr.name() == "value_float") {
+    value = DenseElementsAttr::get(
+        RankedTensorType::get({}, builder.getF32Type()), attr.f());
+  } else if (attr.name() == "value_floats") {
+    SmallVector<float> v(attr.floats().begin(), attr.floats().end());
+    value = DenseElementsAttr::get(
+        RankedTensorType::get({static_cast<int64_t>(v.size())},
+                              builder.getF32Type()),
+        ArrayRef<float>(v));
+  } else if (attr.name() == "value_int") {
+    value = DenseElementsAttr::get(
+        RankedTensorType::get({}, builder.getI64Type()),
+        static_cast<int64_t>(attr.i()));
+  } else if (attr.name() == "value_ints") {
+    SmallVector<int64_t> v(attr.ints().begin(), attr.ints().end());
+    value = DenseElementsAttr::get(
+        RankedTensorType::get({static_cast<int64_t>(v.size())},
+                              builder.getI64Type()),
+        ArrayRef<int64_t>(v));
+  } else {
+    return nodeError(node, loc) << "constant attribute '" << attr.name()
+                                << "' is not supported";
+  }
+  values[node.output(0)] =
+      builder.create<arith::ConstantOp>(loc, cast<TypedAttr>(value));
+  return success();
+}
+
+/// Broadcasts two static-or-dynamic shapes by numpy rules; fails when two
+/// static dimensions differ and neither is 1.
+static bool broadcastable(ArrayRef<int64_t> a, ArrayRef<int64_t> b,
+                          int64_t &badA, int64_t &badB) {
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    int64_t x = a[a.size() - 1 - i], y = b[b.size() - 1 - i];
+    if (ShapedType::isDynamic(x) || ShapedType::isDynamic(y) || x == y ||
+        x == 1 || y == 1)
+      continue;
+    badA = x;
+    badB = y;
+    return false;
+  }
+  return true;
+}
+
+LogicalResult GraphImporter::checkShapes(const onnx::NodeProto &node,
+                                         Location loc, ArrayRef<Value> inputs) {
+  auto shapeOf = [](Value v) -> ArrayRef<int64_t> {
+    if (auto t = dyn_cast<RankedTensorType>(v.getType()))
+      return t.getShape();
+    return {};
+  };
+  llvm::StringRef op = node.op_type();
+  if (!node.domain().empty() && node.domain() != "ai.onnx")
+    return success();
+  if (op == "MatMul" && inputs.size() == 2) {
+    ArrayRef<int64_t> a = shapeOf(inputs[0]), b = shapeOf(inputs[1]);
+    if (a.size() >= 2 && b.size() >= 2) {
+      int64_t k1 = a.back(), k2 = b[b.size() - 2];
+      if (!ShapedType::isDynamic(k1) && !ShapedType::isDynamic(k2) && k1 != k2)
+        return nodeError(node, loc)
+               << "inconsistent shapes: inner dimensions " << k1 << " (of '"
+               << node.input(0) << "') and " << k2 << " (of '"
+               << node.input(1) << "') differ";
+    }
+  }
+  static const llvm::StringSet<> elementwise = {"Add", "Sub", "Mul", "Div",
+                                                "Pow", "Where", "Equal"};
+  if (elementwise.contains(op)) {
+    for (size_t i = 1; i < inputs.size(); ++i) {
+      int64_t x = 0, y = 0;
+      if (!broadcastable(shapeOf(inputs[0]), shapeOf(inputs[i]), x, y))
+        return nodeError(node, loc)
+               << "inconsistent shapes: dimensions " << x << " (of '"
+               << node.input(0) << "') and " << y << " (of '"
+               << node.input(i) << "') do not broadcast";
+    }
+  }
+  return success();
+}
+
+LogicalResult GraphImporter::importNode(const onnx::NodeProto &node,
+                                        int index) {
+  Location loc = nodeLoc(node, index);
+  std::string why;
+  if (!isKnownDomain(node.domain()))
+    return nodeError(node, loc)
+           << "unsupported op: domain '" << node.domain()
+           << "' is not one moec knows (ai.onnx, com.microsoft, moec)";
+  for (const auto &function : model.functions())
+    if (function.name() == node.op_type() &&
+        function.domain() == node.domain())
+      return nodeError(node, loc)
+             << "unsupported op: model-local function; export with functions "
+                "inlined";
+  if (isRejectedOp(node.op_type(), why))
+    return nodeError(node, loc) << "unsupported op: " << why;
+  if (node.op_type() == "Constant" && node.domain().empty())
+    return importConstantNode(node, loc);
+
+  // Inputs; empty names are omitted optional inputs, recorded by position.
+  SmallVector<Value> inputs;
+  SmallVector<int64_t> absentInputs;
+  for (int i = 0; i < node.input_size(); ++i) {
+    const std::string &name = node.input(i);
+    if (name.empty()) {
+      absentInputs.push_back(i);
+      continue;
+    }
+    auto it = values.find(name);
+    if (it == values.end())
+      return nodeError(node, loc) << "input " << i << " '" << name
+                                  << "' is not a graph input, an "
+                                     "initializer or an earlier node's output";
+    inputs.push_back(it->second);
+  }
+  // Trailing absent inputs need no record: they are simply not there.
+  while (!absentInputs.empty() &&
+         absentInputs.back() == static_cast<int64_t>(absentInputs.size()) +
+                                    static_cast<int64_t>(inputs.size()) - 1)
+    absentInputs.pop_back();
+
+  SmallVector<Type> resultTypes;
+  for (int i = 0; i < node.output_size(); ++i) {
+    const std::string &name = node.output(i);
+    if (name.empty()) {
+      resultTypes.push_back(builder.getNoneType());
+      continue;
+    }
+    auto it = declaredTypes.find(name);
+    if (it == declaredTypes.end())
+      return nodeError(node, loc)
+             << "output " << i << " '" << name
+             << "' has no type information; export with shape inference";
+    FailureOr<RankedTensorType> type =
+        convertValueType(*it->second, loc, "output '" + name + "'");
+    if (failed(type))
+      return failure();
+    resultTypes.push_back(*type);
+  }
+  if (failed(checkShapes(node, loc, inputs)))
+    return failure();
+
+  SmallVector<NamedAttribute> attrs;
+  attrs.push_back(builder.getNamedAttr("op_type",
+                                       builder.getStringAttr(node.op_type())));
+  if (!node.domain().empty())
+    attrs.push_back(
+        builder.getNamedAttr("domain", builder.getStringAttr(node.domain())));
+  if (!absentInputs.empty())
+    attrs.push_back(builder.getNamedAttr(
+        "absent_inputs", builder.getDenseI64ArrayAttr(absentInputs)));
+  for (const auto &attr : node.attribute()) {
+    if (attr.name() == "op_type" || attr.name() == "domain" ||
+        attr.name() == "absent_inputs")
+      return nodeError(node, loc) << "attribute name '" << attr.name()
+                                  << "' is reserved by moec";
+    FailureOr<Attribute> value = convertAttribute(attr, loc);
+    if (failed(value))
+      return failure();
+    attrs.push_back(builder.getNamedAttr(attr.name(), *value));
+  }
+  OperationState state(loc, moe::OnnxNodeOp::getOperationName());
+  state.addOperands(inputs);
+  state.addTypes(resultTypes);
+  state.addAttributes(attrs);
+  Operation *op = builder.create(state);
+  for (int i = 0; i < node.output_size(); ++i) {
+    if (node.output(i).empty())
+      continue;
+    if (!values.try_emplace(node.output(i), op->getResult(i)).second)
+      return nodeError(node, loc) << "output '" << node.output(i)
+                                  << "' is already defined";
+  }
+  return success();
+}
+
+OwningOpRef<ModuleOp> GraphImporter::run() {
+  const onnx::GraphProto &graph = model.graph();
+  Location fileLoc = FileLineColLoc::get(&context, path, 0, 0);
+  OwningOpRef<ModuleOp> module = ModuleOp::create(fileLoc);
+
+  int64_t opset = 0;
+  for (const auto &entry : model.opset_import())
+    if (entry.domain().empty() || entry.domain() == "ai.onnx")
+      opset = entry.version();
+  (*module)->setAttr("moe.onnx.opset", builder.getI64IntegerAttr(opset));
+  (*module)->setAttr("moe.onnx.producer",
+                     builder.getStringAttr(model.producer_name() + " " +
+                                           model.producer_version()));
+
+  for (const auto &info : graph.value_info())
+    declaredTypes[info.name()] = &info.type();
+  for (const auto &info : graph.output())
+    declaredTypes[info.name()] = &info.type();
+
+  // Arguments: graph inputs (those not also initializers), then parameters.
+  llvm::StringSet<> initializerNames;
+  for (const auto &init : graph.initializer())
+    initializerNames.insert(init.name());
+  SmallVector<Type> argTypes;
+  SmallVector<NamedAttribute> argTags;
+  SmallVector<std::string> argNames;
+  for (const auto &input : graph.input()) {
+    if (initializerNames.contains(input.name()))
+      continue;
+    FailureOr<RankedTensorType> type = convertValueType(
+        input.type(), fileLoc, "graph input '" + input.name() + "'");
+    if (failed(type))
+      return nullptr;
+    argTypes.push_back(*type);
+    argTags.push_back(builder.getNamedAttr(
+        "moe.input", builder.getStringAttr(input.name())));
+    argNames.push_back(input.name());
+  }
+  SmallVector<const onnx::TensorProto *> constants;
+  for (const auto &init : graph.initializer()) {
+    if (!isParameter(init)) {
+      constants.push_back(&init);
+      continue;
+    }
+    FailureOr<Type> elementType = convertElementType(
+        init.data_type(), fileLoc, "initializer '" + init.name() + "'");
+    if (failed(elementType))
+      return nullptr;
+    SmallVector<int64_t> shape(init.dims().begin(), init.dims().end());
+    auto declared = declaredTypes.find(init.name());
+    if (declared != declaredTypes.end()) {
+      FailureOr<RankedTensorType> declaredType = convertValueType(
+          *declared->second, fileLoc, "initializer '" + init.name() + "'");
+      if (failed(declaredType))
+        return nullptr;
+      auto type = RankedTensorType::get(shape, *elementType);
+      if (failed(verifyCompatibleShape(type, *declaredType))) {
+        emitError(fileLoc) << "inconsistent shapes: initializer '"
+                           << init.name() << "' has type " << type
+                           << " but the graph declares " << *declaredType;
+        return nullptr;
+      }
+    }
+    argTypes.push_back(RankedTensorType::get(shape, *elementType));
+    argTags.push_back(builder.getNamedAttr(
+        "moe.parameter", builder.getStringAttr(init.name())));
+    argNames.push_back(init.name());
+  }
+
+  SmallVector<Type> resultTypes;
+  for (const auto &output : graph.output()) {
+    FailureOr<RankedTensorType> type = convertValueType(
+        output.type(), fileLoc, "graph output '" + output.name() + "'");
+    if (failed(type))
+      return nullptr;
+    resultTypes.push_back(*type);
+  }
+
+  builder.setInsertionPointToEnd(module->getBody());
+  auto func = builder.create<func::FuncOp>(
+      fileLoc, "forward", builder.getFunctionType(argTypes, resultTypes));
+  Block *entry = func.addEntryBlock();
+  for (auto [i, tag] : llvm::enumerate(argTags)) {
+    func.setArgAttr(i, tag.getName(), tag.getValue());
+    values[argNames[i]] = entry->getArgument(i);
+  }
+  for (auto [i, output] : llvm::enumerate(graph.output()))
+    func.setResultAttr(i, "moe.output", builder.getStringAttr(output.name()));
+
+  builder.setInsertionPointToStart(entry);
+  for (const onnx::TensorProto *init : constants) {
+    Location loc = NameLoc::get(builder.getStringAttr(init->name()), fileLoc);
+    FailureOr<DenseElementsAttr> value = convertTensor(*init, loc);
+    if (failed(value))
+      return nullptr;
+    values[init->name()] = builder.create<arith::ConstantOp>(loc, *value);
+  }
+  for (int i = 0; i < graph.node_size(); ++i)
+    if (failed(importNode(graph.node(i), i)))
+      return nullptr;
+
+  SmallVector<Value> results;
+  for (const auto &output : graph.output()) {
+    auto it = values.find(output.name());
+    if (it == values.end()) {
+      emitError(fileLoc) << "graph output '" << output.name()
+                         << "' is not produced by any node";
+      return nullptr;
+    }
+    results.push_back(it->second);
+  }
+  builder.create<func::ReturnOp>(fileLoc, results);
+  if (failed(verify(*module)))
+    return nullptr;
+  return module;
+}
+
+} // namespace
+
+OwningOpRef<ModuleOp> moec::importOnnxFile(MLIRContext &context,
+                                           llvm::StringRef path) {
+  context.loadDialect<moe::MoeDialect, arith::ArithDialect,
+                      func::FuncDialect>();
+  Location fileLoc = FileLineColLoc::get(&context, path, 0, 0);
+  auto buffer = llvm::MemoryBuffer::getFile(path, /*IsText=*/false,
+                                            /*RequiresNullTerminator=*/false);
+  if (!buffer) {
+    emitError(fileLoc) << "cannot read ONNX model: "
+                       << buffer.getError().message();
+    return nullptr;
+  }
+  if ((*buffer)->getBufferSize() > static_cast<size_t>(INT32_MAX)) {
+    emitError(fileLoc) << "ONNX model is " << (*buffer)->getBufferSize()
+                       << " bytes, over protobuf's 2 GiB limit; store the "
+                          "weights as external data";
+    return nullptr;
+  }
+  onnx::ModelProto model;
+  if (!model.ParseFromArray((*buffer)->getBufferStart(),
+                            static_cast<int>((*buffer)->getBufferSize()))) {
+    emitError(fileLoc) << "not an ONNX model: the file ("
+                       << (*buffer)->getBufferSize()
+                       << " bytes) does not parse as an onnx.ModelProto";
+    return nullptr;
+  }
+  if (!model.has_graph()) {
+    emitError(fileLoc) << "not an ONNX model: the ModelProto has no graph";
+    return nullptr;
+  }
+  return GraphImporter(context, model, path).run();
+}

@@ -1,0 +1,264 @@
+//===- Executor.cpp - The CPU reference executor --------------------------===//
+//
+// Interprets one function of raised moe IR: a map from SSA values to host
+// tensors, filled op by op in program order. Each op is checked against the
+// shapes its type promises before and after its kernel runs.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moec/Reference/Executor.h"
+
+#include "dialects/Moe/IR/MoeOps.h"
+#include "moec/Reference/Kernels.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/IR/BuiltinAttributes.h"
+#include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/TypeSwitch.h"
+
+#include <cmath>
+
+using namespace mlir;
+using namespace moec;
+using namespace moec::reference;
+
+namespace {
+
+/// Checks a host tensor against a value's tensor type: same rank, equal
+/// static dimensions, float vs integer elements.
+LogicalResult checkAgainstType(const HostTensor &tensor, Type type,
+                               Location loc, llvm::StringRef what) {
+  auto tensorType = dyn_cast<RankedTensorType>(type);
+  if (!tensorType)
+    return emitError(loc) << what << " has non-tensor type " << type;
+  bool wantFloat = isa<FloatType>(tensorType.getElementType());
+  if (wantFloat != tensor.isFloat())
+    return emitError(loc) << what << " holds "
+                          << (tensor.isFloat() ? "floats" : "integers")
+                          << " but its type is " << type;
+  ArrayRef<int64_t> shape = tensorType.getShape();
+  bool ok = shape.size() == tensor.shape.size();
+  for (size_t i = 0; ok && i < shape.size(); ++i)
+    ok = ShapedType::isDynamic(shape[i]) || shape[i] == tensor.shape[i];
+  if (!ok)
+    return emitError(loc) << what << " has shape " << tensor.shapeString()
+                          << " but its type is " << type;
+  return success();
+}
+
+HostTensor fromAttribute(DenseElementsAttr attr) {
+  std::vector<int64_t> shape(attr.getType().getShape().begin(),
+                             attr.getType().getShape().end());
+  if (isa<FloatType>(attr.getElementType())) {
+    HostTensor t = HostTensor::floats(shape);
+    int64_t i = 0;
+    for (APFloat v : attr.getValues<APFloat>())
+      t.f32[i++] = static_cast<float>(v.convertToDouble());
+    return t;
+  }
+  HostTensor t = HostTensor::ints(shape);
+  int64_t i = 0;
+  bool isUnsigned = attr.getElementType().isUnsignedInteger();
+  for (APInt v : attr.getValues<APInt>())
+    t.i64[i++] = isUnsigned ? static_cast<int64_t>(v.getZExtValue())
+                            : v.getSExtValue();
+  return t;
+}
+
+class Interpreter {
+public:
+  LogicalResult run(func::FuncOp func, const std::vector<HostTensor> &args,
+                    std::vector<HostTensor> &results);
+
+private:
+  const HostTensor &get(Value v) { return env.find(v)->second; }
+  LogicalResult set(Operation *op, Value v, HostTensor t) {
+    if (failed(checkAgainstType(t, v.getType(), op->getLoc(), "result")))
+      return failure();
+    env[v] = std::move(t);
+    return success();
+  }
+  /// Turns a kernel's outcome into a diagnostic at `op`.
+  LogicalResult kernel(Operation *op, bool ok, const std::string &error) {
+    if (ok)
+      return success();
+    return op->emitOpError() << "reference execution failed: " << error;
+  }
+  LogicalResult execute(Operation *op);
+
+  llvm::DenseMap<Value, HostTensor> env;
+};
+
+LogicalResult Interpreter::execute(Operation *op) {
+  std::string error;
+  HostTensor out;
+  return llvm::TypeSwitch<Operation *, LogicalResult>(op)
+      .Case([&](arith::ConstantOp c) -> LogicalResult {
+        auto dense = dyn_cast<DenseElementsAttr>(c.getValue());
+        if (!dense)
+          return op->emitOpError() << "reference executor needs a dense "
+                                      "tensor constant";
+        return set(op, c.getResult(), fromAttribute(dense));
+      })
+      .Case<arith::AddFOp, arith::SubFOp, arith::MulFOp, arith::DivFOp>(
+          [&](Operation *binaryOp) -> LogicalResult {
+            BinaryKind kind = isa<arith::AddFOp>(binaryOp)   ? BinaryKind::Add
+                              : isa<arith::SubFOp>(binaryOp) ? BinaryKind::Sub
+                              : isa<arith::MulFOp>(binaryOp) ? BinaryKind::Mul
+                                                             : BinaryKind::Div;
+            if (failed(kernel(op,
+                              binary(kind, get(op->getOperand(0)),
+                                     get(op->getOperand(1)), out, error),
+                              error)))
+              return failure();
+            return set(op, op->getResult(0), std::move(out));
+          })
+      .Case([&](moe::EmbeddingOp e) -> LogicalResult {
+        if (failed(kernel(op,
+                          embedding(get(e.getTable()), get(e.getIndices()),
+                                    out, error),
+                          error)))
+          return failure();
+        return set(op, e.getResult(), std::move(out));
+      })
+      .Case([&](moe::RmsNormOp n) -> LogicalResult {
+        if (failed(kernel(op,
+                          rmsNorm(get(n.getInput()), get(n.getWeight()),
+                                  n.getEpsilon().convertToDouble(), out,
+                                  error),
+                          error)))
+          return failure();
+        return set(op, n.getResult(), std::move(out));
+      })
+      .Case([&](moe::RotaryOp r) -> LogicalResult {
+        const HostTensor *positions =
+            r.getPositions() ? &get(r.getPositions()) : nullptr;
+        if (failed(kernel(op,
+                          rotary(get(r.getInput()), positions,
+                                 r.getTheta().convertToDouble(), out, error),
+                          error)))
+          return failure();
+        return set(op, r.getResult(), std::move(out));
+      })
+      .Case([&](moe::AttentionOp a) -> LogicalResult {
+        if (failed(kernel(op,
+                          attention(get(a.getQuery()), get(a.getKey()),
+                                    get(a.getValue()), a.getCausal(),
+                                    a.getScale().convertToDouble(),
+                                    a.getSlidingWindow(), out, error),
+                          error)))
+          return failure();
+        return set(op, a.getResult(), std::move(out));
+      })
+      .Case([&](moe::LinearOp l) -> LogicalResult {
+        const HostTensor *bias = l.getBias() ? &get(l.getBias()) : nullptr;
+        if (failed(kernel(op,
+                          linear(get(l.getInput()), get(l.getWeight()), bias,
+                                 out, error),
+                          error)))
+          return failure();
+        return set(op, l.getResult(), std::move(out));
+      })
+      .Case([&](moe::LmHeadOp l) -> LogicalResult {
+        if (failed(kernel(op,
+                          linear(get(l.getInput()), get(l.getWeight()),
+                                 nullptr, out, error),
+                          error)))
+          return failure();
+        return set(op, l.getResult(), std::move(out));
+      })
+      .Case([&](moe::RouterOp r) -> LogicalResult {
+        moe::LoadBalancing mode = r.getLoadBalancing();
+        if (mode != moe::LoadBalancing::aux_loss &&
+            mode != moe::LoadBalancing::none)
+          return op->emitOpError()
+                 << "reference executor runs the forward of aux_loss and "
+                    "none routing only, not "
+                 << moe::stringifyLoadBalancing(mode);
+        HostTensor experts;
+        if (failed(kernel(op,
+                          routeTopK(get(r.getLogits()), r.getK(),
+                                    /*renormalize=*/true, out, experts, error),
+                          error)))
+          return failure();
+        if (failed(set(op, r.getGates(), std::move(out))))
+          return failure();
+        return set(op, r.getExperts(), std::move(experts));
+      })
+      .Case([&](moe::ExpertsOp x) -> LogicalResult {
+        bool interleaved =
+            x.getGateUpLayout() == moe::GateUpLayout::interleaved;
+        if (failed(kernel(op,
+                          experts(get(x.getInput()), get(x.getGates()),
+                                  get(x.getExperts()), get(x.getGateUp()),
+                                  get(x.getDown()), interleaved, out, error),
+                          error)))
+          return failure();
+        return set(op, x.getResult(), std::move(out));
+      })
+      .Case([&](moe::OnnxNodeOp node) -> LogicalResult {
+        return op->emitOpError()
+               << "reference executor cannot run the unraised ONNX node '"
+               << node.getOpType() << "'";
+      })
+      .Default([&](Operation *) -> LogicalResult {
+        return op->emitOpError() << "is not supported by the reference "
+                                    "executor";
+      });
+}
+
+LogicalResult Interpreter::run(func::FuncOp func,
+                               const std::vector<HostTensor> &args,
+                               std::vector<HostTensor> &results) {
+  if (!func.getBody().hasOneBlock())
+    return func.emitOpError() << "reference executor needs a function with "
+                                 "one block";
+  Block &entry = func.getBody().front();
+  if (args.size() != entry.getNumArguments())
+    return func.emitOpError() << "takes " << entry.getNumArguments()
+                              << " arguments but " << args.size()
+                              << " were given";
+  for (auto [i, arg] : llvm::enumerate(entry.getArguments())) {
+    if (failed(checkAgainstType(args[i], arg.getType(), func.getLoc(),
+                                "argument " + std::to_string(i))))
+      return failure();
+    env[arg] = args[i];
+  }
+  for (Operation &op : entry) {
+    if (auto ret = dyn_cast<func::ReturnOp>(op)) {
+      results.clear();
+      for (Value v : ret.getOperands())
+        results.push_back(get(v));
+      return success();
+    }
+    if (failed(execute(&op)))
+      return failure();
+  }
+  return func.emitOpError() << "has no return";
+}
+
+} // namespace
+
+LogicalResult reference::execute(func::FuncOp func,
+                                 const std::vector<HostTensor> &arguments,
+                                 std::vector<HostTensor> &results) {
+  return Interpreter().run(func, arguments, results);
+}
+
+ErrorStats reference::compare(const HostTensor &actual,
+                              const HostTensor &expected) {
+  ErrorStats stats;
+  double diffSquares = 0.0, refSquares = 0.0;
+  int64_t n = std::min(actual.numElements(), expected.numElements());
+  for (int64_t i = 0; i < n; ++i) {
+    double a = actual.isFloat() ? actual.f32[i] : actual.i64[i];
+    double e = expected.isFloat() ? expected.f32[i] : expected.i64[i];
+    double d = a - e;
+    stats.maxAbs = std::max(stats.maxAbs, std::abs(d));
+    diffSquares += d * d;
+    refSquares += e * e;
+  }
+  stats.relativeL2 = refSquares > 0.0 ? std::sqrt(diffSquares / refSquares)
+                                      : std::sqrt(diffSquares);
+  return stats;
+}

@@ -1,0 +1,19 @@
+"""Python side of moec: model export, presets and golden-data generation.
+
+The C++ compiler consumes ONNX files; this package produces them from the stock
+Hugging Face ``transformers.MixtralForCausalLM`` and writes the reference data
+the compiler's tests compare against.
+
+Modules:
+
+* :mod:`moec.presets` -- named ``MixtralConfig`` presets (mirrored as JSON in
+  ``moec/configs/*.json`` for the C++ side) and config loading.
+* :mod:`moec.export` -- ``python -m moec.export``: Mixtral to ONNX in one of
+  three forms (``ort``, ``batched_mm``, ``grouped_mm``).
+* :mod:`moec.golden` -- ``python -m moec.golden``: regenerates the fixtures
+  under ``test/Inputs/tiny/``.
+* :mod:`moec.inspect_onnx` -- ``python -m moec.inspect_onnx``: prints an ONNX
+  graph node by node with shapes.
+
+Run them with ``PYTHONPATH=python`` from the repository root.
+"""

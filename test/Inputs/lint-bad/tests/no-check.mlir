@@ -1,0 +1,2 @@
+// RUN: moec-opt %s
+func.func @f() { return }

@@ -1,0 +1,3 @@
+// RUN moec-opt %s | FileCheck %s
+// CHECK: func
+func.func @f() { return }

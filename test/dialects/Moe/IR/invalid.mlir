@@ -1,0 +1,297 @@
+// RUN: moec-opt %s -split-input-file -verify-diagnostics
+
+// Tests that an embedding table must be two-dimensional.
+func.func @embedding_table_rank(%t: tensor<4x2x2xf32>, %i: tensor<3xi64>) {
+  // expected-error@+1 {{'moe.embedding' op table must have rank 2 ([vocab, hidden]) but has rank 3}}
+  %0 = moe.embedding %t[%i] : (tensor<4x2x2xf32>, tensor<3xi64>) -> tensor<3x2xf32>
+  return
+}
+
+// -----
+
+// Tests that an embedding's result is the indices' shape plus hidden.
+func.func @embedding_result(%t: tensor<4x8xf32>, %i: tensor<3xi64>) {
+  // expected-error@+1 {{'moe.embedding' op result dimension 1 is 4 but must be 8}}
+  %0 = moe.embedding %t[%i] : (tensor<4x8xf32>, tensor<3xi64>) -> tensor<3x4xf32>
+  return
+}
+
+// -----
+
+// Tests that the norm weight matches the normalised dimension.
+func.func @rms_norm_weight(%x: tensor<2x32xf32>, %w: tensor<16xf32>) {
+  // expected-error@+1 {{'moe.rms_norm' op weight dimension 0 is 16 but must be 32}}
+  %0 = moe.rms_norm %x, %w {epsilon = 1.0e-05 : f64} : (tensor<2x32xf32>, tensor<16xf32>) -> tensor<2x32xf32>
+  return
+}
+
+// -----
+
+// Tests that epsilon cannot be negative.
+func.func @rms_norm_epsilon(%x: tensor<2x32xf32>, %w: tensor<32xf32>) {
+  // expected-error@+1 {{'moe.rms_norm' op epsilon must be non-negative but is -1.000000e+00}}
+  %0 = moe.rms_norm %x, %w {epsilon = -1.0 : f64} : (tensor<2x32xf32>, tensor<32xf32>) -> tensor<2x32xf32>
+  return
+}
+
+// -----
+
+// Tests that the norm keeps the element type.
+func.func @rms_norm_element_type(%x: tensor<2x32xf32>, %w: tensor<32xf32>) {
+  // expected-error@+1 {{'moe.rms_norm' op result element type 'bf16' differs from the input's 'f32'}}
+  %0 = moe.rms_norm %x, %w {epsilon = 1.0e-05 : f64} : (tensor<2x32xf32>, tensor<32xf32>) -> tensor<2x32xbf16>
+  return
+}
+
+// -----
+
+// Tests that rotary embedding needs [batch, seq, heads, head_dim].
+func.func @rotary_rank(%x: tensor<2x8x32xf32>) {
+  // expected-error@+1 {{'moe.rotary' op input must have rank 4 ([batch, seq, heads, head_dim]) but has rank 3}}
+  %0 = moe.rotary %x {theta = 1.0e+04 : f64} : (tensor<2x8x32xf32>) -> tensor<2x8x32xf32>
+  return
+}
+
+// -----
+
+// Tests that rotary embedding needs an even head dimension.
+func.func @rotary_odd_head_dim(%x: tensor<2x8x4x7xf32>) {
+  // expected-error@+1 {{'moe.rotary' op head_dim 7 must be even}}
+  %0 = moe.rotary %x {theta = 1.0e+04 : f64} : (tensor<2x8x4x7xf32>) -> tensor<2x8x4x7xf32>
+  return
+}
+
+// -----
+
+// Tests that theta must be positive.
+func.func @rotary_theta(%x: tensor<2x8x4x8xf32>) {
+  // expected-error@+1 {{'moe.rotary' op theta must be positive but is 0.000000e+00}}
+  %0 = moe.rotary %x {theta = 0.0 : f64} : (tensor<2x8x4x8xf32>) -> tensor<2x8x4x8xf32>
+  return
+}
+
+// -----
+
+// Tests that positions are [batch, seq].
+func.func @rotary_positions(%x: tensor<2x8x4x8xf32>, %p: tensor<2x9xi64>) {
+  // expected-error@+1 {{'moe.rotary' op positions dimension 1 is 9 but must be 8}}
+  %0 = moe.rotary %x positions %p {theta = 1.0e+04 : f64} : (tensor<2x8x4x8xf32>, tensor<2x9xi64>) -> tensor<2x8x4x8xf32>
+  return
+}
+
+// -----
+
+// Tests that query heads must be a multiple of key/value heads.
+func.func @attention_heads(%q: tensor<1x8x6x8xf32>, %k: tensor<1x8x4x8xf32>) {
+  // expected-error@+1 {{'moe.attention' op query heads 6 must be a multiple of key/value heads 4}}
+  %0 = moe.attention %q, %k, %k {scale = 0.5 : f64} : (tensor<1x8x6x8xf32>, tensor<1x8x4x8xf32>, tensor<1x8x4x8xf32>) -> tensor<1x8x6x8xf32>
+  return
+}
+
+// -----
+
+// Tests that keys share the queries' head dimension.
+func.func @attention_head_dim(%q: tensor<1x8x4x8xf32>, %k: tensor<1x8x2x16xf32>) {
+  // expected-error@+1 {{'moe.attention' op key dimension 3 is 16 but must be 8}}
+  %0 = moe.attention %q, %k, %k {scale = 0.5 : f64} : (tensor<1x8x4x8xf32>, tensor<1x8x2x16xf32>, tensor<1x8x2x16xf32>) -> tensor<1x8x4x8xf32>
+  return
+}
+
+// -----
+
+// Tests that values have the keys' shape.
+func.func @attention_value(%q: tensor<1x8x4x8xf32>, %k: tensor<1x8x2x8xf32>, %v: tensor<1x8x1x8xf32>) {
+  // expected-error@+1 {{'moe.attention' op value dimension 2 is 1 but must be 2}}
+  %0 = moe.attention %q, %k, %v {scale = 0.5 : f64} : (tensor<1x8x4x8xf32>, tensor<1x8x2x8xf32>, tensor<1x8x1x8xf32>) -> tensor<1x8x4x8xf32>
+  return
+}
+
+// -----
+
+// Tests that causal attention needs as many keys as queries.
+func.func @attention_causal_lengths(%q: tensor<1x8x4x8xf32>, %k: tensor<1x6x2x8xf32>) {
+  // expected-error@+1 {{'moe.attention' op causal attention needs as many keys as queries but has 6 keys and 8 queries}}
+  %0 = moe.attention %q, %k, %k {scale = 0.5 : f64} : (tensor<1x8x4x8xf32>, tensor<1x6x2x8xf32>, tensor<1x6x2x8xf32>) -> tensor<1x8x4x8xf32>
+  return
+}
+
+// -----
+
+// Tests that a sliding window must be positive.
+func.func @attention_window(%q: tensor<1x8x4x8xf32>, %k: tensor<1x8x2x8xf32>) {
+  // expected-error@+1 {{'moe.attention' op sliding_window must be positive but is 0}}
+  %0 = moe.attention %q, %k, %k {scale = 0.5 : f64, sliding_window = 0 : i64} : (tensor<1x8x4x8xf32>, tensor<1x8x2x8xf32>, tensor<1x8x2x8xf32>) -> tensor<1x8x4x8xf32>
+  return
+}
+
+// -----
+
+// Tests that a sliding window needs causal attention.
+func.func @attention_window_causal(%q: tensor<1x8x4x8xf32>, %k: tensor<1x8x2x8xf32>) {
+  // expected-error@+1 {{'moe.attention' op sliding_window needs causal attention}}
+  %0 = moe.attention %q, %k, %k {causal = false, scale = 0.5 : f64, sliding_window = 4 : i64} : (tensor<1x8x4x8xf32>, tensor<1x8x2x8xf32>, tensor<1x8x2x8xf32>) -> tensor<1x8x4x8xf32>
+  return
+}
+
+// -----
+
+// Tests that the scale must be positive.
+func.func @attention_scale(%q: tensor<1x8x4x8xf32>, %k: tensor<1x8x2x8xf32>) {
+  // expected-error@+1 {{'moe.attention' op scale must be positive but is -1.000000e+00}}
+  %0 = moe.attention %q, %k, %k {scale = -1.0 : f64} : (tensor<1x8x4x8xf32>, tensor<1x8x2x8xf32>, tensor<1x8x2x8xf32>) -> tensor<1x8x4x8xf32>
+  return
+}
+
+// -----
+
+// Tests that the attention result has the query's shape.
+func.func @attention_result(%q: tensor<1x8x4x8xf32>, %k: tensor<1x8x2x8xf32>) {
+  // expected-error@+1 {{'moe.attention' op result dimension 2 is 2 but must be 4}}
+  %0 = moe.attention %q, %k, %k {scale = 0.5 : f64} : (tensor<1x8x4x8xf32>, tensor<1x8x2x8xf32>, tensor<1x8x2x8xf32>) -> tensor<1x8x2x8xf32>
+  return
+}
+
+// -----
+
+// Tests that a linear weight's in_features match the input.
+func.func @linear_in_features(%x: tensor<2x32xf32>, %w: tensor<16x8xf32>) {
+  // expected-error@+1 {{'moe.linear' op weight dimension 1 is 8 but must be 32}}
+  %0 = moe.linear %x, %w : (tensor<2x32xf32>, tensor<16x8xf32>) -> tensor<2x16xf32>
+  return
+}
+
+// -----
+
+// Tests that a linear bias has out_features elements.
+func.func @linear_bias(%x: tensor<2x32xf32>, %w: tensor<16x32xf32>, %b: tensor<32xf32>) {
+  // expected-error@+1 {{'moe.linear' op bias dimension 0 is 32 but must be 16}}
+  %0 = moe.linear %x, %w bias %b : (tensor<2x32xf32>, tensor<16x32xf32>, tensor<32xf32>) -> tensor<2x16xf32>
+  return
+}
+
+// -----
+
+// Tests that a linear result has out_features last.
+func.func @linear_result(%x: tensor<2x32xf32>, %w: tensor<16x32xf32>) {
+  // expected-error@+1 {{'moe.linear' op result dimension 1 is 32 but must be 16}}
+  %0 = moe.linear %x, %w : (tensor<2x32xf32>, tensor<16x32xf32>) -> tensor<2x32xf32>
+  return
+}
+
+// -----
+
+// Tests that k cannot exceed the number of experts.
+func.func @router_k(%l: tensor<16x4xf32>) {
+  // expected-error@+1 {{'moe.router' op k 5 exceeds the number of experts 4}}
+  %g, %e = moe.router %l {k = 5 : i64, load_balancing = #moe.load_balancing<none>} : (tensor<16x4xf32>) -> (tensor<16x5xf32>, tensor<16x5xi64>)
+  return
+}
+
+// -----
+
+// Tests that k must be positive.
+func.func @router_k_positive(%l: tensor<16x4xf32>) {
+  // expected-error@+1 {{'moe.router' op attribute 'k' failed to satisfy constraint: 64-bit signless integer attribute whose value is positive}}
+  %g, %e = moe.router %l {k = 0 : i64, load_balancing = #moe.load_balancing<none>} : (tensor<16x4xf32>) -> (tensor<16x0xf32>, tensor<16x0xi64>)
+  return
+}
+
+// -----
+
+// Tests that the router returns k choices per token.
+func.func @router_results(%l: tensor<16x4xf32>) {
+  // expected-error@+1 {{'moe.router' op experts dimension 1 is 1 but must be 2}}
+  %g, %e = moe.router %l {k = 2 : i64, load_balancing = #moe.load_balancing<sinkhorn>} : (tensor<16x4xf32>) -> (tensor<16x2xf32>, tensor<16x1xi64>)
+  return
+}
+
+// -----
+
+// Tests that an unknown load-balancing mode is rejected.
+func.func @router_mode(%l: tensor<16x4xf32>) {
+  // expected-error@+2 {{expected ::mlir::moe::LoadBalancing to be one of: aux_loss, sinkhorn, balanced, none}}
+  // expected-error@+1 {{failed to parse Moe_LoadBalancingAttr parameter 'value'}}
+  %g, %e = moe.router %l {k = 2 : i64, load_balancing = #moe.load_balancing<greedy>} : (tensor<16x4xf32>) -> (tensor<16x2xf32>, tensor<16x2xi64>)
+  return
+}
+
+// -----
+
+// Tests that gates and expert choices have one row per token.
+func.func @experts_gates(%x: tensor<16x32xf32>, %g: tensor<8x2xf32>, %e: tensor<16x2xi64>, %w1: tensor<4x128x32xf32>, %w2: tensor<4x32x64xf32>) {
+  // expected-error@+1 {{'moe.experts' op gates dimension 0 is 8 but must be 16}}
+  %0 = moe.experts %x, %g, %e, %w1, %w2 {gate_up_layout = #moe.gate_up_layout<concatenated>} : (tensor<16x32xf32>, tensor<8x2xf32>, tensor<16x2xi64>, tensor<4x128x32xf32>, tensor<4x32x64xf32>) -> tensor<16x32xf32>
+  return
+}
+
+// -----
+
+// Tests that gates and expert choices agree on k.
+func.func @experts_k(%x: tensor<16x32xf32>, %g: tensor<16x2xf32>, %e: tensor<16x1xi64>, %w1: tensor<4x128x32xf32>, %w2: tensor<4x32x64xf32>) {
+  // expected-error@+1 {{'moe.experts' op experts dimension 1 is 1 but must be 2}}
+  %0 = moe.experts %x, %g, %e, %w1, %w2 {gate_up_layout = #moe.gate_up_layout<concatenated>} : (tensor<16x32xf32>, tensor<16x2xf32>, tensor<16x1xi64>, tensor<4x128x32xf32>, tensor<4x32x64xf32>) -> tensor<16x32xf32>
+  return
+}
+
+// -----
+
+// Tests that the gate/up weight reads the hidden size.
+func.func @experts_gate_up_hidden(%x: tensor<16x32xf32>, %g: tensor<16x2xf32>, %e: tensor<16x2xi64>, %w1: tensor<4x128x16xf32>, %w2: tensor<4x32x64xf32>) {
+  // expected-error@+1 {{'moe.experts' op gate_up dimension 2 is 16 but must be 32}}
+  %0 = moe.experts %x, %g, %e, %w1, %w2 {gate_up_layout = #moe.gate_up_layout<concatenated>} : (tensor<16x32xf32>, tensor<16x2xf32>, tensor<16x2xi64>, tensor<4x128x16xf32>, tensor<4x32x64xf32>) -> tensor<16x32xf32>
+  return
+}
+
+// -----
+
+// Tests that the gate/up weight has an even number of rows.
+func.func @experts_gate_up_odd(%x: tensor<16x32xf32>, %g: tensor<16x2xf32>, %e: tensor<16x2xi64>, %w1: tensor<4x127x32xf32>, %w2: tensor<4x32x64xf32>) {
+  // expected-error@+1 {{'moe.experts' op gate_up dimension 1 is 127 but must be even (gate and up rows)}}
+  %0 = moe.experts %x, %g, %e, %w1, %w2 {gate_up_layout = #moe.gate_up_layout<concatenated>} : (tensor<16x32xf32>, tensor<16x2xf32>, tensor<16x2xi64>, tensor<4x127x32xf32>, tensor<4x32x64xf32>) -> tensor<16x32xf32>
+  return
+}
+
+// -----
+
+// Tests that the down weight matches the experts and intermediate size.
+func.func @experts_down(%x: tensor<16x32xf32>, %g: tensor<16x2xf32>, %e: tensor<16x2xi64>, %w1: tensor<4x128x32xf32>, %w2: tensor<8x32x64xf32>) {
+  // expected-error@+1 {{'moe.experts' op down dimension 0 is 8 but must be 4}}
+  %0 = moe.experts %x, %g, %e, %w1, %w2 {gate_up_layout = #moe.gate_up_layout<concatenated>} : (tensor<16x32xf32>, tensor<16x2xf32>, tensor<16x2xi64>, tensor<4x128x32xf32>, tensor<8x32x64xf32>) -> tensor<16x32xf32>
+  return
+}
+
+// -----
+
+// Tests that the down weight's intermediate size is half the gate/up rows.
+func.func @experts_down_inter(%x: tensor<16x32xf32>, %g: tensor<16x2xf32>, %e: tensor<16x2xi64>, %w1: tensor<4x128x32xf32>, %w2: tensor<4x32x128xf32>) {
+  // expected-error@+1 {{'moe.experts' op down dimension 2 is 128 but must be 64}}
+  %0 = moe.experts %x, %g, %e, %w1, %w2 {gate_up_layout = #moe.gate_up_layout<interleaved>} : (tensor<16x32xf32>, tensor<16x2xf32>, tensor<16x2xi64>, tensor<4x128x32xf32>, tensor<4x32x128xf32>) -> tensor<16x32xf32>
+  return
+}
+
+// -----
+
+// Tests that the experts' result has the input's shape.
+func.func @experts_result(%x: tensor<16x32xf32>, %g: tensor<16x2xf32>, %e: tensor<16x2xi64>, %w1: tensor<4x128x32xf32>, %w2: tensor<4x32x64xf32>) {
+  // expected-error@+1 {{'moe.experts' op result dimension 0 is 8 but must be 16}}
+  %0 = moe.experts %x, %g, %e, %w1, %w2 {gate_up_layout = #moe.gate_up_layout<concatenated>} : (tensor<16x32xf32>, tensor<16x2xf32>, tensor<16x2xi64>, tensor<4x128x32xf32>, tensor<4x32x64xf32>) -> tensor<8x32xf32>
+  return
+}
+
+// -----
+
+// Tests that the lm-head weight's hidden size matches the input.
+func.func @lm_head_weight(%x: tensor<2x32xf32>, %w: tensor<256x16xf32>) {
+  // expected-error@+1 {{'moe.lm_head' op weight dimension 1 is 16 but must be 32}}
+  %0 = moe.lm_head %x, %w : (tensor<2x32xf32>, tensor<256x16xf32>) -> tensor<2x256xf32>
+  return
+}
+
+// -----
+
+// Tests that the lm-head result has vocabulary logits.
+func.func @lm_head_result(%x: tensor<2x32xf32>, %w: tensor<256x32xf32>) {
+  // expected-error@+1 {{'moe.lm_head' op result dimension 1 is 128 but must be 256}}
+  %0 = moe.lm_head %x, %w : (tensor<2x32xf32>, tensor<256x32xf32>) -> tensor<2x128xf32>
+  return
+}

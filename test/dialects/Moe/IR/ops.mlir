@@ -1,0 +1,65 @@
+// RUN: moec-opt %s | moec-opt | FileCheck %s
+// RUN: moec-opt %s -mlir-print-op-generic | moec-opt | FileCheck %s
+
+// Round trip of every moe op, static and dynamic shapes.
+
+// CHECK-LABEL: func.func @decoder_layer
+func.func @decoder_layer(%ids: tensor<?x?xi64>, %table: tensor<256x32xf32>,
+                         %norm: tensor<32xf32>, %wq: tensor<32x32xf32>,
+                         %wk: tensor<16x32xf32>, %wv: tensor<16x32xf32>,
+                         %wo: tensor<32x32xf32>, %gate: tensor<4x32xf32>,
+                         %gate_up: tensor<4x128x32xf32>,
+                         %down: tensor<4x32x64xf32>,
+                         %head: tensor<256x32xf32>) -> tensor<?x?x256xf32> {
+  // CHECK: moe.embedding %{{.*}}[%{{.*}}] : (tensor<256x32xf32>, tensor<?x?xi64>) -> tensor<?x?x32xf32>
+  %h = moe.embedding %table[%ids] : (tensor<256x32xf32>, tensor<?x?xi64>) -> tensor<?x?x32xf32>
+  // CHECK: moe.rms_norm %{{.*}}, %{{.*}} {epsilon = 1.000000e-05 : f64}
+  %n = moe.rms_norm %h, %norm {epsilon = 1.0e-05 : f64} : (tensor<?x?x32xf32>, tensor<32xf32>) -> tensor<?x?x32xf32>
+  // CHECK: moe.linear %{{.*}}, %{{.*}} : (tensor<?x?x32xf32>, tensor<32x32xf32>) -> tensor<?x?x32xf32>
+  %q2 = moe.linear %n, %wq : (tensor<?x?x32xf32>, tensor<32x32xf32>) -> tensor<?x?x32xf32>
+  %k2 = moe.linear %n, %wk : (tensor<?x?x32xf32>, tensor<16x32xf32>) -> tensor<?x?x16xf32>
+  %v2 = moe.linear %n, %wv : (tensor<?x?x32xf32>, tensor<16x32xf32>) -> tensor<?x?x16xf32>
+  %c0 = arith.constant 0 : index
+  %c1 = arith.constant 1 : index
+  %b = tensor.dim %q2, %c0 : tensor<?x?x32xf32>
+  %s = tensor.dim %q2, %c1 : tensor<?x?x32xf32>
+  %q = tensor.expand_shape %q2 [[0], [1], [2, 3]] output_shape [%b, %s, 4, 8] : tensor<?x?x32xf32> into tensor<?x?x4x8xf32>
+  %k = tensor.expand_shape %k2 [[0], [1], [2, 3]] output_shape [%b, %s, 2, 8] : tensor<?x?x16xf32> into tensor<?x?x2x8xf32>
+  %v = tensor.expand_shape %v2 [[0], [1], [2, 3]] output_shape [%b, %s, 2, 8] : tensor<?x?x16xf32> into tensor<?x?x2x8xf32>
+  // CHECK: moe.rotary %{{.*}} {theta = 1.000000e+06 : f64} : (tensor<?x?x4x8xf32>) -> tensor<?x?x4x8xf32>
+  %qr = moe.rotary %q {theta = 1.0e+06 : f64} : (tensor<?x?x4x8xf32>) -> tensor<?x?x4x8xf32>
+  %kr = moe.rotary %k {theta = 1.0e+06 : f64} : (tensor<?x?x2x8xf32>) -> tensor<?x?x2x8xf32>
+  // CHECK: moe.attention %{{.*}}, %{{.*}}, %{{.*}} {scale = 0.35355339059327379 : f64, sliding_window = 4096 : i64}
+  %o = moe.attention %qr, %kr, %v {scale = 0.35355339059327379 : f64, sliding_window = 4096 : i64} : (tensor<?x?x4x8xf32>, tensor<?x?x2x8xf32>, tensor<?x?x2x8xf32>) -> tensor<?x?x4x8xf32>
+  %o2 = tensor.collapse_shape %o [[0], [1], [2, 3]] : tensor<?x?x4x8xf32> into tensor<?x?x32xf32>
+  %a = moe.linear %o2, %wo : (tensor<?x?x32xf32>, tensor<32x32xf32>) -> tensor<?x?x32xf32>
+  %r = arith.addf %h, %a : tensor<?x?x32xf32>
+  %logits = moe.linear %r, %gate : (tensor<?x?x32xf32>, tensor<4x32xf32>) -> tensor<?x?x4xf32>
+  // CHECK: %{{.*}}, %{{.*}} = moe.router %{{.*}} {k = 2 : i64, load_balancing = #moe.load_balancing<aux_loss>} : (tensor<?x?x4xf32>) -> (tensor<?x?x2xf32>, tensor<?x?x2xi64>)
+  %g, %e = moe.router %logits {k = 2 : i64, load_balancing = #moe.load_balancing<aux_loss>} : (tensor<?x?x4xf32>) -> (tensor<?x?x2xf32>, tensor<?x?x2xi64>)
+  // CHECK: moe.experts %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} {gate_up_layout = #moe.gate_up_layout<concatenated>}
+  %y = moe.experts %r, %g, %e, %gate_up, %down {gate_up_layout = #moe.gate_up_layout<concatenated>} : (tensor<?x?x32xf32>, tensor<?x?x2xf32>, tensor<?x?x2xi64>, tensor<4x128x32xf32>, tensor<4x32x64xf32>) -> tensor<?x?x32xf32>
+  // CHECK: moe.lm_head %{{.*}}, %{{.*}} : (tensor<?x?x32xf32>, tensor<256x32xf32>) -> tensor<?x?x256xf32>
+  %out = moe.lm_head %y, %head : (tensor<?x?x32xf32>, tensor<256x32xf32>) -> tensor<?x?x256xf32>
+  return %out : tensor<?x?x256xf32>
+}
+
+// CHECK-LABEL: func.func @optional_operands
+func.func @optional_operands(%x: tensor<2x8x4x8xf32>, %pos: tensor<2x8xi64>,
+                             %y: tensor<2x8x32xf32>, %w: tensor<16x32xf32>,
+                             %bias: tensor<16xf32>) -> (tensor<2x8x4x8xf32>, tensor<2x8x16xf32>) {
+  // CHECK: moe.rotary %{{.*}} positions %{{.*}} {theta = 1.000000e+04 : f64}
+  %r = moe.rotary %x positions %pos {theta = 1.0e+04 : f64} : (tensor<2x8x4x8xf32>, tensor<2x8xi64>) -> tensor<2x8x4x8xf32>
+  // CHECK: moe.linear %{{.*}}, %{{.*}} bias %{{.*}} :
+  %l = moe.linear %y, %w bias %bias : (tensor<2x8x32xf32>, tensor<16x32xf32>, tensor<16xf32>) -> tensor<2x8x16xf32>
+  return %r, %l : tensor<2x8x4x8xf32>, tensor<2x8x16xf32>
+}
+
+// CHECK-LABEL: func.func @onnx_node
+func.func @onnx_node(%x: tensor<2x4xf32>) -> tensor<2x4xf32> {
+  // CHECK: moe.onnx_node "Softmax"(%{{.*}}) {axis = -1 : i64} : (tensor<2x4xf32>) -> tensor<2x4xf32>
+  %0 = moe.onnx_node "Softmax"(%x) {axis = -1 : i64} : (tensor<2x4xf32>) -> tensor<2x4xf32>
+  // CHECK: moe.onnx_node "MoE"(%{{.*}}) {domain = "com.microsoft", k = 2 : i64}
+  %1 = moe.onnx_node "MoE"(%0) {domain = "com.microsoft", k = 2 : i64} : (tensor<2x4xf32>) -> tensor<2x4xf32>
+  return %1 : tensor<2x4xf32>
+}

@@ -1,0 +1,47 @@
+# -*- Python -*-
+"""lit configuration for moec's tests.
+
+Test files: .mlir (passes and diagnostics, through moec-opt), .test (driver
+and end-to-end runs). Python with numpy/onnxruntime is used by some tests
+and marked by the `onnxruntime` feature; GPU tests need the `gpu` feature,
+which is set only when an NVIDIA GPU answers `nvidia-smi`, and are reported
+UNSUPPORTED elsewhere.
+"""
+
+import os
+import shutil
+import subprocess
+
+import lit.formats
+from lit.llvm import llvm_config
+
+config.name = "moec"
+config.test_format = lit.formats.ShTest(not llvm_config.use_lit_shell)
+config.suffixes = [".mlir", ".test"]
+config.excludes = ["Inputs", "lit.cfg.py", "lit.site.cfg.py", "CMakeLists.txt"]
+config.test_source_root = os.path.dirname(__file__)
+config.test_exec_root = os.path.join(config.moec_obj_root, "test")
+
+config.substitutions.append(("%moec_src", config.moec_src_root))
+config.substitutions.append(("%inputs", os.path.join(config.moec_src_root, "test", "Inputs")))
+config.substitutions.append(("%python", config.python_executable))
+config.environment["PYTHONPATH"] = os.path.join(config.moec_src_root, "python")
+
+llvm_config.with_system_environment(["HOME", "TMPDIR"])
+llvm_config.use_default_substitutions()
+llvm_config.add_tool_substitutions(
+    ["moec", "moec-opt", "moec-unittests", "moert-info"], [config.moec_tools_dir])
+llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
+
+
+def python_has(module):
+    return subprocess.run([config.python_executable, "-c", "import " + module],
+                          capture_output=True).returncode == 0
+
+
+if python_has("onnxruntime") and python_has("numpy"):
+    config.available_features.add("onnxruntime")
+
+if shutil.which("nvidia-smi") and subprocess.run(
+        ["nvidia-smi", "-L"], capture_output=True).returncode == 0:
+    config.available_features.add("gpu")

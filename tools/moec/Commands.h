@@ -1,0 +1,25 @@
+//===- Commands.h - moec's subcommands --------------------------*- C++ -*-===//
+//
+// Each subcommand of the `moec` driver lives in its own file and exposes its
+// llvm::cl::SubCommand and an entry point returning the process exit code.
+// Shared model loading (ONNX or .mlir, import, raising) is in
+// ModelLoading.h.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef TOOLS_MOEC_COMMANDS_H
+#define TOOLS_MOEC_COMMANDS_H
+
+#include "llvm/Support/CommandLine.h"
+
+namespace moec::cli {
+
+extern llvm::cl::SubCommand importCommand;
+int runImport();
+
+extern llvm::cl::SubCommand runCommand;
+int runRun();
+
+} // namespace moec::cli
+
+#endif // TOOLS_MOEC_COMMANDS_H

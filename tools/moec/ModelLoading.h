@@ -1,0 +1,31 @@
+//===- ModelLoading.h - Load a model for a moec subcommand ------*- C++ -*-===//
+//
+// Turns a MODEL argument (an ONNX file or a .mlir file of moe IR) into a
+// module of raised moe IR, reporting errors as diagnostics.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef TOOLS_MOEC_MODELLOADING_H
+#define TOOLS_MOEC_MODELLOADING_H
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/MLIRContext.h"
+#include "mlir/IR/OwningOpRef.h"
+#include "llvm/ADT/StringRef.h"
+
+namespace moec::cli {
+
+/// Loads `path`: `.mlir` files are parsed as they are; anything else is
+/// imported as ONNX and, when `raise` is set, run through the import
+/// pipeline (with `requireComplete` failing on unraised nodes).
+mlir::OwningOpRef<mlir::ModuleOp> loadModel(mlir::MLIRContext &context,
+                                            llvm::StringRef path, bool raise,
+                                            bool requireComplete);
+
+/// The module's `forward` function, or null after a diagnostic.
+mlir::func::FuncOp getForward(mlir::ModuleOp module);
+
+} // namespace moec::cli
+
+#endif // TOOLS_MOEC_MODELLOADING_H

@@ -1,0 +1,120 @@
+//===- RunCommand.cpp - `moec run` ----------------------------------------===//
+//
+// `moec run MODEL.onnx --input ids.pb [--output logits.pb]
+// [--expect golden.pb --tolerance T]`: runs the model's forward on the CPU
+// reference executor. Parameters are bound by name to the model's
+// initializers; token ids come from an onnx.TensorProto file (the ONNX test
+// data format). With --expect, prints the max abs and relative L2 error
+// against the golden output and fails when the relative L2 error exceeds
+// the tolerance.
+//
+//===----------------------------------------------------------------------===//
+
+#include "Commands.h"
+#include "ModelLoading.h"
+
+#include "moec/Import/Onnx.h"
+#include "moec/Reference/Executor.h"
+
+#include "mlir/IR/MLIRContext.h"
+#include "llvm/Support/raw_ostream.h"
+
+#include <fmt/format.h>
+
+using namespace mlir;
+namespace cl = llvm::cl;
+
+cl::SubCommand moec::cli::runCommand(
+    "run", "run a model's forward on the CPU reference executor");
+
+namespace {
+cl::opt<std::string> modelPath(cl::Positional, cl::desc("<model.onnx>"),
+                               cl::Required, cl::sub(moec::cli::runCommand));
+cl::opt<std::string> inputPath("input",
+                               cl::desc("token ids (onnx.TensorProto file)"),
+                               cl::value_desc("file"), cl::Required,
+                               cl::sub(moec::cli::runCommand));
+cl::opt<std::string> outputPath(
+    "output", cl::desc("write the logits here (onnx.TensorProto file)"),
+    cl::value_desc("file"), cl::sub(moec::cli::runCommand));
+cl::opt<std::string> expectPath(
+    "expect", cl::desc("compare the logits with this golden tensor"),
+    cl::value_desc("file"), cl::sub(moec::cli::runCommand));
+cl::opt<double> tolerance(
+    "tolerance", cl::desc("largest relative L2 error --expect accepts"),
+    cl::init(1e-5), cl::sub(moec::cli::runCommand));
+
+int fail(const std::string &message) {
+  llvm::errs() << "error: " << message << "\n";
+  return 1;
+}
+} // namespace
+
+int moec::cli::runRun() {
+  MLIRContext context;
+  OwningOpRef<ModuleOp> module =
+      loadModel(context, modelPath, /*raise=*/true, /*requireComplete=*/true);
+  if (!module)
+    return 1;
+  func::FuncOp forward = getForward(*module);
+  if (!forward)
+    return 1;
+
+  std::string error;
+  HostTensor tokens;
+  if (!readTensorProtoFile(inputPath, tokens, error))
+    return fail(error);
+  std::unique_ptr<OnnxWeights> weights = OnnxWeights::open(modelPath, error);
+  if (!weights)
+    return fail(error);
+
+  std::vector<HostTensor> arguments;
+  for (unsigned i = 0; i < forward.getNumArguments(); ++i) {
+    if (auto name = forward.getArgAttrOfType<StringAttr>(i, "moe.parameter")) {
+      HostTensor value;
+      if (!weights->load(name.getValue(), value, error))
+        return fail(fmt::format("parameter '{}': {}", name.getValue().str(),
+                                error));
+      arguments.push_back(std::move(value));
+    } else if (forward.getArgAttr(i, "moe.input")) {
+      arguments.push_back(tokens);
+    } else {
+      return fail(fmt::format("argument {} of forward is neither an input "
+                              "nor a parameter",
+                              i));
+    }
+  }
+
+  std::vector<HostTensor> results;
+  if (failed(reference::execute(forward, arguments, results)))
+    return 1;
+  if (results.empty())
+    return fail("forward returns nothing");
+  const HostTensor &logits = results.front();
+  llvm::outs() << fmt::format("logits: shape {}\n", logits.shapeString());
+
+  if (!outputPath.empty() &&
+      !writeTensorProtoFile(outputPath, "logits", logits, error))
+    return fail(error);
+
+  if (!expectPath.empty()) {
+    HostTensor golden;
+    if (!readTensorProtoFile(expectPath, golden, error))
+      return fail(error);
+    if (golden.shape != logits.shape)
+      return fail(fmt::format("golden '{}' has shape {} but the logits have "
+                              "shape {}",
+                              expectPath.getValue(), golden.shapeString(),
+                              logits.shapeString()));
+    reference::ErrorStats stats = reference::compare(logits, golden);
+    llvm::outs() << fmt::format(
+        "vs golden: max abs error {:.3e}, relative L2 error {:.3e} "
+        "(tolerance {:.1e})\n",
+        stats.maxAbs, stats.relativeL2, tolerance.getValue());
+    if (!(stats.relativeL2 <= tolerance))
+      return fail(fmt::format("relative L2 error {:.3e} exceeds the "
+                              "tolerance {:.1e}",
+                              stats.relativeL2, tolerance.getValue()));
+  }
+  return 0;
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what moec needs to build and test on Debian 12 (bookworm) or a
+# derivative: MLIR/LLVM 22, ONNX, protobuf, fmt, GoogleTest, Ninja from the
+# distribution, and numpy/onnx/onnxruntime from PyPI for the Python side of
+# the tests. Safe to run again; it only installs what is missing.
+set -euo pipefail
+
+packages=(cmake ninja-build g++ libmlir-22-dev mlir-22-tools llvm-22-dev
+          llvm-22-tools libonnx-dev libprotobuf-dev protobuf-compiler
+          libfmt-dev libgtest-dev zlib1g-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+python3 -c "import numpy, onnx, onnxruntime" 2>/dev/null ||
+  python3 -m pip install -q numpy onnx onnxruntime
