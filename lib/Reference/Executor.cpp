@@ -12,6 +12,8 @@
 #include "moec/Reference/Kernels.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
+#include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/IR/BuiltinAttributes.h"
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/TypeSwitch.h"
@@ -113,6 +115,75 @@ LogicalResult Interpreter::execute(Operation *op) {
               return failure();
             return set(op, op->getResult(0), std::move(out));
           })
+      .Case([&](tensor::EmptyOp e) -> LogicalResult {
+        RankedTensorType type = e.getType();
+        if (!type.hasStaticShape())
+          return op->emitOpError() << "reference executor needs a static "
+                                      "shape here";
+        std::vector<int64_t> shape(type.getShape().begin(),
+                                   type.getShape().end());
+        return set(op, e.getResult(),
+                   isa<FloatType>(type.getElementType())
+                       ? HostTensor::floats(shape)
+                       : HostTensor::ints(shape));
+      })
+      .Case([&](linalg::TransposeOp t) -> LogicalResult {
+        const HostTensor &in = get(t.getInput());
+        ArrayRef<int64_t> perm = t.getPermutation();
+        out = in;
+        for (size_t d = 0; d < perm.size(); ++d)
+          out.shape[d] = in.shape[perm[d]];
+        std::vector<int64_t> inStrides(in.shape.size(), 1);
+        for (int64_t d = static_cast<int64_t>(in.shape.size()) - 2; d >= 0; --d)
+          inStrides[d] = inStrides[d + 1] * in.shape[d + 1];
+        std::vector<int64_t> index(out.shape.size(), 0);
+        for (int64_t i = 0; i < out.numElements(); ++i) {
+          int64_t src = 0;
+          for (size_t d = 0; d < perm.size(); ++d)
+            src += index[d] * inStrides[perm[d]];
+          if (in.isFloat())
+            out.f32[i] = in.f32[src];
+          else
+            out.i64[i] = in.i64[src];
+          for (int64_t d = static_cast<int64_t>(index.size()) - 1; d >= 0; --d) {
+            if (++index[d] < out.shape[d])
+              break;
+            index[d] = 0;
+          }
+        }
+        return set(op, t.getResult()[0], std::move(out));
+      })
+      .Case([&](tensor::ExpandShapeOp e) -> LogicalResult {
+        // Each group of result dimensions has at most one dynamic size,
+        // the source dimension divided by the group's static sizes.
+        const HostTensor &in = get(e.getSrc());
+        out = in;
+        out.shape.clear();
+        for (auto [source, group] :
+             llvm::enumerate(e.getReassociationIndices())) {
+          int64_t known = 1;
+          for (int64_t d : group)
+            if (!e.getResultType().isDynamicDim(d))
+              known *= e.getResultType().getDimSize(d);
+          for (int64_t d : group)
+            out.shape.push_back(e.getResultType().isDynamicDim(d)
+                                    ? in.shape[source] / known
+                                    : e.getResultType().getDimSize(d));
+        }
+        return set(op, e.getResult(), std::move(out));
+      })
+      .Case([&](tensor::CollapseShapeOp c) -> LogicalResult {
+        const HostTensor &in = get(c.getSrc());
+        out = in;
+        out.shape.clear();
+        for (const ReassociationIndices &group : c.getReassociationIndices()) {
+          int64_t size = 1;
+          for (int64_t d : group)
+            size *= in.shape[d];
+          out.shape.push_back(size);
+        }
+        return set(op, c.getResult(), std::move(out));
+      })
       .Case([&](moe::EmbeddingOp e) -> LogicalResult {
         if (failed(kernel(op,
                           embedding(get(e.getTable()), get(e.getIndices()),
@@ -225,6 +296,13 @@ LogicalResult Interpreter::run(func::FuncOp func,
     env[arg] = args[i];
   }
   for (Operation &op : entry) {
+    // Index arithmetic (tensor.dim, index constants) only feeds the
+    // output_shape operands of reshapes, which take their sizes from the
+    // data instead.
+    if (llvm::all_of(op.getResultTypes(),
+                     [](Type t) { return t.isIndex(); }) &&
+        op.getNumResults() > 0)
+      continue;
     if (auto ret = dyn_cast<func::ReturnOp>(op)) {
       results.clear();
       for (Value v : ret.getOperands())

@@ -8,6 +8,7 @@
 #define DIALECTS_MOE_TRANSFORMS_PASSES_H
 
 #include "dialects/Moe/IR/MoeOps.h"
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
 #include "mlir/Pass/Pass.h"
 
 namespace mlir::moe {

@@ -27,7 +27,8 @@ def RaiseOnnx : Pass<"moe-raise-onnx", "::mlir::func::FuncOp"> {
   let dependentDialects = [
     "::mlir::moe::MoeDialect",
     "::mlir::arith::ArithDialect",
-    "::mlir::tensor::TensorDialect"
+    "::mlir::tensor::TensorDialect",
+    "::mlir::linalg::LinalgDialect"
   ];
   let options = [
     Option<"requireComplete", "require-complete", "bool", /*default=*/"false",

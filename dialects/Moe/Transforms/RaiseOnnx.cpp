@@ -1,16 +1,45 @@
 //===- RaiseOnnx.cpp - Raise imported ONNX nodes to moe ops ---------------===//
 //
-// Implements moe-raise-onnx (see Passes.td).
+// Implements moe-raise-onnx (see Passes.td). The pass works in phases, each a
+// walk over the function that rewrites one kind of subgraph:
+//
+//   1. local patterns, matched by structure: embedding (Gather of a table),
+//      linear layers (MatMul/Gemm with a parameter), RMSNorm (the
+//      Pow/ReduceMean/Add/Sqrt/Reciprocal/Mul chain), same-type Cast and
+//      Identity;
+//   2. blocks, matched by their boundary and proved by evaluation:
+//      attention (everything between the q/k/v projections and the output
+//      projection: head split, rotary tables, GQA repeat, mask, softmax) and
+//      sparse-MoE blocks in the batched_mm and GroupedMatMul forms
+//      (everything between the normalised hidden state and the residual
+//      add). The candidate subgraph is evaluated with OnnxEvaluator on random
+//      inputs at sample shapes and compared with the moe ops it is to become
+//      (computed by the reference kernels); only a match is rewritten.
+//      onnxruntime's com.microsoft.MoE node is one node and is raised from
+//      its attributes;
+//   3. residual adds (Add of two equal-typed activations) to arith.addf and
+//      the final projection to moe.lm_head.
+//
+// What no phase matches stays as moe.onnx_node; nodes that become unused are
+// erased by the canonicalizer that follows in the import pipeline.
 //
 //===----------------------------------------------------------------------===//
 
 #include "dialects/Moe/Transforms/Passes.h"
 
+#include "OnnxEvaluator.h"
+#include "moec/Reference/Executor.h"
+#include "moec/Reference/Kernels.h"
+
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
-#include "mlir/IR/PatternMatch.h"
-#include "mlir/Transforms/GreedyPatternRewriteDriver.h"
+#include "mlir/IR/Builders.h"
+#include "llvm/ADT/SetVector.h"
+
+#include <cmath>
+#include <random>
 
 namespace mlir::moe {
 #define GEN_PASS_DEF_RAISEONNX
@@ -19,17 +48,956 @@ namespace mlir::moe {
 
 using namespace mlir;
 using namespace mlir::moe;
+using moec::HostTensor;
 
 namespace {
+
+/// Largest relative L2 error between a block and its moe ops, evaluated in
+/// fp32 on random inputs, for the block to be raised.
+constexpr double kEquivalenceTolerance = 1e-4;
+
+//===----------------------------------------------------------------------===//
+// Small matchers
+//===----------------------------------------------------------------------===//
+
+/// The ONNX node of `opType` defining `v`, or null.
+OnnxNodeOp producer(Value v, StringRef opType) {
+  auto node = v.getDefiningOp<OnnxNodeOp>();
+  return node && node.getOpType() == opType && node.getDomain().empty()
+             ? node
+             : OnnxNodeOp();
+}
+
+bool isParameter(Value v) {
+  auto arg = dyn_cast<BlockArgument>(v);
+  if (!arg)
+    return false;
+  auto func = dyn_cast<func::FuncOp>(arg.getOwner()->getParentOp());
+  return func && func.getArgAttr(arg.getArgNumber(), "moe.parameter");
+}
+
+bool isModelInput(Value v) {
+  auto arg = dyn_cast<BlockArgument>(v);
+  if (!arg)
+    return false;
+  auto func = dyn_cast<func::FuncOp>(arg.getOwner()->getParentOp());
+  return func && func.getArgAttr(arg.getArgNumber(), "moe.input");
+}
+
+int64_t rankOf(Value v) {
+  auto t = dyn_cast<RankedTensorType>(v.getType());
+  return t ? t.getRank() : -1;
+}
+
+RankedTensorType tensorType(Value v) {
+  return dyn_cast<RankedTensorType>(v.getType());
+}
+
+/// The single value of a constant with one element.
+std::optional<double> scalarConstant(Value v) {
+  auto constant = v.getDefiningOp<arith::ConstantOp>();
+  if (!constant)
+    return std::nullopt;
+  auto dense = dyn_cast<DenseElementsAttr>(constant.getValue());
+  if (!dense || dense.getNumElements() != 1)
+    return std::nullopt;
+  if (isa<FloatType>(dense.getElementType()))
+    return (*dense.getValues<APFloat>().begin()).convertToDouble();
+  return static_cast<double>((*dense.getValues<APInt>().begin()).getSExtValue());
+}
+
+/// The elements of an integer constant.
+std::optional<SmallVector<int64_t>> intsConstant(Value v) {
+  auto constant = v.getDefiningOp<arith::ConstantOp>();
+  if (!constant)
+    return std::nullopt;
+  auto dense = dyn_cast<DenseIntElementsAttr>(constant.getValue());
+  if (!dense)
+    return std::nullopt;
+  SmallVector<int64_t> out;
+  for (APInt x : dense.getValues<APInt>())
+    out.push_back(x.getSExtValue());
+  return out;
+}
+
+/// The other operand of a binary node, given one of them.
+Value otherOperand(OnnxNodeOp node, Value one) {
+  if (node.getInputs().size() != 2)
+    return {};
+  if (node.getInputs()[0] == one)
+    return node.getInputs()[1];
+  if (node.getInputs()[1] == one)
+    return node.getInputs()[0];
+  return {};
+}
+
+//===----------------------------------------------------------------------===//
+// The raiser
+//===----------------------------------------------------------------------===//
+
+class Raiser {
+public:
+  Raiser(func::FuncOp func, int64_t &numRaised)
+      : func(func), builder(func.getContext()), numRaised(numRaised) {}
+
+  void run() {
+    raiseLocalPatterns();
+    eraseDeadOps();
+    raiseAttentionBlocks();
+    raiseOrtMoeNodes();
+    eraseDeadOps();
+    raiseSparseMoeBlocks();
+    eraseDeadOps();
+    raiseResidualAddsAndHead();
+    eraseDeadOps();
+  }
+
+  /// Erases the ONNX nodes, constants and helper ops the raising left
+  /// unused, users before producers, so that later matchers see only live
+  /// uses.
+  void eraseDeadOps() {
+    bool changed = true;
+    while (changed) {
+      SmallVector<Operation *> dead;
+      func.walk([&](Operation *op) {
+        if (isa<OnnxNodeOp, arith::ConstantOp, tensor::DimOp, tensor::EmptyOp,
+                LinearOp>(op) &&
+            op->use_empty())
+          dead.push_back(op);
+      });
+      for (Operation *op : dead)
+        op->erase();
+      changed = !dead.empty();
+    }
+    dataCache.clear();
+  }
+
+private:
+  // --- Phase 1 ------------------------------------------------------------
+  void raiseLocalPatterns();
+  bool raiseEmbedding(OnnxNodeOp node);
+  bool raiseLinear(OnnxNodeOp node);
+  bool raiseRmsNorm(OnnxNodeOp node);
+
+  // --- Phase 2 ------------------------------------------------------------
+  void raiseAttentionBlocks();
+  bool raiseAttention(OnnxNodeOp softmax);
+  void raiseOrtMoeNodes();
+  void raiseSparseMoeBlocks();
+  bool raiseSparseMoe(OnnxNodeOp topK);
+
+  // --- Phase 3 ------------------------------------------------------------
+  void raiseResidualAddsAndHead();
+
+  // --- Analysis helpers ---------------------------------------------------
+  /// True when `v`'s value depends on a parameter, a moe op or an input's
+  /// elements (not merely on an input's shape).
+  bool dependsOnData(Value v);
+  /// The moe.linear results and moe op results a value is computed from,
+  /// looking through ONNX nodes only.
+  void boundaryProducers(Value v, llvm::SetVector<Value> &out);
+  /// Sample shapes for the model inputs: the static shape when static, else
+  /// two small shapes.
+  SmallVector<SmallVector<int64_t>> sampleInputShapes();
+  void bindInputs(OnnxEvaluator &eval, ArrayRef<int64_t> shape);
+  HostTensor randomTensor(ArrayRef<int64_t> shape);
+  Value reshapeTo(Location loc, Value v, RankedTensorType like,
+                  ArrayRef<int64_t> trailing);
+  Value collapseTrailing(Location loc, Value v, int64_t keep);
+
+  func::FuncOp func;
+  OpBuilder builder;
+  int64_t &numRaised;
+  llvm::DenseMap<Value, bool> dataCache;
+  std::mt19937 random{20261128};
+};
+
+bool Raiser::dependsOnData(Value v) {
+  auto it = dataCache.find(v);
+  if (it != dataCache.end())
+    return it->second;
+  bool result = false;
+  if (isa<BlockArgument>(v)) {
+    result = true;
+  } else if (auto node = v.getDefiningOp<OnnxNodeOp>()) {
+    if (node.getOpType() != "Shape")
+      result = llvm::any_of(node.getInputs(),
+                            [&](Value in) { return dependsOnData(in); });
+  } else if (!v.getDefiningOp<arith::ConstantOp>()) {
+    result = true; // moe ops, tensor ops: activations
+  }
+  dataCache[v] = result;
+  return result;
+}
+
+void Raiser::boundaryProducers(Value v, llvm::SetVector<Value> &out) {
+  llvm::SmallPtrSet<Operation *, 32> seen;
+  SmallVector<Value> work{v};
+  while (!work.empty()) {
+    Value cur = work.pop_back_val();
+    if (!dependsOnData(cur))
+      continue;
+    auto node = cur.getDefiningOp<OnnxNodeOp>();
+    if (!node) {
+      out.insert(cur);
+      continue;
+    }
+    if (!seen.insert(node).second)
+      continue;
+    for (Value in : node.getInputs())
+      work.push_back(in);
+  }
+}
+
+SmallVector<SmallVector<int64_t>> Raiser::sampleInputShapes() {
+  for (BlockArgument arg : func.getArguments()) {
+    if (!isModelInput(arg))
+      continue;
+    RankedTensorType t = tensorType(arg);
+    if (t && t.hasStaticShape())
+      return {SmallVector<int64_t>(t.getShape())};
+    if (t && t.getRank() == 2)
+      return {{2, 5}, {1, 7}};
+  }
+  return {{2, 5}, {1, 7}};
+}
+
+void Raiser::bindInputs(OnnxEvaluator &eval, ArrayRef<int64_t> shape) {
+  for (BlockArgument arg : func.getArguments())
+    if (isModelInput(arg))
+      eval.bind(arg, HostTensor::ints(std::vector<int64_t>(shape.begin(),
+                                                           shape.end())));
+}
+
+HostTensor Raiser::randomTensor(ArrayRef<int64_t> shape) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  HostTensor t = HostTensor::floats(std::vector<int64_t>(shape.begin(),
+                                                         shape.end()));
+  for (float &x : t.f32)
+    x = normal(random);
+  return t;
+}
+
+/// Splits the last dimension of `v` ([..., N*D]) into `trailing` ([N, D]),
+/// keeping the leading (possibly dynamic) dimensions.
+Value Raiser::reshapeTo(Location loc, Value v, RankedTensorType like,
+                        ArrayRef<int64_t> trailing) {
+  RankedTensorType type = tensorType(v);
+  int64_t rank = type.getRank();
+  SmallVector<int64_t> shape(type.getShape().drop_back());
+  shape.append(trailing.begin(), trailing.end());
+  SmallVector<ReassociationIndices> groups;
+  for (int64_t i = 0; i + 1 < rank; ++i)
+    groups.push_back({i});
+  ReassociationIndices last;
+  for (size_t i = 0; i < trailing.size(); ++i)
+    last.push_back(rank - 1 + static_cast<int64_t>(i));
+  groups.push_back(last);
+  SmallVector<OpFoldResult> outputShape;
+  for (int64_t i = 0; i + 1 < rank; ++i) {
+    if (type.isDynamicDim(i))
+      outputShape.push_back(
+          tensor::DimOp::create(builder, loc, v, i).getResult());
+    else
+      outputShape.push_back(builder.getIndexAttr(type.getDimSize(i)));
+  }
+  for (int64_t d : trailing)
+    outputShape.push_back(builder.getIndexAttr(d));
+  auto resultType = RankedTensorType::get(shape, type.getElementType());
+  return tensor::ExpandShapeOp::create(builder, loc, resultType, v, groups,
+                                               outputShape);
+}
+
+/// Merges the dimensions of `v` after the first `keep` into one.
+Value Raiser::collapseTrailing(Location loc, Value v, int64_t keep) {
+  RankedTensorType type = tensorType(v);
+  SmallVector<ReassociationIndices> groups;
+  for (int64_t i = 0; i < keep; ++i)
+    groups.push_back({i});
+  ReassociationIndices last;
+  for (int64_t i = keep; i < type.getRank(); ++i)
+    last.push_back(i);
+  groups.push_back(last);
+  return tensor::CollapseShapeOp::create(builder, loc, v, groups);
+}
+
+//===----------------------------------------------------------------------===//
+// Phase 1: local patterns
+//===----------------------------------------------------------------------===//
+
+bool Raiser::raiseEmbedding(OnnxNodeOp node) {
+  if (node.getInputs().size() != 2)
+    return false;
+  Value table = node.getInputs()[0], ids = node.getInputs()[1];
+  auto axis = node->getAttrOfType<IntegerAttr>("axis");
+  if ((axis && axis.getInt() != 0) || !isParameter(table) ||
+      rankOf(table) != 2 ||
+      !isa<IntegerType>(tensorType(ids).getElementType()))
+    return false;
+  builder.setInsertionPoint(node);
+  auto embedding = EmbeddingOp::create(builder, 
+      node.getLoc(), node.getOutputs()[0].getType(), table, ids);
+  node.getOutputs()[0].replaceAllUsesWith(embedding.getResult());
+  ++numRaised;
+  return true;
+}
+
+bool Raiser::raiseLinear(OnnxNodeOp node) {
+  if (node.getInputs().size() < 2 || node.getOutputs().size() != 1)
+    return false;
+  Value input = node.getInputs()[0], weight = node.getInputs()[1];
+  Value bias;
+  bool transposed = false; // true when `weight` is [out, in] already
+  if (node.getOpType() == "Gemm") {
+    auto transA = node->getAttrOfType<IntegerAttr>("transA");
+    if (node->hasAttr("absent_inputs") || (transA && transA.getInt() != 0))
+      return false;
+    for (StringRef scale : {"alpha", "beta"})
+      if (auto a = node->getAttrOfType<FloatAttr>(scale))
+        if (a.getValueAsDouble() != 1.0)
+          return false;
+    auto transB = node->getAttrOfType<IntegerAttr>("transB");
+    transposed = transB && transB.getInt() != 0;
+    if (node.getInputs().size() == 3) {
+      bias = node.getInputs()[2];
+      if (!isParameter(bias) || rankOf(bias) != 1)
+        return false;
+    }
+  } else if (node.getInputs().size() != 2) {
+    return false;
+  }
+  if (OnnxNodeOp transpose = producer(weight, "Transpose")) {
+    auto perm = transpose->getAttrOfType<DenseI64ArrayAttr>("perm");
+    if (!transposed && (!perm || perm.asArrayRef() == ArrayRef<int64_t>{1, 0}))
+      weight = transpose.getInputs()[0], transposed = true;
+  }
+  if (!isParameter(weight) || rankOf(weight) != 2 || rankOf(input) < 2)
+    return false;
+  builder.setInsertionPoint(node);
+  Location loc = node.getLoc();
+  if (!transposed) {
+    // A weight stored [in, out] (an exporter folded the transpose): make
+    // the [out, in] view moe.linear reads.
+    RankedTensorType type = tensorType(weight);
+    auto init = tensor::EmptyOp::create(builder, 
+        loc, ArrayRef<int64_t>{type.getDimSize(1), type.getDimSize(0)},
+        type.getElementType());
+    weight = linalg::TransposeOp::create(builder, loc, weight, init,
+                                              ArrayRef<int64_t>{1, 0})
+                 .getResult()[0];
+  }
+  auto linear = LinearOp::create(builder, 
+      loc, node.getOutputs()[0].getType(), input, weight, bias);
+  node.getOutputs()[0].replaceAllUsesWith(linear.getResult());
+  ++numRaised;
+  return true;
+}
+
+/// Matches `weight * (x * 1/sqrt(mean(x^2) + eps))` in the forms exporters
+/// produce (Reciprocal of Sqrt, or Div by Sqrt; operands in either order).
+bool Raiser::raiseRmsNorm(OnnxNodeOp outer) {
+  if (outer.getInputs().size() != 2)
+    return false;
+  Value weight, normalised;
+  for (int i = 0; i < 2; ++i)
+    if (isParameter(outer.getInputs()[i]) && rankOf(outer.getInputs()[i]) == 1)
+      weight = outer.getInputs()[i], normalised = outer.getInputs()[1 - i];
+  if (!weight)
+    return false;
+  // normalised = x * rsqrt  |  x / sqrt
+  Value x, root;
+  if (OnnxNodeOp mul = producer(normalised, "Mul")) {
+    for (int i = 0; i < 2 && !x; ++i)
+      if (OnnxNodeOp r = producer(mul.getInputs()[i], "Reciprocal"))
+        if (OnnxNodeOp s = producer(r.getInputs()[0], "Sqrt"))
+          x = mul.getInputs()[1 - i], root = s.getInputs()[0];
+  } else if (OnnxNodeOp div = producer(normalised, "Div")) {
+    if (OnnxNodeOp s = producer(div.getInputs()[1], "Sqrt"))
+      x = div.getInputs()[0], root = s.getInputs()[0];
+  }
+  if (!x)
+    return false;
+  OnnxNodeOp add = producer(root, "Add");
+  if (!add)
+    return false;
+  std::optional<double> epsilon;
+  OnnxNodeOp mean;
+  for (int i = 0; i < 2 && !mean; ++i)
+    if ((mean = producer(add.getInputs()[i], "ReduceMean")))
+      epsilon = scalarConstant(add.getInputs()[1 - i]);
+  if (!mean || !epsilon)
+    return false;
+  // mean over the last axis, kept, of x^2.
+  auto keep = mean->getAttrOfType<IntegerAttr>("keepdims");
+  if (keep && keep.getInt() != 1)
+    return false;
+  int64_t rank = rankOf(x);
+  std::optional<SmallVector<int64_t>> axes;
+  if (mean.getInputs().size() == 2)
+    axes = intsConstant(mean.getInputs()[1]);
+  else if (auto a = mean->getAttrOfType<DenseI64ArrayAttr>("axes"))
+    axes = SmallVector<int64_t>(a.asArrayRef());
+  if (!axes || axes->size() != 1 ||
+      ((*axes)[0] != -1 && (*axes)[0] != rank - 1))
+    return false;
+  OnnxNodeOp pow = producer(mean.getInputs()[0], "Pow");
+  Value squared = mean.getInputs()[0];
+  if (pow) {
+    if (pow.getInputs()[0] != x || scalarConstant(pow.getInputs()[1]) != 2.0)
+      return false;
+  } else if (OnnxNodeOp sq = producer(squared, "Mul")) {
+    if (sq.getInputs()[0] != x || sq.getInputs()[1] != x)
+      return false;
+  } else {
+    return false;
+  }
+  if (tensorType(x) != tensorType(outer.getOutputs()[0]))
+    return false;
+  builder.setInsertionPoint(outer);
+  auto norm = RmsNormOp::create(builder, outer.getLoc(), tensorType(x), x,
+                                        weight,
+                                        builder.getF64FloatAttr(*epsilon));
+  outer.getOutputs()[0].replaceAllUsesWith(norm.getResult());
+  ++numRaised;
+  return true;
+}
+
+void Raiser::raiseLocalPatterns() {
+  SmallVector<OnnxNodeOp> nodes;
+  func.walk([&](OnnxNodeOp node) { nodes.push_back(node); });
+  for (OnnxNodeOp node : nodes) {
+    if (!node.getDomain().empty())
+      continue;
+    StringRef type = node.getOpType();
+    if (type == "Gather")
+      raiseEmbedding(node);
+    else if (type == "MatMul" || type == "Gemm")
+      raiseLinear(node);
+    else if ((type == "Cast" || type == "Identity") &&
+             node.getInputs().size() == 1 &&
+             node.getInputs()[0].getType() == node.getOutputs()[0].getType())
+      node.getOutputs()[0].replaceAllUsesWith(node.getInputs()[0]);
+  }
+  // Norms after linears: their weight Mul must not be mistaken for anything
+  // else, and their inputs may be Casts folded just above.
+  for (OnnxNodeOp node : nodes)
+    if (node.getOpType() == "Mul" && node.getDomain().empty() &&
+        !node.getOutputs()[0].use_empty())
+      raiseRmsNorm(node);
+}
+
+//===----------------------------------------------------------------------===//
+// Phase 2: attention
+//===----------------------------------------------------------------------===//
+
+/// Finds the attention block around `softmax`, proves it equal to
+/// expand_shape + rotary + attention + collapse_shape by evaluation, and
+/// rewrites it.
+bool Raiser::raiseAttention(OnnxNodeOp softmax) {
+  std::string error;
+  // The probabilities' matmul: the first MatMul downstream of the softmax
+  // (exporters insert a NaN guard, Where(IsNaN(p), 0, p), in between).
+  OnnxNodeOp probsMatmul;
+  {
+    SmallVector<Value> work{softmax.getOutputs()[0]};
+    llvm::SmallPtrSet<Operation *, 16> seen;
+    while (!work.empty() && !probsMatmul) {
+      Value cur = work.pop_back_val();
+      for (Operation *user : cur.getUsers()) {
+        auto node = dyn_cast<OnnxNodeOp>(user);
+        if (!node || !seen.insert(node).second || seen.size() > 8)
+          continue;
+        if (node.getOpType() == "MatMul" && node.getInputs()[0] == cur) {
+          probsMatmul = node;
+          break;
+        }
+        for (Value result : node.getOutputs())
+          work.push_back(result);
+      }
+    }
+  }
+  if (!probsMatmul)
+    return false;
+  // The block's output: downstream of that matmul, the input of the output
+  // projection.
+  Value output;
+  for (Value cur = probsMatmul.getOutputs()[0];;) {
+    if (!cur.hasOneUse())
+      return false;
+    Operation *user = *cur.getUsers().begin();
+    if (isa<LinearOp>(user)) {
+      output = cur;
+      break;
+    }
+    auto node = dyn_cast<OnnxNodeOp>(user);
+    if (!node || node.getOutputs().size() != 1)
+      return false;
+    cur = node.getOutputs()[0];
+  }
+  // The block's inputs: exactly three linear projections of one tensor.
+  llvm::SetVector<Value> producers;
+  boundaryProducers(output, producers);
+  SmallVector<LinearOp> projections;
+  for (Value p : producers) {
+    auto linear = p.getDefiningOp<LinearOp>();
+    if (!linear)
+      return false;
+    projections.push_back(linear);
+  }
+  if (projections.size() != 3 ||
+      projections[0].getInput() != projections[1].getInput() ||
+      projections[0].getInput() != projections[2].getInput())
+    return false;
+  // Which is which: q is in the cone of the scores' left operand, v in the
+  // cone of the second matmul's right operand.
+  OnnxNodeOp scoresMatmul;
+  {
+    SmallVector<Value> work{softmax.getInputs()[0]};
+    llvm::SmallPtrSet<Operation *, 16> seen;
+    while (!work.empty() && !scoresMatmul) {
+      Value cur = work.pop_back_val();
+      auto node = cur.getDefiningOp<OnnxNodeOp>();
+      if (!node || !seen.insert(node).second || !dependsOnData(cur))
+        continue;
+      if (node.getOpType() == "MatMul")
+        scoresMatmul = node;
+      for (Value in : node.getInputs())
+        work.push_back(in);
+    }
+  }
+  if (!scoresMatmul)
+    return false;
+  llvm::SetVector<Value> qSet, kSet, vSet;
+  boundaryProducers(scoresMatmul.getInputs()[0], qSet);
+  boundaryProducers(scoresMatmul.getInputs()[1], kSet);
+  boundaryProducers(probsMatmul.getInputs()[1], vSet);
+  if (qSet.size() != 1 || kSet.size() != 1 || vSet.size() != 1)
+    return false;
+  auto q = qSet[0].getDefiningOp<LinearOp>(), k = kSet[0].getDefiningOp<LinearOp>(),
+       v = vSet[0].getDefiningOp<LinearOp>();
+  if (!q || !k || !v)
+    return false;
+
+  // Head counts from the rank-4 reshapes of the projections.
+  auto headsOf = [](LinearOp proj) -> std::pair<int64_t, int64_t> {
+    for (Operation *user : proj.getResult().getUsers())
+      if (auto node = dyn_cast<OnnxNodeOp>(user))
+        if (node.getOpType() == "Reshape" && rankOf(node.getOutputs()[0]) == 4) {
+          RankedTensorType t = tensorType(node.getOutputs()[0]);
+          if (!t.isDynamicDim(2) && !t.isDynamicDim(3))
+            return {t.getDimSize(2), t.getDimSize(3)};
+        }
+    return {0, 0};
+  };
+  auto [qHeads, headDim] = headsOf(q);
+  auto [kvHeads, kvDim] = headsOf(k);
+  if (qHeads == 0 || kvHeads == 0 || headDim != kvDim || headDim % 2 != 0 ||
+      headDim < 4)
+    return false;
+
+  // Theta from the cos and sin tables in the query's cone: tables are
+  // operands of Mul nodes that depend on no data.
+  std::optional<double> theta;
+  SmallVector<SmallVector<int64_t>> samples = sampleInputShapes();
+  {
+    SmallVector<Value> tables;
+    llvm::SmallPtrSet<Operation *, 32> seen;
+    SmallVector<Value> work{scoresMatmul.getInputs()[0]};
+    while (!work.empty()) {
+      Value cur = work.pop_back_val();
+      auto node = cur.getDefiningOp<OnnxNodeOp>();
+      if (!node || !seen.insert(node).second || !dependsOnData(cur))
+        continue;
+      if (node.getOpType() == "Mul")
+        for (Value in : node.getInputs())
+          if (!dependsOnData(in))
+            tables.push_back(in);
+      for (Value in : node.getInputs())
+        work.push_back(in);
+    }
+    OnnxEvaluator eval;
+    bindInputs(eval, samples.front());
+    const HostTensor *cosTable = nullptr, *sinTable = nullptr;
+    for (Value table : tables) {
+      const HostTensor *t = eval.evaluate(table, error);
+      if (!t || !t->isFloat() || t->shape.empty() ||
+          t->shape.back() != headDim || t->numElements() < 2 * headDim)
+        continue;
+      bool ones = true, zeros = true;
+      for (int64_t i = 0; i < headDim; ++i)
+        ones &= t->f32[i] == 1.0f, zeros &= t->f32[i] == 0.0f;
+      if (ones)
+        cosTable = t;
+      if (zeros)
+        sinTable = t;
+    }
+    if (!cosTable || !sinTable)
+      return false;
+    // Row 1 (position 1): angle_i = f_i = theta^(-2i/d); use i = 1.
+    double angle =
+        std::atan2(sinTable->f32[headDim + 1], cosTable->f32[headDim + 1]);
+    if (!(angle > 0.0 && angle < 1.0))
+      return false;
+    double estimate = std::pow(angle, -static_cast<double>(headDim) / 2.0);
+    // The tables are fp32: keep 5 significant digits.
+    double magnitude = std::pow(10.0, std::floor(std::log10(estimate)) - 4);
+    theta = std::round(estimate / magnitude) * magnitude;
+  }
+  double scale = 1.0 / std::sqrt(static_cast<double>(headDim));
+
+  // Prove: evaluate the block on random projections at each sample shape
+  // and compare with the moe ops it becomes.
+  for (ArrayRef<int64_t> sample : samples) {
+    int64_t batch = sample[0], seq = sample[1];
+    OnnxEvaluator eval;
+    bindInputs(eval, sample);
+    HostTensor qv = randomTensor({batch, seq, qHeads * headDim});
+    HostTensor kv = randomTensor({batch, seq, kvHeads * headDim});
+    HostTensor vv = randomTensor({batch, seq, kvHeads * headDim});
+    eval.bind(q.getResult(), qv);
+    eval.bind(k.getResult(), kv);
+    eval.bind(v.getResult(), vv);
+    const HostTensor *actual = eval.evaluate(output, error);
+    if (!actual)
+      return false;
+    HostTensor q4 = qv, k4 = kv, v4 = vv, qr, kr, o;
+    q4.shape = {batch, seq, qHeads, headDim};
+    k4.shape = v4.shape = {batch, seq, kvHeads, headDim};
+    if (!moec::reference::rotary(q4, nullptr, *theta, qr, error) ||
+        !moec::reference::rotary(k4, nullptr, *theta, kr, error) ||
+        !moec::reference::attention(qr, kr, v4, true, scale, std::nullopt, o,
+                                    error))
+      return false;
+    o.shape = {batch, seq, qHeads * headDim};
+    if (actual->shape != o.shape ||
+        moec::reference::compare(*actual, o).relativeL2 >
+            kEquivalenceTolerance)
+      return false;
+  }
+
+  // Rewrite.
+  Operation *outputOp = output.getDefiningOp();
+  builder.setInsertionPointAfter(outputOp);
+  Location loc = softmax.getLoc();
+  RankedTensorType qType = tensorType(q.getResult());
+  Value q4 = reshapeTo(loc, q.getResult(), qType, {qHeads, headDim});
+  Value k4 = reshapeTo(loc, k.getResult(), qType, {kvHeads, headDim});
+  Value v4 = reshapeTo(loc, v.getResult(), qType, {kvHeads, headDim});
+  FloatAttr thetaAttr = builder.getF64FloatAttr(*theta);
+  Value qr = RotaryOp::create(builder, loc, q4.getType(), q4, Value(), thetaAttr);
+  Value kr = RotaryOp::create(builder, loc, k4.getType(), k4, Value(), thetaAttr);
+  Value attn = AttentionOp::create(builder, 
+      loc, q4.getType(), qr, kr, v4, builder.getBoolAttr(true),
+      builder.getF64FloatAttr(scale), IntegerAttr());
+  Value merged = collapseTrailing(loc, attn, qType.getRank() - 1);
+  if (merged.getType() != output.getType())
+    return false;
+  output.replaceAllUsesWith(merged);
+  numRaised += 3;
+  return true;
+}
+
+void Raiser::raiseAttentionBlocks() {
+  SmallVector<OnnxNodeOp> softmaxes;
+  func.walk([&](OnnxNodeOp node) {
+    if (node.getOpType() == "Softmax" && node.getDomain().empty() &&
+        rankOf(node.getOutputs()[0]) == 4)
+      softmaxes.push_back(node);
+  });
+  for (OnnxNodeOp softmax : softmaxes)
+    raiseAttention(softmax);
+}
+
+//===----------------------------------------------------------------------===//
+// Phase 2: sparse MoE blocks
+//===----------------------------------------------------------------------===//
+
+/// onnxruntime's com.microsoft.MoE with router logits from a linear layer:
+/// one node, so its attributes say everything.
+void Raiser::raiseOrtMoeNodes() {
+  SmallVector<OnnxNodeOp> nodes;
+  func.walk([&](OnnxNodeOp node) {
+    if (node.getOpType() == "MoE" && node.getDomain() == "com.microsoft")
+      nodes.push_back(node);
+  });
+  for (OnnxNodeOp node : nodes) {
+    auto strAttr = [&](StringRef name) {
+      auto a = node->getAttrOfType<StringAttr>(name);
+      return a ? a.getValue() : StringRef();
+    };
+    auto intAttr = [&](StringRef name, int64_t fallback) {
+      auto a = node->getAttrOfType<IntegerAttr>(name);
+      return a ? a.getInt() : fallback;
+    };
+    auto floatAttr = [&](StringRef name, double fallback) {
+      auto a = node->getAttrOfType<FloatAttr>(name);
+      return a ? a.getValueAsDouble() : fallback;
+    };
+    // Plain SwiGLU: silu(gate) * up, interleaved rows, renormalised top-k,
+    // no biases, no activation scaling or clamping.
+    if (strAttr("activation_type") != "swiglu" ||
+        intAttr("swiglu_fusion", 0) != 1 ||
+        intAttr("normalize_routing_weights", 0) != 1 ||
+        floatAttr("activation_alpha", 1.0) != 1.0 ||
+        floatAttr("activation_beta", 0.0) != 0.0 ||
+        node->hasAttr("swiglu_limit") || node.getInputs().size() != 4)
+      continue;
+    auto absent = node->getAttrOfType<DenseI64ArrayAttr>("absent_inputs");
+    if (!absent || absent.asArrayRef() != ArrayRef<int64_t>{3})
+      continue; // inputs: input, router_probs, fc1, (no fc1 bias), fc2
+    Value input = node.getInputs()[0], logits = node.getInputs()[1];
+    Value gateUp = node.getInputs()[2], down = node.getInputs()[3];
+    int64_t k = intAttr("k", 1);
+    if (!isParameter(gateUp) || !isParameter(down) || !logits.getDefiningOp<LinearOp>())
+      continue;
+    RankedTensorType logitsType = tensorType(logits);
+    SmallVector<int64_t> choiceShape(logitsType.getShape().drop_back());
+    choiceShape.push_back(k);
+    builder.setInsertionPoint(node);
+    auto router = RouterOp::create(builder, 
+        node.getLoc(),
+        RankedTensorType::get(choiceShape, logitsType.getElementType()),
+        RankedTensorType::get(choiceShape, builder.getI64Type()), logits,
+        builder.getI64IntegerAttr(k),
+        LoadBalancingAttr::get(builder.getContext(), LoadBalancing::aux_loss));
+    auto experts = ExpertsOp::create(builder, 
+        node.getLoc(), node.getOutputs()[0].getType(), input,
+        router.getGates(), router.getExperts(), gateUp, down,
+        GateUpLayoutAttr::get(builder.getContext(), GateUpLayout::interleaved));
+    node.getOutputs()[0].replaceAllUsesWith(experts.getResult());
+    numRaised += 2;
+  }
+}
+
+/// A sparse MoE block in any decomposed form, found from its TopK: the
+/// router logits come from a linear layer over the block's input; the
+/// block's output is the operand of the residual add that depends on the
+/// TopK. Proved by evaluation against router + experts.
+bool Raiser::raiseSparseMoe(OnnxNodeOp topK) {
+  // Router: TopK(Softmax(linear(x_flat, W_router))).
+  OnnxNodeOp softmax = producer(topK.getInputs()[0], "Softmax");
+  if (!softmax || topK.getInputs().size() != 2)
+    return false;
+  auto routerLinear = softmax.getInputs()[0].getDefiningOp<LinearOp>();
+  std::optional<double> k = scalarConstant(topK.getInputs()[1]);
+  if (!routerLinear || !k)
+    return false;
+  // The block input: the router's input, seen through reshapes.
+  Value input = routerLinear.getInput();
+  while (OnnxNodeOp reshape = producer(input, "Reshape"))
+    input = reshape.getInputs()[0];
+  RankedTensorType inputType = tensorType(input);
+  int64_t hidden = inputType.getShape().back();
+  // The block output: of the Adds downstream of the TopK, the first (in
+  // program order) whose other operand does not depend on the TopK: the
+  // residual stream. The operand from the TopK's side is the output.
+  auto dependsOnTopK = [&](Value v) {
+    llvm::SmallPtrSet<Operation *, 32> seen;
+    SmallVector<Value> stack{v};
+    while (!stack.empty()) {
+      Operation *def = stack.pop_back_val().getDefiningOp();
+      if (!def || def->isBeforeInBlock(topK) || !seen.insert(def).second)
+        continue;
+      if (def == topK.getOperation())
+        return true;
+      for (Value in : def->getOperands())
+        stack.push_back(in);
+    }
+    return false;
+  };
+  Value output;
+  {
+    llvm::SmallPtrSet<Operation *, 32> seen;
+    SmallVector<Value> work{topK.getOutputs()[0], topK.getOutputs()[1]};
+    OnnxNodeOp best;
+    Value bestOperand;
+    while (!work.empty()) {
+      Value cur = work.pop_back_val();
+      for (Operation *user : cur.getUsers()) {
+        if (!seen.insert(user).second || seen.size() > 256)
+          continue;
+        auto add = dyn_cast<OnnxNodeOp>(user);
+        if (add && add.getOpType() == "Add" && add.getInputs().size() == 2 &&
+            tensorType(add.getOutputs()[0]) == inputType) {
+          Value other = otherOperand(add, cur);
+          if (other && tensorType(cur) == inputType && !dependsOnTopK(other) &&
+              (!best || add->isBeforeInBlock(best))) {
+            best = add;
+            bestOperand = cur;
+          }
+          continue;
+        }
+        for (Value result : user->getResults())
+          work.push_back(result);
+      }
+    }
+    output = bestOperand;
+  }
+  if (!output)
+    return false;
+  // The experts' weights: the [E, 2I, H] and [E, H, I] parameters the block
+  // reads.
+  Value gateUp, down;
+  int64_t numExperts = tensorType(routerLinear.getResult()).getShape().back();
+  {
+    llvm::SmallPtrSet<Operation *, 32> seen;
+    SmallVector<Value> stack{output};
+    while (!stack.empty()) {
+      Value cur = stack.pop_back_val();
+      if (isParameter(cur) && rankOf(cur) == 3) {
+        RankedTensorType t = tensorType(cur);
+        if (t.getDimSize(0) == numExperts && t.getDimSize(2) == hidden)
+          gateUp = cur;
+        else if (t.getDimSize(0) == numExperts && t.getDimSize(1) == hidden)
+          down = cur;
+      }
+      Operation *def = cur.getDefiningOp();
+      if (!def || isa<LinearOp>(def) || !seen.insert(def).second ||
+          cur == input)
+        continue;
+      for (Value in : def->getOperands())
+        stack.push_back(in);
+    }
+  }
+  if (!gateUp || !down)
+    return false;
+  RankedTensorType gateUpType = tensorType(gateUp), downType = tensorType(down);
+  if (!gateUpType.hasStaticShape() || !downType.hasStaticShape())
+    return false;
+
+  // Prove at each sample shape: random input, router weight and experts.
+  for (ArrayRef<int64_t> sample : sampleInputShapes()) {
+    OnnxEvaluator eval;
+    bindInputs(eval, sample);
+    SmallVector<int64_t> shape(sample);
+    shape.push_back(hidden);
+    if (inputType.getRank() != 3)
+      return false;
+    HostTensor x = randomTensor(shape);
+    HostTensor wr = randomTensor(tensorType(routerLinear.getWeight()).getShape());
+    HostTensor w1 = randomTensor(gateUpType.getShape());
+    HostTensor w2 = randomTensor(downType.getShape());
+    eval.bind(input, x);
+    eval.bind(routerLinear.getResult(), HostTensor());
+    std::string error;
+    // The router linear is already raised: compute its value here.
+    HostTensor flat = x;
+    flat.shape = {sample[0] * sample[1], hidden};
+    HostTensor logits, gates, experts, expected;
+    if (!moec::reference::linear(flat, wr, nullptr, logits, error))
+      return false;
+    logits.shape = tensorType(routerLinear.getResult()).getRank() == 3
+                       ? std::vector<int64_t>{sample[0], sample[1], numExperts}
+                       : std::vector<int64_t>{sample[0] * sample[1], numExperts};
+    eval.bind(routerLinear.getResult(), logits);
+    eval.bind(gateUp, w1);
+    eval.bind(down, w2);
+    const HostTensor *actual = eval.evaluate(output, error);
+    if (!actual)
+      return false;
+    if (!moec::reference::routeTopK(logits, static_cast<int64_t>(*k), true,
+                                    gates, experts, error) ||
+        !moec::reference::experts(flat, gates, experts, w1, w2, false,
+                                  expected, error))
+      return false;
+    expected.shape.assign(shape.begin(), shape.end());
+    if (actual->shape != expected.shape ||
+        moec::reference::compare(*actual, expected).relativeL2 >
+            kEquivalenceTolerance)
+      return false;
+  }
+
+  // Rewrite on the 3-D input.
+  builder.setInsertionPointAfterValue(output);
+  Location loc = topK.getLoc();
+  SmallVector<int64_t> logitShape(inputType.getShape().drop_back());
+  logitShape.push_back(numExperts);
+  SmallVector<int64_t> choiceShape(inputType.getShape().drop_back());
+  choiceShape.push_back(static_cast<int64_t>(*k));
+  Type elementType = inputType.getElementType();
+  auto logits = LinearOp::create(builder, 
+      loc, RankedTensorType::get(logitShape, elementType), input,
+      routerLinear.getWeight(), Value());
+  auto router = RouterOp::create(builder, 
+      loc, RankedTensorType::get(choiceShape, elementType),
+      RankedTensorType::get(choiceShape, builder.getI64Type()), logits,
+      builder.getI64IntegerAttr(static_cast<int64_t>(*k)),
+      LoadBalancingAttr::get(builder.getContext(), LoadBalancing::aux_loss));
+  auto experts = ExpertsOp::create(builder, 
+      loc, inputType, input, router.getGates(), router.getExperts(), gateUp,
+      down,
+      GateUpLayoutAttr::get(builder.getContext(), GateUpLayout::concatenated));
+  output.replaceAllUsesWith(experts.getResult());
+  numRaised += 3;
+  return true;
+}
+
+void Raiser::raiseSparseMoeBlocks() {
+  SmallVector<OnnxNodeOp> topKs;
+  func.walk([&](OnnxNodeOp node) {
+    if (node.getOpType() == "TopK" && node.getDomain().empty())
+      topKs.push_back(node);
+  });
+  for (OnnxNodeOp topK : topKs)
+    raiseSparseMoe(topK);
+}
+
+//===----------------------------------------------------------------------===//
+// Phase 3: residual adds and the lm-head
+//===----------------------------------------------------------------------===//
+
+void Raiser::raiseResidualAddsAndHead() {
+  // In program order, so that an add whose operand was an add is seen after
+  // that one is raised.
+  SmallVector<OnnxNodeOp> nodes;
+  func.walk([&](OnnxNodeOp node) { nodes.push_back(node); });
+  for (OnnxNodeOp add : nodes) {
+    if (add.getOpType() != "Add" || !add.getDomain().empty() ||
+        add.getInputs().size() != 2)
+      continue;
+    Type type = add.getOutputs()[0].getType();
+    Value lhs = add.getInputs()[0], rhs = add.getInputs()[1];
+    if (lhs.getType() != type || rhs.getType() != type ||
+        !isa<FloatType>(tensorType(add.getOutputs()[0]).getElementType()) ||
+        lhs.getDefiningOp<OnnxNodeOp>() || rhs.getDefiningOp<OnnxNodeOp>() ||
+        !dependsOnData(lhs) || !dependsOnData(rhs))
+      continue;
+    builder.setInsertionPoint(add);
+    auto sum = arith::AddFOp::create(builder, add.getLoc(), lhs, rhs);
+    add.getOutputs()[0].replaceAllUsesWith(sum.getResult());
+    add.erase();
+    ++numRaised;
+  }
+  // The projection whose result the function returns is the lm-head.
+  auto ret = cast<func::ReturnOp>(func.getBody().front().getTerminator());
+  for (OpOperand &operand : ret->getOpOperands()) {
+    auto linear = operand.get().getDefiningOp<LinearOp>();
+    if (!linear || linear.getBias())
+      continue;
+    Value weight = linear.getWeight();
+    if (auto transpose = weight.getDefiningOp<linalg::TransposeOp>())
+      weight = transpose.getInput();
+    if (!isParameter(weight))
+      continue;
+    builder.setInsertionPoint(linear);
+    auto head = LmHeadOp::create(builder, linear.getLoc(), linear.getType(),
+                                         linear.getInput(), linear.getWeight());
+    operand.set(head.getResult());
+  }
+}
+
+//===----------------------------------------------------------------------===//
+// The pass
+//===----------------------------------------------------------------------===//
 
 struct RaiseOnnxPass : public moe::impl::RaiseOnnxBase<RaiseOnnxPass> {
   using RaiseOnnxBase::RaiseOnnxBase;
 
   void runOnOperation() override {
     func::FuncOp func = getOperation();
-    RewritePatternSet patterns(&getContext());
-    if (failed(applyPatternsGreedily(func, std::move(patterns))))
-      return signalPassFailure();
+    int64_t raised = 0;
+    Raiser(func, raised).run();
+    numRaised += raised;
     func.walk([&](OnnxNodeOp node) {
       ++numLeft;
       if (requireComplete)

@@ -4,8 +4,8 @@
 // `func.func @forward` in a module:
 //
 //   * graph inputs become function arguments tagged `moe.input = "<name>"`;
-//   * parameters (floating-point initializers of rank >= 2, or whose name
-//     ends in `.weight` / `.bias`) become function arguments tagged
+//   * parameters (floating-point initializers named like checkpoint weights,
+//     or of rank >= 2 without a unit dimension) become arguments tagged
 //     `moe.parameter = "<checkpoint name>"`, after the inputs, in file order;
 //     their values are never read, so weights-free models import too;
 //   * every other initializer and every `Constant` node becomes an

@@ -63,9 +63,11 @@ bool isRejectedOp(llvm::StringRef opType, std::string &why) {
   return false;
 }
 
-/// A parameter is a floating-point initializer of rank >= 2 or one named like
-/// a module's weight or bias; the rest (shape constants, buffers such as
-/// rotary frequencies) are constants.
+/// A parameter is a floating-point initializer named like a module's weight
+/// (`.weight`, `.bias`, `_proj`: checkpoint names) or, for initializers an
+/// exporter created by folding (named `val_12`), one of rank >= 2 without a
+/// unit dimension. Everything else (shape constants, broadcast-shaped buffers
+/// such as `[1, d, 1]` rotary frequencies) is a constant.
 bool isParameter(const onnx::TensorProto &tensor) {
   using T = onnx::TensorProto;
   int32_t type = tensor.data_type();
@@ -74,8 +76,12 @@ bool isParameter(const onnx::TensorProto &tensor) {
   if (!floating)
     return false;
   llvm::StringRef name = tensor.name();
-  return tensor.dims_size() >= 2 || name.ends_with(".weight") ||
-         name.ends_with(".bias");
+  if (name.ends_with(".weight") || name.ends_with(".bias") ||
+      name.ends_with("_proj"))
+    return true;
+  if (tensor.dims_size() < 2)
+    return false;
+  return llvm::all_of(tensor.dims(), [](int64_t d) { return d > 1; });
 }
 
 class GraphImporter {
@@ -285,7 +291,7 @@ LogicalResult GraphImporter::importConstantNode(const onnx::NodeProto &node,
                                 << "' is not supported";
   }
   values[node.output(0)] =
-      builder.create<arith::ConstantOp>(loc, cast<TypedAttr>(value));
+      arith::ConstantOp::create(builder, loc, cast<TypedAttr>(value));
   return success();
 }
 
@@ -516,7 +522,7 @@ OwningOpRef<ModuleOp> GraphImporter::run() {
   }
 
   builder.setInsertionPointToEnd(module->getBody());
-  auto func = builder.create<func::FuncOp>(
+  auto func = func::FuncOp::create(builder, 
       fileLoc, "forward", builder.getFunctionType(argTypes, resultTypes));
   Block *entry = func.addEntryBlock();
   for (auto [i, tag] : llvm::enumerate(argTags)) {
@@ -532,7 +538,7 @@ OwningOpRef<ModuleOp> GraphImporter::run() {
     FailureOr<DenseElementsAttr> value = convertTensor(*init, loc);
     if (failed(value))
       return nullptr;
-    values[init->name()] = builder.create<arith::ConstantOp>(loc, *value);
+    values[init->name()] = arith::ConstantOp::create(builder, loc, *value);
   }
   for (int i = 0; i < graph.node_size(); ++i)
     if (failed(importNode(graph.node(i), i)))
@@ -548,7 +554,7 @@ OwningOpRef<ModuleOp> GraphImporter::run() {
     }
     results.push_back(it->second);
   }
-  builder.create<func::ReturnOp>(fileLoc, results);
+  func::ReturnOp::create(builder, fileLoc, results);
   if (failed(verify(*module)))
     return nullptr;
   return module;

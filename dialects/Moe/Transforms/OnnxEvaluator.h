@@ -1,0 +1,49 @@
+//===- OnnxEvaluator.h - Evaluate imported ONNX subgraphs -------*- C++ -*-===//
+//
+// Computes the value of a `moe.onnx_node` subgraph on concrete inputs, the
+// way onnxruntime would, for the ONNX operators that Mixtral exports use.
+//
+// The raising pass uses it to prove a rewrite right instead of trusting a
+// pattern's shape: a candidate subgraph (say, everything between three
+// projections and the attention output, with its mask and rotary tables) is
+// evaluated on random inputs at sample sizes and compared with the `moe` op
+// it is to become. Tables that depend only on the input's shape (causal
+// masks, cos/sin) are evaluated the same way.
+//
+// It is deliberately small: fp32 and int64 elements (bool as 0/1 int64), no
+// sub-graphs. Unknown operators fail with their name.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef DIALECTS_MOE_TRANSFORMS_ONNXEVALUATOR_H
+#define DIALECTS_MOE_TRANSFORMS_ONNXEVALUATOR_H
+
+#include "moec/Support/HostTensor.h"
+
+#include "mlir/IR/Value.h"
+#include "llvm/ADT/DenseMap.h"
+
+#include <memory>
+#include <string>
+
+namespace mlir::moe {
+
+class OnnxEvaluator {
+public:
+  /// Fixes the value of `value` (a function argument, or any value to cut the
+  /// subgraph at).
+  void bind(Value value, moec::HostTensor tensor);
+
+  /// Evaluates `value`, computing its producers as needed. Returns null and
+  /// sets `error` when a producer is not supported or an argument is unbound.
+  const moec::HostTensor *evaluate(Value value, std::string &error);
+
+private:
+  bool evaluateOp(Operation *op, std::string &error);
+  /// Boxed, so that pointers handed out stay valid as the map grows.
+  llvm::DenseMap<Value, std::unique_ptr<moec::HostTensor>> values;
+};
+
+} // namespace mlir::moe
+
+#endif // DIALECTS_MOE_TRANSFORMS_ONNXEVALUATOR_H
