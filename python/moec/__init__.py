@@ -8,6 +8,8 @@ Modules:
 
 * :mod:`moec.presets` -- named ``MixtralConfig`` presets (mirrored as JSON in
   ``moec/configs/*.json`` for the C++ side) and config loading.
+* :mod:`moec.model` -- the PyTorch model as exported (logits-only Mixtral,
+  the fused sparse-MoE custom op, weights-free construction).
 * :mod:`moec.export` -- ``python -m moec.export``: Mixtral to ONNX in one of
   three forms (``ort``, ``batched_mm``, ``grouped_mm``).
 * :mod:`moec.golden` -- ``python -m moec.golden``: regenerates the fixtures

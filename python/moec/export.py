@@ -4,7 +4,7 @@ Usage (from the repository root)::
 
     PYTHONPATH=python python -m moec.export --config tiny --form ort -o tiny-ort.onnx
     PYTHONPATH=python python -m moec.export --config mixtral-8x7b --form ort \\
-        --no-weights --dynamic -o /tmp/mixtral-8x7b/model.onnx
+        --no-weights --dynamic -o out/mixtral-8x7b/model.onnx
 
 The model is the stock ``transformers.MixtralForCausalLM`` (eager attention)
 behind a single input ``input_ids`` (int64 [batch, seq]) and a single output
@@ -26,7 +26,7 @@ differ only in the sparse MoE block of each decoder layer:
     runs a batched ``MatMul``.
 ``grouped_mm``
     transformers' ``experts_implementation="grouped_mm"``: pairs sorted by
-    expert, then ``moec::GroupedMatMul`` (see :func:`grouped_matmul_semantics`)
+    expert, then ``moec::GroupedMatMul`` (see :data:`GROUPED_MATMUL_SPEC`)
     for the up and down projections.
 
 Initialisers holding parameters are named as in the model's ``state_dict``
@@ -35,11 +35,12 @@ the parameter unchanged (same shape, same layout); the optimiser is kept from
 folding them into anything. Other initialisers are small constants (``val_*``
 and the rotary ``inv_freq``-derived tensor).
 
-With ``--no-weights`` the model is built on the meta device and every parameter
-initialiser becomes an ONNX external-data reference (``location`` =
+With ``--no-weights`` the parameters are fake tensors (see
+:func:`moec.model.build_model`), nothing is allocated for them, and every
+parameter initialiser becomes an ONNX external-data reference (``location`` =
 ``<output stem>.weights``, ``offset``, ``length``) into a file that need not
-exist: float32, parameters in ``state_dict`` order, each starting at a multiple
-of :data:`WEIGHTS_ALIGNMENT` bytes. Models with weights keep them inline unless
+exist: raw float32, parameters in ``state_dict`` order, each starting at a
+multiple of :data:`WEIGHTS_ALIGNMENT` bytes. Models with weights keep them inline unless
 they exceed :data:`INLINE_WEIGHTS_LIMIT` bytes, in which case the same file is
 written with the same layout.
 """
@@ -59,22 +60,19 @@ import onnx_ir as ir
 import onnxscript
 import onnxscript.optimizer
 import torch
-import torch.nn.functional as F
 from onnxscript import opset18 as op
-from transformers import MixtralForCausalLM
 
+from moec.model import ATTN_IMPLEMENTATION, FORMS, MixtralLogits, build_model
 from moec.presets import PRESETS, ConfigError, load_config
-
-#: The MoE forms this exporter produces.
-FORMS = ("ort", "batched_mm", "grouped_mm")
-
-#: transformers attention implementation used for every export (see docs/onnx-forms.md).
-ATTN_IMPLEMENTATION = "eager"
 
 #: Domain of moec's own ONNX ops (``GroupedMatMul``).
 MOEC_DOMAIN = "moec"
 #: Domain of onnxruntime's contrib ops (``MoE``).
 MSFT_DOMAIN = "com.microsoft"
+
+#: ONNX opset of the default domain, pinned so a newer torch cannot change the
+#: op vocabulary under the importer (opset 23 adds e.g. RMSNormalization, Attention).
+ONNX_OPSET = 20
 
 #: Byte alignment of each tensor in a ``.weights`` file.
 WEIGHTS_ALIGNMENT = 4096
@@ -91,25 +89,24 @@ _KEPT_NODE_METADATA = frozenset({"namespace"})
 # ---------------------------------------------------------------------------
 
 
-def grouped_matmul_semantics() -> str:
-    """Returns the specification of ``moec::GroupedMatMul`` (version 1).
+#: Specification of ``moec::GroupedMatMul`` (version 1); also the schema's doc.
+GROUPED_MATMUL_SPEC = """\
+Per-group matrix product over rows sorted by group (an MoE layer's experts).
 
-    Inputs:
-
-    * ``X`` -- T [S, K]: rows sorted by group (expert).
-    * ``W`` -- T [G, K, N]: one K x N matrix per group.
-    * ``offsets`` -- int32 or int64 [G]: inclusive prefix sum of the group sizes,
-      i.e. ``offsets[g]`` is the end (exclusive) of group g's rows; non-decreasing,
-      ``offsets[G-1] <= S``. Group g owns rows ``[offsets[g-1], offsets[g])``
-      with ``offsets[-1] := 0``; empty groups are allowed.
-
-    Output ``Y`` -- T [S, N]: ``Y[r] = X[r] @ W[g]`` for each row r of group g;
-    rows ``r >= offsets[G-1]`` (owned by no group) are zero.
-
-    It is torch's ``grouped_mm(X, W, offs=offsets)`` for a 2-D ``X`` and 3-D ``W``
-    (transformers' ``grouped_mm_fallback``). T is float32, float16 or bfloat16.
-    """
-    return grouped_matmul_semantics.__doc__ or ""
+Inputs:
+  X        T [S, K]: rows sorted by group (expert).
+  W        T [G, K, N]: one K x N matrix per group.
+  offsets  int32 or int64 [G]: inclusive prefix sum of the group sizes, i.e.
+           offsets[g] is the end (exclusive) of group g's rows; non-decreasing,
+           offsets[G-1] <= S. Group g owns rows [offsets[g-1], offsets[g]) with
+           offsets[-1] := 0; empty groups are allowed.
+Output:
+  Y        T [S, N]: Y[r] = X[r] @ W[g] for each row r of group g; rows
+           r >= offsets[G-1] (owned by no group) are zero.
+T is float32, float16 or bfloat16; no attributes. It is torch's
+grouped_mm(X, W, offs=offsets) for a 2-D X and a 3-D W (transformers'
+grouped_mm_fallback).
+"""
 
 
 def _grouped_matmul_schema() -> onnx.defs.OpSchema:
@@ -118,7 +115,7 @@ def _grouped_matmul_schema() -> onnx.defs.OpSchema:
         "GroupedMatMul",
         MOEC_DOMAIN,
         1,
-        doc="Per-group matrix product over rows sorted by group; see moec.export.grouped_matmul_semantics.",
+        doc=GROUPED_MATMUL_SPEC,
         inputs=[
             schema.FormalParameter("X", "T", "[S, K], rows sorted by group"),
             schema.FormalParameter("W", "T", "[G, K, N]"),
@@ -180,60 +177,8 @@ def register_onnx_schemas() -> None:
 
 
 # ---------------------------------------------------------------------------
-# Form ort: one custom op for the whole sparse MoE block
+# Form ort: moec::sparse_moe_block -> router MatMul + com.microsoft::MoE
 # ---------------------------------------------------------------------------
-
-
-@torch.library.custom_op("moec::sparse_moe_block", mutates_args=())
-def sparse_moe_block(
-    hidden_states: torch.Tensor,
-    gate_weight: torch.Tensor,
-    gate_up_proj: torch.Tensor,
-    down_proj: torch.Tensor,
-    top_k: int,
-) -> torch.Tensor:
-    """Mixtral's sparse MoE block as one op (dense reference computation).
-
-    ``hidden_states`` [..., H]; ``gate_weight`` [E, H]; ``gate_up_proj``
-    [E, 2I, H] (gate rows, then up rows); ``down_proj`` [E, H, I]. Each token
-    goes to its ``top_k`` experts by softmax(router logits), weighted by the
-    renormalised top-k probabilities; expert e computes
-    ``down_proj[e] @ (silu(gate_e x) * (up_e x))``.
-    """
-    hidden = hidden_states.shape[-1]
-    x = hidden_states.reshape(-1, hidden)
-    probs = torch.softmax((x @ gate_weight.t()).float(), dim=-1)
-    weights, experts = torch.topk(probs, top_k, dim=-1)
-    weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
-    gate, up = torch.einsum("th,eoh->teo", x, gate_up_proj).chunk(2, dim=-1)  # [T, E, I] each
-    expert_out = torch.einsum("tei,ehi->teh", F.silu(gate) * up, down_proj)  # [T, E, H]
-    chosen = expert_out.gather(1, experts.unsqueeze(-1).expand(-1, -1, hidden))  # [T, k, H]
-    return (chosen * weights.unsqueeze(-1)).sum(dim=1).reshape(hidden_states.shape)
-
-
-@sparse_moe_block.register_fake
-def _sparse_moe_block_fake(hidden_states, gate_weight, gate_up_proj, down_proj, top_k):
-    return torch.empty_like(hidden_states)
-
-
-class FusedSparseMoeBlock(torch.nn.Module):
-    """Stands for a ``MixtralSparseMoeBlock`` as one ``moec::sparse_moe_block`` call.
-
-    Keeps the original ``gate`` and ``experts`` submodules, so parameter names
-    (``mlp.gate.weight``, ``mlp.experts.gate_up_proj``, ``mlp.experts.down_proj``)
-    do not change.
-    """
-
-    def __init__(self, block: torch.nn.Module):
-        super().__init__()
-        self.top_k = block.top_k
-        self.gate = block.gate
-        self.experts = block.experts
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return torch.ops.moec.sparse_moe_block(
-            hidden_states, self.gate.weight, self.experts.gate_up_proj, self.experts.down_proj, self.top_k
-        )
 
 
 def _translate_sparse_moe_block(hidden_states, gate_weight, gate_up_proj, down_proj, top_k: int):
@@ -260,8 +205,6 @@ def _translate_sparse_moe_block(hidden_states, gate_weight, gate_up_proj, down_p
         k=top_k,
         normalize_routing_weights=1,
     )
-    # onnx has no shape inference for MoE: record that the output is shaped like its input.
-    moe.shape, moe.dtype = tokens.shape, tokens.dtype
     return op.Reshape(moe, op.Shape(hidden_states))
 
 
@@ -295,54 +238,6 @@ def translation_table(form: str) -> dict[Callable, Callable]:
             table[torch.ops.aten._grouped_mm.default] = _translate_aten_grouped_mm
         return table
     return {}
-
-
-# ---------------------------------------------------------------------------
-# The model
-# ---------------------------------------------------------------------------
-
-
-class MixtralLogits(MixtralForCausalLM):
-    """``MixtralForCausalLM`` whose forward maps ``input_ids`` to ``logits`` only.
-
-    The attention mask is all ones (no padding); no KV cache. A subclass rather
-    than a wrapper, so parameter names stay the checkpoint's.
-    """
-
-    # transformers decides whether a class may pick its experts implementation
-    # by looking for `@use_experts_implementation` in the class's own module;
-    # this subclass lives elsewhere but its experts are Mixtral's.
-    _can_set_experts_implementation_cached_value = True
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        attention_mask = torch.ones_like(input_ids)
-        return super().forward(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-
-
-def build_model(config, form: str, *, weights: bool = True, seed: int = 0) -> MixtralLogits:
-    """Builds the model to export in ``form``.
-
-    With ``weights`` the parameters are initialised on the CPU after
-    ``torch.manual_seed(seed)`` (transformers' own initialisation); otherwise
-    they live on the meta device. The rotary buffers are real in both cases.
-    """
-    if form not in FORMS:
-        raise ValueError(f"unknown form '{form}'; expected one of {', '.join(FORMS)}")
-    config._attn_implementation = ATTN_IMPLEMENTATION
-    config._experts_implementation = form if form != "ort" else "eager"
-    if weights:
-        torch.manual_seed(seed)
-        model = MixtralLogits(config)
-    else:
-        with torch.device("meta"):
-            model = MixtralLogits(config)
-        # Non-persistent buffers are no checkpoint tensors: compute them for real.
-        model.model.rotary_emb = type(model.model.rotary_emb)(config)
-    model.eval()
-    if form == "ort":
-        for layer in model.model.layers:
-            layer.mlp = FusedSparseMoeBlock(layer.mlp)
-    return model
 
 
 # ---------------------------------------------------------------------------
@@ -400,6 +295,19 @@ def _optimize(model: ir.Model, parameter_names: list[str]) -> None:
         graph.register_initializer(value)
     for value in constants.values():
         graph.register_initializer(value)
+
+
+def _annotate_moe_outputs(model: ir.Model) -> None:
+    """Records that each ``com.microsoft::MoE`` output is typed and shaped like its input.
+
+    onnx has no shape inference for the op, so nothing else fills it in.
+    """
+    for node in model.graph.all_nodes():
+        if node.domain == MSFT_DOMAIN and node.op_type == "MoE":
+            source, result = node.inputs[0], node.outputs[0]
+            result.dtype = source.dtype
+            if source.shape is not None:
+                result.shape = ir.Shape(source.shape)
 
 
 def _aligned(offset: int) -> int:
@@ -460,8 +368,9 @@ def export(
     """Exports ``config`` in ``form`` to ``output``; see the module docstring.
 
     ``model`` may be passed to export an already built model (it must come from
-    :func:`build_model` with the same ``form`` and ``weights``).
-    ``metadata`` is added to the model's ``metadata_props``.
+    :func:`moec.model.build_model` with the same ``form``; whether it has
+    weights then decides, not ``weights``). ``metadata`` is added to the
+    model's ``metadata_props``.
     """
     register_onnx_schemas()
     output = Path(output)
@@ -469,9 +378,12 @@ def export(
         raise ValueError("--dynamic needs example sizes of at least 2 (torch.export specialises 0 and 1)")
     if model is None:
         model = build_model(config, form, weights=weights, seed=seed)
-    device = "cpu" if weights else "meta"
     generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(0, config.vocab_size, (batch, seq), generator=generator).to(device)
+    input_ids = torch.randint(0, config.vocab_size, (batch, seq), generator=generator)
+    fake_mode = getattr(model.lm_head.weight, "fake_mode", None)
+    weights = fake_mode is None
+    if fake_mode is not None:  # torch.export then traces in the parameters' fake mode
+        input_ids = fake_mode.from_tensor(input_ids)
     dynamic_shapes = None
     if dynamic:
         dynamic_shapes = {"input_ids": {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}}
@@ -484,6 +396,7 @@ def export(
         output_names=["logits"],
         dynamic_shapes=dynamic_shapes,
         custom_translation_table=translation_table(form),
+        opset_version=ONNX_OPSET,
         optimize=False,
         verbose=False,
     )
@@ -492,7 +405,6 @@ def export(
     missing = [name for name in parameters if name not in ir_model.graph.initializers]
     if missing:
         raise RuntimeError(f"parameters without an initialiser of the same name: {missing[:5]}")
-    _fill_buffers(ir_model, model)
 
     output.parent.mkdir(parents=True, exist_ok=True)
     total_bytes = sum(t.numel() * t.element_size() for t in parameters.values())
@@ -500,6 +412,7 @@ def export(
     if not weights or total_bytes > INLINE_WEIGHTS_LIMIT:
         location = _externalize(ir_model, parameters, output, write=weights)
     _optimize(ir_model, list(parameters))
+    _annotate_moe_outputs(ir_model)
     _strip_metadata(ir_model)
     ir_model.metadata_props.update(
         {
@@ -522,14 +435,6 @@ def export(
         weights_location=location,
         opset=ir_model.opset_imports.get("", 0),
     )
-
-
-def _fill_buffers(ir_model: ir.Model, model: torch.nn.Module) -> None:
-    """Gives initialisers that hold module buffers (rotary ``inv_freq``) their real values."""
-    for name, buffer in model.named_buffers():
-        value = ir_model.graph.initializers.get(name)
-        if value is not None and buffer.device.type != "meta":
-            value.const_value = ir.tensor(buffer.detach().cpu().numpy(), name=name)
 
 
 def _config_fields(config) -> dict[str, Any]:
@@ -567,12 +472,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=2, help="static batch size / example batch (default 2)")
     parser.add_argument("--seq", type=int, default=8, help="static sequence length / example length (default 8)")
     parser.add_argument("--dynamic", action="store_true", help="symbolic batch and seq dims ('batch', 'seq')")
-    parser.add_argument("--no-weights", action="store_true", help="meta-device build; weights as external refs")
+    parser.add_argument(
+        "--no-weights",
+        action="store_true",
+        help="allocate no parameters; reference them as external data in <output stem>.weights",
+    )
     parser.add_argument("--seed", type=int, default=0, help="torch.manual_seed for the random init (default 0)")
     args = parser.parse_args(argv)
 
     if args.batch < 1 or args.seq < 1:
         parser.error("--batch and --seq must be positive")
+    if args.dynamic and (args.batch < 2 or args.seq < 2):
+        parser.error("--dynamic needs example sizes of at least 2 (torch.export specialises 0 and 1)")
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -581,21 +492,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.seq > config.max_position_embeddings:
         parser.error(f"--seq {args.seq} exceeds max_position_embeddings {config.max_position_embeddings}")
     start = time.monotonic()
-    try:
-        summary = export(
-            config,
-            args.form,
-            args.output,
-            batch=args.batch,
-            seq=args.seq,
-            dynamic=args.dynamic,
-            weights=not args.no_weights,
-            seed=args.seed,
-            metadata={"moec.preset": args.config} if args.config in PRESETS else None,
-        )
-    except ValueError as exc:
-        print(f"moec.export: error: {exc}", file=sys.stderr)
-        return 2
+    summary = export(
+        config,
+        args.form,
+        args.output,
+        batch=args.batch,
+        seq=args.seq,
+        dynamic=args.dynamic,
+        weights=not args.no_weights,
+        seed=args.seed,
+        metadata={"moec.preset": args.config} if args.config in PRESETS else None,
+    )
     elapsed = time.monotonic() - start
     print(
         f"wrote {summary.path} (form {summary.form}, opset {summary.opset}): {summary.nodes} nodes, "

@@ -13,7 +13,8 @@ of small ones), then one line per node::
 
     #12 MatMul(mul_107: f32[batch,seq,32], val_93: f32[32,32]) -> linear: f32[batch,seq,32]
 
-Inputs that are small constants are shown with their values (``val_90=[-1]``);
+Inputs that are small constants are shown with their values (``val_90=[-1]``;
+with the type too when of rank 2 or more, values flattened);
 attributes follow the outputs in braces. A ``# <module path> (<class>)`` line
 opens each run of nodes that comes from the same PyTorch module (read from the
 ``namespace`` metadata torch.onnx records on each node). Symbolic dimensions
@@ -80,6 +81,8 @@ def format_input(value: ir.Value | None) -> str:
         return "<none>"
     constant = _constant_values(value)
     if constant is not None:
+        if value.shape is not None and value.shape.rank() > 1:  # keep the shape visible
+            return f"{value.name}: {format_type(value)}={constant}"
         return f"{value.name}={constant}"
     return f"{value.name}: {format_type(value)}"
 

@@ -14,6 +14,7 @@ they differ.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -139,10 +140,15 @@ def validate_fields(fields: dict[str, Any], origin: str = "config") -> None:
         raise ConfigError(f"{origin}: hidden_act '{act}' is not supported (only 'silu')")
 
 
-def _mixtral_default(name: str) -> Any:
+@functools.cache
+def _mixtral_defaults():
     from transformers import MixtralConfig
 
-    return getattr(MixtralConfig(), name)
+    return MixtralConfig()
+
+
+def _mixtral_default(name: str) -> Any:
+    return getattr(_mixtral_defaults(), name)
 
 
 def load_config(spec: str):

@@ -39,10 +39,16 @@ HostTensor like(bool isFloat, Shape shape) {
 }
 
 void put(HostTensor &t, int64_t i, double v) {
-  if (t.isFloat())
+  if (t.isFloat()) {
     t.f32[i] = static_cast<float>(v);
-  else
-    t.i64[i] = static_cast<int64_t>(v);
+    return;
+  }
+  // Saturate like a well-defined cast instead of overflowing.
+  constexpr double lo = -9.2233720368547758e18, hi = 9.2233720368547748e18;
+  t.i64[i] = std::isnan(v) ? 0
+             : v <= lo     ? std::numeric_limits<int64_t>::min()
+             : v >= hi     ? std::numeric_limits<int64_t>::max()
+                           : static_cast<int64_t>(v);
 }
 
 /// Copies element `from` of `src` to element `to` of `dst` (same kind).
@@ -249,6 +255,36 @@ bool matmul(const HostTensor &a0, const HostTensor &b0, HostTensor &out,
   return true;
 }
 
+/// One element of a binary operator; integer division truncates and
+/// integer Mod takes the divisor's sign (ONNX's fmod = 0), dividing by zero
+/// gives 0 rather than a trap.
+double binaryOp(StringRef type, double x, double y, bool isFloat, bool fmod) {
+  if (type == "Add") return x + y;
+  if (type == "Sub") return x - y;
+  if (type == "Mul") return x * y;
+  if (type == "Pow") return std::pow(x, y);
+  if (type == "Max") return std::max(x, y);
+  if (type == "Min") return std::min(x, y);
+  if (type == "And") return (x != 0.0 && y != 0.0) ? 1.0 : 0.0;
+  if (type == "Or") return (x != 0.0 || y != 0.0) ? 1.0 : 0.0;
+  if (type == "Equal") return x == y ? 1.0 : 0.0;
+  if (type == "Less") return x < y ? 1.0 : 0.0;
+  if (type == "LessOrEqual") return x <= y ? 1.0 : 0.0;
+  if (type == "Greater") return x > y ? 1.0 : 0.0;
+  if (type == "GreaterOrEqual") return x >= y ? 1.0 : 0.0;
+  if (type == "Div") {
+    if (isFloat)
+      return x / y;
+    return y == 0.0 ? 0.0 : std::trunc(x / y);
+  }
+  if (type == "Mod") {
+    if (isFloat || fmod)
+      return std::fmod(x, y);
+    return y == 0.0 ? 0.0 : x - std::floor(x / y) * y;
+  }
+  return 0.0;
+}
+
 } // namespace
 
 void OnnxEvaluator::bind(Value value, HostTensor tensor) {
@@ -308,7 +344,8 @@ bool OnnxEvaluator::evaluateOp(Operation *op, std::string &error) {
     in.push_back(t);
   }
   StringRef type = node.getOpType();
-  if (!node.getDomain().empty() ||
+  bool groupedMatMul = node.getDomain() == "moec" && type == "GroupedMatMul";
+  if ((!node.getDomain().empty() && !groupedMatMul) ||
       (op->hasAttr("absent_inputs") && type != "Slice" && type != "Clip")) {
     error = fmt::format("cannot evaluate ONNX '{}' (domain '{}')", type.str(),
                         node.getDomain().str());
@@ -376,7 +413,7 @@ bool OnnxEvaluator::evaluateOp(Operation *op, std::string &error) {
 
   // --- Element-wise, binary and Where -------------------------------------
   static const char *binaryOps[] = {
-      "Add",  "Sub", "Mul",   "Div",  "Pow",       "Max",  "Min",
+      "Add",  "Sub", "Mul",   "Div",  "Pow",       "Max",  "Min", "Mod",
       "And",  "Or",  "Equal", "Less", "LessOrEqual", "Greater",
       "GreaterOrEqual"};
   if (llvm::is_contained(binaryOps, type) || type == "Where") {
@@ -402,25 +439,7 @@ bool OnnxEvaluator::evaluateOp(Operation *op, std::string &error) {
       if (isWhere) {
         r = at(*in[0], broadcastIndex(idx, in[0]->shape)) != 0.0 ? x : y;
       } else {
-        r = llvm::StringSwitch<double>(type)
-                .Case("Add", x + y)
-                .Case("Sub", x - y)
-                .Case("Mul", x * y)
-                .Case("Div", outFloat ? x / y
-                                      : static_cast<double>(
-                                            static_cast<int64_t>(x) /
-                                            static_cast<int64_t>(y ? y : 1)))
-                .Case("Pow", std::pow(x, y))
-                .Case("Max", std::max(x, y))
-                .Case("Min", std::min(x, y))
-                .Case("And", (x != 0.0 && y != 0.0) ? 1.0 : 0.0)
-                .Case("Or", (x != 0.0 || y != 0.0) ? 1.0 : 0.0)
-                .Case("Equal", x == y ? 1.0 : 0.0)
-                .Case("Less", x < y ? 1.0 : 0.0)
-                .Case("LessOrEqual", x <= y ? 1.0 : 0.0)
-                .Case("Greater", x > y ? 1.0 : 0.0)
-                .Case("GreaterOrEqual", x >= y ? 1.0 : 0.0)
-                .Default(0.0);
+        r = binaryOp(type, x, y, outFloat, intAttr(op, "fmod", 0) != 0);
       }
       put(out, i, r);
     }
@@ -807,12 +826,11 @@ bool OnnxEvaluator::evaluateOp(Operation *op, std::string &error) {
       return false;
     const HostTensor &x = *in[0];
     int64_t rank = static_cast<int64_t>(x.shape.size());
-    if (normalizeAxis(intAttr(op, "axis", -1), rank) != rank - 1 ||
-        !intAttr(op, "largest", 1)) {
-      error = "TopK other than the largest along the last axis is not "
-              "supported";
+    if (normalizeAxis(intAttr(op, "axis", -1), rank) != rank - 1) {
+      error = "TopK along an axis other than the last is not supported";
       return false;
     }
+    bool largest = intAttr(op, "largest", 1) != 0;
     int64_t k = intValues(*in[1]).at(0), n = x.shape.back();
     Shape shape = x.shape;
     shape.back() = k;
@@ -822,8 +840,10 @@ bool OnnxEvaluator::evaluateOp(Operation *op, std::string &error) {
     for (int64_t row = 0; row < x.numElements() / std::max<int64_t>(n, 1);
          ++row) {
       std::iota(order.begin(), order.end(), 0);
+      // Ties keep the lower index first, as ONNX specifies.
       std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-        return at(x, row * n + a) > at(x, row * n + b);
+        double va = at(x, row * n + a), vb = at(x, row * n + b);
+        return largest ? va > vb : va < vb;
       });
       for (int64_t j = 0; j < k; ++j) {
         copyElement(x, row * n + order[j], valuesOut, row * k + j);
@@ -856,6 +876,97 @@ bool OnnxEvaluator::evaluateOp(Operation *op, std::string &error) {
       if (hi)
         v = std::min(v, *hi);
       put(out, i, v);
+    }
+    return result(0, std::move(out));
+  }
+  if (type == "CumSum") {
+    if (!need(2))
+      return false;
+    const HostTensor &x = *in[0];
+    int64_t rank = static_cast<int64_t>(x.shape.size());
+    int64_t axis = normalizeAxis(intValues(*in[1]).at(0), rank);
+    bool exclusive = intAttr(op, "exclusive", 0), reverse = intAttr(op, "reverse", 0);
+    HostTensor out = like(x.isFloat(), x.shape);
+    Shape strides = stridesOf(x.shape);
+    int64_t n = x.shape[axis], stride = strides[axis];
+    for (int64_t i = 0; i < x.numElements(); ++i) {
+      if (unflatten(i, x.shape)[axis] != 0)
+        continue; // start of each line along the axis
+      double acc = 0.0;
+      for (int64_t j = 0; j < n; ++j) {
+        int64_t pos = reverse ? n - 1 - j : j;
+        int64_t flat = i + pos * stride;
+        double v = at(x, flat);
+        if (!exclusive)
+          acc += v;
+        put(out, flat, acc);
+        if (exclusive)
+          acc += v;
+      }
+    }
+    return result(0, std::move(out));
+  }
+  if (type == "ScatterND") {
+    if (!need(3) || op->hasAttr("reduction")) {
+      if (error.empty())
+        error = "ScatterND with a reduction is not supported";
+      return false;
+    }
+    HostTensor out = *in[0];
+    const HostTensor &ind = *in[1];
+    const HostTensor &updates = *in[2];
+    int64_t depth = ind.shape.back();
+    int64_t inner = 1;
+    for (size_t d = depth; d < out.shape.size(); ++d)
+      inner *= out.shape[d];
+    Shape strides = stridesOf(out.shape);
+    std::vector<int64_t> idx = intValues(ind);
+    int64_t lookups = ind.numElements() / std::max<int64_t>(depth, 1);
+    for (int64_t l = 0; l < lookups; ++l) {
+      int64_t dst = 0;
+      for (int64_t d = 0; d < depth; ++d) {
+        int64_t v = idx[l * depth + d];
+        if (v < 0)
+          v += out.shape[d];
+        if (v < 0 || v >= out.shape[d]) {
+          error = fmt::format("ScatterND index {} is out of range [0, {})", v,
+                              out.shape[d]);
+          return false;
+        }
+        dst += v * strides[d];
+      }
+      for (int64_t i = 0; i < inner; ++i)
+        put(out, dst + i, at(updates, l * inner + i));
+    }
+    return result(0, std::move(out));
+  }
+  if (groupedMatMul) {
+    // moec::GroupedMatMul (docs/onnx-forms.md): Y[r] = X[r] · W[g] for the
+    // rows r of group g, [offsets[g-1], offsets[g]); other rows are 0.
+    if (!need(3))
+      return false;
+    const HostTensor &x = *in[0], &w = *in[1];
+    std::vector<int64_t> offsets = intValues(*in[2]);
+    if (x.shape.size() != 2 || w.shape.size() != 3 || w.shape[1] != x.shape[1] ||
+        static_cast<int64_t>(offsets.size()) != w.shape[0]) {
+      error = fmt::format("GroupedMatMul of X {}, W {} and {} offsets does "
+                          "not fit together",
+                          x.shapeString(), w.shapeString(), offsets.size());
+      return false;
+    }
+    int64_t rows = x.shape[0], k = x.shape[1], n = w.shape[2];
+    HostTensor out = HostTensor::floats({rows, n});
+    int64_t begin = 0;
+    for (int64_t g = 0; g < w.shape[0]; ++g) {
+      int64_t end = std::min(offsets[g], rows);
+      for (int64_t r = begin; r < end; ++r)
+        for (int64_t j = 0; j < n; ++j) {
+          double acc = 0.0;
+          for (int64_t p = 0; p < k; ++p)
+            acc += at(x, r * k + p) * at(w, (g * k + p) * n + j);
+          out.f32[r * n + j] = static_cast<float>(acc);
+        }
+      begin = std::max(begin, end);
     }
     return result(0, std::move(out));
   }

@@ -56,6 +56,11 @@ namespace {
 /// fp32 on random inputs, for the block to be raised.
 constexpr double kEquivalenceTolerance = 1e-4;
 
+/// The largest expert weights (elements of gate_up plus down) for which a
+/// decomposed sparse-MoE block is proved by evaluation: 2^24, 64 MiB of fp32.
+/// Bigger models import from onnxruntime's MoE form, which needs no proof.
+constexpr int64_t kMaxProvedExpertElements = int64_t{1} << 24;
+
 //===----------------------------------------------------------------------===//
 // Small matchers
 //===----------------------------------------------------------------------===//
@@ -183,6 +188,7 @@ private:
   void raiseAttentionBlocks();
   bool raiseAttention(OnnxNodeOp softmax);
   void raiseOrtMoeNodes();
+  Value deinterleavedParameter(Value fc1);
   void raiseSparseMoeBlocks();
   bool raiseSparseMoe(OnnxNodeOp topK);
 
@@ -712,8 +718,42 @@ void Raiser::raiseAttentionBlocks() {
 // Phase 2: sparse MoE blocks
 //===----------------------------------------------------------------------===//
 
+/// If `fc1` interleaves the gate and up rows of a parameter in Hugging
+/// Face's concatenated layout, returns that parameter. The interleave is
+/// Reshape([E, 2, I, H]) -> Transpose([0, 2, 1, 3]) -> Reshape([E, 2I, H]):
+/// matched exactly, since an evaluation would touch every expert weight.
+Value Raiser::deinterleavedParameter(Value fc1) {
+  OnnxNodeOp merge = producer(fc1, "Reshape");
+  OnnxNodeOp transpose =
+      merge ? producer(merge.getInputs()[0], "Transpose") : OnnxNodeOp();
+  OnnxNodeOp split =
+      transpose ? producer(transpose.getInputs()[0], "Reshape") : OnnxNodeOp();
+  if (!split || !isParameter(split.getInputs()[0]))
+    return {};
+  Value param = split.getInputs()[0];
+  RankedTensorType type = tensorType(param);
+  if (type != tensorType(fc1) || !type.hasStaticShape() || type.getRank() != 3)
+    return {};
+  int64_t experts = type.getDimSize(0), rows = type.getDimSize(1),
+          hidden = type.getDimSize(2);
+  auto perm = transpose->getAttrOfType<DenseI64ArrayAttr>("perm");
+  std::optional<SmallVector<int64_t>> splitShape =
+      intsConstant(split.getInputs()[1]);
+  std::optional<SmallVector<int64_t>> mergeShape =
+      intsConstant(merge.getInputs()[1]);
+  SmallVector<int64_t> wantSplit{experts, 2, rows / 2, hidden};
+  SmallVector<int64_t> wantMerge{experts, rows, hidden};
+  if (!perm || perm.asArrayRef() != ArrayRef<int64_t>{0, 2, 1, 3} ||
+      !splitShape || *splitShape != wantSplit || !mergeShape ||
+      *mergeShape != wantMerge)
+    return {};
+  return param;
+}
+
 /// onnxruntime's com.microsoft.MoE with router logits from a linear layer:
-/// one node, so its attributes say everything.
+/// one node, so its attributes say everything. When its input is a
+/// flattening of a [batch, seq, hidden] tensor and its output is reshaped
+/// back, the moe ops take the unflattened tensor.
 void Raiser::raiseOrtMoeNodes() {
   SmallVector<OnnxNodeOp> nodes;
   func.walk([&](OnnxNodeOp node) {
@@ -733,8 +773,8 @@ void Raiser::raiseOrtMoeNodes() {
       auto a = node->getAttrOfType<FloatAttr>(name);
       return a ? a.getValueAsDouble() : fallback;
     };
-    // Plain SwiGLU: silu(gate) * up, interleaved rows, renormalised top-k,
-    // no biases, no activation scaling or clamping.
+    // Plain SwiGLU: silu(gate) * up with interleaved rows, renormalised
+    // top-k, no biases, no activation scaling or clamping.
     if (strAttr("activation_type") != "swiglu" ||
         intAttr("swiglu_fusion", 0) != 1 ||
         intAttr("normalize_routing_weights", 0) != 1 ||
@@ -747,25 +787,58 @@ void Raiser::raiseOrtMoeNodes() {
       continue; // inputs: input, router_probs, fc1, (no fc1 bias), fc2
     Value input = node.getInputs()[0], logits = node.getInputs()[1];
     Value gateUp = node.getInputs()[2], down = node.getInputs()[3];
+    auto routerLinear = logits.getDefiningOp<LinearOp>();
     int64_t k = intAttr("k", 1);
-    if (!isParameter(gateUp) || !isParameter(down) || !logits.getDefiningOp<LinearOp>())
+    GateUpLayout layout = GateUpLayout::interleaved;
+    if (Value param = deinterleavedParameter(gateUp))
+      gateUp = param, layout = GateUpLayout::concatenated;
+    if (!isParameter(gateUp) || !isParameter(down) || !routerLinear ||
+        routerLinear.getInput() != input)
       continue;
-    RankedTensorType logitsType = tensorType(logits);
-    SmallVector<int64_t> choiceShape(logitsType.getShape().drop_back());
+    // Look through Reshape([-1, H]) ... Reshape(Shape(x)).
+    Value replaced = node.getOutputs()[0];
+    OnnxNodeOp flatten = producer(input, "Reshape");
+    if (flatten && replaced.hasOneUse()) {
+      auto unflatten = dyn_cast<OnnxNodeOp>(*replaced.getUsers().begin());
+      if (unflatten && unflatten.getOpType() != "Reshape")
+        unflatten = OnnxNodeOp();
+      Value x = flatten.getInputs()[0];
+      OnnxNodeOp shape = unflatten ? producer(unflatten.getInputs()[1], "Shape")
+                                   : OnnxNodeOp();
+      // The output is reshaped back by Shape(x) (all of it) or, for static
+      // shapes, by a constant.
+      bool wholeShape = shape && shape.getInputs()[0] == x &&
+                        !shape->hasAttr("end") &&
+                        (!shape->hasAttr("start") ||
+                         shape->getAttrOfType<IntegerAttr>("start").getInt() == 0);
+      bool restoresShape = wholeShape || tensorType(x).hasStaticShape();
+      if (unflatten && restoresShape &&
+          tensorType(x) == tensorType(unflatten.getOutputs()[0])) {
+        input = x;
+        replaced = unflatten.getOutputs()[0];
+      }
+    }
+    RankedTensorType inputType = tensorType(input);
+    SmallVector<int64_t> logitShape(inputType.getShape().drop_back());
+    logitShape.push_back(tensorType(logits).getShape().back());
+    SmallVector<int64_t> choiceShape(inputType.getShape().drop_back());
     choiceShape.push_back(k);
-    builder.setInsertionPoint(node);
-    auto router = RouterOp::create(builder, 
-        node.getLoc(),
-        RankedTensorType::get(choiceShape, logitsType.getElementType()),
-        RankedTensorType::get(choiceShape, builder.getI64Type()), logits,
+    Type elementType = inputType.getElementType();
+    builder.setInsertionPointAfterValue(replaced);
+    Location loc = node.getLoc();
+    auto newLogits = LinearOp::create(
+        builder, loc, RankedTensorType::get(logitShape, elementType), input,
+        routerLinear.getWeight(), routerLinear.getBias());
+    auto router = RouterOp::create(
+        builder, loc, RankedTensorType::get(choiceShape, elementType),
+        RankedTensorType::get(choiceShape, builder.getI64Type()), newLogits,
         builder.getI64IntegerAttr(k),
         LoadBalancingAttr::get(builder.getContext(), LoadBalancing::aux_loss));
-    auto experts = ExpertsOp::create(builder, 
-        node.getLoc(), node.getOutputs()[0].getType(), input,
-        router.getGates(), router.getExperts(), gateUp, down,
-        GateUpLayoutAttr::get(builder.getContext(), GateUpLayout::interleaved));
-    node.getOutputs()[0].replaceAllUsesWith(experts.getResult());
-    numRaised += 2;
+    auto experts = ExpertsOp::create(
+        builder, loc, inputType, input, router.getGates(), router.getExperts(),
+        gateUp, down, GateUpLayoutAttr::get(builder.getContext(), layout));
+    replaced.replaceAllUsesWith(experts.getResult());
+    numRaised += 3;
   }
 }
 
@@ -863,6 +936,12 @@ bool Raiser::raiseSparseMoe(OnnxNodeOp topK) {
     return false;
   RankedTensorType gateUpType = tensorType(gateUp), downType = tensorType(down);
   if (!gateUpType.hasStaticShape() || !downType.hasStaticShape())
+    return false;
+  // The proof evaluates the block with expert weights of their real size
+  // (the batched_mm form gathers a copy per token); past this budget the
+  // block is left unraised rather than spending minutes and gigabytes.
+  if (gateUpType.getNumElements() + downType.getNumElements() >
+      kMaxProvedExpertElements)
     return false;
 
   // Prove at each sample shape: random input, router weight and experts.
