@@ -20,7 +20,7 @@ RUN_WITHOUT_COLON = re.compile(r"^\s*(//|#|;)\s*RUN\b(?!:)")
 RUN_LINE = re.compile(r"^\s*(//|#|;)\s*RUN:")
 CHECK_LINE = re.compile(r"\b[A-Z][A-Z0-9_-]*(-NEXT|-SAME|-NOT|-DAG|-LABEL|-EMPTY)?:")
 EXPECTED = re.compile(r"expected-(error|warning|remark|note)")
-CHECKED_BY_PREFIX = re.compile(r"--check-prefixes?[= ]([A-Za-z0-9_,-]+)")
+CHECKED_BY_PREFIX = re.compile(r"--check-prefix(?:es)?[= ]([A-Za-z0-9_,-]+)")
 
 
 def problems(path):

@@ -73,8 +73,7 @@ int moec::cli::runRun() {
     if (auto name = forward.getArgAttrOfType<StringAttr>(i, "moe.parameter")) {
       HostTensor value;
       if (!weights->load(name.getValue(), value, error))
-        return fail(fmt::format("parameter '{}': {}", name.getValue().str(),
-                                error));
+        return fail(error);
       arguments.push_back(std::move(value));
     } else if (forward.getArgAttr(i, "moe.input")) {
       arguments.push_back(tokens);

@@ -18,7 +18,7 @@
 //      onnxruntime's com.microsoft.MoE node is one node and is raised from
 //      its attributes;
 //   3. residual adds (Add of two equal-typed activations) to arith.addf and
-//      the final projection to moe.lm_head.
+//      the returned projection to the vocabulary to moe.lm_head.
 //
 // What no phase matches stays as moe.onnx_node; nodes that become unused are
 // erased by the canonicalizer that follows in the import pipeline.
@@ -1047,11 +1047,15 @@ void Raiser::raiseResidualAddsAndHead() {
     add.erase();
     ++numRaised;
   }
-  // The projection whose result the function returns is the lm-head.
+  // The lm-head: a returned projection of the hidden state to the embedding
+  // table's vocabulary.
+  int64_t vocab = 0;
+  func.walk([&](EmbeddingOp e) { vocab = e.getTable().getType().getDimSize(0); });
   auto ret = cast<func::ReturnOp>(func.getBody().front().getTerminator());
   for (OpOperand &operand : ret->getOpOperands()) {
     auto linear = operand.get().getDefiningOp<LinearOp>();
-    if (!linear || linear.getBias())
+    if (!linear || linear.getBias() ||
+        linear.getType().getShape().back() != vocab)
       continue;
     Value weight = linear.getWeight();
     if (auto transpose = weight.getDefiningOp<linalg::TransposeOp>())

@@ -1,0 +1,182 @@
+// RUN: moec-opt %s -split-input-file -moe-raise-onnx | FileCheck %s
+
+// Tests that a Gather of a parameter table by token ids becomes an embedding.
+// CHECK-LABEL: func.func @embedding
+// CHECK-SAME: (%[[IDS:.+]]: tensor<?x?xi64> {moe.input = "input_ids"}, %[[TABLE:.+]]: tensor<256x32xf32>
+// CHECK: %[[E:.+]] = moe.embedding %[[TABLE]][%[[IDS]]]
+// CHECK-NOT: moe.onnx_node
+// CHECK: return %[[E]]
+func.func @embedding(%ids: tensor<?x?xi64> {moe.input = "input_ids"},
+                     %table: tensor<256x32xf32> {moe.parameter = "model.embed_tokens.weight"}) -> tensor<?x?x32xf32> {
+  %0 = moe.onnx_node "Gather"(%table, %ids) {axis = 0 : i64} : (tensor<256x32xf32>, tensor<?x?xi64>) -> tensor<?x?x32xf32>
+  return %0 : tensor<?x?x32xf32>
+}
+
+// -----
+
+// Tests that a Gather from an activation is not an embedding.
+// CHECK-LABEL: func.func @gather_of_activation
+// CHECK: moe.onnx_node "Gather"
+// CHECK-NOT: moe.embedding
+func.func @gather_of_activation(%x: tensor<4x8xf32> {moe.input = "x"}, %i: tensor<2xi64> {moe.input = "i"}) -> tensor<2x8xf32> {
+  %0 = moe.onnx_node "Gather"(%x, %i) {axis = 0 : i64} : (tensor<4x8xf32>, tensor<2xi64>) -> tensor<2x8xf32>
+  return %0 : tensor<2x8xf32>
+}
+
+// -----
+
+// Tests the three spellings of a linear layer: MatMul by a transposed
+// parameter, Gemm with transB, and MatMul by a weight an exporter stored
+// transposed (which gets an explicit transpose back to [out, in]).
+// CHECK-LABEL: func.func @linears
+// CHECK-SAME: %[[X:[^:]+]]: tensor<2x8x32xf32>
+// CHECK-SAME: %[[W:[^:]+]]: tensor<16x32xf32>
+// CHECK-SAME: %[[WT:[^:]+]]: tensor<32x16xf32>
+// CHECK: %[[A:.+]] = moe.linear %[[X]], %[[W]] : (tensor<2x8x32xf32>, tensor<16x32xf32>) -> tensor<2x8x16xf32>
+// CHECK: %[[B:.+]] = moe.linear %{{.+}}, %[[W]] : (tensor<16x32xf32>, tensor<16x32xf32>) -> tensor<16x16xf32>
+// CHECK: %[[T:.+]] = linalg.transpose ins(%[[WT]] : tensor<32x16xf32>) outs(%{{.+}} : tensor<16x32xf32>) permutation = [1, 0]
+// CHECK: %[[C:.+]] = moe.linear %[[X]], %[[T]]
+// CHECK-NOT: moe.onnx_node "MatMul"
+// CHECK-NOT: moe.onnx_node "Gemm"
+func.func @linears(%x: tensor<2x8x32xf32> {moe.input = "x"},
+                   %w: tensor<16x32xf32> {moe.parameter = "q_proj.weight"},
+                   %wt: tensor<32x16xf32> {moe.parameter = "val_12"},
+                   %x2: tensor<16x32xf32> {moe.input = "x2"})
+    -> (tensor<2x8x16xf32>, tensor<16x16xf32>, tensor<2x8x16xf32>) {
+  %t = moe.onnx_node "Transpose"(%w) {perm = array<i64: 1, 0>} : (tensor<16x32xf32>) -> tensor<32x16xf32>
+  %a = moe.onnx_node "MatMul"(%x, %t) : (tensor<2x8x32xf32>, tensor<32x16xf32>) -> tensor<2x8x16xf32>
+  %b = moe.onnx_node "Gemm"(%x2, %w) {alpha = 1.0 : f32, beta = 1.0 : f32, transB = 1 : i64} : (tensor<16x32xf32>, tensor<16x32xf32>) -> tensor<16x16xf32>
+  %c = moe.onnx_node "MatMul"(%x, %wt) : (tensor<2x8x32xf32>, tensor<32x16xf32>) -> tensor<2x8x16xf32>
+  return %a, %b, %c : tensor<2x8x16xf32>, tensor<16x16xf32>, tensor<2x8x16xf32>
+}
+
+// -----
+
+// Tests that a Gemm with a scale other than 1 stays an ONNX node.
+// CHECK-LABEL: func.func @scaled_gemm
+// CHECK: moe.onnx_node "Gemm"
+// CHECK-NOT: moe.linear
+func.func @scaled_gemm(%x: tensor<16x32xf32> {moe.input = "x"},
+                       %w: tensor<16x32xf32> {moe.parameter = "w.weight"}) -> tensor<16x16xf32> {
+  %b = moe.onnx_node "Gemm"(%x, %w) {alpha = 2.0 : f32, transB = 1 : i64} : (tensor<16x32xf32>, tensor<16x32xf32>) -> tensor<16x16xf32>
+  return %b : tensor<16x16xf32>
+}
+
+// -----
+
+// Tests that the RMSNorm chain becomes one op with its epsilon.
+// CHECK-LABEL: func.func @rms_norm
+// CHECK-SAME: %[[X:[^:]+]]: tensor<?x?x32xf32>
+// CHECK-SAME: %[[W:[^:]+]]: tensor<32xf32>
+// CHECK: %[[N:.+]] = moe.rms_norm %[[X]], %[[W]] {epsilon = 9.9999997473787516E-6 : f64}
+// CHECK-NOT: moe.onnx_node
+// CHECK: return %[[N]]
+func.func @rms_norm(%x: tensor<?x?x32xf32> {moe.input = "x"},
+                    %w: tensor<32xf32> {moe.parameter = "norm.weight"}) -> tensor<?x?x32xf32> {
+  %two = arith.constant dense<2.0> : tensor<f32>
+  %axes = arith.constant dense<-1> : tensor<1xi64>
+  %eps = arith.constant dense<1.0e-05> : tensor<f32>
+  %0 = moe.onnx_node "Pow"(%x, %two) : (tensor<?x?x32xf32>, tensor<f32>) -> tensor<?x?x32xf32>
+  %1 = moe.onnx_node "ReduceMean"(%0, %axes) {keepdims = 1 : i64} : (tensor<?x?x32xf32>, tensor<1xi64>) -> tensor<?x?x1xf32>
+  %2 = moe.onnx_node "Add"(%1, %eps) : (tensor<?x?x1xf32>, tensor<f32>) -> tensor<?x?x1xf32>
+  %3 = moe.onnx_node "Sqrt"(%2) : (tensor<?x?x1xf32>) -> tensor<?x?x1xf32>
+  %4 = moe.onnx_node "Reciprocal"(%3) : (tensor<?x?x1xf32>) -> tensor<?x?x1xf32>
+  %5 = moe.onnx_node "Mul"(%x, %4) : (tensor<?x?x32xf32>, tensor<?x?x1xf32>) -> tensor<?x?x32xf32>
+  %6 = moe.onnx_node "Mul"(%w, %5) : (tensor<32xf32>, tensor<?x?x32xf32>) -> tensor<?x?x32xf32>
+  return %6 : tensor<?x?x32xf32>
+}
+
+// -----
+
+// Tests that a mean over the wrong axis is not an RMSNorm.
+// CHECK-LABEL: func.func @not_rms_norm
+// CHECK-NOT: moe.rms_norm
+// CHECK: moe.onnx_node "ReduceMean"
+func.func @not_rms_norm(%x: tensor<4x32xf32> {moe.input = "x"},
+                        %w: tensor<32xf32> {moe.parameter = "norm.weight"}) -> tensor<4x32xf32> {
+  %two = arith.constant dense<2.0> : tensor<f32>
+  %axes = arith.constant dense<0> : tensor<1xi64>
+  %eps = arith.constant dense<1.0e-05> : tensor<f32>
+  %0 = moe.onnx_node "Pow"(%x, %two) : (tensor<4x32xf32>, tensor<f32>) -> tensor<4x32xf32>
+  %1 = moe.onnx_node "ReduceMean"(%0, %axes) {keepdims = 1 : i64} : (tensor<4x32xf32>, tensor<1xi64>) -> tensor<1x32xf32>
+  %2 = moe.onnx_node "Add"(%1, %eps) : (tensor<1x32xf32>, tensor<f32>) -> tensor<1x32xf32>
+  %3 = moe.onnx_node "Sqrt"(%2) : (tensor<1x32xf32>) -> tensor<1x32xf32>
+  %4 = moe.onnx_node "Reciprocal"(%3) : (tensor<1x32xf32>) -> tensor<1x32xf32>
+  %5 = moe.onnx_node "Mul"(%x, %4) : (tensor<4x32xf32>, tensor<1x32xf32>) -> tensor<4x32xf32>
+  %6 = moe.onnx_node "Mul"(%w, %5) : (tensor<32xf32>, tensor<4x32xf32>) -> tensor<4x32xf32>
+  return %6 : tensor<4x32xf32>
+}
+
+// -----
+
+// Tests onnxruntime's MoE node with an in-graph gate/up interleave: the
+// router becomes linear + router, the experts read the checkpoint tensor in
+// its concatenated layout, on the unflattened [batch, seq, hidden] input.
+// CHECK-LABEL: func.func @ort_moe
+// CHECK-SAME: %[[X:[^:]+]]: tensor<2x8x32xf32>
+// CHECK-SAME: %[[WR:[^:]+]]: tensor<4x32xf32>
+// CHECK-SAME: %[[GU:[^:]+]]: tensor<4x128x32xf32>
+// CHECK-SAME: %[[DOWN:[^:]+]]: tensor<4x32x64xf32>
+// CHECK: %[[L:.+]] = moe.linear %[[X]], %[[WR]] : (tensor<2x8x32xf32>, tensor<4x32xf32>) -> tensor<2x8x4xf32>
+// CHECK: %[[G:.+]], %[[E:.+]] = moe.router %[[L]] {k = 2 : i64, load_balancing = #moe.load_balancing<aux_loss>}
+// CHECK: %[[Y:.+]] = moe.experts %[[X]], %[[G]], %[[E]], %[[GU]], %[[DOWN]] {gate_up_layout = #moe.gate_up_layout<concatenated>}
+// CHECK-NOT: moe.onnx_node
+// CHECK: return %[[Y]]
+func.func @ort_moe(%x: tensor<2x8x32xf32> {moe.input = "x"},
+                   %wr: tensor<4x32xf32> {moe.parameter = "mlp.gate.weight"},
+                   %gu: tensor<4x128x32xf32> {moe.parameter = "mlp.experts.gate_up_proj"},
+                   %down: tensor<4x32x64xf32> {moe.parameter = "mlp.experts.down_proj"}) -> tensor<2x8x32xf32> {
+  %flat = arith.constant dense<[-1, 32]> : tensor<2xi64>
+  %split = arith.constant dense<[4, 2, 64, 32]> : tensor<4xi64>
+  %merge = arith.constant dense<[4, 128, 32]> : tensor<3xi64>
+  %0 = moe.onnx_node "Reshape"(%x, %flat) : (tensor<2x8x32xf32>, tensor<2xi64>) -> tensor<16x32xf32>
+  %t = moe.onnx_node "Transpose"(%wr) {perm = array<i64: 1, 0>} : (tensor<4x32xf32>) -> tensor<32x4xf32>
+  %1 = moe.onnx_node "MatMul"(%0, %t) : (tensor<16x32xf32>, tensor<32x4xf32>) -> tensor<16x4xf32>
+  %2 = moe.onnx_node "Reshape"(%gu, %split) : (tensor<4x128x32xf32>, tensor<4xi64>) -> tensor<4x2x64x32xf32>
+  %3 = moe.onnx_node "Transpose"(%2) {perm = array<i64: 0, 2, 1, 3>} : (tensor<4x2x64x32xf32>) -> tensor<4x64x2x32xf32>
+  %4 = moe.onnx_node "Reshape"(%3, %merge) : (tensor<4x64x2x32xf32>, tensor<3xi64>) -> tensor<4x128x32xf32>
+  %5 = moe.onnx_node "MoE"(%0, %1, %4, %down) {absent_inputs = array<i64: 3>, activation_alpha = 1.0 : f32, activation_beta = 0.0 : f32, activation_type = "swiglu", domain = "com.microsoft", k = 2 : i64, normalize_routing_weights = 1 : i64, swiglu_fusion = 1 : i64} : (tensor<16x32xf32>, tensor<16x4xf32>, tensor<4x128x32xf32>, tensor<4x32x64xf32>) -> tensor<16x32xf32>
+  %6 = moe.onnx_node "Shape"(%x) : (tensor<2x8x32xf32>) -> tensor<3xi64>
+  %7 = moe.onnx_node "Reshape"(%5, %6) : (tensor<16x32xf32>, tensor<3xi64>) -> tensor<2x8x32xf32>
+  return %7 : tensor<2x8x32xf32>
+}
+
+// -----
+
+// Tests that onnxruntime's MoE with fc1 given directly keeps the interleaved
+// layout, and that an activation other than plain SwiGLU is not raised.
+// CHECK-LABEL: func.func @ort_moe_layouts
+// CHECK: moe.experts {{.*}} {gate_up_layout = #moe.gate_up_layout<interleaved>}
+// CHECK: moe.onnx_node "MoE"{{.*}}activation_alpha = 1.702
+func.func @ort_moe_layouts(%x: tensor<16x32xf32> {moe.input = "x"},
+                           %wr: tensor<4x32xf32> {moe.parameter = "mlp.gate.weight"},
+                           %fc1: tensor<4x128x32xf32> {moe.parameter = "fc1"},
+                           %down: tensor<4x32x64xf32> {moe.parameter = "fc2"}) -> (tensor<16x32xf32>, tensor<16x32xf32>) {
+  %t = moe.onnx_node "Transpose"(%wr) {perm = array<i64: 1, 0>} : (tensor<4x32xf32>) -> tensor<32x4xf32>
+  %1 = moe.onnx_node "MatMul"(%x, %t) : (tensor<16x32xf32>, tensor<32x4xf32>) -> tensor<16x4xf32>
+  %2 = moe.onnx_node "MoE"(%x, %1, %fc1, %down) {absent_inputs = array<i64: 3>, activation_type = "swiglu", domain = "com.microsoft", k = 2 : i64, normalize_routing_weights = 1 : i64, swiglu_fusion = 1 : i64} : (tensor<16x32xf32>, tensor<16x4xf32>, tensor<4x128x32xf32>, tensor<4x32x64xf32>) -> tensor<16x32xf32>
+  %3 = moe.onnx_node "MoE"(%x, %1, %fc1, %down) {absent_inputs = array<i64: 3>, activation_alpha = 1.702 : f32, activation_type = "swiglu", domain = "com.microsoft", k = 2 : i64, normalize_routing_weights = 1 : i64, swiglu_fusion = 1 : i64} : (tensor<16x32xf32>, tensor<16x4xf32>, tensor<4x128x32xf32>, tensor<4x32x64xf32>) -> tensor<16x32xf32>
+  return %2, %3 : tensor<16x32xf32>, tensor<16x32xf32>
+}
+
+// -----
+
+// Tests that an Add of two activations becomes arith.addf and the final
+// projection the lm-head; an Add with a constant stays.
+// CHECK-LABEL: func.func @residual_and_head
+// CHECK: %[[E:.+]] = moe.embedding
+// CHECK: %[[S:.+]] = arith.addf %[[E]], %[[E]] : tensor<2x8x32xf32>
+// CHECK: moe.onnx_node "Add"(%[[S]], %{{.+}})
+// CHECK: %[[H:.+]] = moe.lm_head %[[S]], %{{.+}} : (tensor<2x8x32xf32>, tensor<256x32xf32>) -> tensor<2x8x256xf32>
+// CHECK: return %[[H]]
+func.func @residual_and_head(%ids: tensor<2x8xi64> {moe.input = "input_ids"},
+                             %table: tensor<256x32xf32> {moe.parameter = "embed.weight"},
+                             %head: tensor<256x32xf32> {moe.parameter = "lm_head.weight"}) -> (tensor<2x8x256xf32>, tensor<2x8x32xf32>) {
+  %one = arith.constant dense<1.0> : tensor<f32>
+  %e = moe.onnx_node "Gather"(%table, %ids) {axis = 0 : i64} : (tensor<256x32xf32>, tensor<2x8xi64>) -> tensor<2x8x32xf32>
+  %s = moe.onnx_node "Add"(%e, %e) : (tensor<2x8x32xf32>, tensor<2x8x32xf32>) -> tensor<2x8x32xf32>
+  %c = moe.onnx_node "Add"(%s, %one) : (tensor<2x8x32xf32>, tensor<f32>) -> tensor<2x8x32xf32>
+  %t = moe.onnx_node "Transpose"(%head) {perm = array<i64: 1, 0>} : (tensor<256x32xf32>) -> tensor<32x256xf32>
+  %l = moe.onnx_node "MatMul"(%s, %t) : (tensor<2x8x32xf32>, tensor<32x256xf32>) -> tensor<2x8x256xf32>
+  return %l, %c : tensor<2x8x256xf32>, tensor<2x8x32xf32>
+}
