@@ -22,6 +22,13 @@ void moec::buildImportPipeline(OpPassManager &pm, bool requireComplete) {
   funcPm.addPass(createCSEPass());
 }
 
+void moec::buildTrainStepPipeline(OpPassManager &pm,
+                                  const moe::BuildTrainStepOptions &options) {
+  pm.addPass(moe::createBuildTrainStep(options));
+  pm.addPass(createCanonicalizerPass());
+  pm.addPass(createCSEPass());
+}
+
 namespace {
 struct ImportPipelineOptions
     : public PassPipelineOptions<ImportPipelineOptions> {

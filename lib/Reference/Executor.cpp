@@ -67,6 +67,16 @@ HostTensor fromAttribute(DenseElementsAttr attr) {
   return t;
 }
 
+Routing routing(moe::LoadBalancing mode) {
+  switch (mode) {
+  case moe::LoadBalancing::aux_loss: return Routing::AuxLoss;
+  case moe::LoadBalancing::sinkhorn: return Routing::Sinkhorn;
+  case moe::LoadBalancing::balanced: return Routing::Balanced;
+  case moe::LoadBalancing::none: return Routing::None;
+  }
+  return Routing::None;
+}
+
 class Interpreter {
 public:
   LogicalResult run(func::FuncOp func, const std::vector<HostTensor> &args,
@@ -74,6 +84,12 @@ public:
 
 private:
   const HostTensor &get(Value v) { return env.find(v)->second; }
+  std::vector<const HostTensor *> all(ValueRange values) {
+    std::vector<const HostTensor *> tensors;
+    for (Value v : values)
+      tensors.push_back(&get(v));
+    return tensors;
+  }
   LogicalResult set(Operation *op, Value v, HostTensor t) {
     if (failed(checkAgainstType(t, v.getType(), op->getLoc(), "result")))
       return failure();
@@ -239,17 +255,11 @@ LogicalResult Interpreter::execute(Operation *op) {
         return set(op, l.getResult(), std::move(out));
       })
       .Case([&](moe::RouterOp r) -> LogicalResult {
-        moe::LoadBalancing mode = r.getLoadBalancing();
-        if (mode != moe::LoadBalancing::aux_loss &&
-            mode != moe::LoadBalancing::none)
-          return op->emitOpError()
-                 << "reference executor runs the forward of aux_loss and "
-                    "none routing only, not "
-                 << moe::stringifyLoadBalancing(mode);
         HostTensor experts;
         if (failed(kernel(op,
-                          routeTopK(get(r.getLogits()), r.getK(),
-                                    /*renormalize=*/true, out, experts, error),
+                          route(get(r.getLogits()), r.getK(),
+                                routing(r.getLoadBalancing()), out, experts,
+                                error),
                           error)))
           return failure();
         if (failed(set(op, r.getGates(), std::move(out))))
@@ -266,6 +276,194 @@ LogicalResult Interpreter::execute(Operation *op) {
                           error)))
           return failure();
         return set(op, x.getResult(), std::move(out));
+      })
+      .Case([&](moe::LmHeadCrossEntropyOp c) -> LogicalResult {
+        if (failed(kernel(op,
+                          lmHeadCrossEntropy(get(c.getInput()),
+                                             get(c.getWeight()),
+                                             get(c.getLabels()),
+                                             c.getIgnoreIndex(), out, error),
+                          error)))
+          return failure();
+        return set(op, c.getLoss(), std::move(out));
+      })
+      .Case([&](moe::LoadBalancingLossOp l) -> LogicalResult {
+        if (failed(kernel(op,
+                          loadBalancingLoss(all(l.getLogits()), l.getK(), out,
+                                            error),
+                          error)))
+          return failure();
+        return set(op, l.getLoss(), std::move(out));
+      })
+      .Case([&](moe::RouterZLossOp z) -> LogicalResult {
+        if (failed(kernel(op, routerZLoss(all(z.getLogits()), out, error),
+                          error)))
+          return failure();
+        return set(op, z.getLoss(), std::move(out));
+      })
+      .Case([&](moe::ExpertCountsOp c) -> LogicalResult {
+        int64_t numExperts = c.getCounts().getType().getDimSize(1);
+        out = HostTensor::ints({static_cast<int64_t>(c.getExperts().size()),
+                                numExperts});
+        for (auto [l, experts] : llvm::enumerate(c.getExperts())) {
+          HostTensor counts;
+          if (failed(kernel(op,
+                            expertCounts(get(experts), numExperts, counts,
+                                         error),
+                            error)))
+            return failure();
+          std::copy(counts.i64.begin(), counts.i64.end(),
+                    out.i64.begin() + l * numExperts);
+        }
+        return set(op, c.getCounts(), std::move(out));
+      })
+      .Case([&](moe::EmbeddingGradOp g) -> LogicalResult {
+        int64_t vocab = g.getDTable().getType().getDimSize(0);
+        if (failed(kernel(op,
+                          embeddingGrad(get(g.getIndices()),
+                                        get(g.getDResult()), vocab, out,
+                                        error),
+                          error)))
+          return failure();
+        return set(op, g.getDTable(), std::move(out));
+      })
+      .Case([&](moe::RmsNormGradOp g) -> LogicalResult {
+        HostTensor dWeight;
+        if (failed(kernel(op,
+                          rmsNormGrad(get(g.getInput()), get(g.getWeight()),
+                                      g.getEpsilon().convertToDouble(),
+                                      get(g.getDResult()), out, dWeight,
+                                      error),
+                          error)) ||
+            failed(set(op, g.getDInput(), std::move(out))))
+          return failure();
+        return set(op, g.getDWeight(), std::move(dWeight));
+      })
+      .Case([&](moe::RotaryGradOp g) -> LogicalResult {
+        const HostTensor *positions =
+            g.getPositions() ? &get(g.getPositions()) : nullptr;
+        if (failed(kernel(op,
+                          rotaryGrad(get(g.getDResult()), positions,
+                                     g.getTheta().convertToDouble(), out,
+                                     error),
+                          error)))
+          return failure();
+        return set(op, g.getDInput(), std::move(out));
+      })
+      .Case([&](moe::AttentionGradOp g) -> LogicalResult {
+        HostTensor dKey, dValue;
+        if (failed(kernel(op,
+                          attentionGrad(get(g.getQuery()), get(g.getKey()),
+                                        get(g.getValue()), g.getCausal(),
+                                        g.getScale().convertToDouble(),
+                                        g.getSlidingWindow(),
+                                        get(g.getDResult()), out, dKey,
+                                        dValue, error),
+                          error)) ||
+            failed(set(op, g.getDQuery(), std::move(out))) ||
+            failed(set(op, g.getDKey(), std::move(dKey))))
+          return failure();
+        return set(op, g.getDValue(), std::move(dValue));
+      })
+      .Case([&](moe::LinearGradOp g) -> LogicalResult {
+        HostTensor dWeight;
+        if (failed(kernel(op,
+                          linearGrad(get(g.getInput()), get(g.getWeight()),
+                                     get(g.getDResult()), out, dWeight,
+                                     error),
+                          error)) ||
+            failed(set(op, g.getDInput(), std::move(out))))
+          return failure();
+        return set(op, g.getDWeight(), std::move(dWeight));
+      })
+      .Case([&](moe::RouterGradOp g) -> LogicalResult {
+        if (failed(kernel(op,
+                          routeGrad(get(g.getLogits()), get(g.getExperts()),
+                                    get(g.getDGates()),
+                                    routing(g.getLoadBalancing()), out, error),
+                          error)))
+          return failure();
+        return set(op, g.getDLogits(), std::move(out));
+      })
+      .Case([&](moe::ExpertsGradOp g) -> LogicalResult {
+        HostTensor dGates, dGateUp, dDown;
+        bool interleaved =
+            g.getGateUpLayout() == moe::GateUpLayout::interleaved;
+        if (failed(kernel(op,
+                          expertsGrad(get(g.getInput()), get(g.getGates()),
+                                      get(g.getExperts()), get(g.getGateUp()),
+                                      get(g.getDown()), interleaved,
+                                      get(g.getDResult()), out, dGates,
+                                      dGateUp, dDown, error),
+                          error)) ||
+            failed(set(op, g.getDInput(), std::move(out))) ||
+            failed(set(op, g.getDGates(), std::move(dGates))) ||
+            failed(set(op, g.getDGateUp(), std::move(dGateUp))))
+          return failure();
+        return set(op, g.getDDown(), std::move(dDown));
+      })
+      .Case([&](moe::LmHeadCrossEntropyGradOp g) -> LogicalResult {
+        HostTensor dWeight;
+        if (failed(kernel(op,
+                          lmHeadCrossEntropyGrad(
+                              get(g.getInput()), get(g.getWeight()),
+                              get(g.getLabels()), g.getIgnoreIndex(),
+                              g.getScale().convertToDouble(), out, dWeight,
+                              error),
+                          error)) ||
+            failed(set(op, g.getDInput(), std::move(out))))
+          return failure();
+        return set(op, g.getDWeight(), std::move(dWeight));
+      })
+      .Case<moe::LoadBalancingLossGradOp, moe::RouterZLossGradOp>(
+          [&](Operation *) -> LogicalResult {
+            std::vector<HostTensor> grads;
+            bool ok;
+            if (auto g = dyn_cast<moe::LoadBalancingLossGradOp>(op))
+              ok = loadBalancingLossGrad(all(g.getLogits()), g.getK(),
+                                         g.getScale().convertToDouble(), grads,
+                                         error);
+            else
+              ok = routerZLossGrad(
+                  all(cast<moe::RouterZLossGradOp>(op).getLogits()),
+                  cast<moe::RouterZLossGradOp>(op).getScale().convertToDouble(),
+                  grads, error);
+            if (failed(kernel(op, ok, error)))
+              return failure();
+            for (auto [result, grad] : llvm::zip(op->getResults(), grads))
+              if (failed(set(op, result, std::move(grad))))
+                return failure();
+            return success();
+          })
+      .Case([&](moe::GlobalNormOp n) -> LogicalResult {
+        if (failed(kernel(op, globalNorm(all(n.getGradients()), out, error),
+                          error)))
+          return failure();
+        return set(op, n.getNorm(), std::move(out));
+      })
+      .Case([&](moe::AdamWOp a) -> LogicalResult {
+        AdamWConfig config;
+        config.beta1 = a.getBeta1().convertToDouble();
+        config.beta2 = a.getBeta2().convertToDouble();
+        config.epsilon = a.getEpsilon().convertToDouble();
+        config.weightDecay = a.getWeightDecay().convertToDouble();
+        double maxNorm = a.getMaxGradNorm().convertToDouble();
+        double norm = get(a.getGradNorm()).f32.at(0);
+        // torch.nn.utils.clip_grad_norm_: coefficient clamped to 1.
+        double scale =
+            maxNorm > 0.0 ? std::min(1.0, maxNorm / (norm + 1e-6)) : 1.0;
+        HostTensor m, v;
+        if (failed(kernel(op,
+                          adamw(get(a.getParam()), get(a.getGrad()),
+                                get(a.getExpAvg()), get(a.getExpAvgSq()),
+                                get(a.getStep()).i64.at(0),
+                                get(a.getLr()).f32.at(0), scale, config, out,
+                                m, v, error),
+                          error)) ||
+            failed(set(op, a.getNewParam(), std::move(out))) ||
+            failed(set(op, a.getNewExpAvg(), std::move(m))))
+          return failure();
+        return set(op, a.getNewExpAvgSq(), std::move(v));
       })
       .Case([&](moe::OnnxNodeOp node) -> LogicalResult {
         return op->emitOpError()

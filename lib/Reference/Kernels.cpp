@@ -362,3 +362,851 @@ bool reference::binary(BinaryKind kind, const HostTensor &lhs,
   }
   return true;
 }
+
+//===----------------------------------------------------------------------===//
+// Routing for training
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+/// Softmax of one row, in fp64.
+void softmaxRow(const float *row, int64_t n, std::vector<double> &out) {
+  out.resize(n);
+  double m = *std::max_element(row, row + n), total = 0.0;
+  for (int64_t e = 0; e < n; ++e)
+    total += out[e] = std::exp(row[e] - m);
+  for (double &p : out)
+    p /= total;
+}
+
+double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+/// Indices of the k largest values, ties to the lower index.
+std::vector<int64_t> topK(const std::vector<double> &values, int64_t k) {
+  std::vector<int64_t> order(values.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    return values[a] > values[b];
+  });
+  order.resize(k);
+  return order;
+}
+
+} // namespace
+
+bool reference::sinkhorn(const HostTensor &logits, double tolerance,
+                         HostTensor &out, std::string &error) {
+  if (!expectRank(logits, 2, "logits", error))
+    return false;
+  int64_t tokens = logits.shape[0], experts = logits.shape[1];
+  // Megatron-Core: cost = exp(logits); alternate row and column scalings.
+  std::vector<double> cost(tokens * experts);
+  for (int64_t i = 0; i < tokens * experts; ++i)
+    cost[i] = std::exp(static_cast<double>(logits.f32[i]));
+  std::vector<double> d0(tokens, 1.0), d1(experts, 1.0), d1Old = d1;
+  const double eps = 1e-8;
+  double change = 1e9;
+  for (int iteration = 0; change > tolerance; ++iteration) {
+    if (iteration > 10000) {
+      error = "Sinkhorn normalisation did not converge in 10000 iterations";
+      return false;
+    }
+    for (int64_t t = 0; t < tokens; ++t) {
+      double sum = 0.0;
+      for (int64_t e = 0; e < experts; ++e)
+        sum += d1[e] * cost[t * experts + e];
+      d0[t] = (1.0 / tokens) / (sum + eps);
+    }
+    for (int64_t e = 0; e < experts; ++e) {
+      double sum = 0.0;
+      for (int64_t t = 0; t < tokens; ++t)
+        sum += d0[t] * cost[t * experts + e];
+      d1[e] = (1.0 / experts) / (sum + eps);
+    }
+    change = 0.0;
+    for (int64_t e = 0; e < experts; ++e)
+      change += std::abs(d1Old[e] - d1[e]);
+    change /= experts;
+    d1Old = d1;
+  }
+  out = HostTensor::floats(logits.shape);
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t e = 0; e < experts; ++e)
+      out.f32[t * experts + e] =
+          static_cast<float>(d1[e] * cost[t * experts + e] * d0[t]);
+  return true;
+}
+
+bool reference::route(const HostTensor &logits, int64_t k, Routing mode,
+                      HostTensor &gates, HostTensor &experts,
+                      std::string &error) {
+  if (mode == Routing::AuxLoss || mode == Routing::None)
+    return routeTopK(logits, k, /*renormalize=*/true, gates, experts, error);
+  if (!expectNonScalar(logits, "logits", error) ||
+      !expectFloat(logits, "logits", error))
+    return false;
+  int64_t numExperts = logits.shape.back(), tokens = leadingCount(logits);
+  if (k < 1 || k > numExperts) {
+    error = fmt::format("k {} must be between 1 and the number of experts {}",
+                        k, numExperts);
+    return false;
+  }
+  std::vector<int64_t> shape = logits.shape;
+  shape.back() = k;
+  gates = HostTensor::floats(shape);
+  experts = HostTensor::ints(shape);
+  std::vector<double> p;
+
+  if (mode == Routing::Sinkhorn) {
+    HostTensor flat = logits, normalised;
+    flat.shape = {tokens, numExperts};
+    if (!sinkhorn(flat, 1e-4, normalised, error))
+      return false;
+    for (int64_t t = 0; t < tokens; ++t) {
+      std::vector<double> scores(normalised.f32.begin() + t * numExperts,
+                                 normalised.f32.begin() + (t + 1) * numExperts);
+      std::vector<int64_t> chosen = topK(scores, k);
+      softmaxRow(&logits.f32[t * numExperts], numExperts, p);
+      for (int64_t j = 0; j < k; ++j) {
+        int64_t e = chosen[j];
+        experts.i64[t * k + j] = e;
+        gates.f32[t * k + j] = static_cast<float>(
+            k == 1 ? sigmoid(logits.f32[t * numExperts + e]) : p[e]);
+      }
+    }
+    return true;
+  }
+
+  // Balanced: capacities T·k/E (the first T·k mod E experts one more),
+  // filled greedily by probability; tokens still short take the best expert
+  // with room they lack, else their best expert they lack (capacity + 1).
+  std::vector<double> probs(tokens * numExperts);
+  for (int64_t t = 0; t < tokens; ++t) {
+    softmaxRow(&logits.f32[t * numExperts], numExperts, p);
+    std::copy(p.begin(), p.end(), probs.begin() + t * numExperts);
+  }
+  int64_t slots = tokens * k;
+  std::vector<int64_t> capacity(numExperts, slots / numExperts);
+  for (int64_t e = 0; e < slots % numExperts; ++e)
+    ++capacity[e];
+  std::vector<int64_t> pairs(tokens * numExperts);
+  std::iota(pairs.begin(), pairs.end(), 0);
+  std::stable_sort(pairs.begin(), pairs.end(), [&](int64_t a, int64_t b) {
+    return probs[a] > probs[b]; // ties keep (token, expert) order
+  });
+  std::vector<std::vector<int64_t>> assigned(tokens);
+  auto has = [&](int64_t t, int64_t e) {
+    return std::find(assigned[t].begin(), assigned[t].end(), e) !=
+           assigned[t].end();
+  };
+  for (int64_t pair : pairs) {
+    int64_t t = pair / numExperts, e = pair % numExperts;
+    if (static_cast<int64_t>(assigned[t].size()) < k && capacity[e] > 0) {
+      assigned[t].push_back(e);
+      --capacity[e];
+    }
+  }
+  for (int64_t t = 0; t < tokens; ++t) {
+    while (static_cast<int64_t>(assigned[t].size()) < k) {
+      std::vector<double> row(probs.begin() + t * numExperts,
+                              probs.begin() + (t + 1) * numExperts);
+      std::vector<int64_t> order = topK(row, numExperts);
+      int64_t pick = -1;
+      for (int64_t e : order)
+        if (!has(t, e) && capacity[e] > 0) {
+          pick = e;
+          break;
+        }
+      if (pick < 0)
+        for (int64_t e : order)
+          if (!has(t, e)) {
+            pick = e;
+            break;
+          }
+      assigned[t].push_back(pick);
+      if (capacity[pick] > 0)
+        --capacity[pick];
+    }
+    // Gates: the chosen probabilities renormalised, in descending order.
+    std::stable_sort(assigned[t].begin(), assigned[t].end(),
+                     [&](int64_t a, int64_t b) {
+                       return probs[t * numExperts + a] >
+                              probs[t * numExperts + b];
+                     });
+    double sum = 0.0;
+    for (int64_t e : assigned[t])
+      sum += probs[t * numExperts + e];
+    for (int64_t j = 0; j < k; ++j) {
+      int64_t e = assigned[t][j];
+      experts.i64[t * k + j] = e;
+      gates.f32[t * k + j] = static_cast<float>(probs[t * numExperts + e] / sum);
+    }
+  }
+  return true;
+}
+
+bool reference::routeGrad(const HostTensor &logits, const HostTensor &experts,
+                          const HostTensor &dGates, Routing mode,
+                          HostTensor &dLogits, std::string &error) {
+  if (!expectNonScalar(logits, "logits", error) ||
+      !expectInt(experts, "experts", error))
+    return false;
+  int64_t numExperts = logits.shape.back(), tokens = leadingCount(logits);
+  int64_t k = experts.shape.empty() ? 0 : experts.shape.back();
+  if (dGates.shape != experts.shape || experts.numElements() != tokens * k) {
+    error = fmt::format("logits {}, experts {} and gate gradients {} do not "
+                        "fit together",
+                        logits.shapeString(), experts.shapeString(),
+                        dGates.shapeString());
+    return false;
+  }
+  dLogits = HostTensor::floats(logits.shape);
+  std::vector<double> p, dp(numExperts);
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float *row = &logits.f32[t * numExperts];
+    softmaxRow(row, numExperts, p);
+    std::fill(dp.begin(), dp.end(), 0.0);
+    const int64_t *chosen = &experts.i64[t * k];
+    const float *dg = &dGates.f32[t * k];
+    if (mode == Routing::Sinkhorn && k == 1) {
+      double s = sigmoid(row[chosen[0]]);
+      dLogits.f32[t * numExperts + chosen[0]] =
+          static_cast<float>(dg[0] * s * (1.0 - s));
+      continue;
+    }
+    if (mode == Routing::Sinkhorn) {
+      for (int64_t j = 0; j < k; ++j)
+        dp[chosen[j]] += dg[j];
+    } else { // renormalised gates: g_j = p_cj / s
+      double s = 0.0, dot = 0.0;
+      for (int64_t j = 0; j < k; ++j)
+        s += p[chosen[j]];
+      for (int64_t j = 0; j < k; ++j)
+        dot += dg[j] * p[chosen[j]] / s;
+      for (int64_t j = 0; j < k; ++j)
+        dp[chosen[j]] += (dg[j] - dot) / s;
+    }
+    double inner = 0.0;
+    for (int64_t e = 0; e < numExperts; ++e)
+      inner += p[e] * dp[e];
+    for (int64_t e = 0; e < numExperts; ++e)
+      dLogits.f32[t * numExperts + e] = static_cast<float>(p[e] * (dp[e] - inner));
+  }
+  return true;
+}
+
+bool reference::expertCounts(const HostTensor &experts, int64_t numExperts,
+                             HostTensor &counts, std::string &error) {
+  if (!expectInt(experts, "experts", error))
+    return false;
+  counts = HostTensor::ints({numExperts});
+  for (int64_t e : experts.i64) {
+    if (e < 0 || e >= numExperts) {
+      error = fmt::format("expert {} is outside [0, {})", e, numExperts);
+      return false;
+    }
+    ++counts.i64[e];
+  }
+  return true;
+}
+
+//===----------------------------------------------------------------------===//
+// Losses
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+/// Visits each (sequence position, target) pair that counts in the loss.
+template <typename Fn>
+bool forEachTarget(const HostTensor &input, const HostTensor &labels,
+                   int64_t ignoreIndex, std::string &error, Fn fn) {
+  if (input.shape.size() != 3 || labels.shape.size() != 2 ||
+      labels.shape[0] != input.shape[0] || labels.shape[1] != input.shape[1]) {
+    error = fmt::format("hidden states {} and labels {} must be [B, S, H] "
+                        "and [B, S]",
+                        input.shapeString(), labels.shapeString());
+    return false;
+  }
+  int64_t batch = input.shape[0], seq = input.shape[1];
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t t = 0; t + 1 < seq; ++t) {
+      int64_t target = labels.i64[b * seq + t + 1];
+      if (target != ignoreIndex)
+        fn(b * seq + t, target);
+    }
+  return true;
+}
+
+} // namespace
+
+bool reference::lmHeadCrossEntropy(const HostTensor &input,
+                                   const HostTensor &weight,
+                                   const HostTensor &labels,
+                                   int64_t ignoreIndex, HostTensor &loss,
+                                   std::string &error) {
+  if (!expectRank(weight, 2, "weight", error))
+    return false;
+  int64_t hidden = input.shape.empty() ? 0 : input.shape.back();
+  int64_t vocab = weight.shape[0];
+  double total = 0.0;
+  int64_t count = 0;
+  bool badTarget = false;
+  std::vector<double> logits(vocab);
+  if (!forEachTarget(input, labels, ignoreIndex, error,
+                     [&](int64_t row, int64_t target) {
+                       if (target < 0 || target >= vocab) {
+                         badTarget = true;
+                         return;
+                       }
+                       const float *h = &input.f32[row * hidden];
+                       double m = -INFINITY;
+                       for (int64_t v = 0; v < vocab; ++v) {
+                         double acc = 0.0;
+                         for (int64_t i = 0; i < hidden; ++i)
+                           acc += static_cast<double>(h[i]) *
+                                  weight.f32[v * hidden + i];
+                         logits[v] = acc;
+                         m = std::max(m, acc);
+                       }
+                       double sum = 0.0;
+                       for (double l : logits)
+                         sum += std::exp(l - m);
+                       total += m + std::log(sum) - logits[target];
+                       ++count;
+                     }))
+    return false;
+  if (badTarget) {
+    error = fmt::format("a label is outside the vocabulary [0, {})", vocab);
+    return false;
+  }
+  loss = HostTensor::floats({});
+  loss.f32[0] = static_cast<float>(count ? total / count : 0.0);
+  return true;
+}
+
+bool reference::lmHeadCrossEntropyGrad(const HostTensor &input,
+                                       const HostTensor &weight,
+                                       const HostTensor &labels,
+                                       int64_t ignoreIndex, double scale,
+                                       HostTensor &dInput, HostTensor &dWeight,
+                                       std::string &error) {
+  if (!expectRank(weight, 2, "weight", error))
+    return false;
+  int64_t hidden = input.shape.empty() ? 0 : input.shape.back();
+  int64_t vocab = weight.shape[0];
+  int64_t count = 0;
+  if (!forEachTarget(input, labels, ignoreIndex, error,
+                     [&](int64_t, int64_t) { ++count; }))
+    return false;
+  dInput = HostTensor::floats(input.shape);
+  dWeight = HostTensor::floats(weight.shape);
+  if (count == 0)
+    return true;
+  std::vector<double> dW(weight.numElements(), 0.0), p(vocab);
+  forEachTarget(input, labels, ignoreIndex, error,
+                [&](int64_t row, int64_t target) {
+                  const float *h = &input.f32[row * hidden];
+                  double m = -INFINITY;
+                  for (int64_t v = 0; v < vocab; ++v) {
+                    double acc = 0.0;
+                    for (int64_t i = 0; i < hidden; ++i)
+                      acc += static_cast<double>(h[i]) *
+                             weight.f32[v * hidden + i];
+                    p[v] = acc;
+                    m = std::max(m, acc);
+                  }
+                  double sum = 0.0;
+                  for (double &l : p)
+                    sum += (l = std::exp(l - m));
+                  for (int64_t v = 0; v < vocab; ++v) {
+                    double d = (p[v] / sum - (v == target ? 1.0 : 0.0)) *
+                               scale / count;
+                    for (int64_t i = 0; i < hidden; ++i) {
+                      dInput.f32[row * hidden + i] += static_cast<float>(
+                          d * weight.f32[v * hidden + i]);
+                      dW[v * hidden + i] += d * h[i];
+                    }
+                  }
+                });
+  for (int64_t i = 0; i < weight.numElements(); ++i)
+    dWeight.f32[i] = static_cast<float>(dW[i]);
+  return true;
+}
+
+namespace {
+
+/// Rows of all layers' logits, as (tensor, row) pairs, checking they share
+/// the number of experts.
+bool collectRows(const std::vector<const HostTensor *> &logits,
+                 std::vector<std::pair<size_t, int64_t>> &rows,
+                 int64_t &numExperts, std::string &error) {
+  numExperts = 0;
+  for (size_t l = 0; l < logits.size(); ++l) {
+    const HostTensor &t = *logits[l];
+    if (t.shape.empty() || !t.isFloat() ||
+        (numExperts && t.shape.back() != numExperts)) {
+      error = fmt::format("router logits {} of layer {} do not match the "
+                          "other layers'",
+                          t.shapeString(), l);
+      return false;
+    }
+    numExperts = t.shape.back();
+    for (int64_t r = 0; r < leadingCount(t); ++r)
+      rows.push_back({l, r});
+  }
+  if (rows.empty()) {
+    error = "no router logits";
+    return false;
+  }
+  return true;
+}
+
+} // namespace
+
+bool reference::loadBalancingLoss(const std::vector<const HostTensor *> &logits,
+                                  int64_t k, HostTensor &loss,
+                                  std::string &error) {
+  std::vector<std::pair<size_t, int64_t>> rows;
+  int64_t numExperts;
+  if (!collectRows(logits, rows, numExperts, error))
+    return false;
+  double n = static_cast<double>(rows.size());
+  std::vector<double> fraction(numExperts, 0.0), probability(numExperts, 0.0);
+  std::vector<double> p;
+  for (auto [l, r] : rows) {
+    softmaxRow(&logits[l]->f32[r * numExperts], numExperts, p);
+    for (int64_t e : topK(p, k))
+      fraction[e] += 1.0 / n;
+    for (int64_t e = 0; e < numExperts; ++e)
+      probability[e] += p[e] / n;
+  }
+  double total = 0.0;
+  for (int64_t e = 0; e < numExperts; ++e)
+    total += fraction[e] * probability[e];
+  loss = HostTensor::floats({});
+  loss.f32[0] = static_cast<float>(total * numExperts);
+  return true;
+}
+
+bool reference::loadBalancingLossGrad(
+    const std::vector<const HostTensor *> &logits, int64_t k, double scale,
+    std::vector<HostTensor> &dLogits, std::string &error) {
+  std::vector<std::pair<size_t, int64_t>> rows;
+  int64_t numExperts;
+  if (!collectRows(logits, rows, numExperts, error))
+    return false;
+  double n = static_cast<double>(rows.size());
+  std::vector<double> fraction(numExperts, 0.0), p;
+  for (auto [l, r] : rows) {
+    softmaxRow(&logits[l]->f32[r * numExperts], numExperts, p);
+    for (int64_t e : topK(p, k))
+      fraction[e] += 1.0 / n;
+  }
+  dLogits.clear();
+  for (const HostTensor *t : logits)
+    dLogits.push_back(HostTensor::floats(t->shape));
+  // d loss / d p_t[e] = scale · E · fraction[e] / n, then through softmax.
+  for (auto [l, r] : rows) {
+    softmaxRow(&logits[l]->f32[r * numExperts], numExperts, p);
+    double inner = 0.0;
+    for (int64_t e = 0; e < numExperts; ++e)
+      inner += p[e] * fraction[e];
+    for (int64_t e = 0; e < numExperts; ++e)
+      dLogits[l].f32[r * numExperts + e] = static_cast<float>(
+          scale * numExperts / n * p[e] * (fraction[e] - inner));
+  }
+  return true;
+}
+
+bool reference::routerZLoss(const std::vector<const HostTensor *> &logits,
+                            HostTensor &loss, std::string &error) {
+  std::vector<std::pair<size_t, int64_t>> rows;
+  int64_t numExperts;
+  if (!collectRows(logits, rows, numExperts, error))
+    return false;
+  double total = 0.0;
+  for (auto [l, r] : rows) {
+    const float *row = &logits[l]->f32[r * numExperts];
+    double m = *std::max_element(row, row + numExperts), sum = 0.0;
+    for (int64_t e = 0; e < numExperts; ++e)
+      sum += std::exp(row[e] - m);
+    double z = m + std::log(sum);
+    total += z * z;
+  }
+  loss = HostTensor::floats({});
+  loss.f32[0] = static_cast<float>(total / rows.size());
+  return true;
+}
+
+bool reference::routerZLossGrad(const std::vector<const HostTensor *> &logits,
+                                double scale, std::vector<HostTensor> &dLogits,
+                                std::string &error) {
+  std::vector<std::pair<size_t, int64_t>> rows;
+  int64_t numExperts;
+  if (!collectRows(logits, rows, numExperts, error))
+    return false;
+  dLogits.clear();
+  for (const HostTensor *t : logits)
+    dLogits.push_back(HostTensor::floats(t->shape));
+  std::vector<double> p;
+  for (auto [l, r] : rows) {
+    const float *row = &logits[l]->f32[r * numExperts];
+    double m = *std::max_element(row, row + numExperts), sum = 0.0;
+    for (int64_t e = 0; e < numExperts; ++e)
+      sum += std::exp(row[e] - m);
+    double z = m + std::log(sum);
+    softmaxRow(row, numExperts, p);
+    for (int64_t e = 0; e < numExperts; ++e)
+      dLogits[l].f32[r * numExperts + e] =
+          static_cast<float>(scale * 2.0 * z * p[e] / rows.size());
+  }
+  return true;
+}
+
+//===----------------------------------------------------------------------===//
+// Gradients of the model ops
+//===----------------------------------------------------------------------===//
+
+bool reference::embeddingGrad(const HostTensor &indices,
+                              const HostTensor &dOut, int64_t vocab,
+                              HostTensor &dTable, std::string &error) {
+  if (!expectInt(indices, "indices", error) ||
+      !expectNonScalar(dOut, "gradient", error))
+    return false;
+  int64_t hidden = dOut.shape.back();
+  if (dOut.numElements() != indices.numElements() * hidden) {
+    error = fmt::format("gradient {} does not match indices {}",
+                        dOut.shapeString(), indices.shapeString());
+    return false;
+  }
+  std::vector<double> acc(vocab * hidden, 0.0);
+  for (int64_t t = 0; t < indices.numElements(); ++t) {
+    int64_t id = indices.i64[t];
+    if (id < 0 || id >= vocab) {
+      error = fmt::format("index {} at position {} is outside the table's {} "
+                          "rows",
+                          id, t, vocab);
+      return false;
+    }
+    for (int64_t h = 0; h < hidden; ++h)
+      acc[id * hidden + h] += dOut.f32[t * hidden + h];
+  }
+  dTable = HostTensor::floats({vocab, hidden});
+  for (int64_t i = 0; i < vocab * hidden; ++i)
+    dTable.f32[i] = static_cast<float>(acc[i]);
+  return true;
+}
+
+bool reference::rmsNormGrad(const HostTensor &input, const HostTensor &weight,
+                            double epsilon, const HostTensor &dOut,
+                            HostTensor &dInput, HostTensor &dWeight,
+                            std::string &error) {
+  if (!expectNonScalar(input, "input", error) ||
+      !expectRank(weight, 1, "weight", error))
+    return false;
+  int64_t hidden = input.shape.back();
+  if (weight.shape[0] != hidden || dOut.shape != input.shape) {
+    error = fmt::format("input {}, weight {} and gradient {} do not fit",
+                        input.shapeString(), weight.shapeString(),
+                        dOut.shapeString());
+    return false;
+  }
+  dInput = HostTensor::floats(input.shape);
+  std::vector<double> dW(hidden, 0.0);
+  for (int64_t row = 0; row < leadingCount(input); ++row) {
+    const float *x = &input.f32[row * hidden];
+    const float *dy = &dOut.f32[row * hidden];
+    double sumSquares = 0.0, dot = 0.0;
+    for (int64_t h = 0; h < hidden; ++h)
+      sumSquares += static_cast<double>(x[h]) * x[h];
+    double r = 1.0 / std::sqrt(sumSquares / hidden + epsilon);
+    for (int64_t h = 0; h < hidden; ++h) {
+      double g = static_cast<double>(dy[h]) * weight.f32[h];
+      dot += g * x[h];
+      dW[h] += static_cast<double>(dy[h]) * x[h] * r;
+    }
+    for (int64_t h = 0; h < hidden; ++h)
+      dInput.f32[row * hidden + h] = static_cast<float>(
+          static_cast<double>(dy[h]) * weight.f32[h] * r -
+          r * r * r * x[h] * dot / hidden);
+  }
+  dWeight = HostTensor::floats({hidden});
+  for (int64_t h = 0; h < hidden; ++h)
+    dWeight.f32[h] = static_cast<float>(dW[h]);
+  return true;
+}
+
+bool reference::rotaryGrad(const HostTensor &dOut, const HostTensor *positions,
+                           double theta, HostTensor &dInput,
+                           std::string &error) {
+  // R(a)ᵀ = R(-a): rotating by the negated angles is the same kernel with
+  // the sine's sign flipped, which swapping the halves' roles gives.
+  if (!expectRank(dOut, 4, "gradient", error))
+    return false;
+  HostTensor flipped = dOut;
+  int64_t dim = dOut.shape[3], half = dim / 2;
+  // rotary(x)[i] = x1 c - x2 s, [i+h] = x2 c + x1 s. With x2 negated on the
+  // way in and the second half negated on the way out, the result is
+  // x1 c + x2 s and -x1 s + x2 c: the transposed rotation.
+  for (int64_t base = 0; base < dOut.numElements(); base += dim)
+    for (int64_t i = half; i < dim; ++i)
+      flipped.f32[base + i] = -flipped.f32[base + i];
+  if (!rotary(flipped, positions, theta, dInput, error))
+    return false;
+  for (int64_t base = 0; base < dInput.numElements(); base += dim)
+    for (int64_t i = half; i < dim; ++i)
+      dInput.f32[base + i] = -dInput.f32[base + i];
+  return true;
+}
+
+bool reference::attentionGrad(const HostTensor &query, const HostTensor &key,
+                              const HostTensor &value, bool causal,
+                              double scale,
+                              std::optional<int64_t> slidingWindow,
+                              const HostTensor &dOut, HostTensor &dQuery,
+                              HostTensor &dKey, HostTensor &dValue,
+                              std::string &error) {
+  HostTensor out;
+  if (!attention(query, key, value, causal, scale, slidingWindow, out, error))
+    return false;
+  if (dOut.shape != query.shape) {
+    error = fmt::format("gradient {} must have the query's shape {}",
+                        dOut.shapeString(), query.shapeString());
+    return false;
+  }
+  int64_t batch = query.shape[0], seqQ = query.shape[1],
+          qHeads = query.shape[2], dim = query.shape[3];
+  int64_t seqK = key.shape[1], kvHeads = key.shape[2],
+          group = qHeads / kvHeads;
+  std::vector<double> dq(query.numElements(), 0.0), dk(key.numElements(), 0.0),
+      dv(value.numElements(), 0.0), p(seqK), dp(seqK);
+  auto at = [](int64_t b, int64_t s, int64_t h, int64_t seq, int64_t heads,
+               int64_t d) { return ((b * seq + s) * heads + h) * d; };
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t h = 0; h < qHeads; ++h) {
+      int64_t kvh = h / group;
+      for (int64_t i = 0; i < seqQ; ++i) {
+        const float *q = &query.f32[at(b, i, h, seqQ, qHeads, dim)];
+        const float *dO = &dOut.f32[at(b, i, h, seqQ, qHeads, dim)];
+        double maxScore = -INFINITY;
+        for (int64_t j = 0; j < seqK; ++j) {
+          bool visible = !causal || (j <= i && (!slidingWindow ||
+                                                i - j < *slidingWindow));
+          if (!visible) {
+            p[j] = -INFINITY;
+            continue;
+          }
+          const float *k = &key.f32[at(b, j, kvh, seqK, kvHeads, dim)];
+          double dot = 0.0;
+          for (int64_t d = 0; d < dim; ++d)
+            dot += static_cast<double>(q[d]) * k[d];
+          p[j] = dot * scale;
+          maxScore = std::max(maxScore, p[j]);
+        }
+        double total = 0.0;
+        for (int64_t j = 0; j < seqK; ++j) {
+          p[j] = std::isinf(p[j]) ? 0.0 : std::exp(p[j] - maxScore);
+          total += p[j];
+        }
+        double inner = 0.0;
+        for (int64_t j = 0; j < seqK; ++j) {
+          p[j] /= total;
+          const float *v = &value.f32[at(b, j, kvh, seqK, kvHeads, dim)];
+          double acc = 0.0;
+          for (int64_t d = 0; d < dim; ++d)
+            acc += static_cast<double>(dO[d]) * v[d];
+          dp[j] = acc;
+          inner += p[j] * acc;
+          for (int64_t d = 0; d < dim; ++d)
+            dv[at(b, j, kvh, seqK, kvHeads, dim) + d] += p[j] * dO[d];
+        }
+        for (int64_t j = 0; j < seqK; ++j) {
+          double ds = p[j] * (dp[j] - inner) * scale;
+          if (ds == 0.0)
+            continue;
+          const float *k = &key.f32[at(b, j, kvh, seqK, kvHeads, dim)];
+          for (int64_t d = 0; d < dim; ++d) {
+            dq[at(b, i, h, seqQ, qHeads, dim) + d] += ds * k[d];
+            dk[at(b, j, kvh, seqK, kvHeads, dim) + d] += ds * q[d];
+          }
+        }
+      }
+    }
+  auto store = [](const std::vector<double> &src, const HostTensor &like) {
+    HostTensor t = HostTensor::floats(like.shape);
+    for (size_t i = 0; i < src.size(); ++i)
+      t.f32[i] = static_cast<float>(src[i]);
+    return t;
+  };
+  dQuery = store(dq, query);
+  dKey = store(dk, key);
+  dValue = store(dv, value);
+  return true;
+}
+
+bool reference::linearGrad(const HostTensor &input, const HostTensor &weight,
+                           const HostTensor &dOut, HostTensor &dInput,
+                           HostTensor &dWeight, std::string &error) {
+  if (!expectNonScalar(input, "input", error) ||
+      !expectRank(weight, 2, "weight", error))
+    return false;
+  int64_t in = input.shape.back(), out = weight.shape[0];
+  int64_t rows = leadingCount(input);
+  if (weight.shape[1] != in || dOut.numElements() != rows * out) {
+    error = fmt::format("input {}, weight {} and gradient {} do not fit",
+                        input.shapeString(), weight.shapeString(),
+                        dOut.shapeString());
+    return false;
+  }
+  dInput = HostTensor::floats(input.shape);
+  std::vector<double> dW(out * in, 0.0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < in; ++i) {
+      double acc = 0.0;
+      for (int64_t o = 0; o < out; ++o) {
+        double g = dOut.f32[r * out + o];
+        acc += g * weight.f32[o * in + i];
+        dW[o * in + i] += g * input.f32[r * in + i];
+      }
+      dInput.f32[r * in + i] = static_cast<float>(acc);
+    }
+  dWeight = HostTensor::floats(weight.shape);
+  for (int64_t i = 0; i < out * in; ++i)
+    dWeight.f32[i] = static_cast<float>(dW[i]);
+  return true;
+}
+
+bool reference::expertsGrad(const HostTensor &input, const HostTensor &gates,
+                            const HostTensor &expertIndices,
+                            const HostTensor &gateUp, const HostTensor &down,
+                            bool interleaved, const HostTensor &dOut,
+                            HostTensor &dInput, HostTensor &dGates,
+                            HostTensor &dGateUp, HostTensor &dDown,
+                            std::string &error) {
+  HostTensor forward;
+  if (!experts(input, gates, expertIndices, gateUp, down, interleaved, forward,
+               error))
+    return false;
+  if (dOut.shape != input.shape) {
+    error = fmt::format("gradient {} must have the input's shape {}",
+                        dOut.shapeString(), input.shapeString());
+    return false;
+  }
+  int64_t hidden = input.shape.back(), tokens = leadingCount(input);
+  int64_t inter = gateUp.shape[1] / 2, k = gates.shape.back();
+  std::vector<double> dx(input.numElements(), 0.0),
+      dW1(gateUp.numElements(), 0.0), dW2(down.numElements(), 0.0);
+  dGates = HostTensor::floats(gates.shape);
+  std::vector<double> g(inter), u(inter), a(inter), da(inter), y(hidden);
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float *x = &input.f32[t * hidden];
+    const float *dy = &dOut.f32[t * hidden];
+    for (int64_t j = 0; j < k; ++j) {
+      int64_t e = expertIndices.i64[t * k + j];
+      const float *w1 = &gateUp.f32[e * 2 * inter * hidden];
+      const float *w2 = &down.f32[e * hidden * inter];
+      for (int64_t i = 0; i < inter; ++i) {
+        int64_t gateRow = interleaved ? 2 * i : i;
+        int64_t upRow = interleaved ? 2 * i + 1 : inter + i;
+        g[i] = u[i] = 0.0;
+        for (int64_t h = 0; h < hidden; ++h) {
+          g[i] += static_cast<double>(w1[gateRow * hidden + h]) * x[h];
+          u[i] += static_cast<double>(w1[upRow * hidden + h]) * x[h];
+        }
+        a[i] = g[i] * sigmoid(g[i]) * u[i];
+      }
+      // y_e = down[e] · a; out += gate · y_e.
+      double gate = gates.f32[t * k + j], dGate = 0.0;
+      std::fill(da.begin(), da.end(), 0.0);
+      for (int64_t h = 0; h < hidden; ++h) {
+        double ye = 0.0;
+        for (int64_t i = 0; i < inter; ++i)
+          ye += static_cast<double>(w2[h * inter + i]) * a[i];
+        dGate += dy[h] * ye;
+        double dye = gate * dy[h];
+        for (int64_t i = 0; i < inter; ++i) {
+          dW2[(e * hidden + h) * inter + i] += dye * a[i];
+          da[i] += dye * w2[h * inter + i];
+        }
+      }
+      dGates.f32[t * k + j] = static_cast<float>(dGate);
+      for (int64_t i = 0; i < inter; ++i) {
+        double s = sigmoid(g[i]);
+        double dg = da[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+        double du = da[i] * g[i] * s;
+        int64_t gateRow = interleaved ? 2 * i : i;
+        int64_t upRow = interleaved ? 2 * i + 1 : inter + i;
+        for (int64_t h = 0; h < hidden; ++h) {
+          dW1[(e * 2 * inter + gateRow) * hidden + h] += dg * x[h];
+          dW1[(e * 2 * inter + upRow) * hidden + h] += du * x[h];
+          dx[t * hidden + h] += dg * w1[gateRow * hidden + h] +
+                                du * w1[upRow * hidden + h];
+        }
+      }
+    }
+  }
+  auto store = [](const std::vector<double> &src, const HostTensor &like) {
+    HostTensor r = HostTensor::floats(like.shape);
+    for (size_t i = 0; i < src.size(); ++i)
+      r.f32[i] = static_cast<float>(src[i]);
+    return r;
+  };
+  dInput = store(dx, input);
+  dGateUp = store(dW1, gateUp);
+  dDown = store(dW2, down);
+  return true;
+}
+
+//===----------------------------------------------------------------------===//
+// Optimizer
+//===----------------------------------------------------------------------===//
+
+bool reference::globalNorm(const std::vector<const HostTensor *> &tensors,
+                           HostTensor &norm, std::string &error) {
+  double total = 0.0;
+  for (const HostTensor *t : tensors) {
+    if (!expectFloat(*t, "gradient", error))
+      return false;
+    for (float x : t->f32)
+      total += static_cast<double>(x) * x;
+  }
+  norm = HostTensor::floats({});
+  norm.f32[0] = static_cast<float>(std::sqrt(total));
+  return true;
+}
+
+bool reference::adamw(const HostTensor &param, const HostTensor &grad,
+                      const HostTensor &expAvg, const HostTensor &expAvgSq,
+                      int64_t step, double lr, double gradScale,
+                      const AdamWConfig &config, HostTensor &newParam,
+                      HostTensor &newExpAvg, HostTensor &newExpAvgSq,
+                      std::string &error) {
+  if (grad.shape != param.shape || expAvg.shape != param.shape ||
+      expAvgSq.shape != param.shape) {
+    error = fmt::format("parameter {}, gradient {} and moments {} and {} "
+                        "must have one shape",
+                        param.shapeString(), grad.shapeString(),
+                        expAvg.shapeString(), expAvgSq.shapeString());
+    return false;
+  }
+  if (step < 1) {
+    error = fmt::format("step {} must be 1 or more", step);
+    return false;
+  }
+  newParam = HostTensor::floats(param.shape);
+  newExpAvg = HostTensor::floats(param.shape);
+  newExpAvgSq = HostTensor::floats(param.shape);
+  double bias1 = 1.0 - std::pow(config.beta1, static_cast<double>(step));
+  double bias2 = 1.0 - std::pow(config.beta2, static_cast<double>(step));
+  for (int64_t i = 0; i < param.numElements(); ++i) {
+    double g = static_cast<double>(grad.f32[i]) * gradScale;
+    double p = param.f32[i] * (1.0 - lr * config.weightDecay);
+    double m = config.beta1 * expAvg.f32[i] + (1.0 - config.beta1) * g;
+    double v = config.beta2 * expAvgSq.f32[i] + (1.0 - config.beta2) * g * g;
+    p -= lr / bias1 * m / (std::sqrt(v) / std::sqrt(bias2) + config.epsilon);
+    newParam.f32[i] = static_cast<float>(p);
+    newExpAvg.f32[i] = static_cast<float>(m);
+    newExpAvgSq.f32[i] = static_cast<float>(v);
+  }
+  return true;
+}

@@ -20,6 +20,9 @@ int runImport();
 extern llvm::cl::SubCommand runCommand;
 int runRun();
 
+extern llvm::cl::SubCommand trainCommand;
+int runTrain();
+
 } // namespace moec::cli
 
 #endif // TOOLS_MOEC_COMMANDS_H

@@ -20,6 +20,8 @@ int main(int argc, char **argv) {
     return moec::cli::runImport();
   if (moec::cli::runCommand)
     return moec::cli::runRun();
+  if (moec::cli::trainCommand)
+    return moec::cli::runTrain();
   llvm::errs() << "moec: no command given; see 'moec --help'\n";
   return 1;
 }

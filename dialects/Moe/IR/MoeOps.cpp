@@ -235,5 +235,18 @@ LogicalResult LmHeadOp::verify() {
   return verifySameElementType(*this, "result", getType(), input);
 }
 
+LogicalResult ExpertCountsOp::verify() {
+  RankedTensorType counts = getCounts().getType();
+  if (counts.getRank() != 2)
+    return emitOpError() << "counts must be [layers, num_experts] but have "
+                         << "rank " << counts.getRank();
+  if (!counts.isDynamicDim(0) &&
+      counts.getDimSize(0) != static_cast<int64_t>(getExperts().size()))
+    return emitOpError() << "counts have " << counts.getDimSize(0)
+                         << " rows but there are " << getExperts().size()
+                         << " layers";
+  return success();
+}
+
 #define GET_OP_CLASSES
 #include "dialects/Moe/IR/MoeOps.cpp.inc"

@@ -225,6 +225,273 @@ def Moe_LmHeadOp : Moe_Op<"lm_head", [Pure]> {
 }
 
 //===----------------------------------------------------------------------===//
+// Training: losses
+//===----------------------------------------------------------------------===//
+
+def Moe_ScalarF32 : 0DTensorOf<[F32]>;
+
+def Moe_LmHeadCrossEntropyOp : Moe_Op<"lm_head_cross_entropy", [Pure]> {
+  let summary = "next-token cross-entropy of the lm-head's logits";
+  let description = [{
+    The mean over targets of `logsumexp(l) - l[target]` with
+    `l = input[b, t] · weightᵀ`, where position `t` predicts
+    `labels[b, t + 1]` (Hugging Face's label shift) and labels equal to
+    `ignore_index` do not count. Fused so that the `[batch, seq, vocab]`
+    logits never exist. The result is an fp32 scalar (0 with no targets).
+
+    ```mlir
+    %loss = moe.lm_head_cross_entropy %h, %w, %labels {ignore_index = -100 : i64}
+        : (tensor<2x8x32xf32>, tensor<256x32xf32>, tensor<2x8xi64>) -> tensor<f32>
+    ```
+  }];
+  let arguments = (ins Moe_FloatTensor:$input, Moe_FloatTensor:$weight,
+                       Moe_IndexTensor:$labels,
+                       DefaultValuedAttr<I64Attr, "-100">:$ignore_index);
+  let results = (outs Moe_ScalarF32:$loss);
+  let assemblyFormat = [{
+    $input `,` $weight `,` $labels attr-dict `:` functional-type(operands, results)
+  }];
+}
+
+def Moe_LoadBalancingLossOp : Moe_Op<"load_balancing_loss", [Pure]> {
+  let summary = "Hugging Face's Mixtral load-balancing loss over all layers";
+  let description = [{
+    With `p = softmax(logits)` per token and every layer's tokens
+    concatenated (N rows): `E · Σ_j Σ_e f_j[e] · P[e]`, where `f_j[e]` is the
+    fraction of rows whose j-th top-k choice is `e` and `P[e]` the mean of
+    `p[e]` (`load_balancing_loss_func` of transformers). Only `P` carries a
+    gradient.
+
+    ```mlir
+    %aux = moe.load_balancing_loss %l0, %l1 {k = 2 : i64}
+        : (tensor<2x8x4xf32>, tensor<2x8x4xf32>) -> tensor<f32>
+    ```
+  }];
+  let arguments = (ins Variadic<Moe_FloatTensor>:$logits,
+                       ConfinedAttr<I64Attr, [IntPositive]>:$k);
+  let results = (outs Moe_ScalarF32:$loss);
+  let assemblyFormat = [{
+    $logits attr-dict `:` functional-type(operands, results)
+  }];
+}
+
+def Moe_RouterZLossOp : Moe_Op<"router_z_loss", [Pure]> {
+  let summary = "mean squared log-partition of the router logits";
+  let description = [{
+    The mean over all tokens of all layers of `logsumexp(logits)²` (ST-MoE's
+    router z-loss).
+
+    ```mlir
+    %z = moe.router_z_loss %l0, %l1 : (tensor<2x8x4xf32>, tensor<2x8x4xf32>) -> tensor<f32>
+    ```
+  }];
+  let arguments = (ins Variadic<Moe_FloatTensor>:$logits);
+  let results = (outs Moe_ScalarF32:$loss);
+  let assemblyFormat = [{
+    $logits attr-dict `:` functional-type(operands, results)
+  }];
+}
+
+def Moe_ExpertCountsOp : Moe_Op<"expert_counts", [Pure]> {
+  let summary = "token slots each expert received, per layer";
+  let description = [{
+    Row `l` of the `[layers, num_experts]` result counts how often each
+    expert appears in the l-th operand (a router's expert choices).
+
+    ```mlir
+    %counts = moe.expert_counts %e0, %e1
+        : (tensor<2x8x2xi64>, tensor<2x8x2xi64>) -> tensor<2x4xi64>
+    ```
+  }];
+  let arguments = (ins Variadic<Moe_IndexTensor>:$experts);
+  let results = (outs RankedTensorOf<[I64]>:$counts);
+  let assemblyFormat = [{
+    $experts attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Training: gradients
+//===----------------------------------------------------------------------===//
+
+class Moe_GradOp<string mnemonic, list<Trait> traits = []>
+    : Moe_Op<mnemonic, !listconcat([Pure], traits)> {
+  let assemblyFormat = [{
+    operands attr-dict `:` functional-type(operands, results)
+  }];
+}
+
+def Moe_EmbeddingGradOp : Moe_GradOp<"embedding_grad"> {
+  let summary = "gradient of moe.embedding with respect to its table";
+  let description = [{
+    Scatter-adds `d_result` rows into a zero `[vocab, hidden]` table at
+    `indices`; the vocabulary comes from the result type.
+  }];
+  let arguments = (ins Moe_IndexTensor:$indices, Moe_FloatTensor:$d_result);
+  let results = (outs Moe_FloatTensor:$d_table);
+}
+
+def Moe_RmsNormGradOp : Moe_GradOp<"rms_norm_grad", [
+    AllTypesMatch<["input", "d_result", "d_input"]>,
+    AllTypesMatch<["weight", "d_weight"]>]> {
+  let summary = "gradients of moe.rms_norm";
+  let description = [{
+    With `r = (mean(x²) + ε)^(-1/2)` and `g = d_result · weight`:
+    `d_input = r·g − r³·x·mean(g·x)` and `d_weight = Σ_rows d_result·x·r`.
+  }];
+  let arguments = (ins Moe_FloatTensor:$input, Moe_FloatTensor:$weight,
+                       Moe_FloatTensor:$d_result, F64Attr:$epsilon);
+  let results = (outs Moe_FloatTensor:$d_input, Moe_FloatTensor:$d_weight);
+}
+
+def Moe_RotaryGradOp : Moe_GradOp<"rotary_grad", [
+    AllTypesMatch<["d_result", "d_input"]>]> {
+  let summary = "gradient of moe.rotary: the rotation by the negated angles";
+  let arguments = (ins Moe_FloatTensor:$d_result,
+                       Optional<Moe_IndexTensor>:$positions, F64Attr:$theta);
+  let results = (outs Moe_FloatTensor:$d_input);
+}
+
+def Moe_AttentionGradOp : Moe_GradOp<"attention_grad", [
+    AllTypesMatch<["query", "d_result", "d_query"]>,
+    AllTypesMatch<["key", "d_key"]>, AllTypesMatch<["value", "d_value"]>]> {
+  let summary = "gradients of moe.attention";
+  let description = [{
+    Recomputes the probabilities `P` from the inputs and returns
+    `d_value = Pᵀ·dO`, `d_query = scale·dS·K`, `d_key = scale·dSᵀ·Q` with
+    `dS = P ⊙ (dO·Vᵀ − rowsum(P ⊙ dO·Vᵀ))`, summing over the query heads that
+    share a key/value head.
+  }];
+  let arguments = (ins Moe_FloatTensor:$query, Moe_FloatTensor:$key,
+                       Moe_FloatTensor:$value, Moe_FloatTensor:$d_result,
+                       DefaultValuedAttr<BoolAttr, "true">:$causal,
+                       F64Attr:$scale, OptionalAttr<I64Attr>:$sliding_window);
+  let results = (outs Moe_FloatTensor:$d_query, Moe_FloatTensor:$d_key,
+                      Moe_FloatTensor:$d_value);
+}
+
+def Moe_LinearGradOp : Moe_GradOp<"linear_grad", [
+    AllTypesMatch<["input", "d_input"]>, AllTypesMatch<["weight", "d_weight"]>]> {
+  let summary = "gradients of moe.linear (without bias)";
+  let description = [{
+    `d_input = d_result · weight`, `d_weight = Σ_rows d_resultᵀ · input`.
+  }];
+  let arguments = (ins Moe_FloatTensor:$input, Moe_FloatTensor:$weight,
+                       Moe_FloatTensor:$d_result);
+  let results = (outs Moe_FloatTensor:$d_input, Moe_FloatTensor:$d_weight);
+}
+
+def Moe_RouterGradOp : Moe_GradOp<"router_grad", [
+    AllTypesMatch<["logits", "d_logits"]>]> {
+  let summary = "gradient of moe.router's gates with respect to its logits";
+  let description = [{
+    The choice of experts is not differentiated; the gates are (renormalised
+    softmax for aux_loss, none and balanced; softmax, or sigmoid for k = 1,
+    for sinkhorn).
+  }];
+  let arguments = (ins Moe_FloatTensor:$logits, Moe_IndexTensor:$experts,
+                       Moe_FloatTensor:$d_gates,
+                       Moe_LoadBalancingAttr:$load_balancing);
+  let results = (outs Moe_FloatTensor:$d_logits);
+}
+
+def Moe_ExpertsGradOp : Moe_GradOp<"experts_grad", [
+    AllTypesMatch<["input", "d_result", "d_input"]>,
+    AllTypesMatch<["gates", "d_gates"]>,
+    AllTypesMatch<["gate_up", "d_gate_up"]>, AllTypesMatch<["down", "d_down"]>]> {
+  let summary = "gradients of moe.experts";
+  let arguments = (ins Moe_FloatTensor:$input, Moe_FloatTensor:$gates,
+                       Moe_IndexTensor:$experts, Moe_FloatTensor:$gate_up,
+                       Moe_FloatTensor:$down, Moe_FloatTensor:$d_result,
+                       Moe_GateUpLayoutAttr:$gate_up_layout);
+  let results = (outs Moe_FloatTensor:$d_input, Moe_FloatTensor:$d_gates,
+                      Moe_FloatTensor:$d_gate_up, Moe_FloatTensor:$d_down);
+}
+
+def Moe_LmHeadCrossEntropyGradOp : Moe_GradOp<"lm_head_cross_entropy_grad", [
+    AllTypesMatch<["input", "d_input"]>, AllTypesMatch<["weight", "d_weight"]>]> {
+  let summary = "gradients of `scale` times moe.lm_head_cross_entropy";
+  let arguments = (ins Moe_FloatTensor:$input, Moe_FloatTensor:$weight,
+                       Moe_IndexTensor:$labels,
+                       DefaultValuedAttr<I64Attr, "-100">:$ignore_index,
+                       F64Attr:$scale);
+  let results = (outs Moe_FloatTensor:$d_input, Moe_FloatTensor:$d_weight);
+}
+
+def Moe_LoadBalancingLossGradOp : Moe_GradOp<"load_balancing_loss_grad"> {
+  let summary = "gradients of `scale` times moe.load_balancing_loss";
+  let arguments = (ins Variadic<Moe_FloatTensor>:$logits,
+                       ConfinedAttr<I64Attr, [IntPositive]>:$k, F64Attr:$scale);
+  let results = (outs Variadic<Moe_FloatTensor>:$d_logits);
+}
+
+def Moe_RouterZLossGradOp : Moe_GradOp<"router_z_loss_grad"> {
+  let summary = "gradients of `scale` times moe.router_z_loss";
+  let arguments = (ins Variadic<Moe_FloatTensor>:$logits, F64Attr:$scale);
+  let results = (outs Variadic<Moe_FloatTensor>:$d_logits);
+}
+
+//===----------------------------------------------------------------------===//
+// Training: optimizer
+//===----------------------------------------------------------------------===//
+
+def Moe_GlobalNormOp : Moe_Op<"global_norm", [Pure]> {
+  let summary = "L2 norm of all gradients together";
+  let description = [{
+    `sqrt(Σ_tensors Σ_elements x²)`, an fp32 scalar; the clipping
+    coefficient of moe.adamw is computed from it.
+
+    ```mlir
+    %norm = moe.global_norm %g0, %g1 : (tensor<32xf32>, tensor<4x32xf32>) -> tensor<f32>
+    ```
+  }];
+  let arguments = (ins Variadic<Moe_FloatTensor>:$gradients);
+  let results = (outs Moe_ScalarF32:$norm);
+  let assemblyFormat = [{
+    $gradients attr-dict `:` functional-type(operands, results)
+  }];
+}
+
+def Moe_AdamWOp : Moe_Op<"adamw", [Pure,
+    AllTypesMatch<["param", "grad", "exp_avg", "exp_avg_sq", "new_param",
+                   "new_exp_avg", "new_exp_avg_sq"]>,
+    AllTypesMatch<["lr", "grad_norm"]>]> {
+  let summary = "one AdamW update of a parameter and its moments";
+  let description = [{
+    torch.optim.AdamW's update on the clipped gradient
+    `g = grad · min(1, max_grad_norm / (grad_norm + 1e-6))` (no clipping when
+    `max_grad_norm` is 0), with `t = step` (1-based) and learning rate `lr`:
+
+        p  = param · (1 − lr · weight_decay)
+        m  = β1 · exp_avg + (1 − β1) · g
+        v  = β2 · exp_avg_sq + (1 − β2) · g²
+        p -= lr / (1 − β1^t) · m / (sqrt(v) / sqrt(1 − β2^t) + ε)
+
+    Master weights and moments are fp32.
+
+    ```mlir
+    %p, %m, %v = moe.adamw %param, %grad, %m0, %v0, %step, %lr, %norm
+        {beta1 = 0.9 : f64, beta2 = 0.95 : f64, epsilon = 1.0e-08 : f64,
+         weight_decay = 0.1 : f64, max_grad_norm = 1.0 : f64}
+        : tensor<4x32xf32>, tensor<i64>, tensor<f32>
+    ```
+  }];
+  let arguments = (ins Moe_FloatTensor:$param, Moe_FloatTensor:$grad,
+                       Moe_FloatTensor:$exp_avg, Moe_FloatTensor:$exp_avg_sq,
+                       0DTensorOf<[I64]>:$step, Moe_ScalarF32:$lr,
+                       Moe_ScalarF32:$grad_norm, F64Attr:$beta1,
+                       F64Attr:$beta2, F64Attr:$epsilon, F64Attr:$weight_decay,
+                       F64Attr:$max_grad_norm);
+  let results = (outs Moe_FloatTensor:$new_param, Moe_FloatTensor:$new_exp_avg,
+                      Moe_FloatTensor:$new_exp_avg_sq);
+  let assemblyFormat = [{
+    $param `,` $grad `,` $exp_avg `,` $exp_avg_sq `,` $step `,` $lr `,`
+    $grad_norm attr-dict `:` type($param) `,` type($step) `,` type($lr)
+  }];
+}
+
+//===----------------------------------------------------------------------===//
 // Imported ONNX nodes
 //===----------------------------------------------------------------------===//
 

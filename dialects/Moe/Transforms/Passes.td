@@ -40,4 +40,57 @@ def RaiseOnnx : Pass<"moe-raise-onnx", "::mlir::func::FuncOp"> {
   ];
 }
 
+def BuildTrainStep : Pass<"moe-build-train-step", "::mlir::ModuleOp"> {
+  let summary = "builds the training step (loss, backward, AdamW) from the forward";
+  let description = [{
+    Adds `func.func @train_step` next to the raised `@forward`:
+
+        @train_step(params..., exp_avg..., exp_avg_sq..., input_ids, labels,
+                    step, lr)
+          -> (new params..., new exp_avg..., new exp_avg_sq..., loss,
+              ce_loss, aux_loss, z_loss, grad_norm, expert_counts)
+
+    The forward is cloned with every router set to `load-balancing`; the
+    lm-head becomes `moe.lm_head_cross_entropy` against the labels (shifted
+    by one, `ignore-index` skipped). The loss is
+    `ce + aux-loss-coef · aux + z-loss-coef · z`, where `aux` is Hugging
+    Face's load-balancing loss (only with `aux_loss`) and `z` the router
+    z-loss. Reverse-mode differentiation then walks the clone backwards and
+    emits one `moe.*_grad` op per forward op (gradient rules in
+    docs/training.md), summing gradients of values used twice. Finally the
+    global gradient norm is taken and every parameter gets one `moe.adamw`
+    (weight decay only on parameters of rank 2 or more, clipping to
+    `max-grad-norm`). Per-layer expert slot counts are returned for metrics.
+  }];
+  let dependentDialects = [
+    "::mlir::moe::MoeDialect",
+    "::mlir::arith::ArithDialect",
+    "::mlir::tensor::TensorDialect",
+    "::mlir::linalg::LinalgDialect"
+  ];
+  let options = [
+    Option<"loadBalancing", "load-balancing", "std::string", "\"aux_loss\"",
+           "router load balancing: aux_loss, sinkhorn, balanced or none">,
+    Option<"auxLossCoef", "aux-loss-coef", "double", "0.02",
+           "weight of the load-balancing loss (router_aux_loss_coef)">,
+    Option<"zLossCoef", "z-loss-coef", "double", "0.0",
+           "weight of the router z-loss (0: off)">,
+    Option<"beta1", "beta1", "double", "0.9", "AdamW beta1">,
+    Option<"beta2", "beta2", "double", "0.95", "AdamW beta2">,
+    Option<"epsilon", "epsilon", "double", "1e-8", "AdamW epsilon">,
+    Option<"weightDecay", "weight-decay", "double", "0.1",
+           "AdamW decoupled weight decay (parameters of rank >= 2)">,
+    Option<"maxGradNorm", "max-grad-norm", "double", "1.0",
+           "clip gradients to this global norm (0: no clipping)">,
+    Option<"ignoreIndex", "ignore-index", "int64_t", "-100",
+           "label value that does not count in the loss">,
+    Option<"returnGradients", "return-gradients", "bool", "false",
+           "also return every parameter's gradient (before clipping), "
+           "tagged moe.gradient, for checking against a reference">
+  ];
+  let statistics = [
+    Statistic<"numGradOps", "num-grad-ops", "gradient ops emitted">
+  ];
+}
+
 #endif // MOE_TRANSFORMS_PASSES_TD

@@ -8,6 +8,7 @@
 #ifndef MOEC_PIPELINES_PIPELINES_H
 #define MOEC_PIPELINES_PIPELINES_H
 
+#include "dialects/Moe/Transforms/Passes.h"
 #include "mlir/Pass/PassManager.h"
 
 namespace moec {
@@ -16,6 +17,11 @@ namespace moec {
 /// moe-raise-onnx, canonicalize, cse. With `requireComplete`, any ONNX node
 /// left unraised is an error.
 void buildImportPipeline(mlir::OpPassManager &pm, bool requireComplete);
+
+/// Builds the training step from a raised forward (moe-build-train-step with
+/// `options`), then canonicalize and cse.
+void buildTrainStepPipeline(mlir::OpPassManager &pm,
+                            const mlir::moe::BuildTrainStepOptions &options);
 
 /// Registers the pipelines above with the global pass registry
 /// (`moe-import-pipeline`).

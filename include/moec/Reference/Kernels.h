@@ -54,6 +54,128 @@ bool experts(const HostTensor &input, const HostTensor &gates,
              const HostTensor &down, bool interleaved, HostTensor &out,
              std::string &error);
 
+//===----------------------------------------------------------------------===//
+// Routing for training
+//===----------------------------------------------------------------------===//
+
+/// The load-balancing modes of moe.router, as the kernels see them.
+enum class Routing { AuxLoss, Sinkhorn, Balanced, None };
+
+/// Chooses `k` experts per token of `logits` ([..., E]) and their gates as
+/// `mode` defines (docs/Dialects/Moe.md): aux_loss/none as routeTopK with
+/// renormalisation; sinkhorn picks by the Sinkhorn-normalised exp(logits)
+/// and gates with the softmax (sigmoid when k == 1), not renormalised;
+/// balanced gives every expert T·k/E slots (±1), greedily by probability.
+bool route(const HostTensor &logits, int64_t k, Routing mode,
+           HostTensor &gates, HostTensor &experts, std::string &error);
+
+/// Megatron-Core's Sinkhorn normalisation of exp(`logits`) ([T, E]),
+/// iterated until the mean change of the column scaling is below `tolerance`.
+bool sinkhorn(const HostTensor &logits, double tolerance, HostTensor &out,
+              std::string &error);
+
+/// d logits from d gates, for the gates `route` computed with `experts`.
+bool routeGrad(const HostTensor &logits, const HostTensor &experts,
+               const HostTensor &dGates, Routing mode, HostTensor &dLogits,
+               std::string &error);
+
+/// Per-expert slot counts [E] of expert choices [..., k].
+bool expertCounts(const HostTensor &experts, int64_t numExperts,
+                  HostTensor &counts, std::string &error);
+
+//===----------------------------------------------------------------------===//
+// Losses
+//===----------------------------------------------------------------------===//
+
+/// Next-token cross-entropy of the logits `input · weightᵀ` ([B, S, V]):
+/// position t of each sequence predicts `labels[t + 1]`; labels equal to
+/// `ignoreIndex` (and the last position) are skipped; the mean is over the
+/// remaining targets (0 when there are none). Returns a scalar.
+bool lmHeadCrossEntropy(const HostTensor &input, const HostTensor &weight,
+                        const HostTensor &labels, int64_t ignoreIndex,
+                        HostTensor &loss, std::string &error);
+
+/// Gradients of `scale` times that loss with respect to input and weight.
+bool lmHeadCrossEntropyGrad(const HostTensor &input, const HostTensor &weight,
+                            const HostTensor &labels, int64_t ignoreIndex,
+                            double scale, HostTensor &dInput,
+                            HostTensor &dWeight, std::string &error);
+
+/// Hugging Face's Mixtral load-balancing loss over all layers' router
+/// logits (each [..., E], concatenated over tokens):
+/// E · Σ_j Σ_e mean_t(onehot(topk_j(t)) = e) · mean_t(softmax(t)_e).
+bool loadBalancingLoss(const std::vector<const HostTensor *> &logits,
+                       int64_t k, HostTensor &loss, std::string &error);
+
+/// `scale` times its gradient with respect to each layer's logits (the
+/// top-k selection is not differentiated).
+bool loadBalancingLossGrad(const std::vector<const HostTensor *> &logits,
+                           int64_t k, double scale,
+                           std::vector<HostTensor> &dLogits,
+                           std::string &error);
+
+/// Router z-loss: mean over all tokens of all layers of logsumexp(logits)².
+bool routerZLoss(const std::vector<const HostTensor *> &logits,
+                 HostTensor &loss, std::string &error);
+bool routerZLossGrad(const std::vector<const HostTensor *> &logits,
+                     double scale, std::vector<HostTensor> &dLogits,
+                     std::string &error);
+
+//===----------------------------------------------------------------------===//
+// Gradients of the model ops
+//===----------------------------------------------------------------------===//
+
+/// d table [vocab, hidden] of an embedding lookup: a scatter-add of `dOut`.
+bool embeddingGrad(const HostTensor &indices, const HostTensor &dOut,
+                   int64_t vocab, HostTensor &dTable, std::string &error);
+
+bool rmsNormGrad(const HostTensor &input, const HostTensor &weight,
+                 double epsilon, const HostTensor &dOut, HostTensor &dInput,
+                 HostTensor &dWeight, std::string &error);
+
+/// The rotation is orthogonal: its gradient rotates by the negated angle.
+bool rotaryGrad(const HostTensor &dOut, const HostTensor *positions,
+                double theta, HostTensor &dInput, std::string &error);
+
+bool attentionGrad(const HostTensor &query, const HostTensor &key,
+                   const HostTensor &value, bool causal, double scale,
+                   std::optional<int64_t> slidingWindow,
+                   const HostTensor &dOut, HostTensor &dQuery,
+                   HostTensor &dKey, HostTensor &dValue, std::string &error);
+
+/// dInput = dOut · weight, dWeight = Σ dOutᵀ · input (over leading dims).
+bool linearGrad(const HostTensor &input, const HostTensor &weight,
+                const HostTensor &dOut, HostTensor &dInput,
+                HostTensor &dWeight, std::string &error);
+
+bool expertsGrad(const HostTensor &input, const HostTensor &gates,
+                 const HostTensor &expertIndices, const HostTensor &gateUp,
+                 const HostTensor &down, bool interleaved,
+                 const HostTensor &dOut, HostTensor &dInput,
+                 HostTensor &dGates, HostTensor &dGateUp, HostTensor &dDown,
+                 std::string &error);
+
+//===----------------------------------------------------------------------===//
+// Optimizer
+//===----------------------------------------------------------------------===//
+
+/// sqrt(Σ over all tensors of Σ x²), as a scalar.
+bool globalNorm(const std::vector<const HostTensor *> &tensors,
+                HostTensor &norm, std::string &error);
+
+/// One AdamW step as torch.optim.AdamW takes it, on gradients scaled by
+/// `gradScale` (the clipping coefficient): decoupled weight decay
+/// p -= lr·wd·p, then m = β1·m + (1-β1)·g, v = β2·v + (1-β2)·g²,
+/// p -= lr · (m / (1-β1^t)) / (sqrt(v / (1-β2^t)) + ε).
+struct AdamWConfig {
+  double beta1 = 0.9, beta2 = 0.95, epsilon = 1e-8, weightDecay = 0.0;
+};
+bool adamw(const HostTensor &param, const HostTensor &grad,
+           const HostTensor &expAvg, const HostTensor &expAvgSq, int64_t step,
+           double lr, double gradScale, const AdamWConfig &config,
+           HostTensor &newParam, HostTensor &newExpAvg,
+           HostTensor &newExpAvgSq, std::string &error);
+
 /// Element-wise binary arithmetic on equal shapes.
 enum class BinaryKind { Add, Sub, Mul, Div };
 bool binary(BinaryKind kind, const HostTensor &lhs, const HostTensor &rhs,

@@ -98,15 +98,21 @@ public:
 
 private:
   // --- Types and attributes ---------------------------------------------
+  // Each reports its errors at `loc`, prefixed with `node` when given.
   FailureOr<Type> convertElementType(int32_t type, Location loc,
-                                     llvm::StringRef what);
-  FailureOr<RankedTensorType> convertValueType(const onnx::TypeProto &type,
-                                               Location loc,
-                                               llvm::StringRef what);
-  FailureOr<DenseElementsAttr> convertTensor(const onnx::TensorProto &tensor,
-                                             Location loc);
+                                     llvm::StringRef what,
+                                     const onnx::NodeProto *node = nullptr);
+  FailureOr<RankedTensorType>
+  convertValueType(const onnx::TypeProto &type, Location loc,
+                   llvm::StringRef what, const onnx::NodeProto *node = nullptr);
+  FailureOr<DenseElementsAttr>
+  convertTensor(const onnx::TensorProto &tensor, Location loc,
+                const onnx::NodeProto *node = nullptr);
   FailureOr<Attribute> convertAttribute(const onnx::AttributeProto &attr,
-                                        Location loc);
+                                        Location loc,
+                                        const onnx::NodeProto &node);
+  LogicalResult checkInitializer(const onnx::TensorProto &init,
+                                 RankedTensorType type, Location loc);
 
   // --- Graph --------------------------------------------------------------
   Location nodeLoc(const onnx::NodeProto &node, int index);
@@ -115,10 +121,25 @@ private:
   LogicalResult checkShapes(const onnx::NodeProto &node, Location loc,
                             ArrayRef<Value> inputs);
 
+  /// The name diagnostics use for a node: its own, or `<op type>#<position>`
+  /// when it has none.
+  static std::string nodeName(const onnx::NodeProto &node, int index) {
+    return node.name().empty() ? fmt::format("{}#{}", node.op_type(), index + 1)
+                               : node.name();
+  }
+
   InFlightDiagnostic nodeError(const onnx::NodeProto &node, Location loc) {
     InFlightDiagnostic diag = emitError(loc);
-    diag << "ONNX node '" << node.name() << "' (" << node.op_type() << "): ";
+    // The node's name is the location's name: a nameless node has one too.
+    llvm::StringRef name = node.name();
+    if (auto nameLoc = dyn_cast<NameLoc>(loc))
+      name = nameLoc.getName().getValue();
+    diag << "ONNX node '" << name << "' (" << node.op_type() << "): ";
     return diag;
+  }
+
+  InFlightDiagnostic error(Location loc, const onnx::NodeProto *node) {
+    return node ? nodeError(*node, loc) : emitError(loc);
   }
 
   MLIRContext &context;
@@ -131,7 +152,8 @@ private:
 };
 
 FailureOr<Type> GraphImporter::convertElementType(int32_t type, Location loc,
-                                                  llvm::StringRef what) {
+                                                  llvm::StringRef what,
+                                                  const onnx::NodeProto *node) {
   using T = onnx::TensorProto;
   switch (type) {
   case T::FLOAT: return Type(builder.getF32Type());
@@ -145,31 +167,36 @@ FailureOr<Type> GraphImporter::convertElementType(int32_t type, Location loc,
   case T::UINT8: return Type(builder.getIntegerType(8, /*isSigned=*/false));
   case T::BOOL: return Type(builder.getI1Type());
   default:
-    return emitError(loc) << what << " has unsupported element type "
-                          << T::DataType_Name(static_cast<T::DataType>(type))
-                          << " (" << type << ")";
+    return error(loc, node)
+           << what << " has unsupported element type "
+           << T::DataType_Name(static_cast<T::DataType>(type)) << " (" << type
+           << ")";
   }
 }
 
 FailureOr<RankedTensorType>
 GraphImporter::convertValueType(const onnx::TypeProto &type, Location loc,
-                                llvm::StringRef what) {
+                                llvm::StringRef what,
+                                const onnx::NodeProto *node) {
+  if (type.value_case() == onnx::TypeProto::VALUE_NOT_SET)
+    return error(loc, node) << what << " has no type information; export "
+                                       "with shape inference";
   if (!type.has_tensor_type())
-    return emitError(loc) << what << " is not a tensor";
+    return error(loc, node) << what << " is not a tensor";
   const auto &tensorType = type.tensor_type();
   FailureOr<Type> elementType =
-      convertElementType(tensorType.elem_type(), loc, what);
+      convertElementType(tensorType.elem_type(), loc, what, node);
   if (failed(elementType))
     return failure();
   if (!tensorType.has_shape())
-    return emitError(loc) << what << " has no shape (not even a rank); "
-                          << "re-export with shape information";
+    return error(loc, node) << what << " has no shape (not even a rank); "
+                            << "re-export with shape information";
   SmallVector<int64_t> shape;
   for (const auto &dim : tensorType.shape().dim()) {
     if (dim.has_dim_value()) {
       if (dim.dim_value() < 0)
-        return emitError(loc) << what << " has negative dimension "
-                              << dim.dim_value();
+        return error(loc, node)
+               << what << " has negative dimension " << dim.dim_value();
       shape.push_back(dim.dim_value());
     } else {
       shape.push_back(ShapedType::kDynamic); // dim_param or unknown
@@ -179,15 +206,16 @@ GraphImporter::convertValueType(const onnx::TypeProto &type, Location loc,
 }
 
 FailureOr<DenseElementsAttr>
-GraphImporter::convertTensor(const onnx::TensorProto &tensor, Location loc) {
+GraphImporter::convertTensor(const onnx::TensorProto &tensor, Location loc,
+                             const onnx::NodeProto *node) {
   FailureOr<Type> elementType = convertElementType(
-      tensor.data_type(), loc, "tensor '" + tensor.name() + "'");
+      tensor.data_type(), loc, "tensor '" + tensor.name() + "'", node);
   if (failed(elementType))
     return failure();
   HostTensor host;
-  std::string error;
-  if (!decodeTensor(tensor, modelDir, host, error))
-    return emitError(loc) << error;
+  std::string message;
+  if (!decodeTensor(tensor, modelDir, host, message))
+    return error(loc, node) << message;
   auto type = RankedTensorType::get(host.shape, *elementType);
   if (auto floatType = dyn_cast<FloatType>(*elementType)) {
     SmallVector<APFloat> elements;
@@ -212,7 +240,7 @@ GraphImporter::convertTensor(const onnx::TensorProto &tensor, Location loc) {
 
 FailureOr<Attribute>
 GraphImporter::convertAttribute(const onnx::AttributeProto &attr,
-                                Location loc) {
+                                Location loc, const onnx::NodeProto &node) {
   using A = onnx::AttributeProto;
   switch (attr.type()) {
   case A::INT:
@@ -234,24 +262,21 @@ GraphImporter::convertAttribute(const onnx::AttributeProto &attr,
     return Attribute(builder.getArrayAttr(strings));
   }
   case A::TENSOR: {
-    FailureOr<DenseElementsAttr> tensor = convertTensor(attr.t(), loc);
+    FailureOr<DenseElementsAttr> tensor = convertTensor(attr.t(), loc, &node);
     if (failed(tensor))
       return failure();
     return Attribute(*tensor);
   }
   default:
-    return emitError(loc) << "attribute '" << attr.name() << "' has type "
-                          << A::AttributeType_Name(attr.type())
-                          << ", which is not supported";
+    return nodeError(node, loc) << "attribute '" << attr.name() << "' has type "
+                                << A::AttributeType_Name(attr.type())
+                                << ", which is not supported";
   }
 }
 
 Location GraphImporter::nodeLoc(const onnx::NodeProto &node, int index) {
   Location fileLoc = FileLineColLoc::get(&context, path, index + 1, 1);
-  std::string name = node.name().empty()
-                         ? fmt::format("{}#{}", node.op_type(), index + 1)
-                         : node.name();
-  return NameLoc::get(builder.getStringAttr(name), fileLoc);
+  return NameLoc::get(builder.getStringAttr(nodeName(node, index)), fileLoc);
 }
 
 LogicalResult GraphImporter::importConstantNode(const onnx::NodeProto &node,
@@ -263,7 +288,12 @@ LogicalResult GraphImporter::importConstantNode(const onnx::NodeProto &node,
   const onnx::AttributeProto &attr = node.attribute(0);
   Attribute value;
   if (attr.name() == "value") {
-    FailureOr<DenseElementsAttr> tensor = convertTensor(attr.t(), loc);
+    if (attr.type() != onnx::AttributeProto::TENSOR)
+      return nodeError(node, loc)
+             << "constant attribute 'value' has type "
+             << onnx::AttributeProto::AttributeType_Name(attr.type())
+             << ", expected TENSOR";
+    FailureOr<DenseElementsAttr> tensor = convertTensor(attr.t(), loc, &node);
     if (failed(tensor))
       return failure();
     value = *tensor;
@@ -351,16 +381,18 @@ LogicalResult GraphImporter::importNode(const onnx::NodeProto &node,
                                         int index) {
   Location loc = nodeLoc(node, index);
   std::string why;
-  if (!isKnownDomain(node.domain()))
-    return nodeError(node, loc)
-           << "unsupported op: domain '" << node.domain()
-           << "' is not one moec knows (ai.onnx, com.microsoft, moec)";
+  // Model-local functions first: they usually live in a domain of their own.
   for (const auto &function : model.functions())
     if (function.name() == node.op_type() &&
         function.domain() == node.domain())
       return nodeError(node, loc)
-             << "unsupported op: model-local function; export with functions "
-                "inlined";
+             << "unsupported op: '" << node.op_type()
+             << "' is a function defined in the model (domain '"
+             << node.domain() << "'); export with functions inlined";
+  if (!isKnownDomain(node.domain()))
+    return nodeError(node, loc)
+           << "unsupported op: domain '" << node.domain()
+           << "' is not one moec knows (ai.onnx, com.microsoft, moec)";
   if (isRejectedOp(node.op_type(), why))
     return nodeError(node, loc) << "unsupported op: " << why;
   if (node.op_type() == "Constant" && node.domain().empty())
@@ -401,7 +433,7 @@ LogicalResult GraphImporter::importNode(const onnx::NodeProto &node,
              << "output " << i << " '" << name
              << "' has no type information; export with shape inference";
     FailureOr<RankedTensorType> type =
-        convertValueType(*it->second, loc, "output '" + name + "'");
+        convertValueType(*it->second, loc, "output '" + name + "'", &node);
     if (failed(type))
       return failure();
     resultTypes.push_back(*type);
@@ -423,7 +455,7 @@ LogicalResult GraphImporter::importNode(const onnx::NodeProto &node,
         attr.name() == "absent_inputs")
       return nodeError(node, loc) << "attribute name '" << attr.name()
                                   << "' is reserved by moec";
-    FailureOr<Attribute> value = convertAttribute(attr, loc);
+    FailureOr<Attribute> value = convertAttribute(attr, loc, node);
     if (failed(value))
       return failure();
     attrs.push_back(builder.getNamedAttr(attr.name(), *value));
@@ -440,6 +472,28 @@ LogicalResult GraphImporter::importNode(const onnx::NodeProto &node,
       return nodeError(node, loc) << "output '" << node.output(i)
                                   << "' is already defined";
   }
+  return success();
+}
+
+/// Checks an initializer's type against the one the graph declares for it
+/// (in value_info, or as a graph input), if any.
+LogicalResult GraphImporter::checkInitializer(const onnx::TensorProto &init,
+                                              RankedTensorType type,
+                                              Location loc) {
+  auto declared = declaredTypes.find(init.name());
+  if (declared == declaredTypes.end())
+    return success();
+  FailureOr<RankedTensorType> declaredType = convertValueType(
+      *declared->second, loc, "initializer '" + init.name() + "'");
+  if (failed(declaredType))
+    return failure();
+  bool sameShape = succeeded(verifyCompatibleShape(type, *declaredType));
+  if (!sameShape || type.getElementType() != declaredType->getElementType())
+    return emitError(loc) << "inconsistent "
+                          << (sameShape ? "element types" : "shapes")
+                          << ": initializer '" << init.name() << "' has type "
+                          << type << " but the graph declares "
+                          << *declaredType;
   return success();
 }
 
@@ -464,8 +518,18 @@ OwningOpRef<ModuleOp> GraphImporter::run() {
 
   // Arguments: graph inputs (those not also initializers), then parameters.
   llvm::StringSet<> initializerNames;
-  for (const auto &init : graph.initializer())
-    initializerNames.insert(init.name());
+  for (const auto &init : graph.initializer()) {
+    if (!initializerNames.insert(init.name()).second) {
+      emitError(NameLoc::get(builder.getStringAttr(init.name()), fileLoc))
+          << "initializer '" << init.name() << "' is defined twice";
+      return nullptr;
+    }
+  }
+  // Models of IR version < 4 also list initializers as graph inputs, typed:
+  // that type is a declaration to check like value_info.
+  for (const auto &input : graph.input())
+    if (initializerNames.contains(input.name()))
+      declaredTypes.try_emplace(input.name(), &input.type());
   SmallVector<Type> argTypes;
   SmallVector<NamedAttribute> argTags;
   SmallVector<std::string> argNames;
@@ -487,26 +551,33 @@ OwningOpRef<ModuleOp> GraphImporter::run() {
       constants.push_back(&init);
       continue;
     }
-    FailureOr<Type> elementType = convertElementType(
-        init.data_type(), fileLoc, "initializer '" + init.name() + "'");
+    // A parameter's values are only read when the model runs, but its type
+    // and where its data would come from are checked now.
+    Location loc = NameLoc::get(builder.getStringAttr(init.name()), fileLoc);
+    std::string what = "initializer '" + init.name() + "'";
+    FailureOr<Type> elementType =
+        convertElementType(init.data_type(), loc, what);
     if (failed(elementType))
       return nullptr;
     SmallVector<int64_t> shape(init.dims().begin(), init.dims().end());
-    auto declared = declaredTypes.find(init.name());
-    if (declared != declaredTypes.end()) {
-      FailureOr<RankedTensorType> declaredType = convertValueType(
-          *declared->second, fileLoc, "initializer '" + init.name() + "'");
-      if (failed(declaredType))
-        return nullptr;
-      auto type = RankedTensorType::get(shape, *elementType);
-      if (failed(verifyCompatibleShape(type, *declaredType))) {
-        emitError(fileLoc) << "inconsistent shapes: initializer '"
-                           << init.name() << "' has type " << type
-                           << " but the graph declares " << *declaredType;
+    for (int64_t d : shape) {
+      if (d < 0) {
+        emitError(loc) << what << " has negative dimension " << d;
         return nullptr;
       }
     }
-    argTypes.push_back(RankedTensorType::get(shape, *elementType));
+    auto type = RankedTensorType::get(shape, *elementType);
+    if (failed(checkInitializer(init, type, loc)))
+      return nullptr;
+    if (hasExternalData(init)) {
+      ExternalLocation location;
+      std::string message;
+      if (!resolveExternalLocation(init, modelDir, location, message)) {
+        emitError(loc) << message;
+        return nullptr;
+      }
+    }
+    argTypes.push_back(type);
     argTags.push_back(builder.getNamedAttr(
         "moe.parameter", builder.getStringAttr(init.name())));
     argNames.push_back(init.name());
@@ -536,7 +607,9 @@ OwningOpRef<ModuleOp> GraphImporter::run() {
   for (const onnx::TensorProto *init : constants) {
     Location loc = NameLoc::get(builder.getStringAttr(init->name()), fileLoc);
     FailureOr<DenseElementsAttr> value = convertTensor(*init, loc);
-    if (failed(value))
+    if (failed(value) ||
+        failed(checkInitializer(
+            *init, cast<RankedTensorType>(value->getType()), loc)))
       return nullptr;
     values[init->name()] = arith::ConstantOp::create(builder, loc, *value);
   }
@@ -578,6 +651,10 @@ OwningOpRef<ModuleOp> moec::importOnnxFile(MLIRContext &context,
     emitError(fileLoc) << "ONNX model is " << (*buffer)->getBufferSize()
                        << " bytes, over protobuf's 2 GiB limit; store the "
                           "weights as external data";
+    return nullptr;
+  }
+  if ((*buffer)->getBufferSize() == 0) {
+    emitError(fileLoc) << "not an ONNX model: the file is empty";
     return nullptr;
   }
   onnx::ModelProto model;

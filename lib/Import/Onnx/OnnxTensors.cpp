@@ -21,6 +21,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <limits>
 
 using namespace moec;
 
@@ -185,21 +186,35 @@ bool moec::decodeTensor(const onnx::TensorProto &tensor,
   size_t width = elementSize(type);
   if (width == 0) {
     error = fmt::format("tensor '{}' has unsupported element type {} ({})",
-                        tensor.name(), type,
-                        T::DataType_Name(static_cast<T::DataType>(type)));
+                        tensor.name(),
+                        T::DataType_Name(static_cast<T::DataType>(type)), type);
     return false;
   }
-  std::vector<int64_t> shape(tensor.dims().begin(), tensor.dims().end());
-  for (int64_t d : shape) {
+  // The shape is checked, and the data found, before anything is allocated:
+  // the dimensions come from the file and may be absurd.
+  HostTensor shaped;
+  shaped.shape.assign(tensor.dims().begin(), tensor.dims().end());
+  int64_t count = 1;
+  for (int64_t d : shaped.shape) {
     if (d < 0) {
       error = fmt::format("tensor '{}' has negative dimension {}",
                           tensor.name(), d);
       return false;
     }
+    if (d != 0 && count > std::numeric_limits<int64_t>::max() /
+                              static_cast<int64_t>(width) / d) {
+      error = fmt::format("tensor '{}' of shape {} is too large: over 2^63 "
+                          "bytes",
+                          tensor.name(), shaped.shapeString());
+      return false;
+    }
+    count *= d;
   }
-  out = isFloatType(type) ? HostTensor::floats(shape) : HostTensor::ints(shape);
-  int64_t count = out.numElements();
   uint64_t expectedBytes = static_cast<uint64_t>(count) * width;
+  auto allocate = [&] {
+    out = isFloatType(type) ? HostTensor::floats(shaped.shape)
+                            : HostTensor::ints(shaped.shape);
+  };
 
   if (hasExternalData(tensor)) {
     ExternalLocation loc;
@@ -208,17 +223,26 @@ bool moec::decodeTensor(const onnx::TensorProto &tensor,
     if (loc.length && *loc.length != expectedBytes) {
       error = fmt::format("initializer '{}': external data length {} does "
                           "not match its shape {} ({} bytes)",
-                          tensor.name(), *loc.length, out.shapeString(),
+                          tensor.name(), *loc.length, shaped.shapeString(),
                           expectedBytes);
       return false;
     }
+    uint64_t fileSize = 0;
     std::ifstream in(loc.path, std::ios::binary);
-    if (!in) {
+    if (!in || llvm::sys::fs::file_size(loc.path, fileSize)) {
       error = fmt::format("initializer '{}': cannot open external data file "
                           "'{}'",
                           tensor.name(), loc.path);
       return false;
     }
+    if (loc.offset > fileSize || fileSize - loc.offset < expectedBytes) {
+      error = fmt::format("initializer '{}': external data file '{}' has {} "
+                          "bytes, too few for {} bytes at offset {}",
+                          tensor.name(), loc.path, fileSize, expectedBytes,
+                          loc.offset);
+      return false;
+    }
+    allocate();
     std::string bytes(expectedBytes, '\0');
     in.seekg(static_cast<std::streamoff>(loc.offset));
     in.read(bytes.data(), static_cast<std::streamsize>(expectedBytes));
@@ -237,48 +261,48 @@ bool moec::decodeTensor(const onnx::TensorProto &tensor,
       error = fmt::format("tensor '{}' has {} bytes of raw data but its shape "
                           "{} needs {}",
                           tensor.name(), tensor.raw_data().size(),
-                          out.shapeString(), expectedBytes);
+                          shaped.shapeString(), expectedBytes);
       return false;
     }
+    allocate();
     decodeBytes(type, tensor.raw_data().data(), count, out);
     return true;
   }
 
-  // Typed fields.
-  auto sizeMismatch = [&](int64_t have) {
+  // Typed fields; int32_data holds all narrower types, halves as raw bits.
+  int64_t have;
+  switch (type) {
+  case T::FLOAT: have = tensor.float_data_size(); break;
+  case T::DOUBLE: have = tensor.double_data_size(); break;
+  case T::INT64: have = tensor.int64_data_size(); break;
+  case T::UINT32: case T::UINT64: have = tensor.uint64_data_size(); break;
+  default: have = tensor.int32_data_size(); break;
+  }
+  if (have != count) {
     error = fmt::format("tensor '{}' has {} elements but its shape {} needs "
                         "{}",
-                        tensor.name(), have, out.shapeString(), count);
+                        tensor.name(), have, shaped.shapeString(), count);
     return false;
-  };
+  }
+  allocate();
   switch (type) {
   case T::FLOAT:
-    if (tensor.float_data_size() != count)
-      return sizeMismatch(tensor.float_data_size());
     for (int64_t i = 0; i < count; ++i)
       out.f32[i] = tensor.float_data(i);
     return true;
   case T::DOUBLE:
-    if (tensor.double_data_size() != count)
-      return sizeMismatch(tensor.double_data_size());
     for (int64_t i = 0; i < count; ++i)
       out.f32[i] = static_cast<float>(tensor.double_data(i));
     return true;
   case T::INT64:
-    if (tensor.int64_data_size() != count)
-      return sizeMismatch(tensor.int64_data_size());
     for (int64_t i = 0; i < count; ++i)
       out.i64[i] = tensor.int64_data(i);
     return true;
   case T::UINT32: case T::UINT64:
-    if (tensor.uint64_data_size() != count)
-      return sizeMismatch(tensor.uint64_data_size());
     for (int64_t i = 0; i < count; ++i)
       out.i64[i] = static_cast<int64_t>(tensor.uint64_data(i));
     return true;
-  default: // int32_data holds all narrower types, halves as raw bits.
-    if (tensor.int32_data_size() != count)
-      return sizeMismatch(tensor.int32_data_size());
+  default:
     for (int64_t i = 0; i < count; ++i) {
       int32_t v = tensor.int32_data(i);
       if (type == T::FLOAT16)

@@ -1,0 +1,452 @@
+//===- BuildTrainStep.cpp - Loss, backward and AdamW from the forward -----===//
+//
+// Implements moe-build-train-step (see Passes.td). The training step is
+// built in four parts, in this order in the new function:
+//
+//   1. the forward, cloned, with its routers set to the chosen mode and the
+//      lm-head replaced by the fused cross-entropy;
+//   2. the losses and their weighted sum;
+//   3. the backward: a reverse walk over the cloned forward that emits, for
+//      every op with a gradient flowing into one of its results, the grad op
+//      of its rule, accumulating gradients of values used more than once;
+//   4. the optimizer: global gradient norm, then one moe.adamw per parameter.
+//
+// The rules are listed in docs/training.md. An op without a rule on the path
+// from a parameter to the loss is an error at that op.
+//
+//===----------------------------------------------------------------------===//
+
+#include "dialects/Moe/Transforms/Passes.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
+#include "mlir/Dialect/Tensor/IR/Tensor.h"
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/IRMapping.h"
+
+namespace mlir::moe {
+#define GEN_PASS_DEF_BUILDTRAINSTEP
+#include "dialects/Moe/Transforms/Passes.h.inc"
+} // namespace mlir::moe
+
+using namespace mlir;
+using namespace mlir::moe;
+
+namespace {
+
+RankedTensorType tensorType(Value v) {
+  return cast<RankedTensorType>(v.getType());
+}
+
+/// A scalar fp32 tensor constant.
+Value scalar(OpBuilder &b, Location loc, double value) {
+  auto type = RankedTensorType::get({}, b.getF32Type());
+  return arith::ConstantOp::create(
+      b, loc, DenseElementsAttr::get(type, static_cast<float>(value)));
+}
+
+class StepBuilder {
+public:
+  StepBuilder(func::FuncOp forward, LoadBalancing mode,
+              const BuildTrainStepOptions &options)
+      : forward(forward), mode(mode), options(options),
+        builder(forward.getContext()) {}
+
+  FailureOr<func::FuncOp> build();
+  int64_t numGradOps = 0;
+
+private:
+  LogicalResult emitBackward(Operation *op);
+  void addGrad(Value value, Value grad);
+  Value gradOf(Value v) { return grads.lookup(v); }
+
+  func::FuncOp forward;
+  LoadBalancing mode;
+  const BuildTrainStepOptions &options;
+  OpBuilder builder;
+  llvm::DenseMap<Value, Value> grads;
+};
+
+void StepBuilder::addGrad(Value value, Value grad) {
+  auto it = grads.find(value);
+  if (it == grads.end()) {
+    grads[value] = grad;
+    return;
+  }
+  it->second = arith::AddFOp::create(builder, grad.getLoc(), it->second, grad);
+}
+
+LogicalResult StepBuilder::emitBackward(Operation *op) {
+  bool hasGrad = llvm::any_of(op->getResults(),
+                              [&](Value r) { return grads.count(r) > 0; });
+  if (!hasGrad)
+    return success();
+  Location loc = op->getLoc();
+  ++numGradOps;
+  if (auto e = dyn_cast<EmbeddingOp>(op)) {
+    addGrad(e.getTable(),
+            EmbeddingGradOp::create(builder, loc, e.getTable().getType(),
+                                    e.getIndices(), gradOf(e.getResult())));
+    return success();
+  }
+  if (auto n = dyn_cast<RmsNormOp>(op)) {
+    auto g = RmsNormGradOp::create(
+        builder, loc, n.getInput().getType(), n.getWeight().getType(),
+        n.getInput(), n.getWeight(), gradOf(n.getResult()), n.getEpsilonAttr());
+    addGrad(n.getInput(), g.getDInput());
+    addGrad(n.getWeight(), g.getDWeight());
+    return success();
+  }
+  if (auto r = dyn_cast<RotaryOp>(op)) {
+    addGrad(r.getInput(),
+            RotaryGradOp::create(builder, loc, r.getInput().getType(),
+                                 gradOf(r.getResult()), r.getPositions(),
+                                 r.getThetaAttr()));
+    return success();
+  }
+  if (auto a = dyn_cast<AttentionOp>(op)) {
+    auto g = AttentionGradOp::create(
+        builder, loc, a.getQuery().getType(), a.getKey().getType(),
+        a.getValue().getType(), a.getQuery(), a.getKey(), a.getValue(),
+        gradOf(a.getResult()), a.getCausalAttr(), a.getScaleAttr(),
+        a.getSlidingWindowAttr());
+    addGrad(a.getQuery(), g.getDQuery());
+    addGrad(a.getKey(), g.getDKey());
+    addGrad(a.getValue(), g.getDValue());
+    return success();
+  }
+  if (auto l = dyn_cast<LinearOp>(op)) {
+    if (l.getBias())
+      return l.emitOpError() << "has a bias, which moe-build-train-step "
+                                "cannot differentiate yet";
+    auto g = LinearGradOp::create(builder, loc, l.getInput().getType(),
+                                  l.getWeight().getType(), l.getInput(),
+                                  l.getWeight(), gradOf(l.getResult()));
+    addGrad(l.getInput(), g.getDInput());
+    addGrad(l.getWeight(), g.getDWeight());
+    return success();
+  }
+  if (auto r = dyn_cast<RouterOp>(op)) {
+    Value dGates = gradOf(r.getGates());
+    if (!dGates)
+      return success(); // only the (integer) choices were used
+    addGrad(r.getLogits(),
+            RouterGradOp::create(builder, loc, r.getLogits().getType(),
+                                 r.getLogits(), r.getExperts(), dGates,
+                                 r.getLoadBalancingAttr()));
+    return success();
+  }
+  if (auto x = dyn_cast<ExpertsOp>(op)) {
+    auto g = ExpertsGradOp::create(
+        builder, loc, x.getInput().getType(), x.getGates().getType(),
+        x.getGateUp().getType(), x.getDown().getType(), x.getInput(),
+        x.getGates(), x.getExperts(), x.getGateUp(), x.getDown(),
+        gradOf(x.getResult()), x.getGateUpLayoutAttr());
+    addGrad(x.getInput(), g.getDInput());
+    addGrad(x.getGates(), g.getDGates());
+    addGrad(x.getGateUp(), g.getDGateUp());
+    addGrad(x.getDown(), g.getDDown());
+    return success();
+  }
+  if (auto add = dyn_cast<arith::AddFOp>(op)) {
+    Value g = gradOf(add.getResult());
+    addGrad(add.getLhs(), g);
+    addGrad(add.getRhs(), g);
+    return success();
+  }
+  if (auto expand = dyn_cast<tensor::ExpandShapeOp>(op)) {
+    addGrad(expand.getSrc(),
+            tensor::CollapseShapeOp::create(
+                builder, loc, expand.getSrcType(), gradOf(expand.getResult()),
+                expand.getReassociationIndices()));
+    return success();
+  }
+  if (auto collapse = dyn_cast<tensor::CollapseShapeOp>(op)) {
+    RankedTensorType srcType = collapse.getSrcType();
+    SmallVector<OpFoldResult> sizes;
+    for (int64_t d = 0; d < srcType.getRank(); ++d)
+      sizes.push_back(
+          srcType.isDynamicDim(d)
+              ? OpFoldResult(tensor::DimOp::create(builder, loc,
+                                                   collapse.getSrc(), d)
+                                 .getResult())
+              : OpFoldResult(builder.getIndexAttr(srcType.getDimSize(d))));
+    addGrad(collapse.getSrc(),
+            tensor::ExpandShapeOp::create(
+                builder, loc, srcType, gradOf(collapse.getResult()),
+                collapse.getReassociationIndices(), sizes));
+    return success();
+  }
+  if (auto transpose = dyn_cast<linalg::TransposeOp>(op)) {
+    ArrayRef<int64_t> perm = transpose.getPermutation();
+    SmallVector<int64_t> inverse(perm.size());
+    for (size_t i = 0; i < perm.size(); ++i)
+      inverse[perm[i]] = i;
+    RankedTensorType inType = tensorType(transpose.getInput());
+    auto init = tensor::EmptyOp::create(builder, loc, inType.getShape(),
+                                        inType.getElementType());
+    addGrad(transpose.getInput(),
+            linalg::TransposeOp::create(builder, loc,
+                                        gradOf(transpose.getResult()[0]), init,
+                                        inverse)
+                .getResult()[0]);
+    return success();
+  }
+  --numGradOps;
+  return op->emitOpError() << "has no gradient rule, but a parameter's "
+                              "gradient flows through it";
+}
+
+FailureOr<func::FuncOp> StepBuilder::build() {
+  Location loc = forward.getLoc();
+  Block &body = forward.getBody().front();
+
+  // --- Signature --------------------------------------------------------
+  SmallVector<BlockArgument> params;
+  BlockArgument inputIds;
+  for (BlockArgument arg : forward.getArguments()) {
+    if (forward.getArgAttr(arg.getArgNumber(), "moe.parameter"))
+      params.push_back(arg);
+    else if (forward.getArgAttr(arg.getArgNumber(), "moe.input")) {
+      if (inputIds)
+        return forward.emitOpError()
+               << "has more than one input; the training step expects only "
+                  "token ids";
+      inputIds = arg;
+    }
+  }
+  if (!inputIds || params.empty())
+    return forward.emitOpError() << "needs token ids and parameters";
+  auto i64Scalar = RankedTensorType::get({}, builder.getI64Type());
+  auto f32Scalar = RankedTensorType::get({}, builder.getF32Type());
+  SmallVector<Type> argTypes, resultTypes;
+  for (int copy = 0; copy < 3; ++copy)
+    for (BlockArgument p : params)
+      argTypes.push_back(p.getType());
+  argTypes.append({inputIds.getType(), inputIds.getType(), i64Scalar,
+                   f32Scalar});
+  resultTypes.append(argTypes.begin(), argTypes.begin() + 3 * params.size());
+
+  int64_t numLayers = 0, numExperts = 0;
+  forward.walk([&](RouterOp r) {
+    ++numLayers;
+    numExperts = tensorType(r.getLogits()).getShape().back();
+  });
+  if (numLayers == 0)
+    return forward.emitOpError() << "has no moe.router; nothing to balance";
+  resultTypes.append({f32Scalar, f32Scalar, f32Scalar, f32Scalar, f32Scalar,
+                      RankedTensorType::get({numLayers, numExperts},
+                                            builder.getI64Type())});
+  if (options.returnGradients)
+    for (BlockArgument p : params)
+      resultTypes.push_back(p.getType());
+
+  builder.setInsertionPointAfter(forward);
+  auto step = func::FuncOp::create(
+      builder, loc, "train_step",
+      builder.getFunctionType(argTypes, resultTypes));
+  Block *entry = step.addEntryBlock();
+  size_t n = params.size();
+  for (auto [i, p] : llvm::enumerate(params)) {
+    StringAttr name = forward.getArgAttrOfType<StringAttr>(
+        p.getArgNumber(), "moe.parameter");
+    step.setArgAttr(i, "moe.parameter", name);
+    step.setArgAttr(n + i, "moe.exp_avg", name);
+    step.setArgAttr(2 * n + i, "moe.exp_avg_sq", name);
+    step.setResultAttr(i, "moe.parameter", name);
+    step.setResultAttr(n + i, "moe.exp_avg", name);
+    step.setResultAttr(2 * n + i, "moe.exp_avg_sq", name);
+  }
+  step.setArgAttr(3 * n, "moe.input", builder.getStringAttr("input_ids"));
+  step.setArgAttr(3 * n + 1, "moe.input", builder.getStringAttr("labels"));
+  step.setArgAttr(3 * n + 2, "moe.input", builder.getStringAttr("step"));
+  step.setArgAttr(3 * n + 3, "moe.input", builder.getStringAttr("lr"));
+  static const char *const metricNames[] = {
+      "loss", "ce_loss", "aux_loss", "z_loss", "grad_norm", "expert_counts"};
+  for (auto [i, name] : llvm::enumerate(metricNames))
+    step.setResultAttr(3 * n + i, "moe.output", builder.getStringAttr(name));
+  if (options.returnGradients)
+    for (auto [i, p] : llvm::enumerate(params))
+      step.setResultAttr(3 * n + 6 + i, "moe.gradient",
+                         forward.getArgAttr(p.getArgNumber(), "moe.parameter"));
+
+  // --- 1. The forward -----------------------------------------------------
+  IRMapping mapping;
+  for (auto [i, p] : llvm::enumerate(params))
+    mapping.map(p, entry->getArgument(i));
+  mapping.map(inputIds, entry->getArgument(3 * n));
+  Value labels = entry->getArgument(3 * n + 1);
+  builder.setInsertionPointToStart(entry);
+  SmallVector<Operation *> cloned;
+  for (Operation &op : body.without_terminator()) {
+    if (isa<OnnxNodeOp>(op))
+      return op.emitOpError() << "was not raised; the training step needs a "
+                                 "fully raised forward";
+    cloned.push_back(builder.clone(op, mapping));
+  }
+  auto ret = cast<func::ReturnOp>(body.getTerminator());
+  if (ret.getNumOperands() != 1)
+    return ret.emitOpError() << "the forward must return only the logits";
+  auto head = mapping.lookup(ret.getOperand(0)).getDefiningOp<LmHeadOp>();
+  if (!head)
+    return ret.emitOpError() << "the forward must return a moe.lm_head";
+  SmallVector<Value> routerLogits, routerExperts;
+  for (Operation *op : cloned)
+    if (auto r = dyn_cast<RouterOp>(op)) {
+      r.setLoadBalancingAttr(
+          LoadBalancingAttr::get(builder.getContext(), mode));
+      routerLogits.push_back(r.getLogits());
+      routerExperts.push_back(r.getExperts());
+    }
+  int64_t k = 0;
+  for (Operation *op : cloned)
+    if (auto r = dyn_cast<RouterOp>(op))
+      k = r.getK();
+
+  // --- 2. Losses ----------------------------------------------------------
+  builder.setInsertionPointAfter(head);
+  Location headLoc = head.getLoc();
+  Value ce = LmHeadCrossEntropyOp::create(
+      builder, headLoc, f32Scalar, head.getInput(), head.getWeight(), labels,
+      builder.getI64IntegerAttr(options.ignoreIndex));
+  bool useAux = mode == LoadBalancing::aux_loss;
+  Value aux = useAux ? Value(LoadBalancingLossOp::create(
+                           builder, loc, f32Scalar, routerLogits,
+                           builder.getI64IntegerAttr(k)))
+                     : scalar(builder, loc, 0.0);
+  bool useZ = options.zLossCoef != 0.0;
+  Value z = useZ ? Value(RouterZLossOp::create(builder, loc, f32Scalar,
+                                               routerLogits))
+                 : scalar(builder, loc, 0.0);
+  Value loss = ce;
+  if (useAux)
+    loss = arith::AddFOp::create(
+        builder, loc, loss,
+        arith::MulFOp::create(builder, loc,
+                              scalar(builder, loc, options.auxLossCoef), aux));
+  if (useZ)
+    loss = arith::AddFOp::create(
+        builder, loc, loss,
+        arith::MulFOp::create(builder, loc,
+                              scalar(builder, loc, options.zLossCoef), z));
+  Value counts = ExpertCountsOp::create(
+      builder, loc,
+      RankedTensorType::get({numLayers, numExperts}, builder.getI64Type()),
+      routerExperts);
+
+  // --- 3. Backward --------------------------------------------------------
+  auto ceGrad = LmHeadCrossEntropyGradOp::create(
+      builder, headLoc, head.getInput().getType(), head.getWeight().getType(),
+      head.getInput(), head.getWeight(), labels,
+      builder.getI64IntegerAttr(options.ignoreIndex),
+      builder.getF64FloatAttr(1.0));
+  addGrad(head.getInput(), ceGrad.getDInput());
+  addGrad(head.getWeight(), ceGrad.getDWeight());
+  SmallVector<Type> logitTypes;
+  for (Value l : routerLogits)
+    logitTypes.push_back(l.getType());
+  if (useAux && options.auxLossCoef != 0.0) {
+    auto g = LoadBalancingLossGradOp::create(
+        builder, loc, logitTypes, routerLogits, builder.getI64IntegerAttr(k),
+        builder.getF64FloatAttr(options.auxLossCoef));
+    for (auto [l, d] : llvm::zip(routerLogits, g.getDLogits()))
+      addGrad(l, d);
+  }
+  if (useZ) {
+    auto g = RouterZLossGradOp::create(
+        builder, loc, logitTypes, routerLogits,
+        builder.getF64FloatAttr(options.zLossCoef));
+    for (auto [l, d] : llvm::zip(routerLogits, g.getDLogits()))
+      addGrad(l, d);
+  }
+  for (Operation *op : llvm::reverse(cloned)) {
+    if (op == head.getOperation())
+      continue;
+    if (failed(emitBackward(op)))
+      return failure();
+  }
+  head.erase();
+
+  // --- 4. Optimizer -------------------------------------------------------
+  SmallVector<Value> paramGrads;
+  for (size_t i = 0; i < n; ++i) {
+    Value arg = entry->getArgument(i);
+    Value g = gradOf(arg);
+    if (!g) { // a parameter the loss does not depend on
+      RankedTensorType t = tensorType(arg);
+      g = arith::ConstantOp::create(
+          builder, loc, DenseElementsAttr::get(t, builder.getFloatAttr(
+                                                      t.getElementType(), 0.0)));
+    }
+    paramGrads.push_back(g);
+  }
+  Value norm = GlobalNormOp::create(builder, loc, f32Scalar, paramGrads);
+  SmallVector<Value> newParams, newM, newV;
+  for (size_t i = 0; i < n; ++i) {
+    Value p = entry->getArgument(i);
+    double decay = tensorType(p).getRank() >= 2 ? options.weightDecay : 0.0;
+    auto update = AdamWOp::create(
+        builder, loc, p.getType(), p.getType(), p.getType(), p, paramGrads[i], entry->getArgument(n + i),
+        entry->getArgument(2 * n + i), entry->getArgument(3 * n + 2),
+        entry->getArgument(3 * n + 3), norm,
+        builder.getF64FloatAttr(options.beta1),
+        builder.getF64FloatAttr(options.beta2),
+        builder.getF64FloatAttr(options.epsilon),
+        builder.getF64FloatAttr(decay),
+        builder.getF64FloatAttr(options.maxGradNorm));
+    newParams.push_back(update.getNewParam());
+    newM.push_back(update.getNewExpAvg());
+    newV.push_back(update.getNewExpAvgSq());
+  }
+  SmallVector<Value> results;
+  results.append(newParams);
+  results.append(newM);
+  results.append(newV);
+  results.append({loss, ce, aux, z, norm, counts});
+  if (options.returnGradients)
+    results.append(paramGrads);
+  func::ReturnOp::create(builder, loc, results);
+  return step;
+}
+
+struct BuildTrainStepPass
+    : public moe::impl::BuildTrainStepBase<BuildTrainStepPass> {
+  using BuildTrainStepBase::BuildTrainStepBase;
+
+  void runOnOperation() override {
+    ModuleOp module = getOperation();
+    auto forward = module.lookupSymbol<func::FuncOp>("forward");
+    if (!forward) {
+      module.emitError() << "moe-build-train-step needs a function 'forward'";
+      return signalPassFailure();
+    }
+    if (module.lookupSymbol("train_step")) {
+      module.emitError() << "the module already has a 'train_step'";
+      return signalPassFailure();
+    }
+    std::optional<LoadBalancing> mode = symbolizeLoadBalancing(loadBalancing);
+    if (!mode) {
+      module.emitError() << "unknown load-balancing mode '" << loadBalancing
+                         << "'; expected aux_loss, sinkhorn, balanced or none";
+      return signalPassFailure();
+    }
+    BuildTrainStepOptions options;
+    options.loadBalancing = loadBalancing;
+    options.auxLossCoef = auxLossCoef;
+    options.zLossCoef = zLossCoef;
+    options.beta1 = beta1;
+    options.beta2 = beta2;
+    options.epsilon = epsilon;
+    options.weightDecay = weightDecay;
+    options.maxGradNorm = maxGradNorm;
+    options.ignoreIndex = ignoreIndex;
+    options.returnGradients = returnGradients;
+    StepBuilder step(forward, *mode, options);
+    if (failed(step.build()))
+      return signalPassFailure();
+    numGradOps += step.numGradOps;
+  }
+};
+
+} // namespace

@@ -1,0 +1,71 @@
+//===- ParamInit.h - Sharding-invariant parameter initialisation -*- C++ -*-===//
+//
+// `delayed_param`: every element of every parameter is a pure function of
+// (seed, parameter name, element index), so any rank can create any shard of
+// any parameter alone, and the global parameters are the same for every
+// (world size, expert-parallel degree, hybrid-shard degree). The CPU
+// reference, the GPU initialisation kernel and python/moec/init.py implement
+// exactly this:
+//
+//   splitmix64(z): z += 0x9E3779B97F4A7C15;
+//                  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9;
+//                  z = (z ^ (z >> 27)) * 0x94D049BB133111EB; return z ^ (z >> 31)
+//   key(name)    = FNV-1a 64 of the UTF-8 name
+//   bits(i, j)   = splitmix64(splitmix64(splitmix64(seed) ^ key) ^ (2i + j))
+//   u_j          = ((bits(i, j) >> 11) + 0.5) · 2^-53            in (0, 1)
+//   normal(i)    = sqrt(-2 ln u_0) · cos(2π u_1)                 (fp64)
+//
+// with i the row-major index in the full, unsharded parameter. Hugging
+// Face's Mixtral initialisers: normal(0, initializer_range) for linear,
+// embedding and expert weights, ones for RMSNorm weights.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOEC_SUPPORT_PARAMINIT_H
+#define MOEC_SUPPORT_PARAMINIT_H
+
+#include <cmath>
+#include <cstdint>
+#include <string_view>
+
+namespace moec {
+
+inline uint64_t splitmix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+inline uint64_t fnv1a64(std::string_view text) {
+  uint64_t hash = 0xcbf29ce484222325ull;
+  for (unsigned char c : text) {
+    hash ^= c;
+    hash *= 0x100000001b3ull;
+  }
+  return hash;
+}
+
+/// The standard-normal stream of one parameter.
+class ParamNormalStream {
+public:
+  ParamNormalStream(uint64_t seed, std::string_view name)
+      : base(splitmix64(splitmix64(seed) ^ fnv1a64(name))) {}
+
+  /// The standard-normal value of element `index`.
+  double at(uint64_t index) const {
+    double u0 = uniform(2 * index), u1 = uniform(2 * index + 1);
+    return std::sqrt(-2.0 * std::log(u0)) * std::cos(2.0 * M_PI * u1);
+  }
+
+private:
+  double uniform(uint64_t counter) const {
+    uint64_t bits = splitmix64(base ^ counter);
+    return (static_cast<double>(bits >> 11) + 0.5) * 0x1.0p-53;
+  }
+  uint64_t base;
+};
+
+} // namespace moec
+
+#endif // MOEC_SUPPORT_PARAMINIT_H
