@@ -1,0 +1,46 @@
+// RUN: moec-opt %s -split-input-file -moe-build-train-step -verify-diagnostics
+// RUN: not moec-opt %s -split-input-file -moe-build-train-step="load-balancing=greedy" 2>&1 | FileCheck %s --check-prefix=MODE
+
+// Tests that an unraised ONNX node in the forward is an error at that node.
+// MODE: error: unknown load-balancing mode 'greedy'; expected aux_loss, sinkhorn, balanced or none
+func.func @forward(%ids: tensor<2x8xi64> {moe.input = "input_ids"},
+                   %table: tensor<64x16xf32> {moe.parameter = "embed.weight"},
+                   %head: tensor<64x16xf32> {moe.parameter = "lm_head.weight"}) -> tensor<2x8x64xf32> {
+  %h = moe.embedding %table[%ids] : (tensor<64x16xf32>, tensor<2x8xi64>) -> tensor<2x8x16xf32>
+  // expected-error@+1 {{'moe.onnx_node' op was not raised; the training step needs a fully raised forward}}
+  %s = moe.onnx_node "Softmax"(%h) {axis = -1 : i64} : (tensor<2x8x16xf32>) -> tensor<2x8x16xf32>
+  %g, %e = moe.router %s {k = 2 : i64, load_balancing = #moe.load_balancing<aux_loss>} : (tensor<2x8x16xf32>) -> (tensor<2x8x2xf32>, tensor<2x8x2xi64>)
+  %o = moe.lm_head %s, %head : (tensor<2x8x16xf32>, tensor<64x16xf32>) -> tensor<2x8x64xf32>
+  return %o : tensor<2x8x64xf32>
+}
+
+// -----
+
+// Tests that a linear with a bias on the gradient path is reported.
+func.func @forward(%ids: tensor<2x8xi64> {moe.input = "input_ids"},
+                   %table: tensor<64x16xf32> {moe.parameter = "embed.weight"},
+                   %w: tensor<4x16xf32> {moe.parameter = "gate.weight"},
+                   %b: tensor<4xf32> {moe.parameter = "gate.bias"},
+                   %gate_up: tensor<4x32x16xf32> {moe.parameter = "experts.gate_up_proj"},
+                   %down: tensor<4x16x16xf32> {moe.parameter = "experts.down_proj"},
+                   %head: tensor<64x16xf32> {moe.parameter = "lm_head.weight"}) -> tensor<2x8x64xf32> {
+  %h = moe.embedding %table[%ids] : (tensor<64x16xf32>, tensor<2x8xi64>) -> tensor<2x8x16xf32>
+  // expected-error@+1 {{'moe.linear' op has a bias, which moe-build-train-step cannot differentiate yet}}
+  %l = moe.linear %h, %w bias %b : (tensor<2x8x16xf32>, tensor<4x16xf32>, tensor<4xf32>) -> tensor<2x8x4xf32>
+  %g, %e = moe.router %l {k = 2 : i64, load_balancing = #moe.load_balancing<aux_loss>} : (tensor<2x8x4xf32>) -> (tensor<2x8x2xf32>, tensor<2x8x2xi64>)
+  %x = moe.experts %h, %g, %e, %gate_up, %down {gate_up_layout = #moe.gate_up_layout<concatenated>} : (tensor<2x8x16xf32>, tensor<2x8x2xf32>, tensor<2x8x2xi64>, tensor<4x32x16xf32>, tensor<4x16x16xf32>) -> tensor<2x8x16xf32>
+  %o = moe.lm_head %x, %head : (tensor<2x8x16xf32>, tensor<64x16xf32>) -> tensor<2x8x64xf32>
+  return %o : tensor<2x8x64xf32>
+}
+
+// -----
+
+// Tests that a model without routers is refused: there is nothing to balance.
+// expected-error@+1 {{'func.func' op has no moe.router; nothing to balance}}
+func.func @forward(%ids: tensor<2x8xi64> {moe.input = "input_ids"},
+                   %table: tensor<64x16xf32> {moe.parameter = "embed.weight"},
+                   %head: tensor<64x16xf32> {moe.parameter = "lm_head.weight"}) -> tensor<2x8x64xf32> {
+  %h = moe.embedding %table[%ids] : (tensor<64x16xf32>, tensor<2x8xi64>) -> tensor<2x8x16xf32>
+  %o = moe.lm_head %h, %head : (tensor<2x8x16xf32>, tensor<64x16xf32>) -> tensor<2x8x64xf32>
+  return %o : tensor<2x8x64xf32>
+}
