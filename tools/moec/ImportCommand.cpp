@@ -64,6 +64,7 @@ void printSummary(const moec::ModelConfig &c, llvm::raw_ostream &os) {
 
 int moec::cli::runImport() {
   MLIRContext context;
+  DiagnosticPrinter diagnostics(context);
   OwningOpRef<ModuleOp> module =
       loadModel(context, inputPath, !noRaise, requireComplete);
   if (!module)

@@ -17,6 +17,52 @@
 
 using namespace mlir;
 
+namespace {
+
+/// The innermost file position of a location, if it has one.
+std::optional<FileLineColLoc> filePosition(Location loc) {
+  if (auto file = dyn_cast<FileLineColLoc>(loc))
+    return file;
+  if (auto name = dyn_cast<NameLoc>(loc))
+    return filePosition(name.getChildLoc());
+  if (auto call = dyn_cast<CallSiteLoc>(loc))
+    return filePosition(call.getCallee());
+  if (auto fused = dyn_cast<FusedLoc>(loc))
+    for (Location inner : fused.getLocations())
+      if (auto file = filePosition(inner))
+        return file;
+  return std::nullopt;
+}
+
+void printDiagnostic(Diagnostic &diag, llvm::raw_ostream &os) {
+  if (std::optional<FileLineColLoc> file = filePosition(diag.getLocation()))
+    os << file->getFilename().getValue() << ":" << file->getLine() << ":"
+       << file->getColumn() << ": ";
+  switch (diag.getSeverity()) {
+  case DiagnosticSeverity::Error: os << "error: "; break;
+  case DiagnosticSeverity::Warning: os << "warning: "; break;
+  case DiagnosticSeverity::Note: os << "note: "; break;
+  case DiagnosticSeverity::Remark: os << "remark: "; break;
+  }
+  os << diag << "\n";
+  for (Diagnostic &note : diag.getNotes())
+    printDiagnostic(note, os);
+}
+
+} // namespace
+
+moec::cli::DiagnosticPrinter::DiagnosticPrinter(MLIRContext &context)
+    : context(context) {
+  id = context.getDiagEngine().registerHandler([](Diagnostic &diag) {
+    printDiagnostic(diag, llvm::errs());
+    return success();
+  });
+}
+
+moec::cli::DiagnosticPrinter::~DiagnosticPrinter() {
+  context.getDiagEngine().eraseHandler(id);
+}
+
 OwningOpRef<ModuleOp> moec::cli::loadModel(MLIRContext &context,
                                            llvm::StringRef path, bool raise,
                                            bool requireComplete) {

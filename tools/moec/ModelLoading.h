@@ -12,9 +12,25 @@
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/IR/OwningOpRef.h"
+#include "mlir/IR/Diagnostics.h"
 #include "llvm/ADT/StringRef.h"
 
 namespace moec::cli {
+
+/// Prints diagnostics as `file:line:col: error: message` (for an ONNX node,
+/// line is its 1-based position in the graph), with notes after them, for
+/// as long as it lives.
+/// Unlike MLIR's SourceMgr handler it never quotes the source line: an ONNX
+/// file is binary.
+class DiagnosticPrinter {
+public:
+  explicit DiagnosticPrinter(mlir::MLIRContext &context);
+  ~DiagnosticPrinter();
+
+private:
+  mlir::MLIRContext &context;
+  mlir::DiagnosticEngine::HandlerID id;
+};
 
 /// Loads `path`: `.mlir` files are parsed as they are; anything else is
 /// imported as ONNX and, when `raise` is set, run through the import

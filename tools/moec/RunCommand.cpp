@@ -52,6 +52,7 @@ int fail(const std::string &message) {
 
 int moec::cli::runRun() {
   MLIRContext context;
+  DiagnosticPrinter diagnostics(context);
   OwningOpRef<ModuleOp> module =
       loadModel(context, modelPath, /*raise=*/true, /*requireComplete=*/true);
   if (!module)

@@ -158,6 +158,7 @@ int moec::cli::runTrain() {
                             "positive",
                             steps.getValue(), microBatchSize.getValue()));
   MLIRContext context;
+  DiagnosticPrinter diagnostics(context);
   OwningOpRef<ModuleOp> module =
       loadModel(context, modelPath, /*raise=*/true, /*requireComplete=*/true);
   if (!module)

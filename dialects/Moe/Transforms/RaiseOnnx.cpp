@@ -1083,9 +1083,13 @@ struct RaiseOnnxPass : public moe::impl::RaiseOnnxBase<RaiseOnnxPass> {
     numRaised += raised;
     func.walk([&](OnnxNodeOp node) {
       ++numLeft;
-      if (requireComplete)
-        node.emitOpError() << "ONNX node '" << node.getOpType()
-                           << "' could not be raised to moe ops";
+      if (!requireComplete)
+        return;
+      InFlightDiagnostic diag = node.emitOpError() << "ONNX node ";
+      if (auto name = dyn_cast<NameLoc>(node.getLoc()))
+        diag << "'" << name.getName().getValue() << "' ";
+      diag << "(" << node.getOpType()
+           << ") is not part of any pattern moe-raise-onnx recognises";
     });
     if (requireComplete && numLeft > 0)
       signalPassFailure();
