@@ -7,7 +7,8 @@
 //   * parameters (floating-point initializers named like checkpoint weights,
 //     or of rank >= 2 without a unit dimension) become arguments tagged
 //     `moe.parameter = "<checkpoint name>"`, after the inputs, in file order;
-//     their values are never read, so weights-free models import too;
+//     their values are never read (external-data locations are checked),
+//     so weights-free models import too;
 //   * every other initializer and every `Constant` node becomes an
 //     `arith.constant`;
 //   * every other node becomes a `moe.onnx_node`, located at the node's name
