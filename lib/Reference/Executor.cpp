@@ -19,6 +19,7 @@
 #include "llvm/ADT/TypeSwitch.h"
 
 #include <cmath>
+#include <cstring>
 
 using namespace mlir;
 using namespace moec;
@@ -46,6 +47,19 @@ LogicalResult checkAgainstType(const HostTensor &tensor, Type type,
     return emitError(loc) << what << " has shape " << tensor.shapeString()
                           << " but its type is " << type;
   return success();
+}
+
+/// Rounds to the nearest bf16 (ties to even), kept in a float.
+float roundToBFloat16(float x) {
+  if (std::isnan(x))
+    return x;
+  uint32_t bits;
+  std::memcpy(&bits, &x, 4);
+  bits += 0x7FFFu + ((bits >> 16) & 1u);
+  bits &= 0xFFFF0000u;
+  float rounded;
+  std::memcpy(&rounded, &bits, 4);
+  return rounded;
 }
 
 HostTensor fromAttribute(DenseElementsAttr attr) {
@@ -93,6 +107,11 @@ private:
   LogicalResult set(Operation *op, Value v, HostTensor t) {
     if (failed(checkAgainstType(t, v.getType(), op->getLoc(), "result")))
       return failure();
+    // A bf16 value is stored as fp32 rounded to bf16, as a GPU kernel that
+    // computes in fp32 and stores bf16 would leave it.
+    if (cast<RankedTensorType>(v.getType()).getElementType().isBF16())
+      for (float &x : t.f32)
+        x = roundToBFloat16(x);
     env[v] = std::move(t);
     return success();
   }
@@ -131,6 +150,10 @@ LogicalResult Interpreter::execute(Operation *op) {
               return failure();
             return set(op, op->getResult(0), std::move(out));
           })
+      .Case<arith::TruncFOp, arith::ExtFOp>([&](Operation *) -> LogicalResult {
+        // Element conversions: set() rounds when the result is bf16.
+        return set(op, op->getResult(0), get(op->getOperand(0)));
+      })
       .Case([&](tensor::EmptyOp e) -> LogicalResult {
         RankedTensorType type = e.getType();
         if (!type.hasStaticShape())

@@ -22,6 +22,7 @@
 #include "moec/Reference/Executor.h"
 #include "moec/Support/ParamInit.h"
 
+#include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Pass/PassManager.h"
 #include "llvm/Support/FileSystem.h"
@@ -31,6 +32,7 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <functional>
 #include <cmath>
 
 using namespace mlir;
@@ -107,6 +109,10 @@ cl::opt<std::string> dumpDir("dump",
                              cl::value_desc("dir"), cl::sub(sub));
 cl::opt<std::string> logPath("log", cl::desc("write per-step metrics as CSV"),
                              cl::value_desc("file"), cl::sub(sub));
+cl::opt<bool> bf16("bf16",
+                    cl::desc("forward and backward on bf16 copies of the fp32 "
+                             "master weights"),
+                    cl::sub(sub));
 cl::opt<bool> printIr("print-ir", cl::desc("print the training step's IR"),
                       cl::sub(sub));
 
@@ -174,6 +180,7 @@ int moec::cli::runTrain() {
   options.weightDecay = weightDecay;
   options.maxGradNorm = maxGradNorm;
   options.returnGradients = !dumpDir.empty();
+  options.computeType = bf16 ? "bf16" : "f32";
   PassManager pm(&context);
   buildTrainStepPipeline(pm, options);
   if (failed(pm.run(*module)))
@@ -217,12 +224,18 @@ int moec::cli::runTrain() {
     names[i] = step.getArgAttrOfType<StringAttr>(i, "moe.parameter").str();
     auto type = cast<RankedTensorType>(step.getArgument(i).getType());
     std::vector<int64_t> shape(type.getShape().begin(), type.getShape().end());
-    bool isNormWeight = llvm::any_of(step.getArgument(i).getUsers(),
-                                     [&](Operation *user) {
-                                       auto norm = dyn_cast<moe::RmsNormOp>(user);
-                                       return norm && norm.getWeight() ==
-                                                          step.getArgument(i);
-                                     });
+    // RMSNorm weights start at one: a parameter the norm reads, directly
+    // or through its bf16 compute copy.
+    std::function<bool(Value)> isNormWeightValue = [&](Value v) {
+      return llvm::any_of(v.getUsers(), [&](Operation *user) {
+        if (auto norm = dyn_cast<moe::RmsNormOp>(user))
+          return norm.getWeight() == v;
+        if (auto copy = dyn_cast<arith::TruncFOp>(user))
+          return isNormWeightValue(copy.getResult());
+        return false;
+      });
+    };
+    bool isNormWeight = isNormWeightValue(step.getArgument(i));
     HostTensor value = HostTensor::floats(shape);
     if (weights) {
       if (!weights->load(names[i], value, error))

@@ -48,10 +48,10 @@ Value scalar(OpBuilder &b, Location loc, double value) {
 
 class StepBuilder {
 public:
-  StepBuilder(func::FuncOp forward, LoadBalancing mode,
+  StepBuilder(func::FuncOp forward, LoadBalancing mode, Type computeType,
               const BuildTrainStepOptions &options)
-      : forward(forward), mode(mode), options(options),
-        builder(forward.getContext()) {}
+      : forward(forward), mode(mode), computeType(computeType),
+        options(options), builder(forward.getContext()) {}
 
   FailureOr<func::FuncOp> build();
   int64_t numGradOps = 0;
@@ -63,6 +63,7 @@ private:
 
   func::FuncOp forward;
   LoadBalancing mode;
+  Type computeType; ///< Null: compute in the masters' fp32.
   const BuildTrainStepOptions &options;
   OpBuilder builder;
   llvm::DenseMap<Value, Value> grads;
@@ -273,17 +274,35 @@ FailureOr<func::FuncOp> StepBuilder::build() {
 
   // --- 1. The forward -----------------------------------------------------
   IRMapping mapping;
-  for (auto [i, p] : llvm::enumerate(params))
-    mapping.map(p, entry->getArgument(i));
+  builder.setInsertionPointToStart(entry);
+  // bf16 compute copies: the forward reads truncated masters.
+  SmallVector<Value> computeParams;
+  for (auto [i, p] : llvm::enumerate(params)) {
+    Value master = entry->getArgument(i);
+    Value copy = master;
+    if (computeType) {
+      RankedTensorType t = tensorType(master);
+      copy = arith::TruncFOp::create(
+          builder, loc, RankedTensorType::get(t.getShape(), computeType),
+          master);
+    }
+    computeParams.push_back(copy);
+    mapping.map(p, copy);
+  }
   mapping.map(inputIds, entry->getArgument(3 * n));
   Value labels = entry->getArgument(3 * n + 1);
-  builder.setInsertionPointToStart(entry);
   SmallVector<Operation *> cloned;
   for (Operation &op : body.without_terminator()) {
     if (isa<OnnxNodeOp>(op))
       return op.emitOpError() << "was not raised; the training step needs a "
                                  "fully raised forward";
-    cloned.push_back(builder.clone(op, mapping));
+    Operation *copy = builder.clone(op, mapping);
+    if (computeType)
+      for (Value result : copy->getResults())
+        if (auto t = dyn_cast<RankedTensorType>(result.getType()))
+          if (t.getElementType().isF32())
+            result.setType(RankedTensorType::get(t.getShape(), computeType));
+    cloned.push_back(copy);
   }
   auto ret = cast<func::ReturnOp>(body.getTerminator());
   if (ret.getNumOperands() != 1)
@@ -372,7 +391,9 @@ FailureOr<func::FuncOp> StepBuilder::build() {
   SmallVector<Value> paramGrads;
   for (size_t i = 0; i < n; ++i) {
     Value arg = entry->getArgument(i);
-    Value g = gradOf(arg);
+    Value g = gradOf(computeParams[i]);
+    if (g && computeType) // back to fp32 for the norm and the update
+      g = arith::ExtFOp::create(builder, loc, arg.getType(), g);
     if (!g) { // a parameter the loss does not depend on
       RankedTensorType t = tensorType(arg);
       g = arith::ConstantOp::create(
@@ -442,7 +463,16 @@ struct BuildTrainStepPass
     options.maxGradNorm = maxGradNorm;
     options.ignoreIndex = ignoreIndex;
     options.returnGradients = returnGradients;
-    StepBuilder step(forward, *mode, options);
+    options.computeType = computeType;
+    Type compute;
+    if (computeType == "bf16")
+      compute = BFloat16Type::get(&getContext());
+    else if (computeType != "f32") {
+      module.emitError() << "unknown compute-type '" << computeType
+                         << "'; expected f32 or bf16";
+      return signalPassFailure();
+    }
+    StepBuilder step(forward, *mode, compute, options);
     if (failed(step.build()))
       return signalPassFailure();
     numGradOps += step.numGradOps;

@@ -61,6 +61,11 @@ def BuildTrainStep : Pass<"moe-build-train-step", "::mlir::ModuleOp"> {
     global gradient norm is taken and every parameter gets one `moe.adamw`
     (weight decay only on parameters of rank 2 or more, clipping to
     `max-grad-norm`). Per-layer expert slot counts are returned for metrics.
+
+    With `compute-type=bf16` the forward and backward run on bf16 copies of
+    the fp32 master weights (`arith.truncf` at the start, every activation
+    and gradient bf16); the gradients are widened to fp32 (`arith.extf`)
+    for the norm and the update, which stay fp32.
   }];
   let dependentDialects = [
     "::mlir::moe::MoeDialect",
@@ -84,6 +89,9 @@ def BuildTrainStep : Pass<"moe-build-train-step", "::mlir::ModuleOp"> {
            "clip gradients to this global norm (0: no clipping)">,
     Option<"ignoreIndex", "ignore-index", "int64_t", "-100",
            "label value that does not count in the loss">,
+    Option<"computeType", "compute-type", "std::string", "\"f32\"",
+           "element type of the forward and backward: f32, or bf16 for "
+           "bf16 compute copies of the fp32 master weights">,
     Option<"returnGradients", "return-gradients", "bool", "false",
            "also return every parameter's gradient (before clipping), "
            "tagged moe.gradient, for checking against a reference">
