@@ -255,6 +255,41 @@ bool matmul(const HostTensor &a0, const HostTensor &b0, HostTensor &out,
   return true;
 }
 
+/// For GatherND/ScatterND: the flat offset into a tensor of `shape` of each
+/// index tuple of `indices` ([..., depth]), negative indices wrapped. Fails
+/// naming `op` and the index when one is out of range.
+bool indexTupleOffsets(const HostTensor &indices, const Shape &shape,
+                       StringRef op, std::vector<int64_t> &offsets,
+                       std::string &error) {
+  int64_t depth = indices.shape.back();
+  Shape strides = stridesOf(shape);
+  std::vector<int64_t> idx = intValues(indices);
+  int64_t count = indices.numElements() / std::max<int64_t>(depth, 1);
+  offsets.assign(count, 0);
+  for (int64_t l = 0; l < count; ++l)
+    for (int64_t d = 0; d < depth; ++d) {
+      int64_t v = idx[l * depth + d];
+      if (v < 0)
+        v += shape[d];
+      if (v < 0 || v >= shape[d]) {
+        error = fmt::format("{} index {} is out of range [0, {})", op.str(), v,
+                            shape[d]);
+        return false;
+      }
+      offsets[l] += v * strides[d];
+    }
+  return true;
+}
+
+/// The number of elements a tensor of `shape` has after its first `depth`
+/// dimensions.
+int64_t trailingSize(const Shape &shape, int64_t depth) {
+  int64_t inner = 1;
+  for (size_t d = depth; d < shape.size(); ++d)
+    inner *= shape[d];
+  return inner;
+}
+
 /// One element of a binary operator; integer division truncates and
 /// integer Mod takes the divisor's sign (ONNX's fmod = 0), dividing by zero
 /// gives 0 rather than a trap.
@@ -668,29 +703,14 @@ bool OnnxEvaluator::evaluateOp(Operation *op, std::string &error) {
     int64_t depth = ind.shape.back();
     Shape shape(ind.shape.begin(), ind.shape.end() - 1);
     shape.insert(shape.end(), x.shape.begin() + depth, x.shape.end());
-    int64_t inner = 1;
-    for (size_t d = depth; d < x.shape.size(); ++d)
-      inner *= x.shape[d];
-    Shape strides = stridesOf(x.shape);
+    int64_t inner = trailingSize(x.shape, depth);
     HostTensor out = like(x.isFloat(), shape);
-    std::vector<int64_t> idx = intValues(ind);
-    int64_t lookups = ind.numElements() / std::max<int64_t>(depth, 1);
-    for (int64_t l = 0; l < lookups; ++l) {
-      int64_t src = 0;
-      for (int64_t d = 0; d < depth; ++d) {
-        int64_t v = idx[l * depth + d];
-        if (v < 0)
-          v += x.shape[d];
-        if (v < 0 || v >= x.shape[d]) {
-          error = fmt::format("GatherND index {} is out of range [0, {})", v,
-                              x.shape[d]);
-          return false;
-        }
-        src += v * strides[d];
-      }
+    std::vector<int64_t> offsets;
+    if (!indexTupleOffsets(ind, x.shape, "GatherND", offsets, error))
+      return false;
+    for (size_t l = 0; l < offsets.size(); ++l)
       for (int64_t i = 0; i < inner; ++i)
-        copyElement(x, src + i, out, l * inner + i);
-    }
+        copyElement(x, offsets[l] + i, out, l * inner + i);
     return result(0, std::move(out));
   }
   if (type == "Range") {
@@ -915,29 +935,13 @@ bool OnnxEvaluator::evaluateOp(Operation *op, std::string &error) {
     HostTensor out = *in[0];
     const HostTensor &ind = *in[1];
     const HostTensor &updates = *in[2];
-    int64_t depth = ind.shape.back();
-    int64_t inner = 1;
-    for (size_t d = depth; d < out.shape.size(); ++d)
-      inner *= out.shape[d];
-    Shape strides = stridesOf(out.shape);
-    std::vector<int64_t> idx = intValues(ind);
-    int64_t lookups = ind.numElements() / std::max<int64_t>(depth, 1);
-    for (int64_t l = 0; l < lookups; ++l) {
-      int64_t dst = 0;
-      for (int64_t d = 0; d < depth; ++d) {
-        int64_t v = idx[l * depth + d];
-        if (v < 0)
-          v += out.shape[d];
-        if (v < 0 || v >= out.shape[d]) {
-          error = fmt::format("ScatterND index {} is out of range [0, {})", v,
-                              out.shape[d]);
-          return false;
-        }
-        dst += v * strides[d];
-      }
+    int64_t inner = trailingSize(out.shape, ind.shape.back());
+    std::vector<int64_t> offsets;
+    if (!indexTupleOffsets(ind, out.shape, "ScatterND", offsets, error))
+      return false;
+    for (size_t l = 0; l < offsets.size(); ++l)
       for (int64_t i = 0; i < inner; ++i)
-        put(out, dst + i, at(updates, l * inner + i));
-    }
+        put(out, offsets[l] + i, at(updates, l * inner + i));
     return result(0, std::move(out));
   }
   if (groupedMatMul) {
