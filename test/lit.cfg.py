@@ -25,6 +25,7 @@ config.test_exec_root = os.path.join(config.moec_obj_root, "test")
 config.substitutions.append(("%moec_src", config.moec_src_root))
 config.substitutions.append(("%inputs", os.path.join(config.moec_src_root, "test", "Inputs")))
 config.substitutions.append(("%python", config.python_executable))
+config.substitutions.append(("%moec_bin", os.path.join(config.moec_tools_dir, "moec")))
 config.environment["PYTHONPATH"] = os.path.join(config.moec_src_root, "python")
 
 llvm_config.with_system_environment(["HOME", "TMPDIR"])

@@ -16,6 +16,16 @@ Modules:
   under ``test/Inputs/tiny/``.
 * :mod:`moec.inspect_onnx` -- ``python -m moec.inspect_onnx``: prints an ONNX
   graph node by node with shapes.
+* :mod:`moec.check_ort` -- compares a ``moec run`` output with onnxruntime.
+* :mod:`moec.make_invalid_models` -- writes the broken models the importer's
+  error tests use (``test/Inputs/invalid``).
+* :mod:`moec.init` -- ``delayed_param``: the counter-based parameter
+  initialisation, the same as the C++ ``ParamInit.h``.
+* :mod:`moec.train_reference` -- the PyTorch reference training step (all four
+  load-balancing modes) and the goldens in ``test/Inputs/train``.
+* :mod:`moec.check_train` -- compares a ``moec train --dump`` with a golden.
+* :mod:`moec.data` -- tokenises Debian's fortunes into token-block files.
+* :mod:`moec.plot_loss` -- draws a training-metrics CSV.
 
 Run them with ``PYTHONPATH=python`` from the repository root.
 """
