@@ -478,8 +478,11 @@ bool reference::route(const HostTensor &logits, int64_t k, Routing mode,
   }
 
   // Balanced: capacities T·k/E (the first T·k mod E experts one more),
-  // filled greedily by probability; tokens still short take the best expert
-  // with room they lack, else their best expert they lack (capacity + 1).
+  // filled greedily by probability. A token still short lacks only full
+  // experts (capacities only shrink), and holds an expert f with room. Some
+  // token u then holds a full expert e it lacks but not f (else
+  // cap_e <= |holders(f)| - 1 <= cap_f - 2): u moves from e to f and the
+  // short token takes e, so every expert gets exactly its capacity.
   std::vector<double> probs(tokens * numExperts);
   for (int64_t t = 0; t < tokens; ++t) {
     softmaxRow(&logits.f32[t * numExperts], numExperts, p);
@@ -506,27 +509,42 @@ bool reference::route(const HostTensor &logits, int64_t k, Routing mode,
       --capacity[e];
     }
   }
+  auto byProbability = [&](int64_t t) {
+    return topK(std::vector<double>(probs.begin() + t * numExperts,
+                                    probs.begin() + (t + 1) * numExperts),
+                numExperts);
+  };
   for (int64_t t = 0; t < tokens; ++t) {
     while (static_cast<int64_t>(assigned[t].size()) < k) {
-      std::vector<double> row(probs.begin() + t * numExperts,
-                              probs.begin() + (t + 1) * numExperts);
-      std::vector<int64_t> order = topK(row, numExperts);
-      int64_t pick = -1;
-      for (int64_t e : order)
-        if (!has(t, e) && capacity[e] > 0) {
-          pick = e;
-          break;
+      bool placed = false;
+      for (int64_t e : byProbability(t)) {
+        if (placed || has(t, e))
+          continue;
+        if (capacity[e] > 0) {
+          --capacity[e];
+          placed = true;
         }
-      if (pick < 0)
-        for (int64_t e : order)
-          if (!has(t, e)) {
-            pick = e;
-            break;
-          }
-      assigned[t].push_back(pick);
-      if (capacity[pick] > 0)
-        --capacity[pick];
+        for (int64_t u = 0; u < tokens && !placed; ++u) {
+          if (u == t || !has(u, e))
+            continue;
+          for (int64_t f : byProbability(u))
+            if (capacity[f] > 0 && !has(u, f)) {
+              *std::find(assigned[u].begin(), assigned[u].end(), e) = f;
+              --capacity[f];
+              placed = true;
+              break;
+            }
+        }
+        if (placed)
+          assigned[t].push_back(e);
+      }
+      if (!placed) {
+        error = "balanced routing found no assignment";
+        return false;
+      }
     }
+  }
+  for (int64_t t = 0; t < tokens; ++t) {
     // Gates: the chosen probabilities renormalised, in descending order.
     std::stable_sort(assigned[t].begin(), assigned[t].end(),
                      [&](int64_t a, int64_t b) {

@@ -51,14 +51,16 @@ Losses by ``moe_load_balancing`` (L layers, T = B*S tokens, E experts, top-k;
     ``p = softmax(logits)``; capacity ``c_e = floor(T*k/E) + (1 if e < T*k mod E else 0)``.
     Sort all (token, expert) pairs by ``p`` descending, ties by lower token,
     then lower expert; take a pair if its token has fewer than k experts and
-    its expert has capacity left. Then each token still short of k experts (in
-    token order) takes the experts it does not have that have capacity left,
-    by descending ``p``; when none has, the highest-``p`` expert it does not
-    have (that expert then exceeds its capacity by one). (After the greedy
-    pass, every expert a short token lacks is full, so in fact the fallback
-    always applies.) A token's k choices are listed by descending ``p`` (ties:
-    lower expert); gates = those ``p`` renormalised to sum 1, differentiated
-    through ``p``.
+    its expert has capacity left. Then each token t still short of k experts
+    (in token order), for its missing experts e by descending ``p``: takes e
+    if e has room; otherwise finds the first token u (token order) that holds
+    e and can move to an expert f with room it lacks (u's best such f), moves
+    u from e to f and takes e. (After the greedy pass every expert a short
+    token lacks is full and such a u always exists, so every expert ends at
+    exactly its capacity: the T*k/E, ±1 of the brief comes from the
+    rounding of the capacities only.) A token's k choices are listed by
+    descending ``p`` (ties: lower expert); gates = those ``p`` renormalised
+    to sum 1, differentiated through ``p``.
 ``none``
     Mixtral routing, no router loss.
 
@@ -66,7 +68,7 @@ In every mode, with ``--z-loss-coef z > 0``: ``z_loss = mean over the L*T
 rows of logsumexp(logits)^2`` and ``loss += z * z_loss``; with z = 0 the
 recorded ``z_loss`` is 0. The recorded ``aux_loss`` is the term before its
 coefficient, 0 outside ``aux_loss``. ``expert_counts[l, e]`` = token slots
-expert ``e`` got in layer ``l`` (each row sums to T*k, overflow included).
+expert ``e`` got in layer ``l`` (each row sums to T*k).
 Sinkhorn and balanced couple all T tokens of the step (one micro-batch).
 
 Optimizer (``torch.optim.AdamW``, ``foreach=False``) after
@@ -241,19 +243,38 @@ def balanced_assignment(probs: np.ndarray, top_k: int) -> np.ndarray:
         if len(chosen[t]) < top_k and room[e] > 0:
             chosen[t].append(e)
             room[e] -= 1
+    # A token still short lacks only full experts (capacities only shrink) and
+    # some expert f still has room. Then a token u holds a full expert e the
+    # short token lacks, but not f: u moves from e to f (its best such f) and
+    # the short token takes e. Every expert ends exactly at its capacity.
+    def by_probability(t: int) -> list[int]:
+        return sorted(range(experts), key=lambda e: (-float(probs[t, e]), e))
+
     for t in range(tokens):
-        if len(chosen[t]) == top_k:
-            continue
-        # Experts t lacks, best first.
-        missing = sorted((e for e in range(experts) if e not in chosen[t]), key=lambda e: (-float(probs[t, e]), e))
-        for e in missing:
-            if len(chosen[t]) < top_k and room[e] > 0:
-                chosen[t].append(e)
-                room[e] -= 1
-        for e in missing:
-            if len(chosen[t]) < top_k and e not in chosen[t]:
-                chosen[t].append(e)  # over capacity by one
-                room[e] -= 1
+        while len(chosen[t]) < top_k:
+            placed = False
+            for e in by_probability(t):
+                if e in chosen[t]:
+                    continue
+                if room[e] > 0:
+                    room[e] -= 1
+                    placed = True
+                for u in range(tokens):
+                    if placed:
+                        break
+                    if u == t or e not in chosen[u]:
+                        continue
+                    for f in by_probability(u):
+                        if room[f] > 0 and f not in chosen[u]:
+                            chosen[u][chosen[u].index(e)] = f
+                            room[f] -= 1
+                            placed = True
+                            break
+                if placed:
+                    chosen[t].append(e)
+                    break
+            if not placed:
+                raise AssertionError("balanced routing found no assignment")
     ordered = [sorted(c, key=lambda e, t=t: (-float(probs[t, e]), e)) for t, c in enumerate(chosen)]
     return np.array(ordered, dtype=np.int64).reshape(tokens, top_k)
 
@@ -665,12 +686,12 @@ def self_test() -> int:
     check(balanced_assignment(p, 2).tolist() == [[0, 1], [1, 2], [0, 2]], "balanced: greedy pass, capacity 2 each")
     p = np.array([[0.5, 0.4, 0.1], [0.45, 0.35, 0.2], [0.3, 0.25, 0.45]], dtype=np.float32)
     got = balanced_assignment(p, 2)
-    # (t1,e0) and (t2,e2) tie at 0.45: t1 first; e0 and e1 fill; t2 is left with e2 only and
-    # takes e0, its best expert it lacks, over capacity.
-    check(got.tolist() == [[0, 1], [0, 1], [2, 0]],
-          f"balanced: tie by token, fallback over capacity (got {got.tolist()})")
-    check(np.bincount(got.reshape(-1), minlength=3).tolist() == [3, 2, 1],
-          "balanced: counts [3, 2, 1] (capacity 2 ±1)")
+    # (t1,e0) and (t2,e2) tie at 0.45: t1 first; e0 and e1 fill; t2 is left with e2 only. Its best
+    # missing expert e0 is full: t0 moves from e0 to e2 (which has room) and t2 takes e0.
+    check(got.tolist() == [[1, 2], [0, 1], [2, 0]],
+          f"balanced: tie by token, exchange when short (got {got.tolist()})")
+    check(np.bincount(got.reshape(-1), minlength=3).tolist() == [2, 2, 2],
+          "balanced: counts [2, 2, 2], every expert at capacity")
     logits_b = torch.log(torch.from_numpy(p)).requires_grad_()
     gates, experts = route_balanced(logits_b, 2)
     probs = torch.softmax(logits_b.detach(), -1)
@@ -685,9 +706,9 @@ def self_test() -> int:
             counts = np.bincount(a.reshape(-1), minlength=experts_n)
             cap = np.array(balanced_capacity(tokens, experts_n, k))
             ok &= all(len(set(row)) == k for row in a.tolist())
-            ok &= bool((counts <= cap + 1).all() and counts.sum() == tokens * k)
+            ok &= bool((counts == cap).all())
             ok &= np.array_equal(a, balanced_assignment(probs.copy(), k))
-    check(ok, "balanced on random inputs: k distinct experts per token, counts <= capacity + 1, deterministic")
+    check(ok, "balanced on random inputs: k distinct experts per token, counts == capacity, deterministic")
 
     # The router replacement is used, and is exact: Mixtral's own routing through it equals the stock model.
     config = Run("tiny", "aux_loss").config()

@@ -77,4 +77,17 @@ def Moe_GateUpLayoutAttr : EnumAttr<Moe_Dialect, Moe_GateUpLayout,
   let assemblyFormat = "`<` $value `>`";
 }
 
+def Moe_ParamInitKind : I32EnumAttr<"ParamInitKind",
+    "how a parameter is initialised", [
+      I32EnumAttrCase<"normal", 0>,
+      I32EnumAttrCase<"ones", 1>
+    ]> {
+  let cppNamespace = "::mlir::moe";
+  let genSpecializedAttr = 0;
+}
+def Moe_ParamInitKindAttr : EnumAttr<Moe_Dialect, Moe_ParamInitKind,
+                                     "param_init"> {
+  let assemblyFormat = "`<` $value `>`";
+}
+
 #endif // MOE_DIALECT_TD

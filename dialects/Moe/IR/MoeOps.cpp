@@ -235,6 +235,30 @@ LogicalResult LmHeadOp::verify() {
   return verifySameElementType(*this, "result", getType(), input);
 }
 
+LogicalResult ParamInitOp::verify() {
+  RankedTensorType type = getType();
+  if (!type.hasStaticShape())
+    return emitOpError() << "result must have a static shape but has type "
+                         << type;
+  if (getKind() == ParamInitKind::normal && !(getStd().convertToDouble() > 0))
+    return emitOpError() << "std must be positive for normal initialisation "
+                            "but is "
+                         << getStd().convertToDouble();
+  ArrayRef<int64_t> shape = type.getShape();
+  ArrayRef<int64_t> global = getGlobalShape() ? *getGlobalShape() : shape;
+  SmallVector<int64_t> zeros(shape.size(), 0);
+  ArrayRef<int64_t> offsets = getOffsets() ? *getOffsets() : ArrayRef(zeros);
+  if (global.size() != shape.size() || offsets.size() != shape.size())
+    return emitOpError() << "global_shape and offsets must have rank "
+                         << shape.size();
+  for (size_t d = 0; d < shape.size(); ++d)
+    if (offsets[d] < 0 || offsets[d] + shape[d] > global[d])
+      return emitOpError() << "shard [" << offsets[d] << ", "
+                           << offsets[d] + shape[d] << ") of dimension " << d
+                           << " is outside the parameter's " << global[d];
+  return success();
+}
+
 LogicalResult ExpertCountsOp::verify() {
   RankedTensorType counts = getCounts().getType();
   if (counts.getRank() != 2)

@@ -225,6 +225,39 @@ def Moe_LmHeadOp : Moe_Op<"lm_head", [Pure]> {
 }
 
 //===----------------------------------------------------------------------===//
+// Parameter initialisation
+//===----------------------------------------------------------------------===//
+
+def Moe_ParamInitOp : Moe_Op<"param_init", [Pure]> {
+  let summary = "creates a parameter (or a shard of it) from the seed alone";
+  let description = [{
+    `delayed_param`: element `i` of the result is a pure function of the
+    seed, the parameter's `name` and the element's row-major index in the
+    full parameter of shape `global_shape` (the result's shape unless given);
+    `offsets` place a shard in it. With `kind = normal`, `std · N(0, 1)` from
+    the counter-based generator of docs/training.md; with `kind = ones`, 1.
+    Any rank can thus create any shard alone, and the global parameter is
+    the same for every partitioning.
+
+    ```mlir
+    %w = moe.param_init %seed {name = "model.layers.0.mlp.gate.weight",
+        kind = #moe.param_init<normal>, std = 2.0e-02 : f64}
+        : (tensor<i64>) -> tensor<8x4096xf32>
+    ```
+  }];
+  let arguments = (ins 0DTensorOf<[I64]>:$seed, StrAttr:$name,
+                       Moe_ParamInitKindAttr:$kind,
+                       DefaultValuedAttr<F64Attr, "0.0">:$std,
+                       OptionalAttr<DenseI64ArrayAttr>:$global_shape,
+                       OptionalAttr<DenseI64ArrayAttr>:$offsets);
+  let results = (outs Moe_FloatTensor:$result);
+  let assemblyFormat = [{
+    $seed attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
 // Training: losses
 //===----------------------------------------------------------------------===//
 

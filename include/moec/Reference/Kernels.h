@@ -65,7 +65,9 @@ enum class Routing { AuxLoss, Sinkhorn, Balanced, None };
 /// `mode` defines (docs/Dialects/Moe.md): aux_loss/none as routeTopK with
 /// renormalisation; sinkhorn picks by the Sinkhorn-normalised exp(logits)
 /// and gates with the softmax (sigmoid when k == 1), not renormalised;
-/// balanced gives every expert T·k/E slots (±1), greedily by probability.
+/// balanced gives every expert exactly its capacity of T·k/E slots (the
+/// first T·k mod E experts one more), greedily by probability, exchanging
+/// a full expert's slot when a token would fall short.
 bool route(const HostTensor &logits, int64_t k, Routing mode,
            HostTensor &gates, HostTensor &experts, std::string &error);
 
