@@ -112,6 +112,18 @@ llvm::Error checkRequest(const ModelDescription &model,
     return fail(
         llvm::formatv("seq_len {0} must be at least 1", training.seqLen));
   const int64_t w = parallel.worldSize;
+  // Limits that keep every byte count inside int64 and the per-rank tables
+  // small; far beyond any real job.
+  constexpr int64_t maxRanks = int64_t(1) << 16, maxTokens = int64_t(1) << 30;
+  if (w > maxRanks)
+    return fail(llvm::formatv(
+        "world_size {0} is more than the planner's limit of {1} ranks", w,
+        maxRanks));
+  if (training.seqLen > maxTokens / training.microBatchSize)
+    return fail(llvm::formatv(
+        "micro_batch_size {0} times seq_len {1} is more than the planner's "
+        "limit of {2} tokens per rank",
+        training.microBatchSize, training.seqLen, maxTokens));
   if (training.globalBatchSize < 0)
     return fail(llvm::formatv("global_batch_size {0} must not be negative",
                               training.globalBatchSize));
@@ -132,14 +144,15 @@ llvm::Error checkRequest(const ModelDescription &model,
     return fail(llvm::formatv("gpu memory {0} bytes must be positive",
                               gpu.memoryBytes));
   if (gpu.peakFlops <= 0)
-    return fail(llvm::formatv("gpu peak {0} FLOP/s must be positive",
-                              gpu.peakFlops));
+    return fail(llvm::formatv("gpu peak {0:f1} TFLOP/s must be positive",
+                              gpu.peakFlops / 1e12));
   if (gpu.memoryBandwidth <= 0 || gpu.intraNodeBandwidth <= 0 ||
       gpu.interNodeBandwidth <= 0)
     return fail(llvm::formatv(
-        "gpu bandwidths must be positive (memory {0}, intra-node {1}, "
-        "inter-node {2} bytes/s)",
-        gpu.memoryBandwidth, gpu.intraNodeBandwidth, gpu.interNodeBandwidth));
+        "gpu bandwidths must be positive (memory {0:f1}, intra-node {1:f1}, "
+        "inter-node {2:f1} GB/s)",
+        gpu.memoryBandwidth / 1e9, gpu.intraNodeBandwidth / 1e9,
+        gpu.interNodeBandwidth / 1e9));
   if (!(efficiency.compute > 0 && efficiency.compute <= 1))
     return fail(llvm::formatv("compute efficiency {0} must be in (0, 1]",
                               efficiency.compute));

@@ -177,6 +177,17 @@ std::optional<GpuSpec> readGpu() {
       return std::nullopt;
     }
     gpu = GpuSpec{"custom"};
+    std::vector<std::string> missing;
+    for (const cl::opt<double> *option :
+         {&gpuMemoryGib, &gpuTflops, &memoryBandwidth, &nvlinkBandwidth,
+          &internodeBandwidth})
+      if (!option->getNumOccurrences())
+        missing.push_back(("--" + option->ArgStr).str());
+    if (!missing.empty()) {
+      fail("--gpu custom needs every hardware number; missing " +
+           llvm::join(missing, ", "));
+      return std::nullopt;
+    }
   }
   if (gpuMemoryGib.getNumOccurrences())
     gpu->memoryBytes = int64_t(gpuMemoryGib * double(int64_t(1) << 30));
