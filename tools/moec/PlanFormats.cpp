@@ -270,9 +270,13 @@ void moec::cli::printPlanTable(const TrainingPlan &plan, bool allPlacements,
       st.dispatchSeconds * 1e3, st.exposedShardingSeconds * 1e3,
       st.shardingSeconds * 1e3, st.optimizerSeconds * 1e3);
   os << fmt::format(
-      "  model FLOPs per rank and step {:.1f} TFLOP ({:.1f} with recompute) at "
-      "{:.0f} TFLOP/s x {:.2f}\n",
-      st.modelFlopsPerRank / 1e12, st.hardwareFlopsPerRank / 1e12,
+      "  model FLOPs per rank and step {:.1f} TFLOP{} at {:.0f} TFLOP/s x "
+      "{:.2f}\n",
+      st.modelFlopsPerRank / 1e12,
+      st.hardwareFlopsPerRank > st.modelFlopsPerRank
+          ? fmt::format(" ({:.1f} with recompute)",
+                        st.hardwareFlopsPerRank / 1e12)
+          : std::string(),
       plan.gpu.peakFlops / 1e12, plan.efficiency.compute);
   os << fmt::format("  {} tokens/s, {:.1f} model TFLOP/s per GPU\n",
                     commas(int64_t(st.tokensPerSecond)), st.modelTflopsPerGpu);
