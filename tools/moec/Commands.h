@@ -23,6 +23,9 @@ int runRun();
 extern llvm::cl::SubCommand trainCommand;
 int runTrain();
 
+extern llvm::cl::SubCommand planCommand;
+int runPlan();
+
 } // namespace moec::cli
 
 #endif // TOOLS_MOEC_COMMANDS_H

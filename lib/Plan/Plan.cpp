@@ -1,0 +1,468 @@
+//===- Plan.cpp - Memory, communication and time of a training step -------===//
+//
+// See moec/Plan/Plan.h; docs/plan.md derives every formula here and checks
+// them by hand for Mixtral 8x7B. Byte counts are exact integers; times are
+// estimates from the GpuSpec and Efficiency numbers.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moec/Plan/Plan.h"
+
+#include "llvm/ADT/StringSwitch.h"
+#include "llvm/Support/FormatVariadic.h"
+
+#include <algorithm>
+#include <cmath>
+
+using namespace moec;
+using namespace moec::plan;
+
+llvm::StringRef moec::plan::stringifyCheckpointing(Checkpointing c) {
+  switch (c) {
+  case Checkpointing::None: return "none";
+  case Checkpointing::Selective: return "selective";
+  case Checkpointing::Full: return "full";
+  }
+  llvm_unreachable("unknown checkpointing");
+}
+
+std::optional<Checkpointing>
+moec::plan::symbolizeCheckpointing(llvm::StringRef name) {
+  return llvm::StringSwitch<std::optional<Checkpointing>>(name)
+      .Case("none", Checkpointing::None)
+      .Case("selective", Checkpointing::Selective)
+      .Case("full", Checkpointing::Full)
+      .Default(std::nullopt);
+}
+
+llvm::StringRef moec::plan::stringifyPrecision(Precision p) {
+  return p == Precision::Bf16 ? "bf16" : "fp32";
+}
+
+std::optional<Precision> moec::plan::symbolizePrecision(llvm::StringRef name) {
+  return llvm::StringSwitch<std::optional<Precision>>(name)
+      .Case("bf16", Precision::Bf16)
+      .Case("fp32", Precision::Fp32)
+      .Default(std::nullopt);
+}
+
+llvm::StringRef moec::plan::stringifyCollectiveKind(CollectiveKind kind) {
+  switch (kind) {
+  case CollectiveKind::AllGather: return "all_gather";
+  case CollectiveKind::ReduceScatter: return "reduce_scatter";
+  case CollectiveKind::AllReduce: return "all_reduce";
+  case CollectiveKind::AllToAll: return "all_to_all";
+  }
+  llvm_unreachable("unknown collective");
+}
+
+llvm::ArrayRef<llvm::StringRef> moec::plan::gpuNames() {
+  static const llvm::StringRef names[] = {"h100-80gb", "h200-141gb",
+                                          "a100-80gb", "a100-40gb"};
+  return names;
+}
+
+std::optional<GpuSpec> moec::plan::getGpu(llvm::StringRef name) {
+  // Sources and assumptions: docs/plan.md, "GPUs". Memory is what nvidia-smi
+  // reports; bandwidths are per GPU and direction.
+  constexpr int64_t MiB = int64_t(1) << 20;
+  constexpr double T = 1e12, G = 1e9;
+  if (name == "h100-80gb")
+    return GpuSpec{"h100-80gb", 81559 * MiB, 989 * T, 3350 * G, 450 * G,
+                   50 * G};
+  if (name == "h200-141gb")
+    return GpuSpec{"h200-141gb", 143771 * MiB, 989 * T, 4800 * G, 450 * G,
+                   50 * G};
+  if (name == "a100-80gb")
+    return GpuSpec{"a100-80gb", 81920 * MiB, 312 * T, 2039 * G, 300 * G,
+                   25 * G};
+  if (name == "a100-40gb")
+    return GpuSpec{"a100-40gb", 40960 * MiB, 312 * T, 1555 * G, 300 * G,
+                   25 * G};
+  return std::nullopt;
+}
+
+int64_t MemoryBreakdown::persistent() const {
+  return computeParams + masterParams + gradients + optimizerStates;
+}
+
+int64_t MemoryBreakdown::total() const {
+  return computeParams + gatheredParams + masterParams + gradients +
+         unshardedGradients + optimizerStates + activations +
+         communicationBuffers + workspace;
+}
+
+namespace {
+
+llvm::Error fail(const llvm::Twine &message) {
+  return llvm::createStringError(llvm::inconvertibleErrorCode(), message);
+}
+
+llvm::Error checkRequest(const ModelDescription &model,
+                         const ParallelConfig &parallel,
+                         const TrainingConfig &training, const GpuSpec &gpu,
+                         const Efficiency &efficiency) {
+  const ModelConfig &c = model.config;
+  if (c.numLayers < 1 || c.hiddenSize < 1 || c.numExperts < 1 || c.topK < 1)
+    return fail("the model has no layers, hidden size or experts to plan");
+  if (training.microBatchSize < 1)
+    return fail(llvm::formatv("micro_batch_size {0} must be at least 1",
+                              training.microBatchSize));
+  if (training.seqLen < 1)
+    return fail(
+        llvm::formatv("seq_len {0} must be at least 1", training.seqLen));
+  const int64_t w = parallel.worldSize;
+  // Limits that keep every byte count inside int64 and the per-rank tables
+  // small; far beyond any real job.
+  constexpr int64_t maxRanks = int64_t(1) << 16, maxTokens = int64_t(1) << 30;
+  if (w > maxRanks)
+    return fail(llvm::formatv(
+        "world_size {0} is more than the planner's limit of {1} ranks", w,
+        maxRanks));
+  if (training.seqLen > maxTokens / training.microBatchSize)
+    return fail(llvm::formatv(
+        "micro_batch_size {0} times seq_len {1} is more than the planner's "
+        "limit of {2} tokens per rank",
+        training.microBatchSize, training.seqLen, maxTokens));
+  if (training.globalBatchSize < 0)
+    return fail(llvm::formatv("global_batch_size {0} must not be negative",
+                              training.globalBatchSize));
+  if (training.globalBatchSize > 0) {
+    if (training.globalBatchSize < w)
+      return fail(llvm::formatv(
+          "global_batch_size {0} sequences is fewer than world_size {1}: "
+          "every rank needs its own data",
+          training.globalBatchSize, w));
+    if (training.globalBatchSize % (w * training.microBatchSize) != 0)
+      return fail(llvm::formatv(
+          "global_batch_size {0} is not a multiple of world_size {1} times "
+          "micro_batch_size {2} = {3}",
+          training.globalBatchSize, w, training.microBatchSize,
+          w * training.microBatchSize));
+  }
+  if (gpu.memoryBytes <= 0)
+    return fail(llvm::formatv("gpu memory {0} bytes must be positive",
+                              gpu.memoryBytes));
+  if (gpu.peakFlops <= 0)
+    return fail(llvm::formatv("gpu peak {0:f1} TFLOP/s must be positive",
+                              gpu.peakFlops / 1e12));
+  if (gpu.memoryBandwidth <= 0 || gpu.intraNodeBandwidth <= 0 ||
+      gpu.interNodeBandwidth <= 0)
+    return fail(llvm::formatv(
+        "gpu bandwidths must be positive (memory {0:f1}, intra-node {1:f1}, "
+        "inter-node {2:f1} GB/s)",
+        gpu.memoryBandwidth / 1e9, gpu.intraNodeBandwidth / 1e9,
+        gpu.interNodeBandwidth / 1e9));
+  if (!(efficiency.compute > 0 && efficiency.compute <= 1))
+    return fail(llvm::formatv("compute efficiency {0} must be in (0, 1]",
+                              efficiency.compute));
+  if (!(efficiency.communication > 0 && efficiency.communication <= 1))
+    return fail(llvm::formatv("communication efficiency {0} must be in (0, 1]",
+                              efficiency.communication));
+  if (efficiency.reservedBytes < 0)
+    return fail(llvm::formatv("reserved memory {0} bytes must not be negative",
+                              efficiency.reservedBytes));
+  return llvm::Error::success();
+}
+
+/// Per-token activation sizes of one decoder layer, bytes.
+struct LayerActivations {
+  /// Everything the backward reads when nothing is recomputed.
+  int64_t all = 0;
+  /// What selective checkpointing recomputes (RMS norm outputs and SwiGLU).
+  int64_t selectiveRecomputed = 0;
+  /// The layer's input (what full checkpointing keeps).
+  int64_t input = 0;
+  /// Activation gradients live during one layer's backward.
+  int64_t gradients = 0;
+};
+
+LayerActivations layerActivations(const ModelConfig &c, int64_t a) {
+  const int64_t h = c.hiddenSize, qd = c.numHeads * c.headDim,
+                kvd = c.numKeyValueHeads * c.headDim, k = c.topK,
+                i = c.intermediateSize;
+  LayerActivations act;
+  // bf16/fp32 tensors: input, norm1 output, q, k, v, attention output,
+  // residual (norm2 input), norm2 output, permuted expert input (k per
+  // token), gate/up output, SwiGLU output, expert output.
+  act.all = a * (4 * h + 2 * qd + 2 * kvd + 2 * k * h + 3 * k * i) +
+            // fp32: router probabilities, attention log-sum-exp per head,
+            // two RMS-norm reciprocal RMS; top-k indices (i64) and weights.
+            4 * (c.numExperts + c.numHeads + 2) + 12 * k;
+  act.selectiveRecomputed = a * (2 * h + k * i);
+  act.input = a * h;
+  act.gradients = a * (k * (3 * i + h) + 2 * h);
+  return act;
+}
+
+} // namespace
+
+llvm::Expected<TrainingPlan>
+moec::plan::makePlan(const ModelDescription &model,
+                     const ParallelConfig &parallel,
+                     const TrainingConfig &training, const GpuSpec &gpu,
+                     const Efficiency &efficiency) {
+  llvm::Expected<Mesh> mesh = resolveMesh(parallel, model.config.numExperts);
+  if (!mesh)
+    return mesh.takeError();
+  if (llvm::Error err =
+          checkRequest(model, parallel, training, gpu, efficiency))
+    return std::move(err);
+
+  TrainingPlan plan{model, *mesh, training, gpu, efficiency};
+  const ModelConfig &c = plan.model.config;
+  const ModelPlacement placement = plan.placement();
+  const Mesh &m = plan.mesh;
+  const bool bf16 = training.precision == Precision::Bf16;
+  const int64_t a = bf16 ? 2 : 4; // compute element bytes
+  const int64_t w = m.worldSize(), p = m.expertParallelDegree(),
+                hs = m.shardDegree();
+  const int64_t tokens = training.microBatchSize * training.seqLen;
+  const int64_t accumulation =
+      training.globalBatchSize == 0
+          ? 1
+          : training.globalBatchSize / (w * training.microBatchSize);
+
+  // Units in execution order and their local (gathered) sizes.
+  std::vector<int64_t> unitElements;
+  for (int64_t unit : plan.model.units())
+    unitElements.push_back(placement.unitLocalElements(unit));
+  int64_t maxUnit = 0, maxPair = 0;
+  for (size_t u = 0; u < unitElements.size(); ++u) {
+    maxUnit = std::max(maxUnit, unitElements[u]);
+    int64_t next = u + 1 < unitElements.size() ? unitElements[u + 1] : 0;
+    maxPair = std::max(maxPair, unitElements[u] + next);
+  }
+
+  // Activations (same on every rank: balanced routing).
+  const LayerActivations layer = layerActivations(c, a);
+  const int64_t headPerToken = a * 2 * c.hiddenSize + a * c.vocabSize +
+                               4 * c.vocabSize;
+  int64_t activationsPerToken = 0;
+  switch (training.checkpointing) {
+  case Checkpointing::None:
+    activationsPerToken = c.numLayers * layer.all;
+    break;
+  case Checkpointing::Selective:
+    activationsPerToken = c.numLayers * (layer.all - layer.selectiveRecomputed) +
+                          layer.selectiveRecomputed;
+    break;
+  case Checkpointing::Full:
+    activationsPerToken = c.numLayers * layer.input + layer.all;
+    break;
+  }
+  const int64_t activations = tokens * (activationsPerToken + headPerToken);
+
+  // Communication buffers: all-to-all send (T·k token copies) and receive
+  // (worst case: every rank of the expert group sends all its tokens here,
+  // each at most min(k, E/P) times), and the fp32 reduce-scatter input.
+  int64_t dispatchBuffers = 0;
+  if (p > 1) {
+    const int64_t perRank = std::min(c.topK, c.numExperts / p);
+    dispatchBuffers =
+        a * c.hiddenSize * (tokens * c.topK + p * tokens * perRank);
+  }
+  const int64_t reduceScatterBuffer = hs > 1 && bf16 ? 4 * maxUnit : 0;
+
+  plan.memory.resize(w);
+  for (int64_t rank = 0; rank < w; ++rank) {
+    const int64_t shard = placement.shardElements(rank);
+    MemoryBreakdown &mem = plan.memory[rank];
+    mem.computeParams = bf16 ? 2 * shard : 0;
+    mem.gatheredParams = hs > 1 ? a * maxPair : 0;
+    mem.masterParams = 4 * shard;
+    mem.gradients = 4 * shard;
+    mem.unshardedGradients = a * maxUnit;
+    mem.optimizerStates = 8 * shard;
+    mem.activations = activations;
+    mem.communicationBuffers = dispatchBuffers + reduceScatterBuffer;
+    mem.workspace = tokens * layer.gradients + efficiency.reservedBytes;
+    if (mem.total() > plan.memory[plan.peakRank].total())
+      plan.peakRank = rank;
+  }
+  plan.fits = plan.peakMemory().total() <= gpu.memoryBytes;
+
+  // Collectives per optimizer step.
+  auto bandwidth = [&](bool crosses) {
+    return (crosses ? gpu.interNodeBandwidth : gpu.intraNodeBandwidth) *
+           efficiency.communication;
+  };
+  auto add = [&](std::string what, CollectiveKind kind, GroupKind group,
+                 int64_t bytes, int64_t count, bool overlapped) {
+    const int64_t n = m.groupSize(group);
+    if (n <= 1 || count == 0 || bytes == 0)
+      return;
+    Collective coll;
+    coll.what = std::move(what);
+    coll.kind = kind;
+    coll.group = group;
+    coll.groupSize = n;
+    coll.crossesNodes = m.anyGroupCrossesNodes(group);
+    coll.bytes = bytes;
+    const int64_t factor = kind == CollectiveKind::AllReduce ? 2 : 1;
+    coll.bytesSent = factor * bytes / n * (n - 1);
+    coll.count = count;
+    coll.overlapped = overlapped;
+    coll.seconds = double(coll.bytesSent) * count / bandwidth(coll.crossesNodes);
+    plan.collectives.push_back(std::move(coll));
+  };
+  const int64_t layers = c.numLayers, accum = accumulation;
+  const int64_t embedding = unitElements.front(), head = unitElements.back();
+  const int64_t decoder = placement.unitLocalElements(0);
+  const int64_t gradBytes = bf16 ? 4 : a; // gradients are reduced in fp32
+  add("embedding parameters (forward, backward)", CollectiveKind::AllGather,
+      GroupKind::Shard, a * embedding, 2 * accum, true);
+  add("decoder-layer parameters (forward)", CollectiveKind::AllGather,
+      GroupKind::Shard, a * decoder, layers * accum, true);
+  add("decoder-layer parameters (backward)", CollectiveKind::AllGather,
+      GroupKind::Shard, a * decoder, layers * accum, true);
+  add("head parameters (forward, kept for backward)",
+      CollectiveKind::AllGather, GroupKind::Shard, a * head, accum, true);
+  if (p > 1) {
+    const int64_t sent = a * tokens * c.topK * c.hiddenSize;
+    add("token dispatch and combine (forward)", CollectiveKind::AllToAll,
+        GroupKind::Expert, sent, 2 * layers * accum, false);
+    add("dispatch and combine gradients (backward)", CollectiveKind::AllToAll,
+        GroupKind::Expert, sent, 2 * layers * accum, false);
+    if (training.checkpointing == Checkpointing::Full)
+      add("token dispatch and combine (recompute)", CollectiveKind::AllToAll,
+          GroupKind::Expert, sent, 2 * layers * accum, false);
+  }
+  add("embedding gradients", CollectiveKind::ReduceScatter, GroupKind::Shard,
+      gradBytes * embedding, accum, true);
+  add("decoder-layer gradients", CollectiveKind::ReduceScatter,
+      GroupKind::Shard, gradBytes * decoder, layers * accum, true);
+  add("head gradients", CollectiveKind::ReduceScatter, GroupKind::Shard,
+      gradBytes * head, accum, true);
+  const int64_t denseShard =
+      placement.shardElements(0, ParameterKind::Dense) +
+      placement.shardElements(0, ParameterKind::Embedding);
+  const int64_t expertShard = placement.shardElements(0, ParameterKind::Expert);
+  add("dense gradient shards", CollectiveKind::AllReduce,
+      GroupKind::DenseReplica, 4 * denseShard, 1, true);
+  add("expert gradient shards", CollectiveKind::AllReduce, GroupKind::Replica,
+      4 * expertShard, 1, true);
+  add("gradient norm", CollectiveKind::AllReduce, GroupKind::World, 4, 1,
+      false);
+
+  // Step time.
+  StepEstimate &step = plan.step;
+  step.gradientAccumulation = accumulation;
+  step.tokens = accumulation * w * tokens;
+  const double active = double(plan.model.numActiveParameters());
+  const double qd = double(c.numHeads * c.headDim);
+  const double s = double(training.seqLen), b = double(training.microBatchSize);
+  const double attention = 12.0 * layers * qd * s * s * b / 2;
+  const double perMicro = 6.0 * active * tokens + attention;
+  double recompute = 0;
+  if (training.checkpointing == Checkpointing::Full)
+    recompute = 2.0 * active * tokens + attention / 3;
+  step.modelFlopsPerRank = accumulation * perMicro;
+  step.hardwareFlopsPerRank = accumulation * (perMicro + recompute);
+  step.computeSeconds =
+      step.hardwareFlopsPerRank / (gpu.peakFlops * efficiency.compute);
+  if (training.checkpointing == Checkpointing::Selective) {
+    // Memory-bound recompute: norms read and write h, SwiGLU reads 2kI and
+    // writes kI, per token and layer.
+    const double bytes = double(accumulation) * layers * tokens * a *
+                         (4.0 * c.hiddenSize + 3.0 * c.topK *
+                                                   c.intermediateSize);
+    step.computeSeconds += bytes / gpu.memoryBandwidth;
+  }
+  for (const Collective &coll : plan.collectives) {
+    if (coll.overlapped)
+      step.shardingSeconds += coll.seconds;
+    else
+      step.dispatchSeconds += coll.seconds;
+  }
+  step.exposedShardingSeconds =
+      std::max(0.0, step.shardingSeconds - step.computeSeconds);
+  // AdamW reads master, gradient and both moments and writes master, moments
+  // (and the bf16 copy): 30 bytes per element in bf16, 28 in fp32.
+  int64_t maxShard = 0;
+  for (int64_t rank = 0; rank < w; ++rank)
+    maxShard = std::max(maxShard, placement.shardElements(rank));
+  step.optimizerSeconds =
+      double(maxShard) * (bf16 ? 30 : 28) / gpu.memoryBandwidth;
+  step.stepSeconds = step.computeSeconds + step.dispatchSeconds +
+                     step.exposedShardingSeconds + step.optimizerSeconds;
+  step.tokensPerSecond = step.tokens / step.stepSeconds;
+  step.modelTflopsPerGpu = step.modelFlopsPerRank / step.stepSeconds / 1e12;
+  return plan;
+}
+
+static std::string gib(int64_t bytes) {
+  return llvm::formatv("{0:f1} GiB", double(bytes) / double(1 << 30)).str();
+}
+
+llvm::Expected<std::vector<Recommendation>>
+moec::plan::recommend(const ModelDescription &model,
+                      const ParallelConfig &parallel,
+                      const TrainingConfig &training, const GpuSpec &gpu,
+                      const Efficiency &efficiency) {
+  const int64_t w = parallel.worldSize, e = model.config.numExperts;
+  if (w < 1)
+    return fail(llvm::formatv("world_size {0} must be at least 1", w));
+  std::vector<Recommendation> fitting, others;
+  for (int64_t p = 1; p <= std::min(w, e); ++p) {
+    if (w % p != 0 || e % p != 0)
+      continue;
+    const int64_t dp = w / p;
+    for (int64_t h = 1; h <= dp; ++h) {
+      if (dp % h != 0)
+        continue;
+      for (Checkpointing ckpt : {Checkpointing::None, Checkpointing::Selective,
+                                 Checkpointing::Full}) {
+        ParallelConfig candidate = parallel;
+        candidate.expertParallelDegree = p;
+        candidate.hybridShardDegree = h;
+        candidate.strategy = h == dp  ? ShardingStrategy::FullShard
+                             : h == 1 ? ShardingStrategy::NoShard
+                                      : ShardingStrategy::HybridShard;
+        TrainingConfig job = training;
+        job.checkpointing = ckpt;
+        llvm::Expected<TrainingPlan> plan =
+            makePlan(model, candidate, job, gpu, efficiency);
+        if (!plan)
+          return plan.takeError(); // the batch or the GPU is wrong for all
+        const MemoryBreakdown &mem = plan->peakMemory();
+        const StepEstimate &st = plan->step;
+        std::string reason;
+        if (plan->fits) {
+          reason = llvm::formatv(
+              "fits with {0} free; compute {1:f0} ms{2}, all-to-all {3:f0} ms "
+              "{4}, sharding traffic {5:f0} ms ({6:f0} ms not hidden)",
+              gib(gpu.memoryBytes - mem.total()), st.computeSeconds * 1e3,
+              ckpt == Checkpointing::Full ? " (recomputes the forward)" : "",
+              st.dispatchSeconds * 1e3,
+              p == 1 ? "(none: P = 1)"
+              : plan->mesh.anyGroupCrossesNodes(GroupKind::Expert)
+                  ? "across nodes"
+                  : "inside a node",
+              st.shardingSeconds * 1e3, st.exposedShardingSeconds * 1e3);
+          fitting.push_back({std::move(*plan), std::move(reason)});
+        } else {
+          reason = llvm::formatv(
+              "needs {0}, {1} more than the gpu's {2} (model states {3}, "
+              "activations {4})",
+              gib(mem.total()), gib(mem.total() - gpu.memoryBytes),
+              gib(gpu.memoryBytes), gib(mem.persistent()),
+              gib(mem.activations));
+          others.push_back({std::move(*plan), std::move(reason)});
+        }
+      }
+    }
+  }
+  std::stable_sort(fitting.begin(), fitting.end(),
+                   [](const Recommendation &x, const Recommendation &y) {
+                     return x.plan.step.stepSeconds < y.plan.step.stepSeconds;
+                   });
+  std::stable_sort(others.begin(), others.end(),
+                   [](const Recommendation &x, const Recommendation &y) {
+                     return x.plan.peakMemory().total() <
+                            y.plan.peakMemory().total();
+                   });
+  for (Recommendation &r : others)
+    fitting.push_back(std::move(r));
+  return fitting;
+}

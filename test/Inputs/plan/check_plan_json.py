@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""Checks `moec plan --json` output against the documented schema moec-plan/1.
+
+Usage: check_plan_json.py PLAN.json [OTHER.json]
+
+Checks every documented key and its type, then the invariants a consumer
+relies on: the mesh coordinates of every rank (p = r mod P, h = (r / P) mod H,
+q = r / (P·H)), that the groups partition the ranks, that each replica's
+shards tile every parameter exactly (once for expert parameters, once per
+expert-parallel rank for dense ones), that the per-rank element counts are the
+sums of the shards, and that the persistent bytes are 18 (bf16) or 16 (fp32)
+per shard element. With OTHER, also that both plans describe the same
+parameters and placements (the model's source aside). Prints "ok" or fails.
+"""
+
+import json
+import sys
+
+INT, NUM, BOOL, STR, LIST, OBJ = int, (int, float), bool, str, list, dict
+
+SCHEMA = {
+    "schema": STR, "model": OBJ, "job": OBJ, "gpu": OBJ, "mesh": OBJ,
+    "parameters": LIST, "ranks": LIST, "memory": OBJ, "collectives": LIST,
+    "step": OBJ,
+}
+MODEL = {k: INT for k in (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+    "num_attention_heads", "num_key_value_heads", "head_dim",
+    "num_local_experts", "num_experts_per_tok", "parameters",
+    "expert_parameters", "active_parameters")} | {"source": STR}
+JOB = {k: INT for k in (
+    "world_size", "expert_parallel_degree", "hybrid_shard_degree", "replicas",
+    "gpus_per_node", "nodes", "micro_batch_size", "seq_len",
+    "gradient_accumulation", "tokens_per_step")} | {
+    "hybrid_shard_degree_automatic": BOOL, "sharding_strategy": STR,
+    "activation_checkpointing": STR, "precision": STR}
+GPU = {"name": STR, "memory_bytes": INT, "peak_flops": NUM,
+       "memory_bandwidth": NUM, "intra_node_bandwidth": NUM,
+       "inter_node_bandwidth": NUM, "compute_efficiency": NUM,
+       "communication_efficiency": NUM, "reserved_bytes": INT}
+MEMORY = {k: INT for k in (
+    "compute_params", "gathered_params", "master_params", "gradients",
+    "unsharded_gradients", "optimizer_states", "activations",
+    "communication_buffers", "workspace", "persistent", "total")}
+PARAMETER = {"name": STR, "shape": LIST, "kind": STR, "unit": INT,
+             "expert_dim": INT, "shard_dim": INT, "local_shape": LIST}
+RANK = {"rank": INT, "node": INT, "q": INT, "h": INT, "p": INT,
+        "experts": LIST, "parameter_elements": INT,
+        "expert_parameter_elements": INT, "memory": OBJ, "shards": LIST}
+COLLECTIVE = {"kind": STR, "group": STR, "group_size": INT,
+              "crosses_nodes": BOOL, "what": STR, "bytes": INT,
+              "bytes_sent": INT, "count": INT, "overlapped": BOOL,
+              "seconds": NUM}
+STEP = {k: NUM for k in (
+    "model_flops_per_rank", "hardware_flops_per_rank", "compute_seconds",
+    "dispatch_seconds", "sharding_seconds", "exposed_sharding_seconds",
+    "optimizer_seconds", "step_seconds", "tokens_per_second",
+    "model_tflops_per_gpu")}
+
+
+def fail(message):
+    sys.exit("check_plan_json: " + message)
+
+
+def check_keys(obj, schema, where):
+    if set(obj) != set(schema):
+        fail(f"{where}: keys {sorted(obj)} differ from {sorted(schema)}")
+    for key, kind in schema.items():
+        value = obj[key]
+        if kind is INT and (isinstance(value, bool) or not isinstance(value, int)):
+            fail(f"{where}.{key}: {value!r} is not an integer")
+        if kind is not INT and not isinstance(value, kind):
+            fail(f"{where}.{key}: {value!r} is not {kind}")
+
+
+def product(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def check(plan):
+    check_keys(plan, SCHEMA, "plan")
+    if plan["schema"] != "moec-plan/1":
+        fail(f"schema {plan['schema']!r}")
+    check_keys(plan["model"], MODEL, "model")
+    check_keys(plan["job"], JOB, "job")
+    check_keys(plan["gpu"], GPU, "gpu")
+    check_keys(plan["memory"], {"peak_rank": INT, "gpu_bytes": INT,
+                                "fits": BOOL, "peak": OBJ}, "memory")
+    check_keys(plan["memory"]["peak"], MEMORY, "memory.peak")
+    check_keys(plan["step"], STEP, "step")
+    job, mesh = plan["job"], plan["mesh"]
+    w, P, H, R = (job["world_size"], job["expert_parallel_degree"],
+                  job["hybrid_shard_degree"], job["replicas"])
+    if mesh["axes"] != ["replica", "shard", "expert"] or mesh["shape"] != [R, H, P]:
+        fail(f"mesh {mesh['axes']} {mesh['shape']}")
+    if R * H * P != w:
+        fail(f"R·H·P = {R * H * P} is not world_size {w}")
+    for kind, size in (("expert", P), ("shard", H), ("replica", R),
+                       ("dense_replica", R * P)):
+        groups = mesh["groups"][kind]
+        members = sorted(r for g in groups for r in g["ranks"])
+        if members != list(range(w)) or any(len(g["ranks"]) != size for g in groups):
+            fail(f"{kind} groups do not partition the ranks into groups of {size}")
+        for g in groups:
+            nodes = {r // job["gpus_per_node"] for r in g["ranks"]}
+            if g["crosses_nodes"] != (len(nodes) > 1):
+                fail(f"{kind} group {g['ranks']}: crosses_nodes is wrong")
+
+    params = plan["parameters"]
+    for i, p in enumerate(params):
+        check_keys(p, PARAMETER, f"parameters[{i}]")
+    total = sum(product(p["shape"]) for p in params)
+    if total != plan["model"]["parameters"]:
+        fail(f"parameters sum to {total}, model says {plan['model']['parameters']}")
+
+    E = plan["model"]["num_local_experts"]
+    ranks = plan["ranks"]
+    if [r["rank"] for r in ranks] != list(range(w)):
+        fail("ranks are not 0..W-1 in order")
+    per_elem = 18 if job["precision"] == "bf16" else 16
+    for r in ranks:
+        check_keys(r, RANK, f"ranks[{r['rank']}]")
+        check_keys(r["memory"], MEMORY, f"ranks[{r['rank']}].memory")
+        n = r["rank"]
+        if (r["p"], r["h"], r["q"]) != (n % P, (n // P) % H, n // (P * H)):
+            fail(f"rank {n}: coordinates {(r['q'], r['h'], r['p'])}")
+        if r["experts"] != list(range(r["p"] * E // P, (r["p"] + 1) * E // P)):
+            fail(f"rank {n}: experts {r['experts']}")
+        if len(r["shards"]) != len(params):
+            fail(f"rank {n}: {len(r['shards'])} shards for {len(params)} parameters")
+        elements = sum(product(s["shape"]) for s in r["shards"])
+        experts = sum(product(s["shape"]) for s, p in zip(r["shards"], params)
+                      if p["kind"] == "expert")
+        if elements != r["parameter_elements"] or experts != r["expert_parameter_elements"]:
+            fail(f"rank {n}: shard sums {elements}/{experts} differ from "
+                 f"{r['parameter_elements']}/{r['expert_parameter_elements']}")
+        if r["memory"]["persistent"] != per_elem * elements:
+            fail(f"rank {n}: persistent {r['memory']['persistent']} is not "
+                 f"{per_elem} x {elements}")
+        mem = r["memory"]
+        parts = sum(v for k, v in mem.items() if k not in ("persistent", "total"))
+        if parts != mem["total"]:
+            fail(f"rank {n}: parts sum to {parts}, total is {mem['total']}")
+
+    # Tiling: per replica q, the shards cover each parameter exactly `copies`
+    # times, checked by volume and by pairwise overlap of boxes.
+    for i, p in enumerate(params):
+        copies = 1 if p["kind"] == "expert" else P
+        for q in range(R):
+            boxes = [r["shards"][i] for r in ranks if r["q"] == q]
+            volume = sum(product(b["shape"]) for b in boxes)
+            if volume != copies * product(p["shape"]):
+                fail(f"{p['name']}: replica {q} holds {volume} elements")
+            for b in boxes:
+                for d, (o, s) in enumerate(zip(b["offset"], b["shape"])):
+                    if o < 0 or o + s > p["shape"][d]:
+                        fail(f"{p['name']}: shard {b} outside {p['shape']}")
+            distinct = {(tuple(b["offset"]), tuple(b["shape"])) for b in boxes
+                        if product(b["shape"])}
+            distinct = sorted(distinct)
+            for a in range(len(distinct)):
+                for c in range(a + 1, len(distinct)):
+                    (oa, sa), (oc, sc) = distinct[a], distinct[c]
+                    if all(x < y + t and y < x + s
+                           for x, s, y, t in zip(oa, sa, oc, sc)):
+                        fail(f"{p['name']}: shards {distinct[a]} and {distinct[c]} overlap")
+        # Replicas hold the same shards.
+        for r in ranks:
+            twin = ranks[r["rank"] % (P * H)]
+            if r["shards"][i] != twin["shards"][i]:
+                fail(f"{p['name']}: rank {r['rank']} differs from its replica {twin['rank']}")
+
+    for i, c in enumerate(plan["collectives"]):
+        check_keys(c, COLLECTIVE, f"collectives[{i}]")
+    peak = max(ranks, key=lambda r: r["memory"]["total"])
+    if peak["memory"]["total"] != plan["memory"]["peak"]["total"]:
+        fail("memory.peak is not the largest rank")
+    if plan["memory"]["fits"] != (plan["memory"]["peak"]["total"] <= plan["gpu"]["memory_bytes"]):
+        fail("memory.fits disagrees with the numbers")
+
+
+def main(argv):
+    plans = [json.load(open(path)) for path in argv[1:]]
+    for plan in plans:
+        check(plan)
+    if len(plans) == 2:
+        a, b = plans
+        for key in ("parameters", "ranks", "collectives", "mesh"):
+            if a[key] != b[key]:
+                fail(f"the two plans differ in {key}")
+        ma = {k: v for k, v in a["model"].items() if k != "source"}
+        mb = {k: v for k, v in b["model"].items() if k != "source"}
+        if ma != mb:
+            fail(f"the two models differ: {ma} vs {mb}")
+    print("ok")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

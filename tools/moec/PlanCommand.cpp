@@ -1,0 +1,289 @@
+//===- PlanCommand.cpp - `moec plan` --------------------------------------===//
+//
+// `moec plan MODEL --world-size W --expert-parallel-degree P
+// --hybrid-shard-degree H ...`: shows the mesh, the placement of every
+// parameter, per-rank memory, the collectives of one step and an estimated
+// step time before any GPU is rented; `--recommend` ranks every valid
+// (P, H, checkpointing). MODEL is a preset name, a JSON file of
+// MixtralConfig fields, an ONNX file or a .mlir file of raised moe IR. All
+// decisions are moec::plan's (lib/Plan); this file reads options and prints.
+//
+//===----------------------------------------------------------------------===//
+
+#include "Commands.h"
+#include "ModelLoading.h"
+#include "PlanFormats.h"
+
+#include "moec/Plan/Plan.h"
+
+#include "mlir/IR/MLIRContext.h"
+#include "llvm/ADT/StringExtras.h"
+#include "llvm/Support/Error.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/MemoryBuffer.h"
+#include "llvm/Support/raw_ostream.h"
+
+using namespace mlir;
+using namespace moec::plan;
+namespace cl = llvm::cl;
+
+cl::SubCommand moec::cli::planCommand(
+    "plan", "show the expert-parallel / sharded plan of a training job");
+
+namespace {
+cl::SubCommand &sub = moec::cli::planCommand;
+cl::opt<std::string> modelSpec(cl::Positional,
+                               cl::desc("<preset|config.json|model.onnx|"
+                                        "model.mlir>"),
+                               cl::Required, cl::sub(sub));
+cl::opt<int64_t> worldSize("world-size", cl::desc("number of ranks (GPUs)"),
+                           cl::Required, cl::sub(sub));
+cl::opt<int64_t> expertParallelDegree(
+    "expert-parallel-degree",
+    cl::desc("expert_parallel_degree: ranks that split the experts"),
+    cl::init(1), cl::sub(sub));
+cl::opt<int64_t> hybridShardDegree(
+    "hybrid-shard-degree",
+    cl::desc("hybrid_shard_degree: ranks that shard model states (0: auto)"),
+    cl::init(0), cl::sub(sub));
+cl::opt<std::string> shardingStrategy(
+    "sharding-strategy", cl::desc("full_shard, hybrid_shard or no_shard"),
+    cl::init("hybrid_shard"), cl::sub(sub));
+cl::opt<int64_t> gpusPerNode("gpus-per-node", cl::desc("GPUs in one node"),
+                             cl::init(8), cl::sub(sub));
+cl::opt<int64_t> microBatchSize("micro-batch-size",
+                                cl::desc("sequences per rank and micro-step"),
+                                cl::init(1), cl::sub(sub));
+cl::opt<int64_t> seqLen("seq-len", cl::desc("tokens per sequence"),
+                        cl::init(4096), cl::sub(sub));
+cl::opt<int64_t> globalBatchSize(
+    "global-batch-size",
+    cl::desc("sequences per optimizer step over all ranks (0: world size "
+             "times micro batch; more means gradient accumulation)"),
+    cl::init(0), cl::sub(sub));
+cl::opt<std::string> checkpointing("activation-checkpointing",
+                                   cl::desc("none, selective or full"),
+                                   cl::init("none"), cl::sub(sub));
+cl::opt<std::string> precision(
+    "precision",
+    cl::desc("bf16 (bf16 compute, fp32 master weights, gradients and AdamW "
+             "states) or fp32"),
+    cl::init("bf16"), cl::sub(sub));
+cl::opt<std::string> gpuName("gpu",
+                             cl::desc("h100-80gb, h200-141gb, a100-80gb, "
+                                      "a100-40gb, or custom (give every "
+                                      "number below)"),
+                             cl::init("h100-80gb"), cl::sub(sub));
+cl::opt<double> gpuMemoryGib("gpu-memory-gib",
+                             cl::desc("override: GPU memory, GiB"),
+                             cl::sub(sub));
+cl::opt<double> gpuTflops("gpu-tflops",
+                          cl::desc("override: dense bf16 peak, TFLOP/s"),
+                          cl::sub(sub));
+cl::opt<double> memoryBandwidth("memory-bandwidth",
+                                cl::desc("override: HBM bandwidth, GB/s"),
+                                cl::sub(sub));
+cl::opt<double> nvlinkBandwidth(
+    "nvlink-bandwidth",
+    cl::desc("override: intra-node bandwidth per GPU and direction, GB/s"),
+    cl::sub(sub));
+cl::opt<double> internodeBandwidth(
+    "internode-bandwidth",
+    cl::desc("override: inter-node bandwidth per GPU and direction, GB/s"),
+    cl::sub(sub));
+cl::opt<double> computeEfficiency(
+    "compute-efficiency", cl::desc("fraction of peak FLOP/s reached"),
+    cl::init(0.5), cl::sub(sub));
+cl::opt<double> communicationEfficiency(
+    "communication-efficiency",
+    cl::desc("fraction of link bandwidth NCCL reaches"), cl::init(0.7),
+    cl::sub(sub));
+cl::opt<double> reservedGib(
+    "reserved-memory-gib",
+    cl::desc("memory for CUDA context, NCCL and library workspaces, GiB"),
+    cl::init(1.0), cl::sub(sub));
+cl::opt<bool> recommendFlag(
+    "recommend",
+    cl::desc("rank every valid (P, H, checkpointing) for the world size"),
+    cl::sub(sub));
+cl::opt<bool> jsonFlag("json", cl::desc("print JSON (schema moec-plan/1)"),
+                       cl::sub(sub));
+cl::opt<bool> svgFlag("svg",
+                      cl::desc("print an SVG of the mesh and memory bars"),
+                      cl::sub(sub));
+cl::opt<bool> allPlacements(
+    "placement", cl::desc("list every parameter's shard on every rank"),
+    cl::sub(sub));
+cl::opt<std::string> outputPath("o", cl::desc("write to this file"),
+                                cl::value_desc("file"), cl::sub(sub));
+
+int fail(const llvm::Twine &message) {
+  llvm::errs() << "error: " << message << "\n";
+  return 1;
+}
+
+/// A preset, a JSON config, or a model file.
+std::optional<ModelDescription> loadDescription() {
+  llvm::StringRef spec = modelSpec;
+  if (std::optional<moec::ModelConfig> preset = getPreset(spec)) {
+    return ModelDescription{spec.str(), *preset, mixtralParameters(*preset)};
+  }
+  if (!llvm::sys::fs::exists(spec)) {
+    fail("'" + spec + "' is neither a file nor a preset (" +
+         llvm::join(presetNames(), ", ") + ")");
+    return std::nullopt;
+  }
+  if (spec.ends_with(".json")) {
+    llvm::ErrorOr<std::unique_ptr<llvm::MemoryBuffer>> file =
+        llvm::MemoryBuffer::getFile(spec);
+    if (!file) {
+      fail("cannot read '" + spec + "': " + file.getError().message());
+      return std::nullopt;
+    }
+    llvm::Expected<moec::ModelConfig> config =
+        parseMixtralConfigJson((*file)->getBuffer());
+    if (!config) {
+      fail(spec + ": " + llvm::toString(config.takeError()));
+      return std::nullopt;
+    }
+    return ModelDescription{spec.str(), *config, mixtralParameters(*config)};
+  }
+  MLIRContext context;
+  moec::cli::DiagnosticPrinter diagnostics(context);
+  OwningOpRef<ModuleOp> module =
+      moec::cli::loadModel(context, spec, /*raise=*/true,
+                           /*requireComplete=*/false);
+  if (!module)
+    return std::nullopt;
+  func::FuncOp forward = moec::cli::getForward(*module);
+  if (!forward)
+    return std::nullopt;
+  FailureOr<ModelDescription> model = describeForward(forward);
+  if (failed(model))
+    return std::nullopt;
+  model->source = spec.str();
+  return *model;
+}
+
+/// The GPU with any overridden numbers.
+std::optional<GpuSpec> readGpu() {
+  std::optional<GpuSpec> gpu = getGpu(gpuName);
+  if (!gpu) {
+    if (gpuName != "custom") {
+      fail("unknown gpu '" + gpuName + "'; expected " +
+           llvm::join(gpuNames(), ", ") +
+           " or custom with --gpu-memory-gib, --gpu-tflops, "
+           "--memory-bandwidth, --nvlink-bandwidth and --internode-bandwidth");
+      return std::nullopt;
+    }
+    gpu = GpuSpec{"custom"};
+    std::vector<std::string> missing;
+    for (const cl::opt<double> *option :
+         {&gpuMemoryGib, &gpuTflops, &memoryBandwidth, &nvlinkBandwidth,
+          &internodeBandwidth})
+      if (!option->getNumOccurrences())
+        missing.push_back(("--" + option->ArgStr).str());
+    if (!missing.empty()) {
+      fail("--gpu custom needs every hardware number; missing " +
+           llvm::join(missing, ", "));
+      return std::nullopt;
+    }
+  }
+  if (gpuMemoryGib.getNumOccurrences())
+    gpu->memoryBytes = int64_t(gpuMemoryGib * double(int64_t(1) << 30));
+  if (gpuTflops.getNumOccurrences())
+    gpu->peakFlops = gpuTflops * 1e12;
+  if (memoryBandwidth.getNumOccurrences())
+    gpu->memoryBandwidth = memoryBandwidth * 1e9;
+  if (nvlinkBandwidth.getNumOccurrences())
+    gpu->intraNodeBandwidth = nvlinkBandwidth * 1e9;
+  if (internodeBandwidth.getNumOccurrences())
+    gpu->interNodeBandwidth = internodeBandwidth * 1e9;
+  return gpu;
+}
+
+/// Prints to stdout or, atomically, to -o.
+int emit(llvm::function_ref<void(llvm::raw_ostream &)> print) {
+  if (outputPath.empty() || outputPath == "-") {
+    print(llvm::outs());
+    return 0;
+  }
+  if (llvm::Error err = llvm::writeToOutput(
+          outputPath, [&](llvm::raw_ostream &os) -> llvm::Error {
+            print(os);
+            return llvm::Error::success();
+          }))
+    return fail("cannot write '" + outputPath +
+                "': " + llvm::toString(std::move(err)));
+  return 0;
+}
+
+} // namespace
+
+int moec::cli::runPlan() {
+  if (jsonFlag && svgFlag)
+    return fail("--json and --svg are exclusive");
+  std::optional<ShardingStrategy> strategy =
+      symbolizeShardingStrategy(shardingStrategy);
+  if (!strategy)
+    return fail("unknown sharding_strategy '" + shardingStrategy +
+                "'; expected full_shard, hybrid_shard or no_shard");
+  std::optional<Checkpointing> ckpt = symbolizeCheckpointing(checkpointing);
+  if (!ckpt)
+    return fail("unknown activation_checkpointing '" + checkpointing +
+                "'; expected none, selective or full");
+  std::optional<Precision> prec = symbolizePrecision(precision);
+  if (!prec)
+    return fail("unknown precision '" + precision + "'; expected bf16 or fp32");
+  std::optional<GpuSpec> gpu = readGpu();
+  if (!gpu)
+    return 1;
+  std::optional<ModelDescription> model = loadDescription();
+  if (!model)
+    return 1;
+
+  ParallelConfig parallel;
+  parallel.worldSize = worldSize;
+  parallel.expertParallelDegree = expertParallelDegree;
+  parallel.hybridShardDegree = hybridShardDegree;
+  parallel.strategy = *strategy;
+  parallel.gpusPerNode = gpusPerNode;
+  TrainingConfig training;
+  training.microBatchSize = microBatchSize;
+  training.seqLen = seqLen;
+  training.globalBatchSize = globalBatchSize;
+  training.checkpointing = *ckpt;
+  training.precision = *prec;
+  Efficiency efficiency;
+  efficiency.compute = computeEfficiency;
+  efficiency.communication = communicationEfficiency;
+  efficiency.reservedBytes = int64_t(reservedGib * double(int64_t(1) << 30));
+
+  if (recommendFlag) {
+    if (svgFlag)
+      return fail("--svg draws one plan; drop it or --recommend");
+    llvm::Expected<std::vector<Recommendation>> list =
+        recommend(*model, parallel, training, *gpu, efficiency);
+    if (!list)
+      return fail(llvm::toString(list.takeError()));
+    return emit([&](llvm::raw_ostream &os) {
+      if (jsonFlag)
+        os << llvm::formatv("{0:2}", recommendationsToJson(*list)) << "\n";
+      else
+        printRecommendationsTable(*list, os);
+    });
+  }
+
+  llvm::Expected<TrainingPlan> plan =
+      makePlan(*model, parallel, training, *gpu, efficiency);
+  if (!plan)
+    return fail(llvm::toString(plan.takeError()));
+  return emit([&](llvm::raw_ostream &os) {
+    if (jsonFlag)
+      os << llvm::formatv("{0:2}", planToJson(*plan)) << "\n";
+    else if (svgFlag)
+      printPlanSvg(*plan, os);
+    else
+      printPlanTable(*plan, allPlacements, os);
+  });
+}
