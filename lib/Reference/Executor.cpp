@@ -10,6 +10,7 @@
 
 #include "dialects/Moe/IR/MoeOps.h"
 #include "moec/Reference/Kernels.h"
+#include "moec/Support/ParamInit.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Linalg/IR/Linalg.h"
@@ -299,6 +300,39 @@ LogicalResult Interpreter::execute(Operation *op) {
                           error)))
           return failure();
         return set(op, x.getResult(), std::move(out));
+      })
+      .Case([&](moe::ParamInitOp init) -> LogicalResult {
+        RankedTensorType type = init.getType();
+        std::vector<int64_t> shape(type.getShape().begin(),
+                                   type.getShape().end());
+        out = HostTensor::floats(shape);
+        if (init.getKind() == moe::ParamInitKind::ones) {
+          std::fill(out.f32.begin(), out.f32.end(), 1.0f);
+          return set(op, init.getResult(), std::move(out));
+        }
+        // Element index in the full parameter, from the shard's offsets.
+        ArrayRef<int64_t> global =
+            init.getGlobalShape() ? *init.getGlobalShape() : type.getShape();
+        SmallVector<int64_t> offsets(shape.size(), 0);
+        if (init.getOffsets())
+          offsets.assign(init.getOffsets()->begin(), init.getOffsets()->end());
+        ParamNormalStream stream(
+            static_cast<uint64_t>(get(init.getSeed()).i64.at(0)),
+            init.getName().str());
+        double std = init.getStd().convertToDouble();
+        std::vector<int64_t> index(shape.size(), 0);
+        for (int64_t i = 0; i < out.numElements(); ++i) {
+          int64_t flat = 0;
+          for (size_t d = 0; d < shape.size(); ++d)
+            flat = flat * global[d] + offsets[d] + index[d];
+          out.f32[i] = static_cast<float>(stream.at(flat) * std);
+          for (int64_t d = static_cast<int64_t>(shape.size()) - 1; d >= 0; --d) {
+            if (++index[d] < shape[d])
+              break;
+            index[d] = 0;
+          }
+        }
+        return set(op, init.getResult(), std::move(out));
       })
       .Case([&](moe::LmHeadCrossEntropyOp c) -> LogicalResult {
         if (failed(kernel(op,

@@ -20,9 +20,7 @@
 #include "moec/Import/Onnx.h"
 #include "moec/Pipelines/Pipelines.h"
 #include "moec/Reference/Executor.h"
-#include "moec/Support/ParamInit.h"
 
-#include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Pass/PassManager.h"
 #include "llvm/Support/FileSystem.h"
@@ -32,7 +30,6 @@
 #include <fmt/format.h>
 
 #include <chrono>
-#include <functional>
 #include <cmath>
 
 using namespace mlir;
@@ -182,6 +179,9 @@ int moec::cli::runTrain() {
   options.returnGradients = !dumpDir.empty();
   options.computeType = bf16 ? "bf16" : "f32";
   PassManager pm(&context);
+  moe::BuildInitParamsOptions initOptions;
+  initOptions.initializerRange = initializerRange;
+  pm.addPass(moe::createBuildInitParams(initOptions));
   buildTrainStepPipeline(pm, options);
   if (failed(pm.run(*module)))
     return 1;
@@ -214,43 +214,29 @@ int moec::cli::runTrain() {
   unsigned n = (numArgs - 4) / 3;
   std::vector<HostTensor> state(3 * n);
   std::vector<std::string> names(n);
-  std::unique_ptr<OnnxWeights> weights;
+  for (unsigned i = 0; i < n; ++i)
+    names[i] = step.getArgAttrOfType<StringAttr>(i, "moe.parameter").str();
   if (initFromModel) {
-    weights = OnnxWeights::open(modelPath, error);
+    std::unique_ptr<OnnxWeights> weights = OnnxWeights::open(modelPath, error);
     if (!weights)
       return fail(error);
+    for (unsigned i = 0; i < n; ++i)
+      if (!weights->load(names[i], state[i], error))
+        return fail(error);
+  } else {
+    // delayed_param: the compiler's @init_params, run on the seed.
+    auto init = module->lookupSymbol<func::FuncOp>("init_params");
+    HostTensor seedTensor = HostTensor::ints({});
+    seedTensor.i64[0] = static_cast<int64_t>(seed.getValue());
+    std::vector<HostTensor> initial;
+    if (failed(reference::execute(init, {seedTensor}, initial)))
+      return 1;
+    for (unsigned i = 0; i < n; ++i)
+      state[i] = std::move(initial[i]);
   }
   for (unsigned i = 0; i < n; ++i) {
-    names[i] = step.getArgAttrOfType<StringAttr>(i, "moe.parameter").str();
-    auto type = cast<RankedTensorType>(step.getArgument(i).getType());
-    std::vector<int64_t> shape(type.getShape().begin(), type.getShape().end());
-    // RMSNorm weights start at one: a parameter the norm reads, directly
-    // or through its bf16 compute copy.
-    std::function<bool(Value)> isNormWeightValue = [&](Value v) {
-      return llvm::any_of(v.getUsers(), [&](Operation *user) {
-        if (auto norm = dyn_cast<moe::RmsNormOp>(user))
-          return norm.getWeight() == v;
-        if (auto copy = dyn_cast<arith::TruncFOp>(user))
-          return isNormWeightValue(copy.getResult());
-        return false;
-      });
-    };
-    bool isNormWeight = isNormWeightValue(step.getArgument(i));
-    HostTensor value = HostTensor::floats(shape);
-    if (weights) {
-      if (!weights->load(names[i], value, error))
-        return fail(error);
-    } else if (isNormWeight) {
-      std::fill(value.f32.begin(), value.f32.end(), 1.0f);
-    } else {
-      ParamNormalStream stream(seed, names[i]);
-      for (int64_t e = 0; e < value.numElements(); ++e)
-        value.f32[e] =
-            static_cast<float>(stream.at(e) * initializerRange.getValue());
-    }
-    state[i] = std::move(value);
-    state[n + i] = HostTensor::floats(shape);
-    state[2 * n + i] = HostTensor::floats(shape);
+    state[n + i] = HostTensor::floats(state[i].shape);
+    state[2 * n + i] = HostTensor::floats(state[i].shape);
   }
 
   std::unique_ptr<llvm::raw_fd_ostream> log;

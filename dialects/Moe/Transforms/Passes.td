@@ -40,6 +40,23 @@ def RaiseOnnx : Pass<"moe-raise-onnx", "::mlir::func::FuncOp"> {
   ];
 }
 
+def BuildInitParams : Pass<"moe-build-init-params", "::mlir::ModuleOp"> {
+  let summary = "builds @init_params: every parameter from the seed (delayed_param)";
+  let description = [{
+    Adds `func.func @init_params(%seed: tensor<i64>) -> (params...)`, one
+    `moe.param_init` per parameter of `@forward` in argument order (results
+    tagged `moe.parameter`): ones for RMSNorm weights, `normal(0,
+    initializer-range)` for every other parameter (Hugging Face's Mixtral
+    initialisers). No weight value is ever needed by the compiler; a rank
+    creates only what it holds.
+  }];
+  let dependentDialects = ["::mlir::moe::MoeDialect"];
+  let options = [
+    Option<"initializerRange", "initializer-range", "double", "0.02",
+           "standard deviation of the normal initialisers">
+  ];
+}
+
 def BuildTrainStep : Pass<"moe-build-train-step", "::mlir::ModuleOp"> {
   let summary = "builds the training step (loss, backward, AdamW) from the forward";
   let description = [{

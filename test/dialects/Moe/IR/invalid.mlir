@@ -295,3 +295,30 @@ func.func @lm_head_result(%x: tensor<2x32xf32>, %w: tensor<256x32xf32>) {
   %0 = moe.lm_head %x, %w : (tensor<2x32xf32>, tensor<256x32xf32>) -> tensor<2x128xf32>
   return
 }
+
+// -----
+
+// Tests that a parameter shard must lie inside the parameter.
+func.func @param_init_shard(%seed: tensor<i64>) {
+  // expected-error@+1 {{'moe.param_init' op shard [6, 10) of dimension 0 is outside the parameter's 8}}
+  %0 = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.02 : f64, global_shape = array<i64: 8, 4>, offsets = array<i64: 6, 0>} : (tensor<i64>) -> tensor<4x4xf32>
+  return
+}
+
+// -----
+
+// Tests that normal initialisation needs a positive std.
+func.func @param_init_std(%seed: tensor<i64>) {
+  // expected-error@+1 {{'moe.param_init' op std must be positive for normal initialisation but is 0.000000e+00}}
+  %0 = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>} : (tensor<i64>) -> tensor<4x4xf32>
+  return
+}
+
+// -----
+
+// Tests that a parameter has a static shape.
+func.func @param_init_dynamic(%seed: tensor<i64>) {
+  // expected-error@+1 {{'moe.param_init' op result must have a static shape but has type 'tensor<?x4xf32>'}}
+  %0 = moe.param_init %seed {name = "w", kind = #moe.param_init<ones>} : (tensor<i64>) -> tensor<?x4xf32>
+  return
+}
