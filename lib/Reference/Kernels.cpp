@@ -657,6 +657,31 @@ bool forEachTarget(const HostTensor &input, const HostTensor &labels,
 
 } // namespace
 
+namespace {
+
+/// Softmax over the vocabulary of one position's logits `h · weightᵀ`, in
+/// fp64, into `probabilities`.
+void vocabularySoftmax(const float *h, const HostTensor &weight,
+                         std::vector<double> &probabilities) {
+  int64_t vocab = weight.shape[0], hidden = weight.shape[1];
+  probabilities.resize(vocab);
+  double m = -INFINITY;
+  for (int64_t v = 0; v < vocab; ++v) {
+    double acc = 0.0;
+    for (int64_t i = 0; i < hidden; ++i)
+      acc += static_cast<double>(h[i]) * weight.f32[v * hidden + i];
+    probabilities[v] = acc;
+    m = std::max(m, acc);
+  }
+  double sum = 0.0;
+  for (double &p : probabilities)
+    sum += (p = std::exp(p - m));
+  for (double &p : probabilities)
+    p /= sum;
+}
+
+} // namespace
+
 bool reference::lmHeadCrossEntropy(const HostTensor &input,
                                    const HostTensor &weight,
                                    const HostTensor &labels,
@@ -669,27 +694,15 @@ bool reference::lmHeadCrossEntropy(const HostTensor &input,
   double total = 0.0;
   int64_t count = 0;
   bool badTarget = false;
-  std::vector<double> logits(vocab);
+  std::vector<double> p;
   if (!forEachTarget(input, labels, ignoreIndex, error,
                      [&](int64_t row, int64_t target) {
                        if (target < 0 || target >= vocab) {
                          badTarget = true;
                          return;
                        }
-                       const float *h = &input.f32[row * hidden];
-                       double m = -INFINITY;
-                       for (int64_t v = 0; v < vocab; ++v) {
-                         double acc = 0.0;
-                         for (int64_t i = 0; i < hidden; ++i)
-                           acc += static_cast<double>(h[i]) *
-                                  weight.f32[v * hidden + i];
-                         logits[v] = acc;
-                         m = std::max(m, acc);
-                       }
-                       double sum = 0.0;
-                       for (double l : logits)
-                         sum += std::exp(l - m);
-                       total += m + std::log(sum) - logits[target];
+                       vocabularySoftmax(&input.f32[row * hidden], weight, p);
+                       total -= std::log(p[target]);
                        ++count;
                      }))
     return false;
@@ -720,25 +733,14 @@ bool reference::lmHeadCrossEntropyGrad(const HostTensor &input,
   dWeight = HostTensor::floats(weight.shape);
   if (count == 0)
     return true;
-  std::vector<double> dW(weight.numElements(), 0.0), p(vocab);
+  std::vector<double> dW(weight.numElements(), 0.0), p;
   forEachTarget(input, labels, ignoreIndex, error,
                 [&](int64_t row, int64_t target) {
                   const float *h = &input.f32[row * hidden];
-                  double m = -INFINITY;
+                  vocabularySoftmax(h, weight, p);
                   for (int64_t v = 0; v < vocab; ++v) {
-                    double acc = 0.0;
-                    for (int64_t i = 0; i < hidden; ++i)
-                      acc += static_cast<double>(h[i]) *
-                             weight.f32[v * hidden + i];
-                    p[v] = acc;
-                    m = std::max(m, acc);
-                  }
-                  double sum = 0.0;
-                  for (double &l : p)
-                    sum += (l = std::exp(l - m));
-                  for (int64_t v = 0; v < vocab; ++v) {
-                    double d = (p[v] / sum - (v == target ? 1.0 : 0.0)) *
-                               scale / count;
+                    double d =
+                        (p[v] - (v == target ? 1.0 : 0.0)) * scale / count;
                     for (int64_t i = 0; i < hidden; ++i) {
                       dInput.f32[row * hidden + i] += static_cast<float>(
                           d * weight.f32[v * hidden + i]);
