@@ -53,6 +53,9 @@ void printDiagnostic(Diagnostic &diag, llvm::raw_ostream &os) {
 
 moec::cli::DiagnosticPrinter::DiagnosticPrinter(MLIRContext &context)
     : context(context) {
+  // The IR of the failing op is for compiler developers (moec-opt shows
+  // it); users get the message and the place.
+  context.printOpOnDiagnostic(false);
   id = context.getDiagEngine().registerHandler([](Diagnostic &diag) {
     printDiagnostic(diag, llvm::errs());
     return success();
