@@ -167,28 +167,6 @@ int moec::cli::runTrain() {
   if (!module)
     return 1;
 
-  moe::BuildTrainStepOptions options;
-  options.loadBalancing = loadBalancing;
-  options.auxLossCoef = auxLossCoef;
-  options.zLossCoef = zLossCoef;
-  options.beta1 = beta1;
-  options.beta2 = beta2;
-  options.epsilon = adamEpsilon;
-  options.weightDecay = weightDecay;
-  options.maxGradNorm = maxGradNorm;
-  options.returnGradients = !dumpDir.empty();
-  options.computeType = bf16 ? "bf16" : "f32";
-  PassManager pm(&context);
-  moe::BuildInitParamsOptions initOptions;
-  initOptions.initializerRange = initializerRange;
-  pm.addPass(moe::createBuildInitParams(initOptions));
-  buildTrainStepPipeline(pm, options);
-  if (failed(pm.run(*module)))
-    return 1;
-  auto step = module->lookupSymbol<func::FuncOp>("train_step");
-  if (printIr)
-    step->print(llvm::outs());
-
   // Data.
   std::string error;
   HostTensor tokens, labels;
@@ -208,6 +186,33 @@ int moec::cli::runTrain() {
                               labels.shapeString(), tokens.shapeString()));
   }
   int64_t blocks = tokens.shape[0], seq = tokens.shape[1];
+
+  moe::BuildTrainStepOptions options;
+  options.loadBalancing = loadBalancing;
+  options.auxLossCoef = auxLossCoef;
+  options.zLossCoef = zLossCoef;
+  options.beta1 = beta1;
+  options.beta2 = beta2;
+  options.epsilon = adamEpsilon;
+  options.weightDecay = weightDecay;
+  options.maxGradNorm = maxGradNorm;
+  options.returnGradients = !dumpDir.empty();
+  options.computeType = bf16 ? "bf16" : "f32";
+  PassManager pm(&context);
+  moe::BuildInitParamsOptions initOptions;
+  initOptions.initializerRange = initializerRange;
+  pm.addPass(moe::createBuildInitParams(initOptions));
+  buildTrainStepPipeline(pm, options);
+  // Static shapes for this job, as a compiled step will have them.
+  moe::SpecializeShapesOptions shapes;
+  shapes.batch = microBatchSize;
+  shapes.seq = seq;
+  pm.addNestedPass<func::FuncOp>(moe::createSpecializeShapes(shapes));
+  if (failed(pm.run(*module)))
+    return 1;
+  auto step = module->lookupSymbol<func::FuncOp>("train_step");
+  if (printIr)
+    step->print(llvm::outs());
 
   // Parameters and optimizer state, in the step's argument order.
   unsigned numArgs = step.getNumArguments();

@@ -57,6 +57,23 @@ def BuildInitParams : Pass<"moe-build-init-params", "::mlir::ModuleOp"> {
   ];
 }
 
+def SpecializeShapes : Pass<"moe-specialize-shapes", "::mlir::func::FuncOp"> {
+  let summary = "makes every shape static for a given micro-batch and sequence";
+  let description = [{
+    Gives the function's token inputs (`moe.input` arguments of rank 2:
+    token ids, labels) the shape `[batch, seq]` and recomputes every result
+    type from its operands, op by op, so that a compiled step has fixed
+    kernel sizes, GEMM descriptors and a static memory plan. A static
+    dimension that disagrees with the one computed is an error at that op;
+    so is an op with a dynamic result that the pass has no rule for.
+  }];
+  let dependentDialects = ["::mlir::tensor::TensorDialect"];
+  let options = [
+    Option<"batch", "batch", "int64_t", "0", "micro-batch size (sequences)">,
+    Option<"seq", "seq", "int64_t", "0", "sequence length (tokens)">
+  ];
+}
+
 def BuildTrainStep : Pass<"moe-build-train-step", "::mlir::ModuleOp"> {
   let summary = "builds the training step (loss, backward, AdamW) from the forward";
   let description = [{
