@@ -74,6 +74,34 @@ def SpecializeShapes : Pass<"moe-specialize-shapes", "::mlir::func::FuncOp"> {
   ];
 }
 
+def PlanMemory : Pass<"moe-plan-memory", "::mlir::func::FuncOp"> {
+  let summary = "assigns every intermediate tensor an offset in one arena";
+  let description = [{
+    On a function with static shapes (after moe-specialize-shapes), gives
+    every tensor an op produces a byte offset in a single per-rank arena:
+    a buffer lives from its producer to its last use (a value the function
+    returns, to the end); reshapes (`tensor.expand_shape`,
+    `tensor.collapse_shape`) are views of their source and extend its life;
+    `linalg.transpose` writes into its `outs` buffer. Buffers are placed
+    largest first at the lowest `alignment`-aligned offset that overlaps no
+    buffer alive at the same time. Function arguments (parameters, optimizer
+    state, inputs) are the runtime's persistent buffers and not planned.
+
+    Each planned op gets `moe.arena_offsets` (one entry per result, -1 for
+    views and non-tensors); the function gets `moe.arena_bytes` (the arena's
+    size) and `moe.arena_live_bytes` (the most bytes alive at once: a lower
+    bound no placement can beat). The pass checks its own placement for
+    overlaps and fails if it finds one.
+  }];
+  let options = [
+    Option<"alignment", "alignment", "int64_t", "256",
+           "byte alignment of every buffer">
+  ];
+  let statistics = [
+    Statistic<"numBuffers", "num-buffers", "buffers placed in the arena">
+  ];
+}
+
 def BuildTrainStep : Pass<"moe-build-train-step", "::mlir::ModuleOp"> {
   let summary = "builds the training step (loss, backward, AdamW) from the forward";
   let description = [{

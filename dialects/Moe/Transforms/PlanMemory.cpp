@@ -1,0 +1,183 @@
+//===- PlanMemory.cpp - One arena per rank, offsets from liveness ---------===//
+//
+// Implements moe-plan-memory (see Passes.td): liveness intervals over the
+// function's single block in program order, views folded into their
+// source's buffer, then largest-first placement at the lowest aligned offset
+// free for the whole interval, then an independent overlap check.
+//
+//===----------------------------------------------------------------------===//
+
+#include "dialects/Moe/Transforms/Passes.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
+#include "mlir/Dialect/Tensor/IR/Tensor.h"
+#include "mlir/IR/Builders.h"
+
+#include <algorithm>
+#include <numeric>
+
+namespace mlir::moe {
+#define GEN_PASS_DEF_PLANMEMORY
+#include "dialects/Moe/Transforms/Passes.h.inc"
+} // namespace mlir::moe
+
+using namespace mlir;
+using namespace mlir::moe;
+
+namespace {
+
+struct Buffer {
+  Value value;      ///< The op result that owns the buffer.
+  int64_t bytes = 0;
+  int64_t begin = 0; ///< Index of the producing op.
+  int64_t end = 0;   ///< Index of the last op that reads it (or a view).
+  int64_t offset = -1;
+};
+
+/// The value whose buffer `v` uses: a view's source, transitively.
+Value owner(Value v) {
+  while (true) {
+    Operation *def = v.getDefiningOp();
+    if (auto expand = dyn_cast_or_null<tensor::ExpandShapeOp>(def))
+      v = expand.getSrc();
+    else if (auto collapse = dyn_cast_or_null<tensor::CollapseShapeOp>(def))
+      v = collapse.getSrc();
+    else if (auto transpose = dyn_cast_or_null<linalg::TransposeOp>(def))
+      v = transpose.getInit();
+    else
+      return v;
+  }
+}
+
+bool isView(Value v) { return owner(v) != v; }
+
+struct PlanMemoryPass : public moe::impl::PlanMemoryBase<PlanMemoryPass> {
+  using PlanMemoryBase::PlanMemoryBase;
+
+  void runOnOperation() override {
+    func::FuncOp func = getOperation();
+    if (alignment < 1 || (alignment & (alignment - 1)) != 0) {
+      func.emitError() << "alignment " << alignment
+                       << " must be a power of two";
+      return signalPassFailure();
+    }
+    Block &body = func.getBody().front();
+    llvm::DenseMap<Operation *, int64_t> index;
+    int64_t position = 0;
+    for (Operation &op : body)
+      index[&op] = position++;
+    int64_t last = position; // past the terminator: returned values
+
+    // Buffers and their intervals.
+    llvm::DenseMap<Value, size_t> bufferOf;
+    std::vector<Buffer> buffers;
+    for (Operation &op : body) {
+      for (Value result : op.getResults()) {
+        auto type = dyn_cast<RankedTensorType>(result.getType());
+        if (!type || isView(result))
+          continue;
+        if (!type.hasStaticShape()) {
+          op.emitOpError() << "has a result of dynamic shape " << type
+                           << "; run moe-specialize-shapes first";
+          return signalPassFailure();
+        }
+        int64_t bits = type.getElementTypeBitWidth();
+        Buffer buffer;
+        buffer.value = result;
+        buffer.bytes = std::max<int64_t>(1, (type.getNumElements() * bits + 7) / 8);
+        buffer.begin = buffer.end = index[&op];
+        bufferOf[result] = buffers.size();
+        buffers.push_back(buffer);
+      }
+    }
+    for (Operation &op : body)
+      for (Value operand : op.getOperands()) {
+        auto it = bufferOf.find(owner(operand));
+        if (it == bufferOf.end())
+          continue; // an argument, or not a tensor
+        int64_t use = isa<func::ReturnOp>(op) ? last : index[&op];
+        buffers[it->second].end = std::max(buffers[it->second].end, use);
+      }
+    // A view read later keeps its source alive: handled above, since every
+    // operand is charged to its owner.
+
+    // Largest first, lowest fitting aligned offset.
+    std::vector<size_t> order(buffers.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+      return buffers[a].bytes > buffers[b].bytes;
+    });
+    auto overlapsInTime = [](const Buffer &a, const Buffer &b) {
+      return a.begin <= b.end && b.begin <= a.end;
+    };
+    auto align = [&](int64_t x) {
+      int64_t a = alignment;
+      return (x + a - 1) / a * a;
+    };
+    std::vector<size_t> placed;
+    int64_t arena = 0;
+    for (size_t i : order) {
+      Buffer &b = buffers[i];
+      // Candidate offsets: 0 and the aligned end of every buffer alive at
+      // the same time; take the lowest that fits.
+      std::vector<std::pair<int64_t, int64_t>> busy;
+      for (size_t j : placed)
+        if (overlapsInTime(b, buffers[j]))
+          busy.push_back({buffers[j].offset,
+                          buffers[j].offset + buffers[j].bytes});
+      std::sort(busy.begin(), busy.end());
+      int64_t offset = 0;
+      for (auto [start, stop] : busy) {
+        if (offset + b.bytes <= start)
+          break;
+        offset = std::max(offset, align(stop));
+      }
+      b.offset = offset;
+      arena = std::max(arena, align(offset + b.bytes));
+      placed.push_back(i);
+    }
+
+    // Independent check: no two buffers alive together share a byte.
+    for (size_t i = 0; i < buffers.size(); ++i)
+      for (size_t j = i + 1; j < buffers.size(); ++j) {
+        const Buffer &a = buffers[i], &b = buffers[j];
+        if (overlapsInTime(a, b) && a.offset < b.offset + b.bytes &&
+            b.offset < a.offset + a.bytes) {
+          a.value.getDefiningOp()->emitOpError()
+              << "shares arena bytes with another live buffer (internal "
+                 "error of moe-plan-memory)";
+          return signalPassFailure();
+        }
+      }
+
+    // The most bytes alive at once, a bound no placement can beat.
+    int64_t liveBound = 0;
+    for (int64_t t = 0; t <= last; ++t) {
+      int64_t live = 0;
+      for (const Buffer &b : buffers)
+        if (b.begin <= t && t <= b.end)
+          live += b.bytes;
+      liveBound = std::max(liveBound, live);
+    }
+
+    Builder builder(&getContext());
+    for (Operation &op : body) {
+      SmallVector<int64_t> offsets;
+      bool any = false;
+      for (Value result : op.getResults()) {
+        auto it = bufferOf.find(result);
+        offsets.push_back(it == bufferOf.end() ? -1
+                                               : buffers[it->second].offset);
+        any |= it != bufferOf.end();
+      }
+      if (any)
+        op.setAttr("moe.arena_offsets", builder.getDenseI64ArrayAttr(offsets));
+    }
+    func->setAttr("moe.arena_bytes", builder.getI64IntegerAttr(arena));
+    func->setAttr("moe.arena_live_bytes", builder.getI64IntegerAttr(liveBound));
+    numBuffers += buffers.size();
+  }
+};
+
+} // namespace
