@@ -1,10 +1,12 @@
 //===- TrainCommand.cpp - `moec train` ------------------------------------===//
 //
-// `moec train MODEL --reference --tokens train.pb --steps N ...`: builds the
-// training step (moe-build-train-step) from the model's raised forward,
-// initialises the parameters with the counter-based generator
-// (delayed_param; or from the model's own weights with --init-from-model),
-// and runs N steps on the CPU reference executor, printing one line of
+// `moec train MODEL --reference --tokens train.pb --steps N ...`: builds
+// @init_params and @train_step from the model's raised forward
+// (moe-build-init-params, moe-build-train-step), specialises them to the
+// job's micro-batch and sequence length, initialises the parameters by
+// running @init_params on the seed (delayed_param; or takes the model's own
+// weights with --init-from-model), and runs N steps on the CPU reference
+// executor, printing one line of
 // metrics per step. Token blocks come from an onnx.TensorProto int64
 // [blocks, seq] file; labels are the inputs (the loss shifts them) unless
 // --labels gives a file of the same shape. --dump writes every step's
