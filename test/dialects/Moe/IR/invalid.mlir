@@ -322,3 +322,39 @@ func.func @param_init_dynamic(%seed: tensor<i64>) {
   %0 = moe.param_init %seed {name = "w", kind = #moe.param_init<ones>} : (tensor<i64>) -> tensor<?x4xf32>
   return
 }
+
+// -----
+
+// Tests that expert counts have one row per layer.
+func.func @expert_counts_rows(%e0: tensor<16x2xi64>, %e1: tensor<16x2xi64>) {
+  // expected-error@+1 {{'moe.expert_counts' op counts have 3 rows but there are 2 layers}}
+  %0 = moe.expert_counts %e0, %e1 : (tensor<16x2xi64>, tensor<16x2xi64>) -> tensor<3x4xi64>
+  return
+}
+
+// -----
+
+// Tests that AdamW's moments have the parameter's type.
+func.func @adamw_moments(%p: tensor<4x8xf32>, %g: tensor<4x8xf32>, %m: tensor<4x8xf32>, %v: tensor<8x4xf32>, %step: tensor<i64>, %lr: tensor<f32>) {
+  // expected-error@+1 {{'moe.adamw' op failed to verify that all of {param, grad, exp_avg, exp_avg_sq, new_param, new_exp_avg, new_exp_avg_sq} have same type}}
+  %0:3 = "moe.adamw"(%p, %g, %m, %v, %step, %lr, %lr) {beta1 = 0.9 : f64, beta2 = 0.95 : f64, epsilon = 1.0e-08 : f64, weight_decay = 0.1 : f64, max_grad_norm = 1.0 : f64} : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>, tensor<8x4xf32>, tensor<i64>, tensor<f32>, tensor<f32>) -> (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>)
+  return
+}
+
+// -----
+
+// Tests that a gradient has the type of what it is the gradient of.
+func.func @linear_grad_types(%x: tensor<2x8xf32>, %w: tensor<4x8xf32>, %dy: tensor<2x4xf32>) {
+  // expected-error@+1 {{'moe.linear_grad' op failed to verify that all of {input, d_input} have same type}}
+  %dx, %dw = moe.linear_grad %x, %w, %dy : (tensor<2x8xf32>, tensor<4x8xf32>, tensor<2x4xf32>) -> (tensor<2x4xf32>, tensor<4x8xf32>)
+  return
+}
+
+// -----
+
+// Tests that the fused loss returns an fp32 scalar.
+func.func @cross_entropy_result(%h: tensor<2x8x16xf32>, %w: tensor<64x16xf32>, %labels: tensor<2x8xi64>) {
+  // expected-error@+1 {{'moe.lm_head_cross_entropy' op result #0 must be 0D tensor of 32-bit float values, but got 'tensor<2x8xf32>'}}
+  %0 = moe.lm_head_cross_entropy %h, %w, %labels : (tensor<2x8x16xf32>, tensor<64x16xf32>, tensor<2x8xi64>) -> tensor<2x8xf32>
+  return
+}

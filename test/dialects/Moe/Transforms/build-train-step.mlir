@@ -1,5 +1,7 @@
 // RUN: moec-opt %s -moe-build-train-step | FileCheck %s
 // RUN: moec-opt %s -moe-build-train-step="load-balancing=sinkhorn z-loss-coef=0.001 weight-decay=0.5 return-gradients" | FileCheck %s --check-prefix=SINKHORN
+// The printed step parses back, generic and custom form alike.
+// RUN: moec-opt %s -moe-build-init-params -moe-build-train-step="z-loss-coef=0.001" -mlir-print-op-generic | moec-opt | moec-opt | FileCheck %s --check-prefix=ROUNDTRIP
 
 // One decoder layer without attention: embedding, norm, router + experts,
 // residual add, final norm, lm-head.
@@ -79,3 +81,18 @@ func.func @forward(%ids: tensor<2x8xi64> {moe.input = "input_ids"},
 // SINKHORN: moe.router_z_loss_grad %{{.+}} {scale = 1.000000e-03 : f64}
 // SINKHORN: moe.router_grad {{.*}}load_balancing = #moe.load_balancing<sinkhorn>
 // SINKHORN: moe.adamw {{.*}}weight_decay = 5.000000e-01
+
+// ROUNDTRIP: moe.lm_head_cross_entropy
+// ROUNDTRIP: moe.load_balancing_loss
+// ROUNDTRIP: moe.router_z_loss
+// ROUNDTRIP: moe.expert_counts
+// ROUNDTRIP: moe.lm_head_cross_entropy_grad
+// ROUNDTRIP: moe.router_z_loss_grad
+// ROUNDTRIP: moe.experts_grad
+// ROUNDTRIP: moe.router_grad
+// ROUNDTRIP: moe.linear_grad
+// ROUNDTRIP: moe.rms_norm_grad
+// ROUNDTRIP: moe.embedding_grad
+// ROUNDTRIP: moe.global_norm
+// ROUNDTRIP: moe.adamw
+// ROUNDTRIP: moe.param_init %{{.+}} {kind = #moe.param_init<ones>, name = "norm.weight"}
