@@ -283,7 +283,7 @@ LogicalResult Interpreter::execute(Operation *op) {
         if (failed(kernel(op,
                           route(get(r.getLogits()), r.getK(),
                                 routing(r.getLoadBalancing()), out, experts,
-                                error),
+                                error, r.getTraining()),
                           error)))
           return failure();
         if (failed(set(op, r.getGates(), std::move(out))))

@@ -439,9 +439,21 @@ bool reference::sinkhorn(const HostTensor &logits, double tolerance,
 
 bool reference::route(const HostTensor &logits, int64_t k, Routing mode,
                       HostTensor &gates, HostTensor &experts,
-                      std::string &error) {
-  if (mode == Routing::AuxLoss || mode == Routing::None)
+                      std::string &error, bool training) {
+  if (mode == Routing::AuxLoss || mode == Routing::None ||
+      (!training && mode == Routing::Balanced))
     return routeTopK(logits, k, /*renormalize=*/true, gates, experts, error);
+  if (!training && mode == Routing::Sinkhorn) {
+    // Megatron-Core at evaluation: top-k of the logits, gates the softmax
+    // (sigmoid for k = 1) at those experts.
+    if (!routeTopK(logits, k, /*renormalize=*/false, gates, experts, error))
+      return false;
+    if (k == 1)
+      for (int64_t t = 0; t < experts.numElements(); ++t)
+        gates.f32[t] = static_cast<float>(
+            sigmoid(logits.f32[t * logits.shape.back() + experts.i64[t]]));
+    return true;
+  }
   if (!expectNonScalar(logits, "logits", error) ||
       !expectFloat(logits, "logits", error))
     return false;

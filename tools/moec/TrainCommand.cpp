@@ -102,6 +102,14 @@ cl::opt<double> adamEpsilon("adam-epsilon", cl::init(1e-8),
 cl::opt<double> maxGradNorm("max-grad-norm", cl::init(1.0),
                             cl::desc("gradient clipping norm (0: off)"),
                             cl::sub(sub));
+cl::opt<std::string> validPath(
+    "valid", cl::desc("validation token blocks (same format and length as "
+                      "--tokens): report the mean loss on them"),
+    cl::value_desc("file"), cl::sub(sub));
+cl::opt<int64_t> evalInterval("eval-interval",
+                              cl::desc("evaluate every N steps (default: "
+                                       "after the last step only)"),
+                              cl::init(0), cl::sub(sub));
 cl::opt<std::string> dumpDir("dump",
                              cl::desc("write metrics, gradients and final "
                                       "parameters here"),
@@ -188,6 +196,18 @@ int moec::cli::runTrain() {
                               labels.shapeString(), tokens.shapeString()));
   }
   int64_t blocks = tokens.shape[0], seq = tokens.shape[1];
+  HostTensor valid;
+  if (!validPath.empty()) {
+    if (!readTensorProtoFile(validPath, valid, error))
+      return fail(error);
+    if (valid.isFloat() || valid.shape.size() != 2 || valid.shape[1] != seq ||
+        valid.shape[0] < microBatchSize)
+      return fail(fmt::format("'{}' must hold at least {} int64 blocks of {} "
+                              "tokens but has shape {}",
+                              validPath.getValue(),
+                              microBatchSize.getValue(), seq,
+                              valid.shapeString()));
+  }
 
   moe::BuildTrainStepOptions options;
   options.loadBalancing = loadBalancing;
@@ -213,6 +233,7 @@ int moec::cli::runTrain() {
   if (failed(pm.run(*module)))
     return 1;
   auto step = module->lookupSymbol<func::FuncOp>("train_step");
+  auto evalStep = module->lookupSymbol<func::FuncOp>("eval_step");
   if (printIr)
     step->print(llvm::outs());
 
@@ -253,8 +274,29 @@ int moec::cli::runTrain() {
     if (ec)
       return fail(fmt::format("cannot write '{}': {}", logPath.getValue(),
                               ec.message()));
-    *log << "step,loss,ce_loss,aux_loss,z_loss,grad_norm,lr,tokens_per_s\n";
+    *log << "step,loss,ce_loss,aux_loss,z_loss,grad_norm,lr,tokens_per_s,"
+            "valid_loss\n";
   }
+
+  // The mean loss over the validation blocks, micro-batch by micro-batch
+  // (a remainder smaller than a micro-batch is left out).
+  auto evaluate = [&](double &meanLoss) -> LogicalResult {
+    int64_t batches = valid.shape[0] / microBatchSize, batch = microBatchSize;
+    double sum = 0.0;
+    for (int64_t i = 0; i < batches; ++i) {
+      HostTensor ids = HostTensor::ints({batch, seq});
+      std::copy_n(&valid.i64[i * batch * seq], batch * seq, ids.i64.begin());
+      std::vector<HostTensor> args(state.begin(), state.begin() + n);
+      args.push_back(ids);
+      args.push_back(ids);
+      std::vector<HostTensor> results;
+      if (failed(reference::execute(evalStep, args, results)))
+        return failure();
+      sum += results[0].f32[0];
+    }
+    meanLoss = sum / batches;
+    return success();
+  };
 
   int64_t total = totalSteps > 0 ? totalSteps.getValue() : steps.getValue();
   int64_t batch = microBatchSize;
@@ -300,9 +342,23 @@ int moec::cli::runTrain() {
         "step {:4d}  loss {:.6f}  ce {:.6f}  aux {:.6f}  z {:.6f}  "
         "grad_norm {:.4f}  lr {:.3e}  {:.0f} tokens/s  experts [{}]\n",
         t, loss, ce, aux, z, norm, stepLr, tokensPerSecond, countText);
+    std::string validText;
+    bool evalNow = !validPath.empty() &&
+                   (t == steps || (evalInterval > 0 && t % evalInterval == 0));
+    if (evalNow) {
+      double validLoss;
+      if (failed(evaluate(validLoss)))
+        return 1;
+      validText = fmt::format("{:.9g}", validLoss);
+      llvm::outs() << fmt::format("step {:4d}  valid loss {:.6f} ({} blocks)\n",
+                                  t, validLoss,
+                                  valid.shape[0] / microBatchSize *
+                                      microBatchSize);
+    }
     if (log)
-      *log << fmt::format("{},{:.9g},{:.9g},{:.9g},{:.9g},{:.9g},{:.9g},{:.1f}\n",
-                          t, loss, ce, aux, z, norm, stepLr, tokensPerSecond);
+      *log << fmt::format("{},{:.9g},{:.9g},{:.9g},{:.9g},{:.9g},{:.9g},{:.1f},{}\n",
+                          t, loss, ce, aux, z, norm, stepLr, tokensPerSecond,
+                          validText);
     if (!dumpDir.empty()) {
       std::string prefix = fmt::format("step_{}/", t);
       const char *metricNames[] = {"loss", "ce_loss", "aux_loss", "z_loss",

@@ -150,8 +150,11 @@ def Moe_RouterOp : Moe_Op<"router", [Pure]> {
     `aux_loss` and `none` take the top-k of the softmax and renormalise the
     k gates to sum to one (Mixtral); `sinkhorn` picks by the
     Sinkhorn-normalised scores and gates with the unnormalised softmax;
-    `balanced` gives every expert the same number of token slots. The
-    auxiliary losses are built by the training step, not here.
+    `balanced` gives every expert the same number of token slots. With
+    `training = false` (evaluation) sinkhorn and balanced route by plain
+    top-k of the softmax: sinkhorn keeps its unnormalised gates, balanced its
+    renormalised ones. The auxiliary losses are built by the training step,
+    not here.
 
     ```mlir
     %gates, %experts = moe.router %logits {k = 2 : i64,
@@ -161,7 +164,8 @@ def Moe_RouterOp : Moe_Op<"router", [Pure]> {
   }];
   let arguments = (ins Moe_FloatTensor:$logits,
                        ConfinedAttr<I64Attr, [IntPositive]>:$k,
-                       Moe_LoadBalancingAttr:$load_balancing);
+                       Moe_LoadBalancingAttr:$load_balancing,
+                       DefaultValuedAttr<BoolAttr, "true">:$training);
   let results = (outs Moe_FloatTensor:$gates, Moe_IndexTensor:$experts);
   let assemblyFormat = [{
     $logits attr-dict `:` functional-type(operands, results)

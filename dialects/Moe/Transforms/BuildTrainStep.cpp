@@ -54,9 +54,15 @@ public:
         options(options), builder(forward.getContext()) {}
 
   FailureOr<func::FuncOp> build();
+  LogicalResult buildEval(ArrayRef<BlockArgument> params, Value inputIds);
   int64_t numGradOps = 0;
 
 private:
+  FailureOr<LmHeadOp> cloneForward(ArrayRef<BlockArgument> params,
+                                   ValueRange masters, Value ids,
+                                   bool training,
+                                   SmallVector<Value> &computeParams,
+                                   SmallVector<Operation *> &cloned);
   LogicalResult emitBackward(Operation *op);
   void addGrad(Value value, Value grad);
   Value gradOf(Value v) { return grads.lookup(v); }
@@ -199,9 +205,97 @@ LogicalResult StepBuilder::emitBackward(Operation *op) {
                               "gradient flows through it";
 }
 
-FailureOr<func::FuncOp> StepBuilder::build() {
+/// Clones the forward's body at the builder's insertion point, its
+/// parameters mapped to `masters` (through bf16 compute copies when
+/// computing in bf16) and its token ids to `ids`, every router in the chosen
+/// mode (`training` false: evaluation routing). Returns the cloned lm-head.
+FailureOr<LmHeadOp> StepBuilder::cloneForward(
+    ArrayRef<BlockArgument> params, ValueRange masters, Value ids,
+    bool training, SmallVector<Value> &computeParams,
+    SmallVector<Operation *> &cloned) {
   Location loc = forward.getLoc();
   Block &body = forward.getBody().front();
+  IRMapping mapping;
+  for (auto [p, master] : llvm::zip(params, masters)) {
+    Value copy = master;
+    if (computeType) {
+      RankedTensorType t = tensorType(master);
+      copy = arith::TruncFOp::create(
+          builder, loc, RankedTensorType::get(t.getShape(), computeType),
+          master);
+    }
+    computeParams.push_back(copy);
+    mapping.map(p, copy);
+  }
+  for (BlockArgument arg : forward.getArguments())
+    if (forward.getArgAttr(arg.getArgNumber(), "moe.input"))
+      mapping.map(arg, ids);
+  for (Operation &op : body.without_terminator()) {
+    if (isa<OnnxNodeOp>(op))
+      return op.emitOpError() << "was not raised; the training step needs a "
+                                 "fully raised forward";
+    Operation *copy = builder.clone(op, mapping);
+    if (computeType)
+      for (Value result : copy->getResults())
+        if (auto t = dyn_cast<RankedTensorType>(result.getType()))
+          if (t.getElementType().isF32())
+            result.setType(RankedTensorType::get(t.getShape(), computeType));
+    if (auto r = dyn_cast<RouterOp>(copy)) {
+      r.setLoadBalancingAttr(LoadBalancingAttr::get(builder.getContext(), mode));
+      r.setTraining(training);
+    }
+    cloned.push_back(copy);
+  }
+  auto ret = cast<func::ReturnOp>(body.getTerminator());
+  if (ret.getNumOperands() != 1)
+    return ret.emitOpError() << "the forward must return only the logits";
+  auto head = mapping.lookup(ret.getOperand(0)).getDefiningOp<LmHeadOp>();
+  if (!head)
+    return ret.emitOpError() << "the forward must return a moe.lm_head";
+  return head;
+}
+
+/// @eval_step(params..., input_ids, labels) -> ce_loss: the forward with
+/// evaluation routing and the fused loss, no backward.
+LogicalResult StepBuilder::buildEval(ArrayRef<BlockArgument> params,
+                                     Value inputIds) {
+  Location loc = forward.getLoc();
+  auto f32Scalar = RankedTensorType::get({}, builder.getF32Type());
+  SmallVector<Type> argTypes;
+  for (BlockArgument p : params)
+    argTypes.push_back(p.getType());
+  argTypes.append({inputIds.getType(), inputIds.getType()});
+  builder.setInsertionPointAfter(forward);
+  auto eval = func::FuncOp::create(builder, loc, "eval_step",
+                                   builder.getFunctionType(argTypes, {f32Scalar}));
+  Block *entry = eval.addEntryBlock();
+  size_t n = params.size();
+  for (auto [i, p] : llvm::enumerate(params))
+    eval.setArgAttr(i, "moe.parameter",
+                    forward.getArgAttr(p.getArgNumber(), "moe.parameter"));
+  eval.setArgAttr(n, "moe.input", builder.getStringAttr("input_ids"));
+  eval.setArgAttr(n + 1, "moe.input", builder.getStringAttr("labels"));
+  eval.setResultAttr(0, "moe.output", builder.getStringAttr("ce_loss"));
+  builder.setInsertionPointToStart(entry);
+  SmallVector<Value> computeParams;
+  SmallVector<Operation *> cloned;
+  FailureOr<LmHeadOp> head =
+      cloneForward(params, entry->getArguments().take_front(n),
+                   entry->getArgument(n), /*training=*/false, computeParams,
+                   cloned);
+  if (failed(head))
+    return failure();
+  builder.setInsertionPointAfter(*head);
+  Value ce = LmHeadCrossEntropyOp::create(
+      builder, head->getLoc(), f32Scalar, head->getInput(), head->getWeight(),
+      entry->getArgument(n + 1), builder.getI64IntegerAttr(options.ignoreIndex));
+  head->erase();
+  func::ReturnOp::create(builder, loc, ce);
+  return success();
+}
+
+FailureOr<func::FuncOp> StepBuilder::build() {
+  Location loc = forward.getLoc();
 
   // --- Signature --------------------------------------------------------
   SmallVector<BlockArgument> params;
@@ -273,48 +367,19 @@ FailureOr<func::FuncOp> StepBuilder::build() {
                          forward.getArgAttr(p.getArgNumber(), "moe.parameter"));
 
   // --- 1. The forward -----------------------------------------------------
-  IRMapping mapping;
-  builder.setInsertionPointToStart(entry);
-  // bf16 compute copies: the forward reads truncated masters.
   SmallVector<Value> computeParams;
-  for (auto [i, p] : llvm::enumerate(params)) {
-    Value master = entry->getArgument(i);
-    Value copy = master;
-    if (computeType) {
-      RankedTensorType t = tensorType(master);
-      copy = arith::TruncFOp::create(
-          builder, loc, RankedTensorType::get(t.getShape(), computeType),
-          master);
-    }
-    computeParams.push_back(copy);
-    mapping.map(p, copy);
-  }
-  mapping.map(inputIds, entry->getArgument(3 * n));
-  Value labels = entry->getArgument(3 * n + 1);
   SmallVector<Operation *> cloned;
-  for (Operation &op : body.without_terminator()) {
-    if (isa<OnnxNodeOp>(op))
-      return op.emitOpError() << "was not raised; the training step needs a "
-                                 "fully raised forward";
-    Operation *copy = builder.clone(op, mapping);
-    if (computeType)
-      for (Value result : copy->getResults())
-        if (auto t = dyn_cast<RankedTensorType>(result.getType()))
-          if (t.getElementType().isF32())
-            result.setType(RankedTensorType::get(t.getShape(), computeType));
-    cloned.push_back(copy);
-  }
-  auto ret = cast<func::ReturnOp>(body.getTerminator());
-  if (ret.getNumOperands() != 1)
-    return ret.emitOpError() << "the forward must return only the logits";
-  auto head = mapping.lookup(ret.getOperand(0)).getDefiningOp<LmHeadOp>();
-  if (!head)
-    return ret.emitOpError() << "the forward must return a moe.lm_head";
+  builder.setInsertionPointToStart(entry);
+  FailureOr<LmHeadOp> clonedHead = cloneForward(
+      params, entry->getArguments().take_front(n), entry->getArgument(3 * n),
+      /*training=*/true, computeParams, cloned);
+  if (failed(clonedHead))
+    return failure();
+  LmHeadOp head = *clonedHead;
+  Value labels = entry->getArgument(3 * n + 1);
   SmallVector<Value> routerLogits, routerExperts;
   for (Operation *op : cloned)
     if (auto r = dyn_cast<RouterOp>(op)) {
-      r.setLoadBalancingAttr(
-          LoadBalancingAttr::get(builder.getContext(), mode));
       routerLogits.push_back(r.getLogits());
       routerExperts.push_back(r.getExperts());
     }
@@ -428,6 +493,8 @@ FailureOr<func::FuncOp> StepBuilder::build() {
   if (options.returnGradients)
     results.append(paramGrads);
   func::ReturnOp::create(builder, loc, results);
+  if (failed(buildEval(params, inputIds)))
+    return failure();
   return step;
 }
 

@@ -68,8 +68,11 @@ enum class Routing { AuxLoss, Sinkhorn, Balanced, None };
 /// balanced gives every expert exactly its capacity of T·k/E slots (the
 /// first T·k mod E experts one more), greedily by probability, exchanging
 /// a full expert's slot when a token would fall short.
+/// With `training` false, sinkhorn and balanced route by plain top-k
+/// (sinkhorn gates unnormalised, balanced renormalised), as at evaluation.
 bool route(const HostTensor &logits, int64_t k, Routing mode,
-           HostTensor &gates, HostTensor &experts, std::string &error);
+           HostTensor &gates, HostTensor &experts, std::string &error,
+           bool training = true);
 
 /// Megatron-Core's Sinkhorn normalisation of exp(`logits`) ([T, E]),
 /// iterated until the mean change of the column scaling is below `tolerance`.

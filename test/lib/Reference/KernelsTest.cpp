@@ -165,3 +165,35 @@ TEST(Kernels, InterleavedLayoutReadsAlternateRows) {
 }
 
 } // namespace
+
+namespace {
+
+TEST(Kernels, EvaluationRoutingIsPlainTopK) {
+  // Logits chosen so that Sinkhorn in training would pick differently:
+  // every token prefers expert 0.
+  HostTensor logits = floats({3, 2}, {2, 0, 1.5f, 0, 1, 0});
+  HostTensor gates, experts, sig;
+  std::string error;
+  // Sinkhorn at evaluation: top-k of the logits, softmax gates, not
+  // renormalised (here k = 2 keeps both: the softmax itself).
+  ASSERT_TRUE(route(logits, 2, Routing::Sinkhorn, gates, experts, error,
+                    /*training=*/false))
+      << error;
+  EXPECT_EQ(experts.i64[0], 0);
+  EXPECT_NEAR(gates.f32[0], 1 / (1 + std::exp(-2.0)), 1e-6);
+  // k = 1: the sigmoid of the chosen logit.
+  ASSERT_TRUE(route(logits, 1, Routing::Sinkhorn, sig, experts, error,
+                    /*training=*/false));
+  EXPECT_EQ(experts.i64, (std::vector<int64_t>{0, 0, 0}));
+  EXPECT_NEAR(sig.f32[2], 1 / (1 + std::exp(-1.0)), 1e-6);
+  // In training, Sinkhorn balances the three tokens over both experts.
+  ASSERT_TRUE(route(logits, 1, Routing::Sinkhorn, sig, experts, error));
+  EXPECT_NE(experts.i64, (std::vector<int64_t>{0, 0, 0}));
+  // Balanced at evaluation: Mixtral's renormalised top-k.
+  ASSERT_TRUE(route(logits, 1, Routing::Balanced, gates, experts, error,
+                    /*training=*/false));
+  EXPECT_EQ(experts.i64, (std::vector<int64_t>{0, 0, 0}));
+  EXPECT_FLOAT_EQ(gates.f32[0], 1.0f);
+}
+
+} // namespace

@@ -1,5 +1,6 @@
 // RUN: moec-opt %s -moe-build-train-step | FileCheck %s
 // RUN: moec-opt %s -moe-build-train-step="load-balancing=sinkhorn z-loss-coef=0.001 weight-decay=0.5 return-gradients" | FileCheck %s --check-prefix=SINKHORN
+// RUN: moec-opt %s -moe-build-train-step="load-balancing=sinkhorn" | FileCheck %s --check-prefix=EVAL
 // The printed step parses back, generic and custom form alike.
 // RUN: moec-opt %s -moe-build-init-params -moe-build-train-step="z-loss-coef=0.001" -mlir-print-op-generic | moec-opt | moec-opt | FileCheck %s --check-prefix=ROUNDTRIP
 
@@ -96,3 +97,14 @@ func.func @forward(%ids: tensor<2x8xi64> {moe.input = "input_ids"},
 // ROUNDTRIP: moe.global_norm
 // ROUNDTRIP: moe.adamw
 // ROUNDTRIP: moe.param_init %{{.+}} {kind = #moe.param_init<ones>, name = "norm.weight"}
+
+// The evaluation step: the forward with evaluation routing and the fused
+// loss, no backward, no optimizer.
+// EVAL-LABEL: func.func @eval_step(
+// EVAL-SAME: tensor<2x8xi64> {moe.input = "labels"}) -> (tensor<f32> {moe.output = "ce_loss"})
+// EVAL: moe.router {{.*}}load_balancing = #moe.load_balancing<sinkhorn>, training = false
+// EVAL: %[[CE:.+]] = moe.lm_head_cross_entropy
+// EVAL-NOT: _grad
+// EVAL-NOT: moe.adamw
+// EVAL: return %[[CE]]
+// EVAL-LABEL: func.func @train_step(
