@@ -17,4 +17,5 @@ echo "== moec run $model (CPU reference executor)"
 build/bin/moec run "$model" --input "$data/input_0.pb" --expect "$data/output_0.pb"
 echo "== moec train $model --reference (CPU reference executor, 20 steps of 8x64 tokens)"
 build/bin/moec train "$model" --reference --tokens test/Inputs/fortunes/train.pb \
+  --valid test/Inputs/fortunes/valid.pb \
   --micro-batch-size 8 --steps 20 --lr 3e-3 --warmup-steps 5
