@@ -55,6 +55,39 @@ bool expectInt(const HostTensor &t, const char *what, std::string &error) {
   return false;
 }
 
+/// Row i of the attention probabilities of batch b, query head h: the
+/// softmax over the keys of scale·q·k, masked keys 0 (fp64).
+void attentionProbabilities(const HostTensor &query, const HostTensor &key,
+                            int64_t b, int64_t h, int64_t i, bool causal,
+                            double scale, std::optional<int64_t> slidingWindow,
+                            std::vector<double> &p) {
+  int64_t seqQ = query.shape[1], qHeads = query.shape[2], dim = query.shape[3];
+  int64_t seqK = key.shape[1], kvHeads = key.shape[2];
+  int64_t kvh = h / (qHeads / kvHeads);
+  const float *q = &query.f32[((b * seqQ + i) * qHeads + h) * dim];
+  p.assign(seqK, 0.0);
+  double maxScore = -INFINITY;
+  for (int64_t j = 0; j < seqK; ++j) {
+    bool visible =
+        !causal || (j <= i && (!slidingWindow || i - j < *slidingWindow));
+    if (!visible) {
+      p[j] = -INFINITY;
+      continue;
+    }
+    const float *k = &key.f32[((b * seqK + j) * kvHeads + kvh) * dim];
+    double dot = 0.0;
+    for (int64_t d = 0; d < dim; ++d)
+      dot += static_cast<double>(q[d]) * k[d];
+    p[j] = dot * scale;
+    maxScore = std::max(maxScore, p[j]);
+  }
+  double total = 0.0;
+  for (double &x : p)
+    total += (x = std::isinf(x) ? 0.0 : std::exp(x - maxScore));
+  for (double &x : p)
+    x /= total;
+}
+
 } // namespace
 
 bool reference::embedding(const HostTensor &table, const HostTensor &indices,
@@ -168,39 +201,19 @@ bool reference::attention(const HostTensor &query, const HostTensor &key,
   }
   int64_t group = qHeads / kvHeads;
   out = HostTensor::floats(query.shape);
-  std::vector<double> scores(seqK);
+  std::vector<double> p;
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t h = 0; h < qHeads; ++h) {
       int64_t kvh = h / group;
       for (int64_t i = 0; i < seqQ; ++i) {
-        const float *q = &query.f32[((b * seqQ + i) * qHeads + h) * dim];
-        double maxScore = -INFINITY;
-        for (int64_t j = 0; j < seqK; ++j) {
-          bool visible = !causal || (j <= i && (!slidingWindow ||
-                                                i - j < *slidingWindow));
-          if (!visible) {
-            scores[j] = -INFINITY;
-            continue;
-          }
-          const float *k = &key.f32[((b * seqK + j) * kvHeads + kvh) * dim];
-          double dot = 0.0;
-          for (int64_t d = 0; d < dim; ++d)
-            dot += static_cast<double>(q[d]) * k[d];
-          scores[j] = dot * scale;
-          maxScore = std::max(maxScore, scores[j]);
-        }
-        double total = 0.0;
-        for (int64_t j = 0; j < seqK; ++j) {
-          scores[j] = std::isinf(scores[j]) ? 0.0 : std::exp(scores[j] - maxScore);
-          total += scores[j];
-        }
+        attentionProbabilities(query, key, b, h, i, causal, scale,
+                               slidingWindow, p);
         float *o = &out.f32[((b * seqQ + i) * qHeads + h) * dim];
         for (int64_t d = 0; d < dim; ++d) {
           double acc = 0.0;
           for (int64_t j = 0; j < seqK; ++j)
-            acc += scores[j] *
-                   value.f32[((b * seqK + j) * kvHeads + kvh) * dim + d];
-          o[d] = static_cast<float>(acc / total);
+            acc += p[j] * value.f32[((b * seqK + j) * kvHeads + kvh) * dim + d];
+          o[d] = static_cast<float>(acc);
         }
       }
     }
@@ -1020,29 +1033,10 @@ bool reference::attentionGrad(const HostTensor &query, const HostTensor &key,
       for (int64_t i = 0; i < seqQ; ++i) {
         const float *q = &query.f32[at(b, i, h, seqQ, qHeads, dim)];
         const float *dO = &dOut.f32[at(b, i, h, seqQ, qHeads, dim)];
-        double maxScore = -INFINITY;
-        for (int64_t j = 0; j < seqK; ++j) {
-          bool visible = !causal || (j <= i && (!slidingWindow ||
-                                                i - j < *slidingWindow));
-          if (!visible) {
-            p[j] = -INFINITY;
-            continue;
-          }
-          const float *k = &key.f32[at(b, j, kvh, seqK, kvHeads, dim)];
-          double dot = 0.0;
-          for (int64_t d = 0; d < dim; ++d)
-            dot += static_cast<double>(q[d]) * k[d];
-          p[j] = dot * scale;
-          maxScore = std::max(maxScore, p[j]);
-        }
-        double total = 0.0;
-        for (int64_t j = 0; j < seqK; ++j) {
-          p[j] = std::isinf(p[j]) ? 0.0 : std::exp(p[j] - maxScore);
-          total += p[j];
-        }
+        attentionProbabilities(query, key, b, h, i, causal, scale,
+                               slidingWindow, p);
         double inner = 0.0;
         for (int64_t j = 0; j < seqK; ++j) {
-          p[j] /= total;
           const float *v = &value.f32[at(b, j, kvh, seqK, kvHeads, dim)];
           double acc = 0.0;
           for (int64_t d = 0; d < dim; ++d)

@@ -26,6 +26,7 @@ Modules:
 * :mod:`moec.check_train` -- compares a ``moec train --dump`` with a golden.
 * :mod:`moec.data` -- tokenises Debian's fortunes into token-block files.
 * :mod:`moec.plot_loss` -- draws a training-metrics CSV.
+* :mod:`moec.atomic` -- atomic file writes.
 
 Run them with ``PYTHONPATH=python`` from the repository root.
 """

@@ -59,7 +59,6 @@ import argparse
 import hashlib
 import io
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -68,6 +67,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from moec.atomic import write_atomically
 
 #: Where Debian's ``fortunes`` package installs its files.
 DEFAULT_TEXT_DIR = Path("/usr/share/games/fortunes")
@@ -284,19 +285,6 @@ def _evenly_spaced(blocks: np.ndarray, count: int | None) -> np.ndarray:
     if count is None or count >= len(blocks):
         return blocks
     return blocks[np.linspace(0, len(blocks) - 1, count).round().astype(np.int64)]
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Writes ``data`` to a temporary file beside ``path``, then renames it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def sha256(data: bytes) -> str:

@@ -25,10 +25,11 @@ import argparse
 import csv
 import io
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from moec.atomic import write_atomically
 
 DEFAULT_SMOOTHING = 0.9
 
@@ -132,19 +133,6 @@ def plot(metrics: Metrics, title: str, smoothing: float, uniform: int | None) ->
     fig.savefig(buffer, format="png", metadata={"Software": None})
     plt.close(fig)
     return buffer.getvalue()
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Writes ``data`` to a temporary file beside ``path``, then renames it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _smoothing(text: str) -> float:
