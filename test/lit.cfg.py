@@ -3,9 +3,9 @@
 
 Test files: .mlir (passes and diagnostics, through moec-opt), .test (driver
 and end-to-end runs). Python with numpy/onnxruntime is used by some tests
-and marked by the `onnxruntime` feature; GPU tests need the `gpu` feature,
-which is set only when an NVIDIA GPU answers `nvidia-smi`, and are reported
-UNSUPPORTED elsewhere.
+and marked by the `onnxruntime` feature; tests that build CUDA programs need
+`nvcc`; GPU tests need the `gpu` feature, which is set only when an NVIDIA
+GPU answers `nvidia-smi`, and are reported UNSUPPORTED elsewhere.
 """
 
 import os
@@ -42,6 +42,9 @@ def python_has(module):
 
 if python_has("onnxruntime") and python_has("numpy"):
     config.available_features.add("onnxruntime")
+
+if shutil.which("nvcc") or os.path.exists("/usr/local/cuda/bin/nvcc"):
+    config.available_features.add("nvcc")
 
 if shutil.which("nvidia-smi") and subprocess.run(
         ["nvidia-smi", "-L"], capture_output=True).returncode == 0:

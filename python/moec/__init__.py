@@ -27,6 +27,7 @@ Modules:
 * :mod:`moec.data` -- tokenises Debian's fortunes into token-block files.
 * :mod:`moec.plot_loss` -- draws a training-metrics CSV.
 * :mod:`moec.atomic` -- atomic file writes.
+* :mod:`moec.check_init` -- checks parameters a compiled ``init_params`` wrote.
 
 Run them with ``PYTHONPATH=python`` from the repository root.
 """

@@ -23,6 +23,9 @@ int runRun();
 extern llvm::cl::SubCommand trainCommand;
 int runTrain();
 
+extern llvm::cl::SubCommand compileCommand;
+int runCompile();
+
 extern llvm::cl::SubCommand planCommand;
 int runPlan();
 

@@ -22,6 +22,8 @@ int main(int argc, char **argv) {
     return moec::cli::runRun();
   if (moec::cli::trainCommand)
     return moec::cli::runTrain();
+  if (moec::cli::compileCommand)
+    return moec::cli::runCompile();
   if (moec::cli::planCommand)
     return moec::cli::runPlan();
   llvm::errs() << "moec: no command given; see 'moec --help'\n";

@@ -28,9 +28,17 @@
 #include <cstdint>
 #include <string_view>
 
+// The generator runs on the host (reference executor, host programs) and
+// in the GPU initialisation kernels the CUDA backend emits.
+#ifdef __CUDACC__
+#define MOEC_HOST_DEVICE __host__ __device__
+#else
+#define MOEC_HOST_DEVICE
+#endif
+
 namespace moec {
 
-inline uint64_t splitmix64(uint64_t z) {
+MOEC_HOST_DEVICE inline uint64_t splitmix64(uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
@@ -50,16 +58,23 @@ inline uint64_t fnv1a64(std::string_view text) {
 class ParamNormalStream {
 public:
   ParamNormalStream(uint64_t seed, std::string_view name)
-      : base(splitmix64(splitmix64(seed) ^ fnv1a64(name))) {}
+      : base(baseFor(seed, name)) {}
+  /// From a precomputed baseFor(seed, name), as a GPU kernel receives it.
+  MOEC_HOST_DEVICE explicit ParamNormalStream(uint64_t base) : base(base) {}
+
+  static uint64_t baseFor(uint64_t seed, std::string_view name) {
+    return splitmix64(splitmix64(seed) ^ fnv1a64(name));
+  }
 
   /// The standard-normal value of element `index`.
-  double at(uint64_t index) const {
+  MOEC_HOST_DEVICE double at(uint64_t index) const {
+    const double twoPi = 6.283185307179586476925286766559;
     double u0 = uniform(2 * index), u1 = uniform(2 * index + 1);
-    return std::sqrt(-2.0 * std::log(u0)) * std::cos(2.0 * M_PI * u1);
+    return ::sqrt(-2.0 * ::log(u0)) * ::cos(twoPi * u1);
   }
 
 private:
-  double uniform(uint64_t counter) const {
+  MOEC_HOST_DEVICE double uniform(uint64_t counter) const {
     uint64_t bits = splitmix64(base ^ counter);
     return (static_cast<double>(bits >> 11) + 0.5) * 0x1.0p-53;
   }
