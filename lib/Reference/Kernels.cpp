@@ -88,6 +88,15 @@ void attentionProbabilities(const HostTensor &query, const HostTensor &key,
     x /= total;
 }
 
+/// An fp32 tensor of `shape` from fp64 accumulators.
+HostTensor fromAccumulators(const std::vector<double> &values,
+                            std::vector<int64_t> shape) {
+  HostTensor t = HostTensor::floats(std::move(shape));
+  for (size_t i = 0; i < values.size(); ++i)
+    t.f32[i] = static_cast<float>(values[i]);
+  return t;
+}
+
 } // namespace
 
 bool reference::embedding(const HostTensor &table, const HostTensor &indices,
@@ -773,8 +782,7 @@ bool reference::lmHeadCrossEntropyGrad(const HostTensor &input,
                     }
                   }
                 });
-  for (int64_t i = 0; i < weight.numElements(); ++i)
-    dWeight.f32[i] = static_cast<float>(dW[i]);
+  dWeight = fromAccumulators(dW, weight.shape);
   return true;
 }
 
@@ -936,9 +944,7 @@ bool reference::embeddingGrad(const HostTensor &indices,
     for (int64_t h = 0; h < hidden; ++h)
       acc[id * hidden + h] += dOut.f32[t * hidden + h];
   }
-  dTable = HostTensor::floats({vocab, hidden});
-  for (int64_t i = 0; i < vocab * hidden; ++i)
-    dTable.f32[i] = static_cast<float>(acc[i]);
+  dTable = fromAccumulators(acc, {vocab, hidden});
   return true;
 }
 
@@ -975,9 +981,7 @@ bool reference::rmsNormGrad(const HostTensor &input, const HostTensor &weight,
           static_cast<double>(dy[h]) * weight.f32[h] * r -
           r * r * r * x[h] * dot / hidden);
   }
-  dWeight = HostTensor::floats({hidden});
-  for (int64_t h = 0; h < hidden; ++h)
-    dWeight.f32[h] = static_cast<float>(dW[h]);
+  dWeight = fromAccumulators(dW, {hidden});
   return true;
 }
 
@@ -1058,15 +1062,9 @@ bool reference::attentionGrad(const HostTensor &query, const HostTensor &key,
         }
       }
     }
-  auto store = [](const std::vector<double> &src, const HostTensor &like) {
-    HostTensor t = HostTensor::floats(like.shape);
-    for (size_t i = 0; i < src.size(); ++i)
-      t.f32[i] = static_cast<float>(src[i]);
-    return t;
-  };
-  dQuery = store(dq, query);
-  dKey = store(dk, key);
-  dValue = store(dv, value);
+  dQuery = fromAccumulators(dq, query.shape);
+  dKey = fromAccumulators(dk, key.shape);
+  dValue = fromAccumulators(dv, value.shape);
   return true;
 }
 
@@ -1096,9 +1094,7 @@ bool reference::linearGrad(const HostTensor &input, const HostTensor &weight,
       }
       dInput.f32[r * in + i] = static_cast<float>(acc);
     }
-  dWeight = HostTensor::floats(weight.shape);
-  for (int64_t i = 0; i < out * in; ++i)
-    dWeight.f32[i] = static_cast<float>(dW[i]);
+  dWeight = fromAccumulators(dW, weight.shape);
   return true;
 }
 
@@ -1171,15 +1167,9 @@ bool reference::expertsGrad(const HostTensor &input, const HostTensor &gates,
       }
     }
   }
-  auto store = [](const std::vector<double> &src, const HostTensor &like) {
-    HostTensor r = HostTensor::floats(like.shape);
-    for (size_t i = 0; i < src.size(); ++i)
-      r.f32[i] = static_cast<float>(src[i]);
-    return r;
-  };
-  dInput = store(dx, input);
-  dGateUp = store(dW1, gateUp);
-  dDown = store(dW2, down);
+  dInput = fromAccumulators(dx, input.shape);
+  dGateUp = fromAccumulators(dW1, gateUp.shape);
+  dDown = fromAccumulators(dW2, down.shape);
   return true;
 }
 

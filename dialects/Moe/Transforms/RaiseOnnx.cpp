@@ -207,8 +207,7 @@ private:
   SmallVector<SmallVector<int64_t>> sampleInputShapes();
   void bindInputs(OnnxEvaluator &eval, ArrayRef<int64_t> shape);
   HostTensor randomTensor(ArrayRef<int64_t> shape);
-  Value reshapeTo(Location loc, Value v, RankedTensorType like,
-                  ArrayRef<int64_t> trailing);
+  Value reshapeTo(Location loc, Value v, ArrayRef<int64_t> trailing);
   Value collapseTrailing(Location loc, Value v, int64_t keep);
 
   func::FuncOp func;
@@ -286,8 +285,7 @@ HostTensor Raiser::randomTensor(ArrayRef<int64_t> shape) {
 
 /// Splits the last dimension of `v` ([..., N*D]) into `trailing` ([N, D]),
 /// keeping the leading (possibly dynamic) dimensions.
-Value Raiser::reshapeTo(Location loc, Value v, RankedTensorType like,
-                        ArrayRef<int64_t> trailing) {
+Value Raiser::reshapeTo(Location loc, Value v, ArrayRef<int64_t> trailing) {
   RankedTensorType type = tensorType(v);
   int64_t rank = type.getRank();
   SmallVector<int64_t> shape(type.getShape().drop_back());
@@ -686,9 +684,9 @@ bool Raiser::raiseAttention(OnnxNodeOp softmax) {
   builder.setInsertionPointAfter(outputOp);
   Location loc = softmax.getLoc();
   RankedTensorType qType = tensorType(q.getResult());
-  Value q4 = reshapeTo(loc, q.getResult(), qType, {qHeads, headDim});
-  Value k4 = reshapeTo(loc, k.getResult(), qType, {kvHeads, headDim});
-  Value v4 = reshapeTo(loc, v.getResult(), qType, {kvHeads, headDim});
+  Value q4 = reshapeTo(loc, q.getResult(), {qHeads, headDim});
+  Value k4 = reshapeTo(loc, k.getResult(), {kvHeads, headDim});
+  Value v4 = reshapeTo(loc, v.getResult(), {kvHeads, headDim});
   FloatAttr thetaAttr = builder.getF64FloatAttr(*theta);
   Value qr = RotaryOp::create(builder, loc, q4.getType(), q4, Value(), thetaAttr);
   Value kr = RotaryOp::create(builder, loc, k4.getType(), k4, Value(), thetaAttr);
@@ -957,7 +955,6 @@ bool Raiser::raiseSparseMoe(OnnxNodeOp topK) {
     HostTensor w1 = randomTensor(gateUpType.getShape());
     HostTensor w2 = randomTensor(downType.getShape());
     eval.bind(input, x);
-    eval.bind(routerLinear.getResult(), HostTensor());
     std::string error;
     // The router linear is already raised: compute its value here.
     HostTensor flat = x;

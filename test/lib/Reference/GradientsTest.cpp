@@ -26,6 +26,8 @@
 
 #include "moec/Reference/Kernels.h"
 
+#include "TestTensors.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -48,17 +50,8 @@ constexpr double kGradientTolerance = 1e-3;
 constexpr double kLossStep = 3e-2;
 constexpr double kLossTolerance = 2e-3;
 
-HostTensor floats(std::vector<int64_t> shape, std::vector<float> values) {
-  HostTensor t = HostTensor::floats(std::move(shape));
-  t.f32 = std::move(values);
-  return t;
-}
-
-HostTensor ints(std::vector<int64_t> shape, std::vector<int64_t> values) {
-  HostTensor t = HostTensor::ints(std::move(shape));
-  t.i64 = std::move(values);
-  return t;
-}
+using moec::testing::floats;
+using moec::testing::ints;
 
 /// Normal values of standard deviation `scale`.
 HostTensor randomFloats(std::vector<int64_t> shape, std::mt19937 &rng,

@@ -7,6 +7,8 @@
 
 #include "moec/Reference/Kernels.h"
 
+#include "TestTensors.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -16,17 +18,8 @@ using namespace moec::reference;
 
 namespace {
 
-HostTensor floats(std::vector<int64_t> shape, std::vector<float> values) {
-  HostTensor t = HostTensor::floats(std::move(shape));
-  t.f32 = std::move(values);
-  return t;
-}
-
-HostTensor ints(std::vector<int64_t> shape, std::vector<int64_t> values) {
-  HostTensor t = HostTensor::ints(std::move(shape));
-  t.i64 = std::move(values);
-  return t;
-}
+using moec::testing::floats;
+using moec::testing::ints;
 
 TEST(Kernels, EmbeddingGathersRowsAndRejectsOutOfRange) {
   HostTensor table = floats({3, 2}, {0, 1, 10, 11, 20, 21});
