@@ -7,7 +7,7 @@ set -euo pipefail
 
 packages=(cmake ninja-build g++ libmlir-22-dev mlir-22-tools llvm-22-dev
           llvm-22-tools libonnx-dev libprotobuf-dev protobuf-compiler
-          libfmt-dev libgtest-dev zlib1g-dev)
+          libfmt-dev libgtest-dev zlib1g-dev libcli11-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -1,11 +1,17 @@
 //===- CompileCommand.cpp - `moec compile` --------------------------------===//
 //
-// `moec compile MODEL -o OUT [--emit cuda] [--arch sm_90a]`: lowers the
-// model to CUDA programs and builds them with nvcc. So far the programs are
-// `init_params` (delayed_param on the GPU: every parameter from the seed);
-// the training step comes next (docs/cuda-backend.md). Sources are written
-// atomically; nvcc is skipped when a program's source and flags hash to the
-// one it was built from (OUT/<program>.hash).
+// `moec compile MODEL [--config train.json] -o OUT [--emit cuda]
+// [--arch sm_90a]`: builds the training step for the job in the config
+// (micro-batch, sequence length, precision, MoE and optimizer options),
+// specialises its shapes, plans its memory and prints two CUDA programs:
+//
+//   OUT/init_params   delayed_param only (checked against numpy);
+//   OUT/train_step    the whole training step and its host driver.
+//
+// plus OUT/manifest.json (what was compiled and the memory plan). Sources
+// are written atomically; nvcc is skipped when a program's source and flags
+// hash to the ones it was built from (OUT/<program>.hash). The config's keys
+// follow SMP's names (docs/cuda-backend.md).
 //
 //===----------------------------------------------------------------------===//
 
@@ -13,12 +19,15 @@
 #include "ModelLoading.h"
 
 #include "dialects/Moe/Transforms/Passes.h"
+#include "moec/Pipelines/Pipelines.h"
 #include "moec/Target/Cuda.h"
 
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Pass/PassManager.h"
 #include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/FileSystem.h"
+#include "llvm/Support/JSON.h"
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/Path.h"
 #include "llvm/Support/Program.h"
@@ -31,8 +40,7 @@ using namespace mlir;
 namespace cl = llvm::cl;
 
 cl::SubCommand moec::cli::compileCommand(
-    "compile", "compile a model to CUDA programs (so far: parameter "
-               "initialisation)");
+    "compile", "compile a model's training step to CUDA programs");
 
 namespace {
 cl::SubCommand &sub = moec::cli::compileCommand;
@@ -40,14 +48,14 @@ cl::opt<std::string> modelPath(cl::Positional, cl::desc("<model.onnx|.mlir>"),
                                cl::Required, cl::sub(sub));
 cl::opt<std::string> outDir("o", cl::desc("output folder"),
                             cl::value_desc("dir"), cl::Required, cl::sub(sub));
+cl::opt<std::string> configPath(
+    "config", cl::desc("training job (JSON; see docs/cuda-backend.md)"),
+    cl::value_desc("train.json"), cl::sub(sub));
 cl::opt<std::string> emit("emit",
                           cl::desc("stop after writing sources: cuda"),
                           cl::sub(sub));
 cl::opt<std::string> arch("arch", cl::desc("GPU architecture for nvcc"),
                           cl::init("sm_90a"), cl::sub(sub));
-cl::opt<double> initializerRange("initializer-range",
-                                 cl::desc("std of the normal initialisers"),
-                                 cl::init(0.02), cl::sub(sub));
 
 int fail(const std::string &message) {
   llvm::errs() << "error: " << message << "\n";
@@ -68,6 +76,167 @@ bool writeFile(llvm::StringRef path, llvm::StringRef text,
   }
   return true;
 }
+
+/// The training job. Defaults equal `moec train`'s.
+struct Job {
+  int64_t microBatchSize = 2, seqLength = 64;
+  bool bf16 = false;
+  std::string loadBalancing = "aux_loss";
+  double auxLossCoef = 0.02, zLossCoef = 0.0, weightDecay = 0.1,
+         beta1 = 0.9, beta2 = 0.95, adamEpsilon = 1e-8, maxGradNorm = 1.0,
+         initializerRange = 0.02;
+};
+
+/// Reads `path` into `job`; every key must be known and of the right type.
+bool readJob(llvm::StringRef path, Job &job, std::string &error) {
+  auto buffer = llvm::MemoryBuffer::getFile(path);
+  if (!buffer) {
+    error = fmt::format("cannot read config '{}': {}", path.str(),
+                        buffer.getError().message());
+    return false;
+  }
+  llvm::Expected<llvm::json::Value> parsed =
+      llvm::json::parse((*buffer)->getBuffer());
+  if (!parsed) {
+    error = fmt::format("config '{}' is not JSON: {}", path.str(),
+                        llvm::toString(parsed.takeError()));
+    return false;
+  }
+  const llvm::json::Object *object = parsed->getAsObject();
+  if (!object) {
+    error = fmt::format("config '{}' must be a JSON object", path.str());
+    return false;
+  }
+  for (const auto &[key, value] : *object) {
+    std::string k = key.str();
+    auto number = [&](auto &field) {
+      if (auto v = value.getAsNumber()) {
+        field = static_cast<std::remove_reference_t<decltype(field)>>(*v);
+        return true;
+      }
+      error = fmt::format("config '{}': '{}' must be a number", path.str(), k);
+      return false;
+    };
+    bool ok;
+    if (k == "micro_batch_size")
+      ok = number(job.microBatchSize);
+    else if (k == "seq_length")
+      ok = number(job.seqLength);
+    else if (k == "router_aux_loss_coef")
+      ok = number(job.auxLossCoef);
+    else if (k == "router_z_loss_coef")
+      ok = number(job.zLossCoef);
+    else if (k == "weight_decay")
+      ok = number(job.weightDecay);
+    else if (k == "beta1")
+      ok = number(job.beta1);
+    else if (k == "beta2")
+      ok = number(job.beta2);
+    else if (k == "adam_epsilon")
+      ok = number(job.adamEpsilon);
+    else if (k == "max_grad_norm")
+      ok = number(job.maxGradNorm);
+    else if (k == "initializer_range")
+      ok = number(job.initializerRange);
+    else if (k == "bf16") {
+      ok = value.getAsBoolean().has_value();
+      if (ok)
+        job.bf16 = *value.getAsBoolean();
+      else
+        error = fmt::format("config '{}': 'bf16' must be true or false",
+                            path.str());
+    } else if (k == "moe_load_balancing") {
+      ok = value.getAsString().has_value();
+      if (ok)
+        job.loadBalancing = value.getAsString()->str();
+      else
+        error = fmt::format("config '{}': 'moe_load_balancing' must be a "
+                            "string",
+                            path.str());
+    } else {
+      error = fmt::format(
+          "config '{}': unknown key '{}' (known: micro_batch_size, "
+          "seq_length, bf16, moe_load_balancing, router_aux_loss_coef, "
+          "router_z_loss_coef, weight_decay, beta1, beta2, adam_epsilon, "
+          "max_grad_norm, initializer_range)",
+          path.str(), k);
+      ok = false;
+    }
+    if (!ok)
+      return false;
+  }
+  if (job.microBatchSize < 1 || job.seqLength < 2) {
+    error = fmt::format("config '{}': micro_batch_size {} must be at least 1 "
+                        "and seq_length {} at least 2",
+                        path.str(), job.microBatchSize, job.seqLength);
+    return false;
+  }
+  return true;
+}
+
+/// Builds `source` into OUT/<name> with nvcc unless the cache says it is
+/// current. Returns false with `error` set on failure.
+bool buildProgram(llvm::StringRef name, const std::string &source,
+                  ArrayRef<std::string> extraFlags, std::string &error) {
+  llvm::SmallString<256> cuPath(outDir.getValue()), binPath, hashPath;
+  llvm::sys::path::append(cuPath, name + ".cu");
+  binPath = hashPath = cuPath;
+  llvm::sys::path::replace_extension(binPath, "");
+  llvm::sys::path::replace_extension(hashPath, "hash");
+  if (!writeFile(cuPath, source, error))
+    return false;
+  llvm::outs() << fmt::format("wrote {}\n", cuPath.str().str());
+  if (emit == "cuda")
+    return true;
+
+  llvm::ErrorOr<std::string> nvcc =
+      llvm::sys::findProgramByName("nvcc", {"/usr/local/cuda/bin"});
+  if (!nvcc) {
+    error = "nvcc not found on PATH or in /usr/local/cuda/bin; install the "
+            "CUDA toolkit or use --emit cuda";
+    return false;
+  }
+  std::string archNumber = arch.getValue().substr(3);
+  std::vector<std::string> args = {
+      *nvcc, "-O3", "-std=c++17",
+      fmt::format("-gencode=arch=compute_{},code={}", archNumber,
+                  arch.getValue()),
+      "-I" MOEC_INCLUDE_DIR, "-I" MOERT_INCLUDE_DIR, std::string(cuPath),
+      "-o", std::string(binPath)};
+  args.insert(args.end(), extraFlags.begin(), extraFlags.end());
+  // The kernel cache: the source, every header it can include, and the
+  // command line, hashed.
+  std::string key = source;
+  for (const std::string &a : args)
+    key += "\n" + a;
+  std::error_code ec;
+  for (const char *dir : {MOEC_INCLUDE_DIR, MOERT_INCLUDE_DIR})
+    for (llvm::sys::fs::recursive_directory_iterator it(dir, ec), end;
+         it != end && !ec; it.increment(ec))
+      if (auto header = llvm::MemoryBuffer::getFile(it->path()))
+        key += it->path() + (*header)->getBuffer().str();
+  std::string hash =
+      llvm::toHex(llvm::SHA256::hash(llvm::arrayRefFromStringRef(key)));
+  auto previous = llvm::MemoryBuffer::getFile(hashPath);
+  if (previous && (*previous)->getBuffer().trim() == hash &&
+      llvm::sys::fs::exists(binPath)) {
+    llvm::outs() << fmt::format("{} is up to date\n", binPath.str().str());
+    return true;
+  }
+  std::vector<llvm::StringRef> argRefs(args.begin(), args.end());
+  std::string message;
+  int rc = llvm::sys::ExecuteAndWait(*nvcc, argRefs, std::nullopt, {}, 0, 0,
+                                     &message);
+  if (rc != 0) {
+    error = fmt::format("nvcc failed on '{}' ({}){}", cuPath.str().str(), rc,
+                        message.empty() ? "" : ": " + message);
+    return false;
+  }
+  if (!writeFile(hashPath, hash + "\n", error))
+    return false;
+  llvm::outs() << fmt::format("built {}\n", binPath.str().str());
+  return true;
+}
 } // namespace
 
 int moec::cli::runCompile() {
@@ -76,6 +245,11 @@ int moec::cli::runCompile() {
   if (!llvm::StringRef(arch).starts_with("sm_"))
     return fail(fmt::format("--arch '{}' must look like sm_90a",
                             arch.getValue()));
+  Job job;
+  std::string error;
+  if (!configPath.empty() && !readJob(configPath, job, error))
+    return fail(error);
+
   MLIRContext context;
   DiagnosticPrinter diagnostics(context);
   OwningOpRef<ModuleOp> module =
@@ -84,61 +258,80 @@ int moec::cli::runCompile() {
     return 1;
   PassManager pm(&context);
   moe::BuildInitParamsOptions initOptions;
-  initOptions.initializerRange = initializerRange;
+  initOptions.initializerRange = job.initializerRange;
   pm.addPass(moe::createBuildInitParams(initOptions));
   if (failed(pm.run(*module)))
     return 1;
-
-  std::string source;
-  llvm::raw_string_ostream os(source);
-  if (failed(emitCudaInitProgram(*module, os)))
+  std::string initSource;
+  llvm::raw_string_ostream initOs(initSource);
+  if (failed(emitCudaInitProgram(*module, initOs)))
     return 1;
+
+  moe::BuildTrainStepOptions options;
+  options.loadBalancing = job.loadBalancing;
+  options.auxLossCoef = job.auxLossCoef;
+  options.zLossCoef = job.zLossCoef;
+  options.beta1 = job.beta1;
+  options.beta2 = job.beta2;
+  options.epsilon = job.adamEpsilon;
+  options.weightDecay = job.weightDecay;
+  options.maxGradNorm = job.maxGradNorm;
+  options.computeType = job.bf16 ? "bf16" : "f32";
+  PassManager trainPm(&context);
+  buildTrainStepPipeline(trainPm, options);
+  moe::SpecializeShapesOptions shapes;
+  shapes.batch = job.microBatchSize;
+  shapes.seq = job.seqLength;
+  trainPm.addNestedPass<func::FuncOp>(moe::createSpecializeShapes(shapes));
+  trainPm.addNestedPass<func::FuncOp>(moe::createPlanMemory());
+  if (failed(trainPm.run(*module)))
+    return 1;
+  std::string trainSource;
+  llvm::raw_string_ostream trainOs(trainSource);
+  CudaTrainProgramOptions printOptions;
+  printOptions.modelName = llvm::sys::path::filename(modelPath).str();
+  CudaTrainProgramSummary summary;
+  if (failed(emitCudaTrainProgram(*module, printOptions, trainOs, summary)))
+    return 1;
+
   if (std::error_code ec = llvm::sys::fs::create_directories(outDir))
     return fail(fmt::format("cannot create '{}': {}", outDir.getValue(),
                             ec.message()));
-  llvm::SmallString<256> cuPath(outDir.getValue()), binPath, hashPath;
-  llvm::sys::path::append(cuPath, "init_params.cu");
-  binPath = hashPath = cuPath;
-  llvm::sys::path::replace_extension(binPath, "");
-  llvm::sys::path::replace_extension(hashPath, "hash");
-  std::string error;
-  if (!writeFile(cuPath, source, error))
+  auto step = module->lookupSymbol<func::FuncOp>("train_step");
+  int64_t liveBound =
+      step->getAttrOfType<IntegerAttr>("moe.arena_live_bytes").getInt();
+  llvm::json::Object manifest{
+      {"format", "moec-compile/1"},
+      {"model", modelPath.getValue()},
+      {"arch", arch.getValue()},
+      {"micro_batch_size", job.microBatchSize},
+      {"seq_length", job.seqLength},
+      {"bf16", job.bf16},
+      {"moe_load_balancing", job.loadBalancing},
+      {"router_aux_loss_coef", job.auxLossCoef},
+      {"router_z_loss_coef", job.zLossCoef},
+      {"state_bytes", summary.stateBytes},
+      {"arena_bytes", summary.arenaBytes},
+      {"arena_live_bytes_bound", liveBound},
+      {"input_bytes", summary.inputBytes},
+      {"model_flops_per_step", summary.modelFlops},
+      {"programs", llvm::json::Array{"init_params", "train_step"}}};
+  std::string manifestText;
+  llvm::raw_string_ostream manifestOs(manifestText);
+  manifestOs << llvm::formatv("{0:2}", llvm::json::Value(std::move(manifest)))
+             << "\n";
+  llvm::SmallString<256> manifestPath(outDir.getValue());
+  llvm::sys::path::append(manifestPath, "manifest.json");
+  if (!writeFile(manifestPath, manifestText, error))
     return fail(error);
-  llvm::outs() << fmt::format("wrote {}\n", cuPath.str().str());
-  if (emit == "cuda")
-    return 0;
+  llvm::outs() << fmt::format(
+      "memory plan: state {} B (parameters + AdamW moments), arena {} B "
+      "(live-bytes bound {} B), inputs {} B; {:.3e} model FLOPs per step\n",
+      summary.stateBytes, summary.arenaBytes, liveBound, summary.inputBytes,
+      summary.modelFlops);
 
-  llvm::ErrorOr<std::string> nvcc =
-      llvm::sys::findProgramByName("nvcc", {"/usr/local/cuda/bin"});
-  if (!nvcc)
-    return fail("nvcc not found on PATH or in /usr/local/cuda/bin; install "
-                "the CUDA toolkit or use --emit cuda");
-  std::string archNumber = arch.getValue().substr(3);
-  std::vector<std::string> args = {
-      *nvcc, "-O2", "-std=c++17",
-      fmt::format("-gencode=arch=compute_{},code={}", archNumber,
-                  arch.getValue()),
-      "-I" MOEC_INCLUDE_DIR, std::string(cuPath), "-o", std::string(binPath)};
-  // The kernel cache: the source and the command line, hashed.
-  std::string key = source;
-  for (const std::string &a : args)
-    key += "\n" + a;
-  std::string hash = llvm::toHex(llvm::SHA256::hash(llvm::arrayRefFromStringRef(key)));
-  auto previous = llvm::MemoryBuffer::getFile(hashPath);
-  if (previous && (*previous)->getBuffer().trim() == hash &&
-      llvm::sys::fs::exists(binPath)) {
-    llvm::outs() << fmt::format("{} is up to date\n", binPath.str().str());
-    return 0;
-  }
-  std::vector<llvm::StringRef> argRefs(args.begin(), args.end());
-  std::string message;
-  int rc = llvm::sys::ExecuteAndWait(*nvcc, argRefs, std::nullopt, {}, 0, 0,
-                                     &message);
-  if (rc != 0)
-    return fail(fmt::format("nvcc failed ({}){}", rc,
-                            message.empty() ? "" : ": " + message));
-  if (!writeFile(hashPath, hash + "\n", error))
+  if (!buildProgram("init_params", initSource, {}, error) ||
+      !buildProgram("train_step", trainSource, {"-lcublas"}, error))
     return fail(error);
-  llvm::outs() << fmt::format("built {}\n", binPath.str().str());
   return 0;
 }

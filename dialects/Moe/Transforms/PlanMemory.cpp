@@ -9,6 +9,8 @@
 
 #include "dialects/Moe/Transforms/Passes.h"
 
+#include "dialects/Moe/IR/MoeOps.h"
+
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/Linalg/IR/Linalg.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
@@ -35,11 +37,23 @@ struct Buffer {
   int64_t offset = -1;
 };
 
-/// The value whose buffer `v` uses: a view's source, transitively.
+/// The operand an AdamW result updates in place (parameter and moments).
+Value inPlaceOperand(moe::AdamWOp adamw, Value result) {
+  if (result == adamw.getNewParam())
+    return adamw.getParam();
+  if (result == adamw.getNewExpAvg())
+    return adamw.getExpAvg();
+  return adamw.getExpAvgSq();
+}
+
+/// The value whose buffer `v` uses: a view's source, transitively, and for
+/// an AdamW result the state it updates in place.
 Value owner(Value v) {
   while (true) {
     Operation *def = v.getDefiningOp();
-    if (auto expand = dyn_cast_or_null<tensor::ExpandShapeOp>(def))
+    if (auto adamw = dyn_cast_or_null<moe::AdamWOp>(def))
+      v = inPlaceOperand(adamw, v);
+    else if (auto expand = dyn_cast_or_null<tensor::ExpandShapeOp>(def))
       v = expand.getSrc();
     else if (auto collapse = dyn_cast_or_null<tensor::CollapseShapeOp>(def))
       v = collapse.getSrc();
@@ -68,6 +82,25 @@ struct PlanMemoryPass : public moe::impl::PlanMemoryBase<PlanMemoryPass> {
     for (Operation &op : body)
       index[&op] = position++;
     int64_t last = position; // past the terminator: returned values
+
+    // AdamW writes parameter and moments in place: nothing may read the old
+    // values after it.
+    for (Operation &op : body) {
+      auto adamw = dyn_cast<moe::AdamWOp>(op);
+      if (!adamw)
+        continue;
+      for (Value state :
+           {adamw.getParam(), adamw.getExpAvg(), adamw.getExpAvgSq()})
+        for (Operation *user : state.getUsers())
+          if (user != &op && index.count(user) && index[user] > index[&op]) {
+            InFlightDiagnostic diag = user->emitOpError()
+                << "reads a state that moe.adamw (op #" << index[&op]
+                << ") already updated in place (this op is #"
+                << index[user] << ")";
+            diag.attachNote(op.getLoc()) << "updated here";
+            return signalPassFailure();
+          }
+    }
 
     // Buffers and their intervals.
     llvm::DenseMap<Value, size_t> bufferOf;

@@ -9,8 +9,14 @@
 // main that takes `--seed N [--dump DIR]` and writes each parameter as raw
 // little-endian fp32 (`DIR/<name>.bin`) plus `DIR/manifest.tsv` (name,
 // shape, arena offset, kind, std), which python -m moec.check_init compares
-// with the generator's numpy twin. The training step's lowering comes next
-// (docs/cuda-backend.md).
+// with the generator's numpy twin.
+//
+// It also emits the training program: the specialised, memory-planned
+// @train_step as one launch per op of the moert kernel library
+// (runtime/include/moert/kernels) or of an element-wise kernel it generates,
+// @init_params into the state region, and a main that hands both to the
+// runtime's training driver (runtime/include/moert/TrainDriver.h). See
+// docs/cuda-backend.md.
 //
 //===----------------------------------------------------------------------===//
 
@@ -20,11 +26,34 @@
 #include "mlir/IR/BuiltinOps.h"
 #include "llvm/Support/raw_ostream.h"
 
+#include <string>
+
 namespace moec {
 
 /// Prints the CUDA program of `module`'s @init_params to `os`.
 mlir::LogicalResult emitCudaInitProgram(mlir::ModuleOp module,
                                         llvm::raw_ostream &os);
+
+struct CudaTrainProgramOptions {
+  /// Printed into the program and its banner.
+  std::string modelName;
+};
+
+/// What the printed training program allocates and computes per step.
+struct CudaTrainProgramSummary {
+  int64_t stateBytes = 0; ///< fp32 parameters and AdamW moments
+  int64_t arenaBytes = 0; ///< every intermediate (moe-plan-memory)
+  int64_t inputBytes = 0; ///< token ids, labels, step, learning rate
+  double modelFlops = 0;  ///< DESIGN.md §5's model FLOPs per step
+  int64_t layers = 0;
+};
+
+/// Prints the CUDA training program of `module` (@train_step after
+/// moe-specialize-shapes and moe-plan-memory, and @init_params) to `os`.
+mlir::LogicalResult
+emitCudaTrainProgram(mlir::ModuleOp module,
+                     const CudaTrainProgramOptions &options,
+                     llvm::raw_ostream &os, CudaTrainProgramSummary &summary);
 
 } // namespace moec
 

@@ -48,3 +48,32 @@ func.func @dynamic(%x: tensor<?x64xf32>, %w: tensor<64x64xf32>) -> tensor<?x64xf
   %a = moe.linear %x, %w : (tensor<?x64xf32>, tensor<64x64xf32>) -> tensor<?x64xf32>
   return %a : tensor<?x64xf32>
 }
+
+// -----
+
+// Tests that moe.adamw updates parameter and moments in place: its results
+// get no arena bytes (only the gradient %g and the norm %n do).
+// CHECK-LABEL: func.func @adamw_in_place
+// CHECK-SAME: moe.arena_bytes = 512 : i64
+// CHECK: moe.adamw
+// CHECK-NOT: moe.arena_offsets
+// CHECK: return
+func.func @adamw_in_place(%p: tensor<16xf32>, %m: tensor<16xf32>, %v: tensor<16xf32>, %step: tensor<i64>, %lr: tensor<f32>) -> (tensor<16xf32>, tensor<16xf32>, tensor<16xf32>) {
+  %g = arith.mulf %p, %p : tensor<16xf32>
+  %n = moe.global_norm %g : (tensor<16xf32>) -> tensor<f32>
+  %np, %nm, %nv = moe.adamw %p, %g, %m, %v, %step, %lr, %n {beta1 = 9.000000e-01 : f64, beta2 = 9.500000e-01 : f64, epsilon = 1.000000e-08 : f64, max_grad_norm = 1.000000e+00 : f64, weight_decay = 0.000000e+00 : f64} : tensor<16xf32>, tensor<i64>, tensor<f32>
+  return %np, %nm, %nv : tensor<16xf32>, tensor<16xf32>, tensor<16xf32>
+}
+
+// -----
+
+// Tests that nothing may read a parameter after moe.adamw updated it.
+func.func @read_after_update(%p: tensor<16xf32>, %m: tensor<16xf32>, %v: tensor<16xf32>, %step: tensor<i64>, %lr: tensor<f32>) -> (tensor<16xf32>, tensor<16xf32>) {
+  %g = arith.mulf %p, %p : tensor<16xf32>
+  %n = moe.global_norm %g : (tensor<16xf32>) -> tensor<f32>
+  // expected-note@+1 {{updated here}}
+  %np, %nm, %nv = moe.adamw %p, %g, %m, %v, %step, %lr, %n {beta1 = 9.000000e-01 : f64, beta2 = 9.500000e-01 : f64, epsilon = 1.000000e-08 : f64, max_grad_norm = 1.000000e+00 : f64, weight_decay = 0.000000e+00 : f64} : tensor<16xf32>, tensor<i64>, tensor<f32>
+  // expected-error@+1 {{'arith.addf' op reads a state that moe.adamw (op #2) already updated in place (this op is #3)}}
+  %late = arith.addf %p, %p : tensor<16xf32>
+  return %np, %late : tensor<16xf32>, tensor<16xf32>
+}

@@ -1,0 +1,34 @@
+//===- Printers.h - What the CUDA printers share ----------------*- C++ -*-===//
+//
+// Internal to lib/Target/Cuda: small text helpers and the launch of one
+// moe.param_init, printed the same way in the init and training programs.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOEC_LIB_TARGET_CUDA_PRINTERS_H
+#define MOEC_LIB_TARGET_CUDA_PRINTERS_H
+
+#include "dialects/Moe/IR/MoeOps.h"
+
+#include "llvm/ADT/StringRef.h"
+#include "llvm/Support/raw_ostream.h"
+
+#include <string>
+
+namespace moec::detail {
+
+/// A C++ string literal for `text`.
+std::string quoted(llvm::StringRef text);
+
+/// "1, 2, 3".
+std::string joined(llvm::ArrayRef<int64_t> values);
+
+/// One kernel launch that fills the fp32 buffer `pointer` (a C++
+/// expression) as `op` defines, on CUDA stream `stream`; the printed code
+/// expects a `uint64_t seed` in scope.
+void printParamInitLaunch(mlir::moe::ParamInitOp op, llvm::StringRef pointer,
+                          llvm::StringRef stream, llvm::raw_ostream &os);
+
+} // namespace moec::detail
+
+#endif // MOEC_LIB_TARGET_CUDA_PRINTERS_H

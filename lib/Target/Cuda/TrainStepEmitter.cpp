@@ -1,0 +1,980 @@
+//===- TrainStepEmitter.cpp - Print @train_step as a CUDA program ---------===//
+//
+// See moec/Target/Cuda.h. The printer walks the specialised, memory-planned
+// @train_step once, in program order, and prints for every op a launch of
+// the moert kernel library (runtime/include/moert/kernels) or a kernel it
+// generates itself (element-wise arith ops), with every buffer a fixed
+// offset into one of three device regions:
+//
+//   state   fp32 parameters, exp_avg, exp_avg_sq (function arguments that
+//           moe.adamw updates in place; moe-plan-memory gives them no arena
+//           bytes);
+//   inputs  input_ids, labels, step, lr (written by the host before a step);
+//   arena   every other value, at the offset moe-plan-memory chose.
+//
+// Views (expand/collapse_shape) print as their source's pointer. The printer
+// checks everything it relies on and fails with a diagnostic at the op.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moec/Target/Cuda.h"
+
+#include "Printers.h"
+
+#include "dialects/Moe/IR/MoeOps.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/Tensor/IR/Tensor.h"
+#include "llvm/ADT/StringSet.h"
+#include "llvm/ADT/TypeSwitch.h"
+
+#include <fmt/format.h>
+
+#include <map>
+
+using namespace mlir;
+using moec::detail::joined;
+using moec::detail::quoted;
+
+namespace {
+
+constexpr int64_t kAlignment = 256;
+
+int64_t alignUp(int64_t x) { return (x + kAlignment - 1) / kAlignment * kAlignment; }
+
+/// The C++ element type of a tensor the printer can hold.
+FailureOr<std::string> cType(Type type) {
+  Type element = cast<ShapedType>(type).getElementType();
+  if (element.isF32())
+    return std::string("float");
+  if (element.isBF16())
+    return std::string("moert::kernels::bf16");
+  if (element.isInteger(64))
+    return std::string("int64_t");
+  return failure();
+}
+
+int64_t leadingCount(RankedTensorType type) {
+  int64_t n = 1;
+  for (int64_t d : type.getShape().drop_back())
+    n *= d;
+  return n;
+}
+
+RankedTensorType typeOf(Value v) { return cast<RankedTensorType>(v.getType()); }
+
+std::string routingName(moe::LoadBalancing mode) {
+  switch (mode) {
+  case moe::LoadBalancing::aux_loss:
+    return "moert::kernels::Routing::AuxLoss";
+  case moe::LoadBalancing::sinkhorn:
+    return "moert::kernels::Routing::Sinkhorn";
+  case moe::LoadBalancing::balanced:
+    return "moert::kernels::Routing::Balanced";
+  case moe::LoadBalancing::none:
+    return "moert::kernels::Routing::None";
+  }
+  return "";
+}
+
+std::string floatLiteral(double v) { return fmt::format("{:#.9g}f", v); }
+
+class TrainStepPrinter {
+public:
+  TrainStepPrinter(ModuleOp module, func::FuncOp step, func::FuncOp init,
+                   const moec::CudaTrainProgramOptions &options)
+      : module(module), step(step), init(init), options(options) {}
+
+  LogicalResult print(llvm::raw_ostream &os,
+                      moec::CudaTrainProgramSummary &summary);
+
+private:
+  LogicalResult layoutArguments();
+  LogicalResult printOp(Operation &op);
+  LogicalResult printElementwise(Operation &op);
+  LogicalResult printAdamWGroup(ArrayRef<moe::AdamWOp> group);
+  FailureOr<std::string> pointer(Operation &at, Value v);
+  std::string typed(Value v);
+  std::string pointerList(Operation &at, ValueRange values, bool &ok);
+  void scratch(std::string term) { scratchTerms.push_back(std::move(term)); }
+
+  ModuleOp module;
+  func::FuncOp step, init;
+  const moec::CudaTrainProgramOptions &options;
+
+  llvm::DenseMap<Value, std::string> pointers; ///< C++ pointer expressions
+  llvm::DenseMap<Value, double> constants;     ///< splat scalar constants
+  std::string kernels, body, setup, statics;
+  std::vector<std::string> scratchTerms;
+  std::map<std::string, std::string> kernelNames; ///< source -> name
+  int64_t stateBytes = 0, inputBytes = 0, groups = 0;
+
+  struct Param {
+    std::string name;
+    RankedTensorType type;
+    int64_t offset[3] = {-1, -1, -1}; ///< param, exp_avg, exp_avg_sq
+  };
+  std::vector<Param> params;
+  llvm::StringMap<size_t> paramIndex;
+  int64_t inputOffset[4] = {-1, -1, -1, -1}; ///< ids, labels, step, lr
+};
+
+LogicalResult TrainStepPrinter::layoutArguments() {
+  static const char *kStateAttrs[] = {"moe.parameter", "moe.exp_avg",
+                                      "moe.exp_avg_sq"};
+  static const char *kInputs[] = {"input_ids", "labels", "step", "lr"};
+  for (BlockArgument arg : step.getArguments()) {
+    unsigned i = arg.getArgNumber();
+    auto type = dyn_cast<RankedTensorType>(arg.getType());
+    if (!type || !type.hasStaticShape())
+      return step.emitError() << "argument #" << i << " has type "
+                              << arg.getType()
+                              << "; the CUDA printer needs static tensors "
+                                 "(run moe-specialize-shapes)";
+    FailureOr<std::string> c = cType(type);
+    if (failed(c))
+      return step.emitError() << "argument #" << i << " has element type "
+                              << type.getElementType()
+                              << ", which the CUDA printer cannot hold";
+    int64_t bytes = type.getNumElements() * type.getElementTypeBitWidth() / 8;
+    bool placed = false;
+    for (int s = 0; s < 3; ++s) {
+      auto name = step.getArgAttrOfType<StringAttr>(i, kStateAttrs[s]);
+      if (!name)
+        continue;
+      if (!type.getElementType().isF32())
+        return step.emitError() << "state argument #" << i << " ("
+                                << name.getValue() << ") is " << type
+                                << "; optimizer state must be fp32";
+      auto [it, inserted] = paramIndex.try_emplace(name.getValue(), params.size());
+      if (inserted)
+        params.push_back({name.getValue().str(), type});
+      params[it->second].offset[s] = stateBytes;
+      pointers[arg] = fmt::format("reinterpret_cast<float *>(state + {})",
+                                  stateBytes);
+      stateBytes += alignUp(bytes);
+      placed = true;
+    }
+    if (auto input = step.getArgAttrOfType<StringAttr>(i, "moe.input")) {
+      for (int k = 0; k < 4; ++k)
+        if (input.getValue() == kInputs[k]) {
+          inputOffset[k] = inputBytes;
+          pointers[arg] = fmt::format("reinterpret_cast<{} *>(inputs + {})",
+                                      *c, inputBytes);
+          inputBytes += alignUp(bytes);
+          placed = true;
+        }
+    }
+    if (!placed)
+      return step.emitError() << "argument #" << i
+                              << " is neither a parameter, an optimizer "
+                                 "state nor one of input_ids, labels, step, "
+                                 "lr";
+  }
+  for (int k = 0; k < 4; ++k)
+    if (inputOffset[k] < 0)
+      return step.emitError() << "@train_step has no '" << kInputs[k]
+                              << "' input";
+  for (const Param &p : params)
+    if (p.offset[1] < 0 || p.offset[2] < 0)
+      return step.emitError() << "parameter '" << p.name
+                              << "' has no exp_avg/exp_avg_sq state";
+  return success();
+}
+
+FailureOr<std::string> TrainStepPrinter::pointer(Operation &at, Value v) {
+  auto it = pointers.find(v);
+  if (it != pointers.end())
+    return it->second;
+  at.emitOpError() << "reads a value the CUDA printer has no buffer for "
+                      "(a constant that is not a scalar splat, or an "
+                      "unsupported producer)";
+  return failure();
+}
+
+/// `v`'s pointer, already known to exist.
+std::string TrainStepPrinter::typed(Value v) { return pointers.lookup(v); }
+
+std::string TrainStepPrinter::pointerList(Operation &at, ValueRange values,
+                                          bool &ok) {
+  std::string out;
+  for (Value v : values) {
+    FailureOr<std::string> p = pointer(at, v);
+    if (failed(p)) {
+      ok = false;
+      return "";
+    }
+    out += (out.empty() ? "" : ", ") + *p;
+  }
+  return out;
+}
+
+LogicalResult TrainStepPrinter::printElementwise(Operation &op) {
+  Value result = op.getResult(0);
+  RankedTensorType type = typeOf(result);
+  int64_t n = type.getNumElements();
+  FailureOr<std::string> outType = cType(type);
+  if (failed(outType))
+    return op.emitOpError() << "produces " << type
+                            << ", which the CUDA printer cannot hold";
+  // Parameters and the expression of element i.
+  std::string params, args, expr;
+  std::vector<std::string> terms;
+  for (auto [index, operand] : llvm::enumerate(op.getOperands())) {
+    auto c = constants.find(operand);
+    if (c != constants.end()) {
+      terms.push_back(floatLiteral(c->second));
+      continue;
+    }
+    RankedTensorType t = typeOf(operand);
+    if (t.getNumElements() != n)
+      return op.emitOpError() << "operand #" << index << " has "
+                              << t.getNumElements() << " elements but the "
+                              << "result has " << n
+                              << "; the CUDA printer fuses equal shapes only";
+    FailureOr<std::string> p = pointer(op, operand);
+    FailureOr<std::string> c2 = cType(t);
+    if (failed(p) || failed(c2))
+      return failure();
+    params += fmt::format("const {} *__restrict__ in{}, ", *c2, index);
+    args += *p + ", ";
+    terms.push_back(fmt::format("moert::kernels::toFloat(in{}[i])", index));
+  }
+  std::string e = TypeSwitch<Operation *, std::string>(&op)
+                      .Case([&](arith::AddFOp) { return terms[0] + " + " + terms[1]; })
+                      .Case([&](arith::SubFOp) { return terms[0] + " - " + terms[1]; })
+                      .Case([&](arith::MulFOp) { return terms[0] + " * " + terms[1]; })
+                      .Case([&](arith::DivFOp) { return terms[0] + " / " + terms[1]; })
+                      .Case([&](arith::NegFOp) { return "-" + terms[0]; })
+                      .Case([&](arith::TruncFOp) { return terms[0]; })
+                      .Case([&](arith::ExtFOp) { return terms[0]; })
+                      .Default([&](Operation *) { return std::string(); });
+  if (e.empty())
+    return op.emitOpError() << "is not an element-wise op the CUDA printer "
+                               "generates kernels for";
+  std::string source = fmt::format(
+      "({}{} *__restrict__ out, int64_t n) {{\n"
+      "  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; "
+      "i < n;\n       i += int64_t(gridDim.x) * blockDim.x)\n"
+      "    out[i] = moert::kernels::fromFloat<{}>({});\n}}\n",
+      params, *outType, *outType, e);
+  auto [it, inserted] = kernelNames.try_emplace(
+      source, fmt::format("elementwise{}", kernelNames.size()));
+  if (inserted)
+    kernels += fmt::format("/// {}\n__global__ void {}{}\n",
+                           op.getName().getStringRef().str(), it->second,
+                           source);
+  body += fmt::format(
+      "  {}<<<moert::kernels::blocksFor({}), 256, 0, ctx.stream>>>({}{}, "
+      "{});\n",
+      it->second, n, args, typed(result), n);
+  return success();
+}
+
+LogicalResult TrainStepPrinter::printAdamWGroup(ArrayRef<moe::AdamWOp> group) {
+  moe::AdamWOp first = group.front();
+  std::string entries;
+  for (moe::AdamWOp a : group) {
+    if (a.getBeta1() != first.getBeta1() || a.getBeta2() != first.getBeta2() ||
+        a.getEpsilon() != first.getEpsilon() ||
+        a.getMaxGradNorm() != first.getMaxGradNorm() ||
+        a.getStep() != first.getStep() || a.getLr() != first.getLr() ||
+        a.getGradNorm() != first.getGradNorm())
+      return a.emitOpError() << "differs from the first moe.adamw of its "
+                                "group in a hyperparameter or a scalar "
+                                "operand; the CUDA printer updates one group "
+                                "in one launch";
+    bool ok = true;
+    std::string p = pointerList(*a, {a.getParam(), a.getExpAvg(),
+                                     a.getExpAvgSq(), a.getGrad()},
+                                ok);
+    if (!ok)
+      return failure();
+    if (!typeOf(a.getGrad()).getElementType().isF32())
+      return a.emitOpError() << "takes a " << typeOf(a.getGrad())
+                             << " gradient; AdamW on the GPU reads fp32";
+    SmallVector<std::string> ps;
+    for (Value v : {a.getParam(), a.getExpAvg(), a.getExpAvgSq(), a.getGrad()})
+      ps.push_back(typed(v));
+    entries += fmt::format("      {{{}, {}, {}, {}, {}, {}}},\n", ps[0], ps[1],
+                           ps[2], ps[3], typeOf(a.getParam()).getNumElements(),
+                           floatLiteral(a.getWeightDecay().convertToDouble()));
+    // The results are the updated state, in place.
+    pointers[a.getNewParam()] = typed(a.getParam());
+    pointers[a.getNewExpAvg()] = typed(a.getExpAvg());
+    pointers[a.getNewExpAvgSq()] = typed(a.getExpAvgSq());
+  }
+  int64_t g = groups++;
+  statics += fmt::format("static moert::kernels::TensorGroup group{};\n", g);
+  setup += fmt::format("  group{}.init({{\n{}  }});\n", g, entries);
+  bool ok = true;
+  std::string scalars = pointerList(
+      *first, {first.getStep(), first.getLr(), first.getGradNorm()}, ok);
+  if (!ok)
+    return failure();
+  body += fmt::format(
+      "  moert::kernels::adamw(ctx, group{}, {}, {}, {}, {}, {});\n", g,
+      scalars, floatLiteral(first.getBeta1().convertToDouble()),
+      floatLiteral(first.getBeta2().convertToDouble()),
+      floatLiteral(first.getEpsilon().convertToDouble()),
+      floatLiteral(first.getMaxGradNorm().convertToDouble()));
+  return success();
+}
+
+LogicalResult TrainStepPrinter::printOp(Operation &op) {
+  if (!isa<arith::ConstantOp, tensor::DimOp, tensor::ExpandShapeOp,
+           tensor::CollapseShapeOp, func::ReturnOp>(op))
+    body += fmt::format("  moert::kernels::mark(ctx, \"{}\");\n",
+                        op.getName().getStringRef().str());
+  // Results: arena buffers or views.
+  auto offsets = op.getAttrOfType<DenseI64ArrayAttr>("moe.arena_offsets");
+  for (auto [i, result] : llvm::enumerate(op.getResults())) {
+    if (!isa<RankedTensorType>(result.getType()))
+      continue;
+    if (offsets && static_cast<int64_t>(i) < offsets.size() && offsets[i] >= 0) {
+      FailureOr<std::string> c = cType(result.getType());
+      if (failed(c))
+        return op.emitOpError() << "result #" << i << " is "
+                                << result.getType()
+                                << ", which the CUDA printer cannot hold";
+      pointers[result] = fmt::format("reinterpret_cast<{} *>(arena + {})",
+                                     *c, offsets[i]);
+    }
+  }
+  auto ptr = [&](Value v) { return pointer(op, v); };
+  auto shape = [](Value v) { return typeOf(v).getShape(); };
+
+  return TypeSwitch<Operation *, LogicalResult>(&op)
+      .Case([&](arith::ConstantOp c) -> LogicalResult {
+        if (c.getType().isIndex())
+          return success();
+        auto dense = dyn_cast<DenseFPElementsAttr>(c.getValue());
+        if (!dense || !dense.isSplat())
+          return c.emitOpError() << "is not a splat float constant; the CUDA "
+                                    "printer inlines only those";
+        constants[c.getResult()] =
+            dense.getSplatValue<APFloat>().convertToDouble();
+        return success();
+      })
+      .Case([&](tensor::DimOp) { return success(); })
+      .Case<tensor::ExpandShapeOp, tensor::CollapseShapeOp>(
+          [&](Operation *view) -> LogicalResult {
+            FailureOr<std::string> p = ptr(view->getOperand(0));
+            if (failed(p))
+              return failure();
+            FailureOr<std::string> c = cType(view->getResult(0).getType());
+            pointers[view->getResult(0)] = *p;
+            (void)c;
+            return success();
+          })
+      .Case<arith::AddFOp, arith::SubFOp, arith::MulFOp, arith::DivFOp,
+            arith::NegFOp, arith::TruncFOp, arith::ExtFOp>(
+          [&](Operation *e) { return printElementwise(*e); })
+      .Case([&](moe::EmbeddingOp e) -> LogicalResult {
+        auto table = shape(e.getTable());
+        bool ok = true;
+        std::string args = pointerList(op, {e.getTable(), e.getIndices()}, ok);
+        if (!ok)
+          return failure();
+        body += fmt::format("  moert::kernels::embedding(ctx, {}, {}, {}, {}, "
+                            "{});\n",
+                            args, typeOf(e.getIndices()).getNumElements(),
+                            table[1], table[0], typed(e.getResult()));
+        return success();
+      })
+      .Case([&](moe::EmbeddingGradOp e) -> LogicalResult {
+        auto table = shape(e.getDTable());
+        bool ok = true;
+        std::string args =
+            pointerList(op, {e.getIndices(), e.getDResult()}, ok);
+        if (!ok)
+          return failure();
+        body += fmt::format("  moert::kernels::embeddingGrad(ctx, {}, {}, {}, "
+                            "{}, {});\n",
+                            args, typeOf(e.getIndices()).getNumElements(),
+                            table[1], table[0], typed(e.getDTable()));
+        scratch(fmt::format("moert::kernels::embeddingScratchBytes({}, {}, {})",
+                            table[0], table[1],
+                            typeOf(e.getDTable()).getElementTypeBitWidth() / 8));
+        return success();
+      })
+      .Case([&](moe::RmsNormOp n) -> LogicalResult {
+        RankedTensorType t = typeOf(n.getInput());
+        bool ok = true;
+        std::string args = pointerList(op, {n.getInput(), n.getWeight()}, ok);
+        if (!ok)
+          return failure();
+        body += fmt::format("  moert::kernels::rmsNorm(ctx, {}, {}, {}, {}, "
+                            "{});\n",
+                            args, leadingCount(t), t.getShape().back(),
+                            floatLiteral(n.getEpsilon().convertToDouble()),
+                            typed(n.getResult()));
+        return success();
+      })
+      .Case([&](moe::RmsNormGradOp n) -> LogicalResult {
+        RankedTensorType t = typeOf(n.getInput());
+        bool ok = true;
+        std::string args = pointerList(
+            op, {n.getInput(), n.getWeight(), n.getDResult()}, ok);
+        if (!ok)
+          return failure();
+        body += fmt::format("  moert::kernels::rmsNormGrad(ctx, {}, {}, {}, "
+                            "{}, {}, {});\n",
+                            args, leadingCount(t), t.getShape().back(),
+                            floatLiteral(n.getEpsilon().convertToDouble()),
+                            typed(n.getDInput()), typed(n.getDWeight()));
+        scratch(fmt::format("moert::kernels::rmsNormScratchBytes({}, {})",
+                            leadingCount(t), t.getShape().back()));
+        return success();
+      })
+      .Case([&](moe::RotaryOp r) -> LogicalResult {
+        if (r.getPositions())
+          return r.emitOpError() << "has explicit positions; the CUDA "
+                                    "printer supports positions 0..S-1";
+        auto s = shape(r.getInput());
+        FailureOr<std::string> in = ptr(r.getInput());
+        if (failed(in))
+          return failure();
+        body += fmt::format("  moert::kernels::rotary(ctx, {}, {}, {}, {}, {}, "
+                            "{}, {});\n",
+                            *in, s[0], s[1], s[2], s[3],
+                            floatLiteral(r.getTheta().convertToDouble()),
+                            typed(r.getResult()));
+        return success();
+      })
+      .Case([&](moe::RotaryGradOp r) -> LogicalResult {
+        if (r.getPositions())
+          return r.emitOpError() << "has explicit positions; the CUDA "
+                                    "printer supports positions 0..S-1";
+        auto s = shape(r.getDResult());
+        FailureOr<std::string> in = ptr(r.getDResult());
+        if (failed(in))
+          return failure();
+        body += fmt::format("  moert::kernels::rotaryGrad(ctx, {}, {}, {}, {}, "
+                            "{}, {}, {});\n",
+                            *in, s[0], s[1], s[2], s[3],
+                            floatLiteral(r.getTheta().convertToDouble()),
+                            typed(r.getDInput()));
+        return success();
+      })
+      .Case([&](moe::AttentionOp a) -> LogicalResult {
+        auto q = shape(a.getQuery()), k = shape(a.getKey());
+        bool ok = true;
+        std::string args = pointerList(
+            op, {a.getQuery(), a.getKey(), a.getValue()}, ok);
+        if (!ok)
+          return failure();
+        int64_t window = a.getSlidingWindow() ? *a.getSlidingWindow() : -1;
+        body += fmt::format(
+            "  moert::kernels::attention(ctx, {}, {}, {}, {}, {}, {}, {}, {}, "
+            "{}, {});\n",
+            args, q[0], q[1], q[2], k[2], q[3],
+            floatLiteral(a.getScale().convertToDouble()),
+            a.getCausal() ? "true" : "false", window, typed(a.getResult()));
+        scratch(fmt::format(
+            "moert::kernels::attentionScratchBytes({}, {}, {}, {}, {}, {})",
+            q[0], q[1], q[2], k[2], q[3],
+            typeOf(a.getQuery()).getElementTypeBitWidth() / 8));
+        return success();
+      })
+      .Case([&](moe::AttentionGradOp a) -> LogicalResult {
+        auto q = shape(a.getQuery()), k = shape(a.getKey());
+        bool ok = true;
+        std::string args = pointerList(
+            op, {a.getQuery(), a.getKey(), a.getValue(), a.getDResult()}, ok);
+        if (!ok)
+          return failure();
+        int64_t window = a.getSlidingWindow() ? *a.getSlidingWindow() : -1;
+        body += fmt::format(
+            "  moert::kernels::attentionGrad(ctx, {}, {}, {}, {}, {}, {}, {}, "
+            "{}, {}, {}, {}, {});\n",
+            args, q[0], q[1], q[2], k[2], q[3],
+            floatLiteral(a.getScale().convertToDouble()),
+            a.getCausal() ? "true" : "false", window, typed(a.getDQuery()),
+            typed(a.getDKey()), typed(a.getDValue()));
+        scratch(fmt::format(
+            "moert::kernels::attentionScratchBytes({}, {}, {}, {}, {}, {})",
+            q[0], q[1], q[2], k[2], q[3],
+            typeOf(a.getQuery()).getElementTypeBitWidth() / 8));
+        return success();
+      })
+      .Case([&](moe::LinearOp l) -> LogicalResult {
+        if (l.getBias())
+          return l.emitOpError() << "has a bias; the CUDA printer emits "
+                                    "bias-free linear layers only";
+        RankedTensorType t = typeOf(l.getInput());
+        bool ok = true;
+        std::string args = pointerList(op, {l.getInput(), l.getWeight()}, ok);
+        if (!ok)
+          return failure();
+        body += fmt::format("  moert::kernels::linear(ctx, {}, {}, {}, {}, "
+                            "{});\n",
+                            args, leadingCount(t), t.getShape().back(),
+                            shape(l.getWeight())[0], typed(l.getResult()));
+        return success();
+      })
+      .Case([&](moe::LinearGradOp l) -> LogicalResult {
+        RankedTensorType t = typeOf(l.getInput());
+        bool ok = true;
+        std::string args = pointerList(
+            op, {l.getInput(), l.getWeight(), l.getDResult()}, ok);
+        if (!ok)
+          return failure();
+        body += fmt::format("  moert::kernels::linearGrad(ctx, {}, {}, {}, {}, "
+                            "{}, {});\n",
+                            args, leadingCount(t), t.getShape().back(),
+                            shape(l.getWeight())[0], typed(l.getDInput()),
+                            typed(l.getDWeight()));
+        return success();
+      })
+      .Case([&](moe::RouterOp r) -> LogicalResult {
+        if (!r.getTraining() && (r.getLoadBalancing() ==
+                                     moe::LoadBalancing::sinkhorn ||
+                                 r.getLoadBalancing() ==
+                                     moe::LoadBalancing::balanced))
+          return r.emitOpError() << "routes for evaluation with "
+                                 << moe::stringifyLoadBalancing(
+                                        r.getLoadBalancing())
+                                 << "; the CUDA printer emits training "
+                                    "routing only";
+        RankedTensorType t = typeOf(r.getLogits());
+        FailureOr<std::string> in = ptr(r.getLogits());
+        if (failed(in))
+          return failure();
+        body += fmt::format(
+            "  moert::kernels::router(ctx, {}, {}, {}, {}, {}, {}, {});\n",
+            *in, leadingCount(t), t.getShape().back(), r.getK(),
+            routingName(r.getLoadBalancing()), typed(r.getGates()),
+            typed(r.getExperts()));
+        scratch(fmt::format("moert::kernels::routerScratchBytes({}, {}, {}, 1)",
+                            leadingCount(t), t.getShape().back(), r.getK()));
+        return success();
+      })
+      .Case([&](moe::RouterGradOp r) -> LogicalResult {
+        RankedTensorType t = typeOf(r.getLogits());
+        bool ok = true;
+        std::string args = pointerList(
+            op, {r.getLogits(), r.getExperts(), r.getDGates()}, ok);
+        if (!ok)
+          return failure();
+        body += fmt::format(
+            "  moert::kernels::routerGrad(ctx, {}, {}, {}, {}, {}, {});\n",
+            args, leadingCount(t), t.getShape().back(),
+            shape(r.getExperts()).back(), routingName(r.getLoadBalancing()),
+            typed(r.getDLogits()));
+        scratch(fmt::format("moert::kernels::routerScratchBytes({}, {}, {}, 1)",
+                            leadingCount(t), t.getShape().back(),
+                            shape(r.getExperts()).back()));
+        return success();
+      })
+      .Case([&](moe::ExpertsOp e) -> LogicalResult {
+        RankedTensorType t = typeOf(e.getInput());
+        auto gu = shape(e.getGateUp());
+        bool ok = true;
+        std::string args =
+            pointerList(op, {e.getInput(), e.getGates(), e.getExperts(),
+                             e.getGateUp(), e.getDown()},
+                        ok);
+        if (!ok)
+          return failure();
+        int64_t k = shape(e.getGates()).back();
+        bool interleaved =
+            e.getGateUpLayout() == moe::GateUpLayout::interleaved;
+        body += fmt::format("  moert::kernels::experts(ctx, {}, {}, {}, {}, "
+                            "{}, {}, {}, {});\n",
+                            args, leadingCount(t), gu[2], gu[1] / 2, gu[0], k,
+                            interleaved ? "true" : "false",
+                            typed(e.getResult()));
+        scratch(fmt::format(
+            "moert::kernels::expertsScratchBytes({}, {}, {}, {}, {}, {})",
+            leadingCount(t), gu[2], gu[1] / 2, gu[0], k,
+            t.getElementTypeBitWidth() / 8));
+        return success();
+      })
+      .Case([&](moe::ExpertsGradOp e) -> LogicalResult {
+        RankedTensorType t = typeOf(e.getInput());
+        auto gu = shape(e.getGateUp());
+        bool ok = true;
+        std::string args = pointerList(
+            op, {e.getInput(), e.getGates(), e.getExperts(), e.getGateUp(),
+                 e.getDown(), e.getDResult()},
+            ok);
+        if (!ok)
+          return failure();
+        int64_t k = shape(e.getGates()).back();
+        bool interleaved =
+            e.getGateUpLayout() == moe::GateUpLayout::interleaved;
+        body += fmt::format(
+            "  moert::kernels::expertsGrad(ctx, {}, {}, {}, {}, {}, {}, {}, "
+            "{}, {}, {}, {});\n",
+            args, leadingCount(t), gu[2], gu[1] / 2, gu[0], k,
+            interleaved ? "true" : "false", typed(e.getDInput()),
+            typed(e.getDGates()), typed(e.getDGateUp()), typed(e.getDDown()));
+        scratch(fmt::format(
+            "moert::kernels::expertsScratchBytes({}, {}, {}, {}, {}, {})",
+            leadingCount(t), gu[2], gu[1] / 2, gu[0], k,
+            t.getElementTypeBitWidth() / 8));
+        return success();
+      })
+      .Case([&](moe::LmHeadCrossEntropyOp l) -> LogicalResult {
+        auto s = shape(l.getInput());
+        int64_t vocab = shape(l.getWeight())[0];
+        bool ok = true;
+        std::string args = pointerList(
+            op, {l.getInput(), l.getWeight(), l.getLabels()}, ok);
+        if (!ok)
+          return failure();
+        body += fmt::format("  moert::kernels::lmHeadCrossEntropy(ctx, {}, {}, "
+                            "{}, {}, {}, {}, {});\n",
+                            args, s[0], s[1], s[2], vocab,
+                            static_cast<int64_t>(l.getIgnoreIndex()),
+                            typed(l.getLoss()));
+        scratch(fmt::format(
+            "moert::kernels::crossEntropyScratchBytes({}, {}, {}, {})",
+            s[0] * s[1], s[2], vocab,
+            typeOf(l.getInput()).getElementTypeBitWidth() / 8));
+        return success();
+      })
+      .Case([&](moe::LmHeadCrossEntropyGradOp l) -> LogicalResult {
+        auto s = shape(l.getInput());
+        int64_t vocab = shape(l.getWeight())[0];
+        bool ok = true;
+        std::string args = pointerList(
+            op, {l.getInput(), l.getWeight(), l.getLabels()}, ok);
+        if (!ok)
+          return failure();
+        body += fmt::format(
+            "  moert::kernels::lmHeadCrossEntropyGrad(ctx, {}, {}, {}, {}, "
+            "{}, {}, {}, {}, {});\n",
+            args, s[0], s[1], s[2], vocab,
+                            static_cast<int64_t>(l.getIgnoreIndex()),
+            floatLiteral(l.getScale().convertToDouble()),
+            typed(l.getDInput()), typed(l.getDWeight()));
+        scratch(fmt::format(
+            "moert::kernels::crossEntropyScratchBytes({}, {}, {}, {})",
+            s[0] * s[1], s[2], vocab,
+            typeOf(l.getInput()).getElementTypeBitWidth() / 8));
+        return success();
+      })
+      .Case<moe::LoadBalancingLossOp, moe::LoadBalancingLossGradOp,
+            moe::RouterZLossOp, moe::RouterZLossGradOp>(
+          [&](Operation *loss) -> LogicalResult {
+            OperandRange logits = loss->getOperands();
+            RankedTensorType t = typeOf(logits[0]);
+            for (Value v : logits)
+              if (typeOf(v) != t)
+                return op.emitOpError() << "takes logits of types " << t
+                                        << " and " << typeOf(v)
+                                        << "; the CUDA kernels need one shape";
+            bool ok = true;
+            std::string list = pointerList(op, logits, ok);
+            if (!ok)
+              return failure();
+            int64_t layers = logits.size();
+            std::string c = *cType(t);
+            std::string name = fmt::format("logits{}", groups++);
+            body += fmt::format("  {{\n    const {} *{}[] = {{{}}};\n", c, name,
+                                list);
+            int64_t tokens = leadingCount(t), experts = t.getShape().back();
+            scratch(fmt::format(
+                "moert::kernels::routerScratchBytes({}, {}, 1, {})", tokens,
+                experts, layers));
+            if (auto l = dyn_cast<moe::LoadBalancingLossOp>(loss)) {
+              body += fmt::format("    moert::kernels::loadBalancingLoss(ctx, "
+                                  "{}, {}, {}, {}, {}, {});\n  }}\n",
+                                  name, layers, tokens, experts, l.getK(),
+                                  typed(l.getLoss()));
+            } else if (auto l = dyn_cast<moe::RouterZLossOp>(loss)) {
+              body += fmt::format("    moert::kernels::routerZLoss(ctx, {}, "
+                                  "{}, {}, {}, {});\n  }}\n",
+                                  name, layers, tokens, experts,
+                                  typed(l.getLoss()));
+            } else {
+              std::string outs;
+              for (Value r : loss->getResults())
+                outs += (outs.empty() ? "" : ", ") + typed(r);
+              body += fmt::format("    {} *d{}[] = {{{}}};\n", c, name, outs);
+              if (auto l = dyn_cast<moe::LoadBalancingLossGradOp>(loss))
+                body += fmt::format(
+                    "    moert::kernels::loadBalancingLossGrad(ctx, {}, {}, "
+                    "{}, {}, {}, {:.17g}, d{});\n  }}\n",
+                    name, layers, tokens, experts, l.getK(),
+                    l.getScale().convertToDouble(), name);
+              else
+                body += fmt::format(
+                    "    moert::kernels::routerZLossGrad(ctx, {}, {}, {}, {}, "
+                    "{:.17g}, d{});\n  }}\n",
+                    name, layers, tokens, experts,
+                    cast<moe::RouterZLossGradOp>(loss).getScale()
+                        .convertToDouble(),
+                    name);
+            }
+            return success();
+          })
+      .Case([&](moe::ExpertCountsOp e) -> LogicalResult {
+        OperandRange experts = e.getExperts();
+        RankedTensorType t = typeOf(experts[0]);
+        bool ok = true;
+        std::string list = pointerList(op, experts, ok);
+        if (!ok)
+          return failure();
+        std::string name = fmt::format("experts{}", groups++);
+        body += fmt::format(
+            "  {{\n    const int64_t *{}[] = {{{}}};\n"
+            "    moert::kernels::expertCounts(ctx, {}, {}, {}, {}, {}, {});\n"
+            "  }}\n",
+            name, list, name, experts.size(), leadingCount(t),
+            t.getShape().back(), shape(e.getCounts()).back(),
+            typed(e.getCounts()));
+        return success();
+      })
+      .Case([&](moe::GlobalNormOp n) -> LogicalResult {
+        std::string entries;
+        for (Value g : n.getGradients()) {
+          FailureOr<std::string> p = ptr(g);
+          if (failed(p))
+            return failure();
+          if (!typeOf(g).getElementType().isF32())
+            return n.emitOpError() << "takes a " << typeOf(g)
+                                   << " gradient; the GPU norm reads fp32";
+          entries += fmt::format(
+              "      {{nullptr, nullptr, nullptr, {}, {}, 0.0f}},\n", *p,
+              typeOf(g).getNumElements());
+        }
+        int64_t g = groups++;
+        statics +=
+            fmt::format("static moert::kernels::TensorGroup group{};\n", g);
+        setup += fmt::format("  group{}.init({{\n{}  }});\n", g, entries);
+        scratch(fmt::format("moert::kernels::globalNormScratchBytes(group{})",
+                            g));
+        body += fmt::format("  moert::kernels::globalNorm(ctx, group{}, {});\n",
+                            g, typed(n.getNorm()));
+        return success();
+      })
+      .Case([&](func::ReturnOp) { return success(); })
+      .Default([&](Operation *other) -> LogicalResult {
+        return other->emitOpError() << "has no CUDA lowering";
+      });
+}
+
+LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
+                                      moec::CudaTrainProgramSummary &summary) {
+  if (failed(layoutArguments()))
+    return failure();
+  auto arenaBytes = step->getAttrOfType<IntegerAttr>("moe.arena_bytes");
+  if (!arenaBytes)
+    return step.emitError() << "has no memory plan; run moe-plan-memory "
+                               "before the CUDA printer";
+
+  // Ops in order; runs of moe.adamw become one multi-tensor launch.
+  Block &block = step.getBody().front();
+  SmallVector<moe::AdamWOp> adamRun;
+  for (Operation &op : block) {
+    if (auto a = dyn_cast<moe::AdamWOp>(op)) {
+      adamRun.push_back(a);
+      continue;
+    }
+    if (!adamRun.empty()) {
+      body += "  moert::kernels::mark(ctx, \"moe.adamw\");\n";
+      if (failed(printAdamWGroup(adamRun)))
+        return failure();
+      adamRun.clear();
+    }
+    if (failed(printOp(op)))
+      return failure();
+  }
+  if (!adamRun.empty()) {
+    body += "  moert::kernels::mark(ctx, \"moe.adamw\");\n";
+    if (failed(printAdamWGroup(adamRun)))
+      return failure();
+  }
+  body += "  moert::kernels::mark(ctx, \"end\");\n";
+
+  // Metrics: the step's named outputs.
+  auto ret = cast<func::ReturnOp>(block.getTerminator());
+  std::map<std::string, std::string> metric;
+  for (auto [i, v] : llvm::enumerate(ret.getOperands())) {
+    auto name = step.getResultAttrOfType<StringAttr>(i, "moe.output");
+    if (!name)
+      continue;
+    auto c = constants.find(v);
+    if (c != constants.end()) {
+      metric[name.str()] = fmt::format("{{-1, {}}}", floatLiteral(c->second));
+      continue;
+    }
+    std::string p = typed(v);
+    auto offsets = v.getDefiningOp()
+                       ? v.getDefiningOp()->getAttrOfType<DenseI64ArrayAttr>(
+                             "moe.arena_offsets")
+                       : DenseI64ArrayAttr();
+    if (!offsets)
+      return ret.emitOpError() << "returns output '" << name.getValue()
+                               << "' that is not in the arena";
+    int64_t offset = offsets[cast<OpResult>(v).getResultNumber()];
+    metric[name.str()] = fmt::format("{{{}, 0.0f}}", offset);
+  }
+  for (const char *required : {"loss", "ce_loss", "aux_loss", "z_loss",
+                               "grad_norm", "expert_counts"})
+    if (!metric.count(required))
+      return ret.emitOpError() << "has no output named '" << required << "'";
+  Value counts;
+  for (auto [i, v] : llvm::enumerate(ret.getOperands()))
+    if (auto name = step.getResultAttrOfType<StringAttr>(i, "moe.output"))
+      if (name.getValue() == "expert_counts")
+        counts = v;
+  auto countShape = typeOf(counts).getShape();
+
+  // The initialisation: @init_params' launches into the state region.
+  std::string initBody;
+  llvm::raw_string_ostream initOs(initBody);
+  auto initRet = cast<func::ReturnOp>(init.getBody().front().getTerminator());
+  llvm::StringSet<> initialised;
+  for (Value v : initRet.getOperands()) {
+    auto p = v.getDefiningOp<moe::ParamInitOp>();
+    if (!p)
+      return initRet.emitOpError() << "returns a value not made by "
+                                      "moe.param_init";
+    auto it = paramIndex.find(p.getName());
+    if (it == paramIndex.end())
+      continue;
+    const Param &param = params[it->second];
+    if (p.getType() != param.type)
+      return p.emitOpError() << "creates " << p.getType() << " for '"
+                             << p.getName() << "' but @train_step takes "
+                             << param.type;
+    moec::detail::printParamInitLaunch(
+        p, fmt::format("reinterpret_cast<float *>(state + {})", param.offset[0]),
+        "stream", initOs);
+    initialised.insert(p.getName());
+  }
+  for (const Param &p : params)
+    if (!initialised.contains(p.name))
+      return init.emitError() << "does not initialise parameter '" << p.name
+                              << "'";
+
+  // Model FLOPs per step (DESIGN.md §5): 6 · active parameters · tokens
+  // + 6 · layers · hidden · seq² · batch (causal attention, half the square).
+  // Active: every parameter but the embedding table (a lookup, no FLOPs),
+  // expert weights at k/E.
+  double activeParams = 0;
+  for (const Param &p : params)
+    activeParams += p.type.getNumElements();
+  int64_t batch = 0, seq = 0, vocab = 0, layers = 0;
+  double attentionFlops = 0;
+  for (Operation &op : block) {
+    if (auto e = dyn_cast<moe::ExpertsOp>(op)) {
+      double ratio = static_cast<double>(typeOf(e.getGates()).getShape().back()) /
+                     typeOf(e.getGateUp()).getShape()[0];
+      for (Value w : {e.getGateUp(), e.getDown()})
+        activeParams -= (1.0 - ratio) * typeOf(w).getNumElements();
+    }
+    if (auto e = dyn_cast<moe::EmbeddingOp>(op))
+      activeParams -= typeOf(e.getTable()).getNumElements();
+    if (auto a = dyn_cast<moe::AttentionOp>(op)) {
+      auto q = typeOf(a.getQuery()).getShape();
+      attentionFlops += 6.0 * q[2] * q[3] * q[1] * q[1] * q[0];
+      ++layers;
+    }
+    if (auto l = dyn_cast<moe::LmHeadCrossEntropyOp>(op)) {
+      batch = typeOf(l.getInput()).getShape()[0];
+      seq = typeOf(l.getInput()).getShape()[1];
+      vocab = typeOf(l.getWeight()).getShape()[0];
+    }
+  }
+  if (!batch)
+    return step.emitError() << "has no moe.lm_head_cross_entropy";
+  double modelFlops = 6.0 * activeParams * batch * seq + attentionFlops;
+
+  // The program.
+  os << "// Generated by moec from @train_step. Do not edit.\n";
+  os << "// Model: " << options.modelName << "\n";
+  os << R"cuda(#include "moert/TrainDriver.h"
+#include "moert/kernels/Attention.cuh"
+#include "moert/kernels/CrossEntropy.cuh"
+#include "moert/kernels/Embedding.cuh"
+#include "moert/kernels/Experts.cuh"
+#include "moert/kernels/Init.cuh"
+#include "moert/kernels/Linear.cuh"
+#include "moert/kernels/Norm.cuh"
+#include "moert/kernels/Optimizer.cuh"
+#include "moert/kernels/Rotary.cuh"
+#include "moert/kernels/Router.cuh"
+
+#include <algorithm>
+
+namespace {
+
+)cuda";
+  os << "// Generated element-wise kernels.\n" << kernels << "\n";
+  os << statics << "\n";
+  os << "const moert::ParameterInfo kParameters[] = {\n";
+  for (const Param &p : params)
+    os << fmt::format("    {{{}, {{{}}}, {}, {}, {}, {}}},\n", quoted(p.name),
+                      joined(p.type.getShape()), p.offset[0], p.offset[1],
+                      p.offset[2], p.type.getNumElements());
+  os << "};\n\n";
+  os << "void initParams(char *state, uint64_t seed, cudaStream_t stream) {\n"
+     << initBody << "}\n\n";
+  os << "void setup(char *state, char *arena, char *inputs) {\n"
+     << setup << "}\n\n";
+  os << "int64_t scratchBytes() {\n  int64_t bytes = 256;\n";
+  for (const std::string &term : scratchTerms)
+    os << "  bytes = std::max<int64_t>(bytes, " << term << ");\n";
+  os << "  return bytes;\n}\n\n";
+  os << "void step(const moert::kernels::Context &ctx, char *state, "
+        "char *arena, char *inputs) {\n"
+     << body << "}\n\n} // namespace\n\n";
+  os << fmt::format(
+      "int main(int argc, char **argv) {{\n"
+      "  moert::TrainProgram program;\n"
+      "  program.model = {};\n"
+      "  program.batch = {};\n  program.seq = {};\n  program.vocab = {};\n"
+      "  program.stateBytes = {};\n  program.arenaBytes = {};\n"
+      "  program.inputBytes = {};\n"
+      "  program.inputIdsOffset = {};\n  program.labelsOffset = {};\n"
+      "  program.stepOffset = {};\n  program.lrOffset = {};\n"
+      "  program.parameters = kParameters;\n"
+      "  program.numParameters = sizeof(kParameters) / "
+      "sizeof(kParameters[0]);\n"
+      "  program.loss = {};\n  program.ceLoss = {};\n"
+      "  program.auxLoss = {};\n  program.zLoss = {};\n"
+      "  program.gradNorm = {};\n  program.expertCounts = {};\n"
+      "  program.countLayers = {};\n  program.countExperts = {};\n"
+      "  program.modelFlops = {:.17g};\n"
+      "  program.scratchBytes = scratchBytes;\n  program.setup = setup;\n"
+      "  program.initParams = initParams;\n  program.step = step;\n"
+      "  return moert::runTrainProgram(program, argc, argv);\n}}\n",
+      quoted(options.modelName), batch, seq, vocab, stateBytes,
+      arenaBytes.getInt(), inputBytes, inputOffset[0], inputOffset[1],
+      inputOffset[2], inputOffset[3], metric["loss"], metric["ce_loss"],
+      metric["aux_loss"], metric["z_loss"], metric["grad_norm"],
+      metric["expert_counts"], countShape.size() == 2 ? countShape[0] : 1,
+      countShape.back(), modelFlops);
+
+  summary.stateBytes = stateBytes;
+  summary.arenaBytes = arenaBytes.getInt();
+  summary.inputBytes = inputBytes;
+  summary.modelFlops = modelFlops;
+  summary.layers = layers;
+  return success();
+}
+
+} // namespace
+
+LogicalResult moec::emitCudaTrainProgram(ModuleOp module,
+                                         const CudaTrainProgramOptions &options,
+                                         llvm::raw_ostream &os,
+                                         CudaTrainProgramSummary &summary) {
+  auto step = module.lookupSymbol<func::FuncOp>("train_step");
+  auto init = module.lookupSymbol<func::FuncOp>("init_params");
+  if (!step || !init)
+    return module.emitError() << "the module needs @train_step and "
+                                 "@init_params; run moe-build-init-params "
+                                 "and moe-build-train-step first";
+  if (step.getBody().getBlocks().size() != 1)
+    return step.emitError() << "has " << step.getBody().getBlocks().size()
+                            << " blocks; the CUDA printer emits one";
+  TrainStepPrinter printer(module, step, init, options);
+  return printer.print(os, summary);
+}

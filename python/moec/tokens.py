@@ -1,0 +1,49 @@
+"""Converts token blocks from onnx.TensorProto to the raw form compiled programs read.
+
+    python -m moec.tokens IN.pb OUT.bin
+
+IN.pb is a serialized ``onnx.TensorProto`` of int64 ``[blocks, seq]`` (what
+``python -m moec.data`` writes and ``moec train --tokens`` reads); OUT.bin is
+the same values as raw little-endian int64, row-major, which the training
+program printed by ``moec compile`` reads with ``--tokens``. Written
+atomically.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def read_blocks(path: Path) -> np.ndarray:
+    import onnx
+    from onnx import numpy_helper
+
+    tensor = onnx.TensorProto()
+    tensor.ParseFromString(Path(path).read_bytes())
+    blocks = numpy_helper.to_array(tensor)
+    if blocks.dtype != np.int64 or blocks.ndim != 2:
+        raise ValueError(f"{path}: expected int64 [blocks, seq], found {blocks.dtype} {list(blocks.shape)}")
+    return blocks
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m moec.tokens", description=__doc__.splitlines()[0])
+    parser.add_argument("input", type=Path)
+    parser.add_argument("output", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        blocks = read_blocks(args.input)
+    except (OSError, ValueError) as e:
+        print(f"moec.tokens: error: {e}", file=sys.stderr)
+        return 1
+    from moec.atomic import write_atomically
+
+    write_atomically(args.output, blocks.astype("<i8").tobytes())
+    print(f"{args.output}: {blocks.shape[0]} blocks of {blocks.shape[1]} tokens")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

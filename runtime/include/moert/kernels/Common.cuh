@@ -1,0 +1,162 @@
+//===- Common.cuh - What every moert kernel header shares -------*- CUDA -*-===//
+//
+// The device kernel library that programs printed by `moec compile` include.
+// Buffers are flat, row-major, contiguous pointers into the rank's arena;
+// element types are `float` (fp32 mode) or `__nv_bfloat16` (bf16 compute).
+// All arithmetic inside kernels is fp32; values are rounded to the storage
+// type on store. Every launch goes on `Context::stream`, so a step can be
+// captured as one CUDA graph where no host synchronisation is needed.
+//
+// This library shares no code with the CPU reference executor
+// (lib/Reference), which is the oracle it is checked against.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOERT_KERNELS_COMMON_CUH
+#define MOERT_KERNELS_COMMON_CUH
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#define MOERT_CUDA_CHECK(call)                                                 \
+  do {                                                                         \
+    cudaError_t status_ = (call);                                              \
+    if (status_ != cudaSuccess) {                                              \
+      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__,      \
+                   #call, cudaGetErrorString(status_));                        \
+      std::exit(1);                                                            \
+    }                                                                          \
+  } while (0)
+
+#define MOERT_CUBLAS_CHECK(call)                                               \
+  do {                                                                         \
+    cublasStatus_t status_ = (call);                                           \
+    if (status_ != CUBLAS_STATUS_SUCCESS) {                                    \
+      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__,      \
+                   #call, cublasGetStatusString(status_));                     \
+      std::exit(1);                                                            \
+    }                                                                          \
+  } while (0)
+
+namespace moert::kernels {
+
+using bf16 = __nv_bfloat16;
+
+/// Per-op timing of one step: the printed step marks the start of every op
+/// (and the end) with an event on the stream; the driver reads the gaps.
+struct Profiler {
+  std::vector<cudaEvent_t> events;
+  std::vector<const char *> names;
+  void mark(cudaStream_t stream, const char *name) {
+    cudaEvent_t event;
+    MOERT_CUDA_CHECK(cudaEventCreate(&event));
+    MOERT_CUDA_CHECK(cudaEventRecord(event, stream));
+    events.push_back(event);
+    names.push_back(name);
+  }
+};
+
+/// What a kernel launch needs besides its buffers.
+struct Context {
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+  /// Scratch for kernels that need temporary device memory (permutation
+  /// indices, per-row statistics). Sized by the program from the compiler's
+  /// plan; each kernel documents what it uses. Never live across launches of
+  /// different ops.
+  char *scratch = nullptr;
+  int64_t scratchBytes = 0;
+  /// Pinned host memory for the few values the host must read during a step
+  /// (the experts' token counts, for the grouped GEMM's group sizes).
+  int64_t *hostCounts = nullptr;
+  /// Set for the one step the driver profiles.
+  Profiler *profiler = nullptr;
+};
+
+/// Marks the start of op `name` in the profiled step.
+inline void mark(const Context &ctx, const char *name) {
+  if (ctx.profiler)
+    ctx.profiler->mark(ctx.stream, name);
+}
+
+__host__ __device__ inline float toFloat(float x) { return x; }
+__host__ __device__ inline float toFloat(bf16 x) { return __bfloat162float(x); }
+
+template <class T> __host__ __device__ inline T fromFloat(float x);
+template <> __host__ __device__ inline float fromFloat<float>(float x) {
+  return x;
+}
+template <> __host__ __device__ inline bf16 fromFloat<bf16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+/// Blocks for a grid-stride loop over `n` elements with 256 threads.
+inline int blocksFor(int64_t n, int threads = 256) {
+  int64_t blocks = (n + threads - 1) / threads;
+  if (blocks < 1)
+    blocks = 1;
+  return blocks > 65535 * 16 ? 65535 * 16 : static_cast<int>(blocks);
+}
+
+/// Bytes of `scratch` from `offset`, aligned to 256, checked against the
+/// context's size.
+template <class T>
+inline T *scratchAt(const Context &ctx, int64_t &offset, int64_t count) {
+  offset = (offset + 255) / 256 * 256;
+  T *p = reinterpret_cast<T *>(ctx.scratch + offset);
+  offset += count * static_cast<int64_t>(sizeof(T));
+  if (offset > ctx.scratchBytes) {
+    std::fprintf(stderr,
+                 "moert: kernel scratch needs %lld bytes, the program has "
+                 "%lld\n",
+                 static_cast<long long>(offset),
+                 static_cast<long long>(ctx.scratchBytes));
+    std::exit(1);
+  }
+  return p;
+}
+
+/// Warp and block sums (blockDim.x a multiple of 32, at most 1024).
+__device__ inline float warpSum(float v) {
+  for (int o = 16; o > 0; o >>= 1)
+    v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ inline float warpMax(float v) {
+  for (int o = 16; o > 0; o >>= 1)
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+/// Sum over the block; every thread gets the result. `shared` holds 32 floats.
+__device__ inline float blockSum(float v, float *shared) {
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warpSum(v);
+  __syncthreads();
+  if (lane == 0)
+    shared[warp] = v;
+  __syncthreads();
+  int warps = (blockDim.x + 31) >> 5;
+  v = lane < warps ? shared[lane] : 0.0f;
+  return warpSum(v);
+}
+__device__ inline float blockMax(float v, float *shared) {
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warpMax(v);
+  __syncthreads();
+  if (lane == 0)
+    shared[warp] = v;
+  __syncthreads();
+  int warps = (blockDim.x + 31) >> 5;
+  v = lane < warps ? shared[lane] : -INFINITY;
+  return warpMax(v);
+}
+
+} // namespace moert::kernels
+
+#endif // MOERT_KERNELS_COMMON_CUH

@@ -1,0 +1,51 @@
+//===- Init.cuh - delayed_param: parameters from the seed, on the GPU -*- CUDA -*-//
+//
+// moe.param_init on the GPU: every element of a parameter (or of this
+// rank's shard of it) is drawn from the counter-based generator of
+// moec/Support/ParamInit.h at its index in the full parameter, so any
+// sharding yields the same global values as the CPU reference.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOERT_KERNELS_INIT_CUH
+#define MOERT_KERNELS_INIT_CUH
+
+#include "moec/Support/ParamInit.h"
+#include "moert/kernels/Common.cuh"
+
+namespace moert::kernels {
+
+/// Where a parameter (or a shard of it) sits in the full parameter.
+template <int Rank> struct Shard {
+  int64_t local[Rank];  ///< shape of what this kernel writes
+  int64_t global[Rank]; ///< shape of the full parameter
+  int64_t offset[Rank]; ///< position of the shard in it
+};
+
+/// out[i] = stddev * N(0,1) at the element's index in the full parameter.
+template <int Rank>
+__global__ void paramInitNormal(float *out, int64_t count, uint64_t base,
+                                double stddev, Shard<Rank> shard) {
+  moec::ParamNormalStream stream(base);
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t rest = i, flat = 0, stride = 1;
+    for (int d = Rank - 1; d >= 0; --d) {
+      int64_t local = rest % shard.local[d];
+      rest /= shard.local[d];
+      flat += (shard.offset[d] + local) * stride;
+      stride *= shard.global[d];
+    }
+    out[i] = static_cast<float>(stream.at(static_cast<uint64_t>(flat)) * stddev);
+  }
+}
+
+__global__ void paramInitOnes(float *out, int64_t count) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
+       i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = 1.0f;
+}
+
+} // namespace moert::kernels
+
+#endif // MOERT_KERNELS_INIT_CUH

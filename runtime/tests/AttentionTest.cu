@@ -1,0 +1,484 @@
+//===- AttentionTest.cu - GPU test of moert/kernels/Attention.cuh -*- CUDA -*-===//
+//
+// Runs moert::kernels::attention and attentionGrad on random inputs (fp32
+// and bf16; grouped-query shapes; non-causal, causal, causal with a sliding
+// window) and compares every output with a naive double-precision host
+// implementation written here from the op's semantics (docs/Dialects/Moe.md,
+// moe.attention / moe.attention_grad):
+//
+//   query head h uses kv head h / (N / KV);
+//   visible(i, j) = !causal || (j <= i && (window < 0 || i - j < window));
+//   P = softmax over the visible j of scale · q_i · k_j;  out_i = Σ_j P_ij v_j
+//
+// and the gradients of out with respect to q, k and v (dk, dv summed over
+// the query heads that share a kv head). Outputs and scratch are filled with
+// NaN bytes before the calls, so anything left unwritten (or read before it
+// is written) fails. Each op runs twice to check that the results are
+// bitwise deterministic. Some cases lower attentionScoreBudget so the
+// kernels take small query blocks and several chunks of (batch, kv head)
+// pairs.
+//
+// Tolerances (relative L2 error against the double reference, computed on
+// the inputs as rounded to the storage type): fp32 1e-5, bf16 2e-2.
+//
+//   nvcc -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a
+//     -I runtime/include runtime/tests/AttentionTest.cu -o AttentionTest
+//     -lcublas
+//
+//   AttentionTest           the correctness cases; main() returns nonzero
+//                           when any check fails
+//   AttentionTest --bench   times B=4 S=2048 N=32 KV=8 D=128 bf16 causal
+//                           (median of 10 after 3 warm-ups, forward and
+//                           backward separately); optional arguments
+//                           `non-causal`, `window W`, `budget MiB` (the
+//                           score budget, attentionScoreBudget)
+//
+//===----------------------------------------------------------------------===//
+
+#include "moert/kernels/Attention.cuh"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+using namespace moert::kernels;
+
+namespace {
+
+#define CHECK_CUDA(call)                                                       \
+  do {                                                                         \
+    cudaError_t status_ = (call);                                              \
+    if (status_ != cudaSuccess) {                                              \
+      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__,      \
+                   #call, cudaGetErrorString(status_));                        \
+      std::exit(2);                                                            \
+    }                                                                          \
+  } while (0)
+
+struct Shape {
+  int64_t B, S, N, KV, D;
+};
+
+struct Mode {
+  bool causal;
+  int64_t window; // < 0: none
+};
+
+struct Expected {
+  std::vector<double> out, dq, dk, dv;
+};
+
+/// The double-precision reference, one (batch, query head, position) row at
+/// a time.
+Expected hostAttention(const Shape &s, const Mode &mode, double scale,
+                       const std::vector<double> &q,
+                       const std::vector<double> &k,
+                       const std::vector<double> &v,
+                       const std::vector<double> &dOut) {
+  const int64_t B = s.B, S = s.S, N = s.N, KV = s.KV, D = s.D, G = N / KV;
+  Expected e;
+  e.out.assign(B * S * N * D, 0.0);
+  e.dq.assign(B * S * N * D, 0.0);
+  e.dk.assign(B * S * KV * D, 0.0);
+  e.dv.assign(B * S * KV * D, 0.0);
+  auto qAt = [&](int64_t b, int64_t i, int64_t h) {
+    return ((b * S + i) * N + h) * D;
+  };
+  auto kAt = [&](int64_t b, int64_t j, int64_t g) {
+    return ((b * S + j) * KV + g) * D;
+  };
+  std::vector<double> p(S), dp(S);
+  std::vector<char> seen(S);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < N; ++h) {
+      const int64_t g = h / G;
+      for (int64_t i = 0; i < S; ++i) {
+        const double *qi = &q[qAt(b, i, h)];
+        const double *doi = &dOut[qAt(b, i, h)];
+        double maxScore = -INFINITY;
+        for (int64_t j = 0; j < S; ++j) {
+          bool visible = !mode.causal ||
+                         (j <= i && (mode.window < 0 || i - j < mode.window));
+          seen[j] = visible;
+          if (!visible)
+            continue;
+          double dot = 0.0;
+          const double *kj = &k[kAt(b, j, g)];
+          for (int64_t d = 0; d < D; ++d)
+            dot += qi[d] * kj[d];
+          p[j] = dot * scale;
+          maxScore = std::max(maxScore, p[j]);
+        }
+        double total = 0.0;
+        for (int64_t j = 0; j < S; ++j)
+          if (seen[j])
+            total += (p[j] = std::exp(p[j] - maxScore));
+        double inner = 0.0;
+        for (int64_t j = 0; j < S; ++j) {
+          if (!seen[j])
+            continue;
+          p[j] /= total;
+          const double *vj = &v[kAt(b, j, g)];
+          double acc = 0.0;
+          for (int64_t d = 0; d < D; ++d) {
+            e.out[qAt(b, i, h) + d] += p[j] * vj[d];
+            e.dv[kAt(b, j, g) + d] += p[j] * doi[d];
+            acc += doi[d] * vj[d];
+          }
+          dp[j] = acc;
+          inner += p[j] * acc;
+        }
+        for (int64_t j = 0; j < S; ++j) {
+          if (!seen[j])
+            continue;
+          double ds = p[j] * (dp[j] - inner) * scale;
+          const double *kj = &k[kAt(b, j, g)];
+          for (int64_t d = 0; d < D; ++d) {
+            e.dq[qAt(b, i, h) + d] += ds * kj[d];
+            e.dk[kAt(b, j, g) + d] += ds * qi[d];
+          }
+        }
+      }
+    }
+  return e;
+}
+
+template <class T> const char *typeName();
+template <> const char *typeName<float>() { return "fp32"; }
+template <> const char *typeName<bf16>() { return "bf16"; }
+
+template <class V> V *deviceCopy(const std::vector<V> &host) {
+  V *p = nullptr;
+  CHECK_CUDA(cudaMalloc(&p, std::max<size_t>(host.size(), 1) * sizeof(V)));
+  if (!host.empty())
+    CHECK_CUDA(cudaMemcpy(p, host.data(), host.size() * sizeof(V),
+                          cudaMemcpyHostToDevice));
+  return p;
+}
+
+/// n elements filled with 0xFF bytes (NaN in fp32 and bf16).
+template <class V> V *deviceNaN(int64_t n) {
+  V *p = nullptr;
+  CHECK_CUDA(cudaMalloc(&p, std::max<int64_t>(n, 1) * sizeof(V)));
+  CHECK_CUDA(cudaMemset(p, 0xFF, std::max<int64_t>(n, 1) * sizeof(V)));
+  return p;
+}
+
+template <class V> std::vector<V> hostCopy(const V *p, int64_t n) {
+  std::vector<V> host(n);
+  if (n > 0)
+    CHECK_CUDA(
+        cudaMemcpy(host.data(), p, n * sizeof(V), cudaMemcpyDeviceToHost));
+  return host;
+}
+
+template <class T> std::vector<double> toDouble(const std::vector<T> &v) {
+  std::vector<double> d(v.size());
+  for (size_t i = 0; i < v.size(); ++i)
+    d[i] = static_cast<double>(toFloat(v[i]));
+  return d;
+}
+
+template <class T> std::vector<T> toStorage(const std::vector<float> &v) {
+  std::vector<T> s(v.size());
+  for (size_t i = 0; i < v.size(); ++i)
+    s[i] = fromFloat<T>(v[i]);
+  return s;
+}
+
+/// Prints the errors of `got` against `want`; true when within `tolerance`.
+bool compare(const std::string &name, const std::vector<double> &got,
+             const std::vector<double> &want, double tolerance) {
+  double maxAbs = 0.0, diff2 = 0.0, want2 = 0.0;
+  bool finite = got.size() == want.size();
+  for (size_t i = 0; i < got.size() && i < want.size(); ++i) {
+    if (!std::isfinite(got[i])) {
+      finite = false;
+      continue;
+    }
+    double d = got[i] - want[i];
+    maxAbs = std::max(maxAbs, std::fabs(d));
+    diff2 += d * d;
+    want2 += want[i] * want[i];
+  }
+  double rel = want2 > 0.0 ? std::sqrt(diff2 / want2) : std::sqrt(diff2);
+  bool pass = finite && rel <= tolerance;
+  std::printf("%s: max abs err %.3e, rel L2 err %.3e (tolerance %.0e)%s %s\n",
+              name.c_str(), maxAbs, rel, tolerance,
+              finite ? "" : " [non-finite values]", pass ? "PASS" : "FAIL");
+  return pass;
+}
+
+template <class V> bool sameBits(const V *a, const V *b, int64_t n) {
+  std::vector<V> x = hostCopy(a, n), y = hostCopy(b, n);
+  return n == 0 || std::memcmp(x.data(), y.data(), n * sizeof(V)) == 0;
+}
+
+/// One shape, mode and type; returns the number of failed checks.
+/// `budget` > 0 overrides attentionScoreBudget for this case.
+template <class T>
+int runCase(const Shape &s, const Mode &mode, int64_t budget, uint32_t seed,
+            cublasHandle_t blas, cudaStream_t stream) {
+  const int64_t B = s.B, S = s.S, N = s.N, KV = s.KV, D = s.D;
+  const int64_t nq = B * S * N * D, nk = B * S * KV * D;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const int64_t savedBudget = attentionScoreBudget;
+  if (budget > 0)
+    attentionScoreBudget = budget;
+
+  char label[200];
+  std::snprintf(label, sizeof label,
+                "%s B %lld S %lld N %lld KV %lld D %lld %s window %lld%s",
+                typeName<T>(), (long long)B, (long long)S, (long long)N,
+                (long long)KV, (long long)D,
+                mode.causal ? "causal" : "non-causal", (long long)mode.window,
+                budget > 0 ? " (small score budget)" : "");
+  std::printf("== %s\n", label);
+
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> q(nq), k(nk), v(nk), dOut(nq);
+  for (float &x : q)
+    x = normal(rng);
+  for (float &x : k)
+    x = normal(rng);
+  for (float &x : v)
+    x = normal(rng);
+  for (float &x : dOut)
+    x = normal(rng);
+
+  std::vector<T> qT = toStorage<T>(q), kT = toStorage<T>(k),
+                 vT = toStorage<T>(v), dOutT = toStorage<T>(dOut);
+  Expected want = hostAttention(s, mode, static_cast<double>(scale),
+                                toDouble(qT), toDouble(kT), toDouble(vT),
+                                toDouble(dOutT));
+
+  T *dQin = deviceCopy(qT), *dKin = deviceCopy(kT), *dVin = deviceCopy(vT),
+    *dDy = deviceCopy(dOutT);
+  T *out[2], *dq[2], *dk[2], *dv[2];
+  for (int r = 0; r < 2; ++r) {
+    out[r] = deviceNaN<T>(nq);
+    dq[r] = deviceNaN<T>(nq);
+    dk[r] = deviceNaN<T>(nk);
+    dv[r] = deviceNaN<T>(nk);
+  }
+
+  Context ctx;
+  ctx.stream = stream;
+  ctx.blas = blas;
+  ctx.scratchBytes = attentionScratchBytes(B, S, N, KV, D, sizeof(T));
+  CHECK_CUDA(cudaMalloc(&ctx.scratch, ctx.scratchBytes));
+  CHECK_CUDA(cudaMemset(ctx.scratch, 0xFF, ctx.scratchBytes));
+
+  for (int r = 0; r < 2; ++r) {
+    attention<T>(ctx, dQin, dKin, dVin, B, S, N, KV, D, scale, mode.causal,
+                 mode.window, out[r]);
+    attentionGrad<T>(ctx, dQin, dKin, dVin, dDy, B, S, N, KV, D, scale,
+                     mode.causal, mode.window, dq[r], dk[r], dv[r]);
+  }
+  CHECK_CUDA(cudaStreamSynchronize(stream));
+  CHECK_CUDA(cudaGetLastError());
+
+  const double tolerance = sizeof(T) == 4 ? 1e-5 : 2e-2;
+  std::string prefix = std::string(label) + " ";
+  int failures = 0;
+  failures += !compare(prefix + "out", toDouble(hostCopy(out[0], nq)),
+                       want.out, tolerance);
+  failures += !compare(prefix + "dq", toDouble(hostCopy(dq[0], nq)), want.dq,
+                       tolerance);
+  failures += !compare(prefix + "dk", toDouble(hostCopy(dk[0], nk)), want.dk,
+                       tolerance);
+  failures += !compare(prefix + "dv", toDouble(hostCopy(dv[0], nk)), want.dv,
+                       tolerance);
+  bool same = sameBits(out[0], out[1], nq) && sameBits(dq[0], dq[1], nq) &&
+              sameBits(dk[0], dk[1], nk) && sameBits(dv[0], dv[1], nk);
+  std::printf("%sbitwise deterministic over two runs: %s\n", prefix.c_str(),
+              same ? "PASS" : "FAIL");
+  failures += !same;
+
+  for (int r = 0; r < 2; ++r) {
+    cudaFree(out[r]);
+    cudaFree(dq[r]);
+    cudaFree(dk[r]);
+    cudaFree(dv[r]);
+  }
+  cudaFree(dQin);
+  cudaFree(dKin);
+  cudaFree(dVin);
+  cudaFree(dDy);
+  cudaFree(ctx.scratch);
+  attentionScoreBudget = savedBudget;
+  return failures;
+}
+
+/// Fills n bf16 values with a uniform [-1, 1) hash of their index.
+__global__ void fillKernel(bf16 *p, int64_t n, uint32_t seed) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    uint32_t x = static_cast<uint32_t>(i) * 2654435761u ^ seed;
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    x ^= x >> 16;
+    p[i] = __float2bfloat16_rn((x >> 8) * (2.0f / 16777216.0f) - 1.0f);
+  }
+}
+
+int bench(cublasHandle_t blas, cudaStream_t stream, bool causal,
+          int64_t window) {
+  const int64_t B = 4, S = 2048, N = 32, KV = 8, D = 128;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const int64_t nq = B * S * N * D, nk = B * S * KV * D;
+  bf16 *q, *k, *v, *dOut, *out, *dq, *dk, *dv;
+  for (bf16 **p : {&q, &dOut, &out, &dq})
+    CHECK_CUDA(cudaMalloc(p, nq * sizeof(bf16)));
+  for (bf16 **p : {&k, &v, &dk, &dv})
+    CHECK_CUDA(cudaMalloc(p, nk * sizeof(bf16)));
+  uint32_t seed = 1;
+  for (bf16 *p : {q, dOut})
+    fillKernel<<<1024, 256, 0, stream>>>(p, nq, seed++);
+  for (bf16 *p : {k, v})
+    fillKernel<<<1024, 256, 0, stream>>>(p, nk, seed++);
+  CHECK_CUDA(cudaGetLastError());
+
+  Context ctx;
+  ctx.stream = stream;
+  ctx.blas = blas;
+  ctx.scratchBytes = attentionScratchBytes(B, S, N, KV, D, sizeof(bf16));
+  CHECK_CUDA(cudaMalloc(&ctx.scratch, ctx.scratchBytes));
+
+  cudaEvent_t start, stop;
+  CHECK_CUDA(cudaEventCreate(&start));
+  CHECK_CUDA(cudaEventCreate(&stop));
+  auto time = [&](auto &&fn) {
+    std::vector<float> ms;
+    for (int it = 0; it < 13; ++it) {
+      CHECK_CUDA(cudaEventRecord(start, stream));
+      fn();
+      CHECK_CUDA(cudaEventRecord(stop, stream));
+      CHECK_CUDA(cudaEventSynchronize(stop));
+      float t = 0.0f;
+      CHECK_CUDA(cudaEventElapsedTime(&t, start, stop));
+      if (it >= 3)
+        ms.push_back(t);
+    }
+    std::sort(ms.begin(), ms.end());
+    return 0.5f * (ms[4] + ms[5]);
+  };
+  float fwd = time([&] {
+    attention<bf16>(ctx, q, k, v, B, S, N, KV, D, scale, causal, window, out);
+  });
+  float bwd = time([&] {
+    attentionGrad<bf16>(ctx, q, k, v, dOut, B, S, N, KV, D, scale, causal,
+                        window, dq, dk, dv);
+  });
+  CHECK_CUDA(cudaGetLastError());
+
+  // Useful FLOPs: 2 matmuls forward, 5 backward (the recomputed scores
+  // included), each 2·D per visible (query, key) pair per (batch, head).
+  double visible = 0.0; // visible (query, key) pairs per (batch, head)
+  for (int64_t i = 0; i < S; ++i)
+    visible += !causal ? S : window >= 0 ? std::min<int64_t>(i + 1, window)
+                                         : i + 1;
+  double fwdFlops = 2.0 * 2.0 * B * N * visible * D;
+  double bwdFlops = 2.5 * fwdFlops;
+  std::printf("attention bench: bf16 B %lld S %lld N %lld KV %lld D %lld "
+              "%s window %lld, score budget %lld MiB, scratch %.1f MiB\n",
+              (long long)B, (long long)S, (long long)N, (long long)KV,
+              (long long)D, causal ? "causal" : "non-causal",
+              (long long)window, (long long)(attentionScoreBudget >> 20),
+              ctx.scratchBytes / 1048576.0);
+  std::printf("forward:  %.3f ms, %.1f TFLOP/s\n", fwd,
+              fwdFlops / (fwd * 1e-3) / 1e12);
+  std::printf("backward: %.3f ms, %.1f TFLOP/s\n", bwd,
+              bwdFlops / (bwd * 1e-3) / 1e12);
+  std::printf("forward + backward: %.3f ms\n", fwd + bwd);
+
+  CHECK_CUDA(cudaEventDestroy(start));
+  CHECK_CUDA(cudaEventDestroy(stop));
+  for (bf16 *p : {q, k, v, dOut, out, dq, dk, dv})
+    cudaFree(p);
+  cudaFree(ctx.scratch);
+  return 0;
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::fprintf(stderr, "AttentionTest: no CUDA device\n");
+    return 2;
+  }
+  cudaStream_t stream;
+  CHECK_CUDA(cudaStreamCreate(&stream));
+  cublasHandle_t blas;
+  MOERT_CUBLAS_CHECK(cublasCreate(&blas));
+  MOERT_CUBLAS_CHECK(cublasSetStream(blas, stream));
+
+  if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) {
+    // Optional: --bench [non-causal | window W] [budget MiB]
+    bool causal = true;
+    int64_t window = -1;
+    for (int i = 2; i < argc; ++i) {
+      if (std::strcmp(argv[i], "non-causal") == 0)
+        causal = false;
+      else if (std::strcmp(argv[i], "window") == 0 && i + 1 < argc)
+        window = std::atoll(argv[++i]);
+      else if (std::strcmp(argv[i], "budget") == 0 && i + 1 < argc)
+        attentionScoreBudget = std::atoll(argv[++i]) << 20;
+    }
+    int rc = bench(blas, stream, causal, window);
+    MOERT_CUBLAS_CHECK(cublasDestroy(blas));
+    CHECK_CUDA(cudaStreamDestroy(stream));
+    return rc;
+  }
+
+  struct Case {
+    Shape shape;
+    Mode mode;
+    int64_t budget;
+  };
+  const Case cases[] = {
+      {{2, 13, 4, 2, 8}, {true, -1}, 0},
+      {{2, 13, 4, 2, 8}, {true, 5}, 0},
+      {{2, 13, 4, 2, 8}, {false, -1}, 0},
+      {{2, 13, 4, 2, 8}, {false, 3}, 0}, // window ignored without causal
+      {{1, 64, 4, 1, 16}, {true, -1}, 0},
+      {{1, 64, 4, 1, 16}, {true, 16}, 0},
+      {{1, 64, 4, 1, 16}, {false, -1}, 0},
+      {{2, 200, 8, 2, 128}, {true, -1}, 0},
+      {{2, 200, 8, 2, 128}, {true, 50}, 0},
+      {{2, 200, 8, 2, 128}, {false, -1}, 0},
+      // Several query blocks (R = 256), a key range starting past 0.
+      {{1, 600, 4, 2, 64}, {true, -1}, 0},
+      {{1, 600, 4, 2, 64}, {true, 100}, 0},
+      {{1, 600, 4, 2, 64}, {true, 1}, 0},
+      {{1, 600, 4, 2, 64}, {false, -1}, 0},
+      // Small budgets: 64-row blocks, one pair per chunk.
+      {{1, 600, 4, 2, 64}, {true, 100}, 200000},
+      {{2, 200, 8, 2, 128}, {true, -1}, 200000},
+      {{2, 130, 6, 3, 24}, {false, -1}, 100000},
+      // One position; a window wider than the sequence.
+      {{3, 1, 4, 4, 8}, {true, -1}, 0},
+      {{1, 37, 6, 2, 40}, {true, 1000}, 0},
+  };
+  int failures = 0, count = 0;
+  uint32_t seed = 4321;
+  for (const Case &c : cases) {
+    failures += runCase<float>(c.shape, c.mode, c.budget, seed, blas, stream);
+    failures += runCase<bf16>(c.shape, c.mode, c.budget, seed, blas, stream);
+    ++seed;
+    count += 2;
+  }
+
+  MOERT_CUBLAS_CHECK(cublasDestroy(blas));
+  CHECK_CUDA(cudaStreamDestroy(stream));
+  std::printf("%d cases, %d failed checks: %s\n", count, failures,
+              failures ? "FAIL" : "PASS");
+  return failures ? 1 : 0;
+}

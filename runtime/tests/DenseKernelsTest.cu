@@ -1,0 +1,821 @@
+//===- DenseKernelsTest.cu - GPU test of the dense moert kernels -*- CUDA -*-===//
+//
+// Runs the kernels of Embedding.cuh, Norm.cuh, Rotary.cuh, Linear.cuh,
+// CrossEntropy.cuh and Optimizer.cuh on random inputs (std::mt19937 with
+// fixed seeds; fp32 and bf16, the optimizer fp32 only) and compares every
+// output with a naive double-precision host oracle written here from the
+// ops' semantics (those of the CPU reference executor, which this file does
+// not include or call):
+//
+//   embedding       out[t] = table[ids[t]];  dTable[v] = Σ_{t: ids[t]=v} dOut[t]
+//   rms_norm        y = x·r·w, r = 1/sqrt(mean(x²) + ε);
+//                   dx = dy·w·r − r³·x·Σ(dy·w·x)/H,  dw = Σ_rows dy·x·r
+//   rotary          for i < D/2: y[i] = x[i]c − x[i+D/2]s, y[i+D/2] =
+//                   x[i+D/2]c + x[i]s; angle = float(s)·float(θ^(−2i/D))
+//                   rounded to fp32 (the op's definition), cos and sin in
+//                   fp64; the gradient is the transposed rotation
+//   linear          out = x·Wᵀ;  dx = dOut·W,  dW = dOutᵀ·x
+//   lm_head_ce      mean over counted targets of logsumexp(h·Wᵀ) − z[target],
+//                   position t predicting labels[t+1], the last position and
+//                   ignore_index not counted (0 when none); the gradient is
+//                   (softmax − onehot)·scale/count through the lm head
+//   global_norm     sqrt(Σ g²) over every tensor of the group
+//   adamw           g' = g·min(1, max_norm/(norm + 1e-6)) (1 when max_norm
+//                   is 0); m = β1·m + (1−β1)g', v = β2·v + (1−β2)g'²;
+//                   p = p·(1 − lr·wd) − lr/(1−β1^t) · m/(sqrt(v)/sqrt(1−β2^t)
+//                   + ε)
+//
+// Outputs are filled with NaN bytes before each call (anything left
+// unwritten fails) and the scratch with 0xFF bytes; each launch gets exactly
+// the scratch its *ScratchBytes function asks for. For bf16 the oracle runs
+// on the inputs as rounded to bf16.
+//
+// Tolerances (relative L2 error against the oracle; absolute L2 where the
+// oracle is all zero): fp32 1e-5; bf16 1e-2; the optimizer (fp32) 1e-6,
+// and 1e-5 for the parameter's update (new − old, which loses the digits of
+// the parameter itself).
+//
+//   nvcc -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a
+//     -I runtime/include -I include runtime/tests/DenseKernelsTest.cu
+//     -o DenseKernelsTest -lcublas
+//
+// main() returns nonzero when anything fails.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moert/kernels/CrossEntropy.cuh"
+#include "moert/kernels/Embedding.cuh"
+#include "moert/kernels/Linear.cuh"
+#include "moert/kernels/Norm.cuh"
+#include "moert/kernels/Optimizer.cuh"
+#include "moert/kernels/Rotary.cuh"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+using namespace moert::kernels;
+
+namespace {
+
+#define CHECK_CUDA(call)                                                       \
+  do {                                                                         \
+    cudaError_t status_ = (call);                                              \
+    if (status_ != cudaSuccess) {                                              \
+      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__,      \
+                   #call, cudaGetErrorString(status_));                        \
+      std::exit(2);                                                            \
+    }                                                                          \
+  } while (0)
+
+using Doubles = std::vector<double>;
+
+constexpr double kTolFp32 = 1e-5;
+constexpr double kTolBf16 = 1e-2;
+constexpr double kTolOptimizer = 1e-6;
+constexpr double kTolOptimizerUpdate = 1e-5;
+constexpr int64_t kScratchCapacity = 64ll << 20;
+constexpr int64_t kIgnoreIndex = -100;
+
+template <class T> const char *typeName();
+template <> const char *typeName<float>() { return "fp32"; }
+template <> const char *typeName<bf16>() { return "bf16"; }
+
+template <class T> double tolerance() {
+  return sizeof(T) == 4 ? kTolFp32 : kTolBf16;
+}
+
+/// An owned device buffer of `count` elements.
+template <class V> class DeviceBuffer {
+public:
+  explicit DeviceBuffer(int64_t count) : count_(count) {
+    CHECK_CUDA(cudaMalloc(&ptr_, bytes()));
+  }
+  explicit DeviceBuffer(const std::vector<V> &host)
+      : DeviceBuffer(static_cast<int64_t>(host.size())) {
+    write(host);
+  }
+  DeviceBuffer(const DeviceBuffer &) = delete;
+  DeviceBuffer &operator=(const DeviceBuffer &) = delete;
+  ~DeviceBuffer() { cudaFree(ptr_); }
+
+  V *get() const { return ptr_; }
+  void write(const std::vector<V> &host) {
+    if (!host.empty())
+      CHECK_CUDA(cudaMemcpy(ptr_, host.data(), host.size() * sizeof(V),
+                            cudaMemcpyHostToDevice));
+  }
+  /// 0xFF bytes: NaN in fp32 and bf16.
+  void fillNaN() { CHECK_CUDA(cudaMemset(ptr_, 0xFF, bytes())); }
+  std::vector<V> read() const {
+    std::vector<V> host(count_);
+    if (count_ > 0)
+      CHECK_CUDA(cudaMemcpy(host.data(), ptr_, count_ * sizeof(V),
+                            cudaMemcpyDeviceToHost));
+    return host;
+  }
+
+private:
+  size_t bytes() const {
+    return static_cast<size_t>(std::max<int64_t>(count_, 1)) * sizeof(V);
+  }
+  V *ptr_ = nullptr;
+  int64_t count_;
+};
+
+/// The stream, cuBLAS handle, scratch and pinned counts every test shares,
+/// and the tally of checks.
+struct Env {
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+  char *scratch = nullptr;
+  int64_t *hostCounts = nullptr;
+  int checks = 0, failures = 0;
+
+  /// A context whose scratch is exactly `scratchBytes` (0xFF-filled), or
+  /// false (a failed check) when that is over the allocation.
+  bool context(const std::string &name, int64_t scratchBytes, Context &ctx) {
+    if (scratchBytes < 0 || scratchBytes > kScratchCapacity) {
+      std::printf("%s: scratch of %lld bytes is over the test's %lld FAIL\n",
+                  name.c_str(), static_cast<long long>(scratchBytes),
+                  static_cast<long long>(kScratchCapacity));
+      ++checks;
+      ++failures;
+      return false;
+    }
+    if (scratchBytes > 0)
+      CHECK_CUDA(cudaMemset(scratch, 0xFF, scratchBytes));
+    ctx.stream = stream;
+    ctx.blas = blas;
+    ctx.scratch = scratch;
+    ctx.scratchBytes = scratchBytes;
+    ctx.hostCounts = hostCounts;
+    return true;
+  }
+
+  /// After the launches of one test: launch errors, then execution errors.
+  void sync() {
+    CHECK_CUDA(cudaGetLastError());
+    CHECK_CUDA(cudaStreamSynchronize(stream));
+    CHECK_CUDA(cudaGetLastError());
+  }
+
+  bool report(const std::string &name, bool pass) {
+    std::printf("%s: %s\n", name.c_str(), pass ? "PASS" : "FAIL");
+    ++checks;
+    failures += !pass;
+    return pass;
+  }
+
+  /// Prints `name: max abs err X, rel L2 err Y (tolerance T) PASS|FAIL`.
+  bool compare(const std::string &name, const Doubles &got,
+               const Doubles &want, double tol) {
+    double maxAbs = 0.0, diff2 = 0.0, want2 = 0.0;
+    bool finite = got.size() == want.size();
+    for (size_t i = 0; i < got.size() && i < want.size(); ++i) {
+      if (!std::isfinite(got[i])) {
+        finite = false;
+        continue;
+      }
+      double d = got[i] - want[i];
+      maxAbs = std::max(maxAbs, std::fabs(d));
+      diff2 += d * d;
+      want2 += want[i] * want[i];
+    }
+    double rel = want2 > 0.0 ? std::sqrt(diff2 / want2) : std::sqrt(diff2);
+    bool pass = finite && rel <= tol;
+    std::printf("%s: max abs err %.3e, rel L2 err %.3e (tolerance %.0e)%s "
+                "%s\n",
+                name.c_str(), maxAbs, rel, tol,
+                finite ? "" : " [non-finite or missing values]",
+                pass ? "PASS" : "FAIL");
+    ++checks;
+    failures += !pass;
+    return pass;
+  }
+};
+
+template <class T> Doubles toDoubles(const std::vector<T> &v) {
+  Doubles d(v.size());
+  for (size_t i = 0; i < v.size(); ++i)
+    d[i] = static_cast<double>(toFloat(v[i]));
+  return d;
+}
+
+template <class T> std::vector<T> toStorage(const std::vector<float> &v) {
+  std::vector<T> s(v.size());
+  for (size_t i = 0; i < v.size(); ++i)
+    s[i] = fromFloat<T>(v[i]);
+  return s;
+}
+
+std::vector<float> normal(std::mt19937 &rng, int64_t n, float stddev,
+                          float mean = 0.0f) {
+  std::normal_distribution<float> dist(mean, stddev);
+  std::vector<float> v(n);
+  for (float &x : v)
+    x = dist(rng);
+  return v;
+}
+
+std::vector<float> uniform(std::mt19937 &rng, int64_t n, float bound) {
+  std::uniform_real_distribution<float> dist(-bound, bound);
+  std::vector<float> v(n);
+  for (float &x : v)
+    x = dist(rng);
+  return v;
+}
+
+template <class V> bool sameBits(const std::vector<V> &a,
+                                 const std::vector<V> &b) {
+  return a.size() == b.size() &&
+         (a.empty() ||
+          std::memcmp(a.data(), b.data(), a.size() * sizeof(V)) == 0);
+}
+
+std::string dims(std::initializer_list<std::pair<const char *, int64_t>> l) {
+  std::string s;
+  for (auto [name, value] : l)
+    s += std::string(" ") + name + " " + std::to_string(value);
+  return s;
+}
+
+//===----------------------------------------------------------------------===//
+// Host oracles (double)
+//===----------------------------------------------------------------------===//
+
+void hostEmbedding(const Doubles &table, const std::vector<int64_t> &ids,
+                   int64_t hidden, Doubles &out) {
+  int64_t tokens = static_cast<int64_t>(ids.size());
+  out.assign(tokens * hidden, 0.0);
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t h = 0; h < hidden; ++h)
+      out[t * hidden + h] = table[ids[t] * hidden + h];
+}
+
+void hostEmbeddingGrad(const Doubles &dOut, const std::vector<int64_t> &ids,
+                       int64_t hidden, int64_t vocab, Doubles &dTable) {
+  dTable.assign(vocab * hidden, 0.0);
+  for (size_t t = 0; t < ids.size(); ++t)
+    for (int64_t h = 0; h < hidden; ++h)
+      dTable[ids[t] * hidden + h] += dOut[t * hidden + h];
+}
+
+/// 1/sqrt(mean(x²) + ε) of one row.
+double inverseRms(const double *x, int64_t hidden, double epsilon) {
+  double ss = 0.0;
+  for (int64_t h = 0; h < hidden; ++h)
+    ss += x[h] * x[h];
+  return 1.0 / std::sqrt(ss / static_cast<double>(hidden) + epsilon);
+}
+
+void hostRmsNorm(const Doubles &x, const Doubles &w, int64_t rows,
+                 int64_t hidden, double epsilon, Doubles &y) {
+  y.assign(rows * hidden, 0.0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const double *xr = &x[r * hidden];
+    double inv = inverseRms(xr, hidden, epsilon);
+    for (int64_t h = 0; h < hidden; ++h)
+      y[r * hidden + h] = xr[h] * inv * w[h];
+  }
+}
+
+void hostRmsNormGrad(const Doubles &x, const Doubles &w, const Doubles &dy,
+                     int64_t rows, int64_t hidden, double epsilon, Doubles &dx,
+                     Doubles &dw) {
+  dx.assign(rows * hidden, 0.0);
+  dw.assign(hidden, 0.0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const double *xr = &x[r * hidden], *gr = &dy[r * hidden];
+    double inv = inverseRms(xr, hidden, epsilon);
+    // y_h = x_h·inv·w_h; ∂inv/∂x_k = −inv³·x_k/H.
+    double dot = 0.0;
+    for (int64_t h = 0; h < hidden; ++h)
+      dot += gr[h] * w[h] * xr[h];
+    for (int64_t h = 0; h < hidden; ++h) {
+      dx[r * hidden + h] = gr[h] * w[h] * inv -
+                           inv * inv * inv * xr[h] * dot /
+                               static_cast<double>(hidden);
+      dw[h] += gr[h] * xr[h] * inv;
+    }
+  }
+}
+
+/// Rotary over [B, S, N, D] at positions 0..S-1; `transposed` applies the
+/// inverse rotation (the gradient).
+void hostRotary(const Doubles &x, int64_t B, int64_t S, int64_t N, int64_t D,
+                float theta, bool transposed, Doubles &y) {
+  int64_t half = D / 2;
+  y.assign(B * S * N * D, 0.0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t i = 0; i < half; ++i) {
+        // The op's definition: frequency and angle rounded to fp32.
+        float frequency =
+            1.0f / std::pow(theta, static_cast<float>(2 * i) /
+                                       static_cast<float>(D));
+        float angle = static_cast<float>(s) * frequency;
+        double c = std::cos(static_cast<double>(angle));
+        double sn = std::sin(static_cast<double>(angle));
+        if (transposed)
+          sn = -sn;
+        for (int64_t n = 0; n < N; ++n) {
+          int64_t base = ((b * S + s) * N + n) * D;
+          double x1 = x[base + i], x2 = x[base + i + half];
+          y[base + i] = x1 * c - x2 * sn;
+          y[base + i + half] = x2 * c + x1 * sn;
+        }
+      }
+}
+
+void hostLinear(const Doubles &x, const Doubles &w, int64_t rows, int64_t K,
+                int64_t N, Doubles &out) {
+  out.assign(rows * N, 0.0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t n = 0; n < N; ++n) {
+      double acc = 0.0;
+      for (int64_t k = 0; k < K; ++k)
+        acc += x[r * K + k] * w[n * K + k];
+      out[r * N + n] = acc;
+    }
+}
+
+void hostLinearGrad(const Doubles &x, const Doubles &w, const Doubles &dOut,
+                    int64_t rows, int64_t K, int64_t N, Doubles &dx,
+                    Doubles &dw) {
+  dx.assign(rows * K, 0.0);
+  dw.assign(N * K, 0.0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t n = 0; n < N; ++n) {
+      double g = dOut[r * N + n];
+      for (int64_t k = 0; k < K; ++k) {
+        dx[r * K + k] += g * w[n * K + k];
+        dw[n * K + k] += g * x[r * K + k];
+      }
+    }
+}
+
+/// Target of row b·S + t, or -1 when the row does not count.
+int64_t hostTarget(const std::vector<int64_t> &labels, int64_t row, int64_t S,
+                   int64_t V) {
+  if (row % S == S - 1)
+    return -1;
+  int64_t target = labels[row + 1];
+  return target == kIgnoreIndex || target < 0 || target >= V ? -1 : target;
+}
+
+/// Loss, and the gradients of scale × loss.
+void hostCrossEntropy(const Doubles &h, const Doubles &w,
+                      const std::vector<int64_t> &labels, int64_t B,
+                      int64_t S, int64_t H, int64_t V, double scale,
+                      double &loss, Doubles &dh, Doubles &dw) {
+  int64_t rows = B * S, count = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    count += hostTarget(labels, r, S, V) >= 0;
+  dh.assign(rows * H, 0.0);
+  dw.assign(V * H, 0.0);
+  double total = 0.0;
+  Doubles z(V);
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t target = hostTarget(labels, r, S, V);
+    if (target < 0)
+      continue;
+    const double *hr = &h[r * H];
+    double m = -INFINITY;
+    for (int64_t v = 0; v < V; ++v) {
+      double acc = 0.0;
+      for (int64_t k = 0; k < H; ++k)
+        acc += hr[k] * w[v * H + k];
+      z[v] = acc;
+      m = std::max(m, acc);
+    }
+    double sum = 0.0;
+    for (int64_t v = 0; v < V; ++v)
+      sum += std::exp(z[v] - m);
+    double lse = m + std::log(sum);
+    total += lse - z[target];
+    for (int64_t v = 0; v < V; ++v) {
+      double d = (std::exp(z[v] - lse) - (v == target ? 1.0 : 0.0)) * scale /
+                 static_cast<double>(count);
+      for (int64_t k = 0; k < H; ++k) {
+        dh[r * H + k] += d * w[v * H + k];
+        dw[v * H + k] += d * hr[k];
+      }
+    }
+  }
+  loss = count ? total / static_cast<double>(count) : 0.0;
+}
+
+//===----------------------------------------------------------------------===//
+// Tests
+//===----------------------------------------------------------------------===//
+
+template <class T>
+void testEmbedding(Env &env, int64_t tokens, int64_t hidden, int64_t vocab,
+                   uint32_t seed) {
+  std::string name = std::string(typeName<T>()) + " embedding" +
+                     dims({{"tokens", tokens}, {"hidden", hidden},
+                           {"vocab", vocab}});
+  std::mt19937 rng(seed);
+  // Ids below vocab - 1 (the last row gets no gradient), with repeats: every
+  // fourth token reuses token 0's id and token 1 repeats it too.
+  std::uniform_int_distribution<int64_t> pick(0, std::max<int64_t>(vocab - 2, 0));
+  std::vector<int64_t> ids(tokens);
+  for (int64_t t = 0; t < tokens; ++t)
+    ids[t] = t > 0 && (t % 4 == 0 || t == 1) ? ids[0] : pick(rng);
+  std::vector<T> table = toStorage<T>(normal(rng, vocab * hidden, 1.0f));
+  std::vector<T> dOut = toStorage<T>(normal(rng, tokens * hidden, 1.0f));
+
+  Doubles wantOut, wantGrad;
+  hostEmbedding(toDoubles(table), ids, hidden, wantOut);
+  hostEmbeddingGrad(toDoubles(dOut), ids, hidden, vocab, wantGrad);
+
+  DeviceBuffer<T> dTableIn(table), dGradOut(dOut), out(tokens * hidden),
+      dTable(vocab * hidden);
+  DeviceBuffer<int64_t> dIds(ids);
+  out.fillNaN();
+  dTable.fillNaN();
+
+  Context ctx;
+  if (env.context(name + " forward", 0, ctx)) {
+    embedding<T>(ctx, dTableIn.get(), dIds.get(), tokens, hidden, vocab,
+                 out.get());
+    env.sync();
+    env.compare(name + " out", toDoubles(out.read()), wantOut,
+                tolerance<T>());
+  }
+  if (env.context(name + " grad",
+                  embeddingScratchBytes(vocab, hidden, sizeof(T)), ctx)) {
+    embeddingGrad<T>(ctx, dIds.get(), dGradOut.get(), tokens, hidden, vocab,
+                     dTable.get());
+    env.sync();
+    env.compare(name + " dTable", toDoubles(dTable.read()), wantGrad,
+                tolerance<T>());
+  }
+}
+
+template <class T>
+void testRmsNorm(Env &env, int64_t rows, int64_t hidden, float epsilon,
+                 float inputScale, uint32_t seed) {
+  char eps[32];
+  std::snprintf(eps, sizeof eps, " eps %g", epsilon);
+  std::string name = std::string(typeName<T>()) + " rmsNorm" +
+                     dims({{"rows", rows}, {"hidden", hidden}}) + eps;
+  std::mt19937 rng(seed);
+  std::vector<T> x = toStorage<T>(normal(rng, rows * hidden, inputScale));
+  std::vector<T> w = toStorage<T>(normal(rng, hidden, 0.1f, 1.0f));
+  std::vector<T> dy = toStorage<T>(normal(rng, rows * hidden, 1.0f));
+
+  Doubles wantY, wantDx, wantDw;
+  hostRmsNorm(toDoubles(x), toDoubles(w), rows, hidden, epsilon, wantY);
+  hostRmsNormGrad(toDoubles(x), toDoubles(w), toDoubles(dy), rows, hidden,
+                  epsilon, wantDx, wantDw);
+
+  DeviceBuffer<T> dX(x), dW(w), dDy(dy), y(rows * hidden);
+  DeviceBuffer<T> dx0(rows * hidden), dw0(hidden), dx1(rows * hidden),
+      dw1(hidden);
+  y.fillNaN();
+  dx0.fillNaN();
+  dw0.fillNaN();
+  dx1.fillNaN();
+  dw1.fillNaN();
+
+  Context ctx;
+  if (env.context(name + " forward", 0, ctx)) {
+    rmsNorm<T>(ctx, dX.get(), dW.get(), rows, hidden, epsilon, y.get());
+    env.sync();
+    env.compare(name + " y", toDoubles(y.read()), wantY, tolerance<T>());
+  }
+  if (env.context(name + " grad", rmsNormScratchBytes(rows, hidden), ctx)) {
+    rmsNormGrad<T>(ctx, dX.get(), dW.get(), dDy.get(), rows, hidden, epsilon,
+                   dx0.get(), dw0.get());
+    env.sync();
+    // Again on a freshly poisoned scratch: dw must be bitwise the same.
+    env.context(name + " grad", rmsNormScratchBytes(rows, hidden), ctx);
+    rmsNormGrad<T>(ctx, dX.get(), dW.get(), dDy.get(), rows, hidden, epsilon,
+                   dx1.get(), dw1.get());
+    env.sync();
+    std::vector<T> gotDx = dx0.read(), gotDw = dw0.read();
+    env.compare(name + " dx", toDoubles(gotDx), wantDx, tolerance<T>());
+    env.compare(name + " dw", toDoubles(gotDw), wantDw, tolerance<T>());
+    env.report(name + " grad bitwise deterministic over two runs",
+               sameBits(gotDx, dx1.read()) && sameBits(gotDw, dw1.read()));
+  }
+}
+
+template <class T>
+void testRotary(Env &env, int64_t B, int64_t S, int64_t N, int64_t D,
+                float theta, uint32_t seed) {
+  char th[32];
+  std::snprintf(th, sizeof th, " theta %g", theta);
+  std::string name = std::string(typeName<T>()) + " rotary" +
+                     dims({{"B", B}, {"S", S}, {"N", N}, {"D", D}}) + th;
+  int64_t n = B * S * N * D;
+  std::mt19937 rng(seed);
+  std::vector<T> x = toStorage<T>(normal(rng, n, 1.0f));
+  std::vector<T> dy = toStorage<T>(normal(rng, n, 1.0f));
+
+  Doubles wantY, wantDx;
+  hostRotary(toDoubles(x), B, S, N, D, theta, false, wantY);
+  hostRotary(toDoubles(dy), B, S, N, D, theta, true, wantDx);
+
+  DeviceBuffer<T> dX(x), dDy(dy), y(n), dx(n);
+  y.fillNaN();
+  dx.fillNaN();
+  Context ctx;
+  if (env.context(name, 0, ctx)) {
+    rotary<T>(ctx, dX.get(), B, S, N, D, theta, y.get());
+    env.sync();
+    env.compare(name + " y", toDoubles(y.read()), wantY, tolerance<T>());
+    rotaryGrad<T>(ctx, dDy.get(), B, S, N, D, theta, dx.get());
+    env.sync();
+    env.compare(name + " dx", toDoubles(dx.read()), wantDx, tolerance<T>());
+  }
+}
+
+template <class T>
+void testLinear(Env &env, int64_t rows, int64_t K, int64_t N, uint32_t seed) {
+  std::string name = std::string(typeName<T>()) + " linear" +
+                     dims({{"rows", rows}, {"K", K}, {"N", N}});
+  std::mt19937 rng(seed);
+  std::vector<T> x = toStorage<T>(normal(rng, rows * K, 1.0f));
+  std::vector<T> w =
+      toStorage<T>(uniform(rng, N * K, 1.0f / std::sqrt(static_cast<float>(K))));
+  std::vector<T> dOut = toStorage<T>(normal(rng, rows * N, 1.0f));
+
+  Doubles wantOut, wantDx, wantDw;
+  hostLinear(toDoubles(x), toDoubles(w), rows, K, N, wantOut);
+  hostLinearGrad(toDoubles(x), toDoubles(w), toDoubles(dOut), rows, K, N,
+                 wantDx, wantDw);
+
+  DeviceBuffer<T> dX(x), dW(w), dDOut(dOut), out(rows * N), dx(rows * K),
+      dw(N * K);
+  out.fillNaN();
+  dx.fillNaN();
+  dw.fillNaN();
+  Context ctx;
+  if (env.context(name, 0, ctx)) {
+    linear<T>(ctx, dX.get(), dW.get(), rows, K, N, out.get());
+    env.sync();
+    env.compare(name + " out", toDoubles(out.read()), wantOut, tolerance<T>());
+    linearGrad<T>(ctx, dX.get(), dW.get(), dDOut.get(), rows, K, N, dx.get(),
+                  dw.get());
+    env.sync();
+    env.compare(name + " dx", toDoubles(dx.read()), wantDx, tolerance<T>());
+    env.compare(name + " dw", toDoubles(dw.read()), wantDw, tolerance<T>());
+  }
+}
+
+/// `ignoreEvery`: every that-many-th label is ignore_index (1: all of them).
+template <class T>
+void testCrossEntropy(Env &env, int64_t B, int64_t S, int64_t H, int64_t V,
+                      int64_t ignoreEvery, float scale, uint32_t seed) {
+  std::string name = std::string(typeName<T>()) + " lmHeadCrossEntropy" +
+                     dims({{"B", B}, {"S", S}, {"H", H}, {"V", V}});
+  if (ignoreEvery == 1)
+    name += " all ignored";
+  int64_t rows = B * S;
+  std::mt19937 rng(seed);
+  std::vector<T> h = toStorage<T>(normal(rng, rows * H, 1.0f));
+  std::vector<T> w = toStorage<T>(
+      normal(rng, V * H, 2.0f / std::sqrt(static_cast<float>(H))));
+  std::uniform_int_distribution<int64_t> pick(0, V - 1);
+  std::vector<int64_t> labels(rows);
+  for (int64_t r = 0; r < rows; ++r)
+    labels[r] = r % ignoreEvery == ignoreEvery - 1 ? kIgnoreIndex : pick(rng);
+  int64_t counted = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    counted += hostTarget(labels, r, S, V) >= 0;
+  name += " (" + std::to_string(counted) + " targets)";
+
+  double wantLoss;
+  Doubles wantDh, wantDw;
+  hostCrossEntropy(toDoubles(h), toDoubles(w), labels, B, S, H, V, scale,
+                   wantLoss, wantDh, wantDw);
+
+  DeviceBuffer<T> dH(h), dW(w), dh(rows * H), dw(V * H);
+  DeviceBuffer<int64_t> dLabels(labels);
+  DeviceBuffer<float> loss(1);
+  dh.fillNaN();
+  dw.fillNaN();
+  loss.fillNaN();
+  Context ctx;
+  int64_t bytes = crossEntropyScratchBytes(rows, H, V, sizeof(T));
+  if (env.context(name + " forward", bytes, ctx)) {
+    lmHeadCrossEntropy<T>(ctx, dH.get(), dW.get(), dLabels.get(), B, S, H, V,
+                          kIgnoreIndex, loss.get());
+    env.sync();
+    env.compare(name + " loss", {static_cast<double>(loss.read()[0])},
+                {wantLoss}, tolerance<T>());
+  }
+  if (env.context(name + " grad", bytes, ctx)) {
+    lmHeadCrossEntropyGrad<T>(ctx, dH.get(), dW.get(), dLabels.get(), B, S, H,
+                              V, kIgnoreIndex, scale, dh.get(), dw.get());
+    env.sync();
+    env.compare(name + " dh", toDoubles(dh.read()), wantDh, tolerance<T>());
+    env.compare(name + " dw", toDoubles(dw.read()), wantDw, tolerance<T>());
+  }
+}
+
+void testOptimizer(Env &env, uint32_t seed) {
+  const std::vector<int64_t> sizes = {5, 70000, 131073};
+  const std::vector<float> decays = {0.0f, 0.1f, 0.01f};
+  const int64_t step = 3;
+  const float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, epsilon = 1e-8f;
+  std::string name = "fp32 optimizer sizes 5, 70000, 131073 step 3 lr 1e-3";
+  std::printf("== %s\n", name.c_str());
+
+  std::mt19937 rng(seed);
+  size_t count = sizes.size();
+  std::vector<std::vector<float>> param(count), grad(count), m(count),
+      v(count);
+  for (size_t i = 0; i < count; ++i) {
+    param[i] = normal(rng, sizes[i], 0.02f);
+    grad[i] = normal(rng, sizes[i], 0.01f);
+    // Moments as after two earlier steps of gradients of this size.
+    m[i] = normal(rng, sizes[i], 0.19f * 0.01f);
+    v[i] = normal(rng, sizes[i], 0.01f);
+    for (float &x : v[i])
+      x = 0.002f * x * x;
+  }
+  std::vector<std::unique_ptr<DeviceBuffer<float>>> dParam, dGrad, dM, dV;
+  std::vector<OptimizerTensor> tensors(count);
+  for (size_t i = 0; i < count; ++i) {
+    dParam.emplace_back(new DeviceBuffer<float>(param[i]));
+    dGrad.emplace_back(new DeviceBuffer<float>(grad[i]));
+    dM.emplace_back(new DeviceBuffer<float>(m[i]));
+    dV.emplace_back(new DeviceBuffer<float>(v[i]));
+    tensors[i].param = dParam[i]->get();
+    tensors[i].expAvg = dM[i]->get();
+    tensors[i].expAvgSq = dV[i]->get();
+    tensors[i].grad = dGrad[i]->get();
+    tensors[i].count = sizes[i];
+    tensors[i].weightDecay = decays[i];
+  }
+  TensorGroup group;
+  group.init(tensors);
+
+  // The global norm, twice (it must be bitwise deterministic).
+  double sumSquares = 0.0;
+  for (const auto &g : grad)
+    for (float x : g)
+      sumSquares += static_cast<double>(x) * x;
+  double wantNorm = std::sqrt(sumSquares);
+  DeviceBuffer<float> norm(1);
+  float norms[2];
+  Context ctx;
+  bool normRan = true;
+  for (int run = 0; run < 2 && normRan; ++run) {
+    norm.fillNaN();
+    normRan = env.context(name + " globalNorm", globalNormScratchBytes(group),
+                          ctx);
+    if (!normRan)
+      break;
+    globalNorm(ctx, group, norm.get());
+    env.sync();
+    norms[run] = norm.read()[0];
+  }
+  if (normRan) {
+    env.compare(name + " globalNorm", {static_cast<double>(norms[0])},
+                {wantNorm}, kTolOptimizer);
+    env.report(name + " globalNorm bitwise deterministic over two runs",
+               std::memcmp(&norms[0], &norms[1], sizeof(float)) == 0);
+  }
+
+  // AdamW reads the fp32 norm from device memory; give it the oracle's, so
+  // that this checks AdamW alone.
+  const float normF = static_cast<float>(wantNorm);
+  DeviceBuffer<int64_t> dStep(std::vector<int64_t>{step});
+  DeviceBuffer<float> dLr(std::vector<float>{lr});
+  DeviceBuffer<float> dNorm(std::vector<float>{normF});
+  struct Clip {
+    float maxNorm;
+    const char *what;
+  };
+  const Clip clips[] = {{1.0f, "clipping active, max_norm 1"},
+                        {1000.0f, "clipping inactive, max_norm 1000"},
+                        {0.0f, "clipping off, max_norm 0"}};
+  for (const Clip &clip : clips) {
+    double coefficient =
+        clip.maxNorm > 0.0f
+            ? std::min(1.0, static_cast<double>(clip.maxNorm) /
+                                (static_cast<double>(normF) + 1e-6))
+            : 1.0;
+    char head[160];
+    std::snprintf(head, sizeof head, "%s adamw %s (norm %.4f, coefficient %.6f)",
+                  name.c_str(), clip.what, normF, coefficient);
+    std::printf("-- %s\n", head);
+    for (size_t i = 0; i < count; ++i) {
+      dParam[i]->write(param[i]);
+      dM[i]->write(m[i]);
+      dV[i]->write(v[i]);
+    }
+    if (!env.context(head, 0, ctx))
+      continue;
+    adamw(ctx, group, dStep.get(), dLr.get(), dNorm.get(), beta1, beta2,
+          epsilon, clip.maxNorm);
+    env.sync();
+
+    const double b1 = beta1, b2 = beta2, eps = epsilon, rate = lr;
+    const double bias1 = 1.0 - std::pow(b1, static_cast<double>(step));
+    const double bias2 = 1.0 - std::pow(b2, static_cast<double>(step));
+    for (size_t i = 0; i < count; ++i) {
+      int64_t n = sizes[i];
+      double decay = 1.0 - rate * static_cast<double>(decays[i]);
+      Doubles wantP(n), wantM(n), wantV(n), wantUpdate(n), gotUpdate(n);
+      for (int64_t j = 0; j < n; ++j) {
+        double g = static_cast<double>(grad[i][j]) * coefficient;
+        double mj = b1 * m[i][j] + (1.0 - b1) * g;
+        double vj = b2 * v[i][j] + (1.0 - b2) * g * g;
+        double p = static_cast<double>(param[i][j]) * decay -
+                   rate / bias1 * mj / (std::sqrt(vj) / std::sqrt(bias2) + eps);
+        wantP[j] = p;
+        wantM[j] = mj;
+        wantV[j] = vj;
+        wantUpdate[j] = p - param[i][j];
+      }
+      std::vector<float> gotP = dParam[i]->read();
+      for (int64_t j = 0; j < n; ++j)
+        gotUpdate[j] = static_cast<double>(gotP[j]) - param[i][j];
+      char tensor[96];
+      std::snprintf(tensor, sizeof tensor, " tensor %zu (size %lld, wd %g)",
+                    i, static_cast<long long>(n), decays[i]);
+      std::string prefix = std::string("fp32 adamw ") + clip.what + tensor;
+      env.compare(prefix + " param", toDoubles(gotP), wantP, kTolOptimizer);
+      env.compare(prefix + " param update", gotUpdate, wantUpdate,
+                  kTolOptimizerUpdate);
+      env.compare(prefix + " exp_avg", toDoubles(dM[i]->read()), wantM,
+                  kTolOptimizer);
+      env.compare(prefix + " exp_avg_sq", toDoubles(dV[i]->read()), wantV,
+                  kTolOptimizer);
+    }
+  }
+  cudaFree(group.deviceTensors);
+  cudaFree(group.deviceChunks);
+}
+
+template <class T> void testType(Env &env, uint32_t &seed) {
+  std::printf("== %s embedding\n", typeName<T>());
+  testEmbedding<T>(env, 13, 40, 17, seed++);
+  testEmbedding<T>(env, 300, 64, 50, seed++);
+  testEmbedding<T>(env, 512, 33, 5, seed++); // many repeats per row
+  testEmbedding<T>(env, 7, 72, 1000, seed++);
+
+  std::printf("== %s rmsNorm\n", typeName<T>());
+  testRmsNorm<T>(env, 13, 40, 1e-5f, 1.0f, seed++);
+  testRmsNorm<T>(env, 100, 256, 1e-5f, 1.0f, seed++); // 4 partial blocks
+  testRmsNorm<T>(env, 70, 1000, 1e-6f, 3.0f, seed++); // hidden > threads
+  testRmsNorm<T>(env, 33, 513, 1e-5f, 0.5f, seed++);  // 32 + 1 rows
+  testRmsNorm<T>(env, 1, 7, 1e-5f, 1.0f, seed++);
+
+  std::printf("== %s rotary\n", typeName<T>());
+  testRotary<T>(env, 2, 5, 3, 8, 1e6f, seed++);
+  testRotary<T>(env, 1, 37, 2, 128, 1e6f, seed++);
+  testRotary<T>(env, 3, 16, 4, 128, 1e6f, seed++);
+  testRotary<T>(env, 2, 11, 3, 64, 1e4f, seed++);
+
+  std::printf("== %s linear\n", typeName<T>());
+  testLinear<T>(env, 13, 40, 24, seed++);
+  testLinear<T>(env, 7, 33, 5, seed++);
+  testLinear<T>(env, 64, 128, 96, seed++);
+  testLinear<T>(env, 300, 64, 200, seed++);
+
+  std::printf("== %s lmHeadCrossEntropy\n", typeName<T>());
+  testCrossEntropy<T>(env, 2, 9, 16, 50, 4, 1.0f, seed++);
+  testCrossEntropy<T>(env, 2, 9, 16, 50, 3, 0.5f, seed++);
+  testCrossEntropy<T>(env, 3, 700, 8, 37, 10, 0.75f, seed++); // 3 chunks
+  testCrossEntropy<T>(env, 1, 5, 40, 13, 1, 1.0f, seed++);    // count 0
+}
+
+} // namespace
+
+int main() {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::fprintf(stderr, "DenseKernelsTest: no CUDA device\n");
+    return 2;
+  }
+  Env env;
+  CHECK_CUDA(cudaStreamCreate(&env.stream));
+  MOERT_CUBLAS_CHECK(cublasCreate(&env.blas));
+  MOERT_CUBLAS_CHECK(cublasSetStream(env.blas, env.stream));
+  CHECK_CUDA(cudaMalloc(&env.scratch, kScratchCapacity));
+  CHECK_CUDA(cudaMallocHost(&env.hostCounts, 4096 * sizeof(int64_t)));
+
+  uint32_t seed = 20240601;
+  testType<float>(env, seed);
+  testType<bf16>(env, seed);
+  testOptimizer(env, seed++);
+
+  CHECK_CUDA(cudaFreeHost(env.hostCounts));
+  CHECK_CUDA(cudaFree(env.scratch));
+  MOERT_CUBLAS_CHECK(cublasDestroy(env.blas));
+  CHECK_CUDA(cudaStreamDestroy(env.stream));
+  std::printf("%d checks, %d failed: %s\n", env.checks, env.failures,
+              env.failures ? "FAIL" : "PASS");
+  return env.failures ? 1 : 0;
+}

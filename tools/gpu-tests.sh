@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The GPU test suite, in two halves, because the compiler and the GPU need
+# not be on one machine (moec links Debian's MLIR; a GPU box may lack it):
+#
+#   tools/gpu-tests.sh prepare DIR   # where moec and nvcc are: builds the
+#                                    # programs, kernel tests and reference
+#                                    # runs into DIR
+#   tools/gpu-tests.sh run DIR       # where the GPU is (python3 with numpy
+#                                    # and onnx): runs them and checks
+#
+# Checks: the kernel unit tests (runtime/tests); for the tiny Mixtral in fp32
+# and every load-balancing mode, 3 steps equal the CPU reference executor
+# (loss, aux loss, grad norm and every final parameter, relative error
+# < 1e-4); checkpoint + resume equals an uninterrupted run; bf16, 50 steps on
+# fortunes, tracks PyTorch's bf16 loss curve within 1%
+# (test/Inputs/train-bf16). Exits non-zero on the first failure.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+mode="${1:-}"
+dir="${2:-}"
+if [[ -z "$mode" || -z "$dir" ]]; then
+  echo "usage: $0 prepare|run DIR" >&2
+  exit 2
+fi
+modes=(aux_loss none sinkhorn balanced)
+export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
+
+if [[ "$mode" == prepare ]]; then
+  moec="${MOEC:-$root/build/bin/moec}"
+  nvcc="${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}"
+  mkdir -p "$dir/tests" "$dir/data"
+  for test in "$root"/runtime/tests/*.cu; do
+    name="$(basename "$test" .cu)"
+    "$nvcc" -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a \
+      -I"$root/runtime/include" -I"$root/include" "$test" \
+      -o "$dir/tests/$name" -lcublas
+  done
+  python3 -m moec.tokens "$root/test/Inputs/fortunes/train.pb" "$dir/data/train.bin"
+  model="$root/test/Inputs/tiny/tiny-ort.onnx"
+  for m in "${modes[@]}"; do
+    printf '{"micro_batch_size": 2, "seq_length": 64, "moe_load_balancing": "%s"}\n' "$m" \
+      > "$dir/fp32-$m.json"
+    "$moec" compile "$model" --config "$dir/fp32-$m.json" -o "$dir/fp32-$m"
+    rm -rf "$dir/ref-$m"
+    "$moec" train "$model" --reference --tokens "$root/test/Inputs/fortunes/train.pb" \
+      --micro-batch-size 2 --steps 3 --moe-load-balancing "$m" \
+      --dump "$dir/ref-$m" --log "$dir/ref-$m.csv" > /dev/null
+  done
+  printf '{"micro_batch_size": 2, "seq_length": 64, "bf16": true}\n' > "$dir/bf16.json"
+  "$moec" compile "$model" --config "$dir/bf16.json" -o "$dir/bf16"
+  cp "$root"/test/Inputs/train-bf16/*.json "$dir/"
+  echo "prepared $dir"
+  exit 0
+fi
+
+[[ "$mode" == run ]] || { echo "unknown mode '$mode'" >&2; exit 2; }
+out="$dir/out"
+rm -rf "$out" && mkdir -p "$out"
+for test in "$dir"/tests/*; do
+  echo "== $(basename "$test")"
+  "$test"
+done
+for m in "${modes[@]}"; do
+  echo "== fp32, $m: 3 steps against the CPU reference"
+  "$dir/fp32-$m/train_step" --tokens "$dir/data/train.bin" --steps 3 \
+    --log "$out/$m.csv" --dump "$out/$m"
+  python3 -m moec.check_gpu --reference "$dir/ref-$m" --reference-log "$dir/ref-$m.csv" \
+    --gpu "$out/$m" --gpu-log "$out/$m.csv" --tolerance 1e-4
+done
+echo "== checkpoint and resume (2 + 1 steps) against 3 steps"
+run="$dir/fp32-aux_loss/train_step"
+"$run" --tokens "$dir/data/train.bin" --steps 2 --total-steps 3 \
+  --checkpoint-dir "$out/ckpt" --log "$out/resumed.csv" > /dev/null
+"$run" --tokens "$dir/data/train.bin" --steps 1 --total-steps 3 --resume \
+  --checkpoint-dir "$out/ckpt" --log "$out/resumed.csv" --dump "$out/resumed"
+python3 -m moec.check_gpu --reference "$dir/ref-aux_loss" --reference-log "$dir/ref-aux_loss.csv" \
+  --gpu "$out/resumed" --gpu-log "$out/resumed.csv" --tolerance 1e-4
+echo "== bf16: 50 steps against PyTorch's bf16 curve"
+"$dir/bf16/train_step" --tokens "$dir/data/train.bin" --steps 50 --log "$out/bf16.csv"
+python3 -m moec.train_bf16 --check "$out/bf16.csv" --golden "$dir/tiny-fortunes-bf16.json" --tolerance 0.01
+echo "all GPU tests passed"
