@@ -27,6 +27,7 @@ void moec::buildTrainStepPipeline(OpPassManager &pm,
   pm.addPass(moe::createBuildTrainStep(options));
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createCSEPass());
+  pm.addNestedPass<func::FuncOp>(moe::createWidenWeightGrads());
 }
 
 namespace {

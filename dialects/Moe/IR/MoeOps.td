@@ -352,6 +352,9 @@ def Moe_ExpertCountsOp : Moe_Op<"expert_counts", [Pure]> {
 // Training: gradients
 //===----------------------------------------------------------------------===//
 
+// Gradient ops. A weight's gradient has the weight's shape; its element
+// type may be wider than the weight's (fp32 for a bf16 compute copy, after
+// moe-widen-weight-grads), so the kernel accumulates and stores it in fp32.
 class Moe_GradOp<string mnemonic, list<Trait> traits = []>
     : Moe_Op<mnemonic, !listconcat([Pure], traits)> {
   let assemblyFormat = [{
@@ -371,7 +374,7 @@ def Moe_EmbeddingGradOp : Moe_GradOp<"embedding_grad"> {
 
 def Moe_RmsNormGradOp : Moe_GradOp<"rms_norm_grad", [
     AllTypesMatch<["input", "d_result", "d_input"]>,
-    AllTypesMatch<["weight", "d_weight"]>]> {
+    AllShapesMatch<["weight", "d_weight"]>]> {
   let summary = "gradients of moe.rms_norm";
   let description = [{
     With `r = (mean(x²) + ε)^(-1/2)` and `g = d_result · weight`:
@@ -409,7 +412,7 @@ def Moe_AttentionGradOp : Moe_GradOp<"attention_grad", [
 }
 
 def Moe_LinearGradOp : Moe_GradOp<"linear_grad", [
-    AllTypesMatch<["input", "d_input"]>, AllTypesMatch<["weight", "d_weight"]>]> {
+    AllTypesMatch<["input", "d_input"]>, AllShapesMatch<["weight", "d_weight"]>]> {
   let summary = "gradients of moe.linear (without bias)";
   let description = [{
     `d_input = d_result · weight`, `d_weight = Σ_rows d_resultᵀ · input`.
@@ -436,7 +439,7 @@ def Moe_RouterGradOp : Moe_GradOp<"router_grad", [
 def Moe_ExpertsGradOp : Moe_GradOp<"experts_grad", [
     AllTypesMatch<["input", "d_result", "d_input"]>,
     AllTypesMatch<["gates", "d_gates"]>,
-    AllTypesMatch<["gate_up", "d_gate_up"]>, AllTypesMatch<["down", "d_down"]>]> {
+    AllShapesMatch<["gate_up", "d_gate_up"]>, AllShapesMatch<["down", "d_down"]>]> {
   let summary = "gradients of moe.experts";
   let arguments = (ins Moe_FloatTensor:$input, Moe_FloatTensor:$gates,
                        Moe_IndexTensor:$experts, Moe_FloatTensor:$gate_up,
@@ -447,7 +450,7 @@ def Moe_ExpertsGradOp : Moe_GradOp<"experts_grad", [
 }
 
 def Moe_LmHeadCrossEntropyGradOp : Moe_GradOp<"lm_head_cross_entropy_grad", [
-    AllTypesMatch<["input", "d_input"]>, AllTypesMatch<["weight", "d_weight"]>]> {
+    AllTypesMatch<["input", "d_input"]>, AllShapesMatch<["weight", "d_weight"]>]> {
   let summary = "gradients of `scale` times moe.lm_head_cross_entropy";
   let arguments = (ins Moe_FloatTensor:$input, Moe_FloatTensor:$weight,
                        Moe_IndexTensor:$labels,

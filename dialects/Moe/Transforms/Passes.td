@@ -74,6 +74,31 @@ def SpecializeShapes : Pass<"moe-specialize-shapes", "::mlir::func::FuncOp"> {
   ];
 }
 
+def WidenWeightGrads : Pass<"moe-widen-weight-grads", "::mlir::func::FuncOp"> {
+  let summary = "makes weight-gradient ops produce fp32 instead of casting after";
+  let description = [{
+    With bf16 compute, the training step computes a weight's gradient in
+    bf16 and then widens it to fp32 for the optimizer (`arith.extf`). This
+    pass folds the cast into the op: a weight gradient (`d_weight` of
+    moe.linear_grad, moe.rms_norm_grad and moe.lm_head_cross_entropy_grad,
+    `d_gate_up`/`d_down` of moe.experts_grad, `d_table` of
+    moe.embedding_grad) whose only use is an `arith.extf` gets the extf's
+    type, and the extf goes. The kernels then accumulate in fp32 and store
+    fp32 once: one bf16 rounding fewer, no bf16 gradient buffer and no cast
+    pass over every parameter.
+
+    ```mlir
+    %dx, %dw = moe.linear_grad %x, %w, %dy : (...) -> (tensor<8x4xbf16>, tensor<4x4xbf16>)
+    %g = arith.extf %dw : tensor<4x4xbf16> to tensor<4x4xf32>
+    // becomes
+    %dx, %g = moe.linear_grad %x, %w, %dy : (...) -> (tensor<8x4xbf16>, tensor<4x4xf32>)
+    ```
+  }];
+  let statistics = [
+    Statistic<"numWidened", "num-widened", "weight gradients made fp32">
+  ];
+}
+
 def PlanMemory : Pass<"moe-plan-memory", "::mlir::func::FuncOp"> {
   let summary = "assigns every intermediate tensor an offset in one arena";
   let description = [{

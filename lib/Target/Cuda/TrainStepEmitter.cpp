@@ -218,13 +218,15 @@ LogicalResult TrainStepPrinter::printElementwise(Operation &op) {
   if (failed(outType))
     return op.emitOpError() << "produces " << type
                             << ", which the CUDA printer cannot hold";
-  // Parameters and the expression of element i.
-  std::string params, args, expr;
-  std::vector<std::string> terms;
+  // Parameters, and each operand as a term of the scalar loop (element i)
+  // and of the vector loop (lane c of four).
+  std::string params, args, loads;
+  std::vector<std::string> scalarTerms, vectorTerms;
   for (auto [index, operand] : llvm::enumerate(op.getOperands())) {
     auto c = constants.find(operand);
     if (c != constants.end()) {
-      terms.push_back(floatLiteral(c->second));
+      scalarTerms.push_back(floatLiteral(c->second));
+      vectorTerms.push_back(floatLiteral(c->second));
       continue;
     }
     RankedTensorType t = typeOf(operand);
@@ -239,26 +241,43 @@ LogicalResult TrainStepPrinter::printElementwise(Operation &op) {
       return failure();
     params += fmt::format("const {} *__restrict__ in{}, ", *c2, index);
     args += *p + ", ";
-    terms.push_back(fmt::format("moert::kernels::toFloat(in{}[i])", index));
+    loads += fmt::format(
+        "    moert::kernels::Vec4 a{0} = moert::kernels::load4(in{0} + 4 * j);\n",
+        index);
+    scalarTerms.push_back(fmt::format("moert::kernels::toFloat(in{}[i])", index));
+    vectorTerms.push_back(fmt::format("a{}.v[c]", index));
   }
-  std::string e = TypeSwitch<Operation *, std::string>(&op)
-                      .Case([&](arith::AddFOp) { return terms[0] + " + " + terms[1]; })
-                      .Case([&](arith::SubFOp) { return terms[0] + " - " + terms[1]; })
-                      .Case([&](arith::MulFOp) { return terms[0] + " * " + terms[1]; })
-                      .Case([&](arith::DivFOp) { return terms[0] + " / " + terms[1]; })
-                      .Case([&](arith::NegFOp) { return "-" + terms[0]; })
-                      .Case([&](arith::TruncFOp) { return terms[0]; })
-                      .Case([&](arith::ExtFOp) { return terms[0]; })
-                      .Default([&](Operation *) { return std::string(); });
+  auto expression = [&](const std::vector<std::string> &terms) {
+    return TypeSwitch<Operation *, std::string>(&op)
+        .Case([&](arith::AddFOp) { return terms[0] + " + " + terms[1]; })
+        .Case([&](arith::SubFOp) { return terms[0] + " - " + terms[1]; })
+        .Case([&](arith::MulFOp) { return terms[0] + " * " + terms[1]; })
+        .Case([&](arith::DivFOp) { return terms[0] + " / " + terms[1]; })
+        .Case([&](arith::NegFOp) { return "-" + terms[0]; })
+        .Case([&](arith::TruncFOp) { return terms[0]; })
+        .Case([&](arith::ExtFOp) { return terms[0]; })
+        .Default([&](Operation *) { return std::string(); });
+  };
+  std::string e = expression(scalarTerms);
   if (e.empty())
     return op.emitOpError() << "is not an element-wise op the CUDA printer "
                                "generates kernels for";
+  // Four elements per thread through 8/16-byte accesses (every buffer is
+  // 256-byte aligned), then the remainder one by one.
   std::string source = fmt::format(
-      "({}{} *__restrict__ out, int64_t n) {{\n"
-      "  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; "
-      "i < n;\n       i += int64_t(gridDim.x) * blockDim.x)\n"
-      "    out[i] = moert::kernels::fromFloat<{}>({});\n}}\n",
-      params, *outType, *outType, e);
+      "({0}{1} *__restrict__ out, int64_t n) {{\n"
+      "  int64_t first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;\n"
+      "  int64_t stride = int64_t(gridDim.x) * blockDim.x, vectors = n / 4;\n"
+      "  for (int64_t j = first; j < vectors; j += stride) {{\n{2}"
+      "    moert::kernels::Vec4 r;\n"
+      "#pragma unroll\n"
+      "    for (int c = 0; c < 4; ++c)\n"
+      "      r.v[c] = {3};\n"
+      "    moert::kernels::store4(out + 4 * j, r);\n"
+      "  }}\n"
+      "  for (int64_t i = 4 * vectors + first; i < n; i += stride)\n"
+      "    out[i] = moert::kernels::fromFloat<{1}>({4});\n}}\n",
+      params, *outType, loads, expression(vectorTerms), e);
   auto [it, inserted] = kernelNames.try_emplace(
       source, fmt::format("elementwise{}", kernelNames.size()));
   if (inserted)
@@ -268,7 +287,7 @@ LogicalResult TrainStepPrinter::printElementwise(Operation &op) {
   body += fmt::format(
       "  {}<<<moert::kernels::blocksFor({}), 256, 0, ctx.stream>>>({}{}, "
       "{});\n",
-      it->second, n, args, typed(result), n);
+      it->second, (n + 3) / 4, args, typed(result), n);
   return success();
 }
 

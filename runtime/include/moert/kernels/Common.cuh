@@ -96,6 +96,33 @@ template <> __host__ __device__ inline bf16 fromFloat<bf16>(float x) {
   return __float2bfloat16_rn(x);
 }
 
+/// Four consecutive elements as fp32, for 16- and 8-byte vector accesses in
+/// element-wise kernels (buffers are 256-byte aligned).
+struct Vec4 {
+  float v[4];
+};
+__device__ inline Vec4 load4(const float *p) {
+  float4 x = *reinterpret_cast<const float4 *>(p);
+  return {{x.x, x.y, x.z, x.w}};
+}
+__device__ inline Vec4 load4(const bf16 *p) {
+  uint2 raw = *reinterpret_cast<const uint2 *>(p);
+  float2 a = __bfloat1622float2(*reinterpret_cast<__nv_bfloat162 *>(&raw.x));
+  float2 b = __bfloat1622float2(*reinterpret_cast<__nv_bfloat162 *>(&raw.y));
+  return {{a.x, a.y, b.x, b.y}};
+}
+__device__ inline void store4(float *p, const Vec4 &x) {
+  *reinterpret_cast<float4 *>(p) = make_float4(x.v[0], x.v[1], x.v[2], x.v[3]);
+}
+__device__ inline void store4(bf16 *p, const Vec4 &x) {
+  __nv_bfloat162 a = __floats2bfloat162_rn(x.v[0], x.v[1]);
+  __nv_bfloat162 b = __floats2bfloat162_rn(x.v[2], x.v[3]);
+  uint2 raw;
+  raw.x = *reinterpret_cast<unsigned *>(&a);
+  raw.y = *reinterpret_cast<unsigned *>(&b);
+  *reinterpret_cast<uint2 *>(p) = raw;
+}
+
 /// Blocks for a grid-stride loop over `n` elements with 256 threads.
 inline int blocksFor(int64_t n, int threads = 256) {
   int64_t blocks = (n + threads - 1) / threads;

@@ -7,7 +7,8 @@
 // rows at a time, in fp32 ([chunk, V] in scratch): per chunk one GEMM, then
 // one block per row computes logsumexp and the target's logit (forward), or
 // softmax − onehot scaled by scale/count in place (backward), followed by
-// the two GEMMs of the gradient. dW accumulates over chunks in fp32.
+// the two GEMMs of the gradient. dW accumulates over chunks in fp32. A
+// chunk's fp32 logits take at most 512 MiB (4096 rows of a 32000 vocabulary).
 //
 //===----------------------------------------------------------------------===//
 
@@ -19,7 +20,18 @@
 namespace moert::kernels {
 
 namespace detail {
-constexpr int64_t kCrossEntropyChunk = 1024;
+/// Bytes a chunk's fp32 logits may take (a tuning knob; tests lower it to
+/// exercise several chunks).
+inline int64_t crossEntropyLogitsBudget = int64_t(512) << 20;
+
+/// Rows per chunk: as many as keep the fp32 logits of a chunk within the
+/// budget (bigger chunks make bigger, faster GEMMs and fewer fp32 passes
+/// over dW), a multiple of 16, at most all rows.
+inline int64_t crossEntropyChunk(int64_t rows, int64_t V) {
+  int64_t chunk = crossEntropyLogitsBudget / (4 * V);
+  chunk = chunk < 16 ? 16 : chunk / 16 * 16;
+  return rows < chunk ? rows : chunk;
+}
 
 /// The target of row r (b, t): labels[b, t + 1], or -1 when it does not
 /// count.
@@ -121,8 +133,7 @@ __global__ void castFloatKernel(const float *in, int64_t n, T *out) {
 
 inline int64_t crossEntropyScratchBytes(int64_t rows, int64_t H, int64_t V,
                                         int64_t elementBytes) {
-  int64_t chunk = rows < detail::kCrossEntropyChunk ? rows
-                                                    : detail::kCrossEntropyChunk;
+  int64_t chunk = detail::crossEntropyChunk(rows, V);
   int64_t bytes = chunk * V * 4 + 256;          // fp32 logits
   bytes += chunk * V * elementBytes + 256;      // dLogits in T
   bytes += rows * 4 + 256 + 256;                // row losses, count
@@ -138,8 +149,7 @@ void lmHeadCrossEntropy(const Context &ctx, const T *h, const T *w,
                         int64_t H, int64_t V, int64_t ignoreIndex,
                         float *loss) {
   int64_t rows = B * S, offset = 0;
-  int64_t chunk = rows < detail::kCrossEntropyChunk ? rows
-                                                    : detail::kCrossEntropyChunk;
+  int64_t chunk = detail::crossEntropyChunk(rows, V);
   float *logits = scratchAt<float>(ctx, offset, chunk * V);
   scratchAt<T>(ctx, offset, chunk * V);
   float *rowLoss = scratchAt<float>(ctx, offset, rows);
@@ -157,21 +167,20 @@ void lmHeadCrossEntropy(const Context &ctx, const T *h, const T *w,
                                                      loss);
 }
 
-/// dh (overwrite) and dW (overwrite) of scale × the loss.
-template <class T>
+/// dh (overwrite) and dW (overwrite, T or fp32) of scale × the loss.
+template <class T, class TW>
 void lmHeadCrossEntropyGrad(const Context &ctx, const T *h, const T *w,
                             const int64_t *labels, int64_t B, int64_t S,
                             int64_t H, int64_t V, int64_t ignoreIndex,
-                            float scale, T *dh, T *dw) {
+                            float scale, T *dh, TW *dw) {
   int64_t rows = B * S, offset = 0;
-  int64_t chunk = rows < detail::kCrossEntropyChunk ? rows
-                                                    : detail::kCrossEntropyChunk;
+  int64_t chunk = detail::crossEntropyChunk(rows, V);
   float *logits = scratchAt<float>(ctx, offset, chunk * V);
   T *dLogits = scratchAt<T>(ctx, offset, chunk * V);
   scratchAt<float>(ctx, offset, rows);
   float *count = scratchAt<float>(ctx, offset, 1);
   float *dwAccumulator = nullptr;
-  if constexpr (sizeof(T) != 4)
+  if constexpr (sizeof(TW) != 4)
     dwAccumulator = scratchAt<float>(ctx, offset, V * H);
   detail::countTargetsKernel<<<1, 1024, 0, ctx.stream>>>(labels, rows, S, V,
                                                          ignoreIndex, count);
@@ -184,14 +193,14 @@ void lmHeadCrossEntropyGrad(const Context &ctx, const T *h, const T *w,
     gemm<T, T>(ctx, false, false, n, H, V, 1.0f, dLogits, V, w, H, 0.0f,
                dh + first * H, H);
     float beta = first == 0 ? 0.0f : 1.0f;
-    if constexpr (sizeof(T) == 4)
+    if constexpr (sizeof(TW) == 4)
       gemm<T, float>(ctx, true, false, V, H, n, 1.0f, dLogits, V,
                      h + first * H, H, beta, reinterpret_cast<float *>(dw), H);
     else
       gemm<T, float>(ctx, true, false, V, H, n, 1.0f, dLogits, V,
                      h + first * H, H, beta, dwAccumulator, H);
   }
-  if constexpr (sizeof(T) != 4)
+  if constexpr (sizeof(TW) != 4)
     detail::castFloatKernel<<<blocksFor(V * H), 256, 0, ctx.stream>>>(
         dwAccumulator, V * H, dw);
 }

@@ -66,12 +66,13 @@ inline int64_t embeddingScratchBytes(int64_t vocab, int64_t hidden,
   return elementBytes == 4 ? 0 : vocab * hidden * 4 + 256;
 }
 
-/// dTable = Σ over tokens of dOut[t] scattered to row ids[t] (overwrites).
-template <class T>
+/// dTable = Σ over tokens of dOut[t] scattered to row ids[t] (overwrites);
+/// dTable is T or fp32.
+template <class T, class TW>
 void embeddingGrad(const Context &ctx, const int64_t *ids, const T *dOut,
-                   int64_t tokens, int64_t hidden, int64_t vocab, T *dTable) {
+                   int64_t tokens, int64_t hidden, int64_t vocab, TW *dTable) {
   float *accumulator;
-  if constexpr (sizeof(T) == 4) {
+  if constexpr (sizeof(TW) == 4) {
     accumulator = reinterpret_cast<float *>(dTable);
   } else {
     int64_t offset = 0;
@@ -88,7 +89,7 @@ void embeddingGrad(const Context &ctx, const int64_t *ids, const T *dOut,
   detail::embeddingGradKernel<<<blocksFor(tokens * hidden), 256, 0,
                                 ctx.stream>>>(ids, dOutF, dOutB, tokens,
                                               hidden, vocab, accumulator);
-  if constexpr (sizeof(T) != 4)
+  if constexpr (sizeof(TW) != 4)
     detail::castKernel<<<blocksFor(vocab * hidden), 256, 0, ctx.stream>>>(
         accumulator, vocab * hidden, dTable);
 }

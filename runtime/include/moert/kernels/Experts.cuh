@@ -589,19 +589,20 @@ void experts(const Context &ctx, const T *input, const T *gates,
 
 /// The gradients of experts (all four outputs overwritten). Recomputes the
 /// forward's routing, gathered input and projections.
-template <class T>
+/// dGateUp and dDown are T or fp32 (the GEMMs store their fp32 accumulator).
+template <class T, class TW>
 void expertsGrad(const Context &ctx, const T *input, const T *gates,
                  const int64_t *experts, const T *gateUp, const T *down,
                  const T *dOut, int64_t tokens, int64_t H, int64_t I,
                  int64_t E, int64_t k, bool interleaved, T *dInput,
-                 T *dGates, T *dGateUp, T *dDown) {
-  const int64_t es = sizeof(T);
+                 T *dGates, TW *dGateUp, TW *dDown) {
+  const int64_t es = sizeof(T), ws = sizeof(TW);
   int64_t pairs = tokens * k;
   if (pairs == 0 || H == 0 || I == 0 || E == 0) {
     detail::expertsZero(ctx, dInput, tokens * H * es);
     detail::expertsZero(ctx, dGates, pairs * es);
-    detail::expertsZero(ctx, dGateUp, E * 2 * I * H * es);
-    detail::expertsZero(ctx, dDown, E * H * I * es);
+    detail::expertsZero(ctx, dGateUp, E * 2 * I * H * ws);
+    detail::expertsZero(ctx, dDown, E * H * I * ws);
     return;
   }
   int64_t offset = 0;
@@ -629,18 +630,18 @@ void expertsGrad(const Context &ctx, const T *input, const T *gates,
                             a, dGates);
   for (int64_t e = 0; e < E; ++e) {
     int64_t n = r.counts[e], s = r.offsets[e];
-    T *dW2 = dDown + e * H * I, *dW1 = dGateUp + e * 2 * I * H;
+    TW *dW2 = dDown + e * H * I, *dW1 = dGateUp + e * 2 * I * H;
     if (n == 0) {
-      detail::expertsZero(ctx, dW2, H * I * es);
-      detail::expertsZero(ctx, dW1, 2 * I * H * es);
+      detail::expertsZero(ctx, dW2, H * I * ws);
+      detail::expertsZero(ctx, dW1, 2 * I * H * ws);
       continue;
     }
     // dDown[e] = dO_eᵀ · (gate·A)_e   [H, I]
-    gemm<T, T>(ctx, true, false, H, I, n, 1.0f, dO + s * H, H, a + s * I, I,
-               0.0f, dW2, I);
+    gemm<T, TW>(ctx, true, false, H, I, n, 1.0f, dO + s * H, H, a + s * I, I,
+                0.0f, dW2, I);
     // dGateUp[e] = dH1_eᵀ · X_e       [2I, H]
-    gemm<T, T>(ctx, true, false, 2 * I, H, n, 1.0f, h1 + s * 2 * I, 2 * I,
-               x + s * H, H, 0.0f, dW1, H);
+    gemm<T, TW>(ctx, true, false, 2 * I, H, n, 1.0f, h1 + s * 2 * I, 2 * I,
+                x + s * H, H, 0.0f, dW1, H);
     // dX_e = dH1_e · gate_up[e]        [n, H], over dO_e (read above)
     gemm<T, T>(ctx, false, false, n, H, 2 * I, 1.0f, h1 + s * 2 * I, 2 * I,
                gateUp + e * 2 * I * H, H, 0.0f, dO + s * H, H);

@@ -18,11 +18,13 @@ void linear(const Context &ctx, const T *x, const T *w, int64_t rows,
   gemm<T, T>(ctx, false, true, rows, N, K, 1.0f, x, K, w, K, 0.0f, out, N);
 }
 
-template <class T>
+/// dw may be wider than T (fp32 for bf16 compute): the GEMM stores its fp32
+/// accumulator in dw's type.
+template <class T, class TW>
 void linearGrad(const Context &ctx, const T *x, const T *w, const T *dOut,
-                int64_t rows, int64_t K, int64_t N, T *dx, T *dw) {
+                int64_t rows, int64_t K, int64_t N, T *dx, TW *dw) {
   gemm<T, T>(ctx, false, false, rows, K, N, 1.0f, dOut, N, w, K, 0.0f, dx, K);
-  gemm<T, T>(ctx, true, false, N, K, rows, 1.0f, dOut, N, x, K, 0.0f, dw, K);
+  gemm<T, TW>(ctx, true, false, N, K, rows, 1.0f, dOut, N, x, K, 0.0f, dw, K);
 }
 
 } // namespace moert::kernels

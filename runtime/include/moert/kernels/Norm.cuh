@@ -97,10 +97,10 @@ inline int64_t rmsNormScratchBytes(int64_t rows, int64_t hidden) {
   return blocks * hidden * 4 + 256;
 }
 
-/// dx (overwrite) and dw (overwrite) of y = rmsNorm(x) · w.
-template <class T>
+/// dx (overwrite) and dw (overwrite, T or fp32) of y = rmsNorm(x) · w.
+template <class T, class TW>
 void rmsNormGrad(const Context &ctx, const T *x, const T *w, const T *dy,
-                 int64_t rows, int64_t hidden, float epsilon, T *dx, T *dw) {
+                 int64_t rows, int64_t hidden, float epsilon, T *dx, TW *dw) {
   int64_t blocks = (rows + detail::kNormRowsPerBlock - 1) /
                    detail::kNormRowsPerBlock;
   int64_t offset = 0;

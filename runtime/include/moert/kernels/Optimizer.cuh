@@ -71,10 +71,10 @@ __global__ void sumSquaresKernel(const OptimizerTensor *tensors,
   __shared__ float shared[32];
   OptimizerChunk c = chunks[blockIdx.x];
   const float *g = tensors[c.tensor].grad;
-  float s = 0.0f;
+  double s = 0.0;
   for (int64_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x)
-    s += g[i] * g[i];
-  s = blockSum(s, shared);
+    s += static_cast<double>(g[i]) * g[i];
+  s = blockSum(static_cast<float>(s), shared);
   if (threadIdx.x == 0)
     partial[blockIdx.x] = s;
 }
@@ -96,6 +96,17 @@ struct AdamWConfig {
   float beta1, beta2, epsilon, maxGradNorm;
 };
 
+/// One element's AdamW update.
+struct AdamWElement {
+  float beta1, beta2, epsilon, scale, decay, stepSize, bias2Sqrt;
+  __device__ void operator()(float &p, float &m, float &v, float g) const {
+    g *= scale;
+    m = beta1 * m + (1.0f - beta1) * g;
+    v = beta2 * v + (1.0f - beta2) * g * g;
+    p = p * decay - stepSize * m / (sqrtf(v) / bias2Sqrt + epsilon);
+  }
+};
+
 __global__ void adamwKernel(const OptimizerTensor *tensors,
                             const OptimizerChunk *chunks, const int64_t *step,
                             const float *lr, const float *norm,
@@ -103,24 +114,46 @@ __global__ void adamwKernel(const OptimizerTensor *tensors,
   OptimizerChunk c = chunks[blockIdx.x];
   OptimizerTensor t = tensors[c.tensor];
   double stepD = static_cast<double>(*step);
-  float bias1 = static_cast<float>(1.0 - pow(static_cast<double>(config.beta1), stepD));
-  float bias2Sqrt = static_cast<float>(sqrt(1.0 - pow(static_cast<double>(config.beta2), stepD)));
   float rate = *lr;
-  float scale = 1.0f;
-  if (config.maxGradNorm > 0.0f)
-    scale = fminf(1.0f, config.maxGradNorm / (*norm + 1e-6f));
-  float decay = 1.0f - rate * t.weightDecay;
-  float stepSize = rate / bias1;
-  for (int64_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x) {
-    float g = t.grad[i] * scale;
-    float m = config.beta1 * t.expAvg[i] + (1.0f - config.beta1) * g;
-    float v = config.beta2 * t.expAvgSq[i] + (1.0f - config.beta2) * g * g;
-    float p = t.param[i] * decay;
-    p -= stepSize * m / (sqrtf(v) / bias2Sqrt + config.epsilon);
-    t.param[i] = p;
-    t.expAvg[i] = m;
-    t.expAvgSq[i] = v;
+  AdamWElement update;
+  update.beta1 = config.beta1;
+  update.beta2 = config.beta2;
+  update.epsilon = config.epsilon;
+  update.scale = config.maxGradNorm > 0.0f
+                     ? fminf(1.0f, config.maxGradNorm / (*norm + 1e-6f))
+                     : 1.0f;
+  update.decay = 1.0f - rate * t.weightDecay;
+  update.stepSize = rate / static_cast<float>(
+                               1.0 - pow(static_cast<double>(config.beta1), stepD));
+  update.bias2Sqrt = static_cast<float>(
+      sqrt(1.0 - pow(static_cast<double>(config.beta2), stepD)));
+  // Four elements per load where the chunk's start is 16-byte aligned in
+  // all four tensors (chunks start at multiples of kChunk, tensors at
+  // 256-byte offsets), then the tail one by one.
+  int64_t n = c.end - c.begin, vectors = 0;
+  auto aligned = [&](const void *p) {
+    return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+  };
+  if (aligned(t.param + c.begin) && aligned(t.expAvg + c.begin) &&
+      aligned(t.expAvgSq + c.begin) && aligned(t.grad + c.begin))
+    vectors = n / 4;
+  float4 *p4 = reinterpret_cast<float4 *>(t.param + c.begin);
+  float4 *m4 = reinterpret_cast<float4 *>(t.expAvg + c.begin);
+  float4 *v4 = reinterpret_cast<float4 *>(t.expAvgSq + c.begin);
+  const float4 *g4 = reinterpret_cast<const float4 *>(t.grad + c.begin);
+  for (int64_t j = threadIdx.x; j < vectors; j += blockDim.x) {
+    float4 p = p4[j], m = m4[j], v = v4[j], g = g4[j];
+    update(p.x, m.x, v.x, g.x);
+    update(p.y, m.y, v.y, g.y);
+    update(p.z, m.z, v.z, g.z);
+    update(p.w, m.w, v.w, g.w);
+    p4[j] = p;
+    m4[j] = m;
+    v4[j] = v;
   }
+  for (int64_t i = c.begin + 4 * vectors + threadIdx.x; i < c.end;
+       i += blockDim.x)
+    update(t.param[i], t.expAvg[i], t.expAvgSq[i], t.grad[i]);
 }
 } // namespace detail
 

@@ -358,3 +358,12 @@ func.func @cross_entropy_result(%h: tensor<2x8x16xf32>, %w: tensor<64x16xf32>, %
   %0 = moe.lm_head_cross_entropy %h, %w, %labels : (tensor<2x8x16xf32>, tensor<64x16xf32>, tensor<2x8xi64>) -> tensor<2x8xf32>
   return
 }
+
+// -----
+
+// A weight gradient may be wider than the weight, but never of another shape.
+func.func @linear_grad_weight_shape(%x: tensor<2x8xbf16>, %w: tensor<4x8xbf16>, %dy: tensor<2x4xbf16>) {
+  // expected-error@+1 {{'moe.linear_grad' op failed to verify that all of {weight, d_weight} have same shape}}
+  %dx, %dw = moe.linear_grad %x, %w, %dy : (tensor<2x8xbf16>, tensor<4x8xbf16>, tensor<2x4xbf16>) -> (tensor<2x8xbf16>, tensor<8x4xf32>)
+  return
+}

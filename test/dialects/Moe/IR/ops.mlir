@@ -63,3 +63,11 @@ func.func @onnx_node(%x: tensor<2x4xf32>) -> tensor<2x4xf32> {
   %1 = moe.onnx_node "MoE"(%0) {domain = "com.microsoft", k = 2 : i64} : (tensor<2x4xf32>) -> tensor<2x4xf32>
   return %1 : tensor<2x4xf32>
 }
+
+// A bf16 weight's gradient stored in fp32 (moe-widen-weight-grads).
+// CHECK-LABEL: func.func @wide_weight_grad
+// CHECK: moe.linear_grad {{.*}} -> (tensor<2x8xbf16>, tensor<4x8xf32>)
+func.func @wide_weight_grad(%x: tensor<2x8xbf16>, %w: tensor<4x8xbf16>, %dy: tensor<2x4xbf16>) -> tensor<4x8xf32> {
+  %dx, %dw = moe.linear_grad %x, %w, %dy : (tensor<2x8xbf16>, tensor<4x8xbf16>, tensor<2x4xbf16>) -> (tensor<2x8xbf16>, tensor<4x8xf32>)
+  return %dw : tensor<4x8xf32>
+}
