@@ -789,10 +789,10 @@ template <class T> void testType(Env &env, uint32_t &seed) {
   testCrossEntropy<T>(env, 2, 9, 16, 50, 3, 0.5f, seed++);
   testCrossEntropy<T>(env, 3, 700, 8, 37, 10, 0.75f, seed++); // one chunk
   // A logits budget of 1024 rows of V = 37 cuts 2100 rows into 3 chunks.
-  int64_t budget = crossEntropyLogitsBudget;
-  crossEntropyLogitsBudget = 1024 * 37 * 4;
+  int64_t budget = detail::crossEntropyLogitsBudget;
+  detail::crossEntropyLogitsBudget = 1024 * 37 * 4;
   testCrossEntropy<T>(env, 3, 700, 8, 37, 10, 0.75f, seed++); // 3 chunks
-  crossEntropyLogitsBudget = budget;
+  detail::crossEntropyLogitsBudget = budget;
   testCrossEntropy<T>(env, 1, 5, 40, 13, 1, 1.0f, seed++);    // count 0
 }
 

@@ -393,28 +393,27 @@ __global__ void balancedProbabilitiesKernel(const T *logits, int64_t tokens,
   }
 }
 
-__device__ inline bool balancedHolds(const int64_t *experts,
-                                     const unsigned char *count, int64_t u,
-                                     int k, int e) {
+/// The experts token u holds, as bits (E <= 64).
+__device__ inline unsigned long long balancedHeld(const int64_t *experts,
+                                                  const unsigned char *count,
+                                                  int64_t u, int k) {
   const int64_t *list = experts + u * k;
   int n = count[u];
+  unsigned long long bits = 0;
   for (int j = 0; j < n; ++j)
-    if (list[j] == e)
-      return true;
-  return false;
+    bits |= 1ull << list[j];
+  return bits;
 }
 
 /// u's most probable expert (ties to the lower index) that has room and
-/// that u does not hold, or -1.
+/// that u does not hold (`held`), or -1.
 __device__ inline int balancedBestFree(const double *probs,
-                                       const int *capacity,
-                                       const int64_t *experts,
-                                       const unsigned char *count, int64_t u,
-                                       int E, int k) {
+                                       const int *capacity, int64_t u,
+                                       unsigned long long held, int E) {
   int best = -1;
   double bestP = 0.0;
   for (int f = 0; f < E; ++f) {
-    if (capacity[f] <= 0 || balancedHolds(experts, count, u, k, f))
+    if (capacity[f] <= 0 || ((held >> f) & 1ull))
       continue;
     double p = probs[u * E + f];
     if (best < 0 || p > bestP) {
@@ -453,10 +452,13 @@ __global__ void __launch_bounds__(32)
   // short, expert with room: neither comes back) are all taken when no
   // token and no expert among them would overflow; else one at a time.
   int64_t left = slots;
+  int next = lane < pairs ? order[lane] : 0; // the next step's pair, early
   for (int64_t base = 0; base < pairs && left > 0; base += 32) {
     int64_t i = base + lane;
     bool in = i < pairs;
-    int pair = in ? order[i] : 0;
+    int pair = in ? next : 0;
+    if (i + 32 < pairs)
+      next = order[i + 32];
     int t = pair / E, e = pair % E;
     int have = in ? count[t] : k;
     int room = in ? capacity[e] : 0;
@@ -522,10 +524,11 @@ __global__ void __launch_bounds__(32)
         int have = count[t];
         if (have >= k)
           break;
+        unsigned long long heldT = balancedHeld(experts, count, t, k);
         int chosen = -1;
         for (int r = 0; r < E && chosen < 0; ++r) {
           int e = byProbability[r];
-          if (balancedHolds(experts, count, t, k, e))
+          if ((heldT >> e) & 1ull)
             continue;
           int room = capacity[e];
           __syncwarp();
@@ -536,11 +539,12 @@ __global__ void __launch_bounds__(32)
           } else {
             for (int64_t ub = 0; ub < tokens && chosen < 0; ub += 32) {
               int64_t u = ub + lane;
-              int f = -1;
-              if (u < tokens && u != t &&
-                  balancedHolds(experts, count, u, k, e))
-                f = balancedBestFree(probs, capacity, experts, count, u, E,
-                                     k);
+              unsigned long long heldU =
+                  u < tokens && u != t ? balancedHeld(experts, count, u, k)
+                                       : 0ull;
+              int f = (heldU >> e) & 1ull
+                          ? balancedBestFree(probs, capacity, u, heldU, E)
+                          : -1;
               unsigned found = __ballot_sync(kRouterFullMask, f >= 0);
               if (found) {
                 if (lane == __ffs(found) - 1) {
@@ -561,7 +565,7 @@ __global__ void __launch_bounds__(32)
           // Unreachable (see the op's definition: a short token always
           // finds an exchange); keep the routing valid regardless.
           for (int r = 0; r < E && chosen < 0; ++r)
-            if (!balancedHolds(experts, count, t, k, byProbability[r]))
+            if (!((heldT >> byProbability[r]) & 1ull))
               chosen = byProbability[r];
           __syncwarp();
         }
@@ -611,7 +615,8 @@ __global__ void balancedFinishKernel(const double *probs, int64_t tokens,
 /// dLogits of one token: with D[e] = sum of dGates over slots choosing e and
 /// M[e] their number, dp = D (Sinkhorn) or (D - M·dot)/s with s = sum of
 /// the chosen p and dot = sum p·D / s (renormalised gates); then
-/// p·(dp - sum p·dp). Sinkhorn with k = 1: dGates·σ(1-σ) at the expert.
+/// p·(dp - sum p·dp). Sinkhorn with k = 1: dGates·σ(1-σ) at the expert;
+/// the other modes with k = 1: 0 (the gate is p/p = 1).
 template <class T>
 __global__ void routerGradKernel(const T *logits, const int64_t *experts,
                                  const T *dGates, int64_t tokens, int E,
@@ -639,6 +644,14 @@ __global__ void routerGradKernel(const T *logits, const int64_t *experts,
           }
           dLogits[row * E + r.e[i]] = fromFloat<T>(v);
         }
+      continue;
+    }
+    if (!sinkhorn && k == 1) {
+      // One renormalised gate is 1 whatever the logits: the gradient is 0.
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+        if (r.valid[i])
+          dLogits[row * E + r.e[i]] = fromFloat<T>(0.0f);
       continue;
     }
     float p[2];
