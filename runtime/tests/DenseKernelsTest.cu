@@ -507,6 +507,34 @@ void testRmsNorm(Env &env, int64_t rows, int64_t hidden, float epsilon,
   }
 }
 
+/// addRmsNorm: the sum of two addends, rounded to T, and its norm.
+template <class T>
+void testAddRmsNorm(Env &env, int64_t rows, int64_t hidden, uint32_t seed) {
+  std::string name = std::string(typeName<T>()) + " addRmsNorm" +
+                     dims({{"rows", rows}, {"hidden", hidden}});
+  std::mt19937 rng(seed);
+  std::vector<T> a = toStorage<T>(normal(rng, rows * hidden, 1.0f));
+  std::vector<T> b = toStorage<T>(normal(rng, rows * hidden, 1.0f));
+  std::vector<T> w = toStorage<T>(normal(rng, hidden, 0.1f, 1.0f));
+  // The oracle normalises the sum as stored (rounded to T).
+  std::vector<double> sum(rows * hidden);
+  for (int64_t i = 0; i < rows * hidden; ++i)
+    sum[i] = toFloat(fromFloat<T>(toFloat(a[i]) + toFloat(b[i])));
+  Doubles wantY;
+  hostRmsNorm(sum, toDoubles(w), rows, hidden, 1e-5f, wantY);
+  DeviceBuffer<T> dA(a), dB(b), dW(w), s(rows * hidden), y(rows * hidden);
+  s.fillNaN();
+  y.fillNaN();
+  Context ctx;
+  if (env.context(name, 0, ctx)) {
+    addRmsNorm<T>(ctx, dA.get(), dB.get(), dW.get(), rows, hidden, 1e-5f,
+                  s.get(), y.get());
+    env.sync();
+    env.compare(name + " sum", toDoubles(s.read()), sum, tolerance<T>());
+    env.compare(name + " y", toDoubles(y.read()), wantY, tolerance<T>());
+  }
+}
+
 template <class T>
 void testRotary(Env &env, int64_t B, int64_t S, int64_t N, int64_t D,
                 float theta, uint32_t seed) {
@@ -771,6 +799,8 @@ template <class T> void testType(Env &env, uint32_t &seed) {
   testRmsNorm<T>(env, 70, 1000, 1e-6f, 3.0f, seed++); // hidden > threads
   testRmsNorm<T>(env, 33, 513, 1e-5f, 0.5f, seed++);  // 32 + 1 rows
   testRmsNorm<T>(env, 1, 7, 1e-5f, 1.0f, seed++);
+  testAddRmsNorm<T>(env, 13, 40, seed++);
+  testAddRmsNorm<T>(env, 70, 1000, seed++);
 
   std::printf("== %s rotary\n", typeName<T>());
   testRotary<T>(env, 2, 5, 3, 8, 1e6f, seed++);

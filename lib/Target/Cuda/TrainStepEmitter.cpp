@@ -92,7 +92,9 @@ public:
 private:
   LogicalResult layoutArguments();
   LogicalResult printOp(Operation &op);
+  LogicalResult setResultPointers(Operation &op);
   LogicalResult printElementwise(Operation &op);
+  LogicalResult printAddRmsNorm(arith::AddFOp add, moe::RmsNormOp norm);
   LogicalResult printAdamWGroup(ArrayRef<moe::AdamWOp> group);
   FailureOr<std::string> pointer(Operation &at, Value v);
   std::string typed(Value v);
@@ -291,6 +293,65 @@ LogicalResult TrainStepPrinter::printElementwise(Operation &op) {
   return success();
 }
 
+/// The arena bytes [begin, end) that `v` occupies, if it is in the arena.
+static std::optional<std::pair<int64_t, int64_t>> arenaRange(Value v) {
+  while (Operation *def = v.getDefiningOp()) {
+    if (isa<tensor::ExpandShapeOp, tensor::CollapseShapeOp>(def)) {
+      v = def->getOperand(0);
+      continue;
+    }
+    auto offsets = def->getAttrOfType<DenseI64ArrayAttr>("moe.arena_offsets");
+    int64_t index = cast<OpResult>(v).getResultNumber();
+    if (!offsets || offsets[index] < 0)
+      return std::nullopt;
+    RankedTensorType t = typeOf(v);
+    int64_t bytes = t.getNumElements() * t.getElementTypeBitWidth() / 8;
+    return std::make_pair(offsets[index], offsets[index] + bytes);
+  }
+  return std::nullopt;
+}
+
+static bool overlap(Value a, Value b) {
+  auto ra = arenaRange(a), rb = arenaRange(b);
+  return ra && rb && ra->first < rb->second && rb->first < ra->second;
+}
+
+/// An arith.addf whose result the very next op, a moe.rms_norm, normalises:
+/// one kernel stores the sum and the norm. The sum is stored at the norm's
+/// position; no op runs between the two, so the memory plan's intervals
+/// still hold. The plan may give the norm's output the bytes of an addend
+/// (its last use is the add); the fused kernel reads addends and writes
+/// outputs of different rows at once, so then it is not fused.
+static bool isResidualNorm(Operation &op, moe::RmsNormOp &norm) {
+  auto add = dyn_cast<arith::AddFOp>(op);
+  Operation *next = op.getNextNode();
+  norm = dyn_cast_or_null<moe::RmsNormOp>(next);
+  if (!add || !norm || norm.getInput() != add.getResult())
+    return false;
+  auto type = typeOf(add.getResult());
+  return type.getRank() >= 1 && typeOf(add.getLhs()) == type &&
+         typeOf(add.getRhs()) == type &&
+         !overlap(norm.getResult(), add.getLhs()) &&
+         !overlap(norm.getResult(), add.getRhs());
+}
+
+LogicalResult TrainStepPrinter::printAddRmsNorm(arith::AddFOp add,
+                                                moe::RmsNormOp norm) {
+  RankedTensorType t = typeOf(add.getResult());
+  bool ok = true;
+  std::string args =
+      pointerList(*add, {add.getLhs(), add.getRhs(), norm.getWeight()}, ok);
+  if (!ok)
+    return failure();
+  body += "  moert::kernels::mark(ctx, \"arith.addf+moe.rms_norm\");\n";
+  body += fmt::format("  moert::kernels::addRmsNorm(ctx, {}, {}, {}, {}, {}, "
+                      "{});\n",
+                      args, leadingCount(t), t.getShape().back(),
+                      floatLiteral(norm.getEpsilon().convertToDouble()),
+                      typed(add.getResult()), typed(norm.getResult()));
+  return success();
+}
+
 LogicalResult TrainStepPrinter::printAdamWGroup(ArrayRef<moe::AdamWOp> group) {
   moe::AdamWOp first = group.front();
   std::string entries;
@@ -341,12 +402,7 @@ LogicalResult TrainStepPrinter::printAdamWGroup(ArrayRef<moe::AdamWOp> group) {
   return success();
 }
 
-LogicalResult TrainStepPrinter::printOp(Operation &op) {
-  if (!isa<arith::ConstantOp, tensor::DimOp, tensor::ExpandShapeOp,
-           tensor::CollapseShapeOp, func::ReturnOp>(op))
-    body += fmt::format("  moert::kernels::mark(ctx, \"{}\");\n",
-                        op.getName().getStringRef().str());
-  // Results: arena buffers or views.
+LogicalResult TrainStepPrinter::setResultPointers(Operation &op) {
   auto offsets = op.getAttrOfType<DenseI64ArrayAttr>("moe.arena_offsets");
   for (auto [i, result] : llvm::enumerate(op.getResults())) {
     if (!isa<RankedTensorType>(result.getType()))
@@ -361,6 +417,16 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
                                      *c, offsets[i]);
     }
   }
+  return success();
+}
+
+LogicalResult TrainStepPrinter::printOp(Operation &op) {
+  if (!isa<arith::ConstantOp, tensor::DimOp, tensor::ExpandShapeOp,
+           tensor::CollapseShapeOp, func::ReturnOp>(op))
+    body += fmt::format("  moert::kernels::mark(ctx, \"{}\");\n",
+                        op.getName().getStringRef().str());
+  if (failed(setResultPointers(op)))
+    return failure();
   auto ptr = [&](Value v) { return pointer(op, v); };
   auto shape = [](Value v) { return typeOf(v).getShape(); };
 
@@ -789,7 +855,10 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
   // Ops in order; runs of moe.adamw become one multi-tensor launch.
   Block &block = step.getBody().front();
   SmallVector<moe::AdamWOp> adamRun;
+  Operation *fusedAway = nullptr;
   for (Operation &op : block) {
+    if (&op == fusedAway)
+      continue;
     if (auto a = dyn_cast<moe::AdamWOp>(op)) {
       adamRun.push_back(a);
       continue;
@@ -799,6 +868,16 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
       if (failed(printAdamWGroup(adamRun)))
         return failure();
       adamRun.clear();
+    }
+    moe::RmsNormOp norm;
+    if (isResidualNorm(op, norm)) {
+      // Both results keep their planned buffers.
+      if (failed(setResultPointers(op)) ||
+          failed(setResultPointers(*norm)) ||
+          failed(printAddRmsNorm(cast<arith::AddFOp>(op), norm)))
+        return failure();
+      fusedAway = norm;
+      continue;
     }
     if (failed(printOp(op)))
       return failure();

@@ -1,7 +1,8 @@
 //===- Norm.cuh - RMSNorm forward and backward ------------------*- CUDA -*-===//
 //
 // moe.rms_norm: y = x · rsqrt(mean(x²) + ε) · w over the last dimension, one
-// block per row, statistics in fp32, one rounding on store.
+// block per row, statistics in fp32, one rounding on store; addRmsNorm also
+// computes and stores x = a + b first (the residual add before a norm).
 // moe.rms_norm_grad: dx from the row's statistics recomputed; dw summed over
 // rows deterministically: per-block partial sums of `rowsPerBlock` rows into
 // scratch, then one reduction over the partials.
@@ -34,6 +35,27 @@ __global__ void rmsNormKernel(const T *x, const T *w, int64_t hidden,
   for (int64_t h = threadIdx.x; h < hidden; h += blockDim.x)
     y[blockIdx.x * hidden + h] =
         fromFloat<T>(toFloat(row[h]) * r * toFloat(w[h]));
+}
+
+/// sum = a + b (stored, rounded to T), y = rmsNorm(sum) · w, one row per
+/// block: the residual add fused into the norm that reads it.
+template <class T>
+__global__ void addRmsNormKernel(const T *a, const T *b, const T *w,
+                                 int64_t hidden, float epsilon, T *sum, T *y) {
+  __shared__ float shared[32];
+  int64_t base = blockIdx.x * hidden;
+  float ss = 0.0f;
+  for (int64_t h = threadIdx.x; h < hidden; h += blockDim.x) {
+    T s = fromFloat<T>(toFloat(a[base + h]) + toFloat(b[base + h]));
+    sum[base + h] = s;
+    float v = toFloat(s);
+    ss += v * v;
+  }
+  ss = blockSum(ss, shared);
+  float r = rsqrtf(ss / hidden + epsilon);
+  // Each thread reads back only the elements it wrote.
+  for (int64_t h = threadIdx.x; h < hidden; h += blockDim.x)
+    y[base + h] = fromFloat<T>(toFloat(sum[base + h]) * r * toFloat(w[h]));
 }
 
 /// Rows [blockIdx.x * rowsPerBlock, ...): dx, and this block's partial dw
@@ -89,6 +111,17 @@ void rmsNorm(const Context &ctx, const T *x, const T *w, int64_t rows,
     return;
   detail::rmsNormKernel<<<rows, detail::kNormThreads, 0, ctx.stream>>>(
       x, w, hidden, epsilon, y);
+}
+
+/// sum = a + b and y = rmsNorm(sum) · w in one pass (moe.rms_norm of an
+/// arith.addf, fused by the printer).
+template <class T>
+void addRmsNorm(const Context &ctx, const T *a, const T *b, const T *w,
+                int64_t rows, int64_t hidden, float epsilon, T *sum, T *y) {
+  if (rows == 0)
+    return;
+  detail::addRmsNormKernel<<<rows, detail::kNormThreads, 0, ctx.stream>>>(
+      a, b, w, hidden, epsilon, sum, y);
 }
 
 inline int64_t rmsNormScratchBytes(int64_t rows, int64_t hidden) {
