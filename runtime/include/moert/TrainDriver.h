@@ -8,7 +8,9 @@
 // scratch), parameter initialisation on the GPU or resumption from a
 // checkpoint, token blocks from a file, the learning-rate schedule, per-step
 // metrics, checkpoints and the final summary line that benchmark scripts
-// parse. Host-only C++ on the CUDA runtime; no MLIR.
+// parse. A checkpoint is CKPT_DIR/step_N.ckpt (a header, then the state
+// region's bytes) and CKPT_DIR/latest, a one-line file naming the newest;
+// both are written through a temporary file and a rename. Host-only C++ on the CUDA runtime; no MLIR.
 //
 // Token files are raw little-endian int64 [blocks, seq] (`python -m
 // moec.data` writes them); labels are the tokens (the loss shifts them).
@@ -240,6 +242,42 @@ inline int runTrainProgram(const TrainProgram &p, int argc, char **argv) {
   if (resume && checkpointDir.empty())
     fatal("--resume needs --checkpoint-dir");
 
+  // A checkpoint to resume from is checked before the GPU is touched.
+  uint64_t layout = fingerprint(p);
+  std::ifstream in;
+  std::filesystem::path latest;
+  CheckpointHeader header{};
+  if (resume) {
+    // `latest` names the newest complete checkpoint file.
+    std::filesystem::path pointer =
+        std::filesystem::path(checkpointDir) / "latest";
+    std::ifstream names(pointer);
+    std::string name;
+    if (!names || !std::getline(names, name) || name.empty())
+      fatal("--resume: no checkpoint in '" + checkpointDir + "' (missing '" +
+            pointer.string() + "')");
+    latest = std::filesystem::path(checkpointDir) / name;
+    in.open(latest, std::ios::binary);
+    if (!in)
+      fatal("--resume: '" + pointer.string() + "' names '" + name +
+            "', which cannot be opened");
+    in.read(reinterpret_cast<char *>(&header), sizeof(header));
+    if (!in || std::memcmp(header.magic, "MOECKPT1", 8) != 0)
+      fatal("'" + latest.string() + "' is not a moec checkpoint");
+    if (header.fingerprint != layout || header.stateBytes != p.stateBytes)
+      fatal("checkpoint '" + latest.string() + "' holds " +
+            std::to_string(header.stateBytes) +
+            " state bytes of another parameter layout; this program has " +
+            std::to_string(p.stateBytes));
+    std::error_code ec;
+    uintmax_t size = std::filesystem::file_size(latest, ec);
+    if (ec || size != sizeof(header) + static_cast<uintmax_t>(p.stateBytes))
+      fatal("checkpoint '" + latest.string() + "' has " +
+            std::to_string(ec ? 0 : size) + " bytes, not the " +
+            std::to_string(sizeof(header) + p.stateBytes) +
+            " of a complete one");
+  }
+
   std::vector<int64_t> tokens = readTokens(tokensPath, p.seq, p.vocab);
   int64_t blocks = static_cast<int64_t>(tokens.size()) / p.seq;
 
@@ -274,24 +312,8 @@ inline int runTrainProgram(const TrainProgram &p, int argc, char **argv) {
 
   // Parameters: from the seed, or from the latest checkpoint.
   int64_t firstStep = 1;
-  uint64_t layout = fingerprint(p);
   MOERT_CUDA_CHECK(cudaMemsetAsync(state, 0, p.stateBytes, ctx.stream));
   if (resume) {
-    std::filesystem::path latest =
-        std::filesystem::path(checkpointDir) / "latest";
-    std::ifstream in(latest, std::ios::binary);
-    if (!in)
-      fatal("--resume: no checkpoint in '" + checkpointDir + "' (missing '" +
-            latest.string() + "')");
-    CheckpointHeader header;
-    in.read(reinterpret_cast<char *>(&header), sizeof(header));
-    if (!in || std::memcmp(header.magic, "MOECKPT1", 8) != 0)
-      fatal("'" + latest.string() + "' is not a moec checkpoint");
-    if (header.fingerprint != layout || header.stateBytes != p.stateBytes)
-      fatal("checkpoint '" + latest.string() + "' holds " +
-            std::to_string(header.stateBytes) +
-            " state bytes of another parameter layout; this program has " +
-            std::to_string(p.stateBytes));
     std::vector<char> host(p.stateBytes);
     in.read(host.data(), p.stateBytes);
     if (!in)
@@ -324,9 +346,9 @@ inline int runTrainProgram(const TrainProgram &p, int argc, char **argv) {
     std::filesystem::path dir(checkpointDir);
     writeAtomically(dir / name, {{&header, sizeof(header)},
                                  {host.data(), host.size()}});
-    // `latest` is a copy, replaced atomically too.
-    writeAtomically(dir / "latest", {{&header, sizeof(header)},
-                                     {host.data(), host.size()}});
+    // Then `latest` names it: a crash in between leaves the previous one.
+    std::string pointer = name + "\n";
+    writeAtomically(dir / "latest", {{pointer.data(), pointer.size()}});
     std::string index;
     for (int i = 0; i < p.numParameters; ++i) {
       const ParameterInfo &q = p.parameters[i];
