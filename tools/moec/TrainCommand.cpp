@@ -22,6 +22,7 @@
 #include "moec/Import/Onnx.h"
 #include "moec/Pipelines/Pipelines.h"
 #include "moec/Reference/Executor.h"
+#include "moert/Schedule.h"
 
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Pass/PassManager.h"
@@ -128,16 +129,6 @@ int fail(const std::string &message) {
   return 1;
 }
 
-/// The learning rate of 1-based step `t`: linear warm-up to the peak, then
-/// cosine decay to the minimum at the schedule's end.
-double scheduledLr(int64_t t, int64_t total) {
-  if (t <= warmupSteps)
-    return lr * static_cast<double>(t) / std::max<int64_t>(warmupSteps, 1);
-  double progress = static_cast<double>(t - warmupSteps) /
-                    std::max<int64_t>(total - warmupSteps, 1);
-  progress = std::min(progress, 1.0);
-  return minLr + 0.5 * (lr - minLr) * (1.0 + std::cos(M_PI * progress));
-}
 
 /// Writes `tensor` to DIR/relative, creating folders.
 bool dumpTensor(llvm::StringRef relative, const HostTensor &tensor,
@@ -308,7 +299,7 @@ int moec::cli::runTrain() {
       std::copy_n(&tokens.i64[block * seq], seq, &ids.i64[b * seq]);
       std::copy_n(&labels.i64[block * seq], seq, &lab.i64[b * seq]);
     }
-    double stepLr = scheduledLr(t, total);
+    double stepLr = moert::LrSchedule{lr, minLr, warmupSteps, total}.at(t);
     std::vector<HostTensor> args(state.begin(), state.end());
     args.push_back(ids);
     args.push_back(lab);

@@ -22,6 +22,7 @@
 #ifndef MOERT_TRAINDRIVER_H
 #define MOERT_TRAINDRIVER_H
 
+#include "moert/Schedule.h"
 #include "moert/kernels/Common.cuh"
 
 #include <CLI/CLI.hpp>
@@ -384,14 +385,7 @@ inline int runTrainProgram(const TrainProgram &p, int argc, char **argv) {
                                &p.gradNorm};
 
   int64_t total = totalSteps > 0 ? totalSteps : firstStep - 1 + steps;
-  auto scheduledLr = [&](int64_t t) {
-    if (t <= warmupSteps)
-      return lr * static_cast<double>(t) / std::max<int64_t>(warmupSteps, 1);
-    double progress = static_cast<double>(t - warmupSteps) /
-                      std::max<int64_t>(total - warmupSteps, 1);
-    progress = std::min(progress, 1.0);
-    return minLr + 0.5 * (lr - minLr) * (1.0 + std::cos(M_PI * progress));
-  };
+  LrSchedule schedule{lr, minLr, warmupSteps, total};
 
   std::vector<double> times;
   size_t minFree = freeBefore;
@@ -404,7 +398,7 @@ inline int runTrainProgram(const TrainProgram &p, int argc, char **argv) {
       std::memcpy(ids + b * p.seq, &tokens[block * p.seq], p.seq * 8);
       std::memcpy(labels + b * p.seq, &tokens[block * p.seq], p.seq * 8);
     }
-    double stepLr = scheduledLr(t);
+    double stepLr = schedule.at(t);
     *reinterpret_cast<int64_t *>(hostInputs + p.stepOffset) = t;
     *reinterpret_cast<float *>(hostInputs + p.lrOffset) =
         static_cast<float>(stepLr);
