@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from moec.check_train import read_tensor
+
 METRICS = ("loss", "ce_loss", "aux_loss", "grad_norm")
 
 
@@ -33,15 +35,6 @@ def relative_l2(actual: np.ndarray, expected: np.ndarray) -> float:
 def read_log(path: Path) -> dict[int, dict[str, float]]:
     with open(path, newline="") as f:
         return {int(row["step"]): {k: float(row[k]) for k in METRICS} for row in csv.DictReader(f)}
-
-
-def read_pb(path: Path) -> np.ndarray:
-    import onnx
-    from onnx import numpy_helper
-
-    tensor = onnx.TensorProto()
-    tensor.ParseFromString(path.read_bytes())
-    return numpy_helper.to_array(tensor)
 
 
 def main(argv=None) -> int:
@@ -74,7 +67,7 @@ def main(argv=None) -> int:
         name, shape_text = line.split("\t")
         shape = tuple(int(d) for d in shape_text.split("x"))
         gpu = np.fromfile(args.gpu / "final" / "param" / f"{name}.bin", dtype="<f4").reshape(shape)
-        ref = read_pb(args.reference / "final" / "param" / f"{name}.pb")
+        ref = read_tensor(args.reference / "final" / "param" / f"{name}.pb")
         if ref.shape != gpu.shape:
             print(f"check_gpu: error: {name}: reference shape {ref.shape}, gpu {gpu.shape}", file=sys.stderr)
             return 1

@@ -17,12 +17,9 @@ import numpy as np
 
 
 def read_blocks(path: Path) -> np.ndarray:
-    import onnx
-    from onnx import numpy_helper
+    from moec.check_train import read_tensor
 
-    tensor = onnx.TensorProto()
-    tensor.ParseFromString(Path(path).read_bytes())
-    blocks = numpy_helper.to_array(tensor)
+    blocks = read_tensor(Path(path))
     if blocks.dtype != np.int64 or blocks.ndim != 2:
         raise ValueError(f"{path}: expected int64 [blocks, seq], found {blocks.dtype} {list(blocks.shape)}")
     return blocks

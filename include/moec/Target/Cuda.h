@@ -45,7 +45,6 @@ struct CudaTrainProgramSummary {
   int64_t arenaBytes = 0; ///< every intermediate (moe-plan-memory)
   int64_t inputBytes = 0; ///< token ids, labels, step, learning rate
   double modelFlops = 0;  ///< DESIGN.md §5's model FLOPs per step
-  int64_t layers = 0;
 };
 
 /// Prints the CUDA training program of `module` (@train_step after

@@ -64,6 +64,36 @@ int64_t leadingCount(RankedTensorType type) {
 
 RankedTensorType typeOf(Value v) { return cast<RankedTensorType>(v.getType()); }
 
+int64_t elementBytes(Value v) { return typeOf(v).getElementTypeBitWidth() / 8; }
+
+int64_t byteSize(RankedTensorType t) {
+  return t.getNumElements() * t.getElementTypeBitWidth() / 8;
+}
+
+/// The scratch terms of the ops whose forward and gradient kernels share
+/// one scratch formula.
+std::string attentionScratch(Value query, Value key) {
+  auto q = typeOf(query).getShape(), k = typeOf(key).getShape();
+  return fmt::format(
+      "moert::kernels::attentionScratchBytes({}, {}, {}, {}, {}, {})", q[0],
+      q[1], q[2], k[2], q[3], elementBytes(query));
+}
+
+std::string expertsScratch(Value input, Value gates, Value gateUp) {
+  auto gu = typeOf(gateUp).getShape();
+  return fmt::format(
+      "moert::kernels::expertsScratchBytes({}, {}, {}, {}, {}, {})",
+      leadingCount(typeOf(input)), gu[2], gu[1] / 2, gu[0],
+      typeOf(gates).getShape().back(), elementBytes(input));
+}
+
+std::string crossEntropyScratch(Value input, Value weight) {
+  auto s = typeOf(input).getShape();
+  return fmt::format(
+      "moert::kernels::crossEntropyScratchBytes({}, {}, {}, {})", s[0] * s[1],
+      s[2], typeOf(weight).getShape()[0], elementBytes(input));
+}
+
 std::string routingName(moe::LoadBalancing mode) {
   switch (mode) {
   case moe::LoadBalancing::aux_loss:
@@ -82,9 +112,9 @@ std::string floatLiteral(double v) { return fmt::format("{:#.9g}f", v); }
 
 class TrainStepPrinter {
 public:
-  TrainStepPrinter(ModuleOp module, func::FuncOp step, func::FuncOp init,
+  TrainStepPrinter(func::FuncOp step, func::FuncOp init,
                    const moec::CudaTrainProgramOptions &options)
-      : module(module), step(step), init(init), options(options) {}
+      : step(step), init(init), options(options) {}
 
   LogicalResult print(llvm::raw_ostream &os,
                       moec::CudaTrainProgramSummary &summary);
@@ -101,7 +131,6 @@ private:
   std::string pointerList(Operation &at, ValueRange values, bool &ok);
   void scratch(std::string term) { scratchTerms.push_back(std::move(term)); }
 
-  ModuleOp module;
   func::FuncOp step, init;
   const moec::CudaTrainProgramOptions &options;
 
@@ -139,7 +168,7 @@ LogicalResult TrainStepPrinter::layoutArguments() {
       return step.emitError() << "argument #" << i << " has element type "
                               << type.getElementType()
                               << ", which the CUDA printer cannot hold";
-    int64_t bytes = type.getNumElements() * type.getElementTypeBitWidth() / 8;
+    int64_t bytes = byteSize(type);
     bool placed = false;
     for (int s = 0; s < 3; ++s) {
       auto name = step.getArgAttrOfType<StringAttr>(i, kStateAttrs[s]);
@@ -304,9 +333,7 @@ static std::optional<std::pair<int64_t, int64_t>> arenaRange(Value v) {
     int64_t index = cast<OpResult>(v).getResultNumber();
     if (!offsets || offsets[index] < 0)
       return std::nullopt;
-    RankedTensorType t = typeOf(v);
-    int64_t bytes = t.getNumElements() * t.getElementTypeBitWidth() / 8;
-    return std::make_pair(offsets[index], offsets[index] + bytes);
+    return std::make_pair(offsets[index], offsets[index] + byteSize(typeOf(v)));
   }
   return std::nullopt;
 }
@@ -448,9 +475,7 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
             FailureOr<std::string> p = ptr(view->getOperand(0));
             if (failed(p))
               return failure();
-            FailureOr<std::string> c = cType(view->getResult(0).getType());
             pointers[view->getResult(0)] = *p;
-            (void)c;
             return success();
           })
       .Case<arith::AddFOp, arith::SubFOp, arith::MulFOp, arith::DivFOp,
@@ -481,7 +506,7 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
                             table[1], table[0], typed(e.getDTable()));
         scratch(fmt::format("moert::kernels::embeddingScratchBytes({}, {}, {})",
                             table[0], table[1],
-                            typeOf(e.getDTable()).getElementTypeBitWidth() / 8));
+                            elementBytes(e.getDTable())));
         return success();
       })
       .Case([&](moe::RmsNormOp n) -> LogicalResult {
@@ -557,10 +582,7 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
             args, q[0], q[1], q[2], k[2], q[3],
             floatLiteral(a.getScale().convertToDouble()),
             a.getCausal() ? "true" : "false", window, typed(a.getResult()));
-        scratch(fmt::format(
-            "moert::kernels::attentionScratchBytes({}, {}, {}, {}, {}, {})",
-            q[0], q[1], q[2], k[2], q[3],
-            typeOf(a.getQuery()).getElementTypeBitWidth() / 8));
+        scratch(attentionScratch(a.getQuery(), a.getKey()));
         return success();
       })
       .Case([&](moe::AttentionGradOp a) -> LogicalResult {
@@ -578,10 +600,7 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
             floatLiteral(a.getScale().convertToDouble()),
             a.getCausal() ? "true" : "false", window, typed(a.getDQuery()),
             typed(a.getDKey()), typed(a.getDValue()));
-        scratch(fmt::format(
-            "moert::kernels::attentionScratchBytes({}, {}, {}, {}, {}, {})",
-            q[0], q[1], q[2], k[2], q[3],
-            typeOf(a.getQuery()).getElementTypeBitWidth() / 8));
+        scratch(attentionScratch(a.getQuery(), a.getKey()));
         return success();
       })
       .Case([&](moe::LinearOp l) -> LogicalResult {
@@ -671,10 +690,7 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
                             args, leadingCount(t), gu[2], gu[1] / 2, gu[0], k,
                             interleaved ? "true" : "false",
                             typed(e.getResult()));
-        scratch(fmt::format(
-            "moert::kernels::expertsScratchBytes({}, {}, {}, {}, {}, {})",
-            leadingCount(t), gu[2], gu[1] / 2, gu[0], k,
-            t.getElementTypeBitWidth() / 8));
+        scratch(expertsScratch(e.getInput(), e.getGates(), e.getGateUp()));
         return success();
       })
       .Case([&](moe::ExpertsGradOp e) -> LogicalResult {
@@ -696,10 +712,7 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
             args, leadingCount(t), gu[2], gu[1] / 2, gu[0], k,
             interleaved ? "true" : "false", typed(e.getDInput()),
             typed(e.getDGates()), typed(e.getDGateUp()), typed(e.getDDown()));
-        scratch(fmt::format(
-            "moert::kernels::expertsScratchBytes({}, {}, {}, {}, {}, {})",
-            leadingCount(t), gu[2], gu[1] / 2, gu[0], k,
-            t.getElementTypeBitWidth() / 8));
+        scratch(expertsScratch(e.getInput(), e.getGates(), e.getGateUp()));
         return success();
       })
       .Case([&](moe::LmHeadCrossEntropyOp l) -> LogicalResult {
@@ -715,10 +728,7 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
                             args, s[0], s[1], s[2], vocab,
                             static_cast<int64_t>(l.getIgnoreIndex()),
                             typed(l.getLoss()));
-        scratch(fmt::format(
-            "moert::kernels::crossEntropyScratchBytes({}, {}, {}, {})",
-            s[0] * s[1], s[2], vocab,
-            typeOf(l.getInput()).getElementTypeBitWidth() / 8));
+        scratch(crossEntropyScratch(l.getInput(), l.getWeight()));
         return success();
       })
       .Case([&](moe::LmHeadCrossEntropyGradOp l) -> LogicalResult {
@@ -736,10 +746,7 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
                             static_cast<int64_t>(l.getIgnoreIndex()),
             floatLiteral(l.getScale().convertToDouble()),
             typed(l.getDInput()), typed(l.getDWeight()));
-        scratch(fmt::format(
-            "moert::kernels::crossEntropyScratchBytes({}, {}, {}, {})",
-            s[0] * s[1], s[2], vocab,
-            typeOf(l.getInput()).getElementTypeBitWidth() / 8));
+        scratch(crossEntropyScratch(l.getInput(), l.getWeight()));
         return success();
       })
       .Case<moe::LoadBalancingLossOp, moe::LoadBalancingLossGradOp,
@@ -892,35 +899,29 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
   // Metrics: the step's named outputs.
   auto ret = cast<func::ReturnOp>(block.getTerminator());
   std::map<std::string, std::string> metric;
+  Value counts;
   for (auto [i, v] : llvm::enumerate(ret.getOperands())) {
     auto name = step.getResultAttrOfType<StringAttr>(i, "moe.output");
     if (!name)
       continue;
+    if (name.getValue() == "expert_counts")
+      counts = v;
     auto c = constants.find(v);
     if (c != constants.end()) {
       metric[name.str()] = fmt::format("{{-1, {}}}", floatLiteral(c->second));
       continue;
     }
-    std::string p = typed(v);
-    auto offsets = v.getDefiningOp()
-                       ? v.getDefiningOp()->getAttrOfType<DenseI64ArrayAttr>(
-                             "moe.arena_offsets")
-                       : DenseI64ArrayAttr();
-    if (!offsets)
+    auto range = arenaRange(v);
+    if (!range)
       return ret.emitOpError() << "returns output '" << name.getValue()
                                << "' that is not in the arena";
-    int64_t offset = offsets[cast<OpResult>(v).getResultNumber()];
+    int64_t offset = range->first;
     metric[name.str()] = fmt::format("{{{}, 0.0f}}", offset);
   }
   for (const char *required : {"loss", "ce_loss", "aux_loss", "z_loss",
                                "grad_norm", "expert_counts"})
     if (!metric.count(required))
       return ret.emitOpError() << "has no output named '" << required << "'";
-  Value counts;
-  for (auto [i, v] : llvm::enumerate(ret.getOperands()))
-    if (auto name = step.getResultAttrOfType<StringAttr>(i, "moe.output"))
-      if (name.getValue() == "expert_counts")
-        counts = v;
   auto countShape = typeOf(counts).getShape();
 
   // The initialisation: @init_params' launches into the state region.
@@ -958,7 +959,7 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
   double activeParams = 0;
   for (const Param &p : params)
     activeParams += p.type.getNumElements();
-  int64_t batch = 0, seq = 0, vocab = 0, layers = 0;
+  int64_t batch = 0, seq = 0, vocab = 0;
   double attentionFlops = 0;
   for (Operation &op : block) {
     if (auto e = dyn_cast<moe::ExpertsOp>(op)) {
@@ -972,7 +973,6 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
     if (auto a = dyn_cast<moe::AttentionOp>(op)) {
       auto q = typeOf(a.getQuery()).getShape();
       attentionFlops += 6.0 * q[2] * q[3] * q[1] * q[1] * q[0];
-      ++layers;
     }
     if (auto l = dyn_cast<moe::LmHeadCrossEntropyOp>(op)) {
       batch = typeOf(l.getInput()).getShape()[0];
@@ -1054,7 +1054,6 @@ namespace {
   summary.arenaBytes = arenaBytes.getInt();
   summary.inputBytes = inputBytes;
   summary.modelFlops = modelFlops;
-  summary.layers = layers;
   return success();
 }
 
@@ -1073,6 +1072,6 @@ LogicalResult moec::emitCudaTrainProgram(ModuleOp module,
   if (step.getBody().getBlocks().size() != 1)
     return step.emitError() << "has " << step.getBody().getBlocks().size()
                             << " blocks; the CUDA printer emits one";
-  TrainStepPrinter printer(module, step, init, options);
+  TrainStepPrinter printer(step, init, options);
   return printer.print(os, summary);
 }

@@ -131,6 +131,14 @@ inline int blocksFor(int64_t n, int threads = 256) {
   return blocks > 65535 * 16 ? 65535 * 16 : static_cast<int>(blocks);
 }
 
+/// out[i] = in[i] rounded to T: an fp32 accumulator stored once.
+template <class T>
+__global__ void castFromFloat(const float *in, int64_t n, T *out) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = fromFloat<T>(in[i]);
+}
+
 /// Bytes of `scratch` from `offset`, aligned to 256, checked against the
 /// context's size.
 template <class T>

@@ -122,13 +122,6 @@ __global__ void logitsGradKernel(const float *logits, const int64_t *labels,
     d[v] = fromFloat<T>(g);
   }
 }
-
-template <class T>
-__global__ void castFloatKernel(const float *in, int64_t n, T *out) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = fromFloat<T>(in[i]);
-}
 } // namespace detail
 
 inline int64_t crossEntropyScratchBytes(int64_t rows, int64_t H, int64_t V,
@@ -201,7 +194,7 @@ void lmHeadCrossEntropyGrad(const Context &ctx, const T *h, const T *w,
                      h + first * H, H, beta, dwAccumulator, H);
   }
   if constexpr (sizeof(TW) != 4)
-    detail::castFloatKernel<<<blocksFor(V * H), 256, 0, ctx.stream>>>(
+    castFromFloat<<<blocksFor(V * H), 256, 0, ctx.stream>>>(
         dwAccumulator, V * H, dw);
 }
 

@@ -44,13 +44,6 @@ __global__ void embeddingGradKernel(const int64_t *ids, const float *dOutF,
     atomicAdd(&dTable[id * hidden + h], g);
   }
 }
-
-template <class T>
-__global__ void castKernel(const float *in, int64_t n, T *out) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = fromFloat<T>(in[i]);
-}
 } // namespace detail
 
 /// out[t, :] = table[ids[t], :] for `tokens` ids.
@@ -90,7 +83,7 @@ void embeddingGrad(const Context &ctx, const int64_t *ids, const T *dOut,
                                 ctx.stream>>>(ids, dOutF, dOutB, tokens,
                                               hidden, vocab, accumulator);
   if constexpr (sizeof(TW) != 4)
-    detail::castKernel<<<blocksFor(vocab * hidden), 256, 0, ctx.stream>>>(
+    castFromFloat<<<blocksFor(vocab * hidden), 256, 0, ctx.stream>>>(
         accumulator, vocab * hidden, dTable);
 }
 
