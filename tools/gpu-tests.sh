@@ -13,7 +13,9 @@
 # (loss, aux loss, grad norm and every final parameter, relative error
 # < 1e-4); checkpoint + resume equals an uninterrupted run; bf16, 50 steps on
 # fortunes, tracks PyTorch's bf16 loss curve within 1%
-# (test/Inputs/train-bf16). Exits non-zero on the first failure.
+# (test/Inputs/train-bf16), both with fp32 master weights ("bf16": true) and
+# as a bf16 model ("param_dtype": "bf16"). Exits non-zero on the first
+# failure.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 mode="${1:-}"
@@ -48,6 +50,9 @@ if [[ "$mode" == prepare ]]; then
   done
   printf '{"micro_batch_size": 2, "seq_length": 64, "bf16": true}\n' > "$dir/bf16.json"
   "$moec" compile "$model" --config "$dir/bf16.json" -o "$dir/bf16"
+  printf '{"micro_batch_size": 2, "seq_length": 64, "bf16": true, "param_dtype": "bf16"}\n' \
+    > "$dir/bf16-model.json"
+  "$moec" compile "$model" --config "$dir/bf16-model.json" -o "$dir/bf16-model"
   cp "$root"/test/Inputs/train-bf16/*.json "$dir/"
   echo "prepared $dir"
   exit 0
@@ -78,4 +83,7 @@ python3 -m moec.check_gpu --reference "$dir/ref-aux_loss" --reference-log "$dir/
 echo "== bf16: 50 steps against PyTorch's bf16 curve"
 "$dir/bf16/train_step" --tokens "$dir/data/train.bin" --steps 50 --log "$out/bf16.csv"
 python3 -m moec.train_bf16 --check "$out/bf16.csv" --golden "$dir/tiny-fortunes-bf16.json" --tolerance 0.01
+echo "== bf16 model: 50 steps against PyTorch's curve for bf16 parameters and AdamW states"
+"$dir/bf16-model/train_step" --tokens "$dir/data/train.bin" --steps 50 --log "$out/bf16-model.csv"
+python3 -m moec.train_bf16 --check "$out/bf16-model.csv" --golden "$dir/tiny-fortunes-bf16-model.json" --tolerance 0.01
 echo "all GPU tests passed"

@@ -5,6 +5,8 @@ Usage (from the repository root)::
     PYTHONPATH=python python -m moec.train_bf16 --steps 50 --out test/Inputs/train-bf16/tiny-fortunes-bf16.json
     PYTHONPATH=python python -m moec.train_bf16 --check LOG.csv \\
         --golden test/Inputs/train-bf16/tiny-fortunes-bf16.json --tolerance 0.01
+    PYTHONPATH=python python -m moec.train_bf16 --bf16-model --steps 50 \
+        --out test/Inputs/train-bf16/tiny-fortunes-bf16-model.json                 # "param_dtype": "bf16"
     PYTHONPATH=python python -m moec.train_bf16 --fp32 --steps 3 --out fp32.json   # moec train --reference's numerics
 
 The run
@@ -41,6 +43,13 @@ and applies AdamW to the masters. ``--fp32`` skips the copy: forward and
 backward on the fp32 masters, which is what ``moec train --reference``
 computes (when written: 3 steps, losses and gradient norms within 1e-7
 relative, final parameters within 6e-7 relative L2).
+
+``--bf16-model`` ("a model loaded in bf16", what moec compiles with
+``"param_dtype": "bf16"``): no masters; the model's parameters are the fp32
+initial values rounded once to bf16 (buffers stay fp32), forward and
+backward as above, ``clip_grad_norm_`` on the bf16 gradients, then
+``torch.optim.AdamW(fused=True)`` on the bf16 parameters, whose moments are
+bf16 and whose arithmetic is fp32 inside (the fused kernel's).
 
 Output (``--out``, written atomically): JSON with ``config`` (model fields,
 recipe, data, optimizer, schedule, versions), ``command`` (this command line)
@@ -100,8 +109,11 @@ def bf16_copy(master):
     return compute
 
 
-def train(tokens, steps: int, *, fp32: bool, micro_batch: int = MICRO_BATCH, verbose: bool = True) -> list[dict]:
-    """Trains ``steps`` steps on ``tokens`` (int64 [blocks, seq]); returns one record per step."""
+RECIPES = ("fp32", "bf16", "bf16-model")
+
+
+def train(tokens, steps: int, *, recipe: str, micro_batch: int = MICRO_BATCH, verbose: bool = True) -> list[dict]:
+    """Trains ``steps`` steps on ``tokens`` (int64 [blocks, seq]) in ``recipe``; returns one record per step."""
     import torch
 
     from moec.train_reference import SEED, Optimizer, Schedule, build_model
@@ -109,6 +121,9 @@ def train(tokens, steps: int, *, fp32: bool, micro_batch: int = MICRO_BATCH, ver
     torch.manual_seed(0)  # nothing should draw from it; fixed anyway
     config = model_config()
     master = build_model(config, MODE, SEED)
+    if recipe == "bf16-model":
+        master = bf16_copy(master)
+    fp32 = recipe != "bf16"  # no separate compute copy
     compute = master if fp32 else bf16_copy(master)
     masters = list(master.parameters())
     copies = list(compute.parameters())
@@ -121,7 +136,7 @@ def train(tokens, steps: int, *, fp32: bool, micro_batch: int = MICRO_BATCH, ver
         lr=schedule.lr(1),
         betas=(opt.beta1, opt.beta2),
         eps=opt.eps,
-        foreach=False,
+        **({"fused": True} if recipe == "bf16-model" else {"foreach": False}),
     )
     records = []
     for t in range(1, steps + 1):
@@ -165,7 +180,7 @@ def model_config():
     return presets.load_config(PRESET)
 
 
-def run_json(tokens_path: Path, tokens, steps: int, fp32: bool, command: str, records: list[dict]) -> dict:
+def run_json(tokens_path: Path, tokens, steps: int, recipe: str, command: str, records: list[dict]) -> dict:
     """The output file's content (see the module docstring)."""
     import numpy as np
     import torch
@@ -174,18 +189,22 @@ def run_json(tokens_path: Path, tokens, steps: int, fp32: bool, command: str, re
     from moec import presets
     from moec.train_reference import SEED, Optimizer, Schedule
 
-    recipe = ("fp32: forward and backward on the fp32 masters" if fp32 else
-              "fp32 master weights and AdamW states; forward and backward on bf16 copies of the masters "
-              "(Hugging Face's own fp32 upcasts inside); bf16 gradients converted to fp32, clipped and "
-              "applied in fp32")
+    numerics = {
+        "fp32": "fp32: forward and backward on the fp32 masters",
+        "bf16": "fp32 master weights and AdamW states; forward and backward on bf16 copies of the masters "
+                "(Hugging Face's own fp32 upcasts inside); bf16 gradients converted to fp32, clipped and "
+                "applied in fp32",
+        "bf16-model": "bf16 parameters, gradients and AdamW states (torch.optim.AdamW fused, fp32 inside); "
+                      "forward and backward as in bf16 (Hugging Face's own fp32 upcasts inside)",
+    }[recipe]
     return {
         "config": {
             "preset": PRESET,
             "model": presets.PRESETS[PRESET],
             "attention": "eager",
             "experts": "eager",
-            "recipe": "fp32" if fp32 else "bf16",
-            "numerics": recipe,
+            "recipe": recipe,
+            "numerics": numerics,
             "moe_load_balancing": MODE,
             "router_aux_loss_coef": model_config().router_aux_loss_coef,
             "seed": SEED,
@@ -258,7 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=50, help="training steps, also the schedule's length (default 50)")
     parser.add_argument("--tokens", type=Path, default=DEFAULT_TOKENS,
                         help=f"token blocks, onnx TensorProto int64 [blocks, seq] (default {DEFAULT_TOKENS})")
-    parser.add_argument("--fp32", action="store_true", help="forward and backward in fp32 (moec train --reference)")
+    recipe = parser.add_mutually_exclusive_group()
+    recipe.add_argument("--fp32", action="store_true", help="forward and backward in fp32 (moec train --reference)")
+    recipe.add_argument("--bf16-model", action="store_true",
+                        help="bf16 parameters and AdamW states, no masters (moec's \"param_dtype\": \"bf16\")")
     parser.add_argument("--out", type=Path, help="write the run's JSON here")
     parser.add_argument("--check", type=Path, metavar="LOG.csv", help="compare this CSV log with --golden")
     parser.add_argument("--golden", type=Path, help="with --check: a JSON this command wrote")
@@ -283,9 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "-m", "moec.train_bf16", *(sys.argv[1:] if argv is None else argv)])
     torch.set_num_threads(1)
     tokens = read_blocks(args.tokens)
-    records = train(tokens, args.steps, fp32=args.fp32)
+    recipe = "fp32" if args.fp32 else "bf16-model" if args.bf16_model else "bf16"
+    records = train(tokens, args.steps, recipe=recipe)
     if args.out:
-        text = json.dumps(run_json(args.tokens, tokens, args.steps, args.fp32, command, records), indent=1)
+        text = json.dumps(run_json(args.tokens, tokens, args.steps, recipe, command, records), indent=1)
         write_atomically(args.out, (text + "\n").encode("utf-8"))
         print(f"wrote {args.out}")
     return 0

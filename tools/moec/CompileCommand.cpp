@@ -81,6 +81,7 @@ bool writeFile(llvm::StringRef path, llvm::StringRef text,
 struct Job {
   int64_t microBatchSize = 2, seqLength = 64;
   bool bf16 = false;
+  std::string paramDtype = "fp32";
   std::string loadBalancing = "aux_loss";
   double auxLossCoef = 0.02, zLossCoef = 0.0, weightDecay = 0.1,
          beta1 = 0.9, beta2 = 0.95, adamEpsilon = 1e-8, maxGradNorm = 1.0,
@@ -145,6 +146,15 @@ bool readJob(llvm::StringRef path, Job &job, std::string &error) {
       else
         error = fmt::format("config '{}': 'bf16' must be true or false",
                             path.str());
+    } else if (k == "param_dtype") {
+      ok = value.getAsString() &&
+           llvm::is_contained({"fp32", "bf16"}, *value.getAsString());
+      if (ok)
+        job.paramDtype = value.getAsString()->str();
+      else
+        error = fmt::format("config '{}': 'param_dtype' must be \"fp32\" or "
+                            "\"bf16\"",
+                            path.str());
     } else if (k == "moe_load_balancing") {
       ok = value.getAsString().has_value();
       if (ok)
@@ -156,7 +166,7 @@ bool readJob(llvm::StringRef path, Job &job, std::string &error) {
     } else {
       error = fmt::format(
           "config '{}': unknown key '{}' (known: micro_batch_size, "
-          "seq_length, bf16, moe_load_balancing, router_aux_loss_coef, "
+          "seq_length, bf16, param_dtype, moe_load_balancing, router_aux_loss_coef, "
           "router_z_loss_coef, weight_decay, beta1, beta2, adam_epsilon, "
           "max_grad_norm, initializer_range)",
           path.str(), k);
@@ -169,6 +179,12 @@ bool readJob(llvm::StringRef path, Job &job, std::string &error) {
     error = fmt::format("config '{}': micro_batch_size {} must be at least 1 "
                         "and seq_length {} at least 2",
                         path.str(), job.microBatchSize, job.seqLength);
+    return false;
+  }
+  if (job.paramDtype == "bf16" && !job.bf16) {
+    error = fmt::format("config '{}': param_dtype \"bf16\" needs \"bf16\": "
+                        "true (a bf16 model computes in bf16)",
+                        path.str());
     return false;
   }
   return true;
@@ -277,6 +293,7 @@ int moec::cli::runCompile() {
   options.weightDecay = job.weightDecay;
   options.maxGradNorm = job.maxGradNorm;
   options.computeType = job.bf16 ? "bf16" : "f32";
+  options.paramType = job.paramDtype == "bf16" ? "bf16" : "f32";
   PassManager trainPm(&context);
   buildTrainStepPipeline(trainPm, options);
   moe::SpecializeShapesOptions shapes;
@@ -307,6 +324,7 @@ int moec::cli::runCompile() {
       {"micro_batch_size", job.microBatchSize},
       {"seq_length", job.seqLength},
       {"bf16", job.bf16},
+      {"param_dtype", job.paramDtype},
       {"moe_load_balancing", job.loadBalancing},
       {"router_aux_loss_coef", job.auxLossCoef},
       {"router_z_loss_coef", job.zLossCoef},

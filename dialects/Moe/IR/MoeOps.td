@@ -508,7 +508,9 @@ def Moe_AdamWOp : Moe_Op<"adamw", [Pure,
         v  = β2 · exp_avg_sq + (1 − β2) · g²
         p -= lr / (1 − β1^t) · m / (sqrt(v) / sqrt(1 − β2^t) + ε)
 
-    Master weights and moments are fp32.
+    Parameter, gradient and moments share one type: fp32 master weights, or
+    bf16 for a model kept in bf16; the update is computed in fp32 either way
+    and rounded once when stored.
 
     ```mlir
     %p, %m, %v = moe.adamw %param, %grad, %m0, %v0, %step, %lr, %norm

@@ -49,9 +49,10 @@ Value scalar(OpBuilder &b, Location loc, double value) {
 class StepBuilder {
 public:
   StepBuilder(func::FuncOp forward, LoadBalancing mode, Type computeType,
-              const BuildTrainStepOptions &options)
+              Type paramType, const BuildTrainStepOptions &options)
       : forward(forward), mode(mode), computeType(computeType),
-        options(options), builder(forward.getContext()) {}
+        paramType(paramType), options(options),
+        builder(forward.getContext()) {}
 
   FailureOr<func::FuncOp> build();
   LogicalResult buildEval(ArrayRef<BlockArgument> params, Value inputIds);
@@ -66,10 +67,16 @@ private:
   LogicalResult emitBackward(Operation *op);
   void addGrad(Value value, Value grad);
   Value gradOf(Value v) { return grads.lookup(v); }
+  /// The type the step stores forward parameter `p` (and its moments) in.
+  Type stateType(BlockArgument p) const {
+    RankedTensorType t = cast<RankedTensorType>(p.getType());
+    return paramType ? RankedTensorType::get(t.getShape(), paramType) : t;
+  }
 
   func::FuncOp forward;
   LoadBalancing mode;
   Type computeType; ///< Null: compute in the masters' fp32.
+  Type paramType;   ///< Null: parameters as the forward has them (fp32).
   const BuildTrainStepOptions &options;
   OpBuilder builder;
   llvm::DenseMap<Value, Value> grads;
@@ -207,7 +214,7 @@ LogicalResult StepBuilder::emitBackward(Operation *op) {
 
 /// Clones the forward's body at the builder's insertion point, its
 /// parameters mapped to `masters` (through bf16 compute copies when
-/// computing in bf16) and its token ids to `ids`, every router in the chosen
+/// computing in bf16 on fp32 masters) and its token ids to `ids`, every router in the chosen
 /// mode (`training` false: evaluation routing). Returns the cloned lm-head.
 FailureOr<LmHeadOp> StepBuilder::cloneForward(
     ArrayRef<BlockArgument> params, ValueRange masters, Value ids,
@@ -218,7 +225,7 @@ FailureOr<LmHeadOp> StepBuilder::cloneForward(
   IRMapping mapping;
   for (auto [p, master] : llvm::zip(params, masters)) {
     Value copy = master;
-    if (computeType) {
+    if (computeType && tensorType(master).getElementType() != computeType) {
       RankedTensorType t = tensorType(master);
       copy = arith::TruncFOp::create(
           builder, loc, RankedTensorType::get(t.getShape(), computeType),
@@ -263,7 +270,7 @@ LogicalResult StepBuilder::buildEval(ArrayRef<BlockArgument> params,
   auto f32Scalar = RankedTensorType::get({}, builder.getF32Type());
   SmallVector<Type> argTypes;
   for (BlockArgument p : params)
-    argTypes.push_back(p.getType());
+    argTypes.push_back(stateType(p));
   argTypes.append({inputIds.getType(), inputIds.getType()});
   builder.setInsertionPointAfter(forward);
   auto eval = func::FuncOp::create(builder, loc, "eval_step",
@@ -318,7 +325,7 @@ FailureOr<func::FuncOp> StepBuilder::build() {
   SmallVector<Type> argTypes, resultTypes;
   for (int copy = 0; copy < 3; ++copy)
     for (BlockArgument p : params)
-      argTypes.push_back(p.getType());
+      argTypes.push_back(stateType(p));
   argTypes.append({inputIds.getType(), inputIds.getType(), i64Scalar,
                    f32Scalar});
   resultTypes.append(argTypes.begin(), argTypes.begin() + 3 * params.size());
@@ -335,7 +342,7 @@ FailureOr<func::FuncOp> StepBuilder::build() {
                                             builder.getI64Type())});
   if (options.returnGradients)
     for (BlockArgument p : params)
-      resultTypes.push_back(p.getType());
+      resultTypes.push_back(stateType(p));
 
   builder.setInsertionPointAfter(forward);
   auto step = func::FuncOp::create(
@@ -457,7 +464,7 @@ FailureOr<func::FuncOp> StepBuilder::build() {
   for (size_t i = 0; i < n; ++i) {
     Value arg = entry->getArgument(i);
     Value g = gradOf(computeParams[i]);
-    if (g && computeType) // back to fp32 for the norm and the update
+    if (g && g.getType() != arg.getType()) // back to the masters' fp32
       g = arith::ExtFOp::create(builder, loc, arg.getType(), g);
     if (!g) { // a parameter the loss does not depend on
       RankedTensorType t = tensorType(arg);
@@ -531,6 +538,7 @@ struct BuildTrainStepPass
     options.ignoreIndex = ignoreIndex;
     options.returnGradients = returnGradients;
     options.computeType = computeType;
+    options.paramType = paramType;
     Type compute;
     if (computeType == "bf16")
       compute = BFloat16Type::get(&getContext());
@@ -539,7 +547,20 @@ struct BuildTrainStepPass
                          << "'; expected f32 or bf16";
       return signalPassFailure();
     }
-    StepBuilder step(forward, *mode, compute, options);
+    Type param;
+    if (paramType == "bf16") {
+      if (!compute) {
+        module.emitError() << "param-type bf16 needs compute-type bf16 (got '"
+                           << computeType << "')";
+        return signalPassFailure();
+      }
+      param = BFloat16Type::get(&getContext());
+    } else if (paramType != "f32") {
+      module.emitError() << "unknown param-type '" << paramType
+                         << "'; expected f32 or bf16";
+      return signalPassFailure();
+    }
+    StepBuilder step(forward, *mode, compute, param, options);
     if (failed(step.build()))
       return signalPassFailure();
     numGradOps += step.numGradOps;

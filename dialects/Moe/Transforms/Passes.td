@@ -153,6 +153,12 @@ def BuildTrainStep : Pass<"moe-build-train-step", "::mlir::ModuleOp"> {
     the fp32 master weights (`arith.truncf` at the start, every activation
     and gradient bf16); the gradients are widened to fp32 (`arith.extf`)
     for the norm and the update, which stay fp32.
+
+    With `param-type=bf16` (which needs `compute-type=bf16`) there are no
+    fp32 masters: parameters, gradients and both AdamW moments are bf16, as
+    in a model loaded in bf16 and trained with torch.optim.AdamW. The step
+    takes and returns bf16 state; moe.adamw computes in fp32 and stores bf16.
+    `@eval_step` takes the parameters in the same type.
   }];
   let dependentDialects = [
     "::mlir::moe::MoeDialect",
@@ -179,6 +185,9 @@ def BuildTrainStep : Pass<"moe-build-train-step", "::mlir::ModuleOp"> {
     Option<"computeType", "compute-type", "std::string", "\"f32\"",
            "element type of the forward and backward: f32, or bf16 for "
            "bf16 compute copies of the fp32 master weights">,
+    Option<"paramType", "param-type", "std::string", "\"f32\"",
+           "element type of the parameters, their gradients and the AdamW "
+           "moments: f32 (master weights), or bf16 (needs compute-type=bf16)">,
     Option<"returnGradients", "return-gradients", "bool", "false",
            "also return every parameter's gradient (before clipping), "
            "tagged moe.gradient, for checking against a reference">

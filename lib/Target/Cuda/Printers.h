@@ -23,7 +23,7 @@ std::string quoted(llvm::StringRef text);
 /// "1, 2, 3".
 std::string joined(llvm::ArrayRef<int64_t> values);
 
-/// One kernel launch that fills the fp32 buffer `pointer` (a C++
+/// One kernel launch that fills the fp32 or bf16 buffer `pointer` (a C++
 /// expression) as `op` defines, on CUDA stream `stream`; the printed code
 /// expects a `uint64_t seed` in scope.
 void printParamInitLaunch(mlir::moe::ParamInitOp op, llvm::StringRef pointer,

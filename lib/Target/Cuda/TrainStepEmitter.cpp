@@ -6,7 +6,8 @@
 // generates itself (element-wise arith ops), with every buffer a fixed
 // offset into one of three device regions:
 //
-//   state   fp32 parameters, exp_avg, exp_avg_sq (function arguments that
+//   state   parameters, exp_avg, exp_avg_sq, fp32 (master weights) or bf16
+//           (a bf16 model), one type per parameter (function arguments that
 //           moe.adamw updates in place; moe-plan-memory gives them no arena
 //           bytes);
 //   inputs  input_ids, labels, step, lr (written by the host before a step);
@@ -174,15 +175,22 @@ LogicalResult TrainStepPrinter::layoutArguments() {
       auto name = step.getArgAttrOfType<StringAttr>(i, kStateAttrs[s]);
       if (!name)
         continue;
-      if (!type.getElementType().isF32())
+      if (!type.getElementType().isF32() && !type.getElementType().isBF16())
         return step.emitError() << "state argument #" << i << " ("
                                 << name.getValue() << ") is " << type
-                                << "; optimizer state must be fp32";
+                                << "; optimizer state must be fp32 or bf16";
       auto [it, inserted] = paramIndex.try_emplace(name.getValue(), params.size());
       if (inserted)
         params.push_back({name.getValue().str(), type});
+      if (params[it->second].type != type)
+        return step.emitError() << "state argument #" << i << " ("
+                                << name.getValue() << ") is " << type
+                                << " but the parameter is "
+                                << params[it->second].type
+                                << "; a parameter and its moments share "
+                                   "one type";
       params[it->second].offset[s] = stateBytes;
-      pointers[arg] = fmt::format("reinterpret_cast<float *>(state + {})",
+      pointers[arg] = fmt::format("reinterpret_cast<{} *>(state + {})", *c,
                                   stateBytes);
       stateBytes += alignUp(bytes);
       placed = true;
@@ -398,9 +406,12 @@ LogicalResult TrainStepPrinter::printAdamWGroup(ArrayRef<moe::AdamWOp> group) {
                                 ok);
     if (!ok)
       return failure();
-    if (!typeOf(a.getGrad()).getElementType().isF32())
-      return a.emitOpError() << "takes a " << typeOf(a.getGrad())
-                             << " gradient; AdamW on the GPU reads fp32";
+    if (typeOf(a.getParam()).getElementType() !=
+        typeOf(first.getParam()).getElementType())
+      return a.emitOpError() << "updates " << typeOf(a.getParam())
+                             << " but the first moe.adamw of its group "
+                             << typeOf(first.getParam())
+                             << "; one launch updates one element type";
     SmallVector<std::string> ps;
     for (Value v : {a.getParam(), a.getExpAvg(), a.getExpAvgSq(), a.getGrad()})
       ps.push_back(typed(v));
@@ -420,9 +431,11 @@ LogicalResult TrainStepPrinter::printAdamWGroup(ArrayRef<moe::AdamWOp> group) {
       *first, {first.getStep(), first.getLr(), first.getGradNorm()}, ok);
   if (!ok)
     return failure();
+  // moe.adamw's operands share one type (its verifier).
+  std::string c = *cType(first.getParam().getType());
   body += fmt::format(
-      "  moert::kernels::adamw(ctx, group{}, {}, {}, {}, {}, {});\n", g,
-      scalars, floatLiteral(first.getBeta1().convertToDouble()),
+      "  moert::kernels::adamw<{}, {}>(ctx, group{}, {}, {}, {}, {}, {});\n",
+      c, c, g, scalars, floatLiteral(first.getBeta1().convertToDouble()),
       floatLiteral(first.getBeta2().convertToDouble()),
       floatLiteral(first.getEpsilon().convertToDouble()),
       floatLiteral(first.getMaxGradNorm().convertToDouble()));
@@ -823,13 +836,15 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
       })
       .Case([&](moe::GlobalNormOp n) -> LogicalResult {
         std::string entries;
+        Type element = typeOf(n.getGradients().front()).getElementType();
         for (Value g : n.getGradients()) {
           FailureOr<std::string> p = ptr(g);
           if (failed(p))
             return failure();
-          if (!typeOf(g).getElementType().isF32())
-            return n.emitOpError() << "takes a " << typeOf(g)
-                                   << " gradient; the GPU norm reads fp32";
+          if (typeOf(g).getElementType() != element)
+            return n.emitOpError()
+                   << "mixes " << typeOf(g) << " with " << element
+                   << " gradients; the GPU norm reads one element type";
           entries += fmt::format(
               "      {{nullptr, nullptr, nullptr, {}, {}, 0.0f}},\n", *p,
               typeOf(g).getNumElements());
@@ -840,8 +855,9 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
         setup += fmt::format("  group{}.init({{\n{}  }});\n", g, entries);
         scratch(fmt::format("moert::kernels::globalNormScratchBytes(group{})",
                             g));
-        body += fmt::format("  moert::kernels::globalNorm(ctx, group{}, {});\n",
-                            g, typed(n.getNorm()));
+        body += fmt::format(
+            "  moert::kernels::globalNorm<{}>(ctx, group{}, {});\n",
+            *cType(n.getGradients().front().getType()), g, typed(n.getNorm()));
         return success();
       })
       .Case([&](func::ReturnOp) { return success(); })
@@ -938,12 +954,17 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
     if (it == paramIndex.end())
       continue;
     const Param &param = params[it->second];
-    if (p.getType() != param.type)
+    // A bf16 model starts from the fp32 initial values rounded once, as
+    // model.to(torch.bfloat16) does.
+    if (p.getType().getShape() != param.type.getShape() ||
+        !p.getType().getElementType().isF32())
       return p.emitOpError() << "creates " << p.getType() << " for '"
                              << p.getName() << "' but @train_step takes "
                              << param.type;
     moec::detail::printParamInitLaunch(
-        p, fmt::format("reinterpret_cast<float *>(state + {})", param.offset[0]),
+        p,
+        fmt::format("reinterpret_cast<{} *>(state + {})", *cType(param.type),
+                    param.offset[0]),
         "stream", initOs);
     initialised.insert(p.getName());
   }
@@ -1008,9 +1029,10 @@ namespace {
   os << statics << "\n";
   os << "const moert::ParameterInfo kParameters[] = {\n";
   for (const Param &p : params)
-    os << fmt::format("    {{{}, {{{}}}, {}, {}, {}, {}}},\n", quoted(p.name),
-                      joined(p.type.getShape()), p.offset[0], p.offset[1],
-                      p.offset[2], p.type.getNumElements());
+    os << fmt::format("    {{{}, {{{}}}, {}, {}, {}, {}, {}}},\n",
+                      quoted(p.name), joined(p.type.getShape()), p.offset[0],
+                      p.offset[1], p.offset[2], p.type.getNumElements(),
+                      p.type.getElementTypeBitWidth() / 8);
   os << "};\n\n";
   os << "void initParams(char *state, uint64_t seed, cudaStream_t stream) {\n"
      << initBody << "}\n\n";

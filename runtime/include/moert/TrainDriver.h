@@ -43,6 +43,7 @@ struct ParameterInfo {
   std::vector<int64_t> shape;
   int64_t offset, expAvgOffset, expAvgSqOffset; ///< bytes into the state
   int64_t count;
+  int elementBytes; ///< 4: fp32 (master weights), 2: bf16 (a bf16 model)
 };
 
 /// Where a scalar output of the step is: an arena offset, or a constant
@@ -105,6 +106,7 @@ inline uint64_t fingerprint(const TrainProgram &p) {
     mix(q.name, std::strlen(q.name));
     mix(q.shape.data(), q.shape.size() * sizeof(int64_t));
     mix(&q.offset, sizeof(q.offset));
+    mix(&q.elementBytes, sizeof(q.elementBytes));
   }
   mix(&p.stateBytes, sizeof(p.stateBytes));
   return h;
@@ -356,7 +358,8 @@ inline int runTrainProgram(const TrainProgram &p, int argc, char **argv) {
       index += std::string(q.name) + "\t" + std::to_string(q.offset) + "\t" +
                std::to_string(q.expAvgOffset) + "\t" +
                std::to_string(q.expAvgSqOffset) + "\t" +
-               std::to_string(q.count) + "\n";
+               std::to_string(q.count) + "\t" +
+               (q.elementBytes == 2 ? "bf16" : "fp32") + "\n";
     }
     writeAtomically(dir / "index.tsv", {{index.data(), index.size()}});
     std::printf("saved checkpoint '%s'\n", (dir / name).c_str());
@@ -476,8 +479,21 @@ inline int runTrainProgram(const TrainProgram &p, int argc, char **argv) {
     std::string index;
     for (int i = 0; i < p.numParameters; ++i) {
       const ParameterInfo &q = p.parameters[i];
+      // fp32 whatever the state's type: a bf16 value widens exactly.
+      std::vector<float> values(q.count);
+      const char *raw = host.data() + q.offset;
+      for (int64_t e = 0; e < q.count; ++e) {
+        if (q.elementBytes == 4) {
+          std::memcpy(&values[e], raw + 4 * e, 4);
+        } else {
+          uint32_t bits = 0;
+          std::memcpy(&bits, raw + 2 * e, 2);
+          bits <<= 16;
+          std::memcpy(&values[e], &bits, 4);
+        }
+      }
       writeAtomically(dir / (std::string(q.name) + ".bin"),
-                      {{host.data() + q.offset, size_t(q.count) * 4}});
+                      {{values.data(), values.size() * sizeof(float)}});
       index += q.name;
       index += "\t";
       for (size_t d = 0; d < q.shape.size(); ++d)

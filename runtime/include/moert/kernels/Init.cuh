@@ -22,9 +22,10 @@ template <int Rank> struct Shard {
   int64_t offset[Rank]; ///< position of the shard in it
 };
 
-/// out[i] = stddev * N(0,1) at the element's index in the full parameter.
-template <int Rank>
-__global__ void paramInitNormal(float *out, int64_t count, uint64_t base,
+/// out[i] = stddev * N(0,1) at the element's index in the full parameter,
+/// drawn in fp64 and rounded once to T (fp32, or bf16 for a bf16 model).
+template <int Rank, class T>
+__global__ void paramInitNormal(T *out, int64_t count, uint64_t base,
                                 double stddev, Shard<Rank> shard) {
   moec::ParamNormalStream stream(base);
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
@@ -36,14 +37,15 @@ __global__ void paramInitNormal(float *out, int64_t count, uint64_t base,
       flat += (shard.offset[d] + local) * stride;
       stride *= shard.global[d];
     }
-    out[i] = static_cast<float>(stream.at(static_cast<uint64_t>(flat)) * stddev);
+    out[i] = fromFloat<T>(
+        static_cast<float>(stream.at(static_cast<uint64_t>(flat)) * stddev));
   }
 }
 
-__global__ void paramInitOnes(float *out, int64_t count) {
+template <class T> __global__ void paramInitOnes(T *out, int64_t count) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
        i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = 1.0f;
+    out[i] = fromFloat<T>(1.0f);
 }
 
 } // namespace moert::kernels

@@ -10,6 +10,12 @@
 // moments), with the gradient scaled by the clipping coefficient
 // min(1, max_norm / (norm + 1e-6)) of torch.nn.utils.clip_grad_norm_.
 //
+// Types: the state (parameter and moments) is TS and the gradient TG, each
+// fp32 or bf16, the same for every tensor of a group (the printer checks):
+// fp32 masters with fp32 gradients, or a bf16 model with bf16 state and
+// gradients. The arithmetic is fp32 either way; a bf16 state is rounded once
+// per update, as torch's fused AdamW does for bf16 parameters.
+//
 //===----------------------------------------------------------------------===//
 
 #ifndef MOERT_KERNELS_OPTIMIZER_CUH
@@ -21,10 +27,11 @@
 
 namespace moert::kernels {
 
-/// One tensor of a multi-tensor launch. For the norm only `grad` is read.
+/// One tensor of a multi-tensor launch, its buffers of the launch's types
+/// (see the file comment). For the norm only `grad` is read.
 struct OptimizerTensor {
-  float *param = nullptr, *expAvg = nullptr, *expAvgSq = nullptr;
-  const float *grad = nullptr;
+  void *param = nullptr, *expAvg = nullptr, *expAvgSq = nullptr;
+  const void *grad = nullptr;
   int64_t count = 0;
   float weightDecay = 0.0f;
 };
@@ -65,15 +72,18 @@ public:
 };
 
 namespace detail {
+template <class TG>
 __global__ void sumSquaresKernel(const OptimizerTensor *tensors,
                                  const OptimizerChunk *chunks,
                                  double *partial) {
   __shared__ float shared[32];
   OptimizerChunk c = chunks[blockIdx.x];
-  const float *g = tensors[c.tensor].grad;
+  const TG *g = static_cast<const TG *>(tensors[c.tensor].grad);
   double s = 0.0;
-  for (int64_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x)
-    s += static_cast<double>(g[i]) * g[i];
+  for (int64_t i = c.begin + threadIdx.x; i < c.end; i += blockDim.x) {
+    double x = toFloat(g[i]);
+    s += x * x;
+  }
   s = blockSum(static_cast<float>(s), shared);
   if (threadIdx.x == 0)
     partial[blockIdx.x] = s;
@@ -107,6 +117,7 @@ struct AdamWElement {
   }
 };
 
+template <class TS, class TG>
 __global__ void adamwKernel(const OptimizerTensor *tensors,
                             const OptimizerChunk *chunks, const int64_t *step,
                             const float *lr, const float *norm,
@@ -127,33 +138,37 @@ __global__ void adamwKernel(const OptimizerTensor *tensors,
                                1.0 - pow(static_cast<double>(config.beta1), stepD));
   update.bias2Sqrt = static_cast<float>(
       sqrt(1.0 - pow(static_cast<double>(config.beta2), stepD)));
-  // Four elements per load where the chunk's start is 16-byte aligned in
+  TS *param = static_cast<TS *>(t.param) + c.begin;
+  TS *expAvg = static_cast<TS *>(t.expAvg) + c.begin;
+  TS *expAvgSq = static_cast<TS *>(t.expAvgSq) + c.begin;
+  const TG *grad = static_cast<const TG *>(t.grad) + c.begin;
+  // Four elements per access where the chunk's start is aligned for it in
   // all four tensors (chunks start at multiples of kChunk, tensors at
   // 256-byte offsets), then the tail one by one.
   int64_t n = c.end - c.begin, vectors = 0;
-  auto aligned = [&](const void *p) {
-    return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+  auto aligned = [](const void *p, size_t elementBytes) {
+    return (reinterpret_cast<uintptr_t>(p) & (4 * elementBytes - 1)) == 0;
   };
-  if (aligned(t.param + c.begin) && aligned(t.expAvg + c.begin) &&
-      aligned(t.expAvgSq + c.begin) && aligned(t.grad + c.begin))
+  if (aligned(param, sizeof(TS)) && aligned(expAvg, sizeof(TS)) &&
+      aligned(expAvgSq, sizeof(TS)) && aligned(grad, sizeof(TG)))
     vectors = n / 4;
-  float4 *p4 = reinterpret_cast<float4 *>(t.param + c.begin);
-  float4 *m4 = reinterpret_cast<float4 *>(t.expAvg + c.begin);
-  float4 *v4 = reinterpret_cast<float4 *>(t.expAvgSq + c.begin);
-  const float4 *g4 = reinterpret_cast<const float4 *>(t.grad + c.begin);
   for (int64_t j = threadIdx.x; j < vectors; j += blockDim.x) {
-    float4 p = p4[j], m = m4[j], v = v4[j], g = g4[j];
-    update(p.x, m.x, v.x, g.x);
-    update(p.y, m.y, v.y, g.y);
-    update(p.z, m.z, v.z, g.z);
-    update(p.w, m.w, v.w, g.w);
-    p4[j] = p;
-    m4[j] = m;
-    v4[j] = v;
+    Vec4 p = load4(param + 4 * j), m = load4(expAvg + 4 * j),
+         v = load4(expAvgSq + 4 * j), g = load4(grad + 4 * j);
+    for (int e = 0; e < 4; ++e)
+      update(p.v[e], m.v[e], v.v[e], g.v[e]);
+    store4(param + 4 * j, p);
+    store4(expAvg + 4 * j, m);
+    store4(expAvgSq + 4 * j, v);
   }
-  for (int64_t i = c.begin + 4 * vectors + threadIdx.x; i < c.end;
-       i += blockDim.x)
-    update(t.param[i], t.expAvg[i], t.expAvgSq[i], t.grad[i]);
+  for (int64_t i = 4 * vectors + threadIdx.x; i < n; i += blockDim.x) {
+    float p = toFloat(param[i]), m = toFloat(expAvg[i]),
+          v = toFloat(expAvgSq[i]);
+    update(p, m, v, toFloat(grad[i]));
+    param[i] = fromFloat<TS>(p);
+    expAvg[i] = fromFloat<TS>(m);
+    expAvgSq[i] = fromFloat<TS>(v);
+  }
 }
 } // namespace detail
 
@@ -161,26 +176,28 @@ inline int64_t globalNormScratchBytes(const TensorGroup &group) {
   return group.numChunks * 8 + 256;
 }
 
-/// norm = sqrt(Σ over the group's gradients of g²), a device fp32 scalar.
-inline void globalNorm(const Context &ctx, const TensorGroup &group,
-                       float *norm) {
+/// norm = sqrt(Σ over the group's gradients (of type TG) of g²), a device
+/// fp32 scalar.
+template <class TG>
+void globalNorm(const Context &ctx, const TensorGroup &group, float *norm) {
   int64_t offset = 0;
   double *partial = scratchAt<double>(ctx, offset, group.numChunks);
   if (group.numChunks > 0)
-    detail::sumSquaresKernel<<<group.numChunks, 512, 0, ctx.stream>>>(
+    detail::sumSquaresKernel<TG><<<group.numChunks, 512, 0, ctx.stream>>>(
         group.deviceTensors, group.deviceChunks, partial);
   detail::normFromPartialsKernel<<<1, 32, 0, ctx.stream>>>(
       partial, group.numChunks, norm);
 }
 
-/// One AdamW step over every tensor of the group, in place.
-inline void adamw(const Context &ctx, const TensorGroup &group,
-                  const int64_t *step, const float *lr, const float *norm,
-                  float beta1, float beta2, float epsilon,
-                  float maxGradNorm) {
+/// One AdamW step over every tensor of the group (state TS, gradients TG),
+/// in place.
+template <class TS, class TG>
+void adamw(const Context &ctx, const TensorGroup &group, const int64_t *step,
+           const float *lr, const float *norm, float beta1, float beta2,
+           float epsilon, float maxGradNorm) {
   if (group.numChunks == 0)
     return;
-  detail::adamwKernel<<<group.numChunks, 512, 0, ctx.stream>>>(
+  detail::adamwKernel<TS, TG><<<group.numChunks, 512, 0, ctx.stream>>>(
       group.deviceTensors, group.deviceChunks, step, lr, norm,
       detail::AdamWConfig{beta1, beta2, epsilon, maxGradNorm});
 }

@@ -1,5 +1,9 @@
 // RUN: moec-opt %s -split-input-file -moe-build-train-step -verify-diagnostics
 // RUN: not moec-opt %s -split-input-file -moe-build-train-step="load-balancing=greedy" 2>&1 | FileCheck %s --check-prefix=MODE
+// RUN: not moec-opt %s -split-input-file -moe-build-train-step="param-type=bf16" 2>&1 | FileCheck %s --check-prefix=PARAM
+// RUN: not moec-opt %s -split-input-file -moe-build-train-step="compute-type=bf16 param-type=f16" 2>&1 | FileCheck %s --check-prefix=PARAM-TYPE
+// PARAM: error: param-type bf16 needs compute-type bf16 (got 'f32')
+// PARAM-TYPE: error: unknown param-type 'f16'; expected f32 or bf16
 
 // Tests that an unraised ONNX node in the forward is an error at that node.
 // MODE: error: unknown load-balancing mode 'greedy'; expected aux_loss, sinkhorn, balanced or none

@@ -1,6 +1,8 @@
 // RUN: moec-opt %s -moe-build-train-step | FileCheck %s
 // RUN: moec-opt %s -moe-build-train-step="load-balancing=sinkhorn z-loss-coef=0.001 weight-decay=0.5 return-gradients" | FileCheck %s --check-prefix=SINKHORN
 // RUN: moec-opt %s -moe-build-train-step="load-balancing=sinkhorn" | FileCheck %s --check-prefix=EVAL
+// RUN: moec-opt %s -moe-build-train-step="compute-type=bf16" | FileCheck %s --check-prefix=BF16
+// RUN: moec-opt %s -moe-build-train-step="compute-type=bf16 param-type=bf16" | FileCheck %s --check-prefix=BF16MODEL
 // The printed step parses back, generic and custom form alike.
 // RUN: moec-opt %s -moe-build-init-params -moe-build-train-step="z-loss-coef=0.001" -mlir-print-op-generic | moec-opt | moec-opt | FileCheck %s --check-prefix=ROUNDTRIP
 
@@ -108,3 +110,26 @@ func.func @forward(%ids: tensor<2x8xi64> {moe.input = "input_ids"},
 // EVAL-NOT: moe.adamw
 // EVAL: return %[[CE]]
 // EVAL-LABEL: func.func @train_step(
+
+// bf16 compute on fp32 masters: bf16 copies in, fp32 gradients out, fp32
+// update.
+// BF16-LABEL: func.func @train_step(
+// BF16-SAME: tensor<64x16xf32> {moe.parameter = "embed.weight"}
+// BF16: arith.truncf %{{.*}} : tensor<64x16xf32> to tensor<64x16xbf16>
+// BF16: moe.embedding %{{.*}} : (tensor<64x16xbf16>, tensor<2x8xi64>) -> tensor<2x8x16xbf16>
+// BF16: arith.extf %{{.*}} : tensor<64x16xbf16> to tensor<64x16xf32>
+// BF16: moe.adamw {{.*}} : tensor<64x16xf32>, tensor<i64>, tensor<f32>
+
+// A bf16 model: the state is bf16, no casts, the update on bf16 tensors;
+// @eval_step takes the same bf16 parameters.
+// BF16MODEL-LABEL: func.func @eval_step(
+// BF16MODEL-SAME: tensor<64x16xbf16> {moe.parameter = "embed.weight"}
+// BF16MODEL-LABEL: func.func @train_step(
+// BF16MODEL-SAME: tensor<64x16xbf16> {moe.parameter = "embed.weight"}
+// BF16MODEL-SAME: tensor<64x16xbf16> {moe.exp_avg = "embed.weight"}
+// BF16MODEL-SAME: tensor<64x16xbf16> {moe.exp_avg_sq = "embed.weight"}
+// BF16MODEL-SAME: -> (tensor<64x16xbf16> {moe.parameter = "embed.weight"}
+// BF16MODEL-NOT: arith.truncf
+// BF16MODEL-NOT: arith.extf
+// BF16MODEL: moe.global_norm {{.*}} : (tensor<64x16xbf16>,
+// BF16MODEL: moe.adamw {{.*}} : tensor<64x16xbf16>, tensor<i64>, tensor<f32>
