@@ -18,7 +18,8 @@ One process, one invocation, the same tokens for every contender:
     ``model_tflops`` and ``peak_bytes`` (what it allocated). Its micro-batch,
     sequence length, load balancing and numerics are compiled in: compile it
     for the same job (micro-batch 4, sequence 2048, aux_loss 0.02, and
-    ``"bf16": true`` for the ``fp32-master`` recipe).
+    ``"bf16": true`` for the ``fp32-master`` recipe, ``"bf16": true,
+    "param_dtype": "bf16"`` for the ``bf16`` recipe).
 
 Job: micro-batch ``--micro-batch`` (4) of ``--seq`` (2048) tokens, top-k and
 experts from the config, ``aux_loss`` load balancing with coefficient 0.02
@@ -35,6 +36,8 @@ Numerics recipes (``--recipe``):
 ``bf16``
     bf16 parameters, gradients and AdamW states (``torch.optim.AdamW(fused=True)``
     on the bf16 parameters): what one gets from a model loaded in bf16.
+    Programs compiled with ``"param_dtype": "bf16"`` use this recipe (their
+    AdamW is fused too: fp32 arithmetic, bf16 state).
 ``fp32-master``
     fp32 master parameters and fp32 AdamW states (fused); each step copies the
     masters into a second, bf16 model (explicit copies: autocast does not
