@@ -10,7 +10,10 @@
 // metrics, checkpoints and the final summary line that benchmark scripts
 // parse. A checkpoint is CKPT_DIR/step_N.ckpt (a header, then the state
 // region's bytes) and CKPT_DIR/latest, a one-line file naming the newest;
-// both are written through a temporary file and a rename. Host-only C++ on the CUDA runtime; no MLIR.
+// both are written through a temporary file and a rename. The step's
+// segments run as CUDA graphs from the second step of a run on
+// (moert/StepGraphs.h; `--no-graphs` turns them off). Host-only C++ on the
+// CUDA runtime; no MLIR.
 //
 // Token files are raw little-endian int64 [blocks, seq] (`python -m
 // moec.data` writes them); labels are the tokens (the loss shifts them).
@@ -23,6 +26,7 @@
 #define MOERT_TRAINDRIVER_H
 
 #include "moert/Schedule.h"
+#include "moert/StepGraphs.h"
 #include "moert/kernels/Common.cuh"
 
 #include <CLI/CLI.hpp>
@@ -232,6 +236,10 @@ inline int runTrainProgram(const TrainProgram &p, int argc, char **argv) {
   int64_t profileStep = 0;
   app.add_option("--profile-step", profileStep,
                  "time every op of this step and print the time per op kind");
+  bool noGraphs = false;
+  app.add_flag("--no-graphs", noGraphs,
+               "launch every kernel of every step from the host (no CUDA "
+               "graphs)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError &e) {
@@ -393,7 +401,11 @@ inline int runTrainProgram(const TrainProgram &p, int argc, char **argv) {
   std::vector<double> times;
   size_t minFree = freeBefore;
   int64_t lastStep = firstStep - 1 + steps;
+  // The first step of the run warms up; graphs are captured in the second.
+  graphMode = noGraphs ? GraphMode::Off : GraphMode::Warmup;
   for (int64_t t = firstStep; t <= lastStep; ++t) {
+    if (t > firstStep && graphMode == GraphMode::Warmup)
+      graphMode = GraphMode::Replay;
     int64_t *ids = reinterpret_cast<int64_t *>(hostInputs + p.inputIdsOffset);
     int64_t *labels = reinterpret_cast<int64_t *>(hostInputs + p.labelsOffset);
     for (int64_t b = 0; b < p.batch; ++b) {
@@ -510,10 +522,12 @@ inline int runTrainProgram(const TrainProgram &p, int argc, char **argv) {
     median = 0.5 * (sorted[sorted.size() / 2 - 1] + sorted[sorted.size() / 2]);
   std::printf("summary {\"steps\": %zu, \"median_step_s\": %.6f, "
               "\"tokens_per_s\": %.1f, \"model_tflops\": %.2f, "
-              "\"peak_bytes\": %lld, \"device_used_bytes\": %lld}\n",
+              "\"peak_bytes\": %lld, \"device_used_bytes\": %lld, "
+              "\"cuda_graphs\": %s}\n",
               times.size(), median, p.batch * p.seq / median,
               p.modelFlops / median / 1e12, static_cast<long long>(allocated),
-              static_cast<long long>(totalMemory - minFree));
+              static_cast<long long>(totalMemory - minFree),
+              graphMode == GraphMode::Replay ? "true" : "false");
   return 0;
 }
 
