@@ -28,6 +28,7 @@ void moec::buildTrainStepPipeline(OpPassManager &pm,
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createCSEPass());
   pm.addNestedPass<func::FuncOp>(moe::createWidenWeightGrads());
+  pm.addNestedPass<func::FuncOp>(moe::createFuseLossGrad());
 }
 
 namespace {

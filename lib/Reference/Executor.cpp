@@ -459,6 +459,26 @@ LogicalResult Interpreter::execute(Operation *op) {
           return failure();
         return set(op, g.getDDown(), std::move(dDown));
       })
+      .Case([&](moe::LmHeadCrossEntropyWithGradOp g) -> LogicalResult {
+        HostTensor loss, dWeight;
+        if (failed(kernel(op,
+                          lmHeadCrossEntropy(get(g.getInput()),
+                                             get(g.getWeight()),
+                                             get(g.getLabels()),
+                                             g.getIgnoreIndex(), loss, error),
+                          error)) ||
+            failed(kernel(op,
+                          lmHeadCrossEntropyGrad(
+                              get(g.getInput()), get(g.getWeight()),
+                              get(g.getLabels()), g.getIgnoreIndex(),
+                              g.getScale().convertToDouble(), out, dWeight,
+                              error),
+                          error)) ||
+            failed(set(op, g.getLoss(), std::move(loss))) ||
+            failed(set(op, g.getDInput(), std::move(out))))
+          return failure();
+        return set(op, g.getDWeight(), std::move(dWeight));
+      })
       .Case([&](moe::LmHeadCrossEntropyGradOp g) -> LogicalResult {
         HostTensor dWeight;
         if (failed(kernel(op,

@@ -459,6 +459,35 @@ def Moe_LmHeadCrossEntropyGradOp : Moe_GradOp<"lm_head_cross_entropy_grad", [
   let results = (outs Moe_FloatTensor:$d_input, Moe_FloatTensor:$d_weight);
 }
 
+def Moe_LmHeadCrossEntropyWithGradOp : Moe_Op<"lm_head_cross_entropy_with_grad", [
+    Pure, AllTypesMatch<["input", "d_input"]>,
+    AllShapesMatch<["weight", "d_weight"]>]> {
+  let summary = "moe.lm_head_cross_entropy and its gradients in one pass";
+  let description = [{
+    `loss` is moe.lm_head_cross_entropy of the operands; `d_input` and
+    `d_weight` are moe.lm_head_cross_entropy_grad's with the same `scale`.
+    One op, so that the logits are computed once for both (see
+    moe-fuse-loss-grad). `d_weight` may be wider than `weight` (fp32 for
+    bf16 weights), as for moe.lm_head_cross_entropy_grad.
+
+    ```mlir
+    %loss, %dh, %dw = moe.lm_head_cross_entropy_with_grad %h, %w, %labels
+        {ignore_index = -100 : i64, scale = 1.0 : f64}
+        : (tensor<2x8x32xf32>, tensor<256x32xf32>, tensor<2x8xi64>)
+        -> (tensor<f32>, tensor<2x8x32xf32>, tensor<256x32xf32>)
+    ```
+  }];
+  let arguments = (ins Moe_FloatTensor:$input, Moe_FloatTensor:$weight,
+                       Moe_IndexTensor:$labels,
+                       DefaultValuedAttr<I64Attr, "-100">:$ignore_index,
+                       F64Attr:$scale);
+  let results = (outs Moe_ScalarF32:$loss, Moe_FloatTensor:$d_input,
+                      Moe_FloatTensor:$d_weight);
+  let assemblyFormat = [{
+    $input `,` $weight `,` $labels attr-dict `:` functional-type(operands, results)
+  }];
+}
+
 def Moe_LoadBalancingLossGradOp : Moe_GradOp<"load_balancing_loss_grad"> {
   let summary = "gradients of `scale` times moe.load_balancing_loss";
   let arguments = (ins Variadic<Moe_FloatTensor>:$logits,

@@ -99,6 +99,32 @@ def WidenWeightGrads : Pass<"moe-widen-weight-grads", "::mlir::func::FuncOp"> {
   ];
 }
 
+def FuseLossGrad : Pass<"moe-fuse-loss-grad", "::mlir::func::FuncOp"> {
+  let summary = "computes the lm-head cross-entropy and its gradients together";
+  let description = [{
+    The training step computes the cross-entropy of the lm-head in the
+    forward and its gradients at the start of the backward; each needs the
+    logits `input · weightᵀ`, the largest GEMM of a step at a big
+    vocabulary. When a moe.lm_head_cross_entropy and a
+    moe.lm_head_cross_entropy_grad of one block read the same input, weight,
+    labels and ignore_index, this pass replaces both with one
+    moe.lm_head_cross_entropy_with_grad at the place of the first of them, so
+    the logits are computed once. The gradients then live from there (their
+    buffers are planned after this pass).
+
+    ```mlir
+    %loss = moe.lm_head_cross_entropy %h, %w, %labels : (...) -> tensor<f32>
+    ...
+    %dh, %dw = moe.lm_head_cross_entropy_grad %h, %w, %labels {scale = 1.0 : f64} : (...) -> (...)
+    // becomes
+    %loss, %dh, %dw = moe.lm_head_cross_entropy_with_grad %h, %w, %labels {scale = 1.0 : f64} : (...) -> (...)
+    ```
+  }];
+  let statistics = [
+    Statistic<"numFused", "num-fused", "loss and gradient pairs fused">
+  ];
+}
+
 def PlanMemory : Pass<"moe-plan-memory", "::mlir::func::FuncOp"> {
   let summary = "assigns every intermediate tensor an offset in one arena";
   let description = [{

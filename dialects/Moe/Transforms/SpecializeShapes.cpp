@@ -112,6 +112,11 @@ std::optional<SmallVector<Shape>> inferShapes(Operation *op) {
       .Case([&](LmHeadCrossEntropyGradOp g) -> std::optional<SmallVector<Shape>> {
         return SmallVector<Shape>{shapeOf(g.getInput()), shapeOf(g.getWeight())};
       })
+      .Case([&](LmHeadCrossEntropyWithGradOp g)
+                -> std::optional<SmallVector<Shape>> {
+        return SmallVector<Shape>{Shape{}, shapeOf(g.getInput()),
+                                  shapeOf(g.getWeight())};
+      })
       .Case<LoadBalancingLossGradOp, RouterZLossGradOp>(
           [&](Operation *o) -> std::optional<SmallVector<Shape>> {
             SmallVector<Shape> shapes;

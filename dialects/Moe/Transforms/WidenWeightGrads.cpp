@@ -30,6 +30,8 @@ bool isWeightGradient(Value v) {
     return v == g.getDWeight();
   if (auto g = dyn_cast_or_null<LmHeadCrossEntropyGradOp>(def))
     return v == g.getDWeight();
+  if (auto g = dyn_cast_or_null<LmHeadCrossEntropyWithGradOp>(def))
+    return v == g.getDWeight();
   if (auto g = dyn_cast_or_null<ExpertsGradOp>(def))
     return v == g.getDGateUp() || v == g.getDDown();
   return isa_and_nonnull<EmbeddingGradOp>(def);

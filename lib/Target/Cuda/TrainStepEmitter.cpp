@@ -788,6 +788,24 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
         scratch(crossEntropyScratch(l.getInput(), l.getWeight()));
         return success();
       })
+      .Case([&](moe::LmHeadCrossEntropyWithGradOp l) -> LogicalResult {
+        auto s = shape(l.getInput());
+        int64_t vocab = shape(l.getWeight())[0];
+        bool ok = true;
+        std::string args = pointerList(
+            op, {l.getInput(), l.getWeight(), l.getLabels()}, ok);
+        if (!ok)
+          return failure();
+        body += fmt::format(
+            "  moert::kernels::lmHeadCrossEntropyGrad(ctx, {}, {}, {}, {}, "
+            "{}, {}, {}, {}, {}, {});\n",
+            args, s[0], s[1], s[2], vocab,
+            static_cast<int64_t>(l.getIgnoreIndex()),
+            floatLiteral(l.getScale().convertToDouble()),
+            typed(l.getDInput()), typed(l.getDWeight()), typed(l.getLoss()));
+        scratch(crossEntropyScratch(l.getInput(), l.getWeight()));
+        return success();
+      })
       .Case<moe::LoadBalancingLossOp, moe::LoadBalancingLossGradOp,
             moe::RouterZLossOp, moe::RouterZLossGradOp>(
           [&](Operation *loss) -> LogicalResult {
@@ -1029,10 +1047,11 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
       auto q = typeOf(a.getQuery()).getShape();
       attentionFlops += 6.0 * q[2] * q[3] * q[1] * q[1] * q[0];
     }
-    if (auto l = dyn_cast<moe::LmHeadCrossEntropyOp>(op)) {
-      batch = typeOf(l.getInput()).getShape()[0];
-      seq = typeOf(l.getInput()).getShape()[1];
-      vocab = typeOf(l.getWeight()).getShape()[0];
+    if (isa<moe::LmHeadCrossEntropyOp, moe::LmHeadCrossEntropyWithGradOp>(
+            op)) {
+      batch = typeOf(op.getOperand(0)).getShape()[0];
+      seq = typeOf(op.getOperand(0)).getShape()[1];
+      vocab = typeOf(op.getOperand(1)).getShape()[0];
     }
   }
   if (!batch)

@@ -9,6 +9,8 @@
 // softmax − onehot scaled by scale/count in place (backward), followed by
 // the two GEMMs of the gradient. dW accumulates over chunks in fp32. A
 // chunk's fp32 logits take at most 512 MiB (4096 rows of a 32000 vocabulary).
+// The backward can also produce the loss (moe.lm_head_cross_entropy_with_grad:
+// the logits are then computed once for both).
 //
 //===----------------------------------------------------------------------===//
 
@@ -90,12 +92,14 @@ __global__ void meanLossKernel(const float *rowLoss, int64_t rows,
     *loss = *count > 0.0f ? s / *count : 0.0f;
 }
 
-/// dLogits[r] = (softmax(logits[r]) − onehot(target)) · scale / count, in T.
+/// dLogits[r] = (softmax(logits[r]) − onehot(target)) · scale / count, in T,
+/// and, unless rowLoss is null, rowLoss[r] as rowLossKernel computes it.
 template <class T>
 __global__ void logitsGradKernel(const float *logits, const int64_t *labels,
                                  int64_t firstRow, int64_t S, int64_t V,
                                  int64_t ignoreIndex, float scale,
-                                 const float *count, T *dLogits) {
+                                 const float *count, T *dLogits,
+                                 float *rowLoss) {
   __shared__ float shared[32];
   int64_t row = firstRow + blockIdx.x;
   const float *z = logits + blockIdx.x * V;
@@ -104,6 +108,8 @@ __global__ void logitsGradKernel(const float *logits, const int64_t *labels,
   if (target < 0) {
     for (int64_t v = threadIdx.x; v < V; v += blockDim.x)
       d[v] = fromFloat<T>(0.0f);
+    if (rowLoss && threadIdx.x == 0)
+      rowLoss[row] = 0.0f;
     return;
   }
   float m = -INFINITY;
@@ -114,6 +120,8 @@ __global__ void logitsGradKernel(const float *logits, const int64_t *labels,
   for (int64_t v = threadIdx.x; v < V; v += blockDim.x)
     sum += __expf(z[v] - m);
   sum = blockSum(sum, shared);
+  if (rowLoss && threadIdx.x == 0)
+    rowLoss[row] = (m + logf(sum)) - z[target];
   float factor = scale / *count / sum;
   for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
     float g = __expf(z[v] - m) * factor;
@@ -160,17 +168,19 @@ void lmHeadCrossEntropy(const Context &ctx, const T *h, const T *w,
                                                      loss);
 }
 
-/// dh (overwrite) and dW (overwrite, T or fp32) of scale × the loss.
+/// dh (overwrite) and dW (overwrite, T or fp32) of scale × the loss; with a
+/// `loss` pointer also the loss (device fp32 scalar), from the same logits.
 template <class T, class TW>
 void lmHeadCrossEntropyGrad(const Context &ctx, const T *h, const T *w,
                             const int64_t *labels, int64_t B, int64_t S,
                             int64_t H, int64_t V, int64_t ignoreIndex,
-                            float scale, T *dh, TW *dw) {
+                            float scale, T *dh, TW *dw,
+                            float *loss = nullptr) {
   int64_t rows = B * S, offset = 0;
   int64_t chunk = detail::crossEntropyChunk(rows, V);
   float *logits = scratchAt<float>(ctx, offset, chunk * V);
   T *dLogits = scratchAt<T>(ctx, offset, chunk * V);
-  scratchAt<float>(ctx, offset, rows);
+  float *rowLoss = scratchAt<float>(ctx, offset, rows);
   float *count = scratchAt<float>(ctx, offset, 1);
   float *dwAccumulator = nullptr;
   if constexpr (sizeof(TW) != 4)
@@ -182,7 +192,8 @@ void lmHeadCrossEntropyGrad(const Context &ctx, const T *h, const T *w,
     gemm<T, float>(ctx, false, true, n, V, H, 1.0f, h + first * H, H, w, H,
                    0.0f, logits, V);
     detail::logitsGradKernel<T><<<n, 512, 0, ctx.stream>>>(
-        logits, labels, first, S, V, ignoreIndex, scale, count, dLogits);
+        logits, labels, first, S, V, ignoreIndex, scale, count, dLogits,
+        loss ? rowLoss : nullptr);
     gemm<T, T>(ctx, false, false, n, H, V, 1.0f, dLogits, V, w, H, 0.0f,
                dh + first * H, H);
     float beta = first == 0 ? 0.0f : 1.0f;
@@ -196,6 +207,9 @@ void lmHeadCrossEntropyGrad(const Context &ctx, const T *h, const T *w,
   if constexpr (sizeof(TW) != 4)
     castFromFloat<<<blocksFor(V * H), 256, 0, ctx.stream>>>(
         dwAccumulator, V * H, dw);
+  if (loss)
+    detail::meanLossKernel<<<1, 1024, 0, ctx.stream>>>(rowLoss, rows, count,
+                                                       loss);
 }
 
 } // namespace moert::kernels

@@ -367,3 +367,12 @@ func.func @linear_grad_weight_shape(%x: tensor<2x8xbf16>, %w: tensor<4x8xbf16>, 
   %dx, %dw = moe.linear_grad %x, %w, %dy : (tensor<2x8xbf16>, tensor<4x8xbf16>, tensor<2x4xbf16>) -> (tensor<2x8xbf16>, tensor<8x4xf32>)
   return
 }
+
+// -----
+
+// The fused loss-and-gradient op keeps the gradient op's type rules.
+func.func @lm_head_ce_with_grad_input(%h: tensor<2x8x16xbf16>, %w: tensor<64x16xbf16>, %labels: tensor<2x8xi64>) {
+  // expected-error@+1 {{'moe.lm_head_cross_entropy_with_grad' op failed to verify that all of {input, d_input} have same type}}
+  %l, %dh, %dw = moe.lm_head_cross_entropy_with_grad %h, %w, %labels {scale = 1.0 : f64} : (tensor<2x8x16xbf16>, tensor<64x16xbf16>, tensor<2x8xi64>) -> (tensor<f32>, tensor<2x8x16xf32>, tensor<64x16xf32>)
+  return
+}

@@ -71,3 +71,10 @@ func.func @wide_weight_grad(%x: tensor<2x8xbf16>, %w: tensor<4x8xbf16>, %dy: ten
   %dx, %dw = moe.linear_grad %x, %w, %dy : (tensor<2x8xbf16>, tensor<4x8xbf16>, tensor<2x4xbf16>) -> (tensor<2x8xbf16>, tensor<4x8xf32>)
   return %dw : tensor<4x8xf32>
 }
+
+// CHECK-LABEL: func.func @lm_head_ce_with_grad
+// CHECK: moe.lm_head_cross_entropy_with_grad {{.*}} {scale = 1.000000e+00 : f64} : (tensor<2x8x16xbf16>, tensor<64x16xbf16>, tensor<2x8xi64>) -> (tensor<f32>, tensor<2x8x16xbf16>, tensor<64x16xf32>)
+func.func @lm_head_ce_with_grad(%h: tensor<2x8x16xbf16>, %w: tensor<64x16xbf16>, %labels: tensor<2x8xi64>) -> tensor<f32> {
+  %l, %dh, %dw = moe.lm_head_cross_entropy_with_grad %h, %w, %labels {scale = 1.0 : f64} : (tensor<2x8x16xbf16>, tensor<64x16xbf16>, tensor<2x8xi64>) -> (tensor<f32>, tensor<2x8x16xbf16>, tensor<64x16xf32>)
+  return %l : tensor<f32>
+}
