@@ -647,6 +647,18 @@ void testCrossEntropy(Env &env, int64_t B, int64_t S, int64_t H, int64_t V,
     env.compare(name + " dh", toDoubles(dh.read()), wantDh, tolerance<T>());
     env.compare(name + " dw", toDoubles(dw.read()), wantDw, tolerance<T>());
   }
+  // The fused form (moe.lm_head_cross_entropy_with_grad): the loss too.
+  loss.fillNaN();
+  if (env.context(name + " grad with loss", bytes, ctx)) {
+    lmHeadCrossEntropyGrad<T>(ctx, dH.get(), dW.get(), dLabels.get(), B, S, H,
+                              V, kIgnoreIndex, scale, dh.get(), dw.get(),
+                              loss.get());
+    env.sync();
+    env.compare(name + " fused loss", {static_cast<double>(loss.read()[0])},
+                {wantLoss}, tolerance<T>());
+    env.compare(name + " fused dh", toDoubles(dh.read()), wantDh,
+                tolerance<T>());
+  }
 }
 
 /// The multi-tensor norm and AdamW with state and gradients of type T (fp32
