@@ -23,12 +23,15 @@ void moec::buildImportPipeline(OpPassManager &pm, bool requireComplete) {
 }
 
 void moec::buildTrainStepPipeline(OpPassManager &pm,
-                                  const moe::BuildTrainStepOptions &options) {
+                                  const moe::BuildTrainStepOptions &options,
+                                  bool recomputeExperts) {
   pm.addPass(moe::createBuildTrainStep(options));
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createCSEPass());
   pm.addNestedPass<func::FuncOp>(moe::createWidenWeightGrads());
   pm.addNestedPass<func::FuncOp>(moe::createFuseLossGrad());
+  if (!recomputeExperts)
+    pm.addNestedPass<func::FuncOp>(moe::createSaveExpertActivations());
 }
 
 namespace {

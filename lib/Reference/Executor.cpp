@@ -293,11 +293,15 @@ LogicalResult Interpreter::execute(Operation *op) {
       .Case([&](moe::ExpertsOp x) -> LogicalResult {
         bool interleaved =
             x.getGateUpLayout() == moe::GateUpLayout::interleaved;
+        HostTensor saved;
         if (failed(kernel(op,
                           experts(get(x.getInput()), get(x.getGates()),
                                   get(x.getExperts()), get(x.getGateUp()),
-                                  get(x.getDown()), interleaved, out, error),
+                                  get(x.getDown()), interleaved, out, error,
+                                  x.getSaved() ? &saved : nullptr),
                           error)))
+          return failure();
+        if (x.getSaved() && failed(set(op, x.getSaved(), std::move(saved))))
           return failure();
         return set(op, x.getResult(), std::move(out));
       })
@@ -443,6 +447,8 @@ LogicalResult Interpreter::execute(Operation *op) {
         return set(op, g.getDLogits(), std::move(out));
       })
       .Case([&](moe::ExpertsGradOp g) -> LogicalResult {
+        // With `saved`, the reference still recomputes the projections: the
+        // GPU, which reads them, is checked against this.
         HostTensor dGates, dGateUp, dDown;
         bool interleaved =
             g.getGateUpLayout() == moe::GateUpLayout::interleaved;

@@ -304,7 +304,7 @@ bool reference::experts(const HostTensor &input, const HostTensor &gates,
                         const HostTensor &expertIndices,
                         const HostTensor &gateUp, const HostTensor &down,
                         bool interleaved, HostTensor &out,
-                        std::string &error) {
+                        std::string &error, HostTensor *saved) {
   if (!expectNonScalar(input, "input", error) ||
       !expectRank(gateUp, 3, "gate_up", error) ||
       !expectRank(down, 3, "down", error) ||
@@ -324,6 +324,26 @@ bool reference::experts(const HostTensor &input, const HostTensor &gates,
                         down.shapeString());
     return false;
   }
+  for (int64_t pair = 0; pair < tokens * k; ++pair) {
+    int64_t e = expertIndices.i64[pair];
+    if (e < 0 || e >= numExperts) {
+      error = fmt::format("token {} chooses expert {} of only {}", pair / k,
+                          e, numExperts);
+      return false;
+    }
+  }
+  // The saved row of each pair: a stable counting sort by expert.
+  std::vector<int64_t> savedRow(tokens * k);
+  if (saved) {
+    std::vector<int64_t> next(numExperts + 1, 0);
+    for (int64_t pair = 0; pair < tokens * k; ++pair)
+      ++next[expertIndices.i64[pair] + 1];
+    for (int64_t e = 0; e < numExperts; ++e)
+      next[e + 1] += next[e];
+    for (int64_t pair = 0; pair < tokens * k; ++pair)
+      savedRow[pair] = next[expertIndices.i64[pair]]++;
+    *saved = HostTensor::floats({tokens * k, 2 * inter});
+  }
   out = HostTensor::floats(input.shape);
   std::vector<double> activation(inter);
   std::vector<double> result(hidden);
@@ -332,11 +352,6 @@ bool reference::experts(const HostTensor &input, const HostTensor &gates,
     std::fill(result.begin(), result.end(), 0.0);
     for (int64_t j = 0; j < k; ++j) {
       int64_t e = expertIndices.i64[t * k + j];
-      if (e < 0 || e >= numExperts) {
-        error = fmt::format("token {} chooses expert {} of only {}", t, e,
-                            numExperts);
-        return false;
-      }
       const float *w1 = &gateUp.f32[e * 2 * inter * hidden];
       for (int64_t i = 0; i < inter; ++i) {
         int64_t gateRow = interleaved ? 2 * i : i;
@@ -345,6 +360,11 @@ bool reference::experts(const HostTensor &input, const HostTensor &gates,
         for (int64_t h = 0; h < hidden; ++h) {
           g += static_cast<double>(w1[gateRow * hidden + h]) * x[h];
           u += static_cast<double>(w1[upRow * hidden + h]) * x[h];
+        }
+        if (saved) {
+          float *row = &saved->f32[savedRow[t * k + j] * 2 * inter];
+          row[gateRow] = static_cast<float>(g);
+          row[upRow] = static_cast<float>(u);
         }
         activation[i] = g / (1.0 + std::exp(-g)) * u;
       }

@@ -80,7 +80,7 @@ bool writeFile(llvm::StringRef path, llvm::StringRef text,
 /// The training job. Defaults equal `moec train`'s.
 struct Job {
   int64_t microBatchSize = 2, seqLength = 64;
-  bool bf16 = false;
+  bool bf16 = false, recomputeExperts = false;
   std::string paramDtype = "fp32";
   std::string loadBalancing = "aux_loss";
   double auxLossCoef = 0.02, zLossCoef = 0.0, weightDecay = 0.1,
@@ -146,6 +146,14 @@ bool readJob(llvm::StringRef path, Job &job, std::string &error) {
       else
         error = fmt::format("config '{}': 'bf16' must be true or false",
                             path.str());
+    } else if (k == "recompute_experts") {
+      ok = value.getAsBoolean().has_value();
+      if (ok)
+        job.recomputeExperts = *value.getAsBoolean();
+      else
+        error = fmt::format("config '{}': 'recompute_experts' must be true "
+                            "or false",
+                            path.str());
     } else if (k == "param_dtype") {
       ok = value.getAsString() &&
            llvm::is_contained({"fp32", "bf16"}, *value.getAsString());
@@ -166,7 +174,7 @@ bool readJob(llvm::StringRef path, Job &job, std::string &error) {
     } else {
       error = fmt::format(
           "config '{}': unknown key '{}' (known: micro_batch_size, "
-          "seq_length, bf16, param_dtype, moe_load_balancing, router_aux_loss_coef, "
+          "seq_length, bf16, param_dtype, recompute_experts, moe_load_balancing, router_aux_loss_coef, "
           "router_z_loss_coef, weight_decay, beta1, beta2, adam_epsilon, "
           "max_grad_norm, initializer_range)",
           path.str(), k);
@@ -295,7 +303,7 @@ int moec::cli::runCompile() {
   options.computeType = job.bf16 ? "bf16" : "f32";
   options.paramType = job.paramDtype == "bf16" ? "bf16" : "f32";
   PassManager trainPm(&context);
-  buildTrainStepPipeline(trainPm, options);
+  buildTrainStepPipeline(trainPm, options, job.recomputeExperts);
   moe::SpecializeShapesOptions shapes;
   shapes.batch = job.microBatchSize;
   shapes.seq = job.seqLength;
@@ -325,6 +333,7 @@ int moec::cli::runCompile() {
       {"seq_length", job.seqLength},
       {"bf16", job.bf16},
       {"param_dtype", job.paramDtype},
+      {"recompute_experts", job.recomputeExperts},
       {"moe_load_balancing", job.loadBalancing},
       {"router_aux_loss_coef", job.auxLossCoef},
       {"router_z_loss_coef", job.zLossCoef},

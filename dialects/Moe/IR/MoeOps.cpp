@@ -214,9 +214,19 @@ LogicalResult ExpertsOp::verify() {
   if (failed(verifyShape(*this, "down", down,
                          {gateUp.getDimSize(0), hidden, inter})))
     return failure();
-  if (failed(verifyShape(*this, "result", getType(), input.getShape())))
+  if (failed(verifyShape(*this, "result", getResult().getType(),
+                         input.getShape())))
     return failure();
-  return verifySameElementType(*this, "result", getType(), input);
+  if (Value saved = getSaved()) {
+    int64_t rows = ShapedType::kDynamic;
+    if (input.hasStaticShape() && !ShapedType::isDynamic(k))
+      rows = input.getNumElements() / hidden * k;
+    if (failed(verifyShape(*this, "saved", tensorType(saved),
+                           {rows, twoInter})) ||
+        failed(verifySameElementType(*this, "saved", tensorType(saved), input)))
+      return failure();
+  }
+  return verifySameElementType(*this, "result", getResult().getType(), input);
 }
 
 LogicalResult LmHeadOp::verify() {

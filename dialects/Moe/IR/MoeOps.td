@@ -189,6 +189,13 @@ def Moe_ExpertsOp : Moe_Op<"experts", [Pure]> {
     onnxruntime's `swiglu_fusion = 1`). `down` is
     `[num_experts, hidden, intermediate]`.
 
+    The optional second result `saved` keeps the gate and up projections for
+    moe.experts_grad (moe-save-expert-activations), so the backward need not
+    recompute them: `[N · k, 2 · intermediate]` for the N tokens, one row
+    per (token, choice) pair, the rows ordered by expert and, within an
+    expert, by token and choice (a stable sort by expert); a row holds
+    `gate_up[e] · input[t]` in gate_up's row layout.
+
     ```mlir
     %y = moe.experts %x, %gates, %experts, %gate_up, %down
         {gate_up_layout = #moe.gate_up_layout<concatenated>}
@@ -200,7 +207,8 @@ def Moe_ExpertsOp : Moe_Op<"experts", [Pure]> {
                        Moe_IndexTensor:$experts, Moe_FloatTensor:$gate_up,
                        Moe_FloatTensor:$down,
                        Moe_GateUpLayoutAttr:$gate_up_layout);
-  let results = (outs Moe_FloatTensor:$result);
+  let results = (outs Moe_FloatTensor:$result,
+                      Optional<Moe_FloatTensor>:$saved);
   let assemblyFormat = [{
     $input `,` $gates `,` $experts `,` $gate_up `,` $down attr-dict `:`
     functional-type(operands, results)
@@ -441,9 +449,14 @@ def Moe_ExpertsGradOp : Moe_GradOp<"experts_grad", [
     AllTypesMatch<["gates", "d_gates"]>,
     AllShapesMatch<["gate_up", "d_gate_up"]>, AllShapesMatch<["down", "d_down"]>]> {
   let summary = "gradients of moe.experts";
+  let description = [{
+    With `saved` (the forward's second result) the gate and up projections
+    are read from it instead of being recomputed.
+  }];
   let arguments = (ins Moe_FloatTensor:$input, Moe_FloatTensor:$gates,
                        Moe_IndexTensor:$experts, Moe_FloatTensor:$gate_up,
                        Moe_FloatTensor:$down, Moe_FloatTensor:$d_result,
+                       Optional<Moe_FloatTensor>:$saved,
                        Moe_GateUpLayoutAttr:$gate_up_layout);
   let results = (outs Moe_FloatTensor:$d_input, Moe_FloatTensor:$d_gates,
                       Moe_FloatTensor:$d_gate_up, Moe_FloatTensor:$d_down);

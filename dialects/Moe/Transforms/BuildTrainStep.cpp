@@ -156,7 +156,7 @@ LogicalResult StepBuilder::emitBackward(Operation *op) {
         builder, loc, x.getInput().getType(), x.getGates().getType(),
         x.getGateUp().getType(), x.getDown().getType(), x.getInput(),
         x.getGates(), x.getExperts(), x.getGateUp(), x.getDown(),
-        gradOf(x.getResult()), x.getGateUpLayoutAttr());
+        gradOf(x.getResult()), x.getSaved(), x.getGateUpLayoutAttr());
     addGrad(x.getInput(), g.getDInput());
     addGrad(x.getGates(), g.getDGates());
     addGrad(x.getGateUp(), g.getDGateUp());

@@ -125,6 +125,35 @@ def FuseLossGrad : Pass<"moe-fuse-loss-grad", "::mlir::func::FuncOp"> {
   ];
 }
 
+def SaveExpertActivations
+    : Pass<"moe-save-expert-activations", "::mlir::func::FuncOp"> {
+  let summary = "keeps the experts' gate/up projections for the backward";
+  let description = [{
+    moe.experts_grad recomputes the gate and up projections of every
+    (token, choice) pair unless it is given the forward's (a third of the
+    experts' backward GEMM work). For each moe.experts_grad of the block
+    that has the operands of a moe.experts before it, this pass makes that
+    moe.experts also return `saved` (`[pairs, 2 · intermediate]`, see the
+    op) and passes it to the gradient: activation memory for compute, the
+    opposite of recomputation (activation checkpointing). `moec compile`
+    runs it unless the job sets `"recompute_experts": true`.
+
+    ```mlir
+    %y = moe.experts %x, %g, %e, %w1, %w2 {...} : (...) -> tensor<16x32xbf16>
+    ...
+    %dx, %dg, %dw1, %dw2 = moe.experts_grad %x, %g, %e, %w1, %w2, %dy {...}
+    // becomes
+    %y, %saved = moe.experts %x, %g, %e, %w1, %w2 {...}
+        : (...) -> (tensor<16x32xbf16>, tensor<32x128xbf16>)
+    ...
+    %dx, %dg, %dw1, %dw2 = moe.experts_grad %x, %g, %e, %w1, %w2, %dy, %saved {...}
+    ```
+  }];
+  let statistics = [
+    Statistic<"numSaved", "num-saved", "experts ops that keep their projections">
+  ];
+}
+
 def PlanMemory : Pass<"moe-plan-memory", "::mlir::func::FuncOp"> {
   let summary = "assigns every intermediate tensor an offset in one arena";
   let description = [{

@@ -833,7 +833,8 @@ void Raiser::raiseOrtMoeNodes() {
         builder.getI64IntegerAttr(k),
         LoadBalancingAttr::get(builder.getContext(), LoadBalancing::aux_loss));
     auto experts = ExpertsOp::create(
-        builder, loc, inputType, input, router.getGates(), router.getExperts(),
+        builder, loc, inputType, /*saved=*/Type(), input, router.getGates(),
+        router.getExperts(),
         gateUp, down, GateUpLayoutAttr::get(builder.getContext(), layout));
     replaced.replaceAllUsesWith(experts.getResult());
     numRaised += 3;
@@ -999,8 +1000,9 @@ bool Raiser::raiseSparseMoe(OnnxNodeOp topK) {
       RankedTensorType::get(choiceShape, builder.getI64Type()), logits,
       builder.getI64IntegerAttr(static_cast<int64_t>(*k)),
       LoadBalancingAttr::get(builder.getContext(), LoadBalancing::aux_loss));
-  auto experts = ExpertsOp::create(builder, 
-      loc, inputType, input, router.getGates(), router.getExperts(), gateUp,
+  auto experts = ExpertsOp::create(
+      builder, loc, inputType, /*saved=*/Type(), input, router.getGates(),
+      router.getExperts(), gateUp,
       down,
       GateUpLayoutAttr::get(builder.getContext(), GateUpLayout::concatenated));
   output.replaceAllUsesWith(experts.getResult());

@@ -47,8 +47,21 @@ std::optional<SmallVector<Shape>> inferShapes(Operation *op) {
         s.push_back(shapeOf(e.getTable())[1]);
         return SmallVector<Shape>{s};
       })
-      .Case<RmsNormOp, RotaryOp, ExpertsOp>(
+      .Case<RmsNormOp, RotaryOp>(
           [&](Operation *o) { return same(o->getOperand(0)); })
+      .Case([&](ExpertsOp x) -> std::optional<SmallVector<Shape>> {
+        SmallVector<Shape> shapes{shapeOf(x.getInput())};
+        if (x.getSaved()) {
+          Shape gates = shapeOf(x.getGates());
+          int64_t pairs = 1;
+          for (int64_t d : gates)
+            pairs = ShapedType::isDynamic(d) || ShapedType::isDynamic(pairs)
+                        ? ShapedType::kDynamic
+                        : pairs * d;
+          shapes.push_back({pairs, shapeOf(x.getGateUp())[1]});
+        }
+        return shapes;
+      })
       .Case([&](AttentionOp a) { return same(a.getQuery()); })
       .Case<arith::AddFOp, arith::MulFOp, arith::SubFOp, arith::DivFOp,
             arith::TruncFOp, arith::ExtFOp>(

@@ -19,9 +19,12 @@ namespace moec {
 void buildImportPipeline(mlir::OpPassManager &pm, bool requireComplete);
 
 /// Builds the training step from a raised forward (moe-build-train-step with
-/// `options`), then canonicalize and cse.
+/// `options`), then canonicalize, cse, moe-widen-weight-grads,
+/// moe-fuse-loss-grad and, unless `recomputeExperts`,
+/// moe-save-expert-activations.
 void buildTrainStepPipeline(mlir::OpPassManager &pm,
-                            const mlir::moe::BuildTrainStepOptions &options);
+                            const mlir::moe::BuildTrainStepOptions &options,
+                            bool recomputeExperts = false);
 
 /// Registers the pipelines above with the global pass registry
 /// (`moe-import-pipeline`).

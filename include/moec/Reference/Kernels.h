@@ -49,10 +49,12 @@ bool routeTopK(const HostTensor &logits, int64_t k, bool renormalize,
 
 /// The SwiGLU experts, weighted by the gates; `interleaved` selects
 /// onnxruntime's gate/up row layout instead of Hugging Face's.
+/// With `saved`, also moe.experts' second result: every (token, choice)
+/// pair's gate and up projections, rows in stable expert order.
 bool experts(const HostTensor &input, const HostTensor &gates,
              const HostTensor &expertIndices, const HostTensor &gateUp,
              const HostTensor &down, bool interleaved, HostTensor &out,
-             std::string &error);
+             std::string &error, HostTensor *saved = nullptr);
 
 //===----------------------------------------------------------------------===//
 // Routing for training

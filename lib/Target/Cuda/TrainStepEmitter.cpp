@@ -724,11 +724,13 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
         int64_t k = shape(e.getGates()).back();
         bool interleaved =
             e.getGateUpLayout() == moe::GateUpLayout::interleaved;
+        std::string saved =
+            e.getSaved() ? ", " + typed(e.getSaved()) : std::string();
         body += fmt::format("  moert::kernels::experts(ctx, {}, {}, {}, {}, "
-                            "{}, {}, {}, {});\n",
+                            "{}, {}, {}, {}{});\n",
                             args, leadingCount(t), gu[2], gu[1] / 2, gu[0], k,
                             interleaved ? "true" : "false",
-                            typed(e.getResult()));
+                            typed(e.getResult()), saved);
         scratch(expertsScratch(e.getInput(), e.getGates(), e.getGateUp()));
         return success();
       })
@@ -745,12 +747,20 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
         int64_t k = shape(e.getGates()).back();
         bool interleaved =
             e.getGateUpLayout() == moe::GateUpLayout::interleaved;
+        std::string saved;
+        if (e.getSaved()) {
+          FailureOr<std::string> p = ptr(e.getSaved());
+          if (failed(p))
+            return failure();
+          saved = ", " + *p;
+        }
         body += fmt::format(
             "  moert::kernels::expertsGrad(ctx, {}, {}, {}, {}, {}, {}, {}, "
-            "{}, {}, {}, {});\n",
+            "{}, {}, {}, {}{});\n",
             args, leadingCount(t), gu[2], gu[1] / 2, gu[0], k,
             interleaved ? "true" : "false", typed(e.getDInput()),
-            typed(e.getDGates()), typed(e.getDGateUp()), typed(e.getDDown()));
+            typed(e.getDGates()), typed(e.getDGateUp()), typed(e.getDDown()),
+            saved);
         scratch(expertsScratch(e.getInput(), e.getGates(), e.getGateUp()));
         return success();
       })

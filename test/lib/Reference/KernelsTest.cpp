@@ -141,6 +141,24 @@ TEST(Kernels, ExpertsApplySwiGluWeightedByGates) {
   EXPECT_EQ(error, "token 0 chooses expert 2 of only 2");
 }
 
+TEST(Kernels, ExpertsSaveProjectionsInStableExpertOrder) {
+  // Two tokens, top-2 of two experts, hidden 1, intermediate 1: the pairs
+  // (t0: e1, e0), (t1: e1, e0) sorted stably by expert are t0/e0, t1/e0,
+  // t0/e1, t1/e1; each row is [gate, up] = [g_e x_t, u_e x_t].
+  HostTensor x = floats({2, 1}, {2, 3});
+  HostTensor gateUp = floats({2, 2, 1}, {1, 3, -1, 5});
+  HostTensor down = floats({2, 1, 1}, {7, 11});
+  HostTensor gates = floats({2, 2}, {0.5, 0.5, 0.5, 0.5});
+  HostTensor chosen = ints({2, 2}, {1, 0, 1, 0});
+  HostTensor out, saved;
+  std::string error;
+  ASSERT_TRUE(
+      experts(x, gates, chosen, gateUp, down, false, out, error, &saved))
+      << error;
+  EXPECT_EQ(saved.shape, (std::vector<int64_t>{4, 2}));
+  EXPECT_EQ(saved.f32, (std::vector<float>{2, 6, 3, 9, -2, 10, -3, 15}));
+}
+
 TEST(Kernels, InterleavedLayoutReadsAlternateRows) {
   // intermediate 2: concatenated rows are [g0, g1, u0, u1], interleaved
   // rows are [g0, u0, g1, u1]; the same weights in both orders agree.

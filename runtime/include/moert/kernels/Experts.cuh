@@ -30,7 +30,8 @@
 //  6. Combine: out[t] = Σ_j gates[t,j] · Y[pos[t·k+j]], one thread per
 //     output element summing its k slots in slot order (deterministic).
 //
-// Gradient (nothing is kept from the forward; steps 1-3 are recomputed):
+// Gradient (steps 1-2 are recomputed, and step 3 unless the forward kept
+// H1 in `saved`, moe.experts' second result: rows in the permuted order):
 //   dO_perm[p] = dOut[perm[p] / k] (gathered, not gated),
 //   dA'_e = dO_e · down[e] ([n_e, I]), the un-gated gradient of A, then one
 //   fused kernel per row p (pair q = perm[p], gate = gates[q]):
@@ -283,15 +284,18 @@ __global__ void expertsSwigluKernel(const T *h1, int64_t rows, int64_t I,
 }
 
 /// The fused SwiGLU backward of one permuted row per block (see the file
-/// comment): h1 ← dH1 in place, a ← gate · silu(g)·u, dGates[perm[p]].
+/// comment): dH1 from the projections h1In into h1 (in place when they are
+/// the same buffer), a ← gate · silu(g)·u, dGates[perm[p]].
 template <class T, int V, bool Interleaved>
-__global__ void expertsSwigluGradKernel(T *h1, const T *dA, const T *gates,
-                                        const int *perm, int64_t rows,
-                                        int64_t I, T *a, T *dGates) {
+__global__ void expertsSwigluGradKernel(const T *h1In, T *h1, const T *dA,
+                                        const T *gates, const int *perm,
+                                        int64_t rows, int64_t I, T *a,
+                                        T *dGates) {
   __shared__ float shared[32];
   for (int64_t p = blockIdx.x; p < rows; p += gridDim.x) {
     int64_t q = perm[p];
     float gate = toFloat(gates[q]);
+    const T *rin = h1In + p * 2 * I;
     T *r = h1 + p * 2 * I;
     const T *dr = dA + p * I;
     T *ar = a + p * I;
@@ -299,7 +303,7 @@ __global__ void expertsSwigluGradKernel(T *h1, const T *dA, const T *gates,
     for (int64_t i = int64_t(threadIdx.x) * V; i < I;
          i += int64_t(blockDim.x) * V) {
       float g[V], u[V], d[V], ga[V];
-      expertsLoadGateUp<T, V, Interleaved>(r, I, i, g, u);
+      expertsLoadGateUp<T, V, Interleaved>(rin, I, i, g, u);
       expertsLoad<T, V>(dr + i, d);
 #pragma unroll
       for (int v = 0; v < V; ++v) {
@@ -497,32 +501,33 @@ void expertsSwiglu(const Context &ctx, const T *h1, int64_t rows, int64_t I,
 }
 
 template <class T, int V>
-void expertsSwigluGradLaunch(const Context &ctx, T *h1, const T *dA,
-                             const T *gates, const int *perm, int64_t rows,
-                             int64_t I, bool interleaved, T *a, T *dGates) {
+void expertsSwigluGradLaunch(const Context &ctx, const T *h1In, T *h1,
+                             const T *dA, const T *gates, const int *perm,
+                             int64_t rows, int64_t I, bool interleaved, T *a,
+                             T *dGates) {
   int grid = expertsRowGrid(rows);
   if (interleaved)
     expertsSwigluGradKernel<T, V, true>
-        <<<grid, kExpertsRowThreads, 0, ctx.stream>>>(h1, dA, gates, perm,
-                                                      rows, I, a, dGates);
+        <<<grid, kExpertsRowThreads, 0, ctx.stream>>>(
+            h1In, h1, dA, gates, perm, rows, I, a, dGates);
   else
     expertsSwigluGradKernel<T, V, false>
-        <<<grid, kExpertsRowThreads, 0, ctx.stream>>>(h1, dA, gates, perm,
-                                                      rows, I, a, dGates);
+        <<<grid, kExpertsRowThreads, 0, ctx.stream>>>(
+            h1In, h1, dA, gates, perm, rows, I, a, dGates);
   MOERT_CUDA_CHECK(cudaGetLastError());
 }
 
 template <class T>
-void expertsSwigluGrad(const Context &ctx, T *h1, const T *dA, const T *gates,
-                       const int *perm, int64_t rows, int64_t I,
-                       bool interleaved, T *a, T *dGates) {
+void expertsSwigluGrad(const Context &ctx, const T *h1In, T *h1, const T *dA,
+                       const T *gates, const int *perm, int64_t rows,
+                       int64_t I, bool interleaved, T *a, T *dGates) {
   constexpr int V = expertsVec<T>();
-  if (I % V == 0 && expertsAligned16(h1) && expertsAligned16(dA) &&
-      expertsAligned16(a))
-    expertsSwigluGradLaunch<T, V>(ctx, h1, dA, gates, perm, rows, I,
+  if (I % V == 0 && expertsAligned16(h1In) && expertsAligned16(h1) &&
+      expertsAligned16(dA) && expertsAligned16(a))
+    expertsSwigluGradLaunch<T, V>(ctx, h1In, h1, dA, gates, perm, rows, I,
                                   interleaved, a, dGates);
   else
-    expertsSwigluGradLaunch<T, 1>(ctx, h1, dA, gates, perm, rows, I,
+    expertsSwigluGradLaunch<T, 1>(ctx, h1In, h1, dA, gates, perm, rows, I,
                                   interleaved, a, dGates);
 }
 
@@ -550,12 +555,14 @@ inline int64_t expertsScratchBytes(int64_t tokens, int64_t H, int64_t I,
 }
 
 /// out[t] = Σ_j gates[t,j] · down[e] · (silu(g) ⊙ u), e = experts[t,j]
-/// (overwrites out). Synchronises ctx.stream once (the group sizes).
+/// (overwrites out). Synchronises ctx.stream once (the group sizes). With
+/// `saved` ([tokens·k, 2I]), the projections H1 are kept there for
+/// expertsGrad (moe.experts' second result) instead of in scratch.
 template <class T>
 void experts(const Context &ctx, const T *input, const T *gates,
              const int64_t *experts, const T *gateUp, const T *down,
              int64_t tokens, int64_t H, int64_t I, int64_t E, int64_t k,
-             bool interleaved, T *out) {
+             bool interleaved, T *out, T *saved = nullptr) {
   int64_t pairs = tokens * k;
   if (pairs == 0 || H == 0 || I == 0 || E == 0) {
     detail::expertsZero(ctx, out, tokens * H * int64_t(sizeof(T)));
@@ -567,6 +574,8 @@ void experts(const Context &ctx, const T *input, const T *gates,
   T *x = scratchAt<T>(ctx, offset, pairs * H); // X, then Y
   T *h1 = scratchAt<T>(ctx, offset, pairs * 2 * I);
   T *a = scratchAt<T>(ctx, offset, pairs * I);
+  if (saved)
+    h1 = saved;
 
   detail::expertsGather(ctx, input, r.perm, pairs, H, k, x);
   for (int64_t e = 0; e < E; ++e) {
@@ -588,14 +597,16 @@ void experts(const Context &ctx, const T *input, const T *gates,
 }
 
 /// The gradients of experts (all four outputs overwritten). Recomputes the
-/// forward's routing, gathered input and projections.
+/// forward's routing and gathered input, and its projections unless they
+/// are `saved` (experts' `saved`, read only).
 /// dGateUp and dDown are T or fp32 (the GEMMs store their fp32 accumulator).
 template <class T, class TW>
 void expertsGrad(const Context &ctx, const T *input, const T *gates,
                  const int64_t *experts, const T *gateUp, const T *down,
                  const T *dOut, int64_t tokens, int64_t H, int64_t I,
                  int64_t E, int64_t k, bool interleaved, T *dInput,
-                 T *dGates, TW *dGateUp, TW *dDown) {
+                 T *dGates, TW *dGateUp, TW *dDown,
+                 const T *saved = nullptr) {
   const int64_t es = sizeof(T), ws = sizeof(TW);
   int64_t pairs = tokens * k;
   if (pairs == 0 || H == 0 || I == 0 || E == 0) {
@@ -620,14 +631,15 @@ void expertsGrad(const Context &ctx, const T *input, const T *gates,
     int64_t n = r.counts[e], s = r.offsets[e];
     if (n == 0)
       continue;
-    // H1_e = X_e · gate_up[e]ᵀ; dA'_e = dO_e · down[e].
-    gemm<T, T>(ctx, false, true, n, 2 * I, H, 1.0f, x + s * H, H,
-               gateUp + e * 2 * I * H, H, 0.0f, h1 + s * 2 * I, 2 * I);
+    // H1_e = X_e · gate_up[e]ᵀ (unless saved); dA'_e = dO_e · down[e].
+    if (!saved)
+      gemm<T, T>(ctx, false, true, n, 2 * I, H, 1.0f, x + s * H, H,
+                 gateUp + e * 2 * I * H, H, 0.0f, h1 + s * 2 * I, 2 * I);
     gemm<T, T>(ctx, false, false, n, I, H, 1.0f, dO + s * H, H,
                down + e * H * I, I, 0.0f, dA + s * I, I);
   }
-  detail::expertsSwigluGrad(ctx, h1, dA, gates, r.perm, pairs, I, interleaved,
-                            a, dGates);
+  detail::expertsSwigluGrad(ctx, saved ? saved : h1, h1, dA, gates, r.perm,
+                            pairs, I, interleaved, a, dGates);
   for (int64_t e = 0; e < E; ++e) {
     int64_t n = r.counts[e], s = r.offsets[e];
     TW *dW2 = dDown + e * H * I, *dW1 = dGateUp + e * 2 * I * H;

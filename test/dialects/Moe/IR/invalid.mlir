@@ -376,3 +376,12 @@ func.func @lm_head_ce_with_grad_input(%h: tensor<2x8x16xbf16>, %w: tensor<64x16x
   %l, %dh, %dw = moe.lm_head_cross_entropy_with_grad %h, %w, %labels {scale = 1.0 : f64} : (tensor<2x8x16xbf16>, tensor<64x16xbf16>, tensor<2x8xi64>) -> (tensor<f32>, tensor<2x8x16xf32>, tensor<64x16xf32>)
   return
 }
+
+// -----
+
+// The experts' saved projections have one row per (token, choice) pair.
+func.func @experts_saved_rows(%x: tensor<16x32xf32>, %g: tensor<16x2xf32>, %e: tensor<16x2xi64>, %w1: tensor<4x128x32xf32>, %w2: tensor<4x32x64xf32>) {
+  // expected-error@+1 {{'moe.experts' op saved dimension 0 is 16 but must be 32}}
+  %y, %s = moe.experts %x, %g, %e, %w1, %w2 {gate_up_layout = #moe.gate_up_layout<concatenated>} : (tensor<16x32xf32>, tensor<16x2xf32>, tensor<16x2xi64>, tensor<4x128x32xf32>, tensor<4x32x64xf32>) -> (tensor<16x32xf32>, tensor<16x128xf32>)
+  return
+}
