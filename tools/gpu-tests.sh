@@ -35,7 +35,7 @@ if [[ "$mode" == prepare ]]; then
     name="$(basename "$test" .cu)"
     "$nvcc" -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a \
       -I"$root/runtime/include" -I"$root/include" "$test" \
-      -o "$dir/tests/$name" -lcublas
+      -o "$dir/tests/$name" -lcublas -lcublasLt
   done
   python3 -m moec.tokens "$root/test/Inputs/fortunes/train.pb" "$dir/data/train.bin"
   model="$root/test/Inputs/tiny/tiny-ort.onnx"

@@ -221,7 +221,7 @@ template <class V> bool sameBits(const V *a, const V *b, int64_t n) {
 /// `budget` > 0 overrides attentionScoreBudget for this case.
 template <class T>
 int runCase(const Shape &s, const Mode &mode, int64_t budget, uint32_t seed,
-            cublasHandle_t blas, cudaStream_t stream) {
+            Blas *blas, cudaStream_t stream) {
   const int64_t B = s.B, S = s.S, N = s.N, KV = s.KV, D = s.D;
   const int64_t nq = B * S * N * D, nk = B * S * KV * D;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
@@ -328,7 +328,7 @@ __global__ void fillKernel(bf16 *p, int64_t n, uint32_t seed) {
   }
 }
 
-int bench(cublasHandle_t blas, cudaStream_t stream, bool causal,
+int bench(Blas *blas, cudaStream_t stream, bool causal,
           int64_t window) {
   const int64_t B = 4, S = 2048, N = 32, KV = 8, D = 128;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
@@ -416,9 +416,7 @@ int main(int argc, char **argv) {
   }
   cudaStream_t stream;
   CHECK_CUDA(cudaStreamCreate(&stream));
-  cublasHandle_t blas;
-  MOERT_CUBLAS_CHECK(cublasCreate(&blas));
-  MOERT_CUBLAS_CHECK(cublasSetStream(blas, stream));
+  Blas *blas = createBlas(stream);
 
   if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) {
     // Optional: --bench [non-causal | window W] [budget MiB]
@@ -433,7 +431,7 @@ int main(int argc, char **argv) {
         attentionScoreBudget = std::atoll(argv[++i]) << 20;
     }
     int rc = bench(blas, stream, causal, window);
-    MOERT_CUBLAS_CHECK(cublasDestroy(blas));
+    destroyBlas(blas);
     CHECK_CUDA(cudaStreamDestroy(stream));
     return rc;
   }
@@ -476,7 +474,7 @@ int main(int argc, char **argv) {
     count += 2;
   }
 
-  MOERT_CUBLAS_CHECK(cublasDestroy(blas));
+  destroyBlas(blas);
   CHECK_CUDA(cudaStreamDestroy(stream));
   std::printf("%d cases, %d failed checks: %s\n", count, failures,
               failures ? "FAIL" : "PASS");

@@ -37,7 +37,7 @@
 //
 //   nvcc -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a
 //     -I runtime/include -I include runtime/tests/DenseKernelsTest.cu
-//     -o DenseKernelsTest -lcublas
+//     -o DenseKernelsTest -lcublas -lcublasLt
 //
 // main() returns nonzero when anything fails.
 //
@@ -127,11 +127,11 @@ private:
   int64_t count_;
 };
 
-/// The stream, cuBLAS handle, scratch and pinned counts every test shares,
+/// The stream, BLAS state, scratch and pinned counts every test shares,
 /// and the tally of checks.
 struct Env {
   cudaStream_t stream = nullptr;
-  cublasHandle_t blas = nullptr;
+  Blas *blas = nullptr;
   char *scratch = nullptr;
   int64_t *hostCounts = nullptr;
   int checks = 0, failures = 0;
@@ -859,8 +859,7 @@ int main() {
   }
   Env env;
   CHECK_CUDA(cudaStreamCreate(&env.stream));
-  MOERT_CUBLAS_CHECK(cublasCreate(&env.blas));
-  MOERT_CUBLAS_CHECK(cublasSetStream(env.blas, env.stream));
+  env.blas = createBlas(env.stream);
   CHECK_CUDA(cudaMalloc(&env.scratch, kScratchCapacity));
   CHECK_CUDA(cudaMallocHost(&env.hostCounts, 4096 * sizeof(int64_t)));
 
@@ -872,7 +871,7 @@ int main() {
 
   CHECK_CUDA(cudaFreeHost(env.hostCounts));
   CHECK_CUDA(cudaFree(env.scratch));
-  MOERT_CUBLAS_CHECK(cublasDestroy(env.blas));
+  destroyBlas(env.blas);
   CHECK_CUDA(cudaStreamDestroy(env.stream));
   std::printf("%d checks, %d failed: %s\n", env.checks, env.failures,
               env.failures ? "FAIL" : "PASS");

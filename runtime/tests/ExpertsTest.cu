@@ -1,7 +1,8 @@
 //===- ExpertsTest.cu - GPU test of moert/kernels/Experts.cuh ---*- CUDA -*-===//
 //
 // Runs moert::kernels::experts and expertsGrad on random inputs (fp32 and
-// bf16, concatenated and interleaved gate_up) and compares every output
+// bf16, concatenated and interleaved gate_up; one bf16 case with fp32
+// weight gradients) and compares every output
 // with a naive double-precision host implementation written here from the
 // op's semantics (docs/Dialects/Moe.md, moe.experts):
 //
@@ -12,11 +13,23 @@
 // with NaN bytes before each call, so anything left unwritten fails. Each
 // op runs twice to check that the results are bitwise deterministic.
 //
+// Every case runs with both ExpertsGemmLibrary values (the per-expert GEMMs
+// on cublasGemmEx and on cuBLASLt).
+//
 // Tolerances (relative L2 error against the double reference, computed on
 // the inputs as rounded to the storage type): fp32 1e-5, bf16 2e-2.
 //
+// `--bench` instead times experts and expertsGrad at Mixtral 8x7B's shape
+// (8192 tokens, top-2 of 8 experts, hidden 4096, ffn 14336, bf16, H1 saved
+// by the forward as the compiled program does, roughly uniform routing) and
+// a plain 8192x4096x14336 bf16 GEMM in the three layouts of a linear layer,
+// each with cublasGemmEx and with cuBLASLt: the median of 10 timed calls
+// after 2 warm-up calls, in ms and in TFLOP/s of the GEMMs' FLOPs over the
+// whole op's time.
+//
 //   nvcc -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a
-//     -I runtime/include runtime/tests/ExpertsTest.cu -o ExpertsTest -lcublas
+//     -I runtime/include runtime/tests/ExpertsTest.cu -o ExpertsTest
+//     -lcublas -lcublasLt
 //
 // main() returns nonzero when anything fails.
 //
@@ -207,15 +220,18 @@ bool sameBits(const V *a, const V *b, int64_t n) {
 }
 
 /// One shape, type and layout; returns the number of failed checks.
-template <class T>
-int runCase(const Shape &s, bool interleaved, uint32_t seed,
-            cublasHandle_t blas, cudaStream_t stream) {
+template <class T, class TW = T>
+int runCase(const Shape &s, bool interleaved, uint32_t seed, Blas *blas,
+            cudaStream_t stream) {
   const int64_t tokens = s.tokens, H = s.H, I = s.I, E = s.E, k = s.k;
   const int64_t pairs = tokens * k;
   char label[160];
-  std::snprintf(label, sizeof label, "%s %s tokens %lld H %lld I %lld E %lld "
-                "k %lld",
-                typeName<T>(), interleaved ? "interleaved" : "concatenated",
+  std::snprintf(label, sizeof label, "%s %s%s %s tokens %lld H %lld "
+                "I %lld E %lld k %lld",
+                expertsGemmLibrary == ExpertsGemmLibrary::Lt ? "cuBLASLt"
+                                                             : "cublasGemmEx",
+                typeName<T>(), sizeof(TW) == sizeof(T) ? "" : " (fp32 dW)",
+                interleaved ? "interleaved" : "concatenated",
                 (long long)tokens, (long long)H, (long long)I, (long long)E,
                 (long long)k);
   std::printf("== %s\n", label);
@@ -271,13 +287,14 @@ int runCase(const Shape &s, bool interleaved, uint32_t seed,
     *dW1 = deviceCopy(gateUpT), *dW2 = deviceCopy(downT),
     *dDy = deviceCopy(dOutT);
   int64_t *dRoute = deviceCopy(route);
-  T *out[2], *dInput[2], *dGates[2], *dGateUp[2], *dDown[2];
+  T *out[2], *dInput[2], *dGates[2];
+  TW *dGateUp[2], *dDown[2];
   for (int r = 0; r < 2; ++r) {
     out[r] = deviceNaN<T>(tokens * H);
     dInput[r] = deviceNaN<T>(tokens * H);
     dGates[r] = deviceNaN<T>(pairs);
-    dGateUp[r] = deviceNaN<T>(E * 2 * I * H);
-    dDown[r] = deviceNaN<T>(E * H * I);
+    dGateUp[r] = deviceNaN<TW>(E * 2 * I * H);
+    dDown[r] = deviceNaN<TW>(E * H * I);
   }
 
   Context ctx;
@@ -293,9 +310,9 @@ int runCase(const Shape &s, bool interleaved, uint32_t seed,
   for (int r = 0; r < 2; ++r) {
     experts<T>(ctx, dx, dGatesIn, dRoute, dW1, dW2, tokens, H, I, E, k,
                interleaved, out[r]);
-    expertsGrad<T>(ctx, dx, dGatesIn, dRoute, dW1, dW2, dDy, tokens, H, I, E,
-                   k, interleaved, dInput[r], dGates[r], dGateUp[r],
-                   dDown[r]);
+    expertsGrad<T, TW>(ctx, dx, dGatesIn, dRoute, dW1, dW2, dDy, tokens, H, I,
+                       E, k, interleaved, dInput[r], dGates[r], dGateUp[r],
+                       dDown[r]);
   }
   CHECK_CUDA(cudaStreamSynchronize(stream));
   CHECK_CUDA(cudaGetLastError());
@@ -358,9 +375,158 @@ int runCase(const Shape &s, bool interleaved, uint32_t seed,
   return failures;
 }
 
+/// Uniform values in [-scale, scale) from a hash of the index.
+__global__ void fillKernel(bf16 *p, int64_t n, uint32_t seed, float scale) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    uint32_t h = static_cast<uint32_t>(i) * 2654435761u ^ seed * 40503u ^
+                 static_cast<uint32_t>(i >> 32);
+    h ^= h >> 15;
+    h *= 2246822519u;
+    h ^= h >> 13;
+    p[i] = __float2bfloat16_rn((h * (1.0f / 4294967296.0f) * 2.0f - 1.0f) *
+                               scale);
+  }
+}
+
+/// The median over `runs` timed calls of `fn` (after 2 untimed), in ms.
+template <class Fn> double medianMs(cudaStream_t stream, int runs, Fn fn) {
+  cudaEvent_t start, stop;
+  CHECK_CUDA(cudaEventCreate(&start));
+  CHECK_CUDA(cudaEventCreate(&stop));
+  for (int i = 0; i < 2; ++i)
+    fn();
+  std::vector<float> ms(runs);
+  for (int i = 0; i < runs; ++i) {
+    CHECK_CUDA(cudaEventRecord(start, stream));
+    fn();
+    CHECK_CUDA(cudaEventRecord(stop, stream));
+    CHECK_CUDA(cudaEventSynchronize(stop));
+    CHECK_CUDA(cudaEventElapsedTime(&ms[i], start, stop));
+  }
+  CHECK_CUDA(cudaGetLastError());
+  CHECK_CUDA(cudaEventDestroy(start));
+  CHECK_CUDA(cudaEventDestroy(stop));
+  std::sort(ms.begin(), ms.end());
+  return runs % 2 ? ms[runs / 2] : 0.5 * (ms[runs / 2 - 1] + ms[runs / 2]);
+}
+
+/// The --bench mode (see the file comment).
+int bench(Blas *blas, cudaStream_t stream) {
+  const int64_t tokens = 8192, H = 4096, I = 14336, E = 8, k = 2;
+  const int64_t pairs = tokens * k;
+  const int runs = 10;
+
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int64_t> pick(0, E - 1);
+  std::vector<int64_t> route(pairs);
+  std::vector<int64_t> counts(E, 0);
+  for (int64_t t = 0; t < tokens; ++t) {
+    int64_t a = pick(rng), b = pick(rng);
+    while (b == a)
+      b = pick(rng);
+    route[t * k] = a;
+    route[t * k + 1] = b;
+    ++counts[a];
+    ++counts[b];
+  }
+  std::printf("bench: experts tokens %lld k %lld E %lld H %lld I %lld bf16, "
+              "tokens per expert %lld..%lld\n",
+              (long long)tokens, (long long)k, (long long)E, (long long)H,
+              (long long)I,
+              (long long)*std::min_element(counts.begin(), counts.end()),
+              (long long)*std::max_element(counts.begin(), counts.end()));
+
+  int64_t *dRoute = deviceCopy(route);
+  auto buffer = [&](int64_t n, uint32_t seed, float scale) {
+    bf16 *p = nullptr;
+    CHECK_CUDA(cudaMalloc(&p, n * sizeof(bf16)));
+    fillKernel<<<1024, 256, 0, stream>>>(p, n, seed, scale);
+    CHECK_CUDA(cudaGetLastError());
+    return p;
+  };
+  bf16 *x = buffer(tokens * H, 1, 1.0f), *dOut = buffer(tokens * H, 2, 1.0f),
+       *gates = buffer(pairs, 3, 0.5f),
+       *gateUp = buffer(E * 2 * I * H, 4, 1.0f / 64),
+       *down = buffer(E * H * I, 5, 1.0f / 120),
+       *out = buffer(tokens * H, 6, 0.0f),
+       *saved = buffer(pairs * 2 * I, 7, 0.0f),
+       *dInput = buffer(tokens * H, 8, 0.0f),
+       *dGates = buffer(pairs, 9, 0.0f),
+       *dGateUp = buffer(E * 2 * I * H, 10, 0.0f),
+       *dDown = buffer(E * H * I, 11, 0.0f);
+
+  Context ctx;
+  ctx.stream = stream;
+  ctx.blas = blas;
+  ctx.scratchBytes = expertsScratchBytes(tokens, H, I, E, k, sizeof(bf16));
+  CHECK_CUDA(cudaMalloc(&ctx.scratch, ctx.scratchBytes));
+  CHECK_CUDA(cudaMallocHost(&ctx.hostCounts, E * sizeof(int64_t)));
+
+  const double gemmFlops = 2.0 * pairs * H * I; // one [pairs, H] x [H, I]
+  for (ExpertsGemmLibrary library :
+       {ExpertsGemmLibrary::CublasGemmEx, ExpertsGemmLibrary::Lt}) {
+    expertsGemmLibrary = library;
+    const char *name =
+        library == ExpertsGemmLibrary::Lt ? "cuBLASLt" : "cublasGemmEx";
+    double forward = medianMs(stream, runs, [&] {
+      experts<bf16>(ctx, x, gates, dRoute, gateUp, down, tokens, H, I, E, k,
+                    false, out, saved);
+    });
+    double backward = medianMs(stream, runs, [&] {
+      expertsGrad<bf16, bf16>(ctx, x, gates, dRoute, gateUp, down, dOut,
+                              tokens, H, I, E, k, false, dInput, dGates,
+                              dGateUp, dDown, saved);
+    });
+    std::printf("bench: experts forward  %-12s %8.3f ms %7.1f TFLOP/s\n",
+                name, forward, 3 * gemmFlops / forward * 1e-9);
+    std::printf("bench: experts backward %-12s %8.3f ms %7.1f TFLOP/s\n",
+                name, backward, 6 * gemmFlops / backward * 1e-9);
+  }
+  CHECK_CUDA(cudaFree(ctx.scratch));
+  CHECK_CUDA(cudaFreeHost(ctx.hostCounts));
+  for (bf16 *p : {x, dOut, gates, gateUp, down, out, saved, dInput, dGates,
+                  dGateUp, dDown})
+    CHECK_CUDA(cudaFree(p));
+  CHECK_CUDA(cudaFree(dRoute));
+
+  // A plain GEMM, m 8192 n 4096 k 14336, as a linear layer's forward (NT),
+  // input gradient (NN) and weight gradient (TN) would lay it out.
+  const int64_t m = 8192, n = 4096, kk = 14336;
+  bf16 *A = buffer(m * kk, 12, 1.0f), *B = buffer(n * kk, 13, 1.0f),
+       *C = buffer(m * n, 14, 0.0f);
+  struct Layout {
+    const char *name;
+    bool transA, transB;
+    int64_t lda, ldb;
+  };
+  const Layout layouts[] = {{"NT", false, true, kk, kk},
+                            {"NN", false, false, kk, n},
+                            {"TN", true, false, m, n}};
+  for (const Layout &l : layouts)
+    for (bool lt : {false, true}) {
+      double ms = medianMs(stream, runs, [&] {
+        if (lt)
+          gemm<bf16, bf16>(ctx, l.transA, l.transB, m, n, kk, 1.0f, A, l.lda,
+                           B, l.ldb, 0.0f, C, n);
+        else
+          gemmCublasEx<bf16, bf16>(ctx, l.transA, l.transB, m, n, kk, 1.0f, A,
+                                   l.lda, B, l.ldb, 0.0f, C, n);
+      });
+      std::printf("bench: gemm %lldx%lldx%lld %s %-12s %8.3f ms %7.1f "
+                  "TFLOP/s\n",
+                  (long long)m, (long long)n, (long long)kk, l.name,
+                  lt ? "cuBLASLt" : "cublasGemmEx", ms,
+                  2.0 * m * n * kk / ms * 1e-9);
+    }
+  for (bf16 *p : {A, B, C})
+    CHECK_CUDA(cudaFree(p));
+  return 0;
+}
+
 } // namespace
 
-int main() {
+int main(int argc, char **argv) {
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
     std::fprintf(stderr, "ExpertsTest: no CUDA device\n");
@@ -368,9 +534,13 @@ int main() {
   }
   cudaStream_t stream;
   CHECK_CUDA(cudaStreamCreate(&stream));
-  cublasHandle_t blas;
-  MOERT_CUBLAS_CHECK(cublasCreate(&blas));
-  MOERT_CUBLAS_CHECK(cublasSetStream(blas, stream));
+  Blas *blas = createBlas(stream);
+  if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) {
+    int rc = bench(blas, stream);
+    destroyBlas(blas);
+    CHECK_CUDA(cudaStreamDestroy(stream));
+    return rc;
+  }
 
   const Shape shapes[] = {
       {64, 32, 48, 4, 2},    // small
@@ -380,16 +550,23 @@ int main() {
       {2500, 64, 32, 16, 4}, // 10000 pairs: several routing blocks
   };
   int failures = 0, cases = 0;
-  uint32_t seed = 1234;
-  for (const Shape &s : shapes)
-    for (bool interleaved : {false, true}) {
-      failures += runCase<float>(s, interleaved, seed, blas, stream);
-      failures += runCase<bf16>(s, interleaved, seed, blas, stream);
-      ++seed;
-      cases += 2;
-    }
+  for (ExpertsGemmLibrary library :
+       {ExpertsGemmLibrary::CublasGemmEx, ExpertsGemmLibrary::Lt}) {
+    expertsGemmLibrary = library;
+    uint32_t seed = 1234;
+    for (const Shape &s : shapes)
+      for (bool interleaved : {false, true}) {
+        failures += runCase<float>(s, interleaved, seed, blas, stream);
+        failures += runCase<bf16>(s, interleaved, seed, blas, stream);
+        ++seed;
+        cases += 2;
+      }
+    // bf16 compute with fp32 weight gradients (fp32 master weights).
+    failures += runCase<bf16, float>(shapes[1], false, seed, blas, stream);
+    ++cases;
+  }
 
-  MOERT_CUBLAS_CHECK(cublasDestroy(blas));
+  destroyBlas(blas);
   CHECK_CUDA(cudaStreamDestroy(stream));
   std::printf("%d cases, %d failed checks: %s\n", cases, failures,
               failures ? "FAIL" : "PASS");

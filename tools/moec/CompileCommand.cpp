@@ -358,7 +358,8 @@ int moec::cli::runCompile() {
       summary.modelFlops);
 
   if (!buildProgram("init_params", initSource, {}, error) ||
-      !buildProgram("train_step", trainSource, {"-lcublas"}, error))
+      !buildProgram("train_step", trainSource, {"-lcublas", "-lcublasLt"},
+                    error))
     return fail(error);
   return 0;
 }

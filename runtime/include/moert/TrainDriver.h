@@ -28,6 +28,7 @@
 #include "moert/Schedule.h"
 #include "moert/StepGraphs.h"
 #include "moert/kernels/Common.cuh"
+#include "moert/kernels/Gemm.cuh"
 
 #include <CLI/CLI.hpp>
 
@@ -297,12 +298,8 @@ inline int runTrainProgram(const TrainProgram &p, int argc, char **argv) {
   MOERT_CUDA_CHECK(cudaMemGetInfo(&freeBefore, &totalMemory));
   kernels::Context ctx;
   MOERT_CUDA_CHECK(cudaStreamCreate(&ctx.stream));
-  MOERT_CUBLAS_CHECK(cublasCreate(&ctx.blas));
-  MOERT_CUBLAS_CHECK(cublasSetStream(ctx.blas, ctx.stream));
-  const int64_t blasWorkspace = 64ll << 20;
-  void *workspace = nullptr;
-  MOERT_CUDA_CHECK(cudaMalloc(&workspace, blasWorkspace));
-  MOERT_CUBLAS_CHECK(cublasSetWorkspace(ctx.blas, workspace, blasWorkspace));
+  ctx.blas = kernels::createBlas(ctx.stream);
+  const int64_t blasWorkspace = ctx.blas->workspaceBytes;
   ctx.scratchBytes = p.scratchBytes();
   char *state = nullptr, *arena = nullptr, *inputs = nullptr;
   MOERT_CUDA_CHECK(cudaMalloc(&state, p.stateBytes));

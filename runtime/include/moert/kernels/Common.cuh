@@ -15,6 +15,7 @@
 #ifndef MOERT_KERNELS_COMMON_CUH
 #define MOERT_KERNELS_COMMON_CUH
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -62,10 +63,14 @@ struct Profiler {
   }
 };
 
+struct Blas; // Gemm.cuh
+
 /// What a kernel launch needs besides its buffers.
 struct Context {
   cudaStream_t stream = nullptr;
-  cublasHandle_t blas = nullptr;
+  /// cuBLASLt/cuBLAS handles on `stream`, their workspace and the cached
+  /// GEMM plans (Gemm.cuh: createBlas/destroyBlas).
+  Blas *blas = nullptr;
   /// Scratch for kernels that need temporary device memory (permutation
   /// indices, per-row statistics). Sized by the program from the compiler's
   /// plan; each kernel documents what it uses. Never live across launches of

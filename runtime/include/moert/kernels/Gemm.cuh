@@ -1,4 +1,4 @@
-//===- Gemm.cuh - Row-major GEMMs on cuBLAS ---------------------*- CUDA -*-===//
+//===- Gemm.cuh - Row-major GEMMs on cuBLASLt -------------------*- CUDA -*-===//
 //
 // Every matrix product of a compiled step goes through these wrappers:
 //
@@ -11,6 +11,31 @@
 // C may be fp32 or bf16. cuBLAS is column-major, so each call computes
 // C^T = op(B)^T op(A)^T.
 //
+// The products run through cublasLtMatmul. The first time a GEMM is seen
+// (its types, transposes, m, n, k, leading dimensions, batch count and
+// strides, whether beta is zero, and the alignment of its pointers) its plan
+// is made: the matmul and matrix-layout descriptors and the algorithm the
+// cuBLASLt heuristic picks for a workspace of Blas::workspaceBytes. Plans
+// are cached in the context's Blas, so steady-state calls and the captures
+// of a step's CUDA graphs (moert/StepGraphs.h, which capture from the second
+// step on) query no heuristic and allocate nothing. A shape for which the
+// heuristic offers no algorithm (none in the GPU tests; the fallback keeps
+// odd shapes working) runs through cublasGemmEx instead.
+//
+// gemmCublasEx is the same product through cublasGemmEx (cuBLAS's own
+// kernel selection). The experts' per-expert GEMMs use it (Experts.cuh): at
+// Mixtral 8x7B's shape on an H200 (cuBLAS 13.1) the cuBLASLt heuristic's
+// picks for those ~2000-row products were slower (experts forward 8.80 vs
+// 7.62 ms, backward 17.92 vs 17.63 ms; ExpertsTest --bench), while a plain
+// 8192x4096x14336 bf16 GEMM runs as fast or faster on cuBLASLt (NT 1.334 vs
+// 1.340 ms, NN 1.281 vs 1.285, TN 1.281 vs 1.314).
+//
+// Blas holds the library state of one Context: the cuBLASLt handle, the
+// cuBLAS handle (gemmCublasEx and the fallback above), one workspace both
+// use (safe: both run on ctx.stream, in order) and the plan cache.
+// createBlas/destroyBlas make and free all of it; whoever creates a Context
+// (the driver, the GPU tests) calls them once.
+//
 //===----------------------------------------------------------------------===//
 
 #ifndef MOERT_KERNELS_GEMM_CUH
@@ -18,7 +43,73 @@
 
 #include "moert/kernels/Common.cuh"
 
+#include <array>
+#include <map>
+
 namespace moert::kernels {
+
+/// Default size of the workspace createBlas allocates (NVIDIA's
+/// recommendation for Hopper).
+constexpr int64_t kBlasWorkspaceBytes = 32ll << 20;
+
+namespace detail {
+
+/// What identifies a GEMM's plan: data types, transposes, m, n, k, lda, ldb,
+/// ldc, batch, strideA/B/C, beta != 0, alignment of A, B and C in bytes.
+using GemmPlanKey = std::array<int64_t, 18>;
+
+struct GemmPlan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  bool useGemmEx = false; ///< the heuristic found nothing: cublasGemmEx
+};
+
+} // namespace detail
+
+/// The BLAS state of a Context (see the file comment).
+struct Blas {
+  cudaStream_t stream = nullptr;
+  cublasLtHandle_t lt = nullptr;
+  cublasHandle_t cublas = nullptr;
+  void *workspace = nullptr;
+  int64_t workspaceBytes = 0;
+  std::map<detail::GemmPlanKey, detail::GemmPlan> plans;
+};
+
+/// Creates the handles (on `stream`), the workspace and an empty plan cache.
+inline Blas *createBlas(cudaStream_t stream,
+                        int64_t workspaceBytes = kBlasWorkspaceBytes) {
+  Blas *blas = new Blas;
+  blas->stream = stream;
+  blas->workspaceBytes = workspaceBytes;
+  MOERT_CUBLAS_CHECK(cublasLtCreate(&blas->lt));
+  MOERT_CUBLAS_CHECK(cublasCreate(&blas->cublas));
+  MOERT_CUBLAS_CHECK(cublasSetStream(blas->cublas, stream));
+  MOERT_CUDA_CHECK(cudaMalloc(&blas->workspace, workspaceBytes));
+  MOERT_CUBLAS_CHECK(
+      cublasSetWorkspace(blas->cublas, blas->workspace, workspaceBytes));
+  return blas;
+}
+
+/// Waits for the stream, then frees everything createBlas made.
+inline void destroyBlas(Blas *blas) {
+  if (!blas)
+    return;
+  MOERT_CUDA_CHECK(cudaStreamSynchronize(blas->stream));
+  for (auto &[key, plan] : blas->plans) {
+    if (plan.useGemmEx)
+      continue;
+    MOERT_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.a));
+    MOERT_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.b));
+    MOERT_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.c));
+    MOERT_CUBLAS_CHECK(cublasLtMatmulDescDestroy(plan.desc));
+  }
+  MOERT_CUDA_CHECK(cudaFree(blas->workspace));
+  MOERT_CUBLAS_CHECK(cublasDestroy(blas->cublas));
+  MOERT_CUBLAS_CHECK(cublasLtDestroy(blas->lt));
+  delete blas;
+}
 
 template <class T> constexpr cudaDataType_t dataType();
 template <> constexpr cudaDataType_t dataType<float>() { return CUDA_R_32F; }
@@ -28,6 +119,163 @@ inline cublasOperation_t op(bool trans) {
   return trans ? CUBLAS_OP_T : CUBLAS_OP_N;
 }
 
+namespace detail {
+
+inline Blas &blasOf(const Context &ctx) {
+  if (!ctx.blas) {
+    std::fprintf(stderr,
+                 "moert: gemm: Context::blas is not set (createBlas)\n");
+    std::exit(1);
+  }
+  return *ctx.blas;
+}
+
+/// The largest power of two, at most 256, dividing the address of `p` and
+/// every batch stride `strideBytes` from it.
+inline int64_t gemmAlignment(const void *p, int64_t strideBytes) {
+  uint64_t bits = reinterpret_cast<uintptr_t>(p) | 256u |
+                  static_cast<uint64_t>(strideBytes);
+  return static_cast<int64_t>(bits & (~bits + 1));
+}
+
+/// A column-major layout of `rows` x `cols` with leading dimension `ld`,
+/// `batch` of them `stride` elements apart.
+inline cublasLtMatrixLayout_t gemmLayout(cudaDataType_t type, int64_t rows,
+                                         int64_t cols, int64_t ld,
+                                         int64_t batch, int64_t stride) {
+  cublasLtMatrixLayout_t layout = nullptr;
+  MOERT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(
+      &layout, type, static_cast<uint64_t>(rows), static_cast<uint64_t>(cols),
+      ld));
+  if (batch > 1) {
+    int32_t count = static_cast<int32_t>(batch);
+    MOERT_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
+        layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+    MOERT_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
+        layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
+        sizeof(stride)));
+  }
+  return layout;
+}
+
+/// The plan for `key` (see GemmPlanKey), made on first use. In cuBLASLt's
+/// column-major terms A is our B and B our A (the file comment).
+template <class TA, class TC>
+const GemmPlan &gemmPlan(Blas &blas, const GemmPlanKey &key) {
+  auto found = blas.plans.find(key);
+  if (found != blas.plans.end())
+    return found->second;
+  const bool transA = key[2], transB = key[3];
+  const int64_t m = key[4], n = key[5], k = key[6], lda = key[7],
+                ldb = key[8], ldc = key[9], batch = key[10];
+  GemmPlan plan;
+  MOERT_CUBLAS_CHECK(
+      cublasLtMatmulDescCreate(&plan.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  int32_t opA = op(transB), opB = op(transA);
+  MOERT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
+      plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof(opA)));
+  MOERT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
+      plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof(opB)));
+  plan.a = gemmLayout(dataType<TA>(), transB ? k : n, transB ? n : k, ldb,
+                      batch, key[12]);
+  plan.b = gemmLayout(dataType<TA>(), transA ? m : k, transA ? k : m, lda,
+                      batch, key[11]);
+  plan.c = gemmLayout(dataType<TC>(), n, m, ldc, batch, key[13]);
+
+  cublasLtMatmulPreference_t preference = nullptr;
+  MOERT_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference));
+  uint64_t workspace = static_cast<uint64_t>(blas.workspaceBytes);
+  MOERT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace,
+      sizeof(workspace)));
+  const std::pair<cublasLtMatmulPreferenceAttributes_t, int64_t> alignments[] =
+      {{CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key[16]},
+       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key[15]},
+       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key[17]},
+       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key[17]}};
+  for (const auto &[attribute, bytes] : alignments) {
+    uint32_t value = static_cast<uint32_t>(bytes);
+    MOERT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        preference, attribute, &value, sizeof(value)));
+  }
+  cublasLtMatmulHeuristicResult_t result{};
+  int returned = 0;
+  cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
+      blas.lt, plan.desc, plan.a, plan.b, plan.c, plan.c, preference, 1,
+      &result, &returned);
+  MOERT_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(preference));
+  if (status == CUBLAS_STATUS_SUCCESS && returned > 0 &&
+      result.state == CUBLAS_STATUS_SUCCESS) {
+    plan.algo = result.algo;
+  } else {
+    std::fprintf(stderr,
+                 "moert: gemm: cuBLASLt has no algorithm for m %lld n %lld "
+                 "k %lld (lda %lld ldb %lld ldc %lld, batch %lld); using "
+                 "cublasGemmEx\n",
+                 (long long)m, (long long)n, (long long)k, (long long)lda,
+                 (long long)ldb, (long long)ldc, (long long)batch);
+    MOERT_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.a));
+    MOERT_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.b));
+    MOERT_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.c));
+    MOERT_CUBLAS_CHECK(cublasLtMatmulDescDestroy(plan.desc));
+    plan = GemmPlan{};
+    plan.useGemmEx = true;
+  }
+  return blas.plans.emplace(key, plan).first->second;
+}
+
+/// C = beta · C for the k = 0 products (0 when beta is 0, whatever C held).
+template <class TC>
+__global__ void gemmScaleKernel(TC *C, int64_t m, int64_t n, int64_t ldc,
+                                int64_t strideC, int64_t batch, float beta) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+       i < batch * m * n; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t b = i / (m * n), r = (i / n) % m, c = i % n;
+    TC *p = C + b * strideC + r * ldc + c;
+    *p = fromFloat<TC>(beta == 0.0f ? 0.0f : beta * toFloat(*p));
+  }
+}
+
+/// `batch` products through a cached plan (batch 1: strides unused).
+template <class TA, class TC>
+void gemmLt(const Context &ctx, bool transA, bool transB, int64_t m,
+            int64_t n, int64_t k, float alpha, const TA *A, int64_t lda,
+            int64_t strideA, const TA *B, int64_t ldb, int64_t strideB,
+            float beta, TC *C, int64_t ldc, int64_t strideC, int64_t batch) {
+  if (k == 0) {
+    gemmScaleKernel<TC><<<blocksFor(batch * m * n), 256, 0, ctx.stream>>>(
+        C, m, n, ldc, strideC, batch, beta);
+    MOERT_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  Blas &blas = blasOf(ctx);
+  if (batch == 1)
+    strideA = strideB = strideC = 0;
+  const int64_t sa = sizeof(TA), sc = sizeof(TC);
+  GemmPlanKey key = {dataType<TA>(), dataType<TC>(), transA, transB, m, n, k,
+                     lda, ldb, ldc, batch, strideA, strideB, strideC,
+                     beta != 0.0f, gemmAlignment(A, strideA * sa),
+                     gemmAlignment(B, strideB * sa),
+                     gemmAlignment(C, strideC * sc)};
+  const GemmPlan &plan = gemmPlan<TA, TC>(blas, key);
+  if (plan.useGemmEx) {
+    MOERT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+        blas.cublas, op(transB), op(transA), static_cast<int>(n),
+        static_cast<int>(m), static_cast<int>(k), &alpha, B, dataType<TA>(),
+        static_cast<int>(ldb), strideB, A, dataType<TA>(),
+        static_cast<int>(lda), strideA, &beta, C, dataType<TC>(),
+        static_cast<int>(ldc), strideC, static_cast<int>(batch),
+        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return;
+  }
+  MOERT_CUBLAS_CHECK(cublasLtMatmul(
+      blas.lt, plan.desc, &alpha, B, plan.a, A, plan.b, &beta, C, plan.c, C,
+      plan.c, &plan.algo, blas.workspace,
+      static_cast<size_t>(blas.workspaceBytes), ctx.stream));
+}
+
+} // namespace detail
+
 /// One GEMM (see the file comment).
 template <class TA, class TC>
 void gemm(const Context &ctx, bool transA, bool transB, int64_t m, int64_t n,
@@ -35,12 +283,23 @@ void gemm(const Context &ctx, bool transA, bool transB, int64_t m, int64_t n,
           int64_t ldb, float beta, TC *C, int64_t ldc) {
   if (m == 0 || n == 0)
     return;
+  detail::gemmLt<TA, TC>(ctx, transA, transB, m, n, k, alpha, A, lda, 0, B,
+                         ldb, 0, beta, C, ldc, 0, 1);
+}
+
+/// gemm() through cublasGemmEx (see the file comment for who uses it).
+template <class TA, class TC>
+void gemmCublasEx(const Context &ctx, bool transA, bool transB, int64_t m,
+                  int64_t n, int64_t k, float alpha, const TA *A, int64_t lda,
+                  const TA *B, int64_t ldb, float beta, TC *C, int64_t ldc) {
+  if (m == 0 || n == 0)
+    return;
   MOERT_CUBLAS_CHECK(cublasGemmEx(
-      ctx.blas, op(transB), op(transA), static_cast<int>(n),
-      static_cast<int>(m), static_cast<int>(k), &alpha, B, dataType<TA>(),
-      static_cast<int>(ldb), A, dataType<TA>(), static_cast<int>(lda), &beta,
-      C, dataType<TC>(), static_cast<int>(ldc), CUBLAS_COMPUTE_32F,
-      CUBLAS_GEMM_DEFAULT));
+      detail::blasOf(ctx).cublas, op(transB), op(transA),
+      static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
+      B, dataType<TA>(), static_cast<int>(ldb), A, dataType<TA>(),
+      static_cast<int>(lda), &beta, C, dataType<TC>(), static_cast<int>(ldc),
+      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 /// `batch` GEMMs whose operands are `strideA/B/C` elements apart.
@@ -52,32 +311,9 @@ void gemmStridedBatched(const Context &ctx, bool transA, bool transB,
                         TC *C, int64_t ldc, int64_t strideC, int64_t batch) {
   if (m == 0 || n == 0 || batch == 0)
     return;
-  MOERT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-      ctx.blas, op(transB), op(transA), static_cast<int>(n),
-      static_cast<int>(m), static_cast<int>(k), &alpha, B, dataType<TA>(),
-      static_cast<int>(ldb), strideB, A, dataType<TA>(),
-      static_cast<int>(lda), strideA, &beta, C, dataType<TC>(),
-      static_cast<int>(ldc), strideC, static_cast<int>(batch),
-      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-}
-
-/// `batch` GEMMs with operands given by device arrays of pointers.
-template <class TA, class TC>
-void gemmBatched(const Context &ctx, bool transA, bool transB, int64_t m,
-                 int64_t n, int64_t k, float alpha, const TA *const *A,
-                 int64_t lda, const TA *const *B, int64_t ldb, float beta,
-                 TC *const *C, int64_t ldc, int64_t batch) {
-  if (m == 0 || n == 0 || batch == 0)
-    return;
-  MOERT_CUBLAS_CHECK(cublasGemmBatchedEx(
-      ctx.blas, op(transB), op(transA), static_cast<int>(n),
-      static_cast<int>(m), static_cast<int>(k), &alpha,
-      reinterpret_cast<const void *const *>(B), dataType<TA>(),
-      static_cast<int>(ldb), reinterpret_cast<const void *const *>(A),
-      dataType<TA>(), static_cast<int>(lda), &beta,
-      reinterpret_cast<void *const *>(C), dataType<TC>(),
-      static_cast<int>(ldc), static_cast<int>(batch), CUBLAS_COMPUTE_32F,
-      CUBLAS_GEMM_DEFAULT));
+  detail::gemmLt<TA, TC>(ctx, transA, transB, m, n, k, alpha, A, lda,
+                         strideA, B, ldb, strideB, beta, C, ldc, strideC,
+                         batch);
 }
 
 } // namespace moert::kernels
