@@ -22,8 +22,8 @@
 // the inputs as rounded to the storage type): fp32 1e-5, bf16 2e-2.
 //
 //   nvcc -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a
-//     -I runtime/include runtime/tests/AttentionTest.cu -o AttentionTest
-//     -lcublas
+//     -I runtime/include -I include runtime/tests/AttentionTest.cu
+//     -o AttentionTest -lcublas -lcublasLt
 //
 //   AttentionTest           the correctness cases; main() returns nonzero
 //                           when any check fails
@@ -37,6 +37,8 @@
 
 #include "moert/kernels/Attention.cuh"
 
+#include "TestSupport.cuh"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -45,18 +47,9 @@
 #include <vector>
 
 using namespace moert::kernels;
+using namespace moert::testing;
 
 namespace {
-
-#define CHECK_CUDA(call)                                                       \
-  do {                                                                         \
-    cudaError_t status_ = (call);                                              \
-    if (status_ != cudaSuccess) {                                              \
-      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__,      \
-                   #call, cudaGetErrorString(status_));                        \
-      std::exit(2);                                                            \
-    }                                                                          \
-  } while (0)
 
 struct Shape {
   int64_t B, S, N, KV, D;
@@ -146,77 +139,6 @@ Expected hostAttention(const Shape &s, const Mode &mode, double scale,
   return e;
 }
 
-template <class T> const char *typeName();
-template <> const char *typeName<float>() { return "fp32"; }
-template <> const char *typeName<bf16>() { return "bf16"; }
-
-template <class V> V *deviceCopy(const std::vector<V> &host) {
-  V *p = nullptr;
-  CHECK_CUDA(cudaMalloc(&p, std::max<size_t>(host.size(), 1) * sizeof(V)));
-  if (!host.empty())
-    CHECK_CUDA(cudaMemcpy(p, host.data(), host.size() * sizeof(V),
-                          cudaMemcpyHostToDevice));
-  return p;
-}
-
-/// n elements filled with 0xFF bytes (NaN in fp32 and bf16).
-template <class V> V *deviceNaN(int64_t n) {
-  V *p = nullptr;
-  CHECK_CUDA(cudaMalloc(&p, std::max<int64_t>(n, 1) * sizeof(V)));
-  CHECK_CUDA(cudaMemset(p, 0xFF, std::max<int64_t>(n, 1) * sizeof(V)));
-  return p;
-}
-
-template <class V> std::vector<V> hostCopy(const V *p, int64_t n) {
-  std::vector<V> host(n);
-  if (n > 0)
-    CHECK_CUDA(
-        cudaMemcpy(host.data(), p, n * sizeof(V), cudaMemcpyDeviceToHost));
-  return host;
-}
-
-template <class T> std::vector<double> toDouble(const std::vector<T> &v) {
-  std::vector<double> d(v.size());
-  for (size_t i = 0; i < v.size(); ++i)
-    d[i] = static_cast<double>(toFloat(v[i]));
-  return d;
-}
-
-template <class T> std::vector<T> toStorage(const std::vector<float> &v) {
-  std::vector<T> s(v.size());
-  for (size_t i = 0; i < v.size(); ++i)
-    s[i] = fromFloat<T>(v[i]);
-  return s;
-}
-
-/// Prints the errors of `got` against `want`; true when within `tolerance`.
-bool compare(const std::string &name, const std::vector<double> &got,
-             const std::vector<double> &want, double tolerance) {
-  double maxAbs = 0.0, diff2 = 0.0, want2 = 0.0;
-  bool finite = got.size() == want.size();
-  for (size_t i = 0; i < got.size() && i < want.size(); ++i) {
-    if (!std::isfinite(got[i])) {
-      finite = false;
-      continue;
-    }
-    double d = got[i] - want[i];
-    maxAbs = std::max(maxAbs, std::fabs(d));
-    diff2 += d * d;
-    want2 += want[i] * want[i];
-  }
-  double rel = want2 > 0.0 ? std::sqrt(diff2 / want2) : std::sqrt(diff2);
-  bool pass = finite && rel <= tolerance;
-  std::printf("%s: max abs err %.3e, rel L2 err %.3e (tolerance %.0e)%s %s\n",
-              name.c_str(), maxAbs, rel, tolerance,
-              finite ? "" : " [non-finite values]", pass ? "PASS" : "FAIL");
-  return pass;
-}
-
-template <class V> bool sameBits(const V *a, const V *b, int64_t n) {
-  std::vector<V> x = hostCopy(a, n), y = hostCopy(b, n);
-  return n == 0 || std::memcmp(x.data(), y.data(), n * sizeof(V)) == 0;
-}
-
 /// One shape, mode and type; returns the number of failed checks.
 /// `budget` > 0 overrides attentionScoreBudget for this case.
 template <class T>
@@ -253,8 +175,8 @@ int runCase(const Shape &s, const Mode &mode, int64_t budget, uint32_t seed,
   std::vector<T> qT = toStorage<T>(q), kT = toStorage<T>(k),
                  vT = toStorage<T>(v), dOutT = toStorage<T>(dOut);
   Expected want = hostAttention(s, mode, static_cast<double>(scale),
-                                toDouble(qT), toDouble(kT), toDouble(vT),
-                                toDouble(dOutT));
+                                toDoubles(qT), toDoubles(kT), toDoubles(vT),
+                                toDoubles(dOutT));
 
   T *dQin = deviceCopy(qT), *dKin = deviceCopy(kT), *dVin = deviceCopy(vT),
     *dDy = deviceCopy(dOutT);
@@ -285,13 +207,13 @@ int runCase(const Shape &s, const Mode &mode, int64_t budget, uint32_t seed,
   const double tolerance = sizeof(T) == 4 ? 1e-5 : 2e-2;
   std::string prefix = std::string(label) + " ";
   int failures = 0;
-  failures += !compare(prefix + "out", toDouble(hostCopy(out[0], nq)),
+  failures += !compare(prefix + "out", toDoubles(hostCopy(out[0], nq)),
                        want.out, tolerance);
-  failures += !compare(prefix + "dq", toDouble(hostCopy(dq[0], nq)), want.dq,
+  failures += !compare(prefix + "dq", toDoubles(hostCopy(dq[0], nq)), want.dq,
                        tolerance);
-  failures += !compare(prefix + "dk", toDouble(hostCopy(dk[0], nk)), want.dk,
+  failures += !compare(prefix + "dk", toDoubles(hostCopy(dk[0], nk)), want.dk,
                        tolerance);
-  failures += !compare(prefix + "dv", toDouble(hostCopy(dv[0], nk)), want.dv,
+  failures += !compare(prefix + "dv", toDoubles(hostCopy(dv[0], nk)), want.dv,
                        tolerance);
   bool same = sameBits(out[0], out[1], nq) && sameBits(dq[0], dq[1], nq) &&
               sameBits(dk[0], dk[1], nk) && sameBits(dv[0], dv[1], nk);

@@ -50,6 +50,8 @@
 #include "moert/kernels/Optimizer.cuh"
 #include "moert/kernels/Rotary.cuh"
 
+#include "TestSupport.cuh"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -59,20 +61,9 @@
 #include <vector>
 
 using namespace moert::kernels;
+using namespace moert::testing;
 
 namespace {
-
-#define CHECK_CUDA(call)                                                       \
-  do {                                                                         \
-    cudaError_t status_ = (call);                                              \
-    if (status_ != cudaSuccess) {                                              \
-      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__,      \
-                   #call, cudaGetErrorString(status_));                        \
-      std::exit(2);                                                            \
-    }                                                                          \
-  } while (0)
-
-using Doubles = std::vector<double>;
 
 constexpr double kTolFp32 = 1e-5;
 constexpr double kTolBf16 = 1e-2;
@@ -81,51 +72,9 @@ constexpr double kTolOptimizerUpdate = 1e-5;
 constexpr int64_t kScratchCapacity = 64ll << 20;
 constexpr int64_t kIgnoreIndex = -100;
 
-template <class T> const char *typeName();
-template <> const char *typeName<float>() { return "fp32"; }
-template <> const char *typeName<bf16>() { return "bf16"; }
-
 template <class T> double tolerance() {
   return sizeof(T) == 4 ? kTolFp32 : kTolBf16;
 }
-
-/// An owned device buffer of `count` elements.
-template <class V> class DeviceBuffer {
-public:
-  explicit DeviceBuffer(int64_t count) : count_(count) {
-    CHECK_CUDA(cudaMalloc(&ptr_, bytes()));
-  }
-  explicit DeviceBuffer(const std::vector<V> &host)
-      : DeviceBuffer(static_cast<int64_t>(host.size())) {
-    write(host);
-  }
-  DeviceBuffer(const DeviceBuffer &) = delete;
-  DeviceBuffer &operator=(const DeviceBuffer &) = delete;
-  ~DeviceBuffer() { cudaFree(ptr_); }
-
-  V *get() const { return ptr_; }
-  void write(const std::vector<V> &host) {
-    if (!host.empty())
-      CHECK_CUDA(cudaMemcpy(ptr_, host.data(), host.size() * sizeof(V),
-                            cudaMemcpyHostToDevice));
-  }
-  /// 0xFF bytes: NaN in fp32 and bf16.
-  void fillNaN() { CHECK_CUDA(cudaMemset(ptr_, 0xFF, bytes())); }
-  std::vector<V> read() const {
-    std::vector<V> host(count_);
-    if (count_ > 0)
-      CHECK_CUDA(cudaMemcpy(host.data(), ptr_, count_ * sizeof(V),
-                            cudaMemcpyDeviceToHost));
-    return host;
-  }
-
-private:
-  size_t bytes() const {
-    return static_cast<size_t>(std::max<int64_t>(count_, 1)) * sizeof(V);
-  }
-  V *ptr_ = nullptr;
-  int64_t count_;
-};
 
 /// The stream, BLAS state, scratch and pinned counts every test shares,
 /// and the tally of checks.
@@ -164,54 +113,20 @@ struct Env {
     CHECK_CUDA(cudaGetLastError());
   }
 
+  /// A check's line (TestSupport.cuh), counted.
   bool report(const std::string &name, bool pass) {
-    std::printf("%s: %s\n", name.c_str(), pass ? "PASS" : "FAIL");
-    ++checks;
-    failures += !pass;
-    return pass;
+    return count(moert::testing::report(name, pass));
   }
-
-  /// Prints `name: max abs err X, rel L2 err Y (tolerance T) PASS|FAIL`.
   bool compare(const std::string &name, const Doubles &got,
                const Doubles &want, double tol) {
-    double maxAbs = 0.0, diff2 = 0.0, want2 = 0.0;
-    bool finite = got.size() == want.size();
-    for (size_t i = 0; i < got.size() && i < want.size(); ++i) {
-      if (!std::isfinite(got[i])) {
-        finite = false;
-        continue;
-      }
-      double d = got[i] - want[i];
-      maxAbs = std::max(maxAbs, std::fabs(d));
-      diff2 += d * d;
-      want2 += want[i] * want[i];
-    }
-    double rel = want2 > 0.0 ? std::sqrt(diff2 / want2) : std::sqrt(diff2);
-    bool pass = finite && rel <= tol;
-    std::printf("%s: max abs err %.3e, rel L2 err %.3e (tolerance %.0e)%s "
-                "%s\n",
-                name.c_str(), maxAbs, rel, tol,
-                finite ? "" : " [non-finite or missing values]",
-                pass ? "PASS" : "FAIL");
+    return count(moert::testing::compare(name, got, want, tol));
+  }
+  bool count(bool pass) {
     ++checks;
     failures += !pass;
     return pass;
   }
 };
-
-template <class T> Doubles toDoubles(const std::vector<T> &v) {
-  Doubles d(v.size());
-  for (size_t i = 0; i < v.size(); ++i)
-    d[i] = static_cast<double>(toFloat(v[i]));
-  return d;
-}
-
-template <class T> std::vector<T> toStorage(const std::vector<float> &v) {
-  std::vector<T> s(v.size());
-  for (size_t i = 0; i < v.size(); ++i)
-    s[i] = fromFloat<T>(v[i]);
-  return s;
-}
 
 std::vector<float> normal(std::mt19937 &rng, int64_t n, float stddev,
                           float mean = 0.0f) {
@@ -228,13 +143,6 @@ std::vector<float> uniform(std::mt19937 &rng, int64_t n, float bound) {
   for (float &x : v)
     x = dist(rng);
   return v;
-}
-
-template <class V> bool sameBits(const std::vector<V> &a,
-                                 const std::vector<V> &b) {
-  return a.size() == b.size() &&
-         (a.empty() ||
-          std::memcmp(a.data(), b.data(), a.size() * sizeof(V)) == 0);
 }
 
 std::string dims(std::initializer_list<std::pair<const char *, int64_t>> l) {

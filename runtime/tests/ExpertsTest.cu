@@ -37,6 +37,8 @@
 
 #include "moert/kernels/Experts.cuh"
 
+#include "TestSupport.cuh"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -46,6 +48,7 @@
 #include <vector>
 
 using namespace moert::kernels;
+using namespace moert::testing;
 
 namespace {
 
@@ -131,94 +134,6 @@ Grads hostExperts(const Shape &s, bool interleaved,
   return r;
 }
 
-template <class T> const char *typeName();
-template <> const char *typeName<float>() { return "fp32"; }
-template <> const char *typeName<bf16>() { return "bf16"; }
-
-#define CHECK_CUDA(call)                                                       \
-  do {                                                                         \
-    cudaError_t status_ = (call);                                              \
-    if (status_ != cudaSuccess) {                                              \
-      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__,      \
-                   #call, cudaGetErrorString(status_));                        \
-      std::exit(2);                                                            \
-    }                                                                          \
-  } while (0)
-
-template <class V> V *deviceCopy(const std::vector<V> &host) {
-  V *p = nullptr;
-  CHECK_CUDA(cudaMalloc(&p, std::max<size_t>(host.size(), 1) * sizeof(V)));
-  if (!host.empty())
-    CHECK_CUDA(cudaMemcpy(p, host.data(), host.size() * sizeof(V),
-                          cudaMemcpyHostToDevice));
-  return p;
-}
-
-/// A device buffer of n elements filled with 0xFF bytes (NaN in fp32 and
-/// bf16), so that an element a kernel forgets to write is caught.
-template <class V> V *deviceNaN(int64_t n) {
-  V *p = nullptr;
-  CHECK_CUDA(cudaMalloc(&p, std::max<int64_t>(n, 1) * sizeof(V)));
-  CHECK_CUDA(cudaMemset(p, 0xFF, std::max<int64_t>(n, 1) * sizeof(V)));
-  return p;
-}
-
-template <class V> std::vector<V> hostCopy(const V *p, int64_t n) {
-  std::vector<V> host(n);
-  if (n > 0)
-    CHECK_CUDA(
-        cudaMemcpy(host.data(), p, n * sizeof(V), cudaMemcpyDeviceToHost));
-  return host;
-}
-
-template <class T> std::vector<double> toDouble(const std::vector<T> &v) {
-  std::vector<double> d(v.size());
-  for (size_t i = 0; i < v.size(); ++i)
-    d[i] = static_cast<double>(toFloat(v[i]));
-  return d;
-}
-
-template <class T> std::vector<T> toStorage(const std::vector<float> &v) {
-  std::vector<T> s(v.size());
-  for (size_t i = 0; i < v.size(); ++i)
-    s[i] = fromFloat<T>(v[i]);
-  return s;
-}
-
-/// Prints the errors of `got` against `want`; true when within `tolerance`.
-bool compare(const std::string &name, const std::vector<double> &got,
-             const std::vector<double> &want, double tolerance) {
-  double maxAbs = 0.0, diff2 = 0.0, want2 = 0.0;
-  bool finite = got.size() == want.size();
-  for (size_t i = 0; i < got.size() && i < want.size(); ++i) {
-    if (!std::isfinite(got[i])) {
-      finite = false;
-      continue;
-    }
-    double d = got[i] - want[i];
-    maxAbs = std::max(maxAbs, std::fabs(d));
-    diff2 += d * d;
-    want2 += want[i] * want[i];
-  }
-  double rel = want2 > 0.0 ? std::sqrt(diff2 / want2) : std::sqrt(diff2);
-  bool pass = finite && rel <= tolerance;
-  std::printf("%s: max abs err %.3e, rel L2 err %.3e (tolerance %.0e)%s %s\n",
-              name.c_str(), maxAbs, rel, tolerance,
-              finite ? "" : " [non-finite values]", pass ? "PASS" : "FAIL");
-  return pass;
-}
-
-bool report(const std::string &name, bool pass) {
-  std::printf("%s: %s\n", name.c_str(), pass ? "PASS" : "FAIL");
-  return pass;
-}
-
-template <class V>
-bool sameBits(const V *a, const V *b, int64_t n) {
-  std::vector<V> x = hostCopy(a, n), y = hostCopy(b, n);
-  return n == 0 || std::memcmp(x.data(), y.data(), n * sizeof(V)) == 0;
-}
-
 /// One shape, type and layout; returns the number of failed checks.
 template <class T, class TW = T>
 int runCase(const Shape &s, bool interleaved, uint32_t seed, Blas *blas,
@@ -279,9 +194,9 @@ int runCase(const Shape &s, bool interleaved, uint32_t seed, Blas *blas,
   std::vector<T> xT = toStorage<T>(x), gatesT = toStorage<T>(gates),
                  gateUpT = toStorage<T>(gateUp), downT = toStorage<T>(down),
                  dOutT = toStorage<T>(dOut);
-  Grads want = hostExperts(s, interleaved, toDouble(xT), toDouble(gatesT),
-                           route, toDouble(gateUpT), toDouble(downT),
-                           toDouble(dOutT));
+  Grads want = hostExperts(s, interleaved, toDoubles(xT), toDoubles(gatesT),
+                           route, toDoubles(gateUpT), toDoubles(downT),
+                           toDoubles(dOutT));
 
   T *dx = deviceCopy(xT), *dGatesIn = deviceCopy(gatesT),
     *dW1 = deviceCopy(gateUpT), *dW2 = deviceCopy(downT),
@@ -321,16 +236,16 @@ int runCase(const Shape &s, bool interleaved, uint32_t seed, Blas *blas,
   std::string prefix = std::string(label) + " ";
   int failures = 0;
   failures += !compare(prefix + "out",
-                       toDouble(hostCopy(out[0], tokens * H)), want.out,
+                       toDoubles(hostCopy(out[0], tokens * H)), want.out,
                        tolerance);
   failures += !compare(prefix + "dInput",
-                       toDouble(hostCopy(dInput[0], tokens * H)), want.dInput,
+                       toDoubles(hostCopy(dInput[0], tokens * H)), want.dInput,
                        tolerance);
-  failures += !compare(prefix + "dGates", toDouble(hostCopy(dGates[0], pairs)),
+  failures += !compare(prefix + "dGates", toDoubles(hostCopy(dGates[0], pairs)),
                        want.dGates, tolerance);
   std::vector<double> gotGateUp =
-      toDouble(hostCopy(dGateUp[0], E * 2 * I * H));
-  std::vector<double> gotDown = toDouble(hostCopy(dDown[0], E * H * I));
+      toDoubles(hostCopy(dGateUp[0], E * 2 * I * H));
+  std::vector<double> gotDown = toDoubles(hostCopy(dDown[0], E * H * I));
   failures += !compare(prefix + "dGateUp", gotGateUp, want.dGateUp, tolerance);
   failures += !compare(prefix + "dDown", gotDown, want.dDown, tolerance);
 

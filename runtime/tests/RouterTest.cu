@@ -47,13 +47,16 @@
 // are exact.
 //
 //   nvcc -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a
-//     -I runtime/include runtime/tests/RouterTest.cu -o RouterTest -lcublas
+//     -I runtime/include -I include runtime/tests/RouterTest.cu -o RouterTest
+//     -lcublas -lcublasLt
 //
 // main() returns nonzero when anything fails.
 //
 //===----------------------------------------------------------------------===//
 
 #include "moert/kernels/Router.cuh"
+
+#include "TestSupport.cuh"
 
 #include <algorithm>
 #include <cmath>
@@ -65,20 +68,10 @@
 #include <vector>
 
 using namespace moert::kernels;
+using namespace moert::testing;
 
 namespace {
 
-#define CHECK_CUDA(call)                                                       \
-  do {                                                                         \
-    cudaError_t status_ = (call);                                              \
-    if (status_ != cudaSuccess) {                                              \
-      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__,      \
-                   #call, cudaGetErrorString(status_));                        \
-      std::exit(2);                                                            \
-    }                                                                          \
-  } while (0)
-
-using Doubles = std::vector<double>;
 using Indices = std::vector<int64_t>;
 
 constexpr double kTolFp32 = 1e-5;
@@ -87,9 +80,6 @@ constexpr double kNearTie = 1e-6;
 constexpr double kBalancedMismatchFraction = 0.01;
 constexpr int64_t kScratchCapacity = 256ll << 20;
 
-template <class T> const char *typeName();
-template <> const char *typeName<float>() { return "fp32"; }
-template <> const char *typeName<bf16>() { return "bf16"; }
 template <class T> double tolerance() {
   return sizeof(T) == 4 ? kTolFp32 : kTolBf16;
 }
@@ -102,52 +92,6 @@ const char *modeName(Routing mode) {
   case Routing::None: return "none";
   }
   return "?";
-}
-
-double hostToDouble(float x) { return x; }
-double hostToDouble(bf16 x) { return static_cast<double>(__bfloat162float(x)); }
-template <class T> T hostFromFloat(float x);
-template <> float hostFromFloat<float>(float x) { return x; }
-template <> bf16 hostFromFloat<bf16>(float x) { return __float2bfloat16_rn(x); }
-
-/// An owned device buffer of `count` elements.
-template <class V> class DeviceBuffer {
-public:
-  explicit DeviceBuffer(int64_t count) : count_(count) {
-    CHECK_CUDA(cudaMalloc(&ptr_, bytes()));
-  }
-  explicit DeviceBuffer(const std::vector<V> &host)
-      : DeviceBuffer(static_cast<int64_t>(host.size())) {
-    if (!host.empty())
-      CHECK_CUDA(cudaMemcpy(ptr_, host.data(), host.size() * sizeof(V),
-                            cudaMemcpyHostToDevice));
-  }
-  DeviceBuffer(const DeviceBuffer &) = delete;
-  DeviceBuffer &operator=(const DeviceBuffer &) = delete;
-  ~DeviceBuffer() { cudaFree(ptr_); }
-  V *get() const { return ptr_; }
-  void fillBytes() { CHECK_CUDA(cudaMemset(ptr_, 0xFF, bytes())); }
-  std::vector<V> read() const {
-    std::vector<V> host(count_);
-    if (count_ > 0)
-      CHECK_CUDA(cudaMemcpy(host.data(), ptr_, count_ * sizeof(V),
-                            cudaMemcpyDeviceToHost));
-    return host;
-  }
-
-private:
-  size_t bytes() const {
-    return static_cast<size_t>(std::max<int64_t>(count_, 1)) * sizeof(V);
-  }
-  V *ptr_ = nullptr;
-  int64_t count_;
-};
-
-template <class T> Doubles toDoubles(const std::vector<T> &v) {
-  Doubles out(v.size());
-  for (size_t i = 0; i < v.size(); ++i)
-    out[i] = hostToDouble(v[i]);
-  return out;
 }
 
 struct Env {
@@ -187,31 +131,10 @@ struct Env {
     return pass;
   }
 
-  /// `name: max abs err X, rel L2 err Y (tolerance T) PASS|FAIL`.
-  /// `floor` bounds the denominator from below (for oracles that are zero
-  /// in exact arithmetic and hold only rounding noise).
+  /// A check's line (TestSupport.cuh), counted.
   bool compare(const std::string &name, const Doubles &got,
                const Doubles &want, double tol, double floor = 0.0) {
-    double maxAbs = 0.0, diff2 = 0.0, want2 = 0.0;
-    bool finite = got.size() == want.size();
-    for (size_t i = 0; i < got.size() && i < want.size(); ++i) {
-      if (!std::isfinite(got[i])) {
-        finite = false;
-        continue;
-      }
-      double d = got[i] - want[i];
-      maxAbs = std::max(maxAbs, std::fabs(d));
-      diff2 += d * d;
-      want2 += want[i] * want[i];
-    }
-    double norm = std::max(std::sqrt(want2), floor);
-    double rel = norm > 0.0 ? std::sqrt(diff2) / norm : std::sqrt(diff2);
-    bool pass = finite && rel <= tol;
-    std::printf("%s: max abs err %.3e, rel L2 err %.3e (tolerance %.0e)%s "
-                "%s\n",
-                name.c_str(), maxAbs, rel, tol,
-                finite ? "" : " [non-finite or missing values]",
-                pass ? "PASS" : "FAIL");
+    bool pass = moert::testing::compare(name, got, want, tol, floor);
     ++checks;
     failures += !pass;
     return pass;
@@ -469,8 +392,8 @@ void randomLogits(uint32_t seed, int64_t count, double scale,
   device.resize(count);
   oracle.resize(count);
   for (int64_t i = 0; i < count; ++i) {
-    device[i] = hostFromFloat<T>(static_cast<float>(normal(rng) * scale));
-    oracle[i] = hostToDouble(device[i]);
+    device[i] = fromFloat<T>(static_cast<float>(normal(rng) * scale));
+    oracle[i] = static_cast<double>(toFloat(device[i]));
   }
 }
 
@@ -532,8 +455,8 @@ void testRouter(Env &env, Routing mode, const std::vector<T> &logits,
 
   DeviceBuffer<T> input(logits), gates(Tn * k);
   DeviceBuffer<int64_t> experts(Tn * k);
-  gates.fillBytes();
-  experts.fillBytes();
+  gates.fillNaN();
+  experts.fillNaN();
   Context ctx;
   if (!env.context(name, routerScratchBytes(Tn, E, k, 1), ctx))
     return;
@@ -617,7 +540,7 @@ void testRouterGrad(Env &env, Routing mode, const std::vector<T> &logits,
 
   DeviceBuffer<T> input(logits), dG(dGates), out(Tn * E);
   DeviceBuffer<int64_t> experts(chosen);
-  out.fillBytes();
+  out.fillNaN();
   Context ctx;
   if (!env.context(name, routerScratchBytes(Tn, E, k, 1), ctx))
     return;
@@ -662,7 +585,7 @@ void testLosses(Env &env, int64_t layers, int64_t Tn, int64_t E, int64_t k,
   {
     Doubles fraction;
     double want = loadBalancing(x, Tn, E, k, &fraction);
-    loss.fillBytes();
+    loss.fillNaN();
     if (env.context(type + " loadBalancingLoss" + suffix, lossScratch, ctx)) {
       loadBalancingLoss<T>(ctx, pointers.data(), layers, Tn, E, k, loss.get());
       env.sync();
@@ -673,7 +596,7 @@ void testLosses(Env &env, int64_t layers, int64_t Tn, int64_t E, int64_t k,
     const double scale = 0.02;
     Doubles got, expect;
     for (auto &g : grads)
-      g->fillBytes();
+      g->fillNaN();
     if (env.context(type + " loadBalancingLossGrad" + suffix, lossScratch,
                     ctx)) {
       loadBalancingLossGrad<T>(ctx, pointers.data(), layers, Tn, E, k, scale,
@@ -706,7 +629,7 @@ void testLosses(Env &env, int64_t layers, int64_t Tn, int64_t E, int64_t k,
         want += z * z;
       }
     want /= n;
-    loss.fillBytes();
+    loss.fillNaN();
     if (env.context(type + " routerZLoss" + suffix, lossScratch, ctx)) {
       routerZLoss<T>(ctx, pointers.data(), layers, Tn, E, loss.get());
       env.sync();
@@ -717,7 +640,7 @@ void testLosses(Env &env, int64_t layers, int64_t Tn, int64_t E, int64_t k,
     const double scale = 1e-3;
     Doubles got, expect;
     for (auto &g : grads)
-      g->fillBytes();
+      g->fillNaN();
     if (env.context(type + " routerZLossGrad" + suffix, lossScratch, ctx)) {
       routerZLossGrad<T>(ctx, pointers.data(), layers, Tn, E, scale,
                          gradPointers.data());
@@ -750,7 +673,7 @@ void testLosses(Env &env, int64_t layers, int64_t Tn, int64_t E, int64_t k,
       chosenPointers.push_back(chosen.back()->get());
     }
     DeviceBuffer<int64_t> counts(layers * E);
-    counts.fillBytes();
+    counts.fillNaN();
     std::string name = "expertCounts" + suffix;
     if (env.context(name, 0, ctx)) {
       expertCounts(ctx, chosenPointers.data(), layers, Tn, k, E, counts.get());
