@@ -130,6 +130,20 @@ private:
 LogicalResult Interpreter::execute(Operation *op) {
   std::string error;
   HostTensor out;
+  // The gradients of moe.lm_head_cross_entropy(_with_grad).
+  auto lossGrad = [&](auto g) -> LogicalResult {
+    HostTensor dWeight;
+    if (failed(kernel(op,
+                      lmHeadCrossEntropyGrad(
+                          get(g.getInput()), get(g.getWeight()),
+                          get(g.getLabels()), g.getIgnoreIndex(),
+                          g.getScale().convertToDouble(), out, dWeight,
+                          error),
+                      error)) ||
+        failed(set(op, g.getDInput(), std::move(out))))
+      return failure();
+    return set(op, g.getDWeight(), std::move(dWeight));
+  };
   return llvm::TypeSwitch<Operation *, LogicalResult>(op)
       .Case([&](arith::ConstantOp c) -> LogicalResult {
         auto dense = dyn_cast<DenseElementsAttr>(c.getValue());
@@ -466,38 +480,18 @@ LogicalResult Interpreter::execute(Operation *op) {
         return set(op, g.getDDown(), std::move(dDown));
       })
       .Case([&](moe::LmHeadCrossEntropyWithGradOp g) -> LogicalResult {
-        HostTensor loss, dWeight;
+        HostTensor loss;
         if (failed(kernel(op,
                           lmHeadCrossEntropy(get(g.getInput()),
                                              get(g.getWeight()),
                                              get(g.getLabels()),
                                              g.getIgnoreIndex(), loss, error),
                           error)) ||
-            failed(kernel(op,
-                          lmHeadCrossEntropyGrad(
-                              get(g.getInput()), get(g.getWeight()),
-                              get(g.getLabels()), g.getIgnoreIndex(),
-                              g.getScale().convertToDouble(), out, dWeight,
-                              error),
-                          error)) ||
-            failed(set(op, g.getLoss(), std::move(loss))) ||
-            failed(set(op, g.getDInput(), std::move(out))))
+            failed(set(op, g.getLoss(), std::move(loss))))
           return failure();
-        return set(op, g.getDWeight(), std::move(dWeight));
+        return lossGrad(g);
       })
-      .Case([&](moe::LmHeadCrossEntropyGradOp g) -> LogicalResult {
-        HostTensor dWeight;
-        if (failed(kernel(op,
-                          lmHeadCrossEntropyGrad(
-                              get(g.getInput()), get(g.getWeight()),
-                              get(g.getLabels()), g.getIgnoreIndex(),
-                              g.getScale().convertToDouble(), out, dWeight,
-                              error),
-                          error)) ||
-            failed(set(op, g.getDInput(), std::move(out))))
-          return failure();
-        return set(op, g.getDWeight(), std::move(dWeight));
-      })
+      .Case([&](moe::LmHeadCrossEntropyGradOp g) { return lossGrad(g); })
       .Case<moe::LoadBalancingLossGradOp, moe::RouterZLossGradOp>(
           [&](Operation *) -> LogicalResult {
             std::vector<HostTensor> grads;

@@ -27,15 +27,8 @@
 #include <string>
 #include <vector>
 
-#define CHECK_CUDA(call)                                                       \
-  do {                                                                         \
-    cudaError_t status_ = (call);                                              \
-    if (status_ != cudaSuccess) {                                              \
-      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__,      \
-                   #call, cudaGetErrorString(status_));                        \
-      std::exit(2);                                                            \
-    }                                                                          \
-  } while (0)
+/// A failed CUDA call ends the test (exit 1, like the kernels' own checks).
+#define CHECK_CUDA(call) MOERT_CUDA_CHECK(call)
 
 namespace moert::testing {
 

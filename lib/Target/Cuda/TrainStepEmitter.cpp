@@ -495,6 +495,25 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
     return failure();
   auto ptr = [&](Value v) { return pointer(op, v); };
   auto shape = [](Value v) { return typeOf(v).getShape(); };
+  // moe.lm_head_cross_entropy_grad, or _with_grad with its `loss` too.
+  auto printLossGrad = [&](auto l, Value loss) -> LogicalResult {
+    auto s = shape(l.getInput());
+    int64_t vocab = shape(l.getWeight())[0];
+    bool ok = true;
+    std::string args =
+        pointerList(op, {l.getInput(), l.getWeight(), l.getLabels()}, ok);
+    if (!ok)
+      return failure();
+    body += fmt::format(
+        "  moert::kernels::lmHeadCrossEntropyGrad(ctx, {}, {}, {}, {}, {}, "
+        "{}, {}, {}, {}{});\n",
+        args, s[0], s[1], s[2], vocab,
+        static_cast<int64_t>(l.getIgnoreIndex()),
+        floatLiteral(l.getScale().convertToDouble()), typed(l.getDInput()),
+        typed(l.getDWeight()), loss ? ", " + typed(loss) : std::string());
+    scratch(crossEntropyScratch(l.getInput(), l.getWeight()));
+    return success();
+  };
 
   return TypeSwitch<Operation *, LogicalResult>(&op)
       .Case([&](arith::ConstantOp c) -> LogicalResult {
@@ -780,41 +799,11 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
         scratch(crossEntropyScratch(l.getInput(), l.getWeight()));
         return success();
       })
-      .Case([&](moe::LmHeadCrossEntropyGradOp l) -> LogicalResult {
-        auto s = shape(l.getInput());
-        int64_t vocab = shape(l.getWeight())[0];
-        bool ok = true;
-        std::string args = pointerList(
-            op, {l.getInput(), l.getWeight(), l.getLabels()}, ok);
-        if (!ok)
-          return failure();
-        body += fmt::format(
-            "  moert::kernels::lmHeadCrossEntropyGrad(ctx, {}, {}, {}, {}, "
-            "{}, {}, {}, {}, {});\n",
-            args, s[0], s[1], s[2], vocab,
-                            static_cast<int64_t>(l.getIgnoreIndex()),
-            floatLiteral(l.getScale().convertToDouble()),
-            typed(l.getDInput()), typed(l.getDWeight()));
-        scratch(crossEntropyScratch(l.getInput(), l.getWeight()));
-        return success();
+      .Case([&](moe::LmHeadCrossEntropyGradOp l) {
+        return printLossGrad(l, Value());
       })
-      .Case([&](moe::LmHeadCrossEntropyWithGradOp l) -> LogicalResult {
-        auto s = shape(l.getInput());
-        int64_t vocab = shape(l.getWeight())[0];
-        bool ok = true;
-        std::string args = pointerList(
-            op, {l.getInput(), l.getWeight(), l.getLabels()}, ok);
-        if (!ok)
-          return failure();
-        body += fmt::format(
-            "  moert::kernels::lmHeadCrossEntropyGrad(ctx, {}, {}, {}, {}, "
-            "{}, {}, {}, {}, {}, {});\n",
-            args, s[0], s[1], s[2], vocab,
-            static_cast<int64_t>(l.getIgnoreIndex()),
-            floatLiteral(l.getScale().convertToDouble()),
-            typed(l.getDInput()), typed(l.getDWeight()), typed(l.getLoss()));
-        scratch(crossEntropyScratch(l.getInput(), l.getWeight()));
-        return success();
+      .Case([&](moe::LmHeadCrossEntropyWithGradOp l) {
+        return printLossGrad(l, l.getLoss());
       })
       .Case<moe::LoadBalancingLossOp, moe::LoadBalancingLossGradOp,
             moe::RouterZLossOp, moe::RouterZLossGradOp>(
