@@ -109,9 +109,6 @@ def bf16_copy(master):
     return compute
 
 
-RECIPES = ("fp32", "bf16", "bf16-model")
-
-
 def train(tokens, steps: int, *, recipe: str, micro_batch: int = MICRO_BATCH, verbose: bool = True) -> list[dict]:
     """Trains ``steps`` steps on ``tokens`` (int64 [blocks, seq]) in ``recipe``; returns one record per step."""
     import torch
@@ -123,8 +120,8 @@ def train(tokens, steps: int, *, recipe: str, micro_batch: int = MICRO_BATCH, ve
     master = build_model(config, MODE, SEED)
     if recipe == "bf16-model":
         master = bf16_copy(master)
-    fp32 = recipe != "bf16"  # no separate compute copy
-    compute = master if fp32 else bf16_copy(master)
+    copied = recipe == "bf16"  # a bf16 compute copy of fp32 masters
+    compute = bf16_copy(master) if copied else master
     masters = list(master.parameters())
     copies = list(compute.parameters())
     opt, schedule = Optimizer(), Schedule(total_steps=steps)
@@ -146,7 +143,7 @@ def train(tokens, steps: int, *, recipe: str, micro_batch: int = MICRO_BATCH, ve
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
         compute.zero_grad(set_to_none=True)
-        if not fp32:
+        if copied:
             with torch.no_grad():
                 for shadow, param in zip(copies, masters):
                     shadow.copy_(param)
@@ -154,7 +151,7 @@ def train(tokens, steps: int, *, recipe: str, micro_batch: int = MICRO_BATCH, ve
         with torch.no_grad():
             ce = compute.loss_function(result.logits, ids, config.vocab_size)
         result.loss.backward()
-        if not fp32:
+        if copied:
             for shadow, param in zip(copies, masters):
                 param.grad = shadow.grad.float()
         norm = torch.nn.utils.clip_grad_norm_(masters, opt.max_grad_norm)

@@ -76,58 +76,6 @@ template <class T> double tolerance() {
   return sizeof(T) == 4 ? kTolFp32 : kTolBf16;
 }
 
-/// The stream, BLAS state, scratch and pinned counts every test shares,
-/// and the tally of checks.
-struct Env {
-  cudaStream_t stream = nullptr;
-  Blas *blas = nullptr;
-  char *scratch = nullptr;
-  int64_t *hostCounts = nullptr;
-  int checks = 0, failures = 0;
-
-  /// A context whose scratch is exactly `scratchBytes` (0xFF-filled), or
-  /// false (a failed check) when that is over the allocation.
-  bool context(const std::string &name, int64_t scratchBytes, Context &ctx) {
-    if (scratchBytes < 0 || scratchBytes > kScratchCapacity) {
-      std::printf("%s: scratch of %lld bytes is over the test's %lld FAIL\n",
-                  name.c_str(), static_cast<long long>(scratchBytes),
-                  static_cast<long long>(kScratchCapacity));
-      ++checks;
-      ++failures;
-      return false;
-    }
-    if (scratchBytes > 0)
-      CHECK_CUDA(cudaMemset(scratch, 0xFF, scratchBytes));
-    ctx.stream = stream;
-    ctx.blas = blas;
-    ctx.scratch = scratch;
-    ctx.scratchBytes = scratchBytes;
-    ctx.hostCounts = hostCounts;
-    return true;
-  }
-
-  /// After the launches of one test: launch errors, then execution errors.
-  void sync() {
-    CHECK_CUDA(cudaGetLastError());
-    CHECK_CUDA(cudaStreamSynchronize(stream));
-    CHECK_CUDA(cudaGetLastError());
-  }
-
-  /// A check's line (TestSupport.cuh), counted.
-  bool report(const std::string &name, bool pass) {
-    return count(moert::testing::report(name, pass));
-  }
-  bool compare(const std::string &name, const Doubles &got,
-               const Doubles &want, double tol) {
-    return count(moert::testing::compare(name, got, want, tol));
-  }
-  bool count(bool pass) {
-    ++checks;
-    failures += !pass;
-    return pass;
-  }
-};
-
 std::vector<float> normal(std::mt19937 &rng, int64_t n, float stddev,
                           float mean = 0.0f) {
   std::normal_distribution<float> dist(mean, stddev);
@@ -768,7 +716,8 @@ int main() {
   Env env;
   CHECK_CUDA(cudaStreamCreate(&env.stream));
   env.blas = createBlas(env.stream);
-  CHECK_CUDA(cudaMalloc(&env.scratch, kScratchCapacity));
+  env.scratchCapacity = kScratchCapacity;
+  CHECK_CUDA(cudaMalloc(&env.scratch, env.scratchCapacity));
   CHECK_CUDA(cudaMallocHost(&env.hostCounts, 4096 * sizeof(int64_t)));
 
   uint32_t seed = 20240601;

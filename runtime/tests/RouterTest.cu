@@ -94,50 +94,13 @@ const char *modeName(Routing mode) {
   return "?";
 }
 
-struct Env {
-  cudaStream_t stream = nullptr;
-  char *scratch = nullptr;
-  int checks = 0, failures = 0;
-
-  bool context(const std::string &name, int64_t scratchBytes, Context &ctx) {
-    if (scratchBytes < 0 || scratchBytes > kScratchCapacity) {
-      std::printf("%s: scratch of %lld bytes is over the test's %lld FAIL\n",
-                  name.c_str(), static_cast<long long>(scratchBytes),
-                  static_cast<long long>(kScratchCapacity));
-      ++checks;
-      ++failures;
-      return false;
-    }
-    if (scratchBytes > 0)
-      CHECK_CUDA(cudaMemset(scratch, 0xFF, scratchBytes));
-    ctx = Context{};
-    ctx.stream = stream;
-    ctx.scratch = scratch;
-    ctx.scratchBytes = scratchBytes;
-    return true;
-  }
-
-  void sync() {
-    CHECK_CUDA(cudaGetLastError());
-    CHECK_CUDA(cudaStreamSynchronize(stream));
-    CHECK_CUDA(cudaGetLastError());
-  }
-
+/// TestSupport's Env with this test's `name: what PASS|FAIL` line.
+struct RouterEnv : moert::testing::Env {
+  using moert::testing::Env::report;
   bool report(const std::string &name, bool pass, const std::string &what) {
     std::printf("%s: %s %s\n", name.c_str(), what.c_str(),
                 pass ? "PASS" : "FAIL");
-    ++checks;
-    failures += !pass;
-    return pass;
-  }
-
-  /// A check's line (TestSupport.cuh), counted.
-  bool compare(const std::string &name, const Doubles &got,
-               const Doubles &want, double tol, double floor = 0.0) {
-    bool pass = moert::testing::compare(name, got, want, tol, floor);
-    ++checks;
-    failures += !pass;
-    return pass;
+    return count(pass);
   }
 };
 
@@ -432,7 +395,7 @@ bool validBalanced(const Indices &experts, int64_t T, int64_t E, int64_t k) {
 
 /// router for one mode against the oracle.
 template <class T>
-void testRouter(Env &env, Routing mode, const std::vector<T> &logits,
+void testRouter(RouterEnv &env, Routing mode, const std::vector<T> &logits,
                 const Doubles &x, int64_t Tn, int64_t E, int64_t k) {
   std::string name = std::string(typeName<T>()) + " router " +
                      modeName(mode) + " " + shapeName(Tn, E, k);
@@ -517,7 +480,7 @@ void testRouter(Env &env, Routing mode, const std::vector<T> &logits,
 }
 
 template <class T>
-void testRouterGrad(Env &env, Routing mode, const std::vector<T> &logits,
+void testRouterGrad(RouterEnv &env, Routing mode, const std::vector<T> &logits,
                     const Doubles &x, int64_t Tn, int64_t E, int64_t k,
                     uint32_t seed) {
   std::string name = std::string(typeName<T>()) + " routerGrad " +
@@ -558,7 +521,7 @@ void testRouterGrad(Env &env, Routing mode, const std::vector<T> &logits,
 }
 
 template <class T>
-void testLosses(Env &env, int64_t layers, int64_t Tn, int64_t E, int64_t k,
+void testLosses(RouterEnv &env, int64_t layers, int64_t Tn, int64_t E, int64_t k,
                 uint32_t seed) {
   std::string suffix = " " + shapeName(Tn, E, k) +
                        " layers=" + std::to_string(layers);
@@ -693,7 +656,7 @@ struct Shape {
   int64_t tokens, E, k;
 };
 
-template <class T> void runAll(Env &env) {
+template <class T> void runAll(RouterEnv &env) {
   const Shape shapes[] = {
       {128, 4, 1},  {128, 4, 2},  {128, 8, 2},   {1000, 8, 1},
       {1000, 8, 2}, {1000, 4, 2}, {333, 40, 3},  {96, 64, 5},
@@ -719,7 +682,7 @@ template <class T> void runAll(Env &env) {
 }
 
 /// Times each mode at the benchmark's shape (informative only).
-void timeRouters(Env &env) {
+void timeRouters(RouterEnv &env) {
   const int64_t Tn = 8192, E = 8, k = 2;
   std::vector<bf16> logits;
   Doubles x;
@@ -765,9 +728,10 @@ void timeRouters(Env &env) {
 } // namespace
 
 int main() {
-  Env env;
+  RouterEnv env;
   CHECK_CUDA(cudaStreamCreateWithFlags(&env.stream, cudaStreamNonBlocking));
-  CHECK_CUDA(cudaMalloc(&env.scratch, kScratchCapacity));
+  env.scratchCapacity = kScratchCapacity;
+  CHECK_CUDA(cudaMalloc(&env.scratch, env.scratchCapacity));
   runAll<float>(env);
   runAll<bf16>(env);
   timeRouters(env);

@@ -2,7 +2,8 @@
 //
 // The harness of runtime/tests/*.cu: device buffers (owned, or raw pointers
 // the tests free themselves), fp32/bf16 conversions of host vectors, the
-// error report every check prints, and bitwise comparison. The host oracles
+// error report every check prints, bitwise comparison, and the Env that
+// hands a test's launches their context and counts their checks. The host oracles
 // stay in each test: they are what the test is about.
 //
 // compare() prints one line per check:
@@ -17,7 +18,7 @@
 #ifndef MOERT_TESTS_TESTSUPPORT_CUH
 #define MOERT_TESTS_TESTSUPPORT_CUH
 
-#include "moert/kernels/Common.cuh"
+#include "moert/kernels/Gemm.cuh"
 
 #include <algorithm>
 #include <cmath>
@@ -157,6 +158,60 @@ inline bool report(const std::string &name, bool pass) {
   std::printf("%s: %s\n", name.c_str(), pass ? "PASS" : "FAIL");
   return pass;
 }
+
+/// The stream, BLAS state, scratch and pinned counts a test's launches
+/// share, and its tally of checks. The test allocates them in main().
+struct Env {
+  cudaStream_t stream = nullptr;
+  kernels::Blas *blas = nullptr; ///< Gemm.cuh; null where nothing multiplies
+  char *scratch = nullptr;
+  int64_t scratchCapacity = 0; ///< bytes allocated at `scratch`
+  int64_t *hostCounts = nullptr;
+  int checks = 0, failures = 0;
+
+  /// A context whose scratch is exactly `scratchBytes` (0xFF-filled), or
+  /// false (a failed check) when that is over the allocation.
+  bool context(const std::string &name, int64_t scratchBytes,
+               kernels::Context &ctx) {
+    if (scratchBytes < 0 || scratchBytes > scratchCapacity) {
+      std::printf("%s: scratch of %lld bytes is over the test's %lld FAIL\n",
+                  name.c_str(), static_cast<long long>(scratchBytes),
+                  static_cast<long long>(scratchCapacity));
+      count(false);
+      return false;
+    }
+    if (scratchBytes > 0)
+      CHECK_CUDA(cudaMemset(scratch, 0xFF, scratchBytes));
+    ctx = kernels::Context{};
+    ctx.stream = stream;
+    ctx.blas = blas;
+    ctx.scratch = scratch;
+    ctx.scratchBytes = scratchBytes;
+    ctx.hostCounts = hostCounts;
+    return true;
+  }
+
+  /// After the launches of one test: launch errors, then execution errors.
+  void sync() {
+    CHECK_CUDA(cudaGetLastError());
+    CHECK_CUDA(cudaStreamSynchronize(stream));
+    CHECK_CUDA(cudaGetLastError());
+  }
+
+  /// A check's line (above), counted.
+  bool report(const std::string &name, bool pass) {
+    return count(moert::testing::report(name, pass));
+  }
+  bool compare(const std::string &name, const Doubles &got,
+               const Doubles &want, double tol, double floor = 0.0) {
+    return count(moert::testing::compare(name, got, want, tol, floor));
+  }
+  bool count(bool pass) {
+    ++checks;
+    failures += !pass;
+    return pass;
+  }
+};
 
 } // namespace moert::testing
 

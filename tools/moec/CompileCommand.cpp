@@ -118,6 +118,15 @@ bool readJob(llvm::StringRef path, Job &job, std::string &error) {
       error = fmt::format("config '{}': '{}' must be a number", path.str(), k);
       return false;
     };
+    auto boolean = [&](bool &field) {
+      if (auto v = value.getAsBoolean()) {
+        field = *v;
+        return true;
+      }
+      error = fmt::format("config '{}': '{}' must be true or false",
+                          path.str(), k);
+      return false;
+    };
     bool ok;
     if (k == "micro_batch_size")
       ok = number(job.microBatchSize);
@@ -139,22 +148,11 @@ bool readJob(llvm::StringRef path, Job &job, std::string &error) {
       ok = number(job.maxGradNorm);
     else if (k == "initializer_range")
       ok = number(job.initializerRange);
-    else if (k == "bf16") {
-      ok = value.getAsBoolean().has_value();
-      if (ok)
-        job.bf16 = *value.getAsBoolean();
-      else
-        error = fmt::format("config '{}': 'bf16' must be true or false",
-                            path.str());
-    } else if (k == "recompute_experts") {
-      ok = value.getAsBoolean().has_value();
-      if (ok)
-        job.recomputeExperts = *value.getAsBoolean();
-      else
-        error = fmt::format("config '{}': 'recompute_experts' must be true "
-                            "or false",
-                            path.str());
-    } else if (k == "param_dtype") {
+    else if (k == "bf16")
+      ok = boolean(job.bf16);
+    else if (k == "recompute_experts")
+      ok = boolean(job.recomputeExperts);
+    else if (k == "param_dtype") {
       ok = value.getAsString() &&
            llvm::is_contained({"fp32", "bf16"}, *value.getAsString());
       if (ok)
@@ -174,9 +172,10 @@ bool readJob(llvm::StringRef path, Job &job, std::string &error) {
     } else {
       error = fmt::format(
           "config '{}': unknown key '{}' (known: micro_batch_size, "
-          "seq_length, bf16, param_dtype, recompute_experts, moe_load_balancing, router_aux_loss_coef, "
-          "router_z_loss_coef, weight_decay, beta1, beta2, adam_epsilon, "
-          "max_grad_norm, initializer_range)",
+          "seq_length, bf16, param_dtype, recompute_experts, "
+          "moe_load_balancing, router_aux_loss_coef, router_z_loss_coef, "
+          "weight_decay, beta1, beta2, adam_epsilon, max_grad_norm, "
+          "initializer_range)",
           path.str(), k);
       ok = false;
     }

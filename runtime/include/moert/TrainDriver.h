@@ -495,10 +495,9 @@ inline int runTrainProgram(const TrainProgram &p, int argc, char **argv) {
         if (q.elementBytes == 4) {
           std::memcpy(&values[e], raw + 4 * e, 4);
         } else {
-          uint32_t bits = 0;
-          std::memcpy(&bits, raw + 2 * e, 2);
-          bits <<= 16;
-          std::memcpy(&values[e], &bits, 4);
+          kernels::bf16 x;
+          std::memcpy(&x, raw + 2 * e, 2);
+          values[e] = kernels::toFloat(x);
         }
       }
       writeAtomically(dir / (std::string(q.name) + ".bin"),
