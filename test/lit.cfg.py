@@ -4,7 +4,8 @@
 Test files: .mlir (passes and diagnostics, through moec-opt), .test (driver
 and end-to-end runs). Python with numpy/onnxruntime is used by some tests
 and marked by the `onnxruntime` feature; tests that build CUDA programs need
-`nvcc`; GPU tests need the `gpu` feature, which is set only when an NVIDIA
+`nvcc`, those of bf16 attention on cuDNN `cudnn` (moec built with the cuDNN
+frontend); GPU tests need the `gpu` feature, which is set only when an NVIDIA
 GPU answers `nvidia-smi`, and are reported UNSUPPORTED elsewhere.
 """
 
@@ -45,6 +46,10 @@ if python_has("onnxruntime") and python_has("numpy"):
 
 if shutil.which("nvcc") or os.path.exists("/usr/local/cuda/bin/nvcc"):
     config.available_features.add("nvcc")
+
+# moec was built with the cuDNN frontend: bf16 attention compiles to cuDNN.
+if config.moec_have_cudnn:
+    config.available_features.add("cudnn")
 
 if shutil.which("nvidia-smi") and subprocess.run(
         ["nvidia-smi", "-L"], capture_output=True).returncode == 0:

@@ -30,12 +30,23 @@ export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
 if [[ "$mode" == prepare ]]; then
   moec="${MOEC:-$root/build/bin/moec}"
   nvcc="${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}"
+  build="${MOEC_BUILD:-$root/build}"
+  # The attention test covers the cuDNN kernels too: it links moec's
+  # moert_cudnn library and the cuDNN that the build found.
+  cudnn="$(sed -n 's/^MOEC_CUDNN_LIBRARY:FILEPATH=//p' "$build/CMakeCache.txt")"
+  if [[ -z "$cudnn" || ! -f "$build/runtime/libmoert_cudnn.a" ]]; then
+    echo "error: $build has no moert_cudnn library (pip install" \
+      "nvidia-cudnn-frontend, then reconfigure)" >&2
+    exit 1
+  fi
   mkdir -p "$dir/tests" "$dir/data"
   for test in "$root"/runtime/tests/*.cu; do
     name="$(basename "$test" .cu)"
     "$nvcc" -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a \
       -I"$root/runtime/include" -I"$root/include" "$test" \
-      -o "$dir/tests/$name" -lcublas -lcublasLt
+      -o "$dir/tests/$name" "$build/runtime/libmoert_cudnn.a" \
+      -L"$(dirname "$cudnn")" -Xlinker -rpath="$(dirname "$cudnn")" \
+      -lcudnn -lnvrtc -lcublas -lcublasLt
   done
   python3 -m moec.tokens "$root/test/Inputs/fortunes/train.pb" "$dir/data/train.bin"
   model="$root/test/Inputs/tiny/tiny-ort.onnx"

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs what moec needs to build and test on Debian 12 (bookworm) or a
 # derivative: MLIR/LLVM 22, ONNX, protobuf, fmt, GoogleTest, Ninja from the
-# distribution, and numpy/onnx/onnxruntime from PyPI for the Python side of
-# the tests. Safe to run again; it only installs what is missing.
+# distribution, numpy/onnx/onnxruntime from PyPI for the Python side of the
+# tests, and the header-only cuDNN frontend from PyPI (its headers only: the
+# package's Python dependencies are not needed to compile against it) for
+# bf16 attention on cuDNN. Safe to run again; it only installs what is
+# missing.
 set -euo pipefail
 
 packages=(cmake ninja-build g++ libmlir-22-dev mlir-22-tools llvm-22-dev
@@ -21,3 +24,7 @@ fi
 
 python3 -c "import numpy, onnx, onnxruntime" 2>/dev/null ||
   python3 -m pip install -q numpy onnx onnxruntime
+
+# The cuDNN frontend's C++ headers (site-packages/include/cudnn_frontend.h).
+python3 -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['purelib'], 'include', 'cudnn_frontend.h')))" ||
+  python3 -m pip install -q --no-deps nvidia-cudnn-frontend==1.32.0

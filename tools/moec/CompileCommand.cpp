@@ -1,7 +1,7 @@
 //===- CompileCommand.cpp - `moec compile` --------------------------------===//
 //
 // `moec compile MODEL [--config train.json] -o OUT [--emit cuda]
-// [--arch sm_90a]`: builds the training step for the job in the config
+// [--arch sm_90a] [--attention-kernel auto|cudnn|gemm]`: builds the training step for the job in the config
 // (micro-batch, sequence length, precision, MoE and optimizer options),
 // specialises its shapes, plans its memory and prints two CUDA programs:
 //
@@ -56,6 +56,18 @@ cl::opt<std::string> emit("emit",
                           cl::sub(sub));
 cl::opt<std::string> arch("arch", cl::desc("GPU architecture for nvcc"),
                           cl::init("sm_90a"), cl::sub(sub));
+cl::opt<std::string> attentionKernel(
+    "attention-kernel",
+    cl::desc("bf16 attention on: cudnn (fused SDPA), gemm (moert's GEMM "
+             "kernels) or auto (cudnn where moec was built with it); fp32 "
+             "attention always runs on gemm"),
+    cl::init("auto"), cl::sub(sub));
+
+#ifdef MOERT_CUDNN_LIBRARY
+constexpr bool kHaveCudnn = true;
+#else
+constexpr bool kHaveCudnn = false;
+#endif
 
 int fail(const std::string &message) {
   llvm::errs() << "error: " << message << "\n";
@@ -200,7 +212,8 @@ bool readJob(llvm::StringRef path, Job &job, std::string &error) {
 /// Builds `source` into OUT/<name> with nvcc unless the cache says it is
 /// current. Returns false with `error` set on failure.
 bool buildProgram(llvm::StringRef name, const std::string &source,
-                  ArrayRef<std::string> extraFlags, std::string &error) {
+                  ArrayRef<std::string> extraFlags,
+                  ArrayRef<std::string> linkedFiles, std::string &error) {
   llvm::SmallString<256> cuPath(outDir.getValue()), binPath, hashPath;
   llvm::sys::path::append(cuPath, name + ".cu");
   binPath = hashPath = cuPath;
@@ -238,6 +251,15 @@ bool buildProgram(llvm::StringRef name, const std::string &source,
          it != end && !ec; it.increment(ec))
       if (auto header = llvm::MemoryBuffer::getFile(it->path()))
         key += it->path() + (*header)->getBuffer().str();
+  for (const std::string &file : linkedFiles) {
+    auto contents = llvm::MemoryBuffer::getFile(file);
+    if (!contents) {
+      error = fmt::format("cannot read '{}', which '{}' links: {}", file,
+                          name.str(), contents.getError().message());
+      return false;
+    }
+    key += file + (*contents)->getBuffer().str();
+  }
   std::string hash =
       llvm::toHex(llvm::SHA256::hash(llvm::arrayRefFromStringRef(key)));
   auto previous = llvm::MemoryBuffer::getFile(hashPath);
@@ -268,6 +290,15 @@ int moec::cli::runCompile() {
   if (!llvm::StringRef(arch).starts_with("sm_"))
     return fail(fmt::format("--arch '{}' must look like sm_90a",
                             arch.getValue()));
+  if (attentionKernel != "auto" && attentionKernel != "cudnn" &&
+      attentionKernel != "gemm")
+    return fail(fmt::format("--attention-kernel '{}' is not one of: auto, "
+                            "cudnn, gemm",
+                            attentionKernel.getValue()));
+  if (attentionKernel == "cudnn" && !kHaveCudnn)
+    return fail("--attention-kernel cudnn: this moec was built without "
+                "cuDNN or its frontend (pip install nvidia-cudnn-frontend, "
+                "then reconfigure the build)");
   Job job;
   std::string error;
   if (!configPath.empty() && !readJob(configPath, job, error))
@@ -314,6 +345,7 @@ int moec::cli::runCompile() {
   llvm::raw_string_ostream trainOs(trainSource);
   CudaTrainProgramOptions printOptions;
   printOptions.modelName = llvm::sys::path::filename(modelPath).str();
+  printOptions.cudnnAttention = attentionKernel != "gemm" && kHaveCudnn;
   CudaTrainProgramSummary summary;
   if (failed(emitCudaTrainProgram(*module, printOptions, trainOs, summary)))
     return 1;
@@ -333,6 +365,7 @@ int moec::cli::runCompile() {
       {"bf16", job.bf16},
       {"param_dtype", job.paramDtype},
       {"recompute_experts", job.recomputeExperts},
+      {"attention_kernel", summary.usesCudnn ? "cudnn" : "gemm"},
       {"moe_load_balancing", job.loadBalancing},
       {"router_aux_loss_coef", job.auxLossCoef},
       {"router_z_loss_coef", job.zLossCoef},
@@ -356,9 +389,24 @@ int moec::cli::runCompile() {
       summary.stateBytes, summary.arenaBytes, liveBound, summary.inputBytes,
       summary.modelFlops);
 
-  if (!buildProgram("init_params", initSource, {}, error) ||
-      !buildProgram("train_step", trainSource, {"-lcublas", "-lcublasLt"},
-                    error))
+  if (job.bf16 && !summary.usesCudnn && attentionKernel == "auto")
+    llvm::errs() << "note: this moec was built without cuDNN or its "
+                    "frontend; bf16 attention runs on the GEMM kernels (pip "
+                    "install nvidia-cudnn-frontend, then reconfigure the "
+                    "build, for fused attention)\n";
+  std::vector<std::string> trainFlags, trainLinked;
+#ifdef MOERT_CUDNN_LIBRARY
+  if (summary.usesCudnn) {
+    trainLinked.push_back(MOERT_CUDNN_LIBRARY);
+    trainFlags = {MOERT_CUDNN_LIBRARY, "-L" MOEC_CUDNN_LIBRARY_DIR,
+                  "-Xlinker", "-rpath=" MOEC_CUDNN_LIBRARY_DIR, "-lcudnn",
+                  "-lnvrtc"};
+  }
+#endif
+  trainFlags.push_back("-lcublas");
+  trainFlags.push_back("-lcublasLt");
+  if (!buildProgram("init_params", initSource, {}, {}, error) ||
+      !buildProgram("train_step", trainSource, trainFlags, trainLinked, error))
     return fail(error);
   return 0;
 }

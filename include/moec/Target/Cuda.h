@@ -37,6 +37,10 @@ mlir::LogicalResult emitCudaInitProgram(mlir::ModuleOp module,
 struct CudaTrainProgramOptions {
   /// Printed into the program and its banner.
   std::string modelName;
+  /// bf16 attention on cuDNN's fused SDPA (moert/kernels/AttentionCudnn.cuh;
+  /// the program then links moert_cudnn, cuDNN and NVRTC) instead of the
+  /// GEMM kernels of Attention.cuh. fp32 attention always uses the latter.
+  bool cudnnAttention = false;
 };
 
 /// What the printed training program allocates and computes per step.
@@ -45,6 +49,7 @@ struct CudaTrainProgramSummary {
   int64_t arenaBytes = 0; ///< every intermediate (moe-plan-memory)
   int64_t inputBytes = 0; ///< token ids, labels, step, learning rate
   double modelFlops = 0;  ///< DESIGN.md §5's model FLOPs per step
+  bool usesCudnn = false; ///< some attention op runs on cuDNN
 };
 
 /// Prints the CUDA training program of `module` (@train_step after

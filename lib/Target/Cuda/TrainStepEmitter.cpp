@@ -118,6 +118,17 @@ std::string routingName(moe::LoadBalancing mode) {
 
 std::string floatLiteral(double v) { return fmt::format("{:#.9g}f", v); }
 
+/// The arguments after the buffers that the attention kernels (GEMM and
+/// cuDNN) share: B, S, N, KV, D, scale, causal, window.
+template <class AttentionLikeOp>
+std::string attentionShape(AttentionLikeOp a) {
+  auto q = typeOf(a.getQuery()).getShape(), k = typeOf(a.getKey()).getShape();
+  int64_t window = a.getSlidingWindow() ? *a.getSlidingWindow() : -1;
+  return fmt::format("{}, {}, {}, {}, {}, {}, {}, {}", q[0], q[1], q[2], k[2],
+                     q[3], floatLiteral(a.getScale().convertToDouble()),
+                     a.getCausal() ? "true" : "false", window);
+}
+
 class TrainStepPrinter {
 public:
   TrainStepPrinter(func::FuncOp step, func::FuncOp init,
@@ -138,6 +149,19 @@ private:
   std::string typed(Value v);
   std::string pointerList(Operation &at, ValueRange values, bool &ok);
   void scratch(std::string term) { scratchTerms.push_back(std::move(term)); }
+  /// Whether an attention op on `query` runs on cuDNN (and notes that the
+  /// program then needs it).
+  bool onCudnn(Value query) {
+    bool cudnn = options.cudnnAttention &&
+                 typeOf(query).getElementType().isBF16();
+    usesCudnn |= cudnn;
+    return cudnn;
+  }
+  template <class AttentionLikeOp>
+  std::string cudnnAttentionScratch(AttentionLikeOp a) {
+    return "moert::kernels::attentionCudnnScratchBytes(ctx, " +
+           attentionShape(a) + ")";
+  }
   /// Ends the segment `body` holds: it becomes a captured segment of the
   /// step when `capture`, else it runs as printed.
   void endSegment(bool capture);
@@ -153,6 +177,7 @@ private:
   std::vector<std::string> scratchTerms;
   std::map<std::string, std::string> kernelNames; ///< source -> name
   int64_t stateBytes = 0, inputBytes = 0, groups = 0;
+  bool usesCudnn = false;
 
   struct Param {
     std::string name;
@@ -627,38 +652,33 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
         return success();
       })
       .Case([&](moe::AttentionOp a) -> LogicalResult {
-        auto q = shape(a.getQuery()), k = shape(a.getKey());
         bool ok = true;
         std::string args = pointerList(
             op, {a.getQuery(), a.getKey(), a.getValue()}, ok);
         if (!ok)
           return failure();
-        int64_t window = a.getSlidingWindow() ? *a.getSlidingWindow() : -1;
-        body += fmt::format(
-            "  moert::kernels::attention(ctx, {}, {}, {}, {}, {}, {}, {}, {}, "
-            "{}, {});\n",
-            args, q[0], q[1], q[2], k[2], q[3],
-            floatLiteral(a.getScale().convertToDouble()),
-            a.getCausal() ? "true" : "false", window, typed(a.getResult()));
-        scratch(attentionScratch(a.getQuery(), a.getKey()));
+        bool cudnn = onCudnn(a.getQuery());
+        body += fmt::format("  moert::kernels::{}(ctx, {}, {}, {});\n",
+                            cudnn ? "attentionCudnn" : "attention", args,
+                            attentionShape(a), typed(a.getResult()));
+        scratch(cudnn ? cudnnAttentionScratch(a)
+                      : attentionScratch(a.getQuery(), a.getKey()));
         return success();
       })
       .Case([&](moe::AttentionGradOp a) -> LogicalResult {
-        auto q = shape(a.getQuery()), k = shape(a.getKey());
         bool ok = true;
         std::string args = pointerList(
             op, {a.getQuery(), a.getKey(), a.getValue(), a.getDResult()}, ok);
         if (!ok)
           return failure();
-        int64_t window = a.getSlidingWindow() ? *a.getSlidingWindow() : -1;
+        bool cudnn = onCudnn(a.getQuery());
         body += fmt::format(
-            "  moert::kernels::attentionGrad(ctx, {}, {}, {}, {}, {}, {}, {}, "
-            "{}, {}, {}, {}, {});\n",
-            args, q[0], q[1], q[2], k[2], q[3],
-            floatLiteral(a.getScale().convertToDouble()),
-            a.getCausal() ? "true" : "false", window, typed(a.getDQuery()),
-            typed(a.getDKey()), typed(a.getDValue()));
-        scratch(attentionScratch(a.getQuery(), a.getKey()));
+            "  moert::kernels::{}(ctx, {}, {}, {}, {}, {});\n",
+            cudnn ? "attentionGradCudnn" : "attentionGrad", args,
+            attentionShape(a), typed(a.getDQuery()), typed(a.getDKey()),
+            typed(a.getDValue()));
+        scratch(cudnn ? cudnnAttentionScratch(a)
+                      : attentionScratch(a.getQuery(), a.getKey()));
         return success();
       })
       .Case([&](moe::LinearOp l) -> LogicalResult {
@@ -1072,7 +1092,10 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
 #include "moert/kernels/Optimizer.cuh"
 #include "moert/kernels/Rotary.cuh"
 #include "moert/kernels/Router.cuh"
-
+)cuda";
+  if (usesCudnn)
+    os << "#include \"moert/kernels/AttentionCudnn.cuh\"\n";
+  os << R"cuda(
 #include <algorithm>
 
 namespace {
@@ -1091,7 +1114,11 @@ namespace {
      << initBody << "}\n\n";
   os << "void setup(char *state, char *arena, char *inputs) {\n"
      << setup << "}\n\n";
-  os << "int64_t scratchBytes() {\n  int64_t bytes = 256;\n";
+  if (usesCudnn)
+    os << "void openLibraries(moert::kernels::Context &ctx) {\n"
+          "  ctx.cudnn = moert::createCudnn(ctx.stream);\n}\n\n";
+  os << "int64_t scratchBytes(const moert::kernels::Context &ctx) {\n"
+        "  int64_t bytes = 256;\n";
   for (const std::string &term : scratchTerms)
     os << "  bytes = std::max<int64_t>(bytes, " << term << ");\n";
   os << "  return bytes;\n}\n\n";
@@ -1124,18 +1151,21 @@ namespace {
       "  program.modelFlops = {:.17g};\n"
       "  program.scratchBytes = scratchBytes;\n  program.setup = setup;\n"
       "  program.initParams = initParams;\n  program.step = step;\n"
+      "{}"
       "  return moert::runTrainProgram(program, argc, argv);\n}}\n",
       quoted(options.modelName), batch, seq, vocab, stateBytes,
       arenaBytes.getInt(), inputBytes, inputOffset[0], inputOffset[1],
       inputOffset[2], inputOffset[3], metric["loss"], metric["ce_loss"],
       metric["aux_loss"], metric["z_loss"], metric["grad_norm"],
       metric["expert_counts"], countShape.size() == 2 ? countShape[0] : 1,
-      countShape.back(), modelFlops);
+      countShape.back(), modelFlops,
+      usesCudnn ? "  program.openLibraries = openLibraries;\n" : "");
 
   summary.stateBytes = stateBytes;
   summary.arenaBytes = arenaBytes.getInt();
   summary.inputBytes = inputBytes;
   summary.modelFlops = modelFlops;
+  summary.usesCudnn = usesCudnn;
   return success();
 }
 

@@ -68,7 +68,11 @@ struct TrainProgram {
   MetricSlot loss{}, ceLoss{}, auxLoss{}, zLoss{}, gradNorm{}, expertCounts{};
   int64_t countLayers = 0, countExperts = 0;
   double modelFlops = 0;
-  int64_t (*scratchBytes)() = nullptr;
+  /// Libraries beyond cuBLAS the step uses (cuDNN), on the Context's
+  /// stream; null when none.
+  void (*openLibraries)(kernels::Context &) = nullptr;
+  /// The kernels' scratch, from the libraries' plans where they have them.
+  int64_t (*scratchBytes)(const kernels::Context &) = nullptr;
   void (*setup)(char *state, char *arena, char *inputs) = nullptr;
   void (*initParams)(char *state, uint64_t seed, cudaStream_t stream) = nullptr;
   void (*step)(const kernels::Context &, char *state, char *arena,
@@ -300,7 +304,9 @@ inline int runTrainProgram(const TrainProgram &p, int argc, char **argv) {
   MOERT_CUDA_CHECK(cudaStreamCreate(&ctx.stream));
   ctx.blas = kernels::createBlas(ctx.stream);
   const int64_t blasWorkspace = ctx.blas->workspaceBytes;
-  ctx.scratchBytes = p.scratchBytes();
+  if (p.openLibraries)
+    p.openLibraries(ctx);
+  ctx.scratchBytes = p.scratchBytes(ctx);
   char *state = nullptr, *arena = nullptr, *inputs = nullptr;
   MOERT_CUDA_CHECK(cudaMalloc(&state, p.stateBytes));
   MOERT_CUDA_CHECK(cudaMalloc(&arena, std::max<int64_t>(p.arenaBytes, 256)));

@@ -45,6 +45,10 @@
     }                                                                          \
   } while (0)
 
+namespace moert {
+struct Cudnn; // moert/Cudnn.h
+} // namespace moert
+
 namespace moert::kernels {
 
 using bf16 = __nv_bfloat16;
@@ -71,6 +75,10 @@ struct Context {
   /// cuBLASLt/cuBLAS handles on `stream`, their workspace and the cached
   /// GEMM plans (Gemm.cuh: createBlas/destroyBlas).
   Blas *blas = nullptr;
+  /// cuDNN handle on `stream` and its SDPA graphs (moert/Cudnn.h:
+  /// createCudnn/destroyCudnn); only programs with bf16 attention on cuDNN
+  /// make one.
+  moert::Cudnn *cudnn = nullptr;
   /// Scratch for kernels that need temporary device memory (permutation
   /// indices, per-row statistics). Sized by the program from the compiler's
   /// plan; each kernel documents what it uses. Never live across launches of
