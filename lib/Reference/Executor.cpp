@@ -165,6 +165,24 @@ LogicalResult Interpreter::execute(Operation *op) {
               return failure();
             return set(op, op->getResult(0), std::move(out));
           })
+      .Case([&](arith::NegFOp n) -> LogicalResult {
+        out = get(n.getOperand());
+        for (float &x : out.f32)
+          x = -x;
+        return set(op, n.getResult(), std::move(out));
+      })
+      .Case([&](moe::FusionOp f) -> LogicalResult {
+        // The body's ops one by one, each rounded to its own type by set():
+        // the op's definition, which fused kernels must match.
+        Block &body = f.getBody().front();
+        for (auto [arg, input] : llvm::zip(body.getArguments(), f.getInputs()))
+          env[arg] = get(input);
+        for (Operation &inner : body.without_terminator())
+          if (failed(execute(&inner)))
+            return failure();
+        return set(op, f.getResult(),
+                   get(body.getTerminator()->getOperand(0)));
+      })
       .Case<arith::TruncFOp, arith::ExtFOp>([&](Operation *) -> LogicalResult {
         // Element conversions: set() rounds when the result is bf16.
         return set(op, op->getResult(0), get(op->getOperand(0)));

@@ -338,6 +338,7 @@ int moec::cli::runCompile() {
   shapes.batch = job.microBatchSize;
   shapes.seq = job.seqLength;
   trainPm.addNestedPass<func::FuncOp>(moe::createSpecializeShapes(shapes));
+  trainPm.addNestedPass<func::FuncOp>(moe::createFuseElementwise());
   trainPm.addNestedPass<func::FuncOp>(moe::createPlanMemory());
   if (failed(trainPm.run(*module)))
     return 1;

@@ -8,6 +8,7 @@
 
 #include "dialects/Moe/IR/MoeOps.h"
 
+#include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/OpImplementation.h"
 
@@ -284,3 +285,50 @@ LogicalResult ExpertCountsOp::verify() {
 
 #define GET_OP_CLASSES
 #include "dialects/Moe/IR/MoeOps.cpp.inc"
+
+//===----------------------------------------------------------------------===//
+// moe.fusion
+//===----------------------------------------------------------------------===//
+
+bool FusionOp::isFusible(Operation *op) {
+  if (auto c = dyn_cast<arith::ConstantOp>(op)) {
+    auto dense = dyn_cast<DenseElementsAttr>(c.getValue());
+    return dense && dense.isSplat() && isa<FloatType>(dense.getElementType());
+  }
+  return isa<arith::AddFOp, arith::SubFOp, arith::MulFOp, arith::DivFOp,
+             arith::NegFOp, arith::TruncFOp, arith::ExtFOp>(op) &&
+         isa<RankedTensorType>(op->getResult(0).getType());
+}
+
+LogicalResult FusionOp::verifyRegions() {
+  Block &block = getBody().front();
+  if (block.getNumArguments() != getInputs().size())
+    return emitOpError() << "has " << getInputs().size()
+                         << " inputs but its body takes "
+                         << block.getNumArguments() << " arguments";
+  for (auto [i, pair] :
+       llvm::enumerate(llvm::zip(getInputs(), block.getArguments())))
+    if (std::get<0>(pair).getType() != std::get<1>(pair).getType())
+      return emitOpError() << "input #" << i << " is "
+                           << std::get<0>(pair).getType()
+                           << " but body argument #" << i << " is "
+                           << std::get<1>(pair).getType();
+  int64_t elements = tensorType(getResult()).getNumElements();
+  for (Operation &op : block.without_terminator()) {
+    if (!isFusible(&op))
+      return op.emitOpError()
+             << "cannot be fused: a moe.fusion body holds element-wise arith "
+                "ops and splat constants only";
+    int64_t n = tensorType(op.getResult(0)).getNumElements();
+    if (!isa<arith::ConstantOp>(op) && n != elements)
+      return op.emitOpError() << "has " << n << " elements but the fusion's "
+                              << "result has " << elements;
+  }
+  auto yield = dyn_cast<YieldOp>(block.getTerminator());
+  if (!yield)
+    return emitOpError() << "body must end in moe.yield";
+  if (yield.getValue().getType() != getResult().getType())
+    return emitOpError() << "yields " << yield.getValue().getType()
+                         << " but its result is " << getResult().getType();
+  return success();
+}

@@ -576,6 +576,56 @@ def Moe_AdamWOp : Moe_Op<"adamw", [Pure,
 }
 
 //===----------------------------------------------------------------------===//
+// Fusion
+//===----------------------------------------------------------------------===//
+
+def Moe_FusionOp : Moe_Op<"fusion", [Pure, IsolatedFromAbove]> {
+  let summary = "element-wise ops computed by one kernel";
+  let description = [{
+    A tree of element-wise `arith` ops on tensors of one element count
+    (addf, subf, mulf, divf, negf, truncf, extf, and splat constants),
+    outlined by moe-fuse-elementwise so that a backend computes it in one
+    pass over memory: the region's arguments are `inputs`, the value it
+    yields is the result. The region is isolated from above; constants it
+    needs are inside it.
+
+    The result equals running the body's ops one by one, each intermediate
+    rounded to its own element type (a backend that fuses must round a bf16
+    intermediate as storing it would).
+
+    ```mlir
+    %sum = moe.fusion (%a, %b, %c)
+        : (tensor<4x32xf32>, tensor<4x32xf32>, tensor<4x32xf32>)
+        -> tensor<4x32xf32> {
+    ^bb0(%x: tensor<4x32xf32>, %y: tensor<4x32xf32>, %z: tensor<4x32xf32>):
+      %0 = arith.addf %x, %y : tensor<4x32xf32>
+      %1 = arith.addf %0, %z : tensor<4x32xf32>
+      moe.yield %1 : tensor<4x32xf32>
+    }
+    ```
+  }];
+  let arguments = (ins Variadic<Moe_FloatTensor>:$inputs);
+  let results = (outs Moe_FloatTensor:$result);
+  let regions = (region SizedRegion<1>:$body);
+  let assemblyFormat = [{
+    `(` $inputs `)` attr-dict `:` functional-type($inputs, $result) $body
+  }];
+  let hasRegionVerifier = 1;
+  let extraClassDeclaration = [{
+    /// Whether `op` may be in a fusion's body: an element-wise arith op on
+    /// tensors, or a splat tensor constant.
+    static bool isFusible(::mlir::Operation *op);
+  }];
+}
+
+def Moe_YieldOp : Moe_Op<"yield", [Pure, Terminator,
+    HasParent<"FusionOp">]> {
+  let summary = "the value a moe.fusion computes";
+  let arguments = (ins Moe_FloatTensor:$value);
+  let assemblyFormat = "$value attr-dict `:` type($value)";
+}
+
+//===----------------------------------------------------------------------===//
 // Imported ONNX nodes
 //===----------------------------------------------------------------------===//
 

@@ -154,6 +154,48 @@ def SaveExpertActivations
   ];
 }
 
+def FuseElementwise : Pass<"moe-fuse-elementwise", "::mlir::func::FuncOp"> {
+  let summary = "outlines trees of element-wise arith ops into moe.fusion";
+  let description = [{
+    Element-wise `arith` ops (addf, subf, mulf, divf, negf, truncf, extf) on
+    tensors each cost a pass over memory; chained, every intermediate is
+    written and read back. Going backwards through the block, this pass
+    takes each element-wise op that is not yet fused as a root and absorbs
+    the element-wise ops that produce its operands when their result has no
+    other use and the same element count, recursively; a tree of two or more
+    ops becomes one `moe.fusion` at the root's place, whose inputs are the
+    tree's other operands (splat constants are copied into the body). In
+    Mixtral's backward these are the gradient accumulations of the residual
+    stream and of q, k and v into the norm's output (`d = a + b + c`).
+
+    Moving the absorbed ops down to the root extends their inputs' lifetimes
+    to the root; the memory plan (moe-plan-memory, which runs after) sees
+    that. Ops are never duplicated: an intermediate with two uses stays a
+    root of its own (a residual sum that a norm also reads, for one, which
+    the CUDA printer fuses with the norm).
+
+    ```mlir
+    %0 = arith.addf %a, %b : tensor<4x32xf32>
+    %d = moe.linear_grad ...
+    %1 = arith.addf %0, %d : tensor<4x32xf32>
+    // becomes
+    %d = moe.linear_grad ...
+    %1 = moe.fusion (%a, %b, %d) : (...) -> tensor<4x32xf32> {
+    ^bb0(%x: tensor<4x32xf32>, %y: tensor<4x32xf32>, %z: tensor<4x32xf32>):
+      %2 = arith.addf %x, %y : tensor<4x32xf32>
+      %3 = arith.addf %2, %z : tensor<4x32xf32>
+      moe.yield %3 : tensor<4x32xf32>
+    }
+    ```
+  }];
+  let dependentDialects = ["::mlir::moe::MoeDialect",
+                           "::mlir::arith::ArithDialect"];
+  let statistics = [
+    Statistic<"numFusions", "num-fusions", "moe.fusion ops created">,
+    Statistic<"numFused", "num-fused", "element-wise ops moved into them">
+  ];
+}
+
 def PlanMemory : Pass<"moe-plan-memory", "::mlir::func::FuncOp"> {
   let summary = "assigns every intermediate tensor an offset in one arena";
   let description = [{

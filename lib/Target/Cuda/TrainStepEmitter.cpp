@@ -286,6 +286,21 @@ std::string TrainStepPrinter::pointerList(Operation &at, ValueRange values,
   return out;
 }
 
+/// The C++ expression of one element-wise op over its operands' terms
+/// (each a float expression); empty for an op that is not element-wise.
+static std::string elementwiseExpression(Operation &op,
+                                         ArrayRef<std::string> terms) {
+  return TypeSwitch<Operation *, std::string>(&op)
+      .Case([&](arith::AddFOp) { return terms[0] + " + " + terms[1]; })
+      .Case([&](arith::SubFOp) { return terms[0] + " - " + terms[1]; })
+      .Case([&](arith::MulFOp) { return terms[0] + " * " + terms[1]; })
+      .Case([&](arith::DivFOp) { return terms[0] + " / " + terms[1]; })
+      .Case([&](arith::NegFOp) { return "-" + terms[0]; })
+      .Case([&](arith::TruncFOp) { return terms[0]; })
+      .Case([&](arith::ExtFOp) { return terms[0]; })
+      .Default([&](Operation *) { return std::string(); });
+}
+
 LogicalResult TrainStepPrinter::printElementwise(Operation &op) {
   Value result = op.getResult(0);
   RankedTensorType type = typeOf(result);
@@ -294,8 +309,10 @@ LogicalResult TrainStepPrinter::printElementwise(Operation &op) {
   if (failed(outType))
     return op.emitOpError() << "produces " << type
                             << ", which the CUDA printer cannot hold";
-  // Parameters, and each operand as a term of the scalar loop (element i)
-  // and of the vector loop (lane c of four).
+  // The kernel's inputs: the op's operands, or a fusion's inputs. Each is a
+  // parameter and a term of the scalar loop (element i) and of the vector
+  // loop (lane c of four); splat constants are literals.
+  auto fusion = dyn_cast<moe::FusionOp>(op);
   std::string params, args, loads;
   std::vector<std::string> scalarTerms, vectorTerms;
   for (auto [index, operand] : llvm::enumerate(op.getOperands())) {
@@ -323,16 +340,37 @@ LogicalResult TrainStepPrinter::printElementwise(Operation &op) {
     scalarTerms.push_back(fmt::format("moert::kernels::toFloat(in{}[i])", index));
     vectorTerms.push_back(fmt::format("a{}.v[c]", index));
   }
-  auto expression = [&](const std::vector<std::string> &terms) {
-    return TypeSwitch<Operation *, std::string>(&op)
-        .Case([&](arith::AddFOp) { return terms[0] + " + " + terms[1]; })
-        .Case([&](arith::SubFOp) { return terms[0] + " - " + terms[1]; })
-        .Case([&](arith::MulFOp) { return terms[0] + " * " + terms[1]; })
-        .Case([&](arith::DivFOp) { return terms[0] + " / " + terms[1]; })
-        .Case([&](arith::NegFOp) { return "-" + terms[0]; })
-        .Case([&](arith::TruncFOp) { return terms[0]; })
-        .Case([&](arith::ExtFOp) { return terms[0]; })
-        .Default([&](Operation *) { return std::string(); });
+  // The result's expression. A fusion's body is printed as one expression
+  // tree: each op's value becomes a term of its users; a bf16 intermediate
+  // is rounded as storing it would (moe.fusion's semantics).
+  auto expression = [&](std::vector<std::string> terms) -> std::string {
+    if (!fusion)
+      return elementwiseExpression(op, terms);
+    Block &body = fusion.getBody().front();
+    llvm::DenseMap<Value, std::string> term;
+    for (auto [arg, t] : llvm::zip(body.getArguments(), terms))
+      term[arg] = t;
+    for (Operation &inner : body.without_terminator()) {
+      if (auto c = dyn_cast<arith::ConstantOp>(inner)) {
+        term[c.getResult()] = floatLiteral(cast<DenseFPElementsAttr>(c.getValue())
+                                               .getSplatValue<APFloat>()
+                                               .convertToDouble());
+        continue;
+      }
+      std::vector<std::string> operands;
+      for (Value v : inner.getOperands())
+        operands.push_back(term.lookup(v));
+      std::string e = elementwiseExpression(inner, operands);
+      if (e.empty())
+        return e;
+      Value v = inner.getResult(0);
+      bool last = v == body.getTerminator()->getOperand(0);
+      term[v] = !last && typeOf(v).getElementType().isBF16()
+                    ? "moert::kernels::toFloat(moert::kernels::fromFloat<"
+                      "moert::kernels::bf16>(" + e + "))"
+                    : "(" + e + ")";
+    }
+    return term.lookup(body.getTerminator()->getOperand(0));
   };
   std::string e = expression(scalarTerms);
   if (e.empty())
@@ -354,12 +392,18 @@ LogicalResult TrainStepPrinter::printElementwise(Operation &op) {
       "  for (int64_t i = 4 * vectors + first; i < n; i += stride)\n"
       "    out[i] = moert::kernels::fromFloat<{1}>({4});\n}}\n",
       params, *outType, loads, expression(vectorTerms), e);
+  std::string what = op.getName().getStringRef().str();
+  if (fusion) {
+    what += " of";
+    for (Operation &inner : fusion.getBody().front().without_terminator())
+      if (!isa<arith::ConstantOp>(inner))
+        what += " " + inner.getName().getStringRef().str();
+  }
   auto [it, inserted] = kernelNames.try_emplace(
       source, fmt::format("elementwise{}", kernelNames.size()));
   if (inserted)
-    kernels += fmt::format("/// {}\n__global__ void {}{}\n",
-                           op.getName().getStringRef().str(), it->second,
-                           source);
+    kernels += fmt::format("/// {}\n__global__ void {}{}\n", what,
+                           it->second, source);
   body += fmt::format(
       "  {}<<<moert::kernels::blocksFor({}), 256, 0, ctx.stream>>>({}{}, "
       "{});\n",
@@ -562,7 +606,7 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
             return success();
           })
       .Case<arith::AddFOp, arith::SubFOp, arith::MulFOp, arith::DivFOp,
-            arith::NegFOp, arith::TruncFOp, arith::ExtFOp>(
+            arith::NegFOp, arith::TruncFOp, arith::ExtFOp, moe::FusionOp>(
           [&](Operation *e) { return printElementwise(*e); })
       .Case([&](moe::EmbeddingOp e) -> LogicalResult {
         auto table = shape(e.getTable());

@@ -2,7 +2,8 @@
 //
 // The executor on small functions parsed from text: delayed_param creates
 // the same values for a shard as for the full parameter (sharding
-// invariance), and bf16 values are stored rounded.
+// invariance), bf16 values are stored rounded, and a moe.fusion equals its
+// body's ops run one by one.
 //
 //===----------------------------------------------------------------------===//
 
@@ -88,6 +89,44 @@ TEST_F(ExecutorTest, Bf16ValuesAreStoredRounded) {
   // bf16 keeps 8 significant bits: 1 + 1/256 + 1/1024 rounds up to 1 + 2/256.
   EXPECT_EQ(r[0].f32[0], 1.0f + 2.0f / 256);
   EXPECT_EQ(r[0].f32[1], 3.140625f);
+}
+
+TEST_F(ExecutorTest, FusionEqualsItsOpsOneByOne) {
+  // The same tree, outlined and not: a bf16 intermediate is rounded inside
+  // the fusion as it is outside.
+  const char *source = R"mlir(
+    func.func @fused(%a: tensor<3xbf16>, %b: tensor<3xbf16>, %c: tensor<3xbf16>) -> tensor<3xbf16> {
+      %0 = moe.fusion(%a, %b, %c) : (tensor<3xbf16>, tensor<3xbf16>, tensor<3xbf16>) -> tensor<3xbf16> {
+      ^bb0(%x: tensor<3xbf16>, %y: tensor<3xbf16>, %z: tensor<3xbf16>):
+        %half = arith.constant dense<0.5> : tensor<3xbf16>
+        %1 = arith.addf %x, %y : tensor<3xbf16>
+        %2 = arith.mulf %1, %half : tensor<3xbf16>
+        %3 = arith.subf %2, %z : tensor<3xbf16>
+        %4 = arith.negf %3 : tensor<3xbf16>
+        moe.yield %4 : tensor<3xbf16>
+      }
+      return %0 : tensor<3xbf16>
+    }
+    func.func @unfused(%x: tensor<3xbf16>, %y: tensor<3xbf16>, %z: tensor<3xbf16>) -> tensor<3xbf16> {
+      %half = arith.constant dense<0.5> : tensor<3xbf16>
+      %1 = arith.addf %x, %y : tensor<3xbf16>
+      %2 = arith.mulf %1, %half : tensor<3xbf16>
+      %3 = arith.subf %2, %z : tensor<3xbf16>
+      %4 = arith.negf %3 : tensor<3xbf16>
+      return %4 : tensor<3xbf16>
+    })mlir";
+  HostTensor a = HostTensor::floats({3}), b = a, c = a;
+  a.f32 = {1.0f, 256.0f, -3.0f};
+  b.f32 = {1.0f / 128, 1.0f, 0.25f};
+  c.f32 = {0.5f, 2.0f, 1.0f};
+  std::vector<HostTensor> fused = run(source, "fused", {a, b, c});
+  std::vector<HostTensor> unfused = run(source, "unfused", {a, b, c});
+  ASSERT_EQ(fused.size(), 1u);
+  EXPECT_EQ(fused[0].f32, unfused[0].f32);
+  // 256 + 1 rounds to 256 in bf16 before the halving: -(128 - 2).
+  EXPECT_EQ(fused[0].f32[1], -126.0f);
+  // -((1 + 1/128) / 2 - 0.5) = -1/256.
+  EXPECT_EQ(fused[0].f32[0], -1.0f / 256);
 }
 
 } // namespace

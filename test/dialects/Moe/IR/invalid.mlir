@@ -385,3 +385,56 @@ func.func @experts_saved_rows(%x: tensor<16x32xf32>, %g: tensor<16x2xf32>, %e: t
   %y, %s = moe.experts %x, %g, %e, %w1, %w2 {gate_up_layout = #moe.gate_up_layout<concatenated>} : (tensor<16x32xf32>, tensor<16x2xf32>, tensor<16x2xi64>, tensor<4x128x32xf32>, tensor<4x32x64xf32>) -> (tensor<16x32xf32>, tensor<16x128xf32>)
   return
 }
+
+// -----
+
+// A fusion's body holds element-wise arith ops only.
+func.func @fusion_not_elementwise(%a: tensor<4x8xf32>, %w: tensor<8x8xf32>) -> tensor<4x8xf32> {
+  %0 = moe.fusion(%a, %w) : (tensor<4x8xf32>, tensor<8x8xf32>) -> tensor<4x8xf32> {
+  ^bb0(%x: tensor<4x8xf32>, %y: tensor<8x8xf32>):
+    // expected-error@+1 {{'moe.linear' op cannot be fused: a moe.fusion body holds element-wise arith ops and splat constants only}}
+    %1 = moe.linear %x, %y : (tensor<4x8xf32>, tensor<8x8xf32>) -> tensor<4x8xf32>
+    moe.yield %1 : tensor<4x8xf32>
+  }
+  return %0 : tensor<4x8xf32>
+}
+
+// -----
+
+// Every value in the body has the result's element count.
+func.func @fusion_elements(%a: tensor<4x8xf32>, %b: tensor<8xf32>) -> tensor<4x8xf32> {
+  %0 = moe.fusion(%a, %b) : (tensor<4x8xf32>, tensor<8xf32>) -> tensor<4x8xf32> {
+  ^bb0(%x: tensor<4x8xf32>, %y: tensor<8xf32>):
+    // expected-error@+1 {{'arith.negf' op has 8 elements but the fusion's result has 32}}
+    %1 = arith.negf %y : tensor<8xf32>
+    %2 = arith.negf %x : tensor<4x8xf32>
+    moe.yield %2 : tensor<4x8xf32>
+  }
+  return %0 : tensor<4x8xf32>
+}
+
+// -----
+
+// The body's arguments are the inputs, one for one.
+func.func @fusion_arguments(%a: tensor<8xf32>, %b: tensor<8xf32>) -> tensor<8xf32> {
+  // expected-error@+1 {{'moe.fusion' op input #1 is 'tensor<8xf32>' but body argument #1 is 'tensor<8xbf16>'}}
+  %0 = moe.fusion(%a, %b) : (tensor<8xf32>, tensor<8xf32>) -> tensor<8xf32> {
+  ^bb0(%x: tensor<8xf32>, %y: tensor<8xbf16>):
+    %1 = arith.negf %x : tensor<8xf32>
+    moe.yield %1 : tensor<8xf32>
+  }
+  return %0 : tensor<8xf32>
+}
+
+// -----
+
+// It yields its result's type.
+func.func @fusion_yield(%a: tensor<8xf32>) -> tensor<8xbf16> {
+  // expected-error@+1 {{'moe.fusion' op yields 'tensor<8xf32>' but its result is 'tensor<8xbf16>'}}
+  %0 = moe.fusion(%a) : (tensor<8xf32>) -> tensor<8xbf16> {
+  ^bb0(%x: tensor<8xf32>):
+    %1 = arith.negf %x : tensor<8xf32>
+    moe.yield %1 : tensor<8xf32>
+  }
+  return %0 : tensor<8xbf16>
+}

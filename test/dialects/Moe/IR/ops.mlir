@@ -78,3 +78,18 @@ func.func @lm_head_ce_with_grad(%h: tensor<2x8x16xbf16>, %w: tensor<64x16xbf16>,
   %l, %dh, %dw = moe.lm_head_cross_entropy_with_grad %h, %w, %labels {scale = 1.0 : f64} : (tensor<2x8x16xbf16>, tensor<64x16xbf16>, tensor<2x8xi64>) -> (tensor<f32>, tensor<2x8x16xbf16>, tensor<64x16xf32>)
   return %l : tensor<f32>
 }
+
+// CHECK-LABEL: func.func @fusion
+// CHECK: moe.fusion(%{{.*}}, %{{.*}}) : (tensor<4x8xbf16>, tensor<4x8xbf16>) -> tensor<4x8xf32> {
+// CHECK: arith.addf
+// CHECK: arith.extf
+// CHECK: moe.yield %{{.*}} : tensor<4x8xf32>
+func.func @fusion(%a: tensor<4x8xbf16>, %b: tensor<4x8xbf16>) -> tensor<4x8xf32> {
+  %0 = moe.fusion(%a, %b) : (tensor<4x8xbf16>, tensor<4x8xbf16>) -> tensor<4x8xf32> {
+  ^bb0(%x: tensor<4x8xbf16>, %y: tensor<4x8xbf16>):
+    %1 = arith.addf %x, %y : tensor<4x8xbf16>
+    %2 = arith.extf %1 : tensor<4x8xbf16> to tensor<4x8xf32>
+    moe.yield %2 : tensor<4x8xf32>
+  }
+  return %0 : tensor<4x8xf32>
+}
