@@ -7,12 +7,11 @@
 // and NVRTC). cuDNN has no fp32 SDPA, so fp32 programs keep Attention.cuh,
 // which is also what the fp32 reference check runs.
 //
-// These wrappers give the cuDNN path Attention.cuh's signatures: the
-// Context's cuDNN state and scratch, and the edge cases cuDNN is not asked
-// about (empty shapes; causal with window 0, where no key is visible and
-// Attention.cuh writes zeros). A shape cuDNN declines (S = 1, for one) runs
-// on Attention.cuh's kernels; attentionCudnnScratchBytes says so once on
-// stderr, with cuDNN's reason.
+// These wrappers give the cuDNN path Attention.cuh's signatures and the
+// Context's cuDNN state and scratch. The cases cuDNN is not asked about
+// (empty shapes; causal with window 0, where no key is visible) and the
+// shapes it declines (S = 1, for one) go to Attention.cuh's kernels;
+// attentionCudnnScratchBytes says so on stderr, with cuDNN's reason.
 //
 // Measured at B 4, S 2048, N 32, KV 8, D 128, causal, on an H200: see
 // docs/cuda-backend.md (`AttentionTest --bench` times both kernels).
@@ -42,7 +41,7 @@ inline int64_t attentionCudnnScratchBytes(const Context &ctx, int64_t B,
                                           int64_t D, float scale, bool causal,
                                           int64_t window) {
   if (B * S * N * D == 0 || (causal && window == 0))
-    return 0;
+    return attentionScratchBytes(B, S, N, KV, D, sizeof(bf16));
   SdpaShape shape = detail::sdpaShape(B, S, N, KV, D, scale, causal, window);
   std::string why;
   if (sdpaSupported(ctx.cudnn, shape, &why))
@@ -55,20 +54,22 @@ inline int64_t attentionCudnnScratchBytes(const Context &ctx, int64_t B,
   return attentionScratchBytes(B, S, N, KV, D, sizeof(bf16));
 }
 
+/// Whether attention of this shape runs on cuDNN: not for the cases
+/// Attention.cuh answers without a kernel (no element; causal with window
+/// 0, nothing visible: zeros) nor for shapes cuDNN declines.
+inline bool attentionOnCudnn(const Context &ctx, const SdpaShape &shape) {
+  return shape.B * shape.S * shape.N * shape.D != 0 &&
+         !(shape.causal && shape.window == 0) &&
+         sdpaSupported(ctx.cudnn, shape);
+}
+
 /// Grouped-query attention forward in bf16: out [B, S, N, D] (overwritten).
 inline void attentionCudnn(const Context &ctx, const bf16 *q, const bf16 *k,
                            const bf16 *v, int64_t B, int64_t S, int64_t N,
                            int64_t KV, int64_t D, float scale, bool causal,
                            int64_t window, bf16 *out) {
-  if (B * S * N * D == 0)
-    return;
-  if (causal && window == 0) { // nothing visible
-    MOERT_CUDA_CHECK(
-        cudaMemsetAsync(out, 0, B * S * N * D * sizeof(bf16), ctx.stream));
-    return;
-  }
   SdpaShape shape = detail::sdpaShape(B, S, N, KV, D, scale, causal, window);
-  if (!sdpaSupported(ctx.cudnn, shape))
+  if (!attentionOnCudnn(ctx, shape))
     return attention<bf16>(ctx, q, k, v, B, S, N, KV, D, scale, causal,
                            window, out);
   sdpaForward(ctx.cudnn, shape, q, k, v, out, ctx.scratch, ctx.scratchBytes);
@@ -81,19 +82,8 @@ inline void attentionGradCudnn(const Context &ctx, const bf16 *q,
                                int64_t B, int64_t S, int64_t N, int64_t KV,
                                int64_t D, float scale, bool causal,
                                int64_t window, bf16 *dq, bf16 *dk, bf16 *dv) {
-  if (B * S * N * D == 0)
-    return;
-  if (causal && window == 0) { // nothing visible: all gradients vanish
-    MOERT_CUDA_CHECK(
-        cudaMemsetAsync(dq, 0, B * S * N * D * sizeof(bf16), ctx.stream));
-    MOERT_CUDA_CHECK(
-        cudaMemsetAsync(dk, 0, B * S * KV * D * sizeof(bf16), ctx.stream));
-    MOERT_CUDA_CHECK(
-        cudaMemsetAsync(dv, 0, B * S * KV * D * sizeof(bf16), ctx.stream));
-    return;
-  }
   SdpaShape shape = detail::sdpaShape(B, S, N, KV, D, scale, causal, window);
-  if (!sdpaSupported(ctx.cudnn, shape))
+  if (!attentionOnCudnn(ctx, shape))
     return attentionGrad<bf16>(ctx, q, k, v, dOut, B, S, N, KV, D, scale,
                                causal, window, dq, dk, dv);
   sdpaBackward(ctx.cudnn, shape, q, k, v, dOut, dq, dk, dv, ctx.scratch,
