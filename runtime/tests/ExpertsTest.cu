@@ -19,9 +19,11 @@
 // Tolerances (relative L2 error against the double reference, computed on
 // the inputs as rounded to the storage type): fp32 1e-5, bf16 2e-2.
 //
-// `--bench` instead times experts and expertsGrad at Mixtral 8x7B's shape
-// (8192 tokens, top-2 of 8 experts, hidden 4096, ffn 14336, bf16, H1 saved
-// by the forward as the compiled program does, roughly uniform routing) and
+// `--bench [hot F]` instead times experts and expertsGrad at Mixtral 8x7B's
+// shape (8192 tokens, top-2 of 8 experts, hidden 4096, ffn 14336, bf16, H1
+// saved by the forward as the compiled program does, roughly uniform
+// routing; with `hot F` a token's first choice is expert 0 with probability
+// F, an imbalanced routing with the same FLOPs) and
 // a plain 8192x4096x14336 bf16 GEMM in the three layouts of a linear layer,
 // each with cublasGemmEx and with cuBLASLt: the median of 10 timed calls
 // after 2 warm-up calls, in ms and in TFLOP/s of the GEMMs' FLOPs over the
@@ -327,17 +329,18 @@ template <class Fn> double medianMs(cudaStream_t stream, int runs, Fn fn) {
 }
 
 /// The --bench mode (see the file comment).
-int bench(Blas *blas, cudaStream_t stream) {
+int bench(Blas *blas, cudaStream_t stream, double hot) {
   const int64_t tokens = 8192, H = 4096, I = 14336, E = 8, k = 2;
   const int64_t pairs = tokens * k;
   const int runs = 10;
 
   std::mt19937 rng(7);
   std::uniform_int_distribution<int64_t> pick(0, E - 1);
+  std::bernoulli_distribution toHot(hot);
   std::vector<int64_t> route(pairs);
   std::vector<int64_t> counts(E, 0);
   for (int64_t t = 0; t < tokens; ++t) {
-    int64_t a = pick(rng), b = pick(rng);
+    int64_t a = toHot(rng) ? 0 : pick(rng), b = pick(rng);
     while (b == a)
       b = pick(rng);
     route[t * k] = a;
@@ -451,7 +454,10 @@ int main(int argc, char **argv) {
   CHECK_CUDA(cudaStreamCreate(&stream));
   Blas *blas = createBlas(stream);
   if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) {
-    int rc = bench(blas, stream);
+    double hot = argc > 3 && std::strcmp(argv[2], "hot") == 0
+                     ? std::atof(argv[3])
+                     : 0.0;
+    int rc = bench(blas, stream, hot);
     destroyBlas(blas);
     CHECK_CUDA(cudaStreamDestroy(stream));
     return rc;
