@@ -13,8 +13,9 @@
 # (loss, aux loss, grad norm and every final parameter, relative error
 # < 1e-4); checkpoint + resume equals an uninterrupted run; bf16, 50 steps on
 # fortunes, tracks PyTorch's bf16 loss curve within 1%
-# (test/Inputs/train-bf16), both with fp32 master weights ("bf16": true) and
-# as a bf16 model ("param_dtype": "bf16"). Exits non-zero on the first
+# (test/Inputs/train-bf16), both with fp32 master weights ("bf16": true;
+# also checkpointed after 25 steps and resumed) and as a bf16 model
+# ("param_dtype": "bf16"). Exits non-zero on the first
 # failure.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -94,6 +95,12 @@ python3 -m moec.check_gpu --reference "$dir/ref-aux_loss" --reference-log "$dir/
 echo "== bf16: 50 steps against PyTorch's bf16 curve"
 "$dir/bf16/train_step" --tokens "$dir/data/train.bin" --steps 50 --log "$out/bf16.csv"
 python3 -m moec.train_bf16 --check "$out/bf16.csv" --golden "$dir/tiny-fortunes-bf16.json" --tolerance 0.01
+echo "== bf16: 25 steps, checkpoint, resume for 25 (the kept bf16 parameter copies recomputed), against the same curve"
+"$dir/bf16/train_step" --tokens "$dir/data/train.bin" --steps 25 --total-steps 50 \
+  --checkpoint-dir "$out/ckpt-bf16" --log "$out/bf16-resumed.csv" > /dev/null
+"$dir/bf16/train_step" --tokens "$dir/data/train.bin" --steps 25 --total-steps 50 --resume \
+  --checkpoint-dir "$out/ckpt-bf16" --log "$out/bf16-resumed.csv" > /dev/null
+python3 -m moec.train_bf16 --check "$out/bf16-resumed.csv" --golden "$dir/tiny-fortunes-bf16.json" --tolerance 0.01
 echo "== bf16 model: 50 steps against PyTorch's curve for bf16 parameters and AdamW states"
 "$dir/bf16-model/train_step" --tokens "$dir/data/train.bin" --steps 50 --log "$out/bf16-model.csv"
 python3 -m moec.train_bf16 --check "$out/bf16-model.csv" --golden "$dir/tiny-fortunes-bf16-model.json" --tolerance 0.01

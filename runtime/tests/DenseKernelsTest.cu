@@ -549,8 +549,11 @@ template <class T> void testOptimizer(Env &env, uint32_t seed) {
     v[i] = rounded(v[i]);
   }
   std::vector<std::unique_ptr<DeviceBuffer<T>>> dParam, dGrad, dM, dV;
+  std::vector<std::unique_ptr<DeviceBuffer<bf16>>> dCopy;
   std::vector<OptimizerTensor> tensors(count);
   for (size_t i = 0; i < count; ++i) {
+    dCopy.emplace_back(new DeviceBuffer<bf16>(sizes[i]));
+    tensors[i].copy = dCopy[i]->get();
     dParam.emplace_back(new DeviceBuffer<T>(toStorage<T>(param[i])));
     dGrad.emplace_back(new DeviceBuffer<T>(toStorage<T>(grad[i])));
     dM.emplace_back(new DeviceBuffer<T>(toStorage<T>(m[i])));
@@ -619,6 +622,7 @@ template <class T> void testOptimizer(Env &env, uint32_t seed) {
       dParam[i]->write(toStorage<T>(param[i]));
       dM[i]->write(toStorage<T>(m[i]));
       dV[i]->write(toStorage<T>(v[i]));
+      dCopy[i]->fillNaN();
     }
     if (!env.context(head, 0, ctx))
       continue;
@@ -656,6 +660,16 @@ template <class T> void testOptimizer(Env &env, uint32_t seed) {
       if (sizeof(T) == 4) // in bf16 most updates are below one rounding step
         env.compare(prefix + " param update", gotUpdate, wantUpdate,
                     kTolOptimizerUpdate);
+      // The kept bf16 copy (moe-keep-param-copies) is the stored parameter
+      // rounded to bf16, bit for bit, as a cast of it would be.
+      std::vector<T> storedP = dParam[i]->read();
+      std::vector<bf16> copy = dCopy[i]->read();
+      bool copyExact = true;
+      for (int64_t j = 0; j < n; ++j) {
+        bf16 want = __float2bfloat16_rn(toFloat(storedP[j]));
+        copyExact &= std::memcmp(&copy[j], &want, sizeof(bf16)) == 0;
+      }
+      env.report(prefix + " bf16 copy is the rounded parameter", copyExact);
       env.compare(prefix + " exp_avg", toDoubles(dM[i]->read()), wantM, tol);
       env.compare(prefix + " exp_avg_sq", toDoubles(dV[i]->read()), wantV,
                   tol);

@@ -92,7 +92,7 @@ bool writeFile(llvm::StringRef path, llvm::StringRef text,
 /// The training job. Defaults equal `moec train`'s.
 struct Job {
   int64_t microBatchSize = 2, seqLength = 64;
-  bool bf16 = false, recomputeExperts = false;
+  bool bf16 = false, recomputeExperts = false, keepParamCopies = true;
   std::string paramDtype = "fp32";
   std::string loadBalancing = "aux_loss";
   double auxLossCoef = 0.02, zLossCoef = 0.0, weightDecay = 0.1,
@@ -164,6 +164,8 @@ bool readJob(llvm::StringRef path, Job &job, std::string &error) {
       ok = boolean(job.bf16);
     else if (k == "recompute_experts")
       ok = boolean(job.recomputeExperts);
+    else if (k == "keep_param_copies")
+      ok = boolean(job.keepParamCopies);
     else if (k == "param_dtype") {
       ok = value.getAsString() &&
            llvm::is_contained({"fp32", "bf16"}, *value.getAsString());
@@ -185,6 +187,7 @@ bool readJob(llvm::StringRef path, Job &job, std::string &error) {
       error = fmt::format(
           "config '{}': unknown key '{}' (known: micro_batch_size, "
           "seq_length, bf16, param_dtype, recompute_experts, "
+          "keep_param_copies, "
           "moe_load_balancing, router_aux_loss_coef, router_z_loss_coef, "
           "weight_decay, beta1, beta2, adam_epsilon, max_grad_norm, "
           "initializer_range)",
@@ -339,6 +342,8 @@ int moec::cli::runCompile() {
   shapes.seq = job.seqLength;
   trainPm.addNestedPass<func::FuncOp>(moe::createSpecializeShapes(shapes));
   trainPm.addNestedPass<func::FuncOp>(moe::createFuseElementwise());
+  if (job.keepParamCopies)
+    trainPm.addNestedPass<func::FuncOp>(moe::createKeepParamCopies());
   trainPm.addNestedPass<func::FuncOp>(moe::createPlanMemory());
   if (failed(trainPm.run(*module)))
     return 1;
@@ -366,11 +371,13 @@ int moec::cli::runCompile() {
       {"bf16", job.bf16},
       {"param_dtype", job.paramDtype},
       {"recompute_experts", job.recomputeExperts},
+      {"keep_param_copies", job.keepParamCopies},
       {"attention_kernel", summary.usesCudnn ? "cudnn" : "gemm"},
       {"moe_load_balancing", job.loadBalancing},
       {"router_aux_loss_coef", job.auxLossCoef},
       {"router_z_loss_coef", job.zLossCoef},
       {"state_bytes", summary.stateBytes},
+      {"parameter_copy_bytes", summary.derivedStateBytes},
       {"arena_bytes", summary.arenaBytes},
       {"arena_live_bytes_bound", liveBound},
       {"input_bytes", summary.inputBytes},
@@ -384,11 +391,16 @@ int moec::cli::runCompile() {
   llvm::sys::path::append(manifestPath, "manifest.json");
   if (!writeFile(manifestPath, manifestText, error))
     return fail(error);
+  std::string copies =
+      summary.derivedStateBytes
+          ? fmt::format(" + {} B of bf16 parameter copies",
+                        summary.derivedStateBytes)
+          : "";
   llvm::outs() << fmt::format(
-      "memory plan: state {} B (parameters + AdamW moments), arena {} B "
+      "memory plan: state {} B (parameters + AdamW moments{}), arena {} B "
       "(live-bytes bound {} B), inputs {} B; {:.3e} model FLOPs per step\n",
-      summary.stateBytes, summary.arenaBytes, liveBound, summary.inputBytes,
-      summary.modelFlops);
+      summary.stateBytes, copies, summary.arenaBytes, liveBound,
+      summary.inputBytes, summary.modelFlops);
 
   if (job.bf16 && !summary.usesCudnn && attentionKernel == "auto")
     llvm::errs() << "note: this moec was built without cuDNN or its "

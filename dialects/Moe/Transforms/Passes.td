@@ -196,6 +196,34 @@ def FuseElementwise : Pass<"moe-fuse-elementwise", "::mlir::func::FuncOp"> {
   ];
 }
 
+def KeepParamCopies : Pass<"moe-keep-param-copies", "::mlir::func::FuncOp"> {
+  let summary = "keeps the bf16 copies of fp32 master weights across steps";
+  let description = [{
+    With fp32 master weights and bf16 compute, a step starts by casting
+    every parameter to bf16 (`arith.truncf` of the argument): a pass over
+    all parameters, reading 4 and writing 2 bytes each. The cast's value is
+    the previous step's moe.adamw result, rounded: the optimizer can write
+    it while it holds the updated value anyway. This pass marks each such
+    cast `moe.persistent_copy` when the parameter is updated by a moe.adamw
+    of the function and every use of the cast comes before that update. A
+    backend then keeps the marked value in persistent storage, has AdamW
+    write it, and computes the cast only where no step has written it yet
+    (a run's first step); moe-plan-memory gives it no arena bytes. The
+    step's semantics do not change (the reference executor ignores the
+    mark).
+
+    ```mlir
+    func.func @train_step(%w: tensor<4x32xf32> {moe.parameter = "w"}, ...) {
+      %c = arith.truncf %w {moe.persistent_copy} : tensor<4x32xf32> to tensor<4x32xbf16>
+      ... uses of %c ...
+      %p, %m, %v = moe.adamw %w, ...
+    ```
+  }];
+  let statistics = [
+    Statistic<"numKept", "num-kept", "parameter casts marked persistent">
+  ];
+}
+
 def PlanMemory : Pass<"moe-plan-memory", "::mlir::func::FuncOp"> {
   let summary = "assigns every intermediate tensor an offset in one arena";
   let description = [{
@@ -207,7 +235,9 @@ def PlanMemory : Pass<"moe-plan-memory", "::mlir::func::FuncOp"> {
     `linalg.transpose` writes into its `outs` buffer. Buffers are placed
     largest first at the lowest `alignment`-aligned offset that overlaps no
     buffer alive at the same time. Function arguments (parameters, optimizer
-    state, inputs) are the runtime's persistent buffers and not planned.
+    state, inputs) are the runtime's persistent buffers and not planned;
+    neither are results marked `moe.persistent_copy`
+    (moe-keep-param-copies).
 
     Each planned op gets `moe.arena_offsets` (one entry per result, -1 for
     views and non-tensors); the function gets `moe.arena_bytes` (the arena's

@@ -106,6 +106,8 @@ struct PlanMemoryPass : public moe::impl::PlanMemoryBase<PlanMemoryPass> {
     llvm::DenseMap<Value, size_t> bufferOf;
     std::vector<Buffer> buffers;
     for (Operation &op : body) {
+      if (op.hasAttr("moe.persistent_copy"))
+        continue; // the backend's persistent storage (moe-keep-param-copies)
       for (Value result : op.getResults()) {
         auto type = dyn_cast<RankedTensorType>(result.getType());
         if (!type || isView(result))

@@ -45,7 +45,8 @@ struct CudaTrainProgramOptions {
 
 /// What the printed training program allocates and computes per step.
 struct CudaTrainProgramSummary {
-  int64_t stateBytes = 0; ///< fp32 parameters and AdamW moments
+  int64_t stateBytes = 0; ///< parameters, AdamW moments, kept copies
+  int64_t derivedStateBytes = 0; ///< of which bf16 copies (not checkpointed)
   int64_t arenaBytes = 0; ///< every intermediate (moe-plan-memory)
   int64_t inputBytes = 0; ///< token ids, labels, step, learning rate
   double modelFlops = 0;  ///< DESIGN.md §5's model FLOPs per step

@@ -177,6 +177,9 @@ private:
   std::vector<std::string> scratchTerms;
   std::map<std::string, std::string> kernelNames; ///< source -> name
   int64_t stateBytes = 0, inputBytes = 0, groups = 0;
+  int64_t derivedStateBytes = 0; ///< the kept parameter copies
+  /// Parameter argument -> its persistent bf16 copy, which AdamW writes.
+  llvm::DenseMap<Value, std::string> parameterCopies;
   bool usesCudnn = false;
 
   struct Param {
@@ -256,6 +259,24 @@ LogicalResult TrainStepPrinter::layoutArguments() {
     if (p.offset[1] < 0 || p.offset[2] < 0)
       return step.emitError() << "parameter '" << p.name
                               << "' has no exp_avg/exp_avg_sq state";
+  // The bf16 parameter copies kept across steps (moe-keep-param-copies):
+  // at the end of the state region, which checkpoints leave out.
+  for (Operation &op : step.getBody().front()) {
+    auto cast = dyn_cast<arith::TruncFOp>(op);
+    if (!cast || !cast->hasAttr("moe.persistent_copy"))
+      continue;
+    auto param = dyn_cast<BlockArgument>(cast.getIn());
+    if (!param || !step.getArgAttr(param.getArgNumber(), "moe.parameter"))
+      return cast.emitOpError() << "is marked moe.persistent_copy but does "
+                                   "not cast a parameter argument";
+    std::string p = fmt::format(
+        "reinterpret_cast<moert::kernels::bf16 *>(state + {})", stateBytes);
+    pointers[cast.getResult()] = p;
+    parameterCopies[param] = p;
+    int64_t bytes = alignUp(byteSize(typeOf(cast.getResult())));
+    stateBytes += bytes;
+    derivedStateBytes += bytes;
+  }
   return success();
 }
 
@@ -404,6 +425,10 @@ LogicalResult TrainStepPrinter::printElementwise(Operation &op) {
   if (inserted)
     kernels += fmt::format("/// {}\n__global__ void {}{}\n", what,
                            it->second, source);
+  // A kept parameter copy is current after any step: only a run's first
+  // step computes it.
+  if (op.hasAttr("moe.persistent_copy"))
+    body += "  if (ctx.refreshParameterCopies)\n  ";
   body += fmt::format(
       "  {}<<<moert::kernels::blocksFor({}), 256, 0, ctx.stream>>>({}{}, "
       "{});\n",
@@ -496,9 +521,12 @@ LogicalResult TrainStepPrinter::printAdamWGroup(ArrayRef<moe::AdamWOp> group) {
     SmallVector<std::string> ps;
     for (Value v : {a.getParam(), a.getExpAvg(), a.getExpAvgSq(), a.getGrad()})
       ps.push_back(typed(v));
-    entries += fmt::format("      {{{}, {}, {}, {}, {}, {}}},\n", ps[0], ps[1],
-                           ps[2], ps[3], typeOf(a.getParam()).getNumElements(),
-                           floatLiteral(a.getWeightDecay().convertToDouble()));
+    auto copy = parameterCopies.find(a.getParam());
+    entries += fmt::format(
+        "      {{{}, {}, {}, {}, {}, {}, {}}},\n", ps[0], ps[1], ps[2], ps[3],
+        typeOf(a.getParam()).getNumElements(),
+        floatLiteral(a.getWeightDecay().convertToDouble()),
+        copy == parameterCopies.end() ? "nullptr" : copy->second);
     // The results are the updated state, in place.
     pointers[a.getNewParam()] = typed(a.getParam());
     pointers[a.getNewExpAvg()] = typed(a.getExpAvg());
@@ -1181,7 +1209,8 @@ namespace {
       "  moert::TrainProgram program;\n"
       "  program.model = {};\n"
       "  program.batch = {};\n  program.seq = {};\n  program.vocab = {};\n"
-      "  program.stateBytes = {};\n  program.arenaBytes = {};\n"
+      "  program.stateBytes = {};\n  program.derivedStateBytes = {};\n"
+      "  program.arenaBytes = {};\n"
       "  program.inputBytes = {};\n"
       "  program.inputIdsOffset = {};\n  program.labelsOffset = {};\n"
       "  program.stepOffset = {};\n  program.lrOffset = {};\n"
@@ -1198,7 +1227,7 @@ namespace {
       "{}"
       "  return moert::runTrainProgram(program, argc, argv);\n}}\n",
       quoted(options.modelName), batch, seq, vocab, stateBytes,
-      arenaBytes.getInt(), inputBytes, inputOffset[0], inputOffset[1],
+      derivedStateBytes, arenaBytes.getInt(), inputBytes, inputOffset[0], inputOffset[1],
       inputOffset[2], inputOffset[3], metric["loss"], metric["ce_loss"],
       metric["aux_loss"], metric["z_loss"], metric["grad_norm"],
       metric["expert_counts"], countShape.size() == 2 ? countShape[0] : 1,
@@ -1206,6 +1235,7 @@ namespace {
       usesCudnn ? "  program.openLibraries = openLibraries;\n" : "");
 
   summary.stateBytes = stateBytes;
+  summary.derivedStateBytes = derivedStateBytes;
   summary.arenaBytes = arenaBytes.getInt();
   summary.inputBytes = inputBytes;
   summary.modelFlops = modelFlops;

@@ -62,6 +62,10 @@ struct TrainProgram {
   const char *model = "";
   int64_t batch = 0, seq = 0, vocab = 0;
   int64_t stateBytes = 0, arenaBytes = 0, inputBytes = 0;
+  /// The last bytes of the state region hold values derived from the
+  /// parameters (the bf16 copies AdamW keeps, moe-keep-param-copies):
+  /// checkpoints leave them out, the first step of a run recomputes them.
+  int64_t derivedStateBytes = 0;
   int64_t inputIdsOffset = 0, labelsOffset = 0, stepOffset = 0, lrOffset = 0;
   const ParameterInfo *parameters = nullptr;
   int numParameters = 0;
@@ -260,6 +264,7 @@ inline int runTrainProgram(const TrainProgram &p, int argc, char **argv) {
 
   // A checkpoint to resume from is checked before the GPU is touched.
   uint64_t layout = fingerprint(p);
+  const int64_t savedBytes = p.stateBytes - p.derivedStateBytes;
   std::ifstream in;
   std::filesystem::path latest;
   CheckpointHeader header{};
@@ -280,17 +285,17 @@ inline int runTrainProgram(const TrainProgram &p, int argc, char **argv) {
     in.read(reinterpret_cast<char *>(&header), sizeof(header));
     if (!in || std::memcmp(header.magic, "MOECKPT1", 8) != 0)
       fatal("'" + latest.string() + "' is not a moec checkpoint");
-    if (header.fingerprint != layout || header.stateBytes != p.stateBytes)
+    if (header.fingerprint != layout || header.stateBytes != savedBytes)
       fatal("checkpoint '" + latest.string() + "' holds " +
             std::to_string(header.stateBytes) +
             " state bytes of another parameter layout; this program has " +
-            std::to_string(p.stateBytes));
+            std::to_string(savedBytes));
     std::error_code ec;
     uintmax_t size = std::filesystem::file_size(latest, ec);
-    if (ec || size != sizeof(header) + static_cast<uintmax_t>(p.stateBytes))
+    if (ec || size != sizeof(header) + static_cast<uintmax_t>(savedBytes))
       fatal("checkpoint '" + latest.string() + "' has " +
             std::to_string(ec ? 0 : size) + " bytes, not the " +
-            std::to_string(sizeof(header) + p.stateBytes) +
+            std::to_string(sizeof(header) + savedBytes) +
             " of a complete one");
   }
 
@@ -328,11 +333,11 @@ inline int runTrainProgram(const TrainProgram &p, int argc, char **argv) {
   int64_t firstStep = 1;
   MOERT_CUDA_CHECK(cudaMemsetAsync(state, 0, p.stateBytes, ctx.stream));
   if (resume) {
-    std::vector<char> host(p.stateBytes);
-    in.read(host.data(), p.stateBytes);
+    std::vector<char> host(savedBytes);
+    in.read(host.data(), savedBytes);
     if (!in)
       fatal("checkpoint '" + latest.string() + "' is truncated");
-    MOERT_CUDA_CHECK(cudaMemcpy(state, host.data(), p.stateBytes,
+    MOERT_CUDA_CHECK(cudaMemcpy(state, host.data(), savedBytes,
                                 cudaMemcpyHostToDevice));
     firstStep = header.step + 1;
     seed = header.seed;
@@ -345,14 +350,14 @@ inline int runTrainProgram(const TrainProgram &p, int argc, char **argv) {
   MOERT_CUDA_CHECK(cudaGetLastError());
 
   auto save = [&](int64_t completed) {
-    std::vector<char> host(p.stateBytes);
+    std::vector<char> host(savedBytes);
     MOERT_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
-    MOERT_CUDA_CHECK(cudaMemcpy(host.data(), state, p.stateBytes,
+    MOERT_CUDA_CHECK(cudaMemcpy(host.data(), state, savedBytes,
                                 cudaMemcpyDeviceToHost));
     CheckpointHeader header{};
     std::memcpy(header.magic, "MOECKPT1", 8);
     header.step = completed;
-    header.stateBytes = p.stateBytes;
+    header.stateBytes = savedBytes;
     header.fingerprint = layout;
     header.seed = seed;
     std::filesystem::create_directories(checkpointDir);
@@ -427,6 +432,7 @@ inline int runTrainProgram(const TrainProgram &p, int argc, char **argv) {
                                      cudaMemcpyHostToDevice, ctx.stream));
     kernels::Profiler profiler;
     ctx.profiler = t == profileStep ? &profiler : nullptr;
+    ctx.refreshParameterCopies = t == firstStep;
     p.step(ctx, state, arena, inputs);
     ctx.profiler = nullptr;
     for (int m = 0; m < 5; ++m) {

@@ -90,6 +90,10 @@ struct Context {
   int64_t *hostCounts = nullptr;
   /// Set for the one step the driver profiles.
   Profiler *profiler = nullptr;
+  /// Set by the driver for the first step of a run: the bf16 parameter
+  /// copies that AdamW keeps (moe-keep-param-copies) are not current yet,
+  /// so the step computes them from the parameters first.
+  bool refreshParameterCopies = false;
 };
 
 /// Marks the start of op `name` in the profiled step.

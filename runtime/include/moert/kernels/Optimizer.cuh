@@ -16,6 +16,10 @@
 // gradients. The arithmetic is fp32 either way; a bf16 state is rounded once
 // per update, as torch's fused AdamW does for bf16 parameters.
 //
+// A tensor may name a `copy`: a bf16 buffer that AdamW fills with the
+// updated parameter rounded to bf16, the value the next step's cast of the
+// parameter would compute (moe-keep-param-copies), in the same pass.
+//
 //===----------------------------------------------------------------------===//
 
 #ifndef MOERT_KERNELS_OPTIMIZER_CUH
@@ -34,6 +38,7 @@ struct OptimizerTensor {
   const void *grad = nullptr;
   int64_t count = 0;
   float weightDecay = 0.0f;
+  bf16 *copy = nullptr; ///< AdamW: the updated parameter in bf16, or null
 };
 
 struct OptimizerChunk {
@@ -152,24 +157,30 @@ __global__ void adamwKernel(const OptimizerTensor *tensors,
   TS *expAvg = static_cast<TS *>(t.expAvg) + c.begin;
   TS *expAvgSq = static_cast<TS *>(t.expAvgSq) + c.begin;
   const TG *grad = static_cast<const TG *>(t.grad) + c.begin;
+  bf16 *copy = t.copy ? t.copy + c.begin : nullptr;
   // Four elements per access where the chunk's start is aligned for it in
-  // all four tensors (chunks start at multiples of kChunk, tensors at
+  // all the tensors (chunks start at multiples of kChunk, tensors at
   // 256-byte offsets), then the tail one by one.
   int64_t n = c.end - c.begin, vectors = 0;
   auto aligned = [](const void *p, size_t elementBytes) {
     return (reinterpret_cast<uintptr_t>(p) & (4 * elementBytes - 1)) == 0;
   };
   if (aligned(param, sizeof(TS)) && aligned(expAvg, sizeof(TS)) &&
-      aligned(expAvgSq, sizeof(TS)) && aligned(grad, sizeof(TG)))
+      aligned(expAvgSq, sizeof(TS)) && aligned(grad, sizeof(TG)) &&
+      (!copy || aligned(copy, sizeof(bf16))))
     vectors = n / 4;
   for (int64_t j = threadIdx.x; j < vectors; j += blockDim.x) {
     Vec4 p = load4(param + 4 * j), m = load4(expAvg + 4 * j),
          v = load4(expAvgSq + 4 * j), g = load4(grad + 4 * j);
-    for (int e = 0; e < 4; ++e)
+    for (int e = 0; e < 4; ++e) {
       update(p.v[e], m.v[e], v.v[e], g.v[e]);
+      p.v[e] = toFloat(fromFloat<TS>(p.v[e])); // the stored value
+    }
     store4(param + 4 * j, p);
     store4(expAvg + 4 * j, m);
     store4(expAvgSq + 4 * j, v);
+    if (copy)
+      store4(copy + 4 * j, p);
   }
   for (int64_t i = 4 * vectors + threadIdx.x; i < n; i += blockDim.x) {
     float p = toFloat(param[i]), m = toFloat(expAvg[i]),
@@ -178,6 +189,8 @@ __global__ void adamwKernel(const OptimizerTensor *tensors,
     param[i] = fromFloat<TS>(p);
     expAvg[i] = fromFloat<TS>(m);
     expAvgSq[i] = fromFloat<TS>(v);
+    if (copy)
+      copy[i] = fromFloat<bf16>(toFloat(param[i]));
   }
 }
 } // namespace detail

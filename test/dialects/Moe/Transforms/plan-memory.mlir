@@ -77,3 +77,17 @@ func.func @read_after_update(%p: tensor<16xf32>, %m: tensor<16xf32>, %v: tensor<
   %late = arith.addf %p, %p : tensor<16xf32>
   return %np, %late : tensor<16xf32>, tensor<16xf32>
 }
+
+// -----
+
+// A parameter copy kept across steps (moe-keep-param-copies) lives in the
+// runtime's persistent storage: no arena bytes, no offsets.
+// CHECK-LABEL: func.func @persistent_copy
+// CHECK-SAME: attributes {moe.arena_bytes = 256 : i64, moe.arena_live_bytes = 32 : i64}
+// CHECK: arith.truncf %{{.+}} {moe.persistent_copy} : tensor<4x64xf32> to tensor<4x64xbf16>
+// CHECK: moe.linear {{.*}} {moe.arena_offsets = array<i64: 0>}
+func.func @persistent_copy(%w: tensor<4x64xf32>, %x: tensor<4x64xbf16>) -> tensor<4x4xbf16> {
+  %c = arith.truncf %w {moe.persistent_copy} : tensor<4x64xf32> to tensor<4x64xbf16>
+  %y = moe.linear %x, %c : (tensor<4x64xbf16>, tensor<4x64xbf16>) -> tensor<4x4xbf16>
+  return %y : tensor<4x4xbf16>
+}

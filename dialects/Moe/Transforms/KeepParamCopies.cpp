@@ -1,0 +1,58 @@
+//===- KeepParamCopies.cpp - Persistent bf16 copies of master weights -----===//
+//
+// Implements moe-keep-param-copies (see Passes.td).
+//
+//===----------------------------------------------------------------------===//
+
+#include "dialects/Moe/Transforms/Passes.h"
+
+#include "dialects/Moe/IR/MoeOps.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/Builders.h"
+
+namespace mlir::moe {
+#define GEN_PASS_DEF_KEEPPARAMCOPIES
+#include "dialects/Moe/Transforms/Passes.h.inc"
+} // namespace mlir::moe
+
+using namespace mlir;
+using namespace mlir::moe;
+
+namespace {
+
+struct KeepParamCopiesPass
+    : public moe::impl::KeepParamCopiesBase<KeepParamCopiesPass> {
+  void runOnOperation() override {
+    func::FuncOp func = getOperation();
+    if (func.isExternal())
+      return;
+    Block &block = func.getBody().front();
+    for (BlockArgument arg : func.getArguments()) {
+      if (!func.getArgAttr(arg.getArgNumber(), "moe.parameter"))
+        continue;
+      AdamWOp update;
+      for (Operation *user : arg.getUsers())
+        if (auto a = dyn_cast<AdamWOp>(user); a && a.getParam() == arg)
+          update = a;
+      if (!update || update->getBlock() != &block)
+        continue;
+      for (Operation *user : arg.getUsers()) {
+        auto cast = dyn_cast<arith::TruncFOp>(user);
+        if (!cast || cast->getBlock() != &block ||
+            !getElementTypeOrSelf(cast.getType()).isBF16())
+          continue;
+        bool beforeUpdate = llvm::all_of(cast->getUsers(), [&](Operation *u) {
+          return u->getBlock() == &block && u->isBeforeInBlock(update);
+        });
+        if (!beforeUpdate)
+          continue;
+        cast->setAttr("moe.persistent_copy", UnitAttr::get(&getContext()));
+        ++numKept;
+      }
+    }
+  }
+};
+
+} // namespace
