@@ -284,14 +284,18 @@ LogicalResult Interpreter::execute(Operation *op) {
         return set(op, r.getResult(), std::move(out));
       })
       .Case([&](moe::AttentionOp a) -> LogicalResult {
+        HostTensor stats;
         if (failed(kernel(op,
                           attention(get(a.getQuery()), get(a.getKey()),
                                     get(a.getValue()), a.getCausal(),
                                     a.getScale().convertToDouble(),
-                                    a.getSlidingWindow(), out, error),
-                          error)))
+                                    a.getSlidingWindow(), out, error,
+                                    a.getStats() ? &stats : nullptr),
+                          error)) ||
+            failed(set(op, a.getResult(), std::move(out))))
           return failure();
-        return set(op, a.getResult(), std::move(out));
+        return a.getStats() ? set(op, a.getStats(), std::move(stats))
+                            : success();
       })
       .Case([&](moe::LinearOp l) -> LogicalResult {
         const HostTensor *bias = l.getBias() ? &get(l.getBias()) : nullptr;

@@ -56,11 +56,13 @@ bool expectInt(const HostTensor &t, const char *what, std::string &error) {
 }
 
 /// Row i of the attention probabilities of batch b, query head h: the
-/// softmax over the keys of scale·q·k, masked keys 0 (fp64).
-void attentionProbabilities(const HostTensor &query, const HostTensor &key,
-                            int64_t b, int64_t h, int64_t i, bool causal,
-                            double scale, std::optional<int64_t> slidingWindow,
-                            std::vector<double> &p) {
+/// softmax over the keys of scale·q·k, masked keys 0 (fp64). Returns the
+/// row's log-sum-exp of the visible scores (-inf when none is visible).
+double attentionProbabilities(const HostTensor &query, const HostTensor &key,
+                              int64_t b, int64_t h, int64_t i, bool causal,
+                              double scale,
+                              std::optional<int64_t> slidingWindow,
+                              std::vector<double> &p) {
   int64_t seqQ = query.shape[1], qHeads = query.shape[2], dim = query.shape[3];
   int64_t seqK = key.shape[1], kvHeads = key.shape[2];
   int64_t kvh = h / (qHeads / kvHeads);
@@ -86,6 +88,7 @@ void attentionProbabilities(const HostTensor &query, const HostTensor &key,
     total += (x = std::isinf(x) ? 0.0 : std::exp(x - maxScore));
   for (double &x : p)
     x /= total;
+  return maxScore + std::log(total);
 }
 
 /// An fp32 tensor of `shape` from fp64 accumulators.
@@ -192,7 +195,8 @@ bool reference::rotary(const HostTensor &input, const HostTensor *positions,
 bool reference::attention(const HostTensor &query, const HostTensor &key,
                           const HostTensor &value, bool causal, double scale,
                           std::optional<int64_t> slidingWindow,
-                          HostTensor &out, std::string &error) {
+                          HostTensor &out, std::string &error,
+                          HostTensor *stats) {
   if (!expectRank(query, 4, "query", error) ||
       !expectRank(key, 4, "key", error) ||
       !expectRank(value, 4, "value", error))
@@ -210,13 +214,17 @@ bool reference::attention(const HostTensor &query, const HostTensor &key,
   }
   int64_t group = qHeads / kvHeads;
   out = HostTensor::floats(query.shape);
+  if (stats)
+    *stats = HostTensor::floats({batch, qHeads, seqQ});
   std::vector<double> p;
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t h = 0; h < qHeads; ++h) {
       int64_t kvh = h / group;
       for (int64_t i = 0; i < seqQ; ++i) {
-        attentionProbabilities(query, key, b, h, i, causal, scale,
-                               slidingWindow, p);
+        double lse = attentionProbabilities(query, key, b, h, i, causal,
+                                            scale, slidingWindow, p);
+        if (stats)
+          stats->f32[(b * qHeads + h) * seqQ + i] = static_cast<float>(lse);
         float *o = &out.f32[((b * seqQ + i) * qHeads + h) * dim];
         for (int64_t d = 0; d < dim; ++d) {
           double acc = 0.0;

@@ -245,48 +245,59 @@ int64_t sdpaScratchBytes(Cudnn *cudnn, const SdpaShape &s) {
 }
 
 void sdpaForward(Cudnn *cudnn, const SdpaShape &s, const void *q,
-                 const void *k, const void *v, void *out, void *scratch,
-                 int64_t scratchBytes) {
-  const SdpaGraph &g = graphFor(cudnn, s, kForward);
+                 const void *k, const void *v, void *out, float *stats,
+                 void *scratch, int64_t scratchBytes) {
+  SdpaKind kind = stats ? kForwardWithStats : kForward;
+  const SdpaGraph &g = graphFor(cudnn, s, kind);
   int64_t offset = 0;
-  char *workspace = carve(s, kForward, static_cast<char *>(scratch),
+  char *workspace = carve(s, kind, static_cast<char *>(scratch),
                           scratchBytes, offset, g.workspaceBytes);
   std::unordered_map<int64_t, void *> pack = {
       {g.q->get_uid(), const_cast<void *>(q)},
       {g.k->get_uid(), const_cast<void *>(k)},
       {g.v->get_uid(), const_cast<void *>(v)},
       {g.o->get_uid(), out}};
-  execute(cudnn, s, kForward, g, pack, workspace);
+  if (stats)
+    pack.emplace(g.stats->get_uid(), stats);
+  execute(cudnn, s, kind, g, pack, workspace);
 }
 
 void sdpaBackward(Cudnn *cudnn, const SdpaShape &s, const void *q,
-                  const void *k, const void *v, const void *dOut, void *dq,
-                  void *dk, void *dv, void *scratch, int64_t scratchBytes) {
-  const SdpaGraph &f = graphFor(cudnn, s, kForwardWithStats);
+                  const void *k, const void *v, const void *dOut,
+                  const void *out, const float *stats, void *dq, void *dk,
+                  void *dv, void *scratch, int64_t scratchBytes) {
   const SdpaGraph &b = graphFor(cudnn, s, kBackward);
   char *base = static_cast<char *>(scratch);
   int64_t offset = 0;
-  char *o = carve(s, kBackward, base, scratchBytes, offset,
-                  s.B * s.S * s.N * s.D * 2);
-  char *stats =
-      carve(s, kBackward, base, scratchBytes, offset, s.B * s.N * s.S * 4);
+  if (!out || !stats) {
+    // No saved forward: rerun it with statistics into scratch.
+    const SdpaGraph &f = graphFor(cudnn, s, kForwardWithStats);
+    char *o = carve(s, kBackward, base, scratchBytes, offset,
+                    s.B * s.S * s.N * s.D * 2);
+    char *lse =
+        carve(s, kBackward, base, scratchBytes, offset, s.B * s.N * s.S * 4);
+    char *workspace = carve(s, kForwardWithStats, base, scratchBytes, offset,
+                            f.workspaceBytes);
+    std::unordered_map<int64_t, void *> forward = {
+        {f.q->get_uid(), const_cast<void *>(q)},
+        {f.k->get_uid(), const_cast<void *>(k)},
+        {f.v->get_uid(), const_cast<void *>(v)},
+        {f.o->get_uid(), o},
+        {f.stats->get_uid(), lse}};
+    execute(cudnn, s, kForwardWithStats, f, forward, workspace);
+    out = o;
+    stats = reinterpret_cast<const float *>(lse);
+    offset = piece(s.B * s.S * s.N * s.D * 2) + piece(s.B * s.N * s.S * 4);
+  }
   char *workspace =
-      carve(s, kBackward, base, scratchBytes, offset,
-            std::max(f.workspaceBytes, b.workspaceBytes));
-  std::unordered_map<int64_t, void *> forward = {
-      {f.q->get_uid(), const_cast<void *>(q)},
-      {f.k->get_uid(), const_cast<void *>(k)},
-      {f.v->get_uid(), const_cast<void *>(v)},
-      {f.o->get_uid(), o},
-      {f.stats->get_uid(), stats}};
-  execute(cudnn, s, kForwardWithStats, f, forward, workspace);
+      carve(s, kBackward, base, scratchBytes, offset, b.workspaceBytes);
   std::unordered_map<int64_t, void *> backward = {
       {b.q->get_uid(), const_cast<void *>(q)},
       {b.k->get_uid(), const_cast<void *>(k)},
       {b.v->get_uid(), const_cast<void *>(v)},
-      {b.o->get_uid(), o},
+      {b.o->get_uid(), const_cast<void *>(out)},
       {b.dO->get_uid(), const_cast<void *>(dOut)},
-      {b.stats->get_uid(), stats},
+      {b.stats->get_uid(), const_cast<float *>(stats)},
       {b.dq->get_uid(), dq},
       {b.dk->get_uid(), dk},
       {b.dv->get_uid(), dv}};

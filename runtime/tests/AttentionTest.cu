@@ -14,9 +14,10 @@
 // and the gradients of out with respect to q, k and v (dk, dv summed over
 // the query heads that share a kv head). Outputs and scratch are filled with
 // NaN bytes before the calls, so anything left unwritten (or read before it
-// is written) fails. Each op runs twice to check that the results are
-// bitwise deterministic (the GEMM kernels; cuDNN's backward accumulates dQ
-// with atomics, so there the check is reported, not required). Some cases
+// is written) fails. The GEMM kernels run twice to check that the results
+// are bitwise deterministic; cuDNN runs once keeping the forward's output
+// and log-sum-exp for the backward (checked against the oracle's too) and
+// once with the backward rerunning the forward. Some cases
 // lower attentionScoreBudget so the GEMM kernels take small query blocks and
 // several chunks of (batch, kv head) pairs.
 //
@@ -66,6 +67,7 @@ struct Mode {
 
 struct Expected {
   std::vector<double> out, dq, dk, dv;
+  std::vector<double> lse; ///< [B, N, S]: log Σ over visible j of exp(score)
 };
 
 /// The double-precision reference, one (batch, query head, position) row at
@@ -81,6 +83,7 @@ Expected hostAttention(const Shape &s, const Mode &mode, double scale,
   e.dq.assign(B * S * N * D, 0.0);
   e.dk.assign(B * S * KV * D, 0.0);
   e.dv.assign(B * S * KV * D, 0.0);
+  e.lse.assign(B * N * S, -INFINITY);
   auto qAt = [&](int64_t b, int64_t i, int64_t h) {
     return ((b * S + i) * N + h) * D;
   };
@@ -113,6 +116,7 @@ Expected hostAttention(const Shape &s, const Mode &mode, double scale,
         for (int64_t j = 0; j < S; ++j)
           if (seen[j])
             total += (p[j] = std::exp(p[j] - maxScore));
+        e.lse[(b * N + h) * S + i] = maxScore + std::log(total);
         double inner = 0.0;
         for (int64_t j = 0; j < S; ++j) {
           if (!seen[j])
@@ -207,13 +211,20 @@ int runCase(const Shape &s, const Mode &mode, int64_t budget, uint32_t seed,
   CHECK_CUDA(cudaMalloc(&ctx.scratch, ctx.scratchBytes));
   CHECK_CUDA(cudaMemset(ctx.scratch, 0xFF, ctx.scratchBytes));
 
+  // cuDNN: run 0 keeps the forward's output and log-sum-exp for the
+  // backward (moe-save-attention-stats), run 1 makes the backward rerun
+  // the forward; both are checked against the oracle.
+  float *stats = cudnn ? deviceNaN<float>(B * N * S) : nullptr;
   for (int r = 0; r < 2; ++r) {
     if constexpr (std::is_same_v<T, bf16>) {
       if (cudnn) {
+        bool saved = r == 0;
         attentionCudnn(ctx, dQin, dKin, dVin, B, S, N, KV, D, scale,
-                       mode.causal, mode.window, out[r]);
+                       mode.causal, mode.window, out[r],
+                       saved ? stats : nullptr);
         attentionGradCudnn(ctx, dQin, dKin, dVin, dDy, B, S, N, KV, D, scale,
-                           mode.causal, mode.window, dq[r], dk[r], dv[r]);
+                           mode.causal, mode.window, dq[r], dk[r], dv[r],
+                           saved ? out[r] : nullptr, saved ? stats : nullptr);
         continue;
       }
     }
@@ -239,8 +250,23 @@ int runCase(const Shape &s, const Mode &mode, int64_t budget, uint32_t seed,
   bool same = sameBits(out[0], out[1], nq) && sameBits(dq[0], dq[1], nq) &&
               sameBits(dk[0], dk[1], nk) && sameBits(dv[0], dv[1], nk);
   if (cudnn) {
-    std::printf("%sbitwise deterministic over two runs: %s (not required)\n",
+    std::printf("%sbitwise equal with and without the saved forward: %s "
+                "(not required)\n",
                 prefix.c_str(), same ? "yes" : "no");
+    // The rerun path too; the stats where cuDNN ran (a declined shape runs
+    // on the GEMM kernels, which keep none).
+    failures += !compare(prefix + "dq (backward reruns the forward)",
+                         toDoubles(hostCopy(dq[1], nq)), want.dq, tolerance);
+    failures += !compare(prefix + "dk (backward reruns the forward)",
+                         toDoubles(hostCopy(dk[1], nk)), want.dk, tolerance);
+    failures += !compare(prefix + "dv (backward reruns the forward)",
+                         toDoubles(hostCopy(dv[1], nk)), want.dv, tolerance);
+    if (attentionOnCudnn(ctx, detail::sdpaShape(B, S, N, KV, D, scale,
+                                                mode.causal, mode.window)))
+      failures += !compare(prefix + "stats (log-sum-exp)",
+                           toDoubles(hostCopy(stats, B * N * S)), want.lse,
+                           tolerance);
+    cudaFree(stats);
   } else {
     std::printf("%sbitwise deterministic over two runs: %s\n", prefix.c_str(),
                 same ? "PASS" : "FAIL");
@@ -336,6 +362,17 @@ int bench(Blas *blas, moert::Cudnn *cudnn, cudaStream_t stream, bool causal,
     attentionGradCudnn(ctx, q, k, v, dOut, B, S, N, KV, D, scale, causal,
                        window, dq, dk, dv);
   });
+  float *stats = nullptr;
+  CHECK_CUDA(cudaMalloc(&stats, B * N * S * sizeof(float)));
+  float savedFwd = time([&] {
+    attentionCudnn(ctx, q, k, v, B, S, N, KV, D, scale, causal, window, out,
+                   stats);
+  });
+  float savedBwd = time([&] {
+    attentionGradCudnn(ctx, q, k, v, dOut, B, S, N, KV, D, scale, causal,
+                       window, dq, dk, dv, out, stats);
+  });
+  cudaFree(stats);
   CHECK_CUDA(cudaGetLastError());
 
   // Useful FLOPs: 2 matmuls forward, 5 backward (the recomputed scores
@@ -359,6 +396,8 @@ int bench(Blas *blas, moert::Cudnn *cudnn, cudaStream_t stream, bool causal,
   };
   report("gemm kernels (score budget)", fwd, bwd, gemmScratch);
   report("cuDNN SDPA (backward reruns the forward)", cudnnFwd, cudnnBwd,
+         cudnnScratch);
+  report("cuDNN SDPA (forward keeps O and log-sum-exp)", savedFwd, savedBwd,
          cudnnScratch);
 
   CHECK_CUDA(cudaEventDestroy(start));

@@ -341,6 +341,11 @@ int moec::cli::runCompile() {
   shapes.batch = job.microBatchSize;
   shapes.seq = job.seqLength;
   trainPm.addNestedPass<func::FuncOp>(moe::createSpecializeShapes(shapes));
+  // bf16 attention on cuDNN keeps its output and log-sum-exp for the
+  // backward, as flash attention does (the GEMM kernels recompute).
+  const bool cudnnAttention = attentionKernel != "gemm" && kHaveCudnn;
+  if (cudnnAttention && job.bf16)
+    trainPm.addNestedPass<func::FuncOp>(moe::createSaveAttentionStats());
   trainPm.addNestedPass<func::FuncOp>(moe::createFuseElementwise());
   if (job.keepParamCopies)
     trainPm.addNestedPass<func::FuncOp>(moe::createKeepParamCopies());
@@ -351,7 +356,7 @@ int moec::cli::runCompile() {
   llvm::raw_string_ostream trainOs(trainSource);
   CudaTrainProgramOptions printOptions;
   printOptions.modelName = llvm::sys::path::filename(modelPath).str();
-  printOptions.cudnnAttention = attentionKernel != "gemm" && kHaveCudnn;
+  printOptions.cudnnAttention = cudnnAttention;
   CudaTrainProgramSummary summary;
   if (failed(emitCudaTrainProgram(*module, printOptions, trainOs, summary)))
     return 1;

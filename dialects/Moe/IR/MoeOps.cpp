@@ -59,6 +59,17 @@ LogicalResult verifySameElementType(Operation *op, StringRef what,
   return success();
 }
 
+/// moe.attention's `stats`: [batch, q_heads, seq] fp32 for `query`.
+LogicalResult verifyAttentionStats(Operation *op, RankedTensorType stats,
+                                   RankedTensorType query) {
+  if (!stats.getElementType().isF32())
+    return op->emitOpError() << "stats must be fp32 but are "
+                             << stats.getElementType();
+  return verifyShape(op, "stats", stats,
+                     {query.getDimSize(0), query.getDimSize(2),
+                      query.getDimSize(1)});
+}
+
 } // namespace
 
 LogicalResult EmbeddingOp::verify() {
@@ -146,9 +157,27 @@ LogicalResult AttentionOp::verify() {
   if (!(getScale().convertToDouble() > 0.0))
     return emitOpError() << "scale must be positive but is "
                          << getScale().convertToDouble();
-  if (failed(verifyShape(*this, "result", getType(), query.getShape())))
+  RankedTensorType result = tensorType(getResult());
+  if (failed(verifyShape(*this, "result", result, query.getShape())) ||
+      failed(verifySameElementType(*this, "result", result, query)))
     return failure();
-  return verifySameElementType(*this, "result", getType(), query);
+  if (Value stats = getStats())
+    return verifyAttentionStats(*this, tensorType(stats), query);
+  return success();
+}
+
+LogicalResult AttentionGradOp::verify() {
+  if (getSaved().empty())
+    return success();
+  if (getSaved().size() != 2)
+    return emitOpError() << "saved must be the forward's result and stats "
+                            "(2 values) but has "
+                         << getSaved().size();
+  RankedTensorType query = tensorType(getQuery());
+  if (getSaved()[0].getType() != query)
+    return emitOpError() << "saved result is " << getSaved()[0].getType()
+                         << " but must have the query's type " << query;
+  return verifyAttentionStats(*this, tensorType(getSaved()[1]), query);
 }
 
 LogicalResult LinearOp::verify() {

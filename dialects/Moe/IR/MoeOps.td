@@ -102,6 +102,12 @@ def Moe_AttentionOp : Moe_Op<"attention", [Pure]> {
     positions (`i - j < W`, Mistral's convention), then soft-maxed in fp32.
     The result has the shape of `query`.
 
+    The optional second result `stats` is `[batch, q_heads, seq]` fp32: per
+    query row the natural log of the sum of `exp(score)` over the visible
+    keys (the softmax's log-normaliser). A training step keeps it, with the
+    result, for moe.attention_grad (moe-save-attention-stats), as flash
+    attention kernels do.
+
     ```mlir
     %o = moe.attention %q, %k, %v {causal = true, scale = 0.35355339059327379 : f64}
         : (tensor<2x8x4x8xf32>, tensor<2x8x2x8xf32>, tensor<2x8x2x8xf32>)
@@ -113,7 +119,8 @@ def Moe_AttentionOp : Moe_Op<"attention", [Pure]> {
                        DefaultValuedAttr<BoolAttr, "true">:$causal,
                        F64Attr:$scale,
                        OptionalAttr<I64Attr>:$sliding_window);
-  let results = (outs Moe_FloatTensor:$result);
+  let results = (outs Moe_FloatTensor:$result,
+                      Optional<Moe_FloatTensor>:$stats);
   let assemblyFormat = [{
     $query `,` $key `,` $value attr-dict `:` functional-type(operands, results)
   }];
@@ -410,13 +417,19 @@ def Moe_AttentionGradOp : Moe_GradOp<"attention_grad", [
     `d_value = Pᵀ·dO`, `d_query = scale·dS·K`, `d_key = scale·dSᵀ·Q` with
     `dS = P ⊙ (dO·Vᵀ − rowsum(P ⊙ dO·Vᵀ))`, summing over the query heads that
     share a key/value head.
+
+    `saved`, when given, is the forward's result and `stats` (moe.attention
+    on the same operands): an implementation may take `P` from them instead
+    of recomputing the forward; the gradients are the same.
   }];
   let arguments = (ins Moe_FloatTensor:$query, Moe_FloatTensor:$key,
                        Moe_FloatTensor:$value, Moe_FloatTensor:$d_result,
+                       Variadic<Moe_FloatTensor>:$saved,
                        DefaultValuedAttr<BoolAttr, "true">:$causal,
                        F64Attr:$scale, OptionalAttr<I64Attr>:$sliding_window);
   let results = (outs Moe_FloatTensor:$d_query, Moe_FloatTensor:$d_key,
                       Moe_FloatTensor:$d_value);
+  let hasVerifier = 1;
 }
 
 def Moe_LinearGradOp : Moe_GradOp<"linear_grad", [

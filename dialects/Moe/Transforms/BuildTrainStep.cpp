@@ -123,8 +123,8 @@ LogicalResult StepBuilder::emitBackward(Operation *op) {
     auto g = AttentionGradOp::create(
         builder, loc, a.getQuery().getType(), a.getKey().getType(),
         a.getValue().getType(), a.getQuery(), a.getKey(), a.getValue(),
-        gradOf(a.getResult()), a.getCausalAttr(), a.getScaleAttr(),
-        a.getSlidingWindowAttr());
+        gradOf(a.getResult()), ValueRange(), a.getCausalAttr(),
+        a.getScaleAttr(), a.getSlidingWindowAttr());
     addGrad(a.getQuery(), g.getDQuery());
     addGrad(a.getKey(), g.getDKey());
     addGrad(a.getValue(), g.getDValue());

@@ -154,6 +154,35 @@ def SaveExpertActivations
   ];
 }
 
+def SaveAttentionStats
+    : Pass<"moe-save-attention-stats", "::mlir::func::FuncOp"> {
+  let summary = "keeps attention's output and log-sum-exp for the backward";
+  let description = [{
+    moe.attention_grad recomputes the softmax unless it is given the
+    forward's result and per-row log-sum-exp (`stats`), which is what flash
+    attention kernels keep. For each moe.attention_grad of the block without
+    `saved` that has a moe.attention on the same operands and attributes
+    before it, this pass makes that moe.attention also return `stats`
+    (`[batch, q_heads, seq]` fp32) and passes its result and stats to the
+    gradient. `moec compile` runs it where attention runs on cuDNN (its
+    backward then does not rerun the forward).
+
+    ```mlir
+    %o = moe.attention %q, %k, %v {...} : (...) -> tensor<2x8x4x8xbf16>
+    ...
+    %dq, %dk, %dv = moe.attention_grad %q, %k, %v, %do {...}
+    // becomes
+    %o, %lse = moe.attention %q, %k, %v {...}
+        : (...) -> (tensor<2x8x4x8xbf16>, tensor<2x4x8xf32>)
+    ...
+    %dq, %dk, %dv = moe.attention_grad %q, %k, %v, %do, %o, %lse {...}
+    ```
+  }];
+  let statistics = [
+    Statistic<"numSaved", "num-saved", "attention ops that keep their stats">
+  ];
+}
+
 def FuseElementwise : Pass<"moe-fuse-elementwise", "::mlir::func::FuncOp"> {
   let summary = "outlines trees of element-wise arith ops into moe.fusion";
   let description = [{

@@ -690,9 +690,11 @@ bool Raiser::raiseAttention(OnnxNodeOp softmax) {
   FloatAttr thetaAttr = builder.getF64FloatAttr(*theta);
   Value qr = RotaryOp::create(builder, loc, q4.getType(), q4, Value(), thetaAttr);
   Value kr = RotaryOp::create(builder, loc, k4.getType(), k4, Value(), thetaAttr);
-  Value attn = AttentionOp::create(builder, 
-      loc, q4.getType(), qr, kr, v4, builder.getBoolAttr(true),
-      builder.getF64FloatAttr(scale), IntegerAttr());
+  Value attn = AttentionOp::create(builder, loc, q4.getType(), Type(), qr, kr,
+                                   v4, builder.getBoolAttr(true),
+                                   builder.getF64FloatAttr(scale),
+                                   IntegerAttr())
+                   .getResult();
   Value merged = collapseTrailing(loc, attn, qType.getRank() - 1);
   if (merged.getType() != output.getType())
     return false;

@@ -31,11 +31,12 @@ bool rmsNorm(const HostTensor &input, const HostTensor &weight, double epsilon,
 bool rotary(const HostTensor &input, const HostTensor *positions, double theta,
             HostTensor &out, std::string &error);
 
-/// Grouped-query attention on `[B, S, N, D]` tensors.
+/// Grouped-query attention on `[B, S, N, D]` tensors; with `stats`, also
+/// each query row's log-sum-exp of its visible scores, `[B, N, S]`.
 bool attention(const HostTensor &query, const HostTensor &key,
                const HostTensor &value, bool causal, double scale,
                std::optional<int64_t> slidingWindow, HostTensor &out,
-               std::string &error);
+               std::string &error, HostTensor *stats = nullptr);
 
 /// `out = input · weightᵀ (+ bias)` over the last dimension.
 bool linear(const HostTensor &input, const HostTensor &weight,

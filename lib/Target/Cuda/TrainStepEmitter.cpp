@@ -730,9 +730,16 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
         if (!ok)
           return failure();
         bool cudnn = onCudnn(a.getQuery());
-        body += fmt::format("  moert::kernels::{}(ctx, {}, {}, {});\n",
-                            cudnn ? "attentionCudnn" : "attention", args,
-                            attentionShape(a), typed(a.getResult()));
+        if (a.getStats() && !cudnn)
+          return a.emitOpError()
+                 << "keeps its stats, which only the cuDNN attention "
+                    "kernels write (run moe-save-attention-stats only for "
+                    "bf16 attention on cuDNN)";
+        body += fmt::format(
+            "  moert::kernels::{}(ctx, {}, {}, {}{});\n",
+            cudnn ? "attentionCudnn" : "attention", args, attentionShape(a),
+            typed(a.getResult()),
+            a.getStats() ? ", " + typed(a.getStats()) : std::string());
         scratch(cudnn ? cudnnAttentionScratch(a)
                       : attentionScratch(a.getQuery(), a.getKey()));
         return success();
@@ -743,12 +750,19 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
             op, {a.getQuery(), a.getKey(), a.getValue(), a.getDResult()}, ok);
         if (!ok)
           return failure();
+        // The GEMM kernels recompute the softmax: they need no `saved`.
         bool cudnn = onCudnn(a.getQuery());
+        std::string saved;
+        if (cudnn && !a.getSaved().empty()) {
+          saved = ", " + pointerList(op, a.getSaved(), ok);
+          if (!ok)
+            return failure();
+        }
         body += fmt::format(
-            "  moert::kernels::{}(ctx, {}, {}, {}, {}, {});\n",
+            "  moert::kernels::{}(ctx, {}, {}, {}, {}, {}{});\n",
             cudnn ? "attentionGradCudnn" : "attentionGrad", args,
             attentionShape(a), typed(a.getDQuery()), typed(a.getDKey()),
-            typed(a.getDValue()));
+            typed(a.getDValue()), saved);
         scratch(cudnn ? cudnnAttentionScratch(a)
                       : attentionScratch(a.getQuery(), a.getKey()));
         return success();

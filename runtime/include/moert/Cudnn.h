@@ -61,18 +61,20 @@ bool sdpaSupported(Cudnn *cudnn, const SdpaShape &shape,
 /// and statistics, and the larger workspace of its two graphs).
 int64_t sdpaScratchBytes(Cudnn *cudnn, const SdpaShape &shape);
 
-/// out [B, S, N, D] = attention(q, k, v), bf16 buffers on the stream.
+/// out [B, S, N, D] = attention(q, k, v), bf16 buffers on the stream; with
+/// `stats` (else null) also each query row's log-sum-exp, fp32 [B, N, S].
 void sdpaForward(Cudnn *cudnn, const SdpaShape &shape, const void *q,
-                 const void *k, const void *v, void *out, void *scratch,
-                 int64_t scratchBytes);
+                 const void *k, const void *v, void *out, float *stats,
+                 void *scratch, int64_t scratchBytes);
 
-/// dq [B, S, N, D], dk and dv [B, S, KV, D] (overwritten). moe.attention_grad
-/// receives no forward output, so this reruns the forward with statistics
-/// (O and the per-row log-sum-exp, into scratch) and then runs cuDNN's SDPA
-/// backward: one extra forward, 2 of the pair's 7 attention GEMM FLOPs.
+/// dq [B, S, N, D], dk and dv [B, S, KV, D] (overwritten), from the
+/// forward's `out` and `stats` (moe-save-attention-stats); where they are
+/// null this first reruns the forward with statistics into scratch (one
+/// extra forward, 2 of the pair's 7 attention GEMM FLOPs).
 void sdpaBackward(Cudnn *cudnn, const SdpaShape &shape, const void *q,
-                  const void *k, const void *v, const void *dOut, void *dq,
-                  void *dk, void *dv, void *scratch, int64_t scratchBytes);
+                  const void *k, const void *v, const void *dOut,
+                  const void *out, const float *stats, void *dq, void *dk,
+                  void *dv, void *scratch, int64_t scratchBytes);
 
 } // namespace moert
 

@@ -2,8 +2,9 @@
 //
 // The executor on small functions parsed from text: delayed_param creates
 // the same values for a shard as for the full parameter (sharding
-// invariance), bf16 values are stored rounded, and a moe.fusion equals its
-// body's ops run one by one.
+// invariance), bf16 values are stored rounded, a moe.fusion equals its
+// body's ops run one by one, and moe.attention's stats are its rows'
+// log-sum-exp.
 //
 //===----------------------------------------------------------------------===//
 
@@ -15,6 +16,8 @@
 #include "mlir/Parser/Parser.h"
 
 #include <gtest/gtest.h>
+
+#include <cmath>
 
 using namespace mlir;
 using namespace moec;
@@ -127,6 +130,29 @@ TEST_F(ExecutorTest, FusionEqualsItsOpsOneByOne) {
   EXPECT_EQ(fused[0].f32[1], -126.0f);
   // -((1 + 1/128) / 2 - 0.5) = -1/256.
   EXPECT_EQ(fused[0].f32[0], -1.0f / 256);
+}
+
+TEST_F(ExecutorTest, AttentionStatsAreTheRowsLogSumExp) {
+  // One batch, one head, two positions, head dim 1, causal: row 0 sees key
+  // 0 only, row 1 both keys.
+  const char *source = R"mlir(
+    func.func @lse(%q: tensor<1x2x1x1xf32>, %k: tensor<1x2x1x1xf32>, %v: tensor<1x2x1x1xf32>) -> (tensor<1x2x1x1xf32>, tensor<1x1x2xf32>) {
+      %o, %lse = moe.attention %q, %k, %v {scale = 0.5 : f64} : (tensor<1x2x1x1xf32>, tensor<1x2x1x1xf32>, tensor<1x2x1x1xf32>) -> (tensor<1x2x1x1xf32>, tensor<1x1x2xf32>)
+      return %o, %lse : tensor<1x2x1x1xf32>, tensor<1x1x2xf32>
+    })mlir";
+  HostTensor q = HostTensor::floats({1, 2, 1, 1}), k = q, v = q;
+  q.f32 = {1.0f, 2.0f};
+  k.f32 = {3.0f, -1.0f};
+  v.f32 = {10.0f, 20.0f};
+  std::vector<HostTensor> r = run(source, "lse", {q, k, v});
+  ASSERT_EQ(r.size(), 2u);
+  // Scores: row 0 {0.5·3}; row 1 {0.5·2·3, 0.5·2·(−1)} = {3, −1}.
+  EXPECT_FLOAT_EQ(r[1].f32[0], 1.5f);
+  EXPECT_FLOAT_EQ(r[1].f32[1],
+                  static_cast<float>(std::log(std::exp(3.0) + std::exp(-1.0))));
+  EXPECT_FLOAT_EQ(r[0].f32[0], 10.0f);
+  double p0 = std::exp(3.0) / (std::exp(3.0) + std::exp(-1.0));
+  EXPECT_FLOAT_EQ(r[0].f32[1], static_cast<float>(10.0 * p0 + 20.0 * (1 - p0)));
 }
 
 } // namespace

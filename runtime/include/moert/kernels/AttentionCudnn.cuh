@@ -63,31 +63,39 @@ inline bool attentionOnCudnn(const Context &ctx, const SdpaShape &shape) {
          sdpaSupported(ctx.cudnn, shape);
 }
 
-/// Grouped-query attention forward in bf16: out [B, S, N, D] (overwritten).
+/// Grouped-query attention forward in bf16: out [B, S, N, D] (overwritten)
+/// and, with `stats` (moe.attention's optional result), each query row's
+/// log-sum-exp, fp32 [B, N, S]. On the GEMM fallback the stats are not
+/// written; the fallback's backward does not read them.
 inline void attentionCudnn(const Context &ctx, const bf16 *q, const bf16 *k,
                            const bf16 *v, int64_t B, int64_t S, int64_t N,
                            int64_t KV, int64_t D, float scale, bool causal,
-                           int64_t window, bf16 *out) {
+                           int64_t window, bf16 *out, float *stats = nullptr) {
   SdpaShape shape = detail::sdpaShape(B, S, N, KV, D, scale, causal, window);
   if (!attentionOnCudnn(ctx, shape))
     return attention<bf16>(ctx, q, k, v, B, S, N, KV, D, scale, causal,
                            window, out);
-  sdpaForward(ctx.cudnn, shape, q, k, v, out, ctx.scratch, ctx.scratchBytes);
+  sdpaForward(ctx.cudnn, shape, q, k, v, out, stats, ctx.scratch,
+              ctx.scratchBytes);
 }
 
 /// Gradients of attentionCudnn() (overwritten): dq [B, S, N, D], dk and dv
-/// [B, S, KV, D] (summed over each kv head's query heads).
+/// [B, S, KV, D] (summed over each kv head's query heads). `out` and
+/// `stats` are the forward's (moe.attention_grad's `saved`), or null: then
+/// the forward is rerun first.
 inline void attentionGradCudnn(const Context &ctx, const bf16 *q,
                                const bf16 *k, const bf16 *v, const bf16 *dOut,
                                int64_t B, int64_t S, int64_t N, int64_t KV,
                                int64_t D, float scale, bool causal,
-                               int64_t window, bf16 *dq, bf16 *dk, bf16 *dv) {
+                               int64_t window, bf16 *dq, bf16 *dk, bf16 *dv,
+                               const bf16 *out = nullptr,
+                               const float *stats = nullptr) {
   SdpaShape shape = detail::sdpaShape(B, S, N, KV, D, scale, causal, window);
   if (!attentionOnCudnn(ctx, shape))
     return attentionGrad<bf16>(ctx, q, k, v, dOut, B, S, N, KV, D, scale,
                                causal, window, dq, dk, dv);
-  sdpaBackward(ctx.cudnn, shape, q, k, v, dOut, dq, dk, dv, ctx.scratch,
-               ctx.scratchBytes);
+  sdpaBackward(ctx.cudnn, shape, q, k, v, dOut, out, stats, dq, dk, dv,
+               ctx.scratch, ctx.scratchBytes);
 }
 
 } // namespace moert::kernels

@@ -438,3 +438,30 @@ func.func @fusion_yield(%a: tensor<8xf32>) -> tensor<8xbf16> {
   }
   return %0 : tensor<8xbf16>
 }
+
+// -----
+
+// Attention's stats are [batch, q_heads, seq].
+func.func @attention_stats_shape(%q: tensor<2x8x4x16xbf16>, %k: tensor<2x8x2x16xbf16>, %v: tensor<2x8x2x16xbf16>) {
+  // expected-error@+1 {{'moe.attention' op stats dimension 1 is 8 but must be 4}}
+  %o, %lse = moe.attention %q, %k, %v {scale = 0.25 : f64} : (tensor<2x8x4x16xbf16>, tensor<2x8x2x16xbf16>, tensor<2x8x2x16xbf16>) -> (tensor<2x8x4x16xbf16>, tensor<2x8x4xf32>)
+  return
+}
+
+// -----
+
+// ... and fp32.
+func.func @attention_stats_type(%q: tensor<2x8x4x16xbf16>, %k: tensor<2x8x2x16xbf16>, %v: tensor<2x8x2x16xbf16>) {
+  // expected-error@+1 {{'moe.attention' op stats must be fp32 but are 'bf16'}}
+  %o, %lse = moe.attention %q, %k, %v {scale = 0.25 : f64} : (tensor<2x8x4x16xbf16>, tensor<2x8x2x16xbf16>, tensor<2x8x2x16xbf16>) -> (tensor<2x8x4x16xbf16>, tensor<2x4x8xbf16>)
+  return
+}
+
+// -----
+
+// The gradient's saved values are the forward's result and stats, both.
+func.func @attention_grad_saved(%q: tensor<2x8x4x16xbf16>, %k: tensor<2x8x2x16xbf16>, %v: tensor<2x8x2x16xbf16>, %do: tensor<2x8x4x16xbf16>) {
+  // expected-error@+1 {{'moe.attention_grad' op saved must be the forward's result and stats (2 values) but has 1}}
+  %dq, %dk, %dv = moe.attention_grad %q, %k, %v, %do, %do {scale = 0.25 : f64} : (tensor<2x8x4x16xbf16>, tensor<2x8x2x16xbf16>, tensor<2x8x2x16xbf16>, tensor<2x8x4x16xbf16>, tensor<2x8x4x16xbf16>) -> (tensor<2x8x4x16xbf16>, tensor<2x8x2x16xbf16>, tensor<2x8x2x16xbf16>)
+  return
+}

@@ -93,3 +93,12 @@ func.func @fusion(%a: tensor<4x8xbf16>, %b: tensor<4x8xbf16>) -> tensor<4x8xf32>
   }
   return %0 : tensor<4x8xf32>
 }
+
+// CHECK-LABEL: func.func @attention_saved
+// CHECK: %{{.+}}, %{{.+}} = moe.attention {{.*}} -> (tensor<2x8x4x16xbf16>, tensor<2x4x8xf32>)
+// CHECK: moe.attention_grad {{.*}} : (tensor<2x8x4x16xbf16>, tensor<2x8x2x16xbf16>, tensor<2x8x2x16xbf16>, tensor<2x8x4x16xbf16>, tensor<2x8x4x16xbf16>, tensor<2x4x8xf32>)
+func.func @attention_saved(%q: tensor<2x8x4x16xbf16>, %k: tensor<2x8x2x16xbf16>, %v: tensor<2x8x2x16xbf16>, %do: tensor<2x8x4x16xbf16>) -> tensor<2x8x4x16xbf16> {
+  %o, %lse = moe.attention %q, %k, %v {scale = 0.25 : f64} : (tensor<2x8x4x16xbf16>, tensor<2x8x2x16xbf16>, tensor<2x8x2x16xbf16>) -> (tensor<2x8x4x16xbf16>, tensor<2x4x8xf32>)
+  %dq, %dk, %dv = moe.attention_grad %q, %k, %v, %do, %o, %lse {scale = 0.25 : f64} : (tensor<2x8x4x16xbf16>, tensor<2x8x2x16xbf16>, tensor<2x8x2x16xbf16>, tensor<2x8x4x16xbf16>, tensor<2x8x4x16xbf16>, tensor<2x4x8xf32>) -> (tensor<2x8x4x16xbf16>, tensor<2x8x2x16xbf16>, tensor<2x8x2x16xbf16>)
+  return %dq : tensor<2x8x4x16xbf16>
+}
