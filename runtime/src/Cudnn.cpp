@@ -244,14 +244,13 @@ int64_t sdpaScratchBytes(Cudnn *cudnn, const SdpaShape &s) {
   return std::max(piece(forward), backward);
 }
 
-void sdpaForward(Cudnn *cudnn, const SdpaShape &s, const void *q,
-                 const void *k, const void *v, void *out, float *stats,
-                 void *scratch, int64_t scratchBytes) {
+namespace {
+/// Runs the forward graph (with statistics where `stats` is not null).
+void runForward(Cudnn *cudnn, const SdpaShape &s, const void *q,
+                const void *k, const void *v, void *out, void *stats,
+                void *workspace) {
   SdpaKind kind = stats ? kForwardWithStats : kForward;
   const SdpaGraph &g = graphFor(cudnn, s, kind);
-  int64_t offset = 0;
-  char *workspace = carve(s, kind, static_cast<char *>(scratch),
-                          scratchBytes, offset, g.workspaceBytes);
   std::unordered_map<int64_t, void *> pack = {
       {g.q->get_uid(), const_cast<void *>(q)},
       {g.k->get_uid(), const_cast<void *>(k)},
@@ -261,34 +260,41 @@ void sdpaForward(Cudnn *cudnn, const SdpaShape &s, const void *q,
     pack.emplace(g.stats->get_uid(), stats);
   execute(cudnn, s, kind, g, pack, workspace);
 }
+} // namespace
+
+void sdpaForward(Cudnn *cudnn, const SdpaShape &s, const void *q,
+                 const void *k, const void *v, void *out, float *stats,
+                 void *scratch, int64_t scratchBytes) {
+  SdpaKind kind = stats ? kForwardWithStats : kForward;
+  int64_t offset = 0;
+  char *workspace = carve(s, kind, static_cast<char *>(scratch), scratchBytes,
+                          offset, graphFor(cudnn, s, kind).workspaceBytes);
+  runForward(cudnn, s, q, k, v, out, stats, workspace);
+}
 
 void sdpaBackward(Cudnn *cudnn, const SdpaShape &s, const void *q,
                   const void *k, const void *v, const void *dOut,
                   const void *out, const float *stats, void *dq, void *dk,
                   void *dv, void *scratch, int64_t scratchBytes) {
-  const SdpaGraph &b = graphFor(cudnn, s, kBackward);
   char *base = static_cast<char *>(scratch);
   int64_t offset = 0;
   if (!out || !stats) {
-    // No saved forward: rerun it with statistics into scratch.
-    const SdpaGraph &f = graphFor(cudnn, s, kForwardWithStats);
+    // No saved forward: rerun it with statistics into scratch. Its
+    // workspace and the backward's share the bytes after O and the stats.
     char *o = carve(s, kBackward, base, scratchBytes, offset,
                     s.B * s.S * s.N * s.D * 2);
     char *lse =
         carve(s, kBackward, base, scratchBytes, offset, s.B * s.N * s.S * 4);
-    char *workspace = carve(s, kForwardWithStats, base, scratchBytes, offset,
-                            f.workspaceBytes);
-    std::unordered_map<int64_t, void *> forward = {
-        {f.q->get_uid(), const_cast<void *>(q)},
-        {f.k->get_uid(), const_cast<void *>(k)},
-        {f.v->get_uid(), const_cast<void *>(v)},
-        {f.o->get_uid(), o},
-        {f.stats->get_uid(), lse}};
-    execute(cudnn, s, kForwardWithStats, f, forward, workspace);
+    int64_t workspaceAt = offset;
+    char *workspace =
+        carve(s, kForwardWithStats, base, scratchBytes, offset,
+              graphFor(cudnn, s, kForwardWithStats).workspaceBytes);
+    runForward(cudnn, s, q, k, v, o, lse, workspace);
     out = o;
     stats = reinterpret_cast<const float *>(lse);
-    offset = piece(s.B * s.S * s.N * s.D * 2) + piece(s.B * s.N * s.S * 4);
+    offset = workspaceAt;
   }
+  const SdpaGraph &b = graphFor(cudnn, s, kBackward);
   char *workspace =
       carve(s, kBackward, base, scratchBytes, offset, b.workspaceBytes);
   std::unordered_map<int64_t, void *> backward = {

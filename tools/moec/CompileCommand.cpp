@@ -1,8 +1,9 @@
 //===- CompileCommand.cpp - `moec compile` --------------------------------===//
 //
 // `moec compile MODEL [--config train.json] -o OUT [--emit cuda]
-// [--arch sm_90a] [--attention-kernel auto|cudnn|gemm]`: builds the training step for the job in the config
-// (micro-batch, sequence length, precision, MoE and optimizer options),
+// [--arch sm_90a] [--attention-kernel auto|cudnn|gemm]`: builds the
+// training step for the job in the config (micro-batch, sequence length,
+// precision, MoE and optimizer options),
 // specialises its shapes, plans its memory and prints two CUDA programs:
 //
 //   OUT/init_params   delayed_param only (checked against numpy);

@@ -24,10 +24,6 @@ using namespace mlir::moe;
 
 namespace {
 
-int64_t elementsOf(Value v) {
-  return cast<RankedTensorType>(v.getType()).getNumElements();
-}
-
 /// An element-wise op the pass may take as a root or absorb (constants are
 /// copied, never absorbed).
 bool isElementwise(Operation *op) {
@@ -57,9 +53,9 @@ struct FuseElementwisePass
           Operation *member = work.pop_back_val();
           for (Value operand : member->getOperands()) {
             Operation *def = operand.getDefiningOp();
+            // (arith ops on tensors have their operands' shapes)
             if (!def || def->getBlock() != &block || !isElementwise(def) ||
-                !operand.hasOneUse() || taken.count(def) ||
-                elementsOf(operand) != elementsOf(op.getResult(0)))
+                !operand.hasOneUse() || taken.count(def))
               continue;
             if (tree.insert(def))
               work.push_back(def);
@@ -93,8 +89,9 @@ struct FuseElementwisePass
       }
 
     OpBuilder builder(&root);
-    auto fusion = builder.create<FusionOp>(
-        root.getLoc(), root.getResult(0).getType(), inputs.getArrayRef());
+    auto fusion = FusionOp::create(builder, root.getLoc(),
+                                   root.getResult(0).getType(),
+                                   inputs.getArrayRef());
     Block *body = builder.createBlock(&fusion.getBody());
     IRMapping map;
     for (Value input : inputs)
@@ -107,7 +104,7 @@ struct FuseElementwisePass
                   builder.clone(*operand.getDefiningOp())->getResult(0));
       builder.clone(*member, map);
     }
-    builder.create<YieldOp>(root.getLoc(), map.lookup(root.getResult(0)));
+    YieldOp::create(builder, root.getLoc(), map.lookup(root.getResult(0)));
 
     root.getResult(0).replaceAllUsesWith(fusion.getResult());
     llvm::SetVector<Operation *> constants;

@@ -40,6 +40,7 @@
 #include <fmt/format.h>
 
 #include <map>
+#include <optional>
 
 using namespace mlir;
 using moec::detail::joined;
@@ -129,6 +130,20 @@ std::string attentionShape(AttentionLikeOp a) {
                      a.getCausal() ? "true" : "false", window);
 }
 
+template <class AttentionLikeOp>
+std::string cudnnAttentionScratch(AttentionLikeOp a) {
+  return "moert::kernels::attentionCudnnScratchBytes(ctx, " +
+         attentionShape(a) + ")";
+}
+
+/// The value of a splat float constant, if `c` is one.
+std::optional<double> splatValue(arith::ConstantOp c) {
+  auto dense = dyn_cast<DenseFPElementsAttr>(c.getValue());
+  if (!dense || !dense.isSplat())
+    return std::nullopt;
+  return dense.getSplatValue<APFloat>().convertToDouble();
+}
+
 class TrainStepPrinter {
 public:
   TrainStepPrinter(func::FuncOp step, func::FuncOp init,
@@ -156,11 +171,6 @@ private:
                  typeOf(query).getElementType().isBF16();
     usesCudnn |= cudnn;
     return cudnn;
-  }
-  template <class AttentionLikeOp>
-  std::string cudnnAttentionScratch(AttentionLikeOp a) {
-    return "moert::kernels::attentionCudnnScratchBytes(ctx, " +
-           attentionShape(a) + ")";
   }
   /// Ends the segment `body` holds: it becomes a captured segment of the
   /// step when `capture`, else it runs as printed.
@@ -373,9 +383,7 @@ LogicalResult TrainStepPrinter::printElementwise(Operation &op) {
       term[arg] = t;
     for (Operation &inner : body.without_terminator()) {
       if (auto c = dyn_cast<arith::ConstantOp>(inner)) {
-        term[c.getResult()] = floatLiteral(cast<DenseFPElementsAttr>(c.getValue())
-                                               .getSplatValue<APFloat>()
-                                               .convertToDouble());
+        term[c.getResult()] = floatLiteral(*splatValue(c)); // a splat: verified
         continue;
       }
       std::vector<std::string> operands;
@@ -616,12 +624,11 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
       .Case([&](arith::ConstantOp c) -> LogicalResult {
         if (c.getType().isIndex())
           return success();
-        auto dense = dyn_cast<DenseFPElementsAttr>(c.getValue());
-        if (!dense || !dense.isSplat())
+        std::optional<double> value = splatValue(c);
+        if (!value)
           return c.emitOpError() << "is not a splat float constant; the CUDA "
                                     "printer inlines only those";
-        constants[c.getResult()] =
-            dense.getSplatValue<APFloat>().convertToDouble();
+        constants[c.getResult()] = *value;
         return success();
       })
       .Case([&](tensor::DimOp) { return success(); })
@@ -1241,8 +1248,8 @@ namespace {
       "{}"
       "  return moert::runTrainProgram(program, argc, argv);\n}}\n",
       quoted(options.modelName), batch, seq, vocab, stateBytes,
-      derivedStateBytes, arenaBytes.getInt(), inputBytes, inputOffset[0], inputOffset[1],
-      inputOffset[2], inputOffset[3], metric["loss"], metric["ce_loss"],
+      derivedStateBytes, arenaBytes.getInt(), inputBytes, inputOffset[0],
+      inputOffset[1], inputOffset[2], inputOffset[3], metric["loss"], metric["ce_loss"],
       metric["aux_loss"], metric["z_loss"], metric["grad_norm"],
       metric["expert_counts"], countShape.size() == 2 ? countShape[0] : 1,
       countShape.back(), modelFlops,

@@ -32,6 +32,11 @@ inline SdpaShape sdpaShape(int64_t B, int64_t S, int64_t N, int64_t KV,
                            int64_t window) {
   return {B, S, N, KV, D, scale, causal, causal ? window : -1};
 }
+/// Shapes Attention.cuh answers without a kernel: no element, or causal
+/// with window 0 (nothing visible: zeros).
+inline bool sdpaTrivial(const SdpaShape &s) {
+  return s.B * s.S * s.N * s.D == 0 || (s.causal && s.window == 0);
+}
 } // namespace detail
 
 /// Scratch bytes attentionCudnn() and attentionGradCudnn() need. Builds the
@@ -40,9 +45,9 @@ inline int64_t attentionCudnnScratchBytes(const Context &ctx, int64_t B,
                                           int64_t S, int64_t N, int64_t KV,
                                           int64_t D, float scale, bool causal,
                                           int64_t window) {
-  if (B * S * N * D == 0 || (causal && window == 0))
-    return attentionScratchBytes(B, S, N, KV, D, sizeof(bf16));
   SdpaShape shape = detail::sdpaShape(B, S, N, KV, D, scale, causal, window);
+  if (detail::sdpaTrivial(shape))
+    return attentionScratchBytes(B, S, N, KV, D, sizeof(bf16));
   std::string why;
   if (sdpaSupported(ctx.cudnn, shape, &why))
     return sdpaScratchBytes(ctx.cudnn, shape);
@@ -58,9 +63,7 @@ inline int64_t attentionCudnnScratchBytes(const Context &ctx, int64_t B,
 /// Attention.cuh answers without a kernel (no element; causal with window
 /// 0, nothing visible: zeros) nor for shapes cuDNN declines.
 inline bool attentionOnCudnn(const Context &ctx, const SdpaShape &shape) {
-  return shape.B * shape.S * shape.N * shape.D != 0 &&
-         !(shape.causal && shape.window == 0) &&
-         sdpaSupported(ctx.cudnn, shape);
+  return !detail::sdpaTrivial(shape) && sdpaSupported(ctx.cudnn, shape);
 }
 
 /// Grouped-query attention forward in bf16: out [B, S, N, D] (overwritten)

@@ -172,10 +172,8 @@ __global__ void adamwKernel(const OptimizerTensor *tensors,
   for (int64_t j = threadIdx.x; j < vectors; j += blockDim.x) {
     Vec4 p = load4(param + 4 * j), m = load4(expAvg + 4 * j),
          v = load4(expAvgSq + 4 * j), g = load4(grad + 4 * j);
-    for (int e = 0; e < 4; ++e) {
+    for (int e = 0; e < 4; ++e)
       update(p.v[e], m.v[e], v.v[e], g.v[e]);
-      p.v[e] = toFloat(fromFloat<TS>(p.v[e])); // the stored value
-    }
     store4(param + 4 * j, p);
     store4(expAvg + 4 * j, m);
     store4(expAvgSq + 4 * j, v);
@@ -189,8 +187,8 @@ __global__ void adamwKernel(const OptimizerTensor *tensors,
     param[i] = fromFloat<TS>(p);
     expAvg[i] = fromFloat<TS>(m);
     expAvgSq[i] = fromFloat<TS>(v);
-    if (copy)
-      copy[i] = fromFloat<bf16>(toFloat(param[i]));
+    if (copy) // = the stored parameter rounded: rounding to bf16 is idempotent
+      copy[i] = fromFloat<bf16>(p);
   }
 }
 } // namespace detail
