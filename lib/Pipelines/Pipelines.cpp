@@ -1,6 +1,9 @@
 //===- Pipelines.cpp - moec's named pass pipelines ------------------------===//
 //
-// Builds the pipelines declared in moec/Pipelines/Pipelines.h.
+// Builds the pipelines declared in moec/Pipelines/Pipelines.h. The training
+// pipelines read their options from a TrainingJob; registered, they take
+// every job key as a pipeline option (the key with dashes) and check it
+// with the job's one reader.
 //
 //===----------------------------------------------------------------------===//
 
@@ -22,6 +25,21 @@ void moec::buildImportPipeline(OpPassManager &pm, bool requireComplete) {
   funcPm.addPass(createCSEPass());
 }
 
+moe::BuildTrainStepOptions moec::getTrainStepOptions(const TrainingJob &job) {
+  moe::BuildTrainStepOptions options;
+  options.loadBalancing = job.loadBalancing;
+  options.auxLossCoef = job.routerAuxLossCoef;
+  options.zLossCoef = job.routerZLossCoef;
+  options.beta1 = job.beta1;
+  options.beta2 = job.beta2;
+  options.epsilon = job.adamEpsilon;
+  options.weightDecay = job.weightDecay;
+  options.maxGradNorm = job.maxGradNorm;
+  options.computeType = job.bf16 ? "bf16" : "f32";
+  options.paramType = job.paramDtype == ParamDtype::Bf16 ? "bf16" : "f32";
+  return options;
+}
+
 void moec::buildTrainStepPipeline(OpPassManager &pm,
                                   const moe::BuildTrainStepOptions &options,
                                   bool recomputeExperts) {
@@ -34,6 +52,33 @@ void moec::buildTrainStepPipeline(OpPassManager &pm,
     pm.addNestedPass<func::FuncOp>(moe::createSaveExpertActivations());
 }
 
+void moec::buildTrainPipeline(OpPassManager &pm, const TrainingJob &job,
+                              bool returnGradients) {
+  moe::BuildInitParamsOptions init;
+  init.initializerRange = job.initializerRange;
+  pm.addPass(moe::createBuildInitParams(init));
+  moe::BuildTrainStepOptions step = getTrainStepOptions(job);
+  step.returnGradients = returnGradients;
+  buildTrainStepPipeline(pm, step, job.recomputeExperts);
+  moe::SpecializeShapesOptions shapes;
+  shapes.batch = job.microBatchSize;
+  shapes.seq = job.seqLength;
+  pm.addNestedPass<func::FuncOp>(moe::createSpecializeShapes(shapes));
+}
+
+void moec::buildCompilePipeline(OpPassManager &pm, const TrainingJob &job,
+                                bool cudnnAttention) {
+  buildTrainPipeline(pm, job);
+  // bf16 attention on cuDNN keeps its output and log-sum-exp for the
+  // backward, as flash attention does (the GEMM kernels recompute).
+  if (cudnnAttention && job.bf16)
+    pm.addNestedPass<func::FuncOp>(moe::createSaveAttentionStats());
+  pm.addNestedPass<func::FuncOp>(moe::createFuseElementwise());
+  if (job.keepParamCopies)
+    pm.addNestedPass<func::FuncOp>(moe::createKeepParamCopies());
+  pm.addNestedPass<func::FuncOp>(moe::createPlanMemory());
+}
+
 namespace {
 struct ImportPipelineOptions
     : public PassPipelineOptions<ImportPipelineOptions> {
@@ -42,6 +87,85 @@ struct ImportPipelineOptions
       llvm::cl::desc("fail on any ONNX node that could not be raised"),
       llvm::cl::init(false)};
 };
+
+/// The options of a training pipeline: one per job key, spelt with dashes
+/// and read as text by the job's reader.
+template <typename Derived>
+struct JobPipelineOptions : public PassPipelineOptions<Derived> {
+  using KeyOption =
+      typename PassPipelineOptions<Derived>::template Option<std::string>;
+
+  JobPipelineOptions() {
+    for (const moec::TrainingJobKey &key : moec::trainingJobKeys())
+      keys.push_back(std::make_unique<KeyOption>(
+          *this, llvm::StringRef(key.flag), llvm::cl::desc(key.help),
+          llvm::cl::value_desc(key.valueDescription)));
+  }
+
+  /// The job these options describe, defaults where they say nothing.
+  llvm::Expected<moec::TrainingJob> getJob() const {
+    moec::TrainingJob job;
+    for (const std::unique_ptr<KeyOption> &key : keys)
+      if (key->hasValue())
+        if (llvm::Error err =
+                moec::setTrainingJobText(job, key->ArgStr, key->getValue()))
+          return std::move(err);
+    if (llvm::Error err = job.validate())
+      return std::move(err);
+    return job;
+  }
+
+  std::vector<std::unique_ptr<KeyOption>> keys;
+};
+
+struct TrainPipelineOptions : JobPipelineOptions<TrainPipelineOptions> {
+  Option<bool> returnGradients{
+      *this, "return-gradients",
+      llvm::cl::desc("the step also returns every parameter's gradient"),
+      llvm::cl::init(false)};
+};
+
+struct CompilePipelineOptions : JobPipelineOptions<CompilePipelineOptions> {
+  Option<bool> cudnnAttention{
+      *this, "cudnn-attention",
+      llvm::cl::desc("bf16 attention runs on cuDNN: keep its output and "
+                     "log-sum-exp for the backward"),
+      llvm::cl::init(false)};
+};
+
+/// Registers a training pipeline named `name` that builds with `build` the
+/// job its options describe, once `consumer` implements it.
+template <typename Options>
+void registerTrainingPipeline(
+    llvm::StringRef name, llvm::StringRef description,
+    moec::JobConsumer consumer,
+    std::function<void(OpPassManager &, const moec::TrainingJob &,
+                       const Options &)>
+        build) {
+  std::string pipeline = name.str();
+  registerPassPipeline(
+      name, description,
+      [pipeline, consumer,
+       build](OpPassManager &pm, llvm::StringRef text,
+              llvm::function_ref<LogicalResult(const llvm::Twine &)>
+                  errorHandler) -> LogicalResult {
+        std::unique_ptr<Options> options = Options::createFromString(text);
+        if (!options)
+          return failure();
+        llvm::Expected<moec::TrainingJob> job = options->getJob();
+        if (!job)
+          return errorHandler(pipeline + ": " +
+                              llvm::toString(job.takeError()));
+        if (llvm::Error err = moec::checkImplemented(*job, consumer))
+          return errorHandler(pipeline + ": " +
+                              llvm::toString(std::move(err)));
+        build(pm, *job, *options);
+        return success();
+      },
+      [](llvm::function_ref<void(const detail::PassOptions &)> handler) {
+        handler(Options());
+      });
+}
 } // namespace
 
 void moec::registerPipelines() {
@@ -50,5 +174,23 @@ void moec::registerPipelines() {
       "raise an imported ONNX forward to moe ops and clean up",
       [](OpPassManager &pm, const ImportPipelineOptions &options) {
         buildImportPipeline(pm, options.requireComplete);
+      });
+  registerTrainingPipeline<TrainPipelineOptions>(
+      "moe-train-pipeline",
+      "build the static-shaped training step of a job from a raised forward, "
+      "as the reference executor runs it",
+      JobConsumer::Train,
+      [](OpPassManager &pm, const TrainingJob &job,
+         const TrainPipelineOptions &options) {
+        buildTrainPipeline(pm, job, options.returnGradients);
+      });
+  registerTrainingPipeline<CompilePipelineOptions>(
+      "moe-compile-pipeline",
+      "build, specialise, fuse and memory-plan the training step of a job "
+      "for a one-GPU program",
+      JobConsumer::Compile,
+      [](OpPassManager &pm, const TrainingJob &job,
+         const CompilePipelineOptions &options) {
+        buildCompilePipeline(pm, job, options.cudnnAttention);
       });
 }

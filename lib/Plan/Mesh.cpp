@@ -7,29 +7,21 @@
 
 #include "moec/Plan/Mesh.h"
 
-#include "llvm/ADT/StringSwitch.h"
 #include "llvm/Support/FormatVariadic.h"
 
 #include <algorithm>
 
 using namespace moec::plan;
 
-llvm::StringRef moec::plan::stringifyShardingStrategy(ShardingStrategy s) {
-  switch (s) {
-  case ShardingStrategy::FullShard: return "full_shard";
-  case ShardingStrategy::HybridShard: return "hybrid_shard";
-  case ShardingStrategy::NoShard: return "no_shard";
-  }
-  llvm_unreachable("unknown sharding strategy");
-}
-
-std::optional<ShardingStrategy>
-moec::plan::symbolizeShardingStrategy(llvm::StringRef name) {
-  return llvm::StringSwitch<std::optional<ShardingStrategy>>(name)
-      .Case("full_shard", ShardingStrategy::FullShard)
-      .Case("hybrid_shard", ShardingStrategy::HybridShard)
-      .Case("no_shard", ShardingStrategy::NoShard)
-      .Default(std::nullopt);
+ParallelConfig moec::plan::getParallelConfig(const TrainingJob &job,
+                                             int64_t gpusPerNode) {
+  ParallelConfig config;
+  config.worldSize = job.worldSize;
+  config.expertParallelDegree = job.expertParallelDegree;
+  config.hybridShardDegree = job.hybridShardDegree;
+  config.strategy = job.shardingStrategy;
+  config.gpusPerNode = gpusPerNode;
+  return config;
 }
 
 llvm::StringRef moec::plan::stringifyGroupKind(GroupKind kind) {

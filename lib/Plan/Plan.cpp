@@ -8,7 +8,6 @@
 
 #include "moec/Plan/Plan.h"
 
-#include "llvm/ADT/StringSwitch.h"
 #include "llvm/Support/FormatVariadic.h"
 
 #include <algorithm>
@@ -17,33 +16,8 @@
 using namespace moec;
 using namespace moec::plan;
 
-llvm::StringRef moec::plan::stringifyCheckpointing(Checkpointing c) {
-  switch (c) {
-  case Checkpointing::None: return "none";
-  case Checkpointing::Selective: return "selective";
-  case Checkpointing::Full: return "full";
-  }
-  llvm_unreachable("unknown checkpointing");
-}
-
-std::optional<Checkpointing>
-moec::plan::symbolizeCheckpointing(llvm::StringRef name) {
-  return llvm::StringSwitch<std::optional<Checkpointing>>(name)
-      .Case("none", Checkpointing::None)
-      .Case("selective", Checkpointing::Selective)
-      .Case("full", Checkpointing::Full)
-      .Default(std::nullopt);
-}
-
-llvm::StringRef moec::plan::stringifyPrecision(Precision p) {
-  return p == Precision::Bf16 ? "bf16" : "fp32";
-}
-
-std::optional<Precision> moec::plan::symbolizePrecision(llvm::StringRef name) {
-  return llvm::StringSwitch<std::optional<Precision>>(name)
-      .Case("bf16", Precision::Bf16)
-      .Case("fp32", Precision::Fp32)
-      .Default(std::nullopt);
+llvm::StringRef moec::plan::getPrecisionName(const TrainingJob &job) {
+  return job.bf16 ? "bf16" : "fp32";
 }
 
 llvm::StringRef moec::plan::stringifyCollectiveKind(CollectiveKind kind) {
@@ -99,8 +73,7 @@ llvm::Error fail(const llvm::Twine &message) {
 }
 
 llvm::Error checkRequest(const ModelDescription &model,
-                         const ParallelConfig &parallel,
-                         const TrainingConfig &training, const GpuSpec &gpu,
+                         const TrainingJob &training, const GpuSpec &gpu,
                          const Efficiency &efficiency) {
   const ModelConfig &c = model.config;
   if (c.numLayers < 1 || c.hiddenSize < 1 || c.numExperts < 1 || c.topK < 1)
@@ -108,10 +81,10 @@ llvm::Error checkRequest(const ModelDescription &model,
   if (training.microBatchSize < 1)
     return fail(llvm::formatv("micro_batch_size {0} must be at least 1",
                               training.microBatchSize));
-  if (training.seqLen < 1)
-    return fail(
-        llvm::formatv("seq_len {0} must be at least 1", training.seqLen));
-  const int64_t w = parallel.worldSize;
+  if (training.seqLength < 2)
+    return fail(llvm::formatv("seq_length {0} must be at least 2",
+                              training.seqLength));
+  const int64_t w = training.worldSize;
   // Limits that keep every byte count inside int64 and the per-rank tables
   // small; far beyond any real job.
   constexpr int64_t maxRanks = int64_t(1) << 16, maxTokens = int64_t(1) << 30;
@@ -119,11 +92,11 @@ llvm::Error checkRequest(const ModelDescription &model,
     return fail(llvm::formatv(
         "world_size {0} is more than the planner's limit of {1} ranks", w,
         maxRanks));
-  if (training.seqLen > maxTokens / training.microBatchSize)
+  if (training.seqLength > maxTokens / training.microBatchSize)
     return fail(llvm::formatv(
-        "micro_batch_size {0} times seq_len {1} is more than the planner's "
-        "limit of {2} tokens per rank",
-        training.microBatchSize, training.seqLen, maxTokens));
+        "micro_batch_size {0} times seq_length {1} is more than the "
+        "planner's limit of {2} tokens per rank",
+        training.microBatchSize, training.seqLength, maxTokens));
   if (training.globalBatchSize < 0)
     return fail(llvm::formatv("global_batch_size {0} must not be negative",
                               training.globalBatchSize));
@@ -198,26 +171,26 @@ LayerActivations layerActivations(const ModelConfig &c, int64_t a) {
 } // namespace
 
 llvm::Expected<TrainingPlan>
-moec::plan::makePlan(const ModelDescription &model,
-                     const ParallelConfig &parallel,
-                     const TrainingConfig &training, const GpuSpec &gpu,
+moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
+                     int64_t gpusPerNode, const GpuSpec &gpu,
                      const Efficiency &efficiency) {
-  llvm::Expected<Mesh> mesh = resolveMesh(parallel, model.config.numExperts);
+  llvm::Expected<Mesh> mesh =
+      resolveMesh(getParallelConfig(training, gpusPerNode),
+                  model.config.numExperts);
   if (!mesh)
     return mesh.takeError();
-  if (llvm::Error err =
-          checkRequest(model, parallel, training, gpu, efficiency))
+  if (llvm::Error err = checkRequest(model, training, gpu, efficiency))
     return std::move(err);
 
   TrainingPlan plan{model, *mesh, training, gpu, efficiency};
   const ModelConfig &c = plan.model.config;
   const ModelPlacement placement = plan.placement();
   const Mesh &m = plan.mesh;
-  const bool bf16 = training.precision == Precision::Bf16;
+  const bool bf16 = training.bf16;
   const int64_t a = bf16 ? 2 : 4; // compute element bytes
   const int64_t w = m.worldSize(), p = m.expertParallelDegree(),
                 hs = m.shardDegree();
-  const int64_t tokens = training.microBatchSize * training.seqLen;
+  const int64_t tokens = training.microBatchSize * training.seqLength;
   const int64_t accumulation =
       training.globalBatchSize == 0
           ? 1
@@ -239,15 +212,15 @@ moec::plan::makePlan(const ModelDescription &model,
   const int64_t headPerToken = a * 2 * c.hiddenSize + a * c.vocabSize +
                                4 * c.vocabSize;
   int64_t activationsPerToken = 0;
-  switch (training.checkpointing) {
-  case Checkpointing::None:
+  switch (training.activationCheckpointing) {
+  case ActivationCheckpointing::None:
     activationsPerToken = c.numLayers * layer.all;
     break;
-  case Checkpointing::Selective:
+  case ActivationCheckpointing::Selective:
     activationsPerToken = c.numLayers * (layer.all - layer.selectiveRecomputed) +
                           layer.selectiveRecomputed;
     break;
-  case Checkpointing::Full:
+  case ActivationCheckpointing::Full:
     activationsPerToken = c.numLayers * layer.input + layer.all;
     break;
   }
@@ -324,7 +297,7 @@ moec::plan::makePlan(const ModelDescription &model,
         GroupKind::Expert, sent, 2 * layers * accum, false);
     add("dispatch and combine gradients (backward)", CollectiveKind::AllToAll,
         GroupKind::Expert, sent, 2 * layers * accum, false);
-    if (training.checkpointing == Checkpointing::Full)
+    if (training.activationCheckpointing == ActivationCheckpointing::Full)
       add("token dispatch and combine (recompute)", CollectiveKind::AllToAll,
           GroupKind::Expert, sent, 2 * layers * accum, false);
   }
@@ -351,17 +324,17 @@ moec::plan::makePlan(const ModelDescription &model,
   step.tokens = accumulation * w * tokens;
   const double active = double(plan.model.numActiveParameters());
   const double qd = double(c.numHeads * c.headDim);
-  const double s = double(training.seqLen), b = double(training.microBatchSize);
+  const double s = double(training.seqLength), b = double(training.microBatchSize);
   const double attention = 12.0 * layers * qd * s * s * b / 2;
   const double perMicro = 6.0 * active * tokens + attention;
   double recompute = 0;
-  if (training.checkpointing == Checkpointing::Full)
+  if (training.activationCheckpointing == ActivationCheckpointing::Full)
     recompute = 2.0 * active * tokens + attention / 3;
   step.modelFlopsPerRank = accumulation * perMicro;
   step.hardwareFlopsPerRank = accumulation * (perMicro + recompute);
   step.computeSeconds =
       step.hardwareFlopsPerRank / (gpu.peakFlops * efficiency.compute);
-  if (training.checkpointing == Checkpointing::Selective) {
+  if (training.activationCheckpointing == ActivationCheckpointing::Selective) {
     // Memory-bound recompute: norms read and write h, SwiGLU reads 2kI and
     // writes kI, per token and layer.
     const double bytes = double(accumulation) * layers * tokens * a *
@@ -397,10 +370,9 @@ static std::string gib(int64_t bytes) {
 
 llvm::Expected<std::vector<Recommendation>>
 moec::plan::recommend(const ModelDescription &model,
-                      const ParallelConfig &parallel,
-                      const TrainingConfig &training, const GpuSpec &gpu,
-                      const Efficiency &efficiency) {
-  const int64_t w = parallel.worldSize, e = model.config.numExperts;
+                      const TrainingJob &training, int64_t gpusPerNode,
+                      const GpuSpec &gpu, const Efficiency &efficiency) {
+  const int64_t w = training.worldSize, e = model.config.numExperts;
   if (w < 1)
     return fail(llvm::formatv("world_size {0} must be at least 1", w));
   std::vector<Recommendation> fitting, others;
@@ -411,18 +383,18 @@ moec::plan::recommend(const ModelDescription &model,
     for (int64_t h = 1; h <= dp; ++h) {
       if (dp % h != 0)
         continue;
-      for (Checkpointing ckpt : {Checkpointing::None, Checkpointing::Selective,
-                                 Checkpointing::Full}) {
-        ParallelConfig candidate = parallel;
+      for (ActivationCheckpointing ckpt :
+           {ActivationCheckpointing::None, ActivationCheckpointing::Selective,
+            ActivationCheckpointing::Full}) {
+        TrainingJob candidate = training;
         candidate.expertParallelDegree = p;
         candidate.hybridShardDegree = h;
-        candidate.strategy = h == dp  ? ShardingStrategy::FullShard
-                             : h == 1 ? ShardingStrategy::NoShard
-                                      : ShardingStrategy::HybridShard;
-        TrainingConfig job = training;
-        job.checkpointing = ckpt;
+        candidate.shardingStrategy = h == dp  ? ShardingStrategy::FullShard
+                                     : h == 1 ? ShardingStrategy::NoShard
+                                              : ShardingStrategy::HybridShard;
+        candidate.activationCheckpointing = ckpt;
         llvm::Expected<TrainingPlan> plan =
-            makePlan(model, candidate, job, gpu, efficiency);
+            makePlan(model, candidate, gpusPerNode, gpu, efficiency);
         if (!plan)
           return plan.takeError(); // the batch or the GPU is wrong for all
         const MemoryBreakdown &mem = plan->peakMemory();
@@ -433,7 +405,7 @@ moec::plan::recommend(const ModelDescription &model,
               "fits with {0} free; compute {1:f0} ms{2}, all-to-all {3:f0} ms "
               "{4}, sharding traffic {5:f0} ms ({6:f0} ms not hidden)",
               gib(gpu.memoryBytes - mem.total()), st.computeSeconds * 1e3,
-              ckpt == Checkpointing::Full ? " (recomputes the forward)" : "",
+              ckpt == ActivationCheckpointing::Full ? " (recomputes the forward)" : "",
               st.dispatchSeconds * 1e3,
               p == 1 ? "(none: P = 1)"
               : plan->mesh.anyGroupCrossesNodes(GroupKind::Expert)

@@ -2,6 +2,7 @@
 //
 // Each subcommand of the `moec` driver lives in its own file and exposes its
 // llvm::cl::SubCommand and an entry point returning the process exit code.
+// The commands that read a training job get its flags (registered in main).
 // Shared model loading (ONNX or .mlir, import, raising) is in
 // ModelLoading.h.
 //
@@ -9,6 +10,8 @@
 
 #ifndef TOOLS_MOEC_COMMANDS_H
 #define TOOLS_MOEC_COMMANDS_H
+
+#include "moec/Support/TrainingJob.h"
 
 #include "llvm/Support/CommandLine.h"
 
@@ -21,13 +24,13 @@ extern llvm::cl::SubCommand runCommand;
 int runRun();
 
 extern llvm::cl::SubCommand trainCommand;
-int runTrain();
+int runTrain(const TrainingJobFlags &job);
 
 extern llvm::cl::SubCommand compileCommand;
-int runCompile();
+int runCompile(const TrainingJobFlags &job);
 
 extern llvm::cl::SubCommand planCommand;
-int runPlan();
+int runPlan(const TrainingJobFlags &job);
 
 } // namespace moec::cli
 

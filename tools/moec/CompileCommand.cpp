@@ -1,15 +1,15 @@
 //===- CompileCommand.cpp - `moec compile` --------------------------------===//
 //
-// `moec compile MODEL [--config train.json] -o OUT [--emit cuda]
-// [--arch sm_90a] [--attention-kernel auto|cudnn|gemm]`: builds the
-// training step for the job in the config (micro-batch, sequence length,
-// precision, MoE and optimizer options),
-// specialises its shapes, plans its memory and prints two CUDA programs:
+// `moec compile MODEL [--config train.json] [job flags] -o OUT [--emit cuda]
+// [--arch sm_90a] [--attention-kernel auto|cudnn|gemm]`: runs
+// moe-compile-pipeline for the job (micro-batch, sequence length,
+// precision, MoE and optimizer options): builds the training step,
+// specialises its shapes, plans its memory; then prints two CUDA programs:
 //
 //   OUT/init_params   delayed_param only (checked against numpy);
 //   OUT/train_step    the whole training step and its host driver.
 //
-// plus OUT/manifest.json (what was compiled and the memory plan). Sources
+// plus OUT/manifest.json (the job, what was compiled, the memory plan). Sources
 // are written atomically; nvcc is skipped when a program's source and flags
 // hash to the ones it was built from (OUT/<program>.hash). The config's keys
 // follow SMP's names (docs/cuda-backend.md).
@@ -19,7 +19,6 @@
 #include "Commands.h"
 #include "ModelLoading.h"
 
-#include "dialects/Moe/Transforms/Passes.h"
 #include "moec/Pipelines/Pipelines.h"
 #include "moec/Target/Cuda.h"
 
@@ -49,9 +48,6 @@ cl::opt<std::string> modelPath(cl::Positional, cl::desc("<model.onnx|.mlir>"),
                                cl::Required, cl::sub(sub));
 cl::opt<std::string> outDir("o", cl::desc("output folder"),
                             cl::value_desc("dir"), cl::Required, cl::sub(sub));
-cl::opt<std::string> configPath(
-    "config", cl::desc("training job (JSON; see docs/cuda-backend.md)"),
-    cl::value_desc("train.json"), cl::sub(sub));
 cl::opt<std::string> emit("emit",
                           cl::desc("stop after writing sources: cuda"),
                           cl::sub(sub));
@@ -85,129 +81,6 @@ bool writeFile(llvm::StringRef path, llvm::StringRef text,
           })) {
     error = fmt::format("cannot write '{}': {}", path.str(),
                         llvm::toString(std::move(err)));
-    return false;
-  }
-  return true;
-}
-
-/// The training job. Defaults equal `moec train`'s.
-struct Job {
-  int64_t microBatchSize = 2, seqLength = 64;
-  bool bf16 = false, recomputeExperts = false, keepParamCopies = true;
-  std::string paramDtype = "fp32";
-  std::string loadBalancing = "aux_loss";
-  double auxLossCoef = 0.02, zLossCoef = 0.0, weightDecay = 0.1,
-         beta1 = 0.9, beta2 = 0.95, adamEpsilon = 1e-8, maxGradNorm = 1.0,
-         initializerRange = 0.02;
-};
-
-/// Reads `path` into `job`; every key must be known and of the right type.
-bool readJob(llvm::StringRef path, Job &job, std::string &error) {
-  auto buffer = llvm::MemoryBuffer::getFile(path);
-  if (!buffer) {
-    error = fmt::format("cannot read config '{}': {}", path.str(),
-                        buffer.getError().message());
-    return false;
-  }
-  llvm::Expected<llvm::json::Value> parsed =
-      llvm::json::parse((*buffer)->getBuffer());
-  if (!parsed) {
-    error = fmt::format("config '{}' is not JSON: {}", path.str(),
-                        llvm::toString(parsed.takeError()));
-    return false;
-  }
-  const llvm::json::Object *object = parsed->getAsObject();
-  if (!object) {
-    error = fmt::format("config '{}' must be a JSON object", path.str());
-    return false;
-  }
-  for (const auto &[key, value] : *object) {
-    std::string k = key.str();
-    auto number = [&](auto &field) {
-      if (auto v = value.getAsNumber()) {
-        field = static_cast<std::remove_reference_t<decltype(field)>>(*v);
-        return true;
-      }
-      error = fmt::format("config '{}': '{}' must be a number", path.str(), k);
-      return false;
-    };
-    auto boolean = [&](bool &field) {
-      if (auto v = value.getAsBoolean()) {
-        field = *v;
-        return true;
-      }
-      error = fmt::format("config '{}': '{}' must be true or false",
-                          path.str(), k);
-      return false;
-    };
-    bool ok;
-    if (k == "micro_batch_size")
-      ok = number(job.microBatchSize);
-    else if (k == "seq_length")
-      ok = number(job.seqLength);
-    else if (k == "router_aux_loss_coef")
-      ok = number(job.auxLossCoef);
-    else if (k == "router_z_loss_coef")
-      ok = number(job.zLossCoef);
-    else if (k == "weight_decay")
-      ok = number(job.weightDecay);
-    else if (k == "beta1")
-      ok = number(job.beta1);
-    else if (k == "beta2")
-      ok = number(job.beta2);
-    else if (k == "adam_epsilon")
-      ok = number(job.adamEpsilon);
-    else if (k == "max_grad_norm")
-      ok = number(job.maxGradNorm);
-    else if (k == "initializer_range")
-      ok = number(job.initializerRange);
-    else if (k == "bf16")
-      ok = boolean(job.bf16);
-    else if (k == "recompute_experts")
-      ok = boolean(job.recomputeExperts);
-    else if (k == "keep_param_copies")
-      ok = boolean(job.keepParamCopies);
-    else if (k == "param_dtype") {
-      ok = value.getAsString() &&
-           llvm::is_contained({"fp32", "bf16"}, *value.getAsString());
-      if (ok)
-        job.paramDtype = value.getAsString()->str();
-      else
-        error = fmt::format("config '{}': 'param_dtype' must be \"fp32\" or "
-                            "\"bf16\"",
-                            path.str());
-    } else if (k == "moe_load_balancing") {
-      ok = value.getAsString().has_value();
-      if (ok)
-        job.loadBalancing = value.getAsString()->str();
-      else
-        error = fmt::format("config '{}': 'moe_load_balancing' must be a "
-                            "string",
-                            path.str());
-    } else {
-      error = fmt::format(
-          "config '{}': unknown key '{}' (known: micro_batch_size, "
-          "seq_length, bf16, param_dtype, recompute_experts, "
-          "keep_param_copies, "
-          "moe_load_balancing, router_aux_loss_coef, router_z_loss_coef, "
-          "weight_decay, beta1, beta2, adam_epsilon, max_grad_norm, "
-          "initializer_range)",
-          path.str(), k);
-      ok = false;
-    }
-    if (!ok)
-      return false;
-  }
-  if (job.microBatchSize < 1 || job.seqLength < 2) {
-    error = fmt::format("config '{}': micro_batch_size {} must be at least 1 "
-                        "and seq_length {} at least 2",
-                        path.str(), job.microBatchSize, job.seqLength);
-    return false;
-  }
-  if (job.paramDtype == "bf16" && !job.bf16) {
-    error = fmt::format("config '{}': param_dtype \"bf16\" needs \"bf16\": "
-                        "true (a bf16 model computes in bf16)",
-                        path.str());
     return false;
   }
   return true;
@@ -288,7 +161,7 @@ bool buildProgram(llvm::StringRef name, const std::string &source,
 }
 } // namespace
 
-int moec::cli::runCompile() {
+int moec::cli::runCompile(const TrainingJobFlags &jobFlags) {
   if (!emit.empty() && emit != "cuda")
     return fail(fmt::format("--emit '{}' is not one of: cuda", emit.getValue()));
   if (!llvm::StringRef(arch).starts_with("sm_"))
@@ -303,10 +176,11 @@ int moec::cli::runCompile() {
     return fail("--attention-kernel cudnn: this moec was built without "
                 "cuDNN or its frontend (pip install nvidia-cudnn-frontend, "
                 "then reconfigure the build)");
-  Job job;
-  std::string error;
-  if (!configPath.empty() && !readJob(configPath, job, error))
-    return fail(error);
+  moec::TrainingJob job;
+  if (llvm::Error err = jobFlags.read(job))
+    return fail(llvm::toString(std::move(err)));
+  if (llvm::Error err = moec::checkImplemented(job, moec::JobConsumer::Compile))
+    return fail(llvm::toString(std::move(err)));
 
   MLIRContext context;
   DiagnosticPrinter diagnostics(context);
@@ -314,44 +188,14 @@ int moec::cli::runCompile() {
       loadModel(context, modelPath, /*raise=*/true, /*requireComplete=*/true);
   if (!module)
     return 1;
+  const bool cudnnAttention = attentionKernel != "gemm" && kHaveCudnn;
   PassManager pm(&context);
-  moe::BuildInitParamsOptions initOptions;
-  initOptions.initializerRange = job.initializerRange;
-  pm.addPass(moe::createBuildInitParams(initOptions));
+  moec::buildCompilePipeline(pm, job, cudnnAttention);
   if (failed(pm.run(*module)))
     return 1;
   std::string initSource;
   llvm::raw_string_ostream initOs(initSource);
   if (failed(emitCudaInitProgram(*module, initOs)))
-    return 1;
-
-  moe::BuildTrainStepOptions options;
-  options.loadBalancing = job.loadBalancing;
-  options.auxLossCoef = job.auxLossCoef;
-  options.zLossCoef = job.zLossCoef;
-  options.beta1 = job.beta1;
-  options.beta2 = job.beta2;
-  options.epsilon = job.adamEpsilon;
-  options.weightDecay = job.weightDecay;
-  options.maxGradNorm = job.maxGradNorm;
-  options.computeType = job.bf16 ? "bf16" : "f32";
-  options.paramType = job.paramDtype == "bf16" ? "bf16" : "f32";
-  PassManager trainPm(&context);
-  buildTrainStepPipeline(trainPm, options, job.recomputeExperts);
-  moe::SpecializeShapesOptions shapes;
-  shapes.batch = job.microBatchSize;
-  shapes.seq = job.seqLength;
-  trainPm.addNestedPass<func::FuncOp>(moe::createSpecializeShapes(shapes));
-  // bf16 attention on cuDNN keeps its output and log-sum-exp for the
-  // backward, as flash attention does (the GEMM kernels recompute).
-  const bool cudnnAttention = attentionKernel != "gemm" && kHaveCudnn;
-  if (cudnnAttention && job.bf16)
-    trainPm.addNestedPass<func::FuncOp>(moe::createSaveAttentionStats());
-  trainPm.addNestedPass<func::FuncOp>(moe::createFuseElementwise());
-  if (job.keepParamCopies)
-    trainPm.addNestedPass<func::FuncOp>(moe::createKeepParamCopies());
-  trainPm.addNestedPass<func::FuncOp>(moe::createPlanMemory());
-  if (failed(trainPm.run(*module)))
     return 1;
   std::string trainSource;
   llvm::raw_string_ostream trainOs(trainSource);
@@ -369,19 +213,11 @@ int moec::cli::runCompile() {
   int64_t liveBound =
       step->getAttrOfType<IntegerAttr>("moe.arena_live_bytes").getInt();
   llvm::json::Object manifest{
-      {"format", "moec-compile/1"},
+      {"format", "moec-compile/2"},
       {"model", modelPath.getValue()},
       {"arch", arch.getValue()},
-      {"micro_batch_size", job.microBatchSize},
-      {"seq_length", job.seqLength},
-      {"bf16", job.bf16},
-      {"param_dtype", job.paramDtype},
-      {"recompute_experts", job.recomputeExperts},
-      {"keep_param_copies", job.keepParamCopies},
+      {"job", job.toJson()},
       {"attention_kernel", summary.usesCudnn ? "cudnn" : "gemm"},
-      {"moe_load_balancing", job.loadBalancing},
-      {"router_aux_loss_coef", job.auxLossCoef},
-      {"router_z_loss_coef", job.zLossCoef},
       {"state_bytes", summary.stateBytes},
       {"parameter_copy_bytes", summary.derivedStateBytes},
       {"arena_bytes", summary.arenaBytes},
@@ -395,6 +231,7 @@ int moec::cli::runCompile() {
              << "\n";
   llvm::SmallString<256> manifestPath(outDir.getValue());
   llvm::sys::path::append(manifestPath, "manifest.json");
+  std::string error;
   if (!writeFile(manifestPath, manifestText, error))
     return fail(error);
   std::string copies =

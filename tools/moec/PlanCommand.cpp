@@ -1,9 +1,10 @@
 //===- PlanCommand.cpp - `moec plan` --------------------------------------===//
 //
 // `moec plan MODEL --world-size W --expert-parallel-degree P
-// --hybrid-shard-degree H ...`: shows the mesh, the placement of every
-// parameter, per-rank memory, the collectives of one step and an estimated
-// step time before any GPU is rented; `--recommend` ranks every valid
+// --hybrid-shard-degree H [--config train.json] ...`: shows the mesh, the
+// placement of every
+// parameter, per-rank memory, the collectives of one
+// step and an estimated step time before any GPU is rented; `--recommend` ranks every valid
 // (P, H, checkpointing). MODEL is a preset name, a JSON file of
 // MixtralConfig fields, an ONNX file or a .mlir file of raised moe IR. All
 // decisions are moec::plan's (lib/Plan); this file reads options and prints.
@@ -36,39 +37,8 @@ cl::opt<std::string> modelSpec(cl::Positional,
                                cl::desc("<preset|config.json|model.onnx|"
                                         "model.mlir>"),
                                cl::Required, cl::sub(sub));
-cl::opt<int64_t> worldSize("world-size", cl::desc("number of ranks (GPUs)"),
-                           cl::Required, cl::sub(sub));
-cl::opt<int64_t> expertParallelDegree(
-    "expert-parallel-degree",
-    cl::desc("expert_parallel_degree: ranks that split the experts"),
-    cl::init(1), cl::sub(sub));
-cl::opt<int64_t> hybridShardDegree(
-    "hybrid-shard-degree",
-    cl::desc("hybrid_shard_degree: ranks that shard model states (0: auto)"),
-    cl::init(0), cl::sub(sub));
-cl::opt<std::string> shardingStrategy(
-    "sharding-strategy", cl::desc("full_shard, hybrid_shard or no_shard"),
-    cl::init("hybrid_shard"), cl::sub(sub));
 cl::opt<int64_t> gpusPerNode("gpus-per-node", cl::desc("GPUs in one node"),
                              cl::init(8), cl::sub(sub));
-cl::opt<int64_t> microBatchSize("micro-batch-size",
-                                cl::desc("sequences per rank and micro-step"),
-                                cl::init(1), cl::sub(sub));
-cl::opt<int64_t> seqLen("seq-len", cl::desc("tokens per sequence"),
-                        cl::init(4096), cl::sub(sub));
-cl::opt<int64_t> globalBatchSize(
-    "global-batch-size",
-    cl::desc("sequences per optimizer step over all ranks (0: world size "
-             "times micro batch; more means gradient accumulation)"),
-    cl::init(0), cl::sub(sub));
-cl::opt<std::string> checkpointing("activation-checkpointing",
-                                   cl::desc("none, selective or full"),
-                                   cl::init("none"), cl::sub(sub));
-cl::opt<std::string> precision(
-    "precision",
-    cl::desc("bf16 (bf16 compute, fp32 master weights, gradients and AdamW "
-             "states) or fp32"),
-    cl::init("bf16"), cl::sub(sub));
 cl::opt<std::string> gpuName("gpu",
                              cl::desc("h100-80gb, h200-141gb, a100-80gb, "
                                       "a100-40gb, or custom (give every "
@@ -220,21 +190,19 @@ int emit(llvm::function_ref<void(llvm::raw_ostream &)> print) {
 
 } // namespace
 
-int moec::cli::runPlan() {
+int moec::cli::runPlan(const TrainingJobFlags &jobFlags) {
   if (jsonFlag && svgFlag)
     return fail("--json and --svg are exclusive");
-  std::optional<ShardingStrategy> strategy =
-      symbolizeShardingStrategy(shardingStrategy);
-  if (!strategy)
-    return fail("unknown sharding_strategy '" + shardingStrategy +
-                "'; expected full_shard, hybrid_shard or no_shard");
-  std::optional<Checkpointing> ckpt = symbolizeCheckpointing(checkpointing);
-  if (!ckpt)
-    return fail("unknown activation_checkpointing '" + checkpointing +
-                "'; expected none, selective or full");
-  std::optional<Precision> prec = symbolizePrecision(precision);
-  if (!prec)
-    return fail("unknown precision '" + precision + "'; expected bf16 or fp32");
+  // Plans are of full-size jobs: one sequence of 4096 tokens per rank, bf16
+  // compute copies of fp32 masters (the other defaults are the job's).
+  moec::TrainingJob job;
+  job.microBatchSize = 1;
+  job.seqLength = 4096;
+  job.bf16 = true;
+  if (llvm::Error err = jobFlags.read(job))
+    return fail(llvm::toString(std::move(err)));
+  if (llvm::Error err = moec::checkImplemented(job, moec::JobConsumer::Plan))
+    return fail(llvm::toString(std::move(err)));
   std::optional<GpuSpec> gpu = readGpu();
   if (!gpu)
     return 1;
@@ -242,18 +210,6 @@ int moec::cli::runPlan() {
   if (!model)
     return 1;
 
-  ParallelConfig parallel;
-  parallel.worldSize = worldSize;
-  parallel.expertParallelDegree = expertParallelDegree;
-  parallel.hybridShardDegree = hybridShardDegree;
-  parallel.strategy = *strategy;
-  parallel.gpusPerNode = gpusPerNode;
-  TrainingConfig training;
-  training.microBatchSize = microBatchSize;
-  training.seqLen = seqLen;
-  training.globalBatchSize = globalBatchSize;
-  training.checkpointing = *ckpt;
-  training.precision = *prec;
   Efficiency efficiency;
   efficiency.compute = computeEfficiency;
   efficiency.communication = communicationEfficiency;
@@ -263,7 +219,7 @@ int moec::cli::runPlan() {
     if (svgFlag)
       return fail("--svg draws one plan; drop it or --recommend");
     llvm::Expected<std::vector<Recommendation>> list =
-        recommend(*model, parallel, training, *gpu, efficiency);
+        recommend(*model, job, gpusPerNode, *gpu, efficiency);
     if (!list)
       return fail(llvm::toString(list.takeError()));
     return emit([&](llvm::raw_ostream &os) {
@@ -275,7 +231,7 @@ int moec::cli::runPlan() {
   }
 
   llvm::Expected<TrainingPlan> plan =
-      makePlan(*model, parallel, training, *gpu, efficiency);
+      makePlan(*model, job, gpusPerNode, *gpu, efficiency);
   if (!plan)
     return fail(llvm::toString(plan.takeError()));
   return emit([&](llvm::raw_ostream &os) {

@@ -98,7 +98,7 @@ void moec::cli::printPlanTable(const TrainingPlan &plan, bool allPlacements,
   const ModelConfig &c = plan.model.config;
   const Mesh &m = plan.mesh;
   const ModelPlacement placement = plan.placement();
-  const TrainingConfig &t = plan.training;
+  const moec::TrainingJob &t = plan.training;
   const StepEstimate &st = plan.step;
   const int64_t w = m.worldSize();
 
@@ -117,12 +117,12 @@ void moec::cli::printPlanTable(const TrainingPlan &plan, bool allPlacements,
   os << fmt::format(
       "job: micro_batch_size {}, seq_len {}, gradient accumulation {}, {} "
       "tokens per step; {} precision{}; activation checkpointing {}\n",
-      t.microBatchSize, t.seqLen, st.gradientAccumulation, commas(st.tokens),
-      stringifyPrecision(t.precision).str(),
-      t.precision == Precision::Bf16
+      t.microBatchSize, t.seqLength, st.gradientAccumulation, commas(st.tokens),
+      getPrecisionName(t).str(),
+      t.bf16
           ? " (bf16 compute, fp32 master weights, gradients, AdamW)"
           : "",
-      stringifyCheckpointing(t.checkpointing).str());
+      moec::stringifyActivationCheckpointing(t.activationCheckpointing).str());
 
   // Mesh and groups.
   os << fmt::format(
@@ -228,8 +228,8 @@ void moec::cli::printPlanTable(const TrainingPlan &plan, bool allPlacements,
   row("AdamW states", mem.optimizerStates, "fp32 first and second moments");
   row("activations", mem.activations,
       fmt::format("peak, checkpointing {}, {} tokens",
-                  stringifyCheckpointing(t.checkpointing).str(),
-                  t.microBatchSize * t.seqLen));
+                  moec::stringifyActivationCheckpointing(t.activationCheckpointing).str(),
+                  t.microBatchSize * t.seqLength));
   row("communication buffers", mem.communicationBuffers,
       "all-to-all worst case (dropless) + fp32 reduce-scatter input");
   row("workspace", mem.workspace,
@@ -266,7 +266,7 @@ void moec::cli::printPlanTable(const TrainingPlan &plan, bool allPlacements,
       "+ unhidden sharding traffic {:.1f} ms (of {:.1f} ms) + optimizer "
       "{:.1f} ms\n",
       st.stepSeconds, st.computeSeconds * 1e3,
-      t.checkpointing == Checkpointing::Full ? " (with recompute)" : "",
+      t.activationCheckpointing == moec::ActivationCheckpointing::Full ? " (with recompute)" : "",
       st.dispatchSeconds * 1e3, st.exposedShardingSeconds * 1e3,
       st.shardingSeconds * 1e3, st.optimizerSeconds * 1e3);
   os << fmt::format(
@@ -313,7 +313,7 @@ json::Value moec::cli::planToJson(const TrainingPlan &plan) {
   const ModelConfig &c = plan.model.config;
   const Mesh &m = plan.mesh;
   const ModelPlacement placement = plan.placement();
-  const TrainingConfig &t = plan.training;
+  const moec::TrainingJob &t = plan.training;
   const StepEstimate &st = plan.step;
 
   json::Object groups;
@@ -412,12 +412,12 @@ json::Value moec::cli::planToJson(const TrainingPlan &plan) {
            {"gpus_per_node", m.gpusPerNode()},
            {"nodes", m.numNodes()},
            {"micro_batch_size", t.microBatchSize},
-           {"seq_len", t.seqLen},
+           {"seq_len", t.seqLength},
            {"gradient_accumulation", st.gradientAccumulation},
            {"tokens_per_step", st.tokens},
            {"activation_checkpointing",
-            stringifyCheckpointing(t.checkpointing)},
-           {"precision", stringifyPrecision(t.precision)},
+            moec::stringifyActivationCheckpointing(t.activationCheckpointing)},
+           {"precision", getPrecisionName(t)},
        }},
       {"gpu",
        json::Object{
@@ -476,7 +476,7 @@ void moec::cli::printRecommendationsTable(
       "seq_len {}, {} precision\n",
       first.model.source, first.mesh.worldSize(), first.gpu.name,
       first.mesh.gpusPerNode(), first.training.microBatchSize,
-      first.training.seqLen, stringifyPrecision(first.training.precision).str());
+      first.training.seqLength, getPrecisionName(first.training).str());
   os << fmt::format("{} valid configurations, {} fit in {}; fastest first:\n",
                     list.size(), fitting, gib(first.gpu.memoryBytes));
   os << fmt::format("  {:>3} {:>2} {:>3} {:<13} {:<10} {:>11} {:>8} {:>10} "
@@ -493,7 +493,7 @@ void moec::cli::printRecommendationsTable(
         "{}\n",
         ++index, p.mesh.expertParallelDegree(), p.mesh.shardDegree(),
         stringifyShardingStrategy(p.mesh.strategy()).str(),
-        stringifyCheckpointing(p.training.checkpointing).str(),
+        moec::stringifyActivationCheckpointing(p.training.activationCheckpointing).str(),
         gib(p.peakMemory().total()), p.step.stepSeconds,
         commas(int64_t(p.step.tokensPerSecond)), p.step.modelTflopsPerGpu,
         r.reason);
@@ -505,7 +505,7 @@ void moec::cli::printRecommendationsTable(
         "--sharding-strategy {} --activation-checkpointing {}\n",
         best.mesh.expertParallelDegree(), best.mesh.shardDegree(),
         stringifyShardingStrategy(best.mesh.strategy()).str(),
-        stringifyCheckpointing(best.training.checkpointing).str());
+        moec::stringifyActivationCheckpointing(best.training.activationCheckpointing).str());
   } else {
     os << "nothing fits: add GPUs, shorten seq_len or micro_batch_size\n";
   }
@@ -521,7 +521,7 @@ moec::cli::recommendationsToJson(llvm::ArrayRef<Recommendation> list) {
         {"hybrid_shard_degree", p.mesh.shardDegree()},
         {"sharding_strategy", stringifyShardingStrategy(p.mesh.strategy())},
         {"activation_checkpointing",
-         stringifyCheckpointing(p.training.checkpointing)},
+         moec::stringifyActivationCheckpointing(p.training.activationCheckpointing)},
         {"fits", p.fits},
         {"memory_bytes", p.peakMemory().total()},
         {"step_seconds", p.step.stepSeconds},
@@ -581,7 +581,7 @@ void moec::cli::printPlanSvg(const TrainingPlan &plan, llvm::raw_ostream &os) {
       left, plan.model.source, w, plan.gpu.name, m.replicas(),
       m.shardDegree(), m.expertParallelDegree(),
       stringifyShardingStrategy(m.strategy()).str(),
-      stringifyCheckpointing(plan.training.checkpointing).str());
+      moec::stringifyActivationCheckpointing(plan.training.activationCheckpointing).str());
   os << fmt::format("<text x=\"{}\" y=\"38\">peak {} of {} per GPU: {}; step "
                     "{:.3f} s, {:.1f} model TFLOP/s per GPU</text>\n",
                     left, gib(plan.peakMemory().total()),

@@ -1,13 +1,13 @@
 //===- TrainCommand.cpp - `moec train` ------------------------------------===//
 //
-// `moec train MODEL --reference --tokens train.pb --steps N ...`: builds
-// @init_params and @train_step from the model's raised forward
-// (moe-build-init-params, moe-build-train-step), specialises them to the
-// job's micro-batch and sequence length, initialises the parameters by
-// running @init_params on the seed (delayed_param; or takes the model's own
-// weights with --init-from-model), and runs N steps on the CPU reference
-// executor, printing one line of
-// metrics per step. Token blocks come from an onnx.TensorProto int64
+// `moec train MODEL --reference --tokens train.pb --steps N [--config
+// train.json] [job flags] ...`: builds @init_params and @train_step for the
+// job from the model's raised forward (moe-train-pipeline: the step
+// specialised to the job's micro-batch and the tokens' sequence length),
+// initialises the parameters by running @init_params on the seed
+// (delayed_param; with `--delayed-param=false`, takes the model file's
+// weights), and runs N steps on the CPU reference executor, printing one
+// line of metrics per step. Token blocks come from an onnx.TensorProto int64
 // [blocks, seq] file; labels are the inputs (the loss shifts them) unless
 // --labels gives a file of the same shape. --dump writes every step's
 // metrics and gradients and the final parameters as TensorProto files, the
@@ -60,18 +60,6 @@ cl::opt<std::string> labelsPath("labels",
                                 cl::value_desc("file"), cl::sub(sub));
 cl::opt<int64_t> steps("steps", cl::desc("training steps"), cl::init(10),
                        cl::sub(sub));
-cl::opt<int64_t> microBatchSize("micro-batch-size",
-                                cl::desc("token blocks per step"),
-                                cl::init(2), cl::sub(sub));
-cl::opt<uint64_t> seed("seed", cl::desc("random_seed of the initialisation"),
-                       cl::init(1234), cl::sub(sub));
-cl::opt<double> initializerRange(
-    "initializer-range", cl::desc("std of the normal initialisers"),
-    cl::init(0.02), cl::sub(sub));
-cl::opt<bool> initFromModel("init-from-model",
-                            cl::desc("start from the model file's weights "
-                                     "instead of delayed_param"),
-                            cl::sub(sub));
 cl::opt<double> lr("lr", cl::desc("peak learning rate"), cl::init(1e-3),
                    cl::sub(sub));
 cl::opt<double> minLr("min-lr", cl::desc("final learning rate"),
@@ -82,27 +70,6 @@ cl::opt<int64_t> totalSteps("total-steps",
                             cl::desc("length of the cosine schedule "
                                      "(default: --steps)"),
                             cl::init(0), cl::sub(sub));
-cl::opt<std::string> loadBalancing(
-    "moe-load-balancing",
-    cl::desc("aux_loss, sinkhorn, balanced or none"), cl::init("aux_loss"),
-    cl::sub(sub));
-cl::opt<double> auxLossCoef("router-aux-loss-coef",
-                            cl::desc("weight of the load-balancing loss"),
-                            cl::init(0.02), cl::sub(sub));
-cl::opt<double> zLossCoef("router-z-loss-coef",
-                          cl::desc("weight of the router z-loss"),
-                          cl::init(0.0), cl::sub(sub));
-cl::opt<double> weightDecay("weight-decay", cl::desc("AdamW weight decay"),
-                            cl::init(0.1), cl::sub(sub));
-cl::opt<double> beta1("beta1", cl::init(0.9), cl::desc("AdamW beta1"),
-                      cl::sub(sub));
-cl::opt<double> beta2("beta2", cl::init(0.95), cl::desc("AdamW beta2"),
-                      cl::sub(sub));
-cl::opt<double> adamEpsilon("adam-epsilon", cl::init(1e-8),
-                            cl::desc("AdamW epsilon"), cl::sub(sub));
-cl::opt<double> maxGradNorm("max-grad-norm", cl::init(1.0),
-                            cl::desc("gradient clipping norm (0: off)"),
-                            cl::sub(sub));
 cl::opt<std::string> validPath(
     "valid", cl::desc("validation token blocks (same format and length as "
                       "--tokens): report the mean loss on them"),
@@ -117,10 +84,6 @@ cl::opt<std::string> dumpDir("dump",
                              cl::value_desc("dir"), cl::sub(sub));
 cl::opt<std::string> logPath("log", cl::desc("write per-step metrics as CSV"),
                              cl::value_desc("file"), cl::sub(sub));
-cl::opt<bool> bf16("bf16",
-                    cl::desc("forward and backward on bf16 copies of the fp32 "
-                             "master weights"),
-                    cl::sub(sub));
 cl::opt<bool> printIr("print-ir", cl::desc("print the training step's IR"),
                       cl::sub(sub));
 
@@ -153,14 +116,19 @@ HostTensor scalarF32(double v) {
 }
 } // namespace
 
-int moec::cli::runTrain() {
+int moec::cli::runTrain(const TrainingJobFlags &jobFlags) {
   if (!useReference)
     return fail("only the CPU reference executor exists so far: pass "
                 "--reference");
-  if (steps < 1 || microBatchSize < 1)
-    return fail(fmt::format("--steps {} and --micro-batch-size {} must be "
-                            "positive",
-                            steps.getValue(), microBatchSize.getValue()));
+  if (steps < 1)
+    return fail(fmt::format("--steps {} must be at least 1",
+                            steps.getValue()));
+  moec::TrainingJob job;
+  if (llvm::Error err = jobFlags.read(job))
+    return fail(llvm::toString(std::move(err)));
+  if (llvm::Error err = moec::checkImplemented(job, moec::JobConsumer::Train))
+    return fail(llvm::toString(std::move(err)));
+  const int64_t microBatchSize = job.microBatchSize;
   MLIRContext context;
   DiagnosticPrinter diagnostics(context);
   OwningOpRef<ModuleOp> module =
@@ -195,32 +163,18 @@ int moec::cli::runTrain() {
         valid.shape[0] < microBatchSize)
       return fail(fmt::format("'{}' must hold at least {} int64 blocks of {} "
                               "tokens but has shape {}",
-                              validPath.getValue(),
-                              microBatchSize.getValue(), seq,
+                              validPath.getValue(), microBatchSize, seq,
                               valid.shapeString()));
   }
 
-  moe::BuildTrainStepOptions options;
-  options.loadBalancing = loadBalancing;
-  options.auxLossCoef = auxLossCoef;
-  options.zLossCoef = zLossCoef;
-  options.beta1 = beta1;
-  options.beta2 = beta2;
-  options.epsilon = adamEpsilon;
-  options.weightDecay = weightDecay;
-  options.maxGradNorm = maxGradNorm;
-  options.returnGradients = !dumpDir.empty();
-  options.computeType = bf16 ? "bf16" : "f32";
+  // The step's sequence length is the tokens'.
+  if (job.isExplicit("seq_length") && job.seqLength != seq)
+    return fail(fmt::format("seq_length {} does not match the {} tokens per "
+                            "block of '{}'",
+                            job.seqLength, seq, tokensPath.getValue()));
+  job.seqLength = seq;
   PassManager pm(&context);
-  moe::BuildInitParamsOptions initOptions;
-  initOptions.initializerRange = initializerRange;
-  pm.addPass(moe::createBuildInitParams(initOptions));
-  buildTrainStepPipeline(pm, options);
-  // Static shapes for this job, as a compiled step will have them.
-  moe::SpecializeShapesOptions shapes;
-  shapes.batch = microBatchSize;
-  shapes.seq = seq;
-  pm.addNestedPass<func::FuncOp>(moe::createSpecializeShapes(shapes));
+  moec::buildTrainPipeline(pm, job, /*returnGradients=*/!dumpDir.empty());
   if (failed(pm.run(*module)))
     return 1;
   auto step = module->lookupSymbol<func::FuncOp>("train_step");
@@ -235,7 +189,7 @@ int moec::cli::runTrain() {
   std::vector<std::string> names(n);
   for (unsigned i = 0; i < n; ++i)
     names[i] = step.getArgAttrOfType<StringAttr>(i, "moe.parameter").str();
-  if (initFromModel) {
+  if (!job.delayedParam) {
     std::unique_ptr<OnnxWeights> weights = OnnxWeights::open(modelPath, error);
     if (!weights)
       return fail(error);
@@ -246,7 +200,7 @@ int moec::cli::runTrain() {
     // delayed_param: the compiler's @init_params, run on the seed.
     auto init = module->lookupSymbol<func::FuncOp>("init_params");
     HostTensor seedTensor = HostTensor::ints({});
-    seedTensor.i64[0] = static_cast<int64_t>(seed.getValue());
+    seedTensor.i64[0] = job.randomSeed;
     std::vector<HostTensor> initial;
     if (failed(reference::execute(init, {seedTensor}, initial)))
       return 1;

@@ -1,19 +1,35 @@
 //===- moec.cpp - The moec driver -----------------------------------------===//
 //
 // `moec <command> ...`: the user-facing driver. Each subcommand is in its own
-// file (see Commands.h); this file only dispatches.
+// file (see Commands.h); this file registers the training job's flags with
+// the commands that read a job, keeps LLVM's own options out of `--help`,
+// and dispatches.
 //
 //===----------------------------------------------------------------------===//
 
 #include "Commands.h"
 
+#include "moec/Support/TrainingJob.h"
+
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/InitLLVM.h"
 #include "llvm/Support/raw_ostream.h"
 
+namespace cl = llvm::cl;
+
 int main(int argc, char **argv) {
   llvm::InitLLVM init(argc, argv);
-  llvm::cl::ParseCommandLineOptions(
+  cl::OptionCategory jobCategory(
+      "Training job options (flags, or keys of --config spelt with "
+      "underscores)");
+  moec::TrainingJobFlags job(
+      {&moec::cli::planCommand, &moec::cli::trainCommand,
+       &moec::cli::compileCommand},
+      jobCategory);
+  // The libraries moec links register hundreds of options of their own
+  // (code generation for every LLVM target); none is moec's.
+  cl::HideUnrelatedOptions({}, cl::SubCommand::getTopLevel());
+  cl::ParseCommandLineOptions(
       argc, argv,
       "moec: an ahead-of-time compiler for Mixture-of-Experts training\n");
   if (moec::cli::importCommand)
@@ -21,11 +37,11 @@ int main(int argc, char **argv) {
   if (moec::cli::runCommand)
     return moec::cli::runRun();
   if (moec::cli::trainCommand)
-    return moec::cli::runTrain();
+    return moec::cli::runTrain(job);
   if (moec::cli::compileCommand)
-    return moec::cli::runCompile();
+    return moec::cli::runCompile(job);
   if (moec::cli::planCommand)
-    return moec::cli::runPlan();
+    return moec::cli::runPlan(job);
   llvm::errs() << "moec: no command given; see 'moec --help'\n";
   return 1;
 }

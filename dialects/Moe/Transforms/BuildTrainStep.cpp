@@ -520,12 +520,6 @@ struct BuildTrainStepPass
       module.emitError() << "the module already has a 'train_step'";
       return signalPassFailure();
     }
-    std::optional<LoadBalancing> mode = symbolizeLoadBalancing(loadBalancing);
-    if (!mode) {
-      module.emitError() << "unknown load-balancing mode '" << loadBalancing
-                         << "'; expected aux_loss, sinkhorn, balanced or none";
-      return signalPassFailure();
-    }
     BuildTrainStepOptions options;
     options.loadBalancing = loadBalancing;
     options.auxLossCoef = auxLossCoef;
@@ -560,7 +554,7 @@ struct BuildTrainStepPass
                          << "'; expected f32 or bf16";
       return signalPassFailure();
     }
-    StepBuilder step(forward, *mode, compute, param, options);
+    StepBuilder step(forward, loadBalancing, compute, param, options);
     if (failed(step.build()))
       return signalPassFailure();
     numGradOps += step.numGradOps;

@@ -13,6 +13,19 @@
 
 namespace mlir::moe {
 
+/// A pass-option modifier that accepts every LoadBalancing value by its name
+/// in the dialect, so that a pass option can be typed by the enum and a new
+/// mode needs nothing here.
+struct LoadBalancingNames {
+  template <typename Opt>
+  void apply(Opt &option) const {
+    for (uint32_t value = 0; value <= getMaxEnumValForLoadBalancing(); ++value)
+      if (std::optional<LoadBalancing> mode = symbolizeLoadBalancing(value))
+        option.getParser().addLiteralOption(stringifyLoadBalancing(*mode),
+                                            *mode, "");
+  }
+};
+
 #define GEN_PASS_DECL
 #include "dialects/Moe/Transforms/Passes.h.inc"
 

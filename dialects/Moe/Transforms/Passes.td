@@ -323,8 +323,11 @@ def BuildTrainStep : Pass<"moe-build-train-step", "::mlir::ModuleOp"> {
     "::mlir::linalg::LinalgDialect"
   ];
   let options = [
-    Option<"loadBalancing", "load-balancing", "std::string", "\"aux_loss\"",
-           "router load balancing: aux_loss, sinkhorn, balanced or none">,
+    Option<"loadBalancing", "load-balancing", "::mlir::moe::LoadBalancing",
+           "::mlir::moe::LoadBalancing::aux_loss",
+           "router load balancing (a moe::LoadBalancing name: aux_loss, "
+           "sinkhorn, balanced, none)",
+           "::mlir::moe::LoadBalancingNames{}">,
     Option<"auxLossCoef", "aux-loss-coef", "double", "0.02",
            "weight of the load-balancing loss (router_aux_loss_coef)">,
     Option<"zLossCoef", "z-loss-coef", "double", "0.0",

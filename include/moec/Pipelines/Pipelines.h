@@ -1,7 +1,9 @@
 //===- Pipelines.h - moec's named pass pipelines ----------------*- C++ -*-===//
 //
-// The pass pipelines the drivers run, built in one place so that `moec` and
-// `moec-opt` run exactly the same thing.
+// The pass pipelines the drivers run, built in one place so that `moec`,
+// `moec-opt` and the tests run exactly the same thing. The training
+// pipelines take their options from a TrainingJob: the one place a job's
+// keys become pass options.
 //
 //===----------------------------------------------------------------------===//
 
@@ -9,6 +11,7 @@
 #define MOEC_PIPELINES_PIPELINES_H
 
 #include "dialects/Moe/Transforms/Passes.h"
+#include "moec/Support/TrainingJob.h"
 #include "mlir/Pass/PassManager.h"
 
 namespace moec {
@@ -18,6 +21,9 @@ namespace moec {
 /// left unraised is an error.
 void buildImportPipeline(mlir::OpPassManager &pm, bool requireComplete);
 
+/// moe-build-train-step's options for `job`.
+mlir::moe::BuildTrainStepOptions getTrainStepOptions(const TrainingJob &job);
+
 /// Builds the training step from a raised forward (moe-build-train-step with
 /// `options`), then canonicalize, cse, moe-widen-weight-grads,
 /// moe-fuse-loss-grad and, unless `recomputeExperts`,
@@ -26,8 +32,24 @@ void buildTrainStepPipeline(mlir::OpPassManager &pm,
                             const mlir::moe::BuildTrainStepOptions &options,
                             bool recomputeExperts = false);
 
+/// `moe-train-pipeline`: from a raised @forward to the @init_params and
+/// static-shaped @train_step and @eval_step of `job`, as the reference
+/// executor runs them: moe-build-init-params, the train-step pipeline,
+/// moe-specialize-shapes. With `returnGradients` the step also returns every
+/// parameter's gradient.
+void buildTrainPipeline(mlir::OpPassManager &pm, const TrainingJob &job,
+                        bool returnGradients = false);
+
+/// `moe-compile-pipeline`: the train pipeline, then what a one-GPU program
+/// needs: moe-save-attention-stats (bf16 attention on cuDNN, when
+/// `cudnnAttention`), moe-fuse-elementwise, moe-keep-param-copies (unless
+/// the job says keep_param_copies false) and moe-plan-memory.
+void buildCompilePipeline(mlir::OpPassManager &pm, const TrainingJob &job,
+                          bool cudnnAttention);
+
 /// Registers the pipelines above with the global pass registry
-/// (`moe-import-pipeline`).
+/// (`moe-import-pipeline`, `moe-train-pipeline`, `moe-compile-pipeline`;
+/// the last two take every job key as an option, spelt with dashes).
 void registerPipelines();
 
 } // namespace moec

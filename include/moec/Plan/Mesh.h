@@ -17,6 +17,8 @@
 #ifndef MOEC_PLAN_MESH_H
 #define MOEC_PLAN_MESH_H
 
+#include "moec/Support/TrainingJob.h"
+
 #include "llvm/ADT/SmallVector.h"
 #include "llvm/ADT/StringRef.h"
 #include "llvm/Support/Error.h"
@@ -28,21 +30,12 @@
 
 namespace moec::plan {
 
-/// SMP's `sharding_strategy`: how model states are sharded along the
-/// data-parallel ranks of one expert-parallel slice (W/P of them).
-enum class ShardingStrategy {
-  /// Shard over all W/P ranks (H = W/P, R = 1).
-  FullShard,
-  /// Shard over H ranks, replicate over R = W/(P·H) groups.
-  HybridShard,
-  /// Replicate everything (H = 1).
-  NoShard,
-};
+/// SMP's `sharding_strategy`, declared with the job.
+using moec::ShardingStrategy;
+using moec::stringifyShardingStrategy;
+using moec::symbolizeShardingStrategy;
 
-llvm::StringRef stringifyShardingStrategy(ShardingStrategy strategy);
-std::optional<ShardingStrategy> symbolizeShardingStrategy(llvm::StringRef);
-
-/// What the user asked for: SMP's parallelism options.
+/// The mesh a job asks for: SMP's parallelism options and the node size.
 struct ParallelConfig {
   int64_t worldSize = 1;
   /// `expert_parallel_degree` (P).
@@ -52,6 +45,9 @@ struct ParallelConfig {
   ShardingStrategy strategy = ShardingStrategy::HybridShard;
   int64_t gpusPerNode = 8;
 };
+
+/// The mesh `job` asks for on nodes of `gpusPerNode` GPUs.
+ParallelConfig getParallelConfig(const TrainingJob &job, int64_t gpusPerNode);
 
 /// The kinds of process group a mesh has.
 enum class GroupKind {

@@ -23,28 +23,10 @@
 
 namespace moec::plan {
 
-enum class Checkpointing {
-  /// Keep every activation the backward needs.
-  None,
-  /// Keep GEMM outputs, recompute RMS norms and SwiGLU in the backward.
-  Selective,
-  /// Keep each decoder layer's input, recompute the layer in the backward.
-  Full,
-};
-
-llvm::StringRef stringifyCheckpointing(Checkpointing c);
-std::optional<Checkpointing> symbolizeCheckpointing(llvm::StringRef name);
-
-enum class Precision {
-  /// bf16 compute copies of fp32 master weights; fp32 gradients (reduced in
-  /// fp32) and fp32 AdamW states.
-  Bf16,
-  /// fp32 everywhere; the master weights are the compute weights.
-  Fp32,
-};
-
-llvm::StringRef stringifyPrecision(Precision p);
-std::optional<Precision> symbolizePrecision(llvm::StringRef name);
+/// The precision a plan assumes: with the job's `bf16`, bf16 compute copies
+/// of fp32 master weights, fp32 gradients (reduced in fp32) and fp32 AdamW
+/// states; without, fp32 everywhere.
+llvm::StringRef getPrecisionName(const TrainingJob &job);
 
 /// What the planner assumes about one GPU and its links.
 struct GpuSpec {
@@ -65,18 +47,6 @@ struct GpuSpec {
 llvm::ArrayRef<llvm::StringRef> gpuNames();
 /// A built-in GPU, or nothing.
 std::optional<GpuSpec> getGpu(llvm::StringRef name);
-
-/// The job's batch and recipe.
-struct TrainingConfig {
-  /// Sequences per rank per micro-step.
-  int64_t microBatchSize = 1;
-  int64_t seqLen = 4096;
-  /// Sequences per optimizer step over all ranks; 0 means world_size times
-  /// micro_batch_size (no gradient accumulation).
-  int64_t globalBatchSize = 0;
-  Checkpointing checkpointing = Checkpointing::None;
-  Precision precision = Precision::Bf16;
-};
 
 /// How much of the hardware's peak a step reaches.
 struct Efficiency {
@@ -170,7 +140,9 @@ struct StepEstimate {
 struct TrainingPlan {
   ModelDescription model;
   Mesh mesh;
-  TrainingConfig training;
+  /// The job planned (its parallel degrees as asked; `mesh` has them
+  /// resolved).
+  TrainingJob training;
   GpuSpec gpu;
   Efficiency efficiency;
   /// Per rank, indexed by rank.
@@ -187,11 +159,12 @@ struct TrainingPlan {
 };
 
 /// Checks the request (mesh rules, batch rules, hardware numbers) and plans
-/// it; errors name the rule and the values.
+/// `job` on nodes of `gpusPerNode` GPUs; errors name the rule and the
+/// values. The plan reads the job's batch, parallel degrees, `bf16` and
+/// `activation_checkpointing`.
 llvm::Expected<TrainingPlan> makePlan(const ModelDescription &model,
-                                      const ParallelConfig &parallel,
-                                      const TrainingConfig &training,
-                                      const GpuSpec &gpu,
+                                      const TrainingJob &job,
+                                      int64_t gpusPerNode, const GpuSpec &gpu,
                                       const Efficiency &efficiency);
 
 /// One candidate of recommend().
@@ -201,13 +174,13 @@ struct Recommendation {
   std::string reason;
 };
 
-/// Every valid (P, H, checkpointing) for `parallel.worldSize` (the strategy
+/// Every valid (P, H, checkpointing) for `job.worldSize` (the strategy
 /// follows from H: full_shard for H = W/P, no_shard for H = 1, hybrid_shard
 /// between). Those that fit come first, fastest first; then those that do
 /// not, smallest memory first.
 llvm::Expected<std::vector<Recommendation>>
-recommend(const ModelDescription &model, const ParallelConfig &parallel,
-          const TrainingConfig &training, const GpuSpec &gpu,
+recommend(const ModelDescription &model, const TrainingJob &job,
+          int64_t gpusPerNode, const GpuSpec &gpu,
           const Efficiency &efficiency);
 
 } // namespace moec::plan

@@ -38,6 +38,19 @@ Mesh mesh(int64_t w, int64_t p, int64_t h, int64_t experts = 8,
   return *m;
 }
 
+/// A job as `moec plan` plans it by default (one sequence of 4096 tokens
+/// per rank, bf16 compute) on a (W, P, H) mesh.
+TrainingJob planJob(int64_t w, int64_t p, int64_t h) {
+  TrainingJob job;
+  job.microBatchSize = 1;
+  job.seqLength = 4096;
+  job.bf16 = true;
+  job.worldSize = w;
+  job.expertParallelDegree = p;
+  job.hybridShardDegree = h;
+  return job;
+}
+
 std::string meshError(ParallelConfig config, int64_t experts = 8) {
   llvm::Expected<Mesh> m = resolveMesh(config, experts);
   if (m)
@@ -272,10 +285,10 @@ TEST(Placement, Mixtral8x7bCountsPerRank) {
 TEST(Plan, PersistentBytesAreEighteenPerShardElement) {
   ModelDescription model = preset("mixtral-8x7b");
   GpuSpec gpu = *getGpu("a100-80gb");
-  TrainingConfig training;
-  training.checkpointing = Checkpointing::Full;
+  TrainingJob training = planJob(16, 2, 8);
+  training.activationCheckpointing = ActivationCheckpointing::Full;
   llvm::Expected<TrainingPlan> plan =
-      makePlan(model, {16, 2, 8}, training, gpu, Efficiency());
+      makePlan(model, training, 8, gpu, Efficiency());
   ASSERT_TRUE(bool(plan)) << llvm::toString(plan.takeError());
   const MemoryBreakdown &mem = plan->peakMemory();
   EXPECT_EQ(mem.computeParams, 2 * 3019276800);
@@ -287,9 +300,9 @@ TEST(Plan, PersistentBytesAreEighteenPerShardElement) {
   EXPECT_EQ(mem.gatheredParams, 2 * 2 * int64_t(746627072));
   EXPECT_TRUE(plan->fits);
   // fp32: no compute copy, 16 bytes per element.
-  training.precision = Precision::Fp32;
+  training.bf16 = false;
   llvm::Expected<TrainingPlan> fp32 =
-      makePlan(model, {16, 2, 8}, training, gpu, Efficiency());
+      makePlan(model, training, 8, gpu, Efficiency());
   ASSERT_TRUE(bool(fp32));
   EXPECT_EQ(fp32->peakMemory().persistent(), 16 * int64_t(3019276800));
 }
@@ -316,11 +329,11 @@ TEST(Plan, JsonConfigMatchesPreset) {
 TEST(Plan, DesignBenchmarkFlops) {
   // DESIGN.md §5: mixtral-8x7b-2l, seq 2048, micro-batch 4: 46.0 TFLOP.
   ModelDescription model = preset("mixtral-8x7b-2l");
-  TrainingConfig training;
-  training.seqLen = 2048;
+  TrainingJob training = planJob(1, 1, 0);
+  training.seqLength = 2048;
   training.microBatchSize = 4;
-  llvm::Expected<TrainingPlan> plan = makePlan(
-      model, {1, 1, 0}, training, *getGpu("h200-141gb"), Efficiency());
+  llvm::Expected<TrainingPlan> plan =
+      makePlan(model, training, 8, *getGpu("h200-141gb"), Efficiency());
   ASSERT_TRUE(bool(plan));
   EXPECT_NEAR(plan->step.modelFlopsPerRank / 1e12, 46.03, 0.01);
   EXPECT_TRUE(plan->collectives.empty());

@@ -6,7 +6,7 @@
 // PARAM-TYPE: error: unknown param-type 'f16'; expected f32 or bf16
 
 // Tests that an unraised ONNX node in the forward is an error at that node.
-// MODE: error: unknown load-balancing mode 'greedy'; expected aux_loss, sinkhorn, balanced or none
+// MODE: for the --load-balancing option: Cannot find option named 'greedy'!
 func.func @forward(%ids: tensor<2x8xi64> {moe.input = "input_ids"},
                    %table: tensor<64x16xf32> {moe.parameter = "embed.weight"},
                    %head: tensor<64x16xf32> {moe.parameter = "lm_head.weight"}) -> tensor<2x8x64xf32> {

@@ -1,0 +1,238 @@
+//===- TrainingJob.h - The options of one training job ----------*- C++ -*-===//
+//
+// A TrainingJob is everything a user says about a training run, read once:
+// the batch, the precision recipe, the MoE and optimizer options, the
+// initialisation and the parallel layout. Keys follow SMP's names
+// (DESIGN.md §1); a config file (`--config train.json`) spells them as JSON
+// keys, a command line as flags with dashes (`--micro-batch-size 4`), a pass
+// pipeline as options (`moe-compile-pipeline{micro-batch-size=4}`). All
+// three go through one reader: a value of the wrong type, out of range or
+// unknown is an error naming the key, the value and the rule.
+//
+// Reading checks each value on its own and the rules between keys
+// (validate()); whether a consumer implements a value is a separate check
+// (checkImplemented()): `moec plan` plans parallel degrees that `moec
+// compile` refuses until the partitioning passes exist.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOEC_SUPPORT_TRAININGJOB_H
+#define MOEC_SUPPORT_TRAININGJOB_H
+
+#include "dialects/Moe/IR/MoeDialect.h"
+
+#include "llvm/ADT/ArrayRef.h"
+#include "llvm/ADT/StringRef.h"
+#include "llvm/Support/CommandLine.h"
+#include "llvm/Support/Error.h"
+#include "llvm/Support/JSON.h"
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace moec {
+
+/// SMP's `sharding_strategy`: how model states are sharded along the
+/// data-parallel ranks of one expert-parallel slice (W/P of them).
+enum class ShardingStrategy {
+  /// Shard over all W/P ranks (H = W/P, R = 1).
+  FullShard,
+  /// Shard over H ranks, replicate over R = W/(P·H) groups.
+  HybridShard,
+  /// Replicate everything (H = 1).
+  NoShard,
+};
+
+llvm::StringRef stringifyShardingStrategy(ShardingStrategy strategy);
+std::optional<ShardingStrategy> symbolizeShardingStrategy(llvm::StringRef);
+
+/// `activation_checkpointing`: what the backward recomputes.
+enum class ActivationCheckpointing {
+  /// Keep every activation the backward needs.
+  None,
+  /// Keep GEMM outputs, recompute RMS norms and SwiGLU in the backward.
+  Selective,
+  /// Keep each decoder layer's input, recompute the layer in the backward.
+  Full,
+};
+
+llvm::StringRef stringifyActivationCheckpointing(ActivationCheckpointing c);
+std::optional<ActivationCheckpointing>
+symbolizeActivationCheckpointing(llvm::StringRef name);
+
+/// `param_dtype`: the element type of the parameters, their gradients and
+/// the AdamW moments.
+enum class ParamDtype {
+  /// fp32 master weights (with `bf16`: bf16 compute copies of them).
+  Fp32,
+  /// bf16 parameters and states, no masters (needs `bf16`).
+  Bf16,
+};
+
+llvm::StringRef stringifyParamDtype(ParamDtype dtype);
+std::optional<ParamDtype> symbolizeParamDtype(llvm::StringRef name);
+
+/// One training job. The defaults are `moec train`'s and `moec compile`'s.
+struct TrainingJob {
+  // --- The batch -----------------------------------------------------------
+  /// `micro_batch_size`: sequences per rank and step.
+  int64_t microBatchSize = 2;
+  /// `seq_length`: tokens per sequence.
+  int64_t seqLength = 64;
+  /// `global_batch_size`: sequences per optimizer step over all ranks; 0
+  /// means world_size times micro_batch_size (no gradient accumulation).
+  int64_t globalBatchSize = 0;
+
+  // --- Precision -----------------------------------------------------------
+  /// `bf16`: forward and backward in bf16.
+  bool bf16 = false;
+  /// `param_dtype`.
+  ParamDtype paramDtype = ParamDtype::Fp32;
+  /// `fp8`: fp8 GEMMs (Hopper).
+  bool fp8 = false;
+
+  // --- MoE -----------------------------------------------------------------
+  /// `moe_load_balancing`: the dialect's enum, so that a new mode is added
+  /// in one place.
+  mlir::moe::LoadBalancing loadBalancing = mlir::moe::LoadBalancing::aux_loss;
+  /// `router_aux_loss_coef`.
+  double routerAuxLossCoef = 0.02;
+  /// `router_z_loss_coef` (0: no z-loss).
+  double routerZLossCoef = 0.0;
+  /// `moe_all_to_all_dispatcher`: all-to-all dispatch (false: all-gather
+  /// the expert group's tokens, reduce-scatter the results).
+  bool moeAllToAllDispatcher = true;
+  /// `global_token_shuffle`: permute tokens across an expert group.
+  bool globalTokenShuffle = false;
+
+  // --- AdamW ---------------------------------------------------------------
+  double weightDecay = 0.1;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double adamEpsilon = 1e-8;
+  /// `max_grad_norm` (0: no clipping).
+  double maxGradNorm = 1.0;
+
+  // --- Initialisation ------------------------------------------------------
+  /// `initializer_range`: std of the normal initialisers.
+  double initializerRange = 0.02;
+  /// `random_seed` (also spelt `seed`).
+  int64_t randomSeed = 1234;
+  /// `delayed_param`: parameters are created from the seed where they live;
+  /// false starts from the model file's weights.
+  bool delayedParam = true;
+
+  // --- Memory --------------------------------------------------------------
+  /// `recompute_experts`: the experts' backward recomputes gate/up.
+  bool recomputeExperts = false;
+  /// `keep_param_copies`: bf16 copies of fp32 masters kept across steps.
+  bool keepParamCopies = true;
+  ActivationCheckpointing activationCheckpointing =
+      ActivationCheckpointing::None;
+  /// `sm_activation_offloading`: saved activations in host memory.
+  bool smActivationOffloading = false;
+  /// `activation_loading_horizon`: layers prefetched ahead when offloading.
+  int64_t activationLoadingHorizon = 2;
+
+  // --- Parallelism ---------------------------------------------------------
+  int64_t worldSize = 1;
+  /// `expert_parallel_degree` (P).
+  int64_t expertParallelDegree = 1;
+  /// `hybrid_shard_degree` (H); 0 means automatic.
+  int64_t hybridShardDegree = 0;
+  ShardingStrategy shardingStrategy = ShardingStrategy::HybridShard;
+
+  // --- Checkpoints ---------------------------------------------------------
+  /// `checkpoint_dir`: where checkpoints are saved and resumed from.
+  std::string checkpointDir;
+
+  /// The keys set explicitly (by a config, a flag or a pipeline option), in
+  /// their canonical spelling; the rest hold their defaults.
+  std::vector<std::string> explicitKeys;
+  /// Whether `key` (canonical spelling) was set explicitly.
+  bool isExplicit(llvm::StringRef key) const;
+
+  /// Checks the rules between keys (param_dtype bf16 needs bf16); the error
+  /// names the keys and values.
+  llvm::Error validate() const;
+
+  /// Every key and its value, as a config file would spell them.
+  llvm::json::Object toJson() const;
+};
+
+/// One key of a job: its spellings and how it is documented.
+struct TrainingJobKey {
+  /// The config spelling, e.g. `micro_batch_size`.
+  llvm::StringRef name;
+  /// The flag and pipeline-option spelling, e.g. `micro-batch-size`.
+  std::string flag;
+  /// What its value looks like, e.g. `int`, `aux_loss|sinkhorn|...`.
+  std::string valueDescription;
+  std::string help;
+  /// Whether the value is true or false (a flag may then stand alone).
+  bool isBool;
+  /// The canonical key this one is another spelling of (`random_seed` for
+  /// `seed`), or empty.
+  llvm::StringRef aliasOf;
+};
+
+/// Every key, in documentation order.
+llvm::ArrayRef<TrainingJobKey> trainingJobKeys();
+
+/// Sets `key` from a JSON value; `key` is spelt as in a config
+/// (`micro_batch_size`) or with dashes (`micro-batch-size`). Errors name the
+/// key as spelt, the value and the rule: "micro_batch_size 2.5 must be an
+/// integer".
+llvm::Error setTrainingJobValue(TrainingJob &job, llvm::StringRef key,
+                                const llvm::json::Value &value);
+
+/// Sets `key` from the text of a flag or a pipeline option: a number for
+/// numeric keys, true/false (or empty: true) for boolean ones, the name of
+/// an enum value, or a string.
+llvm::Error setTrainingJobText(TrainingJob &job, llvm::StringRef key,
+                               llvm::StringRef text);
+
+/// Reads the JSON object in `path` over `job` (keys it does not name keep
+/// their values). Errors start with "config '<path>': ".
+llvm::Error readTrainingJobConfig(llvm::StringRef path, TrainingJob &job);
+
+/// Who consumes a job: each implements a different part of it.
+enum class JobConsumer {
+  /// `moec plan`: plans parallel degrees and activation checkpointing.
+  Plan,
+  /// `moec train --reference`: one process, the CPU reference executor.
+  Train,
+  /// `moec compile` and moe-compile-pipeline: one-GPU programs.
+  Compile,
+};
+
+/// Fails on the first option `consumer` reads but does not implement yet,
+/// naming it and its value: "world_size 2 is not implemented yet by moec
+/// compile (one GPU only)".
+llvm::Error checkImplemented(const TrainingJob &job, JobConsumer consumer);
+
+/// The job's command-line flags: `--config` and one flag per key, named like
+/// the key with dashes, in the given subcommands and category. Construct it
+/// after the subcommands exist (in main), before parsing.
+class TrainingJobFlags {
+public:
+  TrainingJobFlags(llvm::ArrayRef<llvm::cl::SubCommand *> subcommands,
+                   llvm::cl::OptionCategory &category);
+  ~TrainingJobFlags();
+
+  /// Reads the config (if `--config` was given) and then the flags over
+  /// `job`, and validates the result.
+  llvm::Error read(TrainingJob &job) const;
+
+private:
+  std::unique_ptr<llvm::cl::opt<std::string>> config;
+  /// One per trainingJobKeys() entry, in that order.
+  std::vector<std::unique_ptr<llvm::cl::opt<std::string>>> flags;
+};
+
+} // namespace moec
+
+#endif // MOEC_SUPPORT_TRAININGJOB_H
