@@ -637,3 +637,21 @@ ErrorStats reference::compare(const HostTensor &actual,
                                       : std::sqrt(diffSquares);
   return stats;
 }
+
+ResultIndex::ResultIndex(func::FuncOp function)
+    : functionName(function.getSymName().str()) {
+  for (unsigned i = 0, e = function.getNumResults(); i < e; ++i)
+    for (NamedAttribute attr : function.getResultAttrs(i))
+      if (auto name = dyn_cast<StringAttr>(attr.getValue()))
+        positions[{attr.getName().str(), name.str()}] = i;
+}
+
+llvm::Expected<unsigned> ResultIndex::lookup(llvm::StringRef tag,
+                                             llvm::StringRef name) const {
+  auto it = positions.find({tag.str(), name.str()});
+  if (it == positions.end())
+    return llvm::createStringError("@" + functionName +
+                                   " has no result tagged " + tag.str() +
+                                   " = \"" + name.str() + "\"");
+  return it->second;
+}

@@ -12,6 +12,8 @@
 // --labels gives a file of the same shape. --dump writes every step's
 // metrics and gradients and the final parameters as TensorProto files, the
 // layout python/moec/check_train.py reads; --log writes the metrics as CSV.
+// The step's results are read by their tags and names (moe.parameter,
+// moe.exp_avg, moe.exp_avg_sq, moe.output, moe.gradient), not by position.
 //
 //===----------------------------------------------------------------------===//
 
@@ -109,6 +111,51 @@ bool dumpTensor(llvm::StringRef relative, const HostTensor &tensor,
   return moec::writeTensorProtoFile(path, name, tensor, error);
 }
 
+/// Where @train_step returns what a run reads.
+struct StepResults {
+  std::vector<unsigned> params, expAvg, expAvgSq, gradients;
+  unsigned loss, ceLoss, auxLoss, zLoss, gradNorm, expertCounts;
+};
+
+/// Finds every result of @train_step the run reads by its name; gradients
+/// only when `withGradients`.
+llvm::Expected<StepResults> findStepResults(func::FuncOp step,
+                                            llvm::ArrayRef<std::string> names,
+                                            bool withGradients) {
+  moec::reference::ResultIndex index(step);
+  StepResults results;
+  auto find = [&](llvm::StringRef tag, llvm::StringRef name,
+                  unsigned &slot) -> llvm::Error {
+    llvm::Expected<unsigned> i = index.lookup(tag, name);
+    if (!i)
+      return i.takeError();
+    slot = *i;
+    return llvm::Error::success();
+  };
+  for (const std::string &name : names) {
+    for (auto [tag, list] :
+         {std::pair{"moe.parameter", &results.params},
+          std::pair{"moe.exp_avg", &results.expAvg},
+          std::pair{"moe.exp_avg_sq", &results.expAvgSq}}) {
+      if (llvm::Error err = find(tag, name, list->emplace_back()))
+        return std::move(err);
+    }
+    if (withGradients)
+      if (llvm::Error err =
+              find("moe.gradient", name, results.gradients.emplace_back()))
+        return std::move(err);
+  }
+  for (auto [name, slot] :
+       {std::pair{"loss", &results.loss}, std::pair{"ce_loss", &results.ceLoss},
+        std::pair{"aux_loss", &results.auxLoss},
+        std::pair{"z_loss", &results.zLoss},
+        std::pair{"grad_norm", &results.gradNorm},
+        std::pair{"expert_counts", &results.expertCounts}})
+    if (llvm::Error err = find("moe.output", name, *slot))
+      return std::move(err);
+  return results;
+}
+
 HostTensor scalarF32(double v) {
   HostTensor t = HostTensor::floats({});
   t.f32[0] = static_cast<float>(v);
@@ -189,6 +236,14 @@ int moec::cli::runTrain(const TrainingJobFlags &jobFlags) {
   std::vector<std::string> names(n);
   for (unsigned i = 0; i < n; ++i)
     names[i] = step.getArgAttrOfType<StringAttr>(i, "moe.parameter").str();
+  llvm::Expected<StepResults> stepResults =
+      findStepResults(step, names, /*withGradients=*/!dumpDir.empty());
+  if (!stepResults)
+    return fail(llvm::toString(stepResults.takeError()));
+  llvm::Expected<unsigned> evalLoss =
+      reference::ResultIndex(evalStep).lookup("moe.output", "ce_loss");
+  if (!evalLoss)
+    return fail(llvm::toString(evalLoss.takeError()));
   if (!job.delayedParam) {
     std::unique_ptr<OnnxWeights> weights = OnnxWeights::open(modelPath, error);
     if (!weights)
@@ -204,8 +259,14 @@ int moec::cli::runTrain(const TrainingJobFlags &jobFlags) {
     std::vector<HostTensor> initial;
     if (failed(reference::execute(init, {seedTensor}, initial)))
       return 1;
-    for (unsigned i = 0; i < n; ++i)
-      state[i] = std::move(initial[i]);
+    reference::ResultIndex initResults(init);
+    for (unsigned i = 0; i < n; ++i) {
+      llvm::Expected<unsigned> slot =
+          initResults.lookup("moe.parameter", names[i]);
+      if (!slot)
+        return fail(llvm::toString(slot.takeError()));
+      state[i] = std::move(initial[*slot]);
+    }
   }
   for (unsigned i = 0; i < n; ++i) {
     state[n + i] = HostTensor::floats(state[i].shape);
@@ -237,7 +298,7 @@ int moec::cli::runTrain(const TrainingJobFlags &jobFlags) {
       std::vector<HostTensor> results;
       if (failed(reference::execute(evalStep, args, results)))
         return failure();
-      sum += results[0].f32[0];
+      sum += results[*evalLoss].f32[0];
     }
     meanLoss = sum / batches;
     return success();
@@ -269,12 +330,18 @@ int moec::cli::runTrain(const TrainingJobFlags &jobFlags) {
     double seconds = std::chrono::duration<double>(
                          std::chrono::steady_clock::now() - start)
                          .count();
-    for (unsigned i = 0; i < 3 * n; ++i)
-      state[i] = std::move(results[i]);
-    const HostTensor &counts = results[3 * n + 5];
-    double loss = results[3 * n].f32[0], ce = results[3 * n + 1].f32[0],
-           aux = results[3 * n + 2].f32[0], z = results[3 * n + 3].f32[0],
-           norm = results[3 * n + 4].f32[0];
+    const StepResults &slots = *stepResults;
+    for (unsigned i = 0; i < n; ++i) {
+      state[i] = std::move(results[slots.params[i]]);
+      state[n + i] = std::move(results[slots.expAvg[i]]);
+      state[2 * n + i] = std::move(results[slots.expAvgSq[i]]);
+    }
+    const HostTensor &counts = results[slots.expertCounts];
+    double loss = results[slots.loss].f32[0],
+           ce = results[slots.ceLoss].f32[0],
+           aux = results[slots.auxLoss].f32[0],
+           z = results[slots.zLoss].f32[0],
+           norm = results[slots.gradNorm].f32[0];
     double tokensPerSecond = batch * seq / seconds;
     std::string countText;
     for (int64_t l = 0; l < counts.shape[0]; ++l) {
@@ -306,17 +373,19 @@ int moec::cli::runTrain(const TrainingJobFlags &jobFlags) {
                           validText);
     if (!dumpDir.empty()) {
       std::string prefix = fmt::format("step_{}/", t);
-      const char *metricNames[] = {"loss", "ce_loss", "aux_loss", "z_loss",
-                                   "grad_norm", "expert_counts"};
-      for (unsigned m = 0; m < 6; ++m)
-        if (!dumpTensor(prefix + metricNames[m] + ".pb", results[3 * n + m],
-                        error))
+      for (auto [name, slot] :
+           {std::pair{"loss", slots.loss}, std::pair{"ce_loss", slots.ceLoss},
+            std::pair{"aux_loss", slots.auxLoss},
+            std::pair{"z_loss", slots.zLoss},
+            std::pair{"grad_norm", slots.gradNorm},
+            std::pair{"expert_counts", slots.expertCounts}})
+        if (!dumpTensor(prefix + name + ".pb", results[slot], error))
           return fail(error);
       if (!dumpTensor(prefix + "lr.pb", scalarF32(stepLr), error))
         return fail(error);
       for (unsigned i = 0; i < n; ++i)
         if (!dumpTensor(prefix + "grad/" + names[i] + ".pb",
-                        results[3 * n + 6 + i], error))
+                        results[slots.gradients[i]], error))
           return fail(error);
     }
   }

@@ -15,6 +15,11 @@
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Support/LogicalResult.h"
 
+#include "llvm/Support/Error.h"
+
+#include <map>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace moec::reference {
@@ -27,6 +32,24 @@ namespace moec::reference {
 mlir::LogicalResult execute(mlir::func::FuncOp func,
                             const std::vector<HostTensor> &arguments,
                             std::vector<HostTensor> &results);
+
+/// Where a function returns what: its results by the tag and name on each
+/// (`moe.output` = "loss", `moe.parameter` = "model.norm.weight", ...), so
+/// that a caller of execute() reads results by what they are, whatever
+/// their order.
+class ResultIndex {
+public:
+  explicit ResultIndex(mlir::func::FuncOp function);
+
+  /// The position of the result tagged `tag` = `name`, or an error naming
+  /// the function, the tag and the name.
+  llvm::Expected<unsigned> lookup(llvm::StringRef tag,
+                                  llvm::StringRef name) const;
+
+private:
+  std::string functionName;
+  std::map<std::pair<std::string, std::string>, unsigned> positions;
+};
 
 /// How far `actual` is from `expected`: the largest absolute difference and
 /// the L2 norm of the difference relative to the L2 norm of `expected`.

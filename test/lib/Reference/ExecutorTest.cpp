@@ -3,8 +3,8 @@
 // The executor on small functions parsed from text: delayed_param creates
 // the same values for a shard as for the full parameter (sharding
 // invariance), bf16 values are stored rounded, a moe.fusion equals its
-// body's ops run one by one, and moe.attention's stats are its rows'
-// log-sum-exp.
+// body's ops run one by one, moe.attention's stats are its rows'
+// log-sum-exp, and results are found by their tags and names.
 //
 //===----------------------------------------------------------------------===//
 
@@ -156,3 +156,25 @@ TEST_F(ExecutorTest, AttentionStatsAreTheRowsLogSumExp) {
 }
 
 } // namespace
+
+TEST_F(ExecutorTest, ResultsAreFoundByTagAndName) {
+  module = parseSourceString<ModuleOp>(R"(
+    func.func @step(%w: tensor<2xf32>, %l: tensor<f32>)
+        -> (tensor<f32> {moe.output = "loss"},
+            tensor<2xf32> {moe.parameter = "w"}, tensor<2xf32>) {
+      return %l, %w, %w : tensor<f32>, tensor<2xf32>, tensor<2xf32>
+    })",
+                                       &context);
+  ASSERT_TRUE(module);
+  reference::ResultIndex index(module->lookupSymbol<func::FuncOp>("step"));
+  llvm::Expected<unsigned> loss = index.lookup("moe.output", "loss");
+  ASSERT_TRUE(bool(loss));
+  EXPECT_EQ(*loss, 0u);
+  llvm::Expected<unsigned> w = index.lookup("moe.parameter", "w");
+  ASSERT_TRUE(bool(w));
+  EXPECT_EQ(*w, 1u);
+  llvm::Expected<unsigned> missing = index.lookup("moe.output", "w");
+  ASSERT_FALSE(bool(missing));
+  EXPECT_EQ(llvm::toString(missing.takeError()),
+            "@step has no result tagged moe.output = \"w\"");
+}
