@@ -19,7 +19,10 @@ One process, one invocation, the same tokens for every contender:
     sequence length, load balancing and numerics are compiled in: compile it
     for the same job (micro-batch 4, sequence 2048, aux_loss 0.02, and
     ``"bf16": true`` for the ``fp32-master`` recipe, ``"bf16": true,
-    "param_dtype": "bf16"`` for the ``bf16`` recipe).
+    "param_dtype": "bf16"`` for the ``bf16`` recipe). The job it was compiled
+    for is read from the ``manifest.json`` beside it (``moec compile`` writes
+    it); a program compiled for another job is refused, naming each field
+    that differs with both values, before anything runs.
 
 Job: micro-batch ``--micro-batch`` (4) of ``--seq`` (2048) tokens, top-k and
 experts from the config, ``aux_loss`` load balancing with coefficient 0.02
@@ -79,6 +82,7 @@ import argparse
 import csv
 import gc
 import json
+import math
 import shlex
 import statistics
 import subprocess
@@ -114,6 +118,52 @@ class Job:
     @property
     def tokens_per_step(self) -> int:
         return self.micro_batch * self.seq
+
+
+class JobMismatch(Exception):
+    """The compiled program is not for the benchmark's job."""
+
+
+def compiled_job_fields(micro_batch: int, seq: int, recipe: str) -> dict[str, object]:
+    """What the compiled job (the manifest's ``job``, moec's config keys) must say for this benchmark."""
+    return {
+        "micro_batch_size": micro_batch,
+        "seq_length": seq,
+        "bf16": True,
+        "param_dtype": "bf16" if recipe == "bf16" else "fp32",
+        "moe_load_balancing": "aux_loss",
+        "router_aux_loss_coef": AUX_LOSS_COEF,
+        "router_z_loss_coef": 0.0,
+    }
+
+
+def same_value(got: object, wanted: object) -> bool:
+    """Whether a manifest value is the wanted one (numbers as numbers: JSON may print 0 for 0.0)."""
+    if isinstance(wanted, float):
+        return isinstance(got, (int, float)) and not isinstance(got, bool) and math.isclose(got, wanted, rel_tol=1e-12)
+    return type(got) is type(wanted) and got == wanted
+
+
+def check_compiled_job(program: Path, micro_batch: int, seq: int, recipe: str) -> None:
+    """Raises JobMismatch unless ``program``'s manifest says it was compiled for this benchmark's job."""
+    path = program.parent / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise JobMismatch(f"no {path} beside '{program}': benchmark a program as moec compile wrote it") from None
+    except json.JSONDecodeError as e:
+        raise JobMismatch(f"{path} is not JSON: {e}") from None
+    if manifest.get("format") != "moec-compile/2" or not isinstance(manifest.get("job"), dict):
+        raise JobMismatch(f"{path} is not a moec-compile/2 manifest with a job "
+                          f"(format {manifest.get('format')!r}): recompile the program")
+    compiled = manifest["job"]
+    wrong = []
+    for key, wanted in compiled_job_fields(micro_batch, seq, recipe).items():
+        got = compiled.get(key)
+        if not same_value(got, wanted):
+            wrong.append(f"{key}: compiled {json.dumps(got)}, this benchmark runs {json.dumps(wanted)}")
+    if wrong:
+        raise JobMismatch(f"'{program}' was compiled for another job (recipe {recipe}):\n  " + "\n  ".join(wrong))
 
 
 @dataclass
@@ -330,14 +380,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true",
                         help="tiny config on the CPU, micro-batch 2 x 64, 1 + 2 steps, no torch.compile")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.config, args.micro_batch, args.seq, args.warmup, args.steps = "tiny", 2, 64, 1, 2
+        args.skip_compile = True
+    if args.moec:
+        if not args.moec.is_file():
+            parser.error(f"no such program '{args.moec}'")
+        try:
+            check_compiled_job(args.moec, args.micro_batch, args.seq, args.recipe)
+        except JobMismatch as e:
+            parser.error(str(e))
 
     import torch
 
     from moec import presets
 
     if args.smoke:
-        args.config, args.micro_batch, args.seq, args.warmup, args.steps = "tiny", 2, 64, 1, 2
-        args.skip_compile = True
         device = "cpu"
     elif torch.cuda.is_available():
         device = "cuda"
@@ -347,8 +405,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps, --micro-batch and --seq must be positive, --warmup not negative")
     if args.skip_hf and args.skip_compile and not args.moec:
         parser.error("nothing to run: every contender is skipped and no --moec")
-    if args.moec and not args.moec.is_file():
-        parser.error(f"no such program '{args.moec}'")
     job = Job(args.config, args.micro_batch, args.seq, args.warmup, args.steps, args.recipe, args.seed, device)
     config = presets.load_config(args.config)
     config.router_aux_loss_coef = AUX_LOSS_COEF
