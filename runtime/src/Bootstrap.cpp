@@ -7,8 +7,6 @@
 
 #include "moert/Bootstrap.h"
 
-#include <fmt/format.h>
-
 #include <cstdlib>
 
 using namespace moert;
@@ -38,13 +36,14 @@ bool readInt(const EnvLookup &env, const char *name, bool required, int &out,
   std::string value;
   if (!env(name, value)) {
     if (required)
-      error = fmt::format("{} is not set", name);
+      error = std::string(name) + " is not set";
     return !required;
   }
   char *end = nullptr;
   long parsed = std::strtol(value.c_str(), &end, 10);
   if (value.empty() || *end != '\0' || parsed < 0 || parsed > (1 << 24)) {
-    error = fmt::format("{}='{}' is not a non-negative integer", name, value);
+    error =
+        std::string(name) + "='" + value + "' is not a non-negative integer";
     return false;
   }
   out = static_cast<int>(parsed);
@@ -79,16 +78,16 @@ bool moert::detectRank(const EnvLookup &env, RankInfo &info,
         !readInt(env, vars.localWorldSize, false, info.localWorldSize, error))
       return false;
     if (info.worldSize == 0 || info.rank >= info.worldSize) {
-      error = fmt::format("{}={} is not a rank of a world of {}={}",
-                          vars.rank, info.rank, vars.worldSize,
-                          info.worldSize);
+      error = std::string(vars.rank) + "=" + std::to_string(info.rank) +
+              " is not a rank of a world of " + vars.worldSize + "=" +
+              std::to_string(info.worldSize);
       return false;
     }
     if (info.localRank >= info.localWorldSize &&
         env(vars.localWorldSize, unused)) {
-      error = fmt::format("{}={} is not below {}={}", vars.localRank,
-                          info.localRank, vars.localWorldSize,
-                          info.localWorldSize);
+      error = std::string(vars.localRank) + "=" +
+              std::to_string(info.localRank) + " is not below " +
+              vars.localWorldSize + "=" + std::to_string(info.localWorldSize);
       return false;
     }
     if (!env(vars.localWorldSize, unused))
