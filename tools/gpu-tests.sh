@@ -42,7 +42,7 @@ if [[ "$mode" == prepare ]]; then
     exit 1
   fi
   # Every test links the runtime library (the cuBLAS state, the
-  # Communicator); the communicator test NCCL too.
+  # Communicator); only the communicator test links NCCL.
   nccl="$(sed -n 's/^MOEC_NCCL_LIBRARY:FILEPATH=//p' "$build/CMakeCache.txt")"
   if [[ ! -f "$build/runtime/libmoert.a" || -z "$nccl" ]]; then
     echo "error: $build has no moert library or no NCCL (build moec with" \
@@ -52,14 +52,16 @@ if [[ "$mode" == prepare ]]; then
   mkdir -p "$dir/tests" "$dir/data"
   for test in "$root"/runtime/tests/*.cu; do
     name="$(basename "$test" .cu)"
+    communicator=()
+    if [[ "$name" == CommunicatorTest ]]; then
+      communicator=(-L"$(dirname "$nccl")" -Xlinker -rpath="$(dirname "$nccl")" -lnccl)
+    fi
     "$nvcc" -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a \
       -I"$root/runtime/include" "$test" \
       -o "$dir/tests/$name" "$build/runtime/libmoert_cudnn.a" \
       "$build/runtime/libmoert.a" \
       -L"$(dirname "$cudnn")" -Xlinker -rpath="$(dirname "$cudnn")" \
-      -L"$(dirname "$nccl")" -Xlinker -rpath="$(dirname "$nccl")" \
-      -Xlinker --as-needed -lnccl -Xlinker --no-as-needed \
-      -lcudnn -lnvrtc -lcublas -lcublasLt
+      "${communicator[@]}" -lcudnn -lnvrtc -lcublas -lcublasLt
   done
   python3 -m moec.tokens "$root/test/Inputs/fortunes/train.pb" "$dir/data/train.bin"
   model="$root/test/Inputs/tiny/tiny-ort.onnx"

@@ -17,35 +17,30 @@ using namespace moert;
 namespace {
 
 /// "FILE:LINE: CALL failed: WHY".
-std::string failure(const char *file, int line, const std::string &call,
-                    const char *why) {
-  return std::string(file) + ":" + std::to_string(line) + ": " + call +
-         " failed: " + why;
+Status failure(const char *file, int line, const std::string &call,
+               const char *why) {
+  return Status::failure(std::string(file) + ":" + std::to_string(line) + ": " +
+                         call + " failed: " + why);
 }
 
 } // namespace
 
-bool moert::queryDevices(DeviceInfo &info, std::string &error) {
+Status moert::queryDevices(DeviceInfo &info) {
   int ncclVersion = 0;
-  if (ncclResult_t r = ncclGetVersion(&ncclVersion); r != ncclSuccess) {
-    error =
-        failure(__FILE__, __LINE__, "ncclGetVersion", ncclGetErrorString(r));
-    return false;
-  }
+  if (ncclResult_t r = ncclGetVersion(&ncclVersion); r != ncclSuccess)
+    return failure(__FILE__, __LINE__, "ncclGetVersion", ncclGetErrorString(r));
   info.ncclVersion = ncclVersion;
   if (cudaError_t r = cudaGetDeviceCount(&info.deviceCount); r != cudaSuccess) {
-    error = failure(__FILE__, __LINE__, "cudaGetDeviceCount",
-                    cudaGetErrorString(r));
     info.deviceCount = 0;
-    return false;
+    return failure(__FILE__, __LINE__, "cudaGetDeviceCount",
+                   cudaGetErrorString(r));
   }
   for (int d = 0; d < info.deviceCount; ++d) {
     cudaDeviceProp prop;
     if (cudaError_t r = cudaGetDeviceProperties(&prop, d); r != cudaSuccess) {
-      error = failure(__FILE__, __LINE__,
-                      "cudaGetDeviceProperties(" + std::to_string(d) + ")",
-                      cudaGetErrorString(r));
-      return false;
+      return failure(__FILE__, __LINE__,
+                     "cudaGetDeviceProperties(" + std::to_string(d) + ")",
+                     cudaGetErrorString(r));
     }
     char line[512];
     std::snprintf(line, sizeof(line), "%s (sm_%d%d, %.1f GiB)", prop.name,
@@ -53,5 +48,5 @@ bool moert::queryDevices(DeviceInfo &info, std::string &error) {
                   prop.totalGlobalMem / double(1 << 30));
     info.names.push_back(line);
   }
-  return true;
+  return Status::success();
 }

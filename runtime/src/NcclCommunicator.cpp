@@ -200,19 +200,32 @@ Status NcclCommunicator::allToAllV(const void *send,
   const size_t bytes = elementBytes(type);
   const ncclDataType_t ncclType = nccl::dataType(type);
   MOERT_NCCL_CHECK("all_to_all", ncclGroupStart());
-  for (int peer = 0; peer < groupSize; ++peer) {
-    if (sendCounts[peer] > 0)
-      MOERT_NCCL_CHECK(
-          "all_to_all",
+  // The group is ended whatever happens, so that no later call of this
+  // thread joins it; the first failure is the one reported.
+  ncclResult_t queued = ncclSuccess;
+  std::string failedCall;
+  for (int peer = 0; peer < groupSize && queued == ncclSuccess; ++peer) {
+    if (sendCounts[peer] > 0) {
+      queued =
           ncclSend(static_cast<const char *>(send) + sendOffsets[peer] * bytes,
-                   sendCounts[peer], ncclType, peer, comm, stream));
-    if (recvCounts[peer] > 0)
-      MOERT_NCCL_CHECK(
-          "all_to_all",
-          ncclRecv(static_cast<char *>(recv) + recvOffsets[peer] * bytes,
-                   recvCounts[peer], ncclType, peer, comm, stream));
+                   sendCounts[peer], ncclType, peer, comm, stream);
+      if (queued != ncclSuccess)
+        failedCall = "ncclSend to rank " + std::to_string(peer);
+    }
+    if (queued == ncclSuccess && recvCounts[peer] > 0) {
+      queued = ncclRecv(static_cast<char *>(recv) + recvOffsets[peer] * bytes,
+                        recvCounts[peer], ncclType, peer, comm, stream);
+      if (queued != ncclSuccess)
+        failedCall = "ncclRecv from rank " + std::to_string(peer);
+    }
   }
-  MOERT_NCCL_CHECK("all_to_all", ncclGroupEnd());
+  ncclResult_t ended = ncclGroupEnd();
+  if (queued != ncclSuccess)
+    return ncclFailure(__FILE__, __LINE__, "all_to_all", failedCall.c_str(),
+                       queued);
+  if (ended != ncclSuccess)
+    return ncclFailure(__FILE__, __LINE__, "all_to_all", "ncclGroupEnd()",
+                       ended);
   return Status::success();
 }
 
@@ -244,7 +257,10 @@ Status NcclCommunicator::barrier(cudaStream_t stream) {
   MOERT_CUDA_RETURN_IF_ERROR("barrier", cudaStreamSynchronize(stream));
   ncclResult_t asyncError = ncclSuccess;
   MOERT_NCCL_CHECK("barrier", ncclCommGetAsyncError(comm, &asyncError));
-  MOERT_NCCL_CHECK("barrier", asyncError);
+  if (asyncError != ncclSuccess)
+    return ncclFailure(__FILE__, __LINE__, "barrier",
+                       "a collective of the group (ncclCommGetAsyncError)",
+                       asyncError);
   return Status::success();
 }
 
