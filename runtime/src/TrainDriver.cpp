@@ -2,11 +2,9 @@
 //
 // See moert/TrainDriver.h. The device memory is one state region, one
 // arena sized by the compiler's memory plan, one inputs region and the
-// kernels' scratch, allocated once. A checkpoint is CKPT_DIR/step_N.ckpt (a
-// header, then the state region's bytes) and CKPT_DIR/latest, a one-line
-// file naming the newest; both are written through a temporary file and a
-// rename. The step's segments run as CUDA graphs from the second step of a
-// run on (moert/StepGraphs.h; `--no-graphs` turns them off).
+// kernels' scratch, allocated once. Checkpoints are moert/Checkpoint.h's.
+// The step's segments run as CUDA graphs from the second step of a run on
+// (moert/StepGraphs.h; `--no-graphs` turns them off).
 //
 // Token files are raw little-endian int64 [blocks, seq] (`python -m
 // moec.data` writes them); labels are the tokens (the loss shifts them).
@@ -16,6 +14,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moert/TrainDriver.h"
+#include "moert/Checkpoint.h"
 #include "moert/Schedule.h"
 #include "moert/StepGraphs.h"
 #include "moert/kernels/Blas.h"
@@ -41,62 +40,17 @@ namespace {
   std::exit(1);
 }
 
+/// Ends the program on a failed runtime call.
+void orExit(const Status &status) {
+  if (!status.ok())
+    fatal(status.message());
+}
+
 std::string gib(int64_t bytes) {
   char text[32];
   std::snprintf(text, sizeof(text), "%.2f GiB",
                 static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
   return text;
-}
-
-/// A checkpoint's binary header (followed by the state region's bytes).
-struct CheckpointHeader {
-  char magic[8];        ///< "MOECKPT1"
-  int64_t step;         ///< steps completed
-  int64_t stateBytes;   ///< bytes that follow
-  uint64_t fingerprint; ///< of the parameter layout
-  uint64_t seed;
-};
-
-uint64_t fingerprint(const TrainProgram &p) {
-  uint64_t h = 1469598103934665603ull;
-  auto mix = [&](const void *data, size_t n) {
-    for (size_t i = 0; i < n; ++i) {
-      h ^= static_cast<const unsigned char *>(data)[i];
-      h *= 1099511628211ull;
-    }
-  };
-  for (int i = 0; i < p.numParameters; ++i) {
-    const ParameterInfo &q = p.parameters[i];
-    mix(q.name, std::strlen(q.name));
-    mix(q.shape.data(), q.shape.size() * sizeof(int64_t));
-    mix(&q.offset, sizeof(q.offset));
-    mix(&q.elementBytes, sizeof(q.elementBytes));
-  }
-  mix(&p.stateBytes, sizeof(p.stateBytes));
-  return h;
-}
-
-/// Writes `bytes` to `path` through a temporary file and a rename, so a
-/// crash never leaves a half-written file under the final name.
-void writeAtomically(
-    const std::filesystem::path &path,
-    const std::vector<std::pair<const void *, size_t>> &parts) {
-  std::filesystem::path temp = path;
-  temp += ".tmp";
-  {
-    std::ofstream out(temp, std::ios::binary | std::ios::trunc);
-    for (auto [data, size] : parts)
-      out.write(static_cast<const char *>(data),
-                static_cast<std::streamsize>(size));
-    out.flush();
-    if (!out)
-      fatal("cannot write '" + temp.string() + "'");
-  }
-  std::error_code ec;
-  std::filesystem::rename(temp, path, ec);
-  if (ec)
-    fatal("cannot rename '" + temp.string() + "' to '" + path.string() +
-          "': " + ec.message());
 }
 
 std::vector<int64_t> readTokens(const std::string &path, int64_t seq,
@@ -215,39 +169,13 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
     fatal("--resume needs --checkpoint-dir");
 
   // A checkpoint to resume from is checked before the GPU is touched.
-  uint64_t layout = fingerprint(p);
-  const int64_t savedBytes = p.stateBytes - p.derivedStateBytes;
-  std::ifstream in;
-  std::filesystem::path latest;
-  CheckpointHeader header{};
+  const CheckpointLayout layout = checkpointLayout(p);
+  CheckpointInfo latest;
   if (resume) {
-    // `latest` names the newest complete checkpoint file.
-    std::filesystem::path pointer =
-        std::filesystem::path(checkpointDir) / "latest";
-    std::ifstream names(pointer);
-    std::string name;
-    if (!names || !std::getline(names, name) || name.empty())
-      fatal("--resume: no checkpoint in '" + checkpointDir + "' (missing '" +
-            pointer.string() + "')");
-    latest = std::filesystem::path(checkpointDir) / name;
-    in.open(latest, std::ios::binary);
-    if (!in)
-      fatal("--resume: '" + pointer.string() + "' names '" + name +
-            "', which cannot be opened");
-    in.read(reinterpret_cast<char *>(&header), sizeof(header));
-    if (!in || std::memcmp(header.magic, "MOECKPT1", 8) != 0)
-      fatal("'" + latest.string() + "' is not a moec checkpoint");
-    if (header.fingerprint != layout || header.stateBytes != savedBytes)
-      fatal("checkpoint '" + latest.string() + "' holds " +
-            std::to_string(header.stateBytes) +
-            " state bytes of another parameter layout; this program has " +
-            std::to_string(savedBytes));
-    std::error_code ec;
-    uintmax_t size = std::filesystem::file_size(latest, ec);
-    if (ec || size != sizeof(header) + static_cast<uintmax_t>(savedBytes))
-      fatal("checkpoint '" + latest.string() + "' has " +
-            std::to_string(ec ? 0 : size) + " bytes, not the " +
-            std::to_string(sizeof(header) + savedBytes) + " of a complete one");
+    std::filesystem::path path;
+    if (Status found = findLatestCheckpoint(checkpointDir, path); !found.ok())
+      fatal("--resume: " + found.message());
+    orExit(openCheckpoint(path, layout, latest));
   }
 
   std::vector<int64_t> tokens = readTokens(tokensPath, p.seq, p.vocab);
@@ -284,16 +212,14 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
   int64_t firstStep = 1;
   MOERT_CUDA_CHECK(cudaMemsetAsync(state, 0, p.stateBytes, ctx.stream));
   if (resume) {
-    std::vector<char> host(savedBytes);
-    in.read(host.data(), savedBytes);
-    if (!in)
-      fatal("checkpoint '" + latest.string() + "' is truncated");
-    MOERT_CUDA_CHECK(
-        cudaMemcpy(state, host.data(), savedBytes, cudaMemcpyHostToDevice));
-    firstStep = header.step + 1;
-    seed = header.seed;
-    std::printf("resumed from '%s' after step %lld\n", latest.c_str(),
-                static_cast<long long>(header.step));
+    std::vector<char> host(layout.stateBytes);
+    orExit(readCheckpointState(latest, layout, host.data()));
+    MOERT_CUDA_CHECK(cudaMemcpy(state, host.data(), layout.stateBytes,
+                                cudaMemcpyHostToDevice));
+    firstStep = latest.step + 1;
+    seed = latest.seed;
+    std::printf("resumed from '%s' after step %lld\n", latest.path.c_str(),
+                static_cast<long long>(latest.step));
   } else {
     p.initParams(state, seed, ctx.stream);
   }
@@ -301,35 +227,14 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
   MOERT_CUDA_CHECK(cudaGetLastError());
 
   auto save = [&](int64_t completed) {
-    std::vector<char> host(savedBytes);
+    std::vector<char> host(layout.stateBytes);
     MOERT_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
-    MOERT_CUDA_CHECK(
-        cudaMemcpy(host.data(), state, savedBytes, cudaMemcpyDeviceToHost));
-    CheckpointHeader header{};
-    std::memcpy(header.magic, "MOECKPT1", 8);
-    header.step = completed;
-    header.stateBytes = savedBytes;
-    header.fingerprint = layout;
-    header.seed = seed;
-    std::filesystem::create_directories(checkpointDir);
-    std::string name = "step_" + std::to_string(completed) + ".ckpt";
-    std::filesystem::path dir(checkpointDir);
-    writeAtomically(dir / name,
-                    {{&header, sizeof(header)}, {host.data(), host.size()}});
-    // Then `latest` names it: a crash in between leaves the previous one.
-    std::string pointer = name + "\n";
-    writeAtomically(dir / "latest", {{pointer.data(), pointer.size()}});
-    std::string index;
-    for (int i = 0; i < p.numParameters; ++i) {
-      const ParameterInfo &q = p.parameters[i];
-      index += std::string(q.name) + "\t" + std::to_string(q.offset) + "\t" +
-               std::to_string(q.expAvgOffset) + "\t" +
-               std::to_string(q.expAvgSqOffset) + "\t" +
-               std::to_string(q.count) + "\t" +
-               (q.elementBytes == 2 ? "bf16" : "fp32") + "\n";
-    }
-    writeAtomically(dir / "index.tsv", {{index.data(), index.size()}});
-    std::printf("saved checkpoint '%s'\n", (dir / name).c_str());
+    MOERT_CUDA_CHECK(cudaMemcpy(host.data(), state, layout.stateBytes,
+                                cudaMemcpyDeviceToHost));
+    std::filesystem::path written;
+    orExit(writeCheckpoint(checkpointDir, p, layout, completed, seed,
+                           host.data(), written));
+    std::printf("saved checkpoint '%s'\n", written.c_str());
   };
 
   std::FILE *log = nullptr;
@@ -465,15 +370,17 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
           std::memcpy(&values[e], &bits, 4);
         }
       }
-      writeAtomically(dir / (std::string(q.name) + ".bin"),
-                      {{values.data(), values.size() * sizeof(float)}});
+      orExit(writeFileAtomically(
+          dir / (std::string(q.name) + ".bin"),
+          {{values.data(), values.size() * sizeof(float)}}));
       index += q.name;
       index += "\t";
       for (size_t d = 0; d < q.shape.size(); ++d)
         index += (d ? "x" : "") + std::to_string(q.shape[d]);
       index += "\n";
     }
-    writeAtomically(dir / "index.tsv", {{index.data(), index.size()}});
+    orExit(
+        writeFileAtomically(dir / "index.tsv", {{index.data(), index.size()}}));
   }
 
   std::vector<double> sorted = times;
