@@ -468,7 +468,8 @@ LogicalResult Interpreter::execute(Operation *op) {
         if (failed(kernel(op,
                           routeGrad(get(g.getLogits()), get(g.getExperts()),
                                     get(g.getDGates()),
-                                    routingOf(g.getLoadBalancing()), out, error),
+                                    routingOf(g.getLoadBalancing()), out,
+                                    error),
                           error)))
           return failure();
         return set(op, g.getDLogits(), std::move(out));

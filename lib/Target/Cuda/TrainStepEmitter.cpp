@@ -807,8 +807,8 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
         body += fmt::format(
             "  moert::kernels::router(ctx, {}, {}, {}, {}, {}, {}, {});\n",
             *in, leadingCount(t), t.getShape().back(), r.getK(),
-            moert::routingExpression(moec::routingOf(r.getLoadBalancing())), typed(r.getGates()),
-            typed(r.getExperts()));
+            moert::routingExpression(moec::routingOf(r.getLoadBalancing())),
+            typed(r.getGates()), typed(r.getExperts()));
         scratch(fmt::format("moert::kernels::routerScratchBytes({}, {}, {}, 1)",
                             leadingCount(t), t.getShape().back(), r.getK()));
         return success();
@@ -823,7 +823,8 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
         body += fmt::format(
             "  moert::kernels::routerGrad(ctx, {}, {}, {}, {}, {}, {});\n",
             args, leadingCount(t), t.getShape().back(),
-            shape(r.getExperts()).back(), moert::routingExpression(moec::routingOf(r.getLoadBalancing())),
+            shape(r.getExperts()).back(),
+            moert::routingExpression(moec::routingOf(r.getLoadBalancing())),
             typed(r.getDLogits()));
         scratch(fmt::format("moert::kernels::routerScratchBytes({}, {}, {}, 1)",
                             leadingCount(t), t.getShape().back(),
