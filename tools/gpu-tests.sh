@@ -8,7 +8,8 @@
 #   tools/gpu-tests.sh run DIR       # where the GPU is (python3 with numpy
 #                                    # and onnx): runs them and checks
 #
-# Checks: the kernel unit tests (runtime/tests); for the tiny Mixtral in fp32
+# Checks: the kernel and communicator unit tests (runtime/tests; the
+# collectives on a world of one rank); for the tiny Mixtral in fp32
 # and every load-balancing mode, 3 steps equal the CPU reference executor
 # (loss, aux loss, grad norm and every final parameter, relative error
 # < 1e-4); checkpoint + resume equals an uninterrupted run; bf16, 50 steps on
@@ -40,14 +41,27 @@ if [[ "$mode" == prepare ]]; then
       "nvidia-cudnn-frontend, then reconfigure)" >&2
     exit 1
   fi
+  # Every test links the runtime library (the cuBLAS state, the
+  # Communicator); only the communicator test links NCCL.
+  nccl="$(sed -n 's/^MOEC_NCCL_LIBRARY:FILEPATH=//p' "$build/CMakeCache.txt")"
+  if [[ ! -f "$build/runtime/libmoert.a" || -z "$nccl" ]]; then
+    echo "error: $build has no moert library or no NCCL (build moec with" \
+      "CUDA and NCCL)" >&2
+    exit 1
+  fi
   mkdir -p "$dir/tests" "$dir/data"
   for test in "$root"/runtime/tests/*.cu; do
     name="$(basename "$test" .cu)"
+    communicator=()
+    if [[ "$name" == CommunicatorTest ]]; then
+      communicator=(-L"$(dirname "$nccl")" -Xlinker -rpath="$(dirname "$nccl")" -lnccl)
+    fi
     "$nvcc" -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a \
-      -I"$root/runtime/include" -I"$root/include" "$test" \
+      -I"$root/runtime/include" "$test" \
       -o "$dir/tests/$name" "$build/runtime/libmoert_cudnn.a" \
+      "$build/runtime/libmoert.a" \
       -L"$(dirname "$cudnn")" -Xlinker -rpath="$(dirname "$cudnn")" \
-      -lcudnn -lnvrtc -lcublas -lcublasLt
+      "${communicator[@]}" -lcudnn -lnvrtc -lcublas -lcublasLt
   done
   python3 -m moec.tokens "$root/test/Inputs/fortunes/train.pb" "$dir/data/train.bin"
   model="$root/test/Inputs/tiny/tiny-ort.onnx"

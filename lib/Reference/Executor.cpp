@@ -11,6 +11,7 @@
 #include "dialects/Moe/IR/MoeOps.h"
 #include "moec/Reference/Kernels.h"
 #include "moec/Support/ParamInit.h"
+#include "moec/Support/Routing.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Linalg/IR/Linalg.h"
@@ -80,16 +81,6 @@ HostTensor fromAttribute(DenseElementsAttr attr) {
     t.i64[i++] = isUnsigned ? static_cast<int64_t>(v.getZExtValue())
                             : v.getSExtValue();
   return t;
-}
-
-Routing routing(moe::LoadBalancing mode) {
-  switch (mode) {
-  case moe::LoadBalancing::aux_loss: return Routing::AuxLoss;
-  case moe::LoadBalancing::sinkhorn: return Routing::Sinkhorn;
-  case moe::LoadBalancing::balanced: return Routing::Balanced;
-  case moe::LoadBalancing::none: return Routing::None;
-  }
-  return Routing::None;
 }
 
 class Interpreter {
@@ -318,7 +309,7 @@ LogicalResult Interpreter::execute(Operation *op) {
         HostTensor experts;
         if (failed(kernel(op,
                           route(get(r.getLogits()), r.getK(),
-                                routing(r.getLoadBalancing()), out, experts,
+                                routingOf(r.getLoadBalancing()), out, experts,
                                 error, r.getTraining()),
                           error)))
           return failure();
@@ -477,7 +468,8 @@ LogicalResult Interpreter::execute(Operation *op) {
         if (failed(kernel(op,
                           routeGrad(get(g.getLogits()), get(g.getExperts()),
                                     get(g.getDGates()),
-                                    routing(g.getLoadBalancing()), out, error),
+                                    routingOf(g.getLoadBalancing()), out,
+                                    error),
                           error)))
           return failure();
         return set(op, g.getDLogits(), std::move(out));

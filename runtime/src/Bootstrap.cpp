@@ -7,9 +7,8 @@
 
 #include "moert/Bootstrap.h"
 
-#include <fmt/format.h>
-
 #include <cstdlib>
+#include <tuple>
 
 using namespace moert;
 
@@ -33,22 +32,21 @@ constexpr LauncherVars kLaunchers[] = {
 
 /// Parses a non-negative decimal integer; `required` says whether absence is
 /// an error.
-bool readInt(const EnvLookup &env, const char *name, bool required, int &out,
-             std::string &error) {
+Status readInt(const EnvLookup &env, const char *name, bool required,
+               int &out) {
   std::string value;
   if (!env(name, value)) {
     if (required)
-      error = fmt::format("{} is not set", name);
-    return !required;
+      return Status::failure(std::string(name) + " is not set");
+    return Status::success();
   }
   char *end = nullptr;
   long parsed = std::strtol(value.c_str(), &end, 10);
-  if (value.empty() || *end != '\0' || parsed < 0 || parsed > (1 << 24)) {
-    error = fmt::format("{}='{}' is not a non-negative integer", name, value);
-    return false;
-  }
+  if (value.empty() || *end != '\0' || parsed < 0 || parsed > (1 << 24))
+    return Status::failure(std::string(name) + "='" + value +
+                           "' is not a non-negative integer");
   out = static_cast<int>(parsed);
-  return true;
+  return Status::success();
 }
 
 } // namespace
@@ -63,8 +61,7 @@ EnvLookup moert::processEnvironment() {
   };
 }
 
-bool moert::detectRank(const EnvLookup &env, RankInfo &info,
-                       std::string &error) {
+Status moert::detectRank(const EnvLookup &env, RankInfo &info) {
   info = RankInfo();
   std::string unused;
   for (const LauncherVars &vars : kLaunchers) {
@@ -73,30 +70,28 @@ bool moert::detectRank(const EnvLookup &env, RankInfo &info,
     info.launcher = vars.launcher;
     // Slurm's SLURM_NTASKS_PER_NODE may read "8(x2)"; only the plain form is
     // accepted, and its absence means one task per node is not assumed.
-    if (!readInt(env, vars.rank, true, info.rank, error) ||
-        !readInt(env, vars.worldSize, true, info.worldSize, error) ||
-        !readInt(env, vars.localRank, false, info.localRank, error) ||
-        !readInt(env, vars.localWorldSize, false, info.localWorldSize, error))
-      return false;
-    if (info.worldSize == 0 || info.rank >= info.worldSize) {
-      error = fmt::format("{}={} is not a rank of a world of {}={}",
-                          vars.rank, info.rank, vars.worldSize,
-                          info.worldSize);
-      return false;
-    }
+    for (auto [name, required, field] :
+         {std::tuple(vars.rank, true, &info.rank),
+          std::tuple(vars.worldSize, true, &info.worldSize),
+          std::tuple(vars.localRank, false, &info.localRank),
+          std::tuple(vars.localWorldSize, false, &info.localWorldSize)})
+      if (Status read = readInt(env, name, required, *field); !read.ok())
+        return read;
+    if (info.worldSize == 0 || info.rank >= info.worldSize)
+      return Status::failure(std::string(vars.rank) + "=" +
+                             std::to_string(info.rank) +
+                             " is not a rank of a world of " + vars.worldSize +
+                             "=" + std::to_string(info.worldSize));
     if (info.localRank >= info.localWorldSize &&
-        env(vars.localWorldSize, unused)) {
-      error = fmt::format("{}={} is not below {}={}", vars.localRank,
-                          info.localRank, vars.localWorldSize,
-                          info.localWorldSize);
-      return false;
-    }
+        env(vars.localWorldSize, unused))
+      return Status::failure(std::string(vars.localRank) + "=" +
+                             std::to_string(info.localRank) + " is not below " +
+                             vars.localWorldSize + "=" +
+                             std::to_string(info.localWorldSize));
     if (!env(vars.localWorldSize, unused))
       info.localWorldSize = info.worldSize;
     env("MASTER_ADDR", info.masterAddr);
-    if (!readInt(env, "MASTER_PORT", false, info.masterPort, error))
-      return false;
-    return true;
+    return readInt(env, "MASTER_PORT", false, info.masterPort);
   }
-  return true; // No launcher: a single-rank job.
+  return Status::success(); // No launcher: a single-rank job.
 }

@@ -1,6 +1,6 @@
 //===- RouterTest.cu - GPU test of the moert routing kernels -----*- CUDA -*-===//
 //
-// Runs every entry point of Router.cuh (router, routerGrad,
+// Runs every entry point of the router kernels (router, routerGrad,
 // loadBalancingLoss(Grad), routerZLoss(Grad), expertCounts) on random
 // logits (std::mt19937, fixed seeds) in fp32 and bf16, for several shapes
 // and all four routing modes, and compares with a naive double-precision
@@ -54,7 +54,9 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "moert/kernels/ExpertCounts.cuh"
 #include "moert/kernels/Router.cuh"
+#include "moert/kernels/RouterLosses.cuh"
 
 #include "TestSupport.cuh"
 
@@ -68,6 +70,7 @@
 #include <vector>
 
 using namespace moert::kernels;
+using moert::Routing;
 using namespace moert::testing;
 
 namespace {
@@ -82,16 +85,6 @@ constexpr int64_t kScratchCapacity = 256ll << 20;
 
 template <class T> double tolerance() {
   return sizeof(T) == 4 ? kTolFp32 : kTolBf16;
-}
-
-const char *modeName(Routing mode) {
-  switch (mode) {
-  case Routing::AuxLoss: return "aux_loss";
-  case Routing::Sinkhorn: return "sinkhorn";
-  case Routing::Balanced: return "balanced";
-  case Routing::None: return "none";
-  }
-  return "?";
 }
 
 /// TestSupport's Env with this test's `name: what PASS|FAIL` line.
@@ -398,7 +391,7 @@ template <class T>
 void testRouter(RouterEnv &env, Routing mode, const std::vector<T> &logits,
                 const Doubles &x, int64_t Tn, int64_t E, int64_t k) {
   std::string name = std::string(typeName<T>()) + " router " +
-                     modeName(mode) + " " + shapeName(Tn, E, k);
+                     moert::routingName(mode) + " " + shapeName(Tn, E, k);
   Doubles p = probabilities(x, Tn, E);
   Doubles score; // what the experts are chosen by
   Indices want;
@@ -484,7 +477,7 @@ void testRouterGrad(RouterEnv &env, Routing mode, const std::vector<T> &logits,
                     const Doubles &x, int64_t Tn, int64_t E, int64_t k,
                     uint32_t seed) {
   std::string name = std::string(typeName<T>()) + " routerGrad " +
-                     modeName(mode) + " " + shapeName(Tn, E, k);
+                     moert::routingName(mode) + " " + shapeName(Tn, E, k);
   // Experts: the oracle's routing (any valid choice would do).
   Doubles p = probabilities(x, Tn, E);
   Indices chosen;
@@ -708,7 +701,7 @@ void timeRouters(RouterEnv &env) {
     float ms = 0.0f;
     CHECK_CUDA(cudaEventElapsedTime(&ms, start, stop));
     std::printf("timing: bf16 router %s %s: %.1f us per call\n",
-                modeName(mode), shapeName(Tn, E, k).c_str(),
+                moert::routingName(mode), shapeName(Tn, E, k).c_str(),
                 1000.0 * ms / reps);
   }
   CHECK_CUDA(cudaEventRecord(start, env.stream));

@@ -15,18 +15,18 @@
 
 int main() {
   moert::RankInfo info;
-  std::string error;
-  if (!moert::detectRank(moert::processEnvironment(), info, error)) {
-    fmt::print(stderr, "moert-info: {}\n", error);
+  if (moert::Status status =
+          moert::detectRank(moert::processEnvironment(), info);
+      !status.ok()) {
+    fmt::print(stderr, "moert-info: {}\n", status.message());
     return 1;
   }
-  fmt::print("launcher {}: rank {} of {}, local rank {} of {}\n",
-             info.launcher, info.rank, info.worldSize, info.localRank,
-             info.localWorldSize);
+  fmt::print("launcher {}: rank {} of {}, local rank {} of {}\n", info.launcher,
+             info.rank, info.worldSize, info.localRank, info.localWorldSize);
 #ifdef MOERT_HAVE_CUDA
   moert::DeviceInfo devices;
-  if (!moert::queryDevices(devices, error)) {
-    fmt::print("no usable GPU: {}\n", error);
+  if (moert::Status status = moert::queryDevices(devices); !status.ok()) {
+    fmt::print("no usable GPU: {}\n", status.message());
     return 0;
   }
   fmt::print("NCCL {}; {} GPU(s)\n", devices.ncclVersion, devices.deviceCount);

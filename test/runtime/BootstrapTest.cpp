@@ -27,8 +27,8 @@ EnvLookup fakeEnv(std::map<std::string, std::string> vars) {
 
 TEST(Bootstrap, NoLauncherIsASingleRank) {
   RankInfo info;
-  std::string error;
-  ASSERT_TRUE(detectRank(fakeEnv({}), info, error));
+  Status status = detectRank(fakeEnv({}), info);
+  ASSERT_TRUE(status.ok()) << status.message();
   EXPECT_EQ(info.launcher, "single");
   EXPECT_EQ(info.rank, 0);
   EXPECT_EQ(info.worldSize, 1);
@@ -36,15 +36,14 @@ TEST(Bootstrap, NoLauncherIsASingleRank) {
 
 TEST(Bootstrap, ReadsTorchrun) {
   RankInfo info;
-  std::string error;
-  ASSERT_TRUE(detectRank(fakeEnv({{"RANK", "9"},
-                                  {"WORLD_SIZE", "16"},
-                                  {"LOCAL_RANK", "1"},
-                                  {"LOCAL_WORLD_SIZE", "8"},
-                                  {"MASTER_ADDR", "node0"},
-                                  {"MASTER_PORT", "29500"}}),
-                         info, error))
-      << error;
+  Status status = detectRank(fakeEnv({{"RANK", "9"},
+                                      {"WORLD_SIZE", "16"},
+                                      {"LOCAL_RANK", "1"},
+                                      {"LOCAL_WORLD_SIZE", "8"},
+                                      {"MASTER_ADDR", "node0"},
+                                      {"MASTER_PORT", "29500"}}),
+                             info);
+  ASSERT_TRUE(status.ok()) << status.message();
   EXPECT_EQ(info.launcher, "torchrun");
   EXPECT_EQ(info.rank, 9);
   EXPECT_EQ(info.worldSize, 16);
@@ -56,41 +55,40 @@ TEST(Bootstrap, ReadsTorchrun) {
 
 TEST(Bootstrap, ReadsSlurmAndOpenMpi) {
   RankInfo info;
-  std::string error;
-  ASSERT_TRUE(detectRank(fakeEnv({{"SLURM_PROCID", "3"},
-                                  {"SLURM_NTASKS", "4"},
-                                  {"SLURM_LOCALID", "1"},
-                                  {"SLURM_NTASKS_PER_NODE", "2"}}),
-                         info, error))
-      << error;
+  Status status = detectRank(fakeEnv({{"SLURM_PROCID", "3"},
+                                      {"SLURM_NTASKS", "4"},
+                                      {"SLURM_LOCALID", "1"},
+                                      {"SLURM_NTASKS_PER_NODE", "2"}}),
+                             info);
+  ASSERT_TRUE(status.ok()) << status.message();
   EXPECT_EQ(info.launcher, "slurm");
   EXPECT_EQ(info.rank, 3);
   EXPECT_EQ(info.localWorldSize, 2);
-  ASSERT_TRUE(detectRank(fakeEnv({{"OMPI_COMM_WORLD_RANK", "0"},
-                                  {"OMPI_COMM_WORLD_SIZE", "2"}}),
-                         info, error))
-      << error;
+  status = detectRank(
+      fakeEnv({{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "2"}}),
+      info);
+  ASSERT_TRUE(status.ok()) << status.message();
   EXPECT_EQ(info.launcher, "openmpi");
   EXPECT_EQ(info.localWorldSize, 2);
 }
 
 TEST(Bootstrap, RefusesInconsistentEnvironments) {
   RankInfo info;
-  std::string error;
-  EXPECT_FALSE(
-      detectRank(fakeEnv({{"RANK", "4"}, {"WORLD_SIZE", "4"}}), info, error));
-  EXPECT_EQ(error, "RANK=4 is not a rank of a world of WORLD_SIZE=4");
-  EXPECT_FALSE(detectRank(fakeEnv({{"RANK", "x"}, {"WORLD_SIZE", "4"}}), info,
-                          error));
-  EXPECT_EQ(error, "RANK='x' is not a non-negative integer");
-  EXPECT_FALSE(detectRank(fakeEnv({{"RANK", "0"}}), info, error));
-  EXPECT_EQ(error, "WORLD_SIZE is not set");
-  EXPECT_FALSE(detectRank(fakeEnv({{"RANK", "0"},
-                                   {"WORLD_SIZE", "4"},
-                                   {"LOCAL_RANK", "2"},
-                                   {"LOCAL_WORLD_SIZE", "2"}}),
-                          info, error));
-  EXPECT_EQ(error, "LOCAL_RANK=2 is not below LOCAL_WORLD_SIZE=2");
+  EXPECT_EQ(
+      detectRank(fakeEnv({{"RANK", "4"}, {"WORLD_SIZE", "4"}}), info).message(),
+      "RANK=4 is not a rank of a world of WORLD_SIZE=4");
+  EXPECT_EQ(
+      detectRank(fakeEnv({{"RANK", "x"}, {"WORLD_SIZE", "4"}}), info).message(),
+      "RANK='x' is not a non-negative integer");
+  EXPECT_EQ(detectRank(fakeEnv({{"RANK", "0"}}), info).message(),
+            "WORLD_SIZE is not set");
+  EXPECT_EQ(detectRank(fakeEnv({{"RANK", "0"},
+                                {"WORLD_SIZE", "4"},
+                                {"LOCAL_RANK", "2"},
+                                {"LOCAL_WORLD_SIZE", "2"}}),
+                       info)
+                .message(),
+            "LOCAL_RANK=2 is not below LOCAL_WORLD_SIZE=2");
 }
 
 } // namespace

@@ -114,7 +114,7 @@ bool buildProgram(llvm::StringRef name, const std::string &source,
       *nvcc, "-O3", "-std=c++17",
       fmt::format("-gencode=arch=compute_{},code={}", archNumber,
                   arch.getValue()),
-      "-I" MOEC_INCLUDE_DIR, "-I" MOERT_INCLUDE_DIR, std::string(cuPath),
+      "-I" MOERT_INCLUDE_DIR, std::string(cuPath),
       "-o", std::string(binPath)};
   args.insert(args.end(), extraFlags.begin(), extraFlags.end());
   // The kernel cache: the source, every header it can include, and the
@@ -123,11 +123,11 @@ bool buildProgram(llvm::StringRef name, const std::string &source,
   for (const std::string &a : args)
     key += "\n" + a;
   std::error_code ec;
-  for (const char *dir : {MOEC_INCLUDE_DIR, MOERT_INCLUDE_DIR})
-    for (llvm::sys::fs::recursive_directory_iterator it(dir, ec), end;
-         it != end && !ec; it.increment(ec))
-      if (auto header = llvm::MemoryBuffer::getFile(it->path()))
-        key += it->path() + (*header)->getBuffer().str();
+  for (llvm::sys::fs::recursive_directory_iterator it(MOERT_INCLUDE_DIR, ec),
+       end;
+       it != end && !ec; it.increment(ec))
+    if (auto header = llvm::MemoryBuffer::getFile(it->path()))
+      key += it->path() + (*header)->getBuffer().str();
   for (const std::string &file : linkedFiles) {
     auto contents = llvm::MemoryBuffer::getFile(file);
     if (!contents) {
@@ -258,6 +258,11 @@ int moec::cli::runCompile(const TrainingJobFlags &jobFlags) {
                   "-Xlinker", "-rpath=" MOEC_CUDNN_LIBRARY_DIR, "-lcudnn",
                   "-lnvrtc"};
   }
+#endif
+#ifdef MOERT_LIBRARY
+  // The runtime core: the driver and the step's CUDA graphs.
+  trainLinked.push_back(MOERT_LIBRARY);
+  trainFlags.push_back(MOERT_LIBRARY);
 #endif
   trainFlags.push_back("-lcublas");
   trainFlags.push_back("-lcublasLt");

@@ -12,6 +12,7 @@
 #define MOEC_REFERENCE_KERNELS_H
 
 #include "moec/Support/HostTensor.h"
+#include "moert/Routing.h"
 
 #include <optional>
 #include <string>
@@ -61,8 +62,8 @@ bool experts(const HostTensor &input, const HostTensor &gates,
 // Routing for training
 //===----------------------------------------------------------------------===//
 
-/// The load-balancing modes of moe.router, as the kernels see them.
-enum class Routing { AuxLoss, Sinkhorn, Balanced, None };
+/// The load-balancing modes of moe.router (shared with the GPU kernels).
+using moert::Routing;
 
 /// Chooses `k` experts per token of `logits` ([..., E]) and their gates as
 /// `mode` defines (docs/Dialects/Moe.md): aux_loss/none as routeTopK with

@@ -1,85 +1,26 @@
 //===- ParamInit.h - Sharding-invariant parameter initialisation -*- C++ -*-===//
 //
 // `delayed_param`: every element of every parameter is a pure function of
-// (seed, parameter name, element index), so any rank can create any shard of
-// any parameter alone, and the global parameters are the same for every
-// (world size, expert-parallel degree, hybrid-shard degree). The CPU
-// reference, the GPU initialisation kernel and python/moec/init.py implement
-// exactly this:
-//
-//   splitmix64(z): z += 0x9E3779B97F4A7C15;
-//                  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9;
-//                  z = (z ^ (z >> 27)) * 0x94D049BB133111EB; return z ^ (z >> 31)
-//   key(name)    = FNV-1a 64 of the UTF-8 name
-//   bits(i, j)   = splitmix64(splitmix64(splitmix64(seed) ^ key) ^ (2i + j))
-//   u_j          = ((bits(i, j) >> 11) + 0.5) · 2^-53            in (0, 1)
-//   normal(i)    = sqrt(-2 ln u_0) · cos(2π u_1)                 (fp64)
-//
-// with i the row-major index in the full, unsharded parameter. Hugging
+// (seed, parameter name, element index), with the index row-major in the
+// full, unsharded parameter, so the global parameters are the same for
+// every (world size, expert-parallel degree, hybrid-shard degree). Hugging
 // Face's Mixtral initialisers: normal(0, initializer_range) for linear,
 // embedding and expert weights, ones for RMSNorm weights.
+//
+// The generator is the runtime's (moert/CounterRng.h), so the reference
+// executor and the GPU initialisation kernels draw every element with the
+// same arithmetic without either side depending on the other.
 //
 //===----------------------------------------------------------------------===//
 
 #ifndef MOEC_SUPPORT_PARAMINIT_H
 #define MOEC_SUPPORT_PARAMINIT_H
 
-#include <cmath>
-#include <cstdint>
-#include <string_view>
-
-// The generator runs on the host (reference executor, host programs) and
-// in the GPU initialisation kernels the CUDA backend emits.
-#ifdef __CUDACC__
-#define MOEC_HOST_DEVICE __host__ __device__
-#else
-#define MOEC_HOST_DEVICE
-#endif
+#include "moert/CounterRng.h"
 
 namespace moec {
 
-MOEC_HOST_DEVICE inline uint64_t splitmix64(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-inline uint64_t fnv1a64(std::string_view text) {
-  uint64_t hash = 0xcbf29ce484222325ull;
-  for (unsigned char c : text) {
-    hash ^= c;
-    hash *= 0x100000001b3ull;
-  }
-  return hash;
-}
-
-/// The standard-normal stream of one parameter.
-class ParamNormalStream {
-public:
-  ParamNormalStream(uint64_t seed, std::string_view name)
-      : base(baseFor(seed, name)) {}
-  /// From a precomputed baseFor(seed, name), as a GPU kernel receives it.
-  MOEC_HOST_DEVICE explicit ParamNormalStream(uint64_t base) : base(base) {}
-
-  static uint64_t baseFor(uint64_t seed, std::string_view name) {
-    return splitmix64(splitmix64(seed) ^ fnv1a64(name));
-  }
-
-  /// The standard-normal value of element `index`.
-  MOEC_HOST_DEVICE double at(uint64_t index) const {
-    const double twoPi = 6.283185307179586476925286766559;
-    double u0 = uniform(2 * index), u1 = uniform(2 * index + 1);
-    return ::sqrt(-2.0 * ::log(u0)) * ::cos(twoPi * u1);
-  }
-
-private:
-  MOEC_HOST_DEVICE double uniform(uint64_t counter) const {
-    uint64_t bits = splitmix64(base ^ counter);
-    return (static_cast<double>(bits >> 11) + 0.5) * 0x1.0p-53;
-  }
-  uint64_t base;
-};
+using moert::ParamNormalStream;
 
 } // namespace moec
 

@@ -1,8 +1,8 @@
 //===- CudaEmitter.cpp - Emit CUDA C++ from moe IR ------------------------===//
 //
-// See moec/Target/Cuda.h. The printed program includes
-// moec/Support/ParamInit.h, the generator the reference executor uses, so
-// the GPU computes every element with the same arithmetic.
+// See moec/Target/Cuda.h. The printed program draws parameters from
+// moert/CounterRng.h, the generator the reference executor uses, so the GPU
+// computes every element with the same arithmetic.
 //
 //===----------------------------------------------------------------------===//
 
@@ -63,7 +63,7 @@ void moec::detail::printParamInitLaunch(moe::ParamInitOp op,
   ArrayRef<int64_t> offsets = op.getOffsets() ? *op.getOffsets() : ArrayRef(zeros);
   os << fmt::format(
       "  moert::kernels::paramInitNormal<{}><<<1024, 256, 0, {}>>>({}, {}, "
-      "moec::ParamNormalStream::baseFor(seed, {}), {:.17g}, "
+      "moert::ParamNormalStream::baseFor(seed, {}), {:.17g}, "
       "moert::kernels::Shard<{}>{{{{{}}}, {{{}}}, {{{}}}}});\n",
       local.size(), stream.str(), pointer.str(), count, quoted(op.getName()),
       op.getStd().convertToDouble(), local.size(), joined(local),

@@ -30,6 +30,7 @@
 #include "Printers.h"
 
 #include "dialects/Moe/IR/MoeOps.h"
+#include "moec/Support/Routing.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -101,20 +102,6 @@ std::string crossEntropyScratch(Value input, Value weight) {
   return fmt::format(
       "moert::kernels::crossEntropyScratchBytes({}, {}, {}, {})", s[0] * s[1],
       s[2], typeOf(weight).getShape()[0], elementBytes(input));
-}
-
-std::string routingName(moe::LoadBalancing mode) {
-  switch (mode) {
-  case moe::LoadBalancing::aux_loss:
-    return "moert::kernels::Routing::AuxLoss";
-  case moe::LoadBalancing::sinkhorn:
-    return "moert::kernels::Routing::Sinkhorn";
-  case moe::LoadBalancing::balanced:
-    return "moert::kernels::Routing::Balanced";
-  case moe::LoadBalancing::none:
-    return "moert::kernels::Routing::None";
-  }
-  return "";
 }
 
 std::string floatLiteral(double v) { return fmt::format("{:#.9g}f", v); }
@@ -820,8 +807,8 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
         body += fmt::format(
             "  moert::kernels::router(ctx, {}, {}, {}, {}, {}, {}, {});\n",
             *in, leadingCount(t), t.getShape().back(), r.getK(),
-            routingName(r.getLoadBalancing()), typed(r.getGates()),
-            typed(r.getExperts()));
+            moert::routingExpression(moec::routingOf(r.getLoadBalancing())),
+            typed(r.getGates()), typed(r.getExperts()));
         scratch(fmt::format("moert::kernels::routerScratchBytes({}, {}, {}, 1)",
                             leadingCount(t), t.getShape().back(), r.getK()));
         return success();
@@ -836,7 +823,8 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
         body += fmt::format(
             "  moert::kernels::routerGrad(ctx, {}, {}, {}, {}, {}, {});\n",
             args, leadingCount(t), t.getShape().back(),
-            shape(r.getExperts()).back(), routingName(r.getLoadBalancing()),
+            shape(r.getExperts()).back(),
+            moert::routingExpression(moec::routingOf(r.getLoadBalancing())),
             typed(r.getDLogits()));
         scratch(fmt::format("moert::kernels::routerScratchBytes({}, {}, {}, 1)",
                             leadingCount(t), t.getShape().back(),
@@ -1178,6 +1166,7 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
 #include "moert/kernels/Attention.cuh"
 #include "moert/kernels/CrossEntropy.cuh"
 #include "moert/kernels/Embedding.cuh"
+#include "moert/kernels/ExpertCounts.cuh"
 #include "moert/kernels/Experts.cuh"
 #include "moert/kernels/Init.cuh"
 #include "moert/kernels/Linear.cuh"
@@ -1185,6 +1174,7 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
 #include "moert/kernels/Optimizer.cuh"
 #include "moert/kernels/Rotary.cuh"
 #include "moert/kernels/Router.cuh"
+#include "moert/kernels/RouterLosses.cuh"
 )cuda";
   if (usesCudnn)
     os << "#include \"moert/kernels/AttentionCudnn.cuh\"\n";

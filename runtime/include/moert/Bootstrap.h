@@ -13,6 +13,8 @@
 #ifndef MOERT_BOOTSTRAP_H
 #define MOERT_BOOTSTRAP_H
 
+#include "moert/Status.h"
+
 #include <functional>
 #include <string>
 
@@ -34,10 +36,10 @@ using EnvLookup = std::function<bool(const char *name, std::string &value)>;
 /// The process environment, for detectRank.
 EnvLookup processEnvironment();
 
-/// Fills `info` from the environment. Fails, with `error` naming the
-/// variable and its value, when a variable is not a number, a rank is out
-/// of range, or a launcher's variables are only partly set.
-bool detectRank(const EnvLookup &env, RankInfo &info, std::string &error);
+/// Fills `info` from the environment. Fails, naming the variable and its
+/// value, when a variable is not a number, a rank is out of range, or a
+/// launcher's variables are only partly set.
+Status detectRank(const EnvLookup &env, RankInfo &info);
 
 } // namespace moert
 

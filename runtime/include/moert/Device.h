@@ -8,19 +8,21 @@
 #ifndef MOERT_DEVICE_H
 #define MOERT_DEVICE_H
 
+#include "moert/Status.h"
+
 #include <string>
 #include <vector>
 
 namespace moert {
 
 struct DeviceInfo {
-  int ncclVersion = 0;  ///< As ncclGetVersion reports it, e.g. 22803.
+  int ncclVersion = 0; ///< As ncclGetVersion reports it, e.g. 22803.
   int deviceCount = 0;
   std::vector<std::string> names; ///< One line per device.
 };
 
-/// Fills `info`; fails with `error` naming the call, file and line.
-bool queryDevices(DeviceInfo &info, std::string &error);
+/// Fills `info`; a failure names the call, file and line.
+Status queryDevices(DeviceInfo &info);
 
 } // namespace moert
 

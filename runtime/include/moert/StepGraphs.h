@@ -14,66 +14,41 @@
 //
 // A capture that fails is reported once and the program goes on without
 // graphs: the failed capture ran nothing, so the segment then runs eagerly.
+// Compiled into the runtime library (runtime/src/StepGraphs.cpp); printed
+// programs call runSegment, the driver sets the mode.
 //
 //===----------------------------------------------------------------------===//
 
 #ifndef MOERT_STEPGRAPHS_H
 #define MOERT_STEPGRAPHS_H
 
-#include "moert/kernels/Common.cuh"
-
-#include <cstdio>
+#include "moert/kernels/Context.h"
 
 namespace moert {
 
 /// How runSegment() runs segments; set by the driver between steps.
 enum class GraphMode {
-  Off,     ///< never capture (--no-graphs, or a capture failed)
-  Warmup,  ///< run eagerly this step, capture later
-  Replay,  ///< capture once, then replay
+  Off,    ///< never capture (--no-graphs, or a capture failed)
+  Warmup, ///< run eagerly this step, capture later
+  Replay, ///< capture once, then replay
 };
-inline GraphMode graphMode = GraphMode::Warmup;
+
+/// The mode runSegment() follows (Warmup until set).
+GraphMode graphMode();
+void setGraphMode(GraphMode mode);
 
 /// One segment's instantiated graph, once captured.
 struct Segment {
   cudaGraphExec_t exec = nullptr;
 };
 
-using SegmentFn = void (*)(const kernels::Context &, char *state,
-                           char *arena, char *inputs);
+using SegmentFn = void (*)(const kernels::Context &, char *state, char *arena,
+                           char *inputs);
 
-inline void runSegment(const kernels::Context &ctx, Segment &segment,
-                       SegmentFn fn, char *state, char *arena, char *inputs) {
-  if (graphMode != GraphMode::Replay || ctx.profiler) {
-    fn(ctx, state, arena, inputs);
-    return;
-  }
-  if (!segment.exec) {
-    cudaGraph_t graph = nullptr;
-    cudaError_t status =
-        cudaStreamBeginCapture(ctx.stream, cudaStreamCaptureModeThreadLocal);
-    if (status == cudaSuccess) {
-      fn(ctx, state, arena, inputs);
-      status = cudaStreamEndCapture(ctx.stream, &graph);
-    }
-    if (status == cudaSuccess)
-      status = cudaGraphInstantiate(&segment.exec, graph, 0);
-    if (graph)
-      cudaGraphDestroy(graph);
-    if (status != cudaSuccess) {
-      (void)cudaGetLastError(); // capture errors are not sticky
-      std::fprintf(stderr,
-                   "moert: capturing a step segment as a CUDA graph failed "
-                   "(%s); running without graphs\n",
-                   cudaGetErrorString(status));
-      segment.exec = nullptr;
-      graphMode = GraphMode::Off;
-      fn(ctx, state, arena, inputs);
-      return;
-    }
-  }
-  MOERT_CUDA_CHECK(cudaGraphLaunch(segment.exec, ctx.stream));
-}
+/// Runs `fn` on the context's stream as the mode says (see the file
+/// comment), capturing it into `segment` the first time it replays.
+void runSegment(const kernels::Context &ctx, Segment &segment, SegmentFn fn,
+                char *state, char *arena, char *inputs);
 
 } // namespace moert
 

@@ -6,6 +6,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moec/Reference/Kernels.h"
+#include "moec/Support/Routing.h"
 
 #include "TestTensors.h"
 
@@ -178,6 +179,18 @@ TEST(Kernels, InterleavedLayoutReadsAlternateRows) {
 } // namespace
 
 namespace {
+
+// The dialect's modes and the kernels' are one list: same order, same names.
+TEST(Kernels, RoutingOfMapsEveryDialectModeToTheKernelModeOfItsName) {
+  for (uint32_t v = 0; v <= mlir::moe::getMaxEnumValForLoadBalancing(); ++v) {
+    auto mode = static_cast<mlir::moe::LoadBalancing>(v);
+    EXPECT_EQ(mlir::moe::stringifyLoadBalancing(mode).str(),
+              moert::routingName(routingOf(mode)));
+  }
+  EXPECT_EQ(std::string(moert::routingExpression(
+                routingOf(mlir::moe::LoadBalancing::sinkhorn))),
+            "moert::Routing::Sinkhorn");
+}
 
 TEST(Kernels, EvaluationRoutingIsPlainTopK) {
   // Logits chosen so that Sinkhorn in training would pick differently:

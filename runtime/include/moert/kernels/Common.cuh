@@ -15,6 +15,8 @@
 #ifndef MOERT_KERNELS_COMMON_CUH
 #define MOERT_KERNELS_COMMON_CUH
 
+#include "moert/kernels/Context.h"
+
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -25,82 +27,9 @@
 #include <cstdlib>
 #include <vector>
 
-#define MOERT_CUDA_CHECK(call)                                                 \
-  do {                                                                         \
-    cudaError_t status_ = (call);                                              \
-    if (status_ != cudaSuccess) {                                              \
-      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__,      \
-                   #call, cudaGetErrorString(status_));                        \
-      std::exit(1);                                                            \
-    }                                                                          \
-  } while (0)
-
-#define MOERT_CUBLAS_CHECK(call)                                               \
-  do {                                                                         \
-    cublasStatus_t status_ = (call);                                           \
-    if (status_ != CUBLAS_STATUS_SUCCESS) {                                    \
-      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__,      \
-                   #call, cublasGetStatusString(status_));                     \
-      std::exit(1);                                                            \
-    }                                                                          \
-  } while (0)
-
-namespace moert {
-struct Cudnn; // moert/Cudnn.h
-} // namespace moert
-
 namespace moert::kernels {
 
 using bf16 = __nv_bfloat16;
-
-/// Per-op timing of one step: the printed step marks the start of every op
-/// (and the end) with an event on the stream; the driver reads the gaps.
-struct Profiler {
-  std::vector<cudaEvent_t> events;
-  std::vector<const char *> names;
-  void mark(cudaStream_t stream, const char *name) {
-    cudaEvent_t event;
-    MOERT_CUDA_CHECK(cudaEventCreate(&event));
-    MOERT_CUDA_CHECK(cudaEventRecord(event, stream));
-    events.push_back(event);
-    names.push_back(name);
-  }
-};
-
-struct Blas; // Gemm.cuh
-
-/// What a kernel launch needs besides its buffers.
-struct Context {
-  cudaStream_t stream = nullptr;
-  /// cuBLASLt/cuBLAS handles on `stream`, their workspace and the cached
-  /// GEMM plans (Gemm.cuh: createBlas/destroyBlas).
-  Blas *blas = nullptr;
-  /// cuDNN handle on `stream` and its SDPA graphs (moert/Cudnn.h:
-  /// createCudnn/destroyCudnn); only programs with bf16 attention on cuDNN
-  /// make one.
-  moert::Cudnn *cudnn = nullptr;
-  /// Scratch for kernels that need temporary device memory (permutation
-  /// indices, per-row statistics). Sized by the program from the compiler's
-  /// plan; each kernel documents what it uses. Never live across launches of
-  /// different ops.
-  char *scratch = nullptr;
-  int64_t scratchBytes = 0;
-  /// Pinned host memory for the few values the host must read during a step
-  /// (the experts' token counts, for the grouped GEMM's group sizes).
-  int64_t *hostCounts = nullptr;
-  /// Set for the one step the driver profiles.
-  Profiler *profiler = nullptr;
-  /// Set by the driver for the first step of a run: the bf16 parameter
-  /// copies that AdamW keeps (moe-keep-param-copies) are not current yet,
-  /// so the step computes them from the parameters first.
-  bool refreshParameterCopies = false;
-};
-
-/// Marks the start of op `name` in the profiled step.
-inline void mark(const Context &ctx, const char *name) {
-  if (ctx.profiler)
-    ctx.profiler->mark(ctx.stream, name);
-}
 
 __host__ __device__ inline float toFloat(float x) { return x; }
 __host__ __device__ inline float toFloat(bf16 x) { return __bfloat162float(x); }

@@ -41,75 +41,13 @@
 #ifndef MOERT_KERNELS_GEMM_CUH
 #define MOERT_KERNELS_GEMM_CUH
 
+#include "moert/kernels/Blas.h"
 #include "moert/kernels/Common.cuh"
 
 #include <array>
 #include <map>
 
 namespace moert::kernels {
-
-/// Default size of the workspace createBlas allocates (NVIDIA's
-/// recommendation for Hopper).
-constexpr int64_t kBlasWorkspaceBytes = 32ll << 20;
-
-namespace detail {
-
-/// What identifies a GEMM's plan: data types, transposes, m, n, k, lda, ldb,
-/// ldc, batch, strideA/B/C, beta != 0, alignment of A, B and C in bytes.
-using GemmPlanKey = std::array<int64_t, 18>;
-
-struct GemmPlan {
-  cublasLtMatmulDesc_t desc = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-  cublasLtMatmulAlgo_t algo{};
-  bool useGemmEx = false; ///< the heuristic found nothing: cublasGemmEx
-};
-
-} // namespace detail
-
-/// The BLAS state of a Context (see the file comment).
-struct Blas {
-  cudaStream_t stream = nullptr;
-  cublasLtHandle_t lt = nullptr;
-  cublasHandle_t cublas = nullptr;
-  void *workspace = nullptr;
-  int64_t workspaceBytes = 0;
-  std::map<detail::GemmPlanKey, detail::GemmPlan> plans;
-};
-
-/// Creates the handles (on `stream`), the workspace and an empty plan cache.
-inline Blas *createBlas(cudaStream_t stream,
-                        int64_t workspaceBytes = kBlasWorkspaceBytes) {
-  Blas *blas = new Blas;
-  blas->stream = stream;
-  blas->workspaceBytes = workspaceBytes;
-  MOERT_CUBLAS_CHECK(cublasLtCreate(&blas->lt));
-  MOERT_CUBLAS_CHECK(cublasCreate(&blas->cublas));
-  MOERT_CUBLAS_CHECK(cublasSetStream(blas->cublas, stream));
-  MOERT_CUDA_CHECK(cudaMalloc(&blas->workspace, workspaceBytes));
-  MOERT_CUBLAS_CHECK(
-      cublasSetWorkspace(blas->cublas, blas->workspace, workspaceBytes));
-  return blas;
-}
-
-/// Waits for the stream, then frees everything createBlas made.
-inline void destroyBlas(Blas *blas) {
-  if (!blas)
-    return;
-  MOERT_CUDA_CHECK(cudaStreamSynchronize(blas->stream));
-  for (auto &[key, plan] : blas->plans) {
-    if (plan.useGemmEx)
-      continue;
-    MOERT_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.a));
-    MOERT_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.b));
-    MOERT_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.c));
-    MOERT_CUBLAS_CHECK(cublasLtMatmulDescDestroy(plan.desc));
-  }
-  MOERT_CUDA_CHECK(cudaFree(blas->workspace));
-  MOERT_CUBLAS_CHECK(cublasDestroy(blas->cublas));
-  MOERT_CUBLAS_CHECK(cublasLtDestroy(blas->lt));
-  delete blas;
-}
 
 template <class T> constexpr cudaDataType_t dataType();
 template <> constexpr cudaDataType_t dataType<float>() { return CUDA_R_32F; }

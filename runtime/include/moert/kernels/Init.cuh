@@ -2,15 +2,16 @@
 //
 // moe.param_init on the GPU: every element of a parameter (or of this
 // rank's shard of it) is drawn from the counter-based generator of
-// moec/Support/ParamInit.h at its index in the full parameter, so any
-// sharding yields the same global values as the CPU reference.
+// moert/CounterRng.h, which the CPU reference uses too, at its index in the
+// full parameter, so any sharding yields the same global values as the
+// reference.
 //
 //===----------------------------------------------------------------------===//
 
 #ifndef MOERT_KERNELS_INIT_CUH
 #define MOERT_KERNELS_INIT_CUH
 
-#include "moec/Support/ParamInit.h"
+#include "moert/CounterRng.h"
 #include "moert/kernels/Common.cuh"
 
 namespace moert::kernels {
@@ -27,7 +28,7 @@ template <int Rank> struct Shard {
 template <int Rank, class T>
 __global__ void paramInitNormal(T *out, int64_t count, uint64_t base,
                                 double stddev, Shard<Rank> shard) {
-  moec::ParamNormalStream stream(base);
+  ParamNormalStream stream(base);
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
        i += int64_t(gridDim.x) * blockDim.x) {
     int64_t rest = i, flat = 0, stride = 1;

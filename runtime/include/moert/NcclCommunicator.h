@@ -1,0 +1,39 @@
+//===- NcclCommunicator.h - The Communicator on NCCL ------------*- C++ -*-===//
+//
+// moert's production Communicator: one NCCL communicator per group. The
+// world's is made from a unique id that rank 0 creates and the launch's
+// rendezvous hands to every rank (as NcclUniqueId's bytes); the mesh groups
+// are split from it (ncclCommSplit). The all-to-all with per-peer counts is
+// one group of ncclSend/ncclRecv. A failed NCCL or CUDA call aborts the
+// communicator (ncclCommAbort: the other ranks' pending collectives fail
+// instead of hanging), and every later call on it fails too. This header
+// does not need NCCL's; the NCCL version moert needs is checked in one
+// place (runtime/src/NcclCompat.h).
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOERT_NCCLCOMMUNICATOR_H
+#define MOERT_NCCLCOMMUNICATOR_H
+
+#include "moert/Communicator.h"
+
+#include <array>
+
+namespace moert {
+
+/// The bytes of an ncclUniqueId (NCCL_UNIQUE_ID_BYTES).
+using NcclUniqueId = std::array<char, 128>;
+
+/// A fresh unique id for a new world; rank 0 makes it once.
+Status createNcclUniqueId(NcclUniqueId &id);
+
+/// This process's member, rank `rank` of `size`, of the group that shares
+/// `id`, on the current CUDA device, named `group` in messages. Blocks until
+/// all `size` ranks have called it.
+Status createNcclCommunicator(const NcclUniqueId &id, int rank, int size,
+                              const std::string &group,
+                              std::unique_ptr<Communicator> &out);
+
+} // namespace moert
+
+#endif // MOERT_NCCLCOMMUNICATOR_H

@@ -1,0 +1,315 @@
+//===- NcclCommunicator.cpp - The Communicator on NCCL --------------------===//
+//
+// See moert/NcclCommunicator.h. Every NCCL and CUDA call goes through one
+// check that, on failure, aborts the communicator and returns a Status
+// reading
+//
+//   FILE:LINE: rank R of S in group 'G': COLLECTIVE: CALL failed: WHY
+//
+// where WHY is NCCL's error string and, when NCCL has one, its last error
+// message.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moert/NcclCommunicator.h"
+
+#include "NcclCompat.h"
+
+#include <cstring>
+
+using namespace moert;
+
+namespace {
+
+std::string where(const char *file, int line) {
+  return std::string(file) + ":" + std::to_string(line) + ": ";
+}
+
+/// An NCCL call's failure, with the last error message of `comm` if any.
+std::string ncclWhy(ncclResult_t result, ncclComm_t comm) {
+  std::string why = ncclGetErrorString(result);
+  const char *last = ncclGetLastError(comm);
+  if (last && *last)
+    why += " (" + std::string(last) + ")";
+  return why;
+}
+
+class NcclCommunicator final : public Communicator {
+public:
+  NcclCommunicator(ncclComm_t comm, int rank, int size, std::string group)
+      : comm(comm), rankIndex(rank), groupSize(size),
+        groupName(std::move(group)) {}
+  ~NcclCommunicator() override;
+
+  int rank() const override { return rankIndex; }
+  int size() const override { return groupSize; }
+  const std::string &group() const override { return groupName; }
+
+  Status allReduceSum(const void *send, void *recv, size_t count, DataType type,
+                      cudaStream_t stream) override;
+  Status allGather(const void *send, void *recv, size_t count, DataType type,
+                   cudaStream_t stream) override;
+  Status reduceScatterSum(const void *send, void *recv, size_t count,
+                          DataType type, cudaStream_t stream) override;
+  Status allToAllV(const void *send, const std::vector<size_t> &sendCounts,
+                   const std::vector<size_t> &sendOffsets, void *recv,
+                   const std::vector<size_t> &recvCounts,
+                   const std::vector<size_t> &recvOffsets, DataType type,
+                   cudaStream_t stream) override;
+  Status broadcast(const void *send, void *recv, size_t count, DataType type,
+                   int root, cudaStream_t stream) override;
+  Status barrier(cudaStream_t stream) override;
+  Status split(int color, int key, const std::string &group,
+               std::unique_ptr<Communicator> &out) override;
+  void abort() override;
+
+private:
+  /// "FILE:LINE: rank R of S in group 'G': COLLECTIVE: ".
+  std::string prefix(const char *file, int line, const char *collective) const {
+    return where(file, line) + "rank " + std::to_string(rankIndex) + " of " +
+           std::to_string(groupSize) + " in group '" + groupName +
+           "': " + collective + ": ";
+  }
+  /// Fails before any call when the communicator was aborted.
+  Status checkUsable(const char *file, int line, const char *collective) const;
+  /// Aborts the communicator and describes the failed call.
+  Status ncclFailure(const char *file, int line, const char *collective,
+                     const char *call, ncclResult_t result);
+  Status cudaFailure(const char *file, int line, const char *collective,
+                     const char *call, cudaError_t result);
+
+  ncclComm_t comm;
+  int rankIndex, groupSize;
+  std::string groupName;
+  bool aborted = false;
+  /// One int the barrier all-reduces; allocated by the first barrier.
+  int *barrierWord = nullptr;
+};
+
+} // namespace
+
+// The checks of this file: on failure, abort and return the Status.
+#define MOERT_NCCL_CHECK(collective, call)                                     \
+  do {                                                                         \
+    ncclResult_t result_ = (call);                                             \
+    if (result_ != ncclSuccess)                                                \
+      return ncclFailure(__FILE__, __LINE__, collective, #call, result_);      \
+  } while (0)
+
+#define MOERT_CUDA_RETURN_IF_ERROR(collective, call)                           \
+  do {                                                                         \
+    cudaError_t result_ = (call);                                              \
+    if (result_ != cudaSuccess)                                                \
+      return cudaFailure(__FILE__, __LINE__, collective, #call, result_);      \
+  } while (0)
+
+#define MOERT_CHECK_USABLE(collective)                                         \
+  do {                                                                         \
+    if (Status usable_ = checkUsable(__FILE__, __LINE__, collective);          \
+        !usable_.ok())                                                         \
+      return usable_;                                                          \
+  } while (0)
+
+NcclCommunicator::~NcclCommunicator() {
+  if (barrierWord)
+    (void)cudaFree(barrierWord);
+  if (!aborted)
+    (void)ncclCommDestroy(comm);
+}
+
+Status NcclCommunicator::checkUsable(const char *file, int line,
+                                     const char *collective) const {
+  if (aborted)
+    return Status::failure(prefix(file, line, collective) +
+                           "the communicator was aborted");
+  return Status::success();
+}
+
+Status NcclCommunicator::ncclFailure(const char *file, int line,
+                                     const char *collective, const char *call,
+                                     ncclResult_t result) {
+  std::string message = prefix(file, line, collective) + call +
+                        " failed: " + ncclWhy(result, comm);
+  abort();
+  return Status::failure(message);
+}
+
+Status NcclCommunicator::cudaFailure(const char *file, int line,
+                                     const char *collective, const char *call,
+                                     cudaError_t result) {
+  std::string message = prefix(file, line, collective) + call +
+                        " failed: " + cudaGetErrorString(result);
+  abort();
+  return Status::failure(message);
+}
+
+void NcclCommunicator::abort() {
+  if (aborted)
+    return;
+  aborted = true;
+  (void)ncclCommAbort(comm);
+}
+
+Status NcclCommunicator::allReduceSum(const void *send, void *recv,
+                                      size_t count, DataType type,
+                                      cudaStream_t stream) {
+  MOERT_CHECK_USABLE("all_reduce");
+  MOERT_NCCL_CHECK("all_reduce",
+                   ncclAllReduce(send, recv, count, nccl::dataType(type),
+                                 ncclSum, comm, stream));
+  return Status::success();
+}
+
+Status NcclCommunicator::allGather(const void *send, void *recv, size_t count,
+                                   DataType type, cudaStream_t stream) {
+  MOERT_CHECK_USABLE("all_gather");
+  MOERT_NCCL_CHECK(
+      "all_gather",
+      ncclAllGather(send, recv, count, nccl::dataType(type), comm, stream));
+  return Status::success();
+}
+
+Status NcclCommunicator::reduceScatterSum(const void *send, void *recv,
+                                          size_t count, DataType type,
+                                          cudaStream_t stream) {
+  MOERT_CHECK_USABLE("reduce_scatter");
+  MOERT_NCCL_CHECK("reduce_scatter",
+                   ncclReduceScatter(send, recv, count, nccl::dataType(type),
+                                     ncclSum, comm, stream));
+  return Status::success();
+}
+
+Status NcclCommunicator::allToAllV(const void *send,
+                                   const std::vector<size_t> &sendCounts,
+                                   const std::vector<size_t> &sendOffsets,
+                                   void *recv,
+                                   const std::vector<size_t> &recvCounts,
+                                   const std::vector<size_t> &recvOffsets,
+                                   DataType type, cudaStream_t stream) {
+  MOERT_CHECK_USABLE("all_to_all");
+  const size_t peers = static_cast<size_t>(groupSize);
+  for (const auto *v : {&sendCounts, &sendOffsets, &recvCounts, &recvOffsets})
+    if (v->size() != peers)
+      return Status::failure(
+          prefix(__FILE__, __LINE__, "all_to_all") + "counts and offsets " +
+          "need one entry per rank of the group (" + std::to_string(peers) +
+          "), got send " + std::to_string(sendCounts.size()) + "/" +
+          std::to_string(sendOffsets.size()) + ", receive " +
+          std::to_string(recvCounts.size()) + "/" +
+          std::to_string(recvOffsets.size()));
+  const size_t bytes = elementBytes(type);
+  const ncclDataType_t ncclType = nccl::dataType(type);
+  MOERT_NCCL_CHECK("all_to_all", ncclGroupStart());
+  // The group is ended whatever happens, so that no later call of this
+  // thread joins it; the first failure is the one reported.
+  ncclResult_t queued = ncclSuccess;
+  std::string failedCall;
+  for (int peer = 0; peer < groupSize && queued == ncclSuccess; ++peer) {
+    if (sendCounts[peer] > 0) {
+      queued =
+          ncclSend(static_cast<const char *>(send) + sendOffsets[peer] * bytes,
+                   sendCounts[peer], ncclType, peer, comm, stream);
+      if (queued != ncclSuccess)
+        failedCall = "ncclSend to rank " + std::to_string(peer);
+    }
+    if (queued == ncclSuccess && recvCounts[peer] > 0) {
+      queued = ncclRecv(static_cast<char *>(recv) + recvOffsets[peer] * bytes,
+                        recvCounts[peer], ncclType, peer, comm, stream);
+      if (queued != ncclSuccess)
+        failedCall = "ncclRecv from rank " + std::to_string(peer);
+    }
+  }
+  ncclResult_t ended = ncclGroupEnd();
+  if (queued != ncclSuccess)
+    return ncclFailure(__FILE__, __LINE__, "all_to_all", failedCall.c_str(),
+                       queued);
+  if (ended != ncclSuccess)
+    return ncclFailure(__FILE__, __LINE__, "all_to_all", "ncclGroupEnd()",
+                       ended);
+  return Status::success();
+}
+
+Status NcclCommunicator::broadcast(const void *send, void *recv, size_t count,
+                                   DataType type, int root,
+                                   cudaStream_t stream) {
+  MOERT_CHECK_USABLE("broadcast");
+  if (root < 0 || root >= groupSize)
+    return Status::failure(prefix(__FILE__, __LINE__, "broadcast") + "root " +
+                           std::to_string(root) +
+                           " is not a rank of the group");
+  MOERT_NCCL_CHECK("broadcast",
+                   ncclBroadcast(send, recv, count, nccl::dataType(type), root,
+                                 comm, stream));
+  return Status::success();
+}
+
+Status NcclCommunicator::barrier(cudaStream_t stream) {
+  MOERT_CHECK_USABLE("barrier");
+  if (!barrierWord) {
+    MOERT_CUDA_RETURN_IF_ERROR(
+        "barrier",
+        cudaMalloc(reinterpret_cast<void **>(&barrierWord), sizeof(int)));
+    MOERT_CUDA_RETURN_IF_ERROR("barrier",
+                               cudaMemset(barrierWord, 0, sizeof(int)));
+  }
+  MOERT_NCCL_CHECK("barrier", ncclAllReduce(barrierWord, barrierWord, 1,
+                                            ncclInt32, ncclSum, comm, stream));
+  MOERT_CUDA_RETURN_IF_ERROR("barrier", cudaStreamSynchronize(stream));
+  ncclResult_t asyncError = ncclSuccess;
+  MOERT_NCCL_CHECK("barrier", ncclCommGetAsyncError(comm, &asyncError));
+  if (asyncError != ncclSuccess)
+    return ncclFailure(__FILE__, __LINE__, "barrier",
+                       "a collective of the group (ncclCommGetAsyncError)",
+                       asyncError);
+  return Status::success();
+}
+
+Status NcclCommunicator::split(int color, int key, const std::string &group,
+                               std::unique_ptr<Communicator> &out) {
+  MOERT_CHECK_USABLE("split");
+  out.reset();
+  ncclComm_t child = nullptr;
+  MOERT_NCCL_CHECK("split",
+                   ncclCommSplit(comm, color < 0 ? NCCL_SPLIT_NOCOLOR : color,
+                                 key, &child, nullptr));
+  if (!child)
+    return Status::success();
+  int childRank = 0, childSize = 0;
+  MOERT_NCCL_CHECK("split", ncclCommUserRank(child, &childRank));
+  MOERT_NCCL_CHECK("split", ncclCommCount(child, &childSize));
+  out = std::make_unique<NcclCommunicator>(child, childRank, childSize, group);
+  return Status::success();
+}
+
+Status moert::createNcclUniqueId(NcclUniqueId &id) {
+  if (Status version = nccl::checkLibraryVersion(); !version.ok())
+    return version;
+  ncclUniqueId unique;
+  if (ncclResult_t r = ncclGetUniqueId(&unique); r != ncclSuccess)
+    return Status::failure(where(__FILE__, __LINE__) +
+                           "ncclGetUniqueId failed: " + ncclGetErrorString(r));
+  std::memcpy(id.data(), &unique, sizeof(unique));
+  return Status::success();
+}
+
+Status moert::createNcclCommunicator(const NcclUniqueId &id, int rank, int size,
+                                     const std::string &group,
+                                     std::unique_ptr<Communicator> &out) {
+  out.reset();
+  const std::string who = "rank " + std::to_string(rank) + " of " +
+                          std::to_string(size) + " in group '" + group + "': ";
+  if (size < 1 || rank < 0 || rank >= size)
+    return Status::failure(where(__FILE__, __LINE__) + who +
+                           "the rank is not in the group");
+  if (Status version = nccl::checkLibraryVersion(); !version.ok())
+    return version;
+  ncclUniqueId unique;
+  std::memcpy(&unique, id.data(), sizeof(unique));
+  ncclComm_t comm = nullptr;
+  if (ncclResult_t r = ncclCommInitRank(&comm, size, unique, rank);
+      r != ncclSuccess)
+    return Status::failure(where(__FILE__, __LINE__) + who +
+                           "ncclCommInitRank failed: " + ncclWhy(r, comm));
+  out = std::make_unique<NcclCommunicator>(comm, rank, size, group);
+  return Status::success();
+}
