@@ -19,6 +19,8 @@
 #include "Commands.h"
 #include "ModelLoading.h"
 
+#include "dialects/Moe/IR/MoeDialect.h"
+
 #include "dialects/Moe/Transforms/Passes.h"
 #include "moec/Pipelines/Pipelines.h"
 #include "moec/Target/Cuda.h"
@@ -351,6 +353,8 @@ int moec::cli::runCompile() {
   if (job.keepParamCopies)
     trainPm.addNestedPass<func::FuncOp>(moe::createKeepParamCopies());
   trainPm.addNestedPass<func::FuncOp>(moe::createPlanMemory());
+  trainPm.addNestedPass<func::FuncOp>(moe::createFuseAddRmsNorm());
+  trainPm.addNestedPass<func::FuncOp>(moe::createGroupAdamW());
   if (failed(trainPm.run(*module)))
     return 1;
   std::string trainSource;
@@ -366,8 +370,9 @@ int moec::cli::runCompile() {
     return fail(fmt::format("cannot create '{}': {}", outDir.getValue(),
                             ec.message()));
   auto step = module->lookupSymbol<func::FuncOp>("train_step");
-  int64_t liveBound =
-      step->getAttrOfType<IntegerAttr>("moe.arena_live_bytes").getInt();
+  int64_t liveBound = step->getAttrOfType<IntegerAttr>(
+                              moe::MoeDialect::getArenaLiveBytesAttrName())
+                          .getInt();
   llvm::json::Object manifest{
       {"format", "moec-compile/1"},
       {"model", modelPath.getValue()},

@@ -234,7 +234,9 @@ int moec::cli::runTrain() {
   std::vector<HostTensor> state(3 * n);
   std::vector<std::string> names(n);
   for (unsigned i = 0; i < n; ++i)
-    names[i] = step.getArgAttrOfType<StringAttr>(i, "moe.parameter").str();
+    names[i] = step.getArgAttrOfType<StringAttr>(
+                       i, moe::MoeDialect::getParameterAttrName())
+                   .str();
   if (initFromModel) {
     std::unique_ptr<OnnxWeights> weights = OnnxWeights::open(modelPath, error);
     if (!weights)
