@@ -82,6 +82,27 @@ LogicalResult verifyNameAttr(Operation *op, StringRef where, unsigned index,
 
 } // namespace
 
+std::optional<std::pair<int64_t, int64_t>>
+MoeDialect::getArenaRange(Value value) {
+  while (Operation *def = value.getDefiningOp()) {
+    if (isa<tensor::ExpandShapeOp, tensor::CollapseShapeOp>(def)) {
+      value = def->getOperand(0);
+      continue;
+    }
+    auto offsets =
+        def->getAttrOfType<DenseI64ArrayAttr>(getArenaOffsetsAttrName());
+    int64_t offset =
+        offsets ? offsets[cast<OpResult>(value).getResultNumber()] : -1;
+    if (offset < 0)
+      return std::nullopt;
+    auto type = cast<RankedTensorType>(value.getType());
+    return std::make_pair(offset, offset + type.getNumElements() *
+                                               type.getElementTypeBitWidth() /
+                                               8);
+  }
+  return std::nullopt;
+}
+
 LogicalResult MoeDialect::verifyRegionArgAttribute(Operation *op, unsigned,
                                                    unsigned argIndex,
                                                    NamedAttribute attribute) {

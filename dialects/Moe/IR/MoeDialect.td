@@ -65,6 +65,11 @@ def Moe_Dialect : Dialect {
     static ::llvm::StringRef getArenaOffsetsAttrName() {
       return "moe.arena_offsets";
     }
+    /// The arena bytes [begin, end) that `value` occupies by its producer's
+    /// moe.arena_offsets (a reshape's are its source's), or nothing for a
+    /// value outside the arena.
+    static std::optional<std::pair<int64_t, int64_t>>
+    getArenaRange(::mlir::Value value);
     /// `moe.arena_bytes = N : i64` on a function: its arena's size.
     static ::llvm::StringRef getArenaBytesAttrName() {
       return "moe.arena_bytes";

@@ -13,10 +13,7 @@
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
-#include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/IR/Builders.h"
-
-#include <optional>
 
 namespace mlir::moe {
 #define GEN_PASS_DEF_FUSEADDRMSNORM
@@ -28,30 +25,9 @@ using namespace mlir::moe;
 
 namespace {
 
-/// The planned arena bytes [begin, end) of `v` (a view's are its
-/// source's), if the plan put it in the arena.
-std::optional<std::pair<int64_t, int64_t>> arenaRange(Value v) {
-  while (Operation *def = v.getDefiningOp()) {
-    if (isa<tensor::ExpandShapeOp, tensor::CollapseShapeOp>(def)) {
-      v = def->getOperand(0);
-      continue;
-    }
-    auto offsets = def->getAttrOfType<DenseI64ArrayAttr>(
-        MoeDialect::getArenaOffsetsAttrName());
-    int64_t offset =
-        offsets ? offsets[cast<OpResult>(v).getResultNumber()] : -1;
-    if (offset < 0)
-      return std::nullopt;
-    auto type = cast<RankedTensorType>(v.getType());
-    return std::make_pair(offset, offset + type.getNumElements() *
-                                               type.getElementTypeBitWidth() /
-                                               8);
-  }
-  return std::nullopt;
-}
-
+/// Whether the memory plan put `a` and `b` in overlapping arena bytes.
 bool overlap(Value a, Value b) {
-  auto ra = arenaRange(a), rb = arenaRange(b);
+  auto ra = MoeDialect::getArenaRange(a), rb = MoeDialect::getArenaRange(b);
   return ra && rb && ra->first < rb->second && rb->first < ra->second;
 }
 

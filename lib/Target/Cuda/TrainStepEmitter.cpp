@@ -456,23 +456,6 @@ LogicalResult TrainStepPrinter::printElementwise(Operation &op) {
   return success();
 }
 
-/// The arena bytes [begin, end) that `v` occupies, if it is in the arena.
-static std::optional<std::pair<int64_t, int64_t>> arenaRange(Value v) {
-  while (Operation *def = v.getDefiningOp()) {
-    if (isa<tensor::ExpandShapeOp, tensor::CollapseShapeOp>(def)) {
-      v = def->getOperand(0);
-      continue;
-    }
-    auto offsets = def->getAttrOfType<DenseI64ArrayAttr>(
-        MoeDialect::getArenaOffsetsAttrName());
-    int64_t index = cast<OpResult>(v).getResultNumber();
-    if (!offsets || offsets[index] < 0)
-      return std::nullopt;
-    return std::make_pair(offsets[index], offsets[index] + byteSize(typeOf(v)));
-  }
-  return std::nullopt;
-}
-
 LogicalResult TrainStepPrinter::printAdamWGroup(ArrayRef<moe::AdamWOp> group) {
   moe::AdamWOp first = group.front();
   std::string entries;
@@ -1103,7 +1086,7 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
       metric[name.str()] = fmt::format("{{-1, {}}}", floatLiteral(c->second));
       continue;
     }
-    auto range = arenaRange(v);
+    auto range = MoeDialect::getArenaRange(v);
     if (!range)
       return ret.emitOpError() << "returns output '" << name.getValue()
                                << "' that is not in the arena";
