@@ -32,7 +32,7 @@ config.environment["PYTHONPATH"] = os.path.join(config.moec_src_root, "python")
 llvm_config.with_system_environment(["HOME", "TMPDIR"])
 llvm_config.use_default_substitutions()
 llvm_config.add_tool_substitutions(
-    ["moec", "moec-opt", "moec-unittests", "moert-info"], [config.moec_tools_dir])
+    ["moec", "moec-opt", "moec-translate", "moec-unittests", "moert-info"], [config.moec_tools_dir])
 llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
 
 

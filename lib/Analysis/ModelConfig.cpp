@@ -91,7 +91,7 @@ FailureOr<ModelConfig> moec::inferModelConfig(func::FuncOp forward) {
            << config.opCounts["moe.embedding"] << " embeddings";
 
   for (auto [i, arg] : llvm::enumerate(forward.getArguments())) {
-    if (!forward.getArgAttr(i, "moe.parameter"))
+    if (!forward.getArgAttr(i, moe::MoeDialect::getParameterAttrName()))
       continue;
     int64_t n = numElements(arg.getType());
     config.numParameters += n;

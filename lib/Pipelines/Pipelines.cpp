@@ -77,6 +77,8 @@ void moec::buildCompilePipeline(OpPassManager &pm, const TrainingJob &job,
   if (job.keepParamCopies)
     pm.addNestedPass<func::FuncOp>(moe::createKeepParamCopies());
   pm.addNestedPass<func::FuncOp>(moe::createPlanMemory());
+  pm.addNestedPass<func::FuncOp>(moe::createFuseAddRmsNorm());
+  pm.addNestedPass<func::FuncOp>(moe::createGroupAdamW());
 }
 
 namespace {

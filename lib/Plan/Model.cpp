@@ -225,8 +225,8 @@ moec::plan::describeForward(mlir::func::FuncOp forward) {
   ModelDescription model;
   model.config = *config;
   for (auto [index, arg] : llvm::enumerate(forward.getArguments())) {
-    auto name = forward.getArgAttrOfType<mlir::StringAttr>(index,
-                                                           "moe.parameter");
+    auto name = forward.getArgAttrOfType<mlir::StringAttr>(
+        index, mlir::moe::MoeDialect::getParameterAttrName());
     if (!name)
       continue;
     auto type = llvm::dyn_cast<mlir::RankedTensorType>(arg.getType());

@@ -8,6 +8,8 @@
 
 #include "moec/Plan/Plan.h"
 
+#include "moec/Analysis/ModelFlops.h"
+
 #include "llvm/Support/FormatVariadic.h"
 
 #include <algorithm>
@@ -322,14 +324,14 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
   StepEstimate &step = plan.step;
   step.gradientAccumulation = accumulation;
   step.tokens = accumulation * w * tokens;
-  const double active = double(plan.model.numActiveParameters());
-  const double qd = double(c.numHeads * c.headDim);
-  const double s = double(training.seqLength), b = double(training.microBatchSize);
-  const double attention = 12.0 * layers * qd * s * s * b / 2;
-  const double perMicro = 6.0 * active * tokens + attention;
+  const int64_t active = plan.model.numActiveParameters();
+  const ModelFlops flops =
+      modelFlops(active, layers, c.numHeads * c.headDim,
+                 training.microBatchSize, training.seqLength);
+  const double perMicro = flops.total();
   double recompute = 0;
   if (training.activationCheckpointing == ActivationCheckpointing::Full)
-    recompute = 2.0 * active * tokens + attention / 3;
+    recompute = 2.0 * double(active) * tokens + flops.attention / 3;
   step.modelFlopsPerRank = accumulation * perMicro;
   step.hardwareFlopsPerRank = accumulation * (perMicro + recompute);
   step.computeSeconds =

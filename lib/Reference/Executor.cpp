@@ -264,6 +264,22 @@ LogicalResult Interpreter::execute(Operation *op) {
           return failure();
         return set(op, n.getResult(), std::move(out));
       })
+      .Case([&](moe::AddRmsNormOp n) -> LogicalResult {
+        // The sum is rounded to its type by set() before the norm reads it,
+        // as the unfused arith.addf would store it.
+        HostTensor sum;
+        if (failed(kernel(op,
+                          binary(BinaryKind::Add, get(n.getLhs()),
+                                 get(n.getRhs()), sum, error),
+                          error)) ||
+            failed(set(op, n.getSum(), std::move(sum))) ||
+            failed(kernel(op,
+                          rmsNorm(get(n.getSum()), get(n.getWeight()),
+                                  n.getEpsilon().convertToDouble(), out, error),
+                          error)))
+          return failure();
+        return set(op, n.getResult(), std::move(out));
+      })
       .Case([&](moe::RotaryOp r) -> LogicalResult {
         const HostTensor *positions =
             r.getPositions() ? &get(r.getPositions()) : nullptr;

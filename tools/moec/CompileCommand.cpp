@@ -19,6 +19,7 @@
 #include "Commands.h"
 #include "ModelLoading.h"
 
+#include "dialects/Moe/IR/MoeDialect.h"
 #include "moec/Pipelines/Pipelines.h"
 #include "moec/Target/Cuda.h"
 
@@ -210,8 +211,9 @@ int moec::cli::runCompile(const TrainingJobFlags &jobFlags) {
     return fail(fmt::format("cannot create '{}': {}", outDir.getValue(),
                             ec.message()));
   auto step = module->lookupSymbol<func::FuncOp>("train_step");
-  int64_t liveBound =
-      step->getAttrOfType<IntegerAttr>("moe.arena_live_bytes").getInt();
+  int64_t liveBound = step->getAttrOfType<IntegerAttr>(
+                              moe::MoeDialect::getArenaLiveBytesAttrName())
+                          .getInt();
   llvm::json::Object manifest{
       {"format", "moec-compile/2"},
       {"model", modelPath.getValue()},

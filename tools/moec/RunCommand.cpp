@@ -13,6 +13,8 @@
 #include "Commands.h"
 #include "ModelLoading.h"
 
+#include "dialects/Moe/IR/MoeDialect.h"
+
 #include "moec/Import/Onnx.h"
 #include "moec/Reference/Executor.h"
 
@@ -71,12 +73,13 @@ int moec::cli::runRun() {
 
   std::vector<HostTensor> arguments;
   for (unsigned i = 0; i < forward.getNumArguments(); ++i) {
-    if (auto name = forward.getArgAttrOfType<StringAttr>(i, "moe.parameter")) {
+    if (auto name = forward.getArgAttrOfType<StringAttr>(
+            i, moe::MoeDialect::getParameterAttrName())) {
       HostTensor value;
       if (!weights->load(name.getValue(), value, error))
         return fail(error);
       arguments.push_back(std::move(value));
-    } else if (forward.getArgAttr(i, "moe.input")) {
+    } else if (forward.getArgAttr(i, moe::MoeDialect::getInputAttrName())) {
       arguments.push_back(tokens);
     } else {
       return fail(fmt::format("argument {} of forward is neither an input "

@@ -134,15 +134,16 @@ llvm::Expected<StepResults> findStepResults(func::FuncOp step,
   };
   for (const std::string &name : names) {
     for (auto [tag, list] :
-         {std::pair{"moe.parameter", &results.params},
-          std::pair{"moe.exp_avg", &results.expAvg},
-          std::pair{"moe.exp_avg_sq", &results.expAvgSq}}) {
+         {std::pair{moe::MoeDialect::getParameterAttrName(), &results.params},
+          std::pair{moe::MoeDialect::getExpAvgAttrName(), &results.expAvg},
+          std::pair{moe::MoeDialect::getExpAvgSqAttrName(),
+                    &results.expAvgSq}}) {
       if (llvm::Error err = find(tag, name, list->emplace_back()))
         return std::move(err);
     }
     if (withGradients)
-      if (llvm::Error err =
-              find("moe.gradient", name, results.gradients.emplace_back()))
+      if (llvm::Error err = find(moe::MoeDialect::getGradientAttrName(), name,
+                                 results.gradients.emplace_back()))
         return std::move(err);
   }
   for (auto [name, slot] :
@@ -151,7 +152,8 @@ llvm::Expected<StepResults> findStepResults(func::FuncOp step,
         std::pair{"z_loss", &results.zLoss},
         std::pair{"grad_norm", &results.gradNorm},
         std::pair{"expert_counts", &results.expertCounts}})
-    if (llvm::Error err = find("moe.output", name, *slot))
+    if (llvm::Error err =
+            find(moe::MoeDialect::getOutputAttrName(), name, *slot))
       return std::move(err);
   return results;
 }
@@ -235,13 +237,15 @@ int moec::cli::runTrain(const TrainingJobFlags &jobFlags) {
   std::vector<HostTensor> state(3 * n);
   std::vector<std::string> names(n);
   for (unsigned i = 0; i < n; ++i)
-    names[i] = step.getArgAttrOfType<StringAttr>(i, "moe.parameter").str();
+    names[i] = step.getArgAttrOfType<StringAttr>(
+                       i, moe::MoeDialect::getParameterAttrName())
+                   .str();
   llvm::Expected<StepResults> stepResults =
       findStepResults(step, names, /*withGradients=*/!dumpDir.empty());
   if (!stepResults)
     return fail(llvm::toString(stepResults.takeError()));
   llvm::Expected<unsigned> evalLoss =
-      reference::ResultIndex(evalStep).lookup("moe.output", "ce_loss");
+      reference::ResultIndex(evalStep).lookup(moe::MoeDialect::getOutputAttrName(), "ce_loss");
   if (!evalLoss)
     return fail(llvm::toString(evalLoss.takeError()));
   if (!job.delayedParam) {
@@ -262,7 +266,7 @@ int moec::cli::runTrain(const TrainingJobFlags &jobFlags) {
     reference::ResultIndex initResults(init);
     for (unsigned i = 0; i < n; ++i) {
       llvm::Expected<unsigned> slot =
-          initResults.lookup("moe.parameter", names[i]);
+          initResults.lookup(moe::MoeDialect::getParameterAttrName(), names[i]);
       if (!slot)
         return fail(llvm::toString(slot.takeError()));
       state[i] = std::move(initial[*slot]);

@@ -1,6 +1,9 @@
 //===- MoeDialect.cpp - The moe dialect -----------------------------------===//
 //
-// Registers the `moe` dialect's operations and attributes.
+// Registers the `moe` dialect's operations and attributes, and verifies its
+// discardable attributes (declared in MoeDialect.td): each has one type and
+// one kind of place (an op, a function, a function argument or result),
+// and any other `moe.` attribute is an error.
 //
 //===----------------------------------------------------------------------===//
 
@@ -8,7 +11,9 @@
 
 #include "dialects/Moe/IR/MoeOps.h"
 #include "mlir/IR/Builders.h"
+#include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/DialectImplementation.h"
+#include "mlir/Interfaces/FunctionInterfaces.h"
 #include "llvm/ADT/TypeSwitch.h"
 
 using namespace mlir;
@@ -29,4 +34,149 @@ void MoeDialect::initialize() {
 #define GET_ATTRDEF_LIST
 #include "dialects/Moe/IR/MoeAttrs.cpp.inc"
       >();
+}
+
+namespace {
+
+/// Whether `attr` is a string naming something: non-empty.
+bool isName(Attribute attr) {
+  auto name = dyn_cast<StringAttr>(attr);
+  return name && !name.getValue().empty();
+}
+
+/// Whether `attr` is an i64 integer of at least 0.
+bool isNonNegativeI64(Attribute attr) {
+  auto n = dyn_cast<IntegerAttr>(attr);
+  return n && n.getType().isSignlessInteger(64) && n.getInt() >= 0;
+}
+
+/// Verifies a naming attribute of function argument or result #`index`
+/// (`where` is "argument" or "result"): it must be allowed there and be a
+/// non-empty string.
+LogicalResult verifyNameAttr(Operation *op, StringRef where, unsigned index,
+                             NamedAttribute attribute,
+                             ArrayRef<StringRef> allowed) {
+  StringRef name = attribute.getName().getValue();
+  if (!llvm::is_contained(allowed, name)) {
+    bool onResults = name == MoeDialect::getOutputAttrName() ||
+                     name == MoeDialect::getGradientAttrName();
+    bool onArguments = name == MoeDialect::getInputAttrName();
+    if (onResults || onArguments)
+      return op->emitOpError() << "has '" << name << "' on " << where << " #"
+                               << index << "; it belongs on a function "
+                               << (onResults ? "result" : "argument");
+    return op->emitOpError()
+           << "has '" << name << "' on " << where << " #" << index
+           << ", which the moe dialect does not define";
+  }
+  if (!isa<FunctionOpInterface>(op))
+    return op->emitOpError()
+           << "has '" << name << "' on " << where << " #" << index
+           << ", but it belongs on a function's " << where;
+  if (!isName(attribute.getValue()))
+    return op->emitOpError() << "has '" << name << "' on " << where << " #"
+                             << index << " that is " << attribute.getValue()
+                             << "; it must be a non-empty string";
+  return success();
+}
+
+} // namespace
+
+std::optional<std::pair<int64_t, int64_t>>
+MoeDialect::getArenaRange(Value value) {
+  while (Operation *def = value.getDefiningOp()) {
+    if (isa<tensor::ExpandShapeOp, tensor::CollapseShapeOp>(def)) {
+      value = def->getOperand(0);
+      continue;
+    }
+    auto offsets =
+        def->getAttrOfType<DenseI64ArrayAttr>(getArenaOffsetsAttrName());
+    int64_t offset =
+        offsets ? offsets[cast<OpResult>(value).getResultNumber()] : -1;
+    if (offset < 0)
+      return std::nullopt;
+    auto type = cast<RankedTensorType>(value.getType());
+    return std::make_pair(offset, offset + type.getNumElements() *
+                                               type.getElementTypeBitWidth() /
+                                               8);
+  }
+  return std::nullopt;
+}
+
+LogicalResult MoeDialect::verifyRegionArgAttribute(Operation *op, unsigned,
+                                                   unsigned argIndex,
+                                                   NamedAttribute attribute) {
+  return verifyNameAttr(op, "argument", argIndex, attribute,
+                        {getParameterAttrName(), getExpAvgAttrName(),
+                         getExpAvgSqAttrName(), getInputAttrName()});
+}
+
+LogicalResult MoeDialect::verifyRegionResultAttribute(
+    Operation *op, unsigned, unsigned resultIndex, NamedAttribute attribute) {
+  return verifyNameAttr(op, "result", resultIndex, attribute,
+                        {getParameterAttrName(), getExpAvgAttrName(),
+                         getExpAvgSqAttrName(), getOutputAttrName(),
+                         getGradientAttrName()});
+}
+
+LogicalResult MoeDialect::verifyOperationAttribute(Operation *op,
+                                                   NamedAttribute attribute) {
+  StringRef name = attribute.getName().getValue();
+  Attribute value = attribute.getValue();
+  if (name == getPersistentCopyAttrName()) {
+    if (!isa<UnitAttr>(value) || !isa<arith::TruncFOp>(op))
+      return op->emitOpError() << "has '" << name << "' = " << value
+                               << "; it is a unit attribute of arith.truncf";
+    return success();
+  }
+  if (name == getArenaOffsetsAttrName()) {
+    auto offsets = dyn_cast<DenseI64ArrayAttr>(value);
+    if (!offsets)
+      return op->emitOpError() << "has '" << name << "' = " << value
+                               << "; it must be an array<i64>";
+    if (offsets.size() != static_cast<int64_t>(op->getNumResults()))
+      return op->emitOpError()
+             << "has " << offsets.size() << " '" << name << "' for "
+             << op->getNumResults() << " results; it needs one per result";
+    for (auto [i, offset] : llvm::enumerate(offsets.asArrayRef()))
+      if (offset < -1)
+        return op->emitOpError()
+               << "has '" << name << "' " << offset << " for result #" << i
+               << "; an offset is at least 0, or -1 for a "
+                  "result outside the arena";
+    return success();
+  }
+  if (name == getArenaBytesAttrName() || name == getArenaLiveBytesAttrName()) {
+    if (!isa<FunctionOpInterface>(op) || !isNonNegativeI64(value))
+      return op->emitOpError() << "has '" << name << "' = " << value
+                               << "; it is an i64 of at least 0 on a "
+                                  "function";
+    return success();
+  }
+  if (name == getAdamWGroupAttrName()) {
+    if (!isa<AdamWOp>(op) || !isNonNegativeI64(value))
+      return op->emitOpError() << "has '" << name << "' = " << value
+                               << "; it is an i64 of at least 0 on "
+                                  "moe.adamw";
+    return success();
+  }
+  if (name == getOnnxOpsetAttrName() || name == getOnnxProducerAttrName()) {
+    bool typed = name == getOnnxOpsetAttrName() ? isNonNegativeI64(value)
+                                                : isa<StringAttr>(value);
+    if (!isa<ModuleOp>(op) || !typed)
+      return op->emitOpError()
+             << "has '" << name << "' = " << value << "; it is "
+             << (name == getOnnxOpsetAttrName() ? "an i64" : "a string")
+             << " on an imported module";
+    return success();
+  }
+  if (llvm::is_contained({getParameterAttrName(), getExpAvgAttrName(),
+                          getExpAvgSqAttrName(), getInputAttrName(),
+                          getOutputAttrName(), getGradientAttrName()},
+                         name))
+    return op->emitOpError() << "has '" << name
+                             << "' on the op; it belongs on a function "
+                                "argument or result";
+  return op->emitOpError() << "has '" << name
+                           << "', which the moe dialect does not define";
 }

@@ -30,6 +30,67 @@ def Moe_Dialect : Dialect {
     (yet) turned into `moe` ops are kept faithfully as `moe.onnx_node`.
   }];
   let useDefaultAttributePrinterParser = 1;
+  // The discardable attributes below are the IR's contract between the
+  // passes, the drivers and the CUDA printer; the dialect verifies each
+  // where it may appear (MoeDialect.cpp).
+  let hasOperationAttrVerify = 1;
+  let hasRegionArgAttrVerify = 1;
+  let hasRegionResultAttrVerify = 1;
+  let extraClassDeclaration = [{
+    /// `moe.parameter = "<name>"` on a function argument or result: the
+    /// model parameter it holds, by its checkpoint name.
+    static ::llvm::StringRef getParameterAttrName() { return "moe.parameter"; }
+    /// `moe.exp_avg = "<name>"` on a function argument or result: AdamW's
+    /// first moment of the named parameter.
+    static ::llvm::StringRef getExpAvgAttrName() { return "moe.exp_avg"; }
+    /// `moe.exp_avg_sq = "<name>"`: AdamW's second moment of the named
+    /// parameter, on a function argument or result.
+    static ::llvm::StringRef getExpAvgSqAttrName() { return "moe.exp_avg_sq"; }
+    /// `moe.input = "<name>"` on a function argument: a model or step input
+    /// (input_ids, labels, step, lr, seed, or an exported graph input).
+    static ::llvm::StringRef getInputAttrName() { return "moe.input"; }
+    /// `moe.output = "<name>"` on a function result: a named output (a
+    /// loss, a metric, or an exported graph output).
+    static ::llvm::StringRef getOutputAttrName() { return "moe.output"; }
+    /// `moe.gradient = "<name>"` on a function result: the gradient of the
+    /// named parameter.
+    static ::llvm::StringRef getGradientAttrName() { return "moe.gradient"; }
+    /// `moe.persistent_copy` (unit) on an arith.truncf of a parameter: a
+    /// copy the backend keeps across steps (moe-keep-param-copies).
+    static ::llvm::StringRef getPersistentCopyAttrName() {
+      return "moe.persistent_copy";
+    }
+    /// `moe.arena_offsets = array<i64: ...>` on an op: the arena byte
+    /// offset of each result, -1 for one not in the arena (moe-plan-memory).
+    static ::llvm::StringRef getArenaOffsetsAttrName() {
+      return "moe.arena_offsets";
+    }
+    /// The arena bytes [begin, end) that `value` occupies by its producer's
+    /// moe.arena_offsets (a reshape's are its source's), or nothing for a
+    /// value outside the arena.
+    static std::optional<std::pair<int64_t, int64_t>>
+    getArenaRange(::mlir::Value value);
+    /// `moe.arena_bytes = N : i64` on a function: its arena's size.
+    static ::llvm::StringRef getArenaBytesAttrName() {
+      return "moe.arena_bytes";
+    }
+    /// `moe.arena_live_bytes = N : i64` on a function: the most bytes alive
+    /// at once, a lower bound on the arena's size.
+    static ::llvm::StringRef getArenaLiveBytesAttrName() {
+      return "moe.arena_live_bytes";
+    }
+    /// `moe.adamw_group = N : i64` on a moe.adamw: the multi-tensor update
+    /// it belongs to (moe-group-adamw).
+    static ::llvm::StringRef getAdamWGroupAttrName() {
+      return "moe.adamw_group";
+    }
+    /// `moe.onnx.opset = N : i64` on an imported module: the ONNX opset.
+    static ::llvm::StringRef getOnnxOpsetAttrName() { return "moe.onnx.opset"; }
+    /// `moe.onnx.producer = "<name version>"` on an imported module.
+    static ::llvm::StringRef getOnnxProducerAttrName() {
+      return "moe.onnx.producer";
+    }
+  }];
   let dependentDialects = [
     "::mlir::arith::ArithDialect",
     "::mlir::func::FuncDialect",

@@ -101,6 +101,19 @@ LogicalResult RmsNormOp::verify() {
   return verifySameElementType(*this, "result", getType(), input);
 }
 
+LogicalResult AddRmsNormOp::verify() {
+  RankedTensorType sum = getSum().getType();
+  if (sum.getRank() < 1)
+    return emitOpError() << "sum must have rank at least 1";
+  if (failed(verifyShape(*this, "weight", tensorType(getWeight()),
+                         {sum.getDimSize(sum.getRank() - 1)})))
+    return failure();
+  if (!(getEpsilon().convertToDouble() >= 0.0))
+    return emitOpError() << "epsilon must be non-negative but is "
+                         << getEpsilon().convertToDouble();
+  return success();
+}
+
 LogicalResult RotaryOp::verify() {
   RankedTensorType input = tensorType(getInput());
   if (input.getRank() != 4)

@@ -631,6 +631,31 @@ def Moe_FusionOp : Moe_Op<"fusion", [Pure, IsolatedFromAbove]> {
   }];
 }
 
+def Moe_AddRmsNormOp : Moe_Op<"add_rms_norm", [Pure,
+    AllTypesMatch<["lhs", "rhs", "sum", "result"]>]> {
+  let summary = "a residual add and the RMSNorm of its sum";
+  let description = [{
+    `sum = lhs + rhs` (`arith.addf`, rounded to the element type) and
+    `result = moe.rms_norm(sum, weight, epsilon)`: a residual connection and
+    the norm that reads it, created by moe-fuse-add-rms-norm so that a
+    backend computes both in one pass over memory. Both results are kept
+    (the sum is the next residual).
+
+    ```mlir
+    %sum, %y = moe.add_rms_norm %h, %d, %w {epsilon = 1.0e-05 : f64}
+        : (tensor<2x8x32xf32>, tensor<2x8x32xf32>, tensor<32xf32>)
+        -> (tensor<2x8x32xf32>, tensor<2x8x32xf32>)
+    ```
+  }];
+  let arguments = (ins Moe_FloatTensor:$lhs, Moe_FloatTensor:$rhs,
+                       Moe_FloatTensor:$weight, F64Attr:$epsilon);
+  let results = (outs Moe_FloatTensor:$sum, Moe_FloatTensor:$result);
+  let assemblyFormat = [{
+    $lhs `,` $rhs `,` $weight attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
 def Moe_YieldOp : Moe_Op<"yield", [Pure, Terminator,
     HasParent<"FusionOp">]> {
   let summary = "the value a moe.fusion computes";

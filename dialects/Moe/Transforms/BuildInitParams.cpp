@@ -44,7 +44,8 @@ struct BuildInitParamsPass
     }
     SmallVector<BlockArgument> params;
     for (BlockArgument arg : forward.getArguments())
-      if (forward.getArgAttr(arg.getArgNumber(), "moe.parameter"))
+      if (forward.getArgAttr(arg.getArgNumber(),
+                             MoeDialect::getParameterAttrName()))
         params.push_back(arg);
 
     OpBuilder builder(module.getContext());
@@ -57,14 +58,15 @@ struct BuildInitParamsPass
     auto init = func::FuncOp::create(
         builder, loc, "init_params",
         builder.getFunctionType({seedType}, resultTypes));
-    init.setArgAttr(0, "moe.input", builder.getStringAttr("seed"));
+    init.setArgAttr(0, MoeDialect::getInputAttrName(),
+                    builder.getStringAttr("seed"));
     Block *entry = init.addEntryBlock();
     builder.setInsertionPointToStart(entry);
     SmallVector<Value> values;
     for (auto [i, p] : llvm::enumerate(params)) {
-      auto name = forward.getArgAttrOfType<StringAttr>(p.getArgNumber(),
-                                                       "moe.parameter");
-      init.setResultAttr(i, "moe.parameter", name);
+      auto name = forward.getArgAttrOfType<StringAttr>(
+          p.getArgNumber(), MoeDialect::getParameterAttrName());
+      init.setResultAttr(i, MoeDialect::getParameterAttrName(), name);
       bool isNormWeight = llvm::any_of(p.getUsers(), [&](Operation *user) {
         auto norm = dyn_cast<RmsNormOp>(user);
         return norm && norm.getWeight() == p;

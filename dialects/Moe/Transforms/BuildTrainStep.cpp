@@ -235,7 +235,7 @@ FailureOr<LmHeadOp> StepBuilder::cloneForward(
     mapping.map(p, copy);
   }
   for (BlockArgument arg : forward.getArguments())
-    if (forward.getArgAttr(arg.getArgNumber(), "moe.input"))
+    if (forward.getArgAttr(arg.getArgNumber(), MoeDialect::getInputAttrName()))
       mapping.map(arg, ids);
   for (Operation &op : body.without_terminator()) {
     if (isa<OnnxNodeOp>(op))
@@ -278,11 +278,15 @@ LogicalResult StepBuilder::buildEval(ArrayRef<BlockArgument> params,
   Block *entry = eval.addEntryBlock();
   size_t n = params.size();
   for (auto [i, p] : llvm::enumerate(params))
-    eval.setArgAttr(i, "moe.parameter",
-                    forward.getArgAttr(p.getArgNumber(), "moe.parameter"));
-  eval.setArgAttr(n, "moe.input", builder.getStringAttr("input_ids"));
-  eval.setArgAttr(n + 1, "moe.input", builder.getStringAttr("labels"));
-  eval.setResultAttr(0, "moe.output", builder.getStringAttr("ce_loss"));
+    eval.setArgAttr(i, MoeDialect::getParameterAttrName(),
+                    forward.getArgAttr(p.getArgNumber(),
+                                       MoeDialect::getParameterAttrName()));
+  eval.setArgAttr(n, MoeDialect::getInputAttrName(),
+                  builder.getStringAttr("input_ids"));
+  eval.setArgAttr(n + 1, MoeDialect::getInputAttrName(),
+                  builder.getStringAttr("labels"));
+  eval.setResultAttr(0, MoeDialect::getOutputAttrName(),
+                     builder.getStringAttr("ce_loss"));
   builder.setInsertionPointToStart(entry);
   SmallVector<Value> computeParams;
   SmallVector<Operation *> cloned;
@@ -308,9 +312,11 @@ FailureOr<func::FuncOp> StepBuilder::build() {
   SmallVector<BlockArgument> params;
   BlockArgument inputIds;
   for (BlockArgument arg : forward.getArguments()) {
-    if (forward.getArgAttr(arg.getArgNumber(), "moe.parameter"))
+    if (forward.getArgAttr(arg.getArgNumber(),
+                           MoeDialect::getParameterAttrName()))
       params.push_back(arg);
-    else if (forward.getArgAttr(arg.getArgNumber(), "moe.input")) {
+    else if (forward.getArgAttr(arg.getArgNumber(),
+                                MoeDialect::getInputAttrName())) {
       if (inputIds)
         return forward.emitOpError()
                << "has more than one input; the training step expects only "
@@ -352,26 +358,33 @@ FailureOr<func::FuncOp> StepBuilder::build() {
   size_t n = params.size();
   for (auto [i, p] : llvm::enumerate(params)) {
     StringAttr name = forward.getArgAttrOfType<StringAttr>(
-        p.getArgNumber(), "moe.parameter");
-    step.setArgAttr(i, "moe.parameter", name);
-    step.setArgAttr(n + i, "moe.exp_avg", name);
-    step.setArgAttr(2 * n + i, "moe.exp_avg_sq", name);
-    step.setResultAttr(i, "moe.parameter", name);
-    step.setResultAttr(n + i, "moe.exp_avg", name);
-    step.setResultAttr(2 * n + i, "moe.exp_avg_sq", name);
+        p.getArgNumber(), MoeDialect::getParameterAttrName());
+    step.setArgAttr(i, MoeDialect::getParameterAttrName(), name);
+    step.setArgAttr(n + i, MoeDialect::getExpAvgAttrName(), name);
+    step.setArgAttr(2 * n + i, MoeDialect::getExpAvgSqAttrName(), name);
+    step.setResultAttr(i, MoeDialect::getParameterAttrName(), name);
+    step.setResultAttr(n + i, MoeDialect::getExpAvgAttrName(), name);
+    step.setResultAttr(2 * n + i, MoeDialect::getExpAvgSqAttrName(), name);
   }
-  step.setArgAttr(3 * n, "moe.input", builder.getStringAttr("input_ids"));
-  step.setArgAttr(3 * n + 1, "moe.input", builder.getStringAttr("labels"));
-  step.setArgAttr(3 * n + 2, "moe.input", builder.getStringAttr("step"));
-  step.setArgAttr(3 * n + 3, "moe.input", builder.getStringAttr("lr"));
+  step.setArgAttr(3 * n, MoeDialect::getInputAttrName(),
+                  builder.getStringAttr("input_ids"));
+  step.setArgAttr(3 * n + 1, MoeDialect::getInputAttrName(),
+                  builder.getStringAttr("labels"));
+  step.setArgAttr(3 * n + 2, MoeDialect::getInputAttrName(),
+                  builder.getStringAttr("step"));
+  step.setArgAttr(3 * n + 3, MoeDialect::getInputAttrName(),
+                  builder.getStringAttr("lr"));
   static const char *const metricNames[] = {
       "loss", "ce_loss", "aux_loss", "z_loss", "grad_norm", "expert_counts"};
   for (auto [i, name] : llvm::enumerate(metricNames))
-    step.setResultAttr(3 * n + i, "moe.output", builder.getStringAttr(name));
+    step.setResultAttr(3 * n + i, MoeDialect::getOutputAttrName(),
+                       builder.getStringAttr(name));
   if (options.returnGradients)
     for (auto [i, p] : llvm::enumerate(params))
-      step.setResultAttr(3 * n + 6 + i, "moe.gradient",
-                         forward.getArgAttr(p.getArgNumber(), "moe.parameter"));
+      step.setResultAttr(
+          3 * n + 6 + i, MoeDialect::getGradientAttrName(),
+          forward.getArgAttr(p.getArgNumber(),
+                             MoeDialect::getParameterAttrName()));
 
   // --- 1. The forward -----------------------------------------------------
   SmallVector<Value> computeParams;

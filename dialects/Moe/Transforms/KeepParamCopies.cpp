@@ -30,7 +30,8 @@ struct KeepParamCopiesPass
       return;
     Block &block = func.getBody().front();
     for (BlockArgument arg : func.getArguments()) {
-      if (!func.getArgAttr(arg.getArgNumber(), "moe.parameter"))
+      if (!func.getArgAttr(arg.getArgNumber(),
+                           MoeDialect::getParameterAttrName()))
         continue;
       AdamWOp update;
       for (Operation *user : arg.getUsers())
@@ -48,7 +49,8 @@ struct KeepParamCopiesPass
         });
         if (!beforeUpdate)
           continue;
-        cast->setAttr("moe.persistent_copy", UnitAttr::get(&getContext()));
+        cast->setAttr(MoeDialect::getPersistentCopyAttrName(),
+                      UnitAttr::get(&getContext()));
         ++numKept;
       }
     }

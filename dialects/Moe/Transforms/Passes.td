@@ -283,6 +283,62 @@ def PlanMemory : Pass<"moe-plan-memory", "::mlir::func::FuncOp"> {
   ];
 }
 
+def FuseAddRmsNorm : Pass<"moe-fuse-add-rms-norm", "::mlir::func::FuncOp"> {
+  let summary = "fuses a residual add into the RMSNorm that reads it";
+  let description = [{
+    Replaces an `arith.addf` on tensors that the very next op, a
+    `moe.rms_norm`, normalises by one `moe.add_rms_norm` computing both the
+    sum (still used as the next residual) and the norm, so that a backend
+    reads the addends once.
+
+    It runs after moe-plan-memory and keeps the plan: the new op's
+    `moe.arena_offsets` are the add's and the norm's. No op runs between
+    the two, so the planned lifetimes still hold. A kernel that computes
+    both reads addends and writes results of different rows at once, so a
+    pair is left as it is when the plan gave the norm's result bytes of an
+    addend (the add being the addend's last use). Without a plan, every
+    adjacent pair is fused.
+
+    ```mlir
+    %s = arith.addf %h, %d {moe.arena_offsets = array<i64: 0>} : tensor<2x8x32xf32>
+    %y = moe.rms_norm %s, %w {epsilon = 1.0e-05 : f64, moe.arena_offsets = array<i64: 2048>}
+        : (tensor<2x8x32xf32>, tensor<32xf32>) -> tensor<2x8x32xf32>
+    // becomes
+    %s, %y = moe.add_rms_norm %h, %d, %w
+        {epsilon = 1.0e-05 : f64, moe.arena_offsets = array<i64: 0, 2048>}
+        : (tensor<2x8x32xf32>, tensor<2x8x32xf32>, tensor<32xf32>)
+        -> (tensor<2x8x32xf32>, tensor<2x8x32xf32>)
+    ```
+  }];
+  let dependentDialects = ["::mlir::moe::MoeDialect"];
+  let statistics = [
+    Statistic<"numFused", "num-fused", "add and rms_norm pairs fused">,
+    Statistic<"numOverlapping", "num-overlapping",
+              "pairs left unfused because the norm's buffer overlaps an addend">
+  ];
+}
+
+def GroupAdamW : Pass<"moe-group-adamw", "::mlir::func::FuncOp"> {
+  let summary = "groups consecutive moe.adamw ops into multi-tensor updates";
+  let description = [{
+    Marks every `moe.adamw` with `moe.adamw_group`, the id of the
+    multi-tensor update it belongs to, so that a backend updates each group
+    in one launch. A group is a run of consecutive moe.adamw ops that agree
+    with its first op in everything but the tensors and the weight decay:
+    `beta1`, `beta2`, `epsilon`, `max_grad_norm`, the `step`, `lr` and
+    `grad_norm` operands, and the parameters' element type. Ids count from
+    0 in program order. The step's semantics do not change.
+
+    ```mlir
+    %p0, %m0, %v0 = moe.adamw %w0, ... {..., moe.adamw_group = 0 : i64} : tensor<32xf32>, ...
+    %p1, %m1, %v1 = moe.adamw %w1, ... {..., moe.adamw_group = 0 : i64} : tensor<4x32xf32>, ...
+    ```
+  }];
+  let statistics = [
+    Statistic<"numGroups", "num-groups", "multi-tensor update groups">
+  ];
+}
+
 def BuildTrainStep : Pass<"moe-build-train-step", "::mlir::ModuleOp"> {
   let summary = "builds the training step (loss, backward, AdamW) from the forward";
   let description = [{

@@ -106,7 +106,7 @@ struct PlanMemoryPass : public moe::impl::PlanMemoryBase<PlanMemoryPass> {
     llvm::DenseMap<Value, size_t> bufferOf;
     std::vector<Buffer> buffers;
     for (Operation &op : body) {
-      if (op.hasAttr("moe.persistent_copy"))
+      if (op.hasAttr(MoeDialect::getPersistentCopyAttrName()))
         continue; // the backend's persistent storage (moe-keep-param-copies)
       for (Value result : op.getResults()) {
         auto type = dyn_cast<RankedTensorType>(result.getType());
@@ -207,10 +207,13 @@ struct PlanMemoryPass : public moe::impl::PlanMemoryBase<PlanMemoryPass> {
         any |= it != bufferOf.end();
       }
       if (any)
-        op.setAttr("moe.arena_offsets", builder.getDenseI64ArrayAttr(offsets));
+        op.setAttr(MoeDialect::getArenaOffsetsAttrName(),
+                   builder.getDenseI64ArrayAttr(offsets));
     }
-    func->setAttr("moe.arena_bytes", builder.getI64IntegerAttr(arena));
-    func->setAttr("moe.arena_live_bytes", builder.getI64IntegerAttr(liveBound));
+    func->setAttr(MoeDialect::getArenaBytesAttrName(),
+                  builder.getI64IntegerAttr(arena));
+    func->setAttr(MoeDialect::getArenaLiveBytesAttrName(),
+                  builder.getI64IntegerAttr(liveBound));
     numBuffers += buffers.size();
   }
 };

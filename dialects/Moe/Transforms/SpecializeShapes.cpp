@@ -155,8 +155,10 @@ struct SpecializeShapesPass
     Block &body = func.getBody().front();
     for (BlockArgument arg : body.getArguments()) {
       auto type = dyn_cast<RankedTensorType>(arg.getType());
-      if (!func.getArgAttr(arg.getArgNumber(), "moe.input") || !type ||
-          type.getRank() != 2 || !isa<IntegerType>(type.getElementType()))
+      if (!func.getArgAttr(arg.getArgNumber(),
+                           MoeDialect::getInputAttrName()) ||
+          !type || type.getRank() != 2 ||
+          !isa<IntegerType>(type.getElementType()))
         continue;
       const int64_t sizes[] = {batch, seq};
       for (auto [d, size] : llvm::enumerate(sizes))

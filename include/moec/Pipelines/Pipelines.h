@@ -43,7 +43,8 @@ void buildTrainPipeline(mlir::OpPassManager &pm, const TrainingJob &job,
 /// `moe-compile-pipeline`: the train pipeline, then what a one-GPU program
 /// needs: moe-save-attention-stats (bf16 attention on cuDNN, when
 /// `cudnnAttention`), moe-fuse-elementwise, moe-keep-param-copies (unless
-/// the job says keep_param_copies false) and moe-plan-memory.
+/// the job says keep_param_copies false), moe-plan-memory, then the
+/// preparation for the printer: moe-fuse-add-rms-norm and moe-group-adamw.
 void buildCompilePipeline(mlir::OpPassManager &pm, const TrainingJob &job,
                           bool cudnnAttention);
 

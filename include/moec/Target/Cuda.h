@@ -54,7 +54,8 @@ struct CudaTrainProgramSummary {
 };
 
 /// Prints the CUDA training program of `module` (@train_step after
-/// moe-specialize-shapes and moe-plan-memory, and @init_params) to `os`.
+/// moe-specialize-shapes, moe-plan-memory, moe-fuse-add-rms-norm and
+/// moe-group-adamw, and @init_params) to `os`.
 mlir::LogicalResult
 emitCudaTrainProgram(mlir::ModuleOp module,
                      const CudaTrainProgramOptions &options,

@@ -506,8 +506,9 @@ OwningOpRef<ModuleOp> GraphImporter::run() {
   for (const auto &entry : model.opset_import())
     if (entry.domain().empty() || entry.domain() == "ai.onnx")
       opset = entry.version();
-  (*module)->setAttr("moe.onnx.opset", builder.getI64IntegerAttr(opset));
-  (*module)->setAttr("moe.onnx.producer",
+  (*module)->setAttr(moe::MoeDialect::getOnnxOpsetAttrName(),
+                     builder.getI64IntegerAttr(opset));
+  (*module)->setAttr(moe::MoeDialect::getOnnxProducerAttrName(),
                      builder.getStringAttr(model.producer_name() + " " +
                                            model.producer_version()));
 
@@ -541,8 +542,9 @@ OwningOpRef<ModuleOp> GraphImporter::run() {
     if (failed(type))
       return nullptr;
     argTypes.push_back(*type);
-    argTags.push_back(builder.getNamedAttr(
-        "moe.input", builder.getStringAttr(input.name())));
+    argTags.push_back(
+        builder.getNamedAttr(moe::MoeDialect::getInputAttrName(),
+                             builder.getStringAttr(input.name())));
     argNames.push_back(input.name());
   }
   SmallVector<const onnx::TensorProto *> constants;
@@ -578,8 +580,9 @@ OwningOpRef<ModuleOp> GraphImporter::run() {
       }
     }
     argTypes.push_back(type);
-    argTags.push_back(builder.getNamedAttr(
-        "moe.parameter", builder.getStringAttr(init.name())));
+    argTags.push_back(
+        builder.getNamedAttr(moe::MoeDialect::getParameterAttrName(),
+                             builder.getStringAttr(init.name())));
     argNames.push_back(init.name());
   }
 
@@ -601,7 +604,8 @@ OwningOpRef<ModuleOp> GraphImporter::run() {
     values[argNames[i]] = entry->getArgument(i);
   }
   for (auto [i, output] : llvm::enumerate(graph.output()))
-    func.setResultAttr(i, "moe.output", builder.getStringAttr(output.name()));
+    func.setResultAttr(i, moe::MoeDialect::getOutputAttrName(),
+                       builder.getStringAttr(output.name()));
 
   builder.setInsertionPointToStart(entry);
   for (const onnx::TensorProto *init : constants) {

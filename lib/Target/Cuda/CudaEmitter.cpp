@@ -94,6 +94,9 @@ LogicalResult moec::emitCudaInitProgram(ModuleOp module,
   if (!init)
     return module.emitError() << "the module has no @init_params to emit; "
                                  "run moe-build-init-params first";
+  if (init.getBody().getBlocks().size() != 1)
+    return init.emitError() << "has " << init.getBody().getBlocks().size()
+                            << " blocks; the CUDA printer emits one";
   auto ret = cast<func::ReturnOp>(init.getBody().front().getTerminator());
 
   // Layout and launches, checked before anything is printed.

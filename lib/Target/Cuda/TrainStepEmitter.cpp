@@ -14,7 +14,11 @@
 //   arena   every other value, at the offset moe-plan-memory chose.
 //
 // Views (expand/collapse_shape) print as their source's pointer. The printer
-// checks everything it relies on and fails with a diagnostic at the op.
+// only prints: what it fuses or groups, passes made explicit in the IR
+// before it (moe.add_rms_norm from moe-fuse-add-rms-norm, moe.adamw_group
+// from moe-group-adamw), and the model FLOPs come from
+// moec/Analysis/ModelFlops.h. It checks everything it relies on and fails
+// with a diagnostic at the op.
 //
 // CUDA graphs: the step is cut into segments at the ops whose launches
 // depend on values the host reads back during the step (the experts' group
@@ -31,10 +35,12 @@
 
 #include "dialects/Moe/IR/MoeOps.h"
 #include "moec/Support/Routing.h"
+#include "moec/Analysis/ModelFlops.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
+#include "llvm/ADT/DenseSet.h"
 #include "llvm/ADT/StringSet.h"
 #include "llvm/ADT/TypeSwitch.h"
 
@@ -44,6 +50,7 @@
 #include <optional>
 
 using namespace mlir;
+using mlir::moe::MoeDialect;
 using moec::detail::joined;
 using moec::detail::quoted;
 
@@ -131,6 +138,12 @@ std::optional<double> splatValue(arith::ConstantOp c) {
   return dense.getSplatValue<APFloat>().convertToDouble();
 }
 
+/// The multi-tensor update `a` belongs to (moe-group-adamw).
+int64_t groupOf(moe::AdamWOp a) {
+  return a->getAttrOfType<IntegerAttr>(MoeDialect::getAdamWGroupAttrName())
+      .getInt();
+}
+
 class TrainStepPrinter {
 public:
   TrainStepPrinter(func::FuncOp step, func::FuncOp init,
@@ -145,7 +158,6 @@ private:
   LogicalResult printOp(Operation &op);
   LogicalResult setResultPointers(Operation &op);
   LogicalResult printElementwise(Operation &op);
-  LogicalResult printAddRmsNorm(arith::AddFOp add, moe::RmsNormOp norm);
   LogicalResult printAdamWGroup(ArrayRef<moe::AdamWOp> group);
   FailureOr<std::string> pointer(Operation &at, Value v);
   std::string typed(Value v);
@@ -190,8 +202,9 @@ private:
 };
 
 LogicalResult TrainStepPrinter::layoutArguments() {
-  static const char *kStateAttrs[] = {"moe.parameter", "moe.exp_avg",
-                                      "moe.exp_avg_sq"};
+  const StringRef kStateAttrs[] = {MoeDialect::getParameterAttrName(),
+                                   MoeDialect::getExpAvgAttrName(),
+                                   MoeDialect::getExpAvgSqAttrName()};
   static const char *kInputs[] = {"input_ids", "labels", "step", "lr"};
   for (BlockArgument arg : step.getArguments()) {
     unsigned i = arg.getArgNumber();
@@ -232,7 +245,8 @@ LogicalResult TrainStepPrinter::layoutArguments() {
       stateBytes += alignUp(bytes);
       placed = true;
     }
-    if (auto input = step.getArgAttrOfType<StringAttr>(i, "moe.input")) {
+    if (auto input = step.getArgAttrOfType<StringAttr>(
+            i, MoeDialect::getInputAttrName())) {
       for (int k = 0; k < 4; ++k)
         if (input.getValue() == kInputs[k]) {
           inputOffset[k] = inputBytes;
@@ -260,10 +274,11 @@ LogicalResult TrainStepPrinter::layoutArguments() {
   // at the end of the state region, which checkpoints leave out.
   for (Operation &op : step.getBody().front()) {
     auto cast = dyn_cast<arith::TruncFOp>(op);
-    if (!cast || !cast->hasAttr("moe.persistent_copy"))
+    if (!cast || !cast->hasAttr(MoeDialect::getPersistentCopyAttrName()))
       continue;
     auto param = dyn_cast<BlockArgument>(cast.getIn());
-    if (!param || !step.getArgAttr(param.getArgNumber(), "moe.parameter"))
+    if (!param || !step.getArgAttr(param.getArgNumber(),
+                                   MoeDialect::getParameterAttrName()))
       return cast.emitOpError() << "is marked moe.persistent_copy but does "
                                    "not cast a parameter argument";
     std::string p = fmt::format(
@@ -320,13 +335,12 @@ static std::string elementwiseExpression(Operation &op,
 }
 
 LogicalResult TrainStepPrinter::printElementwise(Operation &op) {
+  // On tensors: a scalar operand would come from an argument or a constant,
+  // and the printer takes tensors only from both.
   Value result = op.getResult(0);
   RankedTensorType type = typeOf(result);
   int64_t n = type.getNumElements();
-  FailureOr<std::string> outType = cType(type);
-  if (failed(outType))
-    return op.emitOpError() << "produces " << type
-                            << ", which the CUDA printer cannot hold";
+  FailureOr<std::string> outType = cType(type); // setResultPointers checked
   // The kernel's inputs: the op's operands, or a fusion's inputs. Each is a
   // parameter and a term of the scalar loop (element i) and of the vector
   // loop (lane c of four); splat constants are literals.
@@ -377,8 +391,6 @@ LogicalResult TrainStepPrinter::printElementwise(Operation &op) {
       for (Value v : inner.getOperands())
         operands.push_back(term.lookup(v));
       std::string e = elementwiseExpression(inner, operands);
-      if (e.empty())
-        return e;
       Value v = inner.getResult(0);
       bool last = v == body.getTerminator()->getOperand(0);
       term[v] = !last && typeOf(v).getElementType().isBF16()
@@ -388,10 +400,10 @@ LogicalResult TrainStepPrinter::printElementwise(Operation &op) {
     }
     return term.lookup(body.getTerminator()->getOperand(0));
   };
+  // printOp sends only the ops elementwiseExpression prints, and
+  // moe.fusion's verifier admits only those in a body.
   std::string e = expression(scalarTerms);
-  if (e.empty())
-    return op.emitOpError() << "is not an element-wise op the CUDA printer "
-                               "generates kernels for";
+  assert(!e.empty() && "an element-wise op without a C++ expression");
   // Four elements per thread through 8/16-byte accesses (every buffer is
   // 256-byte aligned), then the remainder one by one.
   std::string source = fmt::format(
@@ -422,69 +434,12 @@ LogicalResult TrainStepPrinter::printElementwise(Operation &op) {
                            it->second, source);
   // A kept parameter copy is current after any step: only a run's first
   // step computes it.
-  if (op.hasAttr("moe.persistent_copy"))
+  if (op.hasAttr(MoeDialect::getPersistentCopyAttrName()))
     body += "  if (ctx.refreshParameterCopies)\n  ";
   body += fmt::format(
       "  {}<<<moert::kernels::blocksFor({}), 256, 0, ctx.stream>>>({}{}, "
       "{});\n",
       it->second, (n + 3) / 4, args, typed(result), n);
-  return success();
-}
-
-/// The arena bytes [begin, end) that `v` occupies, if it is in the arena.
-static std::optional<std::pair<int64_t, int64_t>> arenaRange(Value v) {
-  while (Operation *def = v.getDefiningOp()) {
-    if (isa<tensor::ExpandShapeOp, tensor::CollapseShapeOp>(def)) {
-      v = def->getOperand(0);
-      continue;
-    }
-    auto offsets = def->getAttrOfType<DenseI64ArrayAttr>("moe.arena_offsets");
-    int64_t index = cast<OpResult>(v).getResultNumber();
-    if (!offsets || offsets[index] < 0)
-      return std::nullopt;
-    return std::make_pair(offsets[index], offsets[index] + byteSize(typeOf(v)));
-  }
-  return std::nullopt;
-}
-
-static bool overlap(Value a, Value b) {
-  auto ra = arenaRange(a), rb = arenaRange(b);
-  return ra && rb && ra->first < rb->second && rb->first < ra->second;
-}
-
-/// An arith.addf whose result the very next op, a moe.rms_norm, normalises:
-/// one kernel stores the sum and the norm. The sum is stored at the norm's
-/// position; no op runs between the two, so the memory plan's intervals
-/// still hold. The plan may give the norm's output the bytes of an addend
-/// (its last use is the add); the fused kernel reads addends and writes
-/// outputs of different rows at once, so then it is not fused.
-static bool isResidualNorm(Operation &op, moe::RmsNormOp &norm) {
-  auto add = dyn_cast<arith::AddFOp>(op);
-  Operation *next = op.getNextNode();
-  norm = dyn_cast_or_null<moe::RmsNormOp>(next);
-  if (!add || !norm || norm.getInput() != add.getResult())
-    return false;
-  auto type = typeOf(add.getResult());
-  return type.getRank() >= 1 && typeOf(add.getLhs()) == type &&
-         typeOf(add.getRhs()) == type &&
-         !overlap(norm.getResult(), add.getLhs()) &&
-         !overlap(norm.getResult(), add.getRhs());
-}
-
-LogicalResult TrainStepPrinter::printAddRmsNorm(arith::AddFOp add,
-                                                moe::RmsNormOp norm) {
-  RankedTensorType t = typeOf(add.getResult());
-  bool ok = true;
-  std::string args =
-      pointerList(*add, {add.getLhs(), add.getRhs(), norm.getWeight()}, ok);
-  if (!ok)
-    return failure();
-  body += "  moert::kernels::mark(ctx, \"arith.addf+moe.rms_norm\");\n";
-  body += fmt::format("  moert::kernels::addRmsNorm(ctx, {}, {}, {}, {}, {}, "
-                      "{});\n",
-                      args, leadingCount(t), t.getShape().back(),
-                      floatLiteral(norm.getEpsilon().convertToDouble()),
-                      typed(add.getResult()), typed(norm.getResult()));
   return success();
 }
 
@@ -561,19 +516,31 @@ void TrainStepPrinter::endSegment(bool capture) {
 }
 
 LogicalResult TrainStepPrinter::setResultPointers(Operation &op) {
-  auto offsets = op.getAttrOfType<DenseI64ArrayAttr>("moe.arena_offsets");
+  // Constants are inlined, views alias their source, index values stay on
+  // the host; the persistent copies have their pointers already.
+  if (isa<arith::ConstantOp, tensor::DimOp, tensor::ExpandShapeOp,
+          tensor::CollapseShapeOp>(op))
+    return success();
+  auto offsets = op.getAttrOfType<DenseI64ArrayAttr>(
+      MoeDialect::getArenaOffsetsAttrName());
   for (auto [i, result] : llvm::enumerate(op.getResults())) {
-    if (!isa<RankedTensorType>(result.getType()))
+    auto type = dyn_cast<RankedTensorType>(result.getType());
+    if (!type || pointers.count(result))
       continue;
-    if (offsets && static_cast<int64_t>(i) < offsets.size() && offsets[i] >= 0) {
-      FailureOr<std::string> c = cType(result.getType());
-      if (failed(c))
-        return op.emitOpError() << "result #" << i << " is "
-                                << result.getType()
-                                << ", which the CUDA printer cannot hold";
-      pointers[result] = fmt::format("reinterpret_cast<{} *>(arena + {})",
-                                     *c, offsets[i]);
-    }
+    if (!type.hasStaticShape())
+      return op.emitOpError() << "result #" << i << " has type " << type
+                              << "; the CUDA printer needs static tensors "
+                                 "(run moe-specialize-shapes)";
+    if (!offsets || offsets[i] < 0)
+      return op.emitOpError() << "result #" << i
+                              << " has no arena offset; run moe-plan-memory "
+                                 "before the CUDA printer";
+    FailureOr<std::string> c = cType(type);
+    if (failed(c))
+      return op.emitOpError() << "result #" << i << " is " << type
+                              << ", which the CUDA printer cannot hold";
+    pointers[result] =
+        fmt::format("reinterpret_cast<{} *>(arena + {})", *c, offsets[i]);
   }
   return success();
 }
@@ -669,6 +636,20 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
                             args, leadingCount(t), t.getShape().back(),
                             floatLiteral(n.getEpsilon().convertToDouble()),
                             typed(n.getResult()));
+        return success();
+      })
+      .Case([&](moe::AddRmsNormOp n) -> LogicalResult {
+        RankedTensorType t = typeOf(n.getSum());
+        bool ok = true;
+        std::string args =
+            pointerList(op, {n.getLhs(), n.getRhs(), n.getWeight()}, ok);
+        if (!ok)
+          return failure();
+        body += fmt::format("  moert::kernels::addRmsNorm(ctx, {}, {}, {}, {}, "
+                            "{}, {});\n",
+                            args, leadingCount(t), t.getShape().back(),
+                            floatLiteral(n.getEpsilon().convertToDouble()),
+                            typed(n.getSum()), typed(n.getResult()));
         return success();
       })
       .Case([&](moe::RmsNormGradOp n) -> LogicalResult {
@@ -910,6 +891,9 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
             moe::RouterZLossOp, moe::RouterZLossGradOp>(
           [&](Operation *loss) -> LogicalResult {
             OperandRange logits = loss->getOperands();
+            if (logits.empty())
+              return op.emitOpError() << "takes no logits; the CUDA kernels "
+                                         "need one tensor per layer";
             RankedTensorType t = typeOf(logits[0]);
             for (Value v : logits)
               if (typeOf(v) != t)
@@ -963,6 +947,9 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
           })
       .Case([&](moe::ExpertCountsOp e) -> LogicalResult {
         OperandRange experts = e.getExperts();
+        if (experts.empty())
+          return e.emitOpError() << "counts no layers; the CUDA kernel needs "
+                                    "one tensor per layer";
         RankedTensorType t = typeOf(experts[0]);
         bool ok = true;
         std::string list = pointerList(op, experts, ok);
@@ -979,6 +966,9 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
         return success();
       })
       .Case([&](moe::GlobalNormOp n) -> LogicalResult {
+        if (n.getGradients().empty())
+          return n.emitOpError() << "takes no gradients; the CUDA printer "
+                                    "needs at least one";
         std::string entries;
         Type element = typeOf(n.getGradients().front()).getElementType();
         for (Value g : n.getGradients()) {
@@ -1014,38 +1004,45 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
                                       moec::CudaTrainProgramSummary &summary) {
   if (failed(layoutArguments()))
     return failure();
-  auto arenaBytes = step->getAttrOfType<IntegerAttr>("moe.arena_bytes");
+  auto arenaBytes =
+      step->getAttrOfType<IntegerAttr>(MoeDialect::getArenaBytesAttrName());
   if (!arenaBytes)
     return step.emitError() << "has no memory plan; run moe-plan-memory "
                                "before the CUDA printer";
 
-  // Ops in order; runs of moe.adamw become one multi-tensor launch.
+  // Ops in order; each moe.adamw_group (consecutive ops) is one
+  // multi-tensor launch.
   Block &block = step.getBody().front();
-  SmallVector<moe::AdamWOp> adamRun;
-  Operation *fusedAway = nullptr;
+  SmallVector<moe::AdamWOp> adamGroup;
+  llvm::DenseSet<int64_t> printedGroups;
+  auto printGroup = [&]() -> LogicalResult {
+    if (adamGroup.empty())
+      return success();
+    body += "  moert::kernels::mark(ctx, \"moe.adamw\");\n";
+    if (failed(printAdamWGroup(adamGroup)))
+      return failure();
+    printedGroups.insert(groupOf(adamGroup.front()));
+    adamGroup.clear();
+    return success();
+  };
   for (Operation &op : block) {
-    if (&op == fusedAway)
-      continue;
     if (auto a = dyn_cast<moe::AdamWOp>(op)) {
-      adamRun.push_back(a);
+      if (!a->hasAttr(MoeDialect::getAdamWGroupAttrName()))
+        return a.emitOpError() << "has no moe.adamw_group; run "
+                                  "moe-group-adamw before the CUDA printer";
+      if (!adamGroup.empty() && groupOf(a) != groupOf(adamGroup.front()) &&
+          failed(printGroup()))
+        return failure();
+      if (printedGroups.contains(groupOf(a)))
+        return a.emitOpError() << "is in moe.adamw_group " << groupOf(a)
+                               << " but not next to the group's other "
+                                  "updates; the CUDA printer updates a group "
+                                  "of consecutive ops in one launch";
+      adamGroup.push_back(a);
       continue;
     }
-    if (!adamRun.empty()) {
-      body += "  moert::kernels::mark(ctx, \"moe.adamw\");\n";
-      if (failed(printAdamWGroup(adamRun)))
-        return failure();
-      adamRun.clear();
-    }
-    moe::RmsNormOp norm;
-    if (isResidualNorm(op, norm)) {
-      // Both results keep their planned buffers.
-      if (failed(setResultPointers(op)) ||
-          failed(setResultPointers(*norm)) ||
-          failed(printAddRmsNorm(cast<arith::AddFOp>(op), norm)))
-        return failure();
-      fusedAway = norm;
-      continue;
-    }
+    if (failed(printGroup()))
+      return failure();
     // The experts' launches depend on group sizes read back to the host.
     bool hostSync = isa<moe::ExpertsOp, moe::ExpertsGradOp>(op);
     if (hostSync)
@@ -1055,11 +1052,8 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
     if (hostSync)
       endSegment(/*capture=*/false);
   }
-  if (!adamRun.empty()) {
-    body += "  moert::kernels::mark(ctx, \"moe.adamw\");\n";
-    if (failed(printAdamWGroup(adamRun)))
-      return failure();
-  }
+  if (failed(printGroup()))
+    return failure();
   endSegment(/*capture=*/true);
   body += "  moert::kernels::mark(ctx, \"end\");\n";
   endSegment(/*capture=*/false);
@@ -1069,7 +1063,8 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
   std::map<std::string, std::string> metric;
   Value counts;
   for (auto [i, v] : llvm::enumerate(ret.getOperands())) {
-    auto name = step.getResultAttrOfType<StringAttr>(i, "moe.output");
+    auto name = step.getResultAttrOfType<StringAttr>(
+        i, MoeDialect::getOutputAttrName());
     if (!name)
       continue;
     if (name.getValue() == "expert_counts")
@@ -1079,7 +1074,7 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
       metric[name.str()] = fmt::format("{{-1, {}}}", floatLiteral(c->second));
       continue;
     }
-    auto range = arenaRange(v);
+    auto range = MoeDialect::getArenaRange(v);
     if (!range)
       return ret.emitOpError() << "returns output '" << name.getValue()
                                << "' that is not in the arena";
@@ -1125,38 +1120,18 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
       return init.emitError() << "does not initialise parameter '" << p.name
                               << "'";
 
-  // Model FLOPs per step (DESIGN.md §5): 6 · active parameters · tokens
-  // + 6 · layers · hidden · seq² · batch (causal attention, half the square).
-  // Active: every parameter but the embedding table (a lookup, no FLOPs),
-  // expert weights at k/E.
-  double activeParams = 0;
-  for (const Param &p : params)
-    activeParams += p.type.getNumElements();
+  // The program's geometry: the lm-head loss's tokens and vocabulary.
+  FailureOr<moec::ModelFlops> modelFlops = moec::trainStepModelFlops(step);
+  if (failed(modelFlops))
+    return failure();
   int64_t batch = 0, seq = 0, vocab = 0;
-  double attentionFlops = 0;
-  for (Operation &op : block) {
-    if (auto e = dyn_cast<moe::ExpertsOp>(op)) {
-      double ratio = static_cast<double>(typeOf(e.getGates()).getShape().back()) /
-                     typeOf(e.getGateUp()).getShape()[0];
-      for (Value w : {e.getGateUp(), e.getDown()})
-        activeParams -= (1.0 - ratio) * typeOf(w).getNumElements();
-    }
-    if (auto e = dyn_cast<moe::EmbeddingOp>(op))
-      activeParams -= typeOf(e.getTable()).getNumElements();
-    if (auto a = dyn_cast<moe::AttentionOp>(op)) {
-      auto q = typeOf(a.getQuery()).getShape();
-      attentionFlops += 6.0 * q[2] * q[3] * q[1] * q[1] * q[0];
-    }
+  for (Operation &op : block)
     if (isa<moe::LmHeadCrossEntropyOp, moe::LmHeadCrossEntropyWithGradOp>(
             op)) {
       batch = typeOf(op.getOperand(0)).getShape()[0];
       seq = typeOf(op.getOperand(0)).getShape()[1];
       vocab = typeOf(op.getOperand(1)).getShape()[0];
     }
-  }
-  if (!batch)
-    return step.emitError() << "has no moe.lm_head_cross_entropy";
-  double modelFlops = 6.0 * activeParams * batch * seq + attentionFlops;
 
   // The program.
   os << "// Generated by moec from @train_step. Do not edit.\n";
@@ -1239,17 +1214,18 @@ namespace {
       "  return moert::runTrainProgram(program, argc, argv);\n}}\n",
       quoted(options.modelName), batch, seq, vocab, stateBytes,
       derivedStateBytes, arenaBytes.getInt(), inputBytes, inputOffset[0],
-      inputOffset[1], inputOffset[2], inputOffset[3], metric["loss"], metric["ce_loss"],
-      metric["aux_loss"], metric["z_loss"], metric["grad_norm"],
-      metric["expert_counts"], countShape.size() == 2 ? countShape[0] : 1,
-      countShape.back(), modelFlops,
+      inputOffset[1], inputOffset[2], inputOffset[3], metric["loss"],
+      metric["ce_loss"], metric["aux_loss"], metric["z_loss"],
+      metric["grad_norm"], metric["expert_counts"],
+      countShape.size() == 2 ? countShape[0] : 1, countShape.back(),
+      modelFlops->total(),
       usesCudnn ? "  program.openLibraries = openLibraries;\n" : "");
 
   summary.stateBytes = stateBytes;
   summary.derivedStateBytes = derivedStateBytes;
   summary.arenaBytes = arenaBytes.getInt();
   summary.inputBytes = inputBytes;
-  summary.modelFlops = modelFlops;
+  summary.modelFlops = modelFlops->total();
   summary.usesCudnn = usesCudnn;
   return success();
 }
@@ -1266,9 +1242,10 @@ LogicalResult moec::emitCudaTrainProgram(ModuleOp module,
     return module.emitError() << "the module needs @train_step and "
                                  "@init_params; run moe-build-init-params "
                                  "and moe-build-train-step first";
-  if (step.getBody().getBlocks().size() != 1)
-    return step.emitError() << "has " << step.getBody().getBlocks().size()
-                            << " blocks; the CUDA printer emits one";
+  for (func::FuncOp f : {step, init})
+    if (f.getBody().getBlocks().size() != 1)
+      return f.emitError() << "has " << f.getBody().getBlocks().size()
+                           << " blocks; the CUDA printer emits one";
   TrainStepPrinter printer(step, init, options);
   return printer.print(os, summary);
 }

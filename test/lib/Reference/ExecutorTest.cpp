@@ -3,8 +3,9 @@
 // The executor on small functions parsed from text: delayed_param creates
 // the same values for a shard as for the full parameter (sharding
 // invariance), bf16 values are stored rounded, a moe.fusion equals its
-// body's ops run one by one, moe.attention's stats are its rows'
-// log-sum-exp, and results are found by their tags and names.
+// body's ops run one by one, moe.add_rms_norm equals its add and norm,
+// moe.attention's stats are its rows' log-sum-exp, and results are found by
+// their tags and names.
 //
 //===----------------------------------------------------------------------===//
 
@@ -130,6 +131,32 @@ TEST_F(ExecutorTest, FusionEqualsItsOpsOneByOne) {
   EXPECT_EQ(fused[0].f32[1], -126.0f);
   // -((1 + 1/128) / 2 - 0.5) = -1/256.
   EXPECT_EQ(fused[0].f32[0], -1.0f / 256);
+}
+
+TEST_F(ExecutorTest, AddRmsNormEqualsItsAddAndNorm) {
+  // bf16: the norm reads the sum as the unfused add stores it, rounded.
+  const char *source = R"mlir(
+    func.func @fused(%a: tensor<2x2xbf16>, %b: tensor<2x2xbf16>, %w: tensor<2xbf16>) -> (tensor<2x2xbf16>, tensor<2x2xbf16>) {
+      %s, %y = moe.add_rms_norm %a, %b, %w {epsilon = 1.0e-05 : f64} : (tensor<2x2xbf16>, tensor<2x2xbf16>, tensor<2xbf16>) -> (tensor<2x2xbf16>, tensor<2x2xbf16>)
+      return %s, %y : tensor<2x2xbf16>, tensor<2x2xbf16>
+    }
+    func.func @unfused(%a: tensor<2x2xbf16>, %b: tensor<2x2xbf16>, %w: tensor<2xbf16>) -> (tensor<2x2xbf16>, tensor<2x2xbf16>) {
+      %s = arith.addf %a, %b : tensor<2x2xbf16>
+      %y = moe.rms_norm %s, %w {epsilon = 1.0e-05 : f64} : (tensor<2x2xbf16>, tensor<2xbf16>) -> tensor<2x2xbf16>
+      return %s, %y : tensor<2x2xbf16>, tensor<2x2xbf16>
+    })mlir";
+  HostTensor a = HostTensor::floats({2, 2}), b = a, w = HostTensor::floats({2});
+  a.f32 = {256.0f, 3.0f, -1.0f, 0.5f};
+  b.f32 = {1.0f, 4.0f, 2.0f, 0.25f};
+  w.f32 = {1.0f, 2.0f};
+  std::vector<HostTensor> fused = run(source, "fused", {a, b, w});
+  std::vector<HostTensor> unfused = run(source, "unfused", {a, b, w});
+  ASSERT_EQ(fused.size(), 2u);
+  EXPECT_EQ(fused[0].f32, unfused[0].f32);
+  EXPECT_EQ(fused[1].f32, unfused[1].f32);
+  // 256 + 1 rounds to 256 in bf16; the row [256, 7] has rms sqrt(32792.5).
+  EXPECT_EQ(fused[0].f32[0], 256.0f);
+  EXPECT_NEAR(fused[1].f32[0], 256.0 / std::sqrt(32792.5), 1e-2);
 }
 
 TEST_F(ExecutorTest, AttentionStatsAreTheRowsLogSumExp) {

@@ -465,3 +465,172 @@ func.func @attention_grad_saved(%q: tensor<2x8x4x16xbf16>, %k: tensor<2x8x2x16xb
   %dq, %dk, %dv = moe.attention_grad %q, %k, %v, %do, %do {scale = 0.25 : f64} : (tensor<2x8x4x16xbf16>, tensor<2x8x2x16xbf16>, tensor<2x8x2x16xbf16>, tensor<2x8x4x16xbf16>, tensor<2x8x4x16xbf16>) -> (tensor<2x8x4x16xbf16>, tensor<2x8x2x16xbf16>, tensor<2x8x2x16xbf16>)
   return
 }
+
+// -----
+
+// Tests that the norm weight of moe.add_rms_norm matches the normalised
+// dimension.
+func.func @add_rms_norm_weight(%h: tensor<2x32xf32>, %w: tensor<16xf32>) {
+  // expected-error@+1 {{'moe.add_rms_norm' op weight dimension 0 is 16 but must be 32}}
+  %s, %y = moe.add_rms_norm %h, %h, %w {epsilon = 1.0e-05 : f64} : (tensor<2x32xf32>, tensor<2x32xf32>, tensor<16xf32>) -> (tensor<2x32xf32>, tensor<2x32xf32>)
+  return
+}
+
+// -----
+
+// Tests that moe.add_rms_norm's epsilon cannot be negative.
+func.func @add_rms_norm_epsilon(%h: tensor<2x32xf32>, %w: tensor<32xf32>) {
+  // expected-error@+1 {{'moe.add_rms_norm' op epsilon must be non-negative but is -1.000000e+00}}
+  %s, %y = moe.add_rms_norm %h, %h, %w {epsilon = -1.0 : f64} : (tensor<2x32xf32>, tensor<2x32xf32>, tensor<32xf32>) -> (tensor<2x32xf32>, tensor<2x32xf32>)
+  return
+}
+
+// -----
+
+// Tests that moe.add_rms_norm normalises at least one dimension.
+func.func @add_rms_norm_rank(%h: tensor<f32>, %w: tensor<1xf32>) {
+  // expected-error@+1 {{'moe.add_rms_norm' op sum must have rank at least 1}}
+  %s, %y = moe.add_rms_norm %h, %h, %w {epsilon = 1.0e-05 : f64} : (tensor<f32>, tensor<f32>, tensor<1xf32>) -> (tensor<f32>, tensor<f32>)
+  return
+}
+
+// -----
+
+// Tests that a parameter's name is a non-empty string.
+// expected-error@+1 {{'func.func' op has 'moe.parameter' on argument #0 that is ""; it must be a non-empty string}}
+func.func @parameter_empty(%w: tensor<4xf32> {moe.parameter = ""}) {
+  return
+}
+
+// -----
+
+// Tests that a parameter's name is a string.
+// expected-error@+1 {{'func.func' op has 'moe.parameter' on result #0 that is 3 : i64; it must be a non-empty string}}
+func.func @parameter_type(%w: tensor<4xf32>) -> (tensor<4xf32> {moe.parameter = 3}) {
+  return %w : tensor<4xf32>
+}
+
+// -----
+
+// Tests that a parameter is a function's argument or result, not an op's.
+func.func @parameter_on_op(%w: tensor<4xf32>) {
+  // expected-error@+1 {{'arith.negf' op has 'moe.parameter' on the op; it belongs on a function argument or result}}
+  %n = arith.negf %w {moe.parameter = "w"} : tensor<4xf32>
+  return
+}
+
+// -----
+
+// Tests that an input is a function argument.
+// expected-error@+1 {{'func.func' op has 'moe.input' on result #0; it belongs on a function argument}}
+func.func @input_on_result(%x: tensor<4xi64>) -> (tensor<4xi64> {moe.input = "input_ids"}) {
+  return %x : tensor<4xi64>
+}
+
+// -----
+
+// Tests that an output is a function result.
+// expected-error@+1 {{'func.func' op has 'moe.output' on argument #0; it belongs on a function result}}
+func.func @output_on_argument(%x: tensor<f32> {moe.output = "loss"}) {
+  return
+}
+
+// -----
+
+// Tests that a gradient is a function result.
+// expected-error@+1 {{'func.func' op has 'moe.gradient' on argument #1; it belongs on a function result}}
+func.func @gradient_on_argument(%w: tensor<4xf32> {moe.parameter = "w"}, %g: tensor<4xf32> {moe.gradient = "w"}) {
+  return
+}
+
+// -----
+
+// Tests that an AdamW moment names its parameter.
+// expected-error@+1 {{'func.func' op has 'moe.exp_avg_sq' on argument #0 that is unit; it must be a non-empty string}}
+func.func @moment_unit(%v: tensor<4xf32> {moe.exp_avg_sq}) {
+  return
+}
+
+// -----
+
+// Tests that only what the dialect defines may be spelled moe.*.
+// expected-error@+1 {{'func.func' op has 'moe.weight' on argument #0, which the moe dialect does not define}}
+func.func @unknown_argument_attr(%w: tensor<4xf32> {moe.weight = "w"}) {
+  return
+}
+
+// -----
+
+// Tests that an unknown moe.* op attribute is an error.
+func.func @unknown_op_attr(%w: tensor<4xf32>) {
+  // expected-error@+1 {{'arith.negf' op has 'moe.fused', which the moe dialect does not define}}
+  %n = arith.negf %w {moe.fused} : tensor<4xf32>
+  return
+}
+
+// -----
+
+// Tests that moe.persistent_copy marks a cast.
+func.func @persistent_copy_op(%w: tensor<4xf32>) {
+  // expected-error@+1 {{'arith.negf' op has 'moe.persistent_copy' = unit; it is a unit attribute of arith.truncf}}
+  %n = arith.negf %w {moe.persistent_copy} : tensor<4xf32>
+  return
+}
+
+// -----
+
+// Tests that moe.arena_offsets has one entry per result.
+func.func @arena_offsets_count(%w: tensor<4xf32>) {
+  // expected-error@+1 {{'arith.negf' op has 2 'moe.arena_offsets' for 1 results; it needs one per result}}
+  %n = arith.negf %w {moe.arena_offsets = array<i64: 0, 256>} : tensor<4xf32>
+  return
+}
+
+// -----
+
+// Tests that an arena offset is -1 or a byte offset.
+func.func @arena_offsets_negative(%w: tensor<4xf32>) {
+  // expected-error@+1 {{'arith.negf' op has 'moe.arena_offsets' -2 for result #0; an offset is at least 0, or -1 for a result outside the arena}}
+  %n = arith.negf %w {moe.arena_offsets = array<i64: -2>} : tensor<4xf32>
+  return
+}
+
+// -----
+
+// Tests that moe.arena_offsets is an array<i64>.
+func.func @arena_offsets_type(%w: tensor<4xf32>) {
+  // expected-error@+1 {{'arith.negf' op has 'moe.arena_offsets' = [0]; it must be an array<i64>}}
+  %n = arith.negf %w {moe.arena_offsets = [0]} : tensor<4xf32>
+  return
+}
+
+// -----
+
+// Tests that an arena's size is an i64 on a function.
+// expected-error@+1 {{'func.func' op has 'moe.arena_bytes' = -1 : i64; it is an i64 of at least 0 on a function}}
+func.func @arena_bytes_negative() attributes {moe.arena_bytes = -1 : i64} {
+  return
+}
+
+// -----
+
+// Tests that the live-bytes bound belongs on a function.
+// expected-error@+1 {{'builtin.module' op has 'moe.arena_live_bytes' = 0 : i64; it is an i64 of at least 0 on a function}}
+module attributes {moe.arena_live_bytes = 0 : i64} {
+}
+
+// -----
+
+// Tests that moe.adamw_group is a group id on moe.adamw.
+func.func @adamw_group_op(%w: tensor<4xf32>) {
+  // expected-error@+1 {{'arith.negf' op has 'moe.adamw_group' = 0 : i64; it is an i64 of at least 0 on moe.adamw}}
+  %n = arith.negf %w {moe.adamw_group = 0 : i64} : tensor<4xf32>
+  return
+}
+
+// -----
+
+// Tests that the imported opset is an i64 on the module.
+// expected-error@+1 {{'builtin.module' op has 'moe.onnx.opset' = "18"; it is an i64 on an imported module}}
+module attributes {moe.onnx.opset = "18"} {
+}
