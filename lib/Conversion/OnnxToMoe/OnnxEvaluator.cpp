@@ -24,6 +24,7 @@
 using namespace mlir;
 using namespace mlir::moe;
 using moec::HostTensor;
+using moec::OnnxEvaluator;
 
 namespace {
 
