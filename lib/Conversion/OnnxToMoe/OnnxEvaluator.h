@@ -11,7 +11,9 @@
 // masks, cos/sin) are evaluated the same way.
 //
 // It is deliberately small: fp32 and int64 elements (bool as 0/1 int64), no
-// sub-graphs. Unknown operators fail with their name.
+// sub-graphs. Each operator is one function in a table keyed by its domain
+// and type; a node whose operator is not in the table fails with the
+// operator's type and the node's location.
 //
 //===----------------------------------------------------------------------===//
 
@@ -35,7 +37,9 @@ public:
   void bind(mlir::Value value, HostTensor tensor);
 
   /// Evaluates `value`, computing its producers as needed. Returns null and
-  /// sets `error` when a producer is not supported or an argument is unbound.
+  /// sets `error` (ending in " at node <location>" of the innermost node that
+  /// failed) when an operator has no evaluation rule, a node's operands do
+  /// not fit its operator or an argument is unbound.
   const HostTensor *evaluate(mlir::Value value, std::string &error);
 
 private:
