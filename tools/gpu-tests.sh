@@ -13,11 +13,12 @@
 # and every load-balancing mode, 3 steps equal the CPU reference executor
 # (loss, aux loss, grad norm and every final parameter, relative error
 # < 1e-4); checkpoint + resume equals an uninterrupted run; bf16, 50 steps on
-# fortunes, tracks PyTorch's bf16 loss curve within 1%
-# (test/Inputs/train-bf16), both with fp32 master weights ("bf16": true;
-# also checkpointed after 25 steps and resumed) and as a bf16 model
-# ("param_dtype": "bf16"). Exits non-zero on the first
-# failure.
+# fortunes, tracks PyTorch's bf16 curves (test/Inputs/train-bf16): loss,
+# ce_loss, aux_loss and grad_norm each within its tolerance at every step and
+# in the median over the steps (TOLERANCES in python/moec/train_bf16.py),
+# both with fp32 master weights ("bf16": true; also checkpointed after 25
+# steps and resumed) and as a bf16 model ("param_dtype": "bf16"). Exits
+# non-zero on the first failure.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 mode="${1:-}"
@@ -108,14 +109,14 @@ python3 -m moec.check_gpu --reference "$dir/ref-aux_loss" --reference-log "$dir/
   --gpu "$out/resumed" --gpu-log "$out/resumed.csv" --tolerance 1e-4
 echo "== bf16: 50 steps against PyTorch's bf16 curve"
 "$dir/bf16/train_step" --tokens "$dir/data/train.bin" --steps 50 --log "$out/bf16.csv"
-python3 -m moec.train_bf16 --check "$out/bf16.csv" --golden "$dir/tiny-fortunes-bf16.json" --tolerance 0.01
+python3 -m moec.train_bf16 --check "$out/bf16.csv" --golden "$dir/tiny-fortunes-bf16.json"
 echo "== bf16: 25 steps, checkpoint, resume for 25 (the kept bf16 parameter copies recomputed), against the same curve"
 "$dir/bf16/train_step" --tokens "$dir/data/train.bin" --steps 25 --total-steps 50 \
   --checkpoint-dir "$out/ckpt-bf16" --log "$out/bf16-resumed.csv" > /dev/null
 "$dir/bf16/train_step" --tokens "$dir/data/train.bin" --steps 25 --total-steps 50 --resume \
   --checkpoint-dir "$out/ckpt-bf16" --log "$out/bf16-resumed.csv" > /dev/null
-python3 -m moec.train_bf16 --check "$out/bf16-resumed.csv" --golden "$dir/tiny-fortunes-bf16.json" --tolerance 0.01
+python3 -m moec.train_bf16 --check "$out/bf16-resumed.csv" --golden "$dir/tiny-fortunes-bf16.json"
 echo "== bf16 model: 50 steps against PyTorch's curve for bf16 parameters and AdamW states"
 "$dir/bf16-model/train_step" --tokens "$dir/data/train.bin" --steps 50 --log "$out/bf16-model.csv"
-python3 -m moec.train_bf16 --check "$out/bf16-model.csv" --golden "$dir/tiny-fortunes-bf16-model.json" --tolerance 0.01
+python3 -m moec.train_bf16 --check "$out/bf16-model.csv" --golden "$dir/tiny-fortunes-bf16-model.json"
 echo "all GPU tests passed"

@@ -8,6 +8,7 @@
 
 #include "dialects/Moe/IR/MoeOps.h"
 #include "dialects/Moe/Transforms/Passes.h"
+#include "moec/Conversion/OnnxToMoe/Passes.h"
 #include "moec/Pipelines/Pipelines.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -23,5 +24,6 @@ void moec::registerAllPasses() {
   mlir::registerCanonicalizerPass();
   mlir::registerCSEPass();
   mlir::moe::registerMoePasses();
+  registerOnnxToMoePasses();
   registerPipelines();
 }

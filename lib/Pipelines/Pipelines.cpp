@@ -10,6 +10,7 @@
 #include "moec/Pipelines/Pipelines.h"
 
 #include "dialects/Moe/Transforms/Passes.h"
+#include "moec/Conversion/OnnxToMoe/Passes.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Pass/PassRegistry.h"
 #include "mlir/Transforms/Passes.h"
@@ -17,10 +18,10 @@
 using namespace mlir;
 
 void moec::buildImportPipeline(OpPassManager &pm, bool requireComplete) {
-  moe::RaiseOnnxOptions options;
+  RaiseOnnxOptions options;
   options.requireComplete = requireComplete;
   OpPassManager &funcPm = pm.nest<func::FuncOp>();
-  funcPm.addPass(moe::createRaiseOnnx(options));
+  funcPm.addPass(createRaiseOnnx(options));
   funcPm.addPass(createCanonicalizerPass());
   funcPm.addPass(createCSEPass());
 }

@@ -6,14 +6,18 @@
 REF_DIR / REF.csv: ``moec train MODEL --reference --dump REF_DIR --log REF.csv``;
 GPU_DIR / GPU.csv: the compiled ``train_step --dump GPU_DIR --log GPU.csv``
 on the same tokens, steps and options. Compares every step's loss, ce_loss,
-aux_loss and grad_norm, and every final parameter
-(``REF_DIR/final/param/<name>.pb`` against ``GPU_DIR/final/param/<name>.bin``,
-shapes from ``GPU_DIR/final/param/index.tsv``). Prints max abs and relative
-L2 error for each and exits 1 when any relative error exceeds the tolerance.
+aux_loss and grad_norm, and every final parameter of the reference
+(``REF_DIR/final/param/<name>.pb``) with the GPU's
+(``GPU_DIR/final/param/<name>.bin``, shapes from
+``GPU_DIR/final/param/index.tsv``). Prints max abs and relative L2 error for
+each and exits 1 unless every relative error is at most the tolerance (a NaN
+is not), the logs hold the same steps (at least one), and the two dumps hold
+the same parameters (at least one) with the same shapes.
 """
 
 import argparse
 import csv
+import math
 import sys
 from pathlib import Path
 
@@ -24,6 +28,10 @@ from moec.check_train import read_tensor
 METRICS = ("loss", "ce_loss", "aux_loss", "grad_norm")
 
 
+def relative(got: float, want: float) -> float:
+    return abs(got - want) / abs(want) if want != 0 else abs(got - want)
+
+
 def relative_l2(actual: np.ndarray, expected: np.ndarray) -> float:
     actual = actual.astype(np.float64).ravel()
     expected = expected.astype(np.float64).ravel()
@@ -32,9 +40,91 @@ def relative_l2(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(diff / norm) if norm > 0 else float(diff)
 
 
+def within(error: float, tolerance: float) -> bool:
+    """``error <= tolerance``, spelled so that a NaN error is outside."""
+    return error <= tolerance
+
+
 def read_log(path: Path) -> dict[int, dict[str, float]]:
     with open(path, newline="") as f:
         return {int(row["step"]): {k: float(row[k]) for k in METRICS} for row in csv.DictReader(f)}
+
+
+def read_index(path: Path) -> dict[str, tuple[int, ...]]:
+    """A GPU dump's ``index.tsv``: parameter name -> shape."""
+    shapes = {}
+    for line in path.read_text().splitlines():
+        name, shape_text = line.split("\t")
+        shapes[name] = tuple(int(d) for d in shape_text.split("x")) if shape_text else ()
+    return shapes
+
+
+def check_metrics(ref_log: dict, gpu_log: dict, tolerance: float) -> bool:
+    """Prints every step's metrics side by side; True when all are within ``tolerance``."""
+    if not ref_log:
+        print("check_gpu: error: the reference log holds no steps", file=sys.stderr)
+        return False
+    if sorted(ref_log) != sorted(gpu_log):
+        print(f"check_gpu: error: steps differ: reference {sorted(ref_log)}, gpu {sorted(gpu_log)}", file=sys.stderr)
+        return False
+    passed = True
+    for step in sorted(ref_log):
+        for key in METRICS:
+            r, g = ref_log[step][key], gpu_log[step][key]
+            rel = relative(g, r)
+            bad = not within(rel, tolerance)
+            passed &= not bad
+            print(f"step {step} {key:9s} reference {r:.9g}  gpu {g:.9g}  rel err {rel:.3e}{'  FAIL' if bad else ''}")
+    return passed
+
+
+def check_parameters(reference: Path, gpu: Path, tolerance: float) -> bool:
+    """Compares every final parameter of the reference dump with the GPU's.
+
+    The reference's parameters are the list to check: one missing from the
+    GPU dump fails, and so does one that only the GPU dump holds. True when
+    all are present, of the same shape and within ``tolerance``.
+    """
+    ref_dir, gpu_dir = reference / "final" / "param", gpu / "final" / "param"
+    names = sorted(path.name[: -len(".pb")] for path in ref_dir.glob("*.pb"))
+    if not names:
+        print(f"check_gpu: error: the reference dump holds no final parameters ({ref_dir})", file=sys.stderr)
+        return False
+    index = gpu_dir / "index.tsv"
+    if not index.is_file():
+        print(f"check_gpu: error: the GPU dump has no parameter index ({index})", file=sys.stderr)
+        return False
+    shapes = read_index(index)
+    passed = True
+    for name in sorted(set(shapes) - set(names)):
+        print(f"{name}: in the GPU dump but not in the reference  FAIL")
+        passed = False
+    errors = []  # (rel L2, max abs, name) of each compared parameter
+    for name in names:
+        if name not in shapes:
+            print(f"{name}: missing from the GPU dump  FAIL")
+            passed = False
+            continue
+        ref = read_tensor(ref_dir / f"{name}.pb")
+        values = np.fromfile(gpu_dir / f"{name}.bin", dtype="<f4")
+        if ref.shape != shapes[name] or values.size != ref.size:
+            print(f"{name}: reference shape {ref.shape}, gpu {shapes[name]} ({values.size} values)  FAIL")
+            passed = False
+            continue
+        gpu_values = values.reshape(ref.shape).astype(np.float64)
+        abs_err = float(np.max(np.abs(gpu_values - ref))) if ref.size else 0.0
+        rel = relative_l2(gpu_values, ref)
+        errors.append((rel, abs_err, name))
+        if not within(rel, tolerance):
+            print(f"{name}: max abs err {abs_err:.3e}, rel L2 err {rel:.3e}  FAIL")
+            passed = False
+    if errors:
+        # A NaN is the worst error.
+        worst_rel, _, worst_name = max(errors, key=lambda e: (math.isnan(e[0]), e[0]))
+        worst_abs = max((e[1] for e in errors), key=lambda a: (math.isnan(a), a))
+        print(f"{len(errors)} of {len(names)} final parameters compared: max abs err {worst_abs:.3e}, "
+              f"worst rel L2 err {worst_rel:.3e} ({worst_name})")
+    return passed
 
 
 def main(argv=None) -> int:
@@ -46,43 +136,10 @@ def main(argv=None) -> int:
     parser.add_argument("--tolerance", type=float, default=1e-4)
     args = parser.parse_args(argv)
 
-    failed = False
-    ref_log, gpu_log = read_log(args.reference_log), read_log(args.gpu_log)
-    if sorted(ref_log) != sorted(gpu_log):
-        print(f"check_gpu: error: steps differ: reference {sorted(ref_log)}, gpu {sorted(gpu_log)}", file=sys.stderr)
-        return 1
-    for step in sorted(ref_log):
-        for key in METRICS:
-            r, g = ref_log[step][key], gpu_log[step][key]
-            rel = abs(g - r) / abs(r) if r != 0 else abs(g - r)
-            bad = rel > args.tolerance
-            failed |= bad
-            print(f"step {step} {key:9s} reference {r:.9g}  gpu {g:.9g}  rel err {rel:.3e}{'  FAIL' if bad else ''}")
-
-    index = args.gpu / "final" / "param" / "index.tsv"
-    worst_abs = worst_rel = 0.0
-    worst_name = ""
-    count = 0
-    for line in index.read_text().splitlines():
-        name, shape_text = line.split("\t")
-        shape = tuple(int(d) for d in shape_text.split("x"))
-        gpu = np.fromfile(args.gpu / "final" / "param" / f"{name}.bin", dtype="<f4").reshape(shape)
-        ref = read_tensor(args.reference / "final" / "param" / f"{name}.pb")
-        if ref.shape != gpu.shape:
-            print(f"check_gpu: error: {name}: reference shape {ref.shape}, gpu {gpu.shape}", file=sys.stderr)
-            return 1
-        abs_err = float(np.max(np.abs(gpu.astype(np.float64) - ref)))
-        rel = relative_l2(gpu, ref)
-        count += 1
-        if rel > worst_rel:
-            worst_rel, worst_name = rel, name
-        worst_abs = max(worst_abs, abs_err)
-        if rel > args.tolerance:
-            failed = True
-            print(f"{name}: max abs err {abs_err:.3e}, rel L2 err {rel:.3e}  FAIL")
-    print(f"{count} final parameters: max abs err {worst_abs:.3e}, worst rel L2 err {worst_rel:.3e} ({worst_name})")
-    print("FAIL" if failed else f"PASS (tolerance {args.tolerance:g})")
-    return 1 if failed else 0
+    passed = check_metrics(read_log(args.reference_log), read_log(args.gpu_log), args.tolerance)
+    passed &= check_parameters(args.reference, args.gpu, args.tolerance)
+    print(f"PASS (tolerance {args.tolerance:g})" if passed else "FAIL")
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Usage (from the repository root)::
 
     PYTHONPATH=python python -m moec.train_bf16 --steps 50 --out test/Inputs/train-bf16/tiny-fortunes-bf16.json
     PYTHONPATH=python python -m moec.train_bf16 --check LOG.csv \\
-        --golden test/Inputs/train-bf16/tiny-fortunes-bf16.json --tolerance 0.01
+        --golden test/Inputs/train-bf16/tiny-fortunes-bf16.json
     PYTHONPATH=python python -m moec.train_bf16 --bf16-model --steps 50 \
         --out test/Inputs/train-bf16/tiny-fortunes-bf16-model.json                 # "param_dtype": "bf16"
     PYTHONPATH=python python -m moec.train_bf16 --fp32 --steps 3 --out fp32.json   # moec train --reference's numerics
@@ -59,11 +59,13 @@ and ``steps``: one record per step with ``step``, ``loss``, ``ce_loss``,
 ``--check LOG.csv --golden FILE.json`` compares a CSV log (the compiled
 program's ``--log``: ``step,loss,ce_loss,aux_loss,z_loss,grad_norm,lr,...``;
 ``moec train --log`` writes the same leading columns) with a golden: one line
-per step with the relative difference ``|moec - torch| / |torch|`` of the
-loss (and, for information, of ce_loss, aux_loss and grad_norm), then the
-maxima. Exits 1 when a loss differs by more than ``--tolerance``, when the
-learning rates differ (another schedule), or when the steps are not the
-golden's.
+per step with the relative difference ``|moec - torch| / |torch|`` of loss,
+ce_loss, aux_loss and grad_norm, then each metric's largest and median
+difference. Each metric is gated on its own, at every step and in the
+median over the steps (``TOLERANCES``: a broken gradient shows at every
+step, while correct bf16 runs differ most at a few outlying steps). Exits 1
+when a difference is outside its tolerance (a NaN is), when the learning
+rates differ (another schedule), or when the steps are not the golden's.
 """
 
 from __future__ import annotations
@@ -86,6 +88,32 @@ DEFAULT_TOKENS = Path("test/Inputs/fortunes/train.pb")
 #: Relative difference of the learning rates above which a log is taken to follow another schedule.
 LR_RTOL = 1e-6
 COMPARED = ("loss", "ce_loss", "aux_loss", "grad_norm")
+
+#: ``--check``'s relative tolerances per metric: (at every step, median over the steps).
+#: Set from the measured differences of correct bf16 runs from the golden
+#: tiny-fortunes-bf16.json over its 50 steps, with headroom:
+#:
+#: * the compiled program (docs/cuda-backend.md): loss 9.2e-5 with fp32 masters,
+#:   1.3e-4 as a bf16 model (against tiny-fortunes-bf16-model.json), at worst;
+#: * ``moec train --reference --bf16`` (the CPU reference executor's bf16
+#:   recipe, independent of PyTorch's and of the GPU program's), measured with this
+#:   checker when these tolerances were set, at worst / median: loss
+#:   1.3e-4 / 3.3e-5, ce_loss 1.2e-4 / 3.3e-5, aux_loss 1.0e-3 / 2.1e-4,
+#:   grad_norm 1.4e-2 / 1.4e-3. The gradient norm of single steps moves by
+#:   up to 1.4% (steps 39 and 50; 90% of the steps within 3.1e-3), so its
+#:   every-step bound is loose and its median bound tight.
+TOLERANCES = {
+    "loss": (1e-3, 2e-4),
+    "ce_loss": (1e-3, 2e-4),
+    "aux_loss": (3e-3, 1e-3),
+    "grad_norm": (5e-2, 5e-3),
+}
+
+#: What a golden's own rounding adds to the grad_norm tolerances, by recipe.
+#: A bf16 model's golden norm is torch's clip_grad_norm_ of bf16 gradients,
+#: computed in bf16: the per-tensor norms and the norm of those are each
+#: rounded to bf16, up to 2^-8 relative each; moec's norm is fp32.
+GOLDEN_GRAD_NORM_ROUNDING = {"bf16-model": 2 * 2.0 ** -8}
 
 
 # ----------------------------------------------------------------------------
@@ -230,38 +258,63 @@ def relative(got: float, want: float) -> float:
     return abs(got - want) / abs(want) if want != 0 else abs(got - want)
 
 
-def check(log_path: Path, golden_path: Path, tolerance: float) -> bool:
+def tolerances_for(recipe: str) -> dict[str, tuple[float, float]]:
+    """``TOLERANCES`` for a golden of ``recipe``, with that golden's own rounding added."""
+    rounding = GOLDEN_GRAD_NORM_ROUNDING.get(recipe, 0.0)
+    every, typical = TOLERANCES["grad_norm"]
+    return {**TOLERANCES, "grad_norm": (every + rounding, typical + rounding)}
+
+
+def median(values: list[float]) -> float:
+    """The median; NaN when a value is NaN (so that it fails every bound)."""
+    if any(v != v for v in values):
+        return float("nan")
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def check(log_path: Path, golden_path: Path) -> bool:
     """Prints the comparison of a CSV log with a golden; True when it passes."""
-    golden = {r["step"]: r for r in json.loads(golden_path.read_text())["steps"]}
+    golden_json = json.loads(golden_path.read_text())
+    golden = {r["step"]: r for r in golden_json["steps"]}
+    tolerances = tolerances_for(golden_json["config"]["recipe"])
     with open(log_path, newline="") as f:
         rows = list(csv.DictReader(f))
-    missing = [key for key in ("step", "loss", "lr") if rows and key not in rows[0]]
+    missing = [key for key in ("step", *COMPARED, "lr") if rows and key not in rows[0]]
     if not rows or missing:
-        print(f"train_bf16: error: {log_path}: no rows" + (f" (no column {', '.join(missing)})" if missing else ""),
-              file=sys.stderr)
+        print(f"train_bf16: error: {log_path}: no rows" if not rows else
+              f"train_bf16: error: {log_path}: no column {', '.join(missing)}", file=sys.stderr)
         return False
     log = {int(row["step"]): row for row in rows}
     if len(log) != len(rows) or sorted(log) != sorted(golden):
         print(f"train_bf16: error: {log_path} holds steps {sorted(log)[:3]}...{sorted(log)[-3:]} "
               f"({len(rows)} rows); the golden holds steps 1..{len(golden)} once each", file=sys.stderr)
         return False
-    extra = [key for key in COMPARED[1:] if key in rows[0]]
-    print(f"step  {'torch loss':>11}  {'moec loss':>11}  {'rel diff':>9}" + "".join(f"  {k:>10}" for k in extra))
-    worst = dict.fromkeys(COMPARED, 0.0)
+    print(f"step  {'torch loss':>11}  {'moec loss':>11}" + "".join(f"  {k:>10}" for k in COMPARED))
+    diffs = {key: [] for key in COMPARED}
     failed = False
     for step in sorted(golden):
         want, got = golden[step], log[step]
-        diffs = {key: relative(float(got[key]), want[key]) for key in ("loss", *extra)}
-        for key, diff in diffs.items():
-            worst[key] = max(worst[key], diff)
-        bad = not diffs["loss"] <= tolerance  # a NaN fails too
+        line = {key: relative(float(got[key]), want[key]) for key in COMPARED}
+        outside = [key for key in COMPARED if not line[key] <= tolerances[key][0]]  # a NaN is outside
         lr_bad = relative(float(got["lr"]), want["lr"]) > LR_RTOL
-        failed |= bad or lr_bad
-        note = ("  FAIL" if bad else "") + (f"  LR {float(got['lr']):.9g} != {want['lr']:.9g}" if lr_bad else "")
-        print(f"{step:4d}  {want['loss']:11.6f}  {float(got['loss']):11.6f}  {diffs['loss']:9.2e}"
-              + "".join(f"  {diffs[k]:10.2e}" for k in extra) + note)
-    print("max relative difference: " + ", ".join(f"{k} {worst[k]:.3e}" for k in ("loss", *extra)))
-    print(f"{'FAIL' if failed else 'PASS'} (loss tolerance {tolerance:g})")
+        failed |= bool(outside) or lr_bad
+        for key in COMPARED:
+            diffs[key].append(line[key])
+        note = (f"  FAIL {', '.join(outside)}" if outside else "") + \
+            (f"  LR {float(got['lr']):.9g} != {want['lr']:.9g}" if lr_bad else "")
+        print(f"{step:4d}  {want['loss']:11.6f}  {float(got['loss']):11.6f}"
+              + "".join(f"  {line[k]:10.2e}" for k in COMPARED) + note)
+    for key in COMPARED:
+        every, typical = tolerances[key]
+        worst = max(diffs[key], key=lambda d: (d != d, d))
+        middle = median(diffs[key])
+        bad = not (worst <= every and middle <= typical)
+        failed |= bad
+        print(f"{key:9s} relative difference: max {worst:.3e} (tolerance {every:.3g}), "
+              f"median {middle:.3e} (tolerance {typical:.3g})" + ("  FAIL" if bad else ""))
+    print("FAIL" if failed else "PASS")
     return not failed
 
 
@@ -281,8 +334,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the run's JSON here")
     parser.add_argument("--check", type=Path, metavar="LOG.csv", help="compare this CSV log with --golden")
     parser.add_argument("--golden", type=Path, help="with --check: a JSON this command wrote")
-    parser.add_argument("--tolerance", type=float, default=0.01,
-                        help="with --check: largest relative loss difference (default 0.01)")
     args = parser.parse_args(argv)
     if args.check:
         if not args.golden:
@@ -291,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             if not path.is_file():
                 print(f"train_bf16: error: no such file '{path}'", file=sys.stderr)
                 return 1
-        return 0 if check(args.check, args.golden, args.tolerance) else 1
+        return 0 if check(args.check, args.golden) else 1
     if args.steps < 1:
         parser.error("--steps must be at least 1")
 

@@ -11,12 +11,14 @@
 // masks, cos/sin) are evaluated the same way.
 //
 // It is deliberately small: fp32 and int64 elements (bool as 0/1 int64), no
-// sub-graphs. Unknown operators fail with their name.
+// sub-graphs. Each operator is one function in a table keyed by its domain
+// and type; a node whose operator is not in the table fails with the
+// operator's type and the node's location.
 //
 //===----------------------------------------------------------------------===//
 
-#ifndef DIALECTS_MOE_TRANSFORMS_ONNXEVALUATOR_H
-#define DIALECTS_MOE_TRANSFORMS_ONNXEVALUATOR_H
+#ifndef MOEC_LIB_CONVERSION_ONNXTOMOE_ONNXEVALUATOR_H
+#define MOEC_LIB_CONVERSION_ONNXTOMOE_ONNXEVALUATOR_H
 
 #include "moec/Support/HostTensor.h"
 
@@ -26,24 +28,26 @@
 #include <memory>
 #include <string>
 
-namespace mlir::moe {
+namespace moec {
 
 class OnnxEvaluator {
 public:
   /// Fixes the value of `value` (a function argument, or any value to cut the
   /// subgraph at).
-  void bind(Value value, moec::HostTensor tensor);
+  void bind(mlir::Value value, HostTensor tensor);
 
   /// Evaluates `value`, computing its producers as needed. Returns null and
-  /// sets `error` when a producer is not supported or an argument is unbound.
-  const moec::HostTensor *evaluate(Value value, std::string &error);
+  /// sets `error` (ending in " at node <location>" of the innermost node that
+  /// failed) when an operator has no evaluation rule, a node's operands do
+  /// not fit its operator or an argument is unbound.
+  const HostTensor *evaluate(mlir::Value value, std::string &error);
 
 private:
-  bool evaluateOp(Operation *op, std::string &error);
+  bool evaluateOp(mlir::Operation *op, std::string &error);
   /// Boxed, so that pointers handed out stay valid as the map grows.
-  llvm::DenseMap<Value, std::unique_ptr<moec::HostTensor>> values;
+  llvm::DenseMap<mlir::Value, std::unique_ptr<HostTensor>> values;
 };
 
-} // namespace mlir::moe
+} // namespace moec
 
-#endif // DIALECTS_MOE_TRANSFORMS_ONNXEVALUATOR_H
+#endif // MOEC_LIB_CONVERSION_ONNXTOMOE_ONNXEVALUATOR_H

@@ -1,6 +1,7 @@
 //===- RaiseOnnx.cpp - Raise imported ONNX nodes to moe ops ---------------===//
 //
-// Implements moe-raise-onnx (see Passes.td). The pass works in phases, each a
+// Implements moe-raise-onnx (see moec/Conversion/OnnxToMoe/Passes.td). The
+// pass works in phases, each a
 // walk over the function that rewrites one kind of subgraph:
 //
 //   1. local patterns, matched by structure: embedding (Gather of a table),
@@ -25,9 +26,10 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "dialects/Moe/Transforms/Passes.h"
+#include "moec/Conversion/OnnxToMoe/Passes.h"
 
 #include "OnnxEvaluator.h"
+#include "dialects/Moe/IR/MoeOps.h"
 #include "moec/Reference/Executor.h"
 #include "moec/Reference/Kernels.h"
 
@@ -41,14 +43,15 @@
 #include <cmath>
 #include <random>
 
-namespace mlir::moe {
+namespace moec {
 #define GEN_PASS_DEF_RAISEONNX
-#include "dialects/Moe/Transforms/Passes.h.inc"
-} // namespace mlir::moe
+#include "moec/Conversion/OnnxToMoe/Passes.h.inc"
+} // namespace moec
 
 using namespace mlir;
 using namespace mlir::moe;
 using moec::HostTensor;
+using moec::OnnxEvaluator;
 
 namespace {
 
@@ -78,7 +81,8 @@ bool isParameter(Value v) {
   if (!arg)
     return false;
   auto func = dyn_cast<func::FuncOp>(arg.getOwner()->getParentOp());
-  return func && func.getArgAttr(arg.getArgNumber(), "moe.parameter");
+  return func && func.getArgAttr(arg.getArgNumber(),
+                                 moe::MoeDialect::getParameterAttrName());
 }
 
 bool isModelInput(Value v) {
@@ -86,7 +90,8 @@ bool isModelInput(Value v) {
   if (!arg)
     return false;
   auto func = dyn_cast<func::FuncOp>(arg.getOwner()->getParentOp());
-  return func && func.getArgAttr(arg.getArgNumber(), "moe.input");
+  return func && func.getArgAttr(arg.getArgNumber(),
+                                 moe::MoeDialect::getInputAttrName());
 }
 
 int64_t rankOf(Value v) {
@@ -1074,7 +1079,7 @@ void Raiser::raiseResidualAddsAndHead() {
 // The pass
 //===----------------------------------------------------------------------===//
 
-struct RaiseOnnxPass : public moe::impl::RaiseOnnxBase<RaiseOnnxPass> {
+struct RaiseOnnxPass : public moec::impl::RaiseOnnxBase<RaiseOnnxPass> {
   using RaiseOnnxBase::RaiseOnnxBase;
 
   void runOnOperation() override {

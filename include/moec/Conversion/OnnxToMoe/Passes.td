@@ -1,0 +1,52 @@
+//===- Passes.td - ONNX to moe conversion passes ----------*- tablegen -*-===//
+//
+// The passes that turn an imported ONNX graph (`moe.onnx_node`s) into `moe`
+// ops. They live outside dialects/ because they prove their rewrites with
+// the CPU reference kernels (lib/Reference), which the dialect must not
+// depend on.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOEC_CONVERSION_ONNXTOMOE_PASSES_TD
+#define MOEC_CONVERSION_ONNXTOMOE_PASSES_TD
+
+include "mlir/Pass/PassBase.td"
+
+def RaiseOnnx : Pass<"moe-raise-onnx", "::mlir::func::FuncOp"> {
+  let summary = "raises imported ONNX nodes to moe, arith and tensor ops";
+  let description = [{
+    Recognises the subgraphs that the ONNX exports of a Mixtral model are made
+    of and replaces them by `moe` ops: embedding lookups, RMSNorm, rotary
+    embedding (with its cos/sin tables), grouped-query attention (with its
+    mask construction), linear layers, the router and the experts (from
+    onnxruntime's `com.microsoft.MoE`, from the `batched_mm` form and from the
+    `GroupedMatMul` form) and the lm-head. Element-wise arithmetic on equal
+    shapes becomes `arith` ops. Nodes left unused by the raising are erased;
+    nodes that match no pattern are kept as `moe.onnx_node`.
+
+    Attention and the decomposed sparse-MoE blocks are matched by their
+    boundary and proved before they are rewritten: the ONNX subgraph is
+    evaluated on random inputs at sample shapes and compared with the `moe`
+    ops it would become, computed by the CPU reference kernels; a block that
+    differs by more than 1e-4 relative L2 stays as it is.
+
+    With `require-complete`, a node that is still `moe.onnx_node` afterwards
+    is an error naming it, so a driver can refuse a model it cannot train.
+  }];
+  let dependentDialects = [
+    "::mlir::moe::MoeDialect",
+    "::mlir::arith::ArithDialect",
+    "::mlir::tensor::TensorDialect",
+    "::mlir::linalg::LinalgDialect"
+  ];
+  let options = [
+    Option<"requireComplete", "require-complete", "bool", /*default=*/"false",
+           "fail on any ONNX node that could not be raised">
+  ];
+  let statistics = [
+    Statistic<"numRaised", "num-raised", "moe ops created by raising">,
+    Statistic<"numLeft", "num-left", "ONNX nodes left unraised">
+  ];
+}
+
+#endif // MOEC_CONVERSION_ONNXTOMOE_PASSES_TD

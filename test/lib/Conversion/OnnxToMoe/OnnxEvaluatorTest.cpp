@@ -1,0 +1,188 @@
+//===- OnnxEvaluatorTest.cpp - Unit tests of the ONNX subgraph evaluator --===//
+//
+// The evaluator on small subgraphs parsed from text: operators reached
+// through its table compute ONNX's values (integer division and modulo,
+// casts to bool, multi-result Split and TopK, Where over broadcast masks),
+// and a node it cannot evaluate fails with the operator's type and the
+// node's location.
+//
+//===----------------------------------------------------------------------===//
+
+#include "lib/Conversion/OnnxToMoe/OnnxEvaluator.h"
+
+#include "moec/InitAll.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/MLIRContext.h"
+#include "mlir/Parser/Parser.h"
+
+#include <gtest/gtest.h>
+
+using namespace mlir;
+using namespace moec;
+
+namespace {
+
+class OnnxEvaluatorTest : public ::testing::Test {
+protected:
+  OnnxEvaluatorTest() {
+    DialectRegistry registry;
+    registerAllDialects(registry);
+    context.appendDialectRegistry(registry);
+    context.loadAllAvailableDialects();
+  }
+
+  /// Parses `source` (one function, @f) and binds its arguments to `args`.
+  func::FuncOp parse(const char *source, std::vector<HostTensor> args) {
+    module = parseSourceString<ModuleOp>(source, &context);
+    EXPECT_TRUE(module);
+    auto func = module->lookupSymbol<func::FuncOp>("f");
+    EXPECT_EQ(func.getNumArguments(), args.size());
+    for (auto [arg, tensor] : llvm::zip(func.getArguments(), args))
+      evaluator.bind(arg, std::move(tensor));
+    return func;
+  }
+
+  /// The value of return operand `i` of `func`.
+  const HostTensor *returned(func::FuncOp func, unsigned i,
+                             std::string &error) {
+    Operation *ret = func.getBody().front().getTerminator();
+    return evaluator.evaluate(ret->getOperand(i), error);
+  }
+
+  MLIRContext context;
+  OwningOpRef<ModuleOp> module;
+  OnnxEvaluator evaluator;
+};
+
+HostTensor ints(std::vector<int64_t> shape, std::vector<int64_t> values) {
+  HostTensor t = HostTensor::ints(std::move(shape));
+  t.i64 = std::move(values);
+  return t;
+}
+
+HostTensor floats(std::vector<int64_t> shape, std::vector<float> values) {
+  HostTensor t = HostTensor::floats(std::move(shape));
+  t.f32 = std::move(values);
+  return t;
+}
+
+TEST_F(OnnxEvaluatorTest, IntegerDivisionTruncatesAndModTakesTheDivisorsSign) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%a: tensor<4xi64>, %b: tensor<4xi64>) -> (tensor<4xi64>, tensor<4xi64>, tensor<4xi64>) {
+      %d = moe.onnx_node "Div"(%a, %b) : (tensor<4xi64>, tensor<4xi64>) -> tensor<4xi64>
+      %m = moe.onnx_node "Mod"(%a, %b) : (tensor<4xi64>, tensor<4xi64>) -> tensor<4xi64>
+      %c = moe.onnx_node "Mod"(%a, %b) {fmod = 1 : si64} : (tensor<4xi64>, tensor<4xi64>) -> tensor<4xi64>
+      return %d, %m, %c : tensor<4xi64>, tensor<4xi64>, tensor<4xi64>
+    })mlir",
+                         {ints({4}, {7, -7, 7, 5}), ints({4}, {2, 2, -2, 0})});
+  std::string error;
+  const HostTensor *div = returned(f, 0, error);
+  ASSERT_TRUE(div) << error;
+  EXPECT_EQ(div->i64, (std::vector<int64_t>{3, -3, -3, 0}));
+  const HostTensor *mod = returned(f, 1, error);
+  ASSERT_TRUE(mod) << error;
+  EXPECT_EQ(mod->i64, (std::vector<int64_t>{1, 1, -1, 0}));
+  const HostTensor *fmod = returned(f, 2, error);
+  ASSERT_TRUE(fmod) << error;
+  EXPECT_FALSE(fmod->isFloat());
+  EXPECT_EQ(fmod->i64[0], 1);
+  EXPECT_EQ(fmod->i64[1], -1);
+  EXPECT_EQ(fmod->i64[2], 1);
+}
+
+TEST_F(OnnxEvaluatorTest, CausalMaskFromShapeRangeAndWhere) {
+  // The mask construction of a dynamic-shape export: positions from the
+  // input's shape, j > i compared with broadcasting, then Where.
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%ids: tensor<1x?xi64>) -> tensor<?x?xf32> {
+      %s = moe.onnx_node "Shape"(%ids) {start = 1 : si64} : (tensor<1x?xi64>) -> tensor<1xi64>
+      %zero = arith.constant dense<0> : tensor<i64>
+      %one = arith.constant dense<1> : tensor<i64>
+      %axes = arith.constant dense<0> : tensor<1xi64>
+      %n = moe.onnx_node "Squeeze"(%s, %axes) : (tensor<1xi64>, tensor<1xi64>) -> tensor<i64>
+      %r = moe.onnx_node "Range"(%zero, %n, %one) : (tensor<i64>, tensor<i64>, tensor<i64>) -> tensor<?xi64>
+      %col = moe.onnx_node "Unsqueeze"(%r, %axes) : (tensor<?xi64>, tensor<1xi64>) -> tensor<1x?xi64>
+      %last = arith.constant dense<1> : tensor<1xi64>
+      %row = moe.onnx_node "Unsqueeze"(%r, %last) : (tensor<?xi64>, tensor<1xi64>) -> tensor<?x1xi64>
+      %future = moe.onnx_node "Greater"(%col, %row) : (tensor<1x?xi64>, tensor<?x1xi64>) -> tensor<?x?xi1>
+      %neg = arith.constant dense<-1.0e+09> : tensor<f32>
+      %keep = arith.constant dense<0.0> : tensor<f32>
+      %mask = moe.onnx_node "Where"(%future, %neg, %keep) : (tensor<?x?xi1>, tensor<f32>, tensor<f32>) -> tensor<?x?xf32>
+      return %mask : tensor<?x?xf32>
+    })mlir",
+                         {HostTensor::ints({1, 3})});
+  std::string error;
+  const HostTensor *mask = returned(f, 0, error);
+  ASSERT_TRUE(mask) << error;
+  EXPECT_EQ(mask->shape, (std::vector<int64_t>{3, 3}));
+  EXPECT_EQ(mask->f32, (std::vector<float>{0, -1e9f, -1e9f, 0, 0, -1e9f, 0,
+                                           0, 0}));
+}
+
+TEST_F(OnnxEvaluatorTest, MultiResultOperatorsBindEveryResult) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%x: tensor<2x3xf32>) -> (tensor<2x2xf32>, tensor<2x1xf32>, tensor<2x2xf32>, tensor<2x2xi64>, tensor<2x3xi1>) {
+      %a, %b = moe.onnx_node "Split"(%x) {axis = 1 : si64} : (tensor<2x3xf32>) -> (tensor<2x2xf32>, tensor<2x1xf32>)
+      %k = arith.constant dense<2> : tensor<1xi64>
+      %v, %i = moe.onnx_node "TopK"(%x, %k) : (tensor<2x3xf32>, tensor<1xi64>) -> (tensor<2x2xf32>, tensor<2x2xi64>)
+      %nz = moe.onnx_node "Cast"(%x) {to = 9 : si64} : (tensor<2x3xf32>) -> tensor<2x3xi1>
+      return %a, %b, %v, %i, %nz : tensor<2x2xf32>, tensor<2x1xf32>, tensor<2x2xf32>, tensor<2x2xi64>, tensor<2x3xi1>
+    })mlir",
+                         {floats({2, 3}, {1, 3, 3, 0, -2, 5})});
+  std::string error;
+  std::vector<const HostTensor *> out;
+  for (unsigned i = 0; i < 5; ++i) {
+    out.push_back(returned(f, i, error));
+    ASSERT_TRUE(out.back()) << error;
+  }
+  EXPECT_EQ(out[0]->f32, (std::vector<float>{1, 3, 0, -2}));
+  EXPECT_EQ(out[1]->f32, (std::vector<float>{3, 5}));
+  // Ties keep the lower index first.
+  EXPECT_EQ(out[2]->f32, (std::vector<float>{3, 3, 5, 0}));
+  EXPECT_EQ(out[3]->i64, (std::vector<int64_t>{1, 2, 2, 0}));
+  EXPECT_EQ(out[4]->i64, (std::vector<int64_t>{1, 1, 1, 0, 1, 1}));
+}
+
+TEST_F(OnnxEvaluatorTest, UnknownOperatorNamesItsTypeAndNode) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%x: tensor<4xf32>) -> tensor<4xf32> {
+      %e = moe.onnx_node "Erf"(%x) : (tensor<4xf32>) -> tensor<4xf32> loc("erf_3"("m.onnx":3:1))
+      %y = moe.onnx_node "Add"(%e, %x) : (tensor<4xf32>, tensor<4xf32>) -> tensor<4xf32> loc("add_4"("m.onnx":4:1))
+      return %y : tensor<4xf32>
+    })mlir",
+                         {HostTensor::floats({4})});
+  std::string error;
+  EXPECT_FALSE(returned(f, 0, error));
+  EXPECT_EQ(error, "no evaluation rule for ONNX 'Erf' at node "
+                   "loc(\"erf_3\"(\"m.onnx\":3:1))");
+}
+
+TEST_F(OnnxEvaluatorTest, OperatorOfAnotherDomainNamesItsDomain) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%x: tensor<4xf32>) -> tensor<4xf32> {
+      %y = moe.onnx_node "Softmax"(%x) {domain = "com.microsoft"} : (tensor<4xf32>) -> tensor<4xf32> loc("sm_2"("m.onnx":2:1))
+      return %y : tensor<4xf32>
+    })mlir",
+                         {HostTensor::floats({4})});
+  std::string error;
+  EXPECT_FALSE(returned(f, 0, error));
+  EXPECT_EQ(error, "no evaluation rule for ONNX 'Softmax' of domain "
+                   "'com.microsoft' at node loc(\"sm_2\"(\"m.onnx\":2:1))");
+}
+
+TEST_F(OnnxEvaluatorTest, NodeWithTooFewInputsFails) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%x: tensor<4xf32>) -> tensor<2x2xf32> {
+      %y = moe.onnx_node "Reshape"(%x) : (tensor<4xf32>) -> tensor<2x2xf32> loc("r_5"("m.onnx":5:1))
+      return %y : tensor<2x2xf32>
+    })mlir",
+                         {HostTensor::floats({4})});
+  std::string error;
+  EXPECT_FALSE(returned(f, 0, error));
+  EXPECT_EQ(error, "ONNX 'Reshape' needs 2 inputs but has 1 at node "
+                   "loc(\"r_5\"(\"m.onnx\":5:1))");
+}
+
+} // namespace
