@@ -21,6 +21,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <thread>
 
 using namespace mlir;
 using namespace moec;
@@ -94,6 +95,8 @@ Routing routing(moe::LoadBalancing mode) {
 
 class Interpreter {
 public:
+  explicit Interpreter(const RankContext *rankContext = nullptr)
+      : rankContext(rankContext) {}
   LogicalResult run(func::FuncOp func, const std::vector<HostTensor> &args,
                     std::vector<HostTensor> &results);
 
@@ -125,6 +128,8 @@ private:
   LogicalResult execute(Operation *op);
 
   llvm::DenseMap<Value, HostTensor> env;
+  /// The rank this interpreter runs as; null when it runs alone.
+  const RankContext *rankContext;
 };
 
 LogicalResult Interpreter::execute(Operation *op) {
@@ -618,6 +623,40 @@ LogicalResult reference::execute(func::FuncOp func,
                                  const std::vector<HostTensor> &arguments,
                                  std::vector<HostTensor> &results) {
   return Interpreter().run(func, arguments, results);
+}
+
+LogicalResult reference::executeAsRank(func::FuncOp func,
+                                       const RankContext &context,
+                                       const std::vector<HostTensor> &arguments,
+                                       std::vector<HostTensor> &results) {
+  return Interpreter(&context).run(func, arguments, results);
+}
+
+LogicalResult reference::executeOnRanks(
+    func::FuncOp func, const plan::Mesh &mesh,
+    const std::vector<std::vector<HostTensor>> &perRankArguments,
+    std::vector<std::vector<HostTensor>> &perRankResults) {
+  const int64_t worldSize = mesh.worldSize();
+  if (static_cast<int64_t>(perRankArguments.size()) != worldSize)
+    return func.emitOpError()
+           << "runs on " << worldSize << " ranks but "
+           << perRankArguments.size() << " argument lists were given";
+  Communicator communicator(worldSize);
+  perRankResults.assign(worldSize, {});
+  std::vector<char> rankFailed(worldSize, 0);
+  std::vector<std::thread> threads;
+  for (int64_t rank = 0; rank < worldSize; ++rank)
+    threads.emplace_back([&, rank] {
+      RankContext context{rank, &mesh, &communicator};
+      if (failed(executeAsRank(func, context, perRankArguments[rank],
+                               perRankResults[rank]))) {
+        rankFailed[rank] = 1;
+        communicator.abort(rank);
+      }
+    });
+  for (std::thread &thread : threads)
+    thread.join();
+  return success(llvm::none_of(rankFailed, [](char f) { return f != 0; }));
 }
 
 ErrorStats reference::compare(const HostTensor &actual,

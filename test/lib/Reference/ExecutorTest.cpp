@@ -155,4 +155,30 @@ TEST_F(ExecutorTest, AttentionStatsAreTheRowsLogSumExp) {
   EXPECT_FLOAT_EQ(r[0].f32[1], static_cast<float>(10.0 * p0 + 20.0 * (1 - p0)));
 }
 
+TEST_F(ExecutorTest, EveryRankRunsOnItsOwnArguments) {
+  const char *source = R"mlir(
+    func.func @double(%x: tensor<2xf32>) -> tensor<2xf32> {
+      %y = arith.addf %x, %x : tensor<2xf32>
+      return %y : tensor<2xf32>
+    })mlir";
+  module = parseSourceString<ModuleOp>(source, &context);
+  ASSERT_TRUE(module);
+  plan::ParallelConfig config;
+  config.worldSize = 4;
+  config.hybridShardDegree = 2;
+  llvm::Expected<plan::Mesh> mesh = plan::resolveMesh(config, 1);
+  ASSERT_TRUE(static_cast<bool>(mesh));
+  std::vector<std::vector<HostTensor>> args(4), results;
+  for (int64_t rank = 0; rank < 4; ++rank) {
+    args[rank].push_back(HostTensor::floats({2}));
+    args[rank][0].f32 = {static_cast<float>(rank), 0.5f};
+  }
+  auto func = module->lookupSymbol<func::FuncOp>("double");
+  ASSERT_TRUE(succeeded(reference::executeOnRanks(func, *mesh, args, results)));
+  ASSERT_EQ(results.size(), 4u);
+  for (int64_t rank = 0; rank < 4; ++rank)
+    EXPECT_EQ(results[rank][0].f32,
+              (std::vector<float>{2.0f * rank, 1.0f}));
+}
+
 } // namespace
