@@ -102,3 +102,10 @@ func.func @attention_saved(%q: tensor<2x8x4x16xbf16>, %k: tensor<2x8x2x16xbf16>,
   %dq, %dk, %dv = moe.attention_grad %q, %k, %v, %do, %o, %lse {scale = 0.25 : f64} : (tensor<2x8x4x16xbf16>, tensor<2x8x2x16xbf16>, tensor<2x8x2x16xbf16>, tensor<2x8x4x16xbf16>, tensor<2x8x4x16xbf16>, tensor<2x4x8xf32>) -> (tensor<2x8x4x16xbf16>, tensor<2x8x2x16xbf16>, tensor<2x8x2x16xbf16>)
   return %dq : tensor<2x8x4x16xbf16>
 }
+
+// CHECK-LABEL: func.func @target_count
+// CHECK: moe.target_count %{{.+}} {ignore_index = -1 : i64} : (tensor<2x8xi64>) -> tensor<f32>
+func.func @target_count(%labels: tensor<2x8xi64>) -> tensor<f32> {
+  %n = moe.target_count %labels {ignore_index = -1 : i64} : (tensor<2x8xi64>) -> tensor<f32>
+  return %n : tensor<f32>
+}
