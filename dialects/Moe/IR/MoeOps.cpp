@@ -209,6 +209,13 @@ LogicalResult RouterOp::verify() {
   if (!ShapedType::isDynamic(numExperts) && k > numExperts)
     return emitOpError() << "k " << k << " exceeds the number of experts "
                          << numExperts;
+  if (int64_t group = getTokensPerGroup(); group && logits.hasStaticShape()) {
+    int64_t tokens = logits.getNumElements() / std::max<int64_t>(1, numExperts);
+    if (tokens % group != 0)
+      return emitOpError() << "tokens_per_group " << group
+                           << " does not divide the " << tokens
+                           << " tokens of the logits";
+  }
   SmallVector<int64_t> expected(logits.getShape());
   expected.back() = k;
   if (failed(verifyShape(*this, "gates", getGates().getType(), expected)) ||

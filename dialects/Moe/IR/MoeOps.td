@@ -163,6 +163,12 @@ def Moe_RouterOp : Moe_Op<"router", [Pure]> {
     renormalised ones. The auxiliary losses are built by the training step,
     not here.
 
+    Sinkhorn and balanced routing couple the tokens they route together; with
+    `tokens_per_group` (0: all tokens), they route each run of that many
+    consecutive tokens on its own. A partitioned step routes each rank's
+    micro-batch alone, so the unpartitioned step it is checked against
+    routes in groups of one micro-batch's tokens.
+
     ```mlir
     %gates, %experts = moe.router %logits {k = 2 : i64,
         load_balancing = #moe.load_balancing<aux_loss>}
@@ -172,7 +178,9 @@ def Moe_RouterOp : Moe_Op<"router", [Pure]> {
   let arguments = (ins Moe_FloatTensor:$logits,
                        ConfinedAttr<I64Attr, [IntPositive]>:$k,
                        Moe_LoadBalancingAttr:$load_balancing,
-                       DefaultValuedAttr<BoolAttr, "true">:$training);
+                       DefaultValuedAttr<BoolAttr, "true">:$training,
+                       DefaultValuedAttr<ConfinedAttr<I64Attr, [IntNonNegative]>,
+                                         "0">:$tokens_per_group);
   let results = (outs Moe_FloatTensor:$gates, Moe_IndexTensor:$experts);
   let assemblyFormat = [{
     $logits attr-dict `:` functional-type(operands, results)

@@ -3,11 +3,11 @@
 // The oracle of the partitioning passes: the tiny Mixtrals' training step,
 // partitioned for W simulated ranks, against the unpartitioned step on the
 // same global batch (the W micro-batches concatenated along batch), for 3
-// AdamW steps from the same initial parameters. Loss, cross-entropy, z-loss
-// and grad norm of every step, the expert counts, and every parameter and
-// moment after the last step (gathered from the shards) must agree to a
-// relative L2 of 1e-5 in fp32. Ranks see different numbers of ignored
-// labels, so the cross-entropy's global mean is exercised.
+// AdamW steps, each from the global step's state. Loss, cross-entropy,
+// z-loss and grad norm, the expert counts, every gradient and every updated
+// parameter and moment (gathered from the shards of every replica) must
+// agree to a relative L2 of 1e-5 in fp32. Ranks see different numbers of
+// ignored labels, so the cross-entropy's global mean is exercised.
 //
 //===----------------------------------------------------------------------===//
 
@@ -46,7 +46,15 @@ std::string describe(const Layout &l) {
 }
 
 constexpr int64_t kMicroBatch = 2, kSeq = 8, kSteps = 3;
+/// The bound, for the metrics, the gradients and the moments.
 constexpr double kTolerance = 1e-5;
+/// For the updated parameters. AdamW's first steps move every element by
+/// about lr · g / (|g| + ε): an element whose exact gradient is within a few
+/// ε of zero moves by an amount that depends on its gradient's relative
+/// error, which fp32 summation order (one kernel over the global batch vs W
+/// partial sums) makes large when the tokens' contributions cancel. The
+/// gradients themselves are held to kTolerance.
+constexpr double kParameterTolerance = 5e-5;
 
 class PartitionedStepTest : public ::testing::TestWithParam<Layout> {
 protected:
@@ -86,6 +94,13 @@ protected:
     }
     if (failed(pm.run(*module)))
       return nullptr;
+    // Ranks route their own micro-batch: so does the global step, in groups
+    // of one micro-batch's tokens.
+    if (!partition)
+      module->lookupSymbol<func::FuncOp>("train_step")
+          .walk([](moe::RouterOp router) {
+            router.setTokensPerGroup(kMicroBatch * kSeq);
+          });
     return module;
   }
 
@@ -204,34 +219,37 @@ TEST_P(PartitionedStepTest, EqualsTheUnpartitionedStep) {
   llvm::Expected<plan::Mesh> mesh = plan::resolveMesh(config, 1);
   ASSERT_TRUE(static_cast<bool>(mesh));
 
-  // The global parameters, from the seed; every rank's shards of them.
+  // The global parameters, from the seed, and zero moments.
   std::vector<HostTensor> initial;
-  ASSERT_TRUE(succeeded(
-      reference::execute(global->lookupSymbol<func::FuncOp>("init_params"),
-                         {[] {
-                           HostTensor seed = HostTensor::ints({});
-                           seed.i64[0] = 7;
-                           return seed;
-                         }()},
-                         initial)));
+  HostTensor seed = HostTensor::ints({});
+  seed.i64[0] = 7;
+  ASSERT_TRUE(succeeded(reference::execute(
+      global->lookupSymbol<func::FuncOp>("init_params"), {seed}, initial)));
   const unsigned n = (globalStep.getNumArguments() - 4) / 3;
   std::vector<HostTensor> globalState(3 * n);
-  std::vector<std::vector<HostTensor>> rankState(w,
-                                                 std::vector<HostTensor>(3 * n));
-  for (unsigned i = 0; i < 3 * n; ++i) {
-    const HostTensor &param = initial[i % n];
-    globalState[i] =
-        i < n ? param : HostTensor::floats(param.shape); // zero moments
-    int64_t axis = gatherAxis(rankStep.getArgument(i % n));
-    for (int64_t rank = 0; rank < w; ++rank)
-      rankState[rank][i] =
-          axis < 0 ? globalState[i]
-                   : shardOf(globalState[i], axis,
-                             cast<RankedTensorType>(
-                                 rankStep.getArgument(i).getType())
-                                 .getDimSize(axis),
-                             mesh->coord(rank).h);
-  }
+  for (unsigned i = 0; i < 3 * n; ++i)
+    globalState[i] = i < n ? initial[i] : HostTensor::floats(initial[i % n].shape);
+
+  // Rank `rank`'s part of a global state tensor of parameter i, and back.
+  auto scatter = [&](const HostTensor &value, unsigned i, int64_t rank) {
+    int64_t axis = gatherAxis(rankStep.getArgument(i));
+    if (axis < 0)
+      return value;
+    int64_t chunk = cast<RankedTensorType>(rankStep.getArgument(i).getType())
+                        .getDimSize(axis);
+    return shardOf(value, axis, chunk, mesh->coord(rank).h);
+  };
+  auto gatherFrom = [&](const std::vector<std::vector<HostTensor>> &perRank,
+                        unsigned result, unsigned i, int64_t q,
+                        int64_t size) {
+    int64_t axis = gatherAxis(rankStep.getArgument(i));
+    if (axis < 0)
+      return perRank[mesh->rank({q, 0, 0})][result];
+    std::vector<const HostTensor *> shards;
+    for (int64_t h = 0; h < mesh->shardDegree(); ++h)
+      shards.push_back(&perRank[mesh->rank({q, h, 0})][result]);
+    return gather(shards, axis, size);
+  };
 
   const int64_t vocab =
       cast<RankedTensorType>(globalStep.getArgument(0).getType())
@@ -240,7 +258,15 @@ TEST_P(PartitionedStepTest, EqualsTheUnpartitionedStep) {
   HostTensor labels = globalLabels(ids);
   const char *metrics[] = {"loss", "ce_loss", "aux_loss", "z_loss",
                            "grad_norm"};
+  const char *stateKinds[] = {"", "exp_avg of ", "exp_avg_sq of "};
+  // The largest relative L2 errors seen, for docs/partitioning.md's table.
+  double worstMetric = 0, worstGradient = 0, worstParameter = 0, worstMoment = 0;
+  // Each step starts both programs from the global step's state: top-k and
+  // balanced routing are discontinuous, so the rounding-level drift of two
+  // summation orders could flip a near-tied choice in a later step and
+  // compare two different routings (docs/partitioning.md).
   for (int64_t t = 1; t <= kSteps; ++t) {
+    SCOPED_TRACE(llvm::formatv("step {0}", t).str());
     // The goldens' schedule: warm-up to 1e-3 over 2 steps.
     double lr = 1e-3 * std::min(1.0, t / 2.0);
     std::vector<HostTensor> args = globalState, results;
@@ -248,7 +274,8 @@ TEST_P(PartitionedStepTest, EqualsTheUnpartitionedStep) {
     ASSERT_TRUE(succeeded(reference::execute(globalStep, args, results)));
     std::vector<std::vector<HostTensor>> rankArgs(w), rankResults;
     for (int64_t rank = 0; rank < w; ++rank) {
-      rankArgs[rank] = rankState[rank];
+      for (unsigned i = 0; i < 3 * n; ++i)
+        rankArgs[rank].push_back(scatter(globalState[i], i % n, rank));
       rankArgs[rank].insert(rankArgs[rank].end(),
                             {rows(ids, rank * kMicroBatch, kMicroBatch),
                              rows(labels, rank * kMicroBatch, kMicroBatch),
@@ -256,61 +283,56 @@ TEST_P(PartitionedStepTest, EqualsTheUnpartitionedStep) {
     }
     ASSERT_TRUE(succeeded(
         reference::executeOnRanks(rankStep, *mesh, rankArgs, rankResults)));
+
+    // Metrics, the same on every rank.
     for (int64_t rank = 0; rank < w; ++rank) {
       for (unsigned m = 0; m < 5; ++m) {
         reference::ErrorStats e = reference::compare(
             rankResults[rank][3 * n + m], results[3 * n + m]);
+        worstMetric = std::max(worstMetric, e.relativeL2);
         EXPECT_LE(e.relativeL2, kTolerance)
-            << metrics[m] << " of step " << t << " on rank " << rank << ": "
+            << metrics[m] << " on rank " << rank << ": "
             << rankResults[rank][3 * n + m].f32[0] << " vs "
             << results[3 * n + m].f32[0];
       }
       EXPECT_EQ(rankResults[rank][3 * n + 5].i64, results[3 * n + 5].i64)
-          << "expert counts of step " << t << " on rank " << rank;
+          << "expert counts on rank " << rank;
     }
-    // Every gradient (before clipping), gathered from the reduced shards.
-    for (unsigned i = 0; i < n; ++i) {
-      const HostTensor &expected = results[3 * n + 6 + i];
-      int64_t axis = gatherAxis(rankStep.getArgument(i));
-      HostTensor gathered = rankResults[0][3 * n + 6 + i];
-      if (axis >= 0) {
-        std::vector<const HostTensor *> shards;
-        for (int64_t h = 0; h < mesh->shardDegree(); ++h)
-          shards.push_back(&rankResults[mesh->rank({0, h, 0})][3 * n + 6 + i]);
-        gathered = gather(shards, axis, expected.shape[axis]);
+    // Every gradient (before clipping), and every updated parameter and
+    // moment, gathered from the shards of each replica.
+    for (int64_t q = 0; q < mesh->replicas(); ++q) {
+      for (unsigned i = 0; i < n; ++i) {
+        const HostTensor &expected = results[3 * n + 6 + i];
+        reference::ErrorStats e = reference::compare(
+            gatherFrom(rankResults, 3 * n + 6 + i, i, q,
+                       expected.shape[std::max<int64_t>(
+                           0, gatherAxis(rankStep.getArgument(i)))]),
+            expected);
+        worstGradient = std::max(worstGradient, e.relativeL2);
+        EXPECT_LE(e.relativeL2, kTolerance)
+            << "gradient of " << paramName(rankStep, i) << " on replica " << q
+            << " (max error " << e.maxAbs << ")";
       }
-      reference::ErrorStats e = reference::compare(gathered, expected);
-      EXPECT_LE(e.relativeL2, kTolerance)
-          << "gradient of " << paramName(rankStep, i) << " in step " << t
-          << " (max error " << e.maxAbs << ")";
+      for (unsigned i = 0; i < 3 * n; ++i) {
+        const HostTensor &expected = results[i];
+        reference::ErrorStats e = reference::compare(
+            gatherFrom(rankResults, i, i % n, q,
+                       expected.shape[std::max<int64_t>(
+                           0, gatherAxis(rankStep.getArgument(i % n)))]),
+            expected);
+        (i < n ? worstParameter : worstMoment) =
+            std::max(i < n ? worstParameter : worstMoment, e.relativeL2);
+        EXPECT_LE(e.relativeL2, i < n ? kParameterTolerance : kTolerance)
+            << stateKinds[i / n] << paramName(rankStep, i % n)
+            << " on replica " << q << " (max error " << e.maxAbs << ")";
+      }
     }
-    for (int64_t rank = 0; rank < w; ++rank)
-      for (unsigned i = 0; i < 3 * n; ++i)
-        rankState[rank][i] = std::move(rankResults[rank][i]);
     for (unsigned i = 0; i < 3 * n; ++i)
       globalState[i] = std::move(results[i]);
   }
-
-  // Every parameter and moment, gathered from the shards of each replica.
-  for (unsigned i = 0; i < 3 * n; ++i) {
-    int64_t axis = gatherAxis(rankStep.getArgument(i % n));
-    for (int64_t q = 0; q < mesh->replicas(); ++q) {
-      HostTensor gathered;
-      if (axis < 0) {
-        gathered = rankState[mesh->rank({q, 0, 0})][i];
-      } else {
-        std::vector<const HostTensor *> shards;
-        for (int64_t h = 0; h < mesh->shardDegree(); ++h)
-          shards.push_back(&rankState[mesh->rank({q, h, 0})][i]);
-        gathered = gather(shards, axis, globalState[i].shape[axis]);
-      }
-      reference::ErrorStats e = reference::compare(gathered, globalState[i]);
-      EXPECT_LE(e.relativeL2, kTolerance)
-          << (i < n ? "" : i < 2 * n ? "exp_avg of " : "exp_avg_sq of ")
-          << paramName(rankStep, i % n) << " on replica " << q
-          << " (max error " << e.maxAbs << ")";
-    }
-  }
+  llvm::outs() << llvm::formatv(
+      "| {0} | {1:e1} | {2:e1} | {3:e1} | {4:e1} |\n", describe(layout),
+      worstMetric, worstGradient, worstParameter, worstMoment);
 }
 
 std::vector<Layout> matrix() {
@@ -318,7 +340,7 @@ std::vector<Layout> matrix() {
   for (const char *model : {"tiny.onnx", "tiny-e8.onnx"})
     for (int64_t w : {1, 2, 4, 8})
       for (int64_t h = 1; h <= w; h *= 2)
-        for (const char *routing : {"none"})
+        for (const char *routing : {"none", "sinkhorn", "balanced"})
           layouts.push_back({model, w, h, routing, 1e-3});
   return layouts;
 }

@@ -465,3 +465,12 @@ func.func @attention_grad_saved(%q: tensor<2x8x4x16xbf16>, %k: tensor<2x8x2x16xb
   %dq, %dk, %dv = moe.attention_grad %q, %k, %v, %do, %do {scale = 0.25 : f64} : (tensor<2x8x4x16xbf16>, tensor<2x8x2x16xbf16>, tensor<2x8x2x16xbf16>, tensor<2x8x4x16xbf16>, tensor<2x8x4x16xbf16>) -> (tensor<2x8x4x16xbf16>, tensor<2x8x2x16xbf16>, tensor<2x8x2x16xbf16>)
   return
 }
+
+// -----
+
+// Sinkhorn routes runs of tokens_per_group tokens: they must tile the tokens.
+func.func @router_groups(%l: tensor<2x5x4xf32>) {
+  // expected-error@+1 {{'moe.router' op tokens_per_group 4 does not divide the 10 tokens of the logits}}
+  %g, %e = moe.router %l {k = 2 : i64, load_balancing = #moe.load_balancing<sinkhorn>, tokens_per_group = 4 : i64} : (tensor<2x5x4xf32>) -> (tensor<2x5x2xf32>, tensor<2x5x2xi64>)
+  return
+}

@@ -109,3 +109,10 @@ func.func @target_count(%labels: tensor<2x8xi64>) -> tensor<f32> {
   %n = moe.target_count %labels {ignore_index = -1 : i64} : (tensor<2x8xi64>) -> tensor<f32>
   return %n : tensor<f32>
 }
+
+// CHECK-LABEL: func.func @router_groups
+// CHECK: moe.router %{{.+}} {k = 2 : i64, load_balancing = #moe.load_balancing<sinkhorn>, tokens_per_group = 8 : i64}
+func.func @router_groups(%logits: tensor<2x8x4xf32>) -> tensor<2x8x2xi64> {
+  %g, %e = moe.router %logits {k = 2 : i64, load_balancing = #moe.load_balancing<sinkhorn>, tokens_per_group = 8 : i64} : (tensor<2x8x4xf32>) -> (tensor<2x8x2xf32>, tensor<2x8x2xi64>)
+  return %e : tensor<2x8x2xi64>
+}
