@@ -8,20 +8,24 @@
 
 #include "dialects/Moe/IR/MoeOps.h"
 #include "dialects/Moe/Transforms/Passes.h"
+#include "moec/Conversion/MoeToShard/Passes.h"
 #include "moec/Pipelines/Pipelines.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/Shard/IR/ShardDialect.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/Transforms/Passes.h"
 
 void moec::registerAllDialects(mlir::DialectRegistry &registry) {
   registry.insert<mlir::moe::MoeDialect, mlir::arith::ArithDialect,
-                  mlir::func::FuncDialect, mlir::tensor::TensorDialect>();
+                  mlir::func::FuncDialect, mlir::shard::ShardDialect,
+                  mlir::tensor::TensorDialect>();
 }
 
 void moec::registerAllPasses() {
   mlir::registerCanonicalizerPass();
   mlir::registerCSEPass();
   mlir::moe::registerMoePasses();
+  registerMoeToShardPasses();
   registerPipelines();
 }

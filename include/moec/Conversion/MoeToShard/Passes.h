@@ -1,0 +1,38 @@
+//===- Passes.h - Partitioning of the training step -------------*- C++ -*-===//
+//
+// Declarations and registration of moe-expert-parallel and
+// moe-hybrid-shard, and the IR contract between them.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOEC_CONVERSION_MOETOSHARD_PASSES_H
+#define MOEC_CONVERSION_MOETOSHARD_PASSES_H
+
+#include "dialects/Moe/IR/MoeOps.h"
+#include "mlir/Dialect/Shard/IR/ShardOps.h"
+#include "mlir/Dialect/Tensor/IR/Tensor.h"
+#include "mlir/Pass/Pass.h"
+
+namespace moec {
+
+/// The name of the mesh `shard.grid` of a partitioned module. Its axes are
+/// (R, H, P), in this order.
+inline constexpr llvm::StringLiteral kMeshName = "mesh";
+/// The grid axes of the mesh.
+enum MeshAxis : int16_t { ReplicaAxis = 0, ShardAxis = 1, ExpertAxis = 2 };
+
+/// Unit attribute that moe-expert-parallel puts on a @train_step argument
+/// (parameter or AdamW moment) whose leading expert dimension it split over
+/// the expert axis. moe-hybrid-shard reduces such gradients over the
+/// replica axis only, never across the expert axis.
+inline constexpr llvm::StringLiteral kExpertLocalAttrName = "moe.expert_local";
+
+#define GEN_PASS_DECL
+#include "lib/Conversion/MoeToShard/Passes.h.inc"
+
+#define GEN_PASS_REGISTRATION
+#include "lib/Conversion/MoeToShard/Passes.h.inc"
+
+} // namespace moec
+
+#endif // MOEC_CONVERSION_MOETOSHARD_PASSES_H
