@@ -12,13 +12,15 @@
 #include "moec/Pipelines/Pipelines.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
 #include "mlir/Dialect/Shard/IR/ShardDialect.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/Transforms/Passes.h"
 
 void moec::registerAllDialects(mlir::DialectRegistry &registry) {
   registry.insert<mlir::moe::MoeDialect, mlir::arith::ArithDialect,
-                  mlir::func::FuncDialect, mlir::shard::ShardDialect,
+                  mlir::func::FuncDialect, mlir::linalg::LinalgDialect,
+                  mlir::shard::ShardDialect,
                   mlir::tensor::TensorDialect>();
 }
 

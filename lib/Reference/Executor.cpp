@@ -8,12 +8,14 @@
 
 #include "moec/Reference/Executor.h"
 
+#include "Collectives.h"
 #include "dialects/Moe/IR/MoeOps.h"
 #include "moec/Reference/Kernels.h"
 #include "moec/Support/ParamInit.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Linalg/IR/Linalg.h"
+#include "mlir/Dialect/Shard/IR/ShardOps.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/IR/BuiltinAttributes.h"
 #include "llvm/ADT/DenseMap.h"
@@ -21,6 +23,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <thread>
 
 using namespace mlir;
 using namespace moec;
@@ -82,6 +85,51 @@ HostTensor fromAttribute(DenseElementsAttr attr) {
   return t;
 }
 
+/// Row-major strides of `shape`.
+std::vector<int64_t> stridesOf(ArrayRef<int64_t> shape) {
+  std::vector<int64_t> strides(shape.size(), 1);
+  for (int64_t d = static_cast<int64_t>(shape.size()) - 2; d >= 0; --d)
+    strides[d] = strides[d + 1] * shape[d + 1];
+  return strides;
+}
+
+/// Copies the box of `sizes` at `offsets` of `from` to the box at
+/// `toOffsets` of `to` (unit strides, in bounds).
+void copyBox(const HostTensor &from, ArrayRef<int64_t> fromOffsets,
+             HostTensor &to, ArrayRef<int64_t> toOffsets,
+             ArrayRef<int64_t> sizes) {
+  std::vector<int64_t> fromStrides = stridesOf(from.shape),
+                       toStrides = stridesOf(to.shape);
+  int64_t count = 1;
+  for (int64_t size : sizes)
+    count *= size;
+  std::vector<int64_t> index(sizes.size(), 0);
+  for (int64_t i = 0; i < count; ++i) {
+    int64_t src = 0, dst = 0;
+    for (size_t d = 0; d < sizes.size(); ++d) {
+      src += (fromOffsets[d] + index[d]) * fromStrides[d];
+      dst += (toOffsets[d] + index[d]) * toStrides[d];
+    }
+    if (from.isFloat())
+      to.f32[dst] = from.f32[src];
+    else
+      to.i64[dst] = from.i64[src];
+    for (int64_t d = static_cast<int64_t>(index.size()) - 1; d >= 0; --d) {
+      if (++index[d] < sizes[d])
+        break;
+      index[d] = 0;
+    }
+  }
+}
+
+/// Whether a slice op has static offsets and sizes and unit strides.
+bool isStaticUnitSlice(OffsetSizeAndStrideOpInterface slice) {
+  return !ShapedType::isDynamicShape(slice.getStaticOffsets()) &&
+         !ShapedType::isDynamicShape(slice.getStaticSizes()) &&
+         llvm::all_of(slice.getStaticStrides(),
+                      [](int64_t s) { return s == 1; });
+}
+
 Routing routing(moe::LoadBalancing mode) {
   switch (mode) {
   case moe::LoadBalancing::aux_loss: return Routing::AuxLoss;
@@ -94,6 +142,8 @@ Routing routing(moe::LoadBalancing mode) {
 
 class Interpreter {
 public:
+  explicit Interpreter(const RankContext *rankContext = nullptr)
+      : rankContext(rankContext) {}
   LogicalResult run(func::FuncOp func, const std::vector<HostTensor> &args,
                     std::vector<HostTensor> &results);
 
@@ -125,6 +175,8 @@ private:
   LogicalResult execute(Operation *op);
 
   llvm::DenseMap<Value, HostTensor> env;
+  /// The rank this interpreter runs as; null when it runs alone.
+  const RankContext *rankContext;
 };
 
 LogicalResult Interpreter::execute(Operation *op) {
@@ -165,6 +217,76 @@ LogicalResult Interpreter::execute(Operation *op) {
               return failure();
             return set(op, op->getResult(0), std::move(out));
           })
+      .Case([&](arith::MaximumFOp m) -> LogicalResult {
+        const HostTensor &a = get(m.getLhs()), &b = get(m.getRhs());
+        if (a.shape != b.shape)
+          return op->emitOpError() << "operands of shapes " << a.shapeString()
+                                   << " and " << b.shapeString();
+        out = a;
+        for (size_t i = 0; i < out.f32.size(); ++i)
+          out.f32[i] = std::isnan(a.f32[i]) || std::isnan(b.f32[i])
+                           ? NAN
+                           : std::max(a.f32[i], b.f32[i]);
+        return set(op, m.getResult(), std::move(out));
+      })
+      .Case([&](tensor::ExtractSliceOp e) -> LogicalResult {
+        if (!isStaticUnitSlice(e))
+          return op->emitOpError() << "reference executor needs static "
+                                      "offsets and sizes and unit strides";
+        if (e.getSourceType().getRank() != e.getResultType().getRank())
+          return op->emitOpError() << "reference executor does not drop "
+                                      "dimensions in a slice";
+        const HostTensor &in = get(e.getSource());
+        std::vector<int64_t> shape(e.getStaticSizes().begin(),
+                                   e.getStaticSizes().end());
+        out = in.isFloat() ? HostTensor::floats(shape) : HostTensor::ints(shape);
+        std::vector<int64_t> zeros(shape.size(), 0);
+        copyBox(in, e.getStaticOffsets(), out, zeros, shape);
+        return set(op, e.getResult(), std::move(out));
+      })
+      .Case([&](tensor::InsertSliceOp e) -> LogicalResult {
+        if (!isStaticUnitSlice(e))
+          return op->emitOpError() << "reference executor needs static "
+                                      "offsets and sizes and unit strides";
+        if (e.getSourceType().getRank() != e.getResultType().getRank())
+          return op->emitOpError() << "reference executor does not insert "
+                                      "slices of lower rank";
+        const HostTensor &in = get(e.getSource());
+        out = get(e.getDest());
+        std::vector<int64_t> zeros(in.shape.size(), 0);
+        copyBox(in, zeros, out, e.getStaticOffsets(), in.shape);
+        return set(op, e.getResult(), std::move(out));
+      })
+      .Case([&](linalg::BroadcastOp b) -> LogicalResult {
+        // Result index -> input index: drop the broadcast dimensions.
+        const HostTensor &in = get(b.getInput());
+        auto type = cast<RankedTensorType>(b.getInit().getType());
+        std::vector<int64_t> shape(type.getShape().begin(),
+                                   type.getShape().end());
+        out = in.isFloat() ? HostTensor::floats(shape) : HostTensor::ints(shape);
+        std::vector<int64_t> inStrides = stridesOf(in.shape);
+        std::vector<int64_t> strideOfDim(shape.size(), 0);
+        for (int64_t d = 0, i = 0; d < static_cast<int64_t>(shape.size()); ++d)
+          if (!llvm::is_contained(b.getDimensions(), d))
+            strideOfDim[d] = inStrides[i++];
+        std::vector<int64_t> index(shape.size(), 0);
+        for (int64_t i = 0; i < out.numElements(); ++i) {
+          int64_t src = 0;
+          for (size_t d = 0; d < shape.size(); ++d)
+            src += index[d] * strideOfDim[d];
+          if (in.isFloat())
+            out.f32[i] = in.f32[src];
+          else
+            out.i64[i] = in.i64[src];
+          for (int64_t d = static_cast<int64_t>(index.size()) - 1; d >= 0;
+               --d) {
+            if (++index[d] < shape[d])
+              break;
+            index[d] = 0;
+          }
+        }
+        return set(op, b.getResult()[0], std::move(out));
+      })
       .Case([&](arith::NegFOp n) -> LogicalResult {
         out = get(n.getOperand());
         for (float &x : out.f32)
@@ -231,6 +353,9 @@ LogicalResult Interpreter::execute(Operation *op) {
         const HostTensor &in = get(e.getSrc());
         out = in;
         out.shape.clear();
+        // A 0-d source expands to unit dimensions only.
+        if (in.shape.empty())
+          out.shape.assign(e.getResultType().getRank(), 1);
         for (auto [source, group] :
              llvm::enumerate(e.getReassociationIndices())) {
           int64_t known = 1;
@@ -564,6 +689,21 @@ LogicalResult Interpreter::execute(Operation *op) {
           return failure();
         return set(op, a.getNewExpAvgSq(), std::move(v));
       })
+      .Case([&](shard::AllGatherOp g) -> LogicalResult {
+        if (failed(runAllGather(g, rankContext, get(g.getInput()), out)))
+          return failure();
+        return set(op, g.getResult(), std::move(out));
+      })
+      .Case([&](shard::ReduceScatterOp r) -> LogicalResult {
+        if (failed(runReduceScatter(r, rankContext, get(r.getInput()), out)))
+          return failure();
+        return set(op, r.getResult(), std::move(out));
+      })
+      .Case([&](shard::AllReduceOp r) -> LogicalResult {
+        if (failed(runAllReduce(r, rankContext, get(r.getInput()), out)))
+          return failure();
+        return set(op, r.getResult(), std::move(out));
+      })
       .Case([&](moe::OnnxNodeOp node) -> LogicalResult {
         return op->emitOpError()
                << "reference executor cannot run the unraised ONNX node '"
@@ -618,6 +758,40 @@ LogicalResult reference::execute(func::FuncOp func,
                                  const std::vector<HostTensor> &arguments,
                                  std::vector<HostTensor> &results) {
   return Interpreter().run(func, arguments, results);
+}
+
+LogicalResult reference::executeAsRank(func::FuncOp func,
+                                       const RankContext &context,
+                                       const std::vector<HostTensor> &arguments,
+                                       std::vector<HostTensor> &results) {
+  return Interpreter(&context).run(func, arguments, results);
+}
+
+LogicalResult reference::executeOnRanks(
+    func::FuncOp func, const plan::Mesh &mesh,
+    const std::vector<std::vector<HostTensor>> &perRankArguments,
+    std::vector<std::vector<HostTensor>> &perRankResults) {
+  const int64_t worldSize = mesh.worldSize();
+  if (static_cast<int64_t>(perRankArguments.size()) != worldSize)
+    return func.emitOpError()
+           << "runs on " << worldSize << " ranks but "
+           << perRankArguments.size() << " argument lists were given";
+  Communicator communicator(worldSize);
+  perRankResults.assign(worldSize, {});
+  std::vector<char> rankFailed(worldSize, 0);
+  std::vector<std::thread> threads;
+  for (int64_t rank = 0; rank < worldSize; ++rank)
+    threads.emplace_back([&, rank] {
+      RankContext context{rank, &mesh, &communicator};
+      if (failed(executeAsRank(func, context, perRankArguments[rank],
+                               perRankResults[rank]))) {
+        rankFailed[rank] = 1;
+        communicator.abort(rank);
+      }
+    });
+  for (std::thread &thread : threads)
+    thread.join();
+  return success(llvm::none_of(rankFailed, [](char f) { return f != 0; }));
 }
 
 ErrorStats reference::compare(const HostTensor &actual,

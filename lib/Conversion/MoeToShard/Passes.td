@@ -1,7 +1,10 @@
-//===- Passes.td - Partitioning passes --------------------*- tablegen -*-===//
+//===- Passes.td - Partitioning of the training step -------*- tablegen -*-===//
 //
-// The passes that turn the unpartitioned training step into one SPMD program
-// per rank on the (R, H, P) mesh of docs/partitioning.md.
+// The passes that turn the built @train_step into one SPMD program per rank
+// of the (R, H, P) mesh (DESIGN.md §2), with every collective explicit: the
+// static ones as upstream `shard` ops on a `shard.grid`, the routed ones as
+// moe ops. They need lib/Plan's Mesh, so they live here and not in the
+// dialect.
 //
 //===----------------------------------------------------------------------===//
 
@@ -67,6 +70,63 @@ def ExpertParallel : Pass<"moe-expert-parallel", "::mlir::ModuleOp"> {
               "moe.dispatch ops inserted">,
     Statistic<"numExpertParams", "num-expert-params",
               "expert parameters made local">
+  ];
+}
+
+def HybridShard : Pass<"moe-hybrid-shard", "::mlir::ModuleOp"> {
+  let summary = "shards parameters, gradients and AdamW moments over the shard groups";
+  let description = [{
+    Rewrites the built `@train_step` (moe-build-train-step, then canonicalize
+    and cse; after moe-expert-parallel, before the fusion and memory passes,
+    which then see the per-rank program) into the program every rank of the
+    (R, H, P) mesh runs, with the mesh as `shard.grid @mesh` (axes R, H, P):
+
+    - Each parameter and its two AdamW moments become this rank's shard, with
+      the layout of lib/Plan's Placement: one dimension chunked along H in
+      chunks of ceil(n / H), the last chunks padded with zeros so that every
+      rank's shard has the same static shape. Arguments keep their order and
+      names, with the shard's type.
+    - Before use, `shard.all_gather` over H (`grid_axes = [1]`) restores the
+      parameter (`tensor.extract_slice` drops the padding).
+    - Each gradient is padded, `shard.reduce_scatter`ed over H, then
+      `shard.all_reduce`d over the ranks that hold the same shard: R and P for
+      dense parameters (`[0, 2]`), only R for expert parameters that
+      moe-expert-parallel split (marked `moe.expert_local`, `[0]`). AdamW
+      then updates the shard; zero padding stays zero.
+    - The clipping norm counts every shard once: the local norms of the dense
+      shards are all-gathered over H, those of the expert shards over H and
+      P, and their norm is the global one.
+    - The loss is the global batch's: the cross-entropy (a mean over the
+      rank's non-ignored targets) is weighted by the rank's share of all
+      targets (`moe.target_count`, all-reduced) and summed over all ranks,
+      and its gradients get the same weight; the router z-loss is the mean
+      of the ranks' and its gradient scale is divided by W. Expert slot
+      counts are summed over all ranks.
+
+    Collectives whose group is one rank are left out. Invalid layouts are
+    errors that name the rule and the numbers, as lib/Plan's resolveMesh
+    words them.
+  }];
+  let dependentDialects = [
+    "::mlir::moe::MoeDialect",
+    "::mlir::arith::ArithDialect",
+    "::mlir::linalg::LinalgDialect",
+    "::mlir::shard::ShardDialect",
+    "::mlir::tensor::TensorDialect"
+  ];
+  let options = [
+    Option<"worldSize", "world-size", "int64_t", "1", "number of ranks (W)">,
+    Option<"expertParallelDegree", "expert-parallel-degree", "int64_t", "1",
+           "expert_parallel_degree (P): the mesh's expert axis; the experts "
+           "themselves are moe-expert-parallel's">,
+    Option<"hybridShardDegree", "hybrid-shard-degree", "int64_t", "0",
+           "hybrid_shard_degree (H); 0 means automatic">,
+    Option<"shardingStrategy", "sharding-strategy", "std::string",
+           "\"hybrid_shard\"", "full_shard, hybrid_shard or no_shard">
+  ];
+  let statistics = [
+    Statistic<"numShardedParameters", "num-sharded-parameters",
+              "parameters sharded over H">
   ];
 }
 

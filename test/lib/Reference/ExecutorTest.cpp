@@ -18,6 +18,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <mutex>
 
 using namespace mlir;
 using namespace moec;
@@ -153,6 +154,168 @@ TEST_F(ExecutorTest, AttentionStatsAreTheRowsLogSumExp) {
   EXPECT_FLOAT_EQ(r[0].f32[0], 10.0f);
   double p0 = std::exp(3.0) / (std::exp(3.0) + std::exp(-1.0));
   EXPECT_FLOAT_EQ(r[0].f32[1], static_cast<float>(10.0 * p0 + 20.0 * (1 - p0)));
+}
+
+TEST_F(ExecutorTest, EveryRankRunsOnItsOwnArguments) {
+  const char *source = R"mlir(
+    func.func @double(%x: tensor<2xf32>) -> tensor<2xf32> {
+      %y = arith.addf %x, %x : tensor<2xf32>
+      return %y : tensor<2xf32>
+    })mlir";
+  module = parseSourceString<ModuleOp>(source, &context);
+  ASSERT_TRUE(module);
+  plan::ParallelConfig config;
+  config.worldSize = 4;
+  config.hybridShardDegree = 2;
+  llvm::Expected<plan::Mesh> mesh = plan::resolveMesh(config, 1);
+  ASSERT_TRUE(static_cast<bool>(mesh));
+  std::vector<std::vector<HostTensor>> args(4), results;
+  for (int64_t rank = 0; rank < 4; ++rank) {
+    args[rank].push_back(HostTensor::floats({2}));
+    args[rank][0].f32 = {static_cast<float>(rank), 0.5f};
+  }
+  auto func = module->lookupSymbol<func::FuncOp>("double");
+  ASSERT_TRUE(succeeded(reference::executeOnRanks(func, *mesh, args, results)));
+  ASSERT_EQ(results.size(), 4u);
+  for (int64_t rank = 0; rank < 4; ++rank)
+    EXPECT_EQ(results[rank][0].f32,
+              (std::vector<float>{2.0f * rank, 1.0f}));
+}
+
+/// A (R, H, P) mesh of `w` ranks with `p` expert ranks and shard degree `h`.
+plan::Mesh meshOf(int64_t w, int64_t p, int64_t h) {
+  plan::ParallelConfig config;
+  config.worldSize = w;
+  config.expertParallelDegree = p;
+  config.hybridShardDegree = h;
+  llvm::Expected<plan::Mesh> mesh = plan::resolveMesh(config, 4);
+  EXPECT_TRUE(static_cast<bool>(mesh));
+  return *mesh;
+}
+
+TEST_F(ExecutorTest, ShardCollectivesRunOnTheMeshGroups) {
+  // W = 8 as (R, H, P) = (2, 2, 2). Rank r holds [[r, r + 0.5]] (1x2).
+  const char *source = R"mlir(
+    shard.grid @mesh(shape = 2x2x2)
+    func.func @step(%x: tensor<1x2xf32>) -> (tensor<2x2xf32>, tensor<1x4xf32>, tensor<1x1xf32>, tensor<1x2xf32>, tensor<1x2xf32>) {
+      %g = shard.all_gather %x on @mesh grid_axes = [1] gather_axis = 0 : tensor<1x2xf32> -> tensor<2x2xf32>
+      %g1 = shard.all_gather %x on @mesh grid_axes = [2] gather_axis = 1 : tensor<1x2xf32> -> tensor<1x4xf32>
+      %s = shard.reduce_scatter %x on @mesh grid_axes = [0] reduction = sum scatter_axis = 1 : tensor<1x2xf32> -> tensor<1x1xf32>
+      %d = shard.all_reduce %x on @mesh grid_axes = [0, 2] : tensor<1x2xf32> -> tensor<1x2xf32>
+      %w = shard.all_reduce %x on @mesh grid_axes = [0, 1, 2] : tensor<1x2xf32> -> tensor<1x2xf32>
+      return %g, %g1, %s, %d, %w : tensor<2x2xf32>, tensor<1x4xf32>, tensor<1x1xf32>, tensor<1x2xf32>, tensor<1x2xf32>
+    })mlir";
+  module = parseSourceString<ModuleOp>(source, &context);
+  ASSERT_TRUE(module);
+  plan::Mesh mesh = meshOf(8, 2, 2);
+  std::vector<std::vector<HostTensor>> args(8), results;
+  for (int64_t rank = 0; rank < 8; ++rank) {
+    args[rank].push_back(HostTensor::floats({1, 2}));
+    args[rank][0].f32 = {static_cast<float>(rank), rank + 0.5f};
+  }
+  auto func = module->lookupSymbol<func::FuncOp>("step");
+  ASSERT_TRUE(succeeded(reference::executeOnRanks(func, mesh, args, results)));
+  for (int64_t rank = 0; rank < 8; ++rank) {
+    // Rank r = 4q + 2h + p.
+    int64_t q = rank / 4, p = rank % 2;
+    float h0 = 4 * q + p, h1 = h0 + 2;
+    EXPECT_EQ(results[rank][0].f32,
+              (std::vector<float>{h0, h0 + 0.5f, h1, h1 + 0.5f}));
+    float p0 = rank - p, p1 = p0 + 1;
+    EXPECT_EQ(results[rank][1].f32,
+              (std::vector<float>{p0, p0 + 0.5f, p1, p1 + 0.5f}));
+    // Replicas r mod 4 and r mod 4 + 4; replica q keeps column q.
+    float r0 = rank % 4, r1 = r0 + 4;
+    EXPECT_EQ(results[rank][2].f32,
+              (std::vector<float>{q == 0 ? r0 + r1 : r0 + r1 + 1.0f}));
+    // Dense replicas: same h, every (q, p).
+    int64_t h = (rank / 2) % 2;
+    float dense = 0;
+    for (int64_t qq = 0; qq < 2; ++qq)
+      for (int64_t pp = 0; pp < 2; ++pp)
+        dense += 4 * qq + 2 * h + pp;
+    EXPECT_EQ(results[rank][3].f32, (std::vector<float>{dense, dense + 2}));
+    EXPECT_EQ(results[rank][4].f32, (std::vector<float>{28.0f, 32.0f}));
+  }
+}
+
+TEST_F(ExecutorTest, CollectivesNeedSimulatedRanks) {
+  const char *source = R"mlir(
+    shard.grid @mesh(shape = 1x2x1)
+    func.func @gather(%x: tensor<1xf32>) -> tensor<2xf32> {
+      %g = shard.all_gather %x on @mesh grid_axes = [1] gather_axis = 0 : tensor<1xf32> -> tensor<2xf32>
+      return %g : tensor<2xf32>
+    })mlir";
+  module = parseSourceString<ModuleOp>(source, &context);
+  ASSERT_TRUE(module);
+  std::string message;
+  ScopedDiagnosticHandler handler(&context, [&](Diagnostic &diag) {
+    message = diag.str();
+    return success();
+  });
+  std::vector<HostTensor> results;
+  EXPECT_TRUE(failed(reference::execute(
+      module->lookupSymbol<func::FuncOp>("gather"),
+      {HostTensor::floats({1})}, results)));
+  EXPECT_EQ(message, "'shard.all_gather' op needs a rank: run the partitioned "
+                     "function on simulated ranks");
+}
+
+TEST_F(ExecutorTest, AFailingRankFailsTheRunWithoutHanging) {
+  // Rank 1 reads an embedding row out of range before the all-reduce that
+  // rank 0 waits in.
+  const char *source = R"mlir(
+    shard.grid @mesh(shape = 1x2x1)
+    func.func @step(%table: tensor<2x1xf32>, %ids: tensor<1x1xi64>) -> tensor<1x1x1xf32> {
+      %e = moe.embedding %table[%ids] : (tensor<2x1xf32>, tensor<1x1xi64>) -> tensor<1x1x1xf32>
+      %s = shard.all_reduce %e on @mesh grid_axes = [1] : tensor<1x1x1xf32> -> tensor<1x1x1xf32>
+      return %s : tensor<1x1x1xf32>
+    })mlir";
+  module = parseSourceString<ModuleOp>(source, &context);
+  ASSERT_TRUE(module);
+  std::vector<std::string> messages;
+  std::mutex mutex;
+  ScopedDiagnosticHandler handler(&context, [&](Diagnostic &diag) {
+    std::lock_guard<std::mutex> lock(mutex);
+    messages.push_back(diag.str());
+    return success();
+  });
+  std::vector<std::vector<HostTensor>> args(2), results;
+  for (int64_t rank = 0; rank < 2; ++rank) {
+    args[rank].push_back(HostTensor::floats({2, 1}));
+    args[rank].push_back(HostTensor::ints({1, 1}));
+    args[rank][1].i64[0] = rank == 1 ? 7 : 0;
+  }
+  EXPECT_TRUE(failed(reference::executeOnRanks(
+      module->lookupSymbol<func::FuncOp>("step"), meshOf(2, 1, 2), args,
+      results)));
+  ASSERT_EQ(messages.size(), 2u);
+  EXPECT_TRUE(llvm::is_contained(
+      messages, "'shard.all_reduce' op on rank 0: all_reduce: rank 1 failed, "
+                "so the collective was abandoned"));
+}
+
+TEST_F(ExecutorTest, SlicesAndBroadcasts) {
+  const char *source = R"mlir(
+    func.func @f(%x: tensor<3x2xf32>, %s: tensor<f32>) -> (tensor<4x2xf32>, tensor<2x2xf32>, tensor<2x3xf32>, tensor<1xf32>) {
+      %z = arith.constant dense<0.0> : tensor<4x2xf32>
+      %p = tensor.insert_slice %x into %z[0, 0] [3, 2] [1, 1] : tensor<3x2xf32> into tensor<4x2xf32>
+      %e = tensor.extract_slice %x[1, 0] [2, 2] [1, 1] : tensor<3x2xf32> to tensor<2x2xf32>
+      %i = tensor.empty() : tensor<2x3xf32>
+      %b = linalg.broadcast ins(%s : tensor<f32>) outs(%i : tensor<2x3xf32>) dimensions = [0, 1]
+      %one = tensor.expand_shape %s [] output_shape [1] : tensor<f32> into tensor<1xf32>
+      return %p, %e, %b, %one : tensor<4x2xf32>, tensor<2x2xf32>, tensor<2x3xf32>, tensor<1xf32>
+    })mlir";
+  HostTensor x = HostTensor::floats({3, 2}), s = HostTensor::floats({});
+  x.f32 = {1, 2, 3, 4, 5, 6};
+  s.f32 = {7};
+  std::vector<HostTensor> r = run(source, "f", {x, s});
+  ASSERT_EQ(r.size(), 4u);
+  EXPECT_EQ(r[0].f32, (std::vector<float>{1, 2, 3, 4, 5, 6, 0, 0}));
+  EXPECT_EQ(r[1].f32, (std::vector<float>{3, 4, 5, 6}));
+  EXPECT_EQ(r[2].f32, std::vector<float>(6, 7.0f));
+  EXPECT_EQ(r[3].shape, (std::vector<int64_t>{1}));
+  EXPECT_EQ(r[3].f32, (std::vector<float>{7}));
 }
 
 } // namespace
