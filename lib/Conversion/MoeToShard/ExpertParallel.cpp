@@ -10,7 +10,7 @@
 //     combine and its mirror; the backward reuses the forward's dispatch
 //     (received rows, their gates and experts, the counts);
 //   - the load-balancing loss becomes global through a shard.all_reduce of
-//     its statistics over every mesh axis with more than one rank;
+//     its statistics over the whole mesh;
 //   - with the token shuffle, the router's and experts' input is permuted
 //     across the expert group and the experts' output permuted back, and
 //     the backward gets the adjoint permutations.
@@ -182,14 +182,9 @@ Value StepPartitioner::shuffleTokens(Location loc, Value tokens,
 }
 
 Value StepPartitioner::allReduceOverMesh(Location loc, Value value) {
-  SmallVector<shard::GridAxis> axes;
-  int64_t sizes[] = {mesh.replicas(), mesh.shardDegree(),
-                     mesh.expertParallelDegree()};
-  for (int16_t axis : {ReplicaAxis, ShardAxis, ExpertAxis})
-    if (sizes[axis] > 1)
-      axes.push_back(axis);
-  if (axes.empty())
+  if (mesh.worldSize() == 1)
     return value;
+  SmallVector<shard::GridAxis> axes = {ReplicaAxis, ShardAxis, ExpertAxis};
   return shard::AllReduceOp::create(builder, loc, value, kMeshName, axes,
                                     shard::ReductionKind::Sum)
       .getResult();

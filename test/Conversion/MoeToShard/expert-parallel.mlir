@@ -46,7 +46,7 @@ func.func @forward(%ids: tensor<2x8xi64> {moe.input = "input_ids"},
 // CHECK: arith.addf %{{.+}}, %[[OUT]]
 // CHECK-NOT: moe.load_balancing_loss %
 // CHECK: %[[STATS:.+]] = moe.load_balancing_stats %[[L]] {k = 2 : i64} : (tensor<2x8x4xf32>) -> tensor<2x4xf32>
-// CHECK: %[[GLOBAL:.+]] = shard.all_reduce %[[STATS]] on @mesh grid_axes = [0, 2] : tensor<2x4xf32> -> tensor<2x4xf32>
+// CHECK: %[[GLOBAL:.+]] = shard.all_reduce %[[STATS]] on @mesh grid_axes = [0, 1, 2] : tensor<2x4xf32> -> tensor<2x4xf32>
 // CHECK: moe.load_balancing_loss_from_stats %[[GLOBAL]] {k = 2 : i64}
 // CHECK: %[[DOUT:.+]], %{{.+}} = moe.lm_head_cross_entropy_grad
 // CHECK: moe.load_balancing_stats_grad %[[L]], %[[GLOBAL]] {k = 2 : i64, scale = 2.000000e-02 : f64}
