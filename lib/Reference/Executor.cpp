@@ -312,6 +312,14 @@ LogicalResult Interpreter::execute(Operation *op) {
         }
         return set(op, b.getResult()[0], std::move(out));
       })
+      .Case([&](moe::TargetCountOp c) -> LogicalResult {
+        if (failed(kernel(op,
+                          targetCount(get(c.getLabels()), c.getIgnoreIndex(),
+                                      out, error),
+                          error)))
+          return failure();
+        return set(op, c.getCount(), std::move(out));
+      })
       .Case([&](arith::NegFOp n) -> LogicalResult {
         out = get(n.getOperand());
         for (float &x : out.f32)

@@ -744,6 +744,19 @@ void vocabularySoftmax(const float *h, const HostTensor &weight,
 
 } // namespace
 
+bool reference::targetCount(const HostTensor &labels, int64_t ignoreIndex,
+                            HostTensor &count, std::string &error) {
+  if (!expectRank(labels, 2, "labels", error))
+    return false;
+  int64_t batch = labels.shape[0], seq = labels.shape[1], n = 0;
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t t = 0; t + 1 < seq; ++t)
+      n += labels.i64[b * seq + t + 1] != ignoreIndex;
+  count = HostTensor::floats({});
+  count.f32[0] = static_cast<float>(n);
+  return true;
+}
+
 bool reference::lmHeadCrossEntropy(const HostTensor &input,
                                    const HostTensor &weight,
                                    const HostTensor &labels,

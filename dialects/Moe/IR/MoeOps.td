@@ -872,4 +872,30 @@ def Moe_LoadBalancingStatsGradOp : Moe_GradOp<"load_balancing_stats_grad"> {
   let results = (outs Variadic<Moe_FloatTensor>:$d_logits);
 }
 
+//===----------------------------------------------------------------------===//
+// Partitioning (moe-hybrid-shard)
+//===----------------------------------------------------------------------===//
+
+def Moe_TargetCountOp : Moe_Op<"target_count", [Pure]> {
+  let summary = "the number of targets a next-token cross-entropy averages over";
+  let description = [{
+    The number of `labels[b, t + 1]` (`t + 1 < seq`) that differ from
+    `ignore_index`: the denominator of `moe.lm_head_cross_entropy` on the
+    same labels, as an fp32 scalar (exact below 2^24). A partitioned step
+    all-reduces it to weight each rank's mean by its share of the global
+    batch's targets.
+
+    ```mlir
+    %n = moe.target_count %labels {ignore_index = -100 : i64}
+        : (tensor<2x8xi64>) -> tensor<f32>
+    ```
+  }];
+  let arguments = (ins 2DTensorOf<[AnySignlessInteger]>:$labels,
+                       DefaultValuedAttr<I64Attr, "-100">:$ignore_index);
+  let results = (outs Moe_ScalarF32:$count);
+  let assemblyFormat = [{
+    $labels attr-dict `:` functional-type(operands, results)
+  }];
+}
+
 #endif // MOE_OPS_TD

@@ -95,6 +95,11 @@ bool expertCounts(const HostTensor &experts, int64_t numExperts,
 // Losses
 //===----------------------------------------------------------------------===//
 
+/// The number of labels[b, t + 1] (t + 1 < seq) not equal to `ignoreIndex`,
+/// as an fp32 scalar: moe.target_count.
+bool targetCount(const HostTensor &labels, int64_t ignoreIndex,
+                 HostTensor &count, std::string &error);
+
 /// Next-token cross-entropy of the logits `input · weightᵀ` ([B, S, V]):
 /// position t of each sequence predicts `labels[t + 1]`; labels equal to
 /// `ignoreIndex` (and the last position) are skipped; the mean is over the

@@ -207,6 +207,17 @@ TEST(Kernels, EvaluationRoutingIsPlainTopK) {
   EXPECT_FLOAT_EQ(gates.f32[0], 1.0f);
 }
 
+TEST(Kernels, TargetCountSkipsTheFirstPositionAndIgnoredLabels) {
+  // Targets are labels[b, 1..]: row 0 has one ignored, row 1 none.
+  HostTensor labels = ints({2, 4}, {-100, 5, -100, 7, 3, 4, 5, 6});
+  HostTensor count;
+  std::string error;
+  ASSERT_TRUE(targetCount(labels, -100, count, error)) << error;
+  EXPECT_TRUE(count.shape.empty());
+  EXPECT_EQ(count.f32[0], 5.0f);
+  EXPECT_FALSE(targetCount(ints({4}, {1, 2, 3, 4}), -100, count, error));
+}
+
 } // namespace
 
 namespace {

@@ -132,3 +132,10 @@ func.func @expert_parallel(%x: tensor<16x32xf32>, %gates: tensor<16x2xf32>,
   %d_logits = moe.load_balancing_stats_grad %logits, %stats {k = 2 : i64, scale = 0.02 : f64} : (tensor<16x4xf32>, tensor<2x4xf32>) -> tensor<16x4xf32>
   return %out, %d_rows, %u, %aux, %d_logits : tensor<16x32xf32>, tensor<?x32xf32>, tensor<16x32xf32>, tensor<f32>, tensor<16x4xf32>
 }
+
+// CHECK-LABEL: func.func @target_count
+// CHECK: moe.target_count %{{.+}} {ignore_index = -1 : i64} : (tensor<2x8xi64>) -> tensor<f32>
+func.func @target_count(%labels: tensor<2x8xi64>) -> tensor<f32> {
+  %n = moe.target_count %labels {ignore_index = -1 : i64} : (tensor<2x8xi64>) -> tensor<f32>
+  return %n : tensor<f32>
+}
