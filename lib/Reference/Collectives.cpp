@@ -17,48 +17,6 @@ using namespace moec::reference;
 
 namespace {
 
-/// The process group of `context`'s rank that `op`'s grid axes name, in
-/// group-rank order. Checks that the grid is the mesh's.
-FailureOr<std::vector<int64_t>> groupOf(Operation *op, StringRef gridName,
-                                        ArrayRef<int16_t> gridAxes,
-                                        const RankContext *context) {
-  if (!context || !context->mesh || !context->communicator)
-    return op->emitOpError()
-           << "needs a rank: run the partitioned function on simulated ranks";
-  auto grid = SymbolTable::lookupNearestSymbolFrom<shard::GridOp>(
-      op, FlatSymbolRefAttr::get(op->getContext(), gridName));
-  const plan::Mesh &mesh = *context->mesh;
-  SmallVector<int64_t> meshShape = {mesh.replicas(), mesh.shardDegree(),
-                                    mesh.expertParallelDegree()};
-  if (!grid || ArrayRef<int64_t>(grid.getShape()) != ArrayRef(meshShape))
-    return op->emitOpError() << "grid @" << gridName
-                             << " is not the (R, H, P) = (" << meshShape[0]
-                             << ", " << meshShape[1] << ", " << meshShape[2]
-                             << ") mesh the ranks run on";
-  SmallVector<int16_t> axes(gridAxes.begin(), gridAxes.end());
-  std::optional<plan::GroupKind> kind;
-  if (axes == SmallVector<int16_t>{0})
-    kind = plan::GroupKind::Replica;
-  else if (axes == SmallVector<int16_t>{1})
-    kind = plan::GroupKind::Shard;
-  else if (axes == SmallVector<int16_t>{2})
-    kind = plan::GroupKind::Expert;
-  else if (axes == SmallVector<int16_t>{0, 2})
-    kind = plan::GroupKind::DenseReplica;
-  else if (axes == SmallVector<int16_t>{0, 1, 2})
-    kind = plan::GroupKind::World;
-  else if (axes.empty())
-    return std::vector<int64_t>{context->rank};
-  if (!kind) {
-    InFlightDiagnostic diag = op->emitOpError()
-                              << "grid_axes [";
-    llvm::interleaveComma(axes, diag);
-    return diag << "] name no process group of the mesh; the groups are [0] "
-                   "(replica), [1] (shard), [2] (expert), [0, 2] (dense "
-                   "replica) and [0, 1, 2] (world)";
-  }
-  return context->mesh->groupOf(*kind, context->rank).ranks;
-}
 
 /// Sizes of `shape` before and after dimension `axis`.
 std::pair<int64_t, int64_t> outerInner(ArrayRef<int64_t> shape,
@@ -99,7 +57,7 @@ LogicalResult reference::runAllGather(shard::AllGatherOp op,
                                       const HostTensor &input,
                                       HostTensor &result) {
   FailureOr<std::vector<int64_t>> group =
-      groupOf(op, op.getGrid(), op.getGridAxes(), context);
+      processGroup(op, op.getGrid(), op.getGridAxes(), context);
   if (failed(group))
     return failure();
   const int64_t axis = op.getGatherAxis().getSExtValue();
@@ -125,7 +83,7 @@ LogicalResult reference::runReduceScatter(shard::ReduceScatterOp op,
   if (op.getReduction() != shard::ReductionKind::Sum)
     return op->emitOpError() << "reference executor only reduces by sum";
   FailureOr<std::vector<int64_t>> group =
-      groupOf(op, op.getGrid(), op.getGridAxes(), context);
+      processGroup(op, op.getGrid(), op.getGridAxes(), context);
   if (failed(group))
     return failure();
   const int64_t axis = op.getScatterAxis().getSExtValue();
@@ -156,7 +114,7 @@ LogicalResult reference::runAllReduce(shard::AllReduceOp op,
   if (op.getReduction() != shard::ReductionKind::Sum)
     return op->emitOpError() << "reference executor only reduces by sum";
   FailureOr<std::vector<int64_t>> group =
-      groupOf(op, op.getGrid(), op.getGridAxes(), context);
+      processGroup(op, op.getGrid(), op.getGridAxes(), context);
   if (failed(group))
     return failure();
   result = input;
@@ -165,4 +123,48 @@ LogicalResult reference::runAllReduce(shard::AllReduceOp op,
                                            error))
     return communicatorFailure(op, context, error);
   return success();
+}
+
+/// The process group of `context`'s rank that `op`'s grid axes name, in
+/// group-rank order. Checks that the grid is the mesh's.
+FailureOr<std::vector<int64_t>>
+reference::processGroup(Operation *op, StringRef gridName,
+                                        ArrayRef<int16_t> gridAxes,
+                                        const RankContext *context) {
+  if (!context || !context->mesh || !context->communicator)
+    return op->emitOpError()
+           << "needs a rank: run the partitioned function on simulated ranks";
+  auto grid = SymbolTable::lookupNearestSymbolFrom<shard::GridOp>(
+      op, FlatSymbolRefAttr::get(op->getContext(), gridName));
+  const plan::Mesh &mesh = *context->mesh;
+  SmallVector<int64_t> meshShape = {mesh.replicas(), mesh.shardDegree(),
+                                    mesh.expertParallelDegree()};
+  if (!grid || ArrayRef<int64_t>(grid.getShape()) != ArrayRef(meshShape))
+    return op->emitOpError() << "grid @" << gridName
+                             << " is not the (R, H, P) = (" << meshShape[0]
+                             << ", " << meshShape[1] << ", " << meshShape[2]
+                             << ") mesh the ranks run on";
+  SmallVector<int16_t> axes(gridAxes.begin(), gridAxes.end());
+  std::optional<plan::GroupKind> kind;
+  if (axes == SmallVector<int16_t>{0})
+    kind = plan::GroupKind::Replica;
+  else if (axes == SmallVector<int16_t>{1})
+    kind = plan::GroupKind::Shard;
+  else if (axes == SmallVector<int16_t>{2})
+    kind = plan::GroupKind::Expert;
+  else if (axes == SmallVector<int16_t>{0, 2})
+    kind = plan::GroupKind::DenseReplica;
+  else if (axes == SmallVector<int16_t>{0, 1, 2})
+    kind = plan::GroupKind::World;
+  else if (axes.empty())
+    return std::vector<int64_t>{context->rank};
+  if (!kind) {
+    InFlightDiagnostic diag = op->emitOpError()
+                              << "grid_axes [";
+    llvm::interleaveComma(axes, diag);
+    return diag << "] name no process group of the mesh; the groups are [0] "
+                   "(replica), [1] (shard), [2] (expert), [0, 2] (dense "
+                   "replica) and [0, 1, 2] (world)";
+  }
+  return context->mesh->groupOf(*kind, context->rank).ranks;
 }

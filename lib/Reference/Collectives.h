@@ -19,6 +19,13 @@
 
 namespace moec::reference {
 
+/// The process group of `context`'s rank that `gridAxes` of the grid
+/// `gridName` name, in group-rank order. Fails at `op` without a rank, on a
+/// grid that is not the rank's mesh, or on axes that name no group.
+mlir::FailureOr<std::vector<int64_t>>
+processGroup(mlir::Operation *op, llvm::StringRef gridName,
+             llvm::ArrayRef<int16_t> gridAxes, const RankContext *context);
+
 mlir::LogicalResult runAllGather(mlir::shard::AllGatherOp op,
                                  const RankContext *context,
                                  const HostTensor &input, HostTensor &result);

@@ -10,6 +10,7 @@
 
 #include "Collectives.h"
 #include "dialects/Moe/IR/MoeOps.h"
+#include "moec/Reference/ExpertParallel.h"
 #include "moec/Reference/Kernels.h"
 #include "moec/Support/ParamInit.h"
 
@@ -173,11 +174,35 @@ private:
     return op->emitOpError() << "reference execution failed: " << error;
   }
   LogicalResult execute(Operation *op);
+  /// The expert group of a routed collective (moe.dispatch, moe.combine,
+  /// moe.token_shuffle) on `gridAxes` of `grid`.
+  LogicalResult routedGroup(Operation *op, FlatSymbolRefAttr grid,
+                            ArrayRef<int16_t> gridAxes, ExpertGroup &group);
 
   llvm::DenseMap<Value, HostTensor> env;
   /// The rank this interpreter runs as; null when it runs alone.
   const RankContext *rankContext;
 };
+
+LogicalResult Interpreter::routedGroup(Operation *op, FlatSymbolRefAttr grid,
+                                       ArrayRef<int16_t> gridAxes,
+                                       ExpertGroup &group) {
+  FailureOr<std::vector<int64_t>> ranks =
+      processGroup(op, grid.getValue(), gridAxes, rankContext);
+  if (failed(ranks))
+    return failure();
+  group.communicator = rankContext->communicator;
+  group.rank = rankContext->rank;
+  group.ranks = std::move(*ranks);
+  group.groupRank = llvm::find(group.ranks, group.rank) - group.ranks.begin();
+  return success();
+}
+
+/// The reference dispatcher of a moe.dispatch/moe.combine attribute.
+DispatchKind dispatchKind(moe::Dispatcher dispatcher) {
+  return dispatcher == moe::Dispatcher::all_gather ? DispatchKind::AllGather
+                                                   : DispatchKind::AllToAll;
+}
 
 LogicalResult Interpreter::execute(Operation *op) {
   std::string error;
@@ -730,6 +755,79 @@ LogicalResult Interpreter::execute(Operation *op) {
         if (failed(runAllReduce(r, rankContext, get(r.getInput()), out)))
           return failure();
         return set(op, r.getResult(), std::move(out));
+      })
+      .Case([&](moe::DispatchOp d) -> LogicalResult {
+        ExpertGroup group;
+        if (failed(routedGroup(op, d.getGridAttr(), d.getGridAxes(), group)))
+          return failure();
+        HostTensor rowExperts, counts, rowGates;
+        if (failed(kernel(
+                op,
+                dispatch(group, dispatchKind(d.getDispatcher()),
+                         get(d.getInput()), get(d.getExperts()),
+                         d.getGates() ? &get(d.getGates()) : nullptr,
+                         d.getNumLocalExperts(), out, rowExperts, counts,
+                         d.getGates() ? &rowGates : nullptr, error),
+                error)) ||
+            failed(set(op, d.getRows(), std::move(out))) ||
+            failed(set(op, d.getRowExperts(), std::move(rowExperts))) ||
+            failed(set(op, d.getCounts(), std::move(counts))))
+          return failure();
+        if (d.getRowGates())
+          return set(op, d.getRowGates(), std::move(rowGates));
+        return success();
+      })
+      .Case([&](moe::CombineOp c) -> LogicalResult {
+        ExpertGroup group;
+        if (failed(routedGroup(op, c.getGridAttr(), c.getGridAxes(), group)) ||
+            failed(kernel(op,
+                          combine(group, dispatchKind(c.getDispatcher()),
+                                  get(c.getRows()), get(c.getExperts()),
+                                  get(c.getCounts()), out, error),
+                          error)))
+          return failure();
+        return set(op, c.getResult(), std::move(out));
+      })
+      .Case([&](moe::TokenShuffleOp s) -> LogicalResult {
+        ExpertGroup group;
+        if (failed(routedGroup(op, s.getGridAttr(), s.getGridAxes(), group)) ||
+            failed(kernel(op,
+                          tokenShuffle(group, get(s.getInput()),
+                                       static_cast<uint64_t>(s.getSeed()),
+                                       get(s.getStep()).i64[0],
+                                       s.getInverse(), out, error),
+                          error)))
+          return failure();
+        return set(op, s.getResult(), std::move(out));
+      })
+      .Case([&](moe::LoadBalancingStatsOp s) -> LogicalResult {
+        if (failed(kernel(op,
+                          loadBalancingStats(all(s.getLogits()), s.getK(),
+                                             out, error),
+                          error)))
+          return failure();
+        return set(op, s.getStats(), std::move(out));
+      })
+      .Case([&](moe::LoadBalancingLossFromStatsOp l) -> LogicalResult {
+        if (failed(kernel(op,
+                          loadBalancingLossFromStats(get(l.getStats()),
+                                                     l.getK(), out, error),
+                          error)))
+          return failure();
+        return set(op, l.getLoss(), std::move(out));
+      })
+      .Case([&](moe::LoadBalancingStatsGradOp g) -> LogicalResult {
+        std::vector<HostTensor> grads;
+        if (failed(kernel(op,
+                          loadBalancingStatsGrad(
+                              all(g.getLogits()), get(g.getStats()), g.getK(),
+                              g.getScale().convertToDouble(), grads, error),
+                          error)))
+          return failure();
+        for (auto [result, grad] : llvm::zip(g.getDLogits(), grads))
+          if (failed(set(op, result, std::move(grad))))
+            return failure();
+        return success();
       })
       .Case([&](moe::OnnxNodeOp node) -> LogicalResult {
         return op->emitOpError()

@@ -368,3 +368,143 @@ LogicalResult FusionOp::verifyRegions() {
                          << " but its result is " << getResult().getType();
   return success();
 }
+
+//===----------------------------------------------------------------------===//
+// Expert parallelism
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+/// The axes of a routed collective: at least one, none negative, none twice.
+LogicalResult verifyGridAxes(Operation *op, ArrayRef<int16_t> axes) {
+  if (axes.empty())
+    return op->emitOpError() << "grid_axes must name at least one axis";
+  for (auto [i, axis] : llvm::enumerate(axes)) {
+    if (axis < 0)
+      return op->emitOpError() << "grid axis " << axis << " is negative";
+    if (llvm::is_contained(axes.take_front(i), axis))
+      return op->emitOpError() << "grid axis " << axis << " appears twice";
+  }
+  return success();
+}
+
+/// `experts` (`[..., k]`) must choose for every token of a `[..., d]`
+/// tensor with leading dimensions `tokens`.
+LogicalResult verifyChoices(Operation *op, StringRef what,
+                            RankedTensorType experts,
+                            ArrayRef<int64_t> tokens) {
+  SmallVector<int64_t> expected(tokens);
+  expected.push_back(ShapedType::kDynamic);
+  return verifyShape(op, what, experts, expected);
+}
+
+/// `[rows, 1]`, one value per received row.
+LogicalResult verifyPerRow(Operation *op, StringRef what, RankedTensorType t,
+                           int64_t rows) {
+  return verifyShape(op, what, t, {rows, 1});
+}
+
+} // namespace
+
+LogicalResult DispatchOp::verify() {
+  if (failed(verifyGridAxes(*this, getGridAxes())))
+    return failure();
+  RankedTensorType input = tensorType(getInput());
+  RankedTensorType experts = tensorType(getExperts());
+  if (input.getRank() < 1)
+    return emitOpError() << "input must have rank at least 1";
+  if (failed(verifyChoices(*this, "experts", experts,
+                           input.getShape().drop_back())))
+    return failure();
+  if (Value gates = getGates()) {
+    if (failed(verifyShape(*this, "gates", tensorType(gates),
+                           experts.getShape())))
+      return failure();
+    if (!getRowGates())
+      return emitOpError() << "has gates but no row_gates result";
+  } else if (getRowGates()) {
+    return emitOpError() << "has a row_gates result but no gates";
+  }
+  RankedTensorType rows = getRows().getType();
+  if (failed(verifyShape(*this, "rows", rows,
+                         {ShapedType::kDynamic, input.getShape().back()})) ||
+      failed(verifySameElementType(*this, "rows", rows, input)))
+    return failure();
+  int64_t numRows = rows.getDimSize(0);
+  if (failed(verifyPerRow(*this, "row_experts", getRowExperts().getType(),
+                          numRows)))
+    return failure();
+  if (Value rowGates = getRowGates())
+    if (failed(verifyPerRow(*this, "row_gates", tensorType(rowGates),
+                            numRows)) ||
+        failed(verifySameElementType(*this, "row_gates", tensorType(rowGates),
+                                     tensorType(getGates()))))
+      return failure();
+  RankedTensorType counts = getCounts().getType();
+  if (counts.getRank() != 2 || !counts.hasStaticShape())
+    return emitOpError() << "counts must be a static [group_size, "
+                            "num_local_experts] tensor but are "
+                         << counts;
+  return success();
+}
+
+std::optional<int64_t> DispatchOp::getReceiveRowBound() {
+  RankedTensorType experts = tensorType(getExperts());
+  if (!experts.hasStaticShape())
+    return std::nullopt;
+  return getGroupSize() * experts.getNumElements();
+}
+
+LogicalResult CombineOp::verify() {
+  if (failed(verifyGridAxes(*this, getGridAxes())))
+    return failure();
+  RankedTensorType rows = tensorType(getRows());
+  RankedTensorType experts = tensorType(getExperts());
+  RankedTensorType counts = getCounts().getType();
+  if (rows.getRank() != 2)
+    return emitOpError() << "rows must be [rows, width] but have rank "
+                         << rows.getRank();
+  if (experts.getRank() < 1)
+    return emitOpError() << "experts must have rank at least 1";
+  if (counts.getRank() != 2 || !counts.hasStaticShape())
+    return emitOpError() << "counts must be a static [group_size, "
+                            "num_local_experts] tensor but are "
+                         << counts;
+  SmallVector<int64_t> expected(experts.getShape().drop_back());
+  expected.push_back(rows.getDimSize(1));
+  if (failed(verifyShape(*this, "result", getType(), expected)))
+    return failure();
+  return verifySameElementType(*this, "result", getType(), rows);
+}
+
+LogicalResult TokenShuffleOp::verify() {
+  if (failed(verifyGridAxes(*this, getGridAxes())))
+    return failure();
+  if (tensorType(getInput()).getRank() < 1)
+    return emitOpError() << "input must have rank at least 1";
+  if (getType() != getInput().getType())
+    return emitOpError() << "result type " << getType()
+                         << " differs from the input's "
+                         << getInput().getType();
+  return success();
+}
+
+LogicalResult LoadBalancingStatsOp::verify() {
+  if (getLogits().empty())
+    return emitOpError() << "needs the router logits of at least one layer";
+  int64_t numExperts = ShapedType::kDynamic;
+  for (auto [layer, logits] : llvm::enumerate(getLogits())) {
+    RankedTensorType type = tensorType(logits);
+    if (type.getRank() < 1)
+      return emitOpError() << "logits of layer " << layer
+                           << " must have rank at least 1";
+    int64_t e = type.getShape().back();
+    if (!dimsAgree(e, numExperts))
+      return emitOpError() << "logits of layer " << layer << " have " << e
+                           << " experts but earlier layers have "
+                           << numExperts;
+    if (!ShapedType::isDynamic(e))
+      numExperts = e;
+  }
+  return verifyShape(*this, "stats", getStats().getType(), {2, numExperts});
+}

@@ -468,6 +468,78 @@ func.func @attention_grad_saved(%q: tensor<2x8x4x16xbf16>, %k: tensor<2x8x2x16xb
 
 // -----
 
+// Tests that a dispatch's experts choose for every token of its input.
+func.func @dispatch_experts(%x: tensor<16x32xf32>, %e: tensor<8x2xi64>) {
+  // expected-error@+1 {{'moe.dispatch' op experts dimension 0 is 8 but must be 16}}
+  %r, %re, %c = moe.dispatch %x, %e on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<16x32xf32>, tensor<8x2xi64>) -> (tensor<?x32xf32>, tensor<?x1xi64>, tensor<2x2xi64>)
+  return
+}
+
+// -----
+
+// Tests that received rows keep the hidden size.
+func.func @dispatch_rows(%x: tensor<16x32xf32>, %e: tensor<16x2xi64>) {
+  // expected-error@+1 {{'moe.dispatch' op rows dimension 1 is 16 but must be 32}}
+  %r, %re, %c = moe.dispatch %x, %e on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<16x32xf32>, tensor<16x2xi64>) -> (tensor<?x16xf32>, tensor<?x1xi64>, tensor<2x2xi64>)
+  return
+}
+
+// -----
+
+// Tests that gates and row gates come together.
+func.func @dispatch_row_gates(%x: tensor<16x32xf32>, %e: tensor<16x2xi64>) {
+  // expected-error@+1 {{'moe.dispatch' op has a row_gates result but no gates}}
+  %r, %re, %c, %g = moe.dispatch %x, %e on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<16x32xf32>, tensor<16x2xi64>) -> (tensor<?x32xf32>, tensor<?x1xi64>, tensor<2x2xi64>, tensor<?x1xf32>)
+  return
+}
+
+// -----
+
+// Tests that the per-(rank, local expert) counts have a static shape.
+func.func @dispatch_counts(%x: tensor<16x32xf32>, %e: tensor<16x2xi64>) {
+  // expected-error@+1 {{'moe.dispatch' op counts must be a static [group_size, num_local_experts] tensor but are 'tensor<?x2xi64>'}}
+  %r, %re, %c = moe.dispatch %x, %e on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<16x32xf32>, tensor<16x2xi64>) -> (tensor<?x32xf32>, tensor<?x1xi64>, tensor<?x2xi64>)
+  return
+}
+
+// -----
+
+// Tests that a routed collective names each grid axis once.
+func.func @dispatch_axes(%x: tensor<16x32xf32>, %e: tensor<16x2xi64>) {
+  // expected-error@+1 {{'moe.dispatch' op grid axis 2 appears twice}}
+  %r, %re, %c = moe.dispatch %x, %e on @mesh grid_axes = [2, 2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<16x32xf32>, tensor<16x2xi64>) -> (tensor<?x32xf32>, tensor<?x1xi64>, tensor<2x2xi64>)
+  return
+}
+
+// -----
+
+// Tests that a combine returns one row per token of its experts.
+func.func @combine_result(%r: tensor<?x32xf32>, %e: tensor<16x2xi64>, %c: tensor<2x2xi64>) {
+  // expected-error@+1 {{'moe.combine' op result dimension 0 is 8 but must be 16}}
+  %y = moe.combine %r, %e, %c on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<?x32xf32>, tensor<16x2xi64>, tensor<2x2xi64>) -> tensor<8x32xf32>
+  return
+}
+
+// -----
+
+// Tests that a token shuffle keeps its input's type.
+func.func @token_shuffle_type(%x: tensor<16x32xf32>, %s: tensor<i64>) {
+  // expected-error@+1 {{'moe.token_shuffle' op result type 'tensor<16x16xf32>' differs from the input's 'tensor<16x32xf32>'}}
+  %y = moe.token_shuffle %x, %s on @mesh grid_axes = [2] {seed = 0 : i64} : (tensor<16x32xf32>, tensor<i64>) -> tensor<16x16xf32>
+  return
+}
+
+// -----
+
+// Tests that load-balancing statistics are [2, num_experts].
+func.func @load_balancing_stats_shape(%l: tensor<16x4xf32>) {
+  // expected-error@+1 {{'moe.load_balancing_stats' op stats dimension 1 is 8 but must be 4}}
+  %s = moe.load_balancing_stats %l {k = 2 : i64} : (tensor<16x4xf32>) -> tensor<2x8xf32>
+  return
+}
+
+// -----
+
 // Sinkhorn routes runs of tokens_per_group tokens: they must tile the tokens.
 func.func @router_groups(%l: tensor<2x5x4xf32>) {
   // expected-error@+1 {{'moe.router' op tokens_per_group 4 does not divide the 10 tokens of the logits}}

@@ -103,6 +103,36 @@ func.func @attention_saved(%q: tensor<2x8x4x16xbf16>, %k: tensor<2x8x2x16xbf16>,
   return %dq : tensor<2x8x4x16xbf16>
 }
 
+// Expert parallelism: a layer's dispatch, local experts and combine, its
+// backward mirror, the token shuffle and the global load-balancing loss.
+// CHECK-LABEL: func.func @expert_parallel
+// CHECK: %[[ROWS:.+]], %[[ROW_EXPERTS:.+]], %[[COUNTS:.+]], %[[ROW_GATES:.+]] = moe.dispatch %{{.*}}, %{{.*}} gates(%{{.*}}) on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<16x32xf32>, tensor<16x2xi64>, tensor<16x2xf32>) -> (tensor<?x32xf32>, tensor<?x1xi64>, tensor<2x2xi64>, tensor<?x1xf32>)
+// CHECK: moe.experts %[[ROWS]], %[[ROW_GATES]], %[[ROW_EXPERTS]]
+// CHECK: moe.combine %{{.*}}, %{{.*}}, %[[COUNTS]] on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<?x32xf32>, tensor<16x2xi64>, tensor<2x2xi64>) -> tensor<16x32xf32>
+// CHECK: moe.dispatch %{{.*}}, %{{.*}} on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_gather>} : (tensor<16x32xf32>, tensor<16x2xi64>) -> (tensor<?x32xf32>, tensor<?x1xi64>, tensor<2x2xi64>)
+// CHECK: moe.token_shuffle %{{.*}}, %{{.*}} on @mesh grid_axes = [2] {seed = 7 : i64} : (tensor<16x32xf32>, tensor<i64>) -> tensor<16x32xf32>
+// CHECK: moe.token_shuffle %{{.*}}, %{{.*}} on @mesh grid_axes = [2] {inverse, seed = 7 : i64}
+// CHECK: moe.load_balancing_stats %{{.*}} {k = 2 : i64} : (tensor<16x4xf32>) -> tensor<2x4xf32>
+// CHECK: moe.load_balancing_loss_from_stats %{{.*}} {k = 2 : i64} : (tensor<2x4xf32>) -> tensor<f32>
+// CHECK: moe.load_balancing_stats_grad %{{.*}}, %{{.*}} {k = 2 : i64, scale = 2.000000e-02 : f64} : (tensor<16x4xf32>, tensor<2x4xf32>) -> tensor<16x4xf32>
+func.func @expert_parallel(%x: tensor<16x32xf32>, %gates: tensor<16x2xf32>,
+                           %experts: tensor<16x2xi64>,
+                           %gate_up: tensor<2x128x32xf32>,
+                           %down: tensor<2x32x64xf32>, %step: tensor<i64>,
+                           %logits: tensor<16x4xf32>)
+    -> (tensor<16x32xf32>, tensor<?x32xf32>, tensor<16x32xf32>, tensor<f32>, tensor<16x4xf32>) {
+  %rows, %row_experts, %counts, %row_gates = moe.dispatch %x, %experts gates(%gates) on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<16x32xf32>, tensor<16x2xi64>, tensor<16x2xf32>) -> (tensor<?x32xf32>, tensor<?x1xi64>, tensor<2x2xi64>, tensor<?x1xf32>)
+  %y = moe.experts %rows, %row_gates, %row_experts, %gate_up, %down {gate_up_layout = #moe.gate_up_layout<concatenated>} : (tensor<?x32xf32>, tensor<?x1xf32>, tensor<?x1xi64>, tensor<2x128x32xf32>, tensor<2x32x64xf32>) -> tensor<?x32xf32>
+  %out = moe.combine %y, %experts, %counts on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<?x32xf32>, tensor<16x2xi64>, tensor<2x2xi64>) -> tensor<16x32xf32>
+  %d_rows, %d_row_experts, %d_counts = moe.dispatch %out, %experts on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_gather>} : (tensor<16x32xf32>, tensor<16x2xi64>) -> (tensor<?x32xf32>, tensor<?x1xi64>, tensor<2x2xi64>)
+  %s = moe.token_shuffle %x, %step on @mesh grid_axes = [2] {seed = 7 : i64} : (tensor<16x32xf32>, tensor<i64>) -> tensor<16x32xf32>
+  %u = moe.token_shuffle %s, %step on @mesh grid_axes = [2] {seed = 7 : i64, inverse} : (tensor<16x32xf32>, tensor<i64>) -> tensor<16x32xf32>
+  %stats = moe.load_balancing_stats %logits {k = 2 : i64} : (tensor<16x4xf32>) -> tensor<2x4xf32>
+  %aux = moe.load_balancing_loss_from_stats %stats {k = 2 : i64} : (tensor<2x4xf32>) -> tensor<f32>
+  %d_logits = moe.load_balancing_stats_grad %logits, %stats {k = 2 : i64, scale = 0.02 : f64} : (tensor<16x4xf32>, tensor<2x4xf32>) -> tensor<16x4xf32>
+  return %out, %d_rows, %u, %aux, %d_logits : tensor<16x32xf32>, tensor<?x32xf32>, tensor<16x32xf32>, tensor<f32>, tensor<16x4xf32>
+}
+
 // CHECK-LABEL: func.func @target_count
 // CHECK: moe.target_count %{{.+}} {ignore_index = -1 : i64} : (tensor<2x8xi64>) -> tensor<f32>
 func.func @target_count(%labels: tensor<2x8xi64>) -> tensor<f32> {
