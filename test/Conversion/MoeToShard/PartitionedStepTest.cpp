@@ -367,6 +367,61 @@ TEST_P(PartitionedStepTest, EqualsTheUnpartitionedStep) {
       worstMetric, worstGradient, worstParameter, worstMoment);
 }
 
+/// The initialisation depends on the mesh only: one case per (W, P, H).
+class InitializationTest : public PartitionedStepTest {};
+
+TEST_P(InitializationTest, IsShardingInvariant) {
+  // Each rank's @init_params creates exactly its block of the global
+  // parameters (zeros as padding), bit for bit.
+  const Layout &layout = GetParam();
+  SCOPED_TRACE(describe(layout));
+  const int64_t w = layout.worldSize;
+  OwningOpRef<ModuleOp> global = build(layout, w * kMicroBatch, false);
+  OwningOpRef<ModuleOp> partitioned = build(layout, kMicroBatch, true);
+  ASSERT_TRUE(global && partitioned);
+  auto rankStep = partitioned->lookupSymbol<func::FuncOp>("train_step");
+  int64_t numExperts = 0;
+  rankStep.walk([&](moe::RouterOp router) {
+    numExperts = router.getLogits().getType().getShape().back();
+  });
+  plan::ParallelConfig config;
+  config.worldSize = w;
+  config.expertParallelDegree = layout.expertParallelDegree;
+  config.hybridShardDegree = layout.shardDegree;
+  llvm::Expected<plan::Mesh> mesh = plan::resolveMesh(config, numExperts);
+  ASSERT_TRUE(static_cast<bool>(mesh));
+
+  HostTensor seed = HostTensor::ints({});
+  seed.i64[0] = 7;
+  std::vector<HostTensor> full;
+  ASSERT_TRUE(succeeded(reference::execute(
+      global->lookupSymbol<func::FuncOp>("init_params"), {seed}, full)));
+  std::vector<std::vector<HostTensor>> perRank;
+  ASSERT_TRUE(succeeded(reference::executeOnRanks(
+      partitioned->lookupSymbol<func::FuncOp>("init_params"), *mesh,
+      std::vector<std::vector<HostTensor>>(w, {seed}), perRank)));
+  for (int64_t rank = 0; rank < w; ++rank)
+    for (unsigned i = 0; i < full.size(); ++i) {
+      // The expert block, then the shard, zero-padded.
+      HostTensor expected = full[i];
+      if (rankStep.getArgAttr(i, kExpertLocalAttrName))
+        expected = shardOf(expected, 0,
+                           expected.shape[0] / mesh->expertParallelDegree(),
+                           mesh->coord(rank).p);
+      int64_t axis = gatherAxis(rankStep.getArgument(i));
+      if (axis >= 0)
+        expected = shardOf(
+            expected, axis,
+            cast<RankedTensorType>(rankStep.getArgument(i).getType())
+                .getDimSize(axis),
+            mesh->coord(rank).h);
+      EXPECT_EQ(perRank[rank][i].shape, expected.shape)
+          << paramName(rankStep, i) << " on rank " << rank;
+      EXPECT_EQ(perRank[rank][i].f32, expected.f32)
+          << paramName(rankStep, i) << " on rank " << rank;
+    }
+}
+
 /// Every valid (W, P, H) with W in {1, 2, 4, 8} for both models and every
 /// routing, with the all-to-all dispatcher; where P > 1, also the all-gather
 /// dispatcher and, for the per-token routings, the token shuffle. Sinkhorn
@@ -396,14 +451,27 @@ std::vector<Layout> matrix() {
   return layouts;
 }
 
+std::string testName(const ::testing::TestParamInfo<Layout> &info) {
+  std::string name = describe(info.param);
+  for (char &c : name)
+    if (!isalnum(static_cast<unsigned char>(c)))
+      c = '_';
+  return name;
+}
+
 INSTANTIATE_TEST_SUITE_P(Matrix, PartitionedStepTest,
-                         ::testing::ValuesIn(matrix()),
-                         [](const ::testing::TestParamInfo<Layout> &info) {
-                           std::string name = describe(info.param);
-                           for (char &c : name)
-                             if (!isalnum(static_cast<unsigned char>(c)))
-                               c = '_';
-                           return name;
-                         });
+                         ::testing::ValuesIn(matrix()), testName);
+
+std::vector<Layout> meshes() {
+  std::vector<Layout> layouts;
+  for (const Layout &layout : matrix())
+    if (layout.routing == std::string("none") &&
+        layout.dispatcher == std::string("all_to_all") && !layout.shuffle)
+      layouts.push_back(layout);
+  return layouts;
+}
+
+INSTANTIATE_TEST_SUITE_P(Meshes, InitializationTest,
+                         ::testing::ValuesIn(meshes()), testName);
 
 } // namespace
