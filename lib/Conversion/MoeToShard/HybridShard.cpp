@@ -111,11 +111,8 @@ static void layOut(ShardedParameter &p, StringRef name,
     desc.shape[0] *= mesh.expertParallelDegree();
   plan::ParameterLayout layout = plan::layoutParameter(desc, mesh);
   p.localShape.assign(layout.localShape.begin(), layout.localShape.end());
-  p.shardShape = p.localShape;
+  p.shardShape.assign(layout.heldShape.begin(), layout.heldShape.end());
   p.shardDim = layout.shardDim;
-  if (p.shardDim >= 0)
-    p.shardShape[p.shardDim] =
-        llvm::divideCeil(p.localShape[p.shardDim], mesh.shardDegree());
 }
 
 void HybridShardPass::shardParameter(ShardedParameter &p, OpBuilder &b,

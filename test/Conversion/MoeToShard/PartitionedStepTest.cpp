@@ -16,6 +16,8 @@
 #include "moec/InitAll.h"
 #include "moec/Pipelines/Pipelines.h"
 #include "moec/Plan/Mesh.h"
+#include "moec/Plan/Model.h"
+#include "moec/Plan/Plan.h"
 #include "moec/Reference/Executor.h"
 
 #include "dialects/Moe/Transforms/Passes.h"
@@ -367,10 +369,10 @@ TEST_P(PartitionedStepTest, EqualsTheUnpartitionedStep) {
       worstMetric, worstGradient, worstParameter, worstMoment);
 }
 
-/// The initialisation depends on the mesh only: one case per (W, P, H).
-class InitializationTest : public PartitionedStepTest {};
+/// What depends on the mesh only: one case per (W, P, H).
+class MeshTest : public PartitionedStepTest {};
 
-TEST_P(InitializationTest, IsShardingInvariant) {
+TEST_P(MeshTest, InitializationIsShardingInvariant) {
   // Each rank's @init_params creates exactly its block of the global
   // parameters (zeros as padding), bit for bit.
   const Layout &layout = GetParam();
@@ -422,6 +424,40 @@ TEST_P(InitializationTest, IsShardingInvariant) {
     }
 }
 
+TEST_P(MeshTest, PlanAgreesWithTheProgram) {
+  // The memory plan's per-rank master parameters, gradients and AdamW
+  // moments are the bytes the partitioned program holds (fp32, padding
+  // included).
+  const Layout &layout = GetParam();
+  SCOPED_TRACE(describe(layout));
+  OwningOpRef<ModuleOp> partitioned = build(layout, kMicroBatch, true);
+  ASSERT_TRUE(partitioned);
+  FailureOr<plan::ProgramStateBytes> program = plan::readStateBytes(
+      partitioned->lookupSymbol<func::FuncOp>("train_step"));
+  FailureOr<plan::ModelDescription> model = plan::describeForward(
+      partitioned->lookupSymbol<func::FuncOp>("forward"));
+  ASSERT_TRUE(succeeded(program) && succeeded(model));
+  plan::ParallelConfig parallel;
+  parallel.worldSize = layout.worldSize;
+  parallel.expertParallelDegree = layout.expertParallelDegree;
+  parallel.hybridShardDegree = layout.shardDegree;
+  plan::TrainingConfig training;
+  training.microBatchSize = kMicroBatch;
+  training.seqLen = kSeq;
+  training.precision = plan::Precision::Fp32;
+  std::optional<plan::GpuSpec> gpu = plan::getGpu(plan::gpuNames().front());
+  ASSERT_TRUE(gpu.has_value());
+  llvm::Expected<plan::TrainingPlan> trainingPlan =
+      plan::makePlan(*model, parallel, training, *gpu, plan::Efficiency());
+  ASSERT_TRUE(static_cast<bool>(trainingPlan))
+      << llvm::toString(trainingPlan.takeError());
+  for (const plan::MemoryBreakdown &memory : trainingPlan->memory) {
+    EXPECT_EQ(memory.masterParams, program->parameters);
+    EXPECT_EQ(memory.gradients, program->gradients);
+    EXPECT_EQ(memory.optimizerStates, program->optimizerStates);
+  }
+}
+
 /// Every valid (W, P, H) with W in {1, 2, 4, 8} for both models and every
 /// routing, with the all-to-all dispatcher; where P > 1, also the all-gather
 /// dispatcher and, for the per-token routings, the token shuffle. Sinkhorn
@@ -471,7 +507,7 @@ std::vector<Layout> meshes() {
   return layouts;
 }
 
-INSTANTIATE_TEST_SUITE_P(Meshes, InitializationTest,
+INSTANTIATE_TEST_SUITE_P(Meshes, MeshTest,
                          ::testing::ValuesIn(meshes()), testName);
 
 } // namespace
