@@ -367,6 +367,8 @@ TEST_P(PartitionedStepTest, EqualsTheUnpartitionedStep) {
   llvm::outs() << llvm::formatv(
       "| {0} | {1:e1} | {2:e1} | {3:e1} | {4:e1} |\n", describe(layout),
       worstMetric, worstGradient, worstParameter, worstMoment);
+  // Whole lines between googletest's own output.
+  llvm::outs().flush();
 }
 
 /// What depends on the mesh only: one case per (W, P, H).
