@@ -66,6 +66,10 @@ private:
   Value allReduce(OpBuilder &b, Location loc, Value input,
                   ArrayRef<int16_t> axes);
   int64_t groupSize(ArrayRef<int16_t> axes) const;
+  /// Makes `arg` (parameter `p` of some function) the rank's shard, and
+  /// all-gathers it where `b` says (advancing it) for every use but `keep`.
+  void gatherBeforeUse(const ShardedParameter &p, BlockArgument arg,
+                       OpBuilder &b, Operation *keep);
   /// Gathers `p` where `gatherAt` says (advancing it) and reduces its
   /// gradient just before `reduceAt`.
   void shardParameter(ShardedParameter &p, OpBuilder &gatherAt,
@@ -115,6 +119,32 @@ static void layOut(ShardedParameter &p, StringRef name,
   p.shardDim = layout.shardDim;
 }
 
+void HybridShardPass::gatherBeforeUse(const ShardedParameter &p,
+                                      BlockArgument arg, OpBuilder &b,
+                                      Operation *keep) {
+  auto localType = cast<RankedTensorType>(arg.getType());
+  arg.setType(localType.clone(p.shardShape));
+  Location loc = arg.getLoc();
+  SmallVector<int64_t> paddedShape = p.shardShape;
+  paddedShape[p.shardDim] *= mesh.shardDegree();
+  auto gather = shard::AllGatherOp::create(
+      b, loc, localType.clone(paddedShape), kMeshName, kShardAxes, arg,
+      APInt(64, p.shardDim));
+  Value full = gather;
+  if (paddedShape != p.localShape) {
+    SmallVector<OpFoldResult> offsets(paddedShape.size(), b.getIndexAttr(0));
+    SmallVector<OpFoldResult> strides(paddedShape.size(), b.getIndexAttr(1));
+    SmallVector<OpFoldResult> sizes;
+    for (int64_t size : p.localShape)
+      sizes.push_back(b.getIndexAttr(size));
+    full = tensor::ExtractSliceOp::create(b, loc, localType, full, offsets,
+                                          sizes, strides);
+  }
+  arg.replaceUsesWithIf(full, [&](OpOperand &use) {
+    return use.getOwner() != keep && use.getOwner() != gather;
+  });
+}
+
 void HybridShardPass::shardParameter(ShardedParameter &p, OpBuilder &b,
                                      Operation *reduceAt) {
   auto localType = cast<RankedTensorType>(p.param.getType());
@@ -124,26 +154,9 @@ void HybridShardPass::shardParameter(ShardedParameter &p, OpBuilder &b,
 
   // Before use: all-gather the shards and drop the padding.
   if (p.shardDim >= 0) {
-    for (BlockArgument state : {p.param, p.expAvg, p.expAvgSq})
+    for (BlockArgument state : {p.expAvg, p.expAvgSq})
       state.setType(shardType);
-    SmallVector<int64_t> paddedShape = p.shardShape;
-    paddedShape[p.shardDim] *= h;
-    auto gather = shard::AllGatherOp::create(
-        b, loc, localType.clone(paddedShape), kMeshName, kShardAxes, p.param,
-        APInt(64, p.shardDim));
-    Value full = gather;
-    if (paddedShape != p.localShape) {
-      SmallVector<OpFoldResult> offsets(paddedShape.size(), b.getIndexAttr(0));
-      SmallVector<OpFoldResult> strides(paddedShape.size(), b.getIndexAttr(1));
-      SmallVector<OpFoldResult> sizes;
-      for (int64_t size : p.localShape)
-        sizes.push_back(b.getIndexAttr(size));
-      full = tensor::ExtractSliceOp::create(b, loc, localType, full, offsets,
-                                            sizes, strides);
-    }
-    p.param.replaceUsesWithIf(full, [&](OpOperand &use) {
-      return use.getOwner() != p.update && use.getOwner() != gather;
-    });
+    gatherBeforeUse(p, p.param, b, p.update);
   }
 
   // After the backward: pad, reduce-scatter over H, all-reduce over the
@@ -500,6 +513,30 @@ void HybridShardPass::runOnOperation() {
   if (auto init = module.lookupSymbol<func::FuncOp>("init_params"))
     if (failed(shardInitialization(init, params)))
       return signalPassFailure();
+
+  // The evaluation step reads the same sharded parameters, and its loss is
+  // the global batch's too.
+  if (auto eval = module.lookupSymbol<func::FuncOp>("eval_step")) {
+    OpBuilder evalGatherAt(&getContext());
+    evalGatherAt.setInsertionPointToStart(&eval.getBody().front());
+    for (BlockArgument arg : eval.getArguments()) {
+      auto name = eval.getArgAttrOfType<StringAttr>(arg.getArgNumber(),
+                                                    "moe.parameter");
+      const ShardedParameter *p =
+          name ? llvm::find_if(params,
+                               [&](const ShardedParameter &q) {
+                                 return q.name == name.getValue();
+                               })
+               : params.end();
+      if (p != params.end() && p->shardDim >= 0)
+        gatherBeforeUse(*p, arg, evalGatherAt, nullptr);
+    }
+    if (failed(rewriteLosses(eval)))
+      return signalPassFailure();
+    eval.setFunctionType(FunctionType::get(
+        &getContext(), eval.getBody().front().getArgumentTypes(),
+        eval.getResultTypes()));
+  }
 
   // Returned gradients (return-gradients) are the reduced shards.
   auto ret = cast<func::ReturnOp>(step.getBody().front().getTerminator());

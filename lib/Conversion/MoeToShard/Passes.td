@@ -109,6 +109,9 @@ def HybridShard : Pass<"moe-hybrid-shard", "::mlir::ModuleOp"> {
       dimension, the shard axis for the chunked one), so the gathered global
       parameters are the same bits for every (W, P, H).
 
+    - `@eval_step` takes the same shards, gathers them before use, and its
+      cross-entropy is weighted as the training step's.
+
     Run it after moe-expert-parallel and moe-specialize-shapes (the loss
     weighting and the shards need static shapes) and before the
     compile-only passes (moe-fuse-elementwise, moe-keep-param-copies,

@@ -3,10 +3,10 @@
 // The oracle of the partitioning passes: the tiny Mixtrals' training step,
 // partitioned for W simulated ranks, against the unpartitioned step on the
 // same global batch (the W micro-batches concatenated along batch), for 3
-// AdamW steps, each from the global step's state. Loss, cross-entropy,
-// z-loss and grad norm, the expert counts, every gradient and every updated
-// parameter and moment (gathered from the shards of every replica) must
-// agree to a relative L2 of 1e-5 in fp32. Ranks see different numbers of
+// AdamW steps, each from the global step's state, then the evaluation step.
+// Loss, cross-entropy, z-loss and grad norm, the expert counts, every
+// gradient and every updated parameter and moment (gathered from the shards
+// of every replica), and the evaluation loss must agree to a relative L2 of 1e-5 in fp32. Ranks see different numbers of
 // ignored labels, so the cross-entropy's global mean is exercised.
 //
 //===----------------------------------------------------------------------===//
@@ -363,6 +363,31 @@ TEST_P(PartitionedStepTest, EqualsTheUnpartitionedStep) {
     }
     for (unsigned i = 0; i < 3 * n; ++i)
       globalState[i] = std::move(results[i]);
+  }
+  // The evaluation step on the trained parameters: the global batch's loss.
+  {
+    std::vector<HostTensor> args(globalState.begin(), globalState.begin() + n),
+        results;
+    args.insert(args.end(), {ids, labels});
+    ASSERT_TRUE(succeeded(reference::execute(
+        global->lookupSymbol<func::FuncOp>("eval_step"), args, results)));
+    std::vector<std::vector<HostTensor>> rankArgs(w), rankResults;
+    for (int64_t rank = 0; rank < w; ++rank) {
+      for (unsigned i = 0; i < n; ++i)
+        rankArgs[rank].push_back(scatter(globalState[i], i, rank));
+      rankArgs[rank].insert(rankArgs[rank].end(),
+                            {rows(ids, rank * kMicroBatch, kMicroBatch),
+                             rows(labels, rank * kMicroBatch, kMicroBatch)});
+    }
+    ASSERT_TRUE(succeeded(reference::executeOnRanks(
+        partitioned->lookupSymbol<func::FuncOp>("eval_step"), *mesh, rankArgs,
+        rankResults)));
+    for (int64_t rank = 0; rank < w; ++rank) {
+      reference::ErrorStats e =
+          reference::compare(rankResults[rank][0], results[0]);
+      worstMetric = std::max(worstMetric, e.relativeL2);
+      EXPECT_LE(e.relativeL2, kTolerance) << "evaluation loss on rank " << rank;
+    }
   }
   llvm::outs() << llvm::formatv(
       "| {0} | {1:e1} | {2:e1} | {3:e1} | {4:e1} |\n", describe(layout),

@@ -26,6 +26,15 @@ func.func @forward(%ids: tensor<2x8xi64> {moe.input = "input_ids"},
 // gathered over H before use; gradients are reduce-scattered over H and
 // all-reduced over R and P; the norm gathers the shards' norms over H.
 // CHECK: shard.grid @mesh(shape = 2x4x1)
+// The evaluation step reads the same shards; its loss is the global batch's.
+// CHECK-LABEL: func.func @eval_step(
+// CHECK-SAME: %[[EVAL_TABLE:[^:]+]]: tensor<16x16xf32> {moe.parameter = "embed.weight"}
+// CHECK: shard.all_gather %[[EVAL_TABLE]] on @mesh grid_axes = [1] gather_axis = 0 : tensor<16x16xf32> -> tensor<64x16xf32>
+// CHECK: %[[EVAL_CE:.+]] = moe.lm_head_cross_entropy
+// CHECK: moe.target_count
+// CHECK: %[[EVAL_WCE:.+]] = arith.mulf %[[EVAL_CE]],
+// CHECK: %[[EVAL_GCE:.+]] = shard.all_reduce %[[EVAL_WCE]] on @mesh grid_axes = [0, 1, 2]
+// CHECK: return %[[EVAL_GCE]] : tensor<f32>
 // CHECK-LABEL: func.func @train_step(
 // CHECK-SAME: %[[TABLE:[^:]+]]: tensor<16x16xf32> {moe.parameter = "embed.weight"}
 // CHECK-SAME: %[[NORM:[^:]+]]: tensor<4xf32> {moe.parameter = "norm.weight"}
