@@ -444,10 +444,10 @@ void HybridShardPass::runOnOperation() {
                                     mesh.expertParallelDegree()};
   if (auto grid = module.lookupSymbol<shard::GridOp>(kMeshName)) {
     if (ArrayRef<int64_t>(grid.getShape()) != ArrayRef(meshShape)) {
-      grid.emitOpError() << "has shape " << grid.getShape().size()
-                         << "-d, not the (R, H, P) = (" << meshShape[0]
-                         << ", " << meshShape[1] << ", " << meshShape[2]
-                         << ") of the options";
+      InFlightDiagnostic diag = grid.emitOpError() << "has shape ";
+      llvm::interleave(grid.getShape(), diag, "x");
+      diag << ", not the (R, H, P) = (" << meshShape[0] << ", "
+           << meshShape[1] << ", " << meshShape[2] << ") of the options";
       return signalPassFailure();
     }
   } else {

@@ -1,30 +1,47 @@
-// RUN: not moec-opt %s -moe-build-train-step="load-balancing=none" -moe-hybrid-shard="world-size=8 hybrid-shard-degree=3" 2>&1 | FileCheck %s --check-prefix=DIVIDE
-// RUN: not moec-opt %s -moe-build-train-step="load-balancing=none" -moe-hybrid-shard="world-size=8 hybrid-shard-degree=2 sharding-strategy=full_shard" 2>&1 | FileCheck %s --check-prefix=FULL
-// RUN: not moec-opt %s -moe-build-train-step="load-balancing=none" -moe-hybrid-shard="world-size=8 expert-parallel-degree=3" 2>&1 | FileCheck %s --check-prefix=EXPERTS
-// RUN: not moec-opt %s -moe-build-train-step="load-balancing=none" -moe-hybrid-shard="world-size=4 sharding-strategy=zero3" 2>&1 | FileCheck %s --check-prefix=STRATEGY
-// RUN: not moec-opt %s -moe-build-train-step="load-balancing=aux_loss" -moe-hybrid-shard="world-size=2" 2>&1 | FileCheck %s --check-prefix=AUX
-// RUN: not moec-opt %s -moe-hybrid-shard="world-size=2" 2>&1 | FileCheck %s --check-prefix=NOSTEP
+// RUN: moec-opt %s -split-input-file -verify-diagnostics -moe-hybrid-shard="world-size=2 hybrid-shard-degree=2"
 
-// Tests that invalid layouts fail with the rule and the numbers.
-// DIVIDE: error: hybrid_shard_degree 3 does not divide world_size / expert_parallel_degree = 8
-// FULL: error: sharding_strategy full_shard shards over all world_size / expert_parallel_degree = 8 ranks, but hybrid_shard_degree is 2
-// EXPERTS: error: expert_parallel_degree 3 does not divide num_local_experts 4
-// STRATEGY: error: unknown sharding_strategy 'zero3' (full_shard, hybrid_shard or no_shard)
-// Tests that the aux loss, whose statistics moe-expert-parallel gathers, is refused.
-// AUX: error: 'moe.load_balancing_loss' op needs the router statistics of all 2 ranks: run moe-expert-parallel first
-// NOSTEP: error: moe-hybrid-shard needs @train_step: run moe-build-train-step first
+// Tests that a mesh made before must be the one of the options.
+// expected-error@+1 {{'shard.grid' op has shape 1x1x1, not the (R, H, P) = (1, 2, 1) of the options}}
+shard.grid @mesh(shape = 1x1x1)
+func.func @train_step(%p: tensor<4xf32> {moe.parameter = "w"}) -> tensor<4xf32> {
+  return %p : tensor<4xf32>
+}
 
-func.func @forward(%ids: tensor<2x8xi64> {moe.input = "input_ids"},
-                   %table: tensor<64x16xf32> {moe.parameter = "embed.weight"},
-                   %router: tensor<4x16xf32> {moe.parameter = "gate.weight"},
-                   %gate_up: tensor<4x32x16xf32> {moe.parameter = "experts.gate_up_proj"},
-                   %down: tensor<4x16x16xf32> {moe.parameter = "experts.down_proj"},
-                   %head: tensor<64x16xf32> {moe.parameter = "lm_head.weight"})
-    -> (tensor<2x8x64xf32> {moe.output = "logits"}) {
-  %h = moe.embedding %table[%ids] : (tensor<64x16xf32>, tensor<2x8xi64>) -> tensor<2x8x16xf32>
-  %l = moe.linear %h, %router : (tensor<2x8x16xf32>, tensor<4x16xf32>) -> tensor<2x8x4xf32>
-  %g, %e = moe.router %l {k = 2 : i64, load_balancing = #moe.load_balancing<aux_loss>} : (tensor<2x8x4xf32>) -> (tensor<2x8x2xf32>, tensor<2x8x2xi64>)
-  %y = moe.experts %h, %g, %e, %gate_up, %down {gate_up_layout = #moe.gate_up_layout<concatenated>} : (tensor<2x8x16xf32>, tensor<2x8x2xf32>, tensor<2x8x2xi64>, tensor<4x32x16xf32>, tensor<4x16x16xf32>) -> tensor<2x8x16xf32>
-  %o = moe.lm_head %y, %head : (tensor<2x8x16xf32>, tensor<64x16xf32>) -> tensor<2x8x64xf32>
-  return %o : tensor<2x8x64xf32>
+// -----
+
+// Tests that every parameter has its own AdamW update.
+// expected-error@+1 {{'func.func' op parameter 'w' has no moe.adamw update of its own moments}}
+func.func @train_step(%p: tensor<4xf32> {moe.parameter = "w"}) -> tensor<4xf32> {
+  return %p : tensor<4xf32>
+}
+
+// -----
+
+// Tests that the clipping norm only takes the parameters' gradients.
+func.func @train_step(%p: tensor<4xf32> {moe.parameter = "w"},
+                      %m: tensor<4xf32> {moe.exp_avg = "w"},
+                      %v: tensor<4xf32> {moe.exp_avg_sq = "w"},
+                      %g: tensor<4xf32>, %other: tensor<2xf32>,
+                      %step: tensor<i64>, %lr: tensor<f32>) -> tensor<4xf32> {
+  // expected-error@+1 {{'moe.global_norm' op takes a gradient that no moe.adamw of a parameter updates}}
+  %norm = moe.global_norm %g, %other : (tensor<4xf32>, tensor<2xf32>) -> tensor<f32>
+  %np, %nm, %nv = moe.adamw %p, %g, %m, %v, %step, %lr, %norm {beta1 = 0.9 : f64, beta2 = 0.95 : f64, epsilon = 1.0e-08 : f64, weight_decay = 0.0 : f64, max_grad_norm = 1.0 : f64} : tensor<4xf32>, tensor<i64>, tensor<f32>
+  return %np : tensor<4xf32>
+}
+
+// -----
+
+// Tests that a sharded parameter's initial value is its own moe.param_init.
+func.func @train_step(%p: tensor<4xf32> {moe.parameter = "w"},
+                      %m: tensor<4xf32> {moe.exp_avg = "w"},
+                      %v: tensor<4xf32> {moe.exp_avg_sq = "w"},
+                      %g: tensor<4xf32>, %step: tensor<i64>,
+                      %lr: tensor<f32>, %norm: tensor<f32>) -> tensor<4xf32> {
+  %np, %nm, %nv = moe.adamw %p, %g, %m, %v, %step, %lr, %norm {beta1 = 0.9 : f64, beta2 = 0.95 : f64, epsilon = 1.0e-08 : f64, weight_decay = 0.0 : f64, max_grad_norm = 1.0 : f64} : tensor<4xf32>, tensor<i64>, tensor<f32>
+  return %np : tensor<4xf32>
+}
+// expected-error@+1 {{'func.func' op returns parameter 'w' from something other than its own moe.param_init}}
+func.func @init_params(%seed: tensor<i64>) -> (tensor<4xf32> {moe.parameter = "w"}) {
+  %w = arith.constant dense<1.0> : tensor<4xf32>
+  return %w : tensor<4xf32>
 }

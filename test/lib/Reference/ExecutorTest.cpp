@@ -352,4 +352,91 @@ TEST_F(ExecutorTest, RouterGroupsRouteEachRunOfTokensAlone) {
   EXPECT_NE(grouped[0].i64, whole[0].i64);
 }
 
+TEST_F(ExecutorTest, CollectivesNameGroupsOfTheRanksMesh) {
+  // [1, 2] is no process group of the mesh; a grid of another shape is not
+  // the mesh the ranks run on.
+  const char *source = R"mlir(
+    shard.grid @mesh(shape = 1x2x2)
+    shard.grid @other(shape = 4x1x1)
+    func.func @axes(%x: tensor<1xf32>) -> tensor<1xf32> {
+      %s = shard.all_reduce %x on @mesh grid_axes = [1, 2] : tensor<1xf32> -> tensor<1xf32>
+      return %s : tensor<1xf32>
+    }
+    func.func @grid(%x: tensor<1xf32>) -> tensor<1xf32> {
+      %s = shard.all_reduce %x on @other grid_axes = [0] : tensor<1xf32> -> tensor<1xf32>
+      return %s : tensor<1xf32>
+    })mlir";
+  module = parseSourceString<ModuleOp>(source, &context);
+  ASSERT_TRUE(module);
+  std::vector<std::string> messages;
+  std::mutex mutex;
+  ScopedDiagnosticHandler handler(&context, [&](Diagnostic &diag) {
+    std::lock_guard<std::mutex> lock(mutex);
+    messages.push_back(diag.str());
+    return success();
+  });
+  std::vector<std::vector<HostTensor>> args(4, {HostTensor::floats({1})}),
+      results;
+  for (const char *name : {"axes", "grid"}) {
+    messages.clear();
+    EXPECT_TRUE(failed(reference::executeOnRanks(
+        module->lookupSymbol<func::FuncOp>(name), meshOf(4, 2, 2), args,
+        results)));
+    ASSERT_FALSE(messages.empty());
+    EXPECT_EQ(messages.front(),
+              name == std::string("axes")
+                  ? "'shard.all_reduce' op grid_axes [1, 2] name no process "
+                    "group of the mesh; the groups are [0] (replica), [1] "
+                    "(shard), [2] (expert), [0, 2] (dense replica) and [0, 1, "
+                    "2] (world)"
+                  : "'shard.all_reduce' op grid @other is not the (R, H, P) = "
+                    "(1, 2, 2) mesh the ranks run on");
+  }
+}
+
+TEST_F(ExecutorTest, ParameterBlocksFollowTheRanksCoordinates) {
+  // split_axes [2, 1] on (R, H, P) = (1, 2, 2): rank r holds rows
+  // 2p .. 2p + 1 and columns 2h .. 2h + 1 of the 4 x 3 parameter; columns
+  // past 3 are padding.
+  const char *source = R"mlir(
+    shard.grid @mesh(shape = 1x2x2)
+    func.func @full(%seed: tensor<i64>) -> tensor<4x3xf32> {
+      %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 1.0 : f64} : (tensor<i64>) -> tensor<4x3xf32>
+      return %w : tensor<4x3xf32>
+    }
+    func.func @block(%seed: tensor<i64>) -> tensor<2x2xf32> {
+      %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 1.0 : f64, global_shape = array<i64: 4, 3>, grid = @mesh, split_axes = array<i64: 2, 1>} : (tensor<i64>) -> tensor<2x2xf32>
+      return %w : tensor<2x2xf32>
+    }
+    func.func @beyond(%seed: tensor<i64>) -> tensor<2x3xf32> {
+      %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 1.0 : f64, global_shape = array<i64: 4, 3>, grid = @mesh, split_axes = array<i64: 3, -1>} : (tensor<i64>) -> tensor<2x3xf32>
+      return %w : tensor<2x3xf32>
+    })mlir";
+  std::vector<HostTensor> full = run(source, "full", {seed(3)});
+  std::vector<std::vector<HostTensor>> blocks;
+  ASSERT_TRUE(succeeded(reference::executeOnRanks(
+      module->lookupSymbol<func::FuncOp>("block"), meshOf(4, 2, 2),
+      std::vector<std::vector<HostTensor>>(4, {seed(3)}), blocks)));
+  for (int64_t rank = 0; rank < 4; ++rank) {
+    int64_t p = rank % 2, h = rank / 2;
+    for (int64_t i = 0; i < 2; ++i)
+      for (int64_t j = 0; j < 2; ++j) {
+        int64_t row = 2 * p + i, column = 2 * h + j;
+        EXPECT_EQ(blocks[rank][0].f32[i * 2 + j],
+                  column < 3 ? full[0].f32[row * 3 + column] : 0.0f)
+            << "rank " << rank << " element " << i << ", " << j;
+      }
+  }
+  std::string message;
+  ScopedDiagnosticHandler handler(&context, [&](Diagnostic &diag) {
+    message = diag.str();
+    return success();
+  });
+  EXPECT_TRUE(failed(reference::executeOnRanks(
+      module->lookupSymbol<func::FuncOp>("beyond"), meshOf(4, 2, 2),
+      std::vector<std::vector<HostTensor>>(4, {seed(3)}), blocks)));
+  EXPECT_EQ(message, "'moe.param_init' op split axis 3 is not an axis of the "
+                     "(R, H, P) mesh");
+}
+
 } // namespace

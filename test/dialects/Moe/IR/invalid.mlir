@@ -564,3 +564,12 @@ func.func @param_init_split_rank(%seed: tensor<i64>) {
   %w = moe.param_init %seed {name = "w", kind = #moe.param_init<ones>, global_shape = array<i64: 8, 4>, grid = @mesh, split_axes = array<i64: 1>} : (tensor<i64>) -> tensor<4x4xf32>
   return
 }
+
+// -----
+
+// A split axis is a grid axis or -1.
+func.func @param_init_split_axis(%seed: tensor<i64>) {
+  // expected-error@+1 {{'moe.param_init' op split_axes entry -2 of dimension 0 is neither a grid axis nor -1}}
+  %w = moe.param_init %seed {name = "w", kind = #moe.param_init<ones>, global_shape = array<i64: 8>, grid = @mesh, split_axes = array<i64: -2>} : (tensor<i64>) -> tensor<4xf32>
+  return
+}
