@@ -477,7 +477,8 @@ LogicalResult Interpreter::execute(Operation *op) {
         if (failed(kernel(op,
                           route(get(r.getLogits()), r.getK(),
                                 routing(r.getLoadBalancing()), out, experts,
-                                error, r.getTraining()),
+                                error, r.getTraining(),
+                                r.getGroupTokens()),
                           error)))
           return failure();
         if (failed(set(op, r.getGates(), std::move(out))))

@@ -163,6 +163,13 @@ def Moe_RouterOp : Moe_Op<"router", [Pure]> {
     renormalised ones. The auxiliary losses are built by the training step,
     not here.
 
+    With `group_tokens = G`, token-coupled routing (training sinkhorn and
+    balanced) works on each run of G consecutive tokens alone, as G tokens
+    on one rank would: the unpartitioned step that matches a data-parallel
+    one routes each micro-batch as its own group. Without it all tokens are
+    one group (`group_tokens = 0`, the default). Per-token routing
+    (aux_loss, none, evaluation) is the same either way.
+
     ```mlir
     %gates, %experts = moe.router %logits {k = 2 : i64,
         load_balancing = #moe.load_balancing<aux_loss>}
@@ -172,7 +179,9 @@ def Moe_RouterOp : Moe_Op<"router", [Pure]> {
   let arguments = (ins Moe_FloatTensor:$logits,
                        ConfinedAttr<I64Attr, [IntPositive]>:$k,
                        Moe_LoadBalancingAttr:$load_balancing,
-                       DefaultValuedAttr<BoolAttr, "true">:$training);
+                       DefaultValuedAttr<BoolAttr, "true">:$training,
+                       DefaultValuedAttr<ConfinedAttr<I64Attr, [IntNonNegative]>,
+                                         "0">:$group_tokens);
   let results = (outs Moe_FloatTensor:$gates, Moe_IndexTensor:$experts);
   let assemblyFormat = [{
     $logits attr-dict `:` functional-type(operands, results)

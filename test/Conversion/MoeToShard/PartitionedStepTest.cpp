@@ -9,6 +9,12 @@
 // relative L2 of 1e-5 in fp32. Ranks see different numbers of ignored
 // labels, so the cross-entropy's global mean is exercised.
 //
+// Expert parallelism: every valid P with both dispatchers, the token
+// shuffle, and the four routings; the unpartitioned step routes each
+// micro-batch as its own group (moe.router's group_tokens), as the ranks
+// do. Skewed cases bias the router so that every token's first choice is
+// one expert and the last expert-parallel rank receives no token at all.
+//
 //===----------------------------------------------------------------------===//
 
 #include "moec/Conversion/MoeToShard/Passes.h"
@@ -34,15 +40,21 @@ namespace {
 struct Layout {
   const char *model; ///< an ONNX file of test/Inputs/train
   int64_t worldSize;
+  int64_t expertDegree;
   int64_t shardDegree;
   const char *routing;
   double zLossCoef;
+  const char *dispatcher = "all_to_all";
+  bool shuffle = false;
+  /// Router biased to one expert; the last expert-parallel rank gets none.
+  bool skewed = false;
 };
 
 std::string describe(const Layout &l) {
-  return llvm::formatv("{0} W={1} H={2} {3}{4}", l.model, l.worldSize,
-                       l.shardDegree, l.routing,
-                       l.zLossCoef > 0 ? " +z" : "");
+  return llvm::formatv("{0} W={1} P={2} H={3} {4}{5} {6}{7}{8}", l.model,
+                       l.worldSize, l.expertDegree, l.shardDegree, l.routing,
+                       l.zLossCoef > 0 ? " +z" : "", l.dispatcher,
+                       l.shuffle ? " shuffle" : "", l.skewed ? " skewed" : "");
 }
 
 constexpr int64_t kMicroBatch = 2, kSeq = 8, kSteps = 3;
@@ -79,13 +91,27 @@ protected:
     shapes.seq = kSeq;
     pm.addNestedPass<func::FuncOp>(moe::createSpecializeShapes(shapes));
     if (partition) {
+      ExpertParallelOptions experts;
+      experts.worldSize = layout.worldSize;
+      experts.expertParallelDegree = layout.expertDegree;
+      experts.hybridShardDegree = layout.shardDegree;
+      experts.dispatcher = layout.dispatcher;
+      experts.globalTokenShuffle = layout.shuffle;
+      experts.seed = 11;
+      pm.addPass(createExpertParallel(experts));
       HybridShardOptions shard;
       shard.worldSize = layout.worldSize;
+      shard.expertParallelDegree = layout.expertDegree;
       shard.hybridShardDegree = layout.shardDegree;
       pm.addPass(createHybridShard(shard));
     }
     if (failed(pm.run(*module)))
       return nullptr;
+    // The ranks route their own micro-batches: so does the global step.
+    if (!partition)
+      module->walk([&](moe::RouterOp router) {
+        router.setGroupTokens(kMicroBatch * kSeq);
+      });
     return module;
   }
 
@@ -185,6 +211,76 @@ HostTensor gather(const std::vector<const HostTensor *> &shards, int64_t axis,
   return out;
 }
 
+bool isExpertLocal(func::FuncOp step, unsigned i) {
+  return step.getArgAttr(i, kExpertLocalAttrName) != nullptr;
+}
+
+/// Rank `rank`'s part of the global state `global` of argument `i`: its
+/// experts' slice (for expert-local arguments), then its shard along H.
+HostTensor partOf(const HostTensor &global, func::FuncOp rankStep, unsigned i,
+                  unsigned n, const plan::Mesh &mesh, int64_t rank) {
+  plan::MeshCoord c = mesh.coord(rank);
+  HostTensor part = global;
+  if (isExpertLocal(rankStep, i))
+    part = shardOf(part, 0, part.shape[0] / mesh.expertParallelDegree(), c.p);
+  int64_t axis = gatherAxis(rankStep.getArgument(i % n));
+  if (axis >= 0)
+    part = shardOf(part, axis,
+                   cast<RankedTensorType>(rankStep.getArgument(i).getType())
+                       .getDimSize(axis),
+                   c.h);
+  return part;
+}
+
+/// The global value of argument (or result) `i` of replica `q`, gathered
+/// from the ranks' parts in `perRank[rank][offset + i]`.
+HostTensor gatherGlobal(const std::vector<std::vector<HostTensor>> &perRank,
+                        unsigned offset, func::FuncOp rankStep, unsigned i,
+                        unsigned n, const plan::Mesh &mesh, int64_t q,
+                        const std::vector<int64_t> &globalShape) {
+  bool local = isExpertLocal(rankStep, i % n);
+  int64_t parts = local ? mesh.expertParallelDegree() : 1;
+  int64_t axis = gatherAxis(rankStep.getArgument(i % n));
+  std::vector<HostTensor> byExpertRank;
+  for (int64_t p = 0; p < parts; ++p) {
+    if (axis < 0) {
+      byExpertRank.push_back(perRank[mesh.rank({q, 0, p})][offset + i]);
+      continue;
+    }
+    std::vector<const HostTensor *> shards;
+    for (int64_t h = 0; h < mesh.shardDegree(); ++h)
+      shards.push_back(&perRank[mesh.rank({q, h, p})][offset + i]);
+    int64_t size = globalShape[axis] / (axis == 0 ? parts : 1);
+    byExpertRank.push_back(gather(shards, axis, size));
+  }
+  std::vector<const HostTensor *> slices;
+  for (const HostTensor &t : byExpertRank)
+    slices.push_back(&t);
+  return gather(slices, 0, globalShape[0]);
+}
+
+/// Biases the routers of `params` so that every token's first choice is
+/// expert 0 and its second expert 1: every embedding row gets a common
+/// component of 1 per element, which dominates the normalised hidden
+/// states, and each router row reads it with weight 4, 2 or -3 (over the
+/// hidden size), so the logits are about (4, 2, -3, ...).
+void skewRouting(func::FuncOp step, std::vector<HostTensor> &params) {
+  for (unsigned i = 0; i < params.size(); ++i) {
+    StringRef name = step.getArgAttrOfType<StringAttr>(i, "moe.parameter");
+    HostTensor &t = params[i];
+    if (name == "model.embed_tokens.weight") {
+      for (float &x : t.f32)
+        x += 1.0f;
+    } else if (name.ends_with(".mlp.gate.weight")) {
+      int64_t hidden = t.shape[1];
+      for (int64_t e = 0; e < t.shape[0]; ++e)
+        for (int64_t c = 0; c < hidden; ++c)
+          t.f32[e * hidden + c] =
+              static_cast<float>(e == 0 ? 4.0 : e == 1 ? 2.0 : -3.0) / hidden;
+    }
+  }
+}
+
 std::string paramName(func::FuncOp step, unsigned i) {
   return step.getArgAttrOfType<StringAttr>(i, "moe.parameter").str();
 }
@@ -198,10 +294,16 @@ TEST_P(PartitionedStepTest, EqualsTheUnpartitionedStep) {
   ASSERT_TRUE(global && partitioned);
   auto globalStep = global->lookupSymbol<func::FuncOp>("train_step");
   auto rankStep = partitioned->lookupSymbol<func::FuncOp>("train_step");
+  int64_t numExperts = 0;
+  globalStep.walk([&](moe::RouterOp r) {
+    numExperts =
+        cast<RankedTensorType>(r.getLogits().getType()).getShape().back();
+  });
   plan::ParallelConfig config;
   config.worldSize = w;
+  config.expertParallelDegree = layout.expertDegree;
   config.hybridShardDegree = layout.shardDegree;
-  llvm::Expected<plan::Mesh> mesh = plan::resolveMesh(config, 1);
+  llvm::Expected<plan::Mesh> mesh = plan::resolveMesh(config, numExperts);
   ASSERT_TRUE(static_cast<bool>(mesh));
 
   // The global parameters, from the seed; every rank's shards of them.
@@ -215,6 +317,8 @@ TEST_P(PartitionedStepTest, EqualsTheUnpartitionedStep) {
                          }()},
                          initial)));
   const unsigned n = (globalStep.getNumArguments() - 4) / 3;
+  if (layout.skewed)
+    skewRouting(globalStep, initial);
   std::vector<HostTensor> globalState(3 * n);
   std::vector<std::vector<HostTensor>> rankState(w,
                                                  std::vector<HostTensor>(3 * n));
@@ -222,15 +326,8 @@ TEST_P(PartitionedStepTest, EqualsTheUnpartitionedStep) {
     const HostTensor &param = initial[i % n];
     globalState[i] =
         i < n ? param : HostTensor::floats(param.shape); // zero moments
-    int64_t axis = gatherAxis(rankStep.getArgument(i % n));
     for (int64_t rank = 0; rank < w; ++rank)
-      rankState[rank][i] =
-          axis < 0 ? globalState[i]
-                   : shardOf(globalState[i], axis,
-                             cast<RankedTensorType>(
-                                 rankStep.getArgument(i).getType())
-                                 .getDimSize(axis),
-                             mesh->coord(rank).h);
+      rankState[rank][i] = partOf(globalState[i], rankStep, i, n, *mesh, rank);
   }
 
   const int64_t vocab =
@@ -268,17 +365,20 @@ TEST_P(PartitionedStepTest, EqualsTheUnpartitionedStep) {
       EXPECT_EQ(rankResults[rank][3 * n + 5].i64, results[3 * n + 5].i64)
           << "expert counts of step " << t << " on rank " << rank;
     }
+    if (layout.skewed && t == 1) {
+      // The case is what it claims: no slot for the last rank's experts.
+      const HostTensor &counts = results[3 * n + 5];
+      int64_t local = numExperts / mesh->expertParallelDegree();
+      for (int64_t l = 0; l < counts.shape[0]; ++l)
+        for (int64_t e = numExperts - local; e < numExperts; ++e)
+          EXPECT_EQ(counts.i64[l * numExperts + e], 0)
+              << "layer " << l << " expert " << e;
+    }
     // Every gradient (before clipping), gathered from the reduced shards.
     for (unsigned i = 0; i < n; ++i) {
       const HostTensor &expected = results[3 * n + 6 + i];
-      int64_t axis = gatherAxis(rankStep.getArgument(i));
-      HostTensor gathered = rankResults[0][3 * n + 6 + i];
-      if (axis >= 0) {
-        std::vector<const HostTensor *> shards;
-        for (int64_t h = 0; h < mesh->shardDegree(); ++h)
-          shards.push_back(&rankResults[mesh->rank({0, h, 0})][3 * n + 6 + i]);
-        gathered = gather(shards, axis, expected.shape[axis]);
-      }
+      HostTensor gathered = gatherGlobal(rankResults, 3 * n + 6, rankStep, i,
+                                         n, *mesh, 0, expected.shape);
       reference::ErrorStats e = reference::compare(gathered, expected);
       EXPECT_LE(e.relativeL2, kTolerance)
           << "gradient of " << paramName(rankStep, i) << " in step " << t
@@ -293,17 +393,9 @@ TEST_P(PartitionedStepTest, EqualsTheUnpartitionedStep) {
 
   // Every parameter and moment, gathered from the shards of each replica.
   for (unsigned i = 0; i < 3 * n; ++i) {
-    int64_t axis = gatherAxis(rankStep.getArgument(i % n));
     for (int64_t q = 0; q < mesh->replicas(); ++q) {
-      HostTensor gathered;
-      if (axis < 0) {
-        gathered = rankState[mesh->rank({q, 0, 0})][i];
-      } else {
-        std::vector<const HostTensor *> shards;
-        for (int64_t h = 0; h < mesh->shardDegree(); ++h)
-          shards.push_back(&rankState[mesh->rank({q, h, 0})][i]);
-        gathered = gather(shards, axis, globalState[i].shape[axis]);
-      }
+      HostTensor gathered = gatherGlobal(rankState, 0, rankStep, i, n, *mesh,
+                                         q, globalState[i].shape);
       reference::ErrorStats e = reference::compare(gathered, globalState[i]);
       EXPECT_LE(e.relativeL2, kTolerance)
           << (i < n ? "" : i < 2 * n ? "exp_avg of " : "exp_avg_sq of ")
@@ -319,18 +411,80 @@ std::vector<Layout> matrix() {
     for (int64_t w : {1, 2, 4, 8})
       for (int64_t h = 1; h <= w; h *= 2)
         for (const char *routing : {"none"})
-          layouts.push_back({model, w, h, routing, 1e-3});
+          layouts.push_back({model, w, 1, h, routing, 1e-3});
   return layouts;
 }
 
+/// Expert parallelism without sharding (H = 1): every P > 1 that divides
+/// W and E, each routing with both dispatchers, and the token shuffle with
+/// the routings that route each token alone (sinkhorn and balanced route
+/// the rank's tokens together, and a shuffle changes which tokens those
+/// are: docs/partitioning.md).
+std::vector<Layout> expertMatrix() {
+  std::vector<Layout> layouts;
+  for (auto [model, experts] :
+       {std::pair{"tiny.onnx", 4}, std::pair{"tiny-e8.onnx", 8}})
+    for (int64_t w : {2, 4, 8})
+      for (int64_t p = 2; p <= w && p <= experts; p *= 2)
+        for (const char *routing : {"aux_loss", "sinkhorn", "balanced", "none"})
+          for (const char *dispatcher : {"all_to_all", "all_gather"})
+            for (bool shuffle : {false, true}) {
+              bool perToken = StringRef(routing) == "aux_loss" ||
+                              StringRef(routing) == "none";
+              if (shuffle && !perToken)
+                continue;
+              layouts.push_back(
+                  {model, w, p, 1, routing, 0.0, dispatcher, shuffle});
+            }
+  return layouts;
+}
+
+/// Both partitionings together: every valid (P, H) for W in {1, 2, 4, 8},
+/// with the aux loss (global statistics); with P > 1 both dispatchers, the
+/// all-gather one with the token shuffle.
+std::vector<Layout> composedMatrix() {
+  std::vector<Layout> layouts;
+  for (auto [model, experts] :
+       {std::pair{"tiny.onnx", 4}, std::pair{"tiny-e8.onnx", 8}})
+    for (int64_t w : {1, 2, 4, 8})
+      for (int64_t p = 1; p <= w && p <= experts; p *= 2)
+        for (int64_t h = 1; h <= w / p; h *= 2) {
+          layouts.push_back({model, w, p, h, "aux_loss", 0.0});
+          if (p > 1)
+            layouts.push_back(
+                {model, w, p, h, "aux_loss", 0.0, "all_gather", true});
+        }
+  return layouts;
+}
+
+/// A router biased to expert 0: the last expert-parallel rank receives no
+/// token; the aux loss is large.
+std::vector<Layout> skewedMatrix() {
+  std::vector<Layout> layouts;
+  for (const char *model : {"tiny.onnx", "tiny-e8.onnx"})
+    for (const char *routing : {"aux_loss", "none"})
+      for (const char *dispatcher : {"all_to_all", "all_gather"})
+        for (auto [w, p] : {std::pair{2, 2}, std::pair{4, 4}})
+          layouts.push_back(
+              {model, w, p, 1, routing, 0.0, dispatcher, false, true});
+  return layouts;
+}
+
+std::string testName(const ::testing::TestParamInfo<Layout> &info) {
+  std::string name = describe(info.param);
+  for (char &c : name)
+    if (!isalnum(static_cast<unsigned char>(c)))
+      c = '_';
+  return name;
+}
+
 INSTANTIATE_TEST_SUITE_P(Matrix, PartitionedStepTest,
-                         ::testing::ValuesIn(matrix()),
-                         [](const ::testing::TestParamInfo<Layout> &info) {
-                           std::string name = describe(info.param);
-                           for (char &c : name)
-                             if (!isalnum(static_cast<unsigned char>(c)))
-                               c = '_';
-                           return name;
-                         });
+                         ::testing::ValuesIn(matrix()), testName);
+INSTANTIATE_TEST_SUITE_P(ExpertParallel, PartitionedStepTest,
+                         ::testing::ValuesIn(expertMatrix()), testName);
+INSTANTIATE_TEST_SUITE_P(Composed, PartitionedStepTest,
+                         ::testing::ValuesIn(composedMatrix()), testName);
+INSTANTIATE_TEST_SUITE_P(Skewed, PartitionedStepTest,
+                         ::testing::ValuesIn(skewedMatrix()), testName);
 
 } // namespace

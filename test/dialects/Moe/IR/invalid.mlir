@@ -537,3 +537,12 @@ func.func @load_balancing_stats_shape(%l: tensor<16x4xf32>) {
   %s = moe.load_balancing_stats %l {k = 2 : i64} : (tensor<16x4xf32>) -> tensor<2x8xf32>
   return
 }
+
+// -----
+
+// Tests that routing groups divide the tokens.
+func.func @router_group_tokens(%l: tensor<16x4xf32>) {
+  // expected-error@+1 {{'moe.router' op group_tokens 6 does not divide the 16 tokens}}
+  %g, %e = moe.router %l {k = 2 : i64, load_balancing = #moe.load_balancing<balanced>, group_tokens = 6 : i64} : (tensor<16x4xf32>) -> (tensor<16x2xf32>, tensor<16x2xi64>)
+  return
+}

@@ -139,3 +139,11 @@ func.func @target_count(%labels: tensor<2x8xi64>) -> tensor<f32> {
   %n = moe.target_count %labels {ignore_index = -1 : i64} : (tensor<2x8xi64>) -> tensor<f32>
   return %n : tensor<f32>
 }
+
+// Routing in groups of consecutive tokens (one micro-batch each).
+// CHECK-LABEL: func.func @router_groups
+// CHECK: moe.router %{{.*}} {group_tokens = 8 : i64, k = 2 : i64, load_balancing = #moe.load_balancing<sinkhorn>}
+func.func @router_groups(%l: tensor<16x4xf32>) -> tensor<16x2xi64> {
+  %g, %e = moe.router %l {k = 2 : i64, load_balancing = #moe.load_balancing<sinkhorn>, group_tokens = 8 : i64} : (tensor<16x4xf32>) -> (tensor<16x2xf32>, tensor<16x2xi64>)
+  return %e : tensor<16x2xi64>
+}
