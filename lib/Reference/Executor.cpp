@@ -473,14 +473,32 @@ LogicalResult Interpreter::execute(Operation *op) {
         return set(op, l.getResult(), std::move(out));
       })
       .Case([&](moe::RouterOp r) -> LogicalResult {
-        HostTensor experts;
-        if (failed(kernel(op,
-                          route(get(r.getLogits()), r.getK(),
-                                routing(r.getLoadBalancing()), out, experts,
-                                error, r.getTraining(),
-                                r.getGroupTokens()),
-                          error)))
-          return failure();
+        const HostTensor &logits = get(r.getLogits());
+        const int64_t numExperts = logits.shape.back(), k = r.getK();
+        const int64_t tokens = logits.numElements() / numExperts;
+        const int64_t group =
+            r.getTokensPerGroup() ? r.getTokensPerGroup() : tokens;
+        std::vector<int64_t> shape = logits.shape;
+        shape.back() = k;
+        out = HostTensor::floats(shape);
+        HostTensor experts = HostTensor::ints(shape);
+        // Each group of tokens is routed alone, as its own [group, E].
+        for (int64_t first = 0; first < tokens; first += group) {
+          HostTensor groupLogits = HostTensor::floats({group, numExperts});
+          std::copy_n(logits.f32.begin() + first * numExperts,
+                      group * numExperts, groupLogits.f32.begin());
+          HostTensor groupGates, groupExperts;
+          if (failed(kernel(op,
+                            route(groupLogits, k,
+                                  routing(r.getLoadBalancing()), groupGates,
+                                  groupExperts, error, r.getTraining()),
+                            error)))
+            return failure();
+          std::copy(groupGates.f32.begin(), groupGates.f32.end(),
+                    out.f32.begin() + first * k);
+          std::copy(groupExperts.i64.begin(), groupExperts.i64.end(),
+                    experts.i64.begin() + first * k);
+        }
         if (failed(set(op, r.getGates(), std::move(out))))
           return failure();
         return set(op, r.getExperts(), std::move(experts));

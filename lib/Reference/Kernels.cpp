@@ -489,35 +489,7 @@ bool reference::sinkhorn(const HostTensor &logits, double tolerance,
 
 bool reference::route(const HostTensor &logits, int64_t k, Routing mode,
                       HostTensor &gates, HostTensor &experts,
-                      std::string &error, bool training,
-                      int64_t groupTokens) {
-  int64_t allTokens = logits.shape.empty() ? 0 : leadingCount(logits);
-  if (groupTokens > 0 && groupTokens < allTokens) {
-    if (allTokens % groupTokens != 0) {
-      error = fmt::format("routing groups of {} tokens do not divide the {} "
-                          "tokens",
-                          groupTokens, allTokens);
-      return false;
-    }
-    int64_t numExperts = logits.shape.back();
-    std::vector<int64_t> choiceShape = logits.shape;
-    choiceShape.back() = k;
-    gates = HostTensor::floats(choiceShape);
-    experts = HostTensor::ints(choiceShape);
-    for (int64_t first = 0; first < allTokens; first += groupTokens) {
-      HostTensor group = HostTensor::floats({groupTokens, numExperts});
-      std::copy_n(logits.f32.begin() + first * numExperts,
-                  groupTokens * numExperts, group.f32.begin());
-      HostTensor groupGates, groupExperts;
-      if (!route(group, k, mode, groupGates, groupExperts, error, training))
-        return false;
-      std::copy(groupGates.f32.begin(), groupGates.f32.end(),
-                gates.f32.begin() + first * k);
-      std::copy(groupExperts.i64.begin(), groupExperts.i64.end(),
-                experts.i64.begin() + first * k);
-    }
-    return true;
-  }
+                      std::string &error, bool training) {
   if (mode == Routing::AuxLoss || mode == Routing::None ||
       (!training && mode == Routing::Balanced))
     return routeTopK(logits, k, /*renormalize=*/true, gates, experts, error);

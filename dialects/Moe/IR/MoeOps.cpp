@@ -209,15 +209,12 @@ LogicalResult RouterOp::verify() {
   if (!ShapedType::isDynamic(numExperts) && k > numExperts)
     return emitOpError() << "k " << k << " exceeds the number of experts "
                          << numExperts;
-  if (int64_t group = getGroupTokens()) {
-    int64_t tokens = 1;
-    for (int64_t d : logits.getShape().drop_back())
-      tokens = ShapedType::isDynamic(d) || ShapedType::isDynamic(tokens)
-                   ? ShapedType::kDynamic
-                   : tokens * d;
-    if (!ShapedType::isDynamic(tokens) && tokens % group != 0)
-      return emitOpError() << "group_tokens " << group
-                           << " does not divide the " << tokens << " tokens";
+  if (int64_t group = getTokensPerGroup(); group && logits.hasStaticShape()) {
+    int64_t tokens = logits.getNumElements() / std::max<int64_t>(1, numExperts);
+    if (tokens % group != 0)
+      return emitOpError() << "tokens_per_group " << group
+                           << " does not divide the " << tokens
+                           << " tokens of the logits";
   }
   SmallVector<int64_t> expected(logits.getShape());
   expected.back() = k;

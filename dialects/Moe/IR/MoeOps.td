@@ -163,12 +163,11 @@ def Moe_RouterOp : Moe_Op<"router", [Pure]> {
     renormalised ones. The auxiliary losses are built by the training step,
     not here.
 
-    With `group_tokens = G`, token-coupled routing (training sinkhorn and
-    balanced) works on each run of G consecutive tokens alone, as G tokens
-    on one rank would: the unpartitioned step that matches a data-parallel
-    one routes each micro-batch as its own group. Without it all tokens are
-    one group (`group_tokens = 0`, the default). Per-token routing
-    (aux_loss, none, evaluation) is the same either way.
+    Sinkhorn and balanced routing couple the tokens they route together; with
+    `tokens_per_group` (0: all tokens), they route each run of that many
+    consecutive tokens on its own. A partitioned step routes each rank's
+    micro-batch alone, so the unpartitioned step it is checked against
+    routes in groups of one micro-batch's tokens.
 
     ```mlir
     %gates, %experts = moe.router %logits {k = 2 : i64,
@@ -181,7 +180,7 @@ def Moe_RouterOp : Moe_Op<"router", [Pure]> {
                        Moe_LoadBalancingAttr:$load_balancing,
                        DefaultValuedAttr<BoolAttr, "true">:$training,
                        DefaultValuedAttr<ConfinedAttr<I64Attr, [IntNonNegative]>,
-                                         "0">:$group_tokens);
+                                         "0">:$tokens_per_group);
   let results = (outs Moe_FloatTensor:$gates, Moe_IndexTensor:$experts);
   let assemblyFormat = [{
     $logits attr-dict `:` functional-type(operands, results)

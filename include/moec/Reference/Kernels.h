@@ -73,11 +73,9 @@ enum class Routing { AuxLoss, Sinkhorn, Balanced, None };
 /// a full expert's slot when a token would fall short.
 /// With `training` false, sinkhorn and balanced route by plain top-k
 /// (sinkhorn gates unnormalised, balanced renormalised), as at evaluation.
-/// With `groupTokens` > 0, each run of that many consecutive tokens is
-/// routed alone (moe.router's `group_tokens`).
 bool route(const HostTensor &logits, int64_t k, Routing mode,
            HostTensor &gates, HostTensor &experts, std::string &error,
-           bool training = true, int64_t groupTokens = 0);
+           bool training = true);
 
 /// Megatron-Core's Sinkhorn normalisation of exp(`logits`) ([T, E]),
 /// iterated until the mean change of the column scaling is below `tolerance`.

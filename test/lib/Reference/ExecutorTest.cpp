@@ -318,4 +318,38 @@ TEST_F(ExecutorTest, SlicesAndBroadcasts) {
   EXPECT_EQ(r[3].f32, (std::vector<float>{7}));
 }
 
+TEST_F(ExecutorTest, RouterGroupsRouteEachRunOfTokensAlone) {
+  // Balanced routing of 2 groups of 4 tokens equals routing each group as
+  // its own batch, and differs from routing all 8 tokens together.
+  const char *source = R"mlir(
+    func.func @grouped(%l: tensor<2x4x4xf32>) -> tensor<2x4x1xi64> {
+      %g, %e = moe.router %l {k = 1 : i64, load_balancing = #moe.load_balancing<balanced>, tokens_per_group = 4 : i64} : (tensor<2x4x4xf32>) -> (tensor<2x4x1xf32>, tensor<2x4x1xi64>)
+      return %e : tensor<2x4x1xi64>
+    }
+    func.func @whole(%l: tensor<2x4x4xf32>) -> tensor<2x4x1xi64> {
+      %g, %e = moe.router %l {k = 1 : i64, load_balancing = #moe.load_balancing<balanced>} : (tensor<2x4x4xf32>) -> (tensor<2x4x1xf32>, tensor<2x4x1xi64>)
+      return %e : tensor<2x4x1xi64>
+    }
+    func.func @one(%l: tensor<1x4x4xf32>) -> tensor<1x4x1xi64> {
+      %g, %e = moe.router %l {k = 1 : i64, load_balancing = #moe.load_balancing<balanced>} : (tensor<1x4x4xf32>) -> (tensor<1x4x1xf32>, tensor<1x4x1xi64>)
+      return %e : tensor<1x4x1xi64>
+    })mlir";
+  // Every token prefers expert 0 in the first group and expert 3 in the
+  // second, by decreasing margins.
+  HostTensor logits = HostTensor::floats({2, 4, 4});
+  for (int64_t t = 0; t < 8; ++t)
+    logits.f32[t * 4 + (t < 4 ? 0 : 3)] = 4.0f - (t % 4);
+  std::vector<HostTensor> grouped = run(source, "grouped", {logits});
+  std::vector<HostTensor> whole = run(source, "whole", {logits});
+  for (int64_t half = 0; half < 2; ++half) {
+    HostTensor part = HostTensor::floats({1, 4, 4});
+    std::copy_n(logits.f32.begin() + half * 16, 16, part.f32.begin());
+    std::vector<HostTensor> alone = run(source, "one", {part});
+    EXPECT_EQ(std::vector<int64_t>(grouped[0].i64.begin() + half * 4,
+                                   grouped[0].i64.begin() + half * 4 + 4),
+              alone[0].i64);
+  }
+  EXPECT_NE(grouped[0].i64, whole[0].i64);
+}
+
 } // namespace

@@ -273,37 +273,3 @@ TEST(Kernels, LoadBalancingLossFromStatsRejectsEmptyStatistics) {
                                           error));
   EXPECT_EQ(error, "statistics count no rows");
 }
-
-TEST(Kernels, RouteInGroupsRoutesEachGroupAlone) {
-  // 8 tokens, 4 experts, balanced: two groups of 4 each fill every expert's
-  // 4·2/4 = 2 slots on their own, which one group of 8 need not do.
-  HostTensor logits = HostTensor::floats({8, 4});
-  for (int64_t i = 0; i < 32; ++i)
-    logits.f32[i] = std::cos(0.7 * i);
-  std::string error;
-  for (Routing mode : {Routing::Balanced, Routing::Sinkhorn}) {
-    HostTensor gates, experts;
-    ASSERT_TRUE(route(logits, 2, mode, gates, experts, error, true, 4))
-        << error;
-    for (int64_t first : {0, 4}) {
-      HostTensor group = HostTensor::floats({4, 4});
-      std::copy_n(logits.f32.begin() + first * 4, 16, group.f32.begin());
-      HostTensor groupGates, groupExperts;
-      ASSERT_TRUE(route(group, 2, mode, groupGates, groupExperts, error));
-      for (int64_t i = 0; i < 8; ++i) {
-        EXPECT_EQ(experts.i64[first * 2 + i], groupExperts.i64[i]);
-        EXPECT_EQ(gates.f32[first * 2 + i], groupGates.f32[i]);
-      }
-    }
-    if (mode == Routing::Balanced) {
-      std::vector<int64_t> perExpert(4, 0);
-      for (int64_t i = 0; i < 8; ++i)
-        ++perExpert[experts.i64[i]];
-      EXPECT_EQ(perExpert, (std::vector<int64_t>{2, 2, 2, 2}));
-    }
-  }
-  HostTensor gates, experts;
-  EXPECT_FALSE(route(logits, 2, Routing::Balanced, gates, experts, error,
-                     true, 3));
-  EXPECT_EQ(error, "routing groups of 3 tokens do not divide the 8 tokens");
-}

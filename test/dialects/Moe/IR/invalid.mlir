@@ -540,9 +540,9 @@ func.func @load_balancing_stats_shape(%l: tensor<16x4xf32>) {
 
 // -----
 
-// Tests that routing groups divide the tokens.
-func.func @router_group_tokens(%l: tensor<16x4xf32>) {
-  // expected-error@+1 {{'moe.router' op group_tokens 6 does not divide the 16 tokens}}
-  %g, %e = moe.router %l {k = 2 : i64, load_balancing = #moe.load_balancing<balanced>, group_tokens = 6 : i64} : (tensor<16x4xf32>) -> (tensor<16x2xf32>, tensor<16x2xi64>)
+// Sinkhorn routes runs of tokens_per_group tokens: they must tile the tokens.
+func.func @router_groups(%l: tensor<2x5x4xf32>) {
+  // expected-error@+1 {{'moe.router' op tokens_per_group 4 does not divide the 10 tokens of the logits}}
+  %g, %e = moe.router %l {k = 2 : i64, load_balancing = #moe.load_balancing<sinkhorn>, tokens_per_group = 4 : i64} : (tensor<2x5x4xf32>) -> (tensor<2x5x2xf32>, tensor<2x5x2xi64>)
   return
 }

@@ -140,10 +140,9 @@ func.func @target_count(%labels: tensor<2x8xi64>) -> tensor<f32> {
   return %n : tensor<f32>
 }
 
-// Routing in groups of consecutive tokens (one micro-batch each).
 // CHECK-LABEL: func.func @router_groups
-// CHECK: moe.router %{{.*}} {group_tokens = 8 : i64, k = 2 : i64, load_balancing = #moe.load_balancing<sinkhorn>}
-func.func @router_groups(%l: tensor<16x4xf32>) -> tensor<16x2xi64> {
-  %g, %e = moe.router %l {k = 2 : i64, load_balancing = #moe.load_balancing<sinkhorn>, group_tokens = 8 : i64} : (tensor<16x4xf32>) -> (tensor<16x2xf32>, tensor<16x2xi64>)
-  return %e : tensor<16x2xi64>
+// CHECK: moe.router %{{.+}} {k = 2 : i64, load_balancing = #moe.load_balancing<sinkhorn>, tokens_per_group = 8 : i64}
+func.func @router_groups(%logits: tensor<2x8x4xf32>) -> tensor<2x8x2xi64> {
+  %g, %e = moe.router %logits {k = 2 : i64, load_balancing = #moe.load_balancing<sinkhorn>, tokens_per_group = 8 : i64} : (tensor<2x8x4xf32>) -> (tensor<2x8x2xf32>, tensor<2x8x2xi64>)
+  return %e : tensor<2x8x2xi64>
 }
