@@ -63,12 +63,6 @@ BlockArgument weightArgument(Value weight) {
   return dyn_cast<BlockArgument>(weight);
 }
 
-/// What the backward of one expert layer needs from its forward.
-struct DispatchedLayer {
-  DispatchOp dispatch;
-  Value shuffledInput; ///< The experts' input after the token shuffle, or null.
-};
-
 class StepPartitioner {
 public:
   StepPartitioner(func::FuncOp func, const moec::plan::Mesh &mesh,
@@ -113,8 +107,9 @@ private:
   OpBuilder builder;
 
   Value stepArgument;
-  /// Forward expert layers by their routing (the router's `experts`).
-  llvm::DenseMap<Value, DispatchedLayer> layers;
+  /// The forward dispatch of each expert layer, by its routing (the
+  /// router's `experts`): the backward reuses its rows, gates and counts.
+  llvm::DenseMap<Value, DispatchOp> layers;
   /// Router inputs that were shuffled, with their shuffled value.
   llvm::DenseMap<Value, Value> shuffled;
   /// The globally reduced load-balancing statistics.
@@ -244,18 +239,28 @@ void StepPartitioner::rewriteExperts(ExpertsOp op) {
     input = shuffledInput;
   }
   DispatchOp d = dispatch(loc, input, op.getExperts(), op.getGates());
-  Value rows = ExpertsOp::create(builder, loc, d.getRows().getType(),
-                                 Type(), d.getRows(), d.getRowGates(),
+  // Saved activations (moe-save-expert-activations) are kept for the
+  // received rows, which are already in expert order.
+  Type savedType;
+  if (Value saved = op.getSaved())
+    savedType = RankedTensorType::get(
+        {ShapedType::kDynamic, tensorType(saved).getDimSize(1)},
+        tensorType(saved).getElementType());
+  auto local = ExpertsOp::create(builder, loc, d.getRows().getType(),
+                                 savedType, d.getRows(), d.getRowGates(),
                                  d.getRowExperts(), op.getGateUp(),
-                                 op.getDown(), op.getGateUpLayoutAttr())
-                   .getResult();
+                                 op.getDown(), op.getGateUpLayoutAttr());
+  Value rows = local.getResult();
   Value result =
       combine(loc, rows, op.getExperts(), d.getCounts(),
               tensorType(op.getResult()));
   if (shuffle)
     result = shuffleTokens(loc, result, /*inverse=*/true);
-  layers[op.getExperts()] = {d, shuffledInput};
+  layers[op.getExperts()] = d;
   op.getResult().replaceAllUsesWith(result);
+  // The backward's moe.experts_grad reads the local rows' activations.
+  if (Value saved = op.getSaved())
+    saved.replaceAllUsesWith(local.getSaved());
   op.erase();
 }
 
@@ -265,7 +270,7 @@ LogicalResult StepPartitioner::rewriteExpertsGrad(ExpertsGradOp op) {
     return op.emitOpError() << "has no moe.experts with the same routing "
                                "before it; moe-expert-parallel needs the "
                                "forward's dispatch";
-  DispatchOp forward = it->second.dispatch;
+  DispatchOp forward = it->second;
   Location loc = op.getLoc();
   builder.setInsertionPoint(op);
   Value dResult = op.getDResult();
@@ -278,7 +283,7 @@ LogicalResult StepPartitioner::rewriteExpertsGrad(ExpertsGradOp op) {
       forward.getRowGates().getType(), op.getGateUp().getType(),
       op.getDown().getType(), forward.getRows(), forward.getRowGates(),
       forward.getRowExperts(), op.getGateUp(), op.getDown(), dRows.getRows(),
-      Value(), op.getGateUpLayoutAttr());
+      op.getSaved(), op.getGateUpLayoutAttr());
   Value dInput = combine(loc, local.getDInput(), experts, forward.getCounts(),
                          tensorType(op.getDInput()));
   if (shuffle)
@@ -351,10 +356,6 @@ StepPartitioner::rewriteLoadBalancingGrad(LoadBalancingLossGradOp op) {
 
 LogicalResult StepPartitioner::rewrite(Operation *op) {
   if (auto experts = dyn_cast<ExpertsOp>(op)) {
-    if (experts.getSaved())
-      return op->emitOpError() << "saves its activations; run "
-                                  "moe-expert-parallel before "
-                                  "moe-save-expert-activations";
     rewriteExperts(experts);
     return success();
   }
@@ -397,12 +398,18 @@ LogicalResult StepPartitioner::run() {
     return func.emitOpError()
            << "has no 'step' input; global-token-shuffle seeds its "
               "permutation with the step";
-  if (failed(localizeExpertArguments()))
+  // With P = 1 every rank holds every expert: only the routing statistics
+  // become global.
+  bool splitExperts = mesh.expertParallelDegree() > 1;
+  if (splitExperts && failed(localizeExpertArguments()))
     return failure();
   Block &body = func.getBody().front();
-  for (Operation &op : llvm::make_early_inc_range(body))
+  for (Operation &op : llvm::make_early_inc_range(body)) {
+    if (!splitExperts && isa<ExpertsOp, ExpertsGradOp>(op))
+      continue;
     if (failed(rewrite(&op)))
       return failure();
+  }
   auto ret = cast<func::ReturnOp>(body.getTerminator());
   func.setFunctionType(builder.getFunctionType(func.getArgumentTypes(),
                                                ret.getOperandTypes()));

@@ -37,7 +37,8 @@ def ExpertParallel : Pass<"moe-expert-parallel", "::mlir::ModuleOp"> {
       from moe.load_balancing_stats all-reduced over the mesh, the same on
       every rank, and its gradient is each rank's share (summed over the
       ranks with the other gradients). Sinkhorn and balanced routing stay
-      per rank on the rank's tokens.
+      per rank on the rank's tokens. With P = 1 this is all the pass does:
+      every rank keeps every expert.
 
     Gradient reduction across ranks, the cross-entropy's global mean, the
     expert counts' sum, the clipping norm and parameter sharding are

@@ -6,8 +6,11 @@
 // AdamW steps, each from the global step's state, then the evaluation step.
 // Loss, cross-entropy, z-loss and grad norm, the expert counts, every
 // gradient and every updated parameter and moment (gathered from the shards
-// of every replica), and the evaluation loss must agree to a relative L2 of 1e-5 in fp32. Ranks see different numbers of
-// ignored labels, so the cross-entropy's global mean is exercised.
+// of every replica), and the evaluation loss must agree to a relative L2 of
+// 1e-5 in fp32. Ranks see different numbers of ignored labels, so the
+// cross-entropy's global mean is exercised. Skewed cases bias the router so
+// that every token chooses the same two experts and the last
+// expert-parallel rank receives no token at all.
 //
 //===----------------------------------------------------------------------===//
 
@@ -27,6 +30,8 @@
 
 #include <gtest/gtest.h>
 
+#include <tuple>
+
 using namespace mlir;
 using namespace moec;
 
@@ -42,13 +47,16 @@ struct Layout {
   const char *dispatcher; ///< all_to_all or all_gather
   bool shuffle;           ///< global_token_shuffle
   double zLossCoef;
+  /// The router biased to experts 0 and 1 (skewRouting).
+  bool skewed = false;
 };
 
 std::string describe(const Layout &l) {
-  return llvm::formatv("{0} W={1} P={2} H={3} {4} {5}{6}{7}", l.model,
+  return llvm::formatv("{0} W={1} P={2} H={3} {4} {5}{6}{7}{8}", l.model,
                        l.worldSize, l.expertParallelDegree, l.shardDegree,
                        l.routing, l.dispatcher, l.shuffle ? " shuffle" : "",
-                       l.zLossCoef > 0 ? " +z" : "");
+                       l.zLossCoef > 0 ? " +z" : "",
+                       l.skewed ? " skewed" : "");
 }
 
 constexpr int64_t kMicroBatch = 2, kSeq = 8, kSteps = 3;
@@ -216,6 +224,27 @@ HostTensor gather(const std::vector<const HostTensor *> &shards, int64_t axis,
   return out;
 }
 
+/// Biases the routers of `params` so that every token chooses experts 0
+/// and 1: every embedding row gets a common component of 1 per element,
+/// which dominates the normalised hidden states of both layers, and router
+/// row e reads it with weight 4, 2 or -3 (over the hidden size), so that
+/// the logits are about (4, 2, -3, ..., -3).
+void skewRouting(func::FuncOp step, std::vector<HostTensor> &params) {
+  for (auto [i, t] : llvm::enumerate(params)) {
+    StringRef name = step.getArgAttrOfType<StringAttr>(i, "moe.parameter");
+    if (name == "model.embed_tokens.weight") {
+      for (float &x : t.f32)
+        x += 1.0f;
+    } else if (name.ends_with(".mlp.gate.weight")) {
+      int64_t hidden = t.shape[1];
+      for (int64_t e = 0; e < t.shape[0]; ++e)
+        for (int64_t c = 0; c < hidden; ++c)
+          t.f32[e * hidden + c] =
+              static_cast<float>(e == 0 ? 4.0 : e == 1 ? 2.0 : -3.0) / hidden;
+    }
+  }
+}
+
 std::string paramName(func::FuncOp step, unsigned i) {
   return step.getArgAttrOfType<StringAttr>(i, "moe.parameter").str();
 }
@@ -247,6 +276,8 @@ TEST_P(PartitionedStepTest, EqualsTheUnpartitionedStep) {
   ASSERT_TRUE(succeeded(reference::execute(
       global->lookupSymbol<func::FuncOp>("init_params"), {seed}, initial)));
   const unsigned n = (globalStep.getNumArguments() - 4) / 3;
+  if (layout.skewed)
+    skewRouting(globalStep, initial);
   std::vector<HostTensor> globalState(3 * n);
   for (unsigned i = 0; i < 3 * n; ++i)
     globalState[i] = i < n ? initial[i] : HostTensor::floats(initial[i % n].shape);
@@ -337,6 +368,15 @@ TEST_P(PartitionedStepTest, EqualsTheUnpartitionedStep) {
       }
       EXPECT_EQ(rankResults[rank][3 * n + 5].i64, results[3 * n + 5].i64)
           << "expert counts on rank " << rank;
+    }
+    if (layout.skewed) {
+      // The case is what it claims: no slot for the last rank's experts.
+      const HostTensor &counts = results[3 * n + 5];
+      int64_t local = numExperts / mesh->expertParallelDegree();
+      for (int64_t l = 0; l < counts.shape[0]; ++l)
+        for (int64_t e = numExperts - local; e < numExperts; ++e)
+          EXPECT_EQ(counts.i64[l * numExperts + e], 0)
+              << "layer " << l << " expert " << e;
     }
     // Every gradient (before clipping), and every updated parameter and
     // moment, gathered from the shards of each replica.
@@ -514,6 +554,22 @@ std::vector<Layout> matrix() {
   return layouts;
 }
 
+/// The router biased to experts 0 and 1 (skewRouting), on the per-token
+/// routings (sinkhorn and balanced would rebalance it): the last
+/// expert-parallel rank receives no token, one expert gets every token's
+/// first choice, and the aux loss is large.
+std::vector<Layout> skewedMatrix() {
+  std::vector<Layout> layouts;
+  for (const char *model : {"tiny.onnx", "tiny-e8.onnx"})
+    for (const char *routing : {"aux_loss", "none"})
+      for (const char *dispatcher : {"all_to_all", "all_gather"})
+        for (auto [w, p, h] : {std::tuple(2, 2, 1), std::tuple(4, 4, 1),
+                               std::tuple(8, 2, 2)})
+          layouts.push_back(
+              {model, w, p, h, routing, dispatcher, false, 0.0, true});
+  return layouts;
+}
+
 std::string testName(const ::testing::TestParamInfo<Layout> &info) {
   std::string name = describe(info.param);
   for (char &c : name)
@@ -524,6 +580,8 @@ std::string testName(const ::testing::TestParamInfo<Layout> &info) {
 
 INSTANTIATE_TEST_SUITE_P(Matrix, PartitionedStepTest,
                          ::testing::ValuesIn(matrix()), testName);
+INSTANTIATE_TEST_SUITE_P(Skewed, PartitionedStepTest,
+                         ::testing::ValuesIn(skewedMatrix()), testName);
 
 std::vector<Layout> meshes() {
   std::vector<Layout> layouts;

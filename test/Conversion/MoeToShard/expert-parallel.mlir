@@ -1,6 +1,8 @@
 // RUN: moec-opt %s -moe-build-train-step -moe-expert-parallel="world-size=4 expert-parallel-degree=2 hybrid-shard-degree=1" | FileCheck %s
 // RUN: moec-opt %s -moe-build-train-step -moe-expert-parallel="world-size=2 expert-parallel-degree=2 dispatcher=all_gather global-token-shuffle seed=5" | FileCheck %s --check-prefix=SHUFFLE
 // RUN: moec-opt %s -moe-build-train-step -moe-expert-parallel="world-size=2 expert-parallel-degree=2 global-token-shuffle" | FileCheck %s --check-prefix=EVAL
+// RUN: moec-opt %s -moe-build-train-step -moe-expert-parallel="world-size=2" | FileCheck %s --check-prefix=DATA
+// RUN: moec-opt %s -moe-build-train-step -moe-save-expert-activations -moe-expert-parallel="world-size=2 expert-parallel-degree=2" | FileCheck %s --check-prefix=SAVED
 // The partitioned step parses back.
 // RUN: moec-opt %s -moe-build-train-step -moe-expert-parallel="world-size=4 expert-parallel-degree=4" | moec-opt | FileCheck %s --check-prefix=ROUNDTRIP
 
@@ -92,3 +94,21 @@ func.func @forward(%ids: tensor<2x8xi64> {moe.input = "input_ids"},
 
 // ROUNDTRIP: shard.grid @mesh(shape = 1x1x4)
 // ROUNDTRIP: moe.dispatch {{.*}} -> (tensor<?x16xf32>, tensor<?x1xi64>, tensor<4x1xi64>, tensor<?x1xf32>)
+
+// Tests that without expert parallelism (P = 1) the experts stay whole and
+// only the load-balancing statistics become global.
+// DATA: shard.grid @mesh(shape = 1x2x1)
+// DATA-LABEL: func.func @train_step(
+// DATA-SAME: tensor<4x32x16xf32> {moe.parameter = "experts.gate_up_proj"}
+// DATA-NOT: moe.dispatch
+// DATA: moe.experts %{{.+}} : (tensor<2x8x16xf32>, tensor<2x8x2xf32>, tensor<2x8x2xi64>, tensor<4x32x16xf32>, tensor<4x16x16xf32>)
+// DATA: %[[STATS:.+]] = moe.load_balancing_stats
+// DATA: shard.all_reduce %[[STATS]] on @mesh grid_axes = [0, 1, 2]
+// DATA-NOT: moe.combine
+
+// Tests that saved expert activations (moe-save-expert-activations) are kept
+// for the received rows and read by the local gradient.
+// SAVED-LABEL: func.func @train_step(
+// SAVED: %[[ROWS:.+]], %[[ROW_E:.+]], %[[COUNTS:.+]], %[[ROW_G:.+]] = moe.dispatch
+// SAVED: %{{.+}}, %[[SAVED:.+]] = moe.experts %[[ROWS]], %[[ROW_G]], %[[ROW_E]], {{.*}} -> (tensor<?x16xf32>, tensor<?x32xf32>)
+// SAVED: moe.experts_grad %[[ROWS]], %[[ROW_G]], %[[ROW_E]], %{{.+}}, %{{.+}}, %{{.+}}, %[[SAVED]] {{.*}} : (tensor<?x16xf32>, tensor<?x1xf32>, tensor<?x1xi64>, tensor<2x32x16xf32>, tensor<2x16x16xf32>, tensor<?x16xf32>, tensor<?x32xf32>)
