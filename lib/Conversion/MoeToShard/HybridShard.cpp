@@ -325,12 +325,17 @@ LogicalResult HybridShardPass::rewriteLosses(func::FuncOp step) {
       if (grad.getDefiningOp()->isBeforeInBlock(weight.getDefiningOp()))
         b.setInsertionPointAfterValue(weight);
       auto type = cast<RankedTensorType>(grad.getType());
+      // bf16 gradients take the weight in bf16.
+      Value typedWeight = weight;
+      if (type.getElementType() != scalarType.getElementType())
+        typedWeight = arith::TruncFOp::create(
+            b, loc, scalarType.clone(type.getElementType()), weight);
       Value init = tensor::EmptyOp::create(b, loc, type.getShape(),
                                            type.getElementType());
       SmallVector<int64_t> dims =
           llvm::to_vector(llvm::seq<int64_t>(0, type.getRank()));
       Value broadcast =
-          linalg::BroadcastOp::create(b, loc, weight, init, dims)
+          linalg::BroadcastOp::create(b, loc, typedWeight, init, dims)
               .getResult()[0];
       Value scaled = arith::MulFOp::create(b, loc, grad, broadcast);
       grad.replaceUsesWithIf(scaled, [&](OpOperand &use) {

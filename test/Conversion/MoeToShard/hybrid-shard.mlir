@@ -2,6 +2,7 @@
 // RUN: moec-opt %s -moe-build-init-params -moe-build-train-step="load-balancing=none" -canonicalize -cse -moe-widen-weight-grads -moe-fuse-loss-grad -moe-hybrid-shard="world-size=6 hybrid-shard-degree=3" | FileCheck %s --check-prefix=PAD
 // RUN: moec-opt %s -moe-build-train-step="load-balancing=none" -canonicalize -cse -moe-hybrid-shard="world-size=2 sharding-strategy=no_shard" | FileCheck %s --check-prefix=NOSHARD
 // RUN: moec-opt %s -moe-build-train-step="load-balancing=none" -canonicalize -cse -moe-hybrid-shard | FileCheck %s --check-prefix=ONE
+// RUN: moec-opt %s -moe-build-train-step="load-balancing=none compute-type=bf16" -canonicalize -cse -moe-widen-weight-grads -moe-fuse-loss-grad -moe-hybrid-shard="world-size=4 hybrid-shard-degree=2" | FileCheck %s --check-prefix=BF16
 
 // One decoder layer without attention, as in build-train-step.mlir.
 func.func @forward(%ids: tensor<2x8xi64> {moe.input = "input_ids"},
@@ -124,3 +125,18 @@ func.func @forward(%ids: tensor<2x8xi64> {moe.input = "input_ids"},
 // ONE-NOT: shard.all
 // ONE-NOT: shard.reduce_scatter
 // ONE-NOT: moe.target_count
+
+// bf16 compute: the fp32 master shards are gathered, then cast; the loss
+// weight reaches the bf16 input gradient in bf16 and the widened fp32 weight
+// gradient in fp32.
+// BF16-LABEL: func.func @train_step(
+// BF16: %[[TABLE:.+]] = shard.all_gather %{{.+}} on @mesh grid_axes = [1] gather_axis = 0 : tensor<32x16xf32> -> tensor<64x16xf32>
+// BF16: arith.truncf %[[TABLE]] : tensor<64x16xf32> to tensor<64x16xbf16>
+// BF16: %{{.+}}, %[[DINPUT:.+]], %[[DHEAD:.+]] = moe.lm_head_cross_entropy_with_grad
+// BF16: %[[WEIGHT:.+]] = arith.divf
+// BF16: %[[BH:.+]] = linalg.broadcast ins(%[[WEIGHT]] : tensor<f32>) outs(%{{.+}} : tensor<64x16xf32>)
+// BF16: arith.mulf %[[DHEAD]], %[[BH]] : tensor<64x16xf32>
+// BF16: %[[WEIGHT16:.+]] = arith.truncf %[[WEIGHT]] : tensor<f32> to tensor<bf16>
+// BF16: %[[BI:.+]] = linalg.broadcast ins(%[[WEIGHT16]] : tensor<bf16>) outs(%{{.+}} : tensor<2x8x16xbf16>)
+// BF16: arith.mulf %[[DINPUT]], %[[BI]] : tensor<2x8x16xbf16>
+
