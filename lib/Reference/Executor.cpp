@@ -523,26 +523,44 @@ LogicalResult Interpreter::execute(Operation *op) {
         std::vector<int64_t> shape(type.getShape().begin(),
                                    type.getShape().end());
         out = HostTensor::floats(shape);
-        if (init.getKind() == moe::ParamInitKind::ones) {
-          std::fill(out.f32.begin(), out.f32.end(), 1.0f);
-          return set(op, init.getResult(), std::move(out));
-        }
-        // Element index in the full parameter, from the shard's offsets.
+        // Element index in the full parameter, from the shard's offsets and,
+        // in a partitioned program, the rank's block.
         ArrayRef<int64_t> global =
             init.getGlobalShape() ? *init.getGlobalShape() : type.getShape();
         SmallVector<int64_t> offsets(shape.size(), 0);
         if (init.getOffsets())
           offsets.assign(init.getOffsets()->begin(), init.getOffsets()->end());
-        ParamNormalStream stream(
-            static_cast<uint64_t>(get(init.getSeed()).i64.at(0)),
-            init.getName().str());
+        if (init.getSplitAxes()) {
+          if (!rankContext || !rankContext->mesh)
+            return op->emitOpError() << "needs a rank: run the partitioned "
+                                        "function on simulated ranks";
+          plan::MeshCoord c = rankContext->mesh->coord(rankContext->rank);
+          const int64_t coords[] = {c.q, c.h, c.p};
+          for (auto [d, axis] : llvm::enumerate(*init.getSplitAxes())) {
+            if (axis > 2)
+              return op->emitOpError()
+                     << "split axis " << axis << " is not an axis of the "
+                     << "(R, H, P) mesh";
+            if (axis >= 0)
+              offsets[d] += coords[axis] * shape[d];
+          }
+        }
+        std::optional<ParamNormalStream> stream;
+        if (init.getKind() == moe::ParamInitKind::normal)
+          stream.emplace(static_cast<uint64_t>(get(init.getSeed()).i64.at(0)),
+                         init.getName().str());
         double std = init.getStd().convertToDouble();
         std::vector<int64_t> index(shape.size(), 0);
         for (int64_t i = 0; i < out.numElements(); ++i) {
           int64_t flat = 0;
-          for (size_t d = 0; d < shape.size(); ++d)
+          bool padding = false;
+          for (size_t d = 0; d < shape.size(); ++d) {
+            padding |= offsets[d] + index[d] >= global[d];
             flat = flat * global[d] + offsets[d] + index[d];
-          out.f32[i] = static_cast<float>(stream.at(flat) * std);
+          }
+          out.f32[i] = padding  ? 0.0f
+                       : stream ? static_cast<float>(stream->at(flat) * std)
+                                : 1.0f;
           for (int64_t d = static_cast<int64_t>(shape.size()) - 1; d >= 0; --d) {
             if (++index[d] < shape[d])
               break;

@@ -298,8 +298,21 @@ LogicalResult ParamInitOp::verify() {
   if (global.size() != shape.size() || offsets.size() != shape.size())
     return emitOpError() << "global_shape and offsets must have rank "
                          << shape.size();
+  SmallVector<int64_t> unsplit(shape.size(), -1);
+  if (static_cast<bool>(getGrid()) != static_cast<bool>(getSplitAxes()))
+    return emitOpError() << "grid and split_axes come together";
+  ArrayRef<int64_t> splitAxes =
+      getSplitAxes() ? *getSplitAxes() : ArrayRef(unsplit);
+  if (splitAxes.size() != shape.size())
+    return emitOpError() << "split_axes must have rank " << shape.size();
   for (size_t d = 0; d < shape.size(); ++d)
-    if (offsets[d] < 0 || offsets[d] + shape[d] > global[d])
+    if (splitAxes[d] < -1)
+      return emitOpError() << "split_axes entry " << splitAxes[d]
+                           << " of dimension " << d
+                           << " is neither a grid axis nor -1";
+  for (size_t d = 0; d < shape.size(); ++d)
+    if (splitAxes[d] < 0 &&
+        (offsets[d] < 0 || offsets[d] + shape[d] > global[d]))
       return emitOpError() << "shard [" << offsets[d] << ", "
                            << offsets[d] + shape[d] << ") of dimension " << d
                            << " is outside the parameter's " << global[d];

@@ -266,6 +266,12 @@ def Moe_ParamInitOp : Moe_Op<"param_init", [Pure]> {
     Any rank can thus create any shard alone, and the global parameter is
     the same for every partitioning.
 
+    In a partitioned program, `grid` and `split_axes` (one entry per
+    dimension: the axis of `grid` that splits it, or -1) make the result
+    each rank's own block: along a split dimension its offset is the
+    rank's coordinate on that axis times the result's size there (plus
+    `offsets`). Elements past the global extent are padding and are 0.
+
     ```mlir
     %w = moe.param_init %seed {name = "model.layers.0.mlp.gate.weight",
         kind = #moe.param_init<normal>, std = 2.0e-02 : f64}
@@ -276,7 +282,9 @@ def Moe_ParamInitOp : Moe_Op<"param_init", [Pure]> {
                        Moe_ParamInitKindAttr:$kind,
                        DefaultValuedAttr<F64Attr, "0.0">:$std,
                        OptionalAttr<DenseI64ArrayAttr>:$global_shape,
-                       OptionalAttr<DenseI64ArrayAttr>:$offsets);
+                       OptionalAttr<DenseI64ArrayAttr>:$offsets,
+                       OptionalAttr<FlatSymbolRefAttr>:$grid,
+                       OptionalAttr<DenseI64ArrayAttr>:$split_axes);
   let results = (outs Moe_FloatTensor:$result);
   let assemblyFormat = [{
     $seed attr-dict `:` functional-type(operands, results)

@@ -35,6 +35,7 @@ namespace {
 
 /// One parameter of the step and everything the pass changes about it.
 struct ShardedParameter {
+  StringRef name;
   BlockArgument param, expAvg, expAvgSq;
   moe::AdamWOp update;
   bool expertLocal = false;
@@ -72,6 +73,8 @@ private:
   LogicalResult rewriteGradientNorm(func::FuncOp step,
                                     ArrayRef<ShardedParameter> params);
   LogicalResult rewriteLosses(func::FuncOp step);
+  LogicalResult shardInitialization(func::FuncOp init,
+                                    ArrayRef<ShardedParameter> params);
 
   plan::Mesh mesh;
 };
@@ -108,11 +111,8 @@ static void layOut(ShardedParameter &p, StringRef name,
     desc.shape[0] *= mesh.expertParallelDegree();
   plan::ParameterLayout layout = plan::layoutParameter(desc, mesh);
   p.localShape.assign(layout.localShape.begin(), layout.localShape.end());
-  p.shardShape = p.localShape;
+  p.shardShape.assign(layout.heldShape.begin(), layout.heldShape.end());
   p.shardDim = layout.shardDim;
-  if (p.shardDim >= 0)
-    p.shardShape[p.shardDim] =
-        llvm::divideCeil(p.localShape[p.shardDim], mesh.shardDegree());
 }
 
 void HybridShardPass::shardParameter(ShardedParameter &p, OpBuilder &b,
@@ -357,6 +357,41 @@ LogicalResult HybridShardPass::rewriteLosses(func::FuncOp step) {
   return success();
 }
 
+LogicalResult
+HybridShardPass::shardInitialization(func::FuncOp init,
+                                     ArrayRef<ShardedParameter> params) {
+  // delayed_param: each rank creates its own experts' shard only, a block
+  // of the same global parameter whatever the mesh.
+  auto ret = cast<func::ReturnOp>(init.getBody().front().getTerminator());
+  for (auto [i, operand] : llvm::enumerate(ret->getOpOperands())) {
+    auto name = init.getResultAttrOfType<StringAttr>(i, "moe.parameter");
+    if (!name)
+      continue;
+    const ShardedParameter *p = llvm::find_if(
+        params, [&](const ShardedParameter &q) { return q.name == name; });
+    if (p == params.end() || (!p->expertLocal && p->shardDim < 0))
+      continue;
+    auto create = operand.get().getDefiningOp<moe::ParamInitOp>();
+    if (!create || !create->hasOneUse())
+      return init.emitOpError()
+             << "returns parameter '" << name.getValue()
+             << "' from something other than its own moe.param_init";
+    SmallVector<int64_t> splitAxes(p->shardShape.size(), -1);
+    if (p->expertLocal)
+      splitAxes[0] = ExpertAxis;
+    if (p->shardDim >= 0)
+      splitAxes[p->shardDim] = ShardAxis;
+    if (!create.getGlobalShape())
+      create.setGlobalShape(create.getType().getShape());
+    create.setGridAttr(FlatSymbolRefAttr::get(&getContext(), kMeshName));
+    create.setSplitAxes(splitAxes);
+    create.getResult().setType(create.getType().clone(p->shardShape));
+  }
+  init.setFunctionType(FunctionType::get(
+      &getContext(), init.getArgumentTypes(), ret.getOperandTypes()));
+  return success();
+}
+
 void HybridShardPass::runOnOperation() {
   ModuleOp module = getOperation();
   auto step = module.lookupSymbol<func::FuncOp>("train_step");
@@ -426,6 +461,7 @@ void HybridShardPass::runOnOperation() {
     if (!name)
       continue;
     ShardedParameter p;
+    p.name = name.getValue();
     p.param = arg;
     p.expAvg = expAvg.lookup(name);
     p.expAvgSq = expAvgSq.lookup(name);
@@ -460,6 +496,10 @@ void HybridShardPass::runOnOperation() {
                    norm ? norm.getOperation() : p.update.getOperation());
   if (failed(rewriteGradientNorm(step, params)))
     return signalPassFailure();
+
+  if (auto init = module.lookupSymbol<func::FuncOp>("init_params"))
+    if (failed(shardInitialization(init, params)))
+      return signalPassFailure();
 
   // Returned gradients (return-gradients) are the reduced shards.
   auto ret = cast<func::ReturnOp>(step.getBody().front().getTerminator());

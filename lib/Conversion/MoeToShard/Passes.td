@@ -29,7 +29,9 @@ def ExpertParallel : Pass<"moe-expert-parallel", "::mlir::ModuleOp"> {
     - each `moe.experts` becomes moe.dispatch → moe.experts on the local
       experts (one choice per received row) → moe.combine, and each
       `moe.experts_grad` its mirror (the output gradient dispatched like the
-      tokens, the input and gate gradients combined back);
+      tokens, the input and gate gradients combined back); activations a
+      moe.experts saves (moe-save-expert-activations) are kept for the
+      received rows;
     - with `global-token-shuffle`, the router's and the experts' input is
       moe.token_shuffle'd across the expert group (seeded by `seed` and the
       step) and the experts' output shuffled back, in the backward too;
@@ -103,6 +105,18 @@ def HybridShard : Pass<"moe-hybrid-shard", "::mlir::ModuleOp"> {
       and its gradients get the same weight; the router z-loss is the mean
       of the ranks' and its gradient scale is divided by W. Expert slot
       counts are summed over all ranks.
+
+    - `@init_params` (delayed_param) creates only the rank's block of each
+      parameter: its `moe.param_init` gets the shard's type, the global
+      shape, and `grid`/`split_axes` (the expert axis for the experts'
+      dimension, the shard axis for the chunked one), so the gathered global
+      parameters are the same bits for every (W, P, H).
+
+    Run it after moe-expert-parallel and moe-specialize-shapes (the loss
+    weighting and the shards need static shapes) and before the
+    compile-only passes (moe-fuse-elementwise, moe-keep-param-copies,
+    moe-plan-memory), which then see the per-rank program. It takes the
+    cross-entropy in either form (moe-fuse-loss-grad or not).
 
     Collectives whose group is one rank are left out. Invalid layouts are
     errors that name the rule and the numbers, as lib/Plan's resolveMesh

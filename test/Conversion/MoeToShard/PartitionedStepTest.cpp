@@ -18,6 +18,8 @@
 #include "moec/InitAll.h"
 #include "moec/Pipelines/Pipelines.h"
 #include "moec/Plan/Mesh.h"
+#include "moec/Plan/Model.h"
+#include "moec/Plan/Plan.h"
 #include "moec/Reference/Executor.h"
 
 #include "dialects/Moe/Transforms/Passes.h"
@@ -406,6 +408,95 @@ TEST_P(PartitionedStepTest, EqualsTheUnpartitionedStep) {
       worstMetric, worstGradient, worstParameter, worstMoment);
 }
 
+/// What depends on the mesh only: one case per (W, P, H).
+class MeshTest : public PartitionedStepTest {};
+
+TEST_P(MeshTest, InitializationIsShardingInvariant) {
+  // Each rank's @init_params creates exactly its block of the global
+  // parameters (zeros as padding), bit for bit.
+  const Layout &layout = GetParam();
+  SCOPED_TRACE(describe(layout));
+  const int64_t w = layout.worldSize;
+  OwningOpRef<ModuleOp> global = build(layout, w * kMicroBatch, false);
+  OwningOpRef<ModuleOp> partitioned = build(layout, kMicroBatch, true);
+  ASSERT_TRUE(global && partitioned);
+  auto rankStep = partitioned->lookupSymbol<func::FuncOp>("train_step");
+  int64_t numExperts = 0;
+  rankStep.walk([&](moe::RouterOp router) {
+    numExperts = router.getLogits().getType().getShape().back();
+  });
+  plan::ParallelConfig config;
+  config.worldSize = w;
+  config.expertParallelDegree = layout.expertParallelDegree;
+  config.hybridShardDegree = layout.shardDegree;
+  llvm::Expected<plan::Mesh> mesh = plan::resolveMesh(config, numExperts);
+  ASSERT_TRUE(static_cast<bool>(mesh));
+
+  HostTensor seed = HostTensor::ints({});
+  seed.i64[0] = 7;
+  std::vector<HostTensor> full;
+  ASSERT_TRUE(succeeded(reference::execute(
+      global->lookupSymbol<func::FuncOp>("init_params"), {seed}, full)));
+  std::vector<std::vector<HostTensor>> perRank;
+  ASSERT_TRUE(succeeded(reference::executeOnRanks(
+      partitioned->lookupSymbol<func::FuncOp>("init_params"), *mesh,
+      std::vector<std::vector<HostTensor>>(w, {seed}), perRank)));
+  for (int64_t rank = 0; rank < w; ++rank)
+    for (unsigned i = 0; i < full.size(); ++i) {
+      // The expert block, then the shard, zero-padded.
+      HostTensor expected = full[i];
+      if (rankStep.getArgAttr(i, kExpertLocalAttrName))
+        expected = shardOf(expected, 0,
+                           expected.shape[0] / mesh->expertParallelDegree(),
+                           mesh->coord(rank).p);
+      int64_t axis = gatherAxis(rankStep.getArgument(i));
+      if (axis >= 0)
+        expected = shardOf(
+            expected, axis,
+            cast<RankedTensorType>(rankStep.getArgument(i).getType())
+                .getDimSize(axis),
+            mesh->coord(rank).h);
+      EXPECT_EQ(perRank[rank][i].shape, expected.shape)
+          << paramName(rankStep, i) << " on rank " << rank;
+      EXPECT_EQ(perRank[rank][i].f32, expected.f32)
+          << paramName(rankStep, i) << " on rank " << rank;
+    }
+}
+
+TEST_P(MeshTest, PlanAgreesWithTheProgram) {
+  // The memory plan's per-rank master parameters, gradients and AdamW
+  // moments are the bytes the partitioned program holds (fp32, padding
+  // included).
+  const Layout &layout = GetParam();
+  SCOPED_TRACE(describe(layout));
+  OwningOpRef<ModuleOp> partitioned = build(layout, kMicroBatch, true);
+  ASSERT_TRUE(partitioned);
+  FailureOr<plan::ProgramStateBytes> program = plan::readStateBytes(
+      partitioned->lookupSymbol<func::FuncOp>("train_step"));
+  FailureOr<plan::ModelDescription> model = plan::describeForward(
+      partitioned->lookupSymbol<func::FuncOp>("forward"));
+  ASSERT_TRUE(succeeded(program) && succeeded(model));
+  plan::ParallelConfig parallel;
+  parallel.worldSize = layout.worldSize;
+  parallel.expertParallelDegree = layout.expertParallelDegree;
+  parallel.hybridShardDegree = layout.shardDegree;
+  plan::TrainingConfig training;
+  training.microBatchSize = kMicroBatch;
+  training.seqLen = kSeq;
+  training.precision = plan::Precision::Fp32;
+  std::optional<plan::GpuSpec> gpu = plan::getGpu(plan::gpuNames().front());
+  ASSERT_TRUE(gpu.has_value());
+  llvm::Expected<plan::TrainingPlan> trainingPlan =
+      plan::makePlan(*model, parallel, training, *gpu, plan::Efficiency());
+  ASSERT_TRUE(static_cast<bool>(trainingPlan))
+      << llvm::toString(trainingPlan.takeError());
+  for (const plan::MemoryBreakdown &memory : trainingPlan->memory) {
+    EXPECT_EQ(memory.masterParams, program->parameters);
+    EXPECT_EQ(memory.gradients, program->gradients);
+    EXPECT_EQ(memory.optimizerStates, program->optimizerStates);
+  }
+}
+
 /// Every valid (W, P, H) with W in {1, 2, 4, 8} for both models and every
 /// routing, with the all-to-all dispatcher; where P > 1, also the all-gather
 /// dispatcher and, for the per-token routings, the token shuffle. Sinkhorn
@@ -463,5 +554,17 @@ INSTANTIATE_TEST_SUITE_P(Matrix, PartitionedStepTest,
                          ::testing::ValuesIn(matrix()), testName);
 INSTANTIATE_TEST_SUITE_P(Skewed, PartitionedStepTest,
                          ::testing::ValuesIn(skewedMatrix()), testName);
+
+std::vector<Layout> meshes() {
+  std::vector<Layout> layouts;
+  for (const Layout &layout : matrix())
+    if (layout.routing == std::string("none") &&
+        layout.dispatcher == std::string("all_to_all") && !layout.shuffle)
+      layouts.push_back(layout);
+  return layouts;
+}
+
+INSTANTIATE_TEST_SUITE_P(Meshes, MeshTest,
+                         ::testing::ValuesIn(meshes()), testName);
 
 } // namespace

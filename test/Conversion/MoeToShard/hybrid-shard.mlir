@@ -1,5 +1,5 @@
 // RUN: moec-opt %s -moe-build-train-step="load-balancing=none z-loss-coef=0.001" -canonicalize -cse -moe-hybrid-shard="world-size=8 hybrid-shard-degree=4" | FileCheck %s
-// RUN: moec-opt %s -moe-build-train-step="load-balancing=none" -canonicalize -cse -moe-widen-weight-grads -moe-fuse-loss-grad -moe-hybrid-shard="world-size=6 hybrid-shard-degree=3" | FileCheck %s --check-prefix=PAD
+// RUN: moec-opt %s -moe-build-init-params -moe-build-train-step="load-balancing=none" -canonicalize -cse -moe-widen-weight-grads -moe-fuse-loss-grad -moe-hybrid-shard="world-size=6 hybrid-shard-degree=3" | FileCheck %s --check-prefix=PAD
 // RUN: moec-opt %s -moe-build-train-step="load-balancing=none" -canonicalize -cse -moe-hybrid-shard="world-size=2 sharding-strategy=no_shard" | FileCheck %s --check-prefix=NOSHARD
 // RUN: moec-opt %s -moe-build-train-step="load-balancing=none" -canonicalize -cse -moe-hybrid-shard | FileCheck %s --check-prefix=ONE
 
@@ -92,6 +92,11 @@ func.func @forward(%ids: tensor<2x8xi64> {moe.input = "input_ids"},
 // PAD: %[[ZEROS:.+]] = arith.constant dense<0.000000e+00> : tensor<66x16xf32>
 // PAD: %[[PADDED:.+]] = tensor.insert_slice %[[DTABLE]] into %[[ZEROS]][0, 0] [64, 16] [1, 1] : tensor<64x16xf32> into tensor<66x16xf32>
 // PAD: shard.reduce_scatter %[[PADDED]] on @mesh grid_axes = [1] scatter_axis = 0 : tensor<66x16xf32> -> tensor<22x16xf32>
+// Each rank creates only its block of every parameter (delayed_param).
+// PAD-LABEL: func.func @init_params(
+// PAD-SAME: -> (tensor<22x16xf32> {moe.parameter = "embed.weight"}, tensor<6xf32> {moe.parameter = "norm.weight"}
+// PAD: moe.param_init %{{.+}} {global_shape = array<i64: 64, 16>, grid = @mesh, kind = #moe.param_init<normal>, name = "embed.weight", split_axes = array<i64: 1, -1>, std = 2.000000e-02 : f64} : (tensor<i64>) -> tensor<22x16xf32>
+// PAD: moe.param_init %{{.+}} {global_shape = array<i64: 16>, grid = @mesh, kind = #moe.param_init<ones>, name = "norm.weight", split_axes = array<i64: 1>} : (tensor<i64>) -> tensor<6xf32>
 
 // no_shard on 2 ranks: full states, no gathers; gradients only all-reduced;
 // the local norm is the global one.

@@ -546,3 +546,21 @@ func.func @router_groups(%l: tensor<2x5x4xf32>) {
   %g, %e = moe.router %l {k = 2 : i64, load_balancing = #moe.load_balancing<sinkhorn>, tokens_per_group = 4 : i64} : (tensor<2x5x4xf32>) -> (tensor<2x5x2xf32>, tensor<2x5x2xi64>)
   return
 }
+
+// -----
+
+// A rank's block needs both the grid and the axes that split it.
+func.func @param_init_split_without_grid(%seed: tensor<i64>) {
+  // expected-error@+1 {{'moe.param_init' op grid and split_axes come together}}
+  %w = moe.param_init %seed {name = "w", kind = #moe.param_init<ones>, global_shape = array<i64: 8>, split_axes = array<i64: 1>} : (tensor<i64>) -> tensor<4xf32>
+  return
+}
+
+// -----
+
+// One split axis per dimension.
+func.func @param_init_split_rank(%seed: tensor<i64>) {
+  // expected-error@+1 {{'moe.param_init' op split_axes must have rank 2}}
+  %w = moe.param_init %seed {name = "w", kind = #moe.param_init<ones>, global_shape = array<i64: 8, 4>, grid = @mesh, split_axes = array<i64: 1>} : (tensor<i64>) -> tensor<4x4xf32>
+  return
+}

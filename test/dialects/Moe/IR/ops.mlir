@@ -146,3 +146,10 @@ func.func @router_groups(%logits: tensor<2x8x4xf32>) -> tensor<2x8x2xi64> {
   %g, %e = moe.router %logits {k = 2 : i64, load_balancing = #moe.load_balancing<sinkhorn>, tokens_per_group = 8 : i64} : (tensor<2x8x4xf32>) -> (tensor<2x8x2xf32>, tensor<2x8x2xi64>)
   return %e : tensor<2x8x2xi64>
 }
+
+// CHECK-LABEL: func.func @param_init_block
+// CHECK: moe.param_init %{{.+}} {global_shape = array<i64: 8, 6>, grid = @mesh, kind = #moe.param_init<normal>, name = "w", split_axes = array<i64: 2, 1>, std = 5.000000e-01 : f64} : (tensor<i64>) -> tensor<4x3xf32>
+func.func @param_init_block(%seed: tensor<i64>) -> tensor<4x3xf32> {
+  %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.5 : f64, global_shape = array<i64: 8, 6>, grid = @mesh, split_axes = array<i64: 2, 1>} : (tensor<i64>) -> tensor<4x3xf32>
+  return %w : tensor<4x3xf32>
+}
