@@ -10,7 +10,7 @@
 
 #include "moec/Reference/ExpertParallel.h"
 
-#include "moec/Support/ParamInit.h"
+#include "moert/CounterRng.h"
 
 #include "fmt/format.h"
 
@@ -393,9 +393,9 @@ std::vector<int64_t> reference::tokenPermutation(uint64_t seed, int64_t step,
   std::vector<int64_t> permutation(n);
   std::iota(permutation.begin(), permutation.end(), int64_t{0});
   uint64_t stream =
-      splitmix64(splitmix64(seed) ^ static_cast<uint64_t>(step));
+      moert::splitmix64(moert::splitmix64(seed) ^ static_cast<uint64_t>(step));
   for (int64_t i = n - 1; i > 0; --i) {
-    uint64_t j = splitmix64(stream ^ static_cast<uint64_t>(i)) %
+    uint64_t j = moert::splitmix64(stream ^ static_cast<uint64_t>(i)) %
                  static_cast<uint64_t>(i + 1);
     std::swap(permutation[i], permutation[j]);
   }

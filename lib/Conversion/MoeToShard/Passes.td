@@ -29,7 +29,9 @@ def ExpertParallel : Pass<"moe-expert-parallel", "::mlir::ModuleOp"> {
     - each `moe.experts` becomes moe.dispatch → moe.experts on the local
       experts (one choice per received row) → moe.combine, and each
       `moe.experts_grad` its mirror (the output gradient dispatched like the
-      tokens, the input and gate gradients combined back);
+      tokens, the input and gate gradients combined back); activations a
+      moe.experts saves (moe-save-expert-activations) are kept for the
+      received rows;
     - with `global-token-shuffle`, the router's and the experts' input is
       moe.token_shuffle'd across the expert group (seeded by `seed` and the
       step) and the experts' output shuffled back, in the backward too;

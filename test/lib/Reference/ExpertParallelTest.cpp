@@ -203,6 +203,32 @@ TEST(DispatchCombine, RejectsAnExpertOutsideTheGroup) {
   }));
 }
 
+TEST(DispatchCombine, RejectsRowsTheCountsDoNotAccountFor) {
+  EXPECT_FALSE(onGroup(1, [&](const ExpertGroup &group) {
+    HostTensor out;
+    std::string error;
+    bool ok = combine(group, DispatchKind::AllToAll, floats({3, 1}, {1, 2, 3}),
+                      ints({2, 1}, {0, 0}), ints({1, 1}, {2}), out, error);
+    EXPECT_EQ(error, "rows [3, 1] do not match the 2 rows the counts say "
+                     "were received");
+    return ok;
+  }));
+}
+
+TEST(TokenShuffle, RejectsRanksWithDifferentTokenCounts) {
+  std::vector<std::string> errors(2);
+  EXPECT_FALSE(onGroup(2, [&](const ExpertGroup &group) {
+    HostTensor out;
+    int64_t tokens = group.rank == 0 ? 2 : 3;
+    bool ok = tokenShuffle(group, HostTensor::floats({tokens, 1}), 1, 1,
+                           false, out, errors[group.rank]);
+    return ok;
+  }));
+  EXPECT_EQ(errors[1], "moe.token_shuffle needs the same number of tokens on "
+                       "every rank of the group, but group rank 0 has 2 and "
+                       "group rank 1 has 3");
+}
+
 TEST(TokenShuffle, PermutesTheGroupAndTheInverseRestores) {
   const int64_t p = 4, tokens = 3, hidden = 2;
   std::vector<HostTensor> shuffled(p), restored(p);

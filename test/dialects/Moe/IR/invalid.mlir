@@ -573,3 +573,93 @@ func.func @param_init_split_axis(%seed: tensor<i64>) {
   %w = moe.param_init %seed {name = "w", kind = #moe.param_init<ones>, global_shape = array<i64: 8>, grid = @mesh, split_axes = array<i64: -2>} : (tensor<i64>) -> tensor<4xf32>
   return
 }
+
+// -----
+
+// Tests that gates and row gates come together (gates without row gates).
+func.func @dispatch_gates_without_row_gates(%x: tensor<16x32xf32>, %e: tensor<16x2xi64>, %g: tensor<16x2xf32>) {
+  // expected-error@+1 {{'moe.dispatch' op has gates but no row_gates result}}
+  %r, %re, %c = moe.dispatch %x, %e gates(%g) on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<16x32xf32>, tensor<16x2xi64>, tensor<16x2xf32>) -> (tensor<?x32xf32>, tensor<?x1xi64>, tensor<2x2xi64>)
+  return
+}
+
+// -----
+
+// Tests that a routed collective names at least one grid axis.
+func.func @dispatch_no_axes(%x: tensor<16x32xf32>, %e: tensor<16x2xi64>) {
+  // expected-error@+1 {{'moe.dispatch' op grid_axes must name at least one axis}}
+  %r, %re, %c = moe.dispatch %x, %e on @mesh grid_axes = [] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<16x32xf32>, tensor<16x2xi64>) -> (tensor<?x32xf32>, tensor<?x1xi64>, tensor<2x2xi64>)
+  return
+}
+
+// -----
+
+// Tests that grid axes are not negative.
+func.func @combine_negative_axis(%r: tensor<?x32xf32>, %e: tensor<16x2xi64>, %c: tensor<2x2xi64>) {
+  // expected-error@+1 {{'moe.combine' op grid axis -1 is negative}}
+  %y = moe.combine %r, %e, %c on @mesh grid_axes = [-1] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<?x32xf32>, tensor<16x2xi64>, tensor<2x2xi64>) -> tensor<16x32xf32>
+  return
+}
+
+// -----
+
+// Tests that combined rows are a matrix.
+func.func @combine_rows_rank(%r: tensor<?x4x8xf32>, %e: tensor<16x2xi64>, %c: tensor<2x2xi64>) {
+  // expected-error@+1 {{'moe.combine' op rows must be [rows, width] but have rank 3}}
+  %y = moe.combine %r, %e, %c on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<?x4x8xf32>, tensor<16x2xi64>, tensor<2x2xi64>) -> tensor<16x32xf32>
+  return
+}
+
+// -----
+
+// Tests that a combine's counts have a static shape.
+func.func @combine_counts(%r: tensor<?x32xf32>, %e: tensor<16x2xi64>, %c: tensor<?x2xi64>) {
+  // expected-error@+1 {{'moe.combine' op counts must be a static [group_size, num_local_experts] tensor but are 'tensor<?x2xi64>'}}
+  %y = moe.combine %r, %e, %c on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<?x32xf32>, tensor<16x2xi64>, tensor<?x2xi64>) -> tensor<16x32xf32>
+  return
+}
+
+// -----
+
+// Tests that every layer's logits have the same experts.
+func.func @load_balancing_stats_layers(%a: tensor<16x4xf32>, %b: tensor<16x8xf32>) {
+  // expected-error@+1 {{'moe.load_balancing_stats' op logits of layer 1 have 8 experts but earlier layers have 4}}
+  %s = moe.load_balancing_stats %a, %b {k = 2 : i64} : (tensor<16x4xf32>, tensor<16x8xf32>) -> tensor<2x4xf32>
+  return
+}
+
+// -----
+
+// Tests that load-balancing statistics need at least one layer.
+func.func @load_balancing_stats_empty() {
+  // expected-error@+1 {{'moe.load_balancing_stats' op needs the router logits of at least one layer}}
+  %s = moe.load_balancing_stats {k = 2 : i64} : () -> tensor<2x4xf32>
+  return
+}
+
+// -----
+
+// Tests that a combine's expert choices have a choice dimension.
+func.func @combine_experts_rank(%r: tensor<?x32xf32>, %e: tensor<i64>, %c: tensor<2x2xi64>) {
+  // expected-error@+1 {{'moe.combine' op experts must have rank at least 1}}
+  %y = moe.combine %r, %e, %c on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<?x32xf32>, tensor<i64>, tensor<2x2xi64>) -> tensor<32xf32>
+  return
+}
+
+// -----
+
+// Tests that a dispatch's input has a hidden dimension.
+func.func @dispatch_input_rank(%x: tensor<f32>, %e: tensor<2xi64>) {
+  // expected-error@+1 {{'moe.dispatch' op input must have rank at least 1}}
+  %r, %re, %c = moe.dispatch %x, %e on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<f32>, tensor<2xi64>) -> (tensor<?x1xf32>, tensor<?x1xi64>, tensor<2x2xi64>)
+  return
+}
+
+// -----
+
+// Tests that a token shuffle moves tokens of a hidden dimension.
+func.func @token_shuffle_rank(%x: tensor<f32>, %s: tensor<i64>) {
+  // expected-error@+1 {{'moe.token_shuffle' op input must have rank at least 1}}
+  %y = moe.token_shuffle %x, %s on @mesh grid_axes = [2] {seed = 0 : i64} : (tensor<f32>, tensor<i64>) -> tensor<f32>
+  return
+}
