@@ -19,6 +19,8 @@ int64_t ParameterLayout::numLocalElements() const {
   return product(localShape);
 }
 
+int64_t ParameterLayout::numHeldElements() const { return product(heldShape); }
+
 int64_t Shard::numElements() const { return product(shape); }
 
 ParameterLayout moec::plan::layoutParameter(const Parameter &param,
@@ -33,6 +35,7 @@ ParameterLayout moec::plan::layoutParameter(const Parameter &param,
   }
   const int64_t h = mesh.shardDegree();
   const int64_t rank = static_cast<int64_t>(layout.localShape.size());
+  layout.heldShape = layout.localShape;
   if (h == 1 || firstShardable >= rank)
     return layout;
   layout.shardDim = firstShardable;
@@ -42,6 +45,8 @@ ParameterLayout moec::plan::layoutParameter(const Parameter &param,
       break;
     }
   }
+  layout.heldShape[layout.shardDim] =
+      (layout.localShape[layout.shardDim] + h - 1) / h;
   return layout;
 }
 
@@ -102,5 +107,20 @@ int64_t ModelPlacement::unitLocalElements(int64_t unit) const {
   for (size_t i = 0; i < paramLayouts.size(); ++i)
     if (modelDesc->parameters[i].unit == unit)
       n += paramLayouts[i].numLocalElements();
+  return n;
+}
+
+int64_t ModelPlacement::heldElements() const {
+  int64_t n = 0;
+  for (const ParameterLayout &layout : paramLayouts)
+    n += layout.numHeldElements();
+  return n;
+}
+
+int64_t ModelPlacement::heldElements(ParameterKind kind) const {
+  int64_t n = 0;
+  for (size_t i = 0; i < paramLayouts.size(); ++i)
+    if (modelDesc->parameters[i].kind == kind)
+      n += paramLayouts[i].numHeldElements();
   return n;
 }

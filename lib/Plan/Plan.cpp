@@ -241,7 +241,8 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
 
   plan.memory.resize(w);
   for (int64_t rank = 0; rank < w; ++rank) {
-    const int64_t shard = placement.shardElements(rank);
+    // Every rank allocates its shards padded to one shape.
+    const int64_t shard = placement.heldElements();
     MemoryBreakdown &mem = plan.memory[rank];
     mem.computeParams = bf16 ? 2 * shard : 0;
     mem.gatheredParams = hs > 1 ? a * maxPair : 0;
@@ -309,10 +310,9 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
       GroupKind::Shard, gradBytes * decoder, layers * accum, true);
   add("head gradients", CollectiveKind::ReduceScatter, GroupKind::Shard,
       gradBytes * head, accum, true);
-  const int64_t denseShard =
-      placement.shardElements(0, ParameterKind::Dense) +
-      placement.shardElements(0, ParameterKind::Embedding);
-  const int64_t expertShard = placement.shardElements(0, ParameterKind::Expert);
+  const int64_t denseShard = placement.heldElements(ParameterKind::Dense) +
+                             placement.heldElements(ParameterKind::Embedding);
+  const int64_t expertShard = placement.heldElements(ParameterKind::Expert);
   add("dense gradient shards", CollectiveKind::AllReduce,
       GroupKind::DenseReplica, 4 * denseShard, 1, true);
   add("expert gradient shards", CollectiveKind::AllReduce, GroupKind::Replica,
@@ -354,11 +354,9 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
       std::max(0.0, step.shardingSeconds - step.computeSeconds);
   // AdamW reads master, gradient and both moments and writes master, moments
   // (and the bf16 copy): 30 bytes per element in bf16, 28 in fp32.
-  int64_t maxShard = 0;
-  for (int64_t rank = 0; rank < w; ++rank)
-    maxShard = std::max(maxShard, placement.shardElements(rank));
-  step.optimizerSeconds =
-      double(maxShard) * (bf16 ? 30 : 28) / gpu.memoryBandwidth;
+  // Every rank updates its padded shards.
+  step.optimizerSeconds = double(placement.heldElements()) * (bf16 ? 30 : 28) /
+                          gpu.memoryBandwidth;
   step.stepSeconds = step.computeSeconds + step.dispatchSeconds +
                      step.exposedShardingSeconds + step.optimizerSeconds;
   step.tokensPerSecond = step.tokens / step.stepSeconds;

@@ -8,13 +8,16 @@
 
 #include "moec/Reference/Executor.h"
 
+#include "Collectives.h"
 #include "dialects/Moe/IR/MoeOps.h"
+#include "moec/Reference/ExpertParallel.h"
 #include "moec/Reference/Kernels.h"
 #include "moec/Support/ParamInit.h"
 #include "moec/Support/Routing.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Linalg/IR/Linalg.h"
+#include "mlir/Dialect/Shard/IR/ShardOps.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/IR/BuiltinAttributes.h"
 #include "llvm/ADT/DenseMap.h"
@@ -22,6 +25,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <thread>
 
 using namespace mlir;
 using namespace moec;
@@ -83,8 +87,55 @@ HostTensor fromAttribute(DenseElementsAttr attr) {
   return t;
 }
 
+/// Row-major strides of `shape`.
+std::vector<int64_t> stridesOf(ArrayRef<int64_t> shape) {
+  std::vector<int64_t> strides(shape.size(), 1);
+  for (int64_t d = static_cast<int64_t>(shape.size()) - 2; d >= 0; --d)
+    strides[d] = strides[d + 1] * shape[d + 1];
+  return strides;
+}
+
+/// Copies the box of `sizes` at `offsets` of `from` to the box at
+/// `toOffsets` of `to` (unit strides, in bounds).
+void copyBox(const HostTensor &from, ArrayRef<int64_t> fromOffsets,
+             HostTensor &to, ArrayRef<int64_t> toOffsets,
+             ArrayRef<int64_t> sizes) {
+  std::vector<int64_t> fromStrides = stridesOf(from.shape),
+                       toStrides = stridesOf(to.shape);
+  int64_t count = 1;
+  for (int64_t size : sizes)
+    count *= size;
+  std::vector<int64_t> index(sizes.size(), 0);
+  for (int64_t i = 0; i < count; ++i) {
+    int64_t src = 0, dst = 0;
+    for (size_t d = 0; d < sizes.size(); ++d) {
+      src += (fromOffsets[d] + index[d]) * fromStrides[d];
+      dst += (toOffsets[d] + index[d]) * toStrides[d];
+    }
+    if (from.isFloat())
+      to.f32[dst] = from.f32[src];
+    else
+      to.i64[dst] = from.i64[src];
+    for (int64_t d = static_cast<int64_t>(index.size()) - 1; d >= 0; --d) {
+      if (++index[d] < sizes[d])
+        break;
+      index[d] = 0;
+    }
+  }
+}
+
+/// Whether a slice op has static offsets and sizes and unit strides.
+bool isStaticUnitSlice(OffsetSizeAndStrideOpInterface slice) {
+  return !ShapedType::isDynamicShape(slice.getStaticOffsets()) &&
+         !ShapedType::isDynamicShape(slice.getStaticSizes()) &&
+         llvm::all_of(slice.getStaticStrides(),
+                      [](int64_t s) { return s == 1; });
+}
+
 class Interpreter {
 public:
+  explicit Interpreter(const RankContext *rankContext = nullptr)
+      : rankContext(rankContext) {}
   LogicalResult run(func::FuncOp func, const std::vector<HostTensor> &args,
                     std::vector<HostTensor> &results);
 
@@ -114,9 +165,35 @@ private:
     return op->emitOpError() << "reference execution failed: " << error;
   }
   LogicalResult execute(Operation *op);
+  /// The expert group of a routed collective (moe.dispatch, moe.combine,
+  /// moe.token_shuffle) on `gridAxes` of `grid`.
+  LogicalResult routedGroup(Operation *op, FlatSymbolRefAttr grid,
+                            ArrayRef<int16_t> gridAxes, ExpertGroup &group);
 
   llvm::DenseMap<Value, HostTensor> env;
+  /// The rank this interpreter runs as; null when it runs alone.
+  const RankContext *rankContext;
 };
+
+LogicalResult Interpreter::routedGroup(Operation *op, FlatSymbolRefAttr grid,
+                                       ArrayRef<int16_t> gridAxes,
+                                       ExpertGroup &group) {
+  FailureOr<std::vector<int64_t>> ranks =
+      processGroup(op, grid.getValue(), gridAxes, rankContext);
+  if (failed(ranks))
+    return failure();
+  group.communicator = rankContext->communicator;
+  group.rank = rankContext->rank;
+  group.ranks = std::move(*ranks);
+  group.groupRank = llvm::find(group.ranks, group.rank) - group.ranks.begin();
+  return success();
+}
+
+/// The reference dispatcher of a moe.dispatch/moe.combine attribute.
+DispatchKind dispatchKind(moe::Dispatcher dispatcher) {
+  return dispatcher == moe::Dispatcher::all_gather ? DispatchKind::AllGather
+                                                   : DispatchKind::AllToAll;
+}
 
 LogicalResult Interpreter::execute(Operation *op) {
   std::string error;
@@ -156,6 +233,84 @@ LogicalResult Interpreter::execute(Operation *op) {
               return failure();
             return set(op, op->getResult(0), std::move(out));
           })
+      .Case([&](arith::MaximumFOp m) -> LogicalResult {
+        const HostTensor &a = get(m.getLhs()), &b = get(m.getRhs());
+        if (a.shape != b.shape)
+          return op->emitOpError() << "operands of shapes " << a.shapeString()
+                                   << " and " << b.shapeString();
+        out = a;
+        for (size_t i = 0; i < out.f32.size(); ++i)
+          out.f32[i] = std::isnan(a.f32[i]) || std::isnan(b.f32[i])
+                           ? NAN
+                           : std::max(a.f32[i], b.f32[i]);
+        return set(op, m.getResult(), std::move(out));
+      })
+      .Case([&](tensor::ExtractSliceOp e) -> LogicalResult {
+        if (!isStaticUnitSlice(e))
+          return op->emitOpError() << "reference executor needs static "
+                                      "offsets and sizes and unit strides";
+        if (e.getSourceType().getRank() != e.getResultType().getRank())
+          return op->emitOpError() << "reference executor does not drop "
+                                      "dimensions in a slice";
+        const HostTensor &in = get(e.getSource());
+        std::vector<int64_t> shape(e.getStaticSizes().begin(),
+                                   e.getStaticSizes().end());
+        out = in.isFloat() ? HostTensor::floats(shape) : HostTensor::ints(shape);
+        std::vector<int64_t> zeros(shape.size(), 0);
+        copyBox(in, e.getStaticOffsets(), out, zeros, shape);
+        return set(op, e.getResult(), std::move(out));
+      })
+      .Case([&](tensor::InsertSliceOp e) -> LogicalResult {
+        if (!isStaticUnitSlice(e))
+          return op->emitOpError() << "reference executor needs static "
+                                      "offsets and sizes and unit strides";
+        if (e.getSourceType().getRank() != e.getResultType().getRank())
+          return op->emitOpError() << "reference executor does not insert "
+                                      "slices of lower rank";
+        const HostTensor &in = get(e.getSource());
+        out = get(e.getDest());
+        std::vector<int64_t> zeros(in.shape.size(), 0);
+        copyBox(in, zeros, out, e.getStaticOffsets(), in.shape);
+        return set(op, e.getResult(), std::move(out));
+      })
+      .Case([&](linalg::BroadcastOp b) -> LogicalResult {
+        // Result index -> input index: drop the broadcast dimensions.
+        const HostTensor &in = get(b.getInput());
+        auto type = cast<RankedTensorType>(b.getInit().getType());
+        std::vector<int64_t> shape(type.getShape().begin(),
+                                   type.getShape().end());
+        out = in.isFloat() ? HostTensor::floats(shape) : HostTensor::ints(shape);
+        std::vector<int64_t> inStrides = stridesOf(in.shape);
+        std::vector<int64_t> strideOfDim(shape.size(), 0);
+        for (int64_t d = 0, i = 0; d < static_cast<int64_t>(shape.size()); ++d)
+          if (!llvm::is_contained(b.getDimensions(), d))
+            strideOfDim[d] = inStrides[i++];
+        std::vector<int64_t> index(shape.size(), 0);
+        for (int64_t i = 0; i < out.numElements(); ++i) {
+          int64_t src = 0;
+          for (size_t d = 0; d < shape.size(); ++d)
+            src += index[d] * strideOfDim[d];
+          if (in.isFloat())
+            out.f32[i] = in.f32[src];
+          else
+            out.i64[i] = in.i64[src];
+          for (int64_t d = static_cast<int64_t>(index.size()) - 1; d >= 0;
+               --d) {
+            if (++index[d] < shape[d])
+              break;
+            index[d] = 0;
+          }
+        }
+        return set(op, b.getResult()[0], std::move(out));
+      })
+      .Case([&](moe::TargetCountOp c) -> LogicalResult {
+        if (failed(kernel(op,
+                          targetCount(get(c.getLabels()), c.getIgnoreIndex(),
+                                      out, error),
+                          error)))
+          return failure();
+        return set(op, c.getCount(), std::move(out));
+      })
       .Case([&](arith::NegFOp n) -> LogicalResult {
         out = get(n.getOperand());
         for (float &x : out.f32)
@@ -222,6 +377,9 @@ LogicalResult Interpreter::execute(Operation *op) {
         const HostTensor &in = get(e.getSrc());
         out = in;
         out.shape.clear();
+        // A 0-d source expands to unit dimensions only.
+        if (in.shape.empty())
+          out.shape.assign(e.getResultType().getRank(), 1);
         for (auto [source, group] :
              llvm::enumerate(e.getReassociationIndices())) {
           int64_t known = 1;
@@ -322,13 +480,32 @@ LogicalResult Interpreter::execute(Operation *op) {
         return set(op, l.getResult(), std::move(out));
       })
       .Case([&](moe::RouterOp r) -> LogicalResult {
-        HostTensor experts;
-        if (failed(kernel(op,
-                          route(get(r.getLogits()), r.getK(),
-                                routingOf(r.getLoadBalancing()), out, experts,
-                                error, r.getTraining()),
-                          error)))
-          return failure();
+        const HostTensor &logits = get(r.getLogits());
+        const int64_t numExperts = logits.shape.back(), k = r.getK();
+        const int64_t tokens = logits.numElements() / numExperts;
+        const int64_t group =
+            r.getTokensPerGroup() ? r.getTokensPerGroup() : tokens;
+        std::vector<int64_t> shape = logits.shape;
+        shape.back() = k;
+        out = HostTensor::floats(shape);
+        HostTensor experts = HostTensor::ints(shape);
+        // Each group of tokens is routed alone, as its own [group, E].
+        for (int64_t first = 0; first < tokens; first += group) {
+          HostTensor groupLogits = HostTensor::floats({group, numExperts});
+          std::copy_n(logits.f32.begin() + first * numExperts,
+                      group * numExperts, groupLogits.f32.begin());
+          HostTensor groupGates, groupExperts;
+          if (failed(kernel(op,
+                            route(groupLogits, k,
+                                  routingOf(r.getLoadBalancing()), groupGates,
+                                  groupExperts, error, r.getTraining()),
+                            error)))
+            return failure();
+          std::copy(groupGates.f32.begin(), groupGates.f32.end(),
+                    out.f32.begin() + first * k);
+          std::copy(groupExperts.i64.begin(), groupExperts.i64.end(),
+                    experts.i64.begin() + first * k);
+        }
         if (failed(set(op, r.getGates(), std::move(out))))
           return failure();
         return set(op, r.getExperts(), std::move(experts));
@@ -353,26 +530,44 @@ LogicalResult Interpreter::execute(Operation *op) {
         std::vector<int64_t> shape(type.getShape().begin(),
                                    type.getShape().end());
         out = HostTensor::floats(shape);
-        if (init.getKind() == moe::ParamInitKind::ones) {
-          std::fill(out.f32.begin(), out.f32.end(), 1.0f);
-          return set(op, init.getResult(), std::move(out));
-        }
-        // Element index in the full parameter, from the shard's offsets.
+        // Element index in the full parameter, from the shard's offsets and,
+        // in a partitioned program, the rank's block.
         ArrayRef<int64_t> global =
             init.getGlobalShape() ? *init.getGlobalShape() : type.getShape();
         SmallVector<int64_t> offsets(shape.size(), 0);
         if (init.getOffsets())
           offsets.assign(init.getOffsets()->begin(), init.getOffsets()->end());
-        ParamNormalStream stream(
-            static_cast<uint64_t>(get(init.getSeed()).i64.at(0)),
-            init.getName().str());
+        if (init.getSplitAxes()) {
+          if (!rankContext || !rankContext->mesh)
+            return op->emitOpError() << "needs a rank: run the partitioned "
+                                        "function on simulated ranks";
+          plan::MeshCoord c = rankContext->mesh->coord(rankContext->rank);
+          const int64_t coords[] = {c.q, c.h, c.p};
+          for (auto [d, axis] : llvm::enumerate(*init.getSplitAxes())) {
+            if (axis > 2)
+              return op->emitOpError()
+                     << "split axis " << axis << " is not an axis of the "
+                     << "(R, H, P) mesh";
+            if (axis >= 0)
+              offsets[d] += coords[axis] * shape[d];
+          }
+        }
+        std::optional<ParamNormalStream> stream;
+        if (init.getKind() == moe::ParamInitKind::normal)
+          stream.emplace(static_cast<uint64_t>(get(init.getSeed()).i64.at(0)),
+                         init.getName().str());
         double std = init.getStd().convertToDouble();
         std::vector<int64_t> index(shape.size(), 0);
         for (int64_t i = 0; i < out.numElements(); ++i) {
           int64_t flat = 0;
-          for (size_t d = 0; d < shape.size(); ++d)
+          bool padding = false;
+          for (size_t d = 0; d < shape.size(); ++d) {
+            padding |= offsets[d] + index[d] >= global[d];
             flat = flat * global[d] + offsets[d] + index[d];
-          out.f32[i] = static_cast<float>(stream.at(flat) * std);
+          }
+          out.f32[i] = padding  ? 0.0f
+                       : stream ? static_cast<float>(stream->at(flat) * std)
+                                : 1.0f;
           for (int64_t d = static_cast<int64_t>(shape.size()) - 1; d >= 0; --d) {
             if (++index[d] < shape[d])
               break;
@@ -572,6 +767,94 @@ LogicalResult Interpreter::execute(Operation *op) {
           return failure();
         return set(op, a.getNewExpAvgSq(), std::move(v));
       })
+      .Case([&](shard::AllGatherOp g) -> LogicalResult {
+        if (failed(runAllGather(g, rankContext, get(g.getInput()), out)))
+          return failure();
+        return set(op, g.getResult(), std::move(out));
+      })
+      .Case([&](shard::ReduceScatterOp r) -> LogicalResult {
+        if (failed(runReduceScatter(r, rankContext, get(r.getInput()), out)))
+          return failure();
+        return set(op, r.getResult(), std::move(out));
+      })
+      .Case([&](shard::AllReduceOp r) -> LogicalResult {
+        if (failed(runAllReduce(r, rankContext, get(r.getInput()), out)))
+          return failure();
+        return set(op, r.getResult(), std::move(out));
+      })
+      .Case([&](moe::DispatchOp d) -> LogicalResult {
+        ExpertGroup group;
+        if (failed(routedGroup(op, d.getGridAttr(), d.getGridAxes(), group)))
+          return failure();
+        HostTensor rowExperts, counts, rowGates;
+        if (failed(kernel(
+                op,
+                dispatch(group, dispatchKind(d.getDispatcher()),
+                         get(d.getInput()), get(d.getExperts()),
+                         d.getGates() ? &get(d.getGates()) : nullptr,
+                         d.getNumLocalExperts(), out, rowExperts, counts,
+                         d.getGates() ? &rowGates : nullptr, error),
+                error)) ||
+            failed(set(op, d.getRows(), std::move(out))) ||
+            failed(set(op, d.getRowExperts(), std::move(rowExperts))) ||
+            failed(set(op, d.getCounts(), std::move(counts))))
+          return failure();
+        if (d.getRowGates())
+          return set(op, d.getRowGates(), std::move(rowGates));
+        return success();
+      })
+      .Case([&](moe::CombineOp c) -> LogicalResult {
+        ExpertGroup group;
+        if (failed(routedGroup(op, c.getGridAttr(), c.getGridAxes(), group)) ||
+            failed(kernel(op,
+                          combine(group, dispatchKind(c.getDispatcher()),
+                                  get(c.getRows()), get(c.getExperts()),
+                                  get(c.getCounts()), out, error),
+                          error)))
+          return failure();
+        return set(op, c.getResult(), std::move(out));
+      })
+      .Case([&](moe::TokenShuffleOp s) -> LogicalResult {
+        ExpertGroup group;
+        if (failed(routedGroup(op, s.getGridAttr(), s.getGridAxes(), group)) ||
+            failed(kernel(op,
+                          tokenShuffle(group, get(s.getInput()),
+                                       static_cast<uint64_t>(s.getSeed()),
+                                       get(s.getStep()).i64[0],
+                                       s.getInverse(), out, error),
+                          error)))
+          return failure();
+        return set(op, s.getResult(), std::move(out));
+      })
+      .Case([&](moe::LoadBalancingStatsOp s) -> LogicalResult {
+        if (failed(kernel(op,
+                          loadBalancingStats(all(s.getLogits()), s.getK(),
+                                             out, error),
+                          error)))
+          return failure();
+        return set(op, s.getStats(), std::move(out));
+      })
+      .Case([&](moe::LoadBalancingLossFromStatsOp l) -> LogicalResult {
+        if (failed(kernel(op,
+                          loadBalancingLossFromStats(get(l.getStats()),
+                                                     l.getK(), out, error),
+                          error)))
+          return failure();
+        return set(op, l.getLoss(), std::move(out));
+      })
+      .Case([&](moe::LoadBalancingStatsGradOp g) -> LogicalResult {
+        std::vector<HostTensor> grads;
+        if (failed(kernel(op,
+                          loadBalancingStatsGrad(
+                              all(g.getLogits()), get(g.getStats()), g.getK(),
+                              g.getScale().convertToDouble(), grads, error),
+                          error)))
+          return failure();
+        for (auto [result, grad] : llvm::zip(g.getDLogits(), grads))
+          if (failed(set(op, result, std::move(grad))))
+            return failure();
+        return success();
+      })
       .Case([&](moe::OnnxNodeOp node) -> LogicalResult {
         return op->emitOpError()
                << "reference executor cannot run the unraised ONNX node '"
@@ -626,6 +909,40 @@ LogicalResult reference::execute(func::FuncOp func,
                                  const std::vector<HostTensor> &arguments,
                                  std::vector<HostTensor> &results) {
   return Interpreter().run(func, arguments, results);
+}
+
+LogicalResult reference::executeAsRank(func::FuncOp func,
+                                       const RankContext &context,
+                                       const std::vector<HostTensor> &arguments,
+                                       std::vector<HostTensor> &results) {
+  return Interpreter(&context).run(func, arguments, results);
+}
+
+LogicalResult reference::executeOnRanks(
+    func::FuncOp func, const plan::Mesh &mesh,
+    const std::vector<std::vector<HostTensor>> &perRankArguments,
+    std::vector<std::vector<HostTensor>> &perRankResults) {
+  const int64_t worldSize = mesh.worldSize();
+  if (static_cast<int64_t>(perRankArguments.size()) != worldSize)
+    return func.emitOpError()
+           << "runs on " << worldSize << " ranks but "
+           << perRankArguments.size() << " argument lists were given";
+  Communicator communicator(worldSize);
+  perRankResults.assign(worldSize, {});
+  std::vector<char> rankFailed(worldSize, 0);
+  std::vector<std::thread> threads;
+  for (int64_t rank = 0; rank < worldSize; ++rank)
+    threads.emplace_back([&, rank] {
+      RankContext context{rank, &mesh, &communicator};
+      if (failed(executeAsRank(func, context, perRankArguments[rank],
+                               perRankResults[rank]))) {
+        rankFailed[rank] = 1;
+        communicator.abort(rank);
+      }
+    });
+  for (std::thread &thread : threads)
+    thread.join();
+  return success(llvm::none_of(rankFailed, [](char f) { return f != 0; }));
 }
 
 ErrorStats reference::compare(const HostTensor &actual,

@@ -744,6 +744,19 @@ void vocabularySoftmax(const float *h, const HostTensor &weight,
 
 } // namespace
 
+bool reference::targetCount(const HostTensor &labels, int64_t ignoreIndex,
+                            HostTensor &count, std::string &error) {
+  if (!expectRank(labels, 2, "labels", error))
+    return false;
+  int64_t batch = labels.shape[0], seq = labels.shape[1], n = 0;
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t t = 0; t + 1 < seq; ++t)
+      n += labels.i64[b * seq + t + 1] != ignoreIndex;
+  count = HostTensor::floats({});
+  count.f32[0] = static_cast<float>(n);
+  return true;
+}
+
 bool reference::lmHeadCrossEntropy(const HostTensor &input,
                                    const HostTensor &weight,
                                    const HostTensor &labels,
@@ -1251,6 +1264,112 @@ bool reference::adamw(const HostTensor &param, const HostTensor &grad,
     newParam.f32[i] = static_cast<float>(p);
     newExpAvg.f32[i] = static_cast<float>(m);
     newExpAvgSq.f32[i] = static_cast<float>(v);
+  }
+  return true;
+}
+
+//===----------------------------------------------------------------------===//
+// Load balancing under data parallelism
+//===----------------------------------------------------------------------===//
+
+bool reference::loadBalancingStats(
+    const std::vector<const HostTensor *> &logits, int64_t k,
+    HostTensor &stats, std::string &error) {
+  std::vector<std::pair<size_t, int64_t>> rows;
+  int64_t numExperts;
+  if (!collectRows(logits, rows, numExperts, error))
+    return false;
+  std::vector<double> chosen(numExperts, 0.0), probability(numExperts, 0.0);
+  std::vector<double> p;
+  for (auto [l, r] : rows) {
+    softmaxRow(&logits[l]->f32[r * numExperts], numExperts, p);
+    for (int64_t e : topK(p, k))
+      chosen[e] += 1.0;
+    for (int64_t e = 0; e < numExperts; ++e)
+      probability[e] += p[e];
+  }
+  stats = HostTensor::floats({2, numExperts});
+  for (int64_t e = 0; e < numExperts; ++e) {
+    stats.f32[e] = static_cast<float>(chosen[e]);
+    stats.f32[numExperts + e] = static_cast<float>(probability[e]);
+  }
+  return true;
+}
+
+namespace {
+
+/// The fractions f and the row count N of load-balancing statistics.
+bool statsFractions(const HostTensor &stats, int64_t k,
+                    std::vector<double> &fraction, double &rows,
+                    std::string &error) {
+  if (stats.shape.size() != 2 || stats.shape[0] != 2 || !stats.isFloat()) {
+    error = fmt::format("statistics {} must be [2, num_experts]",
+                        stats.shapeString());
+    return false;
+  }
+  int64_t numExperts = stats.shape[1];
+  double slots = 0.0;
+  for (int64_t e = 0; e < numExperts; ++e)
+    slots += stats.f32[e];
+  rows = slots / static_cast<double>(k);
+  if (!(rows > 0.0)) {
+    error = "statistics count no rows";
+    return false;
+  }
+  fraction.assign(numExperts, 0.0);
+  for (int64_t e = 0; e < numExperts; ++e)
+    fraction[e] = stats.f32[e] / rows;
+  return true;
+}
+
+} // namespace
+
+bool reference::loadBalancingLossFromStats(const HostTensor &stats, int64_t k,
+                                           HostTensor &loss,
+                                           std::string &error) {
+  std::vector<double> fraction;
+  double rows;
+  if (!statsFractions(stats, k, fraction, rows, error))
+    return false;
+  int64_t numExperts = stats.shape[1];
+  double total = 0.0;
+  for (int64_t e = 0; e < numExperts; ++e)
+    total += fraction[e] * (stats.f32[numExperts + e] / rows);
+  loss = HostTensor::floats({});
+  loss.f32[0] = static_cast<float>(total * numExperts);
+  return true;
+}
+
+bool reference::loadBalancingStatsGrad(
+    const std::vector<const HostTensor *> &logits, const HostTensor &stats,
+    int64_t k, double scale, std::vector<HostTensor> &dLogits,
+    std::string &error) {
+  std::vector<std::pair<size_t, int64_t>> rows;
+  int64_t numExperts;
+  if (!collectRows(logits, rows, numExperts, error))
+    return false;
+  std::vector<double> fraction;
+  double n;
+  if (!statsFractions(stats, k, fraction, n, error))
+    return false;
+  if (stats.shape[1] != numExperts) {
+    error = fmt::format("statistics {} do not match {} experts",
+                        stats.shapeString(), numExperts);
+    return false;
+  }
+  dLogits.clear();
+  for (const HostTensor *t : logits)
+    dLogits.push_back(HostTensor::floats(t->shape));
+  // d loss / d p_t[e] = scale · E · f[e] / N, then through the softmax.
+  std::vector<double> p;
+  for (auto [l, r] : rows) {
+    softmaxRow(&logits[l]->f32[r * numExperts], numExperts, p);
+    double inner = 0.0;
+    for (int64_t e = 0; e < numExperts; ++e)
+      inner += p[e] * fraction[e];
+    for (int64_t e = 0; e < numExperts; ++e)
+      dLogits[l].f32[r * numExperts + e] = static_cast<float>(
+          scale * numExperts / n * p[e] * (fraction[e] - inner));
   }
   return true;
 }

@@ -106,6 +106,25 @@ MoeDialect::getArenaRange(Value value) {
 LogicalResult MoeDialect::verifyRegionArgAttribute(Operation *op, unsigned,
                                                    unsigned argIndex,
                                                    NamedAttribute attribute) {
+  if (attribute.getName() == getExpertLocalAttrName()) {
+    auto func = dyn_cast<FunctionOpInterface>(op);
+    if (!func)
+      return op->emitOpError()
+             << "has '" << attribute.getName().getValue() << "' on argument #"
+             << argIndex << ", but it belongs on a function's argument";
+    if (!isa<UnitAttr>(attribute.getValue()))
+      return op->emitOpError() << "has '" << attribute.getName().getValue()
+                               << "' on argument #" << argIndex << " that is "
+                               << attribute.getValue() << "; it must be a unit";
+    if (!func.getArgAttr(argIndex, getParameterAttrName()) &&
+        !func.getArgAttr(argIndex, getExpAvgAttrName()) &&
+        !func.getArgAttr(argIndex, getExpAvgSqAttrName()))
+      return op->emitOpError()
+             << "has '" << attribute.getName().getValue() << "' on argument #"
+             << argIndex
+             << ", which is neither a parameter nor an AdamW moment";
+    return success();
+  }
   return verifyNameAttr(op, "argument", argIndex, attribute,
                         {getParameterAttrName(), getExpAvgAttrName(),
                          getExpAvgSqAttrName(), getInputAttrName()});

@@ -55,6 +55,14 @@ def Moe_Dialect : Dialect {
     /// `moe.gradient = "<name>"` on a function result: the gradient of the
     /// named parameter.
     static ::llvm::StringRef getGradientAttrName() { return "moe.gradient"; }
+    /// `moe.expert_local` (unit) on a function argument that holds a
+    /// parameter or an AdamW moment: moe-expert-parallel split its leading
+    /// expert dimension over the expert axis, so the argument is this
+    /// rank's [E/P, ...] block; moe-hybrid-shard reduces its gradient over
+    /// the replica axis only, never across the expert axis.
+    static ::llvm::StringRef getExpertLocalAttrName() {
+      return "moe.expert_local";
+    }
     /// `moe.persistent_copy` (unit) on an arith.truncf of a parameter: a
     /// copy the backend keeps across steps (moe-keep-param-copies).
     static ::llvm::StringRef getPersistentCopyAttrName() {

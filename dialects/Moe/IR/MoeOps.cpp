@@ -222,6 +222,13 @@ LogicalResult RouterOp::verify() {
   if (!ShapedType::isDynamic(numExperts) && k > numExperts)
     return emitOpError() << "k " << k << " exceeds the number of experts "
                          << numExperts;
+  if (int64_t group = getTokensPerGroup(); group && logits.hasStaticShape()) {
+    int64_t tokens = logits.getNumElements() / std::max<int64_t>(1, numExperts);
+    if (tokens % group != 0)
+      return emitOpError() << "tokens_per_group " << group
+                           << " does not divide the " << tokens
+                           << " tokens of the logits";
+  }
   SmallVector<int64_t> expected(logits.getShape());
   expected.back() = k;
   if (failed(verifyShape(*this, "gates", getGates().getType(), expected)) ||
@@ -304,8 +311,21 @@ LogicalResult ParamInitOp::verify() {
   if (global.size() != shape.size() || offsets.size() != shape.size())
     return emitOpError() << "global_shape and offsets must have rank "
                          << shape.size();
+  SmallVector<int64_t> unsplit(shape.size(), -1);
+  if (static_cast<bool>(getGrid()) != static_cast<bool>(getSplitAxes()))
+    return emitOpError() << "grid and split_axes come together";
+  ArrayRef<int64_t> splitAxes =
+      getSplitAxes() ? *getSplitAxes() : ArrayRef(unsplit);
+  if (splitAxes.size() != shape.size())
+    return emitOpError() << "split_axes must have rank " << shape.size();
   for (size_t d = 0; d < shape.size(); ++d)
-    if (offsets[d] < 0 || offsets[d] + shape[d] > global[d])
+    if (splitAxes[d] < -1)
+      return emitOpError() << "split_axes entry " << splitAxes[d]
+                           << " of dimension " << d
+                           << " is neither a grid axis nor -1";
+  for (size_t d = 0; d < shape.size(); ++d)
+    if (splitAxes[d] < 0 &&
+        (offsets[d] < 0 || offsets[d] + shape[d] > global[d]))
       return emitOpError() << "shard [" << offsets[d] << ", "
                            << offsets[d] + shape[d] << ") of dimension " << d
                            << " is outside the parameter's " << global[d];
@@ -373,4 +393,144 @@ LogicalResult FusionOp::verifyRegions() {
     return emitOpError() << "yields " << yield.getValue().getType()
                          << " but its result is " << getResult().getType();
   return success();
+}
+
+//===----------------------------------------------------------------------===//
+// Expert parallelism
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+/// The axes of a routed collective: at least one, none negative, none twice.
+LogicalResult verifyGridAxes(Operation *op, ArrayRef<int16_t> axes) {
+  if (axes.empty())
+    return op->emitOpError() << "grid_axes must name at least one axis";
+  for (auto [i, axis] : llvm::enumerate(axes)) {
+    if (axis < 0)
+      return op->emitOpError() << "grid axis " << axis << " is negative";
+    if (llvm::is_contained(axes.take_front(i), axis))
+      return op->emitOpError() << "grid axis " << axis << " appears twice";
+  }
+  return success();
+}
+
+/// `experts` (`[..., k]`) must choose for every token of a `[..., d]`
+/// tensor with leading dimensions `tokens`.
+LogicalResult verifyChoices(Operation *op, StringRef what,
+                            RankedTensorType experts,
+                            ArrayRef<int64_t> tokens) {
+  SmallVector<int64_t> expected(tokens);
+  expected.push_back(ShapedType::kDynamic);
+  return verifyShape(op, what, experts, expected);
+}
+
+/// `[rows, 1]`, one value per received row.
+LogicalResult verifyPerRow(Operation *op, StringRef what, RankedTensorType t,
+                           int64_t rows) {
+  return verifyShape(op, what, t, {rows, 1});
+}
+
+} // namespace
+
+LogicalResult DispatchOp::verify() {
+  if (failed(verifyGridAxes(*this, getGridAxes())))
+    return failure();
+  RankedTensorType input = tensorType(getInput());
+  RankedTensorType experts = tensorType(getExperts());
+  if (input.getRank() < 1)
+    return emitOpError() << "input must have rank at least 1";
+  if (failed(verifyChoices(*this, "experts", experts,
+                           input.getShape().drop_back())))
+    return failure();
+  if (Value gates = getGates()) {
+    if (failed(verifyShape(*this, "gates", tensorType(gates),
+                           experts.getShape())))
+      return failure();
+    if (!getRowGates())
+      return emitOpError() << "has gates but no row_gates result";
+  } else if (getRowGates()) {
+    return emitOpError() << "has a row_gates result but no gates";
+  }
+  RankedTensorType rows = getRows().getType();
+  if (failed(verifyShape(*this, "rows", rows,
+                         {ShapedType::kDynamic, input.getShape().back()})) ||
+      failed(verifySameElementType(*this, "rows", rows, input)))
+    return failure();
+  int64_t numRows = rows.getDimSize(0);
+  if (failed(verifyPerRow(*this, "row_experts", getRowExperts().getType(),
+                          numRows)))
+    return failure();
+  if (Value rowGates = getRowGates())
+    if (failed(verifyPerRow(*this, "row_gates", tensorType(rowGates),
+                            numRows)) ||
+        failed(verifySameElementType(*this, "row_gates", tensorType(rowGates),
+                                     tensorType(getGates()))))
+      return failure();
+  RankedTensorType counts = getCounts().getType();
+  if (counts.getRank() != 2 || !counts.hasStaticShape())
+    return emitOpError() << "counts must be a static [group_size, "
+                            "num_local_experts] tensor but are "
+                         << counts;
+  return success();
+}
+
+std::optional<int64_t> DispatchOp::getReceiveRowBound() {
+  RankedTensorType experts = tensorType(getExperts());
+  if (!experts.hasStaticShape())
+    return std::nullopt;
+  return getGroupSize() * experts.getNumElements();
+}
+
+LogicalResult CombineOp::verify() {
+  if (failed(verifyGridAxes(*this, getGridAxes())))
+    return failure();
+  RankedTensorType rows = tensorType(getRows());
+  RankedTensorType experts = tensorType(getExperts());
+  RankedTensorType counts = getCounts().getType();
+  if (rows.getRank() != 2)
+    return emitOpError() << "rows must be [rows, width] but have rank "
+                         << rows.getRank();
+  if (experts.getRank() < 1)
+    return emitOpError() << "experts must have rank at least 1";
+  if (counts.getRank() != 2 || !counts.hasStaticShape())
+    return emitOpError() << "counts must be a static [group_size, "
+                            "num_local_experts] tensor but are "
+                         << counts;
+  SmallVector<int64_t> expected(experts.getShape().drop_back());
+  expected.push_back(rows.getDimSize(1));
+  if (failed(verifyShape(*this, "result", getType(), expected)))
+    return failure();
+  return verifySameElementType(*this, "result", getType(), rows);
+}
+
+LogicalResult TokenShuffleOp::verify() {
+  if (failed(verifyGridAxes(*this, getGridAxes())))
+    return failure();
+  if (tensorType(getInput()).getRank() < 1)
+    return emitOpError() << "input must have rank at least 1";
+  if (getType() != getInput().getType())
+    return emitOpError() << "result type " << getType()
+                         << " differs from the input's "
+                         << getInput().getType();
+  return success();
+}
+
+LogicalResult LoadBalancingStatsOp::verify() {
+  if (getLogits().empty())
+    return emitOpError() << "needs the router logits of at least one layer";
+  int64_t numExperts = ShapedType::kDynamic;
+  for (auto [layer, logits] : llvm::enumerate(getLogits())) {
+    RankedTensorType type = tensorType(logits);
+    if (type.getRank() < 1)
+      return emitOpError() << "logits of layer " << layer
+                           << " must have rank at least 1";
+    int64_t e = type.getShape().back();
+    if (!dimsAgree(e, numExperts))
+      return emitOpError() << "logits of layer " << layer << " have " << e
+                           << " experts but earlier layers have "
+                           << numExperts;
+    if (!ShapedType::isDynamic(e))
+      numExperts = e;
+  }
+  return verifyShape(*this, "stats", getStats().getType(), {2, numExperts});
 }

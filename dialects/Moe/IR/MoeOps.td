@@ -163,6 +163,12 @@ def Moe_RouterOp : Moe_Op<"router", [Pure]> {
     renormalised ones. The auxiliary losses are built by the training step,
     not here.
 
+    Sinkhorn and balanced routing couple the tokens they route together; with
+    `tokens_per_group` (0: all tokens), they route each run of that many
+    consecutive tokens on its own. A partitioned step routes each rank's
+    micro-batch alone, so the unpartitioned step it is checked against
+    routes in groups of one micro-batch's tokens.
+
     ```mlir
     %gates, %experts = moe.router %logits {k = 2 : i64,
         load_balancing = #moe.load_balancing<aux_loss>}
@@ -172,7 +178,9 @@ def Moe_RouterOp : Moe_Op<"router", [Pure]> {
   let arguments = (ins Moe_FloatTensor:$logits,
                        ConfinedAttr<I64Attr, [IntPositive]>:$k,
                        Moe_LoadBalancingAttr:$load_balancing,
-                       DefaultValuedAttr<BoolAttr, "true">:$training);
+                       DefaultValuedAttr<BoolAttr, "true">:$training,
+                       DefaultValuedAttr<ConfinedAttr<I64Attr, [IntNonNegative]>,
+                                         "0">:$tokens_per_group);
   let results = (outs Moe_FloatTensor:$gates, Moe_IndexTensor:$experts);
   let assemblyFormat = [{
     $logits attr-dict `:` functional-type(operands, results)
@@ -258,6 +266,12 @@ def Moe_ParamInitOp : Moe_Op<"param_init", [Pure]> {
     Any rank can thus create any shard alone, and the global parameter is
     the same for every partitioning.
 
+    In a partitioned program, `grid` and `split_axes` (one entry per
+    dimension: the axis of `grid` that splits it, or -1) make the result
+    each rank's own block: along a split dimension its offset is the
+    rank's coordinate on that axis times the result's size there (plus
+    `offsets`). Elements past the global extent are padding and are 0.
+
     ```mlir
     %w = moe.param_init %seed {name = "model.layers.0.mlp.gate.weight",
         kind = #moe.param_init<normal>, std = 2.0e-02 : f64}
@@ -268,7 +282,9 @@ def Moe_ParamInitOp : Moe_Op<"param_init", [Pure]> {
                        Moe_ParamInitKindAttr:$kind,
                        DefaultValuedAttr<F64Attr, "0.0">:$std,
                        OptionalAttr<DenseI64ArrayAttr>:$global_shape,
-                       OptionalAttr<DenseI64ArrayAttr>:$offsets);
+                       OptionalAttr<DenseI64ArrayAttr>:$offsets,
+                       OptionalAttr<FlatSymbolRefAttr>:$grid,
+                       OptionalAttr<DenseI64ArrayAttr>:$split_axes);
   let results = (outs Moe_FloatTensor:$result);
   let assemblyFormat = [{
     $seed attr-dict `:` functional-type(operands, results)
@@ -688,6 +704,238 @@ def Moe_OnnxNodeOp : Moe_Op<"onnx_node", [Pure]> {
   let results = (outs Variadic<AnyType>:$outputs);
   let assemblyFormat = [{
     $op_type `(` $inputs `)` attr-dict `:` functional-type($inputs, results)
+  }];
+}
+
+//===----------------------------------------------------------------------===//
+// Expert parallelism
+//===----------------------------------------------------------------------===//
+
+// The collectives below move tokens between the ranks of an expert group:
+// the ranks along `grid_axes` of the `shard.grid` named `grid` (the P axis of
+// docs/partitioning.md). Their sizes depend on the routing, so they are not
+// upstream `shard` collectives, whose sizes follow from the types; see
+// docs/partitioning.md for why.
+
+def Moe_Dispatcher : I32EnumAttr<"Dispatcher",
+    "how routed tokens travel between the ranks of an expert group", [
+      I32EnumAttrCase<"all_to_all", 0>,
+      I32EnumAttrCase<"all_gather", 1>
+    ]> {
+  let cppNamespace = "::mlir::moe";
+  let genSpecializedAttr = 0;
+}
+def Moe_DispatcherAttr : EnumAttr<Moe_Dialect, Moe_Dispatcher, "dispatcher"> {
+  let assemblyFormat = "`<` $value `>`";
+}
+
+def Moe_DispatchOp : Moe_Op<"dispatch", [Pure]> {
+  let summary = "sends each token slot to the rank that owns its expert";
+  let description = [{
+    SPMD over the P ranks of an expert group, each with its own `input`
+    (`[tokens, hidden]`) and `experts` (`[tokens, k]`, global expert
+    indices). Expert `e` lives on group rank `e / L` as its local expert
+    `e mod L`, with `L` = num_experts / P; `counts` (`[P, L]`) states P and L.
+
+    Every slot `(t, j)` sends `input[t]` (and `gates[t, j]`, when given) to
+    the owner of `experts[t, j]`. On each rank the received slots become the
+    rows of `rows` (`[R, hidden]`), ordered by local expert, then by source
+    group rank, then by slot index `t·k + j` at the source; `row_experts`
+    (`[R, 1]`) holds each row's local expert, `row_gates` (`[R, 1]`) its
+    gate, and `counts[s, l]` the number of rows from group rank `s` for local
+    expert `l`. The layout is the input of a grouped GEMM over the local
+    experts (moe.experts with k = 1), and of moe.combine, which sends the
+    rows back.
+
+    The number of rows R depends on the routing of the whole group; nothing
+    is dropped. Its bound, for the receive buffers of the memory plan, is
+    every slot of the group on one rank: `P · tokens · k`
+    (`getReceiveRowBound()`).
+
+    `dispatcher` chooses the communication, not the result:
+    `all_to_all` exchanges the per-(rank, local expert) counts first, then
+    the rows with one all-to-all of variable sizes; `all_gather` gathers the
+    group's tokens and expert choices (`P · tokens` rows) and keeps the
+    slots of the local experts.
+
+    ```mlir
+    %rows, %row_experts, %counts, %row_gates = moe.dispatch %x, %experts
+        gates(%gates) on @mesh grid_axes = [2]
+        {dispatcher = #moe.dispatcher<all_to_all>}
+        : (tensor<16x32xf32>, tensor<16x2xi64>, tensor<16x2xf32>)
+        -> (tensor<?x32xf32>, tensor<?x1xi64>, tensor<2x2xi64>, tensor<?x1xf32>)
+    ```
+  }];
+  let arguments = (ins Moe_FloatTensor:$input, Moe_IndexTensor:$experts,
+                       Optional<Moe_FloatTensor>:$gates,
+                       FlatSymbolRefAttr:$grid, DenseI16ArrayAttr:$grid_axes,
+                       Moe_DispatcherAttr:$dispatcher);
+  let results = (outs Moe_FloatTensor:$rows,
+                      RankedTensorOf<[I64]>:$row_experts,
+                      RankedTensorOf<[I64]>:$counts,
+                      Optional<Moe_FloatTensor>:$row_gates);
+  let assemblyFormat = [{
+    $input `,` $experts (`gates` `(` $gates^ `)`)? `on` $grid
+    `grid_axes` `=` $grid_axes attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+  let extraClassDeclaration = [{
+    /// The ranks of the expert group (P) and the experts each holds (L).
+    int64_t getGroupSize() { return getCounts().getType().getDimSize(0); }
+    int64_t getNumLocalExperts() { return getCounts().getType().getDimSize(1); }
+    /// The most rows a rank can receive, `P · tokens · k` (every slot of
+    /// the group routed to this rank), for sizing the receive buffers; none
+    /// when `tokens` or `k` is dynamic.
+    std::optional<int64_t> getReceiveRowBound();
+  }];
+}
+
+def Moe_CombineOp : Moe_Op<"combine", [Pure]> {
+  let summary = "returns expert outputs to their tokens and sums each token's slots";
+  let description = [{
+    The reverse of moe.dispatch with the same `experts` (`[tokens, k]`, the
+    source side) and `counts` (`[P, L]`, the receiving side): row `i` of
+    `rows` (`[R, d]`, in moe.dispatch's row order) goes back to the slot it
+    came from, and `result[t] = Σ_j row(t, j)` (`[tokens, d]`).
+
+    With `dispatcher = all_to_all` the rows travel back by one all-to-all of
+    variable sizes; with `all_gather` each rank scatters its rows into a
+    zero `[P · tokens, d]` buffer (summing a token's local slots) and the
+    group reduce-scatters it. Gates are applied by the experts (their
+    `gates` operand), so combine only sums.
+
+    The gradient of moe.dispatch's `gates` is a combine with one choice per
+    slot: `experts` collapsed to `[tokens · k, 1]`.
+
+    ```mlir
+    %y = moe.combine %rows, %experts, %counts on @mesh grid_axes = [2]
+        {dispatcher = #moe.dispatcher<all_to_all>}
+        : (tensor<?x32xf32>, tensor<16x2xi64>, tensor<2x2xi64>) -> tensor<16x32xf32>
+    ```
+  }];
+  let arguments = (ins Moe_FloatTensor:$rows, Moe_IndexTensor:$experts,
+                       RankedTensorOf<[I64]>:$counts,
+                       FlatSymbolRefAttr:$grid, DenseI16ArrayAttr:$grid_axes,
+                       Moe_DispatcherAttr:$dispatcher);
+  let results = (outs Moe_FloatTensor:$result);
+  let assemblyFormat = [{
+    $rows `,` $experts `,` $counts `on` $grid `grid_axes` `=` $grid_axes
+    attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def Moe_TokenShuffleOp : Moe_Op<"token_shuffle", [Pure]> {
+  let summary = "permutes tokens across the ranks of an expert group";
+  let description = [{
+    `global_token_shuffle`. The group's tokens, concatenated in group-rank
+    order (`N = P · tokens` rows of `input`, `[tokens, hidden]` per rank),
+    are permuted by `π`, a permutation of `[0, N)` that depends only on
+    `seed`, `step` and `N` (docs/partitioning.md gives the generator): group
+    rank `g` gets rows `π(g · tokens + i)`, `i < tokens`. With `inverse`
+    the rows go back: row `g · tokens + i` of the input lands at position
+    `π(g · tokens + i)`. A shuffle and its inverse with the same step leave
+    every token where it was.
+
+    ```mlir
+    %s = moe.token_shuffle %x, %step on @mesh grid_axes = [2] {seed = 0 : i64}
+        : (tensor<16x32xf32>, tensor<i64>) -> tensor<16x32xf32>
+    ```
+  }];
+  let arguments = (ins Moe_FloatTensor:$input, 0DTensorOf<[I64]>:$step,
+                       FlatSymbolRefAttr:$grid, DenseI16ArrayAttr:$grid_axes,
+                       I64Attr:$seed, UnitAttr:$inverse);
+  let results = (outs Moe_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `,` $step `on` $grid `grid_axes` `=` $grid_axes attr-dict `:`
+    functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def Moe_LoadBalancingStatsOp : Moe_Op<"load_balancing_stats", [Pure]> {
+  let summary = "per-expert sums behind the load-balancing loss";
+  let description = [{
+    Over every layer's router logits (`[..., num_experts]`, all rows
+    together, as moe.load_balancing_loss): row 0 of the `[2, num_experts]`
+    result counts the rows whose top-k choices include each expert, row 1
+    sums each expert's softmax probability. Sums, not means, so that a
+    data-parallel step all-reduces them into the global batch's statistics
+    (docs/Dialects/Moe.md, routing under data parallelism).
+
+    ```mlir
+    %stats = moe.load_balancing_stats %l0, %l1 {k = 2 : i64}
+        : (tensor<16x4xf32>, tensor<16x4xf32>) -> tensor<2x4xf32>
+    ```
+  }];
+  let arguments = (ins Variadic<Moe_FloatTensor>:$logits,
+                       ConfinedAttr<I64Attr, [IntPositive]>:$k);
+  let results = (outs RankedTensorOf<[F32]>:$stats);
+  let assemblyFormat = [{
+    $logits attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def Moe_LoadBalancingLossFromStatsOp
+    : Moe_Op<"load_balancing_loss_from_stats", [Pure]> {
+  let summary = "Hugging Face's load-balancing loss from moe.load_balancing_stats";
+  let description = [{
+    With `N = Σ_e stats[0, e] / k` rows: `E · Σ_e (stats[0, e] / N) ·
+    (stats[1, e] / N)`, which is moe.load_balancing_loss of the rows the
+    statistics were summed over.
+
+    ```mlir
+    %aux = moe.load_balancing_loss_from_stats %stats {k = 2 : i64}
+        : (tensor<2x4xf32>) -> tensor<f32>
+    ```
+  }];
+  let arguments = (ins RankedTensorOf<[F32]>:$stats,
+                       ConfinedAttr<I64Attr, [IntPositive]>:$k);
+  let results = (outs Moe_ScalarF32:$loss);
+  let assemblyFormat = [{
+    $stats attr-dict `:` functional-type(operands, results)
+  }];
+}
+
+def Moe_LoadBalancingStatsGradOp : Moe_GradOp<"load_balancing_stats_grad"> {
+  let summary = "this rank's share of the load-balancing loss gradient";
+  let description = [{
+    `scale` times the gradient of moe.load_balancing_loss_from_stats of
+    `stats` with respect to `logits`, the rows that contributed to row 1 of
+    `stats` here (the top-k fractions are not differentiated). With global
+    statistics each rank gets the gradient of the global loss with respect
+    to its own tokens; summed over ranks, it is the unpartitioned gradient.
+  }];
+  let arguments = (ins Variadic<Moe_FloatTensor>:$logits,
+                       RankedTensorOf<[F32]>:$stats,
+                       ConfinedAttr<I64Attr, [IntPositive]>:$k, F64Attr:$scale);
+  let results = (outs Variadic<Moe_FloatTensor>:$d_logits);
+}
+
+//===----------------------------------------------------------------------===//
+// Partitioning (moe-hybrid-shard)
+//===----------------------------------------------------------------------===//
+
+def Moe_TargetCountOp : Moe_Op<"target_count", [Pure]> {
+  let summary = "the number of targets a next-token cross-entropy averages over";
+  let description = [{
+    The number of `labels[b, t + 1]` (`t + 1 < seq`) that differ from
+    `ignore_index`: the denominator of `moe.lm_head_cross_entropy` on the
+    same labels, as an fp32 scalar (exact below 2^24). A partitioned step
+    all-reduces it to weight each rank's mean by its share of the global
+    batch's targets.
+
+    ```mlir
+    %n = moe.target_count %labels {ignore_index = -100 : i64}
+        : (tensor<2x8xi64>) -> tensor<f32>
+    ```
+  }];
+  let arguments = (ins 2DTensorOf<[AnySignlessInteger]>:$labels,
+                       DefaultValuedAttr<I64Attr, "-100">:$ignore_index);
+  let results = (outs Moe_ScalarF32:$count);
+  let assemblyFormat = [{
+    $labels attr-dict `:` functional-type(operands, results)
   }];
 }
 

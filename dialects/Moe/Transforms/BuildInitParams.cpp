@@ -77,7 +77,8 @@ struct BuildInitParamsPass
           builder, loc, p.getType(), entry->getArgument(0), name,
           ParamInitKindAttr::get(builder.getContext(), kind),
           builder.getF64FloatAttr(isNormWeight ? 0.0 : initializerRange.getValue()),
-          DenseI64ArrayAttr(), DenseI64ArrayAttr()));
+          /*global_shape=*/DenseI64ArrayAttr(), /*offsets=*/DenseI64ArrayAttr(),
+          /*grid=*/FlatSymbolRefAttr(), /*split_axes=*/DenseI64ArrayAttr()));
     }
     func::ReturnOp::create(builder, loc, values);
   }

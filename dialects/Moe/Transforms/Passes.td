@@ -237,6 +237,11 @@ def PlanMemory : Pass<"moe-plan-memory", "::mlir::func::FuncOp"> {
     neither are results marked `moe.persistent_copy`
     (moe-keep-param-copies).
 
+    The one dynamic dimension allowed is the rows an expert-parallel rank
+    receives: moe.dispatch's results, and moe.experts / moe.experts_grad on
+    them, get the bytes of their receive bound (`P · tokens · k` rows,
+    DispatchOp::getReceiveRowBound), since routing is dropless.
+
     Each planned op gets `moe.arena_offsets` (one entry per result, -1 for
     views and non-tensors); the function gets `moe.arena_bytes` (the arena's
     size) and `moe.arena_live_bytes` (the most bytes alive at once: a lower

@@ -3,7 +3,10 @@
 // Implements moe-plan-memory (see Passes.td): liveness intervals over the
 // function's single block in program order, views folded into their
 // source's buffer, then largest-first placement at the lowest aligned offset
-// free for the whole interval, then an independent overlap check.
+// free for the whole interval, then an independent overlap check. The rows
+// an expert-parallel rank receives (moe.dispatch) are sized by their bound,
+// every slot of the expert group, and so are the local experts' values on
+// them.
 //
 //===----------------------------------------------------------------------===//
 
@@ -44,6 +47,30 @@ Value inPlaceOperand(moe::AdamWOp adamw, Value result) {
   if (result == adamw.getNewExpAvg())
     return adamw.getExpAvg();
   return adamw.getExpAvgSq();
+}
+
+/// The most rows a value with a dynamic leading dimension can have: the
+/// receive bound of the moe.dispatch it comes from, through the local
+/// experts (moe.experts and moe.experts_grad on received rows keep their
+/// input's rows). None for any other dynamic value.
+std::optional<int64_t> receivedRowBound(Value v) {
+  Operation *def = v.getDefiningOp();
+  if (auto dispatch = dyn_cast_or_null<moe::DispatchOp>(def))
+    return dispatch.getReceiveRowBound();
+  if (auto experts = dyn_cast_or_null<moe::ExpertsOp>(def))
+    return receivedRowBound(experts.getInput());
+  if (auto grad = dyn_cast_or_null<moe::ExpertsGradOp>(def))
+    return receivedRowBound(grad.getInput());
+  return std::nullopt;
+}
+
+/// The elements of `type`, its dynamic leading dimension (if any) taken at
+/// `rows`.
+int64_t boundedElements(RankedTensorType type, int64_t rows) {
+  int64_t n = 1;
+  for (auto [d, size] : llvm::enumerate(type.getShape()))
+    n *= d == 0 && ShapedType::isDynamic(size) ? rows : size;
+  return n;
 }
 
 /// The value whose buffer `v` uses: a view's source, transitively, and for
@@ -112,15 +139,25 @@ struct PlanMemoryPass : public moe::impl::PlanMemoryBase<PlanMemoryPass> {
         auto type = dyn_cast<RankedTensorType>(result.getType());
         if (!type || isView(result))
           continue;
-        if (!type.hasStaticShape()) {
-          op.emitOpError() << "has a result of dynamic shape " << type
-                           << "; run moe-specialize-shapes first";
-          return signalPassFailure();
+        int64_t elements;
+        if (type.hasStaticShape()) {
+          elements = type.getNumElements();
+        } else {
+          std::optional<int64_t> rows = receivedRowBound(result);
+          bool onlyRowsDynamic =
+              llvm::count_if(type.getShape(), ShapedType::isDynamic) == 1 &&
+              type.isDynamicDim(0);
+          if (!rows || !onlyRowsDynamic) {
+            op.emitOpError() << "has a result of dynamic shape " << type
+                             << "; run moe-specialize-shapes first";
+            return signalPassFailure();
+          }
+          elements = boundedElements(type, *rows);
         }
         int64_t bits = type.getElementTypeBitWidth();
         Buffer buffer;
         buffer.value = result;
-        buffer.bytes = std::max<int64_t>(1, (type.getNumElements() * bits + 7) / 8);
+        buffer.bytes = std::max<int64_t>(1, (elements * bits + 7) / 8);
         buffer.begin = buffer.end = index[&op];
         bufferOf[result] = buffers.size();
         buffers.push_back(buffer);

@@ -33,8 +33,13 @@ struct ParameterLayout {
   /// experts; the global shape for a dense parameter). This is what one
   /// all-gather over the shard group restores.
   llvm::SmallVector<int64_t, 3> localShape;
+  /// The shape every rank of a shard group holds and a partitioned program
+  /// allocates: localShape with the shard dimension in chunks of
+  /// ceil(n / H), the chunks past the end zero-padded.
+  llvm::SmallVector<int64_t, 3> heldShape;
 
   int64_t numLocalElements() const;
+  int64_t numHeldElements() const;
 };
 
 /// The part of a parameter that one rank holds.
@@ -74,6 +79,11 @@ public:
   /// Parameter elements `rank` holds (its shards), in total and by kind.
   int64_t shardElements(int64_t rank) const;
   int64_t shardElements(int64_t rank, ParameterKind kind) const;
+  /// Elements every rank allocates for its shards, padding included (the
+  /// same on every rank), in total and by kind: what the memory plan and
+  /// the partitioned program count.
+  int64_t heldElements() const;
+  int64_t heldElements(ParameterKind kind) const;
   /// Elements of `unit` one expert-parallel rank computes with: what an
   /// all-gather over the shard group materialises.
   int64_t unitLocalElements(int64_t unit) const;

@@ -5,11 +5,18 @@
 // checked against, so it is written to be obviously right rather than fast,
 // and it shares no kernel code with the CUDA path.
 //
+// A partitioned (SPMD) function runs on W simulated ranks with
+// executeOnRanks: one thread per rank, each with its RankContext, so that
+// collective ops find their rank, the mesh that maps grid axes to process
+// groups, and the shared in-process communicator.
+//
 //===----------------------------------------------------------------------===//
 
 #ifndef MOEC_REFERENCE_EXECUTOR_H
 #define MOEC_REFERENCE_EXECUTOR_H
 
+#include "moec/Plan/Mesh.h"
+#include "moec/Reference/Communicator.h"
 #include "moec/Support/HostTensor.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -50,6 +57,29 @@ private:
   std::string functionName;
   std::map<std::pair<std::string, std::string>, unsigned> positions;
 };
+
+/// What a collective op needs to know about the rank that runs it.
+struct RankContext {
+  int64_t rank = 0;
+  const plan::Mesh *mesh = nullptr;
+  Communicator *communicator = nullptr;
+};
+
+/// Runs `func` as rank `context.rank` of `context.mesh`. Single-rank
+/// `execute` is this with no context: collective ops then fail.
+mlir::LogicalResult executeAsRank(mlir::func::FuncOp func,
+                                  const RankContext &context,
+                                  const std::vector<HostTensor> &arguments,
+                                  std::vector<HostTensor> &results);
+
+/// Runs the SPMD function `func` on every rank of `mesh` at once, one thread
+/// per rank, with `perRankArguments[r]` as rank r's arguments; fills
+/// `perRankResults[r]`. When a rank fails, the others' collectives are
+/// abandoned and the whole run fails.
+mlir::LogicalResult
+executeOnRanks(mlir::func::FuncOp func, const plan::Mesh &mesh,
+               const std::vector<std::vector<HostTensor>> &perRankArguments,
+               std::vector<std::vector<HostTensor>> &perRankResults);
 
 /// How far `actual` is from `expected`: the largest absolute difference and
 /// the L2 norm of the difference relative to the L2 norm of `expected`.

@@ -96,6 +96,11 @@ bool expertCounts(const HostTensor &experts, int64_t numExperts,
 // Losses
 //===----------------------------------------------------------------------===//
 
+/// The number of labels[b, t + 1] (t + 1 < seq) not equal to `ignoreIndex`,
+/// as an fp32 scalar: moe.target_count.
+bool targetCount(const HostTensor &labels, int64_t ignoreIndex,
+                 HostTensor &count, std::string &error);
+
 /// Next-token cross-entropy of the logits `input · weightᵀ` ([B, S, V]):
 /// position t of each sequence predicts `labels[t + 1]`; labels equal to
 /// `ignoreIndex` (and the last position) are skipped; the mean is over the
@@ -189,6 +194,29 @@ bool adamw(const HostTensor &param, const HostTensor &grad,
 enum class BinaryKind { Add, Sub, Mul, Div };
 bool binary(BinaryKind kind, const HostTensor &lhs, const HostTensor &rhs,
             HostTensor &out, std::string &error);
+
+//===----------------------------------------------------------------------===//
+// Load balancing under data parallelism
+//===----------------------------------------------------------------------===//
+
+/// moe.load_balancing_stats: [2, E], row 0 the number of rows whose top-k
+/// includes each expert, row 1 each expert's summed softmax probability,
+/// over every layer's logits.
+bool loadBalancingStats(const std::vector<const HostTensor *> &logits,
+                        int64_t k, HostTensor &stats, std::string &error);
+
+/// moe.load_balancing_loss_from_stats: E · Σ_e f_e · P_e with
+/// N = Σ_e stats[0, e] / k, f = stats[0] / N and P = stats[1] / N.
+bool loadBalancingLossFromStats(const HostTensor &stats, int64_t k,
+                                HostTensor &loss, std::string &error);
+
+/// moe.load_balancing_stats_grad: `scale` times the gradient of that loss
+/// with respect to the rows of `logits` (f held fixed).
+bool loadBalancingStatsGrad(const std::vector<const HostTensor *> &logits,
+                            const HostTensor &stats, int64_t k, double scale,
+                            std::vector<HostTensor> &dLogits,
+                            std::string &error);
+
 
 } // namespace moec::reference
 

@@ -220,4 +220,69 @@ TEST(Kernels, EvaluationRoutingIsPlainTopK) {
   EXPECT_FLOAT_EQ(gates.f32[0], 1.0f);
 }
 
+TEST(Kernels, TargetCountSkipsTheFirstPositionAndIgnoredLabels) {
+  // Targets are labels[b, 1..]: row 0 has one ignored, row 1 none.
+  HostTensor labels = ints({2, 4}, {-100, 5, -100, 7, 3, 4, 5, 6});
+  HostTensor count;
+  std::string error;
+  ASSERT_TRUE(targetCount(labels, -100, count, error)) << error;
+  EXPECT_TRUE(count.shape.empty());
+  EXPECT_EQ(count.f32[0], 5.0f);
+  EXPECT_FALSE(targetCount(ints({4}, {1, 2, 3, 4}), -100, count, error));
+}
+
 } // namespace
+
+namespace {
+
+// Two ranks' router logits (3 and 2 tokens, 4 experts) and both together.
+HostTensor balanceLogits(int64_t begin, int64_t end) {
+  HostTensor t = HostTensor::floats({end - begin, 4});
+  for (int64_t r = begin; r < end; ++r)
+    for (int64_t e = 0; e < 4; ++e)
+      t.f32[(r - begin) * 4 + e] = std::sin(1.7 * r + 0.9 * e);
+  return t;
+}
+
+} // namespace
+
+TEST(Kernels, LoadBalancingStatsSummedOverRanksGiveTheGlobalLoss) {
+  HostTensor all = balanceLogits(0, 5), first = balanceLogits(0, 3),
+             second = balanceLogits(3, 5);
+  std::string error;
+  HostTensor expected, statsA, statsB, loss;
+  ASSERT_TRUE(loadBalancingLoss({&all}, 2, expected, error)) << error;
+  ASSERT_TRUE(loadBalancingStats({&first}, 2, statsA, error)) << error;
+  ASSERT_TRUE(loadBalancingStats({&second}, 2, statsB, error)) << error;
+  ASSERT_EQ(statsA.shape, (std::vector<int64_t>{2, 4}));
+  // Each row chooses k = 2 experts: the first row of the statistics sums to
+  // 2 per token.
+  EXPECT_FLOAT_EQ(statsA.f32[0] + statsA.f32[1] + statsA.f32[2] + statsA.f32[3],
+                  6.0f);
+  HostTensor global = statsA;
+  for (size_t i = 0; i < global.f32.size(); ++i)
+    global.f32[i] += statsB.f32[i];
+  ASSERT_TRUE(loadBalancingLossFromStats(global, 2, loss, error)) << error;
+  EXPECT_NEAR(loss.f32[0], expected.f32[0], 1e-6);
+
+  // Each rank's share of the gradient is its rows of the global gradient.
+  std::vector<HostTensor> dAll, dFirst, dSecond;
+  ASSERT_TRUE(loadBalancingLossGrad({&all}, 2, 0.5, dAll, error)) << error;
+  ASSERT_TRUE(loadBalancingStatsGrad({&first}, global, 2, 0.5, dFirst, error))
+      << error;
+  ASSERT_TRUE(loadBalancingStatsGrad({&second}, global, 2, 0.5, dSecond,
+                                     error))
+      << error;
+  for (int64_t i = 0; i < 12; ++i)
+    EXPECT_NEAR(dFirst[0].f32[i], dAll[0].f32[i], 1e-7) << i;
+  for (int64_t i = 0; i < 8; ++i)
+    EXPECT_NEAR(dSecond[0].f32[i], dAll[0].f32[12 + i], 1e-7) << i;
+}
+
+TEST(Kernels, LoadBalancingLossFromStatsRejectsEmptyStatistics) {
+  HostTensor loss;
+  std::string error;
+  EXPECT_FALSE(loadBalancingLossFromStats(HostTensor::floats({2, 4}), 2, loss,
+                                          error));
+  EXPECT_EQ(error, "statistics count no rows");
+}

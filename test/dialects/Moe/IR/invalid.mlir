@@ -634,3 +634,217 @@ func.func @adamw_group_op(%w: tensor<4xf32>) {
 // expected-error@+1 {{'builtin.module' op has 'moe.onnx.opset' = "18"; it is an i64 on an imported module}}
 module attributes {moe.onnx.opset = "18"} {
 }
+
+// -----
+
+// Tests that a dispatch's experts choose for every token of its input.
+func.func @dispatch_experts(%x: tensor<16x32xf32>, %e: tensor<8x2xi64>) {
+  // expected-error@+1 {{'moe.dispatch' op experts dimension 0 is 8 but must be 16}}
+  %r, %re, %c = moe.dispatch %x, %e on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<16x32xf32>, tensor<8x2xi64>) -> (tensor<?x32xf32>, tensor<?x1xi64>, tensor<2x2xi64>)
+  return
+}
+
+// -----
+
+// Tests that received rows keep the hidden size.
+func.func @dispatch_rows(%x: tensor<16x32xf32>, %e: tensor<16x2xi64>) {
+  // expected-error@+1 {{'moe.dispatch' op rows dimension 1 is 16 but must be 32}}
+  %r, %re, %c = moe.dispatch %x, %e on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<16x32xf32>, tensor<16x2xi64>) -> (tensor<?x16xf32>, tensor<?x1xi64>, tensor<2x2xi64>)
+  return
+}
+
+// -----
+
+// Tests that gates and row gates come together.
+func.func @dispatch_row_gates(%x: tensor<16x32xf32>, %e: tensor<16x2xi64>) {
+  // expected-error@+1 {{'moe.dispatch' op has a row_gates result but no gates}}
+  %r, %re, %c, %g = moe.dispatch %x, %e on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<16x32xf32>, tensor<16x2xi64>) -> (tensor<?x32xf32>, tensor<?x1xi64>, tensor<2x2xi64>, tensor<?x1xf32>)
+  return
+}
+
+// -----
+
+// Tests that the per-(rank, local expert) counts have a static shape.
+func.func @dispatch_counts(%x: tensor<16x32xf32>, %e: tensor<16x2xi64>) {
+  // expected-error@+1 {{'moe.dispatch' op counts must be a static [group_size, num_local_experts] tensor but are 'tensor<?x2xi64>'}}
+  %r, %re, %c = moe.dispatch %x, %e on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<16x32xf32>, tensor<16x2xi64>) -> (tensor<?x32xf32>, tensor<?x1xi64>, tensor<?x2xi64>)
+  return
+}
+
+// -----
+
+// Tests that a routed collective names each grid axis once.
+func.func @dispatch_axes(%x: tensor<16x32xf32>, %e: tensor<16x2xi64>) {
+  // expected-error@+1 {{'moe.dispatch' op grid axis 2 appears twice}}
+  %r, %re, %c = moe.dispatch %x, %e on @mesh grid_axes = [2, 2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<16x32xf32>, tensor<16x2xi64>) -> (tensor<?x32xf32>, tensor<?x1xi64>, tensor<2x2xi64>)
+  return
+}
+
+// -----
+
+// Tests that a combine returns one row per token of its experts.
+func.func @combine_result(%r: tensor<?x32xf32>, %e: tensor<16x2xi64>, %c: tensor<2x2xi64>) {
+  // expected-error@+1 {{'moe.combine' op result dimension 0 is 8 but must be 16}}
+  %y = moe.combine %r, %e, %c on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<?x32xf32>, tensor<16x2xi64>, tensor<2x2xi64>) -> tensor<8x32xf32>
+  return
+}
+
+// -----
+
+// Tests that a token shuffle keeps its input's type.
+func.func @token_shuffle_type(%x: tensor<16x32xf32>, %s: tensor<i64>) {
+  // expected-error@+1 {{'moe.token_shuffle' op result type 'tensor<16x16xf32>' differs from the input's 'tensor<16x32xf32>'}}
+  %y = moe.token_shuffle %x, %s on @mesh grid_axes = [2] {seed = 0 : i64} : (tensor<16x32xf32>, tensor<i64>) -> tensor<16x16xf32>
+  return
+}
+
+// -----
+
+// Tests that load-balancing statistics are [2, num_experts].
+func.func @load_balancing_stats_shape(%l: tensor<16x4xf32>) {
+  // expected-error@+1 {{'moe.load_balancing_stats' op stats dimension 1 is 8 but must be 4}}
+  %s = moe.load_balancing_stats %l {k = 2 : i64} : (tensor<16x4xf32>) -> tensor<2x8xf32>
+  return
+}
+
+// -----
+
+// Sinkhorn routes runs of tokens_per_group tokens: they must tile the tokens.
+func.func @router_groups(%l: tensor<2x5x4xf32>) {
+  // expected-error@+1 {{'moe.router' op tokens_per_group 4 does not divide the 10 tokens of the logits}}
+  %g, %e = moe.router %l {k = 2 : i64, load_balancing = #moe.load_balancing<sinkhorn>, tokens_per_group = 4 : i64} : (tensor<2x5x4xf32>) -> (tensor<2x5x2xf32>, tensor<2x5x2xi64>)
+  return
+}
+
+// -----
+
+// A rank's block needs both the grid and the axes that split it.
+func.func @param_init_split_without_grid(%seed: tensor<i64>) {
+  // expected-error@+1 {{'moe.param_init' op grid and split_axes come together}}
+  %w = moe.param_init %seed {name = "w", kind = #moe.param_init<ones>, global_shape = array<i64: 8>, split_axes = array<i64: 1>} : (tensor<i64>) -> tensor<4xf32>
+  return
+}
+
+// -----
+
+// One split axis per dimension.
+func.func @param_init_split_rank(%seed: tensor<i64>) {
+  // expected-error@+1 {{'moe.param_init' op split_axes must have rank 2}}
+  %w = moe.param_init %seed {name = "w", kind = #moe.param_init<ones>, global_shape = array<i64: 8, 4>, grid = @mesh, split_axes = array<i64: 1>} : (tensor<i64>) -> tensor<4x4xf32>
+  return
+}
+
+// -----
+
+// A split axis is a grid axis or -1.
+func.func @param_init_split_axis(%seed: tensor<i64>) {
+  // expected-error@+1 {{'moe.param_init' op split_axes entry -2 of dimension 0 is neither a grid axis nor -1}}
+  %w = moe.param_init %seed {name = "w", kind = #moe.param_init<ones>, global_shape = array<i64: 8>, grid = @mesh, split_axes = array<i64: -2>} : (tensor<i64>) -> tensor<4xf32>
+  return
+}
+
+// -----
+
+// Tests that gates and row gates come together (gates without row gates).
+func.func @dispatch_gates_without_row_gates(%x: tensor<16x32xf32>, %e: tensor<16x2xi64>, %g: tensor<16x2xf32>) {
+  // expected-error@+1 {{'moe.dispatch' op has gates but no row_gates result}}
+  %r, %re, %c = moe.dispatch %x, %e gates(%g) on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<16x32xf32>, tensor<16x2xi64>, tensor<16x2xf32>) -> (tensor<?x32xf32>, tensor<?x1xi64>, tensor<2x2xi64>)
+  return
+}
+
+// -----
+
+// Tests that a routed collective names at least one grid axis.
+func.func @dispatch_no_axes(%x: tensor<16x32xf32>, %e: tensor<16x2xi64>) {
+  // expected-error@+1 {{'moe.dispatch' op grid_axes must name at least one axis}}
+  %r, %re, %c = moe.dispatch %x, %e on @mesh grid_axes = [] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<16x32xf32>, tensor<16x2xi64>) -> (tensor<?x32xf32>, tensor<?x1xi64>, tensor<2x2xi64>)
+  return
+}
+
+// -----
+
+// Tests that grid axes are not negative.
+func.func @combine_negative_axis(%r: tensor<?x32xf32>, %e: tensor<16x2xi64>, %c: tensor<2x2xi64>) {
+  // expected-error@+1 {{'moe.combine' op grid axis -1 is negative}}
+  %y = moe.combine %r, %e, %c on @mesh grid_axes = [-1] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<?x32xf32>, tensor<16x2xi64>, tensor<2x2xi64>) -> tensor<16x32xf32>
+  return
+}
+
+// -----
+
+// Tests that combined rows are a matrix.
+func.func @combine_rows_rank(%r: tensor<?x4x8xf32>, %e: tensor<16x2xi64>, %c: tensor<2x2xi64>) {
+  // expected-error@+1 {{'moe.combine' op rows must be [rows, width] but have rank 3}}
+  %y = moe.combine %r, %e, %c on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<?x4x8xf32>, tensor<16x2xi64>, tensor<2x2xi64>) -> tensor<16x32xf32>
+  return
+}
+
+// -----
+
+// Tests that a combine's counts have a static shape.
+func.func @combine_counts(%r: tensor<?x32xf32>, %e: tensor<16x2xi64>, %c: tensor<?x2xi64>) {
+  // expected-error@+1 {{'moe.combine' op counts must be a static [group_size, num_local_experts] tensor but are 'tensor<?x2xi64>'}}
+  %y = moe.combine %r, %e, %c on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<?x32xf32>, tensor<16x2xi64>, tensor<?x2xi64>) -> tensor<16x32xf32>
+  return
+}
+
+// -----
+
+// Tests that every layer's logits have the same experts.
+func.func @load_balancing_stats_layers(%a: tensor<16x4xf32>, %b: tensor<16x8xf32>) {
+  // expected-error@+1 {{'moe.load_balancing_stats' op logits of layer 1 have 8 experts but earlier layers have 4}}
+  %s = moe.load_balancing_stats %a, %b {k = 2 : i64} : (tensor<16x4xf32>, tensor<16x8xf32>) -> tensor<2x4xf32>
+  return
+}
+
+// -----
+
+// Tests that load-balancing statistics need at least one layer.
+func.func @load_balancing_stats_empty() {
+  // expected-error@+1 {{'moe.load_balancing_stats' op needs the router logits of at least one layer}}
+  %s = moe.load_balancing_stats {k = 2 : i64} : () -> tensor<2x4xf32>
+  return
+}
+
+// -----
+
+// Tests that a combine's expert choices have a choice dimension.
+func.func @combine_experts_rank(%r: tensor<?x32xf32>, %e: tensor<i64>, %c: tensor<2x2xi64>) {
+  // expected-error@+1 {{'moe.combine' op experts must have rank at least 1}}
+  %y = moe.combine %r, %e, %c on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<?x32xf32>, tensor<i64>, tensor<2x2xi64>) -> tensor<32xf32>
+  return
+}
+
+// -----
+
+// Tests that a dispatch's input has a hidden dimension.
+func.func @dispatch_input_rank(%x: tensor<f32>, %e: tensor<2xi64>) {
+  // expected-error@+1 {{'moe.dispatch' op input must have rank at least 1}}
+  %r, %re, %c = moe.dispatch %x, %e on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<f32>, tensor<2xi64>) -> (tensor<?x1xf32>, tensor<?x1xi64>, tensor<2x2xi64>)
+  return
+}
+
+// -----
+
+// Tests that a token shuffle moves tokens of a hidden dimension.
+func.func @token_shuffle_rank(%x: tensor<f32>, %s: tensor<i64>) {
+  // expected-error@+1 {{'moe.token_shuffle' op input must have rank at least 1}}
+  %y = moe.token_shuffle %x, %s on @mesh grid_axes = [2] {seed = 0 : i64} : (tensor<f32>, tensor<i64>) -> tensor<f32>
+  return
+}
+
+// -----
+
+// Tests that moe.expert_local marks only parameters and AdamW moments.
+// expected-error@+1 {{'func.func' op has 'moe.expert_local' on argument #0, which is neither a parameter nor an AdamW moment}}
+func.func @expert_local_not_state(%x: tensor<2x4xf32> {moe.expert_local}) {
+  return
+}
+
+// -----
+
+// Tests that moe.expert_local is a unit attribute.
+// expected-error@+1 {{'func.func' op has 'moe.expert_local' on argument #0 that is 1 : i64; it must be a unit}}
+func.func @expert_local_value(%w: tensor<2x4xf32> {moe.parameter = "w", moe.expert_local = 1 : i64}) {
+  return
+}

@@ -128,3 +128,54 @@ func.func @step(%w: tensor<32xf32> {moe.parameter = "w"}, %m: tensor<32xf32> {mo
   %p, %m2, %v2 = moe.adamw %w, %g, %m, %v, %step, %lr, %lr {beta1 = 0.9 : f64, beta2 = 0.95 : f64, epsilon = 1.0e-08 : f64, weight_decay = 0.1 : f64, max_grad_norm = 1.0 : f64, moe.adamw_group = 0 : i64} : tensor<32xf32>, tensor<i64>, tensor<f32>
   return %lr, %g, %c, %p : tensor<f32>, tensor<32xf32>, tensor<32xbf16>, tensor<32xf32>
 }
+
+// Expert parallelism: a layer's dispatch, local experts and combine, its
+// backward mirror, the token shuffle and the global load-balancing loss.
+// CHECK-LABEL: func.func @expert_parallel
+// CHECK: %[[ROWS:.+]], %[[ROW_EXPERTS:.+]], %[[COUNTS:.+]], %[[ROW_GATES:.+]] = moe.dispatch %{{.*}}, %{{.*}} gates(%{{.*}}) on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<16x32xf32>, tensor<16x2xi64>, tensor<16x2xf32>) -> (tensor<?x32xf32>, tensor<?x1xi64>, tensor<2x2xi64>, tensor<?x1xf32>)
+// CHECK: moe.experts %[[ROWS]], %[[ROW_GATES]], %[[ROW_EXPERTS]]
+// CHECK: moe.combine %{{.*}}, %{{.*}}, %[[COUNTS]] on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<?x32xf32>, tensor<16x2xi64>, tensor<2x2xi64>) -> tensor<16x32xf32>
+// CHECK: moe.dispatch %{{.*}}, %{{.*}} on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_gather>} : (tensor<16x32xf32>, tensor<16x2xi64>) -> (tensor<?x32xf32>, tensor<?x1xi64>, tensor<2x2xi64>)
+// CHECK: moe.token_shuffle %{{.*}}, %{{.*}} on @mesh grid_axes = [2] {seed = 7 : i64} : (tensor<16x32xf32>, tensor<i64>) -> tensor<16x32xf32>
+// CHECK: moe.token_shuffle %{{.*}}, %{{.*}} on @mesh grid_axes = [2] {inverse, seed = 7 : i64}
+// CHECK: moe.load_balancing_stats %{{.*}} {k = 2 : i64} : (tensor<16x4xf32>) -> tensor<2x4xf32>
+// CHECK: moe.load_balancing_loss_from_stats %{{.*}} {k = 2 : i64} : (tensor<2x4xf32>) -> tensor<f32>
+// CHECK: moe.load_balancing_stats_grad %{{.*}}, %{{.*}} {k = 2 : i64, scale = 2.000000e-02 : f64} : (tensor<16x4xf32>, tensor<2x4xf32>) -> tensor<16x4xf32>
+func.func @expert_parallel(%x: tensor<16x32xf32>, %gates: tensor<16x2xf32>,
+                           %experts: tensor<16x2xi64>,
+                           %gate_up: tensor<2x128x32xf32>,
+                           %down: tensor<2x32x64xf32>, %step: tensor<i64>,
+                           %logits: tensor<16x4xf32>)
+    -> (tensor<16x32xf32>, tensor<?x32xf32>, tensor<16x32xf32>, tensor<f32>, tensor<16x4xf32>) {
+  %rows, %row_experts, %counts, %row_gates = moe.dispatch %x, %experts gates(%gates) on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<16x32xf32>, tensor<16x2xi64>, tensor<16x2xf32>) -> (tensor<?x32xf32>, tensor<?x1xi64>, tensor<2x2xi64>, tensor<?x1xf32>)
+  %y = moe.experts %rows, %row_gates, %row_experts, %gate_up, %down {gate_up_layout = #moe.gate_up_layout<concatenated>} : (tensor<?x32xf32>, tensor<?x1xf32>, tensor<?x1xi64>, tensor<2x128x32xf32>, tensor<2x32x64xf32>) -> tensor<?x32xf32>
+  %out = moe.combine %y, %experts, %counts on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<?x32xf32>, tensor<16x2xi64>, tensor<2x2xi64>) -> tensor<16x32xf32>
+  %d_rows, %d_row_experts, %d_counts = moe.dispatch %out, %experts on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_gather>} : (tensor<16x32xf32>, tensor<16x2xi64>) -> (tensor<?x32xf32>, tensor<?x1xi64>, tensor<2x2xi64>)
+  %s = moe.token_shuffle %x, %step on @mesh grid_axes = [2] {seed = 7 : i64} : (tensor<16x32xf32>, tensor<i64>) -> tensor<16x32xf32>
+  %u = moe.token_shuffle %s, %step on @mesh grid_axes = [2] {seed = 7 : i64, inverse} : (tensor<16x32xf32>, tensor<i64>) -> tensor<16x32xf32>
+  %stats = moe.load_balancing_stats %logits {k = 2 : i64} : (tensor<16x4xf32>) -> tensor<2x4xf32>
+  %aux = moe.load_balancing_loss_from_stats %stats {k = 2 : i64} : (tensor<2x4xf32>) -> tensor<f32>
+  %d_logits = moe.load_balancing_stats_grad %logits, %stats {k = 2 : i64, scale = 0.02 : f64} : (tensor<16x4xf32>, tensor<2x4xf32>) -> tensor<16x4xf32>
+  return %out, %d_rows, %u, %aux, %d_logits : tensor<16x32xf32>, tensor<?x32xf32>, tensor<16x32xf32>, tensor<f32>, tensor<16x4xf32>
+}
+
+// CHECK-LABEL: func.func @target_count
+// CHECK: moe.target_count %{{.+}} {ignore_index = -1 : i64} : (tensor<2x8xi64>) -> tensor<f32>
+func.func @target_count(%labels: tensor<2x8xi64>) -> tensor<f32> {
+  %n = moe.target_count %labels {ignore_index = -1 : i64} : (tensor<2x8xi64>) -> tensor<f32>
+  return %n : tensor<f32>
+}
+
+// CHECK-LABEL: func.func @router_groups
+// CHECK: moe.router %{{.+}} {k = 2 : i64, load_balancing = #moe.load_balancing<sinkhorn>, tokens_per_group = 8 : i64}
+func.func @router_groups(%logits: tensor<2x8x4xf32>) -> tensor<2x8x2xi64> {
+  %g, %e = moe.router %logits {k = 2 : i64, load_balancing = #moe.load_balancing<sinkhorn>, tokens_per_group = 8 : i64} : (tensor<2x8x4xf32>) -> (tensor<2x8x2xf32>, tensor<2x8x2xi64>)
+  return %e : tensor<2x8x2xi64>
+}
+
+// CHECK-LABEL: func.func @param_init_block
+// CHECK: moe.param_init %{{.+}} {global_shape = array<i64: 8, 6>, grid = @mesh, kind = #moe.param_init<normal>, name = "w", split_axes = array<i64: 2, 1>, std = 5.000000e-01 : f64} : (tensor<i64>) -> tensor<4x3xf32>
+func.func @param_init_block(%seed: tensor<i64>) -> tensor<4x3xf32> {
+  %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.5 : f64, global_shape = array<i64: 8, 6>, grid = @mesh, split_axes = array<i64: 2, 1>} : (tensor<i64>) -> tensor<4x3xf32>
+  return %w : tensor<4x3xf32>
+}

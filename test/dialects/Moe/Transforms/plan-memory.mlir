@@ -91,3 +91,23 @@ func.func @persistent_copy(%w: tensor<4x64xf32>, %x: tensor<4x64xbf16>) -> tenso
   %y = moe.linear %x, %c : (tensor<4x64xbf16>, tensor<4x64xbf16>) -> tensor<4x4xbf16>
   return %y : tensor<4x4xbf16>
 }
+
+// -----
+
+// Tests that an expert-parallel rank's received rows get the bytes of their
+// bound, every slot of the group (2 ranks · 4 tokens · 2 choices = 16 rows):
+// rows 16 · 64 fp32 = 4 KiB at 0, the local experts' output 4 KiB at 4096,
+// their local experts (128 B), gates (64 B) and the [2, 2] counts (32 B) in
+// 256 B steps after them; the combined output reuses the rows' bytes.
+// CHECK-LABEL: func.func @received_rows
+// CHECK-SAME: moe.arena_bytes = 8960 : i64
+// CHECK: moe.dispatch {{.*}} {dispatcher = #moe.dispatcher<all_to_all>, moe.arena_offsets = array<i64: 0, 8192, 8704, 8448>}
+// CHECK: moe.experts {{.*}} {gate_up_layout = #moe.gate_up_layout<concatenated>, moe.arena_offsets = array<i64: 4096>}
+// CHECK: moe.combine {{.*}} {dispatcher = #moe.dispatcher<all_to_all>, moe.arena_offsets = array<i64: 0>}
+func.func @received_rows(%x: tensor<4x64xf32>, %g: tensor<4x2xf32>, %e: tensor<4x2xi64>,
+                         %gate_up: tensor<2x32x64xf32>, %down: tensor<2x64x16xf32>) -> tensor<4x64xf32> {
+  %rows, %row_e, %counts, %row_g = moe.dispatch %x, %e gates(%g) on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<4x64xf32>, tensor<4x2xi64>, tensor<4x2xf32>) -> (tensor<?x64xf32>, tensor<?x1xi64>, tensor<2x2xi64>, tensor<?x1xf32>)
+  %y = moe.experts %rows, %row_g, %row_e, %gate_up, %down {gate_up_layout = #moe.gate_up_layout<concatenated>} : (tensor<?x64xf32>, tensor<?x1xf32>, tensor<?x1xi64>, tensor<2x32x64xf32>, tensor<2x64x16xf32>) -> tensor<?x64xf32>
+  %out = moe.combine %y, %e, %counts on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<?x64xf32>, tensor<4x2xi64>, tensor<2x2xi64>) -> tensor<4x64xf32>
+  return %out : tensor<4x64xf32>
+}
