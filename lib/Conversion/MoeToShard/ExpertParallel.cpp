@@ -34,7 +34,7 @@
 
 namespace moec {
 #define GEN_PASS_DEF_EXPERTPARALLEL
-#include "lib/Conversion/MoeToShard/Passes.h.inc"
+#include "moec/Conversion/MoeToShard/Passes.h.inc"
 } // namespace moec
 
 using namespace mlir;

@@ -25,7 +25,7 @@
 
 namespace moec {
 #define GEN_PASS_DEF_HYBRIDSHARD
-#include "lib/Conversion/MoeToShard/Passes.h.inc"
+#include "moec/Conversion/MoeToShard/Passes.h.inc"
 } // namespace moec
 
 using namespace mlir;

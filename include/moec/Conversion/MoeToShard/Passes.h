@@ -25,10 +25,10 @@ inline constexpr llvm::StringLiteral kMeshName = "mesh";
 enum MeshAxis : int16_t { ReplicaAxis = 0, ShardAxis = 1, ExpertAxis = 2 };
 
 #define GEN_PASS_DECL
-#include "lib/Conversion/MoeToShard/Passes.h.inc"
+#include "moec/Conversion/MoeToShard/Passes.h.inc"
 
 #define GEN_PASS_REGISTRATION
-#include "lib/Conversion/MoeToShard/Passes.h.inc"
+#include "moec/Conversion/MoeToShard/Passes.h.inc"
 
 } // namespace moec
 
