@@ -345,12 +345,16 @@ TEST(TrainingJob, TrainAndPlanImplementDifferentParts) {
   parallel.globalBatchSize = 64;
   EXPECT_EQ(implementedError(parallel, JobConsumer::Plan), "");
   EXPECT_EQ(implementedError(parallel, JobConsumer::Train),
+            "global_batch_size 64 is not implemented yet by moec train (no "
+            "gradient accumulation: it must be 0 or world_size times "
+            "micro_batch_size)");
+  parallel.globalBatchSize = parallel.worldSize * parallel.microBatchSize;
+  EXPECT_EQ(implementedError(parallel, JobConsumer::Train),
             "activation_checkpointing full is not implemented yet by moec "
             "train (recompute_experts is the one recomputation so far)");
   // The reference runs any layout on simulated ranks, with either
   // dispatcher and the token shuffle; the plan does not model those two.
   parallel.activationCheckpointing = ActivationCheckpointing::None;
-  parallel.globalBatchSize = parallel.worldSize * parallel.microBatchSize;
   parallel.moeAllToAllDispatcher = false;
   parallel.globalTokenShuffle = true;
   EXPECT_EQ(implementedError(parallel, JobConsumer::Train), "");
