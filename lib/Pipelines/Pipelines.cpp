@@ -10,6 +10,7 @@
 #include "moec/Pipelines/Pipelines.h"
 
 #include "dialects/Moe/Transforms/Passes.h"
+#include "moec/Conversion/MoeToShard/Passes.h"
 #include "moec/Conversion/OnnxToMoe/Passes.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Pass/PassRegistry.h"
@@ -53,6 +54,31 @@ void moec::buildTrainStepPipeline(OpPassManager &pm,
     pm.addNestedPass<func::FuncOp>(moe::createSaveExpertActivations());
 }
 
+bool moec::isPartitioned(const TrainingJob &job) {
+  return job.worldSize > 1 || job.expertParallelDegree > 1 ||
+         job.hybridShardDegree > 1;
+}
+
+void moec::buildPartitionPipeline(OpPassManager &pm, const TrainingJob &job) {
+  std::string strategy =
+      stringifyShardingStrategy(job.shardingStrategy).str();
+  ExpertParallelOptions experts;
+  experts.worldSize = job.worldSize;
+  experts.expertParallelDegree = job.expertParallelDegree;
+  experts.hybridShardDegree = job.hybridShardDegree;
+  experts.shardingStrategy = strategy;
+  experts.dispatcher = job.moeAllToAllDispatcher ? "all_to_all" : "all_gather";
+  experts.globalTokenShuffle = job.globalTokenShuffle;
+  experts.seed = job.randomSeed;
+  pm.addPass(createExpertParallel(experts));
+  HybridShardOptions shard;
+  shard.worldSize = job.worldSize;
+  shard.expertParallelDegree = job.expertParallelDegree;
+  shard.hybridShardDegree = job.hybridShardDegree;
+  shard.shardingStrategy = strategy;
+  pm.addPass(createHybridShard(shard));
+}
+
 void moec::buildTrainPipeline(OpPassManager &pm, const TrainingJob &job,
                               bool returnGradients) {
   moe::BuildInitParamsOptions init;
@@ -60,11 +86,21 @@ void moec::buildTrainPipeline(OpPassManager &pm, const TrainingJob &job,
   pm.addPass(moe::createBuildInitParams(init));
   moe::BuildTrainStepOptions step = getTrainStepOptions(job);
   step.returnGradients = returnGradients;
-  buildTrainStepPipeline(pm, step, job.recomputeExperts);
+  // moe-expert-parallel splits moe.experts before their activations are
+  // saved.
+  const bool partitioned = isPartitioned(job);
+  buildTrainStepPipeline(pm, step,
+                         /*recomputeExperts=*/partitioned ||
+                             job.recomputeExperts);
   moe::SpecializeShapesOptions shapes;
   shapes.batch = job.microBatchSize;
   shapes.seq = job.seqLength;
   pm.addNestedPass<func::FuncOp>(moe::createSpecializeShapes(shapes));
+  if (!partitioned)
+    return;
+  buildPartitionPipeline(pm, job);
+  if (!job.recomputeExperts)
+    pm.addNestedPass<func::FuncOp>(moe::createSaveExpertActivations());
 }
 
 void moec::buildCompilePipeline(OpPassManager &pm, const TrainingJob &job,

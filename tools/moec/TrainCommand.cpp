@@ -15,6 +15,15 @@
 // The step's results are read by their tags and names (moe.parameter,
 // moe.exp_avg, moe.exp_avg_sq, moe.output, moe.gradient), not by position.
 //
+// A job with a parallel layout (world_size, expert_parallel_degree,
+// hybrid_shard_degree, sharding_strategy, either dispatcher, the token
+// shuffle) runs its partitioned step on world_size simulated ranks
+// (executeOnRanks): each rank creates its own shards with the partitioned
+// @init_params and reads its own micro-batch, the r-th of each global batch
+// of world_size micro-batches, so the ranks together consume the blocks one
+// process would with a micro-batch world_size times larger. The metrics are
+// rank 0's: the partitioned step's are the global batch's on every rank.
+//
 //===----------------------------------------------------------------------===//
 
 #include "Commands.h"
@@ -23,6 +32,7 @@
 #include "dialects/Moe/IR/MoeOps.h"
 #include "moec/Import/Onnx.h"
 #include "moec/Pipelines/Pipelines.h"
+#include "moec/Plan/Mesh.h"
 #include "moec/Reference/Executor.h"
 #include "moert/Schedule.h"
 
@@ -36,6 +46,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <optional>
 
 using namespace mlir;
 using moec::HostTensor;
@@ -178,6 +189,21 @@ int moec::cli::runTrain(const TrainingJobFlags &jobFlags) {
   if (llvm::Error err = moec::checkImplemented(job, moec::JobConsumer::Train))
     return fail(llvm::toString(std::move(err)));
   const int64_t microBatchSize = job.microBatchSize;
+  // Ranks, and the blocks one step of all of them reads.
+  const int64_t ranks = job.worldSize;
+  const int64_t globalBatch = ranks * microBatchSize;
+  if (moec::isPartitioned(job)) {
+    if (!dumpDir.empty())
+      return fail(fmt::format("--dump is not implemented yet for world_size "
+                              "{} (the ranks hold shards of the gradients "
+                              "and parameters)",
+                              ranks));
+    if (!job.delayedParam)
+      return fail(fmt::format("delayed_param false is not implemented yet for "
+                              "world_size {} (each rank creates its shards "
+                              "from the seed)",
+                              ranks));
+  }
   MLIRContext context;
   DiagnosticPrinter diagnostics(context);
   OwningOpRef<ModuleOp> module =
@@ -209,10 +235,10 @@ int moec::cli::runTrain(const TrainingJobFlags &jobFlags) {
     if (!readTensorProtoFile(validPath, valid, error))
       return fail(error);
     if (valid.isFloat() || valid.shape.size() != 2 || valid.shape[1] != seq ||
-        valid.shape[0] < microBatchSize)
+        valid.shape[0] < globalBatch)
       return fail(fmt::format("'{}' must hold at least {} int64 blocks of {} "
                               "tokens but has shape {}",
-                              validPath.getValue(), microBatchSize, seq,
+                              validPath.getValue(), globalBatch, seq,
                               valid.shapeString()));
   }
 
@@ -231,10 +257,39 @@ int moec::cli::runTrain(const TrainingJobFlags &jobFlags) {
   if (printIr)
     step->print(llvm::outs());
 
-  // Parameters and optimizer state, in the step's argument order.
+  // The mesh of a partitioned step, as its passes resolved it.
+  std::optional<plan::Mesh> mesh;
+  if (moec::isPartitioned(job)) {
+    int64_t numExperts = 0;
+    step.walk([&](moe::RouterOp router) {
+      numExperts = router.getLogits().getType().getShape().back();
+    });
+    llvm::Expected<plan::Mesh> resolved = plan::resolveMesh(
+        plan::getParallelConfig(job, plan::ParallelConfig().gpusPerNode),
+        numExperts);
+    if (!resolved)
+      return fail(llvm::toString(resolved.takeError()));
+    mesh = *resolved;
+  }
+  // Runs `func` on every rank, `arguments[r]` on rank r (one process
+  // unpartitioned).
+  auto runOnRanks =
+      [&](func::FuncOp func,
+          const std::vector<std::vector<HostTensor>> &arguments,
+          std::vector<std::vector<HostTensor>> &results) -> LogicalResult {
+    if (!mesh) {
+      results.resize(1);
+      return reference::execute(func, arguments[0], results[0]);
+    }
+    return reference::executeOnRanks(func, *mesh, arguments, results);
+  };
+
+  // Each rank's parameters and optimizer state, in the step's argument
+  // order.
   unsigned numArgs = step.getNumArguments();
   unsigned n = (numArgs - 4) / 3;
-  std::vector<HostTensor> state(3 * n);
+  std::vector<std::vector<HostTensor>> state(
+      ranks, std::vector<HostTensor>(3 * n));
   std::vector<std::string> names(n);
   for (unsigned i = 0; i < n; ++i)
     names[i] = step.getArgAttrOfType<StringAttr>(
@@ -253,15 +308,18 @@ int moec::cli::runTrain(const TrainingJobFlags &jobFlags) {
     if (!weights)
       return fail(error);
     for (unsigned i = 0; i < n; ++i)
-      if (!weights->load(names[i], state[i], error))
+      if (!weights->load(names[i], state[0][i], error))
         return fail(error);
   } else {
-    // delayed_param: the compiler's @init_params, run on the seed.
+    // delayed_param: the compiler's @init_params, run on the seed (each
+    // rank creates its own shards).
     auto init = module->lookupSymbol<func::FuncOp>("init_params");
     HostTensor seedTensor = HostTensor::ints({});
     seedTensor.i64[0] = job.randomSeed;
-    std::vector<HostTensor> initial;
-    if (failed(reference::execute(init, {seedTensor}, initial)))
+    std::vector<std::vector<HostTensor>> initial;
+    if (failed(runOnRanks(
+            init, std::vector<std::vector<HostTensor>>(ranks, {seedTensor}),
+            initial)))
       return 1;
     reference::ResultIndex initResults(init);
     for (unsigned i = 0; i < n; ++i) {
@@ -269,13 +327,15 @@ int moec::cli::runTrain(const TrainingJobFlags &jobFlags) {
           initResults.lookup(moe::MoeDialect::getParameterAttrName(), names[i]);
       if (!slot)
         return fail(llvm::toString(slot.takeError()));
-      state[i] = std::move(initial[*slot]);
+      for (int64_t r = 0; r < ranks; ++r)
+        state[r][i] = std::move(initial[r][*slot]);
     }
   }
-  for (unsigned i = 0; i < n; ++i) {
-    state[n + i] = HostTensor::floats(state[i].shape);
-    state[2 * n + i] = HostTensor::floats(state[i].shape);
-  }
+  for (std::vector<HostTensor> &rankState : state)
+    for (unsigned i = 0; i < n; ++i) {
+      rankState[n + i] = HostTensor::floats(rankState[i].shape);
+      rankState[2 * n + i] = HostTensor::floats(rankState[i].shape);
+    }
 
   std::unique_ptr<llvm::raw_fd_ostream> log;
   if (!logPath.empty()) {
@@ -288,21 +348,25 @@ int moec::cli::runTrain(const TrainingJobFlags &jobFlags) {
             "valid_loss\n";
   }
 
-  // The mean loss over the validation blocks, micro-batch by micro-batch
-  // (a remainder smaller than a micro-batch is left out).
+  // The mean loss over the validation blocks, global batch by global batch,
+  // each rank its own micro-batch of it (a remainder smaller than a global
+  // batch is left out). The partitioned step's loss is the global batch's.
   auto evaluate = [&](double &meanLoss) -> LogicalResult {
-    int64_t batches = valid.shape[0] / microBatchSize, batch = microBatchSize;
+    int64_t batches = valid.shape[0] / globalBatch, batch = microBatchSize;
     double sum = 0.0;
     for (int64_t i = 0; i < batches; ++i) {
-      HostTensor ids = HostTensor::ints({batch, seq});
-      std::copy_n(&valid.i64[i * batch * seq], batch * seq, ids.i64.begin());
-      std::vector<HostTensor> args(state.begin(), state.begin() + n);
-      args.push_back(ids);
-      args.push_back(ids);
-      std::vector<HostTensor> results;
-      if (failed(reference::execute(evalStep, args, results)))
+      std::vector<std::vector<HostTensor>> args(ranks), results;
+      for (int64_t r = 0; r < ranks; ++r) {
+        HostTensor ids = HostTensor::ints({batch, seq});
+        std::copy_n(&valid.i64[(i * ranks + r) * batch * seq], batch * seq,
+                    ids.i64.begin());
+        args[r].assign(state[r].begin(), state[r].begin() + n);
+        args[r].push_back(ids);
+        args[r].push_back(ids);
+      }
+      if (failed(runOnRanks(evalStep, args, results)))
         return failure();
-      sum += results[*evalLoss].f32[0];
+      sum += results[0][*evalLoss].f32[0];
     }
     meanLoss = sum / batches;
     return success();
@@ -311,42 +375,48 @@ int moec::cli::runTrain(const TrainingJobFlags &jobFlags) {
   int64_t total = totalSteps > 0 ? totalSteps.getValue() : steps.getValue();
   int64_t batch = microBatchSize;
   for (int64_t t = 1; t <= steps; ++t) {
-    HostTensor ids = HostTensor::ints({batch, seq});
-    HostTensor lab = HostTensor::ints({batch, seq});
-    for (int64_t b = 0; b < batch; ++b) {
-      int64_t block = ((t - 1) * batch + b) % blocks;
-      std::copy_n(&tokens.i64[block * seq], seq, &ids.i64[b * seq]);
-      std::copy_n(&labels.i64[block * seq], seq, &lab.i64[b * seq]);
-    }
     double stepLr = moert::LrSchedule{lr, minLr, warmupSteps, total}.at(t);
-    std::vector<HostTensor> args(state.begin(), state.end());
-    args.push_back(ids);
-    args.push_back(lab);
     HostTensor stepTensor = HostTensor::ints({});
     stepTensor.i64[0] = t;
-    args.push_back(stepTensor);
-    args.push_back(scalarF32(stepLr));
+    // Rank r's micro-batch: the r-th of the step's global batch.
+    std::vector<std::vector<HostTensor>> args(ranks), rankResults;
+    for (int64_t r = 0; r < ranks; ++r) {
+      HostTensor ids = HostTensor::ints({batch, seq});
+      HostTensor lab = HostTensor::ints({batch, seq});
+      for (int64_t b = 0; b < batch; ++b) {
+        int64_t block = ((t - 1) * globalBatch + r * batch + b) % blocks;
+        std::copy_n(&tokens.i64[block * seq], seq, &ids.i64[b * seq]);
+        std::copy_n(&labels.i64[block * seq], seq, &lab.i64[b * seq]);
+      }
+      args[r] = state[r];
+      args[r].push_back(ids);
+      args[r].push_back(lab);
+      args[r].push_back(stepTensor);
+      args[r].push_back(scalarF32(stepLr));
+    }
 
     auto start = std::chrono::steady_clock::now();
-    std::vector<HostTensor> results;
-    if (failed(reference::execute(step, args, results)))
+    if (failed(runOnRanks(step, args, rankResults)))
       return 1;
     double seconds = std::chrono::duration<double>(
                          std::chrono::steady_clock::now() - start)
                          .count();
     const StepResults &slots = *stepResults;
-    for (unsigned i = 0; i < n; ++i) {
-      state[i] = std::move(results[slots.params[i]]);
-      state[n + i] = std::move(results[slots.expAvg[i]]);
-      state[2 * n + i] = std::move(results[slots.expAvgSq[i]]);
-    }
+    for (int64_t r = 0; r < ranks; ++r)
+      for (unsigned i = 0; i < n; ++i) {
+        state[r][i] = std::move(rankResults[r][slots.params[i]]);
+        state[r][n + i] = std::move(rankResults[r][slots.expAvg[i]]);
+        state[r][2 * n + i] = std::move(rankResults[r][slots.expAvgSq[i]]);
+      }
+    // The metrics and expert counts are the global batch's on every rank.
+    std::vector<HostTensor> &results = rankResults[0];
     const HostTensor &counts = results[slots.expertCounts];
     double loss = results[slots.loss].f32[0],
            ce = results[slots.ceLoss].f32[0],
            aux = results[slots.auxLoss].f32[0],
            z = results[slots.zLoss].f32[0],
            norm = results[slots.gradNorm].f32[0];
-    double tokensPerSecond = batch * seq / seconds;
+    double tokensPerSecond = globalBatch * seq / seconds;
     std::string countText;
     for (int64_t l = 0; l < counts.shape[0]; ++l) {
       countText += l ? " | " : "";
@@ -368,8 +438,7 @@ int moec::cli::runTrain(const TrainingJobFlags &jobFlags) {
       validText = fmt::format("{:.9g}", validLoss);
       llvm::outs() << fmt::format("step {:4d}  valid loss {:.6f} ({} blocks)\n",
                                   t, validLoss,
-                                  valid.shape[0] / microBatchSize *
-                                      microBatchSize);
+                                  valid.shape[0] / globalBatch * globalBatch);
     }
     if (log)
       *log << fmt::format("{},{:.9g},{:.9g},{:.9g},{:.9g},{:.9g},{:.9g},{:.1f},{}\n",
@@ -395,7 +464,7 @@ int moec::cli::runTrain(const TrainingJobFlags &jobFlags) {
   }
   if (!dumpDir.empty())
     for (unsigned i = 0; i < n; ++i)
-      if (!dumpTensor("final/param/" + names[i] + ".pb", state[i], error))
+      if (!dumpTensor("final/param/" + names[i] + ".pb", state[0][i], error))
         return fail(error);
   return 0;
 }

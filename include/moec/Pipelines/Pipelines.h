@@ -32,11 +32,25 @@ void buildTrainStepPipeline(mlir::OpPassManager &pm,
                             const mlir::moe::BuildTrainStepOptions &options,
                             bool recomputeExperts = false);
 
+/// Whether `job` trains on more than one rank, or asks for an expert or
+/// shard axis: its step must then be partitioned (buildPartitionPipeline).
+bool isPartitioned(const TrainingJob &job);
+
+/// Partitions a static-shaped step for `job`'s mesh (world_size,
+/// expert_parallel_degree, hybrid_shard_degree, sharding_strategy):
+/// moe-expert-parallel (with the job's dispatcher, global_token_shuffle and
+/// random_seed), then moe-hybrid-shard. The result is the SPMD program
+/// every rank runs (docs/partitioning.md); an invalid layout fails with the
+/// rule and the numbers.
+void buildPartitionPipeline(mlir::OpPassManager &pm, const TrainingJob &job);
+
 /// `moe-train-pipeline`: from a raised @forward to the @init_params and
 /// static-shaped @train_step and @eval_step of `job`, as the reference
 /// executor runs them: moe-build-init-params, the train-step pipeline,
-/// moe-specialize-shapes. With `returnGradients` the step also returns every
-/// parameter's gradient.
+/// moe-specialize-shapes, and for a partitioned job
+/// (isPartitioned) the partition pipeline, before
+/// moe-save-expert-activations. With `returnGradients` the step also returns
+/// every parameter's gradient.
 void buildTrainPipeline(mlir::OpPassManager &pm, const TrainingJob &job,
                         bool returnGradients = false);
 

@@ -12,6 +12,7 @@
 #include "dialects/Moe/IR/MoeOps.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/Shard/IR/ShardDialect.h"
 
 #include <fmt/format.h>
 
@@ -70,6 +71,37 @@ void moec::detail::printParamInitLaunch(moe::ParamInitOp op,
       joined(global), joined(offsets));
 }
 
+LogicalResult moec::detail::checkOneGpuProgram(func::FuncOp func) {
+  WalkResult walk = func.walk([](Operation *op) -> WalkResult {
+    if (isa<shard::ShardDialect>(op->getDialect()) ||
+        isa<moe::DispatchOp, moe::CombineOp, moe::TokenShuffleOp,
+            moe::LoadBalancingStatsOp, moe::LoadBalancingLossFromStatsOp,
+            moe::LoadBalancingStatsGradOp, moe::TargetCountOp>(op)) {
+      op->emitOpError() << "belongs to a partitioned program "
+                           "(moe-expert-parallel, moe-hybrid-shard); the "
+                           "CUDA printer emits one-GPU programs only";
+      return WalkResult::interrupt();
+    }
+    if (auto router = dyn_cast<moe::RouterOp>(op);
+        router && router.getTokensPerGroup() != 0) {
+      router.emitOpError() << "routes groups of "
+                           << router.getTokensPerGroup()
+                           << " tokens (tokens_per_group); the CUDA kernels "
+                              "route all tokens of the step together";
+      return WalkResult::interrupt();
+    }
+    if (auto init = dyn_cast<moe::ParamInitOp>(op);
+        init && (init.getGrid() || init.getSplitAxes())) {
+      init.emitOpError() << "creates one rank's block of '" << init.getName()
+                         << "' (grid, split_axes); the CUDA printer creates "
+                            "whole parameters only";
+      return WalkResult::interrupt();
+    }
+    return WalkResult::advance();
+  });
+  return failure(walk.wasInterrupted());
+}
+
 /// A C++ string literal for `text`.
 std::string moec::detail::quoted(llvm::StringRef text) {
   std::string out = "\"";
@@ -97,6 +129,8 @@ LogicalResult moec::emitCudaInitProgram(ModuleOp module,
   if (init.getBody().getBlocks().size() != 1)
     return init.emitError() << "has " << init.getBody().getBlocks().size()
                             << " blocks; the CUDA printer emits one";
+  if (failed(moec::detail::checkOneGpuProgram(init)))
+    return failure();
   auto ret = cast<func::ReturnOp>(init.getBody().front().getTerminator());
 
   // Layout and launches, checked before anything is printed.

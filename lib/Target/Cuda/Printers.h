@@ -1,7 +1,8 @@
 //===- Printers.h - What the CUDA printers share ----------------*- C++ -*-===//
 //
-// Internal to lib/Target/Cuda: small text helpers and the launch of one
-// moe.param_init, printed the same way in the init and training programs.
+// Internal to lib/Target/Cuda: small text helpers, the launch of one
+// moe.param_init, printed the same way in the init and training programs,
+// and the check that a function is a one-GPU program.
 //
 //===----------------------------------------------------------------------===//
 
@@ -9,6 +10,8 @@
 #define MOEC_LIB_TARGET_CUDA_PRINTERS_H
 
 #include "dialects/Moe/IR/MoeOps.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 
 #include "llvm/ADT/StringRef.h"
 #include "llvm/Support/raw_ostream.h"
@@ -28,6 +31,15 @@ std::string joined(llvm::ArrayRef<int64_t> values);
 /// expects a `uint64_t seed` in scope.
 void printParamInitLaunch(mlir::moe::ParamInitOp op, llvm::StringRef pointer,
                           llvm::StringRef stream, llvm::raw_ostream &os);
+
+/// Fails with a diagnostic on the first op of `func` that only a partitioned
+/// program has (docs/partitioning.md): an op of the shard dialect,
+/// moe.dispatch, moe.combine, moe.token_shuffle, the load-balancing
+/// statistics, moe.target_count, a moe.router that routes groups of
+/// `tokens_per_group` tokens, or a moe.param_init that creates one rank's
+/// block (`grid`, `split_axes`). The printers emit one-GPU programs only, and
+/// those ops would otherwise print as the wrong one-GPU code or not at all.
+mlir::LogicalResult checkOneGpuProgram(mlir::func::FuncOp func);
 
 } // namespace moec::detail
 

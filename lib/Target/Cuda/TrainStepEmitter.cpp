@@ -1246,6 +1246,9 @@ LogicalResult moec::emitCudaTrainProgram(ModuleOp module,
     if (f.getBody().getBlocks().size() != 1)
       return f.emitError() << "has " << f.getBody().getBlocks().size()
                            << " blocks; the CUDA printer emits one";
+  for (func::FuncOp f : {step, init})
+    if (failed(moec::detail::checkOneGpuProgram(f)))
+      return failure();
   TrainStepPrinter printer(step, init, options);
   return printer.print(os, summary);
 }

@@ -2,6 +2,8 @@
 // RUN: moec-opt %s --moe-compile-pipeline="micro-batch-size=2 seq-length=8 bf16=true" | FileCheck %s --check-prefix=BF16
 // RUN: moec-opt %s --moe-compile-pipeline="micro-batch-size=2 seq-length=8 bf16=true keep-param-copies=false recompute-experts=true" | FileCheck %s --check-prefix=NO-COPIES
 // RUN: moec-opt %s --moe-train-pipeline="micro-batch-size=4 seq-length=16 moe-load-balancing=sinkhorn return-gradients=true" | FileCheck %s --check-prefix=TRAIN
+// RUN: moec-opt %s --moe-train-pipeline="micro-batch-size=2 seq-length=8 world-size=4 expert-parallel-degree=2 hybrid-shard-degree=2 moe-all-to-all-dispatcher=false" | FileCheck %s --check-prefix=PARTITIONED
+// RUN: moec-opt %s --moe-train-pipeline="micro-batch-size=2 seq-length=8 world-size=4 expert-parallel-degree=2 recompute-experts=true" | FileCheck %s --check-prefix=RECOMPUTE
 
 // Tests that moe-compile-pipeline runs the passes of `moec compile` for the
 // job in its options: the forward at the job's shapes
@@ -61,3 +63,22 @@ func.func @forward(%ids: tensor<?x?xi64> {moe.input = "input_ids"},
   %o = moe.lm_head %r, %head : (tensor<?x?x16xf32>, tensor<64x16xf32>) -> tensor<?x?x64xf32>
   return %o : tensor<?x?x64xf32>
 }
+
+// Tests that moe-train-pipeline partitions a job with a parallel layout
+// (buildPartitionPipeline): the mesh, each rank's shards of @init_params,
+// the job's dispatcher, and the experts' activations saved after
+// moe-expert-parallel split them (unless recompute_experts).
+// PARTITIONED: shard.grid @mesh(shape = 1x2x2)
+// PARTITIONED-LABEL: func.func @train_step(
+// PARTITIONED: shard.all_gather
+// PARTITIONED: moe.dispatch {{.*}}dispatcher = #moe.dispatcher<all_gather>
+// PARTITIONED: %{{.+}}, %[[SAVED:.+]] = moe.experts %rows
+// PARTITIONED: moe.experts_grad {{.*}}, %[[SAVED]] {
+// PARTITIONED: shard.reduce_scatter
+// PARTITIONED-LABEL: func.func @init_params(
+// PARTITIONED: moe.param_init {{.*}}grid = @mesh
+// RECOMPUTE-LABEL: func.func @train_step(
+// RECOMPUTE: moe.dispatch {{.*}}dispatcher = #moe.dispatcher<all_to_all>
+// RECOMPUTE: %{{.+}} = moe.experts %rows
+// RECOMPUTE-NOT: %saved
+// RECOMPUTE: moe.experts_grad

@@ -345,8 +345,25 @@ TEST(TrainingJob, TrainAndPlanImplementDifferentParts) {
   parallel.globalBatchSize = 64;
   EXPECT_EQ(implementedError(parallel, JobConsumer::Plan), "");
   EXPECT_EQ(implementedError(parallel, JobConsumer::Train),
-            "world_size 16 is not implemented yet by moec train (one process "
-            "on the CPU reference executor)");
+            "global_batch_size 64 is not implemented yet by moec train (no "
+            "gradient accumulation: it must be 0 or world_size times "
+            "micro_batch_size)");
+  parallel.globalBatchSize = parallel.worldSize * parallel.microBatchSize;
+  EXPECT_EQ(implementedError(parallel, JobConsumer::Train),
+            "activation_checkpointing full is not implemented yet by moec "
+            "train (recompute_experts is the one recomputation so far)");
+  // The reference runs any layout on simulated ranks, with either
+  // dispatcher and the token shuffle; the plan does not model those two.
+  parallel.activationCheckpointing = ActivationCheckpointing::None;
+  parallel.moeAllToAllDispatcher = false;
+  parallel.globalTokenShuffle = true;
+  EXPECT_EQ(implementedError(parallel, JobConsumer::Train), "");
+  EXPECT_EQ(implementedError(parallel, JobConsumer::Plan),
+            "moe_all_to_all_dispatcher false is not implemented yet by moec "
+            "plan (tokens are dispatched by all-to-all)");
+  EXPECT_EQ(implementedError(parallel, JobConsumer::Compile),
+            "moe_all_to_all_dispatcher false is not implemented yet by moec "
+            "compile (tokens are dispatched by all-to-all)");
   parallel.fp8 = true;
   EXPECT_EQ(implementedError(parallel, JobConsumer::Plan),
             "fp8 true is not implemented yet by moec plan (bf16 and fp32 "

@@ -14,7 +14,6 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "moec/Conversion/MoeToShard/Passes.h"
 #include "moec/Import/Onnx.h"
 #include "moec/InitAll.h"
 #include "moec/Pipelines/Pipelines.h"
@@ -24,6 +23,7 @@
 #include "moec/Reference/Executor.h"
 
 #include "dialects/Moe/Transforms/Passes.h"
+#include "mlir/Dialect/Shard/IR/ShardOps.h"
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Pass/PassManager.h"
 #include "llvm/Support/FormatVariadic.h"
@@ -102,19 +102,15 @@ protected:
     shapes.seq = kSeq;
     pm.addNestedPass<func::FuncOp>(moe::createSpecializeShapes(shapes));
     if (partition) {
-      ExpertParallelOptions experts;
-      experts.worldSize = layout.worldSize;
-      experts.expertParallelDegree = layout.expertParallelDegree;
-      experts.hybridShardDegree = layout.shardDegree;
-      experts.dispatcher = layout.dispatcher;
-      experts.globalTokenShuffle = layout.shuffle;
-      experts.seed = 11;
-      pm.addPass(createExpertParallel(experts));
-      HybridShardOptions shard;
-      shard.worldSize = layout.worldSize;
-      shard.expertParallelDegree = layout.expertParallelDegree;
-      shard.hybridShardDegree = layout.shardDegree;
-      pm.addPass(createHybridShard(shard));
+      // The layout's job, partitioned as `moec train` partitions it.
+      TrainingJob job;
+      job.worldSize = layout.worldSize;
+      job.expertParallelDegree = layout.expertParallelDegree;
+      job.hybridShardDegree = layout.shardDegree;
+      job.moeAllToAllDispatcher = layout.dispatcher == StringRef("all_to_all");
+      job.globalTokenShuffle = layout.shuffle;
+      job.randomSeed = 11;
+      buildPartitionPipeline(pm, job);
     }
     if (failed(pm.run(*module)))
       return nullptr;
