@@ -1,0 +1,94 @@
+//===- Rendezvous.h - The job's TCP rendezvous ------------------*- C++ -*-===//
+//
+// Before the ranks of a job can make their NCCL world communicator, rank 0's
+// unique id has to reach every rank. The rendezvous does that over TCP: rank
+// 0 listens on MASTER_ADDR:MASTER_PORT, every other rank connects and
+// presents the job's token (MOERT_JOB_TOKEN, which the launcher generates),
+// its rank and its world size; once all ranks have joined, rank 0 sends the
+// payload (the unique id's bytes) to each of them.
+//
+// A peer without the token is refused and nothing it sent is used: messages
+// have fixed headers, every length is checked against a small cap before
+// anything is read or allocated, and every read has a deadline. A rank that
+// never joins makes every joined rank, and rank 0, fail at the rendezvous
+// timeout with a message naming the missing ranks; a rank that cannot reach
+// rank 0 fails at its timeout. The token is compared in constant time but
+// travels in clear: the rendezvous assumes the job's network is not
+// observed by an attacker, only reachable by one.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOERT_RENDEZVOUS_H
+#define MOERT_RENDEZVOUS_H
+
+#include "moert/Status.h"
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace moert {
+
+/// The environment variable that carries the job's token to every rank.
+inline constexpr const char *kJobTokenVariable = "MOERT_JOB_TOKEN";
+
+/// The longest token the rendezvous accepts, in bytes.
+inline constexpr size_t kMaxJobTokenBytes = 256;
+
+/// The largest payload rank 0 may send, in bytes.
+inline constexpr size_t kMaxRendezvousPayloadBytes = 4096;
+
+struct RendezvousOptions {
+  /// The job's token; every rank must present the same one. Never empty.
+  std::string token;
+  /// How long the whole rendezvous may take, on every rank.
+  std::chrono::milliseconds timeout{std::chrono::minutes(5)};
+  /// How long rank 0 waits for one connection's greeting before dropping it,
+  /// so that a peer that connects and says nothing costs at most this.
+  std::chrono::milliseconds greetingTimeout{std::chrono::seconds(2)};
+};
+
+/// A fresh token of 32 random bytes (from the system's random source), in
+/// hexadecimal.
+Status generateJobToken(std::string &token);
+
+/// Rank 0's side: a socket listening for the other ranks.
+class RendezvousServer {
+public:
+  RendezvousServer() = default;
+  RendezvousServer(RendezvousServer &&other) noexcept;
+  RendezvousServer &operator=(RendezvousServer &&other) noexcept;
+  RendezvousServer(const RendezvousServer &) = delete;
+  RendezvousServer &operator=(const RendezvousServer &) = delete;
+  ~RendezvousServer();
+
+  /// Listens on `host`:`port` (port 0: an ephemeral port, see port()).
+  static Status listen(const std::string &host, int port,
+                       RendezvousServer &out);
+
+  /// The port it listens on.
+  int port() const { return boundPort; }
+
+  /// Waits until ranks 1..worldSize-1 have joined with the token, then sends
+  /// them `payload`. Peers with a wrong token, a rank already taken or out
+  /// of range, or another world size are refused (the message goes to them
+  /// when they have the token) and the wait goes on. At the timeout, tells
+  /// the joined ranks and fails naming the ranks that never joined.
+  Status serve(int worldSize, const std::vector<char> &payload,
+               const RendezvousOptions &options);
+
+private:
+  int socketFd = -1;
+  int boundPort = 0;
+};
+
+/// A rank other than 0: connects to rank 0 at `host`:`port` (retrying until
+/// the timeout while nobody listens), joins as `rank` of `worldSize` and
+/// receives the payload.
+Status joinRendezvous(const std::string &host, int port, int rank,
+                      int worldSize, const RendezvousOptions &options,
+                      std::vector<char> &payload);
+
+} // namespace moert
+
+#endif // MOERT_RENDEZVOUS_H
