@@ -12,9 +12,11 @@
 //===----------------------------------------------------------------------===//
 
 #include "moert/NcclCommunicator.h"
+#include "moert/Rendezvous.h"
 
 #include "NcclCompat.h"
 
+#include <algorithm>
 #include <cstring>
 
 using namespace moert;
@@ -312,4 +314,33 @@ Status moert::createNcclCommunicator(const NcclUniqueId &id, int rank, int size,
                            "ncclCommInitRank failed: " + ncclWhy(r, comm));
   out = std::make_unique<NcclCommunicator>(comm, rank, size, group);
   return Status::success();
+}
+
+Status moert::createWorldCommunicator(const RankInfo &info,
+                                      const EnvLookup &env,
+                                      std::unique_ptr<Communicator> &out) {
+  out.reset();
+  std::vector<char> payload;
+  Status exchanged = rendezvousFromEnvironment(
+      info, env,
+      [](std::vector<char> &bytes) {
+        NcclUniqueId id;
+        if (Status made = createNcclUniqueId(id); !made.ok())
+          return made;
+        bytes.assign(id.begin(), id.end());
+        return Status::success();
+      },
+      payload);
+  if (!exchanged.ok())
+    return exchanged;
+  NcclUniqueId id;
+  if (payload.size() != id.size())
+    return Status::failure(where(__FILE__, __LINE__) + "rank " +
+                           std::to_string(info.rank) +
+                           ": the rendezvous delivered " +
+                           std::to_string(payload.size()) +
+                           " bytes, not an NCCL unique id of " +
+                           std::to_string(id.size()));
+  std::copy(payload.begin(), payload.end(), id.begin());
+  return createNcclCommunicator(id, info.rank, info.worldSize, "world", out);
 }

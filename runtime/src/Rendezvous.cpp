@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cstdlib>
 #include <set>
 
 using namespace moert;
@@ -456,4 +457,44 @@ Status moert::joinRendezvous(const std::string &host, int port, int rank,
     return Status::failure(who + where + " sent a reply of unknown kind " +
                            std::to_string(header[0]));
   }
+}
+
+Status moert::rendezvousFromEnvironment(const RankInfo &info,
+                                        const EnvLookup &env,
+                                        const PayloadMaker &makePayload,
+                                        std::vector<char> &payload) {
+  if (info.worldSize == 1)
+    return makePayload(payload);
+  std::string who = "rendezvous: rank " + std::to_string(info.rank) + " of " +
+                    std::to_string(info.worldSize) + ": ";
+  RendezvousOptions options;
+  env(kJobTokenVariable, options.token);
+  std::string timeoutText;
+  if (env(kRendezvousTimeoutVariable, timeoutText)) {
+    char *end = nullptr;
+    double timeoutSeconds = std::strtod(timeoutText.c_str(), &end);
+    if (timeoutText.empty() || *end != '\0' || !(timeoutSeconds > 0) ||
+        timeoutSeconds > 1e6)
+      return Status::failure(who + kRendezvousTimeoutVariable + "='" +
+                             timeoutText +
+                             "' is not a positive number of seconds");
+    options.timeout = std::chrono::milliseconds(
+        static_cast<long long>(timeoutSeconds * 1000));
+  }
+  if (info.masterPort == 0)
+    return Status::failure(who + "MASTER_PORT is not set (or 0)");
+  if (info.rank == 0) {
+    RendezvousServer server;
+    if (Status listening = RendezvousServer::listen("", info.masterPort,
+                                                    server);
+        !listening.ok())
+      return listening;
+    if (Status made = makePayload(payload); !made.ok())
+      return made;
+    return server.serve(info.worldSize, payload, options);
+  }
+  if (info.masterAddr.empty())
+    return Status::failure(who + "MASTER_ADDR is not set");
+  return joinRendezvous(info.masterAddr, info.masterPort, info.rank,
+                        info.worldSize, options, payload);
 }

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <future>
+#include <map>
 #include <thread>
 
 using namespace moert;
@@ -275,6 +276,102 @@ TEST(Rendezvous, NoTokenIsNoRendezvous) {
   Status joined = joinRendezvous(kHost, server.port(), 1, 2, none, payload);
   ASSERT_FALSE(joined.ok());
   EXPECT_NE(joined.message().find("no job token"), std::string::npos);
+}
+
+EnvLookup fakeEnv(std::map<std::string, std::string> vars) {
+  return [vars](const char *name, std::string &value) {
+    auto it = vars.find(name);
+    if (it == vars.end())
+      return false;
+    value = it->second;
+    return true;
+  };
+}
+
+PayloadMaker countedPayload(int &calls) {
+  return [&calls](std::vector<char> &payload) {
+    ++calls;
+    payload = uniqueIdBytes();
+    return Status::success();
+  };
+}
+
+TEST(RendezvousFromEnvironment, OneRankMakesThePayloadWithoutASocket) {
+  RankInfo single; // No launcher: rank 0 of 1, no master, no token.
+  int calls = 0;
+  std::vector<char> payload;
+  Status status =
+      rendezvousFromEnvironment(single, fakeEnv({}), countedPayload(calls),
+                                payload);
+  ASSERT_TRUE(status.ok()) << status.message();
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(payload, uniqueIdBytes());
+}
+
+TEST(RendezvousFromEnvironment, RanksMeetThroughTheLaunchersVariables) {
+  int port;
+  {
+    RendezvousServer probe = listenEphemeral();
+    port = probe.port();
+  }
+  const int worldSize = 3;
+  std::vector<int> calls(worldSize, 0);
+  std::vector<std::future<Joined>> ranks;
+  for (int rank = 0; rank < worldSize; ++rank)
+    ranks.push_back(std::async(std::launch::async, [&, rank] {
+      std::map<std::string, std::string> vars = {
+          {"RANK", std::to_string(rank)},
+          {"WORLD_SIZE", std::to_string(worldSize)},
+          {"MASTER_ADDR", kHost},
+          {"MASTER_PORT", std::to_string(port)},
+          {"MOERT_JOB_TOKEN", "secret"},
+          {"MOERT_RENDEZVOUS_TIMEOUT", "10"}};
+      Joined joined;
+      RankInfo info;
+      joined.status = detectRank(fakeEnv(vars), info);
+      if (joined.status.ok())
+        joined.status = rendezvousFromEnvironment(
+            info, fakeEnv(vars), countedPayload(calls[rank]), joined.payload);
+      return joined;
+    }));
+  for (int rank = 0; rank < worldSize; ++rank) {
+    Joined joined = ranks[rank].get();
+    ASSERT_TRUE(joined.status.ok()) << joined.status.message();
+    EXPECT_EQ(joined.payload, uniqueIdBytes());
+    EXPECT_EQ(calls[rank], rank == 0 ? 1 : 0) << "rank " << rank;
+  }
+}
+
+TEST(RendezvousFromEnvironment, NamesWhatIsMissing) {
+  RankInfo info;
+  info.rank = 1;
+  info.worldSize = 2;
+  int calls = 0;
+  std::vector<char> payload;
+  Status noPort = rendezvousFromEnvironment(
+      info, fakeEnv({{"MOERT_JOB_TOKEN", "t"}}), countedPayload(calls),
+      payload);
+  EXPECT_TRUE(contains(noPort, "rank 1 of 2: MASTER_PORT is not set"))
+      << noPort.message();
+  info.masterPort = 1;
+  Status noAddr = rendezvousFromEnvironment(
+      info, fakeEnv({{"MOERT_JOB_TOKEN", "t"}}), countedPayload(calls),
+      payload);
+  EXPECT_TRUE(contains(noAddr, "MASTER_ADDR is not set")) << noAddr.message();
+  info.masterAddr = kHost;
+  Status noToken =
+      rendezvousFromEnvironment(info, fakeEnv({}), countedPayload(calls),
+                                payload);
+  EXPECT_TRUE(contains(noToken, "MOERT_JOB_TOKEN is not set"))
+      << noToken.message();
+  Status badTimeout = rendezvousFromEnvironment(
+      info,
+      fakeEnv({{"MOERT_JOB_TOKEN", "t"}, {"MOERT_RENDEZVOUS_TIMEOUT", "-5"}}),
+      countedPayload(calls), payload);
+  EXPECT_TRUE(contains(badTimeout, "MOERT_RENDEZVOUS_TIMEOUT='-5' is not a "
+                                   "positive number of seconds"))
+      << badTimeout.message();
+  EXPECT_EQ(calls, 0);
 }
 
 } // namespace

@@ -15,6 +15,7 @@
 #ifndef MOERT_NCCLCOMMUNICATOR_H
 #define MOERT_NCCLCOMMUNICATOR_H
 
+#include "moert/Bootstrap.h"
 #include "moert/Communicator.h"
 
 #include <array>
@@ -33,6 +34,14 @@ Status createNcclUniqueId(NcclUniqueId &id);
 Status createNcclCommunicator(const NcclUniqueId &id, int rank, int size,
                               const std::string &group,
                               std::unique_ptr<Communicator> &out);
+
+/// The world's communicator, named "world", for the rank `info` describes
+/// (detectRank): rank 0 makes the unique id and the rendezvous
+/// (moert/Rendezvous.h: MASTER_ADDR, MASTER_PORT, MOERT_JOB_TOKEN,
+/// MOERT_RENDEZVOUS_TIMEOUT from `env`) hands it to the others. A one-rank
+/// job needs none of those variables and opens no socket.
+Status createWorldCommunicator(const RankInfo &info, const EnvLookup &env,
+                               std::unique_ptr<Communicator> &out);
 
 } // namespace moert
 

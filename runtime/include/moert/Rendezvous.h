@@ -21,9 +21,11 @@
 #ifndef MOERT_RENDEZVOUS_H
 #define MOERT_RENDEZVOUS_H
 
+#include "moert/Bootstrap.h"
 #include "moert/Status.h"
 
 #include <chrono>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -31,6 +33,11 @@ namespace moert {
 
 /// The environment variable that carries the job's token to every rank.
 inline constexpr const char *kJobTokenVariable = "MOERT_JOB_TOKEN";
+
+/// The environment variable that sets the rendezvous timeout, in seconds
+/// (default 300).
+inline constexpr const char *kRendezvousTimeoutVariable =
+    "MOERT_RENDEZVOUS_TIMEOUT";
 
 /// The longest token the rendezvous accepts, in bytes.
 inline constexpr size_t kMaxJobTokenBytes = 256;
@@ -88,6 +95,19 @@ private:
 Status joinRendezvous(const std::string &host, int port, int rank,
                       int worldSize, const RendezvousOptions &options,
                       std::vector<char> &payload);
+
+/// Makes the payload rank 0 hands out (for NCCL: a fresh unique id).
+using PayloadMaker = std::function<Status(std::vector<char> &payload)>;
+
+/// Rank `info.rank`'s payload for the job `info` describes, with the token
+/// and timeout of the environment. A one-rank job makes it locally and opens
+/// no socket; otherwise rank 0 makes it and listens on every interface at
+/// MASTER_PORT, and the others join at MASTER_ADDR:MASTER_PORT. Fails,
+/// naming the variable, when MASTER_ADDR, MASTER_PORT or the token is
+/// missing or the timeout is not a positive number of seconds.
+Status rendezvousFromEnvironment(const RankInfo &info, const EnvLookup &env,
+                                 const PayloadMaker &makePayload,
+                                 std::vector<char> &payload);
 
 } // namespace moert
 
