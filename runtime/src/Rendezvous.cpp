@@ -28,7 +28,6 @@
 #include <unistd.h>
 
 #include <array>
-#include <cstdlib>
 #include <set>
 
 using namespace moert;
@@ -469,18 +468,10 @@ Status moert::rendezvousFromEnvironment(const RankInfo &info,
                     std::to_string(info.worldSize) + ": ";
   RendezvousOptions options;
   env(kJobTokenVariable, options.token);
-  std::string timeoutText;
-  if (env(kRendezvousTimeoutVariable, timeoutText)) {
-    char *end = nullptr;
-    double timeoutSeconds = std::strtod(timeoutText.c_str(), &end);
-    if (timeoutText.empty() || *end != '\0' || !(timeoutSeconds > 0) ||
-        timeoutSeconds > 1e6)
-      return Status::failure(who + kRendezvousTimeoutVariable + "='" +
-                             timeoutText +
-                             "' is not a positive number of seconds");
-    options.timeout = std::chrono::milliseconds(
-        static_cast<long long>(timeoutSeconds * 1000));
-  }
+  if (Status read = readSecondsVariable(env, kRendezvousTimeoutVariable,
+                                       /*allowZero=*/false, options.timeout);
+      !read.ok())
+    return Status::failure(who + read.message());
   if (info.masterPort == 0)
     return Status::failure(who + "MASTER_PORT is not set (or 0)");
   if (info.rank == 0) {

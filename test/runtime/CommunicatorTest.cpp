@@ -2,7 +2,8 @@
 //
 // What of moert/Communicator.h and the NCCL implementation can be checked
 // without a GPU: element types, the refusal of a rank that is not in its
-// group, and the world's rendezvous failing before NCCL is called. The collectives themselves run in
+// group, and the world's rendezvous and watchdog settings failing before
+// NCCL is called. The collectives themselves run in
 // runtime/tests/CommunicatorTest.cu (tools/gpu-tests.sh).
 //
 //===----------------------------------------------------------------------===//
@@ -59,6 +60,25 @@ TEST(Communicator, WorldFailsAtTheRendezvousBeforeNccl) {
   EXPECT_EQ(world, nullptr);
   EXPECT_EQ(status.message(), "rendezvous: no job token (MOERT_JOB_TOKEN is "
                               "not set or empty)");
+}
+
+TEST(Communicator, WorldRefusesABadCollectiveTimeout) {
+  RankInfo info;
+  info.rank = 1;
+  info.worldSize = 2;
+  std::unique_ptr<Communicator> world;
+  Status status = createWorldCommunicator(
+      info,
+      [](const char *name, std::string &value) {
+        if (std::string(name) != "MOERT_COLLECTIVE_TIMEOUT")
+          return false;
+        value = "ten";
+        return true;
+      },
+      world);
+  ASSERT_FALSE(status.ok());
+  EXPECT_EQ(status.message(), "rank 1: MOERT_COLLECTIVE_TIMEOUT='ten' is not "
+                              "a non-negative number of seconds");
 }
 
 TEST(Status, CarriesItsMessage) {
