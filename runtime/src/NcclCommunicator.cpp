@@ -57,14 +57,13 @@ struct CommState {
   bool destroyed = false;
   explicit CommState(ncclComm_t comm) : comm(comm) {}
 
-  /// Aborts the communicator once; false when it already was (or is gone).
-  bool abort() {
+  /// Aborts the communicator, unless it already was or is gone.
+  void abort() {
     std::lock_guard<std::mutex> lock(mutex);
     if (aborted || destroyed)
-      return false;
+      return;
     aborted = true;
     (void)ncclCommAbort(comm);
-    return true;
   }
 };
 
