@@ -2,9 +2,13 @@
 //
 // See moert/Rendezvous.h. The wire format, all integers big-endian:
 //
-//   greeting (rank r -> rank 0):  "MOERTRV1" rank:u32 worldSize:u32
-//                                 tokenLength:u32 token
-//   reply    (rank 0 -> rank r):  kind:u8 length:u32 bytes
+//   challenge (rank 0 -> rank r): "MOERTRV2" nonce:32 bytes
+//   greeting  (rank r -> rank 0): "MOERTRV2" rank:u32 worldSize:u32 mac:32
+//   reply     (rank 0 -> rank r): kind:u8 length:u32 bytes
+//
+// where mac = HMAC-SHA-256(token, nonce "MOERTRV2" rank worldSize): proof
+// that the rank knows the token, bound to this connection's fresh nonce and
+// to what the rank claims, without sending the token.
 //
 // A reply's kind is kAccepted (empty; the rank waits), kRefused (the reason),
 // kPayload (the payload) or kFailed (why the job fails). Rank 0 reads one
@@ -14,6 +18,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moert/Rendezvous.h"
+#include "moert/Hmac.h"
 
 #include <arpa/inet.h>
 #include <cerrno>
@@ -35,8 +40,10 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-constexpr char kMagic[8] = {'M', 'O', 'E', 'R', 'T', 'R', 'V', '1'};
-constexpr size_t kGreetingHeaderBytes = sizeof(kMagic) + 3 * 4;
+constexpr char kMagic[8] = {'M', 'O', 'E', 'R', 'T', 'R', 'V', '2'};
+constexpr size_t kNonceBytes = 32;
+constexpr size_t kChallengeBytes = sizeof(kMagic) + kNonceBytes;
+constexpr size_t kGreetingBytes = sizeof(kMagic) + 2 * 4 + 32;
 constexpr size_t kMaxReplyBytes = kMaxRendezvousPayloadBytes;
 
 enum ReplyKind : uint8_t { kAccepted = 0, kRefused = 1, kPayload = 2,
@@ -140,18 +147,41 @@ bool sendReply(int fd, ReplyKind kind, const std::string &text,
   return sendReply(fd, kind, text.data(), text.size(), deadline);
 }
 
-/// Compares in time that depends only on the lengths' maximum, not on where
-/// the first difference is.
-bool sameToken(const std::string &expected, const char *given,
-               size_t givenSize) {
-  size_t length = std::max(expected.size(), givenSize);
-  unsigned char difference = expected.size() != givenSize;
-  for (size_t i = 0; i < length; ++i) {
-    unsigned char a = i < expected.size() ? expected[i] : 0;
-    unsigned char b = i < givenSize ? given[i] : 0;
-    difference |= a ^ b;
-  }
+/// Compares in time that does not depend on where the first difference is.
+bool sameDigest(const Sha256Digest &expected, const char *given) {
+  unsigned char difference = 0;
+  for (size_t i = 0; i < expected.size(); ++i)
+    difference |= expected[i] ^ static_cast<unsigned char>(given[i]);
   return difference == 0;
+}
+
+/// What a rank claiming `rank` of `worldSize` proves it knows the token
+/// with, in answer to `nonce`.
+Sha256Digest greetingMac(const std::string &token, const char *nonce,
+                         uint32_t rank, uint32_t worldSize) {
+  std::vector<char> message(nonce, nonce + kNonceBytes);
+  message.insert(message.end(), kMagic, kMagic + sizeof(kMagic));
+  putU32(message, rank);
+  putU32(message, worldSize);
+  return hmacSha256(token, std::string_view(message.data(), message.size()));
+}
+
+/// Fills `size` bytes from the system's random source.
+Status randomBytes(void *data, size_t size) {
+  int fd = ::open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return Status::failure("cannot open /dev/urandom: " + errnoText());
+  Socket file(fd);
+  size_t have = 0;
+  while (have < size) {
+    ssize_t got = ::read(fd, static_cast<char *>(data) + have, size - have);
+    if (got < 0 && errno == EINTR)
+      continue;
+    if (got <= 0)
+      return Status::failure("cannot read /dev/urandom");
+    have += static_cast<size_t>(got);
+  }
+  return Status::success();
 }
 
 Status resolve(const std::string &host, int port, bool passive,
@@ -194,20 +224,8 @@ std::string missingRanks(int worldSize, const std::set<int> &joined) {
 
 Status moert::generateJobToken(std::string &token) {
   std::array<unsigned char, 32> bytes;
-  int fd = ::open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return Status::failure("job token: cannot open /dev/urandom: " +
-                           errnoText());
-  Socket file(fd);
-  size_t have = 0;
-  while (have < bytes.size()) {
-    ssize_t got = ::read(fd, bytes.data() + have, bytes.size() - have);
-    if (got < 0 && errno == EINTR)
-      continue;
-    if (got <= 0)
-      return Status::failure("job token: cannot read /dev/urandom");
-    have += static_cast<size_t>(got);
-  }
+  if (Status random = randomBytes(bytes.data(), bytes.size()); !random.ok())
+    return Status::failure("job token: " + random.message());
   static const char kHex[] = "0123456789abcdef";
   token.clear();
   for (unsigned char byte : bytes) {
@@ -298,19 +316,22 @@ Status RendezvousServer::serve(int worldSize, const std::vector<char> &payload,
     Socket peer(fd);
     Clock::time_point greetingDeadline =
         std::min(deadline, Clock::now() + options.greetingTimeout);
-    char header[kGreetingHeaderBytes];
-    if (!readExact(fd, header, sizeof(header), greetingDeadline) ||
-        std::memcmp(header, kMagic, sizeof(kMagic)) != 0)
+    char challenge[kChallengeBytes];
+    std::memcpy(challenge, kMagic, sizeof(kMagic));
+    if (Status random = randomBytes(challenge + sizeof(kMagic), kNonceBytes);
+        !random.ok())
+      return Status::failure("rendezvous: rank 0: " + random.message());
+    if (!writeAll(fd, challenge, sizeof(challenge), greetingDeadline))
+      continue;
+    char greeting[kGreetingBytes];
+    if (!readExact(fd, greeting, sizeof(greeting), greetingDeadline) ||
+        std::memcmp(greeting, kMagic, sizeof(kMagic)) != 0)
       continue; // Not a rank of any job: dropped without an answer.
-    uint32_t rank = getU32(header + 8);
-    uint32_t peerWorldSize = getU32(header + 12);
-    uint32_t tokenLength = getU32(header + 16);
-    if (tokenLength > kMaxJobTokenBytes)
-      continue;
-    char token[kMaxJobTokenBytes];
-    if (!readExact(fd, token, tokenLength, greetingDeadline))
-      continue;
-    if (!sameToken(options.token, token, tokenLength)) {
+    uint32_t rank = getU32(greeting + 8);
+    uint32_t peerWorldSize = getU32(greeting + 12);
+    if (!sameDigest(greetingMac(options.token, challenge + sizeof(kMagic),
+                                rank, peerWorldSize),
+                    greeting + 16)) {
       refusals.push_back("a peer with a wrong job token");
       sendReply(fd, kRefused, "the job token is wrong", greetingDeadline);
       continue;
@@ -408,11 +429,19 @@ Status moert::joinRendezvous(const std::string &host, int port, int rank,
                            seconds(options.timeout) + ": " + lastError);
   Socket connection(fd);
 
+  char challenge[kChallengeBytes];
+  if (!readExact(fd, challenge, sizeof(challenge),
+                 deadline + options.greetingTimeout))
+    return Status::failure(who + where + " sent no challenge");
+  if (std::memcmp(challenge, kMagic, sizeof(kMagic)) != 0)
+    return Status::failure(who + where + " is not a moert rendezvous");
   std::vector<char> greeting(kMagic, kMagic + sizeof(kMagic));
   putU32(greeting, static_cast<uint32_t>(rank));
   putU32(greeting, static_cast<uint32_t>(worldSize));
-  putU32(greeting, static_cast<uint32_t>(options.token.size()));
-  greeting.insert(greeting.end(), options.token.begin(), options.token.end());
+  Sha256Digest mac =
+      greetingMac(options.token, challenge + sizeof(kMagic),
+                  static_cast<uint32_t>(rank), static_cast<uint32_t>(worldSize));
+  greeting.insert(greeting.end(), mac.begin(), mac.end());
   if (!writeAll(fd, greeting.data(), greeting.size(), deadline))
     return Status::failure(who + "cannot send its greeting to " + where);
 

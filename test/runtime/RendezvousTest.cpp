@@ -240,19 +240,49 @@ TEST(Rendezvous, ARankThatCannotReachRankZeroFailsWithinTheTimeout) {
 TEST(Rendezvous, GarbageFromNonPeersIsDropped) {
   RendezvousServer server = listenEphemeral();
   std::future<Status> served = serveAsync(server, 2);
-  // Not the magic; the magic with a huge token length; a silent peer that
-  // holds its connection past the greeting timeout; a truncated greeting.
+  // Not the magic; the magic, rank 1 of 2 and a made-up answer followed by
+  // junk; a silent peer that holds its connection past the greeting
+  // timeout; a truncated greeting.
   sendRaw(server.port(), "GET / HTTP/1.1\r\n\r\n");
-  std::string huge("MOERTRV1\0\0\0\1\0\0\0\2\xff\xff\xff\xff", 20);
-  sendRaw(server.port(), huge + std::string(1000, 'x'));
+  std::string madeUp("MOERTRV2\0\0\0\1\0\0\0\2", 16);
+  sendRaw(server.port(), madeUp + std::string(1000, 'x'));
   std::thread silent(sendRaw, server.port(), "", 1000ms);
-  sendRaw(server.port(), std::string("MOERTRV1\0\0", 10));
+  sendRaw(server.port(), std::string("MOERTRV2\0\0", 10));
   silent.join();
   Joined rank1 = joinAsync(server.port(), 1, 2, options()).get();
   ASSERT_TRUE(rank1.status.ok()) << rank1.status.message();
   EXPECT_EQ(rank1.payload, uniqueIdBytes());
   Status status = served.get();
   EXPECT_TRUE(status.ok()) << status.message();
+}
+
+TEST(Rendezvous, ARankRefusesAServerThatIsNotARendezvous) {
+  // A server that answers with something else than a challenge.
+  int listener = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(listener, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  ::inet_pton(AF_INET, kHost.c_str(), &address.sin_addr);
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr *>(&address),
+                   sizeof(address)),
+            0);
+  ASSERT_EQ(::listen(listener, 1), 0);
+  socklen_t size = sizeof(address);
+  ::getsockname(listener, reinterpret_cast<sockaddr *>(&address), &size);
+  int port = ntohs(address.sin_port);
+  std::thread server([listener] {
+    int peer = ::accept(listener, nullptr, nullptr);
+    std::string banner = "SSH-2.0-OpenSSH_9.6 and then some padding bytes\r\n";
+    (void)!::send(peer, banner.data(), banner.size(), MSG_NOSIGNAL);
+    std::this_thread::sleep_for(200ms);
+    ::close(peer);
+  });
+  Joined joined = joinAsync(port, 1, 2, options(2s)).get();
+  server.join();
+  ::close(listener);
+  ASSERT_FALSE(joined.status.ok());
+  EXPECT_TRUE(contains(joined.status, "is not a moert rendezvous"))
+      << joined.status.message();
 }
 
 TEST(Rendezvous, JobTokensAreFreshAndHexadecimal) {

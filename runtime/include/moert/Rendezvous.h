@@ -2,9 +2,10 @@
 //
 // Before the ranks of a job can make their NCCL world communicator, rank 0's
 // unique id has to reach every rank. The rendezvous does that over TCP: rank
-// 0 listens on MASTER_ADDR:MASTER_PORT, every other rank connects and
-// presents the job's token (MOERT_JOB_TOKEN, which the launcher generates),
-// its rank and its world size; once all ranks have joined, rank 0 sends the
+// 0 listens on MASTER_ADDR:MASTER_PORT, every other rank connects, answers
+// rank 0's random challenge with an HMAC-SHA-256 under the job's token
+// (MOERT_JOB_TOKEN, which the launcher generates) of the challenge, its
+// rank and its world size; once all ranks have joined, rank 0 sends the
 // payload (the unique id's bytes) to each of them.
 //
 // A peer without the token is refused and nothing it sent is used: messages
@@ -12,9 +13,10 @@
 // anything is read or allocated, and every read has a deadline. A rank that
 // never joins makes every joined rank, and rank 0, fail at the rendezvous
 // timeout with a message naming the missing ranks; a rank that cannot reach
-// rank 0 fails at its timeout. The token is compared in constant time but
-// travels in clear: the rendezvous assumes the job's network is not
-// observed by an attacker, only reachable by one.
+// rank 0 fails at its timeout. The token never travels: an observer of the
+// network sees only challenges and their answers, which do not replay (each
+// connection gets a fresh challenge); the answer is compared in constant
+// time. The payload itself is sent in clear.
 //
 //===----------------------------------------------------------------------===//
 
