@@ -44,6 +44,7 @@ constexpr char kMagic[8] = {'M', 'O', 'E', 'R', 'T', 'R', 'V', '2'};
 constexpr size_t kNonceBytes = 32;
 constexpr size_t kChallengeBytes = sizeof(kMagic) + kNonceBytes;
 constexpr size_t kGreetingBytes = sizeof(kMagic) + 2 * 4 + 32;
+constexpr size_t kMaxNamedRefusals = 8;
 constexpr size_t kMaxReplyBytes = kMaxRendezvousPayloadBytes;
 
 enum ReplyKind : uint8_t { kAccepted = 0, kRefused = 1, kPayload = 2,
@@ -306,7 +307,15 @@ Status RendezvousServer::serve(int worldSize, const std::vector<char> &payload,
   Clock::time_point deadline = Clock::now() + options.timeout;
   std::vector<Socket> peers;
   std::set<int> joined;
+  // What the timeout's message names of the refused peers: the first few,
+  // then a count, so that a peer that keeps connecting cannot grow it.
   std::vector<std::string> refusals;
+  size_t refusedPeers = 0;
+  auto noteRefusal = [&](const std::string &refusal) {
+    if (refusals.size() < kMaxNamedRefusals)
+      refusals.push_back(refusal);
+    ++refusedPeers;
+  };
   while (static_cast<int>(joined.size()) < worldSize - 1) {
     if (!waitFor(socketFd, POLLIN, deadline))
       break;
@@ -332,7 +341,7 @@ Status RendezvousServer::serve(int worldSize, const std::vector<char> &payload,
     if (!sameDigest(greetingMac(options.token, challenge + sizeof(kMagic),
                                 rank, peerWorldSize),
                     greeting + 16)) {
-      refusals.push_back("a peer with a wrong job token");
+      noteRefusal("a peer with a wrong job token");
       sendReply(fd, kRefused, "the job token is wrong", greetingDeadline);
       continue;
     }
@@ -348,7 +357,7 @@ Status RendezvousServer::serve(int worldSize, const std::vector<char> &payload,
     else if (joined.count(static_cast<int>(rank)))
       refusal = "rank " + std::to_string(rank) + " has already joined";
     if (!refusal.empty()) {
-      refusals.push_back(refusal);
+      noteRefusal(refusal);
       sendReply(fd, kRefused, refusal, greetingDeadline);
       continue;
     }
@@ -365,6 +374,9 @@ Status RendezvousServer::serve(int worldSize, const std::vector<char> &payload,
                           std::to_string(worldSize) + " never joined";
     for (const std::string &refusal : refusals)
       message += "; refused " + refusal;
+    if (refusedPeers > refusals.size())
+      message += "; refused " + std::to_string(refusedPeers - refusals.size()) +
+                 " more peers";
     Clock::time_point tellDeadline = Clock::now() + options.greetingTimeout;
     for (Socket &peer : peers)
       sendReply(peer.fd, kFailed, message, tellDeadline);
