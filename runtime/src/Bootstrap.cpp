@@ -95,3 +95,20 @@ Status moert::detectRank(const EnvLookup &env, RankInfo &info) {
   }
   return Status::success(); // No launcher: a single-rank job.
 }
+
+Status moert::readSecondsVariable(const EnvLookup &env, const char *name,
+                                  bool allowZero,
+                                  std::chrono::milliseconds &value) {
+  std::string text;
+  if (!env(name, text))
+    return Status::success();
+  char *end = nullptr;
+  double seconds = std::strtod(text.c_str(), &end);
+  if (text.empty() || *end != '\0' || !(seconds >= 0) || seconds > 1e6 ||
+      (seconds == 0 && !allowZero))
+    return Status::failure(std::string(name) + "='" + text + "' is not a " +
+                           (allowZero ? "non-negative" : "positive") +
+                           " number of seconds");
+  value = std::chrono::milliseconds(static_cast<long long>(seconds * 1000));
+  return Status::success();
+}

@@ -9,13 +9,28 @@
 // where WHY is NCCL's error string and, when NCCL has one, its last error
 // message.
 //
+// The world made by createWorldCommunicator and the groups split from it
+// share one Watchdog (moert/Watchdog.h): every collective they enqueue
+// outside a graph capture records an event behind it, and the watchdog's
+// thread polls the event and the communicator's asynchronous error. On a
+// fault it prints the message and aborts every communicator of the rank,
+// so the blocked and the later calls fail instead of hanging. The state the
+// watchdog's polls touch (the ncclComm_t, whether it was aborted or
+// destroyed) is shared and locked, so that a communicator may be destroyed
+// while its collectives are still watched.
+//
 //===----------------------------------------------------------------------===//
 
 #include "moert/NcclCommunicator.h"
+#include "moert/Rendezvous.h"
+#include "moert/Watchdog.h"
 
 #include "NcclCompat.h"
 
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
+#include <mutex>
 
 using namespace moert;
 
@@ -34,11 +49,79 @@ std::string ncclWhy(ncclResult_t result, ncclComm_t comm) {
   return why;
 }
 
+/// What a communicator shares with the watchdog's polls and fault handler.
+struct CommState {
+  std::mutex mutex;
+  ncclComm_t comm;
+  bool aborted = false;
+  bool destroyed = false;
+  explicit CommState(ncclComm_t comm) : comm(comm) {}
+
+  /// Aborts the communicator, unless it already was or is gone.
+  void abort() {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (aborted || destroyed)
+      return;
+    aborted = true;
+    (void)ncclCommAbort(comm);
+  }
+};
+
+/// The communicators of one rank that share a watchdog, and its first
+/// fault, which their later calls report. The watchdog's fault handler owns
+/// it; the watchdog itself is owned by the communicators only, so that the
+/// handler never destroys the watchdog that runs it.
+struct WatchedComms {
+  std::mutex mutex;
+  std::vector<std::weak_ptr<CommState>> comms;
+  std::string fault;
+
+  void add(const std::shared_ptr<CommState> &state) {
+    std::lock_guard<std::mutex> lock(mutex);
+    comms.push_back(state);
+  }
+  std::string firstFault() {
+    std::lock_guard<std::mutex> lock(mutex);
+    return fault;
+  }
+  /// The watchdog's fault handler: report, then abort them all.
+  void onFault(const std::string &message) {
+    std::vector<std::shared_ptr<CommState>> alive;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (fault.empty())
+        fault = message;
+      for (const std::weak_ptr<CommState> &comm : comms)
+        if (std::shared_ptr<CommState> state = comm.lock())
+          alive.push_back(std::move(state));
+    }
+    std::fprintf(stderr, "moert watchdog: %s; aborting the communicators\n",
+                 message.c_str());
+    for (const std::shared_ptr<CommState> &state : alive)
+      state->abort();
+  }
+};
+
+/// An event recorded behind a collective, destroyed with the watch.
+struct RecordedEvent {
+  cudaEvent_t event = nullptr;
+  ~RecordedEvent() {
+    if (event)
+      (void)cudaEventDestroy(event);
+  }
+};
+
 class NcclCommunicator final : public Communicator {
 public:
-  NcclCommunicator(ncclComm_t comm, int rank, int size, std::string group)
-      : comm(comm), rankIndex(rank), groupSize(size),
-        groupName(std::move(group)) {}
+  NcclCommunicator(ncclComm_t comm, int rank, int size, std::string group,
+                   std::shared_ptr<WatchedComms> watched,
+                   std::shared_ptr<Watchdog> watchdog)
+      : state(std::make_shared<CommState>(comm)), comm(comm),
+        rankIndex(rank), groupSize(size), groupName(std::move(group)),
+        watched(std::move(watched)), watchdog(std::move(watchdog)) {
+    if (this->watched)
+      this->watched->add(state);
+  }
   ~NcclCommunicator() override;
 
   int rank() const override { return rankIndex; }
@@ -77,11 +160,16 @@ private:
                      const char *call, ncclResult_t result);
   Status cudaFailure(const char *file, int line, const char *collective,
                      const char *call, cudaError_t result);
+  /// Hands the collective just enqueued on `stream` to the watchdog, if
+  /// there is one and the stream is not being captured into a graph.
+  Status watch(const char *collective, cudaStream_t stream);
 
+  std::shared_ptr<CommState> state;
   ncclComm_t comm;
   int rankIndex, groupSize;
   std::string groupName;
-  bool aborted = false;
+  std::shared_ptr<WatchedComms> watched;
+  std::shared_ptr<Watchdog> watchdog;
   /// One int the barrier all-reduces; allocated by the first barrier.
   int *barrierWord = nullptr;
 };
@@ -113,15 +201,68 @@ private:
 NcclCommunicator::~NcclCommunicator() {
   if (barrierWord)
     (void)cudaFree(barrierWord);
-  if (!aborted)
+  std::lock_guard<std::mutex> lock(state->mutex);
+  if (!state->aborted)
     (void)ncclCommDestroy(comm);
+  state->destroyed = true;
 }
 
 Status NcclCommunicator::checkUsable(const char *file, int line,
                                      const char *collective) const {
-  if (aborted)
-    return Status::failure(prefix(file, line, collective) +
-                           "the communicator was aborted");
+  bool aborted;
+  {
+    std::lock_guard<std::mutex> lock(state->mutex);
+    aborted = state->aborted;
+  }
+  if (!aborted)
+    return Status::success();
+  std::string fault = watched ? watched->firstFault() : std::string();
+  return Status::failure(prefix(file, line, collective) +
+                         "the communicator was aborted" +
+                         (fault.empty() ? "" : " (" + fault + ")"));
+}
+
+Status NcclCommunicator::watch(const char *collective, cudaStream_t stream) {
+  if (!watchdog)
+    return Status::success();
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  MOERT_CUDA_RETURN_IF_ERROR(collective,
+                             cudaStreamIsCapturing(stream, &capture));
+  if (capture != cudaStreamCaptureStatusNone)
+    return Status::success();
+  auto recorded = std::make_shared<RecordedEvent>();
+  MOERT_CUDA_RETURN_IF_ERROR(
+      collective,
+      cudaEventCreateWithFlags(&recorded->event, cudaEventDisableTiming));
+  MOERT_CUDA_RETURN_IF_ERROR(collective,
+                             cudaEventRecord(recorded->event, stream));
+  std::string what = "rank " + std::to_string(rankIndex) + " of " +
+                     std::to_string(groupSize) + " in group '" + groupName +
+                     "': " + collective;
+  watchdog->watch(
+      std::move(what),
+      [recorded, state = state](std::string &why) {
+        std::lock_guard<std::mutex> lock(state->mutex);
+        if (state->aborted || state->destroyed)
+          return Watchdog::Progress::Done; // Reported where it was aborted.
+        cudaError_t done = cudaEventQuery(recorded->event);
+        if (done == cudaSuccess)
+          return Watchdog::Progress::Done;
+        if (done != cudaErrorNotReady) {
+          why = std::string("cudaEventQuery: ") + cudaGetErrorString(done);
+          return Watchdog::Progress::Failed;
+        }
+        ncclResult_t asyncError = ncclSuccess;
+        ncclResult_t queried = ncclCommGetAsyncError(state->comm, &asyncError);
+        if (queried != ncclSuccess)
+          asyncError = queried;
+        if (asyncError != ncclSuccess && asyncError != ncclInProgress) {
+          why = std::string("ncclCommGetAsyncError: ") +
+                ncclWhy(asyncError, state->comm);
+          return Watchdog::Progress::Failed;
+        }
+        return Watchdog::Progress::Pending;
+      });
   return Status::success();
 }
 
@@ -143,12 +284,7 @@ Status NcclCommunicator::cudaFailure(const char *file, int line,
   return Status::failure(message);
 }
 
-void NcclCommunicator::abort() {
-  if (aborted)
-    return;
-  aborted = true;
-  (void)ncclCommAbort(comm);
-}
+void NcclCommunicator::abort() { state->abort(); }
 
 Status NcclCommunicator::allReduceSum(const void *send, void *recv,
                                       size_t count, DataType type,
@@ -157,7 +293,7 @@ Status NcclCommunicator::allReduceSum(const void *send, void *recv,
   MOERT_NCCL_CHECK("all_reduce",
                    ncclAllReduce(send, recv, count, nccl::dataType(type),
                                  ncclSum, comm, stream));
-  return Status::success();
+  return watch("all_reduce", stream);
 }
 
 Status NcclCommunicator::allGather(const void *send, void *recv, size_t count,
@@ -166,7 +302,7 @@ Status NcclCommunicator::allGather(const void *send, void *recv, size_t count,
   MOERT_NCCL_CHECK(
       "all_gather",
       ncclAllGather(send, recv, count, nccl::dataType(type), comm, stream));
-  return Status::success();
+  return watch("all_gather", stream);
 }
 
 Status NcclCommunicator::reduceScatterSum(const void *send, void *recv,
@@ -176,7 +312,7 @@ Status NcclCommunicator::reduceScatterSum(const void *send, void *recv,
   MOERT_NCCL_CHECK("reduce_scatter",
                    ncclReduceScatter(send, recv, count, nccl::dataType(type),
                                      ncclSum, comm, stream));
-  return Status::success();
+  return watch("reduce_scatter", stream);
 }
 
 Status NcclCommunicator::allToAllV(const void *send,
@@ -226,7 +362,7 @@ Status NcclCommunicator::allToAllV(const void *send,
   if (ended != ncclSuccess)
     return ncclFailure(__FILE__, __LINE__, "all_to_all", "ncclGroupEnd()",
                        ended);
-  return Status::success();
+  return watch("all_to_all", stream);
 }
 
 Status NcclCommunicator::broadcast(const void *send, void *recv, size_t count,
@@ -240,7 +376,7 @@ Status NcclCommunicator::broadcast(const void *send, void *recv, size_t count,
   MOERT_NCCL_CHECK("broadcast",
                    ncclBroadcast(send, recv, count, nccl::dataType(type), root,
                                  comm, stream));
-  return Status::success();
+  return watch("broadcast", stream);
 }
 
 Status NcclCommunicator::barrier(cudaStream_t stream) {
@@ -254,6 +390,8 @@ Status NcclCommunicator::barrier(cudaStream_t stream) {
   }
   MOERT_NCCL_CHECK("barrier", ncclAllReduce(barrierWord, barrierWord, 1,
                                             ncclInt32, ncclSum, comm, stream));
+  if (Status watched_ = watch("barrier", stream); !watched_.ok())
+    return watched_;
   MOERT_CUDA_RETURN_IF_ERROR("barrier", cudaStreamSynchronize(stream));
   ncclResult_t asyncError = ncclSuccess;
   MOERT_NCCL_CHECK("barrier", ncclCommGetAsyncError(comm, &asyncError));
@@ -277,7 +415,8 @@ Status NcclCommunicator::split(int color, int key, const std::string &group,
   int childRank = 0, childSize = 0;
   MOERT_NCCL_CHECK("split", ncclCommUserRank(child, &childRank));
   MOERT_NCCL_CHECK("split", ncclCommCount(child, &childSize));
-  out = std::make_unique<NcclCommunicator>(child, childRank, childSize, group);
+  out = std::make_unique<NcclCommunicator>(child, childRank, childSize, group,
+                                           watched, watchdog);
   return Status::success();
 }
 
@@ -292,9 +431,14 @@ Status moert::createNcclUniqueId(NcclUniqueId &id) {
   return Status::success();
 }
 
-Status moert::createNcclCommunicator(const NcclUniqueId &id, int rank, int size,
-                                     const std::string &group,
-                                     std::unique_ptr<Communicator> &out) {
+namespace {
+
+/// createNcclCommunicator, with the watchdog the world shares (or none).
+Status initRank(const NcclUniqueId &id, int rank, int size,
+                const std::string &group,
+                std::shared_ptr<WatchedComms> watched,
+                std::shared_ptr<Watchdog> watchdog,
+                std::unique_ptr<Communicator> &out) {
   out.reset();
   const std::string who = "rank " + std::to_string(rank) + " of " +
                           std::to_string(size) + " in group '" + group + "': ";
@@ -310,6 +454,63 @@ Status moert::createNcclCommunicator(const NcclUniqueId &id, int rank, int size,
       r != ncclSuccess)
     return Status::failure(where(__FILE__, __LINE__) + who +
                            "ncclCommInitRank failed: " + ncclWhy(r, comm));
-  out = std::make_unique<NcclCommunicator>(comm, rank, size, group);
+  out = std::make_unique<NcclCommunicator>(comm, rank, size, group,
+                                           std::move(watched),
+                                           std::move(watchdog));
   return Status::success();
+}
+
+} // namespace
+
+Status moert::createNcclCommunicator(const NcclUniqueId &id, int rank, int size,
+                                     const std::string &group,
+                                     std::unique_ptr<Communicator> &out) {
+  return initRank(id, rank, size, group, /*watched=*/nullptr,
+                  /*watchdog=*/nullptr, out);
+}
+
+Status moert::createWorldCommunicator(const RankInfo &info,
+                                      const EnvLookup &env,
+                                      std::unique_ptr<Communicator> &out) {
+  out.reset();
+  std::chrono::milliseconds timeout = kDefaultCollectiveTimeout;
+  if (Status read = readSecondsVariable(env, kCollectiveTimeoutVariable,
+                                        /*allowZero=*/true, timeout);
+      !read.ok())
+    return Status::failure("rank " + std::to_string(info.rank) + ": " +
+                           read.message());
+  std::vector<char> payload;
+  Status exchanged = rendezvousFromEnvironment(
+      info, env,
+      [](std::vector<char> &bytes) {
+        NcclUniqueId id;
+        if (Status made = createNcclUniqueId(id); !made.ok())
+          return made;
+        bytes.assign(id.begin(), id.end());
+        return Status::success();
+      },
+      payload);
+  if (!exchanged.ok())
+    return exchanged;
+  NcclUniqueId id;
+  if (payload.size() != id.size())
+    return Status::failure(where(__FILE__, __LINE__) + "rank " +
+                           std::to_string(info.rank) +
+                           ": the rendezvous delivered " +
+                           std::to_string(payload.size()) +
+                           " bytes, not an NCCL unique id of " +
+                           std::to_string(id.size()));
+  std::copy(payload.begin(), payload.end(), id.begin());
+  std::shared_ptr<WatchedComms> watched;
+  std::shared_ptr<Watchdog> watchdog;
+  if (timeout.count() > 0) {
+    watched = std::make_shared<WatchedComms>();
+    watchdog = std::make_shared<Watchdog>(
+        timeout,
+        [watched](const std::string &message) { watched->onFault(message); });
+    watchdog->start(std::clamp<std::chrono::milliseconds>(
+        timeout / 10, std::chrono::milliseconds(10), std::chrono::seconds(1)));
+  }
+  return initRank(id, info.rank, info.worldSize, "world", std::move(watched),
+                  std::move(watchdog), out);
 }

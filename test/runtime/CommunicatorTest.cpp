@@ -1,8 +1,9 @@
 //===- CommunicatorTest.cpp - Unit tests of the Communicator without a GPU ===//
 //
 // What of moert/Communicator.h and the NCCL implementation can be checked
-// without a GPU: element types, and the refusal of a rank that is not in
-// its group, before NCCL is called. The collectives themselves run in
+// without a GPU: element types, the refusal of a rank that is not in its
+// group, and the world's rendezvous and watchdog settings failing before
+// NCCL is called. The collectives themselves run in
 // runtime/tests/CommunicatorTest.cu (tools/gpu-tests.sh).
 //
 //===----------------------------------------------------------------------===//
@@ -44,6 +45,40 @@ TEST(Communicator, NcclRefusesARankOutsideItsGroup) {
             "rank -1 of 4 in group 'expert': the rank is not in the group");
   EXPECT_EQ(refusal(0, 0),
             "rank 0 of 0 in group 'expert': the rank is not in the group");
+}
+
+TEST(Communicator, WorldFailsAtTheRendezvousBeforeNccl) {
+  RankInfo info;
+  info.rank = 1;
+  info.worldSize = 2;
+  info.masterAddr = "127.0.0.1";
+  info.masterPort = 29500;
+  std::unique_ptr<Communicator> world;
+  Status status = createWorldCommunicator(
+      info, [](const char *, std::string &) { return false; }, world);
+  ASSERT_FALSE(status.ok());
+  EXPECT_EQ(world, nullptr);
+  EXPECT_EQ(status.message(), "rendezvous: no job token (MOERT_JOB_TOKEN is "
+                              "not set or empty)");
+}
+
+TEST(Communicator, WorldRefusesABadCollectiveTimeout) {
+  RankInfo info;
+  info.rank = 1;
+  info.worldSize = 2;
+  std::unique_ptr<Communicator> world;
+  Status status = createWorldCommunicator(
+      info,
+      [](const char *name, std::string &value) {
+        if (std::string(name) != "MOERT_COLLECTIVE_TIMEOUT")
+          return false;
+        value = "ten";
+        return true;
+      },
+      world);
+  ASSERT_FALSE(status.ok());
+  EXPECT_EQ(status.message(), "rank 1: MOERT_COLLECTIVE_TIMEOUT='ten' is not "
+                              "a non-negative number of seconds");
 }
 
 TEST(Status, CarriesItsMessage) {

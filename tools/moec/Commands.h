@@ -32,6 +32,9 @@ int runCompile(const TrainingJobFlags &job);
 extern llvm::cl::SubCommand planCommand;
 int runPlan(const TrainingJobFlags &job);
 
+extern llvm::cl::SubCommand launchCommand;
+int runLaunch();
+
 } // namespace moec::cli
 
 #endif // TOOLS_MOEC_COMMANDS_H

@@ -42,6 +42,8 @@ int main(int argc, char **argv) {
     return moec::cli::runCompile(job);
   if (moec::cli::planCommand)
     return moec::cli::runPlan(job);
+  if (moec::cli::launchCommand)
+    return moec::cli::runLaunch();
   llvm::errs() << "moec: no command given; see 'moec --help'\n";
   return 1;
 }

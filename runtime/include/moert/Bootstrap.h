@@ -15,6 +15,7 @@
 
 #include "moert/Status.h"
 
+#include <chrono>
 #include <functional>
 #include <string>
 
@@ -40,6 +41,13 @@ EnvLookup processEnvironment();
 /// value, when a variable is not a number, a rank is out of range, or a
 /// launcher's variables are only partly set.
 Status detectRank(const EnvLookup &env, RankInfo &info);
+
+/// Reads a duration in seconds (a decimal number, fractions allowed) from
+/// the variable `name`; leaves `value` as it is when the variable is not
+/// set. Fails, naming the variable and its value, when it is not a number,
+/// is negative, is zero and `allowZero` is false, or exceeds 10^6 s.
+Status readSecondsVariable(const EnvLookup &env, const char *name,
+                           bool allowZero, std::chrono::milliseconds &value);
 
 } // namespace moert
 

@@ -15,9 +15,11 @@
 #ifndef MOERT_NCCLCOMMUNICATOR_H
 #define MOERT_NCCLCOMMUNICATOR_H
 
+#include "moert/Bootstrap.h"
 #include "moert/Communicator.h"
 
 #include <array>
+#include <chrono>
 
 namespace moert {
 
@@ -33,6 +35,24 @@ Status createNcclUniqueId(NcclUniqueId &id);
 Status createNcclCommunicator(const NcclUniqueId &id, int rank, int size,
                               const std::string &group,
                               std::unique_ptr<Communicator> &out);
+
+/// The variable that sets the collectives' watchdog timeout, in seconds
+/// (0: no watchdog).
+inline constexpr const char *kCollectiveTimeoutVariable =
+    "MOERT_COLLECTIVE_TIMEOUT";
+inline constexpr std::chrono::milliseconds kDefaultCollectiveTimeout =
+    std::chrono::minutes(10);
+
+/// The world's communicator, named "world", for the rank `info` describes
+/// (detectRank): rank 0 makes the unique id and the rendezvous
+/// (moert/Rendezvous.h: MASTER_ADDR, MASTER_PORT, MOERT_JOB_TOKEN,
+/// MOERT_RENDEZVOUS_TIMEOUT from `env`) hands it to the others. A one-rank
+/// job needs none of those variables and opens no socket. The world and
+/// the groups split from it share a watchdog (moert/Watchdog.h) that aborts
+/// them all when one of their collectives fails or does not finish within
+/// MOERT_COLLECTIVE_TIMEOUT (default 600 s).
+Status createWorldCommunicator(const RankInfo &info, const EnvLookup &env,
+                               std::unique_ptr<Communicator> &out);
 
 } // namespace moert
 
