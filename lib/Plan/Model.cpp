@@ -280,14 +280,14 @@ moec::plan::readStateBytes(mlir::func::FuncOp step) {
   for (mlir::BlockArgument arg : step.getArguments()) {
     unsigned i = arg.getArgNumber();
     auto type = mlir::dyn_cast<mlir::RankedTensorType>(arg.getType());
-    bool isState = step.getArgAttr(i, "moe.parameter") ||
-                   step.getArgAttr(i, "moe.exp_avg") ||
-                   step.getArgAttr(i, "moe.exp_avg_sq");
+    bool isState = step.getArgAttr(i, mlir::moe::MoeDialect::getParameterAttrName()) ||
+                   step.getArgAttr(i, mlir::moe::MoeDialect::getExpAvgAttrName()) ||
+                   step.getArgAttr(i, mlir::moe::MoeDialect::getExpAvgSqAttrName());
     if (isState && (!type || !type.hasStaticShape()))
       return step.emitOpError()
              << "state argument " << i << " has no static shape: "
              << arg.getType();
-    if (step.getArgAttr(i, "moe.parameter")) {
+    if (step.getArgAttr(i, mlir::moe::MoeDialect::getParameterAttrName())) {
       bytes.parameters += bytesOf(type);
       for (mlir::Operation *user : arg.getUsers())
         if (auto update = mlir::dyn_cast<mlir::moe::AdamWOp>(user);

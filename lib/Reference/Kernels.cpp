@@ -855,6 +855,31 @@ bool collectRows(const std::vector<const HostTensor *> &logits,
   return true;
 }
 
+/// `scale` times the gradient of the load-balancing loss
+/// E · Σ_e fraction[e] · P[e] (P the mean softmax over `n` rows, `fraction`
+/// held fixed, as Hugging Face's formula does not differentiate it) with
+/// respect to each of `rows`' logits: d loss / d p_t[e] = scale · E ·
+/// fraction[e] / n, then through the row's softmax.
+void loadBalancingLogitGrads(
+    const std::vector<const HostTensor *> &logits,
+    const std::vector<std::pair<size_t, int64_t>> &rows, int64_t numExperts,
+    const std::vector<double> &fraction, double n, double scale,
+    std::vector<HostTensor> &dLogits) {
+  dLogits.clear();
+  for (const HostTensor *t : logits)
+    dLogits.push_back(HostTensor::floats(t->shape));
+  std::vector<double> p;
+  for (auto [l, r] : rows) {
+    softmaxRow(&logits[l]->f32[r * numExperts], numExperts, p);
+    double inner = 0.0;
+    for (int64_t e = 0; e < numExperts; ++e)
+      inner += p[e] * fraction[e];
+    for (int64_t e = 0; e < numExperts; ++e)
+      dLogits[l].f32[r * numExperts + e] = static_cast<float>(
+          scale * numExperts / n * p[e] * (fraction[e] - inner));
+  }
+}
+
 } // namespace
 
 bool reference::loadBalancingLoss(const std::vector<const HostTensor *> &logits,
@@ -896,19 +921,8 @@ bool reference::loadBalancingLossGrad(
     for (int64_t e : topK(p, k))
       fraction[e] += 1.0 / n;
   }
-  dLogits.clear();
-  for (const HostTensor *t : logits)
-    dLogits.push_back(HostTensor::floats(t->shape));
-  // d loss / d p_t[e] = scale · E · fraction[e] / n, then through softmax.
-  for (auto [l, r] : rows) {
-    softmaxRow(&logits[l]->f32[r * numExperts], numExperts, p);
-    double inner = 0.0;
-    for (int64_t e = 0; e < numExperts; ++e)
-      inner += p[e] * fraction[e];
-    for (int64_t e = 0; e < numExperts; ++e)
-      dLogits[l].f32[r * numExperts + e] = static_cast<float>(
-          scale * numExperts / n * p[e] * (fraction[e] - inner));
-  }
+  loadBalancingLogitGrads(logits, rows, numExperts, fraction, n, scale,
+                          dLogits);
   return true;
 }
 
@@ -1357,19 +1371,7 @@ bool reference::loadBalancingStatsGrad(
                         stats.shapeString(), numExperts);
     return false;
   }
-  dLogits.clear();
-  for (const HostTensor *t : logits)
-    dLogits.push_back(HostTensor::floats(t->shape));
-  // d loss / d p_t[e] = scale · E · f[e] / N, then through the softmax.
-  std::vector<double> p;
-  for (auto [l, r] : rows) {
-    softmaxRow(&logits[l]->f32[r * numExperts], numExperts, p);
-    double inner = 0.0;
-    for (int64_t e = 0; e < numExperts; ++e)
-      inner += p[e] * fraction[e];
-    for (int64_t e = 0; e < numExperts; ++e)
-      dLogits[l].f32[r * numExperts + e] = static_cast<float>(
-          scale * numExperts / n * p[e] * (fraction[e] - inner));
-  }
+  loadBalancingLogitGrads(logits, rows, numExperts, fraction, n, scale,
+                          dLogits);
   return true;
 }

@@ -22,6 +22,8 @@
 
 #include "moec/Conversion/MoeToShard/Passes.h"
 
+#include "dialects/Moe/IR/MoeOps.h"
+
 #include "moec/Plan/Mesh.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
@@ -121,7 +123,7 @@ LogicalResult StepPartitioner::localizeExpertArguments() {
   WalkResult walk = func.walk([&](ExpertsOp experts) -> WalkResult {
     for (Value weight : {experts.getGateUp(), experts.getDown()}) {
       BlockArgument arg = weightArgument(weight);
-      if (!arg || !func.getArgAttr(arg.getArgNumber(), "moe.parameter"))
+      if (!arg || !func.getArgAttr(arg.getArgNumber(), mlir::moe::MoeDialect::getParameterAttrName()))
         return experts.emitOpError()
                << "takes an expert weight that is not a moe.parameter "
                   "argument of @"
@@ -136,14 +138,14 @@ LogicalResult StepPartitioner::localizeExpertArguments() {
   llvm::StringSet<> names;
   for (BlockArgument arg : weights)
     names.insert(
-        func.getArgAttrOfType<StringAttr>(arg.getArgNumber(), "moe.parameter")
+        func.getArgAttrOfType<StringAttr>(arg.getArgNumber(), mlir::moe::MoeDialect::getParameterAttrName())
             .getValue());
   // The weights and the AdamW moments of the same parameters.
   SmallVector<Type> argTypes(func.getArgumentTypes());
   for (BlockArgument arg : func.getArguments()) {
     unsigned i = arg.getArgNumber();
     bool isExpert = false;
-    for (StringRef attr : {"moe.parameter", "moe.exp_avg", "moe.exp_avg_sq"})
+    for (StringRef attr : {mlir::moe::MoeDialect::getParameterAttrName(), mlir::moe::MoeDialect::getExpAvgAttrName(), mlir::moe::MoeDialect::getExpAvgSqAttrName()})
       if (auto name = func.getArgAttrOfType<StringAttr>(i, attr))
         isExpert |= names.contains(name.getValue());
     if (!isExpert)
@@ -159,7 +161,7 @@ LogicalResult StepPartitioner::localizeExpertArguments() {
     arg.setType(withShape(type, shape));
     argTypes[i] = arg.getType();
     func.setArgAttr(i, moe::MoeDialect::getExpertLocalAttrName(), builder.getUnitAttr());
-    if (func.getArgAttr(i, "moe.parameter"))
+    if (func.getArgAttr(i, mlir::moe::MoeDialect::getParameterAttrName()))
       ++numExpertParams;
   }
   func.setFunctionType(
@@ -391,7 +393,7 @@ LogicalResult StepPartitioner::rewrite(Operation *op) {
 LogicalResult StepPartitioner::run() {
   for (BlockArgument arg : func.getArguments())
     if (auto name = func.getArgAttrOfType<StringAttr>(arg.getArgNumber(),
-                                                      "moe.input"))
+                                                      mlir::moe::MoeDialect::getInputAttrName()))
       if (name.getValue() == "step")
         stepArgument = arg;
   if (shuffle && !stepArgument)

@@ -13,6 +13,8 @@
 
 #include "moec/Conversion/MoeToShard/Passes.h"
 
+#include "dialects/Moe/IR/MoeOps.h"
+
 #include "moec/Plan/Mesh.h"
 #include "moec/Plan/Placement.h"
 
@@ -382,7 +384,7 @@ HybridShardPass::shardInitialization(func::FuncOp init,
   // of the same global parameter whatever the mesh.
   auto ret = cast<func::ReturnOp>(init.getBody().front().getTerminator());
   for (auto [i, operand] : llvm::enumerate(ret->getOpOperands())) {
-    auto name = init.getResultAttrOfType<StringAttr>(i, "moe.parameter");
+    auto name = init.getResultAttrOfType<StringAttr>(i, mlir::moe::MoeDialect::getParameterAttrName());
     if (!name)
       continue;
     const ShardedParameter *p = llvm::find_if(
@@ -467,15 +469,15 @@ void HybridShardPass::runOnOperation() {
   llvm::StringMap<BlockArgument> expAvg, expAvgSq;
   for (BlockArgument arg : step.getArguments()) {
     if (auto name = step.getArgAttrOfType<StringAttr>(arg.getArgNumber(),
-                                                      "moe.exp_avg"))
+                                                      mlir::moe::MoeDialect::getExpAvgAttrName()))
       expAvg[name] = arg;
     if (auto name = step.getArgAttrOfType<StringAttr>(arg.getArgNumber(),
-                                                      "moe.exp_avg_sq"))
+                                                      mlir::moe::MoeDialect::getExpAvgSqAttrName()))
       expAvgSq[name] = arg;
   }
   for (BlockArgument arg : step.getArguments()) {
     auto name = step.getArgAttrOfType<StringAttr>(arg.getArgNumber(),
-                                                  "moe.parameter");
+                                                  mlir::moe::MoeDialect::getParameterAttrName());
     if (!name)
       continue;
     ShardedParameter p;
@@ -526,7 +528,7 @@ void HybridShardPass::runOnOperation() {
     evalGatherAt.setInsertionPointToStart(&eval.getBody().front());
     for (BlockArgument arg : eval.getArguments()) {
       auto name = eval.getArgAttrOfType<StringAttr>(arg.getArgNumber(),
-                                                    "moe.parameter");
+                                                    mlir::moe::MoeDialect::getParameterAttrName());
       const ShardedParameter *p =
           name ? llvm::find_if(params,
                                [&](const ShardedParameter &q) {
@@ -546,7 +548,7 @@ void HybridShardPass::runOnOperation() {
   // Returned gradients (return-gradients) are the reduced shards.
   auto ret = cast<func::ReturnOp>(step.getBody().front().getTerminator());
   for (auto [i, operand] : llvm::enumerate(ret->getOpOperands()))
-    if (step.getResultAttr(i, "moe.gradient"))
+    if (step.getResultAttr(i, mlir::moe::MoeDialect::getGradientAttrName()))
       for (const ShardedParameter &p : params)
         if (operand.get() == p.localGrad)
           operand.set(p.reducedGrad);

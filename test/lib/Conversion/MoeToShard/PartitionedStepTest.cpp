@@ -227,7 +227,7 @@ HostTensor gather(const std::vector<const HostTensor *> &shards, int64_t axis,
 /// the logits are about (4, 2, -3, ..., -3).
 void skewRouting(func::FuncOp step, std::vector<HostTensor> &params) {
   for (auto [i, t] : llvm::enumerate(params)) {
-    StringRef name = step.getArgAttrOfType<StringAttr>(i, "moe.parameter");
+    StringRef name = step.getArgAttrOfType<StringAttr>(i, mlir::moe::MoeDialect::getParameterAttrName());
     if (name == "model.embed_tokens.weight") {
       for (float &x : t.f32)
         x += 1.0f;
@@ -241,8 +241,28 @@ void skewRouting(func::FuncOp step, std::vector<HostTensor> &params) {
   }
 }
 
+/// The number of experts of the model whose step is `step`, read off its
+/// routers.
+int64_t expertCount(func::FuncOp step) {
+  int64_t numExperts = 0;
+  step.walk([&](moe::RouterOp router) {
+    numExperts = router.getLogits().getType().getShape().back();
+  });
+  return numExperts;
+}
+
+/// The mesh of `layout` for the model whose step is `step`.
+llvm::Expected<plan::Mesh> meshOf(const Layout &layout, func::FuncOp step) {
+  const int64_t numExperts = expertCount(step);
+  plan::ParallelConfig config;
+  config.worldSize = layout.worldSize;
+  config.expertParallelDegree = layout.expertParallelDegree;
+  config.hybridShardDegree = layout.shardDegree;
+  return plan::resolveMesh(config, numExperts);
+}
+
 std::string paramName(func::FuncOp step, unsigned i) {
-  return step.getArgAttrOfType<StringAttr>(i, "moe.parameter").str();
+  return step.getArgAttrOfType<StringAttr>(i, mlir::moe::MoeDialect::getParameterAttrName()).str();
 }
 
 TEST_P(PartitionedStepTest, EqualsTheUnpartitionedStep) {
@@ -254,16 +274,8 @@ TEST_P(PartitionedStepTest, EqualsTheUnpartitionedStep) {
   ASSERT_TRUE(global && partitioned);
   auto globalStep = global->lookupSymbol<func::FuncOp>("train_step");
   auto rankStep = partitioned->lookupSymbol<func::FuncOp>("train_step");
-  int64_t numExperts = 0;
-  globalStep.walk([&](moe::RouterOp router) {
-    numExperts = router.getLogits().getType().getShape().back();
-  });
-  plan::ParallelConfig config;
-  config.worldSize = w;
-  config.expertParallelDegree = layout.expertParallelDegree;
-  config.hybridShardDegree = layout.shardDegree;
-  llvm::Expected<plan::Mesh> mesh = plan::resolveMesh(config, numExperts);
-  ASSERT_TRUE(static_cast<bool>(mesh));
+  llvm::Expected<plan::Mesh> mesh = meshOf(layout, globalStep);
+  ASSERT_TRUE(static_cast<bool>(mesh)) << llvm::toString(mesh.takeError());
 
   // The global parameters, from the seed, and zero moments.
   std::vector<HostTensor> initial;
@@ -368,7 +380,8 @@ TEST_P(PartitionedStepTest, EqualsTheUnpartitionedStep) {
     if (layout.skewed) {
       // The case is what it claims: no slot for the last rank's experts.
       const HostTensor &counts = results[3 * n + 5];
-      int64_t local = numExperts / mesh->expertParallelDegree();
+      const int64_t numExperts = expertCount(globalStep);
+      const int64_t local = numExperts / mesh->expertParallelDegree();
       for (int64_t l = 0; l < counts.shape[0]; ++l)
         for (int64_t e = numExperts - local; e < numExperts; ++e)
           EXPECT_EQ(counts.i64[l * numExperts + e], 0)
@@ -445,16 +458,8 @@ TEST_P(MeshTest, InitializationIsShardingInvariant) {
   OwningOpRef<ModuleOp> partitioned = build(layout, kMicroBatch, true);
   ASSERT_TRUE(global && partitioned);
   auto rankStep = partitioned->lookupSymbol<func::FuncOp>("train_step");
-  int64_t numExperts = 0;
-  rankStep.walk([&](moe::RouterOp router) {
-    numExperts = router.getLogits().getType().getShape().back();
-  });
-  plan::ParallelConfig config;
-  config.worldSize = w;
-  config.expertParallelDegree = layout.expertParallelDegree;
-  config.hybridShardDegree = layout.shardDegree;
-  llvm::Expected<plan::Mesh> mesh = plan::resolveMesh(config, numExperts);
-  ASSERT_TRUE(static_cast<bool>(mesh));
+  llvm::Expected<plan::Mesh> mesh = meshOf(layout, rankStep);
+  ASSERT_TRUE(static_cast<bool>(mesh)) << llvm::toString(mesh.takeError());
 
   HostTensor seed = HostTensor::ints({});
   seed.i64[0] = 7;
