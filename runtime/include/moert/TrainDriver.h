@@ -15,6 +15,8 @@
 #ifndef MOERT_TRAINDRIVER_H
 #define MOERT_TRAINDRIVER_H
 
+#include "moert/Mesh.h"
+
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -33,6 +35,16 @@ struct ParameterInfo {
   int64_t offset, expAvgOffset, expAvgSqOffset; ///< bytes into the state
   int64_t count;
   int elementBytes; ///< 4: fp32 (master weights), 2: bf16 (a bf16 model)
+  /// How the block this rank holds (`shape`) sits in the global parameter
+  /// (docs/partitioning.md, Layout): an expert parameter (`expertLocal`)
+  /// holds experts [p·E/P, (p+1)·E/P) of the global E in its dim 0, p its
+  /// expert-group coordinate; along `chunkDim` it is chunk h of the shard
+  /// group (global rows [h·c, h·c + c) clipped to `globalShape`, c =
+  /// shape[chunkDim], the rest zero padding), -1 when not chunked. In a
+  /// one-rank program globalShape equals shape.
+  std::vector<int64_t> globalShape;
+  int chunkDim = -1;
+  bool expertLocal = false;
 };
 
 /// Where a scalar output of the step is: an arena offset, or a constant
@@ -57,6 +69,9 @@ struct TrainProgram {
   int numParameters = 0;
   MetricSlot loss{}, ceLoss{}, auxLoss{}, zLoss{}, gradNorm{}, expertCounts{};
   int64_t countLayers = 0, countExperts = 0;
+  /// The mesh the step was partitioned for (1x1x1: a one-GPU program); the
+  /// driver gives the step a MeshGroups of this shape (Context::mesh).
+  MeshShape mesh{};
   double modelFlops = 0;
   /// Libraries beyond cuBLAS the step uses (cuDNN), on the Context's
   /// stream; null when none.

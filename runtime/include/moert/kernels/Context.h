@@ -39,7 +39,8 @@
   } while (0)
 
 namespace moert {
-struct Cudnn; // moert/Cudnn.h
+struct Cudnn;     // moert/Cudnn.h
+class MeshGroups; // moert/Mesh.h
 } // namespace moert
 
 namespace moert::kernels {
@@ -79,6 +80,9 @@ struct Context {
   /// Pinned host memory for the few values the host must read during a step
   /// (the experts' token counts, for the grouped GEMM's group sizes).
   int64_t *hostCounts = nullptr;
+  /// The rank's communicators, by the grid axes a collective names; null in
+  /// a one-rank program.
+  const moert::MeshGroups *mesh = nullptr;
   /// Set for the one step the driver profiles.
   Profiler *profiler = nullptr;
   /// Set by the driver for the first step of a run: the bf16 parameter
