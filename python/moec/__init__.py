@@ -28,6 +28,10 @@ Modules:
 * :mod:`moec.plot_loss` -- draws a training-metrics CSV.
 * :mod:`moec.atomic` -- atomic file writes.
 * :mod:`moec.check_init` -- checks parameters a compiled ``init_params`` wrote.
+* :mod:`moec.bench` -- ``python -m moec.bench``: the one-GPU training
+  benchmark, PyTorch contenders and a compiled program interleaved over rounds.
+* :mod:`moec.torchtitan_mixtral` -- torchtitan's Qwen3 MoE classes configured
+  as Mixtral, the benchmark's ``titan-*`` contenders.
 
 Run them with ``PYTHONPATH=python`` from the repository root.
 """

@@ -1,10 +1,12 @@
-"""The training benchmark of DESIGN.md §5 on one GPU: Hugging Face eager, torch.compile and moec, side by side.
+"""The training benchmark of DESIGN.md §5 on one GPU: Hugging Face, torchtitan and moec, interleaved over rounds.
 
 Usage (from the repository root)::
 
     PYTHONPATH=python python -m moec.bench --moec OUT/train_step --recipe fp32-master --json bench.json
-    PYTHONPATH=python python -m moec.bench --recipe bf16 --skip-compile        # the PyTorch baselines only
+    PYTHONPATH=python python -m moec.bench --moec OUT/train_step --torchtitan-path DIR     # torchtitan from DIR
+    PYTHONPATH=python python -m moec.bench --recipe bf16 --skip-compile --rounds 1     # eager baselines only
     PYTHONPATH=python python -m moec.bench --smoke                             # tiny model, CPU, 2 steps
+    PYTHONPATH=python python -m moec.bench --report bench.json                 # the tables of a --json report
 
 One process, one invocation, the same tokens for every contender:
 
@@ -12,7 +14,14 @@ One process, one invocation, the same tokens for every contender:
     (default ``mixtral-8x7b-2l``), ``attn_implementation="sdpa"`` and the
     default experts implementation (``grouped_mm``), training mode;
 (b) ``hf-compile``: the same model under ``torch.compile`` (default mode);
-(c) ``moec``: the program ``moec compile`` wrote (``--moec PROGRAM``), run as
+(c) ``titan-eager``: torchtitan 0.3.0's Qwen3 MoE model classes configured as
+    the same Mixtral (:mod:`moec.torchtitan_mixtral`: no qk-norm, no shared
+    experts, ``GroupedExperts`` on ``torch._grouped_mm``, causal SDPA);
+    **its router has no load-balancing loss**: its loss is the cross-entropy
+    alone, where the others add the aux loss;
+(d) ``titan-compile``: the same, every decoder block compiled on its own
+    (``fullgraph=True``) and the loss compiled, as torchtitan's trainer does;
+(e) ``moec``: the program ``moec compile`` wrote (``--moec PROGRAM``), run as
     ``PROGRAM --tokens FILE --steps W+N --bench-warmup W --log CSV``; its last
     line ``summary {json}`` gives ``median_step_s``, ``tokens_per_s``,
     ``model_tflops`` and ``peak_bytes`` (what it allocated). Its micro-batch,
@@ -24,17 +33,25 @@ One process, one invocation, the same tokens for every contender:
     it); a program compiled for another job is refused, naming each field
     that differs with both values, before anything runs.
 
+``--skip-hf`` leaves out (a), ``--skip-compile`` (b) and (d), ``--skip NAME``
+any one (repeatable). torchtitan is imported from ``--torchtitan-path DIR``
+(put first on ``sys.path``: a ``pip install --target`` folder or an unpacked
+wheel) or from the environment; where it (or ``spmd_types``, ``tyro``, which
+its model files import) is missing, (c) and (d) are skipped with a message
+saying what failed to import, and the rest runs.
+
 Job: micro-batch ``--micro-batch`` (4) of ``--seq`` (2048) tokens, top-k and
 experts from the config, ``aux_loss`` load balancing with coefficient 0.02
-(the model's own ``loss``), ``clip_grad_norm_`` to 1.0, AdamW (betas 0.9/0.95,
-eps 1e-8, weight decay 0.1 on the matrices, 0 on the norm weights) with
-``moec train``'s schedule (linear warm-up over 2 steps to 1e-3, cosine to
-1e-4 at step W+N). Hugging Face's model starts from its own initialisation
-(``torch.manual_seed(--seed)``; ``delayed_param`` in numpy would take hours at
-this size), so its losses are not moec's; the timings hardly depend on the
-values (only through how evenly the router spreads the tokens).
+(the model's own ``loss``; none for torchtitan), ``clip_grad_norm_`` to 1.0,
+AdamW (betas 0.9/0.95, eps 1e-8, weight decay 0.1 on the matrices, 0 on the
+norm weights) with ``moec train``'s schedule (linear warm-up over 2 steps to
+1e-3, cosine to 1e-4 at step W+N). The PyTorch models start from their own
+initialisations (``torch.manual_seed(--seed)``; ``delayed_param`` in numpy
+would take hours at this size), so their losses are not moec's; the timings
+hardly depend on the values (only through how evenly the router spreads the
+tokens).
 
-Numerics recipes (``--recipe``):
+Numerics recipes (``--recipe``), the same for every PyTorch contender:
 
 ``bf16``
     bf16 parameters, gradients and AdamW states (``torch.optim.AdamW(fused=True)``
@@ -53,11 +70,17 @@ Tokens: ``(W + N) * micro_batch`` blocks of ``--seq`` random ids in
 little-endian int64 to a temporary file for moec; step ``t`` (1-based) of
 every contender uses blocks ``(t - 1) * B + b`` (the order of moec's driver).
 
-Timing: ``--warmup`` (3) steps, then ``--steps`` (10) timed steps, each from a
-``torch.cuda.synchronize()`` to the next, by ``time.perf_counter``; the
-median. Peak memory: ``torch.cuda.max_memory_allocated`` over the whole run
-(model, optimizer states, activations), reset before each contender; each
-model is freed before the next starts.
+Rounds: ``--rounds`` (3) times, each contender in turn (the order above)
+trains its ``--warmup`` (3) untimed and ``--steps`` (10) timed steps, each
+step timed from a ``torch.cuda.synchronize()`` to the next by
+``time.perf_counter``; a round's result is the median of its timed steps.
+Every round builds each PyTorch model anew and frees it, compiled graphs
+included, before the next contender starts: at the benchmark's shape one
+model with its optimizer states takes 25 (bf16) to 60 GiB (fp32 masters);
+four of them kept between rounds would not fit in the GPU's memory with fp32
+masters, and in bf16 would leave too little beside moec's program. Peak memory:
+``torch.cuda.max_memory_allocated`` over a contender's run (model, optimizer
+states, activations), reset before each; the largest of the rounds.
 
 Model FLOPs per step (DESIGN.md §5) = ``6 * N_active * tokens + 12 * L * h *
 S^2 * B / 2`` with ``h`` = heads x head_dim and ``N_active`` = every
@@ -66,10 +89,19 @@ head counts), expert weights counted at ``top_k / E``. For ``mixtral-8x7b-2l``
 at B = 4, S = 2048: 919,687,168 active parameters (the 0.92 B of DESIGN.md;
 1.05 B with the embedding table), 45.20 + 0.82 = 46.0 TFLOP, the count of
 DESIGN.md and of moec's programs (``lib/Target/Cuda/TrainStepEmitter.cpp``).
+torchtitan's model has the same parameters (its QKV projection fused).
 
-Output: a markdown table (what, s/step, tokens/s, model TFLOP/s, peak GiB,
-speed-up over HF eager) and, with ``--json OUT``, the setup and every
-contender's step times and losses.
+Output: one line per contender and round, then a markdown table (what,
+s/step, tokens/s, model TFLOP/s, peak GiB, speed-up over HF eager, the
+rounds' spread): s/step is the median of the rounds' medians, tokens/s and
+TFLOP/s the medians of the rounds', the speed-up the median of the
+same-round ratios. With ``--moec``, a second table: moec's speed-up over each
+contender per round (the contender's s/step over moec's, both of that round)
+and their median; then the fastest PyTorch contender. ``--json OUT`` writes
+``format`` ``moec-bench/2``: the setup, ``results`` (what the table says),
+``ratios`` and ``rounds`` (every contender's result in every round, step
+times and losses included); ``--report OUT`` prints the tables of such a file
+again from its rounds (without torch).
 
 ``--smoke``: the ``tiny`` config on the CPU, micro-batch 2 of 64 tokens, 1
 warm-up and 2 timed steps, no torch.compile: checks the script end to end
@@ -79,6 +111,7 @@ where there is no GPU (no peak memory there).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import gc
 import json
@@ -89,12 +122,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from moec.atomic import write_atomically
+from moec.torchtitan_mixtral import TORCHTITAN_VERSION, TorchtitanUnavailable
 
 RECIPES = ("bf16", "fp32-master")
 AUX_LOSS_COEF = 0.02
@@ -210,10 +246,15 @@ def model_flops(config, micro_batch: int, seq: int) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------
-# Hugging Face contenders
+# PyTorch contenders
 # ----------------------------------------------------------------------------
 
-def build_model(config, dtype, device: str):
+#: Every contender in the order a round runs them (moec last, as its program).
+CONTENDERS = ("hf-eager", "hf-compile", "titan-eager", "titan-compile", "moec")
+PYTORCH_CONTENDERS = CONTENDERS[:-1]
+
+
+def build_hf_model(config, dtype, device: str):
     """``MixtralForCausalLM`` with parameters of ``dtype`` (buffers as Hugging Face makes them), sdpa attention."""
     import torch
     from transformers import MixtralForCausalLM
@@ -221,6 +262,18 @@ def build_model(config, dtype, device: str):
     with torch.device(device):
         model = MixtralForCausalLM._from_config(config, dtype=dtype, attn_implementation="sdpa")
     return model.train()
+
+
+def hf_forward_loss(model, *, compile: bool) -> Callable:
+    """The step's forward of Hugging Face's model, ``ids -> loss`` (cross-entropy + aux loss)."""
+    import torch
+
+    forward = torch.compile(model) if compile else model
+
+    def run(ids):
+        return forward(input_ids=ids, labels=ids, use_cache=False, output_router_logits=True).loss
+
+    return run
 
 
 def make_optimizer(params):
@@ -242,8 +295,38 @@ def make_optimizer(params):
     )
 
 
-def run_hf(job: Job, config, tokens: np.ndarray, flops: float, *, compile: bool) -> Result:
-    """Trains ``job.total_steps`` steps of Hugging Face's model; times the last ``job.steps``."""
+@dataclass(frozen=True)
+class PyTorchContender:
+    """How to build and run one PyTorch contender."""
+
+    what: str
+    build: Callable  # (dtype) -> the model in training mode, parameters of dtype, on the job's device
+    forward_loss: Callable  # (model) -> the step's forward, ids -> loss
+    context: Callable = contextlib.nullcontext  # () -> context the contender's whole run is under
+
+
+def pytorch_contenders(job: Job, config, torchtitan, skipped: set[str]) -> list[PyTorchContender]:
+    """The PyTorch contenders not in ``skipped``; torchtitan's only when ``torchtitan`` (its modules) is given."""
+    from moec import torchtitan_mixtral
+
+    found = [
+        PyTorchContender("hf-eager", partial(build_hf_model, config, device=job.device),
+                         partial(hf_forward_loss, compile=False)),
+        PyTorchContender("hf-compile", partial(build_hf_model, config, device=job.device),
+                         partial(hf_forward_loss, compile=True)),
+    ]
+    if torchtitan is not None:
+        build = partial(torchtitan_mixtral.build_model, torchtitan, config, job.seq, device=job.device)
+        found += [
+            PyTorchContender("titan-eager", build, partial(torchtitan_mixtral.forward_loss, compile=False)),
+            PyTorchContender("titan-compile", build, partial(torchtitan_mixtral.forward_loss, compile=True),
+                             torchtitan_mixtral.compile_settings),
+        ]
+    return [c for c in found if c.what not in skipped]
+
+
+def run_pytorch(contender: PyTorchContender, job: Job, tokens: np.ndarray, flops: float) -> Result:
+    """Trains ``job.total_steps`` steps of the contender's model by ``job.recipe``; times the last ``job.steps``."""
     import torch
 
     from moec.train_bf16 import step_blocks
@@ -253,19 +336,19 @@ def run_hf(job: Job, config, tokens: np.ndarray, flops: float, *, compile: bool)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(job.seed)
-    compute = build_model(config, torch.bfloat16, job.device)
+    compute = contender.build(torch.bfloat16)
     copies = list(compute.parameters())
     if job.recipe == "fp32-master":
-        masters = list(build_model(config, torch.float32, job.device).parameters())
+        masters = list(contender.build(torch.float32).parameters())
         with torch.no_grad():  # the masters own the initial values
-            for shadow, param in zip(copies, masters):
+            for shadow, param in zip(copies, masters, strict=True):
                 shadow.copy_(param)
         for param in masters:  # filled from the bf16 gradients each step
             param.grad = torch.zeros_like(param)
     else:
         masters = copies
     optimizer = make_optimizer(masters)
-    forward = torch.compile(compute) if compile else compute
+    forward_loss = contender.forward_loss(compute)
     schedule = Schedule(total_steps=job.total_steps)
     max_norm = Optimizer().max_grad_norm
     ids_all = torch.from_numpy(tokens).to(job.device)
@@ -278,7 +361,7 @@ def run_hf(job: Job, config, tokens: np.ndarray, flops: float, *, compile: bool)
             with torch.no_grad():
                 for shadow, param in zip(copies, masters):
                     shadow.copy_(param)
-        loss = forward(input_ids=ids, labels=ids, use_cache=False, output_router_logits=True).loss
+        loss = forward_loss(ids)
         loss.backward()
         if masters is not copies:
             with torch.no_grad():
@@ -292,17 +375,18 @@ def run_hf(job: Job, config, tokens: np.ndarray, flops: float, *, compile: bool)
         return loss.detach()
 
     seconds, losses = [], []
-    for t in range(1, job.total_steps + 1):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        loss = step(t)
-        if cuda:
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
-        losses.append(loss.item())
+    with contender.context():
+        for t in range(1, job.total_steps + 1):
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            loss = step(t)
+            if cuda:
+                torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - start)
+            losses.append(loss.item())
     peak = torch.cuda.max_memory_allocated() if cuda else None
-    return summarise("hf-compile" if compile else "hf-eager", job, flops, seconds[job.warmup:], losses, peak)
+    return summarise(contender.what, job, flops, seconds[job.warmup:], losses, peak)
 
 
 def summarise(what: str, job: Job, flops: float, timed: list[float], losses: list[float], peak) -> Result:
@@ -318,6 +402,18 @@ def release() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def import_torchtitan(path: Path | None):
+    """torchtitan's modules (:func:`moec.torchtitan_mixtral.import_torchtitan`), ``path`` first on ``sys.path``.
+
+    Raises ``TorchtitanUnavailable``.
+    """
+    from moec import torchtitan_mixtral
+
+    if path is not None:
+        sys.path.insert(0, str(path.resolve()))
+    return torchtitan_mixtral.import_torchtitan()
 
 
 # ----------------------------------------------------------------------------
@@ -344,24 +440,143 @@ def run_moec(program: Path, job: Job, token_file: Path, log: Path) -> Result:
 
 
 # ----------------------------------------------------------------------------
-# Report
+# Rounds and report (no torch here: --report runs without it)
 # ----------------------------------------------------------------------------
 
-def table(results: list[Result]) -> str:
-    baseline = next((r for r in results if r.what == "hf-eager"), None)
-    lines = ["| what | s/step | tokens/s | model TFLOP/s | peak GiB | vs HF eager |", "|---|---|---|---|---|---|"]
-    for r in results:
-        peak = f"{r.peak_bytes / 2**30:.1f}" if r.peak_bytes is not None else "—"
-        ratio = f"{baseline.step_s / r.step_s:.2f}x" if baseline else "—"
-        lines.append(f"| {r.what} | {r.step_s:.4f} | {r.tokens_per_s:,.0f} | {r.model_tflops:.4g} | {peak} | {ratio} |")
+REPORT_FORMAT = "moec-bench/2"
+
+
+class BadReport(Exception):
+    """Rounds that cannot be aggregated, or a --report file that is not a benchmark report."""
+
+
+@dataclass
+class Aggregate:
+    """One contender over all rounds."""
+
+    what: str
+    step_s: float  # median of the rounds' medians
+    tokens_per_s: float  # median of the rounds'
+    model_tflops: float  # median of the rounds'
+    peak_bytes: int | None  # the largest of the rounds'
+    min_step_s: float  # the fastest round's median
+    max_step_s: float  # the slowest round's median
+    round_step_s: list[float]  # every round's median, in round order
+
+
+def check_rounds(rounds: list[list[Result]]) -> list[str]:
+    """The contenders of ``rounds`` (the same, in the same order, in every round); raises BadReport."""
+    if not rounds or not rounds[0]:
+        raise BadReport("no round with a result")
+    names = [r.what for r in rounds[0]]
+    if len(set(names)) != len(names):
+        raise BadReport(f"round 1 names a contender twice: {', '.join(names)}")
+    for number, results in enumerate(rounds[1:], 2):
+        other = [r.what for r in results]
+        if other != names:
+            raise BadReport(f"round {number} has contenders {', '.join(other) or 'none'}; "
+                            f"round 1 has {', '.join(names)}")
+    return names
+
+
+def aggregate(rounds: list[list[Result]]) -> list[Aggregate]:
+    """Every contender's median and spread over ``rounds`` (each a list of per-contender results)."""
+    found = []
+    for index, what in enumerate(check_rounds(rounds)):
+        mine = [results[index] for results in rounds]
+        steps = [r.step_s for r in mine]
+        peaks = [r.peak_bytes for r in mine if r.peak_bytes is not None]
+        found.append(Aggregate(what, statistics.median(steps), statistics.median(r.tokens_per_s for r in mine),
+                               statistics.median(r.model_tflops for r in mine), max(peaks) if peaks else None,
+                               min(steps), max(steps), steps))
+    return found
+
+
+def same_round_ratios(rounds: list[list[Result]], fast: str) -> dict[str, list[float]]:
+    """For every other contender, its s/step over ``fast``'s in each round (``fast``'s speed-up over it)."""
+    names = check_rounds(rounds)
+    if fast not in names:
+        return {}
+    mine = names.index(fast)
+    return {what: [results[index].step_s / results[mine].step_s for results in rounds]
+            for index, what in enumerate(names) if index != mine}
+
+
+def report_tables(rounds: list[list[Result]]) -> str:
+    """The markdown tables and summary lines of the benchmark's output (module docstring)."""
+    aggregates = aggregate(rounds)
+    eager = same_round_ratios(rounds, "hf-eager")
+    count = len(rounds)
+    lines = ["| what | s/step | tokens/s | model TFLOP/s | peak GiB | vs HF eager | "
+             f"s/step min–max ({count} round{'s' if count > 1 else ''}) |",
+             "|---|---|---|---|---|---|---|"]
+    for a in aggregates:
+        peak = f"{a.peak_bytes / 2**30:.1f}" if a.peak_bytes is not None else "—"
+        if a.what == "hf-eager":
+            ratio = "1.00x"
+        elif eager:
+            ratio = f"{statistics.median(1.0 / x for x in eager[a.what]):.2f}x"
+        else:
+            ratio = "—"
+        lines.append(f"| {a.what} | {a.step_s:.4f} | {a.tokens_per_s:,.0f} | {a.model_tflops:.4g} | {peak} | "
+                     f"{ratio} | {a.min_step_s:.4f}–{a.max_step_s:.4f} |")
+    ratios = same_round_ratios(rounds, "moec")
+    if ratios:
+        lines += ["", "moec's speed-up over each contender, from the same round (its s/step over moec's):", "",
+                  "| moec vs | " + " | ".join(f"round {n}" for n in range(1, count + 1)) + " | median |",
+                  "|---|" + "---|" * (count + 1)]
+        for what, values in ratios.items():
+            lines.append(f"| {what} | " + " | ".join(f"{v:.3f}x" for v in values)
+                         + f" | {statistics.median(values):.3f}x |")
+        fastest = min((a for a in aggregates if a.what != "moec"), key=lambda a: a.step_s)
+        lines += ["", f"fastest PyTorch contender: {fastest.what}, {fastest.step_s:.4f} s/step; moec "
+                      f"{statistics.median(ratios[fastest.what]):.3f}x as fast (median of the same-round ratios)"]
     return "\n".join(lines)
 
 
-def versions() -> dict[str, str]:
+def report_json(setup: dict, rounds: list[list[Result]]) -> dict:
+    """The ``--json`` report: setup, aggregates, moec's same-round ratios and every round's results."""
+    ratios = same_round_ratios(rounds, "moec")
+    return {
+        "format": REPORT_FORMAT,
+        "setup": setup,
+        "results": [asdict(a) for a in aggregate(rounds)],
+        "ratios": {f"moec vs {what}": {"rounds": values, "median": statistics.median(values)}
+                   for what, values in ratios.items()},
+        "rounds": [[asdict(r) for r in results] for results in rounds],
+    }
+
+
+def read_report(path: Path) -> list[list[Result]]:
+    """The rounds of a ``--json`` report; raises BadReport."""
+    try:
+        report = json.loads(path.read_text())
+    except OSError as e:
+        raise BadReport(f"cannot read {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise BadReport(f"{path} is not JSON: {e}") from None
+    if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
+        got = report.get("format") if isinstance(report, dict) else None
+        raise BadReport(f"{path} is not a {REPORT_FORMAT} report (format {got!r})")
+    try:
+        rounds = [[Result(**r) for r in results] for results in report["rounds"]]
+    except (KeyError, TypeError) as e:
+        raise BadReport(f"{path}: malformed rounds: {e}") from None
+    try:
+        check_rounds(rounds)
+    except BadReport as e:
+        raise BadReport(f"{path}: {e}") from None
+    return rounds
+
+
+def versions(torchtitan) -> dict[str, str]:
     import torch
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "numpy": np.__version__}
+    found = {"torch": torch.__version__, "transformers": transformers.__version__, "numpy": np.__version__}
+    if torchtitan is not None:
+        found["torchtitan"] = torchtitan.version
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,15 +586,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq", type=int, default=2048)
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="run every contender this many times, interleaved (default 3)")
     parser.add_argument("--recipe", choices=RECIPES, default="bf16")
-    parser.add_argument("--seed", type=int, default=1234, help="seeds the tokens and Hugging Face's initialisation")
+    parser.add_argument("--seed", type=int, default=1234, help="seeds the tokens and the PyTorch initialisations")
     parser.add_argument("--moec", type=Path, metavar="PROGRAM", help="the program moec compile wrote")
     parser.add_argument("--skip-hf", action="store_true", help="leave out Hugging Face eager")
-    parser.add_argument("--skip-compile", action="store_true", help="leave out torch.compile")
+    parser.add_argument("--skip-compile", action="store_true",
+                        help="leave out the torch.compile contenders (hf-compile, titan-compile)")
+    parser.add_argument("--skip", action="append", default=[], choices=PYTORCH_CONTENDERS, metavar="NAME",
+                        help=f"leave out this contender (repeatable): {', '.join(PYTORCH_CONTENDERS)}")
+    parser.add_argument("--torchtitan-path", type=Path, metavar="DIR",
+                        help="import torchtitan (and spmd_types, tyro) from DIR first")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the setup and results here")
+    parser.add_argument("--report", type=Path, metavar="FILE",
+                        help="print the tables of a report --json wrote, and run nothing")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny config on the CPU, micro-batch 2 x 64, 1 + 2 steps, no torch.compile")
     args = parser.parse_args(argv)
+    if args.report:
+        try:
+            print(report_tables(read_report(args.report)))
+        except BadReport as e:
+            parser.error(str(e))
+        return 0
     if args.smoke:
         args.config, args.micro_batch, args.seq, args.warmup, args.steps = "tiny", 2, 64, 1, 2
         args.skip_compile = True
@@ -390,6 +620,17 @@ def main(argv: list[str] | None = None) -> int:
             check_compiled_job(args.moec, args.micro_batch, args.seq, args.recipe)
         except JobMismatch as e:
             parser.error(str(e))
+    if args.torchtitan_path is not None and not args.torchtitan_path.is_dir():
+        parser.error(f"--torchtitan-path '{args.torchtitan_path}' is not a directory")
+    if args.steps < 1 or args.warmup < 0 or args.micro_batch < 1 or args.seq < 1 or args.rounds < 1:
+        parser.error("--steps, --micro-batch, --seq and --rounds must be positive, --warmup not negative")
+    skipped = set(args.skip)
+    if args.skip_hf:
+        skipped.add("hf-eager")
+    if args.skip_compile:
+        skipped.update({"hf-compile", "titan-compile"})
+    if skipped == set(PYTORCH_CONTENDERS) and not args.moec:
+        parser.error("nothing to run: every contender is skipped and no --moec")
 
     import torch
 
@@ -401,51 +642,74 @@ def main(argv: list[str] | None = None) -> int:
         device = "cuda"
     else:
         parser.error("no CUDA device (use --smoke to check the script on the CPU)")
-    if args.steps < 1 or args.warmup < 0 or args.micro_batch < 1 or args.seq < 1:
-        parser.error("--steps, --micro-batch and --seq must be positive, --warmup not negative")
-    if args.skip_hf and args.skip_compile and not args.moec:
-        parser.error("nothing to run: every contender is skipped and no --moec")
     job = Job(args.config, args.micro_batch, args.seq, args.warmup, args.steps, args.recipe, args.seed, device)
     config = presets.load_config(args.config)
     config.router_aux_loss_coef = AUX_LOSS_COEF
     flops, active = model_flops(config, job.micro_batch, job.seq)
+    torchtitan, unavailable = None, {}
+    titan = [what for what in ("titan-eager", "titan-compile") if what not in skipped]
+    if titan:
+        try:
+            torchtitan = import_torchtitan(args.torchtitan_path)
+        except TorchtitanUnavailable as e:
+            unavailable = {what: str(e) for what in titan}
+    contenders = pytorch_contenders(job, config, torchtitan, skipped)
+    if not contenders and not args.moec:
+        why = f" ({next(iter(unavailable.values()))})" if unavailable else ""
+        parser.error(f"nothing to run: every contender is skipped and no --moec{why}")
     rng = np.random.default_rng(job.seed)
     tokens = rng.integers(0, config.vocab_size, size=(job.total_steps * job.micro_batch, job.seq), dtype=np.int64)
     device_name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     print(f"{job.config} on {device_name}: micro-batch {job.micro_batch} x seq {job.seq} "
           f"({job.tokens_per_step} tokens/step), recipe {job.recipe}, {active:,.0f} active parameters, "
-          f"{flops / 1e12:.4g} TFLOP/step; {job.warmup} warm-up + {job.steps} timed steps", flush=True)
+          f"{flops / 1e12:.4g} TFLOP/step; {job.warmup} warm-up + {job.steps} timed steps, "
+          f"{args.rounds} round{'s' if args.rounds > 1 else ''}", flush=True)
+    if unavailable:
+        print(f"{', '.join(unavailable)}: skipped: {next(iter(unavailable.values()))} (install torchtitan "
+              f"{TORCHTITAN_VERSION} with spmd_types and tyro, or pass --torchtitan-path DIR)", flush=True)
+    if torchtitan is not None:
+        print(f"titan-*: torchtitan {torchtitan.version}; its router has no load-balancing loss "
+              f"(cross-entropy only; the others add aux_loss {AUX_LOSS_COEF})", flush=True)
 
-    results: list[Result] = []
-    contenders = [(False, args.skip_hf), (True, args.skip_compile)]
-    for compile, skipped in contenders:
-        if skipped:
-            continue
-        result = run_hf(job, config, tokens, flops, compile=compile)
-        release()
-        results.append(result)
-        print(f"{result.what}: {result.step_s:.4f} s/step, loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}",
-              flush=True)
-    if args.moec:
-        with tempfile.TemporaryDirectory() as tmp:
-            token_file = Path(tmp) / "tokens.bin"
-            token_file.write_bytes(tokens.astype("<i8").tobytes())
-            result = run_moec(args.moec, job, token_file, Path(tmp) / "moec.csv")
-        results.append(result)
-        print(f"moec: {result.step_s:.4f} s/step, loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}",
-              flush=True)
+    rounds: list[list[Result]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        token_file = Path(tmp) / "tokens.bin"
+        token_file.write_bytes(tokens.astype("<i8").tobytes())
+        for number in range(1, args.rounds + 1):
+            results = []
+            for contender in contenders:
+                result = run_pytorch(contender, job, tokens, flops)
+                release()
+                results.append(result)
+                print_result(number, args.rounds, result)
+            if args.moec:
+                result = run_moec(args.moec, job, token_file, Path(tmp) / f"moec-{number}.csv")
+                results.append(result)
+                print_result(number, args.rounds, result)
+            rounds.append(results)
     print()
-    print(table(results))
+    print(report_tables(rounds))
     if args.json:
         command = shlex.join(["python", "-m", "moec.bench", *(sys.argv[1:] if argv is None else argv)])
-        setup = {**asdict(job), "device_name": device_name, "tokens_per_step": job.tokens_per_step,
-                 "model_flops_per_step": flops, "active_parameters": active, "router_aux_loss_coef": AUX_LOSS_COEF,
-                 "attention": "sdpa", "experts": config._experts_implementation, "versions": versions(),
-                 "command": command}
-        report = {"setup": setup, "results": [asdict(r) for r in results]}
-        write_atomically(args.json, (json.dumps(report, indent=1) + "\n").encode("utf-8"))
+        setup = {**asdict(job), "rounds": args.rounds, "device_name": device_name,
+                 "tokens_per_step": job.tokens_per_step, "model_flops_per_step": flops, "active_parameters": active,
+                 "router_aux_loss_coef": AUX_LOSS_COEF, "attention": "sdpa",
+                 "experts": config._experts_implementation, "skipped": unavailable,
+                 "versions": versions(torchtitan), "command": command}
+        if torchtitan is not None:
+            setup["torchtitan"] = {
+                "model": "Qwen3Model as Mixtral: fused QKV, no qk-norm, no shared experts, causal SDPA",
+                "experts": "GroupedExperts (torch._grouped_mm)",
+                "router": "softmax top-k, renormalised, no load-balancing loss",
+                "compile": "each TransformerBlock (fullgraph) and the loss"}
+        write_atomically(args.json, (json.dumps(report_json(setup, rounds), indent=1) + "\n").encode("utf-8"))
         print(f"\nwrote {args.json}")
     return 0
+
+
+def print_result(number: int, rounds: int, result: Result) -> None:
+    print(f"[round {number}/{rounds}] {result.what}: {result.step_s:.4f} s/step, "
+          f"loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}", flush=True)
 
 
 if __name__ == "__main__":
