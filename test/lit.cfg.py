@@ -3,7 +3,8 @@
 
 Test files: .mlir (passes and diagnostics, through moec-opt), .test (driver
 and end-to-end runs). Python with numpy/onnxruntime is used by some tests
-and marked by the `onnxruntime` feature; tests that build CUDA programs need
+and marked by the `onnxruntime` feature, those of the benchmark's torchtitan
+model by `torchtitan`; tests that build CUDA programs need
 `nvcc`, those of bf16 attention on cuDNN `cudnn` (moec built with the cuDNN
 frontend); GPU tests need the `gpu` feature, which is set only when an NVIDIA
 GPU answers `nvidia-smi`, and are reported UNSUPPORTED elsewhere.
@@ -43,6 +44,10 @@ def python_has(module):
 
 if python_has("onnxruntime") and python_has("numpy"):
     config.available_features.add("onnxruntime")
+
+# torchtitan beside torch and transformers: the benchmark's torchtitan contender.
+if python_has("torchtitan") and python_has("torch") and python_has("transformers"):
+    config.available_features.add("torchtitan")
 
 if shutil.which("nvcc") or os.path.exists("/usr/local/cuda/bin/nvcc"):
     config.available_features.add("nvcc")
