@@ -19,7 +19,9 @@
 
 #include <array>
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
+#include <string>
 
 namespace moert {
 
@@ -46,6 +48,15 @@ struct MeshShape {
   }
 };
 
+/// The name of the group over `axes` in messages: the axes' names joined by
+/// '+' ("expert", "replica+expert", "replica+shard+expert").
+std::string meshGroupName(MeshAxes axes);
+
+/// The coordinates (r, h, p) of world rank `worldRank` on `shape`:
+/// w = (r · H + h) · P + p.
+std::array<int64_t, 3> meshCoordinates(const MeshShape &shape,
+                                       int64_t worldRank);
+
 /// A rank's place on the mesh and its communicator for every set of axes.
 class MeshGroups {
 public:
@@ -63,6 +74,7 @@ public:
   void abort();
 
 private:
+  MeshGroups() = default;
   MeshShape shape_;
   std::array<int64_t, 3> coordinates_{};
   /// Indexed by mask; [0] unused. The full mask's is the world's split.
