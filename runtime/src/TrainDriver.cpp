@@ -22,7 +22,8 @@
 //     micro-batch W·B would;
 //   - rank 0 prints and logs the step's metrics, which the step makes
 //     global on every rank, with the tokens per second of the world (the
-//     log's tokens_per_s) and per GPU;
+//     log's tokens_per_s) and per GPU, and the time its collectives took
+//     per group (moert/CollectiveTimes.h: the eager steps' only);
 //   - `--dump` writes the global parameters: rank 0 all-gathers every
 //     parameter's blocks, drops the padding and places them
 //     (moert/ParameterBlocks.h), in the one-GPU program's format;
@@ -38,6 +39,7 @@
 
 #include "moert/TrainDriver.h"
 #include "moert/Checkpoint.h"
+#include "moert/CollectiveTimes.h"
 #include "moert/Schedule.h"
 #include "moert/StepGraphs.h"
 #include "moert/ThreadCommunicator.h"
@@ -290,9 +292,14 @@ int runRank(const TrainProgram &p, const Options &o,
 
   kernels::Context ctx;
   MOERT_CUDA_CHECK(cudaStreamCreate(&ctx.stream));
+  // The step's groups are timed (the driver's own gathers, on the world,
+  // are not).
+  CollectiveTimes collectiveTimes;
+  std::unique_ptr<Communicator> timedWorld;
   std::unique_ptr<MeshGroups> mesh;
   if (place.world) {
-    orExit(MeshGroups::create(*place.world, p.mesh, mesh));
+    timedWorld = collectiveTimes.wrap(*place.world);
+    orExit(MeshGroups::create(*timedWorld, p.mesh, mesh));
     ctx.mesh = mesh.get();
   }
   const int64_t h = mesh ? mesh->coordinate(kShardAxis) : 0;
@@ -468,6 +475,9 @@ int runRank(const TrainProgram &p, const Options &o,
     minFree = std::min(minFree, freeNow);
     if (t - firstStep >= o.benchWarmup)
       times.push_back(seconds);
+    std::vector<GroupTime> groupTimes;
+    if (mesh)
+      orExit(collectiveTimes.collect(groupTimes));
     // Every rank holds the same global metrics: each stops on a bad loss.
     if (!std::isfinite(hostMetrics[0]))
       fatal("step " + std::to_string(t) + ": the loss is " +
@@ -496,6 +506,17 @@ int runRank(const TrainProgram &p, const Options &o,
                   static_cast<long long>(t), hostMetrics[0], hostMetrics[1],
                   hostMetrics[2], hostMetrics[3], hostMetrics[4], stepLr,
                   tokensPerSecond, perGpu.c_str(), tflops, counts.c_str());
+      if (!groupTimes.empty()) {
+        std::string text;
+        for (const GroupTime &g : groupTimes) {
+          char ms[32];
+          std::snprintf(ms, sizeof(ms), "%.3f", g.milliseconds);
+          text += "  " + g.group + " " + std::to_string(g.calls) + " in " +
+                  ms + " ms";
+        }
+        std::printf("step %4lld  collectives:%s\n", static_cast<long long>(t),
+                    text.c_str());
+      }
       if (log)
         std::fprintf(
             log, "%lld,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.6f,%.1f,%.2f,%lld\n",

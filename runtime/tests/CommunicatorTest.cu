@@ -21,6 +21,8 @@
 //                        mesh's groups (MeshGroups, W = 2: 1x1x2, 4: 1x2x2,
 //                        8: 2x2x2) hold the ranks their axes say, in world
 //                        order (checked by all-gathering world ranks)
+//   collective times     a timed world and a group split from it count
+//                        their calls by group (moert/CollectiveTimes.h)
 //
 // and the failures a caller sees: counts for the wrong number of ranks, a
 // root outside the group, and any call on an aborted communicator, each
@@ -32,6 +34,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "TestSupport.cuh"
+#include "moert/CollectiveTimes.h"
 #include "moert/Mesh.h"
 #include "moert/NcclCommunicator.h"
 #include "moert/ThreadCommunicator.h"
@@ -352,6 +355,31 @@ void testWorld(RankChecks &rc, Communicator &world) {
   testCollectives(rc, world);
   mesh.reset();
   expert.reset();
+
+  // Timed collectives: counted by group, the world's and a split's.
+  CollectiveTimes times;
+  std::unique_ptr<Communicator> timed = times.wrap(world), child;
+  DeviceBuffer<float> x(std::vector<float>(4, 1.0f)), y(4 * w);
+  std::vector<GroupTime> got;
+  rc.expect(
+      "collective times by group",
+      [&] {
+        if (Status s = timed->split(0, r, "timed", child); !s.ok())
+          return s;
+        for (int i = 0; i < 2; ++i)
+          if (Status s = timed->allReduceSum(x.get(), x.get(), 4,
+                                             DataType::F32, rc.stream);
+              !s.ok())
+            return s;
+        return child->allGather(x.get(), y.get(), 4, DataType::F32, rc.stream);
+      },
+      [&] {
+        return times.collect(got).ok() && got.size() == 2 &&
+               got[0].group == "world" && got[0].calls == 2 &&
+               got[1].group == "timed" && got[1].calls == 1 &&
+               got[0].milliseconds >= 0 && got[1].milliseconds >= 0 &&
+               times.collect(got).ok() && got.empty();
+      });
 }
 
 /// Runs testWorld on every rank of `world` (one thread each, with its own
