@@ -20,7 +20,9 @@
 #include "moert/ThreadCommunicator.h"
 
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -40,6 +42,8 @@ struct Posting {
   std::vector<size_t> sendCounts, sendOffsets, recvCounts, recvOffsets;
   int root = 0;
   int color = 0, key = 0;
+  /// Whether the rank has enqueued its part.
+  bool finished = false;
   /// The rank's input in host memory (sums only).
   const char *staged = nullptr;
   /// Device memory: behind the rank's work before the call, and behind its
@@ -65,12 +69,17 @@ struct Call {
 struct GroupState {
   int size;
   ThreadMemory memory;
+  /// How long a rank waits for the others in one call (0: for ever).
+  std::chrono::milliseconds timeout;
   std::mutex mutex;
   std::condition_variable changed;
   bool aborted = false;
+  /// Why the group was aborted, when a call of it did (empty for abort()).
+  std::string fault;
   std::map<uint64_t, Call> calls;
 
-  GroupState(int size, ThreadMemory memory) : size(size), memory(memory) {}
+  GroupState(int size, ThreadMemory memory, std::chrono::milliseconds timeout)
+      : size(size), memory(memory), timeout(timeout) {}
   ~GroupState() {
     for (auto &[id, call] : calls)
       destroyEvents(call);
@@ -208,9 +217,17 @@ private:
   Status meet(const char *collective, Posting mine, cudaStream_t stream,
               const Agreement &agree, const Part &part,
               bool ordersStreams = true);
-  /// Waits, with `lock` held, until `reached` or the group is aborted.
-  Status waitFor(std::unique_lock<std::mutex> &lock, const char *collective,
-                 const std::function<bool()> &reached);
+  /// Waits, with `lock` held, until every rank has posted (or, with
+  /// `finished`, finished) `call`, the group is aborted, or the group's
+  /// timeout passes, which aborts it naming the ranks that did not arrive.
+  Status waitForRanks(std::unique_lock<std::mutex> &lock,
+                      const char *collective, Call &call, bool finished);
+  /// Aborts the group (with `lock` held) for `why`, which every rank's
+  /// later failure quotes, and returns this rank's failure.
+  Status abortGroup(const char *file, int line, const char *collective,
+                    const std::string &why);
+  /// "the communicator was aborted", with the group's fault if any.
+  Status aborted(const char *file, int line, const char *collective) const;
   /// Copies `bytes` from `src` to `dst` after `ready` on `stream`.
   Status pull(void *dst, const void *src, size_t bytes, cudaEvent_t ready,
               cudaStream_t stream, const char *collective);
@@ -250,8 +267,7 @@ Status ThreadCommunicator::checkUsable(const char *collective,
   {
     std::lock_guard<std::mutex> lock(state->mutex);
     if (state->aborted)
-      return Status::failure(prefix(__FILE__, __LINE__, collective) +
-                             "the communicator was aborted");
+      return aborted(__FILE__, __LINE__, collective);
   }
   if (!onDevice())
     return Status::success();
@@ -265,13 +281,57 @@ Status ThreadCommunicator::checkUsable(const char *collective,
   return Status::success();
 }
 
-Status ThreadCommunicator::waitFor(std::unique_lock<std::mutex> &lock,
-                                   const char *collective,
-                                   const std::function<bool()> &reached) {
-  state->changed.wait(lock, [&] { return state->aborted || reached(); });
+Status ThreadCommunicator::aborted(const char *file, int line,
+                                   const char *collective) const {
+  return Status::failure(prefix(file, line, collective) +
+                         "the communicator was aborted" +
+                         (state->fault.empty() ? "" : " (" + state->fault + ")"));
+}
+
+Status ThreadCommunicator::abortGroup(const char *file, int line,
+                                      const char *collective,
+                                      const std::string &why) {
+  state->aborted = true;
+  if (state->fault.empty())
+    state->fault = "rank " + std::to_string(rankIndex) + " of " +
+                   std::to_string(state->size) + " in group '" + groupName +
+                   "': " + collective + ": " + why;
+  state->changed.notify_all();
+  return Status::failure(prefix(file, line, collective) + why);
+}
+
+Status ThreadCommunicator::waitForRanks(std::unique_lock<std::mutex> &lock,
+                                        const char *collective, Call &call,
+                                        bool finished) {
+  auto arrived = [&] {
+    return (finished ? call.finished : call.posted) == state->size;
+  };
+  auto reached = [&] { return state->aborted || arrived(); };
+  bool inTime = true;
+  if (state->timeout.count() > 0)
+    inTime = state->changed.wait_for(lock, state->timeout, reached);
+  else
+    state->changed.wait(lock, reached);
+  if (!inTime) {
+    std::string missing;
+    for (int r = 0; r < state->size; ++r)
+      if (finished ? !call.posts[r].finished : !*call.posts[r].collective)
+        missing += (missing.empty() ? "" : ", ") + std::to_string(r);
+    char seconds[32];
+    std::snprintf(seconds, sizeof(seconds), "%.1f",
+                  std::chrono::duration<double>(state->timeout).count());
+    return abortGroup(__FILE__, __LINE__, collective,
+                      "rank(s) " + missing + " of the group did not " +
+                          (finished ? "finish" : "call") + " it within " +
+                          seconds + " s (the thread world's timeout)");
+  }
+  // Ranks that disagree fail, every one with the reason, and the group
+  // with them.
+  if (!finished && arrived() && !call.mismatch.empty())
+    return abortGroup(__FILE__, __LINE__, collective,
+                      "the ranks disagree: " + call.mismatch);
   if (state->aborted)
-    return Status::failure(prefix(__FILE__, __LINE__, collective) +
-                           "the communicator was aborted");
+    return aborted(__FILE__, __LINE__, collective);
   return Status::success();
 }
 
@@ -302,20 +362,9 @@ Status ThreadCommunicator::meet(const char *collective, Posting mine,
       call.mismatch = agree(call);
     state->changed.notify_all();
   }
-  state->changed.wait(lock, [&] {
-    return state->aborted || call.posted == state->size;
-  });
-  // Ranks that disagree fail, every one with the reason, and the group
-  // with them.
-  if (call.posted == state->size && !call.mismatch.empty()) {
-    state->aborted = true;
-    state->changed.notify_all();
-    return Status::failure(prefix(__FILE__, __LINE__, collective) +
-                           "the ranks disagree: " + call.mismatch);
-  }
-  if (state->aborted)
-    return Status::failure(prefix(__FILE__, __LINE__, collective) +
-                           "the communicator was aborted");
+  if (Status s = waitForRanks(lock, collective, call, /*finished=*/false);
+      !s.ok())
+    return s;
 
   // The rank's copies, outside the lock: nothing of `call` but this rank's
   // done event changes until every rank has finished.
@@ -335,15 +384,14 @@ Status ThreadCommunicator::meet(const char *collective, Posting mine,
     // The peers would wait for this rank forever: fail them too.
     if (done)
       (void)cudaEventDestroy(done);
-    state->aborted = true;
-    state->changed.notify_all();
+    (void)abortGroup(__FILE__, __LINE__, collective, copied.message());
     return copied;
   }
   call.posts[rankIndex].done = done;
+  call.posts[rankIndex].finished = true;
   if (++call.finished == state->size)
     state->changed.notify_all();
-  if (Status s = waitFor(lock, collective,
-                         [&] { return call.finished == state->size; });
+  if (Status s = waitForRanks(lock, collective, call, /*finished=*/true);
       !s.ok())
     return s;
   if (events)
@@ -597,16 +645,16 @@ Status ThreadCommunicator::split(int color, int key, const std::string &group,
   {
     std::lock_guard<std::mutex> lock(state->mutex);
     if (state->aborted)
-      return Status::failure(prefix(__FILE__, __LINE__, name) +
-                             "the communicator was aborted");
+      return aborted(__FILE__, __LINE__, name);
   }
   Posting mine;
   mine.color = color;
   mine.key = key;
   ThreadMemory memory = state->memory;
+  std::chrono::milliseconds timeout = state->timeout;
   // The last rank to post makes the new groups: the ranks of one color,
   // ordered by key, then by rank.
-  auto makeGroups = [memory](Call &call) -> std::string {
+  auto makeGroups = [memory, timeout](Call &call) -> std::string {
     const int n = static_cast<int>(call.posts.size());
     call.children.assign(n, nullptr);
     call.childRanks.assign(n, -1);
@@ -618,8 +666,8 @@ Status ThreadCommunicator::split(int color, int key, const std::string &group,
       std::stable_sort(ranks.begin(), ranks.end(), [&](int a, int b) {
         return call.posts[a].key < call.posts[b].key;
       });
-      auto child =
-          std::make_shared<GroupState>(static_cast<int>(ranks.size()), memory);
+      auto child = std::make_shared<GroupState>(static_cast<int>(ranks.size()),
+                                                memory, timeout);
       for (size_t i = 0; i < ranks.size(); ++i) {
         call.children[ranks[i]] = child;
         call.childRanks[ranks[i]] = static_cast<int>(i);
@@ -653,13 +701,14 @@ void ThreadCommunicator::abort() {
 }
 
 Status moert::createThreadWorld(int size, ThreadMemory memory,
-                                std::vector<std::unique_ptr<Communicator>> &out) {
+                                std::vector<std::unique_ptr<Communicator>> &out,
+                                std::chrono::milliseconds timeout) {
   out.clear();
   if (size < 1)
     return Status::failure(where(__FILE__, __LINE__) + "a world of " +
                            std::to_string(size) +
                            " ranks: it needs at least one");
-  auto state = std::make_shared<GroupState>(size, memory);
+  auto state = std::make_shared<GroupState>(size, memory, timeout);
   for (int r = 0; r < size; ++r)
     out.push_back(std::make_unique<ThreadCommunicator>(state, r, "world"));
   return Status::success();

@@ -40,6 +40,7 @@
 #include "moert/TrainDriver.h"
 #include "moert/Checkpoint.h"
 #include "moert/CollectiveTimes.h"
+#include "moert/NcclCommunicator.h"
 #include "moert/Schedule.h"
 #include "moert/StepGraphs.h"
 #include "moert/ThreadCommunicator.h"
@@ -714,8 +715,14 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
   setGraphMode(GraphMode::Off);
   int device = 0;
   MOERT_CUDA_CHECK(cudaGetDevice(&device));
+  // A rank that waits for the others longer than the NCCL watchdog would
+  // let it fails the world instead of hanging.
+  std::chrono::milliseconds timeout = kDefaultCollectiveTimeout;
+  orExit(readSecondsVariable(processEnvironment(), kCollectiveTimeoutVariable,
+                             /*allowZero=*/true, timeout));
   std::vector<std::unique_ptr<Communicator>> world;
-  orExit(createThreadWorld(o.simulateRanks, ThreadMemory::Device, world));
+  orExit(createThreadWorld(o.simulateRanks, ThreadMemory::Device, world,
+                           timeout));
   std::vector<std::thread> ranks;
   for (int r = 0; r < o.simulateRanks; ++r)
     ranks.emplace_back([&, r] {

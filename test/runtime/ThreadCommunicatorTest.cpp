@@ -6,7 +6,8 @@
 // f32, bf16 and i64 (also in place), all-gather, reduce-scatter, all-to-all
 // with unequal and zero counts, broadcast, barrier; the split into the
 // mesh's groups (MeshGroups) whose members are checked by all-gathering
-// world ranks; ranks that disagree; abort. runtime/tests/CommunicatorTest.cu
+// world ranks; ranks that disagree; a rank that never calls (the world's
+// timeout); abort. runtime/tests/CommunicatorTest.cu
 // runs the same collectives on a GPU, on this world and on NCCL.
 //
 //===----------------------------------------------------------------------===//
@@ -380,6 +381,46 @@ TEST(ThreadWorldFailures, AbortEndsPendingAndLaterCalls) {
                 later.message());
   });
   EXPECT_TRUE(failures.empty()) << failures.front();
+}
+
+/// A rank that never calls: the others fail within the world's timeout,
+/// naming it, and the group is aborted for all.
+TEST(ThreadWorldFailures, ARankThatNeverCallsFailsTheOthersInTime) {
+  std::vector<std::unique_ptr<Communicator>> world;
+  ASSERT_TRUE(createThreadWorld(3, ThreadMemory::Host, world,
+                                std::chrono::milliseconds(200))
+                  .ok());
+  std::vector<Status> got(2, Status::success());
+  auto start = std::chrono::steady_clock::now();
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r)
+    threads.emplace_back([&, r] {
+      std::vector<float> x(4, 1.0f);
+      got[r] = world[r]->allReduceSum(x.data(), x.data(), 4, DataType::F32,
+                                      nullptr);
+    });
+  for (std::thread &t : threads)
+    t.join();
+  double seconds = std::chrono::duration<double>(
+                       std::chrono::steady_clock::now() - start)
+                       .count();
+  EXPECT_LT(seconds, 5.0);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_FALSE(got[r].ok());
+    EXPECT_NE(got[r].message().find("rank(s) 2 of the group did not call it "
+                                    "within 0.2 s (the thread world's "
+                                    "timeout)"),
+              std::string::npos)
+        << got[r].message();
+  }
+  // The late rank's call fails at once, with the reason.
+  std::vector<float> x(4, 1.0f);
+  Status late =
+      world[2]->allReduceSum(x.data(), x.data(), 4, DataType::F32, nullptr);
+  EXPECT_NE(late.message().find("rank 2 of 3 in group 'world': all_reduce: "
+                                "the communicator was aborted (rank "),
+            std::string::npos)
+      << late.message();
 }
 
 INSTANTIATE_TEST_SUITE_P(Ranks, ThreadWorld, ::testing::Values(2, 4, 8));

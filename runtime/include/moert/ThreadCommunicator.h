@@ -25,7 +25,10 @@
 // In host memory (ThreadMemory::Host) buffers are host pointers, streams
 // are ignored and no CUDA call is made, so the unit tests run without a GPU.
 // abort() on any rank aborts the group for all: the pending and the later
-// calls of every rank fail.
+// calls of every rank fail. So do ranks that disagree, and a rank that
+// waits for the others longer than the world's timeout (the driver's is
+// MOERT_COLLECTIVE_TIMEOUT's, as the NCCL watchdog's): a simulated world
+// fails instead of hanging.
 //
 //===----------------------------------------------------------------------===//
 
@@ -34,6 +37,7 @@
 
 #include "moert/Communicator.h"
 
+#include <chrono>
 #include <memory>
 #include <vector>
 
@@ -47,9 +51,13 @@ enum class ThreadMemory {
 
 /// A world of `size` ranks as threads of this process, named "world":
 /// `out[r]` is rank r's communicator, to be used by one thread (which must
-/// have the same CUDA device current as the others in device memory).
+/// have the same CUDA device current as the others in device memory). A
+/// rank that waits longer than `timeout` (0: no limit) for the others in
+/// one call aborts the group, naming the ranks that did not arrive.
 Status createThreadWorld(int size, ThreadMemory memory,
-                         std::vector<std::unique_ptr<Communicator>> &out);
+                         std::vector<std::unique_ptr<Communicator>> &out,
+                         std::chrono::milliseconds timeout =
+                             std::chrono::milliseconds(0));
 
 } // namespace moert
 
