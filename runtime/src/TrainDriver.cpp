@@ -435,8 +435,7 @@ int runRank(const TrainProgram &p, const Options &o,
     // Block r of the t-th global batch of W·B blocks.
     for (int64_t b = 0; b < p.batch; ++b) {
       int64_t block =
-          ((t - 1) * place.worldSize * p.batch + place.rank * p.batch + b) %
-          blocks;
+          trainingBlock(t, place.rank, place.worldSize, p.batch, b, blocks);
       std::memcpy(ids + b * p.seq, &tokens[block * p.seq], p.seq * 8);
       std::memcpy(labels + b * p.seq, &tokens[block * p.seq], p.seq * 8);
     }
