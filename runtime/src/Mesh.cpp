@@ -42,7 +42,7 @@ Status MeshGroups::create(Communicator &world, const MeshShape &shape,
         std::to_string(shape.shard) + "x" + std::to_string(shape.expert) +
         " (R x H x P) has " + std::to_string(shape.size()) +
         " ranks, the world " + std::to_string(world.size()));
-  auto groups = std::unique_ptr<MeshGroups>(new MeshGroups());
+  auto groups = std::make_unique<MeshGroups>();
   groups->shape_ = shape;
   groups->coordinates_ = meshCoordinates(shape, world.rank());
   for (MeshAxes axes = 1; axes < 8; ++axes) {

@@ -74,7 +74,6 @@ public:
   void abort();
 
 private:
-  MeshGroups() = default;
   MeshShape shape_;
   std::array<int64_t, 3> coordinates_{};
   /// Indexed by mask; [0] unused. The full mask's is the world's split.
