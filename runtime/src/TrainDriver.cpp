@@ -691,18 +691,21 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
     return runRank(p, o, tokens, resume, RankPlace{});
 
   if (o.simulateRanks == 0) {
-    // One rank of a launched job, on the device LOCAL_RANK.
+    // One rank of a launched job, on the device LOCAL_RANK, or on the one
+    // device the process sees (a launcher that gives each rank its GPU
+    // through CUDA_VISIBLE_DEVICES).
     int devices = 0;
     MOERT_CUDA_CHECK(cudaGetDeviceCount(&devices));
-    if (info.localRank >= devices)
-      fatal("rank " + std::to_string(info.rank) + ": LOCAL_RANK " +
-            std::to_string(info.localRank) + " but this node has " +
+    const int device = devices == 1 ? 0 : info.localRank;
+    if (device >= devices)
+      fatal("rank " + std::to_string(info.rank) + ": local rank " +
+            std::to_string(info.localRank) + " but this process sees " +
             std::to_string(devices) + " GPUs");
-    MOERT_CUDA_CHECK(cudaSetDevice(info.localRank));
+    MOERT_CUDA_CHECK(cudaSetDevice(device));
     std::unique_ptr<Communicator> world;
     rankPrefix = "rank " + std::to_string(info.rank) + ": ";
     orExit(p.createWorld(info, processEnvironment(), world));
-    RankPlace place{info.rank, info.worldSize, world.get(), info.localRank};
+    RankPlace place{info.rank, info.worldSize, world.get(), device};
     int status = runRank(p, o, tokens, resume, place);
     // Every rank's collectives are done before the communicators go.
     orExit(world->barrier(nullptr));
