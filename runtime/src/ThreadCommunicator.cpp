@@ -34,7 +34,7 @@ namespace {
 
 /// One rank's arguments of a call.
 struct Posting {
-  const char *collective = "";
+  const char *collective = ""; ///< "" until the rank has posted
   const void *send = nullptr;
   void *recv = nullptr;
   size_t count = 0;
