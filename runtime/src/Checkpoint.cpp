@@ -88,12 +88,9 @@ Status syncFolder(const std::filesystem::path &dir) {
   return Status::success();
 }
 
-/// Reads the whole file at `path`, refusing it unless it has `bytes` bytes
-/// with checksum `sum`.
-Status readVerified(const std::filesystem::path &path, int64_t bytes,
-                    uint64_t sum, char *out) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
+/// Whether the shard at `path` can be opened and has `bytes` bytes.
+Status checkShardFile(const std::filesystem::path &path, int64_t bytes) {
+  if (!std::ifstream(path, std::ios::binary))
     return Status::failure("checkpoint shard '" + path.string() +
                            "' cannot be opened");
   std::error_code ec;
@@ -103,6 +100,16 @@ Status readVerified(const std::filesystem::path &path, int64_t bytes,
                            std::to_string(ec ? 0 : size) +
                            " bytes, the manifest says " +
                            std::to_string(bytes));
+  return Status::success();
+}
+
+/// Reads the whole file at `path`, refusing it unless it has `bytes` bytes
+/// with checksum `sum`.
+Status readVerified(const std::filesystem::path &path, int64_t bytes,
+                    uint64_t sum, char *out) {
+  if (Status s = checkShardFile(path, bytes); !s.ok())
+    return s;
+  std::ifstream in(path, std::ios::binary);
   in.read(out, bytes);
   if (!in)
     return Status::failure("checkpoint shard '" + path.string() +
@@ -409,6 +416,11 @@ Status moert::matchCheckpoint(const std::filesystem::path &folder,
            c.expAvgOffset == q.expAvgOffset &&
            c.expAvgSqOffset == q.expAvgSqOffset;
   }
+  // Every shard is there, whole (their checksums are checked as they are
+  // read), before anything is allocated.
+  for (const CheckpointShard &shard : manifest.shards)
+    if (Status s = checkShardFile(folder / shard.file, shard.bytes); !s.ok())
+      return s;
   kind = same ? ResumeKind::SameLayout : ResumeKind::Reshard;
   return Status::success();
 }

@@ -5,8 +5,8 @@
 // launcher, under a launcher of another WORLD_SIZE, or with
 // --simulate-ranks of another W; --simulate-ranks on a one-rank program or
 // under a launcher; a program without a world communicator under a
-// launcher; a checkpoint of another model. Each exits 1 with its message
-// (death tests: the driver ends the process).
+// launcher; a checkpoint with a truncated shard or of another model. Each
+// exits 1 with its message (death tests: the driver ends the process).
 //
 //===----------------------------------------------------------------------===//
 
@@ -122,6 +122,16 @@ TEST_F(TrainDriverDeathTest, ACheckpointOfAnotherModelIsRefusedFirst) {
   ASSERT_TRUE(writeCheckpointShard(dir, 2, 0, state.data(), 72, shard).ok());
   manifest.shards.push_back(shard);
   ASSERT_TRUE(commitCheckpoint(dir, manifest).ok());
+  // A truncated shard is refused before the GPU is touched too.
+  FakeProgram same(MeshShape{});
+  std::filesystem::resize_file(dir / "step_2" / "rank_0.shard", 70);
+  EXPECT_EXIT(runWith(same.program,
+                      {"--tokens", "t.bin", "--checkpoint-dir", dir.string(),
+                       "--resume"},
+                      {}),
+              ::testing::ExitedWithCode(1),
+              "error: checkpoint shard '.*step_2/rank_0.shard' has 70 bytes, "
+              "the manifest says 72");
   FakeProgram other(MeshShape{1, 1, 2});
   other.parameters[0].name = "v";
   EXPECT_EXIT(runWith(other.program,

@@ -119,7 +119,8 @@ enum class ResumeKind {
 
 /// Whether `program` on its mesh can resume from the checkpoint in
 /// `folder` that `manifest` describes, and how: the same parameters (names,
-/// global shapes, element types) are required; a different layout reshards.
+/// global shapes, element types) are required, and every shard file with
+/// the manifest's size; a different layout reshards.
 Status matchCheckpoint(const std::filesystem::path &folder,
                        const CheckpointManifest &manifest,
                        const TrainProgram &program, ResumeKind &kind);
