@@ -9,10 +9,15 @@
 #                                    # and onnx): runs them and checks
 #
 # Checks: the kernel and communicator unit tests (runtime/tests; the
-# collectives on a world of one rank); for the tiny Mixtral in fp32
+# collectives on NCCL's world of one rank and on the thread world of 2, 4
+# and 8 ranks); for the tiny Mixtral in fp32
 # and every load-balancing mode, 3 steps equal the CPU reference executor
 # (loss, aux loss, grad norm and every final parameter, relative error
-# < 1e-4); checkpoint + resume equals an uninterrupted run; bf16, 50 steps on
+# < 1e-4); checkpoint + resume equals an uninterrupted run; partitioned
+# programs (W, P, H) on W simulated ranks (--simulate-ranks) equal the
+# unpartitioned reference on the global batch, and a W = 4 checkpoint under
+# (P, H) = (2, 2) resumed under (4, 1) and (1, 4) continues the loss
+# sequence (layouts moec compile refuses are skipped, visibly); bf16, 50 steps on
 # fortunes, tracks PyTorch's bf16 curves (test/Inputs/train-bf16): loss,
 # ce_loss, aux_loss and grad_norm each within its tolerance at every step and
 # in the median over the steps (TOLERANCES in python/moec/train_bf16.py),
@@ -28,6 +33,7 @@ if [[ -z "$mode" || -z "$dir" ]]; then
   exit 2
 fi
 modes=(aux_loss none sinkhorn balanced)
+layouts=("2 2 1" "2 1 2" "4 2 2" "4 4 1" "4 1 4" "8 4 2")
 export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
 
 if [[ "$mode" == prepare ]]; then
@@ -81,6 +87,24 @@ if [[ "$mode" == prepare ]]; then
     > "$dir/bf16-model.json"
   "$moec" compile "$model" --config "$dir/bf16-model.json" -o "$dir/bf16-model"
   cp "$root"/test/Inputs/train-bf16/*.json "$dir/"
+  # Partitioned programs (W P H), run as W threads on one GPU: each against
+  # the unpartitioned reference on micro-batches of 2·W (the tiny model has
+  # 4 experts). A layout moec compile refuses is reported and skipped.
+  for layout in "${layouts[@]}"; do
+    read -r w p h <<< "$layout"
+    printf '{"micro_batch_size": 2, "seq_length": 64, "world_size": %d, "expert_parallel_degree": %d, "hybrid_shard_degree": %d}\n' \
+      "$w" "$p" "$h" > "$dir/part-$w-$p-$h.json"
+    rm -rf "$dir/part-$w-$p-$h"
+    if ! "$moec" compile "$model" --config "$dir/part-$w-$p-$h.json" -o "$dir/part-$w-$p-$h"; then
+      echo "SKIPPED: moec compile refused the layout W=$w P=$p H=$h"
+      rm -rf "$dir/part-$w-$p-$h"
+    fi
+  done
+  for w in 2 4 8; do
+    rm -rf "$dir/ref-w$w"
+    "$moec" train "$model" --reference --tokens "$root/test/Inputs/fortunes/train.pb" \
+      --micro-batch-size $((2 * w)) --steps 3 --dump "$dir/ref-w$w" --log "$dir/ref-w$w.csv" > /dev/null
+  done
   echo "prepared $dir"
   exit 0
 fi
@@ -107,6 +131,37 @@ run="$dir/fp32-aux_loss/train_step"
   --checkpoint-dir "$out/ckpt" --log "$out/resumed.csv" --dump "$out/resumed"
 python3 -m moec.check_gpu --reference "$dir/ref-aux_loss" --reference-log "$dir/ref-aux_loss.csv" \
   --gpu "$out/resumed" --gpu-log "$out/resumed.csv" --tolerance 1e-4
+for layout in "${layouts[@]}"; do
+  read -r w p h <<< "$layout"
+  if [[ ! -x "$dir/part-$w-$p-$h/train_step" ]]; then
+    echo "== SKIPPED: W=$w P=$p H=$h (not compiled)"
+    continue
+  fi
+  echo "== W=$w P=$p H=$h on $w simulated ranks: 3 steps against the unpartitioned reference"
+  "$dir/part-$w-$p-$h/train_step" --tokens "$dir/data/train.bin" --steps 3 --simulate-ranks "$w" \
+    --log "$out/part-$w-$p-$h.csv" --dump "$out/part-$w-$p-$h"
+  python3 -m moec.check_gpu --reference "$dir/ref-w$w" --reference-log "$dir/ref-w$w.csv" \
+    --gpu "$out/part-$w-$p-$h" --gpu-log "$out/part-$w-$p-$h.csv" --tolerance 1e-4
+done
+if [[ -x "$dir/part-4-2-2/train_step" && -x "$dir/part-4-4-1/train_step" && -x "$dir/part-4-1-4/train_step" ]]; then
+  echo "== W=4: checkpoint under (P, H) = (2, 2) after 2 steps, resume under (4, 1) and (1, 4)"
+  "$dir/part-4-2-2/train_step" --tokens "$dir/data/train.bin" --steps 2 --total-steps 3 \
+    --simulate-ranks 4 --checkpoint-dir "$out/ckpt-22" --log "$out/ckpt-22.csv" > /dev/null
+  for target in 4-4-1 4-1-4; do
+    cp -r "$out/ckpt-22" "$out/ckpt-$target"
+    cp "$out/ckpt-22.csv" "$out/resumed-$target.csv"
+    "$dir/part-$target/train_step" --tokens "$dir/data/train.bin" --steps 1 --total-steps 3 \
+      --simulate-ranks 4 --resume --checkpoint-dir "$out/ckpt-$target" \
+      --log "$out/resumed-$target.csv" --dump "$out/resumed-$target"
+    python3 -m moec.check_gpu --reference "$dir/ref-w4" --reference-log "$dir/ref-w4.csv" \
+      --gpu "$out/resumed-$target" --gpu-log "$out/resumed-$target.csv" --tolerance 1e-4
+    # The loss sequence continues the uninterrupted run's (part-4-2-2 above).
+    python3 -c "import csv, sys; read = lambda f: list(csv.DictReader(open(f))); a, b = read(sys.argv[1]), read(sys.argv[2]); bad = [(x['step'], x['loss'], y['loss']) for x, y in zip(a, b, strict=True) if abs(float(x['loss']) - float(y['loss'])) > 1e-5 * abs(float(y['loss']))]; sys.exit('loss differs: %s' % bad if bad else 0)" \
+      "$out/resumed-$target.csv" "$out/part-4-2-2.csv"
+  done
+else
+  echo "== SKIPPED: resharding W=4 (2, 2) -> (4, 1), (1, 4) (not compiled)"
+fi
 echo "== bf16: 50 steps against PyTorch's bf16 curve"
 "$dir/bf16/train_step" --tokens "$dir/data/train.bin" --steps 50 --log "$out/bf16.csv"
 python3 -m moec.train_bf16 --check "$out/bf16.csv" --golden "$dir/tiny-fortunes-bf16.json"

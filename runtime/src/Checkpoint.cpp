@@ -1,54 +1,293 @@
 //===- Checkpoint.cpp - A training program's checkpoints on disk ----------===//
 //
-// See moert/Checkpoint.h.
+// See moert/Checkpoint.h. The manifest is a tab-separated text, one record
+// a line:
+//
+//   moec-checkpoint  1
+//   step             N
+//   seed             S
+//   mesh             R  H  P
+//   shard_bytes      B
+//   parameter        NAME  ELEMENT_BYTES  OFFSET  EXP_AVG  EXP_AVG_SQ
+//                    HELD_SHAPE  GLOBAL_SHAPE  CHUNK_DIM  EXPERT_LOCAL
+//   shard            FILE  BYTES  CHECKSUM (16 hex digits)
+//   end
+//
+// with a parameter line per parameter and a shard line per world rank, in
+// rank order; `end` tells a complete manifest from a cut one.
 //
 //===----------------------------------------------------------------------===//
 
 #include "moert/Checkpoint.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cinttypes>
+#include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <map>
+#include <sstream>
 
 using namespace moert;
 
 namespace {
 
-/// A checkpoint's binary header (followed by the state bytes).
-struct CheckpointHeader {
-  char magic[8];        ///< "MOECKPT1"
-  int64_t step;         ///< steps completed
-  int64_t stateBytes;   ///< bytes that follow
-  uint64_t fingerprint; ///< of the parameter layout
-  uint64_t seed;
-};
+constexpr const char *kManifestName = "manifest.tsv";
+constexpr const char *kFormat = "moec-checkpoint\t1";
 
-constexpr char kMagic[8] = {'M', 'O', 'E', 'C', 'K', 'P', 'T', '1'};
+std::vector<std::string> splitTabs(const std::string &line) {
+  std::vector<std::string> fields;
+  std::stringstream in(line);
+  std::string field;
+  while (std::getline(in, field, '\t'))
+    fields.push_back(field);
+  return fields;
+}
 
-/// The 64-bit FNV-1a hash of the parameters' names, shapes, offsets and
-/// element sizes, and the state's size.
-uint64_t fingerprint(const TrainProgram &p) {
-  uint64_t h = 1469598103934665603ull;
-  auto mix = [&](const void *data, size_t n) {
-    for (size_t i = 0; i < n; ++i) {
-      h ^= static_cast<const unsigned char *>(data)[i];
-      h *= 1099511628211ull;
-    }
-  };
-  for (int i = 0; i < p.numParameters; ++i) {
-    const ParameterInfo &q = p.parameters[i];
-    mix(q.name, std::strlen(q.name));
-    mix(q.shape.data(), q.shape.size() * sizeof(int64_t));
-    mix(&q.offset, sizeof(q.offset));
-    mix(&q.elementBytes, sizeof(q.elementBytes));
+bool parseInt(const std::string &text, int64_t &value) {
+  if (text.empty())
+    return false;
+  char *end = nullptr;
+  errno = 0;
+  long long v = std::strtoll(text.c_str(), &end, 10);
+  if (errno || *end)
+    return false;
+  value = v;
+  return true;
+}
+
+bool parseShape(const std::string &text, std::vector<int64_t> &shape) {
+  shape.clear();
+  if (text == "scalar")
+    return true;
+  std::stringstream in(text);
+  std::string extent;
+  while (std::getline(in, extent, 'x')) {
+    int64_t v;
+    if (!parseInt(extent, v) || v < 0)
+      return false;
+    shape.push_back(v);
   }
-  mix(&p.stateBytes, sizeof(p.stateBytes));
-  return h;
+  return !shape.empty();
+}
+
+Status syncFolder(const std::filesystem::path &dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0)
+    return Status::failure("cannot open '" + dir.string() +
+                           "': " + std::strerror(errno));
+  int synced = ::fsync(fd);
+  int error = errno;
+  ::close(fd);
+  if (synced != 0)
+    return Status::failure("cannot sync '" + dir.string() +
+                           "': " + std::strerror(error));
+  return Status::success();
+}
+
+/// Whether the shard at `path` can be opened and has `bytes` bytes.
+Status checkShardFile(const std::filesystem::path &path, int64_t bytes) {
+  if (!std::ifstream(path, std::ios::binary))
+    return Status::failure("checkpoint shard '" + path.string() +
+                           "' cannot be opened");
+  std::error_code ec;
+  uintmax_t size = std::filesystem::file_size(path, ec);
+  if (ec || size != static_cast<uintmax_t>(bytes))
+    return Status::failure("checkpoint shard '" + path.string() + "' has " +
+                           std::to_string(ec ? 0 : size) +
+                           " bytes, the manifest says " +
+                           std::to_string(bytes));
+  return Status::success();
+}
+
+/// Reads the whole file at `path`, refusing it unless it has `bytes` bytes
+/// with checksum `sum`.
+Status readVerified(const std::filesystem::path &path, int64_t bytes,
+                    uint64_t sum, char *out) {
+  if (Status s = checkShardFile(path, bytes); !s.ok())
+    return s;
+  std::ifstream in(path, std::ios::binary);
+  in.read(out, bytes);
+  if (!in)
+    return Status::failure("checkpoint shard '" + path.string() +
+                           "' cannot be read");
+  if (checksum(out, bytes) != sum)
+    return Status::failure("checkpoint shard '" + path.string() +
+                           "' is corrupted: its checksum differs from the "
+                           "manifest's");
+  return Status::success();
+}
+
+bool sameLayout(const BlockLayout &a, const BlockLayout &b) {
+  return a.shape == b.shape && a.globalShape == b.globalShape &&
+         a.chunkDim == b.chunkDim && a.expertLocal == b.expertLocal;
+}
+
+std::string meshText(const MeshShape &mesh) {
+  return std::to_string(mesh.replicas) + "x" + std::to_string(mesh.shard) +
+         "x" + std::to_string(mesh.expert);
 }
 
 } // namespace
 
-CheckpointLayout moert::checkpointLayout(const TrainProgram &program) {
-  return {fingerprint(program), program.stateBytes - program.derivedStateBytes};
+uint64_t moert::checksum(const void *bytes, size_t size, uint64_t hash) {
+  const unsigned char *p = static_cast<const unsigned char *>(bytes);
+  for (size_t i = 0; i < size; ++i) {
+    hash ^= p[i];
+    hash *= 1099511628211ull;
+  }
+  return hash;
+}
+
+BlockLayout moert::parameterLayout(const ParameterInfo &parameter) {
+  BlockLayout layout;
+  layout.shape = parameter.shape;
+  layout.globalShape =
+      parameter.globalShape.empty() ? parameter.shape : parameter.globalShape;
+  layout.chunkDim = parameter.chunkDim;
+  layout.expertLocal = parameter.expertLocal;
+  return layout;
+}
+
+CheckpointManifest moert::checkpointManifest(const TrainProgram &program,
+                                             int64_t step, uint64_t seed) {
+  CheckpointManifest manifest;
+  manifest.step = step;
+  manifest.seed = seed;
+  manifest.mesh = program.mesh;
+  manifest.shardBytes = program.stateBytes - program.derivedStateBytes;
+  for (int i = 0; i < program.numParameters; ++i) {
+    const ParameterInfo &q = program.parameters[i];
+    manifest.parameters.push_back({q.name, q.elementBytes, q.offset,
+                                   q.expAvgOffset, q.expAvgSqOffset,
+                                   parameterLayout(q)});
+  }
+  return manifest;
+}
+
+std::string moert::formatManifest(const CheckpointManifest &m) {
+  std::string text = std::string(kFormat) + "\n";
+  text += "step\t" + std::to_string(m.step) + "\n";
+  text += "seed\t" + std::to_string(m.seed) + "\n";
+  text += "mesh\t" + std::to_string(m.mesh.replicas) + "\t" +
+          std::to_string(m.mesh.shard) + "\t" + std::to_string(m.mesh.expert) +
+          "\n";
+  text += "shard_bytes\t" + std::to_string(m.shardBytes) + "\n";
+  for (const CheckpointParameter &q : m.parameters)
+    text += "parameter\t" + q.name + "\t" + std::to_string(q.elementBytes) +
+            "\t" + std::to_string(q.offset) + "\t" +
+            std::to_string(q.expAvgOffset) + "\t" +
+            std::to_string(q.expAvgSqOffset) + "\t" +
+            shapeText(q.layout.shape) + "\t" +
+            shapeText(q.layout.globalShape) + "\t" +
+            std::to_string(q.layout.chunkDim) + "\t" +
+            (q.layout.expertLocal ? "1" : "0") + "\n";
+  for (const CheckpointShard &s : m.shards) {
+    char hex[17];
+    std::snprintf(hex, sizeof(hex), "%016" PRIx64, s.checksum);
+    text += "shard\t" + s.file + "\t" + std::to_string(s.bytes) + "\t" + hex +
+            "\n";
+  }
+  return text + "end\n";
+}
+
+Status moert::parseManifest(const std::string &text, const std::string &file,
+                            CheckpointManifest &m) {
+  m = CheckpointManifest();
+  std::stringstream in(text);
+  std::string line;
+  int64_t lineNumber = 0;
+  bool ended = false, sawMesh = false, sawStep = false, sawBytes = false;
+  auto bad = [&](const std::string &why) {
+    return Status::failure("checkpoint manifest '" + file + "', line " +
+                           std::to_string(lineNumber) + ": " + why);
+  };
+  while (std::getline(in, line)) {
+    ++lineNumber;
+    if (ended)
+      return bad("text after 'end'");
+    if (lineNumber == 1) {
+      if (line != kFormat)
+        return bad("not a moec checkpoint manifest (version 1)");
+      continue;
+    }
+    std::vector<std::string> f = splitTabs(line);
+    const std::string key = f.empty() ? "" : f[0];
+    int64_t a = 0, b = 0, c = 0;
+    if (key == "end" && f.size() == 1) {
+      ended = true;
+    } else if (key == "step" && f.size() == 2 && parseInt(f[1], a)) {
+      m.step = a;
+      sawStep = true;
+    } else if (key == "seed" && f.size() == 2) {
+      char *end = nullptr;
+      errno = 0;
+      m.seed = std::strtoull(f[1].c_str(), &end, 10);
+      if (errno || *end || f[1].empty())
+        return bad("bad seed '" + f[1] + "'");
+    } else if (key == "mesh" && f.size() == 4 && parseInt(f[1], a) &&
+               parseInt(f[2], b) && parseInt(f[3], c) && a > 0 && b > 0 &&
+               c > 0) {
+      m.mesh = MeshShape{a, b, c};
+      sawMesh = true;
+    } else if (key == "shard_bytes" && f.size() == 2 && parseInt(f[1], a) &&
+               a >= 0) {
+      m.shardBytes = a;
+      sawBytes = true;
+    } else if (key == "parameter" && f.size() == 10) {
+      CheckpointParameter q;
+      int64_t bytes, chunk;
+      q.name = f[1];
+      if (!parseInt(f[2], bytes) || (bytes != 2 && bytes != 4) ||
+          !parseInt(f[3], q.offset) || !parseInt(f[4], q.expAvgOffset) ||
+          !parseInt(f[5], q.expAvgSqOffset) ||
+          !parseShape(f[6], q.layout.shape) ||
+          !parseShape(f[7], q.layout.globalShape) ||
+          !parseInt(f[8], chunk) || (f[9] != "0" && f[9] != "1"))
+        return bad("bad parameter record");
+      q.elementBytes = static_cast<int>(bytes);
+      q.layout.chunkDim = static_cast<int>(chunk);
+      q.layout.expertLocal = f[9] == "1";
+      m.parameters.push_back(std::move(q));
+    } else if (key == "shard" && f.size() == 4 && parseInt(f[2], a) &&
+               f[3].size() == 16) {
+      CheckpointShard s;
+      s.file = f[1];
+      s.bytes = a;
+      char *end = nullptr;
+      s.checksum = std::strtoull(f[3].c_str(), &end, 16);
+      if (*end || s.file.empty() || s.file.find('/') != std::string::npos)
+        return bad("bad shard record");
+      m.shards.push_back(std::move(s));
+    } else {
+      return bad("unknown or malformed record '" + key + "'");
+    }
+  }
+  if (!ended)
+    return bad("no 'end': the manifest is incomplete");
+  if (!sawStep || !sawMesh || !sawBytes)
+    return bad("step, mesh or shard_bytes missing");
+  if (static_cast<int64_t>(m.shards.size()) != m.mesh.size())
+    return bad(std::to_string(m.shards.size()) + " shards for a mesh of " +
+               std::to_string(m.mesh.size()) + " ranks");
+  for (const CheckpointParameter &q : m.parameters) {
+    const int64_t end =
+        std::max({q.offset, q.expAvgOffset, q.expAvgSqOffset}) +
+        elementCount(q.layout.shape) * q.elementBytes;
+    if (std::min({q.offset, q.expAvgOffset, q.expAvgSqOffset}) < 0 ||
+        end > m.shardBytes)
+      return bad("parameter '" + q.name + "' lies outside the shard's " +
+                 std::to_string(m.shardBytes) + " bytes");
+  }
+  return Status::success();
+}
+
+std::filesystem::path moert::checkpointFolder(const std::filesystem::path &dir,
+                                              int64_t step) {
+  return dir / ("step_" + std::to_string(step));
 }
 
 Status moert::writeFileAtomically(
@@ -56,118 +295,210 @@ Status moert::writeFileAtomically(
     const std::vector<std::pair<const void *, size_t>> &parts) {
   std::filesystem::path temp = path;
   temp += ".tmp";
-  {
-    std::ofstream out(temp, std::ios::binary | std::ios::trunc);
-    for (auto [data, size] : parts)
-      out.write(static_cast<const char *>(data),
-                static_cast<std::streamsize>(size));
-    out.flush();
-    if (!out)
-      return Status::failure("cannot write '" + temp.string() + "'");
+  auto failed = [&](const std::string &what) {
+    return Status::failure("cannot " + what + " '" + temp.string() +
+                           "': " + std::strerror(errno));
+  };
+  int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return failed("create");
+  for (auto [data, size] : parts) {
+    const char *p = static_cast<const char *>(data);
+    while (size > 0) {
+      ssize_t n = ::write(fd, p, size);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0) {
+        Status status = failed("write");
+        ::close(fd);
+        return status;
+      }
+      p += n;
+      size -= static_cast<size_t>(n);
+    }
   }
+  if (::fsync(fd) != 0) {
+    Status status = failed("sync");
+    ::close(fd);
+    return status;
+  }
+  if (::close(fd) != 0)
+    return failed("close");
   std::error_code ec;
   std::filesystem::rename(temp, path, ec);
   if (ec)
     return Status::failure("cannot rename '" + temp.string() + "' to '" +
                            path.string() + "': " + ec.message());
-  return Status::success();
+  return syncFolder(path.has_parent_path() ? path.parent_path()
+                                           : std::filesystem::path("."));
+}
+
+Status moert::writeCheckpointShard(const std::filesystem::path &dir,
+                                   int64_t step, int rank, const char *state,
+                                   int64_t bytes, CheckpointShard &shard) {
+  std::filesystem::path folder = checkpointFolder(dir, step);
+  std::error_code ec;
+  std::filesystem::create_directories(folder, ec);
+  if (ec)
+    return Status::failure("cannot create '" + folder.string() +
+                           "': " + ec.message());
+  shard.file = "rank_" + std::to_string(rank) + ".shard";
+  shard.bytes = bytes;
+  shard.checksum = checksum(state, static_cast<size_t>(bytes));
+  return writeFileAtomically(folder / shard.file,
+                             {{state, static_cast<size_t>(bytes)}});
+}
+
+Status moert::commitCheckpoint(const std::filesystem::path &dir,
+                               const CheckpointManifest &manifest) {
+  std::filesystem::path folder = checkpointFolder(dir, manifest.step);
+  std::string text = formatManifest(manifest);
+  if (Status s = writeFileAtomically(folder / kManifestName,
+                                     {{text.data(), text.size()}});
+      !s.ok())
+    return s;
+  // Then `latest` names it: a crash in between leaves the previous one.
+  std::string pointer = folder.filename().string() + "\n";
+  return writeFileAtomically(dir / "latest",
+                             {{pointer.data(), pointer.size()}});
 }
 
 Status moert::findLatestCheckpoint(const std::filesystem::path &dir,
-                                   std::filesystem::path &path) {
+                                   std::filesystem::path &folder,
+                                   CheckpointManifest &manifest) {
   std::filesystem::path pointer = dir / "latest";
   std::ifstream names(pointer);
   std::string name;
   if (!names || !std::getline(names, name) || name.empty())
     return Status::failure("no checkpoint in '" + dir.string() +
                            "' (missing '" + pointer.string() + "')");
-  if (!std::ifstream(dir / name, std::ios::binary))
-    return Status::failure("'" + pointer.string() + "' names '" + name +
-                           "', which cannot be opened");
-  path = dir / name;
-  return Status::success();
-}
-
-Status moert::openCheckpoint(const std::filesystem::path &path,
-                             const CheckpointLayout &layout,
-                             CheckpointInfo &found) {
-  std::ifstream in(path, std::ios::binary);
-  CheckpointHeader header{};
-  in.read(reinterpret_cast<char *>(&header), sizeof(header));
-  if (!in || std::memcmp(header.magic, kMagic, sizeof(kMagic)) != 0)
-    return Status::failure("'" + path.string() + "' is not a moec checkpoint");
-  if (header.fingerprint != layout.fingerprint ||
-      header.stateBytes != layout.stateBytes)
-    return Status::failure(
-        "checkpoint '" + path.string() + "' holds " +
-        std::to_string(header.stateBytes) +
-        " state bytes of another parameter layout; this program has " +
-        std::to_string(layout.stateBytes));
-  std::error_code ec;
-  uintmax_t size = std::filesystem::file_size(path, ec);
-  uintmax_t complete =
-      sizeof(header) + static_cast<uintmax_t>(layout.stateBytes);
-  if (ec || size != complete)
-    return Status::failure("checkpoint '" + path.string() + "' has " +
-                           std::to_string(ec ? 0 : size) + " bytes, not the " +
-                           std::to_string(complete) + " of a complete one");
-  found.path = path;
-  found.step = header.step;
-  found.seed = header.seed;
-  return Status::success();
-}
-
-Status moert::readCheckpointState(const CheckpointInfo &checkpoint,
-                                  const CheckpointLayout &layout, char *state) {
-  std::ifstream in(checkpoint.path, std::ios::binary);
-  in.seekg(static_cast<std::streamoff>(sizeof(CheckpointHeader)));
-  in.read(state, layout.stateBytes);
+  folder = dir / name;
+  std::filesystem::path file = folder / kManifestName;
+  std::ifstream in(file, std::ios::binary);
   if (!in)
-    return Status::failure("checkpoint '" + checkpoint.path.string() +
-                           "' is truncated");
-  return Status::success();
+    return Status::failure("'" + pointer.string() + "' names '" + name +
+                           "', which has no '" + std::string(kManifestName) + "'");
+  std::string text((std::istreambuf_iterator<char>(in)), {});
+  return parseManifest(text, file.string(), manifest);
 }
 
-Status moert::writeCheckpoint(const std::filesystem::path &dir,
-                              const TrainProgram &program,
-                              const CheckpointLayout &layout, int64_t step,
-                              uint64_t seed, const char *state,
-                              std::filesystem::path &written) {
-  CheckpointHeader header{};
-  std::memcpy(header.magic, kMagic, sizeof(kMagic));
-  header.step = step;
-  header.stateBytes = layout.stateBytes;
-  header.fingerprint = layout.fingerprint;
-  header.seed = seed;
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec)
-    return Status::failure("cannot create '" + dir.string() +
-                           "': " + ec.message());
-  std::string name = "step_" + std::to_string(step) + ".ckpt";
-  if (Status status = writeFileAtomically(
-          dir / name, {{&header, sizeof(header)},
-                       {state, static_cast<size_t>(layout.stateBytes)}});
-      !status.ok())
-    return status;
-  // Then `latest` names it: a crash in between leaves the previous one.
-  std::string pointer = name + "\n";
-  if (Status status = writeFileAtomically(dir / "latest",
-                                          {{pointer.data(), pointer.size()}});
-      !status.ok())
-    return status;
-  std::string index;
+Status moert::matchCheckpoint(const std::filesystem::path &folder,
+                              const CheckpointManifest &manifest,
+                              const TrainProgram &program, ResumeKind &kind) {
+  const std::string file = (folder / kManifestName).string();
+  auto refuse = [&](const std::string &why) {
+    return Status::failure("checkpoint '" + file + "' " + why);
+  };
+  if (static_cast<int>(manifest.parameters.size()) != program.numParameters)
+    return refuse("has " + std::to_string(manifest.parameters.size()) +
+                  " parameters, this program " +
+                  std::to_string(program.numParameters));
+  bool same = manifest.mesh.replicas == program.mesh.replicas &&
+              manifest.mesh.shard == program.mesh.shard &&
+              manifest.mesh.expert == program.mesh.expert &&
+              manifest.shardBytes ==
+                  program.stateBytes - program.derivedStateBytes;
   for (int i = 0; i < program.numParameters; ++i) {
     const ParameterInfo &q = program.parameters[i];
-    index += std::string(q.name) + "\t" + std::to_string(q.offset) + "\t" +
-             std::to_string(q.expAvgOffset) + "\t" +
-             std::to_string(q.expAvgSqOffset) + "\t" + std::to_string(q.count) +
-             "\t" + (q.elementBytes == 2 ? "bf16" : "fp32") + "\n";
+    const CheckpointParameter &c = manifest.parameters[i];
+    BlockLayout layout = parameterLayout(q);
+    if (c.name != q.name)
+      return refuse("holds parameter '" + c.name + "' where this program has '" +
+                    q.name + "'");
+    if (c.layout.globalShape != layout.globalShape ||
+        c.elementBytes != q.elementBytes)
+      return refuse("holds parameter '" + std::string(q.name) + "' as " +
+                    shapeText(c.layout.globalShape) + " of " +
+                    std::to_string(c.elementBytes) + "-byte elements; this "
+                    "program has " + shapeText(layout.globalShape) + " of " +
+                    std::to_string(q.elementBytes));
+    same = same && sameLayout(c.layout, layout) && c.offset == q.offset &&
+           c.expAvgOffset == q.expAvgOffset &&
+           c.expAvgSqOffset == q.expAvgSqOffset;
   }
-  if (Status status = writeFileAtomically(dir / "index.tsv",
-                                          {{index.data(), index.size()}});
-      !status.ok())
-    return status;
-  written = dir / name;
+  // Every shard is there, whole (their checksums are checked as they are
+  // read), before anything is allocated.
+  for (const CheckpointShard &shard : manifest.shards)
+    if (Status s = checkShardFile(folder / shard.file, shard.bytes); !s.ok())
+      return s;
+  kind = same ? ResumeKind::SameLayout : ResumeKind::Reshard;
+  return Status::success();
+}
+
+Status moert::readCheckpointShard(const std::filesystem::path &folder,
+                                  const CheckpointManifest &manifest, int rank,
+                                  char *state) {
+  const CheckpointShard &shard = manifest.shards.at(rank);
+  return readVerified(folder / shard.file, shard.bytes, shard.checksum, state);
+}
+
+Status moert::reshardCheckpoint(const std::filesystem::path &folder,
+                                const CheckpointManifest &manifest,
+                                const TrainProgram &program, int64_t h,
+                                int64_t p, char *state) {
+  const MeshShape &old = manifest.mesh;
+  // The old shards read so far, by world rank.
+  std::map<int64_t, std::vector<char>> shards;
+  for (int i = 0; i < program.numParameters; ++i) {
+    const ParameterInfo &q = program.parameters[i];
+    const CheckpointParameter &c = manifest.parameters[i];
+    BlockLayout layout = parameterLayout(q);
+    BlockPlace place;
+    if (Status s = placeBlock(q.name, layout, program.mesh, h, p, place);
+        !s.ok())
+      return s;
+    int64_t filled = 0;
+    // Replica 0 holds every block once, and so does expert coordinate 0 of
+    // a parameter that is not split over the experts.
+    const int64_t oldExperts = c.layout.expertLocal ? old.expert : 1;
+    for (int64_t oh = 0; oh < old.shard; ++oh)
+      for (int64_t op = 0; op < oldExperts; ++op) {
+        BlockPlace oldPlace;
+        if (Status s = placeBlock(c.name, c.layout, old, oh, op, oldPlace);
+            !s.ok())
+          return Status::failure("checkpoint '" + folder.string() +
+                                 "': " + s.message());
+        const int64_t rank = oh * old.expert + op; // replica 0
+        auto overlaps = [&] {
+          for (size_t d = 0; d < place.start.size(); ++d)
+            if (std::max(place.start[d], oldPlace.start[d]) >=
+                std::min(place.start[d] + place.valid[d],
+                         oldPlace.start[d] + oldPlace.valid[d]))
+              return false;
+          return true;
+        };
+        if (!overlaps())
+          continue;
+        auto found = shards.find(rank);
+        if (found == shards.end()) {
+          std::vector<char> bytes(manifest.shards[rank].bytes);
+          if (Status s = readCheckpointShard(folder, manifest,
+                                             static_cast<int>(rank),
+                                             bytes.data());
+              !s.ok())
+            return s;
+          found = shards.emplace(rank, std::move(bytes)).first;
+        }
+        const char *src = found->second.data();
+        const std::pair<int64_t, int64_t> tensors[] = {
+            {c.offset, q.offset},
+            {c.expAvgOffset, q.expAvgOffset},
+            {c.expAvgSqOffset, q.expAvgSqOffset}};
+        for (auto [from, to] : tensors) {
+          int64_t copied =
+              copyOverlap(c.layout.shape, oldPlace, src + from, layout.shape,
+                          place, state + to, q.elementBytes);
+          if (from == c.offset)
+            filled += copied;
+        }
+      }
+    if (filled != elementCount(place.valid))
+      return Status::failure(
+          "checkpoint '" + folder.string() + "': the blocks of parameter '" +
+          q.name + "' on the mesh " + meshText(old) + " cover " +
+          std::to_string(filled) + " of the " +
+          std::to_string(elementCount(place.valid)) +
+          " elements its block on " + meshText(program.mesh) + " needs");
+  }
   return Status::success();
 }

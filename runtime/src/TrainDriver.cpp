@@ -2,9 +2,33 @@
 //
 // See moert/TrainDriver.h. The device memory is one state region, one
 // arena sized by the compiler's memory plan, one inputs region and the
-// kernels' scratch, allocated once. Checkpoints are moert/Checkpoint.h's.
-// The step's segments run as CUDA graphs from the second step of a run on
-// (moert/StepGraphs.h; `--no-graphs` turns them off).
+// kernels' scratch, allocated once per rank. Checkpoints are
+// moert/Checkpoint.h's. The step's segments run as CUDA graphs from the
+// second step of a run on (moert/StepGraphs.h; `--no-graphs` turns them
+// off).
+//
+// A partitioned program (TrainProgram::mesh of more than one rank) runs as
+// one rank of a job its launcher started (moert/Bootstrap.h: torchrun,
+// srun, mpirun or `moec launch`; WORLD_SIZE must be the mesh's size; the
+// device is LOCAL_RANK; the world comes from TrainProgram::createWorld,
+// NCCL with its watchdog), or with `--simulate-ranks W` as all W ranks on
+// threads of this process on the current GPU, through the thread world
+// (moert/ThreadCommunicator.h), without graphs. Either way every rank
+// splits its world into the mesh's groups (Context::mesh) and:
+//
+//   - reads, at step t, block r of the t-th global batch of W·B blocks
+//     (block (t-1)·W·B + r·B + b for its row b), as `moec train --reference
+//     --world-size W` does, so the W ranks consume what one process with a
+//     micro-batch W·B would;
+//   - rank 0 prints and logs the step's metrics, which the step makes
+//     global on every rank, with the tokens per second of the world (the
+//     log's tokens_per_s) and per GPU, and the time its collectives took
+//     per group (moert/CollectiveTimes.h: the eager steps' only);
+//   - `--dump` writes the global parameters: rank 0 all-gathers every
+//     parameter's blocks, drops the padding and places them
+//     (moert/ParameterBlocks.h), in the one-GPU program's format;
+//   - checkpoints are sharded: each rank writes its own state, rank 0 the
+//     manifest with the shards' checksums, gathered through the world.
 //
 // Token files are raw little-endian int64 [blocks, seq] (`python -m
 // moec.data` writes them); labels are the tokens (the loss shifts them).
@@ -15,8 +39,11 @@
 
 #include "moert/TrainDriver.h"
 #include "moert/Checkpoint.h"
+#include "moert/CollectiveTimes.h"
+#include "moert/NcclCommunicator.h"
 #include "moert/Schedule.h"
 #include "moert/StepGraphs.h"
+#include "moert/ThreadCommunicator.h"
 #include "moert/kernels/Blas.h"
 #include "moert/kernels/Context.h"
 
@@ -29,15 +56,23 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace moert;
 
 namespace {
 
+/// "rank R: " on the threads of a multi-rank run, for messages.
+thread_local std::string rankPrefix;
+
+/// Ends the process (every rank of a simulated world with it) with
+/// `message`; output is flushed first, and no static object is destroyed
+/// under the other ranks' threads.
 [[noreturn]] void fatal(const std::string &message) {
-  std::fprintf(stderr, "error: %s\n", message.c_str());
-  std::exit(1);
+  std::fprintf(stderr, "error: %s%s\n", rankPrefix.c_str(), message.c_str());
+  std::fflush(nullptr);
+  std::_Exit(1);
 }
 
 /// Ends the program on a failed runtime call.
@@ -52,6 +87,36 @@ std::string gib(int64_t bytes) {
                 static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
   return text;
 }
+
+std::string meshText(const MeshShape &mesh) {
+  return std::to_string(mesh.replicas) + "x" + std::to_string(mesh.shard) +
+         "x" + std::to_string(mesh.expert);
+}
+
+/// The command line, read once.
+struct Options {
+  std::string tokensPath, logPath, dumpDir, checkpointDir;
+  int64_t steps = 10, warmupSteps = 2, totalSteps = 0, saveInterval = 0,
+          benchWarmup = 0, profileStep = 0;
+  uint64_t seed = 1234;
+  double lr = 1e-3, minLr = 1e-4;
+  bool resume = false, noGraphs = false;
+  int simulateRanks = 0;
+};
+
+/// The checkpoint a run resumes from, found before the GPU is touched.
+struct ResumePoint {
+  std::filesystem::path folder;
+  CheckpointManifest manifest;
+  ResumeKind kind = ResumeKind::SameLayout;
+};
+
+/// A rank's place in the run: its world (null in a one-rank program).
+struct RankPlace {
+  int rank = 0, worldSize = 1;
+  Communicator *world = nullptr;
+  int device = 0;
+};
 
 std::vector<int64_t> readTokens(const std::string &path, int64_t seq,
                                 int64_t vocab) {
@@ -117,75 +182,133 @@ void printProfile(const kernels::Profiler &profiler, double stepSeconds) {
     MOERT_CUDA_CHECK(cudaEventDestroy(e));
 }
 
-} // namespace
-
-int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
-  CLI::App app{std::string("moec-compiled training step for ") + p.model};
-  std::string tokensPath, logPath, dumpDir, checkpointDir;
-  int64_t steps = 10, warmupSteps = 2, totalSteps = 0, saveInterval = 0,
-          benchWarmup = 0;
-  uint64_t seed = 1234;
-  double lr = 1e-3, minLr = 1e-4;
-  bool resume = false;
-  app.add_option("--tokens", tokensPath,
-                 "token blocks: raw little-endian int64 [blocks, seq]")
-      ->required();
-  app.add_option("--steps", steps, "training steps (in this run)");
-  app.add_option("--seed", seed, "random_seed of the initialisation");
-  app.add_option("--lr", lr, "peak learning rate");
-  app.add_option("--min-lr", minLr, "final learning rate");
-  app.add_option("--warmup-steps", warmupSteps, "linear warm-up steps");
-  app.add_option("--total-steps", totalSteps,
-                 "length of the cosine schedule (default: --steps)");
-  app.add_option("--log", logPath, "write per-step metrics as CSV");
-  app.add_option("--dump", dumpDir,
-                 "write the final parameters here (raw fp32 + index.tsv)");
-  app.add_option("--checkpoint-dir", checkpointDir,
-                 "save checkpoints here (and resume from here)");
-  app.add_option("--save-interval", saveInterval,
-                 "save a checkpoint every N steps (0: after the last step)");
-  app.add_flag("--resume", resume,
-               "continue from the latest checkpoint in --checkpoint-dir");
-  app.add_option("--bench-warmup", benchWarmup,
-                 "steps left out of the summary's median");
-  int64_t profileStep = 0;
-  app.add_option("--profile-step", profileStep,
-                 "time every op of this step and print the time per op kind");
-  bool noGraphs = false;
-  app.add_flag("--no-graphs", noGraphs,
-               "launch every kernel of every step from the host (no CUDA "
-               "graphs)");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError &e) {
-    return app.exit(e);
+/// Every rank's `bytes` (an even count) from device `src`, concatenated in
+/// rank order, in host memory: an all-gather through the world (of 2-byte
+/// elements: it moves bits). A one-rank run copies its own.
+std::vector<char> gatherBytes(const RankPlace &place, cudaStream_t stream,
+                              const void *src, size_t bytes) {
+  std::vector<char> host(bytes * place.worldSize);
+  if (!place.world) {
+    MOERT_CUDA_CHECK(cudaMemcpyAsync(host.data(), src, bytes,
+                                     cudaMemcpyDeviceToHost, stream));
+    MOERT_CUDA_CHECK(cudaStreamSynchronize(stream));
+    return host;
   }
-  if (steps < 1)
-    fatal("--steps " + std::to_string(steps) + " must be at least 1");
-  if (benchWarmup >= steps)
-    fatal("--bench-warmup " + std::to_string(benchWarmup) +
-          " leaves no timed step of --steps " + std::to_string(steps));
-  if (resume && checkpointDir.empty())
-    fatal("--resume needs --checkpoint-dir");
+  char *gathered = nullptr;
+  MOERT_CUDA_CHECK(cudaMalloc(&gathered, std::max<size_t>(host.size(), 2)));
+  orExit(place.world->allGather(src, gathered, bytes / 2, DataType::BF16,
+                                stream));
+  MOERT_CUDA_CHECK(cudaMemcpyAsync(host.data(), gathered, host.size(),
+                                   cudaMemcpyDeviceToHost, stream));
+  MOERT_CUDA_CHECK(cudaStreamSynchronize(stream));
+  MOERT_CUDA_CHECK(cudaFree(gathered));
+  return host;
+}
 
-  // A checkpoint to resume from is checked before the GPU is touched.
-  const CheckpointLayout layout = checkpointLayout(p);
-  CheckpointInfo latest;
-  if (resume) {
-    std::filesystem::path path;
-    if (Status found = findLatestCheckpoint(checkpointDir, path); !found.ok())
-      fatal("--resume: " + found.message());
-    orExit(openCheckpoint(path, layout, latest));
+/// `value` (host) of every rank, through the world.
+template <class T>
+std::vector<T> gatherValue(const RankPlace &place, cudaStream_t stream,
+                           const T &value) {
+  static_assert(sizeof(T) % 2 == 0, "gathered as 2-byte elements");
+  T *device = nullptr;
+  MOERT_CUDA_CHECK(cudaMalloc(&device, sizeof(T)));
+  MOERT_CUDA_CHECK(cudaMemcpyAsync(device, &value, sizeof(T),
+                                   cudaMemcpyHostToDevice, stream));
+  std::vector<char> bytes = gatherBytes(place, stream, device, sizeof(T));
+  MOERT_CUDA_CHECK(cudaFree(device));
+  std::vector<T> values(place.worldSize);
+  std::memcpy(values.data(), bytes.data(), bytes.size());
+  return values;
+}
+
+/// Writes DIR/final/param/NAME.bin (fp32) and index.tsv: the global
+/// parameters, gathered from every rank's blocks; rank 0 writes.
+void dumpParameters(const TrainProgram &p, const RankPlace &place,
+                    cudaStream_t stream, const char *state,
+                    const std::string &dumpDir) {
+  std::filesystem::path dir = std::filesystem::path(dumpDir) / "final" / "param";
+  const bool leader = place.rank == 0;
+  if (leader)
+    std::filesystem::create_directories(dir);
+  std::string index;
+  for (int i = 0; i < p.numParameters; ++i) {
+    const ParameterInfo &q = p.parameters[i];
+    const BlockLayout layout = parameterLayout(q);
+    const size_t blockBytes = static_cast<size_t>(q.count) * q.elementBytes;
+    std::vector<char> blocks = gatherBytes(place, stream, state + q.offset,
+                                           blockBytes);
+    if (!leader)
+      continue;
+    // Replica 0's blocks cover the parameter once, and so do those of
+    // expert coordinate 0 of a parameter not split over the experts.
+    std::vector<char> global(elementCount(layout.globalShape) *
+                             q.elementBytes);
+    const BlockPlace whole = wholePlace(layout.globalShape);
+    const int64_t experts = layout.expertLocal ? p.mesh.expert : 1;
+    for (int64_t h = 0; h < p.mesh.shard; ++h)
+      for (int64_t e = 0; e < experts; ++e) {
+        BlockPlace at;
+        orExit(placeBlock(q.name, layout, p.mesh, h, e, at));
+        const int64_t rank = h * p.mesh.expert + e;
+        copyOverlap(layout.shape, at, blocks.data() + rank * blockBytes,
+                    layout.globalShape, whole, global.data(), q.elementBytes);
+      }
+    // fp32 whatever the state's type: a bf16 value widens exactly.
+    const int64_t count = elementCount(layout.globalShape);
+    std::vector<float> values(count);
+    for (int64_t e = 0; e < count; ++e) {
+      if (q.elementBytes == 4) {
+        std::memcpy(&values[e], global.data() + 4 * e, 4);
+      } else {
+        // bf16 is the top half of an fp32.
+        uint16_t half;
+        std::memcpy(&half, global.data() + 2 * e, 2);
+        uint32_t bits = static_cast<uint32_t>(half) << 16;
+        std::memcpy(&values[e], &bits, 4);
+      }
+    }
+    orExit(writeFileAtomically(
+        dir / (std::string(q.name) + ".bin"),
+        {{values.data(), values.size() * sizeof(float)}}));
+    index += q.name;
+    index += "\t";
+    for (size_t d = 0; d < layout.globalShape.size(); ++d)
+      index += (d ? "x" : "") + std::to_string(layout.globalShape[d]);
+    index += "\n";
   }
+  if (leader)
+    orExit(
+        writeFileAtomically(dir / "index.tsv", {{index.data(), index.size()}}));
+}
 
-  std::vector<int64_t> tokens = readTokens(tokensPath, p.seq, p.vocab);
-  int64_t blocks = static_cast<int64_t>(tokens.size()) / p.seq;
+/// One rank's run: allocation, initialisation or resumption, the steps,
+/// checkpoints, the dump and (rank 0) the summary.
+int runRank(const TrainProgram &p, const Options &o,
+            const std::vector<int64_t> &tokens, const ResumePoint *resume,
+            const RankPlace &place) {
+  const bool leader = place.rank == 0;
+  const int64_t blocks = static_cast<int64_t>(tokens.size()) / p.seq;
+  uint64_t seed = o.seed;
+  MOERT_CUDA_CHECK(cudaSetDevice(place.device));
+
+  kernels::Context ctx;
+  MOERT_CUDA_CHECK(cudaStreamCreate(&ctx.stream));
+  // The step's groups are timed (the driver's own gathers, on the world,
+  // are not).
+  CollectiveTimes collectiveTimes;
+  std::unique_ptr<Communicator> timedWorld;
+  std::unique_ptr<MeshGroups> mesh;
+  if (place.world) {
+    timedWorld = collectiveTimes.wrap(*place.world);
+    orExit(MeshGroups::create(*timedWorld, p.mesh, mesh));
+    ctx.mesh = mesh.get();
+  }
+  const int64_t h = mesh ? mesh->coordinate(kShardAxis) : 0;
+  const int64_t e = mesh ? mesh->coordinate(kExpertAxis) : 0;
 
   // Device memory: everything the program uses, allocated once.
   size_t freeBefore = 0, totalMemory = 0;
   MOERT_CUDA_CHECK(cudaMemGetInfo(&freeBefore, &totalMemory));
-  kernels::Context ctx;
-  MOERT_CUDA_CHECK(cudaStreamCreate(&ctx.stream));
   ctx.blas = kernels::createBlas(ctx.stream);
   const int64_t blasWorkspace = ctx.blas->workspaceBytes;
   if (p.openLibraries)
@@ -199,27 +322,48 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
   MOERT_CUDA_CHECK(cudaMallocHost(&ctx.hostCounts, 4096 * sizeof(int64_t)));
   int64_t allocated = p.stateBytes + p.arenaBytes + p.inputBytes +
                       ctx.scratchBytes + blasWorkspace;
-  std::printf("%s: batch %lld x seq %lld, %d parameters\n", p.model,
-              static_cast<long long>(p.batch), static_cast<long long>(p.seq),
-              p.numParameters);
-  std::printf("memory: state %s + arena %s (compiler's plan) + scratch %s + "
-              "inputs %s + cuBLAS %s = %s allocated\n",
-              gib(p.stateBytes).c_str(), gib(p.arenaBytes).c_str(),
-              gib(ctx.scratchBytes).c_str(), gib(p.inputBytes).c_str(),
-              gib(blasWorkspace).c_str(), gib(allocated).c_str());
+  if (leader) {
+    std::printf("%s: batch %lld x seq %lld, %d parameters\n", p.model,
+                static_cast<long long>(p.batch),
+                static_cast<long long>(p.seq), p.numParameters);
+    if (place.world)
+      std::printf("mesh: %s (R x H x P), %d ranks%s; memory per rank:\n",
+                  meshText(p.mesh).c_str(), place.worldSize,
+                  o.simulateRanks ? " as threads on one GPU" : "");
+    std::printf("memory: state %s + arena %s (compiler's plan) + scratch %s + "
+                "inputs %s + cuBLAS %s = %s allocated\n",
+                gib(p.stateBytes).c_str(), gib(p.arenaBytes).c_str(),
+                gib(ctx.scratchBytes).c_str(), gib(p.inputBytes).c_str(),
+                gib(blasWorkspace).c_str(), gib(allocated).c_str());
+  }
 
-  // Parameters: from the seed, or from the latest checkpoint.
+  // Parameters: from the seed, or from the checkpoint.
   int64_t firstStep = 1;
+  const int64_t savedBytes = p.stateBytes - p.derivedStateBytes;
   MOERT_CUDA_CHECK(cudaMemsetAsync(state, 0, p.stateBytes, ctx.stream));
   if (resume) {
-    std::vector<char> host(layout.stateBytes);
-    orExit(readCheckpointState(latest, layout, host.data()));
-    MOERT_CUDA_CHECK(cudaMemcpy(state, host.data(), layout.stateBytes,
+    std::vector<char> host(savedBytes, 0);
+    if (resume->kind == ResumeKind::SameLayout)
+      orExit(readCheckpointShard(resume->folder, resume->manifest, place.rank,
+                                 host.data()));
+    else
+      orExit(reshardCheckpoint(resume->folder, resume->manifest, p, h, e,
+                               host.data()));
+    MOERT_CUDA_CHECK(cudaMemcpy(state, host.data(), savedBytes,
                                 cudaMemcpyHostToDevice));
-    firstStep = latest.step + 1;
-    seed = latest.seed;
-    std::printf("resumed from '%s' after step %lld\n", latest.path.c_str(),
-                static_cast<long long>(latest.step));
+    firstStep = resume->manifest.step + 1;
+    seed = resume->manifest.seed;
+    if (leader)
+      std::printf("resumed from '%s' after step %lld%s\n",
+                  resume->folder.c_str(),
+                  static_cast<long long>(resume->manifest.step),
+                  resume->kind == ResumeKind::Reshard
+                      ? (", resharded from the mesh " +
+                         meshText(resume->manifest.mesh))
+                            .c_str()
+                      : "");
+  } else if (mesh && p.initRankParams) {
+    p.initRankParams(state, seed, *mesh, ctx.stream);
   } else {
     p.initParams(state, seed, ctx.stream);
   }
@@ -227,21 +371,34 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
   MOERT_CUDA_CHECK(cudaGetLastError());
 
   auto save = [&](int64_t completed) {
-    std::vector<char> host(layout.stateBytes);
+    std::vector<char> host(savedBytes);
     MOERT_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
-    MOERT_CUDA_CHECK(cudaMemcpy(host.data(), state, layout.stateBytes,
+    MOERT_CUDA_CHECK(cudaMemcpy(host.data(), state, savedBytes,
                                 cudaMemcpyDeviceToHost));
-    std::filesystem::path written;
-    orExit(writeCheckpoint(checkpointDir, p, layout, completed, seed,
-                           host.data(), written));
-    std::printf("saved checkpoint '%s'\n", written.c_str());
+    CheckpointShard mine;
+    orExit(writeCheckpointShard(o.checkpointDir, completed, place.rank,
+                                host.data(), savedBytes, mine));
+    // Every rank's size and checksum, for the manifest rank 0 writes last.
+    std::pair<int64_t, uint64_t> written{mine.bytes, mine.checksum};
+    std::vector<std::pair<int64_t, uint64_t>> all =
+        place.world ? gatherValue(place, ctx.stream, written)
+                    : std::vector<std::pair<int64_t, uint64_t>>{written};
+    if (!leader)
+      return;
+    CheckpointManifest manifest = checkpointManifest(p, completed, seed);
+    for (int r = 0; r < place.worldSize; ++r)
+      manifest.shards.push_back({"rank_" + std::to_string(r) + ".shard",
+                                 all[r].first, all[r].second});
+    orExit(commitCheckpoint(o.checkpointDir, manifest));
+    std::printf("saved checkpoint '%s'\n",
+                checkpointFolder(o.checkpointDir, completed).c_str());
   };
 
   std::FILE *log = nullptr;
-  if (!logPath.empty()) {
-    log = std::fopen(logPath.c_str(), firstStep > 1 ? "a" : "w");
+  if (leader && !o.logPath.empty()) {
+    log = std::fopen(o.logPath.c_str(), firstStep > 1 ? "a" : "w");
     if (!log)
-      fatal("cannot write '" + logPath + "'");
+      fatal("cannot write '" + o.logPath + "'");
     if (firstStep == 1)
       std::fprintf(log, "step,loss,ce_loss,aux_loss,z_loss,grad_norm,lr,"
                         "step_seconds,tokens_per_s,model_tflops,peak_bytes\n");
@@ -259,21 +416,26 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
   const MetricSlot *slots[] = {&p.loss, &p.ceLoss, &p.auxLoss, &p.zLoss,
                                &p.gradNorm};
 
-  int64_t total = totalSteps > 0 ? totalSteps : firstStep - 1 + steps;
-  LrSchedule schedule{lr, minLr, warmupSteps, total};
+  int64_t total = o.totalSteps > 0 ? o.totalSteps : firstStep - 1 + o.steps;
+  LrSchedule schedule{o.lr, o.minLr, o.warmupSteps, total};
 
   std::vector<double> times;
   size_t minFree = freeBefore;
-  int64_t lastStep = firstStep - 1 + steps;
+  int64_t lastStep = firstStep - 1 + o.steps;
+  const int64_t worldTokens = place.worldSize * p.batch * p.seq;
   // The first step of the run warms up; graphs are captured in the second.
-  setGraphMode(noGraphs ? GraphMode::Off : GraphMode::Warmup);
+  // A simulated world never captures (runTrainProgram turned graphs off).
+  if (!o.simulateRanks)
+    setGraphMode(o.noGraphs ? GraphMode::Off : GraphMode::Warmup);
   for (int64_t t = firstStep; t <= lastStep; ++t) {
     if (t > firstStep && graphMode() == GraphMode::Warmup)
       setGraphMode(GraphMode::Replay);
     int64_t *ids = reinterpret_cast<int64_t *>(hostInputs + p.inputIdsOffset);
     int64_t *labels = reinterpret_cast<int64_t *>(hostInputs + p.labelsOffset);
+    // Block r of the t-th global batch of W·B blocks.
     for (int64_t b = 0; b < p.batch; ++b) {
-      int64_t block = ((t - 1) * p.batch + b) % blocks;
+      int64_t block =
+          trainingBlock(t, place.rank, place.worldSize, p.batch, b, blocks);
       std::memcpy(ids + b * p.seq, &tokens[block * p.seq], p.seq * 8);
       std::memcpy(labels + b * p.seq, &tokens[block * p.seq], p.seq * 8);
     }
@@ -287,7 +449,7 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
     MOERT_CUDA_CHECK(cudaMemcpyAsync(inputs, hostInputs, p.inputBytes,
                                      cudaMemcpyHostToDevice, ctx.stream));
     kernels::Profiler profiler;
-    ctx.profiler = t == profileStep ? &profiler : nullptr;
+    ctx.profiler = leader && t == o.profileStep ? &profiler : nullptr;
     ctx.refreshParameterCopies = t == firstStep;
     p.step(ctx, state, arena, inputs);
     ctx.profiler = nullptr;
@@ -311,90 +473,266 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
     size_t freeNow = 0;
     MOERT_CUDA_CHECK(cudaMemGetInfo(&freeNow, &totalMemory));
     minFree = std::min(minFree, freeNow);
-    if (t - firstStep >= benchWarmup)
+    if (t - firstStep >= o.benchWarmup)
       times.push_back(seconds);
-    double tokensPerSecond = p.batch * p.seq / seconds;
-    double tflops = p.modelFlops / seconds / 1e12;
-    if (!profiler.events.empty())
-      printProfile(profiler, seconds);
+    std::vector<GroupTime> groupTimes;
+    if (mesh)
+      orExit(collectiveTimes.collect(groupTimes));
+    // Every rank holds the same global metrics: each stops on a bad loss.
     if (!std::isfinite(hostMetrics[0]))
       fatal("step " + std::to_string(t) + ": the loss is " +
             std::to_string(hostMetrics[0]) + "; stopping");
-    std::string counts;
-    for (int64_t l = 0; l < p.countLayers; ++l) {
-      counts += l ? " |" : "";
-      for (int64_t e = 0; e < p.countExperts; ++e)
-        counts += " " + std::to_string(hostCountsOut[l * p.countExperts + e]);
+    if (leader) {
+      double tokensPerSecond = worldTokens / seconds;
+      double tflops = p.modelFlops / seconds / 1e12;
+      if (!profiler.events.empty())
+        printProfile(profiler, seconds);
+      std::string counts;
+      for (int64_t l = 0; l < p.countLayers; ++l) {
+        counts += l ? " |" : "";
+        for (int64_t x = 0; x < p.countExperts; ++x)
+          counts +=
+              " " + std::to_string(hostCountsOut[l * p.countExperts + x]);
+      }
+      std::string perGpu =
+          place.world ? " (" +
+                            std::to_string(static_cast<long long>(
+                                tokensPerSecond / place.worldSize)) +
+                            " per GPU)"
+                      : "";
+      std::printf("step %4lld  loss %.6f  ce %.6f  aux %.6f  z %.6f  "
+                  "grad_norm %.4f  lr %.3e  %.0f tokens/s%s  %.1f TFLOP/s  "
+                  "experts [%s ]\n",
+                  static_cast<long long>(t), hostMetrics[0], hostMetrics[1],
+                  hostMetrics[2], hostMetrics[3], hostMetrics[4], stepLr,
+                  tokensPerSecond, perGpu.c_str(), tflops, counts.c_str());
+      if (!groupTimes.empty()) {
+        std::string text;
+        for (const GroupTime &g : groupTimes) {
+          char ms[32];
+          std::snprintf(ms, sizeof(ms), "%.3f", g.milliseconds);
+          text += "  " + g.group + " " + std::to_string(g.calls) + " in " +
+                  ms + " ms";
+        }
+        std::printf("step %4lld  collectives:%s\n", static_cast<long long>(t),
+                    text.c_str());
+      }
+      if (log)
+        std::fprintf(
+            log, "%lld,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.6f,%.1f,%.2f,%lld\n",
+            static_cast<long long>(t), hostMetrics[0], hostMetrics[1],
+            hostMetrics[2], hostMetrics[3], hostMetrics[4], stepLr, seconds,
+            tokensPerSecond, tflops, static_cast<long long>(allocated));
     }
-    std::printf("step %4lld  loss %.6f  ce %.6f  aux %.6f  z %.6f  "
-                "grad_norm %.4f  lr %.3e  %.0f tokens/s  %.1f TFLOP/s  "
-                "experts [%s ]\n",
-                static_cast<long long>(t), hostMetrics[0], hostMetrics[1],
-                hostMetrics[2], hostMetrics[3], hostMetrics[4], stepLr,
-                tokensPerSecond, tflops, counts.c_str());
-    if (log)
-      std::fprintf(
-          log, "%lld,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.6f,%.1f,%.2f,%lld\n",
-          static_cast<long long>(t), hostMetrics[0], hostMetrics[1],
-          hostMetrics[2], hostMetrics[3], hostMetrics[4], stepLr, seconds,
-          tokensPerSecond, tflops, static_cast<long long>(allocated));
-    if (!checkpointDir.empty() &&
-        ((saveInterval > 0 && t % saveInterval == 0) ||
-         (saveInterval == 0 && t == lastStep)))
+    if (!o.checkpointDir.empty() &&
+        ((o.saveInterval > 0 && t % o.saveInterval == 0) ||
+         (o.saveInterval == 0 && t == lastStep)))
       save(t);
   }
   if (log)
     std::fclose(log);
 
-  if (!dumpDir.empty()) {
-    std::filesystem::path dir =
-        std::filesystem::path(dumpDir) / "final" / "param";
-    std::filesystem::create_directories(dir);
-    std::vector<char> host(p.stateBytes);
-    MOERT_CUDA_CHECK(
-        cudaMemcpy(host.data(), state, p.stateBytes, cudaMemcpyDeviceToHost));
-    std::string index;
-    for (int i = 0; i < p.numParameters; ++i) {
-      const ParameterInfo &q = p.parameters[i];
-      // fp32 whatever the state's type: a bf16 value widens exactly.
-      std::vector<float> values(q.count);
-      const char *raw = host.data() + q.offset;
-      for (int64_t e = 0; e < q.count; ++e) {
-        if (q.elementBytes == 4) {
-          std::memcpy(&values[e], raw + 4 * e, 4);
-        } else {
-          // bf16 is the top half of an fp32.
-          uint16_t half;
-          std::memcpy(&half, raw + 2 * e, 2);
-          uint32_t bits = static_cast<uint32_t>(half) << 16;
-          std::memcpy(&values[e], &bits, 4);
-        }
-      }
-      orExit(writeFileAtomically(
-          dir / (std::string(q.name) + ".bin"),
-          {{values.data(), values.size() * sizeof(float)}}));
-      index += q.name;
-      index += "\t";
-      for (size_t d = 0; d < q.shape.size(); ++d)
-        index += (d ? "x" : "") + std::to_string(q.shape[d]);
-      index += "\n";
-    }
-    orExit(
-        writeFileAtomically(dir / "index.tsv", {{index.data(), index.size()}}));
+  if (!o.dumpDir.empty())
+    dumpParameters(p, place, ctx.stream, state, o.dumpDir);
+
+  if (leader) {
+    std::vector<double> sorted = times;
+    std::sort(sorted.begin(), sorted.end());
+    double median = sorted[sorted.size() / 2];
+    if (sorted.size() % 2 == 0)
+      median =
+          0.5 * (sorted[sorted.size() / 2 - 1] + sorted[sorted.size() / 2]);
+    std::printf("summary {\"steps\": %zu, \"median_step_s\": %.6f, "
+                "\"tokens_per_s\": %.1f, \"model_tflops\": %.2f, "
+                "\"peak_bytes\": %lld, \"device_used_bytes\": %lld, "
+                "\"cuda_graphs\": %s%s}\n",
+                times.size(), median, worldTokens / median,
+                p.modelFlops / median / 1e12, static_cast<long long>(allocated),
+                static_cast<long long>(totalMemory - minFree),
+                graphMode() == GraphMode::Replay ? "true" : "false",
+                place.world ? (", \"ranks\": " +
+                               std::to_string(place.worldSize) +
+                               ", \"tokens_per_s_per_gpu\": " +
+                               std::to_string(worldTokens / median /
+                                              place.worldSize))
+                                  .c_str()
+                            : "");
+  }
+  // A simulated world's ranks share the process: each frees what it made.
+  if (o.simulateRanks) {
+    for (void *buffer : {static_cast<void *>(state), static_cast<void *>(arena),
+                         static_cast<void *>(inputs),
+                         static_cast<void *>(ctx.scratch)})
+      MOERT_CUDA_CHECK(cudaFree(buffer));
+    for (void *pinned :
+         {static_cast<void *>(hostInputs), static_cast<void *>(hostMetrics),
+          static_cast<void *>(hostCountsOut),
+          static_cast<void *>(ctx.hostCounts)})
+      MOERT_CUDA_CHECK(cudaFreeHost(pinned));
+  }
+  return 0;
+}
+
+/// Whether the program can run as the launcher started it (`info`) with
+/// the options: a partitioned program of W ranks runs under a launcher of
+/// WORLD_SIZE W (and a world communicator), or with --simulate-ranks W and
+/// no launcher.
+Status checkWorld(const TrainProgram &p, const Options &o,
+                  const RankInfo &info) {
+  const int64_t w = p.mesh.size();
+  const std::string partitioned =
+      "the program was partitioned for " + std::to_string(w) + " ranks (mesh " +
+      meshText(p.mesh) + ", R x H x P)";
+  const std::string started = "the launcher (" + info.launcher + ") started " +
+                              std::to_string(info.worldSize) +
+                              " ranks (WORLD_SIZE)";
+  if (o.simulateRanks != 0) {
+    if (w == 1)
+      return Status::failure("--simulate-ranks " +
+                             std::to_string(o.simulateRanks) +
+                             ": the program was compiled for one rank");
+    if (o.simulateRanks != w)
+      return Status::failure("--simulate-ranks " +
+                             std::to_string(o.simulateRanks) + ": " +
+                             partitioned);
+    if (info.worldSize != 1)
+      return Status::failure("--simulate-ranks runs every rank in this "
+                             "process, but " + started);
+    return Status::success();
+  }
+  // A one-rank program under a launcher runs a copy on every rank, as it
+  // always has.
+  if (w == 1)
+    return Status::success();
+  if (info.worldSize == 1)
+    return Status::failure(
+        partitioned + ": start it under a launcher (moec launch, torchrun, "
+                      "srun, mpirun) with " + std::to_string(w) +
+        " ranks, or with --simulate-ranks " + std::to_string(w));
+  if (info.worldSize != w)
+    return Status::failure(started + ", but " + partitioned);
+  if (!p.createWorld)
+    return Status::failure("this program was built without a world "
+                           "communicator (NCCL); it can only run with "
+                           "--simulate-ranks " + std::to_string(w));
+  return Status::success();
+}
+
+} // namespace
+
+int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
+  CLI::App app{std::string("moec-compiled training step for ") + p.model};
+  Options o;
+  app.add_option("--tokens", o.tokensPath,
+                 "token blocks: raw little-endian int64 [blocks, seq]")
+      ->required();
+  app.add_option("--steps", o.steps, "training steps (in this run)");
+  app.add_option("--seed", o.seed, "random_seed of the initialisation");
+  app.add_option("--lr", o.lr, "peak learning rate");
+  app.add_option("--min-lr", o.minLr, "final learning rate");
+  app.add_option("--warmup-steps", o.warmupSteps, "linear warm-up steps");
+  app.add_option("--total-steps", o.totalSteps,
+                 "length of the cosine schedule (default: --steps)");
+  app.add_option("--log", o.logPath, "write per-step metrics as CSV");
+  app.add_option("--dump", o.dumpDir,
+                 "write the final (global) parameters here (raw fp32 + "
+                 "index.tsv)");
+  app.add_option("--checkpoint-dir", o.checkpointDir,
+                 "save checkpoints here (and resume from here)");
+  app.add_option("--save-interval", o.saveInterval,
+                 "save a checkpoint every N steps (0: after the last step)");
+  app.add_flag("--resume", o.resume,
+               "continue from the latest checkpoint in --checkpoint-dir "
+               "(resharded when it was saved under another layout)");
+  app.add_option("--bench-warmup", o.benchWarmup,
+                 "steps left out of the summary's median");
+  app.add_option("--profile-step", o.profileStep,
+                 "time every op of this step and print the time per op kind");
+  app.add_flag("--no-graphs", o.noGraphs,
+               "launch every kernel of every step from the host (no CUDA "
+               "graphs)");
+  app.add_option("--simulate-ranks", o.simulateRanks,
+                 "run all W ranks of a partitioned program as threads on "
+                 "this GPU (W: the program's world size; for tests)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError &e) {
+    return app.exit(e);
+  }
+  if (o.steps < 1)
+    fatal("--steps " + std::to_string(o.steps) + " must be at least 1");
+  if (o.benchWarmup >= o.steps)
+    fatal("--bench-warmup " + std::to_string(o.benchWarmup) +
+          " leaves no timed step of --steps " + std::to_string(o.steps));
+  if (o.resume && o.checkpointDir.empty())
+    fatal("--resume needs --checkpoint-dir");
+
+  RankInfo info;
+  orExit(detectRank(processEnvironment(), info));
+  // The world: this process's rank of a launched job, the simulated ranks,
+  // or one rank. Checked before the GPU is touched.
+  orExit(checkWorld(p, o, info));
+
+  // A checkpoint to resume from is checked before the GPU is touched.
+  ResumePoint resumePoint;
+  if (o.resume) {
+    if (Status found = findLatestCheckpoint(o.checkpointDir, resumePoint.folder,
+                                            resumePoint.manifest);
+        !found.ok())
+      fatal("--resume: " + found.message());
+    orExit(matchCheckpoint(resumePoint.folder, resumePoint.manifest, p,
+                           resumePoint.kind));
+  }
+  const ResumePoint *resume = o.resume ? &resumePoint : nullptr;
+
+  std::vector<int64_t> tokens = readTokens(o.tokensPath, p.seq, p.vocab);
+
+  if (p.mesh.size() == 1)
+    return runRank(p, o, tokens, resume, RankPlace{});
+
+  if (o.simulateRanks == 0) {
+    // One rank of a launched job, on the device LOCAL_RANK, or on the one
+    // device the process sees (a launcher that gives each rank its GPU
+    // through CUDA_VISIBLE_DEVICES).
+    int devices = 0;
+    MOERT_CUDA_CHECK(cudaGetDeviceCount(&devices));
+    const int device = devices == 1 ? 0 : info.localRank;
+    if (device >= devices)
+      fatal("rank " + std::to_string(info.rank) + ": local rank " +
+            std::to_string(info.localRank) + " but this process sees " +
+            std::to_string(devices) + " GPUs");
+    MOERT_CUDA_CHECK(cudaSetDevice(device));
+    std::unique_ptr<Communicator> world;
+    rankPrefix = "rank " + std::to_string(info.rank) + ": ";
+    orExit(p.createWorld(info, processEnvironment(), world));
+    RankPlace place{info.rank, info.worldSize, world.get(), device};
+    int status = runRank(p, o, tokens, resume, place);
+    // Every rank's collectives are done before the communicators go.
+    orExit(world->barrier(nullptr));
+    return status;
   }
 
-  std::vector<double> sorted = times;
-  std::sort(sorted.begin(), sorted.end());
-  double median = sorted[sorted.size() / 2];
-  if (sorted.size() % 2 == 0)
-    median = 0.5 * (sorted[sorted.size() / 2 - 1] + sorted[sorted.size() / 2]);
-  std::printf("summary {\"steps\": %zu, \"median_step_s\": %.6f, "
-              "\"tokens_per_s\": %.1f, \"model_tflops\": %.2f, "
-              "\"peak_bytes\": %lld, \"device_used_bytes\": %lld, "
-              "\"cuda_graphs\": %s}\n",
-              times.size(), median, p.batch * p.seq / median,
-              p.modelFlops / median / 1e12, static_cast<long long>(allocated),
-              static_cast<long long>(totalMemory - minFree),
-              graphMode() == GraphMode::Replay ? "true" : "false");
+  // W ranks as threads on this GPU, through the thread world; no graphs
+  // (their captures cannot join across the ranks' streams).
+  setGraphMode(GraphMode::Off);
+  int device = 0;
+  MOERT_CUDA_CHECK(cudaGetDevice(&device));
+  // A rank that waits for the others longer than the NCCL watchdog would
+  // let it fails the world instead of hanging.
+  std::chrono::milliseconds timeout = kDefaultCollectiveTimeout;
+  orExit(readSecondsVariable(processEnvironment(), kCollectiveTimeoutVariable,
+                             /*allowZero=*/true, timeout));
+  std::vector<std::unique_ptr<Communicator>> world;
+  orExit(createThreadWorld(o.simulateRanks, ThreadMemory::Device, world,
+                           timeout));
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < o.simulateRanks; ++r)
+    ranks.emplace_back([&, r] {
+      rankPrefix = "rank " + std::to_string(r) + ": ";
+      runRank(p, o, tokens, resume,
+              RankPlace{r, o.simulateRanks, world[r].get(), device});
+    });
+  for (std::thread &rank : ranks)
+    rank.join();
   return 0;
 }

@@ -1,8 +1,15 @@
 //===- CheckpointTest.cpp - Unit tests of the checkpoint files ------------===//
 //
-// moert/Checkpoint.h on the host: a written checkpoint is found and read
-// back byte for byte with its step and seed, and resuming refuses what is
-// missing, foreign, of another layout or incomplete, naming the file.
+// moert/Checkpoint.h on the host: a one-rank program's checkpoint is found
+// and read back byte for byte with its step and seed; the manifest's text
+// round-trips; resuming refuses what is missing, truncated, corrupted,
+// uncommitted or of another model, naming the file; temporary files are
+// never what `latest` names. Resharding: a fake model (a dense parameter
+// with padding, an expert parameter, a bf16 one) checkpointed under one
+// (R, H, P) and resumed under others, (H, P) = (2, 2) → (4, 1) → (1, 4),
+// to other world sizes and with replicas, gets exactly the blocks cut from
+// the global parameters, padding zero, and back to the first layout the
+// first checkpoint's bytes.
 //
 //===----------------------------------------------------------------------===//
 
@@ -10,18 +17,23 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <fstream>
 
 using namespace moert;
 
 namespace {
 
-/// The checkpoint DIR/latest names, opened for `layout`.
-Status resumeFrom(const std::filesystem::path &dir,
-                  const CheckpointLayout &layout, CheckpointInfo &found) {
-  std::filesystem::path path;
-  Status status = findLatestCheckpoint(dir, path);
-  return status.ok() ? openCheckpoint(path, layout, found) : status;
+std::filesystem::path freshDir(const std::string &name) {
+  std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) /
+                              ("moert-checkpoint-" + name);
+  std::filesystem::remove_all(dir);
+  return dir;
+}
+
+std::string readText(const std::filesystem::path &path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
 /// Two parameters, fp32, with AdamW moments: 3 · (6 + 4) · 4 = 120 state
@@ -40,87 +52,381 @@ struct TinyProgram {
   }
 };
 
-std::filesystem::path freshDir(const std::string &name) {
-  std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) /
-                              ("moert-checkpoint-" + name);
-  std::filesystem::remove_all(dir);
-  return dir;
+/// Writes and commits the one-rank checkpoint of `tiny` after `step`.
+Status saveTiny(const std::filesystem::path &dir, const TinyProgram &tiny,
+                int64_t step, uint64_t seed, const std::vector<char> &state) {
+  CheckpointManifest manifest = checkpointManifest(tiny.program, step, seed);
+  CheckpointShard shard;
+  if (Status s = writeCheckpointShard(dir, step, 0, state.data(),
+                                      static_cast<int64_t>(state.size()), shard);
+      !s.ok())
+    return s;
+  manifest.shards.push_back(shard);
+  return commitCheckpoint(dir, manifest);
 }
 
-std::string readText(const std::filesystem::path &path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), {});
+/// The latest checkpoint of DIR, matched against `program` and read as
+/// rank 0.
+Status resumeTiny(const std::filesystem::path &dir, const TinyProgram &tiny,
+                  CheckpointManifest &manifest, std::vector<char> &state) {
+  std::filesystem::path folder;
+  if (Status s = findLatestCheckpoint(dir, folder, manifest); !s.ok())
+    return s;
+  ResumeKind kind;
+  if (Status s = matchCheckpoint(folder, manifest, tiny.program, kind); !s.ok())
+    return s;
+  EXPECT_EQ(kind, ResumeKind::SameLayout);
+  state.assign(manifest.shardBytes, 0);
+  return readCheckpointShard(folder, manifest, 0, state.data());
 }
 
 TEST(Checkpoint, WrittenStateIsFoundAndReadBack) {
   TinyProgram tiny;
-  CheckpointLayout layout = checkpointLayout(tiny.program);
-  EXPECT_EQ(layout.stateBytes, 120);
-  std::vector<char> state(layout.stateBytes);
+  std::vector<char> state(120);
   for (size_t i = 0; i < state.size(); ++i)
     state[i] = static_cast<char>(i * 7 + 1);
-  std::filesystem::path dir = freshDir("roundtrip"), written;
-  Status saved = writeCheckpoint(dir, tiny.program, layout, 5, 1234,
-                                 state.data(), written);
+  std::filesystem::path dir = freshDir("roundtrip");
+  Status saved = saveTiny(dir, tiny, 5, 1234, state);
   ASSERT_TRUE(saved.ok()) << saved.message();
-  EXPECT_EQ(written, dir / "step_5.ckpt");
-  EXPECT_EQ(readText(dir / "latest"), "step_5.ckpt\n");
-  EXPECT_EQ(readText(dir / "index.tsv"), "w\t0\t24\t48\t6\tfp32\n"
-                                         "b\t72\t88\t104\t4\tfp32\n");
+  EXPECT_EQ(readText(dir / "latest"), "step_5\n");
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx",
+                static_cast<unsigned long long>(checksum(state.data(), 120)));
+  EXPECT_EQ(readText(dir / "step_5" / "manifest.tsv"),
+            "moec-checkpoint\t1\nstep\t5\nseed\t1234\nmesh\t1\t1\t1\n"
+            "shard_bytes\t120\n"
+            "parameter\tw\t4\t0\t24\t48\t2x3\t2x3\t-1\t0\n"
+            "parameter\tb\t4\t72\t88\t104\t4\t4\t-1\t0\n"
+            "shard\trank_0.shard\t120\t" +
+                std::string(hex) + "\nend\n");
+  // No temporary file is left behind.
+  for (auto &entry : std::filesystem::recursive_directory_iterator(dir))
+    EXPECT_NE(entry.path().extension(), ".tmp") << entry.path();
 
-  CheckpointInfo found;
-  Status located = resumeFrom(dir, layout, found);
-  ASSERT_TRUE(located.ok()) << located.message();
-  EXPECT_EQ(found.path, written);
-  EXPECT_EQ(found.step, 5);
-  EXPECT_EQ(found.seed, 1234u);
-  std::vector<char> back(layout.stateBytes);
-  Status read = readCheckpointState(found, layout, back.data());
-  ASSERT_TRUE(read.ok()) << read.message();
+  CheckpointManifest manifest;
+  std::vector<char> back;
+  Status resumed = resumeTiny(dir, tiny, manifest, back);
+  ASSERT_TRUE(resumed.ok()) << resumed.message();
+  EXPECT_EQ(manifest.step, 5);
+  EXPECT_EQ(manifest.seed, 1234u);
   EXPECT_EQ(back, state);
 
   // A later checkpoint becomes the latest.
-  ASSERT_TRUE(
-      writeCheckpoint(dir, tiny.program, layout, 6, 1234, state.data(), written)
-          .ok());
-  ASSERT_TRUE(resumeFrom(dir, layout, found).ok());
-  EXPECT_EQ(found.step, 6);
+  ASSERT_TRUE(saveTiny(dir, tiny, 6, 1234, state).ok());
+  ASSERT_TRUE(resumeTiny(dir, tiny, manifest, back).ok());
+  EXPECT_EQ(manifest.step, 6);
+}
+
+TEST(Checkpoint, ChecksumIsFnv1a) {
+  // FNV-1a 64 of "" and "a" (the published values).
+  EXPECT_EQ(checksum("", 0), 0xcbf29ce484222325ull);
+  EXPECT_EQ(checksum("a", 1), 0xaf63dc4c8601ec8cull);
+  // Continued hashing equals hashing the concatenation.
+  EXPECT_EQ(checksum("bc", 2, checksum("a", 1)), checksum("abc", 3));
+}
+
+TEST(Checkpoint, ManifestRoundTripsAndRefusesCutOrMalformedText) {
+  CheckpointManifest m;
+  m.step = 3;
+  m.seed = 18446744073709551615ull;
+  m.mesh = MeshShape{2, 1, 2};
+  m.shardBytes = 96;
+  m.parameters.push_back({"experts.w", 2, 0, 16, 32, {{1, 2, 4}, {2, 2, 4}, 1,
+                                                      true}});
+  for (int r = 0; r < 4; ++r)
+    m.shards.push_back({"rank_" + std::to_string(r) + ".shard", 96,
+                        0x0123456789abcdefull + r});
+  std::string text = formatManifest(m);
+  CheckpointManifest back;
+  Status parsed = parseManifest(text, "M", back);
+  ASSERT_TRUE(parsed.ok()) << parsed.message();
+  EXPECT_EQ(formatManifest(back), text);
+  EXPECT_EQ(back.parameters[0].layout.chunkDim, 1);
+  EXPECT_TRUE(back.parameters[0].layout.expertLocal);
+  EXPECT_EQ(back.shards[3].checksum, 0x0123456789abcdefull + 3);
+
+  std::string cut = text.substr(0, text.size() - 4); // no "end"
+  EXPECT_EQ(parseManifest(cut, "M", back).message(),
+            "checkpoint manifest 'M', line 10: no 'end': the manifest is "
+            "incomplete");
+  EXPECT_EQ(parseManifest("moec-checkpoint\t2\n", "M", back).message(),
+            "checkpoint manifest 'M', line 1: not a moec checkpoint manifest "
+            "(version 1)");
+  std::string fewer = text;
+  fewer.erase(fewer.find("shard\trank_3"), fewer.find("end") -
+                                               fewer.find("shard\trank_3"));
+  EXPECT_EQ(parseManifest(fewer, "M", back).message(),
+            "checkpoint manifest 'M', line 10: 3 shards for a mesh of 4 ranks");
+  std::string outside = text;
+  outside.replace(outside.find("96\n"), 3, "40\n");
+  EXPECT_EQ(parseManifest(outside, "M", back).message(),
+            "checkpoint manifest 'M', line 11: parameter 'experts.w' lies "
+            "outside the shard's 40 bytes");
+  EXPECT_EQ(parseManifest(text + "step\t4\n", "M", back).message(),
+            "checkpoint manifest 'M', line 12: text after 'end'");
 }
 
 TEST(Checkpoint, ResumingRefusesWhatIsNotThisProgramsCheckpoint) {
   TinyProgram tiny;
-  CheckpointLayout layout = checkpointLayout(tiny.program);
-  std::filesystem::path dir = freshDir("refusals"), written;
-  CheckpointInfo found;
-  EXPECT_EQ(resumeFrom(dir, layout, found).message(),
+  std::filesystem::path dir = freshDir("refusals");
+  CheckpointManifest manifest;
+  std::vector<char> back;
+  EXPECT_EQ(resumeTiny(dir, tiny, manifest, back).message(),
             "no checkpoint in '" + dir.string() + "' (missing '" +
                 (dir / "latest").string() + "')");
 
-  std::vector<char> state(layout.stateBytes, 3);
-  ASSERT_TRUE(
-      writeCheckpoint(dir, tiny.program, layout, 2, 7, state.data(), written)
-          .ok());
-  // Another layout: a parameter moved.
+  std::vector<char> state(120, 3);
+  ASSERT_TRUE(saveTiny(dir, tiny, 2, 7, state).ok());
+  std::filesystem::path shard = dir / "step_2" / "rank_0.shard";
+  std::string manifestFile = (dir / "step_2" / "manifest.tsv").string();
+
+  // Another model: a parameter of another global shape, or another name.
   TinyProgram other;
-  other.parameters[1].offset = 80;
-  EXPECT_EQ(resumeFrom(dir, checkpointLayout(other.program), found).message(),
-            "checkpoint '" + written.string() +
-                "' holds 120 state bytes of another parameter layout; this "
-                "program has 120");
-  // Incomplete.
-  std::filesystem::resize_file(written, 100);
-  EXPECT_EQ(resumeFrom(dir, layout, found).message(),
-            "checkpoint '" + written.string() +
-                "' has 100 bytes, not the 160 of a complete one");
-  // Not a checkpoint.
-  std::ofstream(written) << "not a checkpoint";
-  EXPECT_EQ(resumeFrom(dir, layout, found).message(),
-            "'" + written.string() + "' is not a moec checkpoint");
-  // `latest` names a file that is gone.
-  std::filesystem::remove(written);
-  EXPECT_EQ(resumeFrom(dir, layout, found).message(),
+  other.parameters[1].shape = {5};
+  other.parameters[1].count = 5;
+  EXPECT_EQ(resumeTiny(dir, other, manifest, back).message(),
+            "checkpoint '" + manifestFile +
+                "' holds parameter 'b' as 4 of 4-byte elements; this program "
+                "has 5 of 4");
+  TinyProgram renamed;
+  renamed.parameters[0].name = "v";
+  EXPECT_EQ(resumeTiny(dir, renamed, manifest, back).message(),
+            "checkpoint '" + manifestFile +
+                "' holds parameter 'w' where this program has 'v'");
+
+  // A corrupted shard, then a truncated one.
+  {
+    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(17);
+    f.put(4);
+  }
+  EXPECT_EQ(resumeTiny(dir, tiny, manifest, back).message(),
+            "checkpoint shard '" + shard.string() +
+                "' is corrupted: its checksum differs from the manifest's");
+  std::filesystem::resize_file(shard, 100);
+  EXPECT_EQ(resumeTiny(dir, tiny, manifest, back).message(),
+            "checkpoint shard '" + shard.string() +
+                "' has 100 bytes, the manifest says 120");
+  std::filesystem::remove(shard);
+  EXPECT_EQ(resumeTiny(dir, tiny, manifest, back).message(),
+            "checkpoint shard '" + shard.string() + "' cannot be opened");
+
+  // A cut manifest.
+  std::string text = readText(manifestFile);
+  std::ofstream(manifestFile) << text.substr(0, text.size() / 2);
+  EXPECT_NE(resumeTiny(dir, tiny, manifest, back)
+                .message()
+                .find("checkpoint manifest '" + manifestFile + "', line "),
+            std::string::npos);
+  // `latest` names a folder without a manifest.
+  std::filesystem::remove(manifestFile);
+  EXPECT_EQ(resumeTiny(dir, tiny, manifest, back).message(),
             "'" + (dir / "latest").string() +
-                "' names 'step_2.ckpt', which cannot be opened");
+                "' names 'step_2', which has no 'manifest.tsv'");
+}
+
+/// A crash after the shards but before the commit leaves the previous
+/// checkpoint the latest; the half-written one is never resumed from.
+TEST(Checkpoint, UncommittedShardsAreNotTheLatest) {
+  TinyProgram tiny;
+  std::filesystem::path dir = freshDir("uncommitted");
+  std::vector<char> first(120, 1), second(120, 2);
+  ASSERT_TRUE(saveTiny(dir, tiny, 4, 9, first).ok());
+  CheckpointShard shard;
+  ASSERT_TRUE(writeCheckpointShard(dir, 8, 0, second.data(), 120, shard).ok());
+  // And a temporary file of a manifest being written.
+  std::ofstream(dir / "step_8" / "manifest.tsv.tmp") << "moec-checkpoint\t1\n";
+  CheckpointManifest manifest;
+  std::vector<char> back;
+  ASSERT_TRUE(resumeTiny(dir, tiny, manifest, back).ok());
+  EXPECT_EQ(manifest.step, 4);
+  EXPECT_EQ(back, first);
+}
+
+//===----------------------------------------------------------------------===//
+// Resharding
+//===----------------------------------------------------------------------===//
+
+/// One parameter of the fake model, global.
+struct GlobalParameter {
+  const char *name;
+  std::vector<int64_t> shape;
+  bool expert;
+  int elementBytes;
+};
+
+const std::vector<GlobalParameter> kModel = {
+    {"embed", {10, 6}, false, 4},       // H = 4 divides neither: padding
+    {"experts.w1", {4, 6, 3}, true, 4}, // E = 4 experts
+    {"norm", {5}, false, 2},            // bf16, padding on H = 2 and 4
+};
+
+/// The model on one mesh: each rank's ParameterInfo (docs/partitioning.md's
+/// layout rule: chunk the first dimension, after the experts', that H
+/// divides, else the first; ceil(n / H) each) and its state.
+struct FakeProgram {
+  std::vector<ParameterInfo> parameters;
+  TrainProgram program;
+  explicit FakeProgram(MeshShape mesh) {
+    int64_t offset = 0;
+    for (const GlobalParameter &g : kModel) {
+      ParameterInfo q{g.name, g.shape, 0, 0, 0, 0, g.elementBytes};
+      q.globalShape = g.shape;
+      q.expertLocal = g.expert;
+      if (g.expert)
+        q.shape[0] /= mesh.expert;
+      if (mesh.shard > 1) {
+        size_t first = g.expert ? 1 : 0;
+        q.chunkDim = static_cast<int>(first);
+        for (size_t d = first; d < g.shape.size(); ++d)
+          if (g.shape[d] % mesh.shard == 0) {
+            q.chunkDim = static_cast<int>(d);
+            break;
+          }
+        q.shape[q.chunkDim] =
+            (g.shape[q.chunkDim] + mesh.shard - 1) / mesh.shard;
+      }
+      q.count = elementCount(q.shape);
+      q.offset = offset;
+      q.expAvgOffset = offset + q.count * g.elementBytes;
+      q.expAvgSqOffset = offset + 2 * q.count * g.elementBytes;
+      offset += 3 * q.count * g.elementBytes;
+      parameters.push_back(q);
+    }
+    program.parameters = parameters.data();
+    program.numParameters = static_cast<int>(parameters.size());
+    program.mesh = mesh;
+    program.derivedStateBytes = 16; // a bf16 copy, not saved
+    program.stateBytes = offset + program.derivedStateBytes;
+  }
+};
+
+/// The global values: element i of tensor k (0 value, 1 and 2 the moments)
+/// of parameter j is distinct everywhere.
+std::vector<char> globalTensor(size_t j, int k) {
+  const GlobalParameter &g = kModel[j];
+  int64_t n = elementCount(g.shape);
+  std::vector<char> bytes(n * g.elementBytes);
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t v = static_cast<uint32_t>(1 + i + 1000 * k + 100000 * j);
+    std::memcpy(bytes.data() + i * g.elementBytes, &v, g.elementBytes);
+  }
+  return bytes;
+}
+
+/// The saved state of world rank `rank` on `fake`'s mesh, cut from the
+/// global values (padding zero).
+std::vector<char> expectedState(const FakeProgram &fake, int64_t rank) {
+  const TrainProgram &p = fake.program;
+  std::vector<char> state(p.stateBytes - p.derivedStateBytes, 0);
+  auto c = meshCoordinates(p.mesh, rank);
+  for (size_t j = 0; j < kModel.size(); ++j) {
+    const ParameterInfo &q = fake.parameters[j];
+    BlockPlace place;
+    EXPECT_TRUE(
+        placeBlock(q.name, parameterLayout(q), p.mesh, c[1], c[2], place).ok());
+    const int64_t offsets[3] = {q.offset, q.expAvgOffset, q.expAvgSqOffset};
+    for (int k = 0; k < 3; ++k) {
+      std::vector<char> global = globalTensor(j, k);
+      copyOverlap(kModel[j].shape, wholePlace(kModel[j].shape), global.data(),
+                  q.shape, place, state.data() + offsets[k],
+                  q.elementBytes);
+    }
+  }
+  return state;
+}
+
+/// Every rank of `fake` writes its state, rank 0 commits.
+void saveAll(const std::filesystem::path &dir, const FakeProgram &fake,
+             int64_t step, const std::vector<std::vector<char>> &states) {
+  CheckpointManifest manifest = checkpointManifest(fake.program, step, 77);
+  for (size_t r = 0; r < states.size(); ++r) {
+    CheckpointShard shard;
+    Status s = writeCheckpointShard(dir, step, static_cast<int>(r),
+                                    states[r].data(),
+                                    static_cast<int64_t>(states[r].size()),
+                                    shard);
+    ASSERT_TRUE(s.ok()) << s.message();
+    manifest.shards.push_back(shard);
+  }
+  ASSERT_TRUE(commitCheckpoint(dir, manifest).ok());
+}
+
+/// Every rank of `fake` resumes from DIR's latest checkpoint.
+std::vector<std::vector<char>> resumeAll(const std::filesystem::path &dir,
+                                         const FakeProgram &fake,
+                                         ResumeKind expected) {
+  std::filesystem::path folder;
+  CheckpointManifest manifest;
+  Status found = findLatestCheckpoint(dir, folder, manifest);
+  EXPECT_TRUE(found.ok()) << found.message();
+  ResumeKind kind;
+  Status matched = matchCheckpoint(folder, manifest, fake.program, kind);
+  EXPECT_TRUE(matched.ok()) << matched.message();
+  EXPECT_EQ(kind, expected);
+  const TrainProgram &p = fake.program;
+  std::vector<std::vector<char>> states;
+  for (int64_t r = 0; r < p.mesh.size(); ++r) {
+    std::vector<char> state(p.stateBytes - p.derivedStateBytes, 0);
+    auto c = meshCoordinates(p.mesh, r);
+    Status read =
+        kind == ResumeKind::SameLayout
+            ? readCheckpointShard(folder, manifest, static_cast<int>(r),
+                                  state.data())
+            : reshardCheckpoint(folder, manifest, p, c[1], c[2], state.data());
+    EXPECT_TRUE(read.ok()) << read.message();
+    states.push_back(std::move(state));
+  }
+  return states;
+}
+
+/// Issue 13's sequence on W = 4: (H, P) = (2, 2) → (4, 1) → (1, 4), then
+/// other world sizes (2, 8 with replicas, 1) and back to (2, 2): every
+/// resumed rank holds exactly the blocks cut from the global values.
+TEST(Reshard, AcrossLayoutsAndWorldSizesBitExact) {
+  std::filesystem::path dir = freshDir("reshard");
+  const MeshShape sequence[] = {{1, 2, 2}, {1, 4, 1}, {1, 1, 4}, {1, 2, 1},
+                                {2, 2, 2}, {1, 1, 1}, {1, 2, 2}};
+  FakeProgram first(sequence[0]);
+  std::vector<std::vector<char>> firstStates;
+  for (int64_t r = 0; r < first.program.mesh.size(); ++r)
+    firstStates.push_back(expectedState(first, r));
+  saveAll(dir, first, 1, firstStates);
+  int64_t step = 1;
+  for (size_t i = 1; i < std::size(sequence); ++i) {
+    SCOPED_TRACE("resuming on the mesh " + std::to_string(sequence[i].replicas) +
+                 "x" + std::to_string(sequence[i].shard) + "x" +
+                 std::to_string(sequence[i].expert));
+    FakeProgram next(sequence[i]);
+    std::vector<std::vector<char>> states =
+        resumeAll(dir, next, ResumeKind::Reshard);
+    for (int64_t r = 0; r < next.program.mesh.size(); ++r)
+      EXPECT_EQ(states[r], expectedState(next, r)) << "rank " << r;
+    saveAll(dir, next, ++step, states);
+  }
+  // Back on the first layout: the first checkpoint's bytes.
+  EXPECT_EQ(resumeAll(dir, first, ResumeKind::SameLayout), firstStates);
+}
+
+TEST(Reshard, AMissingOldShardIsNamed) {
+  std::filesystem::path dir = freshDir("reshard-missing");
+  FakeProgram old(MeshShape{1, 2, 2});
+  std::vector<std::vector<char>> states;
+  for (int64_t r = 0; r < 4; ++r)
+    states.push_back(expectedState(old, r));
+  saveAll(dir, old, 3, states);
+  std::filesystem::remove(dir / "step_3" / "rank_2.shard");
+  FakeProgram next(MeshShape{1, 4, 1});
+  std::filesystem::path folder;
+  CheckpointManifest manifest;
+  ASSERT_TRUE(findLatestCheckpoint(dir, folder, manifest).ok());
+  std::vector<char> state(next.program.stateBytes -
+                          next.program.derivedStateBytes);
+  EXPECT_EQ(reshardCheckpoint(folder, manifest, next.program, 2, 0,
+                              state.data())
+                .message(),
+            "checkpoint shard '" + (folder / "rank_2.shard").string() +
+                "' cannot be opened");
 }
 
 } // namespace

@@ -384,7 +384,7 @@ int moec::cli::runTrain(const TrainingJobFlags &jobFlags) {
       HostTensor ids = HostTensor::ints({batch, seq});
       HostTensor lab = HostTensor::ints({batch, seq});
       for (int64_t b = 0; b < batch; ++b) {
-        int64_t block = ((t - 1) * globalBatch + r * batch + b) % blocks;
+        int64_t block = moert::trainingBlock(t, r, ranks, batch, b, blocks);
         std::copy_n(&tokens.i64[block * seq], seq, &ids.i64[b * seq]);
         std::copy_n(&labels.i64[block * seq], seq, &lab.i64[b * seq]);
       }

@@ -19,7 +19,9 @@
 
 #include <array>
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
+#include <string>
 
 namespace moert {
 
@@ -45,6 +47,15 @@ struct MeshShape {
     return axis == kReplicaAxis ? replicas : axis == kShardAxis ? shard : expert;
   }
 };
+
+/// The name of the group over `axes` in messages: the axes' names joined by
+/// '+' ("expert", "replica+expert", "replica+shard+expert").
+std::string meshGroupName(MeshAxes axes);
+
+/// The coordinates (r, h, p) of world rank `worldRank` on `shape`:
+/// w = (r · H + h) · P + p.
+std::array<int64_t, 3> meshCoordinates(const MeshShape &shape,
+                                       int64_t worldRank);
 
 /// A rank's place on the mesh and its communicator for every set of axes.
 class MeshGroups {

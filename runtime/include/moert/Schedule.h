@@ -1,9 +1,10 @@
 //===- Schedule.h - The learning-rate schedule of a training run -*- C++ -*-===//
 //
 // One definition for `moec train` (CPU reference) and the compiled
-// program's driver, so that both take the same learning rate at every step:
-// linear warm-up to the peak over `warmup` steps, then cosine decay to the
-// minimum at step `total`. Plain C++, no CUDA.
+// program's driver, so that both take the same learning rate at every step
+// (linear warm-up to the peak over `warmup` steps, then cosine decay to the
+// minimum at step `total`) and read the same token blocks. Plain C++, no
+// CUDA.
 //
 //===----------------------------------------------------------------------===//
 
@@ -31,6 +32,15 @@ struct LrSchedule {
            0.5 * (peak - minimum) * (1.0 + std::cos(M_PI * progress));
   }
 };
+
+/// The token block that row `row` of rank `rank`'s micro-batch of `batch`
+/// rows reads at 1-based step `t`: block r of the t-th global batch of
+/// worldSize · batch blocks, wrapping around the file's `blocks`. The W ranks
+/// together read what one process with a micro-batch of W · batch would.
+inline int64_t trainingBlock(int64_t t, int64_t rank, int64_t worldSize,
+                             int64_t batch, int64_t row, int64_t blocks) {
+  return ((t - 1) * worldSize * batch + rank * batch + row) % blocks;
+}
 
 } // namespace moert
 

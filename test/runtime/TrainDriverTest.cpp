@@ -1,0 +1,146 @@
+//===- TrainDriverTest.cpp - The driver's refusals before the GPU ---------===//
+//
+// runTrainProgram checks the world a program runs in before it touches the
+// GPU, so its refusals run here: a partitioned program started without a
+// launcher, under a launcher of another WORLD_SIZE, or with
+// --simulate-ranks of another W; --simulate-ranks on a one-rank program or
+// under a launcher; a program without a world communicator under a
+// launcher; a checkpoint with a truncated shard or of another model. Each
+// exits 1 with its message (death tests: the driver ends the process).
+//
+//===----------------------------------------------------------------------===//
+
+#include "moert/Checkpoint.h"
+#include "moert/TrainDriver.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+using namespace moert;
+
+namespace {
+
+/// A program partitioned for `mesh` with one fp32 parameter; nothing of it
+/// runs.
+struct FakeProgram {
+  std::vector<ParameterInfo> parameters = {{"w", {2, 3}, 0, 24, 48, 6, 4}};
+  TrainProgram program;
+  explicit FakeProgram(MeshShape mesh) {
+    program.model = "fake";
+    program.seq = 4;
+    program.vocab = 8;
+    program.parameters = parameters.data();
+    program.numParameters = 1;
+    program.stateBytes = 72;
+    program.mesh = mesh;
+  }
+};
+
+/// Runs the driver with `args` after the program's name, under the
+/// environment variables `env` (set in the dying child only).
+int runWith(const TrainProgram &program, std::vector<std::string> args,
+            const std::vector<std::pair<const char *, const char *>> &env) {
+  for (const char *name : {"RANK", "WORLD_SIZE", "LOCAL_RANK",
+                           "LOCAL_WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS",
+                           "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE",
+                           "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
+                           "OMPI_COMM_WORLD_LOCAL_RANK",
+                           "OMPI_COMM_WORLD_LOCAL_SIZE"})
+    ::unsetenv(name);
+  for (auto [name, value] : env)
+    ::setenv(name, value, 1);
+  args.insert(args.begin(), "train_step");
+  std::vector<char *> argv;
+  for (std::string &arg : args)
+    argv.push_back(arg.data());
+  return runTrainProgram(program, static_cast<int>(argv.size()), argv.data());
+}
+
+const std::vector<std::pair<const char *, const char *>> kTwoRanks = {
+    {"RANK", "0"},
+    {"WORLD_SIZE", "2"},
+    {"LOCAL_RANK", "0"},
+    {"LOCAL_WORLD_SIZE", "2"}};
+
+class TrainDriverDeathTest : public ::testing::Test {
+protected:
+  void SetUp() override { GTEST_FLAG_SET(death_test_style, "threadsafe"); }
+};
+
+TEST_F(TrainDriverDeathTest, PartitionedProgramNeedsItsWorld) {
+  FakeProgram fake(MeshShape{1, 2, 2});
+  EXPECT_EXIT(runWith(fake.program, {"--tokens", "t.bin"}, {}),
+              ::testing::ExitedWithCode(1),
+              "error: the program was partitioned for 4 ranks \\(mesh 1x2x2, "
+              "R x H x P\\): start it under a launcher \\(moec launch, "
+              "torchrun, srun, mpirun\\) with 4 ranks, or with "
+              "--simulate-ranks 4");
+  EXPECT_EXIT(runWith(fake.program, {"--tokens", "t.bin"}, kTwoRanks),
+              ::testing::ExitedWithCode(1),
+              "error: the launcher \\(torchrun\\) started 2 ranks "
+              "\\(WORLD_SIZE\\), but the program was partitioned for 4 ranks "
+              "\\(mesh 1x2x2, R x H x P\\)");
+  FakeProgram two(MeshShape{1, 1, 2});
+  EXPECT_EXIT(runWith(two.program, {"--tokens", "t.bin"}, kTwoRanks),
+              ::testing::ExitedWithCode(1),
+              "error: this program was built without a world communicator "
+              "\\(NCCL\\); it can only run with --simulate-ranks 2");
+}
+
+TEST_F(TrainDriverDeathTest, SimulatedRanksMustBeTheProgramsWorld) {
+  FakeProgram fake(MeshShape{1, 2, 2});
+  EXPECT_EXIT(
+      runWith(fake.program, {"--tokens", "t.bin", "--simulate-ranks", "8"}, {}),
+      ::testing::ExitedWithCode(1),
+      "error: --simulate-ranks 8: the program was partitioned for 4 ranks "
+      "\\(mesh 1x2x2, R x H x P\\)");
+  EXPECT_EXIT(runWith(fake.program,
+                      {"--tokens", "t.bin", "--simulate-ranks", "4"},
+                      {{"SLURM_PROCID", "1"},
+                       {"SLURM_NTASKS", "4"},
+                       {"SLURM_LOCALID", "1"},
+                       {"SLURM_NTASKS_PER_NODE", "4"}}),
+              ::testing::ExitedWithCode(1),
+              "error: --simulate-ranks runs every rank in this process, but "
+              "the launcher \\(slurm\\) started 4 ranks \\(WORLD_SIZE\\)");
+  FakeProgram one(MeshShape{});
+  EXPECT_EXIT(
+      runWith(one.program, {"--tokens", "t.bin", "--simulate-ranks", "2"}, {}),
+      ::testing::ExitedWithCode(1),
+      "error: --simulate-ranks 2: the program was compiled for one rank");
+}
+
+TEST_F(TrainDriverDeathTest, ACheckpointOfAnotherModelIsRefusedFirst) {
+  std::filesystem::path dir =
+      std::filesystem::path(::testing::TempDir()) / "moert-driver-resume";
+  std::filesystem::remove_all(dir);
+  FakeProgram saved(MeshShape{});
+  CheckpointManifest manifest = checkpointManifest(saved.program, 2, 5);
+  std::vector<char> state(72, 1);
+  CheckpointShard shard;
+  ASSERT_TRUE(writeCheckpointShard(dir, 2, 0, state.data(), 72, shard).ok());
+  manifest.shards.push_back(shard);
+  ASSERT_TRUE(commitCheckpoint(dir, manifest).ok());
+  // A truncated shard is refused before the GPU is touched too.
+  FakeProgram same(MeshShape{});
+  std::filesystem::resize_file(dir / "step_2" / "rank_0.shard", 70);
+  EXPECT_EXIT(runWith(same.program,
+                      {"--tokens", "t.bin", "--checkpoint-dir", dir.string(),
+                       "--resume"},
+                      {}),
+              ::testing::ExitedWithCode(1),
+              "error: checkpoint shard '.*step_2/rank_0.shard' has 70 bytes, "
+              "the manifest says 72");
+  FakeProgram other(MeshShape{1, 1, 2});
+  other.parameters[0].name = "v";
+  EXPECT_EXIT(runWith(other.program,
+                      {"--tokens", "t.bin", "--simulate-ranks", "2",
+                       "--checkpoint-dir", dir.string(), "--resume"},
+                      {}),
+              ::testing::ExitedWithCode(1),
+              "error: checkpoint '.*step_2/manifest.tsv' holds parameter 'w' "
+              "where this program has 'v'");
+}
+
+} // namespace
