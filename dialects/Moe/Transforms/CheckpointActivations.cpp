@@ -68,8 +68,17 @@ constexpr double kAttentionFlops = 500e12;
 constexpr double kMemoryBytesPerSecond = 3.9e12;
 constexpr double kCollectiveBytesPerSecond = 330e9;
 
-constexpr double kMiB = 1024.0 * 1024.0;
-constexpr double kGiB = 1024.0 * kMiB;
+/// `bytes` for a remark: in GiB, MiB or KiB, whichever is the largest
+/// unit below it, or in bytes.
+std::string formatBytes(int64_t bytes) {
+  const char *units[] = {"GiB", "MiB", "KiB"};
+  for (auto [i, unit] : llvm::enumerate(units)) {
+    double size = double(int64_t(1) << (10 * (3 - i)));
+    if (bytes >= size)
+      return llvm::formatv("{0:F2} {1}", bytes / size, unit);
+  }
+  return llvm::formatv("{0} B", bytes);
+}
 
 /// What one layer costs under one policy.
 struct LayerCost {
@@ -522,30 +531,35 @@ chooseAutomatically(StepAnalysis &step, Operation *func, int64_t budget) {
   double added = 0;
   std::string table;
   llvm::raw_string_ostream os(table);
-  os << llvm::formatv("\n  {0,-6} {1,-10} {2,12} {3,12} {4,12} {5,10}",
-                      "layer", "policy", "kept MiB", "none MiB", "recomp MiB",
-                      "added ms");
+  // Per layer: the choice, then each policy's kept bytes, recomputed bytes
+  // and added milliseconds.
+  os << "\n  layer  chosen     none: kept | selective: kept, recomputed, ms | "
+        "full: kept, recomputed, ms";
   for (auto [layer, choice] : llvm::enumerate(chosen)) {
-    const LayerCost &c = costs[layer][choice];
-    added += c.seconds;
-    os << llvm::formatv("\n  {0,-6} {1,-10} {2,12:F1} {3,12:F1} {4,12:F1} "
-                        "{5,10:F3}",
+    const std::array<LayerCost, 3> &c = costs[layer];
+    added += c[choice].seconds;
+    os << llvm::formatv("\n  {0,-6} {1,-10} {2} | {3}, {4}, {5:F3} | {6}, "
+                        "{7}, {8:F3}",
                         step.layers[layer].index,
                         stringifyActivationCheckpointing(choices[choice]),
-                        c.keptBytes / kMiB, costs[layer][0].keptBytes / kMiB,
-                        c.recomputedBytes / kMiB, c.seconds * 1e3);
+                        formatBytes(c[0].keptBytes),
+                        formatBytes(c[1].keptBytes),
+                        formatBytes(c[1].recomputedBytes), c[1].seconds * 1e3,
+                        formatBytes(c[2].keptBytes),
+                        formatBytes(c[2].recomputedBytes),
+                        c[2].seconds * 1e3);
   }
   std::string summary = llvm::formatv(
-      "activation checkpointing auto: {0:F2} GiB estimated for a budget of "
-      "{1:F2} GiB (arguments, gradients and other kept values {2:F2} GiB, "
-      "layers' kept values {3:F2} GiB, one layer's recomputed values {4:F2} "
-      "GiB); recomputation adds {5:F3} ms",
-      total / kGiB, budget / kGiB, *fixed / kGiB, kept / kGiB,
-      recomputed / kGiB, added * 1e3);
+      "activation checkpointing auto: {0} estimated for a budget of {1} "
+      "(arguments, gradients and other kept values {2}, layers' kept values "
+      "{3}, one layer's recomputed values {4}); recomputation adds {5:F3} ms",
+      formatBytes(total), formatBytes(budget), formatBytes(*fixed),
+      formatBytes(kept), formatBytes(recomputed), added * 1e3);
+  // At the function's location, without printing the function.
   if (total > budget)
-    return func->emitOpError()
+    return emitError(func->getLoc())
            << summary << ": it does not fit even with every layer full";
-  func->emitRemark() << summary << table;
+  emitRemark(func->getLoc()) << summary << table;
   std::vector<AC> policies;
   for (unsigned choice : chosen)
     policies.push_back(choices[choice]);
@@ -563,7 +577,7 @@ struct CheckpointActivationsPass
     if (policy == ActivationCheckpointing::Auto && memoryBudget <= 0) {
       func.emitOpError() << "needs a memory budget above 0 for activation "
                             "checkpointing auto, not "
-                         << memoryBudget;
+                         << static_cast<int64_t>(memoryBudget);
       return signalPassFailure();
     }
     StepAnalysis step(func.getBody().front());
