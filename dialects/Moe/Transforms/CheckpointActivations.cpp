@@ -527,6 +527,24 @@ chooseAutomatically(StepAnalysis &step, Operation *func, int64_t budget) {
       break;
     chosen[best->first] = best->second;
   }
+  // The same policy everywhere, when it fits and adds less time than the
+  // changes above (their order can miss it), wins.
+  auto addedSeconds = [&] {
+    double seconds = 0;
+    for (auto [layer, choice] : llvm::enumerate(chosen))
+      seconds += costs[layer][choice].seconds;
+    return seconds;
+  };
+  for (unsigned choice = 0; choice < 3; ++choice) {
+    std::vector<unsigned> best = chosen;
+    double bestSeconds = addedSeconds();
+    bool bestFits = std::get<0>(estimate()) <= budget;
+    chosen.assign(chosen.size(), choice);
+    if (std::get<0>(estimate()) <= budget &&
+        (!bestFits || addedSeconds() < bestSeconds))
+      continue;
+    chosen = best;
+  }
   auto [total, kept, recomputed] = estimate();
   double added = 0;
   std::string table;

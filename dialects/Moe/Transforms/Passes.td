@@ -189,7 +189,8 @@ def CheckpointActivations
       step's arguments and parameter gradients, plus every layer's kept
       values, plus the largest layer's recomputed values; while it exceeds
       `memory-budget`, the layer change with the least added time per byte
-      saved is taken. Time is a cost model: GEMMs at 650 TFLOP/s,
+      saved is taken; the same policy on every layer replaces that choice
+      when it fits and adds less time. Time is a cost model: GEMMs at 650 TFLOP/s,
       attention at 500 TFLOP/s, memory-bound ops at 3.9 TB/s of the bytes
       they read and write, collectives at 330 GB/s (H200 measurements,
       docs/benchmarks.md). A remark on the function explains the choice,
