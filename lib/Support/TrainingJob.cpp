@@ -172,6 +172,8 @@ const std::vector<KeyInfo> &keyTable() {
   using J = TrainingJob;
   namespace moe = mlir::moe;
   static const std::vector<KeyInfo> table = [] {
+    constexpr unsigned checkpointingPolicies =
+        moe::getMaxEnumValForActivationCheckpointing() + 1;
     KeyInfo randomSeed = intKey(
         "random_seed", &J::randomSeed, 0,
         "seed of the initialisation (the same global parameters for any "
@@ -225,15 +227,12 @@ const std::vector<KeyInfo> &keyTable() {
         boolKey("keep_param_copies", &J::keepParamCopies,
                 "keep bf16 copies of fp32 masters across steps"),
         enumKey("activation_checkpointing",
-                withBooleans(
-                    enumField<ActivationCheckpointing,
-                              stringifyActivationCheckpointing,
-                              symbolizeActivationCheckpointing,
-                              &J::activationCheckpointing,
-                              mlir::moe::
-                                      getMaxEnumValForActivationCheckpointing() +
-                                  1>(),
-                    "full", "none"),
+                withBooleans(enumField<ActivationCheckpointing,
+                                       stringifyActivationCheckpointing,
+                                       symbolizeActivationCheckpointing,
+                                       &J::activationCheckpointing,
+                                       checkpointingPolicies>(),
+                             "full", "none"),
                 "what the backward recomputes: none, selective (norms, "
                 "rotary, element-wise work, the router), full (each decoder "
                 "layer from its input), auto (per layer, the least time "

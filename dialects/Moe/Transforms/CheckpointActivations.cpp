@@ -155,8 +155,7 @@ FailureOr<bool> StepAnalysis::analyze(Operation *func,
   auto function = cast<FunctionOpInterface>(func);
   for (BlockArgument arg : body.getArguments())
     if (auto name = function.getArgAttrOfType<StringAttr>(
-            arg.getArgNumber(), MoeDialect::getParameterAttrName()))
-    {
+            arg.getArgNumber(), MoeDialect::getParameterAttrName())) {
       fixed.insert(arg);
       parameterLayer[arg] = layerOfParameter(name.getValue());
     }
@@ -176,12 +175,11 @@ FailureOr<bool> StepAnalysis::analyze(Operation *func,
           parameterLayer[r] = *layer;
       }
     }
-    bool isBackward =
-        op.hasTrait<ComputesGradient>() ||
-        llvm::any_of(op.getOperands(), [&](Value v) {
-          Operation *def = v.getDefiningOp();
-          return def && backwardOps.contains(def);
-        });
+    bool isBackward = op.hasTrait<ComputesGradient>() ||
+                      llvm::any_of(op.getOperands(), [&](Value v) {
+                        Operation *def = v.getDefiningOp();
+                        return def && backwardOps.contains(def);
+                      });
     if (isBackward) {
       backwardOps.insert(&op);
       backward.push_back(&op);
@@ -247,7 +245,8 @@ FailureOr<bool> StepAnalysis::analyze(Operation *func,
   // Ancestors of the layer boundaries, each op in the first layer that
   // needs it.
   DenseSet<Operation *> seen;
-  auto collect = [&](ArrayRef<Value> roots, llvm::SetVector<Operation *> *into) {
+  auto collect = [&](ArrayRef<Value> roots,
+                     llvm::SetVector<Operation *> *into) {
     SmallVector<Value> stack(roots.begin(), roots.end());
     while (!stack.empty()) {
       Value v = stack.pop_back_val();
@@ -263,8 +262,8 @@ FailureOr<bool> StepAnalysis::analyze(Operation *func,
     SmallVector<Value> inputs = activationsOf(entry.second);
     if (i == 0)
       collect(inputs, nullptr);
-    SmallVector<Value> outputs = activationsOf(
-        i + 1 < order.size() ? order[i + 1].second : end);
+    SmallVector<Value> outputs =
+        activationsOf(i + 1 < order.size() ? order[i + 1].second : end);
     boundaries.insert(inputs.begin(), inputs.end());
     boundaries.insert(outputs.begin(), outputs.end());
     Layer layer;
@@ -272,9 +271,8 @@ FailureOr<bool> StepAnalysis::analyze(Operation *func,
     collect(outputs, &layer.ops);
     // Program order.
     SmallVector<Operation *> ops(layer.ops.begin(), layer.ops.end());
-    llvm::sort(ops, [](Operation *a, Operation *b) {
-      return a->isBeforeInBlock(b);
-    });
+    llvm::sort(
+        ops, [](Operation *a, Operation *b) { return a->isBeforeInBlock(b); });
     layer.ops = llvm::SetVector<Operation *>(ops.begin(), ops.end());
     for (Operation *op : ops)
       layerOfOp[op] = layers.size();
@@ -350,8 +348,8 @@ FailureOr<int64_t> StepAnalysis::bytesOf(Value v) {
       continue;
     }
     if (d != 0 || !rowBound) {
-      Operation *where = v.getDefiningOp() ? v.getDefiningOp()
-                                           : body.getParentOp();
+      Operation *where =
+          v.getDefiningOp() ? v.getDefiningOp() : body.getParentOp();
       return where->emitOpError()
              << "has a value of type " << type
              << " whose size activation checkpointing auto cannot bound "
@@ -408,37 +406,42 @@ FailureOr<LayerCost> StepAnalysis::costOf(const Layer &l,
       if (layerOf(w.getDefiningOp()) == index)
         stack.push_back(w);
     }
-    cost.seconds += TypeSwitch<Operation *, double>(def)
-        .Case([&](LinearOp op) {
-          auto in = cast<RankedTensorType>(op.getInput().getType());
-          auto out = cast<RankedTensorType>(op.getResult().getType());
-          double flops = 2.0 * out.getNumElements() * in.getShape().back();
-          return std::max(flops / kGemmFlops, moved / kMemoryBytesPerSecond);
-        })
-        .Case([&](ExpertsOp op) {
-          // Per (token, choice) pair: gate/up [2I, h] and down [h, I].
-          auto gates = cast<RankedTensorType>(op.getGates().getType());
-          auto down = cast<RankedTensorType>(op.getDown().getType());
-          double pairs = gates.hasStaticShape() ? gates.getNumElements()
-                                                : double(rowBound.value_or(0));
-          double flops = 6.0 * pairs * down.getDimSize(1) * down.getDimSize(2);
-          return std::max(flops / kGemmFlops, moved / kMemoryBytesPerSecond);
-        })
-        .Case([&](AttentionOp op) {
-          // Causal: two [S, S] products per query head, half of them.
-          auto q = cast<RankedTensorType>(op.getQuery().getType());
-          double flops = 2.0 * q.getNumElements() * q.getDimSize(1);
-          return std::max(flops / kAttentionFlops,
-                          moved / kMemoryBytesPerSecond);
-        })
-        .Case<tensor::ExpandShapeOp, tensor::CollapseShapeOp>(
-            [](Operation *) { return 0.0; })
-        .Default([&](Operation *op) {
-          if (isa<DispatchOp, CombineOp, TokenShuffleOp>(op) ||
-              isa<shard::ShardDialect>(op->getDialect()))
-            return moved / kCollectiveBytesPerSecond;
-          return moved / kMemoryBytesPerSecond;
-        });
+    cost.seconds +=
+        TypeSwitch<Operation *, double>(def)
+            .Case([&](LinearOp op) {
+              auto in = cast<RankedTensorType>(op.getInput().getType());
+              auto out = cast<RankedTensorType>(op.getResult().getType());
+              double flops = 2.0 * out.getNumElements() * in.getShape().back();
+              return std::max(flops / kGemmFlops,
+                              moved / kMemoryBytesPerSecond);
+            })
+            .Case([&](ExpertsOp op) {
+              // Per (token, choice) pair: gate/up [2I, h] and down [h, I].
+              auto gates = cast<RankedTensorType>(op.getGates().getType());
+              auto down = cast<RankedTensorType>(op.getDown().getType());
+              double pairs = gates.hasStaticShape()
+                                 ? gates.getNumElements()
+                                 : double(rowBound.value_or(0));
+              double flops =
+                  6.0 * pairs * down.getDimSize(1) * down.getDimSize(2);
+              return std::max(flops / kGemmFlops,
+                              moved / kMemoryBytesPerSecond);
+            })
+            .Case([&](AttentionOp op) {
+              // Causal: two [S, S] products per query head, half of them.
+              auto q = cast<RankedTensorType>(op.getQuery().getType());
+              double flops = 2.0 * q.getNumElements() * q.getDimSize(1);
+              return std::max(flops / kAttentionFlops,
+                              moved / kMemoryBytesPerSecond);
+            })
+            .Case<tensor::ExpandShapeOp, tensor::CollapseShapeOp>(
+                [](Operation *) { return 0.0; })
+            .Default([&](Operation *op) {
+              if (isa<DispatchOp, CombineOp, TokenShuffleOp>(op) ||
+                  isa<shard::ShardDialect>(op->getDialect()))
+                return moved / kCollectiveBytesPerSecond;
+              return moved / kMemoryBytesPerSecond;
+            });
   }
   return cost;
 }
@@ -564,8 +567,7 @@ chooseAutomatically(StepAnalysis &step, Operation *func, int64_t budget) {
                         formatBytes(c[1].keptBytes),
                         formatBytes(c[1].recomputedBytes), c[1].seconds * 1e3,
                         formatBytes(c[2].keptBytes),
-                        formatBytes(c[2].recomputedBytes),
-                        c[2].seconds * 1e3);
+                        formatBytes(c[2].recomputedBytes), c[2].seconds * 1e3);
   }
   std::string summary = llvm::formatv(
       "activation checkpointing auto: {0} estimated for a budget of {1} "
@@ -590,7 +592,8 @@ struct CheckpointActivationsPass
 
   void runOnOperation() override {
     func::FuncOp func = getOperation();
-    if (policy == ActivationCheckpointing::None || !func.getBody().hasOneBlock())
+    if (policy == ActivationCheckpointing::None ||
+        !func.getBody().hasOneBlock())
       return;
     if (policy == ActivationCheckpointing::Auto && memoryBudget <= 0) {
       func.emitOpError() << "needs a memory budget above 0 for activation "
@@ -617,8 +620,7 @@ struct CheckpointActivationsPass
   }
 
   /// Makes every backward read of a recomputed value read a clone.
-  void rewrite(StepAnalysis &step,
-               ArrayRef<ActivationCheckpointing> policies) {
+  void rewrite(StepAnalysis &step, ArrayRef<ActivationCheckpointing> policies) {
     DenseMap<Value, Value> recomputedOf;
     // The clone of `v`'s op (of layer `layer`) before `user`, and of what
     // it needs, once.
@@ -635,8 +637,7 @@ struct CheckpointActivationsPass
       OpBuilder builder(user);
       Operation *clone = builder.clone(*def, mapping);
       clone->setAttr(MoeDialect::getRecomputeAttrName(),
-                     RecomputeAttr::get(&getContext(),
-                                        step.layers[layer].index,
+                     RecomputeAttr::get(&getContext(), step.layers[layer].index,
                                         policies[layer]));
       ++numRecomputed;
       for (auto [from, to] :
