@@ -668,21 +668,32 @@ struct CheckpointActivationsPass
           operand.set(recompute(operand.get(), layer, user));
       }
     }
-    // A forward moe.experts whose saved projections only the backward read
-    // stops saving them (the clone saves its own).
+    // A forward op that kept something for the backward alone (moe.experts'
+    // projections, moe.attention's log-sum-exp) stops keeping it: the
+    // recomputed op keeps its own.
     for (const Layer &layer : step.layers)
       for (Operation *op : layer.ops) {
-        auto experts = dyn_cast<ExpertsOp>(op);
-        if (!experts || !experts.getSaved() || !experts.getSaved().use_empty())
-          continue;
-        OpBuilder builder(experts);
-        auto plain = ExpertsOp::create(
-            builder, experts.getLoc(), experts.getResult().getType(),
-            /*saved=*/Type(), experts.getInput(), experts.getGates(),
-            experts.getExperts(), experts.getGateUp(), experts.getDown(),
-            experts.getGateUpLayoutAttr());
-        experts.getResult().replaceAllUsesWith(plain.getResult());
-        experts.erase();
+        OpBuilder builder(op);
+        if (auto experts = dyn_cast<ExpertsOp>(op);
+            experts && experts.getSaved() && experts.getSaved().use_empty()) {
+          auto plain = ExpertsOp::create(
+              builder, experts.getLoc(), experts.getResult().getType(),
+              /*saved=*/Type(), experts.getInput(), experts.getGates(),
+              experts.getExperts(), experts.getGateUp(), experts.getDown(),
+              experts.getGateUpLayoutAttr());
+          experts.getResult().replaceAllUsesWith(plain.getResult());
+          experts.erase();
+        } else if (auto attention = dyn_cast<AttentionOp>(op);
+                   attention && attention.getStats() &&
+                   attention.getStats().use_empty()) {
+          auto plain = AttentionOp::create(
+              builder, attention.getLoc(), attention.getResult().getType(),
+              /*stats=*/Type(), attention.getQuery(), attention.getKey(),
+              attention.getValue(), attention.getCausalAttr(),
+              attention.getScaleAttr(), attention.getSlidingWindowAttr());
+          attention.getResult().replaceAllUsesWith(plain.getResult());
+          attention.erase();
+        }
       }
   }
 };

@@ -162,7 +162,9 @@ def CheckpointActivations
     ones, so that the rest of the layer's forward values die in the
     forward. Recomputation is ordinary IR: clones of the forward ops, each
     placed right before its first use in the backward (and reused by later
-    uses), marked `moe.recompute = #moe.recompute<layer = N, policy>`.
+    uses), marked `moe.recompute = #moe.recompute<layer = N, policy>`. A
+    forward moe.experts or moe.attention whose saved projections or
+    log-sum-exp only the backward read stops keeping them.
 
     Decoder layer N is the forward between its input, the activation that
     the first op reading a `layers.N.` parameter takes (Mixtral's

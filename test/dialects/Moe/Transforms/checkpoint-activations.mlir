@@ -2,6 +2,7 @@
 // RUN: moec-opt %s --moe-train-pipeline="micro-batch-size=1 seq-length=4" | moec-opt --pass-pipeline='builtin.module(func.func(moe-checkpoint-activations{policy=selective}))' | FileCheck %s --check-prefix=SELECTIVE
 // RUN: moec-opt %s --moe-train-pipeline="micro-batch-size=1 seq-length=4" | moec-opt --pass-pipeline='builtin.module(func.func(moe-checkpoint-activations{policy=selective}))' | FileCheck %s --check-prefix=KEEPS
 // RUN: moec-opt %s --moe-train-pipeline="micro-batch-size=1 seq-length=4" | moec-opt --pass-pipeline='builtin.module(func.func(moe-checkpoint-activations{policy=none}))' | FileCheck %s --check-prefix=NONE
+// RUN: moec-opt %s --moe-compile-pipeline="micro-batch-size=1 seq-length=4 bf16=true cudnn-attention=true activation-checkpointing=full" | FileCheck %s --check-prefix=STATS
 // RUN: moec-opt %s --moe-train-pipeline="micro-batch-size=1 seq-length=4 world-size=2 expert-parallel-degree=2 hybrid-shard-degree=1" | moec-opt --pass-pipeline='builtin.module(func.func(moe-checkpoint-activations{policy=full}))' | FileCheck %s --check-prefix=RANKS
 // RUN: moec-opt %s --moe-train-pipeline="micro-batch-size=1 seq-length=4" | moec-opt --pass-pipeline='builtin.module(func.func(moe-checkpoint-activations{policy=auto memory-budget=1000000}))' -o /dev/null 2>&1 | FileCheck %s --check-prefix=AUTO-ROOM
 // RUN: moec-opt %s --moe-train-pipeline="micro-batch-size=1 seq-length=4" | moec-opt --pass-pipeline='builtin.module(func.func(moe-checkpoint-activations{policy=auto memory-budget=40000}))' 2>&1 | FileCheck %s --check-prefix=AUTO-TIGHT
@@ -30,6 +31,15 @@
 // FULL: moe.rms_norm {{.+}}moe.recompute = #moe.recompute<layer = 0, full>
 // FULL: moe.experts_grad
 // FULL: moe.embedding_grad
+
+// Tests that with attention on cuDNN (moe-save-attention-stats first) the
+// forward attention stops keeping its log-sum-exp and the recomputed one
+// keeps it for the gradient.
+// STATS-LABEL: func.func @train_step(
+// STATS: {{^ *}}%{{[^,]+}} = moe.attention %
+// STATS: moe.lm_head_cross_entropy_with_grad
+// STATS: %{{.+}}, %[[LSE:.+]] = moe.attention {{.+}}moe.recompute = #moe.recompute<layer = 1, full>
+// STATS: moe.attention_grad {{.+}}, %[[LSE]] {
 
 // Tests that selective recomputes norms, rotary, the residual sum and the
 // router from the kept GEMM and attention outputs, and nothing else.
