@@ -578,7 +578,7 @@ chooseAutomatically(StepAnalysis &step, Operation *func, int64_t budget) {
   // At the function's location, without printing the function.
   if (total > budget)
     return emitError(func->getLoc())
-           << summary << ": it does not fit even with every layer full";
+           << summary << ": it does not fit whatever the layers recompute";
   emitRemark(func->getLoc()) << summary << table;
   std::vector<AC> policies;
   for (unsigned choice : chosen)

@@ -196,8 +196,8 @@ def CheckpointActivations
       attention at 500 TFLOP/s, memory-bound ops at 3.9 TB/s of the bytes
       they read and write, collectives at 330 GB/s (H200 measurements,
       docs/benchmarks.md). A remark on the function explains the choice,
-      layer by layer; a step that does not fit with every layer full is an
-      error.
+      layer by layer; a step that does not fit whatever the layers
+      recompute is an error.
 
     ```mlir
     // full: the backward of layer 0 recomputes its norm from the kept input
