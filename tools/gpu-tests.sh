@@ -22,8 +22,11 @@
 # ce_loss, aux_loss and grad_norm each within its tolerance at every step and
 # in the median over the steps (TOLERANCES in python/moec/train_bf16.py),
 # both with fp32 master weights ("bf16": true; also checkpointed after 25
-# steps and resumed) and as a bf16 model ("param_dtype": "bf16"). Exits
-# non-zero on the first failure.
+# steps and resumed) and as a bf16 model ("param_dtype": "bf16"); the fp32
+# aux_loss step under activation checkpointing selective, full and auto
+# equals the CPU reference as above and the program without checkpointing
+# to a relative 1e-6 (recomputation is deterministic). Exits non-zero on
+# the first failure.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 mode="${1:-}"
@@ -81,6 +84,16 @@ if [[ "$mode" == prepare ]]; then
       --micro-batch-size 2 --steps 3 --moe-load-balancing "$m" \
       --dump "$dir/ref-$m" --log "$dir/ref-$m.csv" > /dev/null
   done
+  # auto's budget makes it recompute both layers (its remark says so).
+  for policy in selective full auto; do
+    budget=""
+    if [[ "$policy" == auto ]]; then
+      budget=', "memory_budget_gib": 0.0015'
+    fi
+    printf '{"micro_batch_size": 2, "seq_length": 64, "activation_checkpointing": "%s"%s}\n' \
+      "$policy" "$budget" > "$dir/ckpt-$policy.json"
+    "$moec" compile "$model" --config "$dir/ckpt-$policy.json" -o "$dir/ckpt-$policy"
+  done
   printf '{"micro_batch_size": 2, "seq_length": 64, "bf16": true}\n' > "$dir/bf16.json"
   "$moec" compile "$model" --config "$dir/bf16.json" -o "$dir/bf16"
   printf '{"micro_batch_size": 2, "seq_length": 64, "bf16": true, "param_dtype": "bf16"}\n' \
@@ -122,6 +135,15 @@ for m in "${modes[@]}"; do
     --log "$out/$m.csv" --dump "$out/$m"
   python3 -m moec.check_gpu --reference "$dir/ref-$m" --reference-log "$dir/ref-$m.csv" \
     --gpu "$out/$m" --gpu-log "$out/$m.csv" --tolerance 1e-4
+done
+for policy in selective full auto; do
+  echo "== fp32, aux_loss, activation checkpointing $policy: against the CPU reference and against none"
+  "$dir/ckpt-$policy/train_step" --tokens "$dir/data/train.bin" --steps 3 \
+    --log "$out/ckpt-$policy.csv" --dump "$out/ckpt-$policy"
+  python3 -m moec.check_gpu --reference "$dir/ref-aux_loss" --reference-log "$dir/ref-aux_loss.csv" \
+    --gpu "$out/ckpt-$policy" --gpu-log "$out/ckpt-$policy.csv" --tolerance 1e-4
+  python3 -m moec.check_gpu --reference "$out/aux_loss" --reference-log "$out/aux_loss.csv" \
+    --gpu "$out/ckpt-$policy" --gpu-log "$out/ckpt-$policy.csv" --tolerance 1e-6
 done
 echo "== checkpoint and resume (2 + 1 steps) against 3 steps"
 run="$dir/fp32-aux_loss/train_step"

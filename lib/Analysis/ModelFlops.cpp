@@ -33,6 +33,10 @@ FailureOr<ModelFlops> moec::trainStepModelFlops(func::FuncOp step) {
   moe::AttentionOp first;
   int64_t layers = 0;
   for (Operation &op : step.getBody().front()) {
+    // Recomputation (activation checkpointing) adds hardware FLOPs, not
+    // model FLOPs.
+    if (op.hasAttr(moe::MoeDialect::getRecomputeAttrName()))
+      continue;
     if (auto e = dyn_cast<moe::EmbeddingOp>(op))
       active -= elements(e.getTable());
     if (auto e = dyn_cast<moe::ExpertsOp>(op)) {

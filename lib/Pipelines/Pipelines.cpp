@@ -17,6 +17,7 @@
 #include "mlir/Transforms/Passes.h"
 
 using namespace mlir;
+using namespace moec;
 
 void moec::buildImportPipeline(OpPassManager &pm, bool requireComplete) {
   RaiseOnnxOptions options;
@@ -79,7 +80,9 @@ void moec::buildPartitionPipeline(OpPassManager &pm, const TrainingJob &job) {
   pm.addPass(createHybridShard(shard));
 }
 
-void moec::buildTrainPipeline(OpPassManager &pm, const TrainingJob &job,
+/// The train pipeline up to activation checkpointing: initialisation, the
+/// step, its shapes and, for a parallel layout, its partitioning.
+static void buildStepPipeline(OpPassManager &pm, const TrainingJob &job,
                               bool returnGradients) {
   moe::BuildInitParamsOptions init;
   init.initializerRange = job.initializerRange;
@@ -103,13 +106,30 @@ void moec::buildTrainPipeline(OpPassManager &pm, const TrainingJob &job,
     pm.addNestedPass<func::FuncOp>(moe::createSaveExpertActivations());
 }
 
+/// moe-checkpoint-activations with the job's policy and budget.
+static void addCheckpointActivations(OpPassManager &pm,
+                                     const TrainingJob &job) {
+  moe::CheckpointActivationsOptions checkpoint;
+  checkpoint.policy = job.activationCheckpointing;
+  checkpoint.memoryBudget = getMemoryBudgetBytes(job);
+  pm.addNestedPass<func::FuncOp>(moe::createCheckpointActivations(checkpoint));
+}
+
+void moec::buildTrainPipeline(OpPassManager &pm, const TrainingJob &job,
+                              bool returnGradients) {
+  buildStepPipeline(pm, job, returnGradients);
+  addCheckpointActivations(pm, job);
+}
+
 void moec::buildCompilePipeline(OpPassManager &pm, const TrainingJob &job,
                                 bool cudnnAttention) {
-  buildTrainPipeline(pm, job);
+  buildStepPipeline(pm, job, /*returnGradients=*/false);
   // bf16 attention on cuDNN keeps its output and log-sum-exp for the
-  // backward, as flash attention does (the GEMM kernels recompute).
+  // backward, as flash attention does (the GEMM kernels recompute); before
+  // checkpointing, so that a recomputed attention keeps them too.
   if (cudnnAttention && job.bf16)
     pm.addNestedPass<func::FuncOp>(moe::createSaveAttentionStats());
+  addCheckpointActivations(pm, job);
   pm.addNestedPass<func::FuncOp>(moe::createFuseElementwise());
   if (job.keepParamCopies)
     pm.addNestedPass<func::FuncOp>(moe::createKeepParamCopies());

@@ -225,6 +225,9 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
   case ActivationCheckpointing::Full:
     activationsPerToken = c.numLayers * layer.input + layer.all;
     break;
+  case ActivationCheckpointing::Auto:
+    llvm_unreachable("moec plan refuses activation_checkpointing auto "
+                     "(checkImplemented)");
   }
   const int64_t activations = tokens * (activationsPerToken + headPerToken);
 

@@ -41,25 +41,6 @@ moec::symbolizeShardingStrategy(llvm::StringRef name) {
       .Default(std::nullopt);
 }
 
-llvm::StringRef
-moec::stringifyActivationCheckpointing(ActivationCheckpointing c) {
-  switch (c) {
-  case ActivationCheckpointing::None: return "none";
-  case ActivationCheckpointing::Selective: return "selective";
-  case ActivationCheckpointing::Full: return "full";
-  }
-  llvm_unreachable("unknown activation checkpointing");
-}
-
-std::optional<ActivationCheckpointing>
-moec::symbolizeActivationCheckpointing(llvm::StringRef name) {
-  return llvm::StringSwitch<std::optional<ActivationCheckpointing>>(name)
-      .Case("none", ActivationCheckpointing::None)
-      .Case("selective", ActivationCheckpointing::Selective)
-      .Case("full", ActivationCheckpointing::Full)
-      .Default(std::nullopt);
-}
-
 llvm::StringRef moec::stringifyParamDtype(ParamDtype dtype) {
   return dtype == ParamDtype::Bf16 ? "bf16" : "fp32";
 }
@@ -93,6 +74,9 @@ struct EnumField {
   /// Sets the field to the value named `name`; false if there is none.
   bool (*set)(TrainingJob &, StringRef name);
   StringRef (*get)(const TrainingJob &);
+  /// The values a boolean stands for, where the key has a boolean spelling
+  /// too (SMP's `activation_checkpointing`); empty otherwise.
+  StringRef whenTrue = {}, whenFalse = {};
 };
 
 enum class Kind { Int, Number, Bool, Enum, String };
@@ -176,10 +160,20 @@ EnumField enumField() {
       [](const TrainingJob &job) { return stringify(job.*field); }};
 }
 
+/// `field`, also spelt true (`whenTrue`) and false (`whenFalse`).
+EnumField withBooleans(EnumField field, StringRef whenTrue,
+                       StringRef whenFalse) {
+  field.whenTrue = whenTrue;
+  field.whenFalse = whenFalse;
+  return field;
+}
+
 const std::vector<KeyInfo> &keyTable() {
   using J = TrainingJob;
   namespace moe = mlir::moe;
   static const std::vector<KeyInfo> table = [] {
+    constexpr unsigned checkpointingPolicies =
+        moe::getMaxEnumValForActivationCheckpointing() + 1;
     KeyInfo randomSeed = intKey(
         "random_seed", &J::randomSeed, 0,
         "seed of the initialisation (the same global parameters for any "
@@ -233,11 +227,20 @@ const std::vector<KeyInfo> &keyTable() {
         boolKey("keep_param_copies", &J::keepParamCopies,
                 "keep bf16 copies of fp32 masters across steps"),
         enumKey("activation_checkpointing",
-                enumField<ActivationCheckpointing,
-                          stringifyActivationCheckpointing,
-                          symbolizeActivationCheckpointing,
-                          &J::activationCheckpointing, 3>(),
-                "what the backward recomputes"),
+                withBooleans(enumField<ActivationCheckpointing,
+                                       stringifyActivationCheckpointing,
+                                       symbolizeActivationCheckpointing,
+                                       &J::activationCheckpointing,
+                                       checkpointingPolicies>(),
+                             "full", "none"),
+                "what the backward recomputes: none, selective (norms, "
+                "rotary, element-wise work, the router), full (each decoder "
+                "layer from its input), auto (per layer, the least time "
+                "that fits memory_budget_gib); true means full, false none"),
+        numberKey("memory_budget_gib", &J::memoryBudgetGib,
+                  Bound::NonNegative,
+                  "per-rank memory activation_checkpointing auto fits the "
+                  "step into, GiB (0: the GPU's memory less 10%)"),
         boolKey("sm_activation_offloading", &J::smActivationOffloading,
                 "keep saved activations in host memory"),
         intKey("activation_loading_horizon", &J::activationLoadingHorizon, 1,
@@ -297,7 +300,9 @@ std::string valueDescription(const KeyInfo &key) {
   case Kind::Number: return "number";
   case Kind::Bool: return "true|false";
   case Kind::String: return "string";
-  case Kind::Enum: return llvm::join(key.enumField.names(), "|");
+  case Kind::Enum:
+    return llvm::join(key.enumField.names(), "|") +
+           (key.enumField.whenTrue.empty() ? "" : "|true|false");
   }
   llvm_unreachable("unknown key kind");
 }
@@ -366,6 +371,13 @@ llvm::Error setValue(TrainingJob &job, const KeyInfo &key,
   }
   case Kind::Enum: {
     std::optional<StringRef> s = value.getAsString();
+    // A boolean, written as JSON or as the text of a flag, where the key
+    // has a boolean spelling.
+    std::optional<bool> b = value.getAsBoolean();
+    if (!b && s && (*s == "true" || *s == "false"))
+      b = *s == "true";
+    if (b && !key.enumField.whenTrue.empty())
+      s = *b ? key.enumField.whenTrue : key.enumField.whenFalse;
     if (!s)
       return error(fmt::format("{} must be one of {}, not {}", name.str(),
                                describeEnum(key.enumField), show(value)));
@@ -401,7 +413,24 @@ llvm::Error TrainingJob::validate() const {
   if (paramDtype == ParamDtype::Bf16 && !bf16)
     return error("param_dtype bf16 needs bf16 true (a bf16 model computes "
                  "in bf16)");
+  if (memoryBudgetGib != 0 &&
+      activationCheckpointing != ActivationCheckpointing::Auto)
+    return error(fmt::format(
+        "memory_budget_gib {} needs activation_checkpointing auto (it is {})",
+        memoryBudgetGib,
+        stringifyActivationCheckpointing(activationCheckpointing).str()));
   return llvm::Error::success();
+}
+
+int64_t moec::defaultMemoryBudgetBytes() {
+  const int64_t h200Bytes = int64_t(143771) << 20;
+  return h200Bytes / 10 * 9;
+}
+
+int64_t moec::getMemoryBudgetBytes(const TrainingJob &job) {
+  if (job.memoryBudgetGib == 0)
+    return defaultMemoryBudgetBytes();
+  return static_cast<int64_t>(job.memoryBudgetGib * double(int64_t(1) << 30));
 }
 
 llvm::json::Object TrainingJob::toJson() const {
@@ -560,6 +589,10 @@ llvm::Error moec::checkImplemented(const TrainingJob &job,
       return refuse("global_token_shuffle", "true", "tokens are not shuffled");
   }
   if (consumer == JobConsumer::Plan) {
+    if (job.activationCheckpointing == ActivationCheckpointing::Auto)
+      return refuse("activation_checkpointing", "auto",
+                    "it plans none, selective or full; moec compile chooses "
+                    "auto's policy per layer");
     if (job.paramDtype == ParamDtype::Bf16)
       return refuse("param_dtype", "bf16", "plans assume fp32 master weights");
     return llvm::Error::success();
@@ -585,11 +618,6 @@ llvm::Error moec::checkImplemented(const TrainingJob &job,
     return refuse("global_batch_size", std::to_string(job.globalBatchSize),
                   "no gradient accumulation: it must be 0 or world_size "
                   "times micro_batch_size");
-  if (job.activationCheckpointing != ActivationCheckpointing::None)
-    return refuse(
-        "activation_checkpointing",
-        stringifyActivationCheckpointing(job.activationCheckpointing).str(),
-        "recompute_experts is the one recomputation so far");
   if (consumer == JobConsumer::Train) {
     if (job.paramDtype == ParamDtype::Bf16)
       return refuse("param_dtype", "bf16",

@@ -1,9 +1,11 @@
-"""Compares a training run of a compiled program with the CPU reference's.
+"""Compares a training run of a compiled program with the CPU reference's (or another program's).
 
     python -m moec.check_gpu --reference REF_DIR --reference-log REF.csv \
         --gpu GPU_DIR --gpu-log GPU.csv [--tolerance 1e-4]
 
-REF_DIR / REF.csv: ``moec train MODEL --reference --dump REF_DIR --log REF.csv``;
+REF_DIR / REF.csv: ``moec train MODEL --reference --dump REF_DIR --log REF.csv``,
+or another compiled program's dump and log (its parameters read like the
+GPU's; activation checkpointing compares each policy with none so);
 GPU_DIR / GPU.csv: the compiled ``train_step --dump GPU_DIR --log GPU.csv``
 on the same tokens, steps and options. Compares every step's loss, ce_loss,
 aux_loss and grad_norm, and every final parameter of the reference
@@ -86,7 +88,21 @@ def check_parameters(reference: Path, gpu: Path, tolerance: float) -> bool:
     all are present, of the same shape and within ``tolerance``.
     """
     ref_dir, gpu_dir = reference / "final" / "param", gpu / "final" / "param"
-    names = sorted(path.name[: -len(".pb")] for path in ref_dir.glob("*.pb"))
+    ref_index = ref_dir / "index.tsv"
+    if ref_index.is_file():
+        # Another program's dump: float32 values, shapes from its index.
+        ref_shapes = read_index(ref_index)
+        names = sorted(ref_shapes)
+
+        def read_reference(name):
+            values = np.fromfile(ref_dir / f"{name}.bin", dtype="<f4")
+            return values.reshape(ref_shapes[name]).astype(np.float64)
+    else:
+        names = sorted(path.name[: -len(".pb")] for path in ref_dir.glob("*.pb"))
+
+        def read_reference(name):
+            return read_tensor(ref_dir / f"{name}.pb")
+
     if not names:
         print(f"check_gpu: error: the reference dump holds no final parameters ({ref_dir})", file=sys.stderr)
         return False
@@ -105,7 +121,7 @@ def check_parameters(reference: Path, gpu: Path, tolerance: float) -> bool:
             print(f"{name}: missing from the GPU dump  FAIL")
             passed = False
             continue
-        ref = read_tensor(ref_dir / f"{name}.pb")
+        ref = read_reference(name)
         values = np.fromfile(gpu_dir / f"{name}.bin", dtype="<f4")
         if ref.shape != shapes[name] or values.size != ref.size:
             print(f"{name}: reference shape {ref.shape}, gpu {shapes[name]} ({values.size} values)  FAIL")

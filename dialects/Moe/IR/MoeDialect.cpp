@@ -148,6 +148,17 @@ LogicalResult MoeDialect::verifyOperationAttribute(Operation *op,
                                << "; it is a unit attribute of arith.truncf";
     return success();
   }
+  if (name == getRecomputeAttrName()) {
+    auto recompute = dyn_cast<RecomputeAttr>(value);
+    if (!recompute || recompute.getLayer() < 0 ||
+        (recompute.getPolicy() != ActivationCheckpointing::Selective &&
+         recompute.getPolicy() != ActivationCheckpointing::Full))
+      return op->emitOpError()
+             << "has '" << name << "' = " << value
+             << "; it is a #moe.recompute with a layer of at least 0 and "
+                "the policy selective or full";
+    return success();
+  }
   if (name == getArenaOffsetsAttrName()) {
     auto offsets = dyn_cast<DenseI64ArrayAttr>(value);
     if (!offsets)

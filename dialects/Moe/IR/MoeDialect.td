@@ -87,6 +87,11 @@ def Moe_Dialect : Dialect {
     static ::llvm::StringRef getArenaLiveBytesAttrName() {
       return "moe.arena_live_bytes";
     }
+    /// `moe.recompute = #moe.recompute<layer = N, policy>` on an op: a
+    /// clone of decoder layer N's forward op that the backward recomputes
+    /// under activation checkpointing `policy` (selective or full) instead
+    /// of keeping its result (moe-checkpoint-activations).
+    static ::llvm::StringRef getRecomputeAttrName() { return "moe.recompute"; }
     /// `moe.adamw_group = N : i64` on a moe.adamw: the multi-tensor update
     /// it belongs to (moe-group-adamw).
     static ::llvm::StringRef getAdamWGroupAttrName() {
@@ -144,6 +149,35 @@ def Moe_GateUpLayout : I32EnumAttr<"GateUpLayout",
 def Moe_GateUpLayoutAttr : EnumAttr<Moe_Dialect, Moe_GateUpLayout,
                                     "gate_up_layout"> {
   let assemblyFormat = "`<` $value `>`";
+}
+
+def Moe_ActivationCheckpointing : I32EnumAttr<"ActivationCheckpointing",
+    "what the backward recomputes instead of keeping", [
+      // Keep every activation the backward reads.
+      I32EnumAttrCase<"None", 0, "none">,
+      // Keep GEMM, attention and collective outputs; recompute norms,
+      // rotary, element-wise work and the router.
+      I32EnumAttrCase<"Selective", 1, "selective">,
+      // Keep each decoder layer's input; recompute the layer.
+      I32EnumAttrCase<"Full", 2, "full">,
+      // Per layer none, selective or full: the least added time that fits
+      // a memory budget.
+      I32EnumAttrCase<"Auto", 3, "auto">
+    ]> {
+  let cppNamespace = "::mlir::moe";
+  let genSpecializedAttr = 0;
+}
+
+def Moe_RecomputeAttr : Moe_Attr<"Recompute", "recompute"> {
+  let summary = "the decoder layer and policy of a recomputed forward op";
+  let description = [{
+    Marks an op that moe-checkpoint-activations cloned from decoder layer
+    `layer`'s forward into the backward, under `policy` (`selective` or
+    `full`), e.g. `#moe.recompute<layer = 3, full>`.
+  }];
+  let parameters = (ins "int64_t":$layer,
+                        EnumParameter<Moe_ActivationCheckpointing>:$policy);
+  let assemblyFormat = "`<` `layer` `=` $layer `,` $policy `>`";
 }
 
 def Moe_ParamInitKind : I32EnumAttr<"ParamInitKind",

@@ -13,6 +13,15 @@
 #include "mlir/IR/OpDefinition.h"
 #include "mlir/Interfaces/SideEffectInterfaces.h"
 
+namespace mlir::moe {
+/// The trait of the ops that compute gradients (MoeOps.td's
+/// Moe_ComputesGradient): a training step's backward is what depends on
+/// their results.
+template <typename ConcreteType>
+class ComputesGradient
+    : public OpTrait::TraitBase<ConcreteType, ComputesGradient> {};
+} // namespace mlir::moe
+
 #define GET_OP_CLASSES
 #include "dialects/Moe/IR/MoeOps.h.inc"
 

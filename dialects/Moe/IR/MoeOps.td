@@ -383,11 +383,17 @@ def Moe_ExpertCountsOp : Moe_Op<"expert_counts", [Pure]> {
 // Training: gradients
 //===----------------------------------------------------------------------===//
 
+// Ops that compute gradients: the backward of a training step is what
+// depends on their results (moe-checkpoint-activations).
+def Moe_ComputesGradient : NativeOpTrait<"ComputesGradient"> {
+  let cppNamespace = "::mlir::moe";
+}
+
 // Gradient ops. A weight's gradient has the weight's shape; its element
 // type may be wider than the weight's (fp32 for a bf16 compute copy, after
 // moe-widen-weight-grads), so the kernel accumulates and stores it in fp32.
 class Moe_GradOp<string mnemonic, list<Trait> traits = []>
-    : Moe_Op<mnemonic, !listconcat([Pure], traits)> {
+    : Moe_Op<mnemonic, !listconcat([Pure, Moe_ComputesGradient], traits)> {
   let assemblyFormat = [{
     operands attr-dict `:` functional-type(operands, results)
   }];
@@ -502,7 +508,7 @@ def Moe_LmHeadCrossEntropyGradOp : Moe_GradOp<"lm_head_cross_entropy_grad", [
 }
 
 def Moe_LmHeadCrossEntropyWithGradOp : Moe_Op<"lm_head_cross_entropy_with_grad", [
-    Pure, AllTypesMatch<["input", "d_input"]>,
+    Pure, Moe_ComputesGradient, AllTypesMatch<["input", "d_input"]>,
     AllShapesMatch<["weight", "d_weight"]>]> {
   let summary = "moe.lm_head_cross_entropy and its gradients in one pass";
   let description = [{

@@ -13,18 +13,31 @@
 
 namespace mlir::moe {
 
-/// A pass-option modifier that accepts every LoadBalancing value by its name
-/// in the dialect, so that a pass option can be typed by the enum and a new
-/// mode needs nothing here.
-struct LoadBalancingNames {
+/// A pass-option modifier that accepts every value of a dialect enum by its
+/// name, so that a pass option can be typed by the enum and a new value
+/// needs nothing here.
+template <typename Enum, uint32_t maxValue,
+          std::optional<Enum> (*symbolize)(uint32_t),
+          llvm::StringRef (*stringify)(Enum)>
+struct EnumNames {
   template <typename Opt>
   void apply(Opt &option) const {
-    for (uint32_t value = 0; value <= getMaxEnumValForLoadBalancing(); ++value)
-      if (std::optional<LoadBalancing> mode = symbolizeLoadBalancing(value))
-        option.getParser().addLiteralOption(stringifyLoadBalancing(*mode),
-                                            *mode, "");
+    for (uint32_t value = 0; value <= maxValue; ++value)
+      if (std::optional<Enum> e = symbolize(value))
+        option.getParser().addLiteralOption(stringify(*e), *e, "");
   }
 };
+
+/// The names of LoadBalancing, for pass options.
+using LoadBalancingNames =
+    EnumNames<LoadBalancing, getMaxEnumValForLoadBalancing(),
+              symbolizeLoadBalancing, stringifyLoadBalancing>;
+/// The names of ActivationCheckpointing, for pass options.
+using ActivationCheckpointingNames =
+    EnumNames<ActivationCheckpointing,
+              getMaxEnumValForActivationCheckpointing(),
+              symbolizeActivationCheckpointing,
+              stringifyActivationCheckpointing>;
 
 #define GEN_PASS_DECL
 #include "dialects/Moe/Transforms/Passes.h.inc"

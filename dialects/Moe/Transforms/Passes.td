@@ -152,6 +152,77 @@ def SaveAttentionStats
   ];
 }
 
+def CheckpointActivations
+    : Pass<"moe-checkpoint-activations", "::mlir::func::FuncOp"> {
+  let summary = "recomputes decoder layers' forward values in the backward";
+  let description = [{
+    Activation checkpointing on a built training step (after
+    moe-build-train-step, on the one-GPU or the partitioned step): the
+    backward of a decoder layer reads values recomputed from a few kept
+    ones, so that the rest of the layer's forward values die in the
+    forward. Recomputation is ordinary IR: clones of the forward ops, each
+    placed right before its first use in the backward (and reused by later
+    uses), marked `moe.recompute = #moe.recompute<layer = N, policy>`. A
+    forward moe.experts or moe.attention whose saved projections or
+    log-sum-exp only the backward read stops keeping them.
+
+    Decoder layer N is the forward between its input, the activation that
+    the first op reading a `layers.N.` parameter takes (Mixtral's
+    input_layernorm), and the next layer's input (the last layer ends at
+    the first op after it that reads another parameter, the final norm).
+    The backward is every op that depends on a gradient op
+    (`Moe_ComputesGradient`). Always kept: a layer's input and output,
+    what a backward op reads from two or more layers at once (the router
+    logits for the load-balancing loss's gradient, which runs before any
+    layer's backward), ops with memory effects and values computed from
+    parameters alone.
+
+    - `none`: nothing changes.
+    - `selective`: keeps the outputs of GEMMs (moe.linear, moe.experts with
+      its saved projections), of moe.attention and of collectives
+      (moe.dispatch, moe.combine, moe.token_shuffle, shard ops);
+      recomputes norms, rotary, element-wise work, reshapes and the router.
+    - `full`: keeps only the above; recomputes the whole layer, including
+      its dispatch and combine: every rank runs the same program, so the
+      recomputed collectives run in the same order on all ranks of a
+      group, and their results equal the forward's (routing and the row
+      order are deterministic).
+    - `auto`: per layer none, selective or full. The estimate is the
+      step's arguments and parameter gradients, plus every layer's kept
+      values, plus the largest layer's recomputed values; while it exceeds
+      `memory-budget`, the layer change with the least added time per byte
+      saved is taken; the same policy on every layer replaces that choice
+      when it fits and adds less time. Time is a cost model: GEMMs at 650 TFLOP/s,
+      attention at 500 TFLOP/s, memory-bound ops at 3.9 TB/s of the bytes
+      they read and write, collectives at 330 GB/s (H200 measurements,
+      docs/benchmarks.md). A remark on the function explains the choice,
+      layer by layer; a step that does not fit whatever the layers
+      recompute is an error.
+
+    ```mlir
+    // full: the backward of layer 0 recomputes its norm from the kept input
+    %n = moe.rms_norm %x, %w {epsilon = 1.0e-05 : f64} : (...) -> tensor<2x8x32xf32>
+    ...
+    %n_0 = moe.rms_norm %x, %w {epsilon = 1.0e-05 : f64,
+        moe.recompute = #moe.recompute<layer = 0, full>} : (...) -> tensor<2x8x32xf32>
+    %dx, %dw = moe.linear_grad %n_0, %wq, %dq : (...) -> (...)
+    ```
+  }];
+  let dependentDialects = ["::mlir::moe::MoeDialect"];
+  let options = [
+    Option<"policy", "policy", "::mlir::moe::ActivationCheckpointing",
+           "::mlir::moe::ActivationCheckpointing::None",
+           "what the backward recomputes (none, selective, full, auto)",
+           "::mlir::moe::ActivationCheckpointingNames{}">,
+    Option<"memoryBudget", "memory-budget", "int64_t", "0",
+           "bytes the step must fit into under auto">
+  ];
+  let statistics = [
+    Statistic<"numLayers", "num-layers", "decoder layers found">,
+    Statistic<"numRecomputed", "num-recomputed", "forward ops cloned into the backward">
+  ];
+}
+
 def FuseElementwise : Pass<"moe-fuse-elementwise", "::mlir::func::FuncOp"> {
   let summary = "outlines trees of element-wise arith ops into moe.fusion";
   let description = [{

@@ -49,14 +49,16 @@ void buildPartitionPipeline(mlir::OpPassManager &pm, const TrainingJob &job);
 /// executor runs them: moe-build-init-params, the train-step pipeline,
 /// moe-specialize-shapes, and for a partitioned job
 /// (isPartitioned) the partition pipeline, before
-/// moe-save-expert-activations. With `returnGradients` the step also returns
-/// every parameter's gradient.
+/// moe-save-expert-activations, then moe-checkpoint-activations with the
+/// job's activation_checkpointing and memory budget. With
+/// `returnGradients` the step also returns every parameter's gradient.
 void buildTrainPipeline(mlir::OpPassManager &pm, const TrainingJob &job,
                         bool returnGradients = false);
 
-/// `moe-compile-pipeline`: the train pipeline, then what a one-GPU program
+/// `moe-compile-pipeline`: the train pipeline, with what a one-GPU program
 /// needs: moe-save-attention-stats (bf16 attention on cuDNN, when
-/// `cudnnAttention`), moe-fuse-elementwise, moe-keep-param-copies (unless
+/// `cudnnAttention`) before moe-checkpoint-activations, then
+/// moe-fuse-elementwise, moe-keep-param-copies (unless
 /// the job says keep_param_copies false), moe-plan-memory, then the
 /// preparation for the printer: moe-fuse-add-rms-norm and moe-group-adamw.
 void buildCompilePipeline(mlir::OpPassManager &pm, const TrainingJob &job,

@@ -49,19 +49,13 @@ enum class ShardingStrategy {
 llvm::StringRef stringifyShardingStrategy(ShardingStrategy strategy);
 std::optional<ShardingStrategy> symbolizeShardingStrategy(llvm::StringRef);
 
-/// `activation_checkpointing`: what the backward recomputes.
-enum class ActivationCheckpointing {
-  /// Keep every activation the backward needs.
-  None,
-  /// Keep GEMM outputs, recompute RMS norms and SwiGLU in the backward.
-  Selective,
-  /// Keep each decoder layer's input, recompute the layer in the backward.
-  Full,
-};
-
-llvm::StringRef stringifyActivationCheckpointing(ActivationCheckpointing c);
-std::optional<ActivationCheckpointing>
-symbolizeActivationCheckpointing(llvm::StringRef name);
+/// `activation_checkpointing`: what the backward recomputes (none,
+/// selective, full, auto); the dialect's enum, which
+/// moe-checkpoint-activations takes. SMP's boolean spelling is accepted:
+/// true is full, false is none.
+using ActivationCheckpointing = mlir::moe::ActivationCheckpointing;
+using mlir::moe::stringifyActivationCheckpointing;
+using mlir::moe::symbolizeActivationCheckpointing;
 
 /// `param_dtype`: the element type of the parameters, their gradients and
 /// the AdamW moments.
@@ -132,6 +126,10 @@ struct TrainingJob {
   bool keepParamCopies = true;
   ActivationCheckpointing activationCheckpointing =
       ActivationCheckpointing::None;
+  /// `memory_budget_gib`: the per-rank memory `activation_checkpointing`
+  /// auto fits the step into, GiB; 0 means the GPU's memory less a margin
+  /// (defaultMemoryBudgetBytes).
+  double memoryBudgetGib = 0.0;
   /// `sm_activation_offloading`: saved activations in host memory.
   bool smActivationOffloading = false;
   /// `activation_loading_horizon`: layers prefetched ahead when offloading.
@@ -162,6 +160,15 @@ struct TrainingJob {
   /// Every key and its value, as a config file would spell them.
   llvm::json::Object toJson() const;
 };
+
+/// The budget `memory_budget_gib` 0 stands for: the H200's 143,771 MiB (the
+/// GPU `moec compile` targets) less 10% for the CUDA context, library
+/// workspaces and the allocator.
+int64_t defaultMemoryBudgetBytes();
+
+/// The per-rank memory budget of `job` in bytes (memory_budget_gib, or
+/// defaultMemoryBudgetBytes() for 0).
+int64_t getMemoryBudgetBytes(const TrainingJob &job);
 
 /// One key of a job: its spellings and how it is documented.
 struct TrainingJobKey {

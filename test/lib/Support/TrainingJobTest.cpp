@@ -170,7 +170,35 @@ TEST(TrainingJob, UnknownKeysAndValues) {
             "param_dtype 'fp16' is not one of fp32, bf16");
   EXPECT_EQ(readError(R"({"activation_checkpointing": "some"})"),
             "activation_checkpointing 'some' is not one of none, selective, "
-            "full");
+            "full, auto");
+}
+
+TEST(TrainingJob, ActivationCheckpointingSpellings) {
+  // SMP's boolean: true is full, false is none, as JSON or as a flag.
+  TrainingJob job;
+  EXPECT_EQ(readError(R"({"activation_checkpointing": true})", &job), "");
+  EXPECT_EQ(job.activationCheckpointing, ActivationCheckpointing::Full);
+  EXPECT_EQ(readError(R"({"activation_checkpointing": false})", &job), "");
+  EXPECT_EQ(job.activationCheckpointing, ActivationCheckpointing::None);
+  EXPECT_EQ(textError("activation-checkpointing", "true"), "");
+  EXPECT_EQ(textError("activation-checkpointing", "auto"), "");
+  EXPECT_EQ(readError(R"({"activation_checkpointing": 1})"),
+            "activation_checkpointing must be one of none, selective, full, "
+            "auto, not 1");
+  // The budget belongs to auto; 0 means the GPU's memory less 10%.
+  EXPECT_EQ(readError(R"({"activation_checkpointing": "auto",
+                          "memory_budget_gib": 40})",
+                      &job),
+            "");
+  EXPECT_EQ(getMemoryBudgetBytes(job), int64_t(40) << 30);
+  EXPECT_EQ(getMemoryBudgetBytes(TrainingJob()), defaultMemoryBudgetBytes());
+  EXPECT_EQ(defaultMemoryBudgetBytes(), (int64_t(143771) << 20) / 10 * 9);
+  EXPECT_EQ(readError(R"({"activation_checkpointing": "full",
+                          "memory_budget_gib": 40})"),
+            "memory_budget_gib 40 needs activation_checkpointing auto (it is "
+            "full)");
+  EXPECT_EQ(readError(R"({"memory_budget_gib": -1})"),
+            "memory_budget_gib -1 must not be negative");
 }
 
 TEST(TrainingJob, Ranges) {
@@ -291,9 +319,8 @@ TEST(TrainingJob, CompileRefusesWhatItDoesNotImplement) {
   EXPECT_EQ(compileError("moe_all_to_all_dispatcher", "false"),
             "moe_all_to_all_dispatcher false is not implemented yet by moec "
             "compile (tokens are dispatched by all-to-all)");
-  EXPECT_EQ(compileError("activation_checkpointing", "full"),
-            "activation_checkpointing full is not implemented yet by moec "
-            "compile (recompute_experts is the one recomputation so far)");
+  EXPECT_EQ(compileError("activation_checkpointing", "full"), "");
+  EXPECT_EQ(compileError("activation_checkpointing", "auto"), "");
   EXPECT_EQ(compileError("sm_activation_offloading", "true"),
             "sm_activation_offloading true is not implemented yet by moec "
             "compile (activations stay on the GPU)");
@@ -349,9 +376,15 @@ TEST(TrainingJob, TrainAndPlanImplementDifferentParts) {
             "gradient accumulation: it must be 0 or world_size times "
             "micro_batch_size)");
   parallel.globalBatchSize = parallel.worldSize * parallel.microBatchSize;
-  EXPECT_EQ(implementedError(parallel, JobConsumer::Train),
-            "activation_checkpointing full is not implemented yet by moec "
-            "train (recompute_experts is the one recomputation so far)");
+  EXPECT_EQ(implementedError(parallel, JobConsumer::Train), "");
+  // moe-checkpoint-activations chooses auto's policies per layer; the plan
+  // models the three fixed policies.
+  parallel.activationCheckpointing = ActivationCheckpointing::Auto;
+  EXPECT_EQ(implementedError(parallel, JobConsumer::Train), "");
+  EXPECT_EQ(implementedError(parallel, JobConsumer::Plan),
+            "activation_checkpointing auto is not implemented yet by moec "
+            "plan (it plans none, selective or full; moec compile chooses "
+            "auto's policy per layer)");
   // The reference runs any layout on simulated ranks, with either
   // dispatcher and the token shuffle; the plan does not model those two.
   parallel.activationCheckpointing = ActivationCheckpointing::None;

@@ -848,3 +848,30 @@ func.func @expert_local_not_state(%x: tensor<2x4xf32> {moe.expert_local}) {
 func.func @expert_local_value(%w: tensor<2x4xf32> {moe.parameter = "w", moe.expert_local = 1 : i64}) {
   return
 }
+
+// -----
+
+// Tests that moe.recompute names a layer and the selective or full policy.
+func.func @recompute_policy(%w: tensor<4xf32>) {
+  // expected-error@+1 {{'arith.negf' op has 'moe.recompute' = #moe.recompute<layer = 0, auto>; it is a #moe.recompute with a layer of at least 0 and the policy selective or full}}
+  %n = arith.negf %w {moe.recompute = #moe.recompute<layer = 0, auto>} : tensor<4xf32>
+  return
+}
+
+// -----
+
+// Tests that moe.recompute is a #moe.recompute.
+func.func @recompute_type(%w: tensor<4xf32>) {
+  // expected-error@+1 {{'arith.negf' op has 'moe.recompute' = 3 : i64; it is a #moe.recompute with a layer of at least 0 and the policy selective or full}}
+  %n = arith.negf %w {moe.recompute = 3 : i64} : tensor<4xf32>
+  return
+}
+
+// -----
+
+// Tests that a recomputed op's layer is not negative.
+func.func @recompute_layer(%w: tensor<4xf32>) {
+  // expected-error@+1 {{'arith.negf' op has 'moe.recompute' = #moe.recompute<layer = -1, full>; it is a #moe.recompute with a layer of at least 0 and the policy selective or full}}
+  %n = arith.negf %w {moe.recompute = #moe.recompute<layer = -1, full>} : tensor<4xf32>
+  return
+}

@@ -121,10 +121,12 @@ func.func @add_rms_norm(%h: tensor<2x8x32xbf16>, %d: tensor<2x8x32xbf16>, %w: te
 // CHECK-SAME: attributes {moe.arena_bytes = 256 : i64, moe.arena_live_bytes = 128 : i64}
 // CHECK: arith.truncf %{{.+}} {moe.persistent_copy}
 // CHECK: arith.negf %{{.+}} {moe.arena_offsets = array<i64: 0>}
+// CHECK: arith.negf %{{.+}} {moe.recompute = #moe.recompute<layer = 2, selective>}
 // CHECK: moe.adamw {{.+}}moe.adamw_group = 0 : i64
 func.func @step(%w: tensor<32xf32> {moe.parameter = "w"}, %m: tensor<32xf32> {moe.exp_avg = "w"}, %v: tensor<32xf32> {moe.exp_avg_sq = "w"}, %step: tensor<i64> {moe.input = "step"}, %lr: tensor<f32>) -> (tensor<f32> {moe.output = "loss"}, tensor<32xf32> {moe.gradient = "w"}, tensor<32xbf16>, tensor<32xf32>) attributes {moe.arena_bytes = 256 : i64, moe.arena_live_bytes = 128 : i64} {
   %c = arith.truncf %w {moe.persistent_copy} : tensor<32xf32> to tensor<32xbf16>
   %g = arith.negf %w {moe.arena_offsets = array<i64: 0>} : tensor<32xf32>
+  %r = arith.negf %w {moe.recompute = #moe.recompute<layer = 2, selective>} : tensor<32xf32>
   %p, %m2, %v2 = moe.adamw %w, %g, %m, %v, %step, %lr, %lr {beta1 = 0.9 : f64, beta2 = 0.95 : f64, epsilon = 1.0e-08 : f64, weight_decay = 0.1 : f64, max_grad_norm = 1.0 : f64, moe.adamw_group = 0 : i64} : tensor<32xf32>, tensor<i64>, tensor<f32>
   return %lr, %g, %c, %p : tensor<f32>, tensor<32xf32>, tensor<32xbf16>, tensor<32xf32>
 }

@@ -1,0 +1,701 @@
+//===- CheckpointActivations.cpp - Recompute layers in the backward -------===//
+//
+// Implements moe-checkpoint-activations (see Passes.td). The analysis finds
+// the decoder layers of a training step (by the `layers.N.` parameters
+// their ops read), the backward (what depends on a gradient op) and, per
+// layer and policy, which forward values the backward keeps and which it
+// recomputes; the rewrite clones the recomputed ops right before their
+// first backward use. Under `auto` a cost model chooses each layer's
+// policy.
+//
+//===----------------------------------------------------------------------===//
+
+#include "dialects/Moe/Transforms/Passes.h"
+
+#include "dialects/Moe/IR/MoeOps.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/Shard/IR/ShardDialect.h"
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/IRMapping.h"
+#include "mlir/Interfaces/SideEffectInterfaces.h"
+#include "llvm/ADT/DenseSet.h"
+#include "llvm/ADT/SetVector.h"
+#include "llvm/ADT/StringExtras.h"
+#include "llvm/ADT/TypeSwitch.h"
+#include "llvm/Support/FormatVariadic.h"
+
+#include <algorithm>
+#include <array>
+#include <functional>
+#include <map>
+
+namespace mlir::moe {
+#define GEN_PASS_DEF_CHECKPOINTACTIVATIONS
+#include "dialects/Moe/Transforms/Passes.h.inc"
+} // namespace mlir::moe
+
+using namespace mlir;
+using namespace mlir::moe;
+
+namespace {
+
+/// The layer of a parameter outside the decoder layers (embedding, final
+/// norm, lm-head).
+constexpr int64_t kOutsideLayers = -1;
+
+/// The decoder layer N of a parameter named `...layers.N.<rest>`, or
+/// kOutsideLayers.
+int64_t layerOfParameter(StringRef name) {
+  for (size_t at = name.find("layers."); at != StringRef::npos;
+       at = name.find("layers.", at + 1)) {
+    if (at != 0 && name[at - 1] != '.')
+      continue;
+    StringRef rest = name.drop_front(at + strlen("layers."));
+    StringRef digits = rest.take_while([](char c) { return llvm::isDigit(c); });
+    int64_t layer;
+    if (!digits.empty() && rest.drop_front(digits.size()).starts_with(".") &&
+        !digits.getAsInteger(10, layer))
+      return layer;
+  }
+  return kOutsideLayers;
+}
+
+/// Rates of the cost model (H200, docs/benchmarks.md): GEMMs, attention,
+/// memory-bound ops and collectives.
+constexpr double kGemmFlops = 650e12;
+constexpr double kAttentionFlops = 500e12;
+constexpr double kMemoryBytesPerSecond = 3.9e12;
+constexpr double kCollectiveBytesPerSecond = 330e9;
+
+/// `bytes` for a remark: in GiB, MiB or KiB, whichever is the largest
+/// unit below it, or in bytes.
+std::string formatBytes(int64_t bytes) {
+  const char *units[] = {"GiB", "MiB", "KiB"};
+  for (auto [i, unit] : llvm::enumerate(units)) {
+    double size = double(int64_t(1) << (10 * (3 - i)));
+    if (bytes >= size)
+      return llvm::formatv("{0:F2} {1}", bytes / size, unit);
+  }
+  return llvm::formatv("{0} B", bytes);
+}
+
+/// What one layer costs under one policy.
+struct LayerCost {
+  /// Bytes of the layer's forward values the backward keeps.
+  int64_t keptBytes = 0;
+  /// Bytes of the values it recomputes (alive during its backward).
+  int64_t recomputedBytes = 0;
+  /// Seconds the recomputation adds (the cost model).
+  double seconds = 0;
+};
+
+/// One decoder layer of the step.
+struct Layer {
+  /// N of its `layers.N.` parameters.
+  int64_t index = 0;
+  /// Its forward ops.
+  llvm::SetVector<Operation *> ops;
+};
+
+/// The layers of a training step, its backward and what each policy keeps.
+class StepAnalysis {
+public:
+  explicit StepAnalysis(Block &body) : body(body) {}
+
+  /// Finds the backward, the layers and their boundaries; fails with a
+  /// diagnostic at `func` when `policy` needs layers the step does not
+  /// have. Returns false (and succeeds) when the function has no backward.
+  FailureOr<bool> analyze(Operation *func, ActivationCheckpointing policy);
+
+  /// Whether the backward keeps forward value `v` of a layer under
+  /// `policy` rather than recomputing it.
+  bool keeps(ActivationCheckpointing policy, Value v) const;
+
+  /// The cost of layer `l` under `policy`; fails on a value of unknown
+  /// size (dynamic, not received rows) at its op.
+  FailureOr<LayerCost> costOf(const Layer &l, ActivationCheckpointing policy);
+
+  /// The bytes the step holds whatever the policy: arguments, values
+  /// computed from parameters alone, parameter gradients and the forward
+  /// values outside the layers that the backward reads.
+  FailureOr<int64_t> fixedBytes();
+
+  /// The layer (index into layers) of forward op `op`, or -1.
+  int64_t layerOf(Operation *op) const {
+    auto it = layerOfOp.find(op);
+    return it == layerOfOp.end() ? -1 : it->second;
+  }
+
+  Block &body;
+  std::vector<Layer> layers;
+  /// The backward's ops, in block order.
+  std::vector<Operation *> backward;
+
+private:
+  FailureOr<int64_t> bytesOf(Value v);
+
+  /// Values computed from parameters and constants alone.
+  DenseSet<Value> fixed;
+  /// Of those, the ones computed from parameters: the layer of their
+  /// parameters (kOutsideLayers for the others).
+  DenseMap<Value, int64_t> parameterLayer;
+  DenseSet<Operation *> backwardOps;
+  DenseMap<Operation *, int64_t> layerOfOp;
+  /// Layer inputs and outputs.
+  DenseSet<Value> boundaries;
+  /// Forward values a backward op reads together with another layer's.
+  DenseSet<Value> readAcrossLayers;
+  /// The most rows a rank receives (moe.dispatch), for dynamic row counts.
+  std::optional<int64_t> rowBound;
+};
+
+FailureOr<bool> StepAnalysis::analyze(Operation *func,
+                                      ActivationCheckpointing policy) {
+  auto function = cast<FunctionOpInterface>(func);
+  for (BlockArgument arg : body.getArguments())
+    if (auto name = function.getArgAttrOfType<StringAttr>(
+            arg.getArgNumber(), MoeDialect::getParameterAttrName())) {
+      fixed.insert(arg);
+      parameterLayer[arg] = layerOfParameter(name.getValue());
+    }
+
+  // Values from parameters and constants alone; the backward.
+  for (Operation &op : body) {
+    if (llvm::all_of(op.getOperands(),
+                     [&](Value v) { return fixed.contains(v); })) {
+      std::optional<int64_t> layer;
+      for (Value v : op.getOperands())
+        if (parameterLayer.contains(v))
+          layer = std::max(layer.value_or(kOutsideLayers),
+                           parameterLayer.lookup(v));
+      for (Value r : op.getResults()) {
+        fixed.insert(r);
+        if (layer)
+          parameterLayer[r] = *layer;
+      }
+    }
+    bool isBackward = op.hasTrait<ComputesGradient>() ||
+                      llvm::any_of(op.getOperands(), [&](Value v) {
+                        Operation *def = v.getDefiningOp();
+                        return def && backwardOps.contains(def);
+                      });
+    if (isBackward) {
+      backwardOps.insert(&op);
+      backward.push_back(&op);
+    }
+    if (auto dispatch = dyn_cast<DispatchOp>(op))
+      if (std::optional<int64_t> bound = dispatch.getReceiveRowBound())
+        rowBound = std::max(rowBound.value_or(0), *bound);
+  }
+  if (backward.empty())
+    return false;
+
+  // The first forward op that reads each layer's parameters, and the first
+  // after all of them that reads another parameter.
+  auto isActivationOp = [&](Operation &op) {
+    return !backwardOps.contains(&op) &&
+           llvm::any_of(op.getOperands(),
+                        [&](Value v) { return !fixed.contains(v); });
+  };
+  std::map<int64_t, Operation *> firstOfLayer;
+  Operation *lastFirst = nullptr, *end = nullptr;
+  for (Operation &op : body) {
+    if (!isActivationOp(op))
+      continue;
+    for (Value v : op.getOperands()) {
+      auto it = parameterLayer.find(v);
+      if (it == parameterLayer.end())
+        continue;
+      if (it->second == kOutsideLayers) {
+        if (lastFirst && !end)
+          end = &op;
+      } else if (!firstOfLayer.count(it->second)) {
+        firstOfLayer[it->second] = &op;
+        lastFirst = &op;
+        end = nullptr;
+      }
+    }
+  }
+  if (firstOfLayer.empty())
+    return func->emitOpError()
+           << "has no decoder layer for activation checkpointing "
+           << stringifyActivationCheckpointing(policy)
+           << ": no parameter is named 'layers.<N>.<name>'";
+  if (!end)
+    return func->emitOpError()
+           << "has no end of its last decoder layer for activation "
+              "checkpointing "
+           << stringifyActivationCheckpointing(policy)
+           << ": no op after it reads a parameter outside the layers";
+
+  // Layers in program order; the boundaries between them.
+  std::vector<std::pair<int64_t, Operation *>> order(firstOfLayer.begin(),
+                                                     firstOfLayer.end());
+  llvm::sort(order, [](auto &a, auto &b) {
+    return a.second->isBeforeInBlock(b.second);
+  });
+  auto activationsOf = [&](Operation *op) {
+    SmallVector<Value> values;
+    for (Value v : op->getOperands())
+      if (!fixed.contains(v))
+        values.push_back(v);
+    return values;
+  };
+  // Ancestors of the layer boundaries, each op in the first layer that
+  // needs it.
+  DenseSet<Operation *> seen;
+  auto collect = [&](ArrayRef<Value> roots,
+                     llvm::SetVector<Operation *> *into) {
+    SmallVector<Value> stack(roots.begin(), roots.end());
+    while (!stack.empty()) {
+      Value v = stack.pop_back_val();
+      Operation *def = v.getDefiningOp();
+      if (!def || fixed.contains(v) || !seen.insert(def).second)
+        continue;
+      if (into)
+        into->insert(def);
+      llvm::append_range(stack, def->getOperands());
+    }
+  };
+  for (auto [i, entry] : llvm::enumerate(order)) {
+    SmallVector<Value> inputs = activationsOf(entry.second);
+    if (i == 0)
+      collect(inputs, nullptr);
+    SmallVector<Value> outputs =
+        activationsOf(i + 1 < order.size() ? order[i + 1].second : end);
+    boundaries.insert(inputs.begin(), inputs.end());
+    boundaries.insert(outputs.begin(), outputs.end());
+    Layer layer;
+    layer.index = entry.first;
+    collect(outputs, &layer.ops);
+    // Program order.
+    SmallVector<Operation *> ops(layer.ops.begin(), layer.ops.end());
+    llvm::sort(
+        ops, [](Operation *a, Operation *b) { return a->isBeforeInBlock(b); });
+    layer.ops = llvm::SetVector<Operation *>(ops.begin(), ops.end());
+    for (Operation *op : ops)
+      layerOfOp[op] = layers.size();
+    layers.push_back(std::move(layer));
+  }
+
+  // What a backward op reads from two layers or more is kept.
+  for (Operation *op : backward) {
+    DenseSet<int64_t> read;
+    for (Value v : op->getOperands())
+      if (Operation *def = v.getDefiningOp())
+        if (layerOfOp.contains(def))
+          read.insert(layerOfOp.lookup(def));
+    if (read.size() < 2)
+      continue;
+    for (Value v : op->getOperands())
+      if (Operation *def = v.getDefiningOp())
+        if (layerOfOp.contains(def))
+          readAcrossLayers.insert(v);
+  }
+  return true;
+}
+
+/// Whether `op`'s results are kept by `selective`: GEMMs, attention and
+/// collectives.
+bool isKeptBySelective(Operation *op) {
+  return isa<LinearOp, ExpertsOp, AttentionOp, DispatchOp, CombineOp,
+             TokenShuffleOp>(op) ||
+         isa<shard::ShardDialect>(op->getDialect());
+}
+
+bool StepAnalysis::keeps(ActivationCheckpointing policy, Value v) const {
+  Operation *def = v.getDefiningOp();
+  if (!def || !layerOfOp.contains(def) || boundaries.contains(v) ||
+      readAcrossLayers.contains(v) || !isMemoryEffectFree(def))
+    return true;
+  switch (policy) {
+  case ActivationCheckpointing::None:
+  case ActivationCheckpointing::Auto:
+    return true;
+  case ActivationCheckpointing::Selective:
+    return isKeptBySelective(def);
+  case ActivationCheckpointing::Full:
+    return false;
+  }
+  llvm_unreachable("unknown activation checkpointing");
+}
+
+/// The value whose buffer `v` is: a reshape's source, transitively.
+Value bufferOf(Value v) {
+  while (Operation *def = v.getDefiningOp()) {
+    if (!isa<tensor::ExpandShapeOp, tensor::CollapseShapeOp>(def))
+      break;
+    v = def->getOperand(0);
+  }
+  return v;
+}
+
+/// Whether `op` is a read the backward can drop: nothing uses its result
+/// (tensor.dim left by the builder).
+bool isDeadRead(Operation *op) {
+  return op->use_empty() && isMemoryEffectFree(op);
+}
+
+FailureOr<int64_t> StepAnalysis::bytesOf(Value v) {
+  auto type = dyn_cast<RankedTensorType>(v.getType());
+  if (!type)
+    return int64_t(0);
+  int64_t elements = 1;
+  for (auto [d, size] : llvm::enumerate(type.getShape())) {
+    if (!ShapedType::isDynamic(size)) {
+      elements *= size;
+      continue;
+    }
+    if (d != 0 || !rowBound) {
+      Operation *where =
+          v.getDefiningOp() ? v.getDefiningOp() : body.getParentOp();
+      return where->emitOpError()
+             << "has a value of type " << type
+             << " whose size activation checkpointing auto cannot bound "
+                "(run moe-specialize-shapes first)";
+    }
+    elements *= *rowBound;
+  }
+  return elements * ((type.getElementTypeBitWidth() + 7) / 8);
+}
+
+FailureOr<LayerCost> StepAnalysis::costOf(const Layer &l,
+                                          ActivationCheckpointing policy) {
+  LayerCost cost;
+  const int64_t index = &l - layers.data();
+  DenseSet<Value> kept;
+  DenseSet<Operation *> recomputed;
+  SmallVector<Value> stack;
+  for (Operation *user : backward) {
+    if (isDeadRead(user))
+      continue;
+    for (Value v : user->getOperands())
+      if (layerOf(v.getDefiningOp()) == index)
+        stack.push_back(v);
+  }
+  while (!stack.empty()) {
+    Value v = stack.pop_back_val();
+    Operation *def = v.getDefiningOp();
+    if (keeps(policy, v)) {
+      Value buffer = bufferOf(v);
+      if (!kept.insert(buffer).second)
+        continue;
+      FailureOr<int64_t> bytes = bytesOf(buffer);
+      if (failed(bytes))
+        return failure();
+      cost.keptBytes += *bytes;
+      continue;
+    }
+    if (!recomputed.insert(def).second)
+      continue;
+    int64_t moved = 0;
+    for (Value r : def->getResults()) {
+      FailureOr<int64_t> bytes = bytesOf(r);
+      if (failed(bytes))
+        return failure();
+      moved += *bytes;
+      if (!isa<tensor::ExpandShapeOp, tensor::CollapseShapeOp>(def))
+        cost.recomputedBytes += *bytes;
+    }
+    for (Value w : def->getOperands()) {
+      FailureOr<int64_t> bytes = bytesOf(w);
+      if (failed(bytes))
+        return failure();
+      moved += *bytes;
+      if (layerOf(w.getDefiningOp()) == index)
+        stack.push_back(w);
+    }
+    cost.seconds +=
+        TypeSwitch<Operation *, double>(def)
+            .Case([&](LinearOp op) {
+              auto in = cast<RankedTensorType>(op.getInput().getType());
+              auto out = cast<RankedTensorType>(op.getResult().getType());
+              double flops = 2.0 * out.getNumElements() * in.getShape().back();
+              return std::max(flops / kGemmFlops,
+                              moved / kMemoryBytesPerSecond);
+            })
+            .Case([&](ExpertsOp op) {
+              // Per (token, choice) pair: gate/up [2I, h] and down [h, I].
+              auto gates = cast<RankedTensorType>(op.getGates().getType());
+              auto down = cast<RankedTensorType>(op.getDown().getType());
+              double pairs = gates.hasStaticShape()
+                                 ? gates.getNumElements()
+                                 : double(rowBound.value_or(0));
+              double flops =
+                  6.0 * pairs * down.getDimSize(1) * down.getDimSize(2);
+              return std::max(flops / kGemmFlops,
+                              moved / kMemoryBytesPerSecond);
+            })
+            .Case([&](AttentionOp op) {
+              // Causal: two [S, S] products per query head, half of them.
+              auto q = cast<RankedTensorType>(op.getQuery().getType());
+              double flops = 2.0 * q.getNumElements() * q.getDimSize(1);
+              return std::max(flops / kAttentionFlops,
+                              moved / kMemoryBytesPerSecond);
+            })
+            .Case<tensor::ExpandShapeOp, tensor::CollapseShapeOp>(
+                [](Operation *) { return 0.0; })
+            .Default([&](Operation *op) {
+              if (isa<DispatchOp, CombineOp, TokenShuffleOp>(op) ||
+                  isa<shard::ShardDialect>(op->getDialect()))
+                return moved / kCollectiveBytesPerSecond;
+              return moved / kMemoryBytesPerSecond;
+            });
+  }
+  return cost;
+}
+
+FailureOr<int64_t> StepAnalysis::fixedBytes() {
+  int64_t bytes = 0;
+  auto add = [&](Value v) -> LogicalResult {
+    FailureOr<int64_t> b = bytesOf(v);
+    if (failed(b))
+      return failure();
+    bytes += *b;
+    return success();
+  };
+  for (BlockArgument arg : body.getArguments())
+    if (failed(add(arg)))
+      return failure();
+  DenseSet<Value> counted;
+  for (Operation &op : body) {
+    if (op.getNumOperands() != 0 && !backwardOps.contains(&op))
+      for (Value r : op.getResults())
+        if (fixed.contains(r) && failed(add(r)))
+          return failure();
+    if (auto norm = dyn_cast<GlobalNormOp>(op))
+      for (Value gradient : norm->getOperands())
+        if (counted.insert(gradient).second && failed(add(gradient)))
+          return failure();
+  }
+  for (Operation *user : backward)
+    for (Value v : user->getOperands()) {
+      Operation *def = v.getDefiningOp();
+      if (def && !backwardOps.contains(def) && !layerOfOp.contains(def) &&
+          !fixed.contains(v) && counted.insert(bufferOf(v)).second &&
+          failed(add(bufferOf(v))))
+        return failure();
+    }
+  return bytes;
+}
+
+/// The cheapest policy per layer that fits `budget` bytes, and the remark
+/// that explains it.
+FailureOr<std::vector<ActivationCheckpointing>>
+chooseAutomatically(StepAnalysis &step, Operation *func, int64_t budget) {
+  using AC = ActivationCheckpointing;
+  const AC choices[] = {AC::None, AC::Selective, AC::Full};
+  std::vector<std::array<LayerCost, 3>> costs;
+  for (const Layer &layer : step.layers) {
+    std::array<LayerCost, 3> c;
+    for (auto [i, policy] : llvm::enumerate(choices)) {
+      FailureOr<LayerCost> cost = step.costOf(layer, policy);
+      if (failed(cost))
+        return failure();
+      c[i] = *cost;
+    }
+    costs.push_back(c);
+  }
+  FailureOr<int64_t> fixed = step.fixedBytes();
+  if (failed(fixed))
+    return failure();
+  std::vector<unsigned> chosen(step.layers.size(), 0);
+  auto estimate = [&] {
+    int64_t kept = 0, recomputed = 0;
+    for (auto [layer, choice] : llvm::enumerate(chosen)) {
+      kept += costs[layer][choice].keptBytes;
+      recomputed = std::max(recomputed, costs[layer][choice].recomputedBytes);
+    }
+    return std::make_tuple(*fixed + kept + recomputed, kept, recomputed);
+  };
+  while (std::get<0>(estimate()) > budget) {
+    // The change that adds the least time per byte it saves.
+    std::optional<std::pair<size_t, unsigned>> best;
+    double bestRatio = 0;
+    for (size_t layer = 0; layer < chosen.size(); ++layer)
+      for (unsigned next = chosen[layer] + 1; next < 3; ++next) {
+        const LayerCost &from = costs[layer][chosen[layer]];
+        const LayerCost &to = costs[layer][next];
+        int64_t saved = from.keptBytes - to.keptBytes;
+        if (saved <= 0)
+          continue;
+        double ratio = (to.seconds - from.seconds) / saved;
+        if (!best || ratio < bestRatio) {
+          best = {layer, next};
+          bestRatio = ratio;
+        }
+      }
+    if (!best)
+      break;
+    chosen[best->first] = best->second;
+  }
+  // The same policy everywhere, when it fits and adds less time than the
+  // changes above (their order can miss it), wins.
+  auto addedSeconds = [&] {
+    double seconds = 0;
+    for (auto [layer, choice] : llvm::enumerate(chosen))
+      seconds += costs[layer][choice].seconds;
+    return seconds;
+  };
+  for (unsigned choice = 0; choice < 3; ++choice) {
+    std::vector<unsigned> best = chosen;
+    double bestSeconds = addedSeconds();
+    bool bestFits = std::get<0>(estimate()) <= budget;
+    chosen.assign(chosen.size(), choice);
+    if (std::get<0>(estimate()) <= budget &&
+        (!bestFits || addedSeconds() < bestSeconds))
+      continue;
+    chosen = best;
+  }
+  auto [total, kept, recomputed] = estimate();
+  double added = 0;
+  std::string table;
+  llvm::raw_string_ostream os(table);
+  // Per layer: the choice, then each policy's kept bytes, recomputed bytes
+  // and added milliseconds.
+  os << "\n  layer  chosen     none: kept | selective: kept, recomputed, ms | "
+        "full: kept, recomputed, ms";
+  for (auto [layer, choice] : llvm::enumerate(chosen)) {
+    const std::array<LayerCost, 3> &c = costs[layer];
+    added += c[choice].seconds;
+    os << llvm::formatv("\n  {0,-6} {1,-10} {2} | {3}, {4}, {5:F3} | {6}, "
+                        "{7}, {8:F3}",
+                        step.layers[layer].index,
+                        stringifyActivationCheckpointing(choices[choice]),
+                        formatBytes(c[0].keptBytes),
+                        formatBytes(c[1].keptBytes),
+                        formatBytes(c[1].recomputedBytes), c[1].seconds * 1e3,
+                        formatBytes(c[2].keptBytes),
+                        formatBytes(c[2].recomputedBytes), c[2].seconds * 1e3);
+  }
+  std::string summary = llvm::formatv(
+      "activation checkpointing auto: {0} estimated for a budget of {1} "
+      "(arguments, gradients and other kept values {2}, layers' kept values "
+      "{3}, one layer's recomputed values {4}); recomputation adds {5:F3} ms",
+      formatBytes(total), formatBytes(budget), formatBytes(*fixed),
+      formatBytes(kept), formatBytes(recomputed), added * 1e3);
+  // At the function's location, without printing the function.
+  if (total > budget)
+    return emitError(func->getLoc())
+           << summary << ": it does not fit whatever the layers recompute";
+  emitRemark(func->getLoc()) << summary << table;
+  std::vector<AC> policies;
+  for (unsigned choice : chosen)
+    policies.push_back(choices[choice]);
+  return policies;
+}
+
+struct CheckpointActivationsPass
+    : public moe::impl::CheckpointActivationsBase<CheckpointActivationsPass> {
+  using Base::Base;
+
+  void runOnOperation() override {
+    func::FuncOp func = getOperation();
+    if (policy == ActivationCheckpointing::None ||
+        !func.getBody().hasOneBlock())
+      return;
+    if (policy == ActivationCheckpointing::Auto && memoryBudget <= 0) {
+      func.emitOpError() << "needs a memory budget above 0 for activation "
+                            "checkpointing auto, not "
+                         << static_cast<int64_t>(memoryBudget);
+      return signalPassFailure();
+    }
+    StepAnalysis step(func.getBody().front());
+    FailureOr<bool> isStep = step.analyze(func, policy);
+    if (failed(isStep))
+      return signalPassFailure();
+    if (!*isStep)
+      return;
+    numLayers = step.layers.size();
+    std::vector<ActivationCheckpointing> policies(step.layers.size(), policy);
+    if (policy == ActivationCheckpointing::Auto) {
+      FailureOr<std::vector<ActivationCheckpointing>> chosen =
+          chooseAutomatically(step, func, memoryBudget);
+      if (failed(chosen))
+        return signalPassFailure();
+      policies = *chosen;
+    }
+    rewrite(step, policies);
+  }
+
+  /// Makes every backward read of a recomputed value read a clone.
+  void rewrite(StepAnalysis &step, ArrayRef<ActivationCheckpointing> policies) {
+    DenseMap<Value, Value> recomputedOf;
+    // The clone of `v`'s op (of layer `layer`) before `user`, and of what
+    // it needs, once.
+    std::function<Value(Value, int64_t, Operation *)> recompute =
+        [&](Value v, int64_t layer, Operation *user) -> Value {
+      if (Value known = recomputedOf.lookup(v))
+        return known;
+      Operation *def = v.getDefiningOp();
+      IRMapping mapping;
+      for (Value w : def->getOperands())
+        if (step.layerOf(w.getDefiningOp()) == layer &&
+            !step.keeps(policies[layer], w))
+          mapping.map(w, recompute(w, layer, user));
+      OpBuilder builder(user);
+      Operation *clone = builder.clone(*def, mapping);
+      clone->setAttr(MoeDialect::getRecomputeAttrName(),
+                     RecomputeAttr::get(&getContext(), step.layers[layer].index,
+                                        policies[layer]));
+      ++numRecomputed;
+      for (auto [from, to] :
+           llvm::zip_equal(def->getResults(), clone->getResults()))
+        recomputedOf[from] = to;
+      return recomputedOf.lookup(v);
+    };
+    // Reads that nothing uses (tensor.dim left by the builder, forward or
+    // backward) would keep a recomputed value alive: they go.
+    auto readsRecomputed = [&](Operation *op) {
+      return llvm::any_of(op->getOperands(), [&](Value v) {
+        int64_t layer = step.layerOf(v.getDefiningOp());
+        return layer >= 0 && !step.keeps(policies[layer], v);
+      });
+    };
+    DenseSet<Operation *> deadReads;
+    for (Operation &op : step.body)
+      if (isDeadRead(&op) && step.layerOf(&op) < 0 && readsRecomputed(&op))
+        deadReads.insert(&op);
+    llvm::erase_if(step.backward,
+                   [&](Operation *op) { return deadReads.contains(op); });
+    for (Operation *op : deadReads)
+      op->erase();
+    for (Operation *user : step.backward) {
+      for (OpOperand &operand : user->getOpOperands()) {
+        int64_t layer = step.layerOf(operand.get().getDefiningOp());
+        if (layer >= 0 && !step.keeps(policies[layer], operand.get()))
+          operand.set(recompute(operand.get(), layer, user));
+      }
+    }
+    // A forward op that kept something for the backward alone (moe.experts'
+    // projections, moe.attention's log-sum-exp) stops keeping it: the
+    // recomputed op keeps its own.
+    for (const Layer &layer : step.layers)
+      for (Operation *op : layer.ops) {
+        OpBuilder builder(op);
+        if (auto experts = dyn_cast<ExpertsOp>(op);
+            experts && experts.getSaved() && experts.getSaved().use_empty()) {
+          auto plain = ExpertsOp::create(
+              builder, experts.getLoc(), experts.getResult().getType(),
+              /*saved=*/Type(), experts.getInput(), experts.getGates(),
+              experts.getExperts(), experts.getGateUp(), experts.getDown(),
+              experts.getGateUpLayoutAttr());
+          experts.getResult().replaceAllUsesWith(plain.getResult());
+          experts.erase();
+        } else if (auto attention = dyn_cast<AttentionOp>(op);
+                   attention && attention.getStats() &&
+                   attention.getStats().use_empty()) {
+          auto plain = AttentionOp::create(
+              builder, attention.getLoc(), attention.getResult().getType(),
+              /*stats=*/Type(), attention.getQuery(), attention.getKey(),
+              attention.getValue(), attention.getCausalAttr(),
+              attention.getScaleAttr(), attention.getSlidingWindowAttr());
+          attention.getResult().replaceAllUsesWith(plain.getResult());
+          attention.erase();
+        }
+      }
+  }
+};
+
+} // namespace

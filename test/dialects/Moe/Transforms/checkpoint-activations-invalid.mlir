@@ -1,0 +1,30 @@
+// RUN: moec-opt %s -split-input-file -verify-diagnostics -pass-pipeline='builtin.module(func.func(moe-checkpoint-activations{policy=full}))'
+
+// Tests that a step whose parameters name no decoder layer cannot be
+// checkpointed.
+// expected-error@+1 {{'func.func' op has no decoder layer for activation checkpointing full: no parameter is named 'layers.<N>.<name>'}}
+func.func @no_layers(%x: tensor<4x8xf32> {moe.input = "input_ids"}, %w: tensor<8x8xf32> {moe.parameter = "proj.weight"}, %dy: tensor<4x8xf32>) -> tensor<8x8xf32> {
+  %y = moe.linear %x, %w : (tensor<4x8xf32>, tensor<8x8xf32>) -> tensor<4x8xf32>
+  %dx, %dw = moe.linear_grad %x, %w, %dy : (tensor<4x8xf32>, tensor<8x8xf32>, tensor<4x8xf32>) -> (tensor<4x8xf32>, tensor<8x8xf32>)
+  return %dw : tensor<8x8xf32>
+}
+
+// -----
+
+// Tests that the last layer must end at an op that reads a parameter
+// outside the layers (the final norm).
+// expected-error@+1 {{'func.func' op has no end of its last decoder layer for activation checkpointing full: no op after it reads a parameter outside the layers}}
+func.func @no_end(%x: tensor<4x8xf32> {moe.input = "input_ids"}, %w: tensor<8x8xf32> {moe.parameter = "model.layers.0.proj.weight"}, %dy: tensor<4x8xf32>) -> tensor<8x8xf32> {
+  %y = moe.linear %x, %w : (tensor<4x8xf32>, tensor<8x8xf32>) -> tensor<4x8xf32>
+  %dx, %dw = moe.linear_grad %x, %w, %dy : (tensor<4x8xf32>, tensor<8x8xf32>, tensor<4x8xf32>) -> (tensor<4x8xf32>, tensor<8x8xf32>)
+  return %dw : tensor<8x8xf32>
+}
+
+// -----
+
+// Tests that a function without a backward is left alone.
+func.func @forward_only(%x: tensor<4x8xf32> {moe.input = "input_ids"}, %w: tensor<8x8xf32> {moe.parameter = "proj.weight"}) -> tensor<4x8xf32> {
+  %y = moe.linear %x, %w : (tensor<4x8xf32>, tensor<8x8xf32>) -> tensor<4x8xf32>
+  return %y : tensor<4x8xf32>
+}
+
