@@ -50,25 +50,47 @@ struct Parameter {
 void moec::detail::printParamInitLaunch(moe::ParamInitOp op,
                                        llvm::StringRef pointer,
                                        llvm::StringRef stream,
+                                       llvm::StringRef mesh,
                                        llvm::raw_ostream &os) {
   int64_t count = op.getType().getNumElements();
-  if (op.getKind() == moe::ParamInitKind::ones) {
+  ArrayRef<int64_t> local = op.getType().getShape();
+  std::optional<ArrayRef<int64_t>> splitAxes = op.getSplitAxes();
+  if (op.getKind() == moe::ParamInitKind::ones && !splitAxes) {
     os << fmt::format("  moert::kernels::paramInitOnes<<<1024, 256, 0, {}>>>"
                       "({}, {});\n",
                       stream.str(), pointer.str(), count);
     return;
   }
-  ArrayRef<int64_t> local = op.getType().getShape();
   ArrayRef<int64_t> global = op.getGlobalShape() ? *op.getGlobalShape() : local;
   SmallVector<int64_t> zeros(local.size(), 0);
   ArrayRef<int64_t> offsets = op.getOffsets() ? *op.getOffsets() : ArrayRef(zeros);
+  // A rank's block starts at its coordinate on the splitting axis times the
+  // block's extent (moe.param_init's `grid`, `split_axes`).
+  std::string offsetList = joined(offsets);
+  if (splitAxes) {
+    offsetList.clear();
+    for (auto [d, axis] : llvm::enumerate(*splitAxes)) {
+      std::string term = std::to_string(offsets[d]);
+      if (axis >= 0)
+        term += fmt::format(" + {}.coordinate({}) * {}", mesh.str(), axis,
+                            local[d]);
+      offsetList += (d ? ", " : "") + term;
+    }
+  }
+  std::string shard =
+      fmt::format("moert::kernels::Shard<{}>{{{{{}}}, {{{}}}, {{{}}}}}",
+                  local.size(), joined(local), joined(global), offsetList);
+  if (op.getKind() == moe::ParamInitKind::ones) {
+    os << fmt::format("  moert::kernels::paramInitOnesShard<{}><<<1024, 256, "
+                      "0, {}>>>({}, {}, {});\n",
+                      local.size(), stream.str(), pointer.str(), count, shard);
+    return;
+  }
   os << fmt::format(
       "  moert::kernels::paramInitNormal<{}><<<1024, 256, 0, {}>>>({}, {}, "
-      "moert::ParamNormalStream::baseFor(seed, {}), {:.17g}, "
-      "moert::kernels::Shard<{}>{{{{{}}}, {{{}}}, {{{}}}}});\n",
+      "moert::ParamNormalStream::baseFor(seed, {}), {:.17g}, {});\n",
       local.size(), stream.str(), pointer.str(), count, quoted(op.getName()),
-      op.getStd().convertToDouble(), local.size(), joined(local),
-      joined(global), joined(offsets));
+      op.getStd().convertToDouble(), shard);
 }
 
 LogicalResult moec::detail::checkOneGpuProgram(func::FuncOp func) {
@@ -173,7 +195,7 @@ LogicalResult moec::emitCudaInitProgram(ModuleOp module,
     moec::detail::printParamInitLaunch(
         item.op,
         fmt::format("reinterpret_cast<float *>(arena + {})", item.offset),
-        "0", os);
+        "0", "", os);
   os << "  MOEC_CUDA_CHECK(cudaGetLastError());\n";
   os << "  MOEC_CUDA_CHECK(cudaDeviceSynchronize());\n}\n\n";
 

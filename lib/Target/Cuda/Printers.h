@@ -28,17 +28,20 @@ std::string joined(llvm::ArrayRef<int64_t> values);
 
 /// One kernel launch that fills the fp32 or bf16 buffer `pointer` (a C++
 /// expression) as `op` defines, on CUDA stream `stream`; the printed code
-/// expects a `uint64_t seed` in scope.
+/// expects a `uint64_t seed` in scope. A rank's block (`grid`,
+/// `split_axes`) is placed by the coordinates of `mesh`, a C++ expression
+/// of a moert::MeshGroups.
 void printParamInitLaunch(mlir::moe::ParamInitOp op, llvm::StringRef pointer,
-                          llvm::StringRef stream, llvm::raw_ostream &os);
+                          llvm::StringRef stream, llvm::StringRef mesh,
+                          llvm::raw_ostream &os);
 
 /// Fails with a diagnostic on the first op of `func` that only a partitioned
 /// program has (docs/partitioning.md): an op of the shard dialect,
 /// moe.dispatch, moe.combine, moe.token_shuffle, the load-balancing
 /// statistics, moe.target_count, a moe.router that routes groups of
 /// `tokens_per_group` tokens, or a moe.param_init that creates one rank's
-/// block (`grid`, `split_axes`). The printers emit one-GPU programs only, and
-/// those ops would otherwise print as the wrong one-GPU code or not at all.
+/// block (`grid`, `split_axes`). The init-only program is a one-GPU
+/// program, and those ops would otherwise print as the wrong code.
 mlir::LogicalResult checkOneGpuProgram(mlir::func::FuncOp func);
 
 } // namespace moec::detail

@@ -80,6 +80,11 @@ struct TrainProgram {
   int64_t (*scratchBytes)(const kernels::Context &) = nullptr;
   void (*setup)(char *state, char *arena, char *inputs) = nullptr;
   void (*initParams)(char *state, uint64_t seed, cudaStream_t stream) = nullptr;
+  /// A partitioned program's initialisation (set instead of initParams):
+  /// this rank's block of every parameter, placed by its coordinates on
+  /// `mesh`; the gathered blocks are the one-GPU program's parameters.
+  void (*initParamBlocks)(char *state, uint64_t seed, const MeshGroups &mesh,
+                          cudaStream_t stream) = nullptr;
   void (*step)(const kernels::Context &, char *state, char *arena,
                char *inputs) = nullptr;
 };

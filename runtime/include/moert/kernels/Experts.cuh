@@ -393,6 +393,7 @@ inline void expertsZero(const Context &ctx, void *p, int64_t bytes) {
 struct ExpertsRouting {
   int *perm = nullptr;
   int *pos = nullptr;
+  int64_t *deviceCounts = nullptr; // [E] in scratch
   std::vector<int64_t> counts, offsets; // host; offsets has E + 1 entries
 };
 
@@ -412,6 +413,7 @@ inline ExpertsRouting expertsRoute(const Context &ctx, const int64_t *experts,
   ExpertsRouting r;
   int *blockCounts = scratchAt<int>(ctx, offset, blocks * E);
   int64_t *counts = scratchAt<int64_t>(ctx, offset, E);
+  r.deviceCounts = counts;
   r.perm = scratchAt<int>(ctx, offset, pairs);
   r.pos = scratchAt<int>(ctx, offset, pairs);
 
