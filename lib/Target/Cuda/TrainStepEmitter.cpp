@@ -211,6 +211,15 @@ private:
   /// receive bound).
   int64_t rowBoundOf(Value v);
   LogicalResult printCollective(Operation &op);
+  /// Chooses the collectives that run on the collective stream and where
+  /// the compute stream joins each (see print()).
+  void scheduleCollectives();
+  /// Prints the fork of collective `op` onto the collective stream and
+  /// returns the name of the context its calls take.
+  std::string forkCollective(Operation &op);
+  /// Prints the end of collective `op` and, unless it is overlapped, the
+  /// compute stream's join right after it.
+  void endCollective(Operation &op);
   LogicalResult printExpertParallel(Operation &op);
 
   func::FuncOp step, init;
@@ -222,6 +231,11 @@ private:
   /// Values whose leading dimension is a dispatch's received rows: the
   /// host variable that holds it and its bound.
   llvm::DenseMap<Value, std::pair<std::string, int64_t>> dynamicRows;
+  /// Every collective's number; the overlapped ones are joined later, before
+  /// the ops in joinsBefore (joinedBy: which op joins each).
+  llvm::DenseMap<Operation *, int> collectiveIds;
+  llvm::DenseMap<Operation *, SmallVector<int>> joinsBefore;
+  llvm::DenseMap<int, Operation *> joinedBy;
   std::string kernels, body, setup, statics;
   std::string stepBody;              ///< what step() runs, in order
   std::vector<std::string> segments; ///< bodies of the captured segments
@@ -575,6 +589,72 @@ int64_t TrainStepPrinter::rowBoundOf(Value v) {
   return leadingCount(typeOf(v));
 }
 
+void TrainStepPrinter::scheduleCollectives() {
+  // Every collective runs on the collective stream, in program order, so
+  // that a group's collectives are issued to it in one order on every rank.
+  // The compute stream joins each right after it, except a parameter's
+  // all-gather along its leading dimension: that reads the state (written
+  // only by the updates at the end of the step) and no scratch, so it can
+  // run beside the compute that follows it, and the compute stream joins it
+  // right before the first op that reads the gathered value or a view of
+  // it. The parameter gathers come first in the step, so a layer's gathers
+  // overlap the layers before it.
+  Block &block = step.getBody().front();
+  for (Operation &op : block) {
+    if (!isa<shard::AllGatherOp, shard::ReduceScatterOp, shard::AllReduceOp,
+             moe::DispatchOp, moe::CombineOp, moe::TokenShuffleOp>(op))
+      continue;
+    int id = collectiveIds.size();
+    collectiveIds[&op] = id;
+    auto gather = dyn_cast<shard::AllGatherOp>(op);
+    if (!gather || !isa<BlockArgument>(gather.getInput()))
+      continue;
+    bool leading = llvm::all_of(
+        typeOf(gather.getInput())
+            .getShape()
+            .take_front(gather.getGatherAxis().getSExtValue()),
+        [](int64_t d) { return d == 1; });
+    if (!leading)
+      continue;
+    llvm::DenseSet<Value> aliases = {gather.getResult()};
+    Operation *reader = nullptr;
+    for (Operation *next = op.getNextNode(); next && !reader;
+         next = next->getNextNode()) {
+      bool reads = llvm::any_of(next->getOperands(), [&](Value v) {
+        return aliases.contains(v);
+      });
+      if (reads && isa<tensor::ExpandShapeOp, tensor::CollapseShapeOp>(next))
+        aliases.insert(next->getResult(0));
+      else if (reads)
+        reader = next;
+    }
+    if (!reader || isa<moe::AdamWOp>(reader))
+      continue;
+    joinsBefore[reader].push_back(id);
+    joinedBy[id] = reader;
+  }
+}
+
+std::string TrainStepPrinter::forkCollective(Operation &op) {
+  int id = collectiveIds.lookup(&op);
+  auto joined = joinedBy.find(id);
+  body += fmt::format(
+      "  const moert::kernels::Context collective{0} = "
+      "moert::kernels::forkCollective(ctx, {0}); // joined {1}\n",
+      id,
+      joined == joinedBy.end()
+          ? std::string("at once")
+          : "before " + joined->second->getName().getStringRef().str());
+  return fmt::format("collective{}", id);
+}
+
+void TrainStepPrinter::endCollective(Operation &op) {
+  int id = collectiveIds.lookup(&op);
+  body += fmt::format("  moert::kernels::endCollective(ctx, {});\n", id);
+  if (!joinedBy.count(id))
+    body += fmt::format("  moert::kernels::joinCollective(ctx, {});\n", id);
+}
+
 LogicalResult TrainStepPrinter::printCollective(Operation &op) {
   // A gather or scatter along `axis` of the rank's `local` block.
   auto printBlocks = [&](const char *function, Value in, Value out,
@@ -589,9 +669,12 @@ LogicalResult TrainStepPrinter::printCollective(Operation &op) {
     for (int64_t d : local.getShape().take_front(axis))
       outer *= d;
     int64_t inner = outer == 0 ? 0 : local.getNumElements() / outer;
+    std::string context = forkCollective(op);
     body += fmt::format(
-        "  moert::kernels::{}<{}>(ctx, {}, {}, {}, {}, {}, {});\n", function,
-        *c, axesMask(axes), *size, typed(in), typed(out), outer, inner);
+        "  moert::kernels::{}<{}>({}, {}, {}, {}, {}, {}, {});\n", function,
+        *c, context, axesMask(axes), *size, typed(in), typed(out), outer,
+        inner);
+    endCollective(op);
     scratch(fmt::format(
         "moert::kernels::collectiveScratchBytes({}, {}, {}, {})", outer,
         *size, local.getNumElements(), local.getElementTypeBitWidth() / 8));
@@ -625,10 +708,13 @@ LogicalResult TrainStepPrinter::printCollective(Operation &op) {
         FailureOr<std::string> c = cType(r.getResult().getType());
         if (failed(size) || failed(c) || failed(pointer(op, r.getInput())))
           return failure();
+        std::string context = forkCollective(op);
         body += fmt::format(
-            "  moert::kernels::allReduceSum<{}>(ctx, {}, {}, {}, {}, {});\n",
-            *c, axesMask(r.getGridAxes()), *size, typed(r.getInput()),
-            typed(r.getResult()), typeOf(r.getResult()).getNumElements());
+            "  moert::kernels::allReduceSum<{}>({}, {}, {}, {}, {}, {});\n",
+            *c, context, axesMask(r.getGridAxes()), *size,
+            typed(r.getInput()), typed(r.getResult()),
+            typeOf(r.getResult()).getNumElements());
+        endCollective(op);
         return success();
       })
       .Case([&](linalg::BroadcastOp b) -> LogicalResult {
@@ -698,15 +784,17 @@ LogicalResult TrainStepPrinter::printExpertParallel(Operation &op) {
         int64_t bound = *d.getReceiveRowBound(); // static experts: verified
         std::string rows = fmt::format("received{}", dynamicRows.size());
         std::string t = elementType(d.getInput());
+        std::string context = forkCollective(op);
         body += fmt::format(
-            "  const int64_t {} = moert::kernels::dispatch{}<{}>(ctx, {}, {}, "
+            "  const int64_t {} = moert::kernels::dispatch{}<{}>({}, {}, {}, "
             "{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {});\n",
-            rows, dispatcherName(d.getDispatcher()), t,
+            rows, dispatcherName(d.getDispatcher()), t, context,
             axesMask(d.getGridAxes()), *size, args,
             d.getGates() ? typed(d.getGates()) : "nullptr", tokens, k, hidden,
             local, bound, typed(d.getRows()), typed(d.getRowExperts()),
             typed(d.getCounts()),
             d.getRowGates() ? typed(d.getRowGates()) : "nullptr");
+        endCollective(op);
         for (Value r : {d.getRows(), d.getRowExperts(), d.getRowGates()})
           if (r)
             dynamicRows[r] = {rows, bound};
@@ -729,12 +817,14 @@ LogicalResult TrainStepPrinter::printExpertParallel(Operation &op) {
         int64_t width = shape(c.getRows()).back();
         int64_t local = shape(c.getCounts())[1];
         int64_t bound = rowBoundOf(c.getRows());
+        std::string context = forkCollective(op);
         body += fmt::format(
-            "  moert::kernels::combine{}<{}>(ctx, {}, {}, {}, {}, {}, {}, {}, "
+            "  moert::kernels::combine{}<{}>({}, {}, {}, {}, {}, {}, {}, {}, "
             "{}, {});\n",
             dispatcherName(c.getDispatcher()), elementType(c.getRows()),
-            axesMask(c.getGridAxes()), *size, args, tokens, k, width, local,
-            bound, typed(c.getResult()));
+            context, axesMask(c.getGridAxes()), *size, args, tokens, k, width,
+            local, bound, typed(c.getResult()));
+        endCollective(op);
         scratch(fmt::format(
             "moert::kernels::combineScratchBytes({}, {}, {}, {}, {}, {}, {})",
             tokens, k, width, *size, local, bound,
@@ -750,13 +840,15 @@ LogicalResult TrainStepPrinter::printExpertParallel(Operation &op) {
           return failure();
         int64_t tokens = leadingCount(typeOf(s.getInput()));
         int64_t width = shape(s.getInput()).back();
+        std::string context = forkCollective(op);
         body += fmt::format(
-            "  moert::kernels::tokenShuffle<{}>(ctx, {}, {}, {}, {}ull, {}, "
+            "  moert::kernels::tokenShuffle<{}>({}, {}, {}, {}, {}ull, {}, "
             "{}, {}, {});\n",
-            elementType(s.getInput()), axesMask(s.getGridAxes()), *size, args,
-            static_cast<uint64_t>(s.getSeed()),
+            elementType(s.getInput()), context, axesMask(s.getGridAxes()),
+            *size, args, static_cast<uint64_t>(s.getSeed()),
             s.getInverse() ? "true" : "false", tokens, width,
             typed(s.getResult()));
+        endCollective(op);
         scratch(fmt::format(
             "moert::kernels::tokenShuffleScratchBytes({}, {}, {}, {})", tokens,
             width, *size, typeOf(s.getInput()).getElementTypeBitWidth() / 8));
@@ -1373,6 +1465,7 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
     return step.emitError() << "has no memory plan; run moe-plan-memory "
                                "before the CUDA printer";
 
+  scheduleCollectives();
   // Ops in order; each moe.adamw_group (consecutive ops) is one
   // multi-tensor launch.
   Block &block = step.getBody().front();
@@ -1406,6 +1499,15 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
     }
     if (failed(printGroup()))
       return failure();
+    // The compute stream waits for the overlapped collectives `op` reads,
+    // between the captured segments.
+    if (auto joins = joinsBefore.find(&op); joins != joinsBefore.end()) {
+      endSegment(/*capture=*/true);
+      for (int id : joins->second)
+        body += fmt::format("  moert::kernels::joinCollective(ctx, {});\n",
+                            id);
+      endSegment(/*capture=*/false);
+    }
     bool hostSync = runsUncaptured(op);
     if (hostSync)
       endSegment(/*capture=*/true);

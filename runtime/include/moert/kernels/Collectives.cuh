@@ -30,7 +30,9 @@
 #include "moert/Mesh.h"
 #include "moert/kernels/Common.cuh"
 
+#include <array>
 #include <type_traits>
+#include <vector>
 
 namespace moert::kernels {
 
@@ -167,6 +169,52 @@ void allReduceSum(const Context &ctx, MeshAxes axes, int64_t G, const T *send,
   checkCollective(
       group.allReduceSum(send, recv, count, dataTypeOf<T>(), ctx.stream),
       "shard.all_reduce");
+}
+
+/// Overlap. The printer chooses which collectives run on
+/// Context::collectiveStream: it forks each one off the compute stream at
+/// its place in the program (so it sees every earlier write) and joins it
+/// back right before the first op that reads its result. Every fork and
+/// join is in the printed step; `id` numbers the collective.
+
+/// This rank's two events of overlapped collective `id`: [0] the fork on
+/// the compute stream, [1] the collective's end.
+inline cudaEvent_t *collectiveEvents(int id) {
+  thread_local std::vector<std::array<cudaEvent_t, 2>> events;
+  while (static_cast<int>(events.size()) <= id) {
+    std::array<cudaEvent_t, 2> pair;
+    for (cudaEvent_t &e : pair)
+      MOERT_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    events.push_back(pair);
+  }
+  return events[id].data();
+}
+
+/// The context collective `id` runs in: ctx with the collective stream,
+/// which first waits for the compute stream's work so far.
+inline Context forkCollective(const Context &ctx, int id) {
+  Context forked = ctx;
+  if (!ctx.collectiveStream)
+    return forked;
+  cudaEvent_t *events = collectiveEvents(id);
+  MOERT_CUDA_CHECK(cudaEventRecord(events[0], ctx.stream));
+  MOERT_CUDA_CHECK(cudaStreamWaitEvent(ctx.collectiveStream, events[0], 0));
+  forked.stream = ctx.collectiveStream;
+  return forked;
+}
+
+/// Marks the end of collective `id` on the collective stream.
+inline void endCollective(const Context &ctx, int id) {
+  if (ctx.collectiveStream)
+    MOERT_CUDA_CHECK(cudaEventRecord(collectiveEvents(id)[1],
+                                     ctx.collectiveStream));
+}
+
+/// The compute stream waits for collective `id` to end.
+inline void joinCollective(const Context &ctx, int id) {
+  if (ctx.collectiveStream)
+    MOERT_CUDA_CHECK(
+        cudaStreamWaitEvent(ctx.stream, collectiveEvents(id)[1], 0));
 }
 
 /// linalg.broadcast of a device scalar: out[i] = *value, i < n.
