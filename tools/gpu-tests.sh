@@ -17,8 +17,16 @@
 # ce_loss, aux_loss and grad_norm each within its tolerance at every step and
 # in the median over the steps (TOLERANCES in python/moec/train_bf16.py),
 # both with fp32 master weights ("bf16": true; also checkpointed after 25
-# steps and resumed) and as a bf16 model ("param_dtype": "bf16"). Exits
-# non-zero on the first failure.
+# steps and resumed) and as a bf16 model ("param_dtype": "bf16").
+# Partitioned (docs/partitioning.md): the tiny Mixtral with E = 8 in fp32 on
+# the layouts (P, H) in {(2,1), (1,2), (2,2), (4,2), (8,1)} (W = P·H), with
+# both dispatchers and the token shuffle on and off where P > 1, each
+# compiled once (`moec compile --world-size W`) and run as W ranks on one
+# GPU (`train_step --simulate-ranks W`): 3 steps equal the CPU reference's
+# partitioned run (`moec train --reference --world-size W`: loss, aux loss,
+# grad norm) and the unpartitioned run on the W micro-batches together
+# (the same metrics and every gathered final parameter), relative error
+# < 1e-4. Exits non-zero on the first failure.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 mode="${1:-}"
@@ -28,6 +36,33 @@ if [[ -z "$mode" || -z "$dir" ]]; then
   exit 2
 fi
 modes=(aux_loss none sinkhorn balanced)
+# The partitioned layouts: name, P, H. Routing is aux_loss (top-k routes
+# each token alone, so the partitioned and the unpartitioned step route
+# alike); with P = 1 there is nothing to dispatch or shuffle.
+layouts=("p2h1 2 1" "p1h2 1 2" "p2h2 2 2" "p4h2 4 2" "p8h1 8 1")
+# The variants of a layout with P > 1: name and moec flags.
+dispatches=("a2a:--moe-all-to-all-dispatcher=true"
+            "gather:--moe-all-to-all-dispatcher=false"
+            "a2a-shuffle:--moe-all-to-all-dispatcher=true --global-token-shuffle"
+            "gather-shuffle:--moe-all-to-all-dispatcher=false --global-token-shuffle")
+
+# Prints "NAME W FLAGS..." for every partitioned case.
+partitioned_cases() {
+  local layout name p h
+  for layout in "${layouts[@]}"; do
+    read -r name p h <<< "$layout"
+    local flags=(--world-size $((p * h)) --expert-parallel-degree "$p"
+                 --hybrid-shard-degree "$h")
+    if (( p == 1 )); then
+      echo "$name $((p * h)) ${flags[*]}"
+      continue
+    fi
+    local variant
+    for variant in "${dispatches[@]}"; do
+      echo "$name-${variant%%:*} $((p * h)) ${flags[*]} ${variant#*:}"
+    done
+  done
+}
 export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
 
 if [[ "$mode" == prepare ]]; then
@@ -81,6 +116,25 @@ if [[ "$mode" == prepare ]]; then
     > "$dir/bf16-model.json"
   "$moec" compile "$model" --config "$dir/bf16-model.json" -o "$dir/bf16-model"
   cp "$root"/test/Inputs/train-bf16/*.json "$dir/"
+  # Partitioned: one program per case; the reference's partitioned run
+  # (metrics) and, per world size, the unpartitioned run on B·W sequences
+  # (metrics and parameters).
+  e8="$root/test/Inputs/train/tiny-e8.onnx"
+  tokens="$root/test/Inputs/fortunes/train.pb"
+  common=(--micro-batch-size 2 --seq-length 64 --moe-load-balancing aux_loss)
+  for w in 2 4 8; do
+    rm -rf "$dir/part-ref-w$w"
+    "$moec" train "$e8" --reference --tokens "$tokens" --steps 3 \
+      --micro-batch-size $((2 * w)) --seq-length 64 --moe-load-balancing aux_loss \
+      --dump "$dir/part-ref-w$w" --log "$dir/part-ref-w$w.csv" > /dev/null
+  done
+  while read -r name w flags; do
+    # shellcheck disable=SC2086 # the flags are words
+    "$moec" compile "$e8" "${common[@]}" $flags -o "$dir/part-$name"
+    # shellcheck disable=SC2086
+    "$moec" train "$e8" --reference --tokens "$tokens" --steps 3 "${common[@]}" \
+      $flags --log "$dir/part-$name.csv" > /dev/null
+  done < <(partitioned_cases)
   echo "prepared $dir"
   exit 0
 fi
@@ -119,4 +173,16 @@ python3 -m moec.train_bf16 --check "$out/bf16-resumed.csv" --golden "$dir/tiny-f
 echo "== bf16 model: 50 steps against PyTorch's curve for bf16 parameters and AdamW states"
 "$dir/bf16-model/train_step" --tokens "$dir/data/train.bin" --steps 50 --log "$out/bf16-model.csv"
 python3 -m moec.train_bf16 --check "$out/bf16-model.csv" --golden "$dir/tiny-fortunes-bf16-model.json"
+while read -r name w flags; do
+  echo "== partitioned $name: $w ranks on one GPU, 3 steps against the CPU reference"
+  "$dir/part-$name/train_step" --simulate-ranks "$w" --tokens "$dir/data/train.bin" \
+    --steps 3 --log "$out/part-$name.csv" --dump "$out/part-$name"
+  # The reference's partitioned metrics, then the unpartitioned run's.
+  python3 -m moec.check_gpu --reference "$dir/part-ref-w$w" \
+    --reference-log "$dir/part-$name.csv" \
+    --gpu "$out/part-$name" --gpu-log "$out/part-$name.csv" --tolerance 1e-4
+  python3 -m moec.check_gpu --reference "$dir/part-ref-w$w" \
+    --reference-log "$dir/part-ref-w$w.csv" \
+    --gpu "$out/part-$name" --gpu-log "$out/part-$name.csv" --tolerance 1e-4
+done < <(partitioned_cases)
 echo "all GPU tests passed"

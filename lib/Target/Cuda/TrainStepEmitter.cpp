@@ -680,7 +680,58 @@ LogicalResult TrainStepPrinter::printCollective(Operation &op) {
         *size, local.getNumElements(), local.getElementTypeBitWidth() / 8));
     return success();
   };
+  // A static unit-stride slice of `whole` as moert::kernels::Slice.
+  auto sliceOf = [&](OffsetSizeAndStrideOpInterface s,
+                     RankedTensorType whole) -> FailureOr<std::string> {
+    if (!s.hasUnitStride() || !ShapedType::isStaticShape(s.getStaticSizes()) ||
+        !ShapedType::isStaticShape(s.getStaticOffsets()) ||
+        s.getStaticSizes().size() != static_cast<size_t>(whole.getRank()))
+      return op.emitOpError() << "is not a static unit-stride slice of "
+                              << whole
+                              << " of full rank; the CUDA printer copies "
+                                 "only those";
+    return fmt::format("moert::kernels::Slice<{}>{{{{{}}}, {{{}}}, {{{}}}}}",
+                       whole.getRank(), joined(s.getStaticSizes()),
+                       joined(whole.getShape()),
+                       joined(s.getStaticOffsets()));
+  };
   return TypeSwitch<Operation *, LogicalResult>(&op)
+      .Case([&](tensor::ExtractSliceOp e) -> LogicalResult {
+        FailureOr<std::string> slice = sliceOf(e, e.getSourceType());
+        if (failed(slice) || failed(pointer(op, e.getSource())))
+          return failure();
+        body += fmt::format(
+            "  moert::kernels::extractSlice(ctx, {}, {}, {});\n",
+            typed(e.getSource()), *slice, typed(e.getResult()));
+        return success();
+      })
+      .Case([&](tensor::InsertSliceOp i) -> LogicalResult {
+        FailureOr<std::string> slice = sliceOf(i, i.getDestType());
+        if (failed(slice) || failed(pointer(op, i.getSource())))
+          return failure();
+        Value result = i.getResult();
+        int64_t n = typeOf(result).getNumElements();
+        std::string c = *cType(result.getType());
+        // The destination's values first: a splat constant is filled in,
+        // a buffer copied unless the result is in place.
+        if (auto splat = constants.find(i.getDest()); splat != constants.end()) {
+          body += fmt::format(
+              "  moert::kernels::fillValue<{}>(ctx, {}, {}, {});\n", c,
+              floatLiteral(splat->second), n, typed(result));
+        } else {
+          FailureOr<std::string> dest = pointer(op, i.getDest());
+          if (failed(dest))
+            return failure();
+          if (*dest != typed(result))
+            body += fmt::format(
+                "  MOERT_CUDA_CHECK(cudaMemcpyAsync({}, {}, {}, "
+                "cudaMemcpyDeviceToDevice, ctx.stream));\n",
+                typed(result), *dest, byteSize(typeOf(result)));
+        }
+        body += fmt::format("  moert::kernels::insertSlice(ctx, {}, {}, {});\n",
+                            typed(i.getSource()), *slice, typed(result));
+        return success();
+      })
       .Case([&](shard::AllGatherOp g) {
         return printBlocks("allGather", g.getInput(), g.getResult(),
                            typeOf(g.getInput()),
@@ -1443,7 +1494,8 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
       })
       .Case([&](tensor::EmptyOp) { return success(); })
       .Case<shard::AllGatherOp, shard::ReduceScatterOp, shard::AllReduceOp,
-            linalg::BroadcastOp>(
+            linalg::BroadcastOp, tensor::ExtractSliceOp,
+            tensor::InsertSliceOp>(
           [&](Operation *c) { return printCollective(*c); })
       .Case<moe::DispatchOp, moe::CombineOp, moe::TokenShuffleOp,
             moe::TargetCountOp, moe::LoadBalancingStatsOp,

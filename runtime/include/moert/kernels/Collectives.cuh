@@ -14,7 +14,10 @@
 // extent·inner] and a copy kernel interleaves it into [outer, G·extent,
 // inner]; the scatter copies [outer, G·extent, inner] into scratch as
 // [G, outer, extent·inner] first. Along the leading dimension (outer = 1)
-// both call the communicator on the buffers directly.
+// both call the communicator on the buffers directly. The padding of a
+// chunked parameter (docs/partitioning.md, Layout) is cut off after the
+// gather (extractSlice) and added to a gradient before the scatter
+// (insertSlice into a zero fill).
 //
 // Every call checks that the group has the size the IR was partitioned for
 // and exits with the op, the group and the sizes otherwise; a failed
@@ -215,6 +218,87 @@ inline void joinCollective(const Context &ctx, int id) {
   if (ctx.collectiveStream)
     MOERT_CUDA_CHECK(
         cudaStreamWaitEvent(ctx.stream, collectiveEvents(id)[1], 0));
+}
+
+/// A static slice of a tensor (tensor.extract_slice / insert_slice with unit
+/// strides): its shape, the whole tensor's and its offsets.
+template <int Rank> struct Slice {
+  int64_t shape[Rank];
+  int64_t whole[Rank];
+  int64_t offset[Rank];
+};
+
+namespace detail {
+
+/// Element i of the slice <-> its index in the whole tensor; copies slice
+/// element i from `whole` (extract) or into it (insert).
+template <class T, int Rank>
+__global__ void sliceCopyKernel(const T *in, T *out, Slice<Rank> slice,
+                                int64_t count, bool insert) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t rest = i, flat = 0, stride = 1;
+    for (int d = Rank - 1; d >= 0; --d) {
+      flat += (slice.offset[d] + rest % slice.shape[d]) * stride;
+      rest /= slice.shape[d];
+      stride *= slice.whole[d];
+    }
+    if (insert)
+      out[flat] = in[i];
+    else
+      out[i] = in[flat];
+  }
+}
+
+template <class T>
+__global__ void fillValueKernel(T value, int64_t n, T *out) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = value;
+}
+
+} // namespace detail
+
+/// tensor.extract_slice: out (the slice) from `whole`. The all-gather of a
+/// chunked parameter drops its padding this way.
+template <class T, int Rank>
+void extractSlice(const Context &ctx, const T *whole, const Slice<Rank> &slice,
+                  T *out) {
+  int64_t count = 1;
+  for (int d = 0; d < Rank; ++d)
+    count *= slice.shape[d];
+  if (count == 0)
+    return;
+  detail::sliceCopyKernel<T, Rank>
+      <<<blocksFor(count), 256, 0, ctx.stream>>>(whole, out, slice, count,
+                                                 false);
+  MOERT_CUDA_CHECK(cudaGetLastError());
+}
+
+/// tensor.insert_slice: `part` into the slice of `whole` (already holding
+/// the destination's values). A gradient gets its zero padding this way.
+template <class T, int Rank>
+void insertSlice(const Context &ctx, const T *part, const Slice<Rank> &slice,
+                 T *whole) {
+  int64_t count = 1;
+  for (int d = 0; d < Rank; ++d)
+    count *= slice.shape[d];
+  if (count == 0)
+    return;
+  detail::sliceCopyKernel<T, Rank>
+      <<<blocksFor(count), 256, 0, ctx.stream>>>(part, whole, slice, count,
+                                                 true);
+  MOERT_CUDA_CHECK(cudaGetLastError());
+}
+
+/// out[i] = value, i < n (a splat destination of tensor.insert_slice).
+template <class T>
+void fillValue(const Context &ctx, float value, int64_t n, T *out) {
+  if (n == 0)
+    return;
+  detail::fillValueKernel<T>
+      <<<blocksFor(n), 256, 0, ctx.stream>>>(fromFloat<T>(value), n, out);
+  MOERT_CUDA_CHECK(cudaGetLastError());
 }
 
 /// linalg.broadcast of a device scalar: out[i] = *value, i < n.

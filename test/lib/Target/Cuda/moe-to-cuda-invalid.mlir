@@ -790,6 +790,23 @@ func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4x
 
 // -----
 
+// Tests that the printer copies static unit-stride slices only.
+func.func @init_params(%seed: tensor<i64> {moe.input = "seed"}) -> (tensor<8x4xf32> {moe.parameter = "w"}) {
+  %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.02 : f64} : (tensor<i64>) -> tensor<8x4xf32>
+  return %w : tensor<8x4xf32>
+}
+func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4xf32> {moe.exp_avg = "w"}, %v: tensor<8x4xf32> {moe.exp_avg_sq = "w"}, %ids: tensor<2x4xi64> {moe.input = "input_ids"}, %labels: tensor<2x4xi64> {moe.input = "labels"}, %step: tensor<i64> {moe.input = "step"}, %lr: tensor<f32> {moe.input = "lr"}) -> (tensor<f32> {moe.output = "loss"}, tensor<f32> {moe.output = "ce_loss"}, tensor<f32> {moe.output = "aux_loss"}, tensor<f32> {moe.output = "z_loss"}, tensor<f32> {moe.output = "grad_norm"}, tensor<1x8xi64> {moe.output = "expert_counts"}) attributes {moe.arena_bytes = 1024 : i64} {
+  %h = moe.embedding %w[%ids] {moe.arena_offsets = array<i64: 0>} : (tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<2x4x4xf32>
+  %loss = moe.lm_head_cross_entropy %h, %w, %labels {moe.arena_offsets = array<i64: 256>} : (tensor<2x4x4xf32>, tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<f32>
+  // expected-error@+1 {{'tensor.extract_slice' op is not a static unit-stride slice of 'tensor<2x4x4xf32>' of full rank; the CUDA printer copies only those}}
+  %s = tensor.extract_slice %h[0, 0, 0] [1, 2, 4] [1, 2, 1] {moe.arena_offsets = array<i64: 768>} : tensor<2x4x4xf32> to tensor<1x2x4xf32>
+  %zero = arith.constant dense<0.0> : tensor<f32>
+  %counts = moe.expert_counts %ids {moe.arena_offsets = array<i64: 512>} : (tensor<2x4xi64>) -> tensor<1x8xi64>
+  return %loss, %loss, %zero, %zero, %zero, %counts : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<1x8xi64>
+}
+
+// -----
+
 // Tests that the printer refuses a routed op on a grid that is not the
 // program's mesh.
 shard.grid @mesh(shape = 1x1x2)
