@@ -134,6 +134,8 @@ def compiled_job_fields(micro_batch: int, seq: int, recipe: str) -> dict[str, ob
         "moe_load_balancing": "aux_loss",
         "router_aux_loss_coef": AUX_LOSS_COEF,
         "router_z_loss_coef": 0.0,
+        # One GPU: a partitioned program runs on world_size ranks.
+        "world_size": 1,
     }
 
 
