@@ -152,8 +152,9 @@ std::string axesMask(ArrayRef<int16_t> axes) {
 
 /// Whether `op` runs outside the captured segments: it reads values back
 /// to the host in the middle of the step (the experts' group sizes, the
-/// dispatch's counts) or is a collective, which the communicators do not
-/// let a graph capture (docs/cuda-backend.md, Partitioned steps).
+/// dispatch's counts) or is a collective, which the in-process communicator
+/// of simulated ranks cannot run inside a graph (docs/cuda-backend.md,
+/// Partitioned steps).
 bool runsUncaptured(Operation &op) {
   return isa<moe::ExpertsOp, moe::ExpertsGradOp, moe::DispatchOp,
              moe::CombineOp, moe::TokenShuffleOp, shard::AllGatherOp,
@@ -211,8 +212,8 @@ private:
   /// receive bound).
   int64_t rowBoundOf(Value v);
   LogicalResult printCollective(Operation &op);
-  /// Chooses the collectives that run on the collective stream and where
-  /// the compute stream joins each (see print()).
+  /// Numbers the collectives (each runs on the collective stream) and
+  /// chooses where the compute stream joins each.
   void scheduleCollectives();
   /// Prints the fork of collective `op` onto the collective stream and
   /// returns the name of the context its calls take.
