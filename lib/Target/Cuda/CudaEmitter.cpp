@@ -12,7 +12,6 @@
 #include "dialects/Moe/IR/MoeOps.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
-#include "mlir/Dialect/Shard/IR/ShardDialect.h"
 
 #include <fmt/format.h>
 
@@ -93,33 +92,14 @@ void moec::detail::printParamInitLaunch(moe::ParamInitOp op,
       op.getStd().convertToDouble(), shard);
 }
 
-LogicalResult moec::detail::checkOneGpuProgram(func::FuncOp func) {
-  WalkResult walk = func.walk([](Operation *op) -> WalkResult {
-    if (isa<shard::ShardDialect>(op->getDialect()) ||
-        isa<moe::DispatchOp, moe::CombineOp, moe::TokenShuffleOp,
-            moe::LoadBalancingStatsOp, moe::LoadBalancingLossFromStatsOp,
-            moe::LoadBalancingStatsGradOp, moe::TargetCountOp>(op)) {
-      op->emitOpError() << "belongs to a partitioned program "
-                           "(moe-expert-parallel, moe-hybrid-shard); the "
-                           "CUDA printer emits one-GPU programs only";
-      return WalkResult::interrupt();
-    }
-    if (auto router = dyn_cast<moe::RouterOp>(op);
-        router && router.getTokensPerGroup() != 0) {
-      router.emitOpError() << "routes groups of "
-                           << router.getTokensPerGroup()
-                           << " tokens (tokens_per_group); the CUDA kernels "
-                              "route all tokens of the step together";
-      return WalkResult::interrupt();
-    }
-    if (auto init = dyn_cast<moe::ParamInitOp>(op);
-        init && (init.getGrid() || init.getSplitAxes())) {
-      init.emitOpError() << "creates one rank's block of '" << init.getName()
-                         << "' (grid, split_axes); the CUDA printer creates "
-                            "whole parameters only";
-      return WalkResult::interrupt();
-    }
-    return WalkResult::advance();
+LogicalResult moec::detail::checkWholeParameters(func::FuncOp init) {
+  WalkResult walk = init.walk([](moe::ParamInitOp op) -> WalkResult {
+    if (!op.getGrid() && !op.getSplitAxes())
+      return WalkResult::advance();
+    op.emitOpError() << "creates one rank's block of '" << op.getName()
+                     << "' (grid, split_axes); the init program creates "
+                        "whole parameters only";
+    return WalkResult::interrupt();
   });
   return failure(walk.wasInterrupted());
 }
@@ -151,7 +131,7 @@ LogicalResult moec::emitCudaInitProgram(ModuleOp module,
   if (init.getBody().getBlocks().size() != 1)
     return init.emitError() << "has " << init.getBody().getBlocks().size()
                             << " blocks; the CUDA printer emits one";
-  if (failed(moec::detail::checkOneGpuProgram(init)))
+  if (failed(moec::detail::checkWholeParameters(init)))
     return failure();
   auto ret = cast<func::ReturnOp>(init.getBody().front().getTerminator());
 
