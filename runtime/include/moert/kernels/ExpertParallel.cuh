@@ -17,17 +17,17 @@
 //      staging buffer of per-source blocks;
 //   4. the blocks are copied into the dispatch order (local expert, source,
 //      slot), the local experts filled in, the [P, L] counts written.
-//   The host waits on the stream twice (the routing's counts, the exchanged
-//   counts); the row count it returns is what the local experts run on.
+//   The host waits on the stream once (the exchanged counts, which hold the
+//   rank's own); the row count it returns is what the local experts run on.
 // moe.dispatch, all_gather dispatcher: the group's tokens, expert choices
 // (and gates) are all-gathered, sorted stably by expert over the group's
 // slots (source-major), and the rank keeps its experts' range: the same
 // rows in the same order. One host wait (the routing's counts).
-// moe.combine, all_to_all: the reverse. The host reads the [P, L] counts
-// (what goes back to each source) and routes `experts` again (what comes
-// back from each destination, in the routing's order); each token's k
-// slots are summed in slot order in fp64 and rounded once, as the
-// reference does. Two host waits.
+// moe.combine, all_to_all: the reverse. `experts` is routed again (what
+// comes back from each destination, in the routing's order) and the host
+// reads its counts with the [P, L] counts (what goes back to each source)
+// in one wait; each token's k slots are summed in slot order in fp64 and
+// rounded once, as the reference does.
 // moe.combine, all_gather: the rank scatter-adds its rows into a zero
 // [P·T, d] buffer of the group's tokens (fp64 per token, rounded once) and
 // reduce-scatters it over the group. One host wait.
@@ -311,7 +311,7 @@ int64_t dispatchAllToAll(const Context &ctx, MeshAxes axes, int64_t P,
   const int64_t E = P * L, pairs = tokens * k, me = group.rank();
   int64_t offset = 0;
   detail::ExpertsRouting r =
-      detail::expertsRoute(ctx, experts, pairs, E, offset);
+      detail::expertsRouteOnDevice(ctx, experts, pairs, E, offset);
   T *sendRows = scratchAt<T>(ctx, offset, pairs * H);
   T *sendGates = scratchAt<T>(ctx, offset, pairs);
   int64_t *groupCounts = scratchAt<int64_t>(ctx, offset, P * E);
@@ -323,7 +323,9 @@ int64_t dispatchAllToAll(const Context &ctx, MeshAxes axes, int64_t P,
   checkCollective(group.allGather(r.deviceCounts, groupCounts, E,
                                   DataType::I64, ctx.stream),
                   "moe.dispatch");
+  // One host wait: the group's counts hold this rank's own.
   const int64_t *all = detail::readCounts(ctx, groupCounts, P * E);
+  detail::expertsSetCounts(r, all + me * E, pairs, E);
   auto received = [&](int64_t s, int64_t l) { return all[s * E + me * L + l]; };
   detail::SendPlan plan;
   size_t total = 0;
@@ -438,10 +440,20 @@ void combineAllToAll(const Context &ctx, MeshAxes axes, int64_t P,
   const int64_t E = P * L, pairs = tokens * k;
   int64_t offset = 0;
   detail::ExpertsRouting r =
-      detail::expertsRoute(ctx, experts, pairs, E, offset);
+      detail::expertsRouteOnDevice(ctx, experts, pairs, E, offset);
   T *back = scratchAt<T>(ctx, offset, pairs * width);
   T *send = scratchAt<T>(ctx, offset, rowBound * width);
-  const int64_t *sent = detail::readCounts(ctx, counts, P * L);
+  // One host wait: what goes back ([P, L]) and what comes back (the
+  // routing's [E]).
+  int64_t *host = detail::expertParallelHostCounts(P * L + E);
+  MOERT_CUDA_CHECK(cudaMemcpyAsync(host, counts, P * L * sizeof(int64_t),
+                                   cudaMemcpyDeviceToHost, ctx.stream));
+  MOERT_CUDA_CHECK(cudaMemcpyAsync(host + P * L, r.deviceCounts,
+                                   E * sizeof(int64_t),
+                                   cudaMemcpyDeviceToHost, ctx.stream));
+  MOERT_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
+  detail::expertsSetCounts(r, host + P * L, pairs, E);
+  const int64_t *sent = host;
   // The received rows are in (local expert, source) blocks; source s gets
   // its blocks back in local-expert order.
   std::vector<int64_t> blockStart(P * L);
