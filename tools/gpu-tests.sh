@@ -39,7 +39,7 @@ modes=(aux_loss none sinkhorn balanced)
 # The partitioned layouts: name, P, H. Routing is aux_loss (top-k routes
 # each token alone, so the partitioned and the unpartitioned step route
 # alike); with P = 1 there is nothing to dispatch or shuffle.
-layouts=("p2h1 2 1" "p1h2 1 2" "p2h2 2 2" "p4h2 4 2" "p8h1 8 1")
+e8_layouts=("p2h1 2 1" "p1h2 1 2" "p2h2 2 2" "p4h2 4 2" "p8h1 8 1")
 # The variants of a layout with P > 1: name and moec flags.
 dispatches=("a2a:--moe-all-to-all-dispatcher=true"
             "gather:--moe-all-to-all-dispatcher=false"
@@ -49,7 +49,7 @@ dispatches=("a2a:--moe-all-to-all-dispatcher=true"
 # Prints "NAME W FLAGS..." for every partitioned case.
 partitioned_cases() {
   local layout name p h
-  for layout in "${layouts[@]}"; do
+  for layout in "${e8_layouts[@]}"; do
     read -r name p h <<< "$layout"
     local flags=(--world-size $((p * h)) --expert-parallel-degree "$p"
                  --hybrid-shard-degree "$h")

@@ -1676,7 +1676,8 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
 #include "moert/kernels/RouterLosses.cuh"
 )cuda";
   if (grid)
-    os << "#include \"moert/kernels/Collectives.cuh\"\n"
+    os << "#include \"moert/NcclCommunicator.h\"\n"
+          "#include \"moert/kernels/Collectives.cuh\"\n"
           "#include \"moert/kernels/ExpertParallel.cuh\"\n";
   if (usesCudnn)
     os << "#include \"moert/kernels/AttentionCudnn.cuh\"\n";
@@ -1715,7 +1716,7 @@ namespace {
   }
   os << "};\n\n";
   if (grid)
-    os << "void initParamBlocks(char *state, uint64_t seed, "
+    os << "void initRankParams(char *state, uint64_t seed, "
           "const moert::MeshGroups &mesh, cudaStream_t stream) {\n"
        << initBody << "}\n\n";
   else
@@ -1772,8 +1773,10 @@ namespace {
       metric["grad_norm"], metric["expert_counts"],
       countShape.size() == 2 ? countShape[0] : 1, countShape.back(),
       modelFlops->total(),
-      grid ? fmt::format("  program.initParamBlocks = initParamBlocks;\n"
-                         "  program.mesh = {{{}}};\n",
+      grid ? fmt::format("  program.initRankParams = initRankParams;\n"
+                         "  program.mesh = {{{}}};\n"
+                         "  program.createWorld = "
+                         "moert::createWorldCommunicator;\n",
                          joined(grid.getShape()))
            : std::string("  program.initParams = initParams;\n"),
       usesCudnn ? "  program.openLibraries = openLibraries;\n" : "");

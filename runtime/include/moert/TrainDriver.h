@@ -15,6 +15,7 @@
 #ifndef MOERT_TRAINDRIVER_H
 #define MOERT_TRAINDRIVER_H
 
+#include "moert/Bootstrap.h"
 #include "moert/Mesh.h"
 
 #include <cuda_runtime_api.h>
@@ -72,6 +73,13 @@ struct TrainProgram {
   /// The mesh the step was partitioned for (1x1x1: a one-GPU program); the
   /// driver gives the step a MeshGroups of this shape (Context::mesh).
   MeshShape mesh{};
+  /// How a partitioned program makes its world under a launcher:
+  /// moert::createWorldCommunicator (moert/NcclCommunicator.h). The printed
+  /// program sets it, so that only partitioned programs link NCCL; null in
+  /// a one-rank program (and a partitioned one without it can only run
+  /// --simulate-ranks).
+  Status (*createWorld)(const RankInfo &, const EnvLookup &,
+                        std::unique_ptr<Communicator> &) = nullptr;
   double modelFlops = 0;
   /// Libraries beyond cuBLAS the step uses (cuDNN), on the Context's
   /// stream; null when none.
@@ -80,11 +88,11 @@ struct TrainProgram {
   int64_t (*scratchBytes)(const kernels::Context &) = nullptr;
   void (*setup)(char *state, char *arena, char *inputs) = nullptr;
   void (*initParams)(char *state, uint64_t seed, cudaStream_t stream) = nullptr;
-  /// A partitioned program's initialisation (set instead of initParams):
-  /// this rank's block of every parameter, placed by its coordinates on
-  /// `mesh`; the gathered blocks are the one-GPU program's parameters.
-  void (*initParamBlocks)(char *state, uint64_t seed, const MeshGroups &mesh,
-                          cudaStream_t stream) = nullptr;
+  /// A partitioned program's initialisation of the blocks this rank holds,
+  /// placed by the rank's coordinates on `mesh`; when set, the driver calls
+  /// it instead of initParams on a mesh of more than one rank.
+  void (*initRankParams)(char *state, uint64_t seed, const MeshGroups &mesh,
+                         cudaStream_t stream) = nullptr;
   void (*step)(const kernels::Context &, char *state, char *arena,
                char *inputs) = nullptr;
 };
