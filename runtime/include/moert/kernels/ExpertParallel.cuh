@@ -34,7 +34,8 @@
 // moe.token_shuffle: the group's tokens are all-gathered and each rank
 // takes its rows of the permutation π(seed, step) (docs/partitioning.md),
 // computed on the device by one thread from the step counter in device
-// memory: no host wait.
+// memory, once per step (the step's later shuffles find it in the rank's
+// buffers): no host wait.
 // moe.target_count, moe.load_balancing_stats, _loss_from_stats and
 // _stats_grad are local kernels (their all-reduce is a shard.all_reduce).
 //
@@ -132,30 +133,61 @@ __global__ void sumSlotsKernel(const T *rows, const int *pos,
   }
 }
 
-/// One thread: source[m] = the group row that output row m of the shuffle
-/// reads: π(seed, *step) of [0, n), or its inverse (docs/partitioning.md).
+/// One thread: the rows the shuffle's output reads, for π(seed, *step) of
+/// [0, n) (docs/partitioning.md): forward[m] = π[m], inverse[π[m]] = m.
+/// `key` holds (step, seed, n) of what the buffers hold; a step's later
+/// shuffles find it and return at once.
 __global__ void tokenPermutationKernel(const int64_t *step, uint64_t seed,
-                                       int64_t n, bool inverse,
-                                       int64_t *permutation,
-                                       int64_t *source) {
+                                       int64_t n, int64_t *key,
+                                       int64_t *forward, int64_t *inverse) {
+  const int64_t s = static_cast<int64_t>(seed);
+  if (key[0] == *step && key[1] == s && key[2] == n)
+    return;
   for (int64_t i = 0; i < n; ++i)
-    permutation[i] = i;
+    forward[i] = i;
   uint64_t stream =
       splitmix64(splitmix64(seed) ^ static_cast<uint64_t>(*step));
   for (int64_t i = n - 1; i > 0; --i) {
     int64_t j = static_cast<int64_t>(
         splitmix64(stream ^ static_cast<uint64_t>(i)) %
         static_cast<uint64_t>(i + 1));
-    int64_t swap = permutation[i];
-    permutation[i] = permutation[j];
-    permutation[j] = swap;
+    int64_t swap = forward[i];
+    forward[i] = forward[j];
+    forward[j] = swap;
   }
-  for (int64_t m = 0; m < n; ++m) {
-    if (inverse)
-      source[permutation[m]] = m;
-    else
-      source[m] = permutation[m];
+  for (int64_t m = 0; m < n; ++m)
+    inverse[forward[m]] = m;
+  key[0] = *step;
+  key[1] = s;
+  key[2] = n;
+}
+
+/// The calling thread's (a rank's) device buffers of the shuffle's
+/// permutation, kept across ops and steps: the key, forward and inverse
+/// rows of up to `capacity` group tokens.
+struct TokenPermutation {
+  int64_t *key = nullptr, *forward = nullptr, *inverse = nullptr;
+  int64_t capacity = 0;
+  ~TokenPermutation() {
+    // The process may be tearing the device down already: nothing to check.
+    cudaFree(key);
   }
+};
+
+inline TokenPermutation &tokenPermutation(const Context &ctx, int64_t n) {
+  thread_local TokenPermutation p;
+  if (n > p.capacity) {
+    if (p.key)
+      MOERT_CUDA_CHECK(cudaFree(p.key));
+    MOERT_CUDA_CHECK(cudaMalloc(&p.key, (3 + 2 * n) * sizeof(int64_t)));
+    // n = -1 never matches: the first shuffle computes.
+    MOERT_CUDA_CHECK(cudaMemsetAsync(p.key, 0xff, 3 * sizeof(int64_t),
+                                     ctx.stream));
+    p.forward = p.key + 3;
+    p.inverse = p.forward + n;
+    p.capacity = n;
+  }
+  return p;
 }
 
 /// out[i, :] = all[source[first + i], :], i < tokens.
@@ -523,12 +555,13 @@ void combineAllGather(const Context &ctx, MeshAxes axes, int64_t P,
 inline int64_t tokenShuffleScratchBytes(int64_t tokens, int64_t width,
                                         int64_t P, int64_t elementBytes) {
   using detail::expertsAlign;
-  return 256 + expertsAlign(P * tokens * width * elementBytes) +
-         2 * expertsAlign(P * tokens * 8);
+  return 256 + expertsAlign(P * tokens * width * elementBytes);
 }
 
 /// moe.token_shuffle: input [tokens, width] of this group rank; out its
 /// rows of the group's tokens permuted by π(seed, *step) (or the inverse).
+/// The permutation is computed once per step (by the step's first
+/// shuffle) into device buffers the rank keeps.
 template <class T>
 void tokenShuffle(const Context &ctx, MeshAxes axes, int64_t P,
                   const T *input, const int64_t *step, uint64_t seed,
@@ -536,18 +569,18 @@ void tokenShuffle(const Context &ctx, MeshAxes axes, int64_t P,
   Communicator &group = meshGroup(ctx, axes, P, "moe.token_shuffle");
   int64_t offset = 0, n = P * tokens;
   T *all = scratchAt<T>(ctx, offset, n * width);
-  int64_t *permutation = scratchAt<int64_t>(ctx, offset, n);
-  int64_t *source = scratchAt<int64_t>(ctx, offset, n);
+  detail::TokenPermutation &permutation = detail::tokenPermutation(ctx, n);
   checkCollective(group.allGather(input, all, tokens * width, dataTypeOf<T>(),
                                   ctx.stream),
                   "moe.token_shuffle");
   detail::tokenPermutationKernel<<<1, 1, 0, ctx.stream>>>(
-      step, seed, n, inverse, permutation, source);
+      step, seed, n, permutation.key, permutation.forward,
+      permutation.inverse);
   MOERT_CUDA_CHECK(cudaGetLastError());
   detail::gatherRowsKernel<T><<<blocksFor(tokens * width), 256, 0,
-                                ctx.stream>>>(all, source,
-                                              group.rank() * tokens, tokens,
-                                              width, out);
+                                ctx.stream>>>(
+      all, inverse ? permutation.inverse : permutation.forward,
+      group.rank() * tokens, tokens, width, out);
   MOERT_CUDA_CHECK(cudaGetLastError());
 }
 
