@@ -7,7 +7,8 @@
 // padded with zeros so every rank's shard has one static shape); the
 // parameter is all-gathered over H before use, its gradient reduce-scattered
 // over H and all-reduced over the replicas that hold the same shard. The
-// loss and its gradients are weighted so that they are the global batch's.
+// losses and their gradients are made the global batch's: the cross-entropy
+// divides by the global batch's target count.
 //
 //===----------------------------------------------------------------------===//
 
@@ -20,9 +21,9 @@
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
-#include "mlir/Dialect/Linalg/IR/Linalg.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinOps.h"
+#include "llvm/ADT/TypeSwitch.h"
 #include "llvm/Support/FormatVariadic.h"
 
 namespace moec {
@@ -263,11 +264,11 @@ LogicalResult HybridShardPass::rewriteLosses(func::FuncOp step) {
   const int64_t w = mesh.worldSize();
   if (w == 1)
     return success();
-  // The cross-entropy's value (moe.lm_head_cross_entropy, or the fused op of
-  // moe-fuse-loss-grad) and every gradient computed from it.
+  // The cross-entropy (moe.lm_head_cross_entropy, or the fused op of
+  // moe-fuse-loss-grad) and the ops that compute its gradients.
   Value ce, labels;
   IntegerAttr ignoreIndex;
-  SmallVector<Value> ceGrads;
+  SmallVector<Operation *> ceOps;
   SmallVector<moe::RouterZLossOp> zLosses;
   SmallVector<moe::RouterZLossGradOp> zGrads;
   SmallVector<moe::ExpertCountsOp> counts;
@@ -276,13 +277,14 @@ LogicalResult HybridShardPass::rewriteLosses(func::FuncOp step) {
       ce = c.getLoss();
       labels = c.getLabels();
       ignoreIndex = c.getIgnoreIndexAttr();
+      ceOps.push_back(op);
     } else if (auto c = dyn_cast<moe::LmHeadCrossEntropyWithGradOp>(op)) {
       ce = c.getLoss();
       labels = c.getLabels();
       ignoreIndex = c.getIgnoreIndexAttr();
-      ceGrads.append({c.getDInput(), c.getDWeight()});
-    } else if (auto g = dyn_cast<moe::LmHeadCrossEntropyGradOp>(op)) {
-      ceGrads.append({g.getDInput(), g.getDWeight()});
+      ceOps.push_back(op);
+    } else if (isa<moe::LmHeadCrossEntropyGradOp>(op)) {
+      ceOps.push_back(op);
     } else if (auto z = dyn_cast<moe::RouterZLossOp>(op)) {
       zLosses.push_back(z);
     } else if (auto z = dyn_cast<moe::RouterZLossGradOp>(op)) {
@@ -299,51 +301,35 @@ LogicalResult HybridShardPass::rewriteLosses(func::FuncOp step) {
   if (walk.wasInterrupted())
     return failure();
 
-  // Cross-entropy: rank r's mean over its n_r targets, weighted by
-  // n_r / N, sums to the mean over the N targets of the global batch, and
-  // so do its gradients.
+  // Cross-entropy: rank r's sum over its targets divided by the global
+  // batch's count N is its share of the global mean, and its gradients are
+  // the global step's, token for token: the cross-entropy ops divide by the
+  // all-reduced N (moe.lm_head_cross_entropy's `target_count`), and the
+  // shares are all-reduced into the global loss.
   if (ce) {
-    OpBuilder b(ce.getContext());
-    b.setInsertionPointAfterValue(ce);
+    Operation *first = ceOps.front();
+    OpBuilder b(first);
     Location loc = ce.getLoc();
     auto scalarType = cast<RankedTensorType>(ce.getType());
     Value local =
         moe::TargetCountOp::create(b, loc, scalarType, labels, ignoreIndex);
     Value total = allReduce(b, loc, local, kWorldAxes);
-    // No targets anywhere: every weight is 0, as the loss is.
+    // No targets anywhere: the shares are 0, as the global loss is.
     Value one = arith::ConstantOp::create(
         b, loc, scalarType,
         DenseElementsAttr::get(scalarType, b.getF32FloatAttr(1.0f)));
     total = arith::MaximumFOp::create(b, loc, total, one);
-    Value weight = arith::DivFOp::create(b, loc, local, total);
-    Value weighted = arith::MulFOp::create(b, loc, ce, weight);
-    Value global = allReduce(b, loc, weighted, kWorldAxes);
+    for (Operation *op : ceOps)
+      llvm::TypeSwitch<Operation *>(op)
+          .Case<moe::LmHeadCrossEntropyOp, moe::LmHeadCrossEntropyWithGradOp,
+                moe::LmHeadCrossEntropyGradOp>([&](auto c) {
+            c.getTargetCountMutable().assign(total);
+          });
+    b.setInsertionPointAfterValue(ce);
+    Value global = allReduce(b, loc, ce, kWorldAxes);
     ce.replaceUsesWithIf(global, [&](OpOperand &use) {
-      return use.getOwner() != weighted.getDefiningOp();
+      return use.getOwner() != global.getDefiningOp();
     });
-    for (Value grad : ceGrads) {
-      // After both the weight and the gradient.
-      b.setInsertionPointAfterValue(grad);
-      if (grad.getDefiningOp()->isBeforeInBlock(weight.getDefiningOp()))
-        b.setInsertionPointAfterValue(weight);
-      auto type = cast<RankedTensorType>(grad.getType());
-      // bf16 gradients take the weight in bf16.
-      Value typedWeight = weight;
-      if (type.getElementType() != scalarType.getElementType())
-        typedWeight = arith::TruncFOp::create(
-            b, loc, scalarType.clone(type.getElementType()), weight);
-      Value init = tensor::EmptyOp::create(b, loc, type.getShape(),
-                                           type.getElementType());
-      SmallVector<int64_t> dims =
-          llvm::to_vector(llvm::seq<int64_t>(0, type.getRank()));
-      Value broadcast =
-          linalg::BroadcastOp::create(b, loc, typedWeight, init, dims)
-              .getResult()[0];
-      Value scaled = arith::MulFOp::create(b, loc, grad, broadcast);
-      grad.replaceUsesWithIf(scaled, [&](OpOperand &use) {
-        return use.getOwner() != scaled.getDefiningOp();
-      });
-    }
   }
 
   // The router z-loss is a mean over every token; ranks hold equally many.
