@@ -280,10 +280,17 @@ LogicalResult StepPartitioner::rewriteExpertsGrad(ExpertsGradOp op) {
     dResult = shuffleTokens(loc, dResult, /*inverse=*/false);
   Value experts = op.getExperts();
   DispatchOp dRows = dispatch(loc, dResult, experts, Value());
+  // The local weights' shapes, in the gradients' element type (fp32 where
+  // moe-widen-weight-grads widened them).
+  auto localGradType = [](Value weight, Value grad) {
+    return tensorType(weight).clone(tensorType(grad).getElementType());
+  };
   auto local = ExpertsGradOp::create(
       builder, loc, forward.getRows().getType(),
-      forward.getRowGates().getType(), op.getGateUp().getType(),
-      op.getDown().getType(), forward.getRows(), forward.getRowGates(),
+      forward.getRowGates().getType(),
+      localGradType(op.getGateUp(), op.getDGateUp()),
+      localGradType(op.getDown(), op.getDDown()), forward.getRows(),
+      forward.getRowGates(),
       forward.getRowExperts(), op.getGateUp(), op.getDown(), dRows.getRows(),
       op.getSaved(), op.getGateUpLayoutAttr());
   Value dInput = combine(loc, local.getDInput(), experts, forward.getCounts(),
