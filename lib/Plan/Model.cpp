@@ -266,36 +266,3 @@ moec::plan::describeForward(mlir::func::FuncOp forward) {
            << "has no arguments marked moe.parameter: nothing to plan";
   return model;
 }
-
-/// Bytes of a static tensor type.
-static int64_t bytesOf(mlir::Type type) {
-  auto tensor = mlir::cast<mlir::RankedTensorType>(type);
-  return tensor.getNumElements() *
-         static_cast<int64_t>(tensor.getElementTypeBitWidth() / 8);
-}
-
-mlir::FailureOr<moec::plan::ProgramStateBytes>
-moec::plan::readStateBytes(mlir::func::FuncOp step) {
-  ProgramStateBytes bytes;
-  for (mlir::BlockArgument arg : step.getArguments()) {
-    unsigned i = arg.getArgNumber();
-    auto type = mlir::dyn_cast<mlir::RankedTensorType>(arg.getType());
-    bool isState = step.getArgAttr(i, mlir::moe::MoeDialect::getParameterAttrName()) ||
-                   step.getArgAttr(i, mlir::moe::MoeDialect::getExpAvgAttrName()) ||
-                   step.getArgAttr(i, mlir::moe::MoeDialect::getExpAvgSqAttrName());
-    if (isState && (!type || !type.hasStaticShape()))
-      return step.emitOpError()
-             << "state argument " << i << " has no static shape: "
-             << arg.getType();
-    if (step.getArgAttr(i, mlir::moe::MoeDialect::getParameterAttrName())) {
-      bytes.parameters += bytesOf(type);
-      for (mlir::Operation *user : arg.getUsers())
-        if (auto update = mlir::dyn_cast<mlir::moe::AdamWOp>(user);
-            update && update.getParam() == arg)
-          bytes.gradients += bytesOf(update.getGrad().getType());
-    } else if (isState) {
-      bytes.optimizerStates += bytesOf(type);
-    }
-  }
-  return bytes;
-}

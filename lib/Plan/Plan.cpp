@@ -22,16 +22,6 @@ llvm::StringRef moec::plan::getPrecisionName(const TrainingJob &job) {
   return job.bf16 ? "bf16" : "fp32";
 }
 
-llvm::StringRef moec::plan::stringifyCollectiveKind(CollectiveKind kind) {
-  switch (kind) {
-  case CollectiveKind::AllGather: return "all_gather";
-  case CollectiveKind::ReduceScatter: return "reduce_scatter";
-  case CollectiveKind::AllReduce: return "all_reduce";
-  case CollectiveKind::AllToAll: return "all_to_all";
-  }
-  llvm_unreachable("unknown collective");
-}
-
 llvm::ArrayRef<llvm::StringRef> moec::plan::gpuNames() {
   static const llvm::StringRef names[] = {"h100-80gb", "h200-141gb",
                                           "a100-80gb", "a100-40gb"};
@@ -175,7 +165,8 @@ LayerActivations layerActivations(const ModelConfig &c, int64_t a) {
 llvm::Expected<TrainingPlan>
 moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
                      int64_t gpusPerNode, const GpuSpec &gpu,
-                     const Efficiency &efficiency) {
+                     const Efficiency &efficiency,
+                     const ProgramFootprint *program) {
   llvm::Expected<Mesh> mesh =
       resolveMesh(getParallelConfig(training, gpusPerNode),
                   model.config.numExperts);
@@ -185,6 +176,8 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
     return std::move(err);
 
   TrainingPlan plan{model, *mesh, training, gpu, efficiency};
+  if (program)
+    plan.program = *program;
   const ModelConfig &c = plan.model.config;
   const ModelPlacement placement = plan.placement();
   const Mesh &m = plan.mesh;
@@ -246,10 +239,11 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
     MemoryBreakdown &mem = plan.memory[rank];
     mem.computeParams = bf16 ? 2 * shard : 0;
     mem.gatheredParams = hs > 1 ? a * maxPair : 0;
-    mem.masterParams = 4 * shard;
-    mem.gradients = 4 * shard;
+    mem.masterParams = program ? program->state.parameters : 4 * shard;
+    mem.gradients = program ? program->state.gradients : 4 * shard;
     mem.unshardedGradients = a * maxUnit;
-    mem.optimizerStates = 8 * shard;
+    mem.optimizerStates =
+        program ? program->state.optimizerStates : 8 * shard;
     mem.activations = activations;
     mem.communicationBuffers = dispatchBuffers + reduceScatterBuffer;
     mem.workspace = tokens * layer.gradients + efficiency.reservedBytes;
@@ -264,7 +258,8 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
            efficiency.communication;
   };
   auto add = [&](std::string what, CollectiveKind kind, GroupKind group,
-                 int64_t bytes, int64_t count, bool overlapped) {
+                 int64_t bytes, int64_t count, bool overlapped,
+                 bool fromProgram = false) {
     const int64_t n = m.groupSize(group);
     if (n <= 1 || count == 0 || bytes == 0)
       return;
@@ -279,6 +274,7 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
     coll.bytesSent = factor * bytes / n * (n - 1);
     coll.count = count;
     coll.overlapped = overlapped;
+    coll.fromProgram = fromProgram;
     coll.seconds = double(coll.bytesSent) * count / bandwidth(coll.crossesNodes);
     plan.collectives.push_back(std::move(coll));
   };
@@ -300,25 +296,45 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
         GroupKind::Expert, sent, 2 * layers * accum, false);
     add("dispatch and combine gradients (backward)", CollectiveKind::AllToAll,
         GroupKind::Expert, sent, 2 * layers * accum, false);
+    add("gate gradients (backward)", CollectiveKind::AllToAll,
+        GroupKind::Expert, a * tokens * c.topK, layers * accum, false);
     if (training.activationCheckpointing == ActivationCheckpointing::Full)
       add("token dispatch and combine (recompute)", CollectiveKind::AllToAll,
           GroupKind::Expert, sent, 2 * layers * accum, false);
   }
-  add("embedding gradients", CollectiveKind::ReduceScatter, GroupKind::Shard,
-      gradBytes * embedding, accum, true);
-  add("decoder-layer gradients", CollectiveKind::ReduceScatter,
-      GroupKind::Shard, gradBytes * decoder, layers * accum, true);
-  add("head gradients", CollectiveKind::ReduceScatter, GroupKind::Shard,
-      gradBytes * head, accum, true);
-  const int64_t denseShard = placement.heldElements(ParameterKind::Dense) +
-                             placement.heldElements(ParameterKind::Embedding);
-  const int64_t expertShard = placement.heldElements(ParameterKind::Expert);
-  add("dense gradient shards", CollectiveKind::AllReduce,
-      GroupKind::DenseReplica, 4 * denseShard, 1, true);
-  add("expert gradient shards", CollectiveKind::AllReduce, GroupKind::Replica,
-      4 * expertShard, 1, true);
-  add("gradient norm", CollectiveKind::AllReduce, GroupKind::World, 4, 1,
-      false);
+  if (program) {
+    // The program's gradient reductions, and its all-reduces over the world
+    // (target count, losses, router statistics, expert counts: on the
+    // critical path); its reduce-scatters run per micro-step.
+    for (const ProgramCollective &c : program->collectives) {
+      if (c.kind == CollectiveKind::AllToAll ||
+          c.kind == CollectiveKind::AllGather)
+        continue;
+      const bool reduceScatter = c.kind == CollectiveKind::ReduceScatter;
+      const bool world = c.group == GroupKind::World;
+      add(reduceScatter ? "gradients (program)"
+          : world       ? "losses and statistics (program)"
+                        : "gradient shards (program)",
+          c.kind, c.group, c.bytes, reduceScatter ? c.calls * accum : c.calls,
+          /*overlapped=*/!world, /*fromProgram=*/true);
+    }
+  } else {
+    add("embedding gradients", CollectiveKind::ReduceScatter, GroupKind::Shard,
+        gradBytes * embedding, accum, true);
+    add("decoder-layer gradients", CollectiveKind::ReduceScatter,
+        GroupKind::Shard, gradBytes * decoder, layers * accum, true);
+    add("head gradients", CollectiveKind::ReduceScatter, GroupKind::Shard,
+        gradBytes * head, accum, true);
+    const int64_t denseShard = placement.heldElements(ParameterKind::Dense) +
+                               placement.heldElements(ParameterKind::Embedding);
+    const int64_t expertShard = placement.heldElements(ParameterKind::Expert);
+    add("dense gradient shards", CollectiveKind::AllReduce,
+        GroupKind::DenseReplica, 4 * denseShard, 1, true);
+    add("expert gradient shards", CollectiveKind::AllReduce, GroupKind::Replica,
+        4 * expertShard, 1, true);
+    add("gradient norm", CollectiveKind::AllReduce, GroupKind::World, 4, 1,
+        false);
+  }
 
   // Step time.
   StepEstimate &step = plan.step;

@@ -91,18 +91,6 @@ std::vector<Parameter> mixtralParameters(const ModelConfig &config);
 /// `layers.N.` part of the name).
 mlir::FailureOr<ModelDescription> describeForward(mlir::func::FuncOp forward);
 
-/// What one rank of a partitioned @train_step holds, bytes, read from the
-/// program itself: its parameter shards (`moe.parameter` arguments), the
-/// gradient shards their moe.adamw updates take, and both AdamW moments
-/// (`moe.exp_avg`, `moe.exp_avg_sq`). The memory plan's master parameters,
-/// gradients and optimizer states must agree with these.
-struct ProgramStateBytes {
-  int64_t parameters = 0;
-  int64_t gradients = 0;
-  int64_t optimizerStates = 0;
-};
-mlir::FailureOr<ProgramStateBytes> readStateBytes(mlir::func::FuncOp step);
-
 } // namespace moec::plan
 
 #endif // MOEC_PLAN_MODEL_H
