@@ -446,24 +446,11 @@ struct ExpertParallelPass
                             "experts";
       return signalPassFailure();
     }
-    std::optional<Dispatcher> kind = symbolizeDispatcher(dispatcher);
-    if (!kind) {
-      module.emitError() << "unknown dispatcher '" << dispatcher
-                         << "'; expected all_to_all or all_gather";
-      return signalPassFailure();
-    }
     moec::plan::ParallelConfig config;
     config.worldSize = worldSize;
     config.expertParallelDegree = expertParallelDegree;
     config.hybridShardDegree = hybridShardDegree;
-    std::optional<moec::plan::ShardingStrategy> strategy =
-        moec::plan::symbolizeShardingStrategy(shardingStrategy);
-    if (!strategy) {
-      module.emitError() << "unknown sharding-strategy '" << shardingStrategy
-                         << "'; expected full_shard, hybrid_shard or no_shard";
-      return signalPassFailure();
-    }
-    config.strategy = *strategy;
+    config.strategy = shardingStrategy;
     llvm::Expected<moec::plan::Mesh> mesh =
         moec::plan::resolveMesh(config, numExperts);
     if (!mesh) {
@@ -478,7 +465,7 @@ struct ExpertParallelPass
       auto func = module.lookupSymbol<func::FuncOp>(name);
       if (!func)
         continue;
-      StepPartitioner partitioner(func, *mesh, numExperts, *kind,
+      StepPartitioner partitioner(func, *mesh, numExperts, dispatcher,
                                   shuffle && name == "train_step", seed);
       if (failed(partitioner.run()))
         return signalPassFailure();

@@ -407,18 +407,11 @@ void HybridShardPass::runOnOperation() {
     return signalPassFailure();
   }
 
-  std::optional<plan::ShardingStrategy> strategy =
-      plan::symbolizeShardingStrategy(shardingStrategy);
-  if (!strategy) {
-    module.emitError() << "unknown sharding_strategy '" << shardingStrategy
-                       << "' (full_shard, hybrid_shard or no_shard)";
-    return signalPassFailure();
-  }
   plan::ParallelConfig config;
   config.worldSize = worldSize;
   config.expertParallelDegree = expertParallelDegree;
   config.hybridShardDegree = hybridShardDegree;
-  config.strategy = *strategy;
+  config.strategy = shardingStrategy;
   // The number of experts is the routers' width; a model without routers
   // has no expert dimension to split.
   int64_t numExperts = expertParallelDegree;

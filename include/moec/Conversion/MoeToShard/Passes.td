@@ -59,10 +59,15 @@ def ExpertParallel : Pass<"moe-expert-parallel", "::mlir::ModuleOp"> {
            "expert_parallel_degree P: ranks that split the experts">,
     Option<"hybridShardDegree", "hybrid-shard-degree", "int64_t", "0",
            "hybrid_shard_degree (H); 0 means automatic">,
-    Option<"shardingStrategy", "sharding-strategy", "std::string",
-           "\"hybrid_shard\"", "full_shard, hybrid_shard or no_shard">,
-    Option<"dispatcher", "dispatcher", "std::string", "\"all_to_all\"",
-           "moe_all_to_all_dispatcher: all_to_all, or all_gather for false">,
+    Option<"shardingStrategy", "sharding-strategy", "::moec::ShardingStrategy",
+           "::moec::ShardingStrategy::HybridShard",
+           "sharding_strategy: full_shard, hybrid_shard or no_shard",
+           "::moec::ShardingStrategyNames{}">,
+    Option<"dispatcher", "dispatcher", "::mlir::moe::Dispatcher",
+           "::mlir::moe::Dispatcher::all_to_all",
+           "moe_all_to_all_dispatcher (a moe::Dispatcher name): all_to_all, "
+           "or all_gather for false",
+           "::moec::DispatcherNames{}">,
     Option<"globalTokenShuffle", "global-token-shuffle", "bool", "false",
            "permute tokens across the expert group before routing">,
     Option<"seed", "seed", "int64_t", "0",
@@ -139,8 +144,10 @@ def HybridShard : Pass<"moe-hybrid-shard", "::mlir::ModuleOp"> {
            "themselves are moe-expert-parallel's">,
     Option<"hybridShardDegree", "hybrid-shard-degree", "int64_t", "0",
            "hybrid_shard_degree (H); 0 means automatic">,
-    Option<"shardingStrategy", "sharding-strategy", "std::string",
-           "\"hybrid_shard\"", "full_shard, hybrid_shard or no_shard">
+    Option<"shardingStrategy", "sharding-strategy", "::moec::ShardingStrategy",
+           "::moec::ShardingStrategy::HybridShard",
+           "sharding_strategy: full_shard, hybrid_shard or no_shard",
+           "::moec::ShardingStrategyNames{}">
   ];
   let statistics = [
     Statistic<"numShardedParameters", "num-sharded-parameters",
