@@ -217,6 +217,17 @@ std::vector<Parameter> moec::plan::mixtralParameters(const ModelConfig &c) {
   return params;
 }
 
+std::optional<int64_t> moec::plan::decoderLayerOf(llvm::StringRef name) {
+  size_t at = name.find("layers.");
+  if (at == llvm::StringRef::npos)
+    return std::nullopt;
+  llvm::StringRef rest = name.substr(at + 7);
+  int64_t layer;
+  if (rest.consumeInteger(10, layer) || layer < 0)
+    return std::nullopt;
+  return layer;
+}
+
 mlir::FailureOr<ModelDescription>
 moec::plan::describeForward(mlir::func::FuncOp forward) {
   mlir::FailureOr<ModelConfig> config = inferModelConfig(forward);
@@ -251,14 +262,9 @@ moec::plan::describeForward(mlir::func::FuncOp forward) {
     param.unit = config->numLayers;
     if (param.kind == ParameterKind::Embedding)
       param.unit = -1;
-    size_t at = param.name.find("layers.");
-    if (at != std::string::npos) {
-      llvm::StringRef rest = llvm::StringRef(param.name).substr(at + 7);
-      int64_t layer;
-      if (!rest.consumeInteger(10, layer) && layer >= 0 &&
-          layer < config->numLayers)
-        param.unit = layer;
-    }
+    if (std::optional<int64_t> layer = decoderLayerOf(param.name);
+        layer && *layer < config->numLayers)
+      param.unit = *layer;
     model.parameters.push_back(std::move(param));
   }
   if (model.parameters.empty())

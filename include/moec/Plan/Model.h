@@ -84,6 +84,10 @@ llvm::Expected<ModelConfig> parseMixtralConfigJson(llvm::StringRef text);
 /// the Hugging Face checkpoint.
 std::vector<Parameter> mixtralParameters(const ModelConfig &config);
 
+/// The decoder layer of the parameter named `name`: the number after
+/// "layers." (Hugging Face's `model.layers.N.`), if the name has one.
+std::optional<int64_t> decoderLayerOf(llvm::StringRef name);
+
 /// The model of a raised forward function: its geometry from
 /// inferModelConfig, its parameters from the arguments marked
 /// `moe.parameter` (expert parameters are those feeding moe.experts' weights,

@@ -5,8 +5,10 @@
 // and its two AdamW moments become the rank's shard, laid out as lib/Plan's
 // Placement says (one dimension chunked in ceil(n / H), the last chunks
 // padded with zeros so every rank's shard has one static shape); the
-// parameter is all-gathered over H before use, its gradient reduce-scattered
-// over H and all-reduced over the replicas that hold the same shard. The
+// parameter is all-gathered over H just before its first use (a decoder
+// layer's again before its first use in the backward), its gradient
+// reduce-scattered over H and all-reduced over the replicas that hold the
+// same shard. The
 // losses and their gradients are made the global batch's: the cross-entropy
 // divides by the global batch's target count.
 //
@@ -17,12 +19,14 @@
 #include "dialects/Moe/IR/MoeOps.h"
 
 #include "moec/Plan/Mesh.h"
+#include "moec/Plan/Model.h"
 #include "moec/Plan/Placement.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinOps.h"
+#include "llvm/ADT/MapVector.h"
 #include "llvm/ADT/TypeSwitch.h"
 #include "llvm/Support/FormatVariadic.h"
 
@@ -47,6 +51,8 @@ struct ShardedParameter {
   SmallVector<int64_t> localShape, shardShape;
   /// The dimension chunked over H, or -1.
   int64_t shardDim = -1;
+  /// Whether it is the table of a moe.embedding.
+  bool embedding = false;
   /// The rank's gradient of the whole local parameter, and its shard after
   /// the reductions.
   Value localGrad, reducedGrad;
@@ -70,12 +76,15 @@ private:
                   ArrayRef<int16_t> axes);
   int64_t groupSize(ArrayRef<int16_t> axes) const;
   /// Makes `arg` (parameter `p` of some function) the rank's shard, and
-  /// all-gathers it where `b` says (advancing it) for every use but `keep`.
+  /// all-gathers it just before its first use for every use but `keep`;
+  /// with `backwardStart`, the uses from there on get a gather of their
+  /// own just before the first of them.
   void gatherBeforeUse(const ShardedParameter &p, BlockArgument arg,
-                       OpBuilder &b, Operation *keep);
-  /// Gathers `p` where `gatherAt` says (advancing it) and reduces its
-  /// gradient just before `reduceAt`.
-  void shardParameter(ShardedParameter &p, OpBuilder &gatherAt,
+                       Operation *keep, Operation *backwardStart);
+  /// Gathers `p` before use (again in the backward, which starts at
+  /// `backwardStart`, unless the plan keeps it) and reduces its gradient
+  /// just before `reduceAt`.
+  void shardParameter(ShardedParameter &p, Operation *backwardStart,
                       Operation *reduceAt);
   LogicalResult rewriteGradientNorm(func::FuncOp step,
                                     ArrayRef<ShardedParameter> params);
@@ -123,49 +132,96 @@ static void layOut(ShardedParameter &p, StringRef name,
 }
 
 void HybridShardPass::gatherBeforeUse(const ShardedParameter &p,
-                                      BlockArgument arg, OpBuilder &b,
-                                      Operation *keep) {
+                                      BlockArgument arg, Operation *keep,
+                                      Operation *backwardStart) {
   auto localType = cast<RankedTensorType>(arg.getType());
-  arg.setType(localType.clone(p.shardShape));
+  auto shardType = localType.clone(p.shardShape);
+  arg.setType(shardType);
   Location loc = arg.getLoc();
+  Block *body = arg.getOwner();
+  // The uses to gather for, by the element type they read (the parameter's,
+  // or the compute type of an arith.truncf of it: the shard is cast before
+  // the gather, so that the gather moves compute bytes) and by whether they
+  // are in the backward.
+  // (Keyed by (element type, 1 in the backward).)
+  llvm::MapVector<std::pair<Type, unsigned>, SmallVector<OpOperand *>> groups;
+  SmallVector<arith::TruncFOp> casts;
+  auto add = [&](OpOperand &use, Type elementType) {
+    Operation *owner = body->findAncestorOpInBlock(*use.getOwner());
+    unsigned backward =
+        backwardStart && !owner->isBeforeInBlock(backwardStart) ? 1 : 0;
+    groups[{elementType, backward}].push_back(&use);
+  };
+  for (OpOperand &use : arg.getUses()) {
+    if (use.getOwner() == keep)
+      continue;
+    if (auto cast = dyn_cast<arith::TruncFOp>(use.getOwner())) {
+      for (OpOperand &castUse : cast.getOut().getUses())
+        add(castUse, getElementTypeOrSelf(cast.getType()));
+      casts.push_back(cast);
+      continue;
+    }
+    add(use, localType.getElementType());
+  }
   SmallVector<int64_t> paddedShape = p.shardShape;
   paddedShape[p.shardDim] *= mesh.shardDegree();
-  auto gather = shard::AllGatherOp::create(
-      b, loc, localType.clone(paddedShape), kMeshName, kShardAxes, arg,
-      APInt(64, p.shardDim));
-  Value full = gather;
-  if (paddedShape != p.localShape) {
-    SmallVector<OpFoldResult> offsets(paddedShape.size(), b.getIndexAttr(0));
-    SmallVector<OpFoldResult> strides(paddedShape.size(), b.getIndexAttr(1));
-    SmallVector<OpFoldResult> sizes;
-    for (int64_t size : p.localShape)
-      sizes.push_back(b.getIndexAttr(size));
-    full = tensor::ExtractSliceOp::create(b, loc, localType, full, offsets,
-                                          sizes, strides);
+  for (auto &[key, uses] : groups) {
+    Operation *first = nullptr;
+    for (OpOperand *use : uses) {
+      Operation *owner = body->findAncestorOpInBlock(*use->getOwner());
+      if (!first || owner->isBeforeInBlock(first))
+        first = owner;
+    }
+    OpBuilder b(first);
+    Type elementType = key.first;
+    Value shard = arg;
+    if (elementType != shardType.getElementType())
+      shard = arith::TruncFOp::create(b, loc, shardType.clone(elementType),
+                                      arg);
+    Value full = shard::AllGatherOp::create(
+        b, loc, localType.clone(paddedShape, elementType), kMeshName,
+        kShardAxes, shard, APInt(64, p.shardDim));
+    if (paddedShape != p.localShape) {
+      SmallVector<OpFoldResult> offsets(paddedShape.size(), b.getIndexAttr(0));
+      SmallVector<OpFoldResult> strides(paddedShape.size(), b.getIndexAttr(1));
+      SmallVector<OpFoldResult> sizes;
+      for (int64_t size : p.localShape)
+        sizes.push_back(b.getIndexAttr(size));
+      full = tensor::ExtractSliceOp::create(
+          b, loc, localType.clone(elementType), full, offsets, sizes,
+          strides);
+    }
+    for (OpOperand *use : uses)
+      use->set(full);
   }
-  arg.replaceUsesWithIf(full, [&](OpOperand &use) {
-    return use.getOwner() != keep && use.getOwner() != gather;
-  });
+  for (arith::TruncFOp cast : casts)
+    cast.erase();
 }
 
-void HybridShardPass::shardParameter(ShardedParameter &p, OpBuilder &b,
+void HybridShardPass::shardParameter(ShardedParameter &p,
+                                     Operation *backwardStart,
                                      Operation *reduceAt) {
   auto localType = cast<RankedTensorType>(p.param.getType());
   auto shardType = localType.clone(p.shardShape);
   Location loc = p.param.getLoc();
   const int64_t h = mesh.shardDegree();
 
-  // Before use: all-gather the shards and drop the padding.
+  // Before use: all-gather the shards and drop the padding; the embedding
+  // and the decoder layers again in the backward, as the memory plan frees
+  // them in between (docs/plan.md; the head is used last in the forward
+  // and first in the backward, and kept).
   if (p.shardDim >= 0) {
     for (BlockArgument state : {p.expAvg, p.expAvgSq})
       state.setType(shardType);
-    gatherBeforeUse(p, p.param, b, p.update);
+    const bool gatherAgain =
+        p.embedding || plan::decoderLayerOf(p.name).has_value();
+    gatherBeforeUse(p, p.param, p.update,
+                    gatherAgain ? backwardStart : nullptr);
   }
 
   // After the backward: pad, reduce-scatter over H, all-reduce over the
   // ranks holding the same shard.
-  OpBuilder::InsertionGuard guard(b);
-  b.setInsertionPoint(reduceAt);
+  OpBuilder b(reduceAt);
   Value grad = p.localGrad = p.update.getGrad();
   auto gradType = cast<RankedTensorType>(grad.getType());
   if (p.shardDim >= 0) {
@@ -466,6 +522,10 @@ void HybridShardPass::runOnOperation() {
     p.expAvgSq = expAvgSq.lookup(name);
     p.expertLocal = step.getArgAttr(arg.getArgNumber(), moe::MoeDialect::getExpertLocalAttrName()) !=
                     nullptr;
+    p.embedding = llvm::any_of(arg.getUsers(), [&](Operation *user) {
+      auto embedding = dyn_cast<moe::EmbeddingOp>(user);
+      return embedding && embedding.getTable() == arg;
+    });
     for (Operation *user : arg.getUsers())
       if (auto update = dyn_cast<moe::AdamWOp>(user);
           update && update.getParam() == arg)
@@ -481,17 +541,21 @@ void HybridShardPass::runOnOperation() {
     params.push_back(std::move(p));
   }
 
-  // Parameters are gathered at the start in argument order; gradients are
+  // The backward starts at the cross-entropy's gradient; gradients are
   // reduced where the norm is taken, or else before each update.
-  OpBuilder gatherAt(&getContext());
-  gatherAt.setInsertionPointToStart(&step.getBody().front());
+  Operation *backwardStart = nullptr;
+  step.walk([&](Operation *op) {
+    if (!backwardStart && isa<moe::LmHeadCrossEntropyGradOp,
+                              moe::LmHeadCrossEntropyWithGradOp>(op))
+      backwardStart = op;
+  });
   moe::GlobalNormOp norm;
   step.walk([&](moe::GlobalNormOp op) { norm = op; });
-  // The losses first: their gradients are then the weighted ones.
+  // The losses first: the cross-entropy ops take the global target count.
   if (failed(rewriteLosses(step)))
     return signalPassFailure();
   for (ShardedParameter &p : params)
-    shardParameter(p, gatherAt,
+    shardParameter(p, backwardStart,
                    norm ? norm.getOperation() : p.update.getOperation());
   if (failed(rewriteGradientNorm(step, params)))
     return signalPassFailure();
@@ -503,8 +567,6 @@ void HybridShardPass::runOnOperation() {
   // The evaluation step reads the same sharded parameters, and its loss is
   // the global batch's too.
   if (auto eval = module.lookupSymbol<func::FuncOp>("eval_step")) {
-    OpBuilder evalGatherAt(&getContext());
-    evalGatherAt.setInsertionPointToStart(&eval.getBody().front());
     for (BlockArgument arg : eval.getArguments()) {
       auto name = eval.getArgAttrOfType<StringAttr>(arg.getArgNumber(),
                                                     mlir::moe::MoeDialect::getParameterAttrName());
@@ -515,7 +577,7 @@ void HybridShardPass::runOnOperation() {
                                })
                : params.end();
       if (p != params.end() && p->shardDim >= 0)
-        gatherBeforeUse(*p, arg, evalGatherAt, nullptr);
+        gatherBeforeUse(*p, arg, /*keep=*/nullptr, /*backwardStart=*/nullptr);
     }
     if (failed(rewriteLosses(eval)))
       return signalPassFailure();
