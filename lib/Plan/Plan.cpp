@@ -257,6 +257,8 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
     return (crosses ? gpu.interNodeBandwidth : gpu.intraNodeBandwidth) *
            efficiency.communication;
   };
+  // The analytic model's collectives, and the program's where it has one.
+  std::vector<Collective> analytic, programCollectives;
   auto add = [&](std::string what, CollectiveKind kind, GroupKind group,
                  int64_t bytes, int64_t count, bool overlapped,
                  bool fromProgram = false) {
@@ -276,14 +278,15 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
     coll.overlapped = overlapped;
     coll.fromProgram = fromProgram;
     coll.seconds = double(coll.bytesSent) * count / bandwidth(coll.crossesNodes);
-    plan.collectives.push_back(std::move(coll));
+    (fromProgram ? programCollectives : analytic).push_back(std::move(coll));
   };
   const int64_t layers = c.numLayers, accum = accumulation;
   const int64_t embedding = unitElements.front(), head = unitElements.back();
   const int64_t decoder = placement.unitLocalElements(0);
   const int64_t gradBytes = bf16 ? 4 : a; // gradients are reduced in fp32
-  add("embedding parameters (forward, backward)", CollectiveKind::AllGather,
-      GroupKind::Shard, a * embedding, 2 * accum, true);
+  // The embedding's gradient does not read the table: one gather.
+  add("embedding parameters (forward)", CollectiveKind::AllGather,
+      GroupKind::Shard, a * embedding, accum, true);
   add("decoder-layer parameters (forward)", CollectiveKind::AllGather,
       GroupKind::Shard, a * decoder, layers * accum, true);
   add("decoder-layer parameters (backward)", CollectiveKind::AllGather,
@@ -302,38 +305,65 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
       add("token dispatch and combine (recompute)", CollectiveKind::AllToAll,
           GroupKind::Expert, sent, 2 * layers * accum, false);
   }
+  add("embedding gradients", CollectiveKind::ReduceScatter, GroupKind::Shard,
+      gradBytes * embedding, accum, true);
+  add("decoder-layer gradients", CollectiveKind::ReduceScatter,
+      GroupKind::Shard, gradBytes * decoder, layers * accum, true);
+  add("head gradients", CollectiveKind::ReduceScatter, GroupKind::Shard,
+      gradBytes * head, accum, true);
+  const int64_t denseShard = placement.heldElements(ParameterKind::Dense) +
+                             placement.heldElements(ParameterKind::Embedding);
+  const int64_t expertShard = placement.heldElements(ParameterKind::Expert);
+  // With P = 1 the replica group is the dense replica group, and the
+  // experts' gradient shards are reduced with the dense ones.
+  add(p > 1 ? "dense gradient shards" : "gradient shards",
+      CollectiveKind::AllReduce, GroupKind::DenseReplica,
+      4 * (p > 1 ? denseShard : denseShard + expertShard), 1, true);
+  if (p > 1)
+    add("expert gradient shards", CollectiveKind::AllReduce,
+        GroupKind::Replica, 4 * expertShard, 1, true);
+  // The clipping norm: the local norms of the dense shards gathered over
+  // H, those of the expert shards over H, then P (docs/partitioning.md).
+  add("gradient-norm partials of the dense shards", CollectiveKind::AllGather,
+      GroupKind::Shard, 4 * hs, 1, false);
+  if (p > 1) {
+    add("gradient-norm partials of the expert shards",
+        CollectiveKind::AllGather, GroupKind::Shard, 4 * hs, 1, false);
+    add("gradient-norm partials of the expert shards",
+        CollectiveKind::AllGather, GroupKind::Expert, 4 * hs * p, 1, false);
+  }
   if (program) {
-    // The program's gradient reductions, and its all-reduces over the world
-    // (target count, losses, router statistics, expert counts: on the
-    // critical path); its reduce-scatters run per micro-step.
+    // Everything but the token all-to-alls (the plan adds the recompute of
+    // full checkpointing to those): parameter gathers and gradient
+    // reduce-scatters per micro-step, the gradient all-reduces, the norm's
+    // partials and the world's losses and statistics once per step.
     for (const ProgramCollective &c : program->collectives) {
-      if (c.kind == CollectiveKind::AllToAll ||
-          c.kind == CollectiveKind::AllGather)
+      if (c.kind == CollectiveKind::AllToAll)
         continue;
-      const bool reduceScatter = c.kind == CollectiveKind::ReduceScatter;
       const bool world = c.group == GroupKind::World;
-      add(reduceScatter ? "gradients (program)"
-          : world       ? "losses and statistics (program)"
-                        : "gradient shards (program)",
-          c.kind, c.group, c.bytes, reduceScatter ? c.calls * accum : c.calls,
-          /*overlapped=*/!world, /*fromProgram=*/true);
+      std::string what =
+          c.kind == CollectiveKind::AllGather
+              ? (c.perMicroStep ? "parameters" : "gradient-norm partials")
+          : c.kind == CollectiveKind::ReduceScatter ? "gradients"
+          : world ? "losses and statistics"
+                  : "gradient shards";
+      add(what + " (program)", c.kind, c.group, c.bytes,
+          c.perMicroStep ? c.calls * accum : c.calls,
+          /*overlapped=*/c.perMicroStep ||
+              (c.kind == CollectiveKind::AllReduce && !world),
+          /*fromProgram=*/true);
     }
+  }
+  // The plan's collectives: the program's, with the analytic token
+  // all-to-alls (the program has no recompute); or the analytic model's.
+  if (program) {
+    plan.collectives = std::move(programCollectives);
+    for (const Collective &coll : analytic)
+      if (coll.kind == CollectiveKind::AllToAll)
+        plan.collectives.push_back(coll);
+    plan.analyticCollectives = std::move(analytic);
   } else {
-    add("embedding gradients", CollectiveKind::ReduceScatter, GroupKind::Shard,
-        gradBytes * embedding, accum, true);
-    add("decoder-layer gradients", CollectiveKind::ReduceScatter,
-        GroupKind::Shard, gradBytes * decoder, layers * accum, true);
-    add("head gradients", CollectiveKind::ReduceScatter, GroupKind::Shard,
-        gradBytes * head, accum, true);
-    const int64_t denseShard = placement.heldElements(ParameterKind::Dense) +
-                               placement.heldElements(ParameterKind::Embedding);
-    const int64_t expertShard = placement.heldElements(ParameterKind::Expert);
-    add("dense gradient shards", CollectiveKind::AllReduce,
-        GroupKind::DenseReplica, 4 * denseShard, 1, true);
-    add("expert gradient shards", CollectiveKind::AllReduce, GroupKind::Replica,
-        4 * expertShard, 1, true);
-    add("gradient norm", CollectiveKind::AllReduce, GroupKind::World, 4, 1,
-        false);
+    plan.collectives = std::move(analytic);
   }
 
   // Step time.

@@ -8,6 +8,7 @@
 
 #include "dialects/Moe/IR/MoeOps.h"
 
+#include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Shard/IR/ShardOps.h"
 #include "llvm/ADT/TypeSwitch.h"
 
@@ -63,7 +64,16 @@ struct Call {
   /// all-gather dispatcher, the group's P copies of the tokens.
   RankedTensorType buffer;
   int64_t multiple = 1;
+  /// ProgramCollective::perMicroStep.
+  bool perMicroStep = true;
 };
+
+/// Whether `v` is a function argument, or a cast of one: a parameter shard.
+bool isParameterShard(Value v) {
+  if (auto cast = v.getDefiningOp<arith::TruncFOp>())
+    v = cast.getIn();
+  return isa<BlockArgument>(v);
+}
 
 /// One row (the last dimension of `rows`) per element of `slots`.
 Call perSlot(ArrayRef<int16_t> axes, Value rows, Value slots) {
@@ -81,7 +91,8 @@ std::optional<Call> callOf(Operation *op) {
   return llvm::TypeSwitch<Operation *, std::optional<Call>>(op)
       .Case([](shard::AllGatherOp g) {
         return Call{CollectiveKind::AllGather, g.getGridAxes(),
-                    cast<RankedTensorType>(g.getResult().getType())};
+                    cast<RankedTensorType>(g.getResult().getType()), 1,
+                    isParameterShard(g.getInput())};
       })
       .Case([](shard::ReduceScatterOp r) {
         return Call{CollectiveKind::ReduceScatter, r.getGridAxes(),
@@ -89,7 +100,8 @@ std::optional<Call> callOf(Operation *op) {
       })
       .Case([](shard::AllReduceOp r) {
         return Call{CollectiveKind::AllReduce, r.getGridAxes(),
-                    cast<RankedTensorType>(r.getInput().getType())};
+                    cast<RankedTensorType>(r.getInput().getType()), 1,
+                    /*perMicroStep=*/false};
       })
       .Case([](mlir::moe::DispatchOp d) -> Call {
         // The all-gather dispatcher gathers the group's tokens.
@@ -163,7 +175,8 @@ moec::plan::readProgramFootprint(func::FuncOp step) {
   FailureOr<ProgramStateBytes> state = readStateBytes(step);
   if (failed(state))
     return failure();
-  std::map<std::tuple<CollectiveKind, GroupKind, int64_t>, ProgramCollective>
+  std::map<std::tuple<CollectiveKind, GroupKind, int64_t, bool>,
+           ProgramCollective>
       byKind;
   WalkResult walk = step.walk([&](Operation *op) {
     std::optional<Call> call = callOf(op);
@@ -183,10 +196,12 @@ moec::plan::readProgramFootprint(func::FuncOp step) {
       return WalkResult::interrupt();
     }
     const int64_t bytes = bytesOf(call->buffer) * call->multiple;
-    ProgramCollective &entry = byKind[{call->kind, *group, bytes}];
+    ProgramCollective &entry =
+        byKind[{call->kind, *group, bytes, call->perMicroStep}];
     entry.kind = call->kind;
     entry.group = *group;
     entry.bytes = bytes;
+    entry.perMicroStep = call->perMicroStep;
     entry.calls += 1;
     return WalkResult::advance();
   });

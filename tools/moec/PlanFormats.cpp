@@ -92,22 +92,23 @@ const GroupKind kGroupKinds[] = {GroupKind::Expert, GroupKind::Shard,
                                  GroupKind::Replica, GroupKind::DenseReplica};
 
 /// The partitioned program's state bytes and collectives against the
-/// plan's: per kind and group, the calls and the bytes summed over them.
+/// analytic model's: per kind and group, the calls and the bytes summed
+/// over them.
 void printProgramComparison(const TrainingPlan &plan, llvm::raw_ostream &os) {
   const ProgramFootprint &program = *plan.program;
   os << fmt::format(
       "\nthe partitioned program (moe-train-pipeline for this job, one "
-      "micro-step; every rank runs it) against the plan (per optimizer "
-      "step, gradient accumulation {}):\n",
+      "micro-step; every rank runs it) against the analytic model (per "
+      "optimizer step, gradient accumulation {}):\n",
       plan.step.gradientAccumulation);
   os << fmt::format("  per rank: parameters {} B, gradients {} B, AdamW "
-                    "states {} B (the memory table's, from the program)\n",
+                    "states {} B (the memory table's)\n",
                     commas(program.state.parameters),
                     commas(program.state.gradients),
                     commas(program.state.optimizerStates));
-  os << fmt::format("  {:<14} {:<14} {:>8} {:>18} {:>8} {:>18}  {}\n",
-                    "collective", "group", "calls", "program bytes",
-                    "calls", "plan bytes", "the plan's from");
+  os << fmt::format("  {:<14} {:<18} {:>6} {:>18} {:>6} {:>18}  {}\n",
+                    "collective", "group", "calls", "program bytes", "calls",
+                    "analytic bytes", "the plan's");
   std::vector<std::pair<CollectiveKind, GroupKind>> keys;
   auto note = [&](CollectiveKind kind, GroupKind group) {
     if (!llvm::is_contained(keys, std::pair(kind, group)))
@@ -115,29 +116,29 @@ void printProgramComparison(const TrainingPlan &plan, llvm::raw_ostream &os) {
   };
   for (const ProgramCollective &c : program.collectives)
     note(c.kind, c.group);
-  for (const Collective &c : plan.collectives)
+  for (const Collective &c : plan.analyticCollectives)
     note(c.kind, c.group);
   llvm::sort(keys);
   for (auto [kind, group] : keys) {
-    int64_t programCalls = 0, planCalls = 0, planBytes = 0;
-    bool fromProgram = false;
+    int64_t programCalls = 0, analyticCalls = 0, analyticBytes = 0;
     for (const ProgramCollective &c : program.collectives)
       if (c.kind == kind && c.group == group)
         programCalls += c.calls;
-    for (const Collective &c : plan.collectives)
+    for (const Collective &c : plan.analyticCollectives)
       if (c.kind == kind && c.group == group) {
-        planCalls += c.count;
-        planBytes += c.bytes * c.count;
-        fromProgram |= c.fromProgram;
+        analyticCalls += c.count;
+        analyticBytes += c.bytes * c.count;
       }
-    os << fmt::format("  {:<14} {:<14} {:>8} {:>18} {:>8} {:>18}  {}\n",
+    bool fromProgram = llvm::any_of(plan.collectives, [&](const Collective &c) {
+      return c.kind == kind && c.group == group && c.fromProgram;
+    });
+    os << fmt::format("  {:<14} {:<18} {:>6} {:>18} {:>6} {:>18}  {}\n",
                       stringifyCollectiveKind(kind).str(),
                       fmt::format("{} ({})", stringifyGroupKind(group).str(),
                                   plan.mesh.groupSize(group)),
-                      programCalls,
-                      commas(program.totalBytes(kind, group)), planCalls,
-                      commas(planBytes),
-                      fromProgram ? "the program" : "the analytic model");
+                      programCalls, commas(program.totalBytes(kind, group)),
+                      analyticCalls, commas(analyticBytes),
+                      fromProgram ? "program" : "analytic");
   }
 }
 

@@ -155,9 +155,11 @@ struct TrainingPlan {
   std::vector<Collective> collectives;
   StepEstimate step;
   /// The partitioned program the plan read its per-rank parameter,
-  /// gradient and optimizer bytes and its gradient reductions from, when it
-  /// had one (makePlan's `program`).
+  /// gradient and optimizer bytes and its collectives but the token
+  /// all-to-alls from, when it had one (makePlan's `program`), and the
+  /// analytic model's collectives for comparison.
   std::optional<ProgramFootprint> program;
+  std::vector<Collective> analyticCollectives;
 
   /// The placement of the model's parameters (refers into this plan).
   ModelPlacement placement() const { return ModelPlacement(model, mesh); }
@@ -169,8 +171,9 @@ struct TrainingPlan {
 /// values. The plan reads the job's batch, parallel degrees, `bf16` and
 /// `activation_checkpointing`. With `program`, the footprint of the job's
 /// partitioned @train_step, the per-rank master parameters, gradients and
-/// optimizer states and the gradient reductions (reduce-scatter and
-/// all-reduce) are the program's; everything else is the analytic model's
+/// optimizer states and every collective but the token all-to-alls (to
+/// which full checkpointing adds a recompute the program does not do yet)
+/// are the program's; everything else is the analytic model's
 /// (docs/plan.md).
 llvm::Expected<TrainingPlan>
 makePlan(const ModelDescription &model, const TrainingJob &job,

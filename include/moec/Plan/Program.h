@@ -51,6 +51,11 @@ struct ProgramCollective {
   int64_t bytes = 0;
   /// Calls per step.
   int64_t calls = 0;
+  /// Whether the calls move a micro-batch's data (parameter gathers,
+  /// gradient reduce-scatters, token dispatch), which a step with gradient
+  /// accumulation repeats per micro-batch, rather than the step's (the
+  /// gradient all-reduces, the norm's partials, losses and statistics).
+  bool perMicroStep = false;
 };
 
 /// Everything the planner reads from a partitioned @train_step.
