@@ -242,8 +242,7 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
     mem.masterParams = program ? program->state.parameters : 4 * shard;
     mem.gradients = program ? program->state.gradients : 4 * shard;
     mem.unshardedGradients = a * maxUnit;
-    mem.optimizerStates =
-        program ? program->state.optimizerStates : 8 * shard;
+    mem.optimizerStates = program ? program->state.optimizerStates : 8 * shard;
     mem.activations = activations;
     mem.communicationBuffers = dispatchBuffers + reduceScatterBuffer;
     mem.workspace = tokens * layer.gradients + efficiency.reservedBytes;
@@ -320,8 +319,8 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
       CollectiveKind::AllReduce, GroupKind::DenseReplica,
       4 * (p > 1 ? denseShard : denseShard + expertShard), 1, true);
   if (p > 1)
-    add("expert gradient shards", CollectiveKind::AllReduce,
-        GroupKind::Replica, 4 * expertShard, 1, true);
+    add("expert gradient shards", CollectiveKind::AllReduce, GroupKind::Replica,
+        4 * expertShard, 1, true);
   // The clipping norm: the local norms of the dense shards gathered over
   // H, those of the expert shards over H, then P (docs/partitioning.md).
   add("gradient-norm partials of the dense shards", CollectiveKind::AllGather,
@@ -345,8 +344,8 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
           c.kind == CollectiveKind::AllGather
               ? (c.perMicroStep ? "parameters" : "gradient-norm partials")
           : c.kind == CollectiveKind::ReduceScatter ? "gradients"
-          : world ? "losses and statistics"
-                  : "gradient shards";
+          : world                                   ? "losses and statistics"
+                                                    : "gradient shards";
       add(what + " (program)", c.kind, c.group, c.bytes,
           c.perMicroStep ? c.calls * accum : c.calls,
           /*overlapped=*/c.perMicroStep ||

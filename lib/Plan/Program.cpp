@@ -21,10 +21,14 @@ using namespace moec::plan;
 
 llvm::StringRef moec::plan::stringifyCollectiveKind(CollectiveKind kind) {
   switch (kind) {
-  case CollectiveKind::AllGather: return "all_gather";
-  case CollectiveKind::ReduceScatter: return "reduce_scatter";
-  case CollectiveKind::AllReduce: return "all_reduce";
-  case CollectiveKind::AllToAll: return "all_to_all";
+  case CollectiveKind::AllGather:
+    return "all_gather";
+  case CollectiveKind::ReduceScatter:
+    return "reduce_scatter";
+  case CollectiveKind::AllReduce:
+    return "all_reduce";
+  case CollectiveKind::AllToAll:
+    return "all_to_all";
   }
   llvm_unreachable("unknown collective");
 }
@@ -115,10 +119,10 @@ std::optional<Call> callOf(Operation *op) {
       .Case([](mlir::moe::CombineOp c) -> Call {
         // The all-gather dispatcher reduce-scatters the group's outputs.
         if (c.getDispatcher() == mlir::moe::Dispatcher::all_gather)
-          return Call{CollectiveKind::ReduceScatter, c.getGridAxes(),
-                      cast<RankedTensorType>(c.getResult().getType()),
-                      cast<RankedTensorType>(c.getCounts().getType())
-                          .getDimSize(0)};
+          return Call{
+              CollectiveKind::ReduceScatter, c.getGridAxes(),
+              cast<RankedTensorType>(c.getResult().getType()),
+              cast<RankedTensorType>(c.getCounts().getType()).getDimSize(0)};
         // Every slot's row comes back to the rank that sent it.
         return perSlot(c.getGridAxes(), c.getRows(), c.getExperts());
       })
@@ -131,8 +135,7 @@ std::optional<Call> callOf(Operation *op) {
 
 } // namespace
 
-FailureOr<ProgramStateBytes>
-moec::plan::readStateBytes(func::FuncOp step) {
+FailureOr<ProgramStateBytes> moec::plan::readStateBytes(func::FuncOp step) {
   ProgramStateBytes bytes;
   for (BlockArgument arg : step.getArguments()) {
     unsigned i = arg.getArgNumber();
@@ -145,9 +148,8 @@ moec::plan::readStateBytes(func::FuncOp step) {
         step.getArgAttr(i, mlir::moe::MoeDialect::getExpAvgAttrName()) ||
         step.getArgAttr(i, mlir::moe::MoeDialect::getExpAvgSqAttrName());
     if (isState && (!type || !type.hasStaticShape()))
-      return step.emitOpError()
-             << "state argument " << i << " has no static shape: "
-             << arg.getType();
+      return step.emitOpError() << "state argument " << i
+                                << " has no static shape: " << arg.getType();
     if (isParameter) {
       bytes.parameters += bytesOf(type);
       for (Operation *user : arg.getUsers())

@@ -212,8 +212,7 @@ LogicalResult Interpreter::execute(Operation *op) {
                           get(g.getInput()), get(g.getWeight()),
                           get(g.getLabels()), g.getIgnoreIndex(),
                           targetCountOf(g.getTargetCount()),
-                          g.getScale().convertToDouble(), out, dWeight,
-                          error),
+                          g.getScale().convertToDouble(), out, dWeight, error),
                       error)) ||
         failed(set(op, g.getDInput(), std::move(out))))
       return failure();
@@ -585,12 +584,10 @@ LogicalResult Interpreter::execute(Operation *op) {
       })
       .Case([&](moe::LmHeadCrossEntropyOp c) -> LogicalResult {
         if (failed(kernel(op,
-                          lmHeadCrossEntropy(get(c.getInput()),
-                                             get(c.getWeight()),
-                                             get(c.getLabels()),
-                                             c.getIgnoreIndex(),
-                                             targetCountOf(c.getTargetCount()),
-                                             out, error),
+                          lmHeadCrossEntropy(
+                              get(c.getInput()), get(c.getWeight()),
+                              get(c.getLabels()), c.getIgnoreIndex(),
+                              targetCountOf(c.getTargetCount()), out, error),
                           error)))
           return failure();
         return set(op, c.getLoss(), std::move(out));
@@ -716,12 +713,10 @@ LogicalResult Interpreter::execute(Operation *op) {
       .Case([&](moe::LmHeadCrossEntropyWithGradOp g) -> LogicalResult {
         HostTensor loss;
         if (failed(kernel(op,
-                          lmHeadCrossEntropy(get(g.getInput()),
-                                             get(g.getWeight()),
-                                             get(g.getLabels()),
-                                             g.getIgnoreIndex(),
-                                             targetCountOf(g.getTargetCount()),
-                                             loss, error),
+                          lmHeadCrossEntropy(
+                              get(g.getInput()), get(g.getWeight()),
+                              get(g.getLabels()), g.getIgnoreIndex(),
+                              targetCountOf(g.getTargetCount()), loss, error),
                           error)) ||
             failed(set(op, g.getLoss(), std::move(loss))))
           return failure();

@@ -792,14 +792,10 @@ bool reference::lmHeadCrossEntropy(const HostTensor &input,
   return true;
 }
 
-bool reference::lmHeadCrossEntropyGrad(const HostTensor &input,
-                                       const HostTensor &weight,
-                                       const HostTensor &labels,
-                                       int64_t ignoreIndex,
-                                       std::optional<double> targetCount,
-                                       double scale, HostTensor &dInput,
-                                       HostTensor &dWeight,
-                                       std::string &error) {
+bool reference::lmHeadCrossEntropyGrad(
+    const HostTensor &input, const HostTensor &weight, const HostTensor &labels,
+    int64_t ignoreIndex, std::optional<double> targetCount, double scale,
+    HostTensor &dInput, HostTensor &dWeight, std::string &error) {
   if (!expectRank(weight, 2, "weight", error))
     return false;
   int64_t hidden = input.shape.empty() ? 0 : input.shape.back();
@@ -819,8 +815,8 @@ bool reference::lmHeadCrossEntropyGrad(const HostTensor &input,
                   const float *h = &input.f32[row * hidden];
                   vocabularySoftmax(h, weight, p);
                   for (int64_t v = 0; v < vocab; ++v) {
-                    double d =
-                        (p[v] - (v == target ? 1.0 : 0.0)) * scale / denominator;
+                    double d = (p[v] - (v == target ? 1.0 : 0.0)) * scale /
+                               denominator;
                     for (int64_t i = 0; i < hidden; ++i) {
                       dInput.f32[row * hidden + i] += static_cast<float>(
                           d * weight.f32[v * hidden + i]);

@@ -96,8 +96,8 @@ int fail(const llvm::Twine &message) {
 
 /// A preset, a JSON config, or a model file; for a model file, `module`
 /// receives its raised forward (in `context`).
-std::optional<ModelDescription>
-loadDescription(MLIRContext &context, OwningOpRef<ModuleOp> &module) {
+std::optional<ModelDescription> loadDescription(MLIRContext &context,
+                                                OwningOpRef<ModuleOp> &module) {
   llvm::StringRef spec = modelSpec;
   if (std::optional<moec::ModelConfig> preset = getPreset(spec)) {
     return ModelDescription{spec.str(), *preset, mixtralParameters(*preset)};

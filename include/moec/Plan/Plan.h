@@ -89,7 +89,6 @@ struct MemoryBreakdown {
   int64_t total() const;
 };
 
-
 /// One kind of collective call in a training step.
 struct Collective {
   /// What it moves, e.g. "decoder-layer parameters (forward)".

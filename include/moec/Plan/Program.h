@@ -1,4 +1,4 @@
-//===- Program.h - What a partitioned training step holds and sends -*- C++ -*-===//
+//===- Program.h - What a partitioned step holds and sends ----*- C++ -*-===//
 //
 // The partitioned @train_step (moe-expert-parallel, moe-hybrid-shard) is the
 // one source of truth for what a rank holds and what it sends: its argument

@@ -290,9 +290,8 @@ LogicalResult StepPartitioner::rewriteExpertsGrad(ExpertsGradOp op) {
       forward.getRowGates().getType(),
       localGradType(op.getGateUp(), op.getDGateUp()),
       localGradType(op.getDown(), op.getDDown()), forward.getRows(),
-      forward.getRowGates(),
-      forward.getRowExperts(), op.getGateUp(), op.getDown(), dRows.getRows(),
-      op.getSaved(), op.getGateUpLayoutAttr());
+      forward.getRowGates(), forward.getRowExperts(), op.getGateUp(),
+      op.getDown(), dRows.getRows(), op.getSaved(), op.getGateUpLayoutAttr());
   Value dInput = combine(loc, local.getDInput(), experts, forward.getCounts(),
                          tensorType(op.getDInput()));
   if (shuffle)

@@ -176,8 +176,8 @@ void HybridShardPass::gatherBeforeUse(const ShardedParameter &p,
     Type elementType = key.first;
     Value shard = arg;
     if (elementType != shardType.getElementType())
-      shard = arith::TruncFOp::create(b, loc, shardType.clone(elementType),
-                                      arg);
+      shard =
+          arith::TruncFOp::create(b, loc, shardType.clone(elementType), arg);
     Value full = shard::AllGatherOp::create(
         b, loc, localType.clone(paddedShape, elementType), kMeshName,
         kShardAxes, shard, APInt(64, p.shardDim));
@@ -188,8 +188,7 @@ void HybridShardPass::gatherBeforeUse(const ShardedParameter &p,
       for (int64_t size : p.localShape)
         sizes.push_back(b.getIndexAttr(size));
       full = tensor::ExtractSliceOp::create(
-          b, loc, localType.clone(elementType), full, offsets, sizes,
-          strides);
+          b, loc, localType.clone(elementType), full, offsets, sizes, strides);
     }
     for (OpOperand *use : uses)
       use->set(full);
@@ -378,9 +377,8 @@ LogicalResult HybridShardPass::rewriteLosses(func::FuncOp step) {
     for (Operation *op : ceOps)
       llvm::TypeSwitch<Operation *>(op)
           .Case<moe::LmHeadCrossEntropyOp, moe::LmHeadCrossEntropyWithGradOp,
-                moe::LmHeadCrossEntropyGradOp>([&](auto c) {
-            c.getTargetCountMutable().assign(total);
-          });
+                moe::LmHeadCrossEntropyGradOp>(
+              [&](auto c) { c.getTargetCountMutable().assign(total); });
     b.setInsertionPointAfterValue(ce);
     Value global = allReduce(b, loc, ce, kWorldAxes);
     ce.replaceUsesWithIf(global, [&](OpOperand &use) {
@@ -545,8 +543,9 @@ void HybridShardPass::runOnOperation() {
   // reduced where the norm is taken, or else before each update.
   Operation *backwardStart = nullptr;
   step.walk([&](Operation *op) {
-    if (!backwardStart && isa<moe::LmHeadCrossEntropyGradOp,
-                              moe::LmHeadCrossEntropyWithGradOp>(op))
+    if (!backwardStart &&
+        isa<moe::LmHeadCrossEntropyGradOp, moe::LmHeadCrossEntropyWithGradOp>(
+            op))
       backwardStart = op;
   });
   moe::GlobalNormOp norm;

@@ -351,12 +351,14 @@ TEST(Gradients, LmHeadCrossEntropyGradWithIgnoredLabels) {
   const double scale = 0.7;
   std::string error;
   HostTensor dX, dW;
-  ASSERT_TRUE(lmHeadCrossEntropyGrad(x, w, labels, -100, std::nullopt, scale, dX, dW,
-                                     error))
+  ASSERT_TRUE(lmHeadCrossEntropyGrad(x, w, labels, -100, std::nullopt, scale,
+                                     dX, dW, error))
       << error;
   auto f = [&] {
     HostTensor loss;
-    EXPECT_TRUE(lmHeadCrossEntropy(x, w, labels, -100, std::nullopt, loss, error)) << error;
+    EXPECT_TRUE(
+        lmHeadCrossEntropy(x, w, labels, -100, std::nullopt, loss, error))
+        << error;
     return scale * loss.f32[0];
   };
   EXPECT_TRUE(gradientsMatch(dX, numericGradient(x, f), "d input"));
@@ -637,8 +639,7 @@ TEST(TrainingKernels, LmHeadCrossEntropyWithTargetCountDividesByIt) {
   HostTensor labels = ints({2, 5}, {4, 9, -100, 0, 3, 5, 2, -100, 7, 1});
   HostTensor mean, share, dXMean, dWMean, dXShare, dWShare;
   std::string error;
-  ASSERT_TRUE(lmHeadCrossEntropy(x, w, labels, -100, std::nullopt, mean,
-                                 error))
+  ASSERT_TRUE(lmHeadCrossEntropy(x, w, labels, -100, std::nullopt, mean, error))
       << error;
   ASSERT_TRUE(lmHeadCrossEntropy(x, w, labels, -100, 24.0, share, error))
       << error;
@@ -662,9 +663,8 @@ TEST(TrainingKernels, LmHeadCrossEntropyOfUniformLogitsIsLogVocab) {
   HostTensor w = HostTensor::floats({10, 4});
   HostTensor loss;
   std::string error;
-  ASSERT_TRUE(
-      lmHeadCrossEntropy(x, w, ints({1, 3}, {0, 1, 2}), -100, std::nullopt,
-                         loss, error))
+  ASSERT_TRUE(lmHeadCrossEntropy(x, w, ints({1, 3}, {0, 1, 2}), -100,
+                                 std::nullopt, loss, error))
       << error;
   EXPECT_NEAR(loss.f32[0], std::log(10.0), 1e-6);
 }
@@ -677,10 +677,11 @@ TEST(TrainingKernels, LmHeadCrossEntropyWithAllLabelsIgnoredIsZero) {
   HostTensor labels = ints({2, 3}, {5, -100, -100, 2, -100, -100});
   HostTensor loss, dX, dW;
   std::string error;
-  ASSERT_TRUE(lmHeadCrossEntropy(x, w, labels, -100, std::nullopt, loss, error)) << error;
+  ASSERT_TRUE(lmHeadCrossEntropy(x, w, labels, -100, std::nullopt, loss, error))
+      << error;
   EXPECT_EQ(loss.f32[0], 0.0f);
-  ASSERT_TRUE(lmHeadCrossEntropyGrad(x, w, labels, -100, std::nullopt, 1.0, dX, dW,
-                                     error))
+  ASSERT_TRUE(lmHeadCrossEntropyGrad(x, w, labels, -100, std::nullopt, 1.0, dX,
+                                     dW, error))
       << error;
   EXPECT_EQ(dX.f32, std::vector<float>(x.f32.size(), 0.0f));
   EXPECT_EQ(dW.f32, std::vector<float>(w.f32.size(), 0.0f));

@@ -400,8 +400,8 @@ TEST_P(PartitionedStepTest, EqualsTheUnpartitionedStep) {
         (i < n ? worstParameter : worstMoment) =
             std::max(i < n ? worstParameter : worstMoment, e.relativeL2);
         EXPECT_LE(e.relativeL2, kTolerance)
-            << stateKinds[i / n] << paramName(rankStep, i % n)
-            << " on replica " << q << " (max error " << e.maxAbs << ")";
+            << stateKinds[i / n] << paramName(rankStep, i % n) << " on replica "
+            << q << " (max error " << e.maxAbs << ")";
       }
     }
     for (unsigned i = 0; i < 3 * n; ++i)
@@ -492,8 +492,8 @@ llvm::Expected<plan::TrainingPlan>
 planOf(const plan::ModelDescription &model, const TrainingJob &job,
        const plan::ProgramFootprint *program = nullptr) {
   std::optional<plan::GpuSpec> gpu = plan::getGpu(plan::gpuNames().front());
-  return plan::makePlan(model, job, /*gpusPerNode=*/8, *gpu,
-                        plan::Efficiency(), program);
+  return plan::makePlan(model, job, /*gpusPerNode=*/8, *gpu, plan::Efficiency(),
+                        program);
 }
 
 /// Bytes per step of the plan's collectives of `kind` on `group`.
@@ -584,8 +584,8 @@ TEST(PlanAgreesWithTheProgram, Mixtral8x7B) {
   PassManager raise(&context);
   buildImportPipeline(raise, /*requireComplete=*/true);
   ASSERT_TRUE(succeeded(raise.run(*forward)));
-  FailureOr<plan::ModelDescription> model = plan::describeForward(
-      forward->lookupSymbol<func::FuncOp>("forward"));
+  FailureOr<plan::ModelDescription> model =
+      plan::describeForward(forward->lookupSymbol<func::FuncOp>("forward"));
   ASSERT_TRUE(succeeded(model));
   for (auto [w, p, h] : {std::tuple(16, 2, 8), std::tuple(8, 8, 1),
                          std::tuple(8, 2, 4), std::tuple(8, 4, 2)}) {
