@@ -8,9 +8,8 @@
 // parameter is all-gathered over H just before its first use (a decoder
 // layer's again before its first use in the backward), its gradient
 // reduce-scattered over H and all-reduced over the replicas that hold the
-// same shard. The
-// losses and their gradients are made the global batch's: the cross-entropy
-// divides by the global batch's target count.
+// same shard. The losses and their gradients are made the global batch's:
+// the cross-entropy divides by the global batch's target count.
 //
 //===----------------------------------------------------------------------===//
 
@@ -139,11 +138,10 @@ void HybridShardPass::gatherBeforeUse(const ShardedParameter &p,
   arg.setType(shardType);
   Location loc = arg.getLoc();
   Block *body = arg.getOwner();
-  // The uses to gather for, by the element type they read (the parameter's,
-  // or the compute type of an arith.truncf of it: the shard is cast before
-  // the gather, so that the gather moves compute bytes) and by whether they
-  // are in the backward.
-  // (Keyed by (element type, 1 in the backward).)
+  // The uses to gather for, keyed by the element type they read (the
+  // parameter's, or the compute type of an arith.truncf of it: the shard is
+  // cast before the gather, so that the gather moves compute bytes) and by
+  // whether they are in the backward (1) or not (0).
   llvm::MapVector<std::pair<Type, unsigned>, SmallVector<OpOperand *>> groups;
   SmallVector<arith::TruncFOp> casts;
   auto add = [&](OpOperand &use, Type elementType) {
@@ -206,9 +204,9 @@ void HybridShardPass::shardParameter(ShardedParameter &p,
   const int64_t h = mesh.shardDegree();
 
   // Before use: all-gather the shards and drop the padding; the embedding
-  // and the decoder layers again in the backward, as the memory plan frees
-  // them in between (docs/plan.md; the head is used last in the forward
-  // and first in the backward, and kept).
+  // (if the backward reads it) and the decoder layers again in the
+  // backward, as the memory plan frees them in between (docs/plan.md; the
+  // head is used last in the forward and first in the backward, and kept).
   if (p.shardDim >= 0) {
     for (BlockArgument state : {p.expAvg, p.expAvgSq})
       state.setType(shardType);
