@@ -253,7 +253,7 @@ const std::vector<KeyInfo> &keyTable() {
         enumKey("sharding_strategy",
                 enumField<ShardingStrategy, stringifyShardingStrategy,
                           symbolizeShardingStrategy, &J::shardingStrategy,
-                          3>(),
+                          kNumShardingStrategies>(),
                 "how model states are sharded"),
         stringKey("checkpoint_dir", &J::checkpointDir,
                   "save checkpoints here (and resume from here)"),
