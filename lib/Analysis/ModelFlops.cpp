@@ -8,6 +8,9 @@
 
 #include "dialects/Moe/IR/MoeOps.h"
 
+#include "mlir/Dialect/Shard/IR/ShardOps.h"
+#include "llvm/ADT/StringMap.h"
+
 using namespace mlir;
 using namespace moec;
 
@@ -25,10 +28,34 @@ FailureOr<ModelFlops> moec::trainStepModelFlops(func::FuncOp step) {
   auto elements = [](Value v) {
     return cast<RankedTensorType>(v.getType()).getNumElements();
   };
+  // A partitioned step holds blocks of the parameters: its model FLOPs are
+  // the global model's on the rank's tokens, so parameters count by their
+  // global shapes (what @init_params' moe.param_init ops create) and the
+  // experts by the global number, P times each rank's.
+  llvm::StringMap<int64_t> globalElements;
+  int64_t expertGroup = 1;
+  if (auto module = step->getParentOfType<ModuleOp>()) {
+    if (auto init = module.lookupSymbol<func::FuncOp>("init_params"))
+      init.walk([&](moe::ParamInitOp p) {
+        if (std::optional<ArrayRef<int64_t>> global = p.getGlobalShape()) {
+          int64_t n = 1;
+          for (int64_t d : *global)
+            n *= d;
+          globalElements[p.getName()] = n;
+        }
+      });
+    for (auto grid : module.getOps<shard::GridOp>())
+      expertGroup = grid.getShape().back();
+  }
   int64_t active = 0;
   for (auto [i, arg] : llvm::enumerate(step.getArguments()))
-    if (step.getArgAttr(i, moe::MoeDialect::getParameterAttrName()))
-      active += elements(arg);
+    if (auto name = step.getArgAttrOfType<StringAttr>(
+            i, moe::MoeDialect::getParameterAttrName())) {
+      auto global = globalElements.find(name.getValue());
+      active += global != globalElements.end() ? global->second
+                                               : elements(arg);
+    }
+  int64_t k = 0;
   Operation *loss = nullptr;
   moe::AttentionOp first;
   int64_t layers = 0;
@@ -39,11 +66,16 @@ FailureOr<ModelFlops> moec::trainStepModelFlops(func::FuncOp step) {
       continue;
     if (auto e = dyn_cast<moe::EmbeddingOp>(op))
       active -= elements(e.getTable());
+    if (auto r = dyn_cast<moe::RouterOp>(op))
+      k = r.getK();
     if (auto e = dyn_cast<moe::ExpertsOp>(op)) {
-      int64_t experts = e.getGateUp().getType().getDimSize(0);
-      int64_t k = e.getGates().getType().getShape().back();
-      active -= (elements(e.getGateUp()) + elements(e.getDown())) / experts *
-                (experts - k);
+      // The experts' own k is one per received row after a dispatch; the
+      // router's is the model's.
+      int64_t local = e.getGateUp().getType().getDimSize(0);
+      int64_t perExpert =
+          (elements(e.getGateUp()) + elements(e.getDown())) / local;
+      int64_t chosen = k ? k : e.getGates().getType().getShape().back();
+      active -= perExpert * (local * expertGroup - chosen);
     }
     if (isa<moe::LmHeadCrossEntropyOp, moe::LmHeadCrossEntropyWithGradOp>(op))
       loss = &op;

@@ -330,7 +330,9 @@ Status ThreadCommunicator::waitForRanks(std::unique_lock<std::mutex> &lock,
   if (!finished && arrived() && !call.mismatch.empty())
     return abortGroup(__FILE__, __LINE__, collective,
                       "the ranks disagree: " + call.mismatch);
-  if (state->aborted)
+  // A call every rank reached goes on, even when a rank that left it first
+  // has aborted the group since.
+  if (state->aborted && !arrived())
     return aborted(__FILE__, __LINE__, collective);
   return Status::success();
 }

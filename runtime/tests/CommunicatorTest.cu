@@ -343,6 +343,11 @@ void testWorld(RankChecks &rc, Communicator &world) {
 
   if (expert) {
     testCollectives(rc, *expert);
+    // Every rank has finished the group's checks (the refused calls fail on
+    // each rank alone, without meeting) before one aborts it.
+    rc.expect(
+        "expert barrier before the abort",
+        [&] { return expert->barrier(rc.stream); }, [] { return true; });
     expert->abort();
     DeviceBuffer<float> x(std::vector<float>(4, 1.0f));
     rc.expectFailure(
