@@ -166,6 +166,15 @@ int findProgram(llvm::StringRef out, std::string &program) {
   });
   if (!listed)
     return fail(manifestPath + " does not list the program \"train_step\"");
+  // A program is compiled for its world (manifests before moec-compile/3
+  // say nothing: one rank or the driver's own check).
+  if (std::optional<int64_t> world = object->getInteger("world_size");
+      world && *world != int64_t(nnodes) * nprocPerNode)
+    return fail(manifestPath + ": the program was compiled for world_size " +
+                llvm::Twine(*world) + ", the launch starts " +
+                llvm::Twine(int64_t(nnodes) * nprocPerNode) + " ranks (--nnodes=" +
+                llvm::Twine(nnodes.getValue()) + " x --nproc-per-node=" +
+                llvm::Twine(nprocPerNode.getValue()) + ")");
   llvm::SmallString<256> path(out);
   llvm::sys::path::append(path, "train_step");
   if (!llvm::sys::fs::can_execute(path))
