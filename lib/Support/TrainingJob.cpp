@@ -257,6 +257,8 @@ const std::vector<KeyInfo> &keyTable() {
                 "how model states are sharded"),
         stringKey("checkpoint_dir", &J::checkpointDir,
                   "save checkpoints here (and resume from here)"),
+        stringKey("init_from", &J::initFrom,
+                  "start from this Hugging Face Mixtral checkpoint folder"),
     };
   }();
   return table;
@@ -625,6 +627,9 @@ llvm::Error moec::checkImplemented(const TrainingJob &job,
     if (!job.checkpointDir.empty())
       return refuse("checkpoint_dir", "'" + job.checkpointDir + "'",
                     "it does not save checkpoints");
+    if (!job.initFrom.empty())
+      return refuse("init_from", "'" + job.initFrom + "'",
+                    "it starts from the seed or the model file's weights");
     return llvm::Error::success();
   }
   // The compiled programs take these when they run.
