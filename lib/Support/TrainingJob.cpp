@@ -627,9 +627,10 @@ llvm::Error moec::checkImplemented(const TrainingJob &job,
     if (!job.checkpointDir.empty())
       return refuse("checkpoint_dir", "'" + job.checkpointDir + "'",
                     "it does not save checkpoints");
-    if (!job.initFrom.empty())
+    if (!job.initFrom.empty() && job.worldSize > 1)
       return refuse("init_from", "'" + job.initFrom + "'",
-                    "it starts from the seed or the model file's weights");
+                    "with more than one rank (the simulated ranks start "
+                    "from the seed)");
     return llvm::Error::success();
   }
   // The compiled programs take these when they run.

@@ -115,6 +115,34 @@ Status readText(const std::filesystem::path &path, std::string &text) {
   return Status::success();
 }
 
+/// config.json's text: `configJson` with "dtype" set to `dtype`'s torch
+/// name and the hyper-parameters transformers declares as floats written
+/// as floats (its config classes refuse 0 for 0.0); empty when `configJson`
+/// is not a JSON object.
+std::string hfConfigText(const std::string &configJson, TensorDtype dtype) {
+  nlohmann::ordered_json config =
+      nlohmann::ordered_json::parse(configJson, nullptr, false);
+  if (!config.is_object())
+    return {};
+  auto asFloat = [](nlohmann::ordered_json &value) {
+    if (value.is_number())
+      value = value.get<double>();
+  };
+  for (const char *key : {"rms_norm_eps", "rope_theta", "router_aux_loss_coef",
+                          "attention_dropout", "router_jitter_noise",
+                          "initializer_range"})
+    if (config.contains(key))
+      asFloat(config[key]);
+  if (config.contains("rope_parameters") &&
+      config["rope_parameters"].is_object() &&
+      config["rope_parameters"].contains("rope_theta"))
+    asFloat(config["rope_parameters"]["rope_theta"]);
+  config["dtype"] = dtype == TensorDtype::F32    ? "float32"
+                    : dtype == TensorDtype::BF16 ? "bfloat16"
+                                                 : "float16";
+  return config.dump(2) + "\n";
+}
+
 } // namespace
 
 std::vector<HfPiece> moert::hfPieces(const std::string &name,
@@ -389,8 +417,12 @@ Status moert::exportHfCheckpoint(
         !s.ok())
       return s;
   }
+  const std::string config = hfConfigText(configJson, dtype);
+  if (config.empty())
+    return Status::failure("the model's config is not a JSON object: " +
+                           configJson);
   if (Status s = writeFileAtomically(staging / "config.json",
-                                     {{configJson.data(), configJson.size()}});
+                                     {{config.data(), config.size()}});
       !s.ok())
     return s;
   std::filesystem::remove_all(folder, ec);

@@ -340,9 +340,7 @@ void exportHf(const TrainProgram &p, const Options &o,
                           parameterLayout(p.parameters[i]).globalShape,
                           values[i].data()});
   const bool bf16 = o.exportHfDtype == "bf16";
-  nlohmann::ordered_json config = manifest.hfConfig;
-  config["dtype"] = bf16 ? "bfloat16" : "float32";
-  const std::string text = config.dump(2) + "\n";
+  const std::string text = manifest.hfConfig.dump();
   const std::filesystem::path dir(o.exportHfDir);
   const std::string name = "step_" + std::to_string(step);
   std::error_code ec;

@@ -120,9 +120,7 @@ moec::cli::bindHfCheckpoint(func::FuncOp forward, const ModelConfig &config,
                              : llvm::json::Value(nullptr)},
       {"max_position_embeddings", 4096 * 32},
       {"router_aux_loss_coef", job.routerAuxLossCoef},
-      {"tie_word_embeddings", false},
-      {"attention_dropout", 0.0},
-      {"router_jitter_noise", 0.0}};
+      {"tie_word_embeddings", false}};
   llvm::json::Object binding{{"config", std::move(hfConfig)}};
   if (job.initFrom.empty())
     return binding;

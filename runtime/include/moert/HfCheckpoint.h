@@ -119,7 +119,9 @@ struct ExportedParameter {
 };
 
 /// Writes `parameters` as the Hugging Face checkpoint folder `folder`:
-/// config.json (`configJson`, a JSON object's text) and the pieces in
+/// config.json (`configJson`, a JSON object's text, with "dtype" set and
+/// the hyper-parameters transformers reads as floats written as floats)
+/// and the pieces in
 /// `dtype` (F32 or BF16), in model.safetensors when they take at most
 /// `maxFileBytes`, else in model-0000k-of-0000n.safetensors files of at
 /// most that much each (a larger tensor alone) with
