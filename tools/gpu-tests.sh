@@ -25,8 +25,17 @@
 # steps and resumed) and as a bf16 model ("param_dtype": "bf16"); the fp32
 # aux_loss step under activation checkpointing selective, full and auto
 # equals the CPU reference as above and the program without checkpointing
-# to a relative 1e-6 (recomputation is deterministic). Exits non-zero on
-# the first failure.
+# to a relative 1e-6 (recomputation is deterministic); Hugging Face
+# checkpoints (docs/hf-checkpoints.md): a program compiled with --init-from
+# a save_pretrained checkpoint trains 3 steps equal to the CPU reference
+# started from it, its --export-hf loads in transformers
+# (MixtralForCausalLM.from_pretrained, unchanged) with logits equal to
+# moec's reference forward on the reference's export (relative L2 < 1e-4;
+# bf16 exports within 2e-2), a learning-rate-0 step exports the checkpoint
+# bit for bit (also from one transformers makes on the GPU machine, and
+# from W = 4 simulated ranks under (P, H) = (2, 2) where compiled). The
+# run half needs torch and transformers for those. Exits non-zero on the
+# first failure.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 mode="${1:-}"
@@ -118,6 +127,27 @@ if [[ "$mode" == prepare ]]; then
     "$moec" train "$model" --reference --tokens "$root/test/Inputs/fortunes/train.pb" \
       --micro-batch-size $((2 * w)) --steps 3 --dump "$dir/ref-w$w" --log "$dir/ref-w$w.csv" > /dev/null
   done
+  # Hugging Face checkpoints: programs bound to the save_pretrained fixture,
+  # the CPU reference started from it, and moec's forward on the
+  # reference's export (the logits transformers must reproduce).
+  hf="$root/test/Inputs/hf/tiny"
+  printf '{"micro_batch_size": 2, "seq_length": 64, "init_from": "%s"}\n' "$hf" > "$dir/hf.json"
+  "$moec" compile "$model" --config "$dir/hf.json" -o "$dir/hf"
+  printf '{"micro_batch_size": 2, "seq_length": 64, "world_size": 4, "expert_parallel_degree": 2, "hybrid_shard_degree": 2, "init_from": "%s"}\n' \
+    "$hf" > "$dir/hf-part.json"
+  rm -rf "$dir/hf-part"
+  if ! "$moec" compile "$model" --config "$dir/hf-part.json" -o "$dir/hf-part"; then
+    echo "SKIPPED: moec compile refused the layout W=4 P=2 H=2 with init_from"
+    rm -rf "$dir/hf-part"
+  fi
+  rm -rf "$dir/ref-hf" "$dir/ref-hf-export"
+  "$moec" train "$model" --reference --tokens "$root/test/Inputs/fortunes/train.pb" \
+    --micro-batch-size 2 --steps 3 --init-from "$hf" --dump "$dir/ref-hf" \
+    --log "$dir/ref-hf.csv" --export-hf "$dir/ref-hf-export" > /dev/null
+  python3 -c "import numpy as np, onnx.numpy_helper as h, sys; ids = np.arange(2 * 13, dtype=np.int64).reshape(2, 13) * 37 % 256; np.save(sys.argv[1] + '.npy', ids); open(sys.argv[1] + '.pb', 'wb').write(h.from_array(ids, 'input_ids').SerializeToString())" \
+    "$dir/hf-ids"
+  "$moec" run "$model" --input "$dir/hf-ids.pb" --init-from "$dir/ref-hf-export" \
+    --output "$dir/ref-hf-logits.pb" > /dev/null
   echo "prepared $dir"
   exit 0
 fi
@@ -183,6 +213,42 @@ if [[ -x "$dir/part-4-2-2/train_step" && -x "$dir/part-4-4-1/train_step" && -x "
   done
 else
   echo "== SKIPPED: resharding W=4 (2, 2) -> (4, 1), (1, 4) (not compiled)"
+fi
+compare="$root/test/Inputs/hf/compare_checkpoints.py"
+hf="$root/test/Inputs/hf/tiny"
+# transformers' logits on a checkpoint folder against moec's reference
+# forward on the reference's export, relative L2 within $2.
+check_hf_logits() {
+  python3 -m moec.hf_checkpoint logits "$1" --tokens "$dir/hf-ids.npy" -o "$out/hf-logits.npy"
+  python3 -c "import numpy as np, onnx, onnx.numpy_helper as h, sys; t = onnx.TensorProto(); t.ParseFromString(open(sys.argv[1], 'rb').read()); want = h.to_array(t); got = np.load(sys.argv[2]); err = float(np.linalg.norm(got - want) / np.linalg.norm(want)); print('transformers vs moec reference: relative L2 %.3g' % err); sys.exit(err > float(sys.argv[3]))" \
+    "$dir/ref-hf-logits.pb" "$out/hf-logits.npy" "$2"
+}
+echo "== Hugging Face: 3 steps from a save_pretrained checkpoint against the CPU reference, exported, loaded by transformers"
+"$dir/hf/train_step" --tokens "$dir/data/train.bin" --steps 3 --log "$out/hf.csv" \
+  --dump "$out/hf" --export-hf "$out/hf-export"
+python3 -m moec.check_gpu --reference "$dir/ref-hf" --reference-log "$dir/ref-hf.csv" \
+  --gpu "$out/hf" --gpu-log "$out/hf.csv" --tolerance 1e-4
+python3 "$compare" "$out/hf-export/step_3" "$dir/ref-hf-export" --tolerance 1e-4
+check_hf_logits "$out/hf-export/step_3" 1e-4
+echo "== Hugging Face: a bf16 export loads too"
+"$dir/hf/train_step" --tokens "$dir/data/train.bin" --steps 3 --export-hf "$out/hf-bf16" \
+  --export-hf-dtype bf16 > /dev/null
+check_hf_logits "$out/hf-bf16/step_3" 2e-2
+echo "== Hugging Face: a learning-rate-0 step exports the checkpoint bit for bit (the fixture, and one transformers makes here)"
+"$dir/hf/train_step" --tokens "$dir/data/train.bin" --steps 1 --lr 0 --min-lr 0 \
+  --export-hf "$out/hf-same" > /dev/null
+python3 "$compare" "$out/hf-same/step_1" "$hf"
+python3 -m moec.hf_checkpoint make --config tiny --seed 1 --max-shard-size 160KB -o "$out/hf-made"
+"$dir/hf/train_step" --tokens "$dir/data/train.bin" --steps 1 --lr 0 --min-lr 0 \
+  --init-from "$out/hf-made" --export-hf "$out/hf-made-same" > /dev/null
+python3 "$compare" "$out/hf-made-same/step_1" "$out/hf-made"
+if [[ -x "$dir/hf-part/train_step" ]]; then
+  echo "== Hugging Face: W=4 P=2 H=2 on 4 simulated ranks: each rank reads its blocks; rank 0 exports bit for bit"
+  "$dir/hf-part/train_step" --tokens "$dir/data/train.bin" --steps 1 --lr 0 --min-lr 0 \
+    --simulate-ranks 4 --export-hf "$out/hf-part" > /dev/null
+  python3 "$compare" "$out/hf-part/step_1" "$hf"
+else
+  echo "== SKIPPED: Hugging Face on W=4 P=2 H=2 (not compiled)"
 fi
 echo "== bf16: 50 steps against PyTorch's bf16 curve"
 "$dir/bf16/train_step" --tokens "$dir/data/train.bin" --steps 50 --log "$out/bf16.csv"

@@ -28,7 +28,11 @@
 //     parameter's blocks, drops the padding and places them
 //     (moert/ParameterBlocks.h), in the one-GPU program's format;
 //   - checkpoints are sharded: each rank writes its own state, rank 0 the
-//     manifest with the shards' checksums, gathered through the world.
+//     manifest with the shards' checksums, gathered through the world;
+//   - a Hugging Face checkpoint (--init-from, or the binding `moec compile
+//     --init-from` recorded in the manifest.json beside the program) fills
+//     each rank's blocks from the mapped files (moert/HfCheckpoint.h);
+//     --export-hf writes one, rank 0 gathering the blocks as --dump does.
 //
 // Token files are raw little-endian int64 [blocks, seq] (`python -m
 // moec.data` writes them); labels are the tokens (the loss shifts them).
