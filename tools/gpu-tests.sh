@@ -130,7 +130,10 @@ if [[ "$mode" == prepare ]]; then
   # Hugging Face checkpoints: programs bound to the save_pretrained fixture,
   # the CPU reference started from it, and moec's forward on the
   # reference's export (the logits transformers must reproduce).
-  hf="$root/test/Inputs/hf/tiny"
+  # The fixture travels with DIR; the programs bind its path here, and the
+  # run half passes --init-from when DIR moved.
+  rm -rf "$dir/hf-tiny" && cp -r "$root/test/Inputs/hf/tiny" "$dir/hf-tiny"
+  hf="$dir/hf-tiny"
   printf '{"micro_batch_size": 2, "seq_length": 64, "init_from": "%s"}\n' "$hf" > "$dir/hf.json"
   "$moec" compile "$model" --config "$dir/hf.json" -o "$dir/hf"
   printf '{"micro_batch_size": 2, "seq_length": 64, "world_size": 4, "expert_parallel_degree": 2, "hybrid_shard_degree": 2, "init_from": "%s"}\n' \
@@ -215,7 +218,14 @@ else
   echo "== SKIPPED: resharding W=4 (2, 2) -> (4, 1), (1, 4) (not compiled)"
 fi
 compare="$root/test/Inputs/hf/compare_checkpoints.py"
-hf="$root/test/Inputs/hf/tiny"
+hf="$dir/hf-tiny"
+# The programs start from the checkpoint bound at compile time; where DIR
+# was prepared at another path, from the same folder named at run time.
+bound="$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['hf_checkpoint']['init_from'])" "$dir/hf/manifest.json")"
+rebind=()
+if [[ "$bound" != "$hf" ]]; then
+  rebind=(--init-from "$hf")
+fi
 # transformers' logits on a checkpoint folder against moec's reference
 # forward on the reference's export, relative L2 within $2.
 check_hf_logits() {
@@ -224,18 +234,18 @@ check_hf_logits() {
     "$dir/ref-hf-logits.pb" "$out/hf-logits.npy" "$2"
 }
 echo "== Hugging Face: 3 steps from a save_pretrained checkpoint against the CPU reference, exported, loaded by transformers"
-"$dir/hf/train_step" --tokens "$dir/data/train.bin" --steps 3 --log "$out/hf.csv" \
+"$dir/hf/train_step" "${rebind[@]}" --tokens "$dir/data/train.bin" --steps 3 --log "$out/hf.csv" \
   --dump "$out/hf" --export-hf "$out/hf-export"
 python3 -m moec.check_gpu --reference "$dir/ref-hf" --reference-log "$dir/ref-hf.csv" \
   --gpu "$out/hf" --gpu-log "$out/hf.csv" --tolerance 1e-4
 python3 "$compare" "$out/hf-export/step_3" "$dir/ref-hf-export" --tolerance 1e-4
 check_hf_logits "$out/hf-export/step_3" 1e-4
 echo "== Hugging Face: a bf16 export loads too"
-"$dir/hf/train_step" --tokens "$dir/data/train.bin" --steps 3 --export-hf "$out/hf-bf16" \
+"$dir/hf/train_step" "${rebind[@]}" --tokens "$dir/data/train.bin" --steps 3 --export-hf "$out/hf-bf16" \
   --export-hf-dtype bf16 > /dev/null
 check_hf_logits "$out/hf-bf16/step_3" 2e-2
 echo "== Hugging Face: a learning-rate-0 step exports the checkpoint bit for bit (the fixture, and one transformers makes here)"
-"$dir/hf/train_step" --tokens "$dir/data/train.bin" --steps 1 --lr 0 --min-lr 0 \
+"$dir/hf/train_step" "${rebind[@]}" --tokens "$dir/data/train.bin" --steps 1 --lr 0 --min-lr 0 \
   --export-hf "$out/hf-same" > /dev/null
 python3 "$compare" "$out/hf-same/step_1" "$hf"
 python3 -m moec.hf_checkpoint make --config tiny --seed 1 --max-shard-size 160KB -o "$out/hf-made"
@@ -245,7 +255,7 @@ python3 "$compare" "$out/hf-made-same/step_1" "$out/hf-made"
 if [[ -x "$dir/hf-part/train_step" ]]; then
   echo "== Hugging Face: W=4 P=2 H=2 on 4 simulated ranks: each rank reads its blocks; rank 0 exports bit for bit"
   "$dir/hf-part/train_step" --tokens "$dir/data/train.bin" --steps 1 --lr 0 --min-lr 0 \
-    --simulate-ranks 4 --export-hf "$out/hf-part" > /dev/null
+    --simulate-ranks 4 "${rebind[@]}" --export-hf "$out/hf-part" > /dev/null
   python3 "$compare" "$out/hf-part/step_1" "$hf"
 else
   echo "== SKIPPED: Hugging Face on W=4 P=2 H=2 (not compiled)"
