@@ -25,17 +25,25 @@
 # steps and resumed) and as a bf16 model ("param_dtype": "bf16"); the fp32
 # aux_loss step under activation checkpointing selective, full and auto
 # equals the CPU reference as above and the program without checkpointing
-# to a relative 1e-6 (recomputation is deterministic); Hugging Face
-# checkpoints (docs/hf-checkpoints.md): a program compiled with --init-from
-# a save_pretrained checkpoint trains 3 steps equal to the CPU reference
-# started from it, its --export-hf loads in transformers
-# (MixtralForCausalLM.from_pretrained, unchanged) with logits equal to
-# moec's reference forward on the reference's export (relative L2 < 1e-4;
-# bf16 exports within 2e-2), a learning-rate-0 step exports the checkpoint
-# bit for bit (also from one transformers makes on the GPU machine, and
-# from W = 4 simulated ranks under (P, H) = (2, 2) where compiled). The
-# run half needs torch and transformers for those. Exits non-zero on the
-# first failure.
+# to a relative 1e-6 (recomputation is deterministic).
+# Partitioned (docs/partitioning.md): the tiny Mixtral with E = 8 in fp32 on
+# the layouts (P, H) in {(2,1), (1,2), (2,2), (4,2), (8,1)} (W = P·H), with
+# both dispatchers and the token shuffle on and off where P > 1, each
+# compiled once (`moec compile --world-size W`) and run as W ranks on one
+# GPU (`train_step --simulate-ranks W`): 3 steps equal the CPU reference's
+# partitioned run (`moec train --reference --world-size W`: loss, aux loss,
+# grad norm) and the unpartitioned run on the W micro-batches together
+# (the same metrics and every gathered final parameter), relative error
+# < 1e-4. Hugging Face checkpoints (docs/hf-checkpoints.md): a program
+# compiled with --init-from a save_pretrained checkpoint trains 3 steps
+# equal to the CPU reference started from it, its --export-hf loads in
+# transformers (MixtralForCausalLM.from_pretrained, unchanged) with logits
+# equal to moec's reference forward on the reference's export (relative L2
+# < 1e-4; bf16 exports within 2e-2), a learning-rate-0 step exports the
+# checkpoint bit for bit (also from one transformers makes on the GPU
+# machine, and from W = 4 simulated ranks under (P, H) = (2, 2)); the run
+# half needs torch and transformers for those. Exits non-zero on the first
+# failure.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 mode="${1:-}"
@@ -45,7 +53,36 @@ if [[ -z "$mode" || -z "$dir" ]]; then
   exit 2
 fi
 modes=(aux_loss none sinkhorn balanced)
-layouts=("2 2 1" "2 1 2" "4 2 2" "4 4 1" "4 1 4" "8 4 2")
+# The W = 4 layouts of the tiny Mixtral (E = 4) the resharding check moves
+# between: W P H.
+reshard_layouts=("4 2 2" "4 4 1" "4 1 4")
+# The partitioned layouts: name, P, H. Routing is aux_loss (top-k routes
+# each token alone, so the partitioned and the unpartitioned step route
+# alike); with P = 1 there is nothing to dispatch or shuffle.
+e8_layouts=("p2h1 2 1" "p1h2 1 2" "p2h2 2 2" "p4h2 4 2" "p8h1 8 1")
+# The variants of a layout with P > 1: name and moec flags.
+dispatches=("a2a:--moe-all-to-all-dispatcher=true"
+            "gather:--moe-all-to-all-dispatcher=false"
+            "a2a-shuffle:--moe-all-to-all-dispatcher=true --global-token-shuffle"
+            "gather-shuffle:--moe-all-to-all-dispatcher=false --global-token-shuffle")
+
+# Prints "NAME W FLAGS..." for every partitioned case.
+partitioned_cases() {
+  local layout name p h
+  for layout in "${e8_layouts[@]}"; do
+    read -r name p h <<< "$layout"
+    local flags=(--world-size $((p * h)) --expert-parallel-degree "$p"
+                 --hybrid-shard-degree "$h")
+    if (( p == 1 )); then
+      echo "$name $((p * h)) ${flags[*]}"
+      continue
+    fi
+    local variant
+    for variant in "${dispatches[@]}"; do
+      echo "$name-${variant%%:*} $((p * h)) ${flags[*]} ${variant#*:}"
+    done
+  done
+}
 export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
 
 if [[ "$mode" == prepare ]]; then
@@ -112,7 +149,7 @@ if [[ "$mode" == prepare ]]; then
   # Partitioned programs (W P H), run as W threads on one GPU: each against
   # the unpartitioned reference on micro-batches of 2·W (the tiny model has
   # 4 experts). A layout moec compile refuses is reported and skipped.
-  for layout in "${layouts[@]}"; do
+  for layout in "${reshard_layouts[@]}"; do
     read -r w p h <<< "$layout"
     printf '{"micro_batch_size": 2, "seq_length": 64, "world_size": %d, "expert_parallel_degree": %d, "hybrid_shard_degree": %d}\n' \
       "$w" "$p" "$h" > "$dir/part-$w-$p-$h.json"
@@ -122,11 +159,30 @@ if [[ "$mode" == prepare ]]; then
       rm -rf "$dir/part-$w-$p-$h"
     fi
   done
-  for w in 2 4 8; do
+  for w in 4; do
     rm -rf "$dir/ref-w$w"
     "$moec" train "$model" --reference --tokens "$root/test/Inputs/fortunes/train.pb" \
       --micro-batch-size $((2 * w)) --steps 3 --dump "$dir/ref-w$w" --log "$dir/ref-w$w.csv" > /dev/null
   done
+  # Partitioned: one program per case; the reference's partitioned run
+  # (metrics) and, per world size, the unpartitioned run on B·W sequences
+  # (metrics and parameters).
+  e8="$root/test/Inputs/train/tiny-e8.onnx"
+  tokens="$root/test/Inputs/fortunes/train.pb"
+  common=(--micro-batch-size 2 --seq-length 64 --moe-load-balancing aux_loss)
+  for w in 2 4 8; do
+    rm -rf "$dir/part-ref-w$w"
+    "$moec" train "$e8" --reference --tokens "$tokens" --steps 3 \
+      --micro-batch-size $((2 * w)) --seq-length 64 --moe-load-balancing aux_loss \
+      --dump "$dir/part-ref-w$w" --log "$dir/part-ref-w$w.csv" > /dev/null
+  done
+  while read -r name w flags; do
+    # shellcheck disable=SC2086 # the flags are words
+    "$moec" compile "$e8" "${common[@]}" $flags -o "$dir/part-$name"
+    # shellcheck disable=SC2086
+    "$moec" train "$e8" --reference --tokens "$tokens" --steps 3 "${common[@]}" \
+      $flags --log "$dir/part-$name.csv" > /dev/null
+  done < <(partitioned_cases)
   # Hugging Face checkpoints: programs bound to the save_pretrained fixture,
   # the CPU reference started from it, and moec's forward on the
   # reference's export (the logits transformers must reproduce).
@@ -186,7 +242,7 @@ run="$dir/fp32-aux_loss/train_step"
   --checkpoint-dir "$out/ckpt" --log "$out/resumed.csv" --dump "$out/resumed"
 python3 -m moec.check_gpu --reference "$dir/ref-aux_loss" --reference-log "$dir/ref-aux_loss.csv" \
   --gpu "$out/resumed" --gpu-log "$out/resumed.csv" --tolerance 1e-4
-for layout in "${layouts[@]}"; do
+for layout in "${reshard_layouts[@]}"; do
   read -r w p h <<< "$layout"
   if [[ ! -x "$dir/part-$w-$p-$h/train_step" ]]; then
     echo "== SKIPPED: W=$w P=$p H=$h (not compiled)"
@@ -272,4 +328,16 @@ python3 -m moec.train_bf16 --check "$out/bf16-resumed.csv" --golden "$dir/tiny-f
 echo "== bf16 model: 50 steps against PyTorch's curve for bf16 parameters and AdamW states"
 "$dir/bf16-model/train_step" --tokens "$dir/data/train.bin" --steps 50 --log "$out/bf16-model.csv"
 python3 -m moec.train_bf16 --check "$out/bf16-model.csv" --golden "$dir/tiny-fortunes-bf16-model.json"
+while read -r name w flags; do
+  echo "== partitioned $name: $w ranks on one GPU, 3 steps against the CPU reference"
+  "$dir/part-$name/train_step" --simulate-ranks "$w" --tokens "$dir/data/train.bin" \
+    --steps 3 --log "$out/part-$name.csv" --dump "$out/part-$name"
+  # The reference's partitioned metrics, then the unpartitioned run's.
+  python3 -m moec.check_gpu --reference "$dir/part-ref-w$w" \
+    --reference-log "$dir/part-$name.csv" \
+    --gpu "$out/part-$name" --gpu-log "$out/part-$name.csv" --tolerance 1e-4
+  python3 -m moec.check_gpu --reference "$dir/part-ref-w$w" \
+    --reference-log "$dir/part-ref-w$w.csv" \
+    --gpu "$out/part-$name" --gpu-log "$out/part-$name.csv" --tolerance 1e-4
+done < <(partitioned_cases)
 echo "all GPU tests passed"

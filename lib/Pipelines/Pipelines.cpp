@@ -61,14 +61,14 @@ bool moec::isPartitioned(const TrainingJob &job) {
 }
 
 void moec::buildPartitionPipeline(OpPassManager &pm, const TrainingJob &job) {
-  std::string strategy =
-      stringifyShardingStrategy(job.shardingStrategy).str();
   ExpertParallelOptions experts;
   experts.worldSize = job.worldSize;
   experts.expertParallelDegree = job.expertParallelDegree;
   experts.hybridShardDegree = job.hybridShardDegree;
-  experts.shardingStrategy = strategy;
-  experts.dispatcher = job.moeAllToAllDispatcher ? "all_to_all" : "all_gather";
+  experts.shardingStrategy = job.shardingStrategy;
+  experts.dispatcher = job.moeAllToAllDispatcher
+                           ? mlir::moe::Dispatcher::all_to_all
+                           : mlir::moe::Dispatcher::all_gather;
   experts.globalTokenShuffle = job.globalTokenShuffle;
   experts.seed = job.randomSeed;
   pm.addPass(createExpertParallel(experts));
@@ -76,7 +76,7 @@ void moec::buildPartitionPipeline(OpPassManager &pm, const TrainingJob &job) {
   shard.worldSize = job.worldSize;
   shard.expertParallelDegree = job.expertParallelDegree;
   shard.hybridShardDegree = job.hybridShardDegree;
-  shard.shardingStrategy = strategy;
+  shard.shardingStrategy = job.shardingStrategy;
   pm.addPass(createHybridShard(shard));
 }
 

@@ -217,6 +217,17 @@ std::vector<Parameter> moec::plan::mixtralParameters(const ModelConfig &c) {
   return params;
 }
 
+std::optional<int64_t> moec::plan::decoderLayerOf(llvm::StringRef name) {
+  size_t at = name.find("layers.");
+  if (at == llvm::StringRef::npos)
+    return std::nullopt;
+  llvm::StringRef rest = name.substr(at + 7);
+  int64_t layer;
+  if (rest.consumeInteger(10, layer) || layer < 0)
+    return std::nullopt;
+  return layer;
+}
+
 mlir::FailureOr<ModelDescription>
 moec::plan::describeForward(mlir::func::FuncOp forward) {
   mlir::FailureOr<ModelConfig> config = inferModelConfig(forward);
@@ -251,51 +262,13 @@ moec::plan::describeForward(mlir::func::FuncOp forward) {
     param.unit = config->numLayers;
     if (param.kind == ParameterKind::Embedding)
       param.unit = -1;
-    size_t at = param.name.find("layers.");
-    if (at != std::string::npos) {
-      llvm::StringRef rest = llvm::StringRef(param.name).substr(at + 7);
-      int64_t layer;
-      if (!rest.consumeInteger(10, layer) && layer >= 0 &&
-          layer < config->numLayers)
-        param.unit = layer;
-    }
+    if (std::optional<int64_t> layer = decoderLayerOf(param.name);
+        layer && *layer < config->numLayers)
+      param.unit = *layer;
     model.parameters.push_back(std::move(param));
   }
   if (model.parameters.empty())
     return forward.emitOpError()
            << "has no arguments marked moe.parameter: nothing to plan";
   return model;
-}
-
-/// Bytes of a static tensor type.
-static int64_t bytesOf(mlir::Type type) {
-  auto tensor = mlir::cast<mlir::RankedTensorType>(type);
-  return tensor.getNumElements() *
-         static_cast<int64_t>(tensor.getElementTypeBitWidth() / 8);
-}
-
-mlir::FailureOr<moec::plan::ProgramStateBytes>
-moec::plan::readStateBytes(mlir::func::FuncOp step) {
-  ProgramStateBytes bytes;
-  for (mlir::BlockArgument arg : step.getArguments()) {
-    unsigned i = arg.getArgNumber();
-    auto type = mlir::dyn_cast<mlir::RankedTensorType>(arg.getType());
-    bool isState = step.getArgAttr(i, mlir::moe::MoeDialect::getParameterAttrName()) ||
-                   step.getArgAttr(i, mlir::moe::MoeDialect::getExpAvgAttrName()) ||
-                   step.getArgAttr(i, mlir::moe::MoeDialect::getExpAvgSqAttrName());
-    if (isState && (!type || !type.hasStaticShape()))
-      return step.emitOpError()
-             << "state argument " << i << " has no static shape: "
-             << arg.getType();
-    if (step.getArgAttr(i, mlir::moe::MoeDialect::getParameterAttrName())) {
-      bytes.parameters += bytesOf(type);
-      for (mlir::Operation *user : arg.getUsers())
-        if (auto update = mlir::dyn_cast<mlir::moe::AdamWOp>(user);
-            update && update.getParam() == arg)
-          bytes.gradients += bytesOf(update.getGrad().getType());
-    } else if (isState) {
-      bytes.optimizerStates += bytesOf(type);
-    }
-  }
-  return bytes;
 }

@@ -22,16 +22,6 @@ llvm::StringRef moec::plan::getPrecisionName(const TrainingJob &job) {
   return job.bf16 ? "bf16" : "fp32";
 }
 
-llvm::StringRef moec::plan::stringifyCollectiveKind(CollectiveKind kind) {
-  switch (kind) {
-  case CollectiveKind::AllGather: return "all_gather";
-  case CollectiveKind::ReduceScatter: return "reduce_scatter";
-  case CollectiveKind::AllReduce: return "all_reduce";
-  case CollectiveKind::AllToAll: return "all_to_all";
-  }
-  llvm_unreachable("unknown collective");
-}
-
 llvm::ArrayRef<llvm::StringRef> moec::plan::gpuNames() {
   static const llvm::StringRef names[] = {"h100-80gb", "h200-141gb",
                                           "a100-80gb", "a100-40gb"};
@@ -175,7 +165,8 @@ LayerActivations layerActivations(const ModelConfig &c, int64_t a) {
 llvm::Expected<TrainingPlan>
 moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
                      int64_t gpusPerNode, const GpuSpec &gpu,
-                     const Efficiency &efficiency) {
+                     const Efficiency &efficiency,
+                     const ProgramFootprint *program) {
   llvm::Expected<Mesh> mesh =
       resolveMesh(getParallelConfig(training, gpusPerNode),
                   model.config.numExperts);
@@ -185,6 +176,8 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
     return std::move(err);
 
   TrainingPlan plan{model, *mesh, training, gpu, efficiency};
+  if (program)
+    plan.program = *program;
   const ModelConfig &c = plan.model.config;
   const ModelPlacement placement = plan.placement();
   const Mesh &m = plan.mesh;
@@ -249,10 +242,10 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
     MemoryBreakdown &mem = plan.memory[rank];
     mem.computeParams = bf16 ? 2 * shard : 0;
     mem.gatheredParams = hs > 1 ? a * maxPair : 0;
-    mem.masterParams = 4 * shard;
-    mem.gradients = 4 * shard;
+    mem.masterParams = program ? program->state.parameters : 4 * shard;
+    mem.gradients = program ? program->state.gradients : 4 * shard;
     mem.unshardedGradients = a * maxUnit;
-    mem.optimizerStates = 8 * shard;
+    mem.optimizerStates = program ? program->state.optimizerStates : 8 * shard;
     mem.activations = activations;
     mem.communicationBuffers = dispatchBuffers + reduceScatterBuffer;
     mem.workspace = tokens * layer.gradients + efficiency.reservedBytes;
@@ -266,8 +259,11 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
     return (crosses ? gpu.interNodeBandwidth : gpu.intraNodeBandwidth) *
            efficiency.communication;
   };
+  // The analytic model's collectives, and the program's where it has one.
+  std::vector<Collective> analytic, programCollectives;
   auto add = [&](std::string what, CollectiveKind kind, GroupKind group,
-                 int64_t bytes, int64_t count, bool overlapped) {
+                 int64_t bytes, int64_t count, bool overlapped,
+                 bool fromProgram = false) {
     const int64_t n = m.groupSize(group);
     if (n <= 1 || count == 0 || bytes == 0)
       return;
@@ -282,15 +278,17 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
     coll.bytesSent = factor * bytes / n * (n - 1);
     coll.count = count;
     coll.overlapped = overlapped;
+    coll.fromProgram = fromProgram;
     coll.seconds = double(coll.bytesSent) * count / bandwidth(coll.crossesNodes);
-    plan.collectives.push_back(std::move(coll));
+    (fromProgram ? programCollectives : analytic).push_back(std::move(coll));
   };
   const int64_t layers = c.numLayers, accum = accumulation;
   const int64_t embedding = unitElements.front(), head = unitElements.back();
   const int64_t decoder = placement.unitLocalElements(0);
   const int64_t gradBytes = bf16 ? 4 : a; // gradients are reduced in fp32
-  add("embedding parameters (forward, backward)", CollectiveKind::AllGather,
-      GroupKind::Shard, a * embedding, 2 * accum, true);
+  // The embedding's gradient does not read the table: one gather.
+  add("embedding parameters (forward)", CollectiveKind::AllGather,
+      GroupKind::Shard, a * embedding, accum, true);
   add("decoder-layer parameters (forward)", CollectiveKind::AllGather,
       GroupKind::Shard, a * decoder, layers * accum, true);
   add("decoder-layer parameters (backward)", CollectiveKind::AllGather,
@@ -303,6 +301,8 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
         GroupKind::Expert, sent, 2 * layers * accum, false);
     add("dispatch and combine gradients (backward)", CollectiveKind::AllToAll,
         GroupKind::Expert, sent, 2 * layers * accum, false);
+    add("gate gradients (backward)", CollectiveKind::AllToAll,
+        GroupKind::Expert, a * tokens * c.topK, layers * accum, false);
     if (training.activationCheckpointing == ActivationCheckpointing::Full)
       add("token dispatch and combine (recompute)", CollectiveKind::AllToAll,
           GroupKind::Expert, sent, 2 * layers * accum, false);
@@ -316,12 +316,57 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
   const int64_t denseShard = placement.heldElements(ParameterKind::Dense) +
                              placement.heldElements(ParameterKind::Embedding);
   const int64_t expertShard = placement.heldElements(ParameterKind::Expert);
-  add("dense gradient shards", CollectiveKind::AllReduce,
-      GroupKind::DenseReplica, 4 * denseShard, 1, true);
-  add("expert gradient shards", CollectiveKind::AllReduce, GroupKind::Replica,
-      4 * expertShard, 1, true);
-  add("gradient norm", CollectiveKind::AllReduce, GroupKind::World, 4, 1,
-      false);
+  // With P = 1 the replica group is the dense replica group, and the
+  // experts' gradient shards are reduced with the dense ones.
+  add(p > 1 ? "dense gradient shards" : "gradient shards",
+      CollectiveKind::AllReduce, GroupKind::DenseReplica,
+      4 * (p > 1 ? denseShard : denseShard + expertShard), 1, true);
+  if (p > 1)
+    add("expert gradient shards", CollectiveKind::AllReduce, GroupKind::Replica,
+        4 * expertShard, 1, true);
+  // The clipping norm: the local norms of the dense shards gathered over
+  // H, those of the expert shards over H, then P (docs/partitioning.md).
+  add("gradient-norm partials of the dense shards", CollectiveKind::AllGather,
+      GroupKind::Shard, 4 * hs, 1, false);
+  if (p > 1) {
+    add("gradient-norm partials of the expert shards",
+        CollectiveKind::AllGather, GroupKind::Shard, 4 * hs, 1, false);
+    add("gradient-norm partials of the expert shards",
+        CollectiveKind::AllGather, GroupKind::Expert, 4 * hs * p, 1, false);
+  }
+  if (program) {
+    // Everything but the token all-to-alls (the plan adds the recompute of
+    // full checkpointing to those): parameter gathers and gradient
+    // reduce-scatters per micro-step, the gradient all-reduces, the norm's
+    // partials and the world's losses and statistics once per step.
+    for (const ProgramCollective &c : program->collectives) {
+      if (c.kind == CollectiveKind::AllToAll)
+        continue;
+      const bool world = c.group == GroupKind::World;
+      std::string what =
+          c.kind == CollectiveKind::AllGather
+              ? (c.perMicroStep ? "parameters" : "gradient-norm partials")
+          : c.kind == CollectiveKind::ReduceScatter ? "gradients"
+          : world                                   ? "losses and statistics"
+                                                    : "gradient shards";
+      add(what + " (program)", c.kind, c.group, c.bytes,
+          c.perMicroStep ? c.calls * accum : c.calls,
+          /*overlapped=*/c.perMicroStep ||
+              (c.kind == CollectiveKind::AllReduce && !world),
+          /*fromProgram=*/true);
+    }
+  }
+  // The plan's collectives: the program's, with the analytic token
+  // all-to-alls (the program has no recompute); or the analytic model's.
+  if (program) {
+    plan.collectives = std::move(programCollectives);
+    for (const Collective &coll : analytic)
+      if (coll.kind == CollectiveKind::AllToAll)
+        plan.collectives.push_back(coll);
+    plan.analyticCollectives = std::move(analytic);
+  } else {
+    plan.collectives = std::move(analytic);
+  }
 
   // Step time.
   StepEstimate &step = plan.step;

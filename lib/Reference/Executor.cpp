@@ -198,6 +198,12 @@ DispatchKind dispatchKind(moe::Dispatcher dispatcher) {
 LogicalResult Interpreter::execute(Operation *op) {
   std::string error;
   HostTensor out;
+  // The cross-entropy's `target_count`, when it has one.
+  auto targetCountOf = [&](Value count) -> std::optional<double> {
+    if (!count)
+      return std::nullopt;
+    return get(count).f32[0];
+  };
   // The gradients of moe.lm_head_cross_entropy(_with_grad).
   auto lossGrad = [&](auto g) -> LogicalResult {
     HostTensor dWeight;
@@ -205,8 +211,8 @@ LogicalResult Interpreter::execute(Operation *op) {
                       lmHeadCrossEntropyGrad(
                           get(g.getInput()), get(g.getWeight()),
                           get(g.getLabels()), g.getIgnoreIndex(),
-                          g.getScale().convertToDouble(), out, dWeight,
-                          error),
+                          targetCountOf(g.getTargetCount()),
+                          g.getScale().convertToDouble(), out, dWeight, error),
                       error)) ||
         failed(set(op, g.getDInput(), std::move(out))))
       return failure();
@@ -578,10 +584,10 @@ LogicalResult Interpreter::execute(Operation *op) {
       })
       .Case([&](moe::LmHeadCrossEntropyOp c) -> LogicalResult {
         if (failed(kernel(op,
-                          lmHeadCrossEntropy(get(c.getInput()),
-                                             get(c.getWeight()),
-                                             get(c.getLabels()),
-                                             c.getIgnoreIndex(), out, error),
+                          lmHeadCrossEntropy(
+                              get(c.getInput()), get(c.getWeight()),
+                              get(c.getLabels()), c.getIgnoreIndex(),
+                              targetCountOf(c.getTargetCount()), out, error),
                           error)))
           return failure();
         return set(op, c.getLoss(), std::move(out));
@@ -707,10 +713,10 @@ LogicalResult Interpreter::execute(Operation *op) {
       .Case([&](moe::LmHeadCrossEntropyWithGradOp g) -> LogicalResult {
         HostTensor loss;
         if (failed(kernel(op,
-                          lmHeadCrossEntropy(get(g.getInput()),
-                                             get(g.getWeight()),
-                                             get(g.getLabels()),
-                                             g.getIgnoreIndex(), loss, error),
+                          lmHeadCrossEntropy(
+                              get(g.getInput()), get(g.getWeight()),
+                              get(g.getLabels()), g.getIgnoreIndex(),
+                              targetCountOf(g.getTargetCount()), loss, error),
                           error)) ||
             failed(set(op, g.getLoss(), std::move(loss))))
           return failure();

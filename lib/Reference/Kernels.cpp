@@ -760,8 +760,9 @@ bool reference::targetCount(const HostTensor &labels, int64_t ignoreIndex,
 bool reference::lmHeadCrossEntropy(const HostTensor &input,
                                    const HostTensor &weight,
                                    const HostTensor &labels,
-                                   int64_t ignoreIndex, HostTensor &loss,
-                                   std::string &error) {
+                                   int64_t ignoreIndex,
+                                   std::optional<double> targetCount,
+                                   HostTensor &loss, std::string &error) {
   if (!expectRank(weight, 2, "weight", error))
     return false;
   int64_t hidden = input.shape.empty() ? 0 : input.shape.back();
@@ -786,16 +787,15 @@ bool reference::lmHeadCrossEntropy(const HostTensor &input,
     return false;
   }
   loss = HostTensor::floats({});
-  loss.f32[0] = static_cast<float>(count ? total / count : 0.0);
+  double denominator = targetCount.value_or(static_cast<double>(count));
+  loss.f32[0] = static_cast<float>(denominator > 0 ? total / denominator : 0.0);
   return true;
 }
 
-bool reference::lmHeadCrossEntropyGrad(const HostTensor &input,
-                                       const HostTensor &weight,
-                                       const HostTensor &labels,
-                                       int64_t ignoreIndex, double scale,
-                                       HostTensor &dInput, HostTensor &dWeight,
-                                       std::string &error) {
+bool reference::lmHeadCrossEntropyGrad(
+    const HostTensor &input, const HostTensor &weight, const HostTensor &labels,
+    int64_t ignoreIndex, std::optional<double> targetCount, double scale,
+    HostTensor &dInput, HostTensor &dWeight, std::string &error) {
   if (!expectRank(weight, 2, "weight", error))
     return false;
   int64_t hidden = input.shape.empty() ? 0 : input.shape.back();
@@ -806,7 +806,8 @@ bool reference::lmHeadCrossEntropyGrad(const HostTensor &input,
     return false;
   dInput = HostTensor::floats(input.shape);
   dWeight = HostTensor::floats(weight.shape);
-  if (count == 0)
+  double denominator = targetCount.value_or(static_cast<double>(count));
+  if (count == 0 || denominator <= 0)
     return true;
   std::vector<double> dW(weight.numElements(), 0.0), p;
   forEachTarget(input, labels, ignoreIndex, error,
@@ -814,8 +815,8 @@ bool reference::lmHeadCrossEntropyGrad(const HostTensor &input,
                   const float *h = &input.f32[row * hidden];
                   vocabularySoftmax(h, weight, p);
                   for (int64_t v = 0; v < vocab; ++v) {
-                    double d =
-                        (p[v] - (v == target ? 1.0 : 0.0)) * scale / count;
+                    double d = (p[v] - (v == target ? 1.0 : 0.0)) * scale /
+                               denominator;
                     for (int64_t i = 0; i < hidden; ++i) {
                       dInput.f32[row * hidden + i] += static_cast<float>(
                           d * weight.f32[v * hidden + i]);

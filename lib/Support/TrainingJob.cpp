@@ -253,7 +253,7 @@ const std::vector<KeyInfo> &keyTable() {
         enumKey("sharding_strategy",
                 enumField<ShardingStrategy, stringifyShardingStrategy,
                           symbolizeShardingStrategy, &J::shardingStrategy,
-                          3>(),
+                          kNumShardingStrategies>(),
                 "how model states are sharded"),
         stringKey("checkpoint_dir", &J::checkpointDir,
                   "save checkpoints here (and resume from here)"),
@@ -581,16 +581,15 @@ llvm::Error moec::checkImplemented(const TrainingJob &job,
   if (job.smActivationOffloading)
     return refuse("sm_activation_offloading", "true",
                   "activations stay on the GPU");
-  // The CPU reference runs any layout on simulated ranks, with either
-  // dispatcher and the token shuffle (docs/partitioning.md).
-  if (consumer != JobConsumer::Train) {
+  // The CPU reference and the compiled programs run any layout, with either
+  // dispatcher and the token shuffle (docs/partitioning.md); the planner
+  // models the all-to-all dispatcher without a shuffle.
+  if (consumer == JobConsumer::Plan) {
     if (!job.moeAllToAllDispatcher)
       return refuse("moe_all_to_all_dispatcher", "false",
                     "tokens are dispatched by all-to-all");
     if (job.globalTokenShuffle)
       return refuse("global_token_shuffle", "true", "tokens are not shuffled");
-  }
-  if (consumer == JobConsumer::Plan) {
     if (job.activationCheckpointing == ActivationCheckpointing::Auto)
       return refuse("activation_checkpointing", "auto",
                     "it plans none, selective or full; moec compile chooses "
@@ -598,22 +597,6 @@ llvm::Error moec::checkImplemented(const TrainingJob &job,
     if (job.paramDtype == ParamDtype::Bf16)
       return refuse("param_dtype", "bf16", "plans assume fp32 master weights");
     return llvm::Error::success();
-  }
-  // A compiled program runs on one GPU: no parallel layout yet.
-  if (consumer == JobConsumer::Compile) {
-    StringRef oneDevice = "one GPU only";
-    if (job.worldSize != 1)
-      return refuse("world_size", std::to_string(job.worldSize), oneDevice);
-    if (job.expertParallelDegree != 1)
-      return refuse("expert_parallel_degree",
-                    std::to_string(job.expertParallelDegree), oneDevice);
-    if (job.hybridShardDegree > 1)
-      return refuse("hybrid_shard_degree",
-                    std::to_string(job.hybridShardDegree), oneDevice);
-    if (job.shardingStrategy != TrainingJob().shardingStrategy)
-      return refuse("sharding_strategy",
-                    stringifyShardingStrategy(job.shardingStrategy).str(),
-                    oneDevice);
   }
   if (job.globalBatchSize != 0 &&
       job.globalBatchSize != job.worldSize * job.microBatchSize)

@@ -170,6 +170,8 @@ def compiled_job_fields(micro_batch: int, seq: int, recipe: str) -> dict[str, ob
         "moe_load_balancing": "aux_loss",
         "router_aux_loss_coef": AUX_LOSS_COEF,
         "router_z_loss_coef": 0.0,
+        # One GPU: a partitioned program runs on world_size ranks.
+        "world_size": 1,
     }
 
 
@@ -189,8 +191,8 @@ def check_compiled_job(program: Path, micro_batch: int, seq: int, recipe: str) -
         raise JobMismatch(f"no {path} beside '{program}': benchmark a program as moec compile wrote it") from None
     except json.JSONDecodeError as e:
         raise JobMismatch(f"{path} is not JSON: {e}") from None
-    if manifest.get("format") != "moec-compile/2" or not isinstance(manifest.get("job"), dict):
-        raise JobMismatch(f"{path} is not a moec-compile/2 manifest with a job "
+    if manifest.get("format") != "moec-compile/3" or not isinstance(manifest.get("job"), dict):
+        raise JobMismatch(f"{path} is not a moec-compile/3 manifest with a job "
                           f"(format {manifest.get('format')!r}): recompile the program")
     compiled = manifest["job"]
     wrong = []

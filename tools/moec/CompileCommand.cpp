@@ -6,10 +6,17 @@
 // precision, MoE and optimizer options): builds the training step,
 // specialises its shapes, plans its memory; then prints two CUDA programs:
 //
-//   OUT/init_params   delayed_param only (checked against numpy);
+//   OUT/init_params   delayed_param only (checked against numpy; one-GPU
+//                     jobs only);
 //   OUT/train_step    the whole training step and its host driver.
 //
-// plus OUT/manifest.json (the job, what was compiled, the memory plan). Sources
+// A partitioned job (world_size, expert_parallel_degree or
+// hybrid_shard_degree above 1) compiles the SPMD step once: every rank runs
+// OUT/train_step, which reads its coordinates from the mesh at run time and
+// creates only its blocks of the parameters (docs/partitioning.md).
+//
+// plus OUT/manifest.json (the job, the mesh and which rank runs which
+// program, what was compiled, the memory plan). Sources
 // are written atomically; nvcc is skipped when a program's source and flags
 // hash to the ones it was built from (OUT/<program>.hash). The config's keys
 // follow SMP's names (docs/cuda-backend.md).
@@ -25,6 +32,7 @@
 #include "moec/Target/Cuda.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/Shard/IR/ShardOps.h"
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Pass/PassManager.h"
 #include "llvm/ADT/StringExtras.h"
@@ -37,6 +45,8 @@
 #include "llvm/Support/raw_ostream.h"
 
 #include <fmt/format.h>
+
+#include <array>
 
 using namespace mlir;
 namespace cl = llvm::cl;
@@ -208,9 +218,12 @@ int moec::cli::runCompile(const TrainingJobFlags &jobFlags) {
   moec::buildCompilePipeline(pm, job, cudnnAttention);
   if (failed(pm.run(*module)))
     return 1;
+  // The standalone initialisation program creates whole parameters: a
+  // partitioned step creates its own blocks.
+  const bool partitioned = moec::isPartitioned(job);
   std::string initSource;
   llvm::raw_string_ostream initOs(initSource);
-  if (failed(emitCudaInitProgram(*module, initOs)))
+  if (!partitioned && failed(emitCudaInitProgram(*module, initOs)))
     return 1;
   std::string trainSource;
   llvm::raw_string_ostream trainOs(trainSource);
@@ -228,8 +241,29 @@ int moec::cli::runCompile(const TrainingJobFlags &jobFlags) {
   int64_t liveBound = step->getAttrOfType<IntegerAttr>(
                               moe::MoeDialect::getArenaLiveBytesAttrName())
                           .getInt();
+  // The mesh (R, H, P) and the program of each world rank w = (r·H + h)·P
+  // + p: the same SPMD step for all.
+  std::array<int64_t, 3> mesh = {1, 1, 1};
+  for (auto grid : module->getOps<shard::GridOp>())
+    llvm::copy(grid.getShape(), mesh.begin());
+  llvm::json::Array ranks;
+  for (int64_t w = 0; w < mesh[0] * mesh[1] * mesh[2]; ++w)
+    ranks.push_back(llvm::json::Object{
+        {"rank", w},
+        {"coordinates", llvm::json::Array{w / (mesh[1] * mesh[2]),
+                                          w / mesh[2] % mesh[1], w % mesh[2]}},
+        {"program", "train_step"}});
+  llvm::json::Array programs;
+  if (!partitioned)
+    programs.push_back("init_params");
+  programs.push_back("train_step");
   llvm::json::Object manifest{
-      {"format", "moec-compile/2"},
+      {"format", "moec-compile/3"},
+      {"world_size", mesh[0] * mesh[1] * mesh[2]},
+      {"mesh", llvm::json::Object{{"replicas", mesh[0]},
+                                  {"shard", mesh[1]},
+                                  {"expert", mesh[2]}}},
+      {"ranks", std::move(ranks)},
       {"model", modelPath.getValue()},
       {"arch", arch.getValue()},
       {"job", job.toJson()},
@@ -240,7 +274,7 @@ int moec::cli::runCompile(const TrainingJobFlags &jobFlags) {
       {"arena_live_bytes_bound", liveBound},
       {"input_bytes", summary.inputBytes},
       {"model_flops_per_step", summary.modelFlops},
-      {"programs", llvm::json::Array{"init_params", "train_step"}},
+      {"programs", std::move(programs)},
       {"hf_checkpoint", std::move(*hfBinding)}};
   std::string manifestText;
   llvm::raw_string_ostream manifestOs(manifestText);
@@ -284,9 +318,15 @@ int moec::cli::runCompile(const TrainingJobFlags &jobFlags) {
   trainLinked.push_back(MOERT_HF_LIBRARY);
   trainFlags.push_back(MOERT_HF_LIBRARY);
 #endif
+#ifdef MOEC_NCCL_LIBRARY_DIR
+  if (partitioned)
+    trainFlags.insert(trainFlags.end(),
+                      {"-L" MOEC_NCCL_LIBRARY_DIR, "-Xlinker",
+                       "-rpath=" MOEC_NCCL_LIBRARY_DIR, "-lnccl"});
+#endif
   trainFlags.push_back("-lcublas");
   trainFlags.push_back("-lcublasLt");
-  if (!buildProgram("init_params", initSource, {}, {}, error) ||
+  if ((!partitioned && !buildProgram("init_params", initSource, {}, {}, error)) ||
       !buildProgram("train_step", trainSource, trainFlags, trainLinked, error))
     return fail(error);
   return 0;

@@ -15,9 +15,11 @@
 #include "ModelLoading.h"
 #include "PlanFormats.h"
 
+#include "moec/Pipelines/Pipelines.h"
 #include "moec/Plan/Plan.h"
 
 #include "mlir/IR/MLIRContext.h"
+#include "mlir/Pass/PassManager.h"
 #include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/Error.h"
 #include "llvm/Support/FileSystem.h"
@@ -92,8 +94,10 @@ int fail(const llvm::Twine &message) {
   return 1;
 }
 
-/// A preset, a JSON config, or a model file.
-std::optional<ModelDescription> loadDescription() {
+/// A preset, a JSON config, or a model file; for a model file, `module`
+/// receives its raised forward (in `context`).
+std::optional<ModelDescription> loadDescription(MLIRContext &context,
+                                                OwningOpRef<ModuleOp> &module) {
   llvm::StringRef spec = modelSpec;
   if (std::optional<moec::ModelConfig> preset = getPreset(spec)) {
     return ModelDescription{spec.str(), *preset, mixtralParameters(*preset)};
@@ -118,11 +122,9 @@ std::optional<ModelDescription> loadDescription() {
     }
     return ModelDescription{spec.str(), *config, mixtralParameters(*config)};
   }
-  MLIRContext context;
   moec::cli::DiagnosticPrinter diagnostics(context);
-  OwningOpRef<ModuleOp> module =
-      moec::cli::loadModel(context, spec, /*raise=*/true,
-                           /*requireComplete=*/false);
+  module = moec::cli::loadModel(context, spec, /*raise=*/true,
+                                /*requireComplete=*/false);
   if (!module)
     return std::nullopt;
   func::FuncOp forward = moec::cli::getForward(*module);
@@ -133,6 +135,24 @@ std::optional<ModelDescription> loadDescription() {
     return std::nullopt;
   model->source = spec.str();
   return *model;
+}
+
+/// The footprint of `job`'s partitioned @train_step, built from the raised
+/// forward in `module` (shapes only: the import reads no weights).
+std::optional<ProgramFootprint> readProgram(MLIRContext &context,
+                                            ModuleOp module,
+                                            const moec::TrainingJob &job) {
+  moec::cli::DiagnosticPrinter diagnostics(context);
+  OwningOpRef<ModuleOp> program(module.clone());
+  PassManager pm(&context);
+  moec::buildTrainPipeline(pm, job);
+  if (failed(pm.run(*program)))
+    return std::nullopt;
+  FailureOr<ProgramFootprint> footprint =
+      readProgramFootprint(program->lookupSymbol<func::FuncOp>("train_step"));
+  if (failed(footprint))
+    return std::nullopt;
+  return *footprint;
 }
 
 /// The GPU with any overridden numbers.
@@ -206,7 +226,9 @@ int moec::cli::runPlan(const TrainingJobFlags &jobFlags) {
   std::optional<GpuSpec> gpu = readGpu();
   if (!gpu)
     return 1;
-  std::optional<ModelDescription> model = loadDescription();
+  MLIRContext context;
+  OwningOpRef<ModuleOp> forward;
+  std::optional<ModelDescription> model = loadDescription(context, forward);
   if (!model)
     return 1;
 
@@ -230,8 +252,26 @@ int moec::cli::runPlan(const TrainingJobFlags &jobFlags) {
     });
   }
 
+  // A model file gives the partitioned program, which the plan reads its
+  // state bytes and gradient reductions from; a preset or a JSON config has
+  // only the analytic model.
+  std::optional<ProgramFootprint> program;
+  if (forward) {
+    // The mesh's rules first, in the planner's words; the program is built
+    // for the mesh the planner resolved (an automatic H from the node size).
+    llvm::Expected<TrainingPlan> analytic =
+        makePlan(*model, job, gpusPerNode, *gpu, efficiency);
+    if (!analytic)
+      return fail(llvm::toString(analytic.takeError()));
+    moec::TrainingJob resolved = job;
+    resolved.hybridShardDegree = analytic->mesh.shardDegree();
+    program = readProgram(context, *forward, resolved);
+    if (!program)
+      return 1;
+  }
   llvm::Expected<TrainingPlan> plan =
-      makePlan(*model, job, gpusPerNode, *gpu, efficiency);
+      makePlan(*model, job, gpusPerNode, *gpu, efficiency,
+               program ? &*program : nullptr);
   if (!plan)
     return fail(llvm::toString(plan.takeError()));
   return emit([&](llvm::raw_ostream &os) {

@@ -91,6 +91,57 @@ std::string splitOf(const TrainingPlan &plan, const Parameter &param,
 const GroupKind kGroupKinds[] = {GroupKind::Expert, GroupKind::Shard,
                                  GroupKind::Replica, GroupKind::DenseReplica};
 
+/// The partitioned program's state bytes and collectives against the
+/// analytic model's: per kind and group, the calls and the bytes summed
+/// over them.
+void printProgramComparison(const TrainingPlan &plan, llvm::raw_ostream &os) {
+  const ProgramFootprint &program = *plan.program;
+  os << fmt::format(
+      "\nthe partitioned program (moe-train-pipeline for this job, one "
+      "micro-step; every rank runs it) against the analytic model (per "
+      "optimizer step, gradient accumulation {}):\n",
+      plan.step.gradientAccumulation);
+  os << fmt::format("  per rank: parameters {} B, gradients {} B, AdamW "
+                    "states {} B (the memory table's)\n",
+                    commas(program.state.parameters),
+                    commas(program.state.gradients),
+                    commas(program.state.optimizerStates));
+  os << fmt::format("  {:<14} {:<18} {:>6} {:>18} {:>6} {:>18}  {}\n",
+                    "collective", "group", "calls", "program bytes", "calls",
+                    "analytic bytes", "the plan's");
+  std::vector<std::pair<CollectiveKind, GroupKind>> keys;
+  auto note = [&](CollectiveKind kind, GroupKind group) {
+    if (!llvm::is_contained(keys, std::pair(kind, group)))
+      keys.push_back({kind, group});
+  };
+  for (const ProgramCollective &c : program.collectives)
+    note(c.kind, c.group);
+  for (const Collective &c : plan.analyticCollectives)
+    note(c.kind, c.group);
+  llvm::sort(keys);
+  for (auto [kind, group] : keys) {
+    int64_t programCalls = 0, analyticCalls = 0, analyticBytes = 0;
+    for (const ProgramCollective &c : program.collectives)
+      if (c.kind == kind && c.group == group)
+        programCalls += c.calls;
+    for (const Collective &c : plan.analyticCollectives)
+      if (c.kind == kind && c.group == group) {
+        analyticCalls += c.count;
+        analyticBytes += c.bytes * c.count;
+      }
+    bool fromProgram = llvm::any_of(plan.collectives, [&](const Collective &c) {
+      return c.kind == kind && c.group == group && c.fromProgram;
+    });
+    os << fmt::format("  {:<14} {:<18} {:>6} {:>18} {:>6} {:>18}  {}\n",
+                      stringifyCollectiveKind(kind).str(),
+                      fmt::format("{} ({})", stringifyGroupKind(group).str(),
+                                  plan.mesh.groupSize(group)),
+                      programCalls, commas(program.totalBytes(kind, group)),
+                      analyticCalls, commas(analyticBytes),
+                      fromProgram ? "program" : "analytic");
+  }
+}
+
 } // namespace
 
 void moec::cli::printPlanTable(const TrainingPlan &plan, bool allPlacements,
@@ -217,15 +268,23 @@ void moec::cli::printPlanTable(const TrainingPlan &plan, bool allPlacements,
     os << fmt::format("  {:<28} {:>11}  {}\n", what, gib(bytes), note);
   };
   const int64_t shard = placement.shardElements(plan.peakRank);
+  // Where the persistent states' bytes come from.
+  const std::string source =
+      plan.program ? "the partitioned program's" : "analytic";
   row("bf16 compute params", mem.computeParams + mem.gatheredParams,
       fmt::format("{} shard + {} gathered (current and prefetched unit)",
                   gib(mem.computeParams), gib(mem.gatheredParams)));
   row("fp32 master params", mem.masterParams,
-      fmt::format("{} elements x 4 B", commas(shard)));
+      fmt::format("{} elements x 4 B; {} B, {}", commas(shard),
+                  commas(mem.masterParams), source));
   row("gradients", mem.gradients + mem.unshardedGradients,
-      fmt::format("{} fp32 shard + {} one unit before reduce-scatter",
-                  gib(mem.gradients), gib(mem.unshardedGradients)));
-  row("AdamW states", mem.optimizerStates, "fp32 first and second moments");
+      fmt::format("{} fp32 shard + {} one unit before reduce-scatter; shard "
+                  "{} B, {}",
+                  gib(mem.gradients), gib(mem.unshardedGradients),
+                  commas(mem.gradients), source));
+  row("AdamW states", mem.optimizerStates,
+      fmt::format("fp32 first and second moments; {} B, {}",
+                  commas(mem.optimizerStates), source));
   row("activations", mem.activations,
       fmt::format("peak, checkpointing {}, {} tokens",
                   moec::stringifyActivationCheckpointing(t.activationCheckpointing).str(),
@@ -259,6 +318,12 @@ void moec::cli::printPlanTable(const TrainingPlan &plan, bool allPlacements,
         coll.overlapped ? "" : " [not overlapped]");
   if (plan.collectives.empty())
     os << "  none (one rank)\n";
+  if (plan.program)
+    printProgramComparison(plan, os);
+  else
+    os << "  (every number analytic: a preset or a JSON config has no "
+          "program; give the ONNX export or raised .mlir to read the state "
+          "bytes and gradient reductions from the partitioned program)\n";
 
   // Time.
   os << fmt::format(
@@ -380,10 +445,31 @@ json::Value moec::cli::planToJson(const TrainingPlan &plan) {
         {"count", coll.count},
         {"overlapped", coll.overlapped},
         {"seconds", coll.seconds},
+        {"from_program", coll.fromProgram},
     });
+
+  // The partitioned program's footprint, when the plan read one.
+  json::Value program = nullptr;
+  if (plan.program) {
+    json::Array programCollectives;
+    for (const ProgramCollective &c : plan.program->collectives)
+      programCollectives.push_back(json::Object{
+          {"kind", stringifyCollectiveKind(c.kind)},
+          {"group", stringifyGroupKind(c.group)},
+          {"bytes", c.bytes},
+          {"calls", c.calls},
+      });
+    program = json::Object{
+        {"parameters", plan.program->state.parameters},
+        {"gradients", plan.program->state.gradients},
+        {"optimizer_states", plan.program->state.optimizerStates},
+        {"collectives", std::move(programCollectives)},
+    };
+  }
 
   return json::Object{
       {"schema", "moec-plan/1"},
+      {"program", std::move(program)},
       {"model",
        json::Object{
            {"source", plan.model.source},
@@ -440,11 +526,10 @@ json::Value moec::cli::planToJson(const TrainingPlan &plan) {
        }},
       {"parameters", std::move(params)},
       {"ranks", std::move(ranks)},
-      {"memory",
-       json::Object{{"peak_rank", plan.peakRank},
-                    {"gpu_bytes", plan.gpu.memoryBytes},
-                    {"fits", plan.fits},
-                    {"peak", memoryJson(plan.peakMemory())}}},
+      {"memory", json::Object{{"peak_rank", plan.peakRank},
+                              {"gpu_bytes", plan.gpu.memoryBytes},
+                              {"fits", plan.fits},
+                              {"peak", memoryJson(plan.peakMemory())}}},
       {"collectives", std::move(collectives)},
       {"step",
        json::Object{

@@ -307,17 +307,25 @@ def Moe_LmHeadCrossEntropyOp : Moe_Op<"lm_head_cross_entropy", [Pure]> {
     `ignore_index` do not count. Fused so that the `[batch, seq, vocab]`
     logits never exist. The result is an fp32 scalar (0 with no targets).
 
+    With `target_count`, the sum is divided by that count instead of the
+    number of targets in `labels`: moe-hybrid-shard passes the global
+    batch's count, so that a rank's loss is its share of the global mean
+    and its gradients are, token for token, the unpartitioned step's.
+
     ```mlir
     %loss = moe.lm_head_cross_entropy %h, %w, %labels {ignore_index = -100 : i64}
         : (tensor<2x8x32xf32>, tensor<256x32xf32>, tensor<2x8xi64>) -> tensor<f32>
+    %share = moe.lm_head_cross_entropy %h, %w, %labels, %count {ignore_index = -100 : i64}
+        : (tensor<2x8x32xf32>, tensor<256x32xf32>, tensor<2x8xi64>, tensor<f32>) -> tensor<f32>
     ```
   }];
   let arguments = (ins Moe_FloatTensor:$input, Moe_FloatTensor:$weight,
                        Moe_IndexTensor:$labels,
+                       Optional<Moe_ScalarF32>:$target_count,
                        DefaultValuedAttr<I64Attr, "-100">:$ignore_index);
   let results = (outs Moe_ScalarF32:$loss);
   let assemblyFormat = [{
-    $input `,` $weight `,` $labels attr-dict `:` functional-type(operands, results)
+    $input `,` $weight `,` $labels (`,` $target_count^)? attr-dict `:` functional-type(operands, results)
   }];
 }
 
@@ -502,6 +510,7 @@ def Moe_LmHeadCrossEntropyGradOp : Moe_GradOp<"lm_head_cross_entropy_grad", [
   let summary = "gradients of `scale` times moe.lm_head_cross_entropy";
   let arguments = (ins Moe_FloatTensor:$input, Moe_FloatTensor:$weight,
                        Moe_IndexTensor:$labels,
+                       Optional<Moe_ScalarF32>:$target_count,
                        DefaultValuedAttr<I64Attr, "-100">:$ignore_index,
                        F64Attr:$scale);
   let results = (outs Moe_FloatTensor:$d_input, Moe_FloatTensor:$d_weight);
@@ -513,7 +522,8 @@ def Moe_LmHeadCrossEntropyWithGradOp : Moe_Op<"lm_head_cross_entropy_with_grad",
   let summary = "moe.lm_head_cross_entropy and its gradients in one pass";
   let description = [{
     `loss` is moe.lm_head_cross_entropy of the operands; `d_input` and
-    `d_weight` are moe.lm_head_cross_entropy_grad's with the same `scale`.
+    `d_weight` are moe.lm_head_cross_entropy_grad's with the same `scale`
+    and `target_count`.
     One op, so that the logits are computed once for both (see
     moe-fuse-loss-grad). `d_weight` may be wider than `weight` (fp32 for
     bf16 weights), as for moe.lm_head_cross_entropy_grad.
@@ -527,12 +537,13 @@ def Moe_LmHeadCrossEntropyWithGradOp : Moe_Op<"lm_head_cross_entropy_with_grad",
   }];
   let arguments = (ins Moe_FloatTensor:$input, Moe_FloatTensor:$weight,
                        Moe_IndexTensor:$labels,
+                       Optional<Moe_ScalarF32>:$target_count,
                        DefaultValuedAttr<I64Attr, "-100">:$ignore_index,
                        F64Attr:$scale);
   let results = (outs Moe_ScalarF32:$loss, Moe_FloatTensor:$d_input,
                       Moe_FloatTensor:$d_weight);
   let assemblyFormat = [{
-    $input `,` $weight `,` $labels attr-dict `:` functional-type(operands, results)
+    $input `,` $weight `,` $labels (`,` $target_count^)? attr-dict `:` functional-type(operands, results)
   }];
 }
 

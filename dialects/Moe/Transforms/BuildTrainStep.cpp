@@ -299,7 +299,8 @@ LogicalResult StepBuilder::buildEval(ArrayRef<BlockArgument> params,
   builder.setInsertionPointAfter(*head);
   Value ce = LmHeadCrossEntropyOp::create(
       builder, head->getLoc(), f32Scalar, head->getInput(), head->getWeight(),
-      entry->getArgument(n + 1), builder.getI64IntegerAttr(options.ignoreIndex));
+      entry->getArgument(n + 1), /*target_count=*/Value(),
+      builder.getI64IntegerAttr(options.ignoreIndex));
   head->erase();
   func::ReturnOp::create(builder, loc, ce);
   return success();
@@ -413,7 +414,7 @@ FailureOr<func::FuncOp> StepBuilder::build() {
   Location headLoc = head.getLoc();
   Value ce = LmHeadCrossEntropyOp::create(
       builder, headLoc, f32Scalar, head.getInput(), head.getWeight(), labels,
-      builder.getI64IntegerAttr(options.ignoreIndex));
+      /*target_count=*/Value(), builder.getI64IntegerAttr(options.ignoreIndex));
   bool useAux = mode == LoadBalancing::aux_loss;
   Value aux = useAux ? Value(LoadBalancingLossOp::create(
                            builder, loc, f32Scalar, routerLogits,
@@ -442,7 +443,7 @@ FailureOr<func::FuncOp> StepBuilder::build() {
   // --- 3. Backward --------------------------------------------------------
   auto ceGrad = LmHeadCrossEntropyGradOp::create(
       builder, headLoc, head.getInput().getType(), head.getWeight().getType(),
-      head.getInput(), head.getWeight(), labels,
+      head.getInput(), head.getWeight(), labels, /*target_count=*/Value(),
       builder.getI64IntegerAttr(options.ignoreIndex),
       builder.getF64FloatAttr(1.0));
   addGrad(head.getInput(), ceGrad.getDInput());

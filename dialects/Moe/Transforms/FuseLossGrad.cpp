@@ -33,6 +33,7 @@ struct FuseLossGradPass
             loss->isBeforeInBlock(grad) &&
             loss.getWeight() == grad.getWeight() &&
             loss.getLabels() == grad.getLabels() &&
+            loss.getTargetCount() == grad.getTargetCount() &&
             loss.getIgnoreIndex() == grad.getIgnoreIndex()) {
           pairs.push_back({loss, grad});
           return;
@@ -45,7 +46,8 @@ struct FuseLossGradPass
           builder, builder.getFusedLoc({loss.getLoc(), grad.getLoc()}),
           loss.getLoss().getType(), grad.getDInput().getType(),
           grad.getDWeight().getType(), loss.getInput(), loss.getWeight(),
-          loss.getLabels(), loss.getIgnoreIndexAttr(), grad.getScaleAttr());
+          loss.getLabels(), loss.getTargetCount(), loss.getIgnoreIndexAttr(),
+          grad.getScaleAttr());
       loss.getLoss().replaceAllUsesWith(fused.getLoss());
       grad.getDInput().replaceAllUsesWith(fused.getDInput());
       grad.getDWeight().replaceAllUsesWith(fused.getDWeight());

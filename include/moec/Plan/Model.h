@@ -84,24 +84,16 @@ llvm::Expected<ModelConfig> parseMixtralConfigJson(llvm::StringRef text);
 /// the Hugging Face checkpoint.
 std::vector<Parameter> mixtralParameters(const ModelConfig &config);
 
+/// The decoder layer of the parameter named `name`: the number after
+/// "layers." (Hugging Face's `model.layers.N.`), if the name has one.
+std::optional<int64_t> decoderLayerOf(llvm::StringRef name);
+
 /// The model of a raised forward function: its geometry from
 /// inferModelConfig, its parameters from the arguments marked
 /// `moe.parameter` (expert parameters are those feeding moe.experts' weights,
 /// the embedding the table of moe.embedding; units from the
 /// `layers.N.` part of the name).
 mlir::FailureOr<ModelDescription> describeForward(mlir::func::FuncOp forward);
-
-/// What one rank of a partitioned @train_step holds, bytes, read from the
-/// program itself: its parameter shards (`moe.parameter` arguments), the
-/// gradient shards their moe.adamw updates take, and both AdamW moments
-/// (`moe.exp_avg`, `moe.exp_avg_sq`). The memory plan's master parameters,
-/// gradients and optimizer states must agree with these.
-struct ProgramStateBytes {
-  int64_t parameters = 0;
-  int64_t gradients = 0;
-  int64_t optimizerStates = 0;
-};
-mlir::FailureOr<ProgramStateBytes> readStateBytes(mlir::func::FuncOp step);
 
 } // namespace moec::plan
 

@@ -20,6 +20,7 @@
 #include "moec/Plan/Mesh.h"
 #include "moec/Plan/Model.h"
 #include "moec/Plan/Placement.h"
+#include "moec/Plan/Program.h"
 
 namespace moec::plan {
 
@@ -88,9 +89,6 @@ struct MemoryBreakdown {
   int64_t total() const;
 };
 
-enum class CollectiveKind { AllGather, ReduceScatter, AllReduce, AllToAll };
-llvm::StringRef stringifyCollectiveKind(CollectiveKind kind);
-
 /// One kind of collective call in a training step.
 struct Collective {
   /// What it moves, e.g. "decoder-layer parameters (forward)".
@@ -113,6 +111,9 @@ struct Collective {
   bool overlapped = false;
   /// Estimated seconds per optimizer step, all calls.
   double seconds = 0;
+  /// Whether the bytes and calls are the partitioned program's
+  /// (ProgramFootprint) rather than the analytic model's.
+  bool fromProgram = false;
 };
 
 /// The estimated time of one optimizer step.
@@ -152,6 +153,12 @@ struct TrainingPlan {
   bool fits = false;
   std::vector<Collective> collectives;
   StepEstimate step;
+  /// The partitioned program the plan read its per-rank parameter,
+  /// gradient and optimizer bytes and its collectives but the token
+  /// all-to-alls from, when it had one (makePlan's `program`), and the
+  /// analytic model's collectives for comparison.
+  std::optional<ProgramFootprint> program;
+  std::vector<Collective> analyticCollectives;
 
   /// The placement of the model's parameters (refers into this plan).
   ModelPlacement placement() const { return ModelPlacement(model, mesh); }
@@ -161,11 +168,16 @@ struct TrainingPlan {
 /// Checks the request (mesh rules, batch rules, hardware numbers) and plans
 /// `job` on nodes of `gpusPerNode` GPUs; errors name the rule and the
 /// values. The plan reads the job's batch, parallel degrees, `bf16` and
-/// `activation_checkpointing`.
-llvm::Expected<TrainingPlan> makePlan(const ModelDescription &model,
-                                      const TrainingJob &job,
-                                      int64_t gpusPerNode, const GpuSpec &gpu,
-                                      const Efficiency &efficiency);
+/// `activation_checkpointing`. With `program`, the footprint of the job's
+/// partitioned @train_step, the per-rank master parameters, gradients and
+/// optimizer states and every collective but the token all-to-alls (to
+/// which full checkpointing adds a recompute the program does not do yet)
+/// are the program's; everything else is the analytic model's
+/// (docs/plan.md).
+llvm::Expected<TrainingPlan>
+makePlan(const ModelDescription &model, const TrainingJob &job,
+         int64_t gpusPerNode, const GpuSpec &gpu, const Efficiency &efficiency,
+         const ProgramFootprint *program = nullptr);
 
 /// One candidate of recommend().
 struct Recommendation {

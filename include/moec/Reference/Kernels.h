@@ -104,16 +104,20 @@ bool targetCount(const HostTensor &labels, int64_t ignoreIndex,
 /// Next-token cross-entropy of the logits `input · weightᵀ` ([B, S, V]):
 /// position t of each sequence predicts `labels[t + 1]`; labels equal to
 /// `ignoreIndex` (and the last position) are skipped; the mean is over the
-/// remaining targets (0 when there are none). Returns a scalar.
+/// remaining targets (0 when there are none), or the sum divided by
+/// `targetCount` when given (moe.lm_head_cross_entropy's `target_count`).
+/// Returns a scalar.
 bool lmHeadCrossEntropy(const HostTensor &input, const HostTensor &weight,
                         const HostTensor &labels, int64_t ignoreIndex,
-                        HostTensor &loss, std::string &error);
+                        std::optional<double> targetCount, HostTensor &loss,
+                        std::string &error);
 
 /// Gradients of `scale` times that loss with respect to input and weight.
 bool lmHeadCrossEntropyGrad(const HostTensor &input, const HostTensor &weight,
                             const HostTensor &labels, int64_t ignoreIndex,
-                            double scale, HostTensor &dInput,
-                            HostTensor &dWeight, std::string &error);
+                            std::optional<double> targetCount, double scale,
+                            HostTensor &dInput, HostTensor &dWeight,
+                            std::string &error);
 
 /// Hugging Face's Mixtral load-balancing loss over all layers' router
 /// logits (each [..., E], concatenated over tokens):

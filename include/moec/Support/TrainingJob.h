@@ -45,6 +45,8 @@ enum class ShardingStrategy {
   /// Replicate everything (H = 1).
   NoShard,
 };
+/// The number of ShardingStrategy values (0 .. kNumShardingStrategies - 1).
+inline constexpr unsigned kNumShardingStrategies = 3;
 
 llvm::StringRef stringifyShardingStrategy(ShardingStrategy strategy);
 std::optional<ShardingStrategy> symbolizeShardingStrategy(llvm::StringRef);

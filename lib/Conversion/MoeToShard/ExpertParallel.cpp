@@ -280,12 +280,18 @@ LogicalResult StepPartitioner::rewriteExpertsGrad(ExpertsGradOp op) {
     dResult = shuffleTokens(loc, dResult, /*inverse=*/false);
   Value experts = op.getExperts();
   DispatchOp dRows = dispatch(loc, dResult, experts, Value());
+  // The local weights' shapes, in the gradients' element type (fp32 where
+  // moe-widen-weight-grads widened them).
+  auto localGradType = [](Value weight, Value grad) {
+    return tensorType(weight).clone(tensorType(grad).getElementType());
+  };
   auto local = ExpertsGradOp::create(
       builder, loc, forward.getRows().getType(),
-      forward.getRowGates().getType(), op.getGateUp().getType(),
-      op.getDown().getType(), forward.getRows(), forward.getRowGates(),
-      forward.getRowExperts(), op.getGateUp(), op.getDown(), dRows.getRows(),
-      op.getSaved(), op.getGateUpLayoutAttr());
+      forward.getRowGates().getType(),
+      localGradType(op.getGateUp(), op.getDGateUp()),
+      localGradType(op.getDown(), op.getDDown()), forward.getRows(),
+      forward.getRowGates(), forward.getRowExperts(), op.getGateUp(),
+      op.getDown(), dRows.getRows(), op.getSaved(), op.getGateUpLayoutAttr());
   Value dInput = combine(loc, local.getDInput(), experts, forward.getCounts(),
                          tensorType(op.getDInput()));
   if (shuffle)
@@ -439,24 +445,11 @@ struct ExpertParallelPass
                             "experts";
       return signalPassFailure();
     }
-    std::optional<Dispatcher> kind = symbolizeDispatcher(dispatcher);
-    if (!kind) {
-      module.emitError() << "unknown dispatcher '" << dispatcher
-                         << "'; expected all_to_all or all_gather";
-      return signalPassFailure();
-    }
     moec::plan::ParallelConfig config;
     config.worldSize = worldSize;
     config.expertParallelDegree = expertParallelDegree;
     config.hybridShardDegree = hybridShardDegree;
-    std::optional<moec::plan::ShardingStrategy> strategy =
-        moec::plan::symbolizeShardingStrategy(shardingStrategy);
-    if (!strategy) {
-      module.emitError() << "unknown sharding-strategy '" << shardingStrategy
-                         << "'; expected full_shard, hybrid_shard or no_shard";
-      return signalPassFailure();
-    }
-    config.strategy = *strategy;
+    config.strategy = shardingStrategy;
     llvm::Expected<moec::plan::Mesh> mesh =
         moec::plan::resolveMesh(config, numExperts);
     if (!mesh) {
@@ -471,7 +464,7 @@ struct ExpertParallelPass
       auto func = module.lookupSymbol<func::FuncOp>(name);
       if (!func)
         continue;
-      StepPartitioner partitioner(func, *mesh, numExperts, *kind,
+      StepPartitioner partitioner(func, *mesh, numExperts, dispatcher,
                                   shuffle && name == "train_step", seed);
       if (failed(partitioner.run()))
         return signalPassFailure();

@@ -5,9 +5,11 @@
 // and its two AdamW moments become the rank's shard, laid out as lib/Plan's
 // Placement says (one dimension chunked in ceil(n / H), the last chunks
 // padded with zeros so every rank's shard has one static shape); the
-// parameter is all-gathered over H before use, its gradient reduce-scattered
-// over H and all-reduced over the replicas that hold the same shard. The
-// loss and its gradients are weighted so that they are the global batch's.
+// parameter is all-gathered over H just before its first use (a decoder
+// layer's again before its first use in the backward), its gradient
+// reduce-scattered over H and all-reduced over the replicas that hold the
+// same shard. The losses and their gradients are made the global batch's:
+// the cross-entropy divides by the global batch's target count.
 //
 //===----------------------------------------------------------------------===//
 
@@ -16,13 +18,15 @@
 #include "dialects/Moe/IR/MoeOps.h"
 
 #include "moec/Plan/Mesh.h"
+#include "moec/Plan/Model.h"
 #include "moec/Plan/Placement.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
-#include "mlir/Dialect/Linalg/IR/Linalg.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinOps.h"
+#include "llvm/ADT/MapVector.h"
+#include "llvm/ADT/TypeSwitch.h"
 #include "llvm/Support/FormatVariadic.h"
 
 namespace moec {
@@ -46,6 +50,8 @@ struct ShardedParameter {
   SmallVector<int64_t> localShape, shardShape;
   /// The dimension chunked over H, or -1.
   int64_t shardDim = -1;
+  /// Whether it is the table of a moe.embedding.
+  bool embedding = false;
   /// The rank's gradient of the whole local parameter, and its shard after
   /// the reductions.
   Value localGrad, reducedGrad;
@@ -69,12 +75,15 @@ private:
                   ArrayRef<int16_t> axes);
   int64_t groupSize(ArrayRef<int16_t> axes) const;
   /// Makes `arg` (parameter `p` of some function) the rank's shard, and
-  /// all-gathers it where `b` says (advancing it) for every use but `keep`.
+  /// all-gathers it just before its first use for every use but `keep`;
+  /// with `backwardStart`, the uses from there on get a gather of their
+  /// own just before the first of them.
   void gatherBeforeUse(const ShardedParameter &p, BlockArgument arg,
-                       OpBuilder &b, Operation *keep);
-  /// Gathers `p` where `gatherAt` says (advancing it) and reduces its
-  /// gradient just before `reduceAt`.
-  void shardParameter(ShardedParameter &p, OpBuilder &gatherAt,
+                       Operation *keep, Operation *backwardStart);
+  /// Gathers `p` before use (again in the backward, which starts at
+  /// `backwardStart`, unless the plan keeps it) and reduces its gradient
+  /// just before `reduceAt`.
+  void shardParameter(ShardedParameter &p, Operation *backwardStart,
                       Operation *reduceAt);
   LogicalResult rewriteGradientNorm(func::FuncOp step,
                                     ArrayRef<ShardedParameter> params);
@@ -122,49 +131,94 @@ static void layOut(ShardedParameter &p, StringRef name,
 }
 
 void HybridShardPass::gatherBeforeUse(const ShardedParameter &p,
-                                      BlockArgument arg, OpBuilder &b,
-                                      Operation *keep) {
+                                      BlockArgument arg, Operation *keep,
+                                      Operation *backwardStart) {
   auto localType = cast<RankedTensorType>(arg.getType());
-  arg.setType(localType.clone(p.shardShape));
+  auto shardType = localType.clone(p.shardShape);
+  arg.setType(shardType);
   Location loc = arg.getLoc();
+  Block *body = arg.getOwner();
+  // The uses to gather for, keyed by the element type they read (the
+  // parameter's, or the compute type of an arith.truncf of it: the shard is
+  // cast before the gather, so that the gather moves compute bytes) and by
+  // whether they are in the backward (1) or not (0).
+  llvm::MapVector<std::pair<Type, unsigned>, SmallVector<OpOperand *>> groups;
+  SmallVector<arith::TruncFOp> casts;
+  auto add = [&](OpOperand &use, Type elementType) {
+    Operation *owner = body->findAncestorOpInBlock(*use.getOwner());
+    unsigned backward =
+        backwardStart && !owner->isBeforeInBlock(backwardStart) ? 1 : 0;
+    groups[{elementType, backward}].push_back(&use);
+  };
+  for (OpOperand &use : arg.getUses()) {
+    if (use.getOwner() == keep)
+      continue;
+    if (auto cast = dyn_cast<arith::TruncFOp>(use.getOwner())) {
+      for (OpOperand &castUse : cast.getOut().getUses())
+        add(castUse, getElementTypeOrSelf(cast.getType()));
+      casts.push_back(cast);
+      continue;
+    }
+    add(use, localType.getElementType());
+  }
   SmallVector<int64_t> paddedShape = p.shardShape;
   paddedShape[p.shardDim] *= mesh.shardDegree();
-  auto gather = shard::AllGatherOp::create(
-      b, loc, localType.clone(paddedShape), kMeshName, kShardAxes, arg,
-      APInt(64, p.shardDim));
-  Value full = gather;
-  if (paddedShape != p.localShape) {
-    SmallVector<OpFoldResult> offsets(paddedShape.size(), b.getIndexAttr(0));
-    SmallVector<OpFoldResult> strides(paddedShape.size(), b.getIndexAttr(1));
-    SmallVector<OpFoldResult> sizes;
-    for (int64_t size : p.localShape)
-      sizes.push_back(b.getIndexAttr(size));
-    full = tensor::ExtractSliceOp::create(b, loc, localType, full, offsets,
-                                          sizes, strides);
+  for (auto &[key, uses] : groups) {
+    Operation *first = nullptr;
+    for (OpOperand *use : uses) {
+      Operation *owner = body->findAncestorOpInBlock(*use->getOwner());
+      if (!first || owner->isBeforeInBlock(first))
+        first = owner;
+    }
+    OpBuilder b(first);
+    Type elementType = key.first;
+    Value shard = arg;
+    if (elementType != shardType.getElementType())
+      shard =
+          arith::TruncFOp::create(b, loc, shardType.clone(elementType), arg);
+    Value full = shard::AllGatherOp::create(
+        b, loc, localType.clone(paddedShape, elementType), kMeshName,
+        kShardAxes, shard, APInt(64, p.shardDim));
+    if (paddedShape != p.localShape) {
+      SmallVector<OpFoldResult> offsets(paddedShape.size(), b.getIndexAttr(0));
+      SmallVector<OpFoldResult> strides(paddedShape.size(), b.getIndexAttr(1));
+      SmallVector<OpFoldResult> sizes;
+      for (int64_t size : p.localShape)
+        sizes.push_back(b.getIndexAttr(size));
+      full = tensor::ExtractSliceOp::create(
+          b, loc, localType.clone(elementType), full, offsets, sizes, strides);
+    }
+    for (OpOperand *use : uses)
+      use->set(full);
   }
-  arg.replaceUsesWithIf(full, [&](OpOperand &use) {
-    return use.getOwner() != keep && use.getOwner() != gather;
-  });
+  for (arith::TruncFOp cast : casts)
+    cast.erase();
 }
 
-void HybridShardPass::shardParameter(ShardedParameter &p, OpBuilder &b,
+void HybridShardPass::shardParameter(ShardedParameter &p,
+                                     Operation *backwardStart,
                                      Operation *reduceAt) {
   auto localType = cast<RankedTensorType>(p.param.getType());
   auto shardType = localType.clone(p.shardShape);
   Location loc = p.param.getLoc();
   const int64_t h = mesh.shardDegree();
 
-  // Before use: all-gather the shards and drop the padding.
+  // Before use: all-gather the shards and drop the padding; the embedding
+  // (if the backward reads it) and the decoder layers again in the
+  // backward, as the memory plan frees them in between (docs/plan.md; the
+  // head is used last in the forward and first in the backward, and kept).
   if (p.shardDim >= 0) {
     for (BlockArgument state : {p.expAvg, p.expAvgSq})
       state.setType(shardType);
-    gatherBeforeUse(p, p.param, b, p.update);
+    const bool gatherAgain =
+        p.embedding || plan::decoderLayerOf(p.name).has_value();
+    gatherBeforeUse(p, p.param, p.update,
+                    gatherAgain ? backwardStart : nullptr);
   }
 
   // After the backward: pad, reduce-scatter over H, all-reduce over the
   // ranks holding the same shard.
-  OpBuilder::InsertionGuard guard(b);
-  b.setInsertionPoint(reduceAt);
+  OpBuilder b(reduceAt);
   Value grad = p.localGrad = p.update.getGrad();
   auto gradType = cast<RankedTensorType>(grad.getType());
   if (p.shardDim >= 0) {
@@ -263,11 +317,11 @@ LogicalResult HybridShardPass::rewriteLosses(func::FuncOp step) {
   const int64_t w = mesh.worldSize();
   if (w == 1)
     return success();
-  // The cross-entropy's value (moe.lm_head_cross_entropy, or the fused op of
-  // moe-fuse-loss-grad) and every gradient computed from it.
+  // The cross-entropy (moe.lm_head_cross_entropy, or the fused op of
+  // moe-fuse-loss-grad) and the ops that compute its gradients.
   Value ce, labels;
   IntegerAttr ignoreIndex;
-  SmallVector<Value> ceGrads;
+  SmallVector<Operation *> ceOps;
   SmallVector<moe::RouterZLossOp> zLosses;
   SmallVector<moe::RouterZLossGradOp> zGrads;
   SmallVector<moe::ExpertCountsOp> counts;
@@ -276,13 +330,14 @@ LogicalResult HybridShardPass::rewriteLosses(func::FuncOp step) {
       ce = c.getLoss();
       labels = c.getLabels();
       ignoreIndex = c.getIgnoreIndexAttr();
+      ceOps.push_back(op);
     } else if (auto c = dyn_cast<moe::LmHeadCrossEntropyWithGradOp>(op)) {
       ce = c.getLoss();
       labels = c.getLabels();
       ignoreIndex = c.getIgnoreIndexAttr();
-      ceGrads.append({c.getDInput(), c.getDWeight()});
-    } else if (auto g = dyn_cast<moe::LmHeadCrossEntropyGradOp>(op)) {
-      ceGrads.append({g.getDInput(), g.getDWeight()});
+      ceOps.push_back(op);
+    } else if (isa<moe::LmHeadCrossEntropyGradOp>(op)) {
+      ceOps.push_back(op);
     } else if (auto z = dyn_cast<moe::RouterZLossOp>(op)) {
       zLosses.push_back(z);
     } else if (auto z = dyn_cast<moe::RouterZLossGradOp>(op)) {
@@ -299,51 +354,34 @@ LogicalResult HybridShardPass::rewriteLosses(func::FuncOp step) {
   if (walk.wasInterrupted())
     return failure();
 
-  // Cross-entropy: rank r's mean over its n_r targets, weighted by
-  // n_r / N, sums to the mean over the N targets of the global batch, and
-  // so do its gradients.
+  // Cross-entropy: rank r's sum over its targets divided by the global
+  // batch's count N is its share of the global mean, and its gradients are
+  // the global step's, token for token: the cross-entropy ops divide by the
+  // all-reduced N (moe.lm_head_cross_entropy's `target_count`), and the
+  // shares are all-reduced into the global loss.
   if (ce) {
-    OpBuilder b(ce.getContext());
-    b.setInsertionPointAfterValue(ce);
+    Operation *first = ceOps.front();
+    OpBuilder b(first);
     Location loc = ce.getLoc();
     auto scalarType = cast<RankedTensorType>(ce.getType());
     Value local =
         moe::TargetCountOp::create(b, loc, scalarType, labels, ignoreIndex);
     Value total = allReduce(b, loc, local, kWorldAxes);
-    // No targets anywhere: every weight is 0, as the loss is.
+    // No targets anywhere: the shares are 0, as the global loss is.
     Value one = arith::ConstantOp::create(
         b, loc, scalarType,
         DenseElementsAttr::get(scalarType, b.getF32FloatAttr(1.0f)));
     total = arith::MaximumFOp::create(b, loc, total, one);
-    Value weight = arith::DivFOp::create(b, loc, local, total);
-    Value weighted = arith::MulFOp::create(b, loc, ce, weight);
-    Value global = allReduce(b, loc, weighted, kWorldAxes);
+    for (Operation *op : ceOps)
+      llvm::TypeSwitch<Operation *>(op)
+          .Case<moe::LmHeadCrossEntropyOp, moe::LmHeadCrossEntropyWithGradOp,
+                moe::LmHeadCrossEntropyGradOp>(
+              [&](auto c) { c.getTargetCountMutable().assign(total); });
+    b.setInsertionPointAfterValue(ce);
+    Value global = allReduce(b, loc, ce, kWorldAxes);
     ce.replaceUsesWithIf(global, [&](OpOperand &use) {
-      return use.getOwner() != weighted.getDefiningOp();
+      return use.getOwner() != global.getDefiningOp();
     });
-    for (Value grad : ceGrads) {
-      // After both the weight and the gradient.
-      b.setInsertionPointAfterValue(grad);
-      if (grad.getDefiningOp()->isBeforeInBlock(weight.getDefiningOp()))
-        b.setInsertionPointAfterValue(weight);
-      auto type = cast<RankedTensorType>(grad.getType());
-      // bf16 gradients take the weight in bf16.
-      Value typedWeight = weight;
-      if (type.getElementType() != scalarType.getElementType())
-        typedWeight = arith::TruncFOp::create(
-            b, loc, scalarType.clone(type.getElementType()), weight);
-      Value init = tensor::EmptyOp::create(b, loc, type.getShape(),
-                                           type.getElementType());
-      SmallVector<int64_t> dims =
-          llvm::to_vector(llvm::seq<int64_t>(0, type.getRank()));
-      Value broadcast =
-          linalg::BroadcastOp::create(b, loc, typedWeight, init, dims)
-              .getResult()[0];
-      Value scaled = arith::MulFOp::create(b, loc, grad, broadcast);
-      grad.replaceUsesWithIf(scaled, [&](OpOperand &use) {
-        return use.getOwner() != scaled.getDefiningOp();
-      });
-    }
   }
 
   // The router z-loss is a mean over every token; ranks hold equally many.
@@ -421,18 +459,11 @@ void HybridShardPass::runOnOperation() {
     return signalPassFailure();
   }
 
-  std::optional<plan::ShardingStrategy> strategy =
-      plan::symbolizeShardingStrategy(shardingStrategy);
-  if (!strategy) {
-    module.emitError() << "unknown sharding_strategy '" << shardingStrategy
-                       << "' (full_shard, hybrid_shard or no_shard)";
-    return signalPassFailure();
-  }
   plan::ParallelConfig config;
   config.worldSize = worldSize;
   config.expertParallelDegree = expertParallelDegree;
   config.hybridShardDegree = hybridShardDegree;
-  config.strategy = *strategy;
+  config.strategy = shardingStrategy;
   // The number of experts is the routers' width; a model without routers
   // has no expert dimension to split.
   int64_t numExperts = expertParallelDegree;
@@ -487,6 +518,10 @@ void HybridShardPass::runOnOperation() {
     p.expAvgSq = expAvgSq.lookup(name);
     p.expertLocal = step.getArgAttr(arg.getArgNumber(), moe::MoeDialect::getExpertLocalAttrName()) !=
                     nullptr;
+    p.embedding = llvm::any_of(arg.getUsers(), [&](Operation *user) {
+      auto embedding = dyn_cast<moe::EmbeddingOp>(user);
+      return embedding && embedding.getTable() == arg;
+    });
     for (Operation *user : arg.getUsers())
       if (auto update = dyn_cast<moe::AdamWOp>(user);
           update && update.getParam() == arg)
@@ -502,17 +537,22 @@ void HybridShardPass::runOnOperation() {
     params.push_back(std::move(p));
   }
 
-  // Parameters are gathered at the start in argument order; gradients are
+  // The backward starts at the cross-entropy's gradient; gradients are
   // reduced where the norm is taken, or else before each update.
-  OpBuilder gatherAt(&getContext());
-  gatherAt.setInsertionPointToStart(&step.getBody().front());
+  Operation *backwardStart = nullptr;
+  step.walk([&](Operation *op) {
+    if (!backwardStart &&
+        isa<moe::LmHeadCrossEntropyGradOp, moe::LmHeadCrossEntropyWithGradOp>(
+            op))
+      backwardStart = op;
+  });
   moe::GlobalNormOp norm;
   step.walk([&](moe::GlobalNormOp op) { norm = op; });
-  // The losses first: their gradients are then the weighted ones.
+  // The losses first: the cross-entropy ops take the global target count.
   if (failed(rewriteLosses(step)))
     return signalPassFailure();
   for (ShardedParameter &p : params)
-    shardParameter(p, gatherAt,
+    shardParameter(p, backwardStart,
                    norm ? norm.getOperation() : p.update.getOperation());
   if (failed(rewriteGradientNorm(step, params)))
     return signalPassFailure();
@@ -524,8 +564,6 @@ void HybridShardPass::runOnOperation() {
   // The evaluation step reads the same sharded parameters, and its loss is
   // the global batch's too.
   if (auto eval = module.lookupSymbol<func::FuncOp>("eval_step")) {
-    OpBuilder evalGatherAt(&getContext());
-    evalGatherAt.setInsertionPointToStart(&eval.getBody().front());
     for (BlockArgument arg : eval.getArguments()) {
       auto name = eval.getArgAttrOfType<StringAttr>(arg.getArgNumber(),
                                                     mlir::moe::MoeDialect::getParameterAttrName());
@@ -536,7 +574,7 @@ void HybridShardPass::runOnOperation() {
                                })
                : params.end();
       if (p != params.end() && p->shardDim >= 0)
-        gatherBeforeUse(*p, arg, evalGatherAt, nullptr);
+        gatherBeforeUse(*p, arg, /*keep=*/nullptr, /*backwardStart=*/nullptr);
     }
     if (failed(rewriteLosses(eval)))
       return signalPassFailure();

@@ -12,7 +12,6 @@
 #include "dialects/Moe/IR/MoeOps.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
-#include "mlir/Dialect/Shard/IR/ShardDialect.h"
 
 #include <fmt/format.h>
 
@@ -50,54 +49,57 @@ struct Parameter {
 void moec::detail::printParamInitLaunch(moe::ParamInitOp op,
                                        llvm::StringRef pointer,
                                        llvm::StringRef stream,
+                                       llvm::StringRef mesh,
                                        llvm::raw_ostream &os) {
   int64_t count = op.getType().getNumElements();
-  if (op.getKind() == moe::ParamInitKind::ones) {
+  ArrayRef<int64_t> local = op.getType().getShape();
+  std::optional<ArrayRef<int64_t>> splitAxes = op.getSplitAxes();
+  if (op.getKind() == moe::ParamInitKind::ones && !splitAxes) {
     os << fmt::format("  moert::kernels::paramInitOnes<<<1024, 256, 0, {}>>>"
                       "({}, {});\n",
                       stream.str(), pointer.str(), count);
     return;
   }
-  ArrayRef<int64_t> local = op.getType().getShape();
   ArrayRef<int64_t> global = op.getGlobalShape() ? *op.getGlobalShape() : local;
   SmallVector<int64_t> zeros(local.size(), 0);
   ArrayRef<int64_t> offsets = op.getOffsets() ? *op.getOffsets() : ArrayRef(zeros);
+  // A rank's block starts at its coordinate on the splitting axis times the
+  // block's extent (moe.param_init's `grid`, `split_axes`).
+  std::string offsetList = joined(offsets);
+  if (splitAxes) {
+    offsetList.clear();
+    for (auto [d, axis] : llvm::enumerate(*splitAxes)) {
+      std::string term = std::to_string(offsets[d]);
+      if (axis >= 0)
+        term += fmt::format(" + {}.coordinate({}) * {}", mesh.str(), axis,
+                            local[d]);
+      offsetList += (d ? ", " : "") + term;
+    }
+  }
+  std::string shard =
+      fmt::format("moert::kernels::Shard<{}>{{{{{}}}, {{{}}}, {{{}}}}}",
+                  local.size(), joined(local), joined(global), offsetList);
+  if (op.getKind() == moe::ParamInitKind::ones) {
+    os << fmt::format("  moert::kernels::paramInitOnesShard<{}><<<1024, 256, "
+                      "0, {}>>>({}, {}, {});\n",
+                      local.size(), stream.str(), pointer.str(), count, shard);
+    return;
+  }
   os << fmt::format(
       "  moert::kernels::paramInitNormal<{}><<<1024, 256, 0, {}>>>({}, {}, "
-      "moert::ParamNormalStream::baseFor(seed, {}), {:.17g}, "
-      "moert::kernels::Shard<{}>{{{{{}}}, {{{}}}, {{{}}}}});\n",
+      "moert::ParamNormalStream::baseFor(seed, {}), {:.17g}, {});\n",
       local.size(), stream.str(), pointer.str(), count, quoted(op.getName()),
-      op.getStd().convertToDouble(), local.size(), joined(local),
-      joined(global), joined(offsets));
+      op.getStd().convertToDouble(), shard);
 }
 
-LogicalResult moec::detail::checkOneGpuProgram(func::FuncOp func) {
-  WalkResult walk = func.walk([](Operation *op) -> WalkResult {
-    if (isa<shard::ShardDialect>(op->getDialect()) ||
-        isa<moe::DispatchOp, moe::CombineOp, moe::TokenShuffleOp,
-            moe::LoadBalancingStatsOp, moe::LoadBalancingLossFromStatsOp,
-            moe::LoadBalancingStatsGradOp, moe::TargetCountOp>(op)) {
-      op->emitOpError() << "belongs to a partitioned program "
-                           "(moe-expert-parallel, moe-hybrid-shard); the "
-                           "CUDA printer emits one-GPU programs only";
-      return WalkResult::interrupt();
-    }
-    if (auto router = dyn_cast<moe::RouterOp>(op);
-        router && router.getTokensPerGroup() != 0) {
-      router.emitOpError() << "routes groups of "
-                           << router.getTokensPerGroup()
-                           << " tokens (tokens_per_group); the CUDA kernels "
-                              "route all tokens of the step together";
-      return WalkResult::interrupt();
-    }
-    if (auto init = dyn_cast<moe::ParamInitOp>(op);
-        init && (init.getGrid() || init.getSplitAxes())) {
-      init.emitOpError() << "creates one rank's block of '" << init.getName()
-                         << "' (grid, split_axes); the CUDA printer creates "
-                            "whole parameters only";
-      return WalkResult::interrupt();
-    }
-    return WalkResult::advance();
+LogicalResult moec::detail::checkWholeParameters(func::FuncOp init) {
+  WalkResult walk = init.walk([](moe::ParamInitOp op) -> WalkResult {
+    if (!op.getGrid() && !op.getSplitAxes())
+      return WalkResult::advance();
+    op.emitOpError() << "creates one rank's block of '" << op.getName()
+                     << "' (grid, split_axes); the init program creates "
+                        "whole parameters only";
+    return WalkResult::interrupt();
   });
   return failure(walk.wasInterrupted());
 }
@@ -129,7 +131,7 @@ LogicalResult moec::emitCudaInitProgram(ModuleOp module,
   if (init.getBody().getBlocks().size() != 1)
     return init.emitError() << "has " << init.getBody().getBlocks().size()
                             << " blocks; the CUDA printer emits one";
-  if (failed(moec::detail::checkOneGpuProgram(init)))
+  if (failed(moec::detail::checkWholeParameters(init)))
     return failure();
   auto ret = cast<func::ReturnOp>(init.getBody().front().getTerminator());
 
@@ -173,7 +175,7 @@ LogicalResult moec::emitCudaInitProgram(ModuleOp module,
     moec::detail::printParamInitLaunch(
         item.op,
         fmt::format("reinterpret_cast<float *>(arena + {})", item.offset),
-        "0", os);
+        "0", "", os);
   os << "  MOEC_CUDA_CHECK(cudaGetLastError());\n";
   os << "  MOEC_CUDA_CHECK(cudaDeviceSynchronize());\n}\n\n";
 

@@ -2,7 +2,7 @@
 //
 // Internal to lib/Target/Cuda: small text helpers, the launch of one
 // moe.param_init, printed the same way in the init and training programs,
-// and the check that a function is a one-GPU program.
+// and the check that the init program creates whole parameters.
 //
 //===----------------------------------------------------------------------===//
 
@@ -28,18 +28,18 @@ std::string joined(llvm::ArrayRef<int64_t> values);
 
 /// One kernel launch that fills the fp32 or bf16 buffer `pointer` (a C++
 /// expression) as `op` defines, on CUDA stream `stream`; the printed code
-/// expects a `uint64_t seed` in scope.
+/// expects a `uint64_t seed` in scope. A rank's block (`grid`,
+/// `split_axes`) is placed by the coordinates of `mesh`, a C++ expression
+/// of a moert::MeshGroups.
 void printParamInitLaunch(mlir::moe::ParamInitOp op, llvm::StringRef pointer,
-                          llvm::StringRef stream, llvm::raw_ostream &os);
+                          llvm::StringRef stream, llvm::StringRef mesh,
+                          llvm::raw_ostream &os);
 
-/// Fails with a diagnostic on the first op of `func` that only a partitioned
-/// program has (docs/partitioning.md): an op of the shard dialect,
-/// moe.dispatch, moe.combine, moe.token_shuffle, the load-balancing
-/// statistics, moe.target_count, a moe.router that routes groups of
-/// `tokens_per_group` tokens, or a moe.param_init that creates one rank's
-/// block (`grid`, `split_axes`). The printers emit one-GPU programs only, and
-/// those ops would otherwise print as the wrong one-GPU code or not at all.
-mlir::LogicalResult checkOneGpuProgram(mlir::func::FuncOp func);
+/// Fails with a diagnostic on the first moe.param_init of `init` that
+/// creates one rank's block (`grid`, `split_axes`): the init-only program
+/// creates whole parameters (a partitioned training program creates its
+/// blocks itself).
+mlir::LogicalResult checkWholeParameters(mlir::func::FuncOp init);
 
 } // namespace moec::detail
 

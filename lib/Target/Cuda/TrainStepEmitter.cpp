@@ -39,6 +39,8 @@
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
+#include "mlir/Dialect/Shard/IR/ShardOps.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "llvm/ADT/DenseSet.h"
 #include "llvm/ADT/StringSet.h"
@@ -96,11 +98,13 @@ std::string attentionScratch(Value query, Value key) {
       q[1], q[2], k[2], q[3], elementBytes(query));
 }
 
-std::string expertsScratch(Value input, Value gates, Value gateUp) {
+/// `tokens`: the most rows `input` has.
+std::string expertsScratch(int64_t tokens, Value input, Value gates,
+                           Value gateUp) {
   auto gu = typeOf(gateUp).getShape();
   return fmt::format(
       "moert::kernels::expertsScratchBytes({}, {}, {}, {}, {}, {})",
-      leadingCount(typeOf(input)), gu[2], gu[1] / 2, gu[0],
+      tokens, gu[2], gu[1] / 2, gu[0],
       typeOf(gates).getShape().back(), elementBytes(input));
 }
 
@@ -138,6 +142,25 @@ std::optional<double> splatValue(arith::ConstantOp c) {
   return dense.getSplatValue<APFloat>().convertToDouble();
 }
 
+/// The printed mask of the mesh axes `axes` (moert::meshAxes).
+std::string axesMask(ArrayRef<int16_t> axes) {
+  std::string list;
+  for (int16_t a : axes)
+    list += (list.empty() ? "" : ", ") + std::to_string(a);
+  return "moert::meshAxes({" + list + "})";
+}
+
+/// Whether `op` runs outside the captured segments: it reads values back
+/// to the host in the middle of the step (the experts' group sizes, the
+/// dispatch's counts) or is a collective, which the in-process communicator
+/// of simulated ranks cannot run inside a graph (docs/cuda-backend.md,
+/// Partitioned steps).
+bool runsUncaptured(Operation &op) {
+  return isa<moe::ExpertsOp, moe::ExpertsGradOp, moe::DispatchOp,
+             moe::CombineOp, moe::TokenShuffleOp, shard::AllGatherOp,
+             shard::ReduceScatterOp, shard::AllReduceOp>(op);
+}
+
 /// The multi-tensor update `a` belongs to (moe-group-adamw).
 int64_t groupOf(moe::AdamWOp a) {
   return a->getAttrOfType<IntegerAttr>(MoeDialect::getAdamWGroupAttrName())
@@ -147,8 +170,9 @@ int64_t groupOf(moe::AdamWOp a) {
 class TrainStepPrinter {
 public:
   TrainStepPrinter(func::FuncOp step, func::FuncOp init,
+                   shard::GridOp grid,
                    const moec::CudaTrainProgramOptions &options)
-      : step(step), init(init), options(options) {}
+      : step(step), init(init), grid(grid), options(options) {}
 
   LogicalResult print(llvm::raw_ostream &os,
                       moec::CudaTrainProgramSummary &summary);
@@ -174,12 +198,45 @@ private:
   /// Ends the segment `body` holds: it becomes a captured segment of the
   /// step when `capture`, else it runs as printed.
   void endSegment(bool capture);
+  /// The storage class of the program's per-rank objects: a partitioned
+  /// program's ranks may run as threads of one process.
+  const char *perRank() const { return grid ? "thread_local" : "static"; }
+  /// The group size of `axes` on the mesh, after checking that `gridName`
+  /// is the program's mesh.
+  FailureOr<int64_t> groupSize(Operation &op, StringRef gridName,
+                               ArrayRef<int16_t> axes);
+  /// The number of rows of `v`'s leading dimension: a literal, or the host
+  /// variable that holds a dispatch's received row count.
+  std::string rowsOf(Value v);
+  /// The most rows `v` can have (its static extent, or its dispatch's
+  /// receive bound).
+  int64_t rowBoundOf(Value v);
+  LogicalResult printCollective(Operation &op);
+  /// Numbers the collectives (each runs on the collective stream) and
+  /// chooses where the compute stream joins each.
+  void scheduleCollectives();
+  /// Prints the fork of collective `op` onto the collective stream and
+  /// returns the name of the context its calls take.
+  std::string forkCollective(Operation &op);
+  /// Prints the end of collective `op` and, unless it is overlapped, the
+  /// compute stream's join right after it.
+  void endCollective(Operation &op);
+  LogicalResult printExpertParallel(Operation &op);
 
   func::FuncOp step, init;
+  shard::GridOp grid; ///< the mesh of a partitioned program, else null
   const moec::CudaTrainProgramOptions &options;
 
   llvm::DenseMap<Value, std::string> pointers; ///< C++ pointer expressions
   llvm::DenseMap<Value, double> constants;     ///< splat scalar constants
+  /// Values whose leading dimension is a dispatch's received rows: the
+  /// host variable that holds it and its bound.
+  llvm::DenseMap<Value, std::pair<std::string, int64_t>> dynamicRows;
+  /// Every collective's number; the overlapped ones are joined later, before
+  /// the ops in joinsBefore (joinedBy: which op joins each).
+  llvm::DenseMap<Operation *, int> collectiveIds;
+  llvm::DenseMap<Operation *, SmallVector<int>> joinsBefore;
+  llvm::DenseMap<int, Operation *> joinedBy;
   std::string kernels, body, setup, statics;
   std::string stepBody;              ///< what step() runs, in order
   std::vector<std::string> segments; ///< bodies of the captured segments
@@ -329,6 +386,9 @@ static std::string elementwiseExpression(Operation &op,
       .Case([&](arith::MulFOp) { return terms[0] + " * " + terms[1]; })
       .Case([&](arith::DivFOp) { return terms[0] + " / " + terms[1]; })
       .Case([&](arith::NegFOp) { return "-" + terms[0]; })
+      .Case([&](arith::MaximumFOp) {
+        return "moert::kernels::maximumf(" + terms[0] + ", " + terms[1] + ")";
+      })
       .Case([&](arith::TruncFOp) { return terms[0]; })
       .Case([&](arith::ExtFOp) { return terms[0]; })
       .Default([&](Operation *) { return std::string(); });
@@ -483,7 +543,8 @@ LogicalResult TrainStepPrinter::printAdamWGroup(ArrayRef<moe::AdamWOp> group) {
     pointers[a.getNewExpAvgSq()] = typed(a.getExpAvgSq());
   }
   int64_t g = groups++;
-  statics += fmt::format("static moert::kernels::TensorGroup group{};\n", g);
+  statics += fmt::format("{} moert::kernels::TensorGroup group{};\n",
+                         perRank(), g);
   setup += fmt::format("  group{}.init({{\n{}  }});\n", g, entries);
   bool ok = true;
   std::string scalars = pointerList(
@@ -499,6 +560,422 @@ LogicalResult TrainStepPrinter::printAdamWGroup(ArrayRef<moe::AdamWOp> group) {
       floatLiteral(first.getEpsilon().convertToDouble()),
       floatLiteral(first.getMaxGradNorm().convertToDouble()));
   return success();
+}
+
+FailureOr<int64_t> TrainStepPrinter::groupSize(Operation &op,
+                                               StringRef gridName,
+                                               ArrayRef<int16_t> axes) {
+  if (!grid || grid.getSymName() != gridName) {
+    op.emitOpError() << "runs on grid @" << gridName
+                     << ", which is not the program's mesh";
+    return failure();
+  }
+  int64_t size = 1;
+  for (int16_t axis : axes)
+    size *= grid.getShape()[axis];
+  return size;
+}
+
+std::string TrainStepPrinter::rowsOf(Value v) {
+  auto it = dynamicRows.find(v);
+  if (it != dynamicRows.end())
+    return it->second.first;
+  return std::to_string(leadingCount(typeOf(v)));
+}
+
+int64_t TrainStepPrinter::rowBoundOf(Value v) {
+  auto it = dynamicRows.find(v);
+  if (it != dynamicRows.end())
+    return it->second.second;
+  return leadingCount(typeOf(v));
+}
+
+void TrainStepPrinter::scheduleCollectives() {
+  // Every collective runs on the collective stream, in program order, so
+  // that a group's collectives are issued to it in one order on every rank.
+  // The compute stream joins each right after it, except a parameter's
+  // all-gather along its leading dimension: that reads the state (written
+  // only by the updates at the end of the step) and no scratch, so it can
+  // run beside the compute that follows it, and the compute stream joins it
+  // right before the first op that reads the gathered value or a view of
+  // it. The parameter gathers come first in the step, so a layer's gathers
+  // overlap the layers before it.
+  Block &block = step.getBody().front();
+  for (Operation &op : block) {
+    if (!isa<shard::AllGatherOp, shard::ReduceScatterOp, shard::AllReduceOp,
+             moe::DispatchOp, moe::CombineOp, moe::TokenShuffleOp>(op))
+      continue;
+    int id = collectiveIds.size();
+    collectiveIds[&op] = id;
+    auto gather = dyn_cast<shard::AllGatherOp>(op);
+    if (!gather || !isa<BlockArgument>(gather.getInput()))
+      continue;
+    bool leading = llvm::all_of(
+        typeOf(gather.getInput())
+            .getShape()
+            .take_front(gather.getGatherAxis().getSExtValue()),
+        [](int64_t d) { return d == 1; });
+    if (!leading)
+      continue;
+    llvm::DenseSet<Value> aliases = {gather.getResult()};
+    Operation *reader = nullptr;
+    for (Operation *next = op.getNextNode(); next && !reader;
+         next = next->getNextNode()) {
+      bool reads = llvm::any_of(next->getOperands(), [&](Value v) {
+        return aliases.contains(v);
+      });
+      if (reads && isa<tensor::ExpandShapeOp, tensor::CollapseShapeOp>(next))
+        aliases.insert(next->getResult(0));
+      else if (reads)
+        reader = next;
+    }
+    if (!reader || isa<moe::AdamWOp>(reader))
+      continue;
+    joinsBefore[reader].push_back(id);
+    joinedBy[id] = reader;
+  }
+}
+
+std::string TrainStepPrinter::forkCollective(Operation &op) {
+  int id = collectiveIds.lookup(&op);
+  auto joined = joinedBy.find(id);
+  body += fmt::format(
+      "  const moert::kernels::Context collective{0} = "
+      "moert::kernels::forkCollective(ctx, {0}); // joined {1}\n",
+      id,
+      joined == joinedBy.end()
+          ? std::string("at once")
+          : "before " + joined->second->getName().getStringRef().str());
+  return fmt::format("collective{}", id);
+}
+
+void TrainStepPrinter::endCollective(Operation &op) {
+  int id = collectiveIds.lookup(&op);
+  body += fmt::format("  moert::kernels::endCollective(ctx, {});\n", id);
+  if (!joinedBy.count(id))
+    body += fmt::format("  moert::kernels::joinCollective(ctx, {});\n", id);
+}
+
+LogicalResult TrainStepPrinter::printCollective(Operation &op) {
+  // A gather or scatter along `axis` of the rank's `local` block.
+  auto printBlocks = [&](const char *function, Value in, Value out,
+                         RankedTensorType local, int64_t axis,
+                         StringRef gridName,
+                         ArrayRef<int16_t> axes) -> LogicalResult {
+    FailureOr<int64_t> size = groupSize(op, gridName, axes);
+    FailureOr<std::string> c = cType(local);
+    if (failed(size) || failed(c) || failed(pointer(op, in)))
+      return failure();
+    int64_t outer = 1;
+    for (int64_t d : local.getShape().take_front(axis))
+      outer *= d;
+    int64_t inner = outer == 0 ? 0 : local.getNumElements() / outer;
+    std::string context = forkCollective(op);
+    body += fmt::format(
+        "  moert::kernels::{}<{}>({}, {}, {}, {}, {}, {}, {});\n", function,
+        *c, context, axesMask(axes), *size, typed(in), typed(out), outer,
+        inner);
+    endCollective(op);
+    scratch(fmt::format(
+        "moert::kernels::collectiveScratchBytes({}, {}, {}, {})", outer,
+        *size, local.getNumElements(), local.getElementTypeBitWidth() / 8));
+    return success();
+  };
+  // A static unit-stride slice of `whole` as moert::kernels::Slice.
+  auto sliceOf = [&](OffsetSizeAndStrideOpInterface s,
+                     RankedTensorType whole) -> FailureOr<std::string> {
+    if (!s.hasUnitStride() || !ShapedType::isStaticShape(s.getStaticSizes()) ||
+        !ShapedType::isStaticShape(s.getStaticOffsets()) ||
+        s.getStaticSizes().size() != static_cast<size_t>(whole.getRank()))
+      return op.emitOpError() << "is not a static unit-stride slice of "
+                              << whole
+                              << " of full rank; the CUDA printer copies "
+                                 "only those";
+    return fmt::format("moert::kernels::Slice<{}>{{{{{}}}, {{{}}}, {{{}}}}}",
+                       whole.getRank(), joined(s.getStaticSizes()),
+                       joined(whole.getShape()),
+                       joined(s.getStaticOffsets()));
+  };
+  return TypeSwitch<Operation *, LogicalResult>(&op)
+      .Case([&](tensor::ExtractSliceOp e) -> LogicalResult {
+        FailureOr<std::string> slice = sliceOf(e, e.getSourceType());
+        if (failed(slice) || failed(pointer(op, e.getSource())))
+          return failure();
+        body += fmt::format(
+            "  moert::kernels::extractSlice(ctx, {}, {}, {});\n",
+            typed(e.getSource()), *slice, typed(e.getResult()));
+        return success();
+      })
+      .Case([&](tensor::InsertSliceOp i) -> LogicalResult {
+        FailureOr<std::string> slice = sliceOf(i, i.getDestType());
+        if (failed(slice) || failed(pointer(op, i.getSource())))
+          return failure();
+        Value result = i.getResult();
+        int64_t n = typeOf(result).getNumElements();
+        std::string c = *cType(result.getType());
+        // The destination's values first: a splat constant is filled in,
+        // a buffer copied unless the result is in place.
+        if (auto splat = constants.find(i.getDest()); splat != constants.end()) {
+          body += fmt::format(
+              "  moert::kernels::fillValue<{}>(ctx, {}, {}, {});\n", c,
+              floatLiteral(splat->second), n, typed(result));
+        } else {
+          FailureOr<std::string> dest = pointer(op, i.getDest());
+          if (failed(dest))
+            return failure();
+          if (*dest != typed(result))
+            body += fmt::format(
+                "  MOERT_CUDA_CHECK(cudaMemcpyAsync({}, {}, {}, "
+                "cudaMemcpyDeviceToDevice, ctx.stream));\n",
+                typed(result), *dest, byteSize(typeOf(result)));
+        }
+        body += fmt::format("  moert::kernels::insertSlice(ctx, {}, {}, {});\n",
+                            typed(i.getSource()), *slice, typed(result));
+        return success();
+      })
+      .Case([&](shard::AllGatherOp g) {
+        return printBlocks("allGather", g.getInput(), g.getResult(),
+                           typeOf(g.getInput()),
+                           g.getGatherAxis().getSExtValue(), g.getGrid(),
+                           g.getGridAxes());
+      })
+      .Case([&](shard::ReduceScatterOp r) -> LogicalResult {
+        if (r.getReduction() != shard::ReductionKind::Sum)
+          return r.emitOpError()
+                 << "reduces with "
+                 << shard::stringifyReductionKind(r.getReduction())
+                 << "; the CUDA printer lowers sums only";
+        return printBlocks("reduceScatter", r.getInput(), r.getResult(),
+                           typeOf(r.getResult()),
+                           r.getScatterAxis().getSExtValue(), r.getGrid(),
+                           r.getGridAxes());
+      })
+      .Case([&](shard::AllReduceOp r) -> LogicalResult {
+        if (r.getReduction() != shard::ReductionKind::Sum)
+          return r.emitOpError()
+                 << "reduces with "
+                 << shard::stringifyReductionKind(r.getReduction())
+                 << "; the CUDA printer lowers sums only";
+        FailureOr<int64_t> size = groupSize(op, r.getGrid(), r.getGridAxes());
+        FailureOr<std::string> c = cType(r.getResult().getType());
+        if (failed(size) || failed(c) || failed(pointer(op, r.getInput())))
+          return failure();
+        std::string context = forkCollective(op);
+        body += fmt::format(
+            "  moert::kernels::allReduceSum<{}>({}, {}, {}, {}, {}, {});\n",
+            *c, context, axesMask(r.getGridAxes()), *size,
+            typed(r.getInput()), typed(r.getResult()),
+            typeOf(r.getResult()).getNumElements());
+        endCollective(op);
+        return success();
+      })
+      .Case([&](linalg::BroadcastOp b) -> LogicalResult {
+        if (typeOf(b.getInput()).getRank() != 0)
+          return b.emitOpError() << "broadcasts " << b.getInput().getType()
+                                 << "; the CUDA printer broadcasts scalars "
+                                    "only";
+        Value result = b->getResult(0);
+        FailureOr<std::string> c = cType(result.getType());
+        if (failed(c) || failed(pointer(op, b.getInput())))
+          return failure();
+        body += fmt::format("  moert::kernels::fill<{}>(ctx, {}, {}, {});\n",
+                            *c, typed(b.getInput()),
+                            typeOf(result).getNumElements(), typed(result));
+        return success();
+      });
+}
+
+LogicalResult TrainStepPrinter::printExpertParallel(Operation &op) {
+  auto shape = [](Value v) { return typeOf(v).getShape(); };
+  auto elementType = [](Value v) { return *cType(v.getType()); };
+  // The routed ops: their group must be the counts' P.
+  auto routedGroup = [&](StringRef gridName, ArrayRef<int16_t> axes,
+                         Value counts) -> FailureOr<int64_t> {
+    FailureOr<int64_t> size = groupSize(op, gridName, axes);
+    if (failed(size))
+      return failure();
+    if (*size != shape(counts)[0]) {
+      op.emitOpError() << "runs on a group of " << *size
+                       << " ranks but its counts are "
+                       << counts.getType();
+      return failure();
+    }
+    return size;
+  };
+  auto dispatcherName = [](moe::Dispatcher d) {
+    return d == moe::Dispatcher::all_to_all ? "AllToAll" : "AllGather";
+  };
+  // Layers' logits as a host array named `name` (the router losses' form).
+  auto logitList = [&](ValueRange logits, StringRef name,
+                       bool &ok) -> std::string {
+    RankedTensorType t = typeOf(logits[0]);
+    for (Value v : logits)
+      if (typeOf(v) != t) {
+        op.emitOpError() << "takes logits of types " << t << " and "
+                         << typeOf(v) << "; the CUDA kernels need one shape";
+        ok = false;
+        return "";
+      }
+    std::string list = pointerList(op, logits, ok);
+    return fmt::format("    const {} *{}[] = {{{}}};\n", *cType(t),
+                       name.str(), list);
+  };
+  return TypeSwitch<Operation *, LogicalResult>(&op)
+      .Case([&](moe::DispatchOp d) -> LogicalResult {
+        FailureOr<int64_t> size =
+            routedGroup(d.getGrid(), d.getGridAxes(), d.getCounts());
+        bool ok = true;
+        std::string args = pointerList(op, {d.getInput(), d.getExperts()}, ok);
+        if (failed(size) || !ok ||
+            (d.getGates() && failed(pointer(op, d.getGates()))))
+          return failure();
+        int64_t tokens = leadingCount(typeOf(d.getExperts()));
+        int64_t k = shape(d.getExperts()).back();
+        int64_t hidden = shape(d.getInput()).back();
+        int64_t local = shape(d.getCounts())[1];
+        int64_t bound = *d.getReceiveRowBound(); // static experts: verified
+        std::string rows = fmt::format("received{}", dynamicRows.size());
+        std::string t = elementType(d.getInput());
+        std::string context = forkCollective(op);
+        body += fmt::format(
+            "  const int64_t {} = moert::kernels::dispatch{}<{}>({}, {}, {}, "
+            "{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {});\n",
+            rows, dispatcherName(d.getDispatcher()), t, context,
+            axesMask(d.getGridAxes()), *size, args,
+            d.getGates() ? typed(d.getGates()) : "nullptr", tokens, k, hidden,
+            local, bound, typed(d.getRows()), typed(d.getRowExperts()),
+            typed(d.getCounts()),
+            d.getRowGates() ? typed(d.getRowGates()) : "nullptr");
+        endCollective(op);
+        for (Value r : {d.getRows(), d.getRowExperts(), d.getRowGates()})
+          if (r)
+            dynamicRows[r] = {rows, bound};
+        scratch(fmt::format(
+            "moert::kernels::dispatchScratchBytes({}, {}, {}, {}, {}, {}, {})",
+            tokens, k, hidden, *size, local, bound,
+            typeOf(d.getInput()).getElementTypeBitWidth() / 8));
+        return success();
+      })
+      .Case([&](moe::CombineOp c) -> LogicalResult {
+        FailureOr<int64_t> size =
+            routedGroup(c.getGrid(), c.getGridAxes(), c.getCounts());
+        bool ok = true;
+        std::string args = pointerList(
+            op, {c.getRows(), c.getExperts(), c.getCounts()}, ok);
+        if (failed(size) || !ok)
+          return failure();
+        int64_t tokens = leadingCount(typeOf(c.getExperts()));
+        int64_t k = shape(c.getExperts()).back();
+        int64_t width = shape(c.getRows()).back();
+        int64_t local = shape(c.getCounts())[1];
+        int64_t bound = rowBoundOf(c.getRows());
+        std::string context = forkCollective(op);
+        body += fmt::format(
+            "  moert::kernels::combine{}<{}>({}, {}, {}, {}, {}, {}, {}, {}, "
+            "{}, {});\n",
+            dispatcherName(c.getDispatcher()), elementType(c.getRows()),
+            context, axesMask(c.getGridAxes()), *size, args, tokens, k, width,
+            local, bound, typed(c.getResult()));
+        endCollective(op);
+        scratch(fmt::format(
+            "moert::kernels::combineScratchBytes({}, {}, {}, {}, {}, {}, {})",
+            tokens, k, width, *size, local, bound,
+            typeOf(c.getRows()).getElementTypeBitWidth() / 8));
+        return success();
+      })
+      .Case([&](moe::TokenShuffleOp s) -> LogicalResult {
+        FailureOr<int64_t> size =
+            groupSize(op, s.getGrid(), s.getGridAxes());
+        bool ok = true;
+        std::string args = pointerList(op, {s.getInput(), s.getStep()}, ok);
+        if (failed(size) || !ok)
+          return failure();
+        int64_t tokens = leadingCount(typeOf(s.getInput()));
+        int64_t width = shape(s.getInput()).back();
+        std::string context = forkCollective(op);
+        body += fmt::format(
+            "  moert::kernels::tokenShuffle<{}>({}, {}, {}, {}, {}ull, {}, "
+            "{}, {}, {});\n",
+            elementType(s.getInput()), context, axesMask(s.getGridAxes()),
+            *size, args, static_cast<uint64_t>(s.getSeed()),
+            s.getInverse() ? "true" : "false", tokens, width,
+            typed(s.getResult()));
+        endCollective(op);
+        scratch(fmt::format(
+            "moert::kernels::tokenShuffleScratchBytes({}, {}, {}, {})", tokens,
+            width, *size, typeOf(s.getInput()).getElementTypeBitWidth() / 8));
+        return success();
+      })
+      .Case([&](moe::TargetCountOp t) -> LogicalResult {
+        // Labels are int64: the printer holds no other integer type.
+        FailureOr<std::string> labels = pointer(op, t.getLabels());
+        if (failed(labels))
+          return failure();
+        auto s = shape(t.getLabels());
+        body += fmt::format(
+            "  moert::kernels::targetCount(ctx, {}, {}, {}, {}, {});\n",
+            *labels, s[0], s[1], static_cast<int64_t>(t.getIgnoreIndex()),
+            typed(t.getCount()));
+        return success();
+      })
+      .Case([&](moe::LoadBalancingStatsOp l) -> LogicalResult {
+        if (l.getLogits().empty())
+          return l.emitOpError() << "takes no logits; the CUDA kernels need "
+                                    "one tensor per layer";
+        bool ok = true;
+        std::string name = fmt::format("logits{}", groups++);
+        std::string list = logitList(l.getLogits(), name, ok);
+        if (!ok)
+          return failure();
+        RankedTensorType t = typeOf(l.getLogits()[0]);
+        int64_t layers = l.getLogits().size(), tokens = leadingCount(t),
+                experts = t.getShape().back();
+        body += fmt::format("  {{\n{}    moert::kernels::loadBalancingStats("
+                            "ctx, {}, {}, {}, {}, {}, {});\n  }}\n",
+                            list, name, layers, tokens, experts, l.getK(),
+                            typed(l.getStats()));
+        scratch(fmt::format(
+            "moert::kernels::routerScratchBytes({}, {}, 1, {})", tokens,
+            experts, layers));
+        return success();
+      })
+      .Case([&](moe::LoadBalancingLossFromStatsOp l) -> LogicalResult {
+        FailureOr<std::string> stats = pointer(op, l.getStats());
+        if (failed(stats))
+          return failure();
+        body += fmt::format(
+            "  moert::kernels::loadBalancingLossFromStats(ctx, {}, {}, {}, "
+            "{});\n",
+            *stats, shape(l.getStats()).back(), l.getK(), typed(l.getLoss()));
+        return success();
+      })
+      .Case([&](moe::LoadBalancingStatsGradOp l) -> LogicalResult {
+        if (l.getLogits().empty())
+          return l.emitOpError() << "takes no logits; the CUDA kernels need "
+                                    "one tensor per layer";
+        bool ok = true;
+        std::string name = fmt::format("logits{}", groups++);
+        std::string list = logitList(l.getLogits(), name, ok);
+        if (!ok || failed(pointer(op, l.getStats())))
+          return failure();
+        RankedTensorType t = typeOf(l.getLogits()[0]);
+        int64_t layers = l.getLogits().size(), tokens = leadingCount(t),
+                experts = t.getShape().back();
+        std::string outs;
+        for (Value r : l.getDLogits())
+          outs += (outs.empty() ? "" : ", ") + typed(r);
+        body += fmt::format(
+            "  {{\n{}    {} *d{}[] = {{{}}};\n"
+            "    moert::kernels::loadBalancingStatsGrad(ctx, {}, {}, {}, {}, "
+            "{}, {}, {:.17g}, d{});\n  }}\n",
+            list, *cType(t), name, outs, name, layers, tokens, experts,
+            l.getK(), typed(l.getStats()), l.getScale().convertToDouble(),
+            name);
+        scratch(fmt::format(
+            "moert::kernels::routerScratchBytes({}, {}, 1, {})", tokens,
+            experts, layers));
+        return success();
+      });
 }
 
 void TrainStepPrinter::endSegment(bool capture) {
@@ -519,7 +996,7 @@ LogicalResult TrainStepPrinter::setResultPointers(Operation &op) {
   // Constants are inlined, views alias their source, index values stay on
   // the host; the persistent copies have their pointers already.
   if (isa<arith::ConstantOp, tensor::DimOp, tensor::ExpandShapeOp,
-          tensor::CollapseShapeOp>(op))
+          tensor::CollapseShapeOp, tensor::EmptyOp>(op))
     return success();
   auto offsets = op.getAttrOfType<DenseI64ArrayAttr>(
       MoeDialect::getArenaOffsetsAttrName());
@@ -527,7 +1004,15 @@ LogicalResult TrainStepPrinter::setResultPointers(Operation &op) {
     auto type = dyn_cast<RankedTensorType>(result.getType());
     if (!type || pointers.count(result))
       continue;
-    if (!type.hasStaticShape())
+    // Received rows (moe.dispatch) and what the local experts compute on
+    // them have a dynamic leading dimension, bounded by the dispatch's
+    // receive bound, which the memory plan reserves.
+    bool receivedRows =
+        isa<moe::DispatchOp, moe::ExpertsOp, moe::ExpertsGradOp>(op) &&
+        type.getRank() >= 1 &&
+        llvm::all_of(type.getShape().drop_front(),
+                     [](int64_t d) { return !ShapedType::isDynamic(d); });
+    if (!type.hasStaticShape() && !receivedRows)
       return op.emitOpError() << "result #" << i << " has type " << type
                               << "; the CUDA printer needs static tensors "
                                  "(run moe-specialize-shapes)";
@@ -547,7 +1032,7 @@ LogicalResult TrainStepPrinter::setResultPointers(Operation &op) {
 
 LogicalResult TrainStepPrinter::printOp(Operation &op) {
   if (!isa<arith::ConstantOp, tensor::DimOp, tensor::ExpandShapeOp,
-           tensor::CollapseShapeOp, func::ReturnOp>(op))
+           tensor::CollapseShapeOp, tensor::EmptyOp, func::ReturnOp>(op))
     body += fmt::format("  moert::kernels::mark(ctx, \"{}\");\n",
                         op.getName().getStringRef().str());
   if (failed(setResultPointers(op)))
@@ -595,7 +1080,8 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
             return success();
           })
       .Case<arith::AddFOp, arith::SubFOp, arith::MulFOp, arith::DivFOp,
-            arith::NegFOp, arith::TruncFOp, arith::ExtFOp, moe::FusionOp>(
+            arith::NegFOp, arith::MaximumFOp, arith::TruncFOp, arith::ExtFOp,
+            moe::FusionOp>(
           [&](Operation *e) { return printElementwise(*e); })
       .Case([&](moe::EmbeddingOp e) -> LogicalResult {
         auto table = shape(e.getTable());
@@ -772,6 +1258,12 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
         return success();
       })
       .Case([&](moe::RouterOp r) -> LogicalResult {
+        if (r.getTokensPerGroup() != 0)
+          return r.emitOpError() << "routes groups of "
+                                 << r.getTokensPerGroup()
+                                 << " tokens (tokens_per_group); the CUDA "
+                                    "kernels route all tokens of the step "
+                                    "together";
         if (!r.getTraining() && (r.getLoadBalancing() ==
                                      moe::LoadBalancing::sinkhorn ||
                                  r.getLoadBalancing() ==
@@ -813,7 +1305,6 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
         return success();
       })
       .Case([&](moe::ExpertsOp e) -> LogicalResult {
-        RankedTensorType t = typeOf(e.getInput());
         auto gu = shape(e.getGateUp());
         bool ok = true;
         std::string args =
@@ -827,16 +1318,20 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
             e.getGateUpLayout() == moe::GateUpLayout::interleaved;
         std::string saved =
             e.getSaved() ? ", " + typed(e.getSaved()) : std::string();
+        for (Value r : e->getResults())
+          if (dynamicRows.count(e.getInput()))
+            dynamicRows[r] = dynamicRows.lookup(e.getInput());
         body += fmt::format("  moert::kernels::experts(ctx, {}, {}, {}, {}, "
                             "{}, {}, {}, {}{});\n",
-                            args, leadingCount(t), gu[2], gu[1] / 2, gu[0], k,
+                            args, rowsOf(e.getInput()), gu[2], gu[1] / 2,
+                            gu[0], k,
                             interleaved ? "true" : "false",
                             typed(e.getResult()), saved);
-        scratch(expertsScratch(e.getInput(), e.getGates(), e.getGateUp()));
+        scratch(expertsScratch(rowBoundOf(e.getInput()), e.getInput(),
+                               e.getGates(), e.getGateUp()));
         return success();
       })
       .Case([&](moe::ExpertsGradOp e) -> LogicalResult {
-        RankedTensorType t = typeOf(e.getInput());
         auto gu = shape(e.getGateUp());
         bool ok = true;
         std::string args = pointerList(
@@ -848,6 +1343,9 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
         int64_t k = shape(e.getGates()).back();
         bool interleaved =
             e.getGateUpLayout() == moe::GateUpLayout::interleaved;
+        for (Value r : e->getResults())
+          if (dynamicRows.count(e.getInput()))
+            dynamicRows[r] = dynamicRows.lookup(e.getInput());
         std::string saved;
         if (e.getSaved()) {
           FailureOr<std::string> p = ptr(e.getSaved());
@@ -858,11 +1356,12 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
         body += fmt::format(
             "  moert::kernels::expertsGrad(ctx, {}, {}, {}, {}, {}, {}, {}, "
             "{}, {}, {}, {}{});\n",
-            args, leadingCount(t), gu[2], gu[1] / 2, gu[0], k,
+            args, rowsOf(e.getInput()), gu[2], gu[1] / 2, gu[0], k,
             interleaved ? "true" : "false", typed(e.getDInput()),
             typed(e.getDGates()), typed(e.getDGateUp()), typed(e.getDDown()),
             saved);
-        scratch(expertsScratch(e.getInput(), e.getGates(), e.getGateUp()));
+        scratch(expertsScratch(rowBoundOf(e.getInput()), e.getInput(),
+                               e.getGates(), e.getGateUp()));
         return success();
       })
       .Case([&](moe::LmHeadCrossEntropyOp l) -> LogicalResult {
@@ -984,8 +1483,8 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
               typeOf(g).getNumElements());
         }
         int64_t g = groups++;
-        statics +=
-            fmt::format("static moert::kernels::TensorGroup group{};\n", g);
+        statics += fmt::format("{} moert::kernels::TensorGroup group{};\n",
+                               perRank(), g);
         setup += fmt::format("  group{}.init({{\n{}  }});\n", g, entries);
         scratch(fmt::format("moert::kernels::globalNormScratchBytes(group{})",
                             g));
@@ -994,6 +1493,15 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
             *cType(n.getGradients().front().getType()), g, typed(n.getNorm()));
         return success();
       })
+      .Case([&](tensor::EmptyOp) { return success(); })
+      .Case<shard::AllGatherOp, shard::ReduceScatterOp, shard::AllReduceOp,
+            linalg::BroadcastOp, tensor::ExtractSliceOp,
+            tensor::InsertSliceOp>(
+          [&](Operation *c) { return printCollective(*c); })
+      .Case<moe::DispatchOp, moe::CombineOp, moe::TokenShuffleOp,
+            moe::TargetCountOp, moe::LoadBalancingStatsOp,
+            moe::LoadBalancingLossFromStatsOp, moe::LoadBalancingStatsGradOp>(
+          [&](Operation *e) { return printExpertParallel(*e); })
       .Case([&](func::ReturnOp) { return success(); })
       .Default([&](Operation *other) -> LogicalResult {
         return other->emitOpError() << "has no CUDA lowering";
@@ -1010,6 +1518,7 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
     return step.emitError() << "has no memory plan; run moe-plan-memory "
                                "before the CUDA printer";
 
+  scheduleCollectives();
   // Ops in order; each moe.adamw_group (consecutive ops) is one
   // multi-tensor launch.
   Block &block = step.getBody().front();
@@ -1043,8 +1552,16 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
     }
     if (failed(printGroup()))
       return failure();
-    // The experts' launches depend on group sizes read back to the host.
-    bool hostSync = isa<moe::ExpertsOp, moe::ExpertsGradOp>(op);
+    // The compute stream waits for the overlapped collectives `op` reads,
+    // between the captured segments.
+    if (auto joins = joinsBefore.find(&op); joins != joinsBefore.end()) {
+      endSegment(/*capture=*/true);
+      for (int id : joins->second)
+        body += fmt::format("  moert::kernels::joinCollective(ctx, {});\n",
+                            id);
+      endSegment(/*capture=*/false);
+    }
+    bool hostSync = runsUncaptured(op);
     if (hostSync)
       endSegment(/*capture=*/true);
     if (failed(printOp(op)))
@@ -1092,6 +1609,7 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
   llvm::raw_string_ostream initOs(initBody);
   auto initRet = cast<func::ReturnOp>(init.getBody().front().getTerminator());
   llvm::StringSet<> initialised;
+  llvm::StringMap<moe::ParamInitOp> initOps;
   for (Value v : initRet.getOperands()) {
     auto p = v.getDefiningOp<moe::ParamInitOp>();
     if (!p)
@@ -1108,12 +1626,18 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
       return p.emitOpError() << "creates " << p.getType() << " for '"
                              << p.getName() << "' but @train_step takes "
                              << param.type;
+    if (p.getGrid() && (!grid || p.getGridAttr().getValue() !=
+                                     grid.getSymName()))
+      return p.emitOpError() << "creates a block on grid @"
+                             << p.getGridAttr().getValue()
+                             << ", which is not the program's mesh";
     moec::detail::printParamInitLaunch(
         p,
         fmt::format("reinterpret_cast<{} *>(state + {})", *cType(param.type),
                     param.offset[0]),
-        "stream", initOs);
+        "stream", "mesh", initOs);
     initialised.insert(p.getName());
+    initOps[p.getName()] = p;
   }
   for (const Param &p : params)
     if (!initialised.contains(p.name))
@@ -1151,6 +1675,10 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
 #include "moert/kernels/Router.cuh"
 #include "moert/kernels/RouterLosses.cuh"
 )cuda";
+  if (grid)
+    os << "#include \"moert/NcclCommunicator.h\"\n"
+          "#include \"moert/kernels/Collectives.cuh\"\n"
+          "#include \"moert/kernels/ExpertParallel.cuh\"\n";
   if (usesCudnn)
     os << "#include \"moert/kernels/AttentionCudnn.cuh\"\n";
   os << R"cuda(
@@ -1162,14 +1690,39 @@ namespace {
   os << "// Generated element-wise kernels.\n" << kernels << "\n";
   os << statics << "\n";
   os << "const moert::ParameterInfo kParameters[] = {\n";
-  for (const Param &p : params)
-    os << fmt::format("    {{{}, {{{}}}, {}, {}, {}, {}, {}}},\n",
-                      quoted(p.name), joined(p.type.getShape()), p.offset[0],
-                      p.offset[1], p.offset[2], p.type.getNumElements(),
+  for (const Param &p : params) {
+    os << fmt::format("    {{{}, {{{}}}, {}, {}, {}, {}, {}", quoted(p.name),
+                      joined(p.type.getShape()), p.offset[0], p.offset[1],
+                      p.offset[2], p.type.getNumElements(),
                       p.type.getElementTypeBitWidth() / 8);
+    // A partitioned program's block of the global parameter
+    // (docs/partitioning.md, Layout), as its moe.param_init places it.
+    if (grid) {
+      moe::ParamInitOp p0 = initOps.lookup(p.name);
+      ArrayRef<int64_t> shape = p.type.getShape();
+      SmallVector<int64_t> global(p0.getGlobalShape() ? *p0.getGlobalShape()
+                                                      : shape);
+      int chunkDim = -1;
+      bool expertLocal = false;
+      if (std::optional<ArrayRef<int64_t>> axes = p0.getSplitAxes())
+        for (auto [d, axis] : llvm::enumerate(*axes)) {
+          chunkDim = axis == 1 ? static_cast<int>(d) : chunkDim;
+          expertLocal |= axis == 2;
+        }
+      os << fmt::format(", {{{}}}, {}, {}", joined(global), chunkDim,
+                        expertLocal ? "true" : "false");
+    }
+    os << "},\n";
+  }
   os << "};\n\n";
-  os << "void initParams(char *state, uint64_t seed, cudaStream_t stream) {\n"
-     << initBody << "}\n\n";
+  if (grid)
+    os << "void initRankParams(char *state, uint64_t seed, "
+          "const moert::MeshGroups &mesh, cudaStream_t stream) {\n"
+       << initBody << "}\n\n";
+  else
+    os << "void initParams(char *state, uint64_t seed, cudaStream_t stream) "
+          "{\n"
+       << initBody << "}\n\n";
   os << "void setup(char *state, char *arena, char *inputs) {\n"
      << setup << "}\n\n";
   if (usesCudnn)
@@ -1180,7 +1733,8 @@ namespace {
   for (const std::string &term : scratchTerms)
     os << "  bytes = std::max<int64_t>(bytes, " << term << ");\n";
   os << "  return bytes;\n}\n\n";
-  os << fmt::format("moert::Segment segments[{}];\n\n",
+  os << fmt::format("{}moert::Segment segments[{}];\n\n",
+                    grid ? "thread_local " : "",
                     std::max<size_t>(segments.size(), 1));
   for (auto [i, segment] : llvm::enumerate(segments))
     os << "void segment" << i
@@ -1209,7 +1763,7 @@ namespace {
       "  program.countLayers = {};\n  program.countExperts = {};\n"
       "  program.modelFlops = {:.17g};\n"
       "  program.scratchBytes = scratchBytes;\n  program.setup = setup;\n"
-      "  program.initParams = initParams;\n  program.step = step;\n"
+      "{}  program.step = step;\n"
       "{}"
       "  return moert::runTrainProgram(program, argc, argv);\n}}\n",
       quoted(options.modelName), batch, seq, vocab, stateBytes,
@@ -1219,6 +1773,12 @@ namespace {
       metric["grad_norm"], metric["expert_counts"],
       countShape.size() == 2 ? countShape[0] : 1, countShape.back(),
       modelFlops->total(),
+      grid ? fmt::format("  program.initRankParams = initRankParams;\n"
+                         "  program.mesh = {{{}}};\n"
+                         "  program.createWorld = "
+                         "moert::createWorldCommunicator;\n",
+                         joined(grid.getShape()))
+           : std::string("  program.initParams = initParams;\n"),
       usesCudnn ? "  program.openLibraries = openLibraries;\n" : "");
 
   summary.stateBytes = stateBytes;
@@ -1246,9 +1806,21 @@ LogicalResult moec::emitCudaTrainProgram(ModuleOp module,
     if (f.getBody().getBlocks().size() != 1)
       return f.emitError() << "has " << f.getBody().getBlocks().size()
                            << " blocks; the CUDA printer emits one";
-  for (func::FuncOp f : {step, init})
-    if (failed(moec::detail::checkOneGpuProgram(f)))
-      return failure();
-  TrainStepPrinter printer(step, init, options);
+  // A partitioned program (docs/partitioning.md) runs on the one mesh of
+  // the module, `shard.grid` of shape R x H x P.
+  shard::GridOp grid;
+  for (auto g : module.getOps<shard::GridOp>()) {
+    if (grid)
+      return g.emitOpError() << "is a second mesh; the CUDA printer runs a "
+                                "program on one";
+    grid = g;
+  }
+  if (grid && (grid.getRank() != 3 ||
+               llvm::any_of(grid.getShape(), ShapedType::isDynamic)))
+    return grid.emitOpError() << "has shape "
+                              << joined(grid.getShape())
+                              << "; the CUDA printer runs on a static "
+                                 "replica x shard x expert mesh";
+  TrainStepPrinter printer(step, init, grid, options);
   return printer.print(os, summary);
 }

@@ -41,8 +41,8 @@ struct ParameterInfo {
   /// holds experts [p·E/P, (p+1)·E/P) of the global E in its dim 0, p its
   /// expert-group coordinate; along `chunkDim` it is chunk h of the shard
   /// group (global rows [h·c, h·c + c) clipped to `globalShape`, c =
-  /// shape[chunkDim], the rest zero padding), -1 when not chunked. In a
-  /// one-rank program globalShape equals shape.
+  /// shape[chunkDim], the rest zero padding), -1 when not chunked. A
+  /// one-rank program leaves globalShape empty: the block is the parameter.
   std::vector<int64_t> globalShape;
   int chunkDim = -1;
   bool expertLocal = false;

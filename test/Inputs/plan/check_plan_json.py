@@ -9,8 +9,14 @@ q = r / (P·H)), that the groups partition the ranks, that each replica's
 shards tile every parameter exactly (once for expert parameters, once per
 expert-parallel rank for dense ones), that the per-rank element counts are the
 sums of the shards, and that the persistent bytes are 18 (bf16) or 16 (fp32)
-per shard element. With OTHER, also that both plans describe the same
-parameters and placements (the model's source aside). Prints "ok" or fails.
+per shard element; for a plan that read the partitioned program (`program`
+not null), that its memory's master parameters, gradients and optimizer
+states are the program's. With OTHER, also that both plans describe the same
+parameters and placements (the model's source aside) and move the same bytes
+per kind of collective and group (the world's scalar all-reduces aside: the
+program's losses and statistics, the analytic model's gradient norm), so that
+a preset's analytic plan and a model file's plan read from its program agree.
+Prints "ok" or fails.
 """
 
 import json
@@ -21,8 +27,11 @@ INT, NUM, BOOL, STR, LIST, OBJ = int, (int, float), bool, str, list, dict
 SCHEMA = {
     "schema": STR, "model": OBJ, "job": OBJ, "gpu": OBJ, "mesh": OBJ,
     "parameters": LIST, "ranks": LIST, "memory": OBJ, "collectives": LIST,
-    "step": OBJ,
+    "step": OBJ, "program": (OBJ, type(None)),
 }
+PROGRAM = {"parameters": INT, "gradients": INT, "optimizer_states": INT,
+           "collectives": LIST}
+PROGRAM_COLLECTIVE = {"kind": STR, "group": STR, "bytes": INT, "calls": INT}
 MODEL = {k: INT for k in (
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
     "num_attention_heads", "num_key_value_heads", "head_dim",
@@ -50,7 +59,7 @@ RANK = {"rank": INT, "node": INT, "q": INT, "h": INT, "p": INT,
 COLLECTIVE = {"kind": STR, "group": STR, "group_size": INT,
               "crosses_nodes": BOOL, "what": STR, "bytes": INT,
               "bytes_sent": INT, "count": INT, "overlapped": BOOL,
-              "seconds": NUM}
+              "seconds": NUM, "from_program": BOOL}
 STEP = {k: NUM for k in (
     "model_flops_per_rank", "hardware_flops_per_rank", "compute_seconds",
     "dispatch_seconds", "sharding_seconds", "exposed_sharding_seconds",
@@ -175,11 +184,33 @@ def check(plan):
 
     for i, c in enumerate(plan["collectives"]):
         check_keys(c, COLLECTIVE, f"collectives[{i}]")
+    program = plan["program"]
+    if program is not None:
+        check_keys(program, PROGRAM, "program")
+        for i, c in enumerate(program["collectives"]):
+            check_keys(c, PROGRAM_COLLECTIVE, f"program.collectives[{i}]")
+        for r in ranks:
+            for key, state in (("master_params", "parameters"),
+                               ("gradients", "gradients"),
+                               ("optimizer_states", "optimizer_states")):
+                if r["memory"][key] != program[state]:
+                    fail(f"ranks[{r['rank']}].memory.{key} {r['memory'][key]} "
+                         f"is not the program's {state} {program[state]}")
     peak = max(ranks, key=lambda r: r["memory"]["total"])
     if peak["memory"]["total"] != plan["memory"]["peak"]["total"]:
         fail("memory.peak is not the largest rank")
     if plan["memory"]["fits"] != (plan["memory"]["peak"]["total"] <= plan["gpu"]["memory_bytes"]):
         fail("memory.fits disagrees with the numbers")
+
+
+def volumes(plan):
+    """Bytes per step by (kind, group), the world's all-reduces aside."""
+    total = {}
+    for c in plan["collectives"]:
+        if c["group"] != "world":
+            key = f"{c['kind']} {c['group']}"
+            total[key] = total.get(key, 0) + c["bytes"] * c["count"]
+    return total
 
 
 def main(argv):
@@ -188,9 +219,12 @@ def main(argv):
         check(plan)
     if len(plans) == 2:
         a, b = plans
-        for key in ("parameters", "ranks", "collectives", "mesh"):
+        for key in ("parameters", "ranks", "mesh"):
             if a[key] != b[key]:
                 fail(f"the two plans differ in {key}")
+        ta, tb = volumes(a), volumes(b)
+        if ta != tb:
+            fail(f"the two plans move different bytes: {ta} vs {tb}")
         ma = {k: v for k, v in a["model"].items() if k != "source"}
         mb = {k: v for k, v in b["model"].items() if k != "source"}
         if ma != mb:

@@ -351,11 +351,14 @@ TEST(Gradients, LmHeadCrossEntropyGradWithIgnoredLabels) {
   const double scale = 0.7;
   std::string error;
   HostTensor dX, dW;
-  ASSERT_TRUE(lmHeadCrossEntropyGrad(x, w, labels, -100, scale, dX, dW, error))
+  ASSERT_TRUE(lmHeadCrossEntropyGrad(x, w, labels, -100, std::nullopt, scale,
+                                     dX, dW, error))
       << error;
   auto f = [&] {
     HostTensor loss;
-    EXPECT_TRUE(lmHeadCrossEntropy(x, w, labels, -100, loss, error)) << error;
+    EXPECT_TRUE(
+        lmHeadCrossEntropy(x, w, labels, -100, std::nullopt, loss, error))
+        << error;
     return scale * loss.f32[0];
   };
   EXPECT_TRUE(gradientsMatch(dX, numericGradient(x, f), "d input"));
@@ -624,6 +627,35 @@ TEST(TrainingKernels, GlobalNormIsTheNormOfAllTensorsTogether) {
   EXPECT_FLOAT_EQ(norm.f32[0], 13.0f);
 }
 
+TEST(TrainingKernels, LmHeadCrossEntropyWithTargetCountDividesByIt) {
+  // A rank's share of a global mean: the sum over its targets divided by
+  // the given count, and the gradients of that, element for element the
+  // mean's times count / given count.
+  std::mt19937 rng(22);
+  HostTensor x = randomFloats({2, 5, 6}, rng);
+  HostTensor w = randomFloats({10, 6}, rng);
+  // 6 targets: positions 1 and 7 are ignored, the last of each sequence
+  // predicts nothing.
+  HostTensor labels = ints({2, 5}, {4, 9, -100, 0, 3, 5, 2, -100, 7, 1});
+  HostTensor mean, share, dXMean, dWMean, dXShare, dWShare;
+  std::string error;
+  ASSERT_TRUE(lmHeadCrossEntropy(x, w, labels, -100, std::nullopt, mean, error))
+      << error;
+  ASSERT_TRUE(lmHeadCrossEntropy(x, w, labels, -100, 24.0, share, error))
+      << error;
+  EXPECT_NEAR(share.f32[0], mean.f32[0] * 6 / 24, 1e-7);
+  ASSERT_TRUE(lmHeadCrossEntropyGrad(x, w, labels, -100, std::nullopt, 1.0,
+                                     dXMean, dWMean, error))
+      << error;
+  ASSERT_TRUE(lmHeadCrossEntropyGrad(x, w, labels, -100, 24.0, 1.0, dXShare,
+                                     dWShare, error))
+      << error;
+  for (size_t i = 0; i < dXMean.f32.size(); ++i)
+    EXPECT_NEAR(dXShare.f32[i], dXMean.f32[i] / 4, 1e-7) << "d input " << i;
+  for (size_t i = 0; i < dWMean.f32.size(); ++i)
+    EXPECT_NEAR(dWShare.f32[i], dWMean.f32[i] / 4, 1e-7) << "d weight " << i;
+}
+
 TEST(TrainingKernels, LmHeadCrossEntropyOfUniformLogitsIsLogVocab) {
   // A zero weight gives uniform logits: each target costs log V.
   std::mt19937 rng(20);
@@ -631,8 +663,8 @@ TEST(TrainingKernels, LmHeadCrossEntropyOfUniformLogitsIsLogVocab) {
   HostTensor w = HostTensor::floats({10, 4});
   HostTensor loss;
   std::string error;
-  ASSERT_TRUE(
-      lmHeadCrossEntropy(x, w, ints({1, 3}, {0, 1, 2}), -100, loss, error))
+  ASSERT_TRUE(lmHeadCrossEntropy(x, w, ints({1, 3}, {0, 1, 2}), -100,
+                                 std::nullopt, loss, error))
       << error;
   EXPECT_NEAR(loss.f32[0], std::log(10.0), 1e-6);
 }
@@ -645,9 +677,11 @@ TEST(TrainingKernels, LmHeadCrossEntropyWithAllLabelsIgnoredIsZero) {
   HostTensor labels = ints({2, 3}, {5, -100, -100, 2, -100, -100});
   HostTensor loss, dX, dW;
   std::string error;
-  ASSERT_TRUE(lmHeadCrossEntropy(x, w, labels, -100, loss, error)) << error;
+  ASSERT_TRUE(lmHeadCrossEntropy(x, w, labels, -100, std::nullopt, loss, error))
+      << error;
   EXPECT_EQ(loss.f32[0], 0.0f);
-  ASSERT_TRUE(lmHeadCrossEntropyGrad(x, w, labels, -100, 1.0, dX, dW, error))
+  ASSERT_TRUE(lmHeadCrossEntropyGrad(x, w, labels, -100, std::nullopt, 1.0, dX,
+                                     dW, error))
       << error;
   EXPECT_EQ(dX.f32, std::vector<float>(x.f32.size(), 0.0f));
   EXPECT_EQ(dW.f32, std::vector<float>(w.f32.size(), 0.0f));

@@ -59,10 +59,15 @@ def ExpertParallel : Pass<"moe-expert-parallel", "::mlir::ModuleOp"> {
            "expert_parallel_degree P: ranks that split the experts">,
     Option<"hybridShardDegree", "hybrid-shard-degree", "int64_t", "0",
            "hybrid_shard_degree (H); 0 means automatic">,
-    Option<"shardingStrategy", "sharding-strategy", "std::string",
-           "\"hybrid_shard\"", "full_shard, hybrid_shard or no_shard">,
-    Option<"dispatcher", "dispatcher", "std::string", "\"all_to_all\"",
-           "moe_all_to_all_dispatcher: all_to_all, or all_gather for false">,
+    Option<"shardingStrategy", "sharding-strategy", "::moec::ShardingStrategy",
+           "::moec::ShardingStrategy::HybridShard",
+           "sharding_strategy: full_shard, hybrid_shard or no_shard",
+           "::moec::ShardingStrategyNames{}">,
+    Option<"dispatcher", "dispatcher", "::mlir::moe::Dispatcher",
+           "::mlir::moe::Dispatcher::all_to_all",
+           "moe_all_to_all_dispatcher (a moe::Dispatcher name): all_to_all, "
+           "or all_gather for false",
+           "::moec::DispatcherNames{}">,
     Option<"globalTokenShuffle", "global-token-shuffle", "bool", "false",
            "permute tokens across the expert group before routing">,
     Option<"seed", "seed", "int64_t", "0",
@@ -89,8 +94,14 @@ def HybridShard : Pass<"moe-hybrid-shard", "::mlir::ModuleOp"> {
       chunks of ceil(n / H), the last chunks padded with zeros so that every
       rank's shard has the same static shape. Arguments keep their order and
       names, with the shard's type.
-    - Before use, `shard.all_gather` over H (`grid_axes = [1]`) restores the
-      parameter (`tensor.extract_slice` drops the padding).
+    - Just before its first use, `shard.all_gather` over H
+      (`grid_axes = [1]`) restores the parameter (`tensor.extract_slice`
+      drops the padding); under bf16 compute the shard is cast first, so
+      the gather moves bf16. A decoder layer's parameters (`layers.N.` in
+      the name) are gathered again before their first use in the backward
+      (from the cross-entropy's gradient on), as the memory plan frees them
+      in between; the head's are kept, the embedding's gradient does not
+      read it.
     - Each gradient is padded, `shard.reduce_scatter`ed over H, then
       `shard.all_reduce`d over the ranks that hold the same shard: R and P for
       dense parameters (`[0, 2]`), only R for expert parameters that
@@ -99,10 +110,10 @@ def HybridShard : Pass<"moe-hybrid-shard", "::mlir::ModuleOp"> {
     - The clipping norm counts every shard once: the local norms of the dense
       shards are all-gathered over H, those of the expert shards over H and
       P, and their norm is the global one.
-    - The loss is the global batch's: the cross-entropy (a mean over the
-      rank's non-ignored targets) is weighted by the rank's share of all
-      targets (`moe.target_count`, all-reduced) and summed over all ranks,
-      and its gradients get the same weight; the router z-loss is the mean
+    - The loss is the global batch's: the cross-entropy and its gradients
+      divide the rank's sum by the global batch's target count
+      (`moe.target_count`, all-reduced, as the ops' `target_count`), and
+      the ranks' shares are summed; the router z-loss is the mean
       of the ranks' and its gradient scale is divided by W. Expert slot
       counts are summed over all ranks.
 
@@ -113,10 +124,10 @@ def HybridShard : Pass<"moe-hybrid-shard", "::mlir::ModuleOp"> {
       parameters are the same bits for every (W, P, H).
 
     - `@eval_step` takes the same shards, gathers them before use, and its
-      cross-entropy is weighted as the training step's.
+      cross-entropy divides by the global count as the training step's.
 
-    Run it after moe-expert-parallel and moe-specialize-shapes (the loss
-    weighting and the shards need static shapes) and before the
+    Run it after moe-expert-parallel and moe-specialize-shapes (the shards
+    need static shapes) and before the
     compile-only passes (moe-fuse-elementwise, moe-keep-param-copies,
     moe-plan-memory), which then see the per-rank program. It takes the
     cross-entropy in either form (moe-fuse-loss-grad or not).
@@ -139,8 +150,10 @@ def HybridShard : Pass<"moe-hybrid-shard", "::mlir::ModuleOp"> {
            "themselves are moe-expert-parallel's">,
     Option<"hybridShardDegree", "hybrid-shard-degree", "int64_t", "0",
            "hybrid_shard_degree (H); 0 means automatic">,
-    Option<"shardingStrategy", "sharding-strategy", "std::string",
-           "\"hybrid_shard\"", "full_shard, hybrid_shard or no_shard">
+    Option<"shardingStrategy", "sharding-strategy", "::moec::ShardingStrategy",
+           "::moec::ShardingStrategy::HybridShard",
+           "sharding_strategy: full_shard, hybrid_shard or no_shard",
+           "::moec::ShardingStrategyNames{}">
   ];
   let statistics = [
     Statistic<"numShardedParameters", "num-sharded-parameters",

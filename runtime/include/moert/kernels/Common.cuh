@@ -42,6 +42,11 @@ template <> __host__ __device__ inline bf16 fromFloat<bf16>(float x) {
   return __float2bfloat16_rn(x);
 }
 
+/// arith.maximumf: the larger of a and b, NaN when either is NaN.
+__device__ inline float maximumf(float a, float b) {
+  return a != a || b != b ? __int_as_float(0x7fc00000) : fmaxf(a, b);
+}
+
 /// Four consecutive elements as fp32, for 16- and 8-byte vector accesses in
 /// element-wise kernels (buffers are 256-byte aligned).
 struct Vec4 {

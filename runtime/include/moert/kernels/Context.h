@@ -83,6 +83,10 @@ struct Context {
   /// The rank's communicators, by the grid axes a collective names; null in
   /// a one-rank program.
   const moert::MeshGroups *mesh = nullptr;
+  /// The stream a partitioned step runs its overlapped collectives on, beside
+  /// `stream` (docs/cuda-backend.md, Partitioned steps); null: they run on
+  /// `stream`, in program order.
+  cudaStream_t collectiveStream = nullptr;
   /// Set for the one step the driver profiles.
   Profiler *profiler = nullptr;
   /// Set by the driver for the first step of a run: the bf16 parameter

@@ -393,25 +393,27 @@ inline void expertsZero(const Context &ctx, void *p, int64_t bytes) {
 struct ExpertsRouting {
   int *perm = nullptr;
   int *pos = nullptr;
+  int64_t *deviceCounts = nullptr; // [E] in scratch
   std::vector<int64_t> counts, offsets; // host; offsets has E + 1 entries
 };
 
-inline ExpertsRouting expertsRoute(const Context &ctx, const int64_t *experts,
-                                   int64_t pairs, int64_t E, int64_t &offset) {
+/// The routing's kernels: perm, pos and the device counts; the host
+/// vectors stay empty until expertsSetCounts.
+inline ExpertsRouting expertsRouteOnDevice(const Context &ctx,
+                                          const int64_t *experts,
+                                          int64_t pairs, int64_t E,
+                                          int64_t &offset) {
   if (pairs > INT_MAX) {
     std::fprintf(stderr, "moert: experts: %lld (token, slot) pairs exceed "
                          "the 32-bit permutation\n",
                  static_cast<long long>(pairs));
     std::exit(1);
   }
-  if (ctx.hostCounts == nullptr) {
-    std::fprintf(stderr, "moert: experts: Context::hostCounts is not set\n");
-    std::exit(1);
-  }
   int64_t blocks = (pairs + kExpertsRouteChunk - 1) / kExpertsRouteChunk;
   ExpertsRouting r;
   int *blockCounts = scratchAt<int>(ctx, offset, blocks * E);
   int64_t *counts = scratchAt<int64_t>(ctx, offset, E);
+  r.deviceCounts = counts;
   r.perm = scratchAt<int>(ctx, offset, pairs);
   r.pos = scratchAt<int>(ctx, offset, pairs);
 
@@ -443,13 +445,13 @@ inline ExpertsRouting expertsRoute(const Context &ctx, const int64_t *experts,
                                                      blockCounts, r.perm,
                                                      r.pos);
   MOERT_CUDA_CHECK(cudaGetLastError());
+  return r;
+}
 
-  // The group sizes, for the per-expert GEMMs.
-  MOERT_CUDA_CHECK(cudaMemcpyAsync(ctx.hostCounts, counts,
-                                   E * sizeof(int64_t),
-                                   cudaMemcpyDeviceToHost, ctx.stream));
-  MOERT_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
-  r.counts.assign(ctx.hostCounts, ctx.hostCounts + E);
+/// The routing's E counts, read by the host from `host`, and their offsets.
+inline void expertsSetCounts(ExpertsRouting &r, const int64_t *host,
+                             int64_t pairs, int64_t E) {
+  r.counts.assign(host, host + E);
   r.offsets.assign(E + 1, 0);
   for (int64_t e = 0; e < E; ++e)
     r.offsets[e + 1] = r.offsets[e] + r.counts[e];
@@ -460,6 +462,21 @@ inline ExpertsRouting expertsRoute(const Context &ctx, const int64_t *experts,
                  static_cast<long long>(pairs));
     std::exit(1);
   }
+}
+
+inline ExpertsRouting expertsRoute(const Context &ctx, const int64_t *experts,
+                                   int64_t pairs, int64_t E, int64_t &offset) {
+  if (ctx.hostCounts == nullptr) {
+    std::fprintf(stderr, "moert: experts: Context::hostCounts is not set\n");
+    std::exit(1);
+  }
+  ExpertsRouting r = expertsRouteOnDevice(ctx, experts, pairs, E, offset);
+  // The group sizes, for the per-expert GEMMs.
+  MOERT_CUDA_CHECK(cudaMemcpyAsync(ctx.hostCounts, r.deviceCounts,
+                                   E * sizeof(int64_t),
+                                   cudaMemcpyDeviceToHost, ctx.stream));
+  MOERT_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
+  expertsSetCounts(r, ctx.hostCounts, pairs, E);
   return r;
 }
 

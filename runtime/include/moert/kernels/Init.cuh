@@ -32,14 +32,32 @@ __global__ void paramInitNormal(T *out, int64_t count, uint64_t base,
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
        i += int64_t(gridDim.x) * blockDim.x) {
     int64_t rest = i, flat = 0, stride = 1;
+    bool padding = false;
     for (int d = Rank - 1; d >= 0; --d) {
       int64_t local = rest % shard.local[d];
       rest /= shard.local[d];
+      padding |= shard.offset[d] + local >= shard.global[d];
       flat += (shard.offset[d] + local) * stride;
       stride *= shard.global[d];
     }
-    out[i] = fromFloat<T>(
-        static_cast<float>(stream.at(static_cast<uint64_t>(flat)) * stddev));
+    out[i] = padding ? fromFloat<T>(0.0f)
+                     : fromFloat<T>(static_cast<float>(
+                           stream.at(static_cast<uint64_t>(flat)) * stddev));
+  }
+}
+
+/// out[i] = 1 inside the full parameter, 0 in a shard's padding past it.
+template <int Rank, class T>
+__global__ void paramInitOnesShard(T *out, int64_t count, Shard<Rank> shard) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t rest = i;
+    bool padding = false;
+    for (int d = Rank - 1; d >= 0; --d) {
+      padding |= shard.offset[d] + rest % shard.local[d] >= shard.global[d];
+      rest /= shard.local[d];
+    }
+    out[i] = fromFloat<T>(padding ? 0.0f : 1.0f);
   }
 }
 

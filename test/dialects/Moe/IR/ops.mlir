@@ -79,6 +79,17 @@ func.func @lm_head_ce_with_grad(%h: tensor<2x8x16xbf16>, %w: tensor<64x16xbf16>,
   return %l : tensor<f32>
 }
 
+// CHECK-LABEL: func.func @lm_head_ce_with_target_count
+// CHECK: %[[CE:.+]] = moe.lm_head_cross_entropy %{{.+}}, %{{.+}}, %{{.+}}, %[[COUNT:.+]] : (tensor<2x8x16xf32>, tensor<64x16xf32>, tensor<2x8xi64>, tensor<f32>) -> tensor<f32>
+// CHECK: moe.lm_head_cross_entropy_grad %{{.+}}, %{{.+}}, %{{.+}}, %[[COUNT]] {scale = 1.000000e+00 : f64} : (tensor<2x8x16xf32>, tensor<64x16xf32>, tensor<2x8xi64>, tensor<f32>) -> (tensor<2x8x16xf32>, tensor<64x16xf32>)
+// CHECK: moe.lm_head_cross_entropy_with_grad %{{.+}}, %{{.+}}, %{{.+}}, %[[COUNT]] {scale = 1.000000e+00 : f64} : (tensor<2x8x16xf32>, tensor<64x16xf32>, tensor<2x8xi64>, tensor<f32>) -> (tensor<f32>, tensor<2x8x16xf32>, tensor<64x16xf32>)
+func.func @lm_head_ce_with_target_count(%h: tensor<2x8x16xf32>, %w: tensor<64x16xf32>, %labels: tensor<2x8xi64>, %count: tensor<f32>) -> tensor<f32> {
+  %ce = moe.lm_head_cross_entropy %h, %w, %labels, %count : (tensor<2x8x16xf32>, tensor<64x16xf32>, tensor<2x8xi64>, tensor<f32>) -> tensor<f32>
+  %dh, %dw = moe.lm_head_cross_entropy_grad %h, %w, %labels, %count {scale = 1.0 : f64} : (tensor<2x8x16xf32>, tensor<64x16xf32>, tensor<2x8xi64>, tensor<f32>) -> (tensor<2x8x16xf32>, tensor<64x16xf32>)
+  %l, %dh2, %dw2 = moe.lm_head_cross_entropy_with_grad %h, %w, %labels, %count {scale = 1.0 : f64} : (tensor<2x8x16xf32>, tensor<64x16xf32>, tensor<2x8xi64>, tensor<f32>) -> (tensor<f32>, tensor<2x8x16xf32>, tensor<64x16xf32>)
+  return %ce : tensor<f32>
+}
+
 // CHECK-LABEL: func.func @fusion
 // CHECK: moe.fusion(%{{.*}}, %{{.*}}) : (tensor<4x8xbf16>, tensor<4x8xbf16>) -> tensor<4x8xf32> {
 // CHECK: arith.addf

@@ -42,3 +42,23 @@ func.func @grad_first(%h: tensor<2x8x16xf32>, %w: tensor<64x16xf32>, %a: tensor<
   %loss = moe.lm_head_cross_entropy %h, %w, %a : (tensor<2x8x16xf32>, tensor<64x16xf32>, tensor<2x8xi64>) -> tensor<f32>
   return %loss, %dh, %dw : tensor<f32>, tensor<2x8x16xf32>, tensor<64x16xf32>
 }
+
+// -----
+
+// The same global target count: fused, and the fused op keeps it; a
+// different one: kept apart.
+// CHECK-LABEL: func.func @target_count(
+// CHECK-SAME: %[[N:[^:]+]]: tensor<f32>
+// CHECK: moe.lm_head_cross_entropy_with_grad %{{.+}}, %{{.+}}, %{{.+}}, %[[N]] {scale = 1.000000e+00 : f64}
+// CHECK-NOT: moe.lm_head_cross_entropy_with_grad
+// CHECK: moe.lm_head_cross_entropy %
+// CHECK: moe.lm_head_cross_entropy_grad %
+func.func @target_count(%h: tensor<2x8x16xf32>, %w: tensor<64x16xf32>, %l: tensor<2x8xi64>, %n: tensor<f32>, %m: tensor<f32>)
+    -> (tensor<f32>, tensor<2x8x16xf32>, tensor<f32>, tensor<2x8x16xf32>) {
+  %loss = moe.lm_head_cross_entropy %h, %w, %l, %n : (tensor<2x8x16xf32>, tensor<64x16xf32>, tensor<2x8xi64>, tensor<f32>) -> tensor<f32>
+  %dh, %dw = moe.lm_head_cross_entropy_grad %h, %w, %l, %n {scale = 1.0 : f64} : (tensor<2x8x16xf32>, tensor<64x16xf32>, tensor<2x8xi64>, tensor<f32>) -> (tensor<2x8x16xf32>, tensor<64x16xf32>)
+  %w2 = arith.addf %w, %w : tensor<64x16xf32>
+  %loss2 = moe.lm_head_cross_entropy %h, %w2, %l, %n : (tensor<2x8x16xf32>, tensor<64x16xf32>, tensor<2x8xi64>, tensor<f32>) -> tensor<f32>
+  %dh2, %dw2 = moe.lm_head_cross_entropy_grad %h, %w2, %l, %m {scale = 1.0 : f64} : (tensor<2x8x16xf32>, tensor<64x16xf32>, tensor<2x8xi64>, tensor<f32>) -> (tensor<2x8x16xf32>, tensor<64x16xf32>)
+  return %loss, %dh, %loss2, %dh2 : tensor<f32>, tensor<2x8x16xf32>, tensor<f32>, tensor<2x8x16xf32>
+}

@@ -13,9 +13,10 @@
 // EXPERTS: error: invalid layout: expert_parallel_degree 3 does not divide num_local_experts 4
 // WORLD: error: invalid layout: expert_parallel_degree 4 does not divide world_size 6
 // SHARD: error: invalid layout: hybrid_shard_degree 3 does not divide world_size / expert_parallel_degree = 4
-// DISPATCHER: error: unknown dispatcher 'ring'; expected all_to_all or all_gather
+// Tests that the typed options refuse a value they do not know.
+// DISPATCHER: for the --dispatcher option: Cannot find option named 'ring'!
 // NOSTEP: error: moe-expert-parallel needs a function 'train_step' (run moe-build-train-step first)
-// STRATEGY: error: unknown sharding-strategy 'zero'; expected full_shard, hybrid_shard or no_shard
+// STRATEGY: for the --sharding-strategy option: Cannot find option named 'zero'!
 func.func @forward(%ids: tensor<2x8xi64> {moe.input = "input_ids"},
                    %table: tensor<64x16xf32> {moe.parameter = "embed.weight"},
                    %router: tensor<4x16xf32> {moe.parameter = "gate.weight"},

@@ -3,6 +3,7 @@
 // RUN: moec-opt %s -moe-build-train-step -moe-expert-parallel="world-size=2 expert-parallel-degree=2 global-token-shuffle" | FileCheck %s --check-prefix=EVAL
 // RUN: moec-opt %s -moe-build-train-step -moe-expert-parallel="world-size=2" | FileCheck %s --check-prefix=DATA
 // RUN: moec-opt %s -moe-build-train-step -moe-save-expert-activations -moe-expert-parallel="world-size=2 expert-parallel-degree=2" | FileCheck %s --check-prefix=SAVED
+// RUN: moec-opt %s -moe-build-train-step="compute-type=bf16" -moe-widen-weight-grads -moe-expert-parallel="world-size=2 expert-parallel-degree=2" | FileCheck %s --check-prefix=BF16
 // The partitioned step parses back.
 // RUN: moec-opt %s -moe-build-train-step -moe-expert-parallel="world-size=4 expert-parallel-degree=4" | moec-opt | FileCheck %s --check-prefix=ROUNDTRIP
 
@@ -112,3 +113,11 @@ func.func @forward(%ids: tensor<2x8xi64> {moe.input = "input_ids"},
 // SAVED: %[[ROWS:.+]], %[[ROW_E:.+]], %[[COUNTS:.+]], %[[ROW_G:.+]] = moe.dispatch
 // SAVED: %{{.+}}, %[[SAVED:.+]] = moe.experts %[[ROWS]], %[[ROW_G]], %[[ROW_E]], {{.*}} -> (tensor<?x16xf32>, tensor<?x32xf32>)
 // SAVED: moe.experts_grad %[[ROWS]], %[[ROW_G]], %[[ROW_E]], %{{.+}}, %{{.+}}, %{{.+}}, %[[SAVED]] {{.*}} : (tensor<?x16xf32>, tensor<?x1xf32>, tensor<?x1xi64>, tensor<2x32x16xf32>, tensor<2x16x16xf32>, tensor<?x16xf32>, tensor<?x32xf32>)
+
+// Tests that the local experts' weight gradients keep the fp32 that
+// moe-widen-weight-grads gave them under bf16 compute, so that the fp32
+// master's update takes them.
+// BF16-LABEL: func.func @train_step(
+// BF16: %{{.+}}, %{{.+}}, %[[DGU:.+]], %[[DDOWN:.+]] = moe.experts_grad {{.*}} -> (tensor<?x16xbf16>, tensor<?x1xbf16>, tensor<2x32x16xf32>, tensor<2x16x16xf32>)
+// BF16: moe.adamw %{{.+}}, %[[DGU]], {{.+}} : tensor<2x32x16xf32>
+// BF16: moe.adamw %{{.+}}, %[[DDOWN]], {{.+}} : tensor<2x16x16xf32>

@@ -9,7 +9,8 @@
 // DIVIDE: error: hybrid_shard_degree 3 does not divide world_size / expert_parallel_degree = 8
 // FULL: error: sharding_strategy full_shard shards over all world_size / expert_parallel_degree = 8 ranks, but hybrid_shard_degree is 2
 // EXPERTS: error: expert_parallel_degree 3 does not divide num_local_experts 4
-// STRATEGY: error: unknown sharding_strategy 'zero3' (full_shard, hybrid_shard or no_shard)
+// Tests that the typed sharding-strategy option refuses a value it does not know.
+// STRATEGY: for the --sharding-strategy option: Cannot find option named 'zero3'!
 // Tests that the aux loss, whose statistics moe-expert-parallel gathers, is refused.
 // AUX: error: 'moe.load_balancing_loss' op needs the router statistics of all 2 ranks: run moe-expert-parallel first
 // NOSTEP: error: moe-hybrid-shard needs @train_step: run moe-build-train-step first

@@ -37,7 +37,7 @@ func.func @init_params(%seed: tensor<i64>) -> tensor<4xbf16> {
 // rank's block of a partitioned one.
 shard.grid @mesh(shape = 1x2x1)
 func.func @init_params(%seed: tensor<i64> {moe.input = "seed"}) -> (tensor<8x4xf32> {moe.parameter = "w"}) {
-  // expected-error@+1 {{'moe.param_init' op creates one rank's block of 'w' (grid, split_axes); the CUDA printer creates whole parameters only}}
+  // expected-error@+1 {{'moe.param_init' op creates one rank's block of 'w' (grid, split_axes); the init program creates whole parameters only}}
   %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.02 : f64, global_shape = array<i64: 16, 4>, grid = @mesh, split_axes = array<i64: 1, -1>} : (tensor<i64>) -> tensor<8x4xf32>
   return %w : tensor<8x4xf32>
 }

@@ -701,7 +701,42 @@ func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4x
 
 // -----
 
-// Tests that the printer refuses a partitioned program: a shard collective.
+// Tests that the printer refuses a mesh that is not replica x shard x expert.
+// expected-error@+1 {{'shard.grid' op has shape 2, 2; the CUDA printer runs on a static replica x shard x expert mesh}}
+shard.grid @mesh(shape = 2x2)
+func.func @init_params(%seed: tensor<i64> {moe.input = "seed"}) -> (tensor<8x4xf32> {moe.parameter = "w"}) {
+  %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.02 : f64} : (tensor<i64>) -> tensor<8x4xf32>
+  return %w : tensor<8x4xf32>
+}
+func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4xf32> {moe.exp_avg = "w"}, %v: tensor<8x4xf32> {moe.exp_avg_sq = "w"}, %ids: tensor<2x4xi64> {moe.input = "input_ids"}, %labels: tensor<2x4xi64> {moe.input = "labels"}, %step: tensor<i64> {moe.input = "step"}, %lr: tensor<f32> {moe.input = "lr"}) -> (tensor<f32> {moe.output = "loss"}, tensor<f32> {moe.output = "ce_loss"}, tensor<f32> {moe.output = "aux_loss"}, tensor<f32> {moe.output = "z_loss"}, tensor<f32> {moe.output = "grad_norm"}, tensor<1x8xi64> {moe.output = "expert_counts"}) attributes {moe.arena_bytes = 1024 : i64} {
+  %h = moe.embedding %w[%ids] {moe.arena_offsets = array<i64: 0>} : (tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<2x4x4xf32>
+  %loss = moe.lm_head_cross_entropy %h, %w, %labels {moe.arena_offsets = array<i64: 256>} : (tensor<2x4x4xf32>, tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<f32>
+  %zero = arith.constant dense<0.0> : tensor<f32>
+  %counts = moe.expert_counts %ids {moe.arena_offsets = array<i64: 512>} : (tensor<2x4xi64>) -> tensor<1x8xi64>
+  return %loss, %loss, %zero, %zero, %zero, %counts : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<1x8xi64>
+}
+
+// -----
+
+// Tests that the printer refuses a second mesh.
+shard.grid @mesh(shape = 1x1x2)
+// expected-error@+1 {{'shard.grid' op is a second mesh; the CUDA printer runs a program on one}}
+shard.grid @other(shape = 1x2x1)
+func.func @init_params(%seed: tensor<i64> {moe.input = "seed"}) -> (tensor<8x4xf32> {moe.parameter = "w"}) {
+  %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.02 : f64} : (tensor<i64>) -> tensor<8x4xf32>
+  return %w : tensor<8x4xf32>
+}
+func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4xf32> {moe.exp_avg = "w"}, %v: tensor<8x4xf32> {moe.exp_avg_sq = "w"}, %ids: tensor<2x4xi64> {moe.input = "input_ids"}, %labels: tensor<2x4xi64> {moe.input = "labels"}, %step: tensor<i64> {moe.input = "step"}, %lr: tensor<f32> {moe.input = "lr"}) -> (tensor<f32> {moe.output = "loss"}, tensor<f32> {moe.output = "ce_loss"}, tensor<f32> {moe.output = "aux_loss"}, tensor<f32> {moe.output = "z_loss"}, tensor<f32> {moe.output = "grad_norm"}, tensor<1x8xi64> {moe.output = "expert_counts"}) attributes {moe.arena_bytes = 1024 : i64} {
+  %h = moe.embedding %w[%ids] {moe.arena_offsets = array<i64: 0>} : (tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<2x4x4xf32>
+  %loss = moe.lm_head_cross_entropy %h, %w, %labels {moe.arena_offsets = array<i64: 256>} : (tensor<2x4x4xf32>, tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<f32>
+  %zero = arith.constant dense<0.0> : tensor<f32>
+  %counts = moe.expert_counts %ids {moe.arena_offsets = array<i64: 512>} : (tensor<2x4xi64>) -> tensor<1x8xi64>
+  return %loss, %loss, %zero, %zero, %zero, %counts : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<1x8xi64>
+}
+
+// -----
+
+// Tests that the printer lowers summing all-reduces only.
 shard.grid @mesh(shape = 1x1x2)
 func.func @init_params(%seed: tensor<i64> {moe.input = "seed"}) -> (tensor<8x4xf32> {moe.parameter = "w"}) {
   %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.02 : f64} : (tensor<i64>) -> tensor<8x4xf32>
@@ -710,8 +745,8 @@ func.func @init_params(%seed: tensor<i64> {moe.input = "seed"}) -> (tensor<8x4xf
 func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4xf32> {moe.exp_avg = "w"}, %v: tensor<8x4xf32> {moe.exp_avg_sq = "w"}, %ids: tensor<2x4xi64> {moe.input = "input_ids"}, %labels: tensor<2x4xi64> {moe.input = "labels"}, %step: tensor<i64> {moe.input = "step"}, %lr: tensor<f32> {moe.input = "lr"}) -> (tensor<f32> {moe.output = "loss"}, tensor<f32> {moe.output = "ce_loss"}, tensor<f32> {moe.output = "aux_loss"}, tensor<f32> {moe.output = "z_loss"}, tensor<f32> {moe.output = "grad_norm"}, tensor<1x8xi64> {moe.output = "expert_counts"}) attributes {moe.arena_bytes = 1024 : i64} {
   %h = moe.embedding %w[%ids] {moe.arena_offsets = array<i64: 0>} : (tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<2x4x4xf32>
   %loss = moe.lm_head_cross_entropy %h, %w, %labels {moe.arena_offsets = array<i64: 256>} : (tensor<2x4x4xf32>, tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<f32>
-  // expected-error@+1 {{'shard.all_reduce' op belongs to a partitioned program (moe-expert-parallel, moe-hybrid-shard); the CUDA printer emits one-GPU programs only}}
-  %r = shard.all_reduce %loss on @mesh grid_axes = [0, 1, 2] : tensor<f32> -> tensor<f32>
+  // expected-error@+1 {{'shard.all_reduce' op reduces with max; the CUDA printer lowers sums only}}
+  %r = shard.all_reduce %loss on @mesh grid_axes = [0, 1, 2] reduction = max {moe.arena_offsets = array<i64: 768>} : tensor<f32> -> tensor<f32>
   %zero = arith.constant dense<0.0> : tensor<f32>
   %counts = moe.expert_counts %ids {moe.arena_offsets = array<i64: 512>} : (tensor<2x4xi64>) -> tensor<1x8xi64>
   return %loss, %loss, %zero, %zero, %zero, %counts : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<1x8xi64>
@@ -719,17 +754,17 @@ func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4x
 
 // -----
 
-// Tests that the printer refuses moe.dispatch.
-shard.grid @mesh(shape = 1x1x2)
+// Tests that the printer lowers summing reduce-scatters only.
+shard.grid @mesh(shape = 1x2x1)
 func.func @init_params(%seed: tensor<i64> {moe.input = "seed"}) -> (tensor<8x4xf32> {moe.parameter = "w"}) {
   %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.02 : f64} : (tensor<i64>) -> tensor<8x4xf32>
   return %w : tensor<8x4xf32>
 }
-func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4xf32> {moe.exp_avg = "w"}, %v: tensor<8x4xf32> {moe.exp_avg_sq = "w"}, %ids: tensor<2x4xi64> {moe.input = "input_ids"}, %labels: tensor<2x4xi64> {moe.input = "labels"}, %step: tensor<i64> {moe.input = "step"}, %lr: tensor<f32> {moe.input = "lr"}, %experts: tensor<2x4x2xi64>) -> (tensor<f32> {moe.output = "loss"}, tensor<f32> {moe.output = "ce_loss"}, tensor<f32> {moe.output = "aux_loss"}, tensor<f32> {moe.output = "z_loss"}, tensor<f32> {moe.output = "grad_norm"}, tensor<1x8xi64> {moe.output = "expert_counts"}) attributes {moe.arena_bytes = 1024 : i64} {
+func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4xf32> {moe.exp_avg = "w"}, %v: tensor<8x4xf32> {moe.exp_avg_sq = "w"}, %ids: tensor<2x4xi64> {moe.input = "input_ids"}, %labels: tensor<2x4xi64> {moe.input = "labels"}, %step: tensor<i64> {moe.input = "step"}, %lr: tensor<f32> {moe.input = "lr"}) -> (tensor<f32> {moe.output = "loss"}, tensor<f32> {moe.output = "ce_loss"}, tensor<f32> {moe.output = "aux_loss"}, tensor<f32> {moe.output = "z_loss"}, tensor<f32> {moe.output = "grad_norm"}, tensor<1x8xi64> {moe.output = "expert_counts"}) attributes {moe.arena_bytes = 1024 : i64} {
   %h = moe.embedding %w[%ids] {moe.arena_offsets = array<i64: 0>} : (tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<2x4x4xf32>
   %loss = moe.lm_head_cross_entropy %h, %w, %labels {moe.arena_offsets = array<i64: 256>} : (tensor<2x4x4xf32>, tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<f32>
-  // expected-error@+1 {{'moe.dispatch' op belongs to a partitioned program (moe-expert-parallel, moe-hybrid-shard); the CUDA printer emits one-GPU programs only}}
-  %r, %re, %c = moe.dispatch %h, %experts on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<2x4x4xf32>, tensor<2x4x2xi64>) -> (tensor<?x4xf32>, tensor<?x1xi64>, tensor<2x2xi64>)
+  // expected-error@+1 {{'shard.reduce_scatter' op reduces with max; the CUDA printer lowers sums only}}
+  %r = shard.reduce_scatter %h on @mesh grid_axes = [1] reduction = max scatter_axis = 0 {moe.arena_offsets = array<i64: 768>} : tensor<2x4x4xf32> -> tensor<1x4x4xf32>
   %zero = arith.constant dense<0.0> : tensor<f32>
   %counts = moe.expert_counts %ids {moe.arena_offsets = array<i64: 512>} : (tensor<2x4xi64>) -> tensor<1x8xi64>
   return %loss, %loss, %zero, %zero, %zero, %counts : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<1x8xi64>
@@ -737,17 +772,17 @@ func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4x
 
 // -----
 
-// Tests that the printer refuses moe.combine.
-shard.grid @mesh(shape = 1x1x2)
+// Tests that the printer broadcasts scalars only.
 func.func @init_params(%seed: tensor<i64> {moe.input = "seed"}) -> (tensor<8x4xf32> {moe.parameter = "w"}) {
   %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.02 : f64} : (tensor<i64>) -> tensor<8x4xf32>
   return %w : tensor<8x4xf32>
 }
-func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4xf32> {moe.exp_avg = "w"}, %v: tensor<8x4xf32> {moe.exp_avg_sq = "w"}, %ids: tensor<2x4xi64> {moe.input = "input_ids"}, %labels: tensor<2x4xi64> {moe.input = "labels"}, %step: tensor<i64> {moe.input = "step"}, %lr: tensor<f32> {moe.input = "lr"}, %rows: tensor<?x4xf32>, %experts: tensor<2x4x2xi64>, %c: tensor<2x2xi64>) -> (tensor<f32> {moe.output = "loss"}, tensor<f32> {moe.output = "ce_loss"}, tensor<f32> {moe.output = "aux_loss"}, tensor<f32> {moe.output = "z_loss"}, tensor<f32> {moe.output = "grad_norm"}, tensor<1x8xi64> {moe.output = "expert_counts"}) attributes {moe.arena_bytes = 1024 : i64} {
+func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4xf32> {moe.exp_avg = "w"}, %v: tensor<8x4xf32> {moe.exp_avg_sq = "w"}, %ids: tensor<2x4xi64> {moe.input = "input_ids"}, %labels: tensor<2x4xi64> {moe.input = "labels"}, %step: tensor<i64> {moe.input = "step"}, %lr: tensor<f32> {moe.input = "lr"}) -> (tensor<f32> {moe.output = "loss"}, tensor<f32> {moe.output = "ce_loss"}, tensor<f32> {moe.output = "aux_loss"}, tensor<f32> {moe.output = "z_loss"}, tensor<f32> {moe.output = "grad_norm"}, tensor<1x8xi64> {moe.output = "expert_counts"}) attributes {moe.arena_bytes = 1024 : i64} {
   %h = moe.embedding %w[%ids] {moe.arena_offsets = array<i64: 0>} : (tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<2x4x4xf32>
   %loss = moe.lm_head_cross_entropy %h, %w, %labels {moe.arena_offsets = array<i64: 256>} : (tensor<2x4x4xf32>, tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<f32>
-  // expected-error@+1 {{'moe.combine' op belongs to a partitioned program (moe-expert-parallel, moe-hybrid-shard); the CUDA printer emits one-GPU programs only}}
-  %y = moe.combine %rows, %experts, %c on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<?x4xf32>, tensor<2x4x2xi64>, tensor<2x2xi64>) -> tensor<2x4x4xf32>
+  %e = tensor.empty() : tensor<2x2x4x4xf32>
+  // expected-error@+1 {{'linalg.broadcast' op broadcasts 'tensor<2x4x4xf32>'; the CUDA printer broadcasts scalars only}}
+  %b = linalg.broadcast ins(%h : tensor<2x4x4xf32>) outs(%e : tensor<2x2x4x4xf32>) dimensions = [0] {moe.arena_offsets = array<i64: 768>}
   %zero = arith.constant dense<0.0> : tensor<f32>
   %counts = moe.expert_counts %ids {moe.arena_offsets = array<i64: 512>} : (tensor<2x4xi64>) -> tensor<1x8xi64>
   return %loss, %loss, %zero, %zero, %zero, %counts : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<1x8xi64>
@@ -755,7 +790,25 @@ func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4x
 
 // -----
 
-// Tests that the printer refuses moe.token_shuffle.
+// Tests that the printer copies static unit-stride slices only.
+func.func @init_params(%seed: tensor<i64> {moe.input = "seed"}) -> (tensor<8x4xf32> {moe.parameter = "w"}) {
+  %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.02 : f64} : (tensor<i64>) -> tensor<8x4xf32>
+  return %w : tensor<8x4xf32>
+}
+func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4xf32> {moe.exp_avg = "w"}, %v: tensor<8x4xf32> {moe.exp_avg_sq = "w"}, %ids: tensor<2x4xi64> {moe.input = "input_ids"}, %labels: tensor<2x4xi64> {moe.input = "labels"}, %step: tensor<i64> {moe.input = "step"}, %lr: tensor<f32> {moe.input = "lr"}) -> (tensor<f32> {moe.output = "loss"}, tensor<f32> {moe.output = "ce_loss"}, tensor<f32> {moe.output = "aux_loss"}, tensor<f32> {moe.output = "z_loss"}, tensor<f32> {moe.output = "grad_norm"}, tensor<1x8xi64> {moe.output = "expert_counts"}) attributes {moe.arena_bytes = 1024 : i64} {
+  %h = moe.embedding %w[%ids] {moe.arena_offsets = array<i64: 0>} : (tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<2x4x4xf32>
+  %loss = moe.lm_head_cross_entropy %h, %w, %labels {moe.arena_offsets = array<i64: 256>} : (tensor<2x4x4xf32>, tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<f32>
+  // expected-error@+1 {{'tensor.extract_slice' op is not a static unit-stride slice of 'tensor<2x4x4xf32>' of full rank; the CUDA printer copies only those}}
+  %s = tensor.extract_slice %h[0, 0, 0] [1, 2, 4] [1, 2, 1] {moe.arena_offsets = array<i64: 768>} : tensor<2x4x4xf32> to tensor<1x2x4xf32>
+  %zero = arith.constant dense<0.0> : tensor<f32>
+  %counts = moe.expert_counts %ids {moe.arena_offsets = array<i64: 512>} : (tensor<2x4xi64>) -> tensor<1x8xi64>
+  return %loss, %loss, %zero, %zero, %zero, %counts : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<1x8xi64>
+}
+
+// -----
+
+// Tests that the printer refuses a routed op on a grid that is not the
+// program's mesh.
 shard.grid @mesh(shape = 1x1x2)
 func.func @init_params(%seed: tensor<i64> {moe.input = "seed"}) -> (tensor<8x4xf32> {moe.parameter = "w"}) {
   %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.02 : f64} : (tensor<i64>) -> tensor<8x4xf32>
@@ -764,67 +817,38 @@ func.func @init_params(%seed: tensor<i64> {moe.input = "seed"}) -> (tensor<8x4xf
 func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4xf32> {moe.exp_avg = "w"}, %v: tensor<8x4xf32> {moe.exp_avg_sq = "w"}, %ids: tensor<2x4xi64> {moe.input = "input_ids"}, %labels: tensor<2x4xi64> {moe.input = "labels"}, %step: tensor<i64> {moe.input = "step"}, %lr: tensor<f32> {moe.input = "lr"}) -> (tensor<f32> {moe.output = "loss"}, tensor<f32> {moe.output = "ce_loss"}, tensor<f32> {moe.output = "aux_loss"}, tensor<f32> {moe.output = "z_loss"}, tensor<f32> {moe.output = "grad_norm"}, tensor<1x8xi64> {moe.output = "expert_counts"}) attributes {moe.arena_bytes = 1024 : i64} {
   %h = moe.embedding %w[%ids] {moe.arena_offsets = array<i64: 0>} : (tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<2x4x4xf32>
   %loss = moe.lm_head_cross_entropy %h, %w, %labels {moe.arena_offsets = array<i64: 256>} : (tensor<2x4x4xf32>, tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<f32>
-  // expected-error@+1 {{'moe.token_shuffle' op belongs to a partitioned program (moe-expert-parallel, moe-hybrid-shard); the CUDA printer emits one-GPU programs only}}
-  %s = moe.token_shuffle %h, %step on @mesh grid_axes = [2] {seed = 0 : i64} : (tensor<2x4x4xf32>, tensor<i64>) -> tensor<2x4x4xf32>
+  %g, %e = moe.router %h {k = 2 : i64, load_balancing = #moe.load_balancing<aux_loss>, moe.arena_offsets = array<i64: 768, 800>} : (tensor<2x4x4xf32>) -> (tensor<2x4x2xf32>, tensor<2x4x2xi64>)
+  // expected-error@+1 {{'moe.token_shuffle' op runs on grid @other, which is not the program's mesh}}
+  %s = moe.token_shuffle %h, %step on @other grid_axes = [2] {seed = 0 : i64, moe.arena_offsets = array<i64: 0>} : (tensor<2x4x4xf32>, tensor<i64>) -> tensor<2x4x4xf32>
   %zero = arith.constant dense<0.0> : tensor<f32>
   %counts = moe.expert_counts %ids {moe.arena_offsets = array<i64: 512>} : (tensor<2x4xi64>) -> tensor<1x8xi64>
   return %loss, %loss, %zero, %zero, %zero, %counts : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<1x8xi64>
 }
 
+
 // -----
 
-// Tests that the printer refuses the load-balancing statistics.
+// Tests that the printer refuses a parameter block on a grid that is not
+// the program's mesh.
+shard.grid @mesh(shape = 1x2x1)
 func.func @init_params(%seed: tensor<i64> {moe.input = "seed"}) -> (tensor<8x4xf32> {moe.parameter = "w"}) {
-  %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.02 : f64} : (tensor<i64>) -> tensor<8x4xf32>
+  // expected-error@+1 {{'moe.param_init' op creates a block on grid @other, which is not the program's mesh}}
+  %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.02 : f64, global_shape = array<i64: 16, 4>, grid = @other, split_axes = array<i64: 1, -1>} : (tensor<i64>) -> tensor<8x4xf32>
   return %w : tensor<8x4xf32>
 }
-func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4xf32> {moe.exp_avg = "w"}, %v: tensor<8x4xf32> {moe.exp_avg_sq = "w"}, %ids: tensor<2x4xi64> {moe.input = "input_ids"}, %labels: tensor<2x4xi64> {moe.input = "labels"}, %step: tensor<i64> {moe.input = "step"}, %lr: tensor<f32> {moe.input = "lr"}, %probs: tensor<2x4x4xf32>, %mask: tensor<2x4x4xf32>) -> (tensor<f32> {moe.output = "loss"}, tensor<f32> {moe.output = "ce_loss"}, tensor<f32> {moe.output = "aux_loss"}, tensor<f32> {moe.output = "z_loss"}, tensor<f32> {moe.output = "grad_norm"}, tensor<1x8xi64> {moe.output = "expert_counts"}) attributes {moe.arena_bytes = 1024 : i64} {
+func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4xf32> {moe.exp_avg = "w"}, %v: tensor<8x4xf32> {moe.exp_avg_sq = "w"}, %ids: tensor<2x4xi64> {moe.input = "input_ids"}, %labels: tensor<2x4xi64> {moe.input = "labels"}, %step: tensor<i64> {moe.input = "step"}, %lr: tensor<f32> {moe.input = "lr"}) -> (tensor<f32> {moe.output = "loss"}, tensor<f32> {moe.output = "ce_loss"}, tensor<f32> {moe.output = "aux_loss"}, tensor<f32> {moe.output = "z_loss"}, tensor<f32> {moe.output = "grad_norm"}, tensor<1x8xi64> {moe.output = "expert_counts"}) attributes {moe.arena_bytes = 1024 : i64} {
   %h = moe.embedding %w[%ids] {moe.arena_offsets = array<i64: 0>} : (tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<2x4x4xf32>
   %loss = moe.lm_head_cross_entropy %h, %w, %labels {moe.arena_offsets = array<i64: 256>} : (tensor<2x4x4xf32>, tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<f32>
-  // expected-error@+1 {{'moe.load_balancing_stats' op belongs to a partitioned program (moe-expert-parallel, moe-hybrid-shard); the CUDA printer emits one-GPU programs only}}
-  %stats = moe.load_balancing_stats %probs, %mask {k = 2 : i64} : (tensor<2x4x4xf32>, tensor<2x4x4xf32>) -> tensor<2x4xf32>
   %zero = arith.constant dense<0.0> : tensor<f32>
   %counts = moe.expert_counts %ids {moe.arena_offsets = array<i64: 512>} : (tensor<2x4xi64>) -> tensor<1x8xi64>
   return %loss, %loss, %zero, %zero, %zero, %counts : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<1x8xi64>
 }
 
-// -----
-
-// Tests that the printer refuses the load-balancing loss of statistics.
-func.func @init_params(%seed: tensor<i64> {moe.input = "seed"}) -> (tensor<8x4xf32> {moe.parameter = "w"}) {
-  %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.02 : f64} : (tensor<i64>) -> tensor<8x4xf32>
-  return %w : tensor<8x4xf32>
-}
-func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4xf32> {moe.exp_avg = "w"}, %v: tensor<8x4xf32> {moe.exp_avg_sq = "w"}, %ids: tensor<2x4xi64> {moe.input = "input_ids"}, %labels: tensor<2x4xi64> {moe.input = "labels"}, %step: tensor<i64> {moe.input = "step"}, %lr: tensor<f32> {moe.input = "lr"}, %stats: tensor<2x4xf32>) -> (tensor<f32> {moe.output = "loss"}, tensor<f32> {moe.output = "ce_loss"}, tensor<f32> {moe.output = "aux_loss"}, tensor<f32> {moe.output = "z_loss"}, tensor<f32> {moe.output = "grad_norm"}, tensor<1x8xi64> {moe.output = "expert_counts"}) attributes {moe.arena_bytes = 1024 : i64} {
-  %h = moe.embedding %w[%ids] {moe.arena_offsets = array<i64: 0>} : (tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<2x4x4xf32>
-  %loss = moe.lm_head_cross_entropy %h, %w, %labels {moe.arena_offsets = array<i64: 256>} : (tensor<2x4x4xf32>, tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<f32>
-  // expected-error@+1 {{'moe.load_balancing_loss_from_stats' op belongs to a partitioned program (moe-expert-parallel, moe-hybrid-shard); the CUDA printer emits one-GPU programs only}}
-  %aux = moe.load_balancing_loss_from_stats %stats {k = 2 : i64} : (tensor<2x4xf32>) -> tensor<f32>
-  %zero = arith.constant dense<0.0> : tensor<f32>
-  %counts = moe.expert_counts %ids {moe.arena_offsets = array<i64: 512>} : (tensor<2x4xi64>) -> tensor<1x8xi64>
-  return %loss, %loss, %zero, %zero, %zero, %counts : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<1x8xi64>
-}
 
 // -----
 
-// Tests that the printer refuses the statistics' gradient.
-func.func @init_params(%seed: tensor<i64> {moe.input = "seed"}) -> (tensor<8x4xf32> {moe.parameter = "w"}) {
-  %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.02 : f64} : (tensor<i64>) -> tensor<8x4xf32>
-  return %w : tensor<8x4xf32>
-}
-func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4xf32> {moe.exp_avg = "w"}, %v: tensor<8x4xf32> {moe.exp_avg_sq = "w"}, %ids: tensor<2x4xi64> {moe.input = "input_ids"}, %labels: tensor<2x4xi64> {moe.input = "labels"}, %step: tensor<i64> {moe.input = "step"}, %lr: tensor<f32> {moe.input = "lr"}, %probs: tensor<2x4x4xf32>, %mask: tensor<2x4x4xf32>, %stats: tensor<2x4xf32>) -> (tensor<f32> {moe.output = "loss"}, tensor<f32> {moe.output = "ce_loss"}, tensor<f32> {moe.output = "aux_loss"}, tensor<f32> {moe.output = "z_loss"}, tensor<f32> {moe.output = "grad_norm"}, tensor<1x8xi64> {moe.output = "expert_counts"}) attributes {moe.arena_bytes = 1024 : i64} {
-  %h = moe.embedding %w[%ids] {moe.arena_offsets = array<i64: 0>} : (tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<2x4x4xf32>
-  %loss = moe.lm_head_cross_entropy %h, %w, %labels {moe.arena_offsets = array<i64: 256>} : (tensor<2x4x4xf32>, tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<f32>
-  // expected-error@+1 {{'moe.load_balancing_stats_grad' op belongs to a partitioned program (moe-expert-parallel, moe-hybrid-shard); the CUDA printer emits one-GPU programs only}}
-  %g:2 = moe.load_balancing_stats_grad %probs, %mask, %stats {k = 2 : i64, scale = 2.000000e-02 : f64} : (tensor<2x4x4xf32>, tensor<2x4x4xf32>, tensor<2x4xf32>) -> (tensor<2x4x4xf32>, tensor<2x4x4xf32>)
-  %zero = arith.constant dense<0.0> : tensor<f32>
-  %counts = moe.expert_counts %ids {moe.arena_offsets = array<i64: 512>} : (tensor<2x4xi64>) -> tensor<1x8xi64>
-  return %loss, %loss, %zero, %zero, %zero, %counts : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<1x8xi64>
-}
-
-// -----
-
-// Tests that the printer refuses moe.target_count.
+// Tests that the printer refuses a routed op whose counts do not match its group.
+shard.grid @mesh(shape = 1x1x2)
 func.func @init_params(%seed: tensor<i64> {moe.input = "seed"}) -> (tensor<8x4xf32> {moe.parameter = "w"}) {
   %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.02 : f64} : (tensor<i64>) -> tensor<8x4xf32>
   return %w : tensor<8x4xf32>
@@ -832,8 +856,28 @@ func.func @init_params(%seed: tensor<i64> {moe.input = "seed"}) -> (tensor<8x4xf
 func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4xf32> {moe.exp_avg = "w"}, %v: tensor<8x4xf32> {moe.exp_avg_sq = "w"}, %ids: tensor<2x4xi64> {moe.input = "input_ids"}, %labels: tensor<2x4xi64> {moe.input = "labels"}, %step: tensor<i64> {moe.input = "step"}, %lr: tensor<f32> {moe.input = "lr"}) -> (tensor<f32> {moe.output = "loss"}, tensor<f32> {moe.output = "ce_loss"}, tensor<f32> {moe.output = "aux_loss"}, tensor<f32> {moe.output = "z_loss"}, tensor<f32> {moe.output = "grad_norm"}, tensor<1x8xi64> {moe.output = "expert_counts"}) attributes {moe.arena_bytes = 1024 : i64} {
   %h = moe.embedding %w[%ids] {moe.arena_offsets = array<i64: 0>} : (tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<2x4x4xf32>
   %loss = moe.lm_head_cross_entropy %h, %w, %labels {moe.arena_offsets = array<i64: 256>} : (tensor<2x4x4xf32>, tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<f32>
-  // expected-error@+1 {{'moe.target_count' op belongs to a partitioned program (moe-expert-parallel, moe-hybrid-shard); the CUDA printer emits one-GPU programs only}}
-  %n = moe.target_count %labels : (tensor<2x4xi64>) -> tensor<f32>
+  %g, %e = moe.router %h {k = 2 : i64, load_balancing = #moe.load_balancing<aux_loss>, moe.arena_offsets = array<i64: 768, 800>} : (tensor<2x4x4xf32>) -> (tensor<2x4x2xf32>, tensor<2x4x2xi64>)
+  // expected-error@+1 {{'moe.dispatch' op runs on a group of 2 ranks but its counts are 'tensor<4x1xi64>'}}
+  %r, %re, %c = moe.dispatch %h, %e on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>, moe.arena_offsets = array<i64: 0, 0, 0>} : (tensor<2x4x4xf32>, tensor<2x4x2xi64>) -> (tensor<?x4xf32>, tensor<?x1xi64>, tensor<4x1xi64>)
+  %zero = arith.constant dense<0.0> : tensor<f32>
+  %counts = moe.expert_counts %ids {moe.arena_offsets = array<i64: 512>} : (tensor<2x4xi64>) -> tensor<1x8xi64>
+  return %loss, %loss, %zero, %zero, %zero, %counts : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<1x8xi64>
+}
+
+// -----
+
+// Tests that the printer's load-balancing statistics take one logits shape.
+func.func @init_params(%seed: tensor<i64> {moe.input = "seed"}) -> (tensor<8x4xf32> {moe.parameter = "w"}) {
+  %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.02 : f64} : (tensor<i64>) -> tensor<8x4xf32>
+  return %w : tensor<8x4xf32>
+}
+func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4xf32> {moe.exp_avg = "w"}, %v: tensor<8x4xf32> {moe.exp_avg_sq = "w"}, %ids: tensor<2x4xi64> {moe.input = "input_ids"}, %labels: tensor<2x4xi64> {moe.input = "labels"}, %step: tensor<i64> {moe.input = "step"}, %lr: tensor<f32> {moe.input = "lr"}) -> (tensor<f32> {moe.output = "loss"}, tensor<f32> {moe.output = "ce_loss"}, tensor<f32> {moe.output = "aux_loss"}, tensor<f32> {moe.output = "z_loss"}, tensor<f32> {moe.output = "grad_norm"}, tensor<1x8xi64> {moe.output = "expert_counts"}) attributes {moe.arena_bytes = 1024 : i64} {
+  %h = moe.embedding %w[%ids] {moe.arena_offsets = array<i64: 0>} : (tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<2x4x4xf32>
+  %loss = moe.lm_head_cross_entropy %h, %w, %labels {moe.arena_offsets = array<i64: 256>} : (tensor<2x4x4xf32>, tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<f32>
+  %a = moe.linear %h, %w {moe.arena_offsets = array<i64: 768>} : (tensor<2x4x4xf32>, tensor<8x4xf32>) -> tensor<2x4x8xf32>
+  %b = tensor.collapse_shape %h [[0, 1], [2]] : tensor<2x4x4xf32> into tensor<8x4xf32>
+  // expected-error@+1 {{'moe.load_balancing_stats' op takes logits of types 'tensor<2x4x4xf32>' and 'tensor<8x4xf32>'; the CUDA kernels need one shape}}
+  %stats = moe.load_balancing_stats %h, %b {k = 2 : i64, moe.arena_offsets = array<i64: 768>} : (tensor<2x4x4xf32>, tensor<8x4xf32>) -> tensor<2x4xf32>
   %zero = arith.constant dense<0.0> : tensor<f32>
   %counts = moe.expert_counts %ids {moe.arena_offsets = array<i64: 512>} : (tensor<2x4xi64>) -> tensor<1x8xi64>
   return %loss, %loss, %zero, %zero, %zero, %counts : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<1x8xi64>
@@ -846,28 +890,11 @@ func.func @init_params(%seed: tensor<i64> {moe.input = "seed"}) -> (tensor<8x4xf
   %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.02 : f64} : (tensor<i64>) -> tensor<8x4xf32>
   return %w : tensor<8x4xf32>
 }
-func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4xf32> {moe.exp_avg = "w"}, %v: tensor<8x4xf32> {moe.exp_avg_sq = "w"}, %ids: tensor<2x4xi64> {moe.input = "input_ids"}, %labels: tensor<2x4xi64> {moe.input = "labels"}, %step: tensor<i64> {moe.input = "step"}, %lr: tensor<f32> {moe.input = "lr"}, %logits: tensor<2x4x4xf32>) -> (tensor<f32> {moe.output = "loss"}, tensor<f32> {moe.output = "ce_loss"}, tensor<f32> {moe.output = "aux_loss"}, tensor<f32> {moe.output = "z_loss"}, tensor<f32> {moe.output = "grad_norm"}, tensor<1x8xi64> {moe.output = "expert_counts"}) attributes {moe.arena_bytes = 1024 : i64} {
-  %h = moe.embedding %w[%ids] {moe.arena_offsets = array<i64: 0>} : (tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<2x4x4xf32>
-  %loss = moe.lm_head_cross_entropy %h, %w, %labels {moe.arena_offsets = array<i64: 256>} : (tensor<2x4x4xf32>, tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<f32>
-  // expected-error@+1 {{'moe.router' op routes groups of 4 tokens (tokens_per_group); the CUDA kernels route all tokens of the step together}}
-  %g, %e = moe.router %logits {k = 2 : i64, load_balancing = #moe.load_balancing<sinkhorn>, tokens_per_group = 4 : i64} : (tensor<2x4x4xf32>) -> (tensor<2x4x2xf32>, tensor<2x4x2xi64>)
-  %zero = arith.constant dense<0.0> : tensor<f32>
-  %counts = moe.expert_counts %ids {moe.arena_offsets = array<i64: 512>} : (tensor<2x4xi64>) -> tensor<1x8xi64>
-  return %loss, %loss, %zero, %zero, %zero, %counts : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<1x8xi64>
-}
-
-// -----
-
-// Tests that the printer refuses a rank's block of a parameter.
-shard.grid @mesh(shape = 1x2x1)
-func.func @init_params(%seed: tensor<i64> {moe.input = "seed"}) -> (tensor<8x4xf32> {moe.parameter = "w"}) {
-  // expected-error@+1 {{'moe.param_init' op creates one rank's block of 'w' (grid, split_axes); the CUDA printer creates whole parameters only}}
-  %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.02 : f64, global_shape = array<i64: 16, 4>, grid = @mesh, split_axes = array<i64: 1, -1>} : (tensor<i64>) -> tensor<8x4xf32>
-  return %w : tensor<8x4xf32>
-}
 func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4xf32> {moe.exp_avg = "w"}, %v: tensor<8x4xf32> {moe.exp_avg_sq = "w"}, %ids: tensor<2x4xi64> {moe.input = "input_ids"}, %labels: tensor<2x4xi64> {moe.input = "labels"}, %step: tensor<i64> {moe.input = "step"}, %lr: tensor<f32> {moe.input = "lr"}) -> (tensor<f32> {moe.output = "loss"}, tensor<f32> {moe.output = "ce_loss"}, tensor<f32> {moe.output = "aux_loss"}, tensor<f32> {moe.output = "z_loss"}, tensor<f32> {moe.output = "grad_norm"}, tensor<1x8xi64> {moe.output = "expert_counts"}) attributes {moe.arena_bytes = 1024 : i64} {
   %h = moe.embedding %w[%ids] {moe.arena_offsets = array<i64: 0>} : (tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<2x4x4xf32>
   %loss = moe.lm_head_cross_entropy %h, %w, %labels {moe.arena_offsets = array<i64: 256>} : (tensor<2x4x4xf32>, tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<f32>
+  // expected-error@+1 {{'moe.router' op routes groups of 4 tokens (tokens_per_group); the CUDA kernels route all tokens of the step together}}
+  %g, %e = moe.router %h {k = 2 : i64, load_balancing = #moe.load_balancing<sinkhorn>, tokens_per_group = 4 : i64, moe.arena_offsets = array<i64: 768, 800>} : (tensor<2x4x4xf32>) -> (tensor<2x4x2xf32>, tensor<2x4x2xi64>)
   %zero = arith.constant dense<0.0> : tensor<f32>
   %counts = moe.expert_counts %ids {moe.arena_offsets = array<i64: 512>} : (tensor<2x4xi64>) -> tensor<1x8xi64>
   return %loss, %loss, %zero, %zero, %zero, %counts : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<1x8xi64>
