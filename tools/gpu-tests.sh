@@ -8,6 +8,10 @@
 #   tools/gpu-tests.sh run DIR       # where the GPU is (python3 with numpy
 #                                    # and onnx): runs them and checks
 #
+# `prepare-sources DIR` instead of `prepare` leaves nvcc to the run half
+# (moec compile --emit cuda and the runtime libraries into DIR): the build
+# then runs on the GPU machine's cores.
+#
 # Checks: the kernel and communicator unit tests (runtime/tests; the
 # collectives on NCCL's world of one rank and on the thread world of 2, 4
 # and 8 ranks); for the tiny Mixtral in fp32
@@ -49,7 +53,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 mode="${1:-}"
 dir="${2:-}"
 if [[ -z "$mode" || -z "$dir" ]]; then
-  echo "usage: $0 prepare|run DIR" >&2
+  echo "usage: $0 prepare|prepare-sources|run DIR" >&2
   exit 2
 fi
 modes=(aux_loss none sinkhorn balanced)
@@ -85,9 +89,40 @@ partitioned_cases() {
 }
 export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
 
-if [[ "$mode" == prepare ]]; then
-  moec="${MOEC:-$root/build/bin/moec}"
+# Builds runtime/tests/*.cu into DIR/tests with the runtime libraries in
+# LIBDIR: build_tests DIR LIBDIR CUDNN_LIBRARY NCCL_LIBRARY.
+build_tests() {
+  local out="$1" lib="$2" cudnn="$3" nccl="$4" nvcc test name
   nvcc="${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}"
+  for test in "$root"/runtime/tests/*.cu; do
+    name="$(basename "$test" .cu)"
+    local communicator=()
+    if [[ "$name" == CommunicatorTest ]]; then
+      communicator=(-L"$(dirname "$nccl")" -Xlinker -rpath="$(dirname "$nccl")" -lnccl)
+    fi
+    echo "\"$nvcc\" -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a \
+      -I\"$root/runtime/include\" \"$test\" -o \"$out/tests/$name\" \
+      \"$lib/libmoert_cudnn.a\" \"$lib/libmoert.a\" \
+      -L\"$(dirname "$cudnn")\" -Xlinker -rpath=\"$(dirname "$cudnn")\" \
+      ${communicator[*]} -lcudnn -lnvrtc -lcublas -lcublasLt"
+  done | xargs -P "$(nproc)" -I{} sh -c '{}'
+}
+
+if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
+  moec_bin="${MOEC:-$root/build/bin/moec}"
+  # prepare-sources writes the programs' sources and build.sh (moec compile
+  # --emit cuda) for the run half to build, where nvcc has the GPU box's
+  # cores.
+  emit=()
+  [[ "$mode" == prepare-sources ]] && emit=(--emit cuda)
+  moec() {
+    if [[ "$1" == compile ]]; then
+      "$moec_bin" "$@" "${emit[@]}"
+    else
+      "$moec_bin" "$@"
+    fi
+  }
+  moec=moec
   build="${MOEC_BUILD:-$root/build}"
   # The attention test covers the cuDNN kernels too: it links moec's
   # moert_cudnn library and the cuDNN that the build found.
@@ -106,19 +141,15 @@ if [[ "$mode" == prepare ]]; then
     exit 1
   fi
   mkdir -p "$dir/tests" "$dir/data"
-  for test in "$root"/runtime/tests/*.cu; do
-    name="$(basename "$test" .cu)"
-    communicator=()
-    if [[ "$name" == CommunicatorTest ]]; then
-      communicator=(-L"$(dirname "$nccl")" -Xlinker -rpath="$(dirname "$nccl")" -lnccl)
-    fi
-    "$nvcc" -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a \
-      -I"$root/runtime/include" "$test" \
-      -o "$dir/tests/$name" "$build/runtime/libmoert_cudnn.a" \
-      "$build/runtime/libmoert.a" \
-      -L"$(dirname "$cudnn")" -Xlinker -rpath="$(dirname "$cudnn")" \
-      "${communicator[@]}" -lcudnn -lnvrtc -lcublas -lcublasLt
-  done
+  if [[ "$mode" == prepare-sources ]]; then
+    # The run half builds: it needs moec's runtime libraries and where
+    # cuDNN and NCCL were found.
+    mkdir -p "$dir/lib"
+    cp "$build/runtime/libmoert.a" "$build/runtime/libmoert_cudnn.a" "$dir/lib/"
+    printf 'cudnn=%q\nnccl=%q\n' "$cudnn" "$nccl" > "$dir/lib/paths.sh"
+  else
+    build_tests "$dir" "$build/runtime" "$cudnn" "$nccl"
+  fi
   python3 -m moec.tokens "$root/test/Inputs/fortunes/train.pb" "$dir/data/train.bin"
   model="$root/test/Inputs/tiny/tiny-ort.onnx"
   for m in "${modes[@]}"; do
@@ -212,6 +243,15 @@ if [[ "$mode" == prepare ]]; then
 fi
 
 [[ "$mode" == run ]] || { echo "unknown mode '$mode'" >&2; exit 2; }
+if [[ -f "$dir/lib/paths.sh" ]]; then
+  # Prepared by prepare-sources: build the tests and every program here.
+  # shellcheck disable=SC1091
+  source "$dir/lib/paths.sh"
+  build_tests "$dir" "$dir/lib" "$cudnn" "$nccl"
+  find "$dir" -name build.sh -print0 |
+    MOERT_INCLUDE_DIR="$root/runtime/include" MOERT_LIBRARY_DIR="$dir/lib" \
+      xargs -0 -P "$(nproc)" -n 1 sh
+fi
 out="$dir/out"
 rm -rf "$out" && mkdir -p "$out"
 for test in "$dir"/tests/*; do

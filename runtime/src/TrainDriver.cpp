@@ -401,6 +401,9 @@ int runRank(const TrainProgram &p, const Options &o,
     timedWorld = collectiveTimes.wrap(*place.world);
     orExit(MeshGroups::create(*timedWorld, p.mesh, mesh));
     ctx.mesh = mesh.get();
+    // The collectives the printer overlaps run here (Collectives.cuh).
+    MOERT_CUDA_CHECK(cudaStreamCreateWithFlags(&ctx.collectiveStream,
+                                               cudaStreamNonBlocking));
   }
   const int64_t h = mesh ? mesh->coordinate(kShardAxis) : 0;
   const int64_t e = mesh ? mesh->coordinate(kExpertAxis) : 0;

@@ -18,7 +18,9 @@
 // plus OUT/manifest.json (the job, the mesh and which rank runs which
 // program, what was compiled, the memory plan). Sources
 // are written atomically; nvcc is skipped when a program's source and flags
-// hash to the ones it was built from (OUT/<program>.hash). The config's keys
+// hash to the ones it was built from (OUT/<program>.hash). With --emit cuda
+// nothing is built: OUT/build.sh holds the nvcc commands, for a machine
+// where nvcc is. The config's keys
 // follow SMP's names (docs/cuda-backend.md).
 //
 //===----------------------------------------------------------------------===//
@@ -98,6 +100,66 @@ bool writeFile(llvm::StringRef path, llvm::StringRef text,
   return true;
 }
 
+/// With --emit cuda: OUT/build.sh, the nvcc commands moec would have run,
+/// to build the programs where nvcc is (a GPU node; compile on a login node
+/// without CUDA). Paths of this moec's runtime and of OUT become variables:
+/// MOERT_INCLUDE_DIR, MOERT_LIBRARY_DIR (libmoert.a, libmoert_cudnn.a) and
+/// NVCC default to this build's, OUT to the script's own folder.
+std::string buildScript;
+
+/// Appends the command `args` to buildScript, its paths made variables.
+void buildScriptLine(const std::vector<std::string> &args) {
+  std::string runtimeLibraryDir;
+#ifdef MOERT_LIBRARY
+  runtimeLibraryDir = llvm::sys::path::parent_path(MOERT_LIBRARY).str();
+#endif
+  std::string line = "\"${NVCC:-nvcc}\"";
+  auto quote = [](llvm::StringRef text) {
+    std::string quoted = "'";
+    for (char c : text)
+      quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return quoted + "'";
+  };
+  // Whether `path` is `dir` or in it.
+  auto under = [](llvm::StringRef path, llvm::StringRef dir) {
+    return !dir.empty() && path.starts_with(dir) &&
+           (path.size() == dir.size() ||
+            llvm::sys::path::is_separator(path[dir.size()]));
+  };
+  for (llvm::StringRef arg : llvm::ArrayRef(args).drop_front()) {
+    llvm::StringRef flag = arg.starts_with("-I") ? "-I" : "";
+    llvm::StringRef path = arg.drop_front(flag.size());
+    std::string word;
+    if (under(path, MOERT_INCLUDE_DIR))
+      word = "\"${MOERT_INCLUDE_DIR}\"" +
+             quote(path.drop_front(strlen(MOERT_INCLUDE_DIR)));
+    else if (under(path, runtimeLibraryDir))
+      word = "\"${MOERT_LIBRARY_DIR}\"" +
+             quote(path.drop_front(runtimeLibraryDir.size()));
+    else if (under(path, outDir.getValue()))
+      word = "\"${OUT}\"" + quote(path.drop_front(outDir.size()));
+    else
+      word = quote(path);
+    line += " " + flag.str() + word;
+  }
+  if (buildScript.empty()) {
+    buildScript = fmt::format(
+        "#!/bin/sh\n"
+        "# Written by moec compile --emit cuda: builds this folder's programs "
+        "with nvcc.\n"
+        "# Set MOERT_INCLUDE_DIR (moec's runtime/include), MOERT_LIBRARY_DIR "
+        "(the folder of\n"
+        "# libmoert.a) and NVCC where they differ from where moec was "
+        "built.\n"
+        "set -e\n"
+        "OUT=\"$(cd \"$(dirname \"$0\")\" && pwd)\"\n"
+        ": \"${{MOERT_INCLUDE_DIR:={}}}\"\n"
+        ": \"${{MOERT_LIBRARY_DIR:={}}}\"\n",
+        MOERT_INCLUDE_DIR, runtimeLibraryDir);
+  }
+  buildScript += line + "\n";
+}
+
 /// Builds `source` into OUT/<name> with nvcc unless the cache says it is
 /// current. Returns false with `error` set on failure.
 bool buildProgram(llvm::StringRef name, const std::string &source,
@@ -111,8 +173,21 @@ bool buildProgram(llvm::StringRef name, const std::string &source,
   if (!writeFile(cuPath, source, error))
     return false;
   llvm::outs() << fmt::format("wrote {}\n", cuPath.str().str());
-  if (emit == "cuda")
+  std::string archNumber = arch.getValue().substr(3);
+  auto nvccArgs = [&](std::string nvcc) {
+    std::vector<std::string> args = {
+        std::move(nvcc), "-O3", "-std=c++17",
+        fmt::format("-gencode=arch=compute_{},code={}", archNumber,
+                    arch.getValue()),
+        "-I" MOERT_INCLUDE_DIR, std::string(cuPath),
+        "-o", std::string(binPath)};
+    args.insert(args.end(), extraFlags.begin(), extraFlags.end());
+    return args;
+  };
+  if (emit == "cuda") {
+    buildScriptLine(nvccArgs("nvcc"));
     return true;
+  }
 
   llvm::ErrorOr<std::string> nvcc =
       llvm::sys::findProgramByName("nvcc", {"/usr/local/cuda/bin"});
@@ -121,14 +196,7 @@ bool buildProgram(llvm::StringRef name, const std::string &source,
             "CUDA toolkit or use --emit cuda";
     return false;
   }
-  std::string archNumber = arch.getValue().substr(3);
-  std::vector<std::string> args = {
-      *nvcc, "-O3", "-std=c++17",
-      fmt::format("-gencode=arch=compute_{},code={}", archNumber,
-                  arch.getValue()),
-      "-I" MOERT_INCLUDE_DIR, std::string(cuPath),
-      "-o", std::string(binPath)};
-  args.insert(args.end(), extraFlags.begin(), extraFlags.end());
+  std::vector<std::string> args = nvccArgs(*nvcc);
   // The kernel cache: the source, every header it can include, and the
   // command line, hashed.
   std::string key = source;
@@ -329,5 +397,17 @@ int moec::cli::runCompile(const TrainingJobFlags &jobFlags) {
   if ((!partitioned && !buildProgram("init_params", initSource, {}, {}, error)) ||
       !buildProgram("train_step", trainSource, trainFlags, trainLinked, error))
     return fail(error);
+  if (emit == "cuda") {
+    llvm::SmallString<256> scriptPath(outDir.getValue());
+    llvm::sys::path::append(scriptPath, "build.sh");
+    if (!writeFile(scriptPath, buildScript, error))
+      return fail(error);
+    if (std::error_code ec = llvm::sys::fs::setPermissions(
+            scriptPath, llvm::sys::fs::all_read | llvm::sys::fs::all_exe |
+                            llvm::sys::fs::owner_write))
+      return fail(fmt::format("cannot make '{}' executable: {}",
+                              scriptPath.str().str(), ec.message()));
+    llvm::outs() << fmt::format("wrote {}\n", scriptPath.str().str());
+  }
   return 0;
 }

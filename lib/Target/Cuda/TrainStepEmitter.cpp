@@ -1039,6 +1039,14 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
     return failure();
   auto ptr = [&](Value v) { return pointer(op, v); };
   auto shape = [](Value v) { return typeOf(v).getShape(); };
+  // The cross-entropy kernels' optional trailing arguments: the loss (of
+  // _with_grad) and the global target count a partitioned step divides by.
+  auto trailing = [&](Value loss, Value targetCount) {
+    if (!targetCount)
+      return loss ? ", " + typed(loss) : std::string();
+    return fmt::format(", {}, {}", loss ? typed(loss) : "nullptr",
+                       typed(targetCount));
+  };
   // moe.lm_head_cross_entropy_grad, or _with_grad with its `loss` too.
   auto printLossGrad = [&](auto l, Value loss) -> LogicalResult {
     auto s = shape(l.getInput());
@@ -1054,7 +1062,7 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
         args, s[0], s[1], s[2], vocab,
         static_cast<int64_t>(l.getIgnoreIndex()),
         floatLiteral(l.getScale().convertToDouble()), typed(l.getDInput()),
-        typed(l.getDWeight()), loss ? ", " + typed(loss) : std::string());
+        typed(l.getDWeight()), trailing(loss, l.getTargetCount()));
     scratch(crossEntropyScratch(l.getInput(), l.getWeight()));
     return success();
   };
@@ -1372,11 +1380,14 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
             op, {l.getInput(), l.getWeight(), l.getLabels()}, ok);
         if (!ok)
           return failure();
+        Value targetCount = l.getTargetCount();
         body += fmt::format("  moert::kernels::lmHeadCrossEntropy(ctx, {}, {}, "
-                            "{}, {}, {}, {}, {});\n",
+                            "{}, {}, {}, {}, {}{});\n",
                             args, s[0], s[1], s[2], vocab,
                             static_cast<int64_t>(l.getIgnoreIndex()),
-                            typed(l.getLoss()));
+                            typed(l.getLoss()),
+                            targetCount ? ", " + typed(targetCount)
+                                        : std::string());
         scratch(crossEntropyScratch(l.getInput(), l.getWeight()));
         return success();
       })

@@ -213,11 +213,19 @@ inline void endCollective(const Context &ctx, int id) {
                                      ctx.collectiveStream));
 }
 
-/// The compute stream waits for collective `id` to end.
+/// The compute stream waits for collective `id` to end. A join inside a
+/// captured segment (moert/StepGraphs.h) waits on an event recorded outside
+/// the capture, between the segments' replays: it is captured as an
+/// external event wait, which waits for the record made before the replay.
 inline void joinCollective(const Context &ctx, int id) {
-  if (ctx.collectiveStream)
-    MOERT_CUDA_CHECK(
-        cudaStreamWaitEvent(ctx.stream, collectiveEvents(id)[1], 0));
+  if (!ctx.collectiveStream)
+    return;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  MOERT_CUDA_CHECK(cudaStreamIsCapturing(ctx.stream, &capture));
+  MOERT_CUDA_CHECK(cudaStreamWaitEvent(
+      ctx.stream, collectiveEvents(id)[1],
+      capture == cudaStreamCaptureStatusActive ? cudaEventWaitExternal
+                                               : cudaEventWaitDefault));
 }
 
 /// A static slice of a tensor (tensor.extract_slice / insert_slice with unit

@@ -143,20 +143,25 @@ inline int64_t crossEntropyScratchBytes(int64_t rows, int64_t H, int64_t V,
   return bytes;
 }
 
-/// loss (device fp32 scalar) of h [rows = B·S, H] against W [V, H].
+/// loss (device fp32 scalar) of h [rows = B·S, H] against W [V, H]; the
+/// sum over targets is divided by `targetCount` (a device fp32 scalar: the
+/// global batch's count in a partitioned step) when given, else by the
+/// number of targets in `labels`.
 template <class T>
 void lmHeadCrossEntropy(const Context &ctx, const T *h, const T *w,
                         const int64_t *labels, int64_t B, int64_t S,
                         int64_t H, int64_t V, int64_t ignoreIndex,
-                        float *loss) {
+                        float *loss, const float *targetCount = nullptr) {
   int64_t rows = B * S, offset = 0;
   int64_t chunk = detail::crossEntropyChunk(rows, V);
   float *logits = scratchAt<float>(ctx, offset, chunk * V);
   scratchAt<T>(ctx, offset, chunk * V);
   float *rowLoss = scratchAt<float>(ctx, offset, rows);
-  float *count = scratchAt<float>(ctx, offset, 1);
-  detail::countTargetsKernel<<<1, 1024, 0, ctx.stream>>>(labels, rows, S, V,
-                                                         ignoreIndex, count);
+  float *localCount = scratchAt<float>(ctx, offset, 1);
+  const float *count = targetCount ? targetCount : localCount;
+  if (!targetCount)
+    detail::countTargetsKernel<<<1, 1024, 0, ctx.stream>>>(
+        labels, rows, S, V, ignoreIndex, localCount);
   for (int64_t first = 0; first < rows; first += chunk) {
     int64_t n = rows - first < chunk ? rows - first : chunk;
     gemm<T, float>(ctx, false, true, n, V, H, 1.0f, h + first * H, H, w, H,
@@ -169,24 +174,27 @@ void lmHeadCrossEntropy(const Context &ctx, const T *h, const T *w,
 }
 
 /// dh (overwrite) and dW (overwrite, T or fp32) of scale × the loss; with a
-/// `loss` pointer also the loss (device fp32 scalar), from the same logits.
+/// `loss` pointer also the loss (device fp32 scalar), from the same logits;
+/// `targetCount` as lmHeadCrossEntropy's.
 template <class T, class TW>
 void lmHeadCrossEntropyGrad(const Context &ctx, const T *h, const T *w,
                             const int64_t *labels, int64_t B, int64_t S,
                             int64_t H, int64_t V, int64_t ignoreIndex,
-                            float scale, T *dh, TW *dw,
-                            float *loss = nullptr) {
+                            float scale, T *dh, TW *dw, float *loss = nullptr,
+                            const float *targetCount = nullptr) {
   int64_t rows = B * S, offset = 0;
   int64_t chunk = detail::crossEntropyChunk(rows, V);
   float *logits = scratchAt<float>(ctx, offset, chunk * V);
   T *dLogits = scratchAt<T>(ctx, offset, chunk * V);
   float *rowLoss = scratchAt<float>(ctx, offset, rows);
-  float *count = scratchAt<float>(ctx, offset, 1);
+  float *localCount = scratchAt<float>(ctx, offset, 1);
+  const float *count = targetCount ? targetCount : localCount;
   float *dwAccumulator = nullptr;
   if constexpr (sizeof(TW) != 4)
     dwAccumulator = scratchAt<float>(ctx, offset, V * H);
-  detail::countTargetsKernel<<<1, 1024, 0, ctx.stream>>>(labels, rows, S, V,
-                                                         ignoreIndex, count);
+  if (!targetCount)
+    detail::countTargetsKernel<<<1, 1024, 0, ctx.stream>>>(
+        labels, rows, S, V, ignoreIndex, localCount);
   for (int64_t first = 0; first < rows; first += chunk) {
     int64_t n = rows - first < chunk ? rows - first : chunk;
     gemm<T, float>(ctx, false, true, n, V, H, 1.0f, h + first * H, H, w, H,
