@@ -102,7 +102,7 @@ build_tests() {
     fi
     echo "\"$nvcc\" -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a \
       -I\"$root/runtime/include\" \"$test\" -o \"$out/tests/$name\" \
-      \"$lib/libmoert_cudnn.a\" \"$lib/libmoert.a\" \
+      \"$lib/libmoert_cudnn.a\" \"$lib/libmoert.a\" \"$lib/libmoert_hf.a\" \
       -L\"$(dirname "$cudnn")\" -Xlinker -rpath=\"$(dirname "$cudnn")\" \
       ${communicator[*]} -lcudnn -lnvrtc -lcublas -lcublasLt"
   done | xargs -P "$(nproc)" -I{} sh -c '{}'
@@ -145,7 +145,8 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
     # The run half builds: it needs moec's runtime libraries and where
     # cuDNN and NCCL were found.
     mkdir -p "$dir/lib"
-    cp "$build/runtime/libmoert.a" "$build/runtime/libmoert_cudnn.a" "$dir/lib/"
+    cp "$build/runtime/libmoert.a" "$build/runtime/libmoert_hf.a" \
+      "$build/runtime/libmoert_cudnn.a" "$dir/lib/"
     printf 'cudnn=%q\nnccl=%q\n' "$cudnn" "$nccl" > "$dir/lib/paths.sh"
   else
     build_tests "$dir" "$build/runtime" "$cudnn" "$nccl"
