@@ -38,7 +38,16 @@
 # partitioned run (`moec train --reference --world-size W`: loss, aux loss,
 # grad norm) and the unpartitioned run on the W micro-batches together
 # (the same metrics and every gathered final parameter), relative error
-# < 1e-4. Exits non-zero on the first failure.
+# < 1e-4. Hugging Face checkpoints (docs/hf-checkpoints.md): a program
+# compiled with --init-from a save_pretrained checkpoint trains 3 steps
+# equal to the CPU reference started from it, its --export-hf loads in
+# transformers (MixtralForCausalLM.from_pretrained, unchanged) with logits
+# equal to moec's reference forward on the reference's export (relative L2
+# < 1e-4; bf16 exports within 2e-2), a learning-rate-0 step exports the
+# checkpoint bit for bit (also from one transformers makes on the GPU
+# machine, and from W = 4 simulated ranks under (P, H) = (2, 2)); the run
+# half needs torch and transformers for those. Exits non-zero on the first
+# failure.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 mode="${1:-}"
@@ -93,7 +102,7 @@ build_tests() {
     fi
     echo "\"$nvcc\" -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a \
       -I\"$root/runtime/include\" \"$test\" -o \"$out/tests/$name\" \
-      \"$lib/libmoert_cudnn.a\" \"$lib/libmoert.a\" \
+      \"$lib/libmoert_cudnn.a\" \"$lib/libmoert.a\" \"$lib/libmoert_hf.a\" \
       -L\"$(dirname "$cudnn")\" -Xlinker -rpath=\"$(dirname "$cudnn")\" \
       ${communicator[*]} -lcudnn -lnvrtc -lcublas -lcublasLt"
   done | xargs -P "$(nproc)" -I{} sh -c '{}'
@@ -136,7 +145,8 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
     # The run half builds: it needs moec's runtime libraries and where
     # cuDNN and NCCL were found.
     mkdir -p "$dir/lib"
-    cp "$build/runtime/libmoert.a" "$build/runtime/libmoert_cudnn.a" "$dir/lib/"
+    cp "$build/runtime/libmoert.a" "$build/runtime/libmoert_hf.a" \
+      "$build/runtime/libmoert_cudnn.a" "$dir/lib/"
     printf 'cudnn=%q\nnccl=%q\n' "$cudnn" "$nccl" > "$dir/lib/paths.sh"
   else
     build_tests "$dir" "$build/runtime" "$cudnn" "$nccl"
@@ -205,6 +215,30 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
     "$moec" train "$e8" --reference --tokens "$tokens" --steps 3 "${common[@]}" \
       $flags --log "$dir/part-$name.csv" > /dev/null
   done < <(partitioned_cases)
+  # Hugging Face checkpoints: programs bound to the save_pretrained fixture,
+  # the CPU reference started from it, and moec's forward on the
+  # reference's export (the logits transformers must reproduce).
+  # The fixture travels with DIR; the programs bind its path here, and the
+  # run half passes --init-from when DIR moved.
+  rm -rf "$dir/hf-tiny" && cp -r "$root/test/Inputs/hf/tiny" "$dir/hf-tiny"
+  hf="$dir/hf-tiny"
+  printf '{"micro_batch_size": 2, "seq_length": 64, "init_from": "%s"}\n' "$hf" > "$dir/hf.json"
+  "$moec" compile "$model" --config "$dir/hf.json" -o "$dir/hf"
+  printf '{"micro_batch_size": 2, "seq_length": 64, "world_size": 4, "expert_parallel_degree": 2, "hybrid_shard_degree": 2, "init_from": "%s"}\n' \
+    "$hf" > "$dir/hf-part.json"
+  rm -rf "$dir/hf-part"
+  if ! "$moec" compile "$model" --config "$dir/hf-part.json" -o "$dir/hf-part"; then
+    echo "SKIPPED: moec compile refused the layout W=4 P=2 H=2 with init_from"
+    rm -rf "$dir/hf-part"
+  fi
+  rm -rf "$dir/ref-hf" "$dir/ref-hf-export"
+  "$moec" train "$model" --reference --tokens "$root/test/Inputs/fortunes/train.pb" \
+    --micro-batch-size 2 --steps 3 --init-from "$hf" --dump "$dir/ref-hf" \
+    --log "$dir/ref-hf.csv" --export-hf "$dir/ref-hf-export" > /dev/null
+  python3 -c "import numpy as np, onnx.numpy_helper as h, sys; ids = np.arange(2 * 13, dtype=np.int64).reshape(2, 13) * 37 % 256; np.save(sys.argv[1] + '.npy', ids); open(sys.argv[1] + '.pb', 'wb').write(h.from_array(ids, 'input_ids').SerializeToString())" \
+    "$dir/hf-ids"
+  "$moec" run "$model" --input "$dir/hf-ids.pb" --init-from "$dir/ref-hf-export" \
+    --output "$dir/ref-hf-logits.pb" > /dev/null
   echo "prepared $dir"
   exit 0
 fi
@@ -279,6 +313,49 @@ if [[ -x "$dir/part-4-2-2/train_step" && -x "$dir/part-4-4-1/train_step" && -x "
   done
 else
   echo "== SKIPPED: resharding W=4 (2, 2) -> (4, 1), (1, 4) (not compiled)"
+fi
+compare="$root/test/Inputs/hf/compare_checkpoints.py"
+hf="$dir/hf-tiny"
+# The programs start from the checkpoint bound at compile time; where DIR
+# was prepared at another path, from the same folder named at run time.
+bound="$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['hf_checkpoint']['init_from'])" "$dir/hf/manifest.json")"
+rebind=()
+if [[ "$bound" != "$hf" ]]; then
+  rebind=(--init-from "$hf")
+fi
+# transformers' logits on a checkpoint folder against moec's reference
+# forward on the reference's export, relative L2 within $2.
+check_hf_logits() {
+  python3 -m moec.hf_checkpoint logits "$1" --tokens "$dir/hf-ids.npy" -o "$out/hf-logits.npy"
+  python3 -c "import numpy as np, onnx, onnx.numpy_helper as h, sys; t = onnx.TensorProto(); t.ParseFromString(open(sys.argv[1], 'rb').read()); want = h.to_array(t); got = np.load(sys.argv[2]); err = float(np.linalg.norm(got - want) / np.linalg.norm(want)); print('transformers vs moec reference: relative L2 %.3g' % err); sys.exit(err > float(sys.argv[3]))" \
+    "$dir/ref-hf-logits.pb" "$out/hf-logits.npy" "$2"
+}
+echo "== Hugging Face: 3 steps from a save_pretrained checkpoint against the CPU reference, exported, loaded by transformers"
+"$dir/hf/train_step" "${rebind[@]}" --tokens "$dir/data/train.bin" --steps 3 --log "$out/hf.csv" \
+  --dump "$out/hf" --export-hf "$out/hf-export"
+python3 -m moec.check_gpu --reference "$dir/ref-hf" --reference-log "$dir/ref-hf.csv" \
+  --gpu "$out/hf" --gpu-log "$out/hf.csv" --tolerance 1e-4
+python3 "$compare" "$out/hf-export/step_3" "$dir/ref-hf-export" --tolerance 1e-4
+check_hf_logits "$out/hf-export/step_3" 1e-4
+echo "== Hugging Face: a bf16 export loads too"
+"$dir/hf/train_step" "${rebind[@]}" --tokens "$dir/data/train.bin" --steps 3 --export-hf "$out/hf-bf16" \
+  --export-hf-dtype bf16 > /dev/null
+check_hf_logits "$out/hf-bf16/step_3" 2e-2
+echo "== Hugging Face: a learning-rate-0 step exports the checkpoint bit for bit (the fixture, and one transformers makes here)"
+"$dir/hf/train_step" "${rebind[@]}" --tokens "$dir/data/train.bin" --steps 1 --lr 0 --min-lr 0 \
+  --export-hf "$out/hf-same" > /dev/null
+python3 "$compare" "$out/hf-same/step_1" "$hf"
+python3 -m moec.hf_checkpoint make --config tiny --seed 1 --max-shard-size 160KB -o "$out/hf-made"
+"$dir/hf/train_step" --tokens "$dir/data/train.bin" --steps 1 --lr 0 --min-lr 0 \
+  --init-from "$out/hf-made" --export-hf "$out/hf-made-same" > /dev/null
+python3 "$compare" "$out/hf-made-same/step_1" "$out/hf-made"
+if [[ -x "$dir/hf-part/train_step" ]]; then
+  echo "== Hugging Face: W=4 P=2 H=2 on 4 simulated ranks: each rank reads its blocks; rank 0 exports bit for bit"
+  "$dir/hf-part/train_step" --tokens "$dir/data/train.bin" --steps 1 --lr 0 --min-lr 0 \
+    --simulate-ranks 4 "${rebind[@]}" --export-hf "$out/hf-part" > /dev/null
+  python3 "$compare" "$out/hf-part/step_1" "$hf"
+else
+  echo "== SKIPPED: Hugging Face on W=4 P=2 H=2 (not compiled)"
 fi
 echo "== bf16: 50 steps against PyTorch's bf16 curve"
 "$dir/bf16/train_step" --tokens "$dir/data/train.bin" --steps 50 --log "$out/bf16.csv"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what moec needs to build and test on Debian 12 (bookworm) or a
 # derivative: MLIR/LLVM 22, ONNX, protobuf, fmt, GoogleTest, Ninja from the
-# distribution, numpy/onnx/onnxruntime from PyPI for the Python side of the
+# distribution (nlohmann-json3-dev: the runtime's JSON parser, for safetensors
+# headers and Hugging Face indexes), numpy/onnx/onnxruntime from PyPI for the Python side of the
 # tests, and the header-only cuDNN frontend from PyPI (its headers only: the
 # package's Python dependencies are not needed to compile against it) for
 # bf16 attention on cuDNN. Safe to run again; it only installs what is
@@ -10,7 +11,7 @@ set -euo pipefail
 
 packages=(cmake ninja-build g++ libmlir-22-dev mlir-22-tools llvm-22-dev
           llvm-22-tools libonnx-dev libprotobuf-dev protobuf-compiler
-          libfmt-dev libgtest-dev zlib1g-dev libcli11-dev)
+          libfmt-dev libgtest-dev zlib1g-dev libcli11-dev nlohmann-json3-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -257,6 +257,8 @@ const std::vector<KeyInfo> &keyTable() {
                 "how model states are sharded"),
         stringKey("checkpoint_dir", &J::checkpointDir,
                   "save checkpoints here (and resume from here)"),
+        stringKey("init_from", &J::initFrom,
+                  "start from this Hugging Face Mixtral checkpoint folder"),
     };
   }();
   return table;
@@ -608,6 +610,10 @@ llvm::Error moec::checkImplemented(const TrainingJob &job,
     if (!job.checkpointDir.empty())
       return refuse("checkpoint_dir", "'" + job.checkpointDir + "'",
                     "it does not save checkpoints");
+    if (!job.initFrom.empty() && job.worldSize > 1)
+      return refuse("init_from", "'" + job.initFrom + "'",
+                    "with more than one rank (the simulated ranks start "
+                    "from the seed)");
     return llvm::Error::success();
   }
   // The compiled programs take these when they run.

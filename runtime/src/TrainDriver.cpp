@@ -28,7 +28,11 @@
 //     parameter's blocks, drops the padding and places them
 //     (moert/ParameterBlocks.h), in the one-GPU program's format;
 //   - checkpoints are sharded: each rank writes its own state, rank 0 the
-//     manifest with the shards' checksums, gathered through the world.
+//     manifest with the shards' checksums, gathered through the world;
+//   - a Hugging Face checkpoint (--init-from, or the binding `moec compile
+//     --init-from` recorded in the manifest.json beside the program) fills
+//     each rank's blocks from the mapped files (moert/HfCheckpoint.h);
+//     --export-hf writes one, rank 0 gathering the blocks as --dump does.
 //
 // Token files are raw little-endian int64 [blocks, seq] (`python -m
 // moec.data` writes them); labels are the tokens (the loss shifts them).
@@ -40,6 +44,7 @@
 #include "moert/TrainDriver.h"
 #include "moert/Checkpoint.h"
 #include "moert/CollectiveTimes.h"
+#include "moert/HfCheckpoint.h"
 #include "moert/NcclCommunicator.h"
 #include "moert/Schedule.h"
 #include "moert/StepGraphs.h"
@@ -48,6 +53,7 @@
 #include "moert/kernels/Context.h"
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -98,11 +104,52 @@ struct Options {
   std::string tokensPath, logPath, dumpDir, checkpointDir;
   int64_t steps = 10, warmupSteps = 2, totalSteps = 0, saveInterval = 0,
           benchWarmup = 0, profileStep = 0;
+  /// Hugging Face checkpoints: the folder to start from (default: the
+  /// manifest's binding), the folder to export to, every how many steps
+  /// (0: after the last), as fp32 or bf16, files of at most how many MiB.
+  std::string initFrom, exportHfDir, exportHfDtype = "fp32";
+  int64_t exportHfEvery = 0, exportHfMaxFileMib = 5 * 1024;
   uint64_t seed = 1234;
   double lr = 1e-3, minLr = 1e-4;
   bool resume = false, noGraphs = false;
   int simulateRanks = 0;
 };
+
+/// What `moec compile` recorded beside the program (OUT/manifest.json)
+/// that the driver uses: the Hugging Face checkpoint bound with
+/// --init-from, and the model's config.json for exports.
+struct ProgramManifest {
+  std::string initFrom;
+  nlohmann::ordered_json hfConfig;
+};
+
+/// Reads OUT/manifest.json beside the running executable; a program
+/// without one (built by hand) has no binding and no config.
+ProgramManifest readProgramManifest() {
+  ProgramManifest manifest;
+  std::error_code ec;
+  const std::filesystem::path path =
+      std::filesystem::read_symlink("/proc/self/exe", ec).parent_path() /
+      "manifest.json";
+  if (ec || !std::filesystem::exists(path, ec))
+    return manifest;
+  std::ifstream in(path);
+  nlohmann::ordered_json json;
+  try {
+    json = nlohmann::ordered_json::parse(in);
+  } catch (const nlohmann::json::exception &e) {
+    fatal("cannot read the program's manifest '" + path.string() + "': " +
+          e.what());
+  }
+  if (!json.contains("hf_checkpoint"))
+    return manifest;
+  const nlohmann::ordered_json &hf = json["hf_checkpoint"];
+  if (hf.contains("init_from") && hf["init_from"].is_string())
+    manifest.initFrom = hf["init_from"].get<std::string>();
+  if (hf.contains("config") && hf["config"].is_object())
+    manifest.hfConfig = hf["config"];
+  return manifest;
+}
 
 /// The checkpoint a run resumes from, found before the GPU is touched.
 struct ResumePoint {
@@ -221,6 +268,39 @@ std::vector<T> gatherValue(const RankPlace &place, cudaStream_t stream,
   return values;
 }
 
+/// The global values of parameter `i` in fp32, gathered from every rank's
+/// block (a bf16 state widens exactly); every rank takes part, rank 0 gets
+/// the values, the others an empty vector.
+std::vector<float> gatherParameter(const TrainProgram &p,
+                                   const RankPlace &place, cudaStream_t stream,
+                                   const char *state, int i) {
+  const ParameterInfo &q = p.parameters[i];
+  const BlockLayout layout = parameterLayout(q);
+  const size_t blockBytes = static_cast<size_t>(q.count) * q.elementBytes;
+  std::vector<char> blocks =
+      gatherBytes(place, stream, state + q.offset, blockBytes);
+  if (place.rank != 0)
+    return {};
+  // Replica 0's blocks cover the parameter once, and so do those of
+  // expert coordinate 0 of a parameter not split over the experts.
+  std::vector<char> global(elementCount(layout.globalShape) * q.elementBytes);
+  const BlockPlace whole = wholePlace(layout.globalShape);
+  const int64_t experts = layout.expertLocal ? p.mesh.expert : 1;
+  for (int64_t h = 0; h < p.mesh.shard; ++h)
+    for (int64_t e = 0; e < experts; ++e) {
+      BlockPlace at;
+      orExit(placeBlock(q.name, layout, p.mesh, h, e, at));
+      const int64_t rank = h * p.mesh.expert + e;
+      copyOverlap(layout.shape, at, blocks.data() + rank * blockBytes,
+                  layout.globalShape, whole, global.data(), q.elementBytes);
+    }
+  std::vector<float> values(elementCount(layout.globalShape));
+  convertToF32(q.elementBytes == 4 ? TensorDtype::F32 : TensorDtype::BF16,
+               global.data(), values.data(),
+               static_cast<int64_t>(values.size()));
+  return values;
+}
+
 /// Writes DIR/final/param/NAME.bin (fp32) and index.tsv: the global
 /// parameters, gathered from every rank's blocks; rank 0 writes.
 void dumpParameters(const TrainProgram &p, const RankPlace &place,
@@ -233,57 +313,76 @@ void dumpParameters(const TrainProgram &p, const RankPlace &place,
   std::string index;
   for (int i = 0; i < p.numParameters; ++i) {
     const ParameterInfo &q = p.parameters[i];
-    const BlockLayout layout = parameterLayout(q);
-    const size_t blockBytes = static_cast<size_t>(q.count) * q.elementBytes;
-    std::vector<char> blocks = gatherBytes(place, stream, state + q.offset,
-                                           blockBytes);
+    std::vector<float> values = gatherParameter(p, place, stream, state, i);
     if (!leader)
       continue;
-    // Replica 0's blocks cover the parameter once, and so do those of
-    // expert coordinate 0 of a parameter not split over the experts.
-    std::vector<char> global(elementCount(layout.globalShape) *
-                             q.elementBytes);
-    const BlockPlace whole = wholePlace(layout.globalShape);
-    const int64_t experts = layout.expertLocal ? p.mesh.expert : 1;
-    for (int64_t h = 0; h < p.mesh.shard; ++h)
-      for (int64_t e = 0; e < experts; ++e) {
-        BlockPlace at;
-        orExit(placeBlock(q.name, layout, p.mesh, h, e, at));
-        const int64_t rank = h * p.mesh.expert + e;
-        copyOverlap(layout.shape, at, blocks.data() + rank * blockBytes,
-                    layout.globalShape, whole, global.data(), q.elementBytes);
-      }
-    // fp32 whatever the state's type: a bf16 value widens exactly.
-    const int64_t count = elementCount(layout.globalShape);
-    std::vector<float> values(count);
-    for (int64_t e = 0; e < count; ++e) {
-      if (q.elementBytes == 4) {
-        std::memcpy(&values[e], global.data() + 4 * e, 4);
-      } else {
-        // bf16 is the top half of an fp32.
-        uint16_t half;
-        std::memcpy(&half, global.data() + 2 * e, 2);
-        uint32_t bits = static_cast<uint32_t>(half) << 16;
-        std::memcpy(&values[e], &bits, 4);
-      }
-    }
     orExit(writeFileAtomically(
         dir / (std::string(q.name) + ".bin"),
         {{values.data(), values.size() * sizeof(float)}}));
     index += q.name;
-    index += "\t";
-    for (size_t d = 0; d < layout.globalShape.size(); ++d)
-      index += (d ? "x" : "") + std::to_string(layout.globalShape[d]);
-    index += "\n";
+    index += "\t" + shapeText(parameterLayout(q).globalShape) + "\n";
   }
   if (leader)
     orExit(
         writeFileAtomically(dir / "index.tsv", {{index.data(), index.size()}}));
 }
 
+/// Writes the global parameters after `step` steps as the Hugging Face
+/// checkpoint DIR/step_N (moert/HfCheckpoint.h), then DIR/latest naming
+/// it: rank 0 gathers every parameter from the ranks' blocks and writes.
+void exportHf(const TrainProgram &p, const Options &o,
+              const ProgramManifest &manifest, const RankPlace &place,
+              cudaStream_t stream, const char *state, int64_t step) {
+  std::vector<std::vector<float>> values(p.numParameters);
+  for (int i = 0; i < p.numParameters; ++i)
+    values[i] = gatherParameter(p, place, stream, state, i);
+  if (place.rank != 0)
+    return;
+  std::vector<ExportedParameter> parameters;
+  for (int i = 0; i < p.numParameters; ++i)
+    parameters.push_back({p.parameters[i].name,
+                          parameterLayout(p.parameters[i]).globalShape,
+                          values[i].data()});
+  const bool bf16 = o.exportHfDtype == "bf16";
+  const std::string text = manifest.hfConfig.dump();
+  const std::filesystem::path dir(o.exportHfDir);
+  const std::string name = "step_" + std::to_string(step);
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  orExit(exportHfCheckpoint(dir / name, parameters, text,
+                            bf16 ? TensorDtype::BF16 : TensorDtype::F32,
+                            static_cast<uint64_t>(o.exportHfMaxFileMib)
+                                << 20));
+  const std::string pointer = name + "\n";
+  orExit(writeFileAtomically(dir / "latest", {{pointer.data(), pointer.size()}}));
+  std::printf("exported '%s' (Hugging Face, %s)\n", (dir / name).c_str(),
+              bf16 ? "bf16" : "fp32");
+}
+
+/// Fills the state's parameter blocks of this rank (shard coordinate `h`,
+/// expert coordinate `e`) from the Hugging Face checkpoint; the moments
+/// stay zero, as at a fresh initialisation.
+void initFromHf(const TrainProgram &p, const HfCheckpoint &checkpoint,
+                int64_t h, int64_t e, char *state) {
+  for (int i = 0; i < p.numParameters; ++i) {
+    const ParameterInfo &q = p.parameters[i];
+    const BlockLayout layout = parameterLayout(q);
+    BlockPlace at;
+    orExit(placeBlock(q.name, layout, p.mesh, h, e, at));
+    std::vector<char> block(static_cast<size_t>(q.count) * q.elementBytes, 0);
+    orExit(checkpoint.readBlock(
+        q.name, layout.globalShape, layout.shape, at.start, at.valid,
+        q.elementBytes == 4 ? TensorDtype::F32 : TensorDtype::BF16,
+        block.data()));
+    MOERT_CUDA_CHECK(cudaMemcpy(state + q.offset, block.data(), block.size(),
+                                cudaMemcpyHostToDevice));
+  }
+}
+
 /// One rank's run: allocation, initialisation or resumption, the steps,
 /// checkpoints, the dump and (rank 0) the summary.
 int runRank(const TrainProgram &p, const Options &o,
+            const ProgramManifest &manifest, const HfCheckpoint *initFrom,
             const std::vector<int64_t> &tokens, const ResumePoint *resume,
             const RankPlace &place) {
   const bool leader = place.rank == 0;
@@ -365,6 +464,11 @@ int runRank(const TrainProgram &p, const Options &o,
                          meshText(resume->manifest.mesh))
                             .c_str()
                       : "");
+  } else if (initFrom) {
+    initFromHf(p, *initFrom, h, e, state);
+    if (leader)
+      std::printf("initialised from the Hugging Face checkpoint '%s'\n",
+                  initFrom->folder().c_str());
   } else if (mesh && p.initRankParams) {
     p.initRankParams(state, seed, *mesh, ctx.stream);
   } else {
@@ -531,6 +635,9 @@ int runRank(const TrainProgram &p, const Options &o,
         ((o.saveInterval > 0 && t % o.saveInterval == 0) ||
          (o.saveInterval == 0 && t == lastStep)))
       save(t);
+    if (!o.exportHfDir.empty() &&
+        ((o.exportHfEvery > 0 && t % o.exportHfEvery == 0) || t == lastStep))
+      exportHf(p, o, manifest, place, ctx.stream, state, t);
   }
   if (log)
     std::fclose(log);
@@ -647,6 +754,21 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
   app.add_flag("--resume", o.resume,
                "continue from the latest checkpoint in --checkpoint-dir "
                "(resharded when it was saved under another layout)");
+  app.add_option("--init-from", o.initFrom,
+                 "start from this Hugging Face Mixtral checkpoint folder "
+                 "(default: the one moec compile --init-from bound)");
+  app.add_option("--export-hf", o.exportHfDir,
+                 "after the last step, write the parameters as a Hugging "
+                 "Face checkpoint DIR/step_N (and DIR/latest)");
+  app.add_option("--export-hf-every", o.exportHfEvery,
+                 "with --export-hf: also every N steps");
+  app.add_option("--export-hf-dtype", o.exportHfDtype,
+                 "the exported tensors' type: fp32 or bf16")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
+  app.add_option("--export-hf-max-file-mib", o.exportHfMaxFileMib,
+                 "with --export-hf: split the weights into files of at most "
+                 "this many MiB, with an index")
+      ->check(CLI::PositiveNumber);
   app.add_option("--bench-warmup", o.benchWarmup,
                  "steps left out of the summary's median");
   app.add_option("--profile-step", o.profileStep,
@@ -688,10 +810,31 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
   }
   const ResumePoint *resume = o.resume ? &resumePoint : nullptr;
 
+  // A Hugging Face checkpoint to start from (a resumed run continues from
+  // its own checkpoint instead), checked against the program's parameters
+  // before the GPU is touched; exports need the model's config.json.
+  const ProgramManifest manifest = readProgramManifest();
+  std::unique_ptr<HfCheckpoint> initFrom;
+  const std::string initFromDir =
+      o.initFrom.empty() ? manifest.initFrom : o.initFrom;
+  if (!initFromDir.empty() && !o.resume) {
+    orExit(HfCheckpoint::open(initFromDir, initFrom));
+    std::vector<ModelParameter> parameters;
+    for (int i = 0; i < p.numParameters; ++i)
+      parameters.push_back(
+          {p.parameters[i].name, parameterLayout(p.parameters[i]).globalShape});
+    if (Status s = initFrom->check(parameters); !s.ok())
+      fatal("--init-from: the checkpoint does not fit the program:\n" +
+            s.message());
+  }
+  if (!o.exportHfDir.empty() && manifest.hfConfig.empty())
+    fatal("--export-hf: the program's manifest.json (beside it) has no "
+          "Hugging Face config; compile it again with this moec");
+
   std::vector<int64_t> tokens = readTokens(o.tokensPath, p.seq, p.vocab);
 
   if (p.mesh.size() == 1)
-    return runRank(p, o, tokens, resume, RankPlace{});
+    return runRank(p, o, manifest, initFrom.get(), tokens, resume, RankPlace{});
 
   if (o.simulateRanks == 0) {
     // One rank of a launched job, on the device LOCAL_RANK, or on the one
@@ -709,7 +852,7 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
     rankPrefix = "rank " + std::to_string(info.rank) + ": ";
     orExit(p.createWorld(info, processEnvironment(), world));
     RankPlace place{info.rank, info.worldSize, world.get(), device};
-    int status = runRank(p, o, tokens, resume, place);
+    int status = runRank(p, o, manifest, initFrom.get(), tokens, resume, place);
     // Every rank's collectives are done before the communicators go.
     orExit(world->barrier(nullptr));
     return status;
@@ -732,7 +875,7 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
   for (int r = 0; r < o.simulateRanks; ++r)
     ranks.emplace_back([&, r] {
       rankPrefix = "rank " + std::to_string(r) + ": ";
-      runRank(p, o, tokens, resume,
+      runRank(p, o, manifest, initFrom.get(), tokens, resume,
               RankPlace{r, o.simulateRanks, world[r].get(), device});
     });
   for (std::thread &rank : ranks)

@@ -5,12 +5,15 @@
 // launcher, under a launcher of another WORLD_SIZE, or with
 // --simulate-ranks of another W; --simulate-ranks on a one-rank program or
 // under a launcher; a program without a world communicator under a
-// launcher; a checkpoint with a truncated shard or of another model. Each
+// launcher; a checkpoint with a truncated shard or of another model; a
+// Hugging Face checkpoint that does not fit, an export without the
+// model's config. Each
 // exits 1 with its message (death tests: the driver ends the process).
 //
 //===----------------------------------------------------------------------===//
 
 #include "moert/Checkpoint.h"
+#include "moert/HfCheckpoint.h"
 #include "moert/TrainDriver.h"
 
 #include <gtest/gtest.h>
@@ -141,6 +144,31 @@ TEST_F(TrainDriverDeathTest, ACheckpointOfAnotherModelIsRefusedFirst) {
               ::testing::ExitedWithCode(1),
               "error: checkpoint '.*step_2/manifest.tsv' holds parameter 'w' "
               "where this program has 'v'");
+}
+
+TEST_F(TrainDriverDeathTest, HuggingFaceCheckpointMustFit) {
+  // A checkpoint whose 'w' is stored transposed.
+  std::filesystem::path dir = std::filesystem::temp_directory_path() /
+                              ("moert-driver-hf-" + std::to_string(::getpid()));
+  std::vector<float> values(6, 1.0f);
+  ASSERT_TRUE(exportHfCheckpoint(dir, {{"w", {3, 2}, values.data()}}, "{}",
+                                 TensorDtype::F32, 1 << 20)
+                  .ok());
+  FakeProgram fake(MeshShape{1, 1, 1});
+  EXPECT_EXIT(runWith(fake.program,
+                      {"--tokens", "t.bin", "--init-from", dir.string()}, {}),
+              ::testing::ExitedWithCode(1),
+              "error: --init-from: the checkpoint does not fit the program:\n"
+              "'.*model.safetensors': tensor 'w' has shape \\[3, 2\\] where "
+              "the model's parameter 'w' \\[2, 3\\] needs \\[2, 3\\]");
+  std::filesystem::remove_all(dir);
+  // This test binary has no manifest.json beside it: no config to export.
+  EXPECT_EXIT(runWith(fake.program, {"--tokens", "t.bin", "--export-hf", "x"},
+                      {}),
+              ::testing::ExitedWithCode(1),
+              "error: --export-hf: the program's manifest.json \\(beside "
+              "it\\) has no Hugging Face config; compile it again with this "
+              "moec");
 }
 
 } // namespace

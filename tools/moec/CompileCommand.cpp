@@ -26,6 +26,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "Commands.h"
+#include "HfBinding.h"
 #include "ModelLoading.h"
 
 #include "dialects/Moe/IR/MoeDialect.h"
@@ -267,6 +268,19 @@ int moec::cli::runCompile(const TrainingJobFlags &jobFlags) {
       loadModel(context, modelPath, /*raise=*/true, /*requireComplete=*/true);
   if (!module)
     return 1;
+  // The Hugging Face binding (init_from) and config.json, from the raised
+  // model, before the pipeline rewrites it.
+  func::FuncOp forward = getForward(*module);
+  if (!forward)
+    return 1;
+  FailureOr<moec::ModelConfig> modelConfig = moec::inferModelConfig(forward);
+  if (failed(modelConfig))
+    return 1;
+  llvm::Expected<llvm::json::Object> hfBinding =
+      bindHfCheckpoint(forward, *modelConfig, job);
+  if (!hfBinding)
+    return fail(llvm::toString(hfBinding.takeError()));
+
   const bool cudnnAttention = attentionKernel != "gemm" && kHaveCudnn;
   PassManager pm(&context);
   moec::buildCompilePipeline(pm, job, cudnnAttention);
@@ -328,7 +342,8 @@ int moec::cli::runCompile(const TrainingJobFlags &jobFlags) {
       {"arena_live_bytes_bound", liveBound},
       {"input_bytes", summary.inputBytes},
       {"model_flops_per_step", summary.modelFlops},
-      {"programs", std::move(programs)}};
+      {"programs", std::move(programs)},
+      {"hf_checkpoint", std::move(*hfBinding)}};
   std::string manifestText;
   llvm::raw_string_ostream manifestOs(manifestText);
   manifestOs << llvm::formatv("{0:2}", llvm::json::Value(std::move(manifest)))
@@ -367,6 +382,9 @@ int moec::cli::runCompile(const TrainingJobFlags &jobFlags) {
   // The runtime core: the driver and the step's CUDA graphs.
   trainLinked.push_back(MOERT_LIBRARY);
   trainFlags.push_back(MOERT_LIBRARY);
+  // Hugging Face checkpoints in and out (moert/HfCheckpoint.h).
+  trainLinked.push_back(MOERT_HF_LIBRARY);
+  trainFlags.push_back(MOERT_HF_LIBRARY);
 #endif
 #ifdef MOEC_NCCL_LIBRARY_DIR
   if (partitioned)

@@ -6,17 +6,21 @@
 // initializers; token ids come from an onnx.TensorProto file (the ONNX test
 // data format). With --expect, prints the max abs and relative L2 error
 // against the golden output and fails when the relative L2 error exceeds
-// the tolerance.
+// the tolerance. With --init-from DIR the parameters come from a Hugging
+// Face checkpoint folder instead (checked as moec compile checks it): moec's
+// forward on a checkpoint that transformers also loads.
 //
 //===----------------------------------------------------------------------===//
 
 #include "Commands.h"
+#include "HfBinding.h"
 #include "ModelLoading.h"
 
 #include "dialects/Moe/IR/MoeDialect.h"
 
 #include "moec/Import/Onnx.h"
 #include "moec/Reference/Executor.h"
+#include "moert/HfCheckpoint.h"
 
 #include "mlir/IR/MLIRContext.h"
 #include "llvm/Support/raw_ostream.h"
@@ -42,6 +46,10 @@ cl::opt<std::string> outputPath(
 cl::opt<std::string> expectPath(
     "expect", cl::desc("compare the logits with this golden tensor"),
     cl::value_desc("file"), cl::sub(moec::cli::runCommand));
+cl::opt<std::string> initFrom(
+    "init-from",
+    cl::desc("take the parameters from this Hugging Face checkpoint folder"),
+    cl::value_desc("dir"), cl::sub(moec::cli::runCommand));
 cl::opt<double> tolerance(
     "tolerance", cl::desc("largest relative L2 error --expect accepts"),
     cl::init(1e-5), cl::sub(moec::cli::runCommand));
@@ -67,17 +75,48 @@ int moec::cli::runRun() {
   HostTensor tokens;
   if (!readTensorProtoFile(inputPath, tokens, error))
     return fail(error);
-  std::unique_ptr<OnnxWeights> weights = OnnxWeights::open(modelPath, error);
-  if (!weights)
-    return fail(error);
+  std::unique_ptr<OnnxWeights> weights;
+  std::unique_ptr<moert::HfCheckpoint> checkpoint;
+  if (initFrom.empty()) {
+    weights = OnnxWeights::open(modelPath, error);
+    if (!weights)
+      return fail(error);
+  } else {
+    FailureOr<ModelConfig> config = inferModelConfig(forward);
+    if (failed(config))
+      return 1;
+    TrainingJob job;
+    job.initFrom = initFrom;
+    llvm::Expected<llvm::json::Object> binding =
+        bindHfCheckpoint(forward, *config, job);
+    if (!binding)
+      return fail(llvm::toString(binding.takeError()));
+    if (moert::Status s = moert::HfCheckpoint::open(initFrom.getValue(),
+                                                    checkpoint);
+        !s.ok())
+      return fail(s.message());
+  }
 
   std::vector<HostTensor> arguments;
   for (unsigned i = 0; i < forward.getNumArguments(); ++i) {
     if (auto name = forward.getArgAttrOfType<StringAttr>(
             i, moe::MoeDialect::getParameterAttrName())) {
       HostTensor value;
-      if (!weights->load(name.getValue(), value, error))
+      if (checkpoint) {
+        auto type = cast<RankedTensorType>(forward.getArgument(i).getType());
+        std::vector<int64_t> shape(type.getShape().begin(),
+                                   type.getShape().end());
+        value = HostTensor::floats(shape);
+        if (moert::Status s = checkpoint->readBlock(
+                name.str(), shape, shape,
+                std::vector<int64_t>(shape.size(), 0), shape,
+                moert::TensorDtype::F32,
+                reinterpret_cast<char *>(value.f32.data()));
+            !s.ok())
+          return fail(s.message());
+      } else if (!weights->load(name.getValue(), value, error)) {
         return fail(error);
+      }
       arguments.push_back(std::move(value));
     } else if (forward.getArgAttr(i, moe::MoeDialect::getInputAttrName())) {
       arguments.push_back(tokens);

@@ -6,12 +6,15 @@
 // specialised to the job's micro-batch and the tokens' sequence length),
 // initialises the parameters by running @init_params on the seed
 // (delayed_param; with `--delayed-param=false`, takes the model file's
-// weights), and runs N steps on the CPU reference executor, printing one
+// weights; with `--init-from DIR`, job key init_from, from a Hugging Face
+// checkpoint folder, checked as moec compile checks it), and runs N steps on the CPU reference executor, printing one
 // line of metrics per step. Token blocks come from an onnx.TensorProto int64
 // [blocks, seq] file; labels are the inputs (the loss shifts them) unless
 // --labels gives a file of the same shape. --dump writes every step's
 // metrics and gradients and the final parameters as TensorProto files, the
-// layout python/moec/check_train.py reads; --log writes the metrics as CSV.
+// layout python/moec/check_train.py reads; --log writes the metrics as CSV;
+// --export-hf DIR writes the final parameters as a Hugging Face checkpoint
+// (moert/HfCheckpoint.h), the CPU oracle of the programs' exports.
 // The step's results are read by their tags and names (moe.parameter,
 // moe.exp_avg, moe.exp_avg_sq, moe.output, moe.gradient), not by position.
 //
@@ -27,6 +30,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "Commands.h"
+#include "HfBinding.h"
 #include "ModelLoading.h"
 
 #include "dialects/Moe/IR/MoeOps.h"
@@ -34,6 +38,7 @@
 #include "moec/Pipelines/Pipelines.h"
 #include "moec/Plan/Mesh.h"
 #include "moec/Reference/Executor.h"
+#include "moert/HfCheckpoint.h"
 #include "moert/Schedule.h"
 
 #include "mlir/IR/MLIRContext.h"
@@ -97,6 +102,11 @@ cl::opt<std::string> dumpDir("dump",
                              cl::value_desc("dir"), cl::sub(sub));
 cl::opt<std::string> logPath("log", cl::desc("write per-step metrics as CSV"),
                              cl::value_desc("file"), cl::sub(sub));
+cl::opt<std::string> exportHfDir(
+    "export-hf",
+    cl::desc("write the final parameters as a Hugging Face checkpoint folder "
+             "(fp32; docs/hf-checkpoints.md)"),
+    cl::value_desc("dir"), cl::sub(sub));
 cl::opt<bool> printIr("print-ir", cl::desc("print the training step's IR"),
                       cl::sub(sub));
 
@@ -210,6 +220,18 @@ int moec::cli::runTrain(const TrainingJobFlags &jobFlags) {
       loadModel(context, modelPath, /*raise=*/true, /*requireComplete=*/true);
   if (!module)
     return 1;
+  // The Hugging Face checkpoint to start from (job key init_from), checked
+  // against the model, and the config.json an export writes.
+  func::FuncOp forward = getForward(*module);
+  if (!forward)
+    return 1;
+  FailureOr<moec::ModelConfig> modelConfig = moec::inferModelConfig(forward);
+  if (failed(modelConfig))
+    return 1;
+  llvm::Expected<llvm::json::Object> hfBinding =
+      bindHfCheckpoint(forward, *modelConfig, job);
+  if (!hfBinding)
+    return fail(llvm::toString(hfBinding.takeError()));
 
   // Data.
   std::string error;
@@ -303,7 +325,25 @@ int moec::cli::runTrain(const TrainingJobFlags &jobFlags) {
       reference::ResultIndex(evalStep).lookup(moe::MoeDialect::getOutputAttrName(), "ce_loss");
   if (!evalLoss)
     return fail(llvm::toString(evalLoss.takeError()));
-  if (!job.delayedParam) {
+  if (!job.initFrom.empty()) {
+    std::unique_ptr<moert::HfCheckpoint> checkpoint;
+    if (moert::Status s = moert::HfCheckpoint::open(
+            hfBinding->getString("init_from")->str(), checkpoint);
+        !s.ok())
+      return fail(s.message());
+    for (unsigned i = 0; i < n; ++i) {
+      auto type = cast<RankedTensorType>(step.getArgument(i).getType());
+      std::vector<int64_t> shape(type.getShape().begin(),
+                                 type.getShape().end());
+      state[0][i] = HostTensor::floats(shape);
+      if (moert::Status s = checkpoint->readBlock(
+              names[i], shape, shape, std::vector<int64_t>(shape.size(), 0),
+              shape, moert::TensorDtype::F32,
+              reinterpret_cast<char *>(state[0][i].f32.data()));
+          !s.ok())
+        return fail(s.message());
+    }
+  } else if (!job.delayedParam) {
     std::unique_ptr<OnnxWeights> weights = OnnxWeights::open(modelPath, error);
     if (!weights)
       return fail(error);
@@ -466,5 +506,24 @@ int moec::cli::runTrain(const TrainingJobFlags &jobFlags) {
     for (unsigned i = 0; i < n; ++i)
       if (!dumpTensor("final/param/" + names[i] + ".pb", state[0][i], error))
         return fail(error);
+  if (!exportHfDir.empty()) {
+    if (ranks > 1)
+      return fail(fmt::format("--export-hf is not implemented yet for "
+                              "world_size {} (the ranks hold shards)",
+                              ranks));
+    std::vector<moert::ExportedParameter> parameters;
+    for (unsigned i = 0; i < n; ++i)
+      parameters.push_back({names[i], state[0][i].shape, state[0][i].f32.data()});
+    std::string text;
+    llvm::raw_string_ostream os(text);
+    os << llvm::json::Value(llvm::json::Object(*hfBinding->getObject("config")));
+    if (moert::Status s = moert::exportHfCheckpoint(
+            exportHfDir.getValue(), parameters, text, moert::TensorDtype::F32,
+            uint64_t{5} << 30);
+        !s.ok())
+      return fail(s.message());
+    llvm::outs() << fmt::format("exported '{}' (Hugging Face, fp32)\n",
+                                exportHfDir.getValue());
+  }
   return 0;
 }

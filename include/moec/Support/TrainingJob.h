@@ -148,6 +148,9 @@ struct TrainingJob {
   // --- Checkpoints ---------------------------------------------------------
   /// `checkpoint_dir`: where checkpoints are saved and resumed from.
   std::string checkpointDir;
+  /// `init_from`: a Hugging Face Mixtral checkpoint folder the compiled
+  /// program starts from instead of the seed (docs/hf-checkpoints.md).
+  std::string initFrom;
 
   /// The keys set explicitly (by a config, a flag or a pipeline option), in
   /// their canonical spelling; the rest hold their defaults.

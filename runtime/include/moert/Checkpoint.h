@@ -32,6 +32,7 @@
 #ifndef MOERT_CHECKPOINT_H
 #define MOERT_CHECKPOINT_H
 
+#include "moert/AtomicFile.h"
 #include "moert/ParameterBlocks.h"
 #include "moert/Status.h"
 #include "moert/TrainDriver.h"
@@ -139,13 +140,6 @@ Status reshardCheckpoint(const std::filesystem::path &folder,
                          const CheckpointManifest &manifest,
                          const TrainProgram &program, int64_t h, int64_t p,
                          char *state);
-
-/// Writes the concatenated `parts` to `path` through a temporary file
-/// (flushed to the disk) and a rename, then syncs the folder, so a crash
-/// never leaves a half-written file under that name.
-Status
-writeFileAtomically(const std::filesystem::path &path,
-                    const std::vector<std::pair<const void *, size_t>> &parts);
 
 } // namespace moert
 

@@ -1,0 +1,69 @@
+"""Hugging Face Mixtral checkpoints for moec's ``--init-from`` and ``--export-hf``.
+
+``python -m moec.hf_checkpoint make --config tiny --seed 0 -o DIR [--max-shard-size 200KB]``
+builds a random ``MixtralForCausalLM`` the way a user would and saves it with
+``save_pretrained`` (sharded with an index when the weights exceed the shard
+size): the checkpoint a fine-tuning run starts from.
+
+``python -m moec.hf_checkpoint logits DIR --tokens TOKENS.npy -o LOGITS.npy``
+loads a checkpoint folder with ``MixtralForCausalLM.from_pretrained``,
+unchanged, and writes its float32 logits on the int64 token blocks: what the
+GPU suite compares with moec's reference forward on the exported parameters.
+
+Both need torch and transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def make(config_name: str, seed: int, out: Path, max_shard_size: str) -> None:
+    import torch
+    from transformers import MixtralForCausalLM
+
+    from moec.presets import load_config
+
+    torch.manual_seed(seed)
+    model = MixtralForCausalLM(load_config(config_name)).eval()
+    model.save_pretrained(out, max_shard_size=max_shard_size)
+
+
+def logits(folder: Path, tokens: Path, out: Path) -> None:
+    import torch
+    from transformers import MixtralForCausalLM
+
+    model = MixtralForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = torch.from_numpy(np.load(tokens).astype(np.int64))
+    with torch.no_grad():
+        result = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    np.save(out, result.float().numpy())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m moec.hf_checkpoint",
+                                     description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("make", help="save a random MixtralForCausalLM with save_pretrained")
+    p.add_argument("--config", default="tiny", help="preset name or JSON file of MixtralConfig fields")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-shard-size", default="5GB", help="save_pretrained's max_shard_size")
+    p.add_argument("-o", "--out", type=Path, required=True)
+    p = commands.add_parser("logits", help="from_pretrained a folder and write its logits")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--tokens", type=Path, required=True, help=".npy of int64 [batch, seq]")
+    p.add_argument("-o", "--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.command == "make":
+        make(args.config, args.seed, args.out, args.max_shard_size)
+    else:
+        logits(args.folder, args.tokens, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+//===- HfCheckpointTest.cpp - Unit tests of Hugging Face checkpoints ------===//
+//
+// The name mapping both ways (moec's stacked experts <-> transformers'
+// per-expert tensors), an export that reads back bit-exactly (one file, and
+// sharded with an index), a rank's block read from only its pieces
+// (experts of one expert-parallel rank, rows of a shard, padding left
+// alone) in fp32 and bf16, and every mismatch named by check().
+//
+//===----------------------------------------------------------------------===//
+
+#include "moert/HfCheckpoint.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <numeric>
+
+using namespace moert;
+
+namespace {
+
+std::filesystem::path tempFolder(const std::string &name) {
+  std::filesystem::path dir =
+      std::filesystem::temp_directory_path() /
+      ("moert-hf-" + name + "-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+/// A 1-layer model's parameters (E = 4, I = 3, H = 2, vocabulary 5), with
+/// values 0, 1, 2, ... per parameter plus an offset per parameter.
+struct TinyModel {
+  std::vector<ModelParameter> parameters = {
+      {"model.embed_tokens.weight", {5, 2}},
+      {"model.layers.0.mlp.gate.weight", {4, 2}},
+      {"model.layers.0.mlp.experts.gate_up_proj", {4, 6, 2}},
+      {"model.layers.0.mlp.experts.down_proj", {4, 2, 3}},
+      {"model.norm.weight", {2}}};
+  std::vector<std::vector<float>> values;
+
+  TinyModel() {
+    for (size_t i = 0; i < parameters.size(); ++i) {
+      int64_t n = 1;
+      for (int64_t s : parameters[i].shape)
+        n *= s;
+      std::vector<float> v(n);
+      std::iota(v.begin(), v.end(), 1000.0f * i);
+      values.push_back(v);
+    }
+  }
+
+  std::vector<ExportedParameter> exported() const {
+    std::vector<ExportedParameter> out;
+    for (size_t i = 0; i < parameters.size(); ++i)
+      out.push_back({parameters[i].name, parameters[i].shape,
+                     values[i].data()});
+    return out;
+  }
+};
+
+TEST(HfCheckpoint, NamesMapBothWays) {
+  std::vector<HfPiece> gateUp =
+      hfPieces("model.layers.3.mlp.experts.gate_up_proj", {4, 6, 2});
+  ASSERT_EQ(gateUp.size(), 8u);
+  EXPECT_EQ(gateUp[0].tensor, "model.layers.3.block_sparse_moe.experts.0.w1.weight");
+  EXPECT_EQ(gateUp[1].tensor, "model.layers.3.block_sparse_moe.experts.0.w3.weight");
+  EXPECT_EQ(gateUp[7].tensor, "model.layers.3.block_sparse_moe.experts.3.w3.weight");
+  EXPECT_EQ(gateUp[1].tensorShape, (std::vector<int64_t>{3, 2}));
+  EXPECT_EQ(gateUp[1].start, (std::vector<int64_t>{0, 3, 0}));
+  EXPECT_EQ(gateUp[6].start, (std::vector<int64_t>{3, 0, 0}));
+  EXPECT_EQ(gateUp[6].extent, (std::vector<int64_t>{1, 3, 2}));
+  std::vector<HfPiece> down =
+      hfPieces("model.layers.12.mlp.experts.down_proj", {4, 2, 3});
+  ASSERT_EQ(down.size(), 4u);
+  EXPECT_EQ(down[2].tensor, "model.layers.12.block_sparse_moe.experts.2.w2.weight");
+  EXPECT_EQ(down[2].tensorShape, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(down[2].start, (std::vector<int64_t>{2, 0, 0}));
+  std::vector<HfPiece> gate = hfPieces("model.layers.0.mlp.gate.weight", {4, 2});
+  ASSERT_EQ(gate.size(), 1u);
+  EXPECT_EQ(gate[0].tensor, "model.layers.0.block_sparse_moe.gate.weight");
+  for (const char *same : {"model.embed_tokens.weight", "lm_head.weight",
+                           "model.layers.0.self_attn.q_proj.weight",
+                           "model.layers.x.mlp.gate.weight"}) {
+    std::vector<HfPiece> one = hfPieces(same, {2, 2});
+    ASSERT_EQ(one.size(), 1u);
+    EXPECT_EQ(one[0].tensor, same);
+    EXPECT_EQ(one[0].extent, (std::vector<int64_t>{2, 2}));
+  }
+}
+
+void expectExportReadsBack(uint64_t maxFileBytes, size_t files) {
+  std::filesystem::path dir = tempFolder("export" + std::to_string(files));
+  TinyModel model;
+  Status written = exportHfCheckpoint(dir / "out", model.exported(),
+                                      R"({"model_type": "mixtral", "rms_norm_eps": 0})",
+                                      TensorDtype::F32, maxFileBytes);
+  ASSERT_TRUE(written.ok()) << written.message();
+  EXPECT_FALSE(std::filesystem::exists(dir / "out.partial"));
+  size_t found = 0;
+  for (const auto &entry : std::filesystem::directory_iterator(dir / "out"))
+    found += entry.path().extension() == ".safetensors";
+  EXPECT_EQ(found, files);
+  EXPECT_EQ(std::filesystem::exists(dir / "out" / "model.safetensors.index.json"),
+            files > 1);
+  std::ifstream config(dir / "out" / "config.json");
+  std::string text((std::istreambuf_iterator<char>(config)), {});
+  EXPECT_NE(text.find("\"rms_norm_eps\": 0.0"), std::string::npos) << text;
+  EXPECT_NE(text.find("\"dtype\": \"float32\""), std::string::npos) << text;
+
+  std::unique_ptr<HfCheckpoint> checkpoint;
+  Status opened = HfCheckpoint::open(dir / "out", checkpoint);
+  ASSERT_TRUE(opened.ok()) << opened.message();
+  Status checked = checkpoint->check(model.parameters);
+  ASSERT_TRUE(checked.ok()) << checked.message();
+  for (size_t i = 0; i < model.parameters.size(); ++i) {
+    const std::vector<int64_t> &shape = model.parameters[i].shape;
+    std::vector<float> back(model.values[i].size(), -1.0f);
+    ASSERT_TRUE(checkpoint
+                    ->readBlock(model.parameters[i].name, shape, shape,
+                                std::vector<int64_t>(shape.size(), 0), shape,
+                                TensorDtype::F32,
+                                reinterpret_cast<char *>(back.data()))
+                    .ok());
+    EXPECT_EQ(back, model.values[i]) << model.parameters[i].name;
+  }
+  std::filesystem::remove_all(dir);
+}
+
+TEST(HfCheckpoint, ExportReadsBackBitExactly) { expectExportReadsBack(1 << 20, 1); }
+
+TEST(HfCheckpoint, ShardedExportReadsBackBitExactly) {
+  // At most 100 bytes per file, in order: the embedding (40 bytes), the
+  // router (32) and an expert tensor (24); then four expert tensors twice;
+  // the last three and the norm (8).
+  expectExportReadsBack(100, 4);
+}
+
+TEST(HfCheckpoint, RankReadsItsBlockOnly) {
+  std::filesystem::path dir = tempFolder("block");
+  TinyModel model;
+  ASSERT_TRUE(exportHfCheckpoint(dir / "out", model.exported(), "{}",
+                                 TensorDtype::F32, 1 << 20)
+                  .ok());
+  std::unique_ptr<HfCheckpoint> checkpoint;
+  ASSERT_TRUE(HfCheckpoint::open(dir / "out", checkpoint).ok());
+  // Experts [2, 4) (P = 2, p = 1), rows [4, 8) of 2I = 6 (H = 2, h = 1,
+  // chunks of 4: rows 4 and 5 valid, 6 and 7 padding).
+  const std::vector<int64_t> shape = {4, 6, 2}, block = {2, 4, 2};
+  std::vector<float> got(16, -7.0f);
+  ASSERT_TRUE(checkpoint
+                  ->readBlock("model.layers.0.mlp.experts.gate_up_proj", shape,
+                              block, {2, 4, 0}, {2, 2, 2}, TensorDtype::F32,
+                              reinterpret_cast<char *>(got.data()))
+                  .ok());
+  const std::vector<float> &global = model.values[2];
+  for (int64_t e = 0; e < 2; ++e)
+    for (int64_t r = 0; r < 4; ++r)
+      for (int64_t c = 0; c < 2; ++c) {
+        float want = r < 2 ? global[((e + 2) * 6 + r + 4) * 2 + c] : -7.0f;
+        EXPECT_EQ(got[(e * 4 + r) * 2 + c], want) << e << " " << r << " " << c;
+      }
+  // The same block as bf16: each value rounded as convertFromF32 rounds it,
+  // the padding untouched.
+  std::vector<uint16_t> half(16, 0x1234);
+  ASSERT_TRUE(checkpoint
+                  ->readBlock("model.layers.0.mlp.experts.gate_up_proj", shape,
+                              block, {2, 4, 0}, {2, 2, 2}, TensorDtype::BF16,
+                              reinterpret_cast<char *>(half.data()))
+                  .ok());
+  for (int i = 0; i < 16; ++i) {
+    uint16_t want = 0x1234;
+    if (got[i] != -7.0f)
+      convertFromF32(&got[i], TensorDtype::BF16, &want, 1);
+    EXPECT_EQ(half[i], want) << i;
+  }
+  std::filesystem::remove_all(dir);
+}
+
+TEST(HfCheckpoint, MismatchesAreNamed) {
+  std::filesystem::path dir = tempFolder("mismatch");
+  TinyModel model;
+  ASSERT_TRUE(exportHfCheckpoint(dir / "out", model.exported(), "{}",
+                                 TensorDtype::BF16, 1 << 20)
+                  .ok());
+  std::unique_ptr<HfCheckpoint> checkpoint;
+  ASSERT_TRUE(HfCheckpoint::open(dir / "out", checkpoint).ok());
+  std::vector<ModelParameter> other = model.parameters;
+  other[0].shape = {2, 5};                       // a transposed embedding
+  other[4].name = "model.final_norm.weight";     // a renamed norm
+  Status status = checkpoint->check(other);
+  ASSERT_FALSE(status.ok());
+  const std::string file = (dir / "out" / "model.safetensors").string();
+  EXPECT_EQ(status.message(),
+            "'" + file + "': tensor 'model.embed_tokens.weight' has shape "
+            "[5, 2] where the model's parameter 'model.embed_tokens.weight' "
+            "[2, 5] needs [2, 5]\n'" +
+                (dir / "out").string() +
+                "': no tensor 'model.final_norm.weight' (the model's "
+                "parameter 'model.final_norm.weight' [2] needs it as [2])\n'" +
+                file + "': tensor 'model.norm.weight' is not a parameter of "
+                       "the model");
+  EXPECT_EQ(checkpoint->check(model.parameters).message(), "");
+  Status missing = HfCheckpoint::open(dir / "nothing", checkpoint);
+  EXPECT_EQ(missing.message(),
+            "hugging face checkpoint '" + (dir / "nothing").string() +
+                "' has neither model.safetensors nor "
+                "model.safetensors.index.json");
+  std::filesystem::remove_all(dir);
+}
+
+} // namespace
