@@ -20,12 +20,14 @@
 #include "mlir/IR/BuiltinAttributes.h"
 #include "mlir/IR/Diagnostics.h"
 #include "mlir/IR/Verifier.h"
+#include "llvm/ADT/StringExtras.h"
 #include "llvm/ADT/StringMap.h"
 #include "llvm/ADT/StringSet.h"
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/Path.h"
 
 #include <fmt/format.h>
+#include <google/protobuf/io/coded_stream.h>
 #include <onnx/onnx_pb.h>
 
 using namespace mlir;
@@ -113,6 +115,9 @@ private:
                                         const onnx::NodeProto &node);
   LogicalResult checkInitializer(const onnx::TensorProto &init,
                                  RankedTensorType type, Location loc);
+  LogicalResult checkElementCount(ArrayRef<int64_t> shape, Location loc,
+                                  llvm::StringRef what,
+                                  const onnx::NodeProto *node = nullptr);
 
   // --- Graph --------------------------------------------------------------
   Location nodeLoc(const onnx::NodeProto &node, int index);
@@ -202,7 +207,42 @@ GraphImporter::convertValueType(const onnx::TypeProto &type, Location loc,
       shape.push_back(ShapedType::kDynamic); // dim_param or unknown
     }
   }
+  if (failed(checkElementCount(shape, loc, what, node)))
+    return failure();
   return RankedTensorType::get(shape, *elementType);
+}
+
+/// Refuses a shape whose static dimensions multiply to more than
+/// kMaxOnnxTensorElements: the model declares a tensor no step could hold,
+/// and the types would carry it into every pass. Dynamic dimensions count
+/// as 1 (the job's shapes are checked when they are specialised).
+LogicalResult GraphImporter::checkElementCount(ArrayRef<int64_t> shape,
+                                               Location loc,
+                                               llvm::StringRef what,
+                                               const onnx::NodeProto *node) {
+  uint64_t count = 1;
+  bool over = false;
+  for (int64_t d : shape) {
+    if (ShapedType::isDynamic(d))
+      continue;
+    if (d != 0 && count > static_cast<uint64_t>(kMaxOnnxTensorElements) /
+                              static_cast<uint64_t>(d))
+      over = true;
+    else
+      count *= static_cast<uint64_t>(d);
+  }
+  if (llvm::is_contained(shape, 0) || !over)
+    return success();
+  std::string dims = llvm::join(
+      llvm::map_range(shape,
+                      [](int64_t d) {
+                        return ShapedType::isDynamic(d) ? std::string("?")
+                                                        : std::to_string(d);
+                      }),
+      ", ");
+  return error(loc, node) << what << " of shape [" << dims << "] has more than "
+                          << kMaxOnnxTensorElements
+                          << " elements, moec's limit for one tensor";
 }
 
 FailureOr<DenseElementsAttr>
@@ -500,6 +540,11 @@ LogicalResult GraphImporter::checkInitializer(const onnx::TensorProto &init,
 OwningOpRef<ModuleOp> GraphImporter::run() {
   const onnx::GraphProto &graph = model.graph();
   Location fileLoc = FileLineColLoc::get(&context, path, 0, 0);
+  if (graph.node_size() > kMaxOnnxNodes) {
+    emitError(fileLoc) << "graph has " << graph.node_size()
+                       << " nodes, more than moec's limit of " << kMaxOnnxNodes;
+    return nullptr;
+  }
   OwningOpRef<ModuleOp> module = ModuleOp::create(fileLoc);
 
   int64_t opset = 0;
@@ -568,6 +613,8 @@ OwningOpRef<ModuleOp> GraphImporter::run() {
         return nullptr;
       }
     }
+    if (failed(checkElementCount(shape, loc, what)))
+      return nullptr;
     auto type = RankedTensorType::get(shape, *elementType);
     if (failed(checkInitializer(init, type, loc)))
       return nullptr;
@@ -641,31 +688,55 @@ OwningOpRef<ModuleOp> GraphImporter::run() {
 
 OwningOpRef<ModuleOp> moec::importOnnxFile(MLIRContext &context,
                                            llvm::StringRef path) {
-  context.loadDialect<moe::MoeDialect, arith::ArithDialect,
-                      func::FuncDialect>();
-  Location fileLoc = FileLineColLoc::get(&context, path, 0, 0);
   auto buffer = llvm::MemoryBuffer::getFile(path, /*IsText=*/false,
                                             /*RequiresNullTerminator=*/false);
   if (!buffer) {
-    emitError(fileLoc) << "cannot read ONNX model: "
-                       << buffer.getError().message();
+    emitError(FileLineColLoc::get(&context, path, 0, 0))
+        << "cannot read ONNX model: " << buffer.getError().message();
     return nullptr;
   }
-  if ((*buffer)->getBufferSize() > static_cast<size_t>(INT32_MAX)) {
-    emitError(fileLoc) << "ONNX model is " << (*buffer)->getBufferSize()
+  return importOnnxBytes(context, (*buffer)->getBuffer(), path);
+}
+
+/// Parses `bytes` as a ModelProto nesting messages at most `nesting` deep.
+static bool parseModel(llvm::StringRef bytes, int nesting,
+                       onnx::ModelProto &model) {
+  google::protobuf::io::CodedInputStream in(
+      reinterpret_cast<const uint8_t *>(bytes.data()),
+      static_cast<int>(bytes.size()));
+  in.SetRecursionLimit(nesting);
+  return model.ParseFromCodedStream(&in) && in.ConsumedEntireMessage();
+}
+
+OwningOpRef<ModuleOp> moec::importOnnxBytes(MLIRContext &context,
+                                            llvm::StringRef bytes,
+                                            llvm::StringRef path) {
+  context.loadDialect<moe::MoeDialect, arith::ArithDialect,
+                      func::FuncDialect>();
+  Location fileLoc = FileLineColLoc::get(&context, path, 0, 0);
+  if (bytes.size() > static_cast<size_t>(INT32_MAX)) {
+    emitError(fileLoc) << "ONNX model is " << bytes.size()
                        << " bytes, over protobuf's 2 GiB limit; store the "
                           "weights as external data";
     return nullptr;
   }
-  if ((*buffer)->getBufferSize() == 0) {
+  if (bytes.empty()) {
     emitError(fileLoc) << "not an ONNX model: the file is empty";
     return nullptr;
   }
   onnx::ModelProto model;
-  if (!model.ParseFromArray((*buffer)->getBufferStart(),
-                            static_cast<int>((*buffer)->getBufferSize()))) {
-    emitError(fileLoc) << "not an ONNX model: the file ("
-                       << (*buffer)->getBufferSize()
+  if (!parseModel(bytes, kMaxOnnxNesting, model)) {
+    // Told apart from garbage by parsing again with a deeper (still
+    // bounded) limit: nesting is what protobuf's parser recurses on.
+    onnx::ModelProto deeper;
+    if (parseModel(bytes, 10 * kMaxOnnxNesting, deeper)) {
+      emitError(fileLoc) << "ONNX model nests messages more than "
+                         << kMaxOnnxNesting
+                         << " deep (sub-graphs within sub-graphs), moec's "
+                            "limit";
+      return nullptr;
+    }
+    emitError(fileLoc) << "not an ONNX model: the file (" << bytes.size()
                        << " bytes) does not parse as an onnx.ModelProto";
     return nullptr;
   }
