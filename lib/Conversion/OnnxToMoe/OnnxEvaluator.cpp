@@ -330,6 +330,15 @@ struct NodeEval {
     error = std::move(message);
     return false;
   }
+  /// Fails unless every one of `axes` names a dimension of a tensor of
+  /// `rank` dimensions: [-rank, rank) (the values come from the model).
+  bool checkAxes(ArrayRef<int64_t> axes, int64_t rank) {
+    for (int64_t axis : axes)
+      if (axis < -rank || axis >= rank)
+        return fail(fmt::format("axis {} is out of range for rank {}", axis,
+                                rank));
+    return true;
+  }
 };
 
 // --- Element-wise, unary -----------------------------------------------------
@@ -570,6 +579,8 @@ bool evaluateSqueeze(NodeEval &n) {
   std::vector<int64_t> axes = axesOperand(n);
   Shape shape;
   int64_t rank = static_cast<int64_t>(out.shape.size());
+  if (!n.checkAxes(axes, rank))
+    return false;
   for (int64_t d = 0; d < rank; ++d) {
     bool drop = axes.empty() ? out.shape[d] == 1
                              : llvm::any_of(axes, [&](int64_t a) {
@@ -586,6 +597,8 @@ bool evaluateUnsqueeze(NodeEval &n) {
   HostTensor out = *n.in[0];
   std::vector<int64_t> axes = axesOperand(n);
   int64_t rank = static_cast<int64_t>(out.shape.size() + axes.size());
+  if (!n.checkAxes(axes, rank))
+    return false;
   std::vector<int64_t> sorted;
   for (int64_t a : axes)
     sorted.push_back(normalizeAxis(a, rank));
@@ -633,7 +646,10 @@ bool evaluateExpand(NodeEval &n) {
 
 bool evaluateConcat(NodeEval &n) {
   int64_t rank = static_cast<int64_t>(n.in.front()->shape.size());
-  int64_t axis = normalizeAxis(n.intAttr("axis", 0), rank);
+  int64_t axis = n.intAttr("axis", 0);
+  if (!n.checkAxes(axis, rank))
+    return false;
+  axis = normalizeAxis(axis, rank);
   Shape shape = n.in.front()->shape;
   shape[axis] = 0;
   bool isFloat = false;
@@ -670,6 +686,16 @@ bool evaluateSlice(NodeEval &n) {
     axes = intValues(*n.in[3]);
   if (n.in.size() > 4)
     steps = intValues(*n.in[4]);
+  if (ends.size() != starts.size() || axes.size() != starts.size() ||
+      steps.size() != starts.size())
+    return n.fail(fmt::format("starts, ends, axes and steps have {}, {}, {} "
+                              "and {} values",
+                              starts.size(), ends.size(), axes.size(),
+                              steps.size()));
+  if (!n.checkAxes(axes, rank))
+    return false;
+  if (llvm::is_contained(steps, 0))
+    return n.fail("a step is 0");
   Shape begin(rank, 0), step(rank, 1), shape = x.shape;
   for (size_t i = 0; i < axes.size(); ++i) {
     int64_t d = normalizeAxis(axes[i], rank), size = x.shape[d];
@@ -732,7 +758,10 @@ bool evaluateGather(NodeEval &n) {
   const HostTensor &x = *n.in[0];
   std::vector<int64_t> indices = intValues(*n.in[1]);
   int64_t rank = static_cast<int64_t>(x.shape.size());
-  int64_t axis = normalizeAxis(n.intAttr("axis", 0), rank);
+  int64_t axis = n.intAttr("axis", 0);
+  if (!n.checkAxes(axis, rank))
+    return false;
+  axis = normalizeAxis(axis, rank);
   Shape shape(x.shape.begin(), x.shape.begin() + axis);
   shape.insert(shape.end(), n.in[1]->shape.begin(), n.in[1]->shape.end());
   shape.insert(shape.end(), x.shape.begin() + axis + 1, x.shape.end());
@@ -802,7 +831,10 @@ bool evaluateConstantOfShape(NodeEval &n) {
 bool evaluateSplit(NodeEval &n) {
   const HostTensor &x = *n.in[0];
   int64_t rank = static_cast<int64_t>(x.shape.size());
-  int64_t axis = normalizeAxis(n.intAttr("axis", 0), rank);
+  int64_t axis = n.intAttr("axis", 0);
+  if (!n.checkAxes(axis, rank))
+    return false;
+  axis = normalizeAxis(axis, rank);
   int64_t parts = n.node->getNumResults();
   std::vector<int64_t> sizes;
   if (n.in.size() > 1) {
@@ -842,6 +874,8 @@ bool reduceOperand(NodeEval &n, Reduction kind) {
     axes.assign(a.asArrayRef().begin(), a.asArrayRef().end());
   if (axes.empty() && n.intAttr("noop_with_empty_axes", 0))
     return n.result(*n.in[0]);
+  if (!n.checkAxes(axes, static_cast<int64_t>(n.in[0]->shape.size())))
+    return false;
   return n.result(reduce(*n.in[0], axes, n.intAttr("keepdims", 1), kind));
 }
 
@@ -888,7 +922,7 @@ bool evaluateGemm(NodeEval &n) {
 bool evaluateSoftmax(NodeEval &n) {
   const HostTensor &x = *n.in[0];
   int64_t rank = static_cast<int64_t>(x.shape.size());
-  if (normalizeAxis(n.intAttr("axis", -1), rank) != rank - 1)
+  if (rank == 0 || normalizeAxis(n.intAttr("axis", -1), rank) != rank - 1)
     return n.fail("Softmax over an axis other than the last is not supported");
   int64_t width = x.shape.back();
   HostTensor out = HostTensor::floats(x.shape);
@@ -910,7 +944,7 @@ bool evaluateSoftmax(NodeEval &n) {
 bool evaluateTopK(NodeEval &n) {
   const HostTensor &x = *n.in[0];
   int64_t rank = static_cast<int64_t>(x.shape.size());
-  if (normalizeAxis(n.intAttr("axis", -1), rank) != rank - 1)
+  if (rank == 0 || normalizeAxis(n.intAttr("axis", -1), rank) != rank - 1)
     return n.fail("TopK along an axis other than the last is not supported");
   bool largest = n.intAttr("largest", 1) != 0;
   int64_t k = intValues(*n.in[1]).at(0), width = x.shape.back();
@@ -963,7 +997,13 @@ bool evaluateClip(NodeEval &n) {
 bool evaluateCumSum(NodeEval &n) {
   const HostTensor &x = *n.in[0];
   int64_t rank = static_cast<int64_t>(x.shape.size());
-  int64_t axis = normalizeAxis(intValues(*n.in[1]).at(0), rank);
+  std::vector<int64_t> axisValues = intValues(*n.in[1]);
+  if (axisValues.size() != 1)
+    return n.fail(fmt::format("axis has {} values, not 1", axisValues.size()));
+  int64_t axis = axisValues[0];
+  if (!n.checkAxes(axis, rank))
+    return false;
+  axis = normalizeAxis(axis, rank);
   bool exclusive = n.intAttr("exclusive", 0), reverse = n.intAttr("reverse", 0);
   HostTensor out = like(x.isFloat(), x.shape);
   Shape strides = stridesOf(x.shape);

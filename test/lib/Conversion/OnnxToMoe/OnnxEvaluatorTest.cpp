@@ -4,7 +4,9 @@
 // through its table compute ONNX's values (integer division and modulo,
 // casts to bool, multi-result Split and TopK, Where over broadcast masks),
 // and a node it cannot evaluate fails with the operator's type and the
-// node's location.
+// node's location; axes and slice operands out of range fail naming them
+// (the fuzzer's first find read past a tensor on a CumSum axis of 1 over a
+// rank-1 input).
 //
 //===----------------------------------------------------------------------===//
 
@@ -183,6 +185,31 @@ TEST_F(OnnxEvaluatorTest, NodeWithTooFewInputsFails) {
   EXPECT_FALSE(returned(f, 0, error));
   EXPECT_EQ(error, "ONNX 'Reshape' needs 2 inputs but has 1 at node "
                    "loc(\"r_5\"(\"m.onnx\":5:1))");
+}
+
+TEST_F(OnnxEvaluatorTest, AxesOutOfRangeFailWithTheAxisAndRank) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%x: tensor<4xi32>, %axis: tensor<i64>, %starts: tensor<1xi64>, %steps: tensor<1xi64>) -> (tensor<4xi32>, tensor<8xi32>, tensor<4xi32>, tensor<4xi32>) {
+      %c = moe.onnx_node "CumSum"(%x, %axis) : (tensor<4xi32>, tensor<i64>) -> tensor<4xi32> loc("c_1"("m.onnx":1:1))
+      %j = moe.onnx_node "Concat"(%x, %x) {axis = -2 : i64} : (tensor<4xi32>, tensor<4xi32>) -> tensor<8xi32> loc("j_2"("m.onnx":2:1))
+      %s = moe.onnx_node "Slice"(%x, %starts, %starts, %starts, %steps) : (tensor<4xi32>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<4xi32> loc("s_3"("m.onnx":3:1))
+      %r = moe.onnx_node "ReduceSum"(%x, %axis) : (tensor<4xi32>, tensor<i64>) -> tensor<4xi32> loc("r_4"("m.onnx":4:1))
+      return %c, %j, %s, %r : tensor<4xi32>, tensor<8xi32>, tensor<4xi32>, tensor<4xi32>
+    })mlir",
+                         {ints({4}, {1, 2, 3, 4}), ints({}, {1}), ints({1}, {0}),
+                          ints({1}, {0})});
+  std::string error;
+  EXPECT_FALSE(returned(f, 0, error));
+  EXPECT_EQ(error, "axis 1 is out of range for rank 1 at node "
+                   "loc(\"c_1\"(\"m.onnx\":1:1))");
+  EXPECT_FALSE(returned(f, 1, error));
+  EXPECT_EQ(error, "axis -2 is out of range for rank 1 at node "
+                   "loc(\"j_2\"(\"m.onnx\":2:1))");
+  EXPECT_FALSE(returned(f, 2, error));
+  EXPECT_EQ(error, "a step is 0 at node loc(\"s_3\"(\"m.onnx\":3:1))");
+  EXPECT_FALSE(returned(f, 3, error));
+  EXPECT_EQ(error, "axis 1 is out of range for rank 1 at node "
+                   "loc(\"r_4\"(\"m.onnx\":4:1))");
 }
 
 } // namespace
