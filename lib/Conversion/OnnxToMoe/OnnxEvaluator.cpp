@@ -269,7 +269,13 @@ bool matmul(const HostTensor &a0, const HostTensor &b0, HostTensor &out,
 bool indexTupleOffsets(const HostTensor &indices, const Shape &shape,
                        StringRef op, std::vector<int64_t> &offsets,
                        std::string &error) {
-  int64_t depth = indices.shape.back();
+  int64_t depth = indices.shape.empty() ? -1 : indices.shape.back();
+  if (depth < 0 || depth > static_cast<int64_t>(shape.size())) {
+    error = fmt::format("{} index tuples of shape {} do not index a tensor of "
+                        "rank {}",
+                        op.str(), indices.shapeString(), shape.size());
+    return false;
+  }
   Shape strides = stridesOf(shape);
   std::vector<int64_t> idx = intValues(indices);
   int64_t count = indices.numElements() / std::max<int64_t>(depth, 1);
@@ -614,8 +620,13 @@ bool evaluateReshape(NodeEval &n) {
   bool allowZero = n.intAttr("allowzero", 0) != 0;
   int64_t known = 1, inferred = -1;
   for (size_t i = 0; i < target.size(); ++i) {
-    if (target[i] == 0 && !allowZero)
-      target[i] = x.shape.at(i);
+    if (target[i] == 0 && !allowZero) {
+      if (i >= x.shape.size())
+        return n.fail(fmt::format("Reshape target dimension {} copies a "
+                                  "dimension {} does not have",
+                                  i, x.shapeString()));
+      target[i] = x.shape[i];
+    }
     if (target[i] == -1)
       inferred = static_cast<int64_t>(i);
     else
@@ -790,14 +801,14 @@ bool evaluateGatherND(NodeEval &n) {
     return n.fail("GatherND with batch_dims is not supported");
   const HostTensor &x = *n.in[0];
   const HostTensor &ind = *n.in[1];
+  std::vector<int64_t> offsets;
+  if (!indexTupleOffsets(ind, x.shape, "GatherND", offsets, n.error))
+    return false;
   int64_t depth = ind.shape.back();
   Shape shape(ind.shape.begin(), ind.shape.end() - 1);
   shape.insert(shape.end(), x.shape.begin() + depth, x.shape.end());
   int64_t inner = trailingSize(x.shape, depth);
   HostTensor out = like(x.isFloat(), shape);
-  std::vector<int64_t> offsets;
-  if (!indexTupleOffsets(ind, x.shape, "GatherND", offsets, n.error))
-    return false;
   for (size_t l = 0; l < offsets.size(); ++l)
     for (int64_t i = 0; i < inner; ++i)
       copyElement(x, offsets[l] + i, out, l * inner + i);
@@ -1032,10 +1043,14 @@ bool evaluateScatterND(NodeEval &n) {
   HostTensor out = *n.in[0];
   const HostTensor &ind = *n.in[1];
   const HostTensor &updates = *n.in[2];
-  int64_t inner = trailingSize(out.shape, ind.shape.back());
   std::vector<int64_t> offsets;
   if (!indexTupleOffsets(ind, out.shape, "ScatterND", offsets, n.error))
     return false;
+  int64_t inner = trailingSize(out.shape, ind.shape.back());
+  if (updates.numElements() != static_cast<int64_t>(offsets.size()) * inner)
+    return n.fail(fmt::format("ScatterND updates {} do not hold {} slices of "
+                              "{} elements",
+                              updates.shapeString(), offsets.size(), inner));
   for (size_t l = 0; l < offsets.size(); ++l)
     for (int64_t i = 0; i < inner; ++i)
       put(out, offsets[l] + i, at(updates, l * inner + i));

@@ -212,4 +212,22 @@ TEST_F(OnnxEvaluatorTest, AxesOutOfRangeFailWithTheAxisAndRank) {
                    "loc(\"r_4\"(\"m.onnx\":4:1))");
 }
 
+TEST_F(OnnxEvaluatorTest, ScatterNDUpdatesAndIndexTuplesMustAgree) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%x: tensor<4xi64>, %i: tensor<2x1xi64>, %u: tensor<3xi64>, %deep: tensor<1x2xi64>) -> (tensor<4xi64>, tensor<4xi64>) {
+      %s = moe.onnx_node "ScatterND"(%x, %i, %u) : (tensor<4xi64>, tensor<2x1xi64>, tensor<3xi64>) -> tensor<4xi64> loc("s_1"("m.onnx":1:1))
+      %d = moe.onnx_node "ScatterND"(%x, %deep, %u) : (tensor<4xi64>, tensor<1x2xi64>, tensor<3xi64>) -> tensor<4xi64> loc("d_2"("m.onnx":2:1))
+      return %s, %d : tensor<4xi64>, tensor<4xi64>
+    })mlir",
+                         {ints({4}, {0, 0, 0, 0}), ints({2, 1}, {0, 3}),
+                          ints({3}, {7, 8, 9}), ints({1, 2}, {0, 0})});
+  std::string error;
+  EXPECT_FALSE(returned(f, 0, error));
+  EXPECT_EQ(error, "ScatterND updates [3] do not hold 2 slices of 1 elements "
+                   "at node loc(\"s_1\"(\"m.onnx\":1:1))");
+  EXPECT_FALSE(returned(f, 1, error));
+  EXPECT_EQ(error, "ScatterND index tuples of shape [1, 2] do not index a "
+                   "tensor of rank 1 at node loc(\"d_2\"(\"m.onnx\":2:1))");
+}
+
 } // namespace
