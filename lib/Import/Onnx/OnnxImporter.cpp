@@ -5,7 +5,9 @@
 // nothing, it only checks what it must to produce well-formed IR (defined
 // inputs, known element types, typed outputs, consistent static shapes) and
 // rejects what moec cannot represent (sub-graphs, randomness, unknown
-// domains, model-local functions).
+// domains, model-local functions) and declared sizes over the limits in
+// moec/Import/Onnx.h (tensor elements, node count, nesting), before
+// building IR for them.
 //
 //===----------------------------------------------------------------------===//
 
