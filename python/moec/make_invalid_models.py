@@ -154,6 +154,14 @@ def matmul_inner_dims():
                  [floats("proj.weight", [4, 5])])
 
 
+def matmul_output_dims():
+    # x [2, 4] times proj.weight [4, 5] is [2, 5]; y is declared [2, 6].
+    node = helper.make_node("MatMul", ["x", "proj.weight"], ["y"], name="proj")
+    return model([node], [tensor_info("x", FLOAT, [2, 4])],
+                 [tensor_info("y", FLOAT, [2, 6])],
+                 [floats("proj.weight", [4, 5])])
+
+
 def add_broadcast():
     node = helper.make_node("Add", ["a", "b"], ["y"], name="sum")
     return model([node],
@@ -412,6 +420,7 @@ MODELS: dict[str, Callable[[], object]] = {
     "graph-attribute.onnx": graph_attribute,
     "local-function.onnx": local_function,
     "matmul-inner-dims.onnx": matmul_inner_dims,
+    "matmul-output-dims.onnx": matmul_output_dims,
     "add-broadcast.onnx": add_broadcast,
     "parameter-dims.onnx": parameter_dims,
     "constant-dims.onnx": constant_dims,

@@ -629,8 +629,10 @@ bool evaluateReshape(NodeEval &n) {
     }
     if (target[i] == -1)
       inferred = static_cast<int64_t>(i);
-    else
-      known *= target[i];
+    else if (target[i] < 0 || __builtin_mul_overflow(known, target[i], &known))
+      return n.fail(fmt::format("Reshape target [{}] is not a shape of at "
+                                "most 2^63 elements",
+                                fmt::join(target, ", ")));
   }
   if (inferred >= 0)
     target[inferred] = known ? x.numElements() / known : 0;

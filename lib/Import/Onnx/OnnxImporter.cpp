@@ -126,7 +126,8 @@ private:
   LogicalResult importConstantNode(const onnx::NodeProto &node, Location loc);
   LogicalResult importNode(const onnx::NodeProto &node, int index);
   LogicalResult checkShapes(const onnx::NodeProto &node, Location loc,
-                            ArrayRef<Value> inputs);
+                            ArrayRef<Value> inputs,
+                            ArrayRef<Type> resultTypes);
 
   /// The name diagnostics use for a node: its own, or `<op type>#<position>`
   /// when it has none.
@@ -384,7 +385,8 @@ static bool broadcastable(ArrayRef<int64_t> a, ArrayRef<int64_t> b,
 }
 
 LogicalResult GraphImporter::checkShapes(const onnx::NodeProto &node,
-                                         Location loc, ArrayRef<Value> inputs) {
+                                         Location loc, ArrayRef<Value> inputs,
+                                         ArrayRef<Type> resultTypes) {
   auto shapeOf = [](Value v) -> ArrayRef<int64_t> {
     if (auto t = dyn_cast<RankedTensorType>(v.getType()))
       return t.getShape();
@@ -402,6 +404,26 @@ LogicalResult GraphImporter::checkShapes(const onnx::NodeProto &node,
                << "inconsistent shapes: inner dimensions " << k1 << " (of '"
                << node.input(0) << "') and " << k2 << " (of '"
                << node.input(1) << "') differ";
+      // The declared result's last two dimensions are the product's.
+      auto result = resultTypes.empty()
+                        ? RankedTensorType()
+                        : dyn_cast<RankedTensorType>(resultTypes.front());
+      if (result && result.getRank() >= 2) {
+        int64_t rows = a[a.size() - 2], cols = b.back();
+        int64_t declaredRows = result.getShape()[result.getRank() - 2];
+        int64_t declaredCols = result.getShape().back();
+        auto differs = [](int64_t x, int64_t y) {
+          return !ShapedType::isDynamic(x) && !ShapedType::isDynamic(y) &&
+                 x != y;
+        };
+        if (differs(rows, declaredRows) || differs(cols, declaredCols))
+          return nodeError(node, loc)
+                 << "inconsistent shapes: output '" << node.output(0)
+                 << "' is declared " << declaredRows << "x" << declaredCols
+                 << " in its last two dimensions, the product of '"
+                 << node.input(0) << "' and '" << node.input(1) << "' is "
+                 << rows << "x" << cols;
+      }
     }
   }
   static const llvm::StringSet<> elementwise = {"Add", "Sub", "Mul", "Div",
@@ -480,7 +502,7 @@ LogicalResult GraphImporter::importNode(const onnx::NodeProto &node,
       return failure();
     resultTypes.push_back(*type);
   }
-  if (failed(checkShapes(node, loc, inputs)))
+  if (failed(checkShapes(node, loc, inputs, resultTypes)))
     return failure();
 
   SmallVector<NamedAttribute> attrs;

@@ -5,8 +5,9 @@
 // casts to bool, multi-result Split and TopK, Where over broadcast masks),
 // and a node it cannot evaluate fails with the operator's type and the
 // node's location; axes and slice operands out of range fail naming them
-// (the fuzzer's first find read past a tensor on a CumSum axis of 1 over a
-// rank-1 input).
+// (the fuzzer's finds: a CumSum axis of 1 over a rank-1 input read past a
+// tensor, ScatterND updates of another size, a Reshape target whose
+// product overflows).
 //
 //===----------------------------------------------------------------------===//
 
@@ -228,6 +229,21 @@ TEST_F(OnnxEvaluatorTest, ScatterNDUpdatesAndIndexTuplesMustAgree) {
   EXPECT_FALSE(returned(f, 1, error));
   EXPECT_EQ(error, "ScatterND index tuples of shape [1, 2] do not index a "
                    "tensor of rank 1 at node loc(\"d_2\"(\"m.onnx\":2:1))");
+}
+
+TEST_F(OnnxEvaluatorTest, ReshapeTargetsThatOverflowFail) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%x: tensor<4xf32>, %shape: tensor<3xi64>) -> tensor<?x?x?xf32> {
+      %y = moe.onnx_node "Reshape"(%x, %shape) : (tensor<4xf32>, tensor<3xi64>) -> tensor<?x?x?xf32> loc("r_1"("m.onnx":1:1))
+      return %y : tensor<?x?x?xf32>
+    })mlir",
+                         {HostTensor::floats({4}),
+                          ints({3}, {9151314442816847874, 16777215, -1})});
+  std::string error;
+  EXPECT_FALSE(returned(f, 0, error));
+  EXPECT_EQ(error, "Reshape target [9151314442816847874, 16777215, -1] is not "
+                   "a shape of at most 2^63 elements at node "
+                   "loc(\"r_1\"(\"m.onnx\":1:1))");
 }
 
 } // namespace
