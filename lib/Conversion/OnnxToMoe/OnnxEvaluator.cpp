@@ -752,6 +752,17 @@ bool evaluateTranspose(NodeEval &n) {
   else
     for (int64_t i = 0; i < rank; ++i)
       perm[i] = rank - 1 - i;
+  std::vector<bool> seen(rank, false);
+  bool permutes = static_cast<int64_t>(perm.size()) == rank;
+  for (int64_t p : perm) {
+    permutes = permutes && p >= 0 && p < rank && !seen[p];
+    if (permutes)
+      seen[p] = true;
+  }
+  if (!permutes)
+    return n.fail(fmt::format("Transpose perm [{}] is not a permutation of "
+                              "the {} dimensions",
+                              fmt::join(perm, ", "), rank));
   Shape shape(rank);
   for (int64_t i = 0; i < rank; ++i)
     shape[i] = x.shape[perm[i]];
@@ -818,10 +829,18 @@ bool evaluateGatherND(NodeEval &n) {
 }
 
 bool evaluateRange(NodeEval &n) {
+  for (const HostTensor *t : n.in)
+    if (t->numElements() != 1)
+      return n.fail(fmt::format("Range operand {} is not a scalar",
+                                t->shapeString()));
   double start = at(*n.in[0], 0), limit = at(*n.in[1], 0),
          delta = at(*n.in[2], 0);
-  int64_t count = std::max<int64_t>(
-      0, static_cast<int64_t>(std::ceil((limit - start) / delta)));
+  double steps = std::ceil((limit - start) / delta);
+  if (!std::isfinite(steps) || steps > static_cast<double>(kMaxElements))
+    return n.fail(fmt::format("Range from {} to {} by {} is not a tensor of "
+                              "at most {} elements",
+                              start, limit, delta, kMaxElements));
+  int64_t count = std::max<int64_t>(0, static_cast<int64_t>(steps));
   HostTensor out = like(n.in[0]->isFloat(), {count});
   for (int64_t i = 0; i < count; ++i)
     put(out, i, start + i * delta);

@@ -246,4 +246,23 @@ TEST_F(OnnxEvaluatorTest, ReshapeTargetsThatOverflowFail) {
                    "loc(\"r_1\"(\"m.onnx\":1:1))");
 }
 
+TEST_F(OnnxEvaluatorTest, TransposeAndRangeOperandsAreChecked) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%x: tensor<2x3xf32>, %start: tensor<i64>, %delta: tensor<i64>) -> (tensor<3x2xf32>, tensor<?xi64>) {
+      %t = moe.onnx_node "Transpose"(%x) {perm = array<i64: 0, 0>} : (tensor<2x3xf32>) -> tensor<3x2xf32> loc("t_1"("m.onnx":1:1))
+      %r = moe.onnx_node "Range"(%start, %start, %delta) : (tensor<i64>, tensor<i64>, tensor<i64>) -> tensor<?xi64> loc("r_2"("m.onnx":2:1))
+      return %t, %r : tensor<3x2xf32>, tensor<?xi64>
+    })mlir",
+                         {HostTensor::floats({2, 3}), ints({}, {1}),
+                          ints({}, {0})});
+  std::string error;
+  EXPECT_FALSE(returned(f, 0, error));
+  EXPECT_EQ(error, "Transpose perm [0, 0] is not a permutation of the 2 "
+                   "dimensions at node loc(\"t_1\"(\"m.onnx\":1:1))");
+  EXPECT_FALSE(returned(f, 1, error));
+  EXPECT_NE(error.find("Range from 1 to 1 by 0 is not a tensor of at most"),
+            std::string::npos)
+      << error;
+}
+
 } // namespace
