@@ -6,12 +6,17 @@
 # tests, and the header-only cuDNN frontend from PyPI (its headers only: the
 # package's Python dependencies are not needed to compile against it) for
 # bf16 attention on cuDNN. Safe to run again; it only installs what is
-# missing.
+# missing. With --fuzz it also installs clang 22 and libFuzzer (with the
+# sanitizers' runtimes) for tools/fuzz.sh, which the normal build does not
+# need.
 set -euo pipefail
 
 packages=(cmake ninja-build g++ libmlir-22-dev mlir-22-tools llvm-22-dev
           llvm-22-tools libonnx-dev libprotobuf-dev protobuf-compiler
           libfmt-dev libgtest-dev zlib1g-dev libcli11-dev nlohmann-json3-dev)
+if [ "${1:-}" = --fuzz ]; then
+  packages+=(clang-22 libclang-rt-22-dev libfuzzer-22-dev)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

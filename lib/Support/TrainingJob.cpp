@@ -525,7 +525,13 @@ llvm::Error moec::readTrainingJobConfig(llvm::StringRef path,
   if (!buffer)
     return error(fmt::format("cannot read config '{}': {}", path.str(),
                              buffer.getError().message()));
-  llvm::Expected<json::Value> parsed = json::parse((*buffer)->getBuffer());
+  return readTrainingJobConfigText((*buffer)->getBuffer(), path, job);
+}
+
+llvm::Error moec::readTrainingJobConfigText(llvm::StringRef text,
+                                            llvm::StringRef path,
+                                            TrainingJob &job) {
+  llvm::Expected<json::Value> parsed = json::parse(text);
   if (!parsed)
     return error(fmt::format("config '{}' is not JSON: {}", path.str(),
                              llvm::toString(parsed.takeError())));

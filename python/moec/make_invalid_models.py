@@ -154,6 +154,14 @@ def matmul_inner_dims():
                  [floats("proj.weight", [4, 5])])
 
 
+def matmul_output_dims():
+    # x [2, 4] times proj.weight [4, 5] is [2, 5]; y is declared [2, 6].
+    node = helper.make_node("MatMul", ["x", "proj.weight"], ["y"], name="proj")
+    return model([node], [tensor_info("x", FLOAT, [2, 4])],
+                 [tensor_info("y", FLOAT, [2, 6])],
+                 [floats("proj.weight", [4, 5])])
+
+
 def add_broadcast():
     node = helper.make_node("Add", ["a", "b"], ["y"], name="sum")
     return model([node],
@@ -202,6 +210,70 @@ def huge_constant(dims):
     node = helper.make_node("Reshape", ["x", "shape"], ["y"], name="reshape")
     return model([node], [tensor_info("x", FLOAT, [2, 3])],
                  [tensor_info("y", FLOAT, [3, 2])], [shape])
+
+
+# Resource limits: declared sizes no step could hold, refused before any IR
+# is built for them (no data is stored: the files stay small).
+HUGE = [1 << 20, 1 << 20]  # 2^40 elements
+
+
+def huge_parameter():
+    """embed.weight declared [2^20, 2^20] in an external file never written."""
+    node = helper.make_node("Gather", ["embed.weight", "input_ids"], ["hidden"],
+                            name="embed")
+    return model([node], [tensor_info("input_ids", INT64, ["batch", "seq"])],
+                 [tensor_info("hidden", FLOAT, ["batch", "seq", 1 << 20])],
+                 [external("embed.weight", FLOAT, HUGE, "embed.bin")])
+
+
+def huge_input():
+    node = helper.make_node("Identity", ["x"], ["y"], name="copy")
+    return model([node], [tensor_info("x", FLOAT, HUGE + ["batch"])],
+                 [tensor_info("y", FLOAT, [2])])
+
+
+def huge_value():
+    """A node output whose value_info declares 2^40 elements."""
+    nodes = [helper.make_node("Identity", ["x"], ["t"], name="widen"),
+             helper.make_node("Identity", ["t"], ["y"], name="copy")]
+    return model(nodes, [tensor_info("x", FLOAT, [2])],
+                 [tensor_info("y", FLOAT, [2])],
+                 value_info=[tensor_info("t", FLOAT, HUGE)])
+
+
+def _field(number, payload):
+    """A length-delimited protobuf field (wire type 2)."""
+    key, size, out = (number << 3) | 2, len(payload), bytearray()
+    for v in (key, size):
+        while v >= 0x80:
+            out.append(v & 0x7F | 0x80)
+            v >>= 7
+        out.append(v)
+    return bytes(out) + payload
+
+
+def nested_if(depth):
+    """If nodes nested `depth` deep through their then-branches (three
+    messages per level: node, attribute, graph), written as raw bytes:
+    protobuf's Python parser refuses to build it."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"], name="leaf")], "leaf", [],
+        [tensor_info("y", FLOAT, [2])]).SerializeToString()
+    output = tensor_info("y", FLOAT, [2]).SerializeToString()
+    for d in reversed(range(depth)):
+        attribute = (_field(1, b"then_branch") + _field(6, graph) +
+                     bytes([0xA0, 0x01, 5]))  # type (field 20) = GRAPH
+        node = (_field(1, b"cond") + _field(2, b"y") +
+                _field(3, f"if{d}".encode()) + _field(4, b"If") +
+                _field(5, attribute))
+        graph = _field(1, node) + _field(2, f"level{d}".encode())
+        if d:
+            graph += _field(12, output)
+    top = model([], [tensor_info("cond", TensorProto.BOOL, []),
+                     tensor_info("x", FLOAT, [2])],
+                [tensor_info("y", FLOAT, [2])])
+    top.graph.ClearField("node")
+    return top.SerializeToString() + _field(7, graph)
 
 
 def duplicate_initializer():
@@ -348,6 +420,7 @@ MODELS: dict[str, Callable[[], object]] = {
     "graph-attribute.onnx": graph_attribute,
     "local-function.onnx": local_function,
     "matmul-inner-dims.onnx": matmul_inner_dims,
+    "matmul-output-dims.onnx": matmul_output_dims,
     "add-broadcast.onnx": add_broadcast,
     "parameter-dims.onnx": parameter_dims,
     "constant-dims.onnx": constant_dims,
@@ -356,6 +429,10 @@ MODELS: dict[str, Callable[[], object]] = {
     # 2^40 elements: too many to allocate; 2^70: too many to count in int64.
     "huge-constant.onnx": lambda: huge_constant([1 << 40]),
     "overflow-constant.onnx": lambda: huge_constant([1 << 40, 1 << 30]),
+    "huge-parameter.onnx": huge_parameter,
+    "huge-input.onnx": huge_input,
+    "huge-value.onnx": huge_value,
+    "nested-if.onnx": lambda: nested_if(40),
     "duplicate-initializer.onnx": duplicate_initializer,
     "missing-initializer.onnx": missing_initializer,
     "unnamed-node.onnx": unnamed_node,

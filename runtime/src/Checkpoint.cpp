@@ -36,6 +36,9 @@ using namespace moert;
 namespace {
 
 constexpr const char *kManifestName = "manifest.tsv";
+/// The most ranks a manifest's mesh may have (its product must fit an int64
+/// for any use; no run is near it).
+constexpr int64_t kMaxRanks = int64_t(1) << 24;
 constexpr const char *kFormat = "moec-checkpoint\t1";
 
 std::vector<std::string> splitTabs(const std::string &line) {
@@ -65,9 +68,11 @@ bool parseShape(const std::string &text, std::vector<int64_t> &shape) {
     return true;
   std::stringstream in(text);
   std::string extent;
+  // The element count must fit an int64 (offsets are computed from it).
+  int64_t count = 1;
   while (std::getline(in, extent, 'x')) {
     int64_t v;
-    if (!parseInt(extent, v) || v < 0)
+    if (!parseInt(extent, v) || v < 0 || __builtin_mul_overflow(count, v, &count))
       return false;
     shape.push_back(v);
   }
@@ -216,7 +221,7 @@ Status moert::parseManifest(const std::string &text, const std::string &file,
         return bad("bad seed '" + f[1] + "'");
     } else if (key == "mesh" && f.size() == 4 && parseInt(f[1], a) &&
                parseInt(f[2], b) && parseInt(f[3], c) && a > 0 && b > 0 &&
-               c > 0) {
+               c > 0 && a <= kMaxRanks / b && a * b <= kMaxRanks / c) {
       m.mesh = MeshShape{a, b, c};
       sawMesh = true;
     } else if (key == "shard_bytes" && f.size() == 2 && parseInt(f[1], a) &&
@@ -232,7 +237,9 @@ Status moert::parseManifest(const std::string &text, const std::string &file,
           !parseInt(f[5], q.expAvgSqOffset) ||
           !parseShape(f[6], q.layout.shape) ||
           !parseShape(f[7], q.layout.globalShape) ||
-          !parseInt(f[8], chunk) || (f[9] != "0" && f[9] != "1"))
+          !parseInt(f[8], chunk) || chunk < -1 ||
+          chunk >= static_cast<int64_t>(q.layout.shape.size()) ||
+          (f[9] != "0" && f[9] != "1"))
         return bad("bad parameter record");
       q.elementBytes = static_cast<int>(bytes);
       q.layout.chunkDim = static_cast<int>(chunk);
@@ -260,11 +267,15 @@ Status moert::parseManifest(const std::string &text, const std::string &file,
     return bad(std::to_string(m.shards.size()) + " shards for a mesh of " +
                std::to_string(m.mesh.size()) + " ranks");
   for (const CheckpointParameter &q : m.parameters) {
-    const int64_t end =
-        std::max({q.offset, q.expAvgOffset, q.expAvgSqOffset}) +
-        elementCount(q.layout.shape) * q.elementBytes;
+    int64_t bytes = 0, end = 0;
+    bool overflows =
+        __builtin_mul_overflow(elementCount(q.layout.shape), q.elementBytes,
+                               &bytes) ||
+        __builtin_add_overflow(
+            std::max({q.offset, q.expAvgOffset, q.expAvgSqOffset}), bytes,
+            &end);
     if (std::min({q.offset, q.expAvgOffset, q.expAvgSqOffset}) < 0 ||
-        end > m.shardBytes)
+        overflows || end > m.shardBytes)
       return bad("parameter '" + q.name + "' lies outside the shard's " +
                  std::to_string(m.shardBytes) + " bytes");
   }

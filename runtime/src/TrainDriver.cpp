@@ -49,6 +49,7 @@
 #include "moert/Schedule.h"
 #include "moert/StepGraphs.h"
 #include "moert/ThreadCommunicator.h"
+#include "moert/TokenFile.h"
 #include "moert/kernels/Blas.h"
 #include "moert/kernels/Context.h"
 
@@ -165,31 +166,28 @@ struct RankPlace {
   int device = 0;
 };
 
-std::vector<int64_t> readTokens(const std::string &path, int64_t seq,
-                                int64_t vocab) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in)
-    fatal("cannot open token file '" + path + "'");
-  int64_t bytes = static_cast<int64_t>(in.tellg());
-  int64_t blockBytes = seq * 8;
-  if (bytes == 0 || bytes % blockBytes != 0)
-    fatal("token file '" + path + "' has " + std::to_string(bytes) +
-          " bytes, not a whole number of blocks of " + std::to_string(seq) +
-          " int64 tokens (" + std::to_string(blockBytes) +
-          " bytes): the program was compiled for sequence length " +
-          std::to_string(seq));
-  std::vector<int64_t> tokens(bytes / 8);
-  in.seekg(0);
-  in.read(reinterpret_cast<char *>(tokens.data()), bytes);
-  if (!in)
-    fatal("cannot read token file '" + path + "'");
-  for (size_t i = 0; i < tokens.size(); ++i)
-    if (tokens[i] < 0 || tokens[i] >= vocab)
-      fatal("token file '" + path + "': block " + std::to_string(i / seq) +
-            ", position " + std::to_string(i % seq) + " holds " +
-            std::to_string(tokens[i]) + ", outside the vocabulary [0, " +
-            std::to_string(vocab) + ")");
-  return tokens;
+/// Fails, with the plan's numbers, when the device's free memory cannot
+/// hold what the rank is about to allocate (checked before the first
+/// allocation, so the message says why rather than cudaMalloc's code).
+Status checkDeviceMemory(const TrainProgram &p, int64_t scratchBytes,
+                         const RankPlace &place) {
+  size_t freeBytes = 0, totalBytes = 0;
+  if (cudaError_t err = cudaMemGetInfo(&freeBytes, &totalBytes);
+      err != cudaSuccess)
+    return Status::failure(std::string("cannot query the GPU's memory: ") +
+                           cudaGetErrorString(err));
+  const int64_t needed = p.stateBytes + std::max<int64_t>(p.arenaBytes, 256) +
+                         p.inputBytes + scratchBytes;
+  if (needed <= static_cast<int64_t>(freeBytes))
+    return Status::success();
+  return Status::failure(
+      "GPU " + std::to_string(place.device) + " has " + std::to_string(freeBytes) +
+      " of " + std::to_string(totalBytes) + " bytes free, the program needs " +
+      std::to_string(needed) + " (state " + std::to_string(p.stateBytes) +
+      ", arena " + std::to_string(p.arenaBytes) + ", inputs " +
+      std::to_string(p.inputBytes) + ", scratch " +
+      std::to_string(scratchBytes) + "); compile for this GPU (moec compile "
+      "--gpu) or free it");
 }
 
 /// Time per op kind of a profiled step, largest first.
@@ -416,6 +414,7 @@ int runRank(const TrainProgram &p, const Options &o,
   if (p.openLibraries)
     p.openLibraries(ctx);
   ctx.scratchBytes = p.scratchBytes(ctx);
+  orExit(checkDeviceMemory(p, ctx.scratchBytes, place));
   char *state = nullptr, *arena = nullptr, *inputs = nullptr;
   MOERT_CUDA_CHECK(cudaMalloc(&state, p.stateBytes));
   MOERT_CUDA_CHECK(cudaMalloc(&arena, std::max<int64_t>(p.arenaBytes, 256)));
@@ -831,7 +830,9 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
     fatal("--export-hf: the program's manifest.json (beside it) has no "
           "Hugging Face config; compile it again with this moec");
 
-  std::vector<int64_t> tokens = readTokens(o.tokensPath, p.seq, p.vocab);
+  std::vector<int64_t> tokens;
+  if (Status s = readTokenFile(o.tokensPath, p.seq, p.vocab, tokens); !s.ok())
+    fatal(s.message());
 
   if (p.mesh.size() == 1)
     return runRank(p, o, manifest, initFrom.get(), tokens, resume, RankPlace{});

@@ -4,7 +4,8 @@
 // and read back byte for byte with its step and seed; the manifest's text
 // round-trips; resuming refuses what is missing, truncated, corrupted,
 // uncommitted or of another model, naming the file; temporary files are
-// never what `latest` names. Resharding: a fake model (a dense parameter
+// never what `latest` names; a writer killed mid-save or one whose writes
+// fail (a full disk) leaves the previous checkpoint the latest, whole. Resharding: a fake model (a dense parameter
 // with padding, an expert parameter, a bf16 one) checkpointed under one
 // (R, H, P) and resumed under others, (H, P) = (2, 2) → (4, 1) → (1, 4),
 // to other world sizes and with replicas, gets exactly the blocks cut from
@@ -17,8 +18,13 @@
 
 #include <gtest/gtest.h>
 
+#include <csignal>
 #include <cstring>
 #include <fstream>
+
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 using namespace moert;
 
@@ -166,6 +172,37 @@ TEST(Checkpoint, ManifestRoundTripsAndRefusesCutOrMalformedText) {
             "checkpoint manifest 'M', line 12: text after 'end'");
 }
 
+// Sizes whose products overflow int64 (found by reading what the
+// checkpoint fuzzer's UBSan build would trip on: tools/fuzz/).
+TEST(Checkpoint, ManifestRefusesSizesThatOverflow) {
+  const std::string head = "moec-checkpoint\t1\nstep\t3\nseed\t1\n";
+  const std::string tail = "shard\tr\t96\t00000000deadbeef\nend\n";
+  CheckpointManifest back;
+  EXPECT_EQ(parseManifest(head + "mesh\t4294967296\t4294967296\t2\n"
+                                 "shard_bytes\t96\nend\n",
+                          "M", back)
+                .message(),
+            "checkpoint manifest 'M', line 4: unknown or malformed record "
+            "'mesh'");
+  const std::string one = head + "mesh\t1\t1\t1\nshard_bytes\t96\n";
+  EXPECT_EQ(parseManifest(one + "parameter\tw\t4\t0\t0\t0\t"
+                                "4294967296x4294967296\t4x4\t0\t0\n" + tail,
+                          "M", back)
+                .message(),
+            "checkpoint manifest 'M', line 6: bad parameter record");
+  EXPECT_EQ(parseManifest(one + "parameter\tw\t4\t9223372036854775800\t0\t0"
+                                "\t4x4\t4x4\t0\t0\n" + tail,
+                          "M", back)
+                .message(),
+            "checkpoint manifest 'M', line 8: parameter 'w' lies outside the "
+            "shard's 96 bytes");
+  EXPECT_EQ(parseManifest(one + "parameter\tw\t4\t0\t0\t0\t4x4\t4x4\t"
+                                "4294967296\t0\n" + tail,
+                          "M", back)
+                .message(),
+            "checkpoint manifest 'M', line 6: bad parameter record");
+}
+
 TEST(Checkpoint, ResumingRefusesWhatIsNotThisProgramsCheckpoint) {
   TinyProgram tiny;
   std::filesystem::path dir = freshDir("refusals");
@@ -241,6 +278,73 @@ TEST(Checkpoint, UncommittedShardsAreNotTheLatest) {
   ASSERT_TRUE(resumeTiny(dir, tiny, manifest, back).ok());
   EXPECT_EQ(manifest.step, 4);
   EXPECT_EQ(back, first);
+}
+
+/// A save whose writes fail part way (a full disk: a file-size limit makes
+/// the write fail as ENOSPC would, in a child process) reports the file and
+/// leaves the previous checkpoint the latest, whole; once at the shard, once
+/// at the manifest (the shard's 120 bytes fit, the manifest does not).
+TEST(Checkpoint, AFailedWriteDuringSaveKeepsTheLatest) {
+  TinyProgram tiny;
+  std::filesystem::path dir = freshDir("disk-full");
+  std::vector<char> first(120, 1), second(120, 2);
+  ASSERT_TRUE(saveTiny(dir, tiny, 4, 9, first).ok());
+  for (rlim_t limit : {rlim_t(64), rlim_t(120)}) {
+    pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      std::signal(SIGXFSZ, SIG_IGN);
+      rlimit fileSize{limit, limit};
+      setrlimit(RLIMIT_FSIZE, &fileSize);
+      Status s = saveTiny(dir, tiny, 8, 9, second);
+      const char *file = limit == 64 ? "rank_0.shard.tmp" : "manifest.tsv.tmp";
+      _exit(!s.ok() && s.message().find("cannot write") != std::string::npos &&
+                    s.message().find(file) != std::string::npos
+                ? 0
+                : 1);
+    }
+    int status = 0;
+    ASSERT_EQ(waitpid(child, &status, 0), child);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        << "the save under a " << limit << "-byte limit did not fail as "
+        << "expected";
+    CheckpointManifest manifest;
+    std::vector<char> back;
+    Status resumed = resumeTiny(dir, tiny, manifest, back);
+    ASSERT_TRUE(resumed.ok()) << resumed.message();
+    EXPECT_EQ(manifest.step, 4);
+    EXPECT_EQ(back, first);
+  }
+}
+
+/// A writer killed (SIGKILL) at some point of a loop of saves leaves a
+/// latest checkpoint that resumes, holding the bytes of its own step.
+TEST(Checkpoint, AWriterKilledMidSaveLeavesALatestThatResumes) {
+  TinyProgram tiny;
+  std::filesystem::path dir = freshDir("killed");
+  ASSERT_TRUE(saveTiny(dir, tiny, 1, 9, std::vector<char>(120, 1)).ok());
+  for (int delayMicroseconds : {0, 50, 200, 500, 1000, 3000}) {
+    pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      for (int64_t step = 2;; ++step)
+        if (!saveTiny(dir, tiny, step, 9,
+                      std::vector<char>(120, static_cast<char>(step)))
+                 .ok())
+          _exit(1);
+    }
+    usleep(delayMicroseconds);
+    kill(child, SIGKILL);
+    int status = 0;
+    ASSERT_EQ(waitpid(child, &status, 0), child);
+    EXPECT_TRUE(WIFSIGNALED(status)) << "the writer stopped by itself";
+    CheckpointManifest manifest;
+    std::vector<char> back;
+    Status resumed = resumeTiny(dir, tiny, manifest, back);
+    ASSERT_TRUE(resumed.ok()) << resumed.message();
+    EXPECT_EQ(back, std::vector<char>(120, static_cast<char>(manifest.step)))
+        << "step " << manifest.step;
+  }
 }
 
 //===----------------------------------------------------------------------===//

@@ -1,10 +1,11 @@
 //===- CompileCommand.cpp - `moec compile` --------------------------------===//
 //
 // `moec compile MODEL [--config train.json] [job flags] -o OUT [--emit cuda]
-// [--arch sm_90a] [--attention-kernel auto|cudnn|gemm]`: runs
+// [--arch sm_90a] [--attention-kernel auto|cudnn|gemm] [--gpu h200]`: runs
 // moe-compile-pipeline for the job (micro-batch, sequence length,
 // precision, MoE and optimizer options): builds the training step,
-// specialises its shapes, plans its memory; then prints two CUDA programs:
+// specialises its shapes, plans its memory (refused when it cannot fit the
+// GPU, GpuTarget.h); then prints two CUDA programs:
 //
 //   OUT/init_params   delayed_param only (checked against numpy; one-GPU
 //                     jobs only);
@@ -26,6 +27,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "Commands.h"
+#include "GpuTarget.h"
 #include "HfBinding.h"
 #include "ModelLoading.h"
 
@@ -261,6 +263,9 @@ int moec::cli::runCompile(const TrainingJobFlags &jobFlags) {
     return fail(llvm::toString(std::move(err)));
   if (llvm::Error err = moec::checkImplemented(job, moec::JobConsumer::Compile))
     return fail(llvm::toString(std::move(err)));
+  llvm::Expected<GpuTarget> gpu = getGpuTarget();
+  if (!gpu)
+    return fail(llvm::toString(gpu.takeError()));
 
   MLIRContext context;
   DiagnosticPrinter diagnostics(context);
@@ -301,6 +306,8 @@ int moec::cli::runCompile(const TrainingJobFlags &jobFlags) {
   CudaTrainProgramSummary summary;
   if (failed(emitCudaTrainProgram(*module, printOptions, trainOs, summary)))
     return 1;
+  if (llvm::Error err = checkStepFitsGpu(summary, *gpu))
+    return fail(llvm::toString(std::move(err)));
 
   if (std::error_code ec = llvm::sys::fs::create_directories(outDir))
     return fail(fmt::format("cannot create '{}': {}", outDir.getValue(),

@@ -40,6 +40,24 @@ namespace moec {
 mlir::OwningOpRef<mlir::ModuleOp> importOnnxFile(mlir::MLIRContext &context,
                                                  llvm::StringRef path);
 
+/// Imports the serialized ONNX model `bytes` as if read from `path` (which
+/// locates diagnostics and external data). Returns null after emitting a
+/// diagnostic, as importOnnxFile does.
+mlir::OwningOpRef<mlir::ModuleOp> importOnnxBytes(mlir::MLIRContext &context,
+                                                  llvm::StringRef bytes,
+                                                  llvm::StringRef path);
+
+/// What the importer refuses up front, before building IR for it: sizes
+/// that would need absurd memory in the importer or in the compiled step.
+/// A tensor type (initializer, graph input or output, value_info) of more
+/// elements than this is refused with its shape.
+constexpr int64_t kMaxOnnxTensorElements = int64_t(1) << 36;
+/// A graph of more nodes than this is refused with its node count.
+constexpr int64_t kMaxOnnxNodes = 500000;
+/// Messages nested deeper than this (sub-graphs within sub-graphs) are
+/// refused by the parser; protobuf's own default.
+constexpr int kMaxOnnxNesting = 100;
+
 /// The initializers of one ONNX model, loaded on demand by name. External
 /// data is read relative to the model's folder; locations that are absolute
 /// or leave that folder are rejected.

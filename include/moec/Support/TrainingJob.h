@@ -211,6 +211,11 @@ llvm::Error setTrainingJobText(TrainingJob &job, llvm::StringRef key,
 /// their values). Errors start with "config '<path>': ".
 llvm::Error readTrainingJobConfig(llvm::StringRef path, TrainingJob &job);
 
+/// Reads the JSON object `text` over `job` as readTrainingJobConfig does,
+/// naming `path` in errors.
+llvm::Error readTrainingJobConfigText(llvm::StringRef text,
+                                      llvm::StringRef path, TrainingJob &job);
+
 /// Who consumes a job: each implements a different part of it.
 enum class JobConsumer {
   /// `moec plan`: plans parallel degrees and activation checkpointing.

@@ -269,7 +269,13 @@ bool matmul(const HostTensor &a0, const HostTensor &b0, HostTensor &out,
 bool indexTupleOffsets(const HostTensor &indices, const Shape &shape,
                        StringRef op, std::vector<int64_t> &offsets,
                        std::string &error) {
-  int64_t depth = indices.shape.back();
+  int64_t depth = indices.shape.empty() ? -1 : indices.shape.back();
+  if (depth < 0 || depth > static_cast<int64_t>(shape.size())) {
+    error = fmt::format("{} index tuples of shape {} do not index a tensor of "
+                        "rank {}",
+                        op.str(), indices.shapeString(), shape.size());
+    return false;
+  }
   Shape strides = stridesOf(shape);
   std::vector<int64_t> idx = intValues(indices);
   int64_t count = indices.numElements() / std::max<int64_t>(depth, 1);
@@ -329,6 +335,15 @@ struct NodeEval {
   bool fail(std::string message) {
     error = std::move(message);
     return false;
+  }
+  /// Fails unless every one of `axes` names a dimension of a tensor of
+  /// `rank` dimensions: [-rank, rank) (the values come from the model).
+  bool checkAxes(ArrayRef<int64_t> axes, int64_t rank) {
+    for (int64_t axis : axes)
+      if (axis < -rank || axis >= rank)
+        return fail(fmt::format("axis {} is out of range for rank {}", axis,
+                                rank));
+    return true;
   }
 };
 
@@ -570,6 +585,8 @@ bool evaluateSqueeze(NodeEval &n) {
   std::vector<int64_t> axes = axesOperand(n);
   Shape shape;
   int64_t rank = static_cast<int64_t>(out.shape.size());
+  if (!n.checkAxes(axes, rank))
+    return false;
   for (int64_t d = 0; d < rank; ++d) {
     bool drop = axes.empty() ? out.shape[d] == 1
                              : llvm::any_of(axes, [&](int64_t a) {
@@ -586,6 +603,8 @@ bool evaluateUnsqueeze(NodeEval &n) {
   HostTensor out = *n.in[0];
   std::vector<int64_t> axes = axesOperand(n);
   int64_t rank = static_cast<int64_t>(out.shape.size() + axes.size());
+  if (!n.checkAxes(axes, rank))
+    return false;
   std::vector<int64_t> sorted;
   for (int64_t a : axes)
     sorted.push_back(normalizeAxis(a, rank));
@@ -601,12 +620,19 @@ bool evaluateReshape(NodeEval &n) {
   bool allowZero = n.intAttr("allowzero", 0) != 0;
   int64_t known = 1, inferred = -1;
   for (size_t i = 0; i < target.size(); ++i) {
-    if (target[i] == 0 && !allowZero)
-      target[i] = x.shape.at(i);
+    if (target[i] == 0 && !allowZero) {
+      if (i >= x.shape.size())
+        return n.fail(fmt::format("Reshape target dimension {} copies a "
+                                  "dimension {} does not have",
+                                  i, x.shapeString()));
+      target[i] = x.shape[i];
+    }
     if (target[i] == -1)
       inferred = static_cast<int64_t>(i);
-    else
-      known *= target[i];
+    else if (target[i] < 0 || __builtin_mul_overflow(known, target[i], &known))
+      return n.fail(fmt::format("Reshape target [{}] is not a shape of at "
+                                "most 2^63 elements",
+                                fmt::join(target, ", ")));
   }
   if (inferred >= 0)
     target[inferred] = known ? x.numElements() / known : 0;
@@ -633,7 +659,10 @@ bool evaluateExpand(NodeEval &n) {
 
 bool evaluateConcat(NodeEval &n) {
   int64_t rank = static_cast<int64_t>(n.in.front()->shape.size());
-  int64_t axis = normalizeAxis(n.intAttr("axis", 0), rank);
+  int64_t axis = n.intAttr("axis", 0);
+  if (!n.checkAxes(axis, rank))
+    return false;
+  axis = normalizeAxis(axis, rank);
   Shape shape = n.in.front()->shape;
   shape[axis] = 0;
   bool isFloat = false;
@@ -670,6 +699,16 @@ bool evaluateSlice(NodeEval &n) {
     axes = intValues(*n.in[3]);
   if (n.in.size() > 4)
     steps = intValues(*n.in[4]);
+  if (ends.size() != starts.size() || axes.size() != starts.size() ||
+      steps.size() != starts.size())
+    return n.fail(fmt::format("starts, ends, axes and steps have {}, {}, {} "
+                              "and {} values",
+                              starts.size(), ends.size(), axes.size(),
+                              steps.size()));
+  if (!n.checkAxes(axes, rank))
+    return false;
+  if (llvm::is_contained(steps, 0))
+    return n.fail("a step is 0");
   Shape begin(rank, 0), step(rank, 1), shape = x.shape;
   for (size_t i = 0; i < axes.size(); ++i) {
     int64_t d = normalizeAxis(axes[i], rank), size = x.shape[d];
@@ -713,6 +752,17 @@ bool evaluateTranspose(NodeEval &n) {
   else
     for (int64_t i = 0; i < rank; ++i)
       perm[i] = rank - 1 - i;
+  std::vector<bool> seen(rank, false);
+  bool permutes = static_cast<int64_t>(perm.size()) == rank;
+  for (int64_t p : perm) {
+    permutes = permutes && p >= 0 && p < rank && !seen[p];
+    if (permutes)
+      seen[p] = true;
+  }
+  if (!permutes)
+    return n.fail(fmt::format("Transpose perm [{}] is not a permutation of "
+                              "the {} dimensions",
+                              fmt::join(perm, ", "), rank));
   Shape shape(rank);
   for (int64_t i = 0; i < rank; ++i)
     shape[i] = x.shape[perm[i]];
@@ -732,7 +782,10 @@ bool evaluateGather(NodeEval &n) {
   const HostTensor &x = *n.in[0];
   std::vector<int64_t> indices = intValues(*n.in[1]);
   int64_t rank = static_cast<int64_t>(x.shape.size());
-  int64_t axis = normalizeAxis(n.intAttr("axis", 0), rank);
+  int64_t axis = n.intAttr("axis", 0);
+  if (!n.checkAxes(axis, rank))
+    return false;
+  axis = normalizeAxis(axis, rank);
   Shape shape(x.shape.begin(), x.shape.begin() + axis);
   shape.insert(shape.end(), n.in[1]->shape.begin(), n.in[1]->shape.end());
   shape.insert(shape.end(), x.shape.begin() + axis + 1, x.shape.end());
@@ -761,14 +814,14 @@ bool evaluateGatherND(NodeEval &n) {
     return n.fail("GatherND with batch_dims is not supported");
   const HostTensor &x = *n.in[0];
   const HostTensor &ind = *n.in[1];
+  std::vector<int64_t> offsets;
+  if (!indexTupleOffsets(ind, x.shape, "GatherND", offsets, n.error))
+    return false;
   int64_t depth = ind.shape.back();
   Shape shape(ind.shape.begin(), ind.shape.end() - 1);
   shape.insert(shape.end(), x.shape.begin() + depth, x.shape.end());
   int64_t inner = trailingSize(x.shape, depth);
   HostTensor out = like(x.isFloat(), shape);
-  std::vector<int64_t> offsets;
-  if (!indexTupleOffsets(ind, x.shape, "GatherND", offsets, n.error))
-    return false;
   for (size_t l = 0; l < offsets.size(); ++l)
     for (int64_t i = 0; i < inner; ++i)
       copyElement(x, offsets[l] + i, out, l * inner + i);
@@ -776,10 +829,18 @@ bool evaluateGatherND(NodeEval &n) {
 }
 
 bool evaluateRange(NodeEval &n) {
+  for (const HostTensor *t : n.in)
+    if (t->numElements() != 1)
+      return n.fail(fmt::format("Range operand {} is not a scalar",
+                                t->shapeString()));
   double start = at(*n.in[0], 0), limit = at(*n.in[1], 0),
          delta = at(*n.in[2], 0);
-  int64_t count = std::max<int64_t>(
-      0, static_cast<int64_t>(std::ceil((limit - start) / delta)));
+  double steps = std::ceil((limit - start) / delta);
+  if (!std::isfinite(steps) || steps > static_cast<double>(kMaxElements))
+    return n.fail(fmt::format("Range from {} to {} by {} is not a tensor of "
+                              "at most {} elements",
+                              start, limit, delta, kMaxElements));
+  int64_t count = std::max<int64_t>(0, static_cast<int64_t>(steps));
   HostTensor out = like(n.in[0]->isFloat(), {count});
   for (int64_t i = 0; i < count; ++i)
     put(out, i, start + i * delta);
@@ -802,7 +863,10 @@ bool evaluateConstantOfShape(NodeEval &n) {
 bool evaluateSplit(NodeEval &n) {
   const HostTensor &x = *n.in[0];
   int64_t rank = static_cast<int64_t>(x.shape.size());
-  int64_t axis = normalizeAxis(n.intAttr("axis", 0), rank);
+  int64_t axis = n.intAttr("axis", 0);
+  if (!n.checkAxes(axis, rank))
+    return false;
+  axis = normalizeAxis(axis, rank);
   int64_t parts = n.node->getNumResults();
   std::vector<int64_t> sizes;
   if (n.in.size() > 1) {
@@ -842,6 +906,8 @@ bool reduceOperand(NodeEval &n, Reduction kind) {
     axes.assign(a.asArrayRef().begin(), a.asArrayRef().end());
   if (axes.empty() && n.intAttr("noop_with_empty_axes", 0))
     return n.result(*n.in[0]);
+  if (!n.checkAxes(axes, static_cast<int64_t>(n.in[0]->shape.size())))
+    return false;
   return n.result(reduce(*n.in[0], axes, n.intAttr("keepdims", 1), kind));
 }
 
@@ -888,7 +954,7 @@ bool evaluateGemm(NodeEval &n) {
 bool evaluateSoftmax(NodeEval &n) {
   const HostTensor &x = *n.in[0];
   int64_t rank = static_cast<int64_t>(x.shape.size());
-  if (normalizeAxis(n.intAttr("axis", -1), rank) != rank - 1)
+  if (rank == 0 || normalizeAxis(n.intAttr("axis", -1), rank) != rank - 1)
     return n.fail("Softmax over an axis other than the last is not supported");
   int64_t width = x.shape.back();
   HostTensor out = HostTensor::floats(x.shape);
@@ -910,7 +976,7 @@ bool evaluateSoftmax(NodeEval &n) {
 bool evaluateTopK(NodeEval &n) {
   const HostTensor &x = *n.in[0];
   int64_t rank = static_cast<int64_t>(x.shape.size());
-  if (normalizeAxis(n.intAttr("axis", -1), rank) != rank - 1)
+  if (rank == 0 || normalizeAxis(n.intAttr("axis", -1), rank) != rank - 1)
     return n.fail("TopK along an axis other than the last is not supported");
   bool largest = n.intAttr("largest", 1) != 0;
   int64_t k = intValues(*n.in[1]).at(0), width = x.shape.back();
@@ -963,7 +1029,13 @@ bool evaluateClip(NodeEval &n) {
 bool evaluateCumSum(NodeEval &n) {
   const HostTensor &x = *n.in[0];
   int64_t rank = static_cast<int64_t>(x.shape.size());
-  int64_t axis = normalizeAxis(intValues(*n.in[1]).at(0), rank);
+  std::vector<int64_t> axisValues = intValues(*n.in[1]);
+  if (axisValues.size() != 1)
+    return n.fail(fmt::format("axis has {} values, not 1", axisValues.size()));
+  int64_t axis = axisValues[0];
+  if (!n.checkAxes(axis, rank))
+    return false;
+  axis = normalizeAxis(axis, rank);
   bool exclusive = n.intAttr("exclusive", 0), reverse = n.intAttr("reverse", 0);
   HostTensor out = like(x.isFloat(), x.shape);
   Shape strides = stridesOf(x.shape);
@@ -992,10 +1064,14 @@ bool evaluateScatterND(NodeEval &n) {
   HostTensor out = *n.in[0];
   const HostTensor &ind = *n.in[1];
   const HostTensor &updates = *n.in[2];
-  int64_t inner = trailingSize(out.shape, ind.shape.back());
   std::vector<int64_t> offsets;
   if (!indexTupleOffsets(ind, out.shape, "ScatterND", offsets, n.error))
     return false;
+  int64_t inner = trailingSize(out.shape, ind.shape.back());
+  if (updates.numElements() != static_cast<int64_t>(offsets.size()) * inner)
+    return n.fail(fmt::format("ScatterND updates {} do not hold {} slices of "
+                              "{} elements",
+                              updates.shapeString(), offsets.size(), inner));
   for (size_t l = 0; l < offsets.size(); ++l)
     for (int64_t i = 0; i < inner; ++i)
       put(out, offsets[l] + i, at(updates, l * inner + i));

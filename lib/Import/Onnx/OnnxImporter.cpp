@@ -5,7 +5,9 @@
 // nothing, it only checks what it must to produce well-formed IR (defined
 // inputs, known element types, typed outputs, consistent static shapes) and
 // rejects what moec cannot represent (sub-graphs, randomness, unknown
-// domains, model-local functions).
+// domains, model-local functions) and declared sizes over the limits in
+// moec/Import/Onnx.h (tensor elements, node count, nesting), before
+// building IR for them.
 //
 //===----------------------------------------------------------------------===//
 
@@ -20,12 +22,14 @@
 #include "mlir/IR/BuiltinAttributes.h"
 #include "mlir/IR/Diagnostics.h"
 #include "mlir/IR/Verifier.h"
+#include "llvm/ADT/StringExtras.h"
 #include "llvm/ADT/StringMap.h"
 #include "llvm/ADT/StringSet.h"
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/Path.h"
 
 #include <fmt/format.h>
+#include <google/protobuf/io/coded_stream.h>
 #include <onnx/onnx_pb.h>
 
 using namespace mlir;
@@ -113,13 +117,17 @@ private:
                                         const onnx::NodeProto &node);
   LogicalResult checkInitializer(const onnx::TensorProto &init,
                                  RankedTensorType type, Location loc);
+  LogicalResult checkElementCount(ArrayRef<int64_t> shape, Location loc,
+                                  llvm::StringRef what,
+                                  const onnx::NodeProto *node = nullptr);
 
   // --- Graph --------------------------------------------------------------
   Location nodeLoc(const onnx::NodeProto &node, int index);
   LogicalResult importConstantNode(const onnx::NodeProto &node, Location loc);
   LogicalResult importNode(const onnx::NodeProto &node, int index);
   LogicalResult checkShapes(const onnx::NodeProto &node, Location loc,
-                            ArrayRef<Value> inputs);
+                            ArrayRef<Value> inputs,
+                            ArrayRef<Type> resultTypes);
 
   /// The name diagnostics use for a node: its own, or `<op type>#<position>`
   /// when it has none.
@@ -202,7 +210,42 @@ GraphImporter::convertValueType(const onnx::TypeProto &type, Location loc,
       shape.push_back(ShapedType::kDynamic); // dim_param or unknown
     }
   }
+  if (failed(checkElementCount(shape, loc, what, node)))
+    return failure();
   return RankedTensorType::get(shape, *elementType);
+}
+
+/// Refuses a shape whose static dimensions multiply to more than
+/// kMaxOnnxTensorElements: the model declares a tensor no step could hold,
+/// and the types would carry it into every pass. Dynamic dimensions count
+/// as 1 (the job's shapes are checked when they are specialised).
+LogicalResult GraphImporter::checkElementCount(ArrayRef<int64_t> shape,
+                                               Location loc,
+                                               llvm::StringRef what,
+                                               const onnx::NodeProto *node) {
+  uint64_t count = 1;
+  bool over = false;
+  for (int64_t d : shape) {
+    if (ShapedType::isDynamic(d))
+      continue;
+    if (d != 0 && count > static_cast<uint64_t>(kMaxOnnxTensorElements) /
+                              static_cast<uint64_t>(d))
+      over = true;
+    else
+      count *= static_cast<uint64_t>(d);
+  }
+  if (llvm::is_contained(shape, 0) || !over)
+    return success();
+  std::string dims = llvm::join(
+      llvm::map_range(shape,
+                      [](int64_t d) {
+                        return ShapedType::isDynamic(d) ? std::string("?")
+                                                        : std::to_string(d);
+                      }),
+      ", ");
+  return error(loc, node) << what << " of shape [" << dims << "] has more than "
+                          << kMaxOnnxTensorElements
+                          << " elements, moec's limit for one tensor";
 }
 
 FailureOr<DenseElementsAttr>
@@ -342,7 +385,8 @@ static bool broadcastable(ArrayRef<int64_t> a, ArrayRef<int64_t> b,
 }
 
 LogicalResult GraphImporter::checkShapes(const onnx::NodeProto &node,
-                                         Location loc, ArrayRef<Value> inputs) {
+                                         Location loc, ArrayRef<Value> inputs,
+                                         ArrayRef<Type> resultTypes) {
   auto shapeOf = [](Value v) -> ArrayRef<int64_t> {
     if (auto t = dyn_cast<RankedTensorType>(v.getType()))
       return t.getShape();
@@ -360,6 +404,26 @@ LogicalResult GraphImporter::checkShapes(const onnx::NodeProto &node,
                << "inconsistent shapes: inner dimensions " << k1 << " (of '"
                << node.input(0) << "') and " << k2 << " (of '"
                << node.input(1) << "') differ";
+      // The declared result's last two dimensions are the product's.
+      auto result = resultTypes.empty()
+                        ? RankedTensorType()
+                        : dyn_cast<RankedTensorType>(resultTypes.front());
+      if (result && result.getRank() >= 2) {
+        int64_t rows = a[a.size() - 2], cols = b.back();
+        int64_t declaredRows = result.getShape()[result.getRank() - 2];
+        int64_t declaredCols = result.getShape().back();
+        auto differs = [](int64_t x, int64_t y) {
+          return !ShapedType::isDynamic(x) && !ShapedType::isDynamic(y) &&
+                 x != y;
+        };
+        if (differs(rows, declaredRows) || differs(cols, declaredCols))
+          return nodeError(node, loc)
+                 << "inconsistent shapes: output '" << node.output(0)
+                 << "' is declared " << declaredRows << "x" << declaredCols
+                 << " in its last two dimensions, the product of '"
+                 << node.input(0) << "' and '" << node.input(1) << "' is "
+                 << rows << "x" << cols;
+      }
     }
   }
   static const llvm::StringSet<> elementwise = {"Add", "Sub", "Mul", "Div",
@@ -438,7 +502,7 @@ LogicalResult GraphImporter::importNode(const onnx::NodeProto &node,
       return failure();
     resultTypes.push_back(*type);
   }
-  if (failed(checkShapes(node, loc, inputs)))
+  if (failed(checkShapes(node, loc, inputs, resultTypes)))
     return failure();
 
   SmallVector<NamedAttribute> attrs;
@@ -500,6 +564,11 @@ LogicalResult GraphImporter::checkInitializer(const onnx::TensorProto &init,
 OwningOpRef<ModuleOp> GraphImporter::run() {
   const onnx::GraphProto &graph = model.graph();
   Location fileLoc = FileLineColLoc::get(&context, path, 0, 0);
+  if (graph.node_size() > kMaxOnnxNodes) {
+    emitError(fileLoc) << "graph has " << graph.node_size()
+                       << " nodes, more than moec's limit of " << kMaxOnnxNodes;
+    return nullptr;
+  }
   OwningOpRef<ModuleOp> module = ModuleOp::create(fileLoc);
 
   int64_t opset = 0;
@@ -568,6 +637,8 @@ OwningOpRef<ModuleOp> GraphImporter::run() {
         return nullptr;
       }
     }
+    if (failed(checkElementCount(shape, loc, what)))
+      return nullptr;
     auto type = RankedTensorType::get(shape, *elementType);
     if (failed(checkInitializer(init, type, loc)))
       return nullptr;
@@ -641,31 +712,55 @@ OwningOpRef<ModuleOp> GraphImporter::run() {
 
 OwningOpRef<ModuleOp> moec::importOnnxFile(MLIRContext &context,
                                            llvm::StringRef path) {
-  context.loadDialect<moe::MoeDialect, arith::ArithDialect,
-                      func::FuncDialect>();
-  Location fileLoc = FileLineColLoc::get(&context, path, 0, 0);
   auto buffer = llvm::MemoryBuffer::getFile(path, /*IsText=*/false,
                                             /*RequiresNullTerminator=*/false);
   if (!buffer) {
-    emitError(fileLoc) << "cannot read ONNX model: "
-                       << buffer.getError().message();
+    emitError(FileLineColLoc::get(&context, path, 0, 0))
+        << "cannot read ONNX model: " << buffer.getError().message();
     return nullptr;
   }
-  if ((*buffer)->getBufferSize() > static_cast<size_t>(INT32_MAX)) {
-    emitError(fileLoc) << "ONNX model is " << (*buffer)->getBufferSize()
+  return importOnnxBytes(context, (*buffer)->getBuffer(), path);
+}
+
+/// Parses `bytes` as a ModelProto nesting messages at most `nesting` deep.
+static bool parseModel(llvm::StringRef bytes, int nesting,
+                       onnx::ModelProto &model) {
+  google::protobuf::io::CodedInputStream in(
+      reinterpret_cast<const uint8_t *>(bytes.data()),
+      static_cast<int>(bytes.size()));
+  in.SetRecursionLimit(nesting);
+  return model.ParseFromCodedStream(&in) && in.ConsumedEntireMessage();
+}
+
+OwningOpRef<ModuleOp> moec::importOnnxBytes(MLIRContext &context,
+                                            llvm::StringRef bytes,
+                                            llvm::StringRef path) {
+  context.loadDialect<moe::MoeDialect, arith::ArithDialect,
+                      func::FuncDialect>();
+  Location fileLoc = FileLineColLoc::get(&context, path, 0, 0);
+  if (bytes.size() > static_cast<size_t>(INT32_MAX)) {
+    emitError(fileLoc) << "ONNX model is " << bytes.size()
                        << " bytes, over protobuf's 2 GiB limit; store the "
                           "weights as external data";
     return nullptr;
   }
-  if ((*buffer)->getBufferSize() == 0) {
+  if (bytes.empty()) {
     emitError(fileLoc) << "not an ONNX model: the file is empty";
     return nullptr;
   }
   onnx::ModelProto model;
-  if (!model.ParseFromArray((*buffer)->getBufferStart(),
-                            static_cast<int>((*buffer)->getBufferSize()))) {
-    emitError(fileLoc) << "not an ONNX model: the file ("
-                       << (*buffer)->getBufferSize()
+  if (!parseModel(bytes, kMaxOnnxNesting, model)) {
+    // Told apart from garbage by parsing again with a deeper (still
+    // bounded) limit: nesting is what protobuf's parser recurses on.
+    onnx::ModelProto deeper;
+    if (parseModel(bytes, 10 * kMaxOnnxNesting, deeper)) {
+      emitError(fileLoc) << "ONNX model nests messages more than "
+                         << kMaxOnnxNesting
+                         << " deep (sub-graphs within sub-graphs), moec's "
+                            "limit";
+      return nullptr;
+    }
+    emitError(fileLoc) << "not an ONNX model: the file (" << bytes.size()
                        << " bytes) does not parse as an onnx.ModelProto";
     return nullptr;
   }

@@ -4,7 +4,10 @@
 // through its table compute ONNX's values (integer division and modulo,
 // casts to bool, multi-result Split and TopK, Where over broadcast masks),
 // and a node it cannot evaluate fails with the operator's type and the
-// node's location.
+// node's location; axes and slice operands out of range fail naming them
+// (the fuzzer's finds: a CumSum axis of 1 over a rank-1 input read past a
+// tensor, ScatterND updates of another size, a Reshape target whose
+// product overflows).
 //
 //===----------------------------------------------------------------------===//
 
@@ -183,6 +186,83 @@ TEST_F(OnnxEvaluatorTest, NodeWithTooFewInputsFails) {
   EXPECT_FALSE(returned(f, 0, error));
   EXPECT_EQ(error, "ONNX 'Reshape' needs 2 inputs but has 1 at node "
                    "loc(\"r_5\"(\"m.onnx\":5:1))");
+}
+
+TEST_F(OnnxEvaluatorTest, AxesOutOfRangeFailWithTheAxisAndRank) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%x: tensor<4xi32>, %axis: tensor<i64>, %starts: tensor<1xi64>, %steps: tensor<1xi64>) -> (tensor<4xi32>, tensor<8xi32>, tensor<4xi32>, tensor<4xi32>) {
+      %c = moe.onnx_node "CumSum"(%x, %axis) : (tensor<4xi32>, tensor<i64>) -> tensor<4xi32> loc("c_1"("m.onnx":1:1))
+      %j = moe.onnx_node "Concat"(%x, %x) {axis = -2 : i64} : (tensor<4xi32>, tensor<4xi32>) -> tensor<8xi32> loc("j_2"("m.onnx":2:1))
+      %s = moe.onnx_node "Slice"(%x, %starts, %starts, %starts, %steps) : (tensor<4xi32>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<4xi32> loc("s_3"("m.onnx":3:1))
+      %r = moe.onnx_node "ReduceSum"(%x, %axis) : (tensor<4xi32>, tensor<i64>) -> tensor<4xi32> loc("r_4"("m.onnx":4:1))
+      return %c, %j, %s, %r : tensor<4xi32>, tensor<8xi32>, tensor<4xi32>, tensor<4xi32>
+    })mlir",
+                         {ints({4}, {1, 2, 3, 4}), ints({}, {1}), ints({1}, {0}),
+                          ints({1}, {0})});
+  std::string error;
+  EXPECT_FALSE(returned(f, 0, error));
+  EXPECT_EQ(error, "axis 1 is out of range for rank 1 at node "
+                   "loc(\"c_1\"(\"m.onnx\":1:1))");
+  EXPECT_FALSE(returned(f, 1, error));
+  EXPECT_EQ(error, "axis -2 is out of range for rank 1 at node "
+                   "loc(\"j_2\"(\"m.onnx\":2:1))");
+  EXPECT_FALSE(returned(f, 2, error));
+  EXPECT_EQ(error, "a step is 0 at node loc(\"s_3\"(\"m.onnx\":3:1))");
+  EXPECT_FALSE(returned(f, 3, error));
+  EXPECT_EQ(error, "axis 1 is out of range for rank 1 at node "
+                   "loc(\"r_4\"(\"m.onnx\":4:1))");
+}
+
+TEST_F(OnnxEvaluatorTest, ScatterNDUpdatesAndIndexTuplesMustAgree) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%x: tensor<4xi64>, %i: tensor<2x1xi64>, %u: tensor<3xi64>, %deep: tensor<1x2xi64>) -> (tensor<4xi64>, tensor<4xi64>) {
+      %s = moe.onnx_node "ScatterND"(%x, %i, %u) : (tensor<4xi64>, tensor<2x1xi64>, tensor<3xi64>) -> tensor<4xi64> loc("s_1"("m.onnx":1:1))
+      %d = moe.onnx_node "ScatterND"(%x, %deep, %u) : (tensor<4xi64>, tensor<1x2xi64>, tensor<3xi64>) -> tensor<4xi64> loc("d_2"("m.onnx":2:1))
+      return %s, %d : tensor<4xi64>, tensor<4xi64>
+    })mlir",
+                         {ints({4}, {0, 0, 0, 0}), ints({2, 1}, {0, 3}),
+                          ints({3}, {7, 8, 9}), ints({1, 2}, {0, 0})});
+  std::string error;
+  EXPECT_FALSE(returned(f, 0, error));
+  EXPECT_EQ(error, "ScatterND updates [3] do not hold 2 slices of 1 elements "
+                   "at node loc(\"s_1\"(\"m.onnx\":1:1))");
+  EXPECT_FALSE(returned(f, 1, error));
+  EXPECT_EQ(error, "ScatterND index tuples of shape [1, 2] do not index a "
+                   "tensor of rank 1 at node loc(\"d_2\"(\"m.onnx\":2:1))");
+}
+
+TEST_F(OnnxEvaluatorTest, ReshapeTargetsThatOverflowFail) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%x: tensor<4xf32>, %shape: tensor<3xi64>) -> tensor<?x?x?xf32> {
+      %y = moe.onnx_node "Reshape"(%x, %shape) : (tensor<4xf32>, tensor<3xi64>) -> tensor<?x?x?xf32> loc("r_1"("m.onnx":1:1))
+      return %y : tensor<?x?x?xf32>
+    })mlir",
+                         {HostTensor::floats({4}),
+                          ints({3}, {9151314442816847874, 16777215, -1})});
+  std::string error;
+  EXPECT_FALSE(returned(f, 0, error));
+  EXPECT_EQ(error, "Reshape target [9151314442816847874, 16777215, -1] is not "
+                   "a shape of at most 2^63 elements at node "
+                   "loc(\"r_1\"(\"m.onnx\":1:1))");
+}
+
+TEST_F(OnnxEvaluatorTest, TransposeAndRangeOperandsAreChecked) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%x: tensor<2x3xf32>, %start: tensor<i64>, %delta: tensor<i64>) -> (tensor<3x2xf32>, tensor<?xi64>) {
+      %t = moe.onnx_node "Transpose"(%x) {perm = array<i64: 0, 0>} : (tensor<2x3xf32>) -> tensor<3x2xf32> loc("t_1"("m.onnx":1:1))
+      %r = moe.onnx_node "Range"(%start, %start, %delta) : (tensor<i64>, tensor<i64>, tensor<i64>) -> tensor<?xi64> loc("r_2"("m.onnx":2:1))
+      return %t, %r : tensor<3x2xf32>, tensor<?xi64>
+    })mlir",
+                         {HostTensor::floats({2, 3}), ints({}, {1}),
+                          ints({}, {0})});
+  std::string error;
+  EXPECT_FALSE(returned(f, 0, error));
+  EXPECT_EQ(error, "Transpose perm [0, 0] is not a permutation of the 2 "
+                   "dimensions at node loc(\"t_1\"(\"m.onnx\":1:1))");
+  EXPECT_FALSE(returned(f, 1, error));
+  EXPECT_NE(error.find("Range from 1 to 1 by 0 is not a tensor of at most"),
+            std::string::npos)
+      << error;
 }
 
 } // namespace

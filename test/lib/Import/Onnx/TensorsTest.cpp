@@ -7,8 +7,9 @@
 
 #include "moec/Import/Onnx.h"
 
-#include "llvm/Support/FileSystem.h"
 #include "llvm/ADT/SmallString.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/raw_ostream.h"
 
 #include <gtest/gtest.h>
 
@@ -16,18 +17,33 @@ using namespace moec;
 
 namespace {
 
-std::string tempPath(const char *name) {
-  llvm::SmallString<128> dir;
-  llvm::sys::fs::createUniqueDirectory("moec-tensors", dir);
-  return std::string(dir) + "/" + name;
-}
+/// A fresh folder in the system's temporary folder, removed with everything
+/// in it when the test ends.
+class TempFolder {
+public:
+  TempFolder() {
+    std::error_code ec =
+        llvm::sys::fs::createUniqueDirectory("moec-tensors", folder);
+    EXPECT_FALSE(ec) << ec.message();
+  }
+  ~TempFolder() { llvm::sys::fs::remove_directories(folder); }
+
+  /// `name` inside the folder.
+  std::string path(const char *name) const {
+    return std::string(folder) + "/" + name;
+  }
+
+private:
+  llvm::SmallString<128> folder;
+};
 
 TEST(OnnxTensors, FloatAndIntTensorsRoundTripThroughFiles) {
   std::string error;
   HostTensor f = HostTensor::floats({2, 3});
   for (int i = 0; i < 6; ++i)
     f.f32[i] = 0.5f * i - 1;
-  std::string path = tempPath("f.pb");
+  TempFolder folder;
+  std::string path = folder.path("f.pb");
   ASSERT_TRUE(writeTensorProtoFile(path, "x", f, error)) << error;
   HostTensor back;
   ASSERT_TRUE(readTensorProtoFile(path, back, error)) << error;
@@ -44,7 +60,8 @@ TEST(OnnxTensors, FloatAndIntTensorsRoundTripThroughFiles) {
 }
 
 TEST(OnnxTensors, ReadingGarbageFailsWithTheFileName) {
-  std::string path = tempPath("garbage.pb");
+  TempFolder folder;
+  std::string path = folder.path("garbage.pb");
   {
     std::error_code ec;
     llvm::raw_fd_ostream os(path, ec);

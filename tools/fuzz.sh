@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets (MOEC_FUZZ=ON, clang-22, AddressSanitizer and
+# UndefinedBehaviorSanitizer) into ./build-fuzz and runs one of them.
+#
+#   tools/fuzz.sh TARGET SECONDS [LIBFUZZER FLAGS...]
+#   tools/fuzz.sh all SECONDS      each target for SECONDS
+#
+# TARGET is onnx-import, training-job, token-file or checkpoint. The seed
+# corpus is made at run time from the test inputs (the bundled ONNX models,
+# the job configs, a token file and a checkpoint manifest) into
+# build-fuzz/corpus/TARGET/seeds; what libFuzzer adds goes to
+# build-fuzz/corpus/TARGET/found and is kept between runs. A crash, hang or
+# sanitizer report stops the run with the input saved as
+# build-fuzz/crashes/TARGET-*; keep it as a regression test under test/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+targets=(onnx-import training-job token-file checkpoint)
+if (($# < 2)); then
+  echo "usage: $0 {${targets[*]// /|}|all} SECONDS [libFuzzer flags]" >&2
+  exit 2
+fi
+target=$1 seconds=$2
+shift 2
+if [ "$target" = all ]; then
+  for t in "${targets[@]}"; do "$0" "$t" "$seconds" "$@"; done
+  exit 0
+fi
+[[ " ${targets[*]} " == *" $target "* ]] ||
+  { echo "unknown fuzz target '$target' (${targets[*]})" >&2; exit 2; }
+
+command -v clang++-22 >/dev/null || tools/setup-debian.sh --fuzz
+build=build-fuzz
+if [ ! -f $build/build.ninja ]; then
+  cmake -S . -B $build -G Ninja -DMOEC_FUZZ=ON \
+    -DCMAKE_C_COMPILER=clang-22 -DCMAKE_CXX_COMPILER=clang++-22 \
+    -DMLIR_DIR=/usr/lib/llvm-22/lib/cmake/mlir \
+    -DLLVM_EXTERNAL_LIT=/usr/lib/llvm-22/bin/lit >/dev/null
+fi
+ninja -C $build -j"${MOEC_JOBS:-$(nproc)}" "moec-fuzz-$target"
+
+corpus=$build/corpus/$target
+seeds=$corpus/seeds
+rm -rf "$seeds"
+mkdir -p "$seeds" "$corpus/found" $build/crashes
+case $target in
+onnx-import)
+  # Every bundled model under 512 KiB (the larger ones only slow each run).
+  find test/Inputs -name '*.onnx' -size -512k -exec cp -t "$seeds" {} +
+  ;;
+training-job)
+  cp test/Inputs/train-bf16/*.json "$seeds"
+  printf '{"micro_batch_size": 2, "seq_length": 64, "bf16": true, "param_dtype": "bf16"}' >"$seeds/bf16.json"
+  printf '{"world_size": 8, "expert_parallel_degree": 4, "sharding_strategy": "hybrid_shard", "hybrid_shard_degree": 2}' >"$seeds/mesh.json"
+  printf 'micro-batch-size 4\nseq-length 128\nmoe-load-balancing sinkhorn\nactivation-checkpointing auto\nmemory-budget-gib 40' >"$seeds/flags.txt"
+  ;;
+token-file)
+  # seq 4 (byte 3), vocabulary 258 (byte 1), two blocks.
+  python3 -c "import struct,sys; sys.stdout.buffer.write(bytes([3,1]) + struct.pack('<8q', 0,1,2,3,257,5,6,7))" >"$seeds/two-blocks.bin"
+  ;;
+checkpoint)
+  printf 'moec-checkpoint\t1\nstep\t3\nseed\t1234\nmesh\t1\t2\t1\nshard_bytes\t96\nparameter\tembed.weight\t4\t0\t32\t64\t2x4\t4x4\t0\t0\nshard\trank_0.shard\t96\t00000000deadbeef\nshard\trank_1.shard\t96\t0123456789abcdef\nend\n' >"$seeds/manifest.tsv"
+  ;;
+esac
+
+# Containers shared with the uninstrumented MLIR library cannot be checked
+# for overflow (their annotations would disagree).
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_container_overflow=0:detect_leaks=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+exec $build/bin/moec-fuzz-$target "$corpus/found" "$seeds" \
+  -max_total_time="$seconds" -timeout=25 -rss_limit_mb=4096 \
+  -artifact_prefix=$build/crashes/$target- -print_final_stats=1 "$@"
