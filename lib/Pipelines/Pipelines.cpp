@@ -78,6 +78,12 @@ void moec::buildPartitionPipeline(OpPassManager &pm, const TrainingJob &job) {
   shard.hybridShardDegree = job.hybridShardDegree;
   shard.shardingStrategy = job.shardingStrategy;
   pm.addPass(createHybridShard(shard));
+  // Parameter gathers one layer ahead of their reader, gradient reductions
+  // where the gradient is produced; before moe-checkpoint-activations, whose
+  // layers and policy do not depend on where values computed from
+  // parameters alone stand, and whose recomputed ops then read gathers that
+  // stand before them (docs/partitioning.md, "Overlap").
+  pm.addNestedPass<func::FuncOp>(createPrefetchCollectives());
 }
 
 /// The train pipeline up to activation checkpointing: initialisation, the

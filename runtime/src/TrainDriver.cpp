@@ -420,9 +420,15 @@ int runRank(const TrainProgram &p, const Options &o,
   MOERT_CUDA_CHECK(cudaMalloc(&arena, std::max<int64_t>(p.arenaBytes, 256)));
   MOERT_CUDA_CHECK(cudaMalloc(&inputs, p.inputBytes));
   MOERT_CUDA_CHECK(cudaMalloc(&ctx.scratch, ctx.scratchBytes));
+  if (ctx.collectiveStream && p.collectiveScratchBytes) {
+    ctx.collectiveScratchBytes = p.collectiveScratchBytes(ctx);
+    MOERT_CUDA_CHECK(
+        cudaMalloc(&ctx.collectiveScratch, ctx.collectiveScratchBytes));
+  }
   MOERT_CUDA_CHECK(cudaMallocHost(&ctx.hostCounts, 4096 * sizeof(int64_t)));
   int64_t allocated = p.stateBytes + p.arenaBytes + p.inputBytes +
-                      ctx.scratchBytes + blasWorkspace;
+                      ctx.scratchBytes + ctx.collectiveScratchBytes +
+                      blasWorkspace;
   if (leader) {
     std::printf("%s: batch %lld x seq %lld, %d parameters\n", p.model,
                 static_cast<long long>(p.batch),
@@ -434,7 +440,8 @@ int runRank(const TrainProgram &p, const Options &o,
     std::printf("memory: state %s + arena %s (compiler's plan) + scratch %s + "
                 "inputs %s + cuBLAS %s = %s allocated\n",
                 gib(p.stateBytes).c_str(), gib(p.arenaBytes).c_str(),
-                gib(ctx.scratchBytes).c_str(), gib(p.inputBytes).c_str(),
+                gib(ctx.scratchBytes + ctx.collectiveScratchBytes).c_str(),
+                gib(p.inputBytes).c_str(),
                 gib(blasWorkspace).c_str(), gib(allocated).c_str());
   }
 
@@ -671,7 +678,8 @@ int runRank(const TrainProgram &p, const Options &o,
   if (o.simulateRanks) {
     for (void *buffer : {static_cast<void *>(state), static_cast<void *>(arena),
                          static_cast<void *>(inputs),
-                         static_cast<void *>(ctx.scratch)})
+                         static_cast<void *>(ctx.scratch),
+                         static_cast<void *>(ctx.collectiveScratch)})
       MOERT_CUDA_CHECK(cudaFree(buffer));
     for (void *pinned :
          {static_cast<void *>(hostInputs), static_cast<void *>(hostMetrics),

@@ -14,7 +14,10 @@
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/DialectImplementation.h"
 #include "mlir/Interfaces/FunctionInterfaces.h"
+#include "llvm/ADT/StringExtras.h"
 #include "llvm/ADT/TypeSwitch.h"
+
+#include <cstring>
 
 using namespace mlir;
 using namespace mlir::moe;
@@ -81,6 +84,21 @@ LogicalResult verifyNameAttr(Operation *op, StringRef where, unsigned index,
 }
 
 } // namespace
+
+std::optional<int64_t> mlir::moe::getDecoderLayerOfParameter(StringRef name) {
+  for (size_t at = name.find("layers."); at != StringRef::npos;
+       at = name.find("layers.", at + 1)) {
+    if (at != 0 && name[at - 1] != '.')
+      continue;
+    StringRef rest = name.drop_front(at + strlen("layers."));
+    StringRef digits = rest.take_while([](char c) { return llvm::isDigit(c); });
+    int64_t layer;
+    if (!digits.empty() && rest.drop_front(digits.size()).starts_with(".") &&
+        !digits.getAsInteger(10, layer))
+      return layer;
+  }
+  return std::nullopt;
+}
 
 std::optional<std::pair<int64_t, int64_t>>
 MoeDialect::getArenaRange(Value value) {

@@ -19,4 +19,15 @@
 #define GET_ATTRDEF_CLASSES
 #include "dialects/Moe/IR/MoeAttrs.h.inc"
 
+#include <optional>
+
+namespace mlir::moe {
+/// The decoder layer N of a parameter named `...layers.N.<rest>` (`layers.`
+/// at the start of the name or after a dot, N followed by a dot), or none for
+/// a parameter outside the decoder layers (embedding, final norm, head). The
+/// passes that schedule by layer (moe-checkpoint-activations,
+/// moe-prefetch-collectives) find a step's layers by it.
+std::optional<int64_t> getDecoderLayerOfParameter(StringRef name);
+} // namespace mlir::moe
+
 #endif // DIALECTS_MOE_IR_MOEDIALECT_H

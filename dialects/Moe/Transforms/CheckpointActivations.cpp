@@ -44,23 +44,6 @@ namespace {
 /// norm, lm-head).
 constexpr int64_t kOutsideLayers = -1;
 
-/// The decoder layer N of a parameter named `...layers.N.<rest>`, or
-/// kOutsideLayers.
-int64_t layerOfParameter(StringRef name) {
-  for (size_t at = name.find("layers."); at != StringRef::npos;
-       at = name.find("layers.", at + 1)) {
-    if (at != 0 && name[at - 1] != '.')
-      continue;
-    StringRef rest = name.drop_front(at + strlen("layers."));
-    StringRef digits = rest.take_while([](char c) { return llvm::isDigit(c); });
-    int64_t layer;
-    if (!digits.empty() && rest.drop_front(digits.size()).starts_with(".") &&
-        !digits.getAsInteger(10, layer))
-      return layer;
-  }
-  return kOutsideLayers;
-}
-
 /// Rates of the cost model (H200, docs/benchmarks.md): GEMMs, attention,
 /// memory-bound ops and collectives.
 constexpr double kGemmFlops = 650e12;
@@ -157,7 +140,8 @@ FailureOr<bool> StepAnalysis::analyze(Operation *func,
     if (auto name = function.getArgAttrOfType<StringAttr>(
             arg.getArgNumber(), MoeDialect::getParameterAttrName())) {
       fixed.insert(arg);
-      parameterLayer[arg] = layerOfParameter(name.getValue());
+      parameterLayer[arg] = getDecoderLayerOfParameter(name.getValue())
+                              .value_or(kOutsideLayers);
     }
 
   // Values from parameters and constants alone; the backward.

@@ -186,7 +186,13 @@ private:
   FailureOr<std::string> pointer(Operation &at, Value v);
   std::string typed(Value v);
   std::string pointerList(Operation &at, ValueRange values, bool &ok);
-  void scratch(std::string term) { scratchTerms.push_back(std::move(term)); }
+  /// Notes a scratch size the op being printed needs; a collective's counts
+  /// for the collective stream's scratch too (Context::collectiveScratch).
+  void scratch(std::string term) {
+    if (printingCollective)
+      collectiveScratchTerms.push_back(term);
+    scratchTerms.push_back(std::move(term));
+  }
   /// Whether an attention op on `query` runs on cuDNN (and notes that the
   /// program then needs it).
   bool onCudnn(Value query) {
@@ -240,7 +246,9 @@ private:
   std::string kernels, body, setup, statics;
   std::string stepBody;              ///< what step() runs, in order
   std::vector<std::string> segments; ///< bodies of the captured segments
-  std::vector<std::string> scratchTerms;
+  std::vector<std::string> scratchTerms, collectiveScratchTerms;
+  /// Whether the op being printed is a collective (collectiveIds).
+  bool printingCollective = false;
   std::map<std::string, std::string> kernelNames; ///< source -> name
   int64_t stateBytes = 0, inputBytes = 0, groups = 0;
   int64_t derivedStateBytes = 0; ///< the kept parameter copies
@@ -592,14 +600,15 @@ int64_t TrainStepPrinter::rowBoundOf(Value v) {
 
 void TrainStepPrinter::scheduleCollectives() {
   // Every collective runs on the collective stream, in program order, so
-  // that a group's collectives are issued to it in one order on every rank.
-  // The compute stream joins each right after it, except a parameter's
-  // all-gather along its leading dimension: that reads the state (written
-  // only by the updates at the end of the step) and no scratch, so it can
-  // run beside the compute that follows it, and the compute stream joins it
-  // right before the first op that reads the gathered value or a view of
-  // it. The parameter gathers come first in the step, so a layer's gathers
-  // overlap the layers before it.
+  // that a group's collectives are issued to it in one order on every rank,
+  // with a scratch of its own (Context::collectiveScratch). The compute
+  // stream joins each right after it, except a parameter's all-gather: that
+  // reads only the state (written only by the updates at the end of the
+  // step), so it can run beside the compute that follows it, and the
+  // compute stream joins it right before the first op that reads the
+  // gathered value or a view of it. moe-prefetch-collectives places a
+  // layer's gathers a layer ahead of their readers, so they overlap the
+  // layer before it.
   Block &block = step.getBody().front();
   for (Operation &op : block) {
     if (!isa<shard::AllGatherOp, shard::ReduceScatterOp, shard::AllReduceOp,
@@ -609,13 +618,6 @@ void TrainStepPrinter::scheduleCollectives() {
     collectiveIds[&op] = id;
     auto gather = dyn_cast<shard::AllGatherOp>(op);
     if (!gather || !isa<BlockArgument>(gather.getInput()))
-      continue;
-    bool leading = llvm::all_of(
-        typeOf(gather.getInput())
-            .getShape()
-            .take_front(gather.getGatherAxis().getSExtValue()),
-        [](int64_t d) { return d == 1; });
-    if (!leading)
       continue;
     llvm::DenseSet<Value> aliases = {gather.getResult()};
     Operation *reader = nullptr;
@@ -1575,8 +1577,10 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
     bool hostSync = runsUncaptured(op);
     if (hostSync)
       endSegment(/*capture=*/true);
+    printingCollective = collectiveIds.contains(&op);
     if (failed(printOp(op)))
       return failure();
+    printingCollective = false;
     if (hostSync)
       endSegment(/*capture=*/false);
   }
@@ -1744,6 +1748,13 @@ namespace {
   for (const std::string &term : scratchTerms)
     os << "  bytes = std::max<int64_t>(bytes, " << term << ");\n";
   os << "  return bytes;\n}\n\n";
+  if (grid) {
+    os << "int64_t collectiveScratchBytes(const moert::kernels::Context &ctx) "
+          "{\n  int64_t bytes = 256;\n";
+    for (const std::string &term : collectiveScratchTerms)
+      os << "  bytes = std::max<int64_t>(bytes, " << term << ");\n";
+    os << "  return bytes;\n}\n\n";
+  }
   os << fmt::format("{}moert::Segment segments[{}];\n\n",
                     grid ? "thread_local " : "",
                     std::max<size_t>(segments.size(), 1));
@@ -1787,7 +1798,9 @@ namespace {
       grid ? fmt::format("  program.initRankParams = initRankParams;\n"
                          "  program.mesh = {{{}}};\n"
                          "  program.createWorld = "
-                         "moert::createWorldCommunicator;\n",
+                         "moert::createWorldCommunicator;\n"
+                         "  program.collectiveScratchBytes = "
+                         "collectiveScratchBytes;\n",
                          joined(grid.getShape()))
            : std::string("  program.initParams = initParams;\n"),
       usesCudnn ? "  program.openLibraries = openLibraries;\n" : "");

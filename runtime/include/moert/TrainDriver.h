@@ -86,6 +86,9 @@ struct TrainProgram {
   void (*openLibraries)(kernels::Context &) = nullptr;
   /// The kernels' scratch, from the libraries' plans where they have them.
   int64_t (*scratchBytes)(const kernels::Context &) = nullptr;
+  /// The collectives' scratch of a partitioned program (Context::
+  /// collectiveScratch); null: its collectives need none.
+  int64_t (*collectiveScratchBytes)(const kernels::Context &) = nullptr;
   void (*setup)(char *state, char *arena, char *inputs) = nullptr;
   void (*initParams)(char *state, uint64_t seed, cudaStream_t stream) = nullptr;
   /// A partitioned program's initialisation of the blocks this rank holds,

@@ -1,7 +1,7 @@
 //===- Passes.h - Partitioning of the training step -------------*- C++ -*-===//
 //
-// Declarations and registration of moe-expert-parallel and
-// moe-hybrid-shard, and the IR contract between them.
+// Declarations and registration of moe-expert-parallel, moe-hybrid-shard
+// and moe-prefetch-collectives, and the IR contract between them.
 //
 //===----------------------------------------------------------------------===//
 

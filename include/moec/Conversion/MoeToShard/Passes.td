@@ -161,4 +161,57 @@ def HybridShard : Pass<"moe-hybrid-shard", "::mlir::ModuleOp"> {
   ];
 }
 
+def PrefetchCollectives
+    : Pass<"moe-prefetch-collectives", "::mlir::func::FuncOp"> {
+  let summary = "issues parameter gathers a layer ahead and gradient "
+                "reductions where the gradient is produced";
+  let description = [{
+    Reorders the collectives of a step that moe-hybrid-shard partitioned, so
+    that the collective stream works while the compute stream runs other
+    layers (docs/partitioning.md, "Overlap"); only the order changes, every
+    rank computes the same values.
+
+    Parameter all-gathers, which moe-hybrid-shard places just before a
+    parameter's first use (in the forward, and again in the backward), move
+    earlier:
+
+    - in the forward, the gathers of decoder layer N move to just before the
+      first op that reads a parameter of layer N - `layers`;
+    - in the backward, those of layer N move to just before the first
+      backward op that reads a parameter of layer N + `layers`.
+
+    The first `layers` layers' forward gathers (the last `layers` layers'
+    backward gathers) have no layer that far ahead: they move to the start
+    of the first (last) layer, so that a layer's gathers are issued together
+    and never queue behind the next layer's on the collective stream. A
+    gather moves with the arith.truncf of the shard before it (bf16) and the
+    tensor.extract_slice of the padding after it, keeps its order among the
+    gathers moved to the same place, and never moves above the definition of
+    what it reads. Layers are the `layers.N.` parameters an op reads, as
+    moe-checkpoint-activations finds them. A gathered value is alive from its
+    gather to its last reader, so moe-plan-memory holds up to `layers` more
+    layers' gathered parameters. The embedding's, the final norm's and the
+    head's gathers stay where they are; `layers=0` leaves the gathers alone.
+
+    Each gradient's reduction (the padding's tensor.insert_slice,
+    shard.reduce_scatter, shard.all_reduce: what a moe.adamw reads), which
+    moe-hybrid-shard places where the clipping norm is taken, moves to just
+    after the op that produces the gradient: the whole local gradient is
+    dead once scattered, and a layer's gradients are reduced before the
+    layers below it compute theirs.
+  }];
+  let dependentDialects = ["::mlir::shard::ShardDialect"];
+  let options = [
+    Option<"layers", "layers", "int64_t", "1",
+           "how many decoder layers ahead of its reader a gather is issued "
+           "(0: leaves the step as it is)">
+  ];
+  let statistics = [
+    Statistic<"numMovedGathers", "num-moved-gathers",
+              "parameter all-gathers moved ahead of their layer">,
+    Statistic<"numMovedReductions", "num-moved-reductions",
+              "gradient reductions moved up to their gradient">
+  ];
+}
+
 #endif // MOEC_CONVERSION_MOETOSHARD_PASSES_TD

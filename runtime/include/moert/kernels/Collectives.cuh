@@ -203,6 +203,10 @@ inline Context forkCollective(const Context &ctx, int id) {
   MOERT_CUDA_CHECK(cudaEventRecord(events[0], ctx.stream));
   MOERT_CUDA_CHECK(cudaStreamWaitEvent(ctx.collectiveStream, events[0], 0));
   forked.stream = ctx.collectiveStream;
+  if (ctx.collectiveScratch) {
+    forked.scratch = ctx.collectiveScratch;
+    forked.scratchBytes = ctx.collectiveScratchBytes;
+  }
   return forked;
 }
 

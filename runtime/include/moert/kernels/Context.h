@@ -77,6 +77,12 @@ struct Context {
   /// different ops.
   char *scratch = nullptr;
   int64_t scratchBytes = 0;
+  /// The collectives' own scratch, which forkCollective gives the
+  /// collective stream: collectives run there in program order beside the
+  /// compute stream's kernels, so they never share `scratch` with them.
+  /// Null: collectives use `scratch` (they run on `stream`).
+  char *collectiveScratch = nullptr;
+  int64_t collectiveScratchBytes = 0;
   /// Pinned host memory for the few values the host must read during a step
   /// (the experts' token counts, for the grouped GEMM's group sizes).
   int64_t *hostCounts = nullptr;
