@@ -11,6 +11,7 @@
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/Builders.h"
+#include "llvm/ADT/STLExtras.h"
 
 namespace mlir::moe {
 #define GEN_PASS_DEF_KEEPPARAMCOPIES
@@ -39,6 +40,11 @@ struct KeepParamCopiesPass
           update = a;
       if (!update || update->getBlock() != &block)
         continue;
+      // The parameter's bf16 casts read before its update, in block order.
+      // A partitioned step casts a parameter once per gather (the forward's
+      // and the backward's): one kept copy serves them all, so the others
+      // are replaced by the first (which AdamW then writes for every use).
+      SmallVector<arith::TruncFOp> casts;
       for (Operation *user : arg.getUsers()) {
         auto cast = dyn_cast<arith::TruncFOp>(user);
         if (!cast || cast->getBlock() != &block ||
@@ -47,12 +53,25 @@ struct KeepParamCopiesPass
         bool beforeUpdate = llvm::all_of(cast->getUsers(), [&](Operation *u) {
           return u->getBlock() == &block && u->isBeforeInBlock(update);
         });
-        if (!beforeUpdate)
-          continue;
-        cast->setAttr(MoeDialect::getPersistentCopyAttrName(),
-                      UnitAttr::get(&getContext()));
-        ++numKept;
+        if (beforeUpdate)
+          casts.push_back(cast);
       }
+      if (casts.empty())
+        continue;
+      llvm::sort(casts, [](arith::TruncFOp a, arith::TruncFOp b) {
+        return a->isBeforeInBlock(b);
+      });
+      arith::TruncFOp kept = casts.front();
+      for (arith::TruncFOp other : llvm::drop_begin(casts)) {
+        if (other.getType() != kept.getType())
+          continue;
+        other.getResult().replaceAllUsesWith(kept.getResult());
+        other.erase();
+        ++numMerged;
+      }
+      kept->setAttr(MoeDialect::getPersistentCopyAttrName(),
+                    UnitAttr::get(&getContext()));
+      ++numKept;
     }
   }
 };

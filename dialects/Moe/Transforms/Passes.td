@@ -279,7 +279,9 @@ def KeepParamCopies : Pass<"moe-keep-param-copies", "::mlir::func::FuncOp"> {
     write it, and computes the cast only where no step has written it yet
     (a run's first step); moe-plan-memory gives it no arena bytes. The
     step's semantics do not change (the reference executor ignores the
-    mark).
+    mark). Several such casts of one parameter (a partitioned step casts
+    before each gather, in the forward and again in the backward) become
+    one: the first, which the others' uses then read.
 
     ```mlir
     func.func @train_step(%w: tensor<4x32xf32> {moe.parameter = "w"}, ...) {
@@ -289,7 +291,9 @@ def KeepParamCopies : Pass<"moe-keep-param-copies", "::mlir::func::FuncOp"> {
     ```
   }];
   let statistics = [
-    Statistic<"numKept", "num-kept", "parameter casts marked persistent">
+    Statistic<"numKept", "num-kept", "parameter casts marked persistent">,
+    Statistic<"numMerged", "num-merged",
+              "repeated parameter casts replaced by the kept one">
   ];
 }
 

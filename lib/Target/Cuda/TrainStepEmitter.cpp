@@ -346,6 +346,14 @@ LogicalResult TrainStepPrinter::layoutArguments() {
                                    MoeDialect::getParameterAttrName()))
       return cast.emitOpError() << "is marked moe.persistent_copy but does "
                                    "not cast a parameter argument";
+    // AdamW writes one copy per parameter (moe-keep-param-copies keeps one).
+    if (parameterCopies.count(param))
+      return cast.emitOpError()
+             << "is a second moe.persistent_copy of parameter '"
+             << step.getArgAttrOfType<StringAttr>(
+                    param.getArgNumber(), MoeDialect::getParameterAttrName())
+                    .getValue()
+             << "'; AdamW updates one copy per parameter";
     std::string p = fmt::format(
         "reinterpret_cast<moert::kernels::bf16 *>(state + {})", stateBytes);
     pointers[cast.getResult()] = p;

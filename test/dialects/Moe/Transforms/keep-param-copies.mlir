@@ -40,3 +40,24 @@ func.func @frozen(%w: tensor<4x8xf32> {moe.parameter = "w"}, %x: tensor<2x8xbf16
   %y = moe.linear %x, %c : (tensor<2x8xbf16>, tensor<4x8xbf16>) -> tensor<2x4xbf16>
   return %y : tensor<2x4xbf16>
 }
+
+// -----
+
+// A partitioned step casts a parameter before each of its gathers (the
+// forward's and the backward's): the first cast is kept and the second's
+// uses read it, so AdamW writes the one copy every use reads.
+// CHECK-LABEL: func.func @cast_twice(
+// CHECK: %[[KEPT:.+]] = arith.truncf %{{.+}} {moe.persistent_copy} : tensor<4x8xf32> to tensor<4x8xbf16>
+// CHECK-NEXT: moe.linear %{{.+}}, %[[KEPT]]
+// CHECK-NOT: arith.truncf
+// CHECK: moe.linear_grad %{{.+}}, %[[KEPT]], %{{.+}}
+// CHECK: moe.adamw
+func.func @cast_twice(%w: tensor<4x8xf32> {moe.parameter = "w"}, %m: tensor<4x8xf32> {moe.exp_avg = "w"}, %v: tensor<4x8xf32> {moe.exp_avg_sq = "w"}, %x: tensor<2x8xbf16>, %dy: tensor<2x4xbf16>, %step: tensor<i64>, %lr: tensor<f32>, %norm: tensor<f32>) -> (tensor<2x4xbf16>, tensor<4x8xf32>) {
+  %c = arith.truncf %w : tensor<4x8xf32> to tensor<4x8xbf16>
+  %y = moe.linear %x, %c : (tensor<2x8xbf16>, tensor<4x8xbf16>) -> tensor<2x4xbf16>
+  %c2 = arith.truncf %w : tensor<4x8xf32> to tensor<4x8xbf16>
+  %dx, %dw = moe.linear_grad %x, %c2, %dy : (tensor<2x8xbf16>, tensor<4x8xbf16>, tensor<2x4xbf16>) -> (tensor<2x8xbf16>, tensor<4x8xbf16>)
+  %g = arith.extf %dw : tensor<4x8xbf16> to tensor<4x8xf32>
+  %p, %m2, %v2 = moe.adamw %w, %g, %m, %v, %step, %lr, %norm {beta1 = 0.9 : f64, beta2 = 0.95 : f64, epsilon = 1.0e-08 : f64, weight_decay = 0.1 : f64, max_grad_norm = 1.0 : f64} : tensor<4x8xf32>, tensor<i64>, tensor<f32>
+  return %y, %p : tensor<2x4xbf16>, tensor<4x8xf32>
+}

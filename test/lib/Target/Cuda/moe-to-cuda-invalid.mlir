@@ -158,6 +158,24 @@ func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4x
 
 // -----
 
+// Tests that a parameter has one persistent copy: AdamW writes one.
+func.func @init_params(%seed: tensor<i64> {moe.input = "seed"}) -> (tensor<8x4xf32> {moe.parameter = "w"}) {
+  %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.02 : f64} : (tensor<i64>) -> tensor<8x4xf32>
+  return %w : tensor<8x4xf32>
+}
+func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4xf32> {moe.exp_avg = "w"}, %v: tensor<8x4xf32> {moe.exp_avg_sq = "w"}, %ids: tensor<2x4xi64> {moe.input = "input_ids"}, %labels: tensor<2x4xi64> {moe.input = "labels"}, %step: tensor<i64> {moe.input = "step"}, %lr: tensor<f32> {moe.input = "lr"}) -> (tensor<f32> {moe.output = "loss"}, tensor<f32> {moe.output = "ce_loss"}, tensor<f32> {moe.output = "aux_loss"}, tensor<f32> {moe.output = "z_loss"}, tensor<f32> {moe.output = "grad_norm"}, tensor<1x8xi64> {moe.output = "expert_counts"}) attributes {moe.arena_bytes = 1024 : i64} {
+  %c = arith.truncf %w {moe.persistent_copy} : tensor<8x4xf32> to tensor<8x4xbf16>
+  // expected-error@+1 {{'arith.truncf' op is a second moe.persistent_copy of parameter 'w'; AdamW updates one copy per parameter}}
+  %c2 = arith.truncf %w {moe.persistent_copy} : tensor<8x4xf32> to tensor<8x4xbf16>
+  %h = moe.embedding %w[%ids] {moe.arena_offsets = array<i64: 0>} : (tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<2x4x4xf32>
+  %loss = moe.lm_head_cross_entropy %h, %w, %labels {moe.arena_offsets = array<i64: 256>} : (tensor<2x4x4xf32>, tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<f32>
+  %zero = arith.constant dense<0.0> : tensor<f32>
+  %counts = moe.expert_counts %ids {moe.arena_offsets = array<i64: 512>} : (tensor<2x4xi64>) -> tensor<1x8xi64>
+  return %loss, %loss, %zero, %zero, %zero, %counts : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<1x8xi64>
+}
+
+// -----
+
 // Tests that the printer needs a memory plan.
 func.func @init_params(%seed: tensor<i64> {moe.input = "seed"}) -> (tensor<8x4xf32> {moe.parameter = "w"}) {
   %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.02 : f64} : (tensor<i64>) -> tensor<8x4xf32>
