@@ -26,7 +26,8 @@
 # ce_loss, aux_loss and grad_norm each within its tolerance at every step and
 # in the median over the steps (TOLERANCES in python/moec/train_bf16.py),
 # both with fp32 master weights ("bf16": true; also checkpointed after 25
-# steps and resumed) and as a bf16 model ("param_dtype": "bf16"); the fp32
+# steps and resumed, and partitioned at W = 2, H = 2 on simulated ranks) and
+# as a bf16 model ("param_dtype": "bf16"); the fp32
 # aux_loss step under activation checkpointing selective, full and auto
 # equals the CPU reference as above and the program without checkpointing
 # to a relative 1e-6 (recomputation is deterministic).
@@ -177,6 +178,12 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
   printf '{"micro_batch_size": 2, "seq_length": 64, "bf16": true, "param_dtype": "bf16"}\n' \
     > "$dir/bf16-model.json"
   "$moec" compile "$model" --config "$dir/bf16-model.json" -o "$dir/bf16-model"
+  # bf16 compute with fp32 masters, partitioned (H = 2: every parameter
+  # gathered, in the forward and again in the backward, from its one kept
+  # bf16 copy), on the same global batch as the one-GPU curve.
+  printf '{"micro_batch_size": 1, "seq_length": 64, "bf16": true, "world_size": 2, "hybrid_shard_degree": 2}\n' \
+    > "$dir/bf16-h2.json"
+  "$moec" compile "$model" --config "$dir/bf16-h2.json" -o "$dir/bf16-h2"
   cp "$root"/test/Inputs/train-bf16/*.json "$dir/"
   # Partitioned programs (W P H), run as W threads on one GPU: each against
   # the unpartitioned reference on micro-batches of 2·W (the tiny model has
@@ -369,6 +376,10 @@ python3 -m moec.train_bf16 --check "$out/bf16-resumed.csv" --golden "$dir/tiny-f
 echo "== bf16 model: 50 steps against PyTorch's curve for bf16 parameters and AdamW states"
 "$dir/bf16-model/train_step" --tokens "$dir/data/train.bin" --steps 50 --log "$out/bf16-model.csv"
 python3 -m moec.train_bf16 --check "$out/bf16-model.csv" --golden "$dir/tiny-fortunes-bf16-model.json"
+echo "== bf16, W=2 H=2 on 2 simulated ranks: 50 steps against PyTorch's bf16 curve"
+"$dir/bf16-h2/train_step" --simulate-ranks 2 --tokens "$dir/data/train.bin" --steps 50 \
+  --log "$out/bf16-h2.csv" > /dev/null
+python3 -m moec.train_bf16 --check "$out/bf16-h2.csv" --golden "$dir/tiny-fortunes-bf16.json"
 while read -r name w flags; do
   echo "== partitioned $name: $w ranks on one GPU, 3 steps against the CPU reference"
   "$dir/part-$name/train_step" --simulate-ranks "$w" --tokens "$dir/data/train.bin" \
