@@ -706,6 +706,16 @@ LogicalResult TrainStepPrinter::printCollective(Operation &op) {
                        joined(whole.getShape()),
                        joined(s.getStaticOffsets()));
   };
+  // The shard reductions the printer lowers: sums.
+  auto checkSum = [](Operation *collective,
+                     shard::ReductionKind kind) -> LogicalResult {
+    if (kind == shard::ReductionKind::Sum)
+      return success();
+    return collective->emitOpError()
+           << "reduces with " << shard::stringifyReductionKind(kind)
+           << "; the CUDA printer lowers sums only";
+  };
+
   return TypeSwitch<Operation *, LogicalResult>(&op)
       .Case([&](tensor::ExtractSliceOp e) -> LogicalResult {
         FailureOr<std::string> slice = sliceOf(e, e.getSourceType());
@@ -750,22 +760,16 @@ LogicalResult TrainStepPrinter::printCollective(Operation &op) {
                            g.getGridAxes());
       })
       .Case([&](shard::ReduceScatterOp r) -> LogicalResult {
-        if (r.getReduction() != shard::ReductionKind::Sum)
-          return r.emitOpError()
-                 << "reduces with "
-                 << shard::stringifyReductionKind(r.getReduction())
-                 << "; the CUDA printer lowers sums only";
+        if (failed(checkSum(r, r.getReduction())))
+          return failure();
         return printBlocks("reduceScatter", r.getInput(), r.getResult(),
                            typeOf(r.getResult()),
                            r.getScatterAxis().getSExtValue(), r.getGrid(),
                            r.getGridAxes());
       })
       .Case([&](shard::AllReduceOp r) -> LogicalResult {
-        if (r.getReduction() != shard::ReductionKind::Sum)
-          return r.emitOpError()
-                 << "reduces with "
-                 << shard::stringifyReductionKind(r.getReduction())
-                 << "; the CUDA printer lowers sums only";
+        if (failed(checkSum(r, r.getReduction())))
+          return failure();
         FailureOr<int64_t> size = groupSize(op, r.getGrid(), r.getGridAxes());
         FailureOr<std::string> c = cType(r.getResult().getType());
         if (failed(size) || failed(c) || failed(pointer(op, r.getInput())))
