@@ -93,6 +93,74 @@ Value owner(Value v) {
 
 bool isView(Value v) { return owner(v) != v; }
 
+/// The buffers of `body` (ops numbered by `index`, `last` past the
+/// terminator) with their live intervals; `bufferOf` maps each owning value
+/// to its buffer. Fails with a diagnostic at an op whose result has a shape
+/// the plan cannot size.
+FailureOr<std::vector<Buffer>>
+collectBuffers(Block &body, const llvm::DenseMap<Operation *, int64_t> &index,
+               int64_t last, llvm::DenseMap<Value, size_t> &bufferOf) {
+  std::vector<Buffer> buffers;
+  for (Operation &op : body) {
+    if (op.hasAttr(MoeDialect::getPersistentCopyAttrName()))
+      continue; // the backend's persistent storage (moe-keep-param-copies)
+    for (Value result : op.getResults()) {
+      auto type = dyn_cast<RankedTensorType>(result.getType());
+      if (!type || isView(result))
+        continue;
+      int64_t elements;
+      if (type.hasStaticShape()) {
+        elements = type.getNumElements();
+      } else {
+        std::optional<int64_t> rows = receivedRowBound(result);
+        bool onlyRowsDynamic =
+            llvm::count_if(type.getShape(), ShapedType::isDynamic) == 1 &&
+            type.isDynamicDim(0);
+        if (!rows || !onlyRowsDynamic)
+          return op.emitOpError() << "has a result of dynamic shape " << type
+                                  << "; run moe-specialize-shapes first";
+        elements = boundedElements(type, *rows);
+      }
+      int64_t bits = type.getElementTypeBitWidth();
+      Buffer buffer;
+      buffer.value = result;
+      buffer.bytes = std::max<int64_t>(1, (elements * bits + 7) / 8);
+      buffer.begin = buffer.end = index.lookup(&op);
+      bufferOf[result] = buffers.size();
+      buffers.push_back(buffer);
+    }
+  }
+  // Every operand is charged to its owner: a view read later keeps its
+  // source alive.
+  for (Operation &op : body)
+    for (Value operand : op.getOperands()) {
+      auto it = bufferOf.find(owner(operand));
+      if (it == bufferOf.end())
+        continue; // an argument, or not a tensor
+      int64_t use = isa<func::ReturnOp>(op) ? last : index.lookup(&op);
+      buffers[it->second].end = std::max(buffers[it->second].end, use);
+    }
+  return buffers;
+}
+
+/// The most bytes of `buffers` alive at once: a sweep over the starts and
+/// ends of their intervals (an interval includes both ends).
+int64_t liveBytesPeak(ArrayRef<Buffer> buffers) {
+  std::vector<std::pair<int64_t, int64_t>> changes;
+  for (const Buffer &b : buffers) {
+    changes.push_back({b.begin, b.bytes});
+    changes.push_back({b.end + 1, -b.bytes});
+  }
+  // At one position the ends go first: they belong to the previous one.
+  llvm::sort(changes);
+  int64_t live = 0, peak = 0;
+  for (auto [position, delta] : changes) {
+    live += delta;
+    peak = std::max(peak, live);
+  }
+  return peak;
+}
+
 struct PlanMemoryPass : public moe::impl::PlanMemoryBase<PlanMemoryPass> {
   using PlanMemoryBase::PlanMemoryBase;
 
@@ -131,48 +199,11 @@ struct PlanMemoryPass : public moe::impl::PlanMemoryBase<PlanMemoryPass> {
 
     // Buffers and their intervals.
     llvm::DenseMap<Value, size_t> bufferOf;
-    std::vector<Buffer> buffers;
-    for (Operation &op : body) {
-      if (op.hasAttr(MoeDialect::getPersistentCopyAttrName()))
-        continue; // the backend's persistent storage (moe-keep-param-copies)
-      for (Value result : op.getResults()) {
-        auto type = dyn_cast<RankedTensorType>(result.getType());
-        if (!type || isView(result))
-          continue;
-        int64_t elements;
-        if (type.hasStaticShape()) {
-          elements = type.getNumElements();
-        } else {
-          std::optional<int64_t> rows = receivedRowBound(result);
-          bool onlyRowsDynamic =
-              llvm::count_if(type.getShape(), ShapedType::isDynamic) == 1 &&
-              type.isDynamicDim(0);
-          if (!rows || !onlyRowsDynamic) {
-            op.emitOpError() << "has a result of dynamic shape " << type
-                             << "; run moe-specialize-shapes first";
-            return signalPassFailure();
-          }
-          elements = boundedElements(type, *rows);
-        }
-        int64_t bits = type.getElementTypeBitWidth();
-        Buffer buffer;
-        buffer.value = result;
-        buffer.bytes = std::max<int64_t>(1, (elements * bits + 7) / 8);
-        buffer.begin = buffer.end = index[&op];
-        bufferOf[result] = buffers.size();
-        buffers.push_back(buffer);
-      }
-    }
-    for (Operation &op : body)
-      for (Value operand : op.getOperands()) {
-        auto it = bufferOf.find(owner(operand));
-        if (it == bufferOf.end())
-          continue; // an argument, or not a tensor
-        int64_t use = isa<func::ReturnOp>(op) ? last : index[&op];
-        buffers[it->second].end = std::max(buffers[it->second].end, use);
-      }
-    // A view read later keeps its source alive: handled above, since every
-    // operand is charged to its owner.
+    FailureOr<std::vector<Buffer>> collected =
+        collectBuffers(body, index, last, bufferOf);
+    if (failed(collected))
+      return signalPassFailure();
+    std::vector<Buffer> &buffers = *collected;
 
     // Largest first, lowest fitting aligned offset.
     std::vector<size_t> order(buffers.size());
@@ -224,14 +255,7 @@ struct PlanMemoryPass : public moe::impl::PlanMemoryBase<PlanMemoryPass> {
       }
 
     // The most bytes alive at once, a bound no placement can beat.
-    int64_t liveBound = 0;
-    for (int64_t t = 0; t <= last; ++t) {
-      int64_t live = 0;
-      for (const Buffer &b : buffers)
-        if (b.begin <= t && t <= b.end)
-          live += b.bytes;
-      liveBound = std::max(liveBound, live);
-    }
+    int64_t liveBound = liveBytesPeak(buffers);
 
     Builder builder(&getContext());
     for (Operation &op : body) {
@@ -256,3 +280,20 @@ struct PlanMemoryPass : public moe::impl::PlanMemoryBase<PlanMemoryPass> {
 };
 
 } // namespace
+
+FailureOr<int64_t> mlir::moe::arenaLiveBytes(func::FuncOp func) {
+  if (!func.getBody().hasOneBlock())
+    return func.emitOpError() << "has " << func.getBody().getBlocks().size()
+                              << " blocks; the arena is planned for one";
+  Block &body = func.getBody().front();
+  llvm::DenseMap<Operation *, int64_t> index;
+  int64_t position = 0;
+  for (Operation &op : body)
+    index[&op] = position++;
+  llvm::DenseMap<Value, size_t> bufferOf;
+  FailureOr<std::vector<Buffer>> buffers =
+      collectBuffers(body, index, position, bufferOf);
+  if (failed(buffers))
+    return failure();
+  return liveBytesPeak(*buffers);
+}
