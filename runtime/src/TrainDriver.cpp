@@ -693,7 +693,8 @@ int runRank(const TrainProgram &p, const Options &o,
 /// Whether the program can run as the launcher started it (`info`) with
 /// the options: a partitioned program of W ranks runs under a launcher of
 /// WORLD_SIZE W (and a world communicator), or with --simulate-ranks W and
-/// no launcher.
+/// no launcher; one that keeps its one-rank collectives (W = 1 with a
+/// world communicator) runs as one rank, launched or not.
 Status checkWorld(const TrainProgram &p, const Options &o,
                   const RankInfo &info) {
   const int64_t w = p.mesh.size();
@@ -719,9 +720,9 @@ Status checkWorld(const TrainProgram &p, const Options &o,
   }
   // A one-rank program under a launcher runs a copy on every rank, as it
   // always has.
-  if (w == 1)
+  if (w == 1 && !p.createWorld)
     return Status::success();
-  if (info.worldSize == 1)
+  if (info.worldSize == 1 && w > 1)
     return Status::failure(
         partitioned + ": start it under a launcher (moec launch, torchrun, "
                       "srun, mpirun) with " + std::to_string(w) +
@@ -842,7 +843,9 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
   if (Status s = readTokenFile(o.tokensPath, p.seq, p.vocab, tokens); !s.ok())
     fatal(s.message());
 
-  if (p.mesh.size() == 1)
+  // A one-rank program without collectives; one that keeps them
+  // (keep_one_rank_collectives) makes its one-rank world below.
+  if (p.mesh.size() == 1 && !p.createWorld)
     return runRank(p, o, manifest, initFrom.get(), tokens, resume, RankPlace{});
 
   if (o.simulateRanks == 0) {
