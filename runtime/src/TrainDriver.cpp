@@ -399,9 +399,11 @@ int runRank(const TrainProgram &p, const Options &o,
     timedWorld = collectiveTimes.wrap(*place.world);
     orExit(MeshGroups::create(*timedWorld, p.mesh, mesh));
     ctx.mesh = mesh.get();
-    // The collectives the printer overlaps run here (Collectives.cuh).
-    MOERT_CUDA_CHECK(cudaStreamCreateWithFlags(&ctx.collectiveStream,
-                                               cudaStreamNonBlocking));
+    // The collectives the printer overlaps run here (Collectives.cuh): the
+    // gradient reductions on a stream of their own.
+    for (cudaStream_t *stream : {&ctx.collectiveStream, &ctx.gradientStream})
+      MOERT_CUDA_CHECK(
+          cudaStreamCreateWithFlags(stream, cudaStreamNonBlocking));
   }
   const int64_t h = mesh ? mesh->coordinate(kShardAxis) : 0;
   const int64_t e = mesh ? mesh->coordinate(kExpertAxis) : 0;
@@ -425,9 +427,15 @@ int runRank(const TrainProgram &p, const Options &o,
     MOERT_CUDA_CHECK(
         cudaMalloc(&ctx.collectiveScratch, ctx.collectiveScratchBytes));
   }
+  if (ctx.gradientStream && p.gradientScratchBytes) {
+    ctx.gradientScratchBytes = p.gradientScratchBytes(ctx);
+    MOERT_CUDA_CHECK(
+        cudaMalloc(&ctx.gradientScratch, ctx.gradientScratchBytes));
+  }
   MOERT_CUDA_CHECK(cudaMallocHost(&ctx.hostCounts, 4096 * sizeof(int64_t)));
   int64_t allocated = p.stateBytes + p.arenaBytes + p.inputBytes +
                       ctx.scratchBytes + ctx.collectiveScratchBytes +
+                      ctx.gradientScratchBytes +
                       blasWorkspace;
   if (leader) {
     std::printf("%s: batch %lld x seq %lld, %d parameters\n", p.model,
@@ -440,7 +448,9 @@ int runRank(const TrainProgram &p, const Options &o,
     std::printf("memory: state %s + arena %s (compiler's plan) + scratch %s + "
                 "inputs %s + cuBLAS %s = %s allocated\n",
                 gib(p.stateBytes).c_str(), gib(p.arenaBytes).c_str(),
-                gib(ctx.scratchBytes + ctx.collectiveScratchBytes).c_str(),
+                gib(ctx.scratchBytes + ctx.collectiveScratchBytes +
+                    ctx.gradientScratchBytes)
+                    .c_str(),
                 gib(p.inputBytes).c_str(),
                 gib(blasWorkspace).c_str(), gib(allocated).c_str());
   }
@@ -679,7 +689,8 @@ int runRank(const TrainProgram &p, const Options &o,
     for (void *buffer : {static_cast<void *>(state), static_cast<void *>(arena),
                          static_cast<void *>(inputs),
                          static_cast<void *>(ctx.scratch),
-                         static_cast<void *>(ctx.collectiveScratch)})
+                         static_cast<void *>(ctx.collectiveScratch),
+                         static_cast<void *>(ctx.gradientScratch)})
       MOERT_CUDA_CHECK(cudaFree(buffer));
     for (void *pinned :
          {static_cast<void *>(hostInputs), static_cast<void *>(hostMetrics),
