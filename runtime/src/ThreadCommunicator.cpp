@@ -520,7 +520,8 @@ Status ThreadCommunicator::pullFromPeers(
     const PeerCopy copy = copyOf(peer);
     const Posting &from = call.posts[peer];
     if (Status s = pull(static_cast<char *>(recv) + copy.to * bytes,
-                        static_cast<const char *>(from.send) + copy.from * bytes,
+                        static_cast<const char *>(from.send) +
+                            copy.from * bytes,
                         copy.count * bytes, from.ready, stream, collective);
         !s.ok())
       return s;

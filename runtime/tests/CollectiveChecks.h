@@ -1,4 +1,4 @@
-//===- CollectiveChecks.h - The checks every Communicator passes -*- C++ -*-===//
+//===- CollectiveChecks.h - Checks every Communicator passes ----*- C++ -*-===//
 //
 // The collective checks of moert/Communicator.h, written once for every
 // implementation: runtime/tests/CommunicatorTest.cu runs them on a GPU
@@ -197,7 +197,8 @@ public:
     for (size_t j = 0; j < kCount * w; ++j)
       wide[j] = E::of(element(r, j));
     for (size_t i = 0; i < kCount; ++i)
-      block[i] = sumOver<T>(w, [&](int q) { return element(q, r * kCount + i); });
+      block[i] =
+          sumOver<T>(w, [&](int q) { return element(q, r * kCount + i); });
     T *wideIn = buffer(wide);
     T *scattered = buffer(std::vector<T>(kCount));
     expect("reduce_scatter" + t,

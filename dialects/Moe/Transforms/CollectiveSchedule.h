@@ -1,4 +1,4 @@
-//===- CollectiveSchedule.h - Streams and joins of a step's collectives -*- C++ -*-===//
+//===- CollectiveSchedule.h - Streams and joins of collectives --*- C++ -*-===//
 //
 // Where the collectives of a partitioned step run beside its compute and
 // where the compute stream waits for them: the one schedule that

@@ -1528,9 +1528,25 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
   Block &block = step.getBody().front();
   SmallVector<moe::AdamWOp> adamGroup;
   llvm::DenseSet<int64_t> printedGroups;
+  // The compute stream waits for the overlapped collectives `ids`, between
+  // the captured segments.
+  auto printJoins = [&](ArrayRef<int> ids) {
+    if (ids.empty())
+      return;
+    endSegment(/*capture=*/true);
+    for (int id : ids)
+      body += fmt::format("  moert::kernels::joinCollective(ctx, {});\n", id);
+    endSegment(/*capture=*/false);
+  };
+  // A group's one launch waits for what any of its updates reads (a
+  // gradient reduction joined before its update: no clipping norm).
   auto printGroup = [&]() -> LogicalResult {
     if (adamGroup.empty())
       return success();
+    SmallVector<int> joins;
+    for (moe::AdamWOp a : adamGroup)
+      joins.append(joinsBefore.lookup(a.getOperation()));
+    printJoins(joins);
     body += "  moert::kernels::mark(ctx, \"moe.adamw\");\n";
     if (failed(printAdamWGroup(adamGroup)))
       return failure();
@@ -1556,15 +1572,8 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
     }
     if (failed(printGroup()))
       return failure();
-    // The compute stream waits for the overlapped collectives `op` reads,
-    // between the captured segments.
-    if (auto joins = joinsBefore.find(&op); joins != joinsBefore.end()) {
-      endSegment(/*capture=*/true);
-      for (int id : joins->second)
-        body += fmt::format("  moert::kernels::joinCollective(ctx, {});\n",
-                            id);
-      endSegment(/*capture=*/false);
-    }
+    // The compute stream waits for the overlapped collectives `op` reads.
+    printJoins(joinsBefore.lookup(&op));
     bool hostSync = runsUncaptured(op);
     if (hostSync)
       endSegment(/*capture=*/true);
