@@ -17,6 +17,10 @@
 # and 8 ranks); for the tiny Mixtral in fp32
 # and every load-balancing mode, 3 steps equal the CPU reference executor
 # (loss, aux loss, grad norm and every final parameter, relative error
+# < 1e-4), and so does the same job compiled for one rank that keeps its
+# collectives (--world-size 1 --keep-one-rank-collectives), started as the
+# one rank of a torchrun-style job: every collective through a one-rank
+# NCCL communicator, compared with the one-GPU program (relative error
 # < 1e-4); checkpoint + resume equals an uninterrupted run; partitioned
 # programs (W, P, H) on W simulated ranks (--simulate-ranks) equal the
 # unpartitioned reference on the global batch, and a W = 4 checkpoint under
@@ -158,6 +162,10 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
     printf '{"micro_batch_size": 2, "seq_length": 64, "moe_load_balancing": "%s"}\n' "$m" \
       > "$dir/fp32-$m.json"
     "$moec" compile "$model" --config "$dir/fp32-$m.json" -o "$dir/fp32-$m"
+    # The same step partitioned for one rank, its one-rank collectives kept:
+    # the NCCL path on one GPU.
+    "$moec" compile "$model" --config "$dir/fp32-$m.json" --world-size 1 \
+      --keep-one-rank-collectives -o "$dir/nccl1-$m"
     rm -rf "$dir/ref-$m"
     "$moec" train "$model" --reference --tokens "$root/test/Inputs/fortunes/train.pb" \
       --micro-batch-size 2 --steps 3 --moe-load-balancing "$m" \
@@ -272,6 +280,18 @@ for m in "${modes[@]}"; do
     --log "$out/$m.csv" --dump "$out/$m"
   python3 -m moec.check_gpu --reference "$dir/ref-$m" --reference-log "$dir/ref-$m.csv" \
     --gpu "$out/$m" --gpu-log "$out/$m.csv" --tolerance 1e-4
+done
+for m in "${modes[@]}"; do
+  echo "== fp32, $m, W=1 keeping its collectives (NCCL, one rank): 3 steps against the one-GPU program and the CPU reference"
+  # The one rank of a torchrun-style job: a one-rank world needs no
+  # rendezvous.
+  RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 \
+    "$dir/nccl1-$m/train_step" --tokens "$dir/data/train.bin" --steps 3 \
+    --log "$out/nccl1-$m.csv" --dump "$out/nccl1-$m"
+  python3 -m moec.check_gpu --reference "$out/$m" --reference-log "$out/$m.csv" \
+    --gpu "$out/nccl1-$m" --gpu-log "$out/nccl1-$m.csv" --tolerance 1e-4
+  python3 -m moec.check_gpu --reference "$dir/ref-$m" --reference-log "$dir/ref-$m.csv" \
+    --gpu "$out/nccl1-$m" --gpu-log "$out/nccl1-$m.csv" --tolerance 1e-4
 done
 for policy in selective full auto; do
   echo "== fp32, aux_loss, activation checkpointing $policy: against the CPU reference and against none"

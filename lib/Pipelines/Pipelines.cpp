@@ -57,7 +57,7 @@ void moec::buildTrainStepPipeline(OpPassManager &pm,
 
 bool moec::isPartitioned(const TrainingJob &job) {
   return job.worldSize > 1 || job.expertParallelDegree > 1 ||
-         job.hybridShardDegree > 1;
+         job.hybridShardDegree > 1 || job.keepOneRankCollectives;
 }
 
 void moec::buildPartitionPipeline(OpPassManager &pm, const TrainingJob &job) {
@@ -71,12 +71,14 @@ void moec::buildPartitionPipeline(OpPassManager &pm, const TrainingJob &job) {
                            : mlir::moe::Dispatcher::all_gather;
   experts.globalTokenShuffle = job.globalTokenShuffle;
   experts.seed = job.randomSeed;
+  experts.keepOneRankCollectives = job.keepOneRankCollectives;
   pm.addPass(createExpertParallel(experts));
   HybridShardOptions shard;
   shard.worldSize = job.worldSize;
   shard.expertParallelDegree = job.expertParallelDegree;
   shard.hybridShardDegree = job.hybridShardDegree;
   shard.shardingStrategy = job.shardingStrategy;
+  shard.keepOneRankCollectives = job.keepOneRankCollectives;
   pm.addPass(createHybridShard(shard));
   // Parameter gathers one layer ahead of their reader, gradient reductions
   // where the gradient is produced; before moe-checkpoint-activations, whose

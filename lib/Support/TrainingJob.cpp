@@ -255,6 +255,11 @@ const std::vector<KeyInfo> &keyTable() {
                           symbolizeShardingStrategy, &J::shardingStrategy,
                           kNumShardingStrategies>(),
                 "how model states are sharded"),
+        boolKey("keep_one_rank_collectives", &J::keepOneRankCollectives,
+                "partition the step even for one rank and keep the "
+                "collectives of one-rank groups (to verify the collective "
+                "path: at world_size 1 they run on a one-rank NCCL "
+                "communicator)"),
         stringKey("checkpoint_dir", &J::checkpointDir,
                   "save checkpoints here (and resume from here)"),
         stringKey("init_from", &J::initFrom,
@@ -591,6 +596,10 @@ llvm::Error moec::checkImplemented(const TrainingJob &job,
   // dispatcher and the token shuffle (docs/partitioning.md); the planner
   // models the all-to-all dispatcher without a shuffle.
   if (consumer == JobConsumer::Plan) {
+    if (job.keepOneRankCollectives)
+      return refuse("keep_one_rank_collectives", "true",
+                    "a one-rank group's collective moves nothing; plans "
+                    "count none");
     if (!job.moeAllToAllDispatcher)
       return refuse("moe_all_to_all_dispatcher", "false",
                     "tokens are dispatched by all-to-all");

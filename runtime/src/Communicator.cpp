@@ -23,6 +23,29 @@ size_t moert::elementBytes(DataType type) {
   return 0;
 }
 
+std::string moert::checkAllToAllCounts(int groupSize,
+                                       const std::vector<size_t> &sendCounts,
+                                       const std::vector<size_t> &sendOffsets,
+                                       const std::vector<size_t> &recvCounts,
+                                       const std::vector<size_t> &recvOffsets) {
+  const size_t peers = static_cast<size_t>(groupSize);
+  for (const auto *v : {&sendCounts, &sendOffsets, &recvCounts, &recvOffsets})
+    if (v->size() != peers)
+      return "counts and offsets need one entry per rank of the group (" +
+             std::to_string(peers) + "), got send " +
+             std::to_string(sendCounts.size()) + "/" +
+             std::to_string(sendOffsets.size()) + ", receive " +
+             std::to_string(recvCounts.size()) + "/" +
+             std::to_string(recvOffsets.size());
+  return {};
+}
+
+std::string moert::checkBroadcastRoot(int groupSize, int root) {
+  if (root < 0 || root >= groupSize)
+    return "root " + std::to_string(root) + " is not a rank of the group";
+  return {};
+}
+
 const char *moert::dataTypeName(DataType type) {
   switch (type) {
   case DataType::F32:

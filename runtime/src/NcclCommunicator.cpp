@@ -323,16 +323,10 @@ Status NcclCommunicator::allToAllV(const void *send,
                                    const std::vector<size_t> &recvOffsets,
                                    DataType type, cudaStream_t stream) {
   MOERT_CHECK_USABLE("all_to_all");
-  const size_t peers = static_cast<size_t>(groupSize);
-  for (const auto *v : {&sendCounts, &sendOffsets, &recvCounts, &recvOffsets})
-    if (v->size() != peers)
-      return Status::failure(
-          prefix(__FILE__, __LINE__, "all_to_all") + "counts and offsets " +
-          "need one entry per rank of the group (" + std::to_string(peers) +
-          "), got send " + std::to_string(sendCounts.size()) + "/" +
-          std::to_string(sendOffsets.size()) + ", receive " +
-          std::to_string(recvCounts.size()) + "/" +
-          std::to_string(recvOffsets.size()));
+  if (std::string wrong = checkAllToAllCounts(
+          groupSize, sendCounts, sendOffsets, recvCounts, recvOffsets);
+      !wrong.empty())
+    return Status::failure(prefix(__FILE__, __LINE__, "all_to_all") + wrong);
   const size_t bytes = elementBytes(type);
   const ncclDataType_t ncclType = nccl::dataType(type);
   MOERT_NCCL_CHECK("all_to_all", ncclGroupStart());
@@ -369,10 +363,8 @@ Status NcclCommunicator::broadcast(const void *send, void *recv, size_t count,
                                    DataType type, int root,
                                    cudaStream_t stream) {
   MOERT_CHECK_USABLE("broadcast");
-  if (root < 0 || root >= groupSize)
-    return Status::failure(prefix(__FILE__, __LINE__, "broadcast") + "root " +
-                           std::to_string(root) +
-                           " is not a rank of the group");
+  if (std::string wrong = checkBroadcastRoot(groupSize, root); !wrong.empty())
+    return Status::failure(prefix(__FILE__, __LINE__, "broadcast") + wrong);
   MOERT_NCCL_CHECK("broadcast",
                    ncclBroadcast(send, recv, count, nccl::dataType(type), root,
                                  comm, stream));

@@ -231,6 +231,23 @@ private:
   /// Copies `bytes` from `src` to `dst` after `ready` on `stream`.
   Status pull(void *dst, const void *src, size_t bytes, cudaEvent_t ready,
               cudaStream_t stream, const char *collective);
+  /// Where one peer's part of a gathering collective goes: `count`
+  /// elements from element `from` of the peer's send buffer to element `to`
+  /// of this rank's receive buffer.
+  struct PeerCopy {
+    size_t from = 0, to = 0, count = 0;
+  };
+  /// Pulls every peer's part (`copyOf(peer)`) of `call` into `recv`
+  /// (all_gather, all_to_all).
+  Status pullFromPeers(const Call &call, void *recv, DataType type,
+                       cudaStream_t stream, const char *collective,
+                       const std::function<PeerCopy(int peer)> &copyOf);
+  /// A sum over the group in rank order (all_reduce, reduce_scatter): every
+  /// rank stages `stagedCount` elements of `send` and writes elements
+  /// [first, first + count) of the sum to `recv`.
+  Status sumInRankOrder(const char *collective, const void *send,
+                        size_t stagedCount, void *recv, size_t count,
+                        size_t first, DataType type, cudaStream_t stream);
   /// Stages `bytes` of `send` in host memory (synchronises `stream`).
   Status stage(const void *send, size_t bytes, cudaStream_t stream,
                const char *collective);
@@ -468,53 +485,63 @@ std::string sameCountAndType(const Call &call) {
 
 } // namespace
 
-Status ThreadCommunicator::allReduceSum(const void *send, void *recv,
-                                        size_t count, DataType type,
-                                        cudaStream_t stream) {
-  const char *name = "all_reduce";
-  if (Status s = checkUsable(name, stream); !s.ok())
+Status ThreadCommunicator::sumInRankOrder(const char *collective,
+                                          const void *send, size_t stagedCount,
+                                          void *recv, size_t count,
+                                          size_t first, DataType type,
+                                          cudaStream_t stream) {
+  if (Status s = checkUsable(collective, stream); !s.ok())
     return s;
-  const size_t bytes = count * elementBytes(type);
-  if (Status s = stage(send, bytes, stream, name); !s.ok())
+  if (Status s = stage(send, stagedCount * elementBytes(type), stream,
+                       collective);
+      !s.ok())
     return s;
   Posting mine;
   mine.count = count;
   mine.type = type;
   mine.staged = staging.data();
-  return meet(name, std::move(mine), stream, sameCountAndType,
+  const size_t bytes = count * elementBytes(type);
+  return meet(collective, std::move(mine), stream, sameCountAndType,
               [&](const Call &call) {
                 std::vector<const char *> inputs;
                 for (const Posting &post : call.posts)
                   inputs.push_back(post.staged);
                 result.resize(std::max<size_t>(bytes, 1));
-                sumInOrder(inputs, 0, count, type, result.data());
-                return unstage(recv, result.data(), bytes, stream, name);
+                sumInOrder(inputs, first, count, type, result.data());
+                return unstage(recv, result.data(), bytes, stream, collective);
               });
+}
+
+Status ThreadCommunicator::pullFromPeers(
+    const Call &call, void *recv, DataType type, cudaStream_t stream,
+    const char *collective, const std::function<PeerCopy(int peer)> &copyOf) {
+  const size_t bytes = elementBytes(type);
+  for (int peer = 0; peer < state->size; ++peer) {
+    const PeerCopy copy = copyOf(peer);
+    const Posting &from = call.posts[peer];
+    if (Status s = pull(static_cast<char *>(recv) + copy.to * bytes,
+                        static_cast<const char *>(from.send) +
+                            copy.from * bytes,
+                        copy.count * bytes, from.ready, stream, collective);
+        !s.ok())
+      return s;
+  }
+  return Status::success();
+}
+
+Status ThreadCommunicator::allReduceSum(const void *send, void *recv,
+                                        size_t count, DataType type,
+                                        cudaStream_t stream) {
+  return sumInRankOrder("all_reduce", send, count, recv, count, 0, type,
+                        stream);
 }
 
 Status ThreadCommunicator::reduceScatterSum(const void *send, void *recv,
                                             size_t count, DataType type,
                                             cudaStream_t stream) {
-  const char *name = "reduce_scatter";
-  if (Status s = checkUsable(name, stream); !s.ok())
-    return s;
-  const size_t bytes = count * elementBytes(type);
-  if (Status s = stage(send, bytes * state->size, stream, name); !s.ok())
-    return s;
-  Posting mine;
-  mine.count = count;
-  mine.type = type;
-  mine.staged = staging.data();
-  return meet(name, std::move(mine), stream, sameCountAndType,
-              [&](const Call &call) {
-                std::vector<const char *> inputs;
-                for (const Posting &post : call.posts)
-                  inputs.push_back(post.staged);
-                result.resize(std::max<size_t>(bytes, 1));
-                sumInOrder(inputs, static_cast<size_t>(rankIndex) * count,
-                           count, type, result.data());
-                return unstage(recv, result.data(), bytes, stream, name);
-              });
+  return sumInRankOrder("reduce_scatter", send, count * state->size, recv,
+                        count, static_cast<size_t>(rankIndex) * count, type,
+                        stream);
 }
 
 Status ThreadCommunicator::allGather(const void *send, void *recv, size_t count,
@@ -522,20 +549,16 @@ Status ThreadCommunicator::allGather(const void *send, void *recv, size_t count,
   const char *name = "all_gather";
   if (Status s = checkUsable(name, stream); !s.ok())
     return s;
-  const size_t bytes = count * elementBytes(type);
   Posting mine;
   mine.send = send;
   mine.count = count;
   mine.type = type;
   return meet(name, std::move(mine), stream, sameCountAndType,
               [&](const Call &call) {
-                for (int peer = 0; peer < state->size; ++peer)
-                  if (Status s = pull(static_cast<char *>(recv) + peer * bytes,
-                                      call.posts[peer].send, bytes,
-                                      call.posts[peer].ready, stream, name);
-                      !s.ok())
-                    return s;
-                return Status::success();
+                return pullFromPeers(call, recv, type, stream, name,
+                                     [&](int peer) {
+                                       return PeerCopy{0, peer * count, count};
+                                     });
               });
 }
 
@@ -549,16 +572,10 @@ Status ThreadCommunicator::allToAllV(const void *send,
   const char *name = "all_to_all";
   if (Status s = checkUsable(name, stream); !s.ok())
     return s;
-  const size_t peers = static_cast<size_t>(state->size);
-  for (const auto *v : {&sendCounts, &sendOffsets, &recvCounts, &recvOffsets})
-    if (v->size() != peers)
-      return Status::failure(
-          prefix(__FILE__, __LINE__, name) + "counts and offsets " +
-          "need one entry per rank of the group (" + std::to_string(peers) +
-          "), got send " + std::to_string(sendCounts.size()) + "/" +
-          std::to_string(sendOffsets.size()) + ", receive " +
-          std::to_string(recvCounts.size()) + "/" +
-          std::to_string(recvOffsets.size()));
+  if (std::string wrong = checkAllToAllCounts(
+          state->size, sendCounts, sendOffsets, recvCounts, recvOffsets);
+      !wrong.empty())
+    return Status::failure(prefix(__FILE__, __LINE__, name) + wrong);
   Posting mine;
   mine.send = send;
   mine.type = type;
@@ -581,18 +598,11 @@ Status ThreadCommunicator::allToAllV(const void *send,
     }
     return {};
   };
-  const size_t bytes = elementBytes(type);
   return meet(name, std::move(mine), stream, agree, [&](const Call &call) {
-    for (int peer = 0; peer < state->size; ++peer) {
-      const Posting &from = call.posts[peer];
-      if (Status s = pull(static_cast<char *>(recv) + recvOffsets[peer] * bytes,
-                          static_cast<const char *>(from.send) +
-                              from.sendOffsets[rankIndex] * bytes,
-                          recvCounts[peer] * bytes, from.ready, stream, name);
-          !s.ok())
-        return s;
-    }
-    return Status::success();
+    return pullFromPeers(call, recv, type, stream, name, [&](int peer) {
+      return PeerCopy{call.posts[peer].sendOffsets[rankIndex],
+                      recvOffsets[peer], recvCounts[peer]};
+    });
   });
 }
 
@@ -602,10 +612,9 @@ Status ThreadCommunicator::broadcast(const void *send, void *recv, size_t count,
   const char *name = "broadcast";
   if (Status s = checkUsable(name, stream); !s.ok())
     return s;
-  if (root < 0 || root >= state->size)
-    return Status::failure(prefix(__FILE__, __LINE__, name) + "root " +
-                           std::to_string(root) +
-                           " is not a rank of the group");
+  if (std::string wrong = checkBroadcastRoot(state->size, root);
+      !wrong.empty())
+    return Status::failure(prefix(__FILE__, __LINE__, name) + wrong);
   Posting mine;
   mine.send = send;
   mine.count = count;

@@ -399,9 +399,11 @@ int runRank(const TrainProgram &p, const Options &o,
     timedWorld = collectiveTimes.wrap(*place.world);
     orExit(MeshGroups::create(*timedWorld, p.mesh, mesh));
     ctx.mesh = mesh.get();
-    // The collectives the printer overlaps run here (Collectives.cuh).
-    MOERT_CUDA_CHECK(cudaStreamCreateWithFlags(&ctx.collectiveStream,
-                                               cudaStreamNonBlocking));
+    // The collectives the printer overlaps run here (Collectives.cuh): the
+    // gradient reductions on a stream of their own.
+    for (cudaStream_t *stream : {&ctx.collectiveStream, &ctx.gradientStream})
+      MOERT_CUDA_CHECK(
+          cudaStreamCreateWithFlags(stream, cudaStreamNonBlocking));
   }
   const int64_t h = mesh ? mesh->coordinate(kShardAxis) : 0;
   const int64_t e = mesh ? mesh->coordinate(kExpertAxis) : 0;
@@ -425,9 +427,15 @@ int runRank(const TrainProgram &p, const Options &o,
     MOERT_CUDA_CHECK(
         cudaMalloc(&ctx.collectiveScratch, ctx.collectiveScratchBytes));
   }
+  if (ctx.gradientStream && p.gradientScratchBytes) {
+    ctx.gradientScratchBytes = p.gradientScratchBytes(ctx);
+    MOERT_CUDA_CHECK(
+        cudaMalloc(&ctx.gradientScratch, ctx.gradientScratchBytes));
+  }
   MOERT_CUDA_CHECK(cudaMallocHost(&ctx.hostCounts, 4096 * sizeof(int64_t)));
   int64_t allocated = p.stateBytes + p.arenaBytes + p.inputBytes +
                       ctx.scratchBytes + ctx.collectiveScratchBytes +
+                      ctx.gradientScratchBytes +
                       blasWorkspace;
   if (leader) {
     std::printf("%s: batch %lld x seq %lld, %d parameters\n", p.model,
@@ -440,7 +448,9 @@ int runRank(const TrainProgram &p, const Options &o,
     std::printf("memory: state %s + arena %s (compiler's plan) + scratch %s + "
                 "inputs %s + cuBLAS %s = %s allocated\n",
                 gib(p.stateBytes).c_str(), gib(p.arenaBytes).c_str(),
-                gib(ctx.scratchBytes + ctx.collectiveScratchBytes).c_str(),
+                gib(ctx.scratchBytes + ctx.collectiveScratchBytes +
+                    ctx.gradientScratchBytes)
+                    .c_str(),
                 gib(p.inputBytes).c_str(),
                 gib(blasWorkspace).c_str(), gib(allocated).c_str());
   }
@@ -679,7 +689,8 @@ int runRank(const TrainProgram &p, const Options &o,
     for (void *buffer : {static_cast<void *>(state), static_cast<void *>(arena),
                          static_cast<void *>(inputs),
                          static_cast<void *>(ctx.scratch),
-                         static_cast<void *>(ctx.collectiveScratch)})
+                         static_cast<void *>(ctx.collectiveScratch),
+                         static_cast<void *>(ctx.gradientScratch)})
       MOERT_CUDA_CHECK(cudaFree(buffer));
     for (void *pinned :
          {static_cast<void *>(hostInputs), static_cast<void *>(hostMetrics),
@@ -693,7 +704,8 @@ int runRank(const TrainProgram &p, const Options &o,
 /// Whether the program can run as the launcher started it (`info`) with
 /// the options: a partitioned program of W ranks runs under a launcher of
 /// WORLD_SIZE W (and a world communicator), or with --simulate-ranks W and
-/// no launcher.
+/// no launcher; one that keeps its one-rank collectives (W = 1 with a
+/// world communicator) runs as one rank, launched or not.
 Status checkWorld(const TrainProgram &p, const Options &o,
                   const RankInfo &info) {
   const int64_t w = p.mesh.size();
@@ -719,9 +731,9 @@ Status checkWorld(const TrainProgram &p, const Options &o,
   }
   // A one-rank program under a launcher runs a copy on every rank, as it
   // always has.
-  if (w == 1)
+  if (w == 1 && !p.createWorld)
     return Status::success();
-  if (info.worldSize == 1)
+  if (info.worldSize == 1 && w > 1)
     return Status::failure(
         partitioned + ": start it under a launcher (moec launch, torchrun, "
                       "srun, mpirun) with " + std::to_string(w) +
@@ -842,7 +854,9 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
   if (Status s = readTokenFile(o.tokensPath, p.seq, p.vocab, tokens); !s.ok())
     fatal(s.message());
 
-  if (p.mesh.size() == 1)
+  // A one-rank program without collectives; one that keeps them
+  // (keep_one_rank_collectives) makes its one-rank world below.
+  if (p.mesh.size() == 1 && !p.createWorld)
     return runRank(p, o, manifest, initFrom.get(), tokens, resume, RankPlace{});
 
   if (o.simulateRanks == 0) {

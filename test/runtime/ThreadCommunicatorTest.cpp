@@ -1,28 +1,30 @@
 //===- ThreadCommunicatorTest.cpp - The thread world in host memory -------===//
 //
 // moert/ThreadCommunicator.h with host buffers (no GPU): W = 2, 4, 8 ranks
-// as threads run every collective on exactly predictable inputs (rank r's
-// element i is a function of r and i), so every check is bitwise: sums of
-// f32, bf16 and i64 (also in place), all-gather, reduce-scatter, all-to-all
-// with unequal and zero counts, broadcast, barrier; the split into the
-// mesh's groups (MeshGroups) whose members are checked by all-gathering
-// world ranks; ranks that disagree; a rank that never calls (the world's
-// timeout); abort. runtime/tests/CommunicatorTest.cu
-// runs the same collectives on a GPU, on this world and on NCCL.
+// as threads pass the collective checks every Communicator passes
+// (runtime/tests/CollectiveChecks.h, which runtime/tests/CommunicatorTest.cu
+// runs on a GPU through NCCL and this world), on the world and on groups
+// split from it; the split into the mesh's groups (MeshGroups); colors and
+// keys of a split; ranks that disagree; a rank that never calls (the
+// world's timeout); abort.
 //
 //===----------------------------------------------------------------------===//
 
+#include "CollectiveChecks.h"
 #include "moert/Mesh.h"
 #include "moert/ThreadCommunicator.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <functional>
+#include <list>
 #include <mutex>
 #include <thread>
 
 using namespace moert;
+using namespace moert::testing;
 
 namespace {
 
@@ -63,143 +65,46 @@ bool succeeded(const Status &status, std::vector<std::string> &failures) {
   return status.ok();
 }
 
-uint16_t bf16Bits(float value) {
-  uint32_t bits;
-  std::memcpy(&bits, &value, 4);
-  return static_cast<uint16_t>(bits >> 16); // exact for the values used
+/// Host memory: a buffer is a copy of the data; collectives complete
+/// before they return.
+class HostMemory final : public CheckMemory {
+public:
+  void *buffer(const void *data, size_t bytes) override {
+    buffers.emplace_back(std::max<size_t>(bytes, 1));
+    if (bytes > 0)
+      std::memcpy(buffers.back().data(), data, bytes);
+    return buffers.back().data();
+  }
+  std::vector<char> read(const void *buffer, size_t bytes) override {
+    const char *p = static_cast<const char *>(buffer);
+    return std::vector<char>(p, p + bytes);
+  }
+  cudaStream_t stream() const override { return nullptr; }
+
+private:
+  std::list<std::vector<char>> buffers; ///< never moved once made
+};
+
+/// Fails the rank with every check of `results` that did not pass.
+void failUnlessPassed(const std::vector<CheckResult> &results,
+                      std::vector<std::string> &failures) {
+  for (const CheckResult &result : results)
+    if (!result.pass)
+      failures.push_back(result.name + ": " + result.note);
 }
 
 class ThreadWorld : public ::testing::TestWithParam<int> {};
 
-TEST_P(ThreadWorld, AllReduceSumsEveryType) {
-  const int w = GetParam();
-  const size_t n = 257;
-  auto failures = onRanks(w, [&](int r, Communicator &comm, auto &fail) {
-    std::vector<float> f(n), fOut(n);
-    std::vector<uint16_t> h(n), hOut(n);
-    std::vector<int64_t> l(n), lOut(n);
-    for (size_t i = 0; i < n; ++i) {
-      f[i] = static_cast<float>(i) + 0.25f * r;
-      h[i] = bf16Bits(static_cast<float>(i % 16 + r));
-      l[i] = (int64_t(1) << 40) * r + static_cast<int64_t>(i);
-    }
-    if (!succeeded(comm.allReduceSum(f.data(), fOut.data(), n, DataType::F32,
-                                     nullptr),
-                   fail) ||
-        !succeeded(comm.allReduceSum(h.data(), hOut.data(), n, DataType::BF16,
-                                     nullptr),
-                   fail) ||
-        !succeeded(comm.allReduceSum(l.data(), l.data(), n, DataType::I64,
-                                     nullptr),
-                   fail))
-      return;
-    const int rankSum = w * (w - 1) / 2;
-    for (size_t i = 0; i < n; ++i) {
-      RANK_EXPECT(fail, fOut[i] == w * static_cast<float>(i) + 0.25f * rankSum,
-                  "f32 element " + std::to_string(i));
-      RANK_EXPECT(fail,
-                  hOut[i] == bf16Bits(static_cast<float>(w * (i % 16) +
-                                                         rankSum)),
-                  "bf16 element " + std::to_string(i));
-      RANK_EXPECT(fail,
-                  l[i] == (int64_t(1) << 40) * rankSum +
-                              w * static_cast<int64_t>(i),
-                  "i64 element in place " + std::to_string(i));
-    }
-  });
-  EXPECT_TRUE(failures.empty()) << failures.front();
-}
-
-TEST_P(ThreadWorld, AllGatherAndReduceScatter) {
-  const int w = GetParam();
-  const size_t n = 33;
-  auto failures = onRanks(w, [&](int r, Communicator &comm, auto &fail) {
-    std::vector<int64_t> mine(n), gathered(n * w);
-    for (size_t i = 0; i < n; ++i)
-      mine[i] = 1000 * r + static_cast<int64_t>(i);
-    if (!succeeded(comm.allGather(mine.data(), gathered.data(), n,
-                                  DataType::I64, nullptr),
-                   fail))
-      return;
-    for (int q = 0; q < w; ++q)
-      for (size_t i = 0; i < n; ++i)
-        RANK_EXPECT(fail, gathered[q * n + i] == 1000 * q + int64_t(i),
-                    "gathered element " + std::to_string(q * n + i));
-    // Reduce-scatter: rank r's input element j is j + r; block q of the
-    // sum is w·(q·n + i) + w(w-1)/2.
-    std::vector<float> all(n * w), block(n);
-    for (size_t j = 0; j < n * w; ++j)
-      all[j] = static_cast<float>(j + r);
-    if (!succeeded(comm.reduceScatterSum(all.data(), block.data(), n,
-                                         DataType::F32, nullptr),
-                   fail))
-      return;
-    for (size_t i = 0; i < n; ++i)
-      RANK_EXPECT(fail,
-                  block[i] == static_cast<float>(w * (r * n + i) +
-                                                 w * (w - 1) / 2),
-                  "scattered element " + std::to_string(i));
-  });
-  EXPECT_TRUE(failures.empty()) << failures.front();
-}
-
-TEST_P(ThreadWorld, AllToAllWithUnequalAndZeroCounts) {
-  const int w = GetParam();
-  // Rank s sends (s + d) % 3 elements to rank d (0 for some pairs), element
-  // k of them being 100·s + 10·d + k; a receiver lays them out by sender
-  // after a gap of one sentinel, so offsets differ from the counts' sums.
-  auto countOf = [](int s, int d) { return static_cast<size_t>((s + d) % 3); };
-  auto failures = onRanks(w, [&](int r, Communicator &comm, auto &fail) {
-    std::vector<size_t> sendCounts(w), sendOffsets(w), recvCounts(w),
-        recvOffsets(w);
-    std::vector<float> send, recv;
-    for (int d = 0; d < w; ++d) {
-      sendOffsets[d] = send.size();
-      sendCounts[d] = countOf(r, d);
-      for (size_t k = 0; k < sendCounts[d]; ++k)
-        send.push_back(100.0f * r + 10.0f * d + k);
-    }
-    size_t at = 0;
-    for (int s = 0; s < w; ++s) {
-      at += 1;
-      recvOffsets[s] = at;
-      recvCounts[s] = countOf(s, r);
-      at += recvCounts[s];
-    }
-    recv.assign(at, -7.0f);
-    send.push_back(0); // a valid pointer even when nothing is sent
-    if (!succeeded(comm.allToAllV(send.data(), sendCounts, sendOffsets,
-                                  recv.data(), recvCounts, recvOffsets,
-                                  DataType::F32, nullptr),
-                   fail))
-      return;
-    std::vector<float> want(at, -7.0f);
-    for (int s = 0; s < w; ++s)
-      for (size_t k = 0; k < recvCounts[s]; ++k)
-        want[recvOffsets[s] + k] = 100.0f * s + 10.0f * r + k;
-    RANK_EXPECT(fail, recv == want, "received rows");
-    // Nothing at all moves.
-    std::vector<size_t> zeros(w, 0);
-    if (!succeeded(comm.allToAllV(send.data(), zeros, zeros, recv.data(),
-                                  zeros, zeros, DataType::F32, nullptr),
-                   fail))
-      return;
-    RANK_EXPECT(fail, recv == want, "an empty all_to_all wrote");
-  });
-  EXPECT_TRUE(failures.empty()) << failures.front();
-}
-
-TEST_P(ThreadWorld, BroadcastAndBarrier) {
-  const int w = GetParam();
-  auto failures = onRanks(w, [&](int r, Communicator &comm, auto &fail) {
-    const int root = w - 1;
-    std::vector<int32_t> value(5, r), got(5, -1);
-    if (!succeeded(comm.broadcast(value.data(), got.data(), 5, DataType::I32,
-                                  root, nullptr),
-                   fail) ||
-        !succeeded(comm.barrier(nullptr), fail))
-      return;
-    RANK_EXPECT(fail, got == std::vector<int32_t>(5, root), "broadcast");
+/// The checks every Communicator passes (runtime/tests/CollectiveChecks.h),
+/// on the world and on a group split from it.
+TEST_P(ThreadWorld, PassesTheCollectiveChecks) {
+  auto failures = onRanks(GetParam(), [&](int r, Communicator &comm,
+                                          auto &fail) {
+    HostMemory memory;
+    failUnlessPassed(checkCollectives(comm, memory), fail);
+    std::unique_ptr<Communicator> half;
+    if (succeeded(comm.split(r % 2, r, "half", half), fail))
+      failUnlessPassed(checkCollectives(*half, memory), fail);
   });
   EXPECT_TRUE(failures.empty()) << failures.front();
 }
@@ -210,39 +115,12 @@ TEST_P(ThreadWorld, BroadcastAndBarrier) {
 TEST(ThreadWorldMesh, GroupsOfEveryAxesSet) {
   for (MeshShape shape : {MeshShape{1, 2, 2}, MeshShape{2, 2, 2},
                           MeshShape{1, 1, 8}, MeshShape{2, 1, 2}}) {
-    const int w = static_cast<int>(shape.size());
-    auto failures = onRanks(w, [&](int r, Communicator &world, auto &fail) {
-      std::unique_ptr<MeshGroups> mesh;
-      if (!succeeded(MeshGroups::create(world, shape, mesh), fail))
-        return;
-      auto coordinates = meshCoordinates(shape, r);
-      for (int axis = 0; axis < 3; ++axis)
-        RANK_EXPECT(fail, mesh->coordinate(axis) == coordinates[axis],
-                    "coordinate " + std::to_string(axis));
-      for (MeshAxes axes = 1; axes < 8; ++axes) {
-        Communicator &group = mesh->group(axes);
-        std::vector<int64_t> want;
-        for (int q = 0; q < w; ++q) {
-          auto c = meshCoordinates(shape, q);
-          bool same = true;
-          for (int axis = 0; axis < 3; ++axis)
-            if (!(axes & (1u << axis)) && c[axis] != coordinates[axis])
-              same = false;
-          if (same)
-            want.push_back(q);
-        }
-        std::vector<int64_t> members(group.size());
-        int64_t me = r;
-        if (!succeeded(group.allGather(&me, members.data(), 1, DataType::I64,
-                                       nullptr),
-                       fail))
-          return;
-        std::string what = meshGroupName(axes);
-        RANK_EXPECT(fail, group.group() == what, "name " + group.group());
-        RANK_EXPECT(fail, members == want, what + " members");
-        RANK_EXPECT(fail, members[group.rank()] == r, what + " rank index");
-      }
-    });
+    auto failures = onRanks(static_cast<int>(shape.size()),
+                            [&](int, Communicator &world, auto &fail) {
+                              HostMemory memory;
+                              failUnlessPassed(
+                                  checkMeshGroups(world, shape, memory), fail);
+                            });
     EXPECT_TRUE(failures.empty()) << failures.front();
   }
 }
@@ -326,30 +204,6 @@ TEST(ThreadWorldFailures, RanksThatDisagreeAllFail) {
                                     "rank 0 passes 4 f32 elements, rank 2 3 "
                                     "f32") != std::string::npos,
                 status.message());
-  });
-  EXPECT_TRUE(failures.empty()) << failures.front();
-}
-
-TEST(ThreadWorldFailures, WrongArgumentsNameRankGroupAndCollective) {
-  auto failures = onRanks(2, [&](int r, Communicator &comm, auto &fail) {
-    std::vector<float> x(4), y(4);
-    Status counts = comm.allToAllV(x.data(), {1}, {0}, y.data(), {1}, {0},
-                                   DataType::F32, nullptr);
-    std::string named = "rank " + std::to_string(r) + " of 2 in group 'world'";
-    RANK_EXPECT(fail,
-                !counts.ok() &&
-                    counts.message().find(
-                        named + ": all_to_all: counts and offsets need one "
-                                "entry per rank of the group (2), got send "
-                                "1/1, receive 1/1") != std::string::npos,
-                counts.message());
-    Status root =
-        comm.broadcast(x.data(), y.data(), 4, DataType::F32, 2, nullptr);
-    RANK_EXPECT(fail,
-                !root.ok() && root.message().find(
-                                  named + ": broadcast: root 2 is not a rank "
-                                          "of the group") != std::string::npos,
-                root.message());
   });
   EXPECT_TRUE(failures.empty()) << failures.front();
 }

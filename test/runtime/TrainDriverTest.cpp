@@ -5,7 +5,8 @@
 // launcher, under a launcher of another WORLD_SIZE, or with
 // --simulate-ranks of another W; --simulate-ranks on a one-rank program or
 // under a launcher; a program without a world communicator under a
-// launcher; a checkpoint with a truncated shard or of another model; a
+// launcher; a one-rank program that keeps its collectives under a launcher
+// of two; a checkpoint with a truncated shard or of another model; a
 // Hugging Face checkpoint that does not fit, an export without the
 // model's config. Each
 // exits 1 with its message (death tests: the driver ends the process).
@@ -89,6 +90,22 @@ TEST_F(TrainDriverDeathTest, PartitionedProgramNeedsItsWorld) {
               ::testing::ExitedWithCode(1),
               "error: this program was built without a world communicator "
               "\\(NCCL\\); it can only run with --simulate-ranks 2");
+}
+
+// A one-rank program that keeps its collectives (keep_one_rank_collectives)
+// makes a world of one rank: a launcher of two is refused, not run as two
+// copies as a one-rank program without collectives is.
+TEST_F(TrainDriverDeathTest, OneRankProgramWithCollectivesRunsAsOneRank) {
+  FakeProgram one(MeshShape{});
+  one.program.createWorld = [](const RankInfo &, const EnvLookup &,
+                               std::unique_ptr<Communicator> &) {
+    return Status::failure("not called");
+  };
+  EXPECT_EXIT(runWith(one.program, {"--tokens", "t.bin"}, kTwoRanks),
+              ::testing::ExitedWithCode(1),
+              "error: the launcher \\(torchrun\\) started 2 ranks "
+              "\\(WORLD_SIZE\\), but the program was partitioned for 1 "
+              "ranks \\(mesh 1x1x1, R x H x P\\)");
 }
 
 TEST_F(TrainDriverDeathTest, SimulatedRanksMustBeTheProgramsWorld) {

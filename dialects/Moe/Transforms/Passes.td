@@ -308,7 +308,11 @@ def PlanMemory : Pass<"moe-plan-memory", "::mlir::func::FuncOp"> {
     a buffer lives from its producer to its last use (a value the function
     returns, to the end); reshapes (`tensor.expand_shape`,
     `tensor.collapse_shape`) are views of their source and extend its life;
-    `linalg.transpose` writes into its `outs` buffer. Buffers are placed
+    `linalg.transpose` writes into its `outs` buffer. A collective that the
+    compute stream joins after it (the collective schedule,
+    dialects/Moe/Transforms/CollectiveSchedule.h: parameter gathers, gradient
+    reductions) reads its operands and writes its results until the join:
+    their buffers live at least until the joining op. Buffers are placed
     largest first at the lowest `alignment`-aligned offset that overlaps no
     buffer alive at the same time. Function arguments (parameters, optimizer
     state, inputs) are the runtime's persistent buffers and not planned;

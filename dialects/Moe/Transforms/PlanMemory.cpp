@@ -6,13 +6,16 @@
 // free for the whole interval, then an independent overlap check. The rows
 // an expert-parallel rank receives (moe.dispatch) are sized by their bound,
 // every slot of the expert group, and so are the local experts' values on
-// them.
+// them. A collective that runs beside the compute stream
+// (CollectiveSchedule.h) keeps its operands and results alive until the
+// compute stream joins it.
 //
 //===----------------------------------------------------------------------===//
 
 #include "dialects/Moe/Transforms/Passes.h"
 
 #include "dialects/Moe/IR/MoeOps.h"
+#include "dialects/Moe/Transforms/CollectiveSchedule.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/Linalg/IR/Linalg.h"
@@ -140,6 +143,18 @@ collectBuffers(Block &body, const llvm::DenseMap<Operation *, int64_t> &index,
       int64_t use = isa<func::ReturnOp>(op) ? last : index.lookup(&op);
       buffers[it->second].end = std::max(buffers[it->second].end, use);
     }
+  // A collective joined late reads its operands and writes its results
+  // until the compute stream joins it: their bytes are not reused before.
+  for (auto &[op, collective] : scheduleCollectives(body)) {
+    if (!collective.join)
+      continue;
+    for (Value v : llvm::concat<Value>(op->getOperands(), op->getResults())) {
+      auto it = bufferOf.find(owner(v));
+      if (it != bufferOf.end())
+        buffers[it->second].end =
+            std::max(buffers[it->second].end, index.lookup(collective.join));
+    }
+  }
   return buffers;
 }
 

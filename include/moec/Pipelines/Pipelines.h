@@ -32,14 +32,16 @@ void buildTrainStepPipeline(mlir::OpPassManager &pm,
                             const mlir::moe::BuildTrainStepOptions &options,
                             bool recomputeExperts = false);
 
-/// Whether `job` trains on more than one rank, or asks for an expert or
-/// shard axis: its step must then be partitioned (buildPartitionPipeline).
+/// Whether `job` trains on more than one rank, asks for an expert or
+/// shard axis, or keeps one-rank collectives (keep_one_rank_collectives):
+/// its step must then be partitioned (buildPartitionPipeline).
 bool isPartitioned(const TrainingJob &job);
 
 /// Partitions a static-shaped step for `job`'s mesh (world_size,
 /// expert_parallel_degree, hybrid_shard_degree, sharding_strategy):
 /// moe-expert-parallel (with the job's dispatcher, global_token_shuffle and
-/// random_seed), then moe-hybrid-shard. The result is the SPMD program
+/// random_seed), then moe-hybrid-shard, both keeping one-rank collectives
+/// when keep_one_rank_collectives says so. The result is the SPMD program
 /// every rank runs (docs/partitioning.md); an invalid layout fails with the
 /// rule and the numbers.
 void buildPartitionPipeline(mlir::OpPassManager &pm, const TrainingJob &job);

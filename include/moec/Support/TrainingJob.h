@@ -144,6 +144,12 @@ struct TrainingJob {
   /// `hybrid_shard_degree` (H); 0 means automatic.
   int64_t hybridShardDegree = 0;
   ShardingStrategy shardingStrategy = ShardingStrategy::HybridShard;
+  /// `keep_one_rank_collectives`: partition the step even for one rank and
+  /// keep every collective whose group is one rank (the partitioning passes
+  /// otherwise leave them out). For verifying the collective path: a
+  /// world_size 1 program then runs all its collectives through a one-rank
+  /// NCCL communicator, and can be compared with the one-GPU program.
+  bool keepOneRankCollectives = false;
 
   // --- Checkpoints ---------------------------------------------------------
   /// `checkpoint_dir`: where checkpoints are saved and resumed from.

@@ -69,10 +69,11 @@ class StepPartitioner {
 public:
   StepPartitioner(func::FuncOp func, const moec::plan::Mesh &mesh,
                   int64_t numExperts, Dispatcher dispatcher, bool shuffle,
-                  int64_t seed)
+                  int64_t seed, bool keepOneRankCollectives)
       : func(func), mesh(mesh), numExperts(numExperts),
         localExperts(numExperts / mesh.expertParallelDegree()),
         dispatcher(dispatcher), shuffle(shuffle), seed(seed),
+        keepOneRankCollectives(keepOneRankCollectives),
         builder(func.getContext()) {}
 
   LogicalResult run();
@@ -106,6 +107,8 @@ private:
   Dispatcher dispatcher;
   bool shuffle;
   int64_t seed;
+  /// Collectives of one-rank groups are kept (keep-one-rank-collectives).
+  bool keepOneRankCollectives;
   OpBuilder builder;
 
   Value stepArgument;
@@ -179,7 +182,7 @@ Value StepPartitioner::shuffleTokens(Location loc, Value tokens,
 }
 
 Value StepPartitioner::allReduceOverMesh(Location loc, Value value) {
-  if (mesh.worldSize() == 1)
+  if (mesh.worldSize() == 1 && !keepOneRankCollectives)
     return value;
   SmallVector<shard::GridAxis> axes = {ReplicaAxis, ShardAxis, ExpertAxis};
   return shard::AllReduceOp::create(builder, loc, value, kMeshName, axes,
@@ -407,8 +410,10 @@ LogicalResult StepPartitioner::run() {
            << "has no 'step' input; global-token-shuffle seeds its "
               "permutation with the step";
   // With P = 1 every rank holds every expert: only the routing statistics
-  // become global.
-  bool splitExperts = mesh.expertParallelDegree() > 1;
+  // become global (unless one-rank collectives are kept: then the experts
+  // are dispatched over the one-rank expert group too).
+  bool splitExperts =
+      mesh.expertParallelDegree() > 1 || keepOneRankCollectives;
   if (splitExperts && failed(localizeExpertArguments()))
     return failure();
   Block &body = func.getBody().front();
@@ -459,13 +464,15 @@ struct ExpertParallelPass
     }
     if (failed(declareGrid(module, *mesh)))
       return signalPassFailure();
-    bool shuffle = globalTokenShuffle && mesh->expertParallelDegree() > 1;
+    bool shuffle = globalTokenShuffle && (mesh->expertParallelDegree() > 1 ||
+                                          keepOneRankCollectives);
     for (StringRef name : {"train_step", "eval_step"}) {
       auto func = module.lookupSymbol<func::FuncOp>(name);
       if (!func)
         continue;
       StepPartitioner partitioner(func, *mesh, numExperts, dispatcher,
-                                  shuffle && name == "train_step", seed);
+                                  shuffle && name == "train_step", seed,
+                                  keepOneRankCollectives);
       if (failed(partitioner.run()))
         return signalPassFailure();
       numDispatches += partitioner.numDispatches;

@@ -70,7 +70,7 @@ struct HybridShardPass : public moec::impl::HybridShardBase<HybridShardPass> {
 
 private:
   /// A sum over the group that `axes` name, or `input` itself when that
-  /// group is this rank alone.
+  /// group is this rank alone (unless one-rank collectives are kept).
   Value allReduce(OpBuilder &b, Location loc, Value input,
                   ArrayRef<int16_t> axes);
   int64_t groupSize(ArrayRef<int16_t> axes) const;
@@ -105,16 +105,19 @@ int64_t HybridShardPass::groupSize(ArrayRef<int16_t> axes) const {
 
 Value HybridShardPass::allReduce(OpBuilder &b, Location loc, Value input,
                                  ArrayRef<int16_t> axes) {
-  if (groupSize(axes) == 1)
+  if (groupSize(axes) == 1 && !keepOneRankCollectives)
     return input;
   return shard::AllReduceOp::create(b, loc, input.getType(), kMeshName, axes,
                                     input)
       .getResult();
 }
 
-/// Fills in `p`'s layout from lib/Plan's placement of the parameter.
+/// Fills in `p`'s layout from lib/Plan's placement of the parameter. With
+/// `oneChunk` and H = 1, the parameter is held as one chunk of its first
+/// dimension after the experts', so that it is gathered and reduce-scattered
+/// over the one-rank shard group (keep-one-rank-collectives).
 static void layOut(ShardedParameter &p, StringRef name,
-                   const plan::Mesh &mesh) {
+                   const plan::Mesh &mesh, bool oneChunk) {
   auto type = cast<RankedTensorType>(p.param.getType());
   plan::Parameter desc;
   desc.name = name.str();
@@ -128,6 +131,10 @@ static void layOut(ShardedParameter &p, StringRef name,
   p.localShape.assign(layout.localShape.begin(), layout.localShape.end());
   p.shardShape.assign(layout.heldShape.begin(), layout.heldShape.end());
   p.shardDim = layout.shardDim;
+  const int64_t firstShardable = p.expertLocal ? 1 : 0;
+  if (oneChunk && mesh.shardDegree() == 1 &&
+      firstShardable < static_cast<int64_t>(p.localShape.size()))
+    p.shardDim = firstShardable;
 }
 
 void HybridShardPass::gatherBeforeUse(const ShardedParameter &p,
@@ -284,7 +291,7 @@ HybridShardPass::rewriteGradientNorm(func::FuncOp step,
     int64_t n = 1;
     for (ArrayRef<int16_t> axis : axes)
       n *= groupSize(axis);
-    if (n == 1) {
+    if (n == 1 && !keepOneRankCollectives) {
       parts.push_back(local);
       return;
     }
@@ -293,7 +300,7 @@ HybridShardPass::rewriteGradientNorm(func::FuncOp step,
         ArrayRef<ReassociationIndices>{});
     for (ArrayRef<int16_t> axis : axes) {
       int64_t size = groupSize(axis);
-      if (size == 1)
+      if (size == 1 && !keepOneRankCollectives)
         continue;
       auto type = cast<RankedTensorType>(gathered.getType());
       gathered = shard::AllGatherOp::create(
@@ -315,7 +322,7 @@ HybridShardPass::rewriteGradientNorm(func::FuncOp step,
 
 LogicalResult HybridShardPass::rewriteLosses(func::FuncOp step) {
   const int64_t w = mesh.worldSize();
-  if (w == 1)
+  if (w == 1 && !keepOneRankCollectives)
     return success();
   // The cross-entropy (moe.lm_head_cross_entropy, or the fused op of
   // moe-fuse-loss-grad) and the ops that compute its gradients.
@@ -533,7 +540,7 @@ void HybridShardPass::runOnOperation() {
                          << "' has no moe.adamw update of its own moments";
       return signalPassFailure();
     }
-    layOut(p, name, mesh);
+    layOut(p, name, mesh, keepOneRankCollectives);
     params.push_back(std::move(p));
   }
 

@@ -4,9 +4,10 @@
 // layer's parameter all-gathers (with the cast before and the slice after
 // them) `layers` layers ahead of their reader, to the first op that reads
 // that layer's parameters, in the forward and in the backward; and each
-// gradient's reduction up to the op that produces the gradient. The CUDA
-// printer forks every collective where it stands and joins a parameter
-// gather right before its first reader, so the new order is the overlap.
+// gradient's reduction up to the op that produces the gradient. The
+// compiled program forks every collective where it stands and joins it
+// where the collective schedule says (dialects/Moe/Transforms/
+// CollectiveSchedule.h), so the new order is the overlap.
 //
 //===----------------------------------------------------------------------===//
 

@@ -34,6 +34,7 @@
 #include "Printers.h"
 
 #include "dialects/Moe/IR/MoeOps.h"
+#include "dialects/Moe/Transforms/CollectiveSchedule.h"
 #include "moec/Support/Routing.h"
 #include "moec/Analysis/ModelFlops.h"
 
@@ -187,10 +188,14 @@ private:
   std::string typed(Value v);
   std::string pointerList(Operation &at, ValueRange values, bool &ok);
   /// Notes a scratch size the op being printed needs; a collective's counts
-  /// for the collective stream's scratch too (Context::collectiveScratch).
+  /// for its stream's scratch too (Context::collectiveScratch,
+  /// Context::gradientScratch).
   void scratch(std::string term) {
     if (printingCollective)
-      collectiveScratchTerms.push_back(term);
+      (printingCollective->stream == moe::CollectiveStream::Gradient
+           ? gradientScratchTerms
+           : collectiveScratchTerms)
+          .push_back(term);
     scratchTerms.push_back(std::move(term));
   }
   /// Whether an attention op on `query` runs on cuDNN (and notes that the
@@ -218,11 +223,11 @@ private:
   /// receive bound).
   int64_t rowBoundOf(Value v);
   LogicalResult printCollective(Operation &op);
-  /// Numbers the collectives (each runs on the collective stream) and
-  /// chooses where the compute stream joins each.
+  /// Takes the collectives' streams and joins from moe::scheduleCollectives
+  /// (the schedule moe-plan-memory planned the buffers for).
   void scheduleCollectives();
-  /// Prints the fork of collective `op` onto the collective stream and
-  /// returns the name of the context its calls take.
+  /// Prints the fork of collective `op` onto its stream and returns the
+  /// name of the context its calls take.
   std::string forkCollective(Operation &op);
   /// Prints the end of collective `op` and, unless it is overlapped, the
   /// compute stream's join right after it.
@@ -238,17 +243,18 @@ private:
   /// Values whose leading dimension is a dispatch's received rows: the
   /// host variable that holds it and its bound.
   llvm::DenseMap<Value, std::pair<std::string, int64_t>> dynamicRows;
-  /// Every collective's number; the overlapped ones are joined later, before
-  /// the ops in joinsBefore (joinedBy: which op joins each).
-  llvm::DenseMap<Operation *, int> collectiveIds;
+  /// Every collective's number, stream and join; the overlapped ones are
+  /// joined before the ops in joinsBefore.
+  llvm::MapVector<Operation *, moe::ScheduledCollective> collectives;
   llvm::DenseMap<Operation *, SmallVector<int>> joinsBefore;
-  llvm::DenseMap<int, Operation *> joinedBy;
   std::string kernels, body, setup, statics;
   std::string stepBody;              ///< what step() runs, in order
   std::vector<std::string> segments; ///< bodies of the captured segments
-  std::vector<std::string> scratchTerms, collectiveScratchTerms;
-  /// Whether the op being printed is a collective (collectiveIds).
-  bool printingCollective = false;
+  std::vector<std::string> scratchTerms, collectiveScratchTerms,
+      gradientScratchTerms;
+  /// The schedule of the op being printed when it is a collective, else
+  /// null.
+  const moe::ScheduledCollective *printingCollective = nullptr;
   std::map<std::string, std::string> kernelNames; ///< source -> name
   int64_t stateBytes = 0, inputBytes = 0, groups = 0;
   int64_t derivedStateBytes = 0; ///< the kept parameter copies
@@ -607,63 +613,36 @@ int64_t TrainStepPrinter::rowBoundOf(Value v) {
 }
 
 void TrainStepPrinter::scheduleCollectives() {
-  // Every collective runs on the collective stream, in program order, so
-  // that a group's collectives are issued to it in one order on every rank,
-  // with a scratch of its own (Context::collectiveScratch). The compute
-  // stream joins each right after it, except a parameter's all-gather: that
-  // reads only the state (written only by the updates at the end of the
-  // step), so it can run beside the compute that follows it, and the
-  // compute stream joins it right before the first op that reads the
-  // gathered value or a view of it. moe-prefetch-collectives places a
-  // layer's gathers a layer ahead of their readers, so they overlap the
-  // layer before it.
-  Block &block = step.getBody().front();
-  for (Operation &op : block) {
-    if (!isa<shard::AllGatherOp, shard::ReduceScatterOp, shard::AllReduceOp,
-             moe::DispatchOp, moe::CombineOp, moe::TokenShuffleOp>(op))
-      continue;
-    int id = collectiveIds.size();
-    collectiveIds[&op] = id;
-    auto gather = dyn_cast<shard::AllGatherOp>(op);
-    if (!gather || !isa<BlockArgument>(gather.getInput()))
-      continue;
-    llvm::DenseSet<Value> aliases = {gather.getResult()};
-    Operation *reader = nullptr;
-    for (Operation *next = op.getNextNode(); next && !reader;
-         next = next->getNextNode()) {
-      bool reads = llvm::any_of(next->getOperands(), [&](Value v) {
-        return aliases.contains(v);
-      });
-      if (reads && isa<tensor::ExpandShapeOp, tensor::CollapseShapeOp>(next))
-        aliases.insert(next->getResult(0));
-      else if (reads)
-        reader = next;
-    }
-    if (!reader || isa<moe::AdamWOp>(reader))
-      continue;
-    joinsBefore[reader].push_back(id);
-    joinedBy[id] = reader;
-  }
+  // Every collective runs on its stream in program order, so that a group's
+  // collectives are issued in one order on every rank, with a scratch of
+  // the stream's own (moe::scheduleCollectives says which stream, and
+  // where the compute stream joins each).
+  collectives = moe::scheduleCollectives(step.getBody().front());
+  for (auto &[op, c] : collectives)
+    if (c.join)
+      joinsBefore[c.join].push_back(c.id);
 }
 
 std::string TrainStepPrinter::forkCollective(Operation &op) {
-  int id = collectiveIds.lookup(&op);
-  auto joined = joinedBy.find(id);
+  const moe::ScheduledCollective &c = collectives.find(&op)->second;
   body += fmt::format(
       "  const moert::kernels::Context collective{0} = "
-      "moert::kernels::forkCollective(ctx, {0}); // joined {1}\n",
-      id,
-      joined == joinedBy.end()
-          ? std::string("at once")
-          : "before " + joined->second->getName().getStringRef().str());
-  return fmt::format("collective{}", id);
+      "moert::kernels::{1}(ctx, {0}); // joined {2}\n",
+      c.id,
+      c.stream == moe::CollectiveStream::Gradient ? "forkGradientReduction"
+                                                  : "forkCollective",
+      c.join ? "before " + c.join->getName().getStringRef().str()
+             : std::string("at once"));
+  return fmt::format("collective{}", c.id);
 }
 
 void TrainStepPrinter::endCollective(Operation &op) {
-  int id = collectiveIds.lookup(&op);
-  body += fmt::format("  moert::kernels::endCollective(ctx, {});\n", id);
-  if (!joinedBy.count(id))
-    body += fmt::format("  moert::kernels::joinCollective(ctx, {});\n", id);
+  const moe::ScheduledCollective &c = collectives.find(&op)->second;
+  body += fmt::format("  moert::kernels::endCollective(collective{0}, {0});\n",
+                      c.id);
+  if (!c.join)
+    body +=
+        fmt::format("  moert::kernels::joinCollective(ctx, {});\n", c.id);
 }
 
 LogicalResult TrainStepPrinter::printCollective(Operation &op) {
@@ -1549,9 +1528,25 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
   Block &block = step.getBody().front();
   SmallVector<moe::AdamWOp> adamGroup;
   llvm::DenseSet<int64_t> printedGroups;
+  // The compute stream waits for the overlapped collectives `ids`, between
+  // the captured segments.
+  auto printJoins = [&](ArrayRef<int> ids) {
+    if (ids.empty())
+      return;
+    endSegment(/*capture=*/true);
+    for (int id : ids)
+      body += fmt::format("  moert::kernels::joinCollective(ctx, {});\n", id);
+    endSegment(/*capture=*/false);
+  };
+  // A group's one launch waits for what any of its updates reads (a
+  // gradient reduction joined before its update: no clipping norm).
   auto printGroup = [&]() -> LogicalResult {
     if (adamGroup.empty())
       return success();
+    SmallVector<int> joins;
+    for (moe::AdamWOp a : adamGroup)
+      joins.append(joinsBefore.lookup(a.getOperation()));
+    printJoins(joins);
     body += "  moert::kernels::mark(ctx, \"moe.adamw\");\n";
     if (failed(printAdamWGroup(adamGroup)))
       return failure();
@@ -1577,22 +1572,17 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
     }
     if (failed(printGroup()))
       return failure();
-    // The compute stream waits for the overlapped collectives `op` reads,
-    // between the captured segments.
-    if (auto joins = joinsBefore.find(&op); joins != joinsBefore.end()) {
-      endSegment(/*capture=*/true);
-      for (int id : joins->second)
-        body += fmt::format("  moert::kernels::joinCollective(ctx, {});\n",
-                            id);
-      endSegment(/*capture=*/false);
-    }
+    // The compute stream waits for the overlapped collectives `op` reads.
+    printJoins(joinsBefore.lookup(&op));
     bool hostSync = runsUncaptured(op);
     if (hostSync)
       endSegment(/*capture=*/true);
-    printingCollective = collectiveIds.contains(&op);
+    auto scheduled = collectives.find(&op);
+    printingCollective =
+        scheduled == collectives.end() ? nullptr : &scheduled->second;
     if (failed(printOp(op)))
       return failure();
-    printingCollective = false;
+    printingCollective = nullptr;
     if (hostSync)
       endSegment(/*capture=*/false);
   }
@@ -1766,6 +1756,11 @@ namespace {
     for (const std::string &term : collectiveScratchTerms)
       os << "  bytes = std::max<int64_t>(bytes, " << term << ");\n";
     os << "  return bytes;\n}\n\n";
+    os << "int64_t gradientScratchBytes(const moert::kernels::Context &ctx) "
+          "{\n  int64_t bytes = 256;\n";
+    for (const std::string &term : gradientScratchTerms)
+      os << "  bytes = std::max<int64_t>(bytes, " << term << ");\n";
+    os << "  return bytes;\n}\n\n";
   }
   os << fmt::format("{}moert::Segment segments[{}];\n\n",
                     grid ? "thread_local " : "",
@@ -1812,7 +1807,9 @@ namespace {
                          "  program.createWorld = "
                          "moert::createWorldCommunicator;\n"
                          "  program.collectiveScratchBytes = "
-                         "collectiveScratchBytes;\n",
+                         "collectiveScratchBytes;\n"
+                         "  program.gradientScratchBytes = "
+                         "gradientScratchBytes;\n",
                          joined(grid.getShape()))
            : std::string("  program.initParams = initParams;\n"),
       usesCudnn ? "  program.openLibraries = openLibraries;\n" : "");

@@ -39,6 +39,20 @@ size_t elementBytes(DataType type);
 /// "f32", "bf16", "i32" or "i64".
 const char *dataTypeName(DataType type);
 
+/// The argument checks every implementation makes the same way, before it
+/// moves anything: each returns why the arguments are wrong for a group of
+/// `groupSize` ranks (the implementation prefixes its file:line, rank, group
+/// and collective), or an empty string when they are right.
+///
+/// allToAllV: one count and one offset per rank of the group, both ways.
+std::string checkAllToAllCounts(int groupSize,
+                                const std::vector<size_t> &sendCounts,
+                                const std::vector<size_t> &sendOffsets,
+                                const std::vector<size_t> &recvCounts,
+                                const std::vector<size_t> &recvOffsets);
+/// broadcast: the root is a rank of the group.
+std::string checkBroadcastRoot(int groupSize, int root);
+
 /// One group of ranks and the collectives between them.
 class Communicator {
 public:

@@ -89,6 +89,9 @@ struct TrainProgram {
   /// The collectives' scratch of a partitioned program (Context::
   /// collectiveScratch); null: its collectives need none.
   int64_t (*collectiveScratchBytes)(const kernels::Context &) = nullptr;
+  /// The gradient reductions' scratch (Context::gradientScratch); null:
+  /// they need none.
+  int64_t (*gradientScratchBytes)(const kernels::Context &) = nullptr;
   void (*setup)(char *state, char *arena, char *inputs) = nullptr;
   void (*initParams)(char *state, uint64_t seed, cudaStream_t stream) = nullptr;
   /// A partitioned program's initialisation of the blocks this rank holds,

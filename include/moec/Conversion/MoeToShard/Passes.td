@@ -42,6 +42,13 @@ def ExpertParallel : Pass<"moe-expert-parallel", "::mlir::ModuleOp"> {
       per rank on the rank's tokens. With P = 1 this is all the pass does:
       every rank keeps every expert.
 
+    A collective whose group is one rank is left out (with P = 1 nothing is
+    dispatched), unless `keep-one-rank-collectives`: then the pass rewrites
+    the step as for any P and W, every collective on its (possibly one-rank)
+    group. That program computes what the unpartitioned one does and runs
+    each collective through the communicator, which is how the collective
+    path (NCCL) is verified on one GPU (docs/partitioning.md).
+
     Gradient reduction across ranks, the cross-entropy's global mean, the
     expert counts' sum, the clipping norm and parameter sharding are
     moe-hybrid-shard's. Invalid layouts fail with the rule and
@@ -71,7 +78,13 @@ def ExpertParallel : Pass<"moe-expert-parallel", "::mlir::ModuleOp"> {
     Option<"globalTokenShuffle", "global-token-shuffle", "bool", "false",
            "permute tokens across the expert group before routing">,
     Option<"seed", "seed", "int64_t", "0",
-           "random_seed of the token shuffle">
+           "random_seed of the token shuffle">,
+    Option<"keepOneRankCollectives", "keep-one-rank-collectives", "bool",
+           "false",
+           "keep collectives whose group is one rank: with P = 1 the experts "
+           "are still dispatched and combined (and shuffled) over the "
+           "one-rank expert group, and the statistics all-reduced at W = 1; "
+           "for verifying the collective path on one GPU">
   ];
   let statistics = [
     Statistic<"numDispatches", "num-dispatches",
@@ -132,7 +145,11 @@ def HybridShard : Pass<"moe-hybrid-shard", "::mlir::ModuleOp"> {
     moe-plan-memory), which then see the per-rank program. It takes the
     cross-entropy in either form (moe-fuse-loss-grad or not).
 
-    Collectives whose group is one rank are left out. Invalid layouts are
+    Collectives whose group is one rank are left out, unless
+    `keep-one-rank-collectives`: then every collective stays, on its
+    one-rank group, and with H = 1 each parameter is held as one chunk of
+    the dimension it would be chunked along (gathered and reduce-scattered
+    over the one-rank shard group). Invalid layouts are
     errors that name the rule and the numbers, as lib/Plan's resolveMesh
     words them.
   }];
@@ -153,7 +170,13 @@ def HybridShard : Pass<"moe-hybrid-shard", "::mlir::ModuleOp"> {
     Option<"shardingStrategy", "sharding-strategy", "::moec::ShardingStrategy",
            "::moec::ShardingStrategy::HybridShard",
            "sharding_strategy: full_shard, hybrid_shard or no_shard",
-           "::moec::ShardingStrategyNames{}">
+           "::moec::ShardingStrategyNames{}">,
+    Option<"keepOneRankCollectives", "keep-one-rank-collectives", "bool",
+           "false",
+           "keep collectives whose group is one rank: with H = 1 every "
+           "parameter is one chunk, gathered and reduce-scattered over the "
+           "one-rank shard group, and the reductions of W = 1 are kept; for "
+           "verifying the collective path on one GPU">
   ];
   let statistics = [
     Statistic<"numShardedParameters", "num-sharded-parameters",

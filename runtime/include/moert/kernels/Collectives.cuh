@@ -174,11 +174,13 @@ void allReduceSum(const Context &ctx, MeshAxes axes, int64_t G, const T *send,
       "shard.all_reduce");
 }
 
-/// Overlap. The printer chooses which collectives run on
-/// Context::collectiveStream: it forks each one off the compute stream at
-/// its place in the program (so it sees every earlier write) and joins it
-/// back right before the first op that reads its result. Every fork and
-/// join is in the printed step; `id` numbers the collective.
+/// Overlap. The compiler chooses where each collective runs and where the
+/// compute stream waits for it (dialects/Moe/Transforms/CollectiveSchedule.h):
+/// the printed step forks it off the compute stream at its place in the
+/// program (so it sees every earlier write) onto Context::collectiveStream,
+/// or Context::gradientStream for a gradient reduction, and joins it back
+/// right after it or before a later op. Every fork and join is in the
+/// printed step; `id` numbers the collective.
 
 /// This rank's two events of overlapped collective `id`: [0] the fork on
 /// the compute stream, [1] the collective's end.
@@ -193,28 +195,48 @@ inline cudaEvent_t *collectiveEvents(int id) {
   return events[id].data();
 }
 
-/// The context collective `id` runs in: ctx with the collective stream,
-/// which first waits for the compute stream's work so far.
-inline Context forkCollective(const Context &ctx, int id) {
+namespace detail {
+
+/// ctx on `stream` with `scratch`, once `stream` has waited for the compute
+/// stream's work so far (event [0] of collective `id`); ctx itself when
+/// the rank has no collective streams.
+inline Context fork(const Context &ctx, int id, cudaStream_t stream,
+                    char *scratch, int64_t scratchBytes) {
   Context forked = ctx;
-  if (!ctx.collectiveStream)
+  if (!stream)
     return forked;
   cudaEvent_t *events = collectiveEvents(id);
   MOERT_CUDA_CHECK(cudaEventRecord(events[0], ctx.stream));
-  MOERT_CUDA_CHECK(cudaStreamWaitEvent(ctx.collectiveStream, events[0], 0));
-  forked.stream = ctx.collectiveStream;
-  if (ctx.collectiveScratch) {
-    forked.scratch = ctx.collectiveScratch;
-    forked.scratchBytes = ctx.collectiveScratchBytes;
+  MOERT_CUDA_CHECK(cudaStreamWaitEvent(stream, events[0], 0));
+  forked.stream = stream;
+  if (scratch) {
+    forked.scratch = scratch;
+    forked.scratchBytes = scratchBytes;
   }
   return forked;
 }
 
-/// Marks the end of collective `id` on the collective stream.
-inline void endCollective(const Context &ctx, int id) {
-  if (ctx.collectiveStream)
-    MOERT_CUDA_CHECK(cudaEventRecord(collectiveEvents(id)[1],
-                                     ctx.collectiveStream));
+} // namespace detail
+
+/// The context collective `id` runs in: ctx with the collective stream,
+/// which first waits for the compute stream's work so far.
+inline Context forkCollective(const Context &ctx, int id) {
+  return detail::fork(ctx, id, ctx.collectiveStream, ctx.collectiveScratch,
+                      ctx.collectiveScratchBytes);
+}
+
+/// The context gradient reduction `id` runs in: ctx with the gradient
+/// stream, which first waits for the compute stream's work so far.
+inline Context forkGradientReduction(const Context &ctx, int id) {
+  return detail::fork(ctx, id, ctx.gradientStream, ctx.gradientScratch,
+                      ctx.gradientScratchBytes);
+}
+
+/// Marks the end of collective `id` on the stream it ran on (`forked`, the
+/// context its fork returned).
+inline void endCollective(const Context &forked, int id) {
+  if (forked.collectiveStream)
+    MOERT_CUDA_CHECK(cudaEventRecord(collectiveEvents(id)[1], forked.stream));
 }
 
 /// The compute stream waits for collective `id` to end. A join inside a

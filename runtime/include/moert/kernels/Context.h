@@ -83,6 +83,10 @@ struct Context {
   /// Null: collectives use `scratch` (they run on `stream`).
   char *collectiveScratch = nullptr;
   int64_t collectiveScratchBytes = 0;
+  /// The same for the gradient reductions, which forkGradientReduction
+  /// gives the gradient stream.
+  char *gradientScratch = nullptr;
+  int64_t gradientScratchBytes = 0;
   /// Pinned host memory for the few values the host must read during a step
   /// (the experts' token counts, for the grouped GEMM's group sizes).
   int64_t *hostCounts = nullptr;
@@ -93,6 +97,9 @@ struct Context {
   /// `stream` (docs/cuda-backend.md, Partitioned steps); null: they run on
   /// `stream`, in program order.
   cudaStream_t collectiveStream = nullptr;
+  /// The stream of its gradient reductions, beside both; null: they run on
+  /// `stream`, in program order.
+  cudaStream_t gradientStream = nullptr;
   /// Set for the one step the driver profiles.
   Profiler *profiler = nullptr;
   /// Set by the driver for the first step of a run: the bf16 parameter

@@ -604,19 +604,10 @@ void loadBalancingStats(const Context &ctx, const T *const *logits,
   routerCheckLayers("loadBalancingStats", layers, tokens, E);
   routerCheckShape("loadBalancingStats", E, k);
   RouterLossScratch s = lossScratch(ctx, layers, tokens, E);
-  const int W = routerGroupWidth(E);
-  const int64_t blocks = routerLossBlocks(tokens);
-  forLayerChunks(logits, layers, [&](int first, int count, auto chunk) {
-    loadBalancingPartialKernel<T>
-        <<<dim3(static_cast<unsigned>(blocks), count), kRouterThreads, 0,
-           ctx.stream>>>(chunk, first, tokens, static_cast<int>(E),
-                         static_cast<int>(k), W, s.probPartial,
-                         s.countPartial);
-    MOERT_CUDA_CHECK(cudaGetLastError());
-  });
+  const int64_t partials =
+      launchLoadBalancingPartials(ctx, logits, layers, tokens, E, k, s);
   loadBalancingStatsKernel<<<1, 256, 0, ctx.stream>>>(
-      s.probPartial, s.countPartial, layers * blocks, static_cast<int>(E),
-      stats);
+      s.probPartial, s.countPartial, partials, static_cast<int>(E), stats);
   MOERT_CUDA_CHECK(cudaGetLastError());
 }
 

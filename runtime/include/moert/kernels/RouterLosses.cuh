@@ -278,6 +278,29 @@ inline RouterLossScratch lossScratch(const Context &ctx, int64_t layers,
   return s;
 }
 
+/// Launches loadBalancingPartialKernel over `layers` layers' logits (host
+/// array of device pointers, each [tokens, E]) into `s`'s partials; returns
+/// their number per expert (layers · routerLossBlocks(tokens)). The
+/// load-balancing loss, its gradient and the statistics of a partitioned
+/// step (ExpertParallel.cuh) all reduce these partials.
+template <class T>
+int64_t launchLoadBalancingPartials(const Context &ctx,
+                                    const T *const *logits, int64_t layers,
+                                    int64_t tokens, int64_t E, int64_t k,
+                                    const RouterLossScratch &s) {
+  const int W = routerGroupWidth(E);
+  const int64_t blocks = routerLossBlocks(tokens);
+  forLayerChunks(logits, layers, [&](int first, int count, auto chunk) {
+    loadBalancingPartialKernel<T>
+        <<<dim3(static_cast<unsigned>(blocks), count), kRouterThreads, 0,
+           ctx.stream>>>(chunk, first, tokens, static_cast<int>(E),
+                         static_cast<int>(k), W, s.probPartial,
+                         s.countPartial);
+    MOERT_CUDA_CHECK(cudaGetLastError());
+  });
+  return layers * blocks;
+}
+
 } // namespace detail
 
 /// Hugging Face's Mixtral load-balancing loss over `layers` layers' logits
@@ -297,18 +320,10 @@ void loadBalancingLoss(const Context &ctx, const T *const *logits,
     return;
   }
   RouterLossScratch s = lossScratch(ctx, layers, tokens, E);
-  const int W = routerGroupWidth(E);
-  const int64_t blocks = routerLossBlocks(tokens);
-  forLayerChunks(logits, layers, [&](int first, int count, auto chunk) {
-    loadBalancingPartialKernel<T>
-        <<<dim3(static_cast<unsigned>(blocks), count), kRouterThreads, 0,
-           ctx.stream>>>(chunk, first, tokens, static_cast<int>(E),
-                         static_cast<int>(k), W, s.probPartial,
-                         s.countPartial);
-    MOERT_CUDA_CHECK(cudaGetLastError());
-  });
+  const int64_t partials =
+      launchLoadBalancingPartials(ctx, logits, layers, tokens, E, k, s);
   loadBalancingReduceKernel<<<1, 1024, 0, ctx.stream>>>(
-      s.probPartial, s.countPartial, layers * blocks, static_cast<int>(E),
+      s.probPartial, s.countPartial, partials, static_cast<int>(E),
       static_cast<double>(layers * tokens), loss, nullptr);
   MOERT_CUDA_CHECK(cudaGetLastError());
 }
@@ -326,19 +341,12 @@ void loadBalancingLossGrad(const Context &ctx, const T *const *logits,
     return;
   RouterLossScratch s = lossScratch(ctx, layers, tokens, E);
   const int W = routerGroupWidth(E);
-  const int64_t blocks = routerLossBlocks(tokens);
   const double rows = static_cast<double>(layers * tokens);
-  forLayerChunks(logits, layers, [&](int first, int count, auto chunk) {
-    loadBalancingPartialKernel<T>
-        <<<dim3(static_cast<unsigned>(blocks), count), kRouterThreads, 0,
-           ctx.stream>>>(chunk, first, tokens, static_cast<int>(E),
-                         static_cast<int>(k), W, s.probPartial,
-                         s.countPartial);
-    MOERT_CUDA_CHECK(cudaGetLastError());
-  });
+  const int64_t partials =
+      launchLoadBalancingPartials(ctx, logits, layers, tokens, E, k, s);
   loadBalancingReduceKernel<<<1, 1024, 0, ctx.stream>>>(
-      s.probPartial, s.countPartial, layers * blocks, static_cast<int>(E),
-      rows, nullptr, s.centred);
+      s.probPartial, s.countPartial, partials, static_cast<int>(E), rows,
+      nullptr, s.centred);
   MOERT_CUDA_CHECK(cudaGetLastError());
   const float coef = static_cast<float>(scale * static_cast<double>(E) / rows);
   forLayerChunks(logits, layers, [&](int first, int count, auto chunk) {

@@ -111,3 +111,41 @@ func.func @received_rows(%x: tensor<4x64xf32>, %g: tensor<4x2xf32>, %e: tensor<4
   %out = moe.combine %y, %e, %counts on @mesh grid_axes = [2] {dispatcher = #moe.dispatcher<all_to_all>} : (tensor<?x64xf32>, tensor<4x2xi64>, tensor<2x2xi64>) -> tensor<4x64xf32>
   return %out : tensor<4x64xf32>
 }
+
+// -----
+
+// Tests that a gradient reduction the compute stream joins late keeps its
+// input alive until the join (moe::scheduleCollectives: before the
+// moe.global_norm, its first reader off the gradient stream): %t, made
+// while the reduce-scatter may still read %g, gets bytes of its own.
+shard.grid @mesh(shape = 1x2x1)
+// CHECK-LABEL: func.func @late_join_keeps_the_input
+// CHECK-SAME: moe.arena_bytes = 1536 : i64
+// CHECK: arith.mulf {{.*}} {moe.arena_offsets = array<i64: 0>}
+// CHECK: shard.reduce_scatter {{.*}} {moe.arena_offsets = array<i64: 1024>}
+// CHECK: arith.addf {{.*}} {moe.arena_offsets = array<i64: 512>}
+func.func @late_join_keeps_the_input(%p: tensor<64xf32>, %m: tensor<64xf32>, %v: tensor<64xf32>, %step: tensor<i64>, %lr: tensor<f32>, %x: tensor<128xf32>) -> (tensor<64xf32>, tensor<128xf32>) {
+  %g = arith.mulf %x, %x : tensor<128xf32>
+  %r = shard.reduce_scatter %g on @mesh grid_axes = [1] scatter_axis = 0 : tensor<128xf32> -> tensor<64xf32>
+  %t = arith.addf %x, %x : tensor<128xf32>
+  %n = moe.global_norm %r : (tensor<64xf32>) -> tensor<f32>
+  %np, %nm, %nv = moe.adamw %p, %r, %m, %v, %step, %lr, %n {beta1 = 9.000000e-01 : f64, beta2 = 9.500000e-01 : f64, epsilon = 1.000000e-08 : f64, max_grad_norm = 1.000000e+00 : f64, weight_decay = 0.000000e+00 : f64} : tensor<64xf32>, tensor<i64>, tensor<f32>
+  return %np, %t : tensor<64xf32>, tensor<128xf32>
+}
+
+// -----
+
+// Tests the same reduce-scatter of a value no update reads: it is joined
+// at once, and %t reuses %g's bytes.
+shard.grid @mesh(shape = 1x2x1)
+// CHECK-LABEL: func.func @joined_at_once
+// CHECK: arith.mulf {{.*}} {moe.arena_offsets = array<i64: 0>}
+// CHECK: shard.reduce_scatter {{.*}} {moe.arena_offsets = array<i64: 512>}
+// CHECK: arith.addf {{.*}} {moe.arena_offsets = array<i64: 0>}
+func.func @joined_at_once(%x: tensor<128xf32>) -> (tensor<f32>, tensor<128xf32>) {
+  %g = arith.mulf %x, %x : tensor<128xf32>
+  %r = shard.reduce_scatter %g on @mesh grid_axes = [1] scatter_axis = 0 : tensor<128xf32> -> tensor<64xf32>
+  %t = arith.addf %x, %x : tensor<128xf32>
+  %n = moe.global_norm %r : (tensor<64xf32>) -> tensor<f32>
+  return %n, %t : tensor<f32>, tensor<128xf32>
+}
