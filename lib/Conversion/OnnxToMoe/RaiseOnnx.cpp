@@ -17,7 +17,9 @@
 //      inputs at sample shapes and compared with the moe ops it is to become
 //      (computed by the reference kernels); only a match is rewritten.
 //      onnxruntime's com.microsoft.MoE node is one node and is raised from
-//      its attributes;
+//      its attributes, its weights traced to parameters structurally
+//      (ParameterLayout.h). The proofs bind every model input to ones; an
+//      attention mask they leave unread is tagged moe.all_ones at the end;
 //   3. residual adds (Add of two equal-typed activations) to arith.addf and
 //      the returned projection to the vocabulary to moe.lm_head.
 //
