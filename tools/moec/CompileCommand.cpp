@@ -271,7 +271,8 @@ int moec::cli::runCompile(const ImportFlags &modelFlags,
   MLIRContext context;
   DiagnosticPrinter diagnostics(context);
   OwningOpRef<ModuleOp> module =
-      loadModel(context, modelPath, modelFlags, /*raise=*/true, /*requireComplete=*/true);
+      loadModel(context, modelPath, modelFlags, /*raise=*/true,
+                /*requireComplete=*/true);
   if (!module)
     return 1;
   // The Hugging Face binding (init_from) and config.json, from the raised

@@ -230,7 +230,8 @@ int moec::cli::runPlan(const ImportFlags &modelFlags,
     return 1;
   MLIRContext context;
   OwningOpRef<ModuleOp> forward;
-  std::optional<ModelDescription> model = loadDescription(context, modelFlags, forward);
+  std::optional<ModelDescription> model =
+      loadDescription(context, modelFlags, forward);
   if (!model)
     return 1;
 

@@ -68,7 +68,8 @@ int moec::cli::runRun(const ImportFlags &modelFlags) {
   MLIRContext context;
   DiagnosticPrinter diagnostics(context);
   OwningOpRef<ModuleOp> module =
-      loadModel(context, modelPath, modelFlags, /*raise=*/true, /*requireComplete=*/true);
+      loadModel(context, modelPath, modelFlags, /*raise=*/true,
+                /*requireComplete=*/true);
   if (!module)
     return 1;
   func::FuncOp forward = getForward(*module);

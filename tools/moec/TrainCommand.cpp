@@ -218,7 +218,8 @@ int moec::cli::runTrain(const ImportFlags &modelFlags,
   MLIRContext context;
   DiagnosticPrinter diagnostics(context);
   OwningOpRef<ModuleOp> module =
-      loadModel(context, modelPath, modelFlags, /*raise=*/true, /*requireComplete=*/true);
+      loadModel(context, modelPath, modelFlags, /*raise=*/true,
+                /*requireComplete=*/true);
   if (!module)
     return 1;
   // The Hugging Face checkpoint to start from (job key init_from), checked

@@ -235,7 +235,8 @@ FailureOr<LmHeadOp> StepBuilder::cloneForward(
     mapping.map(p, copy);
   }
   for (BlockArgument arg : forward.getArguments())
-    if (forward.getArgAttr(arg.getArgNumber(), MoeDialect::getInputAttrName()) &&
+    if (forward.getArgAttr(arg.getArgNumber(),
+                           MoeDialect::getInputAttrName()) &&
         !forward.getArgAttr(arg.getArgNumber(),
                             MoeDialect::getAllOnesAttrName()))
       mapping.map(arg, ids);

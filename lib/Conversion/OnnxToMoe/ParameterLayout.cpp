@@ -1,4 +1,4 @@
-//===- ParameterLayout.cpp - Where a rearranged parameter's elements are --===//
+//===- ParameterLayout.cpp - Parameters rearranged in a graph -------------===//
 //
 // See ParameterLayout.h.
 //
@@ -242,7 +242,8 @@ std::optional<ParameterLayout> trace(Value value, int depth) {
     if (node.getInputs().size() > 3)
       axes = intsOf(node.getInputs()[3]);
     else
-      axes.emplace(llvm::to_vector(llvm::seq<int64_t>(0, starts ? starts->size() : 0)));
+      axes.emplace(llvm::to_vector(
+          llvm::seq<int64_t>(0, starts ? starts->size() : 0)));
     if (node.getInputs().size() > 4)
       steps = intsOf(node.getInputs()[4]);
     else
@@ -253,10 +254,10 @@ std::optional<ParameterLayout> trace(Value value, int depth) {
       return std::nullopt;
     for (size_t i = 0; i < starts->size(); ++i) {
       std::optional<int64_t> axis = normalizeAxis((*axes)[i], rank);
-      int64_t size = (*inputShape)[axis.value_or(0)];
       int64_t step = (*steps)[i];
       if (!axis || step <= 0)
         return std::nullopt;
+      int64_t size = (*inputShape)[*axis];
       auto clamp = [&](int64_t x) {
         if (x < 0)
           x += size;

@@ -1,4 +1,4 @@
-//===- ParameterLayout.h - Where a rearranged parameter's elements are -*- C++ -*-===//
+//===- ParameterLayout.h - Parameters rearranged in a graph -----*- C++ -*-===//
 //
 // Exporters often hand an op not a parameter but a rearrangement of one:
 // onnxruntime's MoE wants the gate and up rows of Hugging Face's

@@ -978,7 +978,8 @@ bool Raiser::raiseSparseMoe(OnnxNodeOp topK) {
     };
     if (candidates.size() == 2) {
       for (int first = 0; first < 2 && !gateUp; ++first)
-        if (innerSize(candidates[first]) == 2 * innerSize(candidates[1 - first]))
+        if (innerSize(candidates[first]) ==
+            2 * innerSize(candidates[1 - first]))
           gateUp = candidates[first], down = candidates[1 - first];
     }
     if (gateUp) {
