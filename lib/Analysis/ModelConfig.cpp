@@ -10,6 +10,8 @@
 
 #include "dialects/Moe/IR/MoeOps.h"
 
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
+
 using namespace mlir;
 using namespace moec;
 
@@ -95,9 +97,18 @@ FailureOr<ModelConfig> moec::inferModelConfig(func::FuncOp forward) {
       continue;
     int64_t n = numElements(arg.getType());
     config.numParameters += n;
-    bool isExpert = llvm::any_of(arg.getUsers(), [&](Operation *user) {
+    // An expert weight, read as it is or through the transpose that raising
+    // puts in front of one an exporter stored transposed.
+    auto readsAsExpertWeight = [](Operation *user, Value weight) {
       auto x = dyn_cast<moe::ExpertsOp>(user);
-      return x && (x.getGateUp() == arg || x.getDown() == arg);
+      return x && (x.getGateUp() == weight || x.getDown() == weight);
+    };
+    bool isExpert = llvm::any_of(arg.getUsers(), [&](Operation *user) {
+      if (auto transpose = dyn_cast<linalg::TransposeOp>(user))
+        return llvm::any_of(transpose->getUsers(), [&](Operation *next) {
+          return readsAsExpertWeight(next, transpose->getResult(0));
+        });
+      return readsAsExpertWeight(user, arg);
     });
     if (isExpert)
       config.numExpertParameters += n;

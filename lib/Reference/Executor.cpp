@@ -21,6 +21,7 @@
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/IR/BuiltinAttributes.h"
 #include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/StringExtras.h"
 #include "llvm/ADT/TypeSwitch.h"
 
 #include <cmath>
@@ -872,6 +873,40 @@ LogicalResult Interpreter::execute(Operation *op) {
       });
 }
 
+/// Fails, naming the input and the first element that is not 1, when an
+/// argument tagged moe.all_ones (an attention mask the raising proved the
+/// model for only without padding) holds anything else.
+LogicalResult checkAllOnes(func::FuncOp func, unsigned index,
+                           const HostTensor &value) {
+  int64_t n = value.numElements();
+  int64_t at = 0;
+  while (at < n && (value.isFloat() ? value.f32[at] == 1.0f
+                                    : value.i64[at] == 1))
+    ++at;
+  if (at == n)
+    return success();
+  SmallVector<std::string> position(value.shape.size());
+  for (int64_t d = static_cast<int64_t>(value.shape.size()) - 1, rest = at;
+       d >= 0; --d) {
+    position[d] = std::to_string(rest % value.shape[d]);
+    rest /= value.shape[d];
+  }
+  auto name = func.getArgAttrOfType<StringAttr>(
+      index, moe::MoeDialect::getInputAttrName());
+  InFlightDiagnostic diag = func.emitError()
+                            << "input '" << (name ? name.getValue() : "")
+                            << "' is ";
+  if (value.isFloat())
+    diag << value.f32[at];
+  else
+    diag << value.i64[at];
+  diag << " at [" << llvm::join(position, ", ")
+       << "]: a padding mask is not supported; the model was raised for an "
+          "all-ones attention mask (moec trains on packed blocks without "
+          "padding)";
+  return failure();
+}
+
 LogicalResult Interpreter::run(func::FuncOp func,
                                const std::vector<HostTensor> &args,
                                std::vector<HostTensor> &results) {
@@ -886,6 +921,9 @@ LogicalResult Interpreter::run(func::FuncOp func,
   for (auto [i, arg] : llvm::enumerate(entry.getArguments())) {
     if (failed(checkAgainstType(args[i], arg.getType(), func.getLoc(),
                                 "argument " + std::to_string(i))))
+      return failure();
+    if (func.getArgAttr(i, moe::MoeDialect::getAllOnesAttrName()) &&
+        failed(checkAllOnes(func, i, args[i])))
       return failure();
     env[arg] = args[i];
   }

@@ -42,6 +42,7 @@ import onnx.numpy_helper
 import torch
 
 from moec import presets
+from moec.check_ort import grouped_matmul
 from moec.export import export
 from moec.model import FORMS, build_model
 
@@ -89,16 +90,6 @@ def input_ids_for(shape: tuple[int, int], vocab_size: int) -> np.ndarray:
     batch, seq = shape
     generator = torch.Generator().manual_seed(1000 * batch + seq)
     return torch.randint(0, vocab_size, shape, generator=generator).numpy()
-
-
-def grouped_matmul(x: np.ndarray, w: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """``moec::GroupedMatMul`` in numpy (``moec.export.GROUPED_MATMUL_SPEC``)."""
-    out = np.zeros((x.shape[0], w.shape[2]), dtype=x.dtype)
-    start = 0
-    for group, end in enumerate(offsets.tolist()):
-        out[start:end] = x[start:end] @ w[group]
-        start = end
-    return out
 
 
 def _reference_evaluator(path: Path):

@@ -409,6 +409,16 @@ def ok_absent_inputs():
                  [tensor_info("upper", FLOAT, ["batch", "seq", 8])])
 
 
+def custom_grouped_matmul(x_shape=(6, 4), w_shape=(2, 4, 3), inputs=("x", "w", "offsets")):
+    """``custom::GroupedGemm``, a grouped matmul in a domain moec does not know."""
+    node = helper.make_node("GroupedGemm", list(inputs), ["y"], name="experts_up",
+                            domain="custom")
+    return model([node],
+                 [tensor_info("x", FLOAT, list(x_shape)), tensor_info("w", FLOAT, list(w_shape)),
+                  tensor_info("offsets", INT64, [w_shape[0]])],
+                 [tensor_info("y", FLOAT, [x_shape[0], w_shape[2]])], extra_opsets=["custom"])
+
+
 #: File name -> what builds it (a ModelProto, or raw bytes).
 MODELS: dict[str, Callable[[], object]] = {
     "garbage.onnx": garbage,
@@ -447,6 +457,9 @@ MODELS: dict[str, Callable[[], object]] = {
     "string-input.onnx": string_input,
     "complex-initializer.onnx": complex_initializer,
     "constant-not-tensor.onnx": constant_not_tensor,
+    "custom-grouped-matmul.onnx": custom_grouped_matmul,
+    "custom-grouped-matmul-arity.onnx": lambda: custom_grouped_matmul(inputs=("x", "w")),
+    "custom-grouped-matmul-shapes.onnx": lambda: custom_grouped_matmul(w_shape=(2, 5, 3)),
     "ok-constants.onnx": ok_constants,
     "ok-absent-inputs.onnx": ok_absent_inputs,
 }

@@ -11,6 +11,7 @@
 #ifndef TOOLS_MOEC_COMMANDS_H
 #define TOOLS_MOEC_COMMANDS_H
 
+#include "ModelLoading.h"
 #include "moec/Support/TrainingJob.h"
 
 #include "llvm/Support/CommandLine.h"
@@ -18,19 +19,19 @@
 namespace moec::cli {
 
 extern llvm::cl::SubCommand importCommand;
-int runImport();
+int runImport(const ImportFlags &model);
 
 extern llvm::cl::SubCommand runCommand;
-int runRun();
+int runRun(const ImportFlags &model);
 
 extern llvm::cl::SubCommand trainCommand;
-int runTrain(const TrainingJobFlags &job);
+int runTrain(const ImportFlags &model, const TrainingJobFlags &job);
 
 extern llvm::cl::SubCommand compileCommand;
-int runCompile(const TrainingJobFlags &job);
+int runCompile(const ImportFlags &model, const TrainingJobFlags &job);
 
 extern llvm::cl::SubCommand planCommand;
-int runPlan(const TrainingJobFlags &job);
+int runPlan(const ImportFlags &model, const TrainingJobFlags &job);
 
 extern llvm::cl::SubCommand launchCommand;
 int runLaunch();

@@ -243,7 +243,8 @@ bool buildProgram(llvm::StringRef name, const std::string &source,
 }
 } // namespace
 
-int moec::cli::runCompile(const TrainingJobFlags &jobFlags) {
+int moec::cli::runCompile(const ImportFlags &modelFlags,
+                           const TrainingJobFlags &jobFlags) {
   if (!emit.empty() && emit != "cuda")
     return fail(fmt::format("--emit '{}' is not one of: cuda", emit.getValue()));
   if (!llvm::StringRef(arch).starts_with("sm_"))
@@ -270,7 +271,8 @@ int moec::cli::runCompile(const TrainingJobFlags &jobFlags) {
   MLIRContext context;
   DiagnosticPrinter diagnostics(context);
   OwningOpRef<ModuleOp> module =
-      loadModel(context, modelPath, /*raise=*/true, /*requireComplete=*/true);
+      loadModel(context, modelPath, modelFlags, /*raise=*/true,
+                /*requireComplete=*/true);
   if (!module)
     return 1;
   // The Hugging Face binding (init_from) and config.json, from the raised

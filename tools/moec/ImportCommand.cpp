@@ -62,11 +62,11 @@ void printSummary(const moec::ModelConfig &c, llvm::raw_ostream &os) {
 }
 } // namespace
 
-int moec::cli::runImport() {
+int moec::cli::runImport(const ImportFlags &modelFlags) {
   MLIRContext context;
   DiagnosticPrinter diagnostics(context);
   OwningOpRef<ModuleOp> module =
-      loadModel(context, inputPath, !noRaise, requireComplete);
+      loadModel(context, inputPath, modelFlags, !noRaise, requireComplete);
   if (!module)
     return 1;
   if (summary) {

@@ -66,9 +66,42 @@ moec::cli::DiagnosticPrinter::~DiagnosticPrinter() {
   context.getDiagEngine().eraseHandler(id);
 }
 
+moec::cli::ImportFlags::ImportFlags(
+    llvm::ArrayRef<llvm::cl::SubCommand *> subcommands) {
+  customOps = std::make_unique<llvm::cl::list<std::string>>(
+      "custom-op",
+      llvm::cl::desc("import ONNX nodes DOMAIN::NAME as KIND (grouped_matmul: "
+                     "moec::GroupedMatMul's semantics); repeatable"),
+      llvm::cl::value_desc("DOMAIN::NAME=KIND"));
+  for (llvm::cl::SubCommand *sub : subcommands)
+    customOps->addSubCommand(*sub);
+}
+
+moec::cli::ImportFlags::~ImportFlags() = default;
+
+llvm::Expected<moec::OnnxImportOptions>
+moec::cli::ImportFlags::read() const {
+  OnnxImportOptions options;
+  for (const std::string &text : *customOps) {
+    llvm::Expected<CustomOpMapping> mapping = parseCustomOpMapping(text);
+    if (!mapping)
+      return mapping.takeError();
+    for (const CustomOpMapping &earlier : options.customOps)
+      if (earlier.domain == mapping->domain &&
+          earlier.opType == mapping->opType)
+        return llvm::createStringError("--custom-op '" + text + "': " +
+                                       mapping->domain + "::" +
+                                       mapping->opType +
+                                       " is already mapped");
+    options.customOps.push_back(std::move(*mapping));
+  }
+  return options;
+}
+
 OwningOpRef<ModuleOp> moec::cli::loadModel(MLIRContext &context,
-                                           llvm::StringRef path, bool raise,
-                                           bool requireComplete) {
+                                           llvm::StringRef path,
+                                           const ImportFlags &flags,
+                                           bool raise, bool requireComplete) {
   DialectRegistry registry;
   registerAllDialects(registry);
   context.appendDialectRegistry(registry);
@@ -86,7 +119,13 @@ OwningOpRef<ModuleOp> moec::cli::loadModel(MLIRContext &context,
     return parseSourceFile<ModuleOp>(sourceMgr, &context);
   }
 
-  OwningOpRef<ModuleOp> module = importOnnxFile(context, path);
+  llvm::Expected<OnnxImportOptions> options = flags.read();
+  if (!options) {
+    emitError(FileLineColLoc::get(&context, path, 0, 0))
+        << llvm::toString(options.takeError());
+    return nullptr;
+  }
+  OwningOpRef<ModuleOp> module = importOnnxFile(context, path, *options);
   if (!module || !raise)
     return module;
   PassManager pm(&context);

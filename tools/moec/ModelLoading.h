@@ -1,7 +1,9 @@
 //===- ModelLoading.h - Load a model for a moec subcommand ------*- C++ -*-===//
 //
 // Turns a MODEL argument (an ONNX file or a .mlir file of moe IR) into a
-// module of raised moe IR, reporting errors as diagnostics.
+// module of raised moe IR, reporting errors as diagnostics; the flags that
+// say how to read an ONNX file are declared here once for every subcommand
+// that reads one.
 //
 //===----------------------------------------------------------------------===//
 
@@ -13,7 +15,12 @@
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/IR/OwningOpRef.h"
 #include "mlir/IR/Diagnostics.h"
+#include "moec/Import/Onnx.h"
+
 #include "llvm/ADT/StringRef.h"
+#include "llvm/Support/CommandLine.h"
+
+#include <memory>
 
 namespace moec::cli {
 
@@ -32,12 +39,30 @@ private:
   mlir::DiagnosticEngine::HandlerID id;
 };
 
+/// The flags that say how to read an ONNX model (`--custom-op`, repeated),
+/// in the subcommands that read one. Construct it after the subcommands
+/// exist (in main), before parsing.
+class ImportFlags {
+public:
+  explicit ImportFlags(llvm::ArrayRef<llvm::cl::SubCommand *> subcommands);
+  ~ImportFlags();
+
+  /// The importer's options the flags spell; the error names the flag and
+  /// its value.
+  llvm::Expected<OnnxImportOptions> read() const;
+
+private:
+  std::unique_ptr<llvm::cl::list<std::string>> customOps;
+};
+
 /// Loads `path`: `.mlir` files are parsed as they are; anything else is
-/// imported as ONNX and, when `raise` is set, run through the import
-/// pipeline (with `requireComplete` failing on unraised nodes).
+/// imported as ONNX with `flags`' options and, when `raise` is set, run
+/// through the import pipeline (with `requireComplete` failing on unraised
+/// nodes).
 mlir::OwningOpRef<mlir::ModuleOp> loadModel(mlir::MLIRContext &context,
-                                            llvm::StringRef path, bool raise,
-                                            bool requireComplete);
+                                            llvm::StringRef path,
+                                            const ImportFlags &flags,
+                                            bool raise, bool requireComplete);
 
 /// The module's `forward` function, or null after a diagnostic.
 mlir::func::FuncOp getForward(mlir::ModuleOp module);

@@ -96,8 +96,9 @@ int fail(const llvm::Twine &message) {
 
 /// A preset, a JSON config, or a model file; for a model file, `module`
 /// receives its raised forward (in `context`).
-std::optional<ModelDescription> loadDescription(MLIRContext &context,
-                                                OwningOpRef<ModuleOp> &module) {
+std::optional<ModelDescription>
+loadDescription(MLIRContext &context, const moec::cli::ImportFlags &flags,
+                OwningOpRef<ModuleOp> &module) {
   llvm::StringRef spec = modelSpec;
   if (std::optional<moec::ModelConfig> preset = getPreset(spec)) {
     return ModelDescription{spec.str(), *preset, mixtralParameters(*preset)};
@@ -123,7 +124,7 @@ std::optional<ModelDescription> loadDescription(MLIRContext &context,
     return ModelDescription{spec.str(), *config, mixtralParameters(*config)};
   }
   moec::cli::DiagnosticPrinter diagnostics(context);
-  module = moec::cli::loadModel(context, spec, /*raise=*/true,
+  module = moec::cli::loadModel(context, spec, flags, /*raise=*/true,
                                 /*requireComplete=*/false);
   if (!module)
     return std::nullopt;
@@ -210,7 +211,8 @@ int emit(llvm::function_ref<void(llvm::raw_ostream &)> print) {
 
 } // namespace
 
-int moec::cli::runPlan(const TrainingJobFlags &jobFlags) {
+int moec::cli::runPlan(const ImportFlags &modelFlags,
+                        const TrainingJobFlags &jobFlags) {
   if (jsonFlag && svgFlag)
     return fail("--json and --svg are exclusive");
   // Plans are of full-size jobs: one sequence of 4096 tokens per rank, bf16
@@ -228,7 +230,8 @@ int moec::cli::runPlan(const TrainingJobFlags &jobFlags) {
     return 1;
   MLIRContext context;
   OwningOpRef<ModuleOp> forward;
-  std::optional<ModelDescription> model = loadDescription(context, forward);
+  std::optional<ModelDescription> model =
+      loadDescription(context, modelFlags, forward);
   if (!model)
     return 1;
 

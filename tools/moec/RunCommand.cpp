@@ -1,10 +1,12 @@
 //===- RunCommand.cpp - `moec run` ----------------------------------------===//
 //
-// `moec run MODEL.onnx --input ids.pb [--output logits.pb]
+// `moec run MODEL.onnx --input ids.pb [--input mask.pb] [--output logits.pb]
 // [--expect golden.pb --tolerance T]`: runs the model's forward on the CPU
 // reference executor. Parameters are bound by name to the model's
-// initializers; token ids come from an onnx.TensorProto file (the ONNX test
-// data format). With --expect, prints the max abs and relative L2 error
+// initializers; the graph inputs (token ids, and an attention mask for a
+// model that takes one) come from onnx.TensorProto files (the ONNX test
+// data format), in the graph's order; a mask left out is all ones, and one
+// with padding is refused by the executor. With --expect, prints the max abs and relative L2 error
 // against the golden output and fails when the relative L2 error exceeds
 // the tolerance. With --init-from DIR the parameters come from a Hugging
 // Face checkpoint folder instead (checked as moec compile checks it): moec's
@@ -36,10 +38,12 @@ cl::SubCommand moec::cli::runCommand(
 namespace {
 cl::opt<std::string> modelPath(cl::Positional, cl::desc("<model.onnx>"),
                                cl::Required, cl::sub(moec::cli::runCommand));
-cl::opt<std::string> inputPath("input",
-                               cl::desc("token ids (onnx.TensorProto file)"),
-                               cl::value_desc("file"), cl::Required,
-                               cl::sub(moec::cli::runCommand));
+cl::list<std::string> inputPaths(
+    "input",
+    cl::desc("a graph input (onnx.TensorProto file), once per input in the "
+             "graph's order: token ids, then an attention mask if the model "
+             "takes one (default: all ones)"),
+    cl::value_desc("file"), cl::OneOrMore, cl::sub(moec::cli::runCommand));
 cl::opt<std::string> outputPath(
     "output", cl::desc("write the logits here (onnx.TensorProto file)"),
     cl::value_desc("file"), cl::sub(moec::cli::runCommand));
@@ -60,11 +64,12 @@ int fail(const std::string &message) {
 }
 } // namespace
 
-int moec::cli::runRun() {
+int moec::cli::runRun(const ImportFlags &modelFlags) {
   MLIRContext context;
   DiagnosticPrinter diagnostics(context);
   OwningOpRef<ModuleOp> module =
-      loadModel(context, modelPath, /*raise=*/true, /*requireComplete=*/true);
+      loadModel(context, modelPath, modelFlags, /*raise=*/true,
+                /*requireComplete=*/true);
   if (!module)
     return 1;
   func::FuncOp forward = getForward(*module);
@@ -72,9 +77,34 @@ int moec::cli::runRun() {
     return 1;
 
   std::string error;
-  HostTensor tokens;
-  if (!readTensorProtoFile(inputPath, tokens, error))
-    return fail(error);
+  // The graph inputs, in order; those left out that the model only needs to
+  // be all ones (an attention mask) are ones of the token ids' shape.
+  std::vector<HostTensor> inputs;
+  for (const std::string &path : inputPaths) {
+    if (!readTensorProtoFile(path, inputs.emplace_back(), error))
+      return fail(error);
+  }
+  unsigned numInputs = 0;
+  for (unsigned i = 0; i < forward.getNumArguments(); ++i) {
+    auto name = forward.getArgAttrOfType<StringAttr>(
+        i, moe::MoeDialect::getInputAttrName());
+    if (!name)
+      continue;
+    if (++numInputs <= inputs.size())
+      continue;
+    if (!forward.getArgAttr(i, moe::MoeDialect::getAllOnesAttrName()))
+      return fail(fmt::format("the model's input '{}' needs a value: give "
+                              "--input once per graph input, in order",
+                              name.getValue().str()));
+    HostTensor ones = HostTensor::ints(inputs.front().shape);
+    std::fill(ones.i64.begin(), ones.i64.end(), 1);
+    inputs.push_back(std::move(ones));
+    llvm::errs() << fmt::format("note: input '{}' is all ones (no padding)\n",
+                                name.getValue().str());
+  }
+  if (inputs.size() > numInputs)
+    return fail(fmt::format("{} --input files for a model of {} inputs",
+                            inputs.size(), numInputs));
   std::unique_ptr<OnnxWeights> weights;
   std::unique_ptr<moert::HfCheckpoint> checkpoint;
   if (initFrom.empty()) {
@@ -98,6 +128,7 @@ int moec::cli::runRun() {
   }
 
   std::vector<HostTensor> arguments;
+  size_t nextInput = 0;
   for (unsigned i = 0; i < forward.getNumArguments(); ++i) {
     if (auto name = forward.getArgAttrOfType<StringAttr>(
             i, moe::MoeDialect::getParameterAttrName())) {
@@ -119,7 +150,7 @@ int moec::cli::runRun() {
       }
       arguments.push_back(std::move(value));
     } else if (forward.getArgAttr(i, moe::MoeDialect::getInputAttrName())) {
-      arguments.push_back(tokens);
+      arguments.push_back(inputs[nextInput++]);
     } else {
       return fail(fmt::format("argument {} of forward is neither an input "
                               "nor a parameter",

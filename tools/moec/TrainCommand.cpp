@@ -186,7 +186,8 @@ HostTensor scalarF32(double v) {
 }
 } // namespace
 
-int moec::cli::runTrain(const TrainingJobFlags &jobFlags) {
+int moec::cli::runTrain(const ImportFlags &modelFlags,
+                         const TrainingJobFlags &jobFlags) {
   if (!useReference)
     return fail("only the CPU reference executor exists so far: pass "
                 "--reference");
@@ -217,7 +218,8 @@ int moec::cli::runTrain(const TrainingJobFlags &jobFlags) {
   MLIRContext context;
   DiagnosticPrinter diagnostics(context);
   OwningOpRef<ModuleOp> module =
-      loadModel(context, modelPath, /*raise=*/true, /*requireComplete=*/true);
+      loadModel(context, modelPath, modelFlags, /*raise=*/true,
+                /*requireComplete=*/true);
   if (!module)
     return 1;
   // The Hugging Face checkpoint to start from (job key init_from), checked

@@ -26,6 +26,10 @@ int main(int argc, char **argv) {
       {&moec::cli::planCommand, &moec::cli::trainCommand,
        &moec::cli::compileCommand},
       jobCategory);
+  moec::cli::ImportFlags model(
+      {&moec::cli::importCommand, &moec::cli::runCommand,
+       &moec::cli::planCommand, &moec::cli::trainCommand,
+       &moec::cli::compileCommand});
   // The libraries moec links register hundreds of options of their own
   // (code generation for every LLVM target); none is moec's.
   cl::HideUnrelatedOptions({}, cl::SubCommand::getTopLevel());
@@ -33,15 +37,15 @@ int main(int argc, char **argv) {
       argc, argv,
       "moec: an ahead-of-time compiler for Mixture-of-Experts training\n");
   if (moec::cli::importCommand)
-    return moec::cli::runImport();
+    return moec::cli::runImport(model);
   if (moec::cli::runCommand)
-    return moec::cli::runRun();
+    return moec::cli::runRun(model);
   if (moec::cli::trainCommand)
-    return moec::cli::runTrain(job);
+    return moec::cli::runTrain(model, job);
   if (moec::cli::compileCommand)
-    return moec::cli::runCompile(job);
+    return moec::cli::runCompile(model, job);
   if (moec::cli::planCommand)
-    return moec::cli::runPlan(job);
+    return moec::cli::runPlan(model, job);
   if (moec::cli::launchCommand)
     return moec::cli::runLaunch();
   llvm::errs() << "moec: no command given; see 'moec --help'\n";

@@ -143,6 +143,17 @@ LogicalResult MoeDialect::verifyRegionArgAttribute(Operation *op, unsigned,
              << ", which is neither a parameter nor an AdamW moment";
     return success();
   }
+  if (attribute.getName() == getAllOnesAttrName()) {
+    auto func = dyn_cast<FunctionOpInterface>(op);
+    if (!func || !isa<UnitAttr>(attribute.getValue()) ||
+        !func.getArgAttr(argIndex, getInputAttrName()))
+      return op->emitOpError()
+             << "has '" << attribute.getName().getValue() << "' = "
+             << attribute.getValue() << " on argument #" << argIndex
+             << "; it is a unit attribute of a function argument with '"
+             << getInputAttrName() << "'";
+    return success();
+  }
   return verifyNameAttr(op, "argument", argIndex, attribute,
                         {getParameterAttrName(), getExpAvgAttrName(),
                          getExpAvgSqAttrName(), getInputAttrName()});

@@ -49,6 +49,12 @@ def Moe_Dialect : Dialect {
     /// `moe.input = "<name>"` on a function argument: a model or step input
     /// (input_ids, labels, step, lr, seed, or an exported graph input).
     static ::llvm::StringRef getInputAttrName() { return "moe.input"; }
+    /// `moe.all_ones` (unit) on a function argument with `moe.input`: the
+    /// function equals the model it was raised from only when this input
+    /// is all ones (an attention mask: moec trains on packed blocks without
+    /// padding), and no longer reads it; whoever binds it checks that it is
+    /// (the reference executor does) or binds ones.
+    static ::llvm::StringRef getAllOnesAttrName() { return "moe.all_ones"; }
     /// `moe.output = "<name>"` on a function result: a named output (a
     /// loss, a metric, or an exported graph output).
     static ::llvm::StringRef getOutputAttrName() { return "moe.output"; }

@@ -235,7 +235,10 @@ FailureOr<LmHeadOp> StepBuilder::cloneForward(
     mapping.map(p, copy);
   }
   for (BlockArgument arg : forward.getArguments())
-    if (forward.getArgAttr(arg.getArgNumber(), MoeDialect::getInputAttrName()))
+    if (forward.getArgAttr(arg.getArgNumber(),
+                           MoeDialect::getInputAttrName()) &&
+        !forward.getArgAttr(arg.getArgNumber(),
+                            MoeDialect::getAllOnesAttrName()))
       mapping.map(arg, ids);
   for (Operation &op : body.without_terminator()) {
     if (isa<OnnxNodeOp>(op))
@@ -317,7 +320,21 @@ FailureOr<func::FuncOp> StepBuilder::build() {
                            MoeDialect::getParameterAttrName()))
       params.push_back(arg);
     else if (forward.getArgAttr(arg.getArgNumber(),
-                                MoeDialect::getInputAttrName())) {
+                                MoeDialect::getAllOnesAttrName())) {
+      // An attention mask the raising proved the model for only without
+      // padding: the step trains on packed blocks, so it is ones.
+      StringAttr name = forward.getArgAttrOfType<StringAttr>(
+          arg.getArgNumber(), MoeDialect::getInputAttrName());
+      if (!arg.use_empty())
+        return forward.emitOpError()
+               << "reads input '" << name.getValue() << "', tagged '"
+               << MoeDialect::getAllOnesAttrName()
+               << "' as an input it no longer reads";
+      forward.emitRemark() << "input '" << name.getValue()
+                           << "' is bound to all ones: the training step "
+                              "runs on packed blocks without padding";
+    } else if (forward.getArgAttr(arg.getArgNumber(),
+                                  MoeDialect::getInputAttrName())) {
       if (inputIds)
         return forward.emitOpError()
                << "has more than one input; the training step expects only "

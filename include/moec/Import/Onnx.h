@@ -12,7 +12,10 @@
 //   * every other initializer and every `Constant` node becomes an
 //     `arith.constant`;
 //   * every other node becomes a `moe.onnx_node`, located at the node's name
-//     and 1-based position in the graph;
+//     and 1-based position in the graph; a node of another domain that the
+//     options map to an op moec knows (`--custom-op`) becomes that op's
+//     `moe.onnx_node` (`moec::GroupedMatMul`) after its arity and shapes are
+//     checked;
 //   * graph outputs are returned.
 //
 // Raising to `moe` ops is a separate pass (moe-raise-onnx). Errors are
@@ -28,24 +31,54 @@
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/IR/OwningOpRef.h"
 #include "llvm/ADT/StringRef.h"
+#include "llvm/Support/Error.h"
 
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace moec {
+
+/// What a node of a domain moec does not know stands for, as the user says
+/// with `--custom-op DOMAIN::NAME=KIND`.
+enum class CustomOpKind {
+  /// moec's own `moec::GroupedMatMul` (docs/onnx-forms.md §6): inputs X
+  /// [S, K], W [G, K, N], offsets int32/int64 [G] (each group's end row);
+  /// output Y [S, N]; no attributes.
+  GroupedMatMul,
+};
+
+/// One `DOMAIN::NAME=KIND` mapping.
+struct CustomOpMapping {
+  std::string domain;
+  std::string opType;
+  CustomOpKind kind;
+};
+
+/// Parses `DOMAIN::NAME=KIND` (KIND: grouped_matmul). The error names the
+/// text and what is wrong with it.
+llvm::Expected<CustomOpMapping> parseCustomOpMapping(llvm::StringRef text);
+
+/// What the importer is told beyond the file.
+struct OnnxImportOptions {
+  /// Custom ops to import as the op they stand for; a node of a domain
+  /// moec does not know and not named here is an error.
+  std::vector<CustomOpMapping> customOps;
+};
 
 /// Reads and imports the ONNX model at `path`. Returns null after emitting a
 /// diagnostic when the file cannot be read, is not an ONNX model, or holds a
 /// graph the importer rejects.
-mlir::OwningOpRef<mlir::ModuleOp> importOnnxFile(mlir::MLIRContext &context,
-                                                 llvm::StringRef path);
+mlir::OwningOpRef<mlir::ModuleOp>
+importOnnxFile(mlir::MLIRContext &context, llvm::StringRef path,
+               const OnnxImportOptions &options = {});
 
 /// Imports the serialized ONNX model `bytes` as if read from `path` (which
 /// locates diagnostics and external data). Returns null after emitting a
 /// diagnostic, as importOnnxFile does.
-mlir::OwningOpRef<mlir::ModuleOp> importOnnxBytes(mlir::MLIRContext &context,
-                                                  llvm::StringRef bytes,
-                                                  llvm::StringRef path);
+mlir::OwningOpRef<mlir::ModuleOp>
+importOnnxBytes(mlir::MLIRContext &context, llvm::StringRef bytes,
+                llvm::StringRef path, const OnnxImportOptions &options = {});
 
 /// What the importer refuses up front, before building IR for it: sizes
 /// that would need absurd memory in the importer or in the compiled step.

@@ -17,7 +17,9 @@
 //      inputs at sample shapes and compared with the moe ops it is to become
 //      (computed by the reference kernels); only a match is rewritten.
 //      onnxruntime's com.microsoft.MoE node is one node and is raised from
-//      its attributes;
+//      its attributes, its weights traced to parameters structurally
+//      (ParameterLayout.h). The proofs bind every model input to ones; an
+//      attention mask they leave unread is tagged moe.all_ones at the end;
 //   3. residual adds (Add of two equal-typed activations) to arith.addf and
 //      the returned projection to the vocabulary to moe.lm_head.
 //
@@ -29,6 +31,7 @@
 #include "moec/Conversion/OnnxToMoe/Passes.h"
 
 #include "OnnxEvaluator.h"
+#include "ParameterLayout.h"
 #include "dialects/Moe/IR/MoeOps.h"
 #include "moec/Reference/Executor.h"
 #include "moec/Reference/Kernels.h"
@@ -151,6 +154,10 @@ public:
       : func(func), builder(func.getContext()), numRaised(numRaised) {}
 
   void run() {
+    SmallVector<BlockArgument> usedInputs;
+    for (BlockArgument arg : func.getArguments())
+      if (isModelInput(arg) && !arg.use_empty())
+        usedInputs.push_back(arg);
     raiseLocalPatterns();
     eraseDeadOps();
     raiseAttentionBlocks();
@@ -160,6 +167,7 @@ public:
     eraseDeadOps();
     raiseResidualAddsAndHead();
     eraseDeadOps();
+    markInputsAssumedOnes(usedInputs);
   }
 
   /// Erases the ONNX nodes, constants and helper ops the raising left
@@ -194,6 +202,7 @@ private:
   bool raiseAttention(OnnxNodeOp softmax);
   void raiseOrtMoeNodes();
   Value deinterleavedParameter(Value fc1);
+  Value lookThroughToParameter(Value v);
   void raiseSparseMoeBlocks();
   bool raiseSparseMoe(OnnxNodeOp topK);
 
@@ -205,12 +214,20 @@ private:
   /// elements (not merely on an input's shape).
   bool dependsOnData(Value v);
   /// The moe.linear results and moe op results a value is computed from,
-  /// looking through ONNX nodes only.
+  /// looking through ONNX nodes only (model inputs are not among them).
   void boundaryProducers(Value v, llvm::SetVector<Value> &out);
   /// Sample shapes for the model inputs: the static shape when static, else
   /// two small shapes.
   SmallVector<SmallVector<int64_t>> sampleInputShapes();
+  /// Binds every model input to all ones at `shape`: token ids only reach
+  /// the (already raised) embedding, and an attention mask is proved for
+  /// the unpadded, packed batches moec trains on.
   void bindInputs(OnnxEvaluator &eval, ArrayRef<int64_t> shape);
+  /// Tags the model inputs in `used` that the raising left unused (an
+  /// attention mask whose subgraph became moe.attention's causal mask) with
+  /// moe.all_ones: the raised function equals the ONNX graph only when they
+  /// are all ones, so whoever binds them must check that.
+  void markInputsAssumedOnes(ArrayRef<BlockArgument> used);
   HostTensor randomTensor(ArrayRef<int64_t> shape);
   Value reshapeTo(Location loc, Value v, ArrayRef<int64_t> trailing);
   Value collapseTrailing(Location loc, Value v, int64_t keep);
@@ -245,7 +262,8 @@ void Raiser::boundaryProducers(Value v, llvm::SetVector<Value> &out) {
   SmallVector<Value> work{v};
   while (!work.empty()) {
     Value cur = work.pop_back_val();
-    if (!dependsOnData(cur))
+    // Model inputs are no boundary: the proofs bind them (bindInputs).
+    if (!dependsOnData(cur) || isModelInput(cur))
       continue;
     auto node = cur.getDefiningOp<OnnxNodeOp>();
     if (!node) {
@@ -273,10 +291,19 @@ SmallVector<SmallVector<int64_t>> Raiser::sampleInputShapes() {
 }
 
 void Raiser::bindInputs(OnnxEvaluator &eval, ArrayRef<int64_t> shape) {
+  HostTensor ones = HostTensor::ints(std::vector<int64_t>(shape.begin(),
+                                                          shape.end()));
+  std::fill(ones.i64.begin(), ones.i64.end(), 1);
   for (BlockArgument arg : func.getArguments())
     if (isModelInput(arg))
-      eval.bind(arg, HostTensor::ints(std::vector<int64_t>(shape.begin(),
-                                                           shape.end())));
+      eval.bind(arg, ones);
+}
+
+void Raiser::markInputsAssumedOnes(ArrayRef<BlockArgument> used) {
+  for (BlockArgument arg : used)
+    if (arg.use_empty())
+      func.setArgAttr(arg.getArgNumber(), MoeDialect::getAllOnesAttrName(),
+                      UnitAttr::get(func.getContext()));
 }
 
 HostTensor Raiser::randomTensor(ArrayRef<int64_t> shape) {
@@ -724,35 +751,33 @@ void Raiser::raiseAttentionBlocks() {
 //===----------------------------------------------------------------------===//
 
 /// If `fc1` interleaves the gate and up rows of a parameter in Hugging
-/// Face's concatenated layout, returns that parameter. The interleave is
-/// Reshape([E, 2, I, H]) -> Transpose([0, 2, 1, 3]) -> Reshape([E, 2I, H]):
-/// matched exactly, since an evaluation would touch every expert weight.
+/// Face's concatenated layout, returns that parameter. However the graph
+/// computes the interleave (Reshape/Transpose/Reshape, or Split,
+/// Unsqueeze, Concat and Reshape), its layout is read structurally: an
+/// evaluation would touch every expert weight, and a weights-free model has
+/// none.
 Value Raiser::deinterleavedParameter(Value fc1) {
-  OnnxNodeOp merge = producer(fc1, "Reshape");
-  OnnxNodeOp transpose =
-      merge ? producer(merge.getInputs()[0], "Transpose") : OnnxNodeOp();
-  OnnxNodeOp split =
-      transpose ? producer(transpose.getInputs()[0], "Reshape") : OnnxNodeOp();
-  if (!split || !isParameter(split.getInputs()[0]))
+  std::optional<moec::ParameterLayout> layout =
+      moec::traceParameterLayout(fc1);
+  if (!layout)
     return {};
-  Value param = split.getInputs()[0];
-  RankedTensorType type = tensorType(param);
-  if (type != tensorType(fc1) || !type.hasStaticShape() || type.getRank() != 3)
+  RankedTensorType type = tensorType(layout->parameter);
+  if (type != tensorType(fc1) || type.getDimSize(1) % 2 != 0 ||
+      !layout->sameAs(
+          moec::ParameterLayout::interleavedGateUp(layout->parameter)))
     return {};
-  int64_t experts = type.getDimSize(0), rows = type.getDimSize(1),
-          hidden = type.getDimSize(2);
-  auto perm = transpose->getAttrOfType<DenseI64ArrayAttr>("perm");
-  std::optional<SmallVector<int64_t>> splitShape =
-      intsConstant(split.getInputs()[1]);
-  std::optional<SmallVector<int64_t>> mergeShape =
-      intsConstant(merge.getInputs()[1]);
-  SmallVector<int64_t> wantSplit{experts, 2, rows / 2, hidden};
-  SmallVector<int64_t> wantMerge{experts, rows, hidden};
-  if (!perm || perm.asArrayRef() != ArrayRef<int64_t>{0, 2, 1, 3} ||
-      !splitShape || *splitShape != wantSplit || !mergeShape ||
-      *mergeShape != wantMerge)
-    return {};
-  return param;
+  return layout->parameter;
+}
+
+/// The parameter `v` is, when the graph merely moves it around without
+/// changing it (Identity, a same-type Cast, a reshape to its own shape), or
+/// `v` itself.
+Value Raiser::lookThroughToParameter(Value v) {
+  std::optional<moec::ParameterLayout> layout = moec::traceParameterLayout(v);
+  if (layout && tensorType(layout->parameter) == tensorType(v) &&
+      layout->sameAs(moec::ParameterLayout::identity(layout->parameter)))
+    return layout->parameter;
+  return v;
 }
 
 /// onnxruntime's com.microsoft.MoE with router logits from a linear layer:
@@ -797,6 +822,9 @@ void Raiser::raiseOrtMoeNodes() {
     GateUpLayout layout = GateUpLayout::interleaved;
     if (Value param = deinterleavedParameter(gateUp))
       gateUp = param, layout = GateUpLayout::concatenated;
+    else
+      gateUp = lookThroughToParameter(gateUp);
+    down = lookThroughToParameter(down);
     if (!isParameter(gateUp) || !isParameter(down) || !routerLinear ||
         routerLinear.getInput() != input)
       continue;
@@ -914,21 +942,26 @@ bool Raiser::raiseSparseMoe(OnnxNodeOp topK) {
   }
   if (!output)
     return false;
-  // The experts' weights: the [E, 2I, H] and [E, H, I] parameters the block
-  // reads.
+  // The experts' weights: the two [E, ., .] parameters the block reads
+  // with the hidden size in one of their last two dimensions: gate_up
+  // [E, 2I, H] and down [E, H, I] as in the checkpoint, or stored
+  // transposed ([E, H, 2I], [E, I, H]) where the exporter folded a
+  // Transpose into a new initializer. The orientation is a guess the proof
+  // below checks.
   Value gateUp, down;
+  bool gateUpTransposed = false, downTransposed = false;
   int64_t numExperts = tensorType(routerLinear.getResult()).getShape().back();
   {
+    llvm::SetVector<Value> candidates;
     llvm::SmallPtrSet<Operation *, 32> seen;
     SmallVector<Value> stack{output};
     while (!stack.empty()) {
       Value cur = stack.pop_back_val();
       if (isParameter(cur) && rankOf(cur) == 3) {
         RankedTensorType t = tensorType(cur);
-        if (t.getDimSize(0) == numExperts && t.getDimSize(2) == hidden)
-          gateUp = cur;
-        else if (t.getDimSize(0) == numExperts && t.getDimSize(1) == hidden)
-          down = cur;
+        if (t.getDimSize(0) == numExperts &&
+            (t.getDimSize(1) == hidden || t.getDimSize(2) == hidden))
+          candidates.insert(cur);
       }
       Operation *def = cur.getDefiningOp();
       if (!def || isa<LinearOp>(def) || !seen.insert(def).second ||
@@ -937,12 +970,46 @@ bool Raiser::raiseSparseMoe(OnnxNodeOp topK) {
       for (Value in : def->getOperands())
         stack.push_back(in);
     }
+    // The dimension that is not the hidden size (the last one when both
+    // are).
+    auto innerSize = [&](Value p) {
+      RankedTensorType t = tensorType(p);
+      return t.getDimSize(2) == hidden ? t.getDimSize(1) : t.getDimSize(2);
+    };
+    if (candidates.size() == 2) {
+      for (int first = 0; first < 2 && !gateUp; ++first)
+        if (innerSize(candidates[first]) ==
+            2 * innerSize(candidates[1 - first]))
+          gateUp = candidates[first], down = candidates[1 - first];
+    }
+    if (gateUp) {
+      gateUpTransposed = tensorType(gateUp).getDimSize(2) != hidden;
+      downTransposed = tensorType(down).getDimSize(1) != hidden;
+    }
   }
   if (!gateUp || !down)
     return false;
+  // The weights as moe.experts reads them: [E, 2I, H] and [E, H, I].
+  auto swapLast = [](ArrayRef<int64_t> shape) {
+    return SmallVector<int64_t>{shape[0], shape[2], shape[1]};
+  };
   RankedTensorType gateUpType = tensorType(gateUp), downType = tensorType(down);
   if (!gateUpType.hasStaticShape() || !downType.hasStaticShape())
     return false;
+  if (gateUpTransposed)
+    gateUpType = gateUpType.clone(swapLast(gateUpType.getShape()));
+  if (downTransposed)
+    downType = downType.clone(swapLast(downType.getShape()));
+  // A [E, a, b] tensor as [E, b, a].
+  auto transposed = [](const HostTensor &t) {
+    HostTensor out = HostTensor::floats({t.shape[0], t.shape[2], t.shape[1]});
+    for (int64_t e = 0; e < t.shape[0]; ++e)
+      for (int64_t i = 0; i < t.shape[1]; ++i)
+        for (int64_t j = 0; j < t.shape[2]; ++j)
+          out.f32[(e * t.shape[2] + j) * t.shape[1] + i] =
+              t.f32[(e * t.shape[1] + i) * t.shape[2] + j];
+    return out;
+  };
   // The proof evaluates the block with expert weights of their real size
   // (the batched_mm form gathers a copy per token); past this budget the
   // block is left unraised rather than spending minutes and gigabytes.
@@ -974,8 +1041,8 @@ bool Raiser::raiseSparseMoe(OnnxNodeOp topK) {
                        ? std::vector<int64_t>{sample[0], sample[1], numExperts}
                        : std::vector<int64_t>{sample[0] * sample[1], numExperts};
     eval.bind(routerLinear.getResult(), logits);
-    eval.bind(gateUp, w1);
-    eval.bind(down, w2);
+    eval.bind(gateUp, gateUpTransposed ? transposed(w1) : w1);
+    eval.bind(down, downTransposed ? transposed(w2) : w2);
     const HostTensor *actual = eval.evaluate(output, error);
     if (!actual)
       return false;
@@ -1007,10 +1074,20 @@ bool Raiser::raiseSparseMoe(OnnxNodeOp topK) {
       RankedTensorType::get(choiceShape, builder.getI64Type()), logits,
       builder.getI64IntegerAttr(static_cast<int64_t>(*k)),
       LoadBalancingAttr::get(builder.getContext(), LoadBalancing::aux_loss));
+  auto canonical = [&](Value param, RankedTensorType type,
+                       bool swapped) -> Value {
+    if (!swapped)
+      return param;
+    auto init = tensor::EmptyOp::create(builder, loc, type.getShape(),
+                                        type.getElementType());
+    return linalg::TransposeOp::create(builder, loc, param, init,
+                                       ArrayRef<int64_t>{0, 2, 1})
+        .getResult()[0];
+  };
   auto experts = ExpertsOp::create(
       builder, loc, inputType, /*saved=*/Type(), input, router.getGates(),
-      router.getExperts(), gateUp,
-      down,
+      router.getExperts(), canonical(gateUp, gateUpType, gateUpTransposed),
+      canonical(down, downType, downTransposed),
       GateUpLayoutAttr::get(builder.getContext(), GateUpLayout::concatenated));
   output.replaceAllUsesWith(experts.getResult());
   numRaised += 3;

@@ -88,11 +88,20 @@ bool isParameter(const onnx::TensorProto &tensor) {
   return llvm::all_of(tensor.dims(), [](int64_t d) { return d > 1; });
 }
 
+/// The spelling of a custom-op kind in `--custom-op DOMAIN::NAME=KIND`.
+llvm::StringRef stringifyCustomOpKind(CustomOpKind kind) {
+  switch (kind) {
+  case CustomOpKind::GroupedMatMul: return "grouped_matmul";
+  }
+  llvm_unreachable("unknown custom-op kind");
+}
+
 class GraphImporter {
 public:
   GraphImporter(MLIRContext &context, const onnx::ModelProto &model,
-                llvm::StringRef path)
-      : context(context), builder(&context), model(model), path(path.str()) {
+                llvm::StringRef path, const OnnxImportOptions &options)
+      : context(context), builder(&context), model(model), path(path.str()),
+        options(options) {
     llvm::SmallString<256> dir(path);
     llvm::sys::path::remove_filename(dir);
     modelDir = dir.empty() ? "." : std::string(dir);
@@ -128,6 +137,20 @@ private:
   LogicalResult checkShapes(const onnx::NodeProto &node, Location loc,
                             ArrayRef<Value> inputs,
                             ArrayRef<Type> resultTypes);
+  /// Checks a node that is, or that `mapping` says stands for,
+  /// moec::GroupedMatMul: three inputs X [S, K], W [G, K, N] of one float
+  /// type and offsets int32/int64 [G]; one output [S, N]; no attributes.
+  LogicalResult checkGroupedMatMul(const onnx::NodeProto &node, Location loc,
+                                   ArrayRef<Value> inputs,
+                                   ArrayRef<Type> resultTypes,
+                                   const CustomOpMapping *mapping);
+  /// The user's mapping for `node`'s domain and op type, or null.
+  const CustomOpMapping *findCustomOp(const onnx::NodeProto &node) const {
+    for (const CustomOpMapping &mapping : options.customOps)
+      if (mapping.domain == node.domain() && mapping.opType == node.op_type())
+        return &mapping;
+    return nullptr;
+  }
 
   /// The name diagnostics use for a node: its own, or `<op type>#<position>`
   /// when it has none.
@@ -155,6 +178,7 @@ private:
   const onnx::ModelProto &model;
   std::string path;
   std::string modelDir;
+  const OnnxImportOptions &options;
   llvm::StringMap<Value> values;
   llvm::StringMap<const onnx::TypeProto *> declaredTypes;
 };
@@ -445,18 +469,25 @@ LogicalResult GraphImporter::importNode(const onnx::NodeProto &node,
                                         int index) {
   Location loc = nodeLoc(node, index);
   std::string why;
-  // Model-local functions first: they usually live in a domain of their own.
+  // What the user says a custom op is comes first; then model-local
+  // functions: they usually live in a domain of their own.
+  const CustomOpMapping *mapping = findCustomOp(node);
   for (const auto &function : model.functions())
-    if (function.name() == node.op_type() &&
+    if (!mapping && function.name() == node.op_type() &&
         function.domain() == node.domain())
       return nodeError(node, loc)
              << "unsupported op: '" << node.op_type()
              << "' is a function defined in the model (domain '"
              << node.domain() << "'); export with functions inlined";
-  if (!isKnownDomain(node.domain()))
+  if (!mapping && !isKnownDomain(node.domain()))
     return nodeError(node, loc)
            << "unsupported op: domain '" << node.domain()
-           << "' is not one moec knows (ai.onnx, com.microsoft, moec)";
+           << "' is not one moec knows (ai.onnx, com.microsoft, moec); if '"
+           << node.domain() << "::" << node.op_type()
+           << "' is a grouped matmul (moec::GroupedMatMul's semantics), say "
+              "so with --custom-op "
+           << node.domain() << "::" << node.op_type() << "="
+           << stringifyCustomOpKind(CustomOpKind::GroupedMatMul);
   if (isRejectedOp(node.op_type(), why))
     return nodeError(node, loc) << "unsupported op: " << why;
   if (node.op_type() == "Constant" && node.domain().empty())
@@ -504,13 +535,21 @@ LogicalResult GraphImporter::importNode(const onnx::NodeProto &node,
   }
   if (failed(checkShapes(node, loc, inputs, resultTypes)))
     return failure();
+  bool groupedMatMul =
+      mapping || (node.domain() == "moec" && node.op_type() == "GroupedMatMul");
+  if (groupedMatMul && failed(checkGroupedMatMul(node, loc, inputs,
+                                                 resultTypes, mapping)))
+    return failure();
 
   SmallVector<NamedAttribute> attrs;
-  attrs.push_back(builder.getNamedAttr("op_type",
-                                       builder.getStringAttr(node.op_type())));
-  if (!node.domain().empty())
+  llvm::StringRef opType = node.op_type(), domain = node.domain();
+  if (mapping)
+    opType = "GroupedMatMul", domain = "moec";
+  attrs.push_back(
+      builder.getNamedAttr("op_type", builder.getStringAttr(opType)));
+  if (!domain.empty())
     attrs.push_back(
-        builder.getNamedAttr("domain", builder.getStringAttr(node.domain())));
+        builder.getNamedAttr("domain", builder.getStringAttr(domain)));
   if (!absentInputs.empty())
     attrs.push_back(builder.getNamedAttr(
         "absent_inputs", builder.getDenseI64ArrayAttr(absentInputs)));
@@ -536,6 +575,76 @@ LogicalResult GraphImporter::importNode(const onnx::NodeProto &node,
       return nodeError(node, loc) << "output '" << node.output(i)
                                   << "' is already defined";
   }
+  return success();
+}
+
+LogicalResult GraphImporter::checkGroupedMatMul(
+    const onnx::NodeProto &node, Location loc, ArrayRef<Value> inputs,
+    ArrayRef<Type> resultTypes, const CustomOpMapping *mapping) {
+  auto error = [&]() {
+    InFlightDiagnostic diag = nodeError(node, loc);
+    if (mapping)
+      diag << "as " << stringifyCustomOpKind(mapping->kind) << " (--custom-op "
+           << mapping->domain << "::" << mapping->opType << "="
+           << stringifyCustomOpKind(mapping->kind) << "): ";
+    return diag;
+  };
+  if (node.input_size() != 3 || inputs.size() != 3 ||
+      node.output_size() != 1 || resultTypes.size() != 1 ||
+      isa<NoneType>(resultTypes[0]))
+    return error() << "takes 3 inputs (X [S, K], W [G, K, N], offsets [G]) "
+                      "and gives 1 output (Y [S, N]), got "
+                   << inputs.size() << " inputs and " << node.output_size()
+                   << " outputs";
+  if (node.attribute_size() != 0)
+    return error() << "takes no attributes, got '" << node.attribute(0).name()
+                   << "'";
+  auto x = cast<RankedTensorType>(inputs[0].getType());
+  auto w = cast<RankedTensorType>(inputs[1].getType());
+  auto offsets = cast<RankedTensorType>(inputs[2].getType());
+  auto y = cast<RankedTensorType>(resultTypes[0]);
+  auto dims = [](RankedTensorType t) {
+    return "[" +
+           llvm::join(llvm::map_range(t.getShape(),
+                                      [](int64_t d) {
+                                        return ShapedType::isDynamic(d)
+                                                   ? std::string("?")
+                                                   : std::to_string(d);
+                                      }),
+                      ", ") +
+           "]";
+  };
+  auto rankError = [&](int index, llvm::StringRef what,
+                       RankedTensorType t) {
+    return error() << "input " << index << " '" << node.input(index)
+                   << "' must be " << what << ", got " << dims(t);
+  };
+  if (x.getRank() != 2 || !isa<FloatType>(x.getElementType()))
+    return rankError(0, "X [S, K] of floats", x);
+  if (w.getRank() != 3 || w.getElementType() != x.getElementType())
+    return rankError(1, "W [G, K, N] of X's element type", w);
+  if (offsets.getRank() != 1 || !(offsets.getElementType().isInteger(32) ||
+                                  offsets.getElementType().isInteger(64)))
+    return rankError(2, "offsets [G] of int32 or int64", offsets);
+  auto differs = [](int64_t a, int64_t b) {
+    return !ShapedType::isDynamic(a) && !ShapedType::isDynamic(b) && a != b;
+  };
+  if (differs(x.getDimSize(1), w.getDimSize(1)))
+    return error() << "X " << dims(x) << " and W " << dims(w)
+                   << " differ in K (X's dimension 1, W's dimension 1)";
+  if (differs(offsets.getDimSize(0), w.getDimSize(0)))
+    return error() << "offsets " << dims(offsets) << " and W " << dims(w)
+                   << " differ in the number of groups G";
+  if (y.getRank() != 2 || y.getElementType() != x.getElementType() ||
+      differs(y.getDimSize(0), x.getDimSize(0)) ||
+      differs(y.getDimSize(1), w.getDimSize(2)))
+    return error() << "output '" << node.output(0) << "' must be Y [S, N] = ["
+                   << (x.isDynamicDim(0) ? std::string("?")
+                                         : std::to_string(x.getDimSize(0)))
+                   << ", "
+                   << (w.isDynamicDim(2) ? std::string("?")
+                                         : std::to_string(w.getDimSize(2)))
+                   << "] of X's element type, got " << dims(y);
   return success();
 }
 
@@ -710,8 +819,29 @@ OwningOpRef<ModuleOp> GraphImporter::run() {
 
 } // namespace
 
+llvm::Expected<CustomOpMapping>
+moec::parseCustomOpMapping(llvm::StringRef text) {
+  auto fail = [&](const llvm::Twine &why) {
+    return llvm::createStringError("--custom-op '" + text + "': " + why);
+  };
+  auto [name, kind] = text.split('=');
+  auto [domain, opType] = name.split("::");
+  if (!name.contains("::") || domain.empty() || opType.empty())
+    return fail("expected DOMAIN::NAME=KIND, e.g. "
+                "my.domain::GroupedGemm=grouped_matmul");
+  if (domain == "ai.onnx" || domain == "com.microsoft" || domain == "moec")
+    return fail("domain '" + domain +
+                "' is one moec knows; only ops of other domains are mapped");
+  if (kind != stringifyCustomOpKind(CustomOpKind::GroupedMatMul))
+    return fail("kind '" + kind + "' is not one of: " +
+                stringifyCustomOpKind(CustomOpKind::GroupedMatMul));
+  return CustomOpMapping{domain.str(), opType.str(),
+                         CustomOpKind::GroupedMatMul};
+}
+
 OwningOpRef<ModuleOp> moec::importOnnxFile(MLIRContext &context,
-                                           llvm::StringRef path) {
+                                           llvm::StringRef path,
+                                           const OnnxImportOptions &options) {
   auto buffer = llvm::MemoryBuffer::getFile(path, /*IsText=*/false,
                                             /*RequiresNullTerminator=*/false);
   if (!buffer) {
@@ -719,7 +849,7 @@ OwningOpRef<ModuleOp> moec::importOnnxFile(MLIRContext &context,
         << "cannot read ONNX model: " << buffer.getError().message();
     return nullptr;
   }
-  return importOnnxBytes(context, (*buffer)->getBuffer(), path);
+  return importOnnxBytes(context, (*buffer)->getBuffer(), path, options);
 }
 
 /// Parses `bytes` as a ModelProto nesting messages at most `nesting` deep.
@@ -734,7 +864,8 @@ static bool parseModel(llvm::StringRef bytes, int nesting,
 
 OwningOpRef<ModuleOp> moec::importOnnxBytes(MLIRContext &context,
                                             llvm::StringRef bytes,
-                                            llvm::StringRef path) {
+                                            llvm::StringRef path,
+                                            const OnnxImportOptions &options) {
   context.loadDialect<moe::MoeDialect, arith::ArithDialect,
                       func::FuncDialect>();
   Location fileLoc = FileLineColLoc::get(&context, path, 0, 0);
@@ -768,5 +899,5 @@ OwningOpRef<ModuleOp> moec::importOnnxBytes(MLIRContext &context,
     emitError(fileLoc) << "not an ONNX model: the ModelProto has no graph";
     return nullptr;
   }
-  return GraphImporter(context, model, path).run();
+  return GraphImporter(context, model, path, options).run();
 }

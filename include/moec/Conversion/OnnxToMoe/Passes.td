@@ -30,6 +30,14 @@ def RaiseOnnx : Pass<"moe-raise-onnx", "::mlir::func::FuncOp"> {
     ops it would become, computed by the CPU reference kernels; a block that
     differs by more than 1e-4 relative L2 stays as it is.
 
+    The proofs bind every model input to ones: an attention-mask input is
+    proved for the unpadded blocks moec trains on, its subgraph becomes
+    `moe.attention`'s causal mask, and the argument, no longer read, is
+    tagged `moe.all_ones` for whoever binds it to check. Weights that the
+    graph rearranges from a parameter (onnxruntime MoE's interleaved fc1
+    computed from Hugging Face's `gate_up_proj`) are read structurally,
+    never evaluated, so weights-free models raise too.
+
     With `require-complete`, a node that is still `moe.onnx_node` afterwards
     is an error naming it, so a driver can refuse a model it cannot train.
   }];

@@ -875,3 +875,19 @@ func.func @recompute_layer(%w: tensor<4xf32>) {
   %n = arith.negf %w {moe.recompute = #moe.recompute<layer = -1, full>} : tensor<4xf32>
   return
 }
+
+// -----
+
+// Tests that moe.all_ones marks only inputs.
+// expected-error@+1 {{'func.func' op has 'moe.all_ones' = unit on argument #0; it is a unit attribute of a function argument with 'moe.input'}}
+func.func @all_ones_not_input(%w: tensor<2x4xf32> {moe.parameter = "w", moe.all_ones}) {
+  return
+}
+
+// -----
+
+// Tests that moe.all_ones is a unit attribute.
+// expected-error@+1 {{'func.func' op has 'moe.all_ones' = true on argument #0; it is a unit attribute of a function argument with 'moe.input'}}
+func.func @all_ones_value(%m: tensor<2x4xi64> {moe.input = "attention_mask", moe.all_ones = true}) {
+  return
+}

@@ -48,3 +48,19 @@ func.func @forward(%ids: tensor<2x8xi64> {moe.input = "input_ids"},
   %o = moe.lm_head %h, %head : (tensor<2x8x16xf32>, tensor<64x16xf32>) -> tensor<2x8x64xf32>
   return %o : tensor<2x8x64xf32>
 }
+
+// -----
+
+// Tests that an input tagged moe.all_ones (a mask the raising removed) is
+// bound to ones, and said so; one the forward still reads is refused.
+// expected-remark@+2 {{input 'attention_mask' is bound to all ones: the training step runs on packed blocks without padding}}
+// expected-error@+1 {{'func.func' op reads input 'other_mask', tagged 'moe.all_ones' as an input it no longer reads}}
+func.func @forward(%ids: tensor<2x8xi64> {moe.input = "input_ids"},
+                   %mask: tensor<2x8xi64> {moe.input = "attention_mask", moe.all_ones},
+                   %other: tensor<2x8xi64> {moe.input = "other_mask", moe.all_ones},
+                   %table: tensor<64x16xf32> {moe.parameter = "embed.weight"},
+                   %head: tensor<64x16xf32> {moe.parameter = "lm_head.weight"}) -> tensor<2x8x64xf32> {
+  %h = moe.embedding %table[%other] : (tensor<64x16xf32>, tensor<2x8xi64>) -> tensor<2x8x16xf32>
+  %o = moe.lm_head %h, %head : (tensor<2x8x16xf32>, tensor<64x16xf32>) -> tensor<2x8x64xf32>
+  return %o : tensor<2x8x64xf32>
+}

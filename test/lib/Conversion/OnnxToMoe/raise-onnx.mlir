@@ -143,6 +143,53 @@ func.func @ort_moe(%x: tensor<2x8x32xf32> {moe.input = "x"},
 
 // -----
 
+// Tests fc1 interleaved from the checkpoint layout by Split, Unsqueeze,
+// Concat and Reshape (as torch's chunk/stack/flatten export), and by Slices
+// with a Cast and a Transpose pair around down: read structurally, the
+// experts take the parameters themselves. Gate and up stacked the wrong
+// way round (up rows first) are not Mixtral's interleave: not raised.
+// CHECK-LABEL: func.func @ort_moe_rearranged
+// CHECK-SAME: %[[GU:[^:]+]]: tensor<4x128x32xf32>
+// CHECK-SAME: %[[DOWN:[^:]+]]: tensor<4x32x64xf32>
+// CHECK: moe.experts %{{.+}}, %{{.+}}, %{{.+}}, %[[GU]], %[[DOWN]] {gate_up_layout = #moe.gate_up_layout<concatenated>}
+// CHECK: moe.experts %{{.+}}, %{{.+}}, %{{.+}}, %[[GU]], %[[DOWN]] {gate_up_layout = #moe.gate_up_layout<concatenated>}
+// CHECK: moe.onnx_node "MoE"
+func.func @ort_moe_rearranged(%x: tensor<16x32xf32> {moe.input = "x"},
+                              %wr: tensor<4x32xf32> {moe.parameter = "mlp.gate.weight"},
+                              %gu: tensor<4x128x32xf32> {moe.parameter = "mlp.experts.gate_up_proj"},
+                              %down: tensor<4x32x64xf32> {moe.parameter = "mlp.experts.down_proj"}) -> (tensor<16x32xf32>, tensor<16x32xf32>, tensor<16x32xf32>) {
+  %axis2 = arith.constant dense<[2]> : tensor<1xi64>
+  %axis1 = arith.constant dense<[1]> : tensor<1xi64>
+  %zero = arith.constant dense<[0]> : tensor<1xi64>
+  %half = arith.constant dense<[64]> : tensor<1xi64>
+  %end = arith.constant dense<[9223372036854775807]> : tensor<1xi64>
+  %merge = arith.constant dense<[4, 128, 32]> : tensor<3xi64>
+  %t = moe.onnx_node "Transpose"(%wr) {perm = array<i64: 1, 0>} : (tensor<4x32xf32>) -> tensor<32x4xf32>
+  %logits = moe.onnx_node "MatMul"(%x, %t) : (tensor<16x32xf32>, tensor<32x4xf32>) -> tensor<16x4xf32>
+  %gate, %up = moe.onnx_node "Split"(%gu) {axis = 1 : i64, num_outputs = 2 : i64} : (tensor<4x128x32xf32>) -> (tensor<4x64x32xf32>, tensor<4x64x32xf32>)
+  %g3 = moe.onnx_node "Unsqueeze"(%gate, %axis2) : (tensor<4x64x32xf32>, tensor<1xi64>) -> tensor<4x64x1x32xf32>
+  %u3 = moe.onnx_node "Unsqueeze"(%up, %axis2) : (tensor<4x64x32xf32>, tensor<1xi64>) -> tensor<4x64x1x32xf32>
+  %stacked = moe.onnx_node "Concat"(%g3, %u3) {axis = 2 : i64} : (tensor<4x64x1x32xf32>, tensor<4x64x1x32xf32>) -> tensor<4x64x2x32xf32>
+  %fc1 = moe.onnx_node "Reshape"(%stacked, %merge) : (tensor<4x64x2x32xf32>, tensor<3xi64>) -> tensor<4x128x32xf32>
+  %y1 = moe.onnx_node "MoE"(%x, %logits, %fc1, %down) {absent_inputs = array<i64: 3>, activation_type = "swiglu", domain = "com.microsoft", k = 2 : i64, normalize_routing_weights = 1 : i64, swiglu_fusion = 1 : i64} : (tensor<16x32xf32>, tensor<16x4xf32>, tensor<4x128x32xf32>, tensor<4x32x64xf32>) -> tensor<16x32xf32>
+  %gs = moe.onnx_node "Slice"(%gu, %zero, %half, %axis1) : (tensor<4x128x32xf32>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<4x64x32xf32>
+  %us = moe.onnx_node "Slice"(%gu, %half, %end, %axis1) : (tensor<4x128x32xf32>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<4x64x32xf32>
+  %gc = moe.onnx_node "Cast"(%gs) {to = 1 : i64} : (tensor<4x64x32xf32>) -> tensor<4x64x32xf32>
+  %g4 = moe.onnx_node "Unsqueeze"(%gc, %axis2) : (tensor<4x64x32xf32>, tensor<1xi64>) -> tensor<4x64x1x32xf32>
+  %u4 = moe.onnx_node "Unsqueeze"(%us, %axis2) : (tensor<4x64x32xf32>, tensor<1xi64>) -> tensor<4x64x1x32xf32>
+  %stacked2 = moe.onnx_node "Concat"(%g4, %u4) {axis = 2 : i64} : (tensor<4x64x1x32xf32>, tensor<4x64x1x32xf32>) -> tensor<4x64x2x32xf32>
+  %fc1b = moe.onnx_node "Reshape"(%stacked2, %merge) : (tensor<4x64x2x32xf32>, tensor<3xi64>) -> tensor<4x128x32xf32>
+  %dt = moe.onnx_node "Transpose"(%down) {perm = array<i64: 0, 2, 1>} : (tensor<4x32x64xf32>) -> tensor<4x64x32xf32>
+  %fc2 = moe.onnx_node "Transpose"(%dt) {perm = array<i64: 0, 2, 1>} : (tensor<4x64x32xf32>) -> tensor<4x32x64xf32>
+  %y2 = moe.onnx_node "MoE"(%x, %logits, %fc1b, %fc2) {absent_inputs = array<i64: 3>, activation_type = "swiglu", domain = "com.microsoft", k = 2 : i64, normalize_routing_weights = 1 : i64, swiglu_fusion = 1 : i64} : (tensor<16x32xf32>, tensor<16x4xf32>, tensor<4x128x32xf32>, tensor<4x32x64xf32>) -> tensor<16x32xf32>
+  %swapped = moe.onnx_node "Concat"(%u3, %g3) {axis = 2 : i64} : (tensor<4x64x1x32xf32>, tensor<4x64x1x32xf32>) -> tensor<4x64x2x32xf32>
+  %fc1c = moe.onnx_node "Reshape"(%swapped, %merge) : (tensor<4x64x2x32xf32>, tensor<3xi64>) -> tensor<4x128x32xf32>
+  %y3 = moe.onnx_node "MoE"(%x, %logits, %fc1c, %down) {absent_inputs = array<i64: 3>, activation_type = "swiglu", domain = "com.microsoft", k = 2 : i64, normalize_routing_weights = 1 : i64, swiglu_fusion = 1 : i64} : (tensor<16x32xf32>, tensor<16x4xf32>, tensor<4x128x32xf32>, tensor<4x32x64xf32>) -> tensor<16x32xf32>
+  return %y1, %y2, %y3 : tensor<16x32xf32>, tensor<16x32xf32>, tensor<16x32xf32>
+}
+
+// -----
+
 // Tests that onnxruntime's MoE with fc1 given directly keeps the interleaved
 // layout, and that an activation other than plain SwiGLU is not raised.
 // CHECK-LABEL: func.func @ort_moe_layouts

@@ -1,0 +1,356 @@
+//===- ParameterLayout.cpp - Parameters rearranged in a graph -------------===//
+//
+// See ParameterLayout.h.
+//
+//===----------------------------------------------------------------------===//
+
+#include "ParameterLayout.h"
+
+#include "dialects/Moe/IR/MoeOps.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+
+#include <algorithm>
+#include <deque>
+
+using namespace mlir;
+using namespace moec;
+
+namespace {
+
+using Digits = SmallVector<LayoutDigit, 2>;
+
+int64_t product(ArrayRef<LayoutDigit> digits) {
+  int64_t n = 1;
+  for (const LayoutDigit &d : digits)
+    n *= d.size;
+  return n;
+}
+
+/// The static shape of `v`, or nothing.
+std::optional<SmallVector<int64_t>> staticShape(Value v) {
+  auto type = dyn_cast<RankedTensorType>(v.getType());
+  if (!type || !type.hasStaticShape())
+    return std::nullopt;
+  return SmallVector<int64_t>(type.getShape());
+}
+
+/// The elements of an integer constant.
+std::optional<SmallVector<int64_t>> intsOf(Value v) {
+  auto constant = v.getDefiningOp<arith::ConstantOp>();
+  auto dense = constant ? dyn_cast<DenseIntElementsAttr>(constant.getValue())
+                        : DenseIntElementsAttr();
+  if (!dense)
+    return std::nullopt;
+  SmallVector<int64_t> out;
+  for (APInt x : dense.getValues<APInt>())
+    out.push_back(x.getSExtValue());
+  return out;
+}
+
+/// An axis attribute or input normalised to [0, rank), or nothing.
+std::optional<int64_t> normalizeAxis(int64_t axis, int64_t rank) {
+  if (axis < -rank || axis >= rank)
+    return std::nullopt;
+  return axis < 0 ? axis + rank : axis;
+}
+
+/// Regroups the digits of `layout` into the axes of `shape` (a row-major
+/// reshape), splitting a digit where an axis boundary falls inside it.
+std::optional<ParameterLayout> reshape(ParameterLayout layout,
+                                       ArrayRef<int64_t> shape) {
+  std::deque<LayoutDigit> digits;
+  for (const Digits &axis : layout.axes)
+    for (const LayoutDigit &d : axis)
+      if (d.size != 1)
+        digits.push_back(d);
+  ParameterLayout out{layout.parameter, layout.offset, {}};
+  for (int64_t size : shape) {
+    Digits axis;
+    int64_t rest = size;
+    while (rest > 1) {
+      if (digits.empty())
+        return std::nullopt;
+      LayoutDigit d = digits.front();
+      digits.pop_front();
+      if (rest % d.size == 0) {
+        axis.push_back(d);
+        rest /= d.size;
+      } else if (d.size % rest == 0) {
+        // The axis takes the outer part of the digit; the inner part stays.
+        int64_t inner = d.size / rest;
+        axis.push_back({rest, d.stride * inner});
+        digits.push_front({inner, d.stride});
+        rest = 1;
+      } else {
+        return std::nullopt;
+      }
+    }
+    out.axes.push_back(std::move(axis));
+  }
+  if (!digits.empty())
+    return std::nullopt;
+  return out;
+}
+
+/// Keeps `count` values of `axis` from `start` on, `step` apart.
+bool slice(ParameterLayout &layout, int64_t axis, int64_t start, int64_t count,
+           int64_t step) {
+  Digits &digits = layout.axes[axis];
+  llvm::erase_if(digits, [](const LayoutDigit &d) { return d.size == 1; });
+  if (count <= 0)
+    return false;
+  if (digits.empty())
+    return start == 0 && count == 1;
+  if (digits.size() == 1) {
+    layout.offset += start * digits[0].stride;
+    digits[0] = {count, digits[0].stride * step};
+    return true;
+  }
+  // Several digits: only whole steps of the outermost one.
+  int64_t inner = product(ArrayRef<LayoutDigit>(digits).drop_front());
+  if (step != 1 || start % inner != 0 || count % inner != 0)
+    return false;
+  layout.offset += start / inner * digits[0].stride;
+  digits[0].size = count / inner;
+  return true;
+}
+
+/// Concatenates `parts` along `axis`: equal parts at a constant offset step
+/// add an outer digit; single-digit parts that continue each other merge.
+std::optional<ParameterLayout> concat(ArrayRef<ParameterLayout> parts,
+                                      int64_t axis) {
+  ParameterLayout first = parts.front();
+  for (const ParameterLayout &part : parts) {
+    if (part.parameter != first.parameter ||
+        part.axes.size() != first.axes.size())
+      return std::nullopt;
+    for (size_t a = 0; a < part.axes.size(); ++a)
+      if (static_cast<int64_t>(a) != axis && part.axes[a] != first.axes[a])
+        return std::nullopt;
+  }
+  bool equal = llvm::all_of(parts, [&](const ParameterLayout &p) {
+    return p.axes[axis] == first.axes[axis];
+  });
+  if (equal && parts.size() > 1) {
+    int64_t step = parts[1].offset - parts[0].offset;
+    for (size_t i = 0; i < parts.size(); ++i)
+      if (parts[i].offset != first.offset + static_cast<int64_t>(i) * step)
+        return std::nullopt;
+    ParameterLayout out = first;
+    out.axes[axis].insert(out.axes[axis].begin(),
+                          {static_cast<int64_t>(parts.size()), step});
+    return out;
+  }
+  // Contiguous runs of one stride: [a, b) then [b, c).
+  int64_t stride = 0, size = 0;
+  for (const ParameterLayout &part : parts) {
+    const Digits &digits = part.axes[axis];
+    if (digits.size() != 1 || (stride && digits[0].stride != stride) ||
+        part.offset != first.offset + size * digits[0].stride)
+      return std::nullopt;
+    stride = digits[0].stride;
+    size += digits[0].size;
+  }
+  ParameterLayout out = first;
+  out.axes[axis] = {{size, stride}};
+  return out;
+}
+
+/// The `index`-th output of Split(`input`) along `axis` as (start, count).
+std::optional<std::pair<int64_t, int64_t>>
+splitRange(moe::OnnxNodeOp split, int64_t axisSize, unsigned index) {
+  SmallVector<int64_t> sizes;
+  if (split.getInputs().size() == 2) {
+    std::optional<SmallVector<int64_t>> given = intsOf(split.getInputs()[1]);
+    if (!given)
+      return std::nullopt;
+    sizes = *given;
+  } else {
+    int64_t parts = split.getOutputs().size();
+    if (auto n = split->getAttrOfType<IntegerAttr>("num_outputs"))
+      parts = n.getInt();
+    int64_t chunk = (axisSize + parts - 1) / parts;
+    for (int64_t i = 0; i < parts; ++i)
+      sizes.push_back(std::min(chunk, axisSize - i * chunk));
+  }
+  if (index >= sizes.size())
+    return std::nullopt;
+  int64_t start = 0;
+  for (unsigned i = 0; i < index; ++i)
+    start += sizes[i];
+  return std::make_pair(start, sizes[index]);
+}
+
+std::optional<ParameterLayout> trace(Value value, int depth) {
+  std::optional<SmallVector<int64_t>> shape = staticShape(value);
+  if (!shape || depth > 64)
+    return std::nullopt;
+  if (auto arg = dyn_cast<BlockArgument>(value)) {
+    auto func = dyn_cast<func::FuncOp>(arg.getOwner()->getParentOp());
+    if (!func || !func.getArgAttr(arg.getArgNumber(),
+                                  moe::MoeDialect::getParameterAttrName()))
+      return std::nullopt;
+    return ParameterLayout::identity(value);
+  }
+  auto node = value.getDefiningOp<moe::OnnxNodeOp>();
+  if (!node || !node.getDomain().empty() || node.getInputs().empty())
+    return std::nullopt;
+  StringRef op = node.getOpType();
+  Value input = node.getInputs()[0];
+  std::optional<SmallVector<int64_t>> inputShape = staticShape(input);
+  if (!inputShape)
+    return std::nullopt;
+  int64_t rank = inputShape->size();
+
+  if (op == "Identity" ||
+      (op == "Cast" && input.getType() == value.getType()))
+    return trace(input, depth + 1);
+  if (op == "Reshape" || op == "Unsqueeze" || op == "Squeeze" ||
+      op == "Flatten") {
+    std::optional<ParameterLayout> in = trace(input, depth + 1);
+    return in ? reshape(*in, *shape) : std::nullopt;
+  }
+  if (op == "Transpose") {
+    std::optional<ParameterLayout> in = trace(input, depth + 1);
+    if (!in)
+      return std::nullopt;
+    SmallVector<int64_t> perm;
+    if (auto attr = node->getAttrOfType<DenseI64ArrayAttr>("perm"))
+      perm.assign(attr.asArrayRef().begin(), attr.asArrayRef().end());
+    else
+      for (int64_t a = rank - 1; a >= 0; --a)
+        perm.push_back(a);
+    if (static_cast<int64_t>(perm.size()) != rank)
+      return std::nullopt;
+    ParameterLayout out{in->parameter, in->offset, {}};
+    for (int64_t a : perm) {
+      if (a < 0 || a >= rank)
+        return std::nullopt;
+      out.axes.push_back(in->axes[a]);
+    }
+    return out;
+  }
+  if (op == "Slice") {
+    if (node.getInputs().size() < 3 || node->hasAttr("absent_inputs"))
+      return std::nullopt;
+    std::optional<ParameterLayout> in = trace(input, depth + 1);
+    std::optional<SmallVector<int64_t>> starts = intsOf(node.getInputs()[1]);
+    std::optional<SmallVector<int64_t>> ends = intsOf(node.getInputs()[2]);
+    std::optional<SmallVector<int64_t>> axes, steps;
+    if (node.getInputs().size() > 3)
+      axes = intsOf(node.getInputs()[3]);
+    else
+      axes.emplace(llvm::to_vector(
+          llvm::seq<int64_t>(0, starts ? starts->size() : 0)));
+    if (node.getInputs().size() > 4)
+      steps = intsOf(node.getInputs()[4]);
+    else
+      steps.emplace(starts ? starts->size() : 0, 1);
+    if (!in || !starts || !ends || !axes || !steps ||
+        starts->size() != ends->size() || starts->size() != axes->size() ||
+        starts->size() != steps->size())
+      return std::nullopt;
+    for (size_t i = 0; i < starts->size(); ++i) {
+      std::optional<int64_t> axis = normalizeAxis((*axes)[i], rank);
+      int64_t step = (*steps)[i];
+      if (!axis || step <= 0)
+        return std::nullopt;
+      int64_t size = (*inputShape)[*axis];
+      auto clamp = [&](int64_t x) {
+        if (x < 0)
+          x += size;
+        return std::clamp<int64_t>(x, 0, size);
+      };
+      int64_t start = clamp((*starts)[i]), end = clamp((*ends)[i]);
+      int64_t count = end > start ? (end - start + step - 1) / step : 0;
+      if (count != (*shape)[*axis] || !slice(*in, *axis, start, count, step))
+        return std::nullopt;
+    }
+    return in;
+  }
+  if (op == "Split") {
+    std::optional<ParameterLayout> in = trace(input, depth + 1);
+    auto axisAttr = node->getAttrOfType<IntegerAttr>("axis");
+    std::optional<int64_t> axis =
+        normalizeAxis(axisAttr ? axisAttr.getInt() : 0, rank);
+    if (!in || !axis)
+      return std::nullopt;
+    unsigned index = cast<OpResult>(value).getResultNumber();
+    std::optional<std::pair<int64_t, int64_t>> range =
+        splitRange(node, (*inputShape)[*axis], index);
+    if (!range || range->second != (*shape)[*axis] ||
+        !slice(*in, *axis, range->first, range->second, 1))
+      return std::nullopt;
+    return in;
+  }
+  if (op == "Concat") {
+    auto axisAttr = node->getAttrOfType<IntegerAttr>("axis");
+    std::optional<int64_t> axis =
+        axisAttr ? normalizeAxis(axisAttr.getInt(), rank) : std::nullopt;
+    if (!axis)
+      return std::nullopt;
+    SmallVector<ParameterLayout> parts;
+    for (Value in : node.getInputs()) {
+      std::optional<ParameterLayout> part = trace(in, depth + 1);
+      if (!part)
+        return std::nullopt;
+      part->normalize();
+      parts.push_back(*part);
+    }
+    return concat(parts, *axis);
+  }
+  return std::nullopt;
+}
+
+} // namespace
+
+ParameterLayout ParameterLayout::identity(Value parameter) {
+  auto type = cast<RankedTensorType>(parameter.getType());
+  ParameterLayout layout{parameter, 0, {}};
+  int64_t stride = type.getNumElements();
+  for (int64_t size : type.getShape()) {
+    stride = size ? stride / size : 0;
+    layout.axes.push_back({{size, stride}});
+  }
+  return layout;
+}
+
+ParameterLayout ParameterLayout::interleavedGateUp(Value gateUp) {
+  ArrayRef<int64_t> shape =
+      cast<RankedTensorType>(gateUp.getType()).getShape();
+  int64_t rows = shape[1], hidden = shape[2];
+  ParameterLayout layout{gateUp, 0, {}};
+  layout.axes.push_back({{shape[0], rows * hidden}});
+  // Row r = 2j + c (j outer, c inner) is row c·I + j of the parameter.
+  layout.axes.push_back({{rows / 2, hidden}, {2, rows / 2 * hidden}});
+  layout.axes.push_back({{hidden, 1}});
+  return layout;
+}
+
+void ParameterLayout::normalize() {
+  for (Digits &digits : axes) {
+    llvm::erase_if(digits, [](const LayoutDigit &d) { return d.size == 1; });
+    Digits merged;
+    for (const LayoutDigit &d : digits) {
+      if (!merged.empty() && merged.back().stride == d.size * d.stride)
+        merged.back() = {merged.back().size * d.size, d.stride};
+      else
+        merged.push_back(d);
+    }
+    digits = std::move(merged);
+  }
+}
+
+bool ParameterLayout::sameAs(ParameterLayout other) const {
+  ParameterLayout self = *this;
+  self.normalize();
+  other.normalize();
+  return self.parameter == other.parameter && self.offset == other.offset &&
+         self.axes == other.axes;
+}
+
+std::optional<ParameterLayout> moec::traceParameterLayout(Value value) {
+  return trace(value, 0);
+}

@@ -1,0 +1,76 @@
+//===- ParameterLayout.h - Parameters rearranged in a graph -----*- C++ -*-===//
+//
+// Exporters often hand an op not a parameter but a rearrangement of one:
+// onnxruntime's MoE wants the gate and up rows of Hugging Face's
+// `gate_up_proj` interleaved, and the graph computes that from the
+// checkpoint-layout initializer with Split/Slice, Unsqueeze, Concat,
+// Reshape and Transpose nodes. traceParameterLayout() reads such a subgraph
+// structurally, without the parameter's values (a weights-free model has
+// none): it says, for every element of the result, which element of the
+// parameter it is.
+//
+// The answer is a strided layout over the parameter's row-major elements:
+// each axis of the result is a mixed-radix number whose digits (outermost
+// first) each step through the parameter with a stride, plus an offset.
+// Transpose permutes axes; reshapes (Reshape, Unsqueeze, Squeeze, Flatten)
+// regroup digits, splitting one where a new axis boundary falls inside it
+// (and failing where sizes do not divide); Slice and Split move the offset
+// and narrow or stride a digit; a Concat of layouts that differ only by a
+// constant offset step along the axis adds a digit. Identity and Casts to
+// the same type change nothing. Anything else is not a rearrangement of one
+// parameter, and the trace fails.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOEC_LIB_CONVERSION_ONNXTOMOE_PARAMETERLAYOUT_H
+#define MOEC_LIB_CONVERSION_ONNXTOMOE_PARAMETERLAYOUT_H
+
+#include "mlir/IR/Value.h"
+#include "llvm/ADT/SmallVector.h"
+
+#include <cstdint>
+#include <optional>
+
+namespace moec {
+
+/// One digit of an axis: `size` values, `stride` parameter elements apart.
+struct LayoutDigit {
+  int64_t size;
+  int64_t stride;
+  bool operator==(const LayoutDigit &other) const {
+    return size == other.size && stride == other.stride;
+  }
+};
+
+/// Element (i_0, ..., i_{r-1}) of a tensor is element `offset` + sum over
+/// axes a and digits k of digit_k(i_a) * stride_k of `parameter` (flat,
+/// row-major), where digit_k(i_a) are the mixed-radix digits of i_a in the
+/// sizes of axis a's digits, outermost first.
+struct ParameterLayout {
+  mlir::Value parameter;
+  int64_t offset = 0;
+  llvm::SmallVector<llvm::SmallVector<LayoutDigit, 2>> axes;
+
+  /// The parameter itself: one digit per axis, row-major strides.
+  static ParameterLayout identity(mlir::Value parameter);
+  /// Hugging Face's `gate_up_proj` [E, 2I, H] (gate rows, then up rows)
+  /// with its rows interleaved as onnxruntime's MoE wants them: row 2j is
+  /// gate row j, row 2j + 1 up row j.
+  static ParameterLayout interleavedGateUp(mlir::Value gateUp);
+
+  /// Drops digits of size 1 and merges neighbours that step as one, so that
+  /// two layouts of the same element map compare equal.
+  void normalize();
+  /// Whether both map every element to the same one of the same parameter.
+  bool sameAs(ParameterLayout other) const;
+};
+
+/// The layout of `value` over the one parameter (a function argument tagged
+/// moe.parameter) it is rearranged from by ONNX data-movement nodes, or
+/// nothing when it is not such a rearrangement (or its shapes are not
+/// static).
+std::optional<ParameterLayout> traceParameterLayout(mlir::Value value);
+
+} // namespace moec
+
+#endif // MOEC_LIB_CONVERSION_ONNXTOMOE_PARAMETERLAYOUT_H

@@ -1,0 +1,331 @@
+"""Export Hugging Face Mixtral to ONNX the way users do, not the way moec does.
+
+Usage (from the repository root)::
+
+    PYTHONPATH=python python -m moec.user_exports --form mask-sdpa --dynamic -o model.onnx
+    PYTHONPATH=python python -m moec.user_exports --fixtures test/Inputs/user
+    PYTHONPATH=python python -m moec.user_exports --form ort-hf --config mixtral-8x7b \\
+        --dynamic --no-weights -o test/Inputs/mixtral-8x7b/user-ort-hf.onnx
+
+Where :mod:`moec.export` shapes its exports for moec (one ``input_ids``
+input, parameters kept by name, eager attention), this script does what a
+user of transformers and torch.onnx would: the stock ``MixtralForCausalLM``
+called with a tokenizer's output (``input_ids`` and ``attention_mask``, both
+graph inputs), ``use_cache=False``, ``torch.onnx.export(..., dynamo=True)``
+with its defaults (its own optimiser, which renames folded weights ``val_*``).
+The forms:
+
+``mask-eager``, ``mask-sdpa``
+    the model with ``attn_implementation`` eager or sdpa and
+    ``experts_implementation="batched_mm"`` (transformers' default
+    ``grouped_mm`` does not export);
+``ort-hf``
+    each sparse MoE block replaced by a module that interleaves the gate and
+    up rows of ``gate_up_proj`` in PyTorch (``chunk``, ``stack``,
+    ``flatten``) and calls one custom op that the export translates to
+    onnxruntime's ``com.microsoft::MoE``. Exported with ``optimize=False``
+    (as a model without weights must be), then optimised with the
+    parameters as external data, so the interleave stays in the graph as
+    ``Split``/``Unsqueeze``/``Concat``/``Reshape`` on Hugging Face-layout
+    initialisers;
+``custom-grouped-mm``
+    ``experts_implementation="grouped_mm"`` with transformers' grouped matmul
+    translated to an op of the user's own domain, ``custom::GroupedGemm``
+    (the semantics of ``moec::GroupedMatMul``), which moec imports with
+    ``--custom-op custom::GroupedGemm=grouped_matmul``.
+
+Every form takes ``attention_mask``; ``--dynamic`` makes batch and sequence
+symbolic. ``--no-weights`` builds the model with fake parameters and stores
+every parameter as an external-data reference to a file that is not written.
+Node metadata (stack traces with local paths) is dropped; nothing else is
+changed.
+
+``--fixtures DIR`` writes the tiny test models of ``test/Inputs/user`` and
+their inputs (``data_b2s8``, ``data_b1s13``: ``input_0.pb`` token ids,
+``input_1.pb`` the all-ones mask, ``output_0.pb`` PyTorch's logits), and
+checks each file against PyTorch with onnxruntime (``custom-grouped-mm``:
+onnx's reference evaluator with a numpy grouped matmul).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxscript
+import onnxscript.optimizer
+import torch
+from onnxscript import opset18 as op
+from transformers import MixtralConfig, MixtralForCausalLM
+
+from moec.check_ort import reference_evaluator
+from moec.export import MSFT_DOMAIN, register_onnx_schemas
+from moec.presets import load_config
+
+FORMS = ("mask-eager", "mask-sdpa", "ort-hf", "custom-grouped-mm")
+
+#: The domain and name of the user's grouped matmul in form custom-grouped-mm.
+CUSTOM_DOMAIN = "custom"
+CUSTOM_OP = "GroupedGemm"
+
+#: A smaller Mixtral than the preset ``tiny``, so that each fixture is tens of KB.
+SMALL = dict(
+    vocab_size=128,
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    num_local_experts=4,
+    num_experts_per_tok=2,
+    max_position_embeddings=64,
+    rope_theta=1e6,
+    tie_word_embeddings=False,
+)
+
+#: (batch, seq) of each fixture data set; the static fixtures use the first.
+SHAPES = ((2, 8), (1, 13))
+SEED = 0
+REL_L2_TOLERANCE = 1e-5
+
+
+# ---------------------------------------------------------------------------
+# Form ort-hf: the user's MoE block and its translation
+# ---------------------------------------------------------------------------
+
+
+@torch.library.custom_op("user::mixtral_moe", mutates_args=())
+def mixtral_moe(hidden: torch.Tensor, router: torch.Tensor, fc1: torch.Tensor, fc2: torch.Tensor,
+                top_k: int) -> torch.Tensor:
+    """Mixtral's sparse MoE block with onnxruntime's weight layout (fc1 rows gate0, up0, gate1, ...)."""
+    x = hidden.reshape(-1, hidden.shape[-1])
+    weights, experts = torch.topk(torch.softmax(x @ router.t(), dim=-1), top_k, dim=-1)
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    projected = torch.einsum("th,eoh->teo", x, fc1)
+    gate, up = projected[..., 0::2], projected[..., 1::2]
+    out = torch.einsum("tei,ehi->teh", torch.nn.functional.silu(gate) * up, fc2)
+    chosen = out.gather(1, experts.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    return (chosen * weights.unsqueeze(-1)).sum(dim=1).reshape(hidden.shape)
+
+
+@mixtral_moe.register_fake
+def _mixtral_moe_fake(hidden, router, fc1, fc2, top_k):
+    return torch.empty_like(hidden)
+
+
+class OrtMoeBlock(torch.nn.Module):
+    """A ``MixtralSparseMoeBlock`` as one ``user::mixtral_moe`` call, same parameters."""
+
+    def __init__(self, block: torch.nn.Module):
+        super().__init__()
+        self.top_k = block.top_k
+        self.gate = block.gate
+        self.experts = block.experts
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        gate, up = self.experts.gate_up_proj.chunk(2, dim=1)  # [E, I, H] each
+        fc1 = torch.stack((gate, up), dim=2).flatten(1, 2)  # rows gate0, up0, gate1, up1, ...
+        return torch.ops.user.mixtral_moe(hidden_states, self.gate.weight, fc1, self.experts.down_proj, self.top_k)
+
+
+def _translate_mixtral_moe(hidden, router, fc1, fc2, top_k: int):
+    msft = onnxscript.values.Opset(MSFT_DOMAIN, 1)
+    x = op.Reshape(hidden, op.Constant(value_ints=[-1, int(fc1.shape[2])]))
+    logits = op.MatMul(x, op.Transpose(router, perm=[1, 0]))
+    y = msft.MoE(x, logits, fc1, None, fc2, activation_type="swiglu", activation_alpha=1.0,
+                 activation_beta=0.0, swiglu_fusion=1, k=top_k, normalize_routing_weights=1)
+    return op.Reshape(y, op.Shape(hidden))
+
+
+def _translate_grouped_mm(input, weight, offs):
+    custom = onnxscript.values.Opset(CUSTOM_DOMAIN, 1)
+    return custom.GroupedGemm(input, weight, offs)
+
+
+def _grouped_gemm_schema() -> onnx.defs.OpSchema:
+    schema = onnx.defs.OpSchema
+    return schema(
+        CUSTOM_OP, CUSTOM_DOMAIN, 1, doc="grouped matmul (torch grouped_mm)",
+        inputs=[schema.FormalParameter("X", "T"), schema.FormalParameter("W", "T"),
+                schema.FormalParameter("offsets", "I")],
+        outputs=[schema.FormalParameter("Y", "T")],
+        type_constraints=[("T", ["tensor(float)"], ""), ("I", ["tensor(int32)", "tensor(int64)"], "")],
+    )
+
+
+# ---------------------------------------------------------------------------
+# Export
+# ---------------------------------------------------------------------------
+
+
+def build(config: MixtralConfig, form: str, *, weights: bool) -> torch.nn.Module:
+    """The stock model for ``form`` (seeded weights, or fake parameters)."""
+    attn = "eager" if form == "mask-eager" else "sdpa"
+    experts = "grouped_mm" if form == "custom-grouped-mm" else "batched_mm"
+    if weights:
+        torch.manual_seed(SEED)
+        model = MixtralForCausalLM._from_config(config, attn_implementation=attn, experts_implementation=experts)
+    else:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+        with FakeTensorMode(allow_non_fake_inputs=True, shape_env=ShapeEnv()):
+            model = MixtralForCausalLM._from_config(config, attn_implementation=attn,
+                                                    experts_implementation=experts)
+        model.model.rotary_emb = type(model.model.rotary_emb)(config)  # a buffer, not a parameter
+    model.eval()
+    if form == "ort-hf":
+        for layer in model.model.layers:
+            layer.mlp = OrtMoeBlock(layer.mlp)
+    return model
+
+
+def _drop_node_metadata(model: ir.Model) -> None:
+    for node in model.graph.all_nodes():
+        node.metadata_props.clear()
+        for value in node.outputs:
+            value.metadata_props.clear()
+    for value in [*model.graph.inputs, *model.graph.outputs, *model.graph.initializers.values()]:
+        value.metadata_props.clear()
+
+
+def export(config: MixtralConfig, form: str, output: Path, *, dynamic: bool, weights: bool = True,
+           batch: int = 2, seq: int = 8, model: torch.nn.Module | None = None) -> None:
+    """Exports ``form`` of ``config`` to ``output`` (see the module docstring)."""
+    register_onnx_schemas()
+    if not onnx.defs.has(CUSTOM_OP, 1, CUSTOM_DOMAIN):
+        onnx.defs.register_schema(_grouped_gemm_schema())
+    model = model or build(config, form, weights=weights)
+    ids = torch.randint(0, config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(SEED))
+    mask = torch.ones_like(ids)
+    fake_mode = getattr(model.lm_head.weight, "fake_mode", None)
+    if fake_mode is not None:
+        ids, mask = fake_mode.from_tensor(ids), fake_mode.from_tensor(mask)
+    dynamic_shapes = None
+    if dynamic:
+        dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}
+        dynamic_shapes = {"input_ids": dims, "attention_mask": dims, "use_cache": None}
+    table = {}
+    if form == "ort-hf":
+        table[torch.ops.user.mixtral_moe.default] = _translate_mixtral_moe
+    if form == "custom-grouped-mm":
+        table[torch.ops.transformers.grouped_mm_fallback.default] = _translate_grouped_mm
+    # Without weights (and for ort-hf, whose interleave the optimiser would
+    # fold into a new initialiser) the exporter must not read parameters.
+    external = form == "ort-hf" or fake_mode is not None
+    program = torch.onnx.export(
+        model, (), kwargs={"input_ids": ids, "attention_mask": mask, "use_cache": False},
+        dynamo=True, dynamic_shapes=dynamic_shapes, custom_translation_table=table or None,
+        optimize=not external)
+    ir_model = program.model
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if external:
+        # The parameters as external data (written only when real), then the
+        # stock optimiser, which does not read external data.
+        location = output.stem + ".weights"
+        parameters = dict(model.named_parameters())
+        offset = 0
+        sink = open(output.parent / location, "wb") if fake_mode is None else None
+        for name, tensor in parameters.items():
+            value = ir_model.graph.initializers[name]
+            length = tensor.numel() * tensor.element_size()
+            if sink is not None:
+                sink.write(tensor.detach().contiguous().numpy().tobytes())
+            value.const_value = ir.ExternalTensor(location, offset, length, value.dtype, shape=value.shape,
+                                                  name=name, base_dir=str(output.parent))
+            offset += length
+        if sink is not None:
+            sink.close()
+        onnxscript.optimizer.optimize_ir(ir_model)
+        for node in ir_model.graph.all_nodes():  # onnx has no shape inference for MoE
+            if node.domain == MSFT_DOMAIN and node.op_type == "MoE":
+                node.outputs[0].dtype = node.inputs[0].dtype
+                node.outputs[0].shape = ir.Shape(node.inputs[0].shape)
+    _drop_node_metadata(ir_model)
+    ir.save(ir_model, output)
+    if external and fake_mode is None:
+        # Tiny fixtures keep their weights inline: one self-contained file.
+        proto = onnx.load(str(output))
+        onnx.save(proto, str(output))
+        (output.parent / location).unlink()
+
+
+# ---------------------------------------------------------------------------
+# Fixtures
+# ---------------------------------------------------------------------------
+
+
+def _write_tensor(path: Path, array: np.ndarray, name: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(onnx.numpy_helper.from_array(array, name=name).SerializeToString())
+
+
+def fixtures(out: Path) -> int:
+    """Writes the tiny fixtures into ``out`` and checks them against PyTorch."""
+    import onnxruntime
+
+    config = MixtralConfig(**SMALL)
+    inputs = {}
+    for batch, seq in SHAPES:
+        generator = torch.Generator().manual_seed(1000 * batch + seq)
+        ids = torch.randint(0, config.vocab_size, (batch, seq), generator=generator)
+        inputs[(batch, seq)] = ids
+    reference = build(config, "mask-eager", weights=True)
+    expected = {}
+    with torch.no_grad():
+        for shape, ids in inputs.items():
+            mask = torch.ones_like(ids)
+            expected[shape] = reference(input_ids=ids, attention_mask=mask, use_cache=False).logits.numpy()
+            data = out / f"data_b{shape[0]}s{shape[1]}"
+            _write_tensor(data / "input_0.pb", ids.numpy(), "input_ids")
+            _write_tensor(data / "input_1.pb", mask.numpy(), "attention_mask")
+            _write_tensor(data / "output_0.pb", expected[shape], "logits")
+    files = []
+    for form in FORMS:
+        for dynamic in (True, False) if form.startswith("mask-") else (True,):
+            name = f"{form}-{'dynamic' if dynamic else 'static'}.onnx"
+            export(config, form, out / name, dynamic=dynamic, batch=SHAPES[0][0], seq=SHAPES[0][1])
+            files.append((name, form, dynamic))
+    failed = 0
+    for name, form, dynamic in files:
+        if form == "custom-grouped-mm":
+            run, _ = reference_evaluator(str(out / name), [f"{CUSTOM_DOMAIN}::{CUSTOM_OP}=grouped_matmul"])
+        else:
+            run = onnxruntime.InferenceSession(str(out / name), providers=["CPUExecutionProvider"]).run
+        for shape, ids in inputs.items():
+            if not dynamic and shape != SHAPES[0]:
+                continue
+            (logits,) = run(None, {"input_ids": ids.numpy(), "attention_mask": np.ones_like(ids.numpy())})
+            want = expected[shape].astype(np.float64)
+            rel = float(np.linalg.norm(logits - want) / np.linalg.norm(want))
+            ok = rel <= REL_L2_TOLERANCE
+            failed += not ok
+            print(f"{name:<32} b{shape[0]}s{shape[1]:<3} relative L2 vs PyTorch {rel:.2e} {'ok' if ok else 'FAIL'}")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m moec.user_exports", description=__doc__.splitlines()[0])
+    parser.add_argument("--form", choices=FORMS, help="what to export")
+    parser.add_argument("--config", help="preset name or JSON file of MixtralConfig fields (default: a small model)")
+    parser.add_argument("-o", "--output", type=Path, help="output .onnx path")
+    parser.add_argument("--dynamic", action="store_true", help="symbolic batch and sequence")
+    parser.add_argument("--no-weights", action="store_true", help="fake parameters, as unwritten external data")
+    parser.add_argument("--fixtures", type=Path, help="write the tiny fixtures and their data into this folder")
+    args = parser.parse_args(argv)
+    if args.fixtures:
+        return fixtures(args.fixtures)
+    if not args.form or not args.output:
+        parser.error("--form and -o are needed (or --fixtures)")
+    config = load_config(args.config) if args.config else MixtralConfig(**SMALL)
+    export(config, args.form, args.output, dynamic=args.dynamic, weights=not args.no_weights)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
