@@ -319,15 +319,21 @@ struct CanonicalizeParametersPass
       if (roles.size() < 2 || !replaced.test(param.getArgNumber()))
         continue;
       numUntied += roles.size() - 1;
-      std::string made;
+      SmallVector<const Role *> made;
       for (const Role &role : roles)
-        made += (made.empty() ? "'" : ", '") + role.name + "'";
+        made.push_back(&role);
+      llvm::sort(made, [](const Role *a, const Role *b) {
+        return a->order < b->order;
+      });
+      std::string names;
+      for (const Role *role : made)
+        names += (names.empty() ? "'" : ", '") + role->name + "'";
       auto name = func.getArgAttrOfType<StringAttr>(param.getArgNumber(),
                                                     parameterAttr);
       emitRemark(param.getLoc())
           << "initializer '" << name.getValue() << "' is shared by "
           << roles.size() << " parameters that Mixtral does not tie ("
-          << made << "), merged by the exporter; each is a parameter of its "
+          << names << "), merged by the exporter; each is a parameter of its "
           << "own";
     }
 
