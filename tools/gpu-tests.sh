@@ -191,6 +191,20 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
       echo "train-s$seq" > "$dir/$name.tokens"
     done
   done
+  # What raising leaves over lowers too: the stock export raised without
+  # moe-canonicalize-parameters keeps a linalg.transpose in front of every
+  # [in, out] weight (and of its gradient in the backward), which the
+  # printer lowers as generated copy kernels.
+  name=form-stock-transposed
+  "$moec_bin" import --no-raise "$root/test/Inputs/stock/sdpa-dynamic.onnx" |
+    "${MOEC_OPT:-$(dirname "$moec_bin")/moec-opt}" \
+      --pass-pipeline="builtin.module(func.func(moe-raise-onnx{require-complete},canonicalize,cse))" \
+      -o "$dir/$name.mlir"
+  printf '{"micro_batch_size": 2, "seq_length": 64}\n' > "$dir/$name.json"
+  moec compile "$dir/$name.mlir" --config "$dir/$name.json" -o "$dir/$name" > /dev/null
+  "$moec_bin" train "$dir/$name.mlir" --reference --tokens "$dir/data/train-s64.pb" \
+    --micro-batch-size 2 --steps 3 --dump "$dir/ref-$name" --log "$dir/ref-$name.csv" > /dev/null
+  echo train-s64 > "$dir/$name.tokens"
   if [[ "$only" == forms ]]; then
     echo "prepared $dir (forms)"
     exit 0

@@ -347,7 +347,9 @@ def PlanMemory : Pass<"moe-plan-memory", "::mlir::func::FuncOp"> {
     a buffer lives from its producer to its last use (a value the function
     returns, to the end); reshapes (`tensor.expand_shape`,
     `tensor.collapse_shape`) are views of their source and extend its life;
-    `linalg.transpose` writes into its `outs` buffer. Buffers are placed
+    `linalg.transpose` has a buffer of its own, and the `tensor.empty` that
+    gives its `outs` the type has none (one empty may serve several
+    transposes, whose results live at the same time). Buffers are placed
     largest first at the lowest `alignment`-aligned offset that overlaps no
     buffer alive at the same time. Function arguments (parameters, optimizer
     state, inputs) are the runtime's persistent buffers and not planned;
