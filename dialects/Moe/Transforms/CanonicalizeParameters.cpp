@@ -273,17 +273,20 @@ struct CanonicalizeParametersPass
     MLIRContext *context = &getContext();
     StringAttr parameterAttr =
         StringAttr::get(context, MoeDialect::getParameterAttrName());
+    // Where an argument's value comes from: the initializer it stood for
+    // (recorded already when the argument was rebuilt by an earlier run).
+    auto initializerOf = [&](BlockArgument arg) {
+      unsigned i = arg.getArgNumber();
+      if (auto source = func.getArgAttrOfType<StringAttr>(
+              i, MoeDialect::getInitializerAttrName()))
+        return source.getValue();
+      return func.getArgAttrOfType<StringAttr>(i, parameterAttr).getValue();
+    };
     llvm::BitVector replaced(func.getNumArguments());
     for (const Rebuilt &r : rebuilt) {
       Role &role = *r.role;
       unsigned from = r.from.getArgNumber();
-      StringRef initializer =
-          func.getArgAttrOfType<StringAttr>(from, parameterAttr).getValue();
-      // Where the value comes from: the initializer the argument stood for
-      // (itself possibly rebuilt before, in an earlier run).
-      if (auto source = func.getArgAttrOfType<StringAttr>(
-              from, MoeDialect::getInitializerAttrName()))
-        initializer = source.getValue();
+      StringRef initializer = initializerOf(r.from);
       Type type = r.from.getType();
       SmallVector<NamedAttribute> attrs = {
           NamedAttribute(parameterAttr, StringAttr::get(context, role.name))};
@@ -328,10 +331,8 @@ struct CanonicalizeParametersPass
       std::string names;
       for (const Role *role : made)
         names += (names.empty() ? "'" : ", '") + role->name + "'";
-      auto name = func.getArgAttrOfType<StringAttr>(param.getArgNumber(),
-                                                    parameterAttr);
       emitRemark(param.getLoc())
-          << "initializer '" << name.getValue() << "' is shared by "
+          << "initializer '" << initializerOf(param) << "' is shared by "
           << roles.size() << " parameters that Mixtral does not tie ("
           << names << "), merged by the exporter; each is a parameter of its "
           << "own";
