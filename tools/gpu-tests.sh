@@ -51,14 +51,19 @@
 # < 1e-4; bf16 exports within 2e-2), a learning-rate-0 step exports the
 # checkpoint bit for bit (also from one transformers makes on the GPU
 # machine, and from W = 4 simulated ranks under (P, H) = (2, 2)); the run
-# half needs torch and transformers for those. Exits non-zero on the first
-# failure.
+# half needs torch and transformers for those. Every ONNX form in
+# test/Inputs/{tiny,stock,user} that raises completely (moec's exports and
+# the exports users make) compiles, and its fp32 program's 3 steps equal the
+# CPU reference's as above; `forms` as a third word runs only those. Exits
+# non-zero on the first failure.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 mode="${1:-}"
 dir="${2:-}"
-if [[ -z "$mode" || -z "$dir" ]]; then
-  echo "usage: $0 prepare|prepare-sources|run DIR" >&2
+# An optional third word runs one group of checks alone: `forms`.
+only="${3:-}"
+if [[ -z "$mode" || -z "$dir" || ( -n "$only" && "$only" != forms ) ]]; then
+  echo "usage: $0 prepare|prepare-sources|run DIR [forms]" >&2
   exit 2
 fi
 modes=(aux_loss none sinkhorn balanced)
@@ -93,6 +98,9 @@ partitioned_cases() {
   done
 }
 export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
+# The folders of ONNX forms whose every model that raises completely must
+# train: moec's exports and the exports users make.
+form_folders=(tiny stock user)
 
 # Builds runtime/tests/*.cu into DIR/tests with the runtime libraries in
 # LIBDIR: build_tests DIR LIBDIR CUDNN_LIBRARY NCCL_LIBRARY.
@@ -153,8 +161,57 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
     cp "$build/runtime/libmoert.a" "$build/runtime/libmoert_hf.a" \
       "$build/runtime/libmoert_cudnn.a" "$dir/lib/"
     printf 'cudnn=%q\nnccl=%q\n' "$cudnn" "$nccl" > "$dir/lib/paths.sh"
-  else
+  elif [[ "$only" != forms ]]; then
     build_tests "$dir" "$build/runtime" "$cudnn" "$nccl"
+  fi
+  # Every ONNX form that raises: its fp32 program, and the CPU reference's
+  # 3 steps from the same seed on the fortunes blocks cut to the form's
+  # sequence length (a static form's batch and seq, else 2 x 64).
+  rm -rf "$dir"/form-* "$dir"/ref-form-*
+  for folder in "${form_folders[@]}"; do
+    for model in "$root/test/Inputs/$folder"/*.onnx; do
+      [[ -f "$model" ]] || continue
+      name="form-$folder-$(basename "$model" .onnx)"
+      if ! "$moec_bin" import "$model" --require-complete > /dev/null 2>&1; then
+        echo "SKIPPED: $model does not raise completely"
+        continue
+      fi
+      read -r batch seq < <(python3 -c "import onnx, sys; dims = onnx.load(sys.argv[1], load_external_data=False).graph.input[0].type.tensor_type.shape.dim; static = all(d.HasField('dim_value') for d in dims); print(*(d.dim_value for d in dims) if static else (2, 64))" "$model")
+      tokens="$dir/data/train-s$seq"
+      if [[ ! -f "$tokens.pb" ]]; then
+        python3 -c "import numpy as np, onnx, onnx.numpy_helper as h, sys; blocks = h.to_array(onnx.load_tensor(sys.argv[1])); s = int(sys.argv[3]); cut = blocks[:, : blocks.shape[1] // s * s].reshape(-1, s); open(sys.argv[2], 'wb').write(h.from_array(np.ascontiguousarray(cut), 'input_ids').SerializeToString())" \
+          "$root/test/Inputs/fortunes/train.pb" "$tokens.pb" "$seq"
+        python3 -m moec.tokens "$tokens.pb" "$tokens.bin"
+      fi
+      printf '{"micro_batch_size": %d, "seq_length": %d}\n' "$batch" "$seq" > "$dir/$name.json"
+      if ! moec compile "$model" --config "$dir/$name.json" -o "$dir/$name" > "$dir/$name.log" 2>&1; then
+        cat "$dir/$name.log"
+        echo "error: moec compile failed on $model, which raises" >&2
+        exit 1
+      fi
+      "$moec_bin" train "$model" --reference --tokens "$tokens.pb" \
+        --micro-batch-size "$batch" --steps 3 \
+        --dump "$dir/ref-$name" --log "$dir/ref-$name.csv" > /dev/null
+      echo "train-s$seq" > "$dir/$name.tokens"
+    done
+  done
+  # What raising leaves over lowers too: the stock export raised without
+  # moe-canonicalize-parameters keeps a linalg.transpose in front of every
+  # [in, out] weight (and of its gradient in the backward), which the
+  # printer lowers as generated copy kernels.
+  name=form-stock-transposed
+  "$moec_bin" import --no-raise "$root/test/Inputs/stock/sdpa-dynamic.onnx" |
+    "${MOEC_OPT:-$(dirname "$moec_bin")/moec-opt}" \
+      --pass-pipeline="builtin.module(func.func(moe-raise-onnx{require-complete},canonicalize,cse))" \
+      -o "$dir/$name.mlir"
+  printf '{"micro_batch_size": 2, "seq_length": 64}\n' > "$dir/$name.json"
+  moec compile "$dir/$name.mlir" --config "$dir/$name.json" -o "$dir/$name" > /dev/null
+  "$moec_bin" train "$dir/$name.mlir" --reference --tokens "$dir/data/train-s64.pb" \
+    --micro-batch-size 2 --steps 3 --dump "$dir/ref-$name" --log "$dir/ref-$name.csv" > /dev/null
+  echo train-s64 > "$dir/$name.tokens"
+  if [[ "$only" == forms ]]; then
+    echo "prepared $dir (forms)"
+    exit 0
   fi
   python3 -m moec.tokens "$root/test/Inputs/fortunes/train.pb" "$dir/data/train.bin"
   model="$root/test/Inputs/tiny/tiny-ort.onnx"
@@ -260,16 +317,35 @@ fi
 
 [[ "$mode" == run ]] || { echo "unknown mode '$mode'" >&2; exit 2; }
 if [[ -f "$dir/lib/paths.sh" ]]; then
-  # Prepared by prepare-sources: build the tests and every program here.
+  # Prepared by prepare-sources: build the tests and every program here
+  # (with `forms`, the forms' programs only).
   # shellcheck disable=SC1091
   source "$dir/lib/paths.sh"
-  build_tests "$dir" "$dir/lib" "$cudnn" "$nccl"
-  find "$dir" -name build.sh -print0 |
+  programs=("$dir")
+  if [[ "$only" == forms ]]; then
+    programs=("$dir"/form-*/)
+  else
+    build_tests "$dir" "$dir/lib" "$cudnn" "$nccl"
+  fi
+  find "${programs[@]}" -name build.sh -print0 |
     MOERT_INCLUDE_DIR="$root/runtime/include" MOERT_LIBRARY_DIR="$dir/lib" \
       xargs -0 -P "$(nproc)" -n 1 sh
 fi
 out="$dir/out"
 rm -rf "$out" && mkdir -p "$out"
+for program in "$dir"/form-*/train_step; do
+  [[ -x "$program" ]] || continue
+  name="$(basename "$(dirname "$program")")"
+  tokens="$(cat "$dir/$name.tokens")"
+  echo "== fp32, ONNX form $name: 3 steps against the CPU reference"
+  "$program" --tokens "$dir/data/$tokens.bin" --steps 3 --log "$out/$name.csv" --dump "$out/$name"
+  python3 -m moec.check_gpu --reference "$dir/ref-$name" --reference-log "$dir/ref-$name.csv" \
+    --gpu "$out/$name" --gpu-log "$out/$name.csv" --tolerance 1e-4
+done
+if [[ "$only" == forms ]]; then
+  echo "all ONNX form tests passed"
+  exit 0
+fi
 for test in "$dir"/tests/*; do
   echo "== $(basename "$test")"
   "$test"

@@ -26,6 +26,7 @@ void moec::buildImportPipeline(OpPassManager &pm, bool requireComplete) {
   funcPm.addPass(createRaiseOnnx(options));
   funcPm.addPass(createCanonicalizerPass());
   funcPm.addPass(createCSEPass());
+  funcPm.addPass(moe::createCanonicalizeParameters());
 }
 
 moe::BuildTrainStepOptions moec::getTrainStepOptions(const TrainingJob &job) {

@@ -353,30 +353,8 @@ LogicalResult Interpreter::execute(Operation *op) {
                        : HostTensor::ints(shape));
       })
       .Case([&](linalg::TransposeOp t) -> LogicalResult {
-        const HostTensor &in = get(t.getInput());
-        ArrayRef<int64_t> perm = t.getPermutation();
-        out = in;
-        for (size_t d = 0; d < perm.size(); ++d)
-          out.shape[d] = in.shape[perm[d]];
-        std::vector<int64_t> inStrides(in.shape.size(), 1);
-        for (int64_t d = static_cast<int64_t>(in.shape.size()) - 2; d >= 0; --d)
-          inStrides[d] = inStrides[d + 1] * in.shape[d + 1];
-        std::vector<int64_t> index(out.shape.size(), 0);
-        for (int64_t i = 0; i < out.numElements(); ++i) {
-          int64_t src = 0;
-          for (size_t d = 0; d < perm.size(); ++d)
-            src += index[d] * inStrides[perm[d]];
-          if (in.isFloat())
-            out.f32[i] = in.f32[src];
-          else
-            out.i64[i] = in.i64[src];
-          for (int64_t d = static_cast<int64_t>(index.size()) - 1; d >= 0; --d) {
-            if (++index[d] < out.shape[d])
-              break;
-            index[d] = 0;
-          }
-        }
-        return set(op, t.getResult()[0], std::move(out));
+        return set(op, t.getResult()[0],
+                   transpose(get(t.getInput()), t.getPermutation()));
       })
       .Case([&](tensor::ExpandShapeOp e) -> LogicalResult {
         // Each group of result dimensions has at most one dynamic size,

@@ -6,9 +6,11 @@
 
 #include "ModelLoading.h"
 
+#include "dialects/Moe/IR/MoeDialect.h"
 #include "moec/Import/Onnx.h"
 #include "moec/InitAll.h"
 #include "moec/Pipelines/Pipelines.h"
+#include "moec/Reference/Kernels.h"
 
 #include "mlir/Parser/Parser.h"
 #include "mlir/Pass/PassManager.h"
@@ -140,4 +142,31 @@ func::FuncOp moec::cli::getForward(ModuleOp module) {
   if (!forward)
     emitError(module.getLoc()) << "the module has no function 'forward'";
   return forward;
+}
+
+bool moec::cli::loadParameter(const OnnxWeights &weights, func::FuncOp forward,
+                              llvm::StringRef name, HostTensor &out,
+                              std::string &error) {
+  using moe::MoeDialect;
+  for (unsigned i = 0; i < forward.getNumArguments(); ++i) {
+    auto parameter =
+        forward.getArgAttrOfType<StringAttr>(i, MoeDialect::getParameterAttrName());
+    if (!parameter || parameter.getValue() != name)
+      continue;
+    StringRef initializer = name;
+    if (auto source = forward.getArgAttrOfType<StringAttr>(
+            i, MoeDialect::getInitializerAttrName()))
+      initializer = source.getValue();
+    if (!weights.load(initializer, out, error))
+      return false;
+    if (auto perm = forward.getArgAttrOfType<DenseI64ArrayAttr>(
+            i, MoeDialect::getInitializerPermutationAttrName())) {
+      // The pass took the permutation from a transpose of this initializer.
+      assert(out.shape.size() == perm.asArrayRef().size() &&
+             "a permutation of the initializer's dimensions");
+      out = reference::transpose(out, perm.asArrayRef());
+    }
+    return true;
+  }
+  return weights.load(name, out, error);
 }

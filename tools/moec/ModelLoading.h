@@ -10,6 +10,8 @@
 #ifndef TOOLS_MOEC_MODELLOADING_H
 #define TOOLS_MOEC_MODELLOADING_H
 
+#include "moec/Import/Onnx.h"
+
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/MLIRContext.h"
@@ -63,6 +65,14 @@ mlir::OwningOpRef<mlir::ModuleOp> loadModel(mlir::MLIRContext &context,
                                             llvm::StringRef path,
                                             const ImportFlags &flags,
                                             bool raise, bool requireComplete);
+
+/// Loads parameter `name` of `forward` from the model file's initializers
+/// `weights`: the initializer its `moe.initializer` names (by default
+/// `name`), transposed by its `moe.initializer_permutation`
+/// (moe-canonicalize-parameters). On failure returns false and sets `error`.
+bool loadParameter(const moec::OnnxWeights &weights, mlir::func::FuncOp forward,
+                   llvm::StringRef name, moec::HostTensor &out,
+                   std::string &error);
 
 /// The module's `forward` function, or null after a diagnostic.
 mlir::func::FuncOp getForward(mlir::ModuleOp module);

@@ -145,7 +145,8 @@ int moec::cli::runRun(const ImportFlags &modelFlags) {
                 reinterpret_cast<char *>(value.f32.data()));
             !s.ok())
           return fail(s.message());
-      } else if (!weights->load(name.getValue(), value, error)) {
+      } else if (!loadParameter(*weights, forward, name.getValue(), value,
+                                error)) {
         return fail(error);
       }
       arguments.push_back(std::move(value));

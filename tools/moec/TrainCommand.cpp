@@ -350,7 +350,7 @@ int moec::cli::runTrain(const ImportFlags &modelFlags,
     if (!weights)
       return fail(error);
     for (unsigned i = 0; i < n; ++i)
-      if (!weights->load(names[i], state[0][i], error))
+      if (!loadParameter(*weights, forward, names[i], state[0][i], error))
         return fail(error);
   } else {
     // delayed_param: the compiler's @init_params, run on the seed (each

@@ -154,6 +154,39 @@ LogicalResult MoeDialect::verifyRegionArgAttribute(Operation *op, unsigned,
              << getInputAttrName() << "'";
     return success();
   }
+  if (attribute.getName() == getInitializerAttrName() ||
+      attribute.getName() == getInitializerPermutationAttrName()) {
+    StringRef name = attribute.getName().getValue();
+    auto func = dyn_cast<FunctionOpInterface>(op);
+    if (!func || !func.getArgAttr(argIndex, getParameterAttrName()))
+      return op->emitOpError() << "has '" << name << "' on argument #"
+                               << argIndex
+                               << ", which is not a function's parameter";
+    if (name == getInitializerAttrName())
+      return isName(attribute.getValue())
+                 ? success()
+                 : op->emitOpError()
+                       << "has '" << name << "' on argument #" << argIndex
+                       << " that is " << attribute.getValue()
+                       << "; it must be a non-empty string";
+    auto perm = dyn_cast<DenseI64ArrayAttr>(attribute.getValue());
+    auto type = dyn_cast<RankedTensorType>(
+        func.getArgumentTypes()[argIndex]);
+    SmallVector<int64_t> sorted;
+    if (perm)
+      sorted.assign(perm.asArrayRef().begin(), perm.asArrayRef().end());
+    llvm::sort(sorted);
+    bool permutation = perm && type && perm.size() == type.getRank();
+    for (auto [i, d] : llvm::enumerate(sorted))
+      permutation = permutation && d == static_cast<int64_t>(i);
+    if (!permutation)
+      return op->emitOpError() << "has '" << name << "' on argument #"
+                               << argIndex << " that is "
+                               << attribute.getValue()
+                               << "; it must be a permutation of the "
+                                  "argument's dimensions";
+    return success();
+  }
   return verifyNameAttr(op, "argument", argIndex, attribute,
                         {getParameterAttrName(), getExpAvgAttrName(),
                          getExpAvgSqAttrName(), getInputAttrName()});

@@ -40,6 +40,19 @@ def Moe_Dialect : Dialect {
     /// `moe.parameter = "<name>"` on a function argument or result: the
     /// model parameter it holds, by its checkpoint name.
     static ::llvm::StringRef getParameterAttrName() { return "moe.parameter"; }
+    /// `moe.initializer = "<name>"` on a parameter argument: the model
+    /// file's initializer its value comes from, where that is not the
+    /// parameter's name (moe-canonicalize-parameters).
+    static ::llvm::StringRef getInitializerAttrName() {
+      return "moe.initializer";
+    }
+    /// `moe.initializer_permutation = array<i64: ...>` on a parameter
+    /// argument: the parameter is its initializer transposed by this
+    /// permutation (dimension d of the parameter is dimension perm[d] of
+    /// the initializer, as linalg.transpose).
+    static ::llvm::StringRef getInitializerPermutationAttrName() {
+      return "moe.initializer_permutation";
+    }
     /// `moe.exp_avg = "<name>"` on a function argument or result: AdamW's
     /// first moment of the named parameter.
     static ::llvm::StringRef getExpAvgAttrName() { return "moe.exp_avg"; }

@@ -46,6 +46,54 @@ Value scalar(OpBuilder &b, Location loc, double value) {
       b, loc, DenseElementsAttr::get(type, static_cast<float>(value)));
 }
 
+/// `type` with an fp32 element (or an fp32 scalar) replaced by `computeType`;
+/// null when it has none.
+Type computeTypeOf(Type type, Type computeType) {
+  if (auto tensor = dyn_cast<RankedTensorType>(type))
+    return tensor.getElementType().isF32()
+               ? RankedTensorType::get(tensor.getShape(), computeType)
+               : Type();
+  return type.isF32() ? computeType : Type();
+}
+
+/// Gives every fp32 value that `op` defines the compute type: its results,
+/// and inside its regions (a linalg op's body) the block arguments and the
+/// results of the scalar ops, whose float constants are converted. Retyping
+/// the results alone would leave a structured op's body yielding fp32 into
+/// a bf16 tensor, which the verifier rejects.
+void retypeToCompute(Operation *op, Type computeType) {
+  op->walk([&](Operation *nested) {
+    for (Region &region : nested->getRegions())
+      for (Block &block : region)
+        for (BlockArgument arg : block.getArguments())
+          if (Type t = computeTypeOf(arg.getType(), computeType))
+            arg.setType(t);
+    for (Value result : nested->getResults()) {
+      Type t = computeTypeOf(result.getType(), computeType);
+      if (!t)
+        continue;
+      result.setType(t);
+      auto constant = dyn_cast<arith::ConstantOp>(nested);
+      if (!constant)
+        continue;
+      Type element = getElementTypeOrSelf(t);
+      const llvm::fltSemantics &semantics =
+          cast<FloatType>(element).getFloatSemantics();
+      auto convert = [&](APFloat value) {
+        bool lost;
+        value.convert(semantics, APFloat::rmNearestTiesToEven, &lost);
+        return value;
+      };
+      if (auto scalar = dyn_cast<FloatAttr>(constant.getValue()))
+        constant.setValueAttr(
+            FloatAttr::get(element, convert(scalar.getValue())));
+      else if (auto dense = dyn_cast<DenseFPElementsAttr>(constant.getValue()))
+        constant.setValueAttr(dense.mapValues(
+            element, [&](const APFloat &v) { return convert(v).bitcastToAPInt(); }));
+    }
+  });
+}
+
 class StepBuilder {
 public:
   StepBuilder(func::FuncOp forward, LoadBalancing mode, Type computeType,
@@ -246,10 +294,7 @@ FailureOr<LmHeadOp> StepBuilder::cloneForward(
                                  "fully raised forward";
     Operation *copy = builder.clone(op, mapping);
     if (computeType)
-      for (Value result : copy->getResults())
-        if (auto t = dyn_cast<RankedTensorType>(result.getType()))
-          if (t.getElementType().isF32())
-            result.setType(RankedTensorType::get(t.getShape(), computeType));
+      retypeToCompute(copy, computeType);
     if (auto r = dyn_cast<RouterOp>(copy)) {
       r.setLoadBalancingAttr(LoadBalancingAttr::get(builder.getContext(), mode));
       r.setTraining(training);

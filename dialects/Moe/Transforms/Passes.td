@@ -26,6 +26,48 @@ def BuildInitParams : Pass<"moe-build-init-params", "::mlir::ModuleOp"> {
   ];
 }
 
+def CanonicalizeParameters
+    : Pass<"moe-canonicalize-parameters", "::mlir::func::FuncOp"> {
+  let summary = "gives raised parameters their Hugging Face names, layouts and untied copies";
+  let description = [{
+    On a raised forward, reads each parameter's role off the structure and
+    rebuilds the parameter arguments from it, in the order of the Hugging
+    Face state_dict:
+
+    - the name: `model.embed_tokens.weight` (the embedding table),
+      `model.layers.N.self_attn.{q,k,v,o}_proj.weight` (the projections into
+      the N-th moe.attention's query, key and value, and out of its result),
+      `model.layers.N.input_layernorm.weight` (the norm feeding them),
+      `model.layers.N.mlp.gate.weight` (the linear feeding the N-th router),
+      `model.layers.N.mlp.experts.{gate_up_proj,down_proj}` (the N-th
+      moe.experts, gate/up concatenated),
+      `model.layers.N.post_attention_layernorm.weight` (the norm feeding
+      those experts), `model.norm.weight` and `lm_head.weight` (the
+      lm-head and the norm feeding it);
+    - the layout: a weight used through `linalg.transpose` (an exporter that
+      folded the transpose stored it [in, out]) becomes the transposed
+      parameter, and the transpose leaves the function;
+    - ties: one argument used in several roles (an exporter merged
+      initializers of equal values, such as the all-ones RMSNorm weights of
+      a fresh model) becomes one parameter per role, with a remark naming
+      the merged initializer and the parameters made from it. Mixtral ties
+      none of its weights.
+
+    Each rebuilt argument keeps where its value comes from:
+    `moe.initializer` names the model file's initializer when it differs
+    from the parameter's name, and `moe.initializer_permutation` the
+    transpose that turns it into the parameter. A parameter with a use the
+    pass does not recognise is left as it is.
+  }];
+  let statistics = [
+    Statistic<"numRenamed", "num-renamed", "parameters given another name">,
+    Statistic<"numTransposesFolded", "num-transposes-folded",
+              "weight transposes folded into the parameter's layout">,
+    Statistic<"numUntied", "num-untied",
+              "parameters made from a merged initializer's extra roles">
+  ];
+}
+
 def SpecializeShapes : Pass<"moe-specialize-shapes", "::mlir::func::FuncOp"> {
   let summary = "makes every shape static for a given micro-batch and sequence";
   let description = [{
@@ -308,7 +350,9 @@ def PlanMemory : Pass<"moe-plan-memory", "::mlir::func::FuncOp"> {
     a buffer lives from its producer to its last use (a value the function
     returns, to the end); reshapes (`tensor.expand_shape`,
     `tensor.collapse_shape`) are views of their source and extend its life;
-    `linalg.transpose` writes into its `outs` buffer. A collective that the
+    `linalg.transpose` has a buffer of its own, and the `tensor.empty` that
+    gives its `outs` the type has none (one empty may serve several
+    transposes, whose results live at the same time). A collective that the
     compute stream joins after it (the collective schedule,
     dialects/Moe/Transforms/CollectiveSchedule.h: parameter gathers, gradient
     reductions) reads its operands and writes its results until the join:

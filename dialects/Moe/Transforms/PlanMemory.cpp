@@ -18,7 +18,6 @@
 #include "dialects/Moe/Transforms/CollectiveSchedule.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
-#include "mlir/Dialect/Linalg/IR/Linalg.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/IR/Builders.h"
 
@@ -87,8 +86,6 @@ Value owner(Value v) {
       v = expand.getSrc();
     else if (auto collapse = dyn_cast_or_null<tensor::CollapseShapeOp>(def))
       v = collapse.getSrc();
-    else if (auto transpose = dyn_cast_or_null<linalg::TransposeOp>(def))
-      v = transpose.getInit();
     else
       return v;
   }
@@ -107,6 +104,8 @@ collectBuffers(Block &body, const llvm::DenseMap<Operation *, int64_t> &index,
   for (Operation &op : body) {
     if (op.hasAttr(MoeDialect::getPersistentCopyAttrName()))
       continue; // the backend's persistent storage (moe-keep-param-copies)
+    if (isa<tensor::EmptyOp>(op))
+      continue; // a destination's type only: nothing reads or writes it
     for (Value result : op.getResults()) {
       auto type = dyn_cast<RankedTensorType>(result.getType());
       if (!type || isView(result))

@@ -13,6 +13,7 @@
 
 #include "moec/Support/HostTensor.h"
 #include "moert/Routing.h"
+#include "llvm/ADT/ArrayRef.h"
 
 #include <optional>
 #include <string>
@@ -22,6 +23,10 @@ namespace moec::reference {
 /// `out[..., h] = table[indices[...], h]`.
 bool embedding(const HostTensor &table, const HostTensor &indices,
                HostTensor &out, std::string &error);
+
+/// `in` transposed as linalg.transpose does: dimension d of the result is
+/// dimension `perm[d]` of `in` (a permutation of its dimensions).
+HostTensor transpose(const HostTensor &in, llvm::ArrayRef<int64_t> perm);
 
 /// RMSNorm over the last dimension, scaled by `weight`.
 bool rmsNorm(const HostTensor &input, const HostTensor &weight, double epsilon,

@@ -183,6 +183,7 @@ private:
   LogicalResult printOp(Operation &op);
   LogicalResult setResultPointers(Operation &op);
   LogicalResult printElementwise(Operation &op);
+  LogicalResult printTranspose(linalg::TransposeOp op);
   LogicalResult printAdamWGroup(ArrayRef<moe::AdamWOp> group);
   FailureOr<std::string> pointer(Operation &at, Value v);
   std::string typed(Value v);
@@ -522,6 +523,51 @@ LogicalResult TrainStepPrinter::printElementwise(Operation &op) {
       "  {}<<<moert::kernels::blocksFor({}), 256, 0, ctx.stream>>>({}{}, "
       "{});\n",
       it->second, (n + 3) / 4, args, typed(result), n);
+  return success();
+}
+
+/// A copy kernel generated for the op's shape and permutation: thread i
+/// writes result element i, reading the input element whose index is i's
+/// multi-index permuted (the strides baked in as constants).
+LogicalResult TrainStepPrinter::printTranspose(linalg::TransposeOp op) {
+  Value input = op.getInput(), result = op.getResult()[0];
+  FailureOr<std::string> p = pointer(*op, input);
+  if (failed(p))
+    return failure();
+  RankedTensorType inType = typeOf(input), outType = typeOf(result);
+  ArrayRef<int64_t> perm = op.getPermutation();
+  SmallVector<int64_t> inStrides(inType.getRank(), 1);
+  for (int64_t d = inType.getRank() - 2; d >= 0; --d)
+    inStrides[d] = inStrides[d + 1] * inType.getDimSize(d + 1);
+  std::string index;
+  for (int64_t d = outType.getRank() - 1; d >= 0; --d)
+    index += fmt::format("    src += rest % {0} * {1};\n    rest /= {0};\n",
+                         outType.getDimSize(d), inStrides[perm[d]]);
+  std::string c = *cType(outType); // setResultPointers checked
+  std::string source = fmt::format(
+      "(const {0} *__restrict__ in, {0} *__restrict__ out, int64_t n) {{\n"
+      "  int64_t first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;\n"
+      "  for (int64_t i = first; i < n; i += int64_t(gridDim.x) * blockDim.x) "
+      "{{\n"
+      "    int64_t rest = i, src = 0;\n{1}"
+      "    out[i] = in[src];\n"
+      "  }}\n}}\n",
+      c, index);
+  auto [it, inserted] = kernelNames.try_emplace(
+      source, fmt::format("transpose{}", kernelNames.size()));
+  if (inserted) {
+    std::string what;
+    llvm::raw_string_ostream os(what);
+    os << "linalg.transpose of " << inType << " by [";
+    llvm::interleaveComma(perm, os);
+    os << "]";
+    kernels += fmt::format("/// {}\n__global__ void {}{}\n", what,
+                           it->second, source);
+  }
+  int64_t n = outType.getNumElements();
+  body += fmt::format("  {}<<<moert::kernels::blocksFor({}), 256, 0, "
+                      "ctx.stream>>>({}, {}, {});\n",
+                      it->second, n, *p, typed(result), n);
   return success();
 }
 
@@ -1084,6 +1130,7 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
             arith::NegFOp, arith::MaximumFOp, arith::TruncFOp, arith::ExtFOp,
             moe::FusionOp>(
           [&](Operation *e) { return printElementwise(*e); })
+      .Case([&](linalg::TransposeOp t) { return printTranspose(t); })
       .Case([&](moe::EmbeddingOp e) -> LogicalResult {
         auto table = shape(e.getTable());
         bool ok = true;

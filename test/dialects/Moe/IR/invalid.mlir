@@ -835,6 +835,38 @@ func.func @token_shuffle_rank(%x: tensor<f32>, %s: tensor<i64>) {
 
 // -----
 
+// Tests that moe.initializer belongs on a parameter argument.
+// expected-error@+1 {{'func.func' op has 'moe.initializer' on argument #0, which is not a function's parameter}}
+func.func @initializer_not_parameter(%x: tensor<2x4xf32> {moe.initializer = "val_1"}) {
+  return
+}
+
+// -----
+
+// Tests that moe.initializer names an initializer.
+// expected-error@+1 {{'func.func' op has 'moe.initializer' on argument #0 that is ""; it must be a non-empty string}}
+func.func @initializer_empty(%x: tensor<2x4xf32> {moe.parameter = "w", moe.initializer = ""}) {
+  return
+}
+
+// -----
+
+// Tests that moe.initializer_permutation permutes the argument's dimensions.
+// expected-error@+1 {{'func.func' op has 'moe.initializer_permutation' on argument #0 that is array<i64: 0, 0>; it must be a permutation of the argument's dimensions}}
+func.func @initializer_not_permutation(%x: tensor<2x4xf32> {moe.parameter = "w", moe.initializer_permutation = array<i64: 0, 0>}) {
+  return
+}
+
+// -----
+
+// Tests that moe.initializer_permutation has one entry per dimension.
+// expected-error@+1 {{'func.func' op has 'moe.initializer_permutation' on argument #0 that is array<i64: 0>; it must be a permutation of the argument's dimensions}}
+func.func @initializer_permutation_rank(%x: tensor<2x4xf32> {moe.parameter = "w", moe.initializer_permutation = array<i64: 0>}) {
+  return
+}
+
+// -----
+
 // Tests that moe.expert_local marks only parameters and AdamW moments.
 // expected-error@+1 {{'func.func' op has 'moe.expert_local' on argument #0, which is neither a parameter nor an AdamW moment}}
 func.func @expert_local_not_state(%x: tensor<2x4xf32> {moe.expert_local}) {

@@ -149,3 +149,21 @@ func.func @joined_at_once(%x: tensor<128xf32>) -> (tensor<f32>, tensor<128xf32>)
   %n = moe.global_norm %r : (tensor<64xf32>) -> tensor<f32>
   return %n, %t : tensor<f32>, tensor<128xf32>
 }
+
+// -----
+
+// Tests that transposes sharing one tensor.empty (as CSE leaves the weight
+// transposes of raising) get buffers of their own, both alive to the end,
+// and that the tensor.empty gets none.
+// CHECK-LABEL: func.func @shared_transpose_init
+// CHECK-SAME: moe.arena_bytes = 2048 : i64
+// CHECK: tensor.empty() : tensor<16x16xf32>
+// CHECK-NOT: moe.arena_offsets
+// CHECK: linalg.transpose {{.*}} {moe.arena_offsets = array<i64: 0>}
+// CHECK: linalg.transpose {{.*}} {moe.arena_offsets = array<i64: 1024>}
+func.func @shared_transpose_init(%a: tensor<16x16xf32>, %b: tensor<16x16xf32>) -> (tensor<16x16xf32>, tensor<16x16xf32>) {
+  %e = tensor.empty() : tensor<16x16xf32>
+  %ta = linalg.transpose ins(%a : tensor<16x16xf32>) outs(%e : tensor<16x16xf32>) permutation = [1, 0]
+  %tb = linalg.transpose ins(%b : tensor<16x16xf32>) outs(%e : tensor<16x16xf32>) permutation = [1, 0]
+  return %ta, %tb : tensor<16x16xf32>, tensor<16x16xf32>
+}
