@@ -30,7 +30,10 @@
 # as a bf16 model ("param_dtype": "bf16"); the fp32
 # aux_loss step under activation checkpointing selective, full and auto
 # equals the CPU reference as above and the program without checkpointing
-# to a relative 1e-6 (recomputation is deterministic).
+# to a relative 1e-6 (recomputation is deterministic); with activation
+# offloading (horizon 1 and 2, under none and selective) it equals the CPU
+# reference as above and the program without offloading to a relative
+# 1e-6, and prints the bytes it moved and the time the fetches waited.
 # Partitioned (docs/partitioning.md): the tiny Mixtral with E = 8 in fp32 on
 # the layouts (P, H) in {(2,1), (1,2), (2,2), (4,2), (8,1)} (W = P·H), with
 # both dispatchers and the token shuffle on and off where P > 1, each
@@ -49,6 +52,9 @@
 # machine, and from W = 4 simulated ranks under (P, H) = (2, 2)); the run
 # half needs torch and transformers for those. Exits non-zero on the first
 # failure.
+#
+# GPU_TESTS_ONLY=offload (in both halves) prepares and runs only the
+# offloading checks and what they compare with.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 mode="${1:-}"
@@ -58,6 +64,19 @@ if [[ -z "$mode" || -z "$dir" ]]; then
   exit 2
 fi
 modes=(aux_loss none sinkhorn balanced)
+checkpointing=(selective full auto)
+# Activation offloading: name, policy, horizon.
+offload_cases=("none-h1 none 1" "none-h2 none 2" "selective-h1 selective 1"
+               "selective-h2 selective 2")
+only="${GPU_TESTS_ONLY:-}"
+if [[ -n "$only" && "$only" != offload ]]; then
+  echo "GPU_TESTS_ONLY '$only' is not one of: offload" >&2
+  exit 2
+fi
+if [[ "$only" == offload ]]; then
+  modes=(aux_loss)
+  checkpointing=(selective)
+fi
 # The W = 4 layouts of the tiny Mixtral (E = 4) the resharding check moves
 # between: W P H.
 reshard_layouts=("4 2 2" "4 4 1" "4 1 4")
@@ -149,7 +168,7 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
     cp "$build/runtime/libmoert.a" "$build/runtime/libmoert_hf.a" \
       "$build/runtime/libmoert_cudnn.a" "$dir/lib/"
     printf 'cudnn=%q\nnccl=%q\n' "$cudnn" "$nccl" > "$dir/lib/paths.sh"
-  else
+  elif [[ "$only" != offload ]]; then
     build_tests "$dir" "$build/runtime" "$cudnn" "$nccl"
   fi
   python3 -m moec.tokens "$root/test/Inputs/fortunes/train.pb" "$dir/data/train.bin"
@@ -164,7 +183,7 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
       --dump "$dir/ref-$m" --log "$dir/ref-$m.csv" > /dev/null
   done
   # auto's budget makes it recompute both layers (its remark says so).
-  for policy in selective full auto; do
+  for policy in "${checkpointing[@]}"; do
     budget=""
     if [[ "$policy" == auto ]]; then
       budget=', "memory_budget_gib": 0.0015'
@@ -173,6 +192,16 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
       "$policy" "$budget" > "$dir/ckpt-$policy.json"
     "$moec" compile "$model" --config "$dir/ckpt-$policy.json" -o "$dir/ckpt-$policy"
   done
+  for case in "${offload_cases[@]}"; do
+    read -r name policy horizon <<< "$case"
+    printf '{"micro_batch_size": 2, "seq_length": 64, "activation_checkpointing": "%s", "sm_activation_offloading": true, "activation_loading_horizon": %d}\n' \
+      "$policy" "$horizon" > "$dir/offload-$name.json"
+    "$moec" compile "$model" --config "$dir/offload-$name.json" -o "$dir/offload-$name"
+  done
+  if [[ "$only" == offload ]]; then
+    echo "prepared $dir (offloading only)"
+    exit 0
+  fi
   printf '{"micro_batch_size": 2, "seq_length": 64, "bf16": true}\n' > "$dir/bf16.json"
   "$moec" compile "$model" --config "$dir/bf16.json" -o "$dir/bf16"
   printf '{"micro_batch_size": 2, "seq_length": 64, "bf16": true, "param_dtype": "bf16"}\n' \
@@ -262,10 +291,12 @@ if [[ -f "$dir/lib/paths.sh" ]]; then
 fi
 out="$dir/out"
 rm -rf "$out" && mkdir -p "$out"
-for test in "$dir"/tests/*; do
-  echo "== $(basename "$test")"
-  "$test"
-done
+if [[ "$only" != offload ]]; then
+  for test in "$dir"/tests/*; do
+    echo "== $(basename "$test")"
+    "$test"
+  done
+fi
 for m in "${modes[@]}"; do
   echo "== fp32, $m: 3 steps against the CPU reference"
   "$dir/fp32-$m/train_step" --tokens "$dir/data/train.bin" --steps 3 \
@@ -273,7 +304,7 @@ for m in "${modes[@]}"; do
   python3 -m moec.check_gpu --reference "$dir/ref-$m" --reference-log "$dir/ref-$m.csv" \
     --gpu "$out/$m" --gpu-log "$out/$m.csv" --tolerance 1e-4
 done
-for policy in selective full auto; do
+for policy in "${checkpointing[@]}"; do
   echo "== fp32, aux_loss, activation checkpointing $policy: against the CPU reference and against none"
   "$dir/ckpt-$policy/train_step" --tokens "$dir/data/train.bin" --steps 3 \
     --log "$out/ckpt-$policy.csv" --dump "$out/ckpt-$policy"
@@ -282,6 +313,23 @@ for policy in selective full auto; do
   python3 -m moec.check_gpu --reference "$out/aux_loss" --reference-log "$out/aux_loss.csv" \
     --gpu "$out/ckpt-$policy" --gpu-log "$out/ckpt-$policy.csv" --tolerance 1e-6
 done
+for case in "${offload_cases[@]}"; do
+  read -r name policy horizon <<< "$case"
+  echo "== fp32, aux_loss, activation offloading under $policy, horizon $horizon: against the CPU reference and against the program without offloading"
+  "$dir/offload-$name/train_step" --tokens "$dir/data/train.bin" --steps 3 \
+    --log "$out/offload-$name.csv" --dump "$out/offload-$name" --profile-step 3 |
+    tee "$out/offload-$name.txt" | grep -E 'offload|^summary|^memory'
+  without="$out/aux_loss"
+  [[ "$policy" == none ]] || without="$out/ckpt-$policy"
+  python3 -m moec.check_gpu --reference "$dir/ref-aux_loss" --reference-log "$dir/ref-aux_loss.csv" \
+    --gpu "$out/offload-$name" --gpu-log "$out/offload-$name.csv" --tolerance 1e-4
+  python3 -m moec.check_gpu --reference "$without" --reference-log "$without.csv" \
+    --gpu "$out/offload-$name" --gpu-log "$out/offload-$name.csv" --tolerance 1e-6
+done
+if [[ "$only" == offload ]]; then
+  echo "offloading checks passed"
+  exit 0
+fi
 echo "== checkpoint and resume (2 + 1 steps) against 3 steps"
 run="$dir/fp32-aux_loss/train_step"
 "$run" --tokens "$dir/data/train.bin" --steps 2 --total-steps 3 \
