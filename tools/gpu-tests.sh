@@ -284,7 +284,9 @@ if [[ -f "$dir/lib/paths.sh" ]]; then
   # Prepared by prepare-sources: build the tests and every program here.
   # shellcheck disable=SC1091
   source "$dir/lib/paths.sh"
-  build_tests "$dir" "$dir/lib" "$cudnn" "$nccl"
+  if [[ "$only" != offload ]]; then
+    build_tests "$dir" "$dir/lib" "$cudnn" "$nccl"
+  fi
   find "$dir" -name build.sh -print0 |
     MOERT_INCLUDE_DIR="$root/runtime/include" MOERT_LIBRARY_DIR="$dir/lib" \
       xargs -0 -P "$(nproc)" -n 1 sh
