@@ -33,7 +33,8 @@
 # to a relative 1e-6 (recomputation is deterministic); with activation
 # offloading (horizon 1 and 2, under none and selective) it equals the CPU
 # reference as above and the program without offloading to a relative
-# 1e-6, and prints the bytes it moved and the time the fetches waited.
+# 1e-6, and prints the bytes it moved and the time the fetches waited;
+# the E = 8 step offloads on two simulated expert-parallel ranks too.
 # Partitioned (docs/partitioning.md): the tiny Mixtral with E = 8 in fp32 on
 # the layouts (P, H) in {(2,1), (1,2), (2,2), (4,2), (8,1)} (W = P·H), with
 # both dispatchers and the token shuffle on and off where P > 1, each
@@ -198,6 +199,21 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
       "$policy" "$horizon" > "$dir/offload-$name.json"
     "$moec" compile "$model" --config "$dir/offload-$name.json" -o "$dir/offload-$name"
   done
+  # Offloading on a partitioned step (E = 8, W = P = 2, selective, horizon
+  # 1: the received rows move too), with the reference's partitioned run
+  # (metrics) and the unpartitioned one on the two micro-batches together.
+  e8="$root/test/Inputs/train/tiny-e8.onnx"
+  offload_part=(--micro-batch-size 2 --seq-length 64 --moe-load-balancing aux_loss
+                --world-size 2 --expert-parallel-degree 2 --hybrid-shard-degree 1
+                --activation-checkpointing selective --sm-activation-offloading
+                --activation-loading-horizon 1)
+  "$moec" compile "$e8" "${offload_part[@]}" -o "$dir/offload-p2"
+  "$moec" train "$e8" --reference --tokens "$root/test/Inputs/fortunes/train.pb" --steps 3 \
+    "${offload_part[@]}" --log "$dir/offload-p2.csv" > /dev/null
+  rm -rf "$dir/offload-p2-ref"
+  "$moec" train "$e8" --reference --tokens "$root/test/Inputs/fortunes/train.pb" --steps 3 \
+    --micro-batch-size 4 --seq-length 64 --moe-load-balancing aux_loss \
+    --dump "$dir/offload-p2-ref" --log "$dir/offload-p2-ref.csv" > /dev/null
   if [[ "$only" == offload ]]; then
     echo "prepared $dir (offloading only)"
     exit 0
@@ -328,6 +344,11 @@ for case in "${offload_cases[@]}"; do
   python3 -m moec.check_gpu --reference "$without" --reference-log "$without.csv" \
     --gpu "$out/offload-$name" --gpu-log "$out/offload-$name.csv" --tolerance 1e-6
 done
+echo "== E = 8 on 2 simulated ranks (P = 2), selective, offloading at horizon 1: against the reference's partitioned and unpartitioned runs"
+"$dir/offload-p2/train_step" --simulate-ranks 2 --tokens "$dir/data/train.bin" --steps 3 \
+  --log "$out/offload-p2.csv" --dump "$out/offload-p2" | grep -E 'offload|^summary'
+python3 -m moec.check_gpu --reference "$dir/offload-p2-ref" --reference-log "$dir/offload-p2.csv" \
+  --gpu "$out/offload-p2" --gpu-log "$out/offload-p2.csv" --tolerance 1e-4
 if [[ "$only" == offload ]]; then
   echo "offloading checks passed"
   exit 0

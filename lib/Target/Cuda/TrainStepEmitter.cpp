@@ -1214,11 +1214,13 @@ LogicalResult TrainStepPrinter::setResultPointers(Operation &op) {
     auto type = dyn_cast<RankedTensorType>(result.getType());
     if (!type || pointers.count(result))
       continue;
-    // Received rows (moe.dispatch) and what the local experts compute on
-    // them have a dynamic leading dimension, bounded by the dispatch's
-    // receive bound, which the memory plan reserves.
+    // Received rows (moe.dispatch), what the local experts compute on
+    // them and their fetched copies have a dynamic leading dimension,
+    // bounded by the dispatch's receive bound, which the memory plan
+    // reserves.
     bool receivedRows =
-        isa<moe::DispatchOp, moe::ExpertsOp, moe::ExpertsGradOp>(op) &&
+        isa<moe::DispatchOp, moe::ExpertsOp, moe::ExpertsGradOp,
+            moe::FetchOp>(op) &&
         type.getRank() >= 1 &&
         llvm::all_of(type.getShape().drop_front(),
                      [](int64_t d) { return !ShapedType::isDynamic(d); });
