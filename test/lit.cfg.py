@@ -45,6 +45,10 @@ def python_has(module):
 if python_has("onnxruntime") and python_has("numpy"):
     config.available_features.add("onnxruntime")
 
+# Hugging Face's tokenizers: python -m moec.jsonl's "text" documents.
+if python_has("tokenizers"):
+    config.available_features.add("tokenizers")
+
 # torchtitan beside torch and transformers: the benchmark's torchtitan contender.
 if python_has("torchtitan") and python_has("torch") and python_has("transformers"):
     config.available_features.add("torchtitan")

@@ -28,8 +28,8 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-python3 -c "import numpy, onnx, onnxruntime" 2>/dev/null ||
-  python3 -m pip install -q numpy onnx onnxruntime
+python3 -c "import numpy, onnx, onnxruntime, tokenizers" 2>/dev/null ||
+  python3 -m pip install -q numpy onnx onnxruntime tokenizers
 
 # The cuDNN frontend's C++ headers (site-packages/include/cudnn_frontend.h).
 python3 -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['purelib'], 'include', 'cudnn_frontend.h')))" ||

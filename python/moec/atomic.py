@@ -1,22 +1,33 @@
 """Atomic file writes: a reader never sees half a file, and a failed write
 leaves what was there before.
 
-    from moec.atomic import write_atomically
+    from moec.atomic import open_atomically, write_atomically
 """
 
+import contextlib
 import os
 from pathlib import Path
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Writes ``data`` to a temporary file beside ``path``, then renames it over ``path``."""
+@contextlib.contextmanager
+def open_atomically(path: Path):
+    """A binary file to write ``path`` through: a temporary file beside it, renamed over ``path`` when the
+    ``with`` block ends normally (after its bytes reach the disk), removed when it raises."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "xb") as f:
-            f.write(data)
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Writes ``data`` to a temporary file beside ``path``, then renames it over ``path``."""
+    with open_atomically(path) as f:
+        f.write(data)

@@ -33,6 +33,22 @@ One process, one invocation, the same tokens for every contender:
     it); a program compiled for another job is refused, naming each field
     that differs with both values, before anything runs.
 
+``--moec`` may be given several times as ``NAME=PROGRAM`` (names start with
+``moec``: ``--moec moec-full=A --moec moec-auto=B``), e.g. one program per
+activation-checkpointing policy; each runs in every round, and each gets its
+speed-up table. For each, a memory table compares the bytes its memory plan
+predicts (the manifest's ``state_bytes + parameter_copy_bytes + arena_bytes +
+input_bytes``) with the device memory in use at its fullest (its
+``device_used_bytes``: ``cudaMemGetInfo``, so the CUDA context and the
+libraries' workspaces count too).
+
+``--checkpointing full`` makes every PyTorch contender recompute each
+decoder layer in the backward, as their users turn it on: Hugging Face's
+``gradient_checkpointing_enable()`` (non-reentrant), torchtitan's full
+activation checkpointing (each block in torch's ``checkpoint_wrapper``, and
+its compile setting for it). A PyTorch contender that runs out of GPU memory
+in the first round is reported as such and left out of every round.
+
 ``--skip-hf`` leaves out (a), ``--skip-compile`` (b) and (d), ``--skip NAME``
 any one (repeatable). torchtitan is imported from ``--torchtitan-path DIR``
 (put first on ``sys.path``: a ``pip install --target`` folder or an unpacked
@@ -146,6 +162,9 @@ class Job:
     recipe: str
     seed: int
     device: str
+    #: What the PyTorch contenders recompute in the backward: "none" or
+    #: "full" (every decoder layer; moec's programs have theirs compiled in).
+    checkpointing: str = "none"
 
     @property
     def total_steps(self) -> int:
@@ -213,6 +232,11 @@ class Result:
     peak_bytes: int | None
     step_seconds: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    #: moec only: the bytes its memory plan predicts (the manifest's state,
+    #: parameter copies, arena and inputs) and the device memory in use at
+    #: its fullest (cudaMemGetInfo: CUDA context and library workspaces too).
+    planned_bytes: int | None = None
+    device_used_bytes: int | None = None
 
 
 # ----------------------------------------------------------------------------
@@ -266,10 +290,16 @@ def build_hf_model(config, dtype, device: str):
     return model.train()
 
 
-def hf_forward_loss(model, *, compile: bool) -> Callable:
-    """The step's forward of Hugging Face's model, ``ids -> loss`` (cross-entropy + aux loss)."""
+def hf_forward_loss(model, *, compile: bool, checkpointing: bool = False) -> Callable:
+    """The step's forward of Hugging Face's model, ``ids -> loss`` (cross-entropy + aux loss).
+
+    ``checkpointing``: ``gradient_checkpointing_enable()`` (each decoder layer
+    recomputed in the backward, non-reentrant), as its users turn it on.
+    """
     import torch
 
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     forward = torch.compile(model) if compile else model
 
     def run(ids):
@@ -311,18 +341,20 @@ def pytorch_contenders(job: Job, config, torchtitan, skipped: set[str]) -> list[
     """The PyTorch contenders not in ``skipped``; torchtitan's only when ``torchtitan`` (its modules) is given."""
     from moec import torchtitan_mixtral
 
+    full = job.checkpointing == "full"
     found = [
         PyTorchContender("hf-eager", partial(build_hf_model, config, device=job.device),
-                         partial(hf_forward_loss, compile=False)),
+                         partial(hf_forward_loss, compile=False, checkpointing=full)),
         PyTorchContender("hf-compile", partial(build_hf_model, config, device=job.device),
-                         partial(hf_forward_loss, compile=True)),
+                         partial(hf_forward_loss, compile=True, checkpointing=full)),
     ]
     if torchtitan is not None:
-        build = partial(torchtitan_mixtral.build_model, torchtitan, config, job.seq, device=job.device)
+        build = partial(torchtitan_mixtral.build_model, torchtitan, config, job.seq, device=job.device,
+                        checkpointing=full)
         found += [
             PyTorchContender("titan-eager", build, partial(torchtitan_mixtral.forward_loss, compile=False)),
             PyTorchContender("titan-compile", build, partial(torchtitan_mixtral.forward_loss, compile=True),
-                             torchtitan_mixtral.compile_settings),
+                             partial(torchtitan_mixtral.compile_settings, checkpointing=full)),
         ]
     return [c for c in found if c.what not in skipped]
 
@@ -422,7 +454,13 @@ def import_torchtitan(path: Path | None):
 # moec
 # ----------------------------------------------------------------------------
 
-def run_moec(program: Path, job: Job, token_file: Path, log: Path) -> Result:
+def planned_bytes(program: Path) -> int:
+    """What ``program``'s memory plan predicts it needs: the manifest's state, parameter copies, arena and inputs."""
+    manifest = json.loads((program.parent / "manifest.json").read_text())
+    return sum(int(manifest[key]) for key in ("state_bytes", "parameter_copy_bytes", "arena_bytes", "input_bytes"))
+
+
+def run_moec(what: str, program: Path, job: Job, token_file: Path, log: Path) -> Result:
     """Runs the compiled program on ``token_file``; its ``summary`` line gives the result."""
     command = [str(program), "--tokens", str(token_file), "--steps", str(job.total_steps),
                "--bench-warmup", str(job.warmup), "--log", str(log)]
@@ -436,9 +474,27 @@ def run_moec(program: Path, job: Job, token_file: Path, log: Path) -> Result:
     summary = json.loads(lines[-1][len("summary "):])
     with open(log, newline="") as f:
         rows = list(csv.DictReader(f))
-    return Result("moec", summary["median_step_s"], summary["tokens_per_s"], summary["model_tflops"],
+    return Result(what, summary["median_step_s"], summary["tokens_per_s"], summary["model_tflops"],
                   summary["peak_bytes"], [float(r["step_seconds"]) for r in rows[job.warmup:]],
-                  [float(r["loss"]) for r in rows])
+                  [float(r["loss"]) for r in rows], planned_bytes(program), summary.get("device_used_bytes"))
+
+
+def parse_programs(values: list[str]) -> list[tuple[str, Path]]:
+    """``--moec [NAME=]PROGRAM`` values as (name, program); a name starts with ``moec`` and is given once.
+
+    Raises ValueError naming the bad value.
+    """
+    found: list[tuple[str, Path]] = []
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep:
+            name, path = "moec", value
+        if not name.startswith("moec"):
+            raise ValueError(f"--moec {value}: the name '{name}' must start with 'moec' (e.g. moec-full=PROGRAM)")
+        if any(name == other for other, _ in found):
+            raise ValueError(f"--moec {value}: the name '{name}' is given twice")
+        found.append((name, Path(path)))
+    return found
 
 
 # ----------------------------------------------------------------------------
@@ -522,29 +578,44 @@ def report_tables(rounds: list[list[Result]]) -> str:
             ratio = "—"
         lines.append(f"| {a.what} | {a.step_s:.4f} | {a.tokens_per_s:,.0f} | {a.model_tflops:.4g} | {peak} | "
                      f"{ratio} | {a.min_step_s:.4f}–{a.max_step_s:.4f} |")
-    ratios = same_round_ratios(rounds, "moec")
-    if ratios:
-        lines += ["", "moec's speed-up over each contender, from the same round (its s/step over moec's):", "",
-                  "| moec vs | " + " | ".join(f"round {n}" for n in range(1, count + 1)) + " | median |",
+    for name in (a.what for a in aggregates if a.what.startswith("moec")):
+        ratios = same_round_ratios(rounds, name)
+        others = {what: values for what, values in ratios.items() if not what.startswith("moec")}
+        if not others:
+            continue
+        lines += ["", f"{name}'s speed-up over each contender, from the same round (its s/step over {name}'s):", "",
+                  f"| {name} vs | " + " | ".join(f"round {n}" for n in range(1, count + 1)) + " | median |",
                   "|---|" + "---|" * (count + 1)]
-        for what, values in ratios.items():
+        for what, values in others.items():
             lines.append(f"| {what} | " + " | ".join(f"{v:.3f}x" for v in values)
                          + f" | {statistics.median(values):.3f}x |")
-        fastest = min((a for a in aggregates if a.what != "moec"), key=lambda a: a.step_s)
-        lines += ["", f"fastest PyTorch contender: {fastest.what}, {fastest.step_s:.4f} s/step; moec "
-                      f"{statistics.median(ratios[fastest.what]):.3f}x as fast (median of the same-round ratios)"]
+        fastest = min((a for a in aggregates if a.what in others), key=lambda a: a.step_s)
+        lines += ["", f"fastest PyTorch contender: {fastest.what}, {fastest.step_s:.4f} s/step; {name} "
+                      f"{statistics.median(others[fastest.what]):.3f}x as fast (median of the same-round ratios)"]
+    planned = [r for r in rounds[-1] if r.planned_bytes is not None and r.device_used_bytes is not None]
+    if planned:
+        lines += ["", "moec's memory (last round): the plan's prediction (state, parameter copies, arena, inputs), "
+                      "what the program allocated, and the device memory in use at its fullest (CUDA context and "
+                      "library workspaces too):", "",
+                  "| program | planned GiB | allocated GiB | device used GiB | used / planned |",
+                  "|---|---|---|---|---|"]
+        for r in planned:
+            lines.append(f"| {r.what} | {r.planned_bytes / 2**30:.2f} | {r.peak_bytes / 2**30:.2f} | "
+                         f"{r.device_used_bytes / 2**30:.2f} | {r.device_used_bytes / r.planned_bytes:.3f} |")
     return "\n".join(lines)
 
 
 def report_json(setup: dict, rounds: list[list[Result]]) -> dict:
     """The ``--json`` report: setup, aggregates, moec's same-round ratios and every round's results."""
-    ratios = same_round_ratios(rounds, "moec")
+    names = check_rounds(rounds)
+    ratios = {f"{name} vs {what}": {"rounds": values, "median": statistics.median(values)}
+              for name in names if name.startswith("moec")
+              for what, values in same_round_ratios(rounds, name).items()}
     return {
         "format": REPORT_FORMAT,
         "setup": setup,
         "results": [asdict(a) for a in aggregate(rounds)],
-        "ratios": {f"moec vs {what}": {"rounds": values, "median": statistics.median(values)}
-                   for what, values in ratios.items()},
+        "ratios": ratios,
         "rounds": [[asdict(r) for r in results] for results in rounds],
     }
 
@@ -592,7 +663,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="run every contender this many times, interleaved (default 3)")
     parser.add_argument("--recipe", choices=RECIPES, default="bf16")
     parser.add_argument("--seed", type=int, default=1234, help="seeds the tokens and the PyTorch initialisations")
-    parser.add_argument("--moec", type=Path, metavar="PROGRAM", help="the program moec compile wrote")
+    parser.add_argument("--moec", action="append", default=[], metavar="[NAME=]PROGRAM",
+                        help="a program moec compile wrote (repeatable; NAME, default moec, starts with moec)")
+    parser.add_argument("--checkpointing", choices=("none", "full"), default="none",
+                        help="what the PyTorch contenders recompute: none, or full (every decoder layer: Hugging "
+                             "Face's gradient_checkpointing_enable(), torchtitan's checkpoint_wrapper per block)")
     parser.add_argument("--skip-hf", action="store_true", help="leave out Hugging Face eager")
     parser.add_argument("--skip-compile", action="store_true",
                         help="leave out the torch.compile contenders (hf-compile, titan-compile)")
@@ -615,11 +690,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.config, args.micro_batch, args.seq, args.warmup, args.steps = "tiny", 2, 64, 1, 2
         args.skip_compile = True
-    if args.moec:
-        if not args.moec.is_file():
-            parser.error(f"no such program '{args.moec}'")
+    try:
+        programs = parse_programs(args.moec)
+    except ValueError as e:
+        parser.error(str(e))
+    for _, program in programs:
+        if not program.is_file():
+            parser.error(f"no such program '{program}'")
         try:
-            check_compiled_job(args.moec, args.micro_batch, args.seq, args.recipe)
+            check_compiled_job(program, args.micro_batch, args.seq, args.recipe)
         except JobMismatch as e:
             parser.error(str(e))
     if args.torchtitan_path is not None and not args.torchtitan_path.is_dir():
@@ -631,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
         skipped.add("hf-eager")
     if args.skip_compile:
         skipped.update({"hf-compile", "titan-compile"})
-    if skipped == set(PYTORCH_CONTENDERS) and not args.moec:
+    if skipped == set(PYTORCH_CONTENDERS) and not programs:
         parser.error("nothing to run: every contender is skipped and no --moec")
 
     import torch
@@ -644,7 +723,8 @@ def main(argv: list[str] | None = None) -> int:
         device = "cuda"
     else:
         parser.error("no CUDA device (use --smoke to check the script on the CPU)")
-    job = Job(args.config, args.micro_batch, args.seq, args.warmup, args.steps, args.recipe, args.seed, device)
+    job = Job(args.config, args.micro_batch, args.seq, args.warmup, args.steps, args.recipe, args.seed, device,
+              args.checkpointing)
     config = presets.load_config(args.config)
     config.router_aux_loss_coef = AUX_LOSS_COEF
     flops, active = model_flops(config, job.micro_batch, job.seq)
@@ -656,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
         except TorchtitanUnavailable as e:
             unavailable = {what: str(e) for what in titan}
     contenders = pytorch_contenders(job, config, torchtitan, skipped)
-    if not contenders and not args.moec:
+    if not contenders and not programs:
         why = f" ({next(iter(unavailable.values()))})" if unavailable else ""
         parser.error(f"nothing to run: every contender is skipped and no --moec{why}")
     rng = np.random.default_rng(job.seed)
@@ -666,6 +746,9 @@ def main(argv: list[str] | None = None) -> int:
           f"({job.tokens_per_step} tokens/step), recipe {job.recipe}, {active:,.0f} active parameters, "
           f"{flops / 1e12:.4g} TFLOP/step; {job.warmup} warm-up + {job.steps} timed steps, "
           f"{args.rounds} round{'s' if args.rounds > 1 else ''}", flush=True)
+    if job.checkpointing == "full":
+        print("PyTorch contenders recompute every decoder layer in the backward (Hugging Face: "
+              "gradient_checkpointing_enable(); torchtitan: checkpoint_wrapper per block)", flush=True)
     if unavailable:
         print(f"{', '.join(unavailable)}: skipped: {next(iter(unavailable.values()))} (install torchtitan "
               f"{TORCHTITAN_VERSION} with spmd_types and tyro, or pass --torchtitan-path DIR)", flush=True)
@@ -674,22 +757,36 @@ def main(argv: list[str] | None = None) -> int:
               f"(cross-entropy only; the others add aux_loss {AUX_LOSS_COEF})", flush=True)
 
     rounds: list[list[Result]] = []
+    out_of_memory: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         token_file = Path(tmp) / "tokens.bin"
         token_file.write_bytes(tokens.astype("<i8").tobytes())
         for number in range(1, args.rounds + 1):
             results = []
-            for contender in contenders:
-                result = run_pytorch(contender, job, tokens, flops)
-                release()
+            for contender in list(contenders):
+                try:
+                    result = run_pytorch(contender, job, tokens, flops)
+                except torch.cuda.OutOfMemoryError as e:
+                    if number > 1:
+                        raise
+                    # It cannot train this job: reported, left out of every round.
+                    out_of_memory[contender.what] = str(e).splitlines()[0]
+                    contenders.remove(contender)
+                    print(f"[round {number}/{args.rounds}] {contender.what}: out of memory: "
+                          f"{out_of_memory[contender.what]}", flush=True)
+                    continue
+                finally:
+                    release()
                 results.append(result)
                 print_result(number, args.rounds, result)
-            if args.moec:
-                result = run_moec(args.moec, job, token_file, Path(tmp) / f"moec-{number}.csv")
+            for name, program in programs:
+                result = run_moec(name, program, job, token_file, Path(tmp) / f"{name}-{number}.csv")
                 results.append(result)
                 print_result(number, args.rounds, result)
             rounds.append(results)
     print()
+    for what, why in out_of_memory.items():
+        print(f"{what}: out of memory at this job ({why})")
     print(report_tables(rounds))
     if args.json:
         command = shlex.join(["python", "-m", "moec.bench", *(sys.argv[1:] if argv is None else argv)])
@@ -697,6 +794,7 @@ def main(argv: list[str] | None = None) -> int:
                  "tokens_per_step": job.tokens_per_step, "model_flops_per_step": flops, "active_parameters": active,
                  "router_aux_loss_coef": AUX_LOSS_COEF, "attention": "sdpa",
                  "experts": config._experts_implementation, "skipped": unavailable,
+                 "out_of_memory": out_of_memory, "pytorch_checkpointing": job.checkpointing,
                  "versions": versions(torchtitan), "command": command}
         if torchtitan is not None:
             setup["torchtitan"] = {

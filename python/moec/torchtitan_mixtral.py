@@ -175,9 +175,12 @@ def model_config(tt: Torchtitan, config, seq: int):
         layers=layers)
 
 
-def build_model(tt: Torchtitan, config, seq: int, dtype, device: str):
+def build_model(tt: Torchtitan, config, seq: int, dtype, device: str, checkpointing: bool = False):
     """The model of :func:`model_config` in training mode, parameters of ``dtype`` on ``device``, initialised.
 
+    ``checkpointing``: every ``TransformerBlock`` wrapped to be recomputed in
+    the backward, as torchtitan's full activation checkpointing (``FullAC``)
+    wraps them: torch's ``checkpoint_wrapper``, non-reentrant, RNG state kept.
     Draws from torch's global generator: seed it first.
     """
     import torch
@@ -193,6 +196,11 @@ def build_model(tt: Torchtitan, config, seq: int, dtype, device: str):
             model.init_states(buffer_device=torch.device(device))
     finally:
         torch.set_default_dtype(previous)
+    if checkpointing:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+        for name, block in list(model.layers.named_children()):
+            model.layers.register_module(name, checkpoint_wrapper(block, preserve_rng_state=True))
     return model.train()
 
 
@@ -229,16 +237,20 @@ def forward_loss(model, *, compile: bool):
     return run
 
 
-def compile_settings():
-    """Context of torchtitan's ``apply_compile`` dynamo setting (scalar outputs captured for the MoE dispatch).
+def compile_settings(checkpointing: bool = False):
+    """Context of torchtitan's ``apply_compile`` dynamo settings.
 
-    Scoped so that the other contenders compile with torch's defaults. (Its
-    other setting concerns activation checkpointing, which the benchmark
-    does not use.)
+    Scalar outputs are captured for the MoE dispatch; with ``checkpointing``,
+    forward side effects are not replayed in the recomputation (torchtitan
+    sets both). Scoped so that the other contenders compile with torch's
+    defaults.
     """
     import torch
 
-    return torch._dynamo.config.patch(capture_scalar_outputs=True)
+    settings = {"capture_scalar_outputs": True}
+    if checkpointing:
+        settings["skip_fwd_side_effects_in_bwd_under_checkpoint"] = True
+    return torch._dynamo.config.patch(**settings)
 
 
 #: Largest relative L2 difference of the logits --check accepts (the experts run in bf16).

@@ -99,11 +99,6 @@ public:
   /// size (dynamic, not received rows) at its op.
   FailureOr<LayerCost> costOf(const Layer &l, ActivationCheckpointing policy);
 
-  /// The bytes the step holds whatever the policy: arguments, values
-  /// computed from parameters alone, parameter gradients and the forward
-  /// values outside the layers that the backward reads.
-  FailureOr<int64_t> fixedBytes();
-
   /// The layer (index into layers) of forward op `op`, or -1.
   int64_t layerOf(Operation *op) const {
     auto it = layerOfOp.find(op);
@@ -430,44 +425,120 @@ FailureOr<LayerCost> StepAnalysis::costOf(const Layer &l,
   return cost;
 }
 
-FailureOr<int64_t> StepAnalysis::fixedBytes() {
-  int64_t bytes = 0;
-  auto add = [&](Value v) -> LogicalResult {
-    FailureOr<int64_t> b = bytesOf(v);
-    if (failed(b))
-      return failure();
-    bytes += *b;
-    return success();
+/// Rewrites the step so that every backward read of a value its layer's
+/// policy recomputes reads a clone made right before it; returns the number
+/// of ops cloned.
+int64_t rewrite(StepAnalysis &step,
+                ArrayRef<ActivationCheckpointing> policies) {
+  int64_t numRecomputed = 0;
+  MLIRContext *context = step.body.getParentOp()->getContext();
+  DenseMap<Value, Value> recomputedOf;
+  // The clone of `v`'s op (of layer `layer`) before `user`, and of what
+  // it needs, once.
+  std::function<Value(Value, int64_t, Operation *)> recompute =
+      [&](Value v, int64_t layer, Operation *user) -> Value {
+    if (Value known = recomputedOf.lookup(v))
+      return known;
+    Operation *def = v.getDefiningOp();
+    IRMapping mapping;
+    for (Value w : def->getOperands())
+      if (step.layerOf(w.getDefiningOp()) == layer &&
+          !step.keeps(policies[layer], w))
+        mapping.map(w, recompute(w, layer, user));
+    OpBuilder builder(user);
+    Operation *clone = builder.clone(*def, mapping);
+    clone->setAttr(MoeDialect::getRecomputeAttrName(),
+                   RecomputeAttr::get(context, step.layers[layer].index,
+                                      policies[layer]));
+    ++numRecomputed;
+    for (auto [from, to] :
+         llvm::zip_equal(def->getResults(), clone->getResults()))
+      recomputedOf[from] = to;
+    return recomputedOf.lookup(v);
   };
-  for (BlockArgument arg : body.getArguments())
-    if (failed(add(arg)))
-      return failure();
-  DenseSet<Value> counted;
-  for (Operation &op : body) {
-    if (op.getNumOperands() != 0 && !backwardOps.contains(&op))
-      for (Value r : op.getResults())
-        if (fixed.contains(r) && failed(add(r)))
-          return failure();
-    if (auto norm = dyn_cast<GlobalNormOp>(op))
-      for (Value gradient : norm->getOperands())
-        if (counted.insert(gradient).second && failed(add(gradient)))
-          return failure();
-  }
-  for (Operation *user : backward)
-    for (Value v : user->getOperands()) {
-      Operation *def = v.getDefiningOp();
-      if (def && !backwardOps.contains(def) && !layerOfOp.contains(def) &&
-          !fixed.contains(v) && counted.insert(bufferOf(v)).second &&
-          failed(add(bufferOf(v))))
-        return failure();
+  // Reads that nothing uses (tensor.dim left by the builder, forward or
+  // backward) would keep a recomputed value alive: they go.
+  auto readsRecomputed = [&](Operation *op) {
+    return llvm::any_of(op->getOperands(), [&](Value v) {
+      int64_t layer = step.layerOf(v.getDefiningOp());
+      return layer >= 0 && !step.keeps(policies[layer], v);
+    });
+  };
+  DenseSet<Operation *> deadReads;
+  for (Operation &op : step.body)
+    if (isDeadRead(&op) && step.layerOf(&op) < 0 && readsRecomputed(&op))
+      deadReads.insert(&op);
+  llvm::erase_if(step.backward,
+                 [&](Operation *op) { return deadReads.contains(op); });
+  for (Operation *op : deadReads)
+    op->erase();
+  for (Operation *user : step.backward) {
+    for (OpOperand &operand : user->getOpOperands()) {
+      int64_t layer = step.layerOf(operand.get().getDefiningOp());
+      if (layer >= 0 && !step.keeps(policies[layer], operand.get()))
+        operand.set(recompute(operand.get(), layer, user));
     }
+  }
+  // A forward op that kept something for the backward alone (moe.experts'
+  // projections, moe.attention's log-sum-exp) stops keeping it: the
+  // recomputed op keeps its own.
+  for (const Layer &layer : step.layers)
+    for (Operation *op : layer.ops) {
+      OpBuilder builder(op);
+      if (auto experts = dyn_cast<ExpertsOp>(op);
+          experts && experts.getSaved() && experts.getSaved().use_empty()) {
+        auto plain = ExpertsOp::create(
+            builder, experts.getLoc(), experts.getResult().getType(),
+            /*saved=*/Type(), experts.getInput(), experts.getGates(),
+            experts.getExperts(), experts.getGateUp(), experts.getDown(),
+            experts.getGateUpLayoutAttr());
+        experts.getResult().replaceAllUsesWith(plain.getResult());
+        experts.erase();
+      } else if (auto attention = dyn_cast<AttentionOp>(op);
+                 attention && attention.getStats() &&
+                 attention.getStats().use_empty()) {
+        auto plain = AttentionOp::create(
+            builder, attention.getLoc(), attention.getResult().getType(),
+            /*stats=*/Type(), attention.getQuery(), attention.getKey(),
+            attention.getValue(), attention.getCausalAttr(),
+            attention.getScaleAttr(), attention.getSlidingWindowAttr());
+        attention.getResult().replaceAllUsesWith(plain.getResult());
+        attention.erase();
+      }
+    }
+  return numRecomputed;
+}
+
+
+/// The bytes the step needs under `policies`: its arguments (parameters,
+/// optimizer state, inputs) and the most bytes moe-plan-memory's buffers
+/// have alive at once, measured on a copy of `func` rewritten with them.
+FailureOr<int64_t> measureBytes(func::FuncOp func,
+                                ArrayRef<ActivationCheckpointing> policies) {
+  OwningOpRef<func::FuncOp> copy = func.clone();
+  StepAnalysis step(copy->getBody().front());
+  FailureOr<bool> isStep = step.analyze(*copy, ActivationCheckpointing::Auto);
+  if (failed(isStep) || !*isStep || step.layers.size() != policies.size())
+    return func.emitOpError()
+           << "changed its layers when copied (internal error of "
+              "moe-checkpoint-activations)";
+  rewrite(step, policies);
+  FailureOr<int64_t> live = arenaLiveBytes(*copy);
+  if (failed(live))
+    return failure();
+  int64_t bytes = *live;
+  for (BlockArgument arg : copy->getArguments())
+    if (auto type = dyn_cast<RankedTensorType>(arg.getType());
+        type && type.hasStaticShape())
+      bytes += (type.getNumElements() * type.getElementTypeBitWidth() + 7) / 8;
   return bytes;
 }
 
-/// The cheapest policy per layer that fits `budget` bytes, and the remark
-/// that explains it.
+/// The policy per layer that fits `budget` bytes with the least added
+/// time, and the remark that explains it. The cost model orders the
+/// candidates; whether one fits is measured (measureBytes).
 FailureOr<std::vector<ActivationCheckpointing>>
-chooseAutomatically(StepAnalysis &step, Operation *func, int64_t budget) {
+chooseAutomatically(StepAnalysis &step, func::FuncOp func, int64_t budget) {
   using AC = ActivationCheckpointing;
   const AC choices[] = {AC::None, AC::Selective, AC::Full};
   std::vector<std::array<LayerCost, 3>> costs;
@@ -481,20 +552,18 @@ chooseAutomatically(StepAnalysis &step, Operation *func, int64_t budget) {
     }
     costs.push_back(c);
   }
-  FailureOr<int64_t> fixed = step.fixedBytes();
-  if (failed(fixed))
-    return failure();
-  std::vector<unsigned> chosen(step.layers.size(), 0);
-  auto estimate = [&] {
-    int64_t kept = 0, recomputed = 0;
-    for (auto [layer, choice] : llvm::enumerate(chosen)) {
-      kept += costs[layer][choice].keptBytes;
-      recomputed = std::max(recomputed, costs[layer][choice].recomputedBytes);
-    }
-    return std::make_tuple(*fixed + kept + recomputed, kept, recomputed);
+  using Choice = std::vector<unsigned>;
+  auto addedSeconds = [&](const Choice &chosen) {
+    double seconds = 0;
+    for (auto [layer, choice] : llvm::enumerate(chosen))
+      seconds += costs[layer][choice].seconds;
+    return seconds;
   };
-  while (std::get<0>(estimate()) > budget) {
-    // The change that adds the least time per byte it saves.
+  // From none everywhere, the change that adds the least time per byte it
+  // saves, until none is left: candidates in the order of the cost model.
+  std::vector<Choice> sequence = {Choice(step.layers.size(), 0)};
+  while (true) {
+    const Choice &chosen = sequence.back();
     std::optional<std::pair<size_t, unsigned>> best;
     double bestRatio = 0;
     for (size_t layer = 0; layer < chosen.size(); ++layer)
@@ -512,37 +581,72 @@ chooseAutomatically(StepAnalysis &step, Operation *func, int64_t budget) {
       }
     if (!best)
       break;
-    chosen[best->first] = best->second;
+    Choice next = chosen;
+    next[best->first] = best->second;
+    sequence.push_back(std::move(next));
   }
-  // The same policy everywhere, when it fits and adds less time than the
-  // changes above (their order can miss it), wins.
-  auto addedSeconds = [&] {
-    double seconds = 0;
-    for (auto [layer, choice] : llvm::enumerate(chosen))
-      seconds += costs[layer][choice].seconds;
-    return seconds;
+  std::map<Choice, int64_t> measured;
+  auto bytesOf = [&](const Choice &chosen) -> FailureOr<int64_t> {
+    if (auto it = measured.find(chosen); it != measured.end())
+      return it->second;
+    std::vector<AC> policies;
+    for (unsigned c : chosen)
+      policies.push_back(choices[c]);
+    FailureOr<int64_t> bytes = measureBytes(func, policies);
+    if (succeeded(bytes))
+      measured[chosen] = *bytes;
+    return bytes;
   };
-  for (unsigned choice = 0; choice < 3; ++choice) {
-    std::vector<unsigned> best = chosen;
-    double bestSeconds = addedSeconds();
-    bool bestFits = std::get<0>(estimate()) <= budget;
-    chosen.assign(chosen.size(), choice);
-    if (std::get<0>(estimate()) <= budget &&
-        (!bestFits || addedSeconds() < bestSeconds))
-      continue;
-    chosen = best;
+  // The first candidate that fits (each change saves bytes, so the
+  // sequence's bytes fall: bisect it, after the common case that nothing
+  // needs recomputing).
+  std::optional<Choice> chosen;
+  size_t low = 0, high = sequence.size() - 1;
+  for (size_t end : {low, high}) {
+    FailureOr<int64_t> bytes = bytesOf(sequence[end]);
+    if (failed(bytes))
+      return failure();
+    if (*bytes <= budget) {
+      high = end;
+      chosen = sequence[end];
+      break;
+    }
   }
-  auto [total, kept, recomputed] = estimate();
-  double added = 0;
+  while (chosen && low + 1 < high) {
+    size_t middle = (low + high) / 2;
+    FailureOr<int64_t> bytes = bytesOf(sequence[middle]);
+    if (failed(bytes))
+      return failure();
+    (*bytes <= budget ? high : low) = middle;
+  }
+  if (chosen)
+    chosen = sequence[high];
+  // The same policy everywhere, when it fits and adds less time (the
+  // order of the changes can miss it), wins.
+  for (unsigned choice = 0; choice < 3; ++choice) {
+    Choice same(step.layers.size(), choice);
+    if (chosen && addedSeconds(same) >= addedSeconds(*chosen))
+      continue;
+    FailureOr<int64_t> bytes = bytesOf(same);
+    if (failed(bytes))
+      return failure();
+    if (*bytes <= budget)
+      chosen = same;
+  }
   std::string table;
   llvm::raw_string_ostream os(table);
   // Per layer: the choice, then each policy's kept bytes, recomputed bytes
-  // and added milliseconds.
+  // and added milliseconds (the cost model).
   os << "\n  layer  chosen     none: kept | selective: kept, recomputed, ms | "
         "full: kept, recomputed, ms";
-  for (auto [layer, choice] : llvm::enumerate(chosen)) {
+  // Without a fit, the candidate that needs the least.
+  const Choice &shown =
+      chosen ? *chosen
+             : llvm::min_element(measured, [](auto &a, auto &b) {
+                 return a.second < b.second;
+               })->first;
+  for (auto [layer, choice] : llvm::enumerate(shown)) {
     const std::array<LayerCost, 3> &c = costs[layer];
-    added += c[choice].seconds;
     os << llvm::formatv("\n  {0,-6} {1,-10} {2} | {3}, {4}, {5:F3} | {6}, "
                         "{7}, {8:F3}",
                         step.layers[layer].index,
@@ -553,19 +657,27 @@ chooseAutomatically(StepAnalysis &step, Operation *func, int64_t budget) {
                         formatBytes(c[2].keptBytes),
                         formatBytes(c[2].recomputedBytes), c[2].seconds * 1e3);
   }
+  int64_t argumentBytes = 0;
+  for (BlockArgument arg : func.getArguments())
+    if (auto type = dyn_cast<RankedTensorType>(arg.getType());
+        type && type.hasStaticShape())
+      argumentBytes +=
+          (type.getNumElements() * type.getElementTypeBitWidth() + 7) / 8;
+  int64_t total = measured.at(shown);
   std::string summary = llvm::formatv(
-      "activation checkpointing auto: {0} estimated for a budget of {1} "
-      "(arguments, gradients and other kept values {2}, layers' kept values "
-      "{3}, one layer's recomputed values {4}); recomputation adds {5:F3} ms",
-      formatBytes(total), formatBytes(budget), formatBytes(*fixed),
-      formatBytes(kept), formatBytes(recomputed), added * 1e3);
+      "activation checkpointing auto: {0} for a budget of {1} (arguments "
+      "{2}, the most bytes alive at once {3}, measured on the rewritten step "
+      "for {4} of {5} candidates); recomputation adds {6:F3} ms",
+      formatBytes(total), formatBytes(budget), formatBytes(argumentBytes),
+      formatBytes(total - argumentBytes), measured.size(),
+      sequence.size() + 3, addedSeconds(shown) * 1e3);
   // At the function's location, without printing the function.
-  if (total > budget)
+  if (!chosen)
     return emitError(func->getLoc())
            << summary << ": it does not fit whatever the layers recompute";
   emitRemark(func->getLoc()) << summary << table;
   std::vector<AC> policies;
-  for (unsigned choice : chosen)
+  for (unsigned choice : *chosen)
     policies.push_back(choices[choice]);
   return policies;
 }
@@ -600,85 +712,7 @@ struct CheckpointActivationsPass
         return signalPassFailure();
       policies = *chosen;
     }
-    rewrite(step, policies);
-  }
-
-  /// Makes every backward read of a recomputed value read a clone.
-  void rewrite(StepAnalysis &step, ArrayRef<ActivationCheckpointing> policies) {
-    DenseMap<Value, Value> recomputedOf;
-    // The clone of `v`'s op (of layer `layer`) before `user`, and of what
-    // it needs, once.
-    std::function<Value(Value, int64_t, Operation *)> recompute =
-        [&](Value v, int64_t layer, Operation *user) -> Value {
-      if (Value known = recomputedOf.lookup(v))
-        return known;
-      Operation *def = v.getDefiningOp();
-      IRMapping mapping;
-      for (Value w : def->getOperands())
-        if (step.layerOf(w.getDefiningOp()) == layer &&
-            !step.keeps(policies[layer], w))
-          mapping.map(w, recompute(w, layer, user));
-      OpBuilder builder(user);
-      Operation *clone = builder.clone(*def, mapping);
-      clone->setAttr(MoeDialect::getRecomputeAttrName(),
-                     RecomputeAttr::get(&getContext(), step.layers[layer].index,
-                                        policies[layer]));
-      ++numRecomputed;
-      for (auto [from, to] :
-           llvm::zip_equal(def->getResults(), clone->getResults()))
-        recomputedOf[from] = to;
-      return recomputedOf.lookup(v);
-    };
-    // Reads that nothing uses (tensor.dim left by the builder, forward or
-    // backward) would keep a recomputed value alive: they go.
-    auto readsRecomputed = [&](Operation *op) {
-      return llvm::any_of(op->getOperands(), [&](Value v) {
-        int64_t layer = step.layerOf(v.getDefiningOp());
-        return layer >= 0 && !step.keeps(policies[layer], v);
-      });
-    };
-    DenseSet<Operation *> deadReads;
-    for (Operation &op : step.body)
-      if (isDeadRead(&op) && step.layerOf(&op) < 0 && readsRecomputed(&op))
-        deadReads.insert(&op);
-    llvm::erase_if(step.backward,
-                   [&](Operation *op) { return deadReads.contains(op); });
-    for (Operation *op : deadReads)
-      op->erase();
-    for (Operation *user : step.backward) {
-      for (OpOperand &operand : user->getOpOperands()) {
-        int64_t layer = step.layerOf(operand.get().getDefiningOp());
-        if (layer >= 0 && !step.keeps(policies[layer], operand.get()))
-          operand.set(recompute(operand.get(), layer, user));
-      }
-    }
-    // A forward op that kept something for the backward alone (moe.experts'
-    // projections, moe.attention's log-sum-exp) stops keeping it: the
-    // recomputed op keeps its own.
-    for (const Layer &layer : step.layers)
-      for (Operation *op : layer.ops) {
-        OpBuilder builder(op);
-        if (auto experts = dyn_cast<ExpertsOp>(op);
-            experts && experts.getSaved() && experts.getSaved().use_empty()) {
-          auto plain = ExpertsOp::create(
-              builder, experts.getLoc(), experts.getResult().getType(),
-              /*saved=*/Type(), experts.getInput(), experts.getGates(),
-              experts.getExperts(), experts.getGateUp(), experts.getDown(),
-              experts.getGateUpLayoutAttr());
-          experts.getResult().replaceAllUsesWith(plain.getResult());
-          experts.erase();
-        } else if (auto attention = dyn_cast<AttentionOp>(op);
-                   attention && attention.getStats() &&
-                   attention.getStats().use_empty()) {
-          auto plain = AttentionOp::create(
-              builder, attention.getLoc(), attention.getResult().getType(),
-              /*stats=*/Type(), attention.getQuery(), attention.getKey(),
-              attention.getValue(), attention.getCausalAttr(),
-              attention.getScaleAttr(), attention.getSlidingWindowAttr());
-          attention.getResult().replaceAllUsesWith(plain.getResult());
-          attention.erase();
-        }
-      }
+    numRecomputed += rewrite(step, policies);
   }
 };
 

@@ -8,6 +8,7 @@
 #define DIALECTS_MOE_TRANSFORMS_PASSES_H
 
 #include "dialects/Moe/IR/MoeOps.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/Linalg/IR/Linalg.h"
 #include "mlir/Pass/Pass.h"
 
@@ -38,6 +39,12 @@ using ActivationCheckpointingNames =
               getMaxEnumValForActivationCheckpointing(),
               symbolizeActivationCheckpointing,
               stringifyActivationCheckpointing>;
+
+/// The most bytes of moe-plan-memory's buffers alive at once in `func`
+/// (what the pass records as `moe.arena_live_bytes`): the arena's lower
+/// bound, computed on any single-block step with static shapes. Fails with
+/// the pass's diagnostic at an op it cannot size.
+FailureOr<int64_t> arenaLiveBytes(func::FuncOp func);
 
 #define GEN_PASS_DECL
 #include "dialects/Moe/Transforms/Passes.h.inc"

@@ -187,11 +187,14 @@ def CheckpointActivations
       recomputed collectives run in the same order on all ranks of a
       group, and their results equal the forward's (routing and the row
       order are deterministic).
-    - `auto`: per layer none, selective or full. The estimate is the
-      step's arguments and parameter gradients, plus every layer's kept
-      values, plus the largest layer's recomputed values; while it exceeds
-      `memory-budget`, the layer change with the least added time per byte
-      saved is taken; the same policy on every layer replaces that choice
+    - `auto`: per layer none, selective or full, the least added time that
+      fits `memory-budget` bytes. Candidates come from the cost model:
+      from none everywhere, the layer change with the least added time per
+      byte saved, until none is left. Whether one fits is measured: the
+      step's arguments plus the most bytes alive at once in a copy
+      rewritten with it, counted as moe-plan-memory counts them; the pass
+      bisects the candidates for the first that fits. The same policy on
+      every layer replaces that choice
       when it fits and adds less time. Time is a cost model: GEMMs at 650 TFLOP/s,
       attention at 500 TFLOP/s, memory-bound ops at 3.9 TB/s of the bytes
       they read and write, collectives at 330 GB/s (H200 measurements,

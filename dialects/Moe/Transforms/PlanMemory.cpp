@@ -158,6 +158,99 @@ LogicalResult checkPlacement(const std::vector<Buffer> &buffers) {
   return success();
 }
 
+/// The buffers of one function: the arena's, and the pinned host region's
+/// (moe.offload's results), each owning value mapped to its buffer.
+struct Buffers {
+  std::vector<Buffer> device, host;
+  llvm::DenseMap<Value, size_t> deviceOf, hostOf;
+};
+
+/// The buffers of `body` (ops numbered by `index`, `last` past the
+/// terminator) with their live intervals. Fails with a diagnostic at an op
+/// whose result has a shape the plan cannot size.
+FailureOr<Buffers>
+collectBuffers(Block &body, const llvm::DenseMap<Operation *, int64_t> &index,
+               int64_t last) {
+  Buffers buffers;
+  for (Operation &op : body) {
+    if (op.hasAttr(MoeDialect::getPersistentCopyAttrName()))
+      continue; // the backend's persistent storage (moe-keep-param-copies)
+    for (Value result : op.getResults()) {
+      auto type = dyn_cast<RankedTensorType>(result.getType());
+      if (!type || isView(result))
+        continue;
+      int64_t elements;
+      if (type.hasStaticShape()) {
+        elements = type.getNumElements();
+      } else {
+        std::optional<int64_t> rows = receivedRowBound(result);
+        bool onlyRowsDynamic =
+            llvm::count_if(type.getShape(), ShapedType::isDynamic) == 1 &&
+            type.isDynamicDim(0);
+        if (!rows || !onlyRowsDynamic)
+          return op.emitOpError() << "has a result of dynamic shape " << type
+                                  << "; run moe-specialize-shapes first";
+        elements = boundedElements(type, *rows);
+      }
+      int64_t bits = type.getElementTypeBitWidth();
+      Buffer buffer;
+      buffer.value = result;
+      buffer.bytes = std::max<int64_t>(1, (elements * bits + 7) / 8);
+      buffer.begin = buffer.end = index.lookup(&op);
+      bool host = isHostTensor(type);
+      (host ? buffers.hostOf : buffers.deviceOf)[result] =
+          (host ? buffers.host : buffers.device).size();
+      (host ? buffers.host : buffers.device).push_back(buffer);
+    }
+  }
+  // Every operand is charged to its owner: a view read later keeps its
+  // source alive.
+  for (Operation &op : body)
+    for (Value operand : op.getOperands()) {
+      int64_t use = isa<func::ReturnOp>(op) ? last : index.lookup(&op);
+      if (auto it = buffers.hostOf.find(operand); it != buffers.hostOf.end())
+        buffers.host[it->second].end =
+            std::max(buffers.host[it->second].end, use);
+      auto it = buffers.deviceOf.find(owner(operand));
+      if (it == buffers.deviceOf.end())
+        continue; // an argument, or not a tensor
+      buffers.device[it->second].end =
+          std::max(buffers.device[it->second].end, use);
+    }
+  // A host copy is read by its fetch's copy, which the compute stream waits
+  // for before the fetched value's first reader: it lives to the fetched
+  // value's last reader, so that no later offload writes it while the fetch
+  // may still read it.
+  for (Operation &op : body)
+    if (auto fetch = dyn_cast<moe::FetchOp>(op)) {
+      auto host = buffers.hostOf.find(fetch.getInput());
+      auto device = buffers.deviceOf.find(fetch.getResult());
+      if (host != buffers.hostOf.end() && device != buffers.deviceOf.end())
+        buffers.host[host->second].end =
+            std::max(buffers.host[host->second].end,
+                     buffers.device[device->second].end);
+    }
+  return buffers;
+}
+
+/// The most bytes of `buffers` alive at once: a sweep over the starts and
+/// ends of their intervals (an interval includes both ends).
+int64_t liveBytesPeak(ArrayRef<Buffer> buffers) {
+  std::vector<std::pair<int64_t, int64_t>> changes;
+  for (const Buffer &b : buffers) {
+    changes.push_back({b.begin, b.bytes});
+    changes.push_back({b.end + 1, -b.bytes});
+  }
+  // At one position the ends go first: they belong to the previous one.
+  llvm::sort(changes);
+  int64_t live = 0, peak = 0;
+  for (auto [position, delta] : changes) {
+    live += delta;
+    peak = std::max(peak, live);
+  }
+  return peak;
+}
+
 struct PlanMemoryPass : public moe::impl::PlanMemoryBase<PlanMemoryPass> {
   using PlanMemoryBase::PlanMemoryBase;
 
@@ -194,71 +287,15 @@ struct PlanMemoryPass : public moe::impl::PlanMemoryBase<PlanMemoryPass> {
           }
     }
 
-    // Buffers and their intervals.
-    // Device buffers (the arena) and host buffers (moe.offload's results,
-    // the pinned host region), each planned on its own.
-    llvm::DenseMap<Value, size_t> bufferOf, hostBufferOf;
-    std::vector<Buffer> buffers, hostBuffers;
-    for (Operation &op : body) {
-      if (op.hasAttr(MoeDialect::getPersistentCopyAttrName()))
-        continue; // the backend's persistent storage (moe-keep-param-copies)
-      for (Value result : op.getResults()) {
-        auto type = dyn_cast<RankedTensorType>(result.getType());
-        if (!type || isView(result))
-          continue;
-        int64_t elements;
-        if (type.hasStaticShape()) {
-          elements = type.getNumElements();
-        } else {
-          std::optional<int64_t> rows = receivedRowBound(result);
-          bool onlyRowsDynamic =
-              llvm::count_if(type.getShape(), ShapedType::isDynamic) == 1 &&
-              type.isDynamicDim(0);
-          if (!rows || !onlyRowsDynamic) {
-            op.emitOpError() << "has a result of dynamic shape " << type
-                             << "; run moe-specialize-shapes first";
-            return signalPassFailure();
-          }
-          elements = boundedElements(type, *rows);
-        }
-        int64_t bits = type.getElementTypeBitWidth();
-        Buffer buffer;
-        buffer.value = result;
-        buffer.bytes = std::max<int64_t>(1, (elements * bits + 7) / 8);
-        buffer.begin = buffer.end = index[&op];
-        if (isHostTensor(type)) {
-          hostBufferOf[result] = hostBuffers.size();
-          hostBuffers.push_back(buffer);
-          continue;
-        }
-        bufferOf[result] = buffers.size();
-        buffers.push_back(buffer);
-      }
-    }
-    for (Operation &op : body)
-      for (Value operand : op.getOperands()) {
-        int64_t use = isa<func::ReturnOp>(op) ? last : index[&op];
-        if (auto it = hostBufferOf.find(operand); it != hostBufferOf.end())
-          hostBuffers[it->second].end =
-              std::max(hostBuffers[it->second].end, use);
-        auto it = bufferOf.find(owner(operand));
-        if (it == bufferOf.end())
-          continue; // an argument, or not a tensor
-        buffers[it->second].end = std::max(buffers[it->second].end, use);
-      }
-    // A view read later keeps its source alive: handled above, since every
-    // operand is charged to its owner. A host copy is read by its fetch's
-    // copy, which the compute stream waits for before the fetched value's
-    // first reader: it lives to the fetched value's last reader, so that no
-    // later offload writes it while the fetch may still read it.
-    for (Operation &op : body)
-      if (auto fetch = dyn_cast<moe::FetchOp>(op)) {
-        auto host = hostBufferOf.find(fetch.getInput());
-        auto device = bufferOf.find(fetch.getResult());
-        if (host != hostBufferOf.end() && device != bufferOf.end())
-          hostBuffers[host->second].end = std::max(
-              hostBuffers[host->second].end, buffers[device->second].end);
-      }
+    // Buffers and their intervals: device buffers (the arena) and host
+    // buffers (moe.offload's results, the pinned host region), each planned
+    // on its own.
+    FailureOr<Buffers> collected = collectBuffers(body, index, last);
+    if (failed(collected))
+      return signalPassFailure();
+    std::vector<Buffer> &buffers = collected->device;
+    std::vector<Buffer> &hostBuffers = collected->host;
+    const llvm::DenseMap<Value, size_t> &bufferOf = collected->deviceOf;
 
     const int64_t arena = placeBuffers(buffers, alignment);
     const int64_t hostBytes = placeBuffers(hostBuffers, alignment);
@@ -266,14 +303,7 @@ struct PlanMemoryPass : public moe::impl::PlanMemoryBase<PlanMemoryPass> {
       return signalPassFailure();
 
     // The most bytes alive at once, a bound no placement can beat.
-    int64_t liveBound = 0;
-    for (int64_t t = 0; t <= last; ++t) {
-      int64_t live = 0;
-      for (const Buffer &b : buffers)
-        if (b.begin <= t && t <= b.end)
-          live += b.bytes;
-      liveBound = std::max(liveBound, live);
-    }
+    int64_t liveBound = liveBytesPeak(buffers);
 
     Builder builder(&getContext());
     for (Operation &op : body) {
@@ -289,10 +319,11 @@ struct PlanMemoryPass : public moe::impl::PlanMemoryBase<PlanMemoryPass> {
         op.setAttr(MoeDialect::getArenaOffsetsAttrName(),
                    builder.getDenseI64ArrayAttr(offsets));
       if (auto offload = dyn_cast<moe::OffloadOp>(op))
-        op.setAttr(MoeDialect::getHostOffsetsAttrName(),
-                   builder.getDenseI64ArrayAttr(
-                       {hostBuffers[hostBufferOf.lookup(offload.getResult())]
-                            .offset}));
+        op.setAttr(
+            MoeDialect::getHostOffsetsAttrName(),
+            builder.getDenseI64ArrayAttr(
+                {hostBuffers[collected->hostOf.lookup(offload.getResult())]
+                     .offset}));
     }
     if (!hostBuffers.empty())
       func->setAttr(MoeDialect::getHostBytesAttrName(),
@@ -307,3 +338,18 @@ struct PlanMemoryPass : public moe::impl::PlanMemoryBase<PlanMemoryPass> {
 };
 
 } // namespace
+
+FailureOr<int64_t> mlir::moe::arenaLiveBytes(func::FuncOp func) {
+  if (!func.getBody().hasOneBlock())
+    return func.emitOpError() << "has " << func.getBody().getBlocks().size()
+                              << " blocks; the arena is planned for one";
+  Block &body = func.getBody().front();
+  llvm::DenseMap<Operation *, int64_t> index;
+  int64_t position = 0;
+  for (Operation &op : body)
+    index[&op] = position++;
+  FailureOr<Buffers> buffers = collectBuffers(body, index, position);
+  if (failed(buffers))
+    return failure();
+  return liveBytesPeak(buffers->device);
+}

@@ -7,7 +7,9 @@ step times make the median of the same-round ratios differ from the ratio of
 the medians (moec vs hf-eager: rounds 1.300, 1.400, 1.232, median 1.300; the
 medians' ratio 1.326); DIR/uneven.json: the same with titan-compile missing
 from round 2; DIR/unversioned.json: a report without its format (what
-the benchmark wrote before it ran rounds).
+the benchmark wrote before it ran rounds); DIR/policies.json: one round of
+hf-eager and two moec programs (moec-full, moec-auto) with their planned
+bytes and device memory in use.
 """
 
 import json
@@ -42,6 +44,11 @@ def main(out: Path) -> None:
     rounds[1] = [r for r in rounds[1] if r["what"] != "titan-compile"]
     (out / "uneven.json").write_text(report(rounds))
     (out / "unversioned.json").write_text(json.dumps({"setup": {}, "results": rounds[0]}))
+    full = {**result("moec", 0), "what": "moec-full", "step_s": 0.120, "planned_bytes": 90 * 2**30,
+            "device_used_bytes": int(92.5 * 2**30), "peak_bytes": 90 * 2**30}
+    auto = {**result("moec", 0), "what": "moec-auto", "step_s": 0.104, "planned_bytes": 120 * 2**30,
+            "device_used_bytes": int(123.0 * 2**30), "peak_bytes": 120 * 2**30}
+    (out / "policies.json").write_text(report([[result("hf-eager", 0), full, auto]]))
 
 
 if __name__ == "__main__":
