@@ -34,7 +34,11 @@
 # as a bf16 model ("param_dtype": "bf16"); the fp32
 # aux_loss step under activation checkpointing selective, full and auto
 # equals the CPU reference as above and the program without checkpointing
-# to a relative 1e-6 (recomputation is deterministic).
+# to a relative 1e-6 (recomputation is deterministic); with activation
+# offloading (horizon 1 and 2, under none and selective) it equals the CPU
+# reference as above and the program without offloading to a relative
+# 1e-6, and prints the bytes it moved and the time the fetches waited;
+# the E = 8 step offloads on two simulated expert-parallel ranks too.
 # Partitioned (docs/partitioning.md): the tiny Mixtral with E = 8 in fp32 on
 # the layouts (P, H) in {(2,1), (1,2), (2,2), (4,2), (8,1)} (W = P·H), with
 # both dispatchers and the token shuffle on and off where P > 1, each
@@ -56,17 +60,30 @@
 # the exports users make) compiles, and its fp32 program's 3 steps equal the
 # CPU reference's as above; `forms` as a third word runs only those. Exits
 # non-zero on the first failure.
+#
+# GPU_TESTS_ONLY=offload (in both halves) prepares and runs only the
+# offloading checks and what they compare with; GPU_TESTS_ONLY=forms is the
+# same as the third word `forms`.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 mode="${1:-}"
 dir="${2:-}"
-# An optional third word runs one group of checks alone: `forms`.
-only="${3:-}"
-if [[ -z "$mode" || -z "$dir" || ( -n "$only" && "$only" != forms ) ]]; then
-  echo "usage: $0 prepare|prepare-sources|run DIR [forms]" >&2
+# An optional third word (or GPU_TESTS_ONLY) runs one group of checks
+# alone: `forms` or `offload`.
+only="${3:-${GPU_TESTS_ONLY:-}}"
+if [[ -z "$mode" || -z "$dir" || ( -n "$only" && "$only" != forms && "$only" != offload ) ]]; then
+  echo "usage: $0 prepare|prepare-sources|run DIR [forms|offload]" >&2
   exit 2
 fi
 modes=(aux_loss none sinkhorn balanced)
+checkpointing=(selective full auto)
+# Activation offloading: name, policy, horizon.
+offload_cases=("none-h1 none 1" "none-h2 none 2" "selective-h1 selective 1"
+               "selective-h2 selective 2")
+if [[ "$only" == offload ]]; then
+  modes=(aux_loss)
+  checkpointing=(selective)
+fi
 # The W = 4 layouts of the tiny Mixtral (E = 4) the resharding check moves
 # between: W P H.
 reshard_layouts=("4 2 2" "4 4 1" "4 1 4")
@@ -161,57 +178,59 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
     cp "$build/runtime/libmoert.a" "$build/runtime/libmoert_hf.a" \
       "$build/runtime/libmoert_cudnn.a" "$dir/lib/"
     printf 'cudnn=%q\nnccl=%q\n' "$cudnn" "$nccl" > "$dir/lib/paths.sh"
-  elif [[ "$only" != forms ]]; then
+  elif [[ -z "$only" ]]; then
     build_tests "$dir" "$build/runtime" "$cudnn" "$nccl"
   fi
-  # Every ONNX form that raises: its fp32 program, and the CPU reference's
-  # 3 steps from the same seed on the fortunes blocks cut to the form's
-  # sequence length (a static form's batch and seq, else 2 x 64).
-  rm -rf "$dir"/form-* "$dir"/ref-form-*
-  for folder in "${form_folders[@]}"; do
-    for model in "$root/test/Inputs/$folder"/*.onnx; do
-      [[ -f "$model" ]] || continue
-      name="form-$folder-$(basename "$model" .onnx)"
-      if ! "$moec_bin" import "$model" --require-complete > /dev/null 2>&1; then
-        echo "SKIPPED: $model does not raise completely"
-        continue
-      fi
-      read -r batch seq < <(python3 -c "import onnx, sys; dims = onnx.load(sys.argv[1], load_external_data=False).graph.input[0].type.tensor_type.shape.dim; static = all(d.HasField('dim_value') for d in dims); print(*(d.dim_value for d in dims) if static else (2, 64))" "$model")
-      tokens="$dir/data/train-s$seq"
-      if [[ ! -f "$tokens.pb" ]]; then
-        python3 -c "import numpy as np, onnx, onnx.numpy_helper as h, sys; blocks = h.to_array(onnx.load_tensor(sys.argv[1])); s = int(sys.argv[3]); cut = blocks[:, : blocks.shape[1] // s * s].reshape(-1, s); open(sys.argv[2], 'wb').write(h.from_array(np.ascontiguousarray(cut), 'input_ids').SerializeToString())" \
-          "$root/test/Inputs/fortunes/train.pb" "$tokens.pb" "$seq"
-        python3 -m moec.tokens "$tokens.pb" "$tokens.bin"
-      fi
-      printf '{"micro_batch_size": %d, "seq_length": %d}\n' "$batch" "$seq" > "$dir/$name.json"
-      if ! moec compile "$model" --config "$dir/$name.json" -o "$dir/$name" > "$dir/$name.log" 2>&1; then
-        cat "$dir/$name.log"
-        echo "error: moec compile failed on $model, which raises" >&2
-        exit 1
-      fi
-      "$moec_bin" train "$model" --reference --tokens "$tokens.pb" \
-        --micro-batch-size "$batch" --steps 3 \
-        --dump "$dir/ref-$name" --log "$dir/ref-$name.csv" > /dev/null
-      echo "train-s$seq" > "$dir/$name.tokens"
+  if [[ "$only" != offload ]]; then
+    # Every ONNX form that raises: its fp32 program, and the CPU reference's
+    # 3 steps from the same seed on the fortunes blocks cut to the form's
+    # sequence length (a static form's batch and seq, else 2 x 64).
+    rm -rf "$dir"/form-* "$dir"/ref-form-*
+    for folder in "${form_folders[@]}"; do
+      for model in "$root/test/Inputs/$folder"/*.onnx; do
+        [[ -f "$model" ]] || continue
+        name="form-$folder-$(basename "$model" .onnx)"
+        if ! "$moec_bin" import "$model" --require-complete > /dev/null 2>&1; then
+          echo "SKIPPED: $model does not raise completely"
+          continue
+        fi
+        read -r batch seq < <(python3 -c "import onnx, sys; dims = onnx.load(sys.argv[1], load_external_data=False).graph.input[0].type.tensor_type.shape.dim; static = all(d.HasField('dim_value') for d in dims); print(*(d.dim_value for d in dims) if static else (2, 64))" "$model")
+        tokens="$dir/data/train-s$seq"
+        if [[ ! -f "$tokens.pb" ]]; then
+          python3 -c "import numpy as np, onnx, onnx.numpy_helper as h, sys; blocks = h.to_array(onnx.load_tensor(sys.argv[1])); s = int(sys.argv[3]); cut = blocks[:, : blocks.shape[1] // s * s].reshape(-1, s); open(sys.argv[2], 'wb').write(h.from_array(np.ascontiguousarray(cut), 'input_ids').SerializeToString())" \
+            "$root/test/Inputs/fortunes/train.pb" "$tokens.pb" "$seq"
+          python3 -m moec.tokens "$tokens.pb" "$tokens.bin"
+        fi
+        printf '{"micro_batch_size": %d, "seq_length": %d}\n' "$batch" "$seq" > "$dir/$name.json"
+        if ! moec compile "$model" --config "$dir/$name.json" -o "$dir/$name" > "$dir/$name.log" 2>&1; then
+          cat "$dir/$name.log"
+          echo "error: moec compile failed on $model, which raises" >&2
+          exit 1
+        fi
+        "$moec_bin" train "$model" --reference --tokens "$tokens.pb" \
+          --micro-batch-size "$batch" --steps 3 \
+          --dump "$dir/ref-$name" --log "$dir/ref-$name.csv" > /dev/null
+        echo "train-s$seq" > "$dir/$name.tokens"
+      done
     done
-  done
-  # What raising leaves over lowers too: the stock export raised without
-  # moe-canonicalize-parameters keeps a linalg.transpose in front of every
-  # [in, out] weight (and of its gradient in the backward), which the
-  # printer lowers as generated copy kernels.
-  name=form-stock-transposed
-  "$moec_bin" import --no-raise "$root/test/Inputs/stock/sdpa-dynamic.onnx" |
-    "${MOEC_OPT:-$(dirname "$moec_bin")/moec-opt}" \
-      --pass-pipeline="builtin.module(func.func(moe-raise-onnx{require-complete},canonicalize,cse))" \
-      -o "$dir/$name.mlir"
-  printf '{"micro_batch_size": 2, "seq_length": 64}\n' > "$dir/$name.json"
-  moec compile "$dir/$name.mlir" --config "$dir/$name.json" -o "$dir/$name" > /dev/null
-  "$moec_bin" train "$dir/$name.mlir" --reference --tokens "$dir/data/train-s64.pb" \
-    --micro-batch-size 2 --steps 3 --dump "$dir/ref-$name" --log "$dir/ref-$name.csv" > /dev/null
-  echo train-s64 > "$dir/$name.tokens"
-  if [[ "$only" == forms ]]; then
-    echo "prepared $dir (forms)"
-    exit 0
+    # What raising leaves over lowers too: the stock export raised without
+    # moe-canonicalize-parameters keeps a linalg.transpose in front of every
+    # [in, out] weight (and of its gradient in the backward), which the
+    # printer lowers as generated copy kernels.
+    name=form-stock-transposed
+    "$moec_bin" import --no-raise "$root/test/Inputs/stock/sdpa-dynamic.onnx" |
+      "${MOEC_OPT:-$(dirname "$moec_bin")/moec-opt}" \
+        --pass-pipeline="builtin.module(func.func(moe-raise-onnx{require-complete},canonicalize,cse))" \
+        -o "$dir/$name.mlir"
+    printf '{"micro_batch_size": 2, "seq_length": 64}\n' > "$dir/$name.json"
+    moec compile "$dir/$name.mlir" --config "$dir/$name.json" -o "$dir/$name" > /dev/null
+    "$moec_bin" train "$dir/$name.mlir" --reference --tokens "$dir/data/train-s64.pb" \
+      --micro-batch-size 2 --steps 3 --dump "$dir/ref-$name" --log "$dir/ref-$name.csv" > /dev/null
+    echo train-s64 > "$dir/$name.tokens"
+    if [[ "$only" == forms ]]; then
+      echo "prepared $dir (forms)"
+      exit 0
+    fi
   fi
   python3 -m moec.tokens "$root/test/Inputs/fortunes/train.pb" "$dir/data/train.bin"
   model="$root/test/Inputs/tiny/tiny-ort.onnx"
@@ -229,7 +248,7 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
       --dump "$dir/ref-$m" --log "$dir/ref-$m.csv" > /dev/null
   done
   # auto's budget makes it recompute both layers (its remark says so).
-  for policy in selective full auto; do
+  for policy in "${checkpointing[@]}"; do
     budget=""
     if [[ "$policy" == auto ]]; then
       budget=', "memory_budget_gib": 0.0015'
@@ -238,6 +257,31 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
       "$policy" "$budget" > "$dir/ckpt-$policy.json"
     "$moec" compile "$model" --config "$dir/ckpt-$policy.json" -o "$dir/ckpt-$policy"
   done
+  for case in "${offload_cases[@]}"; do
+    read -r name policy horizon <<< "$case"
+    printf '{"micro_batch_size": 2, "seq_length": 64, "activation_checkpointing": "%s", "sm_activation_offloading": true, "activation_loading_horizon": %d}\n' \
+      "$policy" "$horizon" > "$dir/offload-$name.json"
+    "$moec" compile "$model" --config "$dir/offload-$name.json" -o "$dir/offload-$name"
+  done
+  # Offloading on a partitioned step (E = 8, W = P = 2, selective, horizon
+  # 1: the received rows move too), with the reference's partitioned run
+  # (metrics) and the unpartitioned one on the two micro-batches together.
+  e8="$root/test/Inputs/train/tiny-e8.onnx"
+  offload_part=(--micro-batch-size 2 --seq-length 64 --moe-load-balancing aux_loss
+                --world-size 2 --expert-parallel-degree 2 --hybrid-shard-degree 1
+                --activation-checkpointing selective --sm-activation-offloading
+                --activation-loading-horizon 1)
+  "$moec" compile "$e8" "${offload_part[@]}" -o "$dir/offload-p2"
+  "$moec" train "$e8" --reference --tokens "$root/test/Inputs/fortunes/train.pb" --steps 3 \
+    "${offload_part[@]}" --log "$dir/offload-p2.csv" > /dev/null
+  rm -rf "$dir/offload-p2-ref"
+  "$moec" train "$e8" --reference --tokens "$root/test/Inputs/fortunes/train.pb" --steps 3 \
+    --micro-batch-size 4 --seq-length 64 --moe-load-balancing aux_loss \
+    --dump "$dir/offload-p2-ref" --log "$dir/offload-p2-ref.csv" > /dev/null
+  if [[ "$only" == offload ]]; then
+    echo "prepared $dir (offloading only)"
+    exit 0
+  fi
   printf '{"micro_batch_size": 2, "seq_length": 64, "bf16": true}\n' > "$dir/bf16.json"
   "$moec" compile "$model" --config "$dir/bf16.json" -o "$dir/bf16"
   printf '{"micro_batch_size": 2, "seq_length": 64, "bf16": true, "param_dtype": "bf16"}\n' \
@@ -324,7 +368,8 @@ if [[ -f "$dir/lib/paths.sh" ]]; then
   programs=("$dir")
   if [[ "$only" == forms ]]; then
     programs=("$dir"/form-*/)
-  else
+  fi
+  if [[ -z "$only" ]]; then
     build_tests "$dir" "$dir/lib" "$cudnn" "$nccl"
   fi
   find "${programs[@]}" -name build.sh -print0 |
@@ -346,10 +391,12 @@ if [[ "$only" == forms ]]; then
   echo "all ONNX form tests passed"
   exit 0
 fi
-for test in "$dir"/tests/*; do
-  echo "== $(basename "$test")"
-  "$test"
-done
+if [[ -z "$only" ]]; then
+  for test in "$dir"/tests/*; do
+    echo "== $(basename "$test")"
+    "$test"
+  done
+fi
 for m in "${modes[@]}"; do
   echo "== fp32, $m: 3 steps against the CPU reference"
   "$dir/fp32-$m/train_step" --tokens "$dir/data/train.bin" --steps 3 \
@@ -369,7 +416,7 @@ for m in "${modes[@]}"; do
   python3 -m moec.check_gpu --reference "$dir/ref-$m" --reference-log "$dir/ref-$m.csv" \
     --gpu "$out/nccl1-$m" --gpu-log "$out/nccl1-$m.csv" --tolerance 1e-4
 done
-for policy in selective full auto; do
+for policy in "${checkpointing[@]}"; do
   echo "== fp32, aux_loss, activation checkpointing $policy: against the CPU reference and against none"
   "$dir/ckpt-$policy/train_step" --tokens "$dir/data/train.bin" --steps 3 \
     --log "$out/ckpt-$policy.csv" --dump "$out/ckpt-$policy"
@@ -378,6 +425,28 @@ for policy in selective full auto; do
   python3 -m moec.check_gpu --reference "$out/aux_loss" --reference-log "$out/aux_loss.csv" \
     --gpu "$out/ckpt-$policy" --gpu-log "$out/ckpt-$policy.csv" --tolerance 1e-6
 done
+for case in "${offload_cases[@]}"; do
+  read -r name policy horizon <<< "$case"
+  echo "== fp32, aux_loss, activation offloading under $policy, horizon $horizon: against the CPU reference and against the program without offloading"
+  "$dir/offload-$name/train_step" --tokens "$dir/data/train.bin" --steps 3 \
+    --log "$out/offload-$name.csv" --dump "$out/offload-$name" --profile-step 3 |
+    tee "$out/offload-$name.txt" | grep -E 'offload|^summary|^memory'
+  without="$out/aux_loss"
+  [[ "$policy" == none ]] || without="$out/ckpt-$policy"
+  python3 -m moec.check_gpu --reference "$dir/ref-aux_loss" --reference-log "$dir/ref-aux_loss.csv" \
+    --gpu "$out/offload-$name" --gpu-log "$out/offload-$name.csv" --tolerance 1e-4
+  python3 -m moec.check_gpu --reference "$without" --reference-log "$without.csv" \
+    --gpu "$out/offload-$name" --gpu-log "$out/offload-$name.csv" --tolerance 1e-6
+done
+echo "== E = 8 on 2 simulated ranks (P = 2), selective, offloading at horizon 1: against the reference's partitioned and unpartitioned runs"
+"$dir/offload-p2/train_step" --simulate-ranks 2 --tokens "$dir/data/train.bin" --steps 3 \
+  --log "$out/offload-p2.csv" --dump "$out/offload-p2" | grep -E 'offload|^summary'
+python3 -m moec.check_gpu --reference "$dir/offload-p2-ref" --reference-log "$dir/offload-p2.csv" \
+  --gpu "$out/offload-p2" --gpu-log "$out/offload-p2.csv" --tolerance 1e-4
+if [[ "$only" == offload ]]; then
+  echo "offloading checks passed"
+  exit 0
+fi
 echo "== checkpoint and resume (2 + 1 steps) against 3 steps"
 run="$dir/fp32-aux_loss/train_step"
 "$run" --tokens "$dir/data/train.bin" --steps 2 --total-steps 3 \

@@ -124,10 +124,20 @@ static void addCheckpointActivations(OpPassManager &pm,
   pm.addNestedPass<func::FuncOp>(moe::createCheckpointActivations(checkpoint));
 }
 
+/// moe-offload-activations with the job's horizon, when the job offloads.
+static void addOffloadActivations(OpPassManager &pm, const TrainingJob &job) {
+  if (!job.smActivationOffloading)
+    return;
+  moe::OffloadActivationsOptions offload;
+  offload.horizon = job.activationLoadingHorizon;
+  pm.addNestedPass<func::FuncOp>(moe::createOffloadActivations(offload));
+}
+
 void moec::buildTrainPipeline(OpPassManager &pm, const TrainingJob &job,
                               bool returnGradients) {
   buildStepPipeline(pm, job, returnGradients);
   addCheckpointActivations(pm, job);
+  addOffloadActivations(pm, job);
 }
 
 void moec::buildCompilePipeline(OpPassManager &pm, const TrainingJob &job,
@@ -142,6 +152,7 @@ void moec::buildCompilePipeline(OpPassManager &pm, const TrainingJob &job,
   pm.addNestedPass<func::FuncOp>(moe::createFuseElementwise());
   if (job.keepParamCopies)
     pm.addNestedPass<func::FuncOp>(moe::createKeepParamCopies());
+  addOffloadActivations(pm, job);
   pm.addNestedPass<func::FuncOp>(moe::createPlanMemory());
   pm.addNestedPass<func::FuncOp>(moe::createFuseAddRmsNorm());
   pm.addNestedPass<func::FuncOp>(moe::createGroupAdamW());

@@ -206,23 +206,37 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
   const LayerActivations layer = layerActivations(c, a);
   const int64_t headPerToken = a * 2 * c.hiddenSize + a * c.vocabSize +
                                4 * c.vocabSize;
-  int64_t activationsPerToken = 0;
+  // Per token: what each layer keeps for the backward, and what one
+  // layer's backward recomputes.
+  int64_t keptPerLayer = 0, recomputedPerToken = 0;
   switch (training.activationCheckpointing) {
   case ActivationCheckpointing::None:
-    activationsPerToken = c.numLayers * layer.all;
+    keptPerLayer = layer.all;
     break;
   case ActivationCheckpointing::Selective:
-    activationsPerToken = c.numLayers * (layer.all - layer.selectiveRecomputed) +
-                          layer.selectiveRecomputed;
+    keptPerLayer = layer.all - layer.selectiveRecomputed;
+    recomputedPerToken = layer.selectiveRecomputed;
     break;
   case ActivationCheckpointing::Full:
-    activationsPerToken = c.numLayers * layer.input + layer.all;
+    keptPerLayer = layer.input;
+    recomputedPerToken = layer.all;
     break;
   case ActivationCheckpointing::Auto:
     llvm_unreachable("moec plan refuses activation_checkpointing auto "
                      "(checkImplemented)");
   }
-  const int64_t activations = tokens * (activationsPerToken + headPerToken);
+  // Offloading keeps on the device the layer in its backward and the
+  // layers fetched ahead of it; every layer's kept values go to the host.
+  const int64_t layersOnDevice =
+      training.smActivationOffloading
+          ? std::min(c.numLayers, training.activationLoadingHorizon + 1)
+          : c.numLayers;
+  const int64_t activations =
+      tokens * (layersOnDevice * keptPerLayer + recomputedPerToken +
+                headPerToken);
+  const int64_t hostActivations =
+      training.smActivationOffloading ? tokens * c.numLayers * keptPerLayer
+                                      : 0;
 
   // Communication buffers: all-to-all send (T·k token copies) and receive
   // (worst case: every rank of the expert group sends all its tokens here,
@@ -247,6 +261,7 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
     mem.unshardedGradients = a * maxUnit;
     mem.optimizerStates = program ? program->state.optimizerStates : 8 * shard;
     mem.activations = activations;
+    mem.hostActivations = hostActivations;
     mem.communicationBuffers = dispatchBuffers + reduceScatterBuffer;
     mem.workspace = tokens * layer.gradients + efficiency.reservedBytes;
     if (mem.total() > plan.memory[plan.peakRank].total())

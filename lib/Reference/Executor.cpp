@@ -172,6 +172,9 @@ private:
                             ArrayRef<int16_t> gridAxes, ExpertGroup &group);
 
   llvm::DenseMap<Value, HostTensor> env;
+  /// Values moved away: the device value of a moe.offload and the host
+  /// value of a moe.fetch, by the op that moved them.
+  llvm::DenseMap<Value, Operation *> offloaded;
   /// The rank this interpreter runs as; null when it runs alone.
   const RankContext *rankContext;
 };
@@ -840,6 +843,22 @@ LogicalResult Interpreter::execute(Operation *op) {
             return failure();
         return success();
       })
+      .Case([&](moe::OffloadOp o) -> LogicalResult {
+        // The host copy is a buffer of its own; the device value is gone,
+        // so that a read of it after the offload fails (run()).
+        if (failed(set(op, o.getResult(), get(o.getInput()))))
+          return failure();
+        env.erase(o.getInput());
+        offloaded[o.getInput()] = o;
+        return success();
+      })
+      .Case([&](moe::FetchOp f) -> LogicalResult {
+        if (failed(set(op, f.getResult(), get(f.getInput()))))
+          return failure();
+        env.erase(f.getInput());
+        offloaded[f.getInput()] = f;
+        return success();
+      })
       .Case([&](moe::OnnxNodeOp node) -> LogicalResult {
         return op->emitOpError()
                << "reference executor cannot run the unraised ONNX node '"
@@ -913,6 +932,17 @@ LogicalResult Interpreter::run(func::FuncOp func,
                      [](Type t) { return t.isIndex(); }) &&
         op.getNumResults() > 0)
       continue;
+    for (Value v : op.getOperands())
+      if (Operation *mover = offloaded.lookup(v)) {
+        InFlightDiagnostic diag =
+            op.emitOpError()
+            << "reads a value that " << mover->getName()
+            << " already moved "
+            << (isa<moe::OffloadOp>(mover) ? "to host memory"
+                                            : "back to the device");
+        diag.attachNote(mover->getLoc()) << "moved here";
+        return diag;
+      }
     if (auto ret = dyn_cast<func::ReturnOp>(op)) {
       results.clear();
       for (Value v : ret.getOperands())

@@ -589,9 +589,6 @@ llvm::Error moec::checkImplemented(const TrainingJob &job,
   // Options no consumer implements yet.
   if (job.fp8)
     return refuse("fp8", "true", "bf16 and fp32 only");
-  if (job.smActivationOffloading)
-    return refuse("sm_activation_offloading", "true",
-                  "activations stay on the GPU");
   // The CPU reference and the compiled programs run any layout, with either
   // dispatcher and the token shuffle (docs/partitioning.md); the planner
   // models the all-to-all dispatcher without a shuffle.

@@ -52,6 +52,7 @@
 #include "moert/TokenFile.h"
 #include "moert/kernels/Blas.h"
 #include "moert/kernels/Context.h"
+#include "moert/kernels/Offload.h"
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -433,6 +434,8 @@ int runRank(const TrainProgram &p, const Options &o,
         cudaMalloc(&ctx.gradientScratch, ctx.gradientScratchBytes));
   }
   MOERT_CUDA_CHECK(cudaMallocHost(&ctx.hostCounts, 4096 * sizeof(int64_t)));
+  if (p.hostActivationBytes > 0)
+    ctx.offload = kernels::createActivationOffload(p.hostActivationBytes);
   int64_t allocated = p.stateBytes + p.arenaBytes + p.inputBytes +
                       ctx.scratchBytes + ctx.collectiveScratchBytes +
                       ctx.gradientScratchBytes +
@@ -453,6 +456,9 @@ int runRank(const TrainProgram &p, const Options &o,
                     .c_str(),
                 gib(p.inputBytes).c_str(),
                 gib(blasWorkspace).c_str(), gib(allocated).c_str());
+    if (ctx.offload)
+      std::printf("memory: offloaded activations %s pinned on the host\n",
+                  gib(p.hostActivationBytes).c_str());
   }
 
   // Parameters: from the seed, or from the checkpoint.
@@ -543,6 +549,10 @@ int runRank(const TrainProgram &p, const Options &o,
   LrSchedule schedule{o.lr, o.minLr, o.warmupSteps, total};
 
   std::vector<double> times;
+  /// Per timed step with offloading: the compute stream's wait for the
+  /// fetches, and the fetches' host-to-device bandwidth.
+  std::vector<double> fetchWaits, fetchBandwidths;
+  kernels::OffloadStepTimes lastTransfers;
   size_t minFree = freeBefore;
   int64_t lastStep = firstStep - 1 + o.steps;
   const int64_t worldTokens = place.worldSize * p.batch * p.seq;
@@ -596,8 +606,19 @@ int runRank(const TrainProgram &p, const Options &o,
     size_t freeNow = 0;
     MOERT_CUDA_CHECK(cudaMemGetInfo(&freeNow, &totalMemory));
     minFree = std::min(minFree, freeNow);
-    if (t - firstStep >= o.benchWarmup)
+    if (ctx.offload)
+      lastTransfers = kernels::readOffloadTimes(*ctx.offload);
+    if (t - firstStep >= o.benchWarmup) {
       times.push_back(seconds);
+      if (ctx.offload) {
+        fetchWaits.push_back(lastTransfers.waitMilliseconds);
+        fetchBandwidths.push_back(lastTransfers.fetchMilliseconds > 0
+                                      ? lastTransfers.fetchedBytes /
+                                            lastTransfers.fetchMilliseconds /
+                                            1e6
+                                      : 0.0);
+      }
+    }
     std::vector<GroupTime> groupTimes;
     if (mesh)
       orExit(collectiveTimes.collect(groupTimes));
@@ -629,6 +650,19 @@ int runRank(const TrainProgram &p, const Options &o,
                   static_cast<long long>(t), hostMetrics[0], hostMetrics[1],
                   hostMetrics[2], hostMetrics[3], hostMetrics[4], stepLr,
                   tokensPerSecond, perGpu.c_str(), tflops, counts.c_str());
+      if (ctx.offload)
+        std::printf("step %4lld  offload: %lld bytes to the host, %lld back "
+                    "in %.3f ms (%.2f GB/s host to device); the compute "
+                    "stream waited %.3f ms for fetches\n",
+                    static_cast<long long>(t),
+                    static_cast<long long>(lastTransfers.offloadedBytes),
+                    static_cast<long long>(lastTransfers.fetchedBytes),
+                    lastTransfers.fetchMilliseconds,
+                    lastTransfers.fetchMilliseconds > 0
+                        ? lastTransfers.fetchedBytes /
+                              lastTransfers.fetchMilliseconds / 1e6
+                        : 0.0,
+                    lastTransfers.waitMilliseconds);
       if (!groupTimes.empty()) {
         std::string text;
         for (const GroupTime &g : groupTimes) {
@@ -668,10 +702,29 @@ int runRank(const TrainProgram &p, const Options &o,
     if (sorted.size() % 2 == 0)
       median =
           0.5 * (sorted[sorted.size() / 2 - 1] + sorted[sorted.size() / 2]);
+    auto medianOf = [](std::vector<double> values) {
+      if (values.empty())
+        return 0.0;
+      std::sort(values.begin(), values.end());
+      size_t n = values.size();
+      return n % 2 ? values[n / 2]
+                   : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+    };
+    std::string offloadFields =
+        ctx.offload
+            ? ", \"host_activation_bytes\": " +
+                  std::to_string(p.hostActivationBytes) +
+                  ", \"offloaded_bytes_per_step\": " +
+                  std::to_string(lastTransfers.offloadedBytes) +
+                  ", \"fetch_wait_ms\": " +
+                  std::to_string(medianOf(fetchWaits)) +
+                  ", \"fetch_gb_per_s\": " +
+                  std::to_string(medianOf(fetchBandwidths))
+            : std::string();
     std::printf("summary {\"steps\": %zu, \"median_step_s\": %.6f, "
                 "\"tokens_per_s\": %.1f, \"model_tflops\": %.2f, "
                 "\"peak_bytes\": %lld, \"device_used_bytes\": %lld, "
-                "\"cuda_graphs\": %s%s}\n",
+                "\"cuda_graphs\": %s%s%s}\n",
                 times.size(), median, worldTokens / median,
                 p.modelFlops / median / 1e12, static_cast<long long>(allocated),
                 static_cast<long long>(totalMemory - minFree),
@@ -682,7 +735,8 @@ int runRank(const TrainProgram &p, const Options &o,
                                std::to_string(worldTokens / median /
                                               place.worldSize))
                                   .c_str()
-                            : "");
+                            : "",
+                offloadFields.c_str());
   }
   // A simulated world's ranks share the process: each frees what it made.
   if (o.simulateRanks) {
@@ -697,6 +751,8 @@ int runRank(const TrainProgram &p, const Options &o,
           static_cast<void *>(hostCountsOut),
           static_cast<void *>(ctx.hostCounts)})
       MOERT_CUDA_CHECK(cudaFreeHost(pinned));
+    if (ctx.offload)
+      kernels::destroyActivationOffload(ctx.offload);
   }
   return 0;
 }

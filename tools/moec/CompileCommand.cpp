@@ -289,6 +289,22 @@ int moec::cli::runCompile(const ImportFlags &modelFlags,
     return fail(llvm::toString(hfBinding.takeError()));
 
   const bool cudnnAttention = attentionKernel != "gemm" && kHaveCudnn;
+  // With offloading, the same step without it, for the arena it saves.
+  std::optional<int64_t> arenaWithoutOffloading;
+  if (job.smActivationOffloading) {
+    OwningOpRef<ModuleOp> onDevice = module->clone();
+    moec::TrainingJob deviceJob = job;
+    deviceJob.smActivationOffloading = false;
+    PassManager devicePm(&context);
+    moec::buildCompilePipeline(devicePm, deviceJob, cudnnAttention);
+    if (failed(devicePm.run(*onDevice)))
+      return 1;
+    arenaWithoutOffloading =
+        onDevice->lookupSymbol<func::FuncOp>("train_step")
+            ->getAttrOfType<IntegerAttr>(
+                moe::MoeDialect::getArenaBytesAttrName())
+            .getInt();
+  }
   PassManager pm(&context);
   moec::buildCompilePipeline(pm, job, cudnnAttention);
   if (failed(pm.run(*module)))
@@ -353,6 +369,8 @@ int moec::cli::runCompile(const ImportFlags &modelFlags,
       {"model_flops_per_step", summary.modelFlops},
       {"programs", std::move(programs)},
       {"hf_checkpoint", std::move(*hfBinding)}};
+  if (summary.hostActivationBytes > 0)
+    manifest["host_activation_bytes"] = summary.hostActivationBytes;
   std::string manifestText;
   llvm::raw_string_ostream manifestOs(manifestText);
   manifestOs << llvm::formatv("{0:2}", llvm::json::Value(std::move(manifest)))
@@ -372,6 +390,12 @@ int moec::cli::runCompile(const ImportFlags &modelFlags,
       "(live-bytes bound {} B), inputs {} B; {:.3e} model FLOPs per step\n",
       summary.stateBytes, copies, summary.arenaBytes, liveBound,
       summary.inputBytes, summary.modelFlops);
+  if (arenaWithoutOffloading)
+    llvm::outs() << fmt::format(
+        "activation offloading (horizon {}): {} B of activations in pinned "
+        "host memory; arena {} B, {} B without offloading\n",
+        job.activationLoadingHorizon, summary.hostActivationBytes,
+        summary.arenaBytes, *arenaWithoutOffloading);
 
   if (job.bf16 && !summary.usesCudnn && attentionKernel == "auto")
     llvm::errs() << "note: this moec was built without cuDNN or its "

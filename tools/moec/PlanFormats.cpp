@@ -286,9 +286,17 @@ void moec::cli::printPlanTable(const TrainingPlan &plan, bool allPlacements,
       fmt::format("fp32 first and second moments; {} B, {}",
                   commas(mem.optimizerStates), source));
   row("activations", mem.activations,
-      fmt::format("peak, checkpointing {}, {} tokens",
+      fmt::format("peak, checkpointing {}, {} tokens{}",
                   moec::stringifyActivationCheckpointing(t.activationCheckpointing).str(),
-                  t.microBatchSize * t.seqLength));
+                  t.microBatchSize * t.seqLength,
+                  t.smActivationOffloading
+                      ? fmt::format("; offloaded: {} layers on the device "
+                                    "(horizon {}), {} in pinned host memory",
+                                    std::min(plan.model.config.numLayers,
+                                             t.activationLoadingHorizon + 1),
+                                    t.activationLoadingHorizon,
+                                    gib(mem.hostActivations))
+                      : std::string()));
   row("communication buffers", mem.communicationBuffers,
       "all-to-all worst case (dropless) + fp32 reduce-scatter input");
   row("workspace", mem.workspace,
@@ -358,6 +366,7 @@ json::Object memoryJson(const MemoryBreakdown &mem) {
       {"unsharded_gradients", mem.unshardedGradients},
       {"optimizer_states", mem.optimizerStates},
       {"activations", mem.activations},
+      {"host_activations", mem.hostActivations},
       {"communication_buffers", mem.communicationBuffers},
       {"workspace", mem.workspace},
       {"persistent", mem.persistent()},

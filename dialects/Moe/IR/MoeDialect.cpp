@@ -238,7 +238,17 @@ LogicalResult MoeDialect::verifyOperationAttribute(Operation *op,
                   "result outside the arena";
     return success();
   }
-  if (name == getArenaBytesAttrName() || name == getArenaLiveBytesAttrName()) {
+  if (name == getHostOffsetsAttrName()) {
+    auto offsets = dyn_cast<DenseI64ArrayAttr>(value);
+    if (!isa<OffloadOp>(op) || !offsets || offsets.size() != 1 ||
+        offsets[0] < 0)
+      return op->emitOpError() << "has '" << name << "' = " << value
+                               << "; it is one offset of at least 0 on "
+                                  "moe.offload";
+    return success();
+  }
+  if (name == getArenaBytesAttrName() || name == getArenaLiveBytesAttrName() ||
+      name == getHostBytesAttrName()) {
     if (!isa<FunctionOpInterface>(op) || !isNonNegativeI64(value))
       return op->emitOpError() << "has '" << name << "' = " << value
                                << "; it is an i64 of at least 0 on a "

@@ -111,6 +111,16 @@ def Moe_Dialect : Dialect {
     /// under activation checkpointing `policy` (selective or full) instead
     /// of keeping its result (moe-checkpoint-activations).
     static ::llvm::StringRef getRecomputeAttrName() { return "moe.recompute"; }
+    /// `moe.host_offsets = array<i64: ...>` on a moe.offload: the byte
+    /// offset of its host copy in the pinned host region (moe-plan-memory).
+    static ::llvm::StringRef getHostOffsetsAttrName() {
+      return "moe.host_offsets";
+    }
+    /// `moe.host_bytes = N : i64` on a function: the size of its pinned host
+    /// region, the offloaded activations (moe-plan-memory).
+    static ::llvm::StringRef getHostBytesAttrName() {
+      return "moe.host_bytes";
+    }
     /// `moe.adamw_group = N : i64` on a moe.adamw: the multi-tensor update
     /// it belongs to (moe-group-adamw).
     static ::llvm::StringRef getAdamWGroupAttrName() {
@@ -197,6 +207,16 @@ def Moe_RecomputeAttr : Moe_Attr<"Recompute", "recompute"> {
   let parameters = (ins "int64_t":$layer,
                         EnumParameter<Moe_ActivationCheckpointing>:$policy);
   let assemblyFormat = "`<` `layer` `=` $layer `,` $policy `>`";
+}
+
+def Moe_HostMemoryAttr : Moe_Attr<"HostMemory", "host"> {
+  let summary = "the encoding of a tensor held in host memory";
+  let description = [{
+    As a tensor's encoding, `tensor<2x64x32xf32, #moe.host>`: the value
+    lives in the rank's pinned host memory, not on the device. Only
+    moe.offload makes such a value and only moe.fetch reads it
+    (moe-offload-activations).
+  }];
 }
 
 def Moe_ParamInitKind : I32EnumAttr<"ParamInitKind",

@@ -534,3 +534,52 @@ LogicalResult LoadBalancingStatsOp::verify() {
   }
   return verifyShape(*this, "stats", getStats().getType(), {2, numExperts});
 }
+
+//===----------------------------------------------------------------------===//
+// Activation offloading
+//===----------------------------------------------------------------------===//
+
+/// Whether `type` is held in host memory (encoding #moe.host).
+static bool isHostTensor(RankedTensorType type) {
+  return isa_and_nonnull<HostMemoryAttr>(type.getEncoding());
+}
+
+/// Checks that `host` is `device` held in host memory; `what` names the two
+/// in a diagnostic of `op`.
+static LogicalResult verifyHostCopy(Operation *op, RankedTensorType device,
+                                    RankedTensorType host,
+                                    StringRef deviceName,
+                                    StringRef hostName) {
+  if (device.getEncoding())
+    return op->emitOpError() << deviceName << " has type " << device
+                             << "; it must be a device tensor (no encoding)";
+  if (!isHostTensor(host))
+    return op->emitOpError() << hostName << " has type " << host
+                             << "; it must be a host tensor (encoding "
+                                "#moe.host)";
+  if (device.getShape() != host.getShape() ||
+      device.getElementType() != host.getElementType())
+    return op->emitOpError()
+           << deviceName << " " << device << " and " << hostName << " "
+           << host << " must have the same shape and element type";
+  return success();
+}
+
+LogicalResult OffloadOp::verify() {
+  return verifyHostCopy(*this, getInput().getType(), getResult().getType(),
+                        "input", "result");
+}
+
+LogicalResult FetchOp::verify() {
+  if (failed(verifyHostCopy(*this, getResult().getType(),
+                            getInput().getType(), "result", "input")))
+    return failure();
+  auto offload = getInput().getDefiningOp<OffloadOp>();
+  if (!offload)
+    return emitOpError() << "input is not made by moe.offload";
+  if (offload.getLayer() != getLayer())
+    return emitOpError() << "fetches for layer " << getLayer()
+                         << " a value offloaded for layer "
+                         << offload.getLayer();
+  return success();
+}

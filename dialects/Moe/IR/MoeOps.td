@@ -956,4 +956,49 @@ def Moe_TargetCountOp : Moe_Op<"target_count", [Pure]> {
   }];
 }
 
+//===----------------------------------------------------------------------===//
+// Activation offloading (moe-offload-activations)
+//===----------------------------------------------------------------------===//
+
+def Moe_OffloadOp : Moe_Op<"offload", [Pure]> {
+  let summary = "moves a saved activation to host memory";
+  let description = [{
+    The same values as `input`, held in the rank's pinned host memory
+    (encoding `#moe.host`) until a moe.fetch brings them back: the device
+    buffer of `input` is free once the copy has ended. `layer` is the
+    decoder layer whose backward reads the value first.
+
+    ```mlir
+    %h = moe.offload %x layer 1 : tensor<2x64x32xf32> -> tensor<2x64x32xf32, #moe.host>
+    ```
+  }];
+  let arguments = (ins AnyRankedTensor:$input,
+                       ConfinedAttr<I64Attr, [IntNonNegative]>:$layer);
+  let results = (outs AnyRankedTensor:$result);
+  let assemblyFormat = [{
+    $input `layer` $layer attr-dict `:` type($input) `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def Moe_FetchOp : Moe_Op<"fetch", [Pure]> {
+  let summary = "brings an offloaded activation back to the device";
+  let description = [{
+    The device copy of the host value a moe.offload made, for the backward
+    of decoder layer `layer` (the offload's layer); moe-offload-activations
+    places it `activation_loading_horizon` layers ahead of that backward.
+
+    ```mlir
+    %y = moe.fetch %h layer 1 : tensor<2x64x32xf32, #moe.host> -> tensor<2x64x32xf32>
+    ```
+  }];
+  let arguments = (ins AnyRankedTensor:$input,
+                       ConfinedAttr<I64Attr, [IntNonNegative]>:$layer);
+  let results = (outs AnyRankedTensor:$result);
+  let assemblyFormat = [{
+    $input `layer` $layer attr-dict `:` type($input) `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
 #endif // MOE_OPS_TD

@@ -268,6 +268,53 @@ def CheckpointActivations
   ];
 }
 
+def OffloadActivations : Pass<"moe-offload-activations", "::mlir::func::FuncOp"> {
+  let summary = "moves the backward's saved activations to host memory and back";
+  let description = [{
+    Activation offloading (`sm_activation_offloading`) on a training step,
+    after moe-checkpoint-activations: every forward value that the backward
+    reads (what the checkpointing policy keeps; recomputed values are the
+    backward's own and stay on the device) and that a decoder layer's
+    backward reads first is moved to host memory by a `moe.offload` right
+    after its last forward use, and brought back by a `moe.fetch` that the
+    backward reads instead. A buffer moves once with its views: the
+    reshapes of it that the backward reads are made again from the fetched
+    value.
+
+    The layer of a backward op is the layer of the `layers.N.` parameters
+    it reads, or of the moe.recompute clone it is, and otherwise the layer
+    of the backward op before it; a layer's backward starts at its first
+    op. The fetches of layer N are placed at the start of the backward of
+    layer N + `horizon` (`activation_loading_horizon`), or at the start of
+    the backward when there is no such layer, so that they overlap the
+    backward of the layers between. What the backward reads before any
+    layer's backward (the router logits of the load-balancing loss, the
+    final norm's input) stays on the device, as do values of parameters
+    alone (gathered or cast parameters).
+
+    ```mlir
+    %n = moe.rms_norm %x, %w {epsilon = 1.0e-05 : f64} : (...) -> tensor<2x8x32xf32>
+    %q = moe.linear %n, %wq : (...) -> tensor<2x8x32xf32>
+    %n_host = moe.offload %n layer 0 : tensor<2x8x32xf32> -> tensor<2x8x32xf32, #moe.host>
+    ...
+    // the start of layer 2's backward, for horizon 2
+    %n_0 = moe.fetch %n_host layer 0 : tensor<2x8x32xf32, #moe.host> -> tensor<2x8x32xf32>
+    ...
+    %dn, %dwq = moe.linear_grad %n_0, %wq, %dq : (...) -> (...)
+    ```
+  }];
+  let dependentDialects = ["::mlir::moe::MoeDialect"];
+  let options = [
+    Option<"horizon", "horizon", "int64_t", "2",
+           "layers ahead of its backward that a layer's values are fetched "
+           "(at least 1)">
+  ];
+  let statistics = [
+    Statistic<"numOffloaded", "num-offloaded", "forward values moved to host memory">,
+    Statistic<"offloadedBytes", "offloaded-bytes", "bytes of the moved values (static shapes)">
+  ];
+}
+
 def FuseElementwise : Pass<"moe-fuse-elementwise", "::mlir::func::FuncOp"> {
   let summary = "outlines trees of element-wise arith ops into moe.fusion";
   let description = [{
@@ -373,13 +420,26 @@ def PlanMemory : Pass<"moe-plan-memory", "::mlir::func::FuncOp"> {
     size) and `moe.arena_live_bytes` (the most bytes alive at once: a lower
     bound no placement can beat). The pass checks its own placement for
     overlaps and fails if it finds one.
+
+    Activation offloading (moe-offload-activations) splits a saved value's
+    device life in two: the value lives from its producer to its
+    moe.offload, the moe.fetch's result from the fetch to its last reader,
+    and between them the bytes are free for other buffers. The host copies
+    (moe.offload's results, encoding `#moe.host`) are planned the same way
+    in a region of their own, the pinned host memory (a host copy lives
+    from its offload to the last reader of its fetched value, since the
+    fetch's copy may read it until the first reader waits for it): each
+    moe.offload gets
+    `moe.host_offsets` (its copy's offset) and the function
+    `moe.host_bytes` (the region's size).
   }];
   let options = [
     Option<"alignment", "alignment", "int64_t", "256",
            "byte alignment of every buffer">
   ];
   let statistics = [
-    Statistic<"numBuffers", "num-buffers", "buffers placed in the arena">
+    Statistic<"numBuffers", "num-buffers", "buffers placed in the arena">,
+    Statistic<"numHostBuffers", "num-host-buffers", "offloaded values placed in the host region">
   ];
 }
 

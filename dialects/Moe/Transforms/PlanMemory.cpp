@@ -42,6 +42,10 @@ struct Buffer {
   int64_t offset = -1;
 };
 
+bool overlapsInTime(const Buffer &a, const Buffer &b) {
+  return a.begin <= b.end && b.begin <= a.end;
+}
+
 /// The operand an AdamW result updates in place (parameter and moments).
 Value inPlaceOperand(moe::AdamWOp adamw, Value result) {
   if (result == adamw.getNewParam())
@@ -63,6 +67,10 @@ std::optional<int64_t> receivedRowBound(Value v) {
     return receivedRowBound(experts.getInput());
   if (auto grad = dyn_cast_or_null<moe::ExpertsGradOp>(def))
     return receivedRowBound(grad.getInput());
+  if (auto offload = dyn_cast_or_null<moe::OffloadOp>(def))
+    return receivedRowBound(offload.getInput());
+  if (auto fetch = dyn_cast_or_null<moe::FetchOp>(def))
+    return receivedRowBound(fetch.getInput());
   return std::nullopt;
 }
 
@@ -93,14 +101,77 @@ Value owner(Value v) {
 
 bool isView(Value v) { return owner(v) != v; }
 
+/// Whether `type` is held in host memory (moe.offload's result).
+bool isHostTensor(RankedTensorType type) {
+  return isa_and_nonnull<moe::HostMemoryAttr>(type.getEncoding());
+}
+
+/// Places `buffers` largest first, each at the lowest `alignment`-aligned
+/// offset that overlaps no buffer alive at the same time; returns the
+/// region's size.
+int64_t placeBuffers(std::vector<Buffer> &buffers, int64_t alignment) {
+  std::vector<size_t> order(buffers.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return buffers[a].bytes > buffers[b].bytes;
+  });
+  auto align = [&](int64_t x) {
+    return (x + alignment - 1) / alignment * alignment;
+  };
+  std::vector<size_t> placed;
+  int64_t size = 0;
+  for (size_t i : order) {
+    Buffer &b = buffers[i];
+    // Candidate offsets: 0 and the aligned end of every buffer alive at
+    // the same time; take the lowest that fits.
+    std::vector<std::pair<int64_t, int64_t>> busy;
+    for (size_t j : placed)
+      if (overlapsInTime(b, buffers[j]))
+        busy.push_back({buffers[j].offset,
+                        buffers[j].offset + buffers[j].bytes});
+    std::sort(busy.begin(), busy.end());
+    int64_t offset = 0;
+    for (auto [start, stop] : busy) {
+      if (offset + b.bytes <= start)
+        break;
+      offset = std::max(offset, align(stop));
+    }
+    b.offset = offset;
+    size = std::max(size, align(offset + b.bytes));
+    placed.push_back(i);
+  }
+  return size;
+}
+
+/// Checks independently that no two of `buffers` alive together share a
+/// byte; fails at the producer of one.
+LogicalResult checkPlacement(const std::vector<Buffer> &buffers) {
+  for (size_t i = 0; i < buffers.size(); ++i)
+    for (size_t j = i + 1; j < buffers.size(); ++j) {
+      const Buffer &a = buffers[i], &b = buffers[j];
+      if (overlapsInTime(a, b) && a.offset < b.offset + b.bytes &&
+          b.offset < a.offset + a.bytes)
+        return a.value.getDefiningOp()->emitOpError()
+               << "shares arena bytes with another live buffer (internal "
+                  "error of moe-plan-memory)";
+    }
+  return success();
+}
+
+/// The buffers of one function: the arena's, and the pinned host region's
+/// (moe.offload's results), each owning value mapped to its buffer.
+struct Buffers {
+  std::vector<Buffer> device, host;
+  llvm::DenseMap<Value, size_t> deviceOf, hostOf;
+};
+
 /// The buffers of `body` (ops numbered by `index`, `last` past the
-/// terminator) with their live intervals; `bufferOf` maps each owning value
-/// to its buffer. Fails with a diagnostic at an op whose result has a shape
-/// the plan cannot size.
-FailureOr<std::vector<Buffer>>
+/// terminator) with their live intervals. Fails with a diagnostic at an op
+/// whose result has a shape the plan cannot size.
+FailureOr<Buffers>
 collectBuffers(Block &body, const llvm::DenseMap<Operation *, int64_t> &index,
-               int64_t last, llvm::DenseMap<Value, size_t> &bufferOf) {
-  std::vector<Buffer> buffers;
+               int64_t last) {
+  Buffers buffers;
   for (Operation &op : body) {
     if (op.hasAttr(MoeDialect::getPersistentCopyAttrName()))
       continue; // the backend's persistent storage (moe-keep-param-copies)
@@ -128,19 +199,38 @@ collectBuffers(Block &body, const llvm::DenseMap<Operation *, int64_t> &index,
       buffer.value = result;
       buffer.bytes = std::max<int64_t>(1, (elements * bits + 7) / 8);
       buffer.begin = buffer.end = index.lookup(&op);
-      bufferOf[result] = buffers.size();
-      buffers.push_back(buffer);
+      bool host = isHostTensor(type);
+      (host ? buffers.hostOf : buffers.deviceOf)[result] =
+          (host ? buffers.host : buffers.device).size();
+      (host ? buffers.host : buffers.device).push_back(buffer);
     }
   }
   // Every operand is charged to its owner: a view read later keeps its
   // source alive.
   for (Operation &op : body)
     for (Value operand : op.getOperands()) {
-      auto it = bufferOf.find(owner(operand));
-      if (it == bufferOf.end())
-        continue; // an argument, or not a tensor
       int64_t use = isa<func::ReturnOp>(op) ? last : index.lookup(&op);
-      buffers[it->second].end = std::max(buffers[it->second].end, use);
+      if (auto it = buffers.hostOf.find(operand); it != buffers.hostOf.end())
+        buffers.host[it->second].end =
+            std::max(buffers.host[it->second].end, use);
+      auto it = buffers.deviceOf.find(owner(operand));
+      if (it == buffers.deviceOf.end())
+        continue; // an argument, or not a tensor
+      buffers.device[it->second].end =
+          std::max(buffers.device[it->second].end, use);
+    }
+  // A host copy is read by its fetch's copy, which the compute stream waits
+  // for before the fetched value's first reader: it lives to the fetched
+  // value's last reader, so that no later offload writes it while the fetch
+  // may still read it.
+  for (Operation &op : body)
+    if (auto fetch = dyn_cast<moe::FetchOp>(op)) {
+      auto host = buffers.hostOf.find(fetch.getInput());
+      auto device = buffers.deviceOf.find(fetch.getResult());
+      if (host != buffers.hostOf.end() && device != buffers.deviceOf.end())
+        buffers.host[host->second].end =
+            std::max(buffers.host[host->second].end,
+                     buffers.device[device->second].end);
     }
   // A collective joined late reads its operands and writes its results
   // until the compute stream joins it: their bytes are not reused before.
@@ -211,62 +301,20 @@ struct PlanMemoryPass : public moe::impl::PlanMemoryBase<PlanMemoryPass> {
           }
     }
 
-    // Buffers and their intervals.
-    llvm::DenseMap<Value, size_t> bufferOf;
-    FailureOr<std::vector<Buffer>> collected =
-        collectBuffers(body, index, last, bufferOf);
+    // Buffers and their intervals: device buffers (the arena) and host
+    // buffers (moe.offload's results, the pinned host region), each planned
+    // on its own.
+    FailureOr<Buffers> collected = collectBuffers(body, index, last);
     if (failed(collected))
       return signalPassFailure();
-    std::vector<Buffer> &buffers = *collected;
+    std::vector<Buffer> &buffers = collected->device;
+    std::vector<Buffer> &hostBuffers = collected->host;
+    const llvm::DenseMap<Value, size_t> &bufferOf = collected->deviceOf;
 
-    // Largest first, lowest fitting aligned offset.
-    std::vector<size_t> order(buffers.size());
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-      return buffers[a].bytes > buffers[b].bytes;
-    });
-    auto overlapsInTime = [](const Buffer &a, const Buffer &b) {
-      return a.begin <= b.end && b.begin <= a.end;
-    };
-    auto align = [&](int64_t x) {
-      int64_t a = alignment;
-      return (x + a - 1) / a * a;
-    };
-    std::vector<size_t> placed;
-    int64_t arena = 0;
-    for (size_t i : order) {
-      Buffer &b = buffers[i];
-      // Candidate offsets: 0 and the aligned end of every buffer alive at
-      // the same time; take the lowest that fits.
-      std::vector<std::pair<int64_t, int64_t>> busy;
-      for (size_t j : placed)
-        if (overlapsInTime(b, buffers[j]))
-          busy.push_back({buffers[j].offset,
-                          buffers[j].offset + buffers[j].bytes});
-      std::sort(busy.begin(), busy.end());
-      int64_t offset = 0;
-      for (auto [start, stop] : busy) {
-        if (offset + b.bytes <= start)
-          break;
-        offset = std::max(offset, align(stop));
-      }
-      b.offset = offset;
-      arena = std::max(arena, align(offset + b.bytes));
-      placed.push_back(i);
-    }
-
-    // Independent check: no two buffers alive together share a byte.
-    for (size_t i = 0; i < buffers.size(); ++i)
-      for (size_t j = i + 1; j < buffers.size(); ++j) {
-        const Buffer &a = buffers[i], &b = buffers[j];
-        if (overlapsInTime(a, b) && a.offset < b.offset + b.bytes &&
-            b.offset < a.offset + a.bytes) {
-          a.value.getDefiningOp()->emitOpError()
-              << "shares arena bytes with another live buffer (internal "
-                 "error of moe-plan-memory)";
-          return signalPassFailure();
-        }
-      }
+    const int64_t arena = placeBuffers(buffers, alignment);
+    const int64_t hostBytes = placeBuffers(hostBuffers, alignment);
+    if (failed(checkPlacement(buffers)) || failed(checkPlacement(hostBuffers)))
+      return signalPassFailure();
 
     // The most bytes alive at once, a bound no placement can beat.
     int64_t liveBound = liveBytesPeak(buffers);
@@ -284,12 +332,22 @@ struct PlanMemoryPass : public moe::impl::PlanMemoryBase<PlanMemoryPass> {
       if (any)
         op.setAttr(MoeDialect::getArenaOffsetsAttrName(),
                    builder.getDenseI64ArrayAttr(offsets));
+      if (auto offload = dyn_cast<moe::OffloadOp>(op))
+        op.setAttr(
+            MoeDialect::getHostOffsetsAttrName(),
+            builder.getDenseI64ArrayAttr(
+                {hostBuffers[collected->hostOf.lookup(offload.getResult())]
+                     .offset}));
     }
+    if (!hostBuffers.empty())
+      func->setAttr(MoeDialect::getHostBytesAttrName(),
+                    builder.getI64IntegerAttr(hostBytes));
     func->setAttr(MoeDialect::getArenaBytesAttrName(),
                   builder.getI64IntegerAttr(arena));
     func->setAttr(MoeDialect::getArenaLiveBytesAttrName(),
                   builder.getI64IntegerAttr(liveBound));
     numBuffers += buffers.size();
+    numHostBuffers += hostBuffers.size();
   }
 };
 
@@ -304,10 +362,8 @@ FailureOr<int64_t> mlir::moe::arenaLiveBytes(func::FuncOp func) {
   int64_t position = 0;
   for (Operation &op : body)
     index[&op] = position++;
-  llvm::DenseMap<Value, size_t> bufferOf;
-  FailureOr<std::vector<Buffer>> buffers =
-      collectBuffers(body, index, position, bufferOf);
+  FailureOr<Buffers> buffers = collectBuffers(body, index, position);
   if (failed(buffers))
     return failure();
-  return liveBytesPeak(*buffers);
+  return liveBytesPeak(buffers->device);
 }

@@ -78,6 +78,12 @@ struct MemoryBreakdown {
   /// Saved activations at the end of the forward, plus what the chosen
   /// checkpointing recomputes for one layer.
   int64_t activations = 0;
+  /// With activation offloading (sm_activation_offloading): the kept
+  /// activations in pinned host memory, every layer's; not in total().
+  /// `activations` then holds those of the layers on the device at once
+  /// (the layer in its backward and the `activation_loading_horizon`
+  /// layers fetched ahead) and the recomputed ones.
+  int64_t hostActivations = 0;
   /// All-to-all send/receive buffers sized for the worst dropless routing,
   /// and the fp32 reduce-scatter input of one unit.
   int64_t communicationBuffers = 0;

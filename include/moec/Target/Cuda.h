@@ -49,6 +49,8 @@ struct CudaTrainProgramSummary {
   int64_t derivedStateBytes = 0; ///< of which bf16 copies (not checkpointed)
   int64_t arenaBytes = 0; ///< every intermediate (moe-plan-memory)
   int64_t inputBytes = 0; ///< token ids, labels, step, learning rate
+  /// The pinned host memory of the offloaded activations (moe.offload).
+  int64_t hostActivationBytes = 0;
   double modelFlops = 0;  ///< DESIGN.md §5's model FLOPs per step
   bool usesCudnn = false; ///< some attention op runs on cuDNN
 };

@@ -11,7 +11,17 @@
 //           moe.adamw updates in place; moe-plan-memory gives them no arena
 //           bytes);
 //   inputs  input_ids, labels, step, lr (written by the host before a step);
-//   arena   every other value, at the offset moe-plan-memory chose.
+//   arena   every other value, at the offset moe-plan-memory chose;
+//   host    the offloaded activations (moe.offload's results), pinned host
+//           memory at the offsets moe-plan-memory chose (moe.host_offsets).
+//
+// Activation offloading: moe.offload copies to the host on the offload
+// stream, moe.fetch back on the fetch stream (moert/kernels/Offload.h),
+// outside the captured segments. The compute stream waits for an offload's
+// copy before the first op that writes bytes the copied value occupied
+// (the memory plan frees them at the offload), and for a fetch right before
+// the first op that reads the fetched value; a fetch waits for its offload
+// and for any unfinished offload of the bytes it writes.
 //
 // Views (expand/collapse_shape) print as their source's pointer. The printer
 // only prints: what it fuses or groups, passes made explicit in the IR
@@ -234,6 +244,14 @@ private:
   /// compute stream's join right after it.
   void endCollective(Operation &op);
   LogicalResult printExpertParallel(Operation &op);
+  /// Numbers the offloads and fetches and chooses where the compute stream
+  /// waits for each, and which offloads each fetch waits for.
+  LogicalResult scheduleTransfers();
+  /// Prints moe.offload or moe.fetch `op`.
+  LogicalResult printTransfer(Operation &op);
+  /// The arena bytes [begin, end) that `v` (or its view's source) occupies,
+  /// a value with dynamic rows up to the arena's end; none outside it.
+  std::optional<std::pair<int64_t, int64_t>> arenaRangeOf(Value v);
 
   func::FuncOp step, init;
   shard::GridOp grid; ///< the mesh of a partitioned program, else null
@@ -248,6 +266,14 @@ private:
   /// joined before the ops in joinsBefore.
   llvm::MapVector<Operation *, moe::ScheduledCollective> collectives;
   llvm::DenseMap<Operation *, SmallVector<int>> joinsBefore;
+  /// The number of each moe.offload and of each moe.fetch; the offloads and
+  /// fetches the compute stream waits for before an op; the other offloads
+  /// a fetch's stream waits for.
+  llvm::DenseMap<Operation *, int> transferIds;
+  llvm::DenseMap<Operation *, SmallVector<int>> offloadJoinsBefore,
+      fetchJoinsBefore, fetchWaitsFor;
+  int64_t hostBytes = 0; ///< the pinned host region (moe.host_bytes)
+  llvm::DenseMap<Value, int64_t> hostOffsets; ///< moe.offload's results
   std::string kernels, body, setup, statics;
   std::string stepBody;              ///< what step() runs, in order
   std::vector<std::string> segments; ///< bodies of the captured segments
@@ -1017,6 +1043,176 @@ LogicalResult TrainStepPrinter::printExpertParallel(Operation &op) {
       });
 }
 
+std::optional<std::pair<int64_t, int64_t>>
+TrainStepPrinter::arenaRangeOf(Value v) {
+  while (isa_and_nonnull<tensor::ExpandShapeOp, tensor::CollapseShapeOp>(
+      v.getDefiningOp()))
+    v = v.getDefiningOp()->getOperand(0);
+  auto result = dyn_cast<OpResult>(v);
+  auto type = dyn_cast<RankedTensorType>(v.getType());
+  if (!result || !type)
+    return std::nullopt;
+  auto offsets = result.getOwner()->getAttrOfType<DenseI64ArrayAttr>(
+      MoeDialect::getArenaOffsetsAttrName());
+  if (!offsets || offsets[result.getResultNumber()] < 0)
+    return std::nullopt;
+  int64_t begin = offsets[result.getResultNumber()];
+  int64_t end =
+      type.hasStaticShape()
+          ? begin + byteSize(type)
+          : step->getAttrOfType<IntegerAttr>(
+                     MoeDialect::getArenaBytesAttrName())
+                .getInt();
+  return std::make_pair(begin, end);
+}
+
+LogicalResult TrainStepPrinter::scheduleTransfers() {
+  struct Pending {
+    int id;
+    std::pair<int64_t, int64_t> bytes;
+  };
+  auto overlaps = [](std::pair<int64_t, int64_t> a,
+                     std::pair<int64_t, int64_t> b) {
+    return a.first < b.second && b.first < a.second;
+  };
+  // Offloads the compute stream has not waited for, directly or through a
+  // fetch it waited for; the offloads each fetch waits for.
+  std::vector<Pending> pending;
+  llvm::DenseMap<int, SmallVector<int>> offloadsBeforeFetch;
+  int offloads = 0, fetches = 0;
+  Block &block = step.getBody().front();
+  for (Operation &op : block) {
+    if (auto joins = fetchJoinsBefore.find(&op);
+        joins != fetchJoinsBefore.end())
+      for (int fetch : joins->second)
+        llvm::erase_if(pending, [&](const Pending &p) {
+          return llvm::is_contained(offloadsBeforeFetch[fetch], p.id);
+        });
+    if (auto offload = dyn_cast<moe::OffloadOp>(op)) {
+      std::optional<std::pair<int64_t, int64_t>> bytes =
+          arenaRangeOf(offload.getInput());
+      if (!bytes)
+        return offload.emitOpError()
+               << "offloads a value outside the arena; the CUDA printer "
+                  "offloads planned activations";
+      if (!op.getAttrOfType<DenseI64ArrayAttr>(
+              MoeDialect::getHostOffsetsAttrName()))
+        return offload.emitOpError()
+               << "has no moe.host_offsets; run moe-plan-memory before the "
+                  "CUDA printer";
+      transferIds[&op] = offloads;
+      pending.push_back({offloads++, *bytes});
+      continue;
+    }
+    if (auto fetch = dyn_cast<moe::FetchOp>(op)) {
+      auto from = fetch.getInput().getDefiningOp<moe::OffloadOp>();
+      std::optional<std::pair<int64_t, int64_t>> bytes =
+          arenaRangeOf(fetch.getResult());
+      int id = fetches++;
+      transferIds[&op] = id;
+      SmallVector<int> &waits = offloadsBeforeFetch[id];
+      waits.push_back(transferIds.lookup(from));
+      for (const Pending &p : pending)
+        if (p.id != waits.front() && bytes && overlaps(p.bytes, *bytes)) {
+          waits.push_back(p.id);
+          fetchWaitsFor[&op].push_back(p.id);
+        }
+      // The compute stream waits right before the first reader of the
+      // fetched value or of a view of it.
+      llvm::DenseSet<Value> aliases = {fetch.getResult()};
+      for (Operation *next = op.getNextNode(); next;
+           next = next->getNextNode()) {
+        bool reads = llvm::any_of(next->getOperands(), [&](Value v) {
+          return aliases.contains(v);
+        });
+        if (reads &&
+            isa<tensor::ExpandShapeOp, tensor::CollapseShapeOp>(next)) {
+          aliases.insert(next->getResult(0));
+        } else if (reads) {
+          fetchJoinsBefore[next].push_back(id);
+          break;
+        }
+      }
+      continue;
+    }
+    // An op that writes bytes an unfinished offload reads waits for it;
+    // the step ends with every offload finished.
+    SmallVector<std::pair<int64_t, int64_t>> written;
+    for (Value result : op.getResults())
+      if (std::optional<std::pair<int64_t, int64_t>> bytes =
+              isa<tensor::ExpandShapeOp, tensor::CollapseShapeOp>(op)
+                  ? std::nullopt
+                  : arenaRangeOf(result))
+        written.push_back(*bytes);
+    bool end = isa<func::ReturnOp>(op);
+    llvm::erase_if(pending, [&](const Pending &p) {
+      bool wait = end || llvm::any_of(written, [&](auto bytes) {
+                    return overlaps(p.bytes, bytes);
+                  });
+      if (wait)
+        offloadJoinsBefore[&op].push_back(p.id);
+      return wait;
+    });
+  }
+  if (fetches > 0 || offloads > 0) {
+    auto bytes =
+        step->getAttrOfType<IntegerAttr>(MoeDialect::getHostBytesAttrName());
+    if (!bytes)
+      return step.emitError() << "offloads activations but has no "
+                                 "moe.host_bytes; run moe-plan-memory before "
+                                 "the CUDA printer";
+    hostBytes = bytes.getInt();
+  }
+  return success();
+}
+
+LogicalResult TrainStepPrinter::printTransfer(Operation &op) {
+  body += fmt::format("  moert::kernels::mark(ctx, \"{}\");\n",
+                      op.getName().getStringRef().str());
+  int id = transferIds.lookup(&op);
+  // The bytes of `v`: a literal, or its received rows times a row's bytes.
+  auto bytesOf = [&](Value v) {
+    RankedTensorType type = typeOf(v);
+    int64_t row = elementBytes(v);
+    for (int64_t d : type.getShape().drop_front())
+      row *= d;
+    if (type.hasStaticShape())
+      return std::to_string(byteSize(type));
+    return fmt::format("{} * {}", rowsOf(v), row);
+  };
+  if (auto offload = dyn_cast<moe::OffloadOp>(op)) {
+    FailureOr<std::string> from = pointer(op, offload.getInput());
+    if (failed(from))
+      return failure();
+    int64_t host = op.getAttrOfType<DenseI64ArrayAttr>(
+        MoeDialect::getHostOffsetsAttrName())[0];
+    if (auto rows = dynamicRows.find(offload.getInput());
+        rows != dynamicRows.end())
+      dynamicRows[offload.getResult()] = rows->second;
+    hostOffsets[offload.getResult()] = host;
+    body += fmt::format("  moert::kernels::offloadToHost(ctx, {}, {}, {}, "
+                        "{}); // layer {}\n",
+                        id, *from, host, bytesOf(offload.getInput()),
+                        offload.getLayer());
+    return success();
+  }
+  auto fetch = cast<moe::FetchOp>(op);
+  if (failed(setResultPointers(op)))
+    return failure();
+  if (auto rows = dynamicRows.find(fetch.getInput()); rows != dynamicRows.end())
+    dynamicRows[fetch.getResult()] = rows->second;
+  for (int offload : fetchWaitsFor.lookup(&op))
+    body += fmt::format("  moert::kernels::fetchAfterOffload(ctx, {});\n",
+                        offload);
+  auto from = fetch.getInput().getDefiningOp<moe::OffloadOp>();
+  body += fmt::format("  moert::kernels::fetchFromHost(ctx, {}, {}, {}, {}, "
+                      "{}); // layer {}\n",
+                      id, transferIds.lookup(from), typed(fetch.getResult()),
+                      hostOffsets.lookup(fetch.getInput()),
+                      bytesOf(fetch.getResult()), fetch.getLayer());
+  return success();
+}
+
 void TrainStepPrinter::endSegment(bool capture) {
   if (body.empty())
     return;
@@ -1043,11 +1239,13 @@ LogicalResult TrainStepPrinter::setResultPointers(Operation &op) {
     auto type = dyn_cast<RankedTensorType>(result.getType());
     if (!type || pointers.count(result))
       continue;
-    // Received rows (moe.dispatch) and what the local experts compute on
-    // them have a dynamic leading dimension, bounded by the dispatch's
-    // receive bound, which the memory plan reserves.
+    // Received rows (moe.dispatch), what the local experts compute on
+    // them and their fetched copies have a dynamic leading dimension,
+    // bounded by the dispatch's receive bound, which the memory plan
+    // reserves.
     bool receivedRows =
-        isa<moe::DispatchOp, moe::ExpertsOp, moe::ExpertsGradOp>(op) &&
+        isa<moe::DispatchOp, moe::ExpertsOp, moe::ExpertsGradOp,
+            moe::FetchOp>(op) &&
         type.getRank() >= 1 &&
         llvm::all_of(type.getShape().drop_front(),
                      [](int64_t d) { return !ShapedType::isDynamic(d); });
@@ -1570,6 +1768,8 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
                                "before the CUDA printer";
 
   scheduleCollectives();
+  if (failed(scheduleTransfers()))
+    return failure();
   // Ops in order; each moe.adamw_group (consecutive ops) is one
   // multi-tensor launch.
   Block &block = step.getBody().front();
@@ -1621,6 +1821,26 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
       return failure();
     // The compute stream waits for the overlapped collectives `op` reads.
     printJoins(joinsBefore.lookup(&op));
+    // The compute stream waits for the fetches `op` reads and the offloads
+    // of the bytes it writes, between the captured segments; the
+    // transfers themselves run there too.
+    SmallVector<int> offloadJoins = offloadJoinsBefore.lookup(&op),
+                     fetchJoins = fetchJoinsBefore.lookup(&op);
+    if (!offloadJoins.empty() || !fetchJoins.empty()) {
+      endSegment(/*capture=*/true);
+      for (int id : offloadJoins)
+        body += fmt::format("  moert::kernels::joinOffload(ctx, {});\n", id);
+      for (int id : fetchJoins)
+        body += fmt::format("  moert::kernels::joinFetch(ctx, {});\n", id);
+      endSegment(/*capture=*/false);
+    }
+    if (isa<moe::OffloadOp, moe::FetchOp>(op)) {
+      endSegment(/*capture=*/true);
+      if (failed(printTransfer(op)))
+        return failure();
+      endSegment(/*capture=*/false);
+      continue;
+    }
     bool hostSync = runsUncaptured(op);
     if (hostSync)
       endSegment(/*capture=*/true);
@@ -1745,6 +1965,8 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
           "#include \"moert/kernels/ExpertParallel.cuh\"\n";
   if (usesCudnn)
     os << "#include \"moert/kernels/AttentionCudnn.cuh\"\n";
+  if (hostBytes > 0)
+    os << "#include \"moert/kernels/Offload.h\"\n";
   os << R"cuda(
 #include <algorithm>
 
@@ -1859,12 +2081,17 @@ namespace {
                          "gradientScratchBytes;\n",
                          joined(grid.getShape()))
            : std::string("  program.initParams = initParams;\n"),
-      usesCudnn ? "  program.openLibraries = openLibraries;\n" : "");
+      (usesCudnn ? "  program.openLibraries = openLibraries;\n" : "") +
+          (hostBytes > 0
+               ? fmt::format("  program.hostActivationBytes = {};\n",
+                             hostBytes)
+               : std::string()));
 
   summary.stateBytes = stateBytes;
   summary.derivedStateBytes = derivedStateBytes;
   summary.arenaBytes = arenaBytes.getInt();
   summary.inputBytes = inputBytes;
+  summary.hostActivationBytes = hostBytes;
   summary.modelFlops = modelFlops->total();
   summary.usesCudnn = usesCudnn;
   return success();

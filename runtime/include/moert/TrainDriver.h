@@ -65,6 +65,9 @@ struct TrainProgram {
   /// parameters (the bf16 copies AdamW keeps, moe-keep-param-copies):
   /// checkpoints leave them out, the first step of a run recomputes them.
   int64_t derivedStateBytes = 0;
+  /// The pinned host memory of the offloaded activations (moe.offload,
+  /// moert/kernels/Offload.h); 0 when the step offloads none.
+  int64_t hostActivationBytes = 0;
   int64_t inputIdsOffset = 0, labelsOffset = 0, stepOffset = 0, lrOffset = 0;
   const ParameterInfo *parameters = nullptr;
   int numParameters = 0;

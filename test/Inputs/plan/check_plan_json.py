@@ -50,6 +50,7 @@ GPU = {"name": STR, "memory_bytes": INT, "peak_flops": NUM,
 MEMORY = {k: INT for k in (
     "compute_params", "gathered_params", "master_params", "gradients",
     "unsharded_gradients", "optimizer_states", "activations",
+    "host_activations",
     "communication_buffers", "workspace", "persistent", "total")}
 PARAMETER = {"name": STR, "shape": LIST, "kind": STR, "unit": INT,
              "expert_dim": INT, "shard_dim": INT, "local_shape": LIST}

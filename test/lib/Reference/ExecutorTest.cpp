@@ -5,7 +5,7 @@
 // invariance), bf16 values are stored rounded, a moe.fusion equals its
 // body's ops run one by one, moe.add_rms_norm equals its add and norm,
 // moe.attention's stats are its rows' log-sum-exp, and results are found by
-// their tags and names.
+// their tags and names, and an offloaded value comes back unchanged.
 //
 //===----------------------------------------------------------------------===//
 
@@ -488,4 +488,42 @@ TEST_F(ExecutorTest, ResultsAreFoundByTagAndName) {
   ASSERT_FALSE(bool(missing));
   EXPECT_EQ(llvm::toString(missing.takeError()),
             "@step has no result tagged moe.output = \"w\"");
+}
+
+TEST_F(ExecutorTest, AnOffloadedValueComesBackUnchangedAndIsGoneMeanwhile) {
+  const char *source = R"mlir(
+    func.func @step(%x: tensor<2x3xf32>) -> (tensor<2x3xf32>, tensor<2x3xf32>) {
+      %y = arith.negf %x : tensor<2x3xf32>
+      %h = moe.offload %y layer 0 : tensor<2x3xf32> -> tensor<2x3xf32, #moe.host>
+      %z = moe.fetch %h layer 0 : tensor<2x3xf32, #moe.host> -> tensor<2x3xf32>
+      %w = arith.addf %z, %z : tensor<2x3xf32>
+      return %z, %w : tensor<2x3xf32>, tensor<2x3xf32>
+    }
+    func.func @stale(%x: tensor<2x3xf32>) -> tensor<2x3xf32> {
+      %y = arith.negf %x : tensor<2x3xf32>
+      %h = moe.offload %y layer 0 : tensor<2x3xf32> -> tensor<2x3xf32, #moe.host>
+      %z = moe.fetch %h layer 0 : tensor<2x3xf32, #moe.host> -> tensor<2x3xf32>
+      %w = arith.addf %y, %z : tensor<2x3xf32>
+      return %w : tensor<2x3xf32>
+    })mlir";
+  HostTensor x = HostTensor::floats({2, 3});
+  for (int64_t i = 0; i < 6; ++i)
+    x.f32[i] = 0.5f * static_cast<float>(i) - 1.0f;
+  std::vector<HostTensor> r = run(source, "step", {x});
+  ASSERT_EQ(r.size(), 2u);
+  for (int64_t i = 0; i < 6; ++i) {
+    EXPECT_EQ(r[0].f32[i], -x.f32[i]);
+    EXPECT_EQ(r[1].f32[i], -2.0f * x.f32[i]);
+  }
+  // A read of the device value after its offload is a misplaced offload.
+  std::string message;
+  ScopedDiagnosticHandler handler(&context, [&](Diagnostic &diag) {
+    message = diag.str();
+    return success();
+  });
+  std::vector<HostTensor> results;
+  EXPECT_TRUE(failed(reference::execute(
+      module->lookupSymbol<func::FuncOp>("stale"), {x}, results)));
+  EXPECT_EQ(message, "'arith.addf' op reads a value that moe.offload already "
+                     "moved to host memory");
 }

@@ -308,11 +308,9 @@ TEST(TrainingJob, CompileRefusesWhatItDoesNotImplement) {
         {"global_token_shuffle", "true"},
         {"moe_all_to_all_dispatcher", "false"},
         {"activation_checkpointing", "full"},
-        {"activation_checkpointing", "auto"}})
+        {"activation_checkpointing", "auto"},
+        {"sm_activation_offloading", "true"}})
     EXPECT_EQ(compileError(key, value), "") << key;
-  EXPECT_EQ(compileError("sm_activation_offloading", "true"),
-            "sm_activation_offloading true is not implemented yet by moec "
-            "compile (activations stay on the GPU)");
   EXPECT_EQ(compileError("fp8", "true"),
             "fp8 true is not implemented yet by moec compile (bf16 and fp32 "
             "only)");
@@ -374,6 +372,12 @@ TEST(TrainingJob, TrainAndPlanImplementDifferentParts) {
             "activation_checkpointing auto is not implemented yet by moec "
             "plan (it plans none, selective or full; moec compile chooses "
             "auto's policy per layer)");
+  // Offloading: in the IR (moe-offload-activations) and in the plan.
+  parallel.activationCheckpointing = ActivationCheckpointing::Selective;
+  parallel.smActivationOffloading = true;
+  EXPECT_EQ(implementedError(parallel, JobConsumer::Train), "");
+  EXPECT_EQ(implementedError(parallel, JobConsumer::Plan), "");
+  parallel.smActivationOffloading = false;
   // The reference and the compiled programs run any layout, with either
   // dispatcher and the token shuffle; the plan does not model those two.
   parallel.activationCheckpointing = ActivationCheckpointing::None;

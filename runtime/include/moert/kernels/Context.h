@@ -60,6 +60,7 @@ struct Profiler {
 };
 
 struct Blas; // Gemm.cuh
+struct ActivationOffload; // Offload.h
 
 /// What a kernel launch needs besides its buffers.
 struct Context {
@@ -106,6 +107,9 @@ struct Context {
   /// copies that AdamW keeps (moe-keep-param-copies) are not current yet,
   /// so the step computes them from the parameters first.
   bool refreshParameterCopies = false;
+  /// The pinned host region and the transfer streams of a program that
+  /// offloads activations (Offload.h); null in one that does not.
+  ActivationOffload *offload = nullptr;
 };
 
 /// Marks the start of op `name` in the profiled step.

@@ -918,8 +918,91 @@ func.func @all_ones_not_input(%w: tensor<2x4xf32> {moe.parameter = "w", moe.all_
 
 // -----
 
+// Tests that moe.offload makes a host copy of a device tensor.
+func.func @offload_to_device(%x: tensor<4xf32>) {
+  // expected-error@+1 {{'moe.offload' op result has type 'tensor<4xf32>'; it must be a host tensor (encoding #moe.host)}}
+  %h = moe.offload %x layer 0 : tensor<4xf32> -> tensor<4xf32>
+  return
+}
+
+// -----
+
 // Tests that moe.all_ones is a unit attribute.
 // expected-error@+1 {{'func.func' op has 'moe.all_ones' = true on argument #0; it is a unit attribute of a function argument with 'moe.input'}}
 func.func @all_ones_value(%m: tensor<2x4xi64> {moe.input = "attention_mask", moe.all_ones = true}) {
+  return
+}
+
+// -----
+
+// Tests that moe.offload reads a device tensor.
+func.func @offload_from_host(%x: tensor<4xf32, #moe.host>) {
+  // expected-error@+1 {{'moe.offload' op input has type 'tensor<4xf32, #moe.host>'; it must be a device tensor (no encoding)}}
+  %h = moe.offload %x layer 0 : tensor<4xf32, #moe.host> -> tensor<4xf32, #moe.host>
+  return
+}
+
+// -----
+
+// Tests that the host copy has the shape and element type of the value.
+func.func @offload_shape(%x: tensor<4xf32>) {
+  // expected-error@+1 {{'moe.offload' op input 'tensor<4xf32>' and result 'tensor<8xf32, #moe.host>' must have the same shape and element type}}
+  %h = moe.offload %x layer 0 : tensor<4xf32> -> tensor<8xf32, #moe.host>
+  return
+}
+
+// -----
+
+// Tests that a layer is not negative.
+func.func @offload_layer(%x: tensor<4xf32>) {
+  // expected-error@+1 {{'moe.offload' op attribute 'layer' failed to satisfy constraint: 64-bit signless integer attribute whose value is non-negative}}
+  %h = moe.offload %x layer -1 : tensor<4xf32> -> tensor<4xf32, #moe.host>
+  return
+}
+
+// -----
+
+// Tests that moe.fetch reads a host tensor.
+func.func @fetch_from_device(%x: tensor<4xf32>) {
+  // expected-error@+1 {{'moe.fetch' op input has type 'tensor<4xf32>'; it must be a host tensor (encoding #moe.host)}}
+  %y = moe.fetch %x layer 0 : tensor<4xf32> -> tensor<4xf32>
+  return
+}
+
+// -----
+
+// Tests that moe.fetch reads what a moe.offload made.
+func.func @fetch_argument(%h: tensor<4xf32, #moe.host>) {
+  // expected-error@+1 {{'moe.fetch' op input is not made by moe.offload}}
+  %y = moe.fetch %h layer 0 : tensor<4xf32, #moe.host> -> tensor<4xf32>
+  return
+}
+
+// -----
+
+// Tests that moe.fetch brings the value back for the layer it was offloaded
+// for.
+func.func @fetch_layer(%x: tensor<4xf32>) {
+  %h = moe.offload %x layer 1 : tensor<4xf32> -> tensor<4xf32, #moe.host>
+  // expected-error@+1 {{'moe.fetch' op fetches for layer 0 a value offloaded for layer 1}}
+  %y = moe.fetch %h layer 0 : tensor<4xf32, #moe.host> -> tensor<4xf32>
+  return
+}
+
+// -----
+
+// Tests that moe.host_offsets is one offset on a moe.offload.
+func.func @host_offsets(%x: tensor<4xf32>) {
+  // expected-error@+1 {{'arith.negf' op has 'moe.host_offsets' = array<i64: 0>; it is one offset of at least 0 on moe.offload}}
+  %y = arith.negf %x {moe.host_offsets = array<i64: 0>} : tensor<4xf32>
+  return
+}
+
+// -----
+
+// Tests that moe.host_bytes is a function's.
+func.func @host_bytes(%x: tensor<4xf32>) {
+  // expected-error@+1 {{'arith.negf' op has 'moe.host_bytes' = 4 : i64; it is an i64 of at least 0 on a function}}
+  %y = arith.negf %x {moe.host_bytes = 4 : i64} : tensor<4xf32>
   return
 }

@@ -192,3 +192,15 @@ func.func @param_init_block(%seed: tensor<i64>) -> tensor<4x3xf32> {
   %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.5 : f64, global_shape = array<i64: 8, 6>, grid = @mesh, split_axes = array<i64: 2, 1>} : (tensor<i64>) -> tensor<4x3xf32>
   return %w : tensor<4x3xf32>
 }
+
+// CHECK-LABEL: func.func @offload_fetch
+// CHECK: %[[HOST:.+]] = moe.offload %{{.+}} layer 1 {moe.host_offsets = array<i64: 256>} : tensor<2x4x8xf32> -> tensor<2x4x8xf32, #moe.host>
+// CHECK: moe.fetch %[[HOST]] layer 1 : tensor<2x4x8xf32, #moe.host> -> tensor<2x4x8xf32>
+// CHECK: moe.offload %{{.+}} layer 0 : tensor<?x2xi64> -> tensor<?x2xi64, #moe.host>
+func.func @offload_fetch(%x: tensor<2x4x8xf32>, %e: tensor<?x2xi64>) -> (tensor<2x4x8xf32>, tensor<?x2xi64>) attributes {moe.host_bytes = 512 : i64} {
+  %h = moe.offload %x layer 1 {moe.host_offsets = array<i64: 256>} : tensor<2x4x8xf32> -> tensor<2x4x8xf32, #moe.host>
+  %y = moe.fetch %h layer 1 : tensor<2x4x8xf32, #moe.host> -> tensor<2x4x8xf32>
+  %he = moe.offload %e layer 0 : tensor<?x2xi64> -> tensor<?x2xi64, #moe.host>
+  %f = moe.fetch %he layer 0 : tensor<?x2xi64, #moe.host> -> tensor<?x2xi64>
+  return %y, %f : tensor<2x4x8xf32>, tensor<?x2xi64>
+}

@@ -167,3 +167,29 @@ func.func @shared_transpose_init(%a: tensor<16x16xf32>, %b: tensor<16x16xf32>) -
   %tb = linalg.transpose ins(%b : tensor<16x16xf32>) outs(%e : tensor<16x16xf32>) permutation = [1, 0]
   return %ta, %tb : tensor<16x16xf32>, tensor<16x16xf32>
 }
+
+// -----
+
+// Tests that an offloaded value's device bytes are free between its
+// moe.offload and its moe.fetch: %c, made while %a is on the host, takes
+// %a's bytes, and the fetched %f gets bytes of its own from the fetch on
+// (on the device all along, %a would make the arena 4 KiB). The host copy
+// is planned in the host region.
+// CHECK-LABEL: func.func @offload
+// CHECK-SAME: moe.arena_bytes = 3072 : i64
+// CHECK-SAME: moe.host_bytes = 1024 : i64
+// CHECK: %[[A:.+]] = moe.linear {{.*}} {moe.arena_offsets = array<i64: 0>}
+// CHECK: %[[B:.+]] = moe.linear %[[A]], {{.*}} {moe.arena_offsets = array<i64: 1024>}
+// CHECK: %[[H:.+]] = moe.offload %[[A]] layer 0 {moe.host_offsets = array<i64: 0>}
+// CHECK: %[[C:.+]] = moe.linear %[[B]], {{.*}} {moe.arena_offsets = array<i64: 0>}
+// CHECK: %[[F:.+]] = moe.fetch %[[H]] layer 0 {moe.arena_offsets = array<i64: 1024>}
+// CHECK: arith.addf %[[C]], %[[F]] {moe.arena_offsets = array<i64: 2048>}
+func.func @offload(%x: tensor<4x64xf32>, %w: tensor<64x64xf32>) -> tensor<4x64xf32> {
+  %a = moe.linear %x, %w : (tensor<4x64xf32>, tensor<64x64xf32>) -> tensor<4x64xf32>
+  %b = moe.linear %a, %w : (tensor<4x64xf32>, tensor<64x64xf32>) -> tensor<4x64xf32>
+  %h = moe.offload %a layer 0 : tensor<4x64xf32> -> tensor<4x64xf32, #moe.host>
+  %c = moe.linear %b, %w : (tensor<4x64xf32>, tensor<64x64xf32>) -> tensor<4x64xf32>
+  %f = moe.fetch %h layer 0 : tensor<4x64xf32, #moe.host> -> tensor<4x64xf32>
+  %d = arith.addf %c, %f : tensor<4x64xf32>
+  return %d : tensor<4x64xf32>
+}

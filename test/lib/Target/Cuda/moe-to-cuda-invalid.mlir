@@ -917,3 +917,57 @@ func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4x
   %counts = moe.expert_counts %ids {moe.arena_offsets = array<i64: 512>} : (tensor<2x4xi64>) -> tensor<1x8xi64>
   return %loss, %loss, %zero, %zero, %zero, %counts : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<1x8xi64>
 }
+
+// -----
+
+// Tests that an offloaded value is in the arena.
+func.func @init_params(%seed: tensor<i64> {moe.input = "seed"}) -> (tensor<8x4xf32> {moe.parameter = "w"}) {
+  %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.02 : f64} : (tensor<i64>) -> tensor<8x4xf32>
+  return %w : tensor<8x4xf32>
+}
+func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4xf32> {moe.exp_avg = "w"}, %v: tensor<8x4xf32> {moe.exp_avg_sq = "w"}, %ids: tensor<2x4xi64> {moe.input = "input_ids"}, %labels: tensor<2x4xi64> {moe.input = "labels"}, %step: tensor<i64> {moe.input = "step"}, %lr: tensor<f32> {moe.input = "lr"}) -> (tensor<f32> {moe.output = "loss"}, tensor<f32> {moe.output = "ce_loss"}, tensor<f32> {moe.output = "aux_loss"}, tensor<f32> {moe.output = "z_loss"}, tensor<f32> {moe.output = "grad_norm"}, tensor<1x8xi64> {moe.output = "expert_counts"}) attributes {moe.arena_bytes = 1024 : i64, moe.host_bytes = 256 : i64} {
+  %h = moe.embedding %w[%ids] {moe.arena_offsets = array<i64: 0>} : (tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<2x4x4xf32>
+  // expected-error@+1 {{'moe.offload' op offloads a value outside the arena; the CUDA printer offloads planned activations}}
+  %wh = moe.offload %w layer 0 {moe.host_offsets = array<i64: 0>} : tensor<8x4xf32> -> tensor<8x4xf32, #moe.host>
+  %w2 = moe.fetch %wh layer 0 {moe.arena_offsets = array<i64: 768>} : tensor<8x4xf32, #moe.host> -> tensor<8x4xf32>
+  %loss = moe.lm_head_cross_entropy %h, %w2, %labels {moe.arena_offsets = array<i64: 256>} : (tensor<2x4x4xf32>, tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<f32>
+  %zero = arith.constant dense<0.0> : tensor<f32>
+  %counts = moe.expert_counts %ids {moe.arena_offsets = array<i64: 512>} : (tensor<2x4xi64>) -> tensor<1x8xi64>
+  return %loss, %loss, %zero, %zero, %zero, %counts : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<1x8xi64>
+}
+
+// -----
+
+// Tests that an offload has its host offset (moe-plan-memory).
+func.func @init_params(%seed: tensor<i64> {moe.input = "seed"}) -> (tensor<8x4xf32> {moe.parameter = "w"}) {
+  %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.02 : f64} : (tensor<i64>) -> tensor<8x4xf32>
+  return %w : tensor<8x4xf32>
+}
+func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4xf32> {moe.exp_avg = "w"}, %v: tensor<8x4xf32> {moe.exp_avg_sq = "w"}, %ids: tensor<2x4xi64> {moe.input = "input_ids"}, %labels: tensor<2x4xi64> {moe.input = "labels"}, %step: tensor<i64> {moe.input = "step"}, %lr: tensor<f32> {moe.input = "lr"}) -> (tensor<f32> {moe.output = "loss"}, tensor<f32> {moe.output = "ce_loss"}, tensor<f32> {moe.output = "aux_loss"}, tensor<f32> {moe.output = "z_loss"}, tensor<f32> {moe.output = "grad_norm"}, tensor<1x8xi64> {moe.output = "expert_counts"}) attributes {moe.arena_bytes = 1024 : i64, moe.host_bytes = 256 : i64} {
+  %h = moe.embedding %w[%ids] {moe.arena_offsets = array<i64: 0>} : (tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<2x4x4xf32>
+  // expected-error@+1 {{'moe.offload' op has no moe.host_offsets; run moe-plan-memory before the CUDA printer}}
+  %hh = moe.offload %h layer 0 : tensor<2x4x4xf32> -> tensor<2x4x4xf32, #moe.host>
+  %h2 = moe.fetch %hh layer 0 {moe.arena_offsets = array<i64: 768>} : tensor<2x4x4xf32, #moe.host> -> tensor<2x4x4xf32>
+  %loss = moe.lm_head_cross_entropy %h2, %w, %labels {moe.arena_offsets = array<i64: 256>} : (tensor<2x4x4xf32>, tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<f32>
+  %zero = arith.constant dense<0.0> : tensor<f32>
+  %counts = moe.expert_counts %ids {moe.arena_offsets = array<i64: 512>} : (tensor<2x4xi64>) -> tensor<1x8xi64>
+  return %loss, %loss, %zero, %zero, %zero, %counts : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<1x8xi64>
+}
+
+// -----
+
+// Tests that a step that offloads has the size of its host region.
+func.func @init_params(%seed: tensor<i64> {moe.input = "seed"}) -> (tensor<8x4xf32> {moe.parameter = "w"}) {
+  %w = moe.param_init %seed {name = "w", kind = #moe.param_init<normal>, std = 0.02 : f64} : (tensor<i64>) -> tensor<8x4xf32>
+  return %w : tensor<8x4xf32>
+}
+// expected-error@+1 {{offloads activations but has no moe.host_bytes; run moe-plan-memory before the CUDA printer}}
+func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4xf32> {moe.exp_avg = "w"}, %v: tensor<8x4xf32> {moe.exp_avg_sq = "w"}, %ids: tensor<2x4xi64> {moe.input = "input_ids"}, %labels: tensor<2x4xi64> {moe.input = "labels"}, %step: tensor<i64> {moe.input = "step"}, %lr: tensor<f32> {moe.input = "lr"}) -> (tensor<f32> {moe.output = "loss"}, tensor<f32> {moe.output = "ce_loss"}, tensor<f32> {moe.output = "aux_loss"}, tensor<f32> {moe.output = "z_loss"}, tensor<f32> {moe.output = "grad_norm"}, tensor<1x8xi64> {moe.output = "expert_counts"}) attributes {moe.arena_bytes = 1024 : i64} {
+  %h = moe.embedding %w[%ids] {moe.arena_offsets = array<i64: 0>} : (tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<2x4x4xf32>
+  %hh = moe.offload %h layer 0 {moe.host_offsets = array<i64: 0>} : tensor<2x4x4xf32> -> tensor<2x4x4xf32, #moe.host>
+  %h2 = moe.fetch %hh layer 0 {moe.arena_offsets = array<i64: 768>} : tensor<2x4x4xf32, #moe.host> -> tensor<2x4x4xf32>
+  %loss = moe.lm_head_cross_entropy %h2, %w, %labels {moe.arena_offsets = array<i64: 256>} : (tensor<2x4x4xf32>, tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<f32>
+  %zero = arith.constant dense<0.0> : tensor<f32>
+  %counts = moe.expert_counts %ids {moe.arena_offsets = array<i64: 512>} : (tensor<2x4xi64>) -> tensor<1x8xi64>
+  return %loss, %loss, %zero, %zero, %zero, %counts : tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<f32>, tensor<1x8xi64>
+}
