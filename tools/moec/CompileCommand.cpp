@@ -348,6 +348,8 @@ int moec::cli::runCompile(const TrainingJobFlags &jobFlags) {
       {"arena_bytes", summary.arenaBytes},
       {"arena_live_bytes_bound", liveBound},
       {"input_bytes", summary.inputBytes},
+      {"scratch_bytes", summary.scratchBytes},
+      {"collective_scratch_bytes", summary.collectiveScratchBytes},
       {"model_flops_per_step", summary.modelFlops},
       {"programs", std::move(programs)},
       {"hf_checkpoint", std::move(*hfBinding)}};
@@ -367,9 +369,16 @@ int moec::cli::runCompile(const TrainingJobFlags &jobFlags) {
           : "";
   llvm::outs() << fmt::format(
       "memory plan: state {} B (parameters + AdamW moments{}), arena {} B "
-      "(live-bytes bound {} B), inputs {} B; {:.3e} model FLOPs per step\n",
+      "(live-bytes bound {} B), inputs {} B, kernel scratch {} B{}{}; {:.3e} "
+      "model FLOPs per step\n",
       summary.stateBytes, copies, summary.arenaBytes, liveBound,
-      summary.inputBytes, summary.modelFlops);
+      summary.inputBytes, summary.scratchBytes,
+      summary.collectiveScratchBytes
+          ? fmt::format(" + {} B for collectives",
+                        summary.collectiveScratchBytes)
+          : "",
+      uncountedScratch(summary),
+      summary.modelFlops);
 
   if (job.bf16 && !summary.usesCudnn && attentionKernel == "auto")
     llvm::errs() << "note: this moec was built without cuDNN or its "
