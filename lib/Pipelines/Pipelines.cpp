@@ -115,12 +115,16 @@ static void buildStepPipeline(OpPassManager &pm, const TrainingJob &job,
     pm.addNestedPass<func::FuncOp>(moe::createSaveExpertActivations());
 }
 
-/// moe-checkpoint-activations with the job's policy and budget.
+/// moe-checkpoint-activations with the job's policy and budget;
+/// `cudnnAttention`: the CUDA program runs bf16 attention on cuDNN (its
+/// kernel scratch counts in the budget).
 static void addCheckpointActivations(OpPassManager &pm,
-                                     const TrainingJob &job) {
+                                     const TrainingJob &job,
+                                     bool cudnnAttention) {
   moe::CheckpointActivationsOptions checkpoint;
   checkpoint.policy = job.activationCheckpointing;
   checkpoint.memoryBudget = getMemoryBudgetBytes(job);
+  checkpoint.cudnnAttention = cudnnAttention;
   pm.addNestedPass<func::FuncOp>(moe::createCheckpointActivations(checkpoint));
 }
 
@@ -136,7 +140,7 @@ static void addOffloadActivations(OpPassManager &pm, const TrainingJob &job) {
 void moec::buildTrainPipeline(OpPassManager &pm, const TrainingJob &job,
                               bool returnGradients) {
   buildStepPipeline(pm, job, returnGradients);
-  addCheckpointActivations(pm, job);
+  addCheckpointActivations(pm, job, /*cudnnAttention=*/false);
   addOffloadActivations(pm, job);
 }
 
@@ -148,7 +152,7 @@ void moec::buildCompilePipeline(OpPassManager &pm, const TrainingJob &job,
   // checkpointing, so that a recomputed attention keeps them too.
   if (cudnnAttention && job.bf16)
     pm.addNestedPass<func::FuncOp>(moe::createSaveAttentionStats());
-  addCheckpointActivations(pm, job);
+  addCheckpointActivations(pm, job, cudnnAttention && job.bf16);
   pm.addNestedPass<func::FuncOp>(moe::createFuseElementwise());
   if (job.keepParamCopies)
     pm.addNestedPass<func::FuncOp>(moe::createKeepParamCopies());

@@ -233,7 +233,7 @@ class Result:
     step_seconds: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     #: moec only: the bytes its memory plan predicts (the manifest's state,
-    #: parameter copies, arena and inputs) and the device memory in use at
+    #: arena, inputs and kernel scratch) and the device memory in use at
     #: its fullest (cudaMemGetInfo: CUDA context and library workspaces too).
     planned_bytes: int | None = None
     device_used_bytes: int | None = None
@@ -455,9 +455,11 @@ def import_torchtitan(path: Path | None):
 # ----------------------------------------------------------------------------
 
 def planned_bytes(program: Path) -> int:
-    """What ``program``'s memory plan predicts it needs: the manifest's state, parameter copies, arena and inputs."""
+    """What ``program``'s memory plan predicts it needs: the manifest's state (its parameter copies included),
+    arena, inputs and, where the manifest has them, the kernels' scratch (the collective stream's too)."""
     manifest = json.loads((program.parent / "manifest.json").read_text())
-    return sum(int(manifest[key]) for key in ("state_bytes", "parameter_copy_bytes", "arena_bytes", "input_bytes"))
+    return sum(int(manifest.get(key, 0)) for key in ("state_bytes", "arena_bytes", "input_bytes", "scratch_bytes",
+                                                     "collective_scratch_bytes"))
 
 
 def run_moec(what: str, program: Path, job: Job, token_file: Path, log: Path) -> Result:

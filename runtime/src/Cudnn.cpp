@@ -7,6 +7,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moert/Cudnn.h"
+#include "moert/kernels/ScratchBytes.h"
 
 #include <cudnn_frontend.h>
 
@@ -239,8 +240,8 @@ int64_t sdpaScratchBytes(Cudnn *cudnn, const SdpaShape &s) {
   int64_t workspace =
       std::max(graphFor(cudnn, s, kForwardWithStats).workspaceBytes,
                graphFor(cudnn, s, kBackward).workspaceBytes);
-  int64_t backward = piece(s.B * s.S * s.N * s.D * 2) +
-                     piece(s.B * s.N * s.S * 4) + piece(workspace);
+  int64_t backward =
+      kernels::attentionCudnnBufferBytes(s.B, s.S, s.N, s.D) + piece(workspace);
   return std::max(piece(forward), backward);
 }
 

@@ -366,6 +366,8 @@ int moec::cli::runCompile(const ImportFlags &modelFlags,
       {"arena_bytes", summary.arenaBytes},
       {"arena_live_bytes_bound", liveBound},
       {"input_bytes", summary.inputBytes},
+      {"scratch_bytes", summary.scratchBytes},
+      {"collective_scratch_bytes", summary.collectiveScratchBytes},
       {"model_flops_per_step", summary.modelFlops},
       {"programs", std::move(programs)},
       {"hf_checkpoint", std::move(*hfBinding)}};
@@ -387,9 +389,16 @@ int moec::cli::runCompile(const ImportFlags &modelFlags,
           : "";
   llvm::outs() << fmt::format(
       "memory plan: state {} B (parameters + AdamW moments{}), arena {} B "
-      "(live-bytes bound {} B), inputs {} B; {:.3e} model FLOPs per step\n",
+      "(live-bytes bound {} B), inputs {} B, kernel scratch {} B{}{}; {:.3e} "
+      "model FLOPs per step\n",
       summary.stateBytes, copies, summary.arenaBytes, liveBound,
-      summary.inputBytes, summary.modelFlops);
+      summary.inputBytes, summary.scratchBytes,
+      summary.collectiveScratchBytes
+          ? fmt::format(" + {} B for collectives",
+                        summary.collectiveScratchBytes)
+          : "",
+      uncountedScratch(summary),
+      summary.modelFlops);
   if (arenaWithoutOffloading)
     llvm::outs() << fmt::format(
         "activation offloading (horizon {}): {} B of activations in pinned "

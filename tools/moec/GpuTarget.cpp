@@ -72,24 +72,46 @@ llvm::Expected<moec::cli::GpuTarget> moec::cli::getGpuTarget() {
                  ", ")));
 }
 
+std::string
+moec::cli::uncountedScratch(const CudaTrainProgramSummary &summary) {
+  std::vector<std::string> left;
+  if (summary.uncountedCudnnWorkspace)
+    left.push_back("cuDNN's attention workspace");
+  if (summary.uncountedSortStorage)
+    left.push_back("the balanced router's sort storage");
+  if (left.empty())
+    return "";
+  return fmt::format(" (without {}, which the program sizes on the GPU)",
+                     llvm::join(left, " or "));
+}
+
 llvm::Error
 moec::cli::checkStepFitsGpu(const CudaTrainProgramSummary &summary,
                             const GpuTarget &gpu) {
   const int64_t usable = gpu.memoryBytes / 10 * 9;
   // Each term is at most the arena's int64 planning; the sum in double
   // cannot overflow.
-  const double needed = double(summary.stateBytes) +
-                        double(summary.arenaBytes) + double(summary.inputBytes);
+  const double needed =
+      double(summary.stateBytes) + double(summary.arenaBytes) +
+      double(summary.inputBytes) + double(summary.scratchBytes) +
+      double(summary.collectiveScratchBytes);
   if (needed <= double(usable))
     return llvm::Error::success();
+  std::string collectives =
+      summary.collectiveScratchBytes
+          ? fmt::format(", collective scratch {} B",
+                        summary.collectiveScratchBytes)
+          : "";
   return llvm::createStringError(
       llvm::inconvertibleErrorCode(),
       fmt::format("the training step needs {} B ({}: state {} B, arena {} B, "
-                  "inputs {} B) but {} leaves {} B ({}) after 10% for the "
-                  "CUDA context, library workspaces and the allocator; lower "
-                  "micro_batch_size or seq_length, checkpoint activations, "
-                  "or partition the model",
+                  "inputs {} B, kernel scratch {} B{}{}) but {} leaves {} B "
+                  "({}) after 10% for the CUDA context, library workspaces "
+                  "and the allocator; lower micro_batch_size or seq_length, "
+                  "checkpoint activations, or partition the model",
                   static_cast<int64_t>(needed), gib(int64_t(needed)),
                   summary.stateBytes, summary.arenaBytes, summary.inputBytes,
+                  summary.scratchBytes, collectives,
+                  uncountedScratch(summary),
                   gpu.name, usable, gib(usable)));
 }

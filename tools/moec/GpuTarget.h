@@ -28,10 +28,14 @@ struct GpuTarget {
 /// memory that is not positive is an error listing the known GPUs.
 llvm::Expected<GpuTarget> getGpuTarget();
 
-/// Fails, with every term of the sum, when the step's state, arena and
-/// inputs exceed 90% of `gpu`'s memory (the rest is kept for the CUDA
-/// context, library workspaces and the allocator, as the default memory
-/// budget keeps it).
+/// What `summary`'s kernel scratch leaves out, for messages: empty, or
+/// " (without ...)".
+std::string uncountedScratch(const CudaTrainProgramSummary &summary);
+
+/// Fails, with every term of the sum, when the step's state, arena, inputs
+/// and kernel scratch exceed 90% of `gpu`'s memory (the rest is kept for
+/// the CUDA context, library workspaces and the allocator, as the default
+/// memory budget keeps it).
 llvm::Error checkStepFitsGpu(const CudaTrainProgramSummary &summary,
                              const GpuTarget &gpu);
 

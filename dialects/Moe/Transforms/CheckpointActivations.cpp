@@ -13,9 +13,11 @@
 #include "dialects/Moe/Transforms/Passes.h"
 
 #include "dialects/Moe/IR/MoeOps.h"
+#include "dialects/Moe/Transforms/StepScratch.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/Shard/IR/ShardDialect.h"
+#include "mlir/Dialect/Shard/IR/ShardOps.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/IRMapping.h"
 #include "mlir/Interfaces/SideEffectInterfaces.h"
@@ -511,10 +513,14 @@ int64_t rewrite(StepAnalysis &step,
 
 
 /// The bytes the step needs under `policies`: its arguments (parameters,
-/// optimizer state, inputs) and the most bytes moe-plan-memory's buffers
-/// have alive at once, measured on a copy of `func` rewritten with them.
+/// optimizer state, inputs), the most bytes moe-plan-memory's buffers
+/// have alive at once, measured on a copy of `func` rewritten with them,
+/// and `scratchBytes`, the CUDA program's kernel scratch (which
+/// recomputation does not change: its clones have the shapes of the ops
+/// they copy).
 FailureOr<int64_t> measureBytes(func::FuncOp func,
-                                ArrayRef<ActivationCheckpointing> policies) {
+                                ArrayRef<ActivationCheckpointing> policies,
+                                int64_t scratchBytes) {
   OwningOpRef<func::FuncOp> copy = func.clone();
   StepAnalysis step(copy->getBody().front());
   FailureOr<bool> isStep = step.analyze(*copy, ActivationCheckpointing::Auto);
@@ -526,7 +532,7 @@ FailureOr<int64_t> measureBytes(func::FuncOp func,
   FailureOr<int64_t> live = arenaLiveBytes(*copy);
   if (failed(live))
     return failure();
-  int64_t bytes = *live;
+  int64_t bytes = *live + scratchBytes;
   for (BlockArgument arg : copy->getArguments())
     if (auto type = dyn_cast<RankedTensorType>(arg.getType());
         type && type.hasStaticShape())
@@ -534,11 +540,28 @@ FailureOr<int64_t> measureBytes(func::FuncOp func,
   return bytes;
 }
 
+/// The bytes of the CUDA program's kernel scratch buffers for `func`
+/// (moe::stepScratchNeeds; partitioned, the collective stream's too).
+FailureOr<int64_t> scratchBytesOf(func::FuncOp func, bool cudnnAttention) {
+  FailureOr<SmallVector<ScratchNeed>> needs =
+      stepScratchNeeds(func, cudnnAttention);
+  if (failed(needs))
+    return failure();
+  auto module = func->getParentOfType<ModuleOp>();
+  bool partitioned = module && !module.getOps<shard::GridOp>().empty();
+  StepScratchBytes scratch = stepScratchBytes(*needs, partitioned);
+  return scratch.bytes + scratch.collectiveBytes;
+}
+
 /// The policy per layer that fits `budget` bytes with the least added
 /// time, and the remark that explains it. The cost model orders the
 /// candidates; whether one fits is measured (measureBytes).
 FailureOr<std::vector<ActivationCheckpointing>>
-chooseAutomatically(StepAnalysis &step, func::FuncOp func, int64_t budget) {
+chooseAutomatically(StepAnalysis &step, func::FuncOp func, int64_t budget,
+                    bool cudnnAttention) {
+  FailureOr<int64_t> scratchBytes = scratchBytesOf(func, cudnnAttention);
+  if (failed(scratchBytes))
+    return failure();
   using AC = ActivationCheckpointing;
   const AC choices[] = {AC::None, AC::Selective, AC::Full};
   std::vector<std::array<LayerCost, 3>> costs;
@@ -592,7 +615,7 @@ chooseAutomatically(StepAnalysis &step, func::FuncOp func, int64_t budget) {
     std::vector<AC> policies;
     for (unsigned c : chosen)
       policies.push_back(choices[c]);
-    FailureOr<int64_t> bytes = measureBytes(func, policies);
+    FailureOr<int64_t> bytes = measureBytes(func, policies, *scratchBytes);
     if (succeeded(bytes))
       measured[chosen] = *bytes;
     return bytes;
@@ -666,10 +689,12 @@ chooseAutomatically(StepAnalysis &step, func::FuncOp func, int64_t budget) {
   int64_t total = measured.at(shown);
   std::string summary = llvm::formatv(
       "activation checkpointing auto: {0} for a budget of {1} (arguments "
-      "{2}, the most bytes alive at once {3}, measured on the rewritten step "
-      "for {4} of {5} candidates); recomputation adds {6:F3} ms",
+      "{2}, kernel scratch {3}, the most bytes alive at once {4}, measured "
+      "on the rewritten step for {5} of {6} candidates); recomputation adds "
+      "{7:F3} ms",
       formatBytes(total), formatBytes(budget), formatBytes(argumentBytes),
-      formatBytes(total - argumentBytes), measured.size(),
+      formatBytes(*scratchBytes),
+      formatBytes(total - argumentBytes - *scratchBytes), measured.size(),
       sequence.size() + 3, addedSeconds(shown) * 1e3);
   // At the function's location, without printing the function.
   if (!chosen)
@@ -707,7 +732,7 @@ struct CheckpointActivationsPass
     std::vector<ActivationCheckpointing> policies(step.layers.size(), policy);
     if (policy == ActivationCheckpointing::Auto) {
       FailureOr<std::vector<ActivationCheckpointing>> chosen =
-          chooseAutomatically(step, func, memoryBudget);
+          chooseAutomatically(step, func, memoryBudget, cudnnAttention);
       if (failed(chosen))
         return signalPassFailure();
       policies = *chosen;

@@ -234,8 +234,12 @@ def CheckpointActivations
       from none everywhere, the layer change with the least added time per
       byte saved, until none is left. Whether one fits is measured: the
       step's arguments plus the most bytes alive at once in a copy
-      rewritten with it, counted as moe-plan-memory counts them; the pass
-      bisects the candidates for the first that fits. The same policy on
+      rewritten with it, counted as moe-plan-memory counts them, plus the
+      CUDA program's kernel scratch (moe::stepScratchNeeds: the largest
+      scratch need of its ops, e.g. the experts' gathered rows and
+      projections, with bf16 attention on cuDNN when `cudnn-attention`;
+      cuDNN's own workspace is not counted); the pass bisects the
+      candidates for the first that fits. The same policy on
       every layer replaces that choice
       when it fits and adds less time. Time is a cost model: GEMMs at 650 TFLOP/s,
       attention at 500 TFLOP/s, memory-bound ops at 3.9 TB/s of the bytes
@@ -260,7 +264,9 @@ def CheckpointActivations
            "what the backward recomputes (none, selective, full, auto)",
            "::mlir::moe::ActivationCheckpointingNames{}">,
     Option<"memoryBudget", "memory-budget", "int64_t", "0",
-           "bytes the step must fit into under auto">
+           "bytes the step must fit into under auto">,
+    Option<"cudnnAttention", "cudnn-attention", "bool", "false",
+           "bf16 attention runs on cuDNN (sizes its kernel scratch under auto)">
   ];
   let statistics = [
     Statistic<"numLayers", "num-layers", "decoder layers found">,

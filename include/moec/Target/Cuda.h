@@ -51,6 +51,15 @@ struct CudaTrainProgramSummary {
   int64_t inputBytes = 0; ///< token ids, labels, step, learning rate
   /// The pinned host memory of the offloaded activations (moe.offload).
   int64_t hostActivationBytes = 0;
+  /// The kernels' scratch (moe::stepScratchNeeds): the largest need of
+  /// the step's ops, and of its collectives on the collective stream's own
+  /// buffer (0 without one).
+  int64_t scratchBytes = 0;
+  int64_t collectiveScratchBytes = 0;
+  /// What scratchBytes leaves out, which only the GPU knows and the
+  /// program adds at run time: cuDNN's SDPA workspace, CUB's sort storage
+  /// of the balanced router (moe::ScratchUncounted).
+  bool uncountedCudnnWorkspace = false, uncountedSortStorage = false;
   double modelFlops = 0;  ///< DESIGN.md §5's model FLOPs per step
   bool usesCudnn = false; ///< some attention op runs on cuDNN
 };

@@ -45,6 +45,7 @@
 
 #include "dialects/Moe/IR/MoeOps.h"
 #include "dialects/Moe/Transforms/CollectiveSchedule.h"
+#include "dialects/Moe/Transforms/StepScratch.h"
 #include "moec/Support/Routing.h"
 #include "moec/Analysis/ModelFlops.h"
 
@@ -100,32 +101,6 @@ int64_t byteSize(RankedTensorType t) {
   return t.getNumElements() * t.getElementTypeBitWidth() / 8;
 }
 
-/// The scratch terms of the ops whose forward and gradient kernels share
-/// one scratch formula.
-std::string attentionScratch(Value query, Value key) {
-  auto q = typeOf(query).getShape(), k = typeOf(key).getShape();
-  return fmt::format(
-      "moert::kernels::attentionScratchBytes({}, {}, {}, {}, {}, {})", q[0],
-      q[1], q[2], k[2], q[3], elementBytes(query));
-}
-
-/// `tokens`: the most rows `input` has.
-std::string expertsScratch(int64_t tokens, Value input, Value gates,
-                           Value gateUp) {
-  auto gu = typeOf(gateUp).getShape();
-  return fmt::format(
-      "moert::kernels::expertsScratchBytes({}, {}, {}, {}, {}, {})",
-      tokens, gu[2], gu[1] / 2, gu[0],
-      typeOf(gates).getShape().back(), elementBytes(input));
-}
-
-std::string crossEntropyScratch(Value input, Value weight) {
-  auto s = typeOf(input).getShape();
-  return fmt::format(
-      "moert::kernels::crossEntropyScratchBytes({}, {}, {}, {})", s[0] * s[1],
-      s[2], typeOf(weight).getShape()[0], elementBytes(input));
-}
-
 std::string floatLiteral(double v) { return fmt::format("{:#.9g}f", v); }
 
 /// The arguments after the buffers that the attention kernels (GEMM and
@@ -137,12 +112,6 @@ std::string attentionShape(AttentionLikeOp a) {
   return fmt::format("{}, {}, {}, {}, {}, {}, {}, {}", q[0], q[1], q[2], k[2],
                      q[3], floatLiteral(a.getScale().convertToDouble()),
                      a.getCausal() ? "true" : "false", window);
-}
-
-template <class AttentionLikeOp>
-std::string cudnnAttentionScratch(AttentionLikeOp a) {
-  return "moert::kernels::attentionCudnnScratchBytes(ctx, " +
-         attentionShape(a) + ")";
 }
 
 /// The value of a splat float constant, if `c` is one.
@@ -198,17 +167,6 @@ private:
   FailureOr<std::string> pointer(Operation &at, Value v);
   std::string typed(Value v);
   std::string pointerList(Operation &at, ValueRange values, bool &ok);
-  /// Notes a scratch size the op being printed needs; a collective's counts
-  /// for its stream's scratch too (Context::collectiveScratch,
-  /// Context::gradientScratch).
-  void scratch(std::string term) {
-    if (printingCollective)
-      (printingCollective->stream == moe::CollectiveStream::Gradient
-           ? gradientScratchTerms
-           : collectiveScratchTerms)
-          .push_back(term);
-    scratchTerms.push_back(std::move(term));
-  }
   /// Whether an attention op on `query` runs on cuDNN (and notes that the
   /// program then needs it).
   bool onCudnn(Value query) {
@@ -277,11 +235,8 @@ private:
   std::string kernels, body, setup, statics;
   std::string stepBody;              ///< what step() runs, in order
   std::vector<std::string> segments; ///< bodies of the captured segments
-  std::vector<std::string> scratchTerms, collectiveScratchTerms,
-      gradientScratchTerms;
-  /// The schedule of the op being printed when it is a collective, else
-  /// null.
-  const moe::ScheduledCollective *printingCollective = nullptr;
+  /// The TensorGroup of each moe.global_norm (its scratch is sized by it).
+  llvm::DenseMap<Operation *, int64_t> normGroups;
   std::map<std::string, std::string> kernelNames; ///< source -> name
   int64_t stateBytes = 0, inputBytes = 0, groups = 0;
   int64_t derivedStateBytes = 0; ///< the kept parameter copies
@@ -737,9 +692,6 @@ LogicalResult TrainStepPrinter::printCollective(Operation &op) {
         *c, context, axesMask(axes), *size, typed(in), typed(out), outer,
         inner);
     endCollective(op);
-    scratch(fmt::format(
-        "moert::kernels::collectiveScratchBytes({}, {}, {}, {})", outer,
-        *size, local.getNumElements(), local.getElementTypeBitWidth() / 8));
     return success();
   };
   // A static unit-stride slice of `whole` as moert::kernels::Slice.
@@ -915,10 +867,6 @@ LogicalResult TrainStepPrinter::printExpertParallel(Operation &op) {
         for (Value r : {d.getRows(), d.getRowExperts(), d.getRowGates()})
           if (r)
             dynamicRows[r] = {rows, bound};
-        scratch(fmt::format(
-            "moert::kernels::dispatchScratchBytes({}, {}, {}, {}, {}, {}, {})",
-            tokens, k, hidden, *size, local, bound,
-            typeOf(d.getInput()).getElementTypeBitWidth() / 8));
         return success();
       })
       .Case([&](moe::CombineOp c) -> LogicalResult {
@@ -942,10 +890,6 @@ LogicalResult TrainStepPrinter::printExpertParallel(Operation &op) {
             context, axesMask(c.getGridAxes()), *size, args, tokens, k, width,
             local, bound, typed(c.getResult()));
         endCollective(op);
-        scratch(fmt::format(
-            "moert::kernels::combineScratchBytes({}, {}, {}, {}, {}, {}, {})",
-            tokens, k, width, *size, local, bound,
-            typeOf(c.getRows()).getElementTypeBitWidth() / 8));
         return success();
       })
       .Case([&](moe::TokenShuffleOp s) -> LogicalResult {
@@ -966,9 +910,6 @@ LogicalResult TrainStepPrinter::printExpertParallel(Operation &op) {
             s.getInverse() ? "true" : "false", tokens, width,
             typed(s.getResult()));
         endCollective(op);
-        scratch(fmt::format(
-            "moert::kernels::tokenShuffleScratchBytes({}, {}, {}, {})", tokens,
-            width, *size, typeOf(s.getInput()).getElementTypeBitWidth() / 8));
         return success();
       })
       .Case([&](moe::TargetCountOp t) -> LogicalResult {
@@ -999,9 +940,6 @@ LogicalResult TrainStepPrinter::printExpertParallel(Operation &op) {
                             "ctx, {}, {}, {}, {}, {}, {});\n  }}\n",
                             list, name, layers, tokens, experts, l.getK(),
                             typed(l.getStats()));
-        scratch(fmt::format(
-            "moert::kernels::routerScratchBytes({}, {}, 1, {})", tokens,
-            experts, layers));
         return success();
       })
       .Case([&](moe::LoadBalancingLossFromStatsOp l) -> LogicalResult {
@@ -1036,9 +974,6 @@ LogicalResult TrainStepPrinter::printExpertParallel(Operation &op) {
             list, *cType(t), name, outs, name, layers, tokens, experts,
             l.getK(), typed(l.getStats()), l.getScale().convertToDouble(),
             name);
-        scratch(fmt::format(
-            "moert::kernels::routerScratchBytes({}, {}, 1, {})", tokens,
-            experts, layers));
         return success();
       });
 }
@@ -1300,7 +1235,6 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
         static_cast<int64_t>(l.getIgnoreIndex()),
         floatLiteral(l.getScale().convertToDouble()), typed(l.getDInput()),
         typed(l.getDWeight()), trailing(loss, l.getTargetCount()));
-    scratch(crossEntropyScratch(l.getInput(), l.getWeight()));
     return success();
   };
 
@@ -1352,9 +1286,6 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
                             "{}, {});\n",
                             args, typeOf(e.getIndices()).getNumElements(),
                             table[1], table[0], typed(e.getDTable()));
-        scratch(fmt::format("moert::kernels::embeddingScratchBytes({}, {}, {})",
-                            table[0], table[1],
-                            elementBytes(e.getDTable())));
         return success();
       })
       .Case([&](moe::RmsNormOp n) -> LogicalResult {
@@ -1396,8 +1327,6 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
                             args, leadingCount(t), t.getShape().back(),
                             floatLiteral(n.getEpsilon().convertToDouble()),
                             typed(n.getDInput()), typed(n.getDWeight()));
-        scratch(fmt::format("moert::kernels::rmsNormScratchBytes({}, {})",
-                            leadingCount(t), t.getShape().back()));
         return success();
       })
       .Case([&](moe::RotaryOp r) -> LogicalResult {
@@ -1447,8 +1376,6 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
             cudnn ? "attentionCudnn" : "attention", args, attentionShape(a),
             typed(a.getResult()),
             a.getStats() ? ", " + typed(a.getStats()) : std::string());
-        scratch(cudnn ? cudnnAttentionScratch(a)
-                      : attentionScratch(a.getQuery(), a.getKey()));
         return success();
       })
       .Case([&](moe::AttentionGradOp a) -> LogicalResult {
@@ -1470,8 +1397,6 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
             cudnn ? "attentionGradCudnn" : "attentionGrad", args,
             attentionShape(a), typed(a.getDQuery()), typed(a.getDKey()),
             typed(a.getDValue()), saved);
-        scratch(cudnn ? cudnnAttentionScratch(a)
-                      : attentionScratch(a.getQuery(), a.getKey()));
         return success();
       })
       .Case([&](moe::LinearOp l) -> LogicalResult {
@@ -1528,8 +1453,6 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
             *in, leadingCount(t), t.getShape().back(), r.getK(),
             moert::routingExpression(moec::routingOf(r.getLoadBalancing())),
             typed(r.getGates()), typed(r.getExperts()));
-        scratch(fmt::format("moert::kernels::routerScratchBytes({}, {}, {}, 1)",
-                            leadingCount(t), t.getShape().back(), r.getK()));
         return success();
       })
       .Case([&](moe::RouterGradOp r) -> LogicalResult {
@@ -1545,9 +1468,6 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
             shape(r.getExperts()).back(),
             moert::routingExpression(moec::routingOf(r.getLoadBalancing())),
             typed(r.getDLogits()));
-        scratch(fmt::format("moert::kernels::routerScratchBytes({}, {}, {}, 1)",
-                            leadingCount(t), t.getShape().back(),
-                            shape(r.getExperts()).back()));
         return success();
       })
       .Case([&](moe::ExpertsOp e) -> LogicalResult {
@@ -1573,8 +1493,6 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
                             gu[0], k,
                             interleaved ? "true" : "false",
                             typed(e.getResult()), saved);
-        scratch(expertsScratch(rowBoundOf(e.getInput()), e.getInput(),
-                               e.getGates(), e.getGateUp()));
         return success();
       })
       .Case([&](moe::ExpertsGradOp e) -> LogicalResult {
@@ -1606,8 +1524,6 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
             interleaved ? "true" : "false", typed(e.getDInput()),
             typed(e.getDGates()), typed(e.getDGateUp()), typed(e.getDDown()),
             saved);
-        scratch(expertsScratch(rowBoundOf(e.getInput()), e.getInput(),
-                               e.getGates(), e.getGateUp()));
         return success();
       })
       .Case([&](moe::LmHeadCrossEntropyOp l) -> LogicalResult {
@@ -1626,7 +1542,6 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
                             typed(l.getLoss()),
                             targetCount ? ", " + typed(targetCount)
                                         : std::string());
-        scratch(crossEntropyScratch(l.getInput(), l.getWeight()));
         return success();
       })
       .Case([&](moe::LmHeadCrossEntropyGradOp l) {
@@ -1658,9 +1573,6 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
             body += fmt::format("  {{\n    const {} *{}[] = {{{}}};\n", c, name,
                                 list);
             int64_t tokens = leadingCount(t), experts = t.getShape().back();
-            scratch(fmt::format(
-                "moert::kernels::routerScratchBytes({}, {}, 1, {})", tokens,
-                experts, layers));
             if (auto l = dyn_cast<moe::LoadBalancingLossOp>(loss)) {
               body += fmt::format("    moert::kernels::loadBalancingLoss(ctx, "
                                   "{}, {}, {}, {}, {}, {});\n  }}\n",
@@ -1732,11 +1644,10 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
               typeOf(g).getNumElements());
         }
         int64_t g = groups++;
+        normGroups[&op] = g;
         statics += fmt::format("{} moert::kernels::TensorGroup group{};\n",
                                perRank(), g);
         setup += fmt::format("  group{}.init({{\n{}  }});\n", g, entries);
-        scratch(fmt::format("moert::kernels::globalNormScratchBytes(group{})",
-                            g));
         body += fmt::format(
             "  moert::kernels::globalNorm<{}>(ctx, group{}, {});\n",
             *cType(n.getGradients().front().getType()), g, typed(n.getNorm()));
@@ -1844,12 +1755,8 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
     bool hostSync = runsUncaptured(op);
     if (hostSync)
       endSegment(/*capture=*/true);
-    auto scheduled = collectives.find(&op);
-    printingCollective =
-        scheduled == collectives.end() ? nullptr : &scheduled->second;
     if (failed(printOp(op)))
       return failure();
-    printingCollective = nullptr;
     if (hostSync)
       endSegment(/*capture=*/false);
   }
@@ -2014,21 +1921,61 @@ namespace {
   if (usesCudnn)
     os << "void openLibraries(moert::kernels::Context &ctx) {\n"
           "  ctx.cudnn = moert::createCudnn(ctx.stream);\n}\n\n";
+  // The scratch buffers: the largest need of the ops (moe::stepScratchNeeds,
+  // moert/kernels/ScratchBytes.h's formulas), and of the collectives for
+  // the collective stream's. A need the compiler counts whole is checked
+  // at start-up against the bytes it counted.
+  FailureOr<SmallVector<moe::ScratchNeed>> needs =
+      moe::stepScratchNeeds(step, options.cudnnAttention);
+  if (failed(needs))
+    return failure();
+  // Which needs a buffer serves: every op's (the compute stream), the
+  // collectives' (the collective stream), those of the collectives the
+  // schedule puts on the gradient stream (moe::scheduleCollectives).
+  enum class Buffer { Compute, Collective, Gradient };
+  auto onGradientStream = [&](Operation *op) {
+    auto it = collectives.find(op);
+    return it != collectives.end() &&
+           it->second.stream == moe::CollectiveStream::Gradient;
+  };
+  auto printNeeds = [&](Buffer buffer) {
+    for (const moe::ScratchNeed &n : *needs) {
+      if ((buffer == Buffer::Collective && !n.collective) ||
+          (buffer == Buffer::Gradient && !onGradientStream(n.op)))
+        continue;
+      std::string call;
+      bool cudnn = n.uncounted == moe::ScratchUncounted::CudnnWorkspace;
+      if (auto a = dyn_cast<moe::AttentionOp>(n.op); a && cudnn)
+        call = "attentionCudnnScratchBytes(ctx, " + attentionShape(a) + ")";
+      else if (auto a = dyn_cast<moe::AttentionGradOp>(n.op); a && cudnn)
+        call = "attentionCudnnScratchBytes(ctx, " + attentionShape(a) + ")";
+      else if (isa<moe::GlobalNormOp>(n.op))
+        call = fmt::format("{}(group{})", n.formula.str(),
+                           normGroups.lookup(n.op));
+      else
+        call = fmt::format("{}({})", n.formula.str(), joined(n.arguments));
+      call = "moert::kernels::" + call;
+      if (n.uncounted == moe::ScratchUncounted::Nothing)
+        call = fmt::format("moert::kernels::plannedScratchBytes({}, {}, {})",
+                           call, n.bytes,
+                           quoted(n.op->getName().getStringRef().str()));
+      os << "  bytes = std::max<int64_t>(bytes, " << call << ");\n";
+    }
+  };
+  moe::StepScratchBytes scratch =
+      moe::stepScratchBytes(*needs, /*collectiveStream=*/bool(grid));
   os << "int64_t scratchBytes(const moert::kernels::Context &ctx) {\n"
         "  int64_t bytes = 256;\n";
-  for (const std::string &term : scratchTerms)
-    os << "  bytes = std::max<int64_t>(bytes, " << term << ");\n";
+  printNeeds(Buffer::Compute);
   os << "  return bytes;\n}\n\n";
   if (grid) {
     os << "int64_t collectiveScratchBytes(const moert::kernels::Context &ctx) "
           "{\n  int64_t bytes = 256;\n";
-    for (const std::string &term : collectiveScratchTerms)
-      os << "  bytes = std::max<int64_t>(bytes, " << term << ");\n";
+    printNeeds(Buffer::Collective);
     os << "  return bytes;\n}\n\n";
     os << "int64_t gradientScratchBytes(const moert::kernels::Context &ctx) "
           "{\n  int64_t bytes = 256;\n";
-    for (const std::string &term : gradientScratchTerms)
-      os << "  bytes = std::max<int64_t>(bytes, " << term << ");\n";
+    printNeeds(Buffer::Gradient);
     os << "  return bytes;\n}\n\n";
   }
   os << fmt::format("{}moert::Segment segments[{}];\n\n",
@@ -2092,6 +2039,15 @@ namespace {
   summary.arenaBytes = arenaBytes.getInt();
   summary.inputBytes = inputBytes;
   summary.hostActivationBytes = hostBytes;
+  summary.scratchBytes = scratch.bytes;
+  // The gradient stream's buffer, beside the collective stream's.
+  int64_t gradientBytes = grid ? 256 : 0;
+  for (const moe::ScratchNeed &n : *needs)
+    if (onGradientStream(n.op))
+      gradientBytes = std::max(gradientBytes, n.bytes);
+  summary.collectiveScratchBytes = scratch.collectiveBytes + gradientBytes;
+  summary.uncountedCudnnWorkspace = scratch.uncountedCudnnWorkspace;
+  summary.uncountedSortStorage = scratch.uncountedSortStorage;
   summary.modelFlops = modelFlops->total();
   summary.usesCudnn = usesCudnn;
   return success();

@@ -74,56 +74,15 @@
 
 namespace moert::kernels {
 
-/// Bytes the per-block score buffers (Sc, dP, P, dS) may take together;
-/// decides the query block size and how many pairs go in one chunk. A
-/// tuning knob (the tests lower it to exercise small blocks and chunking);
-/// it must not change between attentionScratchBytes and the calls.
-inline int64_t attentionScoreBudget = int64_t(768) << 20;
-
 namespace detail {
 
 constexpr int kAttentionRowWarps = 8; // warps (rows) per block of the row kernel
-constexpr int64_t kAttentionMaxRows = 256; // query positions per block, at most
 /// Vector loads (of the scores, and of dP) in flight per lane in the row
 /// kernel: more for the forward, which streams one array.
 template <bool kGrad> constexpr int kAttentionUnroll = kGrad ? 4 : 8;
 /// The score GEMMs fold log2(e) into their alpha so the row kernel can use
 /// exp2: softmax(x) = 2^(x·log2 e − max) / Σ 2^(…).
 constexpr float kAttentionLog2e = 1.4426950408889634f;
-
-inline int64_t attentionRoundUp(int64_t x, int64_t m) {
-  return (x + m - 1) / m * m;
-}
-
-/// How attention() and attentionGrad() split the work.
-struct AttentionPlan {
-  int64_t G = 1;      // query heads per kv head
-  int64_t pairs = 0;  // B · KV
-  int64_t rows = 1;   // R: query positions per block
-  int64_t chunk = 1;  // pairs per chunk
-  int64_t ldMax = 8;  // largest row stride of the score buffers
-};
-
-inline AttentionPlan attentionPlan(int64_t B, int64_t S, int64_t N,
-                                   int64_t KV, int64_t elementBytes) {
-  AttentionPlan p;
-  p.G = KV > 0 ? N / KV : 1;
-  p.pairs = B * KV;
-  p.ldMax = attentionRoundUp(std::max<int64_t>(S, 1), 8);
-  // Bytes of the four score buffers per query position of one pair.
-  int64_t perPosition = p.G * p.ldMax * (2 * 4 + 2 * elementBytes);
-  int64_t budget = attentionScoreBudget;
-  p.rows = std::max<int64_t>(1, std::min<int64_t>(S, kAttentionMaxRows));
-  if (p.pairs * p.rows * perPosition > budget) {
-    int64_t fit = budget / std::max<int64_t>(1, p.pairs * perPosition);
-    p.rows = fit >= 64 ? fit / 64 * 64
-                       : std::max<int64_t>(1, std::min<int64_t>(S, 64));
-  }
-  p.chunk = std::max<int64_t>(1, p.pairs);
-  if (p.chunk * p.rows * perPosition > budget)
-    p.chunk = std::max<int64_t>(1, budget / (p.rows * perPosition));
-  return p;
-}
 
 /// Keys [lo, hi) that query positions [r0, r1) can see (lo rounded down to
 /// a multiple of 16 so that GEMM operands stay aligned).
@@ -374,21 +333,6 @@ void attentionRows(const Context &ctx, const float *scores, const float *dP,
 }
 
 } // namespace detail
-
-/// Scratch bytes attention() and attentionGrad() need (the gradient's, the
-/// larger); see the file comment for the layout.
-inline int64_t attentionScratchBytes(int64_t B, int64_t S, int64_t N,
-                                     int64_t KV, int64_t D,
-                                     int64_t elementBytes) {
-  detail::AttentionPlan p = detail::attentionPlan(B, S, N, KV, elementBytes);
-  auto piece = [](int64_t bytes) { return (bytes + 255) / 256 * 256; };
-  int64_t qBytes = B * S * N * D * elementBytes;
-  int64_t kBytes = B * S * KV * D * elementBytes;
-  int64_t accBytes = B * S * KV * D * 4;
-  int64_t block = p.chunk * p.rows * p.G * p.ldMax;
-  return 256 + 3 * piece(qBytes) + 2 * piece(kBytes) + 2 * piece(accBytes) +
-         2 * piece(block * 4) + 2 * piece(block * elementBytes);
-}
 
 /// Grouped-query attention forward: out [B, S, N, D] (overwritten).
 template <class T>

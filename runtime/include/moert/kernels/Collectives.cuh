@@ -111,13 +111,6 @@ template <class T> __global__ void fillKernel(const T *value, int64_t n, T *out)
 
 } // namespace detail
 
-/// Scratch bytes of a gather or scatter along a dimension with `outer`
-/// elements before it, over a group of G, of `local` elements per rank.
-inline int64_t collectiveScratchBytes(int64_t outer, int64_t G, int64_t local,
-                                      int64_t elementBytes) {
-  return outer > 1 ? G * local * elementBytes : 0;
-}
-
 /// shard.all_gather: `send` is [outer, inner] (inner = the gather
 /// dimension's local extent times the rest), `recv` [outer, G·inner].
 template <class T>

@@ -16,6 +16,7 @@
 #define MOERT_KERNELS_COMMON_CUH
 
 #include "moert/kernels/Context.h"
+#include "moert/kernels/ScratchBytes.h"
 
 #include <cublasLt.h>
 #include <cublas_v2.h>

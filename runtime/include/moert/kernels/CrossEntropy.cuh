@@ -22,19 +22,6 @@
 namespace moert::kernels {
 
 namespace detail {
-/// Bytes a chunk's fp32 logits may take (a tuning knob; tests lower it to
-/// exercise several chunks).
-inline int64_t crossEntropyLogitsBudget = int64_t(512) << 20;
-
-/// Rows per chunk: as many as keep the fp32 logits of a chunk within the
-/// budget (bigger chunks make bigger, faster GEMMs and fewer fp32 passes
-/// over dW), a multiple of 16, at most all rows.
-inline int64_t crossEntropyChunk(int64_t rows, int64_t V) {
-  int64_t chunk = crossEntropyLogitsBudget / (4 * V);
-  chunk = chunk < 16 ? 16 : chunk / 16 * 16;
-  return rows < chunk ? rows : chunk;
-}
-
 /// The target of row r (b, t): labels[b, t + 1], or -1 when it does not
 /// count.
 __device__ inline int64_t targetOf(const int64_t *labels, int64_t row,
@@ -131,17 +118,6 @@ __global__ void logitsGradKernel(const float *logits, const int64_t *labels,
   }
 }
 } // namespace detail
-
-inline int64_t crossEntropyScratchBytes(int64_t rows, int64_t H, int64_t V,
-                                        int64_t elementBytes) {
-  int64_t chunk = detail::crossEntropyChunk(rows, V);
-  int64_t bytes = chunk * V * 4 + 256;          // fp32 logits
-  bytes += chunk * V * elementBytes + 256;      // dLogits in T
-  bytes += rows * 4 + 256 + 256;                // row losses, count
-  if (elementBytes != 4)
-    bytes += V * H * 4 + 256;                   // fp32 dW accumulator
-  return bytes;
-}
 
 /// loss (device fp32 scalar) of h [rows = B·S, H] against W [V, H]; the
 /// sum over targets is divided by `targetCount` (a device fp32 scalar: the

@@ -54,11 +54,6 @@ void embedding(const Context &ctx, const T *table, const int64_t *ids,
       table, ids, tokens, hidden, vocab, out);
 }
 
-inline int64_t embeddingScratchBytes(int64_t vocab, int64_t hidden,
-                                     int64_t elementBytes) {
-  return elementBytes == 4 ? 0 : vocab * hidden * 4 + 256;
-}
-
 /// dTable = Σ over tokens of dOut[t] scattered to row ids[t] (overwrites);
 /// dTable is T or fp32.
 template <class T, class TW>

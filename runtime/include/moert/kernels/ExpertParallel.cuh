@@ -286,49 +286,6 @@ inline void scaleRows(SendPlan &plan, int64_t width) {
 
 } // namespace detail
 
-/// Scratch of dispatchAllToAll: the routing, the send rows and gates, the
-/// group's counts and the staged received rows and gates (`rowBound` rows).
-inline int64_t dispatchScratchBytes(int64_t tokens, int64_t k, int64_t H,
-                                    int64_t P, int64_t L, int64_t rowBound,
-                                    int64_t elementBytes) {
-  using detail::expertsAlign;
-  int64_t pairs = tokens * k, E = P * L;
-  int64_t blocks =
-      (pairs + detail::kExpertsRouteChunk - 1) / detail::kExpertsRouteChunk;
-  // The all-gather dispatcher routes the group's P·pairs slots.
-  int64_t groupBlocks = (P * pairs + detail::kExpertsRouteChunk - 1) /
-                        detail::kExpertsRouteChunk;
-  int64_t allToAll = 256 + expertsAlign(blocks * E * 4) + expertsAlign(E * 8) +
-                     2 * expertsAlign(pairs * 4) +
-                     expertsAlign(pairs * H * elementBytes) +
-                     expertsAlign(pairs * elementBytes) + expertsAlign(P * E * 8) +
-                     expertsAlign(rowBound * H * elementBytes) +
-                     expertsAlign(rowBound * elementBytes);
-  int64_t allGather = 256 + expertsAlign(P * tokens * H * elementBytes) +
-                      expertsAlign(P * pairs * 8) +
-                      expertsAlign(P * pairs * elementBytes) +
-                      expertsAlign(groupBlocks * E * 4) + expertsAlign(E * 8) +
-                      2 * expertsAlign(P * pairs * 4);
-  return allToAll > allGather ? allToAll : allGather;
-}
-
-/// Scratch of combineAllToAll and combineAllGather (either dispatcher).
-inline int64_t combineScratchBytes(int64_t tokens, int64_t k, int64_t width,
-                                   int64_t P, int64_t L, int64_t rowBound,
-                                   int64_t elementBytes) {
-  using detail::expertsAlign;
-  int64_t pairs = tokens * k, E = P * L;
-  int64_t groupBlocks = (P * pairs + detail::kExpertsRouteChunk - 1) /
-                        detail::kExpertsRouteChunk;
-  int64_t route = expertsAlign(groupBlocks * E * 4) + expertsAlign(E * 8) +
-                  2 * expertsAlign(P * pairs * 4);
-  int64_t allToAll = 256 + route + expertsAlign(pairs * width * elementBytes) +
-                     expertsAlign(rowBound * width * elementBytes);
-  int64_t allGather = 256 + route + expertsAlign(P * pairs * 8) +
-                      expertsAlign(P * tokens * width * elementBytes);
-  return allToAll > allGather ? allToAll : allGather;
-}
-
 /// moe.dispatch with the all_to_all dispatcher (see the file comment):
 /// input [tokens, H], experts and gates (may be null) [tokens, k] over the
 /// group's P·L experts; writes rows [R, H], rowExperts [R, 1], counts
@@ -549,13 +506,6 @@ void combineAllGather(const Context &ctx, MeshAxes axes, int64_t P,
   checkCollective(group.reduceScatterSum(partial, out, tokens * width,
                                          dataTypeOf<T>(), ctx.stream),
                   "moe.combine");
-}
-
-/// Scratch of tokenShuffle.
-inline int64_t tokenShuffleScratchBytes(int64_t tokens, int64_t width,
-                                        int64_t P, int64_t elementBytes) {
-  using detail::expertsAlign;
-  return 256 + expertsAlign(P * tokens * width * elementBytes);
 }
 
 /// moe.token_shuffle: input [tokens, width] of this group rank; out its

@@ -92,11 +92,7 @@ inline ExpertsGemmLibrary expertsGemmLibrary =
 
 namespace detail {
 
-constexpr int kExpertsRouteThreads = 256;
 constexpr int kExpertsRouteWarps = kExpertsRouteThreads / 32;
-constexpr int kExpertsRouteTiles = 8;
-constexpr int64_t kExpertsRouteChunk =
-    int64_t(kExpertsRouteThreads) * kExpertsRouteTiles;
 constexpr int kExpertsRowThreads = 256;
 
 __device__ inline int64_t expertsClamp(int64_t e, int64_t E) {
@@ -563,8 +559,6 @@ void expertsSwigluGrad(const Context &ctx, const T *h1In, T *h1, const T *dA,
                                   interleaved, a, dGates);
 }
 
-inline int64_t expertsAlign(int64_t bytes) { return (bytes + 255) / 256 * 256; }
-
 /// One expert's GEMM on expertsGemmLibrary.
 template <class TA, class TC>
 void expertsGemm(const Context &ctx, bool transA, bool transB, int64_t m,
@@ -579,25 +573,6 @@ void expertsGemm(const Context &ctx, bool transA, bool transB, int64_t m,
 }
 
 } // namespace detail
-
-/// Scratch bytes of experts and expertsGrad (the backward's layout, which
-/// contains the forward's; see the file comment).
-inline int64_t expertsScratchBytes(int64_t tokens, int64_t H, int64_t I,
-                                   int64_t E, int64_t k,
-                                   int64_t elementBytes) {
-  using detail::expertsAlign;
-  int64_t pairs = tokens * k;
-  int64_t blocks =
-      (pairs + detail::kExpertsRouteChunk - 1) / detail::kExpertsRouteChunk;
-  int64_t bytes = 256;
-  bytes += expertsAlign(blocks * E * 4);
-  bytes += expertsAlign(E * 8);
-  bytes += 2 * expertsAlign(pairs * 4);
-  bytes += 2 * expertsAlign(pairs * H * elementBytes);  // X, dO
-  bytes += expertsAlign(pairs * 2 * I * elementBytes);  // H1
-  bytes += 2 * expertsAlign(pairs * I * elementBytes);  // A, dA
-  return bytes;
-}
 
 /// out[t] = Σ_j gates[t,j] · down[e] · (silu(g) ⊙ u), e = experts[t,j]
 /// (overwrites out). Synchronises ctx.stream once (the group sizes). With

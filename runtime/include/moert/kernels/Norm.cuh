@@ -18,7 +18,6 @@ namespace moert::kernels {
 
 namespace detail {
 constexpr int kNormThreads = 256;
-constexpr int64_t kNormRowsPerBlock = 32;
 
 template <class T>
 __global__ void rmsNormKernel(const T *x, const T *w, int64_t hidden,
@@ -122,12 +121,6 @@ void addRmsNorm(const Context &ctx, const T *a, const T *b, const T *w,
     return;
   detail::addRmsNormKernel<<<rows, detail::kNormThreads, 0, ctx.stream>>>(
       a, b, w, hidden, epsilon, sum, y);
-}
-
-inline int64_t rmsNormScratchBytes(int64_t rows, int64_t hidden) {
-  int64_t blocks = (rows + detail::kNormRowsPerBlock - 1) /
-                   detail::kNormRowsPerBlock;
-  return blocks * hidden * 4 + 256;
 }
 
 /// dx (overwrite) and dw (overwrite, T or fp32) of y = rmsNorm(x) · w.

@@ -49,7 +49,7 @@ struct OptimizerChunk {
 /// The device tables of one multi-tensor launch, built once at start-up.
 class TensorGroup {
 public:
-  static constexpr int64_t kChunk = 1 << 16;
+  static constexpr int64_t kChunk = kTensorGroupChunk;
 
   void init(const std::vector<OptimizerTensor> &tensors) {
     std::vector<OptimizerChunk> chunks;
@@ -194,7 +194,7 @@ __global__ void adamwKernel(const OptimizerTensor *tensors,
 } // namespace detail
 
 inline int64_t globalNormScratchBytes(const TensorGroup &group) {
-  return group.numChunks * 8 + 256;
+  return globalNormScratchBytes(group.numChunks);
 }
 
 /// norm = sqrt(Σ over the group's gradients (of type TG) of g²), a device

@@ -106,20 +106,15 @@ __global__ void routerGradKernel(const T *logits, const int64_t *experts,
 } // namespace detail
 
 /// The most scratch any function of this file needs for these sizes (the
-/// router with `k`, the losses with `layers`; either may be 1).
+/// router with `k`, the losses with `layers`; either may be 1), with the
+/// balanced router's sort storage as CUB sizes it on this GPU.
 inline int64_t routerScratchBytes(int64_t tokens, int64_t E, int64_t k,
                                   int64_t layers) {
-  (void)k;
-  if (tokens <= 0 || E <= 0)
-    return 0;
-  int64_t bytes = detail::sinkhornScratchEnd(tokens, E);
-  int64_t balanced = detail::balancedScratchEnd(tokens, E);
-  int64_t losses = detail::lossScratchEnd(layers < 1 ? 1 : layers, tokens, E);
-  if (balanced > bytes)
-    bytes = balanced;
-  if (losses > bytes)
-    bytes = losses;
-  return bytes;
+  int64_t sortBytes = tokens > 0 && E > 0
+                          ? static_cast<int64_t>(
+                                detail::balancedSortBytes(tokens * E))
+                          : 0;
+  return routerScratchBytes(tokens, E, k, layers, sortBytes);
 }
 
 /// gates [tokens, k] and experts [tokens, k] of logits [tokens, E], routed

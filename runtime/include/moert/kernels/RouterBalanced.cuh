@@ -282,18 +282,6 @@ inline size_t balancedSortBytes(int64_t n) {
   return bytes;
 }
 
-inline int64_t balancedScratchEnd(int64_t tokens, int64_t E) {
-  int64_t n = tokens * E, offset = 0;
-  routerReserve(offset, n * 8); // probabilities
-  routerReserve(offset, n * 8); // keys
-  routerReserve(offset, n * 8); // keys, sorted
-  routerReserve(offset, n * 4); // pair ids
-  routerReserve(offset, n * 4); // pair ids, sorted
-  routerReserve(offset, tokens); // per-token counts
-  routerReserve(offset, static_cast<int64_t>(balancedSortBytes(n)));
-  return offset;
-}
-
 /// Balanced routing: probabilities and sort keys, the sort, the greedy
 /// assignment, the per-token order and gates.
 template <class T>

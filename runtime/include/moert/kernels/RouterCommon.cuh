@@ -26,7 +26,6 @@ namespace detail {
 constexpr unsigned kRouterFullMask = 0xffffffffu;
 constexpr int kRouterThreads = 256;
 constexpr int kRouterMaxExperts = 64;
-constexpr int64_t kRouterLossTokensPerBlock = 1024;
 constexpr int kRouterLayersPerLaunch = 64;
 
 /// Pointers of up to kRouterLayersPerLaunch layers, passed by value.
@@ -165,12 +164,6 @@ __device__ inline void routerTopK(const float score[2], const RouterRow &r,
 #define MOERT_ROUTER_FOR_TOKENS(t, first, stride, end)                         \
   for (int64_t t = (first); __any_sync(kRouterFullMask, t < (end));           \
        t += (stride))
-
-/// Moves `offset` past `bytes` of scratch as scratchAt does (256-byte
-/// aligned): the scratch-size functions repeat the host functions' layouts.
-inline void routerReserve(int64_t &offset, int64_t bytes) {
-  offset = (offset + 255) / 256 * 256 + bytes;
-}
 
 inline void routerCheckLayers(const char *what, int64_t layers,
                               int64_t tokens, int64_t E) {

@@ -245,27 +245,12 @@ __global__ void zLossGradKernel(RouterLayers<const T *> logits,
   }
 }
 
-inline int64_t routerLossBlocks(int64_t tokens) {
-  int64_t b = (tokens + kRouterLossTokensPerBlock - 1) /
-              kRouterLossTokensPerBlock;
-  return b < 1 ? 1 : b;
-}
-
 struct RouterLossScratch {
   double *probPartial;
   int *countPartial;
   double *zPartial;
   double *centred;
 };
-
-inline int64_t lossScratchEnd(int64_t layers, int64_t tokens, int64_t E) {
-  int64_t partials = layers * routerLossBlocks(tokens), offset = 0;
-  routerReserve(offset, partials * E * 8);
-  routerReserve(offset, partials * E * 4);
-  routerReserve(offset, partials * 8);
-  routerReserve(offset, E * 8);
-  return offset;
-}
 
 inline RouterLossScratch lossScratch(const Context &ctx, int64_t layers,
                                      int64_t tokens, int64_t E) {

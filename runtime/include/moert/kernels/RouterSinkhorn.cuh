@@ -133,14 +133,6 @@ __global__ void sinkhornSelectKernel(const T *logits, const double *cost,
   }
 }
 
-inline int64_t sinkhornScratchEnd(int64_t tokens, int64_t E) {
-  int64_t offset = 0;
-  routerReserve(offset, tokens * E * 8); // cost
-  routerReserve(offset, tokens * 8);     // d0
-  routerReserve(offset, E * 8);          // d1
-  return offset;
-}
-
 /// Sinkhorn routing: the cost, the scalings, the selection.
 template <class T>
 void routeSinkhorn(const Context &ctx, const T *logits, int64_t tokens, int e,
