@@ -47,8 +47,15 @@
 # < 1e-4; bf16 exports within 2e-2), a learning-rate-0 step exports the
 # checkpoint bit for bit (also from one transformers makes on the GPU
 # machine, and from W = 4 simulated ranks under (P, H) = (2, 2)); the run
-# half needs torch and transformers for those. Exits non-zero on the first
-# failure.
+# half needs torch and transformers for those. Numeric faults
+# (docs/reliability.md), on the tiny fp32 program started from a checkpoint
+# whose embedding row of token 255 is +inf, read by the second of three
+# blocks only: the run stops at step 2 naming the metrics; --check-numerics
+# names the op; --skip-nonfinite-steps 1 skips step 2 and ends with the
+# parameters of two steps on the clean blocks (bit for bit) and of the CPU
+# reference's run (1e-4); a second non-finite step stops it. With
+# GPU_TESTS_ONLY=numerics both halves do only that. Exits non-zero on the
+# first failure.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 mode="${1:-}"
@@ -58,6 +65,62 @@ if [[ -z "$mode" || -z "$dir" ]]; then
   exit 2
 fi
 modes=(aux_loss none sinkhorn balanced)
+only="${GPU_TESTS_ONLY:-}"
+if [[ -n "$only" && "$only" != numerics ]]; then
+  echo "GPU_TESTS_ONLY='$only' is not a case; the one there is: numerics" >&2
+  exit 2
+fi
+
+# Numeric faults: the fixture, the tokens (block 1 of 3 holds token 255;
+# the clean file holds blocks 0 and 2), the program (compiled with the
+# numerics checks, which only its --check-numerics runs) and the CPU
+# reference's skipping run.
+prepare_numerics() {
+  python3 "$root/test/Inputs/hf/break_checkpoint.py" "$root/test/Inputs/hf/tiny" \
+    "$dir/nf-inf" inf-row
+  python3 -c "import numpy as np, onnx.numpy_helper as h, sys; b = np.arange(48, dtype=np.int64).reshape(3, 16) * 7 % 255; b[1, 5] = 255; c = b[[0, 2]]; [open(sys.argv[1] + n + '.pb', 'wb').write(h.from_array(x, 'input_ids').SerializeToString()) or x.astype('<i8').tofile(sys.argv[1] + n + '.bin') for n, x in (('tokens', b), ('clean', c))]" \
+    "$dir/nf-"
+  printf '{"micro_batch_size": 1, "seq_length": 16}\n' > "$dir/nf.json"
+  "$moec" compile "$model" --config "$dir/nf.json" --check-numerics -o "$dir/nf"
+  rm -rf "$dir/nf-ref"
+  "$moec" train "$model" --reference --tokens "$dir/nf-tokens.pb" --micro-batch-size 1 \
+    --steps 3 --init-from "$dir/nf-inf" --lr 1e-2 --min-lr 1e-2 --warmup-steps 0 \
+    --skip-nonfinite-steps 1 --dump "$dir/nf-ref" > /dev/null
+}
+
+# Runs the numeric-fault checks on what prepare_numerics made.
+run_numerics() {
+  local program="$dir/nf/train_step"
+  local common=(--init-from "$dir/nf-inf" --lr 1e-2 --min-lr 1e-2 --warmup-steps 0)
+  # expect_stop LOG PATTERN COMMAND...: the command fails and says PATTERN.
+  expect_stop() {
+    local log="$1" pattern="$2"
+    shift 2
+    if "$@" > "$log" 2>&1; then
+      echo "FAIL: $* ran to the end"; cat "$log"; exit 1
+    fi
+    grep -F -- "$pattern" "$log" || { echo "FAIL: no '$pattern'"; cat "$log"; exit 1; }
+  }
+  echo "== numeric faults: a non-finite step stops the run, named"
+  expect_stop "$out/nf-stop.log" \
+    "error: step 2: non-finite loss and grad_norm (loss nan, grad_norm nan); stopping" \
+    "$program" --tokens "$dir/nf-tokens.bin" --steps 3 "${common[@]}"
+  echo "== numeric faults: --check-numerics names the op"
+  expect_stop "$out/nf-numerics.log" "error: step 2: 'moe.embedding' at " \
+    "$program" --tokens "$dir/nf-tokens.bin" --steps 3 "${common[@]}" --check-numerics
+  grep -F "result 0 (tensor<1x16x32xf32>) has 32 non-finite elements" "$out/nf-numerics.log"
+  echo "== numeric faults: --skip-nonfinite-steps 1 skips step 2 and leaves the state as two clean steps do"
+  "$program" --tokens "$dir/nf-tokens.bin" --steps 3 "${common[@]}" --skip-nonfinite-steps 1 \
+    --dump "$out/nf-skip" | tee "$out/nf-skip.log"
+  grep -F "step 2: non-finite loss and grad_norm (loss nan, grad_norm nan); skipped (1 of 1)" "$out/nf-skip.log"
+  "$program" --tokens "$dir/nf-clean.bin" --steps 2 "${common[@]}" --dump "$out/nf-clean" > /dev/null
+  python3 -c "import numpy as np, onnx, onnx.numpy_helper as h, sys; skip, clean, ref = sys.argv[1:]; names = [l.split('\t')[0] for l in open(skip + '/final/param/index.tsv') if l.strip()]; read = lambda d, n: np.fromfile(d + '/final/param/' + n + '.bin', np.float32); pb = lambda n: h.to_array(onnx.load_tensor(ref + '/final/param/' + n + '.pb')).ravel(); differ = [n for n in names if not np.array_equal(read(skip, n), read(clean, n))]; err = max(float(np.linalg.norm(read(skip, n) - pb(n)) / max(np.linalg.norm(pb(n)), 1e-30)) for n in names if np.isfinite(pb(n)).all()); print('%d parameters; bit-equal to the clean run: %d; largest relative L2 to the CPU reference: %.3g' % (len(names), len(names) - len(differ), err)); sys.exit(1 if differ or err > 1e-4 else 0)" \
+    "$out/nf-skip" "$out/nf-clean" "$dir/nf-ref"
+  echo "== numeric faults: a second non-finite step with --skip-nonfinite-steps 1 stops the run"
+  expect_stop "$out/nf-exceed.log" \
+    "error: step 5: non-finite loss and grad_norm (loss nan, grad_norm nan); 1 skipped already, the most --skip-nonfinite-steps 1 allows; stopping" \
+    "$program" --tokens "$dir/nf-tokens.bin" --steps 6 "${common[@]}" --skip-nonfinite-steps 1
+}
 # The W = 4 layouts of the tiny Mixtral (E = 4) the resharding check moves
 # between: W P H.
 reshard_layouts=("4 2 2" "4 4 1" "4 1 4")
@@ -149,11 +212,16 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
     cp "$build/runtime/libmoert.a" "$build/runtime/libmoert_hf.a" \
       "$build/runtime/libmoert_cudnn.a" "$dir/lib/"
     printf 'cudnn=%q\nnccl=%q\n' "$cudnn" "$nccl" > "$dir/lib/paths.sh"
-  else
+  elif [[ -z "$only" ]]; then
     build_tests "$dir" "$build/runtime" "$cudnn" "$nccl"
   fi
-  python3 -m moec.tokens "$root/test/Inputs/fortunes/train.pb" "$dir/data/train.bin"
   model="$root/test/Inputs/tiny/tiny-ort.onnx"
+  prepare_numerics
+  if [[ "$only" == numerics ]]; then
+    echo "prepared $dir (numerics only)"
+    exit 0
+  fi
+  python3 -m moec.tokens "$root/test/Inputs/fortunes/train.pb" "$dir/data/train.bin"
   for m in "${modes[@]}"; do
     printf '{"micro_batch_size": 2, "seq_length": 64, "moe_load_balancing": "%s"}\n' "$m" \
       > "$dir/fp32-$m.json"
@@ -255,13 +323,18 @@ if [[ -f "$dir/lib/paths.sh" ]]; then
   # Prepared by prepare-sources: build the tests and every program here.
   # shellcheck disable=SC1091
   source "$dir/lib/paths.sh"
-  build_tests "$dir" "$dir/lib" "$cudnn" "$nccl"
+  [[ -z "$only" ]] && build_tests "$dir" "$dir/lib" "$cudnn" "$nccl"
   find "$dir" -name build.sh -print0 |
     MOERT_INCLUDE_DIR="$root/runtime/include" MOERT_LIBRARY_DIR="$dir/lib" \
       xargs -0 -P "$(nproc)" -n 1 sh
 fi
 out="$dir/out"
 rm -rf "$out" && mkdir -p "$out"
+if [[ "$only" == numerics ]]; then
+  run_numerics
+  echo "numerics GPU tests passed"
+  exit 0
+fi
 for test in "$dir"/tests/*; do
   echo "== $(basename "$test")"
   "$test"
@@ -392,4 +465,5 @@ while read -r name w flags; do
     --reference-log "$dir/part-ref-w$w.csv" \
     --gpu "$out/part-$name" --gpu-log "$out/part-$name.csv" --tolerance 1e-4
 done < <(partitioned_cases)
+run_numerics
 echo "all GPU tests passed"

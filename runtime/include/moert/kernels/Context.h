@@ -99,6 +99,11 @@ struct Context {
   /// copies that AdamW keeps (moe-keep-param-copies) are not current yet,
   /// so the step computes them from the parameters first.
   bool refreshParameterCopies = false;
+  /// Set by the driver under --check-numerics (eager steps only): one
+  /// device counter per check the program prints (TrainProgram::
+  /// numericsChecks), zeroed before each step, to which check `i` adds the
+  /// inf and NaN elements of its result (Numerics.cuh). Null: no checks run.
+  unsigned long long *nonfiniteCounts = nullptr;
 };
 
 /// Marks the start of op `name` in the profiled step.
