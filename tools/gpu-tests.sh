@@ -58,21 +58,29 @@
 # half needs torch and transformers for those. Every ONNX form in
 # test/Inputs/{tiny,stock,user} that raises completely (moec's exports and
 # the exports users make) compiles, and its fp32 program's 3 steps equal the
-# CPU reference's as above; `forms` as a third word runs only those. Exits
-# non-zero on the first failure.
+# CPU reference's as above; `forms` as a third word runs only those. Numeric
+# faults (docs/reliability.md), on the tiny fp32 program started from a
+# checkpoint whose embedding row of token 255 is +inf, read by the second of
+# three blocks only: the run stops at step 2 naming the metrics;
+# --check-numerics names the parameter; --skip-nonfinite-steps 1 skips step 2
+# and ends with the parameters of two steps on the clean blocks (relative
+# 1e-6) and of the CPU reference's run (1e-4); a second non-finite step stops
+# it; a diverging learning rate stops at step 2, and --check-numerics names
+# an op. Exits non-zero on the first failure.
 #
 # GPU_TESTS_ONLY=offload (in both halves) prepares and runs only the
-# offloading checks and what they compare with; GPU_TESTS_ONLY=forms is the
-# same as the third word `forms`.
+# offloading checks and what they compare with, GPU_TESTS_ONLY=numerics the
+# numeric-fault checks; GPU_TESTS_ONLY=forms is the same as the third word
+# `forms`.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 mode="${1:-}"
 dir="${2:-}"
 # An optional third word (or GPU_TESTS_ONLY) runs one group of checks
-# alone: `forms` or `offload`.
+# alone: `forms`, `offload` or `numerics`.
 only="${3:-${GPU_TESTS_ONLY:-}}"
-if [[ -z "$mode" || -z "$dir" || ( -n "$only" && "$only" != forms && "$only" != offload ) ]]; then
-  echo "usage: $0 prepare|prepare-sources|run DIR [forms|offload]" >&2
+if [[ -z "$mode" || -z "$dir" || ( -n "$only" && "$only" != forms && "$only" != offload && "$only" != numerics ) ]]; then
+  echo "usage: $0 prepare|prepare-sources|run DIR [forms|offload|numerics]" >&2
   exit 2
 fi
 modes=(aux_loss none sinkhorn balanced)
@@ -84,6 +92,63 @@ if [[ "$only" == offload ]]; then
   modes=(aux_loss)
   checkpointing=(selective)
 fi
+
+# Numeric faults: the fixture, the tokens (block 1 of 3 holds token 255;
+# the clean file holds blocks 0 and 2), the program (compiled with the
+# numerics checks, which only its --check-numerics runs) and the CPU
+# reference's skipping run.
+prepare_numerics() {
+  python3 "$root/test/Inputs/hf/break_checkpoint.py" "$root/test/Inputs/hf/tiny" \
+    "$dir/nf-inf" inf-row
+  python3 -c "import numpy as np, onnx.numpy_helper as h, sys; b = np.arange(48, dtype=np.int64).reshape(3, 16) * 7 % 255; b[1, 5] = 255; c = b[[0, 2]]; [(open(sys.argv[1] + n + '.pb', 'wb').write(h.from_array(x, 'input_ids').SerializeToString()), x.astype('<i8').tofile(sys.argv[1] + n + '.bin')) for n, x in (('tokens', b), ('clean', c))]" \
+    "$dir/nf-"
+  printf '{"micro_batch_size": 1, "seq_length": 16}\n' > "$dir/nf.json"
+  "$moec" compile "$model" --config "$dir/nf.json" --check-numerics -o "$dir/nf"
+  rm -rf "$dir/nf-ref"
+  "$moec" train "$model" --reference --tokens "$dir/nf-tokens.pb" --micro-batch-size 1 \
+    --steps 3 --init-from "$dir/nf-inf" --lr 1e-2 --min-lr 1e-2 --warmup-steps 0 \
+    --skip-nonfinite-steps 1 --dump "$dir/nf-ref" > /dev/null
+}
+
+# Runs the numeric-fault checks on what prepare_numerics made.
+run_numerics() {
+  local program="$dir/nf/train_step"
+  local common=(--init-from "$dir/nf-inf" --lr 1e-2 --min-lr 1e-2 --warmup-steps 0)
+  # expect_stop LOG PATTERN COMMAND...: the command fails and says PATTERN.
+  expect_stop() {
+    local log="$1" pattern="$2"
+    shift 2
+    if "$@" > "$log" 2>&1; then
+      echo "FAIL: $* ran to the end"; cat "$log"; exit 1
+    fi
+    grep -F -- "$pattern" "$log" || { echo "FAIL: no '$pattern'"; cat "$log"; exit 1; }
+  }
+  echo "== numeric faults: a non-finite step stops the run, named"
+  expect_stop "$out/nf-stop.log" \
+    "error: step 2: non-finite loss and grad_norm (loss nan, grad_norm nan); stopping" \
+    "$program" --tokens "$dir/nf-tokens.bin" --steps 3 "${common[@]}"
+  echo "== numeric faults: --check-numerics names the corrupt parameter"
+  expect_stop "$out/nf-numerics.log" \
+    "error: step 1: parameter 'model.embed_tokens.weight' (tensor<256x32xf32>) has 32 non-finite elements" \
+    "$program" --tokens "$dir/nf-tokens.bin" --steps 3 "${common[@]}" --check-numerics
+  echo "== numeric faults: a diverging learning rate stops at step 2; --check-numerics names the op (the CPU reference: 'moe.experts' at node_MoE_242)"
+  expect_stop "$out/nf-diverge.log" \
+    "error: step 2: non-finite loss and grad_norm (loss nan, grad_norm nan); stopping" \
+    "$program" --tokens "$dir/nf-clean.bin" --steps 3 --lr 1e10 --warmup-steps 0
+  expect_stop "$out/nf-diverge-op.log" "error: step 2: 'moe." \
+    "$program" --tokens "$dir/nf-clean.bin" --steps 3 --lr 1e10 --warmup-steps 0 --check-numerics
+  echo "== numeric faults: --skip-nonfinite-steps 1 skips step 2 and leaves the state as two clean steps do"
+  "$program" --tokens "$dir/nf-tokens.bin" --steps 3 "${common[@]}" --skip-nonfinite-steps 1 \
+    --dump "$out/nf-skip" | tee "$out/nf-skip.log"
+  grep -F "step 2: non-finite loss and grad_norm (loss nan, grad_norm nan); skipped (1 of 1)" "$out/nf-skip.log"
+  "$program" --tokens "$dir/nf-clean.bin" --steps 2 "${common[@]}" --dump "$out/nf-clean" > /dev/null
+  python3 -c "import numpy as np, onnx, onnx.numpy_helper as h, sys; skip, clean, ref = sys.argv[1:]; names = [l.split('\t')[0] for l in open(skip + '/final/param/index.tsv') if l.strip()]; read = lambda d, n: np.fromfile(d + '/final/param/' + n + '.bin', np.float32); pb = lambda n: h.to_array(onnx.load_tensor(ref + '/final/param/' + n + '.pb')).ravel(); rel = lambda a, b: float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)); fin = lambda x: np.where(np.isfinite(x), x, 0); same = sum(np.array_equal(read(skip, n), read(clean, n)) for n in names); clean_err = max(rel(fin(read(skip, n)), fin(read(clean, n))) for n in names); ref_err = max(rel(fin(read(skip, n)), fin(pb(n))) for n in names); print('%d parameters; bit-equal to the clean run: %d, largest relative L2 to it %.3g; to the CPU reference %.3g' % (len(names), same, clean_err, ref_err)); sys.exit(1 if clean_err > 1e-6 or ref_err > 1e-4 else 0)" \
+    "$out/nf-skip" "$out/nf-clean" "$dir/nf-ref"
+  echo "== numeric faults: a second non-finite step with --skip-nonfinite-steps 1 stops the run"
+  expect_stop "$out/nf-exceed.log" \
+    "error: step 5: non-finite loss and grad_norm (loss nan, grad_norm nan); 1 skipped already, the most --skip-nonfinite-steps 1 allows; stopping" \
+    "$program" --tokens "$dir/nf-tokens.bin" --steps 6 "${common[@]}" --skip-nonfinite-steps 1
+}
 # The W = 4 layouts of the tiny Mixtral (E = 4) the resharding check moves
 # between: W P H.
 reshard_layouts=("4 2 2" "4 4 1" "4 1 4")
@@ -181,7 +246,7 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
   elif [[ -z "$only" ]]; then
     build_tests "$dir" "$build/runtime" "$cudnn" "$nccl"
   fi
-  if [[ "$only" != offload ]]; then
+  if [[ -z "$only" || "$only" == forms ]]; then
     # Every ONNX form that raises: its fp32 program, and the CPU reference's
     # 3 steps from the same seed on the fortunes blocks cut to the form's
     # sequence length (a static form's batch and seq, else 2 x 64).
@@ -232,8 +297,15 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
       exit 0
     fi
   fi
-  python3 -m moec.tokens "$root/test/Inputs/fortunes/train.pb" "$dir/data/train.bin"
   model="$root/test/Inputs/tiny/tiny-ort.onnx"
+  if [[ -z "$only" || "$only" == numerics ]]; then
+    prepare_numerics
+  fi
+  if [[ "$only" == numerics ]]; then
+    echo "prepared $dir (numerics only)"
+    exit 0
+  fi
+  python3 -m moec.tokens "$root/test/Inputs/fortunes/train.pb" "$dir/data/train.bin"
   for m in "${modes[@]}"; do
     printf '{"micro_batch_size": 2, "seq_length": 64, "moe_load_balancing": "%s"}\n' "$m" \
       > "$dir/fp32-$m.json"
@@ -388,6 +460,11 @@ for program in "$dir"/form-*/train_step; do
   python3 -m moec.check_gpu --reference "$dir/ref-$name" --reference-log "$dir/ref-$name.csv" \
     --gpu "$out/$name" --gpu-log "$out/$name.csv" --tolerance 1e-4
 done
+if [[ "$only" == numerics ]]; then
+  run_numerics
+  echo "numerics GPU tests passed"
+  exit 0
+fi
 if [[ "$only" == forms ]]; then
   echo "all ONNX form tests passed"
   exit 0
@@ -558,4 +635,7 @@ while read -r name w flags; do
     --reference-log "$dir/part-ref-w$w.csv" \
     --gpu "$out/part-$name" --gpu-log "$out/part-$name.csv" --tolerance 1e-4
 done < <(partitioned_cases)
+if [[ -z "$only" ]]; then
+  run_numerics
+fi
 echo "all GPU tests passed"

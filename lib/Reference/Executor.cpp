@@ -135,8 +135,9 @@ bool isStaticUnitSlice(OffsetSizeAndStrideOpInterface slice) {
 
 class Interpreter {
 public:
-  explicit Interpreter(const RankContext *rankContext = nullptr)
-      : rankContext(rankContext) {}
+  explicit Interpreter(const RankContext *rankContext,
+                       const ExecuteOptions &options)
+      : rankContext(rankContext), options(options) {}
   LogicalResult run(func::FuncOp func, const std::vector<HostTensor> &args,
                     std::vector<HostTensor> &results);
 
@@ -166,6 +167,9 @@ private:
     return op->emitOpError() << "reference execution failed: " << error;
   }
   LogicalResult execute(Operation *op);
+  /// Fails at `op` when one of its floating-point results holds an inf or
+  /// a NaN, naming the result, its shape and how many.
+  LogicalResult checkFinite(Operation *op);
   /// The expert group of a routed collective (moe.dispatch, moe.combine,
   /// moe.token_shuffle) on `gridAxes` of `grid`.
   LogicalResult routedGroup(Operation *op, FlatSymbolRefAttr grid,
@@ -177,6 +181,7 @@ private:
   llvm::DenseMap<Value, Operation *> offloaded;
   /// The rank this interpreter runs as; null when it runs alone.
   const RankContext *rankContext;
+  ExecuteOptions options;
 };
 
 LogicalResult Interpreter::routedGroup(Operation *op, FlatSymbolRefAttr grid,
@@ -739,6 +744,13 @@ LogicalResult Interpreter::execute(Operation *op) {
         config.weightDecay = a.getWeightDecay().convertToDouble();
         double maxNorm = a.getMaxGradNorm().convertToDouble();
         double norm = get(a.getGradNorm()).f32.at(0);
+        // skip_nonfinite: unusable gradients leave the state as it was.
+        if (a.getSkipNonfinite() && !std::isfinite(norm)) {
+          if (failed(set(op, a.getNewParam(), get(a.getParam()))) ||
+              failed(set(op, a.getNewExpAvg(), get(a.getExpAvg()))))
+            return failure();
+          return set(op, a.getNewExpAvgSq(), get(a.getExpAvgSq()));
+        }
         // torch.nn.utils.clip_grad_norm_: coefficient clamped to 1.
         double scale =
             maxNorm > 0.0 ? std::min(1.0, maxNorm / (norm + 1e-6)) : 1.0;
@@ -904,6 +916,27 @@ LogicalResult checkAllOnes(func::FuncOp func, unsigned index,
   return failure();
 }
 
+/// "has K non-finite of N elements (the first, inf, at element i)" when
+/// `tensor` holds an inf or a NaN, else empty.
+std::string describeNonfinite(const HostTensor &tensor) {
+  if (!tensor.isFloat())
+    return "";
+  int64_t count = 0, first = -1;
+  for (size_t e = 0; e < tensor.f32.size(); ++e)
+    if (!std::isfinite(tensor.f32[e])) {
+      ++count;
+      if (first < 0)
+        first = static_cast<int64_t>(e);
+    }
+  if (count == 0)
+    return "";
+  float x = tensor.f32[first];
+  return "has " + std::to_string(count) + " non-finite of " +
+         std::to_string(tensor.f32.size()) + " elements (the first, " +
+         (std::isnan(x) ? "nan" : x > 0 ? "inf" : "-inf") + ", at element " +
+         std::to_string(first) + "): the first non-finite value of the run";
+}
+
 LogicalResult Interpreter::run(func::FuncOp func,
                                const std::vector<HostTensor> &args,
                                std::vector<HostTensor> &results) {
@@ -923,6 +956,16 @@ LogicalResult Interpreter::run(func::FuncOp func,
         failed(checkAllOnes(func, i, args[i])))
       return failure();
     env[arg] = args[i];
+    std::string found =
+        options.checkNumerics ? describeNonfinite(args[i]) : std::string();
+    if (!found.empty()) {
+      InFlightDiagnostic diag = func.emitError()
+                                << "argument " << i << " (" << arg.getType();
+      if (auto name = func.getArgAttrOfType<StringAttr>(
+              i, moe::MoeDialect::getParameterAttrName()))
+        diag << ", parameter '" << name.getValue() << "'";
+      return diag << ") " << found;
+    }
   }
   for (Operation &op : entry) {
     // Index arithmetic (tensor.dim, index constants) only feeds the
@@ -949,31 +992,48 @@ LogicalResult Interpreter::run(func::FuncOp func,
         results.push_back(get(v));
       return success();
     }
-    if (failed(execute(&op)))
+    if (failed(execute(&op)) ||
+        (options.checkNumerics && failed(checkFinite(&op))))
       return failure();
   }
   return func.emitOpError() << "has no return";
+}
+
+LogicalResult Interpreter::checkFinite(Operation *op) {
+  for (auto [i, result] : llvm::enumerate(op->getResults())) {
+    auto it = env.find(result);
+    if (it == env.end())
+      continue;
+    std::string found = describeNonfinite(it->second);
+    if (!found.empty())
+      return op->emitOpError() << "result " << i << " (" << result.getType()
+                               << ") " << found;
+  }
+  return success();
 }
 
 } // namespace
 
 LogicalResult reference::execute(func::FuncOp func,
                                  const std::vector<HostTensor> &arguments,
-                                 std::vector<HostTensor> &results) {
-  return Interpreter().run(func, arguments, results);
+                                 std::vector<HostTensor> &results,
+                                 const ExecuteOptions &options) {
+  return Interpreter(nullptr, options).run(func, arguments, results);
 }
 
 LogicalResult reference::executeAsRank(func::FuncOp func,
                                        const RankContext &context,
                                        const std::vector<HostTensor> &arguments,
-                                       std::vector<HostTensor> &results) {
-  return Interpreter(&context).run(func, arguments, results);
+                                       std::vector<HostTensor> &results,
+                                       const ExecuteOptions &options) {
+  return Interpreter(&context, options).run(func, arguments, results);
 }
 
 LogicalResult reference::executeOnRanks(
     func::FuncOp func, const plan::Mesh &mesh,
     const std::vector<std::vector<HostTensor>> &perRankArguments,
-    std::vector<std::vector<HostTensor>> &perRankResults) {
+    std::vector<std::vector<HostTensor>> &perRankResults,
+    const ExecuteOptions &options) {
   const int64_t worldSize = mesh.worldSize();
   if (static_cast<int64_t>(perRankArguments.size()) != worldSize)
     return func.emitOpError()
@@ -987,7 +1047,7 @@ LogicalResult reference::executeOnRanks(
     threads.emplace_back([&, rank] {
       RankContext context{rank, &mesh, &communicator};
       if (failed(executeAsRank(func, context, perRankArguments[rank],
-                               perRankResults[rank]))) {
+                               perRankResults[rank], options))) {
         rankFailed[rank] = 1;
         communicator.abort(rank);
       }

@@ -214,6 +214,9 @@ const std::vector<KeyInfo> &keyTable() {
                   "AdamW epsilon"),
         numberKey("max_grad_norm", &J::maxGradNorm, Bound::NonNegative,
                   "clip gradients to this global norm (0: off)"),
+        intKey("skip_nonfinite_steps", &J::skipNonfiniteSteps, 0,
+               "steps with a non-finite gradient norm skipped (the optimizer "
+               "state left as it was) before the run stops"),
         numberKey("initializer_range", &J::initializerRange, Bound::Positive,
                   "std of the normal initialisers"),
         randomSeed,
@@ -638,6 +641,10 @@ llvm::Error moec::checkImplemented(const TrainingJob &job,
   if (!job.checkpointDir.empty())
     return refuse("checkpoint_dir", "'" + job.checkpointDir + "'",
                   "train_step takes it when it runs: --checkpoint-dir");
+  if (job.skipNonfiniteSteps != 0)
+    return refuse("skip_nonfinite_steps",
+                  std::to_string(job.skipNonfiniteSteps),
+                  "train_step takes it when it runs: --skip-nonfinite-steps");
   return llvm::Error::success();
 }
 

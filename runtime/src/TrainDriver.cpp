@@ -34,6 +34,14 @@
 //     each rank's blocks from the mapped files (moert/HfCheckpoint.h);
 //     --export-hf writes one, rank 0 gathering the blocks as --dump does.
 //
+// After every step each rank checks the loss and the gradient norm it reads
+// for the metrics anyway (moert/NonfiniteSteps.h): a non-finite one stops
+// the run, or, with --skip-nonfinite-steps N, up to N steps whose gradient
+// norm is not finite are skipped (the printed moe.adamw left the state as
+// it was, decided on the device) and the step input AdamW reads counts
+// applied updates only. The metrics are global, so every rank decides the
+// same.
+//
 // Token files are raw little-endian int64 [blocks, seq] (`python -m
 // moec.data` writes them); labels are the tokens (the loss shifts them).
 // The schedule and block order equal `moec train`'s, so a GPU run can be
@@ -46,6 +54,7 @@
 #include "moert/CollectiveTimes.h"
 #include "moert/HfCheckpoint.h"
 #include "moert/NcclCommunicator.h"
+#include "moert/NonfiniteSteps.h"
 #include "moert/Schedule.h"
 #include "moert/StepGraphs.h"
 #include "moert/ThreadCommunicator.h"
@@ -105,7 +114,7 @@ std::string meshText(const MeshShape &mesh) {
 struct Options {
   std::string tokensPath, logPath, dumpDir, checkpointDir;
   int64_t steps = 10, warmupSteps = 2, totalSteps = 0, saveInterval = 0,
-          benchWarmup = 0, profileStep = 0;
+          benchWarmup = 0, profileStep = 0, skipNonfiniteSteps = 0;
   /// Hugging Face checkpoints: the folder to start from (default: the
   /// manifest's binding), the folder to export to, every how many steps
   /// (0: after the last), as fp32 or bf16, files of at most how many MiB.
@@ -113,7 +122,7 @@ struct Options {
   int64_t exportHfEvery = 0, exportHfMaxFileMib = 5 * 1024;
   uint64_t seed = 1234;
   double lr = 1e-3, minLr = 1e-4;
-  bool resume = false, noGraphs = false;
+  bool resume = false, noGraphs = false, checkNumerics = false;
   int simulateRanks = 0;
 };
 
@@ -436,6 +445,13 @@ int runRank(const TrainProgram &p, const Options &o,
   MOERT_CUDA_CHECK(cudaMallocHost(&ctx.hostCounts, 4096 * sizeof(int64_t)));
   if (p.hostActivationBytes > 0)
     ctx.offload = kernels::createActivationOffload(p.hostActivationBytes);
+  // --check-numerics: one counter per check of the step (Numerics.cuh).
+  std::vector<unsigned long long> nonfiniteCounts;
+  if (o.checkNumerics) {
+    nonfiniteCounts.resize(p.numNumericsChecks);
+    MOERT_CUDA_CHECK(cudaMalloc(&ctx.nonfiniteCounts,
+                                nonfiniteCounts.size() * 8));
+  }
   int64_t allocated = p.stateBytes + p.arenaBytes + p.inputBytes +
                       ctx.scratchBytes + ctx.collectiveScratchBytes +
                       ctx.gradientScratchBytes +
@@ -558,8 +574,12 @@ int runRank(const TrainProgram &p, const Options &o,
   const int64_t worldTokens = place.worldSize * p.batch * p.seq;
   // The first step of the run warms up; graphs are captured in the second.
   // A simulated world never captures (runTrainProgram turned graphs off).
+  // --check-numerics runs every step eagerly: its checks launch from the
+  // host.
   if (!o.simulateRanks)
-    setGraphMode(o.noGraphs ? GraphMode::Off : GraphMode::Warmup);
+    setGraphMode(o.noGraphs || o.checkNumerics ? GraphMode::Off
+                                               : GraphMode::Warmup);
+  NonfiniteSteps nonfinite(o.skipNonfiniteSteps);
   for (int64_t t = firstStep; t <= lastStep; ++t) {
     if (t > firstStep && graphMode() == GraphMode::Warmup)
       setGraphMode(GraphMode::Replay);
@@ -573,7 +593,8 @@ int runRank(const TrainProgram &p, const Options &o,
       std::memcpy(labels + b * p.seq, &tokens[block * p.seq], p.seq * 8);
     }
     double stepLr = schedule.at(t);
-    *reinterpret_cast<int64_t *>(hostInputs + p.stepOffset) = t;
+    *reinterpret_cast<int64_t *>(hostInputs + p.stepOffset) =
+        nonfinite.adamwStep(t);
     *reinterpret_cast<float *>(hostInputs + p.lrOffset) =
         static_cast<float>(stepLr);
 
@@ -584,7 +605,15 @@ int runRank(const TrainProgram &p, const Options &o,
     kernels::Profiler profiler;
     ctx.profiler = leader && t == o.profileStep ? &profiler : nullptr;
     ctx.refreshParameterCopies = t == firstStep;
+    if (ctx.nonfiniteCounts)
+      MOERT_CUDA_CHECK(cudaMemsetAsync(ctx.nonfiniteCounts, 0,
+                                       nonfiniteCounts.size() * 8,
+                                       ctx.stream));
     p.step(ctx, state, arena, inputs);
+    if (ctx.nonfiniteCounts)
+      MOERT_CUDA_CHECK(cudaMemcpyAsync(
+          nonfiniteCounts.data(), ctx.nonfiniteCounts,
+          nonfiniteCounts.size() * 8, cudaMemcpyDeviceToHost, ctx.stream));
     ctx.profiler = nullptr;
     for (int m = 0; m < 5; ++m) {
       if (slots[m]->offset < 0)
@@ -622,10 +651,23 @@ int runRank(const TrainProgram &p, const Options &o,
     std::vector<GroupTime> groupTimes;
     if (mesh)
       orExit(collectiveTimes.collect(groupTimes));
-    // Every rank holds the same global metrics: each stops on a bad loss.
-    if (!std::isfinite(hostMetrics[0]))
-      fatal("step " + std::to_string(t) + ": the loss is " +
-            std::to_string(hostMetrics[0]) + "; stopping");
+    // --check-numerics: the first tensor, in program order (the parameters
+    // the step starts from, then the ops' results), that holds an inf or a
+    // NaN (this rank's).
+    for (int i = 0; i < p.numNumericsChecks && ctx.nonfiniteCounts; ++i)
+      if (nonfiniteCounts[i] != 0) {
+        const NumericsCheck &c = p.numericsChecks[i];
+        fatal("step " + std::to_string(t) + ": " + c.what + " (" + c.type +
+              ") has " + std::to_string(nonfiniteCounts[i]) +
+              " non-finite elements, the first in the step "
+              "(--check-numerics); stopping");
+      }
+    // Every rank holds the same global metrics: each decides the same.
+    std::string nonfiniteText;
+    NonfiniteSteps::Outcome outcome =
+        nonfinite.decide(t, hostMetrics[0], hostMetrics[4], nonfiniteText);
+    if (outcome == NonfiniteSteps::Outcome::Stop)
+      fatal(nonfiniteText);
     if (leader) {
       double tokensPerSecond = worldTokens / seconds;
       double tflops = p.modelFlops / seconds / 1e12;
@@ -663,6 +705,8 @@ int runRank(const TrainProgram &p, const Options &o,
                               lastTransfers.fetchMilliseconds / 1e6
                         : 0.0,
                     lastTransfers.waitMilliseconds);
+      if (outcome == NonfiniteSteps::Outcome::Skipped)
+        std::printf("%s\n", nonfiniteText.c_str());
       if (!groupTimes.empty()) {
         std::string text;
         for (const GroupTime &g : groupTimes) {
@@ -744,7 +788,8 @@ int runRank(const TrainProgram &p, const Options &o,
                          static_cast<void *>(inputs),
                          static_cast<void *>(ctx.scratch),
                          static_cast<void *>(ctx.collectiveScratch),
-                         static_cast<void *>(ctx.gradientScratch)})
+                         static_cast<void *>(ctx.gradientScratch),
+                         static_cast<void *>(ctx.nonfiniteCounts)})
       MOERT_CUDA_CHECK(cudaFree(buffer));
     for (void *pinned :
          {static_cast<void *>(hostInputs), static_cast<void *>(hostMetrics),
@@ -844,6 +889,14 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
                  "with --export-hf: split the weights into files of at most "
                  "this many MiB, with an index")
       ->check(CLI::PositiveNumber);
+  app.add_option("--skip-nonfinite-steps", o.skipNonfiniteSteps,
+                 "skip up to N steps whose gradient norm is not finite (the "
+                 "optimizer state left as it was) before stopping")
+      ->check(CLI::NonNegativeNumber);
+  app.add_flag("--check-numerics", o.checkNumerics,
+               "after every op, count the inf and NaN in its results and "
+               "stop at the first op with any (a program compiled with moec "
+               "compile --check-numerics; eager steps, no CUDA graphs)");
   app.add_option("--bench-warmup", o.benchWarmup,
                  "steps left out of the summary's median");
   app.add_option("--profile-step", o.profileStep,
@@ -866,6 +919,9 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
           " leaves no timed step of --steps " + std::to_string(o.steps));
   if (o.resume && o.checkpointDir.empty())
     fatal("--resume needs --checkpoint-dir");
+  if (o.checkNumerics && p.numNumericsChecks == 0)
+    fatal("--check-numerics: the program was compiled without the checks; "
+          "compile it with moec compile --check-numerics");
 
   RankInfo info;
   orExit(detectRank(processEnvironment(), info));

@@ -1,7 +1,8 @@
 //===- CompileCommand.cpp - `moec compile` --------------------------------===//
 //
 // `moec compile MODEL [--config train.json] [job flags] -o OUT [--emit cuda]
-// [--arch sm_90a] [--attention-kernel auto|cudnn|gemm] [--gpu h200]`: runs
+// [--arch sm_90a] [--attention-kernel auto|cudnn|gemm] [--gpu h200]
+// [--check-numerics]`: runs
 // moe-compile-pipeline for the job (micro-batch, sequence length,
 // precision, MoE and optimizer options): builds the training step,
 // specialises its shapes, plans its memory (refused when it cannot fit the
@@ -75,6 +76,11 @@ cl::opt<std::string> attentionKernel(
              "kernels) or auto (cudnn where moec was built with it); fp32 "
              "attention always runs on gemm"),
     cl::init("auto"), cl::sub(sub));
+cl::opt<bool> checkNumerics(
+    "check-numerics",
+    cl::desc("print a count of the inf and NaN of every op's results into "
+             "the program, for its --check-numerics (docs/reliability.md)"),
+    cl::sub(sub));
 
 #ifdef MOERT_CUDNN_LIBRARY
 constexpr bool kHaveCudnn = true;
@@ -321,6 +327,7 @@ int moec::cli::runCompile(const ImportFlags &modelFlags,
   CudaTrainProgramOptions printOptions;
   printOptions.modelName = llvm::sys::path::filename(modelPath).str();
   printOptions.cudnnAttention = cudnnAttention;
+  printOptions.checkNumerics = checkNumerics;
   CudaTrainProgramSummary summary;
   if (failed(emitCudaTrainProgram(*module, printOptions, trainOs, summary)))
     return 1;

@@ -11,10 +11,19 @@
 // line of metrics per step. Token blocks come from an onnx.TensorProto int64
 // [blocks, seq] file; labels are the inputs (the loss shifts them) unless
 // --labels gives a file of the same shape. --dump writes every step's
-// metrics and gradients and the final parameters as TensorProto files, the
-// layout python/moec/check_train.py reads; --log writes the metrics as CSV;
+// metrics and gradients and the final parameters and AdamW moments as
+// TensorProto files, the layout python/moec/check_train.py reads; --log
+// writes the metrics as CSV;
 // --export-hf DIR writes the final parameters as a Hugging Face checkpoint
 // (moert/HfCheckpoint.h), the CPU oracle of the programs' exports.
+//
+// Numeric faults (docs/reliability.md): after every step the loss and the
+// gradient norm are checked; a non-finite one stops the run, or, with
+// --skip-nonfinite-steps N (job key skip_nonfinite_steps), up to N steps
+// whose gradient norm is not finite are skipped (their AdamW updates left
+// the state as it was) and the AdamW step number counts applied updates
+// only (moert/NonfiniteSteps.h). --check-numerics checks every op's results
+// and stops at the first inf or NaN, naming the op.
 // The step's results are read by their tags and names (moe.parameter,
 // moe.exp_avg, moe.exp_avg_sq, moe.output, moe.gradient), not by position.
 //
@@ -39,6 +48,7 @@
 #include "moec/Plan/Mesh.h"
 #include "moec/Reference/Executor.h"
 #include "moert/HfCheckpoint.h"
+#include "moert/NonfiniteSteps.h"
 #include "moert/Schedule.h"
 
 #include "mlir/IR/MLIRContext.h"
@@ -109,6 +119,11 @@ cl::opt<std::string> exportHfDir(
     cl::value_desc("dir"), cl::sub(sub));
 cl::opt<bool> printIr("print-ir", cl::desc("print the training step's IR"),
                       cl::sub(sub));
+cl::opt<bool> checkNumerics(
+    "check-numerics",
+    cl::desc("check every op's results for inf and NaN and stop at the first "
+             "(slow; docs/reliability.md)"),
+    cl::sub(sub));
 
 int fail(const std::string &message) {
   llvm::errs() << "error: " << message << "\n";
@@ -300,12 +315,13 @@ int moec::cli::runTrain(const ImportFlags &modelFlags,
   auto runOnRanks =
       [&](func::FuncOp func,
           const std::vector<std::vector<HostTensor>> &arguments,
-          std::vector<std::vector<HostTensor>> &results) -> LogicalResult {
+          std::vector<std::vector<HostTensor>> &results,
+          const reference::ExecuteOptions &options = {}) -> LogicalResult {
     if (!mesh) {
       results.resize(1);
-      return reference::execute(func, arguments[0], results[0]);
+      return reference::execute(func, arguments[0], results[0], options);
     }
-    return reference::executeOnRanks(func, *mesh, arguments, results);
+    return reference::executeOnRanks(func, *mesh, arguments, results, options);
   };
 
   // Each rank's parameters and optimizer state, in the step's argument
@@ -416,10 +432,13 @@ int moec::cli::runTrain(const ImportFlags &modelFlags,
 
   int64_t total = totalSteps > 0 ? totalSteps.getValue() : steps.getValue();
   int64_t batch = microBatchSize;
+  moert::NonfiniteSteps nonfinite(job.skipNonfiniteSteps);
+  reference::ExecuteOptions stepOptions;
+  stepOptions.checkNumerics = checkNumerics;
   for (int64_t t = 1; t <= steps; ++t) {
     double stepLr = moert::LrSchedule{lr, minLr, warmupSteps, total}.at(t);
     HostTensor stepTensor = HostTensor::ints({});
-    stepTensor.i64[0] = t;
+    stepTensor.i64[0] = nonfinite.adamwStep(t);
     // Rank r's micro-batch: the r-th of the step's global batch.
     std::vector<std::vector<HostTensor>> args(ranks), rankResults;
     for (int64_t r = 0; r < ranks; ++r) {
@@ -438,8 +457,12 @@ int moec::cli::runTrain(const ImportFlags &modelFlags,
     }
 
     auto start = std::chrono::steady_clock::now();
-    if (failed(runOnRanks(step, args, rankResults)))
-      return 1;
+    if (failed(runOnRanks(step, args, rankResults, stepOptions)))
+      return checkNumerics
+                 ? fail(fmt::format("step {}: stopping at the op above "
+                                    "(--check-numerics)",
+                                    t))
+                 : 1;
     double seconds = std::chrono::duration<double>(
                          std::chrono::steady_clock::now() - start)
                          .count();
@@ -470,6 +493,16 @@ int moec::cli::runTrain(const ImportFlags &modelFlags,
         "step {:4d}  loss {:.6f}  ce {:.6f}  aux {:.6f}  z {:.6f}  "
         "grad_norm {:.4f}  lr {:.3e}  {:.0f} tokens/s  experts [{}]\n",
         t, loss, ce, aux, z, norm, stepLr, tokensPerSecond, countText);
+    std::string nonfiniteText;
+    switch (nonfinite.decide(t, loss, norm, nonfiniteText)) {
+    case moert::NonfiniteSteps::Outcome::Finite:
+      break;
+    case moert::NonfiniteSteps::Outcome::Skipped:
+      llvm::outs() << nonfiniteText << "\n";
+      break;
+    case moert::NonfiniteSteps::Outcome::Stop:
+      return fail(nonfiniteText);
+    }
     std::string validText;
     bool evalNow = !validPath.empty() &&
                    (t == steps || (evalInterval > 0 && t % evalInterval == 0));
@@ -506,8 +539,12 @@ int moec::cli::runTrain(const ImportFlags &modelFlags,
   }
   if (!dumpDir.empty())
     for (unsigned i = 0; i < n; ++i)
-      if (!dumpTensor("final/param/" + names[i] + ".pb", state[0][i], error))
-        return fail(error);
+      for (auto [folder, slot] :
+           {std::pair{"param", i}, std::pair{"exp_avg", n + i},
+            std::pair{"exp_avg_sq", 2 * n + i}})
+        if (!dumpTensor(fmt::format("final/{}/{}.pb", folder, names[i]),
+                        state[0][slot], error))
+          return fail(error);
   if (!exportHfDir.empty()) {
     if (ranks > 1)
       return fail(fmt::format("--export-hf is not implemented yet for "

@@ -600,6 +600,13 @@ def Moe_AdamWOp : Moe_Op<"adamw", [Pure,
     bf16 for a model kept in bf16; the update is computed in fp32 either way
     and rounded once when stored.
 
+    With `skip_nonfinite`, a `grad_norm` that is not finite (an inf or NaN
+    in some gradient it was taken over) makes the update the identity: the
+    results are `param`, `exp_avg` and `exp_avg_sq` unchanged, so that a
+    step whose gradients are unusable leaves the optimizer state as it was
+    and the host may skip it (docs/reliability.md). Without it, the update
+    is torch's whatever the norm.
+
     ```mlir
     %p, %m, %v = moe.adamw %param, %grad, %m0, %v0, %step, %lr, %norm
         {beta1 = 0.9 : f64, beta2 = 0.95 : f64, epsilon = 1.0e-08 : f64,
@@ -612,7 +619,7 @@ def Moe_AdamWOp : Moe_Op<"adamw", [Pure,
                        0DTensorOf<[I64]>:$step, Moe_ScalarF32:$lr,
                        Moe_ScalarF32:$grad_norm, F64Attr:$beta1,
                        F64Attr:$beta2, F64Attr:$epsilon, F64Attr:$weight_decay,
-                       F64Attr:$max_grad_norm);
+                       F64Attr:$max_grad_norm, UnitAttr:$skip_nonfinite);
   let results = (outs Moe_FloatTensor:$new_param, Moe_FloatTensor:$new_exp_avg,
                       Moe_FloatTensor:$new_exp_avg_sq);
   let assemblyFormat = [{

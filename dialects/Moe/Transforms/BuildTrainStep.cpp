@@ -563,7 +563,8 @@ FailureOr<func::FuncOp> StepBuilder::build() {
         builder.getF64FloatAttr(options.beta2),
         builder.getF64FloatAttr(options.epsilon),
         builder.getF64FloatAttr(decay),
-        builder.getF64FloatAttr(options.maxGradNorm));
+        builder.getF64FloatAttr(options.maxGradNorm),
+        /*skip_nonfinite=*/builder.getUnitAttr());
     newParams.push_back(update.getNewParam());
     newM.push_back(update.getNewExpAvg());
     newV.push_back(update.getNewExpAvgSq());

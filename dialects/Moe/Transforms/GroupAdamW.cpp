@@ -30,6 +30,7 @@ bool sharesLaunch(AdamWOp first, AdamWOp a) {
   return a.getBeta1() == first.getBeta1() && a.getBeta2() == first.getBeta2() &&
          a.getEpsilon() == first.getEpsilon() &&
          a.getMaxGradNorm() == first.getMaxGradNorm() &&
+         a.getSkipNonfinite() == first.getSkipNonfinite() &&
          a.getStep() == first.getStep() && a.getLr() == first.getLr() &&
          a.getGradNorm() == first.getGradNorm() &&
          getElementTypeOrSelf(a.getParam().getType()) ==

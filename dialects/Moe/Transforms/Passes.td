@@ -491,7 +491,8 @@ def GroupAdamW : Pass<"moe-group-adamw", "::mlir::func::FuncOp"> {
     multi-tensor update it belongs to, so that a backend updates each group
     in one launch. A group is a run of consecutive moe.adamw ops that agree
     with its first op in everything but the tensors and the weight decay:
-    `beta1`, `beta2`, `epsilon`, `max_grad_norm`, the `step`, `lr` and
+    `beta1`, `beta2`, `epsilon`, `max_grad_norm`, `skip_nonfinite`, the
+    `step`, `lr` and
     `grad_norm` operands, and the parameters' element type. Ids count from
     0 in program order. The step's semantics do not change.
 
@@ -525,7 +526,9 @@ def BuildTrainStep : Pass<"moe-build-train-step", "::mlir::ModuleOp"> {
     docs/training.md), summing gradients of values used twice. Finally the
     global gradient norm is taken and every parameter gets one `moe.adamw`
     (weight decay only on parameters of rank 2 or more, clipping to
-    `max-grad-norm`). Per-layer expert slot counts are returned for metrics.
+    `max-grad-norm`, `skip_nonfinite`: a step whose gradient norm is not
+    finite leaves the state unchanged, and the host decides whether the run
+    goes on). Per-layer expert slot counts are returned for metrics.
 
     With `compute-type=bf16` the forward and backward run on bf16 copies of
     the fp32 master weights (`arith.truncf` at the start, every activation

@@ -31,6 +31,14 @@
 
 namespace moec::reference {
 
+/// How a run checks what it computes.
+struct ExecuteOptions {
+  /// After every op, check its floating-point results: the first op with an
+  /// inf or a NaN fails the run with a diagnostic at the op naming the
+  /// result, its type and the count (`moec train --check-numerics`).
+  bool checkNumerics = false;
+};
+
 /// Runs `func` on `arguments` (one per function argument, in order) and
 /// returns its results in `results`. Shapes are checked against the
 /// function's types. Fails with a diagnostic at the offending op on a shape
@@ -38,7 +46,8 @@ namespace moec::reference {
 /// (for example an unraised `moe.onnx_node`).
 mlir::LogicalResult execute(mlir::func::FuncOp func,
                             const std::vector<HostTensor> &arguments,
-                            std::vector<HostTensor> &results);
+                            std::vector<HostTensor> &results,
+                            const ExecuteOptions &options = {});
 
 /// Where a function returns what: its results by the tag and name on each
 /// (`moe.output` = "loss", `moe.parameter` = "model.norm.weight", ...), so
@@ -70,7 +79,8 @@ struct RankContext {
 mlir::LogicalResult executeAsRank(mlir::func::FuncOp func,
                                   const RankContext &context,
                                   const std::vector<HostTensor> &arguments,
-                                  std::vector<HostTensor> &results);
+                                  std::vector<HostTensor> &results,
+                                  const ExecuteOptions &options = {});
 
 /// Runs the SPMD function `func` on every rank of `mesh` at once, one thread
 /// per rank, with `perRankArguments[r]` as rank r's arguments; fills
@@ -79,7 +89,8 @@ mlir::LogicalResult executeAsRank(mlir::func::FuncOp func,
 mlir::LogicalResult
 executeOnRanks(mlir::func::FuncOp func, const plan::Mesh &mesh,
                const std::vector<std::vector<HostTensor>> &perRankArguments,
-               std::vector<std::vector<HostTensor>> &perRankResults);
+               std::vector<std::vector<HostTensor>> &perRankResults,
+               const ExecuteOptions &options = {});
 
 /// How far `actual` is from `expected`: the largest absolute difference and
 /// the L2 norm of the difference relative to the L2 norm of `expected`.

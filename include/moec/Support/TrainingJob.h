@@ -111,6 +111,10 @@ struct TrainingJob {
   double adamEpsilon = 1e-8;
   /// `max_grad_norm` (0: no clipping).
   double maxGradNorm = 1.0;
+  /// `skip_nonfinite_steps`: steps whose gradient norm is not finite a run
+  /// skips (leaving the optimizer state as it was) before it stops
+  /// (moert/NonfiniteSteps.h).
+  int64_t skipNonfiniteSteps = 0;
 
   // --- Initialisation ------------------------------------------------------
   /// `initializer_range`: std of the normal initialisers.

@@ -41,6 +41,12 @@ struct CudaTrainProgramOptions {
   /// the program then links moert_cudnn, cuDNN and NVRTC) instead of the
   /// GEMM kernels of Attention.cuh. fp32 attention always uses the latter.
   bool cudnnAttention = false;
+  /// After each op that launches on the step's stream, a count of the inf
+  /// and NaN elements of each floating-point result
+  /// (moert/kernels/Numerics.cuh) and the table that names the op: what the
+  /// program's --check-numerics runs (docs/reliability.md). Off, the
+  /// program holds no trace of it.
+  bool checkNumerics = false;
 };
 
 /// What the printed training program allocates and computes per step.

@@ -210,6 +210,14 @@ private:
   /// The arena bytes [begin, end) that `v` (or its view's source) occupies,
   /// a value with dynamic rows up to the arena's end; none outside it.
   std::optional<std::pair<int64_t, int64_t>> arenaRangeOf(Value v);
+  /// Prints a --check-numerics count (moert/kernels/Numerics.cuh) of the
+  /// `count` elements of `v` and its row of the checks table, `what` naming
+  /// it.
+  void printNumericsCheck(const std::string &what, Value v,
+                          const std::string &count);
+  /// The checks of each floating-point result of `op`, which launched on
+  /// the step's stream.
+  void printNumericsChecks(Operation &op);
 
   func::FuncOp step, init;
   shard::GridOp grid; ///< the mesh of a partitioned program, else null
@@ -243,6 +251,9 @@ private:
   /// Parameter argument -> its persistent bf16 copy, which AdamW writes.
   llvm::DenseMap<Value, std::string> parameterCopies;
   bool usesCudnn = false;
+  /// The rows of the program's kNumericsChecks table, in program order.
+  std::string numericsChecks;
+  int numNumericsChecks = 0;
 
   struct Param {
     std::string name;
@@ -559,6 +570,7 @@ LogicalResult TrainStepPrinter::printAdamWGroup(ArrayRef<moe::AdamWOp> group) {
     if (a.getBeta1() != first.getBeta1() || a.getBeta2() != first.getBeta2() ||
         a.getEpsilon() != first.getEpsilon() ||
         a.getMaxGradNorm() != first.getMaxGradNorm() ||
+        a.getSkipNonfinite() != first.getSkipNonfinite() ||
         a.getStep() != first.getStep() || a.getLr() != first.getLr() ||
         a.getGradNorm() != first.getGradNorm())
       return a.emitOpError() << "differs from the first moe.adamw of its "
@@ -603,12 +615,60 @@ LogicalResult TrainStepPrinter::printAdamWGroup(ArrayRef<moe::AdamWOp> group) {
   // moe.adamw's operands share one type (its verifier).
   std::string c = *cType(first.getParam().getType());
   body += fmt::format(
-      "  moert::kernels::adamw<{}, {}>(ctx, group{}, {}, {}, {}, {}, {});\n",
+      "  moert::kernels::adamw<{}, {}>(ctx, group{}, {}, {}, {}, {}, {}{});\n",
       c, c, g, scalars, floatLiteral(first.getBeta1().convertToDouble()),
       floatLiteral(first.getBeta2().convertToDouble()),
       floatLiteral(first.getEpsilon().convertToDouble()),
-      floatLiteral(first.getMaxGradNorm().convertToDouble()));
+      floatLiteral(first.getMaxGradNorm().convertToDouble()),
+      first.getSkipNonfinite() ? ", /*skipNonfinite=*/true" : "");
   return success();
+}
+
+void TrainStepPrinter::printNumericsCheck(const std::string &what, Value v,
+                                          const std::string &count) {
+  body += fmt::format("  moert::kernels::countNonfinite(ctx, {}, {}, {});\n",
+                      numNumericsChecks++, typed(v), count);
+  std::string typeText;
+  llvm::raw_string_ostream typeOs(typeText);
+  typeOs << v.getType();
+  numericsChecks +=
+      fmt::format("    {{{}, {}}},\n", quoted(what), quoted(typeText));
+}
+
+void TrainStepPrinter::printNumericsChecks(Operation &op) {
+  // The node's name and file:line:col, as the importer located the op and
+  // a diagnostic names the place; another location as the IR prints it.
+  std::string location;
+  llvm::raw_string_ostream locationOs(location);
+  Location loc = op.getLoc();
+  auto name = dyn_cast<NameLoc>(loc);
+  if (name)
+    loc = name.getChildLoc();
+  if (auto place = dyn_cast<FileLineColLoc>(loc)) {
+    if (name)
+      locationOs << name.getName().getValue() << " (";
+    locationOs << place.getFilename().getValue() << ":" << place.getLine()
+               << ":" << place.getColumn() << (name ? ")" : "");
+  } else {
+    op.getLoc().print(locationOs);
+  }
+  for (auto [i, result] : llvm::enumerate(op.getResults())) {
+    auto type = dyn_cast<RankedTensorType>(result.getType());
+    std::string p = typed(result);
+    if (!type || !isa<FloatType>(type.getElementType()) || p.empty())
+      continue;
+    int64_t rowElements = 1;
+    for (int64_t d : type.getShape().drop_front(type.getRank() > 0 ? 1 : 0))
+      rowElements *= d;
+    std::string count =
+        type.hasStaticShape()
+            ? std::to_string(type.getNumElements())
+            : fmt::format("({}) * {}", rowsOf(result), rowElements);
+    printNumericsCheck(fmt::format("'{}' at {}: result {}",
+                                   op.getName().getStringRef().str(),
+                                   location, i),
+                       result, count);
+  }
 }
 
 FailureOr<int64_t> TrainStepPrinter::groupSize(Operation &op,
@@ -1684,6 +1744,13 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
   // Ops in order; each moe.adamw_group (consecutive ops) is one
   // multi-tensor launch.
   Block &block = step.getBody().front();
+  // --check-numerics: the parameters the step starts from first.
+  if (options.checkNumerics)
+    for (BlockArgument arg : step.getArguments())
+      if (auto name = step.getArgAttrOfType<StringAttr>(
+              arg.getArgNumber(), MoeDialect::getParameterAttrName()))
+        printNumericsCheck("parameter '" + name.str() + "'", arg,
+                           std::to_string(typeOf(arg).getNumElements()));
   SmallVector<moe::AdamWOp> adamGroup;
   llvm::DenseSet<int64_t> printedGroups;
   // The compute stream waits for the overlapped collectives `ids`, between
@@ -1755,8 +1822,15 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
     bool hostSync = runsUncaptured(op);
     if (hostSync)
       endSegment(/*capture=*/true);
+    bool printingCollective = collectives.contains(&op);
+    size_t launchesBefore = body.size();
     if (failed(printOp(op)))
       return failure();
+    // An op that printed a launch on the step's stream (not a view, not a
+    // collective on a collective stream) has its results checked.
+    if (options.checkNumerics && !printingCollective &&
+        body.size() != launchesBefore)
+      printNumericsChecks(op);
     if (hostSync)
       endSegment(/*capture=*/false);
   }
@@ -1861,6 +1935,7 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
 #include "moert/kernels/Init.cuh"
 #include "moert/kernels/Linear.cuh"
 #include "moert/kernels/Norm.cuh"
+#include "moert/kernels/Numerics.cuh"
 #include "moert/kernels/Optimizer.cuh"
 #include "moert/kernels/Rotary.cuh"
 #include "moert/kernels/Router.cuh"
@@ -1908,6 +1983,9 @@ namespace {
     os << "},\n";
   }
   os << "};\n\n";
+  if (numNumericsChecks > 0)
+    os << "const moert::NumericsCheck kNumericsChecks[] = {\n"
+       << numericsChecks << "};\n\n";
   if (grid)
     os << "void initRankParams(char *state, uint64_t seed, "
           "const moert::MeshGroups &mesh, cudaStream_t stream) {\n"
@@ -2009,7 +2087,7 @@ namespace {
       "  program.modelFlops = {:.17g};\n"
       "  program.scratchBytes = scratchBytes;\n  program.setup = setup;\n"
       "{}  program.step = step;\n"
-      "{}"
+      "{}{}"
       "  return moert::runTrainProgram(program, argc, argv);\n}}\n",
       quoted(options.modelName), batch, seq, vocab, stateBytes,
       derivedStateBytes, arenaBytes.getInt(), inputBytes, inputOffset[0],
@@ -2032,6 +2110,11 @@ namespace {
           (hostBytes > 0
                ? fmt::format("  program.hostActivationBytes = {};\n",
                              hostBytes)
+               : std::string()) +
+          (numNumericsChecks > 0
+               ? fmt::format("  program.numericsChecks = kNumericsChecks;\n"
+                             "  program.numNumericsChecks = {};\n",
+                             numNumericsChecks)
                : std::string()));
 
   summary.stateBytes = stateBytes;

@@ -55,6 +55,13 @@ struct MetricSlot {
   float constant;
 };
 
+/// One tensor the step checks under --check-numerics: what it is (a
+/// parameter by name, or an op's result with the op's name and location as
+/// the IR has them) and its type.
+struct NumericsCheck {
+  const char *what, *type;
+};
+
 /// What a printed program tells the driver about itself: sizes, offsets,
 /// the metrics' slots, and the functions that set up and run the step.
 struct TrainProgram {
@@ -104,6 +111,10 @@ struct TrainProgram {
                          cudaStream_t stream) = nullptr;
   void (*step)(const kernels::Context &, char *state, char *arena,
                char *inputs) = nullptr;
+  /// The step's numerics checks in program order (Context::nonfiniteCounts
+  /// has one counter for each).
+  const NumericsCheck *numericsChecks = nullptr;
+  int numNumericsChecks = 0;
 };
 
 /// Runs the training program `program` with the command line `argv` (see

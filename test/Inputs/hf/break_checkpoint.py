@@ -5,8 +5,10 @@
 DEFECT is one of: missing (a tensor dropped), shape (k_proj transposed),
 dtype (the final norm as F64), extra (a tensor the model does not have),
 truncated (the last file cut short), lying (a header whose offsets run past
-the data), config (num_local_experts 8), bf16 (every tensor as BF16: not a
-defect), single (one model.safetensors, no index: not a defect).
+the data), config (num_local_experts 8), inf-row (the embedding row of token 255 set
+to +inf: a corrupt row that only a batch holding token 255 reads, for the
+numeric-fault tests), bf16 (every tensor as BF16: not a defect), single (one
+model.safetensors, no index: not a defect).
 
 Reads and writes safetensors with numpy and the json module only.
 """
@@ -100,6 +102,12 @@ def main(src, dst, defect):
         config = json.loads((src / "config.json").read_text())
         config["num_local_experts"] = 8
         (dst / "config.json").write_text(json.dumps(config, indent=2))
+    elif defect == "inf-row":
+        for f in files:
+            if "model.embed_tokens.weight" in contents[f]:
+                table = contents[f]["model.embed_tokens.weight"].copy()
+                table[255] = np.inf
+                contents[f]["model.embed_tokens.weight"] = table
     elif defect not in ("truncated", "bf16"):
         raise SystemExit(f"unknown defect {defect}")
     for f in files:

@@ -4,8 +4,10 @@
 // the same values for a shard as for the full parameter (sharding
 // invariance), bf16 values are stored rounded, a moe.fusion equals its
 // body's ops run one by one, moe.add_rms_norm equals its add and norm,
-// moe.attention's stats are its rows' log-sum-exp, and results are found by
-// their tags and names, and an offloaded value comes back unchanged.
+// moe.attention's stats are its rows' log-sum-exp, results are found by
+// their tags and names, an offloaded value comes back unchanged,
+// moe.adamw's skip_nonfinite leaves the state as it was on a non-finite
+// norm, and checkNumerics stops at the first op with an inf or NaN result.
 //
 //===----------------------------------------------------------------------===//
 
@@ -19,6 +21,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <mutex>
 
 using namespace mlir;
@@ -526,4 +529,78 @@ TEST_F(ExecutorTest, AnOffloadedValueComesBackUnchangedAndIsGoneMeanwhile) {
       module->lookupSymbol<func::FuncOp>("stale"), {x}, results)));
   EXPECT_EQ(message, "'arith.addf' op reads a value that moe.offload already "
                      "moved to host memory");
+}
+
+TEST_F(ExecutorTest, AdamWSkipNonfiniteIsTheIdentityOnANonfiniteNorm) {
+  // The same update with and without skip_nonfinite: on a finite norm both
+  // are AdamW's; on an inf or NaN norm the skipping one returns its state.
+  const char *source = R"mlir(
+    func.func @update(%p: tensor<3xf32>, %g: tensor<3xf32>, %m: tensor<3xf32>, %v: tensor<3xf32>, %step: tensor<i64>, %lr: tensor<f32>, %norm: tensor<f32>) -> (tensor<3xf32>, tensor<3xf32>, tensor<3xf32>, tensor<3xf32>) {
+      %p1, %m1, %v1 = moe.adamw %p, %g, %m, %v, %step, %lr, %norm {beta1 = 0.9 : f64, beta2 = 0.95 : f64, epsilon = 1.0e-08 : f64, weight_decay = 0.1 : f64, max_grad_norm = 1.0 : f64, skip_nonfinite} : tensor<3xf32>, tensor<i64>, tensor<f32>
+      %p2, %m2, %v2 = moe.adamw %p, %g, %m, %v, %step, %lr, %norm {beta1 = 0.9 : f64, beta2 = 0.95 : f64, epsilon = 1.0e-08 : f64, weight_decay = 0.1 : f64, max_grad_norm = 1.0 : f64} : tensor<3xf32>, tensor<i64>, tensor<f32>
+      return %p1, %m1, %v1, %p2 : tensor<3xf32>, tensor<3xf32>, tensor<3xf32>, tensor<3xf32>
+    })mlir";
+  HostTensor p = HostTensor::floats({3}), g = HostTensor::floats({3}),
+             m = HostTensor::floats({3}), v = HostTensor::floats({3});
+  p.f32 = {0.5f, -1.0f, 2.0f};
+  g.f32 = {0.1f, 0.2f, -0.3f};
+  m.f32 = {0.01f, 0.02f, 0.03f};
+  v.f32 = {0.001f, 0.002f, 0.003f};
+  HostTensor lr = HostTensor::floats({});
+  lr.f32[0] = 1e-2f;
+  for (float norm : {0.5f, std::numeric_limits<float>::infinity(),
+                     std::numeric_limits<float>::quiet_NaN()}) {
+    HostTensor n = HostTensor::floats({});
+    n.f32[0] = norm;
+    std::vector<HostTensor> r = run(source, "update", {p, g, m, v, seed(3), lr, n});
+    ASSERT_EQ(r.size(), 4u);
+    if (std::isfinite(norm)) {
+      EXPECT_EQ(r[0].f32, r[3].f32);
+      EXPECT_NE(r[0].f32, p.f32);
+      EXPECT_NE(r[1].f32, m.f32);
+      EXPECT_NE(r[2].f32, v.f32);
+      continue;
+    }
+    EXPECT_EQ(r[0].f32, p.f32) << "norm " << norm;
+    EXPECT_EQ(r[1].f32, m.f32) << "norm " << norm;
+    EXPECT_EQ(r[2].f32, v.f32) << "norm " << norm;
+    // Without the attribute the step updates (decay, moments) regardless.
+    EXPECT_NE(r[3].f32, p.f32) << "norm " << norm;
+  }
+}
+
+TEST_F(ExecutorTest, CheckNumericsStopsAtTheFirstNonfiniteResult) {
+  // 1/x is inf where x is 0; the sum after it is never reached.
+  const char *source = R"mlir(
+    func.func @f(%x: tensor<2x2xf32>) -> tensor<2x2xf32> {
+      %one = arith.constant dense<1.0> : tensor<2x2xf32>
+      %r = arith.divf %one, %x : tensor<2x2xf32>
+      %s = arith.addf %r, %x : tensor<2x2xf32>
+      return %s : tensor<2x2xf32>
+    })mlir";
+  module = parseSourceString<ModuleOp>(source, &context);
+  ASSERT_TRUE(module);
+  std::vector<std::string> messages;
+  ScopedDiagnosticHandler handler(&context, [&](Diagnostic &diag) {
+    messages.push_back(diag.str());
+    return success();
+  });
+  auto f = module->lookupSymbol<func::FuncOp>("f");
+  HostTensor x = HostTensor::floats({2, 2});
+  x.f32 = {1.0f, 0.0f, 2.0f, 0.0f};
+  std::vector<HostTensor> results;
+  // Without the check the run completes, infs and all.
+  ASSERT_TRUE(succeeded(reference::execute(f, {x}, results)));
+  EXPECT_TRUE(std::isinf(results[0].f32[1]));
+  reference::ExecuteOptions options;
+  options.checkNumerics = true;
+  EXPECT_TRUE(failed(reference::execute(f, {x}, results, options)));
+  ASSERT_EQ(messages.size(), 1u);
+  EXPECT_EQ(messages[0],
+            "'arith.divf' op result 0 ('tensor<2x2xf32>') has 2 non-finite of 4 "
+            "elements (the first, inf, at element 1): the first non-finite "
+            "value of the run");
+  // A finite run passes the check.
+  x.f32 = {1.0f, 4.0f, 2.0f, 8.0f};
+  EXPECT_TRUE(succeeded(reference::execute(f, {x}, results, options)));
 }

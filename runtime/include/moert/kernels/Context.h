@@ -110,6 +110,11 @@ struct Context {
   /// The pinned host region and the transfer streams of a program that
   /// offloads activations (Offload.h); null in one that does not.
   ActivationOffload *offload = nullptr;
+  /// Set by the driver under --check-numerics (eager steps only): one
+  /// device counter per check the program prints (TrainProgram::
+  /// numericsChecks), zeroed before each step, to which check `i` adds the
+  /// inf and NaN elements of its result (Numerics.cuh). Null: no checks run.
+  unsigned long long *nonfiniteCounts = nullptr;
 };
 
 /// Marks the start of op `name` in the profiled step.

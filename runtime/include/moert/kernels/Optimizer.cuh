@@ -16,6 +16,11 @@
 // gradients. The arithmetic is fp32 either way; a bf16 state is rounded once
 // per update, as torch's fused AdamW does for bf16 parameters.
 //
+// With skipNonfinite (moe.adamw's `skip_nonfinite`), a norm that is not
+// finite makes the update the identity: every block returns before it
+// writes, so parameters, moments and copies keep their values, decided on
+// the device from the norm it reads anyway (no host sync in the step).
+//
 // A tensor may name a `copy`: a bf16 buffer that AdamW fills with the
 // updated parameter rounded to bf16, the value the next step's cast of the
 // parameter would compute (moe-keep-param-copies), in the same pass.
@@ -119,6 +124,7 @@ __global__ void normFromPartialsKernel(const double *partial, int64_t n,
 
 struct AdamWConfig {
   float beta1, beta2, epsilon, maxGradNorm;
+  bool skipNonfinite;
 };
 
 /// One element's AdamW update.
@@ -137,6 +143,8 @@ __global__ void adamwKernel(const OptimizerTensor *tensors,
                             const OptimizerChunk *chunks, const int64_t *step,
                             const float *lr, const float *norm,
                             AdamWConfig config) {
+  if (config.skipNonfinite && !isfinite(*norm))
+    return;
   OptimizerChunk c = chunks[blockIdx.x];
   OptimizerTensor t = tensors[c.tensor];
   double stepD = static_cast<double>(*step);
@@ -211,16 +219,16 @@ void globalNorm(const Context &ctx, const TensorGroup &group, float *norm) {
 }
 
 /// One AdamW step over every tensor of the group (state TS, gradients TG),
-/// in place.
+/// in place; with `skipNonfinite`, none when *norm is not finite.
 template <class TS, class TG>
 void adamw(const Context &ctx, const TensorGroup &group, const int64_t *step,
            const float *lr, const float *norm, float beta1, float beta2,
-           float epsilon, float maxGradNorm) {
+           float epsilon, float maxGradNorm, bool skipNonfinite = false) {
   if (group.numChunks == 0)
     return;
   detail::adamwKernel<TS, TG><<<group.numChunks, 512, 0, ctx.stream>>>(
       group.deviceTensors, group.deviceChunks, step, lr, norm,
-      detail::AdamWConfig{beta1, beta2, epsilon, maxGradNorm});
+      detail::AdamWConfig{beta1, beta2, epsilon, maxGradNorm, skipNonfinite});
 }
 
 } // namespace moert::kernels

@@ -69,7 +69,7 @@ func.func @forward(%ids: tensor<2x8xi64> {moe.input = "input_ids"},
 
 // Optimizer: one norm over all gradients; weight decay only on matrices.
 // CHECK: %[[NORM2:.+]] = moe.global_norm %[[DTABLE]], %[[DNORM]], %[[DROUTER]], %[[DGU]], %[[DDOWN]], %[[DHEAD]]
-// CHECK: moe.adamw %[[TABLE]], %[[DTABLE]], %{{.+}}, %{{.+}}, %[[STEP]], %[[LR]], %[[NORM2]] {{{.*}}max_grad_norm = 1.000000e+00 : f64, weight_decay = 1.000000e-01 : f64}
+// CHECK: moe.adamw %[[TABLE]], %[[DTABLE]], %{{.+}}, %{{.+}}, %[[STEP]], %[[LR]], %[[NORM2]] {{{.*}}max_grad_norm = 1.000000e+00 : f64, skip_nonfinite, weight_decay = 1.000000e-01 : f64}
 // CHECK: moe.adamw %[[NORM]], %[[DNORM]], %{{.+}}, %{{.+}}, %[[STEP]], %[[LR]], %[[NORM2]] {{{.*}}weight_decay = 0.000000e+00 : f64}
 // CHECK: return
 // CHECK-SAME: %[[LOSS]], %[[CE]], %[[AUX]], %{{.+}}, %[[NORM2]], %[[COUNTS]]
