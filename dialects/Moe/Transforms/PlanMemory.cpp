@@ -238,10 +238,10 @@ collectBuffers(Block &body, const llvm::DenseMap<Operation *, int64_t> &index,
     if (!collective.join)
       continue;
     for (Value v : llvm::concat<Value>(op->getOperands(), op->getResults())) {
-      auto it = bufferOf.find(owner(v));
-      if (it != bufferOf.end())
-        buffers[it->second].end =
-            std::max(buffers[it->second].end, index.lookup(collective.join));
+      auto it = buffers.deviceOf.find(owner(v));
+      if (it != buffers.deviceOf.end())
+        buffers.device[it->second].end = std::max(
+            buffers.device[it->second].end, index.lookup(collective.join));
     }
   }
   return buffers;

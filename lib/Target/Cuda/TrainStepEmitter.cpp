@@ -2087,7 +2087,7 @@ namespace {
       "  program.modelFlops = {:.17g};\n"
       "  program.scratchBytes = scratchBytes;\n  program.setup = setup;\n"
       "{}  program.step = step;\n"
-      "{}{}"
+      "{}"
       "  return moert::runTrainProgram(program, argc, argv);\n}}\n",
       quoted(options.modelName), batch, seq, vocab, stateBytes,
       derivedStateBytes, arenaBytes.getInt(), inputBytes, inputOffset[0],
