@@ -431,9 +431,10 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
     "$dir/hf-ids"
   "$moec" run "$model" --input "$dir/hf-ids.pb" --init-from "$dir/ref-hf-export" \
     --output "$dir/ref-hf-logits.pb" > /dev/null
-  # The checks compare parameters: the reference dumps' AdamW moments stay
-  # here (a third of the folder the GPU machine is sent otherwise).
-  find "$dir" -type d -path "*/final/exp_avg*" -prune -exec rm -rf {} +
+  # The checks compare the metrics and the final parameters: the reference
+  # dumps' AdamW moments and per-step gradients stay here (most of the
+  # folder the GPU machine is sent otherwise).
+  find "$dir" -type d \( -path "*/final/exp_avg*" -o -path "*/step_*/grad" \) -prune -exec rm -rf {} +
   echo "prepared $dir"
   exit 0
 fi
