@@ -243,8 +243,6 @@ private:
   std::string kernels, body, setup, statics;
   std::string stepBody;              ///< what step() runs, in order
   std::vector<std::string> segments; ///< bodies of the captured segments
-  /// The TensorGroup of each moe.global_norm (its scratch is sized by it).
-  llvm::DenseMap<Operation *, int64_t> normGroups;
   std::map<std::string, std::string> kernelNames; ///< source -> name
   int64_t stateBytes = 0, inputBytes = 0, groups = 0;
   int64_t derivedStateBytes = 0; ///< the kept parameter copies
@@ -1704,7 +1702,6 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
               typeOf(g).getNumElements());
         }
         int64_t g = groups++;
-        normGroups[&op] = g;
         statics += fmt::format("{} moert::kernels::TensorGroup group{};\n",
                                perRank(), g);
         setup += fmt::format("  group{}.init({{\n{}  }});\n", g, entries);
@@ -2027,9 +2024,6 @@ namespace {
         call = "attentionCudnnScratchBytes(ctx, " + attentionShape(a) + ")";
       else if (auto a = dyn_cast<moe::AttentionGradOp>(n.op); a && cudnn)
         call = "attentionCudnnScratchBytes(ctx, " + attentionShape(a) + ")";
-      else if (isa<moe::GlobalNormOp>(n.op))
-        call = fmt::format("{}(group{})", n.formula.str(),
-                           normGroups.lookup(n.op));
       else
         call = fmt::format("{}({})", n.formula.str(), joined(n.arguments));
       call = "moert::kernels::" + call;
