@@ -255,7 +255,13 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
       for model in "$root/test/Inputs/$folder"/*.onnx; do
         [[ -f "$model" ]] || continue
         name="form-$folder-$(basename "$model" .onnx)"
-        if ! "$moec_bin" import "$model" --require-complete > /dev/null 2>&1; then
+        # The user's grouped-matmul export names a custom op of its own
+        # domain (python -m moec.user_exports): moec is told what it is.
+        flags=()
+        if [[ "$(basename "$model")" == custom-grouped-mm* ]]; then
+          flags=(--custom-op custom::GroupedGemm=grouped_matmul)
+        fi
+        if ! "$moec_bin" import "$model" --require-complete "${flags[@]}" > /dev/null 2>&1; then
           echo "SKIPPED: $model does not raise completely"
           continue
         fi
@@ -270,12 +276,12 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
           python3 -m moec.tokens "$tokens.pb" "$tokens.bin"
         fi
         printf '{"micro_batch_size": %d, "seq_length": %d}\n' "$batch" "$seq" > "$dir/$name.json"
-        if ! moec compile "$model" --config "$dir/$name.json" -o "$dir/$name" > "$dir/$name.log" 2>&1; then
+        if ! moec compile "$model" "${flags[@]}" --config "$dir/$name.json" -o "$dir/$name" > "$dir/$name.log" 2>&1; then
           cat "$dir/$name.log"
           echo "error: moec compile failed on $model, which raises" >&2
           exit 1
         fi
-        "$moec_bin" train "$model" --reference --tokens "$tokens.pb" \
+        "$moec_bin" train "$model" "${flags[@]}" --reference --tokens "$tokens.pb" \
           --micro-batch-size "$batch" --steps 3 \
           --dump "$dir/ref-$name" --log "$dir/ref-$name.csv" > /dev/null
         echo "train-s$seq-v$vocab" > "$dir/$name.tokens"
@@ -296,6 +302,7 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
       --micro-batch-size 2 --steps 3 --dump "$dir/ref-$name" --log "$dir/ref-$name.csv" > /dev/null
     echo train-s64-v256 > "$dir/$name.tokens"
     if [[ "$only" == forms ]]; then
+      find "$dir" -type d \( -path "*/final/exp_avg*" -o -path "*/step_*/grad" \) -prune -exec rm -rf {} +
       echo "prepared $dir (forms)"
       exit 0
     fi
