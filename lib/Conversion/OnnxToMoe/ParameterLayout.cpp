@@ -36,19 +36,6 @@ std::optional<SmallVector<int64_t>> staticShape(Value v) {
   return SmallVector<int64_t>(type.getShape());
 }
 
-/// The elements of an integer constant.
-std::optional<SmallVector<int64_t>> intsOf(Value v) {
-  auto constant = v.getDefiningOp<arith::ConstantOp>();
-  auto dense = constant ? dyn_cast<DenseIntElementsAttr>(constant.getValue())
-                        : DenseIntElementsAttr();
-  if (!dense)
-    return std::nullopt;
-  SmallVector<int64_t> out;
-  for (APInt x : dense.getValues<APInt>())
-    out.push_back(x.getSExtValue());
-  return out;
-}
-
 /// An axis attribute or input normalised to [0, rank), or nothing.
 std::optional<int64_t> normalizeAxis(int64_t axis, int64_t rank) {
   if (axis < -rank || axis >= rank)
@@ -163,7 +150,8 @@ std::optional<std::pair<int64_t, int64_t>>
 splitRange(moe::OnnxNodeOp split, int64_t axisSize, unsigned index) {
   SmallVector<int64_t> sizes;
   if (split.getInputs().size() == 2) {
-    std::optional<SmallVector<int64_t>> given = intsOf(split.getInputs()[1]);
+    std::optional<SmallVector<int64_t>> given =
+        constantInts(split.getInputs()[1]);
     if (!given)
       return std::nullopt;
     sizes = *given;
@@ -236,16 +224,18 @@ std::optional<ParameterLayout> trace(Value value, int depth) {
     if (node.getInputs().size() < 3 || node->hasAttr("absent_inputs"))
       return std::nullopt;
     std::optional<ParameterLayout> in = trace(input, depth + 1);
-    std::optional<SmallVector<int64_t>> starts = intsOf(node.getInputs()[1]);
-    std::optional<SmallVector<int64_t>> ends = intsOf(node.getInputs()[2]);
+    std::optional<SmallVector<int64_t>> starts =
+        constantInts(node.getInputs()[1]);
+    std::optional<SmallVector<int64_t>> ends =
+        constantInts(node.getInputs()[2]);
     std::optional<SmallVector<int64_t>> axes, steps;
     if (node.getInputs().size() > 3)
-      axes = intsOf(node.getInputs()[3]);
+      axes = constantInts(node.getInputs()[3]);
     else
       axes.emplace(llvm::to_vector(
           llvm::seq<int64_t>(0, starts ? starts->size() : 0)));
     if (node.getInputs().size() > 4)
-      steps = intsOf(node.getInputs()[4]);
+      steps = constantInts(node.getInputs()[4]);
     else
       steps.emplace(starts ? starts->size() : 0, 1);
     if (!in || !starts || !ends || !axes || !steps ||
@@ -353,4 +343,16 @@ bool ParameterLayout::sameAs(ParameterLayout other) const {
 
 std::optional<ParameterLayout> moec::traceParameterLayout(Value value) {
   return trace(value, 0);
+}
+
+std::optional<SmallVector<int64_t>> moec::constantInts(Value v) {
+  auto constant = v.getDefiningOp<arith::ConstantOp>();
+  auto dense = constant ? dyn_cast<DenseIntElementsAttr>(constant.getValue())
+                        : DenseIntElementsAttr();
+  if (!dense)
+    return std::nullopt;
+  SmallVector<int64_t> out;
+  for (APInt x : dense.getValues<APInt>())
+    out.push_back(x.getSExtValue());
+  return out;
 }

@@ -71,6 +71,9 @@ struct ParameterLayout {
 /// static).
 std::optional<ParameterLayout> traceParameterLayout(mlir::Value value);
 
+/// The elements of an integer constant (arith.constant), or nothing.
+std::optional<llvm::SmallVector<int64_t>> constantInts(mlir::Value v);
+
 } // namespace moec
 
 #endif // MOEC_LIB_CONVERSION_ONNXTOMOE_PARAMETERLAYOUT_H

@@ -119,20 +119,6 @@ std::optional<double> scalarConstant(Value v) {
   return static_cast<double>((*dense.getValues<APInt>().begin()).getSExtValue());
 }
 
-/// The elements of an integer constant.
-std::optional<SmallVector<int64_t>> intsConstant(Value v) {
-  auto constant = v.getDefiningOp<arith::ConstantOp>();
-  if (!constant)
-    return std::nullopt;
-  auto dense = dyn_cast<DenseIntElementsAttr>(constant.getValue());
-  if (!dense)
-    return std::nullopt;
-  SmallVector<int64_t> out;
-  for (APInt x : dense.getValues<APInt>())
-    out.push_back(x.getSExtValue());
-  return out;
-}
-
 /// The other operand of a binary node, given one of them.
 Value otherOperand(OnnxNodeOp node, Value one) {
   if (node.getInputs().size() != 2)
@@ -470,7 +456,7 @@ bool Raiser::raiseRmsNorm(OnnxNodeOp outer) {
   int64_t rank = rankOf(x);
   std::optional<SmallVector<int64_t>> axes;
   if (mean.getInputs().size() == 2)
-    axes = intsConstant(mean.getInputs()[1]);
+    axes = moec::constantInts(mean.getInputs()[1]);
   else if (auto a = mean->getAttrOfType<DenseI64ArrayAttr>("axes"))
     axes = SmallVector<int64_t>(a.asArrayRef());
   if (!axes || axes->size() != 1 ||
