@@ -100,6 +100,33 @@ std::optional<int64_t> mlir::moe::getDecoderLayerOfParameter(StringRef name) {
   return std::nullopt;
 }
 
+moe::ParameterValues mlir::moe::getParameterValues(FunctionOpInterface func) {
+  ParameterValues found;
+  Block &body = func.getFunctionBody().front();
+  for (BlockArgument arg : body.getArguments())
+    if (auto name = func.getArgAttrOfType<StringAttr>(
+            arg.getArgNumber(), MoeDialect::getParameterAttrName())) {
+      found.values.insert(arg);
+      found.layer[arg] = getDecoderLayerOfParameter(name.getValue())
+                             .value_or(kOutsideDecoderLayers);
+    }
+  for (Operation &op : body) {
+    if (!llvm::all_of(op.getOperands(),
+                      [&](Value v) { return found.values.contains(v); }))
+      continue;
+    std::optional<int64_t> layer;
+    for (Value v : op.getOperands())
+      if (auto it = found.layer.find(v); it != found.layer.end())
+        layer = std::max(layer.value_or(kOutsideDecoderLayers), it->second);
+    for (Value r : op.getResults()) {
+      found.values.insert(r);
+      if (layer)
+        found.layer[r] = *layer;
+    }
+  }
+  return found;
+}
+
 std::optional<std::pair<int64_t, int64_t>>
 MoeDialect::getArenaRange(Value value) {
   while (Operation *def = value.getDefiningOp()) {

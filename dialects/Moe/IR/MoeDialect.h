@@ -12,6 +12,8 @@
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/IR/Dialect.h"
+#include "mlir/Interfaces/FunctionInterfaces.h"
+#include "llvm/ADT/DenseSet.h"
 
 #include "dialects/Moe/IR/MoeDialect.h.inc"
 #include "dialects/Moe/IR/MoeEnums.h.inc"
@@ -28,6 +30,21 @@ namespace mlir::moe {
 /// passes that schedule by layer (moe-checkpoint-activations,
 /// moe-prefetch-collectives) find a step's layers by it.
 std::optional<int64_t> getDecoderLayerOfParameter(StringRef name);
+
+/// The layer getParameterValues gives a parameter outside the decoder
+/// layers (embedding, final norm, head) and the values computed from it.
+constexpr int64_t kOutsideDecoderLayers = -1;
+
+/// The values of a function's body computed from its parameters (arguments
+/// tagged moe.parameter) and constants alone, the parameters included; for
+/// those that read a parameter, the highest decoder layer of the parameters
+/// they are computed from (getDecoderLayerOfParameter, or
+/// kOutsideDecoderLayers).
+struct ParameterValues {
+  llvm::DenseSet<Value> values;
+  llvm::DenseMap<Value, int64_t> layer;
+};
+ParameterValues getParameterValues(FunctionOpInterface func);
 } // namespace mlir::moe
 
 #endif // DIALECTS_MOE_IR_MOEDIALECT_H

@@ -42,10 +42,6 @@ using namespace mlir::moe;
 
 namespace {
 
-/// The layer of a parameter outside the decoder layers (embedding, final
-/// norm, lm-head).
-constexpr int64_t kOutsideLayers = -1;
-
 /// Rates of the cost model (H200, docs/benchmarks.md): GEMMs, attention,
 /// memory-bound ops and collectives.
 constexpr double kGemmFlops = 650e12;
@@ -118,7 +114,7 @@ private:
   /// Values computed from parameters and constants alone.
   DenseSet<Value> fixed;
   /// Of those, the ones computed from parameters: the layer of their
-  /// parameters (kOutsideLayers for the others).
+  /// parameters (kOutsideDecoderLayers for the others).
   DenseMap<Value, int64_t> parameterLayer;
   DenseSet<Operation *> backwardOps;
   DenseMap<Operation *, int64_t> layerOfOp;
@@ -132,30 +128,13 @@ private:
 
 FailureOr<bool> StepAnalysis::analyze(Operation *func,
                                       ActivationCheckpointing policy) {
-  auto function = cast<FunctionOpInterface>(func);
-  for (BlockArgument arg : body.getArguments())
-    if (auto name = function.getArgAttrOfType<StringAttr>(
-            arg.getArgNumber(), MoeDialect::getParameterAttrName())) {
-      fixed.insert(arg);
-      parameterLayer[arg] = getDecoderLayerOfParameter(name.getValue())
-                              .value_or(kOutsideLayers);
-    }
+  ParameterValues parameters =
+      getParameterValues(cast<FunctionOpInterface>(func));
+  fixed = std::move(parameters.values);
+  parameterLayer = std::move(parameters.layer);
 
-  // Values from parameters and constants alone; the backward.
+  // The backward.
   for (Operation &op : body) {
-    if (llvm::all_of(op.getOperands(),
-                     [&](Value v) { return fixed.contains(v); })) {
-      std::optional<int64_t> layer;
-      for (Value v : op.getOperands())
-        if (parameterLayer.contains(v))
-          layer = std::max(layer.value_or(kOutsideLayers),
-                           parameterLayer.lookup(v));
-      for (Value r : op.getResults()) {
-        fixed.insert(r);
-        if (layer)
-          parameterLayer[r] = *layer;
-      }
-    }
     bool isBackward = op.hasTrait<ComputesGradient>() ||
                       llvm::any_of(op.getOperands(), [&](Value v) {
                         Operation *def = v.getDefiningOp();
@@ -188,7 +167,7 @@ FailureOr<bool> StepAnalysis::analyze(Operation *func,
       auto it = parameterLayer.find(v);
       if (it == parameterLayer.end())
         continue;
-      if (it->second == kOutsideLayers) {
+      if (it->second == kOutsideDecoderLayers) {
         if (lastFirst && !end)
           end = &op;
       } else if (!firstOfLayer.count(it->second)) {

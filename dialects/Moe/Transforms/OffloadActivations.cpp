@@ -33,10 +33,6 @@ using namespace mlir::moe;
 
 namespace {
 
-/// The layer of a parameter outside the decoder layers (embedding, final
-/// norm, lm-head), and of a backward op before any layer's backward.
-constexpr int64_t kOutsideLayers = -1;
-
 /// The bytes of `type`, 0 when a dimension is dynamic.
 int64_t staticBytes(RankedTensorType type) {
   if (!type.hasStaticShape())
@@ -56,35 +52,16 @@ struct OffloadActivationsPass
 
     // Values of parameters and constants alone, with the layer of their
     // parameters.
-    DenseSet<Value> fixed;
-    DenseMap<Value, int64_t> parameterLayer;
-    for (BlockArgument arg : body.getArguments())
-      if (auto name = func.getArgAttrOfType<StringAttr>(
-              arg.getArgNumber(), MoeDialect::getParameterAttrName())) {
-        fixed.insert(arg);
-        parameterLayer[arg] = getDecoderLayerOfParameter(name.getValue())
-                                  .value_or(kOutsideLayers);
-      }
+    ParameterValues parameters = getParameterValues(func);
+    DenseSet<Value> &fixed = parameters.values;
+    DenseMap<Value, int64_t> &parameterLayer = parameters.layer;
     // The backward: gradient ops, recomputed clones and what reads them.
     DenseMap<Operation *, int64_t> position, backwardLayer;
     std::map<int64_t, Operation *> layerStart;
     Operation *backwardStart = nullptr;
-    int64_t current = kOutsideLayers;
+    int64_t current = kOutsideDecoderLayers; // before any layer's backward
     for (Operation &op : body) {
       position[&op] = position.size();
-      if (llvm::all_of(op.getOperands(),
-                       [&](Value v) { return fixed.contains(v); })) {
-        std::optional<int64_t> layer;
-        for (Value v : op.getOperands())
-          if (parameterLayer.contains(v))
-            layer = std::max(layer.value_or(kOutsideLayers),
-                             parameterLayer.lookup(v));
-        for (Value r : op.getResults()) {
-          fixed.insert(r);
-          if (layer)
-            parameterLayer[r] = *layer;
-        }
-      }
       auto recompute =
           op.getAttrOfType<RecomputeAttr>(MoeDialect::getRecomputeAttrName());
       bool isBackward =
@@ -103,12 +80,12 @@ struct OffloadActivationsPass
         std::optional<int64_t> layer;
         for (Value v : op.getOperands())
           if (parameterLayer.contains(v))
-            layer = std::max(layer.value_or(kOutsideLayers),
+            layer = std::max(layer.value_or(kOutsideDecoderLayers),
                              parameterLayer.lookup(v));
         current = layer.value_or(current);
       }
       backwardLayer[&op] = current;
-      if (current != kOutsideLayers)
+      if (current != kOutsideDecoderLayers)
         layerStart.try_emplace(current, &op);
     }
     if (!backwardStart)
@@ -197,7 +174,7 @@ struct OffloadActivationsPass
     SmallVector<std::pair<Value, Saved *>> moved;
     for (auto &[buffer, s] : saved)
       if (!s.read.empty() &&
-          backwardLayer.lookup(s.firstBackwardUse) != kOutsideLayers &&
+          backwardLayer.lookup(s.firstBackwardUse) != kOutsideDecoderLayers &&
           position[s.lastForwardUse] < position[s.firstBackwardUse])
         moved.push_back({buffer, &s});
     llvm::stable_sort(moved, [&](auto &a, auto &b) {
