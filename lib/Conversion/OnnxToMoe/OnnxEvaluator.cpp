@@ -24,6 +24,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <optional>
 
 using namespace mlir;
 using namespace mlir::moe;
@@ -967,17 +968,31 @@ bool evaluateGemm(NodeEval &n) {
             static_cast<float>(at(t, i * t.shape[1] + j));
     return r;
   };
+  if (n.in[0]->shape.size() != 2 || n.in[1]->shape.size() != 2)
+    return n.fail(fmt::format("Gemm of shapes {} and {} needs matrices",
+                              n.in[0]->shapeString(),
+                              n.in[1]->shapeString()));
   HostTensor a = n.intAttr("transA", 0) ? transposed(*n.in[0]) : *n.in[0];
   HostTensor b = n.intAttr("transB", 0) ? transposed(*n.in[1]) : *n.in[1];
   HostTensor out;
   if (!matmul(a, b, out, n.error))
     return false;
+  // C broadcasts to the product's shape, not the other way.
+  std::optional<StridedIndex> fromC;
+  if (n.in.size() > 2) {
+    Shape both;
+    if (!broadcastShapes(n.in[2]->shape, out.shape, both, n.error) ||
+        both != out.shape)
+      return n.fail(fmt::format("Gemm's C {} does not broadcast to the "
+                                "product's {}",
+                                n.in[2]->shapeString(), out.shapeString()));
+    fromC = broadcastFrom(n.in[2]->shape, out.shape);
+  }
   double alpha = n.floatAttr("alpha", 1.0), beta = n.floatAttr("beta", 1.0);
   for (int64_t i = 0; i < out.numElements(); ++i) {
     double v = alpha * out.f32[i];
-    if (n.in.size() > 2)
-      v += beta * at(*n.in[2],
-                     broadcastIndex(unflatten(i, out.shape), n.in[2]->shape));
+    if (fromC)
+      v += beta * at(*n.in[2], (*fromC)(i));
     out.f32[i] = static_cast<float>(v);
   }
   return n.result(std::move(out));
