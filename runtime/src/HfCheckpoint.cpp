@@ -188,6 +188,10 @@ Status moert::parseSafetensorsIndex(
     index = nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error &e) {
     return Status::failure(where + " is not JSON: " + e.what());
+  } catch (const nlohmann::json::exception &e) {
+    // A number past a double's range is not a parse_error (the fuzzer's
+    // find: it ended the process).
+    return Status::failure(where + " cannot be read: " + e.what());
   }
   if (!index.is_object() || !index.contains("weight_map") ||
       !index["weight_map"].is_object())

@@ -188,6 +188,10 @@ Status moert::parseSafetensors(const char *bytes, uint64_t fileBytes,
     header = nlohmann::json::parse(bytes + 8, bytes + 8 + headerBytes);
   } catch (const nlohmann::json::parse_error &e) {
     return refuse(std::string("its header is not JSON: ") + e.what());
+  } catch (const nlohmann::json::exception &e) {
+    // A number past a double's range is not a parse_error (the fuzzer's
+    // find: it ended the process).
+    return refuse(std::string("its header cannot be read: ") + e.what());
   }
   if (!header.is_object())
     return refuse("its header is not a JSON object");

@@ -234,6 +234,11 @@ TEST(HfCheckpoint, IndexNamesOnlyFilesOfTheFolder) {
             "'index.json': tensor 'a' maps to 3, not a file name");
   EXPECT_EQ(error(R"({"weight_map": []})"),
             "'index.json' has no \"weight_map\" object");
+  // A number past a double's range threw an exception that was not
+  // caught (the safetensors fuzz target's find).
+  EXPECT_EQ(error(R"({"metadata": {"total_size": 1e999}, "weight_map": {}})"),
+            "'index.json' cannot be read: [json.exception.out_of_range.406] "
+            "number overflow parsing '1e999'");
 }
 
 } // namespace

@@ -172,6 +172,10 @@ TEST(Safetensors, MalformedFilesAreRefused) {
             where + "tensors 'a' and 'b' overlap");
   EXPECT_NE(openError(rawFile(dir, "{\"w\": ", 0)).find("its header is not JSON"),
             std::string::npos);
+  EXPECT_EQ(openError(rawFile(dir, R"({"__metadata__": {"n": 1e999}})", 0)),
+            where + "its header cannot be read: "
+                    "[json.exception.out_of_range.406] number overflow "
+                    "parsing '1e999'");
   EXPECT_EQ(openError(rawFile(dir, "[1, 2]", 0)),
             where + "its header is not a JSON object");
   std::filesystem::remove_all(dir);
