@@ -33,7 +33,9 @@ config.environment["PYTHONPATH"] = os.path.join(config.moec_src_root, "python")
 llvm_config.with_system_environment(["HOME", "TMPDIR"])
 llvm_config.use_default_substitutions()
 llvm_config.add_tool_substitutions(
-    ["moec", "moec-opt", "moec-translate", "moec-unittests", "moert-info"], [config.moec_tools_dir])
+    ["moec", "moec-opt", "moec-translate", "moec-unittests", "moert-info",
+     "moec-fuzz-onnx-import", "moec-fuzz-training-job", "moec-fuzz-token-file",
+     "moec-fuzz-checkpoint", "moec-fuzz-safetensors"], [config.moec_tools_dir])
 llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
 
 
@@ -52,6 +54,10 @@ if python_has("tokenizers"):
 # torchtitan beside torch and transformers: the benchmark's torchtitan contender.
 if python_has("torchtitan") and python_has("torch") and python_has("transformers"):
     config.available_features.add("torchtitan")
+
+# The runtime's CUDA-side host code (checkpoints, the driver) was built.
+if config.moec_have_cuda:
+    config.available_features.add("moert-cuda")
 
 if shutil.which("nvcc") or os.path.exists("/usr/local/cuda/bin/nvcc"):
     config.available_features.add("nvcc")

@@ -5,16 +5,18 @@
 #   tools/fuzz.sh TARGET SECONDS [LIBFUZZER FLAGS...]
 #   tools/fuzz.sh all SECONDS      each target for SECONDS
 #
-# TARGET is onnx-import, training-job, token-file or checkpoint. The seed
-# corpus is made at run time from the test inputs (the bundled ONNX models,
-# the job configs, a token file and a checkpoint manifest) into
+# TARGET is onnx-import, training-job, token-file, checkpoint or
+# safetensors. The seed corpus is made at run time from the test inputs (the
+# bundled ONNX models, the job configs, a token file, a checkpoint manifest,
+# small safetensors files and the tiny checkpoint's index) into
 # build-fuzz/corpus/TARGET/seeds; what libFuzzer adds goes to
-# build-fuzz/corpus/TARGET/found and is kept between runs. A crash, hang or
-# sanitizer report stops the run with the input saved as
-# build-fuzz/crashes/TARGET-*; keep it as a regression test under test/.
+# build-fuzz/corpus/TARGET/found and is kept between runs. The regression
+# inputs kept under test/fuzz/TARGET run first. A crash, hang or sanitizer
+# report stops the run (exit status non-zero) with the input saved as
+# build-fuzz/crashes/TARGET-*; keep it under test/fuzz/TARGET once fixed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-targets=(onnx-import training-job token-file checkpoint)
+targets=(onnx-import training-job token-file checkpoint safetensors)
 if (($# < 2)); then
   echo "usage: $0 {${targets[*]// /|}|all} SECONDS [libFuzzer flags]" >&2
   exit 2
@@ -58,7 +60,34 @@ token-file)
   python3 -c "import struct,sys; sys.stdout.buffer.write(bytes([3,1]) + struct.pack('<8q', 0,1,2,3,257,5,6,7))" >"$seeds/two-blocks.bin"
   ;;
 checkpoint)
-  printf 'moec-checkpoint\t1\nstep\t3\nseed\t1234\nmesh\t1\t2\t1\nshard_bytes\t96\nparameter\tembed.weight\t4\t0\t32\t64\t2x4\t4x4\t0\t0\nshard\trank_0.shard\t96\t00000000deadbeef\nshard\trank_1.shard\t96\t0123456789abcdef\nend\n' >"$seeds/manifest.tsv"
+  printf 'moec-checkpoint\t1\nstep\t3\nseed\t1234\nskipped_steps\t1\nmesh\t1\t2\t1\nshard_bytes\t96\nparameter\tembed.weight\t4\t0\t32\t64\t2x4\t4x4\t0\t0\nshard\trank_0.shard\t96\t00000000deadbeef\nshard\trank_1.shard\t96\t0123456789abcdef\nend\n' >"$seeds/manifest.tsv"
+  ;;
+safetensors)
+  # Small files of the layout Hugging Face writes (8-byte length, JSON
+  # header padded with spaces, data), and the tiny checkpoint's index.
+  python3 - "$seeds" <<'PY'
+import json, struct, sys
+def write(name, tensors, meta=None):
+    header, data = {}, b""
+    if meta:
+        header["__metadata__"] = meta
+    for tensor, (dtype, shape, raw) in tensors.items():
+        header[tensor] = {"dtype": dtype, "shape": shape,
+                          "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(f"{sys.argv[1]}/{name}", "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + data)
+write("dtypes.safetensors", {
+    "model.embed_tokens.weight": ("F32", [2, 3], struct.pack("<6f", *range(6))),
+    "model.norm.weight": ("BF16", [3], struct.pack("<3H", 0x3f80, 0xc000, 0x7f80)),
+    "lm_head.weight": ("F16", [1, 2], struct.pack("<2H", 0x3c00, 0x7c00)),
+    "ids": ("I64", [2], struct.pack("<2q", -1, 7)),
+    "empty": ("F32", [0, 4], b"")}, {"format": "pt"})
+write("scalar.safetensors", {"s": ("U8", [], b"\x05")})
+PY
+  cp test/Inputs/hf/tiny/model.safetensors.index.json "$seeds/index.json"
   ;;
 esac
 
@@ -66,6 +95,9 @@ esac
 # for overflow (their annotations would disagree).
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_container_overflow=0:detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-exec $build/bin/moec-fuzz-$target "$corpus/found" "$seeds" \
+# The kept regression inputs (test/fuzz/TARGET) run first, as seeds.
+regressions=()
+[ -d "test/fuzz/$target" ] && regressions=("test/fuzz/$target")
+exec $build/bin/moec-fuzz-$target "$corpus/found" "$seeds" "${regressions[@]}" \
   -max_total_time="$seconds" -timeout=25 -rss_limit_mb=4096 \
   -artifact_prefix=$build/crashes/$target- -print_final_stats=1 "$@"

@@ -588,6 +588,14 @@ llvm::Error moec::checkImplemented(const TrainingJob &job,
     return error(fmt::format("{} {} is not implemented yet by {} ({})",
                              key.str(), value, who.str(), why.str()));
   };
+  // A key of the program's run, which `moec compile` cannot bake in.
+  auto atRunTime = [&](StringRef key, const std::string &value,
+                       StringRef programFlag) {
+    return error(fmt::format(
+        "{} {} is a setting of the program's run, not of its compilation: "
+        "give it to train_step when it runs ({} {})",
+        key.str(), value, programFlag.str(), value));
+  };
   auto flag = [](bool b) { return std::string(b ? "true" : "false"); };
   // Options no consumer implements yet.
   if (job.fp8)
@@ -597,9 +605,10 @@ llvm::Error moec::checkImplemented(const TrainingJob &job,
   // models the all-to-all dispatcher without a shuffle.
   if (consumer == JobConsumer::Plan) {
     if (job.keepOneRankCollectives)
-      return refuse("keep_one_rank_collectives", "true",
-                    "a one-rank group's collective moves nothing; plans "
-                    "count none");
+      return error("keep_one_rank_collectives true does not apply to moec "
+                   "plan: a one-rank group's collective moves nothing, so a "
+                   "plan is the same without it (moec compile and moec train "
+                   "take it)");
     if (!job.moeAllToAllDispatcher)
       return refuse("moe_all_to_all_dispatcher", "false",
                     "tokens are dispatched by all-to-all");
@@ -631,20 +640,19 @@ llvm::Error moec::checkImplemented(const TrainingJob &job,
                     "from the seed)");
     return llvm::Error::success();
   }
-  // The compiled programs take these when they run.
   if (!job.delayedParam)
     return refuse("delayed_param", flag(false),
                   "programs create their parameters from the seed");
+  // The compiled programs take these when they run.
   if (job.randomSeed != TrainingJob().randomSeed)
-    return refuse("random_seed", std::to_string(job.randomSeed),
-                  "the programs take it when they run: --seed");
+    return atRunTime("random_seed", std::to_string(job.randomSeed), "--seed");
   if (!job.checkpointDir.empty())
-    return refuse("checkpoint_dir", "'" + job.checkpointDir + "'",
-                  "train_step takes it when it runs: --checkpoint-dir");
+    return atRunTime("checkpoint_dir", "'" + job.checkpointDir + "'",
+                     "--checkpoint-dir");
   if (job.skipNonfiniteSteps != 0)
-    return refuse("skip_nonfinite_steps",
-                  std::to_string(job.skipNonfiniteSteps),
-                  "train_step takes it when it runs: --skip-nonfinite-steps");
+    return atRunTime("skip_nonfinite_steps",
+                     std::to_string(job.skipNonfiniteSteps),
+                     "--skip-nonfinite-steps");
   return llvm::Error::success();
 }
 

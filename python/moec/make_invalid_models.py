@@ -162,6 +162,34 @@ def matmul_output_dims():
                  [floats("proj.weight", [4, 5])])
 
 
+def matmul_output_rank():
+    # x [2, 3, 4] times proj.weight [4, 5] is [2, 3, 5]; y is declared
+    # [6, 5] (a mutant of this kind, raised, was a moe.linear that failed to
+    # verify: the importer fuzzer's find).
+    node = helper.make_node("MatMul", ["x", "proj.weight"], ["y"], name="proj")
+    return model([node], [tensor_info("x", FLOAT, [2, 3, 4])],
+                 [tensor_info("y", FLOAT, [6, 5])],
+                 [floats("proj.weight", [4, 5])])
+
+
+def matmul_batch_dims():
+    # x [2, 3, 4] times proj.weight [4, 5] is [2, 3, 5]; y is declared
+    # [7, 3, 5].
+    node = helper.make_node("MatMul", ["x", "proj.weight"], ["y"], name="proj")
+    return model([node], [tensor_info("x", FLOAT, [2, 3, 4])],
+                 [tensor_info("y", FLOAT, [7, 3, 5])],
+                 [floats("proj.weight", [4, 5])])
+
+
+def gemm_operand_rank():
+    # Gemm multiplies matrices; x is [2, 3, 4].
+    node = helper.make_node("Gemm", ["x", "proj.weight"], ["y"], name="proj",
+                            transB=1)
+    return model([node], [tensor_info("x", FLOAT, [2, 3, 4])],
+                 [tensor_info("y", FLOAT, [2, 5])],
+                 [floats("proj.weight", [5, 4])])
+
+
 def add_broadcast():
     node = helper.make_node("Add", ["a", "b"], ["y"], name="sum")
     return model([node],
@@ -431,6 +459,9 @@ MODELS: dict[str, Callable[[], object]] = {
     "local-function.onnx": local_function,
     "matmul-inner-dims.onnx": matmul_inner_dims,
     "matmul-output-dims.onnx": matmul_output_dims,
+    "matmul-output-rank.onnx": matmul_output_rank,
+    "matmul-batch-dims.onnx": matmul_batch_dims,
+    "gemm-operand-rank.onnx": gemm_operand_rank,
     "add-broadcast.onnx": add_broadcast,
     "parameter-dims.onnx": parameter_dims,
     "constant-dims.onnx": constant_dims,

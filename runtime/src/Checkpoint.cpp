@@ -6,6 +6,7 @@
 //   moec-checkpoint  1
 //   step             N
 //   seed             S
+//   skipped_steps    K   (non-finite steps skipped of the N; absent: 0)
 //   mesh             R  H  P
 //   shard_bytes      B
 //   parameter        NAME  ELEMENT_BYTES  OFFSET  EXP_AVG  EXP_AVG_SQ
@@ -144,10 +145,12 @@ BlockLayout moert::parameterLayout(const ParameterInfo &parameter) {
 }
 
 CheckpointManifest moert::checkpointManifest(const TrainProgram &program,
-                                             int64_t step, uint64_t seed) {
+                                             int64_t step, uint64_t seed,
+                                             int64_t skipped) {
   CheckpointManifest manifest;
   manifest.step = step;
   manifest.seed = seed;
+  manifest.skippedSteps = skipped;
   manifest.mesh = program.mesh;
   manifest.shardBytes = program.stateBytes - program.derivedStateBytes;
   for (int i = 0; i < program.numParameters; ++i) {
@@ -163,6 +166,7 @@ std::string moert::formatManifest(const CheckpointManifest &m) {
   std::string text = std::string(kFormat) + "\n";
   text += "step\t" + std::to_string(m.step) + "\n";
   text += "seed\t" + std::to_string(m.seed) + "\n";
+  text += "skipped_steps\t" + std::to_string(m.skippedSteps) + "\n";
   text += "mesh\t" + std::to_string(m.mesh.replicas) + "\t" +
           std::to_string(m.mesh.shard) + "\t" + std::to_string(m.mesh.expert) +
           "\n";
@@ -219,6 +223,9 @@ Status moert::parseManifest(const std::string &text, const std::string &file,
       m.seed = std::strtoull(f[1].c_str(), &end, 10);
       if (errno || *end || f[1].empty())
         return bad("bad seed '" + f[1] + "'");
+    } else if (key == "skipped_steps" && f.size() == 2 &&
+               parseInt(f[1], a) && a >= 0) {
+      m.skippedSteps = a;
     } else if (key == "mesh" && f.size() == 4 && parseInt(f[1], a) &&
                parseInt(f[2], b) && parseInt(f[3], c) && a > 0 && b > 0 &&
                c > 0 && a <= kMaxRanks / b && a * b <= kMaxRanks / c) {
@@ -263,6 +270,9 @@ Status moert::parseManifest(const std::string &text, const std::string &file,
     return bad("no 'end': the manifest is incomplete");
   if (!sawStep || !sawMesh || !sawBytes)
     return bad("step, mesh or shard_bytes missing");
+  if (m.skippedSteps > m.step)
+    return bad(std::to_string(m.skippedSteps) +
+               " skipped steps of only " + std::to_string(m.step));
   if (static_cast<int64_t>(m.shards.size()) != m.mesh.size())
     return bad(std::to_string(m.shards.size()) + " shards for a mesh of " +
                std::to_string(m.mesh.size()) + " ranks");

@@ -178,6 +178,41 @@ std::vector<HfPiece> moert::hfPieces(const std::string &name,
   return {{name, shape, zeros, shape}};
 }
 
+Status moert::parseSafetensorsIndex(
+    const std::string &text, const std::string &file,
+    std::map<std::string, std::set<std::string>> &listed) {
+  listed.clear();
+  const std::string where = "'" + file + "'";
+  nlohmann::json index;
+  try {
+    index = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error &e) {
+    return Status::failure(where + " is not JSON: " + e.what());
+  } catch (const nlohmann::json::exception &e) {
+    // A number past a double's range is not a parse_error (the fuzzer's
+    // find: it ended the process).
+    return Status::failure(where + " cannot be read: " + e.what());
+  }
+  if (!index.is_object() || !index.contains("weight_map") ||
+      !index["weight_map"].is_object())
+    return Status::failure(where + " has no \"weight_map\" object");
+  for (const auto &[tensor, value] : index["weight_map"].items()) {
+    if (!value.is_string())
+      return Status::failure(where + ": tensor '" + tensor + "' maps to " +
+                             value.dump() + ", not a file name");
+    const std::string name = value.get<std::string>();
+    // A NUL would end the name the system opens: another file.
+    if (name.empty() || name.find_first_of(std::string("/\0", 2)) !=
+                            std::string::npos ||
+        name == "." || name == "..")
+      return Status::failure(where + ": tensor '" + tensor + "' maps to " +
+                             value.dump() +
+                             ", not a file of the checkpoint's folder");
+    listed[name].insert(tensor);
+  }
+  return Status::success();
+}
+
 Status HfCheckpoint::open(const std::filesystem::path &dir,
                           std::unique_ptr<HfCheckpoint> &result) {
   auto checkpoint = std::unique_ptr<HfCheckpoint>(new HfCheckpoint);
@@ -190,29 +225,9 @@ Status HfCheckpoint::open(const std::filesystem::path &dir,
     std::string text;
     if (Status s = readText(indexPath, text); !s.ok())
       return s;
-    const std::string where = "'" + indexPath.string() + "'";
-    nlohmann::json index;
-    try {
-      index = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::parse_error &e) {
-      return Status::failure(where + " is not JSON: " + e.what());
-    }
-    if (!index.is_object() || !index.contains("weight_map") ||
-        !index["weight_map"].is_object())
-      return Status::failure(where + " has no \"weight_map\" object");
-    for (const auto &[tensor, file] : index["weight_map"].items()) {
-      if (!file.is_string())
-        return Status::failure(where + ": tensor '" + tensor +
-                               "' maps to " + file.dump() +
-                               ", not a file name");
-      const std::string name = file.get<std::string>();
-      if (name.empty() || name.find('/') != std::string::npos ||
-          name == "." || name == "..")
-        return Status::failure(where + ": tensor '" + tensor +
-                               "' maps to '" + name +
-                               "', not a file of the checkpoint's folder");
-      listed[name].insert(tensor);
-    }
+    if (Status s = parseSafetensorsIndex(text, indexPath.string(), listed);
+        !s.ok())
+      return s;
   } else if (std::filesystem::exists(dir / kSingleName, ec)) {
     listed[kSingleName];
   } else {

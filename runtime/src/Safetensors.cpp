@@ -27,6 +27,8 @@ namespace {
 /// A header longer than this is refused before it is read (the largest
 /// Hugging Face checkpoints have headers of a few hundred KiB).
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
+/// The most elements of one tensor (and of each dimension).
+constexpr uint64_t kMaxElements = 1ull << 48;
 
 /// The bytes per element of a safetensors dtype name, 0 for a name that is
 /// not one.
@@ -160,41 +162,15 @@ SafetensorsFile::~SafetensorsFile() {
     ::munmap(mapping, mappedBytes);
 }
 
-Status SafetensorsFile::open(const std::filesystem::path &path,
-                             std::unique_ptr<SafetensorsFile> &result) {
-  const std::string where = "'" + path.string() + "'";
+Status moert::parseSafetensors(const char *bytes, uint64_t fileBytes,
+                               const std::string &where,
+                               SafetensorsHeader &result) {
   auto refuse = [&](const std::string &why) {
     return Status::failure("safetensors file " + where + ": " + why);
   };
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return Status::failure("cannot open " + where + ": " +
-                           std::strerror(errno));
-  struct stat info;
-  if (::fstat(fd, &info) != 0) {
-    int error = errno;
-    ::close(fd);
-    return Status::failure("cannot stat " + where + ": " +
-                           std::strerror(error));
-  }
-  const uint64_t fileBytes = static_cast<uint64_t>(info.st_size);
-  if (fileBytes < 8) {
-    ::close(fd);
+  if (fileBytes < 8)
     return refuse("it has " + std::to_string(fileBytes) +
                   " bytes, fewer than the 8 of the header's length");
-  }
-  void *mapping = ::mmap(nullptr, fileBytes, PROT_READ, MAP_PRIVATE, fd, 0);
-  int mapError = errno;
-  ::close(fd);
-  if (mapping == MAP_FAILED)
-    return Status::failure("cannot map " + where + ": " +
-                           std::strerror(mapError));
-  std::unique_ptr<SafetensorsFile> file(new SafetensorsFile);
-  file->filePath = path;
-  file->mapping = mapping;
-  file->mappedBytes = fileBytes;
-  const char *bytes = static_cast<const char *>(mapping);
-
   uint64_t headerBytes = 0;
   for (int i = 7; i >= 0; --i)
     headerBytes = headerBytes << 8 | static_cast<unsigned char>(bytes[i]);
@@ -204,13 +180,18 @@ Status SafetensorsFile::open(const std::filesystem::path &path,
                   " bytes (or past " + std::to_string(kMaxHeaderBytes) +
                   "): truncated or not safetensors");
   const uint64_t dataBytes = fileBytes - 8 - headerBytes;
-  file->dataStart = bytes + 8 + headerBytes;
+  SafetensorsHeader file;
+  file.dataOffset = 8 + headerBytes;
 
   nlohmann::json header;
   try {
     header = nlohmann::json::parse(bytes + 8, bytes + 8 + headerBytes);
   } catch (const nlohmann::json::parse_error &e) {
     return refuse(std::string("its header is not JSON: ") + e.what());
+  } catch (const nlohmann::json::exception &e) {
+    // A number past a double's range is not a parse_error (the fuzzer's
+    // find: it ended the process).
+    return refuse(std::string("its header cannot be read: ") + e.what());
   }
   if (!header.is_object())
     return refuse("its header is not a JSON object");
@@ -221,7 +202,7 @@ Status SafetensorsFile::open(const std::filesystem::path &path,
       for (const auto &[key, text] : value.items()) {
         if (!text.is_string())
           return refuse("'__metadata__' entry '" + key + "' is not a string");
-        file->meta[key] = text.get<std::string>();
+        file.metadata[key] = text.get<std::string>();
       }
       continue;
     }
@@ -239,17 +220,25 @@ Status SafetensorsFile::open(const std::filesystem::path &path,
     if (!shape.is_array())
       return refuse(tensor + " has shape " + shape.dump() +
                     ", not a list of sizes");
-    uint64_t count = 1;
+    bool empty = false;
     for (const nlohmann::json &size : shape) {
-      if (!size.is_number_unsigned() ||
-          size.get<uint64_t>() > (1ull << 48))
+      if (!size.is_number_unsigned() || size.get<uint64_t>() > kMaxElements)
         return refuse(tensor + " has shape " + shape.dump() +
                       ", not a list of sizes");
       entry.shape.push_back(size.get<int64_t>());
-      count *= size.get<uint64_t>();
-      if (count > (1ull << 48))
+      empty |= entry.shape.back() == 0;
+    }
+    // The element count, at most kMaxElements: checked before each
+    // product, which could wrap past 2^64 and pass (a shape of
+    // [2^32, 2^32] with no data bytes did).
+    uint64_t count = empty ? 0 : 1;
+    for (int64_t size : entry.shape) {
+      if (empty)
+        break;
+      if (count > kMaxElements / static_cast<uint64_t>(size))
         return refuse(tensor + " has shape " + shape.dump() +
-                      ": too many elements");
+                      ": more than 2^48 elements");
+      count *= static_cast<uint64_t>(size);
     }
     if (!offsets.is_array() || offsets.size() != 2 ||
         !offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned())
@@ -270,18 +259,57 @@ Status SafetensorsFile::open(const std::filesystem::path &path,
                     " data bytes, but " + entry.dtype + " " +
                     shapeList(entry.shape) + " needs " +
                     std::to_string(expected));
-    file->tensors.emplace(name, std::move(entry));
+    file.entries.emplace(name, std::move(entry));
   }
   // No two tensors share bytes.
   std::vector<std::pair<uint64_t, const std::string *>> starts;
-  for (const auto &[name, entry] : file->tensors)
+  for (const auto &[name, entry] : file.entries)
     if (entry.end > entry.begin)
       starts.push_back({entry.begin, &name});
   std::sort(starts.begin(), starts.end());
   for (size_t i = 1; i < starts.size(); ++i)
-    if (file->tensors[*starts[i - 1].second].end > starts[i].first)
+    if (file.entries.at(*starts[i - 1].second).end > starts[i].first)
       return refuse("tensors '" + *starts[i - 1].second + "' and '" +
                     *starts[i].second + "' overlap");
+  result = std::move(file);
+  return Status::success();
+}
+
+Status SafetensorsFile::open(const std::filesystem::path &path,
+                             std::unique_ptr<SafetensorsFile> &result) {
+  const std::string where = "'" + path.string() + "'";
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return Status::failure("cannot open " + where + ": " +
+                           std::strerror(errno));
+  struct stat info;
+  if (::fstat(fd, &info) != 0) {
+    int error = errno;
+    ::close(fd);
+    return Status::failure("cannot stat " + where + ": " +
+                           std::strerror(error));
+  }
+  const uint64_t fileBytes = static_cast<uint64_t>(info.st_size);
+  if (fileBytes < 8) {
+    ::close(fd);
+    SafetensorsHeader unused;
+    return parseSafetensors("", fileBytes, where, unused);
+  }
+  void *mapping = ::mmap(nullptr, fileBytes, PROT_READ, MAP_PRIVATE, fd, 0);
+  int mapError = errno;
+  ::close(fd);
+  if (mapping == MAP_FAILED)
+    return Status::failure("cannot map " + where + ": " +
+                           std::strerror(mapError));
+  std::unique_ptr<SafetensorsFile> file(new SafetensorsFile);
+  file->filePath = path;
+  file->mapping = mapping;
+  file->mappedBytes = fileBytes;
+  const char *bytes = static_cast<const char *>(mapping);
+  if (Status s = parseSafetensors(bytes, fileBytes, where, file->header);
+      !s.ok())
+    return s;
+  file->dataStart = bytes + file->header.dataOffset;
   result = std::move(file);
   return Status::success();
 }

@@ -494,12 +494,17 @@ int runRank(const TrainProgram &p, const Options &o,
     firstStep = resume->manifest.step + 1;
     seed = resume->manifest.seed;
     if (leader)
-      std::printf("resumed from '%s' after step %lld%s\n",
+      std::printf("resumed from '%s' after step %lld%s%s\n",
                   resume->folder.c_str(),
                   static_cast<long long>(resume->manifest.step),
                   resume->kind == ResumeKind::Reshard
                       ? (", resharded from the mesh " +
                          meshText(resume->manifest.mesh))
+                            .c_str()
+                      : "",
+                  resume->manifest.skippedSteps
+                      ? (", " + std::to_string(resume->manifest.skippedSteps) +
+                         " of them skipped as non-finite")
                             .c_str()
                       : "");
   } else if (initFrom) {
@@ -514,6 +519,11 @@ int runRank(const TrainProgram &p, const Options &o,
   }
   p.setup(state, arena, inputs);
   MOERT_CUDA_CHECK(cudaGetLastError());
+
+  // The skipped non-finite steps go on from the checkpoint's count: the
+  // AdamW step numbers and what is left of --skip-nonfinite-steps.
+  NonfiniteSteps nonfinite(o.skipNonfiniteSteps,
+                           resume ? resume->manifest.skippedSteps : 0);
 
   auto save = [&](int64_t completed) {
     std::vector<char> host(savedBytes);
@@ -530,7 +540,8 @@ int runRank(const TrainProgram &p, const Options &o,
                     : std::vector<std::pair<int64_t, uint64_t>>{written};
     if (!leader)
       return;
-    CheckpointManifest manifest = checkpointManifest(p, completed, seed);
+    CheckpointManifest manifest =
+        checkpointManifest(p, completed, seed, nonfinite.skippedSteps());
     for (int r = 0; r < place.worldSize; ++r)
       manifest.shards.push_back({"rank_" + std::to_string(r) + ".shard",
                                  all[r].first, all[r].second});
@@ -579,7 +590,6 @@ int runRank(const TrainProgram &p, const Options &o,
   if (!o.simulateRanks)
     setGraphMode(o.noGraphs || o.checkNumerics ? GraphMode::Off
                                                : GraphMode::Warmup);
-  NonfiniteSteps nonfinite(o.skipNonfiniteSteps);
   for (int64_t t = firstStep; t <= lastStep; ++t) {
     if (t > firstStep && graphMode() == GraphMode::Warmup)
       setGraphMode(GraphMode::Replay);

@@ -15,12 +15,14 @@
 //===----------------------------------------------------------------------===//
 
 #include "moert/Checkpoint.h"
+#include "moert/NonfiniteSteps.h"
 
 #include <gtest/gtest.h>
 
 #include <csignal>
 #include <cstring>
 #include <fstream>
+#include <limits>
 
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -60,8 +62,10 @@ struct TinyProgram {
 
 /// Writes and commits the one-rank checkpoint of `tiny` after `step`.
 Status saveTiny(const std::filesystem::path &dir, const TinyProgram &tiny,
-                int64_t step, uint64_t seed, const std::vector<char> &state) {
-  CheckpointManifest manifest = checkpointManifest(tiny.program, step, seed);
+                int64_t step, uint64_t seed, const std::vector<char> &state,
+                int64_t skipped = 0) {
+  CheckpointManifest manifest =
+      checkpointManifest(tiny.program, step, seed, skipped);
   CheckpointShard shard;
   if (Status s = writeCheckpointShard(dir, step, 0, state.data(),
                                       static_cast<int64_t>(state.size()), shard);
@@ -99,7 +103,8 @@ TEST(Checkpoint, WrittenStateIsFoundAndReadBack) {
   std::snprintf(hex, sizeof(hex), "%016llx",
                 static_cast<unsigned long long>(checksum(state.data(), 120)));
   EXPECT_EQ(readText(dir / "step_5" / "manifest.tsv"),
-            "moec-checkpoint\t1\nstep\t5\nseed\t1234\nmesh\t1\t1\t1\n"
+            "moec-checkpoint\t1\nstep\t5\nseed\t1234\nskipped_steps\t0\n"
+            "mesh\t1\t1\t1\n"
             "shard_bytes\t120\n"
             "parameter\tw\t4\t0\t24\t48\t2x3\t2x3\t-1\t0\n"
             "parameter\tb\t4\t72\t88\t104\t4\t4\t-1\t0\n"
@@ -121,6 +126,59 @@ TEST(Checkpoint, WrittenStateIsFoundAndReadBack) {
   ASSERT_TRUE(saveTiny(dir, tiny, 6, 1234, state).ok());
   ASSERT_TRUE(resumeTiny(dir, tiny, manifest, back).ok());
   EXPECT_EQ(manifest.step, 6);
+}
+
+// --skip-nonfinite-steps 1: step 2 of a run is skipped, the run saves after
+// step 3 and is resumed; the resumed run feeds AdamW the step numbers of
+// the applied updates and stops at its next non-finite step (a budget
+// started again would skip it). The driver builds its NonfiniteSteps from
+// the manifest the same way (runtime/src/TrainDriver.cpp).
+TEST(Checkpoint, SkippedStepsGoOnAfterAResume) {
+  TinyProgram tiny;
+  std::vector<char> state(120, 3);
+  std::filesystem::path dir = freshDir("skipped");
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  std::string message;
+  NonfiniteSteps run(1);
+  EXPECT_EQ(run.decide(1, 5.5, 0.7, message), NonfiniteSteps::Outcome::Finite);
+  EXPECT_EQ(run.decide(2, nan, nan, message), NonfiniteSteps::Outcome::Skipped);
+  EXPECT_EQ(run.adamwStep(3), 2);
+  EXPECT_EQ(run.decide(3, 5.4, 0.6, message), NonfiniteSteps::Outcome::Finite);
+  ASSERT_TRUE(saveTiny(dir, tiny, 3, 1234, state, run.skippedSteps()).ok());
+  EXPECT_NE(readText(dir / "step_3" / "manifest.tsv")
+                .find("\nskipped_steps\t1\n"),
+            std::string::npos);
+
+  CheckpointManifest manifest;
+  std::vector<char> back;
+  Status resumed = resumeTiny(dir, tiny, manifest, back);
+  ASSERT_TRUE(resumed.ok()) << resumed.message();
+  EXPECT_EQ(manifest.skippedSteps, 1);
+  NonfiniteSteps after(1, manifest.skippedSteps);
+  EXPECT_EQ(after.adamwStep(4), 3); // two updates applied, not three
+  EXPECT_EQ(after.decide(4, 5.3, 0.5, message),
+            NonfiniteSteps::Outcome::Finite);
+  EXPECT_EQ(after.decide(5, nan, nan, message), NonfiniteSteps::Outcome::Stop);
+  EXPECT_EQ(message, "step 5: non-finite loss and grad_norm (loss nan, "
+                     "grad_norm nan); 1 skipped already, the most "
+                     "--skip-nonfinite-steps 1 allows; stopping");
+
+  // A manifest written before the count was recorded reads as 0 skipped.
+  std::string text = readText(dir / "step_3" / "manifest.tsv");
+  text.erase(text.find("skipped_steps"), std::string("skipped_steps\t1\n").size());
+  ASSERT_TRUE(parseManifest(text, "M", manifest).ok());
+  EXPECT_EQ(manifest.skippedSteps, 0);
+  EXPECT_EQ(manifest.step, 3);
+  // More skipped steps than steps, or fewer than none, is not a manifest.
+  std::string more = formatManifest(manifest);
+  more.replace(more.find("skipped_steps\t0"), 15, "skipped_steps\t4");
+  EXPECT_EQ(parseManifest(more, "M", manifest).message(),
+            "checkpoint manifest 'M', line 10: 4 skipped steps of only 3");
+  more.replace(more.find("skipped_steps\t4"), 15, "skipped_steps\t-1");
+  EXPECT_EQ(parseManifest(more, "M", manifest).message(),
+            "checkpoint manifest 'M', line 4: unknown or malformed record "
+            "'skipped_steps'");
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Checkpoint, ChecksumIsFnv1a) {
@@ -153,7 +211,7 @@ TEST(Checkpoint, ManifestRoundTripsAndRefusesCutOrMalformedText) {
 
   std::string cut = text.substr(0, text.size() - 4); // no "end"
   EXPECT_EQ(parseManifest(cut, "M", back).message(),
-            "checkpoint manifest 'M', line 10: no 'end': the manifest is "
+            "checkpoint manifest 'M', line 11: no 'end': the manifest is "
             "incomplete");
   EXPECT_EQ(parseManifest("moec-checkpoint\t2\n", "M", back).message(),
             "checkpoint manifest 'M', line 1: not a moec checkpoint manifest "
@@ -162,14 +220,14 @@ TEST(Checkpoint, ManifestRoundTripsAndRefusesCutOrMalformedText) {
   fewer.erase(fewer.find("shard\trank_3"), fewer.find("end") -
                                                fewer.find("shard\trank_3"));
   EXPECT_EQ(parseManifest(fewer, "M", back).message(),
-            "checkpoint manifest 'M', line 10: 3 shards for a mesh of 4 ranks");
+            "checkpoint manifest 'M', line 11: 3 shards for a mesh of 4 ranks");
   std::string outside = text;
   outside.replace(outside.find("96\n"), 3, "40\n");
   EXPECT_EQ(parseManifest(outside, "M", back).message(),
-            "checkpoint manifest 'M', line 11: parameter 'experts.w' lies "
+            "checkpoint manifest 'M', line 12: parameter 'experts.w' lies "
             "outside the shard's 40 bytes");
   EXPECT_EQ(parseManifest(text + "step\t4\n", "M", back).message(),
-            "checkpoint manifest 'M', line 12: text after 'end'");
+            "checkpoint manifest 'M', line 13: text after 'end'");
 }
 
 // Sizes whose products overflow int64 (found by reading what the

@@ -209,4 +209,36 @@ TEST(HfCheckpoint, MismatchesAreNamed) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(HfCheckpoint, IndexNamesOnlyFilesOfTheFolder) {
+  std::map<std::string, std::set<std::string>> listed;
+  ASSERT_TRUE(parseSafetensorsIndex(
+                  R"({"metadata": {}, "weight_map": {"a": "m-1.safetensors",
+                      "b": "m-2.safetensors", "c": "m-1.safetensors"}})",
+                  "index.json", listed)
+                  .ok());
+  EXPECT_EQ(listed, (std::map<std::string, std::set<std::string>>{
+                        {"m-1.safetensors", {"a", "c"}},
+                        {"m-2.safetensors", {"b"}}}));
+  auto error = [&](const std::string &text) {
+    Status status = parseSafetensorsIndex(text, "index.json", listed);
+    return status.ok() ? "" : status.message();
+  };
+  EXPECT_EQ(error(R"({"weight_map": {"a": "../m.safetensors"}})"),
+            "'index.json': tensor 'a' maps to \"../m.safetensors\", not a "
+            "file of the checkpoint's folder");
+  // A NUL would cut the name the system opens to another file's.
+  EXPECT_EQ(error(R"({"weight_map": {"a": "m.safetensors\u0000x"}})"),
+            "'index.json': tensor 'a' maps to \"m.safetensors\\u0000x\", not "
+            "a file of the checkpoint's folder");
+  EXPECT_EQ(error(R"({"weight_map": {"a": 3}})"),
+            "'index.json': tensor 'a' maps to 3, not a file name");
+  EXPECT_EQ(error(R"({"weight_map": []})"),
+            "'index.json' has no \"weight_map\" object");
+  // A number past a double's range threw an exception that was not
+  // caught (the safetensors fuzz target's find).
+  EXPECT_EQ(error(R"({"metadata": {"total_size": 1e999}, "weight_map": {}})"),
+            "'index.json' cannot be read: [json.exception.out_of_range.406] "
+            "number overflow parsing '1e999'");
+}
+
 } // namespace

@@ -155,12 +155,27 @@ TEST(Safetensors, MalformedFilesAreRefused) {
             where + "tensor 'w' has dtype \"Q4\", not a safetensors dtype");
   EXPECT_EQ(openError(rawFile(dir, R"({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}})", 4)),
             where + "tensor 'w' has shape [-1], not a list of sizes");
+  // The element count's product is checked before it is taken: 2^32 x 2^32
+  // wrapped to 0 elements, and the tensor passed with no data bytes.
+  EXPECT_EQ(openError(rawFile(dir, R"({"w": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 0]}})", 0)),
+            where + "tensor 'w' has shape [4294967296,4294967296]: more than "
+                    "2^48 elements");
+  EXPECT_EQ(openError(rawFile(dir, R"({"w": {"dtype": "F32", "shape": [281474976710656, 2], "data_offsets": [0, 0]}})", 0)),
+            where + "tensor 'w' has shape [281474976710656,2]: more than "
+                    "2^48 elements");
+  // A zero extent makes any shape empty.
+  EXPECT_EQ(openError(rawFile(dir, R"({"w": {"dtype": "F32", "shape": [281474976710656, 0], "data_offsets": [0, 0]}})", 0)),
+            "");
   EXPECT_EQ(openError(rawFile(dir, R"({"w": {"dtype": "F32", "shape": [1]}})", 4)),
             where + "tensor 'w' lacks dtype, shape or data_offsets");
   EXPECT_EQ(openError(rawFile(dir, R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})", 12)),
             where + "tensors 'a' and 'b' overlap");
   EXPECT_NE(openError(rawFile(dir, "{\"w\": ", 0)).find("its header is not JSON"),
             std::string::npos);
+  EXPECT_EQ(openError(rawFile(dir, R"({"__metadata__": {"n": 1e999}})", 0)),
+            where + "its header cannot be read: "
+                    "[json.exception.out_of_range.406] number overflow "
+                    "parsing '1e999'");
   EXPECT_EQ(openError(rawFile(dir, "[1, 2]", 0)),
             where + "its header is not a JSON object");
   std::filesystem::remove_all(dir);

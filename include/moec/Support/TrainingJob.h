@@ -237,8 +237,11 @@ enum class JobConsumer {
 };
 
 /// Fails on the first option `consumer` reads but does not implement yet,
-/// naming it and its value: "world_size 2 is not implemented yet by moec
-/// compile (one GPU only)".
+/// naming it and its value ("fp8 true is not implemented yet by moec
+/// compile (bf16 and fp32 only)"), or that does not apply to it: a key of
+/// the program's run given to `moec compile` ("... is a setting of the
+/// program's run, not of its compilation: give it to train_step when it
+/// runs (--seed 7)"), keep_one_rank_collectives given to `moec plan`.
 llvm::Error checkImplemented(const TrainingJob &job, JobConsumer consumer);
 
 /// The job's command-line flags: `--config` and one flag per key, named like

@@ -24,6 +24,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <optional>
 
 using namespace mlir;
 using namespace mlir::moe;
@@ -127,6 +128,42 @@ int64_t broadcastIndex(const Shape &idx, const Shape &shape) {
     if (shape[i] != 1)
       flat += idx[i + offset] * strides[i];
   return flat;
+}
+
+/// The flat index, in an operand, of each flat index of a result of shape
+/// `out` whose multi-index (i_0, ...) reads the operand at sum(i_d *
+/// strides[d]); no vector per element, unlike unflatten: the elementwise
+/// operators and Transpose map every element, and the raising evaluates
+/// them on each candidate subgraph (under AddressSanitizer those
+/// allocations took half of the importer fuzz target's time).
+class StridedIndex {
+public:
+  StridedIndex(Shape out, Shape strides)
+      : out(std::move(out)), strides(std::move(strides)) {}
+  int64_t operator()(int64_t flat) const {
+    int64_t index = 0;
+    for (int64_t d = static_cast<int64_t>(out.size()) - 1; d >= 0; --d) {
+      if (out[d] == 0)
+        return 0;
+      index += flat % out[d] * strides[d];
+      flat /= out[d];
+    }
+    return index;
+  }
+
+private:
+  Shape out, strides;
+};
+
+/// broadcastIndex(unflatten(flat, out), in) for an operand of shape `in`
+/// broadcast (right-aligned) to `out`, of at least its rank.
+StridedIndex broadcastFrom(const Shape &in, const Shape &out) {
+  Shape inStrides = stridesOf(in), strides(out.size(), 0);
+  size_t offset = out.size() - in.size();
+  for (size_t i = 0; i < in.size(); ++i)
+    if (in[i] != 1)
+      strides[i + offset] = inStrides[i];
+  return StridedIndex(out, strides);
 }
 
 int64_t normalizeAxis(int64_t axis, int64_t rank) {
@@ -458,12 +495,10 @@ bool combineElements(NodeEval &n, bool logical,
   const HostTensor &a = *n.in[0], &b = *n.in[1];
   bool outFloat = !logical && (a.isFloat() || b.isFloat());
   HostTensor out = like(outFloat, shape);
-  for (int64_t i = 0; i < out.numElements(); ++i) {
-    Shape idx = unflatten(i, shape);
-    put(out, i,
-        combine(at(a, broadcastIndex(idx, a.shape)),
-                at(b, broadcastIndex(idx, b.shape)), outFloat));
-  }
+  StridedIndex fromA = broadcastFrom(a.shape, shape),
+               fromB = broadcastFrom(b.shape, shape);
+  for (int64_t i = 0; i < out.numElements(); ++i)
+    put(out, i, combine(at(a, fromA(i)), at(b, fromB(i)), outFloat));
   return n.result(std::move(out));
 }
 
@@ -549,13 +584,13 @@ bool evaluateWhere(NodeEval &n) {
     return false;
   const HostTensor &condition = *n.in[0], &a = *n.in[1], &b = *n.in[2];
   HostTensor out = like(a.isFloat() || b.isFloat(), shape);
-  for (int64_t i = 0; i < out.numElements(); ++i) {
-    Shape idx = unflatten(i, shape);
-    bool pick = at(condition, broadcastIndex(idx, condition.shape)) != 0.0;
+  StridedIndex fromCondition = broadcastFrom(condition.shape, shape),
+               fromA = broadcastFrom(a.shape, shape),
+               fromB = broadcastFrom(b.shape, shape);
+  for (int64_t i = 0; i < out.numElements(); ++i)
     put(out, i,
-        pick ? at(a, broadcastIndex(idx, a.shape))
-             : at(b, broadcastIndex(idx, b.shape)));
-  }
+        at(condition, fromCondition(i)) != 0.0 ? at(a, fromA(i))
+                                               : at(b, fromB(i)));
   return n.result(std::move(out));
 }
 
@@ -652,8 +687,9 @@ bool evaluateExpand(NodeEval &n) {
   if (!broadcastShapes(x.shape, intValues(*n.in[1]), shape, n.error))
     return false;
   HostTensor out = like(x.isFloat(), shape);
+  StridedIndex fromX = broadcastFrom(x.shape, shape);
   for (int64_t i = 0; i < out.numElements(); ++i)
-    copyElement(x, broadcastIndex(unflatten(i, shape), x.shape), out, i);
+    copyElement(x, fromX(i), out, i);
   return n.result(std::move(out));
 }
 
@@ -767,14 +803,12 @@ bool evaluateTranspose(NodeEval &n) {
   for (int64_t i = 0; i < rank; ++i)
     shape[i] = x.shape[perm[i]];
   HostTensor out = like(x.isFloat(), shape);
-  Shape strides = stridesOf(x.shape);
-  for (int64_t i = 0; i < out.numElements(); ++i) {
-    Shape idx = unflatten(i, shape);
-    int64_t src = 0;
-    for (int64_t d = 0; d < rank; ++d)
-      src += idx[d] * strides[perm[d]];
-    copyElement(x, src, out, i);
-  }
+  Shape strides = stridesOf(x.shape), permuted(rank);
+  for (int64_t d = 0; d < rank; ++d)
+    permuted[d] = strides[perm[d]];
+  StridedIndex from(shape, permuted);
+  for (int64_t i = 0; i < out.numElements(); ++i)
+    copyElement(x, from(i), out, i);
   return n.result(std::move(out));
 }
 
@@ -934,17 +968,31 @@ bool evaluateGemm(NodeEval &n) {
             static_cast<float>(at(t, i * t.shape[1] + j));
     return r;
   };
+  if (n.in[0]->shape.size() != 2 || n.in[1]->shape.size() != 2)
+    return n.fail(fmt::format("Gemm of shapes {} and {} needs matrices",
+                              n.in[0]->shapeString(),
+                              n.in[1]->shapeString()));
   HostTensor a = n.intAttr("transA", 0) ? transposed(*n.in[0]) : *n.in[0];
   HostTensor b = n.intAttr("transB", 0) ? transposed(*n.in[1]) : *n.in[1];
   HostTensor out;
   if (!matmul(a, b, out, n.error))
     return false;
+  // C broadcasts to the product's shape, not the other way.
+  std::optional<StridedIndex> fromC;
+  if (n.in.size() > 2) {
+    Shape both;
+    if (!broadcastShapes(n.in[2]->shape, out.shape, both, n.error) ||
+        both != out.shape)
+      return n.fail(fmt::format("Gemm's C {} does not broadcast to the "
+                                "product's {}",
+                                n.in[2]->shapeString(), out.shapeString()));
+    fromC = broadcastFrom(n.in[2]->shape, out.shape);
+  }
   double alpha = n.floatAttr("alpha", 1.0), beta = n.floatAttr("beta", 1.0);
   for (int64_t i = 0; i < out.numElements(); ++i) {
     double v = alpha * out.f32[i];
-    if (n.in.size() > 2)
-      v += beta * at(*n.in[2],
-                     broadcastIndex(unflatten(i, out.shape), n.in[2]->shape));
+    if (fromC)
+      v += beta * at(*n.in[2], (*fromC)(i));
     out.f32[i] = static_cast<float>(v);
   }
   return n.result(std::move(out));

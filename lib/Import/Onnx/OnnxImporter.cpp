@@ -32,6 +32,8 @@
 #include <google/protobuf/io/coded_stream.h>
 #include <onnx/onnx_pb.h>
 
+#include <algorithm>
+
 using namespace mlir;
 using namespace moec;
 
@@ -428,11 +430,38 @@ LogicalResult GraphImporter::checkShapes(const onnx::NodeProto &node,
                << "inconsistent shapes: inner dimensions " << k1 << " (of '"
                << node.input(0) << "') and " << k2 << " (of '"
                << node.input(1) << "') differ";
-      // The declared result's last two dimensions are the product's.
+      // The declared result's rank and last two dimensions are the
+      // product's.
       auto result = resultTypes.empty()
                         ? RankedTensorType()
                         : dyn_cast<RankedTensorType>(resultTypes.front());
-      if (result && result.getRank() >= 2) {
+      const int64_t rank = static_cast<int64_t>(std::max(a.size(), b.size()));
+      if (result && result.getRank() != rank)
+        return nodeError(node, loc)
+               << "inconsistent shapes: output '" << node.output(0)
+               << "' is declared of rank " << result.getRank()
+               << ", the product of '" << node.input(0) << "' (rank "
+               << a.size() << ") and '" << node.input(1) << "' (rank "
+               << b.size() << ") has rank " << rank;
+      // Batch dimensions: the operands' broadcast (right-aligned).
+      for (int64_t d = 0; result && d + 2 < rank; ++d) {
+        auto dimOf = [&](ArrayRef<int64_t> s) {
+          int64_t i = d - (rank - static_cast<int64_t>(s.size()));
+          return i < 0 ? int64_t{1} : s[i];
+        };
+        int64_t x = dimOf(a), y = dimOf(b), declared = result.getDimSize(d);
+        if (ShapedType::isDynamic(x) || ShapedType::isDynamic(y) ||
+            ShapedType::isDynamic(declared))
+          continue;
+        int64_t expected = x == 1 ? y : x;
+        if ((x != y && x != 1 && y != 1) || declared != expected)
+          return nodeError(node, loc)
+                 << "inconsistent shapes: output '" << node.output(0)
+                 << "' is declared " << declared << " in dimension " << d
+                 << ", where '" << node.input(0) << "' has " << x
+                 << " and '" << node.input(1) << "' has " << y;
+      }
+      if (result) {
         int64_t rows = a[a.size() - 2], cols = b.back();
         int64_t declaredRows = result.getShape()[result.getRank() - 2];
         int64_t declaredCols = result.getShape().back();
@@ -449,6 +478,23 @@ LogicalResult GraphImporter::checkShapes(const onnx::NodeProto &node,
                  << rows << "x" << cols;
       }
     }
+  }
+  // Gemm multiplies matrices (A and B possibly transposed) into a matrix.
+  if (op == "Gemm" && inputs.size() >= 2) {
+    for (int i = 0; i < 2; ++i)
+      if (auto t = dyn_cast<RankedTensorType>(inputs[i].getType());
+          t && t.getRank() != 2)
+        return nodeError(node, loc)
+               << "inconsistent shapes: Gemm's input '" << node.input(i)
+               << "' has rank " << t.getRank() << ", not a matrix";
+    auto result = resultTypes.empty()
+                      ? RankedTensorType()
+                      : dyn_cast<RankedTensorType>(resultTypes.front());
+    if (result && result.getRank() != 2)
+      return nodeError(node, loc)
+             << "inconsistent shapes: Gemm's output '" << node.output(0)
+             << "' is declared of rank " << result.getRank()
+             << ", not a matrix";
   }
   static const llvm::StringSet<> elementwise = {"Add", "Sub", "Mul", "Div",
                                                 "Pow", "Where", "Equal"};

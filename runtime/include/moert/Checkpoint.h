@@ -3,7 +3,8 @@
 // A checkpoint after N steps is the folder DIR/step_N: one file per rank,
 // rank_R.shard, holding that rank's state region but the derived bytes
 // (the bf16 parameter copies, recomputed on resume), and manifest.tsv,
-// written last by rank 0: the step, the seed, the mesh, every parameter's
+// written last by rank 0: the step, the seed, the non-finite steps skipped
+// so far (moert/NonfiniteSteps.h), the mesh, every parameter's
 // place in a shard and in the global parameter (held and global shape,
 // chunked dimension, expert split; moert/ParameterBlocks.h), and each
 // shard's size and 64-bit FNV-1a checksum. DIR/latest names the newest
@@ -65,16 +66,20 @@ struct CheckpointShard {
 struct CheckpointManifest {
   int64_t step = 0; ///< steps completed
   uint64_t seed = 0;
+  /// Of those steps, the non-finite ones skipped (their updates not
+  /// applied); 0 in a manifest written before it was recorded.
+  int64_t skippedSteps = 0;
   MeshShape mesh;
   int64_t shardBytes = 0; ///< of every shard: the state less derived bytes
   std::vector<CheckpointParameter> parameters;
   std::vector<CheckpointShard> shards; ///< by world rank
 };
 
-/// The manifest of `program`'s checkpoint after `step` steps, without its
-/// shards.
+/// The manifest of `program`'s checkpoint after `step` steps, `skipped` of
+/// them skipped as non-finite, without its shards.
 CheckpointManifest checkpointManifest(const TrainProgram &program,
-                                      int64_t step, uint64_t seed);
+                                      int64_t step, uint64_t seed,
+                                      int64_t skipped = 0);
 
 /// The block layout of `parameter` (a one-rank program's global shape is
 /// its shape).

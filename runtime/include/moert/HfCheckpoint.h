@@ -49,6 +49,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -67,6 +68,14 @@ struct HfPiece {
 /// one piece under its own name.
 std::vector<HfPiece> hfPieces(const std::string &name,
                               const std::vector<int64_t> &shape);
+
+/// model.safetensors.index.json's `text` (`file` names it in failures):
+/// `listed` gets each file its "weight_map" names, a file of the
+/// checkpoint's folder (no '/', not "." or ".."), with the tensors it
+/// places there; each tensor is in one file.
+Status parseSafetensorsIndex(
+    const std::string &text, const std::string &file,
+    std::map<std::string, std::set<std::string>> &listed);
 
 /// A model's parameter: its name and global shape.
 struct ModelParameter {

@@ -12,8 +12,10 @@
 // skipped and goes on, up to N of them; the next step's AdamW step number
 // is then the count of updates applied, so that bias correction counts
 // only those. Any other non-finite step stops the run: one more than N, or
-// a non-finite loss with a finite norm (its update was applied). Plain C++,
-// no CUDA.
+// a non-finite loss with a finite norm (its update was applied). The count
+// of skipped steps is saved in checkpoints (moert/Checkpoint.h), so that a
+// resumed run goes on with the same AdamW step numbers and what is left of
+// the same N. Plain C++, no CUDA.
 //
 //===----------------------------------------------------------------------===//
 
@@ -31,8 +33,10 @@ class NonfiniteSteps {
 public:
   enum class Outcome { Finite, Skipped, Stop };
 
-  /// A run that skips at most `allowed` non-finite steps.
-  explicit NonfiniteSteps(int64_t allowed) : allowed(allowed) {}
+  /// A run that skips at most `allowed` non-finite steps, `skippedBefore`
+  /// of them already (a resumed run: its checkpoint's count).
+  explicit NonfiniteSteps(int64_t allowed, int64_t skippedBefore = 0)
+      : allowed(allowed), skipped(skippedBefore) {}
 
   /// Decides 1-based step `t` from its loss and gradient norm; `message`
   /// says what was found (empty when both are finite).
@@ -86,7 +90,7 @@ private:
   }
 
   int64_t allowed;
-  int64_t skipped = 0;
+  int64_t skipped;
 };
 
 } // namespace moert

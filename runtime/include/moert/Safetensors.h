@@ -47,21 +47,38 @@ struct SafetensorsEntry {
   uint64_t begin = 0, end = 0; ///< byte offsets into the data section
 };
 
+/// What a safetensors file's header says, checked against the file.
+struct SafetensorsHeader {
+  uint64_t dataOffset = 0; ///< where the data starts: 8 + the header's length
+  std::map<std::string, SafetensorsEntry> entries;
+  std::map<std::string, std::string> metadata;
+};
+
+/// Reads and checks the header of the `size` bytes of a whole safetensors
+/// file at `bytes` (SafetensorsFile::open's checks; no byte of data is
+/// read); a failure names the file as `where`. A header that passes
+/// describes tensors of a known dtype, each of exactly its dtype's bytes
+/// times its shape's element count (at most 2^48), lying inside the data
+/// section, no two sharing a byte.
+Status parseSafetensors(const char *bytes, uint64_t size,
+                        const std::string &where, SafetensorsHeader &header);
+
 /// A safetensors file, memory-mapped for reading.
 class SafetensorsFile {
 public:
   ~SafetensorsFile();
 
-  /// Opens and checks `path` (header length, JSON, every entry's dtype,
-  /// shape and offsets against the file's size; entries may not overlap).
+  /// Opens and checks `path` (parseSafetensors).
   static Status open(const std::filesystem::path &path,
                      std::unique_ptr<SafetensorsFile> &file);
 
   const std::filesystem::path &path() const { return filePath; }
   const std::map<std::string, SafetensorsEntry> &entries() const {
-    return tensors;
+    return header.entries;
   }
-  const std::map<std::string, std::string> &metadata() const { return meta; }
+  const std::map<std::string, std::string> &metadata() const {
+    return header.metadata;
+  }
   /// The first byte of `entry`'s data (in the mapping).
   const char *data(const SafetensorsEntry &entry) const {
     return dataStart + entry.begin;
@@ -73,8 +90,7 @@ private:
   void *mapping = nullptr;
   size_t mappedBytes = 0;
   const char *dataStart = nullptr;
-  std::map<std::string, SafetensorsEntry> tensors;
-  std::map<std::string, std::string> meta;
+  SafetensorsHeader header;
 };
 
 /// A tensor to write: its name, dtype, shape and row-major bytes

@@ -323,11 +323,16 @@ TEST(TrainingJob, CompileRefusesWhatItDoesNotImplement) {
             "delayed_param false is not implemented yet by moec compile "
             "(programs create their parameters from the seed)");
   EXPECT_EQ(compileError("random_seed", "7"),
-            "random_seed 7 is not implemented yet by moec compile (the "
-            "programs take it when they run: --seed)");
+            "random_seed 7 is a setting of the program's run, not of its "
+            "compilation: give it to train_step when it runs (--seed 7)");
   EXPECT_EQ(compileError("checkpoint_dir", "ckpt"),
-            "checkpoint_dir 'ckpt' is not implemented yet by moec compile "
-            "(train_step takes it when it runs: --checkpoint-dir)");
+            "checkpoint_dir 'ckpt' is a setting of the program's run, not of "
+            "its compilation: give it to train_step when it runs "
+            "(--checkpoint-dir 'ckpt')");
+  EXPECT_EQ(compileError("skip_nonfinite_steps", "2"),
+            "skip_nonfinite_steps 2 is a setting of the program's run, not of "
+            "its compilation: give it to train_step when it runs "
+            "(--skip-nonfinite-steps 2)");
 }
 
 TEST(TrainingJob, TrainAndPlanImplementDifferentParts) {

@@ -265,4 +265,30 @@ TEST_F(OnnxEvaluatorTest, TransposeAndRangeOperandsAreChecked) {
       << error;
 }
 
+// Gemm read operands of any rank as matrices (transA of a vector read its
+// shape's second entry) and C of any shape (one that does not broadcast to
+// the product was read past its end).
+TEST_F(OnnxEvaluatorTest, GemmOperandsAreChecked) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%v: tensor<2xf32>, %m: tensor<2x2xf32>, %c: tensor<3xf32>, %r: tensor<2x1xf32>) -> (tensor<2x2xf32>, tensor<2x2xf32>, tensor<2x2xf32>) {
+      %a = moe.onnx_node "Gemm"(%v, %m) {transA = 1 : si64} : (tensor<2xf32>, tensor<2x2xf32>) -> tensor<2x2xf32> loc("g_1"("m.onnx":1:1))
+      %b = moe.onnx_node "Gemm"(%m, %m, %c) : (tensor<2x2xf32>, tensor<2x2xf32>, tensor<3xf32>) -> tensor<2x2xf32> loc("g_2"("m.onnx":2:1))
+      %d = moe.onnx_node "Gemm"(%m, %m, %r) {beta = 2.0 : f32} : (tensor<2x2xf32>, tensor<2x2xf32>, tensor<2x1xf32>) -> tensor<2x2xf32> loc("g_3"("m.onnx":3:1))
+      return %a, %b, %d : tensor<2x2xf32>, tensor<2x2xf32>, tensor<2x2xf32>
+    })mlir",
+                         {floats({2}, {1, 2}), floats({2, 2}, {1, 2, 3, 4}),
+                          floats({3}, {1, 1, 1}), floats({2, 1}, {10, 20})});
+  std::string error;
+  EXPECT_FALSE(returned(f, 0, error));
+  EXPECT_EQ(error, "Gemm of shapes [2] and [2, 2] needs matrices at node "
+                   "loc(\"g_1\"(\"m.onnx\":1:1))");
+  EXPECT_FALSE(returned(f, 1, error));
+  EXPECT_EQ(error, "Gemm's C [3] does not broadcast to the product's [2, 2] "
+                   "at node loc(\"g_2\"(\"m.onnx\":2:1))");
+  // A column C broadcasts along the rows: [[7, 10], [15, 22]] + 2 * C.
+  const HostTensor *d = returned(f, 2, error);
+  ASSERT_TRUE(d) << error;
+  EXPECT_EQ(d->f32, (std::vector<float>{27, 30, 55, 62}));
+}
+
 } // namespace
