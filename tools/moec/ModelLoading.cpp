@@ -166,6 +166,21 @@ bool moec::cli::loadParameter(const OnnxWeights &weights, func::FuncOp forward,
              "a permutation of the initializer's dimensions");
       out = reference::transpose(out, perm.asArrayRef());
     }
+    // An initializer stored in a wider type than the parameter's (fp32 in
+    // the file, cast to bf16 in the graph: moe-canonicalize-parameters made
+    // the parameter bf16) is rounded to it, as the graph's Cast does.
+    auto element = dyn_cast<FloatType>(
+        cast<ShapedType>(forward.getArgument(i).getType()).getElementType());
+    if (element && !element.isF32())
+      for (float &x : out.f32) {
+        llvm::APFloat value(x);
+        bool lost;
+        value.convert(element.getFloatSemantics(),
+                      llvm::APFloat::rmNearestTiesToEven, &lost);
+        value.convert(llvm::APFloat::IEEEsingle(),
+                      llvm::APFloat::rmNearestTiesToEven, &lost);
+        x = value.convertToFloat();
+      }
     return true;
   }
   return weights.load(name, out, error);

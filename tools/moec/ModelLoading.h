@@ -69,7 +69,9 @@ mlir::OwningOpRef<mlir::ModuleOp> loadModel(mlir::MLIRContext &context,
 /// Loads parameter `name` of `forward` from the model file's initializers
 /// `weights`: the initializer its `moe.initializer` names (by default
 /// `name`), transposed by its `moe.initializer_permutation`
-/// (moe-canonicalize-parameters). On failure returns false and sets `error`.
+/// (moe-canonicalize-parameters) and rounded to the parameter's element type
+/// where the initializer is stored wider. On failure returns false and sets
+/// `error`.
 bool loadParameter(const moec::OnnxWeights &weights, mlir::func::FuncOp forward,
                    llvm::StringRef name, moec::HostTensor &out,
                    std::string &error);
