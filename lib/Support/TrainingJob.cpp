@@ -79,7 +79,7 @@ struct EnumField {
   StringRef whenTrue = {}, whenFalse = {};
 };
 
-enum class Kind { Int, Number, Bool, Enum, String };
+enum class Kind { Int, Number, Bool, Enum, String, CustomOps };
 
 /// One key: where its value goes and what it may be.
 struct KeyInfo {
@@ -96,6 +96,8 @@ struct KeyInfo {
   EnumField enumField{};
   /// Another spelling of this canonical key.
   StringRef aliasOf;
+  /// Spelt only in configs: no flag, no pipeline option.
+  bool configOnly = false;
 };
 
 KeyInfo intKey(StringRef name, int64_t TrainingJob::*field, int64_t min,
@@ -130,6 +132,17 @@ KeyInfo stringKey(StringRef name, std::string TrainingJob::*field,
 KeyInfo enumKey(StringRef name, EnumField field, StringRef help) {
   KeyInfo k{name, Kind::Enum, help};
   k.enumField = field;
+  return k;
+}
+
+/// `custom_ops`, the only key of its kind; its flag is `--custom-op`.
+KeyInfo customOpsKey() {
+  KeyInfo k{"custom_ops", Kind::CustomOps,
+            "what ops of ONNX domains moec does not know stand for, "
+            "{\"DOMAIN::NAME\": \"grouped_matmul\"}, in the model the "
+            "command reads (a config key; the flag is --custom-op "
+            "DOMAIN::NAME=KIND, and the two merge)"};
+  k.configOnly = true;
   return k;
 }
 
@@ -267,6 +280,7 @@ const std::vector<KeyInfo> &keyTable() {
                   "save checkpoints here (and resume from here)"),
         stringKey("init_from", &J::initFrom,
                   "start from this Hugging Face Mixtral checkpoint folder"),
+        customOpsKey(),
     };
   }();
   return table;
@@ -310,6 +324,7 @@ std::string valueDescription(const KeyInfo &key) {
   case Kind::Number: return "number";
   case Kind::Bool: return "true|false";
   case Kind::String: return "string";
+  case Kind::CustomOps: return "{\"DOMAIN::NAME\": \"grouped_matmul\", ...}";
   case Kind::Enum:
     return llvm::join(key.enumField.names(), "|") +
            (key.enumField.whenTrue.empty() ? "" : "|true|false");
@@ -377,6 +392,37 @@ llvm::Error setValue(TrainingJob &job, const KeyInfo &key,
       return error(fmt::format("{} must be a string, not {}", name.str(),
                                show(value)));
     job.*key.stringField = s->str();
+    return llvm::Error::success();
+  }
+  case Kind::CustomOps: {
+    const json::Object *object = value.getAsObject();
+    if (!object)
+      return error(fmt::format("{} must be an object of \"DOMAIN::NAME\": "
+                               "\"KIND\" members, not {}",
+                               name.str(), show(value)));
+    // In name order, so that the first error is always the same one.
+    std::vector<StringRef> ops;
+    for (const auto &member : *object)
+      ops.push_back(member.first);
+    llvm::sort(ops);
+    std::vector<CustomOpMapping> mappings;
+    for (StringRef op : ops) {
+      const json::Value &kind = *object->get(op);
+      std::optional<StringRef> text = kind.getAsString();
+      if (!text)
+        return error(fmt::format("{} \"{}\" must be a kind (grouped_matmul), "
+                                 "not {}",
+                                 name.str(), op.str(), show(kind)));
+      llvm::Expected<CustomOpMapping> mapping = makeCustomOpMapping(op, *text);
+      if (!mapping)
+        return error(fmt::format("{} \"{}\": \"{}\": {}", name.str(),
+                                 op.str(), text->str(),
+                                 llvm::toString(mapping.takeError())));
+      mapping->origin = fmt::format("custom_ops {{\"{}\": \"{}\"}}",
+                                    op.str(), text->str());
+      mappings.push_back(std::move(*mapping));
+    }
+    job.customOps = std::move(mappings);
     return llvm::Error::success();
   }
   case Kind::Enum: {
@@ -454,6 +500,13 @@ llvm::json::Object TrainingJob::toJson() const {
     case Kind::Bool: object[key.name] = this->*key.boolField; break;
     case Kind::String: object[key.name] = this->*key.stringField; break;
     case Kind::Enum: object[key.name] = key.enumField.get(*this).str(); break;
+    case Kind::CustomOps: {
+      json::Object ops;
+      for (const CustomOpMapping &mapping : customOps)
+        ops[mapping.name()] = stringifyCustomOpKind(mapping.kind).str();
+      object[key.name] = std::move(ops);
+      break;
+    }
     }
   }
   return object;
@@ -464,7 +517,8 @@ llvm::ArrayRef<TrainingJobKey> moec::trainingJobKeys() {
     std::vector<TrainingJobKey> keys;
     for (const KeyInfo &key : keyTable())
       keys.push_back(TrainingJobKey{
-          key.name, flagSpelling(key.name), valueDescription(key),
+          key.name, key.configOnly ? std::string() : flagSpelling(key.name),
+          valueDescription(key),
           key.aliasOf.empty()
               ? key.help.str()
               : "the same as " + flagSpelling(key.aliasOf),
@@ -520,6 +574,16 @@ llvm::Error moec::setTrainingJobText(TrainingJob &job, llvm::StringRef name,
     if (text == "false")
       return setSpelledValue(job, name, false);
     return setSpelledValue(job, name, json::Value(text.str()));
+  case Kind::CustomOps: {
+    // The object as JSON spells it; anything else is kept as a string so
+    // that the error shows it.
+    llvm::Expected<json::Value> object = json::parse(text);
+    if (!object) {
+      llvm::consumeError(object.takeError());
+      return setSpelledValue(job, name, json::Value(text.str()));
+    }
+    return setSpelledValue(job, name, *object);
+  }
   case Kind::Enum:
   case Kind::String:
     return setSpelledValue(job, name, json::Value(text.str()));
@@ -674,10 +738,14 @@ TrainingJobFlags::TrainingJobFlags(
                "spell with dashes (the flags override it)"),
       cl::value_desc("train.json"), placement);
   for (const TrainingJobKey &key : trainingJobKeys())
-    flags.push_back(std::make_unique<cl::opt<std::string>>(
-        llvm::StringRef(key.flag), cl::desc(key.help),
-        cl::value_desc(key.valueDescription),
-        key.isBool ? cl::ValueOptional : cl::ValueRequired, placement));
+    flags.push_back(
+        key.flag.empty()
+            ? nullptr
+            : std::make_unique<cl::opt<std::string>>(
+                  llvm::StringRef(key.flag), cl::desc(key.help),
+                  cl::value_desc(key.valueDescription),
+                  key.isBool ? cl::ValueOptional : cl::ValueRequired,
+                  placement));
 }
 
 TrainingJobFlags::~TrainingJobFlags() = default;
@@ -688,12 +756,13 @@ llvm::Error TrainingJobFlags::read(TrainingJob &job) const {
       return err;
   llvm::ArrayRef<TrainingJobKey> keys = trainingJobKeys();
   for (auto [key, flag] : llvm::zip_equal(keys, flags)) {
-    if (!flag->getNumOccurrences())
+    if (!flag || !flag->getNumOccurrences())
       continue;
     if (!key.aliasOf.empty()) {
       // Both spellings on one command line must agree.
       for (auto [other, otherFlag] : llvm::zip_equal(keys, flags))
-        if (other.name == key.aliasOf && otherFlag->getNumOccurrences() &&
+        if (other.name == key.aliasOf && otherFlag &&
+            otherFlag->getNumOccurrences() &&
             otherFlag->getValue() != flag->getValue())
           return error(fmt::format(
               "--{} {} and --{} {} are one option with two values",
