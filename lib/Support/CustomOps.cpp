@@ -10,7 +10,8 @@ using namespace moec;
 
 llvm::StringRef moec::stringifyCustomOpKind(CustomOpKind kind) {
   switch (kind) {
-  case CustomOpKind::GroupedMatMul: return "grouped_matmul";
+  case CustomOpKind::GroupedMatMul:
+    return "grouped_matmul";
   }
   llvm_unreachable("unknown custom-op kind");
 }

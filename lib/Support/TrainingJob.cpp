@@ -200,8 +200,8 @@ const std::vector<KeyInfo> &keyTable() {
                "times micro_batch_size; more means gradient accumulation)"),
         boolKey("bf16", &J::bf16, "forward and backward in bf16"),
         enumKey("param_dtype",
-                enumField<ParamDtype, stringifyParamDtype,
-                          symbolizeParamDtype, &J::paramDtype, 2>(),
+                enumField<ParamDtype, stringifyParamDtype, symbolizeParamDtype,
+                          &J::paramDtype, 2>(),
                 "parameters, gradients and AdamW moments: fp32 (master "
                 "weights) or bf16 (needs bf16)"),
         boolKey("fp8", &J::fp8, "fp8 GEMMs"),
@@ -212,8 +212,8 @@ const std::vector<KeyInfo> &keyTable() {
                 "how the router balances tokens across experts"),
         numberKey("router_aux_loss_coef", &J::routerAuxLossCoef,
                   Bound::NonNegative, "weight of the load-balancing loss"),
-        numberKey("router_z_loss_coef", &J::routerZLossCoef,
-                  Bound::NonNegative, "weight of the router z-loss (0: off)"),
+        numberKey("router_z_loss_coef", &J::routerZLossCoef, Bound::NonNegative,
+                  "weight of the router z-loss (0: off)"),
         boolKey("moe_all_to_all_dispatcher", &J::moeAllToAllDispatcher,
                 "dispatch tokens by all-to-all (false: all-gather and "
                 "reduce-scatter)"),
@@ -242,19 +242,19 @@ const std::vector<KeyInfo> &keyTable() {
                 "them"),
         boolKey("keep_param_copies", &J::keepParamCopies,
                 "keep bf16 copies of fp32 masters across steps"),
-        enumKey("activation_checkpointing",
-                withBooleans(enumField<ActivationCheckpointing,
-                                       stringifyActivationCheckpointing,
-                                       symbolizeActivationCheckpointing,
-                                       &J::activationCheckpointing,
-                                       checkpointingPolicies>(),
-                             "full", "none"),
-                "what the backward recomputes: none, selective (norms, "
-                "rotary, element-wise work, the router), full (each decoder "
-                "layer from its input), auto (per layer, the least time "
-                "that fits memory_budget_gib); true means full, false none"),
-        numberKey("memory_budget_gib", &J::memoryBudgetGib,
-                  Bound::NonNegative,
+        enumKey(
+            "activation_checkpointing",
+            withBooleans(
+                enumField<ActivationCheckpointing,
+                          stringifyActivationCheckpointing,
+                          symbolizeActivationCheckpointing,
+                          &J::activationCheckpointing, checkpointingPolicies>(),
+                "full", "none"),
+            "what the backward recomputes: none, selective (norms, "
+            "rotary, element-wise work, the router), full (each decoder "
+            "layer from its input), auto (per layer, the least time "
+            "that fits memory_budget_gib); true means full, false none"),
+        numberKey("memory_budget_gib", &J::memoryBudgetGib, Bound::NonNegative,
                   "per-rank memory activation_checkpointing auto fits the "
                   "step into, GiB (0: the GPU's memory less 10%)"),
         boolKey("sm_activation_offloading", &J::smActivationOffloading,
@@ -324,7 +324,8 @@ std::string valueDescription(const KeyInfo &key) {
   case Kind::Number: return "number";
   case Kind::Bool: return "true|false";
   case Kind::String: return "string";
-  case Kind::CustomOps: return "{\"DOMAIN::NAME\": \"grouped_matmul\", ...}";
+  case Kind::CustomOps:
+    return "{\"DOMAIN::NAME\": \"grouped_matmul\", ...}";
   case Kind::Enum:
     return llvm::join(key.enumField.names(), "|") +
            (key.enumField.whenTrue.empty() ? "" : "|true|false");
@@ -415,11 +416,11 @@ llvm::Error setValue(TrainingJob &job, const KeyInfo &key,
                                  name.str(), op.str(), show(kind)));
       llvm::Expected<CustomOpMapping> mapping = makeCustomOpMapping(op, *text);
       if (!mapping)
-        return error(fmt::format("{} \"{}\": \"{}\": {}", name.str(),
-                                 op.str(), text->str(),
+        return error(fmt::format("{} \"{}\": \"{}\": {}", name.str(), op.str(),
+                                 text->str(),
                                  llvm::toString(mapping.takeError())));
-      mapping->origin = fmt::format("custom_ops {{\"{}\": \"{}\"}}",
-                                    op.str(), text->str());
+      mapping->origin =
+          fmt::format("custom_ops {{\"{}\": \"{}\"}}", op.str(), text->str());
       mappings.push_back(std::move(*mapping));
     }
     job.customOps = std::move(mappings);
@@ -519,9 +520,8 @@ llvm::ArrayRef<TrainingJobKey> moec::trainingJobKeys() {
       keys.push_back(TrainingJobKey{
           key.name, key.configOnly ? std::string() : flagSpelling(key.name),
           valueDescription(key),
-          key.aliasOf.empty()
-              ? key.help.str()
-              : "the same as " + flagSpelling(key.aliasOf),
+          key.aliasOf.empty() ? key.help.str()
+                              : "the same as " + flagSpelling(key.aliasOf),
           key.kind == Kind::Bool, key.aliasOf});
     return keys;
   }();

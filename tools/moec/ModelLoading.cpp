@@ -107,17 +107,17 @@ moec::cli::ImportFlags::read(const TrainingJob *job) const {
       if (flag == options.customOps.end())
         options.customOps.push_back(mapping);
       else if (flag->kind != mapping.kind)
-        return llvm::createStringError(flag->origin + " and " +
-                                       mapping.origin + " map " +
-                                       mapping.name() + " to two kinds");
+        return llvm::createStringError(flag->origin + " and " + mapping.origin +
+                                       " map " + mapping.name() +
+                                       " to two kinds");
     }
   return options;
 }
 
 OwningOpRef<ModuleOp> moec::cli::loadModel(MLIRContext &context,
                                            llvm::StringRef path,
-                                           const ImportFlags &flags,
-                                           bool raise, bool requireComplete,
+                                           const ImportFlags &flags, bool raise,
+                                           bool requireComplete,
                                            const TrainingJob *job) {
   DialectRegistry registry;
   registerAllDialects(registry);

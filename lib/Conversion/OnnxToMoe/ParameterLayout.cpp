@@ -350,14 +350,13 @@ std::optional<SmallVector<int64_t>> ParameterLayout::permutation() const {
   SmallVector<int64_t> perm;
   llvm::SmallBitVector used(whole.axes.size());
   for (const Digits &axis : self.axes) {
-    auto it = llvm::find_if(llvm::seq<size_t>(0, whole.axes.size()),
-                            [&](size_t p) {
-                              return !used.test(p) && whole.axes[p] == axis;
-                            });
-    if (it == llvm::seq<size_t>(0, whole.axes.size()).end())
+    size_t p = 0;
+    while (p < whole.axes.size() && (used.test(p) || whole.axes[p] != axis))
+      ++p;
+    if (p == whole.axes.size())
       return std::nullopt;
-    used.set(*it);
-    perm.push_back(static_cast<int64_t>(*it));
+    used.set(p);
+    perm.push_back(static_cast<int64_t>(p));
   }
   return perm;
 }

@@ -750,9 +750,8 @@ void Raiser::raiseAttentionBlocks() {
 std::string shapeString(ShapedType type) {
   std::string s = "[";
   for (auto [i, size] : llvm::enumerate(type.getShape()))
-    s += (i ? ", " : "") +
-         (ShapedType::isDynamic(size) ? std::string("?")
-                                      : std::to_string(size));
+    s += (i ? ", " : "") + (ShapedType::isDynamic(size) ? std::string("?")
+                                                        : std::to_string(size));
   return s + "]";
 }
 
@@ -892,8 +891,7 @@ Value Raiser::gateUpWeight(OnnxNodeOp node, int64_t fusion,
   }
   int64_t e = fc1Type.getDimSize(0), rows = fc1Type.getDimSize(1),
           h = fc1Type.getDimSize(2);
-  std::optional<moec::ParameterLayout> traced =
-      moec::traceParameterLayout(fc1);
+  std::optional<moec::ParameterLayout> traced = moec::traceParameterLayout(fc1);
   if (!traced) {
     why = describeUntraced(fc1, "fc1");
     return {};
@@ -902,8 +900,7 @@ Value Raiser::gateUpWeight(OnnxNodeOp node, int64_t fusion,
   std::optional<moec::ParameterLayout> concatenated = traced;
   if (fusion == 0) {
     Value fc3 = node.getInputs()[4];
-    std::optional<moec::ParameterLayout> up =
-        moec::traceParameterLayout(fc3);
+    std::optional<moec::ParameterLayout> up = moec::traceParameterLayout(fc3);
     if (!up) {
       why = describeUntraced(fc3, "fc3");
       return {};
@@ -950,8 +947,9 @@ Value Raiser::gateUpWeight(OnnxNodeOp node, int64_t fusion,
                     "interleaved"
                   : "Hugging Face's gate rows, then up rows";
   why = (fusion == 0 ? "fc1 and fc3 " : "fc1 ") + shapeString(fc1Type) +
-        (fusion == 0 ? " rearrange" : " rearranges") + " parameter " + describeParameter(traced->parameter) +
-        " into something other than " + expected;
+        (fusion == 0 ? " rearrange" : " rearranges") + " parameter " +
+        describeParameter(traced->parameter) + " into something other than " +
+        expected;
   return {};
 }
 
@@ -1001,9 +999,7 @@ void Raiser::raiseOrtMoeNodes() {
       auto a = node->getAttrOfType<FloatAttr>(name);
       return a ? a.getValueAsDouble() : fallback;
     };
-    auto refuse = [&](const std::string &why) {
-      notRaised[node] = why;
-    };
+    auto refuse = [&](const std::string &why) { notRaised[node] = why; };
     // Plain SwiGLU: silu(gate) * up, renormalised top-k, no biases, no
     // activation scaling or clamping.
     int64_t fusion = intAttr("swiglu_fusion", 0);
@@ -1015,8 +1011,7 @@ void Raiser::raiseOrtMoeNodes() {
       continue;
     }
     if (fusion < 0 || fusion > 2) {
-      refuse("swiglu_fusion " + std::to_string(fusion) +
-             " is not 0, 1 or 2");
+      refuse("swiglu_fusion " + std::to_string(fusion) + " is not 0, 1 or 2");
       continue;
     }
     if (intAttr("normalize_routing_weights", 0) != 1) {
