@@ -46,6 +46,10 @@ The forms:
     then up rows (``swiglu_fusion=2``); onnxruntime's CPU provider runs only
     ``swiglu_fusion=1``, so this file is checked on onnx's reference
     evaluator with the MoE op in numpy (``moec.check_ort --numpy-moe``);
+``ort-hf-fc3``
+    the block splits ``gate_up_proj`` (``chunk``) and hands the gate rows as
+    fc1 and the up rows as fc3 (``swiglu_fusion=0``: a ``Split`` in the
+    graph); checked like ``ort-hf-fused``;
 ``custom-grouped-mm``
     ``experts_implementation="grouped_mm"`` with transformers' grouped matmul
     translated to an op of the user's own domain, ``custom::GroupedGemm``
@@ -87,13 +91,13 @@ from moec.export import MSFT_DOMAIN, _optimize, register_onnx_schemas
 from moec.presets import load_config
 
 FORMS = ("mask-eager", "mask-sdpa", "ort-hf", "ort-hf-bf16", "ort-hf-transposed", "ort-hf-fused",
-         "custom-grouped-mm")
+         "ort-hf-fc3", "custom-grouped-mm")
 
 #: The forms whose MoE blocks are onnxruntime's com.microsoft::MoE.
-ORT_FORMS = ("ort-hf", "ort-hf-bf16", "ort-hf-transposed", "ort-hf-fused")
+ORT_FORMS = ("ort-hf", "ort-hf-bf16", "ort-hf-transposed", "ort-hf-fused", "ort-hf-fc3")
 
 #: The forms onnxruntime's CPU provider cannot run (checked on onnx's reference evaluator).
-NOT_ON_ORT_CPU = ("ort-hf-fused",)
+NOT_ON_ORT_CPU = ("ort-hf-fused", "ort-hf-fc3")
 
 #: The domain and name of the user's grouped matmul in form custom-grouped-mm.
 CUSTOM_DOMAIN = "custom"
@@ -127,9 +131,10 @@ REL_L2_TOLERANCE = 1e-5
 
 @torch.library.custom_op("user::mixtral_moe", mutates_args=())
 def mixtral_moe(hidden: torch.Tensor, router: torch.Tensor, fc1: torch.Tensor, fc2: torch.Tensor,
-                top_k: int, fusion: int, stored: str) -> torch.Tensor:
+                fc3: torch.Tensor | None, top_k: int, fusion: int, stored: str) -> torch.Tensor:
     """Mixtral's sparse MoE block on onnxruntime's weight layout: fc1 rows gate0, up0, gate1, ...
-    (``fusion`` 1) or all gate rows, then all up rows (``fusion`` 2), fc2 [E, H, I].
+    (``fusion`` 1), all gate rows then all up rows (``fusion`` 2), or the gate rows with fc3 the up
+    rows (``fusion`` 0); fc2 [E, H, I].
 
     ``stored`` says how the block holds the weights when it does not hand over
     that layout: ``bf16`` (Hugging Face's layout in bf16) or ``transposed``
@@ -142,7 +147,9 @@ def mixtral_moe(hidden: torch.Tensor, router: torch.Tensor, fc1: torch.Tensor, f
     weights, experts = torch.topk(torch.softmax(x @ router.t(), dim=-1), top_k, dim=-1)
     weights = weights / weights.sum(dim=-1, keepdim=True)
     projected = torch.einsum("th,eoh->teo", x, fc1)
-    if fusion == 1:
+    if fusion == 0:
+        gate, up = projected, torch.einsum("th,eoh->teo", x, fc3)
+    elif fusion == 1:
         gate, up = projected[..., 0::2], projected[..., 1::2]
     else:
         gate, up = projected.chunk(2, dim=-1)
@@ -152,7 +159,7 @@ def mixtral_moe(hidden: torch.Tensor, router: torch.Tensor, fc1: torch.Tensor, f
 
 
 @mixtral_moe.register_fake
-def _mixtral_moe_fake(hidden, router, fc1, fc2, top_k, fusion, stored):
+def _mixtral_moe_fake(hidden, router, fc1, fc2, fc3, top_k, fusion, stored):
     return torch.empty_like(hidden)
 
 
@@ -180,7 +187,7 @@ class OrtMoeBlock(torch.nn.Module):
         self.gate = block.gate
         self.experts = block.experts
         self.stored = {"ort-hf-bf16": "bf16", "ort-hf-transposed": "transposed"}.get(form, "")
-        self.fusion = 2 if form == "ort-hf-fused" else 1
+        self.fusion = {"ort-hf-fused": 2, "ort-hf-fc3": 0}.get(form, 1)
         for name in ("gate_up_proj", "down_proj") if self.stored else ():
             weight = getattr(block.experts, name).detach()
             # The checkpoint's bf16, kept to save memory; or the grouped-GEMM layout.
@@ -188,14 +195,16 @@ class OrtMoeBlock(torch.nn.Module):
             setattr(self.experts, name, torch.nn.Parameter(weight))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        gate_up, down = self.experts.gate_up_proj, self.experts.down_proj
+        gate_up, down, up = self.experts.gate_up_proj, self.experts.down_proj, None
         if not self.stored and self.fusion == 1:
             gate_up = _interleave(gate_up)
-        return torch.ops.user.mixtral_moe(hidden_states, self.gate.weight, gate_up, down, self.top_k,
+        if self.fusion == 0:
+            gate_up, up = gate_up.chunk(2, dim=1)
+        return torch.ops.user.mixtral_moe(hidden_states, self.gate.weight, gate_up, down, up, self.top_k,
                                           self.fusion, self.stored)
 
 
-def _translate_mixtral_moe(hidden, router, fc1, fc2, top_k: int, fusion: int, stored: str):
+def _translate_mixtral_moe(hidden, router, fc1, fc2, fc3, top_k: int, fusion: int, stored: str):
     msft = onnxscript.values.Opset(MSFT_DOMAIN, 1)
     hidden_size = int(hidden.shape[-1])
     if stored:
@@ -211,7 +220,8 @@ def _translate_mixtral_moe(hidden, router, fc1, fc2, top_k: int, fusion: int, st
         fc1 = op.Reshape(fc1, op.Constant(value_ints=[experts, rows, hidden_size]))
     x = op.Reshape(hidden, op.Constant(value_ints=[-1, hidden_size]))
     logits = op.MatMul(x, op.Transpose(router, perm=[1, 0]))
-    y = msft.MoE(x, logits, fc1, None, fc2, activation_type="swiglu", activation_alpha=1.0,
+    extra = (None, fc3) if fc3 is not None else ()
+    y = msft.MoE(x, logits, fc1, None, fc2, *extra, activation_type="swiglu", activation_alpha=1.0,
                  activation_beta=0.0, swiglu_fusion=fusion, k=top_k, normalize_routing_weights=1)
     return op.Reshape(y, op.Shape(hidden))
 
