@@ -179,10 +179,13 @@ struct JobPipelineOptions : public PassPipelineOptions<Derived> {
       typename PassPipelineOptions<Derived>::template Option<std::string>;
 
   JobPipelineOptions() {
+    // Keys only a config spells (custom_ops: how to read the ONNX file, done
+    // before any pipeline) have no option.
     for (const moec::TrainingJobKey &key : moec::trainingJobKeys())
-      keys.push_back(std::make_unique<KeyOption>(
-          *this, llvm::StringRef(key.flag), llvm::cl::desc(key.help),
-          llvm::cl::value_desc(key.valueDescription)));
+      if (!key.flag.empty())
+        keys.push_back(std::make_unique<KeyOption>(
+            *this, llvm::StringRef(key.flag), llvm::cl::desc(key.help),
+            llvm::cl::value_desc(key.valueDescription)));
   }
 
   /// The job these options describe, defaults where they say nothing.

@@ -79,7 +79,7 @@ struct EnumField {
   StringRef whenTrue = {}, whenFalse = {};
 };
 
-enum class Kind { Int, Number, Bool, Enum, String };
+enum class Kind { Int, Number, Bool, Enum, String, CustomOps };
 
 /// One key: where its value goes and what it may be.
 struct KeyInfo {
@@ -96,6 +96,8 @@ struct KeyInfo {
   EnumField enumField{};
   /// Another spelling of this canonical key.
   StringRef aliasOf;
+  /// Spelt only in configs: no flag, no pipeline option.
+  bool configOnly = false;
 };
 
 KeyInfo intKey(StringRef name, int64_t TrainingJob::*field, int64_t min,
@@ -130,6 +132,17 @@ KeyInfo stringKey(StringRef name, std::string TrainingJob::*field,
 KeyInfo enumKey(StringRef name, EnumField field, StringRef help) {
   KeyInfo k{name, Kind::Enum, help};
   k.enumField = field;
+  return k;
+}
+
+/// `custom_ops`, the only key of its kind; its flag is `--custom-op`.
+KeyInfo customOpsKey() {
+  KeyInfo k{"custom_ops", Kind::CustomOps,
+            "what ops of ONNX domains moec does not know stand for, "
+            "{\"DOMAIN::NAME\": \"grouped_matmul\"}, in the model the "
+            "command reads (a config key; the flag is --custom-op "
+            "DOMAIN::NAME=KIND, and the two merge)"};
+  k.configOnly = true;
   return k;
 }
 
@@ -187,8 +200,8 @@ const std::vector<KeyInfo> &keyTable() {
                "times micro_batch_size; more means gradient accumulation)"),
         boolKey("bf16", &J::bf16, "forward and backward in bf16"),
         enumKey("param_dtype",
-                enumField<ParamDtype, stringifyParamDtype,
-                          symbolizeParamDtype, &J::paramDtype, 2>(),
+                enumField<ParamDtype, stringifyParamDtype, symbolizeParamDtype,
+                          &J::paramDtype, 2>(),
                 "parameters, gradients and AdamW moments: fp32 (master "
                 "weights) or bf16 (needs bf16)"),
         boolKey("fp8", &J::fp8, "fp8 GEMMs"),
@@ -199,8 +212,8 @@ const std::vector<KeyInfo> &keyTable() {
                 "how the router balances tokens across experts"),
         numberKey("router_aux_loss_coef", &J::routerAuxLossCoef,
                   Bound::NonNegative, "weight of the load-balancing loss"),
-        numberKey("router_z_loss_coef", &J::routerZLossCoef,
-                  Bound::NonNegative, "weight of the router z-loss (0: off)"),
+        numberKey("router_z_loss_coef", &J::routerZLossCoef, Bound::NonNegative,
+                  "weight of the router z-loss (0: off)"),
         boolKey("moe_all_to_all_dispatcher", &J::moeAllToAllDispatcher,
                 "dispatch tokens by all-to-all (false: all-gather and "
                 "reduce-scatter)"),
@@ -229,19 +242,19 @@ const std::vector<KeyInfo> &keyTable() {
                 "them"),
         boolKey("keep_param_copies", &J::keepParamCopies,
                 "keep bf16 copies of fp32 masters across steps"),
-        enumKey("activation_checkpointing",
-                withBooleans(enumField<ActivationCheckpointing,
-                                       stringifyActivationCheckpointing,
-                                       symbolizeActivationCheckpointing,
-                                       &J::activationCheckpointing,
-                                       checkpointingPolicies>(),
-                             "full", "none"),
-                "what the backward recomputes: none, selective (norms, "
-                "rotary, element-wise work, the router), full (each decoder "
-                "layer from its input), auto (per layer, the least time "
-                "that fits memory_budget_gib); true means full, false none"),
-        numberKey("memory_budget_gib", &J::memoryBudgetGib,
-                  Bound::NonNegative,
+        enumKey(
+            "activation_checkpointing",
+            withBooleans(
+                enumField<ActivationCheckpointing,
+                          stringifyActivationCheckpointing,
+                          symbolizeActivationCheckpointing,
+                          &J::activationCheckpointing, checkpointingPolicies>(),
+                "full", "none"),
+            "what the backward recomputes: none, selective (norms, "
+            "rotary, element-wise work, the router), full (each decoder "
+            "layer from its input), auto (per layer, the least time "
+            "that fits memory_budget_gib); true means full, false none"),
+        numberKey("memory_budget_gib", &J::memoryBudgetGib, Bound::NonNegative,
                   "per-rank memory activation_checkpointing auto fits the "
                   "step into, GiB (0: the GPU's memory less 10%)"),
         boolKey("sm_activation_offloading", &J::smActivationOffloading,
@@ -267,6 +280,7 @@ const std::vector<KeyInfo> &keyTable() {
                   "save checkpoints here (and resume from here)"),
         stringKey("init_from", &J::initFrom,
                   "start from this Hugging Face Mixtral checkpoint folder"),
+        customOpsKey(),
     };
   }();
   return table;
@@ -310,6 +324,8 @@ std::string valueDescription(const KeyInfo &key) {
   case Kind::Number: return "number";
   case Kind::Bool: return "true|false";
   case Kind::String: return "string";
+  case Kind::CustomOps:
+    return "{\"DOMAIN::NAME\": \"grouped_matmul\", ...}";
   case Kind::Enum:
     return llvm::join(key.enumField.names(), "|") +
            (key.enumField.whenTrue.empty() ? "" : "|true|false");
@@ -377,6 +393,37 @@ llvm::Error setValue(TrainingJob &job, const KeyInfo &key,
       return error(fmt::format("{} must be a string, not {}", name.str(),
                                show(value)));
     job.*key.stringField = s->str();
+    return llvm::Error::success();
+  }
+  case Kind::CustomOps: {
+    const json::Object *object = value.getAsObject();
+    if (!object)
+      return error(fmt::format("{} must be an object of \"DOMAIN::NAME\": "
+                               "\"KIND\" members, not {}",
+                               name.str(), show(value)));
+    // In name order, so that the first error is always the same one.
+    std::vector<StringRef> ops;
+    for (const auto &member : *object)
+      ops.push_back(member.first);
+    llvm::sort(ops);
+    std::vector<CustomOpMapping> mappings;
+    for (StringRef op : ops) {
+      const json::Value &kind = *object->get(op);
+      std::optional<StringRef> text = kind.getAsString();
+      if (!text)
+        return error(fmt::format("{} \"{}\" must be a kind (grouped_matmul), "
+                                 "not {}",
+                                 name.str(), op.str(), show(kind)));
+      llvm::Expected<CustomOpMapping> mapping = makeCustomOpMapping(op, *text);
+      if (!mapping)
+        return error(fmt::format("{} \"{}\": \"{}\": {}", name.str(), op.str(),
+                                 text->str(),
+                                 llvm::toString(mapping.takeError())));
+      mapping->origin =
+          fmt::format("custom_ops {{\"{}\": \"{}\"}}", op.str(), text->str());
+      mappings.push_back(std::move(*mapping));
+    }
+    job.customOps = std::move(mappings);
     return llvm::Error::success();
   }
   case Kind::Enum: {
@@ -454,6 +501,13 @@ llvm::json::Object TrainingJob::toJson() const {
     case Kind::Bool: object[key.name] = this->*key.boolField; break;
     case Kind::String: object[key.name] = this->*key.stringField; break;
     case Kind::Enum: object[key.name] = key.enumField.get(*this).str(); break;
+    case Kind::CustomOps: {
+      json::Object ops;
+      for (const CustomOpMapping &mapping : customOps)
+        ops[mapping.name()] = stringifyCustomOpKind(mapping.kind).str();
+      object[key.name] = std::move(ops);
+      break;
+    }
     }
   }
   return object;
@@ -464,10 +518,10 @@ llvm::ArrayRef<TrainingJobKey> moec::trainingJobKeys() {
     std::vector<TrainingJobKey> keys;
     for (const KeyInfo &key : keyTable())
       keys.push_back(TrainingJobKey{
-          key.name, flagSpelling(key.name), valueDescription(key),
-          key.aliasOf.empty()
-              ? key.help.str()
-              : "the same as " + flagSpelling(key.aliasOf),
+          key.name, key.configOnly ? std::string() : flagSpelling(key.name),
+          valueDescription(key),
+          key.aliasOf.empty() ? key.help.str()
+                              : "the same as " + flagSpelling(key.aliasOf),
           key.kind == Kind::Bool, key.aliasOf});
     return keys;
   }();
@@ -520,6 +574,16 @@ llvm::Error moec::setTrainingJobText(TrainingJob &job, llvm::StringRef name,
     if (text == "false")
       return setSpelledValue(job, name, false);
     return setSpelledValue(job, name, json::Value(text.str()));
+  case Kind::CustomOps: {
+    // The object as JSON spells it; anything else is kept as a string so
+    // that the error shows it.
+    llvm::Expected<json::Value> object = json::parse(text);
+    if (!object) {
+      llvm::consumeError(object.takeError());
+      return setSpelledValue(job, name, json::Value(text.str()));
+    }
+    return setSpelledValue(job, name, *object);
+  }
   case Kind::Enum:
   case Kind::String:
     return setSpelledValue(job, name, json::Value(text.str()));
@@ -682,10 +746,14 @@ TrainingJobFlags::TrainingJobFlags(
                "spell with dashes (the flags override it)"),
       cl::value_desc("train.json"), placement);
   for (const TrainingJobKey &key : trainingJobKeys())
-    flags.push_back(std::make_unique<cl::opt<std::string>>(
-        llvm::StringRef(key.flag), cl::desc(key.help),
-        cl::value_desc(key.valueDescription),
-        key.isBool ? cl::ValueOptional : cl::ValueRequired, placement));
+    flags.push_back(
+        key.flag.empty()
+            ? nullptr
+            : std::make_unique<cl::opt<std::string>>(
+                  llvm::StringRef(key.flag), cl::desc(key.help),
+                  cl::value_desc(key.valueDescription),
+                  key.isBool ? cl::ValueOptional : cl::ValueRequired,
+                  placement));
 }
 
 TrainingJobFlags::~TrainingJobFlags() = default;
@@ -696,12 +764,13 @@ llvm::Error TrainingJobFlags::read(TrainingJob &job) const {
       return err;
   llvm::ArrayRef<TrainingJobKey> keys = trainingJobKeys();
   for (auto [key, flag] : llvm::zip_equal(keys, flags)) {
-    if (!flag->getNumOccurrences())
+    if (!flag || !flag->getNumOccurrences())
       continue;
     if (!key.aliasOf.empty()) {
       // Both spellings on one command line must agree.
       for (auto [other, otherFlag] : llvm::zip_equal(keys, flags))
-        if (other.name == key.aliasOf && otherFlag->getNumOccurrences() &&
+        if (other.name == key.aliasOf && otherFlag &&
+            otherFlag->getNumOccurrences() &&
             otherFlag->getValue() != flag->getValue())
           return error(fmt::format(
               "--{} {} and --{} {} are one option with two values",

@@ -5,7 +5,7 @@ file moec imported, on the same inputs, checks the importer and the
 reference executor together without PyTorch.
 
     python -m moec.check_ort MODEL.onnx INPUT.pb [INPUT.pb ...] MOEC_OUTPUT.pb
-        [--tolerance T] [--custom-op DOMAIN::NAME=grouped_matmul]
+        [--tolerance T] [--custom-op DOMAIN::NAME=grouped_matmul] [--numpy-moe]
 
 The INPUT.pb files are the graph's inputs in order (token ids, then an
 attention mask for a model that takes one); they and MOEC_OUTPUT.pb are
@@ -14,7 +14,10 @@ use). Prints the max abs and relative L2 error of moec's output against
 onnxruntime's and exits 1 when the relative L2 error exceeds the tolerance
 (default 1e-5). A model with a custom op onnxruntime does not know, named
 with ``--custom-op`` as moec's is, runs on onnx's reference evaluator with
-that op in numpy (``moec.golden.grouped_matmul``) instead.
+that op in numpy (``grouped_matmul``) instead. ``--numpy-moe`` runs the
+file on onnx's reference evaluator with ``com.microsoft::MoE`` in numpy
+(``ort_moe``, onnxruntime's documented semantics), for the layouts
+onnxruntime's CPU provider refuses (it runs only ``swiglu_fusion=1``).
 """
 
 import argparse
@@ -42,12 +45,56 @@ def grouped_matmul(x: np.ndarray, w: np.ndarray, offsets: np.ndarray) -> np.ndar
     return out
 
 
-def reference_evaluator(model, custom_ops):
-    """onnx's ReferenceEvaluator for ``model`` with each ``DOMAIN::NAME=grouped_matmul`` in numpy."""
+def ort_moe(x, router_probs, fc1, fc1_bias=None, fc2=None, fc2_bias=None, fc3=None, fc3_bias=None, *,
+            activation_type="relu", swiglu_fusion=0, k=1, normalize_routing_weights=0,
+            activation_alpha=1.0, activation_beta=0.0, **unsupported):
+    """onnxruntime's ``com.microsoft::MoE`` in numpy, for plain SwiGLU experts without biases.
+
+    Softmax of ``router_probs`` (the router logits), top ``k`` (renormalised
+    with ``normalize_routing_weights``); expert e computes ``fc2[e] @ (g *
+    sigmoid(alpha g) * (u + beta))`` where ``g, u`` are ``fc1[e] @ x`` split
+    by ``swiglu_fusion``: 0 ``fc1`` and ``fc3``, 1 interleaved rows, 2 gate
+    rows then up rows.
+    """
+    if activation_type != "swiglu" or unsupported or any(
+            b is not None for b in (fc1_bias, fc2_bias, fc3_bias)):
+        raise SystemExit("error: the numpy MoE runs plain SwiGLU experts without biases or limits")
+    flat = x.reshape(-1, x.shape[-1])
+    logits = router_probs.reshape(flat.shape[0], -1).astype(np.float64)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    chosen = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+    weights = np.take_along_axis(probs, chosen, -1)
+    if normalize_routing_weights:
+        weights /= weights.sum(-1, keepdims=True)
+    out = np.zeros(flat.shape, dtype=np.float64)
+    for t in range(flat.shape[0]):
+        for j in range(k):
+            e = chosen[t, j]
+            h = fc1[e].astype(np.float64) @ flat[t]
+            if swiglu_fusion == 0:
+                g, u = h, fc3[e].astype(np.float64) @ flat[t]
+            elif swiglu_fusion == 1:
+                g, u = h[0::2], h[1::2]
+            else:
+                g, u = np.split(h, 2)
+            act = g / (1 + np.exp(-activation_alpha * g)) * (u + activation_beta)
+            out[t] += weights[t, j] * (fc2[e].astype(np.float64) @ act)
+    return out.astype(x.dtype).reshape(x.shape)
+
+
+def reference_evaluator(model, custom_ops, numpy_moe=False):
+    """onnx's ReferenceEvaluator for ``model`` with each ``DOMAIN::NAME=grouped_matmul`` in numpy
+    (and, with ``numpy_moe``, ``com.microsoft::MoE``)."""
     from onnx.reference import ReferenceEvaluator
     from onnx.reference.op_run import OpRun
 
     ops = []
+    if numpy_moe:
+        def run_moe(self, *inputs, **attributes):
+            return (ort_moe(*inputs, **{name: value for name, value in attributes.items() if value is not None}),)
+
+        ops.append(type("MoE", (OpRun,), {"op_domain": "com.microsoft", "_run": run_moe}))
     for spec in custom_ops:
         name, _, kind = spec.partition("=")
         domain, _, op_type = name.partition("::")
@@ -67,13 +114,15 @@ def main(argv=None):
     parser.add_argument("files", nargs="+", metavar="INPUT.pb ... MOEC_OUTPUT.pb")
     parser.add_argument("--tolerance", type=float, default=1e-5)
     parser.add_argument("--custom-op", action="append", default=[], metavar="DOMAIN::NAME=grouped_matmul")
+    parser.add_argument("--numpy-moe", action="store_true",
+                        help="run com.microsoft::MoE in numpy on onnx's reference evaluator")
     args = parser.parse_args(argv)
     if len(args.files) < 2:
         parser.error("give at least one input and moec's output")
     inputs, output = args.files[:-1], args.files[-1]
 
-    if args.custom_op:
-        run, names = reference_evaluator(args.model, args.custom_op)
+    if args.custom_op or args.numpy_moe:
+        run, names = reference_evaluator(args.model, args.custom_op, args.numpy_moe)
         which = "onnx.reference"
     else:
         import onnxruntime

@@ -28,6 +28,28 @@ The forms:
     parameters as external data, so the interleave stays in the graph as
     ``Split``/``Unsqueeze``/``Concat``/``Reshape`` on Hugging Face-layout
     initialisers;
+``ort-hf-bf16``
+    the expert weights kept in bf16 (as the published checkpoint stores
+    them); the custom op's translation casts them to float and interleaves
+    (``Cast``, then ``Reshape``/``Transpose``/``Reshape``; fc2: ``Cast``);
+``ort-hf-transposed``
+    the expert weights stored the way a grouped GEMM reads them,
+    ``gate_up_proj`` [E, H, 2I] and ``down_proj`` [E, I, H] (the layout
+    torch.onnx's optimiser folds the stock model's weights into); the
+    translation transposes and interleaves them (``Transpose``, then
+    ``Reshape``/``Transpose``/``Reshape``; fc2: ``Transpose``). These two
+    arrange the weights in the translation, not in PyTorch: torch.export
+    folds a conversion or transpose of a parameter into a new constant
+    (``_to_copy_2``, ``transpose_4``), which moec reads as a renamed weight;
+``ort-hf-fused``
+    the block hands ``gate_up_proj`` to onnxruntime's MoE as it is, gate rows
+    then up rows (``swiglu_fusion=2``); onnxruntime's CPU provider runs only
+    ``swiglu_fusion=1``, so this file is checked on onnx's reference
+    evaluator with the MoE op in numpy (``moec.check_ort --numpy-moe``);
+``ort-hf-fc3``
+    the block splits ``gate_up_proj`` (``chunk``) and hands the gate rows as
+    fc1 and the up rows as fc3 (``swiglu_fusion=0``: a ``Split`` in the
+    graph); checked like ``ort-hf-fused``;
 ``custom-grouped-mm``
     ``experts_implementation="grouped_mm"`` with transformers' grouped matmul
     translated to an op of the user's own domain, ``custom::GroupedGemm``
@@ -44,7 +66,9 @@ changed.
 their inputs (``data_b2s8``, ``data_b1s13``: ``input_0.pb`` token ids,
 ``input_1.pb`` the all-ones mask, ``output_0.pb`` PyTorch's logits), and
 checks each file against PyTorch with onnxruntime (``custom-grouped-mm``:
-onnx's reference evaluator with a numpy grouped matmul).
+onnx's reference evaluator with a numpy grouped matmul; ``ort-hf-fused``:
+with a numpy MoE; ``ort-hf-bf16``: against PyTorch's model with the same
+bf16 expert weights).
 """
 
 from __future__ import annotations
@@ -63,10 +87,17 @@ from onnxscript import opset18 as op
 from transformers import MixtralConfig, MixtralForCausalLM
 
 from moec.check_ort import reference_evaluator
-from moec.export import MSFT_DOMAIN, register_onnx_schemas
+from moec.export import MSFT_DOMAIN, _optimize, register_onnx_schemas
 from moec.presets import load_config
 
-FORMS = ("mask-eager", "mask-sdpa", "ort-hf", "custom-grouped-mm")
+FORMS = ("mask-eager", "mask-sdpa", "ort-hf", "ort-hf-bf16", "ort-hf-transposed", "ort-hf-fused",
+         "ort-hf-fc3", "custom-grouped-mm")
+
+#: The forms whose MoE blocks are onnxruntime's com.microsoft::MoE.
+ORT_FORMS = ("ort-hf", "ort-hf-bf16", "ort-hf-transposed", "ort-hf-fused", "ort-hf-fc3")
+
+#: The forms onnxruntime's CPU provider cannot run (checked on onnx's reference evaluator).
+NOT_ON_ORT_CPU = ("ort-hf-fused", "ort-hf-fc3")
 
 #: The domain and name of the user's grouped matmul in form custom-grouped-mm.
 CUSTOM_DOMAIN = "custom"
@@ -100,44 +131,98 @@ REL_L2_TOLERANCE = 1e-5
 
 @torch.library.custom_op("user::mixtral_moe", mutates_args=())
 def mixtral_moe(hidden: torch.Tensor, router: torch.Tensor, fc1: torch.Tensor, fc2: torch.Tensor,
-                top_k: int) -> torch.Tensor:
-    """Mixtral's sparse MoE block with onnxruntime's weight layout (fc1 rows gate0, up0, gate1, ...)."""
+                fc3: torch.Tensor | None, top_k: int, fusion: int, stored: str) -> torch.Tensor:
+    """Mixtral's sparse MoE block on onnxruntime's weight layout: fc1 rows gate0, up0, gate1, ...
+    (``fusion`` 1), all gate rows then all up rows (``fusion`` 2), or the gate rows with fc3 the up
+    rows (``fusion`` 0); fc2 [E, H, I].
+
+    ``stored`` says how the block holds the weights when it does not hand over
+    that layout: ``bf16`` (Hugging Face's layout in bf16) or ``transposed``
+    ([E, H, 2I] and [E, I, H]); the op (and its translation) arranges them.
+    """
+    if stored:
+        fc1, fc2 = _hf_layout(fc1, stored), _hf_layout(fc2, stored)
+        fc1 = _interleave(fc1) if fusion == 1 else fc1
     x = hidden.reshape(-1, hidden.shape[-1])
     weights, experts = torch.topk(torch.softmax(x @ router.t(), dim=-1), top_k, dim=-1)
     weights = weights / weights.sum(dim=-1, keepdim=True)
     projected = torch.einsum("th,eoh->teo", x, fc1)
-    gate, up = projected[..., 0::2], projected[..., 1::2]
+    if fusion == 0:
+        gate, up = projected, torch.einsum("th,eoh->teo", x, fc3)
+    elif fusion == 1:
+        gate, up = projected[..., 0::2], projected[..., 1::2]
+    else:
+        gate, up = projected.chunk(2, dim=-1)
     out = torch.einsum("tei,ehi->teh", torch.nn.functional.silu(gate) * up, fc2)
     chosen = out.gather(1, experts.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
     return (chosen * weights.unsqueeze(-1)).sum(dim=1).reshape(hidden.shape)
 
 
 @mixtral_moe.register_fake
-def _mixtral_moe_fake(hidden, router, fc1, fc2, top_k):
+def _mixtral_moe_fake(hidden, router, fc1, fc2, fc3, top_k, fusion, stored):
     return torch.empty_like(hidden)
 
 
-class OrtMoeBlock(torch.nn.Module):
-    """A ``MixtralSparseMoeBlock`` as one ``user::mixtral_moe`` call, same parameters."""
+def _hf_layout(weight: torch.Tensor, stored: str) -> torch.Tensor:
+    """A stored expert weight in Hugging Face's layout and float32."""
+    return weight.float() if stored == "bf16" else weight.transpose(1, 2)
 
-    def __init__(self, block: torch.nn.Module):
+
+def _interleave(gate_up: torch.Tensor) -> torch.Tensor:
+    """[E, 2I, H] gate rows then up rows -> rows gate0, up0, gate1, up1, ..."""
+    gate, up = gate_up.chunk(2, dim=1)  # [E, I, H] each
+    return torch.stack((gate, up), dim=2).flatten(1, 2)
+
+
+class OrtMoeBlock(torch.nn.Module):
+    """A ``MixtralSparseMoeBlock`` as one ``user::mixtral_moe`` call, same parameters.
+
+    ``form`` says how the block holds its expert weights and hands them to
+    onnxruntime's MoE (module docstring).
+    """
+
+    def __init__(self, block: torch.nn.Module, form: str):
         super().__init__()
         self.top_k = block.top_k
         self.gate = block.gate
         self.experts = block.experts
+        self.stored = {"ort-hf-bf16": "bf16", "ort-hf-transposed": "transposed"}.get(form, "")
+        self.fusion = {"ort-hf-fused": 2, "ort-hf-fc3": 0}.get(form, 1)
+        for name in ("gate_up_proj", "down_proj") if self.stored else ():
+            weight = getattr(block.experts, name).detach()
+            # The checkpoint's bf16, kept to save memory; or the grouped-GEMM layout.
+            weight = weight.to(torch.bfloat16) if self.stored == "bf16" else weight.transpose(1, 2).contiguous()
+            setattr(self.experts, name, torch.nn.Parameter(weight))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        gate, up = self.experts.gate_up_proj.chunk(2, dim=1)  # [E, I, H] each
-        fc1 = torch.stack((gate, up), dim=2).flatten(1, 2)  # rows gate0, up0, gate1, up1, ...
-        return torch.ops.user.mixtral_moe(hidden_states, self.gate.weight, fc1, self.experts.down_proj, self.top_k)
+        gate_up, down, up = self.experts.gate_up_proj, self.experts.down_proj, None
+        if not self.stored and self.fusion == 1:
+            gate_up = _interleave(gate_up)
+        if self.fusion == 0:
+            gate_up, up = gate_up.chunk(2, dim=1)
+        return torch.ops.user.mixtral_moe(hidden_states, self.gate.weight, gate_up, down, up, self.top_k,
+                                          self.fusion, self.stored)
 
 
-def _translate_mixtral_moe(hidden, router, fc1, fc2, top_k: int):
+def _translate_mixtral_moe(hidden, router, fc1, fc2, fc3, top_k: int, fusion: int, stored: str):
     msft = onnxscript.values.Opset(MSFT_DOMAIN, 1)
-    x = op.Reshape(hidden, op.Constant(value_ints=[-1, int(fc1.shape[2])]))
+    hidden_size = int(hidden.shape[-1])
+    if stored:
+        # The user's translation arranges the stored weights for onnxruntime:
+        # a Cast to float or a Transpose, then the interleave.
+        experts, rows = int(fc1.shape[0]), 2 * int(fc2.shape[1 if stored == "transposed" else 2])
+        if stored == "bf16":
+            fc1, fc2 = op.Cast(fc1, to=ir.DataType.FLOAT), op.Cast(fc2, to=ir.DataType.FLOAT)
+        else:
+            fc1, fc2 = op.Transpose(fc1, perm=[0, 2, 1]), op.Transpose(fc2, perm=[0, 2, 1])
+        fc1 = op.Reshape(fc1, op.Constant(value_ints=[experts, 2, rows // 2, hidden_size]))
+        fc1 = op.Transpose(fc1, perm=[0, 2, 1, 3])
+        fc1 = op.Reshape(fc1, op.Constant(value_ints=[experts, rows, hidden_size]))
+    x = op.Reshape(hidden, op.Constant(value_ints=[-1, hidden_size]))
     logits = op.MatMul(x, op.Transpose(router, perm=[1, 0]))
-    y = msft.MoE(x, logits, fc1, None, fc2, activation_type="swiglu", activation_alpha=1.0,
-                 activation_beta=0.0, swiglu_fusion=1, k=top_k, normalize_routing_weights=1)
+    extra = (None, fc3) if fc3 is not None else ()
+    y = msft.MoE(x, logits, fc1, None, fc2, *extra, activation_type="swiglu", activation_alpha=1.0,
+                 activation_beta=0.0, swiglu_fusion=fusion, k=top_k, normalize_routing_weights=1)
     return op.Reshape(y, op.Shape(hidden))
 
 
@@ -166,22 +251,25 @@ def build(config: MixtralConfig, form: str, *, weights: bool) -> torch.nn.Module
     """The stock model for ``form`` (seeded weights, or fake parameters)."""
     attn = "eager" if form == "mask-eager" else "sdpa"
     experts = "grouped_mm" if form == "custom-grouped-mm" else "batched_mm"
+
+    def make() -> torch.nn.Module:
+        model = MixtralForCausalLM._from_config(config, attn_implementation=attn, experts_implementation=experts)
+        if form in ORT_FORMS:
+            for layer in model.model.layers:
+                layer.mlp = OrtMoeBlock(layer.mlp, form)
+        return model
+
     if weights:
         torch.manual_seed(SEED)
-        model = MixtralForCausalLM._from_config(config, attn_implementation=attn, experts_implementation=experts)
+        model = make()
     else:
         from torch._subclasses.fake_tensor import FakeTensorMode
         from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
         with FakeTensorMode(allow_non_fake_inputs=True, shape_env=ShapeEnv()):
-            model = MixtralForCausalLM._from_config(config, attn_implementation=attn,
-                                                    experts_implementation=experts)
+            model = make()
         model.model.rotary_emb = type(model.model.rotary_emb)(config)  # a buffer, not a parameter
-    model.eval()
-    if form == "ort-hf":
-        for layer in model.model.layers:
-            layer.mlp = OrtMoeBlock(layer.mlp)
-    return model
+    return model.eval()
 
 
 def _drop_node_metadata(model: ir.Model) -> None:
@@ -210,13 +298,14 @@ def export(config: MixtralConfig, form: str, output: Path, *, dynamic: bool, wei
         dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}
         dynamic_shapes = {"input_ids": dims, "attention_mask": dims, "use_cache": None}
     table = {}
-    if form == "ort-hf":
+    if form in ORT_FORMS:
         table[torch.ops.user.mixtral_moe.default] = _translate_mixtral_moe
     if form == "custom-grouped-mm":
         table[torch.ops.transformers.grouped_mm_fallback.default] = _translate_grouped_mm
-    # Without weights (and for ort-hf, whose interleave the optimiser would
-    # fold into a new initialiser) the exporter must not read parameters.
-    external = form == "ort-hf" or fake_mode is not None
+    # Without weights (and for the ort forms, whose interleave the optimiser
+    # would fold into a new initialiser) the exporter must not read
+    # parameters.
+    external = form in ORT_FORMS or fake_mode is not None
     program = torch.onnx.export(
         model, (), kwargs={"input_ids": ids, "attention_mask": mask, "use_cache": False},
         dynamo=True, dynamic_shapes=dynamic_shapes, custom_translation_table=table or None,
@@ -225,7 +314,9 @@ def export(config: MixtralConfig, form: str, output: Path, *, dynamic: bool, wei
     output.parent.mkdir(parents=True, exist_ok=True)
     if external:
         # The parameters as external data (written only when real), then the
-        # stock optimiser, which does not read external data.
+        # stock optimiser with the expert weights (all parameters, without
+        # weights) hidden from it: it would fold their rearrangement into a
+        # new initialiser, and it cannot read weights that are not there.
         location = output.stem + ".weights"
         parameters = dict(model.named_parameters())
         offset = 0
@@ -234,13 +325,13 @@ def export(config: MixtralConfig, form: str, output: Path, *, dynamic: bool, wei
             value = ir_model.graph.initializers[name]
             length = tensor.numel() * tensor.element_size()
             if sink is not None:
-                sink.write(tensor.detach().contiguous().numpy().tobytes())
+                sink.write(tensor.detach().contiguous().view(torch.uint8).numpy().tobytes())
             value.const_value = ir.ExternalTensor(location, offset, length, value.dtype, shape=value.shape,
                                                   name=name, base_dir=str(output.parent))
             offset += length
         if sink is not None:
             sink.close()
-        onnxscript.optimizer.optimize_ir(ir_model)
+        _optimize(ir_model, [name for name in parameters if fake_mode is not None or ".mlp.experts." in name])
         for node in ir_model.graph.all_nodes():  # onnx has no shape inference for MoE
             if node.domain == MSFT_DOMAIN and node.op_type == "MoE":
                 node.outputs[0].dtype = node.inputs[0].dtype
@@ -292,19 +383,34 @@ def fixtures(out: Path) -> int:
             files.append((name, form, dynamic))
     failed = 0
     for name, form, dynamic in files:
+        want_of = expected
+        if form == "ort-hf-bf16":
+            # Its expert weights are rounded to bf16: PyTorch runs that model.
+            model = build(config, form, weights=True)
+            with torch.no_grad():
+                want_of = {shape: model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                        use_cache=False).logits.numpy() for shape, ids in inputs.items()}
         if form == "custom-grouped-mm":
             run, _ = reference_evaluator(str(out / name), [f"{CUSTOM_DOMAIN}::{CUSTOM_OP}=grouped_matmul"])
+            which = "onnx.reference"
+        elif form in NOT_ON_ORT_CPU:
+            # onnxruntime's CPU MoE runs only swiglu_fusion=1: the file runs
+            # on onnx's reference evaluator with the MoE op in numpy.
+            run, _ = reference_evaluator(str(out / name), [], numpy_moe=True)
+            which = "onnx.reference"
         else:
             run = onnxruntime.InferenceSession(str(out / name), providers=["CPUExecutionProvider"]).run
+            which = "onnxruntime"
         for shape, ids in inputs.items():
             if not dynamic and shape != SHAPES[0]:
                 continue
             (logits,) = run(None, {"input_ids": ids.numpy(), "attention_mask": np.ones_like(ids.numpy())})
-            want = expected[shape].astype(np.float64)
+            want = want_of[shape].astype(np.float64)
             rel = float(np.linalg.norm(logits - want) / np.linalg.norm(want))
             ok = rel <= REL_L2_TOLERANCE
             failed += not ok
-            print(f"{name:<32} b{shape[0]}s{shape[1]:<3} relative L2 vs PyTorch {rel:.2e} {'ok' if ok else 'FAIL'}")
+            print(f"{name:<32} b{shape[0]}s{shape[1]:<3} relative L2 ({which}) vs PyTorch {rel:.2e} "
+                  f"{'ok' if ok else 'FAIL'}")
     return 1 if failed else 0
 
 

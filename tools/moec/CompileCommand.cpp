@@ -278,7 +278,7 @@ int moec::cli::runCompile(const ImportFlags &modelFlags,
   DiagnosticPrinter diagnostics(context);
   OwningOpRef<ModuleOp> module =
       loadModel(context, modelPath, modelFlags, /*raise=*/true,
-                /*requireComplete=*/true);
+                /*requireComplete=*/true, &job);
   if (!module)
     return 1;
   // The Hugging Face binding (init_from) and config.json, from the raised

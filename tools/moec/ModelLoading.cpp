@@ -73,7 +73,8 @@ moec::cli::ImportFlags::ImportFlags(
   customOps = std::make_unique<llvm::cl::list<std::string>>(
       "custom-op",
       llvm::cl::desc("import ONNX nodes DOMAIN::NAME as KIND (grouped_matmul: "
-                     "moec::GroupedMatMul's semantics); repeatable"),
+                     "moec::GroupedMatMul's semantics); repeatable; merges "
+                     "with a config's custom_ops"),
       llvm::cl::value_desc("DOMAIN::NAME=KIND"));
   for (llvm::cl::SubCommand *sub : subcommands)
     customOps->addSubCommand(*sub);
@@ -82,28 +83,42 @@ moec::cli::ImportFlags::ImportFlags(
 moec::cli::ImportFlags::~ImportFlags() = default;
 
 llvm::Expected<moec::OnnxImportOptions>
-moec::cli::ImportFlags::read() const {
+moec::cli::ImportFlags::read(const TrainingJob *job) const {
   OnnxImportOptions options;
+  auto find = [&](const CustomOpMapping &mapping) {
+    return llvm::find_if(options.customOps, [&](const CustomOpMapping &m) {
+      return m.name() == mapping.name();
+    });
+  };
   for (const std::string &text : *customOps) {
     llvm::Expected<CustomOpMapping> mapping = parseCustomOpMapping(text);
     if (!mapping)
       return mapping.takeError();
-    for (const CustomOpMapping &earlier : options.customOps)
-      if (earlier.domain == mapping->domain &&
-          earlier.opType == mapping->opType)
-        return llvm::createStringError("--custom-op '" + text + "': " +
-                                       mapping->domain + "::" +
-                                       mapping->opType +
-                                       " is already mapped");
+    if (find(*mapping) != options.customOps.end())
+      return llvm::createStringError("--custom-op '" + text + "': " +
+                                     mapping->name() + " is already mapped");
     options.customOps.push_back(std::move(*mapping));
   }
+  // The config's custom_ops merge with the flags: an op both name must be
+  // mapped to one kind.
+  if (job)
+    for (const CustomOpMapping &mapping : job->customOps) {
+      auto flag = find(mapping);
+      if (flag == options.customOps.end())
+        options.customOps.push_back(mapping);
+      else if (flag->kind != mapping.kind)
+        return llvm::createStringError(flag->origin + " and " + mapping.origin +
+                                       " map " + mapping.name() +
+                                       " to two kinds");
+    }
   return options;
 }
 
 OwningOpRef<ModuleOp> moec::cli::loadModel(MLIRContext &context,
                                            llvm::StringRef path,
-                                           const ImportFlags &flags,
-                                           bool raise, bool requireComplete) {
+                                           const ImportFlags &flags, bool raise,
+                                           bool requireComplete,
+                                           const TrainingJob *job) {
   DialectRegistry registry;
   registerAllDialects(registry);
   context.appendDialectRegistry(registry);
@@ -121,7 +136,7 @@ OwningOpRef<ModuleOp> moec::cli::loadModel(MLIRContext &context,
     return parseSourceFile<ModuleOp>(sourceMgr, &context);
   }
 
-  llvm::Expected<OnnxImportOptions> options = flags.read();
+  llvm::Expected<OnnxImportOptions> options = flags.read(job);
   if (!options) {
     emitError(FileLineColLoc::get(&context, path, 0, 0))
         << llvm::toString(options.takeError());
@@ -166,6 +181,21 @@ bool moec::cli::loadParameter(const OnnxWeights &weights, func::FuncOp forward,
              "a permutation of the initializer's dimensions");
       out = reference::transpose(out, perm.asArrayRef());
     }
+    // An initializer stored in a wider type than the parameter's (fp32 in
+    // the file, cast to bf16 in the graph: moe-canonicalize-parameters made
+    // the parameter bf16) is rounded to it, as the graph's Cast does.
+    auto element = dyn_cast<FloatType>(
+        cast<ShapedType>(forward.getArgument(i).getType()).getElementType());
+    if (element && !element.isF32())
+      for (float &x : out.f32) {
+        llvm::APFloat value(x);
+        bool lost;
+        value.convert(element.getFloatSemantics(),
+                      llvm::APFloat::rmNearestTiesToEven, &lost);
+        value.convert(llvm::APFloat::IEEEsingle(),
+                      llvm::APFloat::rmNearestTiesToEven, &lost);
+        x = value.convertToFloat();
+      }
     return true;
   }
   return weights.load(name, out, error);

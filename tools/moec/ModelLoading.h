@@ -11,13 +11,13 @@
 #define TOOLS_MOEC_MODELLOADING_H
 
 #include "moec/Import/Onnx.h"
+#include "moec/Support/TrainingJob.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/Diagnostics.h"
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/IR/OwningOpRef.h"
-#include "mlir/IR/Diagnostics.h"
-#include "moec/Import/Onnx.h"
 
 #include "llvm/ADT/StringRef.h"
 #include "llvm/Support/CommandLine.h"
@@ -49,27 +49,31 @@ public:
   explicit ImportFlags(llvm::ArrayRef<llvm::cl::SubCommand *> subcommands);
   ~ImportFlags();
 
-  /// The importer's options the flags spell; the error names the flag and
-  /// its value.
-  llvm::Expected<OnnxImportOptions> read() const;
+  /// The importer's options the flags spell, merged with `job`'s
+  /// `custom_ops` when the command reads a job; the error names the flag
+  /// and its value (or the flag and the key that map one op to two kinds).
+  llvm::Expected<OnnxImportOptions>
+  read(const moec::TrainingJob *job = nullptr) const;
 
 private:
   std::unique_ptr<llvm::cl::list<std::string>> customOps;
 };
 
 /// Loads `path`: `.mlir` files are parsed as they are; anything else is
-/// imported as ONNX with `flags`' options and, when `raise` is set, run
-/// through the import pipeline (with `requireComplete` failing on unraised
-/// nodes).
-mlir::OwningOpRef<mlir::ModuleOp> loadModel(mlir::MLIRContext &context,
-                                            llvm::StringRef path,
-                                            const ImportFlags &flags,
-                                            bool raise, bool requireComplete);
+/// imported as ONNX with `flags`' options (and `job`'s custom_ops, for the
+/// commands that read a job) and, when `raise` is set, run through the
+/// import pipeline (with `requireComplete` failing on unraised nodes).
+mlir::OwningOpRef<mlir::ModuleOp>
+loadModel(mlir::MLIRContext &context, llvm::StringRef path,
+          const ImportFlags &flags, bool raise, bool requireComplete,
+          const moec::TrainingJob *job = nullptr);
 
 /// Loads parameter `name` of `forward` from the model file's initializers
 /// `weights`: the initializer its `moe.initializer` names (by default
 /// `name`), transposed by its `moe.initializer_permutation`
-/// (moe-canonicalize-parameters). On failure returns false and sets `error`.
+/// (moe-canonicalize-parameters) and rounded to the parameter's element type
+/// where the initializer is stored wider. On failure returns false and sets
+/// `error`.
 bool loadParameter(const moec::OnnxWeights &weights, mlir::func::FuncOp forward,
                    llvm::StringRef name, moec::HostTensor &out,
                    std::string &error);

@@ -94,11 +94,12 @@ int fail(const llvm::Twine &message) {
   return 1;
 }
 
-/// A preset, a JSON config, or a model file; for a model file, `module`
-/// receives its raised forward (in `context`).
+/// A preset, a JSON config, or a model file (read with `flags` and `job`'s
+/// custom_ops); for a model file, `module` receives its raised forward (in
+/// `context`).
 std::optional<ModelDescription>
 loadDescription(MLIRContext &context, const moec::cli::ImportFlags &flags,
-                OwningOpRef<ModuleOp> &module) {
+                const moec::TrainingJob &job, OwningOpRef<ModuleOp> &module) {
   llvm::StringRef spec = modelSpec;
   if (std::optional<moec::ModelConfig> preset = getPreset(spec)) {
     return ModelDescription{spec.str(), *preset, mixtralParameters(*preset)};
@@ -125,7 +126,7 @@ loadDescription(MLIRContext &context, const moec::cli::ImportFlags &flags,
   }
   moec::cli::DiagnosticPrinter diagnostics(context);
   module = moec::cli::loadModel(context, spec, flags, /*raise=*/true,
-                                /*requireComplete=*/false);
+                                /*requireComplete=*/false, &job);
   if (!module)
     return std::nullopt;
   func::FuncOp forward = moec::cli::getForward(*module);
@@ -231,7 +232,7 @@ int moec::cli::runPlan(const ImportFlags &modelFlags,
   MLIRContext context;
   OwningOpRef<ModuleOp> forward;
   std::optional<ModelDescription> model =
-      loadDescription(context, modelFlags, forward);
+      loadDescription(context, modelFlags, job, forward);
   if (!model)
     return 1;
 

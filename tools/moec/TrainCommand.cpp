@@ -234,7 +234,7 @@ int moec::cli::runTrain(const ImportFlags &modelFlags,
   DiagnosticPrinter diagnostics(context);
   OwningOpRef<ModuleOp> module =
       loadModel(context, modelPath, modelFlags, /*raise=*/true,
-                /*requireComplete=*/true);
+                /*requireComplete=*/true, &job);
   if (!module)
     return 1;
   // The Hugging Face checkpoint to start from (job key init_from), checked

@@ -16,6 +16,7 @@
 #include "dialects/Moe/Transforms/Passes.h"
 
 #include "dialects/Moe/IR/MoeOps.h"
+#include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/Linalg/IR/Linalg.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
@@ -80,7 +81,16 @@ struct Role {
   SmallVector<OpOperand *> operands;
   /// Set when the operands read the parameter through this transpose.
   linalg::TransposeOp transpose;
+  /// Set when the operands read the parameter converted to another element
+  /// type (arith.extf or arith.truncf, before the transpose).
+  Operation *conversion = nullptr;
 };
+
+/// The element-type conversion of a parameter that raising makes for a
+/// weight stored in another type (arith.extf, arith.truncf), or null.
+Operation *asConversion(Operation *op) {
+  return isa_and_nonnull<arith::ExtFOp, arith::TruncFOp>(op) ? op : nullptr;
+}
 
 class RoleFinder {
 public:
@@ -116,14 +126,17 @@ void RoleFinder::claim(OpOperand &operand, std::string name, int64_t order) {
   linalg::TransposeOp transpose = v.getDefiningOp<linalg::TransposeOp>();
   if (transpose)
     v = transpose.getInput();
+  Operation *conversion = asConversion(v.getDefiningOp());
+  if (conversion)
+    v = conversion->getOperand(0);
   if (!isParameter(v))
     return;
   SmallVector<Role> &list = roles[cast<BlockArgument>(v)];
   auto it = llvm::find_if(list, [&](const Role &r) { return r.name == name; });
   if (it == list.end()) {
-    list.push_back(Role{std::move(name), order, {}, transpose});
+    list.push_back(Role{std::move(name), order, {}, transpose, conversion});
     it = std::prev(list.end());
-  } else if (it->transpose != transpose) {
+  } else if (it->transpose != transpose || it->conversion != conversion) {
     return; // one role read in two layouts: leave the parameter alone
   }
   it->operands.push_back(&operand);
@@ -216,14 +229,21 @@ void RoleFinder::run() {
   });
 }
 
-/// Whether every use of `param` (directly, or through a transpose) was
-/// given a role.
-bool fullyClaimed(BlockArgument param,
-                  const llvm::DenseSet<OpOperand *> &claimed) {
-  for (OpOperand &use : param.getUses()) {
+/// Whether every use of `value` (directly, or through a transpose, or
+/// through a conversion when `param` is the parameter itself) was given a
+/// role.
+bool fullyClaimed(Value value, const llvm::DenseSet<OpOperand *> &claimed,
+                  bool param = true) {
+  for (OpOperand &use : value.getUses()) {
     if (claimed.contains(&use))
       continue;
-    auto transpose = dyn_cast<linalg::TransposeOp>(use.getOwner());
+    Operation *owner = use.getOwner();
+    if (param && asConversion(owner)) {
+      if (!fullyClaimed(owner->getResult(0), claimed, /*param=*/false))
+        return false;
+      continue;
+    }
+    auto transpose = dyn_cast<linalg::TransposeOp>(owner);
     if (!transpose || use.getOperandNumber() != 0)
       return false;
     for (OpOperand &read : transpose.getResult()[0].getUses())
@@ -287,7 +307,8 @@ struct CanonicalizeParametersPass
       Role &role = *r.role;
       unsigned from = r.from.getArgNumber();
       StringRef initializer = initializerOf(r.from);
-      Type type = r.from.getType();
+      // The type its operands read: transposed and converted as they are.
+      Type type = role.operands.front()->get().getType();
       SmallVector<NamedAttribute> attrs = {
           NamedAttribute(parameterAttr, StringAttr::get(context, role.name))};
       if (initializer != role.name)
@@ -295,8 +316,9 @@ struct CanonicalizeParametersPass
             NamedAttribute(StringAttr::get(context,
                                            MoeDialect::getInitializerAttrName()),
                            StringAttr::get(context, initializer)));
+      if (role.conversion)
+        ++numConversionsFolded;
       if (role.transpose) {
-        type = role.transpose.getResult()[0].getType();
         attrs.push_back(NamedAttribute(
             StringAttr::get(context,
                             MoeDialect::getInitializerPermutationAttrName()),
@@ -338,12 +360,16 @@ struct CanonicalizeParametersPass
           << "own";
     }
 
-    // The folded transposes (and their unused inits) and the old arguments
-    // go: every use of those was claimed and moved.
-    llvm::SetVector<Operation *> folded;
-    for (const Rebuilt &r : rebuilt)
+    // The folded transposes (and their unused inits), then the folded
+    // conversions, and the old arguments go: every use of those was claimed
+    // and moved.
+    llvm::SetVector<Operation *> folded, conversions;
+    for (const Rebuilt &r : rebuilt) {
       if (linalg::TransposeOp t = r.role->transpose)
         folded.insert(t);
+      if (Operation *c = r.role->conversion)
+        conversions.insert(c);
+    }
     for (Operation *t : folded) {
       Value init = cast<linalg::TransposeOp>(t).getInit();
       t->erase();
@@ -351,6 +377,9 @@ struct CanonicalizeParametersPass
           def && isa<tensor::EmptyOp>(def) && def->use_empty())
         def->erase();
     }
+    for (Operation *c : conversions)
+      if (c->use_empty())
+        c->erase();
     if (failed(func.eraseArguments(replaced)))
       return signalPassFailure();
   }

@@ -47,6 +47,11 @@ def CanonicalizeParameters
     - the layout: a weight used through `linalg.transpose` (an exporter that
       folded the transpose stored it [in, out]) becomes the transposed
       parameter, and the transpose leaves the function;
+    - the type: a weight used through `arith.extf` or `arith.truncf`
+      (stored in another type than the model computes in, e.g. bf16 expert
+      weights cast to fp32 in the graph) becomes a parameter of the type it
+      is read in, and the conversion leaves the function: the parameter is
+      the model's, trained in the job's precision like every other;
     - ties: one argument used in several roles (an exporter merged
       initializers of equal values, such as the all-ones RMSNorm weights of
       a fresh model) becomes one parameter per role, with a remark naming
@@ -56,13 +61,17 @@ def CanonicalizeParameters
     Each rebuilt argument keeps where its value comes from:
     `moe.initializer` names the model file's initializer when it differs
     from the parameter's name, and `moe.initializer_permutation` the
-    transpose that turns it into the parameter. A parameter with a use the
-    pass does not recognise is left as it is.
+    transpose that turns it into the parameter; an initializer of another
+    type is converted by whoever reads it (to the nearest value of the
+    parameter's type). A parameter with a use the pass does not recognise
+    is left as it is.
   }];
   let statistics = [
     Statistic<"numRenamed", "num-renamed", "parameters given another name">,
     Statistic<"numTransposesFolded", "num-transposes-folded",
               "weight transposes folded into the parameter's layout">,
+    Statistic<"numConversionsFolded", "num-conversions-folded",
+              "weight type conversions folded into the parameter's type">,
     Statistic<"numUntied", "num-untied",
               "parameters made from a merged initializer's extra roles">
   ];

@@ -26,6 +26,7 @@
 #ifndef MOEC_IMPORT_ONNX_H
 #define MOEC_IMPORT_ONNX_H
 
+#include "moec/Support/CustomOps.h"
 #include "moec/Support/HostTensor.h"
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/MLIRContext.h"
@@ -39,30 +40,10 @@
 
 namespace moec {
 
-/// What a node of a domain moec does not know stands for, as the user says
-/// with `--custom-op DOMAIN::NAME=KIND`.
-enum class CustomOpKind {
-  /// moec's own `moec::GroupedMatMul` (docs/onnx-forms.md §6): inputs X
-  /// [S, K], W [G, K, N], offsets int32/int64 [G] (each group's end row);
-  /// output Y [S, N]; no attributes.
-  GroupedMatMul,
-};
-
-/// One `DOMAIN::NAME=KIND` mapping.
-struct CustomOpMapping {
-  std::string domain;
-  std::string opType;
-  CustomOpKind kind;
-};
-
-/// Parses `DOMAIN::NAME=KIND` (KIND: grouped_matmul). The error names the
-/// text and what is wrong with it.
-llvm::Expected<CustomOpMapping> parseCustomOpMapping(llvm::StringRef text);
-
 /// What the importer is told beyond the file.
 struct OnnxImportOptions {
-  /// Custom ops to import as the op they stand for; a node of a domain
-  /// moec does not know and not named here is an error.
+  /// Custom ops to import as the op they stand for (moec/Support/CustomOps.h);
+  /// a node of a domain moec does not know and not named here is an error.
   std::vector<CustomOpMapping> customOps;
 };
 

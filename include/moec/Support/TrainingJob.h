@@ -20,6 +20,7 @@
 #define MOEC_SUPPORT_TRAININGJOB_H
 
 #include "dialects/Moe/IR/MoeDialect.h"
+#include "moec/Support/CustomOps.h"
 
 #include "llvm/ADT/ArrayRef.h"
 #include "llvm/ADT/StringRef.h"
@@ -162,6 +163,14 @@ struct TrainingJob {
   /// program starts from instead of the seed (docs/hf-checkpoints.md).
   std::string initFrom;
 
+  // --- Reading the model ---------------------------------------------------
+  /// `custom_ops`: what the ops of ONNX domains moec does not know stand
+  /// for, `{"DOMAIN::NAME": "KIND"}`, in the model the command is given
+  /// (configs do not name the model). A config key only: its flag is
+  /// `--custom-op DOMAIN::NAME=KIND`, which `moec import` and `moec run`
+  /// take too; the two merge (moec/cli ImportFlags).
+  std::vector<CustomOpMapping> customOps;
+
   /// The keys set explicitly (by a config, a flag or a pipeline option), in
   /// their canonical spelling; the rest hold their defaults.
   std::vector<std::string> explicitKeys;
@@ -189,7 +198,9 @@ int64_t getMemoryBudgetBytes(const TrainingJob &job);
 struct TrainingJobKey {
   /// The config spelling, e.g. `micro_batch_size`.
   llvm::StringRef name;
-  /// The flag and pipeline-option spelling, e.g. `micro-batch-size`.
+  /// The flag and pipeline-option spelling, e.g. `micro-batch-size`; empty
+  /// for a key only a config spells (`custom_ops`, whose flag is another
+  /// one's).
   std::string flag;
   /// What its value looks like, e.g. `int`, `aux_loss|sinkhorn|...`.
   std::string valueDescription;
@@ -259,7 +270,8 @@ public:
 
 private:
   std::unique_ptr<llvm::cl::opt<std::string>> config;
-  /// One per trainingJobKeys() entry, in that order.
+  /// One per trainingJobKeys() entry, in that order (null for a key that
+  /// has no flag).
   std::vector<std::unique_ptr<llvm::cl::opt<std::string>>> flags;
 };
 

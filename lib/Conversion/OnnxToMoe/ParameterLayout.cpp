@@ -10,6 +10,8 @@
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/TypeUtilities.h"
+#include "llvm/ADT/SmallBitVector.h"
 
 #include <algorithm>
 #include <deque>
@@ -106,8 +108,8 @@ bool slice(ParameterLayout &layout, int64_t axis, int64_t start, int64_t count,
 
 /// Concatenates `parts` along `axis`: equal parts at a constant offset step
 /// add an outer digit; single-digit parts that continue each other merge.
-std::optional<ParameterLayout> concat(ArrayRef<ParameterLayout> parts,
-                                      int64_t axis) {
+std::optional<ParameterLayout> concatLayouts(ArrayRef<ParameterLayout> parts,
+                                             int64_t axis) {
   ParameterLayout first = parts.front();
   for (const ParameterLayout &part : parts) {
     if (part.parameter != first.parameter ||
@@ -192,13 +194,26 @@ std::optional<ParameterLayout> trace(Value value, int depth) {
     return std::nullopt;
   int64_t rank = inputShape->size();
 
-  if (op == "Identity" ||
-      (op == "Cast" && input.getType() == value.getType()))
+  if (op == "Identity")
     return trace(input, depth + 1);
+  if (op == "Cast") {
+    Type from = getElementTypeOrSelf(input.getType());
+    Type to = getElementTypeOrSelf(value.getType());
+    if (from == to)
+      return trace(input, depth + 1);
+    if (!isa<FloatType>(from) || !isa<FloatType>(to))
+      return std::nullopt;
+    // The parameter's own values converted once: the input still has the
+    // parameter's element type.
+    std::optional<ParameterLayout> in = trace(input, depth + 1);
+    if (!in || getElementTypeOrSelf(in->parameter.getType()) != from)
+      return std::nullopt;
+    return in;
+  }
   if (op == "Reshape" || op == "Unsqueeze" || op == "Squeeze" ||
       op == "Flatten") {
     std::optional<ParameterLayout> in = trace(input, depth + 1);
-    return in ? reshape(*in, *shape) : std::nullopt;
+    return in ? in->reshaped(*shape) : std::nullopt;
   }
   if (op == "Transpose") {
     std::optional<ParameterLayout> in = trace(input, depth + 1);
@@ -210,15 +225,10 @@ std::optional<ParameterLayout> trace(Value value, int depth) {
     else
       for (int64_t a = rank - 1; a >= 0; --a)
         perm.push_back(a);
-    if (static_cast<int64_t>(perm.size()) != rank)
+    if (static_cast<int64_t>(perm.size()) != rank ||
+        llvm::any_of(perm, [&](int64_t a) { return a < 0 || a >= rank; }))
       return std::nullopt;
-    ParameterLayout out{in->parameter, in->offset, {}};
-    for (int64_t a : perm) {
-      if (a < 0 || a >= rank)
-        return std::nullopt;
-      out.axes.push_back(in->axes[a]);
-    }
-    return out;
+    return in->transposed(perm);
   }
   if (op == "Slice") {
     if (node.getInputs().size() < 3 || node->hasAttr("absent_inputs"))
@@ -286,10 +296,9 @@ std::optional<ParameterLayout> trace(Value value, int depth) {
       std::optional<ParameterLayout> part = trace(in, depth + 1);
       if (!part)
         return std::nullopt;
-      part->normalize();
       parts.push_back(*part);
     }
-    return concat(parts, *axis);
+    return ParameterLayout::concat(parts, *axis);
   }
   return std::nullopt;
 }
@@ -307,16 +316,49 @@ ParameterLayout ParameterLayout::identity(Value parameter) {
   return layout;
 }
 
-ParameterLayout ParameterLayout::interleavedGateUp(Value gateUp) {
-  ArrayRef<int64_t> shape =
-      cast<RankedTensorType>(gateUp.getType()).getShape();
-  int64_t rows = shape[1], hidden = shape[2];
-  ParameterLayout layout{gateUp, 0, {}};
-  layout.axes.push_back({{shape[0], rows * hidden}});
-  // Row r = 2j + c (j outer, c inner) is row c·I + j of the parameter.
-  layout.axes.push_back({{rows / 2, hidden}, {2, rows / 2 * hidden}});
-  layout.axes.push_back({{hidden, 1}});
-  return layout;
+std::optional<ParameterLayout>
+ParameterLayout::concat(ArrayRef<ParameterLayout> parts, int64_t axis) {
+  if (parts.empty() || axis < 0 ||
+      axis >= static_cast<int64_t>(parts.front().axes.size()))
+    return std::nullopt;
+  SmallVector<ParameterLayout> normalized(parts);
+  for (ParameterLayout &part : normalized)
+    part.normalize();
+  return concatLayouts(normalized, axis);
+}
+
+std::optional<ParameterLayout>
+ParameterLayout::reshaped(ArrayRef<int64_t> shape) const {
+  return reshape(*this, shape);
+}
+
+ParameterLayout ParameterLayout::transposed(ArrayRef<int64_t> perm) const {
+  ParameterLayout out{parameter, offset, {}};
+  for (int64_t a : perm)
+    out.axes.push_back(axes[a]);
+  return out;
+}
+
+std::optional<SmallVector<int64_t>> ParameterLayout::permutation() const {
+  ParameterLayout self = *this, whole = identity(parameter);
+  self.normalize();
+  whole.normalize();
+  if (self.offset != 0 || self.axes.size() != whole.axes.size())
+    return std::nullopt;
+  // Each axis is one whole axis of the parameter (size-1 axes, which have
+  // no digits, pair up in order).
+  SmallVector<int64_t> perm;
+  llvm::SmallBitVector used(whole.axes.size());
+  for (const Digits &axis : self.axes) {
+    size_t p = 0;
+    while (p < whole.axes.size() && (used.test(p) || whole.axes[p] != axis))
+      ++p;
+    if (p == whole.axes.size())
+      return std::nullopt;
+    used.set(p);
+    perm.push_back(static_cast<int64_t>(p));
+  }
+  return perm;
 }
 
 void ParameterLayout::normalize() {
@@ -331,14 +373,6 @@ void ParameterLayout::normalize() {
     }
     digits = std::move(merged);
   }
-}
-
-bool ParameterLayout::sameAs(ParameterLayout other) const {
-  ParameterLayout self = *this;
-  self.normalize();
-  other.normalize();
-  return self.parameter == other.parameter && self.offset == other.offset &&
-         self.axes == other.axes;
 }
 
 std::optional<ParameterLayout> moec::traceParameterLayout(Value value) {

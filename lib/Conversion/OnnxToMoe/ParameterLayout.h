@@ -17,7 +17,11 @@
 // (and failing where sizes do not divide); Slice and Split move the offset
 // and narrow or stride a digit; a Concat of layouts that differ only by a
 // constant offset step along the axis adds a digit. Identity and Casts to
-// the same type change nothing. Anything else is not a rearrangement of one
+// the same type change nothing. A Cast from the parameter's own element
+// type to another floating-point type (a checkpoint stored in bf16 and
+// computed in fp32) keeps the layout: the value is the parameter converted,
+// which its reader does once; a second conversion on the way (rounding in
+// between) fails the trace. Anything else is not a rearrangement of one
 // parameter, and the trace fails.
 //
 //===----------------------------------------------------------------------===//
@@ -53,16 +57,25 @@ struct ParameterLayout {
 
   /// The parameter itself: one digit per axis, row-major strides.
   static ParameterLayout identity(mlir::Value parameter);
-  /// Hugging Face's `gate_up_proj` [E, 2I, H] (gate rows, then up rows)
-  /// with its rows interleaved as onnxruntime's MoE wants them: row 2j is
-  /// gate row j, row 2j + 1 up row j.
-  static ParameterLayout interleavedGateUp(mlir::Value gateUp);
+  /// The layouts of `parts` concatenated along `axis` (parts of one
+  /// parameter, equal but for that axis), or nothing when the result is not
+  /// a strided layout.
+  static std::optional<ParameterLayout>
+  concat(llvm::ArrayRef<ParameterLayout> parts, int64_t axis);
+
+  /// This layout reshaped (row-major) to `shape`, or nothing where an axis
+  /// boundary of `shape` falls inside a digit that does not divide.
+  std::optional<ParameterLayout> reshaped(llvm::ArrayRef<int64_t> shape) const;
+  /// This layout with its axes permuted: axis a is axis `perm[a]`.
+  ParameterLayout transposed(llvm::ArrayRef<int64_t> perm) const;
+  /// The permutation p for which this layout is the whole parameter with
+  /// its axes permuted (axis a is the parameter's axis p[a]), or nothing
+  /// when it is any other rearrangement.
+  std::optional<llvm::SmallVector<int64_t>> permutation() const;
 
   /// Drops digits of size 1 and merges neighbours that step as one, so that
   /// two layouts of the same element map compare equal.
   void normalize();
-  /// Whether both map every element to the same one of the same parameter.
-  bool sameAs(ParameterLayout other) const;
 };
 
 /// The layout of `value` over the one parameter (a function argument tagged

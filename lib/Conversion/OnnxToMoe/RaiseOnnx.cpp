@@ -42,9 +42,11 @@
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/IR/Builders.h"
 #include "llvm/ADT/SetVector.h"
+#include "llvm/ADT/StringSet.h"
 
 #include <cmath>
 #include <random>
+#include <sstream>
 
 namespace moec {
 #define GEN_PASS_DEF_RAISEONNX
@@ -139,6 +141,11 @@ public:
   Raiser(func::FuncOp func, int64_t &numRaised)
       : func(func), builder(func.getContext()), numRaised(numRaised) {}
 
+  /// Why nodes that a pattern is written for were not raised (a
+  /// com.microsoft.MoE whose attributes or weights moe.experts cannot
+  /// take), for the error that names them.
+  llvm::DenseMap<Operation *, std::string> notRaised;
+
   void run() {
     SmallVector<BlockArgument> usedInputs;
     for (BlockArgument arg : func.getArguments())
@@ -187,8 +194,11 @@ private:
   void raiseAttentionBlocks();
   bool raiseAttention(OnnxNodeOp softmax);
   void raiseOrtMoeNodes();
-  Value deinterleavedParameter(Value fc1);
-  Value lookThroughToParameter(Value v);
+  Value materialize(const moec::ParameterLayout &layout, RankedTensorType type,
+                    Location loc, std::string &why);
+  Value gateUpWeight(OnnxNodeOp node, int64_t fusion, GateUpLayout &layout,
+                     std::string &why);
+  Value downWeight(OnnxNodeOp node, std::string &why);
   void raiseSparseMoeBlocks();
   bool raiseSparseMoe(OnnxNodeOp topK);
 
@@ -736,40 +746,240 @@ void Raiser::raiseAttentionBlocks() {
 // Phase 2: sparse MoE blocks
 //===----------------------------------------------------------------------===//
 
-/// If `fc1` interleaves the gate and up rows of a parameter in Hugging
-/// Face's concatenated layout, returns that parameter. However the graph
-/// computes the interleave (Reshape/Transpose/Reshape, or Split,
-/// Unsqueeze, Concat and Reshape), its layout is read structurally: an
-/// evaluation would touch every expert weight, and a weights-free model has
-/// none.
-Value Raiser::deinterleavedParameter(Value fc1) {
-  std::optional<moec::ParameterLayout> layout =
-      moec::traceParameterLayout(fc1);
-  if (!layout)
-    return {};
-  RankedTensorType type = tensorType(layout->parameter);
-  if (type != tensorType(fc1) || type.getDimSize(1) % 2 != 0 ||
-      !layout->sameAs(
-          moec::ParameterLayout::interleavedGateUp(layout->parameter)))
-    return {};
-  return layout->parameter;
+/// `type`'s shape as `[4, 64, 16]`, for messages.
+std::string shapeString(ShapedType type) {
+  std::string s = "[";
+  for (auto [i, size] : llvm::enumerate(type.getShape()))
+    s += (i ? ", " : "") + (ShapedType::isDynamic(size) ? std::string("?")
+                                                        : std::to_string(size));
+  return s + "]";
 }
 
-/// The parameter `v` is, when the graph merely moves it around without
-/// changing it (Identity, a same-type Cast, a reshape to its own shape), or
-/// `v` itself.
-Value Raiser::lookThroughToParameter(Value v) {
-  std::optional<moec::ParameterLayout> layout = moec::traceParameterLayout(v);
-  if (layout && tensorType(layout->parameter) == tensorType(v) &&
-      layout->sameAs(moec::ParameterLayout::identity(layout->parameter)))
-    return layout->parameter;
+/// A parameter argument as `'name' [4, 64, 16] bf16`, for messages.
+std::string describeParameter(Value param) {
+  auto arg = cast<BlockArgument>(param);
+  auto func = cast<func::FuncOp>(arg.getOwner()->getParentOp());
+  std::string s = "'";
+  if (auto name = func.getArgAttrOfType<StringAttr>(
+          arg.getArgNumber(), moe::MoeDialect::getParameterAttrName()))
+    s += name.getValue().str();
+  s += "' " + shapeString(tensorType(param));
+  llvm::raw_string_ostream os(s);
+  os << " " << tensorType(param).getElementType();
+  return s;
+}
+
+/// Why `weight` (input `what` of a com.microsoft.MoE) is not a
+/// rearrangement of one parameter: the first node on its way that computes
+/// rather than moves elements, or the parameters it is put together from.
+std::string describeUntraced(Value weight, StringRef what) {
+  static const llvm::StringSet<> moving = {
+      "Identity", "Cast",  "Reshape", "Unsqueeze", "Squeeze",
+      "Flatten",  "Slice", "Split",   "Concat",    "Transpose"};
+  std::string head = (what + " " + shapeString(tensorType(weight))).str();
+  llvm::SetVector<Value> params;
+  llvm::SmallPtrSet<Operation *, 16> seen;
+  SmallVector<Value> stack{weight};
+  while (!stack.empty()) {
+    Value v = stack.pop_back_val();
+    if (isParameter(v)) {
+      params.insert(v);
+      continue;
+    }
+    auto node = v.getDefiningOp<OnnxNodeOp>();
+    if (!node || !seen.insert(node).second)
+      continue;
+    if (!node.getDomain().empty() || !moving.contains(node.getOpType())) {
+      std::string name;
+      if (auto loc = dyn_cast<NameLoc>(node.getLoc()))
+        name = "'" + loc.getName().getValue().str() + "' ";
+      return head + " is computed by ONNX node " + name + "(" +
+             node.getOpType().str() + "), which does not only move a " +
+             "parameter's elements";
+    }
+    // Data inputs: every input of a Concat, the first of the others; the
+    // first is visited first.
+    for (Value in : llvm::reverse(node.getOpType() == "Concat"
+                                      ? node.getInputs()
+                                      : node.getInputs().take_front()))
+      stack.push_back(in);
+  }
+  if (params.size() > 1) {
+    std::string list;
+    for (auto [i, p] : llvm::enumerate(params)) {
+      if (i == 4) {
+        list += ", ...";
+        break;
+      }
+      list += (i ? ", " : "") + describeParameter(p);
+    }
+    return head + " is put together from " + std::to_string(params.size()) +
+           " parameters (" + list +
+           "); moec reads an expert weight only as a rearrangement of one "
+           "parameter";
+  }
+  if (params.size() == 1)
+    return head + " is rearranged from parameter " +
+           describeParameter(params.front()) +
+           " in a way that is not a strided view of it (a dynamic shape, a "
+           "second type conversion, or a Slice or Reshape whose sizes do "
+           "not divide)";
+  return head + " is not computed from a parameter";
+}
+
+/// `layout` as a value of `type`: its parameter with its axes permuted (a
+/// linalg.transpose) and converted to `type`'s element type (arith.extf or
+/// arith.truncf) when the layout only permutes the parameter's axes;
+/// moe-canonicalize-parameters folds both into the parameter. Null, with
+/// `why`, otherwise.
+Value Raiser::materialize(const moec::ParameterLayout &layout,
+                          RankedTensorType type, Location loc,
+                          std::string &why) {
+  std::optional<SmallVector<int64_t>> perm = layout.permutation();
+  if (!perm) {
+    why = "it is not the parameter with its axes permuted";
+    return {};
+  }
+  Value v = layout.parameter;
+  ArrayRef<int64_t> shape = tensorType(v).getShape();
+  SmallVector<int64_t> permuted;
+  for (int64_t p : *perm)
+    permuted.push_back(shape[p]);
+  if (ArrayRef<int64_t>(permuted) != type.getShape()) {
+    why = "its shape differs";
+    return {};
+  }
+  auto from = cast<FloatType>(tensorType(v).getElementType());
+  auto to = cast<FloatType>(type.getElementType());
+  if (from != to && from.getWidth() == to.getWidth()) {
+    why = "a Cast between two types of one width cannot be read exactly";
+    return {};
+  }
+  builder.setInsertionPointAfterValue(v);
+  if (from != to) {
+    auto converted = RankedTensorType::get(shape, to);
+    v = from.getWidth() < to.getWidth()
+            ? arith::ExtFOp::create(builder, loc, converted, v).getResult()
+            : arith::TruncFOp::create(builder, loc, converted, v).getResult();
+  }
+  if (!llvm::equal(*perm, llvm::seq<int64_t>(0, perm->size()))) {
+    auto init = tensor::EmptyOp::create(builder, loc, type.getShape(), to);
+    v = linalg::TransposeOp::create(builder, loc, v, init, *perm)
+            .getResult()[0];
+  }
   return v;
+}
+
+/// The gate/up weight moe.experts reads for a com.microsoft.MoE whose
+/// swiglu_fusion is `fusion` (0: fc1 the gate rows and fc3 the up rows; 1:
+/// fc1 the two interleaved; 2: fc1 the gate rows, then the up rows), with
+/// its layout. However the graph computes them from the parameters
+/// (Transpose, reshapes, Slice/Split, Concat, a Cast), their layout is read
+/// structurally: an evaluation would touch every expert weight, and a
+/// weights-free model has none. Hugging Face's concatenated layout is
+/// preferred, so that the parameter is its `gate_up_proj`. Null, with
+/// `why`, when it is not the rows of one parameter in a layout moe.experts
+/// reads.
+Value Raiser::gateUpWeight(OnnxNodeOp node, int64_t fusion,
+                           GateUpLayout &layout, std::string &why) {
+  Value fc1 = node.getInputs()[2];
+  RankedTensorType fc1Type = tensorType(fc1);
+  if (!fc1Type || !fc1Type.hasStaticShape() || fc1Type.getRank() != 3) {
+    why = "fc1 " + (fc1Type ? shapeString(fc1Type) : std::string("?")) +
+          " is not a static [experts, rows, hidden] tensor";
+    return {};
+  }
+  int64_t e = fc1Type.getDimSize(0), rows = fc1Type.getDimSize(1),
+          h = fc1Type.getDimSize(2);
+  std::optional<moec::ParameterLayout> traced = moec::traceParameterLayout(fc1);
+  if (!traced) {
+    why = describeUntraced(fc1, "fc1");
+    return {};
+  }
+  RankedTensorType type = fc1Type;
+  std::optional<moec::ParameterLayout> concatenated = traced;
+  if (fusion == 0) {
+    Value fc3 = node.getInputs()[4];
+    std::optional<moec::ParameterLayout> up = moec::traceParameterLayout(fc3);
+    if (!up) {
+      why = describeUntraced(fc3, "fc3");
+      return {};
+    }
+    if (tensorType(fc3) != fc1Type) {
+      why = "fc3 " + shapeString(tensorType(fc3)) + " differs from fc1 " +
+            shapeString(fc1Type);
+      return {};
+    }
+    concatenated = moec::ParameterLayout::concat({*traced, *up}, 1);
+    type = RankedTensorType::get({e, 2 * rows, h}, fc1Type.getElementType());
+    if (!concatenated || traced->parameter != up->parameter) {
+      why = "fc1 and fc3 " + shapeString(fc1Type) +
+            " are not the gate and up rows of one parameter (fc1 from " +
+            describeParameter(traced->parameter) + ", fc3 from " +
+            describeParameter(up->parameter) + ")";
+      return {};
+    }
+  } else if (fusion == 1) {
+    if (rows % 2 != 0) {
+      why = "fc1 " + shapeString(fc1Type) + " has an odd number of rows";
+      return {};
+    }
+    // Row 2j + c of fc1 is row c·I + j of the concatenated layout.
+    concatenated.reset();
+    if (auto split = traced->reshaped({e, rows / 2, 2, h}))
+      concatenated = split->transposed({0, 2, 1, 3}).reshaped({e, rows, h});
+  }
+  Location loc = node.getLoc();
+  std::string unused;
+  if (concatenated)
+    if (Value v = materialize(*concatenated, type, loc, unused)) {
+      layout = GateUpLayout::concatenated;
+      return v;
+    }
+  if (fusion == 1)
+    if (Value v = materialize(*traced, type, loc, unused)) {
+      layout = GateUpLayout::interleaved;
+      return v;
+    }
+  const char *expected =
+      fusion == 1 ? "onnxruntime's interleave of Hugging Face's gate and up "
+                    "rows (swiglu_fusion 1), or those rows stored "
+                    "interleaved"
+                  : "Hugging Face's gate rows, then up rows";
+  why = (fusion == 0 ? "fc1 and fc3 " : "fc1 ") + shapeString(fc1Type) +
+        (fusion == 0 ? " rearrange" : " rearranges") + " parameter " +
+        describeParameter(traced->parameter) + " into something other than " +
+        expected;
+  return {};
+}
+
+/// The down weight moe.experts reads for fc2 [E, H, I], or null with `why`.
+Value Raiser::downWeight(OnnxNodeOp node, std::string &why) {
+  Value fc2 = node.getInputs()[3];
+  RankedTensorType type = tensorType(fc2);
+  if (!type || !type.hasStaticShape() || type.getRank() != 3) {
+    why = "fc2 " + (type ? shapeString(type) : std::string("?")) +
+          " is not a static [experts, hidden, rows] tensor";
+    return {};
+  }
+  std::optional<moec::ParameterLayout> traced = moec::traceParameterLayout(fc2);
+  if (!traced) {
+    why = describeUntraced(fc2, "fc2");
+    return {};
+  }
+  std::string how;
+  if (Value v = materialize(*traced, type, node.getLoc(), how))
+    return v;
+  why = "fc2 " + shapeString(type) + " rearranges parameter " +
+        describeParameter(traced->parameter) + ", but " + how;
+  return {};
 }
 
 /// onnxruntime's com.microsoft.MoE with router logits from a linear layer:
 /// one node, so its attributes say everything. When its input is a
 /// flattening of a [batch, seq, hidden] tensor and its output is reshaped
-/// back, the moe ops take the unflattened tensor.
+/// back, the moe ops take the unflattened tensor. A node that is not
+/// raised gets the reason in `notRaised`.
 void Raiser::raiseOrtMoeNodes() {
   SmallVector<OnnxNodeOp> nodes;
   func.walk([&](OnnxNodeOp node) {
@@ -789,31 +999,66 @@ void Raiser::raiseOrtMoeNodes() {
       auto a = node->getAttrOfType<FloatAttr>(name);
       return a ? a.getValueAsDouble() : fallback;
     };
-    // Plain SwiGLU: silu(gate) * up with interleaved rows, renormalised
-    // top-k, no biases, no activation scaling or clamping.
-    if (strAttr("activation_type") != "swiglu" ||
-        intAttr("swiglu_fusion", 0) != 1 ||
-        intAttr("normalize_routing_weights", 0) != 1 ||
-        floatAttr("activation_alpha", 1.0) != 1.0 ||
-        floatAttr("activation_beta", 0.0) != 0.0 ||
-        node->hasAttr("swiglu_limit") || node.getInputs().size() != 4)
+    auto refuse = [&](const std::string &why) { notRaised[node] = why; };
+    // Plain SwiGLU: silu(gate) * up, renormalised top-k, no biases, no
+    // activation scaling or clamping.
+    int64_t fusion = intAttr("swiglu_fusion", 0);
+    double alpha = floatAttr("activation_alpha", 1.0),
+           beta = floatAttr("activation_beta", 0.0);
+    if (strAttr("activation_type") != "swiglu") {
+      refuse("activation_type '" + strAttr("activation_type").str() +
+             "' is not swiglu (moe.experts computes Mixtral's SwiGLU)");
       continue;
+    }
+    if (fusion < 0 || fusion > 2) {
+      refuse("swiglu_fusion " + std::to_string(fusion) + " is not 0, 1 or 2");
+      continue;
+    }
+    if (intAttr("normalize_routing_weights", 0) != 1) {
+      refuse("normalize_routing_weights " +
+             std::to_string(intAttr("normalize_routing_weights", 0)) +
+             " is not 1 (Mixtral renormalises its top-k routing weights)");
+      continue;
+    }
+    if (alpha != 1.0 || beta != 0.0 || node->hasAttr("swiglu_limit")) {
+      std::ostringstream os;
+      os << "activation_alpha " << alpha << ", activation_beta " << beta
+         << (node->hasAttr("swiglu_limit") ? ", swiglu_limit" : "")
+         << ": Mixtral's SwiGLU is silu(gate) * up (alpha 1, beta 0, no "
+            "swiglu_limit)";
+      refuse(os.str());
+      continue;
+    }
+    // Inputs: input, router_probs, fc1, (no fc1 bias), fc2, and with
+    // swiglu_fusion 0 (no fc2 bias), fc3; no fc3 bias.
     auto absent = node->getAttrOfType<DenseI64ArrayAttr>("absent_inputs");
-    if (!absent || absent.asArrayRef() != ArrayRef<int64_t>{3})
-      continue; // inputs: input, router_probs, fc1, (no fc1 bias), fc2
-    Value input = node.getInputs()[0], logits = node.getInputs()[1];
-    Value gateUp = node.getInputs()[2], down = node.getInputs()[3];
-    auto routerLinear = logits.getDefiningOp<LinearOp>();
-    int64_t k = intAttr("k", 1);
-    GateUpLayout layout = GateUpLayout::interleaved;
-    if (Value param = deinterleavedParameter(gateUp))
-      gateUp = param, layout = GateUpLayout::concatenated;
-    else
-      gateUp = lookThroughToParameter(gateUp);
-    down = lookThroughToParameter(down);
-    if (!isParameter(gateUp) || !isParameter(down) || !routerLinear ||
-        routerLinear.getInput() != input)
+    bool separateUp = fusion == 0;
+    SmallVector<int64_t> wantAbsent = {3};
+    if (separateUp)
+      wantAbsent.push_back(5);
+    if (!absent || absent.asArrayRef() != ArrayRef<int64_t>(wantAbsent) ||
+        node.getInputs().size() != (separateUp ? 5u : 4u)) {
+      refuse(separateUp ? "with swiglu_fusion 0, moe.experts takes input, "
+                          "router_probs, fc1, fc2 and fc3, no biases"
+                        : "moe.experts takes input, router_probs, fc1 and "
+                          "fc2, no biases");
       continue;
+    }
+    Value input = node.getInputs()[0], logits = node.getInputs()[1];
+    auto routerLinear = logits.getDefiningOp<LinearOp>();
+    if (!routerLinear || routerLinear.getInput() != input) {
+      refuse("router_probs are not a linear layer of the input");
+      continue;
+    }
+    int64_t k = intAttr("k", 1);
+    GateUpLayout layout;
+    std::string why;
+    Value gateUp = gateUpWeight(node, fusion, layout, why);
+    Value down = gateUp ? downWeight(node, why) : Value();
+    if (!gateUp || !down) {
+      refuse(why);
+      continue;
+    }
     // Look through Reshape([-1, H]) ... Reshape(Shape(x)).
     Value replaced = node.getOutputs()[0];
     OnnxNodeOp flatten = producer(input, "Reshape");
@@ -1148,17 +1393,38 @@ struct RaiseOnnxPass : public moec::impl::RaiseOnnxBase<RaiseOnnxPass> {
   void runOnOperation() override {
     func::FuncOp func = getOperation();
     int64_t raised = 0;
-    Raiser(func, raised).run();
+    Raiser raiser(func, raised);
+    raiser.run();
     numRaised += raised;
+    // The nodes that only compute the weights of a node refused with a
+    // reason are reported through it.
+    llvm::DenseSet<Operation *> reportedThrough;
+    for (auto &[refused, why] : raiser.notRaised) {
+      SmallVector<Value> stack(refused->getOperands().drop_front(2));
+      while (!stack.empty()) {
+        auto node = stack.pop_back_val().getDefiningOp<OnnxNodeOp>();
+        if (!node || reportedThrough.contains(node) ||
+            !llvm::all_of(node->getUsers(), [&](Operation *user) {
+              return user == refused || reportedThrough.contains(user);
+            }))
+          continue;
+        reportedThrough.insert(node);
+        llvm::append_range(stack, node.getInputs());
+      }
+    }
     func.walk([&](OnnxNodeOp node) {
       ++numLeft;
-      if (!requireComplete)
+      if (!requireComplete || reportedThrough.contains(node))
         return;
       InFlightDiagnostic diag = node.emitOpError() << "ONNX node ";
       if (auto name = dyn_cast<NameLoc>(node.getLoc()))
         diag << "'" << name.getName().getValue() << "' ";
-      diag << "(" << node.getOpType()
-           << ") is not part of any pattern moe-raise-onnx recognises";
+      diag << "(" << node.getOpType() << ")";
+      auto why = raiser.notRaised.find(node);
+      if (why != raiser.notRaised.end())
+        diag << " is not raised: " << why->second;
+      else
+        diag << " is not part of any pattern moe-raise-onnx recognises";
     });
     if (requireComplete && numLeft > 0)
       signalPassFailure();

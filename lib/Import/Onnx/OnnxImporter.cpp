@@ -90,14 +90,6 @@ bool isParameter(const onnx::TensorProto &tensor) {
   return llvm::all_of(tensor.dims(), [](int64_t d) { return d > 1; });
 }
 
-/// The spelling of a custom-op kind in `--custom-op DOMAIN::NAME=KIND`.
-llvm::StringRef stringifyCustomOpKind(CustomOpKind kind) {
-  switch (kind) {
-  case CustomOpKind::GroupedMatMul: return "grouped_matmul";
-  }
-  llvm_unreachable("unknown custom-op kind");
-}
-
 class GraphImporter {
 public:
   GraphImporter(MLIRContext &context, const onnx::ModelProto &model,
@@ -533,7 +525,10 @@ LogicalResult GraphImporter::importNode(const onnx::NodeProto &node,
            << "' is a grouped matmul (moec::GroupedMatMul's semantics), say "
               "so with --custom-op "
            << node.domain() << "::" << node.op_type() << "="
-           << stringifyCustomOpKind(CustomOpKind::GroupedMatMul);
+           << stringifyCustomOpKind(CustomOpKind::GroupedMatMul)
+           << " (or a config's custom_ops: {\"" << node.domain()
+           << "::" << node.op_type() << "\": \""
+           << stringifyCustomOpKind(CustomOpKind::GroupedMatMul) << "\"})";
   if (isRejectedOp(node.op_type(), why))
     return nodeError(node, loc) << "unsupported op: " << why;
   if (node.op_type() == "Constant" && node.domain().empty())
@@ -630,9 +625,8 @@ LogicalResult GraphImporter::checkGroupedMatMul(
   auto error = [&]() {
     InFlightDiagnostic diag = nodeError(node, loc);
     if (mapping)
-      diag << "as " << stringifyCustomOpKind(mapping->kind) << " (--custom-op "
-           << mapping->domain << "::" << mapping->opType << "="
-           << stringifyCustomOpKind(mapping->kind) << "): ";
+      diag << "as " << stringifyCustomOpKind(mapping->kind) << " ("
+           << mapping->origin << "): ";
     return diag;
   };
   if (node.input_size() != 3 || inputs.size() != 3 ||
@@ -864,26 +858,6 @@ OwningOpRef<ModuleOp> GraphImporter::run() {
 }
 
 } // namespace
-
-llvm::Expected<CustomOpMapping>
-moec::parseCustomOpMapping(llvm::StringRef text) {
-  auto fail = [&](const llvm::Twine &why) {
-    return llvm::createStringError("--custom-op '" + text + "': " + why);
-  };
-  auto [name, kind] = text.split('=');
-  auto [domain, opType] = name.split("::");
-  if (!name.contains("::") || domain.empty() || opType.empty())
-    return fail("expected DOMAIN::NAME=KIND, e.g. "
-                "my.domain::GroupedGemm=grouped_matmul");
-  if (domain == "ai.onnx" || domain == "com.microsoft" || domain == "moec")
-    return fail("domain '" + domain +
-                "' is one moec knows; only ops of other domains are mapped");
-  if (kind != stringifyCustomOpKind(CustomOpKind::GroupedMatMul))
-    return fail("kind '" + kind + "' is not one of: " +
-                stringifyCustomOpKind(CustomOpKind::GroupedMatMul));
-  return CustomOpMapping{domain.str(), opType.str(),
-                         CustomOpKind::GroupedMatMul};
-}
 
 OwningOpRef<ModuleOp> moec::importOnnxFile(MLIRContext &context,
                                            llvm::StringRef path,

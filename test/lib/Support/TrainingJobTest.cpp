@@ -76,7 +76,8 @@ TEST(TrainingJob, ReadsEveryKey) {
     "activation_checkpointing": "selective", "sm_activation_offloading": true,
     "activation_loading_horizon": 3, "world_size": 16,
     "expert_parallel_degree": 2, "hybrid_shard_degree": 4,
-    "sharding_strategy": "full_shard", "checkpoint_dir": "ckpt"})",
+    "sharding_strategy": "full_shard", "checkpoint_dir": "ckpt",
+    "custom_ops": {"my.domain::GroupedGemm": "grouped_matmul"}})",
                       &job),
             "");
   EXPECT_EQ(job.microBatchSize, 4);
@@ -108,6 +109,11 @@ TEST(TrainingJob, ReadsEveryKey) {
   EXPECT_EQ(job.hybridShardDegree, 4);
   EXPECT_EQ(job.shardingStrategy, ShardingStrategy::FullShard);
   EXPECT_EQ(job.checkpointDir, "ckpt");
+  ASSERT_EQ(job.customOps.size(), 1u);
+  EXPECT_EQ(job.customOps[0].name(), "my.domain::GroupedGemm");
+  EXPECT_EQ(job.customOps[0].kind, CustomOpKind::GroupedMatMul);
+  EXPECT_EQ(job.customOps[0].origin,
+            R"(custom_ops {"my.domain::GroupedGemm": "grouped_matmul"})");
   EXPECT_TRUE(job.isExplicit("seq_length"));
   EXPECT_FALSE(TrainingJob().isExplicit("seq_length"));
 
@@ -125,6 +131,8 @@ TEST(TrainingJob, EveryKeyIsDocumented) {
   llvm::json::Object json = TrainingJob().toJson();
   for (const TrainingJobKey &key : trainingJobKeys()) {
     EXPECT_FALSE(key.help.empty()) << key.name.str();
+    // custom_ops alone has no flag of its own (--custom-op is another one's).
+    EXPECT_EQ(key.flag.empty(), key.name == "custom_ops") << key.name.str();
     EXPECT_EQ(key.flag.find('_'), std::string::npos) << key.flag;
     if (key.aliasOf.empty())
       EXPECT_TRUE(json.get(key.name)) << key.name.str();

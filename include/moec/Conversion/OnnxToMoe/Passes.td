@@ -34,12 +34,19 @@ def RaiseOnnx : Pass<"moe-raise-onnx", "::mlir::func::FuncOp"> {
     proved for the unpadded blocks moec trains on, its subgraph becomes
     `moe.attention`'s causal mask, and the argument, no longer read, is
     tagged `moe.all_ones` for whoever binds it to check. Weights that the
-    graph rearranges from a parameter (onnxruntime MoE's interleaved fc1
-    computed from Hugging Face's `gate_up_proj`) are read structurally,
-    never evaluated, so weights-free models raise too.
+    graph rearranges from a parameter (onnxruntime MoE's fc1 and fc3 in any
+    `swiglu_fusion`, computed from Hugging Face's `gate_up_proj` by
+    Transpose, reshapes, Slice/Split, Concat and one Cast to another float
+    type) are read structurally, never evaluated, so weights-free models
+    raise too; the experts read the parameter, through a `linalg.transpose`
+    and an `arith.extf`/`arith.truncf` where it is stored transposed or in
+    another type.
 
     With `require-complete`, a node that is still `moe.onnx_node` afterwards
-    is an error naming it, so a driver can refuse a model it cannot train.
+    is an error naming it, so a driver can refuse a model it cannot train;
+    for an onnxruntime MoE the error says why it was not raised (the
+    attribute, or the weight, its shape and the parameters it comes from),
+    and the nodes that only compute its weights are not reported apart.
   }];
   let dependentDialects = [
     "::mlir::moe::MoeDialect",

@@ -99,3 +99,56 @@ func.func @forward(%ids: tensor<8xi64> {moe.input = "input_ids"},
   %logits = moe.lm_head %n, %head : (tensor<8x16xf32>, tensor<8x16xf32>) -> tensor<8x8xf32>
   return %logits : tensor<8x8xf32>
 }
+
+// -----
+
+// Tests expert weights stored in bf16 (gate_up also transposed, [E, H, 2I])
+// and read in f32 through the arith.extf (and linalg.transpose) raising
+// made: the parameters become f32 in the layout the experts read, the
+// conversions and the transpose leave the function, and the arguments
+// remember the initializer and its permutation.
+// CHECK-LABEL: func.func @forward(
+// CHECK-SAME: %[[GATEUP:[^:]+]]: tensor<4x32x16xf32> {moe.initializer = "val_5", moe.initializer_permutation = array<i64: 0, 2, 1>, moe.parameter = "model.layers.0.mlp.experts.gate_up_proj"}
+// CHECK-SAME: %[[DOWN:[^:]+]]: tensor<4x16x16xf32> {moe.parameter = "model.layers.0.mlp.experts.down_proj"}
+// CHECK-NOT: arith.extf
+// CHECK-NOT: linalg.transpose
+// CHECK: moe.experts %{{.+}}, %{{.+}}, %{{.+}}, %[[GATEUP]], %[[DOWN]]
+func.func @forward(%ids: tensor<2x8xi64> {moe.input = "input_ids"},
+                   %table: tensor<64x16xf32> {moe.parameter = "model.embed_tokens.weight"},
+                   %wq: tensor<16x16xf32> {moe.parameter = "q"},
+                   %wk: tensor<8x16xf32> {moe.parameter = "k"},
+                   %wv: tensor<8x16xf32> {moe.parameter = "v"},
+                   %wo: tensor<16x16xf32> {moe.parameter = "o"},
+                   %gate: tensor<4x16xf32> {moe.parameter = "model.layers.0.mlp.gate.weight"},
+                   %gate_up_t: tensor<4x16x32xbf16> {moe.parameter = "val_5"},
+                   %down: tensor<4x16x16xbf16> {moe.parameter = "model.layers.0.mlp.experts.down_proj"},
+                   %norm: tensor<16xf32> {moe.parameter = "model.layers.0.input_layernorm.weight"},
+                   %norm2: tensor<16xf32> {moe.parameter = "model.layers.0.post_attention_layernorm.weight"},
+                   %norm3: tensor<16xf32> {moe.parameter = "model.norm.weight"},
+                   %head: tensor<64x16xf32> {moe.parameter = "lm_head.weight"})
+    -> (tensor<2x8x64xf32> {moe.output = "logits"}) {
+  %h = moe.embedding %table[%ids] : (tensor<64x16xf32>, tensor<2x8xi64>) -> tensor<2x8x16xf32>
+  %n = moe.rms_norm %h, %norm {epsilon = 1.0e-05 : f64} : (tensor<2x8x16xf32>, tensor<16xf32>) -> tensor<2x8x16xf32>
+  %q = moe.linear %n, %wq : (tensor<2x8x16xf32>, tensor<16x16xf32>) -> tensor<2x8x16xf32>
+  %k = moe.linear %n, %wk : (tensor<2x8x16xf32>, tensor<8x16xf32>) -> tensor<2x8x8xf32>
+  %v = moe.linear %n, %wv : (tensor<2x8x16xf32>, tensor<8x16xf32>) -> tensor<2x8x8xf32>
+  %q4 = tensor.expand_shape %q [[0], [1], [2, 3]] output_shape [2, 8, 4, 4] : tensor<2x8x16xf32> into tensor<2x8x4x4xf32>
+  %k4 = tensor.expand_shape %k [[0], [1], [2, 3]] output_shape [2, 8, 2, 4] : tensor<2x8x8xf32> into tensor<2x8x2x4xf32>
+  %v4 = tensor.expand_shape %v [[0], [1], [2, 3]] output_shape [2, 8, 2, 4] : tensor<2x8x8xf32> into tensor<2x8x2x4xf32>
+  %a = moe.attention %q4, %k4, %v4 {scale = 0.5 : f64} : (tensor<2x8x4x4xf32>, tensor<2x8x2x4xf32>, tensor<2x8x2x4xf32>) -> tensor<2x8x4x4xf32>
+  %a3 = tensor.collapse_shape %a [[0], [1], [2, 3]] : tensor<2x8x4x4xf32> into tensor<2x8x16xf32>
+  %o = moe.linear %a3, %wo : (tensor<2x8x16xf32>, tensor<16x16xf32>) -> tensor<2x8x16xf32>
+  %r = arith.addf %h, %o : tensor<2x8x16xf32>
+  %n2 = moe.rms_norm %r, %norm2 {epsilon = 1.0e-05 : f64} : (tensor<2x8x16xf32>, tensor<16xf32>) -> tensor<2x8x16xf32>
+  %l = moe.linear %n2, %gate : (tensor<2x8x16xf32>, tensor<4x16xf32>) -> tensor<2x8x4xf32>
+  %g, %x = moe.router %l {k = 2 : i64, load_balancing = #moe.load_balancing<aux_loss>} : (tensor<2x8x4xf32>) -> (tensor<2x8x2xf32>, tensor<2x8x2xi64>)
+  %guf = arith.extf %gate_up_t : tensor<4x16x32xbf16> to tensor<4x16x32xf32>
+  %e = tensor.empty() : tensor<4x32x16xf32>
+  %gu = linalg.transpose ins(%guf : tensor<4x16x32xf32>) outs(%e : tensor<4x32x16xf32>) permutation = [0, 2, 1]
+  %downf = arith.extf %down : tensor<4x16x16xbf16> to tensor<4x16x16xf32>
+  %y = moe.experts %n2, %g, %x, %gu, %downf {gate_up_layout = #moe.gate_up_layout<concatenated>} : (tensor<2x8x16xf32>, tensor<2x8x2xf32>, tensor<2x8x2xi64>, tensor<4x32x16xf32>, tensor<4x16x16xf32>) -> tensor<2x8x16xf32>
+  %r2 = arith.addf %r, %y : tensor<2x8x16xf32>
+  %n3 = moe.rms_norm %r2, %norm3 {epsilon = 1.0e-05 : f64} : (tensor<2x8x16xf32>, tensor<16xf32>) -> tensor<2x8x16xf32>
+  %logits = moe.lm_head %n3, %head : (tensor<2x8x16xf32>, tensor<64x16xf32>) -> tensor<2x8x64xf32>
+  return %logits : tensor<2x8x64xf32>
+}

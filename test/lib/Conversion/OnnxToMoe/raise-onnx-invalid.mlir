@@ -10,14 +10,63 @@ func.func @unraised(%x: tensor<2x4xf32> {moe.input = "x"}) -> tensor<2x4xf32> {
 
 // -----
 
-// Tests that an unsupported onnxruntime MoE activation is reported.
+// Tests that an unsupported onnxruntime MoE activation is reported, naming
+// the attribute and its value.
 func.func @gelu_experts(%x: tensor<16x32xf32> {moe.input = "x"},
                         %wr: tensor<4x32xf32> {moe.parameter = "mlp.gate.weight"},
                         %fc1: tensor<4x64x32xf32> {moe.parameter = "fc1"},
                         %down: tensor<4x32x64xf32> {moe.parameter = "fc2"}) -> tensor<16x32xf32> {
   %t = moe.onnx_node "Transpose"(%wr) {perm = array<i64: 1, 0>} : (tensor<4x32xf32>) -> tensor<32x4xf32>
   %1 = moe.onnx_node "MatMul"(%x, %t) : (tensor<16x32xf32>, tensor<32x4xf32>) -> tensor<16x4xf32>
-  // expected-error@+1 {{'moe.onnx_node' op ONNX node (MoE) is not part of any pattern moe-raise-onnx recognises}}
+  // expected-error@+1 {{'moe.onnx_node' op ONNX node (MoE) is not raised: activation_type 'gelu' is not swiglu (moe.experts computes Mixtral's SwiGLU)}}
   %2 = moe.onnx_node "MoE"(%x, %1, %fc1, %down) {absent_inputs = array<i64: 3>, activation_type = "gelu", domain = "com.microsoft", k = 2 : i64} : (tensor<16x32xf32>, tensor<16x4xf32>, tensor<4x64x32xf32>, tensor<4x32x64xf32>) -> tensor<16x32xf32>
   return %2 : tensor<16x32xf32>
+}
+
+// -----
+
+// Tests that expert weights whose layout cannot be proved from the graph's
+// structure are refused, naming the node, the weight, its shape and the
+// parameters: fc1 concatenated from separate gate and up parameters, fc1
+// stacked from per-expert tensors (Unsqueeze + Concat), fc1 computed
+// (Mul), gate and up rows interleaved where swiglu_fusion 2 says they are
+// not, and an activation scaled and clamped like gpt-oss's. The nodes that
+// compute a refused weight are not reported on their own.
+func.func @unproved_layouts(%x: tensor<16x32xf32> {moe.input = "x"},
+                            %wr: tensor<4x32xf32> {moe.parameter = "mlp.gate.weight"},
+                            %gate: tensor<4x64x32xf32> {moe.parameter = "experts.gate"},
+                            %up: tensor<4x64x32xf32> {moe.parameter = "experts.up"},
+                            %down: tensor<4x32x64xf32> {moe.parameter = "experts.down"},
+                            %w0: tensor<128x32xf32> {moe.parameter = "experts.0.w13"},
+                            %w1: tensor<128x32xf32> {moe.parameter = "experts.1.w13"},
+                            %w2: tensor<128x32xf32> {moe.parameter = "experts.2.w13"},
+                            %w3: tensor<128x32xf32> {moe.parameter = "experts.3.w13"},
+                            %gu: tensor<4x128x32xf32> {moe.parameter = "experts.gate_up_proj"}) -> (tensor<16x32xf32>, tensor<16x32xf32>, tensor<16x32xf32>, tensor<16x32xf32>, tensor<16x32xf32>) {
+  %axis0 = arith.constant dense<[0]> : tensor<1xi64>
+  %two = arith.constant dense<2.0> : tensor<f32>
+  %split = arith.constant dense<[4, 2, 64, 32]> : tensor<4xi64>
+  %merge = arith.constant dense<[4, 128, 32]> : tensor<3xi64>
+  %t = moe.onnx_node "Transpose"(%wr) {perm = array<i64: 1, 0>} : (tensor<4x32xf32>) -> tensor<32x4xf32>
+  %logits = moe.onnx_node "MatMul"(%x, %t) : (tensor<16x32xf32>, tensor<32x4xf32>) -> tensor<16x4xf32>
+  %fc1a = moe.onnx_node "Concat"(%gate, %up) {axis = 1 : i64} : (tensor<4x64x32xf32>, tensor<4x64x32xf32>) -> tensor<4x128x32xf32>
+  // expected-error@+1 {{'moe.onnx_node' op ONNX node (MoE) is not raised: fc1 [4, 128, 32] is put together from 2 parameters ('experts.gate' [4, 64, 32] f32, 'experts.up' [4, 64, 32] f32); moec reads an expert weight only as a rearrangement of one parameter}}
+  %y1 = moe.onnx_node "MoE"(%x, %logits, %fc1a, %down) {absent_inputs = array<i64: 3>, activation_type = "swiglu", domain = "com.microsoft", k = 2 : i64, normalize_routing_weights = 1 : i64, swiglu_fusion = 2 : i64} : (tensor<16x32xf32>, tensor<16x4xf32>, tensor<4x128x32xf32>, tensor<4x32x64xf32>) -> tensor<16x32xf32>
+  %u0 = moe.onnx_node "Unsqueeze"(%w0, %axis0) : (tensor<128x32xf32>, tensor<1xi64>) -> tensor<1x128x32xf32>
+  %u1 = moe.onnx_node "Unsqueeze"(%w1, %axis0) : (tensor<128x32xf32>, tensor<1xi64>) -> tensor<1x128x32xf32>
+  %u2 = moe.onnx_node "Unsqueeze"(%w2, %axis0) : (tensor<128x32xf32>, tensor<1xi64>) -> tensor<1x128x32xf32>
+  %u3 = moe.onnx_node "Unsqueeze"(%w3, %axis0) : (tensor<128x32xf32>, tensor<1xi64>) -> tensor<1x128x32xf32>
+  %fc1b = moe.onnx_node "Concat"(%u0, %u1, %u2, %u3) {axis = 0 : i64} : (tensor<1x128x32xf32>, tensor<1x128x32xf32>, tensor<1x128x32xf32>, tensor<1x128x32xf32>) -> tensor<4x128x32xf32>
+  // expected-error@+1 {{'moe.onnx_node' op ONNX node (MoE) is not raised: fc1 [4, 128, 32] is put together from 4 parameters ('experts.0.w13' [128, 32] f32, 'experts.1.w13' [128, 32] f32, 'experts.2.w13' [128, 32] f32, 'experts.3.w13' [128, 32] f32); moec reads an expert weight only as a rearrangement of one parameter}}
+  %y2 = moe.onnx_node "MoE"(%x, %logits, %fc1b, %down) {absent_inputs = array<i64: 3>, activation_type = "swiglu", domain = "com.microsoft", k = 2 : i64, normalize_routing_weights = 1 : i64, swiglu_fusion = 2 : i64} : (tensor<16x32xf32>, tensor<16x4xf32>, tensor<4x128x32xf32>, tensor<4x32x64xf32>) -> tensor<16x32xf32>
+  %fc1c = moe.onnx_node "Mul"(%gu, %two) : (tensor<4x128x32xf32>, tensor<f32>) -> tensor<4x128x32xf32> loc("node_Mul_7")
+  // expected-error@+1 {{'moe.onnx_node' op ONNX node (MoE) is not raised: fc1 [4, 128, 32] is computed by ONNX node 'node_Mul_7' (Mul), which does not only move a parameter's elements}}
+  %y3 = moe.onnx_node "MoE"(%x, %logits, %fc1c, %down) {absent_inputs = array<i64: 3>, activation_type = "swiglu", domain = "com.microsoft", k = 2 : i64, normalize_routing_weights = 1 : i64, swiglu_fusion = 2 : i64} : (tensor<16x32xf32>, tensor<16x4xf32>, tensor<4x128x32xf32>, tensor<4x32x64xf32>) -> tensor<16x32xf32>
+  %0 = moe.onnx_node "Reshape"(%gu, %split) : (tensor<4x128x32xf32>, tensor<4xi64>) -> tensor<4x2x64x32xf32>
+  %1 = moe.onnx_node "Transpose"(%0) {perm = array<i64: 0, 2, 1, 3>} : (tensor<4x2x64x32xf32>) -> tensor<4x64x2x32xf32>
+  %fc1d = moe.onnx_node "Reshape"(%1, %merge) : (tensor<4x64x2x32xf32>, tensor<3xi64>) -> tensor<4x128x32xf32>
+  // expected-error@+1 {{'moe.onnx_node' op ONNX node (MoE) is not raised: fc1 [4, 128, 32] rearranges parameter 'experts.gate_up_proj' [4, 128, 32] f32 into something other than Hugging Face's gate rows, then up rows}}
+  %y4 = moe.onnx_node "MoE"(%x, %logits, %fc1d, %down) {absent_inputs = array<i64: 3>, activation_type = "swiglu", domain = "com.microsoft", k = 2 : i64, normalize_routing_weights = 1 : i64, swiglu_fusion = 2 : i64} : (tensor<16x32xf32>, tensor<16x4xf32>, tensor<4x128x32xf32>, tensor<4x32x64xf32>) -> tensor<16x32xf32>
+  // expected-error@+1 {{'moe.onnx_node' op ONNX node (MoE) is not raised: activation_alpha 1.702, activation_beta 1, swiglu_limit: Mixtral's SwiGLU is silu(gate) * up (alpha 1, beta 0, no swiglu_limit)}}
+  %y5 = moe.onnx_node "MoE"(%x, %logits, %gu, %down) {absent_inputs = array<i64: 3>, activation_alpha = 1.702 : f32, activation_beta = 1.0 : f32, swiglu_limit = 7.0 : f32, activation_type = "swiglu", domain = "com.microsoft", k = 2 : i64, normalize_routing_weights = 1 : i64, swiglu_fusion = 1 : i64} : (tensor<16x32xf32>, tensor<16x4xf32>, tensor<4x128x32xf32>, tensor<4x32x64xf32>) -> tensor<16x32xf32>
+  return %y1, %y2, %y3, %y4, %y5 : tensor<16x32xf32>, tensor<16x32xf32>, tensor<16x32xf32>, tensor<16x32xf32>, tensor<16x32xf32>
 }

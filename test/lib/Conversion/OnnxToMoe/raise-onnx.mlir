@@ -190,6 +190,93 @@ func.func @ort_moe_rearranged(%x: tensor<16x32xf32> {moe.input = "x"},
 
 // -----
 
+// Tests the other layouts of the expert weights a user's export computes for
+// onnxruntime's MoE, read structurally: fc1 given as Hugging Face's
+// gate_up_proj itself (swiglu_fusion 2: gate rows, then up rows); fc1 and
+// fc3 split from it (swiglu_fusion 0); both weights stored transposed
+// ([E, H, 2I] and [E, I, H], a Transpose in front of the interleave and of
+// fc2). The experts read the parameter, through a linalg.transpose where it
+// is stored transposed (moe-canonicalize-parameters folds it).
+// CHECK-LABEL: func.func @ort_moe_fusions
+// CHECK-SAME: %[[GU:[^:]+]]: tensor<4x128x32xf32> {moe.parameter = "mlp.experts.gate_up_proj"}
+// CHECK-SAME: %[[DOWN:[^:]+]]: tensor<4x32x64xf32> {moe.parameter = "mlp.experts.down_proj"}
+// CHECK-SAME: %[[GUT:[^:]+]]: tensor<4x32x128xf32> {moe.parameter = "stored.gate_up_t"}
+// CHECK-SAME: %[[DOWNT:[^:]+]]: tensor<4x64x32xf32> {moe.parameter = "stored.down_t"}
+// CHECK-DAG: %[[GU2:.+]] = linalg.transpose ins(%[[GUT]] : tensor<4x32x128xf32>) outs(%{{.+}} : tensor<4x128x32xf32>) permutation = [0, 2, 1]
+// CHECK-DAG: %[[DOWN2:.+]] = linalg.transpose ins(%[[DOWNT]] : tensor<4x64x32xf32>) outs(%{{.+}} : tensor<4x32x64xf32>) permutation = [0, 2, 1]
+// CHECK: moe.experts %{{.+}}, %{{.+}}, %{{.+}}, %[[GU]], %[[DOWN]] {gate_up_layout = #moe.gate_up_layout<concatenated>}
+// CHECK: moe.experts %{{.+}}, %{{.+}}, %{{.+}}, %[[GU]], %[[DOWN]] {gate_up_layout = #moe.gate_up_layout<concatenated>}
+// CHECK: moe.experts %{{.+}}, %{{.+}}, %{{.+}}, %[[GU2]], %[[DOWN2]] {gate_up_layout = #moe.gate_up_layout<concatenated>}
+// CHECK-NOT: moe.onnx_node "MoE"
+func.func @ort_moe_fusions(%x: tensor<16x32xf32> {moe.input = "x"},
+                           %wr: tensor<4x32xf32> {moe.parameter = "mlp.gate.weight"},
+                           %gu: tensor<4x128x32xf32> {moe.parameter = "mlp.experts.gate_up_proj"},
+                           %down: tensor<4x32x64xf32> {moe.parameter = "mlp.experts.down_proj"},
+                           %gut: tensor<4x32x128xf32> {moe.parameter = "stored.gate_up_t"},
+                           %downt: tensor<4x64x32xf32> {moe.parameter = "stored.down_t"}) -> (tensor<16x32xf32>, tensor<16x32xf32>, tensor<16x32xf32>) {
+  %split = arith.constant dense<[4, 2, 64, 32]> : tensor<4xi64>
+  %merge = arith.constant dense<[4, 128, 32]> : tensor<3xi64>
+  %t = moe.onnx_node "Transpose"(%wr) {perm = array<i64: 1, 0>} : (tensor<4x32xf32>) -> tensor<32x4xf32>
+  %logits = moe.onnx_node "MatMul"(%x, %t) : (tensor<16x32xf32>, tensor<32x4xf32>) -> tensor<16x4xf32>
+  %y1 = moe.onnx_node "MoE"(%x, %logits, %gu, %down) {absent_inputs = array<i64: 3>, activation_type = "swiglu", domain = "com.microsoft", k = 2 : i64, normalize_routing_weights = 1 : i64, swiglu_fusion = 2 : i64} : (tensor<16x32xf32>, tensor<16x4xf32>, tensor<4x128x32xf32>, tensor<4x32x64xf32>) -> tensor<16x32xf32>
+  %gate, %up = moe.onnx_node "Split"(%gu) {axis = 1 : i64, num_outputs = 2 : i64} : (tensor<4x128x32xf32>) -> (tensor<4x64x32xf32>, tensor<4x64x32xf32>)
+  %y2 = moe.onnx_node "MoE"(%x, %logits, %gate, %down, %up) {absent_inputs = array<i64: 3, 5>, activation_type = "swiglu", domain = "com.microsoft", k = 2 : i64, normalize_routing_weights = 1 : i64, swiglu_fusion = 0 : i64} : (tensor<16x32xf32>, tensor<16x4xf32>, tensor<4x64x32xf32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>) -> tensor<16x32xf32>
+  %gu2 = moe.onnx_node "Transpose"(%gut) {perm = array<i64: 0, 2, 1>} : (tensor<4x32x128xf32>) -> tensor<4x128x32xf32>
+  %0 = moe.onnx_node "Reshape"(%gu2, %split) : (tensor<4x128x32xf32>, tensor<4xi64>) -> tensor<4x2x64x32xf32>
+  %1 = moe.onnx_node "Transpose"(%0) {perm = array<i64: 0, 2, 1, 3>} : (tensor<4x2x64x32xf32>) -> tensor<4x64x2x32xf32>
+  %fc1 = moe.onnx_node "Reshape"(%1, %merge) : (tensor<4x64x2x32xf32>, tensor<3xi64>) -> tensor<4x128x32xf32>
+  %fc2 = moe.onnx_node "Transpose"(%downt) {perm = array<i64: 0, 2, 1>} : (tensor<4x64x32xf32>) -> tensor<4x32x64xf32>
+  %y3 = moe.onnx_node "MoE"(%x, %logits, %fc1, %fc2) {absent_inputs = array<i64: 3>, activation_type = "swiglu", domain = "com.microsoft", k = 2 : i64, normalize_routing_weights = 1 : i64, swiglu_fusion = 1 : i64} : (tensor<16x32xf32>, tensor<16x4xf32>, tensor<4x128x32xf32>, tensor<4x32x64xf32>) -> tensor<16x32xf32>
+  return %y1, %y2, %y3 : tensor<16x32xf32>, tensor<16x32xf32>, tensor<16x32xf32>
+}
+
+// -----
+
+// Tests expert weights stored in another type than the model computes in:
+// bf16 in the file, Cast to f32 before the interleave (and before fc2); f32
+// in the file, Cast to bf16 in a bf16 model. The experts read the parameter
+// converted once (arith.extf, arith.truncf), which
+// moe-canonicalize-parameters folds into the parameter.
+// CHECK-LABEL: func.func @ort_moe_cast
+// CHECK-SAME: %[[GU:[^:]+]]: tensor<4x128x32xbf16> {moe.parameter = "mlp.experts.gate_up_proj"}
+// CHECK-SAME: %[[DOWN:[^:]+]]: tensor<4x32x64xbf16> {moe.parameter = "mlp.experts.down_proj"}
+// CHECK-SAME: %[[GU32:[^:]+]]: tensor<4x128x32xf32> {moe.parameter = "f32.gate_up_proj"}
+// CHECK-SAME: %[[DOWN32:[^:]+]]: tensor<4x32x64xf32> {moe.parameter = "f32.down_proj"}
+// CHECK-DAG: %[[GUF:.+]] = arith.extf %[[GU]] : tensor<4x128x32xbf16> to tensor<4x128x32xf32>
+// CHECK-DAG: %[[DOWNF:.+]] = arith.extf %[[DOWN]] : tensor<4x32x64xbf16> to tensor<4x32x64xf32>
+// CHECK-DAG: %[[GUB:.+]] = arith.truncf %[[GU32]] : tensor<4x128x32xf32> to tensor<4x128x32xbf16>
+// CHECK-DAG: %[[DOWNB:.+]] = arith.truncf %[[DOWN32]] : tensor<4x32x64xf32> to tensor<4x32x64xbf16>
+// CHECK: moe.experts %{{.+}}, %{{.+}}, %{{.+}}, %[[GUF]], %[[DOWNF]] {gate_up_layout = #moe.gate_up_layout<concatenated>}
+// CHECK: moe.experts %{{.+}}, %{{.+}}, %{{.+}}, %[[GUB]], %[[DOWNB]] {gate_up_layout = #moe.gate_up_layout<concatenated>}
+// CHECK-NOT: moe.onnx_node "MoE"
+func.func @ort_moe_cast(%x: tensor<16x32xf32> {moe.input = "x"},
+                        %xb: tensor<16x32xbf16> {moe.input = "xb"},
+                        %wr: tensor<4x32xf32> {moe.parameter = "mlp.gate.weight"},
+                        %wrb: tensor<4x32xbf16> {moe.parameter = "bf16.gate.weight"},
+                        %gu: tensor<4x128x32xbf16> {moe.parameter = "mlp.experts.gate_up_proj"},
+                        %down: tensor<4x32x64xbf16> {moe.parameter = "mlp.experts.down_proj"},
+                        %gu32: tensor<4x128x32xf32> {moe.parameter = "f32.gate_up_proj"},
+                        %down32: tensor<4x32x64xf32> {moe.parameter = "f32.down_proj"}) -> (tensor<16x32xf32>, tensor<16x32xbf16>) {
+  %split = arith.constant dense<[4, 2, 64, 32]> : tensor<4xi64>
+  %merge = arith.constant dense<[4, 128, 32]> : tensor<3xi64>
+  %t = moe.onnx_node "Transpose"(%wr) {perm = array<i64: 1, 0>} : (tensor<4x32xf32>) -> tensor<32x4xf32>
+  %logits = moe.onnx_node "MatMul"(%x, %t) : (tensor<16x32xf32>, tensor<32x4xf32>) -> tensor<16x4xf32>
+  %guf = moe.onnx_node "Cast"(%gu) {to = 1 : i64} : (tensor<4x128x32xbf16>) -> tensor<4x128x32xf32>
+  %0 = moe.onnx_node "Reshape"(%guf, %split) : (tensor<4x128x32xf32>, tensor<4xi64>) -> tensor<4x2x64x32xf32>
+  %1 = moe.onnx_node "Transpose"(%0) {perm = array<i64: 0, 2, 1, 3>} : (tensor<4x2x64x32xf32>) -> tensor<4x64x2x32xf32>
+  %fc1 = moe.onnx_node "Reshape"(%1, %merge) : (tensor<4x64x2x32xf32>, tensor<3xi64>) -> tensor<4x128x32xf32>
+  %fc2 = moe.onnx_node "Cast"(%down) {to = 1 : i64} : (tensor<4x32x64xbf16>) -> tensor<4x32x64xf32>
+  %y1 = moe.onnx_node "MoE"(%x, %logits, %fc1, %fc2) {absent_inputs = array<i64: 3>, activation_type = "swiglu", domain = "com.microsoft", k = 2 : i64, normalize_routing_weights = 1 : i64, swiglu_fusion = 1 : i64} : (tensor<16x32xf32>, tensor<16x4xf32>, tensor<4x128x32xf32>, tensor<4x32x64xf32>) -> tensor<16x32xf32>
+  %tb = moe.onnx_node "Transpose"(%wrb) {perm = array<i64: 1, 0>} : (tensor<4x32xbf16>) -> tensor<32x4xbf16>
+  %logitsb = moe.onnx_node "MatMul"(%xb, %tb) : (tensor<16x32xbf16>, tensor<32x4xbf16>) -> tensor<16x4xbf16>
+  %fc1b = moe.onnx_node "Cast"(%gu32) {to = 16 : i64} : (tensor<4x128x32xf32>) -> tensor<4x128x32xbf16>
+  %fc2b = moe.onnx_node "Cast"(%down32) {to = 16 : i64} : (tensor<4x32x64xf32>) -> tensor<4x32x64xbf16>
+  %y2 = moe.onnx_node "MoE"(%xb, %logitsb, %fc1b, %fc2b) {absent_inputs = array<i64: 3>, activation_type = "swiglu", domain = "com.microsoft", k = 2 : i64, normalize_routing_weights = 1 : i64, swiglu_fusion = 2 : i64} : (tensor<16x32xbf16>, tensor<16x4xbf16>, tensor<4x128x32xbf16>, tensor<4x32x64xbf16>) -> tensor<16x32xbf16>
+  return %y1, %y2 : tensor<16x32xf32>, tensor<16x32xbf16>
+}
+
+// -----
+
 // Tests that onnxruntime's MoE with fc1 given directly keeps the interleaved
 // layout, and that an activation other than plain SwiGLU is not raised.
 // CHECK-LABEL: func.func @ort_moe_layouts
