@@ -283,7 +283,12 @@ def OffloadActivations : Pass<"moe-offload-activations", "::mlir::func::FuncOp">
     backward's own and stay on the device) and that a decoder layer's
     backward reads first is moved to host memory by a `moe.offload` right
     after its last forward use, and brought back by a `moe.fetch` that the
-    backward reads instead. A buffer moves once with its views: the
+    backward reads instead. The compute stream waits for the offload's copy
+    at a `moe.offload_join` at the start of the forward of the second
+    decoder layer after the offload (the copy overlaps the next layer's
+    forward), or at the start of the backward when there is none; the
+    value's device bytes are held until the join (moe-plan-memory). A
+    buffer moves once with its views: the
     reshapes of it that the backward reads are made again from the fetched
     value.
 
@@ -302,6 +307,9 @@ def OffloadActivations : Pass<"moe-offload-activations", "::mlir::func::FuncOp">
     %n = moe.rms_norm %x, %w {epsilon = 1.0e-05 : f64} : (...) -> tensor<2x8x32xf32>
     %q = moe.linear %n, %wq : (...) -> tensor<2x8x32xf32>
     %n_host = moe.offload %n layer 0 : tensor<2x8x32xf32> -> tensor<2x8x32xf32, #moe.host>
+    ...
+    // the start of layer 2's forward
+    moe.offload_join %n_host : tensor<2x8x32xf32, #moe.host>
     ...
     // the start of layer 2's backward, for horizon 2
     %n_0 = moe.fetch %n_host layer 0 : tensor<2x8x32xf32, #moe.host> -> tensor<2x8x32xf32>
@@ -429,8 +437,10 @@ def PlanMemory : Pass<"moe-plan-memory", "::mlir::func::FuncOp"> {
 
     Activation offloading (moe-offload-activations) splits a saved value's
     device life in two: the value lives from its producer to its
-    moe.offload, the moe.fetch's result from the fetch to its last reader,
-    and between them the bytes are free for other buffers. The host copies
+    moe.offload_join (where the compute stream waits for the offload's
+    copy, which reads the value until then), the moe.fetch's result from
+    the fetch to its last reader, and between them the bytes are free for
+    other buffers. The host copies
     (moe.offload's results, encoding `#moe.host`) are planned the same way
     in a region of their own, the pinned host memory (a host copy lives
     from its offload to the last reader of its fetched value, since the
