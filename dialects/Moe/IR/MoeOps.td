@@ -995,9 +995,9 @@ def Moe_OffloadJoinOp : Moe_Op<"offload_join"> {
     made `input`: until here the copy may still read the offloaded device
     value, so its device bytes are not reused before this op
     (moe-plan-memory). moe-offload-activations places it at the start of
-    the forward of the second decoder layer after the offload (so that the
-    copy overlaps the next layer's forward), or at the start of the
-    backward; the CUDA printer prints the wait here. It has no result and
+    the forward of the (horizon + 1)th decoder layer after the offload (so
+    that the copy overlaps the forward of `horizon` layers), or at the
+    start of the backward; the CUDA printer prints the wait here. It has no result and
     no value: the reference executor does nothing.
 
     ```mlir

@@ -5,7 +5,7 @@
 // the decoder layer of each backward op and where each layer's backward
 // starts; the rewrite moves every forward value a layer's backward reads to
 // host memory after its last forward use (moe.offload), waits for the copy
-// at the start of the second layer's forward after it (moe.offload_join:
+// at the start of the forward `horizon` + 1 layers on (moe.offload_join:
 // the device bytes are held until there) and brings it back `horizon`
 // layers ahead of that backward (moe.fetch), which the backward reads
 // instead. Values of parameters alone are never moved.
@@ -122,13 +122,15 @@ mlir::moe::offloadActivations(func::FuncOp func, int64_t horizon,
     }
   }
   // Where the compute stream waits for an offload after `op`: at the
-  // start of the forward of the second layer after it, so that the copy
-  // overlaps the next layer's forward, or at the start of the backward.
+  // start of the forward of the (horizon + 1)th layer after it, so that the
+  // copy overlaps the forward of `horizon` layers and the forward keeps at
+  // most horizon + 1 layers' values on the device, as the backward does;
+  // at the start of the backward when there is no such layer.
   auto joinPoint = [&](Operation *op) {
     int64_t after = 0;
     for (Operation *start : forwardStarts)
       if (position[start] > position[op] &&
-          position[start] < position[backwardStart] && ++after == 2)
+          position[start] < position[backwardStart] && ++after == horizon + 1)
         return start;
     return backwardStart;
   };

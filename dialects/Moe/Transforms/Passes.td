@@ -266,7 +266,17 @@ def CheckpointActivations
     Option<"memoryBudget", "memory-budget", "int64_t", "0",
            "bytes the step must fit into under auto">,
     Option<"cudnnAttention", "cudnn-attention", "bool", "false",
-           "bf16 attention runs on cuDNN (sizes its kernel scratch under auto)">
+           "bf16 attention runs on cuDNN (sizes its kernel scratch under auto)">,
+    Option<"offloading", "offloading", "bool", "false",
+           "activation offloading is on: auto may offload a layer's kept "
+           "values (moe.offload_layers) instead of recomputing">,
+    Option<"horizon", "horizon", "int64_t", "2",
+           "with offloading: the activation_loading_horizon of "
+           "moe-offload-activations">,
+    Option<"hostLinkBytesPerSecond", "host-link-bytes-per-second", "double",
+           "55e9",
+           "with offloading: the host <-> device copy rate each way (the "
+           "H200's measured 55 GB/s)">
   ];
   let statistics = [
     Statistic<"numLayers", "num-layers", "decoder layers found">,
@@ -284,9 +294,11 @@ def OffloadActivations : Pass<"moe-offload-activations", "::mlir::func::FuncOp">
     backward reads first is moved to host memory by a `moe.offload` right
     after its last forward use, and brought back by a `moe.fetch` that the
     backward reads instead. The compute stream waits for the offload's copy
-    at a `moe.offload_join` at the start of the forward of the second
-    decoder layer after the offload (the copy overlaps the next layer's
-    forward), or at the start of the backward when there is none; the
+    at a `moe.offload_join` at the start of the forward of the
+    (`horizon` + 1)th decoder layer after the offload (the copy overlaps
+    the forward of `horizon` layers, and the forward keeps at most
+    `horizon` + 1 layers' values on the device, as the backward does), or
+    at the start of the backward when there is none; the
     value's device bytes are held until the join (moe-plan-memory). A
     buffer moves once with its views: the
     reshapes of it that the backward reads are made again from the fetched
@@ -308,7 +320,7 @@ def OffloadActivations : Pass<"moe-offload-activations", "::mlir::func::FuncOp">
     %q = moe.linear %n, %wq : (...) -> tensor<2x8x32xf32>
     %n_host = moe.offload %n layer 0 : tensor<2x8x32xf32> -> tensor<2x8x32xf32, #moe.host>
     ...
-    // the start of layer 2's forward
+    // the start of layer 2's forward, for horizon 1
     moe.offload_join %n_host : tensor<2x8x32xf32, #moe.host>
     ...
     // the start of layer 2's backward, for horizon 2

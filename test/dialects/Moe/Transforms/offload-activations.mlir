@@ -50,10 +50,17 @@
 // H1: moe.linear_grad %[[O0_BACK_VIEW]],
 // H1: moe.linear_grad %[[N0_BACK]],
 
-// Tests that horizon 2 fetches layer 0's values at the start of layer 2's
-// backward, and layers 1 and 2 (no layer two above them) at the start of
+// Tests that horizon 2 waits for layer 0's copies at the start of the
+// backward (no third layer after layer 0), and fetches layer 0's values at
+// the start of layer 2's backward, and layers 1 and 2 (no layer two above them) at the start of
 // the backward, the last layer's first.
 // H2-LABEL: func.func @train_step(
+// H2: %[[N0_HOST:.+]] = moe.offload %{{.+}} layer 0
+// H2-NOT: moe.offload_join %[[N0_HOST]]
+// H2: moe.rms_norm %{{.+}}, %arg26
+// H2-NOT: moe.offload_join %[[N0_HOST]]
+// H2: moe.offload %{{.+}} layer 2
+// H2: moe.offload_join %[[N0_HOST]]
 // H2: moe.fetch %{{.+}} layer 2
 // H2-NOT: moe.fetch %{{.+}} layer 0
 // H2: moe.fetch %{{.+}} layer 1
