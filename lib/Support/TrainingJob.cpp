@@ -618,10 +618,6 @@ llvm::Error moec::checkImplemented(const TrainingJob &job,
                     "tokens are dispatched by all-to-all");
     if (job.globalTokenShuffle)
       return refuse("global_token_shuffle", "true", "tokens are not shuffled");
-    if (job.activationCheckpointing == ActivationCheckpointing::Auto)
-      return refuse("activation_checkpointing", "auto",
-                    "it plans none, selective or full; moec compile chooses "
-                    "auto's policy per layer");
     if (job.paramDtype == ParamDtype::Bf16)
       return refuse("param_dtype", "bf16", "plans assume fp32 master weights");
     return llvm::Error::success();

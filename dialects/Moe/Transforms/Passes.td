@@ -248,6 +248,24 @@ def CheckpointActivations
       layer by layer; a step that does not fit whatever the layers
       recompute is an error.
 
+      With `offloading` (the job's sm_activation_offloading), auto also
+      weighs offloading a layer's kept values (per layer: all the values
+      moe-offload-activations would move for its backward) at `horizon`:
+      a layer whose fetch comes at a later layer's backward (layer + horizon
+      below the number of layers) may offload, the change saving its kept
+      bytes. Its time is what a timeline of the compute stream and the
+      offload and fetch streams leaves unhidden: each layer's copy out
+      starts when its forward ends and is waited for at the forward of
+      layer + horizon + 1, its copy back starts at the backward of layer +
+      horizon and is waited for at its own backward, each stream one copy
+      at a time at `host-link-bytes-per-second` (55 GB/s, measured on the
+      H200's host link), a layer's backward twice its forward plus its
+      recomputation. The chosen layers are `moe.offload_layers` on the
+      function, which moe-offload-activations obeys; an offload that frees
+      nothing at the peak is dropped when the step fits without it. The
+      remark adds the offloaded layers, their bytes each way, the copies'
+      time and the time they add.
+
     ```mlir
     // full: the backward of layer 0 recomputes its norm from the kept input
     %n = moe.rms_norm %x, %w {epsilon = 1.0e-05 : f64} : (...) -> tensor<2x8x32xf32>
