@@ -6,7 +6,8 @@
 // layer and policy, which forward values the backward keeps and which it
 // recomputes; the rewrite clones the recomputed ops right before their
 // first backward use. Under `auto` a cost model chooses each layer's
-// policy.
+// policy and, with offloading on, whether its kept values move to host
+// memory (moe.offload_layers, for moe-offload-activations).
 //
 //===----------------------------------------------------------------------===//
 
@@ -106,9 +107,9 @@ public:
   /// layers).
   FailureOr<double> forwardSeconds(size_t l);
 
-  /// The seconds of the lm-head (forward and backward) and the ops outside
-  /// the layers: what runs between the last layer's forward and the first
-  /// layer's backward.
+  /// The seconds of the lm-head ops (with their loss and gradient), most
+  /// of what runs between the last layer's forward and the first layer's
+  /// backward (the final norm and its gradient are left out).
   FailureOr<double> headSeconds();
 
   /// The layer (index into layers) of forward op `op`, or -1.
