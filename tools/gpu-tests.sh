@@ -38,7 +38,10 @@
 # offloading (horizon 1 and 2, under none and selective) it equals the CPU
 # reference as above and the program without offloading to a relative
 # 1e-6, and prints the bytes it moved and the time the fetches waited;
-# the E = 8 step offloads on two simulated expert-parallel ranks too.
+# the E = 8 step offloads on two simulated expert-parallel ranks too, and
+# the four-layer tiny model under auto, which chooses to offload layers 0
+# and 1 (a fast host_link_gb_per_s), equals the reference and the program
+# without checkpointing or offloading.
 # Partitioned (docs/partitioning.md): the tiny Mixtral with E = 8 in fp32 on
 # the layouts (P, H) in {(2,1), (1,2), (2,2), (4,2), (8,1)} (W = P·H), with
 # both dispatchers and the token shuffle on and off where P > 1, each
@@ -361,6 +364,22 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
   "$moec" train "$e8" --reference --tokens "$root/test/Inputs/fortunes/train.pb" --steps 3 \
     --micro-batch-size 4 --seq-length 64 --moe-load-balancing aux_loss \
     --dump "$dir/offload-p2-ref" --log "$dir/offload-p2-ref.csv" > /dev/null
+  # activation_checkpointing auto choosing to offload: the four-layer tiny
+  # model under a budget that keeping everything exceeds, with a host link
+  # fast enough that auto offloads layers 0 and 1 rather than recompute;
+  # against the reference and the program without either.
+  t4="$root/test/Inputs/tiny-4l/forward.mlir"
+  printf '{"micro_batch_size": 16, "seq_length": 64}\n' > "$dir/t4-none.json"
+  printf '{"micro_batch_size": 16, "seq_length": 64, "activation_checkpointing": "auto", "memory_budget_gib": 0.012, "sm_activation_offloading": true, "activation_loading_horizon": 1, "host_link_gb_per_s": 100000}\n' \
+    > "$dir/t4-auto-offload.json"
+  for name in t4-none t4-auto-offload; do
+    "$moec" compile "$t4" --config "$dir/$name.json" -o "$dir/$name" 2> "$dir/$name.remark"
+  done
+  grep -q "offloading layers 0, 1 (horizon 1)" "$dir/t4-auto-offload.remark" ||
+    { echo "error: auto did not offload layers 0 and 1:" >&2; cat "$dir/t4-auto-offload.remark" >&2; exit 1; }
+  rm -rf "$dir/t4-ref"
+  "$moec" train "$t4" --reference --tokens "$root/test/Inputs/fortunes/train.pb" --steps 3 \
+    --config "$dir/t4-none.json" --dump "$dir/t4-ref" --log "$dir/t4-ref.csv" > /dev/null
   if [[ "$only" == offload ]]; then
     echo "prepared $dir (offloading only)"
     exit 0
@@ -535,6 +554,15 @@ echo "== E = 8 on 2 simulated ranks (P = 2), selective, offloading at horizon 1:
   --log "$out/offload-p2.csv" --dump "$out/offload-p2" | grep -E 'offload|^summary'
 python3 -m moec.check_gpu --reference "$dir/offload-p2-ref" --reference-log "$dir/offload-p2.csv" \
   --gpu "$out/offload-p2" --gpu-log "$out/offload-p2.csv" --tolerance 1e-4
+echo "== the 4-layer tiny model, auto offloading layers 0 and 1: against the CPU reference and against the program without checkpointing or offloading"
+for name in t4-none t4-auto-offload; do
+  "$dir/$name/train_step" --tokens "$dir/data/train.bin" --steps 3 \
+    --log "$out/$name.csv" --dump "$out/$name" | grep -E 'offload|^summary'
+  python3 -m moec.check_gpu --reference "$dir/t4-ref" --reference-log "$dir/t4-ref.csv" \
+    --gpu "$out/$name" --gpu-log "$out/$name.csv" --tolerance 1e-4
+done
+python3 -m moec.check_gpu --reference "$out/t4-none" --reference-log "$out/t4-none.csv" \
+  --gpu "$out/t4-auto-offload" --gpu-log "$out/t4-auto-offload.csv" --tolerance 1e-6
 if [[ "$only" == offload ]]; then
   echo "offloading checks passed"
   exit 0

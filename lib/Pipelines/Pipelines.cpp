@@ -125,6 +125,10 @@ static void addCheckpointActivations(OpPassManager &pm,
   checkpoint.policy = job.activationCheckpointing;
   checkpoint.memoryBudget = getMemoryBudgetBytes(job);
   checkpoint.cudnnAttention = cudnnAttention;
+  checkpoint.offloading = job.smActivationOffloading;
+  checkpoint.horizon = job.activationLoadingHorizon;
+  if (job.hostLinkGbPerS != 0)
+    checkpoint.hostLinkBytesPerSecond = job.hostLinkGbPerS * 1e9;
   pm.addNestedPass<func::FuncOp>(moe::createCheckpointActivations(checkpoint));
 }
 

@@ -175,6 +175,32 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
   if (llvm::Error err = checkRequest(model, training, gpu, efficiency))
     return std::move(err);
 
+  // auto: the first fixed policy, in the order of the compute it adds,
+  // whose plan fits the budget. The plan models one policy for every
+  // layer; moec compile chooses per layer from the IR.
+  if (training.activationCheckpointing == ActivationCheckpointing::Auto) {
+    const int64_t budget = training.memoryBudgetGib != 0
+                               ? getMemoryBudgetBytes(training)
+                               : gpu.memoryBytes;
+    std::optional<TrainingPlan> chosen;
+    for (ActivationCheckpointing policy :
+         {ActivationCheckpointing::None, ActivationCheckpointing::Selective,
+          ActivationCheckpointing::Full}) {
+      TrainingJob fixed = training;
+      fixed.activationCheckpointing = policy;
+      fixed.memoryBudgetGib = 0;
+      llvm::Expected<TrainingPlan> candidate =
+          makePlan(model, fixed, gpusPerNode, gpu, efficiency, program);
+      if (!candidate)
+        return candidate.takeError();
+      bool fits = candidate->peakMemory().total() <= budget;
+      chosen = std::move(*candidate);
+      if (fits)
+        break;
+    }
+    chosen->autoBudgetBytes = budget;
+    return std::move(*chosen);
+  }
   TrainingPlan plan{model, *mesh, training, gpu, efficiency};
   if (program)
     plan.program = *program;
@@ -222,8 +248,7 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
     recomputedPerToken = layer.all;
     break;
   case ActivationCheckpointing::Auto:
-    llvm_unreachable("moec plan refuses activation_checkpointing auto "
-                     "(checkImplemented)");
+    llvm_unreachable("auto plans a fixed policy (above)");
   }
   // Offloading keeps on the device the layer in its backward and the
   // layers fetched ahead of it; every layer's kept values go to the host.

@@ -864,6 +864,10 @@ LogicalResult Interpreter::execute(Operation *op) {
         offloaded[o.getInput()] = o;
         return success();
       })
+      .Case([&](moe::OffloadJoinOp) -> LogicalResult {
+        // Where the CUDA program waits for the copy: no value.
+        return success();
+      })
       .Case([&](moe::FetchOp f) -> LogicalResult {
         if (failed(set(op, f.getResult(), get(f.getInput()))))
           return failure();

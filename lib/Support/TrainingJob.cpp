@@ -261,6 +261,10 @@ const std::vector<KeyInfo> &keyTable() {
                 "keep saved activations in host memory"),
         intKey("activation_loading_horizon", &J::activationLoadingHorizon, 1,
                "layers prefetched ahead when offloading"),
+        numberKey("host_link_gb_per_s", &J::hostLinkGbPerS, Bound::NonNegative,
+                  "host <-> device copy rate, GB/s each way, that "
+                  "activation_checkpointing auto weighs offloading with (0: "
+                  "the H200's measured 55)"),
         intKey("world_size", &J::worldSize, 1, "number of ranks (GPUs)"),
         intKey("expert_parallel_degree", &J::expertParallelDegree, 1,
                "ranks that split the experts"),
@@ -476,6 +480,15 @@ llvm::Error TrainingJob::validate() const {
         "memory_budget_gib {} needs activation_checkpointing auto (it is {})",
         memoryBudgetGib,
         stringifyActivationCheckpointing(activationCheckpointing).str()));
+  if (hostLinkGbPerS != 0 &&
+      (activationCheckpointing != ActivationCheckpointing::Auto ||
+       !smActivationOffloading))
+    return error(fmt::format(
+        "host_link_gb_per_s {} needs activation_checkpointing auto and "
+        "sm_activation_offloading true (they are {} and {})",
+        hostLinkGbPerS,
+        stringifyActivationCheckpointing(activationCheckpointing).str(),
+        smActivationOffloading));
   return llvm::Error::success();
 }
 
@@ -678,10 +691,6 @@ llvm::Error moec::checkImplemented(const TrainingJob &job,
                     "tokens are dispatched by all-to-all");
     if (job.globalTokenShuffle)
       return refuse("global_token_shuffle", "true", "tokens are not shuffled");
-    if (job.activationCheckpointing == ActivationCheckpointing::Auto)
-      return refuse("activation_checkpointing", "auto",
-                    "it plans none, selective or full; moec compile chooses "
-                    "auto's policy per layer");
     if (job.paramDtype == ParamDtype::Bf16)
       return refuse("param_dtype", "bf16", "plans assume fp32 master weights");
     return llvm::Error::success();

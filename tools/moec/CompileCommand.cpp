@@ -38,6 +38,7 @@
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/Shard/IR/ShardOps.h"
+#include "mlir/IR/Diagnostics.h"
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Pass/PassManager.h"
 #include "llvm/ADT/StringExtras.h"
@@ -296,20 +297,32 @@ int moec::cli::runCompile(const ImportFlags &modelFlags,
 
   const bool cudnnAttention = attentionKernel != "gemm" && kHaveCudnn;
   // With offloading, the same step without it, for the arena it saves.
+  // Under auto that is auto's choice without offloading, which may not fit:
+  // its remark or error is not the program's, and a failure leaves the
+  // comparison out.
   std::optional<int64_t> arenaWithoutOffloading;
   if (job.smActivationOffloading) {
     OwningOpRef<ModuleOp> onDevice = module->clone();
     moec::TrainingJob deviceJob = job;
     deviceJob.smActivationOffloading = false;
+    deviceJob.hostLinkGbPerS = 0;
+    const bool automatic =
+        job.activationCheckpointing == moe::ActivationCheckpointing::Auto;
+    std::optional<ScopedDiagnosticHandler> quiet;
+    if (automatic)
+      quiet.emplace(&context, [](Diagnostic &) { return success(); });
     PassManager devicePm(&context);
     moec::buildCompilePipeline(devicePm, deviceJob, cudnnAttention);
-    if (failed(devicePm.run(*onDevice)))
+    LogicalResult planned = devicePm.run(*onDevice);
+    quiet.reset();
+    if (failed(planned) && !automatic)
       return 1;
-    arenaWithoutOffloading =
-        onDevice->lookupSymbol<func::FuncOp>("train_step")
-            ->getAttrOfType<IntegerAttr>(
-                moe::MoeDialect::getArenaBytesAttrName())
-            .getInt();
+    if (succeeded(planned))
+      arenaWithoutOffloading =
+          onDevice->lookupSymbol<func::FuncOp>("train_step")
+              ->getAttrOfType<IntegerAttr>(
+                  moe::MoeDialect::getArenaBytesAttrName())
+              .getInt();
   }
   PassManager pm(&context);
   moec::buildCompilePipeline(pm, job, cudnnAttention);
@@ -406,12 +419,16 @@ int moec::cli::runCompile(const ImportFlags &modelFlags,
           : "",
       uncountedScratch(summary),
       summary.modelFlops);
-  if (arenaWithoutOffloading)
+  if (job.smActivationOffloading)
     llvm::outs() << fmt::format(
         "activation offloading (horizon {}): {} B of activations in pinned "
-        "host memory; arena {} B, {} B without offloading\n",
+        "host memory; arena {} B, {}\n",
         job.activationLoadingHorizon, summary.hostActivationBytes,
-        summary.arenaBytes, *arenaWithoutOffloading);
+        summary.arenaBytes,
+        arenaWithoutOffloading
+            ? fmt::format("{} B without offloading", *arenaWithoutOffloading)
+            : std::string("and without offloading auto finds no choice that "
+                          "fits"));
 
   if (job.bf16 && !summary.usesCudnn && attentionKernel == "auto")
     llvm::errs() << "note: this moec was built without cuDNN or its "

@@ -173,7 +173,16 @@ void moec::cli::printPlanTable(const TrainingPlan &plan, bool allPlacements,
       t.bf16
           ? " (bf16 compute, fp32 master weights, gradients, AdamW)"
           : "",
-      moec::stringifyActivationCheckpointing(t.activationCheckpointing).str());
+      plan.autoBudgetBytes
+          ? fmt::format("auto: {} on every layer, the first of none, "
+                        "selective and full whose plan fits {} (moec "
+                        "compile chooses per layer from the IR)",
+                        moec::stringifyActivationCheckpointing(
+                            t.activationCheckpointing)
+                            .str(),
+                        gib(*plan.autoBudgetBytes))
+          : moec::stringifyActivationCheckpointing(t.activationCheckpointing)
+                .str());
 
   // Mesh and groups.
   os << fmt::format(

@@ -274,6 +274,15 @@ LogicalResult MoeDialect::verifyOperationAttribute(Operation *op,
                                   "moe.offload";
     return success();
   }
+  if (name == getOffloadLayersAttrName()) {
+    auto layers = dyn_cast<DenseI64ArrayAttr>(value);
+    if (!isa<FunctionOpInterface>(op) || !layers ||
+        llvm::any_of(layers.asArrayRef(), [](int64_t l) { return l < 0; }))
+      return op->emitOpError() << "has '" << name << "' = " << value
+                               << "; it is an array<i64> of decoder layers "
+                                  "(each at least 0) on a function";
+    return success();
+  }
   if (name == getArenaBytesAttrName() || name == getArenaLiveBytesAttrName() ||
       name == getHostBytesAttrName()) {
     if (!isa<FunctionOpInterface>(op) || !isNonNegativeI64(value))

@@ -121,6 +121,13 @@ def Moe_Dialect : Dialect {
     static ::llvm::StringRef getHostBytesAttrName() {
       return "moe.host_bytes";
     }
+    /// `moe.offload_layers = array<i64: ...>` on a function: the decoder
+    /// layers whose kept values activation checkpointing auto chose to
+    /// offload (moe-checkpoint-activations); moe-offload-activations moves
+    /// only theirs.
+    static ::llvm::StringRef getOffloadLayersAttrName() {
+      return "moe.offload_layers";
+    }
     /// `moe.adamw_group = N : i64` on a moe.adamw: the multi-tensor update
     /// it belongs to (moe-group-adamw).
     static ::llvm::StringRef getAdamWGroupAttrName() {
@@ -214,7 +221,8 @@ def Moe_HostMemoryAttr : Moe_Attr<"HostMemory", "host"> {
   let description = [{
     As a tensor's encoding, `tensor<2x64x32xf32, #moe.host>`: the value
     lives in the rank's pinned host memory, not on the device. Only
-    moe.offload makes such a value and only moe.fetch reads it
+    moe.offload makes such a value and only moe.fetch (and
+    moe.offload_join, which only marks where the copy ends) reads it
     (moe-offload-activations).
   }];
 }

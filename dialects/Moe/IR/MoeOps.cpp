@@ -570,6 +570,12 @@ LogicalResult OffloadOp::verify() {
                         "input", "result");
 }
 
+LogicalResult OffloadJoinOp::verify() {
+  if (!getInput().getDefiningOp<OffloadOp>())
+    return emitOpError() << "input is not made by moe.offload";
+  return success();
+}
+
 LogicalResult FetchOp::verify() {
   if (failed(verifyHostCopy(*this, getResult().getType(),
                             getInput().getType(), "result", "input")))

@@ -988,6 +988,29 @@ def Moe_OffloadOp : Moe_Op<"offload", [Pure]> {
   let hasVerifier = 1;
 }
 
+def Moe_OffloadJoinOp : Moe_Op<"offload_join"> {
+  let summary = "the end of a moe.offload's copy";
+  let description = [{
+    Where the compute stream waits for the copy of the moe.offload that
+    made `input`: until here the copy may still read the offloaded device
+    value, so its device bytes are not reused before this op
+    (moe-plan-memory). moe-offload-activations places it at the start of
+    the forward of the (horizon + 1)th decoder layer after the offload (so
+    that the copy overlaps the forward of `horizon` layers), or at the
+    start of the backward; the CUDA printer prints the wait here. It has no result and
+    no value: the reference executor does nothing.
+
+    ```mlir
+    moe.offload_join %h : tensor<2x64x32xf32, #moe.host>
+    ```
+  }];
+  let arguments = (ins AnyRankedTensor:$input);
+  let assemblyFormat = [{
+    $input attr-dict `:` type($input)
+  }];
+  let hasVerifier = 1;
+}
+
 def Moe_FetchOp : Moe_Op<"fetch", [Pure]> {
   let summary = "brings an offloaded activation back to the device";
   let description = [{

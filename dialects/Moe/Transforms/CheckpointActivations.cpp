@@ -6,7 +6,8 @@
 // layer and policy, which forward values the backward keeps and which it
 // recomputes; the rewrite clones the recomputed ops right before their
 // first backward use. Under `auto` a cost model chooses each layer's
-// policy.
+// policy and, with offloading on, whether its kept values move to host
+// memory (moe.offload_layers, for moe-offload-activations).
 //
 //===----------------------------------------------------------------------===//
 
@@ -31,6 +32,7 @@
 #include <array>
 #include <functional>
 #include <map>
+#include <set>
 
 namespace mlir::moe {
 #define GEN_PASS_DEF_CHECKPOINTACTIVATIONS
@@ -96,6 +98,19 @@ public:
   /// The cost of layer `l` under `policy`; fails on a value of unknown
   /// size (dynamic, not received rows) at its op.
   FailureOr<LayerCost> costOf(const Layer &l, ActivationCheckpointing policy);
+
+  /// The seconds `op` takes by the cost model; fails on a value of unknown
+  /// size at its op.
+  FailureOr<double> secondsOf(Operation *op);
+
+  /// The seconds of the step's forward ops in layer `l` (index into
+  /// layers).
+  FailureOr<double> forwardSeconds(size_t l);
+
+  /// The seconds of the lm-head ops (with their loss and gradient), most
+  /// of what runs between the last layer's forward and the first layer's
+  /// backward (the final norm and its gradient are left out).
+  FailureOr<double> headSeconds();
 
   /// The layer (index into layers) of forward op `op`, or -1.
   int64_t layerOf(Operation *op) const {
@@ -349,61 +364,100 @@ FailureOr<LayerCost> StepAnalysis::costOf(const Layer &l,
     }
     if (!recomputed.insert(def).second)
       continue;
-    int64_t moved = 0;
     for (Value r : def->getResults()) {
+      if (isa<tensor::ExpandShapeOp, tensor::CollapseShapeOp>(def))
+        continue;
       FailureOr<int64_t> bytes = bytesOf(r);
       if (failed(bytes))
         return failure();
-      moved += *bytes;
-      if (!isa<tensor::ExpandShapeOp, tensor::CollapseShapeOp>(def))
-        cost.recomputedBytes += *bytes;
+      cost.recomputedBytes += *bytes;
     }
-    for (Value w : def->getOperands()) {
-      FailureOr<int64_t> bytes = bytesOf(w);
-      if (failed(bytes))
-        return failure();
-      moved += *bytes;
+    for (Value w : def->getOperands())
       if (layerOf(w.getDefiningOp()) == index)
         stack.push_back(w);
-    }
-    cost.seconds +=
-        TypeSwitch<Operation *, double>(def)
-            .Case([&](LinearOp op) {
-              auto in = cast<RankedTensorType>(op.getInput().getType());
-              auto out = cast<RankedTensorType>(op.getResult().getType());
-              double flops = 2.0 * out.getNumElements() * in.getShape().back();
-              return std::max(flops / kGemmFlops,
-                              moved / kMemoryBytesPerSecond);
-            })
-            .Case([&](ExpertsOp op) {
-              // Per (token, choice) pair: gate/up [2I, h] and down [h, I].
-              auto gates = cast<RankedTensorType>(op.getGates().getType());
-              auto down = cast<RankedTensorType>(op.getDown().getType());
-              double pairs = gates.hasStaticShape()
-                                 ? gates.getNumElements()
-                                 : double(rowBound.value_or(0));
-              double flops =
-                  6.0 * pairs * down.getDimSize(1) * down.getDimSize(2);
-              return std::max(flops / kGemmFlops,
-                              moved / kMemoryBytesPerSecond);
-            })
-            .Case([&](AttentionOp op) {
-              // Causal: two [S, S] products per query head, half of them.
-              auto q = cast<RankedTensorType>(op.getQuery().getType());
-              double flops = 2.0 * q.getNumElements() * q.getDimSize(1);
-              return std::max(flops / kAttentionFlops,
-                              moved / kMemoryBytesPerSecond);
-            })
-            .Case<tensor::ExpandShapeOp, tensor::CollapseShapeOp>(
-                [](Operation *) { return 0.0; })
-            .Default([&](Operation *op) {
-              if (isa<DispatchOp, CombineOp, TokenShuffleOp>(op) ||
-                  isa<shard::ShardDialect>(op->getDialect()))
-                return moved / kCollectiveBytesPerSecond;
-              return moved / kMemoryBytesPerSecond;
-            });
+    FailureOr<double> seconds = secondsOf(def);
+    if (failed(seconds))
+      return failure();
+    cost.seconds += *seconds;
   }
   return cost;
+}
+
+FailureOr<double> StepAnalysis::secondsOf(Operation *def) {
+  int64_t moved = 0;
+  for (Value v : llvm::concat<Value>(def->getResults(), def->getOperands())) {
+    FailureOr<int64_t> bytes = bytesOf(v);
+    if (failed(bytes))
+      return failure();
+    moved += *bytes;
+  }
+  return TypeSwitch<Operation *, double>(def)
+      .Case([&](LinearOp op) {
+        auto in = cast<RankedTensorType>(op.getInput().getType());
+        auto out = cast<RankedTensorType>(op.getResult().getType());
+        double flops = 2.0 * out.getNumElements() * in.getShape().back();
+        return std::max(flops / kGemmFlops, moved / kMemoryBytesPerSecond);
+      })
+      .Case([&](ExpertsOp op) {
+        // Per (token, choice) pair: gate/up [2I, h] and down [h, I].
+        auto gates = cast<RankedTensorType>(op.getGates().getType());
+        auto down = cast<RankedTensorType>(op.getDown().getType());
+        double pairs = gates.hasStaticShape() ? gates.getNumElements()
+                                              : double(rowBound.value_or(0));
+        double flops = 6.0 * pairs * down.getDimSize(1) * down.getDimSize(2);
+        return std::max(flops / kGemmFlops, moved / kMemoryBytesPerSecond);
+      })
+      .Case([&](AttentionOp op) {
+        // Causal: two [S, S] products per query head, half of them.
+        auto q = cast<RankedTensorType>(op.getQuery().getType());
+        double flops = 2.0 * q.getNumElements() * q.getDimSize(1);
+        return std::max(flops / kAttentionFlops,
+                        moved / kMemoryBytesPerSecond);
+      })
+      .Case<LmHeadOp, LmHeadCrossEntropyOp, LmHeadCrossEntropyWithGradOp>(
+          [&](auto op) {
+            // [T, h] x [h, V]; with its gradient, three products.
+            auto in = cast<RankedTensorType>(op.getInput().getType());
+            auto weight = cast<RankedTensorType>(op.getWeight().getType());
+            double products =
+                isa<LmHeadCrossEntropyWithGradOp>(op.getOperation()) ? 3 : 1;
+            double flops = products * 2.0 * in.getNumElements() *
+                           weight.getDimSize(0);
+            return std::max(flops / kGemmFlops,
+                            moved / kMemoryBytesPerSecond);
+          })
+      .Case<tensor::ExpandShapeOp, tensor::CollapseShapeOp>(
+          [](Operation *) { return 0.0; })
+      .Default([&](Operation *op) {
+        if (isa<DispatchOp, CombineOp, TokenShuffleOp>(op) ||
+            isa<shard::ShardDialect>(op->getDialect()))
+          return moved / kCollectiveBytesPerSecond;
+        return moved / kMemoryBytesPerSecond;
+      });
+}
+
+FailureOr<double> StepAnalysis::forwardSeconds(size_t l) {
+  double seconds = 0;
+  for (Operation *op : layers[l].ops) {
+    FailureOr<double> s = secondsOf(op);
+    if (failed(s))
+      return failure();
+    seconds += *s;
+  }
+  return seconds;
+}
+
+FailureOr<double> StepAnalysis::headSeconds() {
+  double seconds = 0;
+  for (Operation &op : body)
+    if (isa<LmHeadOp, LmHeadCrossEntropyOp, LmHeadCrossEntropyWithGradOp>(
+            op)) {
+      FailureOr<double> s = secondsOf(&op);
+      if (failed(s))
+        return failure();
+      seconds += *s;
+    }
+  return seconds;
 }
 
 /// Rewrites the step so that every backward read of a value its layer's
@@ -490,24 +544,33 @@ int64_t rewrite(StepAnalysis &step,
   return numRecomputed;
 }
 
+/// What activation checkpointing auto chose: a policy per layer and the
+/// layers (their N) whose kept values move to host memory.
+struct AutoChoice {
+  std::vector<ActivationCheckpointing> policies;
+  std::set<int64_t> offloaded;
+};
 
-/// The bytes the step needs under `policies`: its arguments (parameters,
+/// The bytes the step needs under `choice`: its arguments (parameters,
 /// optimizer state, inputs), the most bytes moe-plan-memory's buffers
-/// have alive at once, measured on a copy of `func` rewritten with them,
-/// and `scratchBytes`, the CUDA program's kernel scratch (which
-/// recomputation does not change: its clones have the shapes of the ops
-/// they copy).
-FailureOr<int64_t> measureBytes(func::FuncOp func,
-                                ArrayRef<ActivationCheckpointing> policies,
-                                int64_t scratchBytes) {
+/// have alive at once, measured on a copy of `func` rewritten with it
+/// (recomputed, then offloaded with `horizon`), and `scratchBytes`, the
+/// CUDA program's kernel scratch (which neither changes: recomputed clones
+/// have the shapes of the ops they copy).
+FailureOr<int64_t> measureBytes(func::FuncOp func, const AutoChoice &choice,
+                                int64_t horizon, int64_t scratchBytes) {
   OwningOpRef<func::FuncOp> copy = func.clone();
   StepAnalysis step(copy->getBody().front());
   FailureOr<bool> isStep = step.analyze(*copy, ActivationCheckpointing::Auto);
-  if (failed(isStep) || !*isStep || step.layers.size() != policies.size())
+  if (failed(isStep) || !*isStep ||
+      step.layers.size() != choice.policies.size())
     return func.emitOpError()
            << "changed its layers when copied (internal error of "
               "moe-checkpoint-activations)";
-  rewrite(step, policies);
+  rewrite(step, choice.policies);
+  if (!choice.offloaded.empty() &&
+      failed(offloadActivations(*copy, horizon, &choice.offloaded)))
+    return failure();
   FailureOr<int64_t> live = arenaLiveBytes(*copy);
   if (failed(live))
     return failure();
@@ -517,6 +580,23 @@ FailureOr<int64_t> measureBytes(func::FuncOp func,
         type && type.hasStaticShape())
       bytes += (type.getNumElements() * type.getElementTypeBitWidth() + 7) / 8;
   return bytes;
+}
+
+/// The bytes moe-offload-activations moves per layer (its N) when every
+/// layer of `func` has `policy`, measured on a rewritten copy.
+FailureOr<std::map<int64_t, OffloadedLayer>>
+offloadedBytesOf(func::FuncOp func, ActivationCheckpointing policy,
+                 int64_t horizon) {
+  OwningOpRef<func::FuncOp> copy = func.clone();
+  StepAnalysis step(copy->getBody().front());
+  FailureOr<bool> isStep = step.analyze(*copy, ActivationCheckpointing::Auto);
+  if (failed(isStep) || !*isStep)
+    return func.emitOpError()
+           << "changed its layers when copied (internal error of "
+              "moe-checkpoint-activations)";
+  rewrite(step, std::vector<ActivationCheckpointing>(step.layers.size(),
+                                                     policy));
+  return offloadActivations(*copy, horizon);
 }
 
 /// The bytes of the CUDA program's kernel scratch buffers for `func`
@@ -532,19 +612,86 @@ FailureOr<int64_t> scratchBytesOf(func::FuncOp func, bool cudnnAttention) {
   return scratch.bytes + scratch.collectiveBytes;
 }
 
+/// The time model of offloading: the step as the compute stream runs it,
+/// the offload and fetch streams beside it. Layer i's copy to the host
+/// starts when its forward ends and the offload stream is free; the
+/// compute stream waits for it at the start of the forward of layer
+/// i + horizon + 1 (or of the backward); its fetch starts at the start of
+/// the backward of layer i + horizon (or of the backward) once the fetch
+/// stream is free and the copy out has ended, and the compute stream waits
+/// for it at the start of layer i's backward. A layer's backward takes
+/// twice its forward plus what it recomputes (the cost model).
+struct OffloadTimeline {
+  std::vector<double> forward;  ///< seconds of each layer's forward
+  double head = 0;              ///< the lm-head's forward and backward
+  int64_t horizon = 1;
+  /// Pinned copies between host and device, each way (the pass option;
+  /// on the H200, PCIe 5.0 x16, 55.2-55.5 GB/s measured,
+  /// docs/activation-checkpointing.md).
+  double linkBytesPerSecond = 55e9;
+
+  /// The step's seconds with `recompute[i]` seconds of recomputation and
+  /// `moved[i]` bytes offloaded each way (0: none) for layer i.
+  double stepSeconds(ArrayRef<double> recompute,
+                     ArrayRef<int64_t> moved) const {
+    const int64_t layers = forward.size();
+    std::vector<double> offloadEnd(layers, 0), fetchEnd(layers, 0);
+    double t = 0, offloadFree = 0, fetchFree = 0;
+    auto copy = [&](int64_t i) { return moved[i] / linkBytesPerSecond; };
+    for (int64_t i = 0; i < layers; ++i) {
+      if (i - horizon - 1 >= 0 && moved[i - horizon - 1])
+        t = std::max(t, offloadEnd[i - horizon - 1]);
+      t += forward[i];
+      if (moved[i])
+        offloadEnd[i] = offloadFree = std::max(t, offloadFree) + copy(i);
+    }
+    for (int64_t i = std::max<int64_t>(0, layers - horizon - 1); i < layers;
+         ++i)
+      if (moved[i])
+        t = std::max(t, offloadEnd[i]);
+    auto fetch = [&](int64_t i) {
+      if (i >= 0 && moved[i])
+        fetchEnd[i] = fetchFree =
+            std::max({t, fetchFree, offloadEnd[i]}) + copy(i);
+    };
+    for (int64_t i = layers - 1; i >= 0; --i)
+      if (i + horizon >= layers)
+        fetch(i);
+    t += head;
+    for (int64_t i = layers - 1; i >= 0; --i) {
+      fetch(i - horizon);
+      if (moved[i])
+        t = std::max(t, fetchEnd[i]);
+      t += 2 * forward[i] + recompute[i];
+    }
+    return t;
+  }
+};
+
 /// The policy per layer that fits `budget` bytes with the least added
-/// time, and the remark that explains it. The cost model orders the
+/// time, the layers it offloads (with `horizon` > 0: offloading is
+/// allowed), and the remark that explains it. The cost model orders the
 /// candidates; whether one fits is measured (measureBytes).
-FailureOr<std::vector<ActivationCheckpointing>>
-chooseAutomatically(StepAnalysis &step, func::FuncOp func, int64_t budget,
-                    bool cudnnAttention) {
+FailureOr<AutoChoice> chooseAutomatically(StepAnalysis &step,
+                                          func::FuncOp func, int64_t budget,
+                                          bool cudnnAttention,
+                                          int64_t horizon,
+                                          double linkBytesPerSecond) {
   FailureOr<int64_t> scratchBytes = scratchBytesOf(func, cudnnAttention);
   if (failed(scratchBytes))
     return failure();
   using AC = ActivationCheckpointing;
   const AC choices[] = {AC::None, AC::Selective, AC::Full};
+  const size_t numLayers = step.layers.size();
+  const bool offloading = horizon > 0;
   std::vector<std::array<LayerCost, 3>> costs;
-  for (const Layer &layer : step.layers) {
+  // With offloading: the bytes each layer's offload moves under each
+  // policy, and the timeline.
+  std::vector<std::array<int64_t, 3>> moved(numLayers, {0, 0, 0});
+  OffloadTimeline timeline;
+  timeline.horizon = std::max<int64_t>(horizon, 1);
+  timeline.linkBytesPerSecond = linkBytesPerSecond;
+  for (auto [l, layer] : llvm::enumerate(step.layers)) {
     std::array<LayerCost, 3> c;
     for (auto [i, policy] : llvm::enumerate(choices)) {
       FailureOr<LayerCost> cost = step.costOf(layer, policy);
@@ -553,48 +700,109 @@ chooseAutomatically(StepAnalysis &step, func::FuncOp func, int64_t budget,
       c[i] = *cost;
     }
     costs.push_back(c);
+    FailureOr<double> forward = step.forwardSeconds(l);
+    if (failed(forward))
+      return failure();
+    timeline.forward.push_back(*forward);
   }
+  if (offloading) {
+    FailureOr<double> head = step.headSeconds();
+    if (failed(head))
+      return failure();
+    timeline.head = *head;
+    for (auto [i, policy] : llvm::enumerate(choices)) {
+      FailureOr<std::map<int64_t, OffloadedLayer>> bytes =
+          offloadedBytesOf(func, policy, horizon);
+      if (failed(bytes))
+        return failure();
+      for (auto [l, layer] : llvm::enumerate(step.layers))
+        if (auto it = bytes->find(layer.index); it != bytes->end())
+          moved[l][i] = it->second.bytes;
+    }
+  }
+  // A choice per layer: 0, 1, 2 the policy (none, selective, full), plus 3
+  // when the layer's kept values are offloaded.
   using Choice = std::vector<unsigned>;
-  auto addedSeconds = [&](const Choice &chosen) {
+  auto recomputeSeconds = [&](const Choice &chosen) {
     double seconds = 0;
     for (auto [layer, choice] : llvm::enumerate(chosen))
-      seconds += costs[layer][choice].seconds;
+      seconds += costs[layer][choice % 3].seconds;
     return seconds;
+  };
+  auto stepSeconds = [&](const Choice &chosen, bool offload) {
+    std::vector<double> recompute;
+    std::vector<int64_t> bytes;
+    for (auto [layer, choice] : llvm::enumerate(chosen)) {
+      recompute.push_back(costs[layer][choice % 3].seconds);
+      bytes.push_back(offload && choice >= 3 ? moved[layer][choice % 3] : 0);
+    }
+    return timeline.stepSeconds(recompute, bytes);
+  };
+  // The time offloading adds: the copies the compute does not hide.
+  auto offloadSeconds = [&](const Choice &chosen) {
+    if (llvm::none_of(chosen, [](unsigned c) { return c >= 3; }))
+      return 0.0;
+    return stepSeconds(chosen, true) - stepSeconds(chosen, false);
+  };
+  auto addedSeconds = [&](const Choice &chosen) {
+    return recomputeSeconds(chosen) + offloadSeconds(chosen);
+  };
+  // Offloading layer `l` frees its bytes in the backward only if they
+  // leave before the backward starts: its fetch is at a later layer's.
+  auto mayOffload = [&](size_t l) {
+    return offloading && int64_t(l) + horizon < int64_t(numLayers);
   };
   // From none everywhere, the change that adds the least time per byte it
   // saves, until none is left: candidates in the order of the cost model.
-  std::vector<Choice> sequence = {Choice(step.layers.size(), 0)};
+  std::vector<Choice> sequence = {Choice(numLayers, 0)};
   while (true) {
     const Choice &chosen = sequence.back();
-    std::optional<std::pair<size_t, unsigned>> best;
+    std::optional<Choice> best;
     double bestRatio = 0;
-    for (size_t layer = 0; layer < chosen.size(); ++layer)
-      for (unsigned next = chosen[layer] + 1; next < 3; ++next) {
-        const LayerCost &from = costs[layer][chosen[layer]];
-        const LayerCost &to = costs[layer][next];
-        int64_t saved = from.keptBytes - to.keptBytes;
+    const double before = addedSeconds(chosen);
+    for (size_t layer = 0; layer < numLayers; ++layer) {
+      // A policy that keeps less (an offloaded layer's values still come
+      // back for its backward: it may recompute more too), or offloading
+      // what the policy keeps.
+      SmallVector<std::pair<unsigned, int64_t>> changes;
+      const unsigned policy = chosen[layer] % 3, offloaded = chosen[layer] - policy;
+      const LayerCost &from = costs[layer][policy];
+      for (unsigned next = policy + 1; next < 3; ++next)
+        changes.push_back({next + offloaded,
+                           from.keptBytes - costs[layer][next].keptBytes});
+      if (!offloaded && mayOffload(layer))
+        changes.push_back({policy + 3, from.keptBytes});
+      for (auto [next, saved] : changes) {
         if (saved <= 0)
           continue;
-        double ratio = (to.seconds - from.seconds) / saved;
+        Choice candidate = chosen;
+        candidate[layer] = next;
+        double ratio = (addedSeconds(candidate) - before) / saved;
         if (!best || ratio < bestRatio) {
-          best = {layer, next};
+          best = std::move(candidate);
           bestRatio = ratio;
         }
       }
+    }
     if (!best)
       break;
-    Choice next = chosen;
-    next[best->first] = best->second;
-    sequence.push_back(std::move(next));
+    sequence.push_back(std::move(*best));
   }
+  auto toChoice = [&](const Choice &chosen) {
+    AutoChoice choice;
+    for (auto [layer, c] : llvm::enumerate(chosen)) {
+      choice.policies.push_back(choices[c % 3]);
+      if (c >= 3)
+        choice.offloaded.insert(step.layers[layer].index);
+    }
+    return choice;
+  };
   std::map<Choice, int64_t> measured;
   auto bytesOf = [&](const Choice &chosen) -> FailureOr<int64_t> {
     if (auto it = measured.find(chosen); it != measured.end())
       return it->second;
-    std::vector<AC> policies;
-    for (unsigned c : chosen)
-      policies.push_back(choices[c]);
-    FailureOr<int64_t> bytes = measureBytes(func, policies, *scratchBytes);
+    FailureOr<int64_t> bytes =
+        measureBytes(func, toChoice(chosen), horizon, *scratchBytes);
     if (succeeded(bytes))
       measured[chosen] = *bytes;
     return bytes;
@@ -623,10 +831,24 @@ chooseAutomatically(StepAnalysis &step, func::FuncOp func, int64_t budget,
   }
   if (chosen)
     chosen = sequence[high];
+  // An offload that frees nothing at the peak (its values come back
+  // before it, or an earlier change in the sequence made it useless) goes,
+  // when the choice still fits without it.
+  for (size_t layer = 0; chosen && layer < numLayers; ++layer) {
+    if ((*chosen)[layer] < 3)
+      continue;
+    Choice kept = *chosen;
+    kept[layer] -= 3;
+    FailureOr<int64_t> bytes = bytesOf(kept);
+    if (failed(bytes))
+      return failure();
+    if (*bytes <= budget)
+      chosen = kept;
+  }
   // The same policy everywhere, when it fits and adds less time (the
   // order of the changes can miss it), wins.
   for (unsigned choice = 0; choice < 3; ++choice) {
-    Choice same(step.layers.size(), choice);
+    Choice same(numLayers, choice);
     if (chosen && addedSeconds(same) >= addedSeconds(*chosen))
       continue;
     FailureOr<int64_t> bytes = bytesOf(same);
@@ -638,9 +860,13 @@ chooseAutomatically(StepAnalysis &step, func::FuncOp func, int64_t budget,
   std::string table;
   llvm::raw_string_ostream os(table);
   // Per layer: the choice, then each policy's kept bytes, recomputed bytes
-  // and added milliseconds (the cost model).
+  // and added milliseconds (the cost model); with offloading, the bytes
+  // the layer's offload moves each way under its policy and the time it
+  // would add alone.
   os << "\n  layer  chosen     none: kept | selective: kept, recomputed, ms | "
         "full: kept, recomputed, ms";
+  if (offloading)
+    os << " | offload alone: each way, ms";
   // Without a fit, the candidate that needs the least.
   const Choice &shown =
       chosen ? *chosen
@@ -649,15 +875,31 @@ chooseAutomatically(StepAnalysis &step, func::FuncOp func, int64_t budget,
                })->first;
   for (auto [layer, choice] : llvm::enumerate(shown)) {
     const std::array<LayerCost, 3> &c = costs[layer];
+    std::string name =
+        stringifyActivationCheckpointing(choices[choice % 3]).str();
+    if (choice >= 3)
+      name += "+offload";
     os << llvm::formatv("\n  {0,-6} {1,-10} {2} | {3}, {4}, {5:F3} | {6}, "
                         "{7}, {8:F3}",
-                        step.layers[layer].index,
-                        stringifyActivationCheckpointing(choices[choice]),
+                        step.layers[layer].index, name,
                         formatBytes(c[0].keptBytes),
                         formatBytes(c[1].keptBytes),
                         formatBytes(c[1].recomputedBytes), c[1].seconds * 1e3,
                         formatBytes(c[2].keptBytes),
                         formatBytes(c[2].recomputedBytes), c[2].seconds * 1e3);
+    if (!offloading)
+      continue;
+    if (!mayOffload(layer)) {
+      os << " | - (back at the backward's start)";
+      continue;
+    }
+    Choice alone(numLayers);
+    for (size_t l = 0; l < numLayers; ++l)
+      alone[l] = shown[l] % 3;
+    alone[layer] += 3;
+    os << llvm::formatv(" | {0}, {1:F3}",
+                        formatBytes(moved[layer][choice % 3]),
+                        offloadSeconds(alone) * 1e3);
   }
   int64_t argumentBytes = 0;
   for (BlockArgument arg : func.getArguments())
@@ -674,16 +916,33 @@ chooseAutomatically(StepAnalysis &step, func::FuncOp func, int64_t budget,
       formatBytes(total), formatBytes(budget), formatBytes(argumentBytes),
       formatBytes(*scratchBytes),
       formatBytes(total - argumentBytes - *scratchBytes), measured.size(),
-      sequence.size() + 3, addedSeconds(shown) * 1e3);
+      sequence.size() + 3 + (offloading ? numLayers : 0),
+      recomputeSeconds(shown) * 1e3);
+  if (offloading) {
+    SmallVector<std::string> layers;
+    int64_t bytes = 0;
+    for (auto [layer, choice] : llvm::enumerate(shown))
+      if (choice >= 3) {
+        layers.push_back(std::to_string(step.layers[layer].index));
+        bytes += moved[layer][choice % 3];
+      }
+    if (layers.empty())
+      summary += llvm::formatv("; offloads no layer (horizon {0})", horizon);
+    else
+      summary += llvm::formatv(
+          "; offloading layer{0} {1} (horizon {2}) moves {3} each way, "
+          "{4:F3} ms of copies each way at {5:F0} GB/s, and adds {6:F3} ms",
+          layers.size() > 1 ? "s" : "", llvm::join(layers, ", "), horizon,
+          formatBytes(bytes), bytes / linkBytesPerSecond * 1e3,
+          linkBytesPerSecond / 1e9, offloadSeconds(shown) * 1e3);
+  }
   // At the function's location, without printing the function.
   if (!chosen)
     return emitError(func->getLoc())
-           << summary << ": it does not fit whatever the layers recompute";
+           << summary << ": it does not fit whatever the layers recompute"
+           << (offloading ? " or offload" : "");
   emitRemark(func->getLoc()) << summary << table;
-  std::vector<AC> policies;
-  for (unsigned choice : *chosen)
-    policies.push_back(choices[choice]);
-  return policies;
+  return toChoice(*chosen);
 }
 
 struct CheckpointActivationsPass
@@ -701,6 +960,18 @@ struct CheckpointActivationsPass
                          << static_cast<int64_t>(memoryBudget);
       return signalPassFailure();
     }
+    if (offloading && hostLinkBytesPerSecond <= 0) {
+      func.emitOpError() << "needs a host link rate above 0 bytes/s for "
+                            "activation offloading under auto, not "
+                         << static_cast<double>(hostLinkBytesPerSecond);
+      return signalPassFailure();
+    }
+    if (offloading && horizon < 1) {
+      func.emitOpError() << "has activation_loading_horizon "
+                         << static_cast<int64_t>(horizon)
+                         << "; it must be at least 1";
+      return signalPassFailure();
+    }
     StepAnalysis step(func.getBody().front());
     FailureOr<bool> isStep = step.analyze(func, policy);
     if (failed(isStep))
@@ -710,11 +981,19 @@ struct CheckpointActivationsPass
     numLayers = step.layers.size();
     std::vector<ActivationCheckpointing> policies(step.layers.size(), policy);
     if (policy == ActivationCheckpointing::Auto) {
-      FailureOr<std::vector<ActivationCheckpointing>> chosen =
-          chooseAutomatically(step, func, memoryBudget, cudnnAttention);
+      FailureOr<AutoChoice> chosen = chooseAutomatically(
+          step, func, memoryBudget, cudnnAttention, offloading ? horizon : 0,
+          hostLinkBytesPerSecond);
       if (failed(chosen))
         return signalPassFailure();
-      policies = *chosen;
+      policies = chosen->policies;
+      // moe-offload-activations moves the chosen layers' values only.
+      if (offloading)
+        func->setAttr(MoeDialect::getOffloadLayersAttrName(),
+                      DenseI64ArrayAttr::get(
+                          &getContext(),
+                          SmallVector<int64_t>(chosen->offloaded.begin(),
+                                               chosen->offloaded.end())));
     }
     numRecomputed += rewrite(step, policies);
   }

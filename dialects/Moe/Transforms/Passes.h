@@ -12,6 +12,9 @@
 #include "mlir/Dialect/Linalg/IR/Linalg.h"
 #include "mlir/Pass/Pass.h"
 
+#include <map>
+#include <set>
+
 namespace mlir::moe {
 
 /// A pass-option modifier that accepts every value of a dialect enum by its
@@ -45,6 +48,20 @@ using ActivationCheckpointingNames =
 /// bound, computed on any single-block step with static shapes. Fails with
 /// the pass's diagnostic at an op it cannot size.
 FailureOr<int64_t> arenaLiveBytes(func::FuncOp func);
+
+/// What moe-offload-activations moved for one decoder layer's backward.
+struct OffloadedLayer {
+  int64_t values = 0; ///< buffers moved
+  int64_t bytes = 0;  ///< their bytes (static shapes)
+};
+
+/// The rewrite of moe-offload-activations on `func` with `horizon`: moves
+/// the values each decoder layer's backward reads first (only for the
+/// layers in `layers`, when given) to host memory and back. Returns what
+/// it moved per layer (the layer's N); fails with a diagnostic at `func`.
+FailureOr<std::map<int64_t, OffloadedLayer>>
+offloadActivations(func::FuncOp func, int64_t horizon,
+                   const std::set<int64_t> *layers = nullptr);
 
 #define GEN_PASS_DECL
 #include "dialects/Moe/Transforms/Passes.h.inc"

@@ -257,6 +257,24 @@ def CheckpointActivations
       layer by layer; a step that does not fit whatever the layers
       recompute is an error.
 
+      With `offloading` (the job's sm_activation_offloading), auto also
+      weighs offloading a layer's kept values (per layer: all the values
+      moe-offload-activations would move for its backward) at `horizon`:
+      a layer whose fetch comes at a later layer's backward (layer + horizon
+      below the number of layers) may offload, the change saving its kept
+      bytes. Its time is what a timeline of the compute stream and the
+      offload and fetch streams leaves unhidden: each layer's copy out
+      starts when its forward ends and is waited for at the forward of
+      layer + horizon + 1, its copy back starts at the backward of layer +
+      horizon and is waited for at its own backward, each stream one copy
+      at a time at `host-link-bytes-per-second` (55 GB/s, measured on the
+      H200's host link), a layer's backward twice its forward plus its
+      recomputation. The chosen layers are `moe.offload_layers` on the
+      function, which moe-offload-activations obeys; an offload that frees
+      nothing at the peak is dropped when the step fits without it. The
+      remark adds the offloaded layers, their bytes each way, the copies'
+      time and the time they add.
+
     ```mlir
     // full: the backward of layer 0 recomputes its norm from the kept input
     %n = moe.rms_norm %x, %w {epsilon = 1.0e-05 : f64} : (...) -> tensor<2x8x32xf32>
@@ -275,7 +293,17 @@ def CheckpointActivations
     Option<"memoryBudget", "memory-budget", "int64_t", "0",
            "bytes the step must fit into under auto">,
     Option<"cudnnAttention", "cudnn-attention", "bool", "false",
-           "bf16 attention runs on cuDNN (sizes its kernel scratch under auto)">
+           "bf16 attention runs on cuDNN (sizes its kernel scratch under auto)">,
+    Option<"offloading", "offloading", "bool", "false",
+           "activation offloading is on: auto may offload a layer's kept "
+           "values (moe.offload_layers) instead of recomputing">,
+    Option<"horizon", "horizon", "int64_t", "2",
+           "with offloading: the activation_loading_horizon of "
+           "moe-offload-activations">,
+    Option<"hostLinkBytesPerSecond", "host-link-bytes-per-second", "double",
+           "55e9",
+           "with offloading: the host <-> device copy rate each way (the "
+           "H200's measured 55 GB/s)">
   ];
   let statistics = [
     Statistic<"numLayers", "num-layers", "decoder layers found">,
@@ -292,7 +320,14 @@ def OffloadActivations : Pass<"moe-offload-activations", "::mlir::func::FuncOp">
     backward's own and stay on the device) and that a decoder layer's
     backward reads first is moved to host memory by a `moe.offload` right
     after its last forward use, and brought back by a `moe.fetch` that the
-    backward reads instead. A buffer moves once with its views: the
+    backward reads instead. The compute stream waits for the offload's copy
+    at a `moe.offload_join` at the start of the forward of the
+    (`horizon` + 1)th decoder layer after the offload (the copy overlaps
+    the forward of `horizon` layers, and the forward keeps at most
+    `horizon` + 1 layers' values on the device, as the backward does), or
+    at the start of the backward when there is none; the
+    value's device bytes are held until the join (moe-plan-memory). A
+    buffer moves once with its views: the
     reshapes of it that the backward reads are made again from the fetched
     value.
 
@@ -311,6 +346,9 @@ def OffloadActivations : Pass<"moe-offload-activations", "::mlir::func::FuncOp">
     %n = moe.rms_norm %x, %w {epsilon = 1.0e-05 : f64} : (...) -> tensor<2x8x32xf32>
     %q = moe.linear %n, %wq : (...) -> tensor<2x8x32xf32>
     %n_host = moe.offload %n layer 0 : tensor<2x8x32xf32> -> tensor<2x8x32xf32, #moe.host>
+    ...
+    // the start of layer 2's forward, for horizon 1
+    moe.offload_join %n_host : tensor<2x8x32xf32, #moe.host>
     ...
     // the start of layer 2's backward, for horizon 2
     %n_0 = moe.fetch %n_host layer 0 : tensor<2x8x32xf32, #moe.host> -> tensor<2x8x32xf32>
@@ -438,8 +476,10 @@ def PlanMemory : Pass<"moe-plan-memory", "::mlir::func::FuncOp"> {
 
     Activation offloading (moe-offload-activations) splits a saved value's
     device life in two: the value lives from its producer to its
-    moe.offload, the moe.fetch's result from the fetch to its last reader,
-    and between them the bytes are free for other buffers. The host copies
+    moe.offload_join (where the compute stream waits for the offload's
+    copy, which reads the value until then), the moe.fetch's result from
+    the fetch to its last reader, and between them the bytes are free for
+    other buffers. The host copies
     (moe.offload's results, encoding `#moe.host`) are planned the same way
     in a region of their own, the pinned host memory (a host copy lives
     from its offload to the last reader of its fetched value, since the

@@ -6,7 +6,8 @@
 // free for the whole interval, then an independent overlap check. The rows
 // an expert-parallel rank receives (moe.dispatch) are sized by their bound,
 // every slot of the expert group, and so are the local experts' values on
-// them. A collective that runs beside the compute stream
+// them. An offloaded value's bytes are held until its moe.offload_join. A
+// collective that runs beside the compute stream
 // (CollectiveSchedule.h) keeps its operands and results alive until the
 // compute stream joins it.
 //
@@ -231,6 +232,16 @@ collectBuffers(Block &body, const llvm::DenseMap<Operation *, int64_t> &index,
         buffers.host[host->second].end =
             std::max(buffers.host[host->second].end,
                      buffers.device[device->second].end);
+    }
+  // An offload's copy reads the offloaded value until the compute stream
+  // joins it (moe.offload_join): its device bytes are held until there.
+  for (Operation &op : body)
+    if (auto join = dyn_cast<moe::OffloadJoinOp>(op)) {
+      auto offload = join.getInput().getDefiningOp<moe::OffloadOp>();
+      auto it = buffers.deviceOf.find(owner(offload.getInput()));
+      if (it != buffers.deviceOf.end())
+        buffers.device[it->second].end =
+            std::max(buffers.device[it->second].end, index.lookup(&op));
     }
   // A collective joined late reads its operands and writes its results
   // until the compute stream joins it: their bytes are not reused before.

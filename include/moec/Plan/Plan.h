@@ -165,6 +165,11 @@ struct TrainingPlan {
   /// analytic model's collectives for comparison.
   std::optional<ProgramFootprint> program;
   std::vector<Collective> analyticCollectives;
+  /// Under activation_checkpointing auto: the budget the plan chose for
+  /// (memory_budget_gib, or the GPU's memory), `training` then having the
+  /// policy chosen for every layer, the first of none, selective and full
+  /// whose plan fits it (full when none does).
+  std::optional<int64_t> autoBudgetBytes;
 
   /// The placement of the model's parameters (refers into this plan).
   ModelPlacement placement() const { return ModelPlacement(model, mesh); }

@@ -18,8 +18,9 @@
 // Activation offloading: moe.offload copies to the host on the offload
 // stream, moe.fetch back on the fetch stream (moert/kernels/Offload.h),
 // outside the captured segments. The compute stream waits for an offload's
-// copy before the first op that writes bytes the copied value occupied
-// (the memory plan frees them at the offload), and for a fetch right before
+// copy at its moe.offload_join (the memory plan holds the copied value's
+// bytes until there; without a join, before the first op that writes
+// them), and for a fetch right before
 // the first op that reads the fetched value; a fetch waits for its offload
 // and for any unfinished offload of the bytes it writes.
 //
@@ -1128,7 +1129,19 @@ LogicalResult TrainStepPrinter::scheduleTransfers() {
       }
       continue;
     }
-    // An op that writes bytes an unfinished offload reads waits for it;
+    // The compute stream waits for an offload's copy at its join, where
+    // the memory plan stops holding the value's bytes.
+    if (auto join = dyn_cast<moe::OffloadJoinOp>(op)) {
+      int id = transferIds.lookup(join.getInput().getDefiningOp());
+      llvm::erase_if(pending, [&](const Pending &p) {
+        if (p.id == id)
+          offloadJoinsBefore[&op].push_back(id);
+        return p.id == id;
+      });
+      continue;
+    }
+    // An op that writes bytes an unfinished offload reads waits for it
+    // (the memory plan holds them until the join: a step without joins);
     // the step ends with every offload finished.
     SmallVector<std::pair<int64_t, int64_t>> written;
     for (Value result : op.getResults())
@@ -1809,6 +1822,8 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
         body += fmt::format("  moert::kernels::joinFetch(ctx, {});\n", id);
       endSegment(/*capture=*/false);
     }
+    if (isa<moe::OffloadJoinOp>(op))
+      continue;
     if (isa<moe::OffloadOp, moe::FetchOp>(op)) {
       endSegment(/*capture=*/true);
       if (failed(printTransfer(op)))

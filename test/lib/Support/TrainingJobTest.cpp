@@ -207,6 +207,19 @@ TEST(TrainingJob, ActivationCheckpointingSpellings) {
             "full)");
   EXPECT_EQ(readError(R"({"memory_budget_gib": -1})"),
             "memory_budget_gib -1 must not be negative");
+  // The host link's rate is auto's, weighing offloading.
+  EXPECT_EQ(readError(R"({"activation_checkpointing": "auto",
+                          "sm_activation_offloading": true,
+                          "host_link_gb_per_s": 450})",
+                      &job),
+            "");
+  EXPECT_EQ(job.hostLinkGbPerS, 450);
+  EXPECT_EQ(readError(R"({"activation_checkpointing": "auto",
+                          "host_link_gb_per_s": 450})"),
+            "host_link_gb_per_s 450 needs activation_checkpointing auto and "
+            "sm_activation_offloading true (they are auto and false)");
+  EXPECT_EQ(readError(R"({"host_link_gb_per_s": -1})"),
+            "host_link_gb_per_s -1 must not be negative");
 }
 
 TEST(TrainingJob, Ranges) {
@@ -378,13 +391,10 @@ TEST(TrainingJob, TrainAndPlanImplementDifferentParts) {
   parallel.globalBatchSize = parallel.worldSize * parallel.microBatchSize;
   EXPECT_EQ(implementedError(parallel, JobConsumer::Train), "");
   // moe-checkpoint-activations chooses auto's policies per layer; the plan
-  // models the three fixed policies.
+  // the first fixed policy that fits.
   parallel.activationCheckpointing = ActivationCheckpointing::Auto;
   EXPECT_EQ(implementedError(parallel, JobConsumer::Train), "");
-  EXPECT_EQ(implementedError(parallel, JobConsumer::Plan),
-            "activation_checkpointing auto is not implemented yet by moec "
-            "plan (it plans none, selective or full; moec compile chooses "
-            "auto's policy per layer)");
+  EXPECT_EQ(implementedError(parallel, JobConsumer::Plan), "");
   // Offloading: in the IR (moe-offload-activations) and in the plan.
   parallel.activationCheckpointing = ActivationCheckpointing::Selective;
   parallel.smActivationOffloading = true;

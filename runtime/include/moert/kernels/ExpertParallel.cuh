@@ -77,8 +77,7 @@ inline int64_t *expertParallelHostCounts(int64_t n) {
 inline const int64_t *readCounts(const Context &ctx, const int64_t *device,
                                  int64_t n) {
   int64_t *host = expertParallelHostCounts(n);
-  MOERT_CUDA_CHECK(cudaMemcpyAsync(host, device, n * sizeof(int64_t),
-                                   cudaMemcpyDeviceToHost, ctx.stream));
+  copyCountsToHost(ctx, host, device, n);
   MOERT_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
   return host;
 }
@@ -435,11 +434,8 @@ void combineAllToAll(const Context &ctx, MeshAxes axes, int64_t P,
   // One host wait: what goes back ([P, L]) and what comes back (the
   // routing's [E]).
   int64_t *host = detail::expertParallelHostCounts(P * L + E);
-  MOERT_CUDA_CHECK(cudaMemcpyAsync(host, counts, P * L * sizeof(int64_t),
-                                   cudaMemcpyDeviceToHost, ctx.stream));
-  MOERT_CUDA_CHECK(cudaMemcpyAsync(host + P * L, r.deviceCounts,
-                                   E * sizeof(int64_t),
-                                   cudaMemcpyDeviceToHost, ctx.stream));
+  detail::copyCountsToHost(ctx, host, counts, P * L);
+  detail::copyCountsToHost(ctx, host + P * L, r.deviceCounts, E);
   MOERT_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
   detail::expertsSetCounts(r, host + P * L, pairs, E);
   const int64_t *sent = host;

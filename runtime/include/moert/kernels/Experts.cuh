@@ -22,7 +22,8 @@
 //     outside [0, E) (rejected by the host before a step) are clamped so
 //     they can never index out of bounds. The E counts go to the pinned
 //     Context::hostCounts and the host synchronises on ctx.stream: the GEMMs
-//     need the group sizes on the host.
+//     need the group sizes on the host. A kernel writes them into the
+//     mapped pinned buffer (no copy engine: see copyCountsToHost).
 //  2. Gather X[p] = input[perm[p] / k] into a contiguous permuted buffer.
 //  3. Per expert with n_e > 0 rows: H1_e = X_e · gate_up[e]ᵀ ([n_e, 2I]).
 //  4. A = silu(g) ⊙ u, one fused element-wise kernel (one block per row).
@@ -91,6 +92,23 @@ inline ExpertsGemmLibrary expertsGemmLibrary =
     ExpertsGemmLibrary::CublasGemmEx;
 
 namespace detail {
+
+__global__ void copyCountsKernel(int64_t *host, const int64_t *device,
+                                 int64_t n) {
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+    host[i] = device[i];
+}
+
+/// Copies `n` device int64 into pinned host memory `host` on ctx.stream
+/// with a kernel (pinned memory is mapped under unified addressing), not a
+/// copy engine: a small device-to-host copy queued behind an activation
+/// offload's copy on the engine would wait for all of it
+/// (moert/kernels/Offload.h), and with it the host.
+inline void copyCountsToHost(const Context &ctx, int64_t *host,
+                             const int64_t *device, int64_t n) {
+  copyCountsKernel<<<1, 256, 0, ctx.stream>>>(host, device, n);
+  MOERT_CUDA_CHECK(cudaGetLastError());
+}
 
 constexpr int kExpertsRouteWarps = kExpertsRouteThreads / 32;
 constexpr int kExpertsRowThreads = 256;
@@ -468,9 +486,7 @@ inline ExpertsRouting expertsRoute(const Context &ctx, const int64_t *experts,
   }
   ExpertsRouting r = expertsRouteOnDevice(ctx, experts, pairs, E, offset);
   // The group sizes, for the per-expert GEMMs.
-  MOERT_CUDA_CHECK(cudaMemcpyAsync(ctx.hostCounts, r.deviceCounts,
-                                   E * sizeof(int64_t),
-                                   cudaMemcpyDeviceToHost, ctx.stream));
+  copyCountsToHost(ctx, ctx.hostCounts, r.deviceCounts, E);
   MOERT_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
   expertsSetCounts(r, ctx.hostCounts, pairs, E);
   return r;

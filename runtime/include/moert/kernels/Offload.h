@@ -6,7 +6,12 @@
 // streams beside the compute stream. A device-to-host copy runs on the
 // offload stream after an event the compute stream records where the
 // moe.offload is (after the value's last forward reader); the compute
-// stream waits for it before an op writes bytes the value occupied. A
+// stream waits for it at its moe.offload_join, until which the memory plan
+// holds the value's bytes. No other device-to-host copy may share the
+// compute stream's critical path with these copies: a copy engine runs its
+// queue in order, so a small copy the host waits for would wait for the
+// offload copies ahead of it (the experts write their group sizes into
+// mapped pinned memory with a kernel instead, Experts.cuh). A
 // host-to-device copy runs on the fetch stream after an event recorded
 // where the moe.fetch is (`activation_loading_horizon` layers ahead of the
 // backward that reads it) and after its offload; the compute stream waits

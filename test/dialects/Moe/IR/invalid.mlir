@@ -991,6 +991,23 @@ func.func @fetch_layer(%x: tensor<4xf32>) {
 
 // -----
 
+// Tests that moe.offload_join ends the copy of a moe.offload.
+func.func @offload_join_argument(%h: tensor<4xf32, #moe.host>) {
+  // expected-error@+1 {{'moe.offload_join' op input is not made by moe.offload}}
+  moe.offload_join %h : tensor<4xf32, #moe.host>
+  return
+}
+
+// -----
+
+// Tests that moe.offload_layers names decoder layers on a function.
+// expected-error@+1 {{'func.func' op has 'moe.offload_layers' = array<i64: -1>; it is an array<i64> of decoder layers (each at least 0) on a function}}
+func.func @offload_layers(%x: tensor<4xf32>) attributes {moe.offload_layers = array<i64: -1>} {
+  return
+}
+
+// -----
+
 // Tests that moe.host_offsets is one offset on a moe.offload.
 func.func @host_offsets(%x: tensor<4xf32>) {
   // expected-error@+1 {{'arith.negf' op has 'moe.host_offsets' = array<i64: 0>; it is one offset of at least 0 on moe.offload}}

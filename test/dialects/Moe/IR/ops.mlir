@@ -194,11 +194,14 @@ func.func @param_init_block(%seed: tensor<i64>) -> tensor<4x3xf32> {
 }
 
 // CHECK-LABEL: func.func @offload_fetch
+// CHECK-SAME: moe.offload_layers = array<i64: 0, 1>
 // CHECK: %[[HOST:.+]] = moe.offload %{{.+}} layer 1 {moe.host_offsets = array<i64: 256>} : tensor<2x4x8xf32> -> tensor<2x4x8xf32, #moe.host>
+// CHECK: moe.offload_join %[[HOST]] : tensor<2x4x8xf32, #moe.host>
 // CHECK: moe.fetch %[[HOST]] layer 1 : tensor<2x4x8xf32, #moe.host> -> tensor<2x4x8xf32>
 // CHECK: moe.offload %{{.+}} layer 0 : tensor<?x2xi64> -> tensor<?x2xi64, #moe.host>
-func.func @offload_fetch(%x: tensor<2x4x8xf32>, %e: tensor<?x2xi64>) -> (tensor<2x4x8xf32>, tensor<?x2xi64>) attributes {moe.host_bytes = 512 : i64} {
+func.func @offload_fetch(%x: tensor<2x4x8xf32>, %e: tensor<?x2xi64>) -> (tensor<2x4x8xf32>, tensor<?x2xi64>) attributes {moe.host_bytes = 512 : i64, moe.offload_layers = array<i64: 0, 1>} {
   %h = moe.offload %x layer 1 {moe.host_offsets = array<i64: 256>} : tensor<2x4x8xf32> -> tensor<2x4x8xf32, #moe.host>
+  moe.offload_join %h : tensor<2x4x8xf32, #moe.host>
   %y = moe.fetch %h layer 1 : tensor<2x4x8xf32, #moe.host> -> tensor<2x4x8xf32>
   %he = moe.offload %e layer 0 : tensor<?x2xi64> -> tensor<?x2xi64, #moe.host>
   %f = moe.fetch %he layer 0 : tensor<?x2xi64, #moe.host> -> tensor<?x2xi64>

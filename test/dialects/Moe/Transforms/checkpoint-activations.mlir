@@ -7,6 +7,12 @@
 // RUN: moec-opt %s --moe-train-pipeline="micro-batch-size=1 seq-length=4" | moec-opt --pass-pipeline='builtin.module(func.func(moe-checkpoint-activations{policy=auto memory-budget=1000000}))' -o /dev/null 2>&1 | FileCheck %s --check-prefix=AUTO-ROOM
 // RUN: moec-opt %s --moe-train-pipeline="micro-batch-size=1 seq-length=4" | not moec-opt --pass-pipeline='builtin.module(func.func(moe-checkpoint-activations{policy=auto memory-budget=1000}))' -o /dev/null 2>&1 | FileCheck %s --check-prefix=AUTO-SMALL
 // RUN: not moec-opt %s --pass-pipeline='builtin.module(func.func(moe-checkpoint-activations{policy=auto}))' -o /dev/null 2>&1 | FileCheck %s --check-prefix=NO-BUDGET
+// RUN: moec-opt %inputs/mixtral-8x7b-4l/forward.mlir --moe-compile-pipeline="micro-batch-size=4 seq-length=8192 bf16=true param-dtype=bf16 activation-checkpointing=auto memory-budget-gib=100 sm-activation-offloading=true activation-loading-horizon=2" -o /dev/null 2>&1 | FileCheck %s --check-prefix=OFFLOAD-ROOM
+// RUN: moec-opt %inputs/mixtral-8x7b-4l/forward.mlir --moe-compile-pipeline="micro-batch-size=4 seq-length=8192 bf16=true param-dtype=bf16 activation-checkpointing=auto memory-budget-gib=64 sm-activation-offloading=true activation-loading-horizon=2" 2>&1 | FileCheck %s --check-prefix=OFFLOAD
+// RUN: moec-opt %inputs/mixtral-8x7b-4l/forward.mlir --moe-compile-pipeline="micro-batch-size=4 seq-length=8192 bf16=true param-dtype=bf16 activation-checkpointing=auto memory-budget-gib=64" -o /dev/null 2>&1 | FileCheck %s --check-prefix=NO-OFFLOADING
+// RUN: moec-opt %inputs/tiny-4l/forward.mlir --moe-train-pipeline="micro-batch-size=16 seq-length=128 activation-checkpointing=auto memory-budget-gib=0.029 sm-activation-offloading=true activation-loading-horizon=1" 2>&1 | FileCheck %s --check-prefix=SLOW-LINK
+// RUN: moec-opt %inputs/tiny-4l/forward.mlir --moe-train-pipeline="micro-batch-size=16 seq-length=128 activation-checkpointing=auto memory-budget-gib=0.029 sm-activation-offloading=true activation-loading-horizon=1 host-link-gb-per-s=100000" 2>&1 | FileCheck %s --check-prefix=FAST-LINK
+// RUN: moec-opt %s --moe-train-pipeline="micro-batch-size=1 seq-length=4" | not moec-opt --pass-pipeline='builtin.module(func.func(moe-checkpoint-activations{policy=auto memory-budget=1000000 offloading=true host-link-bytes-per-second=0}))' -o /dev/null 2>&1 | FileCheck %s --check-prefix=NO-LINK
 
 // Tests that full keeps each decoder layer's input and recomputes the rest
 // of the layer right before the backward first reads it: the last layer
@@ -82,6 +88,59 @@
 // AUTO-ROOM-NEXT: 1      none       1.53 KiB | 1.19 KiB, 672 B, 0.000 | 192 B, 1.78 KiB, 0.000
 // NO-BUDGET: error: 'func.func' op needs a memory budget above 0 for activation checkpointing auto, not 0
 // AUTO-SMALL: error: activation checkpointing auto: 39.09 KiB for a budget of 1000 B (arguments 26.79 KiB, kernel scratch 3.00 KiB, the most bytes alive at once 9.30 KiB, measured on the rewritten step for 3 of 8 candidates); recomputation adds 0.000 ms: it does not fit whatever the layers recompute
+
+// Tests that with offloading on, auto weighs offloading a layer's kept
+// values (host link copies at 55 GB/s each way that the compute of the
+// layers between does not hide) against recomputing them. Mixtral 8x7B's
+// geometry with four layers, bf16, 4 x 8192 tokens, horizon 2: with room,
+// nothing moves; at 64 GiB, offloading layer 0 (its copies hide but for
+// 5 ms under the forward of layers 1 and 2 and the backward of layers 3
+// and 2) is cheaper than any recomputation that fits (46.8 ms without
+// offloading), and the step shrinks from 65.78 to 63.36 GiB. Layers 2 and
+// 3 cannot offload at horizon 2: their values would be back at the
+// start of the backward.
+// OFFLOAD-ROOM: remark: activation checkpointing auto: 65.78 GiB for a budget of 100.00 GiB ({{.+}}); recomputation adds 0.000 ms; offloads no layer (horizon 2)
+// OFFLOAD: remark: activation checkpointing auto: 63.36 GiB for a budget of 64.00 GiB (arguments 33.90 GiB, kernel scratch 8.00 GiB, the most bytes alive at once 21.45 GiB, measured on the rewritten step for 6 of 18 candidates); recomputation adds 0.000 ms; offloading layer 0 (horizon 2) moves 4.88 GiB each way, 95.184 ms of copies each way at 55 GB/s, and adds 5.026 ms
+// OFFLOAD-NEXT: layer  chosen     none: kept | selective: kept, recomputed, ms | full: kept, recomputed, ms | offload alone: each way, ms
+// OFFLOAD-NEXT: 0      none+offload 5.13 GiB | 4.63 GiB, 1.06 GiB, 0.654 | 256.50 MiB, 5.69 GiB, 44.804 | 4.88 GiB, 5.026
+// OFFLOAD-NEXT: 1      none       5.13 GiB | 4.63 GiB, 1.06 GiB, 0.654 | 256.50 MiB, 5.69 GiB, 44.804 | 4.88 GiB, 5.026
+// OFFLOAD-NEXT: 2      none       5.13 GiB | 4.63 GiB, 1.06 GiB, 0.654 | 256.50 MiB, 5.69 GiB, 44.804 | - (back at the backward's start)
+// OFFLOAD-NEXT: 3      none       5.13 GiB | 4.63 GiB, 1.06 GiB, 0.654 | 256.50 MiB, 5.69 GiB, 44.804 | - (back at the backward's start)
+// OFFLOAD-LABEL: func.func @train_step(
+// OFFLOAD-SAME: moe.offload_layers = array<i64: 0>
+// OFFLOAD: moe.offload %{{.+}} layer 0
+// OFFLOAD-NOT: moe.offload %{{.+}} layer {{[1-9]}}
+// OFFLOAD-NOT: moe.recompute
+// OFFLOAD: moe.fetch %{{.+}} layer 0
+// NO-OFFLOADING: remark: activation checkpointing auto: 59.65 GiB for a budget of 64.00 GiB ({{.+}}); recomputation adds 46.766 ms{{$}}
+// NO-OFFLOADING-NEXT: layer  chosen     none: kept | selective: kept, recomputed, ms | full: kept, recomputed, ms{{$}}
+// NO-OFFLOADING-NEXT: 0      full
+
+// Tests that auto does not offload where the copies cannot hide: the tiny
+// model's layers (hidden 32) compute almost nothing per byte they keep, so
+// recomputing layers 0 and 1 adds microseconds where their copies would
+// add 0.128 ms each; moe-offload-activations then moves nothing. With a
+// link fast enough to hide the copies (host_link_gb_per_s 100000), auto
+// offloads those two layers instead.
+// SLOW-LINK: remark: activation checkpointing auto: 27.87 MiB for a budget of 29.70 MiB (arguments 1.49 MiB, kernel scratch 17.25 MiB, the most bytes alive at once 9.13 MiB, measured on the rewritten step for 6 of 15 candidates); recomputation adds 0.004 ms; offloads no layer (horizon 1)
+// SLOW-LINK-NEXT: layer  chosen     none: kept | selective: kept, recomputed, ms | full: kept, recomputed, ms | offload alone: each way, ms
+// SLOW-LINK-NEXT: 0      full       3.83 MiB | 3.28 MiB, 1.17 MiB, 0.001 | 288.00 KiB, 4.42 MiB, 0.002 | 256.00 KiB, 0.002
+// SLOW-LINK-NEXT: 1      full       3.83 MiB | 3.28 MiB, 1.17 MiB, 0.001 | 288.00 KiB, 4.42 MiB, 0.002 | 256.00 KiB, 0.002
+// SLOW-LINK-NEXT: 2      none       3.83 MiB | 3.28 MiB, 1.17 MiB, 0.001 | 288.00 KiB, 4.42 MiB, 0.002 | 3.55 MiB, 0.128
+// SLOW-LINK-NEXT: 3      none       3.83 MiB | 3.28 MiB, 1.17 MiB, 0.001 | 288.00 KiB, 4.42 MiB, 0.002 | - (back at the backward's start)
+// SLOW-LINK-LABEL: func.func @train_step(
+// SLOW-LINK-SAME: moe.offload_layers = array<i64>
+// SLOW-LINK-NOT: moe.offload %
+// SLOW-LINK: moe.recompute = #moe.recompute<layer = 1, full>
+// SLOW-LINK-NOT: moe.offload %
+// FAST-LINK: remark: activation checkpointing auto: 27.93 MiB for a budget of 29.70 MiB ({{.+}}); recomputation adds 0.000 ms; offloading layers 0, 1 (horizon 1) moves 7.09 MiB each way, 0.000 ms of copies each way at 100000 GB/s, and adds 0.000 ms
+// FAST-LINK-LABEL: func.func @train_step(
+// FAST-LINK-SAME: moe.offload_layers = array<i64: 0, 1>
+// FAST-LINK-NOT: moe.recompute
+// FAST-LINK: moe.offload %{{.+}} layer 0
+// FAST-LINK: moe.offload %{{.+}} layer 1
+// FAST-LINK-NOT: moe.offload %{{.+}} layer {{[2-9]}}
+// NO-LINK: error: 'func.func' op needs a host link rate above 0 bytes/s for activation offloading under auto, not 0
 
 // A raised two-layer forward (hidden 8, 2 heads, 1 key/value head, 4 experts
 // top-2, vocabulary 16).

@@ -7,7 +7,10 @@
 // RUN: moec-opt %s --moe-train-pipeline="micro-batch-size=1 seq-length=4" | not moec-opt --pass-pipeline='builtin.module(func.func(moe-offload-activations{horizon=0}))' -o /dev/null 2>&1 | FileCheck %s --check-prefix=HORIZON
 
 // Tests that without checkpointing every forward value a layer's backward
-// reads moves to the host after its last forward reader, a buffer once with
+// reads moves to the host after its last forward reader (the compute stream
+// waits for layer 0's copies at the start of layer 2's forward, where
+// `%arg26`, layer 2's input norm weight, is read first, and for layer 1's
+// at the start of the backward), a buffer once with
 // its views (the attention output, and its collapsed view made again from
 // the fetched buffer), and comes back at the start of the backward of the
 // layer above (horizon 1): layer 2's at the start of the backward, layer
@@ -23,6 +26,15 @@
 // H1-NEXT: moe.linear %[[O0_VIEW]]
 // H1-NEXT: %[[O0_HOST:.+]] = moe.offload %[[O0]] layer 0
 // H1-NOT: moe.offload %[[O0_VIEW]]
+// H1: %[[L1_HOST:.+]] = moe.offload %{{.+}} layer 1
+// H1-NOT: moe.offload_join %[[L1_HOST]]
+// H1: moe.offload_join %[[N0_HOST]]
+// H1: moe.offload_join %[[O0_HOST]]
+// H1-NOT: moe.offload_join %[[L1_HOST]]
+// H1: moe.rms_norm %{{.+}}, %arg26
+// H1-NOT: moe.offload_join %[[L1_HOST]]
+// H1: moe.offload %{{.+}} layer 2
+// H1: moe.offload_join %[[L1_HOST]]
 // H1: moe.fetch %{{.+}} layer 2
 // H1-NOT: moe.fetch %{{.+}} layer 0
 // H1: moe.lm_head_cross_entropy_with_grad
@@ -38,10 +50,17 @@
 // H1: moe.linear_grad %[[O0_BACK_VIEW]],
 // H1: moe.linear_grad %[[N0_BACK]],
 
-// Tests that horizon 2 fetches layer 0's values at the start of layer 2's
-// backward, and layers 1 and 2 (no layer two above them) at the start of
+// Tests that horizon 2 waits for layer 0's copies at the start of the
+// backward (no third layer after layer 0), and fetches layer 0's values at
+// the start of layer 2's backward, and layers 1 and 2 (no layer two above them) at the start of
 // the backward, the last layer's first.
 // H2-LABEL: func.func @train_step(
+// H2: %[[N0_HOST:.+]] = moe.offload %{{.+}} layer 0
+// H2-NOT: moe.offload_join %[[N0_HOST]]
+// H2: moe.rms_norm %{{.+}}, %arg26
+// H2-NOT: moe.offload_join %[[N0_HOST]]
+// H2: moe.offload %{{.+}} layer 2
+// H2: moe.offload_join %[[N0_HOST]]
 // H2: moe.fetch %{{.+}} layer 2
 // H2-NOT: moe.fetch %{{.+}} layer 0
 // H2: moe.fetch %{{.+}} layer 1
@@ -58,7 +77,7 @@
 // FULL: %[[X0_HOST:.+]] = moe.offload %[[X0]] layer 0
 // FULL: moe.offload %{{.+}} layer 1
 // FULL: moe.offload %{{.+}} layer 2
-// FULL-NOT: moe.offload
+// FULL-NOT: moe.offload %
 // FULL: moe.lm_head_cross_entropy_with_grad
 // FULL: %[[X1_BACK:.+]] = moe.fetch %{{.+}} layer 1
 // FULL-NEXT: moe.rms_norm {{.+}}moe.recompute = #moe.recompute<layer = 2, full>

@@ -193,3 +193,32 @@ func.func @offload(%x: tensor<4x64xf32>, %w: tensor<64x64xf32>) -> tensor<4x64xf
   %d = arith.addf %c, %f : tensor<4x64xf32>
   return %d : tensor<4x64xf32>
 }
+
+// -----
+
+// Tests that an offloaded value's device bytes are held until its
+// moe.offload_join, where the compute stream waits for the copy that reads
+// them: %c, made before the join, cannot take %a's bytes (in @offload
+// above it does), %e, made after it, does.
+// CHECK-LABEL: func.func @offload_join
+// CHECK-SAME: moe.arena_bytes = 3072 : i64
+// CHECK: %[[A:.+]] = moe.linear {{.*}} {moe.arena_offsets = array<i64: 0>}
+// CHECK: %[[B:.+]] = moe.linear %[[A]], {{.*}} {moe.arena_offsets = array<i64: 1024>}
+// CHECK: %[[H:.+]] = moe.offload %[[A]] layer 0 {moe.host_offsets = array<i64: 0>}
+// CHECK: %[[C:.+]] = moe.linear %[[B]], {{.*}} {moe.arena_offsets = array<i64: 2048>}
+// CHECK: moe.offload_join %[[H]]
+// CHECK-NOT: moe.arena_offsets
+// CHECK: %[[E:.+]] = moe.linear %[[C]], {{.*}} {moe.arena_offsets = array<i64: 0>}
+// CHECK: %[[F:.+]] = moe.fetch %[[H]] layer 0
+// CHECK: arith.addf %[[E]], %[[F]]
+func.func @offload_join(%x: tensor<4x64xf32>, %w: tensor<64x64xf32>) -> tensor<4x64xf32> {
+  %a = moe.linear %x, %w : (tensor<4x64xf32>, tensor<64x64xf32>) -> tensor<4x64xf32>
+  %b = moe.linear %a, %w : (tensor<4x64xf32>, tensor<64x64xf32>) -> tensor<4x64xf32>
+  %h = moe.offload %a layer 0 : tensor<4x64xf32> -> tensor<4x64xf32, #moe.host>
+  %c = moe.linear %b, %w : (tensor<4x64xf32>, tensor<64x64xf32>) -> tensor<4x64xf32>
+  moe.offload_join %h : tensor<4x64xf32, #moe.host>
+  %e = moe.linear %c, %w : (tensor<4x64xf32>, tensor<64x64xf32>) -> tensor<4x64xf32>
+  %f = moe.fetch %h layer 0 : tensor<4x64xf32, #moe.host> -> tensor<4x64xf32>
+  %d = arith.addf %e, %f : tensor<4x64xf32>
+  return %d : tensor<4x64xf32>
+}
