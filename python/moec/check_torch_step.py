@@ -6,7 +6,8 @@
 
 The GPU suite's check at the benchmark's shape (tools/gpu-tests.sh, group
 ``bench-shape``): the CPU reference is too slow there, so the oracle is
-``transformers.MixtralForCausalLM`` itself, fp32 on the GPU (TF32 off),
+``transformers.MixtralForCausalLM`` itself, fp32 on the GPU (TF32 off; eager
+attention and experts),
 started from the same ``save_pretrained`` checkpoint ``CK`` as the programs
 (``train_step --init-from CK``), on the first ``--batch`` blocks of the raw
 int64 token file (what the program's step 1 trains on). PyTorch's step:
@@ -92,7 +93,10 @@ def torch_step(checkpoint: Path, ids, lr: float, device: str):
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    model = MixtralForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(device).train()
+    # Eager attention and experts: the model's plain fp32 arithmetic (as in
+    # moec.train_reference), not a fused kernel's.
+    model = MixtralForCausalLM.from_pretrained(checkpoint, dtype=torch.float32, attn_implementation="eager",
+                                               experts_implementation="eager").to(device).train()
     params = dict(model.named_parameters())
     initial = {name: p.detach().double().clone() for name, p in params.items()}
     ids = torch.from_numpy(ids).to(device)
