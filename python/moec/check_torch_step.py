@@ -39,9 +39,13 @@ gradient is compared with PyTorch's, relative L2, as are the run's metrics.
 test/python/moec/check-torch-step.test uses to test this check on the tiny
 model.
 
-Exits 1 unless the metrics are within ``--metric-tolerance`` (relative) and
-every tensor within ``--tolerance`` (relative L2; a NaN is not), and both
-exports hold PyTorch's parameters with their shapes. Needs torch and
+Exits 1 unless the metrics are within ``--metric-tolerance`` (relative),
+every gradient within ``--tolerance`` and every update within
+``--update-tolerance`` (relative L2; a NaN is not), and both exports hold
+PyTorch's parameters with their shapes. The update's tolerance is the looser:
+AdamW's first step is about ``−lr·sign(g)``, so an element whose gradient is
+near zero flips a whole ``2·lr`` on a rounding difference (at the
+benchmark's shape on an H200: updates 2.3e-4 at worst, gradients 1.5e-6). Needs torch and
 transformers and a CUDA device (``--device cpu`` for small shapes).
 """
 
@@ -175,7 +179,7 @@ def check(args) -> bool:
     passed &= compare_metrics("adamw", read_log(log), want, args.metric_tolerance)
     got = exported(folder, initial, args.device)
     passed &= compare_tensors("adamw update", {n: got[n] - initial[n] for n in initial},
-                              {n: updated[n] - initial[n] for n in initial}, args.tolerance)
+                              {n: updated[n] - initial[n] for n in initial}, args.update_tolerance)
 
     log, folder = args.grads
     passed &= compare_metrics("grads", read_log(log), want, args.metric_tolerance)
@@ -207,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3, help="the --adamw run's learning rate")
     p.add_argument("--grad-lr", type=float, default=1e9, help="the --grads run's learning rate")
     p.add_argument("--grad-epsilon", type=float, default=1e6, help="the --grads program's adam_epsilon")
-    p.add_argument("--tolerance", type=float, default=1e-4, help="relative L2 of every update and gradient")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="relative L2 of every gradient")
+    p.add_argument("--update-tolerance", type=float, default=1e-3, help="relative L2 of every AdamW update")
     p.add_argument("--metric-tolerance", type=float, default=1e-4, help="relative error of each metric")
     p.add_argument("--device", default="cuda")
     args = parser.parse_args(argv)
