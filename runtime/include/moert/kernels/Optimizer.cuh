@@ -87,8 +87,10 @@ template <class T, int kWidth> struct alignas(kWidth * sizeof(T)) Pack {
   T x[kWidth];
 };
 
-/// Elements per access of the optimizer kernels: 16 bytes of the state
-/// (8 bf16 or 4 fp32), the widest load a thread issues.
+/// Elements per access of the optimizer kernels: 16 bytes of T (8 bf16 or
+/// 4 fp32), the widest load a thread issues; AdamW goes by the state's
+/// type, the norm by the gradient's. (At 8 bytes bf16 AdamW took 5% longer
+/// on an H200: DenseKernelsTest --bench-optimizer, docs/benchmarks.md.)
 template <class TS> constexpr int kOptimizerWidth = 16 / sizeof(TS);
 
 /// Whether p is aligned for a kWidth-element access.
