@@ -4,7 +4,8 @@
 Test files: .mlir (passes and diagnostics, through moec-opt), .test (driver
 and end-to-end runs). Python with numpy/onnxruntime is used by some tests
 and marked by the `onnxruntime` feature, those of the benchmark's torchtitan
-model by `torchtitan`; tests that build CUDA programs need
+model by `torchtitan`, those that run Hugging Face's Mixtral by
+`transformers`; tests that build CUDA programs need
 `nvcc`, those of bf16 attention on cuDNN `cudnn` (moec built with the cuDNN
 frontend); GPU tests need the `gpu` feature, which is set only when an NVIDIA
 GPU answers `nvidia-smi`, and are reported UNSUPPORTED elsewhere.
@@ -50,6 +51,10 @@ if python_has("onnxruntime") and python_has("numpy"):
 # Hugging Face's tokenizers: python -m moec.jsonl's "text" documents.
 if python_has("tokenizers"):
     config.available_features.add("tokenizers")
+
+# torch and transformers: checks against Hugging Face's Mixtral.
+if python_has("torch") and python_has("transformers"):
+    config.available_features.add("transformers")
 
 # torchtitan beside torch and transformers: the benchmark's torchtitan contender.
 if python_has("torchtitan") and python_has("torch") and python_has("transformers"):

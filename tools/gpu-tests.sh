@@ -71,19 +71,28 @@
 # it; a diverging learning rate stops at step 2, and --check-numerics names
 # an op. Exits non-zero on the first failure.
 #
+# At the benchmark's shape (S 2048, head dim 128, vocab 32000; 2 layers,
+# hidden 512, 4 heads, 2 KV heads, 4 experts top-2, intermediate 1024:
+# test/Inputs/bench-shape), where the CPU reference is too slow, one fp32
+# step from a save_pretrained checkpoint equals transformers' fp32 step on
+# the GPU (python/moec/check_torch_step.py): loss, ce_loss, aux_loss and
+# grad_norm within 1e-4 relative; every gradient within a relative L2 of
+# 1e-4, every AdamW update within 1e-3.
+#
 # GPU_TESTS_ONLY=offload (in both halves) prepares and runs only the
 # offloading checks and what they compare with, GPU_TESTS_ONLY=numerics the
-# numeric-fault checks; GPU_TESTS_ONLY=forms is the same as the third word
+# numeric-fault checks, GPU_TESTS_ONLY=bench-shape the check at the
+# benchmark's shape; GPU_TESTS_ONLY=forms is the same as the third word
 # `forms`.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 mode="${1:-}"
 dir="${2:-}"
 # An optional third word (or GPU_TESTS_ONLY) runs one group of checks
-# alone: `forms`, `offload` or `numerics`.
+# alone: `forms`, `offload`, `numerics` or `bench-shape`.
 only="${3:-${GPU_TESTS_ONLY:-}}"
-if [[ -z "$mode" || -z "$dir" || ( -n "$only" && "$only" != forms && "$only" != offload && "$only" != numerics ) ]]; then
-  echo "usage: $0 prepare|prepare-sources|run DIR [forms|offload|numerics]" >&2
+if [[ -z "$mode" || -z "$dir" || ( -n "$only" && "$only" != forms && "$only" != offload && "$only" != numerics && "$only" != bench-shape ) ]]; then
+  echo "usage: $0 prepare|prepare-sources|run DIR [forms|offload|numerics|bench-shape]" >&2
   exit 2
 fi
 modes=(aux_loss none sinkhorn balanced)
@@ -152,6 +161,44 @@ run_numerics() {
     "error: step 5: non-finite loss and grad_norm (loss nan, grad_norm nan); 1 skipped already, the most --skip-nonfinite-steps 1 allows; stopping" \
     "$program" --tokens "$dir/nf-tokens.bin" --steps 6 "${common[@]}" --skip-nonfinite-steps 1
 }
+# The benchmark's shape: two programs of the one-step check against
+# transformers (moec.check_torch_step): the default optimizer, and one whose
+# first AdamW step reveals the gradients (no weight decay, no clipping,
+# epsilon 1e6, run at learning rate 1e9); the tokens (2 blocks of 2048).
+bench_shape_seq=2048
+prepare_bench_shape() {
+  local bs="$root/test/Inputs/bench-shape"
+  printf '{"micro_batch_size": 2, "seq_length": %d}\n' "$bench_shape_seq" > "$dir/bs-adamw.json"
+  printf '{"micro_batch_size": 2, "seq_length": %d, "weight_decay": 0, "max_grad_norm": 0, "adam_epsilon": 1e6}\n' \
+    "$bench_shape_seq" > "$dir/bs-grads.json"
+  "$moec" compile "$bs/bench-shape.onnx" --config "$dir/bs-adamw.json" -o "$dir/bs-adamw"
+  "$moec" compile "$bs/bench-shape.onnx" --config "$dir/bs-grads.json" -o "$dir/bs-grads"
+  python3 -m moec.check_torch_step tokens --vocab 32000 --batch 2 --seq "$bench_shape_seq" \
+    -o "$dir/data/bench-shape"
+}
+
+# Runs the check at the benchmark's shape on what prepare_bench_shape made.
+run_bench_shape() {
+  echo "== fp32 at the benchmark's shape (S 2048, head dim 128, vocab 32000): one step against transformers' fp32 step"
+  rm -rf "$out/bs-init"
+  python3 -m moec.hf_checkpoint make --config "$root/test/Inputs/bench-shape/mixtral.json" --seed 0 \
+    -o "$out/bs-init"
+  local run name lr
+  for run in "adamw 1e-3" "grads 1e9"; do
+    read -r name lr <<< "$run"
+    "$dir/bs-$name/train_step" --init-from "$out/bs-init" --tokens "$dir/data/bench-shape.bin" \
+      --steps 1 --lr "$lr" --min-lr "$lr" --warmup-steps 0 --log "$out/bs-$name.csv" \
+      --export-hf "$out/bs-$name" | grep -E '^step|^summary'
+  done
+  python3 -m moec.check_torch_step check --checkpoint "$out/bs-init" \
+    --tokens "$dir/data/bench-shape.bin" --batch 2 --seq "$bench_shape_seq" \
+    --adamw "$out/bs-adamw.csv" "$out/bs-adamw/step_1" --lr 1e-3 \
+    --grads "$out/bs-grads.csv" "$out/bs-grads/step_1" --grad-lr 1e9 --grad-epsilon 1e6 \
+    --tolerance 1e-4 --update-tolerance 1e-3 --metric-tolerance 1e-4 > "$out/bench-shape.txt" || {
+    cat "$out/bench-shape.txt"; echo "FAIL: the benchmark's shape against transformers"; exit 1; }
+  grep -E 'FAIL|worst|^adamw [a-z_]+ |^grads [a-z_]+ |PASS' "$out/bench-shape.txt"
+}
+
 # The W = 4 layouts of the tiny Mixtral (E = 4) the resharding check moves
 # between: W P H.
 reshard_layouts=("4 2 2" "4 4 1" "4 1 4")
@@ -309,6 +356,13 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
       echo "prepared $dir (forms)"
       exit 0
     fi
+  fi
+  if [[ -z "$only" || "$only" == bench-shape ]]; then
+    prepare_bench_shape
+  fi
+  if [[ "$only" == bench-shape ]]; then
+    echo "prepared $dir (bench shape only)"
+    exit 0
   fi
   model="$root/test/Inputs/tiny/tiny-ort.onnx"
   if [[ -z "$only" || "$only" == numerics ]]; then
@@ -468,12 +522,14 @@ fi
 [[ "$mode" == run ]] || { echo "unknown mode '$mode'" >&2; exit 2; }
 if [[ -f "$dir/lib/paths.sh" ]]; then
   # Prepared by prepare-sources: build the tests and every program here
-  # (with `forms`, the forms' programs only).
+  # (with `forms` or `bench-shape`, that group's programs only).
   # shellcheck disable=SC1091
   source "$dir/lib/paths.sh"
   programs=("$dir")
   if [[ "$only" == forms ]]; then
     programs=("$dir"/form-*/)
+  elif [[ "$only" == bench-shape ]]; then
+    programs=("$dir"/bs-*/)
   fi
   if [[ -z "$only" ]]; then
     build_tests "$dir" "$dir/lib" "$cudnn" "$nccl"
@@ -484,14 +540,42 @@ if [[ -f "$dir/lib/paths.sh" ]]; then
 fi
 out="$dir/out"
 rm -rf "$out" && mkdir -p "$out"
+# check [--show PATTERN] NAME [REF_DIR REF_LOG TOLERANCE]... -- COMMAND...:
+# runs COMMAND --log $out/NAME.csv --dump $out/NAME (its output kept in
+# $out/NAME.txt and printed, only the lines matching PATTERN with --show),
+# then compares the run with each reference's dump and log
+# (moec.check_gpu: metrics and final parameters within TOLERANCE).
+check() {
+  local show=""
+  if [[ "$1" == --show ]]; then
+    show="$2"
+    shift 2
+  fi
+  local name="$1" references=()
+  shift
+  while [[ "$1" != -- ]]; do
+    references+=("$1" "$2" "$3")
+    shift 3
+  done
+  shift
+  if [[ -n "$show" ]]; then
+    "$@" --log "$out/$name.csv" --dump "$out/$name" | tee "$out/$name.txt" | grep -E "$show"
+  else
+    "$@" --log "$out/$name.csv" --dump "$out/$name" | tee "$out/$name.txt"
+  fi
+  local i
+  for ((i = 0; i < ${#references[@]}; i += 3)); do
+    python3 -m moec.check_gpu --reference "${references[i]}" --reference-log "${references[i + 1]}" \
+      --gpu "$out/$name" --gpu-log "$out/$name.csv" --tolerance "${references[i + 2]}"
+  done
+}
 for program in "$dir"/form-*/train_step; do
   [[ -x "$program" ]] || continue
   name="$(basename "$(dirname "$program")")"
   tokens="$(cat "$dir/$name.tokens")"
   echo "== fp32, ONNX form $name: 3 steps against the CPU reference"
-  "$program" --tokens "$dir/data/$tokens.bin" --steps 3 --log "$out/$name.csv" --dump "$out/$name"
-  python3 -m moec.check_gpu --reference "$dir/ref-$name" --reference-log "$dir/ref-$name.csv" \
-    --gpu "$out/$name" --gpu-log "$out/$name.csv" --tolerance 1e-4
+  check "$name" "$dir/ref-$name" "$dir/ref-$name.csv" 1e-4 -- \
+    "$program" --tokens "$dir/data/$tokens.bin" --steps 3
 done
 if [[ "$only" == numerics ]]; then
   run_numerics
@@ -502,6 +586,11 @@ if [[ "$only" == forms ]]; then
   echo "all ONNX form tests passed"
   exit 0
 fi
+if [[ "$only" == bench-shape ]]; then
+  run_bench_shape
+  echo "bench-shape GPU test passed"
+  exit 0
+fi
 if [[ -z "$only" ]]; then
   for test in "$dir"/tests/*; do
     echo "== $(basename "$test")"
@@ -510,59 +599,44 @@ if [[ -z "$only" ]]; then
 fi
 for m in "${modes[@]}"; do
   echo "== fp32, $m: 3 steps against the CPU reference"
-  "$dir/fp32-$m/train_step" --tokens "$dir/data/train.bin" --steps 3 \
-    --log "$out/$m.csv" --dump "$out/$m"
-  python3 -m moec.check_gpu --reference "$dir/ref-$m" --reference-log "$dir/ref-$m.csv" \
-    --gpu "$out/$m" --gpu-log "$out/$m.csv" --tolerance 1e-4
+  check "$m" "$dir/ref-$m" "$dir/ref-$m.csv" 1e-4 -- \
+    "$dir/fp32-$m/train_step" --tokens "$dir/data/train.bin" --steps 3
 done
+if [[ -z "$only" ]]; then
+  run_bench_shape
+fi
 for m in "${modes[@]}"; do
   echo "== fp32, $m, W=1 keeping its collectives (NCCL, one rank): 3 steps against the one-GPU program and the CPU reference"
   # The one rank of a torchrun-style job: a one-rank world needs no
   # rendezvous.
-  RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 \
-    "$dir/nccl1-$m/train_step" --tokens "$dir/data/train.bin" --steps 3 \
-    --log "$out/nccl1-$m.csv" --dump "$out/nccl1-$m"
-  python3 -m moec.check_gpu --reference "$out/$m" --reference-log "$out/$m.csv" \
-    --gpu "$out/nccl1-$m" --gpu-log "$out/nccl1-$m.csv" --tolerance 1e-4
-  python3 -m moec.check_gpu --reference "$dir/ref-$m" --reference-log "$dir/ref-$m.csv" \
-    --gpu "$out/nccl1-$m" --gpu-log "$out/nccl1-$m.csv" --tolerance 1e-4
+  check "nccl1-$m" "$out/$m" "$out/$m.csv" 1e-4 "$dir/ref-$m" "$dir/ref-$m.csv" 1e-4 -- \
+    env RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 \
+    "$dir/nccl1-$m/train_step" --tokens "$dir/data/train.bin" --steps 3
 done
 for policy in "${checkpointing[@]}"; do
   echo "== fp32, aux_loss, activation checkpointing $policy: against the CPU reference and against none"
-  "$dir/ckpt-$policy/train_step" --tokens "$dir/data/train.bin" --steps 3 \
-    --log "$out/ckpt-$policy.csv" --dump "$out/ckpt-$policy"
-  python3 -m moec.check_gpu --reference "$dir/ref-aux_loss" --reference-log "$dir/ref-aux_loss.csv" \
-    --gpu "$out/ckpt-$policy" --gpu-log "$out/ckpt-$policy.csv" --tolerance 1e-4
-  python3 -m moec.check_gpu --reference "$out/aux_loss" --reference-log "$out/aux_loss.csv" \
-    --gpu "$out/ckpt-$policy" --gpu-log "$out/ckpt-$policy.csv" --tolerance 1e-6
+  check "ckpt-$policy" "$dir/ref-aux_loss" "$dir/ref-aux_loss.csv" 1e-4 \
+    "$out/aux_loss" "$out/aux_loss.csv" 1e-6 -- \
+    "$dir/ckpt-$policy/train_step" --tokens "$dir/data/train.bin" --steps 3
 done
 for case in "${offload_cases[@]}"; do
   read -r name policy horizon <<< "$case"
   echo "== fp32, aux_loss, activation offloading under $policy, horizon $horizon: against the CPU reference and against the program without offloading"
-  "$dir/offload-$name/train_step" --tokens "$dir/data/train.bin" --steps 3 \
-    --log "$out/offload-$name.csv" --dump "$out/offload-$name" --profile-step 3 |
-    tee "$out/offload-$name.txt" | grep -E 'offload|^summary|^memory'
   without="$out/aux_loss"
   [[ "$policy" == none ]] || without="$out/ckpt-$policy"
-  python3 -m moec.check_gpu --reference "$dir/ref-aux_loss" --reference-log "$dir/ref-aux_loss.csv" \
-    --gpu "$out/offload-$name" --gpu-log "$out/offload-$name.csv" --tolerance 1e-4
-  python3 -m moec.check_gpu --reference "$without" --reference-log "$without.csv" \
-    --gpu "$out/offload-$name" --gpu-log "$out/offload-$name.csv" --tolerance 1e-6
+  check --show 'offload|^summary|^memory' "offload-$name" \
+    "$dir/ref-aux_loss" "$dir/ref-aux_loss.csv" 1e-4 "$without" "$without.csv" 1e-6 -- \
+    "$dir/offload-$name/train_step" --tokens "$dir/data/train.bin" --steps 3 --profile-step 3
 done
 echo "== E = 8 on 2 simulated ranks (P = 2), selective, offloading at horizon 1: against the reference's partitioned and unpartitioned runs"
-"$dir/offload-p2/train_step" --simulate-ranks 2 --tokens "$dir/data/train.bin" --steps 3 \
-  --log "$out/offload-p2.csv" --dump "$out/offload-p2" | grep -E 'offload|^summary'
-python3 -m moec.check_gpu --reference "$dir/offload-p2-ref" --reference-log "$dir/offload-p2.csv" \
-  --gpu "$out/offload-p2" --gpu-log "$out/offload-p2.csv" --tolerance 1e-4
+check --show 'offload|^summary' offload-p2 "$dir/offload-p2-ref" "$dir/offload-p2.csv" 1e-4 -- \
+  "$dir/offload-p2/train_step" --simulate-ranks 2 --tokens "$dir/data/train.bin" --steps 3
 echo "== the 4-layer tiny model, auto offloading layers 0 and 1: against the CPU reference and against the program without checkpointing or offloading"
-for name in t4-none t4-auto-offload; do
-  "$dir/$name/train_step" --tokens "$dir/data/train.bin" --steps 3 \
-    --log "$out/$name.csv" --dump "$out/$name" | grep -E 'offload|^summary'
-  python3 -m moec.check_gpu --reference "$dir/t4-ref" --reference-log "$dir/t4-ref.csv" \
-    --gpu "$out/$name" --gpu-log "$out/$name.csv" --tolerance 1e-4
-done
-python3 -m moec.check_gpu --reference "$out/t4-none" --reference-log "$out/t4-none.csv" \
-  --gpu "$out/t4-auto-offload" --gpu-log "$out/t4-auto-offload.csv" --tolerance 1e-6
+check --show 'offload|^summary' t4-none "$dir/t4-ref" "$dir/t4-ref.csv" 1e-4 -- \
+  "$dir/t4-none/train_step" --tokens "$dir/data/train.bin" --steps 3
+check --show 'offload|^summary' t4-auto-offload "$dir/t4-ref" "$dir/t4-ref.csv" 1e-4 \
+  "$out/t4-none" "$out/t4-none.csv" 1e-6 -- \
+  "$dir/t4-auto-offload/train_step" --tokens "$dir/data/train.bin" --steps 3
 if [[ "$only" == offload ]]; then
   echo "offloading checks passed"
   exit 0
@@ -571,10 +645,8 @@ echo "== checkpoint and resume (2 + 1 steps) against 3 steps"
 run="$dir/fp32-aux_loss/train_step"
 "$run" --tokens "$dir/data/train.bin" --steps 2 --total-steps 3 \
   --checkpoint-dir "$out/ckpt" --log "$out/resumed.csv" > /dev/null
-"$run" --tokens "$dir/data/train.bin" --steps 1 --total-steps 3 --resume \
-  --checkpoint-dir "$out/ckpt" --log "$out/resumed.csv" --dump "$out/resumed"
-python3 -m moec.check_gpu --reference "$dir/ref-aux_loss" --reference-log "$dir/ref-aux_loss.csv" \
-  --gpu "$out/resumed" --gpu-log "$out/resumed.csv" --tolerance 1e-4
+check resumed "$dir/ref-aux_loss" "$dir/ref-aux_loss.csv" 1e-4 -- \
+  "$run" --tokens "$dir/data/train.bin" --steps 1 --total-steps 3 --resume --checkpoint-dir "$out/ckpt"
 for layout in "${reshard_layouts[@]}"; do
   read -r w p h <<< "$layout"
   if [[ ! -x "$dir/part-$w-$p-$h/train_step" ]]; then
@@ -582,10 +654,8 @@ for layout in "${reshard_layouts[@]}"; do
     continue
   fi
   echo "== W=$w P=$p H=$h on $w simulated ranks: 3 steps against the unpartitioned reference"
-  "$dir/part-$w-$p-$h/train_step" --tokens "$dir/data/train.bin" --steps 3 --simulate-ranks "$w" \
-    --log "$out/part-$w-$p-$h.csv" --dump "$out/part-$w-$p-$h"
-  python3 -m moec.check_gpu --reference "$dir/ref-w$w" --reference-log "$dir/ref-w$w.csv" \
-    --gpu "$out/part-$w-$p-$h" --gpu-log "$out/part-$w-$p-$h.csv" --tolerance 1e-4
+  check "part-$w-$p-$h" "$dir/ref-w$w" "$dir/ref-w$w.csv" 1e-4 -- \
+    "$dir/part-$w-$p-$h/train_step" --tokens "$dir/data/train.bin" --steps 3 --simulate-ranks "$w"
 done
 if [[ -x "$dir/part-4-2-2/train_step" && -x "$dir/part-4-4-1/train_step" && -x "$dir/part-4-1-4/train_step" ]]; then
   echo "== W=4: checkpoint under (P, H) = (2, 2) after 2 steps, resume under (4, 1) and (1, 4)"
@@ -594,11 +664,9 @@ if [[ -x "$dir/part-4-2-2/train_step" && -x "$dir/part-4-4-1/train_step" && -x "
   for target in 4-4-1 4-1-4; do
     cp -r "$out/ckpt-22" "$out/ckpt-$target"
     cp "$out/ckpt-22.csv" "$out/resumed-$target.csv"
-    "$dir/part-$target/train_step" --tokens "$dir/data/train.bin" --steps 1 --total-steps 3 \
-      --simulate-ranks 4 --resume --checkpoint-dir "$out/ckpt-$target" \
-      --log "$out/resumed-$target.csv" --dump "$out/resumed-$target"
-    python3 -m moec.check_gpu --reference "$dir/ref-w4" --reference-log "$dir/ref-w4.csv" \
-      --gpu "$out/resumed-$target" --gpu-log "$out/resumed-$target.csv" --tolerance 1e-4
+    check "resumed-$target" "$dir/ref-w4" "$dir/ref-w4.csv" 1e-4 -- \
+      "$dir/part-$target/train_step" --tokens "$dir/data/train.bin" --steps 1 --total-steps 3 \
+      --simulate-ranks 4 --resume --checkpoint-dir "$out/ckpt-$target"
     # The loss sequence continues the uninterrupted run's (part-4-2-2 above).
     python3 -c "import csv, sys; read = lambda f: list(csv.DictReader(open(f))); a, b = read(sys.argv[1]), read(sys.argv[2]); bad = [(x['step'], x['loss'], y['loss']) for x, y in zip(a, b, strict=True) if abs(float(x['loss']) - float(y['loss'])) > 1e-5 * abs(float(y['loss']))]; sys.exit('loss differs: %s' % bad if bad else 0)" \
       "$out/resumed-$target.csv" "$out/part-4-2-2.csv"
@@ -623,10 +691,8 @@ check_hf_logits() {
     "$dir/ref-hf-logits.pb" "$out/hf-logits.npy" "$2"
 }
 echo "== Hugging Face: 3 steps from a save_pretrained checkpoint against the CPU reference, exported, loaded by transformers"
-"$dir/hf/train_step" "${rebind[@]}" --tokens "$dir/data/train.bin" --steps 3 --log "$out/hf.csv" \
-  --dump "$out/hf" --export-hf "$out/hf-export"
-python3 -m moec.check_gpu --reference "$dir/ref-hf" --reference-log "$dir/ref-hf.csv" \
-  --gpu "$out/hf" --gpu-log "$out/hf.csv" --tolerance 1e-4
+check hf "$dir/ref-hf" "$dir/ref-hf.csv" 1e-4 -- \
+  "$dir/hf/train_step" "${rebind[@]}" --tokens "$dir/data/train.bin" --steps 3 --export-hf "$out/hf-export"
 python3 "$compare" "$out/hf-export/step_3" "$dir/ref-hf-export" --tolerance 1e-4
 check_hf_logits "$out/hf-export/step_3" 1e-4
 echo "== Hugging Face: a bf16 export loads too"
@@ -667,15 +733,10 @@ echo "== bf16, W=2 H=2 on 2 simulated ranks: 50 steps against PyTorch's bf16 cur
 python3 -m moec.train_bf16 --check "$out/bf16-h2.csv" --golden "$dir/tiny-fortunes-bf16.json"
 while read -r name w flags; do
   echo "== partitioned $name: $w ranks on one GPU, 3 steps against the CPU reference"
-  "$dir/part-$name/train_step" --simulate-ranks "$w" --tokens "$dir/data/train.bin" \
-    --steps 3 --log "$out/part-$name.csv" --dump "$out/part-$name"
   # The reference's partitioned metrics, then the unpartitioned run's.
-  python3 -m moec.check_gpu --reference "$dir/part-ref-w$w" \
-    --reference-log "$dir/part-$name.csv" \
-    --gpu "$out/part-$name" --gpu-log "$out/part-$name.csv" --tolerance 1e-4
-  python3 -m moec.check_gpu --reference "$dir/part-ref-w$w" \
-    --reference-log "$dir/part-ref-w$w.csv" \
-    --gpu "$out/part-$name" --gpu-log "$out/part-$name.csv" --tolerance 1e-4
+  check "part-$name" "$dir/part-ref-w$w" "$dir/part-$name.csv" 1e-4 \
+    "$dir/part-ref-w$w" "$dir/part-ref-w$w.csv" 1e-4 -- \
+    "$dir/part-$name/train_step" --simulate-ranks "$w" --tokens "$dir/data/train.bin" --steps 3
 done < <(partitioned_cases)
 if [[ -z "$only" ]]; then
   run_numerics

@@ -39,7 +39,10 @@
 //     -I runtime/include -I include runtime/tests/DenseKernelsTest.cu
 //     -o DenseKernelsTest -lcublas -lcublasLt
 //
-// main() returns nonzero when anything fails.
+// main() returns nonzero when anything fails. `--bench-optimizer` instead
+// times globalNorm and adamw over mixtral-8x7b-2l's 3.16 B parameters in
+// both recipes, with 16-byte and with 8-byte accesses, and a device copy
+// (benchOptimizer; docs/benchmarks.md).
 //
 //===----------------------------------------------------------------------===//
 
@@ -520,12 +523,14 @@ void testCrossEntropy(Env &env, int64_t B, int64_t S, int64_t H, int64_t V,
 /// The multi-tensor norm and AdamW with state and gradients of type T (fp32
 /// masters, or a bf16 model: inputs rounded to bf16, fp64 oracle on them).
 template <class T> void testOptimizer(Env &env, uint32_t seed) {
-  const std::vector<int64_t> sizes = {5, 70000, 131073};
-  const std::vector<float> decays = {0.0f, 0.1f, 0.01f};
+  // 65541: a chunk and a tail of 5, one 4-element access and one
+  // element past the last 8-element one.
+  const std::vector<int64_t> sizes = {5, 70000, 131073, 65541};
+  const std::vector<float> decays = {0.0f, 0.1f, 0.01f, 0.1f};
   const int64_t step = 3;
   const float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, epsilon = 1e-8f;
   std::string name = std::string(typeName<T>()) +
-                     " optimizer sizes 5, 70000, 131073 step 3 lr 1e-3";
+                     " optimizer sizes 5, 70000, 131073, 65541 step 3 lr 1e-3";
   const double tol = sizeof(T) == 4 ? kTolOptimizer : kTolBf16;
   auto rounded = [](std::vector<float> v) { // what a T buffer holds
     for (float &x : v)
@@ -719,13 +724,171 @@ template <class T> void testType(Env &env, uint32_t &seed) {
   testCrossEntropy<T>(env, 1, 5, 40, 13, 1, 1.0f, seed++);    // count 0
 }
 
+/// Median milliseconds of `runs` calls of `launch` on `stream` after two
+/// warm-up calls, each call between two events.
+template <class F> float medianMs(cudaStream_t stream, int runs, F launch) {
+  cudaEvent_t begin, end;
+  CHECK_CUDA(cudaEventCreate(&begin));
+  CHECK_CUDA(cudaEventCreate(&end));
+  std::vector<float> ms;
+  for (int r = -2; r < runs; ++r) {
+    CHECK_CUDA(cudaEventRecord(begin, stream));
+    launch();
+    CHECK_CUDA(cudaEventRecord(end, stream));
+    CHECK_CUDA(cudaEventSynchronize(end));
+    float t = 0.0f;
+    CHECK_CUDA(cudaEventElapsedTime(&t, begin, end));
+    if (r >= 0)
+      ms.push_back(t);
+  }
+  CHECK_CUDA(cudaEventDestroy(begin));
+  CHECK_CUDA(cudaEventDestroy(end));
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+/// The parameter sizes of mixtral-8x7b-2l (3,164,688,384 in all): the
+/// embedding, the final norm and the lm head, then per layer two norms, q,
+/// k, v, o, the router and the experts' gate/up and down projections.
+std::vector<int64_t> mixtral2lSizes() {
+  const int64_t h = 4096, v = 32000, kv = 1024, e = 8, inter = 14336;
+  std::vector<int64_t> sizes = {v * h, h, v * h};
+  for (int layer = 0; layer < 2; ++layer)
+    for (int64_t n : {h, h, h * h, kv * h, kv * h, h * h, e * h,
+                      e * 2 * inter * h, e * h * inter})
+      sizes.push_back(n);
+  return sizes;
+}
+
+/// --bench-optimizer: globalNorm and adamw over mixtral-8x7b-2l's
+/// parameters in one recipe (T bf16: a bf16 model, bf16 state and
+/// gradients; T fp32: fp32 masters, fp32 state and gradients, the bf16 copy
+/// written), each kernel with 16-byte accesses (what the launchers use) and
+/// with 8-byte ones (the width bf16 had before issue 16). Prints
+/// milliseconds (median of 10) and the TB/s of the bytes each must move;
+/// checks nothing.
+template <class T> void benchOptimizer(cudaStream_t stream) {
+  std::vector<int64_t> sizes = mixtral2lSizes();
+  int64_t total = 0;
+  for (int64_t n : sizes)
+    total += n;
+  const bool masters = sizeof(T) == 4;
+  // Each tensor starts at a 256-byte offset of one allocation per buffer.
+  std::vector<int64_t> offsets;
+  int64_t padded = 0;
+  for (int64_t n : sizes) {
+    offsets.push_back(padded);
+    padded += (n + 127) / 128 * 128;
+  }
+  T *param, *m, *v, *grad;
+  bf16 *copy = nullptr;
+  for (T **b : {&param, &m, &v, &grad}) {
+    CHECK_CUDA(cudaMalloc(b, padded * sizeof(T)));
+    // 0x3c bytes: about 0.0115 in either type, finite and positive.
+    CHECK_CUDA(cudaMemset(*b, 0x3c, padded * sizeof(T)));
+  }
+  if (masters)
+    CHECK_CUDA(cudaMalloc(&copy, padded * sizeof(bf16)));
+  std::vector<OptimizerTensor> tensors(sizes.size());
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    tensors[i].param = param + offsets[i];
+    tensors[i].expAvg = m + offsets[i];
+    tensors[i].expAvgSq = v + offsets[i];
+    tensors[i].grad = grad + offsets[i];
+    tensors[i].count = sizes[i];
+    tensors[i].weightDecay = 0.1f;
+    tensors[i].copy = masters ? copy + offsets[i] : nullptr;
+  }
+  TensorGroup group;
+  group.init(tensors);
+  double *partial;
+  float *norm, *lr;
+  int64_t *step;
+  CHECK_CUDA(cudaMalloc(&partial, group.numChunks * sizeof(double)));
+  CHECK_CUDA(cudaMalloc(&norm, sizeof(float)));
+  CHECK_CUDA(cudaMalloc(&lr, sizeof(float)));
+  CHECK_CUDA(cudaMalloc(&step, sizeof(int64_t)));
+  const float lrValue = 1e-4f;
+  const int64_t stepValue = 10;
+  CHECK_CUDA(cudaMemcpy(lr, &lrValue, sizeof(float), cudaMemcpyHostToDevice));
+  CHECK_CUDA(cudaMemcpy(step, &stepValue, sizeof(int64_t),
+                        cudaMemcpyHostToDevice));
+  const detail::AdamWConfig config{0.9f, 0.95f, 1e-8f, 1.0f, false};
+  const int blocks = static_cast<int>(group.numChunks);
+  auto sumSquares = [&](auto kernel) {
+    return medianMs(stream, 10, [&] {
+      kernel<<<blocks, 512, 0, stream>>>(group.deviceTensors,
+                                         group.deviceChunks, partial);
+      detail::normFromPartialsKernel<<<1, 32, 0, stream>>>(
+          partial, group.numChunks, norm);
+    });
+  };
+  auto update = [&](auto kernel) {
+    return medianMs(stream, 10, [&] {
+      kernel<<<blocks, 512, 0, stream>>>(group.deviceTensors,
+                                         group.deviceChunks, step, lr, norm,
+                                         config);
+    });
+  };
+  const double normBytes = static_cast<double>(total) * sizeof(T);
+  // Read p, m, v, g; write p, m, v (and the bf16 copy).
+  const double adamBytes =
+      static_cast<double>(total) * (7 * sizeof(T) + (masters ? 2 : 0));
+  auto line = [&](const char *what, const char *width, double bytes,
+                  float ms) {
+    std::printf("bench %-11s %-10s %-5s %8.3f ms %6.2f GB %5.2f TB/s\n",
+                masters ? "fp32-master" : "bf16", what, width, ms, bytes / 1e9,
+                bytes / (ms * 1e-3) / 1e12);
+  };
+  constexpr int kWide = 16 / sizeof(T), kNarrow = 8 / sizeof(T);
+  line("globalNorm", "16 B", normBytes,
+       sumSquares(detail::sumSquaresKernel<T, kWide>));
+  line("globalNorm", "8 B", normBytes,
+       sumSquares(detail::sumSquaresKernel<T, kNarrow>));
+  line("adamw", "16 B", adamBytes, update(detail::adamwKernel<T, T, kWide>));
+  line("adamw", "8 B", adamBytes, update(detail::adamwKernel<T, T, kNarrow>));
+  for (void *b : {static_cast<void *>(param), static_cast<void *>(m),
+                  static_cast<void *>(v), static_cast<void *>(grad),
+                  static_cast<void *>(copy), static_cast<void *>(partial),
+                  static_cast<void *>(norm), static_cast<void *>(lr),
+                  static_cast<void *>(step),
+                  static_cast<void *>(group.deviceTensors),
+                  static_cast<void *>(group.deviceChunks)})
+    CHECK_CUDA(cudaFree(b));
+}
+
+/// The bandwidth of a device-to-device copy of 8 GiB (read + write).
+void benchCopy(cudaStream_t stream) {
+  const size_t bytes = size_t(8) << 30;
+  char *a, *b;
+  CHECK_CUDA(cudaMalloc(&a, bytes));
+  CHECK_CUDA(cudaMalloc(&b, bytes));
+  CHECK_CUDA(cudaMemset(a, 1, bytes));
+  float ms = medianMs(stream, 10, [&] {
+    CHECK_CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream));
+  });
+  std::printf("bench copy        8 GiB            %8.3f ms %6.2f GB %5.2f TB/s\n",
+              ms, 2.0 * bytes / 1e9, 2.0 * bytes / (ms * 1e-3) / 1e12);
+  CHECK_CUDA(cudaFree(a));
+  CHECK_CUDA(cudaFree(b));
+}
+
 } // namespace
 
-int main() {
+int main(int argc, char **argv) {
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
     std::fprintf(stderr, "DenseKernelsTest: no CUDA device\n");
     return 2;
+  }
+  if (argc > 1 && std::strcmp(argv[1], "--bench-optimizer") == 0) {
+    cudaStream_t stream;
+    CHECK_CUDA(cudaStreamCreate(&stream));
+    benchCopy(stream);
+    benchOptimizer<bf16>(stream);
+    benchOptimizer<float>(stream);
+    CHECK_CUDA(cudaStreamDestroy(stream));
+    return 0;
   }
   Env env;
   CHECK_CUDA(cudaStreamCreate(&env.stream));

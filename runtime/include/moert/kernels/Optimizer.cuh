@@ -82,7 +82,23 @@ public:
 };
 
 namespace detail {
-template <class TG>
+/// kWidth consecutive elements of type T as one aligned access.
+template <class T, int kWidth> struct alignas(kWidth * sizeof(T)) Pack {
+  T x[kWidth];
+};
+
+/// Elements per access of the optimizer kernels: 16 bytes of T (8 bf16 or
+/// 4 fp32), the widest load a thread issues; AdamW goes by the state's
+/// type, the norm by the gradient's. (At 8 bytes bf16 AdamW took 5% longer
+/// on an H200: DenseKernelsTest --bench-optimizer, docs/benchmarks.md.)
+template <class TS> constexpr int kOptimizerWidth = 16 / sizeof(TS);
+
+/// Whether p is aligned for a kWidth-element access.
+template <class T, int kWidth> __device__ inline bool alignedFor(const void *p) {
+  return (reinterpret_cast<uintptr_t>(p) & (kWidth * sizeof(T) - 1)) == 0;
+}
+
+template <class TG, int kWidth = kOptimizerWidth<TG>>
 __global__ void sumSquaresKernel(const OptimizerTensor *tensors,
                                  const OptimizerChunk *chunks,
                                  double *partial) {
@@ -90,17 +106,21 @@ __global__ void sumSquaresKernel(const OptimizerTensor *tensors,
   OptimizerChunk c = chunks[blockIdx.x];
   const TG *g = static_cast<const TG *>(tensors[c.tensor].grad) + c.begin;
   int64_t n = c.end - c.begin, vectors = 0;
-  // Four elements per access where aligned (as in adamwKernel), squares
+  // kWidth elements per access where aligned (as in adamwKernel), squares
   // summed in fp32 per access and in fp64 across accesses.
-  if ((reinterpret_cast<uintptr_t>(g) & (4 * sizeof(TG) - 1)) == 0)
-    vectors = n / 4;
+  if (alignedFor<TG, kWidth>(g))
+    vectors = n / kWidth;
+  using GPack = Pack<TG, kWidth>;
   double s = 0.0;
   for (int64_t j = threadIdx.x; j < vectors; j += blockDim.x) {
-    Vec4 x = load4(g + 4 * j);
-    s += x.v[0] * x.v[0] + x.v[1] * x.v[1] + x.v[2] * x.v[2] +
-         x.v[3] * x.v[3];
+    GPack x = reinterpret_cast<const GPack *>(g)[j];
+    float a = 0.0f;
+#pragma unroll
+    for (int e = 0; e < kWidth; ++e)
+      a += toFloat(x.x[e]) * toFloat(x.x[e]);
+    s += a;
   }
-  for (int64_t i = 4 * vectors + threadIdx.x; i < n; i += blockDim.x) {
+  for (int64_t i = kWidth * vectors + threadIdx.x; i < n; i += blockDim.x) {
     double x = toFloat(g[i]);
     s += x * x;
   }
@@ -138,7 +158,7 @@ struct AdamWElement {
   }
 };
 
-template <class TS, class TG>
+template <class TS, class TG, int kWidth = kOptimizerWidth<TS>>
 __global__ void adamwKernel(const OptimizerTensor *tensors,
                             const OptimizerChunk *chunks, const int64_t *step,
                             const float *lr, const float *norm,
@@ -166,29 +186,39 @@ __global__ void adamwKernel(const OptimizerTensor *tensors,
   TS *expAvgSq = static_cast<TS *>(t.expAvgSq) + c.begin;
   const TG *grad = static_cast<const TG *>(t.grad) + c.begin;
   bf16 *copy = t.copy ? t.copy + c.begin : nullptr;
-  // Four elements per access where the chunk's start is aligned for it in
-  // all the tensors (chunks start at multiples of kChunk, tensors at
-  // 256-byte offsets), then the tail one by one.
+  // kWidth elements per access (16 bytes of the state) where the chunk's
+  // start is aligned for it in all the tensors (chunks start at multiples
+  // of kChunk, tensors at 256-byte offsets), then the tail one by one.
   int64_t n = c.end - c.begin, vectors = 0;
-  auto aligned = [](const void *p, size_t elementBytes) {
-    return (reinterpret_cast<uintptr_t>(p) & (4 * elementBytes - 1)) == 0;
-  };
-  if (aligned(param, sizeof(TS)) && aligned(expAvg, sizeof(TS)) &&
-      aligned(expAvgSq, sizeof(TS)) && aligned(grad, sizeof(TG)) &&
-      (!copy || aligned(copy, sizeof(bf16))))
-    vectors = n / 4;
+  if (alignedFor<TS, kWidth>(param) && alignedFor<TS, kWidth>(expAvg) &&
+      alignedFor<TS, kWidth>(expAvgSq) && alignedFor<TG, kWidth>(grad) &&
+      (!copy || alignedFor<bf16, kWidth>(copy)))
+    vectors = n / kWidth;
+  using SPack = Pack<TS, kWidth>;
+  using GPack = Pack<TG, kWidth>;
+  using CPack = Pack<bf16, kWidth>;
   for (int64_t j = threadIdx.x; j < vectors; j += blockDim.x) {
-    Vec4 p = load4(param + 4 * j), m = load4(expAvg + 4 * j),
-         v = load4(expAvgSq + 4 * j), g = load4(grad + 4 * j);
-    for (int e = 0; e < 4; ++e)
-      update(p.v[e], m.v[e], v.v[e], g.v[e]);
-    store4(param + 4 * j, p);
-    store4(expAvg + 4 * j, m);
-    store4(expAvgSq + 4 * j, v);
+    SPack p = reinterpret_cast<const SPack *>(param)[j],
+          m = reinterpret_cast<const SPack *>(expAvg)[j],
+          v = reinterpret_cast<const SPack *>(expAvgSq)[j];
+    GPack g = reinterpret_cast<const GPack *>(grad)[j];
+    CPack out;
+#pragma unroll
+    for (int e = 0; e < kWidth; ++e) {
+      float pe = toFloat(p.x[e]), me = toFloat(m.x[e]), ve = toFloat(v.x[e]);
+      update(pe, me, ve, toFloat(g.x[e]));
+      p.x[e] = fromFloat<TS>(pe);
+      m.x[e] = fromFloat<TS>(me);
+      v.x[e] = fromFloat<TS>(ve);
+      out.x[e] = fromFloat<bf16>(pe);
+    }
+    reinterpret_cast<SPack *>(param)[j] = p;
+    reinterpret_cast<SPack *>(expAvg)[j] = m;
+    reinterpret_cast<SPack *>(expAvgSq)[j] = v;
     if (copy)
-      store4(copy + 4 * j, p);
+      reinterpret_cast<CPack *>(copy)[j] = out;
   }
-  for (int64_t i = 4 * vectors + threadIdx.x; i < n; i += blockDim.x) {
+  for (int64_t i = kWidth * vectors + threadIdx.x; i < n; i += blockDim.x) {
     float p = toFloat(param[i]), m = toFloat(expAvg[i]),
           v = toFloat(expAvgSq[i]);
     update(p, m, v, toFloat(grad[i]));
