@@ -69,7 +69,13 @@
 # and ends with the parameters of two steps on the clean blocks (relative
 # 1e-6) and of the CPU reference's run (1e-4); a second non-finite step stops
 # it; a diverging learning rate stops at step 2, and --check-numerics names
-# an op. Exits non-zero on the first failure.
+# an op; a checkpoint saved after the skipped step 2 resumes saying 1 step
+# was skipped, its step 4 equals 4 uninterrupted steps (relative 1e-6; the
+# same checkpoint with its count removed must not), and a second non-finite
+# step after the resume stops the run (one budget for the run), the
+# checkpoint still resuming; a program compiled for a larger GPU stops
+# before allocating, naming the plan's bytes and the GPU's free memory.
+# Exits non-zero on the first failure.
 #
 # At the benchmark's shape (S 2048, head dim 128, vocab 32000; 2 layers,
 # hidden 512, 4 heads, 2 KV heads, 4 experts top-2, intermediate 1024:
@@ -120,6 +126,11 @@ prepare_numerics() {
   "$moec" train "$model" --reference --tokens "$dir/nf-tokens.pb" --micro-batch-size 1 \
     --steps 3 --init-from "$dir/nf-inf" --lr 1e-2 --min-lr 1e-2 --warmup-steps 0 \
     --skip-nonfinite-steps 1 --dump "$dir/nf-ref" > /dev/null
+  # A program that cannot fit the GPU it runs on: micro-batches of 2^21
+  # sequences (an arena of about 290 GB), compiled for a GPU of 1024 GiB so
+  # that moec compile lets it through; the program must refuse it at start.
+  printf '{"micro_batch_size": 2097152, "seq_length": 16}\n' > "$dir/nf-huge.json"
+  "$moec" compile "$model" --config "$dir/nf-huge.json" --gpu-memory-gib 1024 -o "$dir/nf-huge"
 }
 
 # Runs the numeric-fault checks on what prepare_numerics made.
@@ -160,6 +171,60 @@ run_numerics() {
   expect_stop "$out/nf-exceed.log" \
     "error: step 5: non-finite loss and grad_norm (loss nan, grad_norm nan); 1 skipped already, the most --skip-nonfinite-steps 1 allows; stopping" \
     "$program" --tokens "$dir/nf-tokens.bin" --steps 6 "${common[@]}" --skip-nonfinite-steps 1
+  echo "== numeric faults: a checkpoint after the skipped step 2 resumes with the count (AdamW step numbers, one budget for the run)"
+  local skip=(--tokens "$dir/nf-tokens.bin" --total-steps 4 --skip-nonfinite-steps 1)
+  "$program" "${skip[@]}" --steps 4 "${common[@]}" --dump "$out/nf-skip4" \
+    --log "$out/nf-skip4.csv" > /dev/null
+  rm -rf "$out/nf-ckpt"
+  "$program" "${skip[@]}" --steps 3 "${common[@]}" --checkpoint-dir "$out/nf-ckpt" \
+    --log "$out/nf-resumed.csv" > "$out/nf-save.log"
+  grep -Fx $'skipped_steps\t1' "$out/nf-ckpt/step_3/manifest.tsv"
+  # Each resume gets its own copy: the resumed step saves step_4 as the
+  # latest.
+  cp -r "$out/nf-ckpt" "$out/nf-ckpt-stop"
+  cp -r "$out/nf-ckpt" "$out/nf-ckpt-reset"
+  "$program" "${skip[@]}" --steps 1 "${common[@]:2}" --resume --checkpoint-dir "$out/nf-ckpt" \
+    --log "$out/nf-resumed.csv" --dump "$out/nf-resumed" | tee "$out/nf-resume.log"
+  grep -Fx "resumed from '$out/nf-ckpt/step_3' after step 3, 1 of them skipped as non-finite" \
+    "$out/nf-resume.log" || { echo "FAIL: no resume line with 1 skipped step"; exit 1; }
+  # The control: the same checkpoint with its count removed (a manifest of
+  # before the count, read as 0) resumes with AdamW step 4 for step 4, which
+  # the comparison below must tell apart.
+  sed -i '/^skipped_steps\t/d' "$out/nf-ckpt-reset/step_3/manifest.tsv"
+  "$program" "${skip[@]}" --steps 1 "${common[@]:2}" --resume --checkpoint-dir "$out/nf-ckpt-reset" \
+    --dump "$out/nf-reset" > "$out/nf-reset.log"
+  # same_state GOT WANT: every final parameter of dump GOT equals WANT's
+  # (non-finite entries in the same places, the rest within a relative L2
+  # of 1e-6); prints the bit-equal count and the largest error.
+  same_state() {
+    python3 -c "import numpy as np, sys; got, want = sys.argv[1:]; names = [l.split('\t')[0] for l in open(want + '/final/param/index.tsv') if l.strip()]; assert names and names == [l.split('\t')[0] for l in open(got + '/final/param/index.tsv') if l.strip()], 'the dumps hold other parameters'; read = lambda d, n: np.fromfile(d + '/final/param/' + n + '.bin', np.float32).astype(np.float64); pairs = [(read(got, n), read(want, n)) for n in names]; places = all(np.array_equal(np.isfinite(a), np.isfinite(b)) and np.array_equal(a[~np.isfinite(a)], b[~np.isfinite(b)], equal_nan=True) for a, b in pairs); fin = lambda x: np.where(np.isfinite(x), x, 0); err = max(float(np.linalg.norm(fin(a) - fin(b)) / max(np.linalg.norm(fin(b)), 1e-30)) for a, b in pairs); same = sum(np.array_equal(a, b, equal_nan=True) for a, b in pairs); print('%s vs %s: %d parameters, %d bit-equal, non-finite entries in the same places: %s, largest relative L2 %.3g' % (got, want, len(names), same, places, err)); sys.exit(0 if places and err <= 1e-6 else 1)" \
+      "$1" "$2"
+  }
+  echo "-- step 4 resumed after step 3 against 4 uninterrupted steps"
+  same_state "$out/nf-resumed" "$out/nf-skip4" || { echo "FAIL: the resumed step 4 differs"; exit 1; }
+  python3 -c "import csv, sys; rows = [{r['step']: r for r in csv.DictReader(open(f))} for f in sys.argv[1:]]; a, b = (float(r['4']['loss']) for r in rows); print('step 4 loss: resumed %.9g, uninterrupted %.9g' % (a, b)); sys.exit(abs(a - b) > 1e-6 * abs(b))" \
+    "$out/nf-resumed.csv" "$out/nf-skip4.csv"
+  echo "-- the control (count reset to 0) must differ"
+  if same_state "$out/nf-reset" "$out/nf-skip4"; then
+    echo "FAIL: resuming without the count gave the same step 4: the check cannot tell"; exit 1
+  fi
+  echo "-- a second non-finite step after the resume stops the run (the budget is the run's), the checkpoint kept"
+  expect_stop "$out/nf-resume-stop.log" \
+    "error: step 5: non-finite loss and grad_norm (loss nan, grad_norm nan); 1 skipped already, the most --skip-nonfinite-steps 1 allows; stopping" \
+    "$program" --tokens "$dir/nf-tokens.bin" --total-steps 6 --skip-nonfinite-steps 1 --steps 3 \
+    "${common[@]:2}" --resume --checkpoint-dir "$out/nf-ckpt-stop"
+  grep -Fx "resumed from '$out/nf-ckpt-stop/step_3' after step 3, 1 of them skipped as non-finite" \
+    "$out/nf-resume-stop.log"
+  grep -Fx step_3 "$out/nf-ckpt-stop/latest"
+  "$program" "${skip[@]}" --steps 1 "${common[@]:2}" --resume --checkpoint-dir "$out/nf-ckpt-stop" \
+    --dump "$out/nf-after-stop" > /dev/null
+  same_state "$out/nf-after-stop" "$out/nf-skip4" ||
+    { echo "FAIL: the checkpoint kept after the stop does not resume to step 4"; exit 1; }
+  echo "== a program whose plan exceeds the GPU's free memory stops before allocating, with the plan's numbers"
+  expect_stop "$out/nf-huge.log" "bytes free, the program needs" \
+    "$dir/nf-huge/train_step" --tokens "$dir/nf-clean.bin" --steps 1
+  python3 -c "import re, sys; text = open(sys.argv[1]).read(); m = re.search(r'^error: GPU 0 has (\d+) of (\d+) bytes free, the program needs (\d+) \(state (\d+), arena (\d+), inputs (\d+), scratch (\d+)\); compile for this GPU \(moec compile --gpu\) or free it$', text, re.M); assert m, 'no memory message'; free, total, needed, state, arena, inputs, scratch = map(int, m.groups()); assert needed == state + max(arena, 256) + inputs + scratch and needed > free and free <= total and arena > 100e9, m.group(0); assert 'memory: state' not in text and 'cudaMalloc' not in text, 'it allocated: ' + text; print('refused: needs %.1f GB (arena %.1f GB), %.1f GB free' % (needed / 1e9, arena / 1e9, free / 1e9))" \
+    "$out/nf-huge.log"
 }
 # The benchmark's shape: two programs of the one-step check against
 # transformers (moec.check_torch_step): the default optimizer, and one whose
