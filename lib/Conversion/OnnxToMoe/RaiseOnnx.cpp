@@ -1088,7 +1088,11 @@ Value Raiser::gateUpWeight(OnnxNodeOp node, int64_t fusion,
       layout = GateUpLayout::concatenated;
       return v;
     }
-  if (fusion == 1 && how.empty())
+  // A stack that is refused (say, read elsewhere too) stays refused; one
+  // parameter may still be stored interleaved.
+  bool stackRefused =
+      concatenated && concatenated->parameters.size() > 1 && !how.empty();
+  if (fusion == 1 && !stackRefused)
     if (Value v = materialize(*traced, type, node, "gate_up_proj", how)) {
       layout = GateUpLayout::interleaved;
       return v;
@@ -1103,7 +1107,7 @@ Value Raiser::gateUpWeight(OnnxNodeOp node, int64_t fusion,
                      (fusion == 0 ? " rearrange " : " rearranges ");
   // A stack of several parameters that is in Hugging Face's layout but
   // cannot be stacked says why; anything else says what it is not.
-  if (concatenated && concatenated->parameters.size() > 1 && !how.empty())
+  if (stackRefused)
     why = head + describeSources(*concatenated) + ", but " + how;
   else
     why = head + describeSources(*traced) + " into something other than " +
