@@ -88,14 +88,15 @@ LogicalResult verifyInitializerPieces(Operation *op, unsigned index,
                   " that is not {initializer = \"<name>\", offsets, sizes, "
                   "permutation}");
     if (offsets.size() != rank || sizes.size() != rank)
-      return fail("has piece #" + Twine(i) + " whose offsets or sizes are "
-                  "not of the argument's rank " + Twine(rank));
+      return fail("has piece #" + Twine(i) +
+                  " whose offsets or sizes are not of the argument's rank " +
+                  Twine(rank));
     int64_t elements = 1;
     for (int64_t d = 0; d < rank; ++d) {
       if (offsets[d] < 0 || sizes[d] < 0 ||
           offsets[d] + sizes[d] > tensor.getDimSize(d))
-        return fail("has piece #" + Twine(i) + " whose box leaves the "
-                    "argument in dimension " + Twine(d));
+        return fail("has piece #" + Twine(i) +
+                    " whose box leaves the argument in dimension " + Twine(d));
       elements *= sizes[d];
     }
     covered += elements;
@@ -240,9 +241,9 @@ LogicalResult MoeDialect::verifyRegionArgAttribute(Operation *op, unsigned,
   if (attribute.getName() == getInitializerPiecesAttrName()) {
     auto func = dyn_cast<FunctionOpInterface>(op);
     if (!func || !func.getArgAttr(argIndex, getParameterAttrName()))
-      return op->emitOpError() << "has '" << attribute.getName().getValue()
-                               << "' on argument #" << argIndex
-                               << ", which is not a function's parameter";
+      return op->emitOpError()
+             << "has '" << attribute.getName().getValue() << "' on argument #"
+             << argIndex << ", which is not a function's parameter";
     return verifyInitializerPieces(op, argIndex, attribute.getValue(),
                                    func.getArgumentTypes()[argIndex]);
   }

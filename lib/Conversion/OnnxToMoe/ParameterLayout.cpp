@@ -144,8 +144,8 @@ bool mergeParameters(MutableArrayRef<ParameterLayout> parts) {
 
 /// Concatenates `parts` along `axis`: equal parts at a constant offset step
 /// add an outer digit; single-digit parts that continue each other merge.
-std::optional<ParameterLayout> concatLayouts(MutableArrayRef<ParameterLayout> parts,
-                                             int64_t axis) {
+std::optional<ParameterLayout>
+concatLayouts(MutableArrayRef<ParameterLayout> parts, int64_t axis) {
   if (!mergeParameters(parts))
     return std::nullopt;
   ParameterLayout first = parts.front();

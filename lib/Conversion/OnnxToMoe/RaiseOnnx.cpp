@@ -966,8 +966,8 @@ Value Raiser::stack(const moec::ParameterLayout &layout, RankedTensorType type,
     if (Operation *other = readElsewhere(source, roots)) {
       std::string what = other->getName().getStringRef().str();
       if (auto onnx = dyn_cast<OnnxNodeOp>(other))
-        what = "ONNX node " + nodeName(other) + "(" +
-               onnx.getOpType().str() + ")";
+        what =
+            "ONNX node " + nodeName(other) + "(" + onnx.getOpType().str() + ")";
       why = describeParameter(source) + " is also read by " + what +
             ", so stacking it into one parameter would make a second copy "
             "of it";
@@ -983,14 +983,14 @@ Value Raiser::stack(const moec::ParameterLayout &layout, RankedTensorType type,
         builder.getNamedAttr("initializer", initializer),
         builder.getNamedAttr("offsets",
                              builder.getDenseI64ArrayAttr(piece.offsets)),
-        builder.getNamedAttr("sizes", builder.getDenseI64ArrayAttr(piece.sizes)),
+        builder.getNamedAttr("sizes",
+                             builder.getDenseI64ArrayAttr(piece.sizes)),
         builder.getNamedAttr("permutation",
                              builder.getDenseI64ArrayAttr(piece.permutation))};
     records.push_back(DictionaryAttr::get(context, fields));
   }
   std::string name = nodeName(node);
-  name = (name.empty() ? std::string("moe")
-                       : name.substr(1, name.size() - 3)) +
+  name = (name.empty() ? std::string("moe") : name.substr(1, name.size() - 3)) +
          "." + role.str();
   NamedAttribute attrs[] = {
       builder.getNamedAttr(MoeDialect::getParameterAttrName(),
@@ -998,9 +998,8 @@ Value Raiser::stack(const moec::ParameterLayout &layout, RankedTensorType type,
       builder.getNamedAttr(MoeDialect::getInitializerPiecesAttrName(),
                            builder.getArrayAttr(records))};
   unsigned index = func.getNumArguments();
-  if (failed(func.insertArgument(index, type,
-                                 DictionaryAttr::get(context, attrs),
-                                 node.getLoc()))) {
+  if (failed(func.insertArgument(
+          index, type, DictionaryAttr::get(context, attrs), node.getLoc()))) {
     why = "its stacked parameter cannot be added to the function";
     return {};
   }
@@ -1132,8 +1131,8 @@ Value Raiser::downWeight(OnnxNodeOp node, std::string &why) {
   std::string how;
   if (Value v = materialize(*traced, type, node, "down_proj", how))
     return v;
-  why = "fc2 " + shapeString(type) + " rearranges " +
-        describeSources(*traced) + ", but " + how;
+  why = "fc2 " + shapeString(type) + " rearranges " + describeSources(*traced) +
+        ", but " + how;
   return {};
 }
 
