@@ -378,3 +378,27 @@ func.func @ort_moe_stacked(%x: tensor<16x32xf32> {moe.input = "x"},
   %y2 = moe.onnx_node "MoE"(%x, %logits, %fc1b, %down, %fc3b) {absent_inputs = array<i64: 3, 5>, activation_type = "swiglu", domain = "com.microsoft", k = 2 : i64, normalize_routing_weights = 1 : i64, swiglu_fusion = 0 : i64} : (tensor<16x32xf32>, tensor<16x4xf32>, tensor<4x64x32xf32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>) -> tensor<16x32xf32> loc("node_MoE_2")
   return %y1, %y2 : tensor<16x32xf32>, tensor<16x32xf32>
 }
+
+// -----
+
+// Tests a stack of parameters stored in bf16 and Cast to float one by one
+// before the Concat: the stacked parameter has the type the experts read
+// (f32); its pieces are read from the bf16 initializers, widened exactly.
+// CHECK-LABEL: func.func @ort_moe_stacked_bf16
+// CHECK-SAME: %[[GU:[^:]+]]: tensor<4x128x32xf32> {moe.initializer_pieces = [{initializer = "experts.gate", offsets = array<i64: 0, 0, 0>, permutation = array<i64: 0, 1, 2>, sizes = array<i64: 4, 64, 32>}, {initializer = "experts.up", offsets = array<i64: 0, 64, 0>, permutation = array<i64: 0, 1, 2>, sizes = array<i64: 4, 64, 32>}], moe.parameter = "node_MoE_3.gate_up_proj"}
+// CHECK-NOT: moe.parameter = "experts.gate"
+// CHECK: moe.experts %{{.+}}, %{{.+}}, %{{.+}}, %[[GU]], %{{.+}} {gate_up_layout = #moe.gate_up_layout<concatenated>}
+func.func @ort_moe_stacked_bf16(%x: tensor<16x32xf32> {moe.input = "x"},
+                                %wr: tensor<4x32xf32> {moe.parameter = "mlp.gate.weight"},
+                                %gate: tensor<4x64x32xbf16> {moe.parameter = "experts.gate"},
+                                %up: tensor<4x64x32xbf16> {moe.parameter = "experts.up"},
+                                %down: tensor<4x32x64xbf16> {moe.parameter = "experts.down"}) -> tensor<16x32xf32> {
+  %t = moe.onnx_node "Transpose"(%wr) {perm = array<i64: 1, 0>} : (tensor<4x32xf32>) -> tensor<32x4xf32>
+  %logits = moe.onnx_node "MatMul"(%x, %t) : (tensor<16x32xf32>, tensor<32x4xf32>) -> tensor<16x4xf32>
+  %gf = moe.onnx_node "Cast"(%gate) {to = 1 : i64} : (tensor<4x64x32xbf16>) -> tensor<4x64x32xf32>
+  %uf = moe.onnx_node "Cast"(%up) {to = 1 : i64} : (tensor<4x64x32xbf16>) -> tensor<4x64x32xf32>
+  %fc1 = moe.onnx_node "Concat"(%gf, %uf) {axis = 1 : i64} : (tensor<4x64x32xf32>, tensor<4x64x32xf32>) -> tensor<4x128x32xf32>
+  %fc2 = moe.onnx_node "Cast"(%down) {to = 1 : i64} : (tensor<4x32x64xbf16>) -> tensor<4x32x64xf32>
+  %y = moe.onnx_node "MoE"(%x, %logits, %fc1, %fc2) {absent_inputs = array<i64: 3>, activation_type = "swiglu", domain = "com.microsoft", k = 2 : i64, normalize_routing_weights = 1 : i64, swiglu_fusion = 2 : i64} : (tensor<16x32xf32>, tensor<16x4xf32>, tensor<4x128x32xf32>, tensor<4x32x64xf32>) -> tensor<16x32xf32> loc("node_MoE_3")
+  return %y : tensor<16x32xf32>
+}
