@@ -50,6 +50,14 @@ The forms:
     the block splits ``gate_up_proj`` (``chunk``) and hands the gate rows as
     fc1 and the up rows as fc3 (``swiglu_fusion=0``: a ``Split`` in the
     graph); checked like ``ort-hf-fused``;
+``ort-hf-per-expert``
+    the expert weights held as transformers 4.x held them, one
+    ``nn.Linear`` per expert and role (``experts.{e}.w1`` [I, H] the gate,
+    ``w3`` [I, H] the up, ``w2`` [H, I] the down, as the 4.x checkpoints
+    name them), stacked in PyTorch (``torch.stack``) and the gate and up
+    stacks interleaved for onnxruntime (``swiglu_fusion=1``): in the graph,
+    ``Unsqueeze``/``Concat`` of the per-expert initialisers, then the
+    interleave;
 ``custom-grouped-mm``
     ``experts_implementation="grouped_mm"`` with transformers' grouped matmul
     translated to an op of the user's own domain, ``custom::GroupedGemm``
@@ -91,10 +99,10 @@ from moec.export import MSFT_DOMAIN, _optimize, register_onnx_schemas
 from moec.presets import load_config
 
 FORMS = ("mask-eager", "mask-sdpa", "ort-hf", "ort-hf-bf16", "ort-hf-transposed", "ort-hf-fused",
-         "ort-hf-fc3", "custom-grouped-mm")
+         "ort-hf-fc3", "ort-hf-per-expert", "custom-grouped-mm")
 
 #: The forms whose MoE blocks are onnxruntime's com.microsoft::MoE.
-ORT_FORMS = ("ort-hf", "ort-hf-bf16", "ort-hf-transposed", "ort-hf-fused", "ort-hf-fc3")
+ORT_FORMS = ("ort-hf", "ort-hf-bf16", "ort-hf-transposed", "ort-hf-fused", "ort-hf-fc3", "ort-hf-per-expert")
 
 #: The forms onnxruntime's CPU provider cannot run (checked on onnx's reference evaluator).
 NOT_ON_ORT_CPU = ("ort-hf-fused", "ort-hf-fc3")
@@ -204,6 +212,34 @@ class OrtMoeBlock(torch.nn.Module):
                                           self.fusion, self.stored)
 
 
+class PerExpertMoeBlock(torch.nn.Module):
+    """A ``MixtralSparseMoeBlock`` with transformers 4.x's per-expert weights (``experts.{e}.w1``,
+    ``w2``, ``w3``, each an ``nn.Linear``), the same values, stacked and interleaved in PyTorch
+    for one ``user::mixtral_moe`` call (``swiglu_fusion=1``)."""
+
+    def __init__(self, block: torch.nn.Module):
+        super().__init__()
+        self.top_k = block.top_k
+        self.gate = block.gate
+        gate_up, down = block.experts.gate_up_proj.detach(), block.experts.down_proj.detach()
+        inter = gate_up.shape[1] // 2
+        self.experts = torch.nn.ModuleList()
+        for e in range(gate_up.shape[0]):
+            expert = torch.nn.Module()
+            for name, weight in (("w1", gate_up[e, :inter]), ("w2", down[e]), ("w3", gate_up[e, inter:])):
+                linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+                linear.weight = torch.nn.Parameter(weight.clone())
+                setattr(expert, name, linear)
+            self.experts.append(expert)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        gate = torch.stack([expert.w1.weight for expert in self.experts])  # [E, I, H]
+        up = torch.stack([expert.w3.weight for expert in self.experts])
+        down = torch.stack([expert.w2.weight for expert in self.experts])  # [E, H, I]
+        fc1 = torch.stack((gate, up), dim=2).flatten(1, 2)  # rows gate0, up0, gate1, ...
+        return torch.ops.user.mixtral_moe(hidden_states, self.gate.weight, fc1, down, None, self.top_k, 1, "")
+
+
 def _translate_mixtral_moe(hidden, router, fc1, fc2, fc3, top_k: int, fusion: int, stored: str):
     msft = onnxscript.values.Opset(MSFT_DOMAIN, 1)
     hidden_size = int(hidden.shape[-1])
@@ -256,7 +292,7 @@ def build(config: MixtralConfig, form: str, *, weights: bool) -> torch.nn.Module
         model = MixtralForCausalLM._from_config(config, attn_implementation=attn, experts_implementation=experts)
         if form in ORT_FORMS:
             for layer in model.model.layers:
-                layer.mlp = OrtMoeBlock(layer.mlp, form)
+                layer.mlp = PerExpertMoeBlock(layer.mlp) if form == "ort-hf-per-expert" else OrtMoeBlock(layer.mlp, form)
         return model
 
     if weights:
@@ -355,8 +391,9 @@ def _write_tensor(path: Path, array: np.ndarray, name: str) -> None:
     path.write_bytes(onnx.numpy_helper.from_array(array, name=name).SerializeToString())
 
 
-def fixtures(out: Path) -> int:
-    """Writes the tiny fixtures into ``out`` and checks them against PyTorch."""
+def fixtures(out: Path, forms: tuple[str, ...] = FORMS) -> int:
+    """Writes the tiny fixtures of ``forms`` (and the data) into ``out`` and checks them against
+    PyTorch."""
     import onnxruntime
 
     config = MixtralConfig(**SMALL)
@@ -376,7 +413,7 @@ def fixtures(out: Path) -> int:
             _write_tensor(data / "input_1.pb", mask.numpy(), "attention_mask")
             _write_tensor(data / "output_0.pb", expected[shape], "logits")
     files = []
-    for form in FORMS:
+    for form in forms:
         for dynamic in (True, False) if form.startswith("mask-") else (True,):
             name = f"{form}-{'dynamic' if dynamic else 'static'}.onnx"
             export(config, form, out / name, dynamic=dynamic, batch=SHAPES[0][0], seq=SHAPES[0][1])
@@ -416,7 +453,7 @@ def fixtures(out: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m moec.user_exports", description=__doc__.splitlines()[0])
-    parser.add_argument("--form", choices=FORMS, help="what to export")
+    parser.add_argument("--form", choices=FORMS, help="what to export (with --fixtures: only this fixture)")
     parser.add_argument("--config", help="preset name or JSON file of MixtralConfig fields (default: a small model)")
     parser.add_argument("-o", "--output", type=Path, help="output .onnx path")
     parser.add_argument("--dynamic", action="store_true", help="symbolic batch and sequence")
@@ -424,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fixtures", type=Path, help="write the tiny fixtures and their data into this folder")
     args = parser.parse_args(argv)
     if args.fixtures:
-        return fixtures(args.fixtures)
+        return fixtures(args.fixtures, (args.form,) if args.form else FORMS)
     if not args.form or not args.output:
         parser.error("--form and -o are needed (or --fixtures)")
     config = load_config(args.config) if args.config else MixtralConfig(**SMALL)

@@ -159,6 +159,70 @@ func::FuncOp moec::cli::getForward(ModuleOp module) {
   return forward;
 }
 
+namespace {
+
+/// Assembles parameter `name` of `type` from the initializers its
+/// moe.initializer_pieces lists (the dialect verified their form): each
+/// loaded, transposed by its permutation and copied into its box. Fails
+/// naming the piece when an initializer's element count is not its box's,
+/// or when two boxes overlap.
+bool stackPieces(const moec::OnnxWeights &weights, llvm::StringRef name,
+                 RankedTensorType type, ArrayAttr pieces, moec::HostTensor &out,
+                 std::string &error) {
+  out = moec::HostTensor::floats(
+      std::vector<int64_t>(type.getShape().begin(), type.getShape().end()));
+  std::vector<bool> filled(out.f32.size());
+  llvm::ArrayRef<int64_t> shape = type.getShape();
+  int64_t rank = type.getRank();
+  for (Attribute entry : pieces) {
+    auto piece = cast<DictionaryAttr>(entry);
+    StringRef initializer = piece.getAs<StringAttr>("initializer").getValue();
+    llvm::ArrayRef<int64_t> offsets =
+        piece.getAs<DenseI64ArrayAttr>("offsets").asArrayRef();
+    llvm::ArrayRef<int64_t> sizes =
+        piece.getAs<DenseI64ArrayAttr>("sizes").asArrayRef();
+    llvm::ArrayRef<int64_t> perm =
+        piece.getAs<DenseI64ArrayAttr>("permutation").asArrayRef();
+    moec::HostTensor value;
+    if (!weights.load(initializer, value, error))
+      return false;
+    int64_t elements = 1;
+    for (int64_t s : sizes)
+      elements *= s;
+    if (value.shape.size() != perm.size() ||
+        static_cast<int64_t>(value.f32.size()) != elements) {
+      error = "parameter '" + name.str() + "': initializer '" +
+              initializer.str() + "' has " + std::to_string(value.f32.size()) +
+              " elements in " + std::to_string(value.shape.size()) +
+              " dimensions, but its piece is a box of " +
+              std::to_string(elements) + " with a permutation of " +
+              std::to_string(perm.size()) + " dimensions";
+      return false;
+    }
+    value = moec::reference::transpose(value, perm);
+    // Element k of the piece (row-major in `sizes`) goes to the box's k-th.
+    for (int64_t k = 0; k < elements; ++k) {
+      int64_t rest = k, flat = 0, stride = 1;
+      for (int64_t d = rank - 1; d >= 0; --d) {
+        flat += (offsets[d] + rest % sizes[d]) * stride;
+        rest /= sizes[d];
+        stride *= shape[d];
+      }
+      if (filled[flat]) {
+        error = "parameter '" + name.str() + "': initializer '" +
+                initializer.str() +
+                "' overlaps another piece of moe.initializer_pieces";
+        return false;
+      }
+      filled[flat] = true;
+      out.f32[flat] = value.f32[k];
+    }
+  }
+  return true;
+}
+
+} // namespace
+
 bool moec::cli::loadParameter(const OnnxWeights &weights, func::FuncOp forward,
                               llvm::StringRef name, HostTensor &out,
                               std::string &error) {
@@ -172,8 +236,15 @@ bool moec::cli::loadParameter(const OnnxWeights &weights, func::FuncOp forward,
     if (auto source = forward.getArgAttrOfType<StringAttr>(
             i, MoeDialect::getInitializerAttrName()))
       initializer = source.getValue();
-    if (!weights.load(initializer, out, error))
+    if (auto pieces = forward.getArgAttrOfType<ArrayAttr>(
+            i, MoeDialect::getInitializerPiecesAttrName())) {
+      if (!stackPieces(weights, name,
+                       cast<RankedTensorType>(forward.getArgument(i).getType()),
+                       pieces, out, error))
+        return false;
+    } else if (!weights.load(initializer, out, error)) {
       return false;
+    }
     if (auto perm = forward.getArgAttrOfType<DenseI64ArrayAttr>(
             i, MoeDialect::getInitializerPermutationAttrName())) {
       // The pass took the permutation from a transpose of this initializer.

@@ -56,6 +56,63 @@ bool isNonNegativeI64(Attribute attr) {
 /// Verifies a naming attribute of function argument or result #`index`
 /// (`where` is "argument" or "result"): it must be allowed there and be a
 /// non-empty string.
+/// Checks a moe.initializer_pieces value on argument `index` of `type`:
+/// a non-empty list of {initializer, offsets, sizes, permutation}, each box
+/// inside the argument, the boxes' elements adding up to the argument's
+/// (the loader checks that they do not overlap).
+LogicalResult verifyInitializerPieces(Operation *op, unsigned index,
+                                      Attribute value, Type type) {
+  auto fail = [&](const Twine &why) {
+    return op->emitOpError() << "has 'moe.initializer_pieces' on argument #"
+                             << index << " that " << why;
+  };
+  auto tensor = dyn_cast<RankedTensorType>(type);
+  auto list = dyn_cast<ArrayAttr>(value);
+  if (!tensor || !tensor.hasStaticShape())
+    return fail("is on an argument that is not a static tensor");
+  if (!list || list.empty())
+    return fail("is not a non-empty list of pieces");
+  int64_t rank = tensor.getRank(), covered = 0;
+  for (auto [i, entry] : llvm::enumerate(list)) {
+    auto piece = dyn_cast<DictionaryAttr>(entry);
+    auto name = piece ? piece.getAs<StringAttr>("initializer") : StringAttr();
+    auto offsets =
+        piece ? piece.getAs<DenseI64ArrayAttr>("offsets") : DenseI64ArrayAttr();
+    auto sizes =
+        piece ? piece.getAs<DenseI64ArrayAttr>("sizes") : DenseI64ArrayAttr();
+    auto perm = piece ? piece.getAs<DenseI64ArrayAttr>("permutation")
+                      : DenseI64ArrayAttr();
+    if (!name || name.getValue().empty() || !offsets || !sizes || !perm ||
+        piece.size() != 4)
+      return fail("has piece #" + Twine(i) +
+                  " that is not {initializer = \"<name>\", offsets, sizes, "
+                  "permutation}");
+    if (offsets.size() != rank || sizes.size() != rank)
+      return fail("has piece #" + Twine(i) +
+                  " whose offsets or sizes are not of the argument's rank " +
+                  Twine(rank));
+    int64_t elements = 1;
+    for (int64_t d = 0; d < rank; ++d) {
+      if (offsets[d] < 0 || sizes[d] < 0 ||
+          offsets[d] + sizes[d] > tensor.getDimSize(d))
+        return fail("has piece #" + Twine(i) +
+                    " whose box leaves the argument in dimension " + Twine(d));
+      elements *= sizes[d];
+    }
+    covered += elements;
+    SmallVector<int64_t> sorted(perm.asArrayRef());
+    llvm::sort(sorted);
+    for (auto [k, d] : llvm::enumerate(sorted))
+      if (d != static_cast<int64_t>(k))
+        return fail("has piece #" + Twine(i) +
+                    " whose permutation is not a permutation");
+  }
+  if (covered != tensor.getNumElements())
+    return fail("has boxes of " + Twine(covered) + " elements for an " +
+                "argument of " + Twine(tensor.getNumElements()));
+  return success();
+}
+
 LogicalResult verifyNameAttr(Operation *op, StringRef where, unsigned index,
                              NamedAttribute attribute,
                              ArrayRef<StringRef> allowed) {
@@ -180,6 +237,15 @@ LogicalResult MoeDialect::verifyRegionArgAttribute(Operation *op, unsigned,
              << "; it is a unit attribute of a function argument with '"
              << getInputAttrName() << "'";
     return success();
+  }
+  if (attribute.getName() == getInitializerPiecesAttrName()) {
+    auto func = dyn_cast<FunctionOpInterface>(op);
+    if (!func || !func.getArgAttr(argIndex, getParameterAttrName()))
+      return op->emitOpError()
+             << "has '" << attribute.getName().getValue() << "' on argument #"
+             << argIndex << ", which is not a function's parameter";
+    return verifyInitializerPieces(op, argIndex, attribute.getValue(),
+                                   func.getArgumentTypes()[argIndex]);
   }
   if (attribute.getName() == getInitializerAttrName() ||
       attribute.getName() == getInitializerPermutationAttrName()) {

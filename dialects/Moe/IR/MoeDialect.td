@@ -53,6 +53,16 @@ def Moe_Dialect : Dialect {
     static ::llvm::StringRef getInitializerPermutationAttrName() {
       return "moe.initializer_permutation";
     }
+    /// `moe.initializer_pieces = [{initializer = "<name>", offsets =
+    /// array<i64: ...>, sizes = array<i64: ...>, permutation = array<i64:
+    /// ...>}, ...]` on a parameter argument: the parameter's value is
+    /// stacked from several initializers (per-expert tensors, separate gate
+    /// and up tensors; moe-raise-onnx): each, transposed by its permutation
+    /// and reshaped row-major to `sizes`, fills the box at `offsets`; the
+    /// boxes cover the parameter exactly once.
+    static ::llvm::StringRef getInitializerPiecesAttrName() {
+      return "moe.initializer_pieces";
+    }
     /// `moe.exp_avg = "<name>"` on a function argument or result: AdamW's
     /// first moment of the named parameter.
     static ::llvm::StringRef getExpAvgAttrName() { return "moe.exp_avg"; }

@@ -303,6 +303,12 @@ struct CanonicalizeParametersPass
       return func.getArgAttrOfType<StringAttr>(i, parameterAttr).getValue();
     };
     llvm::BitVector replaced(func.getNumArguments());
+    struct StackedRemark {
+      Location loc;
+      size_t pieces;
+      std::string name;
+    };
+    SmallVector<StackedRemark> stackedRemarks;
     for (const Rebuilt &r : rebuilt) {
       Role &role = *r.role;
       unsigned from = r.from.getArgNumber();
@@ -311,7 +317,16 @@ struct CanonicalizeParametersPass
       Type type = role.operands.front()->get().getType();
       SmallVector<NamedAttribute> attrs = {
           NamedAttribute(parameterAttr, StringAttr::get(context, role.name))};
-      if (initializer != role.name)
+      // A parameter stacked from several initializers (moe-raise-onnx)
+      // keeps its pieces: its own name names no initializer.
+      Attribute pieces =
+          func.getArgAttr(from, MoeDialect::getInitializerPiecesAttrName());
+      if (pieces)
+        attrs.push_back(NamedAttribute(
+            StringAttr::get(context,
+                            MoeDialect::getInitializerPiecesAttrName()),
+            pieces));
+      else if (initializer != role.name)
         attrs.push_back(
             NamedAttribute(StringAttr::get(context,
                                            MoeDialect::getInitializerAttrName()),
@@ -327,6 +342,9 @@ struct CanonicalizeParametersPass
       }
       if (initializer != role.name)
         ++numRenamed;
+      if (pieces)
+        stackedRemarks.push_back(
+            {r.from.getLoc(), cast<ArrayAttr>(pieces).size(), role.name});
       unsigned index = func.getNumArguments();
       if (failed(func.insertArgument(index, type,
                                      DictionaryAttr::get(context, attrs),
@@ -338,6 +356,11 @@ struct CanonicalizeParametersPass
         operand->set(arg);
       replaced.set(from);
     }
+
+    // The stacked parameters, with the names they now have.
+    for (const StackedRemark &r : stackedRemarks)
+      emitRemark(r.loc) << r.pieces << " initializers stacked into parameter '"
+                        << r.name << "'";
 
     // The merged initializers, named with what they became.
     for (auto &[param, roles] : finder.roles) {

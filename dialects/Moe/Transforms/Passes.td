@@ -61,7 +61,10 @@ def CanonicalizeParameters
     Each rebuilt argument keeps where its value comes from:
     `moe.initializer` names the model file's initializer when it differs
     from the parameter's name, and `moe.initializer_permutation` the
-    transpose that turns it into the parameter; an initializer of another
+    transpose that turns it into the parameter, and a parameter stacked
+    from several initializers (moe-raise-onnx) keeps its
+    `moe.initializer_pieces`, with a remark ("N initializers stacked into
+    parameter 'X'") once it has its name; an initializer of another
     type is converted by whoever reads it (to the nearest value of the
     parameter's type). A parameter with a use the pass does not recognise
     is left as it is.

@@ -54,7 +54,7 @@ std::optional<ParameterLayout> reshape(ParameterLayout layout,
     for (const LayoutDigit &d : axis)
       if (d.size != 1)
         digits.push_back(d);
-  ParameterLayout out{layout.parameter, layout.offset, {}};
+  ParameterLayout out{layout.parameters, layout.offset, {}};
   for (int64_t size : shape) {
     Digits axis;
     int64_t rest = size;
@@ -106,14 +106,51 @@ bool slice(ParameterLayout &layout, int64_t axis, int64_t start, int64_t count,
   return true;
 }
 
+/// The element count of `v`'s static type.
+int64_t numElements(Value v) {
+  return cast<RankedTensorType>(v.getType()).getNumElements();
+}
+
+/// Rebases `parts` onto one list of parameters, each part's own list a run
+/// of it (in order of first appearance), so that their offsets index one
+/// flat sequence. Fails unless every parameter has one element count and
+/// type.
+bool mergeParameters(MutableArrayRef<ParameterLayout> parts) {
+  SmallVector<Value, 1> merged;
+  for (const ParameterLayout &part : parts)
+    for (Value p : part.parameters)
+      if (!llvm::is_contained(merged, p))
+        merged.push_back(p);
+  if (merged.size() == 1)
+    return true;
+  int64_t n = numElements(merged.front());
+  Type element = getElementTypeOrSelf(merged.front().getType());
+  for (Value p : merged)
+    if (numElements(p) != n || getElementTypeOrSelf(p.getType()) != element)
+      return false;
+  for (ParameterLayout &part : parts) {
+    auto *it = llvm::find(merged, part.parameters.front());
+    int64_t base = it - merged.begin();
+    for (auto [k, p] : llvm::enumerate(part.parameters))
+      if (base + static_cast<int64_t>(k) >=
+              static_cast<int64_t>(merged.size()) ||
+          merged[base + k] != p)
+        return false;
+    part.offset += base * n;
+    part.parameters = merged;
+  }
+  return true;
+}
+
 /// Concatenates `parts` along `axis`: equal parts at a constant offset step
 /// add an outer digit; single-digit parts that continue each other merge.
-std::optional<ParameterLayout> concatLayouts(ArrayRef<ParameterLayout> parts,
-                                             int64_t axis) {
+std::optional<ParameterLayout>
+concatLayouts(MutableArrayRef<ParameterLayout> parts, int64_t axis) {
+  if (!mergeParameters(parts))
+    return std::nullopt;
   ParameterLayout first = parts.front();
   for (const ParameterLayout &part : parts) {
-    if (part.parameter != first.parameter ||
-        part.axes.size() != first.axes.size())
+    if (part.axes.size() != first.axes.size())
       return std::nullopt;
     for (size_t a = 0; a < part.axes.size(); ++a)
       if (static_cast<int64_t>(a) != axis && part.axes[a] != first.axes[a])
@@ -206,7 +243,7 @@ std::optional<ParameterLayout> trace(Value value, int depth) {
     // The parameter's own values converted once: the input still has the
     // parameter's element type.
     std::optional<ParameterLayout> in = trace(input, depth + 1);
-    if (!in || getElementTypeOrSelf(in->parameter.getType()) != from)
+    if (!in || getElementTypeOrSelf(in->parameter().getType()) != from)
       return std::nullopt;
     return in;
   }
@@ -307,7 +344,7 @@ std::optional<ParameterLayout> trace(Value value, int depth) {
 
 ParameterLayout ParameterLayout::identity(Value parameter) {
   auto type = cast<RankedTensorType>(parameter.getType());
-  ParameterLayout layout{parameter, 0, {}};
+  ParameterLayout layout{{parameter}, 0, {}};
   int64_t stride = type.getNumElements();
   for (int64_t size : type.getShape()) {
     stride = size ? stride / size : 0;
@@ -333,14 +370,16 @@ ParameterLayout::reshaped(ArrayRef<int64_t> shape) const {
 }
 
 ParameterLayout ParameterLayout::transposed(ArrayRef<int64_t> perm) const {
-  ParameterLayout out{parameter, offset, {}};
+  ParameterLayout out{parameters, offset, {}};
   for (int64_t a : perm)
     out.axes.push_back(axes[a]);
   return out;
 }
 
 std::optional<SmallVector<int64_t>> ParameterLayout::permutation() const {
-  ParameterLayout self = *this, whole = identity(parameter);
+  if (parameters.size() != 1)
+    return std::nullopt;
+  ParameterLayout self = *this, whole = identity(parameter());
   self.normalize();
   whole.normalize();
   if (self.offset != 0 || self.axes.size() != whole.axes.size())
@@ -359,6 +398,105 @@ std::optional<SmallVector<int64_t>> ParameterLayout::permutation() const {
     perm.push_back(static_cast<int64_t>(p));
   }
   return perm;
+}
+
+std::optional<SmallVector<LayoutPiece>> ParameterLayout::pieces() const {
+  ParameterLayout self = *this;
+  self.normalize();
+  int64_t n = numElements(parameters.front());
+  int64_t count = static_cast<int64_t>(parameters.size());
+  if (self.offset != 0 || n == 0)
+    return std::nullopt;
+  // Each digit steps either between parameters (outer: a stride of whole
+  // parameters) or within one (inner: spanning at most one); a digit that
+  // does both is split. Within an axis the outer digits come first, so that
+  // one parameter fills a contiguous range of it.
+  struct Axis {
+    Digits outer, inner; // outer strides count parameters
+    int64_t extent = 1;  // the inner digits' product: the box's size
+  };
+  SmallVector<Axis> split;
+  for (const Digits &digits : self.axes) {
+    Axis a;
+    for (const LayoutDigit &d : digits) {
+      if (d.stride >= n && d.stride % n == 0) {
+        if (!a.inner.empty())
+          return std::nullopt;
+        a.outer.push_back({d.size, d.stride / n});
+      } else if (d.size * d.stride <= n) {
+        a.inner.push_back(d);
+      } else if (n % d.stride == 0 && d.size % (n / d.stride) == 0) {
+        if (!a.inner.empty())
+          return std::nullopt;
+        int64_t within = n / d.stride;
+        a.outer.push_back({d.size / within, 1});
+        a.inner.push_back({within, d.stride});
+      } else {
+        return std::nullopt;
+      }
+    }
+    a.extent = product(a.inner);
+    split.push_back(std::move(a));
+  }
+  // Every combination of outer digits names one parameter, each exactly
+  // once: no gaps, no overlaps.
+  int64_t combinations = 1;
+  for (const Axis &a : split)
+    combinations *= product(a.outer);
+  if (combinations != count)
+    return std::nullopt;
+  SmallVector<std::optional<LayoutPiece>> found(count);
+  for (int64_t c = 0; c < combinations; ++c) {
+    // c's mixed-radix digits over the axes' outer digits, innermost last.
+    int64_t rest = c, which = 0;
+    SmallVector<int64_t> offsets(split.size());
+    for (int64_t a = static_cast<int64_t>(split.size()) - 1; a >= 0; --a) {
+      int64_t value = 0, radix = 1;
+      for (const LayoutDigit &d : llvm::reverse(split[a].outer)) {
+        int64_t digit = rest % d.size;
+        rest /= d.size;
+        which += digit * d.stride;
+        value += digit * radix;
+        radix *= d.size;
+      }
+      offsets[a] = value * split[a].extent;
+    }
+    if (which >= count || found[which])
+      return std::nullopt;
+    LayoutPiece piece{parameters[which], offsets, {}, {}};
+    for (const Axis &a : split)
+      piece.sizes.push_back(a.extent);
+    // The box is the parameter with its axes permuted, unit axes aside.
+    ParameterLayout whole = identity(piece.parameter);
+    whole.normalize();
+    llvm::SmallBitVector used(whole.axes.size());
+    for (const Axis &a : split) {
+      ParameterLayout axis{{piece.parameter}, 0, {a.inner}};
+      axis.normalize();
+      if (axis.axes[0].empty())
+        continue;
+      size_t p = 0;
+      while (p < whole.axes.size() &&
+             (used.test(p) || whole.axes[p] != axis.axes[0]))
+        ++p;
+      if (p == whole.axes.size())
+        return std::nullopt;
+      used.set(p);
+      piece.permutation.push_back(static_cast<int64_t>(p));
+    }
+    for (size_t p = 0; p < whole.axes.size(); ++p) {
+      if (used.test(p))
+        continue;
+      if (!whole.axes[p].empty())
+        return std::nullopt; // part of the parameter is not in the box
+      piece.permutation.push_back(static_cast<int64_t>(p));
+    }
+    found[which] = std::move(piece);
+  }
+  SmallVector<LayoutPiece> out;
+  for (std::optional<LayoutPiece> &piece : found)
+    out.push_back(std::move(*piece));
+  return out;
 }
 
 void ParameterLayout::normalize() {

@@ -22,7 +22,11 @@
 // computed in fp32) keeps the layout: the value is the parameter converted,
 // which its reader does once; a second conversion on the way (rounding in
 // between) fails the trace. Anything else is not a rearrangement of one
-// parameter, and the trace fails.
+// parameter, and the trace fails. A Concat of layouts over different
+// parameters (per-expert tensors stacked, gate and up tensors side by side)
+// indexes those parameters one after the other as if they were one, so the
+// rest of the trace goes on unchanged; pieces() then says which box of the
+// result each parameter fills.
 //
 //===----------------------------------------------------------------------===//
 
@@ -46,20 +50,36 @@ struct LayoutDigit {
   }
 };
 
-/// Element (i_0, ..., i_{r-1}) of a tensor is element `offset` + sum over
-/// axes a and digits k of digit_k(i_a) * stride_k of `parameter` (flat,
-/// row-major), where digit_k(i_a) are the mixed-radix digits of i_a in the
-/// sizes of axis a's digits, outermost first.
-struct ParameterLayout {
+/// One parameter filling a box of a layout's result (ParameterLayout::
+/// pieces): the parameter transposed by `permutation` (dimension d of the
+/// transposed tensor is the parameter's dimension permutation[d]), then
+/// reshaped row-major to `sizes`, is the result's box at `offsets`.
+struct LayoutPiece {
   mlir::Value parameter;
+  llvm::SmallVector<int64_t> offsets, sizes, permutation;
+};
+
+/// Element (i_0, ..., i_{r-1}) of a tensor is element `offset` + sum over
+/// axes a and digits k of digit_k(i_a) * stride_k of `parameters` (flat,
+/// row-major, one after the other), where digit_k(i_a) are the mixed-radix
+/// digits of i_a in the sizes of axis a's digits, outermost first.
+/// `parameters` is one parameter except after a Concat of pieces of
+/// different parameters (per-expert tensors stacked, separate gate and up
+/// tensors): then several, all of one element count and element type.
+struct ParameterLayout {
+  llvm::SmallVector<mlir::Value, 1> parameters;
   int64_t offset = 0;
   llvm::SmallVector<llvm::SmallVector<LayoutDigit, 2>> axes;
 
+  /// The one parameter of a layout over one.
+  mlir::Value parameter() const { return parameters.front(); }
+
   /// The parameter itself: one digit per axis, row-major strides.
   static ParameterLayout identity(mlir::Value parameter);
-  /// The layouts of `parts` concatenated along `axis` (parts of one
-  /// parameter, equal but for that axis), or nothing when the result is not
-  /// a strided layout.
+  /// The layouts of `parts` concatenated along `axis` (equal but for that
+  /// axis; parts over different parameters of one element count and type
+  /// index those parameters one after the other), or nothing when the
+  /// result is not a strided layout.
   static std::optional<ParameterLayout>
   concat(llvm::ArrayRef<ParameterLayout> parts, int64_t axis);
 
@@ -70,8 +90,13 @@ struct ParameterLayout {
   ParameterLayout transposed(llvm::ArrayRef<int64_t> perm) const;
   /// The permutation p for which this layout is the whole parameter with
   /// its axes permuted (axis a is the parameter's axis p[a]), or nothing
-  /// when it is any other rearrangement.
+  /// when it is any other rearrangement (or over several parameters).
   std::optional<llvm::SmallVector<int64_t>> permutation() const;
+  /// For a layout over several parameters: the box of the result each
+  /// fills, when the result is exactly those boxes, one per parameter, each
+  /// the parameter with its axes permuted (and unit axes added or dropped).
+  /// Nothing when pieces straddle a box, leave gaps or overlap.
+  std::optional<llvm::SmallVector<LayoutPiece>> pieces() const;
 
   /// Drops digits of size 1 and merges neighbours that step as one, so that
   /// two layouts of the same element map compare equal.

@@ -160,6 +160,7 @@ public:
     eraseDeadOps();
     raiseResidualAddsAndHead();
     eraseDeadOps();
+    eraseUnusedStackedParameters();
     markInputsAssumedOnes(usedInputs);
   }
 
@@ -195,7 +196,12 @@ private:
   bool raiseAttention(OnnxNodeOp softmax);
   void raiseOrtMoeNodes();
   Value materialize(const moec::ParameterLayout &layout, RankedTensorType type,
-                    Location loc, std::string &why);
+                    OnnxNodeOp node, StringRef role, std::string &why);
+  Value stack(const moec::ParameterLayout &layout, RankedTensorType type,
+              OnnxNodeOp node, StringRef role, std::string &why);
+  /// Erases the parameters that stack() stacked and the raising left
+  /// unused, and stacked parameters left unused by a node not raised.
+  void eraseUnusedStackedParameters();
   Value gateUpWeight(OnnxNodeOp node, int64_t fusion, GateUpLayout &layout,
                      std::string &why);
   Value downWeight(OnnxNodeOp node, std::string &why);
@@ -231,6 +237,8 @@ private:
   func::FuncOp func;
   OpBuilder builder;
   int64_t &numRaised;
+  /// The parameters stack() made, and those it stacked into them.
+  llvm::SetVector<Value> stacked, stackedSources;
   llvm::DenseMap<Value, bool> dataCache;
   std::mt19937 random{20261128};
 };
@@ -769,6 +777,57 @@ std::string describeParameter(Value param) {
   return s;
 }
 
+/// The parameters a layout reads, for messages: `parameter 'w' [...] f32`
+/// or `8 parameters ('w1' [...] f32, ...)` (the first four).
+std::string describeSources(const moec::ParameterLayout &layout) {
+  if (layout.parameters.size() == 1)
+    return "parameter " + describeParameter(layout.parameter());
+  std::string list;
+  for (auto [i, p] : llvm::enumerate(layout.parameters)) {
+    if (i == 4) {
+      list += ", ...";
+      break;
+    }
+    list += (i ? ", " : "") + describeParameter(p);
+  }
+  return std::to_string(layout.parameters.size()) + " parameters (" + list +
+         ")";
+}
+
+/// The ONNX node name of `op` as `'name' ` (with a space), or nothing.
+std::string nodeName(Operation *op) {
+  if (auto loc = dyn_cast<NameLoc>(op->getLoc()))
+    return "'" + loc.getName().getValue().str() + "' ";
+  return "";
+}
+
+/// The first operation that reads `source` (directly or through ONNX
+/// nodes) other than the nodes computing `roots` from it, or null when only
+/// those do: what reads `roots` themselves does not count.
+Operation *readElsewhere(Value source, ArrayRef<Value> roots) {
+  llvm::SmallPtrSet<Operation *, 32> slice;
+  SmallVector<Value> work(roots);
+  while (!work.empty()) {
+    auto node = work.pop_back_val().getDefiningOp<OnnxNodeOp>();
+    if (node && slice.insert(node).second)
+      llvm::append_range(work, node.getInputs());
+  }
+  SmallVector<Value> reached{source};
+  llvm::SmallPtrSet<Operation *, 32> seen;
+  while (!reached.empty()) {
+    Value v = reached.pop_back_val();
+    if (llvm::is_contained(roots, v))
+      continue;
+    for (Operation *user : v.getUsers()) {
+      if (!slice.contains(user))
+        return user;
+      if (seen.insert(user).second)
+        llvm::append_range(reached, user->getResults());
+    }
+  }
+  return nullptr;
+}
+
 /// Why `weight` (input `what` of a com.microsoft.MoE) is not a
 /// rearrangement of one parameter: the first node on its way that computes
 /// rather than moves elements, or the parameters it is put together from.
@@ -815,8 +874,9 @@ std::string describeUntraced(Value weight, StringRef what) {
     }
     return head + " is put together from " + std::to_string(params.size()) +
            " parameters (" + list +
-           "); moec reads an expert weight only as a rearrangement of one "
-           "parameter";
+           ") in a way that is not a strided view of them; moec stacks " +
+           "several parameters into one expert weight only when they have " +
+           "one element count and type and are moved as whole tensors";
   }
   if (params.size() == 1)
     return head + " is rearranged from parameter " +
@@ -833,14 +893,17 @@ std::string describeUntraced(Value weight, StringRef what) {
 /// moe-canonicalize-parameters folds both into the parameter. Null, with
 /// `why`, otherwise.
 Value Raiser::materialize(const moec::ParameterLayout &layout,
-                          RankedTensorType type, Location loc,
-                          std::string &why) {
+                          RankedTensorType type, OnnxNodeOp node,
+                          StringRef role, std::string &why) {
+  if (layout.parameters.size() > 1)
+    return stack(layout, type, node, role, why);
+  Location loc = node.getLoc();
   std::optional<SmallVector<int64_t>> perm = layout.permutation();
   if (!perm) {
     why = "it is not the parameter with its axes permuted";
     return {};
   }
-  Value v = layout.parameter;
+  Value v = layout.parameter();
   ArrayRef<int64_t> shape = tensorType(v).getShape();
   SmallVector<int64_t> permuted;
   for (int64_t p : *perm)
@@ -868,6 +931,94 @@ Value Raiser::materialize(const moec::ParameterLayout &layout,
             .getResult()[0];
   }
   return v;
+}
+
+/// `layout`, over several parameters, as one new parameter of `type`
+/// (named after `node` and `role`) whose initial value is those
+/// parameters stacked: moe.initializer_pieces records, for each, its
+/// initializer and the box of the new parameter it fills, for the drivers
+/// that read the model file's weights. Null, with `why`, when the
+/// parameters do not each fill one box, when their type cannot be read
+/// exactly as `type`'s, or when something else reads one of them too (the
+/// stack would be a second copy of it).
+Value Raiser::stack(const moec::ParameterLayout &layout, RankedTensorType type,
+                    OnnxNodeOp node, StringRef role, std::string &why) {
+  std::optional<SmallVector<moec::LayoutPiece>> pieces = layout.pieces();
+  if (!pieces) {
+    why = "they do not each fill one block of it (a piece is split, "
+          "overlaps another or leaves a gap)";
+    return {};
+  }
+  auto from = cast<FloatType>(getElementTypeOrSelf(layout.parameter()));
+  auto to = cast<FloatType>(type.getElementType());
+  if (from != to && from.getWidth() == to.getWidth()) {
+    why = "a Cast between two types of one width cannot be read exactly";
+    return {};
+  }
+  SmallVector<Value> roots;
+  if (role == "down_proj")
+    roots.push_back(node.getInputs()[3]);
+  else
+    for (unsigned i : {2u, 4u})
+      if (i < node.getInputs().size())
+        roots.push_back(node.getInputs()[i]);
+  for (Value source : layout.parameters)
+    if (Operation *other = readElsewhere(source, roots)) {
+      std::string what = other->getName().getStringRef().str();
+      if (auto onnx = dyn_cast<OnnxNodeOp>(other))
+        what =
+            "ONNX node " + nodeName(other) + "(" + onnx.getOpType().str() + ")";
+      why = describeParameter(source) + " is also read by " + what +
+            ", so stacking it into one parameter would make a second copy "
+            "of it";
+      return {};
+    }
+  MLIRContext *context = func.getContext();
+  SmallVector<Attribute> records;
+  for (const moec::LayoutPiece &piece : *pieces) {
+    auto arg = cast<BlockArgument>(piece.parameter);
+    auto initializer = func.getArgAttrOfType<StringAttr>(
+        arg.getArgNumber(), MoeDialect::getParameterAttrName());
+    NamedAttribute fields[] = {
+        builder.getNamedAttr("initializer", initializer),
+        builder.getNamedAttr("offsets",
+                             builder.getDenseI64ArrayAttr(piece.offsets)),
+        builder.getNamedAttr("sizes",
+                             builder.getDenseI64ArrayAttr(piece.sizes)),
+        builder.getNamedAttr("permutation",
+                             builder.getDenseI64ArrayAttr(piece.permutation))};
+    records.push_back(DictionaryAttr::get(context, fields));
+  }
+  std::string name = nodeName(node);
+  name = (name.empty() ? std::string("moe") : name.substr(1, name.size() - 3)) +
+         "." + role.str();
+  NamedAttribute attrs[] = {
+      builder.getNamedAttr(MoeDialect::getParameterAttrName(),
+                           builder.getStringAttr(name)),
+      builder.getNamedAttr(MoeDialect::getInitializerPiecesAttrName(),
+                           builder.getArrayAttr(records))};
+  unsigned index = func.getNumArguments();
+  if (failed(func.insertArgument(
+          index, type, DictionaryAttr::get(context, attrs), node.getLoc()))) {
+    why = "its stacked parameter cannot be added to the function";
+    return {};
+  }
+  Value arg = func.getArgument(index);
+  stacked.insert(arg);
+  stackedSources.insert(layout.parameters.begin(), layout.parameters.end());
+  return arg;
+}
+
+void Raiser::eraseUnusedStackedParameters() {
+  llvm::BitVector erased(func.getNumArguments());
+  for (const llvm::SetVector<Value> *set : {&stacked, &stackedSources})
+    for (Value v : *set)
+      if (v.use_empty())
+        erased.set(cast<BlockArgument>(v).getArgNumber());
+  stacked.clear();
+  stackedSources.clear();
+  if (erased.any())
+    (void)func.eraseArguments(erased);
 }
 
 /// The gate/up weight moe.experts reads for a com.microsoft.MoE whose
@@ -912,11 +1063,12 @@ Value Raiser::gateUpWeight(OnnxNodeOp node, int64_t fusion,
     }
     concatenated = moec::ParameterLayout::concat({*traced, *up}, 1);
     type = RankedTensorType::get({e, 2 * rows, h}, fc1Type.getElementType());
-    if (!concatenated || traced->parameter != up->parameter) {
+    if (!concatenated) {
       why = "fc1 and fc3 " + shapeString(fc1Type) +
-            " are not the gate and up rows of one parameter (fc1 from " +
-            describeParameter(traced->parameter) + ", fc3 from " +
-            describeParameter(up->parameter) + ")";
+            " are not the gate and up rows of one parameter or one stack "
+            "of them (fc1 from " +
+            describeSources(*traced) + ", fc3 from " + describeSources(*up) +
+            ")";
       return {};
     }
   } else if (fusion == 1) {
@@ -929,15 +1081,18 @@ Value Raiser::gateUpWeight(OnnxNodeOp node, int64_t fusion,
     if (auto split = traced->reshaped({e, rows / 2, 2, h}))
       concatenated = split->transposed({0, 2, 1, 3}).reshaped({e, rows, h});
   }
-  Location loc = node.getLoc();
-  std::string unused;
+  std::string how;
   if (concatenated)
-    if (Value v = materialize(*concatenated, type, loc, unused)) {
+    if (Value v = materialize(*concatenated, type, node, "gate_up_proj", how)) {
       layout = GateUpLayout::concatenated;
       return v;
     }
-  if (fusion == 1)
-    if (Value v = materialize(*traced, type, loc, unused)) {
+  // A stack that is refused (say, read elsewhere too) stays refused; one
+  // parameter may still be stored interleaved.
+  bool stackRefused =
+      concatenated && concatenated->parameters.size() > 1 && !how.empty();
+  if (fusion == 1 && !stackRefused)
+    if (Value v = materialize(*traced, type, node, "gate_up_proj", how)) {
       layout = GateUpLayout::interleaved;
       return v;
     }
@@ -946,10 +1101,16 @@ Value Raiser::gateUpWeight(OnnxNodeOp node, int64_t fusion,
                     "rows (swiglu_fusion 1), or those rows stored "
                     "interleaved"
                   : "Hugging Face's gate rows, then up rows";
-  why = (fusion == 0 ? "fc1 and fc3 " : "fc1 ") + shapeString(fc1Type) +
-        (fusion == 0 ? " rearrange" : " rearranges") + " parameter " +
-        describeParameter(traced->parameter) + " into something other than " +
-        expected;
+  std::string head = (fusion == 0 ? "fc1 and fc3 " : "fc1 ") +
+                     shapeString(fc1Type) +
+                     (fusion == 0 ? " rearrange " : " rearranges ");
+  // A stack of several parameters that is in Hugging Face's layout but
+  // cannot be stacked says why; anything else says what it is not.
+  if (stackRefused)
+    why = head + describeSources(*concatenated) + ", but " + how;
+  else
+    why = head + describeSources(*traced) + " into something other than " +
+          expected;
   return {};
 }
 
@@ -968,10 +1129,10 @@ Value Raiser::downWeight(OnnxNodeOp node, std::string &why) {
     return {};
   }
   std::string how;
-  if (Value v = materialize(*traced, type, node.getLoc(), how))
+  if (Value v = materialize(*traced, type, node, "down_proj", how))
     return v;
-  why = "fc2 " + shapeString(type) + " rearranges parameter " +
-        describeParameter(traced->parameter) + ", but " + how;
+  why = "fc2 " + shapeString(type) + " rearranges " + describeSources(*traced) +
+        ", but " + how;
   return {};
 }
 

@@ -42,6 +42,17 @@ def RaiseOnnx : Pass<"moe-raise-onnx", "::mlir::func::FuncOp"> {
     and an `arith.extf`/`arith.truncf` where it is stored transposed or in
     another type.
 
+    A weight that the graph stacks from several parameters (per-expert
+    tensors Unsqueezed and Concatenated, separate gate and up tensors side
+    by side), each filling one block of it as a whole tensor (transposed
+    or cast as above), becomes one new parameter in the layout the experts
+    read, named after the node (`<node>.gate_up_proj`, `<node>.down_proj`;
+    moe-canonicalize-parameters gives it the Hugging Face name) and tagged
+    `moe.initializer_pieces`: each source initializer and the block it
+    fills, for the drivers that read the model file's weights. The stacked
+    parameters leave the function. Pieces that overlap, leave gaps, straddle
+    blocks or are read elsewhere too are refused with the reason.
+
     With `require-complete`, a node that is still `moe.onnx_node` afterwards
     is an error naming it, so a driver can refuse a model it cannot train;
     for an onnxruntime MoE the error says why it was not raised (the

@@ -867,6 +867,46 @@ func.func @initializer_permutation_rank(%x: tensor<2x4xf32> {moe.parameter = "w"
 
 // -----
 
+// Tests that moe.initializer_pieces belongs on a parameter.
+// expected-error@+1 {{'func.func' op has 'moe.initializer_pieces' on argument #0, which is not a function's parameter}}
+func.func @pieces_not_parameter(%x: tensor<2x4xf32> {moe.input = "x", moe.initializer_pieces = [{initializer = "a", offsets = array<i64: 0, 0>, sizes = array<i64: 2, 4>, permutation = array<i64: 0, 1>}]}) {
+  return
+}
+
+// -----
+
+// Tests that each piece names its initializer, offsets, sizes and permutation.
+// expected-error@+1 {{'func.func' op has 'moe.initializer_pieces' on argument #0 that has piece #0 that is not {initializer = "<name>", offsets, sizes, permutation}}}
+func.func @pieces_no_offsets(%x: tensor<2x4xf32> {moe.parameter = "w", moe.initializer_pieces = [{initializer = "a", sizes = array<i64: 2, 4>, permutation = array<i64: 0, 1>}]}) {
+  return
+}
+
+// -----
+
+// Tests that a piece's box lies inside the parameter.
+// expected-error@+1 {{'func.func' op has 'moe.initializer_pieces' on argument #0 that has piece #1 whose box leaves the argument in dimension 0}}
+func.func @pieces_outside(%x: tensor<2x4xf32> {moe.parameter = "w", moe.initializer_pieces = [{initializer = "a", offsets = array<i64: 0, 0>, sizes = array<i64: 1, 4>, permutation = array<i64: 0>}, {initializer = "b", offsets = array<i64: 2, 0>, sizes = array<i64: 1, 4>, permutation = array<i64: 0>}]}) {
+  return
+}
+
+// -----
+
+// Tests that the boxes add up to the parameter (a gap).
+// expected-error@+1 {{'func.func' op has 'moe.initializer_pieces' on argument #0 that has boxes of 4 elements for an argument of 8}}
+func.func @pieces_gap(%x: tensor<2x4xf32> {moe.parameter = "w", moe.initializer_pieces = [{initializer = "a", offsets = array<i64: 0, 0>, sizes = array<i64: 1, 4>, permutation = array<i64: 0>}]}) {
+  return
+}
+
+// -----
+
+// Tests that a piece's permutation is one.
+// expected-error@+1 {{'func.func' op has 'moe.initializer_pieces' on argument #0 that has piece #0 whose permutation is not a permutation}}
+func.func @pieces_permutation(%x: tensor<2x4xf32> {moe.parameter = "w", moe.initializer_pieces = [{initializer = "a", offsets = array<i64: 0, 0>, sizes = array<i64: 2, 4>, permutation = array<i64: 1, 1>}]}) {
+  return
+}
+
+// -----
+
 // Tests that moe.expert_local marks only parameters and AdamW moments.
 // expected-error@+1 {{'func.func' op has 'moe.expert_local' on argument #0, which is neither a parameter nor an AdamW moment}}
 func.func @expert_local_not_state(%x: tensor<2x4xf32> {moe.expert_local}) {

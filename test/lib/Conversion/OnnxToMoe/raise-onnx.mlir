@@ -314,3 +314,91 @@ func.func @residual_and_head(%ids: tensor<2x8xi64> {moe.input = "input_ids"},
   %l = moe.onnx_node "MatMul"(%s, %t) : (tensor<2x8x32xf32>, tensor<32x256xf32>) -> tensor<2x8x256xf32>
   return %l, %c : tensor<2x8x256xf32>, tensor<2x8x32xf32>
 }
+
+// -----
+
+// Tests expert weights the graph stacks from several parameters: separate
+// gate and up stacks Concat'ed on the rows (swiglu_fusion 2), per-expert
+// down tensors stored [I, H], each Transposed and Unsqueezed, Concat'ed on
+// the experts; per-expert gate tensors as fc1 and up tensors as fc3
+// (swiglu_fusion 0). Each role becomes one new parameter, named after the
+// node, that lists its initializers and the box of it each fills (the
+// initializer transposed by `permutation`, reshaped to `sizes`, at
+// `offsets`); the parameters stacked into it are gone.
+// CHECK-LABEL: func.func @ort_moe_stacked
+// CHECK-SAME: %{{[^:]+}}: tensor<16x32xf32> {moe.input = "x"}, %{{[^:]+}}: tensor<4x32xf32> {moe.parameter = "mlp.gate.weight"}, %[[DOWN:[^:]+]]: tensor<4x32x64xf32> {moe.parameter = "experts.down"}
+// CHECK-SAME: %[[GU1:[^:]+]]: tensor<4x128x32xf32> {moe.initializer_pieces = [{initializer = "experts.gate", offsets = array<i64: 0, 0, 0>, permutation = array<i64: 0, 1, 2>, sizes = array<i64: 4, 64, 32>}, {initializer = "experts.up", offsets = array<i64: 0, 64, 0>, permutation = array<i64: 0, 1, 2>, sizes = array<i64: 4, 64, 32>}], moe.parameter = "node_MoE_1.gate_up_proj"}
+// CHECK-SAME: %[[DOWN1:[^:]+]]: tensor<4x32x64xf32> {moe.initializer_pieces = [{initializer = "experts.0.w2", offsets = array<i64: 0, 0, 0>, permutation = array<i64: 1, 0>, sizes = array<i64: 1, 32, 64>}, {initializer = "experts.1.w2", offsets = array<i64: 1, 0, 0>, permutation = array<i64: 1, 0>, sizes = array<i64: 1, 32, 64>}, {initializer = "experts.2.w2", offsets = array<i64: 2, 0, 0>, permutation = array<i64: 1, 0>, sizes = array<i64: 1, 32, 64>}, {initializer = "experts.3.w2", offsets = array<i64: 3, 0, 0>, permutation = array<i64: 1, 0>, sizes = array<i64: 1, 32, 64>}], moe.parameter = "node_MoE_1.down_proj"}
+// CHECK-SAME: %[[GU2:[^:]+]]: tensor<4x128x32xf32> {moe.initializer_pieces = [{initializer = "experts.0.w1", offsets = array<i64: 0, 0, 0>, permutation = array<i64: 0, 1>, sizes = array<i64: 1, 64, 32>}, {initializer = "experts.1.w1", offsets = array<i64: 1, 0, 0>, {{.*}}}, {initializer = "experts.3.w3", offsets = array<i64: 3, 64, 0>, permutation = array<i64: 0, 1>, sizes = array<i64: 1, 64, 32>}], moe.parameter = "node_MoE_2.gate_up_proj"}
+// CHECK-NOT: moe.parameter = "experts.0.w1"
+// CHECK: moe.experts %{{.+}}, %{{.+}}, %{{.+}}, %[[GU1]], %[[DOWN1]] {gate_up_layout = #moe.gate_up_layout<concatenated>}
+// CHECK: moe.experts %{{.+}}, %{{.+}}, %{{.+}}, %[[GU2]], %[[DOWN]] {gate_up_layout = #moe.gate_up_layout<concatenated>}
+// CHECK-NOT: moe.onnx_node "MoE"
+func.func @ort_moe_stacked(%x: tensor<16x32xf32> {moe.input = "x"},
+                           %wr: tensor<4x32xf32> {moe.parameter = "mlp.gate.weight"},
+                           %gate: tensor<4x64x32xf32> {moe.parameter = "experts.gate"},
+                           %up: tensor<4x64x32xf32> {moe.parameter = "experts.up"},
+                           %down: tensor<4x32x64xf32> {moe.parameter = "experts.down"},
+                           %d0: tensor<64x32xf32> {moe.parameter = "experts.0.w2"},
+                           %d1: tensor<64x32xf32> {moe.parameter = "experts.1.w2"},
+                           %d2: tensor<64x32xf32> {moe.parameter = "experts.2.w2"},
+                           %d3: tensor<64x32xf32> {moe.parameter = "experts.3.w2"},
+                           %g0: tensor<64x32xf32> {moe.parameter = "experts.0.w1"},
+                           %g1: tensor<64x32xf32> {moe.parameter = "experts.1.w1"},
+                           %g2: tensor<64x32xf32> {moe.parameter = "experts.2.w1"},
+                           %g3: tensor<64x32xf32> {moe.parameter = "experts.3.w1"},
+                           %u0: tensor<64x32xf32> {moe.parameter = "experts.0.w3"},
+                           %u1: tensor<64x32xf32> {moe.parameter = "experts.1.w3"},
+                           %u2: tensor<64x32xf32> {moe.parameter = "experts.2.w3"},
+                           %u3: tensor<64x32xf32> {moe.parameter = "experts.3.w3"}) -> (tensor<16x32xf32>, tensor<16x32xf32>) {
+  %axis0 = arith.constant dense<[0]> : tensor<1xi64>
+  %t = moe.onnx_node "Transpose"(%wr) {perm = array<i64: 1, 0>} : (tensor<4x32xf32>) -> tensor<32x4xf32>
+  %logits = moe.onnx_node "MatMul"(%x, %t) : (tensor<16x32xf32>, tensor<32x4xf32>) -> tensor<16x4xf32>
+  %fc1 = moe.onnx_node "Concat"(%gate, %up) {axis = 1 : i64} : (tensor<4x64x32xf32>, tensor<4x64x32xf32>) -> tensor<4x128x32xf32>
+  %dt0 = moe.onnx_node "Transpose"(%d0) {perm = array<i64: 1, 0>} : (tensor<64x32xf32>) -> tensor<32x64xf32>
+  %dt1 = moe.onnx_node "Transpose"(%d1) {perm = array<i64: 1, 0>} : (tensor<64x32xf32>) -> tensor<32x64xf32>
+  %dt2 = moe.onnx_node "Transpose"(%d2) {perm = array<i64: 1, 0>} : (tensor<64x32xf32>) -> tensor<32x64xf32>
+  %dt3 = moe.onnx_node "Transpose"(%d3) {perm = array<i64: 1, 0>} : (tensor<64x32xf32>) -> tensor<32x64xf32>
+  %du0 = moe.onnx_node "Unsqueeze"(%dt0, %axis0) : (tensor<32x64xf32>, tensor<1xi64>) -> tensor<1x32x64xf32>
+  %du1 = moe.onnx_node "Unsqueeze"(%dt1, %axis0) : (tensor<32x64xf32>, tensor<1xi64>) -> tensor<1x32x64xf32>
+  %du2 = moe.onnx_node "Unsqueeze"(%dt2, %axis0) : (tensor<32x64xf32>, tensor<1xi64>) -> tensor<1x32x64xf32>
+  %du3 = moe.onnx_node "Unsqueeze"(%dt3, %axis0) : (tensor<32x64xf32>, tensor<1xi64>) -> tensor<1x32x64xf32>
+  %fc2 = moe.onnx_node "Concat"(%du0, %du1, %du2, %du3) {axis = 0 : i64} : (tensor<1x32x64xf32>, tensor<1x32x64xf32>, tensor<1x32x64xf32>, tensor<1x32x64xf32>) -> tensor<4x32x64xf32>
+  %y1 = moe.onnx_node "MoE"(%x, %logits, %fc1, %fc2) {absent_inputs = array<i64: 3>, activation_type = "swiglu", domain = "com.microsoft", k = 2 : i64, normalize_routing_weights = 1 : i64, swiglu_fusion = 2 : i64} : (tensor<16x32xf32>, tensor<16x4xf32>, tensor<4x128x32xf32>, tensor<4x32x64xf32>) -> tensor<16x32xf32> loc("node_MoE_1")
+  %gu0 = moe.onnx_node "Unsqueeze"(%g0, %axis0) : (tensor<64x32xf32>, tensor<1xi64>) -> tensor<1x64x32xf32>
+  %gu1 = moe.onnx_node "Unsqueeze"(%g1, %axis0) : (tensor<64x32xf32>, tensor<1xi64>) -> tensor<1x64x32xf32>
+  %gu2 = moe.onnx_node "Unsqueeze"(%g2, %axis0) : (tensor<64x32xf32>, tensor<1xi64>) -> tensor<1x64x32xf32>
+  %gu3 = moe.onnx_node "Unsqueeze"(%g3, %axis0) : (tensor<64x32xf32>, tensor<1xi64>) -> tensor<1x64x32xf32>
+  %uu0 = moe.onnx_node "Unsqueeze"(%u0, %axis0) : (tensor<64x32xf32>, tensor<1xi64>) -> tensor<1x64x32xf32>
+  %uu1 = moe.onnx_node "Unsqueeze"(%u1, %axis0) : (tensor<64x32xf32>, tensor<1xi64>) -> tensor<1x64x32xf32>
+  %uu2 = moe.onnx_node "Unsqueeze"(%u2, %axis0) : (tensor<64x32xf32>, tensor<1xi64>) -> tensor<1x64x32xf32>
+  %uu3 = moe.onnx_node "Unsqueeze"(%u3, %axis0) : (tensor<64x32xf32>, tensor<1xi64>) -> tensor<1x64x32xf32>
+  %fc1b = moe.onnx_node "Concat"(%gu0, %gu1, %gu2, %gu3) {axis = 0 : i64} : (tensor<1x64x32xf32>, tensor<1x64x32xf32>, tensor<1x64x32xf32>, tensor<1x64x32xf32>) -> tensor<4x64x32xf32>
+  %fc3b = moe.onnx_node "Concat"(%uu0, %uu1, %uu2, %uu3) {axis = 0 : i64} : (tensor<1x64x32xf32>, tensor<1x64x32xf32>, tensor<1x64x32xf32>, tensor<1x64x32xf32>) -> tensor<4x64x32xf32>
+  %y2 = moe.onnx_node "MoE"(%x, %logits, %fc1b, %down, %fc3b) {absent_inputs = array<i64: 3, 5>, activation_type = "swiglu", domain = "com.microsoft", k = 2 : i64, normalize_routing_weights = 1 : i64, swiglu_fusion = 0 : i64} : (tensor<16x32xf32>, tensor<16x4xf32>, tensor<4x64x32xf32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>) -> tensor<16x32xf32> loc("node_MoE_2")
+  return %y1, %y2 : tensor<16x32xf32>, tensor<16x32xf32>
+}
+
+// -----
+
+// Tests a stack of parameters stored in bf16 and Cast to float one by one
+// before the Concat: the stacked parameter has the type the experts read
+// (f32); its pieces are read from the bf16 initializers, widened exactly.
+// CHECK-LABEL: func.func @ort_moe_stacked_bf16
+// CHECK-SAME: %[[GU:[^:]+]]: tensor<4x128x32xf32> {moe.initializer_pieces = [{initializer = "experts.gate", offsets = array<i64: 0, 0, 0>, permutation = array<i64: 0, 1, 2>, sizes = array<i64: 4, 64, 32>}, {initializer = "experts.up", offsets = array<i64: 0, 64, 0>, permutation = array<i64: 0, 1, 2>, sizes = array<i64: 4, 64, 32>}], moe.parameter = "node_MoE_3.gate_up_proj"}
+// CHECK-NOT: moe.parameter = "experts.gate"
+// CHECK: moe.experts %{{.+}}, %{{.+}}, %{{.+}}, %[[GU]], %{{.+}} {gate_up_layout = #moe.gate_up_layout<concatenated>}
+func.func @ort_moe_stacked_bf16(%x: tensor<16x32xf32> {moe.input = "x"},
+                                %wr: tensor<4x32xf32> {moe.parameter = "mlp.gate.weight"},
+                                %gate: tensor<4x64x32xbf16> {moe.parameter = "experts.gate"},
+                                %up: tensor<4x64x32xbf16> {moe.parameter = "experts.up"},
+                                %down: tensor<4x32x64xbf16> {moe.parameter = "experts.down"}) -> tensor<16x32xf32> {
+  %t = moe.onnx_node "Transpose"(%wr) {perm = array<i64: 1, 0>} : (tensor<4x32xf32>) -> tensor<32x4xf32>
+  %logits = moe.onnx_node "MatMul"(%x, %t) : (tensor<16x32xf32>, tensor<32x4xf32>) -> tensor<16x4xf32>
+  %gf = moe.onnx_node "Cast"(%gate) {to = 1 : i64} : (tensor<4x64x32xbf16>) -> tensor<4x64x32xf32>
+  %uf = moe.onnx_node "Cast"(%up) {to = 1 : i64} : (tensor<4x64x32xbf16>) -> tensor<4x64x32xf32>
+  %fc1 = moe.onnx_node "Concat"(%gf, %uf) {axis = 1 : i64} : (tensor<4x64x32xf32>, tensor<4x64x32xf32>) -> tensor<4x128x32xf32>
+  %fc2 = moe.onnx_node "Cast"(%down) {to = 1 : i64} : (tensor<4x32x64xbf16>) -> tensor<4x32x64xf32>
+  %y = moe.onnx_node "MoE"(%x, %logits, %fc1, %fc2) {absent_inputs = array<i64: 3>, activation_type = "swiglu", domain = "com.microsoft", k = 2 : i64, normalize_routing_weights = 1 : i64, swiglu_fusion = 2 : i64} : (tensor<16x32xf32>, tensor<16x4xf32>, tensor<4x128x32xf32>, tensor<4x32x64xf32>) -> tensor<16x32xf32> loc("node_MoE_3")
+  return %y : tensor<16x32xf32>
+}
