@@ -35,9 +35,11 @@
 # aux_loss step under activation checkpointing selective, full and auto
 # equals the CPU reference as above and the program without checkpointing
 # to a relative 1e-6 (recomputation is deterministic); with activation
-# offloading (horizon 1 and 2, under none and selective) it equals the CPU
-# reference as above and the program without offloading to a relative
-# 1e-6, and prints the bytes it moved and the time the fetches waited;
+# offloading (horizon 1 and 2, under none and selective; on the two-layer
+# tiny model horizon 2 moves nothing, as both layers' values would be back
+# at the start of the backward) it equals the CPU reference as above and
+# the program without offloading to a relative 1e-6, and prints the bytes
+# it moved and the time the waits took;
 # the E = 8 step offloads on two simulated expert-parallel ranks too, and
 # the four-layer tiny model under auto, which chooses to offload layers 0
 # and 1 (a fast host_link_gb_per_s), equals the reference and the program

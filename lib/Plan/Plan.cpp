@@ -251,7 +251,10 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
     llvm_unreachable("auto plans a fixed policy (above)");
   }
   // Offloading keeps on the device the layer in its backward and the
-  // layers fetched ahead of it; every layer's kept values go to the host.
+  // layers fetched ahead of it; every layer's kept values but the last
+  // `horizon` layers' go to the host (those would come back at the start
+  // of the backward, where they are released: moe-offload-activations
+  // leaves them on the device).
   const int64_t layersOnDevice =
       training.smActivationOffloading
           ? std::min(c.numLayers, training.activationLoadingHorizon + 1)
@@ -260,8 +263,12 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
       tokens * (layersOnDevice * keptPerLayer + recomputedPerToken +
                 headPerToken);
   const int64_t hostActivations =
-      training.smActivationOffloading ? tokens * c.numLayers * keptPerLayer
-                                      : 0;
+      training.smActivationOffloading
+          ? tokens *
+                std::max<int64_t>(
+                    0, c.numLayers - training.activationLoadingHorizon) *
+                keptPerLayer
+          : 0;
 
   // Communication buffers: all-to-all send (T·k token copies) and receive
   // (worst case: every rank of the expert group sends all its tokens here,

@@ -12,13 +12,15 @@ using namespace moert::kernels;
 
 namespace {
 
-/// The events of offload `id`, created on first use.
-std::array<cudaEvent_t, 2> &offloadEventsOf(ActivationOffload &o, int id) {
+/// The (timed) events of offload `id`, created on first use.
+std::array<cudaEvent_t, 4> &offloadEventsOf(ActivationOffload &o, int id) {
   while (static_cast<int>(o.offloadEvents.size()) <= id) {
-    std::array<cudaEvent_t, 2> events;
+    std::array<cudaEvent_t, 4> events;
     for (cudaEvent_t &e : events)
-      MOERT_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      MOERT_CUDA_CHECK(cudaEventCreate(&e));
     o.offloadEvents.push_back(events);
+    o.offloadRan.push_back(0);
+    o.offloadJoined.push_back(0);
   }
   return o.offloadEvents[id];
 }
@@ -79,6 +81,20 @@ OffloadStepTimes moert::kernels::readOffloadTimes(ActivationOffload &o) {
     times.waitMilliseconds += std::max(0.0f, wait);
     o.fetchBytes[id] = 0;
   }
+  for (size_t id = 0; id < o.offloadEvents.size(); ++id) {
+    if (!o.offloadRan[id])
+      continue;
+    const std::array<cudaEvent_t, 4> &e = o.offloadEvents[id];
+    float copy = 0;
+    MOERT_CUDA_CHECK(cudaEventElapsedTime(&copy, e[1], e[2]));
+    times.offloadMilliseconds += copy;
+    if (o.offloadJoined[id]) {
+      float wait = 0;
+      MOERT_CUDA_CHECK(cudaEventElapsedTime(&wait, e[3], e[2]));
+      times.joinWaitMilliseconds += std::max(0.0f, wait);
+    }
+    o.offloadRan[id] = o.offloadJoined[id] = 0;
+  }
   return times;
 }
 
@@ -86,24 +102,29 @@ void moert::kernels::offloadToHost(const Context &ctx, int id,
                                    const void *device, int64_t hostOffset,
                                    int64_t bytes) {
   ActivationOffload &o = *ctx.offload;
-  std::array<cudaEvent_t, 2> &e = offloadEventsOf(o, id);
+  std::array<cudaEvent_t, 4> &e = offloadEventsOf(o, id);
   MOERT_CUDA_CHECK(cudaEventRecord(e[0], ctx.stream));
   MOERT_CUDA_CHECK(cudaStreamWaitEvent(o.offloadStream, e[0], 0));
+  MOERT_CUDA_CHECK(cudaEventRecord(e[1], o.offloadStream));
   MOERT_CUDA_CHECK(cudaMemcpyAsync(o.host + hostOffset, device, bytes,
                                    cudaMemcpyDeviceToHost, o.offloadStream));
-  MOERT_CUDA_CHECK(cudaEventRecord(e[1], o.offloadStream));
+  MOERT_CUDA_CHECK(cudaEventRecord(e[2], o.offloadStream));
+  o.offloadRan[id] = 1;
   o.offloadedBytes += bytes;
 }
 
 void moert::kernels::joinOffload(const Context &ctx, int id) {
-  MOERT_CUDA_CHECK(
-      cudaStreamWaitEvent(ctx.stream, offloadEventsOf(*ctx.offload, id)[1], 0));
+  ActivationOffload &o = *ctx.offload;
+  std::array<cudaEvent_t, 4> &e = offloadEventsOf(o, id);
+  MOERT_CUDA_CHECK(cudaEventRecord(e[3], ctx.stream));
+  MOERT_CUDA_CHECK(cudaStreamWaitEvent(ctx.stream, e[2], 0));
+  o.offloadJoined[id] = 1;
 }
 
 void moert::kernels::fetchAfterOffload(const Context &ctx, int id) {
   ActivationOffload &o = *ctx.offload;
   MOERT_CUDA_CHECK(
-      cudaStreamWaitEvent(o.fetchStream, offloadEventsOf(o, id)[1], 0));
+      cudaStreamWaitEvent(o.fetchStream, offloadEventsOf(o, id)[2], 0));
 }
 
 void moert::kernels::fetchFromHost(const Context &ctx, int id, int offloadId,

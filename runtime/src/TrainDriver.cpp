@@ -577,8 +577,9 @@ int runRank(const TrainProgram &p, const Options &o,
 
   std::vector<double> times;
   /// Per timed step with offloading: the compute stream's wait for the
-  /// fetches, and the fetches' host-to-device bandwidth.
-  std::vector<double> fetchWaits, fetchBandwidths;
+  /// fetches and at the offloads' joins, and each direction's bandwidth.
+  std::vector<double> fetchWaits, fetchBandwidths, joinWaits,
+      offloadBandwidths;
   kernels::OffloadStepTimes lastTransfers;
   size_t minFree = freeBefore;
   int64_t lastStep = firstStep - 1 + o.steps;
@@ -651,6 +652,12 @@ int runRank(const TrainProgram &p, const Options &o,
       times.push_back(seconds);
       if (ctx.offload) {
         fetchWaits.push_back(lastTransfers.waitMilliseconds);
+        joinWaits.push_back(lastTransfers.joinWaitMilliseconds);
+        offloadBandwidths.push_back(
+            lastTransfers.offloadMilliseconds > 0
+                ? lastTransfers.offloadedBytes /
+                      lastTransfers.offloadMilliseconds / 1e6
+                : 0.0);
         fetchBandwidths.push_back(lastTransfers.fetchMilliseconds > 0
                                       ? lastTransfers.fetchedBytes /
                                             lastTransfers.fetchMilliseconds /
@@ -705,7 +712,9 @@ int runRank(const TrainProgram &p, const Options &o,
       if (ctx.offload)
         std::printf("step %4lld  offload: %lld bytes to the host, %lld back "
                     "in %.3f ms (%.2f GB/s host to device); the compute "
-                    "stream waited %.3f ms for fetches\n",
+                    "stream waited %.3f ms for fetches; out in %.3f ms "
+                    "(%.2f GB/s device to host), the compute stream waited "
+                    "%.3f ms at the joins\n",
                     static_cast<long long>(t),
                     static_cast<long long>(lastTransfers.offloadedBytes),
                     static_cast<long long>(lastTransfers.fetchedBytes),
@@ -714,7 +723,13 @@ int runRank(const TrainProgram &p, const Options &o,
                         ? lastTransfers.fetchedBytes /
                               lastTransfers.fetchMilliseconds / 1e6
                         : 0.0,
-                    lastTransfers.waitMilliseconds);
+                    lastTransfers.waitMilliseconds,
+                    lastTransfers.offloadMilliseconds,
+                    lastTransfers.offloadMilliseconds > 0
+                        ? lastTransfers.offloadedBytes /
+                              lastTransfers.offloadMilliseconds / 1e6
+                        : 0.0,
+                    lastTransfers.joinWaitMilliseconds);
       if (outcome == NonfiniteSteps::Outcome::Skipped)
         std::printf("%s\n", nonfiniteText.c_str());
       if (!groupTimes.empty()) {
@@ -773,7 +788,11 @@ int runRank(const TrainProgram &p, const Options &o,
                   ", \"fetch_wait_ms\": " +
                   std::to_string(medianOf(fetchWaits)) +
                   ", \"fetch_gb_per_s\": " +
-                  std::to_string(medianOf(fetchBandwidths))
+                  std::to_string(medianOf(fetchBandwidths)) +
+                  ", \"offload_join_wait_ms\": " +
+                  std::to_string(medianOf(joinWaits)) +
+                  ", \"offload_gb_per_s\": " +
+                  std::to_string(medianOf(offloadBandwidths))
             : std::string();
     std::printf("summary {\"steps\": %zu, \"median_step_s\": %.6f, "
                 "\"tokens_per_s\": %.1f, \"model_tflops\": %.2f, "

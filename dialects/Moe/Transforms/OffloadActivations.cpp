@@ -8,7 +8,8 @@
 // at the start of the forward `horizon` + 1 layers on (moe.offload_join:
 // the device bytes are held until there) and brings it back `horizon`
 // layers ahead of that backward (moe.fetch), which the backward reads
-// instead. Values of parameters alone are never moved.
+// instead. Values of parameters alone are never moved, nor values whose
+// join and fetch would fall at the same point (nothing freed).
 //
 //===----------------------------------------------------------------------===//
 
@@ -219,18 +220,16 @@ mlir::moe::offloadActivations(func::FuncOp func, int64_t horizon,
   // views the backward reads made again from the fetched buffer.
   // The offloads and their joins first, so that the joins at a point come
   // before the fetches there.
+  // A value whose join and fetch fall at the same point stays: its device
+  // bytes would be held until the join and taken again by the fetch right
+  // after it, so the round trip would free nothing and cost both copies
+  // (with horizon h, the last h layers' values: joined and fetched at the
+  // start of the backward).
+  SmallVector<std::pair<Value, Saved *>> copied;
   SmallVector<std::pair<OffloadOp, Operation *>> placed;
   for (auto [buffer, entry] : toMove) {
     const Saved &s = *entry;
     const int64_t layer = backwardLayer.lookup(s.firstBackwardUse);
-    auto type = cast<RankedTensorType>(buffer.getType());
-    auto hostType = RankedTensorType::get(
-        type.getShape(), type.getElementType(),
-        HostMemoryAttr::get(context));
-    OpBuilder builder(context);
-    builder.setInsertionPointAfter(s.lastForwardUse);
-    auto offload =
-        OffloadOp::create(builder, buffer.getLoc(), hostType, buffer, layer);
     // Never before the offload (a forward reader after the backward's
     // start), never after the first backward reader.
     Operation *at = fetchPoint(layer);
@@ -242,11 +241,22 @@ mlir::moe::offloadActivations(func::FuncOp func, int64_t horizon,
     if (position[join] <= position[s.lastForwardUse] ||
         position[join] > position[at])
       join = at;
+    if (join == at)
+      continue;
+    auto type = cast<RankedTensorType>(buffer.getType());
+    auto hostType = RankedTensorType::get(
+        type.getShape(), type.getElementType(),
+        HostMemoryAttr::get(context));
+    OpBuilder builder(context);
+    builder.setInsertionPointAfter(s.lastForwardUse);
+    auto offload =
+        OffloadOp::create(builder, buffer.getLoc(), hostType, buffer, layer);
     builder.setInsertionPoint(join);
     OffloadJoinOp::create(builder, buffer.getLoc(), offload.getResult());
+    copied.push_back({buffer, entry});
     placed.push_back({offload, at});
   }
-  for (auto [moving, where] : llvm::zip_equal(toMove, placed)) {
+  for (auto [moving, where] : llvm::zip_equal(copied, placed)) {
     auto [buffer, entry] = moving;
     auto [offload, at] = where;
     const Saved &s = *entry;

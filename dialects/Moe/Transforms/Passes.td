@@ -343,7 +343,10 @@ def OffloadActivations : Pass<"moe-offload-activations", "::mlir::func::FuncOp">
     backward of the layers between. What the backward reads before any
     layer's backward (the router logits of the load-balancing loss, the
     final norm's input) stays on the device, as do values of parameters
-    alone (gathered or cast parameters).
+    alone (gathered or cast parameters), and values whose join and fetch
+    would fall at the same point (the last `horizon` layers' values, both
+    at the start of the backward): their round trip would free nothing
+    and cost both copies.
 
     ```mlir
     %n = moe.rms_norm %x, %w {epsilon = 1.0e-05 : f64} : (...) -> tensor<2x8x32xf32>

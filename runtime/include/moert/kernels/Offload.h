@@ -18,9 +18,9 @@
 // for it right before the first reader. Every call is made outside a
 // captured CUDA graph segment (the printer ends the segment around them).
 //
-// The fetches are timed: the copy's own time (start to end on the fetch
+// Both directions are timed: a copy's own time (start to end on its
 // stream) and the time the compute stream waited for it (from where the
-// reader's wait was enqueued to the copy's end, when positive).
+// join or the reader's wait was enqueued to the copy's end, when positive).
 //
 //===----------------------------------------------------------------------===//
 
@@ -41,8 +41,11 @@ struct ActivationOffload {
   char *host = nullptr;
   int64_t hostBytes = 0;
   /// Per offload: [0] recorded on the compute stream at the moe.offload,
-  /// [1] the copy's end on the offload stream.
-  std::vector<std::array<cudaEvent_t, 2>> offloadEvents;
+  /// [1] the copy's start and [2] its end on the offload stream, [3] the
+  /// compute stream's join (timed).
+  std::vector<std::array<cudaEvent_t, 4>> offloadEvents;
+  /// Per offload this step: whether it ran, whether it was joined.
+  std::vector<char> offloadRan, offloadJoined;
   /// Per fetch: [0] recorded on the compute stream at the moe.fetch, [1]
   /// the copy's start and [2] its end on the fetch stream, [3] the compute
   /// stream's wait for it (timed).
@@ -59,6 +62,10 @@ struct OffloadStepTimes {
   double fetchMilliseconds = 0;
   /// The time the compute stream waited for fetches, summed.
   double waitMilliseconds = 0;
+  /// The offload copies' time on the offload stream, summed.
+  double offloadMilliseconds = 0;
+  /// The time the compute stream waited at moe.offload_join, summed.
+  double joinWaitMilliseconds = 0;
 };
 
 /// Creates the streams and the pinned host region of `hostBytes` bytes.

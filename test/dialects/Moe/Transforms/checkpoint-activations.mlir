@@ -100,10 +100,10 @@
 // 3 cannot offload at horizon 2: their values would be back at the
 // start of the backward.
 // OFFLOAD-ROOM: remark: activation checkpointing auto: 65.78 GiB for a budget of 100.00 GiB ({{.+}}); recomputation adds 0.000 ms; offloads no layer (horizon 2)
-// OFFLOAD: remark: activation checkpointing auto: 63.36 GiB for a budget of 64.00 GiB (arguments 33.90 GiB, kernel scratch 8.00 GiB, the most bytes alive at once 21.45 GiB, measured on the rewritten step for 6 of 18 candidates); recomputation adds 0.000 ms; offloading layer 0 (horizon 2) moves 4.88 GiB each way, 95.184 ms of copies each way at 55 GB/s, and adds 5.026 ms
+// OFFLOAD: remark: activation checkpointing auto: 63.36 GiB for a budget of 64.00 GiB (arguments 33.90 GiB, kernel scratch 8.00 GiB, the most bytes alive at once 21.45 GiB, measured on the rewritten step for 6 of 18 candidates); recomputation adds 0.000 ms; offloading layer 0 (horizon 2) moves 4.88 GiB each way, 95.175 ms of copies each way at 55 GB/s, and adds 5.016 ms
 // OFFLOAD-NEXT: layer  chosen     none: kept | selective: kept, recomputed, ms | full: kept, recomputed, ms | offload alone: each way, ms
-// OFFLOAD-NEXT: 0      none+offload 5.13 GiB | 4.63 GiB, 1.06 GiB, 0.654 | 256.50 MiB, 5.69 GiB, 44.804 | 4.88 GiB, 5.026
-// OFFLOAD-NEXT: 1      none       5.13 GiB | 4.63 GiB, 1.06 GiB, 0.654 | 256.50 MiB, 5.69 GiB, 44.804 | 4.88 GiB, 5.026
+// OFFLOAD-NEXT: 0      none+offload 5.13 GiB | 4.63 GiB, 1.06 GiB, 0.654 | 256.50 MiB, 5.69 GiB, 44.804 | 4.88 GiB, 5.016
+// OFFLOAD-NEXT: 1      none       5.13 GiB | 4.63 GiB, 1.06 GiB, 0.654 | 256.50 MiB, 5.69 GiB, 44.804 | 4.88 GiB, 5.016
 // OFFLOAD-NEXT: 2      none       5.13 GiB | 4.63 GiB, 1.06 GiB, 0.654 | 256.50 MiB, 5.69 GiB, 44.804 | - (back at the backward's start)
 // OFFLOAD-NEXT: 3      none       5.13 GiB | 4.63 GiB, 1.06 GiB, 0.654 | 256.50 MiB, 5.69 GiB, 44.804 | - (back at the backward's start)
 // OFFLOAD-LABEL: func.func @train_step(
@@ -126,14 +126,14 @@
 // SLOW-LINK-NEXT: layer  chosen     none: kept | selective: kept, recomputed, ms | full: kept, recomputed, ms | offload alone: each way, ms
 // SLOW-LINK-NEXT: 0      full       3.83 MiB | 3.28 MiB, 1.17 MiB, 0.001 | 288.00 KiB, 4.42 MiB, 0.002 | 256.00 KiB, 0.002
 // SLOW-LINK-NEXT: 1      full       3.83 MiB | 3.28 MiB, 1.17 MiB, 0.001 | 288.00 KiB, 4.42 MiB, 0.002 | 256.00 KiB, 0.002
-// SLOW-LINK-NEXT: 2      none       3.83 MiB | 3.28 MiB, 1.17 MiB, 0.001 | 288.00 KiB, 4.42 MiB, 0.002 | 3.55 MiB, 0.128
+// SLOW-LINK-NEXT: 2      none       3.83 MiB | 3.28 MiB, 1.17 MiB, 0.001 | 288.00 KiB, 4.42 MiB, 0.002 | 3.52 MiB, 0.127
 // SLOW-LINK-NEXT: 3      none       3.83 MiB | 3.28 MiB, 1.17 MiB, 0.001 | 288.00 KiB, 4.42 MiB, 0.002 | - (back at the backward's start)
 // SLOW-LINK-LABEL: func.func @train_step(
 // SLOW-LINK-SAME: moe.offload_layers = array<i64>
 // SLOW-LINK-NOT: moe.offload %
 // SLOW-LINK: moe.recompute = #moe.recompute<layer = 1, full>
 // SLOW-LINK-NOT: moe.offload %
-// FAST-LINK: remark: activation checkpointing auto: 27.93 MiB for a budget of 29.70 MiB ({{.+}}); recomputation adds 0.000 ms; offloading layers 0, 1 (horizon 1) moves 7.09 MiB each way, 0.000 ms of copies each way at 100000 GB/s, and adds 0.000 ms
+// FAST-LINK: remark: activation checkpointing auto: 27.93 MiB for a budget of 29.70 MiB ({{.+}}); recomputation adds 0.000 ms; offloading layers 0, 1 (horizon 1) moves 7.03 MiB each way, 0.000 ms of copies each way at 100000 GB/s, and adds 0.000 ms
 // FAST-LINK-LABEL: func.func @train_step(
 // FAST-LINK-SAME: moe.offload_layers = array<i64: 0, 1>
 // FAST-LINK-NOT: moe.recompute
