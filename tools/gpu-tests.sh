@@ -493,7 +493,11 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
   printf '{"micro_batch_size": 16, "seq_length": 64}\n' > "$dir/t4-none.json"
   printf '{"micro_batch_size": 16, "seq_length": 64, "activation_checkpointing": "auto", "memory_budget_gib": 0.012, "sm_activation_offloading": true, "activation_loading_horizon": 1, "host_link_gb_per_s": 100000}\n' \
     > "$dir/t4-auto-offload.json"
-  for name in t4-none t4-auto-offload; do
+  # Offloading at horizon 2 on four layers: layers 0 and 1 go to the host
+  # (the last two layers' values stay, their join and fetch would coincide).
+  printf '{"micro_batch_size": 16, "seq_length": 64, "sm_activation_offloading": true, "activation_loading_horizon": 2}\n' \
+    > "$dir/t4-h2.json"
+  for name in t4-none t4-auto-offload t4-h2; do
     "$moec" compile "$t4" --config "$dir/$name.json" -o "$dir/$name" 2> "$dir/$name.remark"
   done
   grep -q "offloading layers 0, 1 (horizon 1)" "$dir/t4-auto-offload.remark" ||
@@ -704,6 +708,12 @@ check --show 'offload|^summary' t4-none "$dir/t4-ref" "$dir/t4-ref.csv" 1e-4 -- 
 check --show 'offload|^summary' t4-auto-offload "$dir/t4-ref" "$dir/t4-ref.csv" 1e-4 \
   "$out/t4-none" "$out/t4-none.csv" 1e-6 -- \
   "$dir/t4-auto-offload/train_step" --tokens "$dir/data/train.bin" --steps 3
+echo "== the 4-layer tiny model, offloading at horizon 2 (layers 0 and 1 moved): against the CPU reference and the program without offloading"
+check --show 'offload|^summary' t4-h2 "$dir/t4-ref" "$dir/t4-ref.csv" 1e-4 \
+  "$out/t4-none" "$out/t4-none.csv" 1e-6 -- \
+  "$dir/t4-h2/train_step" --tokens "$dir/data/train.bin" --steps 3
+grep -Eq 'offload: [1-9][0-9]* bytes to the host' "$out/t4-h2.txt" ||
+  { echo "error: the horizon-2 program on four layers moved nothing to the host" >&2; exit 1; }
 if [[ "$only" == offload ]]; then
   echo "offloading checks passed"
   exit 0

@@ -571,15 +571,16 @@ llvm::Error moec::setTrainingJobText(TrainingJob &job, llvm::StringRef name,
                              knownKeys()));
   switch (key->kind) {
   case Kind::Int:
-  case Kind::Number: {
-    // A number as JSON spells it; anything else is kept as a string so
-    // that the error shows it.
-    llvm::Expected<json::Value> number = json::parse(text);
-    if (!number) {
-      llvm::consumeError(number.takeError());
+  case Kind::Number:
+  case Kind::CustomOps: {
+    // A number or an object as JSON spells it; anything else is kept as a
+    // string so that the error shows it.
+    llvm::Expected<json::Value> value = json::parse(text);
+    if (!value) {
+      llvm::consumeError(value.takeError());
       return setSpelledValue(job, name, json::Value(text.str()));
     }
-    return setSpelledValue(job, name, *number);
+    return setSpelledValue(job, name, *value);
   }
   case Kind::Bool:
     if (text.empty() || text == "true")
@@ -587,16 +588,6 @@ llvm::Error moec::setTrainingJobText(TrainingJob &job, llvm::StringRef name,
     if (text == "false")
       return setSpelledValue(job, name, false);
     return setSpelledValue(job, name, json::Value(text.str()));
-  case Kind::CustomOps: {
-    // The object as JSON spells it; anything else is kept as a string so
-    // that the error shows it.
-    llvm::Expected<json::Value> object = json::parse(text);
-    if (!object) {
-      llvm::consumeError(object.takeError());
-      return setSpelledValue(job, name, json::Value(text.str()));
-    }
-    return setSpelledValue(job, name, *object);
-  }
   case Kind::Enum:
   case Kind::String:
     return setSpelledValue(job, name, json::Value(text.str()));
