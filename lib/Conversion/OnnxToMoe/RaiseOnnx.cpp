@@ -324,6 +324,15 @@ HostTensor Raiser::randomTensor(ArrayRef<int64_t> shape) {
 Value Raiser::reshapeTo(Location loc, Value v, ArrayRef<int64_t> trailing) {
   RankedTensorType type = tensorType(v);
   int64_t rank = type.getRank();
+  if (type.isDynamicDim(rank - 1)) {
+    // A width the model leaves dynamic: the caller proved it is N*D.
+    SmallVector<int64_t> staticShape(type.getShape());
+    staticShape.back() = 1;
+    for (int64_t d : trailing)
+      staticShape.back() *= d;
+    type = RankedTensorType::get(staticShape, type.getElementType());
+    v = tensor::CastOp::create(builder, loc, type, v);
+  }
   SmallVector<int64_t> shape(type.getShape().drop_back());
   shape.append(trailing.begin(), trailing.end());
   SmallVector<ReassociationIndices> groups;
@@ -684,6 +693,18 @@ bool Raiser::raiseAttention(OnnxNodeOp softmax) {
     theta = std::round(estimate / magnitude) * magnitude;
   }
   double scale = 1.0 / std::sqrt(static_cast<double>(headDim));
+
+  // The projections' declared widths must be the heads' (the proof below
+  // binds values of those widths, whatever the model declares).
+  auto declaredWidthIs = [&](Value projection, int64_t width) {
+    RankedTensorType type = tensorType(projection);
+    return type.getRank() == 3 &&
+           (type.isDynamicDim(2) || type.getDimSize(2) == width);
+  };
+  if (!declaredWidthIs(q.getResult(), qHeads * headDim) ||
+      !declaredWidthIs(k.getResult(), kvHeads * headDim) ||
+      !declaredWidthIs(v.getResult(), kvHeads * headDim))
+    return false;
 
   // Prove: evaluate the block on random projections at each sample shape
   // and compare with the moe ops it becomes.
