@@ -966,12 +966,8 @@ struct CheckpointActivationsPass
                          << static_cast<double>(hostLinkBytesPerSecond);
       return signalPassFailure();
     }
-    if (offloading && horizon < 1) {
-      func.emitOpError() << "has activation_loading_horizon "
-                         << static_cast<int64_t>(horizon)
-                         << "; it must be at least 1";
+    if (offloading && failed(verifyLoadingHorizon(func, horizon)))
       return signalPassFailure();
-    }
     StepAnalysis step(func.getBody().front());
     FailureOr<bool> isStep = step.analyze(func, policy);
     if (failed(isStep))

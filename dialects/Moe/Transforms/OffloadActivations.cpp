@@ -45,6 +45,14 @@ int64_t staticBytes(RankedTensorType type) {
 
 } // namespace
 
+LogicalResult mlir::moe::verifyLoadingHorizon(func::FuncOp func,
+                                              int64_t horizon) {
+  if (horizon >= 1)
+    return success();
+  return func.emitOpError() << "has activation_loading_horizon " << horizon
+                            << "; it must be at least 1";
+}
+
 FailureOr<std::map<int64_t, OffloadedLayer>>
 mlir::moe::offloadActivations(func::FuncOp func, int64_t horizon,
                               const std::set<int64_t> *layers) {
@@ -94,9 +102,8 @@ mlir::moe::offloadActivations(func::FuncOp func, int64_t horizon,
   }
   if (!backwardStart)
     return moved;
-  if (horizon < 1)
-    return func.emitOpError() << "has activation_loading_horizon " << horizon
-                              << "; it must be at least 1";
+  if (failed(verifyLoadingHorizon(func, horizon)))
+    return failure();
   if (layerStart.empty())
     return func.emitOpError()
            << "has no decoder layer for activation offloading: no backward "

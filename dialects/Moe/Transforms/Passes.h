@@ -63,6 +63,10 @@ FailureOr<std::map<int64_t, OffloadedLayer>>
 offloadActivations(func::FuncOp func, int64_t horizon,
                    const std::set<int64_t> *layers = nullptr);
 
+/// Fails with a diagnostic at `func` unless `horizon`
+/// (activation_loading_horizon) is at least 1.
+LogicalResult verifyLoadingHorizon(func::FuncOp func, int64_t horizon);
+
 #define GEN_PASS_DECL
 #include "dialects/Moe/Transforms/Passes.h.inc"
 

@@ -1042,6 +1042,19 @@ void Raiser::eraseUnusedStackedParameters() {
     (void)func.eraseArguments(erased);
 }
 
+/// `weight`'s type when it is a static rank-3 tensor; else null, with `why`
+/// naming it (`name`) and the shape it should have (`dims`).
+static RankedTensorType staticExpertsWeight(Value weight, StringRef name,
+                                            StringRef dims, std::string &why) {
+  RankedTensorType type = tensorType(weight);
+  if (type && type.hasStaticShape() && type.getRank() == 3)
+    return type;
+  why = (name + " " + (type ? shapeString(type) : std::string("?")) +
+         " is not a static " + dims + " tensor")
+            .str();
+  return {};
+}
+
 /// The gate/up weight moe.experts reads for a com.microsoft.MoE whose
 /// swiglu_fusion is `fusion` (0: fc1 the gate rows and fc3 the up rows; 1:
 /// fc1 the two interleaved; 2: fc1 the gate rows, then the up rows), with
@@ -1055,12 +1068,10 @@ void Raiser::eraseUnusedStackedParameters() {
 Value Raiser::gateUpWeight(OnnxNodeOp node, int64_t fusion,
                            GateUpLayout &layout, std::string &why) {
   Value fc1 = node.getInputs()[2];
-  RankedTensorType fc1Type = tensorType(fc1);
-  if (!fc1Type || !fc1Type.hasStaticShape() || fc1Type.getRank() != 3) {
-    why = "fc1 " + (fc1Type ? shapeString(fc1Type) : std::string("?")) +
-          " is not a static [experts, rows, hidden] tensor";
+  RankedTensorType fc1Type =
+      staticExpertsWeight(fc1, "fc1", "[experts, rows, hidden]", why);
+  if (!fc1Type)
     return {};
-  }
   int64_t e = fc1Type.getDimSize(0), rows = fc1Type.getDimSize(1),
           h = fc1Type.getDimSize(2);
   std::optional<moec::ParameterLayout> traced = moec::traceParameterLayout(fc1);
@@ -1138,12 +1149,10 @@ Value Raiser::gateUpWeight(OnnxNodeOp node, int64_t fusion,
 /// The down weight moe.experts reads for fc2 [E, H, I], or null with `why`.
 Value Raiser::downWeight(OnnxNodeOp node, std::string &why) {
   Value fc2 = node.getInputs()[3];
-  RankedTensorType type = tensorType(fc2);
-  if (!type || !type.hasStaticShape() || type.getRank() != 3) {
-    why = "fc2 " + (type ? shapeString(type) : std::string("?")) +
-          " is not a static [experts, hidden, rows] tensor";
+  RankedTensorType type =
+      staticExpertsWeight(fc2, "fc2", "[experts, hidden, rows]", why);
+  if (!type)
     return {};
-  }
   std::optional<moec::ParameterLayout> traced = moec::traceParameterLayout(fc2);
   if (!traced) {
     why = describeUntraced(fc2, "fc2");
