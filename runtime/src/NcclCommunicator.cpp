@@ -14,7 +14,10 @@
 // outside a graph capture records an event behind it, and the watchdog's
 // thread polls the event and the communicator's asynchronous error. On a
 // fault it prints the message and aborts every communicator of the rank,
-// so the blocked and the later calls fail instead of hanging. The state the
+// so the blocked and the later calls fail instead of hanging. It also
+// polls the rendezvous's connections, kept open (moert/PeerLinks.h): a
+// collective still pending 2 s after a peer's connection closed is reported
+// naming that peer, without waiting for the timeout. The state the
 // watchdog's polls touch (the ncclComm_t, whether it was aborted or
 // destroyed) is shared and locked, so that a communicator may be destroyed
 // while its collectives are still watched.
@@ -35,6 +38,10 @@
 using namespace moert;
 
 namespace {
+
+/// How long a collective may stay pending after a peer was found gone
+/// before the watchdog reports it (the watchdog's timeout, if shorter).
+constexpr std::chrono::milliseconds kPeerGoneGrace{2000};
 
 std::string where(const char *file, int line) {
   return std::string(file) + ":" + std::to_string(line) + ": ";
@@ -471,6 +478,9 @@ Status moert::createWorldCommunicator(const RankInfo &info,
       !read.ok())
     return Status::failure("rank " + std::to_string(info.rank) + ": " +
                            read.message());
+  // With a watchdog, the rendezvous's connections stay open: they tell
+  // which peer is gone (moert/PeerLinks.h).
+  auto links = std::make_shared<PeerLinks>();
   std::vector<char> payload;
   Status exchanged = rendezvousFromEnvironment(
       info, env,
@@ -481,7 +491,7 @@ Status moert::createWorldCommunicator(const RankInfo &info,
         bytes.assign(id.begin(), id.end());
         return Status::success();
       },
-      payload);
+      payload, timeout.count() > 0 ? links.get() : nullptr);
   if (!exchanged.ok())
     return exchanged;
   NcclUniqueId id;
@@ -500,6 +510,10 @@ Status moert::createWorldCommunicator(const RankInfo &info,
     watchdog = std::make_shared<Watchdog>(
         timeout,
         [watched](const std::string &message) { watched->onFault(message); });
+    if (!links->peers().empty())
+      watchdog->watchPeers([links] { return links->poll(); },
+                           std::min<std::chrono::milliseconds>(
+                               timeout, kPeerGoneGrace));
     watchdog->start(std::clamp<std::chrono::milliseconds>(
         timeout / 10, std::chrono::milliseconds(10), std::chrono::seconds(1)));
   }
