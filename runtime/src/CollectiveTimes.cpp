@@ -94,6 +94,9 @@ public:
     return Status::success();
   }
   void abort() override { inner.abort(); }
+  Status watchStream(const std::string &what, cudaStream_t stream) override {
+    return inner.watchStream(what, stream);
+  }
 
 private:
   template <class Call>

@@ -26,6 +26,7 @@
 
 #include "moert/NcclCommunicator.h"
 #include "moert/Rendezvous.h"
+#include "moert/StepGraphs.h"
 #include "moert/Watchdog.h"
 
 #include "NcclCompat.h"
@@ -152,6 +153,7 @@ public:
   Status split(int color, int key, const std::string &group,
                std::unique_ptr<Communicator> &out) override;
   void abort() override;
+  Status watchStream(const std::string &what, cudaStream_t stream) override;
 
 private:
   /// "FILE:LINE: rank R of S in group 'G': COLLECTIVE: ".
@@ -168,8 +170,12 @@ private:
   Status cudaFailure(const char *file, int line, const char *collective,
                      const char *call, cudaError_t result);
   /// Hands the collective just enqueued on `stream` to the watchdog, if
-  /// there is one and the stream is not being captured into a graph.
+  /// there is one and the stream is not being captured into a graph (then
+  /// the capture notes it: moert/StepGraphs.h).
   Status watch(const char *collective, cudaStream_t stream);
+  /// Watches the work enqueued on `stream` so far as `what`.
+  Status watchEvent(const char *collective, const std::string &what,
+                    cudaStream_t stream);
 
   std::shared_ptr<CommState> state;
   ncclComm_t comm;
@@ -235,8 +241,24 @@ Status NcclCommunicator::watch(const char *collective, cudaStream_t stream) {
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   MOERT_CUDA_RETURN_IF_ERROR(collective,
                              cudaStreamIsCapturing(stream, &capture));
-  if (capture != cudaStreamCaptureStatusNone)
+  if (capture != cudaStreamCaptureStatusNone) {
+    noteCapturedCollective(std::string(collective) + " in group '" +
+                           groupName + "'");
     return Status::success();
+  }
+  return watchEvent(collective, collective, stream);
+}
+
+Status NcclCommunicator::watchStream(const std::string &what,
+                                     cudaStream_t stream) {
+  if (!watchdog)
+    return Status::success();
+  return watchEvent("watch", what, stream);
+}
+
+Status NcclCommunicator::watchEvent(const char *collective,
+                                    const std::string &watched,
+                                    cudaStream_t stream) {
   auto recorded = std::make_shared<RecordedEvent>();
   MOERT_CUDA_RETURN_IF_ERROR(
       collective,
@@ -245,7 +267,7 @@ Status NcclCommunicator::watch(const char *collective, cudaStream_t stream) {
                              cudaEventRecord(recorded->event, stream));
   std::string what = "rank " + std::to_string(rankIndex) + " of " +
                      std::to_string(groupSize) + " in group '" + groupName +
-                     "': " + collective;
+                     "': " + watched;
   watchdog->watch(
       std::move(what),
       [recorded, state = state](std::string &why) {
