@@ -193,14 +193,15 @@ nvcc="${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}"
 echo "built $(elapsed)"
 
 # launch LOG N PROGRAM ARGS...: N ranks of PROGRAM as a torchrun-style job
-# on this host (rank r: LOCAL_RANK r, so GPU r), rank r's output in
+# on this host (rank r: LOCAL_RANK r, so GPU r; rank 0 listens on
+# LAUNCH_PORT, else a random port), rank r's output in
 # LOG.rankR; when a rank fails, the others get SIGTERM (SIGKILL after 10 s).
 # Returns the first failed rank's status; LOG holds every rank's lines,
 # prefixed "[rank R] ".
 launch() {
   local log="$1" n="$2" r status=0 pids=() port token
   shift 2
-  port=$((20000 + RANDOM % 30000))
+  port="${LAUNCH_PORT:-$((20000 + RANDOM % 30000))}"
   token="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
   for ((r = 0; r < n; r++)); do
     RANK=$r WORLD_SIZE=$n LOCAL_RANK=$r LOCAL_WORLD_SIZE=$n MASTER_ADDR=127.0.0.1 \
@@ -235,7 +236,8 @@ launch() {
 
 # compare CASE AGAINST REF_DIR REF_LOG GOT_DIR GOT_LOG: moec.check_gpu at
 # 1e-4; appends CASE, AGAINST, the worst metric error, the parameters' max
-# abs and worst relative L2 and the verdict to the table.
+# abs and worst relative L2 and the verdict to $table (else the summary);
+# fails when the check does.
 compare() {
   local name="$1" against="$2" log="$out/check-$1-$2.txt" verdict=PASS
   python3 -m moec.check_gpu --reference "$3" --reference-log "$4" --gpu "$5" --gpu-log "$6" \
@@ -243,11 +245,12 @@ compare() {
   local metric params
   metric="$(grep -o 'rel err [0-9.e+-]*\|rel err nan' "$log" | awk '{print $3}' | sort -g | tail -1 || true)"
   params="$(sed -n 's/.*compared: max abs err \([^,]*\), worst rel L2 err \([^ ]*\).*/\1 | \2/p' "$log" || true)"
-  echo "| $name | $against | ${metric:-?} | ${params:-? | ?} | $verdict |" >> "$summary"
+  echo "| $name | $against | ${metric:-?} | ${params:-? | ?} | $verdict |" >> "${table:-$summary}"
   echo "$name vs $against: metrics ${metric:-?}, parameters (max abs | rel L2) ${params:-?}: $verdict"
   if [[ "$verdict" == FAIL ]]; then
     cat "$log"
     fail "$name against $against"
+    return 1
   fi
 }
 
@@ -258,11 +261,12 @@ compare_metrics() {
   python3 -c "import sys; from moec.check_gpu import check_metrics, read_log; sys.exit(0 if check_metrics(read_log(sys.argv[1]), read_log(sys.argv[2]), 1e-4) else 1)" \
     "$3" "$4" > "$log" 2>&1 || verdict=FAIL
   metric="$(grep -o 'rel err [0-9.e+-]*\|rel err nan' "$log" | awk '{print $3}' | sort -g | tail -1 || true)"
-  echo "| $name | $against | ${metric:-?} | | | $verdict |" >> "$summary"
+  echo "| $name | $against | ${metric:-?} | | | $verdict |" >> "${table:-$summary}"
   echo "$name vs $against: metrics ${metric:-?}: $verdict"
   if [[ "$verdict" == FAIL ]]; then
     cat "$log"
     fail "$name against $against"
+    return 1
   fi
 }
 
@@ -280,28 +284,59 @@ for routing in aux_loss none; do
   compare "one-$routing" "CPU reference" "$dir/cpu-one-$routing" "$dir/cpu-one-$routing.csv" \
     "$out/one-$routing" "$out/one-$routing.csv"
 done
-while read -r name routing _; do
-  program="$dir/mg-$name/train_step"
-  "$program" "${run[@]}" --simulate-ranks 2 --log "$out/$name-sim.csv" --dump "$out/$name-sim" > "$out/$name-sim.txt"
+# check_case NAME ROUTING INDEX: one case on simulated ranks and (two GPUs)
+# as two NCCL ranks, and its comparisons; its rows in $out/rows-NAME.md.
+# Fails when a run or a check does.
+check_case() {
+  local name="$1" routing="$2" index="$3" program="$dir/mg-$1/train_step" status=0
+  table="$out/rows-$name.md"
+  : > "$table"
+  "$program" "${run[@]}" --simulate-ranks 2 --log "$out/$name-sim.csv" --dump "$out/$name-sim" \
+    > "$out/$name-sim.txt" 2>&1 || { cat "$out/$name-sim.txt"; echo "FAIL: $name on simulated ranks"; return 1; }
   if ((gpus >= 2)); then
-    launch "$out/$name-nccl.txt" 2 "$program" "${run[@]}" --log "$out/$name-nccl.csv" --dump "$out/$name-nccl" ||
-      { cat "$out/$name-nccl.txt"; fail "$name: the 2-rank run"; continue; }
+    LAUNCH_PORT=$((21000 + 7 * index)) launch "$out/$name-nccl.txt" 2 "$program" "${run[@]}" \
+      --log "$out/$name-nccl.csv" --dump "$out/$name-nccl" ||
+      { cat "$out/$name-nccl.txt"; echo "FAIL: $name: the 2-rank run"; return 1; }
     compare "$name" "2 simulated ranks on one GPU" "$out/$name-sim" "$out/$name-sim.csv" \
-      "$out/$name-nccl" "$out/$name-nccl.csv"
-    compare_metrics "$name" "CPU reference, 2 simulated ranks" "$dir/cpu-$name.csv" "$out/$name-nccl.csv"
+      "$out/$name-nccl" "$out/$name-nccl.csv" || status=1
+    compare_metrics "$name" "CPU reference, 2 simulated ranks" "$dir/cpu-$name.csv" "$out/$name-nccl.csv" ||
+      status=1
     if [[ "$routing" == aux_loss || "$routing" == none ]]; then
       compare "$name" "one-GPU program, global batch" "$out/one-$routing" "$out/one-$routing.csv" \
-        "$out/$name-nccl" "$out/$name-nccl.csv"
+        "$out/$name-nccl" "$out/$name-nccl.csv" || status=1
     fi
   else
     # One GPU: the simulated ranks against the references of the real ones.
-    compare_metrics "$name-sim" "CPU reference, 2 simulated ranks" "$dir/cpu-$name.csv" "$out/$name-sim.csv"
+    compare_metrics "$name-sim" "CPU reference, 2 simulated ranks" "$dir/cpu-$name.csv" "$out/$name-sim.csv" ||
+      status=1
     if [[ "$routing" == aux_loss || "$routing" == none ]]; then
       compare "$name-sim" "one-GPU program, global batch" "$out/one-$routing" "$out/one-$routing.csv" \
-        "$out/$name-sim" "$out/$name-sim.csv"
+        "$out/$name-sim" "$out/$name-sim.csv" || status=1
     fi
   fi
+  return "$status"
+}
+# The cases run 4 at a time (each is small: the GPUs and the CPUs have room).
+case_pids=()
+case_names=()
+index=0
+while read -r name routing _; do
+  while (($(jobs -rp | wc -l) >= 4)); do
+    sleep 0.2
+  done
+  check_case "$name" "$routing" "$index" > "$out/case-$name.log" 2>&1 &
+  case_pids+=($!)
+  case_names+=("$name")
+  index=$((index + 1))
 done < <(cases)
+for i in "${!case_pids[@]}"; do
+  name="${case_names[i]}"
+  if ! wait "${case_pids[i]}"; then
+    fail "correctness case $name"
+  fi
+  grep -E ': (PASS|FAIL)$|^FAIL' "$out/case-$name.log" || true
+  [[ -f "$out/rows-$name.md" ]] && cat "$out/rows-$name.md" >> "$summary"
+done
 ((gpus >= 2)) || skip "(a) the 20 cases as 2 ranks on 2 GPUs through NCCL (ran on 2 simulated ranks instead)"
 
 echo "== (b) faults: a rank killed mid-run, the survivor's message, the resumed loss sequence $(elapsed)"
