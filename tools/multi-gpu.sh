@@ -421,7 +421,7 @@ if ((gpus >= 2)); then
     else
       wait "${pids[0]}" || status=$?
       took=$((SECONDS - killed))
-      wait "${pids[1]}" || true
+      wait "${pids[1]}" 2> /dev/null || true
       message="$(grep -E 'moert watchdog' "$out/fault-rank0.txt" | head -1 || true)"
       echo "rank 0 ended after ${took} s with status $status: ${message:-no watchdog message}" | tee -a "$summary"
       ((status != 0)) || fail "rank 0 exited 0 after its peer was killed"
@@ -450,7 +450,7 @@ else
   pid=$!
   if saved="$(wait_for_checkpoint "$out/fault-ckpt" 30 "$pid")"; then
     kill -KILL "$pid"
-    wait "$pid" || true
+    wait "$pid" 2> /dev/null || true
     echo "killed the simulated job (SIGKILL) after checkpoint step_$saved" | tee -a "$summary"
     resume_check sim_one
   else
@@ -465,7 +465,11 @@ echo "== (c) dispatch speed and (d) benchmark $(elapsed)"
 warmup="${MG_BENCH_WARMUP:-3}"
 steps="${MG_BENCH_STEPS:-10}"
 total=$((warmup + steps))
-bench=(--tokens "$dir/data/m2l.bin" --steps "$total" --bench-warmup "$warmup" --profile-step "$total")
+# Timed runs are not profiled (a profiled step runs eagerly, its ops
+# timed one by one); the profile and the per-collective breakdown come from
+# a separate run of 3 steps, the third profiled.
+bench=(--tokens "$dir/data/m2l.bin" --steps "$total" --bench-warmup "$warmup")
+profile=(--tokens "$dir/data/m2l.bin" --steps 3 --profile-step 3)
 echo "-- moec on one GPU"
 "$dir/m2l-one/train_step" "${bench[@]}" > "$out/bench-m2l-one.txt" 2>&1 ||
   { tail -20 "$out/bench-m2l-one.txt"; fail "moec on one GPU"; }
@@ -490,36 +494,37 @@ if ((gpus >= 2)); then
     echo "-- moec $program on 2 GPUs"
     if launch "$out/bench-$program.txt" 2 "$dir/$program/train_step" "${bench[@]}"; then
       moec_runs+=("$program=$out/bench-$program.txt.rank0")
-      grep -E 'summary|collective:' "$out/bench-$program.txt.rank0" || true
+      grep -E '^summary' "$out/bench-$program.txt.rank0" || true
     else
       tail -20 "$out/bench-$program.txt"
       fail "moec $program on 2 GPUs"
     fi
+    launch "$out/profile-$program.txt" 2 "$dir/$program/train_step" "${profile[@]}" ||
+      { tail -20 "$out/profile-$program.txt"; fail "moec $program profiled on 2 GPUs"; }
+    grep -E 'collective:|profile: moe.(dispatch|combine)' "$out/profile-$program.txt.rank0" || true
   done
 else
   echo "-- moec m2l-p2h1 on 2 simulated ranks (mechanics of the profile and the breakdown; not a speed)"
-  sim_one "$out/bench-m2l-p2h1-sim.txt" "$dir/m2l-p2h1/train_step" --tokens "$dir/data/m2l.bin" --steps 2 --profile-step 2 ||
-    { tail -20 "$out/bench-m2l-p2h1-sim.txt"; fail "m2l-p2h1 on simulated ranks"; }
-  grep -E 'collective:|profile: moe.(dispatch|combine)' "$out/bench-m2l-p2h1-sim.txt" || true
+  sim_one "$out/profile-m2l-p2h1-sim.txt" "$dir/m2l-p2h1/train_step" "${profile[@]}" ||
+    { tail -20 "$out/profile-m2l-p2h1-sim.txt"; fail "m2l-p2h1 on simulated ranks"; }
+  grep -E 'collective:|profile: moe.(dispatch|combine)' "$out/profile-m2l-p2h1-sim.txt" || true
   skip "(d) moec (2,1) and (1,2) on 2 GPUs and FSDP2 on 2 GPUs (FSDP2 ran on 1 GPU)"
 fi
 python3 -c "import sys, json; from pathlib import Path; from moec.fsdp2_bench import comparison, comparison_table; fsdp = [Path(p) for p in sys.argv[2].split()]; runs = [tuple(r.split('=', 1)) for r in sys.argv[3].split()]; result = comparison(fsdp, [(n, Path(p)) for n, p in runs], ('moec-one-gpu', Path(sys.argv[1]))); Path(sys.argv[4]).write_text(json.dumps(result, indent=1) + '\n'); print(comparison_table(result))" \
   "$out/bench-m2l-one.txt" "${fsdp[*]}" "${moec_runs[*]}" "$out/bench.json" > "$out/bench-table.md" ||
   fail "the benchmark table"
 { echo -e "\n## (d) benchmark\n"; cat "$out/bench-table.md"; } | tee -a "$summary"
-for program in m2l-one m2l-p2h1 m2l-p1h2; do
-  f="$out/bench-$program.txt"
-  [[ -f "$f.rank0" ]] && f="$f.rank0"
+for f in "$out"/profile-m2l-*.txt.rank0 "$out"/profile-m2l-*-sim.txt; do
   [[ -f "$f" ]] || continue
-  echo -e "\n$program, the profiled step's collectives:\n" >> "$summary"
-  grep -E 'collective:|collectives:' "$f" | tail -12 | sed 's/^/    /' >> "$summary" || true
+  echo -e "\n$(basename "$f"): the profiled step's collectives by group and kind:\n" >> "$summary"
+  grep -E 'collective:' "$f" | sed 's/^/    /' >> "$summary" || true
 done
 
 echo "-- NCCL's own all-to-all (moert-alltoall-bench) for the dispatch's bytes"
-prof="$out/bench-m2l-p2h1.txt.rank0"
+prof="$out/profile-m2l-p2h1.txt.rank0"
 ranks=2
 if ((gpus < 2)); then
-  prof="$out/bench-m2l-p2h1-sim.txt"
+  prof="$out/profile-m2l-p2h1-sim.txt"
   ranks=1
 fi
 read -r calls bytes ms < <(awk '/collective: expert +all_to_all/ {c += $6; b += $8; t += $10} END {printf "%d %.0f %.6f\n", c, b, t}' "$prof" 2>/dev/null || echo "0 0 0")

@@ -132,7 +132,7 @@ def initialise(model, config, device) -> None:
         for name, module in model.named_modules():
             if not type(module).__name__.endswith("RotaryEmbedding"):
                 continue
-            fresh = type(module)(config=config, device=device)
+            fresh = type(module)(config=config).to(device)
             for buffer, value in fresh.named_buffers(recurse=False):
                 getattr(module, buffer).copy_(value)
                 remade.add(f"{name}.{buffer}")
