@@ -35,6 +35,7 @@ llvm_config.with_system_environment(["HOME", "TMPDIR"])
 llvm_config.use_default_substitutions()
 llvm_config.add_tool_substitutions(
     ["moec", "moec-opt", "moec-translate", "moec-unittests", "moert-info",
+     "moert-alltoall-bench",
      "moec-fuzz-onnx-import", "moec-fuzz-training-job", "moec-fuzz-token-file",
      "moec-fuzz-checkpoint", "moec-fuzz-safetensors"], [config.moec_tools_dir])
 llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
