@@ -75,3 +75,7 @@ if config.moec_have_cudnn:
 if shutil.which("nvidia-smi") and subprocess.run(
         ["nvidia-smi", "-L"], capture_output=True).returncode == 0:
     config.available_features.add("gpu")
+    # Two GPUs or more: the two-GPU check (tools/multi-gpu.sh).
+    listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
+    if sum(line.startswith("GPU ") for line in listed.splitlines()) >= 2:
+        config.available_features.add("gpus-2")
