@@ -35,6 +35,7 @@ llvm_config.with_system_environment(["HOME", "TMPDIR"])
 llvm_config.use_default_substitutions()
 llvm_config.add_tool_substitutions(
     ["moec", "moec-opt", "moec-translate", "moec-unittests", "moert-info",
+     "moert-alltoall-bench",
      "moec-fuzz-onnx-import", "moec-fuzz-training-job", "moec-fuzz-token-file",
      "moec-fuzz-checkpoint", "moec-fuzz-safetensors"], [config.moec_tools_dir])
 llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
@@ -74,3 +75,7 @@ if config.moec_have_cudnn:
 if shutil.which("nvidia-smi") and subprocess.run(
         ["nvidia-smi", "-L"], capture_output=True).returncode == 0:
     config.available_features.add("gpu")
+    # Two GPUs or more: the two-GPU check (tools/multi-gpu.sh).
+    listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
+    if sum(line.startswith("GPU ") for line in listed.splitlines()) >= 2:
+        config.available_features.add("gpus-2")

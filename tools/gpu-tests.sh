@@ -87,6 +87,10 @@
 # grad_norm within 1e-4 relative; every gradient within a relative L2 of
 # 1e-4, every AdamW update within 1e-3.
 #
+# Two GPUs (W = 2 on real NCCL, a killed rank, the dispatch against NCCL's
+# all-to-all, the FSDP2 benchmark): tools/multi-gpu.sh, in the same two
+# halves.
+#
 # GPU_TESTS_ONLY=offload (in both halves) prepares and runs only the
 # offloading checks and what they compare with, GPU_TESTS_ONLY=numerics the
 # numeric-fault checks, GPU_TESTS_ONLY=bench-shape the check at the

@@ -9,15 +9,20 @@
 
 #include "moert/CollectiveTimes.h"
 
+#include <algorithm>
+
 using namespace moert;
 
 /// The event pairs recorded since the last collect(), by group.
 struct CollectiveTimes::Pending {
   struct Call {
     size_t group;
+    const char *collective;
+    double bytes;
     cudaEvent_t start, end;
   };
   std::vector<std::string> groups;
+  std::vector<int> groupSizes;
   std::vector<Call> calls;
 };
 
@@ -30,6 +35,7 @@ public:
       : inner(inner), owned(std::move(owned)), pending(pending),
         groupIndex(pending.groups.size()) {
     pending.groups.push_back(inner.group());
+    pending.groupSizes.push_back(inner.size());
   }
 
   int rank() const override { return inner.rank(); }
@@ -38,19 +44,21 @@ public:
 
   Status allReduceSum(const void *send, void *recv, size_t count, DataType type,
                       cudaStream_t stream) override {
-    return timed(stream, [&] {
+    return timed(stream, "all_reduce", double(count) * elementBytes(type), [&] {
       return inner.allReduceSum(send, recv, count, type, stream);
     });
   }
   Status allGather(const void *send, void *recv, size_t count, DataType type,
                    cudaStream_t stream) override {
-    return timed(stream, [&] {
+    return timed(stream, "all_gather",
+                 double(count) * elementBytes(type) * inner.size(), [&] {
       return inner.allGather(send, recv, count, type, stream);
     });
   }
   Status reduceScatterSum(const void *send, void *recv, size_t count,
                           DataType type, cudaStream_t stream) override {
-    return timed(stream, [&] {
+    return timed(stream, "reduce_scatter",
+                 double(count) * elementBytes(type) * inner.size(), [&] {
       return inner.reduceScatterSum(send, recv, count, type, stream);
     });
   }
@@ -59,19 +67,22 @@ public:
                    const std::vector<size_t> &recvCounts,
                    const std::vector<size_t> &recvOffsets, DataType type,
                    cudaStream_t stream) override {
-    return timed(stream, [&] {
+    double sent = 0;
+    for (size_t count : sendCounts)
+      sent += double(count) * elementBytes(type);
+    return timed(stream, "all_to_all", sent, [&] {
       return inner.allToAllV(send, sendCounts, sendOffsets, recv, recvCounts,
                              recvOffsets, type, stream);
     });
   }
   Status broadcast(const void *send, void *recv, size_t count, DataType type,
                    int root, cudaStream_t stream) override {
-    return timed(stream, [&] {
+    return timed(stream, "broadcast", double(count) * elementBytes(type), [&] {
       return inner.broadcast(send, recv, count, type, root, stream);
     });
   }
   Status barrier(cudaStream_t stream) override {
-    return timed(stream, [&] { return inner.barrier(stream); });
+    return timed(stream, "barrier", 0, [&] { return inner.barrier(stream); });
   }
   Status split(int color, int key, const std::string &group,
                std::unique_ptr<Communicator> &out) override {
@@ -83,9 +94,14 @@ public:
     return Status::success();
   }
   void abort() override { inner.abort(); }
+  Status watchStream(const std::string &what, cudaStream_t stream) override {
+    return inner.watchStream(what, stream);
+  }
 
 private:
-  template <class Call> Status timed(cudaStream_t stream, Call call) {
+  template <class Call>
+  Status timed(cudaStream_t stream, const char *collective, double bytes,
+               Call call) {
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess ||
         capture != cudaStreamCaptureStatusNone)
@@ -106,7 +122,7 @@ private:
       (void)cudaEventDestroy(end);
       return status;
     }
-    pending.calls.push_back({groupIndex, start, end});
+    pending.calls.push_back({groupIndex, collective, bytes, start, end});
     return status;
   }
 
@@ -131,8 +147,26 @@ std::unique_ptr<Communicator> CollectiveTimes::wrap(Communicator &comm) {
   return std::make_unique<TimedCommunicator>(comm, nullptr, *pending);
 }
 
-Status CollectiveTimes::collect(std::vector<GroupTime> &times) {
+double CollectiveTime::busGbPerSecond() const {
+  if (milliseconds <= 0)
+    return 0;
+  double n = groupSize;
+  double factor = 0;
+  if (collective == "all_reduce")
+    factor = 2 * (n - 1) / n;
+  else if (collective == "all_gather" || collective == "reduce_scatter" ||
+           collective == "all_to_all")
+    factor = (n - 1) / n;
+  else if (collective == "broadcast")
+    factor = 1;
+  return bytes / (milliseconds / 1e3) / 1e9 * factor;
+}
+
+Status CollectiveTimes::collect(std::vector<GroupTime> &times,
+                                std::vector<CollectiveTime> *byCollective) {
   std::vector<GroupTime> byGroup(pending->groups.size());
+  if (byCollective)
+    byCollective->clear();
   Status status = Status::success();
   for (const Pending::Call &call : pending->calls) {
     float ms = 0;
@@ -143,6 +177,22 @@ Status CollectiveTimes::collect(std::vector<GroupTime> &times) {
           cudaGetErrorString(read));
     byGroup[call.group].calls += 1;
     byGroup[call.group].milliseconds += ms;
+    if (byCollective) {
+      const std::string &group = pending->groups[call.group];
+      auto it = std::find_if(
+          byCollective->begin(), byCollective->end(),
+          [&](const CollectiveTime &c) {
+            return c.group == group && c.collective == call.collective;
+          });
+      if (it == byCollective->end()) {
+        byCollective->push_back(
+            {group, call.collective, pending->groupSizes[call.group]});
+        it = byCollective->end() - 1;
+      }
+      it->calls += 1;
+      it->milliseconds += ms;
+      it->bytes += call.bytes;
+    }
     (void)cudaEventDestroy(call.start);
     (void)cudaEventDestroy(call.end);
   }

@@ -14,7 +14,10 @@
 // outside a graph capture records an event behind it, and the watchdog's
 // thread polls the event and the communicator's asynchronous error. On a
 // fault it prints the message and aborts every communicator of the rank,
-// so the blocked and the later calls fail instead of hanging. The state the
+// so the blocked and the later calls fail instead of hanging. It also
+// polls the rendezvous's connections, kept open (moert/PeerLinks.h): a
+// collective still pending 2 s after a peer's connection closed is reported
+// naming that peer, without waiting for the timeout. The state the
 // watchdog's polls touch (the ncclComm_t, whether it was aborted or
 // destroyed) is shared and locked, so that a communicator may be destroyed
 // while its collectives are still watched.
@@ -23,6 +26,7 @@
 
 #include "moert/NcclCommunicator.h"
 #include "moert/Rendezvous.h"
+#include "moert/StepGraphs.h"
 #include "moert/Watchdog.h"
 
 #include "NcclCompat.h"
@@ -35,6 +39,10 @@
 using namespace moert;
 
 namespace {
+
+/// How long a collective may stay pending after a peer was found gone
+/// before the watchdog reports it (the watchdog's timeout, if shorter).
+constexpr std::chrono::milliseconds kPeerGoneGrace{2000};
 
 std::string where(const char *file, int line) {
   return std::string(file) + ":" + std::to_string(line) + ": ";
@@ -145,6 +153,7 @@ public:
   Status split(int color, int key, const std::string &group,
                std::unique_ptr<Communicator> &out) override;
   void abort() override;
+  Status watchStream(const std::string &what, cudaStream_t stream) override;
 
 private:
   /// "FILE:LINE: rank R of S in group 'G': COLLECTIVE: ".
@@ -161,8 +170,12 @@ private:
   Status cudaFailure(const char *file, int line, const char *collective,
                      const char *call, cudaError_t result);
   /// Hands the collective just enqueued on `stream` to the watchdog, if
-  /// there is one and the stream is not being captured into a graph.
+  /// there is one and the stream is not being captured into a graph (then
+  /// the capture notes it: moert/StepGraphs.h).
   Status watch(const char *collective, cudaStream_t stream);
+  /// Watches the work enqueued on `stream` so far as `what`.
+  Status watchEvent(const char *collective, const std::string &what,
+                    cudaStream_t stream);
 
   std::shared_ptr<CommState> state;
   ncclComm_t comm;
@@ -228,8 +241,24 @@ Status NcclCommunicator::watch(const char *collective, cudaStream_t stream) {
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   MOERT_CUDA_RETURN_IF_ERROR(collective,
                              cudaStreamIsCapturing(stream, &capture));
-  if (capture != cudaStreamCaptureStatusNone)
+  if (capture != cudaStreamCaptureStatusNone) {
+    noteCapturedCollective(std::string(collective) + " in group '" +
+                           groupName + "'");
     return Status::success();
+  }
+  return watchEvent(collective, collective, stream);
+}
+
+Status NcclCommunicator::watchStream(const std::string &what,
+                                     cudaStream_t stream) {
+  if (!watchdog)
+    return Status::success();
+  return watchEvent("watch", what, stream);
+}
+
+Status NcclCommunicator::watchEvent(const char *collective,
+                                    const std::string &watched,
+                                    cudaStream_t stream) {
   auto recorded = std::make_shared<RecordedEvent>();
   MOERT_CUDA_RETURN_IF_ERROR(
       collective,
@@ -238,7 +267,7 @@ Status NcclCommunicator::watch(const char *collective, cudaStream_t stream) {
                              cudaEventRecord(recorded->event, stream));
   std::string what = "rank " + std::to_string(rankIndex) + " of " +
                      std::to_string(groupSize) + " in group '" + groupName +
-                     "': " + collective;
+                     "': " + watched;
   watchdog->watch(
       std::move(what),
       [recorded, state = state](std::string &why) {
@@ -471,6 +500,9 @@ Status moert::createWorldCommunicator(const RankInfo &info,
       !read.ok())
     return Status::failure("rank " + std::to_string(info.rank) + ": " +
                            read.message());
+  // With a watchdog, the rendezvous's connections stay open: they tell
+  // which peer is gone (moert/PeerLinks.h).
+  auto links = std::make_shared<PeerLinks>();
   std::vector<char> payload;
   Status exchanged = rendezvousFromEnvironment(
       info, env,
@@ -481,7 +513,7 @@ Status moert::createWorldCommunicator(const RankInfo &info,
         bytes.assign(id.begin(), id.end());
         return Status::success();
       },
-      payload);
+      payload, timeout.count() > 0 ? links.get() : nullptr);
   if (!exchanged.ok())
     return exchanged;
   NcclUniqueId id;
@@ -500,6 +532,10 @@ Status moert::createWorldCommunicator(const RankInfo &info,
     watchdog = std::make_shared<Watchdog>(
         timeout,
         [watched](const std::string &message) { watched->onFault(message); });
+    if (!links->peers().empty())
+      watchdog->watchPeers([links] { return links->poll(); },
+                           std::min<std::chrono::milliseconds>(
+                               timeout, kPeerGoneGrace));
     watchdog->start(std::clamp<std::chrono::milliseconds>(
         timeout / 10, std::chrono::milliseconds(10), std::chrono::seconds(1)));
   }

@@ -294,7 +294,8 @@ Status RendezvousServer::listen(const std::string &host, int port,
 }
 
 Status RendezvousServer::serve(int worldSize, const std::vector<char> &payload,
-                               const RendezvousOptions &options) {
+                               const RendezvousOptions &options,
+                               PeerLinks *links) {
   if (Status valid = checkOptions(options); !valid.ok())
     return valid;
   if (payload.size() > kMaxRendezvousPayloadBytes)
@@ -306,6 +307,7 @@ Status RendezvousServer::serve(int worldSize, const std::vector<char> &payload,
     return Status::failure("rendezvous: rank 0 is not listening");
   Clock::time_point deadline = Clock::now() + options.timeout;
   std::vector<Socket> peers;
+  std::vector<int> peerRanks; // peers[i] is rank peerRanks[i]
   std::set<int> joined;
   // What the timeout's message names of the refused peers: the first few,
   // then a count, so that a peer that keeps connecting cannot grow it.
@@ -365,6 +367,7 @@ Status RendezvousServer::serve(int worldSize, const std::vector<char> &payload,
       continue;
     joined.insert(static_cast<int>(rank));
     peers.push_back(std::move(peer));
+    peerRanks.push_back(static_cast<int>(rank));
   }
 
   if (static_cast<int>(joined.size()) < worldSize - 1) {
@@ -385,12 +388,17 @@ Status RendezvousServer::serve(int worldSize, const std::vector<char> &payload,
   Clock::time_point sendDeadline = Clock::now() + options.greetingTimeout;
   for (Socket &peer : peers)
     sendReply(peer.fd, kPayload, payload.data(), payload.size(), sendDeadline);
+  if (links)
+    for (size_t i = 0; i < peers.size(); ++i) {
+      links->add(peerRanks[i], peers[i].fd);
+      peers[i].fd = -1;
+    }
   return Status::success();
 }
 
 Status moert::joinRendezvous(const std::string &host, int port, int rank,
                              int worldSize, const RendezvousOptions &options,
-                             std::vector<char> &payload) {
+                             std::vector<char> &payload, PeerLinks *links) {
   if (Status valid = checkOptions(options); !valid.ok())
     return valid;
   std::string where = "rank 0 at " + host + ":" + std::to_string(port);
@@ -492,6 +500,10 @@ Status moert::joinRendezvous(const std::string &host, int port, int rank,
         return Status::failure(who + where +
                                " sent the payload before accepting it");
       payload = std::move(body);
+      if (links) {
+        links->add(0, connection.fd);
+        connection.fd = -1;
+      }
       return Status::success();
     }
     return Status::failure(who + where + " sent a reply of unknown kind " +
@@ -502,7 +514,8 @@ Status moert::joinRendezvous(const std::string &host, int port, int rank,
 Status moert::rendezvousFromEnvironment(const RankInfo &info,
                                         const EnvLookup &env,
                                         const PayloadMaker &makePayload,
-                                        std::vector<char> &payload) {
+                                        std::vector<char> &payload,
+                                        PeerLinks *links) {
   if (info.worldSize == 1)
     return makePayload(payload);
   std::string who = "rendezvous: rank " + std::to_string(info.rank) + " of " +
@@ -523,10 +536,10 @@ Status moert::rendezvousFromEnvironment(const RankInfo &info,
       return listening;
     if (Status made = makePayload(payload); !made.ok())
       return made;
-    return server.serve(info.worldSize, payload, options);
+    return server.serve(info.worldSize, payload, options, links);
   }
   if (info.masterAddr.empty())
     return Status::failure(who + "MASTER_ADDR is not set");
   return joinRendezvous(info.masterAddr, info.masterPort, info.rank,
-                        info.worldSize, options, payload);
+                        info.worldSize, options, payload, links);
 }

@@ -5,14 +5,26 @@
 //===----------------------------------------------------------------------===//
 
 #include "moert/StepGraphs.h"
+#include "moert/Mesh.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <vector>
 
 using namespace moert;
 
 namespace {
 GraphMode currentMode = GraphMode::Warmup;
+/// The collectives of the segment this thread captures; null when none.
+thread_local std::vector<std::string> *captured = nullptr;
 } // namespace
+
+void moert::noteCapturedCollective(const std::string &what) {
+  if (captured &&
+      std::find(captured->begin(), captured->end(), what) == captured->end())
+    captured->push_back(what);
+}
 
 GraphMode moert::graphMode() { return currentMode; }
 
@@ -26,12 +38,19 @@ void moert::runSegment(const kernels::Context &ctx, Segment &segment,
   }
   if (!segment.exec) {
     cudaGraph_t graph = nullptr;
+    std::vector<std::string> collectives;
     cudaError_t status =
         cudaStreamBeginCapture(ctx.stream, cudaStreamCaptureModeThreadLocal);
     if (status == cudaSuccess) {
+      captured = &collectives;
       fn(ctx, state, arena, inputs);
+      captured = nullptr;
       status = cudaStreamEndCapture(ctx.stream, &graph);
     }
+    segment.collectives.clear();
+    for (const std::string &what : collectives)
+      segment.collectives +=
+          (segment.collectives.empty() ? "" : ", ") + what;
     if (status == cudaSuccess)
       status = cudaGraphInstantiate(&segment.exec, graph, 0);
     if (graph)
@@ -49,4 +68,14 @@ void moert::runSegment(const kernels::Context &ctx, Segment &segment,
     }
   }
   MOERT_CUDA_CHECK(cudaGraphLaunch(segment.exec, ctx.stream));
+  if (ctx.mesh && !segment.collectives.empty()) {
+    Status watched = ctx.mesh->group(meshAxes({0, 1, 2}))
+                         .watchStream("a CUDA graph of the step holding " +
+                                          segment.collectives,
+                                      ctx.stream);
+    if (!watched.ok()) {
+      std::fprintf(stderr, "error: %s\n", watched.message().c_str());
+      std::exit(1);
+    }
+  }
 }

@@ -666,8 +666,9 @@ int runRank(const TrainProgram &p, const Options &o,
       }
     }
     std::vector<GroupTime> groupTimes;
+    std::vector<CollectiveTime> collectiveBreakdown;
     if (mesh)
-      orExit(collectiveTimes.collect(groupTimes));
+      orExit(collectiveTimes.collect(groupTimes, &collectiveBreakdown));
     // --check-numerics: the first tensor, in program order (the parameters
     // the step starts from, then the ops' results), that holds an inf or a
     // NaN (this rank's).
@@ -743,6 +744,15 @@ int runRank(const TrainProgram &p, const Options &o,
         std::printf("step %4lld  collectives:%s\n", static_cast<long long>(t),
                     text.c_str());
       }
+      // The profiled step: each group's collectives by kind, with the bytes
+      // they moved and their bus bandwidth (moert/CollectiveTimes.h).
+      if (t == o.profileStep)
+        for (const CollectiveTime &c : collectiveBreakdown)
+          std::printf("step %4lld  collective: %-22s %-14s %4d calls %14.0f "
+                      "bytes %10.3f ms  busbw %8.2f GB/s\n",
+                      static_cast<long long>(t), c.group.c_str(),
+                      c.collective.c_str(), c.calls, c.bytes, c.milliseconds,
+                      c.busGbPerSecond());
       if (log)
         std::fprintf(
             log, "%lld,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.6f,%.1f,%.2f,%lld\n",

@@ -23,11 +23,43 @@ void Watchdog::watch(std::string what, Poll poll) {
   watched.push_back({std::move(what), clock(), std::move(poll)});
 }
 
+void Watchdog::watchPeers(PeerProbe peerProbe,
+                          std::chrono::milliseconds grace) {
+  std::lock_guard<std::mutex> lock(mutex);
+  probe = std::move(peerProbe);
+  peerGrace = grace;
+}
+
 size_t Watchdog::check() {
   std::vector<Watched> polled;
+  PeerProbe peerProbe;
   {
     std::lock_guard<std::mutex> lock(mutex);
     polled.swap(watched);
+    peerProbe = probe;
+  }
+  // The peers gone, once the grace has passed since the first was found.
+  std::string goneText;
+  if (peerProbe) {
+    std::vector<int> found = peerProbe();
+    if (!found.empty() && gonePeers.empty())
+      firstGone = clock();
+    gonePeers.insert(gonePeers.end(), found.begin(), found.end());
+    auto since = std::chrono::duration_cast<std::chrono::milliseconds>(
+        clock() - firstGone);
+    if (!gonePeers.empty() && since > peerGrace) {
+      std::string ranks;
+      for (int peer : gonePeers)
+        ranks += (ranks.empty() ? "" : ", ") + std::to_string(peer);
+      char seconds[32];
+      std::snprintf(seconds, sizeof(seconds), "%.1f s", since.count() / 1000.0);
+      goneText = (gonePeers.size() == 1 ? "world rank " + ranks + " is gone"
+                                        : "world ranks " + ranks + " are gone") +
+                 (gonePeers.size() == 1 ? " (its connection to this rank "
+                                          "closed "
+                                        : " (the first connection closed ") +
+                 seconds + " ago)";
+    }
   }
   std::vector<Watched> pending;
   for (Watched &collective : polled) {
@@ -37,6 +69,10 @@ size_t Watchdog::check() {
       continue;
     if (progress == Progress::Failed) {
       onFault(collective.what + " failed: " + why);
+      continue;
+    }
+    if (!goneText.empty()) {
+      onFault(collective.what + " did not finish: " + goneText);
       continue;
     }
     auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(

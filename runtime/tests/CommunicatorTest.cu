@@ -17,7 +17,8 @@
 //                        the rank, the group and the collective; the world
 //                        is unaffected by its child's abort
 //   collective times     a timed world and a group split from it count
-//                        their calls by group (moert/CollectiveTimes.h)
+//                        their calls by group, and by group and kind with
+//                        their bytes (moert/CollectiveTimes.h)
 //
 // A check passes when it passes on every rank. Exits 2 when there is no
 // CUDA device (skipped), 1 on a failed check.
@@ -158,12 +159,22 @@ void testWorld(RankChecks &rc, Communicator &world) {
   const Status status = timedCalls();
   CHECK_CUDA(cudaStreamSynchronize(rc.stream));
   std::vector<GroupTime> got;
+  std::vector<CollectiveTime> kinds;
+  // By kind: the world's two all-reduces of 16 bytes, the split's
+  // all-gather of 16 bytes per rank (w·16 bytes gathered).
   rc.record("collective times by group", status,
-            times.collect(got).ok() && got.size() == 2 &&
+            times.collect(got, &kinds).ok() && got.size() == 2 &&
                 got[0].group == "world" && got[0].calls == 2 &&
                 got[1].group == "timed" && got[1].calls == 1 &&
                 got[0].milliseconds >= 0 && got[1].milliseconds >= 0 &&
-                times.collect(got).ok() && got.empty());
+                kinds.size() == 2 && kinds[0].group == "world" &&
+                kinds[0].collective == "all_reduce" && kinds[0].calls == 2 &&
+                kinds[0].bytes == 32 && kinds[0].groupSize == w &&
+                kinds[1].group == "timed" &&
+                kinds[1].collective == "all_gather" && kinds[1].calls == 1 &&
+                kinds[1].bytes == 16.0 * w && kinds[1].busGbPerSecond() >= 0 &&
+                times.collect(got, &kinds).ok() && got.empty() &&
+                kinds.empty());
 }
 
 /// Runs testWorld on every rank of `world` (one thread each, with its own

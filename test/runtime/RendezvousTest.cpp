@@ -5,7 +5,9 @@
 // another world size or plain garbage is refused and the job still
 // completes for the right ranks; a rank that never joins makes every joined
 // rank fail within the timeout, naming it; a rank that cannot reach rank 0
-// fails within its timeout.
+// fails within its timeout; the connections kept after the rendezvous
+// (moert/PeerLinks.h) tell which peer is gone, one that ended and one
+// killed by SIGKILL.
 //
 //===----------------------------------------------------------------------===//
 
@@ -16,8 +18,12 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <csignal>
+
+#include <algorithm>
 #include <future>
 #include <map>
 #include <thread>
@@ -287,6 +293,75 @@ TEST(Rendezvous, ARankRefusesAServerThatIsNotARendezvous) {
   ASSERT_FALSE(joined.status.ok());
   EXPECT_TRUE(contains(joined.status, "is not a moert rendezvous"))
       << joined.status.message();
+}
+
+/// Polls `links` until it finds a peer gone (5 s at most).
+std::vector<int> pollUntilGone(PeerLinks &links) {
+  auto start = std::chrono::steady_clock::now();
+  std::vector<int> gone;
+  while (gone.empty() && std::chrono::steady_clock::now() - start < 5s) {
+    gone = links.poll();
+    std::this_thread::sleep_for(5ms);
+  }
+  return gone;
+}
+
+TEST(Rendezvous, KeptConnectionsTellWhichPeerIsGone) {
+  RendezvousServer server = listenEphemeral();
+  std::vector<std::unique_ptr<PeerLinks>> links;
+  for (int rank = 0; rank < 3; ++rank)
+    links.push_back(std::make_unique<PeerLinks>());
+  std::vector<std::future<Status>> joiners;
+  for (int rank = 1; rank < 3; ++rank)
+    joiners.push_back(std::async(std::launch::async, [&, rank] {
+      std::vector<char> payload;
+      return joinRendezvous(kHost, server.port(), rank, 3, options(), payload,
+                            links[rank].get());
+    }));
+  Status served = server.serve(3, uniqueIdBytes(), options(), links[0].get());
+  ASSERT_TRUE(served.ok()) << served.message();
+  for (auto &joiner : joiners) {
+    Status joined = joiner.get();
+    ASSERT_TRUE(joined.ok()) << joined.message();
+  }
+  std::vector<int> peers = links[0]->peers(); // in the order they joined
+  std::sort(peers.begin(), peers.end());
+  EXPECT_EQ(peers, (std::vector<int>{1, 2}));
+  EXPECT_EQ(links[1]->peers(), std::vector<int>{0});
+  EXPECT_TRUE(links[0]->poll().empty()); // everyone is alive
+  EXPECT_TRUE(links[1]->poll().empty());
+  links[2].reset(); // rank 2 ends
+  EXPECT_EQ(pollUntilGone(*links[0]), std::vector<int>{2});
+  EXPECT_TRUE(links[0]->poll().empty()); // each peer once
+  EXPECT_TRUE(links[1]->poll().empty()); // rank 1 sees rank 0 only
+  links[0].reset(); // rank 0 ends
+  EXPECT_EQ(pollUntilGone(*links[1]), std::vector<int>{0});
+}
+
+TEST(Rendezvous, APeerKilledBySigkillIsFoundGone) {
+  RendezvousServer server = listenEphemeral();
+  int port = server.port();
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // Rank 1 in a process of its own: joins, keeps its connection, waits to
+    // be killed.
+    PeerLinks kept;
+    std::vector<char> payload;
+    if (!joinRendezvous(kHost, port, 1, 2, options(), payload, &kept).ok())
+      ::_exit(1);
+    for (;;)
+      ::pause();
+  }
+  PeerLinks links;
+  Status served = server.serve(2, uniqueIdBytes(), options(), &links);
+  ASSERT_TRUE(served.ok()) << served.message();
+  EXPECT_TRUE(links.poll().empty());
+  ASSERT_EQ(::kill(child, SIGKILL), 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+  EXPECT_EQ(pollUntilGone(links), std::vector<int>{1});
 }
 
 TEST(Rendezvous, JobTokensAreFreshAndHexadecimal) {

@@ -2,8 +2,9 @@
 //
 // The watchdog's timing on a fake clock and scripted polls: finished
 // collectives are forgotten, failed ones reported at once, pending ones
-// reported only once the timeout has passed, each fault once; and its
-// thread reports a collective that never finishes on the real clock.
+// reported only once the timeout has passed, each fault once; a peer found
+// gone faults the collectives still pending after the grace, naming it; and
+// its thread reports a collective that never finishes on the real clock.
 //
 //===----------------------------------------------------------------------===//
 
@@ -91,6 +92,74 @@ TEST(Watchdog, ACollectiveWatchedDuringAPollIsKept) {
   EXPECT_EQ(watchdog.check(), 1u);
   later = Progress::Done;
   EXPECT_EQ(watchdog.check(), 0u);
+}
+
+TEST(Watchdog, AGonePeerFaultsThePendingCollectivesAfterTheGrace) {
+  FakeClock time;
+  std::vector<std::string> faults;
+  Watchdog watchdog(
+      600s, [&](const std::string &message) { faults.push_back(message); },
+      time.clock());
+  std::vector<int> found; // what the next probe finds gone
+  watchdog.watchPeers(
+      [&] {
+        std::vector<int> gone;
+        gone.swap(found);
+        return gone;
+      },
+      2s);
+  Progress allToAll = Progress::Pending, finishing = Progress::Pending;
+  watchdog.watch("rank 0 of 2 in group 'expert': all_to_all",
+                 scripted(allToAll));
+  watchdog.watch("rank 0 of 2 in group 'world': all_reduce",
+                 scripted(finishing));
+  found = {1};
+  EXPECT_EQ(watchdog.check(), 2u); // found gone now: within the grace
+  time.now += 2s;
+  finishing = Progress::Done; // a collective the peer finished before it died
+  EXPECT_EQ(watchdog.check(), 1u);
+  EXPECT_TRUE(faults.empty());
+  time.now += 1ms;
+  EXPECT_EQ(watchdog.check(), 0u);
+  ASSERT_EQ(faults.size(), 1u);
+  EXPECT_EQ(faults[0], "rank 0 of 2 in group 'expert': all_to_all did not "
+                       "finish: world rank 1 is gone (its connection to this "
+                       "rank closed 2.0 s ago)");
+  // Collectives enqueued later fault at the next check.
+  watchdog.watch("rank 0 of 2 in group 'world': barrier",
+                 scripted(allToAll));
+  EXPECT_EQ(watchdog.check(), 0u);
+  ASSERT_EQ(faults.size(), 2u);
+  EXPECT_EQ(faults[1], "rank 0 of 2 in group 'world': barrier did not "
+                       "finish: world rank 1 is gone (its connection to this "
+                       "rank closed 2.0 s ago)");
+}
+
+TEST(Watchdog, GonePeersWithNothingPendingAreNoFault) {
+  FakeClock time;
+  std::vector<std::string> faults;
+  Watchdog watchdog(
+      600s, [&](const std::string &message) { faults.push_back(message); },
+      time.clock());
+  std::vector<int> found = {3, 1};
+  watchdog.watchPeers(
+      [&] {
+        std::vector<int> gone;
+        gone.swap(found);
+        return gone;
+      },
+      1s);
+  EXPECT_EQ(watchdog.check(), 0u);
+  time.now += 5s;
+  EXPECT_EQ(watchdog.check(), 0u);
+  EXPECT_TRUE(faults.empty()); // the peers ended, this rank waits for nothing
+  watchdog.watch("rank 2 of 4 in group 'shard': reduce_scatter",
+                 [](std::string &) { return Progress::Pending; });
+  EXPECT_EQ(watchdog.check(), 0u);
+  ASSERT_EQ(faults.size(), 1u);
+  EXPECT_EQ(faults[0], "rank 2 of 4 in group 'shard': reduce_scatter did not "
+                       "finish: world ranks 3, 1 are gone (the first "
+                       "connection closed 5.0 s ago)");
 }
 
 TEST(Watchdog, ItsThreadReportsACollectiveThatNeverFinishes) {

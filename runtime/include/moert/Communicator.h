@@ -107,6 +107,16 @@ public:
   /// Ends the group's pending collectives on this rank without waiting for
   /// the others (a watchdog's way out of a hang); every later call fails.
   virtual void abort() = 0;
+
+  /// Watches the work enqueued on `stream` so far as `what` (a CUDA graph's
+  /// launch, whose collectives were captured, not watched one by one): a
+  /// communicator with a watchdog reports it like a collective that does
+  /// not finish. The others ignore it.
+  virtual Status watchStream(const std::string &what, cudaStream_t stream) {
+    (void)what;
+    (void)stream;
+    return Status::success();
+  }
 };
 
 } // namespace moert

@@ -24,6 +24,7 @@
 #define MOERT_RENDEZVOUS_H
 
 #include "moert/Bootstrap.h"
+#include "moert/PeerLinks.h"
 #include "moert/Status.h"
 
 #include <chrono>
@@ -82,9 +83,11 @@ public:
   /// them `payload`. Peers with a wrong token, a rank already taken or out
   /// of range, or another world size are refused (the message goes to them
   /// when they have the token) and the wait goes on. At the timeout, tells
-  /// the joined ranks and fails naming the ranks that never joined.
+  /// the joined ranks and fails naming the ranks that never joined. With
+  /// `links`, the joined ranks' connections stay open there (each ranks'
+  /// liveness, moert/PeerLinks.h) instead of being closed.
   Status serve(int worldSize, const std::vector<char> &payload,
-               const RendezvousOptions &options);
+               const RendezvousOptions &options, PeerLinks *links = nullptr);
 
 private:
   int socketFd = -1;
@@ -93,10 +96,11 @@ private:
 
 /// A rank other than 0: connects to rank 0 at `host`:`port` (retrying until
 /// the timeout while nobody listens), joins as `rank` of `worldSize` and
-/// receives the payload.
+/// receives the payload. With `links`, the connection to rank 0 stays open
+/// there.
 Status joinRendezvous(const std::string &host, int port, int rank,
                       int worldSize, const RendezvousOptions &options,
-                      std::vector<char> &payload);
+                      std::vector<char> &payload, PeerLinks *links = nullptr);
 
 /// Makes the payload rank 0 hands out (for NCCL: a fresh unique id).
 using PayloadMaker = std::function<Status(std::vector<char> &payload)>;
@@ -106,10 +110,13 @@ using PayloadMaker = std::function<Status(std::vector<char> &payload)>;
 /// no socket; otherwise rank 0 makes it and listens on every interface at
 /// MASTER_PORT, and the others join at MASTER_ADDR:MASTER_PORT. Fails,
 /// naming the variable, when MASTER_ADDR, MASTER_PORT or the token is
-/// missing or the timeout is not a positive number of seconds.
+/// missing or the timeout is not a positive number of seconds. With
+/// `links` (and more than one rank), the rendezvous's connections stay open
+/// there.
 Status rendezvousFromEnvironment(const RankInfo &info, const EnvLookup &env,
                                  const PayloadMaker &makePayload,
-                                 std::vector<char> &payload);
+                                 std::vector<char> &payload,
+                                 PeerLinks *links = nullptr);
 
 } // namespace moert
 

@@ -14,6 +14,11 @@
 //
 // A capture that fails is reported once and the program goes on without
 // graphs: the failed capture ran nothing, so the segment then runs eagerly.
+// The collectives a capture records are not watched one by one (an event of
+// the capture is not the replay's): NCCL's communicator names each in the
+// capture (noteCapturedCollective), and every replay of a segment that holds
+// some is watched through the mesh's world group as one unit named by them,
+// so that a peer that dies during a replay is reported, naming them.
 // Compiled into the runtime library (runtime/src/StepGraphs.cpp); printed
 // programs call runSegment, the driver sets the mode.
 //
@@ -23,6 +28,8 @@
 #define MOERT_STEPGRAPHS_H
 
 #include "moert/kernels/Context.h"
+
+#include <string>
 
 namespace moert {
 
@@ -40,7 +47,13 @@ void setGraphMode(GraphMode mode);
 /// One segment's instantiated graph, once captured.
 struct Segment {
   cudaGraphExec_t exec = nullptr;
+  /// The collectives captured in it ("all_to_all in group 'expert', ...").
+  std::string collectives;
 };
+
+/// Called by a communicator for a collective enqueued while this thread
+/// captures a segment: the segment's replays are watched as holding it.
+void noteCapturedCollective(const std::string &what);
 
 using SegmentFn = void (*)(const kernels::Context &, char *state, char *arena,
                            char *inputs);

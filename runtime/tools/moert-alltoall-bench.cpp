@@ -1,0 +1,283 @@
+//===- moert-alltoall-bench.cpp - NCCL's own all-to-all, timed -------------===//
+//
+// The yardstick for the programs' expert dispatch: NCCL's all-to-all of a
+// given number of bytes per rank on the job's GPUs, timed as nccl-tests
+// times it, straight on NCCL (no moert communicator in between). One process
+// per rank, started by any launcher moert knows (torchrun --no-python, moec
+// launch, srun, mpirun); rank 0's NCCL unique id reaches the others through
+// moert's rendezvous (MOERT_JOB_TOKEN, MASTER_ADDR, MASTER_PORT).
+//
+// For every size (the bytes each rank sends in total, its own chunk
+// included, as nccl-tests' "size") and every method:
+//   send_recv  one ncclSend and one ncclRecv per peer in a group, as
+//              nccl-tests' alltoall does (and moert's allToAllV);
+//   alltoall   ncclAlltoAll (NCCL 2.28 and newer);
+// it runs --warmup untimed calls, then --iters calls between two events on
+// the stream, and reports the average time of one call, the algorithm
+// bandwidth (bytes / time) and the bus bandwidth, algbw * (n - 1) / n
+// (nccl-tests' definition for all-to-all: the share of the bytes that
+// crosses a link; 0 for one rank). Before timing, each rank's chunk for
+// peer q holds the byte 16·rank + q + 1, and every received chunk is
+// checked: a wrong exchange fails the run.
+//
+// Rank 0 prints one line per size and method and, with --json, writes them.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moert/Bootstrap.h"
+#include "moert/Rendezvous.h"
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+[[noreturn]] void fail(const std::string &message) {
+  std::fprintf(stderr, "moert-alltoall-bench: error: %s\n", message.c_str());
+  std::exit(1);
+}
+
+#define BENCH_CUDA(call)                                                       \
+  do {                                                                         \
+    cudaError_t e_ = (call);                                                   \
+    if (e_ != cudaSuccess)                                                     \
+      fail(std::string(__FILE__) + ":" + std::to_string(__LINE__) + ": " +     \
+           #call + ": " + cudaGetErrorString(e_));                             \
+  } while (0)
+
+#define BENCH_NCCL(call)                                                       \
+  do {                                                                         \
+    ncclResult_t r_ = (call);                                                  \
+    if (r_ != ncclSuccess)                                                     \
+      fail(std::string(__FILE__) + ":" + std::to_string(__LINE__) + ": " +     \
+           #call + ": " + ncclGetErrorString(r_));                             \
+  } while (0)
+
+struct Options {
+  std::vector<size_t> sizes;
+  int iters = 20;
+  int warmup = 5;
+  std::string json;
+  std::vector<std::string> methods;
+};
+
+size_t parseSize(const std::string &text) {
+  char *end = nullptr;
+  unsigned long long value = std::strtoull(text.c_str(), &end, 10);
+  std::string unit = end ? end : "";
+  size_t scale = 1;
+  if (unit == "K" || unit == "KiB")
+    scale = size_t(1) << 10;
+  else if (unit == "M" || unit == "MiB")
+    scale = size_t(1) << 20;
+  else if (unit == "G" || unit == "GiB")
+    scale = size_t(1) << 30;
+  else if (!unit.empty())
+    fail("--bytes '" + text + "': expected a number with K, M or G (binary)");
+  if (end == text.c_str() || value == 0)
+    fail("--bytes '" + text + "': expected a positive number");
+  return static_cast<size_t>(value) * scale;
+}
+
+int parseCount(const char *flag, const std::string &text, int least) {
+  char *end = nullptr;
+  long value = std::strtol(text.c_str(), &end, 10);
+  if (end == text.c_str() || *end != '\0' || value < least)
+    fail(std::string(flag) + " '" + text + "': expected an integer of at least " +
+         std::to_string(least));
+  return static_cast<int>(value);
+}
+
+Options parseOptions(int argc, char **argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string flag = argv[i];
+    if (flag == "--help") {
+      std::printf("usage: moert-alltoall-bench [--bytes N[K|M|G]]... "
+                  "[--method send_recv|alltoall]... [--iters N] "
+                  "[--warmup N] [--json FILE]\n");
+      std::exit(0);
+    }
+    if (i + 1 >= argc)
+      fail(flag + " needs a value (--help)");
+    std::string value = argv[++i];
+    if (flag == "--bytes")
+      o.sizes.push_back(parseSize(value));
+    else if (flag == "--iters")
+      o.iters = parseCount("--iters", value, 1);
+    else if (flag == "--warmup")
+      o.warmup = parseCount("--warmup", value, 0);
+    else if (flag == "--json")
+      o.json = value;
+    else if (flag == "--method") {
+      if (value != "send_recv" && value != "alltoall")
+        fail("--method '" + value + "': expected send_recv or alltoall");
+      o.methods.push_back(value);
+    } else
+      fail("unknown flag '" + flag + "' (--help)");
+  }
+  if (o.sizes.empty())
+    o.sizes = {size_t(1) << 20, size_t(16) << 20, size_t(128) << 20,
+               size_t(1) << 30};
+  if (o.methods.empty()) {
+    o.methods = {"send_recv"};
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
+    o.methods.push_back("alltoall");
+#endif
+  }
+  return o;
+}
+
+/// One all-to-all of `chunk` bytes to every rank.
+void allToAll(const std::string &method, const char *send, char *recv,
+              size_t chunk, int ranks, ncclComm_t comm, cudaStream_t stream) {
+  if (method == "alltoall") {
+#if NCCL_VERSION_CODE >= NCCL_VERSION(2, 28, 0)
+    BENCH_NCCL(ncclAlltoAll(send, recv, chunk, ncclChar, comm, stream));
+    return;
+#else
+    fail("this NCCL has no ncclAlltoAll (2.28 and newer)");
+#endif
+  }
+  BENCH_NCCL(ncclGroupStart());
+  for (int peer = 0; peer < ranks; ++peer) {
+    BENCH_NCCL(ncclSend(send + peer * chunk, chunk, ncclChar, peer, comm,
+                        stream));
+    BENCH_NCCL(ncclRecv(recv + peer * chunk, chunk, ncclChar, peer, comm,
+                        stream));
+  }
+  BENCH_NCCL(ncclGroupEnd());
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  Options o = parseOptions(argc, argv);
+  moert::RankInfo info;
+  moert::EnvLookup env = moert::processEnvironment();
+  if (moert::Status s = moert::detectRank(env, info); !s.ok())
+    fail(s.message());
+  int devices = 0;
+  BENCH_CUDA(cudaGetDeviceCount(&devices));
+  // The launcher's local rank, or the one GPU a rank was given.
+  int device = devices == 1 ? 0 : info.localRank;
+  if (device >= devices)
+    fail("local rank " + std::to_string(info.localRank) + " but " +
+         std::to_string(devices) + " GPU(s) visible");
+  BENCH_CUDA(cudaSetDevice(device));
+
+  std::vector<char> payload;
+  moert::Status joined = moert::rendezvousFromEnvironment(
+      info, env,
+      [](std::vector<char> &out) {
+        ncclUniqueId id;
+        if (ncclResult_t r = ncclGetUniqueId(&id); r != ncclSuccess)
+          return moert::Status::failure(std::string("ncclGetUniqueId: ") +
+                                        ncclGetErrorString(r));
+        out.assign(id.internal, id.internal + sizeof(id.internal));
+        return moert::Status::success();
+      },
+      payload);
+  if (!joined.ok())
+    fail(joined.message());
+  if (payload.size() != sizeof(ncclUniqueId))
+    fail("the rendezvous gave " + std::to_string(payload.size()) +
+         " bytes, not an NCCL unique id's " +
+         std::to_string(sizeof(ncclUniqueId)));
+  ncclUniqueId id;
+  std::memcpy(id.internal, payload.data(), sizeof(id.internal));
+  ncclComm_t comm;
+  BENCH_NCCL(ncclCommInitRank(&comm, info.worldSize, id, info.rank));
+  cudaStream_t stream;
+  BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cudaEvent_t start, end;
+  BENCH_CUDA(cudaEventCreate(&start));
+  BENCH_CUDA(cudaEventCreate(&end));
+  int version = 0;
+  BENCH_NCCL(ncclGetVersion(&version));
+  const int n = info.worldSize;
+  const bool leader = info.rank == 0;
+  if (leader)
+    std::printf("moert-alltoall-bench: %d rank(s), NCCL %d, %d warm-up and "
+                "%d timed calls per size\n",
+                n, version, o.warmup, o.iters);
+
+  std::string json = "[";
+  for (size_t requested : o.sizes) {
+    // Every rank sends the same chunk to every rank (its own included).
+    size_t chunk = requested / n;
+    size_t bytes = chunk * n;
+    if (chunk == 0)
+      fail("--bytes " + std::to_string(requested) + " is less than one byte "
+           "per rank");
+    char *send = nullptr, *recv = nullptr;
+    BENCH_CUDA(cudaMalloc(&send, bytes));
+    BENCH_CUDA(cudaMalloc(&recv, bytes));
+    for (const std::string &method : o.methods) {
+      for (int q = 0; q < n; ++q)
+        BENCH_CUDA(cudaMemsetAsync(send + q * chunk, 16 * info.rank + q + 1,
+                                   chunk, stream));
+      BENCH_CUDA(cudaMemsetAsync(recv, 0, bytes, stream));
+      allToAll(method, send, recv, chunk, n, comm, stream);
+      // Chunk p of what arrived came from rank p: its first and last byte.
+      std::vector<unsigned char> ends(2 * n);
+      for (int p = 0; p < n; ++p) {
+        BENCH_CUDA(cudaMemcpyAsync(&ends[2 * p], recv + p * chunk, 1,
+                                   cudaMemcpyDeviceToHost, stream));
+        BENCH_CUDA(cudaMemcpyAsync(&ends[2 * p + 1], recv + (p + 1) * chunk - 1,
+                                   1, cudaMemcpyDeviceToHost, stream));
+      }
+      BENCH_CUDA(cudaStreamSynchronize(stream));
+      for (int p = 0; p < n; ++p) {
+        unsigned char want = static_cast<unsigned char>(16 * p + info.rank + 1);
+        if (ends[2 * p] != want || ends[2 * p + 1] != want)
+          fail(method + " of " + std::to_string(bytes) + " bytes: rank " +
+               std::to_string(info.rank) + " received " +
+               std::to_string(ends[2 * p]) + "/" +
+               std::to_string(ends[2 * p + 1]) + " from rank " +
+               std::to_string(p) + ", expected " + std::to_string(want));
+      }
+      for (int i = 0; i < o.warmup; ++i)
+        allToAll(method, send, recv, chunk, n, comm, stream);
+      BENCH_CUDA(cudaEventRecord(start, stream));
+      for (int i = 0; i < o.iters; ++i)
+        allToAll(method, send, recv, chunk, n, comm, stream);
+      BENCH_CUDA(cudaEventRecord(end, stream));
+      BENCH_CUDA(cudaEventSynchronize(end));
+      float ms = 0;
+      BENCH_CUDA(cudaEventElapsedTime(&ms, start, end));
+      double seconds = ms / 1e3 / o.iters;
+      double algbw = bytes / seconds / 1e9;
+      double busbw = algbw * (n - 1) / n;
+      if (leader) {
+        std::printf("alltoall %-9s %12zu bytes  %10.1f us  algbw %7.2f GB/s  "
+                    "busbw %7.2f GB/s\n",
+                    method.c_str(), bytes, seconds * 1e6, algbw, busbw);
+        char line[256];
+        std::snprintf(line, sizeof(line),
+                      "%s{\"method\": \"%s\", \"ranks\": %d, \"bytes\": %zu, "
+                      "\"time_us\": %.3f, \"algbw_gb_per_s\": %.4f, "
+                      "\"busbw_gb_per_s\": %.4f}",
+                      json.size() > 1 ? ", " : "", method.c_str(), n, bytes,
+                      seconds * 1e6, algbw, busbw);
+        json += line;
+      }
+    }
+    BENCH_CUDA(cudaFree(send));
+    BENCH_CUDA(cudaFree(recv));
+  }
+  json += "]\n";
+  if (leader && !o.json.empty()) {
+    FILE *f = std::fopen(o.json.c_str(), "w");
+    if (!f || std::fputs(json.c_str(), f) < 0 || std::fclose(f) != 0)
+      fail("cannot write '" + o.json + "'");
+  }
+  BENCH_NCCL(ncclCommDestroy(comm));
+  return 0;
+}
