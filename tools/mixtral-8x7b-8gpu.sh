@@ -27,7 +27,8 @@
 # run: builds the program (nvcc), then with 8 GPUs launches 8 ranks
 # (torchrun --no-python), with one GPU runs the 8 ranks as threads on it
 # (--simulate-ranks 8; only a program whose 8 ranks fit one GPU: LAYERS=1);
-# STEPS steps (default 50) on the corpus, the step STEPS-5 profiled, while
+# STEPS steps (default 50) on the corpus, the step STEPS-5 (or the last)
+# profiled, while
 # nvidia-smi samples every GPU's memory; then `python -m moec.mixtral_8gpu
 # report` checks that the loss falls and that every GPU's measured peak is
 # within 10% of the plan, and prints tokens/s, model TFLOP/s per GPU and
@@ -66,7 +67,7 @@ if [[ "$mode" == prepare ]]; then
           --micro-batch-size 1 --seq-length "$seq" --bf16)
   echo "layout: P $p, H $h, activation checkpointing $ckpt (${LAYOUT:+LAYOUT}${LAYOUT:-moec plan --recommend})"
   "$moec" plan "$model" "${layout[@]}" --gpu "$gpu" > "$dir/plan.txt"
-  grep -E "^  total|^step estimate|program's memory" "$dir/plan.txt" || true
+  grep -E "^  total|^step estimate|program's memory|^  state .* = " "$dir/plan.txt" || true
   if [[ "$layers" != 32 ]]; then
     "$moec" import "$model" -o "$dir/forward-32.mlir"
     python3 -m moec.mixtral_8gpu first-layers "$dir/forward-32.mlir" "$layers" "$dir/forward.mlir"
@@ -99,7 +100,8 @@ dir="$(cd "$dir" && pwd)"
 out="$dir/out"
 rm -rf "$out" && mkdir -p "$out"
 steps="${STEPS:-50}"
-profile_step=$((steps - 5))
+profile_step=$(( steps > 5 ? steps - 5 : steps ))
+bench_warmup=$(( steps > 10 ? 5 : 1 ))
 layers="$(cat "$dir/layers")"
 
 start=$(date +%s)
@@ -110,7 +112,7 @@ echo "nvcc of the rank program ($layers layers): $(($(date +%s) - start)) s"
 gpus=$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)
 program=("$dir/program/train_step" --tokens "$dir/data/train.bin"
          --steps "$steps" --lr 3e-4 --min-lr 3e-5 --warmup-steps 10
-         --bench-warmup 5 --profile-step "$profile_step" --log "$out/metrics.csv")
+         --bench-warmup "$bench_warmup" --profile-step "$profile_step" --log "$out/metrics.csv")
 if (( gpus >= world )); then
   ranks_per_gpu=1
   launch=(torchrun --nproc-per-node "$world" --no-python)

@@ -52,7 +52,8 @@ from pathlib import Path
 MEMORY_TOLERANCE = 0.10
 #: Ops whose time on the compute stream is communication (the fork of a
 #: collective onto its stream, or a token exchange that runs in place).
-COMMUNICATION_OPS = ("shard.", "moe.dispatch", "moe.combine", "moe.token_shuffle")
+#: ``collective.wait``: the compute stream waiting at a collective's join.
+COMMUNICATION_OPS = ("shard.", "moe.dispatch", "moe.combine", "moe.token_shuffle", "collective.wait")
 
 
 class ReportError(Exception):
