@@ -207,6 +207,12 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
         break;
     }
     chosen->autoBudgetBytes = budget;
+    if (programMemory) {
+      // The program's own per-layer choice (moec compile's) decides.
+      chosen->programMemory = *programMemory;
+      chosen->programBudget = programBudgetBytes(training, gpu);
+      chosen->fits = programMemory->total() <= chosen->programBudget;
+    }
     return std::move(*chosen);
   }
   TrainingPlan plan{model, *mesh, training, gpu, efficiency};

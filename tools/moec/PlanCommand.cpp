@@ -178,6 +178,10 @@ llvm::Expected<ProgramMemory> measureProgram(MLIRContext &context,
             ": " + what);
   };
   moec::cli::DiagnosticPrinter diagnostics(context);
+  // Errors print; auto's remark is the step readProgram builds to print.
+  ScopedDiagnosticHandler quiet(&context, [](Diagnostic &diagnostic) {
+    return success(diagnostic.getSeverity() == DiagnosticSeverity::Remark);
+  });
   OwningOpRef<ModuleOp> program(module.clone());
   PassManager pm(&context);
   moec::buildCompilePipeline(pm, job, cudnnAttention);
@@ -316,16 +320,13 @@ int moec::cli::runPlan(const ImportFlags &modelFlags,
     program = readProgram(context, *forward, resolved);
     if (!program)
       return 1;
-    // The compiled program's memory plan, for a fixed policy (auto is the
-    // analytic model's choice here, docs/plan.md).
-    resolved.activationCheckpointing = analytic->training.activationCheckpointing;
-    if (resolved.activationCheckpointing != moe::ActivationCheckpointing::Auto) {
-      llvm::Expected<ProgramMemory> memory =
-          measureProgram(context, *forward, resolved);
-      if (!memory)
-        return fail(llvm::toString(memory.takeError()));
-      programMemory = *memory;
-    }
+    // The compiled program's memory plan (under auto, with moec compile's
+    // own per-layer choice).
+    llvm::Expected<ProgramMemory> memory =
+        measureProgram(context, *forward, resolved);
+    if (!memory)
+      return fail(llvm::toString(memory.takeError()));
+    programMemory = *memory;
   }
   llvm::Expected<TrainingPlan> plan =
       makePlan(*model, job, gpusPerNode, *gpu, efficiency,

@@ -217,8 +217,8 @@ struct TrainingPlan {
 /// which full checkpointing adds a recompute the program does not do yet)
 /// are the program's; everything else is the analytic model's
 /// (docs/plan.md). With `programMemory`, the compiled program's memory
-/// plan for the job (a fixed checkpointing policy), the plan fits when that
-/// does (TrainingPlan::programMemory).
+/// plan for the job (under auto, with the program's own per-layer choice),
+/// the plan fits when that does (TrainingPlan::programMemory).
 llvm::Expected<TrainingPlan>
 makePlan(const ModelDescription &model, const TrainingJob &job,
          int64_t gpusPerNode, const GpuSpec &gpu, const Efficiency &efficiency,
