@@ -115,7 +115,13 @@ program=("$dir/program/train_step" --tokens "$dir/data/train.bin"
          --bench-warmup "$bench_warmup" --profile-step "$profile_step" --log "$out/metrics.csv")
 if (( gpus >= world )); then
   ranks_per_gpu=1
-  launch=(torchrun --nproc-per-node "$world" --no-python)
+  # torchrun, or the module it runs where its script is not on the PATH.
+  if command -v torchrun > /dev/null; then
+    launch=(torchrun)
+  else
+    launch=(python3 -m torch.distributed.run)
+  fi
+  launch+=(--nproc-per-node "$world" --no-python)
   export MOERT_JOB_TOKEN="${MOERT_JOB_TOKEN:-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')}"
 elif (( layers <= 1 )); then
   # All 8 ranks as threads of one process on the one GPU.
