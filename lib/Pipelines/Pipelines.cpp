@@ -117,14 +117,17 @@ static void buildStepPipeline(OpPassManager &pm, const TrainingJob &job,
 
 /// moe-checkpoint-activations with the job's policy and budget;
 /// `cudnnAttention`: the CUDA program runs bf16 attention on cuDNN (its
-/// kernel scratch counts in the budget).
+/// kernel scratch counts in the budget); `keepParamCopies`:
+/// moe-keep-param-copies runs later (its copies count in the budget).
 static void addCheckpointActivations(OpPassManager &pm,
                                      const TrainingJob &job,
-                                     bool cudnnAttention) {
+                                     bool cudnnAttention,
+                                     bool keepParamCopies) {
   moe::CheckpointActivationsOptions checkpoint;
   checkpoint.policy = job.activationCheckpointing;
   checkpoint.memoryBudget = getMemoryBudgetBytes(job);
   checkpoint.cudnnAttention = cudnnAttention;
+  checkpoint.keepParamCopies = keepParamCopies;
   checkpoint.offloading = job.smActivationOffloading;
   checkpoint.horizon = job.activationLoadingHorizon;
   if (job.hostLinkGbPerS != 0)
@@ -144,7 +147,8 @@ static void addOffloadActivations(OpPassManager &pm, const TrainingJob &job) {
 void moec::buildTrainPipeline(OpPassManager &pm, const TrainingJob &job,
                               bool returnGradients) {
   buildStepPipeline(pm, job, returnGradients);
-  addCheckpointActivations(pm, job, /*cudnnAttention=*/false);
+  addCheckpointActivations(pm, job, /*cudnnAttention=*/false,
+                           /*keepParamCopies=*/false);
   addOffloadActivations(pm, job);
 }
 
@@ -156,7 +160,8 @@ void moec::buildCompilePipeline(OpPassManager &pm, const TrainingJob &job,
   // checkpointing, so that a recomputed attention keeps them too.
   if (cudnnAttention && job.bf16)
     pm.addNestedPass<func::FuncOp>(moe::createSaveAttentionStats());
-  addCheckpointActivations(pm, job, cudnnAttention && job.bf16);
+  addCheckpointActivations(pm, job, cudnnAttention && job.bf16,
+                           job.keepParamCopies);
   pm.addNestedPass<func::FuncOp>(moe::createFuseElementwise());
   if (job.keepParamCopies)
     pm.addNestedPass<func::FuncOp>(moe::createKeepParamCopies());

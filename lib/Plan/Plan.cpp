@@ -48,6 +48,13 @@ std::optional<GpuSpec> moec::plan::getGpu(llvm::StringRef name) {
   return std::nullopt;
 }
 
+int64_t moec::plan::programBudgetBytes(const TrainingJob &job,
+                                       const GpuSpec &gpu) {
+  if (job.memoryBudgetGib != 0)
+    return getMemoryBudgetBytes(job);
+  return gpu.memoryBytes / 10 * 9;
+}
+
 int64_t MemoryBreakdown::persistent() const {
   return computeParams + masterParams + gradients + optimizerStates;
 }
@@ -166,7 +173,8 @@ llvm::Expected<TrainingPlan>
 moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
                      int64_t gpusPerNode, const GpuSpec &gpu,
                      const Efficiency &efficiency,
-                     const ProgramFootprint *program) {
+                     const ProgramFootprint *program,
+                     const ProgramMemory *programMemory) {
   llvm::Expected<Mesh> mesh =
       resolveMesh(getParallelConfig(training, gpusPerNode),
                   model.config.numExperts);
@@ -199,6 +207,12 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
         break;
     }
     chosen->autoBudgetBytes = budget;
+    if (programMemory) {
+      // The program's own per-layer choice (moec compile's) decides.
+      chosen->programMemory = *programMemory;
+      chosen->programBudget = programBudgetBytes(training, gpu);
+      chosen->fits = programMemory->total() <= chosen->programBudget;
+    }
     return std::move(*chosen);
   }
   TrainingPlan plan{model, *mesh, training, gpu, efficiency};
@@ -300,6 +314,11 @@ moec::plan::makePlan(const ModelDescription &model, const TrainingJob &training,
       plan.peakRank = rank;
   }
   plan.fits = plan.peakMemory().total() <= gpu.memoryBytes;
+  if (programMemory) {
+    plan.programMemory = *programMemory;
+    plan.programBudget = programBudgetBytes(training, gpu);
+    plan.fits = programMemory->total() <= plan.programBudget;
+  }
 
   // Collectives per optimizer step.
   auto bandwidth = [&](bool crosses) {
@@ -466,7 +485,9 @@ static std::string gib(int64_t bytes) {
 llvm::Expected<std::vector<Recommendation>>
 moec::plan::recommend(const ModelDescription &model,
                       const TrainingJob &training, int64_t gpusPerNode,
-                      const GpuSpec &gpu, const Efficiency &efficiency) {
+                      const GpuSpec &gpu, const Efficiency &efficiency,
+                      MeasureProgram measure) {
+  const int64_t budget = programBudgetBytes(training, gpu);
   const int64_t w = training.worldSize, e = model.config.numExperts;
   if (w < 1)
     return fail(llvm::formatv("world_size {0} must be at least 1", w));
@@ -492,22 +513,59 @@ moec::plan::recommend(const ModelDescription &model,
             makePlan(model, candidate, gpusPerNode, gpu, efficiency);
         if (!plan)
           return plan.takeError(); // the batch or the GPU is wrong for all
+        // The compiled program's memory, where its parameters and moments
+        // (which it holds whatever the activations) leave room for it.
+        const MemoryBreakdown &analytic = plan->peakMemory();
+        const int64_t states = analytic.computeParams +
+                               analytic.masterParams +
+                               analytic.optimizerStates;
+        bool measured = false;
+        if (measure && states <= budget) {
+          llvm::Expected<ProgramMemory> memory = measure(candidate);
+          if (!memory)
+            return memory.takeError();
+          plan = makePlan(model, candidate, gpusPerNode, gpu, efficiency,
+                          nullptr, &*memory);
+          if (!plan)
+            return plan.takeError();
+          measured = true;
+        }
         const MemoryBreakdown &mem = plan->peakMemory();
         const StepEstimate &st = plan->step;
+        // What decides the fit: the program's total within the budget, or
+        // the analytic total within the GPU's memory.
+        const int64_t total =
+            measured ? plan->programMemory->total() : mem.total();
+        const int64_t limit = measured ? budget : gpu.memoryBytes;
         std::string reason;
         if (plan->fits) {
           reason = llvm::formatv(
-              "fits with {0} free; compute {1:f0} ms{2}, all-to-all {3:f0} ms "
-              "{4}, sharding traffic {5:f0} ms ({6:f0} ms not hidden)",
-              gib(gpu.memoryBytes - mem.total()), st.computeSeconds * 1e3,
+              "fits with {0} free{7}; compute {1:f0} ms{2}, all-to-all {3:f0} "
+              "ms {4}, sharding traffic {5:f0} ms ({6:f0} ms not hidden)",
+              gib(limit - total), st.computeSeconds * 1e3,
               ckpt == ActivationCheckpointing::Full ? " (recomputes the forward)" : "",
               st.dispatchSeconds * 1e3,
               p == 1 ? "(none: P = 1)"
               : plan->mesh.anyGroupCrossesNodes(GroupKind::Expert)
                   ? "across nodes"
                   : "inside a node",
-              st.shardingSeconds * 1e3, st.exposedShardingSeconds * 1e3);
+              st.shardingSeconds * 1e3, st.exposedShardingSeconds * 1e3,
+              measured ? " in the compiled program's budget" : "");
           fitting.push_back({std::move(*plan), std::move(reason)});
+        } else if (measured) {
+          const ProgramMemory &pm = *plan->programMemory;
+          reason = llvm::formatv(
+              "the compiled program needs {0}, {1} more than the budget {2} "
+              "(state {3}, arena {4}, scratch {5})",
+              gib(total), gib(total - budget), gib(budget), gib(pm.state),
+              gib(pm.arena), gib(pm.scratch));
+          others.push_back({std::move(*plan), std::move(reason)});
+        } else if (measure) {
+          reason = llvm::formatv(
+              "parameters and AdamW moments alone take {0} of the budget {1} "
+              "(not compiled)",
+              gib(states), gib(budget));
+          others.push_back({std::move(*plan), std::move(reason)});
         } else {
           reason = llvm::formatv(
               "needs {0}, {1} more than the gpu's {2} (model states {3}, "
@@ -524,10 +582,14 @@ moec::plan::recommend(const ModelDescription &model,
                    [](const Recommendation &x, const Recommendation &y) {
                      return x.plan.step.stepSeconds < y.plan.step.stepSeconds;
                    });
+  // The bytes a candidate was judged by: its program's when measured.
+  auto judged = [](const TrainingPlan &plan) {
+    return plan.programMemory ? plan.programMemory->total()
+                              : plan.peakMemory().total();
+  };
   std::stable_sort(others.begin(), others.end(),
-                   [](const Recommendation &x, const Recommendation &y) {
-                     return x.plan.peakMemory().total() <
-                            y.plan.peakMemory().total();
+                   [&](const Recommendation &x, const Recommendation &y) {
+                     return judged(x.plan) < judged(y.plan);
                    });
   for (Recommendation &r : others)
     fitting.push_back(std::move(r));

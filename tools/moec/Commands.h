@@ -18,6 +18,15 @@
 
 namespace moec::cli {
 
+/// Whether this moec was built with cuDNN's SDPA for bf16 attention (the
+/// moert_cudnn library programs link): `moec compile`'s default attention
+/// kernel then, and what `moec plan` measures programs with.
+#ifdef MOERT_CUDNN_LIBRARY
+constexpr bool kHaveCudnn = true;
+#else
+constexpr bool kHaveCudnn = false;
+#endif
+
 extern llvm::cl::SubCommand importCommand;
 int runImport(const ImportFlags &model);
 

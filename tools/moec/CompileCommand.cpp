@@ -83,12 +83,6 @@ cl::opt<bool> checkNumerics(
              "the program, for its --check-numerics (docs/reliability.md)"),
     cl::sub(sub));
 
-#ifdef MOERT_CUDNN_LIBRARY
-constexpr bool kHaveCudnn = true;
-#else
-constexpr bool kHaveCudnn = false;
-#endif
-
 int fail(const std::string &message) {
   llvm::errs() << "error: " << message << "\n";
   return 1;

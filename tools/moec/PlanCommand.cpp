@@ -17,6 +17,7 @@
 
 #include "moec/Pipelines/Pipelines.h"
 #include "moec/Plan/Plan.h"
+#include "moec/Target/Cuda.h"
 
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Pass/PassManager.h"
@@ -157,6 +158,46 @@ std::optional<ProgramFootprint> readProgram(MLIRContext &context,
   return *footprint;
 }
 
+/// What `moec compile` plans for `job`'s rank program (its memory plan:
+/// state, arena, inputs, kernel scratch), from the raised forward in
+/// `module`: moe-compile-pipeline and the CUDA printer, writing nothing.
+/// bf16 attention counts as cuDNN's where this moec was built with it, as
+/// `moec compile`'s default does.
+llvm::Expected<ProgramMemory> measureProgram(MLIRContext &context,
+                                             ModuleOp module,
+                                             const moec::TrainingJob &job) {
+  const bool cudnnAttention = moec::cli::kHaveCudnn;
+  auto error = [&](const llvm::Twine &what) {
+    return llvm::createStringError(
+        llvm::inconvertibleErrorCode(),
+        "cannot compile the program of expert_parallel_degree " +
+            llvm::Twine(job.expertParallelDegree) + ", hybrid_shard_degree " +
+            llvm::Twine(job.hybridShardDegree) +
+            ", activation_checkpointing " +
+            moec::stringifyActivationCheckpointing(job.activationCheckpointing) +
+            ": " + what);
+  };
+  moec::cli::DiagnosticPrinter diagnostics(context);
+  // Errors print; auto's remark is the step readProgram builds to print.
+  ScopedDiagnosticHandler quiet(&context, [](Diagnostic &diagnostic) {
+    return success(diagnostic.getSeverity() == DiagnosticSeverity::Remark);
+  });
+  OwningOpRef<ModuleOp> program(module.clone());
+  PassManager pm(&context);
+  moec::buildCompilePipeline(pm, job, cudnnAttention);
+  if (failed(pm.run(*program)))
+    return error("moe-compile-pipeline failed (above)");
+  moec::CudaTrainProgramOptions options;
+  options.cudnnAttention = cudnnAttention;
+  moec::CudaTrainProgramSummary summary;
+  llvm::raw_null_ostream discard;
+  if (failed(moec::emitCudaTrainProgram(*program, options, discard, summary)))
+    return error("the CUDA printer failed (above)");
+  return ProgramMemory{summary.stateBytes, summary.arenaBytes,
+                       summary.inputBytes,
+                       summary.scratchBytes + summary.collectiveScratchBytes};
+}
+
 /// The GPU with any overridden numbers.
 std::optional<GpuSpec> readGpu() {
   std::optional<GpuSpec> gpu = getGpu(gpuName);
@@ -244,8 +285,14 @@ int moec::cli::runPlan(const ImportFlags &modelFlags,
   if (recommendFlag) {
     if (svgFlag)
       return fail("--svg draws one plan; drop it or --recommend");
+    // A model file: every candidate that may fit is compiled (its memory
+    // plan, not the sources) and judged by what the program would need.
+    auto measure = [&](const moec::TrainingJob &candidate) {
+      return measureProgram(context, *forward, candidate);
+    };
     llvm::Expected<std::vector<Recommendation>> list =
-        recommend(*model, job, gpusPerNode, *gpu, efficiency);
+        forward ? recommend(*model, job, gpusPerNode, *gpu, efficiency, measure)
+                : recommend(*model, job, gpusPerNode, *gpu, efficiency);
     if (!list)
       return fail(llvm::toString(list.takeError()));
     return emit([&](llvm::raw_ostream &os) {
@@ -260,6 +307,7 @@ int moec::cli::runPlan(const ImportFlags &modelFlags,
   // state bytes and gradient reductions from; a preset or a JSON config has
   // only the analytic model.
   std::optional<ProgramFootprint> program;
+  std::optional<ProgramMemory> programMemory;
   if (forward) {
     // The mesh's rules first, in the planner's words; the program is built
     // for the mesh the planner resolved (an automatic H from the node size).
@@ -272,10 +320,18 @@ int moec::cli::runPlan(const ImportFlags &modelFlags,
     program = readProgram(context, *forward, resolved);
     if (!program)
       return 1;
+    // The compiled program's memory plan (under auto, with moec compile's
+    // own per-layer choice).
+    llvm::Expected<ProgramMemory> memory =
+        measureProgram(context, *forward, resolved);
+    if (!memory)
+      return fail(llvm::toString(memory.takeError()));
+    programMemory = *memory;
   }
   llvm::Expected<TrainingPlan> plan =
       makePlan(*model, job, gpusPerNode, *gpu, efficiency,
-               program ? &*program : nullptr);
+               program ? &*program : nullptr,
+               programMemory ? &*programMemory : nullptr);
   if (!plan)
     return fail(llvm::toString(plan.takeError()));
   return emit([&](llvm::raw_ostream &os) {

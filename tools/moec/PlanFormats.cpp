@@ -311,13 +311,39 @@ void moec::cli::printPlanTable(const TrainingPlan &plan, bool allPlacements,
   row("workspace", mem.workspace,
       fmt::format("one layer's activation gradients + {} reserved",
                   gib(plan.efficiency.reservedBytes)));
-  os << fmt::format("  {:<28} {:>11}  of {}: {}\n", "total", gib(mem.total()),
-                    gib(plan.gpu.memoryBytes),
-                    plan.fits
-                        ? fmt::format("fits, {} free",
-                                      gib(plan.gpu.memoryBytes - mem.total()))
-                        : fmt::format("DOES NOT FIT, {} over",
-                                      gib(mem.total() - plan.gpu.memoryBytes)));
+  if (!plan.programMemory) {
+    os << fmt::format("  {:<28} {:>11}  of {}: {}\n", "total",
+                      gib(mem.total()), gib(plan.gpu.memoryBytes),
+                      plan.fits ? fmt::format("fits, {} free",
+                                              gib(plan.gpu.memoryBytes -
+                                                  mem.total()))
+                                : fmt::format("DOES NOT FIT, {} over",
+                                              gib(mem.total() -
+                                                  plan.gpu.memoryBytes)));
+  } else {
+    // The compiled program's memory plan decides; the analytic total is
+    // its estimate.
+    const ProgramMemory &pm = *plan.programMemory;
+    os << fmt::format("  {:<28} {:>11}  the analytic model's estimate of the "
+                      "program below\n",
+                      "total (analytic)", gib(mem.total()));
+    os << fmt::format(
+        "the compiled program's memory per rank (moec compile's memory plan; "
+        "every rank runs it):\n"
+        "  state {} + arena {} + inputs {} + kernel scratch {} = {} ({} B) "
+        "of the budget {} (90% of the gpu's {}, or memory_budget_gib): {}\n"
+        "  with {} reserved for the CUDA context, NCCL and libraries: {} "
+        "expected in use on each GPU\n",
+        gib(pm.state), gib(pm.arena), gib(pm.inputs), gib(pm.scratch),
+        gib(pm.total()), commas(pm.total()), gib(plan.programBudget),
+        gib(plan.gpu.memoryBytes),
+        plan.fits
+            ? fmt::format("fits, {} free", gib(plan.programBudget - pm.total()))
+            : fmt::format("DOES NOT FIT, {} over",
+                          gib(pm.total() - plan.programBudget)),
+        gib(plan.efficiency.reservedBytes),
+        gib(pm.total() + plan.efficiency.reservedBytes));
+  }
 
   // Communication.
   os << "\ncommunication per step:\n";
@@ -381,6 +407,18 @@ json::Object memoryJson(const MemoryBreakdown &mem) {
       {"persistent", mem.persistent()},
       {"total", mem.total()},
   };
+}
+
+/// The compiled program's memory per rank and the budget it is judged by,
+/// or null when the plan did not measure it.
+json::Value programMemoryJson(const TrainingPlan &plan) {
+  if (!plan.programMemory)
+    return nullptr;
+  const ProgramMemory &pm = *plan.programMemory;
+  return json::Object{{"state", pm.state},     {"arena", pm.arena},
+                      {"inputs", pm.inputs},   {"scratch", pm.scratch},
+                      {"total", pm.total()},   {"budget", plan.programBudget},
+                      {"fits", plan.fits}};
 }
 
 json::Array toJson(llvm::ArrayRef<int64_t> values) {
@@ -548,6 +586,7 @@ json::Value moec::cli::planToJson(const TrainingPlan &plan) {
                               {"gpu_bytes", plan.gpu.memoryBytes},
                               {"fits", plan.fits},
                               {"peak", memoryJson(plan.peakMemory())}}},
+      {"program_memory", programMemoryJson(plan)},
       {"collectives", std::move(collectives)},
       {"step",
        json::Object{
@@ -580,8 +619,17 @@ void moec::cli::printRecommendationsTable(
       first.model.source, first.mesh.worldSize(), first.gpu.name,
       first.mesh.gpusPerNode(), first.training.microBatchSize,
       first.training.seqLength, getPrecisionName(first.training).str());
-  os << fmt::format("{} valid configurations, {} fit in {}; fastest first:\n",
-                    list.size(), fitting, gib(first.gpu.memoryBytes));
+  const bool measured = llvm::any_of(
+      list, [](const Recommendation &r) { return r.plan.programMemory; });
+  os << fmt::format(
+      "{} valid configurations, {} fit in {}; fastest first:\n", list.size(),
+      fitting,
+      measured
+          ? fmt::format("{} (the compiled program's memory plan; 90% of the "
+                        "gpu's {}, or memory_budget_gib)",
+                        gib(programBudgetBytes(first.training, first.gpu)),
+                        gib(first.gpu.memoryBytes))
+          : gib(first.gpu.memoryBytes));
   os << fmt::format("  {:>3} {:>2} {:>3} {:<13} {:<10} {:>11} {:>8} {:>10} "
                     "{:>7}  {}\n",
                     "#", "P", "H", "strategy", "ckpt", "memory", "step s",
@@ -597,7 +645,9 @@ void moec::cli::printRecommendationsTable(
         ++index, p.mesh.expertParallelDegree(), p.mesh.shardDegree(),
         stringifyShardingStrategy(p.mesh.strategy()).str(),
         moec::stringifyActivationCheckpointing(p.training.activationCheckpointing).str(),
-        gib(p.peakMemory().total()), p.step.stepSeconds,
+        gib(p.programMemory ? p.programMemory->total()
+                            : p.peakMemory().total()),
+        p.step.stepSeconds,
         commas(int64_t(p.step.tokensPerSecond)), p.step.modelTflopsPerGpu,
         r.reason);
   }
@@ -626,7 +676,10 @@ moec::cli::recommendationsToJson(llvm::ArrayRef<Recommendation> list) {
         {"activation_checkpointing",
          moec::stringifyActivationCheckpointing(p.training.activationCheckpointing)},
         {"fits", p.fits},
-        {"memory_bytes", p.peakMemory().total()},
+        {"memory_bytes", p.programMemory ? p.programMemory->total()
+                                         : p.peakMemory().total()},
+        {"memory_from", p.programMemory ? "program" : "analytic"},
+        {"program_memory", programMemoryJson(p)},
         {"step_seconds", p.step.stepSeconds},
         {"tokens_per_second", p.step.tokensPerSecond},
         {"model_tflops_per_gpu", p.step.modelTflopsPerGpu},

@@ -14,6 +14,7 @@
 #include "dialects/Moe/Transforms/Passes.h"
 
 #include "dialects/Moe/IR/MoeOps.h"
+#include "dialects/Moe/Transforms/CollectiveSchedule.h"
 #include "dialects/Moe/Transforms/StepScratch.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -552,13 +553,16 @@ struct AutoChoice {
 };
 
 /// The bytes the step needs under `choice`: its arguments (parameters,
-/// optimizer state, inputs), the most bytes moe-plan-memory's buffers
-/// have alive at once, measured on a copy of `func` rewritten with it
-/// (recomputed, then offloaded with `horizon`), and `scratchBytes`, the
-/// CUDA program's kernel scratch (which neither changes: recomputed clones
-/// have the shapes of the ops they copy).
+/// optimizer state, inputs), with `keepCopies` the bf16 parameter copies
+/// moe-keep-param-copies will keep beside them, the most bytes
+/// moe-plan-memory's buffers have alive at once, measured on a copy of
+/// `func` rewritten with it (recomputed, then offloaded with `horizon`,
+/// then its copies kept), and `scratchBytes`, the CUDA program's kernel
+/// scratch (which neither changes: recomputed clones have the shapes of the
+/// ops they copy).
 FailureOr<int64_t> measureBytes(func::FuncOp func, const AutoChoice &choice,
-                                int64_t horizon, int64_t scratchBytes) {
+                                int64_t horizon, int64_t scratchBytes,
+                                bool keepCopies) {
   OwningOpRef<func::FuncOp> copy = func.clone();
   StepAnalysis step(copy->getBody().front());
   FailureOr<bool> isStep = step.analyze(*copy, ActivationCheckpointing::Auto);
@@ -571,10 +575,12 @@ FailureOr<int64_t> measureBytes(func::FuncOp func, const AutoChoice &choice,
   if (!choice.offloaded.empty() &&
       failed(offloadActivations(*copy, horizon, &choice.offloaded)))
     return failure();
+  // The kept copies live outside the arena, for the whole step.
+  const int64_t copies = keepCopies ? keepParamCopies(*copy).bytes : 0;
   FailureOr<int64_t> live = arenaLiveBytes(*copy);
   if (failed(live))
     return failure();
-  int64_t bytes = *live + scratchBytes;
+  int64_t bytes = *live + scratchBytes + copies;
   for (BlockArgument arg : copy->getArguments())
     if (auto type = dyn_cast<RankedTensorType>(arg.getType());
         type && type.hasStaticShape())
@@ -609,7 +615,19 @@ FailureOr<int64_t> scratchBytesOf(func::FuncOp func, bool cudnnAttention) {
   auto module = func->getParentOfType<ModuleOp>();
   bool partitioned = module && !module.getOps<shard::GridOp>().empty();
   StepScratchBytes scratch = stepScratchBytes(*needs, partitioned);
-  return scratch.bytes + scratch.collectiveBytes;
+  // The gradient stream's buffer, which the program holds beside the
+  // collective stream's (the CUDA printer sizes it the same way): the
+  // largest need of a reduction the collective schedule puts on it.
+  int64_t gradientBytes = partitioned ? 256 : 0;
+  if (partitioned) {
+    auto schedule = scheduleCollectives(func.getBody().front());
+    for (const ScratchNeed &n : *needs)
+      if (auto it = schedule.find(n.op);
+          it != schedule.end() &&
+          it->second.stream == CollectiveStream::Gradient)
+        gradientBytes = std::max(gradientBytes, n.bytes);
+  }
+  return scratch.bytes + scratch.collectiveBytes + gradientBytes;
 }
 
 /// The time model of offloading: the step as the compute stream runs it,
@@ -676,7 +694,8 @@ FailureOr<AutoChoice> chooseAutomatically(StepAnalysis &step,
                                           func::FuncOp func, int64_t budget,
                                           bool cudnnAttention,
                                           int64_t horizon,
-                                          double linkBytesPerSecond) {
+                                          double linkBytesPerSecond,
+                                          bool keepCopies) {
   FailureOr<int64_t> scratchBytes = scratchBytesOf(func, cudnnAttention);
   if (failed(scratchBytes))
     return failure();
@@ -802,7 +821,8 @@ FailureOr<AutoChoice> chooseAutomatically(StepAnalysis &step,
     if (auto it = measured.find(chosen); it != measured.end())
       return it->second;
     FailureOr<int64_t> bytes =
-        measureBytes(func, toChoice(chosen), horizon, *scratchBytes);
+        measureBytes(func, toChoice(chosen), horizon, *scratchBytes,
+                     keepCopies);
     if (succeeded(bytes))
       measured[chosen] = *bytes;
     return bytes;
@@ -907,17 +927,27 @@ FailureOr<AutoChoice> chooseAutomatically(StepAnalysis &step,
         type && type.hasStaticShape())
       argumentBytes +=
           (type.getNumElements() * type.getElementTypeBitWidth() + 7) / 8;
+  // The kept bf16 copies (the same under every choice), on a copy.
+  int64_t copyBytes = 0;
+  if (keepCopies) {
+    OwningOpRef<func::FuncOp> copy = func.clone();
+    copyBytes = keepParamCopies(*copy).bytes;
+  }
   int64_t total = measured.at(shown);
   std::string summary = llvm::formatv(
       "activation checkpointing auto: {0} for a budget of {1} (arguments "
-      "{2}, kernel scratch {3}, the most bytes alive at once {4}, measured "
-      "on the rewritten step for {5} of {6} candidates); recomputation adds "
-      "{7:F3} ms",
+      "{2}{8}, kernel scratch {3}, the most bytes alive at once {4}, "
+      "measured on the rewritten step for {5} of {6} candidates); "
+      "recomputation adds {7:F3} ms",
       formatBytes(total), formatBytes(budget), formatBytes(argumentBytes),
       formatBytes(*scratchBytes),
-      formatBytes(total - argumentBytes - *scratchBytes), measured.size(),
-      sequence.size() + 3 + (offloading ? numLayers : 0),
-      recomputeSeconds(shown) * 1e3);
+      formatBytes(total - argumentBytes - copyBytes - *scratchBytes),
+      measured.size(), sequence.size() + 3 + (offloading ? numLayers : 0),
+      recomputeSeconds(shown) * 1e3,
+      copyBytes ? llvm::formatv(", bf16 parameter copies {0}",
+                                formatBytes(copyBytes))
+                      .str()
+                : std::string());
   if (offloading) {
     SmallVector<std::string> layers;
     int64_t bytes = 0;
@@ -979,7 +1009,7 @@ struct CheckpointActivationsPass
     if (policy == ActivationCheckpointing::Auto) {
       FailureOr<AutoChoice> chosen = chooseAutomatically(
           step, func, memoryBudget, cudnnAttention, offloading ? horizon : 0,
-          hostLinkBytesPerSecond);
+          hostLinkBytesPerSecond, keepParamCopies);
       if (failed(chosen))
         return signalPassFailure();
       policies = chosen->policies;

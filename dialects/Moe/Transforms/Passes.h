@@ -63,6 +63,18 @@ FailureOr<std::map<int64_t, OffloadedLayer>>
 offloadActivations(func::FuncOp func, int64_t horizon,
                    const std::set<int64_t> *layers = nullptr);
 
+/// What moe-keep-param-copies kept: bf16 casts of parameters marked
+/// `moe.persistent_copy` (the backend's storage, not the arena's), casts
+/// merged into them, and the kept copies' bytes (static shapes).
+struct KeptParamCopies {
+  int64_t copies = 0;
+  int64_t merged = 0;
+  int64_t bytes = 0;
+};
+
+/// The rewrite of moe-keep-param-copies on `func`.
+KeptParamCopies keepParamCopies(func::FuncOp func);
+
 /// Fails with a diagnostic at `func` unless `horizon`
 /// (activation_loading_horizon) is at least 1.
 LogicalResult verifyLoadingHorizon(func::FuncOp func, int64_t horizon);

@@ -245,12 +245,15 @@ def CheckpointActivations
       fits `memory-budget` bytes. Candidates come from the cost model:
       from none everywhere, the layer change with the least added time per
       byte saved, until none is left. Whether one fits is measured: the
-      step's arguments plus the most bytes alive at once in a copy
-      rewritten with it, counted as moe-plan-memory counts them, plus the
-      CUDA program's kernel scratch (moe::stepScratchNeeds: the largest
-      scratch need of its ops, e.g. the experts' gathered rows and
-      projections, with bf16 attention on cuDNN when `cudnn-attention`;
-      cuDNN's own workspace is not counted); the pass bisects the
+      step's arguments (with `keep-param-copies`, the bf16 parameter
+      copies moe-keep-param-copies will keep too) plus the most bytes
+      alive at once in a copy rewritten with it, counted as
+      moe-plan-memory counts them, plus the CUDA program's kernel scratch
+      (moe::stepScratchNeeds: the largest scratch need of its ops, e.g.
+      the experts' gathered rows and projections, with bf16 attention on
+      cuDNN when `cudnn-attention`, and of the collective and gradient
+      streams' collectives; cuDNN's own workspace is not counted); the
+      pass bisects the
       candidates for the first that fits. The same policy on
       every layer replaces that choice
       when it fits and adds less time. Time is a cost model: GEMMs at 650 TFLOP/s,
@@ -306,7 +309,10 @@ def CheckpointActivations
     Option<"hostLinkBytesPerSecond", "host-link-bytes-per-second", "double",
            "55e9",
            "with offloading: the host <-> device copy rate each way (the "
-           "H200's measured 55 GB/s)">
+           "H200's measured 55 GB/s)">,
+    Option<"keepParamCopies", "keep-param-copies", "bool", "false",
+           "moe-keep-param-copies runs later: auto counts the bf16 parameter "
+           "copies it keeps across steps with the arguments">
   ];
   let statistics = [
     Statistic<"numLayers", "num-layers", "decoder layers found">,

@@ -22,6 +22,8 @@
 #include "moec/Plan/Placement.h"
 #include "moec/Plan/Program.h"
 
+#include "llvm/ADT/STLFunctionalExtras.h"
+
 namespace moec::plan {
 
 /// The precision a plan assumes: with the job's `bf16`, bf16 compute copies
@@ -143,6 +145,30 @@ struct StepEstimate {
   double modelTflopsPerGpu = 0;
 };
 
+/// What the compiled rank program allocates for its step, bytes: moec
+/// compile's memory plan (docs/cuda-backend.md), which the program
+/// allocates once. `moec plan` measures it for a model file (the compile
+/// pipeline and the CUDA printer on the shapes, no weights); the analytic
+/// memory model above estimates it.
+struct ProgramMemory {
+  /// Parameters, AdamW moments and the kept bf16 parameter copies.
+  int64_t state = 0;
+  /// Every intermediate, the gradient shards included (moe-plan-memory).
+  int64_t arena = 0;
+  /// Token ids, labels, step and learning rate.
+  int64_t inputs = 0;
+  /// The kernels' scratch and the collective stream's.
+  int64_t scratch = 0;
+
+  int64_t total() const { return state + arena + inputs + scratch; }
+};
+
+/// The most bytes a compiled step may plan for `job` on `gpu`:
+/// `memory_budget_gib`, or 90% of the GPU's memory (what moec compile
+/// requires of a step, leaving the rest to the CUDA context, NCCL and the
+/// libraries' workspaces).
+int64_t programBudgetBytes(const TrainingJob &job, const GpuSpec &gpu);
+
 /// Everything `moec plan` reports.
 struct TrainingPlan {
   ModelDescription model;
@@ -170,6 +196,12 @@ struct TrainingPlan {
   /// policy chosen for every layer, the first of none, selective and full
   /// whose plan fits it (full when none does).
   std::optional<int64_t> autoBudgetBytes;
+  /// The compiled program's memory when the plan measured it (makePlan's
+  /// `programMemory`); then `fits` says whether its total is within
+  /// `programBudget` (programBudgetBytes) rather than the analytic total
+  /// within the GPU's memory.
+  std::optional<ProgramMemory> programMemory;
+  int64_t programBudget = 0;
 
   /// The placement of the model's parameters (refers into this plan).
   ModelPlacement placement() const { return ModelPlacement(model, mesh); }
@@ -184,11 +216,14 @@ struct TrainingPlan {
 /// optimizer states and every collective but the token all-to-alls (to
 /// which full checkpointing adds a recompute the program does not do yet)
 /// are the program's; everything else is the analytic model's
-/// (docs/plan.md).
+/// (docs/plan.md). With `programMemory`, the compiled program's memory
+/// plan for the job (under auto, with the program's own per-layer choice),
+/// the plan fits when that does (TrainingPlan::programMemory).
 llvm::Expected<TrainingPlan>
 makePlan(const ModelDescription &model, const TrainingJob &job,
          int64_t gpusPerNode, const GpuSpec &gpu, const Efficiency &efficiency,
-         const ProgramFootprint *program = nullptr);
+         const ProgramFootprint *program = nullptr,
+         const ProgramMemory *programMemory = nullptr);
 
 /// One candidate of recommend().
 struct Recommendation {
@@ -197,14 +232,22 @@ struct Recommendation {
   std::string reason;
 };
 
+/// Measures the compiled program of a candidate job (its layout and a
+/// fixed checkpointing policy): what `moec compile` would plan for it.
+using MeasureProgram =
+    llvm::function_ref<llvm::Expected<ProgramMemory>(const TrainingJob &)>;
+
 /// Every valid (P, H, checkpointing) for `job.worldSize` (the strategy
 /// follows from H: full_shard for H = W/P, no_shard for H = 1, hybrid_shard
 /// between). Those that fit come first, fastest first; then those that do
-/// not, smallest memory first.
+/// not, smallest memory first. With `measure` (a model file), whether a
+/// candidate fits is its compiled program's (programBudgetBytes), measured
+/// for every candidate whose parameters and AdamW moments alone leave room
+/// in the budget; the others do not fit, unmeasured.
 llvm::Expected<std::vector<Recommendation>>
 recommend(const ModelDescription &model, const TrainingJob &job,
           int64_t gpusPerNode, const GpuSpec &gpu,
-          const Efficiency &efficiency);
+          const Efficiency &efficiency, MeasureProgram measure = nullptr);
 
 } // namespace moec::plan
 

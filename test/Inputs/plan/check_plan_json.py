@@ -11,7 +11,9 @@ expert-parallel rank for dense ones), that the per-rank element counts are the
 sums of the shards, and that the persistent bytes are 18 (bf16) or 16 (fp32)
 per shard element; for a plan that read the partitioned program (`program`
 not null), that its memory's master parameters, gradients and optimizer
-states are the program's. With OTHER, also that both plans describe the same
+states are the program's; for a plan that measured the compiled program
+(`program_memory` not null), that its total is the sum of its parts and
+decides `fits` against its budget. With OTHER, also that both plans describe the same
 parameters and placements (the model's source aside) and move the same bytes
 per kind of collective and group (the world's scalar all-reduces aside: the
 program's losses and statistics, the analytic model's gradient norm), so that
@@ -28,7 +30,9 @@ SCHEMA = {
     "schema": STR, "model": OBJ, "job": OBJ, "gpu": OBJ, "mesh": OBJ,
     "parameters": LIST, "ranks": LIST, "memory": OBJ, "collectives": LIST,
     "step": OBJ, "program": (OBJ, type(None)),
+    "program_memory": (OBJ, type(None)),
 }
+PROGRAM_MEMORY = {k: INT for k in ("state", "arena", "inputs", "scratch", "total", "budget")} | {"fits": BOOL}
 PROGRAM = {"parameters": INT, "gradients": INT, "optimizer_states": INT,
            "collectives": LIST}
 PROGRAM_COLLECTIVE = {"kind": STR, "group": STR, "bytes": INT, "calls": INT}
@@ -200,7 +204,15 @@ def check(plan):
     peak = max(ranks, key=lambda r: r["memory"]["total"])
     if peak["memory"]["total"] != plan["memory"]["peak"]["total"]:
         fail("memory.peak is not the largest rank")
-    if plan["memory"]["fits"] != (plan["memory"]["peak"]["total"] <= plan["gpu"]["memory_bytes"]):
+    memory = plan["program_memory"]
+    if memory is not None:
+        # The compiled program's memory plan decides the fit.
+        check_keys(memory, PROGRAM_MEMORY, "program_memory")
+        if memory["total"] != sum(memory[k] for k in ("state", "arena", "inputs", "scratch")):
+            fail("program_memory.total is not the sum of its parts")
+        if memory["fits"] != (memory["total"] <= memory["budget"]) or memory["fits"] != plan["memory"]["fits"]:
+            fail("program_memory.fits disagrees with the numbers or with memory.fits")
+    elif plan["memory"]["fits"] != (plan["memory"]["peak"]["total"] <= plan["gpu"]["memory_bytes"]):
         fail("memory.fits disagrees with the numbers")
 
 

@@ -236,9 +236,12 @@ inline void endCollective(const Context &forked, int id) {
 /// captured segment (moert/StepGraphs.h) waits on an event recorded outside
 /// the capture, between the segments' replays: it is captured as an
 /// external event wait, which waits for the record made before the replay.
+/// A profiled step marks the wait ("collective.wait"): the gap to the next
+/// op's mark is the time the compute stream waited for the collective.
 inline void joinCollective(const Context &ctx, int id) {
   if (!ctx.collectiveStream)
     return;
+  mark(ctx, "collective.wait");
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   MOERT_CUDA_CHECK(cudaStreamIsCapturing(ctx.stream, &capture));
   MOERT_CUDA_CHECK(cudaStreamWaitEvent(
