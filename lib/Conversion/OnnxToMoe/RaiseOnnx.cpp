@@ -41,6 +41,7 @@
 #include "mlir/Dialect/Linalg/IR/Linalg.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/IR/Builders.h"
+#include "mlir/IR/TypeUtilities.h"
 #include "llvm/ADT/SetVector.h"
 #include "llvm/ADT/StringSet.h"
 
@@ -383,6 +384,17 @@ bool Raiser::raiseEmbedding(OnnxNodeOp node) {
       rankOf(table) != 2 ||
       !isa<IntegerType>(tensorType(ids).getElementType()))
     return false;
+  // The result the model declares must be what moe.embedding gives:
+  // [ids..., hidden] of the table's element type (the importer does not
+  // infer a Gather's result; a model may declare another rank).
+  RankedTensorType tableType = tensorType(table),
+                   resultType = tensorType(node.getOutputs()[0]);
+  SmallVector<int64_t> expected(tensorType(ids).getShape());
+  expected.push_back(tableType.getDimSize(1));
+  if (!resultType ||
+      resultType.getElementType() != tableType.getElementType() ||
+      failed(verifyCompatibleShape(resultType.getShape(), expected)))
+    return false;
   builder.setInsertionPoint(node);
   auto embedding = EmbeddingOp::create(builder, 
       node.getLoc(), node.getOutputs()[0].getType(), table, ids);
@@ -421,6 +433,26 @@ bool Raiser::raiseLinear(OnnxNodeOp node) {
       weight = transpose.getInputs()[0], transposed = true;
   }
   if (!isParameter(weight) || rankOf(weight) != 2 || rankOf(input) < 2)
+    return false;
+  // The types must be what moe.linear's verifier accepts: the weight's
+  // input features those of `input`, and the result the node declares
+  // `input`'s shape with the output features last (the importer checks
+  // MatMul's and Gemm's ranks, not every declared size: a mutated model
+  // declaring 108 output features of a [4, 32] weight was raised to
+  // invalid IR).
+  RankedTensorType inputType = tensorType(input),
+                   weightType = tensorType(weight),
+                   resultType = tensorType(node.getOutputs()[0]);
+  int64_t outFeatures = weightType.getDimSize(transposed ? 0 : 1),
+          inFeatures = weightType.getDimSize(transposed ? 1 : 0);
+  SmallVector<int64_t> expected(inputType.getShape());
+  expected.back() = outFeatures;
+  if (!resultType ||
+      failed(verifyCompatibleDims({inFeatures, inputType.getShape().back()})) ||
+      failed(verifyCompatibleShape(resultType.getShape(), expected)) ||
+      resultType.getElementType() != inputType.getElementType() ||
+      (bias && failed(verifyCompatibleShape(tensorType(bias).getShape(),
+                                            ArrayRef<int64_t>{outFeatures}))))
     return false;
   builder.setInsertionPoint(node);
   Location loc = node.getLoc();

@@ -25,6 +25,21 @@ func.func @gather_of_activation(%x: tensor<4x8xf32> {moe.input = "x"}, %i: tenso
 
 // -----
 
+// Tests that a Gather of a parameter table whose declared result is not
+// [ids..., hidden] (here rank-1 ids and a rank-3 result, a shape the
+// onnx-import fuzz target made by mutating a model) is not an embedding:
+// moe.embedding's verifier would refuse it.
+// CHECK-LABEL: func.func @gather_result_not_ids_by_hidden
+// CHECK: moe.onnx_node "Gather"
+// CHECK-NOT: moe.embedding
+func.func @gather_result_not_ids_by_hidden(%ids: tensor<?xi64> {moe.input = "input_ids"},
+                                           %table: tensor<256x2xf32> {moe.parameter = "embed.weight"}) -> tensor<?x?x2xf32> {
+  %0 = moe.onnx_node "Gather"(%table, %ids) {axis = 0 : i64} : (tensor<256x2xf32>, tensor<?xi64>) -> tensor<?x?x2xf32>
+  return %0 : tensor<?x?x2xf32>
+}
+
+// -----
+
 // Tests the three spellings of a linear layer: MatMul by a transposed
 // parameter, Gemm with transB, and MatMul by a weight an exporter stored
 // transposed (which gets an explicit transpose back to [out, in]).
@@ -48,6 +63,26 @@ func.func @linears(%x: tensor<2x8x32xf32> {moe.input = "x"},
   %b = moe.onnx_node "Gemm"(%x2, %w) {alpha = 1.0 : f32, beta = 1.0 : f32, transB = 1 : i64} : (tensor<16x32xf32>, tensor<16x32xf32>) -> tensor<16x16xf32>
   %c = moe.onnx_node "MatMul"(%x, %wt) : (tensor<2x8x32xf32>, tensor<32x16xf32>) -> tensor<2x8x16xf32>
   return %a, %b, %c : tensor<2x8x16xf32>, tensor<16x16xf32>, tensor<2x8x16xf32>
+}
+
+// -----
+
+// Tests that a MatMul or Gemm by a parameter whose declared result is not
+// the input's shape with the weight's output features last, or whose weight
+// does not take the input's features, stays an ONNX node: moe.linear's
+// verifier would refuse it (the onnx-import fuzz target's find: a Gemm
+// declaring 108 output features of a [4, 32] weight).
+// CHECK-LABEL: func.func @linear_types_disagree
+// CHECK-COUNT-3: moe.onnx_node
+// CHECK-NOT: moe.linear
+func.func @linear_types_disagree(%x: tensor<?x32xf32> {moe.input = "x"},
+                                 %w: tensor<4x32xf32> {moe.parameter = "gate.weight"},
+                                 %v: tensor<4x16xf32> {moe.parameter = "v.weight"})
+    -> (tensor<?x108xf32>, tensor<?x4xf32>, tensor<?x4xf16>) {
+  %a = moe.onnx_node "Gemm"(%x, %w) {alpha = 1.0 : f32, beta = 1.0 : f32, transB = 1 : i64} : (tensor<?x32xf32>, tensor<4x32xf32>) -> tensor<?x108xf32>
+  %b = moe.onnx_node "Gemm"(%x, %v) {transB = 1 : i64} : (tensor<?x32xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+  %c = moe.onnx_node "Gemm"(%x, %w) {transB = 1 : i64} : (tensor<?x32xf32>, tensor<4x32xf32>) -> tensor<?x4xf16>
+  return %a, %b, %c : tensor<?x108xf32>, tensor<?x4xf32>, tensor<?x4xf16>
 }
 
 // -----
