@@ -265,6 +265,63 @@ TEST_F(OnnxEvaluatorTest, TransposeAndRangeOperandsAreChecked) {
       << error;
 }
 
+// Concat read its operands with the first one's rank and sizes (the
+// onnx-import fuzz target's find: a mutated model concatenating a rank-3
+// and a rank-2 tensor read past the second's shape).
+TEST_F(OnnxEvaluatorTest, ConcatOperandsMustAgreeOffTheAxis) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%a: tensor<2x3xf32>, %b: tensor<3xf32>, %c: tensor<2x4xf32>, %d: tensor<1x3xf32>) -> (tensor<?x?xf32>, tensor<?x?xf32>, tensor<3x3xf32>) {
+      %r = moe.onnx_node "Concat"(%a, %b) {axis = 0 : i64} : (tensor<2x3xf32>, tensor<3xf32>) -> tensor<?x?xf32> loc("c_1"("m.onnx":1:1))
+      %s = moe.onnx_node "Concat"(%a, %c) {axis = 0 : i64} : (tensor<2x3xf32>, tensor<2x4xf32>) -> tensor<?x?xf32> loc("c_2"("m.onnx":2:1))
+      %t = moe.onnx_node "Concat"(%a, %d) {axis = 0 : i64} : (tensor<2x3xf32>, tensor<1x3xf32>) -> tensor<3x3xf32> loc("c_3"("m.onnx":3:1))
+      return %r, %s, %t : tensor<?x?xf32>, tensor<?x?xf32>, tensor<3x3xf32>
+    })mlir",
+                         {floats({2, 3}, {1, 2, 3, 4, 5, 6}), floats({3}, {0, 0, 0}),
+                          HostTensor::floats({2, 4}), floats({1, 3}, {7, 8, 9})});
+  std::string error;
+  EXPECT_FALSE(returned(f, 0, error));
+  EXPECT_EQ(error, "Concat on axis 0 of operands [2, 3] and [3]: they differ "
+                   "off the axis at node loc(\"c_1\"(\"m.onnx\":1:1))");
+  EXPECT_FALSE(returned(f, 1, error));
+  EXPECT_EQ(error, "Concat on axis 0 of operands [2, 3] and [2, 4]: they "
+                   "differ off the axis at node loc(\"c_2\"(\"m.onnx\":2:1))");
+  const HostTensor *t = returned(f, 2, error);
+  ASSERT_TRUE(t) << error;
+  EXPECT_EQ(t->shape, (std::vector<int64_t>{3, 3}));
+  EXPECT_EQ(t->f32, (std::vector<float>{1, 2, 3, 4, 5, 6, 7, 8, 9}));
+}
+
+// Split took its sizes from the model unchecked: fewer sizes than results
+// were read past their end, sizes adding up to more than the dimension read
+// past the input (and equal parts of a dimension smaller than the number of
+// results gave the last one a negative size).
+TEST_F(OnnxEvaluatorTest, SplitSizesMustCoverTheDimension) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%x: tensor<4xf32>, %one: tensor<1xi64>, %big: tensor<2xi64>, %ok: tensor<2xi64>, %y: tensor<1xf32>) -> (tensor<?xf32>, tensor<?xf32>, tensor<?xf32>, tensor<1xf32>) {
+      %a:2 = moe.onnx_node "Split"(%x, %one) : (tensor<4xf32>, tensor<1xi64>) -> (tensor<?xf32>, tensor<?xf32>) loc("s_1"("m.onnx":1:1))
+      %b:2 = moe.onnx_node "Split"(%x, %big) : (tensor<4xf32>, tensor<2xi64>) -> (tensor<?xf32>, tensor<?xf32>) loc("s_2"("m.onnx":2:1))
+      %c:3 = moe.onnx_node "Split"(%y) : (tensor<1xf32>) -> (tensor<?xf32>, tensor<?xf32>, tensor<?xf32>) loc("s_3"("m.onnx":3:1))
+      %d:2 = moe.onnx_node "Split"(%x, %ok) : (tensor<4xf32>, tensor<2xi64>) -> (tensor<1xf32>, tensor<3xf32>) loc("s_4"("m.onnx":4:1))
+      return %a#0, %b#0, %c#0, %d#0 : tensor<?xf32>, tensor<?xf32>, tensor<?xf32>, tensor<1xf32>
+    })mlir",
+                         {floats({4}, {1, 2, 3, 4}), ints({1}, {2}),
+                          ints({2}, {2, 3}), ints({2}, {1, 3}),
+                          floats({1}, {5})});
+  std::string error;
+  EXPECT_FALSE(returned(f, 0, error));
+  EXPECT_EQ(error, "Split of dimension 0 of [4] into 2 results of sizes [2] "
+                   "at node loc(\"s_1\"(\"m.onnx\":1:1))");
+  EXPECT_FALSE(returned(f, 1, error));
+  EXPECT_EQ(error, "Split of dimension 0 of [4] into 2 results of sizes "
+                   "[2, 3] at node loc(\"s_2\"(\"m.onnx\":2:1))");
+  EXPECT_FALSE(returned(f, 2, error));
+  EXPECT_EQ(error, "Split of dimension 0 of [1] into 3 results of sizes "
+                   "[1, 1, -1] at node loc(\"s_3\"(\"m.onnx\":3:1))");
+  const HostTensor *d = returned(f, 3, error);
+  ASSERT_TRUE(d) << error;
+  EXPECT_EQ(d->f32, (std::vector<float>{1}));
+}
+
 // Gemm read operands of any rank as matrices (transA of a vector read its
 // shape's second entry) and C of any shape (one that does not broadcast to
 // the product was read past its end).
