@@ -66,6 +66,16 @@ void copyElement(const HostTensor &src, int64_t from, HostTensor &dst,
     dst.i64[to] = src.i64[from];
 }
 
+/// Copies elements [from, from + count) of `src` to `to` onwards in `dst`
+/// (same kind): one copy for a contiguous run instead of a call per element.
+void copyElements(const HostTensor &src, int64_t from, HostTensor &dst,
+                  int64_t to, int64_t count) {
+  if (src.isFloat())
+    std::copy_n(src.f32.begin() + from, count, dst.f32.begin() + to);
+  else
+    std::copy_n(src.i64.begin() + from, count, dst.i64.begin() + to);
+}
+
 Shape stridesOf(const Shape &shape) {
   Shape strides(shape.size(), 1);
   for (int64_t i = static_cast<int64_t>(shape.size()) - 2; i >= 0; --i)
@@ -287,6 +297,9 @@ bool matmul(const HostTensor &a0, const HostTensor &b0, HostTensor &out,
   out = HostTensor::floats(outShape);
   int64_t batches = std::accumulate(batch.begin(), batch.end(), int64_t{1},
                                     std::multiplies<int64_t>());
+  // Two fp32 operands (the raising's proofs multiply fp32 activations by
+  // fp32 weights) are read without at()'s test per element.
+  bool floats = a.isFloat() && b.isFloat();
   for (int64_t bi = 0; bi < batches; ++bi) {
     Shape idx = unflatten(bi, batch);
     int64_t offA = broadcastIndex(idx, batchA) * m * k;
@@ -294,9 +307,7 @@ bool matmul(const HostTensor &a0, const HostTensor &b0, HostTensor &out,
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j) {
         double s = 0.0;
-        if (a.isFloat() && b.isFloat()) {
-          // The common case without at()'s test per element (the raising's
-          // proofs multiply fp32 activations by fp32 weights).
+        if (floats) {
           const float *rowA = a.f32.data() + offA + i * k;
           const float *colB = b.f32.data() + offB + j;
           for (int64_t p = 0; p < k; ++p)
@@ -859,9 +870,8 @@ bool evaluateGather(NodeEval &n) {
       if (idx < 0 || idx >= x.shape[axis])
         return n.fail(fmt::format("Gather index {} is out of range [0, {})",
                                   indices[j], x.shape[axis]));
-      for (int64_t i = 0; i < inner; ++i)
-        copyElement(x, (o * x.shape[axis] + idx) * inner + i, out,
-                    (o * count + j) * inner + i);
+      copyElements(x, (o * x.shape[axis] + idx) * inner, out,
+                   (o * count + j) * inner, inner);
     }
   return n.result(std::move(out));
 }
@@ -880,8 +890,7 @@ bool evaluateGatherND(NodeEval &n) {
   int64_t inner = trailingSize(x.shape, depth);
   HostTensor out = like(x.isFloat(), shape);
   for (size_t l = 0; l < offsets.size(); ++l)
-    for (int64_t i = 0; i < inner; ++i)
-      copyElement(x, offsets[l] + i, out, l * inner + i);
+    copyElements(x, offsets[l], out, l * inner, inner);
   return n.result(std::move(out));
 }
 
