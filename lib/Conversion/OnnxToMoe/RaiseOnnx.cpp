@@ -534,6 +534,13 @@ bool Raiser::raiseRmsNorm(OnnxNodeOp outer) {
   }
   if (tensorType(x) != tensorType(outer.getOutputs()[0]))
     return false;
+  // What moe.rms_norm's verifier asks: an epsilon >= 0 (a mutated model's
+  // -1 was raised to IR it refuses) and a weight of x's last dimension.
+  RankedTensorType xType = tensorType(x);
+  if (!(*epsilon >= 0.0) || !xType || xType.getRank() < 1 ||
+      failed(verifyCompatibleDims({tensorType(weight).getDimSize(0),
+                                   xType.getShape().back()})))
+    return false;
   builder.setInsertionPoint(outer);
   auto norm = RmsNormOp::create(builder, outer.getLoc(), tensorType(x), x,
                                         weight,

@@ -123,6 +123,37 @@ func.func @rms_norm(%x: tensor<?x?x32xf32> {moe.input = "x"},
 
 // -----
 
+// Tests that an RMSNorm chain adding a negative epsilon (the onnx-import
+// fuzz target's find: a mutated model's -1), or scaling by a weight of
+// another width than x's, stays ONNX nodes: moe.rms_norm's verifier would
+// refuse it.
+// CHECK-LABEL: func.func @rms_norm_not_raised
+// CHECK-NOT: moe.rms_norm
+// CHECK: return
+func.func @rms_norm_not_raised(%x: tensor<?x?x32xf32> {moe.input = "x"},
+                               %w: tensor<32xf32> {moe.parameter = "norm.weight"},
+                               %v: tensor<16xf32> {moe.parameter = "other.weight"}) -> (tensor<?x?x32xf32>, tensor<?x?x32xf32>) {
+  %two = arith.constant dense<2.0> : tensor<f32>
+  %axes = arith.constant dense<-1> : tensor<1xi64>
+  %eps = arith.constant dense<-1.0> : tensor<f32>
+  %good = arith.constant dense<1.0e-05> : tensor<f32>
+  %0 = moe.onnx_node "Pow"(%x, %two) : (tensor<?x?x32xf32>, tensor<f32>) -> tensor<?x?x32xf32>
+  %1 = moe.onnx_node "ReduceMean"(%0, %axes) {keepdims = 1 : i64} : (tensor<?x?x32xf32>, tensor<1xi64>) -> tensor<?x?x1xf32>
+  %2 = moe.onnx_node "Add"(%1, %eps) : (tensor<?x?x1xf32>, tensor<f32>) -> tensor<?x?x1xf32>
+  %3 = moe.onnx_node "Sqrt"(%2) : (tensor<?x?x1xf32>) -> tensor<?x?x1xf32>
+  %4 = moe.onnx_node "Reciprocal"(%3) : (tensor<?x?x1xf32>) -> tensor<?x?x1xf32>
+  %5 = moe.onnx_node "Mul"(%x, %4) : (tensor<?x?x32xf32>, tensor<?x?x1xf32>) -> tensor<?x?x32xf32>
+  %6 = moe.onnx_node "Mul"(%w, %5) : (tensor<32xf32>, tensor<?x?x32xf32>) -> tensor<?x?x32xf32>
+  %7 = moe.onnx_node "Add"(%1, %good) : (tensor<?x?x1xf32>, tensor<f32>) -> tensor<?x?x1xf32>
+  %8 = moe.onnx_node "Sqrt"(%7) : (tensor<?x?x1xf32>) -> tensor<?x?x1xf32>
+  %9 = moe.onnx_node "Reciprocal"(%8) : (tensor<?x?x1xf32>) -> tensor<?x?x1xf32>
+  %10 = moe.onnx_node "Mul"(%x, %9) : (tensor<?x?x32xf32>, tensor<?x?x1xf32>) -> tensor<?x?x32xf32>
+  %11 = moe.onnx_node "Mul"(%v, %10) : (tensor<16xf32>, tensor<?x?x32xf32>) -> tensor<?x?x32xf32>
+  return %6, %11 : tensor<?x?x32xf32>, tensor<?x?x32xf32>
+}
+
+// -----
+
 // Tests that a mean over the wrong axis is not an RMSNorm.
 // CHECK-LABEL: func.func @not_rms_norm
 // CHECK-NOT: moe.rms_norm
