@@ -44,17 +44,21 @@ HostTensor like(bool isFloat, Shape shape) {
                  : HostTensor::ints(std::move(shape));
 }
 
-void put(HostTensor &t, int64_t i, double v) {
-  if (t.isFloat()) {
-    t.f32[i] = static_cast<float>(v);
-    return;
-  }
-  // Saturate like a well-defined cast instead of overflowing.
+/// `v` truncated to an integer, saturating like a well-defined cast
+/// instead of overflowing (NaN gives 0).
+int64_t toInt(double v) {
   constexpr double lo = -9.2233720368547758e18, hi = 9.2233720368547748e18;
-  t.i64[i] = std::isnan(v) ? 0
-             : v <= lo     ? std::numeric_limits<int64_t>::min()
-             : v >= hi     ? std::numeric_limits<int64_t>::max()
-                           : static_cast<int64_t>(v);
+  return std::isnan(v) ? 0
+         : v <= lo     ? std::numeric_limits<int64_t>::min()
+         : v >= hi     ? std::numeric_limits<int64_t>::max()
+                       : static_cast<int64_t>(v);
+}
+
+void put(HostTensor &t, int64_t i, double v) {
+  if (t.isFloat())
+    t.f32[i] = static_cast<float>(v);
+  else
+    t.i64[i] = toInt(v);
 }
 
 /// Copies element `from` of `src` to element `to` of `dst` (same kind).
@@ -190,7 +194,7 @@ int64_t normalizeAxis(int64_t axis, int64_t rank) {
 std::vector<int64_t> intValues(const HostTensor &t) {
   std::vector<int64_t> v(t.numElements());
   for (int64_t i = 0; i < t.numElements(); ++i)
-    v[i] = t.isFloat() ? static_cast<int64_t>(t.f32[i]) : t.i64[i];
+    v[i] = t.isFloat() ? toInt(t.f32[i]) : t.i64[i];
   return v;
 }
 
@@ -412,18 +416,13 @@ struct NodeEval {
 
 // --- Element-wise, unary -----------------------------------------------------
 
-/// `fn` of every element of `x`. An integer result of an integer input is
-/// `fn`'s value truncated; every other result goes through `put`.
+/// `fn` of every element of `x`, stored through `put` (an integer result
+/// truncated, saturating).
 HostTensor mapElements(const HostTensor &x, bool outFloat,
                        llvm::function_ref<double(double)> fn) {
   HostTensor out = like(outFloat, x.shape);
-  for (int64_t i = 0; i < x.numElements(); ++i) {
-    double r = fn(at(x, i));
-    if (!x.isFloat() && !outFloat)
-      out.i64[i] = static_cast<int64_t>(r);
-    else
-      put(out, i, r);
-  }
+  for (int64_t i = 0; i < x.numElements(); ++i)
+    put(out, i, fn(at(x, i)));
   return out;
 }
 
@@ -906,7 +905,7 @@ bool evaluateRange(NodeEval &n) {
     return n.fail(fmt::format("Range from {} to {} by {} is not a tensor of "
                               "at most {} elements",
                               start, limit, delta, kMaxElements));
-  int64_t count = std::max<int64_t>(0, static_cast<int64_t>(steps));
+  int64_t count = std::max<int64_t>(0, toInt(steps));
   HostTensor out = like(n.in[0]->isFloat(), {count});
   for (int64_t i = 0; i < count; ++i)
     put(out, i, start + i * delta);

@@ -22,6 +22,8 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
 using namespace mlir;
 using namespace moec;
 
@@ -320,6 +322,36 @@ TEST_F(OnnxEvaluatorTest, SplitSizesMustCoverTheDimension) {
   const HostTensor *d = returned(f, 3, error);
   ASSERT_TRUE(d) << error;
   EXPECT_EQ(d->f32, (std::vector<float>{1}));
+}
+
+// Floats read as integers (a Reshape target, a Range's length) and integer
+// results past int64 (Abs of its minimum) were cast with undefined
+// behaviour (the onnx-import fuzz target's find, UBSan: -3.4e38 as a
+// Reshape target); they saturate now, and what reads them refuses the
+// result.
+TEST_F(OnnxEvaluatorTest, FloatsReadAsIntegersSaturate) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%x: tensor<4xf32>, %shape: tensor<2xf32>, %zero: tensor<f32>, %far: tensor<f32>, %one: tensor<f32>, %min: tensor<1xi64>) -> (tensor<?x?xf32>, tensor<?xf32>, tensor<1xi64>) {
+      %r = moe.onnx_node "Reshape"(%x, %shape) : (tensor<4xf32>, tensor<2xf32>) -> tensor<?x?xf32> loc("r_1"("m.onnx":1:1))
+      %g = moe.onnx_node "Range"(%zero, %far, %one) : (tensor<f32>, tensor<f32>, tensor<f32>) -> tensor<?xf32> loc("g_2"("m.onnx":2:1))
+      %a = moe.onnx_node "Abs"(%min) : (tensor<1xi64>) -> tensor<1xi64> loc("a_3"("m.onnx":3:1))
+      return %r, %g, %a : tensor<?x?xf32>, tensor<?xf32>, tensor<1xi64>
+    })mlir",
+                         {HostTensor::floats({4}), floats({2}, {-3.4e38f, 2}),
+                          floats({}, {0}), floats({}, {-1e30f}),
+                          floats({}, {1}),
+                          ints({1}, {std::numeric_limits<int64_t>::min()})});
+  std::string error;
+  EXPECT_FALSE(returned(f, 0, error));
+  EXPECT_EQ(error, "Reshape target [-9223372036854775808, 2] is not a shape "
+                   "of at most 2^63 elements at node "
+                   "loc(\"r_1\"(\"m.onnx\":1:1))");
+  const HostTensor *g = returned(f, 1, error);
+  ASSERT_TRUE(g) << error;
+  EXPECT_EQ(g->shape, (std::vector<int64_t>{0}));
+  const HostTensor *a = returned(f, 2, error);
+  ASSERT_TRUE(a) << error;
+  EXPECT_EQ(a->i64, (std::vector<int64_t>{std::numeric_limits<int64_t>::max()}));
 }
 
 // Gemm read operands of any rank as matrices (transA of a vector read its
