@@ -219,8 +219,8 @@ private:
   /// The moe.linear results and moe op results a value is computed from,
   /// looking through ONNX nodes only (model inputs are not among them).
   void boundaryProducers(Value v, llvm::SetVector<Value> &out);
-  /// Sample shapes for the model inputs: the static shape when static, else
-  /// two small shapes.
+  /// Sample [batch, seq] shapes for the model inputs: the static shape when
+  /// static (none when it is not of rank 2), else two small shapes.
   SmallVector<SmallVector<int64_t>> sampleInputShapes();
   /// Binds every model input to all ones at `shape`: token ids only reach
   /// the (already raised) embedding, and an attention mask is proved for
@@ -287,8 +287,14 @@ SmallVector<SmallVector<int64_t>> Raiser::sampleInputShapes() {
     if (!isModelInput(arg))
       continue;
     RankedTensorType t = tensorType(arg);
+    // The proofs read a sample as [batch, seq]: a static input of another
+    // rank gives none (a mutated model's rank-1 input was read past its
+    // one dimension, and the garbage taken for a sequence length).
     if (t && t.hasStaticShape())
-      return {SmallVector<int64_t>(t.getShape())};
+      return t.getRank() == 2
+                 ? SmallVector<SmallVector<int64_t>>{
+                       SmallVector<int64_t>(t.getShape())}
+                 : SmallVector<SmallVector<int64_t>>{};
     if (t && t.getRank() == 2)
       return {{2, 5}, {1, 7}};
   }
@@ -687,6 +693,8 @@ bool Raiser::raiseAttention(OnnxNodeOp softmax) {
   // operands of Mul nodes that depend on no data.
   std::optional<double> theta;
   SmallVector<SmallVector<int64_t>> samples = sampleInputShapes();
+  if (samples.empty())
+    return false;
   {
     SmallVector<Value> tables;
     llvm::SmallPtrSet<Operation *, 32> seen;
@@ -1479,7 +1487,10 @@ bool Raiser::raiseSparseMoe(OnnxNodeOp topK) {
     return false;
 
   // Prove at each sample shape: random input, router weight and experts.
-  for (ArrayRef<int64_t> sample : sampleInputShapes()) {
+  SmallVector<SmallVector<int64_t>> samples = sampleInputShapes();
+  if (samples.empty())
+    return false;
+  for (ArrayRef<int64_t> sample : samples) {
     OnnxEvaluator eval;
     bindInputs(eval, sample);
     SmallVector<int64_t> shape(sample);
