@@ -105,7 +105,8 @@ bool fitsLimit(const Shape &shape, std::string &error) {
   int64_t n = 1;
   for (int64_t d : shape) {
     if (d < 0 || (d > 0 && n > kMaxElements / d)) {
-      error = fmt::format("a tensor of shape [{}] is too large to evaluate",
+      error = fmt::format("a tensor of shape [{}] is not one to evaluate "
+                          "(sizes from 0, at most 2^24 elements)",
                           fmt::join(shape, ", "));
       return false;
     }
@@ -917,7 +918,14 @@ bool evaluateConstantOfShape(NodeEval &n) {
   HostTensor fill = HostTensor::floats({1});
   if (auto v = n.node->getAttrOfType<DenseElementsAttr>("value"))
     fill = fromDense(v);
-  HostTensor out = like(fill.isFloat(), intValues(*n.in[0]));
+  if (fill.numElements() != 1)
+    return n.fail(fmt::format("ConstantOfShape value {} is not one element",
+                              fill.shapeString()));
+  // The shape comes from the model: its size was trusted.
+  Shape shape = intValues(*n.in[0]);
+  if (!fitsLimit(shape, n.error))
+    return false;
+  HostTensor out = like(fill.isFloat(), shape);
   for (int64_t i = 0; i < out.numElements(); ++i)
     copyElement(fill, 0, out, i);
   return n.result(std::move(out));
@@ -1068,7 +1076,14 @@ bool evaluateTopK(NodeEval &n) {
   if (rank == 0 || normalizeAxis(n.intAttr("axis", -1), rank) != rank - 1)
     return n.fail("TopK along an axis other than the last is not supported");
   bool largest = n.intAttr("largest", 1) != 0;
-  int64_t k = intValues(*n.in[1]).at(0), width = x.shape.back();
+  // k comes from the model: one that is not one value in [0, width] was
+  // read past the row (and allocated as a dimension).
+  std::vector<int64_t> ks = intValues(*n.in[1]);
+  int64_t width = x.shape.back();
+  if (ks.size() != 1 || ks[0] < 0 || ks[0] > width)
+    return n.fail(fmt::format("TopK k [{}] is not one value in [0, {}]",
+                              fmt::join(ks, ", "), width));
+  int64_t k = ks[0];
   Shape shape = x.shape;
   shape.back() = k;
   HostTensor valuesOut = like(x.isFloat(), shape);

@@ -354,6 +354,38 @@ TEST_F(OnnxEvaluatorTest, FloatsReadAsIntegersSaturate) {
   EXPECT_EQ(a->i64, (std::vector<int64_t>{std::numeric_limits<int64_t>::max()}));
 }
 
+// TopK's k and ConstantOfShape's shape come from the model: a k past the
+// row's width was read past it and allocated (the onnx-import fuzz
+// target's find: AddressSanitizer out of memory), a negative shape or a
+// value of no elements read nothing valid.
+TEST_F(OnnxEvaluatorTest, TopKAndConstantOfShapeOperandsAreChecked) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%x: tensor<2x4xf32>, %k: tensor<1xi64>, %two: tensor<2xi64>, %shape: tensor<2xi64>) -> (tensor<2x?xf32>, tensor<2x?xf32>, tensor<?x?xf32>, tensor<?x?xf32>) {
+      %v:2 = moe.onnx_node "TopK"(%x, %k) : (tensor<2x4xf32>, tensor<1xi64>) -> (tensor<2x?xf32>, tensor<2x?xi64>) loc("t_1"("m.onnx":1:1))
+      %w:2 = moe.onnx_node "TopK"(%x, %two) : (tensor<2x4xf32>, tensor<2xi64>) -> (tensor<2x?xf32>, tensor<2x?xi64>) loc("t_2"("m.onnx":2:1))
+      %c = moe.onnx_node "ConstantOfShape"(%shape) : (tensor<2xi64>) -> tensor<?x?xf32> loc("c_3"("m.onnx":3:1))
+      %e = moe.onnx_node "ConstantOfShape"(%two) {value = dense<> : tensor<0xf32>} : (tensor<2xi64>) -> tensor<?x?xf32> loc("c_4"("m.onnx":4:1))
+      return %v#0, %w#0, %c, %e : tensor<2x?xf32>, tensor<2x?xf32>, tensor<?x?xf32>, tensor<?x?xf32>
+    })mlir",
+                         {floats({2, 4}, {1, 2, 3, 4, 5, 6, 7, 8}),
+                          ints({1}, {17179869184}), ints({2}, {1, 2}),
+                          ints({2}, {-1, 4})});
+  std::string error;
+  EXPECT_FALSE(returned(f, 0, error));
+  EXPECT_EQ(error, "TopK k [17179869184] is not one value in [0, 4] at node "
+                   "loc(\"t_1\"(\"m.onnx\":1:1))");
+  EXPECT_FALSE(returned(f, 1, error));
+  EXPECT_EQ(error, "TopK k [1, 2] is not one value in [0, 4] at node "
+                   "loc(\"t_2\"(\"m.onnx\":2:1))");
+  EXPECT_FALSE(returned(f, 2, error));
+  EXPECT_EQ(error, "a tensor of shape [-1, 4] is not one to evaluate (sizes "
+                   "from 0, at most 2^24 elements) at node "
+                   "loc(\"c_3\"(\"m.onnx\":3:1))");
+  EXPECT_FALSE(returned(f, 3, error));
+  EXPECT_EQ(error, "ConstantOfShape value [0] is not one element at node "
+                   "loc(\"c_4\"(\"m.onnx\":4:1))");
+}
+
 // Gemm read operands of any rank as matrices (transA of a vector read its
 // shape's second entry) and C of any shape (one that does not broadcast to
 // the product was read past its end).
