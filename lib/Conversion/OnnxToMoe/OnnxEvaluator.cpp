@@ -672,6 +672,11 @@ bool evaluateUnsqueeze(NodeEval &n) {
   for (int64_t a : axes)
     sorted.push_back(normalizeAxis(a, rank));
   llvm::sort(sorted);
+  // A repeated axis was inserted past the end (the onnx-import fuzz
+  // target's find); distinct ones in order always land inside.
+  if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end())
+    return n.fail(fmt::format("Unsqueeze axes [{}] repeat an axis",
+                              fmt::join(axes, ", ")));
   for (int64_t a : sorted)
     out.shape.insert(out.shape.begin() + a, 1);
   return n.result(std::move(out));

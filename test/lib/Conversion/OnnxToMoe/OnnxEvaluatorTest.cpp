@@ -386,6 +386,25 @@ TEST_F(OnnxEvaluatorTest, TopKAndConstantOfShapeOperandsAreChecked) {
                    "loc(\"c_4\"(\"m.onnx\":4:1))");
 }
 
+// Unsqueeze inserted a repeated axis past the shape's end (the onnx-import
+// fuzz target's find: AddressSanitizer, axes [1, 1] of a scalar).
+TEST_F(OnnxEvaluatorTest, UnsqueezeAxesMustNotRepeat) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%x: tensor<f32>, %axes: tensor<2xi64>, %ok: tensor<2xi64>) -> (tensor<?x?xf32>, tensor<1x1xf32>) {
+      %u = moe.onnx_node "Unsqueeze"(%x, %axes) : (tensor<f32>, tensor<2xi64>) -> tensor<?x?xf32> loc("u_1"("m.onnx":1:1))
+      %v = moe.onnx_node "Unsqueeze"(%x, %ok) : (tensor<f32>, tensor<2xi64>) -> tensor<1x1xf32> loc("u_2"("m.onnx":2:1))
+      return %u, %v : tensor<?x?xf32>, tensor<1x1xf32>
+    })mlir",
+                         {floats({}, {3}), ints({2}, {1, 1}), ints({2}, {1, -2})});
+  std::string error;
+  EXPECT_FALSE(returned(f, 0, error));
+  EXPECT_EQ(error, "Unsqueeze axes [1, 1] repeat an axis at node "
+                   "loc(\"u_1\"(\"m.onnx\":1:1))");
+  const HostTensor *v = returned(f, 1, error);
+  ASSERT_TRUE(v) << error;
+  EXPECT_EQ(v->shape, (std::vector<int64_t>{1, 1}));
+}
+
 // Gemm read operands of any rank as matrices (transA of a vector read its
 // shape's second entry) and C of any shape (one that does not broadcast to
 // the product was read past its end).
