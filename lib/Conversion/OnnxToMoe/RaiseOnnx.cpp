@@ -1299,17 +1299,22 @@ void Raiser::raiseOrtMoeNodes() {
     }
     // Look through Reshape([-1, H]) ... Reshape(Shape(x)).
     Value replaced = node.getOutputs()[0];
+    // (The importer does not check a node's input count against its
+    // operator: a mutated model's one-input Reshape was read past its
+    // inputs here.)
     OnnxNodeOp flatten = producer(input, "Reshape");
-    if (flatten && replaced.hasOneUse()) {
+    if (flatten && flatten.getInputs().size() == 2 && replaced.hasOneUse()) {
       auto unflatten = dyn_cast<OnnxNodeOp>(*replaced.getUsers().begin());
-      if (unflatten && unflatten.getOpType() != "Reshape")
+      if (unflatten && (unflatten.getOpType() != "Reshape" ||
+                        unflatten.getInputs().size() != 2))
         unflatten = OnnxNodeOp();
       Value x = flatten.getInputs()[0];
       OnnxNodeOp shape = unflatten ? producer(unflatten.getInputs()[1], "Shape")
                                    : OnnxNodeOp();
       // The output is reshaped back by Shape(x) (all of it) or, for static
       // shapes, by a constant.
-      bool wholeShape = shape && shape.getInputs()[0] == x &&
+      bool wholeShape = shape && shape.getInputs().size() == 1 &&
+                        shape.getInputs()[0] == x &&
                         !shape->hasAttr("end") &&
                         (!shape->hasAttr("start") ||
                          shape->getAttrOfType<IntegerAttr>("start").getInt() == 0);
