@@ -1308,6 +1308,13 @@ void OnnxEvaluator::bind(Value value, HostTensor tensor) {
   values[value] = std::make_unique<HostTensor>(std::move(tensor));
 }
 
+std::optional<unsigned> OnnxEvaluator::minInputs(StringRef domain,
+                                                 StringRef type) {
+  if (const OpRule *rule = findRule(domain, type))
+    return rule->minInputs;
+  return std::nullopt;
+}
+
 const HostTensor *OnnxEvaluator::evaluate(Value value, std::string &error) {
   auto it = values.find(value);
   if (it != values.end())

@@ -148,6 +148,19 @@ public:
   llvm::DenseMap<Operation *, std::string> notRaised;
 
   void run() {
+    // The patterns read nodes' operands and results by position, and the
+    // importer does not check a node's counts against its operator: a
+    // model with a node short of them (a mutated model's one-input Mul and
+    // Reshape were read past their ends) is left as imported.
+    bool malformed = false;
+    func.walk([&](OnnxNodeOp node) {
+      std::optional<unsigned> need =
+          OnnxEvaluator::minInputs(node.getDomain(), node.getOpType());
+      malformed |= node.getOutputs().empty() ||
+                   (need && node.getInputs().size() < *need);
+    });
+    if (malformed)
+      return;
     SmallVector<BlockArgument> usedInputs;
     for (BlockArgument arg : func.getArguments())
       if (isModelInput(arg) && !arg.use_empty())
