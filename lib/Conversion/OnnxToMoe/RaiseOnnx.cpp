@@ -1339,6 +1339,31 @@ void Raiser::raiseOrtMoeNodes() {
       }
     }
     RankedTensorType inputType = tensorType(input);
+    // What moe.router's and moe.experts' verifiers ask, which this
+    // structural raising does not prove by evaluation (a mutated model's
+    // down weight of another width than the input's was raised to IR the
+    // verifier refuses): k within the experts, gate_up [E, 2I, H] and down
+    // [E, H, I] of the input's H.
+    RankedTensorType gateUpType = tensorType(gateUp),
+                     downType = tensorType(down);
+    int64_t numExperts = tensorType(logits).getShape().back(),
+            hidden = inputType.getShape().back();
+    if (k < 1 || (!ShapedType::isDynamic(numExperts) && k > numExperts)) {
+      refuse("k " + std::to_string(k) + " is not between 1 and the " +
+             std::to_string(numExperts) + " experts");
+      continue;
+    }
+    int64_t twoInter = gateUpType.getRank() == 3 ? gateUpType.getDimSize(1) : 0;
+    int64_t inter =
+        ShapedType::isDynamic(twoInter) ? ShapedType::kDynamic : twoInter / 2;
+    if (gateUpType.getRank() != 3 || downType.getRank() != 3 ||
+        (!ShapedType::isDynamic(twoInter) && twoInter % 2 != 0) ||
+        failed(verifyCompatibleDims({gateUpType.getDimSize(2), hidden})) ||
+        failed(verifyCompatibleShape(
+            downType.getShape(), {gateUpType.getDimSize(0), hidden, inter}))) {
+      refuse("its expert weights do not fit its input's hidden size");
+      continue;
+    }
     SmallVector<int64_t> logitShape(inputType.getShape().drop_back());
     logitShape.push_back(tensorType(logits).getShape().back());
     SmallVector<int64_t> choiceShape(inputType.getShape().drop_back());
