@@ -5,7 +5,8 @@
 // round-trips; resuming refuses what is missing, truncated, corrupted,
 // uncommitted or of another model, naming the file; temporary files are
 // never what `latest` names; a writer killed mid-save or one whose writes
-// fail (a full disk) leaves the previous checkpoint the latest, whole. Resharding: a fake model (a dense parameter
+// fail (a file-size limit; a small tmpfs filled up, where user namespaces
+// allow mounting one) leaves the previous checkpoint the latest, whole. Resharding: a fake model (a dense parameter
 // with padding, an expert parameter, a bf16 one) checkpointed under one
 // (R, H, P) and resumed under others, (H, P) = (2, 2) → (4, 1) → (1, 4),
 // to other world sizes and with replicas, gets exactly the blocks cut from
@@ -24,7 +25,10 @@
 #include <fstream>
 #include <limits>
 
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/resource.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -373,6 +377,113 @@ TEST(Checkpoint, AFailedWriteDuringSaveKeepsTheLatest) {
     EXPECT_EQ(manifest.step, 4);
     EXPECT_EQ(back, first);
   }
+}
+
+/// In this (single-threaded, forked) process: enters a new user and mount
+/// namespace, this user mapped to root in it, and mounts a tmpfs of `bytes`
+/// at `dir`, which other processes do not see. Needs no privileges where
+/// unprivileged user namespaces are allowed; returns why not otherwise.
+std::string mountSmallTmpfs(const std::filesystem::path &dir, size_t bytes) {
+  std::filesystem::create_directories(dir);
+  std::string uid = std::to_string(getuid()), gid = std::to_string(getgid());
+  if (unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0)
+    return std::string("unshare(CLONE_NEWUSER | CLONE_NEWNS): ") +
+           std::strerror(errno);
+  auto write = [](const char *path, const std::string &text) {
+    std::ofstream out(path);
+    out << text;
+    out.close();
+    return static_cast<bool>(out);
+  };
+  if (!write("/proc/self/setgroups", "deny") ||
+      !write("/proc/self/uid_map", "0 " + uid + " 1\n") ||
+      !write("/proc/self/gid_map", "0 " + gid + " 1\n"))
+    return "cannot map this user to root in the new namespace";
+  if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0)
+    return std::string("cannot make the mounts private: ") +
+           std::strerror(errno);
+  std::string options = "size=" + std::to_string(bytes);
+  if (mount("tmpfs", dir.c_str(), "tmpfs", 0, options.c_str()) != 0)
+    return std::string("mount -t tmpfs -o ") + options + ": " +
+           std::strerror(errno);
+  return "";
+}
+
+/// Fills the file system holding `dir` up to all but `freeBytes`, with one
+/// file, `dir`/filler (replaced).
+void fillUpTo(const std::filesystem::path &dir, uint64_t freeBytes) {
+  std::filesystem::remove(dir / "filler");
+  struct statvfs fs;
+  if (statvfs(dir.c_str(), &fs) != 0)
+    return;
+  uint64_t avail = uint64_t(fs.f_bavail) * fs.f_frsize;
+  std::vector<char> zeros(avail > freeBytes ? avail - freeBytes : 0, 0);
+  std::ofstream(dir / "filler", std::ios::binary)
+      .write(zeros.data(), static_cast<std::streamsize>(zeros.size()));
+}
+
+/// The same on a disk that is really full: a 64 KiB tmpfs (mounted in a
+/// child process's own user and mount namespace) holds the first
+/// checkpoint and a file filling it to all but 0, 1 or 2 pages; tmpfs
+/// gives each file a page of its own, so the second save runs out of space
+/// (ENOSPC, not the file-size limit's EFBIG) writing the shard, the
+/// manifest or `latest`, names that file, and the first stays the latest,
+/// whole. Skipped, saying why, where user namespaces or tmpfs mounts are
+/// refused.
+TEST(Checkpoint, AFullTmpfsDuringSaveKeepsTheLatest) {
+  int report[2];
+  ASSERT_EQ(pipe(report), 0);
+  std::filesystem::path dir = freshDir("tmpfs-full");
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    close(report[0]);
+    auto fail = [&](int code, const std::string &why) {
+      ssize_t ignored = ::write(report[1], why.data(), why.size());
+      (void)ignored;
+      _exit(code);
+    };
+    if (std::string why = mountSmallTmpfs(dir, 64 * 1024); !why.empty())
+      fail(77, why);
+    TinyProgram tiny;
+    std::vector<char> first(120, 1), second(120, 2);
+    if (Status s = saveTiny(dir, tiny, 4, 9, first); !s.ok())
+      fail(1, "the first save failed: " + s.message());
+    const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+    const char *files[] = {"rank_0.shard.tmp", "manifest.tsv.tmp",
+                           "latest.tmp"};
+    for (int freePages = 0; freePages < 3; ++freePages) {
+      std::filesystem::remove_all(dir / "step_8");
+      fillUpTo(dir, freePages * page);
+      std::string where = " with " + std::to_string(freePages) + " free pages";
+      Status s = saveTiny(dir, tiny, 8, 9, second);
+      if (s.ok() || s.message().find("cannot write") == std::string::npos ||
+          s.message().find(files[freePages]) == std::string::npos ||
+          s.message().find(std::strerror(ENOSPC)) == std::string::npos)
+        fail(1, "the save" + where + " gave '" + s.message() +
+                    "', not a failed write of " + files[freePages]);
+      CheckpointManifest manifest;
+      std::vector<char> back;
+      if (Status r = resumeTiny(dir, tiny, manifest, back); !r.ok())
+        fail(1, "resuming after the save" + where + ": " + r.message());
+      if (manifest.step != 4 || back != first)
+        fail(1, "after the save" + where + " the latest is step " +
+                    std::to_string(manifest.step) + ", not step 4 whole");
+    }
+    _exit(0);
+  }
+  close(report[1]);
+  std::string message;
+  char buffer[256];
+  for (ssize_t n; (n = read(report[0], buffer, sizeof(buffer))) > 0;)
+    message.append(buffer, static_cast<size_t>(n));
+  close(report[0]);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child ended by a signal";
+  if (WEXITSTATUS(status) == 77)
+    GTEST_SKIP() << "no small tmpfs without privileges here: " << message;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << message;
 }
 
 /// A writer killed (SIGKILL) at some point of a loop of saves leaves a

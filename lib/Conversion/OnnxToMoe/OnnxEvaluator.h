@@ -26,6 +26,7 @@
 #include "llvm/ADT/DenseMap.h"
 
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace moec {
@@ -41,6 +42,11 @@ public:
   /// failed) when an operator has no evaluation rule, a node's operands do
   /// not fit its operator or an argument is unbound.
   const HostTensor *evaluate(mlir::Value value, std::string &error);
+
+  /// The inputs the evaluator's rule for an operator reads unconditionally
+  /// (its table's count); nullopt for an operator it has no rule for.
+  static std::optional<unsigned> minInputs(llvm::StringRef domain,
+                                           llvm::StringRef type);
 
 private:
   bool evaluateOp(mlir::Operation *op, std::string &error);

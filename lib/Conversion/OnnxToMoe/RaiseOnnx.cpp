@@ -41,6 +41,7 @@
 #include "mlir/Dialect/Linalg/IR/Linalg.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/IR/Builders.h"
+#include "mlir/IR/TypeUtilities.h"
 #include "llvm/ADT/SetVector.h"
 #include "llvm/ADT/StringSet.h"
 
@@ -147,6 +148,19 @@ public:
   llvm::DenseMap<Operation *, std::string> notRaised;
 
   void run() {
+    // The patterns read nodes' operands and results by position, and the
+    // importer does not check a node's counts against its operator: a
+    // model with a node short of them (a mutated model's one-input Mul and
+    // Reshape were read past their ends) is left as imported.
+    bool malformed = false;
+    func.walk([&](OnnxNodeOp node) {
+      std::optional<unsigned> need =
+          OnnxEvaluator::minInputs(node.getDomain(), node.getOpType());
+      malformed |= node.getOutputs().empty() ||
+                   (need && node.getInputs().size() < *need);
+    });
+    if (malformed)
+      return;
     SmallVector<BlockArgument> usedInputs;
     for (BlockArgument arg : func.getArguments())
       if (isModelInput(arg) && !arg.use_empty())
@@ -218,8 +232,8 @@ private:
   /// The moe.linear results and moe op results a value is computed from,
   /// looking through ONNX nodes only (model inputs are not among them).
   void boundaryProducers(Value v, llvm::SetVector<Value> &out);
-  /// Sample shapes for the model inputs: the static shape when static, else
-  /// two small shapes.
+  /// Sample [batch, seq] shapes for the model inputs: the static shape when
+  /// static (none when it is not of rank 2), else two small shapes.
   SmallVector<SmallVector<int64_t>> sampleInputShapes();
   /// Binds every model input to all ones at `shape`: token ids only reach
   /// the (already raised) embedding, and an attention mask is proved for
@@ -286,8 +300,14 @@ SmallVector<SmallVector<int64_t>> Raiser::sampleInputShapes() {
     if (!isModelInput(arg))
       continue;
     RankedTensorType t = tensorType(arg);
+    // The proofs read a sample as [batch, seq]: a static input of another
+    // rank gives none (a mutated model's rank-1 input was read past its
+    // one dimension, and the garbage taken for a sequence length).
     if (t && t.hasStaticShape())
-      return {SmallVector<int64_t>(t.getShape())};
+      return t.getRank() == 2
+                 ? SmallVector<SmallVector<int64_t>>{
+                       SmallVector<int64_t>(t.getShape())}
+                 : SmallVector<SmallVector<int64_t>>{};
     if (t && t.getRank() == 2)
       return {{2, 5}, {1, 7}};
   }
@@ -383,6 +403,17 @@ bool Raiser::raiseEmbedding(OnnxNodeOp node) {
       rankOf(table) != 2 ||
       !isa<IntegerType>(tensorType(ids).getElementType()))
     return false;
+  // The result the model declares must be what moe.embedding gives:
+  // [ids..., hidden] of the table's element type (the importer does not
+  // infer a Gather's result; a model may declare another rank).
+  RankedTensorType tableType = tensorType(table),
+                   resultType = tensorType(node.getOutputs()[0]);
+  SmallVector<int64_t> expected(tensorType(ids).getShape());
+  expected.push_back(tableType.getDimSize(1));
+  if (!resultType ||
+      resultType.getElementType() != tableType.getElementType() ||
+      failed(verifyCompatibleShape(resultType.getShape(), expected)))
+    return false;
   builder.setInsertionPoint(node);
   auto embedding = EmbeddingOp::create(builder, 
       node.getLoc(), node.getOutputs()[0].getType(), table, ids);
@@ -421,6 +452,26 @@ bool Raiser::raiseLinear(OnnxNodeOp node) {
       weight = transpose.getInputs()[0], transposed = true;
   }
   if (!isParameter(weight) || rankOf(weight) != 2 || rankOf(input) < 2)
+    return false;
+  // The types must be what moe.linear's verifier accepts: the weight's
+  // input features those of `input`, and the result the node declares
+  // `input`'s shape with the output features last (the importer checks
+  // MatMul's and Gemm's ranks, not every declared size: a mutated model
+  // declaring 108 output features of a [4, 32] weight was raised to
+  // invalid IR).
+  RankedTensorType inputType = tensorType(input),
+                   weightType = tensorType(weight),
+                   resultType = tensorType(node.getOutputs()[0]);
+  int64_t outFeatures = weightType.getDimSize(transposed ? 0 : 1),
+          inFeatures = weightType.getDimSize(transposed ? 1 : 0);
+  SmallVector<int64_t> expected(inputType.getShape());
+  expected.back() = outFeatures;
+  if (!resultType ||
+      failed(verifyCompatibleDims({inFeatures, inputType.getShape().back()})) ||
+      failed(verifyCompatibleShape(resultType.getShape(), expected)) ||
+      resultType.getElementType() != inputType.getElementType() ||
+      (bias && failed(verifyCompatibleShape(tensorType(bias).getShape(),
+                                            ArrayRef<int64_t>{outFeatures}))))
     return false;
   builder.setInsertionPoint(node);
   Location loc = node.getLoc();
@@ -501,6 +552,13 @@ bool Raiser::raiseRmsNorm(OnnxNodeOp outer) {
     return false;
   }
   if (tensorType(x) != tensorType(outer.getOutputs()[0]))
+    return false;
+  // What moe.rms_norm's verifier asks: an epsilon >= 0 (a mutated model's
+  // -1 was raised to IR it refuses) and a weight of x's last dimension.
+  RankedTensorType xType = tensorType(x);
+  if (!(*epsilon >= 0.0) || !xType || xType.getRank() < 1 ||
+      failed(verifyCompatibleDims({tensorType(weight).getDimSize(0),
+                                   xType.getShape().back()})))
     return false;
   builder.setInsertionPoint(outer);
   auto norm = RmsNormOp::create(builder, outer.getLoc(), tensorType(x), x,
@@ -648,6 +706,8 @@ bool Raiser::raiseAttention(OnnxNodeOp softmax) {
   // operands of Mul nodes that depend on no data.
   std::optional<double> theta;
   SmallVector<SmallVector<int64_t>> samples = sampleInputShapes();
+  if (samples.empty())
+    return false;
   {
     SmallVector<Value> tables;
     llvm::SmallPtrSet<Operation *, 32> seen;
@@ -1252,17 +1312,22 @@ void Raiser::raiseOrtMoeNodes() {
     }
     // Look through Reshape([-1, H]) ... Reshape(Shape(x)).
     Value replaced = node.getOutputs()[0];
+    // (The importer does not check a node's input count against its
+    // operator: a mutated model's one-input Reshape was read past its
+    // inputs here.)
     OnnxNodeOp flatten = producer(input, "Reshape");
-    if (flatten && replaced.hasOneUse()) {
+    if (flatten && flatten.getInputs().size() == 2 && replaced.hasOneUse()) {
       auto unflatten = dyn_cast<OnnxNodeOp>(*replaced.getUsers().begin());
-      if (unflatten && unflatten.getOpType() != "Reshape")
+      if (unflatten && (unflatten.getOpType() != "Reshape" ||
+                        unflatten.getInputs().size() != 2))
         unflatten = OnnxNodeOp();
       Value x = flatten.getInputs()[0];
       OnnxNodeOp shape = unflatten ? producer(unflatten.getInputs()[1], "Shape")
                                    : OnnxNodeOp();
       // The output is reshaped back by Shape(x) (all of it) or, for static
       // shapes, by a constant.
-      bool wholeShape = shape && shape.getInputs()[0] == x &&
+      bool wholeShape = shape && shape.getInputs().size() == 1 &&
+                        shape.getInputs()[0] == x &&
                         !shape->hasAttr("end") &&
                         (!shape->hasAttr("start") ||
                          shape->getAttrOfType<IntegerAttr>("start").getInt() == 0);
@@ -1274,6 +1339,31 @@ void Raiser::raiseOrtMoeNodes() {
       }
     }
     RankedTensorType inputType = tensorType(input);
+    // What moe.router's and moe.experts' verifiers ask, which this
+    // structural raising does not prove by evaluation (a mutated model's
+    // down weight of another width than the input's was raised to IR the
+    // verifier refuses): k within the experts, gate_up [E, 2I, H] and down
+    // [E, H, I] of the input's H.
+    RankedTensorType gateUpType = tensorType(gateUp),
+                     downType = tensorType(down);
+    int64_t numExperts = tensorType(logits).getShape().back(),
+            hidden = inputType.getShape().back();
+    if (k < 1 || (!ShapedType::isDynamic(numExperts) && k > numExperts)) {
+      refuse("k " + std::to_string(k) + " is not between 1 and the " +
+             std::to_string(numExperts) + " experts");
+      continue;
+    }
+    int64_t twoInter = gateUpType.getRank() == 3 ? gateUpType.getDimSize(1) : 0;
+    int64_t inter =
+        ShapedType::isDynamic(twoInter) ? ShapedType::kDynamic : twoInter / 2;
+    if (gateUpType.getRank() != 3 || downType.getRank() != 3 ||
+        (!ShapedType::isDynamic(twoInter) && twoInter % 2 != 0) ||
+        failed(verifyCompatibleDims({gateUpType.getDimSize(2), hidden})) ||
+        failed(verifyCompatibleShape(
+            downType.getShape(), {gateUpType.getDimSize(0), hidden, inter}))) {
+      refuse("its expert weights do not fit its input's hidden size");
+      continue;
+    }
     SmallVector<int64_t> logitShape(inputType.getShape().drop_back());
     logitShape.push_back(tensorType(logits).getShape().back());
     SmallVector<int64_t> choiceShape(inputType.getShape().drop_back());
@@ -1440,7 +1530,10 @@ bool Raiser::raiseSparseMoe(OnnxNodeOp topK) {
     return false;
 
   // Prove at each sample shape: random input, router weight and experts.
-  for (ArrayRef<int64_t> sample : sampleInputShapes()) {
+  SmallVector<SmallVector<int64_t>> samples = sampleInputShapes();
+  if (samples.empty())
+    return false;
+  for (ArrayRef<int64_t> sample : samples) {
     OnnxEvaluator eval;
     bindInputs(eval, sample);
     SmallVector<int64_t> shape(sample);

@@ -22,6 +22,8 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
 using namespace mlir;
 using namespace moec;
 
@@ -263,6 +265,144 @@ TEST_F(OnnxEvaluatorTest, TransposeAndRangeOperandsAreChecked) {
   EXPECT_NE(error.find("Range from 1 to 1 by 0 is not a tensor of at most"),
             std::string::npos)
       << error;
+}
+
+// Concat read its operands with the first one's rank and sizes (the
+// onnx-import fuzz target's find: a mutated model concatenating a rank-3
+// and a rank-2 tensor read past the second's shape).
+TEST_F(OnnxEvaluatorTest, ConcatOperandsMustAgreeOffTheAxis) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%a: tensor<2x3xf32>, %b: tensor<3xf32>, %c: tensor<2x4xf32>, %d: tensor<1x3xf32>) -> (tensor<?x?xf32>, tensor<?x?xf32>, tensor<3x3xf32>) {
+      %r = moe.onnx_node "Concat"(%a, %b) {axis = 0 : i64} : (tensor<2x3xf32>, tensor<3xf32>) -> tensor<?x?xf32> loc("c_1"("m.onnx":1:1))
+      %s = moe.onnx_node "Concat"(%a, %c) {axis = 0 : i64} : (tensor<2x3xf32>, tensor<2x4xf32>) -> tensor<?x?xf32> loc("c_2"("m.onnx":2:1))
+      %t = moe.onnx_node "Concat"(%a, %d) {axis = 0 : i64} : (tensor<2x3xf32>, tensor<1x3xf32>) -> tensor<3x3xf32> loc("c_3"("m.onnx":3:1))
+      return %r, %s, %t : tensor<?x?xf32>, tensor<?x?xf32>, tensor<3x3xf32>
+    })mlir",
+                         {floats({2, 3}, {1, 2, 3, 4, 5, 6}), floats({3}, {0, 0, 0}),
+                          HostTensor::floats({2, 4}), floats({1, 3}, {7, 8, 9})});
+  std::string error;
+  EXPECT_FALSE(returned(f, 0, error));
+  EXPECT_EQ(error, "Concat on axis 0 of operands [2, 3] and [3]: they differ "
+                   "off the axis at node loc(\"c_1\"(\"m.onnx\":1:1))");
+  EXPECT_FALSE(returned(f, 1, error));
+  EXPECT_EQ(error, "Concat on axis 0 of operands [2, 3] and [2, 4]: they "
+                   "differ off the axis at node loc(\"c_2\"(\"m.onnx\":2:1))");
+  const HostTensor *t = returned(f, 2, error);
+  ASSERT_TRUE(t) << error;
+  EXPECT_EQ(t->shape, (std::vector<int64_t>{3, 3}));
+  EXPECT_EQ(t->f32, (std::vector<float>{1, 2, 3, 4, 5, 6, 7, 8, 9}));
+}
+
+// Split took its sizes from the model unchecked: fewer sizes than results
+// were read past their end, sizes adding up to more than the dimension read
+// past the input (and equal parts of a dimension smaller than the number of
+// results gave the last one a negative size).
+TEST_F(OnnxEvaluatorTest, SplitSizesMustCoverTheDimension) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%x: tensor<4xf32>, %one: tensor<1xi64>, %big: tensor<2xi64>, %ok: tensor<2xi64>, %y: tensor<1xf32>) -> (tensor<?xf32>, tensor<?xf32>, tensor<?xf32>, tensor<1xf32>) {
+      %a:2 = moe.onnx_node "Split"(%x, %one) : (tensor<4xf32>, tensor<1xi64>) -> (tensor<?xf32>, tensor<?xf32>) loc("s_1"("m.onnx":1:1))
+      %b:2 = moe.onnx_node "Split"(%x, %big) : (tensor<4xf32>, tensor<2xi64>) -> (tensor<?xf32>, tensor<?xf32>) loc("s_2"("m.onnx":2:1))
+      %c:3 = moe.onnx_node "Split"(%y) : (tensor<1xf32>) -> (tensor<?xf32>, tensor<?xf32>, tensor<?xf32>) loc("s_3"("m.onnx":3:1))
+      %d:2 = moe.onnx_node "Split"(%x, %ok) : (tensor<4xf32>, tensor<2xi64>) -> (tensor<1xf32>, tensor<3xf32>) loc("s_4"("m.onnx":4:1))
+      return %a#0, %b#0, %c#0, %d#0 : tensor<?xf32>, tensor<?xf32>, tensor<?xf32>, tensor<1xf32>
+    })mlir",
+                         {floats({4}, {1, 2, 3, 4}), ints({1}, {2}),
+                          ints({2}, {2, 3}), ints({2}, {1, 3}),
+                          floats({1}, {5})});
+  std::string error;
+  EXPECT_FALSE(returned(f, 0, error));
+  EXPECT_EQ(error, "Split of dimension 0 of [4] into 2 results of sizes [2] "
+                   "at node loc(\"s_1\"(\"m.onnx\":1:1))");
+  EXPECT_FALSE(returned(f, 1, error));
+  EXPECT_EQ(error, "Split of dimension 0 of [4] into 2 results of sizes "
+                   "[2, 3] at node loc(\"s_2\"(\"m.onnx\":2:1))");
+  EXPECT_FALSE(returned(f, 2, error));
+  EXPECT_EQ(error, "Split of dimension 0 of [1] into 3 results of sizes "
+                   "[1, 1, -1] at node loc(\"s_3\"(\"m.onnx\":3:1))");
+  const HostTensor *d = returned(f, 3, error);
+  ASSERT_TRUE(d) << error;
+  EXPECT_EQ(d->f32, (std::vector<float>{1}));
+}
+
+// Floats read as integers (a Reshape target, a Range's length) and integer
+// results past int64 (Abs of its minimum) were cast with undefined
+// behaviour (the onnx-import fuzz target's find, UBSan: -3.4e38 as a
+// Reshape target); they saturate now, and what reads them refuses the
+// result.
+TEST_F(OnnxEvaluatorTest, FloatsReadAsIntegersSaturate) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%x: tensor<4xf32>, %shape: tensor<2xf32>, %zero: tensor<f32>, %far: tensor<f32>, %one: tensor<f32>, %min: tensor<1xi64>) -> (tensor<?x?xf32>, tensor<?xf32>, tensor<1xi64>) {
+      %r = moe.onnx_node "Reshape"(%x, %shape) : (tensor<4xf32>, tensor<2xf32>) -> tensor<?x?xf32> loc("r_1"("m.onnx":1:1))
+      %g = moe.onnx_node "Range"(%zero, %far, %one) : (tensor<f32>, tensor<f32>, tensor<f32>) -> tensor<?xf32> loc("g_2"("m.onnx":2:1))
+      %a = moe.onnx_node "Abs"(%min) : (tensor<1xi64>) -> tensor<1xi64> loc("a_3"("m.onnx":3:1))
+      return %r, %g, %a : tensor<?x?xf32>, tensor<?xf32>, tensor<1xi64>
+    })mlir",
+                         {HostTensor::floats({4}), floats({2}, {-3.4e38f, 2}),
+                          floats({}, {0}), floats({}, {-1e30f}),
+                          floats({}, {1}),
+                          ints({1}, {std::numeric_limits<int64_t>::min()})});
+  std::string error;
+  EXPECT_FALSE(returned(f, 0, error));
+  EXPECT_EQ(error, "Reshape target [-9223372036854775808, 2] is not a shape "
+                   "of at most 2^63 elements at node "
+                   "loc(\"r_1\"(\"m.onnx\":1:1))");
+  const HostTensor *g = returned(f, 1, error);
+  ASSERT_TRUE(g) << error;
+  EXPECT_EQ(g->shape, (std::vector<int64_t>{0}));
+  const HostTensor *a = returned(f, 2, error);
+  ASSERT_TRUE(a) << error;
+  EXPECT_EQ(a->i64, (std::vector<int64_t>{std::numeric_limits<int64_t>::max()}));
+}
+
+// TopK's k and ConstantOfShape's shape come from the model: a k past the
+// row's width was read past it and allocated (the onnx-import fuzz
+// target's find: AddressSanitizer out of memory), a negative shape or a
+// value of no elements read nothing valid.
+TEST_F(OnnxEvaluatorTest, TopKAndConstantOfShapeOperandsAreChecked) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%x: tensor<2x4xf32>, %k: tensor<1xi64>, %two: tensor<2xi64>, %shape: tensor<2xi64>) -> (tensor<2x?xf32>, tensor<2x?xf32>, tensor<?x?xf32>, tensor<?x?xf32>) {
+      %v:2 = moe.onnx_node "TopK"(%x, %k) : (tensor<2x4xf32>, tensor<1xi64>) -> (tensor<2x?xf32>, tensor<2x?xi64>) loc("t_1"("m.onnx":1:1))
+      %w:2 = moe.onnx_node "TopK"(%x, %two) : (tensor<2x4xf32>, tensor<2xi64>) -> (tensor<2x?xf32>, tensor<2x?xi64>) loc("t_2"("m.onnx":2:1))
+      %c = moe.onnx_node "ConstantOfShape"(%shape) : (tensor<2xi64>) -> tensor<?x?xf32> loc("c_3"("m.onnx":3:1))
+      %e = moe.onnx_node "ConstantOfShape"(%two) {value = dense<> : tensor<0xf32>} : (tensor<2xi64>) -> tensor<?x?xf32> loc("c_4"("m.onnx":4:1))
+      return %v#0, %w#0, %c, %e : tensor<2x?xf32>, tensor<2x?xf32>, tensor<?x?xf32>, tensor<?x?xf32>
+    })mlir",
+                         {floats({2, 4}, {1, 2, 3, 4, 5, 6, 7, 8}),
+                          ints({1}, {17179869184}), ints({2}, {1, 2}),
+                          ints({2}, {-1, 4})});
+  std::string error;
+  EXPECT_FALSE(returned(f, 0, error));
+  EXPECT_EQ(error, "TopK k [17179869184] is not one value in [0, 4] at node "
+                   "loc(\"t_1\"(\"m.onnx\":1:1))");
+  EXPECT_FALSE(returned(f, 1, error));
+  EXPECT_EQ(error, "TopK k [1, 2] is not one value in [0, 4] at node "
+                   "loc(\"t_2\"(\"m.onnx\":2:1))");
+  EXPECT_FALSE(returned(f, 2, error));
+  EXPECT_EQ(error, "a tensor of shape [-1, 4] is not one to evaluate (sizes "
+                   "from 0, at most 2^24 elements) at node "
+                   "loc(\"c_3\"(\"m.onnx\":3:1))");
+  EXPECT_FALSE(returned(f, 3, error));
+  EXPECT_EQ(error, "ConstantOfShape value [0] is not one element at node "
+                   "loc(\"c_4\"(\"m.onnx\":4:1))");
+}
+
+// Unsqueeze inserted a repeated axis past the shape's end (the onnx-import
+// fuzz target's find: AddressSanitizer, axes [1, 1] of a scalar).
+TEST_F(OnnxEvaluatorTest, UnsqueezeAxesMustNotRepeat) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%x: tensor<f32>, %axes: tensor<2xi64>, %ok: tensor<2xi64>) -> (tensor<?x?xf32>, tensor<1x1xf32>) {
+      %u = moe.onnx_node "Unsqueeze"(%x, %axes) : (tensor<f32>, tensor<2xi64>) -> tensor<?x?xf32> loc("u_1"("m.onnx":1:1))
+      %v = moe.onnx_node "Unsqueeze"(%x, %ok) : (tensor<f32>, tensor<2xi64>) -> tensor<1x1xf32> loc("u_2"("m.onnx":2:1))
+      return %u, %v : tensor<?x?xf32>, tensor<1x1xf32>
+    })mlir",
+                         {floats({}, {3}), ints({2}, {1, 1}), ints({2}, {1, -2})});
+  std::string error;
+  EXPECT_FALSE(returned(f, 0, error));
+  EXPECT_EQ(error, "Unsqueeze axes [1, 1] repeat an axis at node "
+                   "loc(\"u_1\"(\"m.onnx\":1:1))");
+  const HostTensor *v = returned(f, 1, error);
+  ASSERT_TRUE(v) << error;
+  EXPECT_EQ(v->shape, (std::vector<int64_t>{1, 1}));
 }
 
 // Gemm read operands of any rank as matrices (transA of a vector read its

@@ -85,3 +85,23 @@ func.func @unproved_layouts(%x: tensor<16x32xf32> {moe.input = "x"},
   %y5 = moe.onnx_node "MoE"(%x, %logits, %gu, %down) {absent_inputs = array<i64: 3>, activation_alpha = 1.702 : f32, activation_beta = 1.0 : f32, swiglu_limit = 7.0 : f32, activation_type = "swiglu", domain = "com.microsoft", k = 2 : i64, normalize_routing_weights = 1 : i64, swiglu_fusion = 1 : i64} : (tensor<16x32xf32>, tensor<16x4xf32>, tensor<4x128x32xf32>, tensor<4x32x64xf32>) -> tensor<16x32xf32>
   return %y1, %y2, %y3, %y4, %y5, %y6, %y7, %other : tensor<16x32xf32>, tensor<16x32xf32>, tensor<16x32xf32>, tensor<16x32xf32>, tensor<16x32xf32>, tensor<16x32xf32>, tensor<16x32xf32>, tensor<1x1xf32>
 }
+
+// -----
+
+// Tests that an onnxruntime MoE whose k exceeds its experts, or whose expert
+// weights do not take its input's hidden size, is refused rather than raised
+// to moe ops their verifiers refuse (the onnx-import fuzz target's find: a
+// down weight of width 64 for a hidden size of 16).
+func.func @experts_do_not_fit(%x: tensor<16x32xf32> {moe.input = "x"},
+                              %wr: tensor<4x32xf32> {moe.parameter = "mlp.gate.weight"},
+                              %fc1: tensor<4x64x32xf32> {moe.parameter = "fc1"},
+                              %down: tensor<4x32x32xf32> {moe.parameter = "fc2"},
+                              %wide: tensor<4x48x32xf32> {moe.parameter = "fc2_wide"}) -> (tensor<16x32xf32>, tensor<16x32xf32>) {
+  %t = moe.onnx_node "Transpose"(%wr) {perm = array<i64: 1, 0>} : (tensor<4x32xf32>) -> tensor<32x4xf32>
+  %1 = moe.onnx_node "MatMul"(%x, %t) : (tensor<16x32xf32>, tensor<32x4xf32>) -> tensor<16x4xf32>
+  // expected-error@+1 {{'moe.onnx_node' op ONNX node (MoE) is not raised: k 5 is not between 1 and the 4 experts}}
+  %2 = moe.onnx_node "MoE"(%x, %1, %fc1, %down) {absent_inputs = array<i64: 3>, activation_type = "swiglu", swiglu_fusion = 1 : i64, normalize_routing_weights = 1 : i64, domain = "com.microsoft", k = 5 : i64} : (tensor<16x32xf32>, tensor<16x4xf32>, tensor<4x64x32xf32>, tensor<4x32x32xf32>) -> tensor<16x32xf32>
+  // expected-error@+1 {{'moe.onnx_node' op ONNX node (MoE) is not raised: its expert weights do not fit its input's hidden size}}
+  %3 = moe.onnx_node "MoE"(%x, %1, %fc1, %wide) {absent_inputs = array<i64: 3>, activation_type = "swiglu", swiglu_fusion = 1 : i64, normalize_routing_weights = 1 : i64, domain = "com.microsoft", k = 2 : i64} : (tensor<16x32xf32>, tensor<16x4xf32>, tensor<4x64x32xf32>, tensor<4x48x32xf32>) -> tensor<16x32xf32>
+  return %2, %3 : tensor<16x32xf32>, tensor<16x32xf32>
+}

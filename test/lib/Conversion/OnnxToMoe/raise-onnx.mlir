@@ -14,6 +14,23 @@ func.func @embedding(%ids: tensor<?x?xi64> {moe.input = "input_ids"},
 
 // -----
 
+// Tests that a function holding a node short of its operator's inputs (a
+// one-input Mul: the onnx-import fuzz target's find, read past its end by
+// the RMSNorm pattern) is left as imported; the Gather would otherwise be
+// an embedding.
+// CHECK-LABEL: func.func @node_short_of_inputs
+// CHECK-NOT: moe.embedding
+// CHECK: moe.onnx_node "Gather"
+// CHECK: moe.onnx_node "Mul"
+func.func @node_short_of_inputs(%ids: tensor<?x?xi64> {moe.input = "input_ids"},
+                                %table: tensor<256x32xf32> {moe.parameter = "model.embed_tokens.weight"}) -> tensor<?x?x32xf32> {
+  %0 = moe.onnx_node "Gather"(%table, %ids) {axis = 0 : i64} : (tensor<256x32xf32>, tensor<?x?xi64>) -> tensor<?x?x32xf32>
+  %1 = moe.onnx_node "Mul"(%0) : (tensor<?x?x32xf32>) -> tensor<?x?x32xf32>
+  return %1 : tensor<?x?x32xf32>
+}
+
+// -----
+
 // Tests that a Gather from an activation is not an embedding.
 // CHECK-LABEL: func.func @gather_of_activation
 // CHECK: moe.onnx_node "Gather"
@@ -21,6 +38,21 @@ func.func @embedding(%ids: tensor<?x?xi64> {moe.input = "input_ids"},
 func.func @gather_of_activation(%x: tensor<4x8xf32> {moe.input = "x"}, %i: tensor<2xi64> {moe.input = "i"}) -> tensor<2x8xf32> {
   %0 = moe.onnx_node "Gather"(%x, %i) {axis = 0 : i64} : (tensor<4x8xf32>, tensor<2xi64>) -> tensor<2x8xf32>
   return %0 : tensor<2x8xf32>
+}
+
+// -----
+
+// Tests that a Gather of a parameter table whose declared result is not
+// [ids..., hidden] (here rank-1 ids and a rank-3 result, a shape the
+// onnx-import fuzz target made by mutating a model) is not an embedding:
+// moe.embedding's verifier would refuse it.
+// CHECK-LABEL: func.func @gather_result_not_ids_by_hidden
+// CHECK: moe.onnx_node "Gather"
+// CHECK-NOT: moe.embedding
+func.func @gather_result_not_ids_by_hidden(%ids: tensor<?xi64> {moe.input = "input_ids"},
+                                           %table: tensor<256x2xf32> {moe.parameter = "embed.weight"}) -> tensor<?x?x2xf32> {
+  %0 = moe.onnx_node "Gather"(%table, %ids) {axis = 0 : i64} : (tensor<256x2xf32>, tensor<?xi64>) -> tensor<?x?x2xf32>
+  return %0 : tensor<?x?x2xf32>
 }
 
 // -----
@@ -48,6 +80,26 @@ func.func @linears(%x: tensor<2x8x32xf32> {moe.input = "x"},
   %b = moe.onnx_node "Gemm"(%x2, %w) {alpha = 1.0 : f32, beta = 1.0 : f32, transB = 1 : i64} : (tensor<16x32xf32>, tensor<16x32xf32>) -> tensor<16x16xf32>
   %c = moe.onnx_node "MatMul"(%x, %wt) : (tensor<2x8x32xf32>, tensor<32x16xf32>) -> tensor<2x8x16xf32>
   return %a, %b, %c : tensor<2x8x16xf32>, tensor<16x16xf32>, tensor<2x8x16xf32>
+}
+
+// -----
+
+// Tests that a MatMul or Gemm by a parameter whose declared result is not
+// the input's shape with the weight's output features last, or whose weight
+// does not take the input's features, stays an ONNX node: moe.linear's
+// verifier would refuse it (the onnx-import fuzz target's find: a Gemm
+// declaring 108 output features of a [4, 32] weight).
+// CHECK-LABEL: func.func @linear_types_disagree
+// CHECK-COUNT-3: moe.onnx_node
+// CHECK-NOT: moe.linear
+func.func @linear_types_disagree(%x: tensor<?x32xf32> {moe.input = "x"},
+                                 %w: tensor<4x32xf32> {moe.parameter = "gate.weight"},
+                                 %v: tensor<4x16xf32> {moe.parameter = "v.weight"})
+    -> (tensor<?x108xf32>, tensor<?x4xf32>, tensor<?x4xf16>) {
+  %a = moe.onnx_node "Gemm"(%x, %w) {alpha = 1.0 : f32, beta = 1.0 : f32, transB = 1 : i64} : (tensor<?x32xf32>, tensor<4x32xf32>) -> tensor<?x108xf32>
+  %b = moe.onnx_node "Gemm"(%x, %v) {transB = 1 : i64} : (tensor<?x32xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+  %c = moe.onnx_node "Gemm"(%x, %w) {transB = 1 : i64} : (tensor<?x32xf32>, tensor<4x32xf32>) -> tensor<?x4xf16>
+  return %a, %b, %c : tensor<?x108xf32>, tensor<?x4xf32>, tensor<?x4xf16>
 }
 
 // -----
@@ -84,6 +136,37 @@ func.func @rms_norm(%x: tensor<?x?x32xf32> {moe.input = "x"},
   %5 = moe.onnx_node "Mul"(%x, %4) : (tensor<?x?x32xf32>, tensor<?x?x1xf32>) -> tensor<?x?x32xf32>
   %6 = moe.onnx_node "Mul"(%w, %5) : (tensor<32xf32>, tensor<?x?x32xf32>) -> tensor<?x?x32xf32>
   return %6 : tensor<?x?x32xf32>
+}
+
+// -----
+
+// Tests that an RMSNorm chain adding a negative epsilon (the onnx-import
+// fuzz target's find: a mutated model's -1), or scaling by a weight of
+// another width than x's, stays ONNX nodes: moe.rms_norm's verifier would
+// refuse it.
+// CHECK-LABEL: func.func @rms_norm_not_raised
+// CHECK-NOT: moe.rms_norm
+// CHECK: return
+func.func @rms_norm_not_raised(%x: tensor<?x?x32xf32> {moe.input = "x"},
+                               %w: tensor<32xf32> {moe.parameter = "norm.weight"},
+                               %v: tensor<16xf32> {moe.parameter = "other.weight"}) -> (tensor<?x?x32xf32>, tensor<?x?x32xf32>) {
+  %two = arith.constant dense<2.0> : tensor<f32>
+  %axes = arith.constant dense<-1> : tensor<1xi64>
+  %eps = arith.constant dense<-1.0> : tensor<f32>
+  %good = arith.constant dense<1.0e-05> : tensor<f32>
+  %0 = moe.onnx_node "Pow"(%x, %two) : (tensor<?x?x32xf32>, tensor<f32>) -> tensor<?x?x32xf32>
+  %1 = moe.onnx_node "ReduceMean"(%0, %axes) {keepdims = 1 : i64} : (tensor<?x?x32xf32>, tensor<1xi64>) -> tensor<?x?x1xf32>
+  %2 = moe.onnx_node "Add"(%1, %eps) : (tensor<?x?x1xf32>, tensor<f32>) -> tensor<?x?x1xf32>
+  %3 = moe.onnx_node "Sqrt"(%2) : (tensor<?x?x1xf32>) -> tensor<?x?x1xf32>
+  %4 = moe.onnx_node "Reciprocal"(%3) : (tensor<?x?x1xf32>) -> tensor<?x?x1xf32>
+  %5 = moe.onnx_node "Mul"(%x, %4) : (tensor<?x?x32xf32>, tensor<?x?x1xf32>) -> tensor<?x?x32xf32>
+  %6 = moe.onnx_node "Mul"(%w, %5) : (tensor<32xf32>, tensor<?x?x32xf32>) -> tensor<?x?x32xf32>
+  %7 = moe.onnx_node "Add"(%1, %good) : (tensor<?x?x1xf32>, tensor<f32>) -> tensor<?x?x1xf32>
+  %8 = moe.onnx_node "Sqrt"(%7) : (tensor<?x?x1xf32>) -> tensor<?x?x1xf32>
+  %9 = moe.onnx_node "Reciprocal"(%8) : (tensor<?x?x1xf32>) -> tensor<?x?x1xf32>
+  %10 = moe.onnx_node "Mul"(%x, %9) : (tensor<?x?x32xf32>, tensor<?x?x1xf32>) -> tensor<?x?x32xf32>
+  %11 = moe.onnx_node "Mul"(%v, %10) : (tensor<16xf32>, tensor<?x?x32xf32>) -> tensor<?x?x32xf32>
+  return %6, %11 : tensor<?x?x32xf32>, tensor<?x?x32xf32>
 }
 
 // -----
