@@ -1390,6 +1390,13 @@ bool OnnxEvaluator::evaluateOp(Operation *op, std::string &error) {
   NodeEval eval{node, in, error, {}};
   if (!rule->evaluate(eval))
     return false;
+  // Every rule's result is held to the limit here, so that no operator
+  // (a Concat of large operands, say) hands a later one more to compute.
+  for (const HostTensor &result : eval.results)
+    if (!fitsLimit(result.shape, error)) {
+      error = fmt::format("the result of ONNX '{}': {}", type.str(), error);
+      return false;
+    }
   for (auto [result, tensor] : llvm::zip(op->getResults(), eval.results))
     bind(result, std::move(tensor));
   return true;

@@ -293,6 +293,25 @@ TEST_F(OnnxEvaluatorTest, ConcatOperandsMustAgreeOffTheAxis) {
   EXPECT_EQ(t->f32, (std::vector<float>{1, 2, 3, 4, 5, 6, 7, 8, 9}));
 }
 
+// A Concat checked its operands but not its result, so two tensors within
+// the 2^24-element limit gave a larger one, and the Sin and Cos of a
+// mutated rotary table then computed 22 million elements each (the
+// onnx-import fuzz target's timeout, test/fuzz/onnx-import-slow: 4.8 s to
+// raise). Every rule's result is held to the limit now.
+TEST_F(OnnxEvaluatorTest, ResultsPastTheElementLimitFail) {
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%a: tensor<8388609xi64>) -> tensor<16777218xi64> {
+      %r = moe.onnx_node "Concat"(%a, %a) {axis = 0 : i64} : (tensor<8388609xi64>, tensor<8388609xi64>) -> tensor<16777218xi64> loc("c_1"("m.onnx":1:1))
+      return %r : tensor<16777218xi64>
+    })mlir",
+                         {HostTensor::ints({8388609})});
+  std::string error;
+  EXPECT_FALSE(returned(f, 0, error));
+  EXPECT_EQ(error, "the result of ONNX 'Concat': a tensor of shape [16777218] "
+                   "is not one to evaluate (sizes from 0, at most 2^24 "
+                   "elements) at node loc(\"c_1\"(\"m.onnx\":1:1))");
+}
+
 // Split took its sizes from the model unchecked: fewer sizes than results
 // were read past their end, sizes adding up to more than the dimension read
 // past the input (and equal parts of a dimension smaller than the number of
