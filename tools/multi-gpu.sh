@@ -242,11 +242,18 @@ compare() {
   local name="$1" against="$2" log="$out/check-$1-$2.txt" verdict=PASS
   python3 -m moec.check_gpu --reference "$3" --reference-log "$4" --gpu "$5" --gpu-log "$6" \
     --tolerance 1e-4 > "$log" 2>&1 || verdict=FAIL
-  local metric params
-  metric="$(grep -o 'rel err [0-9.e+-]*\|rel err nan' "$log" | awk '{print $3}' | sort -g | tail -1 || true)"
+  local params
   params="$(sed -n 's/.*compared: max abs err \([^,]*\), worst rel L2 err \([^ ]*\).*/\1 | \2/p' "$log" || true)"
-  echo "| $name | $against | ${metric:-?} | ${params:-? | ?} | $verdict |" >> "${table:-$summary}"
-  echo "$name vs $against: metrics ${metric:-?}, parameters (max abs | rel L2) ${params:-?}: $verdict"
+  report "$name" "$against" "$log" "$verdict" "${params:-? | ?}"
+}
+
+# report CASE AGAINST LOG VERDICT [PARAMS]: the worst metric of LOG, a row
+# of the table and a line; a FAIL prints LOG and fails the run.
+report() {
+  local name="$1" against="$2" log="$3" verdict="$4" params="${5:- | }" metric
+  metric="$(grep -o 'rel err [0-9.e+-]*\|rel err nan' "$log" | awk '{print $3}' | sort -g | tail -1 || true)"
+  echo "| $name | $against | ${metric:-?} | $params | $verdict |" >> "${table:-$summary}"
+  echo "$name vs $against: metrics ${metric:-?}${5:+, parameters (max abs | rel L2) $5}: $verdict"
   if [[ "$verdict" == FAIL ]]; then
     cat "$log"
     fail "$name against $against"
@@ -257,17 +264,10 @@ compare() {
 # compare_metrics CASE AGAINST REF_LOG GOT_LOG: the metrics alone (loss,
 # ce, aux, grad norm every step; relative 1e-4), a row of the table.
 compare_metrics() {
-  local name="$1" against="$2" log="$out/check-$1-$2.txt" verdict=PASS metric
+  local name="$1" against="$2" log="$out/check-$1-$2.txt" verdict=PASS
   python3 -c "import sys; from moec.check_gpu import check_metrics, read_log; sys.exit(0 if check_metrics(read_log(sys.argv[1]), read_log(sys.argv[2]), 1e-4) else 1)" \
     "$3" "$4" > "$log" 2>&1 || verdict=FAIL
-  metric="$(grep -o 'rel err [0-9.e+-]*\|rel err nan' "$log" | awk '{print $3}' | sort -g | tail -1 || true)"
-  echo "| $name | $against | ${metric:-?} | | | $verdict |" >> "${table:-$summary}"
-  echo "$name vs $against: metrics ${metric:-?}: $verdict"
-  if [[ "$verdict" == FAIL ]]; then
-    cat "$log"
-    fail "$name against $against"
-    return 1
-  fi
+  report "$name" "$against" "$log" "$verdict"
 }
 
 echo "== (a) correctness: W = 2, 3 fp32 steps $(elapsed)"

@@ -26,6 +26,7 @@
 
 #include "moert/Bootstrap.h"
 #include "moert/Rendezvous.h"
+#include "moert/kernels/Context.h"
 
 #include <cuda_runtime.h>
 #include <nccl.h>
@@ -42,14 +43,6 @@ namespace {
   std::fprintf(stderr, "moert-alltoall-bench: error: %s\n", message.c_str());
   std::exit(1);
 }
-
-#define BENCH_CUDA(call)                                                       \
-  do {                                                                         \
-    cudaError_t e_ = (call);                                                   \
-    if (e_ != cudaSuccess)                                                     \
-      fail(std::string(__FILE__) + ":" + std::to_string(__LINE__) + ": " +     \
-           #call + ": " + cudaGetErrorString(e_));                             \
-  } while (0)
 
 #define BENCH_NCCL(call)                                                       \
   do {                                                                         \
@@ -164,13 +157,13 @@ int main(int argc, char **argv) {
   if (moert::Status s = moert::detectRank(env, info); !s.ok())
     fail(s.message());
   int devices = 0;
-  BENCH_CUDA(cudaGetDeviceCount(&devices));
+  MOERT_CUDA_CHECK(cudaGetDeviceCount(&devices));
   // The launcher's local rank, or the one GPU a rank was given.
   int device = devices == 1 ? 0 : info.localRank;
   if (device >= devices)
     fail("local rank " + std::to_string(info.localRank) + " but " +
          std::to_string(devices) + " GPU(s) visible");
-  BENCH_CUDA(cudaSetDevice(device));
+  MOERT_CUDA_CHECK(cudaSetDevice(device));
 
   std::vector<char> payload;
   moert::Status joined = moert::rendezvousFromEnvironment(
@@ -195,10 +188,10 @@ int main(int argc, char **argv) {
   ncclComm_t comm;
   BENCH_NCCL(ncclCommInitRank(&comm, info.worldSize, id, info.rank));
   cudaStream_t stream;
-  BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  MOERT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   cudaEvent_t start, end;
-  BENCH_CUDA(cudaEventCreate(&start));
-  BENCH_CUDA(cudaEventCreate(&end));
+  MOERT_CUDA_CHECK(cudaEventCreate(&start));
+  MOERT_CUDA_CHECK(cudaEventCreate(&end));
   int version = 0;
   BENCH_NCCL(ncclGetVersion(&version));
   const int n = info.worldSize;
@@ -217,23 +210,23 @@ int main(int argc, char **argv) {
       fail("--bytes " + std::to_string(requested) + " is less than one byte "
            "per rank");
     char *send = nullptr, *recv = nullptr;
-    BENCH_CUDA(cudaMalloc(&send, bytes));
-    BENCH_CUDA(cudaMalloc(&recv, bytes));
+    MOERT_CUDA_CHECK(cudaMalloc(&send, bytes));
+    MOERT_CUDA_CHECK(cudaMalloc(&recv, bytes));
     for (const std::string &method : o.methods) {
       for (int q = 0; q < n; ++q)
-        BENCH_CUDA(cudaMemsetAsync(send + q * chunk, 16 * info.rank + q + 1,
+        MOERT_CUDA_CHECK(cudaMemsetAsync(send + q * chunk, 16 * info.rank + q + 1,
                                    chunk, stream));
-      BENCH_CUDA(cudaMemsetAsync(recv, 0, bytes, stream));
+      MOERT_CUDA_CHECK(cudaMemsetAsync(recv, 0, bytes, stream));
       allToAll(method, send, recv, chunk, n, comm, stream);
       // Chunk p of what arrived came from rank p: its first and last byte.
       std::vector<unsigned char> ends(2 * n);
       for (int p = 0; p < n; ++p) {
-        BENCH_CUDA(cudaMemcpyAsync(&ends[2 * p], recv + p * chunk, 1,
+        MOERT_CUDA_CHECK(cudaMemcpyAsync(&ends[2 * p], recv + p * chunk, 1,
                                    cudaMemcpyDeviceToHost, stream));
-        BENCH_CUDA(cudaMemcpyAsync(&ends[2 * p + 1], recv + (p + 1) * chunk - 1,
+        MOERT_CUDA_CHECK(cudaMemcpyAsync(&ends[2 * p + 1], recv + (p + 1) * chunk - 1,
                                    1, cudaMemcpyDeviceToHost, stream));
       }
-      BENCH_CUDA(cudaStreamSynchronize(stream));
+      MOERT_CUDA_CHECK(cudaStreamSynchronize(stream));
       for (int p = 0; p < n; ++p) {
         unsigned char want = static_cast<unsigned char>(16 * p + info.rank + 1);
         if (ends[2 * p] != want || ends[2 * p + 1] != want)
@@ -245,13 +238,13 @@ int main(int argc, char **argv) {
       }
       for (int i = 0; i < o.warmup; ++i)
         allToAll(method, send, recv, chunk, n, comm, stream);
-      BENCH_CUDA(cudaEventRecord(start, stream));
+      MOERT_CUDA_CHECK(cudaEventRecord(start, stream));
       for (int i = 0; i < o.iters; ++i)
         allToAll(method, send, recv, chunk, n, comm, stream);
-      BENCH_CUDA(cudaEventRecord(end, stream));
-      BENCH_CUDA(cudaEventSynchronize(end));
+      MOERT_CUDA_CHECK(cudaEventRecord(end, stream));
+      MOERT_CUDA_CHECK(cudaEventSynchronize(end));
       float ms = 0;
-      BENCH_CUDA(cudaEventElapsedTime(&ms, start, end));
+      MOERT_CUDA_CHECK(cudaEventElapsedTime(&ms, start, end));
       double seconds = ms / 1e3 / o.iters;
       double algbw = bytes / seconds / 1e9;
       double busbw = algbw * (n - 1) / n;
@@ -269,8 +262,8 @@ int main(int argc, char **argv) {
         json += line;
       }
     }
-    BENCH_CUDA(cudaFree(send));
-    BENCH_CUDA(cudaFree(recv));
+    MOERT_CUDA_CHECK(cudaFree(send));
+    MOERT_CUDA_CHECK(cudaFree(recv));
   }
   json += "]\n";
   if (leader && !o.json.empty()) {

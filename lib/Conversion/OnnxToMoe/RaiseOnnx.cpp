@@ -150,8 +150,9 @@ public:
   void run() {
     // The patterns read nodes' operands and results by position, and the
     // importer does not check a node's counts against its operator: a
-    // model with a node short of them (a mutated model's one-input Mul and
-    // Reshape were read past their ends) is left as imported.
+    // model with a node short of them (a mutated model's one-input Mul, and
+    // a one-input Reshape around an onnxruntime MoE node, were read past
+    // their ends) is left as imported.
     bool malformed = false;
     func.walk([&](OnnxNodeOp node) {
       std::optional<unsigned> need =
@@ -1312,22 +1313,17 @@ void Raiser::raiseOrtMoeNodes() {
     }
     // Look through Reshape([-1, H]) ... Reshape(Shape(x)).
     Value replaced = node.getOutputs()[0];
-    // (The importer does not check a node's input count against its
-    // operator: a mutated model's one-input Reshape was read past its
-    // inputs here.)
     OnnxNodeOp flatten = producer(input, "Reshape");
-    if (flatten && flatten.getInputs().size() == 2 && replaced.hasOneUse()) {
+    if (flatten && replaced.hasOneUse()) {
       auto unflatten = dyn_cast<OnnxNodeOp>(*replaced.getUsers().begin());
-      if (unflatten && (unflatten.getOpType() != "Reshape" ||
-                        unflatten.getInputs().size() != 2))
+      if (unflatten && unflatten.getOpType() != "Reshape")
         unflatten = OnnxNodeOp();
       Value x = flatten.getInputs()[0];
       OnnxNodeOp shape = unflatten ? producer(unflatten.getInputs()[1], "Shape")
                                    : OnnxNodeOp();
       // The output is reshaped back by Shape(x) (all of it) or, for static
       // shapes, by a constant.
-      bool wholeShape = shape && shape.getInputs().size() == 1 &&
-                        shape.getInputs()[0] == x &&
+      bool wholeShape = shape && shape.getInputs()[0] == x &&
                         !shape->hasAttr("end") &&
                         (!shape->hasAttr("start") ||
                          shape->getAttrOfType<IntegerAttr>("start").getInt() == 0);
