@@ -194,13 +194,24 @@ splitRange(moe::OnnxNodeOp split, int64_t axisSize, unsigned index) {
     if (!given)
       return std::nullopt;
     sizes = *given;
+    // Sizes that do not tile the axis describe no slice of it.
+    int64_t total = 0;
+    for (int64_t size : sizes) {
+      if (size < 0 || size > axisSize - total)
+        return std::nullopt;
+      total += size;
+    }
   } else {
+    // ONNX's num_outputs, where given, must be the node's output count.
     int64_t parts = split.getOutputs().size();
-    if (auto n = split->getAttrOfType<IntegerAttr>("num_outputs"))
-      parts = n.getInt();
+    if (auto n = split->getAttrOfType<IntegerAttr>("num_outputs");
+        n && n.getInt() != parts)
+      return std::nullopt;
+    if (parts < 1 || axisSize < 0)
+      return std::nullopt;
     int64_t chunk = (axisSize + parts - 1) / parts;
     for (int64_t i = 0; i < parts; ++i)
-      sizes.push_back(std::min(chunk, axisSize - i * chunk));
+      sizes.push_back(std::max<int64_t>(0, std::min(chunk, axisSize - i * chunk)));
   }
   if (index >= sizes.size())
     return std::nullopt;
