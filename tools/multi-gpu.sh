@@ -3,8 +3,9 @@
 #
 #   tools/multi-gpu.sh prepare DIR   # where moec is: every program as CUDA
 #                                    # sources (moec compile --emit cuda),
-#                                    # the runtime libraries, the tokens and
-#                                    # the CPU reference's runs, into DIR
+#                                    # the runtime libraries, CLI11's headers
+#                                    # (for moert-alltoall-bench), the tokens
+#                                    # and the CPU reference's runs, into DIR
 #   tools/multi-gpu.sh run DIR       # on a machine with two GPUs (nvcc,
 #                                    # NCCL, python3 with numpy; torch and
 #                                    # transformers for the benchmark)
@@ -103,12 +104,15 @@ if [[ "$mode" == prepare ]]; then
   build="${MOEC_BUILD:-$root/build}"
   cudnn="$(sed -n 's/^MOEC_CUDNN_LIBRARY:FILEPATH=//p' "$build/CMakeCache.txt")"
   nccl="$(sed -n 's/^MOEC_NCCL_LIBRARY:FILEPATH=//p' "$build/CMakeCache.txt")"
-  if [[ -z "$cudnn" || -z "$nccl" || ! -f "$build/runtime/libmoert_cudnn.a" ]]; then
-    echo "error: $build has no moert_cudnn library or no NCCL (build moec with CUDA, NCCL and cuDNN)" >&2
+  cli11="$(sed -n 's/^MOEC_CLI11_INCLUDE_DIR:PATH=//p' "$build/CMakeCache.txt")"
+  if [[ -z "$cudnn" || -z "$nccl" || -z "$cli11" || ! -f "$build/runtime/libmoert_cudnn.a" ]]; then
+    echo "error: $build has no moert_cudnn library, no NCCL or no CLI11 (build moec with CUDA, NCCL and cuDNN)" >&2
     exit 1
   fi
-  mkdir -p "$dir/lib" "$dir/data"
+  mkdir -p "$dir/lib" "$dir/data" "$dir/include"
   cp "$build/runtime/libmoert.a" "$build/runtime/libmoert_hf.a" "$build/runtime/libmoert_cudnn.a" "$dir/lib/"
+  # moert-alltoall-bench's options are CLI11's (header-only), built there.
+  rm -rf "$dir/include/CLI" && cp -r "$cli11/CLI" "$dir/include/"
   printf 'cudnn=%q\nnccl=%q\n' "$cudnn" "$nccl" > "$dir/lib/paths.sh"
   e8="$root/test/Inputs/train/tiny-e8.onnx"
   tokens="$root/test/Inputs/fortunes/train.pb"
@@ -184,7 +188,7 @@ echo "== building $(ls -d "$dir"/mg-* "$dir"/one-* "$dir"/m2l-*/ 2>/dev/null | w
 nvcc="${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}"
 {
   find "$dir" -mindepth 2 -maxdepth 2 -name build.sh -printf 'sh %p\n'
-  echo "\"$nvcc\" -std=c++17 -O2 -I\"$root/runtime/include\" \"$root/runtime/tools/moert-alltoall-bench.cpp\" \
+  echo "\"$nvcc\" -std=c++17 -O2 -I\"$root/runtime/include\" -I\"$dir/include\" \"$root/runtime/tools/moert-alltoall-bench.cpp\" \
     -o \"$dir/bin/moert-alltoall-bench\" \"$dir/lib/libmoert.a\" \"$dir/lib/libmoert_hf.a\" \
     -L\"$(dirname "$nccl")\" -Xlinker -rpath=\"$(dirname "$nccl")\" -lnccl -lcublas -lcublasLt"
 } | MOERT_INCLUDE_DIR="$root/runtime/include" MOERT_LIBRARY_DIR="$dir/lib" \

@@ -28,12 +28,16 @@
 #include "moert/Rendezvous.h"
 #include "moert/kernels/Context.h"
 
+#include <CLI/CLI.hpp>
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -60,60 +64,56 @@ struct Options {
   std::vector<std::string> methods;
 };
 
-size_t parseSize(const std::string &text) {
-  char *end = nullptr;
-  unsigned long long value = std::strtoull(text.c_str(), &end, 10);
-  std::string unit = end ? end : "";
-  size_t scale = 1;
-  if (unit == "K" || unit == "KiB")
-    scale = size_t(1) << 10;
-  else if (unit == "M" || unit == "MiB")
-    scale = size_t(1) << 20;
-  else if (unit == "G" || unit == "GiB")
-    scale = size_t(1) << 30;
-  else if (!unit.empty())
-    fail("--bytes '" + text + "': expected a number with K, M or G (binary)");
-  if (end == text.c_str() || value == 0)
-    fail("--bytes '" + text + "': expected a positive number");
-  return static_cast<size_t>(value) * scale;
-}
-
-int parseCount(const char *flag, const std::string &text, int least) {
-  char *end = nullptr;
-  long value = std::strtol(text.c_str(), &end, 10);
-  if (end == text.c_str() || *end != '\0' || value < least)
-    fail(std::string(flag) + " '" + text + "': expected an integer of at least " +
-         std::to_string(least));
-  return static_cast<int>(value);
-}
-
+/// The options (CLI11, as the training driver parses its own); a bad one
+/// ends the run with its flag and value, --help with the options.
 Options parseOptions(int argc, char **argv) {
+  CLI::App app{"NCCL's all-to-all timed on this job's GPUs (one process "
+               "per rank)",
+               "moert-alltoall-bench"};
+  app.failure_message([](const CLI::App *, const CLI::Error &e) {
+    return std::string("moert-alltoall-bench: error: ") + e.what() +
+           " (--help)\n";
+  });
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    std::string flag = argv[i];
-    if (flag == "--help") {
-      std::printf("usage: moert-alltoall-bench [--bytes N[K|M|G]]... "
-                  "[--method send_recv|alltoall]... [--iters N] "
-                  "[--warmup N] [--json FILE]\n");
-      std::exit(0);
-    }
-    if (i + 1 >= argc)
-      fail(flag + " needs a value (--help)");
-    std::string value = argv[++i];
-    if (flag == "--bytes")
-      o.sizes.push_back(parseSize(value));
-    else if (flag == "--iters")
-      o.iters = parseCount("--iters", value, 1);
-    else if (flag == "--warmup")
-      o.warmup = parseCount("--warmup", value, 0);
-    else if (flag == "--json")
-      o.json = value;
-    else if (flag == "--method") {
-      if (value != "send_recv" && value != "alltoall")
-        fail("--method '" + value + "': expected send_recv or alltoall");
-      o.methods.push_back(value);
-    } else
-      fail("unknown flag '" + flag + "' (--help)");
+  // Sizes are read as signed numbers, so that a negative one is refused
+  // rather than wrapped around (CLI11 reads unsigned ones with strtoull).
+  const std::map<std::string, int64_t> units{
+      {"K", int64_t(1) << 10}, {"KiB", int64_t(1) << 10},
+      {"M", int64_t(1) << 20}, {"MiB", int64_t(1) << 20},
+      {"G", int64_t(1) << 30}, {"GiB", int64_t(1) << 30}};
+  const auto most = std::numeric_limits<int>::max();
+  app.add_option("--bytes", o.sizes,
+                 "bytes per rank per call, its own chunk included; K, M, G "
+                 "(or KiB, MiB, GiB) binary; repeatable (default: 1M 16M "
+                 "128M 1G)")
+      ->type_name("N[K|M|G]")
+      ->transform(
+          CLI::AsNumberWithUnit(units, CLI::AsNumberWithUnit::CASE_SENSITIVE)
+              .description(""))
+      ->check(CLI::Range(int64_t(1), std::numeric_limits<int64_t>::max())
+                  .description(""))
+      ->allow_extra_args(false);
+  app.add_option("--method", o.methods,
+                 "grouped ncclSend/ncclRecv, or ncclAlltoAll (NCCL 2.28 "
+                 "and newer); repeatable (default: those this NCCL has)")
+      ->type_name("METHOD")
+      ->check(CLI::IsMember({"send_recv", "alltoall"}))
+      ->allow_extra_args(false);
+  app.add_option("--iters", o.iters, "timed calls per size and method")
+      ->type_name("N")
+      ->check(CLI::Range(1, most).description(""))
+      ->capture_default_str();
+  app.add_option("--warmup", o.warmup,
+                 "untimed calls before them, per size and method")
+      ->type_name("N")
+      ->check(CLI::Range(0, most).description(""))
+      ->capture_default_str();
+  app.add_option("--json", o.json, "rank 0 writes the results here as JSON")
+      ->type_name("FILE");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError &e) {
+    std::exit(app.exit(e));
   }
   if (o.sizes.empty())
     o.sizes = {size_t(1) << 20, size_t(16) << 20, size_t(128) << 20,
