@@ -402,7 +402,7 @@ bool Raiser::raiseEmbedding(OnnxNodeOp node) {
   auto axis = node->getAttrOfType<IntegerAttr>("axis");
   if ((axis && axis.getInt() != 0) || !isParameter(table) ||
       rankOf(table) != 2 ||
-      !isa<IntegerType>(tensorType(ids).getElementType()))
+      !tensorType(ids).getElementType().isSignlessInteger())
     return false;
   // The result the model declares must be what moe.embedding gives:
   // [ids..., hidden] of the table's element type (the importer does not
@@ -994,8 +994,12 @@ Value Raiser::materialize(const moec::ParameterLayout &layout,
     why = "its shape differs";
     return {};
   }
-  auto from = cast<FloatType>(tensorType(v).getElementType());
-  auto to = cast<FloatType>(type.getElementType());
+  auto from = dyn_cast<FloatType>(tensorType(v).getElementType());
+  auto to = dyn_cast<FloatType>(type.getElementType());
+  if (!from || !to) {
+    why = "it is not a floating-point parameter read as floating point";
+    return {};
+  }
   if (from != to && from.getWidth() == to.getWidth()) {
     why = "a Cast between two types of one width cannot be read exactly";
     return {};
@@ -1326,7 +1330,9 @@ void Raiser::raiseOrtMoeNodes() {
       bool wholeShape = shape && shape.getInputs()[0] == x &&
                         !shape->hasAttr("end") &&
                         (!shape->hasAttr("start") ||
-                         shape->getAttrOfType<IntegerAttr>("start").getInt() == 0);
+                         (shape->getAttrOfType<IntegerAttr>("start") &&
+                          shape->getAttrOfType<IntegerAttr>("start").getInt() ==
+                              0));
       bool restoresShape = wholeShape || tensorType(x).hasStaticShape();
       if (unflatten && restoresShape &&
           tensorType(x) == tensorType(unflatten.getOutputs()[0])) {
