@@ -1402,6 +1402,19 @@ bool OnnxEvaluator::evaluateOp(Operation *op, std::string &error) {
       error = fmt::format("the result of ONNX '{}': {}", type.str(), error);
       return false;
     }
+  // And so is all an evaluation computes: the bundled models' proofs take
+  // under a million elements each, a fuzzed model chained operators near
+  // the per-result limit to 190 million (3 s and 1.3 GB to raise).
+  int64_t produced = 0;
+  for (const HostTensor &result : eval.results)
+    produced += result.numElements();
+  if (produced > kMaxElements - evaluatedElements) {
+    error = fmt::format("evaluating ONNX '{}' would bring the elements "
+                        "computed to {}, past 2^24 in all",
+                        type.str(), evaluatedElements + produced);
+    return false;
+  }
+  evaluatedElements += produced;
   for (auto [result, tensor] : llvm::zip(op->getResults(), eval.results))
     bind(result, std::move(tensor));
   return true;

@@ -52,6 +52,10 @@ private:
   bool evaluateOp(mlir::Operation *op, std::string &error);
   /// Boxed, so that pointers handed out stay valid as the map grows.
   llvm::DenseMap<mlir::Value, std::unique_ptr<HostTensor>> values;
+  /// Elements of every result computed so far: held to the same 2^24 as one
+  /// result, so that no chain of operators within the per-result limit
+  /// adds up to seconds of work and gigabytes.
+  int64_t evaluatedElements = 0;
 };
 
 } // namespace moec
