@@ -29,6 +29,23 @@
 // after 2 warm-up calls, in ms and in TFLOP/s of the GEMMs' FLOPs over the
 // whole op's time.
 //
+// `--bench-gemm-algos [N]` instead times every GEMM shape of
+// mixtral-8x7b-2l's bf16 step (8192 tokens; hidden 4096, ffn 14336, 8
+// experts top-2, 32 q and 8 kv heads of 128, vocabulary 32000, the lm head
+// in CrossEntropy.cuh's row chunks; the experts at 2048 rows each) in the
+// layouts the step runs them in (Linear.cuh, Experts.cuh, CrossEntropy.cuh),
+// bf16 inputs, each with cublasGemmEx, the cuBLASLt heuristic's first
+// algorithm (what gemm() runs) and each of the first N it offers (default
+// 32): the median of 10 calls after 3 warm-ups. Per shape it prints the
+// three times and the best's gain over today's choice (cublasGemmEx for the
+// experts, the heuristic's first otherwise); for the experts' shapes also
+// at 1700, 2600 and 3900 rows, with the algorithm that won at 2048 rows
+// where it runs there (cublasLtMatmulAlgoCheck). Then per recipe (bf16
+// weight gradients, or fp32 ones for fp32 master weights) the step's GEMM
+// time, each shape weighted by its count per step, with today's choices
+// and with the best (docs/benchmarks.md, "GEMM algorithms chosen by
+// timing").
+//
 //   nvcc -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a
 //     -I runtime/include runtime/tests/ExpertsTest.cu -o ExpertsTest
 //     -lcublas -lcublasLt
@@ -442,6 +459,288 @@ int bench(Blas *blas, cudaStream_t stream, double hot) {
   return 0;
 }
 
+/// Whether `algo` can run `plan` within Blas::workspaceBytes.
+bool algoFits(const Blas &blas, const detail::GemmPlan &plan,
+              const cublasLtMatmulAlgo_t &algo) {
+  cublasLtMatmulHeuristicResult_t result{};
+  return cublasLtMatmulAlgoCheck(blas.lt, plan.desc, plan.a, plan.b, plan.c,
+                                 plan.c, &algo, &result) ==
+             CUBLAS_STATUS_SUCCESS &&
+         result.state == CUBLAS_STATUS_SUCCESS &&
+         result.workspaceSize <= static_cast<size_t>(blas.workspaceBytes);
+}
+
+/// The median time in ms of `runs` calls of `plan` (C = D) after one more
+/// warm-up call.
+float gemmTime(const Blas &blas, cudaStream_t stream,
+               const detail::GemmPlanKey &key, const detail::GemmPlan &plan,
+               const void *A, const void *B, float beta, void *C, int runs) {
+  detail::gemmRun(blas, stream, key, plan, 1.0f, A, B, beta, C, C);
+  std::vector<cudaEvent_t> events(runs + 1);
+  for (cudaEvent_t &event : events)
+    CHECK_CUDA(cudaEventCreate(&event));
+  CHECK_CUDA(cudaEventRecord(events[0], stream));
+  for (int i = 0; i < runs; ++i) {
+    detail::gemmRun(blas, stream, key, plan, 1.0f, A, B, beta, C, C);
+    CHECK_CUDA(cudaEventRecord(events[i + 1], stream));
+  }
+  CHECK_CUDA(cudaEventSynchronize(events[runs]));
+  std::vector<float> ms(runs);
+  for (int i = 0; i < runs; ++i)
+    CHECK_CUDA(cudaEventElapsedTime(&ms[i], events[i], events[i + 1]));
+  for (cudaEvent_t event : events)
+    CHECK_CUDA(cudaEventDestroy(event));
+  std::sort(ms.begin(), ms.end());
+  return ms[runs / 2];
+}
+
+/// One product of the step: C[m, n] = op(A) op(B) (+ C), packed operands.
+struct Product {
+  std::string name;
+  bool transA, transB;
+  int64_t m, n, k;
+  bool floatC, accumulate;
+  int64_t lda() const { return transA ? m : k; }
+  int64_t ldb() const { return transB ? k : n; }
+};
+
+/// The plan key gemm() makes for `p` (bf16 inputs, 256-byte aligned).
+detail::GemmPlanKey keyOf(const Product &p) {
+  return {CUDA_R_16BF, p.floatC ? CUDA_R_32F : CUDA_R_16BF, p.transA, p.transB,
+          p.m, p.n, p.k, p.lda(), p.ldb(), p.n, 1, 0, 0, 0, p.accumulate,
+          256, 256, 256};
+}
+
+struct Timed {
+  float gemmEx = 0, first = 0, best = 0;
+  int bestIndex = -1; ///< into the heuristic's list; -1: cublasGemmEx
+  cublasLtMatmulAlgo_t bestAlgo{};
+  int candidates = 0;
+};
+
+std::string algoName(const cublasLtMatmulAlgo_t &algo) {
+  int id = 0, tile = 0, stages = 0, splitK = 0, swizzle = 0;
+  size_t written = 0;
+  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_ID, &id,
+                                       sizeof(id), &written);
+  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_TILE_ID,
+                                       &tile, sizeof(tile), &written);
+  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_STAGES_ID,
+                                       &stages, sizeof(stages), &written);
+  cublasLtMatmulAlgoConfigGetAttribute(
+      &algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitK, sizeof(splitK),
+      &written);
+  cublasLtMatmulAlgoConfigGetAttribute(
+      &algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, &swizzle, sizeof(swizzle),
+      &written);
+  return "id " + std::to_string(id) + " tile " + std::to_string(tile) +
+         " stages " + std::to_string(stages) + " splitK " +
+         std::to_string(splitK) + " swizzle " + std::to_string(swizzle);
+}
+
+/// Times `p` (bf16 inputs) every way; with `extra`, also that algorithm
+/// (the winner at another row count) into *extraMs (-1 when it does not
+/// run this shape).
+Timed timeProduct(Blas &blas, cudaStream_t stream, const Product &p,
+                  int count, const cublasLtMatmulAlgo_t *extra = nullptr,
+                  float *extraMs = nullptr) {
+  const int runs = 10;
+  bf16 *A = nullptr, *B = nullptr;
+  void *C = nullptr;
+  CHECK_CUDA(cudaMalloc(&A, p.m * p.k * sizeof(bf16)));
+  CHECK_CUDA(cudaMalloc(&B, p.k * p.n * sizeof(bf16)));
+  const int64_t bytesC = p.m * p.n * (p.floatC ? 4 : 2);
+  CHECK_CUDA(cudaMalloc(&C, bytesC));
+  fillKernel<<<1024, 256, 0, stream>>>(A, p.m * p.k, 1, 1.0f);
+  fillKernel<<<1024, 256, 0, stream>>>(B, p.k * p.n, 2, 1.0f);
+  CHECK_CUDA(cudaGetLastError());
+  CHECK_CUDA(cudaMemsetAsync(C, 0, bytesC, stream));
+  CHECK_CUDA(cudaStreamSynchronize(stream));
+  const float beta = p.accumulate ? 1.0f : 0.0f;
+  detail::GemmPlanKey key = keyOf(p);
+  auto time = [&](const detail::GemmPlan &plan) {
+    for (int i = 0; i < 2; ++i)
+      detail::gemmRun(blas, stream, key, plan, 1.0f, A, B, beta, C, C);
+    return gemmTime(blas, stream, key, plan, A, B, beta, C, runs);
+  };
+  Timed t;
+  detail::GemmPlan gemmEx;
+  gemmEx.useGemmEx = true;
+  t.gemmEx = time(gemmEx);
+  detail::GemmPlan plan = detail::gemmDescriptors(key);
+  std::vector<cublasLtMatmulAlgo_t> first =
+      detail::gemmHeuristic(blas, plan, key, 1);
+  std::vector<cublasLtMatmulAlgo_t> all =
+      detail::gemmHeuristic(blas, plan, key, count);
+  t.candidates = static_cast<int>(all.size());
+  if (first.empty()) {
+    t.first = t.gemmEx;
+  } else {
+    plan.algo = first[0];
+    t.first = time(plan);
+  }
+  t.best = t.gemmEx;
+  for (size_t i = 0; i < all.size(); ++i) {
+    plan.algo = all[i];
+    float ms = time(plan);
+    if (ms < t.best) {
+      t.best = ms;
+      t.bestIndex = static_cast<int>(i);
+      t.bestAlgo = all[i];
+    }
+  }
+  if (extra) {
+    if (algoFits(blas, plan, *extra)) {
+      plan.algo = *extra;
+      *extraMs = time(plan);
+    } else {
+      *extraMs = -1.0f;
+    }
+  }
+  detail::gemmDestroyDescriptors(plan);
+  CHECK_CUDA(cudaFree(A));
+  CHECK_CUDA(cudaFree(B));
+  CHECK_CUDA(cudaFree(C));
+  return t;
+}
+
+double tflops(const Product &p, float ms) {
+  return 2.0 * p.m * p.n * p.k / (ms * 1e-3) / 1e12;
+}
+
+/// The --bench-gemm-algos mode (see the file comment).
+int benchGemmAlgos(Blas &blas, cudaStream_t stream, int count) {
+  const int64_t T = 8192, H = 4096, I = 14336, V = 32000, E = 8, L = 2,
+                kv = 1024, rows = 2048;
+  const int64_t chunk = detail::crossEntropyChunk(T, V);
+  struct Entry {
+    Product p;
+    int64_t perStep;
+    bool experts;
+    bool weightGrad; ///< C is fp32 in the fp32-master recipe
+  };
+  // The experts' products (Experts.cuh) at `n` rows, in the step's order.
+  auto expertProducts = [&](int64_t n) {
+    return std::vector<Product>{
+        {"experts fwd gate_up NT", false, true, n, 2 * I, H, false, false},
+        {"experts fwd down NT", false, true, n, H, I, false, false},
+        {"experts bwd dA' NN", false, false, n, I, H, false, false},
+        {"experts bwd dDown TN", true, false, H, I, n, false, false},
+        {"experts bwd dGateUp TN", true, false, 2 * I, H, n, false, false},
+        {"experts bwd dX NN", false, false, n, H, 2 * I, false, false}};
+  };
+  std::vector<Entry> entries;
+  for (const Product &p : expertProducts(rows))
+    entries.push_back({p, L * E, true, p.transA});
+  const std::pair<int64_t, int64_t> linears[] = {
+      {H, 2 * L}, {kv, 2 * L}, {E, L}}; // q and o; k and v; the router
+  for (auto [N, perStep] : linears) {
+    std::string n = N == H ? "q/o" : N == kv ? "k/v" : "router";
+    entries.push_back(
+        {{"linear fwd " + n + " NT", false, true, T, N, H, false, false},
+         perStep, false, false});
+    entries.push_back(
+        {{"linear dX " + n + " NN", false, false, T, H, N, false, false},
+         perStep, false, false});
+    entries.push_back(
+        {{"linear dW " + n + " TN", true, false, N, H, T, false, false},
+         perStep, false, true});
+  }
+  for (int64_t first = 0; first < T; first += chunk) {
+    int64_t n = std::min(chunk, T - first);
+    entries.push_back(
+        {{"lm head logits NT", false, true, n, V, H, true, false}, 1, false,
+         false});
+    entries.push_back(
+        {{"lm head dh NN", false, false, n, H, V, false, false}, 1, false,
+         false});
+    entries.push_back({{"lm head dW TN", true, false, V, H, n, true,
+                        first != 0},
+                       1, false, false});
+  }
+  std::printf("bench: mixtral-8x7b-2l GEMMs, bf16 inputs, cuBLASLt %zu, "
+              "heuristic's first %d, median of 10 after 3 warm-ups\n",
+              cublasLtGetVersion(), count);
+  double today[2] = {0, 0}, best[2] = {0, 0}, allLt[2] = {0, 0},
+         allEx[2] = {0, 0};
+  std::vector<cublasLtMatmulAlgo_t> expertWinners;
+  std::vector<Timed> expertTimes;
+  for (const Entry &e : entries) {
+    for (int recipe = 0; recipe < 2; ++recipe) {
+      // recipe 0: bf16 weight gradients; 1: fp32 (fp32 master weights).
+      if (recipe == 1 && !e.weightGrad)
+        continue;
+      Product p = e.p;
+      p.floatC = p.floatC || recipe == 1;
+      Timed t = timeProduct(blas, stream, p, count);
+      float now = e.experts ? t.gemmEx : t.first;
+      float other = e.experts ? t.first : t.gemmEx;
+      std::printf(
+          "bench: %-24s %s m %6lld n %6lld k %6lld C %s%s x%-3lld gemmEx "
+          "%7.3f ms  lt-first %7.3f ms  best %7.3f ms (%5.1f TFLOP/s, %s of "
+          "%d%s%s)  gain vs today's %+5.1f%%  vs %s %+5.1f%%\n",
+          p.name.c_str(), recipe ? "fp32m" : "bf16 ", (long long)p.m,
+          (long long)p.n, (long long)p.k, p.floatC ? "fp32" : "bf16",
+          p.accumulate ? " +C" : "   ", (long long)e.perStep, t.gemmEx,
+          t.first, t.best, tflops(p, t.best),
+          t.bestIndex < 0 ? "gemmEx"
+                          : ("#" + std::to_string(t.bestIndex)).c_str(),
+          t.candidates, t.bestIndex < 0 ? "" : ": ",
+          t.bestIndex < 0 ? "" : algoName(t.bestAlgo).c_str(),
+          100.0 * (now / t.best - 1.0), e.experts ? "lt-first" : "gemmEx",
+          100.0 * (other / t.best - 1.0));
+      // A shape without a weight gradient counts in both recipes.
+      for (int r = 0; r < 2; ++r) {
+        if (e.weightGrad && r != recipe)
+          continue;
+        today[r] += e.perStep * now;
+        best[r] += e.perStep * t.best;
+        allLt[r] += e.perStep * t.first;
+        allEx[r] += e.perStep * t.gemmEx;
+      }
+      if (e.experts && recipe == 0) {
+        expertWinners.push_back(t.bestAlgo);
+        expertTimes.push_back(t);
+      }
+    }
+  }
+  // The experts at other row counts: does the winner at 2048 rows win?
+  for (int64_t n : {1700, 2600, 3900}) {
+    std::vector<Product> products = expertProducts(n);
+    for (size_t i = 0; i < products.size(); ++i) {
+      const Product &p = products[i];
+      float extraMs = -1.0f;
+      bool hadWinner = expertTimes[i].bestIndex >= 0;
+      Timed t = timeProduct(blas, stream, p, count,
+                            hadWinner ? &expertWinners[i] : nullptr,
+                            &extraMs);
+      char extra[64];
+      if (!hadWinner)
+        std::snprintf(extra, sizeof(extra), "gemmEx (%.3f ms)", t.gemmEx);
+      else if (extraMs < 0)
+        std::snprintf(extra, sizeof(extra), "does not run here");
+      else
+        std::snprintf(extra, sizeof(extra), "%.3f ms (%+.1f%% vs best)",
+                      extraMs, 100.0 * (extraMs / t.best - 1.0));
+      std::printf("bench: rows %4lld %-24s gemmEx %7.3f  lt-first %7.3f  "
+                  "best %7.3f ms (%s)  winner at 2048: %s  best vs gemmEx "
+                  "%+5.1f%%\n",
+                  (long long)n, p.name.c_str(), t.gemmEx, t.first, t.best,
+                  t.bestIndex < 0 ? "gemmEx"
+                                  : ("#" + std::to_string(t.bestIndex)).c_str(),
+                  extra, 100.0 * (t.gemmEx / t.best - 1.0));
+    }
+  }
+  for (int r = 0; r < 2; ++r)
+    std::printf("bench: summary %s step GEMMs: today %.2f ms, best %.2f ms "
+                "(%.2f ms, %.1f%% less), all lt-first %.2f ms, all gemmEx "
+                "%.2f ms\n",
+                r ? "fp32-master" : "bf16", today[r], best[r],
+                today[r] - best[r], 100.0 * (1.0 - best[r] / today[r]),
+                allLt[r], allEx[r]);
+  return 0;
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -453,6 +752,12 @@ int main(int argc, char **argv) {
   cudaStream_t stream;
   CHECK_CUDA(cudaStreamCreate(&stream));
   Blas *blas = createBlas(stream);
+  if (argc > 1 && std::strcmp(argv[1], "--bench-gemm-algos") == 0) {
+    int rc = benchGemmAlgos(*blas, stream, argc > 2 ? std::atoi(argv[2]) : 32);
+    destroyBlas(blas);
+    CHECK_CUDA(cudaStreamDestroy(stream));
+    return rc;
+  }
   if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) {
     double hot = argc > 3 && std::strcmp(argv[2], "hot") == 0
                      ? std::atof(argv[3])

@@ -20,7 +20,9 @@
 // of a step's CUDA graphs (moert/StepGraphs.h, which capture from the second
 // step on) query no heuristic and allocate nothing. A shape for which the
 // heuristic offers no algorithm (none in the GPU tests; the fallback keeps
-// odd shapes working) runs through cublasGemmEx instead.
+// odd shapes working) runs through cublasGemmEx instead. A plan's parts
+// (gemmDescriptors, gemmHeuristic, gemmRun) are what ExpertsTest
+// --bench-gemm-algos times every offered algorithm with.
 //
 // gemmCublasEx is the same product through cublasGemmEx (cuBLAS's own
 // kernel selection). The experts' per-expert GEMMs use it (Experts.cuh): at
@@ -46,6 +48,7 @@
 
 #include <array>
 #include <map>
+#include <vector>
 
 namespace moert::kernels {
 
@@ -96,13 +99,12 @@ inline cublasLtMatrixLayout_t gemmLayout(cudaDataType_t type, int64_t rows,
   return layout;
 }
 
-/// The plan for `key` (see GemmPlanKey), made on first use. In cuBLASLt's
-/// column-major terms A is our B and B our A (the file comment).
-template <class TA, class TC>
-const GemmPlan &gemmPlan(Blas &blas, const GemmPlanKey &key) {
-  auto found = blas.plans.find(key);
-  if (found != blas.plans.end())
-    return found->second;
+/// The descriptors of `key`'s product (see GemmPlanKey), no algorithm yet.
+/// In cuBLASLt's column-major terms A is our B and B our A (the file
+/// comment).
+inline GemmPlan gemmDescriptors(const GemmPlanKey &key) {
+  const auto typeA = static_cast<cudaDataType_t>(key[0]),
+             typeC = static_cast<cudaDataType_t>(key[1]);
   const bool transA = key[2], transB = key[3];
   const int64_t m = key[4], n = key[5], k = key[6], lda = key[7],
                 ldb = key[8], ldc = key[9], batch = key[10];
@@ -114,12 +116,31 @@ const GemmPlan &gemmPlan(Blas &blas, const GemmPlanKey &key) {
       plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof(opA)));
   MOERT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(
       plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof(opB)));
-  plan.a = gemmLayout(dataType<TA>(), transB ? k : n, transB ? n : k, ldb,
-                      batch, key[12]);
-  plan.b = gemmLayout(dataType<TA>(), transA ? m : k, transA ? k : m, lda,
-                      batch, key[11]);
-  plan.c = gemmLayout(dataType<TC>(), n, m, ldc, batch, key[13]);
+  plan.a = gemmLayout(typeA, transB ? k : n, transB ? n : k, ldb, batch,
+                      key[12]);
+  plan.b = gemmLayout(typeA, transA ? m : k, transA ? k : m, lda, batch,
+                      key[11]);
+  plan.c = gemmLayout(typeC, n, m, ldc, batch, key[13]);
+  return plan;
+}
 
+/// Frees what gemmDescriptors made (nothing for a cublasGemmEx plan).
+inline void gemmDestroyDescriptors(GemmPlan &plan) {
+  if (plan.desc) {
+    MOERT_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.a));
+    MOERT_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.b));
+    MOERT_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.c));
+    MOERT_CUBLAS_CHECK(cublasLtMatmulDescDestroy(plan.desc));
+  }
+  plan = GemmPlan{};
+}
+
+/// Up to `count` algorithms the cuBLASLt heuristic offers for `plan`
+/// (made from `key`) within Blas::workspaceBytes, its best guess first;
+/// none when it offers nothing.
+inline std::vector<cublasLtMatmulAlgo_t>
+gemmHeuristic(const Blas &blas, const GemmPlan &plan, const GemmPlanKey &key,
+              int count) {
   cublasLtMatmulPreference_t preference = nullptr;
   MOERT_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference));
   uint64_t workspace = static_cast<uint64_t>(blas.workspaceBytes);
@@ -136,27 +157,64 @@ const GemmPlan &gemmPlan(Blas &blas, const GemmPlanKey &key) {
     MOERT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
         preference, attribute, &value, sizeof(value)));
   }
-  cublasLtMatmulHeuristicResult_t result{};
+  std::vector<cublasLtMatmulHeuristicResult_t> results(count);
   int returned = 0;
   cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
-      blas.lt, plan.desc, plan.a, plan.b, plan.c, plan.c, preference, 1,
-      &result, &returned);
+      blas.lt, plan.desc, plan.a, plan.b, plan.c, plan.c, preference, count,
+      results.data(), &returned);
   MOERT_CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(preference));
-  if (status == CUBLAS_STATUS_SUCCESS && returned > 0 &&
-      result.state == CUBLAS_STATUS_SUCCESS) {
-    plan.algo = result.algo;
+  std::vector<cublasLtMatmulAlgo_t> algos;
+  if (status != CUBLAS_STATUS_SUCCESS)
+    return algos;
+  for (int i = 0; i < returned; ++i)
+    if (results[i].state == CUBLAS_STATUS_SUCCESS)
+      algos.push_back(results[i].algo);
+  return algos;
+}
+
+/// The product of `key` through `plan` (its algorithm, or cublasGemmEx),
+/// D = alpha · op(A) op(B) + beta · C; pointers as gemmLt's. The kernels
+/// pass D = C; for a cublasGemmEx plan D's own contents are C.
+inline void gemmRun(const Blas &blas, cudaStream_t stream,
+                    const GemmPlanKey &key, const GemmPlan &plan, float alpha,
+                    const void *A, const void *B, float beta, const void *C,
+                    void *D) {
+  if (plan.useGemmEx) {
+    const auto typeA = static_cast<cudaDataType_t>(key[0]),
+               typeC = static_cast<cudaDataType_t>(key[1]);
+    MOERT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+        blas.cublas, op(key[3]), op(key[2]), static_cast<int>(key[5]),
+        static_cast<int>(key[4]), static_cast<int>(key[6]), &alpha, B, typeA,
+        static_cast<int>(key[8]), key[12], A, typeA, static_cast<int>(key[7]),
+        key[11], &beta, D, typeC, static_cast<int>(key[9]), key[13],
+        static_cast<int>(key[10]), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return;
+  }
+  MOERT_CUBLAS_CHECK(cublasLtMatmul(
+      blas.lt, plan.desc, &alpha, B, plan.a, A, plan.b, &beta, C, plan.c, D,
+      plan.c, &plan.algo, blas.workspace,
+      static_cast<size_t>(blas.workspaceBytes), stream));
+}
+
+/// The plan for `key` (see GemmPlanKey), made on first use with the
+/// heuristic's first algorithm (cublasGemmEx where it offers none).
+inline const GemmPlan &gemmPlan(Blas &blas, const GemmPlanKey &key) {
+  auto found = blas.plans.find(key);
+  if (found != blas.plans.end())
+    return found->second;
+  GemmPlan plan = gemmDescriptors(key);
+  std::vector<cublasLtMatmulAlgo_t> algos = gemmHeuristic(blas, plan, key, 1);
+  if (!algos.empty()) {
+    plan.algo = algos[0];
   } else {
     std::fprintf(stderr,
                  "moert: gemm: cuBLASLt has no algorithm for m %lld n %lld "
                  "k %lld (lda %lld ldb %lld ldc %lld, batch %lld); using "
                  "cublasGemmEx\n",
-                 (long long)m, (long long)n, (long long)k, (long long)lda,
-                 (long long)ldb, (long long)ldc, (long long)batch);
-    MOERT_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.a));
-    MOERT_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.b));
-    MOERT_CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.c));
-    MOERT_CUBLAS_CHECK(cublasLtMatmulDescDestroy(plan.desc));
-    plan = GemmPlan{};
+                 (long long)key[4], (long long)key[5], (long long)key[6],
+                 (long long)key[7], (long long)key[8], (long long)key[9],
+                 (long long)key[10]);
+    gemmDestroyDescriptors(plan);
     plan.useGemmEx = true;
   }
   return blas.plans.emplace(key, plan).first->second;
@@ -195,21 +253,8 @@ void gemmLt(const Context &ctx, bool transA, bool transB, int64_t m,
                      beta != 0.0f, gemmAlignment(A, strideA * sa),
                      gemmAlignment(B, strideB * sa),
                      gemmAlignment(C, strideC * sc)};
-  const GemmPlan &plan = gemmPlan<TA, TC>(blas, key);
-  if (plan.useGemmEx) {
-    MOERT_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-        blas.cublas, op(transB), op(transA), static_cast<int>(n),
-        static_cast<int>(m), static_cast<int>(k), &alpha, B, dataType<TA>(),
-        static_cast<int>(ldb), strideB, A, dataType<TA>(),
-        static_cast<int>(lda), strideA, &beta, C, dataType<TC>(),
-        static_cast<int>(ldc), strideC, static_cast<int>(batch),
-        CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    return;
-  }
-  MOERT_CUBLAS_CHECK(cublasLtMatmul(
-      blas.lt, plan.desc, &alpha, B, plan.a, A, plan.b, &beta, C, plan.c, C,
-      plan.c, &plan.algo, blas.workspace,
-      static_cast<size_t>(blas.workspaceBytes), ctx.stream));
+  gemmRun(blas, ctx.stream, key, gemmPlan(blas, key), alpha, A, B, beta, C,
+          C);
 }
 
 } // namespace detail
