@@ -42,7 +42,8 @@
 // main() returns nonzero when anything fails. `--bench-optimizer` instead
 // times globalNorm and adamw over mixtral-8x7b-2l's 3.16 B parameters in
 // both recipes, with 16-byte and with 8-byte accesses, and a device copy
-// (benchOptimizer; docs/benchmarks.md).
+// (benchOptimizer; docs/benchmarks.md); `--bench-norms` times the norm and
+// rotary kernels at mixtral-8x7b-2l's step shapes (benchNorms).
 //
 //===----------------------------------------------------------------------===//
 
@@ -697,14 +698,23 @@ template <class T> void testType(Env &env, uint32_t &seed) {
   testRmsNorm<T>(env, 70, 1000, 1e-6f, 3.0f, seed++); // hidden > threads
   testRmsNorm<T>(env, 33, 513, 1e-5f, 0.5f, seed++);  // 32 + 1 rows
   testRmsNorm<T>(env, 1, 7, 1e-5f, 1.0f, seed++);
+  // Mixtral's width: 2 (bf16) or 4 (fp32) packs a thread; 8192: 4 packs
+  // (bf16) or the element-wise kernels (fp32); an odd row count leaves the
+  // gradient's last two-row step with one row.
+  testRmsNorm<T>(env, 67, 4096, 1e-5f, 1.0f, seed++);
+  testRmsNorm<T>(env, 35, 8192, 1e-5f, 1.0f, seed++);
   testAddRmsNorm<T>(env, 13, 40, seed++);
   testAddRmsNorm<T>(env, 70, 1000, seed++);
+  testAddRmsNorm<T>(env, 9, 4096, seed++);
+  testAddRmsNorm<T>(env, 5, 8192, seed++);
 
   std::printf("== %s rotary\n", typeName<T>());
   testRotary<T>(env, 2, 5, 3, 8, 1e6f, seed++);
   testRotary<T>(env, 1, 37, 2, 128, 1e6f, seed++);
   testRotary<T>(env, 3, 16, 4, 128, 1e6f, seed++);
   testRotary<T>(env, 2, 11, 3, 64, 1e4f, seed++);
+  testRotary<T>(env, 2, 9, 8, 6, 1e4f, seed++);    // D / 2 not a pack
+  testRotary<T>(env, 1, 300, 32, 128, 1e6f, seed++); // positions to 299
 
   std::printf("== %s linear\n", typeName<T>());
   testLinear<T>(env, 13, 40, 24, seed++);
@@ -857,6 +867,60 @@ template <class T> void benchOptimizer(cudaStream_t stream) {
     CHECK_CUDA(cudaFree(b));
 }
 
+/// --bench-norms: the normalisation and rotary kernels at
+/// mixtral-8x7b-2l's step shapes (8192 tokens of width 4096, bf16; q
+/// [4, 2048, 32, 128], k [4, 2048, 8, 128]). Prints milliseconds (median of
+/// 20) and the TB/s of the bytes each must move; checks nothing.
+void benchNorms(cudaStream_t stream) {
+  const int64_t rows = 8192, hidden = 4096, n = rows * hidden;
+  const int64_t B = 4, S = 2048, D = 128;
+  bf16 *a, *b, *w, *sum, *y, *dy, *dx;
+  float *scratch;
+  for (bf16 **p : {&a, &b, &sum, &y, &dy, &dx}) {
+    CHECK_CUDA(cudaMalloc(p, n * sizeof(bf16)));
+    CHECK_CUDA(cudaMemset(*p, 0x3c, n * sizeof(bf16)));
+  }
+  CHECK_CUDA(cudaMalloc(&w, hidden * sizeof(bf16)));
+  CHECK_CUDA(cudaMemset(w, 0x3c, hidden * sizeof(bf16)));
+  const int64_t scratchBytes = rmsNormScratchBytes(rows, hidden);
+  CHECK_CUDA(cudaMalloc(&scratch, scratchBytes));
+  Context ctx;
+  ctx.stream = stream;
+  ctx.scratch = reinterpret_cast<char *>(scratch);
+  ctx.scratchBytes = scratchBytes;
+  const double bytes = static_cast<double>(n) * sizeof(bf16);
+  auto line = [&](const char *what, double moved, float ms) {
+    std::printf("bench %-32s %8.3f ms %6.3f GB %5.2f TB/s\n", what, ms,
+                moved / 1e9, moved / (ms * 1e-3) / 1e12);
+  };
+  line("rmsNorm 8192x4096", 2 * bytes, medianMs(stream, 20, [&] {
+         rmsNorm<bf16>(ctx, a, w, rows, hidden, 1e-5f, y);
+       }));
+  line("addRmsNorm 8192x4096", 4 * bytes, medianMs(stream, 20, [&] {
+         addRmsNorm<bf16>(ctx, a, b, w, rows, hidden, 1e-5f, sum, y);
+       }));
+  line("rmsNormGrad 8192x4096", 3 * bytes, medianMs(stream, 20, [&] {
+         rmsNormGrad<bf16, float>(ctx, a, w, dy, rows, hidden, 1e-5f, dx,
+                                  scratch);
+       }));
+  for (int64_t N : {int64_t{32}, int64_t{8}}) {
+    double moved = 2.0 * B * S * N * D * sizeof(bf16);
+    std::string q = "rotary [4, 2048, " + std::to_string(N) + ", 128]";
+    line(q.c_str(), moved, medianMs(stream, 20, [&] {
+           rotary<bf16>(ctx, a, B, S, N, D, 1e6f, y);
+         }));
+    q = "rotaryGrad [4, 2048, " + std::to_string(N) + ", 128]";
+    line(q.c_str(), moved, medianMs(stream, 20, [&] {
+           rotaryGrad<bf16>(ctx, dy, B, S, N, D, 1e6f, dx);
+         }));
+  }
+  for (void *p : {static_cast<void *>(a), static_cast<void *>(b),
+                  static_cast<void *>(w), static_cast<void *>(sum),
+                  static_cast<void *>(y), static_cast<void *>(dy),
+                  static_cast<void *>(dx), static_cast<void *>(scratch)})
+    CHECK_CUDA(cudaFree(p));
+}
+
 /// The bandwidth of a device-to-device copy of 8 GiB (read + write).
 void benchCopy(cudaStream_t stream) {
   const size_t bytes = size_t(8) << 30;
@@ -887,6 +951,13 @@ int main(int argc, char **argv) {
     benchCopy(stream);
     benchOptimizer<bf16>(stream);
     benchOptimizer<float>(stream);
+    CHECK_CUDA(cudaStreamDestroy(stream));
+    return 0;
+  }
+  if (argc > 1 && std::strcmp(argv[1], "--bench-norms") == 0) {
+    cudaStream_t stream;
+    CHECK_CUDA(cudaStreamCreate(&stream));
+    benchNorms(stream);
     CHECK_CUDA(cudaStreamDestroy(stream));
     return 0;
   }

@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <initializer_list>
 #include <vector>
 
 namespace moert::kernels {
@@ -73,6 +74,23 @@ __device__ inline void store4(bf16 *p, const Vec4 &x) {
   raw.x = *reinterpret_cast<unsigned *>(&a);
   raw.y = *reinterpret_cast<unsigned *>(&b);
   *reinterpret_cast<uint2 *>(p) = raw;
+}
+
+/// kWidth consecutive elements of type T as one aligned access (16 bytes
+/// at most: the widest load a thread issues).
+template <class T, int kWidth> struct alignas(kWidth * sizeof(T)) Pack {
+  T x[kWidth];
+};
+
+/// Elements of T in one 16-byte access.
+template <class T> constexpr int kPackWidth = 16 / sizeof(T);
+
+/// Whether every pointer is aligned for 16-byte accesses.
+inline bool aligned16(std::initializer_list<const void *> pointers) {
+  for (const void *p : pointers)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0)
+      return false;
+  return true;
 }
 
 /// Blocks for a grid-stride loop over `n` elements with 256 threads.

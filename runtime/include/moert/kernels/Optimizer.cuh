@@ -82,11 +82,6 @@ public:
 };
 
 namespace detail {
-/// kWidth consecutive elements of type T as one aligned access.
-template <class T, int kWidth> struct alignas(kWidth * sizeof(T)) Pack {
-  T x[kWidth];
-};
-
 /// Elements per access of the optimizer kernels: 16 bytes of T (8 bf16 or
 /// 4 fp32), the widest load a thread issues; AdamW goes by the state's
 /// type, the norm by the gradient's. (At 8 bytes bf16 AdamW took 5% longer
