@@ -1035,8 +1035,38 @@ Value Raiser::stack(const moec::ParameterLayout &layout, RankedTensorType type,
           "overlaps another or leaves a gap)";
     return {};
   }
-  auto from = cast<FloatType>(getElementTypeOrSelf(layout.parameter()));
-  auto to = cast<FloatType>(type.getElementType());
+  // The pieces must tile the weight the node reads, box by box (a fuzzed
+  // model declared a weight of 2048 elements over pieces of 1536).
+  int64_t covered = 0;
+  for (const moec::LayoutPiece &piece : *pieces) {
+    if (!type.hasStaticShape() ||
+        static_cast<int64_t>(piece.sizes.size()) != type.getRank()) {
+      why = "its pieces are not boxes of " + shapeString(type);
+      return {};
+    }
+    int64_t elements = 1;
+    for (int64_t d = 0; d < type.getRank(); ++d) {
+      if (piece.offsets[d] < 0 || piece.sizes[d] < 0 ||
+          piece.offsets[d] + piece.sizes[d] > type.getDimSize(d)) {
+        why = "its pieces are not boxes of " + shapeString(type);
+        return {};
+      }
+      elements *= piece.sizes[d];
+    }
+    covered += elements;
+  }
+  if (covered != type.getNumElements()) {
+    why = "its pieces fill " + std::to_string(covered) + " of the " +
+          std::to_string(type.getNumElements()) + " elements of " +
+          shapeString(type);
+    return {};
+  }
+  auto from = dyn_cast<FloatType>(getElementTypeOrSelf(layout.parameter()));
+  auto to = dyn_cast<FloatType>(type.getElementType());
+  if (!from || !to) {
+    why = "they are not floating-point parameters read as floating point";
+    return {};
+  }
   if (from != to && from.getWidth() == to.getWidth()) {
     why = "a Cast between two types of one width cannot be read exactly";
     return {};
