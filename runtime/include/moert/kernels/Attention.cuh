@@ -99,11 +99,6 @@ inline void attentionKeyRange(int64_t S, bool causal, int64_t window,
   lo = lo / 16 * 16;
 }
 
-/// V consecutive elements, aligned to their size (one vector access).
-template <class V, int N> struct alignas(sizeof(V) * N) AttentionPack {
-  V v[N];
-};
-
 /// out[a0][a2][a1][x] = in[a0][a1][a2][x] (swap the middle two axes),
 /// converting the element type; V elements per thread (V divides X). I is
 /// the index type (32-bit where the sizes allow: cheaper divisions).
@@ -118,13 +113,13 @@ __global__ void attentionSwapKernel(const TI *__restrict__ in, I A1, I A2,
     t /= A1;
     I a2 = t % A2, a0 = t / A2;
     I i = ((a0 * A1 + a1) * A2 + a2) * X + x;
-    AttentionPack<TI, V> a =
-        *reinterpret_cast<const AttentionPack<TI, V> *>(in + i);
-    AttentionPack<TO, V> b;
+    Pack<TI, V> a =
+        *reinterpret_cast<const Pack<TI, V> *>(in + i);
+    Pack<TO, V> b;
 #pragma unroll
     for (int e = 0; e < V; ++e)
-      b.v[e] = fromFloat<TO>(toFloat(a.v[e]));
-    *reinterpret_cast<AttentionPack<TO, V> *>(out + o) = b;
+      b.x[e] = fromFloat<TO>(toFloat(a.x[e]));
+    *reinterpret_cast<Pack<TO, V> *>(out + o) = b;
   }
 }
 
@@ -175,10 +170,10 @@ __device__ inline void attentionStore4(float *p, float a, float b, float c,
 }
 __device__ inline void attentionStore4(bf16 *p, float a, float b, float c,
                                        float d) {
-  AttentionPack<__nv_bfloat162, 2> v;
-  v.v[0] = __floats2bfloat162_rn(a, b);
-  v.v[1] = __floats2bfloat162_rn(c, d);
-  *reinterpret_cast<AttentionPack<__nv_bfloat162, 2> *>(p) = v;
+  Pack<__nv_bfloat162, 2> v;
+  v.x[0] = __floats2bfloat162_rn(a, b);
+  v.x[1] = __floats2bfloat162_rn(c, d);
+  *reinterpret_cast<Pack<__nv_bfloat162, 2> *>(p) = v;
 }
 
 /// Running softmax statistics of base-2 scores: m the maximum,

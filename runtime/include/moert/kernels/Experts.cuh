@@ -214,26 +214,21 @@ __global__ void expertsScatterKernel(const int64_t *experts, int64_t pairs,
   }
 }
 
-/// V consecutive elements, loaded/stored as one aligned access.
-template <class T, int V> struct alignas(sizeof(T) * V) ExpertsPack {
-  T v[V];
-};
-
 template <class T, int V>
 __device__ inline void expertsLoad(const T *p, float *f) {
-  ExpertsPack<T, V> pack = *reinterpret_cast<const ExpertsPack<T, V> *>(p);
+  Pack<T, V> pack = *reinterpret_cast<const Pack<T, V> *>(p);
 #pragma unroll
   for (int i = 0; i < V; ++i)
-    f[i] = toFloat(pack.v[i]);
+    f[i] = toFloat(pack.x[i]);
 }
 
 template <class T, int V>
 __device__ inline void expertsStore(T *p, const float *f) {
-  ExpertsPack<T, V> pack;
+  Pack<T, V> pack;
 #pragma unroll
   for (int i = 0; i < V; ++i)
-    pack.v[i] = fromFloat<T>(f[i]);
-  *reinterpret_cast<ExpertsPack<T, V> *>(p) = pack;
+    pack.x[i] = fromFloat<T>(f[i]);
+  *reinterpret_cast<Pack<T, V> *>(p) = pack;
 }
 
 /// dst[p, :] = src[perm[p] / k, :] for `rows` rows of `H` = cols · V.
@@ -241,9 +236,9 @@ template <class T, int V>
 __global__ void expertsGatherKernel(const T *src, const int *perm,
                                     int64_t rows, int64_t cols, int64_t k,
                                     T *dst) {
-  using Pack = ExpertsPack<T, V>;
-  const Pack *s = reinterpret_cast<const Pack *>(src);
-  Pack *d = reinterpret_cast<Pack *>(dst);
+  using P = Pack<T, V>;
+  const P *s = reinterpret_cast<const P *>(src);
+  P *d = reinterpret_cast<P *>(dst);
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
        i < rows * cols; i += int64_t(gridDim.x) * blockDim.x) {
     int64_t p = i / cols, c = i - p * cols;
