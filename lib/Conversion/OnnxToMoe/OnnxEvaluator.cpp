@@ -1397,17 +1397,17 @@ bool OnnxEvaluator::evaluateOp(Operation *op, std::string &error) {
     return false;
   // Every rule's result is held to the limit here, so that no operator
   // (a Concat of large operands, say) hands a later one more to compute.
-  for (const HostTensor &result : eval.results)
-    if (!fitsLimit(result.shape, error)) {
-      error = fmt::format("the result of ONNX '{}': {}", type.str(), error);
-      return false;
-    }
   // And so is all an evaluation computes: the bundled models' proofs take
   // under a million elements each, a fuzzed model chained operators near
   // the per-result limit to 190 million (3 s and 1.3 GB to raise).
   int64_t produced = 0;
-  for (const HostTensor &result : eval.results)
+  for (const HostTensor &result : eval.results) {
+    if (!fitsLimit(result.shape, error)) {
+      error = fmt::format("the result of ONNX '{}': {}", type.str(), error);
+      return false;
+    }
     produced += result.numElements();
+  }
   if (produced > kMaxElements - evaluatedElements) {
     error = fmt::format("evaluating ONNX '{}' would bring the elements "
                         "computed to {}, past 2^24 in all",

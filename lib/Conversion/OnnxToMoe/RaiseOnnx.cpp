@@ -1035,30 +1035,17 @@ Value Raiser::stack(const moec::ParameterLayout &layout, RankedTensorType type,
           "overlaps another or leaves a gap)";
     return {};
   }
-  // The pieces must tile the weight the node reads, box by box (a fuzzed
-  // model declared a weight of 2048 elements over pieces of 1536).
-  int64_t covered = 0;
-  for (const moec::LayoutPiece &piece : *pieces) {
-    if (!type.hasStaticShape() ||
-        static_cast<int64_t>(piece.sizes.size()) != type.getRank()) {
-      why = "its pieces are not boxes of " + shapeString(type);
-      return {};
-    }
-    int64_t elements = 1;
-    for (int64_t d = 0; d < type.getRank(); ++d) {
-      if (piece.offsets[d] < 0 || piece.sizes[d] < 0 ||
-          piece.offsets[d] + piece.sizes[d] > type.getDimSize(d)) {
-        why = "its pieces are not boxes of " + shapeString(type);
-        return {};
-      }
-      elements *= piece.sizes[d];
-    }
-    covered += elements;
+  // pieces() tiles the layout's own shape, which must be the weight the
+  // node reads (a fuzzed model declared 2048 elements over pieces of 1536).
+  SmallVector<int64_t> shape;
+  for (const auto &digits : layout.axes) {
+    int64_t size = 1;
+    for (const moec::LayoutDigit &digit : digits)
+      size *= digit.size;
+    shape.push_back(size);
   }
-  if (covered != type.getNumElements()) {
-    why = "its pieces fill " + std::to_string(covered) + " of the " +
-          std::to_string(type.getNumElements()) + " elements of " +
-          shapeString(type);
+  if (ArrayRef<int64_t>(shape) != type.getShape()) {
+    why = "its shape differs";
     return {};
   }
   auto from = dyn_cast<FloatType>(getElementTypeOrSelf(layout.parameter()));
@@ -1357,12 +1344,12 @@ void Raiser::raiseOrtMoeNodes() {
                                    : OnnxNodeOp();
       // The output is reshaped back by Shape(x) (all of it) or, for static
       // shapes, by a constant.
+      auto start = shape ? shape->getAttrOfType<IntegerAttr>("start")
+                         : IntegerAttr();
       bool wholeShape = shape && shape.getInputs()[0] == x &&
                         !shape->hasAttr("end") &&
                         (!shape->hasAttr("start") ||
-                         (shape->getAttrOfType<IntegerAttr>("start") &&
-                          shape->getAttrOfType<IntegerAttr>("start").getInt() ==
-                              0));
+                         (start && start.getInt() == 0));
       bool restoresShape = wholeShape || tensorType(x).hasStaticShape();
       if (unflatten && restoresShape &&
           tensorType(x) == tensorType(unflatten.getOutputs()[0])) {
