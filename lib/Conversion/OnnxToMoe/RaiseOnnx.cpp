@@ -1425,6 +1425,10 @@ bool Raiser::raiseSparseMoe(OnnxNodeOp topK) {
   while (OnnxNodeOp reshape = producer(input, "Reshape"))
     input = reshape.getInputs()[0];
   RankedTensorType inputType = tensorType(input);
+  // A mutated model's block input may be a scalar reshaped into the
+  // router's [T, H]: no hidden size to match, not a block.
+  if (!inputType || inputType.getRank() == 0)
+    return false;
   int64_t hidden = inputType.getShape().back();
   // The block output: of the Adds downstream of the TopK, the first (in
   // program order) whose other operand does not depend on the TopK: the
