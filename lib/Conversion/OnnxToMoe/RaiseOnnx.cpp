@@ -471,6 +471,8 @@ bool Raiser::raiseLinear(OnnxNodeOp node) {
       failed(verifyCompatibleDims({inFeatures, inputType.getShape().back()})) ||
       failed(verifyCompatibleShape(resultType.getShape(), expected)) ||
       resultType.getElementType() != inputType.getElementType() ||
+      !isa<FloatType>(inputType.getElementType()) ||
+      weightType.getElementType() != inputType.getElementType() ||
       (bias && failed(verifyCompatibleShape(tensorType(bias).getShape(),
                                             ArrayRef<int64_t>{outFeatures}))))
     return false;
@@ -752,6 +754,10 @@ bool Raiser::raiseAttention(OnnxNodeOp softmax) {
     // The tables are fp32: keep 5 significant digits.
     double magnitude = std::pow(10.0, std::floor(std::log10(estimate)) - 4);
     theta = std::round(estimate / magnitude) * magnitude;
+    // A mutated table's angle near 0 gives an estimate past the double
+    // range: inf / inf is NaN, not a theta moe.rotary accepts.
+    if (!std::isfinite(*theta) || *theta <= 0.0)
+      return false;
   }
   double scale = 1.0 / std::sqrt(static_cast<double>(headDim));
 
