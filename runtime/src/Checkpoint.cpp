@@ -15,7 +15,8 @@
 //   end
 //
 // with a parameter line per parameter and a shard line per world rank, in
-// rank order; `end` tells a complete manifest from a cut one.
+// rank order, each of B bytes; `end` tells a complete manifest from a cut
+// one.
 //
 //===----------------------------------------------------------------------===//
 
@@ -289,6 +290,12 @@ Status moert::parseManifest(const std::string &text, const std::string &file,
       return bad("parameter '" + q.name + "' lies outside the shard's " +
                  std::to_string(m.shardBytes) + " bytes");
   }
+  // A shard is read whole into a state of shard_bytes, and its parameters
+  // are found in it at offsets checked against shard_bytes (above).
+  for (const CheckpointShard &s : m.shards)
+    if (s.bytes != m.shardBytes)
+      return bad("shard '" + s.file + "' has " + std::to_string(s.bytes) +
+                 " bytes, not shard_bytes " + std::to_string(m.shardBytes));
   return Status::success();
 }
 

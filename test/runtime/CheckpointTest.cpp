@@ -265,6 +265,34 @@ TEST(Checkpoint, ManifestRefusesSizesThatOverflow) {
             "checkpoint manifest 'M', line 6: bad parameter record");
 }
 
+// A shard is read whole into a state of shard_bytes, and resharding finds
+// the parameters in a shard at offsets checked against shard_bytes: a
+// shard of another size (its file of that size, its checksum right) was
+// written past the state (the same layout) or read past (a reshard; found
+// by the checkpoint fuzzer, test/fuzz/checkpoint/shard-*-than-shard-bytes).
+TEST(Checkpoint, ManifestRefusesAShardOfAnotherSize) {
+  const std::string head = "moec-checkpoint\t1\nstep\t3\nseed\t1\n"
+                           "mesh\t1\t2\t1\nshard_bytes\t96\n"
+                           "shard\trank_0.shard\t96\t00000000deadbeef\n";
+  CheckpointManifest back;
+  EXPECT_EQ(parseManifest(head + "shard\trank_1.shard\t95\t00000000deadbeef\n"
+                                 "end\n",
+                          "M", back)
+                .message(),
+            "checkpoint manifest 'M', line 8: shard 'rank_1.shard' has 95 "
+            "bytes, not shard_bytes 96");
+  EXPECT_EQ(parseManifest(head + "shard\trank_1.shard\t97\t00000000deadbeef\n"
+                                 "end\n",
+                          "M", back)
+                .message(),
+            "checkpoint manifest 'M', line 8: shard 'rank_1.shard' has 97 "
+            "bytes, not shard_bytes 96");
+  EXPECT_TRUE(parseManifest(head + "shard\trank_1.shard\t96\t00000000deadbeef"
+                                   "\nend\n",
+                            "M", back)
+                  .ok());
+}
+
 TEST(Checkpoint, ResumingRefusesWhatIsNotThisProgramsCheckpoint) {
   TinyProgram tiny;
   std::filesystem::path dir = freshDir("refusals");
