@@ -455,11 +455,12 @@ Status moert::reshardCheckpoint(const std::filesystem::path &folder,
             {c.offset, q.offset},
             {c.expAvgOffset, q.expAvgOffset},
             {c.expAvgSqOffset, q.expAvgSqOffset}};
-        for (auto [from, to] : tensors) {
+        for (int k = 0; k < 3; ++k) {
+          auto [from, to] = tensors[k];
           int64_t copied =
               copyOverlap(c.layout.shape, oldPlace, src + from, layout.shape,
                           place, state + to, q.elementBytes);
-          if (from == c.offset)
+          if (k == 0) // the values' (a moment may share their offset)
             filled += copied;
         }
       }

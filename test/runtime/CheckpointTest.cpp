@@ -709,6 +709,36 @@ TEST(Reshard, AcrossLayoutsAndWorldSizesBitExact) {
   EXPECT_EQ(resumeAll(dir, first, ResumeKind::SameLayout), firstStates);
 }
 
+// A manifest whose parameter has its first moment at its values' offset
+// (a hand-edited or hostile one: the driver never writes it) reshards
+// those bytes into both; the elements filled were counted for every tensor
+// at that offset, so its blocks were said to cover twice the elements
+// needed and the resume was refused (found by the checkpoint fuzzer:
+// test/fuzz/checkpoint/moments-at-one-offset.tsv).
+TEST(Reshard, AMomentAtTheValuesOffsetIsRead) {
+  std::filesystem::path dir = freshDir("reshard-aliased");
+  FakeProgram old(MeshShape{1, 2, 2});
+  std::vector<std::vector<char>> states;
+  for (int64_t r = 0; r < 4; ++r)
+    states.push_back(expectedState(old, r));
+  saveAll(dir, old, 1, states);
+  std::filesystem::path folder;
+  CheckpointManifest manifest;
+  ASSERT_TRUE(findLatestCheckpoint(dir, folder, manifest).ok());
+  manifest.parameters[0].expAvgOffset = manifest.parameters[0].offset;
+  ASSERT_TRUE(commitCheckpoint(dir, manifest).ok());
+  FakeProgram next(MeshShape{1, 4, 1});
+  std::vector<std::vector<char>> resumed =
+      resumeAll(dir, next, ResumeKind::Reshard);
+  const ParameterInfo &q = next.parameters[0];
+  for (int64_t r = 0; r < 4; ++r) {
+    std::vector<char> want = expectedState(next, r);
+    std::memcpy(want.data() + q.expAvgOffset, want.data() + q.offset,
+                q.count * q.elementBytes);
+    EXPECT_EQ(resumed[r], want) << "rank " << r;
+  }
+}
+
 TEST(Reshard, AMissingOldShardIsNamed) {
   std::filesystem::path dir = freshDir("reshard-missing");
   FakeProgram old(MeshShape{1, 2, 2});
