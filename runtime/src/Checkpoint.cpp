@@ -58,7 +58,8 @@ bool parseInt(const std::string &text, int64_t &value) {
   char *end = nullptr;
   errno = 0;
   long long v = std::strtoll(text.c_str(), &end, 10);
-  if (errno || *end)
+  // The whole field: a NUL would end the C string early.
+  if (errno || end != text.c_str() + text.size())
     return false;
   value = v;
   return true;
@@ -222,7 +223,7 @@ Status moert::parseManifest(const std::string &text, const std::string &file,
       char *end = nullptr;
       errno = 0;
       m.seed = std::strtoull(f[1].c_str(), &end, 10);
-      if (errno || *end || f[1].empty())
+      if (errno || end != f[1].c_str() + f[1].size() || f[1].empty())
         return bad("bad seed '" + f[1] + "'");
     } else if (key == "skipped_steps" && f.size() == 2 &&
                parseInt(f[1], a) && a >= 0) {
@@ -260,7 +261,9 @@ Status moert::parseManifest(const std::string &text, const std::string &file,
       s.bytes = a;
       char *end = nullptr;
       s.checksum = std::strtoull(f[3].c_str(), &end, 16);
-      if (*end || s.file.empty() || s.file.find('/') != std::string::npos)
+      // A name with a NUL would open the file its first part names.
+      if (end != f[3].c_str() + f[3].size() || s.file.empty() ||
+          s.file.find_first_of(std::string("/\0", 2)) != std::string::npos)
         return bad("bad shard record");
       m.shards.push_back(std::move(s));
     } else {

@@ -293,6 +293,44 @@ TEST(Checkpoint, ManifestRefusesAShardOfAnotherSize) {
                   .ok());
 }
 
+// A number is its whole field, and a shard's file name holds no NUL: the
+// C string the number or the file is read from would end at it, so a
+// field of NULs read as 0 (found by the checkpoint fuzzer) and a shard
+// named "rank_0.shard<NUL>x" opened rank_0.shard.
+TEST(Checkpoint, ManifestRefusesANulInANumberOrAFileName) {
+  using namespace std::string_literals;
+  const std::string head = "moec-checkpoint\t1\nstep\t3\n";
+  const std::string mesh = "mesh\t1\t1\t1\nshard_bytes\t96\n";
+  const std::string shard = "shard\tr\t96\t00000000deadbeef\nend\n";
+  CheckpointManifest back;
+  ASSERT_TRUE(parseManifest(head + "seed\t1\n" + mesh + shard, "M", back).ok());
+  EXPECT_EQ(parseManifest(head + "seed\t1\0"s + "\n" + mesh + shard, "M", back)
+                .message(),
+            "checkpoint manifest 'M', line 3: bad seed '1\0'"s);
+  EXPECT_EQ(parseManifest(head + "seed\t1\nmesh\t1\t1\t1\nshard_bytes\t\0"s +
+                              "96\n" + shard,
+                          "M", back)
+                .message(),
+            "checkpoint manifest 'M', line 5: unknown or malformed record "
+            "'shard_bytes'");
+  EXPECT_EQ(parseManifest(head + "seed\t1\n" + mesh +
+                              "parameter\tw\t4\t0\t\0\0\0"s +
+                              "16\t32\t4\t4\t-1\t0\n" + shard,
+                          "M", back)
+                .message(),
+            "checkpoint manifest 'M', line 6: bad parameter record");
+  EXPECT_EQ(parseManifest(head + "seed\t1\n" + mesh + "shard\tr\0x"s +
+                              "\t96\t00000000deadbeef\nend\n",
+                          "M", back)
+                .message(),
+            "checkpoint manifest 'M', line 6: bad shard record");
+  EXPECT_EQ(parseManifest(head + "seed\t1\n" + mesh +
+                              "shard\tr\t96\t00000000deadbee\0"s + "\nend\n",
+                          "M", back)
+                .message(),
+            "checkpoint manifest 'M', line 6: bad shard record");
+}
+
 TEST(Checkpoint, ResumingRefusesWhatIsNotThisProgramsCheckpoint) {
   TinyProgram tiny;
   std::filesystem::path dir = freshDir("refusals");
