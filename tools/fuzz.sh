@@ -8,7 +8,7 @@
 # TARGET is onnx-import, training-job, token-file, checkpoint or
 # safetensors. The seed corpus is made at run time from the test inputs (the
 # bundled ONNX models without their weights, the job configs, a token file,
-# a checkpoint manifest, small safetensors files and the tiny checkpoint's
+# checkpoint manifests, small safetensors files and the tiny checkpoint's
 # index) into
 # build-fuzz/corpus/TARGET/seeds; what libFuzzer adds goes to
 # build-fuzz/corpus/TARGET/found and is kept between runs. The regression
