@@ -8,7 +8,7 @@
 # TARGET is onnx-import, training-job, token-file, checkpoint or
 # safetensors. The seed corpus is made at run time from the test inputs (the
 # bundled ONNX models without their weights, the job configs, a token file,
-# a checkpoint manifest, small safetensors files and the tiny checkpoint's
+# checkpoint manifests, small safetensors files and the tiny checkpoint's
 # index) into
 # build-fuzz/corpus/TARGET/seeds; what libFuzzer adds goes to
 # build-fuzz/corpus/TARGET/found and is kept between runs. The regression
@@ -67,6 +67,21 @@ token-file)
   ;;
 checkpoint)
   printf 'moec-checkpoint\t1\nstep\t3\nseed\t1234\nskipped_steps\t1\nmesh\t1\t2\t1\nshard_bytes\t96\nparameter\tembed.weight\t4\t0\t32\t64\t2x4\t4x4\t0\t0\nshard\trank_0.shard\t96\t00000000deadbeef\nshard\trank_1.shard\t96\t0123456789abcdef\nend\n' >"$seeds/manifest.tsv"
+  # The resharding tests' model (test/runtime/CheckpointTest.cpp: a
+  # padded embedding, 4 experts, a bf16 norm) on (H, P) = (2, 2). The
+  # target writes the shards and picks the new mesh from the seed: 121 is
+  # (H, P) = (4, 4), 0 the same layout, 4473 (4, 4) with rank 1's shard
+  # corrupted.
+  for seed in 121 0 4473; do
+    {
+      printf 'moec-checkpoint\t1\nstep\t2\nseed\t%s\nmesh\t1\t2\t2\nshard_bytes\t594\n' $seed
+      printf 'parameter\tembed\t4\t0\t120\t240\t5x6\t10x6\t0\t0\n'
+      printf 'parameter\texperts.w1\t4\t360\t432\t504\t2x3x3\t4x6x3\t1\t1\n'
+      printf 'parameter\tnorm\t2\t576\t582\t588\t3\t5\t0\t0\n'
+      for r in 0 1 2 3; do printf 'shard\trank_%s.shard\t594\t0000000000000000\n' $r; done
+      printf 'end\n'
+    } >"$seeds/reshard-$seed.tsv"
+  done
   ;;
 safetensors)
   # Small files of the layout Hugging Face writes (8-byte length, JSON

@@ -15,7 +15,8 @@
 //   end
 //
 // with a parameter line per parameter and a shard line per world rank, in
-// rank order; `end` tells a complete manifest from a cut one.
+// rank order, each of B bytes; `end` tells a complete manifest from a cut
+// one.
 //
 //===----------------------------------------------------------------------===//
 
@@ -57,7 +58,8 @@ bool parseInt(const std::string &text, int64_t &value) {
   char *end = nullptr;
   errno = 0;
   long long v = std::strtoll(text.c_str(), &end, 10);
-  if (errno || *end)
+  // The whole field: a NUL would end the C string early.
+  if (errno || end != text.c_str() + text.size())
     return false;
   value = v;
   return true;
@@ -221,7 +223,7 @@ Status moert::parseManifest(const std::string &text, const std::string &file,
       char *end = nullptr;
       errno = 0;
       m.seed = std::strtoull(f[1].c_str(), &end, 10);
-      if (errno || *end || f[1].empty())
+      if (errno || end != f[1].c_str() + f[1].size() || f[1].empty())
         return bad("bad seed '" + f[1] + "'");
     } else if (key == "skipped_steps" && f.size() == 2 &&
                parseInt(f[1], a) && a >= 0) {
@@ -259,7 +261,9 @@ Status moert::parseManifest(const std::string &text, const std::string &file,
       s.bytes = a;
       char *end = nullptr;
       s.checksum = std::strtoull(f[3].c_str(), &end, 16);
-      if (*end || s.file.empty() || s.file.find('/') != std::string::npos)
+      // A name with a NUL would open the file its first part names.
+      if (end != f[3].c_str() + f[3].size() || s.file.empty() ||
+          s.file.find_first_of(std::string("/\0", 2)) != std::string::npos)
         return bad("bad shard record");
       m.shards.push_back(std::move(s));
     } else {
@@ -289,6 +293,12 @@ Status moert::parseManifest(const std::string &text, const std::string &file,
       return bad("parameter '" + q.name + "' lies outside the shard's " +
                  std::to_string(m.shardBytes) + " bytes");
   }
+  // A shard is read whole into a state of shard_bytes, and its parameters
+  // are found in it at offsets checked against shard_bytes (above).
+  for (const CheckpointShard &s : m.shards)
+    if (s.bytes != m.shardBytes)
+      return bad("shard '" + s.file + "' has " + std::to_string(s.bytes) +
+                 " bytes, not shard_bytes " + std::to_string(m.shardBytes));
   return Status::success();
 }
 
@@ -448,11 +458,12 @@ Status moert::reshardCheckpoint(const std::filesystem::path &folder,
             {c.offset, q.offset},
             {c.expAvgOffset, q.expAvgOffset},
             {c.expAvgSqOffset, q.expAvgSqOffset}};
-        for (auto [from, to] : tensors) {
+        for (int k = 0; k < 3; ++k) {
+          auto [from, to] = tensors[k];
           int64_t copied =
               copyOverlap(c.layout.shape, oldPlace, src + from, layout.shape,
                           place, state + to, q.elementBytes);
-          if (from == c.offset)
+          if (k == 0) // the values' (a moment may share their offset)
             filled += copied;
         }
       }

@@ -50,8 +50,10 @@ Status moert::placeBlock(const std::string &name, const BlockLayout &layout,
   place.valid.assign(rank, 0);
   for (size_t d = 0; d < rank; ++d) {
     const int64_t held = layout.shape[d], global = layout.globalShape[d];
+    // Divisions, not products: a held extent (from a checkpoint's
+    // manifest) may be any int64.
     if (d == 0 && layout.expertLocal) {
-      if (held * mesh.expert != global)
+      if (global % mesh.expert != 0 || held != global / mesh.expert)
         return refuse(std::to_string(held) + " experts on each of P = " +
                       std::to_string(mesh.expert) + " ranks are not the " +
                       std::to_string(global));
@@ -59,7 +61,7 @@ Status moert::placeBlock(const std::string &name, const BlockLayout &layout,
       place.valid[d] = held;
     } else if (static_cast<int>(d) == layout.chunkDim) {
       // torch.chunk's chunks: ceil(global / H) each.
-      if (held != (global + mesh.shard - 1) / mesh.shard)
+      if (held != global / mesh.shard + (global % mesh.shard != 0))
         return refuse("dim " + std::to_string(d) + " holds " +
                       std::to_string(held) + ", not ceil(" +
                       std::to_string(global) + " / H = " +

@@ -265,6 +265,72 @@ TEST(Checkpoint, ManifestRefusesSizesThatOverflow) {
             "checkpoint manifest 'M', line 6: bad parameter record");
 }
 
+// A shard is read whole into a state of shard_bytes, and resharding finds
+// the parameters in a shard at offsets checked against shard_bytes: a
+// shard of another size (its file of that size, its checksum right) was
+// written past the state (the same layout) or read past (a reshard; found
+// by the checkpoint fuzzer, test/fuzz/checkpoint/shard-*-than-shard-bytes).
+TEST(Checkpoint, ManifestRefusesAShardOfAnotherSize) {
+  const std::string head = "moec-checkpoint\t1\nstep\t3\nseed\t1\n"
+                           "mesh\t1\t2\t1\nshard_bytes\t96\n"
+                           "shard\trank_0.shard\t96\t00000000deadbeef\n";
+  CheckpointManifest back;
+  EXPECT_EQ(parseManifest(head + "shard\trank_1.shard\t95\t00000000deadbeef\n"
+                                 "end\n",
+                          "M", back)
+                .message(),
+            "checkpoint manifest 'M', line 8: shard 'rank_1.shard' has 95 "
+            "bytes, not shard_bytes 96");
+  EXPECT_EQ(parseManifest(head + "shard\trank_1.shard\t97\t00000000deadbeef\n"
+                                 "end\n",
+                          "M", back)
+                .message(),
+            "checkpoint manifest 'M', line 8: shard 'rank_1.shard' has 97 "
+            "bytes, not shard_bytes 96");
+  EXPECT_TRUE(parseManifest(head + "shard\trank_1.shard\t96\t00000000deadbeef"
+                                   "\nend\n",
+                            "M", back)
+                  .ok());
+}
+
+// A number is its whole field, and a shard's file name holds no NUL: the
+// C string the number or the file is read from would end at it, so a
+// field of NULs read as 0 (found by the checkpoint fuzzer) and a shard
+// named "rank_0.shard<NUL>x" opened rank_0.shard.
+TEST(Checkpoint, ManifestRefusesANulInANumberOrAFileName) {
+  using namespace std::string_literals;
+  const std::string head = "moec-checkpoint\t1\nstep\t3\n";
+  const std::string mesh = "mesh\t1\t1\t1\nshard_bytes\t96\n";
+  const std::string shard = "shard\tr\t96\t00000000deadbeef\nend\n";
+  CheckpointManifest back;
+  ASSERT_TRUE(parseManifest(head + "seed\t1\n" + mesh + shard, "M", back).ok());
+  EXPECT_EQ(parseManifest(head + "seed\t1\0"s + "\n" + mesh + shard, "M", back)
+                .message(),
+            "checkpoint manifest 'M', line 3: bad seed '1\0'"s);
+  EXPECT_EQ(parseManifest(head + "seed\t1\nmesh\t1\t1\t1\nshard_bytes\t\0"s +
+                              "96\n" + shard,
+                          "M", back)
+                .message(),
+            "checkpoint manifest 'M', line 5: unknown or malformed record "
+            "'shard_bytes'");
+  EXPECT_EQ(parseManifest(head + "seed\t1\n" + mesh +
+                              "parameter\tw\t4\t0\t\0\0\0"s +
+                              "16\t32\t4\t4\t-1\t0\n" + shard,
+                          "M", back)
+                .message(),
+            "checkpoint manifest 'M', line 6: bad parameter record");
+  EXPECT_EQ(parseManifest(head + "seed\t1\n" + mesh + "shard\tr\0x"s +
+                              "\t96\t00000000deadbeef\nend\n",
+                          "M", back)
+                .message(),
+            "checkpoint manifest 'M', line 6: bad shard record");
+  EXPECT_EQ(parseManifest(head + "seed\t1\n" + mesh +
+                              "shard\tr\t96\t00000000deadbee\0"s + "\nend\n",
+                          "M", back)
+                .message(),
+            "checkpoint manifest 'M', line 6: bad shard record");
+}
+
 TEST(Checkpoint, ResumingRefusesWhatIsNotThisProgramsCheckpoint) {
   TinyProgram tiny;
   std::filesystem::path dir = freshDir("refusals");
@@ -679,6 +745,36 @@ TEST(Reshard, AcrossLayoutsAndWorldSizesBitExact) {
   }
   // Back on the first layout: the first checkpoint's bytes.
   EXPECT_EQ(resumeAll(dir, first, ResumeKind::SameLayout), firstStates);
+}
+
+// A manifest whose parameter has its first moment at its values' offset
+// (a hand-edited or hostile one: the driver never writes it) reshards
+// those bytes into both; the elements filled were counted for every tensor
+// at that offset, so its blocks were said to cover twice the elements
+// needed and the resume was refused (found by the checkpoint fuzzer:
+// test/fuzz/checkpoint/moments-at-one-offset.tsv).
+TEST(Reshard, AMomentAtTheValuesOffsetIsRead) {
+  std::filesystem::path dir = freshDir("reshard-aliased");
+  FakeProgram old(MeshShape{1, 2, 2});
+  std::vector<std::vector<char>> states;
+  for (int64_t r = 0; r < 4; ++r)
+    states.push_back(expectedState(old, r));
+  saveAll(dir, old, 1, states);
+  std::filesystem::path folder;
+  CheckpointManifest manifest;
+  ASSERT_TRUE(findLatestCheckpoint(dir, folder, manifest).ok());
+  manifest.parameters[0].expAvgOffset = manifest.parameters[0].offset;
+  ASSERT_TRUE(commitCheckpoint(dir, manifest).ok());
+  FakeProgram next(MeshShape{1, 4, 1});
+  std::vector<std::vector<char>> resumed =
+      resumeAll(dir, next, ResumeKind::Reshard);
+  const ParameterInfo &q = next.parameters[0];
+  for (int64_t r = 0; r < 4; ++r) {
+    std::vector<char> want = expectedState(next, r);
+    std::memcpy(want.data() + q.expAvgOffset, want.data() + q.offset,
+                q.count * q.elementBytes);
+    EXPECT_EQ(resumed[r], want) << "rank " << r;
+  }
 }
 
 TEST(Reshard, AMissingOldShardIsNamed) {

@@ -61,6 +61,19 @@ TEST(ParameterBlocks, LayoutsThatDoNotSplitTheGlobalShapeAreRefused) {
                 .message(),
             "parameter 'e': held 2x6x3 of global 4x6x3 on the mesh 1x1x2: an "
             "expert parameter needs dim 0 for its experts, not chunked");
+  // A checkpoint's held extent times P overflowed int64 (UBSan, the
+  // checkpoint fuzzer's target: test/fuzz/checkpoint/); 2^62 + 2 experts
+  // on each of 4 ranks wrapped to the 8 of the global shape and placed.
+  BlockLayout wraps{{4611686018427387906, 0}, {8, 0}, -1, true};
+  EXPECT_EQ(placeBlock("e", wraps, MeshShape{1, 1, 4}, 0, 0, place).message(),
+            "parameter 'e': held 4611686018427387906x0 of global 8x0 on the "
+            "mesh 1x1x4: 4611686018427387906 experts on each of P = 4 ranks "
+            "are not the 8");
+  // And ceil(n / H) was taken as (n + H - 1) / H, past int64 for an n
+  // near its limit: ceil((2^63 - 1) / 2) = 2^62 was refused.
+  BlockLayout big{{4611686018427387904, 0}, {9223372036854775807, 0}, 0, false};
+  ASSERT_TRUE(placeBlock("w", big, MeshShape{1, 2, 1}, 1, 0, place).ok());
+  EXPECT_EQ(place.valid, (std::vector<int64_t>{4611686018427387903, 0}));
 }
 
 TEST(ParameterBlocks, CopyOverlapCutsBlocksAndGathersThemBack) {

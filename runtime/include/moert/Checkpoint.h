@@ -90,7 +90,9 @@ uint64_t checksum(const void *bytes, size_t size,
                   uint64_t hash = 0xcbf29ce484222325ull);
 
 /// The manifest's text, and back; a text that is not a complete manifest is
-/// refused naming `file`.
+/// refused naming `file`, and so is one whose shards, parameters or mesh
+/// disagree (a shard's size other than shardBytes, a parameter past it, a
+/// shard count other than the mesh's).
 std::string formatManifest(const CheckpointManifest &manifest);
 Status parseManifest(const std::string &text, const std::string &file,
                      CheckpointManifest &manifest);
