@@ -13,8 +13,9 @@
 // with NaN bytes before each call, so anything left unwritten fails. Each
 // op runs twice to check that the results are bitwise deterministic.
 //
-// Every case runs with both ExpertsGemmLibrary values (the per-expert GEMMs
-// on cublasGemmEx and on cuBLASLt).
+// Every case runs with each ExpertsGemmLibrary value (the per-expert GEMMs
+// on cublasGemmEx, on cuBLASLt, and on cublasGemmEx with the weight
+// gradients on kExpertsWeightGradAlgo).
 //
 // Tolerances (relative L2 error against the double reference, computed on
 // the inputs as rounded to the storage type): fp32 1e-5, bf16 2e-2.
@@ -23,7 +24,9 @@
 // shape (8192 tokens, top-2 of 8 experts, hidden 4096, ffn 14336, bf16, H1
 // saved by the forward as the compiled program does, roughly uniform
 // routing; with `hot F` a token's first choice is expert 0 with probability
-// F, an imbalanced routing with the same FLOPs) and
+// F, an imbalanced routing with the same FLOPs; the backward with bf16 and
+// with fp32 weight gradients) with each ExpertsGemmLibrary (taking turns,
+// 3 rounds, the median of the rounds' medians), and
 // a plain 8192x4096x14336 bf16 GEMM in the three layouts of a linear layer,
 // each with cublasGemmEx and with cuBLASLt: the median of 10 timed calls
 // after 2 warm-up calls, in ms and in TFLOP/s of the GEMMs' FLOPs over the
@@ -50,6 +53,13 @@
 //     -I runtime/include runtime/tests/ExpertsTest.cu -o ExpertsTest
 //     -lcublas -lcublasLt
 //
+// `--bench-gemm-rows FROM TO STEP` instead times the experts' six GEMM
+// kinds (and the two weight gradients with fp32 C) at every row count from
+// FROM to TO by STEP: cublasGemmEx, the heuristic's first, and each of the
+// first 16 it offers with its configuration, one line per kind and row
+// count (the data behind docs/benchmarks.md, "The experts' GEMM algorithms
+// by row count").
+//
 // main() returns nonzero when anything fails.
 //
 //===----------------------------------------------------------------------===//
@@ -61,6 +71,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
+#include <iterator>
 #include <numeric>
 #include <random>
 #include <string>
@@ -154,6 +166,22 @@ Grads hostExperts(const Shape &s, bool interleaved,
 }
 
 /// One shape, type and layout; returns the number of failed checks.
+const char *libraryName(ExpertsGemmLibrary library) {
+  switch (library) {
+  case ExpertsGemmLibrary::CublasGemmEx:
+    return "cublasGemmEx";
+  case ExpertsGemmLibrary::Lt:
+    return "cuBLASLt";
+  case ExpertsGemmLibrary::ConfiguredWeightGrads:
+    return "configured-dW";
+  }
+  return "?";
+}
+
+constexpr ExpertsGemmLibrary kLibraries[] = {
+    ExpertsGemmLibrary::CublasGemmEx, ExpertsGemmLibrary::Lt,
+    ExpertsGemmLibrary::ConfiguredWeightGrads};
+
 template <class T, class TW = T>
 int runCase(const Shape &s, bool interleaved, uint32_t seed, Blas *blas,
             cudaStream_t stream) {
@@ -162,8 +190,7 @@ int runCase(const Shape &s, bool interleaved, uint32_t seed, Blas *blas,
   char label[160];
   std::snprintf(label, sizeof label, "%s %s%s %s tokens %lld H %lld "
                 "I %lld E %lld k %lld",
-                expertsGemmLibrary == ExpertsGemmLibrary::Lt ? "cuBLASLt"
-                                                             : "cublasGemmEx",
+                libraryName(expertsGemmLibrary),
                 typeName<T>(), sizeof(TW) == sizeof(T) ? "" : " (fp32 dW)",
                 interleaved ? "interleaved" : "concatenated",
                 (long long)tokens, (long long)H, (long long)I, (long long)E,
@@ -390,6 +417,9 @@ int bench(Blas *blas, cudaStream_t stream, double hot) {
        *dGates = buffer(pairs, 9, 0.0f),
        *dGateUp = buffer(E * 2 * I * H, 10, 0.0f),
        *dDown = buffer(E * H * I, 11, 0.0f);
+  float *dGateUp32 = nullptr, *dDown32 = nullptr; // fp32-master recipe
+  CHECK_CUDA(cudaMalloc(&dGateUp32, E * 2 * I * H * sizeof(float)));
+  CHECK_CUDA(cudaMalloc(&dDown32, E * H * I * sizeof(float)));
 
   Context ctx;
   ctx.stream = stream;
@@ -399,25 +429,49 @@ int bench(Blas *blas, cudaStream_t stream, double hot) {
   CHECK_CUDA(cudaMallocHost(&ctx.hostCounts, E * sizeof(int64_t)));
 
   const double gemmFlops = 2.0 * pairs * H * I; // one [pairs, H] x [H, I]
-  for (ExpertsGemmLibrary library :
-       {ExpertsGemmLibrary::CublasGemmEx, ExpertsGemmLibrary::Lt}) {
-    expertsGemmLibrary = library;
-    const char *name =
-        library == ExpertsGemmLibrary::Lt ? "cuBLASLt" : "cublasGemmEx";
-    double forward = medianMs(stream, runs, [&] {
-      experts<bf16>(ctx, x, gates, dRoute, gateUp, down, tokens, H, I, E, k,
-                    false, out, saved);
-    });
-    double backward = medianMs(stream, runs, [&] {
-      expertsGrad<bf16, bf16>(ctx, x, gates, dRoute, gateUp, down, dOut,
-                              tokens, H, I, E, k, false, dInput, dGates,
-                              dGateUp, dDown, saved);
-    });
-    std::printf("bench: experts forward  %-12s %8.3f ms %7.1f TFLOP/s\n",
-                name, forward, 3 * gemmFlops / forward * 1e-9);
-    std::printf("bench: experts backward %-12s %8.3f ms %7.1f TFLOP/s\n",
-                name, backward, 6 * gemmFlops / backward * 1e-9);
-  }
+  // The libraries take turns for `rounds` rounds (the GPU's clocks drift
+  // over a run: one library after the other would favour the first); each
+  // line is the median of a library's round medians.
+  const int rounds = 3, kinds = 3;
+  const size_t libraries = std::size(kLibraries);
+  std::vector<double> ms(libraries * kinds * rounds);
+  for (int round = 0; round < rounds; ++round)
+    for (size_t l = 0; l < libraries; ++l) {
+      expertsGemmLibrary = kLibraries[l];
+      double *slot = &ms[(l * kinds) * rounds + round];
+      slot[0] = medianMs(stream, runs, [&] {
+        experts<bf16>(ctx, x, gates, dRoute, gateUp, down, tokens, H, I, E,
+                      k, false, out, saved);
+      });
+      slot[rounds] = medianMs(stream, runs, [&] {
+        expertsGrad<bf16, bf16>(ctx, x, gates, dRoute, gateUp, down, dOut,
+                                tokens, H, I, E, k, false, dInput, dGates,
+                                dGateUp, dDown, saved);
+      });
+      slot[2 * rounds] = medianMs(stream, runs, [&] {
+        expertsGrad<bf16, float>(ctx, x, gates, dRoute, gateUp, down, dOut,
+                                 tokens, H, I, E, k, false, dInput, dGates,
+                                 dGateUp32, dDown32, saved);
+      });
+    }
+  expertsGemmLibrary = ExpertsGemmLibrary::ConfiguredWeightGrads;
+  const char *kindNames[kinds] = {"forward ", "backward", "backward"};
+  const double flops[kinds] = {3 * gemmFlops, 6 * gemmFlops, 6 * gemmFlops};
+  for (int kind = 0; kind < kinds; ++kind)
+    for (size_t l = 0; l < libraries; ++l) {
+      double *first = &ms[(l * kinds + kind) * rounds];
+      std::vector<double> sorted(first, first + rounds);
+      std::sort(sorted.begin(), sorted.end());
+      double median = sorted[rounds / 2];
+      std::printf("bench: experts %s %-13s %8.3f ms %7.1f TFLOP/s%s "
+                  "(rounds %.3f..%.3f)\n",
+                  kindNames[kind], libraryName(kLibraries[l]), median,
+                  flops[kind] / median * 1e-9,
+                  kind == 2 ? " fp32 dW" : "", sorted.front(),
+                  sorted.back());
+    }
+  CHECK_CUDA(cudaFree(dGateUp32));
+  CHECK_CUDA(cudaFree(dDown32));
   CHECK_CUDA(cudaFree(ctx.scratch));
   CHECK_CUDA(cudaFreeHost(ctx.hostCounts));
   for (bf16 *p : {x, dOut, gates, gateUp, down, out, saved, dInput, dGates,
@@ -533,17 +587,34 @@ std::string algoName(const cublasLtMatmulAlgo_t &algo) {
   cublasLtMatmulAlgoConfigGetAttribute(
       &algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, &swizzle, sizeof(swizzle),
       &written);
+  int cluster = 0, inner = 0, custom = 0, reduction = 0;
+  cublasLtMatmulAlgoConfigGetAttribute(
+      &algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, &cluster, sizeof(cluster),
+      &written);
+  cublasLtMatmulAlgoConfigGetAttribute(
+      &algo, CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID, &inner, sizeof(inner),
+      &written);
+  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION,
+                                       &custom, sizeof(custom), &written);
+  cublasLtMatmulAlgoConfigGetAttribute(
+      &algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &reduction,
+      sizeof(reduction), &written);
   return "id " + std::to_string(id) + " tile " + std::to_string(tile) +
          " stages " + std::to_string(stages) + " splitK " +
-         std::to_string(splitK) + " swizzle " + std::to_string(swizzle);
+         std::to_string(splitK) + " swizzle " + std::to_string(swizzle) +
+         " cluster " + std::to_string(cluster) + " inner " +
+         std::to_string(inner) + " custom " + std::to_string(custom) +
+         " reduction " + std::to_string(reduction);
 }
 
 /// Times `p` (bf16 inputs) every way; with `extra`, also that algorithm
 /// (the winner at another row count) into *extraMs (-1 when it does not
 /// run this shape).
-Timed timeProduct(Blas &blas, cudaStream_t stream, const Product &p,
-                  int count, const cublasLtMatmulAlgo_t *extra = nullptr,
-                  float *extraMs = nullptr) {
+Timed timeProduct(
+    Blas &blas, cudaStream_t stream, const Product &p, int count,
+    const cublasLtMatmulAlgo_t *extra = nullptr, float *extraMs = nullptr,
+    const std::function<void(const cublasLtMatmulAlgo_t &, float)> &each =
+        nullptr) {
   const int runs = 10;
   bf16 *A = nullptr, *B = nullptr;
   void *C = nullptr;
@@ -583,6 +654,8 @@ Timed timeProduct(Blas &blas, cudaStream_t stream, const Product &p,
   for (size_t i = 0; i < all.size(); ++i) {
     plan.algo = all[i];
     float ms = time(plan);
+    if (each)
+      each(all[i], ms);
     if (ms < t.best) {
       t.best = ms;
       t.bestIndex = static_cast<int>(i);
@@ -741,6 +814,40 @@ int benchGemmAlgos(Blas &blas, cudaStream_t stream, int count) {
   return 0;
 }
 
+/// The --bench-gemm-rows mode (see the file comment).
+int benchGemmRows(Blas &blas, cudaStream_t stream, int64_t from, int64_t to,
+                  int64_t step) {
+  const int64_t H = 4096, I = 14336;
+  std::printf("bench: experts GEMMs by rows, bf16 inputs, cuBLASLt %zu, "
+              "heuristic's first 16, median of 10 after 3 warm-ups\n",
+              cublasLtGetVersion());
+  for (int64_t n = from; n <= to; n += step) {
+    const Product products[] = {
+        {"fwd-gate_up-NT", false, true, n, 2 * I, H, false, false},
+        {"fwd-down-NT", false, true, n, H, I, false, false},
+        {"bwd-dA-NN", false, false, n, I, H, false, false},
+        {"bwd-dDown-TN", true, false, H, I, n, false, false},
+        {"bwd-dGateUp-TN", true, false, 2 * I, H, n, false, false},
+        {"bwd-dX-NN", false, false, n, H, 2 * I, false, false},
+        {"bwd-dDown-TN-f32", true, false, H, I, n, true, false},
+        {"bwd-dGateUp-TN-f32", true, false, 2 * I, H, n, true, false}};
+    for (const Product &p : products) {
+      std::string line;
+      Timed t = timeProduct(
+          blas, stream, p, 16, nullptr, nullptr,
+          [&](const cublasLtMatmulAlgo_t &algo, float ms) {
+            char buf[32];
+            std::snprintf(buf, sizeof(buf), " %.4f", ms);
+            line += " | " + algoName(algo) + " :" + buf;
+          });
+      std::printf("rows %lld %s gemmEx %.4f first %.4f%s\n", (long long)n,
+                  p.name.c_str(), t.gemmEx, t.first, line.c_str());
+    }
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -754,6 +861,13 @@ int main(int argc, char **argv) {
   Blas *blas = createBlas(stream);
   if (argc > 1 && std::strcmp(argv[1], "--bench-gemm-algos") == 0) {
     int rc = benchGemmAlgos(*blas, stream, argc > 2 ? std::atoi(argv[2]) : 32);
+    destroyBlas(blas);
+    CHECK_CUDA(cudaStreamDestroy(stream));
+    return rc;
+  }
+  if (argc > 4 && std::strcmp(argv[1], "--bench-gemm-rows") == 0) {
+    int rc = benchGemmRows(*blas, stream, std::atoll(argv[2]),
+                           std::atoll(argv[3]), std::atoll(argv[4]));
     destroyBlas(blas);
     CHECK_CUDA(cudaStreamDestroy(stream));
     return rc;
@@ -776,8 +890,7 @@ int main(int argc, char **argv) {
       {2500, 64, 32, 16, 4}, // 10000 pairs: several routing blocks
   };
   int failures = 0, cases = 0;
-  for (ExpertsGemmLibrary library :
-       {ExpertsGemmLibrary::CublasGemmEx, ExpertsGemmLibrary::Lt}) {
+  for (ExpertsGemmLibrary library : kLibraries) {
     expertsGemmLibrary = library;
     uint32_t seed = 1234;
     for (const Shape &s : shapes)
@@ -790,6 +903,22 @@ int main(int argc, char **argv) {
     // bf16 compute with fp32 weight gradients (fp32 master weights).
     failures += runCase<bf16, float>(shapes[1], false, seed, blas, stream);
     ++cases;
+  }
+  // On the GPUs kExpertsWeightGradAlgo was measured on, the cases above
+  // must have run the weight gradients on it, not on the fallback.
+  int configured = 0, fellBack = 0;
+  for (const auto &[key, plan] : blas->plans)
+    if (key[18] == kExpertsWeightGradAlgo.key())
+      ++(plan.useGemmEx ? fellBack : configured);
+  std::printf("weight-gradient plans on the configured algorithm: %d, on "
+              "cublasGemmEx (it cannot run them): %d\n",
+              configured, fellBack);
+  if (blas->computeCapability == kExpertsWeightGradAlgo.sm &&
+      configured == 0) {
+    std::printf("FAIL: compute capability %d, yet no weight gradient ran on "
+                "the configured algorithm\n",
+                blas->computeCapability);
+    ++failures;
   }
 
   destroyBlas(blas);
