@@ -48,9 +48,10 @@
 //   overwritten. Computing dGates from dA' and A avoids recomputing Y.
 //
 // GEMMs: one per expert with rows, through gemmCublasEx (Gemm.cuh says why
-// not cuBLASLt: its heuristic's picks for these shapes measured slower),
-// except the two weight gradients, which run on one configured cuBLASLt
-// algorithm where it exists (kExpertsWeightGradAlgo says what was measured).
+// not cuBLASLt: its heuristic's picks for these shapes measured slower);
+// ExpertsGemmLibrary::ConfiguredWeightGrads runs the two weight gradients
+// on one configured cuBLASLt algorithm instead (kExpertsWeightGradAlgo
+// says what was measured).
 // cuBLAS's grouped GEMM (cublasGemmGroupedBatchedEx, one call per GEMM kind)
 // was tried and dropped: at Mixtral 8x7B's shape (8192 tokens, top-2 of 8,
 // hidden 4096, ffn 14336, bf16, H200, cuBLAS 13.1) the forward took 22.9 ms
@@ -95,11 +96,14 @@ enum class ExpertsGemmLibrary {
   CublasGemmEx,
   Lt,
   /// cublasGemmEx, but the two weight gradients (dDown, dGateUp) with bf16
-  /// inputs on kExpertsWeightGradAlgo.
+  /// inputs on kExpertsWeightGradAlgo. Not the default yet: the products
+  /// alone were measured faster (below), the experts op and the step not
+  /// yet (docs/benchmarks.md, "The experts' weight gradients on one
+  /// configured algorithm").
   ConfiguredWeightGrads
 };
 inline ExpertsGemmLibrary expertsGemmLibrary =
-    ExpertsGemmLibrary::ConfiguredWeightGrads;
+    ExpertsGemmLibrary::CublasGemmEx;
 
 /// The algorithm of the experts' weight gradients with bf16 inputs on
 /// Hopper: cuBLASLt's algorithm 66, tile 128x160, stages 64xAUTO, custom
