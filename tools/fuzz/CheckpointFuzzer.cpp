@@ -71,9 +71,9 @@ std::string meshText(const MeshShape &mesh) {
 
 /// This process's folder of shard files, removed at exit.
 struct ShardFolder {
-  std::filesystem::path path = std::filesystem::temp_directory_path() /
-                               ("moec-fuzz-checkpoint-" +
-                                std::to_string(getpid()));
+  std::filesystem::path path =
+      std::filesystem::temp_directory_path() /
+      ("moec-fuzz-checkpoint-" + std::to_string(getpid()));
   ~ShardFolder() {
     std::error_code ec;
     std::filesystem::remove_all(path, ec);
@@ -230,9 +230,9 @@ struct Comparison {
 /// Compares `state`, as resharding left it for rank (h, p), element by
 /// element with the old shards' bytes (every old layout places).
 Comparison compareWithOldShards(const CheckpointManifest &manifest,
-                              const NewProgram &fresh, int64_t h, int64_t p,
-                              const std::string &corrupted,
-                              const std::vector<char> &state) {
+                                const NewProgram &fresh, int64_t h, int64_t p,
+                                const std::string &corrupted,
+                                const std::vector<char> &state) {
   Comparison result;
   const MeshShape &old = manifest.mesh;
   for (size_t i = 0; i < fresh.parameters.size(); ++i) {
@@ -247,8 +247,8 @@ Comparison compareWithOldShards(const CheckpointManifest &manifest,
         start[d] = p * q.shape[d];
       if (static_cast<int>(d) == q.chunkDim) {
         start[d] = h * q.shape[d];
-        valid[d] = std::clamp<int64_t>(q.globalShape[d] - start[d], 0,
-                                       q.shape[d]);
+        valid[d] =
+            std::clamp<int64_t>(q.globalShape[d] - start[d], 0, q.shape[d]);
       }
     }
     const int64_t from[3] = {c.offset, c.expAvgOffset, c.expAvgSqOffset};
@@ -286,14 +286,14 @@ Comparison compareWithOldShards(const CheckpointManifest &manifest,
           else if (inside)
             want = shardByte(file, byte + b);
           if (result.mismatch.empty() && got[b] != want)
-            result.mismatch =
-                "parameter '" + c.name + "' tensor " + std::to_string(k) +
-                " element " + std::to_string(n) + " byte " +
-                std::to_string(b) + " is " + std::to_string(got[b]) +
-                ", the old shard '" + file + "' holds " +
-                (inside ? std::to_string(want) + " at byte " +
-                              std::to_string(byte + b)
-                        : "none (padding: 0)");
+            result.mismatch = "parameter '" + c.name + "' tensor " +
+                              std::to_string(k) + " element " +
+                              std::to_string(n) + " byte " + std::to_string(b) +
+                              " is " + std::to_string(got[b]) +
+                              ", the old shard '" + file + "' holds " +
+                              (inside ? std::to_string(want) + " at byte " +
+                                            std::to_string(byte + b)
+                                      : "none (padding: 0)");
         }
       }
       for (size_t d = rank; d > 0; --d) {
@@ -336,8 +336,7 @@ void resumeFrom(CheckpointManifest manifest) {
     if (c.layout.expertLocal && !c.layout.globalShape.empty() &&
         c.layout.globalShape[0] % mesh.expert != 0)
       mesh.expert = 1;
-  const int64_t corrupt =
-      pick / 256 % 32 >= 16 ? int64_t(pick / 256 % 16) : -1;
+  const int64_t corrupt = pick / 256 % 32 >= 16 ? int64_t(pick / 256 % 16) : -1;
 
   // The shard files, of the manifest's sizes, with their checksums.
   static ShardFolder folder;
@@ -356,7 +355,8 @@ void resumeFrom(CheckpointManifest manifest) {
   for (size_t r = 0; r < manifest.shards.size(); ++r) {
     CheckpointShard &s = manifest.shards[r];
     // Two shards of one name are one file: of one size, or not written.
-    written = written && sizes.emplace(s.file, s.bytes).first->second == s.bytes;
+    written =
+        written && sizes.emplace(s.file, s.bytes).first->second == s.bytes;
     std::string bytes = shardContents(s.file, s.bytes);
     s.checksum = checksum(bytes.data(), bytes.size());
     write(s.file, bytes);
@@ -385,7 +385,8 @@ void resumeFrom(CheckpointManifest manifest) {
                         "written as its manifest says or whose parameter "
                         "names hold a NUL"
                       : "a checkpoint of this program's parameters was "
-                        "refused: " + matched.message());
+                        "refused: " +
+                            matched.message());
   if (!matched.ok())
     return;
   bool same = manifest.mesh.replicas == mesh.replicas &&
@@ -443,8 +444,8 @@ void resumeFrom(CheckpointManifest manifest) {
                        "parameter");
         continue;
       }
-      Comparison found = compareWithOldShards(manifest, fresh, h, p,
-                                              corrupted, state);
+      Comparison found =
+          compareWithOldShards(manifest, fresh, h, p, corrupted, state);
       if (!read.ok() && !found.needsCorrupted)
         fail(where + " failed: " + read.message());
       if (read.ok() && found.needsCorrupted)
