@@ -374,6 +374,20 @@ template <class Fn> double medianMs(cudaStream_t stream, int runs, Fn fn) {
   return runs % 2 ? ms[runs / 2] : 0.5 * (ms[runs / 2 - 1] + ms[runs / 2]);
 }
 
+/// Prints how many of the plans configured-dW made run on
+/// kExpertsWeightGradAlgo and how many fell back to cublasGemmEx (it was
+/// not offered); returns the first count.
+int reportConfiguredPlans(const Blas &blas, const char *prefix) {
+  int configured = 0, fellBack = 0;
+  for (const auto &[key, plan] : blas.plans)
+    if (key[18] == kExpertsWeightGradAlgo.key())
+      ++(plan.useGemmEx ? fellBack : configured);
+  std::printf("%sconfigured-dW plans on the configured algorithm %d, on "
+              "cublasGemmEx (not offered) %d\n",
+              prefix, configured, fellBack);
+  return configured;
+}
+
 /// The --bench mode (see the file comment).
 int bench(Blas *blas, cudaStream_t stream, double hot) {
   const int64_t tokens = 8192, H = 4096, I = 14336, E = 8, k = 2;
@@ -476,13 +490,7 @@ int bench(Blas *blas, cudaStream_t stream, double hot) {
   CHECK_CUDA(cudaFree(dDown32));
   // On the GPUs kExpertsWeightGradAlgo was measured on, configured-dW must
   // have run the weight gradients on it, not on the fallback.
-  int configured = 0, fellBack = 0;
-  for (const auto &[key, plan] : blas->plans)
-    if (key[18] == kExpertsWeightGradAlgo.key())
-      ++(plan.useGemmEx ? fellBack : configured);
-  std::printf("bench: configured-dW plans on the configured algorithm %d, "
-              "on cublasGemmEx (not offered) %d\n",
-              configured, fellBack);
+  int configured = reportConfiguredPlans(*blas, "bench: ");
   if (blas->computeCapability == kExpertsWeightGradAlgo.sm &&
       configured == 0) {
     std::printf("FAIL: compute capability %d, yet no weight gradient ran on "
@@ -922,6 +930,7 @@ int main(int argc, char **argv) {
     failures += runCase<bf16, float>(shapes[1], false, seed, blas, stream);
     ++cases;
   }
+  reportConfiguredPlans(*blas, "");
   destroyBlas(blas);
   CHECK_CUDA(cudaStreamDestroy(stream));
   std::printf("%d cases, %d failed checks: %s\n", cases, failures,
