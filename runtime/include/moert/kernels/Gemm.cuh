@@ -30,9 +30,9 @@
 // every size the product takes: the first of the heuristic's first 16
 // candidates with that configuration. Where the heuristic does not offer it
 // (another GPU generation, another cuBLASLt, operands it does not support)
-// the product runs through cublasGemmEx. The choice
-// is made once per plan and never by timing, so results stay bitwise
-// reproducible from run to run.
+// the product runs through cublasGemmEx. The choice is made once per plan
+// and never by timing, so results stay bitwise reproducible from run to
+// run.
 //
 // gemmCublasEx is the same product through cublasGemmEx (cuBLAS's own
 // kernel selection). The experts' per-expert GEMMs use it (Experts.cuh): at
@@ -221,9 +221,10 @@ inline uint32_t gemmAlgoAttribute(const cublasLtMatmulAlgo_t &algo,
 
 /// Whether the heuristic offers the algorithm `config` names for `plan`
 /// (made from `key`) on this GPU, among the first kGemmConfiguredCandidates
-/// it offers; if so, `algo` is it as the heuristic filled it in (the
-/// configuration alone, through cublasLtMatmulAlgoInit, is not enough for
-/// cublasLtMatmulAlgoCheck to accept it: measured, cuBLASLt 13.1).
+/// it offers; if so, `algo` is it as the heuristic filled it in (a first
+/// version that built it from the configuration, cublasLtMatmulAlgoInit
+/// and the config attributes, had it refused by cublasLtMatmulAlgoCheck
+/// for every product on an H200, cuBLASLt 13.1).
 /// The algorithm found for the same product at another k is checked first
 /// (Blas::configuredAlgos).
 constexpr int kGemmConfiguredCandidates = 16;
