@@ -59,8 +59,8 @@
 // kinds (and the two weight gradients with fp32 C) at every row count from
 // FROM to TO by STEP: cublasGemmEx, the heuristic's first, and each of the
 // first 16 it offers with its configuration, one line per kind and row
-// count (the data behind docs/benchmarks.md, "The experts' GEMM algorithms
-// by row count").
+// count (the data behind docs/benchmarks.md, "The experts' weight gradients
+// on one configured algorithm").
 //
 // main() returns nonzero when anything fails.
 //
@@ -167,7 +167,6 @@ Grads hostExperts(const Shape &s, bool interleaved,
   return r;
 }
 
-/// One shape, type and layout; returns the number of failed checks.
 const char *libraryName(ExpertsGemmLibrary library) {
   switch (library) {
   case ExpertsGemmLibrary::CublasGemmEx:
@@ -184,6 +183,7 @@ constexpr ExpertsGemmLibrary kLibraries[] = {
     ExpertsGemmLibrary::CublasGemmEx, ExpertsGemmLibrary::Lt,
     ExpertsGemmLibrary::ConfiguredWeightGrads};
 
+/// One shape, type and layout; returns the number of failed checks.
 template <class T, class TW = T>
 int runCase(const Shape &s, bool interleaved, uint32_t seed, Blas *blas,
             cudaStream_t stream) {
@@ -599,38 +599,21 @@ struct Timed {
 };
 
 std::string algoName(const cublasLtMatmulAlgo_t &algo) {
-  int id = 0, tile = 0, stages = 0, splitK = 0, swizzle = 0;
-  size_t written = 0;
-  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_ID, &id,
-                                       sizeof(id), &written);
-  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_TILE_ID,
-                                       &tile, sizeof(tile), &written);
-  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_STAGES_ID,
-                                       &stages, sizeof(stages), &written);
-  cublasLtMatmulAlgoConfigGetAttribute(
-      &algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitK, sizeof(splitK),
-      &written);
-  cublasLtMatmulAlgoConfigGetAttribute(
-      &algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, &swizzle, sizeof(swizzle),
-      &written);
-  int cluster = 0, inner = 0, custom = 0, reduction = 0;
-  cublasLtMatmulAlgoConfigGetAttribute(
-      &algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, &cluster, sizeof(cluster),
-      &written);
-  cublasLtMatmulAlgoConfigGetAttribute(
-      &algo, CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID, &inner, sizeof(inner),
-      &written);
-  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION,
-                                       &custom, sizeof(custom), &written);
-  cublasLtMatmulAlgoConfigGetAttribute(
-      &algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &reduction,
-      sizeof(reduction), &written);
-  return "id " + std::to_string(id) + " tile " + std::to_string(tile) +
-         " stages " + std::to_string(stages) + " splitK " +
-         std::to_string(splitK) + " swizzle " + std::to_string(swizzle) +
-         " cluster " + std::to_string(cluster) + " inner " +
-         std::to_string(inner) + " custom " + std::to_string(custom) +
-         " reduction " + std::to_string(reduction);
+  const std::pair<const char *, cublasLtMatmulAlgoConfigAttributes_t>
+      attributes[] = {{"id", CUBLASLT_ALGO_CONFIG_ID},
+                      {"tile", CUBLASLT_ALGO_CONFIG_TILE_ID},
+                      {"stages", CUBLASLT_ALGO_CONFIG_STAGES_ID},
+                      {"splitK", CUBLASLT_ALGO_CONFIG_SPLITK_NUM},
+                      {"swizzle", CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING},
+                      {"cluster", CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID},
+                      {"inner", CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID},
+                      {"custom", CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION},
+                      {"reduction", CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME}};
+  std::string name;
+  for (const auto &[label, attribute] : attributes)
+    name += std::string(name.empty() ? "" : " ") + label + " " +
+            std::to_string(detail::gemmAlgoAttribute(algo, attribute));
+  return name;
 }
 
 /// Times `p` (bf16 inputs) every way; with `extra`, also that algorithm

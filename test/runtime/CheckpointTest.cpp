@@ -691,6 +691,15 @@ void saveAll(const std::filesystem::path &dir, const FakeProgram &fake,
   ASSERT_TRUE(commitCheckpoint(dir, manifest).ok());
 }
 
+/// Every rank of `fake` saves the state cut from the global values.
+void saveExpected(const std::filesystem::path &dir, const FakeProgram &fake,
+                  int64_t step) {
+  std::vector<std::vector<char>> states;
+  for (int64_t r = 0; r < fake.program.mesh.size(); ++r)
+    states.push_back(expectedState(fake, r));
+  saveAll(dir, fake, step, states);
+}
+
 /// Every rank of `fake` resumes from DIR's latest checkpoint.
 std::vector<std::vector<char>> resumeAll(const std::filesystem::path &dir,
                                          const FakeProgram &fake,
@@ -756,10 +765,7 @@ TEST(Reshard, AcrossLayoutsAndWorldSizesBitExact) {
 TEST(Reshard, AMomentAtTheValuesOffsetIsRead) {
   std::filesystem::path dir = freshDir("reshard-aliased");
   FakeProgram old(MeshShape{1, 2, 2});
-  std::vector<std::vector<char>> states;
-  for (int64_t r = 0; r < 4; ++r)
-    states.push_back(expectedState(old, r));
-  saveAll(dir, old, 1, states);
+  saveExpected(dir, old, 1);
   std::filesystem::path folder;
   CheckpointManifest manifest;
   ASSERT_TRUE(findLatestCheckpoint(dir, folder, manifest).ok());
@@ -780,10 +786,7 @@ TEST(Reshard, AMomentAtTheValuesOffsetIsRead) {
 TEST(Reshard, AMissingOldShardIsNamed) {
   std::filesystem::path dir = freshDir("reshard-missing");
   FakeProgram old(MeshShape{1, 2, 2});
-  std::vector<std::vector<char>> states;
-  for (int64_t r = 0; r < 4; ++r)
-    states.push_back(expectedState(old, r));
-  saveAll(dir, old, 3, states);
+  saveExpected(dir, old, 3);
   std::filesystem::remove(dir / "step_3" / "rank_2.shard");
   FakeProgram next(MeshShape{1, 4, 1});
   std::filesystem::path folder;

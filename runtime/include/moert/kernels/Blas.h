@@ -39,10 +39,11 @@ struct GemmPlan {
 
 } // namespace detail
 
-/// A cuBLASLt algorithm named by its configuration (cublasLtMatmulAlgoInit
-/// and the config attributes of cublasLt.h), for a product whose best
-/// algorithm was measured (Gemm.cuh, gemmConfigured); only used on GPUs of
-/// compute capability `sm` (major · 10 + minor).
+/// A cuBLASLt algorithm named by its configuration (the config attributes
+/// of cublasLt.h), for a product whose best algorithm was measured
+/// (Gemm.cuh, gemmConfigured: the heuristic's candidate with this
+/// configuration); only used on GPUs of compute capability `sm` (major · 10
+/// + minor).
 struct GemmAlgoConfig {
   int32_t sm, id, tile, stages, customOption;
   int64_t key() const {

@@ -110,7 +110,7 @@ inline ExpertsGemmLibrary expertsGemmLibrary =
 /// option 1, no split-K. Measured on an H200 with cuBLAS 13.1 at Mixtral
 /// 8x7B's shape (hidden 4096, ffn 14336) for every row count from 960 to
 /// 4096 by 64 (ExpertsTest --bench-gemm-rows; docs/benchmarks.md, "The
-/// experts' GEMM algorithms by row count"): the heuristic offers it at every
+/// experts' weight gradients on one configured algorithm"): the heuristic offers it at every
 /// row count, and over them it takes 9.6% less time than cublasGemmEx for
 /// dGateUp with bf16 output (faster at every row count), 14.7% less with
 /// fp32 output (the fp32-master recipe; faster at every row count), 3.7% and
