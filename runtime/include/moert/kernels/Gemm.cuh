@@ -206,17 +206,28 @@ inline void gemmRun(const Blas &blas, cudaStream_t stream,
       static_cast<size_t>(blas.workspaceBytes), stream));
 }
 
-/// The configuration attribute `attribute` of `algo` (0 if unreadable).
+/// The configuration attribute `attribute` of `algo` (0 if unreadable),
+/// read at its own width (cublasLt.h: the inner and cluster shapes are
+/// 16-bit, the rest 32-bit; a read of another size is refused).
 inline uint32_t gemmAlgoAttribute(const cublasLtMatmulAlgo_t &algo,
                                   cublasLtMatmulAlgoConfigAttributes_t
                                       attribute) {
-  uint32_t value = 0;
   size_t written = 0;
-  if (cublasLtMatmulAlgoConfigGetAttribute(&algo, attribute, &value,
-                                           sizeof(value), &written) !=
-      CUBLAS_STATUS_SUCCESS)
-    return 0;
-  return value;
+  if (attribute == CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID ||
+      attribute == CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID) {
+    uint16_t value = 0;
+    return cublasLtMatmulAlgoConfigGetAttribute(&algo, attribute, &value,
+                                                sizeof(value), &written) ==
+                   CUBLAS_STATUS_SUCCESS
+               ? value
+               : 0;
+  }
+  uint32_t value = 0;
+  return cublasLtMatmulAlgoConfigGetAttribute(&algo, attribute, &value,
+                                              sizeof(value), &written) ==
+                 CUBLAS_STATUS_SUCCESS
+             ? value
+             : 0;
 }
 
 /// Whether the heuristic offers the algorithm `config` names for `plan`
