@@ -12,13 +12,6 @@ Blas *moert::kernels::createBlas(cudaStream_t stream, int64_t workspaceBytes) {
   Blas *blas = new Blas;
   blas->stream = stream;
   blas->workspaceBytes = workspaceBytes;
-  int device = 0, major = 0, minor = 0;
-  MOERT_CUDA_CHECK(cudaGetDevice(&device));
-  MOERT_CUDA_CHECK(cudaDeviceGetAttribute(
-      &major, cudaDevAttrComputeCapabilityMajor, device));
-  MOERT_CUDA_CHECK(cudaDeviceGetAttribute(
-      &minor, cudaDevAttrComputeCapabilityMinor, device));
-  blas->computeCapability = major * 10 + minor;
   MOERT_CUBLAS_CHECK(cublasLtCreate(&blas->lt));
   MOERT_CUBLAS_CHECK(cublasCreate(&blas->cublas));
   MOERT_CUBLAS_CHECK(cublasSetStream(blas->cublas, stream));

@@ -13,9 +13,8 @@
 // with NaN bytes before each call, so anything left unwritten fails. Each
 // op runs twice to check that the results are bitwise deterministic.
 //
-// Every case runs with each ExpertsGemmLibrary value (the per-expert GEMMs
-// on cublasGemmEx, on cuBLASLt, and on cublasGemmEx with the weight
-// gradients on kExpertsWeightGradAlgo).
+// Every case runs with both ExpertsGemmLibrary values (the per-expert GEMMs
+// on cublasGemmEx and on cuBLASLt).
 //
 // Tolerances (relative L2 error against the double reference, computed on
 // the inputs as rounded to the storage type): fp32 1e-5, bf16 2e-2.
@@ -26,9 +25,7 @@
 // routing; with `hot F` a token's first choice is expert 0 with probability
 // F, an imbalanced routing with the same FLOPs; the backward with bf16 and
 // with fp32 weight gradients) with each ExpertsGemmLibrary (taking turns,
-// 3 rounds, the median of the rounds' medians; it fails on a GPU of
-// kExpertsWeightGradAlgo's compute capability where configured-dW ran no
-// weight gradient on that algorithm), and
+// 3 rounds, the median of the rounds' medians), and
 // a plain 8192x4096x14336 bf16 GEMM in the three layouts of a linear layer,
 // each with cublasGemmEx and with cuBLASLt: the median of 10 timed calls
 // after 2 warm-up calls, in ms and in TFLOP/s of the GEMMs' FLOPs over the
@@ -60,7 +57,7 @@
 // FROM to TO by STEP: cublasGemmEx, the heuristic's first, and each of the
 // first 16 it offers with its configuration, one line per kind and row
 // count (the data behind docs/benchmarks.md, "The experts' weight gradients
-// on one configured algorithm").
+// on one configured algorithm": measured, not kept).
 //
 // main() returns nonzero when anything fails.
 //
@@ -173,15 +170,12 @@ const char *libraryName(ExpertsGemmLibrary library) {
     return "cublasGemmEx";
   case ExpertsGemmLibrary::Lt:
     return "cuBLASLt";
-  case ExpertsGemmLibrary::ConfiguredWeightGrads:
-    return "configured-dW";
   }
   return "?";
 }
 
-constexpr ExpertsGemmLibrary kLibraries[] = {
-    ExpertsGemmLibrary::CublasGemmEx, ExpertsGemmLibrary::Lt,
-    ExpertsGemmLibrary::ConfiguredWeightGrads};
+constexpr ExpertsGemmLibrary kLibraries[] = {ExpertsGemmLibrary::CublasGemmEx,
+                                             ExpertsGemmLibrary::Lt};
 
 /// One shape, type and layout; returns the number of failed checks.
 template <class T, class TW = T>
@@ -374,20 +368,6 @@ template <class Fn> double medianMs(cudaStream_t stream, int runs, Fn fn) {
   return runs % 2 ? ms[runs / 2] : 0.5 * (ms[runs / 2 - 1] + ms[runs / 2]);
 }
 
-/// Prints how many of the plans configured-dW made run on
-/// kExpertsWeightGradAlgo and how many fell back to cublasGemmEx (it was
-/// not offered); returns the first count.
-int reportConfiguredPlans(const Blas &blas, const char *prefix) {
-  int configured = 0, fellBack = 0;
-  for (const auto &[key, plan] : blas.plans)
-    if (key[18] == kExpertsWeightGradAlgo.key())
-      ++(plan.useGemmEx ? fellBack : configured);
-  std::printf("%sconfigured-dW plans on the configured algorithm %d, on "
-              "cublasGemmEx (not offered) %d\n",
-              prefix, configured, fellBack);
-  return configured;
-}
-
 /// The --bench mode (see the file comment).
 int bench(Blas *blas, cudaStream_t stream, double hot) {
   const int64_t tokens = 8192, H = 4096, I = 14336, E = 8, k = 2;
@@ -488,16 +468,6 @@ int bench(Blas *blas, cudaStream_t stream, double hot) {
     }
   CHECK_CUDA(cudaFree(dGateUp32));
   CHECK_CUDA(cudaFree(dDown32));
-  // On the GPUs kExpertsWeightGradAlgo was measured on, configured-dW must
-  // have run the weight gradients on it, not on the fallback.
-  int configured = reportConfiguredPlans(*blas, "bench: ");
-  if (blas->computeCapability == kExpertsWeightGradAlgo.sm &&
-      configured == 0) {
-    std::printf("FAIL: compute capability %d, yet no weight gradient ran on "
-                "the configured algorithm\n",
-                blas->computeCapability);
-    return 1;
-  }
   CHECK_CUDA(cudaFree(ctx.scratch));
   CHECK_CUDA(cudaFreeHost(ctx.hostCounts));
   for (bf16 *p : {x, dOut, gates, gateUp, down, out, saved, dInput, dGates,
@@ -913,7 +883,6 @@ int main(int argc, char **argv) {
     failures += runCase<bf16, float>(shapes[1], false, seed, blas, stream);
     ++cases;
   }
-  reportConfiguredPlans(*blas, "");
   destroyBlas(blas);
   CHECK_CUDA(cudaStreamDestroy(stream));
   std::printf("%d cases, %d failed checks: %s\n", cases, failures,

@@ -26,9 +26,8 @@ constexpr int64_t kBlasWorkspaceBytes = 32ll << 20;
 namespace detail {
 
 /// What identifies a GEMM's plan: data types, transposes, m, n, k, lda, ldb,
-/// ldc, batch, strideA/B/C, beta != 0, alignment of A, B and C in bytes, and
-/// the algorithm asked for (0: the heuristic's; else GemmAlgoConfig::key()).
-using GemmPlanKey = std::array<int64_t, 19>;
+/// ldc, batch, strideA/B/C, beta != 0, alignment of A, B and C in bytes.
+using GemmPlanKey = std::array<int64_t, 18>;
 
 struct GemmPlan {
   cublasLtMatmulDesc_t desc = nullptr;
@@ -39,19 +38,6 @@ struct GemmPlan {
 
 } // namespace detail
 
-/// A cuBLASLt algorithm named by its configuration (the config attributes
-/// of cublasLt.h), for a product whose best algorithm was measured
-/// (Gemm.cuh, gemmConfigured: the heuristic's candidate with this
-/// configuration); only used on GPUs of compute capability `sm` (major · 10
-/// + minor).
-struct GemmAlgoConfig {
-  int32_t sm, id, tile, stages, customOption;
-  int64_t key() const {
-    return (int64_t(sm) << 48) | (int64_t(id) << 32) | (int64_t(tile) << 16) |
-           (int64_t(stages) << 8) | int64_t(customOption);
-  }
-};
-
 /// The BLAS state of a Context (see the file comment).
 struct Blas {
   cudaStream_t stream = nullptr;
@@ -59,14 +45,7 @@ struct Blas {
   cublasHandle_t cublas = nullptr;
   void *workspace = nullptr;
   int64_t workspaceBytes = 0;
-  /// The device's compute capability, major · 10 + minor.
-  int computeCapability = 0;
   std::map<detail::GemmPlanKey, detail::GemmPlan> plans;
-  /// The configured algorithms found so far (Gemm.cuh, gemmConfigured), by
-  /// plan key with k set to 0: a product met again at another k (the
-  /// experts' row counts) checks the algorithm found before instead of
-  /// querying the heuristic again.
-  std::map<detail::GemmPlanKey, cublasLtMatmulAlgo_t> configuredAlgos;
 };
 
 /// Creates the handles (on `stream`), the workspace and an empty plan cache.

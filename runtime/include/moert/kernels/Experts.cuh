@@ -48,10 +48,12 @@
 //   overwritten. Computing dGates from dA' and A avoids recomputing Y.
 //
 // GEMMs: one per expert with rows, through gemmCublasEx (Gemm.cuh says why
-// not cuBLASLt: its heuristic's picks for these shapes measured slower);
-// ExpertsGemmLibrary::ConfiguredWeightGrads runs the two weight gradients
-// on one configured cuBLASLt algorithm instead (kExpertsWeightGradAlgo
-// says what was measured).
+// not cuBLASLt: its heuristic's picks for these shapes measured slower).
+// The weight gradients on one configured cuBLASLt algorithm (algorithm 66,
+// tile 128x160, the fastest at every row count when timed alone) were
+// 1.9% faster in the fp32-weight-gradient backward but no faster in the
+// step, and were dropped (docs/benchmarks.md, "The experts' weight
+// gradients on one configured algorithm").
 // cuBLAS's grouped GEMM (cublasGemmGroupedBatchedEx, one call per GEMM kind)
 // was tried and dropped: at Mixtral 8x7B's shape (8192 tokens, top-2 of 8,
 // hidden 4096, ffn 14336, bf16, H200, cuBLAS 13.1) the forward took 22.9 ms
@@ -83,41 +85,16 @@
 #include "moert/kernels/Gemm.cuh"
 
 #include <climits>
-#include <type_traits>
 #include <vector>
 
 namespace moert::kernels {
 
 /// The library the per-expert GEMMs run on (see the file comment). The
-/// program keeps the default; ExpertsTest checks all three and its --bench
-/// times all three. (With Lt and ConfiguredWeightGrads, every new
-/// per-expert row count adds a cuBLASLt plan.)
-enum class ExpertsGemmLibrary {
-  CublasGemmEx,
-  Lt,
-  /// cublasGemmEx, but the two weight gradients (dDown, dGateUp) with bf16
-  /// inputs on kExpertsWeightGradAlgo. Not the default yet: the products
-  /// alone were measured faster (below), the experts op and the step not
-  /// yet (docs/benchmarks.md, "The experts' weight gradients on one
-  /// configured algorithm").
-  ConfiguredWeightGrads
-};
+/// program keeps the default; ExpertsTest checks both and its --bench times
+/// both. (With Lt, every new per-expert row count adds a cuBLASLt plan.)
+enum class ExpertsGemmLibrary { CublasGemmEx, Lt };
 inline ExpertsGemmLibrary expertsGemmLibrary =
     ExpertsGemmLibrary::CublasGemmEx;
-
-/// The algorithm of the experts' weight gradients with bf16 inputs on
-/// Hopper: cuBLASLt's algorithm 66, tile 128x160, stages 64xAUTO, custom
-/// option 1, no split-K. Measured on an H200 with cuBLAS 13.1 at Mixtral
-/// 8x7B's shape (hidden 4096, ffn 14336) for every row count from 960 to
-/// 4096 by 64 (ExpertsTest --bench-gemm-rows; docs/benchmarks.md, "The
-/// experts' weight gradients on one configured algorithm"): the heuristic offers it at every
-/// row count, and over them it takes 9.6% less time than cublasGemmEx for
-/// dGateUp with bf16 output (faster at every row count), 14.7% less with
-/// fp32 output (the fp32-master recipe; faster at every row count), 3.7% and
-/// 7.3% less for dDown. No single algorithm is offered at every row count
-/// for the other four products, which stay on cublasGemmEx.
-inline constexpr GemmAlgoConfig kExpertsWeightGradAlgo = {
-    90, 66, CUBLASLT_MATMUL_TILE_128x160, CUBLASLT_MATMUL_STAGES_64xAUTO, 1};
 
 namespace detail {
 
@@ -598,18 +575,14 @@ void expertsSwigluGrad(const Context &ctx, const T *h1In, T *h1, const T *dA,
                                   interleaved, a, dGates);
 }
 
-/// One expert's GEMM on expertsGemmLibrary; `weightGrad`: dDown or dGateUp.
+/// One expert's GEMM on expertsGemmLibrary.
 template <class TA, class TC>
 void expertsGemm(const Context &ctx, bool transA, bool transB, int64_t m,
                  int64_t n, int64_t k, const TA *A, int64_t lda, const TA *B,
-                 int64_t ldb, TC *C, int64_t ldc, bool weightGrad = false) {
+                 int64_t ldb, TC *C, int64_t ldc) {
   if (expertsGemmLibrary == ExpertsGemmLibrary::Lt)
     gemm<TA, TC>(ctx, transA, transB, m, n, k, 1.0f, A, lda, B, ldb, 0.0f, C,
                  ldc);
-  else if (expertsGemmLibrary == ExpertsGemmLibrary::ConfiguredWeightGrads &&
-           weightGrad && std::is_same_v<TA, bf16>)
-    gemmConfigured<TA, TC>(ctx, kExpertsWeightGradAlgo, transA, transB, m, n,
-                           k, 1.0f, A, lda, B, ldb, 0.0f, C, ldc);
   else
     gemmCublasEx<TA, TC>(ctx, transA, transB, m, n, k, 1.0f, A, lda, B, ldb,
                          0.0f, C, ldc);
@@ -715,11 +688,10 @@ void expertsGrad(const Context &ctx, const T *input, const T *gates,
     }
     // dDown[e] = dO_eᵀ · (gate·A)_e   [H, I]
     detail::expertsGemm<T, TW>(ctx, true, false, H, I, n, dO + s * H, H,
-                               a + s * I, I, dW2, I, /*weightGrad=*/true);
+                               a + s * I, I, dW2, I);
     // dGateUp[e] = dH1_eᵀ · X_e       [2I, H]
     detail::expertsGemm<T, TW>(ctx, true, false, 2 * I, H, n, h1 + s * 2 * I,
-                               2 * I, x + s * H, H, dW1, H,
-                               /*weightGrad=*/true);
+                               2 * I, x + s * H, H, dW1, H);
     // dX_e = dH1_e · gate_up[e]        [n, H], over dO_e (read above)
     detail::expertsGemm<T, T>(ctx, false, false, n, H, 2 * I, h1 + s * 2 * I,
                               2 * I, gateUp + e * 2 * I * H, H, dO + s * H,

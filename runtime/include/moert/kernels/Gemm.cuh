@@ -22,17 +22,8 @@
 // heuristic offers no algorithm (none in the GPU tests; the fallback keeps
 // odd shapes working) runs through cublasGemmEx instead. A plan's parts
 // (gemmDescriptors, gemmHeuristic, gemmRun) are what ExpertsTest
-// --bench-gemm-algos times every offered algorithm with.
-//
-// gemmConfigured runs a product on an algorithm named by its configuration
-// (GemmAlgoConfig: algorithm id, tile, stages, custom option) instead of the
-// heuristic's first pick, where a measurement showed one algorithm faster at
-// every size the product takes: the first of the heuristic's first 16
-// candidates with that configuration. Where the heuristic does not offer it
-// (another GPU generation, another cuBLASLt, operands it does not support)
-// the product runs through cublasGemmEx. The choice is made once per plan
-// and never by timing, so results stay bitwise reproducible from run to
-// run.
+// --bench-gemm-algos and --bench-gemm-rows time every offered algorithm
+// with; gemmAlgoAttribute names an algorithm by its configuration.
 //
 // gemmCublasEx is the same product through cublasGemmEx (cuBLAS's own
 // kernel selection). The experts' per-expert GEMMs use it (Experts.cuh): at
@@ -230,72 +221,13 @@ inline uint32_t gemmAlgoAttribute(const cublasLtMatmulAlgo_t &algo,
              : 0;
 }
 
-/// Whether the heuristic offers the algorithm `config` names for `plan`
-/// (made from `key`) on this GPU, among the first kGemmConfiguredCandidates
-/// it offers; if so, `algo` is it as the heuristic filled it in (a first
-/// version that built it from the configuration, cublasLtMatmulAlgoInit
-/// and the config attributes, had it refused by cublasLtMatmulAlgoCheck
-/// for every product on an H200, cuBLASLt 13.1).
-/// The algorithm found for the same product at another k is checked first
-/// (Blas::configuredAlgos).
-constexpr int kGemmConfiguredCandidates = 16;
-inline bool gemmConfiguredAlgo(Blas &blas, const GemmPlan &plan,
-                               const GemmPlanKey &key,
-                               const GemmAlgoConfig &config,
-                               cublasLtMatmulAlgo_t &algo) {
-  if (blas.computeCapability != config.sm)
-    return false;
-  GemmPlanKey anyK = key;
-  anyK[6] = 0;
-  auto known = blas.configuredAlgos.find(anyK);
-  if (known != blas.configuredAlgos.end()) {
-    cublasLtMatmulHeuristicResult_t result{};
-    if (cublasLtMatmulAlgoCheck(blas.lt, plan.desc, plan.a, plan.b, plan.c,
-                                plan.c, &known->second, &result) ==
-            CUBLAS_STATUS_SUCCESS &&
-        result.state == CUBLAS_STATUS_SUCCESS &&
-        result.workspaceSize <= static_cast<size_t>(blas.workspaceBytes)) {
-      algo = known->second;
-      return true;
-    }
-  }
-  for (const cublasLtMatmulAlgo_t &candidate :
-       gemmHeuristic(blas, plan, key, kGemmConfiguredCandidates)) {
-    if (int32_t(gemmAlgoAttribute(candidate, CUBLASLT_ALGO_CONFIG_ID)) ==
-            config.id &&
-        int32_t(gemmAlgoAttribute(candidate, CUBLASLT_ALGO_CONFIG_TILE_ID)) ==
-            config.tile &&
-        int32_t(gemmAlgoAttribute(candidate,
-                                  CUBLASLT_ALGO_CONFIG_STAGES_ID)) ==
-            config.stages &&
-        int32_t(gemmAlgoAttribute(candidate,
-                                  CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION)) ==
-            config.customOption &&
-        gemmAlgoAttribute(candidate, CUBLASLT_ALGO_CONFIG_SPLITK_NUM) <= 1) {
-      algo = candidate;
-      blas.configuredAlgos[anyK] = candidate;
-      return true;
-    }
-  }
-  return false;
-}
-
-/// The plan for `key` (see GemmPlanKey), made on first use: the configured
-/// algorithm key[18] names (cublasGemmEx where it cannot run the product),
-/// or the heuristic's first algorithm (cublasGemmEx where it offers none).
-inline const GemmPlan &gemmPlan(Blas &blas, const GemmPlanKey &key,
-                                const GemmAlgoConfig *config = nullptr) {
+/// The plan for `key` (see GemmPlanKey), made on first use with the
+/// heuristic's first algorithm (cublasGemmEx where it offers none).
+inline const GemmPlan &gemmPlan(Blas &blas, const GemmPlanKey &key) {
   auto found = blas.plans.find(key);
   if (found != blas.plans.end())
     return found->second;
   GemmPlan plan = gemmDescriptors(key);
-  if (config) {
-    if (!gemmConfiguredAlgo(blas, plan, key, *config, plan.algo)) {
-      gemmDestroyDescriptors(plan);
-      plan.useGemmEx = true;
-    }
-    return blas.plans.emplace(key, plan).first->second;
-  }
   std::vector<cublasLtMatmulAlgo_t> algos = gemmHeuristic(blas, plan, key, 1);
   if (!algos.empty()) {
     plan.algo = algos[0];
@@ -325,14 +257,12 @@ __global__ void gemmScaleKernel(TC *C, int64_t m, int64_t n, int64_t ldc,
   }
 }
 
-/// `batch` products through a cached plan (batch 1: strides unused), on
-/// the algorithm `config` names when given (gemmPlan).
+/// `batch` products through a cached plan (batch 1: strides unused).
 template <class TA, class TC>
 void gemmLt(const Context &ctx, bool transA, bool transB, int64_t m,
             int64_t n, int64_t k, float alpha, const TA *A, int64_t lda,
             int64_t strideA, const TA *B, int64_t ldb, int64_t strideB,
-            float beta, TC *C, int64_t ldc, int64_t strideC, int64_t batch,
-            const GemmAlgoConfig *config = nullptr) {
+            float beta, TC *C, int64_t ldc, int64_t strideC, int64_t batch) {
   if (k == 0) {
     gemmScaleKernel<TC><<<blocksFor(batch * m * n), 256, 0, ctx.stream>>>(
         C, m, n, ldc, strideC, batch, beta);
@@ -347,10 +277,9 @@ void gemmLt(const Context &ctx, bool transA, bool transB, int64_t m,
                      lda, ldb, ldc, batch, strideA, strideB, strideC,
                      beta != 0.0f, gemmAlignment(A, strideA * sa),
                      gemmAlignment(B, strideB * sa),
-                     gemmAlignment(C, strideC * sc),
-                     config ? config->key() : 0};
-  gemmRun(blas, ctx.stream, key, gemmPlan(blas, key, config), alpha, A, B,
-          beta, C, C);
+                     gemmAlignment(C, strideC * sc)};
+  gemmRun(blas, ctx.stream, key, gemmPlan(blas, key), alpha, A, B, beta, C,
+          C);
 }
 
 } // namespace detail
@@ -364,18 +293,6 @@ void gemm(const Context &ctx, bool transA, bool transB, int64_t m, int64_t n,
     return;
   detail::gemmLt<TA, TC>(ctx, transA, transB, m, n, k, alpha, A, lda, 0, B,
                          ldb, 0, beta, C, ldc, 0, 1);
-}
-
-/// gemm() on the algorithm `config` names (see the file comment).
-template <class TA, class TC>
-void gemmConfigured(const Context &ctx, const GemmAlgoConfig &config,
-                    bool transA, bool transB, int64_t m, int64_t n, int64_t k,
-                    float alpha, const TA *A, int64_t lda, const TA *B,
-                    int64_t ldb, float beta, TC *C, int64_t ldc) {
-  if (m == 0 || n == 0)
-    return;
-  detail::gemmLt<TA, TC>(ctx, transA, transB, m, n, k, alpha, A, lda, 0, B,
-                         ldb, 0, beta, C, ldc, 0, 1, &config);
 }
 
 /// gemm() through cublasGemmEx (see the file comment for who uses it).
