@@ -21,6 +21,12 @@
 # --skip), for a call with less time. Both recipes with 2 rounds take about
 # 10 minutes; one recipe fits a 10-minute device call.
 #
+# BENCH_VARIANTS (prepare) adds programs compiled with more job keys, each
+# benchmarked beside the base program in the same rounds as moec-NAME: a
+# space-separated list of NAME=KEY:VALUE[,KEY:VALUE...], e.g.
+# BENCH_VARIANTS="full=activation_checkpointing:full defer=defer_late_updates:true"
+# (true, false and numbers as they are, anything else as a JSON string).
+#
 # prepare reads M2L_ONNX (a ready weights-free export of mixtral-8x7b-2l;
 # else python -m moec.export makes one: needs torch) and TT_SITE (a folder
 # of torchtitan 0.3.0 installed with --target; else pip installs it there,
@@ -58,14 +64,46 @@ if [[ "$mode" == prepare ]]; then
     m2l="$dir/m2l.onnx"
     python3 -m moec.export --config mixtral-8x7b-2l --no-weights --dynamic -o "$m2l"
   fi
+  # Each variant's keys as JSON members: NAME=k:v,k:v -> "k": v, "k": v,
+  variant_keys() {
+    local pair key value out=""
+    IFS=, read -ra pairs <<< "${1#*=}"
+    for pair in "${pairs[@]}"; do
+      key="${pair%%:*}" value="${pair#*:}"
+      if [[ -z "$key" || "$key" == "$pair" ]]; then
+        echo "error: BENCH_VARIANTS: '$1' is not NAME=KEY:VALUE[,KEY:VALUE...]" >&2
+        exit 2
+      fi
+      [[ "$value" =~ ^(true|false|-?[0-9]+(\.[0-9]+)?)$ ]] || value="\"$value\""
+      out+="\"$key\": $value, "
+    done
+    printf '%s' "$out"
+  }
+  for v in ${BENCH_VARIANTS:-}; do
+    [[ "${v%%=*}" =~ ^[a-z0-9-]+$ ]] ||
+      { echo "error: BENCH_VARIANTS: the name of '$v' is not [a-z0-9-]+" >&2; exit 2; }
+    variant_keys "$v" > /dev/null
+  done
+  rm -rf "$dir"/m2l-*
   for recipe in "${recipes[@]}"; do
     read -r name _ extra <<< "$recipe"
-    # shellcheck disable=SC2059 # the job is the format
-    printf "{$job}\n" "$extra" > "$dir/$name.json"
-    rm -rf "${dir:?}/m2l-$name"
-    "$moec" compile "$m2l" --config "$dir/$name.json" --emit cuda -o "$dir/m2l-$name" 2>&1 |
-      grep '^memory plan' || true
-    [[ -f "$dir/m2l-$name/train_step.cu" ]] || { echo "error: moec compile wrote no $dir/m2l-$name" >&2; exit 1; }
+    variants=("$name=")
+    for v in ${BENCH_VARIANTS:-}; do
+      variants+=("$name-$v")
+    done
+    for v in "${variants[@]}"; do
+      program="${v%%=*}" keys=""
+      [[ "$program" == "$name" ]] || keys="$(variant_keys "$v")"
+      # shellcheck disable=SC2059 # the job is the format
+      printf "{$job}\n" "$extra$keys" > "$dir/$program.json"
+      if ! "$moec" compile "$m2l" --config "$dir/$program.json" --emit cuda -o "$dir/m2l-$program" \
+          > "$dir/$program.log" 2>&1; then
+        tail -5 "$dir/$program.log" >&2
+        echo "error: moec compile failed for $dir/m2l-$program (job $(cat "$dir/$program.json"))" >&2
+        exit 1
+      fi
+      grep '^memory plan' "$dir/$program.log" || true
+    done
   done
   if [[ -n "${TT_SITE:-}" ]]; then
     rm -rf "$dir/tt-site" && cp -r "$TT_SITE" "$dir/tt-site"
@@ -140,11 +178,18 @@ for want in "${wanted[@]}"; do
     echo "error: no recipe '$want' (bf16, fp32-master)" >&2
     exit 2
   fi
+  # The base program, then the variants prepare compiled (BENCH_VARIANTS).
+  programs=(--moec "moec=$program")
+  for variant in "${program%/train_step}"-*/train_step; do
+    [[ -x "$variant" ]] || continue
+    suffix="${variant%/train_step}"
+    programs+=(--moec "moec-${suffix#"${program%/train_step}"-}=$variant")
+  done
   echo "== python -m moec.bench --recipe $want $(elapsed)"
   nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,power.limit,clocks_event_reasons.active \
     --format=csv,noheader,nounits -lms 100 > "$out/clocks-$want.csv" 2>/dev/null &
   sampler=$!
-  python3 -m moec.bench --moec "moec=$program" --recipe "$want" "${tt[@]}" "${skips[@]}" \
+  python3 -m moec.bench "${programs[@]}" --recipe "$want" "${tt[@]}" "${skips[@]}" \
     --rounds "${BENCH_ROUNDS:-2}" --json "$out/bench-$want.json" 2>&1 | tee "$out/bench-$want.txt" ||
     status=1
   kill "$sampler" 2>/dev/null || true
