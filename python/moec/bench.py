@@ -113,7 +113,12 @@ rounds' spread): s/step is the median of the rounds' medians, tokens/s and
 TFLOP/s the medians of the rounds', the speed-up the median of the
 same-round ratios. With ``--moec``, a second table: moec's speed-up over each
 contender per round (the contender's s/step over moec's, both of that round)
-and their median; then the fastest PyTorch contender. ``--json OUT`` writes
+and their median; then the fastest PyTorch contender. On a GPU, nvidia-smi
+samples its power and SM clock while each contender runs
+(:mod:`moec.gpu_power`; the samples drawing at least half the power limit):
+a last table gives, per contender, the median power, SM clock and share of
+samples at the software power cap over the rounds, and the energy per step
+(power x s/step) and tokens per joule. ``--json OUT`` writes
 ``format`` ``moec-bench/2``: the setup, ``results`` (what the table says),
 ``ratios`` and ``rounds`` (every contender's result in every round, step
 times and losses included); ``--report OUT`` prints the tables of such a file
@@ -139,13 +144,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from moec.atomic import write_atomically
+from moec.gpu_power import PowerSampler
 from moec.torchtitan_mixtral import TORCHTITAN_VERSION, TorchtitanUnavailable
 
 RECIPES = ("bf16", "fp32-master")
@@ -237,6 +243,14 @@ class Result:
     #: its fullest (cudaMemGetInfo: CUDA context and library workspaces too).
     planned_bytes: int | None = None
     device_used_bytes: int | None = None
+    #: The GPU while busy during the contender's run (moec.gpu_power: the
+    #: median power and SM clock of the samples drawing at least half the
+    #: power limit, and the share of them at the power cap); None without
+    #: nvidia-smi, on the CPU, and in reports written before.
+    power_w: float | None = None
+    power_limit_w: float | None = None
+    sm_clock_mhz: float | None = None
+    power_capped_share: float | None = None
 
 
 # ----------------------------------------------------------------------------
@@ -481,6 +495,29 @@ def run_moec(what: str, program: Path, job: Job, token_file: Path, log: Path) ->
                   [float(r["loss"]) for r in rows], planned_bytes(program), summary.get("device_used_bytes"))
 
 
+def nvidia_smi_id() -> str | None:
+    """nvidia-smi's name of the GPU torch runs on: its UUID (CUDA's device order need not be nvidia-smi's)."""
+    import torch
+
+    uuid = str(getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "uuid", "") or "")
+    if not uuid:
+        return None
+    return uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
+
+
+def with_power(gpu: str | None | bool, run: Callable[[], Result]) -> Result:
+    """``run()``'s result with the GPU's power while it ran (moec.gpu_power); ``gpu`` False: not sampled."""
+    if gpu is False:
+        return run()
+    with PowerSampler(gpu) as sampler:
+        result = run()
+    summary = sampler.summary()
+    if summary is None:
+        return result
+    return replace(result, power_w=summary.power_w, power_limit_w=summary.power_limit_w,
+                   sm_clock_mhz=summary.sm_clock_mhz, power_capped_share=summary.capped_share)
+
+
 def parse_programs(values: list[str]) -> list[tuple[str, Path]]:
     """``--moec [NAME=]PROGRAM`` values as (name, program); a name starts with ``moec`` and is given once.
 
@@ -604,7 +641,32 @@ def report_tables(rounds: list[list[Result]]) -> str:
         for r in planned:
             lines.append(f"| {r.what} | {r.planned_bytes / 2**30:.2f} | {r.peak_bytes / 2**30:.2f} | "
                          f"{r.device_used_bytes / 2**30:.2f} | {r.device_used_bytes / r.planned_bytes:.3f} |")
+    lines += power_table(rounds)
     return "\n".join(lines)
+
+
+def power_table(rounds: list[list[Result]]) -> list[str]:
+    """The GPU's power per contender (moec.gpu_power), medians over the rounds that sampled it; energy per
+    step as each round's median power times its s/step. No lines when no round sampled any."""
+    names = check_rounds(rounds)
+    rows = []
+    for index, what in enumerate(names):
+        mine = [results[index] for results in rounds if results[index].power_w is not None]
+        if not mine:
+            continue
+        tokens_per_step = mine[0].tokens_per_s * mine[0].step_s
+        energy = statistics.median(r.power_w * r.step_s for r in mine)
+        rows.append(f"| {what} | {statistics.median(r.power_w for r in mine):.0f} of {mine[0].power_limit_w:.0f} | "
+                    f"{statistics.median(r.sm_clock_mhz for r in mine):.0f} | "
+                    f"{statistics.median(r.power_capped_share for r in mine):.0%} | {energy:.1f} | "
+                    f"{tokens_per_step / energy:,.0f} | {len(mine)} |")
+    if not rows:
+        return []
+    return ["", "The GPU while busy (nvidia-smi every 100 ms, the samples drawing at least half the power limit; "
+                "medians over the rounds): power, SM clock, share of samples at the software power cap, energy "
+                "per step (power x s/step) and tokens per joule:", "",
+            "| what | power W | SM clock MHz | at the power cap | J/step | tokens/J | rounds |",
+            "|---|---|---|---|---|---|---|", *rows]
 
 
 def report_json(setup: dict, rounds: list[list[Result]]) -> dict:
@@ -744,6 +806,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(job.seed)
     tokens = rng.integers(0, config.vocab_size, size=(job.total_steps * job.micro_batch, job.seq), dtype=np.int64)
     device_name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    gpu = nvidia_smi_id() if device == "cuda" else False
     print(f"{job.config} on {device_name}: micro-batch {job.micro_batch} x seq {job.seq} "
           f"({job.tokens_per_step} tokens/step), recipe {job.recipe}, {active:,.0f} active parameters, "
           f"{flops / 1e12:.4g} TFLOP/step; {job.warmup} warm-up + {job.steps} timed steps, "
@@ -767,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
             results = []
             for contender in list(contenders):
                 try:
-                    result = run_pytorch(contender, job, tokens, flops)
+                    result = with_power(gpu, partial(run_pytorch, contender, job, tokens, flops))
                 except torch.cuda.OutOfMemoryError as e:
                     if number > 1:
                         raise
@@ -782,7 +845,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(result)
                 print_result(number, args.rounds, result)
             for name, program in programs:
-                result = run_moec(name, program, job, token_file, Path(tmp) / f"{name}-{number}.csv")
+                result = with_power(gpu, partial(run_moec, name, program, job, token_file,
+                                                 Path(tmp) / f"{name}-{number}.csv"))
                 results.append(result)
                 print_result(number, args.rounds, result)
             rounds.append(results)

@@ -9,7 +9,9 @@ medians' ratio 1.326); DIR/uneven.json: the same with titan-compile missing
 from round 2; DIR/unversioned.json: a report without its format (what
 the benchmark wrote before it ran rounds); DIR/policies.json: one round of
 hf-eager and two moec programs (moec-full, moec-auto) with their planned
-bytes and device memory in use.
+bytes and device memory in use; DIR/power.json: rounds.json with the GPU's
+power sampled for titan-compile in every round and for moec in rounds 1
+and 2 (hf-eager in none).
 """
 
 import json
@@ -49,6 +51,18 @@ def main(out: Path) -> None:
     auto = {**result("moec", 0), "what": "moec-auto", "step_s": 0.104, "planned_bytes": 120 * 2**30,
             "device_used_bytes": int(123.0 * 2**30), "peak_bytes": 120 * 2**30}
     (out / "policies.json").write_text(report([[result("hf-eager", 0), full, auto]]))
+    power = {  # what: per round (W, SM MHz, share at the power cap), None: not sampled
+        "titan-compile": ((690, 1560, 0.9), (692, 1545, 1.0), (688, 1575, 0.95)),
+        "moec": ((695, 1500, 1.0), (685, 1520, 0.8), None),
+    }
+    rounds = [[result(what, number) for what in STEP_S] for number in range(3)]
+    for number, results in enumerate(rounds):
+        for r in results:
+            sampled = power.get(r["what"], (None,) * 3)[number]
+            if sampled:
+                r.update(power_w=sampled[0], power_limit_w=700.0, sm_clock_mhz=sampled[1],
+                         power_capped_share=sampled[2])
+    (out / "power.json").write_text(report(rounds))
 
 
 if __name__ == "__main__":
