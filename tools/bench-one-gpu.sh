@@ -155,18 +155,6 @@ tt=()
 [[ -d "$dir/tt-site" ]] && tt=(--torchtitan-path "$dir/tt-site")
 skips=()
 for s in ${BENCH_SKIP:-}; do skips+=(--skip "$s"); done
-# The SM clock and power beside each recipe's run (nvidia-smi every 100 ms,
-# all contenders together): busy samples (over 250 W), their median SM
-# clock and how many had the software power cap among their clock event
-# reasons (bit 0x4). On an H200 the step runs at its 700 W cap
-# (docs/benchmarks.md, "The step at the power cap").
-clocks() { # CSV
-  awk -F', *' '$3 > 250 { print $2, ($5 ~ /[4567cdefCDEF]$/) }' "$1" | sort -n |
-    awk '{ c[NR] = $1; capped += $2 }
-         END { if (NR) printf "GPU while busy: %d samples, SM clock median %d MHz (%d..%d), %d at the power cap\n",
-                              NR, c[int((NR + 1) / 2)], c[1], c[NR], capped
-               else print "GPU while busy: no samples over 250 W" }'
-}
 status=0
 for want in "${wanted[@]}"; do
   program=""
@@ -186,15 +174,9 @@ for want in "${wanted[@]}"; do
     programs+=(--moec "moec-${suffix#"${program%/train_step}"-}=$variant")
   done
   echo "== python -m moec.bench --recipe $want $(elapsed)"
-  nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,power.limit,clocks_event_reasons.active \
-    --format=csv,noheader,nounits -lms 100 > "$out/clocks-$want.csv" 2>/dev/null &
-  sampler=$!
   python3 -m moec.bench "${programs[@]}" --recipe "$want" "${tt[@]}" "${skips[@]}" \
     --rounds "${BENCH_ROUNDS:-2}" --json "$out/bench-$want.json" 2>&1 | tee "$out/bench-$want.txt" ||
     status=1
-  kill "$sampler" 2>/dev/null || true
-  wait "$sampler" 2>/dev/null || true
-  clocks "$out/clocks-$want.csv" | tee -a "$out/bench-$want.txt"
 done
 echo "done $(elapsed); results in $out"
 exit $status
