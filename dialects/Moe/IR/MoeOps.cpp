@@ -345,6 +345,40 @@ LogicalResult ExpertCountsOp::verify() {
   return success();
 }
 
+//===----------------------------------------------------------------------===//
+// moe.adamw
+//===----------------------------------------------------------------------===//
+
+/// The gradient's type in moe.adamw's syntax: nothing when it is the
+/// parameter's, else `grad TYPE`.
+static ParseResult parseGradType(OpAsmParser &parser, Type &grad,
+                                 Type param) {
+  if (succeeded(parser.parseOptionalKeyword("grad")))
+    return parser.parseType(grad);
+  grad = param;
+  return success();
+}
+
+static void printGradType(OpAsmPrinter &printer, Operation *, Type grad,
+                          Type param) {
+  if (grad != param)
+    printer << " grad " << grad;
+}
+
+LogicalResult AdamWOp::verify() {
+  auto param = cast<RankedTensorType>(getParam().getType());
+  auto grad = cast<RankedTensorType>(getGrad().getType());
+  if (grad.getShape() != param.getShape())
+    return emitOpError() << "gradient " << grad << " must have the shape of "
+                         << "the parameter " << param;
+  if (grad.getElementType() != param.getElementType() &&
+      !(param.getElementType().isF32() && grad.getElementType().isBF16()))
+    return emitOpError() << "gradient " << grad << " must have the "
+                         << "parameter's element type, or be bf16 under an "
+                         << "fp32 parameter, but the parameter is " << param;
+  return success();
+}
+
 #define GET_OP_CLASSES
 #include "dialects/Moe/IR/MoeOps.cpp.inc"
 

@@ -582,7 +582,7 @@ def Moe_GlobalNormOp : Moe_Op<"global_norm", [Pure]> {
 }
 
 def Moe_AdamWOp : Moe_Op<"adamw", [Pure,
-    AllTypesMatch<["param", "grad", "exp_avg", "exp_avg_sq", "new_param",
+    AllTypesMatch<["param", "exp_avg", "exp_avg_sq", "new_param",
                    "new_exp_avg", "new_exp_avg_sq"]>,
     AllTypesMatch<["lr", "grad_norm"]>]> {
   let summary = "one AdamW update of a parameter and its moments";
@@ -598,7 +598,9 @@ def Moe_AdamWOp : Moe_Op<"adamw", [Pure,
 
     Parameter, gradient and moments share one type: fp32 master weights, or
     bf16 for a model kept in bf16; the update is computed in fp32 either way
-    and rounded once when stored.
+    and rounded once when stored. Under fp32 masters the gradient may be
+    bf16 instead (moe-fold-grad-casts), widened where it is read; its type
+    is then printed after the parameter's (`grad tensor<4x32xbf16>`).
 
     With `skip_nonfinite`, a `grad_norm` that is not finite (an inf or NaN
     in some gradient it was taken over) makes the update the identity: the
@@ -624,8 +626,11 @@ def Moe_AdamWOp : Moe_Op<"adamw", [Pure,
                       Moe_FloatTensor:$new_exp_avg_sq);
   let assemblyFormat = [{
     $param `,` $grad `,` $exp_avg `,` $exp_avg_sq `,` $step `,` $lr `,`
-    $grad_norm attr-dict `:` type($param) `,` type($step) `,` type($lr)
+    $grad_norm attr-dict `:` type($param) ``
+    custom<GradType>(type($grad), ref(type($param))) `,` type($step) `,`
+    type($lr)
   }];
+  let hasVerifier = 1;
 }
 
 //===----------------------------------------------------------------------===//

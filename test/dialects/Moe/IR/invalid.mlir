@@ -336,8 +336,27 @@ func.func @expert_counts_rows(%e0: tensor<16x2xi64>, %e1: tensor<16x2xi64>) {
 
 // Tests that AdamW's moments have the parameter's type.
 func.func @adamw_moments(%p: tensor<4x8xf32>, %g: tensor<4x8xf32>, %m: tensor<4x8xf32>, %v: tensor<8x4xf32>, %step: tensor<i64>, %lr: tensor<f32>) {
-  // expected-error@+1 {{'moe.adamw' op failed to verify that all of {param, grad, exp_avg, exp_avg_sq, new_param, new_exp_avg, new_exp_avg_sq} have same type}}
+  // expected-error@+1 {{'moe.adamw' op failed to verify that all of {param, exp_avg, exp_avg_sq, new_param, new_exp_avg, new_exp_avg_sq} have same type}}
   %0:3 = "moe.adamw"(%p, %g, %m, %v, %step, %lr, %lr) {beta1 = 0.9 : f64, beta2 = 0.95 : f64, epsilon = 1.0e-08 : f64, weight_decay = 0.1 : f64, max_grad_norm = 1.0 : f64} : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>, tensor<8x4xf32>, tensor<i64>, tensor<f32>, tensor<f32>) -> (tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>)
+  return
+}
+
+// -----
+
+// Tests that AdamW's gradient has the parameter's shape.
+func.func @adamw_grad_shape(%p: tensor<4x8xf32>, %g: tensor<8x4xf32>, %step: tensor<i64>, %lr: tensor<f32>) {
+  // expected-error@+1 {{'moe.adamw' op gradient 'tensor<8x4xf32>' must have the shape of the parameter 'tensor<4x8xf32>'}}
+  %0:3 = moe.adamw %p, %g, %p, %p, %step, %lr, %lr {beta1 = 0.9 : f64, beta2 = 0.95 : f64, epsilon = 1.0e-08 : f64, weight_decay = 0.1 : f64, max_grad_norm = 1.0 : f64} : tensor<4x8xf32> grad tensor<8x4xf32>, tensor<i64>, tensor<f32>
+  return
+}
+
+// -----
+
+// Tests that AdamW's gradient is bf16 only under an fp32 parameter (and
+// never wider than the parameter).
+func.func @adamw_grad_type(%p: tensor<4x8xbf16>, %g: tensor<4x8xf32>, %step: tensor<i64>, %lr: tensor<f32>) {
+  // expected-error@+1 {{'moe.adamw' op gradient 'tensor<4x8xf32>' must have the parameter's element type, or be bf16 under an fp32 parameter, but the parameter is 'tensor<4x8xbf16>'}}
+  %0:3 = moe.adamw %p, %g, %p, %p, %step, %lr, %lr {beta1 = 0.9 : f64, beta2 = 0.95 : f64, epsilon = 1.0e-08 : f64, weight_decay = 0.1 : f64, max_grad_norm = 1.0 : f64} : tensor<4x8xbf16> grad tensor<4x8xf32>, tensor<i64>, tensor<f32>
   return
 }
 

@@ -207,3 +207,12 @@ func.func @offload_fetch(%x: tensor<2x4x8xf32>, %e: tensor<?x2xi64>) -> (tensor<
   %f = moe.fetch %he layer 0 : tensor<?x2xi64, #moe.host> -> tensor<?x2xi64>
   return %y, %f : tensor<2x4x8xf32>, tensor<?x2xi64>
 }
+
+// An fp32 parameter's update from a bf16 gradient (moe-fold-grad-casts):
+// the gradient's type is printed after the parameter's.
+// CHECK-LABEL: func.func @adamw_bf16_grad
+// CHECK: moe.adamw %{{.+}} : tensor<32xf32> grad tensor<32xbf16>, tensor<i64>, tensor<f32>
+func.func @adamw_bf16_grad(%w: tensor<32xf32>, %g: tensor<32xbf16>, %m: tensor<32xf32>, %v: tensor<32xf32>, %step: tensor<i64>, %lr: tensor<f32>) -> tensor<32xf32> {
+  %p, %m2, %v2 = moe.adamw %w, %g, %m, %v, %step, %lr, %lr {beta1 = 0.9 : f64, beta2 = 0.95 : f64, epsilon = 1.0e-08 : f64, weight_decay = 0.1 : f64, max_grad_norm = 1.0 : f64} : tensor<32xf32> grad tensor<32xbf16>, tensor<i64>, tensor<f32>
+  return %p : tensor<32xf32>
+}
