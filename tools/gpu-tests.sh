@@ -31,7 +31,8 @@
 # in the median over the steps (TOLERANCES in python/moec/train_bf16.py),
 # both with fp32 master weights ("bf16": true; also checkpointed after 25
 # steps and resumed, and partitioned at W = 2, H = 2 on simulated ranks) and
-# as a bf16 model ("param_dtype": "bf16"); the fp32
+# as a bf16 model ("param_dtype": "bf16"), and with fp32 masters but bf16
+# weight gradients ("grad_dtype": "bf16"); the fp32
 # aux_loss step under activation checkpointing selective, full and auto
 # equals the CPU reference as above and the program without checkpointing
 # to a relative 1e-6 (recomputation is deterministic); with activation
@@ -518,6 +519,11 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
   printf '{"micro_batch_size": 2, "seq_length": 64, "bf16": true, "param_dtype": "bf16"}\n' \
     > "$dir/bf16-model.json"
   "$moec" compile "$model" --config "$dir/bf16-model.json" -o "$dir/bf16-model"
+  # The same with the weight gradients kept bf16 (grad_dtype), as PyTorch's
+  # autograd gives them for the bf16 compute copies.
+  printf '{"micro_batch_size": 2, "seq_length": 64, "bf16": true, "grad_dtype": "bf16"}\n' \
+    > "$dir/bf16-grads.json"
+  "$moec" compile "$model" --config "$dir/bf16-grads.json" -o "$dir/bf16-grads"
   # bf16 compute with fp32 masters, partitioned (H = 2: every parameter
   # gathered, in the forward and again in the backward, from its one kept
   # bf16 copy), on the same global batch as the one-GPU curve.
@@ -805,6 +811,9 @@ echo "== bf16: 25 steps, checkpoint, resume for 25 (the kept bf16 parameter copi
 "$dir/bf16/train_step" --tokens "$dir/data/train.bin" --steps 25 --total-steps 50 --resume \
   --checkpoint-dir "$out/ckpt-bf16" --log "$out/bf16-resumed.csv" > /dev/null
 python3 -m moec.train_bf16 --check "$out/bf16-resumed.csv" --golden "$dir/tiny-fortunes-bf16.json"
+echo "== bf16 with bf16 weight gradients (grad_dtype bf16): 50 steps against PyTorch's bf16 curve"
+"$dir/bf16-grads/train_step" --tokens "$dir/data/train.bin" --steps 50 --log "$out/bf16-grads.csv"
+python3 -m moec.train_bf16 --check "$out/bf16-grads.csv" --golden "$dir/tiny-fortunes-bf16.json"
 echo "== bf16 model: 50 steps against PyTorch's curve for bf16 parameters and AdamW states"
 "$dir/bf16-model/train_step" --tokens "$dir/data/train.bin" --steps 50 --log "$out/bf16-model.csv"
 python3 -m moec.train_bf16 --check "$out/bf16-model.csv" --golden "$dir/tiny-fortunes-bf16-model.json"

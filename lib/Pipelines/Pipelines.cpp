@@ -46,11 +46,14 @@ moe::BuildTrainStepOptions moec::getTrainStepOptions(const TrainingJob &job) {
 
 void moec::buildTrainStepPipeline(OpPassManager &pm,
                                   const moe::BuildTrainStepOptions &options,
-                                  bool recomputeExperts) {
+                                  bool recomputeExperts,
+                                  bool bf16WeightGrads) {
   pm.addPass(moe::createBuildTrainStep(options));
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createCSEPass());
-  pm.addNestedPass<func::FuncOp>(moe::createWidenWeightGrads());
+  moe::WidenWeightGradsOptions widen;
+  widen.intoReaders = bf16WeightGrads;
+  pm.addNestedPass<func::FuncOp>(moe::createWidenWeightGrads(widen));
   pm.addNestedPass<func::FuncOp>(moe::createFuseLossGrad());
   if (!recomputeExperts)
     pm.addNestedPass<func::FuncOp>(moe::createSaveExpertActivations());
@@ -103,7 +106,8 @@ static void buildStepPipeline(OpPassManager &pm, const TrainingJob &job,
   const bool partitioned = isPartitioned(job);
   buildTrainStepPipeline(pm, step,
                          /*recomputeExperts=*/partitioned ||
-                             job.recomputeExperts);
+                             job.recomputeExperts,
+                         /*bf16WeightGrads=*/job.gradDtype == ParamDtype::Bf16);
   moe::SpecializeShapesOptions shapes;
   shapes.batch = job.microBatchSize;
   shapes.seq = job.seqLength;

@@ -204,6 +204,12 @@ const std::vector<KeyInfo> &keyTable() {
                           &J::paramDtype, 2>(),
                 "parameters, gradients and AdamW moments: fp32 (master "
                 "weights) or bf16 (needs bf16)"),
+        enumKey("grad_dtype",
+                enumField<ParamDtype, stringifyParamDtype, symbolizeParamDtype,
+                          &J::gradDtype, 2>(),
+                "weight gradients under fp32 master weights: fp32, or bf16 "
+                "as autograd gives them for bf16 compute copies, widened "
+                "where the norm and AdamW read them (needs bf16; one rank)"),
         boolKey("fp8", &J::fp8, "fp8 GEMMs"),
         enumKey("moe_load_balancing",
                 enumField<moe::LoadBalancing, moe::stringifyLoadBalancing,
@@ -474,6 +480,15 @@ llvm::Error TrainingJob::validate() const {
   if (paramDtype == ParamDtype::Bf16 && !bf16)
     return error("param_dtype bf16 needs bf16 true (a bf16 model computes "
                  "in bf16)");
+  if (gradDtype == ParamDtype::Bf16 && !bf16)
+    return error("grad_dtype bf16 needs bf16 true (the gradients of bf16 "
+                 "compute copies)");
+  if (gradDtype == ParamDtype::Bf16 &&
+      (worldSize > 1 || keepOneRankCollectives))
+    return error(fmt::format(
+        "grad_dtype bf16 is for one-rank steps: a partitioned step reduces "
+        "its gradients in fp32 (world_size {}, keep_one_rank_collectives {})",
+        worldSize, keepOneRankCollectives));
   if (memoryBudgetGib != 0 &&
       activationCheckpointing != ActivationCheckpointing::Auto)
     return error(fmt::format(
@@ -684,6 +699,8 @@ llvm::Error moec::checkImplemented(const TrainingJob &job,
       return refuse("global_token_shuffle", "true", "tokens are not shuffled");
     if (job.paramDtype == ParamDtype::Bf16)
       return refuse("param_dtype", "bf16", "plans assume fp32 master weights");
+    if (job.gradDtype == ParamDtype::Bf16)
+      return refuse("grad_dtype", "bf16", "plans assume fp32 gradients");
     return llvm::Error::success();
   }
   if (job.globalBatchSize != 0 &&

@@ -62,6 +62,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 using namespace moert::kernels;
@@ -523,7 +524,9 @@ void testCrossEntropy(Env &env, int64_t B, int64_t S, int64_t H, int64_t V,
 
 /// The multi-tensor norm and AdamW with state and gradients of type T (fp32
 /// masters, or a bf16 model: inputs rounded to bf16, fp64 oracle on them).
-template <class T> void testOptimizer(Env &env, uint32_t seed) {
+/// AdamW and the global norm over state T and gradients TG (T, or bf16
+/// under fp32 state: grad_dtype bf16).
+template <class T, class TG = T> void testOptimizer(Env &env, uint32_t seed) {
   // 65541: a chunk and a tail of 5, one 4-element access and one
   // element past the last 8-element one.
   const std::vector<int64_t> sizes = {5, 70000, 131073, 65541};
@@ -531,6 +534,9 @@ template <class T> void testOptimizer(Env &env, uint32_t seed) {
   const int64_t step = 3;
   const float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, epsilon = 1e-8f;
   std::string name = std::string(typeName<T>()) +
+                     (std::is_same_v<T, TG>
+                          ? std::string()
+                          : std::string(" (") + typeName<TG>() + " gradients)") +
                      " optimizer sizes 5, 70000, 131073, 65541 step 3 lr 1e-3";
   const double tol = sizeof(T) == 4 ? kTolOptimizer : kTolBf16;
   auto rounded = [](std::vector<float> v) { // what a T buffer holds
@@ -546,7 +552,9 @@ template <class T> void testOptimizer(Env &env, uint32_t seed) {
       v(count);
   for (size_t i = 0; i < count; ++i) {
     param[i] = rounded(normal(rng, sizes[i], 0.02f));
-    grad[i] = rounded(normal(rng, sizes[i], 0.01f));
+    grad[i] = normal(rng, sizes[i], 0.01f);
+    for (float &x : grad[i]) // what a TG buffer holds
+      x = toFloat(fromFloat<TG>(x));
     // Moments as after two earlier steps of gradients of this size.
     m[i] = rounded(normal(rng, sizes[i], 0.19f * 0.01f));
     v[i] = normal(rng, sizes[i], 0.01f);
@@ -554,14 +562,15 @@ template <class T> void testOptimizer(Env &env, uint32_t seed) {
       x = 0.002f * x * x;
     v[i] = rounded(v[i]);
   }
-  std::vector<std::unique_ptr<DeviceBuffer<T>>> dParam, dGrad, dM, dV;
+  std::vector<std::unique_ptr<DeviceBuffer<T>>> dParam, dM, dV;
+  std::vector<std::unique_ptr<DeviceBuffer<TG>>> dGrad;
   std::vector<std::unique_ptr<DeviceBuffer<bf16>>> dCopy;
   std::vector<OptimizerTensor> tensors(count);
   for (size_t i = 0; i < count; ++i) {
     dCopy.emplace_back(new DeviceBuffer<bf16>(sizes[i]));
     tensors[i].copy = dCopy[i]->get();
     dParam.emplace_back(new DeviceBuffer<T>(toStorage<T>(param[i])));
-    dGrad.emplace_back(new DeviceBuffer<T>(toStorage<T>(grad[i])));
+    dGrad.emplace_back(new DeviceBuffer<TG>(toStorage<TG>(grad[i])));
     dM.emplace_back(new DeviceBuffer<T>(toStorage<T>(m[i])));
     dV.emplace_back(new DeviceBuffer<T>(toStorage<T>(v[i])));
     tensors[i].param = dParam[i]->get();
@@ -590,7 +599,7 @@ template <class T> void testOptimizer(Env &env, uint32_t seed) {
                           ctx);
     if (!normRan)
       break;
-    globalNorm<T>(ctx, group, norm.get());
+    globalNorm<TG>(ctx, group, norm.get());
     env.sync();
     norms[run] = norm.read()[0];
   }
@@ -632,7 +641,7 @@ template <class T> void testOptimizer(Env &env, uint32_t seed) {
     }
     if (!env.context(head, 0, ctx))
       continue;
-    adamw<T, T>(ctx, group, dStep.get(), dLr.get(), dNorm.get(), beta1, beta2,
+    adamw<T, TG>(ctx, group, dStep.get(), dLr.get(), dNorm.get(), beta1, beta2,
           epsilon, clip.maxNorm);
     env.sync();
 
@@ -973,6 +982,7 @@ int main(int argc, char **argv) {
   testType<bf16>(env, seed);
   testOptimizer<float>(env, seed++);
   testOptimizer<bf16>(env, seed++);
+  testOptimizer<float, bf16>(env, seed++);
 
   CHECK_CUDA(cudaFreeHost(env.hostCounts));
   CHECK_CUDA(cudaFree(env.scratch));

@@ -25,7 +25,7 @@ namespace {
 
 /// Whether `a` can be updated in the launch of `first`'s group: the same
 /// hyperparameters but the weight decay, the same scalar operands and the
-/// same parameter element type.
+/// same parameter and gradient element types.
 bool sharesLaunch(AdamWOp first, AdamWOp a) {
   return a.getBeta1() == first.getBeta1() && a.getBeta2() == first.getBeta2() &&
          a.getEpsilon() == first.getEpsilon() &&
@@ -34,7 +34,9 @@ bool sharesLaunch(AdamWOp first, AdamWOp a) {
          a.getStep() == first.getStep() && a.getLr() == first.getLr() &&
          a.getGradNorm() == first.getGradNorm() &&
          getElementTypeOrSelf(a.getParam().getType()) ==
-             getElementTypeOrSelf(first.getParam().getType());
+             getElementTypeOrSelf(first.getParam().getType()) &&
+         getElementTypeOrSelf(a.getGrad().getType()) ==
+             getElementTypeOrSelf(first.getGrad().getType());
 }
 
 struct GroupAdamWPass : public moe::impl::GroupAdamWBase<GroupAdamWPass> {

@@ -116,9 +116,34 @@ def WidenWeightGrads : Pass<"moe-widen-weight-grads", "::mlir::func::FuncOp"> {
     // becomes
     %dx, %g = moe.linear_grad %x, %w, %dy : (...) -> (tensor<8x4xbf16>, tensor<4x4xf32>)
     ```
+
+    With `into-readers` (job key `grad_dtype` bf16) the gradients stay bf16,
+    rounded once as autograd gives them for bf16 compute copies (what the
+    PyTorch recipes with fp32 masters train on), and the casts fold into
+    their readers instead: moe.global_norm and moe.adamw take the bf16
+    gradient and widen it as they read, so that no fp32 gradient is stored
+    or read (6 bytes less per parameter). A norm folds all of its
+    gradients or none (a norm reads one element type); a cast with other
+    users stays for them.
+
+    ```mlir
+    %g = arith.extf %dw : tensor<4x4xbf16> to tensor<4x4xf32>
+    %n = moe.global_norm %g : (tensor<4x4xf32>) -> tensor<f32>
+    %p, %m, %v = moe.adamw %w, %g, ... : tensor<4x4xf32>, ...
+    // becomes
+    %n = moe.global_norm %dw : (tensor<4x4xbf16>) -> tensor<f32>
+    %p, %m, %v = moe.adamw %w, %dw, ... : tensor<4x4xf32> grad tensor<4x4xbf16>, ...
+    ```
   }];
+  let options = [
+    Option<"intoReaders", "into-readers", "bool", "false",
+           "keep the weight gradients bf16 and fold the casts into the norm "
+           "and AdamW">
+  ];
   let statistics = [
-    Statistic<"numWidened", "num-widened", "weight gradients made fp32">
+    Statistic<"numWidened", "num-widened", "weight gradients made fp32">,
+    Statistic<"numFolded", "num-folded",
+              "weight-gradient casts folded into their readers">
   ];
 }
 

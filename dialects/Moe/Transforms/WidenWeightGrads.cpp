@@ -10,6 +10,7 @@
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "llvm/ADT/SetVector.h"
 
 namespace mlir::moe {
 #define GEN_PASS_DEF_WIDENWEIGHTGRADS
@@ -37,9 +38,25 @@ bool isWeightGradient(Value v) {
   return isa_and_nonnull<EmbeddingGradOp>(def);
 }
 
+/// The cast that widens a bf16 weight gradient to fp32, or null.
+arith::ExtFOp gradientCast(Value v) {
+  auto ext = v.getDefiningOp<arith::ExtFOp>();
+  if (!ext || !isWeightGradient(ext.getIn()) ||
+      !getElementTypeOrSelf(ext.getIn().getType()).isBF16() ||
+      !getElementTypeOrSelf(ext.getType()).isF32())
+    return nullptr;
+  return ext;
+}
+
 struct WidenWeightGradsPass
     : public moe::impl::WidenWeightGradsBase<WidenWeightGradsPass> {
+  using WidenWeightGradsBase::WidenWeightGradsBase;
+
   void runOnOperation() override {
+    if (intoReaders) {
+      foldIntoReaders();
+      return;
+    }
     SmallVector<arith::ExtFOp> casts;
     getOperation().walk([&](arith::ExtFOp ext) {
       Value in = ext.getIn();
@@ -52,6 +69,34 @@ struct WidenWeightGradsPass
       ext.getResult().replaceAllUsesWith(in);
       ext.erase();
       ++numWidened;
+    }
+  }
+
+  /// `into-readers` (see Passes.td): every norm whose gradients are all
+  /// widened bf16 weight gradients reads them bf16, and so does every
+  /// moe.adamw that reads one of them.
+  void foldIntoReaders() {
+    llvm::SetVector<arith::ExtFOp> casts;
+    getOperation().walk([&](GlobalNormOp norm) {
+      SmallVector<arith::ExtFOp> mine;
+      for (Value g : norm.getGradients()) {
+        arith::ExtFOp ext = gradientCast(g);
+        if (!ext)
+          return;
+        mine.push_back(ext);
+      }
+      for (auto [i, ext] : llvm::enumerate(mine))
+        norm->setOperand(i, ext.getIn());
+      casts.insert(mine.begin(), mine.end());
+    });
+    for (arith::ExtFOp ext : casts) {
+      for (OpOperand &use : llvm::make_early_inc_range(ext->getUses()))
+        if (auto adam = dyn_cast<AdamWOp>(use.getOwner());
+            adam && &use == &adam.getGradMutable())
+          use.set(ext.getIn());
+      ++numFolded;
+      if (ext->use_empty())
+        ext.erase();
     }
   }
 };

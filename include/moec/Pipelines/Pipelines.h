@@ -25,12 +25,14 @@ void buildImportPipeline(mlir::OpPassManager &pm, bool requireComplete);
 mlir::moe::BuildTrainStepOptions getTrainStepOptions(const TrainingJob &job);
 
 /// Builds the training step from a raised forward (moe-build-train-step with
-/// `options`), then canonicalize, cse, moe-widen-weight-grads,
+/// `options`), then canonicalize, cse, moe-widen-weight-grads (into the
+/// readers with `bf16WeightGrads`: job key grad_dtype bf16),
 /// moe-fuse-loss-grad and, unless `recomputeExperts`,
 /// moe-save-expert-activations.
 void buildTrainStepPipeline(mlir::OpPassManager &pm,
                             const mlir::moe::BuildTrainStepOptions &options,
-                            bool recomputeExperts = false);
+                            bool recomputeExperts = false,
+                            bool bf16WeightGrads = false);
 
 /// Whether `job` trains on more than one rank, asks for an expert or
 /// shard axis, or keeps one-rank collectives (keep_one_rank_collectives):

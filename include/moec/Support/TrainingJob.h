@@ -88,6 +88,12 @@ struct TrainingJob {
   bool bf16 = false;
   /// `param_dtype`.
   ParamDtype paramDtype = ParamDtype::Fp32;
+  /// `grad_dtype`: the weight gradients under fp32 master weights with bf16
+  /// compute: fp32 (accumulated and stored in fp32: moe-widen-weight-grads)
+  /// or bf16 (rounded once, as autograd gives them for bf16 compute copies;
+  /// the norm and AdamW widen them as they read: its `into-readers`). Only
+  /// for unpartitioned steps, which reduce no gradient.
+  ParamDtype gradDtype = ParamDtype::Fp32;
   /// `fp8`: fp8 GEMMs (Hopper).
   bool fp8 = false;
 

@@ -583,11 +583,16 @@ LogicalResult TrainStepPrinter::printAdamWGroup(ArrayRef<moe::AdamWOp> group) {
     if (!ok)
       return failure();
     if (typeOf(a.getParam()).getElementType() !=
-        typeOf(first.getParam()).getElementType())
+            typeOf(first.getParam()).getElementType() ||
+        typeOf(a.getGrad()).getElementType() !=
+            typeOf(first.getGrad()).getElementType())
       return a.emitOpError() << "updates " << typeOf(a.getParam())
+                             << " from " << typeOf(a.getGrad())
                              << " but the first moe.adamw of its group "
-                             << typeOf(first.getParam())
-                             << "; one launch updates one element type";
+                             << typeOf(first.getParam()) << " from "
+                             << typeOf(first.getGrad())
+                             << "; one launch updates one element type "
+                             << "from one gradient type";
     SmallVector<std::string> ps;
     for (Value v : {a.getParam(), a.getExpAvg(), a.getExpAvgSq(), a.getGrad()})
       ps.push_back(typed(v));
@@ -611,11 +616,13 @@ LogicalResult TrainStepPrinter::printAdamWGroup(ArrayRef<moe::AdamWOp> group) {
       *first, {first.getStep(), first.getLr(), first.getGradNorm()}, ok);
   if (!ok)
     return failure();
-  // moe.adamw's operands share one type (its verifier).
+  // The state's type, and the gradient's (the state's, or bf16 under fp32
+  // state: moe.adamw's verifier).
   std::string c = *cType(first.getParam().getType());
+  std::string cg = *cType(first.getGrad().getType());
   body += fmt::format(
       "  moert::kernels::adamw<{}, {}>(ctx, group{}, {}, {}, {}, {}, {}{});\n",
-      c, c, g, scalars, floatLiteral(first.getBeta1().convertToDouble()),
+      c, cg, g, scalars, floatLiteral(first.getBeta1().convertToDouble()),
       floatLiteral(first.getBeta2().convertToDouble()),
       floatLiteral(first.getEpsilon().convertToDouble()),
       floatLiteral(first.getMaxGradNorm().convertToDouble()),

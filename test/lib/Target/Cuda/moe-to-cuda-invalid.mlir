@@ -547,7 +547,7 @@ func.func @train_step(%w: tensor<8x4xf32> {moe.parameter = "w"}, %m: tensor<8x4x
   %norm = moe.global_norm %g {moe.arena_offsets = array<i64: 256>} : (tensor<8x4xf32>) -> tensor<f32>
   %b = arith.truncf %w {moe.arena_offsets = array<i64: 512>} : tensor<8x4xf32> to tensor<8x4xbf16>
   %p0, %m0, %v0 = moe.adamw %w, %g, %m, %v, %step, %lr, %norm {beta1 = 0.9 : f64, beta2 = 0.95 : f64, epsilon = 1.0e-08 : f64, weight_decay = 0.1 : f64, max_grad_norm = 1.0 : f64, moe.adamw_group = 0 : i64} : tensor<8x4xf32>, tensor<i64>, tensor<f32>
-  // expected-error@+1 {{'moe.adamw' op updates 'tensor<8x4xbf16>' but the first moe.adamw of its group 'tensor<8x4xf32>'; one launch updates one element type}}
+  // expected-error@+1 {{'moe.adamw' op updates 'tensor<8x4xbf16>' from 'tensor<8x4xbf16>' but the first moe.adamw of its group 'tensor<8x4xf32>' from 'tensor<8x4xf32>'; one launch updates one element type from one gradient type}}
   %p1, %m1, %v1 = moe.adamw %b, %b, %b, %b, %step, %lr, %norm {beta1 = 0.9 : f64, beta2 = 0.95 : f64, epsilon = 1.0e-08 : f64, weight_decay = 0.1 : f64, max_grad_norm = 1.0 : f64, moe.adamw_group = 0 : i64} : tensor<8x4xbf16>, tensor<i64>, tensor<f32>
   %h = moe.embedding %w[%ids] {moe.arena_offsets = array<i64: 0>} : (tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<2x4x4xf32>
   %loss = moe.lm_head_cross_entropy %h, %w, %labels {moe.arena_offsets = array<i64: 256>} : (tensor<2x4x4xf32>, tensor<8x4xf32>, tensor<2x4xi64>) -> tensor<f32>
