@@ -123,8 +123,9 @@ def WidenWeightGrads : Pass<"moe-widen-weight-grads", "::mlir::func::FuncOp"> {
     their readers instead: moe.global_norm and moe.adamw take the bf16
     gradient and widen it as they read, so that no fp32 gradient is stored
     or read (6 bytes less per parameter). A norm folds all of its
-    gradients or none (a norm reads one element type); a cast with other
-    users stays for them.
+    gradients or none (a norm reads one element type; a norm that reads
+    some widened weight gradients and some other gradients is warned
+    about); a cast with other users stays for them.
 
     ```mlir
     %g = arith.extf %dw : tensor<4x4xbf16> to tensor<4x4xf32>

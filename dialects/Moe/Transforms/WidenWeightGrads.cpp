@@ -79,11 +79,19 @@ struct WidenWeightGradsPass
     llvm::SetVector<arith::ExtFOp> casts;
     getOperation().walk([&](GlobalNormOp norm) {
       SmallVector<arith::ExtFOp> mine;
-      for (Value g : norm.getGradients()) {
-        arith::ExtFOp ext = gradientCast(g);
-        if (!ext)
-          return;
-        mine.push_back(ext);
+      for (Value g : norm.getGradients())
+        if (arith::ExtFOp ext = gradientCast(g))
+          mine.push_back(ext);
+      if (mine.empty())
+        return;
+      if (mine.size() != norm.getGradients().size()) {
+        // Asked for bf16 gradients, and they stay fp32: said, not silent.
+        norm.emitWarning()
+            << "reads " << mine.size() << " widened bf16 weight gradients "
+            << "and " << norm.getGradients().size() - mine.size()
+            << " other gradients; its norm reads one element type, so all "
+            << "stay fp32 (grad_dtype bf16 applies to none of them)";
+        return;
       }
       for (auto [i, ext] : llvm::enumerate(mine))
         norm->setOperand(i, ext.getIn());

@@ -35,7 +35,8 @@ func.func @keep(%x: tensor<8x4xbf16>, %w: tensor<4x4xbf16>, %dy: tensor<8x4xbf16
 
 // -----
 
-// RUN: moec-opt %s -split-input-file --pass-pipeline="builtin.module(func.func(moe-widen-weight-grads{into-readers=true}))" | FileCheck %s --check-prefix=READERS
+// RUN: moec-opt %s -split-input-file --pass-pipeline="builtin.module(func.func(moe-widen-weight-grads{into-readers=true}))" 2>/dev/null | FileCheck %s --check-prefix=READERS
+// RUN: moec-opt %s -split-input-file --pass-pipeline="builtin.module(func.func(moe-widen-weight-grads{into-readers=true}))" -verify-diagnostics > /dev/null
 
 // Tests into-readers (grad_dtype bf16): the gradients stay bf16, the norm
 // and AdamW read them, the casts go; the op's results are not widened.
@@ -60,8 +61,9 @@ func.func @readers(%x: tensor<8x4xbf16>, %w: tensor<4x4xbf16>, %g: tensor<4xbf16
 // -----
 
 // Tests that a norm with a gradient that is no widened weight gradient
-// folds none of its casts (the GPU norm reads one element type), and that
-// a folded cast with another user stays for it.
+// folds none of its casts (the GPU norm reads one element type), with a
+// warning (below, -verify-diagnostics), and that a folded cast with another
+// user stays for it.
 // READERS-LABEL: func.func @readers_keep
 // READERS: arith.extf %{{.*}} : tensor<4x4xbf16> to tensor<4x4xf32>
 // READERS: moe.global_norm %{{.+}}, %{{.+}} : (tensor<4x4xf32>, tensor<4xf32>) -> tensor<f32>
@@ -73,6 +75,7 @@ func.func @readers(%x: tensor<8x4xbf16>, %w: tensor<4x4xbf16>, %g: tensor<4xbf16
 func.func @readers_keep(%x: tensor<8x4xbf16>, %w: tensor<4x4xbf16>, %dy: tensor<8x4xbf16>, %other: tensor<4xf32>) -> tensor<f32> {
   %dx, %dw = moe.linear_grad %x, %w, %dy : (tensor<8x4xbf16>, tensor<4x4xbf16>, tensor<8x4xbf16>) -> (tensor<8x4xbf16>, tensor<4x4xbf16>)
   %a = arith.extf %dw : tensor<4x4xbf16> to tensor<4x4xf32>
+  // expected-warning@+1 {{reads 1 widened bf16 weight gradients and 1 other gradients; its norm reads one element type, so all stay fp32 (grad_dtype bf16 applies to none of them)}}
   %n = moe.global_norm %a, %other : (tensor<4x4xf32>, tensor<4xf32>) -> tensor<f32>
   return %n : tensor<f32>
 }
