@@ -1,4 +1,4 @@
-//===- WidenWeightGrads.cpp - Weight gradients in fp32, no cast after ------===//
+//===- WidenWeightGrads.cpp - Weight-gradient casts into op or readers ----===//
 //
 // Implements moe-widen-weight-grads (see Passes.td).
 //
