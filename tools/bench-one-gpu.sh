@@ -24,7 +24,7 @@
 # BENCH_VARIANTS (prepare) adds programs compiled with more job keys, each
 # benchmarked beside the base program in the same rounds as moec-NAME: a
 # space-separated list of NAME=KEY:VALUE[,KEY:VALUE...], e.g.
-# BENCH_VARIANTS="full=activation_checkpointing:full defer=defer_late_updates:true"
+# BENCH_VARIANTS="full=activation_checkpointing:full bf16grads=grad_dtype:bf16"
 # (true, false and numbers as they are, anything else as a JSON string).
 #
 # prepare reads M2L_ONNX (a ready weights-free export of mixtral-8x7b-2l;

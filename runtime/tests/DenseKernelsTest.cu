@@ -522,10 +522,10 @@ void testCrossEntropy(Env &env, int64_t B, int64_t S, int64_t H, int64_t V,
   }
 }
 
-/// The multi-tensor norm and AdamW with state and gradients of type T (fp32
-/// masters, or a bf16 model: inputs rounded to bf16, fp64 oracle on them).
-/// AdamW and the global norm over state T and gradients TG (T, or bf16
-/// under fp32 state: grad_dtype bf16).
+/// The multi-tensor norm and AdamW with state of type T and gradients of
+/// type TG (fp32 masters; fp32 masters with bf16 gradients, grad_dtype
+/// bf16; or a bf16 model: inputs rounded to their types, fp64 oracle on
+/// them).
 template <class T, class TG = T> void testOptimizer(Env &env, uint32_t seed) {
   // 65541: a chunk and a tail of 5, one 4-element access and one
   // element past the last 8-element one.

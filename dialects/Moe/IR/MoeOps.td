@@ -599,7 +599,8 @@ def Moe_AdamWOp : Moe_Op<"adamw", [Pure,
     Parameter, gradient and moments share one type: fp32 master weights, or
     bf16 for a model kept in bf16; the update is computed in fp32 either way
     and rounded once when stored. Under fp32 masters the gradient may be
-    bf16 instead (moe-fold-grad-casts), widened where it is read; its type
+    bf16 instead (moe-widen-weight-grads with `into-readers`), widened
+    where it is read; its type
     is then printed after the parameter's (`grad tensor<4x32xbf16>`).
 
     With `skip_nonfinite`, a `grad_norm` that is not finite (an inf or NaN

@@ -203,22 +203,18 @@ inline void gemmRun(const Blas &blas, cudaStream_t stream,
 inline uint32_t gemmAlgoAttribute(const cublasLtMatmulAlgo_t &algo,
                                   cublasLtMatmulAlgoConfigAttributes_t
                                       attribute) {
-  size_t written = 0;
-  if (attribute == CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID ||
-      attribute == CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID) {
-    uint16_t value = 0;
+  auto read = [&](auto value) -> uint32_t {
+    size_t written = 0;
     return cublasLtMatmulAlgoConfigGetAttribute(&algo, attribute, &value,
                                                 sizeof(value), &written) ==
                    CUBLAS_STATUS_SUCCESS
                ? value
                : 0;
-  }
-  uint32_t value = 0;
-  return cublasLtMatmulAlgoConfigGetAttribute(&algo, attribute, &value,
-                                              sizeof(value), &written) ==
-                 CUBLAS_STATUS_SUCCESS
-             ? value
-             : 0;
+  };
+  if (attribute == CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID ||
+      attribute == CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID)
+    return read(uint16_t{0});
+  return read(uint32_t{0});
 }
 
 /// The plan for `key` (see GemmPlanKey), made on first use with the
