@@ -26,6 +26,7 @@
 # space-separated list of NAME=KEY:VALUE[,KEY:VALUE...], e.g.
 # BENCH_VARIANTS="full=activation_checkpointing:full bf16grads=grad_dtype:bf16"
 # (true, false and numbers as they are, anything else as a JSON string).
+# A variant's key replaces the recipe's own (fp32grads=grad_dtype:fp32).
 #
 # prepare reads M2L_ONNX (a ready weights-free export of mixtral-8x7b-2l;
 # else python -m moec.export makes one: needs torch) and TT_SITE (a folder
@@ -42,9 +43,12 @@ if [[ -z "$mode" || -z "$dir" || ( "$mode" != prepare && "$mode" != run ) ]]; th
 fi
 export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
 # The recipes (docs/benchmarks.md, "mixtral-8x7b-2l on one H200"): name,
-# moec.bench's --recipe, the job.
+# moec.bench's --recipe, the job. fp32-master keeps the weight gradients
+# bf16 (grad_dtype), as its PyTorch contenders do: autograd on the bf16
+# copies, the gradients copied into the masters' fp32 .grad for the norm and
+# AdamW (the variant fp32grads=grad_dtype:fp32 benchmarks moec's default).
 recipes=("bf16 bf16 \"param_dtype\": \"bf16\", "
-         "fp32m fp32-master ")
+         "fp32m fp32-master \"grad_dtype\": \"bf16\", ")
 job='"micro_batch_size": 4, "seq_length": 2048, "bf16": true, %s"router_aux_loss_coef": 0.02'
 
 if [[ "$mode" == prepare ]]; then
@@ -84,7 +88,7 @@ if [[ "$mode" == prepare ]]; then
       { echo "error: BENCH_VARIANTS: the name of '$v' is not [a-z0-9-]+" >&2; exit 2; }
     variant_keys "$v" > /dev/null
   done
-  rm -rf "$dir"/m2l-*
+  rm -rf "$dir"/m2l-* "$dir"/*.json "$dir"/*.log
   for recipe in "${recipes[@]}"; do
     read -r name _ extra <<< "$recipe"
     variants=("$name=")
@@ -92,10 +96,16 @@ if [[ "$mode" == prepare ]]; then
       variants+=("$name-$v")
     done
     for v in "${variants[@]}"; do
-      program="${v%%=*}" keys=""
-      [[ "$program" == "$name" ]] || keys="$(variant_keys "$v")"
+      program="${v%%=*}" keys="" base="${extra:+$extra }"
+      if [[ "$program" != "$name" ]]; then
+        keys="$(variant_keys "$v")"
+        IFS=, read -ra pairs <<< "${v#*=}"
+        for pair in "${pairs[@]}"; do  # the variant's value, not both
+          base="$(printf '%s' "$base" | sed "s/\"${pair%%:*}\": [^,]*, *//")"
+        done
+      fi
       # shellcheck disable=SC2059 # the job is the format
-      printf "{$job}\n" "$extra$keys" > "$dir/$program.json"
+      printf "{$job}\n" "$base$keys" > "$dir/$program.json"
       if ! "$moec" compile "$m2l" --config "$dir/$program.json" --emit cuda -o "$dir/m2l-$program" \
           > "$dir/$program.log" 2>&1; then
         tail -5 "$dir/$program.log" >&2

@@ -79,7 +79,11 @@ Numerics recipes (``--recipe``), the same for every PyTorch contender:
     masters into a second, bf16 model (explicit copies: autocast does not
     cover ``grouped_mm``, which would then run in fp32), runs forward and
     backward there in bf16, converts the gradients to fp32, clips and steps
-    the masters. Programs compiled with ``"bf16": true`` use this recipe.
+    the masters. Programs compiled with ``"bf16": true`` use this recipe;
+    with ``"grad_dtype": "bf16"`` as well their weight gradients are rounded
+    to bf16 like the contenders' (the norm and AdamW widen them as they read
+    them), with the default ``"fp32"`` they keep the GEMMs' fp32 sums: more
+    precise, 6 bytes per parameter more to move.
 
 Tokens: ``(W + N) * micro_batch`` blocks of ``--seq`` random ids in
 ``[0, vocab)`` from ``numpy.random.default_rng(--seed)``, written as raw
