@@ -780,18 +780,18 @@ std::vector<int64_t> mixtral2lSizes() {
 }
 
 /// --bench-optimizer: globalNorm and adamw over mixtral-8x7b-2l's
-/// parameters in one recipe (T bf16: a bf16 model, bf16 state and
-/// gradients; T fp32: fp32 masters, fp32 state and gradients, the bf16 copy
-/// written), each kernel with 16-byte accesses (what the launchers use) and
-/// with 8-byte ones (the width bf16 had before issue 16). Prints
-/// milliseconds (median of 10) and the TB/s of the bytes each must move;
-/// checks nothing.
-template <class T> void benchOptimizer(cudaStream_t stream) {
+/// parameters in one recipe (TS bf16: a bf16 model, bf16 state and
+/// gradients; TS fp32: fp32 masters, the bf16 copy written, with fp32 or
+/// bf16 gradients TG), each kernel with 16-byte accesses of its type (what
+/// the launchers use), 8-byte ones (the width bf16 had before issue 16) and
+/// 32-byte ones (two 16-byte accesses per array). Prints milliseconds
+/// (median of 10) and the TB/s of the bytes each must move; checks nothing.
+template <class TS, class TG> void benchOptimizer(cudaStream_t stream) {
   std::vector<int64_t> sizes = mixtral2lSizes();
   int64_t total = 0;
   for (int64_t n : sizes)
     total += n;
-  const bool masters = sizeof(T) == 4;
+  const bool masters = sizeof(TS) == 4;
   // Each tensor starts at a 256-byte offset of one allocation per buffer.
   std::vector<int64_t> offsets;
   int64_t padded = 0;
@@ -799,13 +799,16 @@ template <class T> void benchOptimizer(cudaStream_t stream) {
     offsets.push_back(padded);
     padded += (n + 127) / 128 * 128;
   }
-  T *param, *m, *v, *grad;
+  TS *param, *m, *v;
+  TG *grad;
   bf16 *copy = nullptr;
-  for (T **b : {&param, &m, &v, &grad}) {
-    CHECK_CUDA(cudaMalloc(b, padded * sizeof(T)));
+  for (TS **b : {&param, &m, &v}) {
+    CHECK_CUDA(cudaMalloc(b, padded * sizeof(TS)));
     // 0x3c bytes: about 0.0115 in either type, finite and positive.
-    CHECK_CUDA(cudaMemset(*b, 0x3c, padded * sizeof(T)));
+    CHECK_CUDA(cudaMemset(*b, 0x3c, padded * sizeof(TS)));
   }
+  CHECK_CUDA(cudaMalloc(&grad, padded * sizeof(TG)));
+  CHECK_CUDA(cudaMemset(grad, 0x3c, padded * sizeof(TG)));
   if (masters)
     CHECK_CUDA(cudaMalloc(&copy, padded * sizeof(bf16)));
   std::vector<OptimizerTensor> tensors(sizes.size());
@@ -849,23 +852,32 @@ template <class T> void benchOptimizer(cudaStream_t stream) {
                                          config);
     });
   };
-  const double normBytes = static_cast<double>(total) * sizeof(T);
+  const double normBytes = static_cast<double>(total) * sizeof(TG);
   // Read p, m, v, g; write p, m, v (and the bf16 copy).
   const double adamBytes =
-      static_cast<double>(total) * (7 * sizeof(T) + (masters ? 2 : 0));
+      static_cast<double>(total) *
+      (6 * sizeof(TS) + sizeof(TG) + (masters ? 2 : 0));
+  const char *recipe = !masters                ? "bf16"
+                       : sizeof(TG) == 4 ? "fp32-master"
+                                         : "fp32m-bf16g";
   auto line = [&](const char *what, const char *width, double bytes,
                   float ms) {
     std::printf("bench %-11s %-10s %-5s %8.3f ms %6.2f GB %5.2f TB/s\n",
-                masters ? "fp32-master" : "bf16", what, width, ms, bytes / 1e9,
+                recipe, what, width, ms, bytes / 1e9,
                 bytes / (ms * 1e-3) / 1e12);
   };
-  constexpr int kWide = 16 / sizeof(T), kNarrow = 8 / sizeof(T);
+  constexpr int kGWide = 16 / sizeof(TG), kGNarrow = 8 / sizeof(TG);
   line("globalNorm", "16 B", normBytes,
-       sumSquares(detail::sumSquaresKernel<T, kWide>));
+       sumSquares(detail::sumSquaresKernel<TG, kGWide>));
   line("globalNorm", "8 B", normBytes,
-       sumSquares(detail::sumSquaresKernel<T, kNarrow>));
-  line("adamw", "16 B", adamBytes, update(detail::adamwKernel<T, T, kWide>));
-  line("adamw", "8 B", adamBytes, update(detail::adamwKernel<T, T, kNarrow>));
+       sumSquares(detail::sumSquaresKernel<TG, kGNarrow>));
+  // Widths in elements of the state.
+  constexpr int kWide = 16 / sizeof(TS), kNarrow = 8 / sizeof(TS);
+  line("adamw", "16 B", adamBytes, update(detail::adamwKernel<TS, TG, kWide>));
+  line("adamw", "8 B", adamBytes,
+       update(detail::adamwKernel<TS, TG, kNarrow>));
+  line("adamw", "32 B", adamBytes,
+       update(detail::adamwKernel<TS, TG, 2 * kWide>));
   for (void *b : {static_cast<void *>(param), static_cast<void *>(m),
                   static_cast<void *>(v), static_cast<void *>(grad),
                   static_cast<void *>(copy), static_cast<void *>(partial),
@@ -958,8 +970,9 @@ int main(int argc, char **argv) {
     cudaStream_t stream;
     CHECK_CUDA(cudaStreamCreate(&stream));
     benchCopy(stream);
-    benchOptimizer<bf16>(stream);
-    benchOptimizer<float>(stream);
+    benchOptimizer<bf16, bf16>(stream);
+    benchOptimizer<float, float>(stream);
+    benchOptimizer<float, bf16>(stream);
     CHECK_CUDA(cudaStreamDestroy(stream));
     return 0;
   }
