@@ -8,6 +8,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moec/Support/TrainingJob.h"
+#include "moec/Support/JsonKeys.h"
 
 #include "llvm/ADT/STLExtras.h"
 #include "llvm/ADT/StringExtras.h"
@@ -630,6 +631,9 @@ llvm::Error moec::readTrainingJobConfigText(llvm::StringRef text,
   if (!object)
     return error(
         fmt::format("config '{}' must be a JSON object", path.str()));
+  if (std::optional<DuplicateJsonKey> twice = findDuplicateJsonKey(text))
+    return error(
+        fmt::format("config '{}': {}", path.str(), twice->describe()));
   // In the table's order, so that the first error is always the same one.
   std::vector<StringRef> names;
   for (const auto &entry : *object)

@@ -1,0 +1,39 @@
+//===- JsonKeys.h - A key given twice in one JSON object ---------*- C++ -*-===//
+//
+// JSON does not forbid an object that names a key twice, and the readers
+// keep one of the values without a word (llvm::json the last). For a file a
+// user wrote (a job config, a model's config.json) that is a mistake to
+// report, not a choice to make for them: the readers call this first.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOEC_SUPPORT_JSONKEYS_H
+#define MOEC_SUPPORT_JSONKEYS_H
+
+#include "llvm/ADT/StringRef.h"
+
+#include <optional>
+#include <string>
+
+namespace moec {
+
+/// The first key named twice in one object of a JSON text.
+struct DuplicateJsonKey {
+  std::string key;
+  /// The object's place as a JSON pointer: "" for the top-level object,
+  /// "/ops" for the object under the key "ops", "/list/2" for an array's
+  /// third element.
+  std::string objectPointer;
+
+  /// "key 'K' appears twice in the top-level object: say it once".
+  std::string describe() const;
+};
+
+/// The first duplicate key of `text`, or none. `text` is expected to be JSON
+/// a parser accepted; where it is not, none is reported (the parser's own
+/// error is the one to show).
+std::optional<DuplicateJsonKey> findDuplicateJsonKey(llvm::StringRef text);
+
+} // namespace moec
+
+#endif // MOEC_SUPPORT_JSONKEYS_H
