@@ -610,8 +610,12 @@ template <class T, class TG = T> void testOptimizer(Env &env, uint32_t seed) {
                std::memcmp(&norms[0], &norms[1], sizeof(float)) == 0);
   }
 
-  // AdamW reads the fp32 norm from device memory; give it the oracle's, so
-  // that this checks AdamW alone.
+  // AdamW chunks the tensors as the printed programs do (kAdamWChunk: 8192
+  // elements for fp32 state, so these sizes cross chunks and end in
+  // tails), and reads the fp32 norm from device memory; give it the
+  // oracle's, so that this checks AdamW alone.
+  TensorGroup adamGroup;
+  adamGroup.init(tensors, kAdamWChunk<T>);
   const float normF = static_cast<float>(wantNorm);
   DeviceBuffer<int64_t> dStep(std::vector<int64_t>{step});
   DeviceBuffer<float> dLr(std::vector<float>{lr});
@@ -641,7 +645,7 @@ template <class T, class TG = T> void testOptimizer(Env &env, uint32_t seed) {
     }
     if (!env.context(head, 0, ctx))
       continue;
-    adamw<T, TG>(ctx, group, dStep.get(), dLr.get(), dNorm.get(), beta1, beta2,
+    adamw<T, TG>(ctx, adamGroup, dStep.get(), dLr.get(), dNorm.get(), beta1, beta2,
           epsilon, clip.maxNorm);
     env.sync();
 
@@ -690,8 +694,10 @@ template <class T, class TG = T> void testOptimizer(Env &env, uint32_t seed) {
                   tol);
     }
   }
-  cudaFree(group.deviceTensors);
-  cudaFree(group.deviceChunks);
+  for (TensorGroup *g : {&group, &adamGroup}) {
+    cudaFree(g->deviceTensors);
+    cudaFree(g->deviceChunks);
+  }
 }
 
 template <class T> void testType(Env &env, uint32_t &seed) {
@@ -784,7 +790,8 @@ std::vector<int64_t> mixtral2lSizes() {
 /// gradients; TS fp32: fp32 masters, the bf16 copy written, with fp32 or
 /// bf16 gradients TG), each kernel with 16-byte accesses of its type (what
 /// the launchers use), 8-byte ones (the width bf16 had before issue 16) and
-/// 32-byte ones (two 16-byte accesses per array). Prints milliseconds
+/// 32-byte ones (two 16-byte accesses per array); AdamW in the chunks the
+/// programs use (kAdamWChunk), the norm in kChunk's. Prints milliseconds
 /// (median of 10) and the TB/s of the bytes each must move; checks nothing.
 template <class TS, class TG> void benchOptimizer(cudaStream_t stream) {
   std::vector<int64_t> sizes = mixtral2lSizes();
@@ -821,8 +828,9 @@ template <class TS, class TG> void benchOptimizer(cudaStream_t stream) {
     tensors[i].weightDecay = 0.1f;
     tensors[i].copy = masters ? copy + offsets[i] : nullptr;
   }
-  TensorGroup group;
+  TensorGroup group, adamGroup; // the norm's chunks and AdamW's
   group.init(tensors);
+  adamGroup.init(tensors, kAdamWChunk<TS>);
   double *partial;
   float *norm, *lr;
   int64_t *step;
@@ -847,9 +855,9 @@ template <class TS, class TG> void benchOptimizer(cudaStream_t stream) {
   };
   auto update = [&](auto kernel) {
     return medianMs(stream, 10, [&] {
-      kernel<<<blocks, 512, 0, stream>>>(group.deviceTensors,
-                                         group.deviceChunks, step, lr, norm,
-                                         config);
+      kernel<<<static_cast<int>(adamGroup.numChunks), 512, 0, stream>>>(
+          adamGroup.deviceTensors, adamGroup.deviceChunks, step, lr, norm,
+          config);
     });
   };
   const double normBytes = static_cast<double>(total) * sizeof(TG);
@@ -884,7 +892,9 @@ template <class TS, class TG> void benchOptimizer(cudaStream_t stream) {
                   static_cast<void *>(norm), static_cast<void *>(lr),
                   static_cast<void *>(step),
                   static_cast<void *>(group.deviceTensors),
-                  static_cast<void *>(group.deviceChunks)})
+                  static_cast<void *>(group.deviceChunks),
+                  static_cast<void *>(adamGroup.deviceTensors),
+                  static_cast<void *>(adamGroup.deviceChunks)})
     CHECK_CUDA(cudaFree(b));
 }
 

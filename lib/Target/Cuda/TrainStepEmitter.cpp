@@ -607,19 +607,22 @@ LogicalResult TrainStepPrinter::printAdamWGroup(ArrayRef<moe::AdamWOp> group) {
     pointers[a.getNewExpAvg()] = typed(a.getExpAvg());
     pointers[a.getNewExpAvgSq()] = typed(a.getExpAvgSq());
   }
+  // The state's type, and the gradient's (the state's, or bf16 under fp32
+  // state: moe.adamw's verifier).
+  std::string c = *cType(first.getParam().getType());
+  std::string cg = *cType(first.getGrad().getType());
   int64_t g = groups++;
   statics += fmt::format("{} moert::kernels::TensorGroup group{};\n",
                          perRank(), g);
-  setup += fmt::format("  group{}.init({{\n{}  }});\n", g, entries);
+  // Chunked for AdamW over this state type (moert::kernels::kAdamWChunk).
+  setup += fmt::format(
+      "  group{}.init({{\n{}  }}, moert::kernels::kAdamWChunk<{}>);\n", g,
+      entries, c);
   bool ok = true;
   std::string scalars = pointerList(
       *first, {first.getStep(), first.getLr(), first.getGradNorm()}, ok);
   if (!ok)
     return failure();
-  // The state's type, and the gradient's (the state's, or bf16 under fp32
-  // state: moe.adamw's verifier).
-  std::string c = *cType(first.getParam().getType());
-  std::string cg = *cType(first.getGrad().getType());
   body += fmt::format(
       "  moert::kernels::adamw<{}, {}>(ctx, group{}, {}, {}, {}, {}, {}{});\n",
       c, cg, g, scalars, floatLiteral(first.getBeta1().convertToDouble()),

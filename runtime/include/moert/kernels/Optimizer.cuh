@@ -56,13 +56,16 @@ class TensorGroup {
 public:
   static constexpr int64_t kChunk = kTensorGroupChunk;
 
-  void init(const std::vector<OptimizerTensor> &tensors) {
+  /// Cuts the tensors into chunks of `chunk` elements (a multiple of 8, so
+  /// that every chunk starts aligned for 16-byte accesses of either type).
+  void init(const std::vector<OptimizerTensor> &tensors,
+            int64_t chunk = kChunk) {
     std::vector<OptimizerChunk> chunks;
     for (size_t i = 0; i < tensors.size(); ++i)
-      for (int64_t b = 0; b < tensors[i].count; b += kChunk)
+      for (int64_t b = 0; b < tensors[i].count; b += chunk)
         chunks.push_back({static_cast<int32_t>(i), b,
-                          b + kChunk < tensors[i].count ? b + kChunk
-                                                        : tensors[i].count});
+                          b + chunk < tensors[i].count ? b + chunk
+                                                       : tensors[i].count});
     numChunks = static_cast<int64_t>(chunks.size());
     MOERT_CUDA_CHECK(cudaMalloc(&deviceTensors,
                                 tensors.size() * sizeof(OptimizerTensor) + 1));
@@ -80,6 +83,18 @@ public:
   OptimizerChunk *deviceChunks = nullptr;
   int64_t numChunks = 0;
 };
+
+/// Elements per chunk (one block) of an AdamW launch over state of type TS.
+/// fp32 state moves 28-30 bytes per element: smaller chunks, more blocks in
+/// flight, reach more of the HBM bandwidth. Measured on an H200 over
+/// mixtral-8x7b-2l's parameters (512 threads): fp32 state with bf16
+/// gradients 22.15 ms at 65536 elements, 21.96 at 32768, 21.80 at 16384,
+/// 21.63 at 8192 (4.10 TB/s); bf16 state 10.85 ms at 65536 and 12.37 at
+/// 8192, and the norm 1.53 ms at 65536 and 2.63 at 8192: those keep the
+/// default (docs/benchmarks.md, "AdamW's chunk").
+template <class TS>
+constexpr int64_t kAdamWChunk =
+    sizeof(TS) == 4 ? int64_t(1) << 13 : kTensorGroupChunk;
 
 namespace detail {
 /// Elements per access of the optimizer kernels: 16 bytes of T (8 bf16 or

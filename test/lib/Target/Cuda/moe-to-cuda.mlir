@@ -3,7 +3,8 @@
 // Tests that the printer prints what the passes before it made explicit: a
 // moe.add_rms_norm as one kernel writing both planned buffers, and each
 // moe.adamw_group as one multi-tensor launch (two groups here: the second
-// differs in beta2) with its updates' weight decays in its entries. The
+// differs in beta2) with its updates' weight decays in its entries, chunked
+// for AdamW over its state type. The
 // model FLOPs: the norm weight "o" (4 elements; "w" is the embedding table)
 // over 8 tokens, 6 · 4 · 8 = 192.
 
@@ -14,10 +15,10 @@
 // CHECK-NEXT: });
 // CHECK-NEXT: group[[G0:[0-9]+]].init({
 // CHECK-NEXT: {reinterpret_cast<float *>(state + 0), reinterpret_cast<float *>(state + 256), reinterpret_cast<float *>(state + 512), reinterpret_cast<float *>(arena + 1024), 32, 0.00000000f, nullptr},
-// CHECK-NEXT: });
+// CHECK-NEXT: }, moert::kernels::kAdamWChunk<float>);
 // CHECK-NEXT: group[[G1:[0-9]+]].init({
 // CHECK-NEXT: {reinterpret_cast<float *>(state + 768), reinterpret_cast<float *>(state + 1024), reinterpret_cast<float *>(state + 1280), reinterpret_cast<float *>(arena + 1280), 4, 0.100000000f, nullptr},
-// CHECK-NEXT: });
+// CHECK-NEXT: }, moert::kernels::kAdamWChunk<float>);
 
 // CHECK-LABEL: void segment0(
 // CHECK: moert::kernels::mark(ctx, "moe.add_rms_norm");
