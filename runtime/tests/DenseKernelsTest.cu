@@ -791,8 +791,10 @@ std::vector<int64_t> mixtral2lSizes() {
 /// bf16 gradients TG), each kernel with 16-byte accesses of its type (what
 /// the launchers use), 8-byte ones (the width bf16 had before issue 16) and
 /// 32-byte ones (two 16-byte accesses per array); AdamW in the chunks the
-/// programs use (kAdamWChunk), the norm in kChunk's. Prints milliseconds
-/// (median of 10) and the TB/s of the bytes each must move; checks nothing.
+/// programs use (kAdamWChunk), the norm in kChunk's; then both with 16-byte
+/// accesses in chunks of 8192 to 65536 elements (width "NNNc"). Prints
+/// milliseconds (median of 10) and the TB/s of the bytes each must move;
+/// checks nothing.
 template <class TS, class TG> void benchOptimizer(cudaStream_t stream) {
   std::vector<int64_t> sizes = mixtral2lSizes();
   int64_t total = 0;
@@ -886,6 +888,34 @@ template <class TS, class TG> void benchOptimizer(cudaStream_t stream) {
        update(detail::adamwKernel<TS, TG, kNarrow>));
   line("adamw", "32 B", adamBytes,
        update(detail::adamwKernel<TS, TG, 2 * kWide>));
+  // Both kernels, 16-byte accesses, in chunks of other sizes (what
+  // kAdamWChunk was chosen by).
+  for (int64_t chunk : {int64_t(1) << 13, int64_t(1) << 14, int64_t(1) << 15,
+                        int64_t(1) << 16}) {
+    TensorGroup other;
+    other.init(tensors, chunk);
+    double *otherPartial;
+    CHECK_CUDA(cudaMalloc(&otherPartial, other.numChunks * sizeof(double)));
+    const int n = static_cast<int>(other.numChunks);
+    float normMs = medianMs(stream, 10, [&] {
+      detail::sumSquaresKernel<TG><<<n, 512, 0, stream>>>(
+          other.deviceTensors, other.deviceChunks, otherPartial);
+      detail::normFromPartialsKernel<<<1, 32, 0, stream>>>(
+          otherPartial, other.numChunks, norm);
+    });
+    float adamMs = medianMs(stream, 10, [&] {
+      detail::adamwKernel<TS, TG><<<n, 512, 0, stream>>>(
+          other.deviceTensors, other.deviceChunks, step, lr, norm, config);
+    });
+    char width[16];
+    std::snprintf(width, sizeof width, "%lldc", static_cast<long long>(chunk));
+    line("globalNorm", width, normBytes, normMs);
+    line("adamw", width, adamBytes, adamMs);
+    for (void *b : {static_cast<void *>(otherPartial),
+                    static_cast<void *>(other.deviceTensors),
+                    static_cast<void *>(other.deviceChunks)})
+      CHECK_CUDA(cudaFree(b));
+  }
   for (void *b : {static_cast<void *>(param), static_cast<void *>(m),
                   static_cast<void *>(v), static_cast<void *>(grad),
                   static_cast<void *>(copy), static_cast<void *>(partial),
