@@ -23,7 +23,8 @@
 //   adamw           g' = g·min(1, max_norm/(norm + 1e-6)) (1 when max_norm
 //                   is 0); m = β1·m + (1−β1)g', v = β2·v + (1−β2)g'²;
 //                   p = p·(1 − lr·wd) − lr/(1−β1^t) · m/(sqrt(v)/sqrt(1−β2^t)
-//                   + ε)
+//                   + ε); with fp32 state also on masters split into copy +
+//                   remainder (adamwRemainders), bit for bit the fp32 one's
 //
 // Outputs are filled with NaN bytes before each call (anything left
 // unwritten fails) and the scratch with 0xFF bytes; each launch gets exactly
@@ -522,6 +523,104 @@ void testCrossEntropy(Env &env, int64_t B, int64_t S, int64_t H, int64_t V,
   }
 }
 
+/// AdamW on masters split into copy + remainder (adamwRemainders), checked
+/// against the fp32 AdamW that just ran on the same inputs (its results in
+/// dParam, dM, dV, dCopy): split the original masters, update, join; the
+/// masters and moments must be the same bits, and the copies the masters
+/// rounded to nearest, ties away from zero (where round-to-nearest-even,
+/// the fp32 path's copy, differs only at a tie). splitMasters followed by
+/// joinMasters must give back every original master bit for bit.
+template <class TG>
+void testAdamWRemainders(
+    Env &env, Context &ctx, std::vector<OptimizerTensor> tensors,
+    const std::vector<std::vector<float>> &param,
+    const std::vector<std::vector<float>> &m,
+    const std::vector<std::vector<float>> &v,
+    const std::vector<std::unique_ptr<DeviceBuffer<float>>> &dParam,
+    const std::vector<std::unique_ptr<DeviceBuffer<float>>> &dM,
+    const std::vector<std::unique_ptr<DeviceBuffer<float>>> &dV,
+    const std::vector<std::unique_ptr<DeviceBuffer<bf16>>> &dCopy,
+    const int64_t *step, const float *lr, const float *norm, float beta1,
+    float beta2, float epsilon, float maxNorm, const std::string &what) {
+  const std::string name = what + " (master remainders)";
+  size_t count = tensors.size();
+  std::vector<std::unique_ptr<DeviceBuffer<float>>> p2, m2, v2;
+  std::vector<std::unique_ptr<DeviceBuffer<bf16>>> hi;
+  std::vector<std::unique_ptr<DeviceBuffer<uint16_t>>> lo;
+  for (size_t i = 0; i < count; ++i) {
+    p2.emplace_back(new DeviceBuffer<float>(param[i]));
+    m2.emplace_back(new DeviceBuffer<float>(m[i]));
+    v2.emplace_back(new DeviceBuffer<float>(v[i]));
+    hi.emplace_back(new DeviceBuffer<bf16>(param[i].size()));
+    lo.emplace_back(new DeviceBuffer<uint16_t>(param[i].size()));
+    tensors[i].param = p2[i]->get();
+    tensors[i].expAvg = m2[i]->get();
+    tensors[i].expAvgSq = v2[i]->get();
+    tensors[i].copy = hi[i]->get();
+    tensors[i].remainder = lo[i]->get();
+  }
+  TensorGroup split;
+  split.init(tensors, kAdamWChunk<float>);
+  if (!env.context(name, 0, ctx))
+    return;
+  // The round trip alone.
+  splitMasters(ctx, split);
+  for (size_t i = 0; i < count; ++i)
+    p2[i]->fillNaN();
+  joinMasters(ctx, split);
+  env.sync();
+  bool roundTrip = true;
+  for (size_t i = 0; i < count; ++i)
+    roundTrip &= std::memcmp(p2[i]->read().data(), param[i].data(),
+                             param[i].size() * sizeof(float)) == 0;
+  env.report(name + " split then join gives every master back", roundTrip);
+  // The update on the split form, then back to fp32.
+  for (size_t i = 0; i < count; ++i)
+    p2[i]->fillNaN(); // AdamW on the split form must not need it
+  adamwRemainders<TG>(ctx, split, step, lr, norm, beta1, beta2, epsilon,
+                      maxNorm);
+  joinMasters(ctx, split);
+  env.sync();
+  int64_t differ = 0, ties = 0, copyWrong = 0, copyNotRne = 0;
+  for (size_t i = 0; i < count; ++i) {
+    std::vector<float> gotP = p2[i]->read(), wantP = dParam[i]->read();
+    std::vector<float> gotM = m2[i]->read(), wantM = dM[i]->read();
+    std::vector<float> gotV = v2[i]->read(), wantV = dV[i]->read();
+    std::vector<bf16> gotCopy = hi[i]->read(), rneCopy = dCopy[i]->read();
+    for (size_t j = 0; j < gotP.size(); ++j) {
+      differ += std::memcmp(&gotP[j], &wantP[j], 4) != 0 ||
+                std::memcmp(&gotM[j], &wantM[j], 4) != 0 ||
+                std::memcmp(&gotV[j], &wantV[j], 4) != 0;
+      uint32_t bits;
+      std::memcpy(&bits, &wantP[j], 4);
+      bool tie = (bits & 0xffffu) == 0x8000u;
+      ties += tie;
+      // Nearest, ties away from zero: the high half, plus one step in
+      // magnitude when the low half is at least half a step.
+      uint16_t want = static_cast<uint16_t>((bits >> 16) +
+                                            ((bits & 0x8000u) ? 1u : 0u));
+      uint16_t got, rne;
+      std::memcpy(&got, &gotCopy[j], 2);
+      std::memcpy(&rne, &rneCopy[j], 2);
+      copyWrong += got != want;
+      copyNotRne += got != rne && !tie;
+    }
+  }
+  std::printf("%s: %lld elements differ from fp32 AdamW's, %lld ties, "
+              "%lld copies not the rounded master, %lld non-tie copies "
+              "differ from round-to-nearest-even\n",
+              name.c_str(), static_cast<long long>(differ),
+              static_cast<long long>(ties), static_cast<long long>(copyWrong),
+              static_cast<long long>(copyNotRne));
+  env.report(name + " masters and moments are fp32 AdamW's, bit for bit",
+             differ == 0);
+  env.report(name + " copies are the masters rounded (ties away from zero), "
+                    "round-to-nearest-even except at ties",
+             copyWrong == 0 && copyNotRne == 0);
+  cudaFree(split.deviceTensors);
+  cudaFree(split.deviceChunks);
+}
+
 /// The multi-tensor norm and AdamW with state of type T and gradients of
 /// type TG (fp32 masters; fp32 masters with bf16 gradients, grad_dtype
 /// bf16; or a bf16 model: inputs rounded to their types, fp64 oracle on
@@ -693,6 +792,12 @@ template <class T, class TG = T> void testOptimizer(Env &env, uint32_t seed) {
       env.compare(prefix + " exp_avg_sq", toDoubles(dV[i]->read()), wantV,
                   tol);
     }
+    if constexpr (sizeof(T) == 4)
+      testAdamWRemainders<TG>(env, ctx, tensors, param, m, v, dParam, dM, dV,
+                              dCopy, dStep.get(), dLr.get(), dNorm.get(),
+                              beta1, beta2, epsilon, clip.maxNorm,
+                              std::string(typeName<T>()) + " adamw " +
+                                  clip.what);
   }
   for (TensorGroup *g : {&group, &adamGroup}) {
     cudaFree(g->deviceTensors);
@@ -792,7 +897,8 @@ std::vector<int64_t> mixtral2lSizes() {
 /// the launchers use), 8-byte ones (the width bf16 had before issue 16) and
 /// 32-byte ones (two 16-byte accesses per array); AdamW in the chunks the
 /// programs use (kAdamWChunk), the norm in kChunk's; then both with 16-byte
-/// accesses in chunks of 8192 to 65536 elements (width "NNNc"). Prints
+/// accesses in chunks of 8192 to 65536 elements (width "NNNc"); with fp32
+/// state also AdamW on masters kept as copy + remainder ("remdr"). Prints
 /// milliseconds (median of 10) and the TB/s of the bytes each must move;
 /// checks nothing.
 template <class TS, class TG> void benchOptimizer(cudaStream_t stream) {
@@ -888,6 +994,32 @@ template <class TS, class TG> void benchOptimizer(cudaStream_t stream) {
        update(detail::adamwKernel<TS, TG, kNarrow>));
   line("adamw", "32 B", adamBytes,
        update(detail::adamwKernel<TS, TG, 2 * kWide>));
+  // fp32 state: AdamW on masters kept as copy + remainder (26 bytes per
+  // element with bf16 gradients, 28 with fp32 ones: the fp32 master's 8
+  // bytes read and written and the copy's 2 written become 4 + 4).
+  if (masters) {
+    uint16_t *remainder;
+    CHECK_CUDA(cudaMalloc(&remainder, padded * sizeof(uint16_t)));
+    CHECK_CUDA(cudaMemset(remainder, 0x3c, padded * sizeof(uint16_t)));
+    std::vector<OptimizerTensor> split = tensors;
+    for (size_t i = 0; i < split.size(); ++i)
+      split[i].remainder = remainder + offsets[i];
+    TensorGroup splitGroup;
+    splitGroup.init(split, kAdamWChunk<TS>);
+    CHECK_CUDA(cudaMemset(copy, 0x3c, padded * sizeof(bf16)));
+    float ms = medianMs(stream, 10, [&] {
+      detail::adamwRemaindersKernel<TG>
+          <<<static_cast<int>(splitGroup.numChunks), 512, 0, stream>>>(
+              splitGroup.deviceTensors, splitGroup.deviceChunks, step, lr,
+              norm, config);
+    });
+    line("adamw", "remdr", static_cast<double>(total) * (16 + sizeof(TG) + 8),
+         ms);
+    for (void *b : {static_cast<void *>(remainder),
+                    static_cast<void *>(splitGroup.deviceTensors),
+                    static_cast<void *>(splitGroup.deviceChunks)})
+      CHECK_CUDA(cudaFree(b));
+  }
   // Both kernels, 16-byte accesses, in chunks of other sizes (what
   // kAdamWChunk was chosen by).
   for (int64_t chunk : {int64_t(1) << 13, int64_t(1) << 14, int64_t(1) << 15,

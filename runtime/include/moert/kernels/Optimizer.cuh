@@ -25,11 +25,19 @@
 // updated parameter rounded to bf16, the value the next step's cast of the
 // parameter would compute (moe-keep-param-copies), in the same pass.
 //
+// Split masters (adamwRemainders, moert/MasterSplit.h): an fp32 master kept
+// as its bf16 copy and a 16-bit remainder, 4 bytes read and written per
+// update instead of the master's 8 and the copy's 2. splitMasters and
+// joinMasters convert losslessly, and AdamW on the split form computes the
+// fp32 AdamW's masters bit for bit; the copy rounds ties away from zero
+// where a cast rounds them to even.
+//
 //===----------------------------------------------------------------------===//
 
 #ifndef MOERT_KERNELS_OPTIMIZER_CUH
 #define MOERT_KERNELS_OPTIMIZER_CUH
 
+#include "moert/MasterSplit.h"
 #include "moert/kernels/Common.cuh"
 
 #include <vector>
@@ -44,6 +52,9 @@ struct OptimizerTensor {
   int64_t count = 0;
   float weightDecay = 0.0f;
   bf16 *copy = nullptr; ///< AdamW: the updated parameter in bf16, or null
+  /// adamwRemainders: the low 16 bits of each fp32 master (`copy` holds the
+  /// rest; `param` is not read or written).
+  uint16_t *remainder = nullptr;
 };
 
 struct OptimizerChunk {
@@ -239,6 +250,87 @@ __global__ void adamwKernel(const OptimizerTensor *tensors,
       copy[i] = fromFloat<bf16>(p);
   }
 }
+/// AdamW on masters kept as copy + remainder (see the file comment): reads
+/// copy, remainder, moments and gradient, writes copy, remainder and
+/// moments; fp32 moments, gradients of type TG. Four elements per access.
+template <class TG>
+__global__ void adamwRemaindersKernel(const OptimizerTensor *tensors,
+                                      const OptimizerChunk *chunks,
+                                      const int64_t *step, const float *lr,
+                                      const float *norm, AdamWConfig config) {
+  constexpr int kWidth = 4;
+  if (config.skipNonfinite && !isfinite(*norm))
+    return;
+  OptimizerChunk c = chunks[blockIdx.x];
+  OptimizerTensor t = tensors[c.tensor];
+  double stepD = static_cast<double>(*step);
+  float rate = *lr;
+  AdamWElement update;
+  update.beta1 = config.beta1;
+  update.beta2 = config.beta2;
+  update.epsilon = config.epsilon;
+  update.scale = config.maxGradNorm > 0.0f
+                     ? fminf(1.0f, config.maxGradNorm / (*norm + 1e-6f))
+                     : 1.0f;
+  update.decay = 1.0f - rate * t.weightDecay;
+  update.stepSize = rate / static_cast<float>(
+                               1.0 - pow(static_cast<double>(config.beta1), stepD));
+  update.bias2Sqrt = static_cast<float>(
+      sqrt(1.0 - pow(static_cast<double>(config.beta2), stepD)));
+  uint16_t *hi = reinterpret_cast<uint16_t *>(t.copy) + c.begin;
+  uint16_t *lo = t.remainder + c.begin;
+  float *expAvg = static_cast<float *>(t.expAvg) + c.begin;
+  float *expAvgSq = static_cast<float *>(t.expAvgSq) + c.begin;
+  const TG *grad = static_cast<const TG *>(t.grad) + c.begin;
+  int64_t n = c.end - c.begin, vectors = 0;
+  if (alignedFor<uint16_t, kWidth>(hi) && alignedFor<uint16_t, kWidth>(lo) &&
+      alignedFor<float, kWidth>(expAvg) &&
+      alignedFor<float, kWidth>(expAvgSq) && alignedFor<TG, kWidth>(grad))
+    vectors = n / kWidth;
+  using HPack = Pack<uint16_t, kWidth>;
+  using FPack = Pack<float, kWidth>;
+  using GPack = Pack<TG, kWidth>;
+  for (int64_t j = threadIdx.x; j < vectors; j += blockDim.x) {
+    HPack h = reinterpret_cast<const HPack *>(hi)[j],
+          l = reinterpret_cast<const HPack *>(lo)[j];
+    FPack m = reinterpret_cast<const FPack *>(expAvg)[j],
+          v = reinterpret_cast<const FPack *>(expAvgSq)[j];
+    GPack g = reinterpret_cast<const GPack *>(grad)[j];
+#pragma unroll
+    for (int e = 0; e < kWidth; ++e) {
+      float p = joinMaster(h.x[e], l.x[e]);
+      update(p, m.x[e], v.x[e], toFloat(g.x[e]));
+      splitMaster(p, h.x[e], l.x[e]);
+    }
+    reinterpret_cast<HPack *>(hi)[j] = h;
+    reinterpret_cast<HPack *>(lo)[j] = l;
+    reinterpret_cast<FPack *>(expAvg)[j] = m;
+    reinterpret_cast<FPack *>(expAvgSq)[j] = v;
+  }
+  for (int64_t i = kWidth * vectors + threadIdx.x; i < n; i += blockDim.x) {
+    float p = joinMaster(hi[i], lo[i]);
+    update(p, expAvg[i], expAvgSq[i], toFloat(grad[i]));
+    splitMaster(p, hi[i], lo[i]);
+  }
+}
+
+/// copy, remainder <- split(param) (toward the split form) or param <-
+/// join(copy, remainder) (back to fp32), over every tensor of the group.
+template <bool kSplit>
+__global__ void convertMastersKernel(const OptimizerTensor *tensors,
+                                     const OptimizerChunk *chunks) {
+  OptimizerChunk c = chunks[blockIdx.x];
+  OptimizerTensor t = tensors[c.tensor];
+  float *param = static_cast<float *>(t.param) + c.begin;
+  uint16_t *hi = reinterpret_cast<uint16_t *>(t.copy) + c.begin;
+  uint16_t *lo = t.remainder + c.begin;
+  for (int64_t i = threadIdx.x; i < c.end - c.begin; i += blockDim.x) {
+    if (kSplit)
+      splitMaster(param[i], hi[i], lo[i]);
+    else
+      param[i] = joinMaster(hi[i], lo[i]);
+  }
+}
 } // namespace detail
 
 inline int64_t globalNormScratchBytes(const TensorGroup &group) {
@@ -269,6 +361,37 @@ void adamw(const Context &ctx, const TensorGroup &group, const int64_t *step,
   detail::adamwKernel<TS, TG><<<group.numChunks, 512, 0, ctx.stream>>>(
       group.deviceTensors, group.deviceChunks, step, lr, norm,
       detail::AdamWConfig{beta1, beta2, epsilon, maxGradNorm, skipNonfinite});
+}
+
+/// adamw<float, TG> on masters kept as copy + remainder (every tensor of
+/// the group names both; `param` is neither read nor written).
+template <class TG>
+void adamwRemainders(const Context &ctx, const TensorGroup &group,
+                     const int64_t *step, const float *lr, const float *norm,
+                     float beta1, float beta2, float epsilon,
+                     float maxGradNorm, bool skipNonfinite = false) {
+  if (group.numChunks == 0)
+    return;
+  detail::adamwRemaindersKernel<TG><<<group.numChunks, 512, 0, ctx.stream>>>(
+      group.deviceTensors, group.deviceChunks, step, lr, norm,
+      detail::AdamWConfig{beta1, beta2, epsilon, maxGradNorm, skipNonfinite});
+}
+
+/// Every tensor's fp32 `param` split into its `copy` and `remainder`.
+inline void splitMasters(const Context &ctx, const TensorGroup &group) {
+  if (group.numChunks > 0)
+    detail::convertMastersKernel<true>
+        <<<group.numChunks, 512, 0, ctx.stream>>>(group.deviceTensors,
+                                                 group.deviceChunks);
+}
+
+/// Every tensor's fp32 `param` rebuilt from its `copy` and `remainder`
+/// (exactly the master splitMasters and adamwRemainders left).
+inline void joinMasters(const Context &ctx, const TensorGroup &group) {
+  if (group.numChunks > 0)
+    detail::convertMastersKernel<false>
+        <<<group.numChunks, 512, 0, ctx.stream>>>(group.deviceTensors,
+                                                  group.deviceChunks);
 }
 
 } // namespace moert::kernels
