@@ -31,8 +31,11 @@
 # in the median over the steps (TOLERANCES in python/moec/train_bf16.py),
 # both with fp32 master weights ("bf16": true; also checkpointed after 25
 # steps and resumed, and partitioned at W = 2, H = 2 on simulated ranks) and
-# as a bf16 model ("param_dtype": "bf16"), and with fp32 masters but bf16
-# weight gradients ("grad_dtype": "bf16"); the fp32
+# as a bf16 model ("param_dtype": "bf16"), with fp32 masters but bf16
+# weight gradients ("grad_dtype": "bf16"), and with the fp32 masters split
+# into copies and remainders ("store_param_remainders": true; its masters
+# also within 1e-3 of the fp32-master program's after 50 steps, and after
+# a checkpoint at 25 and a resume within 1e-5 of its uninterrupted run's); the fp32
 # aux_loss step under activation checkpointing selective, full and auto
 # equals the CPU reference as above and the program without checkpointing
 # to a relative 1e-6 (recomputation is deterministic); with activation
@@ -524,6 +527,11 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
   printf '{"micro_batch_size": 2, "seq_length": 64, "bf16": true, "grad_dtype": "bf16"}\n' \
     > "$dir/bf16-grads.json"
   "$moec" compile "$model" --config "$dir/bf16-grads.json" -o "$dir/bf16-grads"
+  # The same with the fp32 masters kept as their bf16 copies and 16-bit
+  # remainders (store_param_remainders, moert/MasterSplit.h).
+  printf '{"micro_batch_size": 2, "seq_length": 64, "bf16": true, "store_param_remainders": true}\n' \
+    > "$dir/bf16-split.json"
+  "$moec" compile "$model" --config "$dir/bf16-split.json" -o "$dir/bf16-split"
   # bf16 compute with fp32 masters, partitioned (H = 2: every parameter
   # gathered, in the forward and again in the backward, from its one kept
   # bf16 copy), on the same global batch as the one-GPU curve.
@@ -814,6 +822,26 @@ python3 -m moec.train_bf16 --check "$out/bf16-resumed.csv" --golden "$dir/tiny-f
 echo "== bf16 with bf16 weight gradients (grad_dtype bf16): 50 steps against PyTorch's bf16 curve"
 "$dir/bf16-grads/train_step" --tokens "$dir/data/train.bin" --steps 50 --log "$out/bf16-grads.csv"
 python3 -m moec.train_bf16 --check "$out/bf16-grads.csv" --golden "$dir/tiny-fortunes-bf16.json"
+# same_dumps GOT WANT TOLERANCE: every final parameter of the GPU dump GOT
+# against WANT's: the largest relative L2 at most TOLERANCE; prints it and
+# the bit-equal count.
+same_dumps() {
+  python3 -c "import numpy as np, sys; got, want, tol = sys.argv[1], sys.argv[2], float(sys.argv[3]); index = lambda d: [l.split('\t')[0] for l in open(d + '/final/param/index.tsv') if l.strip()]; names = index(want); assert names and names == index(got), 'the dumps hold other parameters'; read = lambda d, n: np.fromfile(d + '/final/param/' + n + '.bin', np.float32).astype(np.float64); pairs = [(read(got, n), read(want, n)) for n in names]; err = max(float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)) for a, b in pairs); same = sum(np.array_equal(a, b) for a, b in pairs); print('%s vs %s: %d parameters, %d bit-equal, largest relative L2 %.3g (at most %g)' % (got, want, len(names), same, err, tol)); sys.exit(0 if err <= tol else 1)" \
+    "$1" "$2" "$3"
+}
+echo "== bf16 with split masters (store_param_remainders): 50 steps against PyTorch's bf16 curve"
+"$dir/bf16-split/train_step" --tokens "$dir/data/train.bin" --steps 50 --log "$out/bf16-split.csv" \
+  --dump "$out/bf16-split" > /dev/null
+python3 -m moec.train_bf16 --check "$out/bf16-split.csv" --golden "$dir/tiny-fortunes-bf16.json"
+echo "-- the masters after 50 steps against those of the program with fp32 masters and kept copies (they differ where a copy's tie rounds the other way)"
+"$dir/bf16/train_step" --tokens "$dir/data/train.bin" --steps 50 --dump "$out/bf16-50" > /dev/null
+same_dumps "$out/bf16-split" "$out/bf16-50" 1e-3 || { echo "FAIL: split masters drift from fp32 masters"; exit 1; }
+echo "-- 25 steps, checkpoint (the masters rebuilt), resume for 25 (split again): the uninterrupted run's masters"
+"$dir/bf16-split/train_step" --tokens "$dir/data/train.bin" --steps 25 --total-steps 50 \
+  --checkpoint-dir "$out/ckpt-split" > /dev/null
+"$dir/bf16-split/train_step" --tokens "$dir/data/train.bin" --steps 25 --total-steps 50 --resume \
+  --checkpoint-dir "$out/ckpt-split" --dump "$out/bf16-split-resumed" > /dev/null
+same_dumps "$out/bf16-split-resumed" "$out/bf16-split" 1e-5 || { echo "FAIL: the resumed split masters differ"; exit 1; }
 echo "== bf16 model: 50 steps against PyTorch's curve for bf16 parameters and AdamW states"
 "$dir/bf16-model/train_step" --tokens "$dir/data/train.bin" --steps 50 --log "$out/bf16-model.csv"
 python3 -m moec.train_bf16 --check "$out/bf16-model.csv" --golden "$dir/tiny-fortunes-bf16-model.json"

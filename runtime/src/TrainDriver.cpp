@@ -525,8 +525,14 @@ int runRank(const TrainProgram &p, const Options &o,
   NonfiniteSteps nonfinite(o.skipNonfiniteSteps,
                            resume ? resume->manifest.skippedSteps : 0);
 
+  // The masters' fp32 slots current, for what reads the parameters.
+  auto syncMasters = [&] {
+    if (p.syncMasters)
+      p.syncMasters(ctx);
+  };
   auto save = [&](int64_t completed) {
     std::vector<char> host(savedBytes);
+    syncMasters();
     MOERT_CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
     MOERT_CUDA_CHECK(cudaMemcpy(host.data(), state, savedBytes,
                                 cudaMemcpyDeviceToHost));
@@ -765,14 +771,19 @@ int runRank(const TrainProgram &p, const Options &o,
          (o.saveInterval == 0 && t == lastStep)))
       save(t);
     if (!o.exportHfDir.empty() &&
-        ((o.exportHfEvery > 0 && t % o.exportHfEvery == 0) || t == lastStep))
+        ((o.exportHfEvery > 0 && t % o.exportHfEvery == 0) ||
+         t == lastStep)) {
+      syncMasters();
       exportHf(p, o, manifest, place, ctx.stream, state, t);
+    }
   }
   if (log)
     std::fclose(log);
 
-  if (!o.dumpDir.empty())
+  if (!o.dumpDir.empty()) {
+    syncMasters();
     dumpParameters(p, place, ctx.stream, state, o.dumpDir);
+  }
 
   if (leader) {
     std::vector<double> sorted = times;

@@ -31,6 +31,12 @@ llvm::cl::opt<bool> cudnnAttention(
     llvm::cl::desc("--moe-to-cuda: bf16 attention on cuDNN's fused SDPA"),
     llvm::cl::init(false));
 
+llvm::cl::opt<bool> storeParamRemainders(
+    "cuda-store-param-remainders",
+    llvm::cl::desc("--moe-to-cuda: keep each fp32 master with a kept bf16 "
+                   "copy as the copy and a 16-bit remainder"),
+    llvm::cl::init(false));
+
 void registerCudaTranslations() {
   TranslateFromMLIRRegistration train(
       "moe-to-cuda", "print @train_step and @init_params as a CUDA program",
@@ -41,6 +47,7 @@ void registerCudaTranslations() {
         moec::CudaTrainProgramOptions options;
         options.modelName = modelName;
         options.cudnnAttention = cudnnAttention;
+        options.storeParamRemainders = storeParamRemainders;
         moec::CudaTrainProgramSummary summary;
         return moec::emitCudaTrainProgram(module, options, os, summary);
       },

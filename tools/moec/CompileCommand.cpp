@@ -335,6 +335,7 @@ int moec::cli::runCompile(const ImportFlags &modelFlags,
   printOptions.modelName = llvm::sys::path::filename(modelPath).str();
   printOptions.cudnnAttention = cudnnAttention;
   printOptions.checkNumerics = checkNumerics;
+  printOptions.storeParamRemainders = job.storeParamRemainders;
   CudaTrainProgramSummary summary;
   if (failed(emitCudaTrainProgram(*module, printOptions, trainOs, summary)))
     return 1;
@@ -396,11 +397,15 @@ int moec::cli::runCompile(const ImportFlags &modelFlags,
   std::string error;
   if (!writeFile(manifestPath, manifestText, error))
     return fail(error);
+  int64_t copyBytes =
+      summary.derivedStateBytes - summary.masterRemainderBytes;
   std::string copies =
-      summary.derivedStateBytes
-          ? fmt::format(" + {} B of bf16 parameter copies",
-                        summary.derivedStateBytes)
-          : "";
+      (copyBytes ? fmt::format(" + {} B of bf16 parameter copies", copyBytes)
+                 : std::string()) +
+      (summary.masterRemainderBytes
+           ? fmt::format(" + {} B of master remainders",
+                         summary.masterRemainderBytes)
+           : std::string());
   llvm::outs() << fmt::format(
       "memory plan: state {} B (parameters + AdamW moments{}), arena {} B "
       "(live-bytes bound {} B), inputs {} B, kernel scratch {} B{}{}; {:.3e} "

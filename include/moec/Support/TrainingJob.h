@@ -137,6 +137,13 @@ struct TrainingJob {
   bool recomputeExperts = false;
   /// `keep_param_copies`: bf16 copies of fp32 masters kept across steps.
   bool keepParamCopies = true;
+  /// `store_param_remainders`: the compiled program keeps each fp32 master
+  /// that has a kept bf16 copy as that copy and the low 16 bits of its
+  /// fp32 pattern (moert/MasterSplit.h), which AdamW reads and writes
+  /// instead of the master (4 bytes an update instead of 6). Lossless; the
+  /// copy rounds ties away from zero. One rank; the fp32 masters are
+  /// rebuilt where they are saved.
+  bool storeParamRemainders = false;
   ActivationCheckpointing activationCheckpointing =
       ActivationCheckpointing::None;
   /// `memory_budget_gib`: the per-rank memory `activation_checkpointing`

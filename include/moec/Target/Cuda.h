@@ -47,12 +47,22 @@ struct CudaTrainProgramOptions {
   /// program's --check-numerics runs (docs/reliability.md). Off, the
   /// program holds no trace of it.
   bool checkNumerics = false;
+  /// Every fp32 master with a kept bf16 copy (moe-keep-param-copies) is
+  /// kept as that copy and a 16-bit remainder (moert/MasterSplit.h): its
+  /// AdamW group runs adamwRemainders, the run's first step splits the
+  /// masters (splitStepMasters) and the program's syncMasters rebuilds them
+  /// where the driver saves them. One-rank programs only. The job key
+  /// `store_param_remainders`.
+  bool storeParamRemainders = false;
 };
 
 /// What the printed training program allocates and computes per step.
 struct CudaTrainProgramSummary {
   int64_t stateBytes = 0; ///< parameters, AdamW moments, kept copies
-  int64_t derivedStateBytes = 0; ///< of which bf16 copies (not checkpointed)
+  /// Of which bf16 copies and master remainders (not checkpointed).
+  int64_t derivedStateBytes = 0;
+  /// Of those, the master remainders (store_param_remainders).
+  int64_t masterRemainderBytes = 0;
   int64_t arenaBytes = 0; ///< every intermediate (moe-plan-memory)
   int64_t inputBytes = 0; ///< token ids, labels, step, learning rate
   /// The pinned host memory of the offloaded activations (moe.offload).

@@ -246,9 +246,15 @@ private:
   std::vector<std::string> segments; ///< bodies of the captured segments
   std::map<std::string, std::string> kernelNames; ///< source -> name
   int64_t stateBytes = 0, inputBytes = 0, groups = 0;
-  int64_t derivedStateBytes = 0; ///< the kept parameter copies
+  int64_t derivedStateBytes = 0; ///< kept copies and master remainders
   /// Parameter argument -> its persistent bf16 copy, which AdamW writes.
   llvm::DenseMap<Value, std::string> parameterCopies;
+  /// store_param_remainders: parameter argument -> the low 16 bits of its
+  /// fp32 master (its copy holds the rest), and the AdamW groups that
+  /// update masters so (splitStepMasters, joinStepMasters).
+  llvm::DenseMap<Value, std::string> masterRemainders;
+  SmallVector<int64_t> splitGroups;
+  int64_t masterRemainderBytes = 0;
   bool usesCudnn = false;
   /// The rows of the program's kNumericsChecks table, in program order.
   std::string numericsChecks;
@@ -359,6 +365,17 @@ LogicalResult TrainStepPrinter::layoutArguments() {
     int64_t bytes = alignUp(byteSize(typeOf(cast.getResult())));
     stateBytes += bytes;
     derivedStateBytes += bytes;
+    // The master's low half beside its copy (store_param_remainders).
+    if (options.storeParamRemainders &&
+        typeOf(param).getElementType().isF32() &&
+        typeOf(cast.getResult()).getElementType().isBF16()) {
+      masterRemainders[param] =
+          fmt::format("reinterpret_cast<uint16_t *>(state + {})", stateBytes);
+      int64_t half = alignUp(2 * typeOf(param).getNumElements());
+      stateBytes += half;
+      derivedStateBytes += half;
+      masterRemainderBytes += half;
+    }
   }
   return success();
 }
@@ -564,8 +581,15 @@ LogicalResult TrainStepPrinter::printTranspose(linalg::TransposeOp op) {
 
 LogicalResult TrainStepPrinter::printAdamWGroup(ArrayRef<moe::AdamWOp> group) {
   moe::AdamWOp first = group.front();
+  // Split masters (store_param_remainders) update in a launch of their own.
+  const bool split = masterRemainders.count(first.getParam());
   std::string entries;
   for (moe::AdamWOp a : group) {
+    if (masterRemainders.count(a.getParam()) != split)
+      return a.emitOpError() << "is in a launch with an update whose master "
+                             << (split ? "is" : "is not")
+                             << " split into copy and remainder; the "
+                                "printer launches the two apart";
     if (a.getBeta1() != first.getBeta1() || a.getBeta2() != first.getBeta2() ||
         a.getEpsilon() != first.getEpsilon() ||
         a.getMaxGradNorm() != first.getMaxGradNorm() ||
@@ -598,10 +622,11 @@ LogicalResult TrainStepPrinter::printAdamWGroup(ArrayRef<moe::AdamWOp> group) {
       ps.push_back(typed(v));
     auto copy = parameterCopies.find(a.getParam());
     entries += fmt::format(
-        "      {{{}, {}, {}, {}, {}, {}, {}}},\n", ps[0], ps[1], ps[2], ps[3],
+        "      {{{}, {}, {}, {}, {}, {}, {}{}}},\n", ps[0], ps[1], ps[2], ps[3],
         typeOf(a.getParam()).getNumElements(),
         floatLiteral(a.getWeightDecay().convertToDouble()),
-        copy == parameterCopies.end() ? "nullptr" : copy->second);
+        copy == parameterCopies.end() ? "nullptr" : copy->second,
+        split ? ", " + masterRemainders.lookup(a.getParam()) : "");
     // The results are the updated state, in place.
     pointers[a.getNewParam()] = typed(a.getParam());
     pointers[a.getNewExpAvg()] = typed(a.getExpAvg());
@@ -623,9 +648,13 @@ LogicalResult TrainStepPrinter::printAdamWGroup(ArrayRef<moe::AdamWOp> group) {
       *first, {first.getStep(), first.getLr(), first.getGradNorm()}, ok);
   if (!ok)
     return failure();
+  if (split)
+    splitGroups.push_back(g);
   body += fmt::format(
-      "  moert::kernels::adamw<{}, {}>(ctx, group{}, {}, {}, {}, {}, {}{});\n",
-      c, cg, g, scalars, floatLiteral(first.getBeta1().convertToDouble()),
+      "  moert::kernels::{}(ctx, group{}, {}, {}, {}, {}, {}{});\n",
+      split ? fmt::format("adamwRemainders<{}>", cg)
+            : fmt::format("adamw<{}, {}>", c, cg),
+      g, scalars, floatLiteral(first.getBeta1().convertToDouble()),
       floatLiteral(first.getBeta2().convertToDouble()),
       floatLiteral(first.getEpsilon().convertToDouble()),
       floatLiteral(first.getMaxGradNorm().convertToDouble()),
@@ -1284,6 +1313,11 @@ LogicalResult TrainStepPrinter::setResultPointers(Operation &op) {
 }
 
 LogicalResult TrainStepPrinter::printOp(Operation &op) {
+  // The kept copy of a split master is not cast: splitStepMasters makes it
+  // (its buffer was laid out with the state).
+  if (op.hasAttr(MoeDialect::getPersistentCopyAttrName()) &&
+      masterRemainders.count(op.getOperand(0)))
+    return success();
   if (!isa<arith::ConstantOp, tensor::DimOp, tensor::ExpandShapeOp,
            tensor::CollapseShapeOp, tensor::EmptyOp, func::ReturnOp>(op))
     body += fmt::format("  moert::kernels::mark(ctx, \"{}\");\n",
@@ -1750,6 +1784,11 @@ LogicalResult TrainStepPrinter::printOp(Operation &op) {
 
 LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
                                       moec::CudaTrainProgramSummary &summary) {
+  if (grid && options.storeParamRemainders)
+    return step.emitError() << "is partitioned on @" << grid.getSymName()
+                            << "; the printer splits the masters of "
+                               "one-rank programs only "
+                               "(store_param_remainders)";
   if (failed(layoutArguments()))
     return failure();
   auto arenaBytes =
@@ -1764,13 +1803,34 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
   // Ops in order; each moe.adamw_group (consecutive ops) is one
   // multi-tensor launch.
   Block &block = step.getBody().front();
-  // --check-numerics: the parameters the step starts from first.
+  // store_param_remainders: a run's first step splits the masters (their
+  // copies and remainders are current after any step).
+  if (!masterRemainders.empty())
+    body += "  if (ctx.refreshParameterCopies)\n"
+            "    splitStepMasters(ctx);\n";
+  // --check-numerics: the parameters the step starts from first (a split
+  // master's copy, non-finite exactly where the master is).
   if (options.checkNumerics)
     for (BlockArgument arg : step.getArguments())
       if (auto name = step.getArgAttrOfType<StringAttr>(
-              arg.getArgNumber(), MoeDialect::getParameterAttrName()))
-        printNumericsCheck("parameter '" + name.str() + "'", arg,
-                           std::to_string(typeOf(arg).getNumElements()));
+              arg.getArgNumber(), MoeDialect::getParameterAttrName())) {
+        std::string what = "parameter '" + name.str() + "'";
+        std::string count = std::to_string(typeOf(arg).getNumElements());
+        if (!masterRemainders.count(arg)) {
+          printNumericsCheck(what, arg, count);
+          continue;
+        }
+        body += fmt::format(
+            "  moert::kernels::countNonfinite(ctx, {}, {}, {});\n",
+            numNumericsChecks++, parameterCopies.lookup(arg), count);
+        std::string typeText;
+        llvm::raw_string_ostream typeOs(typeText);
+        typeOs << RankedTensorType::get(typeOf(arg).getShape(),
+                                        Builder(arg.getContext()).getBF16Type())
+               << " (its bf16 copy; store_param_remainders)";
+        numericsChecks +=
+            fmt::format("    {{{}, {}}},\n", quoted(what), quoted(typeText));
+      }
   SmallVector<moe::AdamWOp> adamGroup;
   llvm::DenseSet<int64_t> printedGroups;
   // The compute stream waits for the overlapped collectives `ids`, between
@@ -1792,9 +1852,19 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
     for (moe::AdamWOp a : adamGroup)
       joins.append(joinsBefore.lookup(a.getOperation()));
     printJoins(joins);
-    body += "  moert::kernels::mark(ctx, \"moe.adamw\");\n";
-    if (failed(printAdamWGroup(adamGroup)))
-      return failure();
+    // Split masters apart from the rest (store_param_remainders).
+    SmallVector<moe::AdamWOp> splitPart, plainPart;
+    for (moe::AdamWOp a : adamGroup)
+      (masterRemainders.count(a.getParam()) ? splitPart : plainPart)
+          .push_back(a);
+    for (ArrayRef<moe::AdamWOp> part : {ArrayRef(splitPart),
+                                        ArrayRef(plainPart)}) {
+      if (part.empty())
+        continue;
+      body += "  moert::kernels::mark(ctx, \"moe.adamw\");\n";
+      if (failed(printAdamWGroup(part)))
+        return failure();
+    }
     printedGroups.insert(groupOf(adamGroup.front()));
     adamGroup.clear();
     return success();
@@ -2075,6 +2145,19 @@ namespace {
     printNeeds(Buffer::Gradient);
     os << "  return bytes;\n}\n\n";
   }
+  if (!masterRemainders.empty()) {
+    // store_param_remainders: the masters' fp32 slots -> copies and
+    // remainders (a run's first step), and back (before the driver saves).
+    std::string split, join;
+    for (int64_t g : splitGroups) {
+      split += fmt::format("  moert::kernels::splitMasters(ctx, group{});\n", g);
+      join += fmt::format("  moert::kernels::joinMasters(ctx, group{});\n", g);
+    }
+    os << "void splitStepMasters(const moert::kernels::Context &ctx) {\n"
+       << split << "}\n\n"
+       << "void joinStepMasters(const moert::kernels::Context &ctx) {\n"
+       << join << "}\n\n";
+  }
   os << fmt::format("{}moert::Segment segments[{}];\n\n",
                     grid ? "thread_local " : "",
                     std::max<size_t>(segments.size(), 1));
@@ -2134,10 +2217,14 @@ namespace {
                ? fmt::format("  program.numericsChecks = kNumericsChecks;\n"
                              "  program.numNumericsChecks = {};\n",
                              numNumericsChecks)
-               : std::string()));
+               : std::string()) +
+          (masterRemainders.empty()
+               ? std::string()
+               : std::string("  program.syncMasters = joinStepMasters;\n")));
 
   summary.stateBytes = stateBytes;
   summary.derivedStateBytes = derivedStateBytes;
+  summary.masterRemainderBytes = masterRemainderBytes;
   summary.arenaBytes = arenaBytes.getInt();
   summary.inputBytes = inputBytes;
   summary.hostActivationBytes = hostBytes;

@@ -111,6 +111,12 @@ struct TrainProgram {
                          cudaStream_t stream) = nullptr;
   void (*step)(const kernels::Context &, char *state, char *arena,
                char *inputs) = nullptr;
+  /// A program that keeps fp32 masters split into their bf16 copies and
+  /// remainders (store_param_remainders) rebuilds the masters' fp32 slots
+  /// of the state from them; the driver calls it before it reads the
+  /// parameters (checkpoints, Hugging Face exports, --dump-dir). Null in
+  /// other programs, whose state is current after every step.
+  void (*syncMasters)(const kernels::Context &) = nullptr;
   /// The step's numerics checks in program order (Context::nonfiniteCounts
   /// has one counter for each).
   const NumericsCheck *numericsChecks = nullptr;
