@@ -171,6 +171,28 @@ struct AdamWConfig {
 /// One element's AdamW update.
 struct AdamWElement {
   float beta1, beta2, epsilon, scale, decay, stepSize, bias2Sqrt;
+
+  /// The update of step `step` at rate `lr` for a tensor of weight decay
+  /// `weightDecay`, the gradient clipped by the global `norm`.
+  __device__ static AdamWElement make(const AdamWConfig &config,
+                                      float weightDecay, int64_t step,
+                                      float lr, float norm) {
+    double stepD = static_cast<double>(step);
+    AdamWElement u;
+    u.beta1 = config.beta1;
+    u.beta2 = config.beta2;
+    u.epsilon = config.epsilon;
+    u.scale = config.maxGradNorm > 0.0f
+                  ? fminf(1.0f, config.maxGradNorm / (norm + 1e-6f))
+                  : 1.0f;
+    u.decay = 1.0f - lr * weightDecay;
+    u.stepSize = lr / static_cast<float>(
+                          1.0 - pow(static_cast<double>(config.beta1), stepD));
+    u.bias2Sqrt = static_cast<float>(
+        sqrt(1.0 - pow(static_cast<double>(config.beta2), stepD)));
+    return u;
+  }
+
   __device__ void operator()(float &p, float &m, float &v, float g) const {
     g *= scale;
     m = beta1 * m + (1.0f - beta1) * g;
@@ -188,20 +210,8 @@ __global__ void adamwKernel(const OptimizerTensor *tensors,
     return;
   OptimizerChunk c = chunks[blockIdx.x];
   OptimizerTensor t = tensors[c.tensor];
-  double stepD = static_cast<double>(*step);
-  float rate = *lr;
-  AdamWElement update;
-  update.beta1 = config.beta1;
-  update.beta2 = config.beta2;
-  update.epsilon = config.epsilon;
-  update.scale = config.maxGradNorm > 0.0f
-                     ? fminf(1.0f, config.maxGradNorm / (*norm + 1e-6f))
-                     : 1.0f;
-  update.decay = 1.0f - rate * t.weightDecay;
-  update.stepSize = rate / static_cast<float>(
-                               1.0 - pow(static_cast<double>(config.beta1), stepD));
-  update.bias2Sqrt = static_cast<float>(
-      sqrt(1.0 - pow(static_cast<double>(config.beta2), stepD)));
+  AdamWElement update = AdamWElement::make(config, t.weightDecay, *step, *lr,
+                                           *norm);
   TS *param = static_cast<TS *>(t.param) + c.begin;
   TS *expAvg = static_cast<TS *>(t.expAvg) + c.begin;
   TS *expAvgSq = static_cast<TS *>(t.expAvgSq) + c.begin;
@@ -263,20 +273,8 @@ __global__ void adamwRemaindersKernel(const OptimizerTensor *tensors,
     return;
   OptimizerChunk c = chunks[blockIdx.x];
   OptimizerTensor t = tensors[c.tensor];
-  double stepD = static_cast<double>(*step);
-  float rate = *lr;
-  AdamWElement update;
-  update.beta1 = config.beta1;
-  update.beta2 = config.beta2;
-  update.epsilon = config.epsilon;
-  update.scale = config.maxGradNorm > 0.0f
-                     ? fminf(1.0f, config.maxGradNorm / (*norm + 1e-6f))
-                     : 1.0f;
-  update.decay = 1.0f - rate * t.weightDecay;
-  update.stepSize = rate / static_cast<float>(
-                               1.0 - pow(static_cast<double>(config.beta1), stepD));
-  update.bias2Sqrt = static_cast<float>(
-      sqrt(1.0 - pow(static_cast<double>(config.beta2), stepD)));
+  AdamWElement update = AdamWElement::make(config, t.weightDecay, *step, *lr,
+                                           *norm);
   uint16_t *hi = reinterpret_cast<uint16_t *>(t.copy) + c.begin;
   uint16_t *lo = t.remainder + c.begin;
   float *expAvg = static_cast<float *>(t.expAvg) + c.begin;
