@@ -612,6 +612,8 @@ llvm::Error moec::setTrainingJobText(TrainingJob &job, llvm::StringRef name,
       llvm::consumeError(value.takeError());
       return setSpelledValue(job, name, json::Value(text.str()));
     }
+    if (std::optional<DuplicateJsonKey> twice = findDuplicateJsonKey(text))
+      return error(fmt::format("{}: {}", name.str(), twice->describe()));
     return setSpelledValue(job, name, *value);
   }
   case Kind::Bool:

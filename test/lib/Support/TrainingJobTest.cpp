@@ -304,6 +304,11 @@ TEST(TrainingJob, FlagText) {
             "micro-batch-size must be an integer, not \"two\"");
   EXPECT_EQ(textError("bf16", "yes"),
             "bf16 must be true or false, not \"yes\"");
+  // A JSON object given as a flag's text names its repeated key too.
+  EXPECT_EQ(textError("custom_ops", R"({"a.b::G": "grouped_matmul", )"
+                                    R"("a.b::G": "grouped_matmul"})"),
+            "custom_ops: key 'a.b::G' appears twice in the top-level "
+            "object: say it once");
   EXPECT_EQ(textError("max-grad-norm", "inf"),
             "max-grad-norm must be a number, not \"inf\"");
   EXPECT_EQ(textError("sharding-strategy", "zero3"),
