@@ -254,6 +254,7 @@ private:
   /// update masters so (splitStepMasters, joinStepMasters).
   llvm::DenseMap<Value, std::string> masterRemainders;
   SmallVector<int64_t> splitGroups;
+  llvm::DenseSet<Value> splitUpdated; ///< split masters AdamW updates
   int64_t masterRemainderBytes = 0;
   bool usesCudnn = false;
   /// The rows of the program's kNumericsChecks table, in program order.
@@ -627,6 +628,8 @@ LogicalResult TrainStepPrinter::printAdamWGroup(ArrayRef<moe::AdamWOp> group) {
         floatLiteral(a.getWeightDecay().convertToDouble()),
         copy == parameterCopies.end() ? "nullptr" : copy->second,
         split ? ", " + masterRemainders.lookup(a.getParam()) : "");
+    if (split)
+      splitUpdated.insert(a.getParam());
     // The results are the updated state, in place.
     pointers[a.getNewParam()] = typed(a.getParam());
     pointers[a.getNewExpAvg()] = typed(a.getExpAvg());
@@ -2145,6 +2148,18 @@ namespace {
     printNeeds(Buffer::Gradient);
     os << "  return bytes;\n}\n\n";
   }
+  // splitStepMasters makes the copies of the split masters its groups
+  // update (moe-keep-param-copies keeps copies of updated parameters only).
+  for (auto &[param, remainder] : masterRemainders)
+    if (!splitUpdated.contains(param))
+      return step.emitError()
+             << "keeps a bf16 copy of parameter '"
+             << step.getArgAttrOfType<StringAttr>(
+                    cast<BlockArgument>(param).getArgNumber(),
+                    MoeDialect::getParameterAttrName())
+                    .getValue()
+             << "' that no moe.adamw updates; the printer splits updated "
+                "masters only (store_param_remainders)";
   if (!masterRemainders.empty()) {
     // store_param_remainders: the masters' fp32 slots -> copies and
     // remainders (a run's first step), and back (before the driver saves).
