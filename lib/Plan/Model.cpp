@@ -7,7 +7,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moec/Plan/Model.h"
-#include "moec/Support/JsonKeys.h"
+#include "moert/JsonKeys.h"
 
 #include "dialects/Moe/IR/MoeOps.h"
 
@@ -140,7 +140,8 @@ moec::plan::parseMixtralConfigJson(llvm::StringRef text) {
   const llvm::json::Object *object = value->getAsObject();
   if (!object)
     return fail("expected a JSON object of MixtralConfig fields");
-  if (std::optional<DuplicateJsonKey> twice = findDuplicateJsonKey(text))
+  if (std::optional<moert::DuplicateJsonKey> twice =
+          moert::findDuplicateJsonKey(text))
     return fail(twice->describe());
   ModelConfig c = mixtralDefaults();
   if (std::optional<llvm::StringRef> type = object->getString("model_type"))

@@ -8,7 +8,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moec/Support/TrainingJob.h"
-#include "moec/Support/JsonKeys.h"
+#include "moert/JsonKeys.h"
 
 #include "llvm/ADT/STLExtras.h"
 #include "llvm/ADT/StringExtras.h"
@@ -612,7 +612,8 @@ llvm::Error moec::setTrainingJobText(TrainingJob &job, llvm::StringRef name,
       llvm::consumeError(value.takeError());
       return setSpelledValue(job, name, json::Value(text.str()));
     }
-    if (std::optional<DuplicateJsonKey> twice = findDuplicateJsonKey(text))
+    if (std::optional<moert::DuplicateJsonKey> twice =
+            moert::findDuplicateJsonKey(text))
       return error(fmt::format("{}: {}", name.str(), twice->describe()));
     return setSpelledValue(job, name, *value);
   }
@@ -649,7 +650,8 @@ llvm::Error moec::readTrainingJobConfigText(llvm::StringRef text,
   if (!object)
     return error(
         fmt::format("config '{}' must be a JSON object", path.str()));
-  if (std::optional<DuplicateJsonKey> twice = findDuplicateJsonKey(text))
+  if (std::optional<moert::DuplicateJsonKey> twice =
+          moert::findDuplicateJsonKey(text))
     return error(
         fmt::format("config '{}': {}", path.str(), twice->describe()));
   // In the table's order, so that the first error is always the same one.

@@ -6,6 +6,7 @@
 
 #include "moert/HfCheckpoint.h"
 #include "moert/AtomicFile.h"
+#include "moert/JsonKeys.h"
 
 #include <nlohmann/json.hpp>
 
@@ -196,6 +197,8 @@ Status moert::parseSafetensorsIndex(
   if (!index.is_object() || !index.contains("weight_map") ||
       !index["weight_map"].is_object())
     return Status::failure(where + " has no \"weight_map\" object");
+  if (std::optional<DuplicateJsonKey> twice = findDuplicateJsonKey(text))
+    return Status::failure(where + ": " + twice->describe());
   for (const auto &[tensor, value] : index["weight_map"].items()) {
     if (!value.is_string())
       return Status::failure(where + ": tensor '" + tensor + "' maps to " +

@@ -6,6 +6,7 @@
 
 #include "moert/Safetensors.h"
 #include "moert/AtomicFile.h"
+#include "moert/JsonKeys.h"
 
 #include <nlohmann/json.hpp>
 
@@ -195,6 +196,9 @@ Status moert::parseSafetensors(const char *bytes, uint64_t fileBytes,
   }
   if (!header.is_object())
     return refuse("its header is not a JSON object");
+  if (std::optional<DuplicateJsonKey> twice = findDuplicateJsonKey(
+          std::string_view(bytes + 8, static_cast<size_t>(headerBytes))))
+    return refuse("its header's " + twice->describe());
   for (const auto &[name, value] : header.items()) {
     if (name == "__metadata__") {
       if (!value.is_object())

@@ -234,6 +234,12 @@ TEST(HfCheckpoint, IndexNamesOnlyFilesOfTheFolder) {
             "'index.json': tensor 'a' maps to 3, not a file name");
   EXPECT_EQ(error(R"({"weight_map": []})"),
             "'index.json' has no \"weight_map\" object");
+  // A tensor listed twice: which file holds it is not for the reader to
+  // guess (nlohmann::json keeps the last).
+  EXPECT_EQ(error(R"({"weight_map": {"a": "m-1.safetensors", )"
+                  R"("a": "m-2.safetensors"}})"),
+            "'index.json': key 'a' appears twice in the object at "
+            "'/weight_map': say it once");
   // A number past a double's range threw an exception that was not
   // caught (the safetensors fuzz target's find).
   EXPECT_EQ(error(R"({"metadata": {"total_size": 1e999}, "weight_map": {}})"),

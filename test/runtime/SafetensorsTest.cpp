@@ -178,6 +178,11 @@ TEST(Safetensors, MalformedFilesAreRefused) {
                     "parsing '1e999'");
   EXPECT_EQ(openError(rawFile(dir, "[1, 2]", 0)),
             where + "its header is not a JSON object");
+  // A tensor named twice, with other offsets: which one holds it is not
+  // for the reader to guess (nlohmann::json keeps the last).
+  EXPECT_EQ(openError(rawFile(dir, R"({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})", 8)),
+            where + "its header's key 'w' appears twice in the top-level "
+                    "object: say it once");
   std::filesystem::remove_all(dir);
 }
 

@@ -1,21 +1,22 @@
 //===- JsonKeys.h - A key given twice in one JSON object ---------*- C++ -*-===//
 //
 // JSON does not forbid an object that names a key twice, and the readers
-// keep one of the values without a word (llvm::json the last). For a file a
-// user wrote (a job config, a model's config.json) that is a mistake to
-// report, not a choice to make for them: the readers call this first.
+// keep one of the values without a word (llvm::json and nlohmann::json the
+// last). For a file a user wrote or brought (a job config, a model's
+// config.json, a safetensors header or index) that is a mistake to report,
+// not a choice to make for them: the readers call this after parsing. In
+// moert_hf, host-only, so that the compiler and the programs share it.
 //
 //===----------------------------------------------------------------------===//
 
-#ifndef MOEC_SUPPORT_JSONKEYS_H
-#define MOEC_SUPPORT_JSONKEYS_H
-
-#include "llvm/ADT/StringRef.h"
+#ifndef MOERT_JSONKEYS_H
+#define MOERT_JSONKEYS_H
 
 #include <optional>
 #include <string>
+#include <string_view>
 
-namespace moec {
+namespace moert {
 
 /// The first key named twice in one object of a JSON text.
 struct DuplicateJsonKey {
@@ -32,8 +33,8 @@ struct DuplicateJsonKey {
 /// The first duplicate key of `text`, or none. `text` is expected to be JSON
 /// a parser accepted; where it is not, none is reported (the parser's own
 /// error is the one to show).
-std::optional<DuplicateJsonKey> findDuplicateJsonKey(llvm::StringRef text);
+std::optional<DuplicateJsonKey> findDuplicateJsonKey(std::string_view text);
 
-} // namespace moec
+} // namespace moert
 
-#endif // MOEC_SUPPORT_JSONKEYS_H
+#endif // MOERT_JSONKEYS_H

@@ -7,16 +7,14 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "moec/Support/JsonKeys.h"
+#include "moert/JsonKeys.h"
 
 #include <nlohmann/json.hpp>
-
-#include <fmt/format.h>
 
 #include <set>
 #include <vector>
 
-using namespace moec;
+using namespace moert;
 
 namespace {
 /// Tracks the keys of the open objects and keeps the first repeated one.
@@ -96,15 +94,14 @@ private:
 } // namespace
 
 std::string DuplicateJsonKey::describe() const {
-  return fmt::format("key '{}' appears twice in {}: say it once",
-                     key,
-                     objectPointer.empty()
-                         ? std::string("the top-level object")
-                         : fmt::format("the object at '{}'", objectPointer));
+  return "key '" + key + "' appears twice in " +
+         (objectPointer.empty() ? std::string("the top-level object")
+                                : "the object at '" + objectPointer + "'") +
+         ": say it once";
 }
 
 std::optional<DuplicateJsonKey>
-moec::findDuplicateJsonKey(llvm::StringRef text) {
+moert::findDuplicateJsonKey(std::string_view text) {
   DuplicateKeyFinder finder;
   if (!nlohmann::json::sax_parse(text.begin(), text.end(), &finder))
     return std::nullopt;

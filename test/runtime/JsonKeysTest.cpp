@@ -6,11 +6,11 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "moec/Support/JsonKeys.h"
+#include "moert/JsonKeys.h"
 
 #include <gtest/gtest.h>
 
-using namespace moec;
+using namespace moert;
 
 namespace {
 
