@@ -216,6 +216,11 @@ private:
   /// it.
   void printNumericsCheck(const std::string &what, Value v,
                           const std::string &count);
+  /// The same of the buffer at `pointer`, of type `typeText` as the table
+  /// names it (a split master's copy).
+  void printNumericsCheck(const std::string &what, const std::string &pointer,
+                          const std::string &typeText,
+                          const std::string &count);
   /// The checks of each floating-point result of `op`, which launched on
   /// the step's stream.
   void printNumericsChecks(Operation &op);
@@ -667,11 +672,18 @@ LogicalResult TrainStepPrinter::printAdamWGroup(ArrayRef<moe::AdamWOp> group) {
 
 void TrainStepPrinter::printNumericsCheck(const std::string &what, Value v,
                                           const std::string &count) {
-  body += fmt::format("  moert::kernels::countNonfinite(ctx, {}, {}, {});\n",
-                      numNumericsChecks++, typed(v), count);
   std::string typeText;
   llvm::raw_string_ostream typeOs(typeText);
   typeOs << v.getType();
+  printNumericsCheck(what, typed(v), typeText, count);
+}
+
+void TrainStepPrinter::printNumericsCheck(const std::string &what,
+                                          const std::string &pointer,
+                                          const std::string &typeText,
+                                          const std::string &count) {
+  body += fmt::format("  moert::kernels::countNonfinite(ctx, {}, {}, {});\n",
+                      numNumericsChecks++, pointer, count);
   numericsChecks +=
       fmt::format("    {{{}, {}}},\n", quoted(what), quoted(typeText));
 }
@@ -1823,16 +1835,12 @@ LogicalResult TrainStepPrinter::print(llvm::raw_ostream &os,
           printNumericsCheck(what, arg, count);
           continue;
         }
-        body += fmt::format(
-            "  moert::kernels::countNonfinite(ctx, {}, {}, {});\n",
-            numNumericsChecks++, parameterCopies.lookup(arg), count);
         std::string typeText;
         llvm::raw_string_ostream typeOs(typeText);
         typeOs << RankedTensorType::get(typeOf(arg).getShape(),
                                         Builder(arg.getContext()).getBF16Type())
                << " (its bf16 copy; store_param_remainders)";
-        numericsChecks +=
-            fmt::format("    {{{}, {}}},\n", quoted(what), quoted(typeText));
+        printNumericsCheck(what, parameterCopies.lookup(arg), typeText, count);
       }
   SmallVector<moe::AdamWOp> adamGroup;
   llvm::DenseSet<int64_t> printedGroups;
