@@ -27,6 +27,9 @@
 # BENCH_VARIANTS="full=activation_checkpointing:full bf16grads=grad_dtype:bf16"
 # (true, false and numbers as they are, anything else as a JSON string).
 # A variant's key replaces the recipe's own (fp32grads=grad_dtype:fp32).
+# BENCH_RECIPES (prepare) compiles only the recipes it names (bf16,
+# fp32-master; default both), e.g. for a variant one recipe refuses
+# (store_param_remainders needs fp32 masters).
 #
 # prepare reads M2L_ONNX (a ready weights-free export of mixtral-8x7b-2l;
 # else python -m moec.export makes one: needs torch) and TT_SITE (a folder
@@ -52,6 +55,10 @@ recipes=("bf16 bf16 \"param_dtype\": \"bf16\", "
 job='"micro_batch_size": 4, "seq_length": 2048, "bf16": true, %s"router_aux_loss_coef": 0.02'
 
 if [[ "$mode" == prepare ]]; then
+  for r in ${BENCH_RECIPES:-}; do
+    [[ "$r" == bf16 || "$r" == fp32-master ]] ||
+      { echo "error: BENCH_RECIPES: '$r' is not a recipe (bf16, fp32-master)" >&2; exit 2; }
+  done
   moec="${MOEC:-$root/build/bin/moec}"
   build="${MOEC_BUILD:-$root/build}"
   cudnn="$(sed -n 's/^MOEC_CUDNN_LIBRARY:FILEPATH=//p' "$build/CMakeCache.txt")"
@@ -90,7 +97,8 @@ if [[ "$mode" == prepare ]]; then
   done
   rm -rf "$dir"/m2l-* "$dir"/*.json "$dir"/*.log
   for recipe in "${recipes[@]}"; do
-    read -r name _ extra <<< "$recipe"
+    read -r name bench_recipe extra <<< "$recipe"
+    [[ " ${BENCH_RECIPES:-bf16 fp32-master} " == *" $bench_recipe "* ]] || continue
     variants=("$name=")
     for v in ${BENCH_VARIANTS:-}; do
       variants+=("$name-$v")
