@@ -32,7 +32,8 @@ void moert::setGraphMode(GraphMode mode) { currentMode = mode; }
 
 void moert::runSegment(const kernels::Context &ctx, Segment &segment,
                        SegmentFn fn, char *state, char *arena, char *inputs) {
-  if (currentMode != GraphMode::Replay || ctx.profiler) {
+  if (currentMode != GraphMode::Replay || ctx.profiler ||
+      ctx.refreshParameterCopies) {
     fn(ctx, state, arena, inputs);
     return;
   }

@@ -525,10 +525,14 @@ int runRank(const TrainProgram &p, const Options &o,
   NonfiniteSteps nonfinite(o.skipNonfiniteSteps,
                            resume ? resume->manifest.skippedSteps : 0);
 
-  // The masters' fp32 slots current, for what reads the parameters.
+  // The masters' fp32 slots current, for what reads the parameters: split
+  // masters (store_param_remainders) joined once after a step, and split
+  // again by the next (their remainders share the fp32 slots).
+  bool mastersSplit = false;
   auto syncMasters = [&] {
-    if (p.syncMasters)
+    if (p.syncMasters && mastersSplit)
       p.syncMasters(ctx);
+    mastersSplit = false;
   };
   auto save = [&](int64_t completed) {
     std::vector<char> host(savedBytes);
@@ -621,7 +625,9 @@ int runRank(const TrainProgram &p, const Options &o,
                                      cudaMemcpyHostToDevice, ctx.stream));
     kernels::Profiler profiler;
     ctx.profiler = leader && t == o.profileStep ? &profiler : nullptr;
-    ctx.refreshParameterCopies = t == firstStep;
+    ctx.refreshParameterCopies =
+        t == firstStep || (p.syncMasters && !mastersSplit);
+    mastersSplit = p.syncMasters != nullptr;
     if (ctx.nonfiniteCounts)
       MOERT_CUDA_CHECK(cudaMemsetAsync(ctx.nonfiniteCounts, 0,
                                        nonfiniteCounts.size() * 8,

@@ -529,9 +529,11 @@ void testCrossEntropy(Env &env, int64_t B, int64_t S, int64_t H, int64_t V,
 /// masters and moments must be the same bits, and the copies the masters
 /// rounded to nearest, ties away from zero (where round-to-nearest-even,
 /// the fp32 path's copy, differs only at a tie). splitMasters followed by
-/// joinMasters must give back every original master bit for bit.
+/// joinMasters must give back every original master bit for bit. In place,
+/// the remainders in the first half of the masters' fp32 slots (as the
+/// printed programs keep them) and the second half overwritten.
 template <class TG>
-void testAdamWRemainders(
+void testAdamWRemainders(bool inPlace,
     Env &env, Context &ctx, std::vector<OptimizerTensor> tensors,
     const std::vector<std::vector<float>> &param,
     const std::vector<std::vector<float>> &m,
@@ -542,7 +544,8 @@ void testAdamWRemainders(
     const std::vector<std::unique_ptr<DeviceBuffer<bf16>>> &dCopy,
     const int64_t *step, const float *lr, const float *norm, float beta1,
     float beta2, float epsilon, float maxNorm, const std::string &what) {
-  const std::string name = what + " (master remainders)";
+  const std::string name =
+      what + (inPlace ? " (master remainders in place)" : " (master remainders)");
   size_t count = tensors.size();
   std::vector<std::unique_ptr<DeviceBuffer<float>>> p2, m2, v2;
   std::vector<std::unique_ptr<DeviceBuffer<bf16>>> hi;
@@ -557,16 +560,29 @@ void testAdamWRemainders(
     tensors[i].expAvg = m2[i]->get();
     tensors[i].expAvgSq = v2[i]->get();
     tensors[i].copy = hi[i]->get();
-    tensors[i].remainder = lo[i]->get();
+    tensors[i].remainder =
+        inPlace ? reinterpret_cast<uint16_t *>(p2[i]->get()) : lo[i]->get();
   }
+  // What split masters must not read: the fp32 slots (NaN), or in place
+  // their second halves (all bits set: NaN pairs of halves).
+  auto clobber = [&] {
+    for (size_t i = 0; i < count; ++i) {
+      if (!inPlace) {
+        p2[i]->fillNaN();
+        continue;
+      }
+      size_t n = param[i].size();
+      MOERT_CUDA_CHECK(cudaMemset(reinterpret_cast<char *>(p2[i]->get()) + 2 * n,
+                                  0xff, 2 * n));
+    }
+  };
   TensorGroup split;
   split.init(tensors, kAdamWChunk<float>);
   if (!env.context(name, 0, ctx))
     return;
   // The round trip alone.
   splitMasters(ctx, split);
-  for (size_t i = 0; i < count; ++i)
-    p2[i]->fillNaN();
+  clobber();
   joinMasters(ctx, split);
   env.sync();
   bool roundTrip = true;
@@ -575,8 +591,8 @@ void testAdamWRemainders(
                              param[i].size() * sizeof(float)) == 0;
   env.report(name + " split then join gives every master back", roundTrip);
   // The update on the split form, then back to fp32.
-  for (size_t i = 0; i < count; ++i)
-    p2[i]->fillNaN(); // AdamW on the split form must not need it
+  splitMasters(ctx, split);
+  clobber(); // AdamW on the split form must not need it
   adamwRemainders<TG>(ctx, split, step, lr, norm, beta1, beta2, epsilon,
                       maxNorm);
   joinMasters(ctx, split);
@@ -795,11 +811,13 @@ template <class T, class TG = T> void testOptimizer(Env &env, uint32_t seed) {
                   tol);
     }
     if constexpr (sizeof(T) == 4)
-      testAdamWRemainders<TG>(env, ctx, tensors, param, m, v, dParam, dM, dV,
-                              dCopy, dStep.get(), dLr.get(), dNorm.get(),
-                              beta1, beta2, epsilon, clip.maxNorm,
-                              std::string(typeName<T>()) + " adamw " +
-                                  clip.what);
+      for (bool inPlace : {false, true})
+        testAdamWRemainders<TG>(inPlace, env, ctx, tensors, param, m, v,
+                                dParam, dM, dV, dCopy, dStep.get(), dLr.get(),
+                                dNorm.get(), beta1, beta2, epsilon,
+                                clip.maxNorm,
+                                std::string(typeName<T>()) + " adamw " +
+                                    clip.what);
   }
   for (TensorGroup *g : {&group, &adamGroup}) {
     cudaFree(g->deviceTensors);

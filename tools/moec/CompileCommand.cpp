@@ -397,14 +397,15 @@ int moec::cli::runCompile(const ImportFlags &modelFlags,
   std::string error;
   if (!writeFile(manifestPath, manifestText, error))
     return fail(error);
-  int64_t copyBytes =
-      summary.derivedStateBytes - summary.masterRemainderBytes;
   std::string copies =
-      (copyBytes ? fmt::format(" + {} B of bf16 parameter copies", copyBytes)
-                 : std::string()) +
-      (summary.masterRemainderBytes
-           ? fmt::format(" + {} B of master remainders",
-                         summary.masterRemainderBytes)
+      (summary.derivedStateBytes
+           ? fmt::format(" + {} B of bf16 parameter copies",
+                         summary.derivedStateBytes)
+           : std::string()) +
+      (summary.splitMasterElements
+           ? fmt::format("; {} master elements kept as copy + 16-bit "
+                         "remainder, in their fp32 slots",
+                         summary.splitMasterElements)
            : std::string());
   llvm::outs() << fmt::format(
       "memory plan: state {} B (parameters + AdamW moments{}), arena {} B "

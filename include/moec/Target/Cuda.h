@@ -59,10 +59,10 @@ struct CudaTrainProgramOptions {
 /// What the printed training program allocates and computes per step.
 struct CudaTrainProgramSummary {
   int64_t stateBytes = 0; ///< parameters, AdamW moments, kept copies
-  /// Of which bf16 copies and master remainders (not checkpointed).
-  int64_t derivedStateBytes = 0;
-  /// Of those, the master remainders (store_param_remainders).
-  int64_t masterRemainderBytes = 0;
+  int64_t derivedStateBytes = 0; ///< of which bf16 copies (not checkpointed)
+  /// The master elements kept as copy + remainder (store_param_remainders;
+  /// the remainders in the masters' own slots: no bytes of their own).
+  int64_t splitMasterElements = 0;
   int64_t arenaBytes = 0; ///< every intermediate (moe-plan-memory)
   int64_t inputBytes = 0; ///< token ids, labels, step, learning rate
   /// The pinned host memory of the offloaded activations (moe.offload).

@@ -251,7 +251,7 @@ private:
   std::vector<std::string> segments; ///< bodies of the captured segments
   std::map<std::string, std::string> kernelNames; ///< source -> name
   int64_t stateBytes = 0, inputBytes = 0, groups = 0;
-  int64_t derivedStateBytes = 0; ///< kept copies and master remainders
+  int64_t derivedStateBytes = 0; ///< kept copies
   /// Parameter argument -> its persistent bf16 copy, which AdamW writes.
   llvm::DenseMap<Value, std::string> parameterCopies;
   /// store_param_remainders: parameter argument -> the low 16 bits of its
@@ -260,7 +260,7 @@ private:
   llvm::DenseMap<Value, std::string> masterRemainders;
   SmallVector<int64_t> splitGroups;
   llvm::DenseSet<Value> splitUpdated; ///< split masters AdamW updates
-  int64_t masterRemainderBytes = 0;
+  int64_t splitMasterElements = 0;
   bool usesCudnn = false;
   /// The rows of the program's kNumericsChecks table, in program order.
   std::string numericsChecks;
@@ -371,16 +371,16 @@ LogicalResult TrainStepPrinter::layoutArguments() {
     int64_t bytes = alignUp(byteSize(typeOf(cast.getResult())));
     stateBytes += bytes;
     derivedStateBytes += bytes;
-    // The master's low half beside its copy (store_param_remainders).
+    // The master's low half in the first half of its own fp32 slot, which
+    // holds no fp32 value while the run keeps it split
+    // (store_param_remainders; moert::kernels::splitMasters).
     if (options.storeParamRemainders &&
         typeOf(param).getElementType().isF32() &&
-        typeOf(cast.getResult()).getElementType().isBF16()) {
-      masterRemainders[param] =
-          fmt::format("reinterpret_cast<uint16_t *>(state + {})", stateBytes);
-      int64_t half = alignUp(2 * typeOf(param).getNumElements());
-      stateBytes += half;
-      derivedStateBytes += half;
-      masterRemainderBytes += half;
+        typeOf(cast.getResult()).getElementType().isBF16())
+    {
+      masterRemainders[param] = fmt::format(
+          "reinterpret_cast<uint16_t *>({})", pointers.lookup(param));
+      splitMasterElements += typeOf(param).getNumElements();
     }
   }
   return success();
@@ -2247,7 +2247,7 @@ namespace {
 
   summary.stateBytes = stateBytes;
   summary.derivedStateBytes = derivedStateBytes;
-  summary.masterRemainderBytes = masterRemainderBytes;
+  summary.splitMasterElements = splitMasterElements;
   summary.arenaBytes = arenaBytes.getInt();
   summary.inputBytes = inputBytes;
   summary.hostActivationBytes = hostBytes;

@@ -7,8 +7,10 @@
 //
 //   - eagerly while graphs are off (`--no-graphs`), during the warm-up step
 //     (the first step of a run: libraries pick algorithms and allocate
-//     there, which a capture must not see), and in a profiled step (its
-//     per-op events belong on the stream);
+//     there, which a capture must not see), in a profiled step (its
+//     per-op events belong on the stream), and in a step that refreshes
+//     the kept parameter copies (Context::refreshParameterCopies: launches
+//     the replayed graphs do not hold);
 //   - otherwise, the first time, it captures the segment's launches into a
 //     graph and instantiates it; every time, it launches the graph.
 //

@@ -114,8 +114,10 @@ struct TrainProgram {
   /// A program that keeps fp32 masters split into their bf16 copies and
   /// remainders (store_param_remainders) rebuilds the masters' fp32 slots
   /// of the state from them; the driver calls it before it reads the
-  /// parameters (checkpoints, Hugging Face exports, --dump-dir). Null in
-  /// other programs, whose state is current after every step.
+  /// parameters (checkpoints, Hugging Face exports, --dump-dir), once
+  /// after a step. The remainders live in those slots: the next step
+  /// splits again (Context::refreshParameterCopies). Null in other
+  /// programs, whose state is current after every step.
   void (*syncMasters)(const kernels::Context &) = nullptr;
   /// The step's numerics checks in program order (Context::nonfiniteCounts
   /// has one counter for each).

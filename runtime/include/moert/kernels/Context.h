@@ -103,9 +103,11 @@ struct Context {
   cudaStream_t gradientStream = nullptr;
   /// Set for the one step the driver profiles.
   Profiler *profiler = nullptr;
-  /// Set by the driver for the first step of a run: the bf16 parameter
-  /// copies that AdamW keeps (moe-keep-param-copies) are not current yet,
-  /// so the step computes them from the parameters first.
+  /// Set by the driver for the first step of a run, and for the step after
+  /// the masters were joined (TrainProgram::syncMasters): the bf16
+  /// parameter copies that AdamW keeps (moe-keep-param-copies) are not
+  /// current yet, or split masters are fp32 again, so the step computes
+  /// them from the parameters first.
   bool refreshParameterCopies = false;
   /// The pinned host region and the transfer streams of a program that
   /// offloads activations (Offload.h); null in one that does not.

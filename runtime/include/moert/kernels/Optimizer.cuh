@@ -78,6 +78,9 @@ public:
                           b + chunk < tensors[i].count ? b + chunk
                                                        : tensors[i].count});
     numChunks = static_cast<int64_t>(chunks.size());
+    maxCount = 0;
+    for (const OptimizerTensor &t : tensors)
+      maxCount = t.count > maxCount ? t.count : maxCount;
     MOERT_CUDA_CHECK(cudaMalloc(&deviceTensors,
                                 tensors.size() * sizeof(OptimizerTensor) + 1));
     MOERT_CUDA_CHECK(cudaMalloc(&deviceChunks,
@@ -93,6 +96,7 @@ public:
   OptimizerTensor *deviceTensors = nullptr;
   OptimizerChunk *deviceChunks = nullptr;
   int64_t numChunks = 0;
+  int64_t maxCount = 0; ///< the largest tensor's elements
 };
 
 /// Elements per chunk (one block) of an AdamW launch over state of type TS.
@@ -320,20 +324,26 @@ __global__ void adamwRemaindersKernel(const OptimizerTensor *tensors,
 }
 
 /// copy, remainder <- split(param) (toward the split form) or param <-
-/// join(copy, remainder) (back to fp32), over every tensor of the group.
+/// join(copy, remainder) (back to fp32), over the elements [from, to) of
+/// every tensor of the group.
 template <bool kSplit>
 __global__ void convertMastersKernel(const OptimizerTensor *tensors,
-                                     const OptimizerChunk *chunks) {
+                                     const OptimizerChunk *chunks,
+                                     int64_t from, int64_t to) {
   OptimizerChunk c = chunks[blockIdx.x];
+  int64_t begin = c.begin > from ? c.begin : from;
+  int64_t end = c.end < to ? c.end : to;
   OptimizerTensor t = tensors[c.tensor];
-  float *param = static_cast<float *>(t.param) + c.begin;
-  uint16_t *hi = reinterpret_cast<uint16_t *>(t.copy) + c.begin;
-  uint16_t *lo = t.remainder + c.begin;
-  for (int64_t i = threadIdx.x; i < c.end - c.begin; i += blockDim.x) {
-    if (kSplit)
-      splitMaster(param[i], hi[i], lo[i]);
-    else
-      param[i] = joinMaster(hi[i], lo[i]);
+  float *param = static_cast<float *>(t.param);
+  uint16_t *hi = reinterpret_cast<uint16_t *>(t.copy);
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    if (kSplit) {
+      float p = param[i];
+      splitMaster(p, hi[i], t.remainder[i]);
+    } else {
+      float p = joinMaster(hi[i], t.remainder[i]);
+      param[i] = p;
+    }
   }
 }
 } // namespace detail
@@ -382,21 +392,37 @@ void adamwRemainders(const Context &ctx, const TensorGroup &group,
       detail::AdamWConfig{beta1, beta2, epsilon, maxGradNorm, skipNonfinite});
 }
 
-/// Every tensor's fp32 `param` split into its `copy` and `remainder`.
+/// Every tensor's fp32 `param` split into its `copy` and `remainder`, and
+/// back (joinMasters: exactly the master splitMasters and adamwRemainders
+/// left). The remainders may live in the first half of the masters' own
+/// fp32 slots (`remainder` = `param`, as the printed programs keep them):
+/// element i's remainder then overlaps half of master i/2, so the
+/// elements go in launches over [0, 1), [1, 2), [2, 4), [4, 8), ...: a
+/// split writes only over masters an earlier launch has read, and a join,
+/// the launches in the opposite order, only over remainders an earlier
+/// launch has read. About log2(largest tensor) launches, at a run's start
+/// and before a save.
 inline void splitMasters(const Context &ctx, const TensorGroup &group) {
-  if (group.numChunks > 0)
+  if (group.numChunks == 0)
+    return;
+  for (int64_t from = 0, to = 1; from < group.maxCount; from = to, to *= 2)
     detail::convertMastersKernel<true>
-        <<<group.numChunks, 512, 0, ctx.stream>>>(group.deviceTensors,
-                                                 group.deviceChunks);
+        <<<group.numChunks, 512, 0, ctx.stream>>>(
+            group.deviceTensors, group.deviceChunks, from, to);
 }
 
-/// Every tensor's fp32 `param` rebuilt from its `copy` and `remainder`
-/// (exactly the master splitMasters and adamwRemainders left).
 inline void joinMasters(const Context &ctx, const TensorGroup &group) {
-  if (group.numChunks > 0)
+  if (group.numChunks == 0)
+    return;
+  int64_t to = 1;
+  while (to < group.maxCount)
+    to *= 2;
+  for (; to > 1; to /= 2) // [to/2, to), down to [1, 2)
     detail::convertMastersKernel<false>
-        <<<group.numChunks, 512, 0, ctx.stream>>>(group.deviceTensors,
-                                                  group.deviceChunks);
+        <<<group.numChunks, 512, 0, ctx.stream>>>(
+            group.deviceTensors, group.deviceChunks, to / 2, to);
+  detail::convertMastersKernel<false><<<group.numChunks, 512, 0, ctx.stream>>>(
+      group.deviceTensors, group.deviceChunks, 0, 1);
 }
 
 } // namespace moert::kernels
