@@ -725,9 +725,6 @@ llvm::Error moec::checkImplemented(const TrainingJob &job,
       return refuse("param_dtype", "bf16", "plans assume fp32 master weights");
     if (job.gradDtype == ParamDtype::Bf16)
       return refuse("grad_dtype", "bf16", "plans assume fp32 gradients");
-    if (job.storeParamRemainders)
-      return refuse("store_param_remainders", "true",
-                    "plans assume fp32 masters and separate bf16 copies");
     return llvm::Error::success();
   }
   if (job.globalBatchSize != 0 &&

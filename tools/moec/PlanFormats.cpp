@@ -170,9 +170,12 @@ void moec::cli::printPlanTable(const TrainingPlan &plan, bool allPlacements,
       "tokens per step; {} precision{}; activation checkpointing {}\n",
       t.microBatchSize, t.seqLength, st.gradientAccumulation, commas(st.tokens),
       getPrecisionName(t).str(),
-      t.bf16
-          ? " (bf16 compute, fp32 master weights, gradients, AdamW)"
-          : "",
+      !t.bf16 ? ""
+      : t.storeParamRemainders
+          // The remainders live in the masters' fp32 slots: the same bytes.
+          ? " (bf16 compute, fp32 master weights kept as their bf16 copies "
+            "+ 16-bit remainders, gradients, AdamW)"
+          : " (bf16 compute, fp32 master weights, gradients, AdamW)",
       plan.autoBudgetBytes
           ? fmt::format("auto: {} on every layer, the first of none, "
                         "selective and full whose plan fits {} (moec "
@@ -560,6 +563,7 @@ json::Value moec::cli::planToJson(const TrainingPlan &plan) {
            {"activation_checkpointing",
             moec::stringifyActivationCheckpointing(t.activationCheckpointing)},
            {"precision", getPrecisionName(t)},
+           {"store_param_remainders", t.storeParamRemainders},
        }},
       {"gpu",
        json::Object{

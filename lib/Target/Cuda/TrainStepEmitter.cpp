@@ -376,8 +376,7 @@ LogicalResult TrainStepPrinter::layoutArguments() {
     // (store_param_remainders; moert::kernels::splitMasters).
     if (options.storeParamRemainders &&
         typeOf(param).getElementType().isF32() &&
-        typeOf(cast.getResult()).getElementType().isBF16())
-    {
+        typeOf(cast.getResult()).getElementType().isBF16()) {
       masterRemainders[param] = fmt::format(
           "reinterpret_cast<uint16_t *>({})", pointers.lookup(param));
       splitMasterElements += typeOf(param).getNumElements();

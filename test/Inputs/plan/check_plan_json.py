@@ -46,7 +46,8 @@ JOB = {k: INT for k in (
     "gpus_per_node", "nodes", "micro_batch_size", "seq_len",
     "gradient_accumulation", "tokens_per_step")} | {
     "hybrid_shard_degree_automatic": BOOL, "sharding_strategy": STR,
-    "activation_checkpointing": STR, "precision": STR}
+    "activation_checkpointing": STR, "precision": STR,
+    "store_param_remainders": BOOL}
 GPU = {"name": STR, "memory_bytes": INT, "peak_flops": NUM,
        "memory_bandwidth": NUM, "intra_node_bandwidth": NUM,
        "inter_node_bandwidth": NUM, "compute_efficiency": NUM,
