@@ -533,8 +533,8 @@ void testCrossEntropy(Env &env, int64_t B, int64_t S, int64_t H, int64_t V,
 /// the remainders in the first half of the masters' fp32 slots (as the
 /// printed programs keep them) and the second half overwritten.
 template <class TG>
-void testAdamWRemainders(bool inPlace,
-    Env &env, Context &ctx, std::vector<OptimizerTensor> tensors,
+void testAdamWRemainders(
+    bool inPlace, Env &env, Context &ctx, std::vector<OptimizerTensor> tensors,
     const std::vector<std::vector<float>> &param,
     const std::vector<std::vector<float>> &m,
     const std::vector<std::vector<float>> &v,
@@ -555,13 +555,16 @@ void testAdamWRemainders(bool inPlace,
     m2.emplace_back(new DeviceBuffer<float>(m[i]));
     v2.emplace_back(new DeviceBuffer<float>(v[i]));
     hi.emplace_back(new DeviceBuffer<bf16>(param[i].size()));
-    lo.emplace_back(new DeviceBuffer<uint16_t>(param[i].size()));
     tensors[i].param = p2[i]->get();
     tensors[i].expAvg = m2[i]->get();
     tensors[i].expAvgSq = v2[i]->get();
     tensors[i].copy = hi[i]->get();
-    tensors[i].remainder =
-        inPlace ? reinterpret_cast<uint16_t *>(p2[i]->get()) : lo[i]->get();
+    if (inPlace) {
+      tensors[i].remainder = reinterpret_cast<uint16_t *>(p2[i]->get());
+      continue;
+    }
+    lo.emplace_back(new DeviceBuffer<uint16_t>(param[i].size()));
+    tensors[i].remainder = lo[i]->get();
   }
   // What split masters must not read: the fp32 slots (NaN), or in place
   // their second halves (all bits set: NaN pairs of halves).

@@ -405,10 +405,10 @@ void adamwRemainders(const Context &ctx, const TensorGroup &group,
 inline void splitMasters(const Context &ctx, const TensorGroup &group) {
   if (group.numChunks == 0)
     return;
-  for (int64_t from = 0, to = 1; from < group.maxCount; from = to, to *= 2)
+  for (int64_t to = 1; to / 2 < group.maxCount; to *= 2) // [0, 1), [1, 2), ...
     detail::convertMastersKernel<true>
         <<<group.numChunks, 512, 0, ctx.stream>>>(
-            group.deviceTensors, group.deviceChunks, from, to);
+            group.deviceTensors, group.deviceChunks, to / 2, to);
 }
 
 inline void joinMasters(const Context &ctx, const TensorGroup &group) {
@@ -417,12 +417,10 @@ inline void joinMasters(const Context &ctx, const TensorGroup &group) {
   int64_t to = 1;
   while (to < group.maxCount)
     to *= 2;
-  for (; to > 1; to /= 2) // [to/2, to), down to [1, 2)
+  for (; to >= 1; to /= 2) // splitMasters' launches, last first
     detail::convertMastersKernel<false>
         <<<group.numChunks, 512, 0, ctx.stream>>>(
             group.deviceTensors, group.deviceChunks, to / 2, to);
-  detail::convertMastersKernel<false><<<group.numChunks, 512, 0, ctx.stream>>>(
-      group.deviceTensors, group.deviceChunks, 0, 1);
 }
 
 } // namespace moert::kernels
