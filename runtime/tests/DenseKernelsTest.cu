@@ -310,13 +310,27 @@ void testEmbedding(Env &env, int64_t tokens, int64_t hidden, int64_t vocab,
     env.compare(name + " out", toDoubles(out.read()), wantOut,
                 tolerance<T>());
   }
-  if (env.context(name + " grad",
-                  embeddingScratchBytes(vocab, hidden, sizeof(T)), ctx)) {
+  if (env.context(name + " grad", embeddingScratchBytes(tokens, vocab),
+                  ctx)) {
     embeddingGrad<T>(ctx, dIds.get(), dGradOut.get(), tokens, hidden, vocab,
                      dTable.get());
     env.sync();
-    env.compare(name + " dTable", toDoubles(dTable.read()), wantGrad,
-                tolerance<T>());
+    std::vector<T> got = dTable.read();
+    env.compare(name + " dTable", toDoubles(got), wantGrad, tolerance<T>());
+    // The documented order: each row summed in fp32 in token order, rounded
+    // once: the same bits as this host loop.
+    std::vector<float> sums(vocab * hidden, 0.0f);
+    for (int64_t t = 0; t < tokens; ++t)
+      for (int64_t h = 0; h < hidden; ++h)
+        sums[ids[t] * hidden + h] += toFloat(dOut[t * hidden + h]);
+    int64_t differ = 0;
+    for (int64_t i = 0; i < vocab * hidden; ++i) {
+      T want = fromFloat<T>(sums[i]);
+      differ += std::memcmp(&got[i], &want, sizeof(T)) != 0;
+    }
+    env.report(name + " dTable bits of the fp32 sums in token order (" +
+                   std::to_string(differ) + " differ)",
+               differ == 0);
   }
 }
 
@@ -834,6 +848,7 @@ template <class T> void testType(Env &env, uint32_t &seed) {
   testEmbedding<T>(env, 300, 64, 50, seed++);
   testEmbedding<T>(env, 512, 33, 5, seed++); // many repeats per row
   testEmbedding<T>(env, 7, 72, 1000, seed++);
+  testEmbedding<T>(env, 2500, 36, 60, seed++); // 3 tiles, 16-byte accesses
 
   std::printf("== %s rmsNorm\n", typeName<T>());
   testRmsNorm<T>(env, 13, 40, 1e-5f, 1.0f, seed++);
@@ -873,7 +888,16 @@ template <class T> void testType(Env &env, uint32_t &seed) {
   int64_t budget = detail::crossEntropyLogitsBudget;
   detail::crossEntropyLogitsBudget = 1024 * 37 * 4;
   testCrossEntropy<T>(env, 3, 700, 8, 37, 10, 0.75f, seed++); // 3 chunks
+  // 1030 rows: over the budget by 6 rows, within it plus the 8 rows of
+  // logits the bf16 dW accumulator would take: one chunk in bf16, 2 in fp32.
+  env.report(std::string(typeName<T>()) + " crossEntropyChunk of 1030 rows",
+             detail::crossEntropyChunk(1030, 8, 37, sizeof(T)) ==
+                 (sizeof(T) == 2 ? 1030 : 1024));
+  testCrossEntropy<T>(env, 2, 515, 8, 37, 10, 0.75f, seed++);
   detail::crossEntropyLogitsBudget = budget;
+  // Rows longer than the registers hold (logitsGradLongKernel).
+  testCrossEntropy<T>(env, 1, 9, 8, detail::kLogitsRowInRegisters + 300, 4,
+                      1.0f, seed++);
   testCrossEntropy<T>(env, 1, 5, 40, 13, 1, 1.0f, seed++);    // count 0
 }
 

@@ -664,7 +664,7 @@ double tflops(const Product &p, float ms) {
 int benchGemmAlgos(Blas &blas, cudaStream_t stream, int count) {
   const int64_t T = 8192, H = 4096, I = 14336, V = 32000, E = 8, L = 2,
                 kv = 1024, rows = 2048;
-  const int64_t chunk = detail::crossEntropyChunk(T, V);
+  const int64_t chunk = detail::crossEntropyChunk(T, H, V, 2);
   struct Entry {
     Product p;
     int64_t perStep;
@@ -706,7 +706,7 @@ int benchGemmAlgos(Blas &blas, cudaStream_t stream, int count) {
     entries.push_back(
         {{"lm head dh NN", false, false, n, H, V, false, false}, 1, false,
          false});
-    entries.push_back({{"lm head dW TN", true, false, V, H, n, true,
+    entries.push_back({{"lm head dW TN", true, false, V, H, n, chunk < T,
                         first != 0},
                        1, false, false});
   }

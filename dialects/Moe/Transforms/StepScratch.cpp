@@ -140,10 +140,10 @@ mlir::moe::stepScratchNeeds(func::FuncOp step, bool cudnnAttention) {
     LogicalResult result =
         TypeSwitch<Operation *, LogicalResult>(&op)
             .Case([&](EmbeddingGradOp e) {
-              auto table = shapeOf(e.getDTable());
               n = need(&op, "embeddingScratchBytes",
-                       &kernels::embeddingScratchBytes, table[0], table[1],
-                       elementBytes(e.getDTable()));
+                       &kernels::embeddingScratchBytes,
+                       typeOf(e.getIndices()).getNumElements(),
+                       shapeOf(e.getDTable())[0]);
               return success();
             })
             .Case([&](RmsNormGradOp r) {

@@ -6,9 +6,17 @@
 // the counted targets (0 when none). The logits exist only for a chunk of
 // rows at a time, in fp32 ([chunk, V] in scratch): per chunk one GEMM, then
 // one block per row computes logsumexp and the target's logit (forward), or
-// softmax − onehot scaled by scale/count in place (backward), followed by
-// the two GEMMs of the gradient. dW accumulates over chunks in fp32. A
-// chunk's fp32 logits take at most 512 MiB (4096 rows of a 32000 vocabulary).
+// softmax − onehot scaled by scale/count (backward), followed by the two
+// GEMMs of the gradient. The backward writes dLogits in T over the fp32
+// logits, row r at the start of its fp32 row (leading dimension 4V /
+// sizeof(T) elements): a row of at most kLogitsRowInRegisters entries is
+// read once into registers, a longer one twice (one online max-and-sum
+// pass, then tiles written after all of a tile is read). dW is written
+// directly when all rows make one chunk, else accumulated over the chunks
+// in fp32 and cast (ScratchBytes.h: crossEntropyChunk). A chunk's fp32
+// logits take at most 512 MiB (4096 rows of a 32000 vocabulary), or all
+// rows' when they fit in that plus the accumulator they spare (8192 rows
+// of 32000 beside a 4096-wide lm head: one 1000 MiB chunk).
 // The backward can also produce the loss (moe.lm_head_cross_entropy_with_grad:
 // the logits are then computed once for both).
 //
@@ -79,43 +87,142 @@ __global__ void meanLossKernel(const float *rowLoss, int64_t rows,
     *loss = *count > 0.0f ? s / *count : 0.0f;
 }
 
+/// Threads of the logits-gradient kernels, and the four-entry groups of a
+/// row each of them holds in registers (rows up to kLogitsRowInRegisters
+/// entries, V a multiple of 4).
+constexpr int kLogitsGradThreads = 512;
+constexpr int kLogitsGroupsPerThread = 16;
+constexpr int64_t kLogitsRowInRegisters =
+    int64_t(kLogitsGradThreads) * kLogitsGroupsPerThread * 4;
+
+/// The row's loss, (m + log sum) − z[target], or 0 without a target.
+__device__ inline float rowLossOf(float m, float sum, float zTarget,
+                                  int64_t target) {
+  return target < 0 ? 0.0f : (m + logf(sum)) - zTarget;
+}
+
 /// dLogits[r] = (softmax(logits[r]) − onehot(target)) · scale / count, in T,
-/// and, unless rowLoss is null, rowLoss[r] as rowLossKernel computes it.
+/// written over the fp32 row (row r of dLogits starts where logits row r
+/// does), and, unless rowLoss is null, rowLoss[r] as rowLossKernel computes
+/// it. The row is read once, in 16-byte groups into registers: V a
+/// multiple of 4, at most kLogitsRowInRegisters.
 template <class T>
-__global__ void logitsGradKernel(const float *logits, const int64_t *labels,
-                                 int64_t firstRow, int64_t S, int64_t V,
-                                 int64_t ignoreIndex, float scale,
-                                 const float *count, T *dLogits,
-                                 float *rowLoss) {
+__global__ void __launch_bounds__(kLogitsGradThreads, 1)
+    logitsGradKernel(float *logits, const int64_t *labels, int64_t firstRow,
+                     int64_t S, int64_t V, int64_t ignoreIndex, float scale,
+                     const float *count, float *rowLoss) {
   __shared__ float shared[32];
   int64_t row = firstRow + blockIdx.x;
-  const float *z = logits + blockIdx.x * V;
-  T *d = dLogits + blockIdx.x * V;
-  int64_t target = targetOf(labels, row, S, V, ignoreIndex);
-  if (target < 0) {
-    for (int64_t v = threadIdx.x; v < V; v += blockDim.x)
-      d[v] = fromFloat<T>(0.0f);
-    if (rowLoss && threadIdx.x == 0)
-      rowLoss[row] = 0.0f;
-    return;
+  float *z = logits + blockIdx.x * V;
+  T *d = reinterpret_cast<T *>(z);
+  // 32-bit indices: V ≤ kLogitsRowInRegisters.
+  int target = static_cast<int>(targetOf(labels, row, S, V, ignoreIndex));
+  int groups = static_cast<int>(V / 4);
+  Vec4 e[kLogitsGroupsPerThread];
+  float m = -INFINITY, zTarget = 0.0f;
+  if (target >= 0 && threadIdx.x == 0)
+    zTarget = z[target];
+  // Thread x holds groups x, x + 512, ...: one base address, constant
+  // offsets.
+  const float *mine = z + 4 * threadIdx.x;
+#pragma unroll
+  for (int i = 0; i < kLogitsGroupsPerThread; ++i) {
+    int g = threadIdx.x + i * kLogitsGradThreads;
+    e[i] = target >= 0 && g < groups
+               ? load4(mine + 4 * i * kLogitsGradThreads)
+               : Vec4{{-INFINITY, -INFINITY, -INFINITY, -INFINITY}};
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      m = fmaxf(m, e[i].v[j]);
   }
-  float m = -INFINITY;
-  for (int64_t v = threadIdx.x; v < V; v += blockDim.x)
-    m = fmaxf(m, z[v]);
+  // Every read of the row is done once a thread passes the reductions'
+  // barriers; the writes below may then overwrite it.
   m = blockMax(m, shared);
   float sum = 0.0f;
-  for (int64_t v = threadIdx.x; v < V; v += blockDim.x)
-    sum += __expf(z[v] - m);
+#pragma unroll
+  for (int i = 0; i < kLogitsGroupsPerThread; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      e[i].v[j] = target >= 0 ? __expf(e[i].v[j] - m) : 0.0f;
+      sum += e[i].v[j];
+    }
   sum = blockSum(sum, shared);
   if (rowLoss && threadIdx.x == 0)
-    rowLoss[row] = (m + logf(sum)) - z[target];
-  float factor = scale / *count / sum;
-  for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
-    float g = __expf(z[v] - m) * factor;
-    if (v == target)
-      g -= scale / *count;
-    d[v] = fromFloat<T>(g);
+    rowLoss[row] = rowLossOf(m, sum, zTarget, target);
+  float factor = target >= 0 ? scale / *count / sum : 0.0f;
+#pragma unroll
+  for (int i = 0; i < kLogitsGroupsPerThread; ++i) {
+    int g = threadIdx.x + i * kLogitsGradThreads;
+    if (g >= groups)
+      continue;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      e[i].v[j] = 4 * g + j == target ? e[i].v[j] * factor - scale / *count
+                                      : e[i].v[j] * factor;
+    store4(d + 4 * g, e[i]);
   }
+}
+
+/// logitsGradKernel for the other rows (longer than kLogitsRowInRegisters,
+/// or V not a multiple of 4): one online pass for the max and the sum of
+/// exponentials, then the row in tiles of blockDim entries, each tile read
+/// whole before any of it is written (the writes of a tile land at or
+/// before it, never on a later tile).
+template <class T>
+__global__ void __launch_bounds__(kLogitsGradThreads)
+    logitsGradLongKernel(float *logits, const int64_t *labels,
+                         int64_t firstRow, int64_t S, int64_t V,
+                         int64_t ignoreIndex, float scale, const float *count,
+                         float *rowLoss) {
+  __shared__ float shared[32];
+  int64_t row = firstRow + blockIdx.x;
+  float *z = logits + blockIdx.x * V;
+  T *d = reinterpret_cast<T *>(z);
+  int64_t target = targetOf(labels, row, S, V, ignoreIndex);
+  float m = -INFINITY, sum = 0.0f, zTarget = 0.0f;
+  if (target >= 0) {
+    if (threadIdx.x == 0)
+      zTarget = z[target];
+    for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
+      float x = z[v];
+      if (x > m) {
+        sum = sum * __expf(m - x) + 1.0f;
+        m = x;
+      } else {
+        sum += __expf(x - m);
+      }
+    }
+  }
+  float rowMax = blockMax(m, shared);
+  sum = blockSum(m == -INFINITY ? 0.0f : sum * __expf(m - rowMax), shared);
+  m = rowMax;
+  if (rowLoss && threadIdx.x == 0)
+    rowLoss[row] = rowLossOf(m, sum, zTarget, target);
+  float factor = target >= 0 ? scale / *count / sum : 0.0f;
+  for (int64_t base = 0; base < V; base += blockDim.x) {
+    int64_t v = base + threadIdx.x;
+    float g = 0.0f;
+    if (v < V && target >= 0)
+      g = __expf(z[v] - m) * factor - (v == target ? scale / *count : 0.0f);
+    __syncthreads();
+    if (v < V)
+      d[v] = fromFloat<T>(g);
+  }
+}
+
+/// Launches the logits-gradient kernel for `n` rows of V.
+template <class T>
+void launchLogitsGrad(const Context &ctx, float *logits, const int64_t *labels,
+                      int64_t firstRow, int64_t n, int64_t S, int64_t V,
+                      int64_t ignoreIndex, float scale, const float *count,
+                      float *rowLoss) {
+  if (V <= kLogitsRowInRegisters && V % 4 == 0)
+    logitsGradKernel<T><<<n, kLogitsGradThreads, 0, ctx.stream>>>(
+        logits, labels, firstRow, S, V, ignoreIndex, scale, count, rowLoss);
+  else
+    logitsGradLongKernel<T><<<n, kLogitsGradThreads, 0, ctx.stream>>>(
+        logits, labels, firstRow, S, V, ignoreIndex, scale, count, rowLoss);
+  MOERT_CUDA_CHECK(cudaGetLastError());
 }
 } // namespace detail
 
@@ -129,9 +236,8 @@ void lmHeadCrossEntropy(const Context &ctx, const T *h, const T *w,
                         int64_t H, int64_t V, int64_t ignoreIndex,
                         float *loss, const float *targetCount = nullptr) {
   int64_t rows = B * S, offset = 0;
-  int64_t chunk = detail::crossEntropyChunk(rows, V);
+  int64_t chunk = detail::crossEntropyChunk(rows, H, V, sizeof(T));
   float *logits = scratchAt<float>(ctx, offset, chunk * V);
-  scratchAt<T>(ctx, offset, chunk * V);
   float *rowLoss = scratchAt<float>(ctx, offset, rows);
   float *localCount = scratchAt<float>(ctx, offset, 1);
   const float *count = targetCount ? targetCount : localCount;
@@ -159,14 +265,18 @@ void lmHeadCrossEntropyGrad(const Context &ctx, const T *h, const T *w,
                             float scale, T *dh, TW *dw, float *loss = nullptr,
                             const float *targetCount = nullptr) {
   int64_t rows = B * S, offset = 0;
-  int64_t chunk = detail::crossEntropyChunk(rows, V);
+  int64_t chunk = detail::crossEntropyChunk(rows, H, V, sizeof(T));
   float *logits = scratchAt<float>(ctx, offset, chunk * V);
-  T *dLogits = scratchAt<T>(ctx, offset, chunk * V);
+  // dLogits overwrite the logits, each row where its fp32 row starts.
+  const T *dLogits = reinterpret_cast<const T *>(logits);
+  int64_t ldd = V * 4 / int64_t(sizeof(T));
   float *rowLoss = scratchAt<float>(ctx, offset, rows);
   float *localCount = scratchAt<float>(ctx, offset, 1);
   const float *count = targetCount ? targetCount : localCount;
+  // Several chunks of a narrower dW sum in fp32 first (one rounding).
+  constexpr bool narrowDw = sizeof(TW) != 4;
   float *dwAccumulator = nullptr;
-  if constexpr (sizeof(TW) != 4)
+  if (narrowDw && chunk < rows)
     dwAccumulator = scratchAt<float>(ctx, offset, V * H);
   if (!targetCount)
     detail::countTargetsKernel<<<1, 1024, 0, ctx.stream>>>(
@@ -175,22 +285,22 @@ void lmHeadCrossEntropyGrad(const Context &ctx, const T *h, const T *w,
     int64_t n = rows - first < chunk ? rows - first : chunk;
     gemm<T, float>(ctx, false, true, n, V, H, 1.0f, h + first * H, H, w, H,
                    0.0f, logits, V);
-    detail::logitsGradKernel<T><<<n, 512, 0, ctx.stream>>>(
-        logits, labels, first, S, V, ignoreIndex, scale, count, dLogits,
-        loss ? rowLoss : nullptr);
-    gemm<T, T>(ctx, false, false, n, H, V, 1.0f, dLogits, V, w, H, 0.0f,
+    detail::launchLogitsGrad<T>(ctx, logits, labels, first, n, S, V,
+                                ignoreIndex, scale, count,
+                                loss ? rowLoss : nullptr);
+    gemm<T, T>(ctx, false, false, n, H, V, 1.0f, dLogits, ldd, w, H, 0.0f,
                dh + first * H, H);
     float beta = first == 0 ? 0.0f : 1.0f;
-    if constexpr (sizeof(TW) == 4)
-      gemm<T, float>(ctx, true, false, V, H, n, 1.0f, dLogits, V,
-                     h + first * H, H, beta, reinterpret_cast<float *>(dw), H);
-    else
-      gemm<T, float>(ctx, true, false, V, H, n, 1.0f, dLogits, V,
+    if (dwAccumulator)
+      gemm<T, float>(ctx, true, false, V, H, n, 1.0f, dLogits, ldd,
                      h + first * H, H, beta, dwAccumulator, H);
+    else
+      gemm<T, TW>(ctx, true, false, V, H, n, 1.0f, dLogits, ldd,
+                  h + first * H, H, beta, dw, H);
   }
-  if constexpr (sizeof(TW) != 4)
-    castFromFloat<<<blocksFor(V * H), 256, 0, ctx.stream>>>(
-        dwAccumulator, V * H, dw);
+  if (dwAccumulator)
+    castFromFloat<<<blocksFor(V * H), 256, 0, ctx.stream>>>(dwAccumulator,
+                                                            V * H, dw);
   if (loss)
     detail::meanLossKernel<<<1, 1024, 0, ctx.stream>>>(rowLoss, rows, count,
                                                        loss);

@@ -39,6 +39,16 @@ constexpr int kExpertsRouteTiles = 8;
 constexpr int64_t kExpertsRouteChunk =
     int64_t(kExpertsRouteThreads) * kExpertsRouteTiles;
 
+/// Tokens per tile of the embedding gradient's counting sort (Embedding.cuh:
+/// one block of this many threads ranks a tile), and the threads of its
+/// scan.
+constexpr int kEmbeddingTile = 1024;
+constexpr int kEmbeddingScanThreads = 1024;
+
+inline int64_t embeddingTiles(int64_t tokens) {
+  return (tokens + kEmbeddingTile - 1) / kEmbeddingTile;
+}
+
 /// Rows of one block of rmsNormGrad's per-block partial sums of dw.
 constexpr int64_t kNormRowsPerBlock = 32;
 
@@ -48,8 +58,15 @@ inline int64_t crossEntropyLogitsBudget = int64_t(512) << 20;
 
 /// Rows per chunk of the cross-entropy kernels: as many as keep the fp32
 /// logits of a chunk within the budget (bigger chunks make bigger, faster
-/// GEMMs and fewer fp32 passes over dW), a multiple of 16, at most all rows.
-inline int64_t crossEntropyChunk(int64_t rows, int64_t V) {
+/// GEMMs), a multiple of 16, at most all rows. All rows make one chunk when
+/// their logits fit in the budget plus the fp32 dW accumulator that several
+/// chunks of `elementBytes`-wide (2: bf16) rows would need: one chunk needs no
+/// accumulator and never takes more scratch than several.
+inline int64_t crossEntropyChunk(int64_t rows, int64_t H, int64_t V,
+                                 int64_t elementBytes) {
+  int64_t accumulator = elementBytes != 4 ? V * H * 4 : 0;
+  if (rows * V * 4 <= crossEntropyLogitsBudget + accumulator)
+    return rows;
   int64_t chunk = crossEntropyLogitsBudget / (4 * V);
   chunk = chunk < 16 ? 16 : chunk / 16 * 16;
   return rows < chunk ? rows : chunk;
@@ -230,14 +247,14 @@ inline int64_t collectiveScratchBytes(int64_t outer, int64_t G, int64_t local,
   return outer > 1 ? G * local * elementBytes : 0;
 }
 
-/// Scratch of the lm head fused with cross-entropy, forward and backward.
+/// Scratch of the lm head fused with cross-entropy, forward and backward
+/// (CrossEntropy.cuh: dLogits in T overwrite the fp32 logits in place).
 inline int64_t crossEntropyScratchBytes(int64_t rows, int64_t H, int64_t V,
                                         int64_t elementBytes) {
-  int64_t chunk = detail::crossEntropyChunk(rows, V);
-  int64_t bytes = chunk * V * 4 + 256;          // fp32 logits
-  bytes += chunk * V * elementBytes + 256;      // dLogits in T
+  int64_t chunk = detail::crossEntropyChunk(rows, H, V, elementBytes);
+  int64_t bytes = chunk * V * 4 + 256;          // fp32 logits, then dLogits
   bytes += rows * 4 + 256 + 256;                // row losses, count
-  if (elementBytes != 4)
+  if (elementBytes != 4 && chunk < rows)
     bytes += V * H * 4 + 256;                   // fp32 dW accumulator
   return bytes;
 }
@@ -266,9 +283,13 @@ inline int64_t attentionCudnnBufferBytes(int64_t B, int64_t S, int64_t N,
   return expertsAlign(B * S * N * D * 2) + expertsAlign(B * N * S * 4);
 }
 
-inline int64_t embeddingScratchBytes(int64_t vocab, int64_t hidden,
-                                     int64_t elementBytes) {
-  return elementBytes == 4 ? 0 : vocab * hidden * 4 + 256;
+/// Scratch of embeddingGrad (Embedding.cuh): the per-tile histograms
+/// [tiles, vocab], the rows' starts [vocab + 1] and the token order
+/// [tokens], int32 each.
+inline int64_t embeddingScratchBytes(int64_t tokens, int64_t vocab) {
+  using detail::expertsAlign;
+  return expertsAlign(detail::embeddingTiles(tokens) * vocab * 4) +
+         expertsAlign((vocab + 1) * 4) + expertsAlign(tokens * 4);
 }
 
 inline int64_t rmsNormScratchBytes(int64_t rows, int64_t hidden) {
