@@ -1,6 +1,7 @@
 //===- Embedding.cuh - Token embedding lookup and its gradient --*- CUDA -*-===//
 //
-// moe.embedding gathers rows of the table; moe.embedding_grad sums the
+// moe.embedding gathers rows of the table (a block per row, 16-byte
+// accesses where a row is whole packs); moe.embedding_grad sums the
 // output gradient's rows into a [vocab, hidden] table gradient:
 // dTable[v] = Σ dOut[t] over the tokens t with ids[t] = v, in token order,
 // in fp32, rounded to the gradient's type once; rows no token names are
@@ -34,18 +35,23 @@
 namespace moert::kernels {
 
 namespace detail {
-template <class T>
+/// out[t] = table[ids[t]], one block per row (grid-stride over rows),
+/// kWidth elements per access (16 bytes where the rows are whole packs).
+template <class T, int kWidth>
 __global__ void embeddingKernel(const T *table, const int64_t *ids,
                                 int64_t tokens, int64_t hidden, int64_t vocab,
                                 T *out) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-       i < tokens * hidden; i += int64_t(gridDim.x) * blockDim.x) {
-    int64_t t = i / hidden, h = i % hidden;
+  using P = Pack<T, kWidth>;
+  int64_t packs = hidden / kWidth;
+  for (int64_t t = blockIdx.x; t < tokens; t += gridDim.x) {
     int64_t id = ids[t];
     // Out-of-range ids were rejected by the host when the batch was read;
     // clamp so a bad id can never read outside the table.
     id = id < 0 ? 0 : (id >= vocab ? vocab - 1 : id);
-    out[i] = table[id * hidden + h];
+    const P *src = reinterpret_cast<const P *>(table + id * hidden);
+    P *dst = reinterpret_cast<P *>(out + t * hidden);
+    for (int64_t c = threadIdx.x; c < packs; c += blockDim.x)
+      dst[c] = src[c];
   }
 }
 
@@ -164,8 +170,17 @@ __global__ void embeddingRowsKernel(const T *dOut, const int *start,
 template <class T>
 void embedding(const Context &ctx, const T *table, const int64_t *ids,
                int64_t tokens, int64_t hidden, int64_t vocab, T *out) {
-  detail::embeddingKernel<<<blocksFor(tokens * hidden), 256, 0, ctx.stream>>>(
-      table, ids, tokens, hidden, vocab, out);
+  if (tokens == 0)
+    return;
+  constexpr int kWidth = kPackWidth<T>;
+  int blocks = tokens < 65535 * 16 ? static_cast<int>(tokens) : 65535 * 16;
+  if (hidden % kWidth == 0 && aligned16({table, out}))
+    detail::embeddingKernel<T, kWidth><<<blocks, 256, 0, ctx.stream>>>(
+        table, ids, tokens, hidden, vocab, out);
+  else
+    detail::embeddingKernel<T, 1><<<blocks, 256, 0, ctx.stream>>>(
+        table, ids, tokens, hidden, vocab, out);
+  MOERT_CUDA_CHECK(cudaGetLastError());
 }
 
 /// dTable = Σ over tokens of dOut[t] into row ids[t] (overwrites; see the
