@@ -88,8 +88,9 @@ __global__ void embeddingTilePrefixKernel(int *hist, int64_t tiles,
   }
 }
 
-/// Step 3, one block of kEmbeddingScanThreads: start[0, vocab] becomes the exclusive scan of the
-/// totals in start[0, vocab), each thread taking consecutive entries.
+/// Step 3, one block of kEmbeddingScanThreads: start[0, vocab] becomes the
+/// exclusive scan of the totals in start[0, vocab), each thread taking
+/// consecutive entries.
 __global__ void embeddingScanKernel(int *start, int64_t vocab) {
   __shared__ int partial[kEmbeddingScanThreads];
   int64_t per = (vocab + blockDim.x - 1) / blockDim.x;
