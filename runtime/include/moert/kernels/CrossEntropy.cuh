@@ -55,6 +55,12 @@ __global__ void countTargetsKernel(const int64_t *labels, int64_t rows,
     *count = c;
 }
 
+/// The row's loss, (m + log sum) − z[target], or 0 without a target.
+__device__ inline float rowLossOf(float m, float sum, float zTarget,
+                                  int64_t target) {
+  return target < 0 ? 0.0f : (m + logf(sum)) - zTarget;
+}
+
 /// rowLoss[r] = logsumexp(logits[r]) − logits[r, target] (0 if no target).
 __global__ void rowLossKernel(const float *logits, const int64_t *labels,
                               int64_t firstRow, int64_t S, int64_t V,
@@ -72,7 +78,7 @@ __global__ void rowLossKernel(const float *logits, const int64_t *labels,
     sum += __expf(z[v] - m);
   sum = blockSum(sum, shared);
   if (threadIdx.x == 0)
-    rowLoss[row] = target < 0 ? 0.0f : (m + logf(sum)) - z[target];
+    rowLoss[row] = rowLossOf(m, sum, target < 0 ? 0.0f : z[target], target);
 }
 
 /// loss = Σ rowLoss / count, one block, fixed order.
@@ -94,12 +100,6 @@ constexpr int kLogitsGradThreads = 512;
 constexpr int kLogitsGroupsPerThread = 16;
 constexpr int64_t kLogitsRowInRegisters =
     int64_t(kLogitsGradThreads) * kLogitsGroupsPerThread * 4;
-
-/// The row's loss, (m + log sum) − z[target], or 0 without a target.
-__device__ inline float rowLossOf(float m, float sum, float zTarget,
-                                  int64_t target) {
-  return target < 0 ? 0.0f : (m + logf(sum)) - zTarget;
-}
 
 /// dLogits[r] = (softmax(logits[r]) − onehot(target)) · scale / count, in T,
 /// written over the fp32 row (row r of dLogits starts where logits row r

@@ -336,6 +336,8 @@ __global__ void convertMastersKernel(const OptimizerTensor *tensors,
   OptimizerTensor t = tensors[c.tensor];
   float *param = static_cast<float *>(t.param);
   uint16_t *hi = reinterpret_cast<uint16_t *>(t.copy);
+  // Each element read whole before it is written: element 0's remainder
+  // is the low half of master 0 itself.
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
     if (kSplit) {
       float p = param[i];
