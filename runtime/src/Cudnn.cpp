@@ -66,10 +66,13 @@ struct Cudnn {
   std::map<SdpaKey, SdpaGraph> graphs;
   /// Shapes cuDNN declined, with its reason.
   std::map<SdpaKey, std::string> unsupported;
+  /// The backward on cuDNN's deterministic algorithm (createCudnn).
+  bool deterministic = false;
 };
 
-Cudnn *createCudnn(cudaStream_t stream) {
+Cudnn *createCudnn(cudaStream_t stream, bool deterministic) {
   auto *cudnn = new Cudnn;
+  cudnn->deterministic = deterministic;
   cudnnStatus_t status = cudnnCreate(&cudnn->handle);
   if (status == CUDNN_STATUS_SUCCESS)
     status = cudnnSetStream(cudnn->handle, stream);
@@ -157,7 +160,8 @@ const SdpaGraph *tryGraph(Cudnn *cudnn, const SdpaShape &s, SdpaKind kind) {
                                   .set_data_type(fe::DataType_t::FLOAT));
     auto options = fe::graph::SDPA_backward_attributes()
                        .set_name("sdpa_backward")
-                       .set_attn_scale(s.scale);
+                       .set_attn_scale(s.scale)
+                       .set_deterministic_algorithm(cudnn->deterministic);
     mask(options);
     auto [dq, dk, dv] = g.graph->sdpa_backward(g.q, g.k, g.v, g.o, g.dO,
                                                g.stats, options);

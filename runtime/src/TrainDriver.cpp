@@ -123,6 +123,7 @@ struct Options {
   uint64_t seed = 1234;
   double lr = 1e-3, minLr = 1e-4;
   bool resume = false, noGraphs = false, checkNumerics = false;
+  bool deterministic = false;
   int simulateRanks = 0;
 };
 
@@ -423,6 +424,7 @@ int runRank(const TrainProgram &p, const Options &o,
   MOERT_CUDA_CHECK(cudaMemGetInfo(&freeBefore, &totalMemory));
   ctx.blas = kernels::createBlas(ctx.stream);
   const int64_t blasWorkspace = ctx.blas->workspaceBytes;
+  ctx.deterministic = o.deterministic;
   if (p.openLibraries)
     p.openLibraries(ctx);
   ctx.scratchBytes = p.scratchBytes(ctx);
@@ -960,6 +962,10 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
   app.add_flag("--no-graphs", o.noGraphs,
                "launch every kernel of every step from the host (no CUDA "
                "graphs)");
+  app.add_flag("--deterministic", o.deterministic,
+               "the same bits every run: cuDNN's attention backward on its "
+               "deterministic algorithm (every other kernel of moec adds in "
+               "a fixed order already)");
   app.add_option("--simulate-ranks", o.simulateRanks,
                  "run all W ranks of a partitioned program as threads on "
                  "this GPU (W: the program's world size; for tests)");

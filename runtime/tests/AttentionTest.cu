@@ -408,6 +408,101 @@ int bench(Blas *blas, moert::Cudnn *cudnn, cudaStream_t stream, bool causal,
   return 0;
 }
 
+/// cuDNN's deterministic backward (createCudnn(stream, true), train_step
+/// --deterministic): at a shape on cuDNN, dq, dk and dv of the saved-forward
+/// backward, run `runs` times, must be the same bits every run, and within
+/// bf16 tolerance of the default algorithm's. Whether the default repeats
+/// its bits is printed (it need not). Returns the number of failed checks.
+int checkDeterministic(const Shape &s, const Mode &mode, Blas *blas,
+                       moert::Cudnn *deterministic, moert::Cudnn *fallible,
+                       cudaStream_t stream, int runs) {
+  const int64_t B = s.B, S = s.S, N = s.N, KV = s.KV, D = s.D;
+  const int64_t nq = B * S * N * D, nk = B * S * KV * D;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  char label[160];
+  std::snprintf(label, sizeof label,
+                "bf16 cuDNN deterministic B %lld S %lld N %lld KV %lld D %lld "
+                "%s window %lld",
+                (long long)B, (long long)S, (long long)N, (long long)KV,
+                (long long)D, mode.causal ? "causal" : "non-causal",
+                (long long)mode.window);
+  std::printf("== %s\n", label);
+  bf16 *q, *k, *v, *dOut, *out;
+  for (bf16 **p : {&q, &dOut, &out})
+    CHECK_CUDA(cudaMalloc(p, nq * sizeof(bf16)));
+  for (bf16 **p : {&k, &v})
+    CHECK_CUDA(cudaMalloc(p, nk * sizeof(bf16)));
+  uint32_t seed = 11;
+  for (bf16 *p : {q, dOut})
+    fillKernel<<<1024, 256, 0, stream>>>(p, nq, seed++);
+  for (bf16 *p : {k, v})
+    fillKernel<<<1024, 256, 0, stream>>>(p, nk, seed++);
+  CHECK_CUDA(cudaGetLastError());
+  float *stats = deviceNaN<float>(B * N * S);
+
+  // Each handle's gradients from `runs` backward passes: [handle][run].
+  std::vector<std::vector<std::vector<bf16>>> grads(2);
+  moert::Cudnn *handles[2] = {deterministic, fallible};
+  bool onCudnn = true;
+  for (int h = 0; h < 2; ++h) {
+    Context ctx;
+    ctx.stream = stream;
+    ctx.blas = blas;
+    ctx.cudnn = handles[h];
+    ctx.scratchBytes = std::max<int64_t>(
+        attentionCudnnScratchBytes(ctx, B, S, N, KV, D, scale, mode.causal,
+                                   mode.window),
+        256);
+    CHECK_CUDA(cudaMalloc(&ctx.scratch, ctx.scratchBytes));
+    onCudnn = onCudnn && attentionOnCudnn(ctx, detail::sdpaShape(
+                                                   B, S, N, KV, D, scale,
+                                                   mode.causal, mode.window));
+    attentionCudnn(ctx, q, k, v, B, S, N, KV, D, scale, mode.causal,
+                   mode.window, out, stats);
+    for (int r = 0; r < runs; ++r) {
+      bf16 *dq = deviceNaN<bf16>(nq), *dk = deviceNaN<bf16>(nk),
+           *dv = deviceNaN<bf16>(nk);
+      attentionGradCudnn(ctx, q, k, v, dOut, B, S, N, KV, D, scale,
+                         mode.causal, mode.window, dq, dk, dv, out, stats);
+      CHECK_CUDA(cudaStreamSynchronize(stream));
+      std::vector<bf16> all = hostCopy(dq, nq), dkHost = hostCopy(dk, nk),
+                        dvHost = hostCopy(dv, nk);
+      all.insert(all.end(), dkHost.begin(), dkHost.end());
+      all.insert(all.end(), dvHost.begin(), dvHost.end());
+      grads[h].push_back(std::move(all));
+      cudaFree(dq);
+      cudaFree(dk);
+      cudaFree(dv);
+    }
+    cudaFree(ctx.scratch);
+  }
+  CHECK_CUDA(cudaGetLastError());
+  auto repeats = [&](int h) {
+    for (int r = 1; r < runs; ++r)
+      if (!sameBits(grads[h][0], grads[h][r]))
+        return false;
+    return true;
+  };
+  std::string prefix = std::string(label) + " ";
+  int failures = 0;
+  if (!onCudnn)
+    std::printf("%scuDNN declines the shape: the GEMM kernels run it\n",
+                prefix.c_str());
+  bool same = repeats(0);
+  std::printf("%sdq, dk, dv the same bits in %d runs: %s\n", prefix.c_str(),
+              runs, same ? "PASS" : "FAIL");
+  failures += !same;
+  std::printf("%sthe default algorithm the same bits in %d runs: %s (not "
+              "required)\n",
+              prefix.c_str(), runs, repeats(1) ? "yes" : "no");
+  failures += !compare(prefix + "dq, dk, dv against the default algorithm's",
+                       toDoubles(grads[0][0]), toDoubles(grads[1][0]), 2e-2);
+  for (bf16 *p : {q, k, v, dOut, out})
+    cudaFree(p);
+  cudaFree(stats);
+  return failures;
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -423,11 +518,17 @@ int main(int argc, char **argv) {
 
   if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) {
     // Optional: --bench [non-causal | window W] [budget MiB]
+    // [deterministic] (cuDNN's deterministic backward)
     bool causal = true;
     int64_t window = -1;
     for (int i = 2; i < argc; ++i) {
       if (std::strcmp(argv[i], "non-causal") == 0)
         causal = false;
+      else if (std::strcmp(argv[i], "deterministic") == 0) {
+        moert::destroyCudnn(cudnn);
+        cudnn = moert::createCudnn(stream, true);
+        std::printf("attention bench: cuDNN's deterministic backward\n");
+      }
       else if (std::strcmp(argv[i], "window") == 0 && i + 1 < argc)
         window = std::atoll(argv[++i]);
       else if (std::strcmp(argv[i], "budget") == 0 && i + 1 < argc)
@@ -483,6 +584,17 @@ int main(int argc, char **argv) {
     }
     ++seed;
   }
+
+  // cuDNN's deterministic backward: small shapes and the benchmark's.
+  moert::Cudnn *deterministic = moert::createCudnn(stream, true);
+  const Shape deterministicShapes[] = {
+      {2, 200, 8, 2, 128}, {1, 600, 4, 2, 64}, {4, 2048, 32, 8, 128}};
+  for (const Shape &shape : deterministicShapes) {
+    failures += checkDeterministic(shape, {true, -1}, blas, deterministic,
+                                   cudnn, stream, 4);
+    ++count;
+  }
+  moert::destroyCudnn(deterministic);
 
   moert::destroyCudnn(cudnn);
   destroyBlas(blas);

@@ -2100,7 +2100,8 @@ namespace {
      << setup << "}\n\n";
   if (usesCudnn)
     os << "void openLibraries(moert::kernels::Context &ctx) {\n"
-          "  ctx.cudnn = moert::createCudnn(ctx.stream);\n}\n\n";
+          "  ctx.cudnn = moert::createCudnn(ctx.stream, ctx.deterministic);\n}"
+          "\n\n";
   // The scratch buffers: the largest need of the ops (moe::stepScratchNeeds,
   // moert/kernels/ScratchBytes.h's formulas), and of the collectives for
   // the collective stream's. A need the compiler counts whole is checked

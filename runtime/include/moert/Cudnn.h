@@ -40,7 +40,12 @@ namespace moert {
 /// A cuDNN handle on one stream and the SDPA graphs built on it.
 struct Cudnn;
 
-Cudnn *createCudnn(cudaStream_t stream);
+/// `deterministic`: the SDPA backward on cuDNN's deterministic algorithm
+/// (the same dQ, dK, dV bits every run; its default accumulates in an
+/// order that varies from run to run); a shape whose deterministic
+/// backward cuDNN declines runs on moert's GEMM kernels, which are
+/// deterministic.
+Cudnn *createCudnn(cudaStream_t stream, bool deterministic = false);
 /// Frees what createCudnn made (null is fine).
 void destroyCudnn(Cudnn *cudnn);
 

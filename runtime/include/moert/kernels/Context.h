@@ -72,6 +72,10 @@ struct Context {
   /// createCudnn/destroyCudnn); only programs with bf16 attention on cuDNN
   /// make one.
   moert::Cudnn *cudnn = nullptr;
+  /// Deterministic mode (train_step --deterministic): the libraries' kernels
+  /// that would add in a run-dependent order use a fixed one (cuDNN's
+  /// attention backward, the one such kernel of a program).
+  bool deterministic = false;
   /// Scratch for kernels that need temporary device memory (permutation
   /// indices, per-row statistics). Sized by the program from the compiler's
   /// plan; each kernel documents what it uses. Never live across launches of
