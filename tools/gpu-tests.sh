@@ -35,7 +35,9 @@
 # weight gradients ("grad_dtype": "bf16"), and with the fp32 masters split
 # into copies and remainders ("store_param_remainders": true; its masters
 # after one step also the fp32-master program's bit for bit, and after
-# saves every 5 steps and a resume at 25 its uninterrupted run's); the fp32
+# saves every 5 steps and a resume at 25 its uninterrupted run's); two
+# 20-step runs of the bf16 program with --deterministic end on the same bits
+# (every final parameter); the fp32
 # aux_loss step under activation checkpointing selective, full and auto
 # equals the CPU reference as above and the program without checkpointing
 # to a relative 1e-6 (recomputation is deterministic); with activation
@@ -849,6 +851,13 @@ echo "-- 25 steps saving every 5 (each save joins the masters, the next step spl
 "$dir/bf16-split/train_step" --tokens "$dir/data/train.bin" --steps 25 --total-steps 50 --resume \
   --checkpoint-dir "$out/ckpt-split" --dump "$out/bf16-split-resumed" > /dev/null
 same_dumps "$out/bf16-split-resumed" "$out/bf16-split" 0 || { echo "FAIL: the resumed split masters differ"; exit 1; }
+echo "== bf16 --deterministic (cuDNN's deterministic attention backward): two 20-step runs, the same bits"
+for run in 1 2; do
+  "$dir/bf16/train_step" --tokens "$dir/data/train.bin" --steps 20 --deterministic \
+    --dump "$out/bf16-deterministic-$run" > /dev/null
+done
+same_dumps "$out/bf16-deterministic-2" "$out/bf16-deterministic-1" 0 ||
+  { echo "FAIL: two --deterministic runs differ"; exit 1; }
 echo "== bf16 model: 50 steps against PyTorch's curve for bf16 parameters and AdamW states"
 "$dir/bf16-model/train_step" --tokens "$dir/data/train.bin" --steps 50 --log "$out/bf16-model.csv"
 python3 -m moec.train_bf16 --check "$out/bf16-model.csv" --golden "$dir/tiny-fortunes-bf16-model.json"
