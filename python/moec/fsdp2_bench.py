@@ -3,7 +3,7 @@
 Usage (one process per GPU, from the repository root)::
 
     PYTHONPATH=python torchrun --nproc-per-node N -m moec.fsdp2_bench --config PRESET_OR_JSON \\
-        --micro-batch B --seq S --compile {none,per-layer} --warmup W --steps N \\
+        --micro-batch B --seq S --compile {none,per-layer,model} --warmup W --steps N \\
         [--activation-checkpointing] --json OUT
 
 The model is ``transformers.MixtralForCausalLM`` of ``--config`` (a preset of
@@ -20,7 +20,14 @@ can be benchmarked) and then sharded as PyTorch's FSDP2 recipe does:
   reduce-scattered in fp32;
 - ``--compile per-layer``: every decoder layer under ``torch.compile``
   (default mode) before it is sharded, as torchtitan's trainer compiles
-  each block; ``none`` runs eagerly;
+  each block; ``--compile model``: the whole sharded model compiled in
+  place (``model.compile()`` after ``fully_shard``, as Hugging Face
+  Accelerate compiles the model it wrapped; Dynamo breaks the graph where
+  it cannot trace FSDP2's hooks and runs them eagerly); ``none`` runs
+  eagerly. Which is faster depends on the model: on one H200 (2026-12-03,
+  mixtral-8x7b-2l, B 4 × S 2048) ``model`` took 0.154 s/step, ``per-layer``
+  0.162–0.179 s between runs and eager 0.171 s, so tools/multi-gpu.sh runs
+  all three;
 - ``--activation-checkpointing``: every decoder layer recomputed in the
   backward (torch's non-reentrant ``checkpoint_wrapper``), inside the
   compiled region with ``per-layer``.
@@ -68,6 +75,9 @@ import numpy as np
 
 FORMAT = "moec-fsdp2-bench/1"
 
+#: ``--compile`` and the contender's name in the reports.
+COMPILE_MODES = {"none": "fsdp2-eager", "per-layer": "fsdp2-compile", "model": "fsdp2-compile-model"}
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="torchrun --nproc-per-node N -m moec.fsdp2_bench",
@@ -75,7 +85,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", default="mixtral-8x7b-2l", help="a preset name or a JSON file of MixtralConfig fields")
     parser.add_argument("--micro-batch", type=int, default=4, help="sequences per GPU per step")
     parser.add_argument("--seq", type=int, default=2048, help="tokens per sequence")
-    parser.add_argument("--compile", choices=("none", "per-layer"), default="none")
+    parser.add_argument("--compile", choices=COMPILE_MODES, default="none",
+                        help="none (eager), per-layer (each decoder layer) or model (the whole sharded model)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--activation-checkpointing", action="store_true",
@@ -91,7 +102,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def build_sharded_model(config, *, compile_layers: bool, checkpointing: bool, device):
+def build_sharded_model(config, *, compile_mode: str, checkpointing: bool, device):
     """The FSDP2-sharded ``MixtralForCausalLM`` (fp32 masters, bf16 compute, fp32 reduction) on ``device``."""
     import torch
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -106,7 +117,7 @@ def build_sharded_model(config, *, compile_layers: bool, checkpointing: bool, de
             from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
             layer = checkpoint_wrapper(layer)
-        if compile_layers:
+        if compile_mode == "per-layer":
             layer = torch.compile(layer)
         layers[index] = layer
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -115,6 +126,8 @@ def build_sharded_model(config, *, compile_layers: bool, checkpointing: bool, de
     fully_shard(model, mp_policy=policy)
     model.to_empty(device=device)
     initialise(model, config, device)
+    if compile_mode == "model":
+        model.compile()
     return model
 
 
@@ -167,7 +180,7 @@ def run(args: argparse.Namespace) -> dict:
 
     torch.manual_seed(args.seed + rank)
     torch.cuda.reset_peak_memory_stats(device)
-    model = build_sharded_model(config, compile_layers=args.compile == "per-layer",
+    model = build_sharded_model(config, compile_mode=args.compile,
                                 checkpointing=args.activation_checkpointing, device=device)
     optimizer = make_optimizer(list(model.parameters()))
     total = args.warmup + args.steps
@@ -206,7 +219,7 @@ def run(args: argparse.Namespace) -> dict:
     dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     timed = seconds[args.warmup:]
     median = statistics.median(timed)
-    what = "fsdp2-" + ("compile" if args.compile == "per-layer" else "eager")
+    what = COMPILE_MODES[args.compile]
     result = {
         "what": what,
         "ranks": ranks,
@@ -291,7 +304,10 @@ def comparison(fsdp_reports: list[Path], moec_runs: list[tuple[str, Path]], sing
         if not row["what"].startswith("fsdp2-"):
             for other, f in fsdp.items():
                 row[f"vs_{other}"] = row["tokens_per_s_per_gpu"] / f["tokens_per_s_per_gpu"]
-    return {"rows": rows}
+    result = {"rows": rows}
+    if fsdp:
+        result["fastest_fsdp2"] = max(fsdp.values(), key=lambda r: r["tokens_per_s_per_gpu"])["what"]
+    return result
 
 
 def comparison_table(result: dict) -> str:
@@ -305,6 +321,10 @@ def comparison_table(result: dict) -> str:
                  f"{r['scaling_efficiency']:.1%}" if "scaling_efficiency" in r else ""]
         cells += [f"{r[k]:.3f}x" if k in r else "" for k in others]
         lines.append("| " + " | ".join(cells) + " |")
+    fastest = result.get("fastest_fsdp2")
+    if fastest:
+        ratios = ", ".join(f"{r['what']} {r['vs_' + fastest]:.3f}x" for r in result["rows"] if "vs_" + fastest in r)
+        lines += ["", f"fastest FSDP2 contender: {fastest}" + (f"; per GPU against it: {ratios}" if ratios else "")]
     return "\n".join(lines)
 
 

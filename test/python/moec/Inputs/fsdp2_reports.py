@@ -2,8 +2,8 @@
 
     python fsdp2_reports.py DIR
 
-DIR/fsdp2-eager.json, DIR/fsdp2-compile.json: two GPUs, 0.5 and 0.4 s per
-step of 8192 tokens per GPU; DIR/one.txt: a one-GPU moec program's output,
+DIR/fsdp2-eager.json, DIR/fsdp2-compile.json, DIR/fsdp2-compile-model.json:
+two GPUs, 0.5, 0.4 and 0.35 s per step of 8192 tokens per GPU; DIR/one.txt: a one-GPU moec program's output,
 0.25 s per step; DIR/p2h1.txt: rank 0 of a two-rank moec run, 0.3 s per
 step (its summary's tokens_per_s_per_gpu); DIR/p1h2.txt: the same through a
 launcher that prefixes "[rank 0] ", 0.32 s per step; DIR/unfinished.txt: a
@@ -38,6 +38,7 @@ def main() -> None:
     out = Path(sys.argv[1])
     (out / "fsdp2-eager.json").write_text(fsdp("fsdp2-eager", 0.5))
     (out / "fsdp2-compile.json").write_text(fsdp("fsdp2-compile", 0.4))
+    (out / "fsdp2-compile-model.json").write_text(fsdp("fsdp2-compile-model", 0.35))
     (out / "one.txt").write_text("step    1  loss 10.5\n" + summary(0.25, 1) + "\n")
     (out / "p2h1.txt").write_text("step    1  loss 10.5\n" + summary(0.3, 2) + "\n")
     (out / "p1h2.txt").write_text("[rank 0] step    1  loss 10.5\n[rank 0] " + summary(0.32, 2) + "\n[rank 1] done\n")
