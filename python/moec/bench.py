@@ -108,7 +108,7 @@ parameter but the input embedding table (a lookup: no multiply-adds; the LM
 head counts), expert weights counted at ``top_k / E``. For ``mixtral-8x7b-2l``
 at B = 4, S = 2048: 919,687,168 active parameters (the 0.92 B of DESIGN.md;
 1.05 B with the embedding table), 45.20 + 0.82 = 46.0 TFLOP, the count of
-DESIGN.md and of moec's programs (``lib/Target/Cuda/TrainStepEmitter.cpp``).
+DESIGN.md and of moec's programs (``lib/Analysis/ModelFlops.cpp``).
 torchtitan's model has the same parameters (its QKV projection fused).
 
 Output: one line per contender and round, then a markdown table (what,
