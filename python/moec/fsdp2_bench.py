@@ -24,10 +24,10 @@ can be benchmarked) and then sharded as PyTorch's FSDP2 recipe does:
   place (``model.compile()`` after ``fully_shard``, as Hugging Face
   Accelerate compiles the model it wrapped; Dynamo breaks the graph where
   it cannot trace FSDP2's hooks and runs them eagerly); ``none`` runs
-  eagerly. Which is faster depends on the model: on one H200 (2026-12-03,
-  mixtral-8x7b-2l, B 4 × S 2048) ``model`` took 0.154 s/step, ``per-layer``
-  0.162–0.179 s between runs and eager 0.171 s, so tools/multi-gpu.sh runs
-  all three;
+  eagerly. Which compiled one is faster changes from run to run: on one
+  H200 (2026-12-03, mixtral-8x7b-2l, B 4 × S 2048) ``model`` took
+  0.154–0.168 s/step, ``per-layer`` 0.162–0.179 s and eager 0.171–0.172 s,
+  so tools/multi-gpu.sh runs all three and compares with the fastest;
 - ``--activation-checkpointing``: every decoder layer recomputed in the
   backward (torch's non-reentrant ``checkpoint_wrapper``), inside the
   compiled region with ``per-layer``.
