@@ -92,8 +92,9 @@ TEST(Mesh, GroupsPartitionTheWorld) {
   for (int64_t w : {1, 2, 4, 8, 16}) {
     for (auto [p, h] : validMeshes(w)) {
       Mesh m = mesh(w, p, h);
-      for (GroupKind kind : {GroupKind::Expert, GroupKind::Shard,
-                             GroupKind::Replica, GroupKind::DenseReplica}) {
+      for (GroupKind kind :
+           {GroupKind::Expert, GroupKind::Shard, GroupKind::Replica,
+            GroupKind::DenseReplica, GroupKind::World}) {
         std::vector<ProcessGroup> groups = m.groups(kind);
         std::set<int64_t> seen;
         for (const ProcessGroup &g : groups) {
@@ -102,14 +103,22 @@ TEST(Mesh, GroupsPartitionTheWorld) {
             EXPECT_TRUE(seen.insert(r).second) << "rank " << r << " twice";
             // Members differ only along the group's axes.
             MeshCoord a = m.coord(g.ranks.front()), b = m.coord(r);
-            if (kind == GroupKind::Expert)
+            switch (kind) {
+            case GroupKind::Expert:
               EXPECT_TRUE(a.q == b.q && a.h == b.h);
-            if (kind == GroupKind::Shard)
+              break;
+            case GroupKind::Shard:
               EXPECT_TRUE(a.q == b.q && a.p == b.p);
-            if (kind == GroupKind::Replica)
+              break;
+            case GroupKind::Replica:
               EXPECT_TRUE(a.h == b.h && a.p == b.p);
-            if (kind == GroupKind::DenseReplica)
+              break;
+            case GroupKind::DenseReplica:
               EXPECT_EQ(a.h, b.h);
+              break;
+            case GroupKind::World: // one group of every rank
+              break;
+            }
           }
         }
         EXPECT_EQ(int64_t(seen.size()), w);
