@@ -92,8 +92,9 @@ FailureOr<ModelConfig> moec::inferModelConfig(func::FuncOp forward) {
            << config.opCounts["moe.experts"] << " experts ops and "
            << config.opCounts["moe.embedding"] << " embeddings";
 
-  for (auto [i, arg] : llvm::enumerate(forward.getArguments())) {
-    if (!forward.getArgAttr(i, moe::MoeDialect::getParameterAttrName()))
+  for (BlockArgument arg : forward.getArguments()) {
+    if (!forward.getArgAttr(arg.getArgNumber(),
+                            moe::MoeDialect::getParameterAttrName()))
       continue;
     int64_t n = numElements(arg.getType());
     config.numParameters += n;

@@ -96,7 +96,7 @@ struct KeyInfo {
   std::string TrainingJob::*stringField = nullptr;
   EnumField enumField{};
   /// Another spelling of this canonical key.
-  StringRef aliasOf;
+  StringRef aliasOf = {};
   /// Spelt only in configs: no flag, no pipeline option.
   bool configOnly = false;
 };

@@ -179,28 +179,28 @@ struct TrainingPlan {
   GpuSpec gpu;
   Efficiency efficiency;
   /// Per rank, indexed by rank.
-  std::vector<MemoryBreakdown> memory;
+  std::vector<MemoryBreakdown> memory = {};
   /// The rank with the largest total.
   int64_t peakRank = 0;
   bool fits = false;
-  std::vector<Collective> collectives;
-  StepEstimate step;
+  std::vector<Collective> collectives = {};
+  StepEstimate step = {};
   /// The partitioned program the plan read its per-rank parameter,
   /// gradient and optimizer bytes and its collectives but the token
   /// all-to-alls from, when it had one (makePlan's `program`), and the
   /// analytic model's collectives for comparison.
-  std::optional<ProgramFootprint> program;
-  std::vector<Collective> analyticCollectives;
+  std::optional<ProgramFootprint> program = {};
+  std::vector<Collective> analyticCollectives = {};
   /// Under activation_checkpointing auto: the budget the plan chose for
   /// (memory_budget_gib, or the GPU's memory), `training` then having the
   /// policy chosen for every layer, the first of none, selective and full
   /// whose plan fits it (full when none does).
-  std::optional<int64_t> autoBudgetBytes;
+  std::optional<int64_t> autoBudgetBytes = {};
   /// The compiled program's memory when the plan measured it (makePlan's
   /// `programMemory`); then `fits` says whether its total is within
   /// `programBudget` (programBudgetBytes) rather than the analytic total
   /// within the GPU's memory.
-  std::optional<ProgramMemory> programMemory;
+  std::optional<ProgramMemory> programMemory = {};
   int64_t programBudget = 0;
 
   /// The placement of the model's parameters (refers into this plan).

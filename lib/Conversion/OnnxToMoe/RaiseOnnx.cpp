@@ -1712,7 +1712,8 @@ struct RaiseOnnxPass : public moec::impl::RaiseOnnxBase<RaiseOnnxPass> {
     // The nodes that only compute the weights of a node refused with a
     // reason are reported through it.
     llvm::DenseSet<Operation *> reportedThrough;
-    for (auto &[refused, why] : raiser.notRaised) {
+    for (const auto &entry : raiser.notRaised) {
+      Operation *refused = entry.first;
       SmallVector<Value> stack(refused->getOperands().drop_front(2));
       while (!stack.empty()) {
         auto node = stack.pop_back_val().getDefiningOp<OnnxNodeOp>();

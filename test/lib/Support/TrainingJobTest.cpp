@@ -134,8 +134,9 @@ TEST(TrainingJob, EveryKeyIsDocumented) {
     // custom_ops alone has no flag of its own (--custom-op is another one's).
     EXPECT_EQ(key.flag.empty(), key.name == "custom_ops") << key.name.str();
     EXPECT_EQ(key.flag.find('_'), std::string::npos) << key.flag;
-    if (key.aliasOf.empty())
+    if (key.aliasOf.empty()) {
       EXPECT_TRUE(json.get(key.name)) << key.name.str();
+    }
   }
   EXPECT_EQ(json.size(), trainingJobKeys().size() - 1);
 }
