@@ -482,10 +482,10 @@ grep -E '^summary' "$out/bench-m2l-one.txt" || true
 fsdp=()
 # Three FSDP2 contenders: eager, each decoder layer compiled (as torchtitan
 # compiles blocks) and the whole sharded model compiled (as Hugging Face
-# Accelerate does); the table names the fastest (moec.fsdp2_bench).
-declare -A fsdp_name=([none]=fsdp2-eager [per-layer]=fsdp2-compile [model]=fsdp2-compile-model)
+# Accelerate does); the table names the fastest (moec.fsdp2_bench, whose
+# COMPILE_MODES names each).
 for compile in none per-layer model; do
-  name="${fsdp_name[$compile]}"
+  name="$(python3 -c 'import sys; from moec.fsdp2_bench import COMPILE_MODES; print(COMPILE_MODES[sys.argv[1]])' "$compile")"
   echo "-- $name on $((gpus >= 2 ? 2 : 1)) GPU(s)"
   if torchrun --nproc-per-node "$((gpus >= 2 ? 2 : 1))" -m moec.fsdp2_bench --config mixtral-8x7b-2l \
       --micro-batch 4 --seq 2048 --compile "$compile" --warmup "$warmup" --steps "$steps" \

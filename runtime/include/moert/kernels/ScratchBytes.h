@@ -60,7 +60,9 @@ inline int64_t crossEntropyLogitsBudget = int64_t(512) << 20;
 /// logits of a chunk within the budget (bigger chunks make bigger, faster
 /// GEMMs), a multiple of 16, at most all rows. All rows make one chunk when
 /// their logits fit in the budget plus the fp32 dW accumulator that several
-/// chunks of `elementBytes`-wide (2: bf16) rows would need: one chunk needs no
+/// chunks of `elementBytes`-wide (2: bf16) rows reserve
+/// (crossEntropyScratchBytes reserves it by the compute width; the kernel
+/// uses it only for a dW narrower than fp32): one chunk needs no
 /// accumulator and never takes more scratch than several.
 inline int64_t crossEntropyChunk(int64_t rows, int64_t H, int64_t V,
                                  int64_t elementBytes) {
