@@ -34,7 +34,8 @@
 # within 10% of the plan, and prints tokens/s, model TFLOP/s per GPU and
 # where the profiled step's time went (DIR/out/report.json). With 8 GPUs it
 # then runs PyTorch FSDP2 of the Hugging Face model on the same node
-# (python -m moec.fsdp2_bench), or says why it does not.
+# (python -m moec.fsdp2_bench; FSDP2_COMPILE="per-layer model" for both
+# torch.compile modes), or says why it does not.
 # Exits non-zero when a check fails.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -157,15 +158,21 @@ if (( gpus < world )); then
 elif ! python3 -c "import moec.fsdp2_bench" 2> /dev/null; then
   echo "FSDP2: skipped, python/moec/fsdp2_bench.py is not in this tree"
 else
-  fsdp=0
-  torchrun --nproc-per-node "$world" -m moec.fsdp2_bench --config mixtral-8x7b \
-    --micro-batch 1 --seq "$seq" --compile per-layer --warmup 3 --steps 10 \
-    --activation-checkpointing --json "$out/fsdp2.json" > "$out/fsdp2.txt" 2>&1 || fsdp=$?
-  if (( fsdp != 0 )); then
-    tail -n 5 "$out/fsdp2.txt"
-    echo "FSDP2: exited with status $fsdp (out of memory is 'does not fit'; see $out/fsdp2.txt)"
-  else
-    echo "FSDP2: $(cat "$out/fsdp2.json")"
-  fi
+  # FSDP2_COMPILE: the torch.compile modes of moec.fsdp2_bench to run, one
+  # after the other (default per-layer; "none per-layer model" runs all three
+  # contenders of tools/multi-gpu.sh, if the call has the time).
+  for compile in ${FSDP2_COMPILE:-per-layer}; do
+    fsdp=0
+    torchrun --nproc-per-node "$world" -m moec.fsdp2_bench --config mixtral-8x7b \
+      --micro-batch 1 --seq "$seq" --compile "$compile" --warmup 3 --steps 10 \
+      --activation-checkpointing --json "$out/fsdp2-$compile.json" \
+      > "$out/fsdp2-$compile.txt" 2>&1 || fsdp=$?
+    if (( fsdp != 0 )); then
+      tail -n 5 "$out/fsdp2-$compile.txt"
+      echo "FSDP2 --compile $compile: exited with status $fsdp (out of memory is 'does not fit'; see $out/fsdp2-$compile.txt)"
+    else
+      echo "FSDP2 --compile $compile: $(cat "$out/fsdp2-$compile.json")"
+    fi
+  done
 fi
 exit "$check"
