@@ -27,6 +27,21 @@ namespace {
 constexpr const char *kIndexName = "model.safetensors.index.json";
 constexpr const char *kSingleName = "model.safetensors";
 
+/// Whether exportHfCheckpoint writes a file named `name`: config.json, the
+/// index, model.safetensors or a shard model-0000k-of-0000n.safetensors.
+bool isExportedFile(const std::string &name) {
+  if (name == "config.json" || name == kSingleName || name == kIndexName)
+    return true;
+  unsigned shard = 0, shards = 0;
+  char shardName[64];
+  if (std::sscanf(name.c_str(), "model-%5u-of-%5u.safetensors", &shard,
+                  &shards) != 2)
+    return false;
+  std::snprintf(shardName, sizeof(shardName),
+                "model-%05u-of-%05u.safetensors", shard, shards);
+  return name == shardName;
+}
+
 std::string shapeList(const std::vector<int64_t> &shape) {
   std::string text = "[";
   for (size_t d = 0; d < shape.size(); ++d)
@@ -398,7 +413,10 @@ Status moert::exportHfCheckpoint(
     groupBytes += t.bytes.size();
   }
 
-  std::filesystem::path staging = folder;
+  std::filesystem::path target;
+  if (Status s = checkHfExportTarget(folder, target); !s.ok())
+    return s;
+  std::filesystem::path staging = target;
   staging += ".partial";
   std::error_code ec;
   std::filesystem::remove_all(staging, ec);
@@ -443,11 +461,76 @@ Status moert::exportHfCheckpoint(
                                      {{config.data(), config.size()}});
       !s.ok())
     return s;
-  std::filesystem::remove_all(folder, ec);
-  std::filesystem::rename(staging, folder, ec);
-  if (ec)
+  // A previous export is moved aside, not deleted, until the new one is in
+  // its place.
+  std::filesystem::path previous = target;
+  previous += ".old";
+  const bool replacing = std::filesystem::exists(target, ec);
+  if (replacing) {
+    std::filesystem::remove_all(previous, ec);
+    std::filesystem::rename(target, previous, ec);
+    if (ec)
+      return Status::failure("cannot move the previous export '" +
+                             target.string() + "' aside: " + ec.message());
+  }
+  std::filesystem::rename(staging, target, ec);
+  if (ec) {
+    std::error_code restore;
+    if (replacing)
+      std::filesystem::rename(previous, target, restore);
     return Status::failure("cannot rename '" + staging.string() + "' to '" +
-                           folder.string() + "': " + ec.message());
-  return syncFolder(folder.has_parent_path() ? folder.parent_path()
-                                             : std::filesystem::path("."));
+                           target.string() + "': " + ec.message());
+  }
+  if (replacing)
+    std::filesystem::remove_all(previous, ec);
+  return syncFolder(target.parent_path());
+}
+
+Status moert::checkHfExportTarget(const std::filesystem::path &folder,
+                                  std::filesystem::path &target) {
+  std::error_code ec;
+  const std::string given = folder.string();
+  if (given.empty())
+    return Status::failure("the export folder's name is empty");
+  // Absolute and without '.', '..' or a trailing separator, so that the
+  // staging folder beside it ('<folder>.partial') is a sibling, not a child.
+  target = std::filesystem::absolute(folder, ec).lexically_normal();
+  if (ec)
+    return Status::failure("cannot resolve the export folder '" + given +
+                           "': " + ec.message());
+  if (!target.has_filename())
+    target = target.parent_path();
+  if (target == target.root_path())
+    return Status::failure("cannot export into '" + given +
+                           "': it is the file system's root");
+  const std::filesystem::path here =
+      std::filesystem::current_path(ec).lexically_normal();
+  if (!ec) {
+    if (std::mismatch(target.begin(), target.end(), here.begin(), here.end())
+            .first == target.end())
+      return Status::failure("cannot export into '" + given +
+                             "': it is the current folder or holds it; "
+                             "name a new folder");
+  }
+  const std::filesystem::file_status status =
+      std::filesystem::symlink_status(target, ec);
+  if (status.type() == std::filesystem::file_type::not_found)
+    return Status::success();
+  if (status.type() != std::filesystem::file_type::directory)
+    return Status::failure("cannot export into '" + given +
+                           "': it exists and is not a folder");
+  // Only a previous export is replaced: a folder holding anything an export
+  // does not write (a tokenizer, notes, subfolders) is the user's.
+  for (const std::filesystem::directory_entry &entry :
+       std::filesystem::directory_iterator(target, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_regular_file() || !isExportedFile(name))
+      return Status::failure(
+          "cannot export into '" + given + "': it holds '" + name +
+          "', which an export does not write (an export replaces only a "
+          "previous export); name a new folder");
+  }
+  if (ec)
+    return Status::failure("cannot list '" + given + "': " + ec.message());
+  return Status::success();
 }

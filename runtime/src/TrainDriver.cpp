@@ -976,6 +976,10 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
   }
   if (o.steps < 1)
     fatal("--steps " + std::to_string(o.steps) + " must be at least 1");
+  if (std::string problem = scheduleFlagsProblem(o.lr, o.minLr, o.warmupSteps,
+                                                 o.totalSteps);
+      !problem.empty())
+    fatal(problem);
   if (o.benchWarmup >= o.steps)
     fatal("--bench-warmup " + std::to_string(o.benchWarmup) +
           " leaves no timed step of --steps " + std::to_string(o.steps));

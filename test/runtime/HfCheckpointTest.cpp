@@ -177,6 +177,55 @@ TEST(HfCheckpoint, RankReadsItsBlockOnly) {
   std::filesystem::remove_all(dir);
 }
 
+// An export replaces a previous export, moved aside until the new one is
+// in place; a folder holding anything else, a file, the current folder are
+// refused and left as they were.
+TEST(HfCheckpoint, ExportReplacesOnlyAPreviousExport) {
+  std::filesystem::path dir = tempFolder("replace");
+  TinyModel model;
+  // Twice into one folder, the second time sharded and named with a
+  // trailing separator: the shards replace model.safetensors.
+  ASSERT_TRUE(exportHfCheckpoint(dir / "out", model.exported(), "{}",
+                                 TensorDtype::F32, 1 << 20)
+                  .ok());
+  ASSERT_TRUE(exportHfCheckpoint((dir / "out").string() + "/",
+                                 model.exported(), "{}", TensorDtype::F32, 64)
+                  .ok());
+  EXPECT_FALSE(std::filesystem::exists(dir / "out" / "model.safetensors"));
+  EXPECT_TRUE(
+      std::filesystem::exists(dir / "out" / "model.safetensors.index.json"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "out.partial"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "out.old"));
+  std::unique_ptr<HfCheckpoint> checkpoint;
+  EXPECT_TRUE(HfCheckpoint::open(dir / "out", checkpoint).ok());
+
+  // A user's file beside an export: refused, nothing removed.
+  std::ofstream(dir / "out" / "tokenizer.json") << "{}";
+  Status refused = exportHfCheckpoint(dir / "out", model.exported(), "{}",
+                                      TensorDtype::F32, 1 << 20);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.message(),
+            "cannot export into '" + (dir / "out").string() +
+                "': it holds 'tokenizer.json', which an export does not "
+                "write (an export replaces only a previous export); name a "
+                "new folder");
+  EXPECT_TRUE(std::filesystem::exists(dir / "out" / "tokenizer.json"));
+  EXPECT_TRUE(
+      std::filesystem::exists(dir / "out" / "model.safetensors.index.json"));
+
+  std::ofstream(dir / "file") << "mine";
+  refused = exportHfCheckpoint(dir / "file", model.exported(), "{}",
+                               TensorDtype::F32, 1 << 20);
+  EXPECT_EQ(refused.message(), "cannot export into '" +
+                                   (dir / "file").string() +
+                                   "': it exists and is not a folder");
+  std::filesystem::path target;
+  refused = checkHfExportTarget(".", target);
+  EXPECT_EQ(refused.message(), "cannot export into '.': it is the current "
+                               "folder or holds it; name a new folder");
+  std::filesystem::remove_all(dir);
+}
+
 TEST(HfCheckpoint, MismatchesAreNamed) {
   std::filesystem::path dir = tempFolder("mismatch");
   TinyModel model;

@@ -92,6 +92,26 @@ TEST_F(TrainDriverDeathTest, PartitionedProgramNeedsItsWorld) {
               "\\(NCCL\\); it can only run with --simulate-ranks 2");
 }
 
+// The schedule's flags are checked with the others, before the GPU.
+TEST_F(TrainDriverDeathTest, ScheduleFlagsAreChecked) {
+  FakeProgram fake(MeshShape{});
+  EXPECT_EXIT(runWith(fake.program, {"--tokens", "t.bin", "--lr", "-0.5"}, {}),
+              ::testing::ExitedWithCode(1),
+              "error: --lr -0.5 must be a finite rate of at least 0");
+  EXPECT_EXIT(runWith(fake.program,
+                      {"--tokens", "t.bin", "--lr", "1e-4", "--min-lr", "1e-3"},
+                      {}),
+              ::testing::ExitedWithCode(1),
+              "error: --min-lr 0.001 must be finite, at least 0 and at most "
+              "--lr 0.0001");
+  EXPECT_EXIT(runWith(fake.program,
+                      {"--tokens", "t.bin", "--warmup-steps", "10",
+                       "--total-steps", "4"},
+                      {}),
+              ::testing::ExitedWithCode(1),
+              "error: --total-steps 4 is shorter than --warmup-steps 10");
+}
+
 // A one-rank program that keeps its collectives (keep_one_rank_collectives)
 // makes a world of one rank: a launcher of two is refused, not run as two
 // copies as a one-rank program without collectives is.

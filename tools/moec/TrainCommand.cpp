@@ -47,6 +47,7 @@
 #include "moec/Pipelines/Pipelines.h"
 #include "moec/Plan/Mesh.h"
 #include "moec/Reference/Executor.h"
+#include "moert/AtomicFile.h"
 #include "moert/HfCheckpoint.h"
 #include "moert/NonfiniteSteps.h"
 #include "moert/Schedule.h"
@@ -209,6 +210,23 @@ int moec::cli::runTrain(const ImportFlags &modelFlags,
   if (steps < 1)
     return fail(fmt::format("--steps {} must be at least 1",
                             steps.getValue()));
+  if (std::string problem = moert::scheduleFlagsProblem(
+          lr, minLr, warmupSteps, totalSteps);
+      !problem.empty())
+    return fail(problem);
+  if (evalInterval < 0)
+    return fail(fmt::format("--eval-interval {} must not be negative (0: "
+                            "after the last step only)",
+                            evalInterval.getValue()));
+  // An export is refused before training, not after it: only a new folder
+  // or a previous export is written (a user's folder is never replaced).
+  if (!exportHfDir.empty()) {
+    std::filesystem::path target;
+    if (moert::Status s = moert::checkHfExportTarget(exportHfDir.getValue(),
+                                                     target);
+        !s.ok())
+      return fail("--export-hf: " + s.message());
+  }
   moec::TrainingJob job;
   if (llvm::Error err = jobFlags.read(job))
     return fail(llvm::toString(std::move(err)));
@@ -395,16 +413,13 @@ int moec::cli::runTrain(const ImportFlags &modelFlags,
       rankState[2 * n + i] = HostTensor::floats(rankState[i].shape);
     }
 
-  std::unique_ptr<llvm::raw_fd_ostream> log;
-  if (!logPath.empty()) {
-    std::error_code ec;
-    log = std::make_unique<llvm::raw_fd_ostream>(logPath, ec);
-    if (ec)
-      return fail(fmt::format("cannot write '{}': {}", logPath.getValue(),
-                              ec.message()));
-    *log << "step,loss,ce_loss,aux_loss,z_loss,grad_norm,lr,tokens_per_s,"
-            "valid_loss\n";
-  }
+  // The per-step CSV, rewritten whole (atomically) after every step: an
+  // existing file is replaced only once a step has finished.
+  std::string logText =
+      "step,loss,ce_loss,aux_loss,z_loss,grad_norm,lr,tokens_per_s,"
+      "valid_loss\n";
+  if (!logPath.empty() && llvm::sys::fs::is_directory(logPath.getValue()))
+    return fail(fmt::format("--log '{}' is a folder", logPath.getValue()));
 
   // The mean loss over the validation blocks, global batch by global batch,
   // each rank its own micro-batch of it (a remainder smaller than a global
@@ -515,10 +530,16 @@ int moec::cli::runTrain(const ImportFlags &modelFlags,
                                   t, validLoss,
                                   valid.shape[0] / globalBatch * globalBatch);
     }
-    if (log)
-      *log << fmt::format("{},{:.9g},{:.9g},{:.9g},{:.9g},{:.9g},{:.9g},{:.1f},{}\n",
-                          t, loss, ce, aux, z, norm, stepLr, tokensPerSecond,
-                          validText);
+    if (!logPath.empty()) {
+      logText += fmt::format("{},{:.9g},{:.9g},{:.9g},{:.9g},{:.9g},{:.9g},"
+                             "{:.1f},{}\n",
+                             t, loss, ce, aux, z, norm, stepLr, tokensPerSecond,
+                             validText);
+      if (moert::Status s = moert::writeFileAtomically(
+              logPath.getValue(), {{logText.data(), logText.size()}});
+          !s.ok())
+        return fail("--log: " + s.message());
+    }
     if (!dumpDir.empty()) {
       std::string prefix = fmt::format("step_{}/", t);
       for (auto [name, slot] :

@@ -135,12 +135,22 @@ struct ExportedParameter {
 /// `maxFileBytes`, else in model-0000k-of-0000n.safetensors files of at
 /// most that much each (a larger tensor alone) with
 /// model.safetensors.index.json. Everything is written into
-/// `folder`.partial and renamed to `folder` when complete (an existing
-/// `folder` is replaced).
+/// `folder`.partial and renamed to `folder` when complete; an existing
+/// `folder` is replaced only when it is a previous export
+/// (checkHfExportTarget), and kept until the new one is in place.
 Status exportHfCheckpoint(const std::filesystem::path &folder,
                           const std::vector<ExportedParameter> &parameters,
                           const std::string &configJson, TensorDtype dtype,
                           uint64_t maxFileBytes);
+
+/// Whether an export may be written to `folder`, and where: `target` is
+/// `folder` made absolute, without '.', '..' or a trailing separator.
+/// Refused: the root, the current folder or one holding it, an existing
+/// non-folder, and a folder holding anything an export does not write
+/// (config.json, model.safetensors, its index, its shards) — a user's
+/// folder is never replaced. Commands call it before they train.
+Status checkHfExportTarget(const std::filesystem::path &folder,
+                           std::filesystem::path &target);
 
 } // namespace moert
 

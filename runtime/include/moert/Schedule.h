@@ -13,7 +13,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
+#include <string>
 
 namespace moert {
 
@@ -32,6 +34,36 @@ struct LrSchedule {
            0.5 * (peak - minimum) * (1.0 + std::cos(M_PI * progress));
   }
 };
+
+/// What is wrong with a run's schedule flags (--lr, --min-lr,
+/// --warmup-steps, --total-steps; `totalSteps` 0 is the default, the run's
+/// length), or an empty string: learning rates finite with 0 <= minimum <=
+/// peak, no negative step count, an explicit total not shorter than the
+/// warm-up.
+inline std::string scheduleFlagsProblem(double lr, double minLr,
+                                        int64_t warmupSteps,
+                                        int64_t totalSteps) {
+  auto number = [](double v) {
+    char text[32];
+    std::snprintf(text, sizeof(text), "%g", v);
+    return std::string(text);
+  };
+  if (!std::isfinite(lr) || lr < 0)
+    return "--lr " + number(lr) + " must be a finite rate of at least 0";
+  if (!std::isfinite(minLr) || minLr < 0 || minLr > lr)
+    return "--min-lr " + number(minLr) + " must be finite, at least 0 and " +
+           "at most --lr " + number(lr);
+  if (warmupSteps < 0)
+    return "--warmup-steps " + std::to_string(warmupSteps) +
+           " must not be negative";
+  if (totalSteps < 0)
+    return "--total-steps " + std::to_string(totalSteps) +
+           " must not be negative (0: the run's length)";
+  if (totalSteps > 0 && totalSteps < warmupSteps)
+    return "--total-steps " + std::to_string(totalSteps) +
+           " is shorter than --warmup-steps " + std::to_string(warmupSteps);
+  return {};
+}
 
 /// The token block that row `row` of rank `rank`'s micro-batch of `batch`
 /// rows reads at 1-based step `t`: block r of the t-th global batch of
