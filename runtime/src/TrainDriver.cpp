@@ -1024,6 +1024,13 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
       fatal("--init-from: the checkpoint does not fit the program:\n" +
             s.message());
   }
+  // The exports go into DIR/step_N: DIR must be a folder or not exist yet,
+  // found out now rather than after the training.
+  if (std::error_code ec; !o.exportHfDir.empty() &&
+                          std::filesystem::exists(o.exportHfDir, ec) &&
+                          !std::filesystem::is_directory(o.exportHfDir, ec))
+    fatal("--export-hf '" + o.exportHfDir +
+          "' exists and is not a folder (exports go into DIR/step_N)");
   if (!o.exportHfDir.empty() && manifest.hfConfig.empty())
     fatal("--export-hf: the program's manifest.json (beside it) has no "
           "Hugging Face config; compile it again with this moec");

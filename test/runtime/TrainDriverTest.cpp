@@ -20,6 +20,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <fstream>
 
 using namespace moert;
 
@@ -206,6 +207,15 @@ TEST_F(TrainDriverDeathTest, HuggingFaceCheckpointMustFit) {
               "error: --export-hf: the program's manifest.json \\(beside "
               "it\\) has no Hugging Face config; compile it again with this "
               "moec");
+  // Nor is an export folder that is a file found out after the training.
+  std::ofstream(dir.string() + "-file") << "mine";
+  EXPECT_EXIT(runWith(fake.program,
+                      {"--tokens", "t.bin", "--export-hf", dir.string() + "-file"},
+                      {}),
+              ::testing::ExitedWithCode(1),
+              "error: --export-hf '.*-file' exists and is not a folder "
+              "\\(exports go into DIR/step_N\\)");
+  std::filesystem::remove(dir.string() + "-file");
 }
 
 } // namespace
