@@ -134,6 +134,8 @@ std::optional<ModelConfig> moec::plan::getPreset(llvm::StringRef name) {
 
 llvm::Expected<ModelConfig>
 moec::plan::parseMixtralConfigJson(llvm::StringRef text) {
+  if (std::optional<std::string> deep = moert::checkJsonNesting(text))
+    return fail("not a model's config: " + *deep);
   llvm::Expected<llvm::json::Value> value = llvm::json::parse(text);
   if (!value)
     return fail("invalid JSON: " + llvm::toString(value.takeError()));

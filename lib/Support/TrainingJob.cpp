@@ -607,6 +607,8 @@ llvm::Error moec::setTrainingJobText(TrainingJob &job, llvm::StringRef name,
   case Kind::CustomOps: {
     // A number or an object as JSON spells it; anything else is kept as a
     // string so that the error shows it.
+    if (std::optional<std::string> deep = moert::checkJsonNesting(text))
+      return error(fmt::format("{}: {}", name.str(), *deep));
     llvm::Expected<json::Value> value = json::parse(text);
     if (!value) {
       llvm::consumeError(value.takeError());
@@ -642,6 +644,9 @@ llvm::Error moec::readTrainingJobConfig(llvm::StringRef path,
 llvm::Error moec::readTrainingJobConfigText(llvm::StringRef text,
                                             llvm::StringRef path,
                                             TrainingJob &job) {
+  if (std::optional<std::string> deep = moert::checkJsonNesting(text))
+    return error(fmt::format("config '{}' is not a job config: {}",
+                             path.str(), *deep));
   llvm::Expected<json::Value> parsed = json::parse(text);
   if (!parsed)
     return error(fmt::format("config '{}' is not JSON: {}", path.str(),

@@ -1,4 +1,4 @@
-//===- JsonKeys.cpp - A key given twice in one JSON object ----------------===//
+//===- JsonKeys.cpp - Duplicate keys and deep nesting in JSON ------------===//
 //
 // See JsonKeys.h. The text is walked with nlohmann::json's SAX interface
 // (the parser the runtime reads JSON with), which hands over every key of
@@ -106,4 +106,28 @@ moert::findDuplicateJsonKey(std::string_view text) {
   if (!nlohmann::json::sax_parse(text.begin(), text.end(), &finder))
     return std::nullopt;
   return finder.found;
+}
+
+std::optional<std::string> moert::checkJsonNesting(std::string_view text) {
+  int depth = 0;
+  bool inString = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (inString) {
+      if (c == '\\')
+        ++i;
+      else if (c == '"')
+        inString = false;
+    } else if (c == '"') {
+      inString = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxJsonDepth)
+        return "its arrays and objects nest more than " +
+               std::to_string(kMaxJsonDepth) + " levels deep (at byte " +
+               std::to_string(i) + ")";
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return std::nullopt;
 }

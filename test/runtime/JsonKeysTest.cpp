@@ -58,4 +58,19 @@ TEST(JsonKeys, NotJsonIsNotReported) {
   EXPECT_FALSE(findDuplicateJsonKey("not json"));
 }
 
+// Nesting is counted outside strings only; the first level past the limit
+// is named by its byte.
+TEST(JsonNesting, DeepestLevelIsCounted) {
+  const std::string deep512 = std::string(512, '[') + std::string(512, ']');
+  EXPECT_FALSE(checkJsonNesting(deep512));
+  const std::string deep513 = "[" + deep512 + "]";
+  EXPECT_EQ(checkJsonNesting(deep513),
+            "its arrays and objects nest more than 512 levels deep (at byte "
+            "512)");
+  // Brackets inside strings, escaped quotes included, are not nesting.
+  EXPECT_FALSE(checkJsonNesting(R"({"a": "\"[[[[", "b": [1]})" +
+                                std::string(1000, ' ')));
+  EXPECT_FALSE(checkJsonNesting("{\"k\": \"" + std::string(600, '{') + "\"}"));
+}
+
 } // namespace

@@ -12,6 +12,7 @@
 
 #include "dialects/Moe/IR/MoeDialect.h"
 #include "moert/HfCheckpoint.h"
+#include "moert/JsonKeys.h"
 
 #include "mlir/IR/BuiltinTypes.h"
 #include "llvm/Support/FileSystem.h"
@@ -137,6 +138,10 @@ moec::cli::bindHfCheckpoint(func::FuncOp forward, const ModelConfig &config,
     return failure(fmt::format("init_from: cannot read '{}': {}",
                                configPath.str().str(),
                                text.getError().message()));
+  if (std::optional<std::string> deep =
+          moert::checkJsonNesting((*text)->getBuffer()))
+    return failure(fmt::format("init_from: '{}' is not a model's config: {}",
+                               configPath.str().str(), *deep));
   llvm::Expected<llvm::json::Value> json =
       llvm::json::parse((*text)->getBuffer());
   if (!json)

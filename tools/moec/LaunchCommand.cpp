@@ -18,6 +18,8 @@
 
 #include "Commands.h"
 
+#include "moert/JsonKeys.h"
+
 #include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/JSON.h"
@@ -151,6 +153,9 @@ int findProgram(llvm::StringRef out, std::string &program) {
   if (!text)
     return fail("cannot read " + manifestPath + ": " +
                 text.getError().message());
+  if (std::optional<std::string> deep =
+          moert::checkJsonNesting((*text)->getBuffer()))
+    return fail(manifestPath + " is not a manifest moec wrote: " + *deep);
   llvm::Expected<llvm::json::Value> manifest =
       llvm::json::parse((*text)->getBuffer());
   if (!manifest)

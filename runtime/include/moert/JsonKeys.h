@@ -1,10 +1,14 @@
-//===- JsonKeys.h - A key given twice in one JSON object ---------*- C++ -*-===//
+//===- JsonKeys.h - Duplicate keys and deep nesting in JSON -----*- C++ -*-===//
 //
+// Two checks of JSON a user wrote or brought, beside the parsers.
 // JSON does not forbid an object that names a key twice, and the readers
 // keep one of the values without a word (llvm::json and nlohmann::json the
 // last). For a file a user wrote or brought (a job config, a model's
 // config.json, a safetensors header or index) that is a mistake to report,
-// not a choice to make for them: the readers call this after parsing. In
+// not a choice to make for them: the readers call this after parsing.
+// And a file nested tens of thousands of levels deep would exhaust the
+// stack of llvm::json's recursive parser: the compiler's readers check the
+// nesting before parsing. In
 // moert_hf, host-only, so that the compiler and the programs share it.
 //
 //===----------------------------------------------------------------------===//
@@ -34,6 +38,16 @@ struct DuplicateJsonKey {
 /// a parser accepted; where it is not, none is reported (the parser's own
 /// error is the one to show).
 std::optional<DuplicateJsonKey> findDuplicateJsonKey(std::string_view text);
+
+/// The deepest nesting of arrays and objects a JSON file may have: far more
+/// than any config, manifest or index holds, and far below the depth at
+/// which a recursive parser (llvm::json) runs out of stack.
+constexpr int kMaxJsonDepth = 512;
+
+/// Why `text` cannot be handed to a recursive parser: "its arrays and
+/// objects nest more than 512 levels deep (at byte N)", or none. Strings
+/// are skipped, escapes included; anything else is left to the parser.
+std::optional<std::string> checkJsonNesting(std::string_view text);
 
 } // namespace moert
 
