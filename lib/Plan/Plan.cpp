@@ -84,18 +84,17 @@ llvm::Error checkRequest(const ModelDescription &model,
     return fail(llvm::formatv("seq_length {0} must be at least 2",
                               training.seqLength));
   const int64_t w = training.worldSize;
-  // Limits that keep every byte count inside int64 and the per-rank tables
-  // small; far beyond any real job.
-  constexpr int64_t maxRanks = int64_t(1) << 16, maxTokens = int64_t(1) << 30;
-  if (w > maxRanks)
+  // The job's limits (moec/Support/TrainingJob.h), again for a job that was
+  // not read through its keys: they keep every byte count inside int64.
+  if (w > kMaxRanks)
     return fail(llvm::formatv(
-        "world_size {0} is more than the planner's limit of {1} ranks", w,
-        maxRanks));
-  if (training.seqLength > maxTokens / training.microBatchSize)
+        "world_size {0} is more than moec's limit of {1} ranks", w,
+        kMaxRanks));
+  if (training.seqLength > kMaxTokensPerRank / training.microBatchSize)
     return fail(llvm::formatv(
-        "micro_batch_size {0} times seq_length {1} is more than the "
-        "planner's limit of {2} tokens per rank",
-        training.microBatchSize, training.seqLength, maxTokens));
+        "micro_batch_size {0} times seq_length {1} is more than moec's "
+        "limit of {2} tokens per rank",
+        training.microBatchSize, training.seqLength, kMaxTokensPerRank));
   if (training.globalBatchSize < 0)
     return fail(llvm::formatv("global_batch_size {0} must not be negative",
                               training.globalBatchSize));

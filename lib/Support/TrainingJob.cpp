@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 using namespace moec;
 using llvm::StringRef;
@@ -88,8 +89,8 @@ struct KeyInfo {
   Kind kind;
   StringRef help;
   int64_t TrainingJob::*intField = nullptr;
-  /// Int: the smallest value allowed.
-  int64_t intMin = 0;
+  /// Int: the smallest and the largest value allowed.
+  int64_t intMin = 0, intMax = std::numeric_limits<int64_t>::max();
   double TrainingJob::*numberField = nullptr;
   Bound bound = Bound::NonNegative;
   bool TrainingJob::*boolField = nullptr;
@@ -102,10 +103,12 @@ struct KeyInfo {
 };
 
 KeyInfo intKey(StringRef name, int64_t TrainingJob::*field, int64_t min,
-               StringRef help) {
+               StringRef help,
+               int64_t max = std::numeric_limits<int64_t>::max()) {
   KeyInfo k{name, Kind::Int, help};
   k.intField = field;
   k.intMin = min;
+  k.intMax = max;
   return k;
 }
 
@@ -194,8 +197,9 @@ const std::vector<KeyInfo> &keyTable() {
         "parallel layout)");
     return std::vector<KeyInfo>{
         intKey("micro_batch_size", &J::microBatchSize, 1,
-               "sequences per rank and step"),
-        intKey("seq_length", &J::seqLength, 2, "tokens per sequence"),
+               "sequences per rank and step", kMaxTokensPerRank),
+        intKey("seq_length", &J::seqLength, 2, "tokens per sequence",
+               kMaxTokensPerRank),
         intKey("global_batch_size", &J::globalBatchSize, 0,
                "sequences per optimizer step over all ranks (0: world_size "
                "times micro_batch_size; more means gradient accumulation)"),
@@ -271,16 +275,17 @@ const std::vector<KeyInfo> &keyTable() {
         boolKey("sm_activation_offloading", &J::smActivationOffloading,
                 "keep saved activations in host memory"),
         intKey("activation_loading_horizon", &J::activationLoadingHorizon, 1,
-               "layers prefetched ahead when offloading"),
+               "layers prefetched ahead when offloading", kMaxRanks),
         numberKey("host_link_gb_per_s", &J::hostLinkGbPerS, Bound::NonNegative,
                   "host <-> device copy rate, GB/s each way, that "
                   "activation_checkpointing auto weighs offloading with (0: "
                   "the H200's measured 55)"),
-        intKey("world_size", &J::worldSize, 1, "number of ranks (GPUs)"),
+        intKey("world_size", &J::worldSize, 1, "number of ranks (GPUs)",
+               kMaxRanks),
         intKey("expert_parallel_degree", &J::expertParallelDegree, 1,
-               "ranks that split the experts"),
+               "ranks that split the experts", kMaxRanks),
         intKey("hybrid_shard_degree", &J::hybridShardDegree, 0,
-               "ranks that shard model states (0: automatic)"),
+               "ranks that shard model states (0: automatic)", kMaxRanks),
         enumKey("sharding_strategy",
                 enumField<ShardingStrategy, stringifyShardingStrategy,
                           symbolizeShardingStrategy, &J::shardingStrategy,
@@ -367,6 +372,9 @@ llvm::Error setValue(TrainingJob &job, const KeyInfo &key,
     if (*integer < key.intMin)
       return error(fmt::format("{} {} must be at least {}", name.str(),
                                *integer, key.intMin));
+    if (*integer > key.intMax)
+      return error(fmt::format("{} {} is more than moec's limit of {}",
+                               name.str(), *integer, key.intMax));
     job.*key.intField = *integer;
     return llvm::Error::success();
   }
@@ -695,6 +703,11 @@ llvm::Error moec::checkImplemented(const TrainingJob &job,
   StringRef who = consumer == JobConsumer::Plan    ? "moec plan"
                   : consumer == JobConsumer::Train ? "moec train"
                                                    : "moec compile";
+  if (job.seqLength > kMaxTokensPerRank / job.microBatchSize)
+    return error(fmt::format("micro_batch_size {} times seq_length {} is more "
+                             "than moec's limit of {} tokens per rank",
+                             job.microBatchSize, job.seqLength,
+                             kMaxTokensPerRank));
   auto refuse = [&](StringRef key, const std::string &value,
                     StringRef why) {
     return error(fmt::format("{} {} is not implemented yet by {} ({})",

@@ -72,6 +72,13 @@ enum class ParamDtype {
 llvm::StringRef stringifyParamDtype(ParamDtype dtype);
 std::optional<ParamDtype> symbolizeParamDtype(llvm::StringRef name);
 
+/// moec's limits on a job's sizes (world_size and the degrees; tokens per
+/// rank, micro_batch_size times seq_length): far beyond any real job, and
+/// small enough that every count and byte size derived from them fits in
+/// int64. The keys are refused above them by name.
+constexpr int64_t kMaxRanks = int64_t(1) << 16;
+constexpr int64_t kMaxTokensPerRank = int64_t(1) << 30;
+
 /// One training job. The defaults are `moec train`'s and `moec compile`'s.
 struct TrainingJob {
   // --- The batch -----------------------------------------------------------
