@@ -49,6 +49,10 @@ def python_has(module):
 if python_has("onnxruntime") and python_has("numpy"):
     config.available_features.add("onnxruntime")
 
+# onnx_ir (onnxscript's IR): python -m moec.inspect_onnx.
+if python_has("onnx_ir"):
+    config.available_features.add("onnx_ir")
+
 # Hugging Face's tokenizers: python -m moec.jsonl's "text" documents.
 if python_has("tokenizers"):
     config.available_features.add("tokenizers")

@@ -34,4 +34,54 @@ Modules:
   as Mixtral, the benchmark's ``titan-*`` contenders.
 
 Run them with ``PYTHONPATH=python`` from the repository root.
+
+The package itself holds the checks of bad input the modules share: the
+argparse types of numbers and :func:`json_number` for a JSON field.
 """
+
+import argparse
+import json
+import math
+
+
+class InputError(ValueError):
+    """A value read from a file that is not what the file's format says; the message names where."""
+
+
+def json_number(value, where: str, *, integer: bool = False, positive: bool = False):
+    """``value`` of the JSON field ``where`` (its place, e.g. ``report.json: round 2, moec: step_s``), checked:
+    a finite number (an integer with ``integer``; JSON's true and false are not numbers) at least 0, above 0
+    with ``positive``. Raises InputError naming ``where`` and the value."""
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise InputError(f"{where}: {json.dumps(value)} is not {kind}")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise InputError(f"{where}: {value} is not a finite {'positive' if positive else 'non-negative'} number")
+    return value
+
+
+# argparse types. Each rejects with its own message: argparse's default,
+# "invalid <function name> value", names Python internals.
+def _argument(convert, kind: str, accept, text: str):
+    try:
+        value = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not {kind}") from None
+    if not accept(value):
+        raise argparse.ArgumentTypeError(f"{text} is not {kind}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type of a tolerance or a target: a finite number at least 0 (NaN would let everything pass)."""
+    return _argument(float, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0, text)
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number above 0."""
+    return _argument(float, "a finite number > 0", lambda v: math.isfinite(v) and v > 0, text)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer at least 1."""
+    return _argument(int, "an integer >= 1", lambda v: v >= 1, text)

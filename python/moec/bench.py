@@ -148,13 +148,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from moec.atomic import write_atomically
+from moec import InputError, json_number
+from moec.atomic import check_output, write_atomically
 from moec.gpu_power import PowerSampler
 from moec.torchtitan_mixtral import TORCHTITAN_VERSION, TorchtitanUnavailable
 
@@ -688,21 +689,79 @@ def report_json(setup: dict, rounds: list[list[Result]]) -> dict:
     }
 
 
+#: A report's numbers: key -> (above 0, may be null), each finite and not
+#: negative. Null is "not measured": no peak on the CPU, no plan for
+#: PyTorch, no power sampled. Byte counts may be written as 28e9.
+RESULT_NUMBERS = {
+    "step_s": (True, False),
+    "tokens_per_s": (False, False),
+    "model_tflops": (False, False),
+    "peak_bytes": (False, True),
+    "planned_bytes": (True, True),
+    "device_used_bytes": (False, True),
+    "power_w": (True, True),
+    "power_limit_w": (True, True),
+    "sm_clock_mhz": (False, True),
+    "power_capped_share": (False, True),
+}
+POWER_KEYS = ("power_w", "power_limit_w", "sm_clock_mhz", "power_capped_share")
+
+
+def read_result(values, where: str) -> Result:
+    """One contender's result of a report, every key checked (``where``: the file, round and contender);
+    raises BadReport naming the key and the value."""
+    if not isinstance(values, dict):
+        raise BadReport(f"{where}: expected a result object, found {json.dumps(values)}")
+    if unknown := sorted(set(values) - {f.name for f in fields(Result)}):
+        raise BadReport(f"{where}: unknown key(s) {', '.join(unknown)}")
+    if missing := [key for key in ("what", *list(RESULT_NUMBERS)[:4]) if key not in values]:
+        raise BadReport(f"{where}: no {', '.join(missing)}")
+    if not isinstance(values["what"], str) or not values["what"]:
+        raise BadReport(f"{where}: what: {json.dumps(values['what'])} is not a contender's name")
+    where = f"{where} ({values['what']})"
+    try:
+        for key, (positive, nullable) in RESULT_NUMBERS.items():
+            if values.get(key) is not None or not nullable:
+                json_number(values.get(key), f"{where}: {key}", positive=positive)
+        for key in ("step_seconds", "losses"):
+            if not isinstance(values.get(key, []), list):
+                raise InputError(f"{where}: {key}: expected a list, found {json.dumps(values[key])}")
+            for number, value in enumerate(values.get(key, []), 1):
+                # A loss may be NaN: a run that diverged is still a result.
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise InputError(f"{where}: {key}[{number}]: {json.dumps(value)} is not a number")
+    except InputError as e:
+        raise BadReport(str(e)) from None
+    if (values.get("power_capped_share") or 0) > 1:
+        raise BadReport(f"{where}: power_capped_share: {values['power_capped_share']} is not a share in [0, 1]")
+    # The tables read these together: power with its limit, clock and cap share; a plan with the peak.
+    if values.get("power_w") is not None and (unset := [k for k in POWER_KEYS if values.get(k) is None]):
+        raise BadReport(f"{where}: power_w is set but {', '.join(unset)} null")
+    if values.get("planned_bytes") is not None and values.get("device_used_bytes") is not None \
+            and values["peak_bytes"] is None:
+        raise BadReport(f"{where}: planned_bytes and device_used_bytes are set but peak_bytes is null")
+    return Result(**values)
+
+
 def read_report(path: Path) -> list[list[Result]]:
-    """The rounds of a ``--json`` report; raises BadReport."""
+    """The rounds of a ``--json`` report; raises BadReport naming the round, the contender and the key."""
     try:
         report = json.loads(path.read_text())
     except OSError as e:
         raise BadReport(f"cannot read {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadReport(f"{path} is not JSON: {e}") from None
     if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
         got = report.get("format") if isinstance(report, dict) else None
         raise BadReport(f"{path} is not a {REPORT_FORMAT} report (format {got!r})")
-    try:
-        rounds = [[Result(**r) for r in results] for results in report["rounds"]]
-    except (KeyError, TypeError) as e:
-        raise BadReport(f"{path}: malformed rounds: {e}") from None
+    if not isinstance(report.get("rounds"), list):
+        raise BadReport(f"{path}: rounds: expected a list of rounds, found {json.dumps(report.get('rounds'))}")
+    rounds = []
+    for number, results in enumerate(report["rounds"], 1):
+        if not isinstance(results, list):
+            raise BadReport(f"{path}: round {number}: expected a list of results, found {json.dumps(results)}")
+        rounds.append([read_result(r, f"{path}: round {number}, contender {index}")
+                       for index, r in enumerate(results, 1)])
     try:
         check_rounds(rounds)
     except BadReport as e:
@@ -722,7 +781,7 @@ def versions(torchtitan) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m moec.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="mixtral-8x7b-2l", help="preset or JSON (default mixtral-8x7b-2l)")
+    parser.add_argument("--config", help="preset or JSON (default mixtral-8x7b-2l; --smoke: tiny)")
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=2048)
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
@@ -756,8 +815,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(e))
         return 0
     if args.smoke:
+        # The smoke test runs on the CPU: a config given with it would be silently replaced.
+        if args.config is not None:
+            parser.error(f"--smoke runs the tiny config; leave out --config {args.config}")
         args.config, args.micro_batch, args.seq, args.warmup, args.steps = "tiny", 2, 64, 1, 2
         args.skip_compile = True
+    elif args.config is None:
+        args.config = "mixtral-8x7b-2l"
     try:
         programs = parse_programs(args.moec)
     except ValueError as e:
@@ -773,6 +837,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--torchtitan-path '{args.torchtitan_path}' is not a directory")
     if args.steps < 1 or args.warmup < 0 or args.micro_batch < 1 or args.seq < 1 or args.rounds < 1:
         parser.error("--steps, --micro-batch, --seq and --rounds must be positive, --warmup not negative")
+    if args.json is not None:
+        try:
+            check_output(args.json)
+        except ValueError as e:
+            parser.error(f"--json {e}")
     skipped = set(args.skip)
     if args.skip_hf:
         skipped.add("hf-eager")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moec import non_negative_float
 from moec.check_train import read_tensor
 
 METRICS = ("loss", "ce_loss", "aux_loss", "grad_norm")
@@ -149,7 +150,7 @@ def main(argv=None) -> int:
     parser.add_argument("--reference-log", type=Path, required=True)
     parser.add_argument("--gpu", type=Path, required=True)
     parser.add_argument("--gpu-log", type=Path, required=True)
-    parser.add_argument("--tolerance", type=float, default=1e-4)
+    parser.add_argument("--tolerance", type=non_negative_float, default=1e-4)
     args = parser.parse_args(argv)
 
     passed = check_metrics(read_log(args.reference_log), read_log(args.gpu_log), args.tolerance)

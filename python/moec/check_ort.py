@@ -27,6 +27,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from moec import non_negative_float
+
 
 def load_tensor(path):
     tensor = onnx.TensorProto()
@@ -109,10 +111,10 @@ def reference_evaluator(model, custom_ops, numpy_moe=False):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m moec.check_ort", description=__doc__.splitlines()[0])
     parser.add_argument("model")
     parser.add_argument("files", nargs="+", metavar="INPUT.pb ... MOEC_OUTPUT.pb")
-    parser.add_argument("--tolerance", type=float, default=1e-5)
+    parser.add_argument("--tolerance", type=non_negative_float, default=1e-5)
     parser.add_argument("--custom-op", action="append", default=[], metavar="DOMAIN::NAME=grouped_matmul")
     parser.add_argument("--numpy-moe", action="store_true",
                         help="run com.microsoft::MoE in numpy on onnx's reference evaluator")
@@ -131,21 +133,21 @@ def main(argv=None):
         run, names = session.run, [i.name for i in session.get_inputs()]
         which = "onnxruntime"
     if len(inputs) != len(names):
-        print(f"error: the model has {len(names)} inputs, {len(inputs)} were given")
+        print(f"error: the model has {len(names)} inputs, {len(inputs)} were given", file=sys.stderr)
         return 1
     feeds = {name: load_tensor(path) for name, path in zip(names, inputs)}
     expected = run(None, feeds)[0].astype(np.float64)
     actual = load_tensor(output).astype(np.float64)
     if actual.shape != expected.shape:
         print(f"error: moec's output has shape {list(actual.shape)} but "
-              f"onnxruntime's has {list(expected.shape)}")
+              f"onnxruntime's has {list(expected.shape)}", file=sys.stderr)
         return 1
     max_abs = float(np.max(np.abs(actual - expected)))
     rel_l2 = float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
     print(f"vs {which}: max abs error {max_abs:.3e}, relative L2 error {rel_l2:.3e} "
           f"(tolerance {args.tolerance:.1e})")
     if not rel_l2 <= args.tolerance:
-        print(f"error: relative L2 error {rel_l2:.3e} exceeds the tolerance {args.tolerance:.1e}")
+        print(f"error: relative L2 error {rel_l2:.3e} exceeds the tolerance {args.tolerance:.1e}", file=sys.stderr)
         return 1
     return 0
 

@@ -42,10 +42,14 @@ import json
 import re
 import sys
 import tempfile
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from moec import non_negative_float
 
 LOSS_KEYS = ("loss", "ce_loss", "aux_loss", "z_loss")
 EXACT_SCALAR_RTOL = 1e-5  # grad_norm and lr
@@ -60,20 +64,33 @@ class Tolerances:
 
 
 def steps_of(golden) -> list[int]:
-    steps = sorted({int(m.group(1)) for key in golden.files if (m := re.match(r"step(\d+)/loss$", key))})
-    if not steps:
-        raise ValueError("the golden holds no step<s>/loss")
-    return steps
+    return sorted({int(m.group(1)) for key in golden if (m := re.match(r"step(\d+)/loss$", key))})
 
 
 def param_names(golden) -> list[str]:
-    return [key[len("final/param/"):] for key in golden.files if key.startswith("final/param/")]
+    return [key[len("final/param/"):] for key in golden if key.startswith("final/param/")]
+
+
+def load_golden(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a golden, read now: a truncated or foreign file is refused (ValueError) before any
+    comparison, not half way through one."""
+    try:
+        if not zipfile.is_zipfile(path):
+            raise ValueError("not a zip archive (truncated?)")
+        with np.load(path) as loaded:
+            golden = {key: loaded[key] for key in loaded.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise ValueError(f"{path}: not a golden .npz of python -m moec.train_reference --write: {e}") from None
+    if not steps_of(golden) or not param_names(golden):
+        raise ValueError(f"{path}: the golden holds no step<s>/loss or no final/param/<name> "
+                         f"(it has {', '.join(golden) or 'no arrays'})")
+    return golden
 
 
 def dump_layout(golden) -> dict[str, str]:
     """Golden key -> path relative to the dump directory."""
     layout = {}
-    for key in golden.files:
+    for key in golden:
         if (m := re.match(r"step(\d+)/(.+)$", key)):
             layout[key] = f"step_{m.group(1)}/{m.group(2)}.pb"
         elif key.startswith("final/param/"):
@@ -93,12 +110,25 @@ def write_dump(golden, directory: Path) -> None:
 
 
 def read_tensor(path: Path) -> np.ndarray:
+    """A serialized onnx.TensorProto's values; raises ValueError naming ``path`` when the file is not one
+    (or keeps its values in another file: a dump or a token file is one file each)."""
     import onnx
     import onnx.numpy_helper
+    from google.protobuf.message import DecodeError
 
     tensor = onnx.TensorProto()
-    tensor.ParseFromString(path.read_bytes())
-    return onnx.numpy_helper.to_array(tensor)
+    try:
+        tensor.ParseFromString(path.read_bytes())
+    except DecodeError as e:
+        raise ValueError(f"{path}: not an onnx.TensorProto: {e}") from None
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        raise ValueError(f"{path}: its values are in another file (external data), not in the file")
+    if any(d < 0 for d in tensor.dims):
+        raise ValueError(f"{path}: negative dimension in {list(tensor.dims)}")
+    try:
+        return onnx.numpy_helper.to_array(tensor)
+    except (TypeError, ValueError) as e:  # an undefined element type, a size that does not match the dims
+        raise ValueError(f"{path}: not an onnx.TensorProto of {list(tensor.dims)} values: {e}") from None
 
 
 class Checker:
@@ -186,7 +216,7 @@ class Checker:
         return worst, worst_name
 
     def run(self) -> bool:
-        config = json.loads(str(self.golden["config"])) if "config" in self.golden.files else {}
+        config = json.loads(str(self.golden["config"])) if "config" in self.golden else {}
         names = param_names(self.golden)
         print(f"golden {config.get('case', '?')}: {len(names)} parameters; dump {self.directory}")
         for step in steps_of(self.golden):
@@ -204,16 +234,11 @@ class Checker:
         return not self.failures
 
 
-def check(golden_path: Path, directory: Path, tolerances: Tolerances) -> bool:
-    with np.load(golden_path) as golden:
-        return Checker(golden, directory, tolerances).run()
-
-
-def self_check(golden_path: Path, tolerances: Tolerances) -> bool:
+def self_check(golden: dict[str, np.ndarray], tolerances: Tolerances) -> bool:
     """The golden against itself passes; three broken copies fail (see the module docstring)."""
     import onnx.numpy_helper
 
-    with np.load(golden_path) as golden, tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         write_dump(golden, directory)
         print("== the golden, dumped: must pass")
@@ -254,21 +279,28 @@ def _remove(path: Path) -> bytes:
     return data
 
 
-def run_moec(moec: str, golden: Path, dump: Path) -> bool:
+def run_moec(moec: str, golden: dict[str, np.ndarray], golden_path: Path, dump: Path) -> bool:
     """Runs the `moec train` command recorded in the golden's config (paths
     relative to the golden's folder), with --dump DUMP; True on success."""
-    import json
     import shlex
     import subprocess
 
-    with np.load(golden) as data:
-        config = json.loads(str(data["config"].reshape(-1)[0]))
-    words = shlex.split(config["command"])
+    try:
+        command_text = json.loads(str(golden["config"].reshape(-1)[0]))["command"]
+        words = shlex.split(command_text)
+    except (KeyError, TypeError, ValueError):
+        print(f"check_train: error: {golden_path} records no `moec train` command (its config's \"command\")",
+              file=sys.stderr)
+        return False
     if words[:2] != ["moec", "train"] or words[-2:] != ["--dump", "DIR"]:
-        print(f"check_train: error: unexpected command in {golden}: {config['command']}", file=sys.stderr)
+        print(f"check_train: error: unexpected command in {golden_path}: {command_text}", file=sys.stderr)
         return False
     command = [moec] + words[1:-1] + [str(dump.resolve())]
-    result = subprocess.run(command, cwd=golden.resolve().parent)
+    try:
+        result = subprocess.run(command, cwd=golden_path.resolve().parent)
+    except OSError as e:
+        print(f"check_train: error: --run {moec}: cannot run it: {e.strerror}", file=sys.stderr)
+        return False
     if result.returncode != 0:
         print(f"check_train: error: {' '.join(command)} exited with {result.returncode}", file=sys.stderr)
         return False
@@ -279,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m moec.check_train", description=__doc__.splitlines()[0])
     parser.add_argument("golden", type=Path, help="a .npz from python -m moec.train_reference --write")
     parser.add_argument("dump", type=Path, nargs="?", help="the directory moec train --dump wrote")
-    parser.add_argument("--loss-rtol", type=float, default=1e-5, help="relative tolerance of the losses (default 1e-5)")
-    parser.add_argument("--rtol-l2", type=float, default=1e-4,
+    parser.add_argument("--loss-rtol", type=non_negative_float, default=1e-5, help="relative tolerance of the losses (default 1e-5)")
+    parser.add_argument("--rtol-l2", type=non_negative_float, default=1e-4,
                         help="relative L2 tolerance of gradients and final parameters (default 1e-4)")
     parser.add_argument("--self-check", action="store_true", help="check the golden against itself (no dump needed)")
     parser.add_argument("--run", metavar="MOEC",
@@ -291,16 +323,21 @@ def main(argv: list[str] | None = None) -> int:
     if not args.golden.is_file():
         print(f"check_train: error: no such golden '{args.golden}'", file=sys.stderr)
         return 1
+    try:
+        golden = load_golden(args.golden)
+    except ValueError as e:
+        print(f"check_train: error: {e}", file=sys.stderr)
+        return 1
     if args.self_check:
-        return 0 if self_check(args.golden, tolerances) else 1
+        return 0 if self_check(golden, tolerances) else 1
     if args.dump is None:
         parser.error("DUMP_DIR is required (or --self-check)")
-    if args.run and not run_moec(args.run, args.golden, args.dump):
+    if args.run and not run_moec(args.run, golden, args.golden, args.dump):
         return 1
     if not args.dump.is_dir():
         print(f"check_train: error: no such dump directory '{args.dump}'", file=sys.stderr)
         return 1
-    return 0 if check(args.golden, args.dump, tolerances) else 1
+    return 0 if Checker(golden, args.dump, tolerances).run() else 1
 
 
 if __name__ == "__main__":

@@ -73,6 +73,8 @@ from pathlib import Path
 
 import numpy as np
 
+from moec.atomic import check_output, write_atomically
+
 FORMAT = "moec-fsdp2-bench/1"
 
 #: ``--compile`` and the contender's name in the reports.
@@ -99,6 +101,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.warmup < 0:
         parser.error(f"--warmup must not be negative, got {args.warmup}")
+    if args.json is not None:
+        try:
+            check_output(args.json)
+        except ValueError as e:
+            parser.error(f"--json {e}")
     return args
 
 
@@ -156,12 +163,11 @@ def initialise(model, config, device) -> None:
             raise RuntimeError(f"buffers of the meta-device model not remade after to_empty: {', '.join(left)}")
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, config) -> dict:
     import torch
     import torch.distributed as dist
 
     from moec.bench import make_optimizer, model_flops
-    from moec.presets import load_config
     from moec.train_reference import Optimizer, Schedule
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -169,7 +175,6 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device("cuda", local_rank)
     dist.init_process_group("nccl", device_id=device)
     rank, ranks = dist.get_rank(), dist.get_world_size()
-    config = load_config(args.config)
     flops, active = model_flops(config, args.micro_batch, args.seq)
     leader = rank == 0
     if leader:
@@ -247,8 +252,7 @@ def run(args: argparse.Namespace) -> dict:
               f"{result['model_tflops_per_gpu']:.1f} model TFLOP/s per GPU, "
               f"peak {result['peak_bytes'] / 2**30:.1f} GiB", flush=True)
         if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(report, indent=1) + "\n")
+            write_atomically(args.json, (json.dumps(report, indent=1) + "\n").encode())
     dist.destroy_process_group()
     return report
 
@@ -330,7 +334,15 @@ def comparison_table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    run(args)
+    from moec.presets import ConfigError, load_config
+
+    # Before the process group starts: every rank would fail at once, each with a traceback.
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"fsdp2_bench: error: --config {e}", file=sys.stderr)
+        return 2
+    run(args, config)
     return 0
 
 

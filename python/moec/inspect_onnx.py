@@ -32,6 +32,8 @@ from pathlib import Path
 
 import onnx_ir as ir
 
+from moec.atomic import check_output, write_atomically
+
 #: Constants with at most this many elements print with their values.
 SMALL_CONSTANT = 16
 
@@ -207,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", help="write here instead of stdout")
     args = parser.parse_args(argv)
     path = Path(args.model)
+    if args.output:
+        try:
+            check_output(args.output)
+        except ValueError as e:
+            print(f"moec.inspect_onnx: error: -o {e}", file=sys.stderr)
+            return 2
     if not path.is_file():
         print(f"moec.inspect_onnx: error: no such file '{path}'", file=sys.stderr)
         return 2
@@ -215,9 +223,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # onnx raises several types for malformed files
         print(f"moec.inspect_onnx: error: cannot load '{path}': {exc}", file=sys.stderr)
         return 2
+    layers = sorted({layer_of(node) for node in model.graph} - {None})
+    if args.layer is not None and args.layer not in layers:
+        have = f"decoder layers {layers[0]}..{layers[-1]}" if layers else "no decoder layers"
+        print(f"moec.inspect_onnx: error: --layer {args.layer}: '{path}' has {have}", file=sys.stderr)
+        return 2
     text = describe(model, layer=args.layer, summary=args.summary)
     if args.output:
-        Path(args.output).write_text(text)
+        write_atomically(Path(args.output), text.encode())
     else:
         sys.stdout.write(text)
     return 0

@@ -14,8 +14,8 @@ Each line of the input is one document, a JSON object with either
 * ``"input_ids"``: the document already tokenised, a list of integers.
 
 Blank lines are skipped; anything else (not JSON, not an object, neither key,
-ids that are not integers, or outside ``[0, vocab)`` where the vocabulary is
-known) stops the conversion with an error naming the file, the line and the
+ids that are not integers, negative, or at least the vocabulary size where
+it is known) stops the conversion with an error naming the file, the line and the
 problem, and leaves no output behind.
 
 The recipe is Hugging Face ``run_clm``'s ``group_texts``, as
@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moec import positive_int
 from moec.atomic import open_atomically, write_atomically
 
 
@@ -119,10 +120,12 @@ def document_ids(line: str, where: str, tokenizer, vocab: int | None) -> list[in
     else:
         keys = ", ".join(sorted(document)) or "none"
         raise CorpusError(f"{where}: a document has \"text\" or \"input_ids\"; this one has keys: {keys}")
-    if vocab is not None:
-        for position, i in enumerate(ids):
-            if not 0 <= i < vocab:
-                raise CorpusError(f"{where}: token {position} is {i}, outside the vocabulary [0, {vocab})")
+    for position, i in enumerate(ids):
+        # A negative id is never a token, with or without a vocabulary to check against.
+        if i < 0:
+            raise CorpusError(f"{where}: token {position} is {i}, a negative id")
+        if vocab is not None and i >= vocab:
+            raise CorpusError(f"{where}: token {position} is {i}, outside the vocabulary [0, {vocab})")
     return ids
 
 
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", type=Path, help="OUT.bin (raw int64) or OUT.pb (onnx.TensorProto)")
     parser.add_argument("--seq-length", type=int, required=True, help="tokens per block")
     parser.add_argument("--tokenizer", type=Path, help="tokenizer.json for \"text\" documents")
-    parser.add_argument("--vocab-size", type=int,
+    parser.add_argument("--vocab-size", type=positive_int,
                         help="refuse ids outside [0, N) (default: the tokenizer's vocabulary, if given)")
     parser.add_argument("--max-blocks", type=int, help="stop after this many blocks")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no such file '{args.input}'")
     try:
         tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
-        vocab = args.vocab_size or (tokenizer.get_vocab_size(with_added_tokens=True) if tokenizer else None)
+        vocab = args.vocab_size if args.vocab_size is not None else (tokenizer.get_vocab_size(with_added_tokens=True) if tokenizer else None)
         progress = Progress(args.input.stat().st_size,
                             sys.stderr.isatty() if args.progress is None else args.progress)
         if args.output.suffix == ".bin":

@@ -48,6 +48,9 @@ import re
 import sys
 from pathlib import Path
 
+from moec import InputError, json_number, non_negative_float, positive_int
+from moec.atomic import write_atomically
+
 #: The check on the measured peak: |measured - predicted| / predicted.
 MEMORY_TOLERANCE = 0.10
 #: Ops whose time on the compute stream is communication (the fork of a
@@ -58,6 +61,17 @@ COMMUNICATION_OPS = ("shard.", "moe.dispatch", "moe.combine", "moe.token_shuffle
 
 class ReportError(Exception):
     """A check that failed or an input that is not what was expected."""
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ReportError(f"{path}: not JSON: {e}") from None
+
+
+def json_type(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a bool"}.get(type(value), json.dumps(value))
 
 
 # --- first-layers ---------------------------------------------------------------
@@ -103,25 +117,58 @@ def first_layers(text: str, layers: int) -> str:
 # --- layout -----------------------------------------------------------------------
 
 
-def best_layout(recommend: dict) -> tuple[int, int, str]:
-    if recommend.get("schema") != "moec-plan-recommend/1":
-        raise ReportError(f"expected schema moec-plan-recommend/1, found {recommend.get('schema')!r}")
-    for candidate in recommend["candidates"]:
+#: A candidate's keys and their types (a degree is an integer >= 1). "fits"
+#: must be a real bool: the string "false" would be true.
+CANDIDATE_KEYS = {"expert_parallel_degree": int, "hybrid_shard_degree": int, "activation_checkpointing": str,
+                  "fits": bool}
+
+
+def best_layout(recommend, origin: str) -> tuple[int, int, str]:
+    """``P H CHECKPOINTING`` of the first candidate that fits; raises ReportError naming ``origin``, the
+    candidate and the key when the file is not of the schema."""
+    if not isinstance(recommend, dict) or recommend.get("schema") != "moec-plan-recommend/1":
+        found = repr(recommend.get("schema")) if isinstance(recommend, dict) else json_type(recommend)
+        raise ReportError(f"{origin}: expected schema moec-plan-recommend/1, found {found}")
+    candidates = recommend.get("candidates")
+    if not isinstance(candidates, list):
+        raise ReportError(f"{origin}: candidates: expected a list, found {json_type(candidates)}")
+    for number, candidate in enumerate(candidates, 1):
+        if not isinstance(candidate, dict):
+            raise ReportError(f"{origin}: candidate {number}: expected an object, found {json_type(candidate)}")
+        for key, kind in CANDIDATE_KEYS.items():
+            value = candidate.get(key)
+            if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 1)):
+                want = {int: "an integer >= 1", str: "a string", bool: "true or false"}[kind]
+                raise ReportError(f"{origin}: candidate {number}: {key} is {json.dumps(value)}, expected {want}")
+    for candidate in candidates:
         if candidate["fits"]:
             return (
                 candidate["expert_parallel_degree"],
                 candidate["hybrid_shard_degree"],
                 candidate["activation_checkpointing"],
             )
-    raise ReportError(f"no layout of {len(recommend['candidates'])} fits the gpu")
+    raise ReportError(f"{origin}: no layout of {len(candidates)} fits the gpu")
 
 
 # --- report -----------------------------------------------------------------------
 
 
 def read_metrics(path: Path) -> list[dict]:
+    rows = []
     with open(path, newline="") as f:
-        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        reader = csv.DictReader(f)
+        if "loss" not in (reader.fieldnames or []):
+            raise ReportError(f"{path}: no loss column (header {reader.fieldnames})")
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            # DictReader files a long row's extra fields under None and fills a short one with None.
+            fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None, []))
+            if fields != len(reader.fieldnames):
+                raise ReportError(f"{where}: {fields} fields, the header has {len(reader.fieldnames)}")
+            try:
+                rows.append({k: float(v) for k, v in row.items()})
+            except ValueError as e:
+                raise ReportError(f"{where}: {e}") from None
     if not rows:
         raise ReportError(f"{path}: no step")
     return rows
@@ -154,9 +201,29 @@ def read_peaks(path: Path) -> dict[int, int]:
     return peaks
 
 
+PLANNED_KEYS = ("state_bytes", "arena_bytes", "input_bytes", "scratch_bytes", "collective_scratch_bytes")
+JOB_KEYS = ("activation_checkpointing", "seq_length", "micro_batch_size")
+
+
+def read_manifest(path: Path) -> dict:
+    """``moec compile``'s manifest.json, with the keys the report reads checked (named by file and key)."""
+    manifest = read_json(path)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("job"), dict):
+        raise ReportError(f"{path}: not a moec compile manifest (an object with a job object)")
+    missing = [key for key in (*PLANNED_KEYS, "world_size", "mesh") if key not in manifest]
+    missing += [f"job.{key}" for key in JOB_KEYS if key not in manifest["job"]]
+    if missing:
+        raise ReportError(f"{path}: no {', '.join(missing)}")
+    for key in PLANNED_KEYS:
+        json_number(manifest[key], f"{path}: {key}", integer=True)
+    return manifest
+
+
 def planned_bytes(manifest: dict) -> int:
-    return sum(manifest[key] for key in ("state_bytes", "arena_bytes", "input_bytes", "scratch_bytes",
-                                         "collective_scratch_bytes"))
+    return sum(manifest[key] for key in PLANNED_KEYS)
+
+
+SUMMARY_KEYS = ("median_step_s", "tokens_per_s", "model_tflops")
 
 
 def parse_output(text: str) -> dict:
@@ -168,7 +235,14 @@ def parse_output(text: str) -> dict:
     for line in text.splitlines():
         line = re.sub(r"^\[rank \d+\] ", "", line)
         if line.startswith("summary "):
-            summary = json.loads(line[len("summary "):])
+            try:
+                summary = json.loads(line[len("summary "):])
+            except json.JSONDecodeError as e:
+                raise ReportError(f"the program's summary line is not JSON: {e}") from None
+            if not isinstance(summary, dict):
+                raise ReportError(f"the program's summary line is {json_type(summary)}, not an object")
+            for key in SUMMARY_KEYS:
+                json_number(summary.get(key), f"the program's summary line: {key}")
         elif m := re.match(r"profile: ([\d.]+) ms of ops in a ([\d.]+) ms step", line):
             profile_total, profile_step = float(m.group(1)), float(m.group(2))
         elif m := re.match(r"profile: (\S+)\s+(\d+)\s+([\d.]+)\s+[\d.]+%", line):
@@ -178,6 +252,8 @@ def parse_output(text: str) -> dict:
             collectives[int(m.group(1))] = {g: float(ms) for g, _, ms in groups}
     if summary is None:
         raise ReportError("the program printed no summary line")
+    if profile and profile_total is None:
+        raise ReportError("the program printed its op profile without the 'profile: X ms of ops in a Y ms step' line")
     return {"summary": summary, "profile": profile, "profile_ops_ms": profile_total,
             "profile_step_ms": profile_step, "collectives": collectives}
 
@@ -204,11 +280,19 @@ def time_breakdown(parsed: dict, profile_step: int | None) -> dict | None:
 def report(directory: Path, ranks_per_gpu: int, reserve_gib: float, steps: int,
            profile_step: int | None) -> dict:
     out = directory / "out"
-    manifest = json.loads((directory / "program" / "manifest.json").read_text())
-    parsed = parse_output((out / "train.txt").read_text())
+    if (out / "report.json").is_dir():
+        raise ReportError(f"{out / 'report.json'} is a folder: the report cannot be written there")
+    manifest = read_manifest(directory / "program" / "manifest.json")
+    try:
+        parsed = parse_output((out / "train.txt").read_text())
+    except (ReportError, InputError) as e:
+        raise ReportError(f"{out / 'train.txt'}: {e}") from None
     loss = loss_check(read_metrics(out / "metrics.csv"), steps)
     per_rank = planned_bytes(manifest)
     predicted = ranks_per_gpu * per_rank + int(reserve_gib * (1 << 30))
+    if predicted == 0:
+        raise ReportError(f"{directory / 'program' / 'manifest.json'}: plans 0 bytes per rank and --reserve-gib is 0: "
+                          "no prediction to compare the peak with")
     peaks = read_peaks(out / "memory.csv")
     gpus = {}
     for gpu, peak in sorted(peaks.items()):
@@ -232,7 +316,7 @@ def report(directory: Path, ranks_per_gpu: int, reserve_gib: float, steps: int,
                        "device_used_bytes_rank0": summary.get("device_used_bytes")},
         "time": time_breakdown(parsed, profile_step),
     }
-    (out / "report.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    write_atomically(out / "report.json", (json.dumps(result, indent=1, sort_keys=True) + "\n").encode())
     return result
 
 
@@ -279,16 +363,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("recommend", type=Path)
     p = sub.add_parser("report")
     p.add_argument("dir", type=Path)
-    p.add_argument("--ranks-per-gpu", type=int, default=1)
-    p.add_argument("--reserve-gib", type=float, default=1.0)
+    p.add_argument("--ranks-per-gpu", type=positive_int, default=1)
+    p.add_argument("--reserve-gib", type=non_negative_float, default=1.0)
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--profile-step", type=int)
     args = parser.parse_args(argv)
     try:
         if args.command == "first-layers":
-            args.output.write_text(first_layers(args.input.read_text(), args.layers))
+            write_atomically(args.output, first_layers(args.input.read_text(), args.layers).encode())
         elif args.command == "layout":
-            print(*best_layout(json.loads(args.recommend.read_text())))
+            print(*best_layout(read_json(args.recommend), str(args.recommend)))
         else:
             failures = print_report(report(args.dir, args.ranks_per_gpu, args.reserve_gib, args.steps,
                                            args.profile_step))
@@ -296,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("FAILED: " + "; ".join(failures))
                 return 1
             print("every check passed")
-    except (ReportError, OSError, KeyError, ValueError) as error:
+    except (ReportError, OSError, ValueError) as error:  # InputError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -20,8 +20,9 @@ def read_blocks(path: Path) -> np.ndarray:
     from moec.check_train import read_tensor
 
     blocks = read_tensor(Path(path))
-    if blocks.dtype != np.int64 or blocks.ndim != 2:
-        raise ValueError(f"{path}: expected int64 [blocks, seq], found {blocks.dtype} {list(blocks.shape)}")
+    if blocks.dtype != np.int64 or blocks.ndim != 2 or 0 in blocks.shape:
+        raise ValueError(f"{path}: expected int64 [blocks, seq] of at least one token, "
+                         f"found {blocks.dtype} {list(blocks.shape)}")
     return blocks
 
 
@@ -30,14 +31,16 @@ def main(argv=None) -> int:
     parser.add_argument("input", type=Path)
     parser.add_argument("output", type=Path)
     args = parser.parse_args(argv)
+    from moec.atomic import write_atomically
+
     try:
+        if args.output.is_dir():
+            raise ValueError(f"{args.output} is a folder, not a file to write")
         blocks = read_blocks(args.input)
+        write_atomically(args.output, blocks.astype("<i8").tobytes())
     except (OSError, ValueError) as e:
         print(f"moec.tokens: error: {e}", file=sys.stderr)
         return 1
-    from moec.atomic import write_atomically
-
-    write_atomically(args.output, blocks.astype("<i8").tobytes())
     print(f"{args.output}: {blocks.shape[0]} blocks of {blocks.shape[1]} tokens")
     return 0
 

@@ -113,7 +113,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.mixtral.modeling_mixtral import MixtralTopKRouter
 
-from moec import init, presets
+from moec import init, positive_int, presets
 
 MODES = ("aux_loss", "sinkhorn", "balanced", "none")
 SEED = 1234
@@ -748,9 +748,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--self-test", action="store_true", help="check routing, the router hook and the aux loss")
     parser.add_argument("--config", default="tiny", help="preset for a single run (default tiny)")
     parser.add_argument("--mode", choices=MODES, default="aux_loss")
-    parser.add_argument("--top-k", type=int, help="override num_experts_per_tok")
+    parser.add_argument("--top-k", type=positive_int, help="override num_experts_per_tok")
     parser.add_argument("--z-loss-coef", type=float, default=0.0)
-    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--steps", type=positive_int, default=STEPS)
     parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -763,8 +763,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.config not in presets.PRESETS:
         parser.error(f"--config must be one of {', '.join(presets.PRESETS)}")
-    run_case(Run(args.config, args.mode, top_k=args.top_k, z_loss_coef=args.z_loss_coef, steps=args.steps,
-                 seed=args.seed), verbose=True)
+    try:
+        run_case(Run(args.config, args.mode, top_k=args.top_k, z_loss_coef=args.z_loss_coef, steps=args.steps,
+                     seed=args.seed), verbose=True)
+    except presets.ConfigError as e:  # e.g. a --top-k above the preset's experts
+        parser.error(f"--config {args.config} with --top-k {args.top_k}: {e}")
     return 0
 
 
