@@ -83,6 +83,10 @@ int moec::cli::runImport(const ImportFlags &modelFlags) {
     module->print(llvm::outs());
     return 0;
   }
+  if (llvm::Error err = checkNotAnInput("-o", outputPath, {inputPath})) {
+    llvm::errs() << "error: " << llvm::toString(std::move(err)) << "\n";
+    return 1;
+  }
   // Written to a temporary file and renamed: never half a file.
   if (llvm::Error err = llvm::writeToOutput(
           outputPath, [&](llvm::raw_ostream &os) -> llvm::Error {

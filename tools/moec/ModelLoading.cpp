@@ -15,6 +15,7 @@
 #include "mlir/Parser/Parser.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Support/FileUtilities.h"
+#include "llvm/Support/FileSystem.h"
 #include "llvm/Support/SourceMgr.h"
 
 using namespace mlir;
@@ -270,4 +271,19 @@ bool moec::cli::loadParameter(const OnnxWeights &weights, func::FuncOp forward,
     return true;
   }
   return weights.load(name, out, error);
+}
+
+llvm::Error moec::cli::checkNotAnInput(llvm::StringRef flag,
+                                       llvm::StringRef output,
+                                       llvm::ArrayRef<std::string> inputs) {
+  for (const std::string &input : inputs) {
+    bool same = false;
+    if (!input.empty() && !llvm::sys::fs::equivalent(output, input, same) &&
+        same)
+      return llvm::createStringError(
+          flag + " '" + output + "' is the input '" + input +
+          "': writing it would destroy what this command reads; write "
+          "elsewhere");
+  }
+  return llvm::Error::success();
 }

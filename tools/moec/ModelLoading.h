@@ -81,6 +81,13 @@ bool loadParameter(const moec::OnnxWeights &weights, mlir::func::FuncOp forward,
 /// The module's `forward` function, or null after a diagnostic.
 mlir::func::FuncOp getForward(mlir::ModuleOp module);
 
+/// An error when the file `output` (of flag `flag`) is one of `inputs`
+/// (the same file by device and inode, however it is spelt): writing it
+/// would destroy what the command reads. Inputs that do not exist are
+/// skipped.
+llvm::Error checkNotAnInput(llvm::StringRef flag, llvm::StringRef output,
+                            llvm::ArrayRef<std::string> inputs);
+
 } // namespace moec::cli
 
 #endif // TOOLS_MOEC_MODELLOADING_H

@@ -241,6 +241,9 @@ int emit(llvm::function_ref<void(llvm::raw_ostream &)> print) {
     print(llvm::outs());
     return 0;
   }
+  if (llvm::Error err =
+          moec::cli::checkNotAnInput("-o", outputPath, {modelSpec}))
+    return fail(llvm::toString(std::move(err)));
   if (llvm::Error err = llvm::writeToOutput(
           outputPath, [&](llvm::raw_ostream &os) -> llvm::Error {
             print(os);

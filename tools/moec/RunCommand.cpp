@@ -29,6 +29,8 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+
 using namespace mlir;
 namespace cl = llvm::cl;
 
@@ -65,6 +67,17 @@ int fail(const std::string &message) {
 } // namespace
 
 int moec::cli::runRun(const ImportFlags &modelFlags) {
+  if (!std::isfinite(tolerance) || tolerance < 0)
+    return fail(fmt::format("--tolerance {} must be a finite relative error "
+                            "of at least 0",
+                            tolerance.getValue()));
+  if (!outputPath.empty()) {
+    std::vector<std::string> inputs(inputPaths.begin(), inputPaths.end());
+    inputs.push_back(modelPath);
+    inputs.push_back(expectPath);
+    if (llvm::Error err = checkNotAnInput("--output", outputPath, inputs))
+      return fail(llvm::toString(std::move(err)));
+  }
   MLIRContext context;
   DiagnosticPrinter diagnostics(context);
   OwningOpRef<ModuleOp> module =

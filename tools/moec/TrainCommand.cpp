@@ -420,6 +420,11 @@ int moec::cli::runTrain(const ImportFlags &modelFlags,
       "valid_loss\n";
   if (!logPath.empty() && llvm::sys::fs::is_directory(logPath.getValue()))
     return fail(fmt::format("--log '{}' is a folder", logPath.getValue()));
+  if (!logPath.empty())
+    if (llvm::Error err = checkNotAnInput(
+            "--log", logPath,
+            {modelPath, tokensPath, labelsPath, validPath}))
+      return fail(llvm::toString(std::move(err)));
 
   // The mean loss over the validation blocks, global batch by global batch,
   // each rank its own micro-batch of it (a remainder smaller than a global
