@@ -114,11 +114,11 @@ llvm::Error checkRequest(const ModelDescription &model,
   if (gpu.memoryBytes <= 0)
     return fail(llvm::formatv("gpu memory {0} bytes must be positive",
                               gpu.memoryBytes));
-  if (gpu.peakFlops <= 0)
+  if (!(gpu.peakFlops > 0))
     return fail(llvm::formatv("gpu peak {0:f1} TFLOP/s must be positive",
                               gpu.peakFlops / 1e12));
-  if (gpu.memoryBandwidth <= 0 || gpu.intraNodeBandwidth <= 0 ||
-      gpu.interNodeBandwidth <= 0)
+  if (!(gpu.memoryBandwidth > 0 && gpu.intraNodeBandwidth > 0 &&
+        gpu.interNodeBandwidth > 0))
     return fail(llvm::formatv(
         "gpu bandwidths must be positive (memory {0:f1}, intra-node {1:f1}, "
         "inter-node {2:f1} GB/s)",

@@ -93,6 +93,9 @@ struct KeyInfo {
   int64_t intMin = 0, intMax = std::numeric_limits<int64_t>::max();
   double TrainingJob::*numberField = nullptr;
   Bound bound = Bound::NonNegative;
+  /// Number: the largest value allowed (a quantity converted to bytes or
+  /// seconds must stay far from int64's limit).
+  double numberMax = std::numeric_limits<double>::infinity();
   bool TrainingJob::*boolField = nullptr;
   std::string TrainingJob::*stringField = nullptr;
   EnumField enumField{};
@@ -113,10 +116,12 @@ KeyInfo intKey(StringRef name, int64_t TrainingJob::*field, int64_t min,
 }
 
 KeyInfo numberKey(StringRef name, double TrainingJob::*field, Bound bound,
-                  StringRef help) {
+                  StringRef help,
+                  double max = std::numeric_limits<double>::infinity()) {
   KeyInfo k{name, Kind::Number, help};
   k.numberField = field;
   k.bound = bound;
+  k.numberMax = max;
   return k;
 }
 
@@ -271,7 +276,7 @@ const std::vector<KeyInfo> &keyTable() {
             "that fits memory_budget_gib); true means full, false none"),
         numberKey("memory_budget_gib", &J::memoryBudgetGib, Bound::NonNegative,
                   "per-rank memory activation_checkpointing auto fits the "
-                  "step into, GiB (0: the GPU's memory less 10%)"),
+                  "step into, GiB (0: the GPU's memory less 10%)", 1e6),
         boolKey("sm_activation_offloading", &J::smActivationOffloading,
                 "keep saved activations in host memory"),
         intKey("activation_loading_horizon", &J::activationLoadingHorizon, 1,
@@ -279,7 +284,7 @@ const std::vector<KeyInfo> &keyTable() {
         numberKey("host_link_gb_per_s", &J::hostLinkGbPerS, Bound::NonNegative,
                   "host <-> device copy rate, GB/s each way, that "
                   "activation_checkpointing auto weighs offloading with (0: "
-                  "the H200's measured 55)"),
+                  "the H200's measured 55)", 1e6),
         intKey("world_size", &J::worldSize, 1, "number of ranks (GPUs)",
                kMaxRanks),
         intKey("expert_parallel_degree", &J::expertParallelDegree, 1,
@@ -399,6 +404,9 @@ llvm::Error setValue(TrainingJob &job, const KeyInfo &key,
         return error(fmt::format("{} {} must be in [0, 1)", name.str(), v));
       break;
     }
+    if (v > key.numberMax)
+      return error(fmt::format("{} {} is more than moec's limit of {}",
+                               name.str(), v, key.numberMax));
     job.*key.numberField = v;
     return llvm::Error::success();
   }

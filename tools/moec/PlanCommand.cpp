@@ -27,6 +27,8 @@
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/raw_ostream.h"
 
+#include <fmt/format.h>
+
 using namespace mlir;
 using namespace moec::plan;
 namespace cl = llvm::cl;
@@ -222,6 +224,18 @@ std::optional<GpuSpec> readGpu() {
       return std::nullopt;
     }
   }
+  // Every hardware number given is checked before it is converted: NaN,
+  // 1e30 GiB or 1e-300 GB/s would become a negative byte count or an
+  // estimate of 1e300 s.
+  for (const cl::opt<double> *option :
+       {&gpuMemoryGib, &gpuTflops, &memoryBandwidth, &nvlinkBandwidth,
+        &internodeBandwidth})
+    if (option->getNumOccurrences() &&
+        !(option->getValue() >= 1e-3 && option->getValue() <= 1e6)) {
+      fail(fmt::format("--{} {} must be in [0.001, 1e6]",
+                       option->ArgStr.str(), option->getValue()));
+      return std::nullopt;
+    }
   if (gpuMemoryGib.getNumOccurrences())
     gpu->memoryBytes = int64_t(gpuMemoryGib * double(int64_t(1) << 30));
   if (gpuTflops.getNumOccurrences())
@@ -280,6 +294,9 @@ int moec::cli::runPlan(const ImportFlags &modelFlags,
   if (!model)
     return 1;
 
+  if (!(reservedGib >= 0 && reservedGib <= 1e6))
+    return fail(fmt::format("--reserved-memory-gib {} must be in [0, 1e6]",
+                            reservedGib.getValue()));
   Efficiency efficiency;
   efficiency.compute = computeEfficiency;
   efficiency.communication = communicationEfficiency;
