@@ -55,6 +55,7 @@
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Pass/PassManager.h"
 #include "llvm/Support/FileSystem.h"
+#include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/Path.h"
 #include "llvm/Support/raw_ostream.h"
 
@@ -129,6 +130,26 @@ cl::opt<bool> checkNumerics(
 int fail(const std::string &message) {
   llvm::errs() << "error: " << message << "\n";
   return 1;
+}
+
+/// The host memory the kernel says is available for a new allocation
+/// (/proc/meminfo's MemAvailable), where there is such a file.
+std::optional<uint64_t> availableHostBytes() {
+  auto meminfo = llvm::MemoryBuffer::getFileAsStream("/proc/meminfo");
+  if (!meminfo)
+    return std::nullopt;
+  llvm::SmallVector<llvm::StringRef> lines;
+  (*meminfo)->getBuffer().split(lines, '\n');
+  for (llvm::StringRef line : lines) {
+    if (!line.consume_front("MemAvailable:"))
+      continue;
+    uint64_t kib = 0;
+    line = line.trim();
+    if (line.consume_back("kB") && !line.trim().getAsInteger(10, kib))
+      return kib << 10;
+    break;
+  }
+  return std::nullopt;
 }
 
 
@@ -353,6 +374,23 @@ int moec::cli::runTrain(const ImportFlags &modelFlags,
     names[i] = step.getArgAttrOfType<StringAttr>(
                        i, moe::MoeDialect::getParameterAttrName())
                    .str();
+  // Every rank's fp32 parameters, gradients and two AdamW moments live in
+  // this process: a model too large for the host is refused here, by the
+  // numbers, rather than killed (or aborted by an allocation) minutes in.
+  int64_t elements = 0;
+  for (unsigned i = 0; i < n; ++i)
+    elements += cast<RankedTensorType>(step.getArgument(i).getType())
+                    .getNumElements();
+  const double stateBytes = 16.0 * double(elements) * double(ranks);
+  if (std::optional<uint64_t> available = availableHostBytes();
+      available && stateBytes > double(*available))
+    return fail(fmt::format(
+        "the CPU reference needs at least {:.1f} GiB for {} parameter "
+        "elements per rank x {} rank(s) (fp32 parameters, gradients and both "
+        "AdamW moments, before any activation); this machine has {:.1f} GiB "
+        "available",
+        stateBytes / double(1 << 30), elements, ranks,
+        double(*available) / double(1 << 30)));
   llvm::Expected<StepResults> stepResults =
       findStepResults(step, names, /*withGradients=*/!dumpDir.empty());
   if (!stepResults)
