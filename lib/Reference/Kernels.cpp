@@ -769,12 +769,15 @@ bool reference::lmHeadCrossEntropy(const HostTensor &input,
   int64_t vocab = weight.shape[0];
   double total = 0.0;
   int64_t count = 0;
-  bool badTarget = false;
+  // The first label outside the vocabulary: its value and its row (batch
+  // b, position t + 1 of the sequence).
+  std::optional<std::pair<int64_t, int64_t>> badTarget;
   std::vector<double> p;
   if (!forEachTarget(input, labels, ignoreIndex, error,
                      [&](int64_t row, int64_t target) {
                        if (target < 0 || target >= vocab) {
-                         badTarget = true;
+                         if (!badTarget)
+                           badTarget = {row, target};
                          return;
                        }
                        vocabularySoftmax(&input.f32[row * hidden], weight, p);
@@ -783,7 +786,11 @@ bool reference::lmHeadCrossEntropy(const HostTensor &input,
                      }))
     return false;
   if (badTarget) {
-    error = fmt::format("a label is outside the vocabulary [0, {})", vocab);
+    const int64_t seq = input.shape[1];
+    error = fmt::format("label {} at [{}, {}] is outside the vocabulary "
+                        "[0, {}) (and not {}, the ignored label)",
+                        badTarget->second, badTarget->first / seq,
+                        badTarget->first % seq + 1, vocab, ignoreIndex);
     return false;
   }
   loss = HostTensor::floats({});

@@ -96,6 +96,10 @@ int moec::cli::runRun(const ImportFlags &modelFlags) {
   for (const std::string &path : inputPaths) {
     if (!readTensorProtoFile(path, inputs.emplace_back(), error))
       return fail(error);
+    if (llvm::is_contained(inputs.back().shape, 0))
+      return fail(fmt::format("'{}' has shape {}: an input needs at least one "
+                              "sequence of at least one token",
+                              path, inputs.back().shapeString()));
   }
   unsigned numInputs = 0;
   for (unsigned i = 0; i < forward.getNumArguments(); ++i) {

@@ -294,18 +294,44 @@ int moec::cli::runTrain(const ImportFlags &modelFlags,
   HostTensor tokens, labels;
   if (!readTensorProtoFile(tokensPath, tokens, error))
     return fail(error);
-  if (tokens.isFloat() || tokens.shape.size() != 2 || tokens.shape[0] < 1)
-    return fail(fmt::format("'{}' must hold int64 token blocks [blocks, seq] "
-                            "but has shape {}",
+  if (tokens.isFloat())
+    return fail(fmt::format("'{}' must hold int64 token ids, not floats",
+                            tokensPath.getValue()));
+  if (tokens.shape.size() != 2 || tokens.shape[0] < 1 || tokens.shape[1] < 2)
+    return fail(fmt::format("'{}' must hold token blocks [blocks, seq] with "
+                            "at least 1 block of at least 2 tokens (each "
+                            "token is trained to predict the next) but has "
+                            "shape {}",
                             tokensPath.getValue(), tokens.shapeString()));
   labels = tokens;
   if (!labelsPath.empty()) {
     if (!readTensorProtoFile(labelsPath, labels, error))
       return fail(error);
     if (labels.shape != tokens.shape || labels.isFloat())
-      return fail(fmt::format("labels {} must be int64 with the tokens' shape "
-                              "{}",
-                              labels.shapeString(), tokens.shapeString()));
+      return fail(fmt::format("labels '{}' {} must be int64 with the tokens' "
+                              "shape {}",
+                              labelsPath.getValue(), labels.shapeString(),
+                              tokens.shapeString()));
+    // Each label is a token id or -100 (ignored), and some label counts
+    // (every block's first label predicts nothing): otherwise every loss
+    // would be 0 and the run would train on nothing.
+    const int64_t vocab = modelConfig->vocabSize, seqLen = tokens.shape[1];
+    bool anyCounted = false;
+    for (size_t i = 0; i < labels.i64.size(); ++i) {
+      const int64_t label = labels.i64[i];
+      if (label != -100 && (label < 0 || label >= vocab))
+        return fail(fmt::format("labels '{}': label {} at [{}, {}] is "
+                                "outside the vocabulary [0, {}) (and not "
+                                "-100, the ignored label)",
+                                labelsPath.getValue(), label, i / seqLen,
+                                i % seqLen, vocab));
+      anyCounted |= label != -100 && int64_t(i % seqLen) != 0;
+    }
+    if (!anyCounted)
+      return fail(fmt::format("labels '{}' ignore every position (-100, or "
+                              "a block's first): no step would train on "
+                              "anything",
+                              labelsPath.getValue()));
   }
   int64_t blocks = tokens.shape[0], seq = tokens.shape[1];
   HostTensor valid;

@@ -149,7 +149,7 @@ struct SpecializeShapesPass
     if (batch < 1 || seq < 1) {
       func.emitError() << "moe-specialize-shapes needs batch and seq of at "
                           "least 1, got batch "
-                       << batch << " and seq " << seq;
+                       << batch.getValue() << " and seq " << seq.getValue();
       return signalPassFailure();
     }
     Block &body = func.getBody().front();

@@ -324,6 +324,11 @@ bool moec::readTensorProtoFile(llvm::StringRef path, HostTensor &out,
                         buffer.getError().message());
     return false;
   }
+  if ((*buffer)->getBufferSize() == 0) {
+    error = fmt::format("'{}' is empty, not a serialized onnx.TensorProto",
+                        path.str());
+    return false;
+  }
   onnx::TensorProto tensor;
   if (!tensor.ParseFromArray((*buffer)->getBufferStart(),
                              static_cast<int>((*buffer)->getBufferSize()))) {
@@ -337,7 +342,11 @@ bool moec::readTensorProtoFile(llvm::StringRef path, HostTensor &out,
                         path.str());
     return false;
   }
-  return decodeTensor(tensor, "", out, error);
+  if (!decodeTensor(tensor, "", out, error)) {
+    error = fmt::format("'{}': {}", path.str(), error);
+    return false;
+  }
+  return true;
 }
 
 bool moec::writeTensorProtoFile(llvm::StringRef path, llvm::StringRef name,

@@ -656,6 +656,20 @@ TEST(TrainingKernels, LmHeadCrossEntropyWithTargetCountDividesByIt) {
     EXPECT_NEAR(dWShare.f32[i], dWMean.f32[i] / 4, 1e-7) << "d weight " << i;
 }
 
+TEST(TrainingKernels, LmHeadCrossEntropyNamesALabelOutsideTheVocabulary) {
+  std::mt19937 rng(23);
+  HostTensor x = randomFloats({2, 5, 6}, rng);
+  HostTensor w = randomFloats({10, 6}, rng);
+  // The first bad label is 12 at sequence 1, position 2 (predicted by row
+  // 1 of that sequence); -100 is ignored, not outside.
+  HostTensor labels = ints({2, 5}, {4, 9, -100, 0, 3, 5, 2, 12, 10, 1});
+  HostTensor loss;
+  std::string error;
+  ASSERT_FALSE(lmHeadCrossEntropy(x, w, labels, -100, std::nullopt, loss, error));
+  EXPECT_EQ(error, "label 12 at [1, 2] is outside the vocabulary [0, 10) "
+                   "(and not -100, the ignored label)");
+}
+
 TEST(TrainingKernels, LmHeadCrossEntropyOfUniformLogitsIsLogVocab) {
   // A zero weight gives uniform logits: each target costs log V.
   std::mt19937 rng(20);
