@@ -46,6 +46,7 @@
 #include "llvm/Support/JSON.h"
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/Path.h"
+#include "llvm/Support/Regex.h"
 #include "llvm/Support/Program.h"
 #include "llvm/Support/SHA256.h"
 #include "llvm/Support/raw_ostream.h"
@@ -248,8 +249,11 @@ int moec::cli::runCompile(const ImportFlags &modelFlags,
                            const TrainingJobFlags &jobFlags) {
   if (!emit.empty() && emit != "cuda")
     return fail(fmt::format("--emit '{}' is not one of: cuda", emit.getValue()));
-  if (!llvm::StringRef(arch).starts_with("sm_"))
-    return fail(fmt::format("--arch '{}' must look like sm_90a",
+  // nvcc's spelling: sm_ and the compute capability's digits, with a or f
+  // for the architecture- and family-specific features.
+  if (!llvm::Regex("^sm_[0-9]{2,3}[af]?$").match(arch.getValue()))
+    return fail(fmt::format("--arch '{}' must look like sm_90a (sm_, the "
+                            "compute capability's digits, optionally a or f)",
                             arch.getValue()));
   if (attentionKernel != "auto" && attentionKernel != "cudnn" &&
       attentionKernel != "gemm")
@@ -463,6 +467,15 @@ int moec::cli::runCompile(const ImportFlags &modelFlags,
   if ((!partitioned && !buildProgram("init_params", initSource, {}, {}, error)) ||
       !buildProgram("train_step", trainSource, trainFlags, trainLinked, error))
     return fail(error);
+  // A partitioned program creates its parameters in train_step: an
+  // init_params an earlier compile left in OUT is not this program's.
+  if (partitioned)
+    for (llvm::StringRef stale : {"init_params", "init_params.cu",
+                                  "init_params.hash"}) {
+      llvm::SmallString<256> path(outDir.getValue());
+      llvm::sys::path::append(path, stale);
+      llvm::sys::fs::remove(path);
+    }
   if (emit == "cuda") {
     llvm::SmallString<256> scriptPath(outDir.getValue());
     llvm::sys::path::append(scriptPath, "build.sh");

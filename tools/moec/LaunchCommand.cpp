@@ -173,8 +173,12 @@ int findProgram(llvm::StringRef out, std::string &program) {
     return fail(manifestPath + " does not list the program \"train_step\"");
   // A program is compiled for its world (manifests before moec-compile/3
   // say nothing: one rank or the driver's own check).
-  if (std::optional<int64_t> world = object->getInteger("world_size");
-      world && *world != int64_t(nnodes) * nprocPerNode)
+  const llvm::json::Value *worldValue = object->get("world_size");
+  std::optional<int64_t> world =
+      worldValue ? worldValue->getAsInteger() : std::nullopt;
+  if (worldValue && !world)
+    return fail(manifestPath + ": world_size is not an integer");
+  if (world && *world != int64_t(nnodes) * nprocPerNode)
     return fail(manifestPath + ": the program was compiled for world_size " +
                 llvm::Twine(*world) + ", the launch starts " +
                 llvm::Twine(int64_t(nnodes) * nprocPerNode) + " ranks (--nnodes=" +
@@ -242,8 +246,12 @@ int moec::cli::runLaunch() {
   if (masterPort < 1 || masterPort > 65535)
     return fail("--master-port=" + llvm::Twine(masterPort.getValue()) +
                 " is not a TCP port");
-  if (gracePeriod < 0)
-    return fail("--grace-period=" + shortest(gracePeriod) + " s is negative");
+  // At most a day: the wait is converted to milliseconds.
+  if (!(gracePeriod >= 0 && gracePeriod <= 86400))
+    return fail("--grace-period=" + shortest(gracePeriod) +
+                " s is not in [0, 86400]");
+  if (masterAddr.empty())
+    return fail("--master-addr is empty: give the host of node 0");
 
   std::string program;
   if (int error = findProgram(positionals.front(), program))
