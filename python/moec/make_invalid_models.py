@@ -448,6 +448,19 @@ def custom_grouped_matmul(x_shape=(6, 4), w_shape=(2, 4, 3), inputs=("x", "w", "
 
 
 #: File name -> what builds it (a ModelProto, or raw bytes).
+def cast_to(to, declared):
+    """A Cast whose `to` is `to`, its output declared of element type `declared`."""
+    node = helper.make_node("Cast", ["x"], ["y"], name="to_half", to=to)
+    return model([node], [tensor_info("x", FLOAT, [2, 3])], [tensor_info("y", declared, [2, 3])])
+
+
+def reshape_float_shape():
+    # The shape operand is a float tensor: ONNX says int64.
+    node = helper.make_node("Reshape", ["x", "shape"], ["y"], name="flatten")
+    return model([node], [tensor_info("x", FLOAT, [2, 3]), tensor_info("shape", FLOAT, [1])],
+                 [tensor_info("y", FLOAT, [6])])
+
+
 MODELS: dict[str, Callable[[], object]] = {
     "garbage.onnx": garbage,
     "empty.onnx": empty,
@@ -491,6 +504,9 @@ MODELS: dict[str, Callable[[], object]] = {
     "custom-grouped-matmul.onnx": custom_grouped_matmul,
     "custom-grouped-matmul-arity.onnx": lambda: custom_grouped_matmul(inputs=("x", "w")),
     "custom-grouped-matmul-shapes.onnx": lambda: custom_grouped_matmul(w_shape=(2, 5, 3)),
+    "cast-to-invalid.onnx": lambda: cast_to(100, FLOAT),
+    "cast-to-other.onnx": lambda: cast_to(TensorProto.FLOAT16, FLOAT),
+    "reshape-float-shape.onnx": reshape_float_shape,
     "ok-constants.onnx": ok_constants,
     "ok-absent-inputs.onnx": ok_absent_inputs,
 }

@@ -132,6 +132,12 @@ private:
   LogicalResult checkShapes(const onnx::NodeProto &node, Location loc,
                             ArrayRef<Value> inputs,
                             ArrayRef<Type> resultTypes);
+  /// The element types the ONNX spec fixes that the raiser relies on: a
+  /// Cast's `to` is an element type and its output's; a Reshape's shape is
+  /// int64. (onnx.checker and onnxruntime refuse these models; the raiser
+  /// would fold around them.)
+  LogicalResult checkTypes(const onnx::NodeProto &node, Location loc,
+                           ArrayRef<Value> inputs, ArrayRef<Type> resultTypes);
   /// Checks a node that is, or that `mapping` says stands for,
   /// moec::GroupedMatMul: three inputs X [S, K], W [G, K, N] of one float
   /// type and offsets int32/int64 [G]; one output [S, N]; no attributes.
@@ -575,7 +581,8 @@ LogicalResult GraphImporter::importNode(const onnx::NodeProto &node,
       return failure();
     resultTypes.push_back(*type);
   }
-  if (failed(checkShapes(node, loc, inputs, resultTypes)))
+  if (failed(checkShapes(node, loc, inputs, resultTypes)) ||
+      failed(checkTypes(node, loc, inputs, resultTypes)))
     return failure();
   bool groupedMatMul =
       mapping || (node.domain() == "moec" && node.op_type() == "GroupedMatMul");
@@ -616,6 +623,47 @@ LogicalResult GraphImporter::importNode(const onnx::NodeProto &node,
     if (!values.try_emplace(node.output(i), op->getResult(i)).second)
       return nodeError(node, loc) << "output '" << node.output(i)
                                   << "' is already defined";
+  }
+  return success();
+}
+
+LogicalResult GraphImporter::checkTypes(const onnx::NodeProto &node,
+                                        Location loc, ArrayRef<Value> inputs,
+                                        ArrayRef<Type> resultTypes) {
+  if (!node.domain().empty() && node.domain() != "ai.onnx")
+    return success();
+  auto elementOf = [](Type type) -> Type {
+    if (auto ranked = dyn_cast<RankedTensorType>(type))
+      return ranked.getElementType();
+    return {};
+  };
+  if (node.op_type() == "Cast") {
+    const onnx::AttributeProto *to = nullptr;
+    for (const onnx::AttributeProto &attr : node.attribute())
+      if (attr.name() == "to")
+        to = &attr;
+    if (!to || to->type() != onnx::AttributeProto::INT)
+      return nodeError(node, loc) << "needs its integer attribute 'to'";
+    if (!onnx::TensorProto_DataType_IsValid(static_cast<int>(to->i())) ||
+        to->i() == onnx::TensorProto::UNDEFINED)
+      return nodeError(node, loc)
+             << "attribute 'to' = " << to->i() << " is not an ONNX element type";
+    FailureOr<Type> target = convertElementType(
+        static_cast<int32_t>(to->i()), loc, "attribute 'to'", &node);
+    if (failed(target))
+      return failure();
+    Type declared = resultTypes.empty() ? Type() : elementOf(resultTypes[0]);
+    if (declared && declared != *target)
+      return nodeError(node, loc)
+             << "casts to " << *target << " but its output '"
+             << node.output(0) << "' is declared " << declared;
+  }
+  if (node.op_type() == "Reshape" && inputs.size() >= 2) {
+    Type shape = elementOf(inputs[1].getType());
+    if (shape && !shape.isInteger(64))
+      return nodeError(node, loc)
+             << "takes its shape '" << node.input(1) << "' as int64, not "
+             << shape;
   }
   return success();
 }
