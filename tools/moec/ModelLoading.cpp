@@ -12,6 +12,7 @@
 #include "moec/Pipelines/Pipelines.h"
 #include "moec/Reference/Kernels.h"
 
+#include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/Parser/Parser.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Support/FileUtilities.h"
@@ -50,6 +51,38 @@ void printDiagnostic(Diagnostic &diag, llvm::raw_ostream &os) {
   os << diag << "\n";
   for (Diagnostic &note : diag.getNotes())
     printDiagnostic(note, os);
+}
+
+/// Upstream's verifier reads a reshape's reassociation indices as 32-bit
+/// affine dimensions, so [[4294967296], ...] verifies as [[0], ...] and the
+/// passes, which read the 64-bit indices, index out of bounds. A
+/// hand-written .mlir is checked here: every index below the expanded rank.
+LogicalResult checkReassociations(ModuleOp module) {
+  WalkResult result = module.walk([](Operation *op) {
+    ArrayAttr reassociation;
+    int64_t rank = 0;
+    if (auto expand = dyn_cast<tensor::ExpandShapeOp>(op)) {
+      reassociation = expand.getReassociation();
+      rank = expand.getResultType().getRank();
+    } else if (auto collapse = dyn_cast<tensor::CollapseShapeOp>(op)) {
+      reassociation = collapse.getReassociation();
+      rank = collapse.getSrcType().getRank();
+    } else {
+      return WalkResult::advance();
+    }
+    for (Attribute group : reassociation)
+      for (Attribute index : cast<ArrayAttr>(group)) {
+        int64_t value = cast<IntegerAttr>(index).getInt();
+        if (value < 0 || value >= rank) {
+          op->emitOpError() << "reassociation index " << value
+                            << " is not a dimension of the rank-" << rank
+                            << " shape";
+          return WalkResult::interrupt();
+        }
+      }
+    return WalkResult::advance();
+  });
+  return failure(result.wasInterrupted());
 }
 
 } // namespace
@@ -134,7 +167,11 @@ OwningOpRef<ModuleOp> moec::cli::loadModel(MLIRContext &context,
       return nullptr;
     }
     sourceMgr.AddNewSourceBuffer(std::move(file), llvm::SMLoc());
-    return parseSourceFile<ModuleOp>(sourceMgr, &context);
+    OwningOpRef<ModuleOp> module =
+        parseSourceFile<ModuleOp>(sourceMgr, &context);
+    if (module && failed(checkReassociations(*module)))
+      return nullptr;
+    return module;
   }
 
   llvm::Expected<OnnxImportOptions> options = flags.read(job);
