@@ -36,12 +36,14 @@ Modules:
 Run them with ``PYTHONPATH=python`` from the repository root.
 
 The package itself holds the checks of bad input the modules share: the
-argparse types of numbers and :func:`json_number` for a JSON field.
+argparse types of numbers, :func:`json_number` for a JSON field and
+:func:`read_text` for a text file.
 """
 
 import argparse
 import json
 import math
+from pathlib import Path
 
 
 class InputError(ValueError):
@@ -60,9 +62,22 @@ def json_number(value, where: str, *, integer: bool = False, positive: bool = Fa
     return value
 
 
+def read_text(path) -> str:
+    """The text of the UTF-8 file ``path``; raises InputError naming the file when it cannot be read (missing,
+    a folder, no permission) or is not UTF-8."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
 # argparse types. Each rejects with its own message: argparse's default,
 # "invalid <function name> value", names Python internals.
-def _argument(convert, kind: str, accept, text: str):
+def checked_argument(convert, kind: str, accept, text: str):
+    """``convert(text)``, or argparse's error saying that ``text`` is not ``kind`` when it does not convert
+    or ``accept`` refuses it: the body of an argparse type (a module's own range calls it too)."""
     try:
         value = convert(text)
     except ValueError:
@@ -74,14 +89,19 @@ def _argument(convert, kind: str, accept, text: str):
 
 def non_negative_float(text: str) -> float:
     """argparse type of a tolerance or a target: a finite number at least 0 (NaN would let everything pass)."""
-    return _argument(float, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0, text)
+    return checked_argument(float, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0, text)
 
 
 def positive_float(text: str) -> float:
     """argparse type: a finite number above 0."""
-    return _argument(float, "a finite number > 0", lambda v: math.isfinite(v) and v > 0, text)
+    return checked_argument(float, "a finite number > 0", lambda v: math.isfinite(v) and v > 0, text)
 
 
 def positive_int(text: str) -> int:
     """argparse type: an integer at least 1."""
-    return _argument(int, "an integer >= 1", lambda v: v >= 1, text)
+    return checked_argument(int, "an integer >= 1", lambda v: v >= 1, text)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer at least 0."""
+    return checked_argument(int, "an integer >= 0", lambda v: v >= 0, text)

@@ -154,7 +154,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moec import InputError, json_number
+from moec import InputError, json_number, presets, read_text
 from moec.atomic import check_output, write_atomically
 from moec.gpu_power import PowerSampler
 from moec.torchtitan_mixtral import TORCHTITAN_VERSION, TorchtitanUnavailable
@@ -205,6 +205,22 @@ def compiled_job_fields(micro_batch: int, seq: int, recipe: str) -> dict[str, ob
     }
 
 
+def read_manifest(program: Path) -> dict:
+    """The JSON object of the manifest.json beside ``program``; raises JobMismatch naming the file when it
+    cannot be read or holds no JSON object."""
+    path = program.parent / "manifest.json"
+    try:
+        manifest = json.loads(read_text(path))
+    except InputError as e:
+        raise JobMismatch(str(e)) from None
+    except json.JSONDecodeError as e:
+        raise JobMismatch(f"{path} is not JSON: {e}") from None
+    if not isinstance(manifest, dict):
+        raise JobMismatch(f"{path} is not a moec-compile/3 manifest: its JSON is {type(manifest).__name__}, "
+                          "not an object")
+    return manifest
+
+
 def same_value(got: object, wanted: object) -> bool:
     """Whether a manifest value is the wanted one (numbers as numbers: JSON may print 0 for 0.0)."""
     if isinstance(wanted, float):
@@ -215,12 +231,9 @@ def same_value(got: object, wanted: object) -> bool:
 def check_compiled_job(program: Path, micro_batch: int, seq: int, recipe: str) -> None:
     """Raises JobMismatch unless ``program``'s manifest says it was compiled for this benchmark's job."""
     path = program.parent / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise JobMismatch(f"no {path} beside '{program}': benchmark a program as moec compile wrote it") from None
-    except json.JSONDecodeError as e:
-        raise JobMismatch(f"{path} is not JSON: {e}") from None
+    if not path.exists():
+        raise JobMismatch(f"no {path} beside '{program}': benchmark a program as moec compile wrote it")
+    manifest = read_manifest(program)
     if manifest.get("format") != "moec-compile/3" or not isinstance(manifest.get("job"), dict):
         raise JobMismatch(f"{path} is not a moec-compile/3 manifest with a job "
                           f"(format {manifest.get('format')!r}): recompile the program")
@@ -476,7 +489,7 @@ def import_torchtitan(path: Path | None):
 def planned_bytes(program: Path) -> int:
     """What ``program``'s memory plan predicts it needs: the manifest's state (its parameter copies included),
     arena, inputs and, where the manifest has them, the kernels' scratch (the collective stream's too)."""
-    manifest = json.loads((program.parent / "manifest.json").read_text())
+    manifest = read_manifest(program)
     return sum(int(manifest.get(key, 0)) for key in ("state_bytes", "arena_bytes", "input_bytes", "scratch_bytes",
                                                      "collective_scratch_bytes"))
 
@@ -833,6 +846,10 @@ def main(argv: list[str] | None = None) -> int:
             check_compiled_job(program, args.micro_batch, args.seq, args.recipe)
         except JobMismatch as e:
             parser.error(str(e))
+    try:
+        presets.read_fields(args.config)  # an unknown preset or a bad file, named before torch loads
+    except presets.ConfigError as e:
+        parser.error(f"--config {e}")
     if args.torchtitan_path is not None and not args.torchtitan_path.is_dir():
         parser.error(f"--torchtitan-path '{args.torchtitan_path}' is not a directory")
     if args.steps < 1 or args.warmup < 0 or args.micro_batch < 1 or args.seq < 1 or args.rounds < 1:
@@ -852,8 +869,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from moec import presets
-
     if args.smoke:
         device = "cpu"
     elif torch.cuda.is_available():
@@ -862,7 +877,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no CUDA device (use --smoke to check the script on the CPU)")
     job = Job(args.config, args.micro_batch, args.seq, args.warmup, args.steps, args.recipe, args.seed, device,
               args.checkpointing)
-    config = presets.load_config(args.config)
+    try:
+        config = presets.load_config(args.config)
+    except presets.ConfigError as e:
+        parser.error(f"--config {e}")
     config.router_aux_loss_coef = AUX_LOSS_COEF
     flops, active = model_flops(config, job.micro_batch, job.seq)
     torchtitan, unavailable = None, {}

@@ -19,13 +19,14 @@ the same parameters (at least one) with the same shapes.
 
 import argparse
 import csv
+import io
 import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from moec import non_negative_float
+from moec import InputError, non_negative_float, read_text
 from moec.check_train import read_tensor
 
 METRICS = ("loss", "ce_loss", "aux_loss", "grad_norm")
@@ -49,17 +50,66 @@ def within(error: float, tolerance: float) -> bool:
 
 
 def read_log(path: Path) -> dict[int, dict[str, float]]:
-    with open(path, newline="") as f:
-        return {int(row["step"]): {k: float(row[k]) for k in METRICS} for row in csv.DictReader(f)}
+    """A program's CSV log (``--log``): step -> its METRICS. Raises InputError naming the file, and the line
+    of a bad row: no such column, a row of another number of fields, a step that is no integer or comes
+    twice, a value that is no number (``nan`` is one: the comparison fails on it)."""
+    rows = csv.reader(io.StringIO(read_text(path), newline=""))
+    try:
+        return _log_rows(path, rows)
+    except csv.Error as e:  # a field past csv's size limit
+        raise InputError(f"{path}:{rows.line_num}: {e}") from None
+
+
+def _log_rows(path: Path, rows) -> dict[int, dict[str, float]]:
+    header = next(rows, [])
+    missing = [key for key in ("step", *METRICS) if key not in header]
+    if missing:
+        raise InputError(f"{path}: no column {', '.join(missing)} (the header is '{','.join(header)}')")
+    column = {key: header.index(key) for key in ("step", *METRICS)}
+    log = {}
+    for fields in rows:
+        where = f"{path}:{rows.line_num}"
+        if len(fields) != len(header):
+            raise InputError(f"{where}: {len(fields)} fields, the header has {len(header)}")
+        text = fields[column["step"]]
+        try:
+            step = int(text)
+        except ValueError:
+            raise InputError(f"{where}: step '{text}' is not an integer") from None
+        if step in log:
+            raise InputError(f"{where}: step {step} again")
+        log[step] = {}
+        for key in METRICS:
+            text = fields[column[key]]
+            try:
+                log[step][key] = float(text)
+            except ValueError:
+                raise InputError(f"{where}: {key} '{text}' is not a number") from None
+    return log
 
 
 def read_index(path: Path) -> dict[str, tuple[int, ...]]:
-    """A GPU dump's ``index.tsv``: parameter name -> shape."""
+    """A GPU dump's ``index.tsv``: parameter name -> shape. Raises InputError naming the file and line of a
+    line that is no ``NAME<tab>SHAPE``."""
     shapes = {}
-    for line in path.read_text().splitlines():
-        name, shape_text = line.split("\t")
-        shapes[name] = tuple(int(d) for d in shape_text.split("x")) if shape_text else ()
+    for number, line in enumerate(read_text(path).splitlines(), 1):
+        name, tab, shape_text = line.partition("\t")
+        try:
+            shape = tuple(int(d) for d in shape_text.split("x")) if shape_text else ()
+        except ValueError:
+            shape = None
+        if not name or not tab or shape is None or any(d < 0 for d in shape):
+            raise InputError(f"{path}:{number}: '{line}' is not NAME<tab>SHAPE (dimensions joined by 'x')")
+        shapes[name] = shape
     return shapes
+
+
+def read_floats(path: Path) -> np.ndarray:
+    """A GPU dump's raw little-endian fp32 file."""
+    try:
+        return np.fromfile(path, dtype="<f4")
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
 
 
 def check_metrics(ref_log: dict, gpu_log: dict, tolerance: float) -> bool:
@@ -96,7 +146,7 @@ def check_parameters(reference: Path, gpu: Path, tolerance: float) -> bool:
         names = sorted(ref_shapes)
 
         def read_reference(name):
-            values = np.fromfile(ref_dir / f"{name}.bin", dtype="<f4")
+            values = read_floats(ref_dir / f"{name}.bin")
             return values.reshape(ref_shapes[name]).astype(np.float64)
     else:
         names = sorted(path.name[: -len(".pb")] for path in ref_dir.glob("*.pb"))
@@ -123,7 +173,7 @@ def check_parameters(reference: Path, gpu: Path, tolerance: float) -> bool:
             passed = False
             continue
         ref = read_reference(name)
-        values = np.fromfile(gpu_dir / f"{name}.bin", dtype="<f4")
+        values = read_floats(gpu_dir / f"{name}.bin")
         if ref.shape != shapes[name] or values.size != ref.size:
             print(f"{name}: reference shape {ref.shape}, gpu {shapes[name]} ({values.size} values)  FAIL")
             passed = False
@@ -153,8 +203,12 @@ def main(argv=None) -> int:
     parser.add_argument("--tolerance", type=non_negative_float, default=1e-4)
     args = parser.parse_args(argv)
 
-    passed = check_metrics(read_log(args.reference_log), read_log(args.gpu_log), args.tolerance)
-    passed &= check_parameters(args.reference, args.gpu, args.tolerance)
+    try:
+        passed = check_metrics(read_log(args.reference_log), read_log(args.gpu_log), args.tolerance)
+        passed &= check_parameters(args.reference, args.gpu, args.tolerance)
+    except ValueError as e:  # an InputError, or read_tensor's on a reference .pb
+        print(f"check_gpu: error: {e}", file=sys.stderr)
+        return 1
     print(f"PASS (tolerance {args.tolerance:g})" if passed else "FAIL")
     return 0 if passed else 1
 

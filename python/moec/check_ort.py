@@ -22,19 +22,45 @@ onnxruntime's CPU provider refuses (it runs only ``swiglu_fusion=1``).
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from google.protobuf.message import DecodeError
 
-from moec import non_negative_float
+from moec import InputError, non_negative_float
+from moec.check_train import read_tensor
 
 
-def load_tensor(path):
-    tensor = onnx.TensorProto()
-    with open(path, "rb") as f:
-        tensor.ParseFromString(f.read())
-    return numpy_helper.to_array(tensor)
+def read_model(path: str) -> onnx.ModelProto:
+    """The graph of the ONNX file ``path`` (its external data left unread); raises InputError naming it."""
+    try:
+        return onnx.load(path, load_external_data=False)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+    except DecodeError as e:
+        raise InputError(f"{path}: not an ONNX model: {e}") from None
+
+
+def check_feeds(model: onnx.ModelProto, paths: list[str], arrays: list[np.ndarray]) -> list[str]:
+    """The names of the model's inputs, for ``arrays`` read from ``paths``; raises InputError unless each is
+    of its input's element type and token ids, the indices of an embedding, are within its rows."""
+    tables = {t.name: t for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in tables]
+    if len(arrays) != len(inputs):
+        raise InputError(f"the model has {len(inputs)} inputs, {len(arrays)} were given")
+    for value, path, array in zip(inputs, paths, arrays):
+        elem_type = value.type.tensor_type.elem_type  # 0 where the model leaves it out: the run says so
+        if elem_type and array.dtype != onnx.helper.tensor_dtype_to_np_dtype(elem_type):
+            want = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+            raise InputError(f"{path}: {array.dtype} values, the model's input {value.name} is {want}")
+        rows = next((tables[n.input[0]].dims[0] for n in model.graph.node
+                     if n.op_type == "Gather" and n.input[1] == value.name and n.input[0] in tables), None)
+        # A negative index would count from the table's end: a silently wrong row.
+        if rows is not None and array.size and (array.min() < 0 or array.max() >= rows):
+            bad = array.min() if array.min() < 0 else array.max()
+            raise InputError(f"{path}: token id {bad} is outside the model's vocabulary [0, {rows})")
+    return [value.name for value in inputs]
 
 
 def grouped_matmul(x: np.ndarray, w: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -86,7 +112,7 @@ def ort_moe(x, router_probs, fc1, fc1_bias=None, fc2=None, fc2_bias=None, fc3=No
 
 
 def reference_evaluator(model, custom_ops, numpy_moe=False):
-    """onnx's ReferenceEvaluator for ``model`` with each ``DOMAIN::NAME=grouped_matmul`` in numpy
+    """The ``run`` of onnx's ReferenceEvaluator for ``model`` with each ``DOMAIN::NAME=grouped_matmul`` in numpy
     (and, with ``numpy_moe``, ``com.microsoft::MoE``)."""
     from onnx.reference import ReferenceEvaluator
     from onnx.reference.op_run import OpRun
@@ -106,8 +132,7 @@ def reference_evaluator(model, custom_ops, numpy_moe=False):
             "op_domain": domain,
             "_run": lambda self, x, w, offsets: (grouped_matmul(x, w, offsets),),
         }))
-    evaluator = ReferenceEvaluator(model, new_ops=ops)
-    return evaluator.run, list(evaluator.input_names)
+    return ReferenceEvaluator(model, new_ops=ops).run
 
 
 def main(argv=None):
@@ -123,21 +148,28 @@ def main(argv=None):
         parser.error("give at least one input and moec's output")
     inputs, output = args.files[:-1], args.files[-1]
 
-    if args.custom_op or args.numpy_moe:
-        run, names = reference_evaluator(args.model, args.custom_op, args.numpy_moe)
-        which = "onnx.reference"
-    else:
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(args.model, providers=["CPUExecutionProvider"])
-        run, names = session.run, [i.name for i in session.get_inputs()]
-        which = "onnxruntime"
-    if len(inputs) != len(names):
-        print(f"error: the model has {len(names)} inputs, {len(inputs)} were given", file=sys.stderr)
+    try:
+        model = read_model(args.model)
+        arrays = [read_tensor(Path(path)) for path in inputs]
+        actual = read_tensor(Path(output)).astype(np.float64)
+        names = check_feeds(model, inputs, arrays)
+    except ValueError as e:  # an InputError, or read_tensor's
+        print(f"error: {e}", file=sys.stderr)
         return 1
-    feeds = {name: load_tensor(path) for name, path in zip(names, inputs)}
-    expected = run(None, feeds)[0].astype(np.float64)
-    actual = load_tensor(output).astype(np.float64)
+    which = "onnx.reference" if args.custom_op or args.numpy_moe else "onnxruntime"
+    try:
+        if args.custom_op or args.numpy_moe:
+            run = reference_evaluator(args.model, args.custom_op, args.numpy_moe)
+        else:
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.log_severity_level = 3  # its errors are reported below, not logged twice
+            run = onnxruntime.InferenceSession(args.model, options, providers=["CPUExecutionProvider"]).run
+        expected = run(None, dict(zip(names, arrays)))[0].astype(np.float64)
+    except Exception as e:  # onnxruntime's errors have no common base but Exception
+        print(f"error: {which} cannot run {args.model}: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+        return 1
     if actual.shape != expected.shape:
         print(f"error: moec's output has shape {list(actual.shape)} but "
               f"onnxruntime's has {list(expected.shape)}", file=sys.stderr)

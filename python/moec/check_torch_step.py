@@ -46,19 +46,25 @@ PyTorch's parameters with their shapes. The update's tolerance is the looser:
 AdamW's first step is about ``−lr·sign(g)``, so an element whose gradient is
 near zero flips a whole ``2·lr`` on a rounding difference (at the
 benchmark's shape on an H200: updates 2.3e-4 at worst, gradients 1.5e-6). Needs torch and
-transformers and a CUDA device (``--device cpu`` for small shapes).
+transformers and a CUDA device (``--device cpu`` for small shapes). Bad input
+(a missing or malformed log, a token file too short or outside the
+checkpoint's vocabulary, an export that is no save_pretrained folder) exits 1
+naming it, before PyTorch's step.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-METRICS = ("loss", "ce_loss", "aux_loss", "grad_norm")
+from moec import (InputError, json_number, non_negative_float, non_negative_int, positive_float, positive_int,
+                  read_text)
+from moec.atomic import check_output, write_all_atomically
+from moec.check_gpu import METRICS, read_log
 
 
 def write_tokens(vocab: int, batch: int, seq: int, seed: int, out: Path) -> None:
@@ -67,17 +73,42 @@ def write_tokens(vocab: int, batch: int, seq: int, seed: int, out: Path) -> None
     import onnx.numpy_helper
 
     ids = np.random.default_rng(seed).integers(0, vocab, size=(batch, seq), dtype=np.int64)
-    ids.astype("<i8").tofile(f"{out}.bin")
-    Path(f"{out}.pb").write_bytes(onnx.numpy_helper.from_array(ids, "input_ids").SerializeToString())
+    write_all_atomically({Path(f"{out}.bin"): ids.astype("<i8").tobytes(),
+                          Path(f"{out}.pb"): onnx.numpy_helper.from_array(ids, "input_ids").SerializeToString()})
 
 
-def read_log(path: Path) -> dict[str, float]:
+def step_one(path: Path) -> dict[str, float]:
     """The metrics of step 1 of a program's CSV log."""
-    with open(path, newline="") as f:
-        rows = [row for row in csv.DictReader(f) if int(row["step"]) == 1]
-    if len(rows) != 1:
-        raise SystemExit(f"check_torch_step: error: {path} holds {len(rows)} rows of step 1, expected 1")
-    return {key: float(rows[0][key]) for key in METRICS}
+    log = read_log(path)
+    if 1 not in log:
+        raise InputError(f"{path}: no row of step 1 (it holds steps {sorted(log)})")
+    return log[1]
+
+
+def read_ids(path: Path, batch: int, seq: int) -> np.ndarray:
+    """The first ``batch`` blocks of ``seq`` ids of a raw int64 token file."""
+    try:
+        with open(path, "rb") as f:
+            ids = np.fromfile(f, dtype="<i8", count=batch * seq)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+    if ids.size < batch * seq:
+        raise InputError(f"{path} holds {ids.size} tokens, fewer than batch {batch} x seq {seq}")
+    return ids.reshape(batch, seq)
+
+
+def hf_config(folder: Path, what: str) -> dict:
+    """The config.json of the save_pretrained folder ``folder`` (the argument ``what``)."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise InputError(f"{what} {folder}: not a save_pretrained folder (no config.json)")
+    try:
+        config = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: not a JSON object")
+    return config
 
 
 def relative_l2(got, want) -> float:
@@ -167,23 +198,27 @@ def compare_tensors(what: str, got: dict, want: dict, tolerance: float) -> bool:
 
 
 def check(args) -> bool:
-    tokens = np.fromfile(args.tokens, dtype="<i8")
-    if tokens.size < args.batch * args.seq:
-        raise SystemExit(f"check_torch_step: error: {args.tokens} holds {tokens.size} tokens, "
-                         f"fewer than batch {args.batch} x seq {args.seq}")
-    ids = tokens[: args.batch * args.seq].reshape(args.batch, args.seq)
+    # Every input read or looked at before PyTorch's step, which takes minutes at the benchmark's shape.
+    ids = read_ids(args.tokens, args.batch, args.seq)
+    vocab = json_number(hf_config(args.checkpoint, "--checkpoint").get("vocab_size"),
+                        f"{args.checkpoint / 'config.json'}: vocab_size", integer=True, positive=True)
+    if ids.min() < 0 or ids.max() >= vocab:
+        bad = ids.min() if ids.min() < 0 else ids.max()
+        raise InputError(f"{args.tokens}: token id {bad} is outside the checkpoint's vocabulary [0, {vocab})")
+    (adamw_log, adamw_folder), (grads_log, grads_folder) = args.adamw, args.grads
+    adamw_metrics, grads_metrics = step_one(adamw_log), step_one(grads_log)
+    hf_config(adamw_folder, "--adamw")
+    hf_config(grads_folder, "--grads")
     want, initial, grads, updated = torch_step(args.checkpoint, ids, args.lr, args.device)
     passed = True
 
-    log, folder = args.adamw
-    passed &= compare_metrics("adamw", read_log(log), want, args.metric_tolerance)
-    got = exported(folder, initial, args.device)
+    passed &= compare_metrics("adamw", adamw_metrics, want, args.metric_tolerance)
+    got = exported(adamw_folder, initial, args.device)
     passed &= compare_tensors("adamw update", {n: got[n] - initial[n] for n in initial},
                               {n: updated[n] - initial[n] for n in initial}, args.update_tolerance)
 
-    log, folder = args.grads
-    passed &= compare_metrics("grads", read_log(log), want, args.metric_tolerance)
-    got = exported(folder, initial, args.device)
+    passed &= compare_metrics("grads", grads_metrics, want, args.metric_tolerance)
+    got = exported(grads_folder, initial, args.device)
     recovered = {}
     for name in initial:
         y = (initial[name] - got[name]) / args.grad_lr
@@ -196,30 +231,41 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m moec.check_torch_step", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("tokens", help="write random token blocks for train_step --tokens")
-    p.add_argument("--vocab", type=int, required=True)
-    p.add_argument("--batch", type=int, required=True)
-    p.add_argument("--seq", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vocab", type=positive_int, required=True)
+    p.add_argument("--batch", type=positive_int, required=True)
+    p.add_argument("--seq", type=positive_int, required=True)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("-o", "--out", type=Path, required=True, help="writes OUT.bin and OUT.pb")
     p = commands.add_parser("check", help="compare two one-step runs of a program with PyTorch's step")
     p.add_argument("--checkpoint", type=Path, required=True, help="the save_pretrained folder both runs started from")
     p.add_argument("--tokens", type=Path, required=True, help="the runs' raw int64 token file")
-    p.add_argument("--batch", type=int, required=True)
-    p.add_argument("--seq", type=int, required=True)
+    p.add_argument("--batch", type=positive_int, required=True)
+    p.add_argument("--seq", type=positive_int, required=True)
     p.add_argument("--adamw", type=Path, nargs=2, required=True, metavar=("LOG", "EXPORT"))
     p.add_argument("--grads", type=Path, nargs=2, required=True, metavar=("LOG", "EXPORT"))
-    p.add_argument("--lr", type=float, default=1e-3, help="the --adamw run's learning rate")
-    p.add_argument("--grad-lr", type=float, default=1e9, help="the --grads run's learning rate")
-    p.add_argument("--grad-epsilon", type=float, default=1e6, help="the --grads program's adam_epsilon")
-    p.add_argument("--tolerance", type=float, default=1e-4, help="relative L2 of every gradient")
-    p.add_argument("--update-tolerance", type=float, default=1e-3, help="relative L2 of every AdamW update")
-    p.add_argument("--metric-tolerance", type=float, default=1e-4, help="relative error of each metric")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="the --adamw run's learning rate")
+    p.add_argument("--grad-lr", type=positive_float, default=1e9, help="the --grads run's learning rate")
+    p.add_argument("--grad-epsilon", type=positive_float, default=1e6, help="the --grads program's adam_epsilon")
+    p.add_argument("--tolerance", type=non_negative_float, default=1e-4, help="relative L2 of every gradient")
+    p.add_argument("--update-tolerance", type=non_negative_float, default=1e-3,
+                   help="relative L2 of every AdamW update")
+    p.add_argument("--metric-tolerance", type=non_negative_float, default=1e-4, help="relative error of each metric")
     p.add_argument("--device", default="cuda")
     args = parser.parse_args(argv)
     if args.command == "tokens":
-        write_tokens(args.vocab, args.batch, args.seq, args.seed, args.out)
+        try:
+            for suffix in (".bin", ".pb"):
+                check_output(Path(f"{args.out}{suffix}"))
+            write_tokens(args.vocab, args.batch, args.seq, args.seed, args.out)
+        except (OSError, ValueError) as e:
+            print(f"check_torch_step: error: {e}", file=sys.stderr)
+            return 1
         return 0
-    passed = check(args)
+    try:
+        passed = check(args)
+    except InputError as e:
+        print(f"check_torch_step: error: {e}", file=sys.stderr)
+        return 1
     print("PASS" if passed else "FAIL")
     return 0 if passed else 1
 

@@ -110,8 +110,8 @@ def write_dump(golden, directory: Path) -> None:
 
 
 def read_tensor(path: Path) -> np.ndarray:
-    """A serialized onnx.TensorProto's values; raises ValueError naming ``path`` when the file is not one
-    (or keeps its values in another file: a dump or a token file is one file each)."""
+    """A serialized onnx.TensorProto's values; raises ValueError naming ``path`` when the file cannot be read
+    or is not one (or keeps its values in another file: a dump or a token file is one file each)."""
     import onnx
     import onnx.numpy_helper
     from google.protobuf.message import DecodeError
@@ -119,6 +119,8 @@ def read_tensor(path: Path) -> np.ndarray:
     tensor = onnx.TensorProto()
     try:
         tensor.ParseFromString(path.read_bytes())
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read: {e.strerror}") from None
     except DecodeError as e:
         raise ValueError(f"{path}: not an onnx.TensorProto: {e}") from None
     if tensor.data_location == onnx.TensorProto.EXTERNAL:

@@ -42,7 +42,7 @@ Steps:
    each, evenly spaced through the split so that a small fixture still
    samples the whole corpus (and not only its first files).
 
-Outputs in ``--out`` (each written to a temporary file and renamed):
+Outputs in ``--out`` (checked before the work; all four written to temporary files, then renamed):
 
 * ``train.pb``, ``valid.pb`` -- a serialized ``onnx.TensorProto`` named
   ``input_ids``, int64 (raw little-endian data), shape ``[blocks, seq_len]``;
@@ -68,7 +68,8 @@ from pathlib import Path
 
 import numpy as np
 
-from moec.atomic import write_atomically
+from moec import checked_argument, positive_int
+from moec.atomic import check_output, write_all_atomically
 
 #: Where Debian's ``fortunes`` package installs its files.
 DEFAULT_TEXT_DIR = Path("/usr/share/games/fortunes")
@@ -77,6 +78,8 @@ DEFAULT_SEQ_LEN = 64
 DEFAULT_VALID_FRACTION = 0.05
 #: Suffixes of the files in the fortunes folder that are not text.
 SKIPPED_SUFFIXES = (".dat", ".u8")
+#: The files written in ``--out``.
+OUTPUTS = ("train.pb", "valid.pb", "tokenizer.model", "meta.json")
 
 MODEL_TYPE = "bpe"
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -147,6 +150,8 @@ def clean_text(text: str) -> str:
 
 def find_text_files(text_dir: Path) -> list[Path]:
     """The fortune files of ``text_dir``, sorted by name."""
+    if text_dir.exists() and not text_dir.is_dir():
+        raise DataError(f"--text-dir {text_dir} is not a folder")
     if not text_dir.is_dir():
         hint = " (install Debian's fortunes package: apt-get install fortunes)" if text_dir == DEFAULT_TEXT_DIR else ""
         raise DataError(f"text folder {text_dir} does not exist{hint}")
@@ -309,18 +314,19 @@ def _check_modules(*names: str) -> None:
         raise DataError(f"python module(s) {', '.join(missing)} not found: pip install {' '.join(missing)}")
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} is not positive")
-    return value
-
-
 def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 1")
-    return value
+    return checked_argument(float, "a number between 0 and 1 (both excluded)", lambda v: 0.0 < v < 1.0, text)
+
+
+def check_out(out: Path) -> None:
+    """Refuses an ``--out`` where the outputs cannot be written, before the work."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file, not a folder")
+    try:
+        for name in OUTPUTS:
+            check_output(out / name)
+    except ValueError as error:
+        raise DataError(f"--out {error}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,20 +335,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--text-dir", type=Path, default=DEFAULT_TEXT_DIR, help="folder of fortune files")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--vocab-size", type=_positive, default=DEFAULT_VOCAB_SIZE)
-    parser.add_argument("--seq-len", type=_positive, default=DEFAULT_SEQ_LEN, help="tokens per block")
+    parser.add_argument("--vocab-size", type=positive_int, default=DEFAULT_VOCAB_SIZE)
+    parser.add_argument("--seq-len", type=positive_int, default=DEFAULT_SEQ_LEN, help="tokens per block")
     parser.add_argument("--valid-fraction", type=_fraction, default=DEFAULT_VALID_FRACTION,
                         help="share of the blocks, from the end, held out for validation")
-    parser.add_argument("--max-train-blocks", type=_positive, help="keep N training blocks, evenly spaced")
-    parser.add_argument("--max-valid-blocks", type=_positive, help="keep N validation blocks, evenly spaced")
+    parser.add_argument("--max-train-blocks", type=positive_int, help="keep N training blocks, evenly spaced")
+    parser.add_argument("--max-valid-blocks", type=positive_int, help="keep N validation blocks, evenly spaced")
     parser.add_argument("--byte-fallback", action="store_true",
                         help="byte pieces for unknown characters (needs a vocab size above 260)")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "-m", "moec.data", *(sys.argv[1:] if argv is None else argv)])
 
     try:
-        _check_modules("sentencepiece", "onnx")
+        check_out(args.out)
         files = find_text_files(args.text_dir)
+        _check_modules("sentencepiece", "onnx")
         documents = read_documents(files)
         if not documents:
             raise DataError(f"no fortune in the {len(files)} files of {args.text_dir}")
@@ -365,8 +372,6 @@ def main(argv: list[str] | None = None) -> int:
     outputs: dict[str, bytes] = {"tokenizer.model": model}
     for split in (train, valid):
         outputs[split.file] = numpy_helper.from_array(split.blocks, name="input_ids").SerializeToString()
-    for name, data in outputs.items():
-        write_atomically(args.out / name, data)
 
     meta = {
         "format": "onnx.TensorProto int64 [blocks, seq_len] named input_ids; labels = input_ids (the model shifts)",
@@ -418,7 +423,13 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {"sentencepiece": sentencepiece.__version__, "onnx": onnx.__version__, "numpy": np.__version__},
         "command": command,
     }
-    write_atomically(args.out / "meta.json", (json.dumps(meta, indent=2) + "\n").encode("utf-8"))
+    outputs["meta.json"] = (json.dumps(meta, indent=2) + "\n").encode("utf-8")
+    try:
+        # All four at once: meta.json describes the others, and a failure leaves the old set whole.
+        write_all_atomically({args.out / name: outputs[name] for name in OUTPUTS})
+    except OSError as error:
+        print(f"moec.data: error: cannot write in {args.out}: {error}", file=sys.stderr)
+        return 1
 
     print(f"text: {len(files)} files, {len(documents)} documents, {text_bytes} bytes")
     print(

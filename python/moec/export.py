@@ -62,6 +62,7 @@ import onnxscript.optimizer
 import torch
 from onnxscript import opset18 as op
 
+from moec.atomic import check_output, replacing
 from moec.model import ATTN_IMPLEMENTATION, FORMS, MixtralLogits, build_model
 from moec.presets import PRESETS, ConfigError, load_config
 
@@ -314,21 +315,27 @@ def _aligned(offset: int) -> int:
     return (offset + WEIGHTS_ALIGNMENT - 1) // WEIGHTS_ALIGNMENT * WEIGHTS_ALIGNMENT
 
 
+def weights_path(output: Path) -> Path:
+    """The external data file of the model ``output``: ``<stem>.weights`` beside it."""
+    return output.with_name(output.stem + ".weights")
+
+
 def _externalize(
     model: ir.Model,
     parameters: dict[str, torch.Tensor],
     output: Path,
     *,
-    write: bool,
+    write: Path | None,
 ) -> str:
     """Points every parameter initialiser into ``<stem>.weights``; returns the location.
 
-    With ``write`` the file is written (the tensors are real), otherwise only
-    the references are made.
+    With ``write`` the tensors (real ones) are written into that file, which
+    the caller renames to ``<stem>.weights``; otherwise only the references
+    are made.
     """
-    location = output.stem + ".weights"
+    location = weights_path(output).name
     offset = 0
-    sink = open(output.parent / location, "wb") if write else None
+    sink = open(write, "xb") if write else None
     try:
         for name, tensor in parameters.items():
             value = model.graph.initializers[name]
@@ -406,24 +413,27 @@ def export(
     if missing:
         raise RuntimeError(f"parameters without an initialiser of the same name: {missing[:5]}")
 
-    output.parent.mkdir(parents=True, exist_ok=True)
     total_bytes = sum(t.numel() * t.element_size() for t in parameters.values())
-    location = None
-    if not weights or total_bytes > INLINE_WEIGHTS_LIMIT:
-        location = _externalize(ir_model, parameters, output, write=weights)
-    _optimize(ir_model, list(parameters))
-    _annotate_moe_outputs(ir_model)
-    _strip_metadata(ir_model)
-    ir_model.metadata_props.update(
-        {
-            "moec.form": form,
-            "moec.attn_implementation": ATTN_IMPLEMENTATION,
-            "moec.config": json.dumps(_config_fields(config), sort_keys=True),
-            **({"moec.weights": location} if location else {}),
-            **(metadata or {}),
-        }
-    )
-    ir.save(ir_model, output)
+    external = not weights or total_bytes > INLINE_WEIGHTS_LIMIT
+    written = [output, weights_path(output)] if external and weights else [output]
+    # The model and its weights go to temporary names, renamed together: a failure leaves the old pair whole.
+    with replacing(*written) as temps:
+        location = None
+        if external:
+            location = _externalize(ir_model, parameters, output, write=temps[1] if weights else None)
+        _optimize(ir_model, list(parameters))
+        _annotate_moe_outputs(ir_model)
+        _strip_metadata(ir_model)
+        ir_model.metadata_props.update(
+            {
+                "moec.form": form,
+                "moec.attn_implementation": ATTN_IMPLEMENTATION,
+                "moec.config": json.dumps(_config_fields(config), sort_keys=True),
+                **({"moec.weights": location} if location else {}),
+                **(metadata or {}),
+            }
+        )
+        ir.save(ir_model, temps[0])
     graph = ir_model.graph
     return ExportSummary(
         path=output,
@@ -484,6 +494,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--batch and --seq must be positive")
     if args.dynamic and (args.batch < 2 or args.seq < 2):
         parser.error("--dynamic needs example sizes of at least 2 (torch.export specialises 0 and 1)")
+    output = Path(args.output)
+    try:
+        check_output(output)
+        if not args.no_weights:  # written when the weights are too large to keep inline
+            check_output(weights_path(output))
+    except ValueError as exc:
+        print(f"moec.export: error: -o {exc}", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -495,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = export(
         config,
         args.form,
-        args.output,
+        output,
         batch=args.batch,
         seq=args.seq,
         dynamic=args.dynamic,

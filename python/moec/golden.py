@@ -42,6 +42,7 @@ import onnx.numpy_helper
 import torch
 
 from moec import presets
+from moec.atomic import check_output, write_atomically
 from moec.check_ort import grouped_matmul
 from moec.export import export
 from moec.model import FORMS, build_model
@@ -53,6 +54,8 @@ SEED = 0
 #: (batch, seq) of each data set; its directory is data_b{batch}s{seq}.
 SHAPES = ((2, 8), (1, 13))
 STATIC_SHAPE = (2, 8)
+#: The fixture models, tiny-<name>.onnx.
+MODELS = (*FORMS, "ort-static")
 #: Largest accepted errors against the PyTorch reference (float32 throughout).
 MAX_ABS_TOLERANCE = 1e-5
 REL_L2_TOLERANCE = 1e-5
@@ -146,15 +149,22 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 def write_tensor(path: Path, array: np.ndarray, name: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(onnx.numpy_helper.from_array(array, name=name).SerializeToString())
+    write_atomically(path, onnx.numpy_helper.from_array(array, name=name).SerializeToString())
+
+
+def outputs(out: Path, listings: Path | None) -> list[Path]:
+    """Every file :func:`generate` and :func:`write_listings` write."""
+    files = [out / f"tiny-{name}.onnx" for name in MODELS]
+    files += [out / f"data_b{batch}s{seq}" / name for batch, seq in SHAPES for name in ("input_0.pb", "output_0.pb")]
+    if listings:
+        files += [listings / f"{name}-layer0.txt" for name in MODELS]
+    return files
 
 
 def generate(out: Path) -> list[Comparison]:
     """Writes all fixtures to ``out`` and returns the checks (see the module docstring)."""
     import onnxruntime
 
-    out.mkdir(parents=True, exist_ok=True)
     config = presets.load_config(PRESET)
     reference = _reference_model(config)
     inputs = {shape: input_ids_for(shape, config.vocab_size) for shape in SHAPES}
@@ -216,10 +226,9 @@ def write_listings(fixtures: Path, listings: Path) -> None:
 
     from moec.inspect_onnx import describe
 
-    listings.mkdir(parents=True, exist_ok=True)
-    for name in (*FORMS, "ort-static"):
+    for name in MODELS:
         text = describe(ir.load(fixtures / f"tiny-{name}.onnx"), layer=0)
-        (listings / f"{name}-layer0.txt").write_text(text)
+        write_atomically(listings / f"{name}-layer0.txt", text.encode())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     parser.add_argument("--listings", type=Path, help="also write <form>-layer0.txt listings here (docs/onnx-forms)")
     args = parser.parse_args(argv)
+    try:
+        for path in outputs(args.out, args.listings):
+            check_output(path)
+    except ValueError as e:
+        print(f"moec.golden: error: {e}", file=sys.stderr)
+        return 1
     status = presets.main(["--check"])
     checks = generate(args.out)
     if args.listings:

@@ -223,6 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # onnx raises several types for malformed files
         print(f"moec.inspect_onnx: error: cannot load '{path}': {exc}", file=sys.stderr)
         return 2
+    # onnx loads a tensor of a negative dimension; its values would not.
+    negative = [f"{name} {list(value.const_value.shape)}" for name, value in model.graph.initializers.items()
+                if value.const_value is not None and any(d < 0 for d in value.const_value.shape)]
+    if negative:
+        print(f"moec.inspect_onnx: error: '{path}': initializer {negative[0]} has a negative dimension",
+              file=sys.stderr)
+        return 2
     layers = sorted({layer_of(node) for node in model.graph} - {None})
     if args.layer is not None and args.layer not in layers:
         have = f"decoder layers {layers[0]}..{layers[-1]}" if layers else "no decoder layers"

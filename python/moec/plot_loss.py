@@ -29,7 +29,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from moec.atomic import write_atomically
+from moec import InputError, checked_argument, positive_int, read_text
+from moec.atomic import check_output, write_atomically
 
 DEFAULT_SMOOTHING = 0.9
 
@@ -136,10 +137,17 @@ def plot(metrics: Metrics, title: str, smoothing: float, uniform: int | None) ->
 
 
 def _smoothing(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is not in [0, 1)")
-    return value
+    return checked_argument(float, "a number in [0, 1)", lambda v: 0.0 <= v < 1.0, text)
+
+
+def read_csv_text(name: str) -> str:
+    """The text of the CSV file ``name``, '-' for standard input; raises InputError naming it."""
+    if name != "-":
+        return read_text(name)
+    try:
+        return sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"standard input: not UTF-8 text (byte {e.start}: {e.reason})") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,13 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--title", help="plot title (default: the CSV's file name)")
     parser.add_argument("--smoothing", type=_smoothing, default=DEFAULT_SMOOTHING,
                         help=f"EMA weight of the smoothed line, 0 for none (default {DEFAULT_SMOOTHING})")
-    parser.add_argument("--uniform", type=int, metavar="V", help="draw ln V, the loss of a uniform guess over V tokens")
+    parser.add_argument("--uniform", type=positive_int, metavar="V",
+                        help="draw ln V, the loss of a uniform guess over V tokens")
     args = parser.parse_args(argv)
 
     try:
-        text = sys.stdin.read() if args.csv == "-" else Path(args.csv).read_text()
-    except OSError as error:
-        print(f"moec.plot_loss: error: cannot read {args.csv}: {error.strerror}", file=sys.stderr)
+        check_output(args.output)
+        text = read_csv_text(args.csv)
+    except ValueError as error:  # check_output's, or read_csv_text's InputError
+        print(f"moec.plot_loss: error: {error}", file=sys.stderr)
         return 1
     try:
         metrics = read_metrics(text)

@@ -103,7 +103,7 @@ def read_fields(spec: str) -> dict[str, Any]:
         raise ConfigError(f"{what}; expected a JSON file or one of the presets: {', '.join(PRESETS)}")
     try:
         fields = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{spec}: invalid JSON: {exc}") from exc
     except OSError as exc:
         raise ConfigError(f"{spec}: cannot read: {exc}") from exc

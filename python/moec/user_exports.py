@@ -428,12 +428,12 @@ def fixtures(out: Path, forms: tuple[str, ...] = FORMS) -> int:
                 want_of = {shape: model(input_ids=ids, attention_mask=torch.ones_like(ids),
                                         use_cache=False).logits.numpy() for shape, ids in inputs.items()}
         if form == "custom-grouped-mm":
-            run, _ = reference_evaluator(str(out / name), [f"{CUSTOM_DOMAIN}::{CUSTOM_OP}=grouped_matmul"])
+            run = reference_evaluator(str(out / name), [f"{CUSTOM_DOMAIN}::{CUSTOM_OP}=grouped_matmul"])
             which = "onnx.reference"
         elif form in NOT_ON_ORT_CPU:
             # onnxruntime's CPU MoE runs only swiglu_fusion=1: the file runs
             # on onnx's reference evaluator with the MoE op in numpy.
-            run, _ = reference_evaluator(str(out / name), [], numpy_moe=True)
+            run = reference_evaluator(str(out / name), [], numpy_moe=True)
             which = "onnx.reference"
         else:
             run = onnxruntime.InferenceSession(str(out / name), providers=["CPUExecutionProvider"]).run
