@@ -928,7 +928,8 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
   app.add_option("--checkpoint-dir", o.checkpointDir,
                  "save checkpoints here (and resume from here)");
   app.add_option("--save-interval", o.saveInterval,
-                 "save a checkpoint every N steps (0: after the last step)");
+                 "save a checkpoint every N steps (0: after the last step)")
+      ->check(CLI::NonNegativeNumber);
   app.add_flag("--resume", o.resume,
                "continue from the latest checkpoint in --checkpoint-dir "
                "(resharded when it was saved under another layout)");
@@ -939,14 +940,15 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
                  "after the last step, write the parameters as a Hugging "
                  "Face checkpoint DIR/step_N (and DIR/latest)");
   app.add_option("--export-hf-every", o.exportHfEvery,
-                 "with --export-hf: also every N steps");
+                 "with --export-hf: also every N steps")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--export-hf-dtype", o.exportHfDtype,
                  "the exported tensors' type: fp32 or bf16")
       ->check(CLI::IsMember({"fp32", "bf16"}));
   app.add_option("--export-hf-max-file-mib", o.exportHfMaxFileMib,
                  "with --export-hf: split the weights into files of at most "
                  "this many MiB, with an index")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   app.add_option("--skip-nonfinite-steps", o.skipNonfiniteSteps,
                  "skip up to N steps whose gradient norm is not finite (the "
                  "optimizer state left as it was) before stopping")
@@ -956,7 +958,8 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
                "stop at the first op with any (a program compiled with moec "
                "compile --check-numerics; eager steps, no CUDA graphs)");
   app.add_option("--bench-warmup", o.benchWarmup,
-                 "steps left out of the summary's median");
+                 "steps left out of the summary's median")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--profile-step", o.profileStep,
                  "time every op of this step and print the time per op kind");
   app.add_flag("--no-graphs", o.noGraphs,
@@ -968,7 +971,8 @@ int moert::runTrainProgram(const TrainProgram &p, int argc, char **argv) {
                "a fixed order already)");
   app.add_option("--simulate-ranks", o.simulateRanks,
                  "run all W ranks of a partitioned program as threads on "
-                 "this GPU (W: the program's world size; for tests)");
+                 "this GPU (W: the program's world size; for tests)")
+      ->check(CLI::NonNegativeNumber);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError &e) {

@@ -21,6 +21,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <sys/wait.h>
 
 using namespace moert;
 
@@ -111,6 +112,23 @@ TEST_F(TrainDriverDeathTest, ScheduleFlagsAreChecked) {
                       {}),
               ::testing::ExitedWithCode(1),
               "error: --total-steps 4 is shorter than --warmup-steps 10");
+}
+
+// Counts and intervals below 0 are refused by the parser, by name.
+TEST_F(TrainDriverDeathTest, NegativeCountsAreRefused) {
+  FakeProgram fake(MeshShape{});
+  auto failed = [](int status) {
+    return WIFEXITED(status) && WEXITSTATUS(status) != 0;
+  };
+  for (const char *flag : {"--save-interval", "--export-hf-every",
+                           "--bench-warmup", "--simulate-ranks"})
+    EXPECT_EXIT(std::exit(runWith(fake.program, {"--tokens", "t.bin", flag, "-1"},
+                                  {})),
+                failed, flag);
+  EXPECT_EXIT(std::exit(runWith(
+                  fake.program,
+                  {"--tokens", "t.bin", "--export-hf-max-file-mib", "0"}, {})),
+              failed, "--export-hf-max-file-mib");
 }
 
 // A one-rank program that keeps its collectives (keep_one_rank_collectives)
