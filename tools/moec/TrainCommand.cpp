@@ -152,7 +152,6 @@ std::optional<uint64_t> availableHostBytes() {
   return std::nullopt;
 }
 
-
 /// Writes `tensor` to DIR/relative, creating folders.
 bool dumpTensor(llvm::StringRef relative, const HostTensor &tensor,
                 std::string &error) {
