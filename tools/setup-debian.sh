@@ -2,7 +2,7 @@
 # Installs what moec needs to build and test on Debian 12 (bookworm) or a
 # derivative: MLIR/LLVM 22, ONNX, protobuf, fmt, GoogleTest, Ninja from the
 # distribution (nlohmann-json3-dev: the runtime's JSON parser, for safetensors
-# headers and Hugging Face indexes), numpy/onnx/onnxruntime from PyPI for the Python side of the
+# headers and Hugging Face indexes), numpy/onnx/onnxruntime/onnx-ir from PyPI for the Python side of the
 # tests, and the header-only cuDNN frontend from PyPI (its headers only: the
 # package's Python dependencies are not needed to compile against it) for
 # bf16 attention on cuDNN. Safe to run again; it only installs what is
@@ -28,8 +28,8 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-python3 -c "import numpy, onnx, onnxruntime, tokenizers" 2>/dev/null ||
-  python3 -m pip install -q numpy onnx onnxruntime tokenizers
+python3 -c "import numpy, onnx, onnxruntime, tokenizers, onnx_ir" 2>/dev/null ||
+  python3 -m pip install -q numpy onnx onnxruntime tokenizers onnx-ir
 
 # The cuDNN frontend's C++ headers (site-packages/include/cudnn_frontend.h).
 python3 -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['purelib'], 'include', 'cudnn_frontend.h')))" ||
