@@ -770,10 +770,6 @@ llvm::Error moec::checkImplemented(const TrainingJob &job,
     if (!job.checkpointDir.empty())
       return refuse("checkpoint_dir", "'" + job.checkpointDir + "'",
                     "it does not save checkpoints");
-    if (!job.initFrom.empty() && job.worldSize > 1)
-      return refuse("init_from", "'" + job.initFrom + "'",
-                    "with more than one rank (the simulated ranks start "
-                    "from the seed)");
     return llvm::Error::success();
   }
   if (!job.delayedParam)

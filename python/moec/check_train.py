@@ -4,16 +4,21 @@ Usage (from the repository root)::
 
     PYTHONPATH=python python -m moec.check_train GOLDEN.npz DUMP_DIR [--loss-rtol 1e-5] [--rtol-l2 1e-4]
     PYTHONPATH=python python -m moec.check_train GOLDEN.npz --self-check
+    PYTHONPATH=python python -m moec.check_train REFERENCE_DUMP_DIR DUMP_DIR [...]
 
 ``GOLDEN.npz`` is one case written by ``python -m moec.train_reference --write``
-(see test/Inputs/train/README.md). ``DUMP_DIR`` holds one serialized
-``onnx.TensorProto`` per value:
+(see test/Inputs/train/README.md); a dump directory in its place is the
+golden itself (how a partitioned run is checked against the unpartitioned
+one), and then the final AdamW moments are compared too. ``DUMP_DIR`` holds
+one serialized ``onnx.TensorProto`` per value:
 
 * ``step_<s>/<key>.pb`` for ``loss``, ``ce_loss``, ``aux_loss``, ``z_loss``,
   ``grad_norm``, ``lr`` (float32 scalars, shape ``[]``) and ``expert_counts``
   (int64 ``[L, E]``), s = 1, 2, ...;
 * ``step_<s>/grad/<param name>.pb``: the gradient before clipping (float32);
-* ``final/param/<param name>.pb``: the parameter after the last step (float32).
+* ``final/param/<param name>.pb``: the parameter after the last step (float32);
+* ``final/exp_avg/<param name>.pb``, ``final/exp_avg_sq/<param name>.pb``:
+  its AdamW moments (float32; read only where the golden has them).
 
 Comparisons (dtype and shape must match the golden's):
 
@@ -22,7 +27,7 @@ Comparisons (dtype and shape must match the golden's):
   golden is 0;
 * ``grad_norm``, ``lr``: relative error ``<= 1e-5``;
 * ``expert_counts``: exactly equal;
-* every gradient and final parameter: relative L2 error
+* every gradient, final parameter and moment: relative L2 error
   ``||got - want|| / ||want|| <= --rtol-l2`` (``||got||`` when ``||want|| = 0``).
 
 One line per step (every scalar, the largest gradient rel L2 and its
@@ -55,6 +60,7 @@ LOSS_KEYS = ("loss", "ce_loss", "aux_loss", "z_loss")
 EXACT_SCALAR_RTOL = 1e-5  # grad_norm and lr
 ZERO_ATOL = 1e-7
 METRIC_KEYS = (*LOSS_KEYS, "grad_norm", "lr", "expert_counts")
+FINAL_FOLDERS = ("param", "exp_avg", "exp_avg_sq")
 
 
 @dataclass
@@ -93,9 +99,25 @@ def dump_layout(golden) -> dict[str, str]:
     for key in golden:
         if (m := re.match(r"step(\d+)/(.+)$", key)):
             layout[key] = f"step_{m.group(1)}/{m.group(2)}.pb"
-        elif key.startswith("final/param/"):
+        elif key.split("/")[:2] in (["final", folder] for folder in FINAL_FOLDERS):
             layout[key] = f"{key}.pb"
     return layout
+
+
+def load_dump(directory: Path) -> dict[str, np.ndarray]:
+    """A ``moec train --dump`` directory read as a golden (its keys as ``dump_layout`` maps them): every step's
+    metrics and gradients, the final parameters and moments; ValueError naming the file that cannot be read."""
+    golden = {}
+    for path in sorted(directory.rglob("*.pb")):
+        relative = path.relative_to(directory).with_suffix("").as_posix()
+        if (m := re.match(r"step_(\d+)/(.+)$", relative)):
+            golden[f"step{m.group(1)}/{m.group(2)}"] = read_tensor(path)
+        elif relative.split("/")[:2] in (["final", folder] for folder in FINAL_FOLDERS):
+            golden[relative] = read_tensor(path)
+    if not steps_of(golden) or not param_names(golden):
+        raise ValueError(f"{directory}: not a dump of moec train --dump (no step_<s>/loss.pb or no "
+                         f"final/param/<name>.pb)")
+    return golden
 
 
 def write_dump(golden, directory: Path) -> None:
@@ -231,6 +253,10 @@ class Checker:
             self.report(f"step {step}: " + "  ".join(parts))
         worst, which = self.tensors("final/param/", names)
         self.report(f"final params: max rel_l2 {worst:.2e} ({which})")
+        for folder in FINAL_FOLDERS[1:]:
+            if f"final/{folder}/{names[0]}" in self.golden:
+                worst, which = self.tensors(f"final/{folder}/", names)
+                self.report(f"final {folder}: max rel_l2 {worst:.2e} ({which})")
         verdict = "ok" if not self.failures else f"FAILED: {len(self.failures)} checks"
         print(verdict)
         return not self.failures
@@ -311,7 +337,8 @@ def run_moec(moec: str, golden: dict[str, np.ndarray], golden_path: Path, dump: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m moec.check_train", description=__doc__.splitlines()[0])
-    parser.add_argument("golden", type=Path, help="a .npz from python -m moec.train_reference --write")
+    parser.add_argument("golden", type=Path,
+                        help="a .npz from python -m moec.train_reference --write, or a reference dump directory")
     parser.add_argument("dump", type=Path, nargs="?", help="the directory moec train --dump wrote")
     parser.add_argument("--loss-rtol", type=non_negative_float, default=1e-5, help="relative tolerance of the losses (default 1e-5)")
     parser.add_argument("--rtol-l2", type=non_negative_float, default=1e-4,
@@ -322,11 +349,15 @@ def main(argv: list[str] | None = None) -> int:
                              "golden's directory, dumping into DUMP_DIR")
     args = parser.parse_args(argv)
     tolerances = Tolerances(args.loss_rtol, args.rtol_l2)
-    if not args.golden.is_file():
+    if not args.golden.exists():
         print(f"check_train: error: no such golden '{args.golden}'", file=sys.stderr)
         return 1
+    if args.golden.is_dir() and args.run:
+        print(f"check_train: error: --run needs a golden .npz (it runs the command the golden records), not the "
+              f"dump directory '{args.golden}'", file=sys.stderr)
+        return 1
     try:
-        golden = load_golden(args.golden)
+        golden = load_dump(args.golden) if args.golden.is_dir() else load_golden(args.golden)
     except ValueError as e:
         print(f"check_train: error: {e}", file=sys.stderr)
         return 1

@@ -31,10 +31,13 @@
 // hybrid_shard_degree, sharding_strategy, either dispatcher, the token
 // shuffle) runs its partitioned step on world_size simulated ranks
 // (executeOnRanks): each rank creates its own shards with the partitioned
-// @init_params and reads its own micro-batch, the r-th of each global batch
-// of world_size micro-batches, so the ranks together consume the blocks one
-// process would with a micro-batch world_size times larger. The metrics are
-// rank 0's: the partitioned step's are the global batch's on every rank.
+// @init_params (or cuts them from the model file's or the checkpoint's
+// global parameters) and reads its own micro-batch, the r-th of each global
+// batch of world_size micro-batches, so the ranks together consume the
+// blocks one process would with a micro-batch world_size times larger. The
+// metrics are rank 0's: the partitioned step's are the global batch's on
+// every rank. --dump and --export-hf gather the ranks' blocks into global
+// tensors, checking that replicas agree (moec/Reference/RankBlocks.h).
 //
 //===----------------------------------------------------------------------===//
 
@@ -47,6 +50,7 @@
 #include "moec/Pipelines/Pipelines.h"
 #include "moec/Plan/Mesh.h"
 #include "moec/Reference/Executor.h"
+#include "moec/Reference/RankBlocks.h"
 #include "moert/AtomicFile.h"
 #include "moert/HfCheckpoint.h"
 #include "moert/NonfiniteSteps.h"
@@ -256,18 +260,6 @@ int moec::cli::runTrain(const ImportFlags &modelFlags,
   // Ranks, and the blocks one step of all of them reads.
   const int64_t ranks = job.worldSize;
   const int64_t globalBatch = ranks * microBatchSize;
-  if (moec::isPartitioned(job)) {
-    if (!dumpDir.empty())
-      return fail(fmt::format("--dump is not implemented yet for world_size "
-                              "{} (the ranks hold shards of the gradients "
-                              "and parameters)",
-                              ranks));
-    if (!job.delayedParam)
-      return fail(fmt::format("delayed_param false is not implemented yet for "
-                              "world_size {} (each rank creates its shards "
-                              "from the seed)",
-                              ranks));
-  }
   MLIRContext context;
   DiagnosticPrinter diagnostics(context);
   OwningOpRef<ModuleOp> module =
@@ -416,6 +408,37 @@ int moec::cli::runTrain(const ImportFlags &modelFlags,
         "available",
         stateBytes / double(1 << 30), elements, ranks,
         double(*available) / double(1 << 30)));
+  // A partitioned step's ranks hold blocks: global parameters are cut into
+  // them and gathered from them (moec/Reference/RankBlocks.h).
+  auto init = module->lookupSymbol<func::FuncOp>("init_params");
+  std::optional<reference::RankBlocks> rankBlocks;
+  if (mesh) {
+    llvm::Expected<reference::RankBlocks> blocks =
+        reference::RankBlocks::get(init, names, *mesh);
+    if (!blocks)
+      return fail(llvm::toString(blocks.takeError()));
+    rankBlocks = std::move(*blocks);
+  }
+  // Parameter i's global tensor from every rank's `slot` (one rank: its
+  // own); `what` names it in errors.
+  auto gather = [&](const std::vector<std::vector<HostTensor>> &perRank,
+                    auto slotOf, unsigned i,
+                    llvm::StringRef what) -> llvm::Expected<HostTensor> {
+    if (!rankBlocks)
+      return perRank[0][slotOf(i)];
+    std::vector<const HostTensor *> blocks;
+    for (const std::vector<HostTensor> &rank : perRank)
+      blocks.push_back(&rank[slotOf(i)]);
+    return rankBlocks->gather(i, blocks, what);
+  };
+  // Parameter i's global shape.
+  auto globalShape = [&](unsigned i) {
+    if (rankBlocks)
+      return rankBlocks->globalShape(i);
+    ArrayRef<int64_t> shape =
+        cast<RankedTensorType>(step.getArgument(i).getType()).getShape();
+    return std::vector<int64_t>(shape.begin(), shape.end());
+  };
   llvm::Expected<StepResults> stepResults =
       findStepResults(step, names, /*withGradients=*/!dumpDir.empty());
   if (!stepResults)
@@ -424,35 +447,43 @@ int moec::cli::runTrain(const ImportFlags &modelFlags,
       reference::ResultIndex(evalStep).lookup(moe::MoeDialect::getOutputAttrName(), "ce_loss");
   if (!evalLoss)
     return fail(llvm::toString(evalLoss.takeError()));
-  if (!job.initFrom.empty()) {
+  if (!job.initFrom.empty() || !job.delayedParam) {
+    // Global parameters from a Hugging Face checkpoint or the model file,
+    // cut into every rank's blocks.
     std::unique_ptr<moert::HfCheckpoint> checkpoint;
-    if (moert::Status s = moert::HfCheckpoint::open(
-            hfBinding->getString("init_from")->str(), checkpoint);
-        !s.ok())
-      return fail(s.message());
-    for (unsigned i = 0; i < n; ++i) {
-      auto type = cast<RankedTensorType>(step.getArgument(i).getType());
-      std::vector<int64_t> shape(type.getShape().begin(),
-                                 type.getShape().end());
-      state[0][i] = HostTensor::floats(shape);
-      if (moert::Status s = checkpoint->readBlock(
-              names[i], shape, shape, std::vector<int64_t>(shape.size(), 0),
-              shape, moert::TensorDtype::F32,
-              reinterpret_cast<char *>(state[0][i].f32.data()));
+    std::unique_ptr<OnnxWeights> weights;
+    if (!job.initFrom.empty()) {
+      if (moert::Status s = moert::HfCheckpoint::open(
+              hfBinding->getString("init_from")->str(), checkpoint);
           !s.ok())
         return fail(s.message());
-    }
-  } else if (!job.delayedParam) {
-    std::unique_ptr<OnnxWeights> weights = OnnxWeights::open(modelPath, error);
-    if (!weights)
+    } else if (!(weights = OnnxWeights::open(modelPath, error))) {
       return fail(error);
-    for (unsigned i = 0; i < n; ++i)
-      if (!loadParameter(*weights, forward, names[i], state[0][i], error))
+    }
+    for (unsigned i = 0; i < n; ++i) {
+      HostTensor global;
+      if (checkpoint) {
+        std::vector<int64_t> shape = globalShape(i);
+        global = HostTensor::floats(shape);
+        if (moert::Status s = checkpoint->readBlock(
+                names[i], shape, shape, std::vector<int64_t>(shape.size(), 0),
+                shape, moert::TensorDtype::F32,
+                reinterpret_cast<char *>(global.f32.data()));
+            !s.ok())
+          return fail(s.message());
+      } else if (!loadParameter(*weights, forward, names[i], global, error)) {
         return fail(error);
+      }
+      if (!rankBlocks) {
+        state[0][i] = std::move(global);
+        continue;
+      }
+      for (int64_t r = 0; r < ranks; ++r)
+        state[r][i] = rankBlocks->scatter(i, global, r);
+    }
   } else {
     // delayed_param: the compiler's @init_params, run on the seed (each
-    // rank creates its own shards).
-    auto init = module->lookupSymbol<func::FuncOp>("init_params");
+    // rank creates its own blocks).
     HostTensor seedTensor = HostTensor::ints({});
     seedTensor.i64[0] = job.randomSeed;
     std::vector<std::vector<HostTensor>> initial;
@@ -620,28 +651,50 @@ int moec::cli::runTrain(const ImportFlags &modelFlags,
           return fail(error);
       if (!dumpTensor(prefix + "lr.pb", scalarF32(stepLr), error))
         return fail(error);
-      for (unsigned i = 0; i < n; ++i)
-        if (!dumpTensor(prefix + "grad/" + names[i] + ".pb",
-                        results[slots.gradients[i]], error))
+      for (unsigned i = 0; i < n; ++i) {
+        llvm::Expected<HostTensor> gradient = gather(
+            rankResults, [&](unsigned j) { return slots.gradients[j]; }, i,
+            fmt::format("step {} gradient", t));
+        if (!gradient)
+          return fail(llvm::toString(gradient.takeError()));
+        if (!dumpTensor(prefix + "grad/" + names[i] + ".pb", *gradient,
+                        error))
           return fail(error);
+      }
     }
   }
+  // The final global parameters and moments.
+  std::vector<HostTensor> finalParams(n);
+  for (unsigned i = 0; i < n && !(dumpDir.empty() && exportHfDir.empty());
+       ++i) {
+    llvm::Expected<HostTensor> param = gather(
+        state, [](unsigned j) { return j; }, i, "final parameter");
+    if (!param)
+      return fail(llvm::toString(param.takeError()));
+    finalParams[i] = std::move(*param);
+  }
   if (!dumpDir.empty())
-    for (unsigned i = 0; i < n; ++i)
-      for (auto [folder, slot] :
-           {std::pair{"param", i}, std::pair{"exp_avg", n + i},
-            std::pair{"exp_avg_sq", 2 * n + i}})
+    for (unsigned i = 0; i < n; ++i) {
+      if (!dumpTensor(fmt::format("final/param/{}.pb", names[i]),
+                      finalParams[i], error))
+        return fail(error);
+      for (auto [folder, offset] :
+           {std::pair{"exp_avg", n}, std::pair{"exp_avg_sq", 2 * n}}) {
+        llvm::Expected<HostTensor> moment = gather(
+            state, [offset = offset](unsigned j) { return offset + j; }, i,
+            fmt::format("final {}", folder));
+        if (!moment)
+          return fail(llvm::toString(moment.takeError()));
         if (!dumpTensor(fmt::format("final/{}/{}.pb", folder, names[i]),
-                        state[0][slot], error))
+                        *moment, error))
           return fail(error);
+      }
+    }
   if (!exportHfDir.empty()) {
-    if (ranks > 1)
-      return fail(fmt::format("--export-hf is not implemented yet for "
-                              "world_size {} (the ranks hold shards)",
-                              ranks));
     std::vector<moert::ExportedParameter> parameters;
     for (unsigned i = 0; i < n; ++i)
-      parameters.push_back({names[i], state[0][i].shape, state[0][i].f32.data()});
+      parameters.push_back(
+          {names[i], finalParams[i].shape, finalParams[i].f32.data()});
     std::string text;
     llvm::raw_string_ostream os(text);
     os << llvm::json::Value(llvm::json::Object(*hfBinding->getObject("config")));

@@ -16,37 +16,14 @@
 #define MOERT_MESH_H
 
 #include "moert/Communicator.h"
+#include "moert/MeshShape.h"
 
 #include <array>
 #include <cstdint>
-#include <initializer_list>
 #include <memory>
 #include <string>
 
 namespace moert {
-
-/// The mesh axes, as the IR's grid_axes number them.
-enum MeshAxis : int { kReplicaAxis = 0, kShardAxis = 1, kExpertAxis = 2 };
-
-/// A set of mesh axes: bit a set for axis a (grid_axes = [0, 2] is 0b101).
-using MeshAxes = unsigned;
-
-/// The mask of `grid_axes`, as the printer writes it.
-constexpr MeshAxes meshAxes(std::initializer_list<int> axes) {
-  MeshAxes mask = 0;
-  for (int axis : axes)
-    mask |= 1u << axis;
-  return mask;
-}
-
-/// The shape of the mesh: replicas R, shard group H, expert group P.
-struct MeshShape {
-  int64_t replicas = 1, shard = 1, expert = 1;
-  int64_t size() const { return replicas * shard * expert; }
-  int64_t extent(int axis) const {
-    return axis == kReplicaAxis ? replicas : axis == kShardAxis ? shard : expert;
-  }
-};
 
 /// The name of the group over `axes` in messages: the axes' names joined by
 /// '+' ("expert", "replica+expert", "replica+shard+expert").

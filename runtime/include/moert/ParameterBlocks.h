@@ -8,16 +8,16 @@
 // other dimension is whole. Replicas (R) hold the same blocks.
 //
 // Host-only arithmetic on row-major buffers, shared by the driver's
-// parameter dump (gather the ranks' blocks into global parameters) and the
+// parameter dump (gather the ranks' blocks into global parameters), the
 // checkpoints' resharding (fill a block of one layout from the blocks of
-// another).
+// another) and `moec train --reference`'s simulated ranks (both ways).
 //
 //===----------------------------------------------------------------------===//
 
 #ifndef MOERT_PARAMETERBLOCKS_H
 #define MOERT_PARAMETERBLOCKS_H
 
-#include "moert/Mesh.h"
+#include "moert/MeshShape.h"
 #include "moert/Status.h"
 
 #include <cstdint>
