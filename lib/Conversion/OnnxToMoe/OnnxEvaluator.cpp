@@ -1231,66 +1231,73 @@ struct OpRule {
   StringLiteral type;
   /// Inputs the function reads unconditionally; a node with fewer fails.
   unsigned minInputs;
+  /// The most inputs and outputs it reads and writes (kAny: any number),
+  /// ONNX's counts for the operator except Max and Min, which ONNX lets
+  /// take any number of inputs and the rule evaluates for two; a node with
+  /// more is refused (it would be read in part, silently).
+  unsigned maxInputs, maxOutputs;
   /// Whether the function reads `absent_inputs` (optional inputs left out in
   /// the middle); every other operator refuses a node that has them.
   bool readsAbsentInputs;
   bool (*evaluate)(NodeEval &node);
 };
 
+constexpr unsigned kAny = std::numeric_limits<unsigned>::max();
+
 const OpRule kOpRules[] = {
-    {"", "Abs", 1, false, evaluateAbs},
-    {"", "Add", 2, false, evaluateAdd},
-    {"", "And", 2, false, evaluateAnd},
-    {"", "Cast", 1, false, evaluateCast},
-    {"", "Clip", 1, true, evaluateClip},
-    {"", "Concat", 1, false, evaluateConcat},
-    {"", "ConstantOfShape", 1, false, evaluateConstantOfShape},
-    {"", "Cos", 1, false, evaluateCos},
-    {"", "CumSum", 2, false, evaluateCumSum},
-    {"", "Div", 2, false, evaluateDiv},
-    {"", "Equal", 2, false, evaluateEqual},
-    {"", "Exp", 1, false, evaluateExp},
-    {"", "Expand", 2, false, evaluateExpand},
-    {"", "Gather", 2, false, evaluateGather},
-    {"", "GatherND", 2, false, evaluateGatherND},
-    {"", "Gemm", 2, false, evaluateGemm},
-    {"", "Greater", 2, false, evaluateGreater},
-    {"", "GreaterOrEqual", 2, false, evaluateGreaterOrEqual},
-    {"", "Identity", 1, false, evaluateIdentity},
-    {"", "IsNaN", 1, false, evaluateIsNaN},
-    {"", "Less", 2, false, evaluateLess},
-    {"", "LessOrEqual", 2, false, evaluateLessOrEqual},
-    {"", "MatMul", 2, false, evaluateMatMul},
-    {"", "Max", 2, false, evaluateMax},
-    {"", "Min", 2, false, evaluateMin},
-    {"", "Mod", 2, false, evaluateMod},
-    {"", "Mul", 2, false, evaluateMul},
-    {"", "Neg", 1, false, evaluateNeg},
-    {"", "Not", 1, false, evaluateNot},
-    {"", "Or", 2, false, evaluateOr},
-    {"", "Pow", 2, false, evaluatePow},
-    {"", "Range", 3, false, evaluateRange},
-    {"", "Reciprocal", 1, false, evaluateReciprocal},
-    {"", "ReduceMax", 1, false, evaluateReduceMax},
-    {"", "ReduceMean", 1, false, evaluateReduceMean},
-    {"", "ReduceSum", 1, false, evaluateReduceSum},
-    {"", "Reshape", 2, false, evaluateReshape},
-    {"", "ScatterND", 3, false, evaluateScatterND},
-    {"", "Shape", 1, false, evaluateShape},
-    {"", "Sigmoid", 1, false, evaluateSigmoid},
-    {"", "Sin", 1, false, evaluateSin},
-    {"", "Slice", 3, false, evaluateSlice},
-    {"", "Softmax", 1, false, evaluateSoftmax},
-    {"", "Split", 1, false, evaluateSplit},
-    {"", "Sqrt", 1, false, evaluateSqrt},
-    {"", "Squeeze", 1, false, evaluateSqueeze},
-    {"", "Sub", 2, false, evaluateSub},
-    {"", "Tanh", 1, false, evaluateTanh},
-    {"", "TopK", 2, false, evaluateTopK},
-    {"", "Transpose", 1, false, evaluateTranspose},
-    {"", "Unsqueeze", 1, false, evaluateUnsqueeze},
-    {"", "Where", 3, false, evaluateWhere},
-    {"moec", "GroupedMatMul", 3, false, evaluateGroupedMatMul},
+    {"", "Abs", 1, 1, 1, false, evaluateAbs},
+    {"", "Add", 2, 2, 1, false, evaluateAdd},
+    {"", "And", 2, 2, 1, false, evaluateAnd},
+    {"", "Cast", 1, 1, 1, false, evaluateCast},
+    {"", "Clip", 1, 3, 1, true, evaluateClip},
+    {"", "Concat", 1, kAny, 1, false, evaluateConcat},
+    {"", "ConstantOfShape", 1, 1, 1, false, evaluateConstantOfShape},
+    {"", "Cos", 1, 1, 1, false, evaluateCos},
+    {"", "CumSum", 2, 2, 1, false, evaluateCumSum},
+    {"", "Div", 2, 2, 1, false, evaluateDiv},
+    {"", "Equal", 2, 2, 1, false, evaluateEqual},
+    {"", "Exp", 1, 1, 1, false, evaluateExp},
+    {"", "Expand", 2, 2, 1, false, evaluateExpand},
+    {"", "Gather", 2, 2, 1, false, evaluateGather},
+    {"", "GatherND", 2, 2, 1, false, evaluateGatherND},
+    {"", "Gemm", 2, 3, 1, false, evaluateGemm},
+    {"", "Greater", 2, 2, 1, false, evaluateGreater},
+    {"", "GreaterOrEqual", 2, 2, 1, false, evaluateGreaterOrEqual},
+    {"", "Identity", 1, 1, 1, false, evaluateIdentity},
+    {"", "IsNaN", 1, 1, 1, false, evaluateIsNaN},
+    {"", "Less", 2, 2, 1, false, evaluateLess},
+    {"", "LessOrEqual", 2, 2, 1, false, evaluateLessOrEqual},
+    {"", "MatMul", 2, 2, 1, false, evaluateMatMul},
+    {"", "Max", 2, 2, 1, false, evaluateMax},
+    {"", "Min", 2, 2, 1, false, evaluateMin},
+    {"", "Mod", 2, 2, 1, false, evaluateMod},
+    {"", "Mul", 2, 2, 1, false, evaluateMul},
+    {"", "Neg", 1, 1, 1, false, evaluateNeg},
+    {"", "Not", 1, 1, 1, false, evaluateNot},
+    {"", "Or", 2, 2, 1, false, evaluateOr},
+    {"", "Pow", 2, 2, 1, false, evaluatePow},
+    {"", "Range", 3, 3, 1, false, evaluateRange},
+    {"", "Reciprocal", 1, 1, 1, false, evaluateReciprocal},
+    {"", "ReduceMax", 1, 2, 1, false, evaluateReduceMax},
+    {"", "ReduceMean", 1, 2, 1, false, evaluateReduceMean},
+    {"", "ReduceSum", 1, 2, 1, false, evaluateReduceSum},
+    {"", "Reshape", 2, 2, 1, false, evaluateReshape},
+    {"", "ScatterND", 3, 3, 1, false, evaluateScatterND},
+    {"", "Shape", 1, 1, 1, false, evaluateShape},
+    {"", "Sigmoid", 1, 1, 1, false, evaluateSigmoid},
+    {"", "Sin", 1, 1, 1, false, evaluateSin},
+    {"", "Slice", 3, 5, 1, false, evaluateSlice},
+    {"", "Softmax", 1, 1, 1, false, evaluateSoftmax},
+    {"", "Split", 1, 2, kAny, false, evaluateSplit},
+    {"", "Sqrt", 1, 1, 1, false, evaluateSqrt},
+    {"", "Squeeze", 1, 2, 1, false, evaluateSqueeze},
+    {"", "Sub", 2, 2, 1, false, evaluateSub},
+    {"", "Tanh", 1, 1, 1, false, evaluateTanh},
+    {"", "TopK", 2, 2, 2, false, evaluateTopK},
+    {"", "Transpose", 1, 1, 1, false, evaluateTranspose},
+    {"", "Unsqueeze", 1, 2, 1, false, evaluateUnsqueeze},
+    {"", "Where", 3, 3, 1, false, evaluateWhere},
+    {"moec", "GroupedMatMul", 3, 3, 1, false, evaluateGroupedMatMul},
 };
 
 /// The rule for operator `type` of `domain`, or null.
@@ -1313,10 +1320,31 @@ void OnnxEvaluator::bind(Value value, HostTensor tensor) {
   values[value] = std::make_unique<HostTensor>(std::move(tensor));
 }
 
-std::optional<unsigned> OnnxEvaluator::minInputs(StringRef domain,
-                                                 StringRef type) {
-  if (const OpRule *rule = findRule(domain, type))
-    return rule->minInputs;
+std::optional<std::string> OnnxEvaluator::countProblem(StringRef domain,
+                                                       StringRef type,
+                                                       unsigned inputs,
+                                                       unsigned outputs) {
+  const OpRule *rule = findRule(domain, type);
+  if (!rule)
+    return std::nullopt;
+  auto range = [](unsigned lo, unsigned hi) {
+    return hi == kAny  ? fmt::format("at least {}", lo)
+           : lo == hi ? fmt::format("{}", lo)
+                      : fmt::format("{} to {}", lo, hi);
+  };
+  if (inputs < rule->minInputs || inputs > rule->maxInputs) {
+    std::string problem =
+        fmt::format("it has {} input{}, but ONNX '{}' takes {}", inputs,
+                    inputs == 1 ? "" : "s", type.str(),
+                    range(rule->minInputs, rule->maxInputs));
+    if (type == "Max" || type == "Min")
+      problem += " in moec (ONNX allows any number; moec evaluates two)";
+    return problem;
+  }
+  if (outputs < 1 || outputs > rule->maxOutputs)
+    return fmt::format("it has {} output{}, but ONNX '{}' gives {}", outputs,
+                       outputs == 1 ? "" : "s", type.str(),
+                       range(1, rule->maxOutputs));
   return std::nullopt;
 }
 
@@ -1387,9 +1415,9 @@ bool OnnxEvaluator::evaluateOp(Operation *op, std::string &error) {
       return false;
     in.push_back(t);
   }
-  if (in.size() < rule->minInputs) {
-    error = fmt::format("ONNX '{}' needs {} inputs but has {}", type.str(),
-                        rule->minInputs, in.size());
+  if (std::optional<std::string> problem = countProblem(
+          domain, type, in.size(), op->getNumResults())) {
+    error = *problem;
     return false;
   }
   NodeEval eval{node, in, error, {}};

@@ -43,10 +43,16 @@ public:
   /// not fit its operator or an argument is unbound.
   const HostTensor *evaluate(mlir::Value value, std::string &error);
 
-  /// The inputs the evaluator's rule for an operator reads unconditionally
-  /// (its table's count); nullopt for an operator it has no rule for.
-  static std::optional<unsigned> minInputs(llvm::StringRef domain,
-                                           llvm::StringRef type);
+  /// Why a node of an operator with `inputs` inputs (present ones: absent
+  /// optional inputs are not counted) and `outputs` outputs does not fit
+  /// the evaluator's rule for it ("it has 3 inputs, but ONNX 'Add' takes
+  /// 2"): fewer inputs than the rule reads, more than it reads (they would
+  /// be ignored), no output, or more outputs than the operator gives.
+  /// nullopt when the node fits, or for an operator without a rule.
+  static std::optional<std::string> countProblem(llvm::StringRef domain,
+                                                 llvm::StringRef type,
+                                                 unsigned inputs,
+                                                 unsigned outputs);
 
 private:
   bool evaluateOp(mlir::Operation *op, std::string &error);

@@ -42,6 +42,7 @@
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/TypeUtilities.h"
+#include "llvm/ADT/MapVector.h"
 #include "llvm/ADT/SetVector.h"
 #include "llvm/ADT/StringSet.h"
 
@@ -147,20 +148,28 @@ public:
   /// take), for the error that names them.
   llvm::DenseMap<Operation *, std::string> notRaised;
 
+  /// Nodes whose input or output counts do not fit their operator, and
+  /// why; when there are any, nothing is raised.
+  llvm::MapVector<Operation *, std::string> malformed;
+
   void run() {
-    // The patterns read nodes' operands and results by position, and the
-    // importer does not check a node's counts against its operator: a
-    // model with a node short of them (a mutated model's one-input Mul, and
+    // The patterns and the evaluator read nodes' operands and results by
+    // position, and the importer does not check a node's counts against its
+    // operator: a node short of them (a mutated model's one-input Mul, and
     // a one-input Reshape around an onnxruntime MoE node, were read past
-    // their ends) is left as imported.
-    bool malformed = false;
+    // their ends) or with more (a three-input Add, a Max of three, whose
+    // third was ignored) is refused, and the function left as imported.
     func.walk([&](OnnxNodeOp node) {
-      std::optional<unsigned> need =
-          OnnxEvaluator::minInputs(node.getDomain(), node.getOpType());
-      malformed |= node.getOutputs().empty() ||
-                   (need && node.getInputs().size() < *need);
+      if (node.getOutputs().empty()) {
+        malformed[node] = "it has no outputs";
+        return;
+      }
+      if (std::optional<std::string> problem = OnnxEvaluator::countProblem(
+              node.getDomain(), node.getOpType(), node.getInputs().size(),
+              node.getOutputs().size()))
+        malformed[node] = *problem;
     });
-    if (malformed)
+    if (!malformed.empty())
       return;
     SmallVector<BlockArgument> usedInputs;
     for (BlockArgument arg : func.getArguments())
@@ -1709,6 +1718,19 @@ struct RaiseOnnxPass : public moec::impl::RaiseOnnxBase<RaiseOnnxPass> {
     Raiser raiser(func, raised);
     raiser.run();
     numRaised += raised;
+    // A malformed node is an error whether or not the raising must be
+    // complete: it names the node and its counts, and nothing else.
+    if (!raiser.malformed.empty()) {
+      for (const auto &[op, why] : raiser.malformed) {
+        InFlightDiagnostic diag = op->emitOpError() << "ONNX node ";
+        if (auto name = dyn_cast<NameLoc>(op->getLoc()))
+          diag << "'" << name.getName().getValue() << "' ";
+        diag << "(" << cast<OnnxNodeOp>(op).getOpType()
+             << ") does not fit its operator: " << why;
+      }
+      signalPassFailure();
+      return;
+    }
     // The nodes that only compute the weights of a node refused with a
     // reason are reported through it.
     llvm::DenseSet<Operation *> reportedThrough;

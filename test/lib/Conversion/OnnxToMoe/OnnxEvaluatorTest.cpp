@@ -186,8 +186,29 @@ TEST_F(OnnxEvaluatorTest, NodeWithTooFewInputsFails) {
                          {HostTensor::floats({4})});
   std::string error;
   EXPECT_FALSE(returned(f, 0, error));
-  EXPECT_EQ(error, "ONNX 'Reshape' needs 2 inputs but has 1 at node "
+  EXPECT_EQ(error, "it has 1 input, but ONNX 'Reshape' takes 2 at node "
                    "loc(\"r_5\"(\"m.onnx\":5:1))");
+}
+
+TEST_F(OnnxEvaluatorTest, NodeWithMoreInputsThanItsRuleReadsFails) {
+  // Max of three: ONNX allows it, the rule evaluates two; the third would
+  // be ignored.
+  func::FuncOp f = parse(R"mlir(
+    func.func @f(%x: tensor<2xf32>) -> tensor<2xf32> {
+      %y = moe.onnx_node "Max"(%x, %x, %x) : (tensor<2xf32>, tensor<2xf32>, tensor<2xf32>) -> tensor<2xf32> loc("m_3"("m.onnx":3:1))
+      return %y : tensor<2xf32>
+    })mlir",
+                         {HostTensor::floats({2})});
+  std::string error;
+  EXPECT_FALSE(returned(f, 0, error));
+  EXPECT_EQ(error, "it has 3 inputs, but ONNX 'Max' takes 2 in moec (ONNX "
+                   "allows any number; moec evaluates two) at node "
+                   "loc(\"m_3\"(\"m.onnx\":3:1))");
+  EXPECT_EQ(OnnxEvaluator::countProblem("", "Concat", 7, 1), std::nullopt);
+  EXPECT_EQ(OnnxEvaluator::countProblem("", "TopK", 2, 3),
+            "it has 3 outputs, but ONNX 'TopK' gives 1 to 2");
+  EXPECT_EQ(OnnxEvaluator::countProblem("com.microsoft", "MoE", 30, 1),
+            std::nullopt);
 }
 
 TEST_F(OnnxEvaluatorTest, AxesOutOfRangeFailWithTheAxisAndRank) {

@@ -10,6 +10,39 @@ func.func @unraised(%x: tensor<2x4xf32> {moe.input = "x"}) -> tensor<2x4xf32> {
 
 // -----
 
+// Tests that a node short of its operator's inputs (a one-input Mul: the
+// onnx-import fuzz target's find, read past its end by the RMSNorm pattern)
+// is refused by name and count, and nothing is raised: the Gather, an
+// embedding otherwise, is not reported.
+func.func @node_short_of_inputs(%ids: tensor<?x?xi64> {moe.input = "input_ids"},
+                                %table: tensor<256x32xf32> {moe.parameter = "model.embed_tokens.weight"}) -> tensor<?x?x32xf32> {
+  %0 = moe.onnx_node "Gather"(%table, %ids) {axis = 0 : i64} : (tensor<256x32xf32>, tensor<?x?xi64>) -> tensor<?x?x32xf32>
+  // expected-error@+1 {{'moe.onnx_node' op ONNX node (Mul) does not fit its operator: it has 1 input, but ONNX 'Mul' takes 2}}
+  %1 = moe.onnx_node "Mul"(%0) : (tensor<?x?x32xf32>) -> tensor<?x?x32xf32>
+  return %1 : tensor<?x?x32xf32>
+}
+
+// -----
+
+// Tests that inputs past those the operator reads are refused, not
+// ignored: a three-input Add (invalid ONNX), a Max of three (valid ONNX,
+// which moec evaluates for two), a Slice of six; and a node without
+// outputs.
+func.func @node_past_its_inputs(%x: tensor<2x4xf32> {moe.input = "x"}) -> (tensor<2x4xf32>, tensor<2x4xf32>) {
+  // expected-error@+1 {{'moe.onnx_node' op ONNX node (Add) does not fit its operator: it has 3 inputs, but ONNX 'Add' takes 2}}
+  %0 = moe.onnx_node "Add"(%x, %x, %x) : (tensor<2x4xf32>, tensor<2x4xf32>, tensor<2x4xf32>) -> tensor<2x4xf32>
+  // expected-error@+1 {{'moe.onnx_node' op ONNX node (Max) does not fit its operator: it has 3 inputs, but ONNX 'Max' takes 2 in moec (ONNX allows any number; moec evaluates two)}}
+  %1 = moe.onnx_node "Max"(%0, %x, %x) : (tensor<2x4xf32>, tensor<2x4xf32>, tensor<2x4xf32>) -> tensor<2x4xf32>
+  %i = arith.constant dense<0> : tensor<1xi64>
+  // expected-error@+1 {{'moe.onnx_node' op ONNX node (Slice) does not fit its operator: it has 6 inputs, but ONNX 'Slice' takes 3 to 5}}
+  %2 = moe.onnx_node "Slice"(%x, %i, %i, %i, %i, %i) : (tensor<2x4xf32>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>, tensor<1xi64>) -> tensor<2x4xf32>
+  // expected-error@+1 {{'moe.onnx_node' op ONNX node (Neg) does not fit its operator: it has no outputs}}
+  moe.onnx_node "Neg"(%x) : (tensor<2x4xf32>) -> ()
+  return %1, %2 : tensor<2x4xf32>, tensor<2x4xf32>
+}
+
+// -----
+
 // Tests that an unsupported onnxruntime MoE activation is reported, naming
 // the attribute and its value.
 func.func @gelu_experts(%x: tensor<16x32xf32> {moe.input = "x"},
