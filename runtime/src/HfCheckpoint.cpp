@@ -367,50 +367,52 @@ Status moert::exportHfCheckpoint(
     const std::filesystem::path &folder,
     const std::vector<ExportedParameter> &parameters,
     const std::string &configJson, TensorDtype dtype, uint64_t maxFileBytes) {
-  // Every piece, converted, in the parameters' order.
-  struct Tensor {
-    TensorToWrite spec;
-    std::vector<char> bytes;
-  };
-  std::vector<Tensor> tensors;
-  uint64_t totalBytes = 0, totalElements = 0;
-  std::vector<float> values;
-  for (const ExportedParameter &p : parameters) {
-    for (const HfPiece &piece : hfPieces(p.name, p.shape)) {
-      const int64_t count = countOf(piece.tensorShape);
-      values.assign(count, 0.0f);
-      std::vector<int64_t> hi(p.shape.size());
-      for (size_t d = 0; d < hi.size(); ++d)
-        hi[d] = piece.start[d] + piece.extent[d];
-      forEachRow(piece.start, hi, piece.start, piece.extent,
-                 std::vector<int64_t>(p.shape.size(), 0), p.shape,
-                 [&](int64_t out, int64_t in, int64_t length) {
-                   std::memcpy(&values[out], p.values + in, length * 4);
-                 });
-      Tensor t;
-      t.spec.name = piece.tensor;
-      t.spec.dtype = dtype;
-      t.spec.shape = piece.tensorShape;
-      t.bytes.resize(count * dtypeBytes(dtype));
-      convertFromF32(values.data(), dtype, t.bytes.data(), count);
-      totalBytes += t.bytes.size();
-      totalElements += count;
-      tensors.push_back(std::move(t));
-    }
-  }
-  for (Tensor &t : tensors)
-    t.spec.bytes = t.bytes.data();
+  std::vector<ExportedShape> shapes;
+  for (const ExportedParameter &p : parameters)
+    shapes.push_back({p.name, p.shape});
+  return exportHfCheckpoint(
+      folder, shapes,
+      [&](size_t i, const float *&values) {
+        values = parameters[i].values;
+        return Status::success();
+      },
+      configJson, dtype, maxFileBytes);
+}
 
-  // Files of at most maxFileBytes (a larger tensor alone), in order.
-  std::vector<std::vector<const Tensor *>> groups(1);
+Status moert::exportHfCheckpoint(const std::filesystem::path &folder,
+                                 const std::vector<ExportedShape> &parameters,
+                                 const FetchParameter &fetch,
+                                 const std::string &configJson,
+                                 TensorDtype dtype, uint64_t maxFileBytes) {
+  // Every piece, in the parameters' order, and its bytes in `dtype`: the
+  // files are laid out from the shapes alone.
+  struct Piece {
+    size_t parameter;
+    HfPiece piece;
+    uint64_t bytes;
+  };
+  std::vector<Piece> pieces;
+  uint64_t totalBytes = 0, totalElements = 0;
+  for (size_t i = 0; i < parameters.size(); ++i)
+    for (HfPiece &piece : hfPieces(parameters[i].name, parameters[i].shape)) {
+      const int64_t count = countOf(piece.tensorShape);
+      const uint64_t bytes = static_cast<uint64_t>(count) * dtypeBytes(dtype);
+      totalBytes += bytes;
+      totalElements += count;
+      pieces.push_back({i, std::move(piece), bytes});
+    }
+  // Files of at most maxFileBytes (a larger tensor alone), in order: runs
+  // of pieces.
+  std::vector<std::pair<size_t, size_t>> groups = {{0, 0}};
   uint64_t groupBytes = 0;
-  for (const Tensor &t : tensors) {
-    if (!groups.back().empty() && groupBytes + t.bytes.size() > maxFileBytes) {
-      groups.emplace_back();
+  for (size_t k = 0; k < pieces.size(); ++k) {
+    if (groups.back().second > groups.back().first &&
+        groupBytes + pieces[k].bytes > maxFileBytes) {
+      groups.push_back({k, k});
       groupBytes = 0;
     }
-    groups.back().push_back(&t);
-    groupBytes += t.bytes.size();
+    groups.back().second = k + 1;
+    groupBytes += pieces[k].bytes;
   }
 
   std::filesystem::path target;
@@ -426,6 +428,11 @@ Status moert::exportHfCheckpoint(
                            "': " + ec.message());
   const std::map<std::string, std::string> metadata = {{"format", "pt"}};
   nlohmann::ordered_json weightMap = nlohmann::ordered_json::object();
+  // One file's pieces at a time, converted from their parameter's values,
+  // each parameter fetched once, in order, when its first piece is reached.
+  size_t fetched = parameters.size();
+  const float *values = nullptr;
+  std::vector<float> row;
   for (size_t g = 0; g < groups.size(); ++g) {
     std::string name = kSingleName;
     if (groups.size() > 1) {
@@ -434,11 +441,37 @@ Status moert::exportHfCheckpoint(
                     g + 1, groups.size());
       name = text;
     }
+    std::vector<std::vector<char>> bytes;
     std::vector<TensorToWrite> specs;
-    for (const Tensor *t : groups[g]) {
-      specs.push_back(t->spec);
-      weightMap[t->spec.name] = name;
+    for (size_t k = groups[g].first; k < groups[g].second; ++k) {
+      const Piece &piece = pieces[k];
+      const ExportedShape &p = parameters[piece.parameter];
+      if (fetched != piece.parameter) {
+        fetched = piece.parameter;
+        if (Status s = fetch(fetched, values); !s.ok())
+          return s;
+      }
+      const int64_t count = countOf(piece.piece.tensorShape);
+      row.assign(count, 0.0f);
+      std::vector<int64_t> hi(p.shape.size());
+      for (size_t d = 0; d < hi.size(); ++d)
+        hi[d] = piece.piece.start[d] + piece.piece.extent[d];
+      forEachRow(piece.piece.start, hi, piece.piece.start, piece.piece.extent,
+                 std::vector<int64_t>(p.shape.size(), 0), p.shape,
+                 [&](int64_t out, int64_t in, int64_t length) {
+                   std::memcpy(&row[out], values + in, length * 4);
+                 });
+      bytes.emplace_back(piece.bytes);
+      convertFromF32(row.data(), dtype, bytes.back().data(), count);
+      TensorToWrite spec;
+      spec.name = piece.piece.tensor;
+      spec.dtype = dtype;
+      spec.shape = piece.piece.tensorShape;
+      specs.push_back(std::move(spec));
+      weightMap[piece.piece.tensor] = name;
     }
+    for (size_t t = 0; t < specs.size(); ++t)
+      specs[t].bytes = bytes[t].data();
     if (Status s = writeSafetensors(staging / name, specs, metadata); !s.ok())
       return s;
   }

@@ -338,30 +338,44 @@ void dumpParameters(const TrainProgram &p, const RankPlace &place,
 
 /// Writes the global parameters after `step` steps as the Hugging Face
 /// checkpoint DIR/step_N (moert/HfCheckpoint.h), then DIR/latest naming
-/// it: rank 0 gathers every parameter from the ranks' blocks and writes.
+/// it: rank 0 gathers each parameter from the ranks' blocks as the export
+/// reaches it and writes, so that it holds one parameter and one file at a
+/// time, not the model (Mixtral 8x7B: 187 GB in fp32). Every rank gathers
+/// every parameter in order, rank 0 too when its export fails part way, so
+/// that no rank waits in a gather the others never start.
 void exportHf(const TrainProgram &p, const Options &o,
               const ProgramManifest &manifest, const RankPlace &place,
               cudaStream_t stream, const char *state, int64_t step) {
-  std::vector<std::vector<float>> values(p.numParameters);
-  for (int i = 0; i < p.numParameters; ++i)
-    values[i] = gatherParameter(p, place, stream, state, i);
-  if (place.rank != 0)
+  int gathered = 0;
+  if (place.rank != 0) {
+    for (; gathered < p.numParameters; ++gathered)
+      gatherParameter(p, place, stream, state, gathered);
     return;
-  std::vector<ExportedParameter> parameters;
+  }
+  std::vector<ExportedShape> parameters;
   for (int i = 0; i < p.numParameters; ++i)
     parameters.push_back({p.parameters[i].name,
-                          parameterLayout(p.parameters[i]).globalShape,
-                          values[i].data()});
+                          parameterLayout(p.parameters[i]).globalShape});
+  std::vector<float> values;
+  auto fetch = [&](size_t i, const float *&out) {
+    while (gathered <= static_cast<int>(i))
+      values = gatherParameter(p, place, stream, state, gathered++);
+    out = values.data();
+    return Status::success();
+  };
   const bool bf16 = o.exportHfDtype == "bf16";
   const std::string text = manifest.hfConfig.dump();
   const std::filesystem::path dir(o.exportHfDir);
   const std::string name = "step_" + std::to_string(step);
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
-  orExit(exportHfCheckpoint(dir / name, parameters, text,
-                            bf16 ? TensorDtype::BF16 : TensorDtype::F32,
-                            static_cast<uint64_t>(o.exportHfMaxFileMib)
-                                << 20));
+  Status written = exportHfCheckpoint(
+      dir / name, parameters, fetch, text,
+      bf16 ? TensorDtype::BF16 : TensorDtype::F32,
+      static_cast<uint64_t>(o.exportHfMaxFileMib) << 20);
+  for (; gathered < p.numParameters; ++gathered)
+    gatherParameter(p, place, stream, state, gathered);
+  orExit(written);
   const std::string pointer = name + "\n";
   orExit(writeFileAtomically(dir / "latest", {{pointer.data(), pointer.size()}}));
   std::printf("exported '%s' (Hugging Face, %s)\n", (dir / name).c_str(),

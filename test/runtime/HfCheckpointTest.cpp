@@ -4,7 +4,9 @@
 // per-expert tensors), an export that reads back bit-exactly (one file, and
 // sharded with an index), a rank's block read from only its pieces
 // (experts of one expert-parallel rank, rows of a shard, padding left
-// alone) in fp32 and bf16, and every mismatch named by check().
+// alone) in fp32 and bf16, every mismatch named by check(), and the
+// streamed export (values fetched parameter by parameter) writing the same
+// files.
 //
 //===----------------------------------------------------------------------===//
 
@@ -13,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <map>
 #include <numeric>
 
 using namespace moert;
@@ -134,6 +137,69 @@ TEST(HfCheckpoint, ShardedExportReadsBackBitExactly) {
   // router (32) and an expert tensor (24); then four expert tensors twice;
   // the last three and the norm (8).
   expectExportReadsBack(100, 4);
+}
+
+/// Every file of folder `dir`, by name, with its bytes.
+std::map<std::string, std::string> filesOf(const std::filesystem::path &dir) {
+  std::map<std::string, std::string> files;
+  for (const auto &entry : std::filesystem::directory_iterator(dir)) {
+    std::ifstream in(entry.path(), std::ios::binary);
+    files[entry.path().filename().string()] =
+        std::string((std::istreambuf_iterator<char>(in)), {});
+  }
+  return files;
+}
+
+TEST(HfCheckpoint, StreamedExportFetchesEachParameterOnceInOrder) {
+  // Sharded at 100 bytes (2 files), in bf16: the same files as from the
+  // values all at once, each parameter fetched once, in order, and fetched
+  // only when its first piece is written (at most one parameter's values
+  // are asked for at a time: the previous buffer is poisoned).
+  std::filesystem::path dir = tempFolder("stream");
+  TinyModel model;
+  std::vector<ExportedShape> shapes;
+  for (const ModelParameter &p : model.parameters)
+    shapes.push_back({p.name, p.shape});
+  ASSERT_TRUE(exportHfCheckpoint(dir / "whole", model.exported(), "{}",
+                                 TensorDtype::BF16, 100)
+                  .ok());
+  std::vector<size_t> order;
+  std::vector<float> current;
+  Status written = exportHfCheckpoint(
+      dir / "streamed", shapes,
+      [&](size_t i, const float *&values) {
+        std::fill(current.begin(), current.end(), -7.0f);
+        order.push_back(i);
+        current = model.values[i];
+        values = current.data();
+        return Status::success();
+      },
+      "{}", TensorDtype::BF16, 100);
+  ASSERT_TRUE(written.ok()) << written.message();
+  EXPECT_EQ(order, (std::vector<size_t>{0, 1, 2, 3, 4}));
+  std::map<std::string, std::string> whole = filesOf(dir / "whole"),
+                                     streamed = filesOf(dir / "streamed");
+  EXPECT_EQ(whole.size(), 4u); // 2 files, the index, config.json
+  EXPECT_EQ(streamed, whole);
+
+  // A fetch that fails ends the export with its message; nothing is left
+  // in the target, and the parameters after it are not fetched.
+  order.clear();
+  Status failed = exportHfCheckpoint(
+      dir / "failed", shapes,
+      [&](size_t i, const float *&values) {
+        order.push_back(i);
+        if (i == 2)
+          return Status::failure("gathering parameter 2 failed");
+        values = model.values[i].data();
+        return Status::success();
+      },
+      "{}", TensorDtype::F32, 100);
+  EXPECT_FALSE(failed.ok());
+  EXPECT_EQ(failed.message(), "gathering parameter 2 failed");
+  EXPECT_EQ(order, (std::vector<size_t>{0, 1, 2}));
+  EXPECT_FALSE(std::filesystem::exists(dir / "failed"));
+  std::filesystem::remove_all(dir);
 }
 
 TEST(HfCheckpoint, RankReadsItsBlockOnly) {

@@ -47,6 +47,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -127,6 +128,17 @@ struct ExportedParameter {
   const float *values = nullptr;
 };
 
+/// A parameter of an export whose values are fetched as it is written.
+struct ExportedShape {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+
+/// Sets `values` to parameter `i`'s global values (fp32, row-major, as
+/// many as its shape), which stay valid until the next call.
+using FetchParameter =
+    std::function<Status(size_t i, const float *&values)>;
+
 /// Writes `parameters` as the Hugging Face checkpoint folder `folder`:
 /// config.json (`configJson`, a JSON object's text, with "dtype" set and
 /// the hyper-parameters transformers reads as floats written as floats)
@@ -140,6 +152,18 @@ struct ExportedParameter {
 /// (checkHfExportTarget), and kept until the new one is in place.
 Status exportHfCheckpoint(const std::filesystem::path &folder,
                           const std::vector<ExportedParameter> &parameters,
+                          const std::string &configJson, TensorDtype dtype,
+                          uint64_t maxFileBytes);
+
+/// The same export, the values fetched as the files are written: `fetch`
+/// is called once for each parameter, in order (0, 1, ...), when its first
+/// piece is written, so that at most one parameter's values and one file's
+/// pieces are held at a time (a program's rank 0 gathers each parameter
+/// from the ranks as it is asked for it). A failed fetch ends the export
+/// with its status; the parameters after it are not fetched.
+Status exportHfCheckpoint(const std::filesystem::path &folder,
+                          const std::vector<ExportedShape> &parameters,
+                          const FetchParameter &fetch,
                           const std::string &configJson, TensorDtype dtype,
                           uint64_t maxFileBytes);
 
