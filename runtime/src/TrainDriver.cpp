@@ -32,7 +32,8 @@
 //   - a Hugging Face checkpoint (--init-from, or the binding `moec compile
 //     --init-from` recorded in the manifest.json beside the program) fills
 //     each rank's blocks from the mapped files (moert/HfCheckpoint.h);
-//     --export-hf writes one, rank 0 gathering the blocks as --dump does.
+//     --export-hf writes one, rank 0 gathering each parameter's blocks as
+//     --dump does, when the export reaches it (exportHf).
 //
 // After every step each rank checks the loss and the gradient norm it reads
 // for the metrics anyway (moert/NonfiniteSteps.h): a non-finite one stops
