@@ -65,8 +65,10 @@
 # equal to moec's reference forward on the reference's export (relative L2
 # < 1e-4; bf16 exports within 2e-2), a learning-rate-0 step exports the
 # checkpoint bit for bit (also from one transformers makes on the GPU
-# machine, and from W = 4 simulated ranks under (P, H) = (2, 2)); the run
-# half needs torch and transformers for those. Every ONNX form in
+# machine, and from W = 4 simulated ranks under (P, H) = (2, 2)), and 3
+# steps on that layout export what the CPU reference exports on the same
+# simulated ranks (relative L2 < 1e-4); the run half needs torch and
+# transformers for those. Every ONNX form in
 # test/Inputs/{tiny,stock,user} that raises completely (moec's exports and
 # the exports users make) compiles, and its fp32 program's 3 steps equal the
 # CPU reference's as above; `forms` as a third word runs only those. Numeric
@@ -594,10 +596,15 @@ if [[ "$mode" == prepare || "$mode" == prepare-sources ]]; then
     echo "SKIPPED: moec compile refused the layout W=4 P=2 H=2 with init_from"
     rm -rf "$dir/hf-part"
   fi
-  rm -rf "$dir/ref-hf" "$dir/ref-hf-export"
+  rm -rf "$dir/ref-hf" "$dir/ref-hf-export" "$dir/ref-hf-part-export"
   "$moec" train "$model" --reference --tokens "$root/test/Inputs/fortunes/train.pb" \
     --micro-batch-size 2 --steps 3 --init-from "$hf" --dump "$dir/ref-hf" \
     --log "$dir/ref-hf.csv" --export-hf "$dir/ref-hf-export" > /dev/null
+  # The same layout as hf-part on the CPU's simulated ranks, from the
+  # checkpoint, exported after 3 steps: what the program's export must hold.
+  "$moec" train "$model" --reference --tokens "$root/test/Inputs/fortunes/train.pb" \
+    --micro-batch-size 2 --world-size 4 --expert-parallel-degree 2 --hybrid-shard-degree 2 \
+    --steps 3 --init-from "$hf" --export-hf "$dir/ref-hf-part-export" > /dev/null
   python3 -c "import numpy as np, onnx.numpy_helper as h, sys; ids = np.arange(2 * 13, dtype=np.int64).reshape(2, 13) * 37 % 256; np.save(sys.argv[1] + '.npy', ids); open(sys.argv[1] + '.pb', 'wb').write(h.from_array(ids, 'input_ids').SerializeToString())" \
     "$dir/hf-ids"
   "$moec" run "$model" --input "$dir/hf-ids.pb" --init-from "$dir/ref-hf-export" \
@@ -809,6 +816,10 @@ if [[ -x "$dir/hf-part/train_step" ]]; then
   "$dir/hf-part/train_step" --tokens "$dir/data/train.bin" --steps 1 --lr 0 --min-lr 0 \
     --simulate-ranks 4 "${rebind[@]}" --export-hf "$out/hf-part" > /dev/null
   python3 "$compare" "$out/hf-part/step_1" "$hf"
+  echo "== Hugging Face: W=4 P=2 H=2, 3 steps from the checkpoint: the export against the CPU reference's on the same layout"
+  "$dir/hf-part/train_step" --tokens "$dir/data/train.bin" --steps 3 \
+    --simulate-ranks 4 "${rebind[@]}" --export-hf "$out/hf-part-trained" > /dev/null
+  python3 "$compare" "$out/hf-part-trained/step_3" "$dir/ref-hf-part-export" --tolerance 1e-4
 else
   echo "== SKIPPED: Hugging Face on W=4 P=2 H=2 (not compiled)"
 fi
