@@ -77,22 +77,26 @@ llvm::Expected<moert::BlockLayout> layoutOf(moe::ParamInitOp init) {
   return layout;
 }
 
+/// The (R, H, P) extents of `mesh`, as moert places blocks on them.
+moert::MeshShape meshShapeOf(const moec::plan::Mesh &mesh) {
+  return {mesh.replicas(), mesh.shardDegree(), mesh.expertParallelDegree()};
+}
+
 } // namespace
 
 RankBlocks::RankBlocks(std::vector<std::string> names,
                        std::vector<moert::BlockLayout> layouts,
                        const plan::Mesh &mesh)
     : names(std::move(names)), layouts(std::move(layouts)), mesh(mesh),
-      shape{mesh.replicas(), mesh.shardDegree(),
-            mesh.expertParallelDegree()} {}
+      shape(meshShapeOf(mesh)) {}
 
 llvm::Expected<RankBlocks> RankBlocks::get(func::FuncOp init,
                                            llvm::ArrayRef<std::string> names,
                                            const plan::Mesh &mesh) {
   llvm::StringMap<moe::ParamInitOp> creators;
   init.walk([&](moe::ParamInitOp op) { creators[op.getName()] = op; });
+  const moert::MeshShape shape = meshShapeOf(mesh);
   std::vector<moert::BlockLayout> layouts;
-  RankBlocks blocks({}, {}, mesh);
   for (const std::string &name : names) {
     auto it = creators.find(name);
     if (it == creators.end())
@@ -103,11 +107,11 @@ llvm::Expected<RankBlocks> RankBlocks::get(func::FuncOp init,
     llvm::Expected<moert::BlockLayout> layout = layoutOf(it->second);
     if (!layout)
       return layout.takeError();
-    for (int64_t h = 0; h < blocks.shape.shard; ++h)
-      for (int64_t p = 0; p < blocks.shape.expert; ++p) {
+    for (int64_t h = 0; h < shape.shard; ++h)
+      for (int64_t p = 0; p < shape.expert; ++p) {
         moert::BlockPlace place;
         if (moert::Status s =
-                moert::placeBlock(name, *layout, blocks.shape, h, p, place);
+                moert::placeBlock(name, *layout, shape, h, p, place);
             !s.ok())
           return error(s.message());
       }

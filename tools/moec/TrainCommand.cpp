@@ -665,14 +665,14 @@ int moec::cli::runTrain(const ImportFlags &modelFlags,
   }
   // The final global parameters and moments.
   std::vector<HostTensor> finalParams(n);
-  for (unsigned i = 0; i < n && !(dumpDir.empty() && exportHfDir.empty());
-       ++i) {
-    llvm::Expected<HostTensor> param = gather(
-        state, [](unsigned j) { return j; }, i, "final parameter");
-    if (!param)
-      return fail(llvm::toString(param.takeError()));
-    finalParams[i] = std::move(*param);
-  }
+  if (!dumpDir.empty() || !exportHfDir.empty())
+    for (unsigned i = 0; i < n; ++i) {
+      llvm::Expected<HostTensor> param = gather(
+          state, [](unsigned j) { return j; }, i, "final parameter");
+      if (!param)
+        return fail(llvm::toString(param.takeError()));
+      finalParams[i] = std::move(*param);
+    }
   if (!dumpDir.empty())
     for (unsigned i = 0; i < n; ++i) {
       if (!dumpTensor(fmt::format("final/param/{}.pb", names[i]),

@@ -377,8 +377,8 @@ int64_t trailingSize(const Shape &shape, int64_t depth) {
 //===----------------------------------------------------------------------===//
 
 /// One ONNX node being evaluated: its operands' values (as many as the node
-/// has, at least its rule's `minInputs`), and the values it produces, one per
-/// result in order.
+/// has, between its rule's `minInputs` and `maxInputs`), and the values it
+/// produces, one per result in order.
 struct NodeEval {
   OnnxNodeOp node;
   ArrayRef<const HostTensor *> in;
