@@ -63,6 +63,12 @@ METRIC_KEYS = (*LOSS_KEYS, "grad_norm", "lr", "expert_counts")
 FINAL_FOLDERS = ("param", "exp_avg", "exp_avg_sq")
 
 
+def is_final(key: str) -> bool:
+    """Whether ``key`` names a final parameter or moment (``final/<folder>/<name>``)."""
+    parts = key.split("/")
+    return len(parts) > 2 and parts[0] == "final" and parts[1] in FINAL_FOLDERS
+
+
 @dataclass
 class Tolerances:
     loss_rtol: float = 1e-5
@@ -99,7 +105,7 @@ def dump_layout(golden) -> dict[str, str]:
     for key in golden:
         if (m := re.match(r"step(\d+)/(.+)$", key)):
             layout[key] = f"step_{m.group(1)}/{m.group(2)}.pb"
-        elif key.split("/")[:2] in (["final", folder] for folder in FINAL_FOLDERS):
+        elif is_final(key):
             layout[key] = f"{key}.pb"
     return layout
 
@@ -112,7 +118,7 @@ def load_dump(directory: Path) -> dict[str, np.ndarray]:
         relative = path.relative_to(directory).with_suffix("").as_posix()
         if (m := re.match(r"step_(\d+)/(.+)$", relative)):
             golden[f"step{m.group(1)}/{m.group(2)}"] = read_tensor(path)
-        elif relative.split("/")[:2] in (["final", folder] for folder in FINAL_FOLDERS):
+        elif is_final(relative):
             golden[relative] = read_tensor(path)
     if not steps_of(golden) or not param_names(golden):
         raise ValueError(f"{directory}: not a dump of moec train --dump (no step_<s>/loss.pb or no "
